@@ -1,0 +1,3 @@
+from aether.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,358 @@
+"""Pack an app directory into a canonical ``tar.gz`` whose sha256 is the artifact's address.
+
+Canonical means the bytes depend only on the tree's paths, file contents, link
+targets and executable bits: entries are sorted, times, owners and permission
+noise are normalised, and the gzip header carries no name or time. So the same
+tree packs to the same digest on every run and machine (with the same Python
+``tarfile`` and zlib), which is what lets ``deploy`` skip an upload the server
+already has.
+
+The per-file manifest is returned beside the archive, not stored in it: it is
+derived data (recomputable by extracting) and keeping it out avoids a second
+source of truth inside the signed bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import posixpath
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from aether.artifacts.digest import Hasher
+from aether.artifacts.ignore import IgnoreRules
+from aether.errors import BadRequestError
+
+__all__ = [
+    "COMPRESSLEVEL",
+    "TAR_FORMAT",
+    "ManifestEntry",
+    "PackResult",
+    "manifest_json",
+    "pack",
+    "pack_bytes",
+    "parse_manifest_json",
+]
+
+#: Fixed so the compressed bytes do not depend on a default; 6 is zlib's own
+#: speed/size balance (9 is much slower for a few percent).
+COMPRESSLEVEL = 6
+#: PAX: no limits on path length, size or non-ASCII names; tarfile only emits the
+#: extended header when a field needs it, so common entries stay plain ustar.
+TAR_FORMAT = tarfile.PAX_FORMAT
+
+_CHUNK = 1 << 20
+_DIR_MODE = 0o755
+_EXEC_MODE = 0o755
+_FILE_MODE = 0o644
+_LINK_MODE = 0o777
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """One regular file of an artifact; ``sha256`` is the bare lowercase hex of its content."""
+
+    path: str
+    size: int
+    sha256: str
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class PackResult:
+    """What ``pack`` produced: the archive's address and size, and its per-file manifest."""
+
+    digest: str
+    size_bytes: int
+    manifest: tuple[ManifestEntry, ...]
+    file_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    rel: str
+    kind: Literal["dir", "file", "symlink"]
+    abspath: str
+    mode: int = _DIR_MODE
+    size: int = 0
+    linkname: str = ""
+    mtime_ns: int = 0
+
+
+def manifest_json(entries: Iterable[ManifestEntry]) -> bytes:
+    """Canonical JSON of a manifest (sorted by path and keys, no spaces), for signing."""
+    items = sorted(entries, key=lambda e: e.path.encode("utf-8"))
+    data = [{"mode": e.mode, "path": e.path, "sha256": e.sha256, "size": e.size} for e in items]
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_manifest_json(data: bytes) -> list[ManifestEntry]:
+    """Inverse of ``manifest_json``; BadRequestError(code="bad_manifest") on malformed input."""
+    try:
+        raw: Any = json.loads(data)
+        if not isinstance(raw, list):
+            raise TypeError("manifest must be a JSON list")
+        out: list[ManifestEntry] = []
+        for item in raw:
+            if not isinstance(item, dict) or set(item) != {"mode", "path", "sha256", "size"}:
+                raise TypeError(f"bad manifest entry {item!r}")
+            path, size, sha, mode = item["path"], item["size"], item["sha256"], item["mode"]
+            if not (
+                isinstance(path, str)
+                and isinstance(sha, str)
+                and type(size) is int
+                and type(mode) is int
+            ):
+                raise TypeError(f"bad manifest entry {item!r}")
+            out.append(ManifestEntry(path=path, size=size, sha256=sha, mode=mode))
+        return out
+    except (ValueError, TypeError) as exc:
+        raise BadRequestError(f"invalid manifest: {exc}", code="bad_manifest") from exc
+
+
+def _file_mode(st_mode: int) -> int:
+    return _EXEC_MODE if st_mode & 0o111 else _FILE_MODE
+
+
+def _check_symlink(root: str, real_root: str, rel: str, target: str) -> None:
+    """Refuse links that would point outside the app once extracted somewhere else."""
+    if not target:
+        raise BadRequestError(f"symlink {rel!r} has an empty target", code="link_escape")
+    if posixpath.isabs(target):
+        raise BadRequestError(
+            f"symlink {rel!r} -> {target!r} is absolute; only relative links that stay "
+            "inside the app directory can be packed (or add it to .aetherignore)",
+            code="link_escape",
+        )
+    lexical = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    # Resolving on disk as well catches chains such as ``d -> .`` plus ``x -> d/../y``
+    # that look harmless lexically but leave the root through another link.
+    resolved = os.path.realpath(os.path.join(root, rel))
+    inside_on_disk = resolved == real_root or resolved.startswith(real_root + os.sep)
+    if lexical == ".." or lexical.startswith("../") or not inside_on_disk:
+        raise BadRequestError(
+            f"symlink {rel!r} -> {target!r} points outside the app directory "
+            "(refused: it would not resolve after extraction; add it to .aetherignore)",
+            code="link_escape",
+        )
+
+
+def _scan(root: str, rules: IgnoreRules, skip: Sequence[str]) -> list[_Entry]:
+    """Walk ``root`` without following links, applying the ignore rules, sorted by path bytes."""
+    real_root = os.path.realpath(root)
+    entries: list[_Entry] = []
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        abs_dir = os.path.join(root, rel_dir) if rel_dir else root
+        with os.scandir(abs_dir) as it:
+            children = list(it)
+        for child in children:
+            rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequestError(
+                    f"path {rel!r} is not valid UTF-8; rename it or add it to .aetherignore",
+                    code="bad_path",
+                ) from None
+            st = child.stat(follow_symlinks=False)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if rules.is_ignored(rel, is_dir=is_dir) or (not is_dir and rel in skip):
+                continue
+            if is_dir:
+                entries.append(_Entry(rel, "dir", child.path))
+                pending.append(rel)
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(
+                    _Entry(
+                        rel,
+                        "file",
+                        child.path,
+                        mode=_file_mode(st.st_mode),
+                        size=st.st_size,
+                        mtime_ns=st.st_mtime_ns,
+                    )
+                )
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(child.path)
+                _check_symlink(root, real_root, rel, target)
+                entries.append(_Entry(rel, "symlink", child.path, mode=_LINK_MODE, linkname=target))
+            else:
+                raise BadRequestError(
+                    f"{rel!r} is a special file (device, fifo or socket); artifacts hold only "
+                    "files, directories and symlinks (add it to .aetherignore)",
+                    code="special_file",
+                )
+    entries.sort(key=lambda e: e.rel.encode("utf-8"))
+    return entries
+
+
+def _changed(entry: _Entry, st: os.stat_result) -> bool:
+    return st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns
+
+
+def _hash_file(entry: _Entry) -> ManifestEntry:
+    h = Hasher()
+    with open(entry.abspath, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+        if _changed(entry, os.fstat(f.fileno())) or h.size != entry.size:
+            raise BadRequestError(f"{entry.rel!r} changed while packing", code="file_changed")
+    return ManifestEntry(path=entry.rel, size=h.size, sha256=h.hexdigest(), mode=entry.mode)
+
+
+def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
+    # Built by hand rather than with gettarinfo(): that would copy owners and times
+    # from disk and turn files with several links into hardlink entries.
+    ti = tarfile.TarInfo(entry.rel)
+    ti.mtime = 0
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    ti.mode = entry.mode
+    if entry.kind == "dir":
+        ti.type = tarfile.DIRTYPE
+    elif entry.kind == "symlink":
+        ti.type = tarfile.SYMTYPE
+        ti.linkname = entry.linkname
+    else:
+        ti.type = tarfile.REGTYPE
+        ti.size = entry.size
+    return ti
+
+
+class _HashingWriter:
+    """Sink for the gzip stream that hashes and counts exactly the bytes written."""
+
+    def __init__(self, sink: io.BufferedIOBase | io.BytesIO) -> None:
+        self._sink = sink
+        self.hasher = Hasher()
+
+    def write(self, data: bytes, /) -> int:
+        self._sink.write(data)
+        self.hasher.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+
+def _write_archive(sink: _HashingWriter, entries: Sequence[_Entry]) -> None:
+    with (
+        gzip.GzipFile(
+            filename="", mode="wb", fileobj=sink, compresslevel=COMPRESSLEVEL, mtime=0
+        ) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=TAR_FORMAT, encoding="utf-8") as tf,
+    ):
+        for entry in entries:
+            ti = _tarinfo(entry)
+            if entry.kind != "file":
+                tf.addfile(ti)
+                continue
+            with open(entry.abspath, "rb") as f:
+                try:
+                    tf.addfile(ti, f)
+                except OSError as exc:  # tarfile: "unexpected end of data" if it shrank
+                    raise BadRequestError(
+                        f"{entry.rel!r} changed while packing", code="file_changed"
+                    ) from exc
+                if _changed(entry, os.fstat(f.fileno())):
+                    raise BadRequestError(
+                        f"{entry.rel!r} changed while packing", code="file_changed"
+                    )
+
+
+def _pack_into(
+    root: Path,
+    sink: io.BufferedIOBase | io.BytesIO,
+    *,
+    extra_ignore: Iterable[str],
+    workers: int | None,
+    skip: Sequence[str] = (),
+) -> PackResult:
+    if not root.is_dir():
+        raise BadRequestError(f"{root} is not a directory", code="bad_path")
+    rules = IgnoreRules.for_root(root, extra_ignore)
+    entries = _scan(str(root), rules, skip)
+    files = [e for e in entries if e.kind == "file"]
+    writer = _HashingWriter(sink)
+    # Hash files on worker threads (hashlib releases the GIL) while this thread
+    # compresses; the manifest and the archive then read the same bytes twice,
+    # and both reads are checked against the scanned size and mtime.
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aether-pack") as pool:
+        futures: list[Future[ManifestEntry]] = [pool.submit(_hash_file, e) for e in files]
+        try:
+            _write_archive(writer, entries)
+            manifest = tuple(f.result() for f in futures)
+        finally:
+            for fut in futures:
+                fut.cancel()
+    return PackResult(
+        digest=writer.hasher.digest(),
+        size_bytes=writer.hasher.size,
+        manifest=manifest,
+        file_count=len(manifest),
+    )
+
+
+def _skip_for(root: Path, out: Path) -> list[str]:
+    """Root-relative paths of the output (and its temp files) if they live inside ``root``."""
+    try:
+        rel_dir = out.parent.resolve().relative_to(root.resolve())
+    except ValueError:
+        return []
+    prefix = "" if str(rel_dir) == "." else rel_dir.as_posix() + "/"
+    skip = [prefix + out.name]
+    with contextlib.suppress(OSError):
+        skip += [prefix + n for n in os.listdir(out.parent) if n.startswith(f".{out.name}.")]
+    return skip
+
+
+def pack(
+    root: Path,
+    out: Path,
+    *,
+    extra_ignore: Iterable[str] = (),
+    workers: int | None = None,
+) -> PackResult:
+    """Write the canonical ``tar.gz`` of ``root`` to ``out`` (atomically) and describe it.
+
+    Raises BadRequestError (codes ``link_escape``, ``special_file``, ``bad_path``,
+    ``file_changed``, ``bad_ignore_pattern``) for trees that cannot be packed faithfully.
+    """
+    root = Path(root)
+    out = Path(out)
+    skip = _skip_for(root, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            result = _pack_into(root, f, extra_ignore=extra_ignore, workers=workers, skip=skip)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return result
+
+
+def pack_bytes(
+    root: Path, *, extra_ignore: Iterable[str] = (), workers: int | None = None
+) -> bytes:
+    """The canonical archive of ``root`` in memory (small trees and tests)."""
+    buf = io.BytesIO()
+    _pack_into(Path(root), buf, extra_ignore=extra_ignore, workers=workers)
+    return buf.getvalue()

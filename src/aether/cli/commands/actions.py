@@ -1,0 +1,46 @@
+"""Commands that change or follow an app: ``scale``, ``rollback``, ``logs``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+from aether.cli.commands.deploy import router_url, wait_for_rollout
+from aether.cli.output import CliError, emit
+from aether.cli.session import api_client
+
+__all__ = ["run"]
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with api_client(args) as client:
+        if args.command == "scale":
+            app, sep, count = args.target.partition("=")
+            if not sep or not count.isdigit():
+                raise CliError(f"scale takes APP=N, got {args.target!r}", kind="usage")
+            result = await client.scale(app, int(count))
+            emit(
+                args,
+                result.model_dump(mode="json"),
+                f"{app}: {result.instances_desired} instance(s) desired, "
+                f"{result.instances_active} active",
+            )
+        elif args.command == "rollback":
+            deployment = await client.rollback(args.app, args.to, idempotency_key=uuid.uuid4().hex)
+            if not args.no_wait:
+                deployment = await wait_for_rollout(client, deployment, args.timeout)
+            url = await router_url(client, args.app)
+            data = deployment.model_dump(mode="json", exclude={"instance_list", "events"})
+            data["url"] = url
+            emit(
+                args,
+                data,
+                f"rolled {args.app} back to v{deployment.rollback_of} "
+                f"as v{deployment.version} ({deployment.status})",
+            )
+        else:
+            async for line in client.logs(args.app, tail=args.tail, follow=args.follow):
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+    return 0

@@ -1,0 +1,90 @@
+"""``aether server`` and ``aether node``: the long-running processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from aether.cli.output import CliError
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "server":
+        return _server(args)
+    return _node(args)
+
+
+def _server(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from aether.server.main import serve
+    from aether.server.settings import ServerSettings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "data_dir": args.data_dir,
+            "host": args.host,
+            "port": args.port,
+            "public_url": args.public_url,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as exc:
+        raise CliError(f"invalid server configuration: {exc}", kind="config") from None
+    serve(settings)
+    return 0
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--label takes KEY=VALUE, got {pair!r}", kind="usage")
+        labels[key] = value
+    return labels
+
+
+def _node(args: argparse.Namespace) -> int:
+    from aether.node.daemon import NodeDaemon, NodeOptions
+
+    token = args.join_token or os.environ.get("AETHER_JOIN_TOKEN")
+    if token is None and args.join_token_file:
+        token = Path(args.join_token_file).read_text().strip()
+    if not token:
+        raise CliError(
+            "a join token is needed: --join-token, --join-token-file or AETHER_JOIN_TOKEN "
+            "(the server wrote it to DATA_DIR/join.token)",
+            kind="usage",
+        )
+    options = NodeOptions(
+        server=args.server,
+        join_token=token,
+        data_dir=Path(args.data_dir).resolve(),
+        router_port=args.router_port,
+        router_host=args.router_host,
+        advertise_host=args.advertise_host,
+        node_id=args.id,
+        labels=_labels(args.label),
+    )
+
+    async def main() -> None:
+        daemon = NodeDaemon(options)
+        task = asyncio.create_task(daemon.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,153 @@
+"""``aether deploy``: pack on this machine, upload what the server lacks, roll out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aether.cli.output import CliError, emit
+from aether.cli.session import api_client
+from aether.errors import AetherError, BadRequestError
+from aether.model.api import DeploymentOut
+
+__all__ = ["run", "wait_for_rollout"]
+
+
+def _progress(description: str, total: int) -> Any:
+    """A rich progress bar on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    progress.start()
+    progress.add_task(description, total=total)
+    return progress
+
+
+async def wait_for_rollout(client: Any, deployment: DeploymentOut, timeout: float) -> DeploymentOut:
+    """Poll until every instance of the deployment is ACTIVE, or it failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current: DeploymentOut = await client.deployment(deployment.id)
+        if current.status == "failed":
+            last = current.events[-1].message if current.events else "no details"
+            raise CliError(
+                f"deployment v{current.version} failed: {last}",
+                kind="network",
+                code="deploy_failed",
+            )
+        if current.status in ("active", "superseded") or (
+            current.instances_active is not None
+            and current.instances_active >= current.instances
+            and current.status != "pending"
+        ):
+            return current
+        if current.status == "pending" and current.instances == 0:
+            return current
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"deployment v{current.version} not healthy after {timeout:.0f}s "
+                f"({current.instances_active}/{current.instances} ACTIVE); "
+                f"see `aether logs {current.app}`",
+                kind="network",
+                code="timeout",
+            )
+        await asyncio.sleep(0.1)
+
+
+async def router_url(client: Any, app: str) -> str | None:
+    status = await client.status()
+    for node in status.nodes:
+        if node.state == "ready":
+            return f"{node.router_url}/apps/{app}/"
+    return None
+
+
+async def run(args: argparse.Namespace) -> int:
+    from aether.artifacts import pack
+    from aether.model.app import load_app_spec
+
+    root = Path(args.path).resolve()
+    if not root.is_dir():
+        raise CliError(f"{root} is not a directory", kind="usage")
+    try:
+        spec = load_app_spec(root, name=args.app)
+    except BadRequestError as exc:
+        raise CliError(str(exc), kind="config", code="bad_config") from None
+    instances = args.instances if args.instances is not None else spec.instances
+
+    with tempfile.TemporaryDirectory(prefix="aether-pack-") as tmp:
+        archive = Path(tmp) / "artifact.tar.gz"
+        try:
+            packed = await asyncio.to_thread(pack, root, archive)
+        except AetherError as exc:
+            raise CliError(f"cannot pack {root}: {exc}", kind="config", code=exc.code) from None
+        async with api_client(args) as client:
+            uploaded = False
+            if not await client.has_artifact(packed.digest):
+                bar = _progress("uploading", packed.size_bytes)
+                try:
+                    await client.upload_artifact(
+                        archive,
+                        packed.digest,
+                        progress=(lambda n: bar.advance(bar.task_ids[0], n)) if bar else None,
+                    )
+                finally:
+                    if bar:
+                        bar.stop()
+                uploaded = True
+            key = uuid.uuid4().hex
+            try:
+                deployment = await client.create_deployment(
+                    spec.name, packed.digest, spec, instances=instances, idempotency_key=key
+                )
+            except AetherError as exc:
+                if exc.status not in (503,):
+                    raise
+                deployment = await client.create_deployment(  # same key: never deploys twice
+                    spec.name, packed.digest, spec, instances=instances, idempotency_key=key
+                )
+            if not args.no_wait:
+                deployment = await wait_for_rollout(client, deployment, args.timeout)
+            url = await router_url(client, spec.name)
+    data = {
+        "app": spec.name,
+        "version": deployment.version,
+        "digest": packed.digest,
+        "size_bytes": packed.size_bytes,
+        "deployment_id": deployment.id,
+        "url": url,
+        "status": deployment.status,
+        "instances": instances,
+        "uploaded": uploaded,
+    }
+    emit(
+        args,
+        data,
+        f"deployed {spec.name} v{deployment.version} ({packed.digest[:19]}, "
+        f"{packed.size_bytes} bytes{', uploaded' if uploaded else ', already on server'})\n"
+        f"status: {deployment.status}, {instances} instance(s)\n"
+        f"url: {url or '(no ready node yet)'}",
+    )
+    return 0

@@ -1,0 +1,102 @@
+"""Read-only commands: ``status``, ``apps``, ``nodes``, ``deployments``."""
+
+from __future__ import annotations
+
+import argparse
+
+from aether.cli.output import emit
+from aether.cli.session import api_client
+
+__all__ = ["run"]
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with api_client(args) as client:
+        if args.command == "status":
+            status = await client.status()
+            data = status.model_dump(mode="json")
+            text = (
+                f"api:    {status.api_url}\nleader: {status.leader or '(none)'}\n\n"
+                + _table(
+                    [[n.id, n.state, n.router_url, str(n.instances)] for n in status.nodes],
+                    ["node", "state", "router", "instances"],
+                )
+                + "\n\n"
+                + _table(
+                    [
+                        [
+                            a.name,
+                            f"v{a.version}" if a.version else "-",
+                            f"{a.instances_active}/{a.instances_desired}",
+                        ]
+                        for a in status.apps
+                    ],
+                    ["app", "version", "active"],
+                )
+            )
+            emit(args, data, text)
+        elif args.command == "apps":
+            apps = await client.apps()
+            emit(
+                args,
+                {"apps": [a.model_dump(mode="json") for a in apps]},
+                _table(
+                    [
+                        [
+                            a.name,
+                            f"v{a.version}" if a.version else "-",
+                            f"{a.instances_active}/{a.instances_desired}",
+                        ]
+                        for a in apps
+                    ],
+                    ["app", "version", "active"],
+                ),
+            )
+        elif args.command == "nodes":
+            nodes = await client.nodes()
+            emit(
+                args,
+                {"nodes": [n.model_dump(mode="json") for n in nodes]},
+                _table(
+                    [
+                        [
+                            n.id,
+                            n.state,
+                            n.router_url,
+                            ",".join(n.capabilities.drivers),
+                            str(n.instances),
+                        ]
+                        for n in nodes
+                    ],
+                    ["node", "state", "router", "drivers", "instances"],
+                ),
+            )
+        else:
+            deployments = await client.deployments(args.app)
+            emit(
+                args,
+                {"deployments": [d.model_dump(mode="json") for d in deployments]},
+                _table(
+                    [
+                        [
+                            f"v{d.version}",
+                            d.status,
+                            d.digest[:19],
+                            str(d.instances),
+                            f"v{d.rollback_of}" if d.rollback_of else "",
+                            d.created_at.isoformat(),
+                        ]
+                        for d in deployments
+                    ],
+                    ["version", "status", "digest", "instances", "rollback of", "created"],
+                ),
+            )
+    return 0

@@ -1,0 +1,70 @@
+"""Output, errors and exit codes for every command, in one place.
+
+``--format json`` prints exactly one JSON object on stdout; logs and progress
+go to stderr. Errors print ``{"error": {"code", "message"}}`` in JSON mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from types import ModuleType
+from typing import Any
+
+from aether.cli.main import EXIT
+from aether.errors import AetherError
+
+__all__ = ["CliError", "configure_logging", "emit", "run_command"]
+
+
+class CliError(Exception):
+    """A user-facing failure with its exit code kind (see ``EXIT``)."""
+
+    def __init__(self, message: str, *, kind: str = "internal", code: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.WARNING),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "format", "text") == "json":
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+    else:
+        sys.stdout.write(text.rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+def run_command(module: ModuleType, args: argparse.Namespace) -> int:
+    json_mode = getattr(args, "format", "text") == "json"
+    try:
+        result = module.run(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as exc:
+        return _fail(json_mode, exc.code, str(exc), EXIT[exc.kind])
+    except AetherError as exc:
+        return _fail(json_mode, exc.code, exc.message, EXIT["network"])
+    except OSError as exc:
+        return _fail(json_mode, "io", str(exc), EXIT["io"])
+
+
+def _fail(json_mode: bool, code: str, message: str, exit_code: int) -> int:
+    if json_mode:
+        sys.stdout.write(json.dumps({"error": {"code": code, "message": message}}) + "\n")
+    else:
+        sys.stderr.write(f"aether: {message}\n")
+    return exit_code

@@ -1,0 +1,99 @@
+"""Where the CLI keeps its session (server + token) and settings.
+
+- session: ``${XDG_CACHE_HOME:-~/.cache}/aether/session.json`` (0600)
+- settings: ``${XDG_CONFIG_HOME:-~/.config}/aether/config.toml``
+
+Precedence: command-line flag, then ``AETHER_SERVER`` / ``AETHER_TOKEN``, then
+the session, then the config file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from aether.cli.output import CliError
+
+__all__ = ["Session", "config_path", "load_session", "save_config", "save_session", "session_path"]
+
+
+def _xdg(var: str, default: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / default)
+
+
+def session_path() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "aether" / "session.json"
+
+
+def config_path() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "aether" / "config.toml"
+
+
+@dataclass
+class Session:
+    server: str
+    token: str | None
+
+
+def _read_config() -> dict[str, Any]:
+    path = config_path()
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"{path} is not valid TOML: {exc}", kind="config") from None
+
+
+def load_session(server: str | None = None, token: str | None = None) -> Session:
+    stored: dict[str, Any] = {}
+    try:
+        stored = json.loads(session_path().read_text())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        raise CliError(
+            f"{session_path()} is corrupt; run `aether login` again", kind="config"
+        ) from None
+    config = _read_config()
+    url = server or os.environ.get("AETHER_SERVER") or stored.get("server") or config.get("server")
+    tok = token or os.environ.get("AETHER_TOKEN") or stored.get("token")
+    if not url:
+        raise CliError(
+            "no server configured: run `aether up`, or `aether login --server URL --token TOKEN`",
+            kind="config",
+        )
+    return Session(server=str(url), token=str(tok) if tok else None)
+
+
+def save_session(server: str, token: str) -> Path:
+    path = session_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"server": server, "token": token}, fh)
+    os.chmod(path, 0o600)
+    return path
+
+
+def save_config(updates: dict[str, Any]) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = _read_config()
+    config.update(updates)
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def api_client(args: Any) -> Any:
+    """The API client for this invocation's server and token."""
+    from aether.client import ApiClient
+
+    session = load_session(getattr(args, "server", None), getattr(args, "token", None))
+    return ApiClient(session.server, session.token)

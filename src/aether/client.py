@@ -1,0 +1,259 @@
+"""The one typed HTTP client for the Aether API, used by the CLI, nodes and tests.
+
+Errors come back as the same exception tree the server raised
+(``aether.errors``); a server that cannot be reached raises ``NetworkError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aether.errors import AetherError, ServiceUnavailableError, error_for
+from aether.model.api import (
+    AppOut,
+    DeploymentOut,
+    InstanceOut,
+    NodeOut,
+    RegisterIn,
+    RegisterOut,
+    StatusOut,
+)
+from aether.model.app import AppSpec
+
+__all__ = ["ApiClient", "NetworkError"]
+
+
+class NetworkError(ServiceUnavailableError):
+    code = "unreachable"
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+        code, message = str(body["code"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "internal", f"HTTP {response.status_code}: {response.text[:200]}"
+    raise error_for(response.status_code, code, message)
+
+
+class ApiClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise NetworkError(f"cannot reach the Aether server at {self.base_url}: {exc}") from exc
+        _raise_for(response)
+        return response
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self.request(method, path, **kwargs)).json()
+
+    # -- probes and status --------------------------------------------------
+
+    async def healthz(self) -> bool:
+        try:
+            await self.request("GET", "/healthz")
+        except AetherError:
+            return False
+        return True
+
+    async def status(self) -> StatusOut:
+        return StatusOut.model_validate(await self.json("GET", "/api/v1/status"))
+
+    async def nodes(self) -> list[NodeOut]:
+        return [NodeOut.model_validate(n) for n in await self.json("GET", "/api/v1/nodes")]
+
+    async def instances(self, app: str | None = None) -> list[InstanceOut]:
+        params = {"app": app} if app else {}
+        data = await self.json("GET", "/api/v1/instances", params=params)
+        return [InstanceOut.model_validate(i) for i in data]
+
+    async def endpoints(self, app: str | None = None) -> list[dict[str, Any]]:
+        params = {"app": app} if app else {}
+        result: list[dict[str, Any]] = await self.json("GET", "/api/v1/endpoints", params=params)
+        return result
+
+    # -- artifacts ----------------------------------------------------------
+
+    async def has_artifact(self, digest: str) -> bool:
+        try:
+            await self.request("HEAD", f"/api/v1/artifacts/{digest}")
+        except AetherError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def upload_artifact(
+        self,
+        path: Path,
+        digest: str,
+        *,
+        progress: Callable[[int], None] | None = None,
+        chunk_size: int = 1 << 20,
+    ) -> dict[str, Any]:
+        async def body() -> AsyncIterator[bytes]:
+            with path.open("rb") as fh:
+                while chunk := fh.read(chunk_size):
+                    if progress:
+                        progress(len(chunk))
+                    yield chunk
+
+        result: dict[str, Any] = await self.json(
+            "POST",
+            "/api/v1/artifacts",
+            content=body(),
+            headers={
+                "X-Aether-Artifact-Digest": digest,
+                "Content-Type": "application/gzip",
+                "Content-Length": str(path.stat().st_size),
+            },
+        )
+        return result
+
+    async def download_artifact(self, digest: str, dest: Path) -> None:
+        try:
+            async with self._http.stream("GET", f"/api/v1/artifacts/{digest}") as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_for(response)
+                with dest.open("wb") as fh:
+                    async for chunk in response.aiter_bytes(1 << 20):
+                        fh.write(chunk)
+        except httpx.TransportError as exc:
+            raise NetworkError(f"artifact download from {self.base_url} failed: {exc}") from exc
+
+    # -- apps and deployments -----------------------------------------------
+
+    async def create_deployment(
+        self,
+        app: str,
+        digest: str,
+        spec: AppSpec,
+        *,
+        instances: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> DeploymentOut:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"digest": digest, "spec": spec.model_dump(mode="json"), "instances": instances}
+        data = await self.json(
+            "POST", f"/api/v1/apps/{app}/deployments", json=body, headers=headers
+        )
+        return DeploymentOut.model_validate(data)
+
+    async def deployment(self, deployment_id: str) -> DeploymentOut:
+        return DeploymentOut.model_validate(
+            await self.json("GET", f"/api/v1/deployments/{deployment_id}")
+        )
+
+    async def deployments(self, app: str) -> list[DeploymentOut]:
+        data = await self.json("GET", f"/api/v1/apps/{app}/deployments")
+        return [DeploymentOut.model_validate(d) for d in data]
+
+    async def apps(self) -> list[AppOut]:
+        return [AppOut.model_validate(a) for a in await self.json("GET", "/api/v1/apps")]
+
+    async def scale(self, app: str, instances: int) -> AppOut:
+        data = await self.json("POST", f"/api/v1/apps/{app}/scale", json={"instances": instances})
+        return AppOut.model_validate(data)
+
+    async def rollback(
+        self, app: str, version: int | None = None, *, idempotency_key: str | None = None
+    ) -> DeploymentOut:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = await self.json(
+            "POST", f"/api/v1/apps/{app}/rollback", json={"version": version}, headers=headers
+        )
+        return DeploymentOut.model_validate(data)
+
+    async def logs(self, app: str, *, tail: int = 200, follow: bool = False) -> AsyncIterator[str]:
+        params = {"tail": tail, "follow": "true" if follow else "false"}
+        timeout = httpx.Timeout(None, connect=5.0) if follow else httpx.USE_CLIENT_DEFAULT
+        try:
+            async with self._http.stream(
+                "GET", f"/api/v1/apps/{app}/logs", params=params, timeout=timeout
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_for(response)
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.TransportError as exc:
+            raise NetworkError(f"log stream from {self.base_url} failed: {exc}") from exc
+
+    # -- node side ----------------------------------------------------------
+
+    async def register(self, body: RegisterIn) -> RegisterOut:
+        data = await self.json("POST", "/api/v1/nodes/register", json=body.model_dump(mode="json"))
+        return RegisterOut.model_validate(data)
+
+    async def heartbeat(self, node: str, lease_id: int) -> None:
+        await self.request("POST", f"/api/v1/nodes/{node}/heartbeat", json={"lease_id": lease_id})
+
+    async def assignments(self, node: str, from_revision: int) -> AsyncIterator[dict[str, Any]]:
+        """The node's assignment stream, one decoded line at a time."""
+        try:
+            async with self._http.stream(
+                "GET",
+                f"/api/v1/nodes/{node}/assignments",
+                params={"from_revision": from_revision},
+                timeout=httpx.Timeout(15.0, connect=5.0),  # pings arrive every 5 s
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_for(response)
+                async for line in response.aiter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise NetworkError(f"assignment stream from {self.base_url} broke: {exc}") from exc
+
+    async def report(
+        self, key: str, state: str, *, message: str = "", url: str | None = None
+    ) -> None:
+        node, app_version, n = key.split("/")[1:4]
+        await self.request(
+            "PUT",
+            f"/api/v1/nodes/{node}/instances/{app_version}/{n}",
+            json={"state": state, "message": message, "url": url},
+        )
+
+    async def unloaded(self, key: str) -> None:
+        node, app_version, n = key.split("/")[1:4]
+        await self.request("DELETE", f"/api/v1/nodes/{node}/instances/{app_version}/{n}")
+
+    async def push_logs(self, node: str, entries: list[dict[str, str]]) -> None:
+        await self.request("POST", f"/api/v1/nodes/{node}/logs", json={"entries": entries})

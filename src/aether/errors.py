@@ -1,0 +1,122 @@
+"""The one exception tree of Aether, mapped to the API envelope in one place.
+
+    AetherError                      code                 status
+    ├── BadRequestError              bad_request          400
+    │   ├── DigestMismatchError      digest_mismatch      400
+    │   └── UnsafeArchiveError       unsafe_archive (or a more precise code) 400
+    ├── UnauthorizedError            unauthorized         401
+    ├── ForbiddenError               forbidden            403
+    ├── NotFoundError                not_found            404
+    ├── ConflictError                conflict             409
+    ├── PayloadTooLargeError         payload_too_large    413
+    ├── ServiceUnavailableError      service_unavailable  503
+    └── InternalError                internal             500
+
+The server turns any of these into ``{"code", "message", "trace_id"}`` with the
+status above (``aether.server.errors``); the API client turns the envelope back
+into the same class (``aether.client``), so callers catch one tree everywhere.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AetherError",
+    "BadRequestError",
+    "ConflictError",
+    "DigestMismatchError",
+    "ForbiddenError",
+    "InternalError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ServiceUnavailableError",
+    "UnauthorizedError",
+    "UnsafeArchiveError",
+    "error_for",
+]
+
+
+class AetherError(Exception):
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadRequestError(AetherError):
+    code = "bad_request"
+    status = 400
+
+
+class DigestMismatchError(BadRequestError):
+    code = "digest_mismatch"
+
+
+class UnsafeArchiveError(BadRequestError):
+    """An archive that would write outside its target, or is too big, or is not an archive.
+
+    ``code`` says which: ``path_traversal``, ``absolute_path``, ``link_escape``,
+    ``special_file``, ``archive_too_large``, ``too_many_entries``, ``corrupt_archive``.
+    """
+
+    code = "unsafe_archive"
+
+
+class UnauthorizedError(AetherError):
+    code = "unauthorized"
+    status = 401
+
+
+class ForbiddenError(AetherError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFoundError(AetherError):
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(AetherError):
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLargeError(AetherError):
+    code = "payload_too_large"
+    status = 413
+
+
+class ServiceUnavailableError(AetherError):
+    code = "service_unavailable"
+    status = 503
+
+
+class InternalError(AetherError):
+    code = "internal"
+    status = 500
+
+
+_BY_STATUS: dict[int, type[AetherError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    503: ServiceUnavailableError,
+}
+
+
+def error_for(status: int, code: str, message: str) -> AetherError:
+    """The exception for an envelope received over HTTP."""
+    if code == "digest_mismatch":
+        return DigestMismatchError(message)
+    cls = _BY_STATUS.get(status, InternalError)
+    return cls(message, code=code)

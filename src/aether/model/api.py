@@ -1,0 +1,122 @@
+"""Request and response bodies of the HTTP API, shared by server, CLI and tests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from aether.model.app import AppSpec
+from aether.model.cluster import NodeCapabilities
+
+__all__ = [
+    "AppOut",
+    "DeploymentIn",
+    "DeploymentOut",
+    "EventOut",
+    "InstanceOut",
+    "NodeOut",
+    "RegisterIn",
+    "RegisterOut",
+    "ReportIn",
+    "RollbackIn",
+    "ScaleIn",
+    "StatusOut",
+]
+
+
+class DeploymentIn(BaseModel):
+    digest: str
+    spec: AppSpec
+    instances: Annotated[int, Field(ge=0, le=1000)] | None = None
+
+
+class EventOut(BaseModel):
+    type: str
+    message: str
+    created_at: datetime
+
+
+class InstanceOut(BaseModel):
+    key: str
+    app: str
+    version: int
+    n: int
+    node: str
+    command: str
+    state: str | None
+    message: str
+    url: str | None
+
+
+class DeploymentOut(BaseModel):
+    id: str
+    app: str
+    version: int
+    digest: str
+    instances: int
+    status: str
+    rollback_of: int | None = None
+    created_at: datetime
+    spec: AppSpec
+    instances_active: int | None = None
+    instance_list: list[InstanceOut] | None = None
+    events: list[EventOut] | None = None
+
+
+class ScaleIn(BaseModel):
+    instances: Annotated[int, Field(ge=0, le=1000)]
+
+
+class RollbackIn(BaseModel):
+    version: Annotated[int, Field(ge=1)] | None = None
+
+
+class AppOut(BaseModel):
+    name: str
+    version: int | None
+    deployment_id: str | None
+    instances_desired: int
+    instances_active: int
+    created_at: datetime
+
+
+class NodeOut(BaseModel):
+    id: str
+    state: Literal["ready", "down", "draining"]
+    router_url: str
+    capabilities: NodeCapabilities
+    instances: int
+    last_seen_at: datetime
+
+
+class StatusOut(BaseModel):
+    api_url: str
+    leader: str | None
+    revision: int
+    nodes: list[NodeOut]
+    apps: list[AppOut]
+
+
+class RegisterIn(BaseModel):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    capabilities: NodeCapabilities
+    router_url: str
+
+
+class RegisterOut(BaseModel):
+    node_id: str
+    lease_id: int
+    lease_ttl: float
+    heartbeat_interval: float
+    drain_grace: float
+    log_interval: float
+    revision: int
+
+
+class ReportIn(BaseModel):
+    state: str
+    message: str = ""
+    url: str | None = None
+    request_id: str = ""

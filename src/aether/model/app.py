@@ -1,0 +1,84 @@
+"""What an app says about itself in ``aether.toml``."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aether.errors import BadRequestError
+
+__all__ = ["APP_NAME_RE", "AppSpec", "Resources", "load_app_spec", "validate_app_name"]
+
+APP_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def validate_app_name(name: str) -> str:
+    if not APP_NAME_RE.match(name):
+        raise BadRequestError(
+            f"invalid app name {name!r}: use 1-63 lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+class Resources(BaseModel):
+    """What one instance reserves on its node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: Annotated[float, Field(ge=0)] = 0.1
+    memory_mb: Annotated[int, Field(ge=0)] = 64
+
+
+class AppSpec(BaseModel):
+    """The process spec of an app: how a node starts and checks one instance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    start: Annotated[str, Field(min_length=1)]
+    port_env: str = "PORT"
+    health: str | None = "/"
+    instances: Annotated[int, Field(ge=0, le=1000)] = 1
+    env: dict[str, str] = Field(default_factory=dict)
+    driver: str = "process"
+    resources: Resources = Field(default_factory=Resources)
+    constraints: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_app_name(value)
+
+    @field_validator("health")
+    @classmethod
+    def _health(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("health must be a path starting with '/'")
+        return value
+
+
+def load_app_spec(root: Path, *, name: str | None = None) -> AppSpec:
+    """Read ``root/aether.toml``; ``name`` overrides the file's name."""
+    path = root / "aether.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadRequestError(
+            f'{path} not found: create it with at least name = "..." and start = "..."'
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadRequestError(f"{path} is not valid TOML: {exc}") from None
+    if name is not None:
+        data["name"] = name
+    try:
+        return AppSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BadRequestError(f"{path}: {problems}") from None

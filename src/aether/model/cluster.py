@@ -1,0 +1,106 @@
+"""The values kept under the state store's keys (see ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aether.core.lifecycle import Command, State
+from aether.model.app import AppSpec
+
+__all__ = [
+    "Blueprint",
+    "Endpoint",
+    "InstanceRecord",
+    "NodeCapabilities",
+    "NodeRecord",
+    "instance_key",
+    "parse_instance_key",
+]
+
+
+class NodeCapabilities(BaseModel):
+    cpus: float
+    memory_mb: int
+    drivers: list[str]
+    kernel: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class NodeRecord(BaseModel):
+    """Value of ``nodes/{node}``, bound to the node's lease."""
+
+    id: str
+    capabilities: NodeCapabilities
+    router_url: str
+    draining: bool = False
+    registered_at: float = 0.0
+
+
+class Blueprint(BaseModel):
+    """Value of ``blueprints/{app}``: the desired state of one app."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    app: str
+    tenant: str
+    deployment_id: str
+    version: int
+    digest: str
+    spec: AppSpec
+    instances: int
+    strategy: Literal["spread", "binpack"] = "spread"
+
+
+class InstanceRecord(BaseModel):
+    """Value of ``instances/{node}/{app}@{version}/{n}``.
+
+    ``command`` is written by the leader, ``state`` and ``message`` by the node.
+    """
+
+    app: str
+    version: int
+    n: int
+    node: str
+    tenant: str
+    deployment_id: str
+    digest: str
+    spec: AppSpec
+    command: Command
+    state: State | None = None
+    message: str = ""
+    url: str | None = None
+    request_id: str = ""
+
+    @property
+    def key(self) -> str:
+        return instance_key(self.node, self.app, self.version, self.n)
+
+
+class Endpoint(BaseModel):
+    """Value of ``endpoints/{app}/{entry}/{node}:{n}``, bound to the node's lease."""
+
+    app: str
+    entry: str = "web"
+    node: str
+    n: int
+    version: int
+    url: str
+
+
+def instance_key(node: str, app: str, version: int, n: int) -> str:
+    return f"instances/{node}/{app}@{version}/{n}"
+
+
+def parse_instance_key(key: str) -> tuple[str, str, int, int]:
+    """``instances/{node}/{app}@{version}/{n}`` → (node, app, version, n)."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "instances" or "@" not in parts[2]:
+        raise ValueError(f"not an instance key: {key!r}")
+    app, _, version = parts[2].rpartition("@")
+    return parts[1], app, int(version), int(parts[3])
+
+
+def endpoint_key(app: str, entry: str, node: str, n: int) -> str:
+    return f"endpoints/{app}/{entry}/{node}:{n}"

@@ -1,0 +1,228 @@
+"""``aether node``: register, heartbeat, follow assignments, run instances, route.
+
+The node is level-triggered like the leader: the assignment stream keeps a
+local copy of this node's instance keys and of all endpoints; a reconcile pass
+compares that desired state with the runners it has and steps each one. When
+the server is unreachable nothing is stopped: instances keep serving and the
+router keeps its last endpoint table while the node reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aether.client import ApiClient
+from aether.errors import AetherError, NotFoundError, UnauthorizedError
+from aether.model.api import RegisterIn, RegisterOut
+from aether.model.cluster import Endpoint, InstanceRecord
+from aether.node.capabilities import fingerprint
+from aether.node.drivers.base import Driver
+from aether.node.drivers.process import ProcessDriver
+from aether.node.logship import LogShipper
+from aether.node.router import Router
+from aether.node.runner import InstanceRunner, RunnerConfig
+
+__all__ = ["NodeDaemon", "NodeOptions"]
+
+log = logging.getLogger("aether.node")
+
+
+@dataclass
+class NodeOptions:
+    server: str
+    join_token: str
+    data_dir: Path
+    router_port: int = 8080
+    router_host: str = "127.0.0.1"
+    advertise_host: str = "127.0.0.1"
+    node_id: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _node_id(data_dir: Path, requested: str | None) -> str:
+    """A stable id, kept in the data dir so a restarted node is the same node."""
+    path = data_dir / "node.json"
+    if path.exists():
+        stored = str(json.loads(path.read_text())["id"])
+        if requested is None or requested == stored:
+            return stored
+    node_id = requested or f"{os.uname().nodename.split('.')[0]}-{uuid.uuid4().hex[:6]}"
+    path.write_text(json.dumps({"id": node_id}))
+    return node_id
+
+
+class NodeDaemon:
+    def __init__(self, options: NodeOptions) -> None:
+        self.options = options
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        self.node_id = _node_id(options.data_dir, options.node_id)
+        self.client = ApiClient(options.server, options.join_token)
+        self.drivers: dict[str, Driver] = {"process": ProcessDriver()}
+        self.config = RunnerConfig(options.data_dir, options.advertise_host)
+        self.router = Router(options.router_host, options.router_port)
+        self.runners: dict[str, InstanceRunner] = {}
+        self.assigned: dict[str, InstanceRecord] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+        self.revision = 0
+        self.registration: RegisterOut | None = None
+        self.lease_lost = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.shipper = LogShipper(self.client, self.node_id, self.runners)
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{self.options.advertise_host}:{self.router.port}"
+
+    async def run(self) -> None:
+        await self.router.start()
+        log.info("node %s: router on %s", self.node_id, self.router_url)
+        print(f"aether node {self.node_id}: router on {self.router_url}", flush=True)
+        reconciler = asyncio.create_task(self._reconcile_loop(), name="reconcile")
+        shipper = asyncio.create_task(self.shipper.run(), name="logs")
+        try:
+            while True:
+                await self._register()
+                self.lease_lost.clear()
+                session = [
+                    asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                    asyncio.create_task(self._follow(), name="assignments"),
+                ]
+                await self.lease_lost.wait()
+                for task in session:
+                    task.cancel()
+                await asyncio.gather(*session, return_exceptions=True)
+                log.warning("node %s lost its lease; registering again", self.node_id)
+        finally:
+            reconciler.cancel()
+            shipper.cancel()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for runner in list(self.runners.values()):
+            await runner.cancel()
+            await runner.remove()
+        await self.router.stop()
+        await self.client.close()
+
+    async def _register(self) -> None:
+        caps = fingerprint(sorted(self.drivers), self.options.labels)
+        body = RegisterIn(id=self.node_id, capabilities=caps, router_url=self.router_url)
+        delay = 0.2
+        while True:
+            try:
+                self.registration = await self.client.register(body)
+                break
+            except UnauthorizedError as exc:
+                log.error("the server refused the join token: %s", exc)
+                await asyncio.sleep(5)
+            except AetherError as exc:
+                log.info("cannot register yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+        self.config.drain_grace = self.registration.drain_grace
+        for runner in self.runners.values():
+            runner.needs_report = True  # endpoints were on the old lease: publish them again
+        self.changed.set()
+        log.info("registered as %s (lease %d)", self.node_id, self.registration.lease_id)
+
+    async def _heartbeat(self) -> None:
+        assert self.registration is not None
+        reg = self.registration
+        while True:
+            await asyncio.sleep(reg.heartbeat_interval)
+            try:
+                await self.client.heartbeat(self.node_id, reg.lease_id)
+            except NotFoundError:
+                self.lease_lost.set()
+                return
+            except AetherError as exc:
+                log.debug("heartbeat failed (%s); retrying", exc)
+
+    async def _follow(self) -> None:
+        """Keep ``assigned`` and ``endpoints`` in step with the server, resuming by revision."""
+        delay = 0.2
+        while True:
+            try:
+                async for message in self.client.assignments(self.node_id, self.revision):
+                    delay = 0.2
+                    self._apply(message)
+            except NotFoundError:
+                self.lease_lost.set()
+                return
+            except AetherError as exc:
+                log.debug("assignment stream ended (%s); resuming from %d", exc, self.revision)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2)
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "ping":
+            return
+        if kind == "resync":
+            self.revision = 0
+            return
+        if kind == "snapshot":
+            self.assigned = {}
+            for value in message["instances"]:
+                record = InstanceRecord.model_validate(value)
+                self.assigned[record.key] = record
+            self.endpoints = {}
+            for value in message["endpoints"]:
+                ep = Endpoint.model_validate(value)
+                self.endpoints[f"endpoints/{ep.app}/{ep.entry}/{ep.node}:{ep.n}"] = ep
+            self.revision = int(message["revision"]) + 1
+        else:
+            key: str = message["key"]
+            if key.startswith("instances/"):
+                if kind == "PUT":
+                    self.assigned[key] = InstanceRecord.model_validate(message["value"])
+                else:
+                    self.assigned.pop(key, None)
+            elif key.startswith("endpoints/"):
+                if kind == "PUT":
+                    self.endpoints[key] = Endpoint.model_validate(message["value"])
+                else:
+                    self.endpoints.pop(key, None)
+            self.revision = int(message["revision"]) + 1
+        self.router.update(self.endpoints.values())
+        self.changed.set()
+
+    def _kick(self) -> None:
+        self.changed.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.changed.wait()
+            self.changed.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("node reconcile pass failed")
+
+    async def reconcile(self) -> None:
+        for key, record in self.assigned.items():
+            runner = self.runners.get(key)
+            if runner is None or runner.gone:
+                driver = self.drivers.get(record.spec.driver)
+                if driver is None:
+                    continue
+                runner = InstanceRunner(record, self.client, driver, self.config, self._kick)
+                self.runners[key] = runner
+            runner.record = record
+            runner.step()
+        for key in [k for k in self.runners if k not in self.assigned]:
+            runner = self.runners.pop(key)
+            await runner.cancel()
+            await runner.remove()
+        for key in [k for k, r in self.runners.items() if r.gone and not r.busy]:
+            del self.runners[key]

@@ -1,0 +1,159 @@
+"""The node's HTTP router: ``/apps/{app}/...`` and ``Host: {app}.localhost``.
+
+Round-robin over the app's ACTIVE endpoints (the table comes from the
+assignment stream); a connection that is refused is retried on the next
+endpoint, so a stopping instance costs no request. No endpoint: 503 with the
+error envelope.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+
+import aiohttp
+from aiohttp import web
+
+from aether.model.cluster import Endpoint
+
+__all__ = ["Router", "split_target"]
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+def split_target(host: str, path: str) -> tuple[str, str] | None:
+    """(app, upstream path) for a request, or None if it names no app."""
+    name = host.split(":", 1)[0].lower()
+    if name.endswith(".localhost") and name.count(".") == 1:
+        return name[: -len(".localhost")], path
+    if path.startswith("/apps/"):
+        rest = path[len("/apps/") :]
+        app, slash, tail = rest.partition("/")
+        if app:
+            return app, "/" + tail if slash else "/"
+    return None
+
+
+def _envelope(status: int, code: str, message: str) -> web.Response:
+    trace = uuid.uuid4().hex
+    return web.Response(
+        status=status,
+        text=json.dumps({"code": code, "message": message, "trace_id": trace}),
+        content_type="application/json",
+        headers={"X-Trace-Id": trace},
+    )
+
+
+class Router:
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._table: dict[str, list[str]] = {}
+        self._cycles: dict[str, Iterator[int]] = {}
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def update(self, endpoints: Iterable[Endpoint]) -> None:
+        table: dict[str, list[str]] = defaultdict(list)
+        for ep in endpoints:
+            table[ep.app].append(ep.url)
+        new = {app: sorted(urls) for app, urls in table.items()}
+        for app in set(new) | set(self._table):
+            if new.get(app) != self._table.get(app):
+                self._cycles[app] = itertools.count()
+        self._table = new
+
+    def endpoints(self, app: str) -> list[str]:
+        return list(self._table.get(app, []))
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=2),
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:
+            server = site._server
+            assert server is not None
+            sockets = getattr(server, "sockets", None)
+            assert sockets
+            self.port = sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/_aether/health":
+            return web.json_response({"status": "ok", "apps": sorted(self._table)})
+        target = split_target(request.host, request.path_qs)
+        if target is None:
+            return _envelope(
+                404,
+                "not_found",
+                "no app in this request: use /apps/{app}/... or Host: {app}.localhost",
+            )
+        app, path = target
+        urls = self._table.get(app)
+        if not urls:
+            return _envelope(503, "service_unavailable", f"app {app!r} has no ACTIVE endpoints")
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers["X-Forwarded-Host"] = request.host
+        headers["X-Forwarded-For"] = request.remote or ""
+        headers["X-Forwarded-Proto"] = request.scheme
+        start = next(self._cycles.setdefault(app, itertools.count()))
+        assert self._session is not None
+        last_error = ""
+        for attempt in range(len(urls)):
+            url = urls[(start + attempt) % len(urls)]
+            try:
+                upstream = await self._session.request(
+                    request.method, url + path, headers=headers, data=body, allow_redirects=False
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+                last_error = str(exc)
+                continue  # refused or closed before answering: try the next endpoint
+            return await self._relay(request, upstream)
+        return _envelope(
+            503, "service_unavailable", f"no endpoint of app {app!r} answered: {last_error}"
+        )
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        async with upstream:
+            headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+            if upstream.content_length is not None and upstream.content_length < (1 << 20):
+                data = await upstream.read()
+                return web.Response(status=upstream.status, headers=headers, body=data)
+            response = web.StreamResponse(status=upstream.status, headers=headers)
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(1 << 16):
+                await response.write(chunk)
+            await response.write_eof()
+            return response

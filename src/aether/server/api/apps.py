@@ -1,0 +1,281 @@
+"""Apps, deployments, scale, rollback and logs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from aether.artifacts import parse_digest
+from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.model.api import (
+    AppOut,
+    DeploymentIn,
+    DeploymentOut,
+    EventOut,
+    InstanceOut,
+    RollbackIn,
+    ScaleIn,
+)
+from aether.model.app import AppSpec, validate_app_name
+from aether.model.cluster import Blueprint
+from aether.server.auth import Caller, Operator
+from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
+from aether.server.context import ServerContext, get_context
+from aether.server.idempotency import idempotent
+from aether.store.base import Compare, Put
+from aether.store.records import Principal
+from aether.store.records.schema import App, Deployment
+
+__all__ = ["deployment_out", "instances_of", "router"]
+
+router = APIRouter(tags=["apps"])
+Ctx = Annotated[ServerContext, Depends(get_context)]
+
+
+def instances_of(snap: ClusterSnapshot, app: str, version: int | None = None) -> list[InstanceOut]:
+    return [
+        InstanceOut(
+            key=key,
+            app=inst.app,
+            version=inst.version,
+            n=inst.n,
+            node=inst.node,
+            command=inst.command.value,
+            state=inst.state.value if inst.state else None,
+            message=inst.message,
+            url=inst.url,
+        )
+        for key, (inst, _) in sorted(snap.instances.items())
+        if inst.app == app and (version is None or inst.version == version)
+    ]
+
+
+def deployment_out(app: App, dep: Deployment) -> DeploymentOut:
+    return DeploymentOut(
+        id=dep.id,
+        app=app.name,
+        version=dep.version,
+        digest=dep.digest,
+        instances=dep.instances,
+        status=dep.status,
+        rollback_of=dep.rollback_of,
+        created_at=dep.created_at,
+        spec=AppSpec.model_validate(dep.spec),
+    )
+
+
+async def _owned_blueprint(ctx: ServerContext, caller: Principal, name: str) -> Blueprint | None:
+    kv = await ctx.store.get(f"blueprints/{name}")
+    if kv is None:
+        return None
+    bp = Blueprint.model_validate_json(kv.value)
+    return bp if bp.tenant == caller.tenant_id else None
+
+
+async def _app(ctx: ServerContext, caller: Principal, name: str) -> App:
+    return await ctx.records.get_app(caller.tenant_id, validate_app_name(name))
+
+
+async def _start_deployment(
+    ctx: ServerContext,
+    caller: Principal,
+    app_name: str,
+    *,
+    digest: str,
+    spec: AppSpec,
+    instances: int,
+    rollback_of: int | None = None,
+) -> dict[str, Any]:
+    """Record version N+1 and make it the app's blueprint."""
+    digest = parse_digest(digest)
+    if not await ctx.records.has_artifact(
+        caller.tenant_id, digest
+    ) or not await ctx.registry.exists(digest):
+        raise BadRequestError(
+            f"artifact {digest} is not in the registry: upload it first (POST /api/v1/artifacts)"
+        )
+    spec = spec.model_copy(update={"name": app_name})
+    app = await ctx.records.get_or_create_app(caller.tenant_id, app_name)
+    dep = await ctx.records.create_deployment(
+        caller.tenant_id,
+        app,
+        digest=digest,
+        spec=spec.model_dump(mode="json"),
+        instances=instances,
+        rollback_of=rollback_of,
+    )
+    blueprint = Blueprint(
+        app=app_name,
+        tenant=caller.tenant_id,
+        deployment_id=dep.id,
+        version=dep.version,
+        digest=digest,
+        spec=spec,
+        instances=instances,
+    )
+    await ctx.store.put(f"blueprints/{app_name}", dump(blueprint))
+    what = f"rollback to v{rollback_of}" if rollback_of else "deployment"
+    await ctx.records.add_event(
+        dep.id, "created", f"{what} v{dep.version} of {digest[:19]} with {instances} instance(s)"
+    )
+    return deployment_out(app, dep).model_dump(mode="json")
+
+
+async def _claim_name(ctx: ServerContext, caller: Principal, name: str) -> None:
+    """App names route globally (``/apps/NAME``), so one tenant owns each name."""
+    kv = await ctx.store.get(f"blueprints/{name}")
+    if kv is not None and Blueprint.model_validate_json(kv.value).tenant != caller.tenant_id:
+        raise ConflictError(f"app name {name!r} is taken by another tenant; choose another name")
+
+
+@router.post("/apps/{app}/deployments", status_code=201)
+async def create_deployment(
+    app: str, body: DeploymentIn, request: Request, caller: Operator, ctx: Ctx
+) -> JSONResponse:
+    validate_app_name(app)
+    await _claim_name(ctx, caller, app)
+    instances = body.instances if body.instances is not None else body.spec.instances
+
+    async def produce() -> dict[str, Any]:
+        return await _start_deployment(
+            ctx, caller, app, digest=body.digest, spec=body.spec, instances=instances
+        )
+
+    return await idempotent(request, ctx, caller, body.model_dump(mode="json"), produce)
+
+
+@router.get("/apps/{app}/deployments")
+async def list_deployments(app: str, caller: Caller, ctx: Ctx) -> list[DeploymentOut]:
+    row = await _app(ctx, caller, app)
+    return [
+        deployment_out(row, d) for d in await ctx.records.list_deployments(caller.tenant_id, row)
+    ]
+
+
+@router.get("/deployments/{deployment_id}")
+async def get_deployment(deployment_id: str, caller: Caller, ctx: Ctx) -> DeploymentOut:
+    dep = await ctx.records.get_deployment(caller.tenant_id, deployment_id)
+    apps = {a.id: a for a in await ctx.records.list_apps(caller.tenant_id)}
+    out = deployment_out(apps[dep.app_id], dep)
+    snap = await read_snapshot(ctx.store)
+    out.instance_list = instances_of(snap, out.app, dep.version)
+    out.instances_active = sum(1 for i in out.instance_list if i.state == "ACTIVE")
+    out.events = [
+        EventOut(type=e.type, message=e.message, created_at=e.created_at)
+        for e in await ctx.records.list_events(dep.id)
+    ]
+    return out
+
+
+@router.get("/apps")
+async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
+    snap = await read_snapshot(ctx.store)
+    out = []
+    for app in await ctx.records.list_apps(caller.tenant_id):
+        entry = snap.blueprints.get(app.name)
+        bp = entry[0] if entry and entry[0].tenant == caller.tenant_id else None
+        out.append(
+            AppOut(
+                name=app.name,
+                version=bp.version if bp else None,
+                deployment_id=bp.deployment_id if bp else None,
+                instances_desired=bp.instances if bp else 0,
+                instances_active=snap.active_count(app.name, bp.version) if bp else 0,
+                created_at=app.created_at,
+            )
+        )
+    return out
+
+
+@router.get("/apps/{app}")
+async def get_app(app: str, caller: Caller, ctx: Ctx) -> AppOut:
+    for entry in await list_apps(caller, ctx):
+        if entry.name == app:
+            return entry
+    raise NotFoundError(f"app {app!r} not found; deploy it first with `aether deploy`")
+
+
+@router.post("/apps/{app}/scale")
+async def scale(app: str, body: ScaleIn, caller: Operator, ctx: Ctx) -> AppOut:
+    await _app(ctx, caller, app)
+    for _ in range(10):
+        kv = await ctx.store.get(f"blueprints/{app}")
+        if kv is None:
+            raise NotFoundError(f"app {app!r} has no live deployment to scale")
+        bp = Blueprint.model_validate_json(kv.value)
+        if bp.tenant != caller.tenant_id:
+            raise NotFoundError(f"app {app!r} not found")
+        updated = bp.model_copy(update={"instances": body.instances})
+        result = await ctx.store.txn(
+            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Put(kv.key, dump(updated))]
+        )
+        if result.succeeded:
+            await ctx.records.add_event(
+                bp.deployment_id, "scaled", f"instances {bp.instances} → {body.instances}"
+            )
+            return await get_app(app, caller, ctx)
+    raise ConflictError("the blueprint kept changing while scaling; try again")
+
+
+@router.post("/apps/{app}/rollback", status_code=201)
+async def rollback(
+    app: str, body: RollbackIn, request: Request, caller: Operator, ctx: Ctx
+) -> JSONResponse:
+    row = await _app(ctx, caller, app)
+    current = await _owned_blueprint(ctx, caller, app)
+    deployments = await ctx.records.list_deployments(caller.tenant_id, row)
+    if body.version is not None:
+        target = await ctx.records.get_deployment_by_version(caller.tenant_id, row, body.version)
+    else:
+        current_version = current.version if current else None
+        older = [
+            d
+            for d in deployments
+            if current_version is None or (d.version < current_version and d.status != "failed")
+        ]
+        if not older:
+            raise ConflictError(f"app {app!r} has no earlier deployment to roll back to")
+        target = older[0]
+    instances = current.instances if current else target.instances
+
+    async def produce() -> dict[str, Any]:
+        return await _start_deployment(
+            ctx,
+            caller,
+            app,
+            digest=target.digest,
+            spec=AppSpec.model_validate(target.spec),
+            instances=instances,
+            rollback_of=target.version,
+        )
+
+    return await idempotent(request, ctx, caller, body.model_dump(mode="json"), produce)
+
+
+@router.get("/apps/{app}/logs", response_model=None)
+async def logs(
+    app: str,
+    caller: Caller,
+    ctx: Ctx,
+    tail: Annotated[int, Query(ge=0, le=100_000)] = 200,
+    follow: bool = False,
+) -> PlainTextResponse | StreamingResponse:
+    await _app(ctx, caller, app)
+    lines, offset = ctx.logs.tail(caller.tenant_id, app, tail)
+    if not follow:
+        return PlainTextResponse("".join(f"{line}\n" for line in lines))
+
+    async def stream() -> AsyncIterator[str]:
+        for line in lines:
+            yield f"{line}\n"
+        try:
+            async for line in ctx.logs.follow(caller.tenant_id, app, offset):
+                yield f"{line}\n"
+        except asyncio.CancelledError:
+            return
+
+    return StreamingResponse(stream(), media_type="text/plain")

@@ -1,0 +1,77 @@
+"""Artifact registry API: content-addressed, verified before visible."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
+
+from aether.artifacts import parse_digest
+from aether.errors import BadRequestError, NotFoundError
+from aether.server.auth import ArtifactReader, Operator
+from aether.server.context import ServerContext, get_context
+from aether.store.records import Principal
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["artifacts"])
+Ctx = Annotated[ServerContext, Depends(get_context)]
+
+DIGEST_HEADER = "X-Aether-Artifact-Digest"
+
+
+class UploadOut(BaseModel):
+    digest: str
+    size_bytes: int
+    duplicate: bool
+
+
+async def _visible_size(ctx: ServerContext, caller: Principal, digest: str) -> int:
+    """The blob's size if this caller may see it: its tenant uploaded it, or it is a node."""
+    digest = parse_digest(digest)
+    size = await ctx.registry.size(digest)
+    if size is None or (
+        caller.role != "node" and not await ctx.records.has_artifact(caller.tenant_id, digest)
+    ):
+        raise NotFoundError(f"artifact {digest} not found")
+    return size
+
+
+@router.head("/artifacts/{digest}")
+async def head_artifact(digest: str, caller: ArtifactReader, ctx: Ctx) -> Response:
+    size = await _visible_size(ctx, caller, digest)
+    return Response(headers={"Content-Length": str(size), DIGEST_HEADER: digest})
+
+
+@router.get("/artifacts/{digest}")
+async def get_artifact(digest: str, caller: ArtifactReader, ctx: Ctx) -> StreamingResponse:
+    size = await _visible_size(ctx, caller, digest)
+    return StreamingResponse(
+        await ctx.registry.open_chunks(parse_digest(digest)),
+        media_type="application/gzip",
+        headers={"Content-Length": str(size), DIGEST_HEADER: digest},
+    )
+
+
+@router.post("/artifacts", status_code=201)
+async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> UploadOut:
+    claimed = request.headers.get(DIGEST_HEADER)
+    if not claimed:
+        raise BadRequestError(f"missing {DIGEST_HEADER} header: send the sha256 of the archive")
+    digest = parse_digest(claimed)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    yield chunk
+        except ClientDisconnect:
+            raise BadRequestError("upload interrupted: the client disconnected") from None
+
+    result = await ctx.registry.write_stream(body(), digest)
+    await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
+    return UploadOut(digest=result.digest, size_bytes=result.size_bytes, duplicate=result.duplicate)

@@ -1,0 +1,72 @@
+"""Cluster-wide views: status, blueprints, instances, endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from aether.errors import NotFoundError
+from aether.model.api import InstanceOut, StatusOut
+from aether.model.cluster import Blueprint, Endpoint
+from aether.server.api.apps import instances_of, list_apps
+from aether.server.api.nodes import node_list
+from aether.server.auth import Caller
+from aether.server.cluster import read_snapshot
+from aether.server.context import ServerContext, get_context
+from aether.store.election import current_leader
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["cluster"])
+Ctx = Annotated[ServerContext, Depends(get_context)]
+
+
+@router.get("/status")
+async def status(caller: Caller, ctx: Ctx) -> StatusOut:
+    return StatusOut(
+        api_url=ctx.settings.api_url(),
+        leader=await current_leader(ctx.store),
+        revision=await ctx.store.revision(),
+        nodes=await node_list(ctx),
+        apps=await list_apps(caller, ctx),
+    )
+
+
+@router.get("/blueprints")
+async def blueprints(caller: Caller, ctx: Ctx) -> list[Blueprint]:
+    snap = await read_snapshot(ctx.store)
+    return [bp for bp, _ in snap.blueprints.values() if bp.tenant == caller.tenant_id]
+
+
+@router.get("/blueprints/{app}")
+async def blueprint(app: str, caller: Caller, ctx: Ctx) -> Blueprint:
+    for bp in await blueprints(caller, ctx):
+        if bp.app == app:
+            return bp
+    raise NotFoundError(f"no blueprint for app {app!r}")
+
+
+@router.get("/instances")
+async def instances(
+    caller: Caller, ctx: Ctx, app: str | None = None, node: str | None = None
+) -> list[InstanceOut]:
+    snap = await read_snapshot(ctx.store)
+    mine = {bp.app for bp, _ in snap.blueprints.values() if bp.tenant == caller.tenant_id}
+    mine |= {i.app for i, _ in snap.instances.values() if i.tenant == caller.tenant_id}
+    out: list[InstanceOut] = []
+    for name in sorted(mine):
+        if app is None or name == app:
+            out.extend(i for i in instances_of(snap, name) if node is None or i.node == node)
+    return out
+
+
+@router.get("/endpoints")
+async def endpoints(caller: Caller, ctx: Ctx, app: str | None = None) -> list[Endpoint]:
+    snap = await read_snapshot(ctx.store)
+    mine = {i.app for i, _ in snap.instances.values() if i.tenant == caller.tenant_id}
+    return [
+        ep
+        for _, ep in sorted(snap.endpoints.items())
+        if ep.app in mine and (app is None or ep.app == app)
+    ]

@@ -1,0 +1,294 @@
+"""What nodes call: register, heartbeat, the assignment stream, reports and logs.
+
+Nodes talk only to servers, never to the state store or the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from aether.core.lifecycle import Command, State, can_report
+from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.model.api import NodeOut, RegisterIn, RegisterOut, ReportIn
+from aether.model.cluster import (
+    Endpoint,
+    InstanceRecord,
+    NodeRecord,
+    endpoint_key,
+    instance_key,
+)
+from aether.server.auth import Caller, NodeCaller, Operator
+from aether.server.cluster import dump, read_snapshot
+from aether.server.context import ServerContext, get_context
+from aether.store.base import CompactedError, Compare, Delete, LeaseNotFoundError, Op, Put
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["nodes"])
+Ctx = Annotated[ServerContext, Depends(get_context)]
+
+HEARTBEATS_PER_TTL = 3
+STREAM_PING_SECONDS = 5.0
+
+
+class HeartbeatIn(BaseModel):
+    lease_id: int
+
+
+class LogEntry(BaseModel):
+    tenant: str
+    app: str
+    label: str
+    text: str
+
+
+class LogsIn(BaseModel):
+    entries: list[LogEntry]
+
+
+def _node_key(node: str) -> str:
+    return f"nodes/{node}"
+
+
+async def _node_record(ctx: ServerContext, node: str) -> tuple[NodeRecord, int]:
+    kv = await ctx.store.get(_node_key(node))
+    if kv is None:
+        raise NotFoundError(f"node {node!r} is not registered (its lease expired?); register again")
+    return NodeRecord.model_validate_json(kv.value), kv.lease
+
+
+@router.post("/nodes/register")
+async def register(body: RegisterIn, caller: NodeCaller, ctx: Ctx) -> RegisterOut:
+    row = await ctx.records.upsert_node(
+        body.id, body.router_url, body.capabilities.model_dump(mode="json")
+    )
+    ttl = ctx.settings.lease_ttl
+    old = await ctx.store.get(_node_key(body.id))
+    if old is not None and old.lease:
+        await ctx.store.lease_revoke(old.lease)  # the node restarted: its old endpoints are stale
+    lease = await ctx.store.lease_grant(ttl)
+    record = NodeRecord(
+        id=body.id,
+        capabilities=body.capabilities,
+        router_url=body.router_url,
+        draining=row.draining,
+        registered_at=time.time(),
+    )
+    revision = await ctx.store.put(_node_key(body.id), dump(record), lease=lease)
+    return RegisterOut(
+        node_id=body.id,
+        lease_id=lease,
+        lease_ttl=ttl,
+        heartbeat_interval=ttl / HEARTBEATS_PER_TTL,
+        drain_grace=0.5,
+        log_interval=0.5,
+        revision=revision,
+    )
+
+
+@router.post("/nodes/{node}/heartbeat")
+async def heartbeat(node: str, body: HeartbeatIn, caller: NodeCaller, ctx: Ctx) -> dict[str, Any]:
+    _, lease = await _node_record(ctx, node)
+    if lease != body.lease_id:
+        raise NotFoundError(
+            "this lease is no longer the node's; register again", code="lease_not_found"
+        )
+    try:
+        ttl = await ctx.store.lease_keepalive(body.lease_id)
+    except LeaseNotFoundError:
+        raise NotFoundError("lease expired; register again", code="lease_not_found") from None
+    return {"ttl": ttl}
+
+
+def _relevant(key: str, node: str) -> bool:
+    return key.startswith((f"instances/{node}/", "endpoints/"))
+
+
+@router.get("/nodes/{node}/assignments")
+async def assignments(
+    node: str,
+    caller: NodeCaller,
+    ctx: Ctx,
+    from_revision: Annotated[int, Query(ge=0)] = 0,
+) -> StreamingResponse:
+    """NDJSON: a snapshot line (when from_revision is 0 or compacted away), then events.
+
+    Each event line carries its revision; a node resumes with ``from_revision``
+    = last seen + 1 after a disconnect.
+    """
+
+    async def stream() -> AsyncIterator[bytes]:
+        start = from_revision
+        if start == 0:
+            inst_kvs, _ = await ctx.store.range(f"instances/{node}/")
+            ep_kvs, revision = await ctx.store.range("endpoints/")
+            snapshot = {
+                "type": "snapshot",
+                "revision": revision,
+                "instances": [json.loads(kv.value) for kv in inst_kvs],
+                "endpoints": [json.loads(kv.value) for kv in ep_kvs],
+            }
+            yield json.dumps(snapshot).encode() + b"\n"
+            start = revision + 1
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for event in ctx.store.watch("", start):
+                    if not _relevant(event.kv.key, node):
+                        continue
+                    line = {
+                        "type": event.type.value,
+                        "key": event.kv.key,
+                        "revision": event.kv.mod_revision,
+                        "value": json.loads(event.kv.value) if event.kv.value else None,
+                    }
+                    await queue.put(json.dumps(line).encode() + b"\n")
+            except CompactedError:
+                await queue.put(json.dumps({"type": "resync"}).encode() + b"\n")
+            finally:
+                await queue.put(None)
+
+        task = asyncio.create_task(pump())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(STREAM_PING_SECONDS):
+                        item = await queue.get()
+                except TimeoutError:
+                    yield b'{"type": "ping"}\n'
+                    continue
+                if item is None:
+                    return
+                yield item
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+@router.put("/nodes/{node}/instances/{app_version}/{n}")
+async def report(
+    node: str, app_version: str, n: int, body: ReportIn, caller: NodeCaller, ctx: Ctx
+) -> dict[str, Any]:
+    """The node reports an instance's state; ACTIVE publishes its endpoint on the node's lease."""
+    try:
+        state = State(body.state)
+    except ValueError:
+        raise BadRequestError(f"unknown state {body.state!r}") from None
+    app, _, version = app_version.rpartition("@")
+    key = instance_key(node, app, int(version) if version.isdigit() else -1, n)
+    for _ in range(10):
+        kv = await ctx.store.get(key)
+        if kv is None:
+            raise NotFoundError(f"instance {key} does not exist (it was removed); stop it")
+        record = InstanceRecord.model_validate_json(kv.value)
+        if not can_report(record.state, state):
+            raise ConflictError(f"instance {key} cannot go from {record.state} to {state}")
+        updated = record.model_copy(
+            update={"state": state, "message": body.message[:2000], "url": body.url}
+        )
+        ep_key = endpoint_key(app, "web", node, n)
+        ops: list[Op] = [Put(key, dump(updated))]
+        if state is State.ACTIVE and body.url and record.command is Command.ACTIVATE:
+            _, lease = await _node_record(ctx, node)
+            endpoint = Endpoint(app=app, node=node, n=n, version=record.version, url=body.url)
+            ops.append(Put(ep_key, dump(endpoint), lease=lease))
+        elif state is not State.ACTIVE:
+            ops.append(Delete(ep_key))
+        result = await ctx.store.txn([Compare(key, "mod_revision", "==", kv.mod_revision)], ops)
+        if result.succeeded:
+            return {"key": key, "state": state.value, "revision": result.revision}
+    raise ConflictError(f"instance {key} kept changing; report again")
+
+
+@router.delete("/nodes/{node}/instances/{app_version}/{n}")
+async def unloaded(
+    node: str, app_version: str, n: int, caller: NodeCaller, ctx: Ctx
+) -> dict[str, Any]:
+    """The node finished UNLOAD: the instance is gone."""
+    app, _, version = app_version.rpartition("@")
+    key = instance_key(node, app, int(version) if version.isdigit() else -1, n)
+    kv = await ctx.store.get(key)
+    if kv is None:
+        return {"key": key, "deleted": False}
+    record = InstanceRecord.model_validate_json(kv.value)
+    if record.command is not Command.UNLOAD:
+        raise ConflictError(f"instance {key} was not told to UNLOAD (command {record.command})")
+    result = await ctx.store.txn(
+        [Compare(key, "mod_revision", "==", kv.mod_revision)],
+        [Delete(key), Delete(endpoint_key(app, "web", node, n))],
+    )
+    return {"key": key, "deleted": result.succeeded}
+
+
+@router.post("/nodes/{node}/logs")
+async def push_logs(node: str, body: LogsIn, caller: NodeCaller, ctx: Ctx) -> dict[str, int]:
+    for entry in body.entries:
+        await ctx.logs.append(entry.tenant, entry.app, f"{entry.label}@{node}", entry.text)
+    return {"accepted": len(body.entries)}
+
+
+async def node_list(ctx: ServerContext) -> list[NodeOut]:
+    snap = await read_snapshot(ctx.store)
+    counts: dict[str, int] = {}
+    for inst, _ in snap.instances.values():
+        counts[inst.node] = counts.get(inst.node, 0) + 1
+    out = []
+    for row in await ctx.records.list_nodes():
+        live = snap.nodes.get(row.id)
+        state = "down" if live is None else ("draining" if row.draining else "ready")
+        out.append(
+            NodeOut(
+                id=row.id,
+                state=state,  # type: ignore[arg-type]
+                router_url=row.router_url,
+                capabilities=row.capabilities,  # type: ignore[arg-type]
+                instances=counts.get(row.id, 0),
+                last_seen_at=row.last_seen_at,
+            )
+        )
+    return out
+
+
+@router.get("/nodes")
+async def list_nodes(caller: Caller, ctx: Ctx) -> list[NodeOut]:
+    return await node_list(ctx)
+
+
+async def _set_draining(ctx: ServerContext, node: str, draining: bool) -> None:
+    await ctx.records.set_node_draining(node, draining)
+    for _ in range(10):
+        kv = await ctx.store.get(_node_key(node))
+        if kv is None:
+            return  # down: the flag applies when it registers again
+        record = NodeRecord.model_validate_json(kv.value).model_copy(update={"draining": draining})
+        result = await ctx.store.txn(
+            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)],
+            [Put(kv.key, dump(record), lease=kv.lease)],
+        )
+        if result.succeeded:
+            return
+
+
+@router.post("/nodes/{node}/drain")
+async def drain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
+    await _set_draining(ctx, node, True)
+    return {"node": node, "draining": True}
+
+
+@router.post("/nodes/{node}/undrain")
+async def undrain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
+    await _set_draining(ctx, node, False)
+    return {"node": node, "draining": False}

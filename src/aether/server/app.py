@@ -1,0 +1,115 @@
+"""The FastAPI application and its lifespan: open stores, bootstrap, lead."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from aether import __version__
+from aether.artifacts import LocalArtifactRegistry
+from aether.errors import ServiceUnavailableError
+from aether.server.api import apps, artifacts, cluster, nodes
+from aether.server.context import ServerContext
+from aether.server.errors import install_error_handlers
+from aether.server.leader import Leader
+from aether.server.logstore import LogStore
+from aether.server.settings import ServerSettings
+from aether.store import open_state_store
+from aether.store.records import DEFAULT_TENANT, Records, migrate, open_records
+
+__all__ = ["bootstrap_tokens", "create_app"]
+
+log = logging.getLogger("aether.server")
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    os.chmod(path, 0o600)
+
+
+async def bootstrap_tokens(records: Records, data_dir: Path) -> list[Path]:
+    """On first start: an admin token and a node join token, written 0600."""
+    tenant = await records.ensure_tenant(DEFAULT_TENANT)
+    written = []
+    for role, name in (("admin", "admin.token"), ("node", "join.token")):
+        if not await records.has_token(role):
+            token = await records.create_token(tenant.id, role, f"bootstrap {role}")
+            _write_secret(data_dir / name, token)
+            written.append(data_dir / name)
+    return written
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        data_dir = settings.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        records_url = settings.resolved_records_url()
+        await asyncio.to_thread(migrate, records_url)
+        engine, sessions = open_records(records_url)
+        records = Records(sessions)
+        for path in await bootstrap_tokens(records, data_dir):
+            print(f"aether server: wrote {path} (mode 0600)", flush=True)
+        store = await open_state_store(settings.resolved_state_url())
+        ctx = ServerContext(
+            settings=settings,
+            server_id=f"{socket.gethostname()}:{settings.port}",
+            store=store,
+            records=records,
+            registry=LocalArtifactRegistry(
+                data_dir / "artifacts", max_bytes=settings.max_artifact_bytes
+            ),
+            logs=LogStore(data_dir / "logs", max_bytes=settings.log_retention_bytes),
+        )
+        app.state.ctx = ctx
+        leader = Leader(ctx)
+        app.state.leader = leader
+        task = asyncio.create_task(leader.run(), name="leader")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Aether",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz() -> JSONResponse:
+        ctx: ServerContext = app.state.ctx
+        try:
+            revision = await ctx.store.revision()
+            async with ctx.records.sessions() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise ServiceUnavailableError(f"not ready: {exc}") from exc
+        return JSONResponse({"status": "ready", "revision": revision})
+
+    for module in (artifacts, apps, nodes, cluster):
+        app.include_router(module.router, prefix="/api/v1")
+    return app

@@ -1,0 +1,102 @@
+"""The API error envelope, in one place: ``{"code", "message", "trace_id"}``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aether.errors import AetherError
+from aether.store.base import StoreUnavailableError
+
+__all__ = ["envelope", "install_error_handlers", "trace_id_of"]
+
+log = logging.getLogger("aether.server")
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    503: "service_unavailable",
+}
+
+
+def trace_id_of(request: Request) -> str:
+    trace = getattr(request.state, "trace_id", None)
+    if trace is None:
+        trace = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.trace_id = trace
+    return str(trace)
+
+
+def envelope(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    trace = trace_id_of(request)
+    return JSONResponse(
+        {"code": code, "message": message, "trace_id": trace},
+        status_code=status,
+        headers={"X-Trace-Id": trace},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def trace(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        trace_id = trace_id_of(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # the last resort: never a bare 500 page
+            return _unexpected(request, exc)
+        response.headers.setdefault("X-Trace-Id", trace_id)
+        return response
+
+    @app.exception_handler(AetherError)
+    async def aether_error(request: Request, exc: AetherError) -> JSONResponse:
+        return envelope(request, exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StoreUnavailableError)
+    async def store_down(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+        return envelope(request, 503, "service_unavailable", f"state store unavailable: {exc}")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return envelope(request, 400, "bad_request", f"invalid request: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODES.get(exc.status_code, "internal" if exc.status_code >= 500 else "bad_request")
+        return envelope(request, exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _unexpected(request, exc)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if _is_database_down(exc):
+        return envelope(request, 503, "service_unavailable", "records database unavailable")
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return envelope(
+        request, 500, "internal", "internal error; the server log has details under this trace id"
+    )
+
+
+def _is_database_down(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )

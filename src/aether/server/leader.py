@@ -1,0 +1,221 @@
+"""The leader's reconcile loop: observe the cluster, plan, apply, record.
+
+Level-triggered: any change under ``nodes/``, ``blueprints/`` or
+``instances/`` wakes the loop, and it also runs every ``reconcile_interval``;
+each pass re-reads the whole truth, so a missed event or a crash at any line
+is repaired by the next pass. Every write is fenced by the leadership epoch,
+so a deposed leader's writes are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+
+from aether.core.lifecycle import Command, State
+from aether.core.scheduler import Action, Place, Remove, SetCommand, Unplaceable, plan
+from aether.model.cluster import InstanceRecord, endpoint_key, instance_key
+from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
+from aether.server.context import ServerContext
+from aether.store.base import CompactedError, Compare, Delete, Op, Put, StoreError
+from aether.store.election import LeaderElection, Leadership
+
+__all__ = ["FAILURES_BEFORE_GIVING_UP", "Leader"]
+
+log = logging.getLogger("aether.leader")
+
+FAILURES_BEFORE_GIVING_UP = 3
+_WATCHED = ("nodes/", "blueprints/", "instances/")
+
+
+class Leader:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.election = LeaderElection(
+            ctx.store, key="leader", candidate=ctx.server_id, ttl=ctx.settings.lease_ttl
+        )
+        self._healthy: set[str] = set()
+        self._failed_seen: set[tuple[str, int]] = set()
+        self._failures: dict[str, int] = defaultdict(int)
+        self._given_up: set[str] = set()
+        self._unplaceable: dict[str, str] = {}
+        self.passes = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                leadership = await self.election.campaign()
+            except StoreError as exc:
+                log.warning("election failed (%s); retrying", exc)
+                await asyncio.sleep(1)
+                continue
+            log.info("leading with epoch %d", leadership.epoch)
+            try:
+                await self._lead(leadership)
+            except StoreError as exc:
+                log.warning("lost the state store while leading (%s)", exc)
+            finally:
+                with contextlib.suppress(StoreError):
+                    await self.election.resign()
+            log.info("no longer leading")
+
+    async def _lead(self, leadership: Leadership) -> None:
+        wake = asyncio.Event()
+        wake.set()
+        watcher = asyncio.create_task(self._watch(wake))
+        try:
+            while not leadership.lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.ctx.settings.reconcile_interval):
+                        await wake.wait()
+                wake.clear()
+                try:
+                    await self.reconcile(leadership)
+                except StoreError:
+                    raise
+                except Exception:
+                    log.exception("reconcile pass failed; retrying on the next pass")
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch(self, wake: asyncio.Event) -> None:
+        while True:
+            start = await self.ctx.store.revision() + 1
+            try:
+                async for event in self.ctx.store.watch("", start):
+                    if event.kv.key.startswith(_WATCHED):
+                        wake.set()
+            except CompactedError:
+                wake.set()
+            except StoreError:
+                await asyncio.sleep(0.5)
+
+    async def reconcile(self, leadership: Leadership) -> list[Action]:
+        """One pass: read, plan, apply. Returns the actions it applied."""
+        snap = await read_snapshot(self.ctx.store)
+        actions = plan(snap.desired(), snap.node_views(), snap.instance_views())
+        fence = leadership.fence()
+        for action in actions:
+            await self._apply(snap, action, fence)
+        await self._record(snap, actions)
+        self.passes += 1
+        return actions
+
+    async def _apply(self, snap: ClusterSnapshot, action: Action, fence: Compare) -> None:
+        store = self.ctx.store
+        if isinstance(action, Place):
+            bp, _ = snap.blueprints[action.app]
+            record = InstanceRecord(
+                app=action.app,
+                version=action.version,
+                n=action.n,
+                node=action.node,
+                tenant=bp.tenant,
+                deployment_id=bp.deployment_id,
+                digest=bp.digest,
+                spec=bp.spec,
+                command=Command.LOAD,
+                request_id=uuid.uuid4().hex,
+            )
+            key = instance_key(action.node, action.app, action.version, action.n)
+            await store.txn(
+                [fence, Compare(key, "create_revision", "==", 0)], [Put(key, dump(record))]
+            )
+        elif isinstance(action, SetCommand):
+            record, _ = snap.instances[action.key]
+            updated = record.model_copy(
+                update={"command": action.command, "request_id": uuid.uuid4().hex}
+            )
+            ops: list[Op] = [Put(action.key, dump(updated))]
+            if action.command in (Command.DEACTIVATE, Command.UNLOAD):
+                # routers stop sending before the node stops the process
+                ops.append(Delete(endpoint_key(record.app, "web", record.node, record.n)))
+            await store.txn(
+                [fence, Compare(action.key, "mod_revision", "==", action.mod_revision)], ops
+            )
+        elif isinstance(action, Remove):
+            record, _ = snap.instances[action.key]
+            await store.txn(
+                [fence, Compare(action.key, "mod_revision", "==", action.mod_revision)],
+                [
+                    Delete(action.key),
+                    Delete(endpoint_key(record.app, "web", record.node, record.n)),
+                ],
+            )
+
+    async def _record(self, snap: ClusterSnapshot, actions: list[Action]) -> None:
+        """Deployment status and events, each written once."""
+        records = self.ctx.records
+        for action in actions:
+            if isinstance(action, Place):
+                bp, _ = snap.blueprints[action.app]
+                await records.add_event(
+                    bp.deployment_id,
+                    "placed",
+                    f"instance {action.n} of v{action.version} placed on node {action.node}",
+                )
+            elif isinstance(action, Remove):
+                record, _ = snap.instances[action.key]
+                await records.add_event(
+                    record.deployment_id,
+                    "node_lost",
+                    f"instance {record.n} lost with node {record.node}; placing it elsewhere",
+                )
+            elif isinstance(action, Unplaceable):
+                bp, _ = snap.blueprints[action.app]
+                message = f"{action.count} instance(s) cannot be placed: {action.reason}"
+                if self._unplaceable.get(bp.deployment_id) != message:
+                    self._unplaceable[bp.deployment_id] = message
+                    await records.add_event(bp.deployment_id, "unplaceable", message)
+
+        for record, kv in snap.instances.values():
+            if (
+                record.state is State.FAILED
+                and (record.key, kv.mod_revision) not in self._failed_seen
+            ):
+                self._failed_seen.add((record.key, kv.mod_revision))
+                self._failures[record.deployment_id] += 1
+                await records.add_event(
+                    record.deployment_id,
+                    "instance_failed",
+                    f"instance {record.n} on {record.node} failed: {record.message}",
+                )
+                if (
+                    self._failures[record.deployment_id] >= FAILURES_BEFORE_GIVING_UP
+                    and record.deployment_id not in self._given_up
+                    and record.deployment_id not in self._healthy
+                ):
+                    self._given_up.add(record.deployment_id)
+                    if await records.set_deployment_status(record.deployment_id, "failed"):
+                        await records.add_event(
+                            record.deployment_id,
+                            "failed",
+                            f"{self._failures[record.deployment_id]} instance failures; "
+                            f"last: {record.message}",
+                        )
+
+        for bp, _ in snap.blueprints.values():
+            if bp.deployment_id in self._healthy:
+                continue
+            if snap.active_count(bp.app, bp.version) >= bp.instances:
+                self._healthy.add(bp.deployment_id)
+                if await records.set_deployment_status(bp.deployment_id, "active"):
+                    await records.add_event(
+                        bp.deployment_id,
+                        "healthy",
+                        f"all {bp.instances} instance(s) of v{bp.version} are ACTIVE",
+                    )
+                await self._supersede_others(bp.tenant, bp.app, bp.deployment_id)
+
+    async def _supersede_others(self, tenant_id: str, app_name: str, current: str) -> None:
+        records = self.ctx.records
+        app = await records.get_app(tenant_id, app_name)
+        for deployment in await records.list_deployments(tenant_id, app):
+            if deployment.id != current and deployment.status in ("active", "pending"):
+                await records.set_deployment_status(deployment.id, "superseded")
+                await records.add_event(deployment.id, "superseded", "a newer deployment is live")

@@ -1,0 +1,190 @@
+"""The state store contract: an etcd-shaped, revisioned key-value store.
+
+Every backend (``sqlite`` embedded, ``etcd`` distributed) honours this contract
+and one suite (``tests/store/test_contract.py``) proves it against each.
+
+Guarantees:
+
+- Every successful write (put, delete, a transaction with at least one write)
+  raises the store's revision by exactly one; all events of one write share it.
+- ``Kv.create_revision`` is the revision that created the key, ``mod_revision``
+  the last one that changed it, ``version`` counts changes since creation.
+  A missing key compares as create_revision 0, mod_revision 0, version 0.
+- ``txn`` is atomic: all compares are evaluated against one snapshot and either
+  every ``success`` op or every ``failure`` op is applied.
+- ``watch(prefix, from_revision)`` yields every event on keys with that prefix
+  whose revision is >= ``from_revision``, in revision order, then new events as
+  they happen, until the iterator is closed. If history from
+  ``from_revision`` has been compacted it raises ``CompactedError`` naming the
+  oldest revision still available; the caller relists and watches again.
+- A key put with a lease is deleted (with a DELETE event) when the lease expires
+  or is revoked. ``keepalive`` on an unknown or expired lease raises
+  ``LeaseNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+__all__ = [
+    "CompactedError",
+    "Compare",
+    "Delete",
+    "Event",
+    "EventType",
+    "Get",
+    "Kv",
+    "LeaseNotFoundError",
+    "Put",
+    "StateStore",
+    "StoreError",
+    "StoreUnavailableError",
+    "TxnResult",
+]
+
+
+class StoreError(Exception):
+    """Base of every state store error."""
+
+
+class CompactedError(StoreError):
+    """The requested revision is older than the retained history."""
+
+    def __init__(self, requested: int, compact_revision: int) -> None:
+        super().__init__(
+            f"revision {requested} has been compacted; oldest available is {compact_revision}"
+        )
+        self.requested = requested
+        self.compact_revision = compact_revision
+
+
+class LeaseNotFoundError(StoreError):
+    """The lease does not exist or has expired."""
+
+
+class StoreUnavailableError(StoreError):
+    """The backend cannot be reached right now; retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kv:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+class EventType(enum.StrEnum):
+    PUT = "PUT"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: EventType
+    kv: Kv  # for DELETE: key, empty value, mod_revision = the deleting revision
+    prev: Kv | None = None
+
+
+CompareTarget = Literal["value", "version", "create_revision", "mod_revision", "lease"]
+CompareOp = Literal["==", "!=", "<", ">"]
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    key: str
+    target: CompareTarget
+    op: CompareOp
+    value: bytes | int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    key: str
+    prefix: bool = False
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # one entry per applied op: list of Kv for Get, number deleted for Delete, None for Put
+    responses: list[list[Kv] | int | None] = field(default_factory=list)
+
+
+class StateStore(Protocol):
+    """The cluster state. All methods are safe to call concurrently."""
+
+    async def get(self, key: str) -> Kv | None:
+        """The current value of ``key``, or None."""
+        ...
+
+    async def range(self, prefix: str) -> tuple[list[Kv], int]:
+        """All keys starting with ``prefix`` (sorted by key) and the store revision read at."""
+        ...
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Write ``key``; returns the new revision. Raises LeaseNotFoundError for a bad lease."""
+        ...
+
+    async def delete(self, key: str, *, prefix: bool = False) -> int:
+        """Delete ``key`` (or every key under it); returns how many were deleted."""
+        ...
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        """Apply ``success`` if every compare holds, else ``failure``, atomically."""
+        ...
+
+    def watch(self, prefix: str, from_revision: int) -> AsyncIterator[Event]:
+        """Events under ``prefix`` from ``from_revision`` on (see the module docstring)."""
+        ...
+
+    async def revision(self) -> int:
+        """The current store revision (0 for an empty, never written store)."""
+        ...
+
+    async def compact(self, revision: int) -> None:
+        """Discard history older than ``revision``; watches from before it raise CompactedError."""
+        ...
+
+    async def lease_grant(self, ttl: float) -> int:
+        """A new lease id that expires ``ttl`` seconds from now unless kept alive."""
+        ...
+
+    async def lease_keepalive(self, lease: int) -> float:
+        """Restart the lease's TTL; returns the TTL. Raises LeaseNotFoundError."""
+        ...
+
+    async def lease_revoke(self, lease: int) -> None:
+        """End the lease now, deleting its keys. Unknown leases are ignored."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources; pending watches end."""
+        ...

@@ -1,0 +1,368 @@
+"""Queries on the records database. Every tenant-owned query takes the tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from aether.errors import ConflictError, NotFoundError
+from aether.store.records.schema import (
+    ApiToken,
+    App,
+    Artifact,
+    Deployment,
+    DeploymentEvent,
+    IdempotencyKey,
+    Node,
+    Tenant,
+)
+
+__all__ = ["DEFAULT_TENANT", "Principal", "Records", "hash_token", "now"]
+
+DEFAULT_TENANT = "default"
+ROLES = ("admin", "operator", "viewer", "node")
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the tenant every query is scoped by, and the role."""
+
+    tenant_id: str
+    tenant: str
+    role: str
+    token_id: str
+
+
+class Records:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    # -- tenants and tokens -------------------------------------------------
+
+    async def ensure_tenant(self, name: str = DEFAULT_TENANT) -> Tenant:
+        async with self.sessions() as session:
+            tenant = await session.scalar(select(Tenant).where(Tenant.name == name))
+            if tenant is not None:
+                return tenant
+            tenant = Tenant(id=new_id(), name=name, created_at=now())
+            session.add(tenant)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                found = await session.scalar(select(Tenant).where(Tenant.name == name))
+                assert found is not None
+                return found
+            return tenant
+
+    async def has_token(self, role: str) -> bool:
+        async with self.sessions() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(ApiToken)
+                .where(ApiToken.role == role, ApiToken.revoked_at.is_(None))
+            )
+            return bool(count)
+
+    async def create_token(self, tenant_id: str, role: str, name: str) -> str:
+        """A new token; only its hash is stored, the plain text is returned once."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        token = f"ae_{role[:1]}_{secrets.token_urlsafe(32)}"
+        async with self.sessions() as session:
+            session.add(
+                ApiToken(
+                    id=new_id(),
+                    tenant_id=tenant_id,
+                    name=name,
+                    role=role,
+                    token_hash=hash_token(token),
+                    created_at=now(),
+                    revoked_at=None,
+                )
+            )
+            await session.commit()
+        return token
+
+    async def revoke_token(self, token_id: str) -> None:
+        async with self.sessions() as session:
+            await session.execute(
+                update(ApiToken).where(ApiToken.id == token_id).values(revoked_at=now())
+            )
+            await session.commit()
+
+    async def authenticate(self, token: str) -> Principal | None:
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(ApiToken, Tenant)
+                    .join(Tenant, Tenant.id == ApiToken.tenant_id)
+                    .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+                )
+            ).first()
+            if row is None:
+                return None
+            tok, tenant = row
+            return Principal(tenant.id, tenant.name, tok.role, tok.id)
+
+    # -- apps -----------------------------------------------------------------
+
+    async def get_app(self, tenant_id: str, name: str) -> App:
+        async with self.sessions() as session:
+            app = await session.scalar(
+                select(App).where(App.tenant_id == tenant_id, App.name == name)
+            )
+        if app is None:
+            raise NotFoundError(f"app {name!r} not found; deploy it first with `aether deploy`")
+        return app
+
+    async def get_or_create_app(self, tenant_id: str, name: str) -> App:
+        try:
+            return await self.get_app(tenant_id, name)
+        except NotFoundError:
+            pass
+        async with self.sessions() as session:
+            app = App(id=new_id(), tenant_id=tenant_id, name=name, created_at=now())
+            session.add(app)
+            try:
+                await session.commit()
+                return app
+            except IntegrityError:
+                await session.rollback()
+        return await self.get_app(tenant_id, name)
+
+    async def list_apps(self, tenant_id: str) -> Sequence[App]:
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(App).where(App.tenant_id == tenant_id).order_by(App.name)
+                )
+            ).all()
+
+    # -- artifacts ----------------------------------------------------------
+
+    async def has_artifact(self, tenant_id: str, digest: str) -> bool:
+        async with self.sessions() as session:
+            found = await session.scalar(
+                select(Artifact.id).where(
+                    Artifact.tenant_id == tenant_id, Artifact.digest == digest
+                )
+            )
+            return found is not None
+
+    async def add_artifact(self, tenant_id: str, digest: str, size_bytes: int) -> None:
+        if await self.has_artifact(tenant_id, digest):
+            return
+        async with self.sessions() as session:
+            session.add(
+                Artifact(
+                    id=new_id(),
+                    tenant_id=tenant_id,
+                    digest=digest,
+                    size_bytes=size_bytes,
+                    created_at=now(),
+                )
+            )
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+
+    # -- deployments --------------------------------------------------------
+
+    async def create_deployment(
+        self,
+        tenant_id: str,
+        app: App,
+        *,
+        digest: str,
+        spec: dict[str, Any],
+        instances: int,
+        rollback_of: int | None = None,
+    ) -> Deployment:
+        """Version N+1 of ``app``; retried if two deploys race for the same number."""
+        for _ in range(5):
+            async with self.sessions() as session:
+                latest = await session.scalar(
+                    select(func.max(Deployment.version)).where(Deployment.app_id == app.id)
+                )
+                deployment = Deployment(
+                    id=new_id(),
+                    tenant_id=tenant_id,
+                    app_id=app.id,
+                    version=(latest or 0) + 1,
+                    digest=digest,
+                    spec=spec,
+                    instances=instances,
+                    status="pending",
+                    rollback_of=rollback_of,
+                    created_at=now(),
+                )
+                session.add(deployment)
+                try:
+                    await session.commit()
+                    return deployment
+                except IntegrityError:
+                    await session.rollback()
+        raise ConflictError(f"too many concurrent deployments of {app.name}; try again")
+
+    async def list_deployments(self, tenant_id: str, app: App) -> Sequence[Deployment]:
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(Deployment)
+                    .where(Deployment.tenant_id == tenant_id, Deployment.app_id == app.id)
+                    .order_by(Deployment.version.desc())
+                )
+            ).all()
+
+    async def get_deployment(self, tenant_id: str, deployment_id: str) -> Deployment:
+        async with self.sessions() as session:
+            deployment = await session.scalar(
+                select(Deployment).where(
+                    Deployment.tenant_id == tenant_id, Deployment.id == deployment_id
+                )
+            )
+        if deployment is None:
+            raise NotFoundError(f"deployment {deployment_id!r} not found")
+        return deployment
+
+    async def get_deployment_by_version(self, tenant_id: str, app: App, version: int) -> Deployment:
+        async with self.sessions() as session:
+            deployment = await session.scalar(
+                select(Deployment).where(
+                    Deployment.tenant_id == tenant_id,
+                    Deployment.app_id == app.id,
+                    Deployment.version == version,
+                )
+            )
+        if deployment is None:
+            raise NotFoundError(f"app {app.name!r} has no version {version}")
+        return deployment
+
+    async def set_deployment_status(self, deployment_id: str, status: str) -> bool:
+        """Set the status; True if it changed (so events are written once)."""
+        async with self.sessions() as session:
+            result = await session.execute(
+                update(Deployment)
+                .where(Deployment.id == deployment_id, Deployment.status != status)
+                .values(status=status)
+            )
+            await session.commit()
+            return bool(getattr(result, "rowcount", 0))
+
+    async def add_event(self, deployment_id: str, type_: str, message: str) -> None:
+        async with self.sessions() as session:
+            session.add(
+                DeploymentEvent(
+                    deployment_id=deployment_id, type=type_, message=message, created_at=now()
+                )
+            )
+            await session.commit()
+
+    async def list_events(self, deployment_id: str) -> Sequence[DeploymentEvent]:
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(DeploymentEvent)
+                    .where(DeploymentEvent.deployment_id == deployment_id)
+                    .order_by(DeploymentEvent.id)
+                )
+            ).all()
+
+    # -- idempotency --------------------------------------------------------
+
+    async def get_idempotent(self, tenant_id: str, key: str) -> IdempotencyKey | None:
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(IdempotencyKey).where(
+                    IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key
+                )
+            )
+
+    async def save_idempotent(
+        self,
+        tenant_id: str,
+        key: str,
+        request_hash: str,
+        status_code: int,
+        response: dict[str, Any],
+    ) -> None:
+        async with self.sessions() as session:
+            session.add(
+                IdempotencyKey(
+                    tenant_id=tenant_id,
+                    key=key,
+                    request_hash=request_hash,
+                    status_code=status_code,
+                    response=response,
+                    created_at=now(),
+                )
+            )
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+
+    # -- nodes --------------------------------------------------------------
+
+    async def upsert_node(
+        self, node_id: str, router_url: str, capabilities: dict[str, Any]
+    ) -> Node:
+        async with self.sessions() as session:
+            node = await session.get(Node, node_id)
+            if node is None:
+                node = Node(
+                    id=node_id,
+                    router_url=router_url,
+                    capabilities=capabilities,
+                    draining=False,
+                    registered_at=now(),
+                    last_seen_at=now(),
+                )
+                session.add(node)
+            else:
+                node.router_url = router_url
+                node.capabilities = capabilities
+                node.last_seen_at = now()
+            await session.commit()
+            return node
+
+    async def touch_node(self, node_id: str) -> None:
+        async with self.sessions() as session:
+            await session.execute(update(Node).where(Node.id == node_id).values(last_seen_at=now()))
+            await session.commit()
+
+    async def list_nodes(self) -> Sequence[Node]:
+        async with self.sessions() as session:
+            return (await session.scalars(select(Node).order_by(Node.id))).all()
+
+    async def set_node_draining(self, node_id: str, draining: bool) -> None:
+        async with self.sessions() as session:
+            result = await session.execute(
+                update(Node).where(Node.id == node_id).values(draining=draining)
+            )
+            await session.commit()
+        if not getattr(result, "rowcount", 0):
+            raise NotFoundError(f"node {node_id!r} not found")

@@ -1,0 +1,113 @@
+"""The records schema (history and queries). Changed only through Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "ApiToken",
+    "App",
+    "Artifact",
+    "Base",
+    "Deployment",
+    "DeploymentEvent",
+    "IdempotencyKey",
+    "Node",
+    "Tenant",
+]
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))  # admin | operator | viewer | node
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class App(Base):
+    __tablename__ = "apps"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime]
+
+
+class Artifact(Base):
+    """A tenant's claim on a blob in the registry (blobs are shared, rows are not)."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("tenant_id", "digest"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    digest: Mapped[str] = mapped_column(String(71))
+    size_bytes: Mapped[int]
+    created_at: Mapped[datetime]
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("app_id", "version"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"))
+    version: Mapped[int]
+    digest: Mapped[str] = mapped_column(String(71))
+    spec: Mapped[dict[str, Any]]
+    instances: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))  # pending|active|superseded|failed
+    rollback_of: Mapped[int | None]
+    created_at: Mapped[datetime]
+
+
+class DeploymentEvent(Base):
+    __tablename__ = "deployment_events"
+    __table_args__ = (Index("ix_deployment_events_deployment", "deployment_id", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"))
+    type: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int]
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class Node(Base):
+    """Every node that ever registered, so a lost one shows as ``down``."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    router_url: Mapped[str] = mapped_column(String(255))
+    capabilities: Mapped[dict[str, Any]]
+    draining: Mapped[bool] = mapped_column(default=False)
+    registered_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
