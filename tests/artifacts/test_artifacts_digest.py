@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_parse_digest_rejects_non_string() -> None:
 def test_hasher_matches_one_shot_for_any_chunking(data: bytes, cuts: list[int]) -> None:
     h = Hasher()
     points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         h.update(data[a:b])
     assert h.digest() == digest_bytes(data)
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()

@@ -230,7 +230,10 @@ def test_symlink_inside_root_is_kept(tmp_path: Path) -> None:
     os.symlink("..", root / "d" / "up")  # points at the root itself: fine
     os.symlink("missing", root / "dangling")  # dangling but inside: fine
     with tarfile.open(fileobj=io.BytesIO(pack_bytes(root)), mode="r:gz") as tf:
-        assert {m.name: m.linkname for m in tf if m.issym()} == {"d/up": "..", "dangling": "missing"}
+        assert {m.name: m.linkname for m in tf if m.issym()} == {
+            "d/up": "..",
+            "dangling": "missing",
+        }
 
 
 @pytest.mark.parametrize(

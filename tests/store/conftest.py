@@ -41,4 +41,6 @@ def ttl(request: pytest.FixtureRequest) -> float:
     """The short lease TTL for the backend the current test runs on."""
     node = request.node
     assert isinstance(node, pytest.Function)
-    return _SHORT_TTL[node.callspec.params["store"]]
+    backend = node.callspec.params["store"]
+    assert isinstance(backend, str)
+    return _SHORT_TTL[backend]

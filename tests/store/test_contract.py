@@ -136,8 +136,10 @@ async def test_range_is_sorted_and_respects_prefix_boundaries(store: StateStore)
 
 async def test_range_handles_non_ascii_and_maximal_code_points(store: StateStore) -> None:
     top = "\U0010ffff"
-    for key in [f"z{top}", f"z{top}a", "z", "{", "é/1", "é/2", "ê"]:
+    below_surrogates = "\ud7ff"  # the next code point up is a surrogate
+    for key in [f"z{top}", f"z{top}a", "z", "{", "é/1", "é/2", "ê", below_surrogates, "\ue000"]:
         await store.put(key, b"")
+    assert keys((await store.range(below_surrogates))[0]) == [below_surrogates]
     assert keys((await store.range(f"z{top}"))[0]) == [f"z{top}", f"z{top}a"]
     assert keys((await store.range("z"))[0]) == ["z", f"z{top}", f"z{top}a"]
     assert keys((await store.range("é/"))[0]) == ["é/1", "é/2"]

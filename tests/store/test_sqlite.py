@@ -14,9 +14,11 @@ import pytest
 
 from aether.store import (
     CompactedError,
+    Compare,
     Event,
     EventType,
     Kv,
+    Put,
     SqliteStateStore,
     StoreError,
     open_state_store,
@@ -63,6 +65,9 @@ async def test_data_and_history_survive_reopen(tmp_path: Path) -> None:
         await store.put("b", b"3")
         await store.delete("a")
         last = await store.revision()
+        # writes that change nothing must not advance the persisted revision either
+        await store.delete("missing")
+        await store.txn([Compare("b", "value", "==", b"wrong")], [Put("b", b"x")])
     async with await SqliteStateStore.open(path) as store:
         assert await store.revision() == last
         assert await store.get("a") is None
@@ -194,6 +199,7 @@ async def test_open_state_store_from_url(tmp_path: Path) -> None:
     "url",
     [
         "sqlite://relative.db",
+        "sqlite://host/abs.db",
         "sqlite:relative.db",
         "sqlite:///abs.db?mode=ro",
         "etcd://localhost:2379",
@@ -204,3 +210,10 @@ async def test_open_state_store_from_url(tmp_path: Path) -> None:
 async def test_open_state_store_rejects_other_urls(url: str) -> None:
     with pytest.raises(ValueError, match=re.escape("sqlite:///absolute/path.db")):
         await open_state_store(url)
+
+
+async def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"definitely not an SQLite database" * 100)
+    with pytest.raises(StoreError, match="cannot open"):
+        await SqliteStateStore.open(path)

@@ -23,7 +23,7 @@ import posixpath
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +147,7 @@ def _check_symlink(root: str, real_root: str, rel: str, target: str) -> None:
         )
 
 
-def _scan(root: str, rules: IgnoreRules, skip: Sequence[str]) -> list[_Entry]:
+def _scan(root: str, rules: IgnoreRules, skip: Callable[[str], bool]) -> list[_Entry]:
     """Walk ``root`` without following links, applying the ignore rules, sorted by path bytes."""
     real_root = os.path.realpath(root)
     entries: list[_Entry] = []
@@ -168,7 +168,7 @@ def _scan(root: str, rules: IgnoreRules, skip: Sequence[str]) -> list[_Entry]:
                 ) from None
             st = child.stat(follow_symlinks=False)
             is_dir = stat.S_ISDIR(st.st_mode)
-            if rules.is_ignored(rel, is_dir=is_dir) or (not is_dir and rel in skip):
+            if rules.is_ignored(rel, is_dir=is_dir) or (not is_dir and skip(rel)):
                 continue
             if is_dir:
                 entries.append(_Entry(rel, "dir", child.path))
@@ -278,7 +278,7 @@ def _pack_into(
     *,
     extra_ignore: Iterable[str],
     workers: int | None,
-    skip: Sequence[str] = (),
+    skip: Callable[[str], bool] = lambda rel: False,
 ) -> PackResult:
     if not root.is_dir():
         raise BadRequestError(f"{root} is not a directory", code="bad_path")
@@ -305,17 +305,15 @@ def _pack_into(
     )
 
 
-def _skip_for(root: Path, out: Path) -> list[str]:
-    """Root-relative paths of the output (and its temp files) if they live inside ``root``."""
+def _skip_for(root: Path, out: Path) -> Callable[[str], bool]:
+    """Matches the output file (and its temp siblings) if they live inside ``root``."""
     try:
         rel_dir = out.parent.resolve().relative_to(root.resolve())
     except ValueError:
-        return []
+        return lambda rel: False
     prefix = "" if str(rel_dir) == "." else rel_dir.as_posix() + "/"
-    skip = [prefix + out.name]
-    with contextlib.suppress(OSError):
-        skip += [prefix + n for n in os.listdir(out.parent) if n.startswith(f".{out.name}.")]
-    return skip
+    exact, temp = prefix + out.name, f"{prefix}.{out.name}."
+    return lambda rel: rel == exact or (rel.startswith(temp) and "/" not in rel[len(temp) :])
 
 
 def pack(

@@ -20,15 +20,58 @@ from aether.core.scheduler import Action, Place, Remove, SetCommand, Unplaceable
 from aether.model.cluster import InstanceRecord, endpoint_key, instance_key
 from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext
-from aether.store.base import CompactedError, Compare, Delete, Op, Put, StoreError
+from aether.store.base import CompactedError, Compare, Delete, Op, Put, StateStore, StoreError
 from aether.store.election import LeaderElection, Leadership
 
-__all__ = ["FAILURES_BEFORE_GIVING_UP", "Leader"]
+__all__ = ["FAILURES_BEFORE_GIVING_UP", "Leader", "apply_action"]
 
 log = logging.getLogger("aether.leader")
 
 FAILURES_BEFORE_GIVING_UP = 3
 _WATCHED = ("nodes/", "blueprints/", "instances/")
+
+
+async def apply_action(
+    store: StateStore, snap: ClusterSnapshot, action: Action, fence: Compare
+) -> None:
+    """Write one planned action, guarded by the fence and the instance's revision."""
+    if isinstance(action, Place):
+        bp, _ = snap.blueprints[action.app]
+        record = InstanceRecord(
+            app=action.app,
+            version=action.version,
+            n=action.n,
+            node=action.node,
+            tenant=bp.tenant,
+            deployment_id=bp.deployment_id,
+            digest=bp.digest,
+            spec=bp.spec,
+            command=Command.LOAD,
+            request_id=uuid.uuid4().hex,
+        )
+        key = instance_key(action.node, action.app, action.version, action.n)
+        await store.txn([fence, Compare(key, "create_revision", "==", 0)], [Put(key, dump(record))])
+    elif isinstance(action, SetCommand):
+        record, _ = snap.instances[action.key]
+        updated = record.model_copy(
+            update={"command": action.command, "request_id": uuid.uuid4().hex}
+        )
+        ops: list[Op] = [Put(action.key, dump(updated))]
+        if action.command in (Command.DEACTIVATE, Command.UNLOAD):
+            # routers stop sending before the node stops the process
+            ops.append(Delete(endpoint_key(record.app, "web", record.node, record.n)))
+        await store.txn(
+            [fence, Compare(action.key, "mod_revision", "==", action.mod_revision)], ops
+        )
+    elif isinstance(action, Remove):
+        record, _ = snap.instances[action.key]
+        await store.txn(
+            [fence, Compare(action.key, "mod_revision", "==", action.mod_revision)],
+            [
+                Delete(action.key),
+                Delete(endpoint_key(record.app, "web", record.node, record.n)),
+            ],
+        )
 
 
 class Leader:
@@ -101,52 +144,10 @@ class Leader:
         actions = plan(snap.desired(), snap.node_views(), snap.instance_views())
         fence = leadership.fence()
         for action in actions:
-            await self._apply(snap, action, fence)
+            await apply_action(self.ctx.store, snap, action, fence)
         await self._record(snap, actions)
         self.passes += 1
         return actions
-
-    async def _apply(self, snap: ClusterSnapshot, action: Action, fence: Compare) -> None:
-        store = self.ctx.store
-        if isinstance(action, Place):
-            bp, _ = snap.blueprints[action.app]
-            record = InstanceRecord(
-                app=action.app,
-                version=action.version,
-                n=action.n,
-                node=action.node,
-                tenant=bp.tenant,
-                deployment_id=bp.deployment_id,
-                digest=bp.digest,
-                spec=bp.spec,
-                command=Command.LOAD,
-                request_id=uuid.uuid4().hex,
-            )
-            key = instance_key(action.node, action.app, action.version, action.n)
-            await store.txn(
-                [fence, Compare(key, "create_revision", "==", 0)], [Put(key, dump(record))]
-            )
-        elif isinstance(action, SetCommand):
-            record, _ = snap.instances[action.key]
-            updated = record.model_copy(
-                update={"command": action.command, "request_id": uuid.uuid4().hex}
-            )
-            ops: list[Op] = [Put(action.key, dump(updated))]
-            if action.command in (Command.DEACTIVATE, Command.UNLOAD):
-                # routers stop sending before the node stops the process
-                ops.append(Delete(endpoint_key(record.app, "web", record.node, record.n)))
-            await store.txn(
-                [fence, Compare(action.key, "mod_revision", "==", action.mod_revision)], ops
-            )
-        elif isinstance(action, Remove):
-            record, _ = snap.instances[action.key]
-            await store.txn(
-                [fence, Compare(action.key, "mod_revision", "==", action.mod_revision)],
-                [
-                    Delete(action.key),
-                    Delete(endpoint_key(record.app, "web", record.node, record.n)),
-                ],
-            )
 
     async def _record(self, snap: ClusterSnapshot, actions: list[Action]) -> None:
         """Deployment status and events, each written once."""

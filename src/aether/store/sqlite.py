@@ -244,7 +244,7 @@ class SqliteStateStore:
         try:
             cls._prepare(conn, history_limit)
             store = cls(conn, path, history_limit=history_limit, sweep_interval=sweep_interval)
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
             conn.close()
             if e.sqlite_errorcode == sqlite3.SQLITE_BUSY:
                 raise StoreError(f"state store {path} is in use by another process") from e
@@ -283,7 +283,8 @@ class SqliteStateStore:
                 conn.execute("UPDATE meta SET compact_revision = ?", (floor,))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     async def __aenter__(self) -> SqliteStateStore:
@@ -580,7 +581,7 @@ class SqliteStateStore:
                     delay = min(delay, deadline - now)
                     break
                 try:
-                    pass
+                    self._expire(lease)
                 except Exception:
                     log.exception("cannot expire lease %d; retrying", lease)
                     break

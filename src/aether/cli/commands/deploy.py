@@ -57,13 +57,7 @@ async def wait_for_rollout(client: Any, deployment: DeploymentOut, timeout: floa
                 kind="network",
                 code="deploy_failed",
             )
-        if current.status in ("active", "superseded") or (
-            current.instances_active is not None
-            and current.instances_active >= current.instances
-            and current.status != "pending"
-        ):
-            return current
-        if current.status == "pending" and current.instances == 0:
+        if current.status in ("active", "superseded"):
             return current
         if time.monotonic() > deadline:
             raise CliError(
@@ -95,7 +89,6 @@ async def run(args: argparse.Namespace) -> int:
         spec = load_app_spec(root, name=args.app)
     except BadRequestError as exc:
         raise CliError(str(exc), kind="config", code="bad_config") from None
-    instances = args.instances if args.instances is not None else spec.instances
 
     with tempfile.TemporaryDirectory(prefix="aether-pack-") as tmp:
         archive = Path(tmp) / "artifact.tar.gz"
@@ -120,13 +113,13 @@ async def run(args: argparse.Namespace) -> int:
             key = uuid.uuid4().hex
             try:
                 deployment = await client.create_deployment(
-                    spec.name, packed.digest, spec, instances=instances, idempotency_key=key
+                    spec.name, packed.digest, spec, instances=args.instances, idempotency_key=key
                 )
             except AetherError as exc:
                 if exc.status not in (503,):
                     raise
                 deployment = await client.create_deployment(  # same key: never deploys twice
-                    spec.name, packed.digest, spec, instances=instances, idempotency_key=key
+                    spec.name, packed.digest, spec, instances=args.instances, idempotency_key=key
                 )
             if not args.no_wait:
                 deployment = await wait_for_rollout(client, deployment, args.timeout)
@@ -139,7 +132,7 @@ async def run(args: argparse.Namespace) -> int:
         "deployment_id": deployment.id,
         "url": url,
         "status": deployment.status,
-        "instances": instances,
+        "instances": deployment.instances,
         "uploaded": uploaded,
     }
     emit(
@@ -147,7 +140,7 @@ async def run(args: argparse.Namespace) -> int:
         data,
         f"deployed {spec.name} v{deployment.version} ({packed.digest[:19]}, "
         f"{packed.size_bytes} bytes{', uploaded' if uploaded else ', already on server'})\n"
-        f"status: {deployment.status}, {instances} instance(s)\n"
+        f"status: {deployment.status}, {deployment.instances} instance(s)\n"
         f"url: {url or '(no ready node yet)'}",
     )
     return 0

@@ -169,11 +169,20 @@ def run(args: argparse.Namespace) -> int:
                     print(f"  try: curl http://127.0.0.1:{ports[0]}/apps/hello-python/")
         print("Next: aether status | aether deploy PATH | aether logs APP -f   (Ctrl-C stops)")
         sys.stdout.flush()
+        reported: set[int] = set()
         while True:
-            for proc in procs:
-                if proc.poll() is not None:
-                    raise CliError(
-                        f"a cluster process exited (code {proc.returncode}); see {data_dir}/*.log"
+            if procs[0].poll() is not None:
+                raise CliError(
+                    f"the server exited (code {procs[0].returncode}); see {data_dir / 'server.log'}"
+                )
+            for i, proc in enumerate(procs[1:], start=1):
+                if proc.poll() is not None and i not in reported:
+                    reported.add(i)
+                    print(
+                        f"node-{i} exited (code {proc.returncode}); its instances move to the "
+                        f"other nodes. See {data_dir / f'node-{i}.log'}",
+                        file=sys.stderr,
+                        flush=True,
                     )
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -138,7 +138,12 @@ async def create_deployment(
 ) -> JSONResponse:
     validate_app_name(app)
     await _claim_name(ctx, caller, app)
-    instances = body.instances if body.instances is not None else body.spec.instances
+    # without an explicit count a redeploy keeps the current scale (`aether scale` sticks)
+    current = await _owned_blueprint(ctx, caller, app)
+    if body.instances is not None:
+        instances = body.instances
+    else:
+        instances = current.instances if current else body.spec.instances
 
     async def produce() -> dict[str, Any]:
         return await _start_deployment(

@@ -1,0 +1,180 @@
+"""Real ``aether`` processes (server, nodes, CLI) for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # the check may race the system under test
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
+
+
+class Cluster:
+    def __init__(self, root: Path, *, lease_ttl: float = 3.0) -> None:
+        self.root = root
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}"
+        self.server_dir = root / "server"
+        self.lease_ttl = lease_ttl
+        self.server: subprocess.Popen[bytes] | None = None
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self.router_ports: dict[str, int] = {}
+        self.env = {
+            **os.environ,
+            "XDG_CACHE_HOME": str(root / "cache"),
+            "XDG_CONFIG_HOME": str(root / "config"),
+            "AETHER_LEASE_TTL": str(lease_ttl),
+        }
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
+        out = (self.root / log).open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "aether", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+
+    @property
+    def admin_token(self) -> str:
+        return (self.server_dir / "admin.token").read_text().strip()
+
+    @property
+    def join_token(self) -> str:
+        return (self.server_dir / "join.token").read_text().strip()
+
+    def start_server(self) -> None:
+        self.server = self._spawn(
+            ["server", "--data-dir", str(self.server_dir), "--port", str(self.port)], "server.log"
+        )
+        wait_for(lambda: httpx.get(f"{self.api}/readyz").status_code == 200, 30, "server ready")
+        self.env["AETHER_SERVER"] = self.api
+        self.env["AETHER_TOKEN"] = self.admin_token
+
+    def start_node(self, name: str) -> None:
+        port = self.router_ports.setdefault(name, free_port())
+        self.nodes[name] = self._spawn(
+            [
+                "node",
+                "--server",
+                self.api,
+                "--join-token",
+                self.join_token,
+                "--data-dir",
+                str(self.root / name),
+                "--router-port",
+                str(port),
+                "--id",
+                name,
+            ],
+            f"{name}.log",
+        )
+        wait_for(lambda: self.node_state(name) == "ready", 30, f"node {name} ready")
+
+    def router(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.router_ports[name]}"
+
+    def api_get(self, path: str) -> Any:
+        response = httpx.get(
+            f"{self.api}/api/v1{path}",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def node_state(self, name: str) -> str | None:
+        for node in self.api_get("/nodes"):
+            if node["id"] == name:
+                return str(node["state"])
+        return None
+
+    def active(self, app: str) -> list[dict[str, Any]]:
+        return [i for i in self.api_get(f"/instances?app={app}") if i["state"] == "ACTIVE"]
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "aether", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"aether {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--format", "json").stdout)
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                proc.wait(timeout=15)
+
+    def kill_node(self, name: str) -> None:
+        self.kill(self.nodes.pop(name))
+
+    def kill_server(self) -> None:
+        self.kill(self.server)
+        self.server = None
+
+    def stop(self) -> None:
+        for proc in [*self.nodes.values(), self.server]:
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=10)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.root.glob("*.log"))
+        )
