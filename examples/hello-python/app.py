@@ -33,6 +33,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     port = int(os.environ.get("PORT", "8000"))
+    ThreadingHTTPServer.request_queue_size = 128  # the default backlog of 5 drops bursts
+    ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"{INSTANCE} listening on {port}", flush=True)

@@ -1,0 +1,11 @@
+"""Run every benchmark: ``make bench``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bench.common import REPO
+
+for module, args in (("bench.planner", []), ("bench.cluster_benches", ["all"])):
+    subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)

@@ -1,0 +1,105 @@
+"""Helpers shared by the server API tests (plain functions, no fixtures)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import uuid
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "DIGEST_HEADER",
+    "MAX_ARTIFACT_BYTES",
+    "assert_envelope",
+    "bearer",
+    "deploy",
+    "free_port",
+    "sha256_of",
+    "spec_for",
+    "unique",
+    "upload",
+    "upload_random",
+]
+
+# small enough to test 413 cheaply, far above anything the other tests upload
+MAX_ARTIFACT_BYTES = 256 * 1024
+
+DIGEST_HEADER = "X-Aether-Artifact-Digest"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def unique(prefix: str) -> str:
+    """A fresh app (or node, or tenant) name: the tests share one server."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[str, str]:
+    """The one error shape: exactly code, message, trace_id; X-Trace-Id repeats trace_id."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"code", "message", "trace_id"}, body
+    assert body["code"] == code, body
+    assert isinstance(body["message"], str) and body["message"].strip(), body
+    assert isinstance(body["trace_id"], str) and body["trace_id"], body
+    assert response.headers["x-trace-id"] == body["trace_id"]
+    result: dict[str, str] = body
+    return result
+
+
+def spec_for(app: str, **extra: Any) -> dict[str, Any]:
+    return {"name": app, "start": "python3 -m http.server", **extra}
+
+
+async def upload(http: httpx.AsyncClient, token: str, data: bytes) -> httpx.Response:
+    return await http.post(
+        "/api/v1/artifacts",
+        content=data,
+        headers={**bearer(token), DIGEST_HEADER: sha256_of(data)},
+    )
+
+
+async def upload_random(http: httpx.AsyncClient, token: str, size: int = 512) -> str:
+    """Upload fresh random bytes (the registry does not need a tarball); their digest."""
+    data = os.urandom(size)
+    response = await upload(http, token, data)
+    assert response.status_code == 201, response.text
+    digest: str = response.json()["digest"]
+    assert digest == sha256_of(data)
+    return digest
+
+
+async def deploy(
+    http: httpx.AsyncClient,
+    token: str,
+    app: str,
+    digest: str,
+    *,
+    instances: int | None = None,
+    key: str | None = None,
+    spec: dict[str, Any] | None = None,
+) -> httpx.Response:
+    headers = bearer(token)
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    body: dict[str, Any] = {"digest": digest, "spec": spec or spec_for(app)}
+    if instances is not None:
+        body["instances"] = instances
+    return await http.post(f"/api/v1/apps/{app}/deployments", json=body, headers=headers)
