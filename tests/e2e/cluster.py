@@ -45,6 +45,7 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
 class Cluster:
     def __init__(self, root: Path, *, lease_ttl: float = 3.0) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}"
         self.server_dir = root / "server"

@@ -30,7 +30,6 @@ from tests.server.support import MAX_ARTIFACT_BYTES, free_port, unique
 T = TypeVar("T")
 
 
-
 @dataclass
 class RunningServer:
     base_url: str
@@ -92,9 +91,7 @@ def _wait_ready(base_url: str, thread: threading.Thread, timeout: float = 15.0) 
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     data_dir = tmp_path_factory.mktemp("aether-server")
     port = free_port()
-    settings = ServerSettings(
-        data_dir=data_dir, port=port, max_artifact_bytes=MAX_ARTIFACT_BYTES
-    )
+    settings = ServerSettings(data_dir=data_dir, port=port, max_artifact_bytes=MAX_ARTIFACT_BYTES)
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     uv = uvicorn.Server(config)

@@ -229,9 +229,7 @@ async def test_tenants_are_isolated(server: RunningServer, http: httpx.AsyncClie
     assert_envelope(await http.get(f"/api/v1/artifacts/{digest}", headers=b), 404, "not_found")
     assert app not in {x["name"] for x in (await http.get("/api/v1/apps", headers=b)).json()}
     assert_envelope(await http.get(f"/api/v1/apps/{app}", headers=b), 404, "not_found")
-    assert_envelope(
-        await http.get(f"/api/v1/apps/{app}/deployments", headers=b), 404, "not_found"
-    )
+    assert_envelope(await http.get(f"/api/v1/apps/{app}/deployments", headers=b), 404, "not_found")
     assert_envelope(await http.get(f"/api/v1/deployments/{dep_id}", headers=b), 404, "not_found")
     assert_envelope(await http.get(f"/api/v1/blueprints/{app}", headers=b), 404, "not_found")
     assert_envelope(await http.get(f"/api/v1/apps/{app}/logs", headers=b), 404, "not_found")
@@ -322,8 +320,9 @@ async def test_deployments_are_listed_newest_first(
     assert detail["version"] == 1
     assert detail["instance_list"] == []
     # a viewer reads the same history
-    as_viewer = await http.get(f"/api/v1/apps/{app}/deployments", headers=bearer(
-        server.token("viewer")))
+    as_viewer = await http.get(
+        f"/api/v1/apps/{app}/deployments", headers=bearer(server.token("viewer"))
+    )
     assert [d["version"] for d in as_viewer.json()] == [3, 2, 1]
 
 
@@ -465,8 +464,12 @@ async def test_drain_and_undrain_are_visible(
     operator = bearer(server.token("operator"))
     drained = await http.post(f"/api/v1/nodes/{node}/drain", headers=operator)
     assert drained.json() == {"node": node, "draining": True}
-    states = {n["id"]: n["state"] for n in (await http.get("/api/v1/nodes", headers=operator)).json()}
+    states = {
+        n["id"]: n["state"] for n in (await http.get("/api/v1/nodes", headers=operator)).json()
+    }
     assert states[node] == "draining"
     await http.post(f"/api/v1/nodes/{node}/undrain", headers=operator)
-    states = {n["id"]: n["state"] for n in (await http.get("/api/v1/nodes", headers=operator)).json()}
+    states = {
+        n["id"]: n["state"] for n in (await http.get("/api/v1/nodes", headers=operator)).json()
+    }
     assert states[node] == "ready"

@@ -115,9 +115,7 @@ async def test_invalid_app_name_is_bad_request(
     err = assert_envelope(response, 400, "bad_request")
     assert "invalid app name" in err["message"]
 
-    listed = await http.get(
-        f"/api/v1/apps/{name}/deployments", headers=bearer(server.admin_token)
-    )
+    listed = await http.get(f"/api/v1/apps/{name}/deployments", headers=bearer(server.admin_token))
     assert_envelope(listed, 400, "bad_request")
 
 
@@ -158,8 +156,9 @@ async def test_negative_or_huge_counts_are_bad_request(
         )
         err = assert_envelope(scaled, 400, "bad_request")
         assert "instances" in err["message"]
-    assert_envelope(await deploy(http, server.admin_token, app, digest, instances=-1), 400,
-                    "bad_request")
+    assert_envelope(
+        await deploy(http, server.admin_token, app, digest, instances=-1), 400, "bad_request"
+    )
     rolled = await http.post(f"/api/v1/apps/{app}/rollback", json={"version": 0}, headers=auth)
     assert_envelope(rolled, 400, "bad_request")
     # the refused requests changed nothing
@@ -368,9 +367,7 @@ async def test_operator_may_not_call_node_routes(
 # -- not_found 404 ---------------------------------------------------------------
 
 
-async def test_unknown_things_are_not_found(
-    server: RunningServer, http: httpx.AsyncClient
-) -> None:
+async def test_unknown_things_are_not_found(server: RunningServer, http: httpx.AsyncClient) -> None:
     auth = bearer(server.admin_token)
     app = unique("nobody")
     for method, path, body in (
@@ -466,9 +463,7 @@ async def test_app_name_owned_by_another_tenant_conflicts(
     err = assert_envelope(response, 409, "conflict")
     assert "another tenant" in err["message"]
     # the owner's blueprint is untouched
-    bp = (
-        await http.get(f"/api/v1/blueprints/{app}", headers=bearer(server.admin_token))
-    ).json()
+    bp = (await http.get(f"/api/v1/blueprints/{app}", headers=bearer(server.admin_token))).json()
     assert bp["digest"] == digest
     assert bp["version"] == 1
 
@@ -491,6 +486,7 @@ async def test_a_caller_supplied_request_id_becomes_the_trace_id(
 
 
 async def test_trace_ids_differ_between_requests(http: httpx.AsyncClient) -> None:
-    traces = {assert_envelope(await http.get("/nope"), 404, "not_found")["trace_id"]
-              for _ in range(5)}
+    traces = {
+        assert_envelope(await http.get("/nope"), 404, "not_found")["trace_id"] for _ in range(5)
+    }
     assert len(traces) == 5
