@@ -5,13 +5,23 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aether.errors import BadRequestError
 
-__all__ = ["APP_NAME_RE", "AppSpec", "Resources", "load_app_spec", "validate_app_name"]
+__all__ = [
+    "APP_NAME_RE",
+    "AppSpec",
+    "Resources",
+    "RolloutSpec",
+    "Runtime",
+    "load_app_spec",
+    "validate_app_name",
+]
+
+Runtime = Literal["node", "python", "static", "command"]
 
 APP_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -34,6 +44,21 @@ class Resources(BaseModel):
     memory_mb: Annotated[int, Field(ge=0)] = 64
 
 
+class RolloutSpec(BaseModel):
+    """How a new deployment replaces the running one (``[rollout]`` in aether.toml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["rolling", "canary", "blue-green"] = "rolling"
+    max_parallel: Annotated[int, Field(ge=1)] = 1
+    min_healthy_time: Annotated[float, Field(ge=0)] = 0.0
+    healthy_deadline: Annotated[float, Field(gt=0)] = 60.0
+    progress_deadline: Annotated[float, Field(gt=0)] = 300.0
+    canary: Annotated[int, Field(ge=1)] = 1
+    auto_promote: bool = True
+    auto_revert: bool = True
+
+
 class AppSpec(BaseModel):
     """The process spec of an app: how a node starts and checks one instance."""
 
@@ -48,6 +73,8 @@ class AppSpec(BaseModel):
     driver: str = "process"
     resources: Resources = Field(default_factory=Resources)
     constraints: dict[str, str] = Field(default_factory=dict)
+    runtime: Runtime | None = None
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
     @field_validator("name")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "DeploymentEvent",
     "IdempotencyKey",
     "Node",
+    "PublicKey",
     "Tenant",
 ]
 
@@ -50,6 +51,22 @@ class App(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     name: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime]
+    require_signature: Mapped[bool] = mapped_column(default=False, server_default=false())
+    retain_deployments: Mapped[int | None]
+
+
+class PublicKey(Base):
+    """An Ed25519 public key allowed to sign an app's artifacts."""
+
+    __tablename__ = "public_keys"
+    __table_args__ = (UniqueConstraint("app_id", "fingerprint"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    public_key: Mapped[str] = mapped_column(String(128))  # base64 of the 32 raw bytes
+    fingerprint: Mapped[str] = mapped_column(String(71))  # sha256: of the raw key
+    created_at: Mapped[datetime]
 
 
 class Artifact(Base):
@@ -62,6 +79,10 @@ class Artifact(Base):
     digest: Mapped[str] = mapped_column(String(71))
     size_bytes: Mapped[int]
     created_at: Mapped[datetime]
+    signature: Mapped[str | None] = mapped_column(Text)  # base64 Ed25519 over the digest
+    signed_by: Mapped[str | None] = mapped_column(String(71))  # fingerprint that verified it
+    manifest: Mapped[dict[str, Any] | None]
+    sbom: Mapped[dict[str, Any] | None]
 
 
 class Deployment(Base):
@@ -77,6 +98,8 @@ class Deployment(Base):
     status: Mapped[str] = mapped_column(String(16))  # pending|active|superseded|failed
     rollback_of: Mapped[int | None]
     created_at: Mapped[datetime]
+    rollout: Mapped[dict[str, Any] | None]  # strategy and its parameters
+    healthy_at: Mapped[datetime | None]
 
 
 class DeploymentEvent(Base):
