@@ -91,10 +91,10 @@ def bench_node_loss(runs: int = 5, instances: int = 4) -> None:
                 start = time.perf_counter()
                 cluster.kill_node(victim)
                 wait_for(
-                    lambda s=survivor: len(
-                        [i for i in cluster.active("hello-python") if i["node"] == s]
-                    )
-                    == instances,
+                    lambda s=survivor: (
+                        len([i for i in cluster.active("hello-python") if i["node"] == s])
+                        == instances
+                    ),
                     60,
                     "all instances ACTIVE on the survivor",
                     interval=0.02,
@@ -130,7 +130,9 @@ def _wrk(url: str, seconds: int = 10, connections: int = 32) -> dict[str, float]
     ).stdout
     rate = float(_WRK_RATE.search(out).group(1))  # type: ignore[union-attr]
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    pct = {f"p{m.group(1)}_ms": float(m.group(2)) * scale[m.group(3)] for m in _WRK_PCT.finditer(out)}
+    pct = {
+        f"p{m.group(1)}_ms": float(m.group(2)) * scale[m.group(3)] for m in _WRK_PCT.finditer(out)
+    }
     return {"requests_per_s": rate, **pct}
 
 

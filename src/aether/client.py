@@ -24,6 +24,7 @@ from aether.model.api import (
     StatusOut,
 )
 from aether.model.app import AppSpec
+from aether.model.keys import AppSettingsOut, PublicKeyOut
 
 __all__ = ["ApiClient", "NetworkError"]
 
@@ -41,6 +42,15 @@ def _raise_for(response: httpx.Response) -> None:
     except (ValueError, KeyError, TypeError):
         code, message = "internal", f"HTTP {response.status_code}: {response.text[:200]}"
     raise error_for(response.status_code, code, message)
+
+
+def _signature_headers(signature: str | None, app: str | None) -> dict[str, str]:
+    headers = {}
+    if signature is not None:
+        headers["X-Aether-Signature"] = signature
+    if app is not None:
+        headers["X-Aether-App"] = app
+    return headers
 
 
 class ApiClient:
@@ -124,7 +134,15 @@ class ApiClient:
         *,
         progress: Callable[[int], None] | None = None,
         chunk_size: int = 1 << 20,
+        signature: str | None = None,
+        app: str | None = None,
     ) -> dict[str, Any]:
+        """Stream the archive; the answer is ``{digest, size_bytes, duplicate, verified}``.
+
+        ``signature`` (base64 Ed25519 over ``digest``) is checked against the public
+        keys registered for ``app``.
+        """
+
         async def body() -> AsyncIterator[bytes]:
             with path.open("rb") as fh:
                 while chunk := fh.read(chunk_size):
@@ -140,9 +158,55 @@ class ApiClient:
                 "X-Aether-Artifact-Digest": digest,
                 "Content-Type": "application/gzip",
                 "Content-Length": str(path.stat().st_size),
+                **_signature_headers(signature, app),
             },
         )
         return result
+
+    # -- signing ------------------------------------------------------------
+
+    async def sign_artifact(self, digest: str, signature: str, app: str) -> dict[str, Any]:
+        """Attach a signature to an artifact the server already has (upload skipped)."""
+        result: dict[str, Any] = await self.json(
+            "PUT",
+            f"/api/v1/artifacts/{digest}/signature",
+            headers=_signature_headers(signature, app),
+        )
+        return result
+
+    async def register_public_key(
+        self, app: str, public_key: str, *, name: str | None = None
+    ) -> PublicKeyOut:
+        data = await self.json(
+            "POST", f"/api/v1/apps/{app}/public-keys", json={"public_key": public_key, "name": name}
+        )
+        return PublicKeyOut.model_validate(data)
+
+    async def list_public_keys(self, app: str) -> list[PublicKeyOut]:
+        data = await self.json("GET", f"/api/v1/apps/{app}/public-keys")
+        return [PublicKeyOut.model_validate(k) for k in data]
+
+    async def delete_public_key(self, app: str, key_id: str) -> None:
+        await self.request("DELETE", f"/api/v1/apps/{app}/public-keys/{key_id}")
+
+    async def app_settings(
+        self,
+        app: str,
+        *,
+        require_signature: bool | None = None,
+        retain_deployments: int | None = None,
+    ) -> AppSettingsOut:
+        """Change the settings given (none given: read them)."""
+        body: dict[str, Any] = {}
+        if require_signature is not None:
+            body["require_signature"] = require_signature
+        if retain_deployments is not None:
+            body["retain_deployments"] = retain_deployments
+        if body:
+            data = await self.json("PUT", f"/api/v1/apps/{app}/settings", json=body)
+        else:
+            data = await self.json("GET", f"/api/v1/apps/{app}/settings")
+        return AppSettingsOut.model_validate(data)
 
     async def download_artifact(self, digest: str, dest: Path) -> None:
         try:
@@ -257,3 +321,17 @@ class ApiClient:
 
     async def push_logs(self, node: str, entries: list[dict[str, str]]) -> None:
         await self.request("POST", f"/api/v1/nodes/{node}/logs", json={"entries": entries})
+
+    async def promote(self, app: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("POST", f"/api/v1/apps/{app}/promote")
+        return result
+
+    async def events(self, deployment_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.json(
+            "GET", f"/api/v1/deployments/{deployment_id}/events"
+        )
+        return result
+
+    async def rotate_token(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("POST", "/api/v1/tokens/rotate")
+        return result

@@ -3,6 +3,8 @@
     AetherError                      code                 status
     ├── BadRequestError              bad_request          400
     │   ├── DigestMismatchError      digest_mismatch      400
+    │   ├── SignatureRequiredError   signature_required   400
+    │   ├── SignatureInvalidError    signature_invalid    400
     │   └── UnsafeArchiveError       unsafe_archive (or a more precise code) 400
     ├── UnauthorizedError            unauthorized         401
     ├── ForbiddenError               forbidden            403
@@ -29,6 +31,8 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "ServiceUnavailableError",
+    "SignatureInvalidError",
+    "SignatureRequiredError",
     "UnauthorizedError",
     "UnsafeArchiveError",
     "error_for",
@@ -56,6 +60,18 @@ class BadRequestError(AetherError):
 
 class DigestMismatchError(BadRequestError):
     code = "digest_mismatch"
+
+
+class SignatureRequiredError(BadRequestError):
+    """The app requires signed artifacts and this one carries no signature."""
+
+    code = "signature_required"
+
+
+class SignatureInvalidError(BadRequestError):
+    """A malformed signature, or one that verifies against none of the app's keys."""
+
+    code = "signature_invalid"
 
 
 class UnsafeArchiveError(BadRequestError):
@@ -114,9 +130,16 @@ _BY_STATUS: dict[int, type[AetherError]] = {
 }
 
 
+_BY_CODE: dict[str, type[AetherError]] = {
+    "digest_mismatch": DigestMismatchError,
+    "signature_required": SignatureRequiredError,
+    "signature_invalid": SignatureInvalidError,
+}
+
+
 def error_for(status: int, code: str, message: str) -> AetherError:
     """The exception for an envelope received over HTTP."""
-    if code == "digest_mismatch":
-        return DigestMismatchError(message)
+    if code in _BY_CODE:
+        return _BY_CODE[code](message)
     cls = _BY_STATUS.get(status, InternalError)
     return cls(message, code=code)

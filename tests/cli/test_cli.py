@@ -113,6 +113,7 @@ def test_login_session_and_commands_against_a_real_server(tmp_path: Path) -> Non
         assert deployed.returncode == 0, deployed.stderr
         data = json.loads(deployed.stdout)
         assert {"app", "version", "digest", "size_bytes", "deployment_id", "url"} <= set(data)
+        assert data["uploaded_bytes"] > 0 and data["reused_files"] == 0  # incremental: all new
 
         status = json.loads(aether(tmp_path, "status", "--format", "json").stdout)
         assert status["api_url"] == cluster.api

@@ -9,6 +9,7 @@ app's own ``Records`` (on the server's event loop, which owns the engine).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -87,12 +88,11 @@ def _wait_ready(base_url: str, thread: threading.Thread, timeout: float = 15.0) 
     raise RuntimeError(f"server at {base_url} not ready after {timeout}s (last: {last})")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    data_dir = tmp_path_factory.mktemp("aether-server")
+@contextlib.contextmanager
+def running_server(data_dir: Path, **settings: Any) -> Iterator[RunningServer]:
+    """A real server on a free port over ``data_dir``, stopped on exit (``settings`` override)."""
     port = free_port()
-    settings = ServerSettings(data_dir=data_dir, port=port, max_artifact_bytes=MAX_ARTIFACT_BYTES)
-    app = create_app(settings)
+    app = create_app(ServerSettings(data_dir=data_dir, port=port, **settings))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     uv = uvicorn.Server(config)
     loop_box: list[asyncio.AbstractEventLoop] = []
@@ -126,6 +126,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         thread.join(timeout=15)
     assert not thread.is_alive(), "the server thread did not stop"
     assert not failure, f"the server thread failed: {failure!r}"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    data_dir = tmp_path_factory.mktemp("aether-server")
+    with running_server(data_dir, max_artifact_bytes=MAX_ARTIFACT_BYTES) as running:
+        yield running
 
 
 @pytest.fixture

@@ -105,7 +105,12 @@ async def test_upload_head_get_roundtrip_and_duplicate(
 
     first = await upload(http, server.admin_token, data)
     assert first.status_code == 201
-    assert first.json() == {"digest": digest, "size_bytes": len(data), "duplicate": False}
+    assert first.json() == {
+        "digest": digest,
+        "size_bytes": len(data),
+        "duplicate": False,
+        "verified": False,  # unsigned
+    }
 
     head = await http.head(f"/api/v1/artifacts/{digest}", headers=auth)
     assert head.status_code == 200
@@ -120,7 +125,12 @@ async def test_upload_head_get_roundtrip_and_duplicate(
 
     again = await upload(http, server.admin_token, data)
     assert again.status_code == 201
-    assert again.json() == {"digest": digest, "size_bytes": len(data), "duplicate": True}
+    assert again.json() == {
+        "digest": digest,
+        "size_bytes": len(data),
+        "duplicate": True,
+        "verified": False,
+    }
 
     # an operator may upload too, and a node may read any blob (it must fetch to run it)
     assert (await upload(http, server.token("operator"), data)).json()["duplicate"] is True
@@ -147,6 +157,7 @@ async def test_real_packed_artifact_through_the_typed_client(
             "digest": packed.digest,
             "size_bytes": packed.size_bytes,
             "duplicate": False,
+            "verified": False,
         }
         assert await client.has_artifact(packed.digest)
         back = tmp_path / "back.tar.gz"
@@ -277,6 +288,41 @@ async def test_same_idempotency_key_and_body_replays_the_deployment(
     # a new key is a new deployment
     third = await deploy(http, server.admin_token, app, digest, key=uuid.uuid4().hex, instances=0)
     assert third.json()["version"] == 2
+
+
+async def test_concurrent_repeats_of_one_key_create_one_deployment(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """Was a race: concurrent repeats all missed the lookup and each made a version."""
+    app = unique("race")
+    digest = await upload_random(http, server.admin_token)
+    key = uuid.uuid4().hex
+    responses = await asyncio.gather(
+        *(deploy(http, server.admin_token, app, digest, key=key, instances=0) for _ in range(6))
+    )
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum(r.headers.get("idempotent-replay") == "true" for r in responses) == 5
+    deps = (
+        await http.get(f"/api/v1/apps/{app}/deployments", headers=bearer(server.admin_token))
+    ).json()
+    assert [d["version"] for d in deps] == [1]
+
+
+async def test_longest_key_on_the_longest_app_name_is_idempotent(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """Method, path and a 255-character key exceed the key column's 255: stored hashed."""
+    app = unique("long").ljust(63, "x")
+    digest = await upload_random(http, server.admin_token)
+    key = "k" * 255
+    first = await deploy(http, server.admin_token, app, digest, key=key, instances=0)
+    again = await deploy(http, server.admin_token, app, digest, key=key, instances=0)
+    assert first.status_code == again.status_code == 201
+    assert again.headers.get("idempotent-replay") == "true"
+    assert first.json()["id"] == again.json()["id"]
+    other = await deploy(http, server.admin_token, app, digest, key=key, instances=1)
+    assert_envelope(other, 409, "conflict")
 
 
 async def test_a_failed_request_does_not_burn_its_idempotency_key(
@@ -473,3 +519,23 @@ async def test_drain_and_undrain_are_visible(
         n["id"]: n["state"] for n in (await http.get("/api/v1/nodes", headers=operator)).json()
     }
     assert states[node] == "ready"
+
+
+async def test_logs_pushed_by_a_node_are_read_by_the_owning_tenant(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    app = unique("logged")
+    digest = await upload_random(http, server.admin_token)
+    assert (await deploy(http, server.admin_token, app, digest, instances=0)).status_code == 201
+    tenant_id = server.run(server.ctx.records.ensure_tenant()).id
+    pushed = await http.post(
+        "/api/v1/nodes/lognode/logs",
+        json={"entries": [{"tenant": tenant_id, "app": app, "label": "web", "text": "a\nb"}]},
+        headers=bearer(server.join_token),
+    )
+    assert pushed.json() == {"accepted": 1}
+    logs = await http.get(
+        f"/api/v1/apps/{app}/logs", params={"tail": 1}, headers=bearer(server.token("viewer"))
+    )
+    assert logs.status_code == 200
+    assert logs.text == "[web@lognode] b\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -490,3 +491,40 @@ async def test_trace_ids_differ_between_requests(http: httpx.AsyncClient) -> Non
         assert_envelope(await http.get("/nope"), 404, "not_found")["trace_id"] for _ in range(5)
     }
     assert len(traces) == 5
+
+
+# -- regressions for bugs these tests found ---------------------------------------
+
+
+async def test_rollback_to_an_out_of_range_version_is_not_found(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """Was a 500: the number went straight into a SQL query and overflowed SQLite's int64."""
+    app = unique("overflow")
+    digest = await upload_random(http, server.admin_token)
+    assert (await deploy(http, server.admin_token, app, digest, instances=0)).status_code == 201
+    for version in (2**63, 2**70):
+        response = await http.post(
+            f"/api/v1/apps/{app}/rollback",
+            json={"version": version},
+            headers=bearer(server.admin_token),
+        )
+        assert_envelope(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("tenant", "app"),
+    [("../..", "../escaped"), ("..", "escaped"), ("t", "../../../escaped"), ("a/b", "app")],
+)
+async def test_node_log_entries_cannot_escape_the_log_directory(
+    server: RunningServer, http: httpx.AsyncClient, tenant: str, app: str
+) -> None:
+    """Was a path traversal: tenant and app became path parts unchecked."""
+    target = Path(os.path.normpath(server.data_dir / "logs" / tenant / f"{app}.log"))
+    response = await http.post(
+        f"/api/v1/nodes/{unique('logger')}/logs",
+        json={"entries": [{"tenant": tenant, "app": app, "label": "x", "text": "owned"}]},
+        headers=bearer(server.join_token),
+    )
+    assert_envelope(response, 400, "bad_request")
+    assert not target.exists()

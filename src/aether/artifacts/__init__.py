@@ -17,7 +17,11 @@ from aether.artifacts.pack import (
     pack,
     pack_bytes,
     parse_manifest_json,
+    plan_tree,
+    tree_opener,
+    write_plan,
 )
+from aether.artifacts.plan import PackPlan, PlanEntry
 from aether.artifacts.registry import ArtifactBackend, LocalArtifactRegistry, WriteResult
 
 __all__ = [
@@ -29,7 +33,9 @@ __all__ = [
     "IgnoreRules",
     "LocalArtifactRegistry",
     "ManifestEntry",
+    "PackPlan",
     "PackResult",
+    "PlanEntry",
     "WriteResult",
     "digest_bytes",
     "digest_file",
@@ -39,5 +45,8 @@ __all__ = [
     "pack_bytes",
     "parse_digest",
     "parse_manifest_json",
+    "plan_tree",
     "safe_extract",
+    "tree_opener",
+    "write_plan",
 ]

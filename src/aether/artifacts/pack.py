@@ -10,6 +10,12 @@ already has.
 The per-file manifest is returned beside the archive, not stored in it: it is
 derived data (recomputable by extracting) and keeping it out avoids a second
 source of truth inside the signed bytes.
+
+A ``PackPlan`` lists the archive's entries in order (directories, files by sha256,
+size and mode, symlinks by target): everything that decides the bytes except the
+file contents. ``write_plan`` writes the very same archive from a plan and a
+function that opens a file's content by sha256, which is how the server assembles
+an artifact from per-file blobs it already has (incremental uploads).
 """
 
 from __future__ import annotations
@@ -23,15 +29,16 @@ import posixpath
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from aether.artifacts.digest import Hasher
 from aether.artifacts.ignore import IgnoreRules
-from aether.errors import BadRequestError
+from aether.artifacts.plan import PackPlan, PlanEntry
+from aether.errors import BadRequestError, DigestMismatchError
 
 __all__ = [
     "COMPRESSLEVEL",
@@ -42,6 +49,9 @@ __all__ = [
     "pack",
     "pack_bytes",
     "parse_manifest_json",
+    "plan_tree",
+    "tree_opener",
+    "write_plan",
 ]
 
 #: Fixed so the compressed bytes do not depend on a default; 6 is zlib's own
@@ -70,12 +80,17 @@ class ManifestEntry:
 
 @dataclass(frozen=True, slots=True)
 class PackResult:
-    """What ``pack`` produced: the archive's address and size, and its per-file manifest."""
+    """What ``pack`` produced: the archive's address and size, and its per-file manifest.
+
+    ``plan`` is the ordered entry list the archive was written from (for incremental
+    uploads); it is derived data, so it takes no part in equality.
+    """
 
     digest: str
     size_bytes: int
     manifest: tuple[ManifestEntry, ...]
     file_count: int
+    plan: PackPlan | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,29 +227,31 @@ def _hash_file(entry: _Entry) -> ManifestEntry:
     return ManifestEntry(path=entry.rel, size=h.size, sha256=h.hexdigest(), mode=entry.mode)
 
 
-def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
+def _tarinfo(
+    rel: str, kind: Literal["dir", "file", "symlink"], mode: int, size: int, linkname: str
+) -> tarfile.TarInfo:
     # Built by hand rather than with gettarinfo(): that would copy owners and times
     # from disk and turn files with several links into hardlink entries.
-    ti = tarfile.TarInfo(entry.rel)
+    ti = tarfile.TarInfo(rel)
     ti.mtime = 0
     ti.uid = ti.gid = 0
     ti.uname = ti.gname = ""
-    ti.mode = entry.mode
-    if entry.kind == "dir":
+    ti.mode = mode
+    if kind == "dir":
         ti.type = tarfile.DIRTYPE
-    elif entry.kind == "symlink":
+    elif kind == "symlink":
         ti.type = tarfile.SYMTYPE
-        ti.linkname = entry.linkname
+        ti.linkname = linkname
     else:
         ti.type = tarfile.REGTYPE
-        ti.size = entry.size
+        ti.size = size
     return ti
 
 
 class _HashingWriter:
     """Sink for the gzip stream that hashes and counts exactly the bytes written."""
 
-    def __init__(self, sink: io.BufferedIOBase | io.BytesIO) -> None:
+    def __init__(self, sink: io.BufferedIOBase | io.BytesIO | IO[bytes]) -> None:
         self._sink = sink
         self.hasher = Hasher()
 
@@ -247,15 +264,22 @@ class _HashingWriter:
         self._sink.flush()
 
 
-def _write_archive(sink: _HashingWriter, entries: Sequence[_Entry]) -> None:
+@contextlib.contextmanager
+def _canonical_tar(sink: _HashingWriter) -> Iterator[tarfile.TarFile]:
+    """The one gzip + tar framing every canonical archive is written through."""
     with (
         gzip.GzipFile(
             filename="", mode="wb", fileobj=sink, compresslevel=COMPRESSLEVEL, mtime=0
         ) as gz,
         tarfile.open(fileobj=gz, mode="w", format=TAR_FORMAT, encoding="utf-8") as tf,
     ):
+        yield tf
+
+
+def _write_archive(sink: _HashingWriter, entries: Sequence[_Entry]) -> None:
+    with _canonical_tar(sink) as tf:
         for entry in entries:
-            ti = _tarinfo(entry)
+            ti = _tarinfo(entry.rel, entry.kind, entry.mode, entry.size, entry.linkname)
             if entry.kind != "file":
                 tf.addfile(ti)
                 continue
@@ -302,7 +326,103 @@ def _pack_into(
         size_bytes=writer.hasher.size,
         manifest=manifest,
         file_count=len(manifest),
+        plan=_plan_of(entries, manifest),
     )
+
+
+def _plan_of(entries: Sequence[_Entry], manifest: Sequence[ManifestEntry]) -> PackPlan:
+    """The scanned entries with their hashes (``manifest`` is in the same order as the files)."""
+    hashed = iter(manifest)
+    out: list[PlanEntry] = []
+    for entry in entries:
+        if entry.kind == "dir":
+            out.append(PlanEntry.dir(entry.rel))
+        elif entry.kind == "symlink":
+            out.append(PlanEntry.symlink(entry.rel, entry.linkname))
+        else:
+            m = next(hashed)
+            out.append(PlanEntry.file(m.path, m.sha256, m.size, m.mode))
+    return PackPlan(tuple(out))
+
+
+def plan_tree(
+    root: Path, *, extra_ignore: Iterable[str] = (), workers: int | None = None
+) -> PackPlan:
+    """The plan ``pack`` would write ``root`` from, hashing files in parallel (no archive)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BadRequestError(f"{root} is not a directory", code="bad_path")
+    entries = _scan(str(root), IgnoreRules.for_root(root, extra_ignore), lambda rel: False)
+    files = [e for e in entries if e.kind == "file"]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aether-plan") as pool:
+        manifest = list(pool.map(_hash_file, files))
+    return _plan_of(entries, manifest)
+
+
+class _VerifyingReader:
+    """Hands ``tarfile`` a file's bytes while hashing them, to check them against the plan."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.hasher = Hasher()
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._f.read(n)
+        self.hasher.update(data)
+        return data
+
+
+def write_plan(
+    plan: PackPlan, sink: IO[bytes], open_blob: Callable[[str], IO[bytes]]
+) -> PackResult:
+    """Write the canonical archive of ``plan`` to ``sink``: the same bytes ``pack`` writes.
+
+    ``open_blob(sha256_hex)`` opens a file's content (the caller's stream is closed
+    here). Every content is hashed as it is copied: one that does not match its
+    sha256 and size in the plan raises DigestMismatchError and the archive is void.
+    """
+    writer = _HashingWriter(sink)
+    manifest: list[ManifestEntry] = []
+    with _canonical_tar(writer) as tf:
+        for entry in plan.entries:
+            ti = _tarinfo(entry.path, entry.kind, entry.mode, entry.size, entry.target)
+            if entry.kind != "file":
+                tf.addfile(ti)
+                continue
+            with open_blob(entry.sha256) as f:
+                reader = _VerifyingReader(f)
+                try:
+                    tf.addfile(ti, reader)
+                except OSError as exc:  # tarfile: "unexpected end of data"
+                    raise DigestMismatchError(
+                        f"content of {entry.path!r} is shorter than the plan's {entry.size} bytes"
+                    ) from exc
+                if reader.hasher.hexdigest() != entry.sha256 or f.read(1):
+                    raise DigestMismatchError(
+                        f"content of {entry.path!r} does not match sha256 {entry.sha256} "
+                        f"and size {entry.size} in the plan"
+                    )
+            manifest.append(ManifestEntry(entry.path, entry.size, entry.sha256, entry.mode))
+    return PackResult(
+        digest=writer.hasher.digest(),
+        size_bytes=writer.hasher.size,
+        manifest=tuple(manifest),
+        file_count=len(manifest),
+        plan=plan,
+    )
+
+
+def tree_opener(root: Path, plan: PackPlan) -> Callable[[str], IO[bytes]]:
+    """``open_blob`` for ``write_plan`` reading the plan's files from the tree at ``root``."""
+    by_sha = {e.sha256: Path(root, e.path) for e in plan.files()}
+
+    def open_blob(sha256: str) -> IO[bytes]:
+        path = by_sha.get(sha256)
+        if path is None:
+            raise BadRequestError(f"no file with sha256 {sha256} in the plan", code="bad_plan")
+        return open(path, "rb")
+
+    return open_blob
 
 
 def _skip_for(root: Path, out: Path) -> Callable[[str], bool]:

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run services on your own machines: deploy, schedule, serve, heal.",
     )
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "text", "json"],
+        default="auto",
+        help="logs on stderr: text, json lines, or auto (text on a terminal, else json)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("up", help="start a local cluster (one server, N nodes) in the foreground")
@@ -59,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], help="KEY=VALUE, repeatable")
 
     p = sub.add_parser("login", help="save the server URL and token for later commands")
-    p.add_argument("--server", required=True)
+    p.add_argument("--server", default=None, help="default: the current session's")
+    p.add_argument(
+        "--rotate", action="store_true", help="replace the session's token with a new one"
+    )
     p.add_argument("--token", default=None, help="or AETHER_TOKEN, or stdin with --token -")
     p.add_argument("--format", choices=["text", "json"], default="text")
 
@@ -69,12 +78,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=None)
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--dry-run", action="store_true", help="build and pack, upload nothing")
+    p.add_argument("--pack-only", action="store_true", help="build and pack, keep the artifact")
+    p.add_argument("--out", default=None, help="with --pack-only: where to write the artifact")
+    p.add_argument("--no-sbom", action="store_true", help="skip the CycloneDX SBOM")
     _common(p)
+
+    p = sub.add_parser("list", help="list apps (same as `apps`)")
+    _common(p)
+
+    p = sub.add_parser("events", help="a deployment's timeline: DEPLOYMENT id or APP@VERSION")
+    p.add_argument("deployment")
+    _common(p)
+
+    p = sub.add_parser("promote", help="let a canary rollout waiting for promotion continue")
+    p.add_argument("app")
+    _common(p)
+
+    p = sub.add_parser("completions", help="print a shell completion script")
+    p.add_argument("--shell", choices=["bash", "zsh", "fish"], required=True)
 
     p = sub.add_parser("status", help="the cluster: leader, nodes, apps")
     _common(p)
-    p = sub.add_parser("apps", help="list apps")
+    p = sub.add_parser("apps", help="list apps; `apps set APP` changes an app's settings")
     _common(p)
+    apps_sub = p.add_subparsers(dest="apps_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    q = apps_sub.add_parser("set", help="require signed artifacts, set retention")
+    q.set_defaults(command="apps-set")  # dispatched to the keys module
+    q.add_argument("app")
+    q.add_argument("--require-signature", action=argparse.BooleanOptionalAction, default=None)
+    q.add_argument("--retain", type=int, default=None, metavar="N", help="deployments to keep")
+    _common(q)
     p = sub.add_parser("nodes", help="list nodes")
     _common(p)
 
@@ -83,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("logs", help="show an app's logs")
-    p.add_argument("app")
+    p.add_argument("app", nargs="?", default=None)
+    p.add_argument("--app", dest="app_option", default=None, metavar="NAME")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--tail", type=int, default=200)
     _common(p, fmt=False)
@@ -98,6 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deployments", help="an app's deployments, newest first")
     p.add_argument("app")
     _common(p)
+
+    p = sub.add_parser("keys", help="Ed25519 signing keys: generate, register, list, rm")
+    keys_sub = p.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    keys_sub.required = True
+    q = keys_sub.add_parser("generate", help="write a new private key, print its public key")
+    q.add_argument("--out", default=None, help="default ~/.config/aether/signing.key")
+    q.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    q.add_argument("--format", choices=["text", "json"], default="text")
+    q = keys_sub.add_parser("register", help="allow a public key to sign APP's artifacts")
+    q.add_argument("app")
+    group = q.add_mutually_exclusive_group()
+    group.add_argument("--key", default=None, metavar="PATH", help="a key file (default: yours)")
+    group.add_argument("--public-key", default=None, metavar="B64", help="base64 public key")
+    q.add_argument("--name", default=None)
+    _common(q)
+    q = keys_sub.add_parser("list", help="APP's registered public keys")
+    q.add_argument("app")
+    _common(q)
+    q = keys_sub.add_parser("rm", help="remove a registered public key")
+    q.add_argument("app")
+    q.add_argument("id")
+    _common(q)
     return parser
 
 
@@ -112,8 +169,14 @@ _MODULES = {
     "nodes": "views",
     "deployments": "views",
     "scale": "actions",
+    "list": "views",
+    "events": "views",
+    "promote": "actions",
+    "completions": "completions",
     "rollback": "actions",
     "logs": "actions",
+    "keys": "keys",
+    "apps-set": "keys",
 }
 
 
@@ -125,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT["usage"]
     from aether.cli.output import configure_logging, run_command
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     module = importlib.import_module(f"aether.cli.commands.{_MODULES[args.command]}")
     return run_command(module, args)
 

@@ -11,6 +11,7 @@ from aether.model.app import AppSpec
 
 __all__ = [
     "Blueprint",
+    "DeploymentRef",
     "Endpoint",
     "InstanceRecord",
     "NodeCapabilities",
@@ -38,8 +39,21 @@ class NodeRecord(BaseModel):
     registered_at: float = 0.0
 
 
+class DeploymentRef(BaseModel):
+    """A deployment as the blueprint needs it: enough to run it again."""
+
+    deployment_id: str
+    version: int
+    digest: str
+    spec: AppSpec
+
+
 class Blueprint(BaseModel):
-    """Value of ``blueprints/{app}``: the desired state of one app."""
+    """Value of ``blueprints/{app}``: the desired state of one app.
+
+    While a rollout runs, ``previous`` is the deployment being replaced (the
+    last healthy one), kept so a failed rollout can revert to it.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -51,6 +65,17 @@ class Blueprint(BaseModel):
     spec: AppSpec
     instances: int
     strategy: Literal["spread", "binpack"] = "spread"
+    previous: DeploymentRef | None = None
+    rollout_started_at: float = 0.0
+    promoted: bool = False
+
+    def ref(self) -> DeploymentRef:
+        return DeploymentRef(
+            deployment_id=self.deployment_id,
+            version=self.version,
+            digest=self.digest,
+            spec=self.spec,
+        )
 
 
 class InstanceRecord(BaseModel):
@@ -72,6 +97,8 @@ class InstanceRecord(BaseModel):
     message: str = ""
     url: str | None = None
     request_id: str = ""
+    placed_at: float = 0.0
+    active_since: float | None = None
 
     @property
     def key(self) -> str:

@@ -16,12 +16,14 @@ from sqlalchemy import text
 
 from aether import __version__
 from aether.artifacts import LocalArtifactRegistry
+from aether.artifacts.blobs import LocalBlobStore
 from aether.errors import ServiceUnavailableError
-from aether.server.api import apps, artifacts, cluster, nodes
+from aether.server.api import apps, artifacts, blobs, cluster, keys, nodes, tokens
 from aether.server.context import ServerContext
 from aether.server.errors import install_error_handlers
 from aether.server.leader import Leader
 from aether.server.logstore import LogStore
+from aether.server.metrics import ServerMetrics, UploadGate, install_metrics
 from aether.server.settings import ServerSettings
 from aether.store import open_state_store
 from aether.store.records import DEFAULT_TENANT, Records, migrate, open_records
@@ -51,6 +53,8 @@ async def bootstrap_tokens(records: Records, data_dir: Path) -> list[Path]:
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
+    metrics = ServerMetrics()  # per app, so servers sharing a process never mix numbers
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         data_dir = settings.data_dir.resolve()
@@ -71,6 +75,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 data_dir / "artifacts", max_bytes=settings.max_artifact_bytes
             ),
             logs=LogStore(data_dir / "logs", max_bytes=settings.log_retention_bytes),
+            blobs=LocalBlobStore(data_dir / "blobs", max_bytes=settings.max_artifact_bytes),
+            metrics=metrics,
+            uploads=UploadGate(settings.max_concurrent_uploads, metrics),
         )
         app.state.ctx = ctx
         leader = Leader(ctx)
@@ -94,6 +101,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_metrics(app, metrics)
 
     @app.get("/healthz", tags=["probes"])
     async def healthz() -> dict[str, str]:
@@ -110,6 +118,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ServiceUnavailableError(f"not ready: {exc}") from exc
         return JSONResponse({"status": "ready", "revision": revision})
 
-    for module in (artifacts, apps, nodes, cluster):
+    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens):
         app.include_router(module.router, prefix="/api/v1")
     return app

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 
 from aether.artifacts import LocalArtifactRegistry
+from aether.artifacts.blobs import LocalBlobStore
+from aether.server.metrics import ServerMetrics, UploadGate
 from aether.server.settings import ServerSettings
 from aether.store.base import StateStore
 from aether.store.records import Records
@@ -28,6 +30,9 @@ class ServerContext:
     logs: LogStore
     leader_id: str | None = None
     background: list[object] = field(default_factory=list)
+    blobs: LocalBlobStore = field(kw_only=True)  # per-file blobs of incremental uploads
+    metrics: ServerMetrics = field(kw_only=True)  # served at /metrics
+    uploads: UploadGate = field(kw_only=True)  # AETHER_MAX_CONCURRENT_UPLOADS
 
 
 def get_context(request: Request) -> ServerContext:

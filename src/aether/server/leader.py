@@ -193,6 +193,7 @@ class Leader:
                 ):
                     self._given_up.add(record.deployment_id)
                     if await records.set_deployment_status(record.deployment_id, "failed"):
+                        self.ctx.metrics.deployments_failed.inc()
                         await records.add_event(
                             record.deployment_id,
                             "failed",
@@ -206,6 +207,7 @@ class Leader:
             if snap.active_count(bp.app, bp.version) >= bp.instances:
                 self._healthy.add(bp.deployment_id)
                 if await records.set_deployment_status(bp.deployment_id, "active"):
+                    self.ctx.metrics.deployments_succeeded.inc()
                     await records.add_event(
                         bp.deployment_id,
                         "healthy",

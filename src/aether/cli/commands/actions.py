@@ -39,8 +39,18 @@ async def run(args: argparse.Namespace) -> int:
                 f"rolled {args.app} back to v{deployment.rollback_of} "
                 f"as v{deployment.version} ({deployment.status})",
             )
+        elif args.command == "promote":
+            blueprint = await client.promote(args.app)
+            emit(
+                args,
+                blueprint,
+                f"{args.app}: v{blueprint['version']} promoted; the rollout goes on",
+            )
         else:
-            async for line in client.logs(args.app, tail=args.tail, follow=args.follow):
+            app = args.app or args.app_option
+            if not app:
+                raise CliError("logs needs an app: aether logs APP (or --app APP)", kind="usage")
+            async for line in client.logs(app, tail=args.tail, follow=args.follow):
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
     return 0

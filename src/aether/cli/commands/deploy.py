@@ -96,20 +96,36 @@ async def run(args: argparse.Namespace) -> int:
             packed = await asyncio.to_thread(pack, root, archive)
         except AetherError as exc:
             raise CliError(f"cannot pack {root}: {exc}", kind="config", code=exc.code) from None
+        from aether.cli.commands.keys import deploy_signature
+
+        signature = deploy_signature(packed.digest)  # None without a signing key
+        verified: bool | None = None
+        from aether.artifacts.sync import upload_incremental
+
+        sent: dict[str, Any] = {"uploaded_bytes": 0, "reused_files": packed.file_count}
         async with api_client(args) as client:
             uploaded = False
             if not await client.has_artifact(packed.digest):
                 bar = _progress("uploading", packed.size_bytes)
                 try:
-                    await client.upload_artifact(
-                        archive,
+                    answer = sent = await upload_incremental(  # only the files it lacks
+                        client,
+                        packed.plan,
+                        root,
                         packed.digest,
+                        archive=archive,
                         progress=(lambda n: bar.advance(bar.task_ids[0], n)) if bar else None,
+                        on_total=(lambda n: bar.update(bar.task_ids[0], total=n)) if bar else None,
+                        signature=signature,
+                        app=spec.name,
                     )
                 finally:
                     if bar:
                         bar.stop()
-                uploaded = True
+                uploaded, verified = True, bool(answer.get("verified"))
+            elif signature is not None:  # stored already (maybe unsigned): attach the signature
+                answer = await client.sign_artifact(packed.digest, signature, spec.name)
+                verified = bool(answer.get("verified"))
             key = uuid.uuid4().hex
             try:
                 deployment = await client.create_deployment(
@@ -134,6 +150,10 @@ async def run(args: argparse.Namespace) -> int:
         "status": deployment.status,
         "instances": deployment.instances,
         "uploaded": uploaded,
+        "uploaded_bytes": sent["uploaded_bytes"],
+        "reused_files": sent["reused_files"],
+        "signature": signature,
+        "verified": verified,
     }
     emit(
         args,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -21,11 +22,12 @@ from aether.model.api import (
     ScaleIn,
 )
 from aether.model.app import AppSpec, validate_app_name
-from aether.model.cluster import Blueprint
+from aether.model.cluster import Blueprint, DeploymentRef
 from aether.server.auth import Caller, Operator
 from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext, get_context
 from aether.server.idempotency import idempotent
+from aether.server.signatures import check_deployable
 from aether.store.base import Compare, Put
 from aether.store.records import Principal
 from aether.store.records.schema import App, Deployment
@@ -76,6 +78,18 @@ async def _owned_blueprint(ctx: ServerContext, caller: Principal, name: str) -> 
     return bp if bp.tenant == caller.tenant_id else None
 
 
+async def _last_healthy(
+    ctx: ServerContext, caller: Principal, current: Blueprint | None
+) -> DeploymentRef | None:
+    """What a new rollout replaces: the running rollout's own previous, else the current one."""
+    if current is None:
+        return None
+    if current.previous is not None:
+        return current.previous
+    dep = await ctx.records.get_deployment(caller.tenant_id, current.deployment_id)
+    return None if dep.status == "failed" else current.ref()
+
+
 async def _app(ctx: ServerContext, caller: Principal, name: str) -> App:
     return await ctx.records.get_app(caller.tenant_id, validate_app_name(name))
 
@@ -98,6 +112,7 @@ async def _start_deployment(
         raise BadRequestError(
             f"artifact {digest} is not in the registry: upload it first (POST /api/v1/artifacts)"
         )
+    await check_deployable(ctx, caller.tenant_id, app_name, digest)  # require_signature
     spec = spec.model_copy(update={"name": app_name})
     app = await ctx.records.get_or_create_app(caller.tenant_id, app_name)
     dep = await ctx.records.create_deployment(
@@ -108,6 +123,8 @@ async def _start_deployment(
         instances=instances,
         rollback_of=rollback_of,
     )
+    ctx.metrics.deployments_created.inc()
+    current = await _owned_blueprint(ctx, caller, app_name)
     blueprint = Blueprint(
         app=app_name,
         tenant=caller.tenant_id,
@@ -116,6 +133,8 @@ async def _start_deployment(
         digest=digest,
         spec=spec,
         instances=instances,
+        previous=await _last_healthy(ctx, caller, current),
+        rollout_started_at=time.time(),
     )
     await ctx.store.put(f"blueprints/{app_name}", dump(blueprint))
     what = f"rollback to v{rollback_of}" if rollback_of else "deployment"
@@ -226,6 +245,36 @@ async def scale(app: str, body: ScaleIn, caller: Operator, ctx: Ctx) -> AppOut:
     raise ConflictError("the blueprint kept changing while scaling; try again")
 
 
+@router.post("/apps/{app}/promote")
+async def promote(app: str, caller: Operator, ctx: Ctx) -> Blueprint:
+    """Let a canary rollout waiting for promotion continue."""
+    await _app(ctx, caller, app)
+    for _ in range(10):
+        kv = await ctx.store.get(f"blueprints/{app}")
+        bp = Blueprint.model_validate_json(kv.value) if kv else None
+        if kv is None or bp is None or bp.tenant != caller.tenant_id:
+            raise NotFoundError(f"app {app!r} has no live deployment")
+        if bp.previous is None:
+            raise ConflictError(f"app {app!r} has no rollout in progress to promote")
+        promoted = bp.model_copy(update={"promoted": True})
+        result = await ctx.store.txn(
+            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Put(kv.key, dump(promoted))]
+        )
+        if result.succeeded:
+            await ctx.records.add_event(bp.deployment_id, "promoted", "canary promoted by hand")
+            return promoted
+    raise ConflictError("the blueprint kept changing; try again")
+
+
+@router.get("/deployments/{deployment_id}/events")
+async def deployment_events(deployment_id: str, caller: Caller, ctx: Ctx) -> list[EventOut]:
+    dep = await ctx.records.get_deployment(caller.tenant_id, deployment_id)
+    return [
+        EventOut(type=e.type, message=e.message, created_at=e.created_at)
+        for e in await ctx.records.list_events(dep.id)
+    ]
+
+
 @router.post("/apps/{app}/rollback", status_code=201)
 async def rollback(
     app: str, body: RollbackIn, request: Request, caller: Operator, ctx: Ctx
@@ -234,7 +283,11 @@ async def rollback(
     current = await _owned_blueprint(ctx, caller, app)
     deployments = await ctx.records.list_deployments(caller.tenant_id, row)
     if body.version is not None:
-        target = await ctx.records.get_deployment_by_version(caller.tenant_id, row, body.version)
+        # looked up in the list, not by a query: an out-of-range number is a 404, not a 500
+        found = [d for d in deployments if d.version == body.version]
+        if not found:
+            raise NotFoundError(f"app {app!r} has no version {body.version}")
+        target = found[0]
     else:
         current_version = current.version if current else None
         older = [

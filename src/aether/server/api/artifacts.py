@@ -14,6 +14,7 @@ from aether.artifacts import parse_digest
 from aether.errors import BadRequestError, NotFoundError
 from aether.server.auth import ArtifactReader, Operator
 from aether.server.context import ServerContext, get_context
+from aether.server.signatures import read_signature_headers, record_signature
 from aether.store.records import Principal
 
 __all__ = ["router"]
@@ -28,6 +29,7 @@ class UploadOut(BaseModel):
     digest: str
     size_bytes: int
     duplicate: bool
+    verified: bool = False  # the X-Aether-Signature verified against a key of X-Aether-App
 
 
 async def _visible_size(ctx: ServerContext, caller: Principal, digest: str) -> int:
@@ -63,6 +65,7 @@ async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> Uploa
     if not claimed:
         raise BadRequestError(f"missing {DIGEST_HEADER} header: send the sha256 of the archive")
     digest = parse_digest(claimed)
+    signed = read_signature_headers(request)  # checked before the body: a bad one stores nothing
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -72,6 +75,13 @@ async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> Uploa
         except ClientDisconnect:
             raise BadRequestError("upload interrupted: the client disconnected") from None
 
-    result = await ctx.registry.write_stream(body(), digest)
+    async with ctx.uploads.slot("artifact") as slot:  # AETHER_MAX_CONCURRENT_UPLOADS
+        result = await ctx.registry.write_stream(slot.meter(body()), digest)
     await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
-    return UploadOut(digest=result.digest, size_bytes=result.size_bytes, duplicate=result.duplicate)
+    verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
+    return UploadOut(
+        digest=result.digest,
+        size_bytes=result.size_bytes,
+        duplicate=result.duplicate,
+        verified=verified,
+    )

@@ -14,11 +14,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from aether.core.lifecycle import Command, State, can_report
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.api import NodeOut, RegisterIn, RegisterOut, ReportIn
+from aether.model.app import APP_NAME_RE
 from aether.model.cluster import (
     Endpoint,
     InstanceRecord,
@@ -45,8 +46,9 @@ class HeartbeatIn(BaseModel):
 
 
 class LogEntry(BaseModel):
-    tenant: str
-    app: str
+    # both become a path under the log directory: plain names only, never ``..`` or ``/``
+    tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    app: Annotated[str, Field(pattern=APP_NAME_RE.pattern)]
     label: str
     text: str
 
@@ -196,8 +198,16 @@ async def report(
         record = InstanceRecord.model_validate_json(kv.value)
         if not can_report(record.state, state):
             raise ConflictError(f"instance {key} cannot go from {record.state} to {state}")
+        active_since = record.active_since if record.state is State.ACTIVE else None
+        if state is State.ACTIVE and active_since is None:
+            active_since = time.time()
         updated = record.model_copy(
-            update={"state": state, "message": body.message[:2000], "url": body.url}
+            update={
+                "state": state,
+                "message": body.message[:2000],
+                "url": body.url,
+                "active_since": active_since if state is State.ACTIVE else None,
+            }
         )
         ep_key = endpoint_key(app, "web", node, n)
         ops: list[Op] = [Put(key, dump(updated))]

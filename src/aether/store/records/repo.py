@@ -23,6 +23,7 @@ from aether.store.records.schema import (
     DeploymentEvent,
     IdempotencyKey,
     Node,
+    PublicKey,
     Tenant,
 )
 
@@ -87,13 +88,18 @@ class Records:
 
     async def create_token(self, tenant_id: str, role: str, name: str) -> str:
         """A new token; only its hash is stored, the plain text is returned once."""
+        return (await self.issue_token(tenant_id, role, name))[1]
+
+    async def issue_token(self, tenant_id: str, role: str, name: str) -> tuple[str, str]:
+        """(id, plain text) of a new token."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         token = f"ae_{role[:1]}_{secrets.token_urlsafe(32)}"
+        token_id = new_id()
         async with self.sessions() as session:
             session.add(
                 ApiToken(
-                    id=new_id(),
+                    id=token_id,
                     tenant_id=tenant_id,
                     name=name,
                     role=role,
@@ -103,6 +109,25 @@ class Records:
                 )
             )
             await session.commit()
+        return token_id, token
+
+    async def list_tokens(self, tenant_id: str) -> Sequence[ApiToken]:
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(ApiToken)
+                    .where(ApiToken.tenant_id == tenant_id)
+                    .order_by(ApiToken.created_at)
+                )
+            ).all()
+
+    async def get_token(self, tenant_id: str, token_id: str) -> ApiToken:
+        async with self.sessions() as session:
+            token = await session.scalar(
+                select(ApiToken).where(ApiToken.tenant_id == tenant_id, ApiToken.id == token_id)
+            )
+        if token is None:
+            raise NotFoundError(f"token {token_id!r} not found")
         return token
 
     async def revoke_token(self, token_id: str) -> None:
@@ -366,3 +391,110 @@ class Records:
             await session.commit()
         if not getattr(result, "rowcount", 0):
             raise NotFoundError(f"node {node_id!r} not found")
+
+    # -- signing: public keys, app settings, artifact signatures ---------------
+    # (issue 3, part 3; the checks themselves live in aether.server.signatures)
+
+    async def find_app(self, tenant_id: str, name: str) -> App | None:
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(App).where(App.tenant_id == tenant_id, App.name == name)
+            )
+
+    async def app_name_owned_elsewhere(self, tenant_id: str, name: str) -> bool:
+        """True if another tenant has an app row called ``name``."""
+        async with self.sessions() as session:
+            found = await session.scalar(
+                select(App.id).where(App.name == name, App.tenant_id != tenant_id).limit(1)
+            )
+            return found is not None
+
+    async def update_app_settings(self, tenant_id: str, app: App, values: dict[str, Any]) -> App:
+        """Set ``require_signature`` and/or ``retain_deployments``; the updated row."""
+        allowed = {"require_signature", "retain_deployments"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"not app settings: {sorted(unknown)}")
+        async with self.sessions() as session:
+            if values:
+                await session.execute(
+                    update(App).where(App.tenant_id == tenant_id, App.id == app.id).values(**values)
+                )
+                await session.commit()
+            row = await session.scalar(
+                select(App).where(App.tenant_id == tenant_id, App.id == app.id)
+            )
+        if row is None:
+            raise NotFoundError(f"app {app.name!r} not found")
+        return row
+
+    async def add_public_key(
+        self, tenant_id: str, app: App, *, name: str, public_key: str, fingerprint: str
+    ) -> PublicKey:
+        async with self.sessions() as session:
+            row = PublicKey(
+                id=new_id(),
+                tenant_id=tenant_id,
+                app_id=app.id,
+                name=name,
+                public_key=public_key,
+                fingerprint=fingerprint,
+                created_at=now(),
+            )
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                raise ConflictError(
+                    f"key {fingerprint} is already registered for app {app.name!r}"
+                ) from None
+            return row
+
+    async def list_public_keys(self, tenant_id: str, app: App) -> Sequence[PublicKey]:
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(PublicKey)
+                    .where(PublicKey.tenant_id == tenant_id, PublicKey.app_id == app.id)
+                    .order_by(PublicKey.created_at, PublicKey.id)
+                )
+            ).all()
+
+    async def delete_public_key(self, tenant_id: str, app: App, key_id: str) -> None:
+        async with self.sessions() as session:
+            row = await session.scalar(
+                select(PublicKey).where(
+                    PublicKey.tenant_id == tenant_id,
+                    PublicKey.app_id == app.id,
+                    PublicKey.id == key_id,
+                )
+            )
+            if row is None:
+                raise NotFoundError(f"app {app.name!r} has no public key {key_id!r}")
+            await session.delete(row)
+            await session.commit()
+
+    async def get_artifact(self, tenant_id: str, digest: str) -> Artifact | None:
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(Artifact).where(Artifact.tenant_id == tenant_id, Artifact.digest == digest)
+            )
+
+    async def set_artifact_signature(
+        self, tenant_id: str, digest: str, signature: str, signed_by: str | None
+    ) -> None:
+        """Store a signature on the tenant's artifact row.
+
+        A verified signature (``signed_by`` set) always replaces the stored one; an
+        unverified one only replaces another unverified one (or none), so a later
+        unverifiable upload never downgrades an artifact that was verified.
+        """
+        condition = [Artifact.tenant_id == tenant_id, Artifact.digest == digest]
+        if signed_by is None:
+            condition.append(Artifact.signed_by.is_(None))
+        async with self.sessions() as session:
+            await session.execute(
+                update(Artifact).where(*condition).values(signature=signature, signed_by=signed_by)
+            )
+            await session.commit()

@@ -1,0 +1,124 @@
+"""Rollout strategies: how a new version replaces the serving one, step by step.
+
+A pure function of the instances of one app, the strategy and the time
+(``now`` is an argument; nothing here reads a clock). The scheduler asks it,
+on every pass, how many new instances to place and which old ones to retire.
+
+- ``rolling``: at most ``max_parallel`` new instances are in flight (placed but
+  not yet healthy); each old instance retires only once a new one has been
+  ACTIVE for ``min_healthy_time``. The app never has fewer healthy instances
+  than desired, so a rolling deploy of a healthy version loses no request.
+- ``canary``: ``canary`` new instances start next to all the old ones; once
+  they are healthy the rollout is promoted (``auto_promote``) or waits for
+  ``aether promote``, then continues as rolling.
+- ``blue-green``: every new instance starts next to the old ones; the old ones
+  retire together once all new ones are healthy.
+
+A rollout fails when a new instance is not ACTIVE within ``healthy_deadline``
+of its placement, when it is not complete within ``progress_deadline`` of its
+start, or when new instances keep failing; the leader then reverts to the
+previous deployment if ``auto_revert`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aether.core.lifecycle import Command, State
+from aether.model.app import RolloutSpec
+
+__all__ = ["FAILURES_TO_FAIL", "RolloutInstance", "RolloutStep", "rollout_step"]
+
+FAILURES_TO_FAIL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutInstance:
+    key: str
+    state: State | None
+    command: Command
+    placed_at: float = 0.0
+    active_since: float | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self.command in (Command.LOAD, Command.ACTIVATE) and self.state is not State.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStep:
+    place: int = 0
+    retire: tuple[str, ...] = ()
+    done: bool = False
+    failed: str | None = None
+    waiting_for_promotion: bool = False
+
+
+def _healthy(inst: RolloutInstance, spec: RolloutSpec, now: float) -> bool:
+    return (
+        inst.state is State.ACTIVE
+        and inst.active_since is not None
+        and now - inst.active_since >= spec.min_healthy_time
+    )
+
+
+def _retire_order(inst: RolloutInstance) -> tuple[bool, str]:
+    """Retire instances that do not serve yet first, so serving capacity stays."""
+    return (inst.state is State.ACTIVE, inst.key)
+
+
+def rollout_step(
+    spec: RolloutSpec,
+    desired: int,
+    new: Sequence[RolloutInstance],
+    old: Sequence[RolloutInstance],
+    *,
+    now: float,
+    started_at: float,
+    promoted: bool,
+    failures: int = 0,
+) -> RolloutStep:
+    """The next step of replacing ``old`` with ``desired`` instances of the new version.
+
+    ``new`` are the new version's serving instances (failed ones excluded);
+    ``old`` the previous versions' serving instances; ``failures`` counts new
+    instances that failed during this rollout.
+    """
+    healthy = [i for i in new if _healthy(i, spec, now)]
+    in_flight = [i for i in new if not _healthy(i, spec, now)]
+    old_serving = sorted((i for i in old if i.serving), key=_retire_order)
+
+    if failures >= FAILURES_TO_FAIL:
+        return RolloutStep(failed=f"{failures} new instance(s) failed")
+    for inst in in_flight:
+        if inst.state is not State.ACTIVE and now - inst.placed_at > spec.healthy_deadline:
+            return RolloutStep(
+                failed=f"instance {inst.key} not healthy within {spec.healthy_deadline:g}s"
+            )
+    if now - started_at > spec.progress_deadline and (len(healthy) < desired or old_serving):
+        return RolloutStep(failed=f"rollout not complete within {spec.progress_deadline:g}s")
+
+    if len(healthy) >= desired and not old_serving:
+        return RolloutStep(done=True)
+
+    missing = max(0, desired - len(new))
+    if spec.strategy == "blue-green":
+        retire = [i.key for i in old_serving] if len(healthy) >= desired else []
+        return RolloutStep(place=missing, retire=tuple(retire))
+
+    if spec.strategy == "canary":
+        canaries = min(spec.canary, desired)
+        ready = len(healthy) >= canaries
+        if not (promoted or (spec.auto_promote and ready)):
+            return RolloutStep(
+                place=max(0, canaries - len(new)),
+                waiting_for_promotion=ready,
+            )
+
+    # rolling (and a promoted canary): bounded in-flight, retire one old per healthy new
+    room = max(0, spec.max_parallel - len(in_flight))
+    place = min(missing, room)
+    keep_old = max(0, desired - len(healthy))
+    retire = [i.key for i in old_serving[: max(0, len(old_serving) - keep_old)]]
+    return RolloutStep(place=place, retire=tuple(retire))

@@ -1,0 +1,168 @@
+"""Incremental uploads: per-file blobs, and artifacts assembled from them.
+
+A redeploy after a small change sends only the files the server lacks:
+
+1. ``POST /api/v1/blobs/missing`` ``{digests}`` → ``{missing}``: which contents to send;
+2. ``PUT /api/v1/blobs/{digest}`` for each: streamed, verified before visible;
+3. ``POST /api/v1/artifacts/assemble`` ``{digest, plan}``: the server writes the
+   canonical archive from the plan and its blobs, checks it hashes to ``digest``
+   and stores it like an upload (``{digest, size_bytes, duplicate, verified}``).
+
+Blobs are per tenant (see ``aether.artifacts.blobs``), and an assembled artifact
+is recorded for the caller's tenant only after the bytes built from *its* blobs
+hashed to the digest, so knowing a digest never grants access to it. If the
+server's tar/zlib write different bytes than the client's, assembly answers
+``digest_mismatch`` and the client uploads the whole archive instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
+
+from aether.artifacts import parse_digest
+from aether.artifacts.pack import write_plan
+from aether.artifacts.plan import MAX_PLAN_ENTRIES, PackPlan
+from aether.errors import BadRequestError, DigestMismatchError, PayloadTooLargeError
+from aether.server.api.artifacts import UploadOut
+from aether.server.auth import Operator
+from aether.server.context import ServerContext, get_context
+from aether.server.signatures import read_signature_headers, record_signature
+
+__all__ = ["MAX_ASSEMBLE_BODY_BYTES", "router"]
+
+router = APIRouter(tags=["artifacts"])
+Ctx = Annotated[ServerContext, Depends(get_context)]
+
+#: Largest ``assemble`` body (the plan's JSON): ~250 bytes per entry at the entry limit.
+MAX_ASSEMBLE_BODY_BYTES = 64 << 20
+#: Digests named in a ``missing_blobs`` message; the rest are counted.
+_SHOWN = 20
+
+
+class MissingIn(BaseModel):
+    digests: list[str] = Field(max_length=MAX_PLAN_ENTRIES)
+
+
+class MissingOut(BaseModel):
+    missing: list[str]
+
+
+class BlobOut(BaseModel):
+    digest: str
+    size_bytes: int
+    duplicate: bool
+
+
+def _body(request: Request) -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    yield chunk
+        except ClientDisconnect:
+            raise BadRequestError("upload interrupted: the client disconnected") from None
+
+    return chunks()
+
+
+@router.post("/blobs/missing")
+async def missing_blobs(body: MissingIn, caller: Operator, ctx: Ctx) -> MissingOut:
+    """Which of these file contents this tenant has not uploaded yet (request order)."""
+    store = ctx.blobs.for_tenant(caller.tenant_id)
+    return MissingOut(missing=await store.missing(body.digests))
+
+
+@router.put("/blobs/{digest}", status_code=201)
+async def put_blob(digest: str, request: Request, caller: Operator, ctx: Ctx) -> BlobOut:
+    """Store one file content under its sha256; a mismatch stores nothing."""
+    digest = parse_digest(digest)
+    store = ctx.blobs.for_tenant(caller.tenant_id)
+    async with ctx.uploads.slot("blob") as slot:
+        result = await store.write_stream(slot.meter(_body(request)), digest)
+    return BlobOut(digest=result.digest, size_bytes=result.size_bytes, duplicate=result.duplicate)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in _body(request):
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+    return bytes(data)
+
+
+def _parse_assemble(raw: bytes, max_bytes: int) -> tuple[str, PackPlan]:
+    try:
+        body: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"invalid request: body is not JSON ({exc})") from None
+    if not isinstance(body, dict) or set(body) != {"digest", "plan"}:
+        raise BadRequestError('invalid request: send exactly {"digest": ..., "plan": ...}')
+    return parse_digest(body["digest"]), PackPlan.from_dict(body["plan"], max_bytes=max_bytes)
+
+
+async def _file_chunks(path: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := await asyncio.to_thread(f.read, chunk_size):
+            yield chunk
+
+
+@router.post("/artifacts/assemble", status_code=201)
+async def assemble_artifact(request: Request, caller: Operator, ctx: Ctx) -> UploadOut:
+    """Build the artifact from the plan and this tenant's blobs; store it once it verifies."""
+    signed = read_signature_headers(request)  # checked before any work, like an upload
+    raw = await _read_capped(request, MAX_ASSEMBLE_BODY_BYTES)
+    digest, plan = _parse_assemble(raw, ctx.settings.max_artifact_bytes)
+    del raw
+    size = await ctx.registry.size(digest)
+    if size is not None and await ctx.records.has_artifact(caller.tenant_id, digest):
+        verified = await record_signature(ctx, caller.tenant_id, digest, signed)
+        return UploadOut(digest=digest, size_bytes=size, duplicate=True, verified=verified)
+    store = ctx.blobs.for_tenant(caller.tenant_id)
+    missing = await store.missing(plan.blob_digests())
+    if missing:
+        shown = ", ".join(missing[:_SHOWN])
+        more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+        raise BadRequestError(
+            f"{len(missing)} blob(s) of the plan are not on the server: {shown}{more}; "
+            "upload them (PUT /api/v1/blobs/{digest}) and assemble again",
+            code="missing_blobs",
+        )
+
+    async with ctx.uploads.slot("assemble"):
+        fd, tmp_name = store.temp_file()
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                built = await asyncio.to_thread(write_plan, plan, sink, store.open_blob)
+            if built.digest != digest:
+                raise DigestMismatchError(
+                    f"the archive assembled from the plan has digest {built.digest}, "
+                    f"not {digest}: this server's tar/zlib write other bytes than the "
+                    "client's; upload the whole archive (POST /api/v1/artifacts)"
+                )
+            if built.size_bytes > ctx.settings.max_artifact_bytes:
+                raise PayloadTooLargeError(
+                    f"the assembled artifact exceeds the {ctx.settings.max_artifact_bytes}-byte "
+                    "limit of this registry"
+                )
+            result = await ctx.registry.write_stream(_file_chunks(tmp_name), digest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+    await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
+    verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
+    return UploadOut(
+        digest=result.digest,
+        size_bytes=result.size_bytes,
+        duplicate=result.duplicate,
+        verified=verified,
+    )
