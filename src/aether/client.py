@@ -230,9 +230,12 @@ class ApiClient:
         *,
         instances: int | None = None,
         idempotency_key: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> DeploymentOut:
+        """``extra`` may carry the artifact's ``sbom`` and ``manifest`` to record."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {"digest": digest, "spec": spec.model_dump(mode="json"), "instances": instances}
+        body.update(extra or {})
         data = await self.json(
             "POST", f"/api/v1/apps/{app}/deployments", json=body, headers=headers
         )

@@ -26,7 +26,8 @@ def _simulate(
     """
     old = _old(desired)
     new: list[RolloutInstance] = []
-    now, capacity, max_in_flight, counter = 1.0, [], 0, 0
+    now, max_in_flight, counter = 1.0, 0, 0
+    capacity: list[int] = []
     for tick in range(1, 500):
         step = rollout_step(
             spec,

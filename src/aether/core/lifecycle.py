@@ -99,6 +99,11 @@ def node_step(command: Command, local: State | None) -> NodeStep:
     # DEACTIVATE
     if local in (State.ACTIVE, State.ACTIVATING):
         return NodeStep.DEACTIVATE
+    if local is None:
+        # Restarted node: nothing runs here, but the store may still say ACTIVE
+        # or DEACTIVATING, and the leader waits for LOADED before it writes
+        # UNLOAD. Rebuild to LOADED (reporting LOADING, LOADED) so it can.
+        return NodeStep.LOAD
     return NodeStep.NOTHING
 
 

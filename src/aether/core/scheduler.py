@@ -7,7 +7,8 @@ doing harm, and the next pass sees the truth again (level-triggered).
 
 Per app it converges on: exactly ``instances`` serving copies of the
 blueprint's version on eligible, non-draining, live nodes. Instances of older
-versions, or on draining nodes, are *superseded*: they keep serving until the
+versions, or on nodes no longer eligible (draining, missing driver, label
+mismatch), are *superseded*: they keep serving until the
 current version has all its instances ACTIVE, then retire (start new before
 stopping old). Instances on nodes whose lease expired are removed and placed
 again elsewhere.
@@ -246,10 +247,20 @@ def plan(
                     actions.append(action)
             elif inst.state is State.FAILED:
                 actions.append(SetCommand(inst.key, Command.UNLOAD, inst.mod_revision))
-            elif inst.version == want.version and not alive[inst.node].draining:
+            elif inst.version == want.version and _eligible(alive[inst.node], want) is None:
                 current.append(inst)
             else:
                 superseded.append(inst)
+
+        # One copy per index n. Two exist when a node's lease expired and it came
+        # back while its instances were being replaced (the Remove lost its
+        # revision check, the Place landed): keep one, preferring an ACTIVE one,
+        # and supersede the other, so it is retired once the rest is ACTIVE.
+        keep: dict[int, InstanceView] = {}
+        for inst in sorted(current, key=lambda i: (i.state is not State.ACTIVE, i.key)):
+            keep.setdefault(inst.n, inst)
+        superseded.extend(inst for inst in current if keep[inst.n] is not inst)
+        current = [inst for inst in current if keep[inst.n] is inst]
 
         if len(current) > want.instances:
             per_node: dict[str, int] = defaultdict(int)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -30,6 +30,8 @@ class DeploymentIn(BaseModel):
     digest: str
     spec: AppSpec
     instances: Annotated[int, Field(ge=0, le=1000)] | None = None
+    sbom: dict[str, Any] | None = None  # CycloneDX JSON, recorded with the artifact
+    manifest: list[dict[str, Any]] | None = None  # per-file path, size, sha256, mode
 
 
 class EventOut(BaseModel):

@@ -136,6 +136,7 @@ class InstanceRunner:
                 log.warning("%s: %s", self.key, exc)
             except AetherError as exc:
                 log.warning("%s: server unavailable (%s); will retry", self.key, exc)
+                self.needs_report = True  # the state we hold may not have reached the server
                 await asyncio.sleep(1)
             finally:
                 self.on_change()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -13,7 +15,7 @@ from typing import Any
 
 from aether.cli.output import CliError, emit
 from aether.cli.session import api_client
-from aether.errors import AetherError, BadRequestError
+from aether.errors import AetherError
 from aether.model.api import DeploymentOut
 
 __all__ = ["run", "wait_for_rollout"]
@@ -78,89 +80,214 @@ async def router_url(client: Any, app: str) -> str | None:
     return None
 
 
-async def run(args: argparse.Namespace) -> int:
-    from aether.artifacts import pack
-    from aether.model.app import load_app_spec
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aether"
 
+
+class _Status:
+    """One transient status line on a terminal (building, packing); silent otherwise."""
+
+    def __init__(self, text: str) -> None:
+        self._status: Any = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(text)
+            self._status.start()
+
+    def update(self, text: str) -> None:
+        if self._status is not None:
+            self._status.update(text[:100])
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
+def _build(args: argparse.Namespace, root: Path) -> Any:
+    from aether.artifacts.build import build
+
+    status = _Status("building")
+    try:
+        return build(
+            root,
+            name=args.app,
+            cache_dir=_cache_dir(),
+            sbom=not args.no_sbom,
+            progress=lambda line: status.update(f"building: {line}"),
+        )
+    except AetherError as exc:
+        raise CliError(f"cannot build {root}: {exc}", kind="config", code=exc.code) from None
+    finally:
+        status.stop()
+
+
+def _pack(built: Any, archive: Path) -> Any:
+    from aether.artifacts import pack
+
+    status = _Status("packing")
+    try:
+        return pack(built.root, archive)
+    except AetherError as exc:
+        raise CliError(f"cannot pack {built.root}: {exc}", kind="config", code=exc.code) from None
+    finally:
+        status.stop()
+
+
+def _manifest(packed: Any) -> list[dict[str, Any]]:
+    return [
+        {"path": e.path, "size": e.size, "sha256": e.sha256, "mode": e.mode}
+        for e in packed.manifest
+    ]
+
+
+async def run(args: argparse.Namespace) -> int:
     root = Path(args.path).resolve()
     if not root.is_dir():
         raise CliError(f"{root} is not a directory", kind="usage")
-    try:
-        spec = load_app_spec(root, name=args.app)
-    except BadRequestError as exc:
-        raise CliError(str(exc), kind="config", code="bad_config") from None
-
+    built = await asyncio.to_thread(_build, args, root)
+    spec = built.spec
     with tempfile.TemporaryDirectory(prefix="aether-pack-") as tmp:
         archive = Path(tmp) / "artifact.tar.gz"
-        try:
-            packed = await asyncio.to_thread(pack, root, archive)
-        except AetherError as exc:
-            raise CliError(f"cannot pack {root}: {exc}", kind="config", code=exc.code) from None
+        packed = await asyncio.to_thread(_pack, built, archive)
         from aether.cli.commands.keys import deploy_signature
 
         signature = deploy_signature(packed.digest)  # None without a signing key
-        verified: bool | None = None
-        from aether.artifacts.sync import upload_incremental
+        made = {
+            "app": spec.name,
+            "runtime": built.runtime,
+            "artifact": None,
+            "digest": packed.digest,
+            "size_bytes": packed.size_bytes,
+            "manifest": _manifest(packed),
+            "sbom": built.sbom,
+            "signature": signature,
+        }
+        if args.pack_only:
+            out = Path(args.out or f"{spec.name}-{packed.digest[7:19]}.tar.gz").resolve()
+            shutil.copyfile(archive, out)
+            made["artifact"] = str(out)
+            emit(
+                args,
+                made,
+                f"packed {spec.name} into {out}\n{packed.digest} ({packed.size_bytes} bytes)",
+            )
+            return 0
+        if args.dry_run:
+            return await _dry_run(args, made, packed)
+        return await _deploy(args, made, packed, archive, built)
 
-        sent: dict[str, Any] = {"uploaded_bytes": 0, "reused_files": packed.file_count}
-        async with api_client(args) as client:
-            uploaded = False
-            if not await client.has_artifact(packed.digest):
-                bar = _progress("uploading", packed.size_bytes)
-                try:
-                    answer = sent = await upload_incremental(  # only the files it lacks
-                        client,
-                        packed.plan,
-                        root,
-                        packed.digest,
-                        archive=archive,
-                        progress=(lambda n: bar.advance(bar.task_ids[0], n)) if bar else None,
-                        on_total=(lambda n: bar.update(bar.task_ids[0], total=n)) if bar else None,
-                        signature=signature,
-                        app=spec.name,
-                    )
-                finally:
-                    if bar:
-                        bar.stop()
-                uploaded, verified = True, bool(answer.get("verified"))
-            elif signature is not None:  # stored already (maybe unsigned): attach the signature
-                answer = await client.sign_artifact(packed.digest, signature, spec.name)
-                verified = bool(answer.get("verified"))
-            key = uuid.uuid4().hex
-            try:
-                deployment = await client.create_deployment(
-                    spec.name, packed.digest, spec, instances=args.instances, idempotency_key=key
-                )
-            except AetherError as exc:
-                if exc.status not in (503,):
-                    raise
-                deployment = await client.create_deployment(  # same key: never deploys twice
-                    spec.name, packed.digest, spec, instances=args.instances, idempotency_key=key
-                )
-            if not args.no_wait:
-                deployment = await wait_for_rollout(client, deployment, args.timeout)
-            url = await router_url(client, spec.name)
-    data = {
-        "app": spec.name,
-        "version": deployment.version,
-        "digest": packed.digest,
-        "size_bytes": packed.size_bytes,
-        "deployment_id": deployment.id,
-        "url": url,
-        "status": deployment.status,
-        "instances": deployment.instances,
-        "uploaded": uploaded,
-        "uploaded_bytes": sent["uploaded_bytes"],
-        "reused_files": sent["reused_files"],
-        "signature": signature,
-        "verified": verified,
-    }
+
+async def _dry_run(args: argparse.Namespace, made: dict[str, Any], packed: Any) -> int:
+    """Say what a deploy would send and do, and change nothing."""
+    async with api_client(args) as client:
+        present = await client.has_artifact(packed.digest)
+        missing: list[str] = []
+        if not present:
+            wanted = sorted({e.sha256 for e in packed.manifest})
+            answer = await client.json(
+                "POST", "/api/v1/blobs/missing", json={"digests": [f"sha256:{d}" for d in wanted]}
+            )
+            missing = answer["missing"]
+    sizes = {f"sha256:{e.sha256}": e.size for e in packed.manifest}
+    made.update(
+        {
+            "dry_run": True,
+            "artifact_on_server": present,
+            "files_to_upload": len(missing),
+            "bytes_to_upload": sum(sizes.get(d, 0) for d in missing),
+        }
+    )
     emit(
         args,
-        data,
+        made,
+        f"dry run: {made['app']} would deploy {packed.digest[:19]} ({packed.size_bytes} bytes); "
+        + (
+            "the server has it already"
+            if present
+            else f"{len(missing)} file(s), {made['bytes_to_upload']} bytes to upload"
+        ),
+    )
+    return 0
+
+
+async def _deploy(
+    args: argparse.Namespace, made: dict[str, Any], packed: Any, archive: Path, built: Any
+) -> int:
+    from aether.artifacts.sync import upload_incremental
+
+    spec = built.spec
+    signature = made["signature"]
+    verified: bool | None = None
+    sent: dict[str, Any] = {"uploaded_bytes": 0, "reused_files": packed.file_count}
+    async with api_client(args) as client:
+        uploaded = False
+        if not await client.has_artifact(packed.digest):
+            bar = _progress("uploading", packed.size_bytes)
+            try:
+                answer = sent = await upload_incremental(  # only the files it lacks
+                    client,
+                    packed.plan,
+                    built.root,
+                    packed.digest,
+                    archive=archive,
+                    progress=(lambda n: bar.advance(bar.task_ids[0], n)) if bar else None,
+                    on_total=(lambda n: bar.update(bar.task_ids[0], total=n)) if bar else None,
+                    signature=signature,
+                    app=spec.name,
+                )
+            finally:
+                if bar:
+                    bar.stop()
+            uploaded, verified = True, bool(answer.get("verified"))
+        elif signature is not None:  # stored already (maybe unsigned): attach the signature
+            answer = await client.sign_artifact(packed.digest, signature, spec.name)
+            verified = bool(answer.get("verified"))
+        key = uuid.uuid4().hex
+        extra = {"sbom": made["sbom"], "manifest": made["manifest"]}
+        try:
+            deployment = await client.create_deployment(
+                spec.name,
+                packed.digest,
+                spec,
+                instances=args.instances,
+                idempotency_key=key,
+                extra=extra,
+            )
+        except AetherError as exc:
+            if exc.status not in (503,):
+                raise
+            deployment = await client.create_deployment(  # same key: never deploys twice
+                spec.name,
+                packed.digest,
+                spec,
+                instances=args.instances,
+                idempotency_key=key,
+                extra=extra,
+            )
+        if not args.no_wait:
+            deployment = await wait_for_rollout(client, deployment, args.timeout)
+        url = await router_url(client, spec.name)
+    made.update(
+        {
+            "version": deployment.version,
+            "deployment_id": deployment.id,
+            "url": url,
+            "status": deployment.status,
+            "instances": deployment.instances,
+            "uploaded": uploaded,
+            "uploaded_bytes": sent["uploaded_bytes"],
+            "reused_files": sent["reused_files"],
+            "verified": verified,
+        }
+    )
+    emit(
+        args,
+        made,
         f"deployed {spec.name} v{deployment.version} ({packed.digest[:19]}, "
-        f"{packed.size_bytes} bytes{', uploaded' if uploaded else ', already on server'})\n"
-        f"status: {deployment.status}, {deployment.instances} instance(s)\n"
+        f"{packed.size_bytes} bytes; "
+        + (f"sent {sent['uploaded_bytes']} bytes" if uploaded else "already on the server")
+        + f")\nstatus: {deployment.status}, {deployment.instances} instance(s)\n"
         f"url: {url or '(no ready node yet)'}",
     )
     return 0

@@ -165,9 +165,14 @@ async def create_deployment(
         instances = current.instances if current else body.spec.instances
 
     async def produce() -> dict[str, Any]:
-        return await _start_deployment(
+        out = await _start_deployment(
             ctx, caller, app, digest=body.digest, spec=body.spec, instances=instances
         )
+        if body.sbom is not None or body.manifest is not None:
+            await ctx.records.set_artifact_metadata(
+                caller.tenant_id, out["digest"], sbom=body.sbom, manifest=body.manifest
+            )
+        return out
 
     return await idempotent(request, ctx, caller, body.model_dump(mode="json"), produce)
 

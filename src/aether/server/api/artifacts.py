@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from aether.artifacts import parse_digest
 from aether.errors import BadRequestError, NotFoundError
-from aether.server.auth import ArtifactReader, Operator
+from aether.server.auth import ArtifactReader, Caller, Operator
 from aether.server.context import ServerContext, get_context
 from aether.server.signatures import read_signature_headers, record_signature
 from aether.store.records import Principal
@@ -85,3 +85,21 @@ async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> Uploa
         duplicate=result.duplicate,
         verified=verified,
     )
+
+
+@router.get("/artifacts/{digest}/sbom")
+async def get_sbom(digest: str, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """The CycloneDX SBOM sent with the artifact's first deployment."""
+    row = await ctx.records.artifact_row(caller.tenant_id, parse_digest(digest))
+    if row.sbom is None:
+        raise NotFoundError(f"artifact {row.digest} has no SBOM (deployed with --no-sbom?)")
+    return row.sbom
+
+
+@router.get("/artifacts/{digest}/manifest")
+async def get_manifest(digest: str, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Per-file path, size, sha256 and mode of the artifact."""
+    row = await ctx.records.artifact_row(caller.tenant_id, parse_digest(digest))
+    if row.manifest is None:
+        raise NotFoundError(f"artifact {row.digest} has no recorded manifest")
+    return row.manifest

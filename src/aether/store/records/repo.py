@@ -214,6 +214,34 @@ class Records:
             except IntegrityError:
                 await session.rollback()
 
+    async def set_artifact_metadata(
+        self,
+        tenant_id: str,
+        digest: str,
+        *,
+        sbom: dict[str, Any] | None,
+        manifest: list[dict[str, Any]] | None,
+    ) -> None:
+        """Record the artifact's SBOM and manifest the first time they are sent."""
+        async with self.sessions() as session:
+            row = await session.scalar(
+                select(Artifact).where(Artifact.tenant_id == tenant_id, Artifact.digest == digest)
+            )
+            if row is None:
+                return
+            if sbom is not None and row.sbom is None:
+                row.sbom = sbom
+            if manifest is not None and row.manifest is None:
+                row.manifest = {"files": manifest}
+            await session.commit()
+
+    async def artifact_row(self, tenant_id: str, digest: str) -> Artifact:
+        """The tenant's artifact, or NotFoundError."""
+        row = await self.get_artifact(tenant_id, digest)
+        if row is None:
+            raise NotFoundError(f"artifact {digest} not found")
+        return row
+
     # -- deployments --------------------------------------------------------
 
     async def create_deployment(
