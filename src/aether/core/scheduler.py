@@ -23,14 +23,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aether.core.lifecycle import Command, State, leader_next_command
+from aether.core.rollout import RolloutInstance, rollout_step
+from aether.model.app import RolloutSpec
 
 __all__ = [
     "Action",
+    "AwaitingPromotion",
     "DesiredApp",
     "InstanceView",
     "NodeView",
     "Place",
     "Remove",
+    "RolloutDone",
+    "RolloutFailed",
     "SetCommand",
     "Unplaceable",
     "plan",
@@ -59,6 +64,11 @@ class DesiredApp:
     cpu: float = 0.1
     memory_mb: int = 64
     strategy: Strategy = "spread"
+    # set while a rollout replaces an older version (see core.rollout)
+    rollout: RolloutSpec | None = None
+    rollout_started_at: float = 0.0
+    promoted: bool = False
+    rollout_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,8 @@ class InstanceView:
     mod_revision: int = 0
     cpu: float = 0.1
     memory_mb: int = 64
+    placed_at: float = 0.0
+    active_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +123,30 @@ class Unplaceable:
     reason: str
 
 
-Action = Place | SetCommand | Remove | Unplaceable
+@dataclass(frozen=True, slots=True)
+class RolloutDone:
+    """Every new instance is healthy and the old ones are gone."""
+
+    app: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutFailed:
+    """The rollout failed; ``revert`` when the app asked for auto_revert."""
+
+    app: str
+    reason: str
+    revert: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingPromotion:
+    """Canary instances are healthy; the rollout waits for ``aether promote``."""
+
+    app: str
+
+
+Action = Place | SetCommand | Remove | Unplaceable | RolloutDone | RolloutFailed | AwaitingPromotion
 
 _SERVING = (Command.LOAD, Command.ACTIVATE)
 
@@ -214,12 +249,21 @@ def _excess_order(inst: InstanceView, per_node: Mapping[str, int]) -> tuple[int,
     return (inst.state is State.ACTIVE, -per_node[inst.node], -inst.n)
 
 
+def _rollout_view(inst: InstanceView) -> RolloutInstance:
+    return RolloutInstance(inst.key, inst.state, inst.command, inst.placed_at, inst.active_since)
+
+
 def plan(
     blueprints: Sequence[DesiredApp],
     nodes: Sequence[NodeView],
     instances: Sequence[InstanceView],
+    *,
+    now: float = 0.0,
 ) -> list[Action]:
-    """The actions that move ``instances`` toward ``blueprints`` on ``nodes``."""
+    """The actions that move ``instances`` toward ``blueprints`` on ``nodes``.
+
+    ``now`` (seconds, the caller's clock) matters only to rollouts.
+    """
     alive = {node.id: node for node in nodes}
     actions: list[Action] = []
     by_app: dict[str, list[InstanceView]] = defaultdict(list)
@@ -279,6 +323,32 @@ def plan(
                 actions.append(SetCommand(inst.key, command, inst.mod_revision))
 
         missing = want.instances - len(current)
+        if want.rollout is not None:
+            old = [i for i in superseded if i.version != want.version]
+            step = rollout_step(
+                want.rollout,
+                want.instances,
+                [_rollout_view(i) for i in current],
+                [_rollout_view(i) for i in old],
+                now=now,
+                started_at=want.rollout_started_at,
+                promoted=want.promoted,
+                failures=want.rollout_failures,
+            )
+            if step.failed is not None:
+                actions.append(RolloutFailed(app, step.failed, want.rollout.auto_revert))
+                continue
+            if step.done:
+                actions.append(RolloutDone(app))
+            if step.waiting_for_promotion:
+                actions.append(AwaitingPromotion(app))
+            missing = min(missing, step.place)
+            retiring = set(step.retire)
+            by_key = {i.key: i for i in old}
+            actions.extend(
+                a for a in (_retire(by_key[k]) for k in sorted(retiring)) if a is not None
+            )
+            superseded = [i for i in superseded if i.version == want.version]
         if missing > 0:
             used_n = {inst.n for inst in insts}
             placed, unplaceable = _place(want, missing, ordered_nodes, capacity, used_n)

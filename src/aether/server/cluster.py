@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -27,7 +28,10 @@ class ClusterSnapshot:
     instances: dict[str, tuple[InstanceRecord, Kv]]
     endpoints: dict[str, Endpoint]
 
-    def desired(self) -> list[DesiredApp]:
+    def desired(self, failures: Mapping[str, int] | None = None) -> list[DesiredApp]:
+        """What the planner should converge on; ``failures`` counts failed instances per
+        deployment, which can fail a running rollout."""
+        failures = failures or {}
         return [
             DesiredApp(
                 app=bp.app,
@@ -38,6 +42,10 @@ class ClusterSnapshot:
                 cpu=bp.spec.resources.cpu,
                 memory_mb=bp.spec.resources.memory_mb,
                 strategy=bp.strategy,
+                rollout=bp.spec.rollout if bp.previous is not None else None,
+                rollout_started_at=bp.rollout_started_at,
+                promoted=bp.promoted,
+                rollout_failures=failures.get(bp.deployment_id, 0),
             )
             for bp, _ in self.blueprints.values()
         ]
@@ -68,6 +76,8 @@ class ClusterSnapshot:
                 mod_revision=kv.mod_revision,
                 cpu=inst.spec.resources.cpu,
                 memory_mb=inst.spec.resources.memory_mb,
+                placed_at=inst.placed_at,
+                active_since=inst.active_since,
             )
             for key, (inst, kv) in self.instances.items()
         ]

@@ -12,11 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 
 from aether.core.lifecycle import Command, State
-from aether.core.scheduler import Action, Place, Remove, SetCommand, Unplaceable, plan
+from aether.core.scheduler import (
+    Action,
+    AwaitingPromotion,
+    Place,
+    Remove,
+    RolloutDone,
+    RolloutFailed,
+    SetCommand,
+    Unplaceable,
+    plan,
+)
 from aether.model.cluster import InstanceRecord, endpoint_key, instance_key
 from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext
@@ -48,6 +59,7 @@ async def apply_action(
             spec=bp.spec,
             command=Command.LOAD,
             request_id=uuid.uuid4().hex,
+            placed_at=time.time(),
         )
         key = instance_key(action.node, action.app, action.version, action.n)
         await store.txn([fence, Compare(key, "create_revision", "==", 0)], [Put(key, dump(record))])
@@ -85,6 +97,8 @@ class Leader:
         self._failures: dict[str, int] = defaultdict(int)
         self._given_up: set[str] = set()
         self._unplaceable: dict[str, str] = {}
+        self._awaiting: set[str] = set()
+        self._rollout_failed: set[str] = set()
         self.passes = 0
 
     async def run(self) -> None:
@@ -141,7 +155,12 @@ class Leader:
     async def reconcile(self, leadership: Leadership) -> list[Action]:
         """One pass: read, plan, apply. Returns the actions it applied."""
         snap = await read_snapshot(self.ctx.store)
-        actions = plan(snap.desired(), snap.node_views(), snap.instance_views())
+        actions = plan(
+            snap.desired(self._failures),
+            snap.node_views(),
+            snap.instance_views(),
+            now=time.time(),
+        )
         fence = leadership.fence()
         for action in actions:
             await apply_action(self.ctx.store, snap, action, fence)
@@ -201,8 +220,17 @@ class Leader:
                             f"last: {record.message}",
                         )
 
+        for action in actions:
+            if isinstance(action, RolloutDone | RolloutFailed | AwaitingPromotion):
+                await self._rollout_outcome(snap, action)
+
         for bp, _ in snap.blueprints.values():
-            if bp.deployment_id in self._healthy:
+            if (
+                bp.deployment_id in self._healthy
+                or bp.deployment_id in self._given_up
+                or bp.deployment_id in self._rollout_failed
+                or bp.previous is not None  # a running rollout is healthy when it is done
+            ):
                 continue
             if snap.active_count(bp.app, bp.version) >= bp.instances:
                 self._healthy.add(bp.deployment_id)
@@ -214,6 +242,72 @@ class Leader:
                         f"all {bp.instances} instance(s) of v{bp.version} are ACTIVE",
                     )
                 await self._supersede_others(bp.tenant, bp.app, bp.deployment_id)
+
+    async def _rollout_outcome(
+        self, snap: ClusterSnapshot, action: RolloutDone | RolloutFailed | AwaitingPromotion
+    ) -> None:
+        """Finish, revert or pause a rollout; each outcome is written once."""
+        entry = snap.blueprints.get(action.app)
+        if entry is None:
+            return
+        bp, kv = entry
+        records = self.ctx.records
+        if isinstance(action, AwaitingPromotion):
+            if bp.deployment_id not in self._awaiting:
+                self._awaiting.add(bp.deployment_id)
+                await records.add_event(
+                    bp.deployment_id,
+                    "awaiting_promotion",
+                    f"canary instances of v{bp.version} are healthy; run `aether promote {bp.app}`",
+                )
+            return
+        if isinstance(action, RolloutDone):
+            done = bp.model_copy(update={"previous": None, "promoted": False})
+            result = await self.ctx.store.txn(
+                [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Put(kv.key, dump(done))]
+            )
+            if result.succeeded:
+                await records.add_event(
+                    bp.deployment_id, "rollout_done", f"v{bp.version} replaced the previous version"
+                )
+            return
+        if bp.deployment_id in self._rollout_failed:
+            return
+        self._rollout_failed.add(bp.deployment_id)
+        if await records.set_deployment_status(bp.deployment_id, "failed"):
+            self.ctx.metrics.deployments_failed.inc()
+        await records.add_event(bp.deployment_id, "rollout_failed", action.reason)
+        previous = bp.previous
+        if not action.revert or previous is None:
+            await records.add_event(
+                bp.deployment_id,
+                "rollout_paused",
+                "the previous version keeps serving; deploy a fix or `aether rollback`",
+            )
+            return
+        reverted = bp.model_copy(
+            update={
+                "deployment_id": previous.deployment_id,
+                "version": previous.version,
+                "digest": previous.digest,
+                "spec": previous.spec,
+                "previous": None,
+                "promoted": False,
+            }
+        )
+        result = await self.ctx.store.txn(
+            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Put(kv.key, dump(reverted))]
+        )
+        if result.succeeded:
+            await records.add_event(
+                bp.deployment_id, "reverted", f"reverted to v{previous.version} (auto_revert)"
+            )
+            await records.add_event(
+                previous.deployment_id,
+                "restored",
+                f"serving again after v{bp.version} failed: {action.reason}",
+            )
+            await records.set_deployment_status(previous.deployment_id, "active")
 
     async def _supersede_others(self, tenant_id: str, app_name: str, current: str) -> None:
         records = self.ctx.records
