@@ -19,6 +19,7 @@ incremental upload just sends those files again).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import tempfile
 from collections.abc import Iterable
@@ -48,11 +49,23 @@ class TenantBlobs(LocalArtifactRegistry):
         return open(self.path(DIGEST_PREFIX + sha256_hex), "rb")
 
     async def missing(self, digests: Iterable[str]) -> list[str]:
-        """The digests not stored here, deduplicated, in the order given."""
+        """The digests not stored here, deduplicated, in the order given.
+
+        Present blobs are touched: garbage collection drops blobs idle past its
+        grace period, and one a deploy is about to reuse is not idle.
+        """
         wanted = [parse_digest(d) for d in dict.fromkeys(digests)]
-        return await asyncio.to_thread(
-            lambda: [d for d in wanted if not self._object_path(d).is_file()]
-        )
+
+        def scan() -> list[str]:
+            absent = []
+            for d in wanted:
+                try:
+                    os.utime(self._object_path(d))
+                except FileNotFoundError:
+                    absent.append(d)
+            return absent
+
+        return await asyncio.to_thread(scan)
 
     def temp_file(self) -> tuple[int, str]:
         """A fresh temp file beside the blobs (same filesystem), as ``mkstemp`` returns it."""

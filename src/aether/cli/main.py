@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack-only", action="store_true", help="build and pack, keep the artifact")
     p.add_argument("--out", default=None, help="with --pack-only: where to write the artifact")
     p.add_argument("--no-sbom", action="store_true", help="skip the CycloneDX SBOM")
+    p.add_argument(
+        "--full-upload",
+        action="store_true",
+        help="send the whole artifact instead of only the files the server lacks",
+    )
     _common(p)
 
     p = sub.add_parser("list", help="list apps (same as `apps`)")
@@ -93,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("promote", help="let a canary rollout waiting for promotion continue")
     p.add_argument("app")
+    _common(p)
+
+    p = sub.add_parser("gc", help="delete artifacts retention no longer keeps (admin)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
     _common(p)
 
     p = sub.add_parser("completions", help="print a shell completion script")
@@ -172,6 +181,7 @@ _MODULES = {
     "list": "views",
     "events": "views",
     "promote": "actions",
+    "gc": "actions",
     "completions": "completions",
     "rollback": "actions",
     "logs": "actions",

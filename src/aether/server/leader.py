@@ -31,6 +31,7 @@ from aether.core.scheduler import (
 from aether.model.cluster import InstanceRecord, endpoint_key, instance_key
 from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext
+from aether.server.gc import collect_garbage
 from aether.store.base import CompactedError, Compare, Delete, Op, Put, StateStore, StoreError
 from aether.store.election import LeaderElection, Leadership
 
@@ -123,6 +124,7 @@ class Leader:
         wake = asyncio.Event()
         wake.set()
         watcher = asyncio.create_task(self._watch(wake))
+        collector = asyncio.create_task(self._collect_garbage())
         try:
             while not leadership.lost.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -136,9 +138,18 @@ class Leader:
                 except Exception:
                     log.exception("reconcile pass failed; retrying on the next pass")
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, collector):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _collect_garbage(self) -> None:
+        while True:
+            await asyncio.sleep(self.ctx.settings.gc_interval)
+            try:
+                await collect_garbage(self.ctx)
+            except Exception:
+                log.exception("garbage collection failed; trying again later")
 
     async def _watch(self, wake: asyncio.Event) -> None:
         while True:

@@ -22,6 +22,9 @@ class ServerSettings(BaseSettings):
     lease_ttl: float = Field(default=3.0, gt=0.2, le=120)
     reconcile_interval: float = Field(default=1.0, gt=0)
     max_artifact_bytes: int = 2 << 30
+    retain_deployments: int = Field(default=10, ge=1, description="artifacts kept per app")
+    gc_grace_seconds: float = Field(default=3600.0, ge=0)
+    gc_interval: float = Field(default=600.0, gt=0)
     max_concurrent_uploads: int = Field(default=32, ge=1, le=10_000)
     log_retention_bytes: int = 10 << 20
 

@@ -39,6 +39,16 @@ async def run(args: argparse.Namespace) -> int:
                 f"rolled {args.app} back to v{deployment.rollback_of} "
                 f"as v{deployment.version} ({deployment.status})",
             )
+        elif args.command == "gc":
+            params = {"dry_run": "true" if args.dry_run else "false"}
+            result = await client.json("POST", "/api/v1/gc", params=params)
+            verb = "would delete" if args.dry_run else "deleted"
+            emit(
+                args,
+                result,
+                f"{verb} {len(result['deleted_artifacts'])} artifact(s) and "
+                f"{result['deleted_blobs']} file blob(s); kept {result['kept_artifacts']}",
+            )
         elif args.command == "promote":
             blueprint = await client.promote(args.app)
             emit(

@@ -227,7 +227,7 @@ async def _deploy(
             try:
                 answer = sent = await upload_incremental(  # only the files it lacks
                     client,
-                    packed.plan,
+                    None if args.full_upload else packed.plan,
                     built.root,
                     packed.digest,
                     archive=archive,

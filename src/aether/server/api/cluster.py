@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import asdict
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
@@ -11,9 +12,10 @@ from aether.model.api import InstanceOut, StatusOut
 from aether.model.cluster import Blueprint, Endpoint
 from aether.server.api.apps import instances_of, list_apps
 from aether.server.api.nodes import node_list
-from aether.server.auth import Caller
+from aether.server.auth import Admin, Caller
 from aether.server.cluster import read_snapshot
 from aether.server.context import ServerContext, get_context
+from aether.server.gc import collect_garbage
 from aether.store.election import current_leader
 
 __all__ = ["router"]
@@ -31,6 +33,13 @@ async def status(caller: Caller, ctx: Ctx) -> StatusOut:
         nodes=await node_list(ctx),
         apps=await list_apps(caller, ctx),
     )
+
+
+@router.post("/gc")
+async def gc(caller: Admin, ctx: Ctx, dry_run: bool = False) -> dict[str, Any]:
+    """Collect artifacts retention no longer keeps (the leader also does this periodically)."""
+    result = await collect_garbage(ctx, dry_run=dry_run)
+    return asdict(result)
 
 
 @router.get("/blueprints")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -524,5 +524,35 @@ class Records:
         async with self.sessions() as session:
             await session.execute(
                 update(Artifact).where(*condition).values(signature=signature, signed_by=signed_by)
+            )
+            await session.commit()
+
+    # -- retention ------------------------------------------------------------
+
+    async def retention_inputs(
+        self,
+    ) -> tuple[Sequence[Artifact], Sequence[tuple[str, str, int, str]], dict[tuple[str, str], int]]:
+        """Every artifact claim, every (tenant, app, version, digest), per-app retention."""
+        async with self.sessions() as session:
+            artifacts = (await session.scalars(select(Artifact))).all()
+            rows = (
+                await session.execute(
+                    select(
+                        Deployment.tenant_id, App.name, Deployment.version, Deployment.digest
+                    ).join(App, App.id == Deployment.app_id)
+                )
+            ).all()
+            retain = {
+                (a.tenant_id, a.name): a.retain_deployments
+                for a in (await session.scalars(select(App))).all()
+                if a.retain_deployments
+            }
+        deployments = [(t, name, int(v), d) for t, name, v, d in rows]
+        return artifacts, deployments, retain
+
+    async def delete_artifact_claim(self, tenant_id: str, digest: str) -> None:
+        async with self.sessions() as session:
+            await session.execute(
+                delete(Artifact).where(Artifact.tenant_id == tenant_id, Artifact.digest == digest)
             )
             await session.commit()
