@@ -61,9 +61,12 @@ class ApiClient:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if namespace:
+            headers["X-Aether-Namespace"] = namespace
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,

@@ -31,11 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aether",
         description="Run services on your own machines: deploy, schedule, serve, heal.",
     )
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
+    parser.add_argument("--log-level", default=None, help="debug, info, warning (default), error")
     parser.add_argument(
         "--log-format",
         choices=["auto", "text", "json"],
-        default="auto",
+        default=None,
         help="logs on stderr: text, json lines, or auto (text on a terminal, else json)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -197,8 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT["usage"]
     from aether.cli.output import configure_logging, run_command
+    from aether.cli.session import setting
 
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(
+        args.log_level or setting("log_level") or "warning",
+        args.log_format or setting("log_format") or "auto",
+    )
     module = importlib.import_module(f"aether.cli.commands.{_MODULES[args.command]}")
     return run_command(module, args)
 

@@ -39,6 +39,15 @@ def config_path() -> Path:
 class Session:
     server: str
     token: str | None
+    namespace: str | None = None
+
+
+def setting(name: str) -> Any:
+    """A config.toml setting; ``AETHER_<NAME>`` in the environment overrides the file."""
+    value = os.environ.get(f"AETHER_{name.upper()}")
+    if value:
+        return value
+    return _read_config().get(name)
 
 
 def _read_config() -> dict[str, Any]:
@@ -61,15 +70,24 @@ def load_session(server: str | None = None, token: str | None = None) -> Session
         raise CliError(
             f"{session_path()} is corrupt; run `aether login` again", kind="config"
         ) from None
-    config = _read_config()
-    url = server or os.environ.get("AETHER_SERVER") or stored.get("server") or config.get("server")
+    url = (
+        server
+        or os.environ.get("AETHER_SERVER")
+        or stored.get("server")
+        or _read_config().get("server")
+    )
     tok = token or os.environ.get("AETHER_TOKEN") or stored.get("token")
     if not url:
         raise CliError(
             "no server configured: run `aether up`, or `aether login --server URL --token TOKEN`",
             kind="config",
         )
-    return Session(server=str(url), token=str(tok) if tok else None)
+    namespace = setting("default_namespace")
+    return Session(
+        server=str(url),
+        token=str(tok) if tok else None,
+        namespace=str(namespace) if namespace else None,
+    )
 
 
 def save_session(server: str, token: str) -> Path:
@@ -96,4 +114,4 @@ def api_client(args: Any) -> Any:
     from aether.client import ApiClient
 
     session = load_session(getattr(args, "server", None), getattr(args, "token", None))
-    return ApiClient(session.server, session.token)
+    return ApiClient(session.server, session.token, namespace=session.namespace)

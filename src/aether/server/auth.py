@@ -35,6 +35,12 @@ async def authenticate(
     principal = await ctx.records.authenticate(token.strip())
     if principal is None:
         raise UnauthorizedError("invalid or revoked token; log in again with a valid token")
+    namespace = request.headers.get("x-aether-namespace")
+    if namespace and namespace != principal.tenant:
+        raise ForbiddenError(
+            f"this token belongs to namespace {principal.tenant!r}, not {namespace!r}; "
+            "check AETHER_DEFAULT_NAMESPACE or default_namespace in the config file"
+        )
     request.state.principal = principal
     return principal
 
