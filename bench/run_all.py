@@ -7,5 +7,9 @@ import sys
 
 from bench.common import REPO
 
-for module, args in (("bench.planner", []), ("bench.cluster_benches", ["all"])):
+for module, args in (
+    ("bench.planner", []),
+    ("bench.cluster_benches", ["all"]),
+    ("bench.deploy_pipeline", ["all"]),
+):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)

@@ -10,6 +10,7 @@ NEEDED=(
   "npm:npm"
   "git:git"
   "curl:curl"
+  "hyperfine:hyperfine"
 )
 
 missing=()
