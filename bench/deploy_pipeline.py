@@ -298,11 +298,49 @@ def bench_express_deploy(warm_runs: int = 10, cold_runs: int = 3, pack_runs: int
 # --------------------------------------------------------------------------- packing
 
 
-_WORDS = (
-    "aether deploy artifact node router instance blueprint leader schedule lease "
-    "function const return await async import export require module package json "
-    "the of and to in is for on with as by at from that this be are or an it"
-).split()
+_WORDS = [
+    "aether",
+    "deploy",
+    "artifact",
+    "node",
+    "router",
+    "instance",
+    "blueprint",
+    "leader",
+    "schedule",
+    "lease",
+    "function",
+    "const",
+    "return",
+    "await",
+    "async",
+    "import",
+    "export",
+    "require",
+    "module",
+    "package",
+    "json",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "that",
+    "this",
+    "be",
+    "are",
+    "or",
+    "an",
+    "it",
+]
 
 
 def _synthetic_tree(root: Path, total: int = 200 * 1000 * 1000, seed: int = 20240611) -> None:
