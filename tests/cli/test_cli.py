@@ -140,12 +140,12 @@ def test_login_session_and_commands_against_a_real_server(tmp_path: Path) -> Non
 
         from tests.e2e.cluster import wait_for
 
+        def shipped_logs() -> str | None:
+            out = aether(tmp_path, "logs", "hello-python").stdout
+            return out if "listening on" in out else None
+
         logs = wait_for(
-            lambda: (
-                (out := aether(tmp_path, "logs", "hello-python").stdout)
-                and "listening on" in out
-                and out
-            ),
+            shipped_logs,
             10,
             "the instance's output in aether logs",
         )

@@ -151,7 +151,7 @@ class World:
                 record = self.store.get(action.key)
                 if record is not None and record.mod_revision == action.mod_revision:
                     del self.store[action.key]
-            else:
+            elif isinstance(action, Unplaceable):
                 self.unplaceable.append(action)
 
     def leader_pass(self) -> list[Action]:
