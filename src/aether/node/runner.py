@@ -156,7 +156,8 @@ class InstanceRunner:
         except (StepFailed, AetherError, OSError) as exc:
             if isinstance(exc, NotFoundError) and "instance" in str(exc):
                 raise
-            await self._report(State.FAILED, message=f"load failed: {exc}")
+            code = f" ({exc.code})" if isinstance(exc, AetherError) else ""  # e.g. link_escape
+            await self._report(State.FAILED, message=f"load failed{code}: {exc}")
             return
         await self._report(State.LOADED)
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -15,9 +25,12 @@ __all__ = [
     "Base",
     "Deployment",
     "DeploymentEvent",
+    "Execution",
     "IdempotencyKey",
     "Node",
     "PublicKey",
+    "Sandbox",
+    "Task",
     "Tenant",
 ]
 
@@ -134,3 +147,71 @@ class Node(Base):
     draining: Mapped[bool] = mapped_column(default=False)
     registered_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+
+
+class Task(Base):
+    """A unit of run-to-completion work in the SQL queue backend."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_tasks_claim", "queue", "state", "priority", "seq"),
+        Index("ix_tasks_tenant_state", "tenant_id", "state"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    queue: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[int]
+    max_retry: Mapped[int]
+    timeout: Mapped[float]
+    run_at: Mapped[datetime]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int]
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    node: Mapped[str | None] = mapped_column(String(128))  # must run there (vm:execute)
+    driver: Mapped[str | None] = mapped_column(String(32))  # the node needs this driver
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Sandbox(Base):
+    __tablename__ = "sandboxes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    node: Mapped[str | None] = mapped_column(String(128))
+    driver: Mapped[str] = mapped_column(String(32))
+    vcpus: Mapped[int]
+    memory_mb: Mapped[int]
+    network: Mapped[bool] = mapped_column(default=False)
+    isolated: Mapped[bool] = mapped_column(default=True)
+    status: Mapped[str] = mapped_column(String(16))  # creating|running|stopped|deleted|failed
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Execution(Base):
+    __tablename__ = "executions"
+    __table_args__ = (Index("ix_executions_sandbox", "sandbox_id", "started_at"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id"))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    command: Mapped[str] = mapped_column(Text)
+    args: Mapped[list[str]] = mapped_column(JSON)
+    exit_code: Mapped[int | None]
+    stdout: Mapped[str] = mapped_column(Text)
+    stderr: Mapped[str] = mapped_column(Text)
+    stdout_truncated: Mapped[bool] = mapped_column(default=False)
+    stderr_truncated: Mapped[bool] = mapped_column(default=False)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]

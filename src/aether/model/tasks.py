@@ -1,0 +1,111 @@
+"""Tasks, sandboxes and executions as the API, CLI, server and nodes see them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "ExecutionOut",
+    "SandboxOut",
+    "SandboxStatus",
+    "TaskIn",
+    "TaskOut",
+    "TaskState",
+]
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"  # ready to be claimed
+    SCHEDULED = "scheduled"  # run_at is in the future
+    ACTIVE = "active"  # claimed by a node, under a lease
+    RETRY = "retry"  # failed an attempt; waiting for its backoff
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # a permanent error: retrying cannot help
+    DEAD = "dead"  # every retry failed
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (
+            TaskState.SUCCEEDED,
+            TaskState.FAILED,
+            TaskState.DEAD,
+            TaskState.CANCELLED,
+        )
+
+
+class SandboxStatus(enum.StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+class TaskIn(BaseModel):
+    """A task to submit; unset fields take the task type's defaults."""
+
+    type: Annotated[str, Field(min_length=1, max_length=64)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+    queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    priority: Annotated[int, Field(ge=0, le=100)] | None = None
+    max_retry: Annotated[int, Field(ge=0, le=100)] | None = None
+    timeout: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    run_at: datetime | None = None
+    delay: Annotated[float, Field(ge=0, le=30 * 86_400)] | None = None
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+
+
+class TaskOut(BaseModel):
+    id: str
+    type: str
+    payload: dict[str, Any]
+    queue: str
+    priority: int
+    max_retry: int
+    timeout: float
+    run_at: datetime
+    idempotency_key: str | None
+    state: TaskState
+    attempts: int
+    result: dict[str, Any] | None
+    error: str | None
+    node: str | None
+    claimed_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class SandboxOut(BaseModel):
+    id: str
+    name: str
+    node: str | None
+    driver: str
+    vcpus: int
+    memory_mb: int
+    network: bool
+    isolated: bool
+    status: SandboxStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+class ExecutionOut(BaseModel):
+    id: str
+    sandbox_id: str
+    task_id: str | None
+    command: str
+    args: list[str]
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    started_at: datetime
+    finished_at: datetime | None
