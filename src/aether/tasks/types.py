@@ -1,0 +1,108 @@
+"""Task types: the one extension point for new kinds of work.
+
+A task type declares its payload model, its defaults and where it may run.
+Servers use the declaration to validate and place a task at submission;
+nodes look the type up to run it (``aether.tasks.handlers``). To add a type::
+
+    class ResizePayload(BaseModel):
+        vm_id: str
+        memory_mb: int
+
+    register(TaskType("vm:resize", ResizePayload, max_retry=1, timeout=60, pinned=True))
+
+and give nodes a handler with ``@handler("vm:resize")``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "JobRunPayload",
+    "TaskType",
+    "VmCreatePayload",
+    "VmDeletePayload",
+    "VmExecutePayload",
+    "lookup",
+    "register",
+    "registered",
+]
+
+
+class VmCreatePayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    vcpus: Annotated[int, Field(ge=1, le=64)] = 1
+    memory_mb: Annotated[int, Field(ge=16, le=262_144)] = 256
+    driver: str | None = None  # bwrap, process or microvm; default: the best a node has
+    network: bool = False
+    vm_id: str | None = None  # set by the server, so a retried create is the same sandbox
+
+
+class VmExecutePayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vm_id: Annotated[str, Field(min_length=1)]
+    command: Annotated[str, Field(min_length=1)]
+    args: list[str] = Field(default_factory=list)
+    stdin: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class VmDeletePayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vm_id: Annotated[str, Field(min_length=1)]
+
+
+class JobRunPayload(BaseModel):
+    """Run a deployed app's command to completion in a fresh sandbox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str
+    command: Annotated[str, Field(min_length=1)]
+    args: list[str] = Field(default_factory=list)
+    version: int | None = None  # default: the app's live version
+    env: dict[str, str] = Field(default_factory=dict)
+    memory_mb: Annotated[int, Field(ge=16)] = 512
+    network: bool = False
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    payload: type[BaseModel]
+    max_retry: int = 3
+    timeout: float = 300.0
+    queue: str = "default"
+    priority: int = 5
+    pinned: bool = False  # runs on the node that holds the payload's sandbox (vm_id)
+
+
+_TYPES: dict[str, TaskType] = {}
+
+
+def register(task_type: TaskType) -> TaskType:
+    if task_type.name in _TYPES:
+        raise ValueError(f"task type {task_type.name!r} is already registered")
+    _TYPES[task_type.name] = task_type
+    return task_type
+
+
+def lookup(name: str) -> TaskType | None:
+    return _TYPES.get(name)
+
+
+def registered() -> list[str]:
+    return sorted(_TYPES)
+
+
+register(TaskType("vm:create", VmCreatePayload, max_retry=3, timeout=300.0))
+register(TaskType("vm:execute", VmExecutePayload, max_retry=2, timeout=600.0, pinned=True))
+register(TaskType("vm:delete", VmDeletePayload, max_retry=2, timeout=120.0, pinned=True))
+register(TaskType("job:run", JobRunPayload, max_retry=3, timeout=3600.0))
