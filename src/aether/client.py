@@ -25,6 +25,7 @@ from aether.model.api import (
 )
 from aether.model.app import AppSpec
 from aether.model.keys import AppSettingsOut, PublicKeyOut
+from aether.model.tasks import ExecutionOut, SandboxOut, TaskOut
 
 __all__ = ["ApiClient", "NetworkError"]
 
@@ -341,3 +342,64 @@ class ApiClient:
     async def rotate_token(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.json("POST", "/api/v1/tokens/rotate")
         return result
+
+    # -- tasks and sandboxes --------------------------------------------------
+
+    async def submit_task(
+        self, body: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> TaskOut:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = await self.json("POST", "/api/v1/tasks", json=body, headers=headers)
+        return TaskOut.model_validate(data)
+
+    async def task(self, task_id: str) -> TaskOut:
+        return TaskOut.model_validate(await self.json("GET", f"/api/v1/tasks/{task_id}"))
+
+    async def tasks(self, **filters: Any) -> list[TaskOut]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        data = await self.json("GET", "/api/v1/tasks", params=params)
+        return [TaskOut.model_validate(t) for t in data]
+
+    async def cancel_task(self, task_id: str) -> TaskOut:
+        return TaskOut.model_validate(await self.json("POST", f"/api/v1/tasks/{task_id}/cancel"))
+
+    async def sandboxes(self, *, include_deleted: bool = False) -> list[SandboxOut]:
+        params = {"include_deleted": "true" if include_deleted else "false"}
+        data = await self.json("GET", "/api/v1/sandboxes", params=params)
+        return [SandboxOut.model_validate(s) for s in data]
+
+    async def sandbox(self, sandbox_id: str) -> SandboxOut:
+        return SandboxOut.model_validate(await self.json("GET", f"/api/v1/sandboxes/{sandbox_id}"))
+
+    async def executions(self, sandbox_id: str) -> list[ExecutionOut]:
+        data = await self.json("GET", f"/api/v1/sandboxes/{sandbox_id}/executions")
+        return [ExecutionOut.model_validate(e) for e in data]
+
+    async def claim_task(
+        self, node: str, drivers: list[str], queues: list[str], wait: float
+    ) -> TaskOut | None:
+        response = await self.request(
+            "POST",
+            "/api/v1/tasks/claim",
+            json={"node": node, "drivers": drivers, "queues": queues, "wait": wait},
+            timeout=wait + 10,
+        )
+        return TaskOut.model_validate(response.json()) if response.status_code == 200 else None
+
+    async def task_heartbeat(self, task_id: str, node: str) -> bool:
+        data = await self.json("POST", f"/api/v1/tasks/{task_id}/heartbeat", json={"node": node})
+        return bool(data["ok"])
+
+    async def complete_task(self, task_id: str, node: str, result: dict[str, Any]) -> TaskOut:
+        data = await self.json(
+            "POST", f"/api/v1/tasks/{task_id}/complete", json={"node": node, "result": result}
+        )
+        return TaskOut.model_validate(data)
+
+    async def fail_task(self, task_id: str, node: str, error: str, *, retryable: bool) -> TaskOut:
+        data = await self.json(
+            "POST",
+            f"/api/v1/tasks/{task_id}/fail",
+            json={"node": node, "error": error, "retryable": retryable},
+        )
+        return TaskOut.model_validate(data)

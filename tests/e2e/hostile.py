@@ -94,7 +94,10 @@ def tree(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int
         dirnames[:] = [d for d in dirnames if here / d not in skip]
         for name in [*filenames, *(d for d in dirnames if (here / d).is_symlink())]:
             p = here / name
-            st = p.lstat()
+            try:
+                st = p.lstat()
+            except FileNotFoundError:  # removed while we walked (a finished upload, say)
+                continue
             out[str(p.relative_to(root))] = (st.st_size, st.st_ino)
     return out
 

@@ -104,6 +104,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
     _common(p)
 
+    p = sub.add_parser("task", help="submit, inspect, wait for and cancel tasks")
+    task_sub = p.add_subparsers(dest="task_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    task_sub.required = True
+    q = task_sub.add_parser("submit", help="queue a task (vm:create, vm:execute, vm:delete, ...)")
+    q.add_argument("-type", "--type", dest="type", required=True)
+    q.add_argument("-name", "--name", dest="name")
+    q.add_argument("-vcpus", "--vcpus", dest="vcpus", type=int)
+    q.add_argument("-memory", "--memory", dest="memory", type=int, help="MB")
+    q.add_argument("-driver", "--driver", dest="driver")
+    q.add_argument("-network", "--network", dest="network", action="store_true")
+    q.add_argument("-vm-id", "--vm-id", dest="vm_id")
+    q.add_argument("-cmd", "--cmd", dest="cmd")
+    q.add_argument("-args", "--args", dest="args", help="split like a shell would")
+    q.add_argument("-app", "--app", dest="app", help="job:run: the app")
+    q.add_argument("-payload", "--payload", dest="payload", help="the whole payload as JSON")
+    q.add_argument("-priority", "--priority", dest="priority", type=int)
+    q.add_argument("-queue", "--queue", dest="queue")
+    q.add_argument("-max-retry", "--max-retry", dest="max_retry", type=int)
+    q.add_argument("-timeout", "--timeout", dest="timeout", type=float, help="seconds")
+    q.add_argument("-delay", "--delay", dest="delay", type=float, help="seconds")
+    q.add_argument("-idempotency-key", "--idempotency-key", dest="idempotency_key")
+    q.add_argument("-wait", "--wait", dest="wait", action="store_true", help="wait for the result")
+    _common(q)
+    for name, text in (
+        ("get", "a task with its state and result"),
+        ("cancel", "cancel a pending or running task"),
+        ("wait", "wait until a task has finished"),
+    ):
+        q = task_sub.add_parser(name, help=text)
+        q.add_argument("id")
+        if name == "wait":
+            q.add_argument("--timeout", type=float, default=600.0)
+        _common(q)
+    q = task_sub.add_parser("list", help="tasks, newest first")
+    q.add_argument("--state", default=None)
+    q.add_argument("--type", default=None)
+    q.add_argument("--queue", default=None)
+    q.add_argument("--limit", type=int, default=50)
+    _common(q)
+
+    p = sub.add_parser("vm", help="sandboxes: create, exec, ls, rm")
+    vm_sub = p.add_subparsers(dest="vm_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    vm_sub.required = True
+    q = vm_sub.add_parser("create", help="create a sandbox and wait until it runs")
+    q.add_argument("name")
+    q.add_argument("--vcpus", type=int, default=1)
+    q.add_argument("--memory", type=int, default=256, help="MB")
+    q.add_argument("--driver", default=None, help="bwrap, process or microvm")
+    q.add_argument("--network", action="store_true")
+    _common(q)
+    q = vm_sub.add_parser("exec", help="run a command in a sandbox: aether vm exec ID -- CMD ARGS")
+    q.add_argument("id")
+    q.add_argument("argv", nargs=argparse.REMAINDER)
+    q.add_argument("--timeout", type=float, default=None)
+    _common(q)
+    q = vm_sub.add_parser("ls", help="sandboxes")
+    q.add_argument("--all", action="store_true", help="include deleted ones")
+    _common(q)
+    q = vm_sub.add_parser("rm", help="delete a sandbox")
+    q.add_argument("id")
+    _common(q)
+
     p = sub.add_parser("completions", help="print a shell completion script")
     p.add_argument("--shell", choices=["bash", "zsh", "fish"], required=True)
 
@@ -182,6 +244,8 @@ _MODULES = {
     "events": "views",
     "promote": "actions",
     "gc": "actions",
+    "task": "tasks",
+    "vm": "tasks",
     "completions": "completions",
     "rollback": "actions",
     "logs": "actions",

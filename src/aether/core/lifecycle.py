@@ -65,12 +65,16 @@ _REPORTS: dict[State | None, frozenset[State]] = {
 }
 
 
-def can_report(previous: State | None, new: State) -> bool:
+def can_report(previous: State | None, new: State, command: Command | None = None) -> bool:
     """Whether a node may move an instance from ``previous`` to ``new``.
 
     A node that restarted reports LOADING again for instances it must rebuild,
     and ACTIVATING again when it restarts a crashed process; both are allowed.
+    With ``command``, UNLOADING is accepted only under UNLOAD: a stale runner
+    must not unload an instance placed again under the same key.
     """
+    if new is State.UNLOADING and command is not None and command is not Command.UNLOAD:
+        return False
     return new == previous or new in _REPORTS[previous]
 
 

@@ -69,6 +69,8 @@ class DesiredApp:
     rollout_started_at: float = 0.0
     promoted: bool = False
     rollout_failures: int = 0
+    # after repeated failures no new instance is placed before this time (backoff)
+    hold_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +351,8 @@ def plan(
                 a for a in (_retire(by_key[k]) for k in sorted(retiring)) if a is not None
             )
             superseded = [i for i in superseded if i.version == want.version]
+        if missing > 0 and now < want.hold_until:
+            missing = 0  # failing repeatedly: wait for the backoff before placing again
         if missing > 0:
             used_n = {inst.n for inst in insts}
             placed, unplaceable = _place(want, missing, ordered_nodes, capacity, used_n)

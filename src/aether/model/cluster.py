@@ -25,6 +25,7 @@ class NodeCapabilities(BaseModel):
     cpus: float
     memory_mb: int
     drivers: list[str]
+    sandbox_drivers: list[str] = Field(default_factory=list)
     kernel: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
 

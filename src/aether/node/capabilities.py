@@ -21,11 +21,14 @@ def _memory_mb() -> int:
     return 1024
 
 
-def fingerprint(drivers: list[str], labels: dict[str, str]) -> NodeCapabilities:
+def fingerprint(
+    drivers: list[str], labels: dict[str, str], sandbox_drivers: list[str] | None = None
+) -> NodeCapabilities:
     return NodeCapabilities(
         cpus=float(os.cpu_count() or 1),
         memory_mb=_memory_mb(),
         drivers=drivers,
+        sandbox_drivers=sandbox_drivers or [],
         kernel=platform.release(),
         labels=labels,
     )

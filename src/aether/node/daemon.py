@@ -29,6 +29,8 @@ from aether.node.drivers.process import ProcessDriver
 from aether.node.logship import LogShipper
 from aether.node.router import Router
 from aether.node.runner import InstanceRunner, RunnerConfig
+from aether.node.sandbox import drivers_available
+from aether.node.tasks import TaskWorker
 
 __all__ = ["NodeDaemon", "NodeOptions"]
 
@@ -76,6 +78,10 @@ class NodeDaemon:
         self.lease_lost = asyncio.Event()
         self.changed = asyncio.Event()
         self.shipper = LogShipper(self.client, self.node_id, self.runners)
+        self.sandboxes = drivers_available()
+        self.tasks = TaskWorker(
+            self.client, self.node_id, options.data_dir / "sandboxes", dict(self.sandboxes)
+        )
 
     @property
     def router_url(self) -> str:
@@ -87,6 +93,7 @@ class NodeDaemon:
         print(f"aether node {self.node_id}: router on {self.router_url}", flush=True)
         reconciler = asyncio.create_task(self._reconcile_loop(), name="reconcile")
         shipper = asyncio.create_task(self.shipper.run(), name="logs")
+        worker = asyncio.create_task(self.tasks.run(), name="tasks")
         try:
             while True:
                 await self._register()
@@ -103,6 +110,7 @@ class NodeDaemon:
         finally:
             reconciler.cancel()
             shipper.cancel()
+            worker.cancel()
             await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -113,7 +121,7 @@ class NodeDaemon:
         await self.client.close()
 
     async def _register(self) -> None:
-        caps = fingerprint(sorted(self.drivers), self.options.labels)
+        caps = fingerprint(sorted(self.drivers), self.options.labels, list(self.sandboxes))
         body = RegisterIn(id=self.node_id, capabilities=caps, router_url=self.router_url)
         delay = 0.2
         while True:

@@ -23,7 +23,7 @@ import httpx
 from aether.artifacts import safe_extract
 from aether.client import ApiClient
 from aether.core.lifecycle import NodeStep, State, node_step
-from aether.errors import AetherError, ConflictError, NotFoundError
+from aether.errors import AetherError, ConflictError, NotFoundError, UnsafeArchiveError
 from aether.model.cluster import InstanceRecord
 from aether.node.drivers.base import Driver, Handle, LaunchSpec
 
@@ -144,8 +144,17 @@ class InstanceRunner:
         self.task = asyncio.create_task(run(), name=f"step {self.key}")
 
     async def _report(self, state: State, *, message: str = "", url: str | None = None) -> None:
-        self.local = state
-        await self.client.report(self.key, state.value, message=message, url=url)
+        """Move to ``state`` and tell the server; a refused report undoes the move.
+
+        A report that cannot be sent (server away) keeps the new state, and
+        ``needs_report`` sends it again later.
+        """
+        previous, self.local = self.local, state
+        try:
+            await self.client.report(self.key, state.value, message=message, url=url)
+        except ConflictError:
+            self.local = previous
+            raise
 
     # -- steps ----------------------------------------------------------------
 
@@ -182,7 +191,11 @@ class InstanceRunner:
         if self.root.exists():
             await asyncio.to_thread(shutil.rmtree, self.root)
         self.root.mkdir(parents=True)
-        await asyncio.to_thread(safe_extract, archive, self.app_dir)
+        try:
+            await asyncio.to_thread(safe_extract, archive, self.app_dir)
+        except UnsafeArchiveError:
+            archive.unlink(missing_ok=True)  # keep nothing of a hostile artifact
+            raise
 
     async def _activate(self) -> None:
         await self._report(State.ACTIVATING)

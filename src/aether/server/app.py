@@ -13,12 +13,13 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aether import __version__
 from aether.artifacts import LocalArtifactRegistry
 from aether.artifacts.blobs import LocalBlobStore
 from aether.errors import ServiceUnavailableError
-from aether.server.api import apps, artifacts, blobs, cluster, keys, nodes, tokens
+from aether.server.api import apps, artifacts, blobs, cluster, keys, nodes, tasks, tokens
 from aether.server.context import ServerContext
 from aether.server.errors import install_error_handlers
 from aether.server.leader import Leader
@@ -27,6 +28,7 @@ from aether.server.metrics import ServerMetrics, UploadGate, install_metrics
 from aether.server.settings import ServerSettings
 from aether.store import open_state_store
 from aether.store.records import DEFAULT_TENANT, Records, migrate, open_records
+from aether.tasks.queue import SqlTaskQueue, TaskQueue
 
 __all__ = ["bootstrap_tokens", "create_app"]
 
@@ -50,6 +52,25 @@ async def bootstrap_tokens(records: Records, data_dir: Path) -> list[Path]:
             _write_secret(data_dir / name, token)
             written.append(data_dir / name)
     return written
+
+
+def _open_queue(settings: ServerSettings, sessions: async_sessionmaker[AsyncSession]) -> TaskQueue:
+    if settings.queue_url:
+        from aether.tasks.queue.redis import RedisTaskQueue
+
+        return RedisTaskQueue(settings.queue_url)
+    return SqlTaskQueue(sessions)
+
+
+async def _expire_claims(ctx: ServerContext) -> None:
+    """Claims whose node stopped heartbeating go back to the queue: no task is lost."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            if await ctx.queue.expire():
+                ctx.task_submitted.set()
+        except Exception:
+            log.exception("expiring task claims failed; trying again")
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -78,14 +99,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
             blobs=LocalBlobStore(data_dir / "blobs", max_bytes=settings.max_artifact_bytes),
             metrics=metrics,
             uploads=UploadGate(settings.max_concurrent_uploads, metrics),
+            queue=_open_queue(settings, sessions),
         )
         app.state.ctx = ctx
         leader = Leader(ctx)
         app.state.leader = leader
         task = asyncio.create_task(leader.run(), name="leader")
+        expiry = asyncio.create_task(_expire_claims(ctx), name="task-leases")
         try:
             yield
         finally:
+            expiry.cancel()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -118,6 +142,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ServiceUnavailableError(f"not ready: {exc}") from exc
         return JSONResponse({"status": "ready", "revision": revision})
 
-    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens):
+    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks):
         app.include_router(module.router, prefix="/api/v1")
     return app

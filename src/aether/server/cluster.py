@@ -28,10 +28,15 @@ class ClusterSnapshot:
     instances: dict[str, tuple[InstanceRecord, Kv]]
     endpoints: dict[str, Endpoint]
 
-    def desired(self, failures: Mapping[str, int] | None = None) -> list[DesiredApp]:
+    def desired(
+        self,
+        failures: Mapping[str, int] | None = None,
+        holds: Mapping[str, float] | None = None,
+    ) -> list[DesiredApp]:
         """What the planner should converge on; ``failures`` counts failed instances per
-        deployment, which can fail a running rollout."""
+        deployment (which can fail a running rollout), ``holds`` delays new placements."""
         failures = failures or {}
+        holds = holds or {}
         return [
             DesiredApp(
                 app=bp.app,
@@ -46,6 +51,7 @@ class ClusterSnapshot:
                 rollout_started_at=bp.rollout_started_at,
                 promoted=bp.promoted,
                 rollout_failures=failures.get(bp.deployment_id, 0),
+                hold_until=holds.get(bp.deployment_id, 0.0),
             )
             for bp, _ in self.blueprints.values()
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from aether.server.metrics import ServerMetrics, UploadGate
 from aether.server.settings import ServerSettings
 from aether.store.base import StateStore
 from aether.store.records import Records
+from aether.tasks.queue.base import TaskQueue
 
 if TYPE_CHECKING:
     from aether.server.logstore import LogStore
@@ -33,6 +35,8 @@ class ServerContext:
     blobs: LocalBlobStore = field(kw_only=True)  # per-file blobs of incremental uploads
     metrics: ServerMetrics = field(kw_only=True)  # served at /metrics
     uploads: UploadGate = field(kw_only=True)  # AETHER_MAX_CONCURRENT_UPLOADS
+    queue: TaskQueue = field(kw_only=True)  # tasks: SQL in the records DB, or Redis
+    task_submitted: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
 
 
 def get_context(request: Request) -> ServerContext:

@@ -99,6 +99,7 @@ class Leader:
         self._given_up: set[str] = set()
         self._unplaceable: dict[str, str] = {}
         self._awaiting: set[str] = set()
+        self._holds: dict[str, float] = {}
         self._rollout_failed: set[str] = set()
         self.passes = 0
 
@@ -167,7 +168,7 @@ class Leader:
         """One pass: read, plan, apply. Returns the actions it applied."""
         snap = await read_snapshot(self.ctx.store)
         actions = plan(
-            snap.desired(self._failures),
+            snap.desired(self._failures, self._holds),
             snap.node_views(),
             snap.instance_views(),
             now=time.time(),
@@ -211,6 +212,9 @@ class Leader:
             ):
                 self._failed_seen.add((record.key, kv.mod_revision))
                 self._failures[record.deployment_id] += 1
+                excess = self._failures[record.deployment_id] - FAILURES_BEFORE_GIVING_UP
+                if excess >= 0:  # keep trying, but back off: 1 s, 2 s, 4 s, ... 60 s
+                    self._holds[record.deployment_id] = time.time() + min(2.0**excess, 60.0)
                 await records.add_event(
                     record.deployment_id,
                     "instance_failed",

@@ -25,6 +25,10 @@ class ServerSettings(BaseSettings):
     retain_deployments: int = Field(default=10, ge=1, description="artifacts kept per app")
     gc_grace_seconds: float = Field(default=3600.0, ge=0)
     gc_interval: float = Field(default=600.0, gt=0)
+    queue_url: str | None = Field(
+        default=None, description="redis://... for the Redis task queue; default: the records DB"
+    )
+    task_lease: float = Field(default=15.0, gt=0.5, description="seconds a task claim lasts")
     max_concurrent_uploads: int = Field(default=32, ge=1, le=10_000)
     log_retention_bytes: int = 10 << 20
 

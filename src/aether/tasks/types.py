@@ -71,6 +71,9 @@ class JobRunPayload(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     memory_mb: Annotated[int, Field(ge=16)] = 512
     network: bool = False
+    # filled in by the server at submission
+    digest: str | None = None
+    sandbox_id: str | None = None
 
 
 @dataclass(frozen=True)

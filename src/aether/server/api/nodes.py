@@ -196,7 +196,7 @@ async def report(
         if kv is None:
             raise NotFoundError(f"instance {key} does not exist (it was removed); stop it")
         record = InstanceRecord.model_validate_json(kv.value)
-        if not can_report(record.state, state):
+        if not can_report(record.state, state, record.command):
             raise ConflictError(f"instance {key} cannot go from {record.state} to {state}")
         active_since = record.active_since if record.state is State.ACTIVE else None
         if state is State.ACTIVE and active_since is None:

@@ -1,0 +1,366 @@
+"""The ``bwrap`` driver: each execution runs in fresh bubblewrap namespaces.
+
+A sandbox is a workspace directory; each execution is one ``bwrap`` with its own
+mount, pid, ipc, uts, user and (unless ``network``) network namespace, the
+system (``/usr`` and the ``/bin``, ``/lib*``, ``/sbin`` links) read-only, a
+minimal ``/etc`` (synthesised passwd, group, hosts; DNS and CA certificates
+only with network), private ``/proc``, ``/dev``, ``/tmp`` and ``/dev/shm``, the
+workspace read-write at ``/workspace`` (cwd, ``HOME``) and nothing else of the
+node. The root is read-only, so the only writable places are the workspace and
+the size-capped tmpfs mounts. Creating a sandbox only makes a directory.
+
+What the limits enforce (rlimits, set by ``prlimit`` inside the sandbox):
+
+- ``memory_mb``: RLIMIT_DATA per process, i.e. private writable memory (heap,
+  anonymous mappings, thread stacks); allocations past it fail (``MemoryError``,
+  ``ENOMEM``) and the run reports ``killed_reason="memory limit"``. It is per
+  process, not a total for the sandbox (``max_processes`` bounds the product);
+  ``/tmp`` and ``/dev/shm`` are tmpfs mounts of ``memory_mb`` each. A cgroup
+  would give one total; this node's kernel interface is used without one.
+- CPU: RLIMIT_CPU of ``ceil(timeout * vcpus) + 1`` seconds per process (SIGXCPU,
+  then SIGKILL a second later): ``killed_reason="cpu time limit"``. ``vcpus`` is
+  otherwise not enforced (no CPU pinning or quota).
+- ``max_processes``: RLIMIT_NPROC, counted by the kernel per user namespace for
+  the sandbox's uid, so it bounds this execution's processes and threads. Root
+  is exempt from RLIMIT_NPROC, so a root node runs ``bwrap`` as a per-sandbox
+  unprivileged host uid (1.9e9 + a hash of the id): the sandbox is uid 65534
+  inside and that uid outside, never root on the host. That needs the sandbox
+  root and the read-only paths traversable by others (``o+x`` ancestors); when
+  they are not, the driver falls back to mapping the sandbox uid to root, with
+  every namespace still in place but without the process limit, and logs it.
+- The wall-clock ``timeout`` kills ``bwrap``; its pid namespace dies with it,
+  taking every process of the execution (``killed_reason="timeout"``).
+- Disk use of the workspace is not limited (no quota).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import math
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from aether.errors import NotFoundError
+from aether.node.sandbox._run import WorkspaceDriver, run_capped
+from aether.node.sandbox.base import (
+    DEFAULT_OUTPUT_LIMIT,
+    MIB,
+    WORKSPACE_DIR,
+    ExecResult,
+    SandboxError,
+    SandboxHandle,
+    SandboxSpec,
+    validate_exec,
+)
+
+__all__ = ["BwrapSandboxDriver"]
+
+log = logging.getLogger("aether.node.sandbox")
+
+SANDBOX_UID = 65534  # the uid and gid commands see inside
+_HOST_UID_BASE = 1_900_000_000
+_HOST_UID_SPAN = 200_000_000
+_PRLIMIT = "/usr/bin/prlimit"
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# host files shown read-only in every sandbox: no secrets, needed by common tools
+_ETC_ALWAYS = (
+    "/etc/alternatives",  # Debian's awk, editor, ... are symlinks through here
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/services",
+    "/etc/protocols",
+)
+# and with network: name resolution and TLS roots
+_ETC_NETWORK = (
+    "/etc/resolv.conf",
+    "/etc/gai.conf",
+    "/etc/host.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates.conf",
+    "/etc/pki",
+)
+_HOSTNAME = "sandbox"
+
+
+def host_uid_for(sandbox_id: str) -> int:
+    """A stable unprivileged host uid per sandbox, so limits count per sandbox."""
+    digest = int.from_bytes(hashlib.sha256(sandbox_id.encode()).digest()[:8], "big")
+    return _HOST_UID_BASE + digest % _HOST_UID_SPAN
+
+
+@functools.cache
+def _system_args() -> tuple[str, ...]:
+    """``/usr`` read-only, plus ``/bin``, ``/lib*``, ``/sbin`` as this host has them."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return tuple(args)
+
+
+def _others_can_reach(path: Path, *, read: bool = False) -> bool:
+    """Whether a uid with no relation to ``path``'s owners can traverse to it."""
+    try:
+        for parent in path.parents:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+        if read:
+            mode = os.stat(path).st_mode
+            need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
+            return mode & need == need
+    except OSError:
+        return False
+    return True
+
+
+class _MemFds:
+    """In-memory files handed to bwrap by descriptor (args, synthesised /etc files)."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def add(self, name: str, data: bytes) -> int:
+        fd = os.memfd_create(name)
+        self.fds.append(fd)
+        if data:
+            os.write(fd, data)
+            os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class BwrapSandboxDriver(WorkspaceDriver):
+    name = "bwrap"
+    isolated = True
+
+    def __init__(self, bwrap: str | None = None) -> None:
+        super().__init__()
+        self._bwrap = bwrap or shutil.which("bwrap")
+        self._probe: dict[int | None, bool] = {}
+
+    # -- capability -------------------------------------------------------
+
+    def available(self) -> bool:
+        return self._works(None)
+
+    def _works(self, uid: int | None) -> bool:
+        """Run a trivial sandbox once (as ``uid``) to see that namespaces work here."""
+        if uid not in self._probe:
+            self._probe[uid] = self._run_probe(uid)
+        return self._probe[uid]
+
+    def _run_probe(self, uid: int | None) -> bool:
+        if not self._bwrap or not os.access(_PRLIMIT, os.X_OK):
+            return False
+        argv = [
+            self._bwrap,
+            *self._namespace_args(network=False),
+            *_system_args(),
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--",
+            _PRLIMIT,
+            "--nproc=16",
+            "--",
+            "/usr/bin/true",
+        ]
+        extra: dict[str, Any] = {}
+        if uid is not None:
+            extra = {"user": uid, "group": uid, "extra_groups": []}
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, timeout=10, cwd="/", check=False, **extra
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        if done.returncode != 0:
+            log.info("bwrap probe (uid %s) failed: %s", uid, done.stderr.decode(errors="replace"))
+        return done.returncode == 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        if not self.available():
+            raise SandboxError(
+                "bubblewrap is not usable here (apt-get install bubblewrap; "
+                "user namespaces must be allowed)"
+            )
+        return await super().create(spec)
+
+    def _prepare(self, spec: SandboxSpec) -> dict[str, Any]:
+        host_uid: int | None = None
+        if os.geteuid() == 0:
+            reachable = _others_can_reach(spec.root) and all(
+                _others_can_reach(p, read=True) for p in spec.ro_paths
+            )
+            # whether the kernel lets an unprivileged uid make namespaces does not
+            # depend on which uid: probe once with the first of the range
+            if reachable and self._works(_HOST_UID_BASE):
+                host_uid = host_uid_for(spec.id)
+            else:
+                log.warning(
+                    "sandbox %s: its root or read-only paths are not reachable by an "
+                    "unprivileged uid (or user namespaces are refused to one); running it "
+                    "mapped to root, without the process limit",
+                    spec.id,
+                )
+        os.chmod(spec.root, 0o711)
+        workspace = spec.root / WORKSPACE_DIR
+        if host_uid is not None:
+            os.chown(workspace, host_uid, host_uid)
+        return {"host_uid": host_uid}
+
+    async def execute(
+        self,
+        handle: SandboxHandle,
+        command: str,
+        args: list[str],
+        *,
+        timeout: float,
+        stdin: bytes | None = None,
+        env: dict[str, str] | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    ) -> ExecResult:
+        validate_exec(command, args, env, timeout, output_limit)
+        if not handle.workspace.is_dir():
+            raise NotFoundError(f"sandbox {handle.id} is gone")
+        if not self._bwrap:
+            raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap)")
+        spec = handle.spec
+        host_uid = handle.extra.get("host_uid")
+        cpu = math.ceil(timeout * spec.vcpus) + 1
+        memory = spec.memory_mb * MIB
+        fds = _MemFds()
+        try:
+            options = list(self._sandbox_args(handle, fds))
+            info = fds.add("bwrap-info", b"")
+            options += ["--info-fd", str(info)]
+            args_fd = fds.add("bwrap-args", b"".join(a.encode() + b"\0" for a in options))
+            argv = [
+                self._bwrap,
+                "--args",
+                str(args_fd),
+                "--",
+                _PRLIMIT,
+                f"--nproc={spec.max_processes}",
+                f"--data={memory}",
+                f"--cpu={cpu}:{cpu + 1}",
+                "--core=0",
+                "--",
+                command,
+                *args,
+            ]
+            popen: dict[str, Any] = {}
+            if isinstance(host_uid, int):
+                popen = {"user": host_uid, "group": host_uid, "extra_groups": []}
+            started, exited = self._track(handle.id)
+            try:
+                run = await run_capped(
+                    argv,
+                    env=self._env(env),
+                    cwd="/",
+                    stdin=stdin,
+                    timeout=timeout,
+                    output_limit=output_limit,
+                    pass_fds=fds.fds,
+                    on_start=started,
+                    on_exit=exited,
+                    **popen,
+                )
+            except OSError as exc:
+                raise SandboxError(f"cannot start bubblewrap: {exc}") from exc
+            if not run.timed_out and run.returncode != 0 and not os.pread(info, 1, 0):
+                # bwrap stopped before starting the command: a setup failure, not the
+                # command's exit status
+                raise SandboxError(f"bubblewrap could not set up the sandbox: {run.stderr.text()}")
+        finally:
+            fds.close()
+        return run.result(limits=True)
+
+    # -- argument building ----------------------------------------------------
+
+    @staticmethod
+    def _namespace_args(*, network: bool) -> list[str]:
+        args = ["--unshare-all"]
+        if network:
+            args.append("--share-net")
+        return [
+            *args,
+            "--unshare-user",
+            "--disable-userns",
+            "--uid",
+            str(SANDBOX_UID),
+            "--gid",
+            str(SANDBOX_UID),
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            _HOSTNAME,
+        ]
+
+    def _sandbox_args(self, handle: SandboxHandle, fds: _MemFds) -> Iterator[str]:
+        spec = handle.spec
+        tmp_size = str(spec.memory_mb * MIB)
+        yield from self._namespace_args(network=spec.network)
+        yield from _system_args()
+        yield from ("--proc", "/proc", "--dev", "/dev")
+        yield from ("--size", tmp_size, "--tmpfs", "/dev/shm")
+        yield from ("--size", tmp_size, "--tmpfs", "/tmp")
+        yield from ("--dir", "/var", "--symlink", "../tmp", "/var/tmp")
+        for name, data in _etc_files(spec.network).items():
+            fd = str(fds.add(name, data.encode()))
+            yield from ("--perms", "0644", "--ro-bind-data", fd, f"/etc/{name}")
+        for path in _ETC_ALWAYS + (_ETC_NETWORK if spec.network else ()):
+            yield from ("--ro-bind-try", path, path)
+        for path in spec.ro_paths:
+            yield from ("--ro-bind", str(path), str(path))
+        yield from ("--bind", str(handle.workspace), "/workspace", "--chdir", "/workspace")
+        yield from ("--remount-ro", "/")
+
+    @staticmethod
+    def _env(extra: dict[str, str] | None) -> dict[str, str]:
+        env = {
+            "PATH": _PATH,
+            "HOME": "/workspace",
+            "USER": "sandbox",
+            "LOGNAME": "sandbox",
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",
+        }
+        env.update(extra or {})
+        return env
+
+
+def _etc_files(network: bool) -> dict[str, str]:
+    """Synthesised /etc files: the sandbox learns nothing of the node's users."""
+    uid = SANDBOX_UID
+    return {
+        "passwd": f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{uid}:{uid}:sandbox:/workspace:/bin/sh\n",
+        "group": f"root:x:0:\nsandbox:x:{uid}:\n",
+        "hosts": f"127.0.0.1\tlocalhost {_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        "hostname": f"{_HOSTNAME}\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\n"
+        f"hosts: files{' dns' if network else ''}\nnetworks: files\nprotocols: files\n"
+        "services: files\n",
+    }

@@ -1,0 +1,153 @@
+"""Tasks (submit, get, list, cancel), what nodes call to run them, and sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from aether.model.tasks import ExecutionOut, SandboxOut, TaskIn, TaskOut, TaskState
+from aether.server.auth import Caller, NodeCaller, Operator
+from aether.server.context import ServerContext, get_context
+from aether.server.tasks import record_outcome, submit_task
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["tasks"])
+Ctx = Annotated[ServerContext, Depends(get_context)]
+
+
+class ClaimIn(BaseModel):
+    node: str
+    drivers: list[str] = Field(default_factory=list)
+    queues: list[str] = Field(default_factory=lambda: ["default"])
+    wait: Annotated[float, Field(ge=0, le=30)] = 10.0
+
+
+class NodeIn(BaseModel):
+    node: str
+
+
+class CompleteIn(BaseModel):
+    node: str
+    result: dict[str, Any]
+
+
+class FailIn(BaseModel):
+    node: str
+    error: Annotated[str, Field(max_length=10_000)]
+    retryable: bool = True
+
+
+@router.post("/tasks", status_code=201)
+async def submit(body: TaskIn, request: Request, caller: Operator, ctx: Ctx) -> TaskOut:
+    key = request.headers.get("idempotency-key")
+    if key and body.idempotency_key is None:
+        body = body.model_copy(update={"idempotency_key": key})
+    task = await submit_task(ctx, caller, body)
+    ctx.task_submitted.set()
+    return task
+
+
+@router.get("/tasks")
+async def list_tasks(
+    caller: Caller,
+    ctx: Ctx,
+    state: TaskState | None = None,
+    type: str | None = None,
+    queue: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[TaskOut]:
+    return await ctx.queue.list(caller.tenant_id, state=state, type=type, queue=queue, limit=limit)
+
+
+@router.get("/tasks/{task_id}")
+async def get_task(task_id: str, caller: Caller, ctx: Ctx) -> TaskOut:
+    return await ctx.queue.get(task_id, caller.tenant_id)
+
+
+@router.post("/tasks/{task_id}/cancel")
+async def cancel(task_id: str, caller: Operator, ctx: Ctx) -> TaskOut:
+    return await ctx.queue.cancel(task_id, caller.tenant_id)
+
+
+@router.post("/tasks/claim", response_model=None)
+async def claim(body: ClaimIn, caller: NodeCaller, ctx: Ctx) -> TaskOut | Response:
+    """Long poll: the next task this node may run, or 204 after ``wait`` seconds."""
+    deadline = time.monotonic() + body.wait
+    while True:
+        task = await ctx.queue.claim(
+            body.node,
+            node=body.node,
+            drivers=body.drivers,
+            queues=body.queues,
+            lease=ctx.settings.task_lease,
+        )
+        if task is not None:
+            return task
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return Response(status_code=204)
+        ctx.task_submitted.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(left, 0.5)):  # delayed tasks come due by themselves
+                await ctx.task_submitted.wait()
+
+
+@router.post("/tasks/{task_id}/heartbeat")
+async def heartbeat(task_id: str, body: NodeIn, caller: NodeCaller, ctx: Ctx) -> dict[str, bool]:
+    ok = await ctx.queue.heartbeat(task_id, body.node, ctx.settings.task_lease)
+    return {"ok": ok}
+
+
+@router.post("/tasks/{task_id}/complete")
+async def complete(task_id: str, body: CompleteIn, caller: NodeCaller, ctx: Ctx) -> TaskOut:
+    task = await ctx.queue.get(task_id)
+    if task.state is TaskState.ACTIVE and task.claimed_by == body.node:
+        await record_outcome(ctx, task, body.node, body.result)
+    return await ctx.queue.complete(task_id, body.node, body.result)
+
+
+@router.post("/tasks/{task_id}/fail")
+async def fail(task_id: str, body: FailIn, caller: NodeCaller, ctx: Ctx) -> TaskOut:
+    task = await ctx.queue.fail(task_id, body.node, body.error, retryable=body.retryable)
+    if task.state in (TaskState.DEAD, TaskState.FAILED) and task.type in ("vm:create", "job:run"):
+        vm_id = task.payload.get("vm_id") or task.payload.get("sandbox_id")
+        if vm_id:
+            await ctx.records.update_sandbox(str(vm_id), status="failed")
+    return task
+
+
+def _sandbox_out(row: Any) -> SandboxOut:
+    return SandboxOut.model_validate(row, from_attributes=True)
+
+
+@router.get("/sandboxes")
+async def list_sandboxes(
+    caller: Caller, ctx: Ctx, include_deleted: bool = False
+) -> list[SandboxOut]:
+    rows = await ctx.records.list_sandboxes(caller.tenant_id, include_deleted=include_deleted)
+    return [_sandbox_out(r) for r in rows]
+
+
+@router.get("/sandboxes/{sandbox_id}")
+async def get_sandbox(sandbox_id: str, caller: Caller, ctx: Ctx) -> SandboxOut:
+    return _sandbox_out(await ctx.records.get_sandbox(sandbox_id, caller.tenant_id))
+
+
+@router.get("/sandboxes/{sandbox_id}/executions")
+async def executions(sandbox_id: str, caller: Caller, ctx: Ctx) -> list[ExecutionOut]:
+    await ctx.records.get_sandbox(sandbox_id, caller.tenant_id)
+    rows = await ctx.records.list_executions(caller.tenant_id, sandbox_id)
+    return [ExecutionOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.get("/executions/{execution_id}")
+async def execution(execution_id: str, caller: Caller, ctx: Ctx) -> ExecutionOut:
+    row = await ctx.records.get_execution(caller.tenant_id, execution_id)
+    return ExecutionOut.model_validate(row, from_attributes=True)

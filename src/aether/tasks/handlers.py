@@ -1,0 +1,208 @@
+"""What nodes do for each task type. Register a handler for a new type with ``@handler``.
+
+A handler gets the task's validated payload and a ``TaskContext`` (the node's
+sandbox drivers, its sandbox directory, the API client) and returns the task's
+result as a JSON object. Raising ``PermanentTaskError`` fails the task without
+retries; any other exception fails the attempt, and the queue retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from aether.tasks.types import (
+    JobRunPayload,
+    VmCreatePayload,
+    VmDeletePayload,
+    VmExecutePayload,
+    lookup,
+)
+
+__all__ = ["PermanentTaskError", "TaskContext", "handler", "handler_for"]
+
+
+class PermanentTaskError(Exception):
+    """Retrying cannot help (a bad payload, a sandbox that is gone)."""
+
+
+@dataclass
+class TaskContext:
+    node: str
+    sandboxes: dict[str, Any]  # driver name → SandboxDriver, best first
+    root: Path  # where this node keeps sandbox state
+    client: Any  # aether.client.ApiClient
+    timeout: float  # seconds left for this attempt
+    output_limit: int = 1 << 20
+
+    def driver(self, name: str | None) -> Any:
+        if name:
+            if name not in self.sandboxes:
+                raise PermanentTaskError(f"this node has no {name} sandbox driver")
+            return self.sandboxes[name]
+        return next(iter(self.sandboxes.values()))
+
+    def sandbox_root(self, vm_id: str) -> Path:
+        return self.root / vm_id
+
+
+Handler = Callable[[BaseModel, TaskContext], Awaitable[dict[str, Any]]]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def handler(name: str) -> Callable[[Handler], Handler]:
+    if lookup(name) is None:
+        raise ValueError(f"register the task type {name!r} first (aether.tasks.types.register)")
+
+    def wrap(fn: Handler) -> Handler:
+        _HANDLERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def handler_for(name: str) -> Handler | None:
+    return _HANDLERS.get(name)
+
+
+async def _find(ctx: TaskContext, vm_id: str) -> tuple[Any, Any]:
+    for driver in ctx.sandboxes.values():
+        handle = await asyncio.to_thread(driver.load, vm_id, ctx.sandbox_root(vm_id))
+        if handle is not None:
+            return driver, handle
+    raise PermanentTaskError(f"sandbox {vm_id} is not on node {ctx.node} (deleted?)")
+
+
+def _exec_result(vm_id: str, command: str, args: list[str], result: Any) -> dict[str, Any]:
+    return {
+        "vm_id": vm_id,
+        "command": command,
+        "args": args,
+        "exit_code": result.exit_code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+        "timed_out": result.timed_out,
+        "killed_reason": result.killed_reason,
+        "started_at": result.started_at.timestamp(),
+        "finished_at": result.finished_at.timestamp(),
+    }
+
+
+@handler("vm:create")
+async def vm_create(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
+    from aether.node.sandbox.base import SandboxSpec
+
+    assert isinstance(payload, VmCreatePayload) and payload.vm_id
+    driver = ctx.driver(payload.driver)
+    existing = await asyncio.to_thread(driver.load, payload.vm_id, ctx.sandbox_root(payload.vm_id))
+    if existing is None:  # a retried create finds the sandbox it made before
+        await driver.create(
+            SandboxSpec(
+                id=payload.vm_id,
+                name=payload.name,
+                vcpus=payload.vcpus,
+                memory_mb=payload.memory_mb,
+                network=payload.network,
+                root=ctx.sandbox_root(payload.vm_id),
+            )
+        )
+    return {
+        "vm_id": payload.vm_id,
+        "name": payload.name,
+        "status": "running",
+        "driver": driver.name,
+        "isolated": driver.isolated,
+        "node": ctx.node,
+    }
+
+
+@handler("vm:execute")
+async def vm_execute(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
+    assert isinstance(payload, VmExecutePayload)
+    driver, handle = await _find(ctx, payload.vm_id)
+    result = await driver.execute(
+        handle,
+        payload.command,
+        payload.args,
+        timeout=ctx.timeout,
+        stdin=payload.stdin.encode() if payload.stdin is not None else None,
+        env=payload.env,
+        output_limit=ctx.output_limit,
+    )
+    return _exec_result(payload.vm_id, payload.command, payload.args, result)
+
+
+@handler("vm:delete")
+async def vm_delete(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
+    assert isinstance(payload, VmDeletePayload)
+    try:
+        driver, handle = await _find(ctx, payload.vm_id)
+    except PermanentTaskError:
+        return {"vm_id": payload.vm_id, "already_gone": True}  # deleting twice is fine
+    await driver.delete(handle)
+    return {"vm_id": payload.vm_id}
+
+
+@handler("job:run")
+async def job_run(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
+    """A fresh sandbox with the app's artifact in its workspace, one command, then gone."""
+    from aether.artifacts import safe_extract
+    from aether.node.sandbox.base import SandboxSpec
+
+    assert isinstance(payload, JobRunPayload) and payload.digest and payload.sandbox_id
+    driver = ctx.driver(None)
+    root = ctx.sandbox_root(payload.sandbox_id)
+    if root.exists():  # a retry: start clean
+        old = await asyncio.to_thread(driver.load, payload.sandbox_id, root)
+        if old is not None:
+            await driver.delete(old)
+        shutil.rmtree(root, ignore_errors=True)
+    handle = await driver.create(
+        SandboxSpec(
+            id=payload.sandbox_id,
+            name=f"job-{payload.app}",
+            vcpus=1,
+            memory_mb=payload.memory_mb,
+            network=payload.network,
+            root=root,
+        )
+    )
+    try:
+        with tempfile.TemporaryDirectory(dir=ctx.root) as tmp:
+            archive = Path(tmp) / "artifact.tar.gz"
+            await ctx.client.download_artifact(payload.digest, archive)
+            from aether.artifacts.digest import digest_file
+
+            actual, _ = await asyncio.to_thread(digest_file, archive)
+            if actual != payload.digest:
+                raise RuntimeError(f"artifact digest mismatch: {actual} != {payload.digest}")
+            unpacked = Path(tmp) / "app"
+            await asyncio.to_thread(safe_extract, archive, unpacked)
+            await asyncio.to_thread(
+                shutil.copytree, unpacked, handle.workspace, dirs_exist_ok=True, symlinks=True
+            )
+        result = await driver.execute(
+            handle,
+            payload.command,
+            payload.args,
+            timeout=ctx.timeout,
+            env=payload.env,
+            output_limit=ctx.output_limit,
+        )
+    finally:
+        await driver.delete(handle)
+    out = _exec_result(payload.sandbox_id, payload.command, payload.args, result)
+    out["sandbox_id"] = payload.sandbox_id
+    out["driver"] = driver.name
+    out["app"] = payload.app
+    out["version"] = payload.version
+    return out

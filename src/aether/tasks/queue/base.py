@@ -1,0 +1,273 @@
+"""The task queue contract: a durable priority queue with leases, retries and idempotency.
+
+Every backend (``sql`` in the records database, ``redis``) honours this contract
+and one suite (``tests/tasks/test_queue_contract.py``) proves it against each.
+Time is always an argument (``now``, seconds since the epoch, default
+``time.time()``) so that the contract is testable without sleeping; datetimes in
+``TaskOut`` are naive UTC, like every datetime in the records database.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aether.errors import BadRequestError
+from aether.model.tasks import TaskOut, TaskState
+
+__all__ = [
+    "LEASE_EXPIRED",
+    "READY_STATES",
+    "Backoff",
+    "BackoffFn",
+    "NewTask",
+    "TaskQueue",
+    "backoff_ceiling",
+    "backoff_delay",
+    "conflict_message",
+    "epoch",
+    "now_or",
+    "utc",
+    "validate",
+]
+
+# States a task can be claimed from (scheduled and retry only once run_at has come).
+READY_STATES = (TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRY)
+LEASE_EXPIRED = "the lease of the last attempt expired: its worker stopped heartbeating"
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def utc(ts: float) -> datetime:
+    """A naive UTC datetime for an epoch timestamp (how the records database stores time)."""
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
+def epoch(dt: datetime) -> float:
+    """The epoch timestamp of a datetime; a naive one is taken as UTC."""
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to enqueue, with every default already resolved by the task type.
+
+    ``run_at`` is an epoch timestamp (None: now). ``node`` pins the task to one
+    node (``vm:execute`` runs where its sandbox is); ``driver`` restricts it to
+    nodes that have that sandbox driver. Both None: any node may claim it.
+    """
+
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 5
+    max_retry: int = 3
+    timeout: float = 300.0
+    run_at: float | None = None
+    idempotency_key: str | None = None
+    node: str | None = None
+    driver: str | None = None
+
+
+def validate(spec: NewTask) -> None:
+    """Reject a spec no backend could store faithfully (the same limits as ``TaskIn``)."""
+    if not 1 <= len(spec.type) <= 64:
+        raise BadRequestError("task type must be 1 to 64 characters")
+    if not _QUEUE_NAME.match(spec.queue):
+        raise BadRequestError(f"invalid queue name {spec.queue!r}")
+    if not 0 <= spec.priority <= 100:
+        raise BadRequestError("priority must be between 0 and 100")
+    if not 0 <= spec.max_retry <= 100:
+        raise BadRequestError("max_retry must be between 0 and 100")
+    if not 0 < spec.timeout <= 86_400:
+        raise BadRequestError("timeout must be more than 0 and at most 86400 seconds")
+    if spec.idempotency_key is not None and not 1 <= len(spec.idempotency_key) <= 255:
+        raise BadRequestError("idempotency key must be 1 to 255 characters")
+    if spec.node is not None and not 1 <= len(spec.node) <= 128:
+        raise BadRequestError("node must be 1 to 128 characters")
+    if spec.driver is not None and not 1 <= len(spec.driver) <= 32:
+        raise BadRequestError("driver must be 1 to 32 characters")
+
+
+def conflict_message(task: TaskOut, worker: str) -> str:
+    """Why ``worker`` may not complete or fail ``task``: what its holder needs to know."""
+    if task.state == TaskState.CANCELLED:
+        return f"task {task.id} was cancelled"
+    if task.state.final:
+        return f"task {task.id} already {task.state}"
+    if task.state == TaskState.ACTIVE:
+        return f"task {task.id} is claimed by {task.claimed_by}, not {worker}"
+    if task.claimed_by == worker:
+        return f"task {task.id} is {task.state}: the claim of {worker} expired and was taken back"
+    return f"task {task.id} is {task.state}, not claimed by {worker}"
+
+
+# -- backoff -------------------------------------------------------------------
+
+BackoffFn = Callable[[int], float]  # attempts so far -> seconds to wait before the next
+
+
+def backoff_ceiling(attempts: int, *, base: float = 1.0, cap: float = 300.0) -> float:
+    """The largest delay after ``attempts`` failed attempts: base * 2^(attempts-1), capped."""
+    exponent = min(max(attempts, 1) - 1, 64)  # 2^64 s is far past any cap
+    return float(min(cap, base * 2.0**exponent))
+
+
+def backoff_delay(attempts: int, u: float, *, base: float = 1.0, cap: float = 300.0) -> float:
+    """Full jitter: a point ``u`` in [0, 1) of the way up to the ceiling (pure, for tests)."""
+    return u * backoff_ceiling(attempts, base=base, cap=cap)
+
+
+class Backoff:
+    """Exponential backoff with full jitter (base 1 s, cap 5 min); seed it for tests.
+
+    Full jitter spreads the retries of many tasks that failed together (a lost
+    node, an outage) instead of sending them back in one wave.
+    """
+
+    def __init__(self, *, base: float = 1.0, cap: float = 300.0, seed: int | None = None) -> None:
+        self.base = base
+        self.cap = cap
+        self._random = random.Random(seed)
+
+    def __call__(self, attempts: int) -> float:
+        return backoff_delay(attempts, self._random.random(), base=self.base, cap=self.cap)
+
+
+def now_or(now: float | None) -> float:
+    """``now`` if given, else the wall clock (every method takes time as an argument)."""
+    return time.time() if now is None else now
+
+
+# -- the contract ----------------------------------------------------------------
+
+
+class TaskQueue(Protocol):
+    """A durable priority queue of tasks. All methods are safe to call concurrently.
+
+    Guarantees:
+
+    - **Idempotent submission.** ``submit`` with an ``idempotency_key`` already used
+      in the same tenant returns the task first submitted with it, unchanged (same
+      id, whatever the new spec says). The same key in another tenant is another
+      task. Without a key every submit creates a task.
+    - **States.** A new task is ``pending``, or ``scheduled`` if its ``run_at`` is
+      later than ``now``. A task is *ready* when it is ``pending``, or ``scheduled``
+      or ``retry`` with ``run_at <= now``; its state does not change when it
+      becomes ready, only when it is claimed.
+    - **Claim order and placement.** ``claim`` takes, from the given queues, the
+      ready task with the highest priority and, among equal priorities, the one
+      submitted first (a retried task keeps its place). It only takes tasks whose
+      ``node`` is None or the claimer's node and whose ``driver`` is None or one of
+      the claimer's drivers. It marks the task ``active``, adds one to
+      ``attempts``, records ``claimed_by``, sets ``started_at`` to ``now`` (the
+      start of this attempt) and the lease to ``now + lease``. A task is handed to
+      exactly one claimer, however many claim concurrently.
+    - **Leases.** The holder of a claim is the worker that claimed it while the
+      task stays ``active``. ``heartbeat`` by the holder extends the lease and
+      returns True; it returns False once the claim is gone (cancelled, expired
+      and re-queued, finished, or claimed by another). The holder can complete a
+      task whose lease has passed as long as ``expire`` has not yet taken it back.
+    - **Finishing.** ``complete`` (state ``succeeded``, result stored, error
+      cleared) and ``fail`` are for the holder only; anyone else gets a
+      ``ConflictError`` saying why (cancelled, claimed by another, not active)
+      and the task is left unchanged. ``fail`` with ``retryable`` and
+      ``attempts <= max_retry`` puts the task in ``retry`` with
+      ``run_at = now + backoff(attempts)``; with ``retryable`` and attempts used
+      up it is ``dead``; without ``retryable`` it is ``failed``.
+    - **At least once, nothing lost.** ``expire`` takes back every ``active`` task
+      whose lease has passed (``lease_expires_at <= now``): ready again at once as
+      ``retry`` with its attempts kept, or ``dead`` if ``attempts > max_retry``.
+      Run it periodically (the leader does): it is how a killed node's claims are
+      retried. ``max_retry`` therefore bounds the attempts to ``max_retry + 1``.
+    - **Cancellation.** ``cancel`` turns a ``pending``, ``scheduled``, ``retry`` or
+      ``active`` task into ``cancelled`` (its holder learns it from ``heartbeat``
+      or from the ``ConflictError`` of ``complete``/``fail``); cancelling a
+      cancelled task returns it unchanged; a finished one raises ``ConflictError``.
+    - **Final states** (``succeeded``, ``failed``, ``dead``, ``cancelled``) never
+      change again and set ``finished_at``. ``claimed_by`` keeps the last claimer.
+    - **Tenancy.** Tasks belong to the tenant they were submitted in; every read or
+      write that takes a ``tenant_id`` sees only that tenant's tasks
+      (``NotFoundError`` otherwise). Nodes pass ``tenant_id=None`` to ``get``.
+    - **Errors.** ``NotFoundError`` for an unknown task, ``ConflictError`` for a
+      transition the task's state forbids, ``BadRequestError`` for an invalid spec.
+    """
+
+    async def submit(self, tenant_id: str, spec: NewTask, *, now: float | None = None) -> TaskOut:
+        """Enqueue ``spec`` (or return the task its idempotency key already names)."""
+        ...
+
+    async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
+        """One task; ``tenant_id`` None means any tenant (for nodes). NotFoundError."""
+        ...
+
+    async def list(
+        self,
+        tenant_id: str,
+        *,
+        state: TaskState | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[TaskOut]:
+        """The tenant's tasks, newest submission first; ``before`` is the id of the
+        last task of the previous page (NotFoundError if it is not the tenant's)."""
+        ...
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        node: str,
+        drivers: Collection[str],
+        queues: Sequence[str],
+        lease: float,
+        now: float | None = None,
+    ) -> TaskOut | None:
+        """The next ready task this worker may run, now ``active`` under a lease; or None."""
+        ...
+
+    async def heartbeat(
+        self, task_id: str, worker: str, lease: float, *, now: float | None = None
+    ) -> bool:
+        """Extend the holder's lease to ``now + lease``; False if the claim is gone."""
+        ...
+
+    async def complete(
+        self, task_id: str, worker: str, result: dict[str, Any], *, now: float | None = None
+    ) -> TaskOut:
+        """Record the holder's success. ConflictError if ``worker`` no longer holds it."""
+        ...
+
+    async def fail(
+        self,
+        task_id: str,
+        worker: str,
+        error: str,
+        *,
+        retryable: bool = True,
+        now: float | None = None,
+    ) -> TaskOut:
+        """Record the holder's failure: ``retry`` after a backoff, ``dead`` or ``failed``."""
+        ...
+
+    async def cancel(self, task_id: str, tenant_id: str, *, now: float | None = None) -> TaskOut:
+        """Cancel a task that has not finished (idempotent for a cancelled one)."""
+        ...
+
+    async def expire(self, now: float | None = None) -> int:
+        """Take back every claim whose lease has passed; returns how many."""
+        ...
+
+    async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
+        """How many tasks are in each state (every state present), for one tenant or all."""
+        ...
+
+    async def close(self) -> None:
+        """Release the backend's connections (not the records engine, which the caller owns)."""
+        ...

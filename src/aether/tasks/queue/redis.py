@@ -1,0 +1,456 @@
+"""The task queue on Redis (optional backend): every transition is one Lua script.
+
+A script runs atomically on the server, so a claim, a completion, a cancellation
+or an expiry is seen whole or not at all, however many clients race.
+
+Keys (``P`` is the prefix, ``{aether}:q:`` by default; the braces are a hash tag
+so that on Redis Cluster every key lives in one slot and every script may touch
+them all):
+
+- ``P t:<id>``           hash: the task (times as epoch seconds, JSON payload/result)
+- ``P seq``              counter: submission order
+- ``P idem:<tenant>``    hash: idempotency key -> task id (set only if absent)
+- ``P tenant:<tenant>``  sorted set: task ids by seq (for ``list``)
+- ``P ready:<q,n,d>``    sorted set per (queue, node or any, driver or any): claimable
+  ids scored ``(100 - priority) * 2^45 + seq``, so the lowest score is the highest
+  priority, first submitted (a task keeps its score across retries)
+- ``P delayed``          sorted set: scheduled and retry ids by ``run_at``; a claim
+  first moves every due one into its ready set
+- ``P active``           sorted set: claimed ids by lease expiry (what ``expire`` scans)
+- ``P stats``, ``P stats:<tenant>``  hashes: how many tasks are in each state
+
+Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an
+acknowledged submission survives a crash of the Redis server; with ``everysec``
+(Redis's default when AOF is on) up to a second of writes can be lost; with RDB
+snapshots only, everything since the last snapshot. Replication is asynchronous,
+so a failover can lose acknowledged writes too. Use the SQL backend where no
+task may ever be lost, or run Redis with AOF ``always``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.model.tasks import TaskOut, TaskState
+from aether.tasks.queue.base import (
+    LEASE_EXPIRED,
+    Backoff,
+    BackoffFn,
+    NewTask,
+    conflict_message,
+    now_or,
+    utc,
+    validate,
+)
+
+__all__ = ["RedisTaskQueue"]
+
+# Every script gets the prefix as ARGV[1] and a hash-tagged key as KEYS[1] (for routing).
+_COMMON = """
+local P = ARGV[1]
+local function tkey(id) return P .. 't:' .. id end
+local function move(tenant, from, to)
+  if from then
+    redis.call('HINCRBY', P .. 'stats', from, -1)
+    redis.call('HINCRBY', P .. 'stats:' .. tenant, from, -1)
+  end
+  redis.call('HINCRBY', P .. 'stats', to, 1)
+  redis.call('HINCRBY', P .. 'stats:' .. tenant, to, 1)
+end
+local FINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
+"""
+
+# ARGV: P, tenant, id, idempotency key or '', now, run_at, type, payload, queue, priority,
+#       max_retry, timeout, node or '', driver or '', ready key
+_SUBMIT = """
+local tenant, id, key, now, run_at = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if key ~= '' then
+  local existing = redis.call('HGET', P .. 'idem:' .. tenant, key)
+  if existing then return {'ok', redis.call('HGETALL', tkey(existing))} end
+  redis.call('HSET', P .. 'idem:' .. tenant, key, id)
+end
+local seq = redis.call('INCR', P .. 'seq')
+local score = string.format('%.0f', (100 - tonumber(ARGV[10])) * 35184372088832 + seq)
+local state = 'scheduled'
+if tonumber(run_at) <= tonumber(now) then state = 'pending' end
+local k = tkey(id)
+redis.call('HSET', k, 'id', id, 'tenant', tenant, 'seq', seq, 'score', score,
+  'type', ARGV[7], 'payload', ARGV[8], 'queue', ARGV[9], 'priority', ARGV[10],
+  'max_retry', ARGV[11], 'timeout', ARGV[12], 'run_at', run_at, 'state', state,
+  'attempts', 0, 'created_at', now, 'updated_at', now, 'rk', ARGV[15])
+if key ~= '' then redis.call('HSET', k, 'idempotency_key', key) end
+if ARGV[13] ~= '' then redis.call('HSET', k, 'node', ARGV[13]) end
+if ARGV[14] ~= '' then redis.call('HSET', k, 'driver', ARGV[14]) end
+redis.call('ZADD', P .. 'tenant:' .. tenant, seq, id)
+if state == 'pending' then
+  redis.call('ZADD', ARGV[15], score, id)
+else
+  redis.call('ZADD', P .. 'delayed', run_at, id)
+end
+move(tenant, nil, state)
+return {'ok', redis.call('HGETALL', k)}
+"""
+
+# ARGV: P, worker, now, lease expiry, candidate ready keys...
+_CLAIM = """
+local worker, now, lease = ARGV[2], ARGV[3], ARGV[4]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now)) do
+  local f = redis.call('HMGET', tkey(id), 'rk', 'score')
+  redis.call('ZADD', f[1], f[2], id)
+  redis.call('ZREM', P .. 'delayed', id)
+end
+local best, bestkey, bestscore = nil, nil, nil
+for i = 5, #ARGV do
+  local r = redis.call('ZRANGE', ARGV[i], 0, 0, 'WITHSCORES')
+  if r[1] and (best == nil or tonumber(r[2]) < bestscore) then
+    best, bestkey, bestscore = r[1], ARGV[i], tonumber(r[2])
+  end
+end
+if not best then return {'none'} end
+redis.call('ZREM', bestkey, best)
+local k = tkey(best)
+local f = redis.call('HMGET', k, 'state', 'tenant')
+redis.call('HINCRBY', k, 'attempts', 1)
+redis.call('HSET', k, 'state', 'active', 'claimed_by', worker, 'lease', lease,
+  'started_at', now, 'updated_at', now)
+redis.call('ZADD', P .. 'active', lease, best)
+move(f[2], f[1], 'active')
+return {'ok', redis.call('HGETALL', k)}
+"""
+
+# ARGV: P, id, worker, now, lease expiry
+_HEARTBEAT = """
+local id, worker, now, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local f = redis.call('HMGET', tkey(id), 'state', 'claimed_by')
+if f[1] ~= 'active' or f[2] ~= worker then return 0 end
+redis.call('HSET', tkey(id), 'lease', lease, 'updated_at', now)
+redis.call('ZADD', P .. 'active', lease, id)
+return 1
+"""
+
+# ARGV: P, id, worker, now, result JSON
+_COMPLETE = """
+local id, worker, now = ARGV[2], ARGV[3], ARGV[4]
+local k = tkey(id)
+local f = redis.call('HMGET', k, 'state', 'claimed_by', 'tenant')
+if not f[1] then return {'notfound'} end
+if f[1] ~= 'active' or f[2] ~= worker then return {'conflict', redis.call('HGETALL', k)} end
+redis.call('ZREM', P .. 'active', id)
+redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[5], 'finished_at', now,
+  'updated_at', now)
+redis.call('HDEL', k, 'lease', 'error')
+move(f[3], 'active', 'succeeded')
+return {'ok', redis.call('HGETALL', k)}
+"""
+
+# ARGV: P, id, worker, now, error, retryable '1'/'0', attempts the caller saw, retry run_at
+_FAIL = """
+local id, worker, now, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+local k = tkey(id)
+local f = redis.call('HMGET', k, 'state', 'claimed_by', 'attempts', 'max_retry', 'tenant')
+if not f[1] then return {'notfound'} end
+if f[1] ~= 'active' or f[2] ~= worker or f[3] ~= ARGV[7] then
+  return {'conflict', redis.call('HGETALL', k)}
+end
+redis.call('ZREM', P .. 'active', id)
+local to
+if retryable == '1' and tonumber(f[3]) <= tonumber(f[4]) then
+  to = 'retry'
+  redis.call('HSET', k, 'run_at', ARGV[8])
+  redis.call('ZADD', P .. 'delayed', ARGV[8], id)
+else
+  if retryable == '1' then to = 'dead' else to = 'failed' end
+  redis.call('HSET', k, 'finished_at', now)
+end
+redis.call('HSET', k, 'state', to, 'error', ARGV[5], 'updated_at', now)
+redis.call('HDEL', k, 'lease')
+move(f[5], 'active', to)
+return {'ok', redis.call('HGETALL', k)}
+"""
+
+# ARGV: P, id, tenant, now
+_CANCEL = """
+local id, tenant, now = ARGV[2], ARGV[3], ARGV[4]
+local k = tkey(id)
+local f = redis.call('HMGET', k, 'state', 'tenant', 'rk')
+if not f[1] or f[2] ~= tenant then return {'notfound'} end
+if f[1] == 'cancelled' then return {'ok', redis.call('HGETALL', k)} end
+if FINAL[f[1]] then return {'conflict', redis.call('HGETALL', k)} end
+redis.call('ZREM', f[3], id)
+redis.call('ZREM', P .. 'delayed', id)
+redis.call('ZREM', P .. 'active', id)
+redis.call('HSET', k, 'state', 'cancelled', 'finished_at', now, 'updated_at', now)
+redis.call('HDEL', k, 'lease')
+move(tenant, f[1], 'cancelled')
+return {'ok', redis.call('HGETALL', k)}
+"""
+
+# ARGV: P, now, error
+_EXPIRE = """
+local now = ARGV[2]
+local ids = redis.call('ZRANGEBYSCORE', P .. 'active', '-inf', now)
+for _, id in ipairs(ids) do
+  local k = tkey(id)
+  local f = redis.call('HMGET', k, 'attempts', 'max_retry', 'tenant', 'rk', 'score')
+  redis.call('ZREM', P .. 'active', id)
+  local to = 'retry'
+  if tonumber(f[1]) > tonumber(f[2]) then
+    to = 'dead'
+    redis.call('HSET', k, 'finished_at', now)
+  else
+    redis.call('HSET', k, 'run_at', now)
+    redis.call('ZADD', f[4], f[5], id)
+  end
+  redis.call('HSET', k, 'state', to, 'error', ARGV[3], 'updated_at', now)
+  redis.call('HDEL', k, 'lease')
+  move(f[3], 'active', to)
+end
+return #ids
+"""
+
+
+def _ts(value: float) -> str:
+    """An epoch timestamp as Redis stores and compares it (repr keeps every digit)."""
+    return repr(float(value))
+
+
+def _when(value: str | None) -> datetime | None:
+    return None if value is None else utc(float(value))
+
+
+def _out(flat: Sequence[str]) -> TaskOut:
+    h = dict(zip(flat[::2], flat[1::2], strict=True))
+    result = h.get("result")
+    return TaskOut(
+        id=h["id"],
+        type=h["type"],
+        payload=json.loads(h["payload"]),
+        queue=h["queue"],
+        priority=int(h["priority"]),
+        max_retry=int(h["max_retry"]),
+        timeout=float(h["timeout"]),
+        run_at=utc(float(h["run_at"])),
+        idempotency_key=h.get("idempotency_key"),
+        state=TaskState(h["state"]),
+        attempts=int(h["attempts"]),
+        result=None if result is None else json.loads(result),
+        error=h.get("error"),
+        node=h.get("node"),
+        claimed_by=h.get("claimed_by"),
+        created_at=utc(float(h["created_at"])),
+        updated_at=utc(float(h["updated_at"])),
+        started_at=_when(h.get("started_at")),
+        finished_at=_when(h.get("finished_at")),
+    )
+
+
+class RedisTaskQueue:
+    """``TaskQueue`` on a Redis server (``redis://host:port/db``), Redis 6.2 or newer."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "{aether}:q:",
+        backoff: BackoffFn | None = None,
+    ) -> None:
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self.prefix = prefix
+        self.backoff: BackoffFn = backoff if backoff is not None else Backoff()
+        self._submit = self.redis.register_script(_COMMON + _SUBMIT)
+        self._claim = self.redis.register_script(_COMMON + _CLAIM)
+        self._heartbeat = self.redis.register_script(_COMMON + _HEARTBEAT)
+        self._complete = self.redis.register_script(_COMMON + _COMPLETE)
+        self._fail = self.redis.register_script(_COMMON + _FAIL)
+        self._cancel = self.redis.register_script(_COMMON + _CANCEL)
+        self._expire = self.redis.register_script(_COMMON + _EXPIRE)
+
+    def _ready_key(self, queue: str, node: str | None, driver: str | None) -> str:
+        return f"{self.prefix}ready:{json.dumps([queue, node, driver], separators=(',', ':'))}"
+
+    async def _run(self, script: Any, *args: str | int) -> Any:
+        return await script(keys=[self.prefix + "seq"], args=[self.prefix, *args])
+
+    # -- submit and read -----------------------------------------------------
+
+    async def submit(self, tenant_id: str, spec: NewTask, *, now: float | None = None) -> TaskOut:
+        validate(spec)
+        now = now_or(now)
+        reply = await self._run(
+            self._submit,
+            tenant_id,
+            uuid.uuid4().hex,
+            spec.idempotency_key or "",
+            _ts(now),
+            _ts(now if spec.run_at is None else spec.run_at),
+            spec.type,
+            json.dumps(spec.payload),
+            spec.queue,
+            spec.priority,
+            spec.max_retry,
+            _ts(spec.timeout),
+            spec.node or "",
+            spec.driver or "",
+            self._ready_key(spec.queue, spec.node, spec.driver),
+        )
+        return _out(reply[1])
+
+    async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
+        flat: dict[str, str] = await self.redis.hgetall(self.prefix + "t:" + task_id)
+        if not flat or (tenant_id is not None and flat["tenant"] != tenant_id):
+            raise NotFoundError(f"task {task_id} not found")
+        return _out([x for pair in flat.items() for x in pair])
+
+    async def list(
+        self,
+        tenant_id: str,
+        *,
+        state: TaskState | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> builtins.list[TaskOut]:
+        """Newest first, filtered here page by page (O(tasks scanned); fine for the API)."""
+        if limit < 1:
+            raise BadRequestError("limit must be at least 1")
+        top = "+inf"
+        if before is not None:
+            seq, tenant = await self.redis.hmget(self.prefix + "t:" + before, ["seq", "tenant"])
+            if seq is None or tenant != tenant_id:
+                raise NotFoundError(f"task {before} not found")
+            top = f"({seq}"
+        index = self.prefix + "tenant:" + tenant_id
+        page = max(limit, 100)
+        found: builtins.list[TaskOut] = []
+        offset = 0
+        while len(found) < limit:
+            ids = await self.redis.zrevrangebyscore(index, top, "-inf", start=offset, num=page)
+            if not ids:
+                break
+            offset += len(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in ids:
+                    pipe.hgetall(self.prefix + "t:" + task_id)
+                rows: builtins.list[dict[str, str]] = await pipe.execute()
+            for row in rows:
+                if not row:
+                    continue
+                if (
+                    (state is not None and row["state"] != state)
+                    or (type is not None and row["type"] != type)
+                    or (queue is not None and row["queue"] != queue)
+                ):
+                    continue
+                found.append(_out([x for pair in row.items() for x in pair]))
+                if len(found) == limit:
+                    break
+        return found
+
+    # -- claims --------------------------------------------------------------
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        node: str,
+        drivers: Collection[str],
+        queues: Sequence[str],
+        lease: float,
+        now: float | None = None,
+    ) -> TaskOut | None:
+        if not queues:
+            return None
+        now = now_or(now)
+        candidates = [
+            self._ready_key(queue, pinned, driver)
+            for queue in dict.fromkeys(queues)
+            for pinned in (node, None)
+            for driver in [*dict.fromkeys(drivers), None]
+        ]
+        reply = await self._run(self._claim, worker, _ts(now), _ts(now + lease), *candidates)
+        return _out(reply[1]) if reply[0] == "ok" else None
+
+    async def heartbeat(
+        self, task_id: str, worker: str, lease: float, *, now: float | None = None
+    ) -> bool:
+        now = now_or(now)
+        held = await self._run(self._heartbeat, task_id, worker, _ts(now), _ts(now + lease))
+        return bool(held)
+
+    @staticmethod
+    def _answer(task_id: str, worker: str, reply: Sequence[Any]) -> TaskOut:
+        if reply[0] == "notfound":
+            raise NotFoundError(f"task {task_id} not found")
+        task = _out(reply[1])
+        if reply[0] == "conflict":
+            raise ConflictError(conflict_message(task, worker))
+        return task
+
+    async def complete(
+        self, task_id: str, worker: str, result: dict[str, Any], *, now: float | None = None
+    ) -> TaskOut:
+        reply = await self._run(
+            self._complete, task_id, worker, _ts(now_or(now)), json.dumps(result)
+        )
+        return self._answer(task_id, worker, reply)
+
+    async def fail(
+        self,
+        task_id: str,
+        worker: str,
+        error: str,
+        *,
+        retryable: bool = True,
+        now: float | None = None,
+    ) -> TaskOut:
+        now = now_or(now)
+        # The delay depends on the attempt count, which only a claim changes and a claim
+        # needs the task not active: so the count read here holds while ``worker`` holds it,
+        # and the script re-checks it anyway.
+        current = await self.get(task_id)
+        if current.state != TaskState.ACTIVE or current.claimed_by != worker:
+            raise ConflictError(conflict_message(current, worker))
+        retry_at = now + self.backoff(current.attempts)
+        reply = await self._run(
+            self._fail,
+            task_id,
+            worker,
+            _ts(now),
+            error,
+            "1" if retryable else "0",
+            str(current.attempts),
+            _ts(retry_at),
+        )
+        return self._answer(task_id, worker, reply)
+
+    async def cancel(self, task_id: str, tenant_id: str, *, now: float | None = None) -> TaskOut:
+        reply = await self._run(self._cancel, task_id, tenant_id, _ts(now_or(now)))
+        if reply[0] == "notfound":
+            raise NotFoundError(f"task {task_id} not found")
+        task = _out(reply[1])
+        if reply[0] == "conflict":
+            raise ConflictError(f"task {task_id} already {task.state}; it cannot be cancelled")
+        return task
+
+    async def expire(self, now: float | None = None) -> int:
+        return int(await self._run(self._expire, _ts(now_or(now)), LEASE_EXPIRED))
+
+    async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
+        key = self.prefix + "stats" + ("" if tenant_id is None else ":" + tenant_id)
+        raw: dict[str, str] = await self.redis.hgetall(key)
+        counts = dict.fromkeys(TaskState, 0)
+        for state, count in raw.items():
+            counts[TaskState(state)] = int(count)
+        return counts
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,138 @@
+"""Backends for the task queue contract suite.
+
+``queue`` runs each test against every backend in ``BACKENDS``: ``sql`` on a fresh
+SQLite records database, ``redis`` on a real ``redis-server`` that this module
+starts once per session (and flushes before every test). To add a backend, add
+its name and a branch in ``_open``; no test changes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aether.store.records import migrate, open_records
+from aether.store.records.schema import Tenant
+from aether.tasks.queue.base import Backoff, TaskQueue, utc
+from aether.tasks.queue.redis import RedisTaskQueue
+from aether.tasks.queue.sql import SqlTaskQueue
+
+BACKENDS = ["sql", "redis"]
+TENANTS = ("acme", "globex")  # the tenants the contract tests use
+
+
+class RecordingBackoff:
+    """The default backoff, seeded, remembering every delay it gave (attempts, delay)."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.inner = Backoff(seed=seed)
+        self.calls: list[tuple[int, float]] = []
+
+    def __call__(self, attempts: int) -> float:
+        delay = self.inner(attempts)
+        self.calls.append((attempts, delay))
+        return delay
+
+
+@pytest.fixture(scope="session")
+def records_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated records database per session; each test copies it (migrating is slow)."""
+    path = tmp_path_factory.mktemp("records") / "records.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, without persistence, for the session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is needed: apt-get install redis-server")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    log = (workdir / "redis.log").open("wb")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        + ["--dir", str(workdir)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _pong(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start:\n{(workdir / 'redis.log').read_text()}")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def backoff() -> RecordingBackoff:
+    return RecordingBackoff()
+
+
+async def _sql(
+    template: Path, tmp_path: Path, backoff: RecordingBackoff
+) -> tuple[SqlTaskQueue, AsyncEngine]:
+    path = tmp_path / "records.db"
+    shutil.copyfile(template, path)
+    engine, sessions = open_records(f"sqlite:///{path}")
+    async with sessions() as session:
+        session.add_all(Tenant(id=t, name=t, created_at=utc(time.time())) for t in TENANTS)
+        await session.commit()
+    return SqlTaskQueue(sessions, backoff=backoff), engine
+
+
+@pytest.fixture(params=BACKENDS)
+async def queue(
+    request: pytest.FixtureRequest, tmp_path: Path, backoff: RecordingBackoff
+) -> AsyncIterator[TaskQueue]:
+    if request.param == "sql":
+        opened, engine = await _sql(
+            request.getfixturevalue("records_template"), tmp_path, backoff
+        )
+        try:
+            yield opened
+        finally:
+            await opened.close()
+            await engine.dispose()
+    elif request.param == "redis":
+        redis_queue = RedisTaskQueue(request.getfixturevalue("redis_url"), backoff=backoff)
+        await redis_queue.redis.flushall()
+        try:
+            yield redis_queue
+        finally:
+            await redis_queue.close()
+    else:
+        raise AssertionError(f"unknown backend {request.param!r}")
