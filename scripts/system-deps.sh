@@ -11,6 +11,7 @@ NEEDED=(
   "git:git"
   "curl:curl"
   "hyperfine:hyperfine"
+  "bwrap:bubblewrap"
 )
 
 missing=()

@@ -58,6 +58,7 @@ class Cluster:
             "XDG_CACHE_HOME": str(root / "cache"),
             "XDG_CONFIG_HOME": str(root / "config"),
             "AETHER_LEASE_TTL": str(lease_ttl),
+            "AETHER_TASK_LEASE": "3",
         }
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -97,9 +96,7 @@ async def test_delete_removes_the_sandbox(driver: BwrapSandboxDriver, node_dir: 
     await driver.delete(handle)  # deleting twice is harmless
 
 
-async def test_delete_stops_running_executions(
-    driver: BwrapSandboxDriver, node_dir: Path
-) -> None:
+async def test_delete_stops_running_executions(driver: BwrapSandboxDriver, node_dir: Path) -> None:
     handle = await driver.create(SandboxSpec(id="busy", name="busy", root=node_dir / "busy"))
     running = asyncio.ensure_future(driver.execute(handle, "sleep", ["30"], timeout=60))
     await asyncio.sleep(0.3)
@@ -171,7 +168,7 @@ async def test_only_given_paths_are_shown_read_only(
 
 async def test_cannot_see_host_processes(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
     marker = f"aether-host-marker-{uuid.uuid4().hex}"
-    host = subprocess.Popen(["/bin/sh", "-c", "sleep 60", marker])
+    host = await asyncio.create_subprocess_exec("/bin/sh", "-c", "sleep 60", marker)
     try:
         code, out, _ = await run(
             driver,
@@ -180,7 +177,7 @@ async def test_cannot_see_host_processes(driver: BwrapSandboxDriver, box: Sandbo
         )
     finally:
         host.kill()
-        host.wait()
+        await host.wait()
     assert code == 0
     assert marker not in out
     pids = {int(line.split()[0]) for line in out.splitlines()}
@@ -382,4 +379,3 @@ async def test_private_node_dir_falls_back_but_stays_isolated(
     assert result.exit_code != 0 and "s3cr3t" not in result.stdout
     await driver.delete(handle)
     assert not (private / "priv").exists()
-

@@ -61,7 +61,9 @@ async def test_delete_and_reattach(driver: ProcessSandboxDriver, tmp_path: Path)
 async def test_delete_removes_what_the_command_locked(
     driver: ProcessSandboxDriver, box: SandboxHandle
 ) -> None:
-    await driver.execute(box, "sh", ["-c", "mkdir -p d/e && touch d/e/f && chmod 000 d/e d"], timeout=10)
+    await driver.execute(
+        box, "sh", ["-c", "mkdir -p d/e && touch d/e/f && chmod 000 d/e d"], timeout=10
+    )
     await driver.delete(box)
     assert not box.spec.root.exists()
 

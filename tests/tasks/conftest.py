@@ -75,8 +75,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = (workdir / "redis.log").open("wb")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", str(workdir)],
+        [
+            *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(workdir)),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -119,9 +121,7 @@ async def queue(
     request: pytest.FixtureRequest, tmp_path: Path, backoff: RecordingBackoff
 ) -> AsyncIterator[TaskQueue]:
     if request.param == "sql":
-        opened, engine = await _sql(
-            request.getfixturevalue("records_template"), tmp_path, backoff
-        )
+        opened, engine = await _sql(request.getfixturevalue("records_template"), tmp_path, backoff)
         try:
             yield opened
         finally:

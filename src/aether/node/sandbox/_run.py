@@ -50,6 +50,23 @@ _PROCESSES = re.compile(
 _SIGXCPU = 128 + signal.SIGXCPU
 
 
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Says when the process exits, even while something still holds its pipes.
+
+    ``Process.wait()`` also waits for the pipes to close, so a background child
+    keeping stdout open would hold the execution until the timeout.
+    """
+
+    def __init__(self, exited: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_CHUNK, loop=loop)
+        self._exited = exited
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+
 class OutputCap:
     """Keeps the first ``limit`` bytes of a stream and only counts the rest.
 
@@ -160,7 +177,10 @@ async def run_capped(
     """
     stdout, stderr = OutputCap(output_limit), OutputCap(output_limit)
     started = utcnow()
-    proc = await asyncio.create_subprocess_exec(
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _Protocol(exited, loop),
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -171,6 +191,7 @@ async def run_capped(
         pass_fds=tuple(pass_fds),
         **popen,
     )
+    proc = asyncio.subprocess.Process(transport, protocol, loop)
     if on_start:
         on_start(proc.pid)
 
@@ -198,11 +219,11 @@ async def run_capped(
     try:
         try:
             async with asyncio.timeout(timeout):
-                await proc.wait()
+                await asyncio.shield(exited)
         except TimeoutError:
             timed_out = True
             _kill_group(proc.pid)
-            await proc.wait()
+            await exited
         # whatever the command left behind in its group goes with it
         _kill_group(proc.pid)
         with contextlib.suppress(TimeoutError):
@@ -215,6 +236,7 @@ async def run_capped(
                 proc.kill()
         for task in io:
             task.cancel()
+        transport.close()  # pipes still held by a straggler that left the group
         if on_exit:
             on_exit(proc.pid)
     code = proc.returncode if proc.returncode is not None else -signal.SIGKILL

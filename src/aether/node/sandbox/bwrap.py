@@ -331,10 +331,10 @@ class BwrapSandboxDriver(WorkspaceDriver):
         for name, data in _etc_files(spec.network).items():
             fd = str(fds.add(name, data.encode()))
             yield from ("--perms", "0644", "--ro-bind-data", fd, f"/etc/{name}")
-        for path in _ETC_ALWAYS + (_ETC_NETWORK if spec.network else ()):
-            yield from ("--ro-bind-try", path, path)
-        for path in spec.ro_paths:
-            yield from ("--ro-bind", str(path), str(path))
+        for etc in _ETC_ALWAYS + (_ETC_NETWORK if spec.network else ()):
+            yield from ("--ro-bind-try", etc, etc)
+        for given in spec.ro_paths:
+            yield from ("--ro-bind", str(given), str(given))
         yield from ("--bind", str(handle.workspace), "/workspace", "--chdir", "/workspace")
         yield from ("--remount-ro", "/")
 
@@ -356,7 +356,8 @@ def _etc_files(network: bool) -> dict[str, str]:
     """Synthesised /etc files: the sandbox learns nothing of the node's users."""
     uid = SANDBOX_UID
     return {
-        "passwd": f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{uid}:{uid}:sandbox:/workspace:/bin/sh\n",
+        "passwd": "root:x:0:0:root:/root:/bin/sh\n"
+        f"sandbox:x:{uid}:{uid}:sandbox:/workspace:/bin/sh\n",
         "group": f"root:x:0:\nsandbox:x:{uid}:\n",
         "hosts": f"127.0.0.1\tlocalhost {_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         "hostname": f"{_HOSTNAME}\n",

@@ -34,7 +34,7 @@ import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -253,7 +253,7 @@ def _out(flat: Sequence[str]) -> TaskOut:
 
 
 class RedisTaskQueue:
-    """``TaskQueue`` on a Redis server (``redis://host:port/db``), Redis 6.2 or newer."""
+    """``TaskQueue`` on a Redis server (``redis://host:port/db``); tested with Redis 7."""
 
     def __init__(
         self,
@@ -304,7 +304,7 @@ class RedisTaskQueue:
         return _out(reply[1])
 
     async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
-        flat: dict[str, str] = await self.redis.hgetall(self.prefix + "t:" + task_id)
+        flat = cast(dict[str, str], await self.redis.hgetall(self.prefix + "t:" + task_id))
         if not flat or (tenant_id is not None and flat["tenant"] != tenant_id):
             raise NotFoundError(f"task {task_id} not found")
         return _out([x for pair in flat.items() for x in pair])
@@ -324,7 +324,8 @@ class RedisTaskQueue:
             raise BadRequestError("limit must be at least 1")
         top = "+inf"
         if before is not None:
-            seq, tenant = await self.redis.hmget(self.prefix + "t:" + before, ["seq", "tenant"])
+            fields = await self.redis.hmget(self.prefix + "t:" + before, ["seq", "tenant"])
+            seq, tenant = cast(builtins.list[str | None], fields)
             if seq is None or tenant != tenant_id:
                 raise NotFoundError(f"task {before} not found")
             top = f"({seq}"
@@ -333,14 +334,17 @@ class RedisTaskQueue:
         found: builtins.list[TaskOut] = []
         offset = 0
         while len(found) < limit:
-            ids = await self.redis.zrevrangebyscore(index, top, "-inf", start=offset, num=page)
+            ids = cast(
+                builtins.list[str],
+                await self.redis.zrevrangebyscore(index, top, "-inf", start=offset, num=page),
+            )
             if not ids:
                 break
             offset += len(ids)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for task_id in ids:
                     pipe.hgetall(self.prefix + "t:" + task_id)
-                rows: builtins.list[dict[str, str]] = await pipe.execute()
+                rows = cast(builtins.list[dict[str, str]], await pipe.execute())
             for row in rows:
                 if not row:
                     continue
@@ -419,7 +423,8 @@ class RedisTaskQueue:
         current = await self.get(task_id)
         if current.state != TaskState.ACTIVE or current.claimed_by != worker:
             raise ConflictError(conflict_message(current, worker))
-        retry_at = now + self.backoff(current.attempts)
+        retry = retryable and current.attempts <= current.max_retry
+        retry_at = now + self.backoff(current.attempts) if retry else now
         reply = await self._run(
             self._fail,
             task_id,
@@ -446,7 +451,7 @@ class RedisTaskQueue:
 
     async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
         key = self.prefix + "stats" + ("" if tenant_id is None else ":" + tenant_id)
-        raw: dict[str, str] = await self.redis.hgetall(key)
+        raw = cast(dict[str, str], await self.redis.hgetall(key))
         counts = dict.fromkeys(TaskState, 0)
         for state, count in raw.items():
             counts[TaskState(state)] = int(count)

@@ -399,7 +399,7 @@ class SqlTaskQueue:
             query = select(Task.state, func.count()).group_by(Task.state)
             if tenant_id is not None:
                 query = query.where(Task.tenant_id == tenant_id)
-            for state, count in (await session.execute(query)).tuples():
+            for state, count in await session.execute(query):
                 counts[TaskState(state)] = count
         return counts
 

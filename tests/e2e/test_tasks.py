@@ -1,0 +1,256 @@
+"""Tasks and sandboxes against real processes: parallel clones, crashes, job:run."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.cluster import Cluster, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
+
+
+def _need_bwrap() -> None:
+    if shutil.which("bwrap") is None:
+        pytest.fail("bubblewrap is needed: apt-get install bubblewrap (make test does it)")
+
+
+def _task(cluster: Cluster, task_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = cluster.api_get(f"/tasks/{task_id}")
+    return data
+
+
+def _wait_final(cluster: Cluster, task_id: str, timeout: float = 60) -> dict[str, Any]:
+    return wait_for(
+        lambda: (
+            (t := _task(cluster, task_id))["state"] in ("succeeded", "failed", "dead", "cancelled")
+            and t
+        ),
+        timeout,
+        f"task {task_id} to finish",
+    )
+
+
+def _git_repo(root: Path) -> tuple[Path, str]:
+    repo = root / "repos" / "demo.git"
+    work = root / "work"
+    work.mkdir(parents=True)
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+        "HOME": str(root),
+        "PATH": "/usr/bin:/bin",
+    }
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True, env=env)
+    (work / "README").write_text("hello\n")
+    subprocess.run(["git", "-C", str(work), "add", "."], check=True, env=env)
+    subprocess.run(["git", "-C", str(work), "commit", "-qm", "first"], check=True, env=env)
+    commit = subprocess.run(
+        ["git", "-C", str(work), "rev-parse", "HEAD"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(repo)], check=True, env=env)
+    return repo.parent, commit
+
+
+def test_three_sandboxes_clone_in_parallel(cluster: Cluster, tmp_path: Path) -> None:
+    _need_bwrap()
+    if shutil.which("git") is None:
+        pytest.fail("git is needed: apt-get install git")
+    base, commit = _git_repo(tmp_path)
+    port = free_port()
+    daemon = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            f"--base-path={base}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(base),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        cluster.start_server()
+        cluster.start_node("n1")
+        creates = [
+            cluster.cli_json(
+                "task",
+                "submit",
+                "-type",
+                "vm:create",
+                "-name",
+                f"cloner-{i}",
+                "-memory",
+                "512",
+                "-network",
+            )
+            for i in range(3)
+        ]
+        vms = [_wait_final(cluster, c["id"])["result"]["vm_id"] for c in creates]
+        assert len(set(vms)) == 3
+        # the clone holds for a second so the overlap of the three runs is observable
+        script = (
+            f"git clone -q git://127.0.0.1:{port}/demo.git repo && sleep 1 && "
+            "git -C repo rev-parse HEAD"
+        )
+
+        def submit(vm: str) -> dict[str, Any]:
+            out: dict[str, Any] = cluster.cli_json(
+                "task",
+                "submit",
+                "-type",
+                "vm:execute",
+                "-vm-id",
+                vm,
+                "-cmd",
+                "sh",
+                "-args",
+                f"-c '{script}'",
+            )
+            return out
+
+        with ThreadPoolExecutor(3) as pool:
+            runs = list(pool.map(submit, vms))
+        results = [_wait_final(cluster, r["id"]) for r in runs]
+        for result in results:
+            assert result["state"] == "succeeded", result
+            assert result["result"]["exit_code"] == 0, result["result"]
+            assert result["result"]["stdout"].strip() == commit
+        # the clones ran at once: their executions overlap in time
+        spans = [(r["result"]["started_at"], r["result"]["finished_at"]) for r in results]
+        assert max(s for s, _ in spans) < min(f for _, f in spans)
+        listed = cluster.cli_json("task", "list", "--type", "vm:execute")["tasks"]
+        assert {t["id"] for t in listed} >= {r["id"] for r in runs}
+        for vm in vms:
+            executions = cluster.api_get(f"/sandboxes/{vm}/executions")
+            assert [e["stdout"].strip() for e in executions] == [commit]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(10)
+
+
+def test_killed_node_task_runs_again_and_is_recorded_once(cluster: Cluster) -> None:
+    _need_bwrap()
+    cluster.start_server()
+    cluster.start_node("n1")
+    vm = cluster.cli_json("vm", "create", "long-runner")["id"]
+    submitted = cluster.cli_json(
+        "task",
+        "submit",
+        "-type",
+        "vm:execute",
+        "-vm-id",
+        vm,
+        "-cmd",
+        "sh",
+        "-args",
+        "-c 'echo start >> runs.log; sleep 3; echo done'",
+    )
+    wait_for(lambda: _task(cluster, submitted["id"])["state"] == "active", 20, "the task to start")
+    time.sleep(0.5)
+    cluster.kill_node("n1")  # kill -9 mid-task
+    cluster.start_node("n1")  # same id and data dir: its sandbox is still there
+    final = _wait_final(cluster, submitted["id"], 60)
+    assert final["state"] == "succeeded", final
+    assert final["attempts"] == 2
+    assert final["result"]["stdout"].strip() == "done"
+    executions = cluster.api_get(f"/sandboxes/{vm}/executions")
+    assert len(executions) == 1  # recorded once
+    log = cluster.cli_json("vm", "exec", vm, "--", "cat", "runs.log")
+    assert log["stdout"].split() == ["start", "start"]  # it really ran twice
+
+
+def test_server_killed_with_tasks_queued_loses_none(cluster: Cluster) -> None:
+    _need_bwrap()
+    cluster.start_server()
+    cluster.start_node("n1")
+    vm = cluster.cli_json("vm", "create", "queue-box")["id"]
+    cluster.kill_node("n1")  # nothing can run: the tasks stay queued
+    ids = [
+        cluster.cli_json(
+            "task",
+            "submit",
+            "-type",
+            "vm:execute",
+            "-vm-id",
+            vm,
+            "-cmd",
+            "echo",
+            "-args",
+            str(i),
+            "--priority",
+            str(i % 3),
+        )["id"]
+        for i in range(20)
+    ]
+    cluster.kill_server()
+    cluster.start_server()
+    assert {
+        t["id"] for t in cluster.api_get("/tasks?limit=100") if t["type"] == "vm:execute"
+    } == set(ids)
+    cluster.start_node("n1")
+    finals = [_wait_final(cluster, task_id, 60) for task_id in ids]
+    assert all(t["state"] == "succeeded" for t in finals)
+    assert sorted(int(t["result"]["stdout"]) for t in finals) == list(range(20))
+
+
+def test_job_run_runs_an_app_command_in_a_fresh_sandbox(cluster: Cluster) -> None:
+    _need_bwrap()
+    cluster.start_server()
+    cluster.start_node("n1")
+    cluster.cli_json("deploy", str(EXAMPLE), "--instances", "1")
+    job = cluster.cli_json(
+        "task",
+        "submit",
+        "-type",
+        "job:run",
+        "-app",
+        "hello-python",
+        "-cmd",
+        "python3",
+        "-args",
+        "-c 'import os, app; print(app.GREETING, os.getcwd())'",
+        "--wait",
+    )
+    assert job["state"] == "succeeded", job
+    assert job["result"]["exit_code"] == 0
+    assert job["result"]["stdout"].strip() == "Hello from Aether /workspace"
+    sandbox = cluster.api_get(f"/sandboxes/{job['result']['sandbox_id']}")
+    assert sandbox["status"] == "deleted"
+
+
+def test_cancel_a_running_task(cluster: Cluster) -> None:
+    _need_bwrap()
+    cluster.start_server()
+    cluster.start_node("n1")
+    vm = cluster.cli_json("vm", "create", "cancel-box")["id"]
+    task = cluster.cli_json(
+        "task", "submit", "-type", "vm:execute", "-vm-id", vm, "-cmd", "sleep", "-args", "60"
+    )
+    wait_for(lambda: _task(cluster, task["id"])["state"] == "active", 20, "the task to start")
+    cancelled = cluster.cli_json("task", "cancel", task["id"])
+    assert cancelled["state"] == "cancelled"
+    started = time.monotonic()
+    # the sleeping process is stopped: the sandbox runs the next command at once
+    quick = cluster.cli_json("vm", "exec", vm, "--", "echo", "free")
+    assert quick["stdout"] == "free\n"
+    assert time.monotonic() - started < 30
+    assert _task(cluster, task["id"])["state"] == "cancelled"

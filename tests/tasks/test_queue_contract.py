@@ -1,0 +1,567 @@
+"""The TaskQueue contract (see aether.tasks.queue.base), run against every backend.
+
+Time is passed explicitly (``now=T0 + ...``), so leases, delays and backoffs are
+tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.model.tasks import TaskOut, TaskState
+from aether.tasks.queue.base import (
+    LEASE_EXPIRED,
+    Backoff,
+    NewTask,
+    TaskQueue,
+    backoff_ceiling,
+    backoff_delay,
+    utc,
+)
+from tests.tasks.conftest import RecordingBackoff
+
+T0 = 1_700_000_000.0
+ACME, GLOBEX = "acme", "globex"
+DRIVERS = ("bwrap", "process")
+
+
+def task(**fields: Any) -> NewTask:
+    fields.setdefault("type", "job:run")
+    return NewTask(**fields)
+
+
+async def claim(
+    queue: TaskQueue,
+    worker: str = "w1",
+    *,
+    node: str = "n1",
+    drivers: tuple[str, ...] = DRIVERS,
+    queues: tuple[str, ...] = ("default",),
+    lease: float = 30.0,
+    now: float = T0,
+) -> TaskOut | None:
+    return await queue.claim(
+        worker, node=node, drivers=drivers, queues=queues, lease=lease, now=now
+    )
+
+
+async def must_claim(queue: TaskQueue, worker: str = "w1", **kwargs: Any) -> TaskOut:
+    claimed = await claim(queue, worker, **kwargs)
+    assert claimed is not None, "expected a task to claim"
+    return claimed
+
+
+async def drain(queue: TaskQueue, **kwargs: Any) -> list[str]:
+    """Claim until nothing is left; the ids in claim order."""
+    ids = []
+    while (claimed := await claim(queue, **kwargs)) is not None:
+        ids.append(claimed.id)
+    return ids
+
+
+# -- submit and get --------------------------------------------------------------
+
+
+async def test_submit_stores_the_spec_as_a_pending_task(queue: TaskQueue) -> None:
+    spec = task(
+        type="vm:execute",
+        payload={"vm_id": "v1", "command": "echo", "args": ["hi"]},
+        queue="fast",
+        priority=7,
+        max_retry=2,
+        timeout=600,
+        node="n1",
+    )
+    made = await queue.submit(ACME, spec, now=T0)
+    assert made.state == TaskState.PENDING
+    assert (made.type, made.payload, made.queue, made.priority) == (
+        "vm:execute",
+        {"vm_id": "v1", "command": "echo", "args": ["hi"]},
+        "fast",
+        7,
+    )
+    assert (made.max_retry, made.timeout, made.node, made.attempts) == (2, 600.0, "n1", 0)
+    assert made.run_at == made.created_at == made.updated_at == utc(T0)
+    unset = (made.result, made.error, made.claimed_by, made.started_at, made.finished_at)
+    assert unset == (None,) * 5 and made.idempotency_key is None
+    assert await queue.get(made.id, ACME) == made
+    assert await queue.get(made.id) == made  # nodes read without a tenant
+
+
+async def test_get_is_scoped_by_tenant(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    with pytest.raises(NotFoundError):
+        await queue.get(made.id, GLOBEX)
+    with pytest.raises(NotFoundError):
+        await queue.get("no-such-task")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"priority": 101},
+        {"priority": -1},
+        {"queue": "no spaces"},
+        {"queue": ""},
+        {"max_retry": -1},
+        {"timeout": 0},
+        {"type": ""},
+        {"idempotency_key": ""},
+    ],
+)
+async def test_invalid_specs_are_refused(queue: TaskQueue, bad: dict[str, Any]) -> None:
+    with pytest.raises(BadRequestError):
+        await queue.submit(ACME, task(**bad), now=T0)
+    assert sum((await queue.stats()).values()) == 0
+
+
+# -- order -----------------------------------------------------------------------
+
+
+async def test_higher_priority_is_claimed_first(queue: TaskQueue) -> None:
+    low = await queue.submit(ACME, task(priority=1), now=T0)
+    high = await queue.submit(ACME, task(priority=9), now=T0)
+    mid = await queue.submit(ACME, task(priority=5), now=T0)
+    assert await drain(queue) == [high.id, mid.id, low.id]
+
+
+_example = itertools.count()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(priorities=st.lists(st.integers(0, 4), min_size=1, max_size=12))
+async def test_claims_come_out_by_priority_then_submission_order(
+    queue: TaskQueue, priorities: list[int]
+) -> None:
+    name = f"fifo-{next(_example)}"  # each example in a queue of its own
+    ids = [(await queue.submit(ACME, task(queue=name, priority=p), now=T0)).id for p in priorities]
+    expected = [ids[i] for i in sorted(range(len(ids)), key=lambda i: (-priorities[i], i))]
+    assert await drain(queue, queues=(name,)) == expected
+
+
+async def test_a_retried_task_keeps_its_place(queue: TaskQueue) -> None:
+    first = await queue.submit(ACME, task(), now=T0)
+    second = await queue.submit(ACME, task(), now=T0)
+    assert (await must_claim(queue, "w1", lease=5)).id == first.id
+    assert await queue.expire(now=T0 + 5) == 1
+    again = await must_claim(queue, "w2", now=T0 + 5)
+    assert (again.id, again.attempts) == (first.id, 2)
+    assert (await must_claim(queue, "w2", now=T0 + 5)).id == second.id
+
+
+async def test_claims_span_the_given_queues_only(queue: TaskQueue) -> None:
+    default = await queue.submit(ACME, task(priority=3), now=T0)
+    gpu = await queue.submit(ACME, task(queue="gpu", priority=8), now=T0)
+    other = await queue.submit(ACME, task(queue="other", priority=9), now=T0)
+    assert await drain(queue, queues=("default", "gpu")) == [gpu.id, default.id]
+    assert await claim(queue, queues=()) is None
+    assert await drain(queue, queues=("other",)) == [other.id]
+
+
+# -- delays ------------------------------------------------------------------------
+
+
+async def test_delayed_tasks_are_invisible_until_run_at(queue: TaskQueue) -> None:
+    later = await queue.submit(ACME, task(run_at=T0 + 60, priority=9), now=T0)
+    assert later.state == TaskState.SCHEDULED
+    assert later.run_at == utc(T0 + 60)
+    ready = await queue.submit(ACME, task(priority=1), now=T0)
+    assert (await must_claim(queue, now=T0 + 59.9)).id == ready.id  # lower priority, but ready
+    assert await claim(queue, now=T0 + 59.9) is None
+    got = await must_claim(queue, now=T0 + 60)
+    assert (got.id, got.state, got.attempts) == (later.id, TaskState.ACTIVE, 1)
+
+
+async def test_a_due_scheduled_task_competes_by_priority(queue: TaskQueue) -> None:
+    low = await queue.submit(ACME, task(priority=1), now=T0)
+    due = await queue.submit(ACME, task(priority=9, run_at=T0 + 10), now=T0)
+    past = await queue.submit(ACME, task(priority=5, run_at=T0 - 10), now=T0)
+    assert past.state == TaskState.PENDING  # run_at already passed
+    assert await drain(queue, now=T0 + 10) == [due.id, past.id, low.id]
+
+
+# -- claims, leases, heartbeats ------------------------------------------------------
+
+
+async def test_claim_marks_the_task_active_under_a_lease(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    got = await must_claim(queue, "w1", lease=30, now=T0 + 1)
+    assert got.id == made.id
+    assert (got.state, got.attempts, got.claimed_by) == (TaskState.ACTIVE, 1, "w1")
+    assert got.started_at == got.updated_at == utc(T0 + 1)
+    assert await queue.get(made.id) == got
+    assert await claim(queue, "w2", now=T0 + 1) is None  # nobody else gets it
+
+
+async def test_heartbeat_extends_the_lease(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    await must_claim(queue, "w1", lease=10)
+    assert await queue.heartbeat(made.id, "w1", 10, now=T0 + 5)  # lease now ends at T0 + 15
+    assert await queue.expire(now=T0 + 14.9) == 0
+    assert await queue.heartbeat(made.id, "w2", 10, now=T0 + 6) is False  # not the holder
+    assert await queue.heartbeat("no-such-task", "w1", 10, now=T0 + 6) is False
+    assert await queue.expire(now=T0 + 15) == 1
+    assert await queue.heartbeat(made.id, "w1", 10, now=T0 + 16) is False
+
+
+async def test_an_expired_lease_makes_the_task_claimable_again(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(max_retry=3), now=T0)
+    await must_claim(queue, "w1", lease=10)
+    assert await queue.expire(now=T0 + 9.99) == 0
+    assert await queue.expire(now=T0 + 10) == 1
+    back = await queue.get(made.id)
+    assert (back.state, back.attempts, back.error) == (TaskState.RETRY, 1, LEASE_EXPIRED)
+    assert back.run_at == utc(T0 + 10)  # ready at once
+    again = await must_claim(queue, "w2", now=T0 + 10)
+    assert (again.id, again.attempts, again.claimed_by) == (made.id, 2, "w2")
+    with pytest.raises(ConflictError, match="claimed by w2"):
+        await queue.complete(made.id, "w1", {"late": True}, now=T0 + 11)
+    done = await queue.complete(made.id, "w2", {"ok": True}, now=T0 + 12)
+    assert (done.state, done.result, done.error) == (TaskState.SUCCEEDED, {"ok": True}, None)
+    assert done.finished_at == utc(T0 + 12)
+
+
+async def test_expiry_after_the_last_attempt_is_dead(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(max_retry=1), now=T0)
+    await must_claim(queue, "w1", lease=5)
+    assert await queue.expire(now=T0 + 5) == 1
+    await must_claim(queue, "w2", lease=5, now=T0 + 5)
+    assert await queue.expire(now=T0 + 10) == 1
+    dead = await queue.get(made.id)
+    assert (dead.state, dead.attempts, dead.finished_at) == (TaskState.DEAD, 2, utc(T0 + 10))
+    assert await claim(queue, now=T0 + 100) is None
+
+
+async def test_a_crashed_workers_claims_are_run_again_exactly_once(queue: TaskQueue) -> None:
+    """A node dies holding claims (no heartbeats): every task is re-run by another and
+    recorded once as succeeded; none is lost, none completes twice."""
+    made = [(await queue.submit(ACME, task(payload={"n": i}), now=T0)).id for i in range(5)]
+    held = await drain(queue, node="doomed", lease=15)
+    assert sorted(held) == sorted(made)
+    assert await claim(queue, "w2", node="n2") is None  # all held by the dead node
+    assert await queue.expire(now=T0 + 15) == 5
+    completions: Counter[str] = Counter()
+    while (got := await claim(queue, "w2", node="n2", now=T0 + 16)) is not None:
+        done = await queue.complete(got.id, "w2", {"n": got.payload["n"]}, now=T0 + 17)
+        completions[done.id] += 1
+    assert completions == Counter(dict.fromkeys(made, 1))
+    for task_id in made:
+        with pytest.raises(ConflictError):  # the dead node's late reports change nothing
+            await queue.complete(task_id, "w1", {}, now=T0 + 18)
+        final = await queue.get(task_id)
+        assert (final.state, final.attempts, final.claimed_by) == (TaskState.SUCCEEDED, 2, "w2")
+    stats = await queue.stats()
+    assert stats[TaskState.SUCCEEDED] == 5 and sum(stats.values()) == 5
+
+
+# -- complete and fail ------------------------------------------------------------------
+
+
+async def test_only_the_holder_completes(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    with pytest.raises(ConflictError, match="pending"):
+        await queue.complete(made.id, "w1", {}, now=T0)
+    await must_claim(queue, "w1")
+    with pytest.raises(ConflictError, match="claimed by w1, not w2"):
+        await queue.complete(made.id, "w2", {}, now=T0 + 1)
+    with pytest.raises(ConflictError):
+        await queue.fail(made.id, "w2", "boom", now=T0 + 1)
+    with pytest.raises(NotFoundError):
+        await queue.complete("no-such-task", "w1", {}, now=T0 + 1)
+    assert (await queue.get(made.id)).state == TaskState.ACTIVE
+    await queue.complete(made.id, "w1", {"answer": 42}, now=T0 + 2)
+    with pytest.raises(ConflictError, match="already succeeded"):
+        await queue.complete(made.id, "w1", {"answer": 43}, now=T0 + 3)
+    assert (await queue.get(made.id)).result == {"answer": 42}
+
+
+async def test_a_retryable_failure_waits_for_its_backoff(
+    queue: TaskQueue, backoff: RecordingBackoff
+) -> None:
+    made = await queue.submit(ACME, task(max_retry=3), now=T0)
+    await must_claim(queue, "w1")
+    failed = await queue.fail(made.id, "w1", "flaky", now=T0 + 1)
+    [(attempts, delay)] = backoff.calls
+    assert attempts == 1 and 0 <= delay <= 1.0
+    assert (failed.state, failed.error, failed.attempts) == (TaskState.RETRY, "flaky", 1)
+    assert failed.run_at == utc(T0 + 1 + delay) and failed.finished_at is None
+    if delay > 0.001:
+        assert await claim(queue, now=T0 + 1 + delay - 0.001) is None
+    again = await must_claim(queue, "w2", now=T0 + 1 + delay)
+    assert (again.id, again.attempts) == (made.id, 2)
+
+
+async def test_backoff_grows_between_retries_and_ends_dead(
+    queue: TaskQueue, backoff: RecordingBackoff
+) -> None:
+    made = await queue.submit(ACME, task(max_retry=4), now=T0)
+    now = T0
+    for attempt in range(1, 6):
+        got = await must_claim(queue, "w1", now=now)
+        assert got.attempts == attempt
+        failed = await queue.fail(made.id, "w1", f"error {attempt}", now=now)
+        if attempt <= 4:
+            assert failed.state == TaskState.RETRY
+            assert failed.run_at == utc(now + backoff.calls[-1][1])
+            now += backoff.calls[-1][1]
+        else:
+            assert (failed.state, failed.error) == (TaskState.DEAD, "error 5")
+            assert failed.finished_at == utc(now)
+    assert [a for a, _ in backoff.calls] == [1, 2, 3, 4]
+    for attempts, delay in backoff.calls:
+        assert 0 <= delay <= backoff_ceiling(attempts) == 2.0 ** (attempts - 1)
+    assert await claim(queue, now=now + 10_000) is None
+
+
+async def test_a_permanent_failure_is_not_retried(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(max_retry=5), now=T0)
+    await must_claim(queue, "w1")
+    failed = await queue.fail(made.id, "w1", "bad payload", retryable=False, now=T0 + 1)
+    assert (failed.state, failed.attempts, failed.error) == (TaskState.FAILED, 1, "bad payload")
+    assert failed.finished_at == utc(T0 + 1)
+    assert await claim(queue, now=T0 + 10_000) is None
+
+
+async def test_zero_retries_means_one_attempt(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(max_retry=0), now=T0)
+    await must_claim(queue, "w1")
+    assert (await queue.fail(made.id, "w1", "x", now=T0)).state == TaskState.DEAD
+
+
+# -- backoff (pure) ------------------------------------------------------------------------
+
+
+@given(attempts=st.integers(1, 200), u=st.floats(0, 1, exclude_max=True))
+def test_backoff_is_full_jitter_under_a_growing_capped_ceiling(attempts: int, u: float) -> None:
+    ceiling = backoff_ceiling(attempts)
+    assert ceiling == min(300.0, 2.0 ** (attempts - 1))
+    assert backoff_ceiling(attempts + 1) >= ceiling
+    assert 0 <= backoff_delay(attempts, u) <= ceiling
+    assert backoff_delay(attempts + 1, u) >= backoff_delay(attempts, u)  # same luck, longer wait
+
+
+def test_backoff_is_seedable_and_spread_out() -> None:
+    first, second = Backoff(seed=3), Backoff(seed=3)
+    delays = [first(5) for _ in range(200)]
+    assert delays == [second(5) for _ in range(200)]
+    assert all(0 <= d <= 16 for d in delays)
+    assert min(delays) < 4 and max(delays) > 12  # jitter spreads retries over the window
+    assert max(Backoff(seed=1)(50) for _ in range(50)) <= 300  # capped at five minutes
+
+
+# -- cancellation ----------------------------------------------------------------------------
+
+
+async def test_cancel_a_waiting_task(queue: TaskQueue) -> None:
+    pending = await queue.submit(ACME, task(), now=T0)
+    scheduled = await queue.submit(ACME, task(run_at=T0 + 60), now=T0)
+    for made in (pending, scheduled):
+        cancelled = await queue.cancel(made.id, ACME, now=T0 + 1)
+        assert (cancelled.state, cancelled.finished_at) == (TaskState.CANCELLED, utc(T0 + 1))
+        assert await queue.cancel(made.id, ACME, now=T0 + 2) == cancelled  # idempotent
+    assert await claim(queue, now=T0 + 100) is None
+
+
+async def test_cancel_a_task_waiting_to_retry(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    await must_claim(queue, "w1")
+    await queue.fail(made.id, "w1", "flaky", now=T0)
+    assert (await queue.cancel(made.id, ACME, now=T0)).state == TaskState.CANCELLED
+    assert await claim(queue, now=T0 + 1000) is None
+
+
+async def test_cancel_a_running_task_tells_its_holder(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    await must_claim(queue, "w1", lease=10)
+    cancelled = await queue.cancel(made.id, ACME, now=T0 + 1)
+    assert (cancelled.state, cancelled.claimed_by) == (TaskState.CANCELLED, "w1")
+    assert await queue.heartbeat(made.id, "w1", 10, now=T0 + 2) is False
+    with pytest.raises(ConflictError, match="cancelled"):
+        await queue.complete(made.id, "w1", {"done": True}, now=T0 + 3)
+    with pytest.raises(ConflictError, match="cancelled"):
+        await queue.fail(made.id, "w1", "boom", now=T0 + 3)
+    assert await queue.expire(now=T0 + 100) == 0
+    final = await queue.get(made.id)
+    assert (final.state, final.result, final.attempts) == (TaskState.CANCELLED, None, 1)
+
+
+async def test_finished_and_foreign_tasks_cannot_be_cancelled(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    with pytest.raises(NotFoundError):
+        await queue.cancel(made.id, GLOBEX, now=T0)
+    with pytest.raises(NotFoundError):
+        await queue.cancel("no-such-task", ACME, now=T0)
+    await must_claim(queue, "w1")
+    await queue.complete(made.id, "w1", {}, now=T0)
+    with pytest.raises(ConflictError, match="succeeded"):
+        await queue.cancel(made.id, ACME, now=T0)
+    assert (await queue.get(made.id)).state == TaskState.SUCCEEDED
+
+
+# -- idempotency ---------------------------------------------------------------------------
+
+
+async def test_an_idempotency_key_names_one_task_per_tenant(queue: TaskQueue) -> None:
+    first = await queue.submit(ACME, task(idempotency_key="k1", payload={"v": 1}), now=T0)
+    again = await queue.submit(
+        ACME, task(idempotency_key="k1", payload={"v": 2}, priority=90), now=T0 + 5
+    )
+    assert again == first  # the same task, unchanged
+    other = await queue.submit(GLOBEX, task(idempotency_key="k1", payload={"v": 3}), now=T0)
+    assert other.id != first.id and other.payload == {"v": 3}
+    plain = [await queue.submit(ACME, task(), now=T0) for _ in range(2)]
+    assert plain[0].id != plain[1].id
+    assert (await queue.stats(ACME))[TaskState.PENDING] == 3
+
+
+async def test_an_idempotency_key_survives_its_task_finishing(queue: TaskQueue) -> None:
+    first = await queue.submit(ACME, task(idempotency_key="once"), now=T0)
+    await must_claim(queue, "w1")
+    done = await queue.complete(first.id, "w1", {"r": 1}, now=T0)
+    assert await queue.submit(ACME, task(idempotency_key="once"), now=T0 + 1) == done
+
+
+async def test_concurrent_submits_with_one_key_make_one_task(queue: TaskQueue) -> None:
+    made = await asyncio.gather(
+        *(queue.submit(ACME, task(idempotency_key="race"), now=T0) for _ in range(10))
+    )
+    assert len({t.id for t in made}) == 1
+    assert sum((await queue.stats(ACME)).values()) == 1
+
+
+# -- placement -------------------------------------------------------------------------------
+
+
+async def test_a_pinned_task_runs_only_on_its_node(queue: TaskQueue) -> None:
+    pinned = await queue.submit(ACME, task(node="n2", priority=9), now=T0)
+    free = await queue.submit(ACME, task(priority=1), now=T0)
+    assert (await must_claim(queue, "w1", node="n1")).id == free.id  # skips, is not blocked
+    assert await claim(queue, "w1", node="n1") is None
+    got = await must_claim(queue, "w2", node="n2")
+    assert (got.id, got.node) == (pinned.id, "n2")
+
+
+async def test_a_task_needing_a_driver_runs_only_where_it_exists(queue: TaskQueue) -> None:
+    vm = await queue.submit(ACME, task(driver="microvm", priority=9), now=T0)
+    both = await queue.submit(ACME, task(driver="microvm", node="n3"), now=T0)
+    assert await claim(queue, "w1", drivers=("bwrap", "process")) is None
+    assert await claim(queue, "w1", drivers=()) is None
+    assert (await must_claim(queue, "w2", drivers=("bwrap", "microvm"))).id == vm.id
+    assert await claim(queue, "w2", drivers=("microvm",), node="n1") is None
+    assert (await must_claim(queue, "w3", drivers=("microvm",), node="n3")).id == both.id
+
+
+async def test_unconstrained_tasks_go_anywhere(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    assert (await must_claim(queue, "w9", node="anywhere", drivers=())).id == made.id
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+async def test_concurrent_claimers_each_get_distinct_tasks(queue: TaskQueue) -> None:
+    made = {(await queue.submit(ACME, task(priority=i % 3), now=T0)).id for i in range(50)}
+    claims: list[tuple[str, str]] = []
+
+    async def worker(name: str) -> None:
+        while (got := await claim(queue, name)) is not None:
+            assert got.claimed_by == name
+            claims.append((name, got.id))
+
+    await asyncio.gather(*(worker(f"w{i}") for i in range(20)))
+    ids = [task_id for _, task_id in claims]
+    assert len(ids) == len(set(ids)) == 50 and set(ids) == made
+    for name, task_id in claims:
+        current = await queue.get(task_id)
+        assert (current.state, current.claimed_by, current.attempts) == (
+            TaskState.ACTIVE,
+            name,
+            1,
+        )
+
+
+# -- list and stats --------------------------------------------------------------------------
+
+
+async def test_list_is_newest_first_filtered_and_scoped(queue: TaskQueue) -> None:
+    made = [
+        await queue.submit(
+            ACME,
+            task(type="vm:create" if i % 2 else "vm:delete", queue="q" + str(i % 3)),
+            now=T0 + i,
+        )
+        for i in range(9)
+    ]
+    theirs = await queue.submit(GLOBEX, task(type="vm:create"), now=T0)
+    newest_first = [t.id for t in reversed(made)]
+    assert [t.id for t in await queue.list(ACME)] == newest_first
+    assert [t.id for t in await queue.list(GLOBEX)] == [theirs.id]
+    assert [t.id for t in await queue.list(ACME, type="vm:create")] == [
+        t.id for t in reversed(made) if t.type == "vm:create"
+    ]
+    assert [t.id for t in await queue.list(ACME, queue="q1")] == [
+        made[7].id,
+        made[4].id,
+        made[1].id,
+    ]
+    assert [t.id for t in await queue.list(ACME, type="vm:create", queue="q1")] == [
+        made[7].id,
+        made[1].id,
+    ]
+    first = await must_claim(queue, "w1", queues=("q0",), now=T0 + 10)
+    assert [t.id for t in await queue.list(ACME, state=TaskState.ACTIVE)] == [first.id]
+    assert await queue.list(ACME, state=TaskState.DEAD) == []
+
+    page1 = await queue.list(ACME, limit=4)
+    page2 = await queue.list(ACME, limit=4, before=page1[-1].id)
+    page3 = await queue.list(ACME, limit=4, before=page2[-1].id)
+    assert [t.id for t in page1 + page2 + page3] == newest_first
+    assert len(page3) == 1
+    assert await queue.list(ACME, before=made[0].id) == []
+    filtered = await queue.list(ACME, type="vm:delete", limit=2, before=made[7].id)
+    assert [t.id for t in filtered] == [made[6].id, made[4].id]
+    with pytest.raises(NotFoundError):
+        await queue.list(GLOBEX, before=made[3].id)  # another tenant's cursor
+    with pytest.raises(BadRequestError):
+        await queue.list(ACME, limit=0)
+
+
+async def test_stats_count_tasks_by_state(queue: TaskQueue) -> None:
+    empty = await queue.stats()
+    assert empty == dict.fromkeys(TaskState, 0)
+    ids = [(await queue.submit(ACME, task(), now=T0)).id for _ in range(6)]
+    await queue.submit(ACME, task(run_at=T0 + 100), now=T0)
+    await queue.submit(GLOBEX, task(), now=T0)
+    a = await must_claim(queue, "w1")
+    b = await must_claim(queue, "w1")
+    c = await must_claim(queue, "w1")
+    d = await must_claim(queue, "w1")
+    await queue.complete(a.id, "w1", {}, now=T0)
+    await queue.fail(b.id, "w1", "nope", retryable=False, now=T0)
+    await queue.fail(c.id, "w1", "again", now=T0)
+    await queue.cancel(ids[5], ACME, now=T0)
+    assert d.state == TaskState.ACTIVE
+    acme = await queue.stats(ACME)
+    assert acme == {
+        TaskState.PENDING: 1,
+        TaskState.SCHEDULED: 1,
+        TaskState.ACTIVE: 1,
+        TaskState.RETRY: 1,
+        TaskState.SUCCEEDED: 1,
+        TaskState.FAILED: 1,
+        TaskState.DEAD: 0,
+        TaskState.CANCELLED: 1,
+    }
+    everyone = await queue.stats()
+    assert everyone[TaskState.PENDING] == 2 and sum(everyone.values()) == 8
+    assert sum((await queue.stats(GLOBEX)).values()) == 1
