@@ -12,6 +12,8 @@ NEEDED=(
   "curl:curl"
   "hyperfine:hyperfine"
   "bwrap:bubblewrap"
+  "redis-server:redis-server"
+  "wrk:wrk"
 )
 
 missing=()

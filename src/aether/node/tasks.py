@@ -37,7 +37,7 @@ class TaskWorker:
         *,
         concurrency: int = 8,
         queues: tuple[str, ...] = ("default",),
-        heartbeat_every: float = 3.0,
+        heartbeat_every: float = 1.0,
     ) -> None:
         self.client = client
         self.node_id = node_id

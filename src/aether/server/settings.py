@@ -28,7 +28,7 @@ class ServerSettings(BaseSettings):
     queue_url: str | None = Field(
         default=None, description="redis://... for the Redis task queue; default: the records DB"
     )
-    task_lease: float = Field(default=15.0, gt=0.5, description="seconds a task claim lasts")
+    task_lease: float = Field(default=15.0, ge=2.0, description="seconds a task claim lasts")
     max_concurrent_uploads: int = Field(default=32, ge=1, le=10_000)
     log_retention_bytes: int = 10 << 20
 

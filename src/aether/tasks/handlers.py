@@ -26,7 +26,9 @@ from aether.tasks.types import (
     lookup,
 )
 
-__all__ = ["PermanentTaskError", "TaskContext", "handler", "handler_for"]
+__all__ = ["DEFAULT_DRIVERS", "PermanentTaskError", "TaskContext", "handler", "handler_for"]
+
+DEFAULT_DRIVERS = ("bwrap", "process", "microvm")
 
 
 class PermanentTaskError(Exception):
@@ -47,6 +49,9 @@ class TaskContext:
             if name not in self.sandboxes:
                 raise PermanentTaskError(f"this node has no {name} sandbox driver")
             return self.sandboxes[name]
+        for preferred in DEFAULT_DRIVERS:  # light isolation first; a microvm when asked for
+            if preferred in self.sandboxes:
+                return self.sandboxes[preferred]
         return next(iter(self.sandboxes.values()))
 
     def sandbox_root(self, vm_id: str) -> Path:
