@@ -253,3 +253,65 @@ def test_cancel_a_running_task(cluster: Cluster) -> None:
     assert quick == "free\n"
     assert time.monotonic() - started < 30
     assert _task(cluster, task["id"])["state"] == "cancelled"
+
+
+def test_redis_queue_backend_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
+    """The same flow with AETHER_QUEUE_URL on a real redis-server (append-only file on)."""
+    _need_bwrap()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is needed: apt-get install redis-server (make test does it)")
+    port = free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    redis = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        cluster.env["AETHER_QUEUE_URL"] = f"redis://127.0.0.1:{port}/0"
+        wait_for(
+            lambda: (workdir / "appendonlydir").exists() or redis.poll() is not None, 10, "redis"
+        )
+        cluster.start_server()
+        cluster.start_node("n1")
+        vm = cluster.cli_json("vm", "create", "redis-box")["id"]
+        cluster.kill_node("n1")
+        ids = [
+            cluster.cli_json(
+                "task",
+                "submit",
+                "-type",
+                "vm:execute",
+                "-vm-id",
+                vm,
+                "-cmd",
+                "echo",
+                "-args",
+                f"r{i}",
+            )["id"]
+            for i in range(5)
+        ]
+        cluster.kill_server()  # queued in Redis, not in the server
+        cluster.start_server()
+        cluster.start_node("n1")
+        finals = [_wait_final(cluster, task_id) for task_id in ids]
+        assert sorted(t["result"]["stdout"].strip() for t in finals) == [f"r{i}" for i in range(5)]
+    finally:
+        redis.terminate()
+        redis.wait(10)
