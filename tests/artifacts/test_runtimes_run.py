@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,22 +26,6 @@ from aether.artifacts import pack, safe_extract
 from aether.artifacts.build import BuildResult, build
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="session")
-def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "aether-build-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture
-def npm() -> None:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail(
-            "node and npm are required to build Node.js apps and are not on PATH: "
-            "apt-get install nodejs npm"
-        )
 
 
 def free_port() -> int:

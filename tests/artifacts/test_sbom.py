@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,6 @@ from aether.errors import BadRequestError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SHA512 = "sha512-" + "A" * 86 + "=="  # 64 zero bytes
-
-
-@pytest.fixture(scope="session")
-def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "aether-build-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture
-def npm() -> None:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail(
-            "node and npm are required to build Node.js apps and are not on PATH: "
-            "apt-get install nodejs npm"
-        )
 
 
 def by_purl(components: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
