@@ -14,6 +14,8 @@ NEEDED=(
   "bwrap:bubblewrap"
   "redis-server:redis-server"
   "wrk:wrk"
+  "qemu-system-x86_64:qemu-system-x86"
+  "busybox:busybox-static"
 )
 
 missing=()
@@ -23,6 +25,8 @@ for pair in "${NEEDED[@]}"; do
 done
 # the venv module is a separate package on Debian
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=("python3-venv")
+# the microvm sandbox boots a stock kernel
+compgen -G "/boot/vmlinuz-*" >/dev/null || missing+=("linux-image-amd64")
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -166,10 +166,9 @@ def test_killed_node_task_runs_again_and_is_recorded_once(cluster: Cluster) -> N
     cluster.kill_node("n1")  # kill -9 mid-task
     cluster.start_node("n1")  # same id and data dir: its sandbox is still there
     final = _wait_final(cluster, submitted["id"], 60)
-    assert final["state"] == "succeeded", {
-        k: final[k] for k in ("state", "attempts", "error", "claimed_by")
-    }
-    assert final["attempts"] == 2
+    summary = {k: final[k] for k in ("state", "attempts", "error", "claimed_by")}
+    assert final["state"] == "succeeded", summary
+    assert final["attempts"] == 2, (summary, cluster.logs())
     assert final["result"]["stdout"].strip() == "done"
     executions = cluster.api_get(f"/sandboxes/{vm}/executions")
     assert len(executions) == 1  # recorded once

@@ -168,7 +168,7 @@ async def test_only_given_paths_are_shown_read_only(
 
 async def test_cannot_see_host_processes(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
     marker = f"aether-host-marker-{uuid.uuid4().hex}"
-    host = await asyncio.create_subprocess_exec("/bin/sh", "-c", "sleep 60", marker)
+    host = await asyncio.create_subprocess_exec(PY, "-c", "import time; time.sleep(60)", marker)
     try:
         code, out, _ = await run(
             driver,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
 from aether.store.base import StoreUnavailableError
@@ -47,18 +48,36 @@ def envelope(request: Request, status: int, code: str, message: str) -> JSONResp
     )
 
 
+class _TraceMiddleware:
+    """Gives every request a trace id (``X-Request-Id`` or a new one) and echoes it.
+
+    A plain ASGI middleware, not ``BaseHTTPMiddleware``: it leaves the receive
+    channel alone, so long polls still see a client disconnect.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or [])
+        trace = incoming.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        scope.setdefault("state", {})["trace_id"] = trace
+
+        async def send_with_trace(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-trace-id" not in headers:
+                    headers.append("X-Trace-Id", trace)
+            await send(message)
+
+        await self.app(scope, receive, send_with_trace)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def trace(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        trace_id = trace_id_of(request)
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # the last resort: never a bare 500 page
-            return _unexpected(request, exc)
-        response.headers.setdefault("X-Trace-Id", trace_id)
-        return response
+    app.add_middleware(_TraceMiddleware)
 
     @app.exception_handler(AetherError)
     async def aether_error(request: Request, exc: AetherError) -> JSONResponse:

@@ -29,19 +29,23 @@ __all__ = [
 
 
 def all_drivers() -> dict[str, SandboxDriver]:
-    """Every driver, best isolation first, whether or not this machine runs it."""
+    """Every driver, whether or not this machine runs it, the default choice first.
+
+    ``bwrap`` is isolated and cheap (a sandbox is a directory); ``microvm`` is a
+    stronger boundary but boots a VM per sandbox; ``process`` is not isolated.
+    """
     from aether.node.sandbox.bwrap import BwrapSandboxDriver
     from aether.node.sandbox.microvm import MicroVMSandboxDriver
     from aether.node.sandbox.process import ProcessSandboxDriver
 
     drivers: list[SandboxDriver] = [
-        MicroVMSandboxDriver(),
         BwrapSandboxDriver(),
+        MicroVMSandboxDriver(),
         ProcessSandboxDriver(),
     ]
     return {d.name: d for d in drivers}
 
 
 def drivers_available() -> dict[str, SandboxDriver]:
-    """The drivers this machine can run, best isolation first (a node capability)."""
+    """The drivers this machine can run, the default first (a node capability)."""
     return {name: d for name, d in all_drivers().items() if d.available()}

@@ -15,19 +15,22 @@ What the limits enforce (rlimits, set by ``prlimit`` inside the sandbox):
   anonymous mappings, thread stacks); allocations past it fail (``MemoryError``,
   ``ENOMEM``) and the run reports ``killed_reason="memory limit"``. It is per
   process, not a total for the sandbox (``max_processes`` bounds the product);
-  ``/tmp`` and ``/dev/shm`` are tmpfs mounts of ``memory_mb`` each. A cgroup
-  would give one total; this node's kernel interface is used without one.
+  ``/tmp`` and ``/dev/shm`` are tmpfs mounts of ``memory_mb`` each. A cgroup v2
+  sub-tree would give one total; it is not used (rlimits work on every host).
 - CPU: RLIMIT_CPU of ``ceil(timeout * vcpus) + 1`` seconds per process (SIGXCPU,
-  then SIGKILL a second later): ``killed_reason="cpu time limit"``. ``vcpus`` is
-  otherwise not enforced (no CPU pinning or quota).
+  then SIGKILL a second later): ``killed_reason="cpu time limit"``. A backstop:
+  a single-threaded process cannot outspend the wall-clock timeout, so it fires
+  only for busy multi-threaded processes. ``vcpus`` is otherwise not enforced
+  (no CPU pinning or quota).
 - ``max_processes``: RLIMIT_NPROC, counted by the kernel per user namespace for
   the sandbox's uid, so it bounds this execution's processes and threads. Root
   is exempt from RLIMIT_NPROC, so a root node runs ``bwrap`` as a per-sandbox
   unprivileged host uid (1.9e9 + a hash of the id): the sandbox is uid 65534
   inside and that uid outside, never root on the host. That needs the sandbox
   root and the read-only paths traversable by others (``o+x`` ancestors); when
-  they are not, the driver falls back to mapping the sandbox uid to root, with
-  every namespace still in place but without the process limit, and logs it.
+  they are not, the driver falls back to mapping the sandbox uid to root (no
+  capabilities, every namespace still in place, but no process limit and a
+  kernel escape would land as root), logs it and records ``host_uid: None``.
 - The wall-clock ``timeout`` kills ``bwrap``; its pid namespace dies with it,
   taking every process of the execution (``killed_reason="timeout"``).
 - Disk use of the workspace is not limited (no quota).

@@ -45,7 +45,8 @@ import shutil
 import signal
 import stat
 import struct
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,9 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 say() { echo "aether-agent: $*" > /dev/console; }
-for m in $(cat /aether/modules/order); do insmod "/aether/modules/$m" || say "insmod $m failed"; done
+for m in $(cat /aether/modules/order); do
+  insmod "/aether/modules/$m" || say "insmod $m failed"
+done
 hostname sandbox
 ip link set lo up
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro usr /usr || say "no /usr"
@@ -134,25 +137,28 @@ run() {  # id stdin-length script-base64
   rm -f /run/rc /run/sid /run/outn /run/errn
   oom0=$(dmesg | grep -c 'Out of memory')
   {
-    { setsid sh /run/req.sh < /run/stdin 2>&4 4>&-; echo $? > /run/rc; sweep; } \
+    { setsid sh /run/req.sh < /run/stdin 2>&4 4>&-; echo $? > /run/rc; sweep; } 2>/dev/null \
       | tee /dev/aether-out | wc -c > /run/outn
   } 4>&1 | tee /dev/aether-err | wc -c > /run/errn
   oom1=$(dmesg | grep -c 'Out of memory')
-  echo "DONE $1 $(cat /run/rc 2>/dev/null || echo 137) $(cat /run/outn) $(cat /run/errn) $((oom1 - oom0))" >&3
+  rc=$(cat /run/rc 2>/dev/null || echo 137)
+  echo "DONE $1 $rc $(cat /run/outn) $(cat /run/errn) $((oom1 - oom0))" >&3
 }
 
 mkdir -p /run
+grep -q 'aether.debug=1' /proc/cmdline && set -x
 exec 3<>/dev/aether-ctl
-while read -r verb a b c <&3; do
-  case "$verb" in
-    PING) echo "PONG $a" >&3 ;;
-    RUN) run "$a" "$b" "$c" & ;;
-    KILL) sweep ;;
-    STOP) sync; poweroff -f ;;
-  esac
+while :; do  # reads see end-of-file while no host is connected: wait for one
+  while read -r verb a b c <&3; do
+    case "$verb" in
+      PING) echo "PONG $a" >&3 ;;
+      RUN) run "$a" "$b" "$c" & ;;
+      KILL) sweep ;;
+      STOP) sync; poweroff -f ;;
+    esac
+  done
+  usleep 50000
 done
-say "control port closed"
-poweroff -f
 """
 
 
@@ -201,13 +207,35 @@ def _is_static_elf(path: Path) -> bool:
     )
 
 
-def missing_prerequisites() -> list[str]:
+def _cpu_virtualisation() -> bool:
+    """Whether the CPU exposes VT-x or AMD-V, without which KVM cannot run a normal guest.
+
+    Some hosts offer /dev/kvm without it (software "PVM" nested virtualisation,
+    which only runs specially built guest kernels); a stock kernel hangs there.
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return "vmx" in flags or "svm" in flags
+    except OSError:
+        pass
+    return False
+
+
+def missing_prerequisites(accel: str = "kvm") -> list[str]:
     """What this machine lacks for microVMs, each with how to get it."""
     missing = []
-    if not os.path.exists("/dev/kvm"):
-        missing.append("/dev/kvm (hardware virtualisation, or nested KVM for a VM)")
-    elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        missing.append("read-write access to /dev/kvm (the kvm group)")
+    if accel == "kvm":
+        if not os.path.exists("/dev/kvm"):
+            missing.append("/dev/kvm (hardware virtualisation, or nested KVM for a VM)")
+        elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            missing.append("read-write access to /dev/kvm (the kvm group)")
+        if not _cpu_virtualisation():
+            missing.append(
+                "VT-x/AMD-V in the CPU flags (/dev/kvm without them cannot boot a stock kernel)"
+            )
     if shutil.which(_QEMU) is None:
         missing.append(f"{_QEMU}: apt-get install qemu-system-x86")
     if _kernel() is None:
@@ -312,7 +340,9 @@ def build_image(cache_dir: Path) -> _Image:
     kernel = _kernel()
     busybox = _busybox()
     if kernel is None or busybox is None:
-        raise SandboxError("microVM prerequisites missing: " + "; ".join(missing_prerequisites()))
+        raise SandboxError(
+            "microVM prerequisites missing: " + "; ".join(missing_prerequisites("tcg"))
+        )
     image, modules_dir = kernel
     bb = busybox.stat()
     key = hashlib.sha256(
@@ -338,7 +368,7 @@ def build_image(cache_dir: Path) -> _Image:
         archive.file("aether/modules/order", order.encode())
         _etc_entries(archive)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = initrd.with_suffix(f".tmp{os.getpid()}")
+        tmp = initrd.with_suffix(f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
         tmp.write_bytes(archive.bytes())
         os.chmod(tmp, 0o644)
         os.replace(tmp, initrd)
@@ -368,6 +398,7 @@ class _VM:
         self.ctl: asyncio.StreamWriter | None = None
         self.stdin: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.writers: list[asyncio.StreamWriter] = []
         self.seq = 0
 
     @property
@@ -389,6 +420,9 @@ class _VM:
                     await asyncio.sleep(0.02)
         self.ctl = streams["c"][1]
         self.stdin = streams["i"][1]
+        # a dropped StreamWriter closes its socket, and the guest then sees the port
+        # as disconnected: keep the read-only ones too
+        self.writers = [writer for _, writer in streams.values()]
         self.tasks = [
             asyncio.ensure_future(self._read_lines(streams["c"][0])),
             asyncio.ensure_future(self._pump(streams["o"][0], 0)),
@@ -432,9 +466,8 @@ class _VM:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        for writer in (self.ctl, self.stdin):
-            if writer is not None:
-                writer.close()
+        for writer in self.writers:
+            writer.close()
         if self.alive:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
@@ -453,13 +486,28 @@ class MicroVMSandboxDriver(WorkspaceDriver):
     name = "microvm"
     isolated = True
 
-    def __init__(self, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, cache_dir: Path | None = None, *, accel: str = "kvm", debug: bool = False
+    ) -> None:
+        """``accel="tcg"`` emulates the CPU in software: slow, for machines without KVM.
+
+        ``debug`` traces the guest agent and the kernel on the VM's console log.
+        """
         super().__init__()
+        if accel not in ("kvm", "tcg"):
+            raise ValueError(f"accel must be kvm or tcg, not {accel!r}")
         self._cache_dir = cache_dir
+        self._accel = accel
+        self._debug = debug
         self._vms: dict[str, _VM] = {}
+        self._boot_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def accel(self) -> str:
+        return self._accel
 
     def available(self) -> bool:
-        return not missing_prerequisites()
+        return not missing_prerequisites(self._accel)
 
     def _cache(self, spec: SandboxSpec) -> Path:
         return self._cache_dir or spec.root.parent / ".microvm-cache"
@@ -467,7 +515,7 @@ class MicroVMSandboxDriver(WorkspaceDriver):
     # -- lifecycle ------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> SandboxHandle:
-        missing = missing_prerequisites()
+        missing = missing_prerequisites(self._accel)
         if missing:
             raise SandboxError("microVMs are not available here: " + "; ".join(missing))
         if spec.ro_paths:
@@ -493,19 +541,22 @@ class MicroVMSandboxDriver(WorkspaceDriver):
 
     async def delete(self, handle: SandboxHandle) -> None:
         vm = self._vms.pop(handle.id, None)
+        self._boot_locks.pop(handle.id, None)
         if vm is not None:
             await vm.stop()
         await super().delete(handle)
 
     async def _ensure_vm(self, handle: SandboxHandle) -> _VM:
-        vm = self._vms.get(handle.id)
-        if vm is not None and vm.alive:
+        """The sandbox's running VM, booted now if it is not (first use, after a restart)."""
+        async with self._boot_locks.setdefault(handle.id, asyncio.Lock()):
+            vm = self._vms.get(handle.id)
+            if vm is not None and vm.alive:
+                return vm
+            if vm is not None:
+                await vm.stop()
+            vm = await self._boot(handle)
+            self._vms[handle.id] = vm
             return vm
-        if vm is not None:
-            await vm.stop()
-        vm = await self._boot(handle)
-        self._vms[handle.id] = vm
-        return vm
 
     async def _boot(self, handle: SandboxHandle) -> _VM:
         spec = handle.spec
@@ -520,8 +571,8 @@ class MicroVMSandboxDriver(WorkspaceDriver):
         host_uid = handle.extra.get("host_uid")
         popen: dict[str, Any] = {}
         if isinstance(host_uid, int) and _reachable(cache / "x") and _reachable(image.kernel):
-            kvm_gid = os.stat("/dev/kvm").st_gid
-            popen = {"user": host_uid, "group": host_uid, "extra_groups": [kvm_gid]}
+            groups = [os.stat("/dev/kvm").st_gid] if self._accel == "kvm" else []
+            popen = {"user": host_uid, "group": host_uid, "extra_groups": groups}
         elif isinstance(host_uid, int):
             log.warning(
                 "sandbox %s: VM image not reachable by uid %s; QEMU runs as root", spec.id, host_uid
@@ -530,15 +581,16 @@ class MicroVMSandboxDriver(WorkspaceDriver):
         argv = [
             shutil.which(_QEMU) or _QEMU,
             "-name", f"aether-{spec.id}",
-            "-machine", "pc,accel=kvm",
-            "-cpu", "host",
+            "-machine", f"pc,accel={self._accel}",
+            "-cpu", "host" if self._accel == "kvm" else "max",
             "-m", str(memory),
             "-smp", str(spec.vcpus),
             "-nodefaults", "-no-user-config", "-no-reboot",
             "-display", "none", "-monitor", "none",
             "-kernel", str(image.kernel),
             "-initrd", str(image.initrd),
-            "-append", "console=ttyS0 loglevel=4 panic=-1 rdinit=/init"
+            "-append", "console=ttyS0 panic=-1 rdinit=/init"
+            + (" loglevel=7 aether.debug=1" if self._debug else " loglevel=4")
             + (" aether.net=1" if spec.network else ""),
             "-serial", f"file:{vm_dir / 'console.log'}",
             "-device", "virtio-serial-pci,id=vs",
@@ -689,7 +741,7 @@ class MicroVMSandboxDriver(WorkspaceDriver):
         )
         result = raw.result(limits=True)
         if ooms > 0 and code != 0 and not timed_out:
-            result = ExecResult(**{**result.__dict__, "killed_reason": "memory limit"})
+            result = replace(result, killed_reason="memory limit")
         return result
 
 

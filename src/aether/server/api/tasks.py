@@ -77,10 +77,18 @@ async def cancel(task_id: str, caller: Operator, ctx: Ctx) -> TaskOut:
 
 
 @router.post("/tasks/claim", response_model=None)
-async def claim(body: ClaimIn, caller: NodeCaller, ctx: Ctx) -> TaskOut | Response:
-    """Long poll: the next task this node may run, or 204 after ``wait`` seconds."""
+async def claim(
+    body: ClaimIn, request: Request, caller: NodeCaller, ctx: Ctx
+) -> TaskOut | Response:
+    """Long poll: the next task this node may run, or 204 after ``wait`` seconds.
+
+    A node that went away mid-poll must not be handed a task it will never run
+    (it would sit out a whole lease), so the connection is checked first.
+    """
     deadline = time.monotonic() + body.wait
     while True:
+        if await request.is_disconnected():
+            return Response(status_code=204)
         task = await ctx.queue.claim(
             body.node,
             node=body.node,

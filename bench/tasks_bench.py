@@ -1,0 +1,820 @@
+"""Tasks and sandboxes: Aether against Celery and rq, and bwrap sandbox creation.
+
+    .venv/bin/python -m bench.tasks_bench [aether|celery|rq|create|all] [--tasks N] ...
+
+- ``aether``: a real ``aether server`` and ``aether node`` (tests/e2e/cluster.py),
+  4 bwrap sandboxes created first, then N ``vm:execute echo i`` tasks submitted
+  over the HTTP API (an httpx.AsyncClient, 64 submits in flight); also ``--nodes 2``.
+- ``celery``: a real ``redis-server`` and ``celery worker --pool prefork
+  --concurrency 8``; the task runs ``subprocess.run(["echo", i])``.
+- ``rq``: the same Redis, 8 ``rq worker`` processes, the same job.
+- ``create``: ``BwrapSandboxDriver().create`` in-process (100 times) and 200
+  ``vm:create`` → ``vm:execute echo`` → ``vm:delete`` cycles through a cluster.
+- ``all``: everything in one run, with the Aether / Celery / rq ratios.
+
+Latency is submit-to-result, from each system's own timestamps (one machine, one
+clock): Aether's ``created_at`` → ``finished_at`` of the task (both stamped by the
+server), and for every system the client's submit call → the moment the result is
+stored (Aether ``finished_at``, Celery ``date_done``, rq ``ended_at``). Throughput
+is N / (last result stored - first submit call). Figures go to
+bench/results/tasks.json (each section keeps the run it came from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import REPO, RESULTS, percentile, write_result
+from tests.e2e.cluster import Cluster, free_port, wait_for
+
+RESULT_NAME = "tasks"
+CELERY_QUEUE = "bench"
+RQ_QUEUE = "bench"
+RQ_JOB = "subprocess.run"  # nothing of this module to import in each forked job
+WORKERS = 8  # Celery prefork processes, rq workers; the node runs 8 tasks at once
+SUBMIT_IN_FLIGHT = 64
+WARMUP = 40
+SERIAL = 50
+FINAL = ("succeeded", "failed", "dead", "cancelled")
+
+
+# -- the Celery app (its worker imports this module once, before forking) --------
+
+_celery: Any = None
+
+
+def celery_app() -> Any:
+    """The Celery app; its broker and result backend are ``BENCH_REDIS_URL``."""
+    global _celery
+    if _celery is None:
+        from celery import Celery
+
+        url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+        app = Celery("bench_tasks", broker=url, backend=url)
+        app.conf.update(
+            task_default_queue=CELERY_QUEUE,
+            broker_connection_retry_on_startup=True,
+            worker_hijack_root_logger=False,
+            result_expires=3600,
+        )
+
+        @app.task(name="bench.echo")  # type: ignore[untyped-decorator]
+        def echo(i: str) -> str:
+            return subprocess.run(["echo", i], capture_output=True, text=True, check=True).stdout
+
+        _celery = app
+    return _celery
+
+
+def __getattr__(name: str) -> Any:
+    """``celery -A bench.tasks_bench:app`` builds the app only in processes that use it."""
+    if name == "app":
+        return celery_app()
+    raise AttributeError(name)
+
+
+# -- statistics --------------------------------------------------------------------
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    """Percentiles of durations in seconds, in milliseconds."""
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50) * 1000, 2),
+        "p95": round(percentile(values, 95) * 1000, 2),
+        "p99": round(percentile(values, 99) * 1000, 2),
+        "mean": round(statistics.fmean(values) * 1000, 2),
+        "min": round(min(values) * 1000, 2),
+        "max": round(max(values) * 1000, 2),
+    }
+
+
+def _epoch(stamp: str | datetime) -> float:
+    """Epoch seconds of an ISO timestamp or datetime; naive ones are UTC."""
+    dt = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if isinstance(stamp, str) else stamp
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass
+class Burst:
+    """One batch of jobs: when each was submitted (client) and its result stored."""
+
+    submitted: dict[str, float] = field(default_factory=dict)  # id -> client submit call
+    stored: dict[str, float] = field(default_factory=dict)  # id -> result stored
+    accepted: dict[str, float] = field(default_factory=dict)  # id -> server created_at
+    ok: int = 0
+    bad: list[str] = field(default_factory=list)
+    submit_seconds: float = 0.0  # the whole submission phase, client side
+    wall_seconds: float = 0.0  # first submit to all results seen, client side
+
+    def figures(self) -> dict[str, Any]:
+        ids = [i for i in self.submitted if i in self.stored]
+        latency = [self.stored[i] - self.submitted[i] for i in ids]
+        span = max(self.stored[i] for i in ids) - min(self.submitted.values()) if ids else 0
+        out: dict[str, Any] = {
+            "tasks": len(self.submitted),
+            "succeeded": self.ok,
+            "failed": len(self.bad),
+            "failures_sample": self.bad[:5],
+            "throughput_per_s": round(len(ids) / span, 1) if span else None,
+            "makespan_s": round(span, 3),
+            "latency_ms": _ms(latency),
+            "submit_phase_s": round(self.submit_seconds, 3),
+            "submits_per_s": round(len(self.submitted) / self.submit_seconds, 1)
+            if self.submit_seconds
+            else None,
+            "client_wall_s": round(self.wall_seconds, 3),
+        }
+        if self.accepted:
+            out["server_latency_ms"] = _ms([self.stored[i] - self.accepted[i] for i in ids])
+        return out
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+def _spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def redis_server(root: Path) -> Iterator[str]:
+    """A real ``redis-server`` (its default persistence) on a free loopback port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is needed: apt-get install redis-server")
+    port = free_port()
+    data = root / "redis"
+    data.mkdir()
+    proc = _spawn(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)],
+        root / "redis.log",
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        wait_for(lambda: client.ping(), 20, "redis-server")
+        yield url
+    finally:
+        _stop([proc])
+
+
+def _version(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
+
+
+# -- Aether ---------------------------------------------------------------------------
+
+
+class AetherApi:
+    """The task API over one httpx.AsyncClient with the admin token."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=f"{cluster.api}/api/v1",
+            headers={"Authorization": f"Bearer {cluster.admin_token}"},
+            timeout=60,
+            limits=httpx.Limits(max_connections=SUBMIT_IN_FLIGHT + 8),
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def submit(self, type: str, payload: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.post("/tasks", json={"type": type, "payload": payload})
+        response.raise_for_status()
+        task: dict[str, Any] = response.json()
+        return task
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/tasks/{task_id}")
+        response.raise_for_status()
+        task: dict[str, Any] = response.json()
+        return task
+
+    async def list(self, **params: Any) -> list[dict[str, Any]]:
+        response = await self.http.get("/tasks", params=params)
+        response.raise_for_status()
+        tasks: list[dict[str, Any]] = response.json()
+        return tasks
+
+    async def wait(
+        self, task_id: str, interval: float = 0.005, timeout: float = 120
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            task = await self.get(task_id)
+            if task["state"] in FINAL:
+                return task
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} still {task['state']} after {timeout}s")
+            await asyncio.sleep(interval)
+
+
+def _cluster(root: Path) -> Cluster:
+    # sandboxes under a root other uids can traverse: a root node then runs bwrap
+    # as the sandbox's own unprivileged uid (the production path, with RLIMIT_NPROC)
+    os.chmod(root, 0o711)
+    cluster = Cluster(root)
+    cluster.env.pop("AETHER_TASK_LEASE", None)  # the server's default (15 s)
+    return cluster
+
+
+async def _sandboxes(api: AetherApi, nodes: list[str], count: int) -> list[str]:
+    """``count`` bwrap sandboxes spread evenly over ``nodes`` (vm:create lands anywhere)."""
+    per_node = max(1, count // len(nodes))
+    held: dict[str, list[str]] = {n: [] for n in nodes}
+    for _ in range(10):
+        created = await asyncio.gather(
+            *(api.submit("vm:create", {"name": f"bench-{uuid.uuid4().hex[:6]}"}) for _ in nodes)
+            if len(nodes) > 1
+            else (api.submit("vm:create", {"name": f"bench-{i}"}) for i in range(count))
+        )
+        for task in await asyncio.gather(*(api.wait(t["id"], 0.02) for t in created)):
+            result = task["result"] or {}
+            if task["state"] != "succeeded" or result.get("driver") != "bwrap":
+                raise RuntimeError(f"vm:create did not give a bwrap sandbox: {task}")
+            held[result["node"]].append(result["vm_id"])
+        if all(len(v) >= per_node for v in held.values()):
+            break
+    picked = [vm for vms in held.values() for vm in vms[:per_node]]
+    if len(picked) < count:
+        raise RuntimeError(f"could not spread {count} sandboxes over {nodes}: {held}")
+    return picked
+
+
+async def _aether_burst(api: AetherApi, vms: list[str], n: int) -> Burst:
+    """Submit ``n`` echo tasks (64 in flight); wait for all by polling the list in batches."""
+    burst = Burst()
+    gate = asyncio.Semaphore(SUBMIT_IN_FLIGHT)
+
+    async def one(i: int) -> None:
+        async with gate:
+            start = time.time()
+            task = await api.submit(
+                "vm:execute", {"vm_id": vms[i % len(vms)], "command": "echo", "args": [str(i)]}
+            )
+        burst.submitted[task["id"]] = start
+        burst.accepted[task["id"]] = _epoch(task["created_at"])
+
+    first = time.time()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    burst.submit_seconds = time.time() - first
+
+    seen: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 600
+    stalled_since = time.monotonic()
+    while len(seen) < n:
+        await asyncio.sleep(1.0)  # one list query a second: polling stays a small load
+        before = len(seen)
+        for task in await api.list(state="succeeded", type="vm:execute", limit=1000):
+            if task["id"] in burst.submitted:
+                seen[task["id"]] = task
+        if len(seen) > before:
+            stalled_since = time.monotonic()
+        elif time.monotonic() - stalled_since > 5:
+            # failed, or fell out of the newest 1000 before a poll saw it: ask each
+            missing = [i for i in burst.submitted if i not in seen]
+            for task in await asyncio.gather(*(api.get(i) for i in missing[:200])):
+                if task["state"] in FINAL:
+                    seen[task["id"]] = task
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n - len(seen)} of {n} tasks unfinished after 600 s")
+    burst.wall_seconds = time.time() - first
+    for task_id, task in seen.items():
+        burst.stored[task_id] = _epoch(task["finished_at"])
+        result = task.get("result") or {}
+        if (
+            task["state"] == "succeeded"
+            and result.get("exit_code") == 0
+            and result.get("stdout") == f"{task['payload']['args'][0]}\n"
+        ):
+            burst.ok += 1
+        else:
+            burst.bad.append(f"{task['state']}: {task.get('error') or result}")
+    return burst
+
+
+async def _aether_serial(api: AetherApi, vm: str, n: int) -> dict[str, Any]:
+    """One task in flight at a time: latency without queueing."""
+    client: list[float] = []
+    server: list[float] = []
+    for i in range(n):
+        start = time.time()
+        task = await api.submit("vm:execute", {"vm_id": vm, "command": "echo", "args": [str(i)]})
+        done = await api.wait(task["id"], 0.005)
+        assert done["state"] == "succeeded", done
+        client.append(_epoch(done["finished_at"]) - start)
+        server.append(_epoch(done["finished_at"]) - _epoch(done["created_at"]))
+    return {"latency_ms": _ms(client), "server_latency_ms": _ms(server)}
+
+
+async def _aether_run(
+    cluster: Cluster, nodes: list[str], tasks: int, sandboxes: int
+) -> dict[str, Any]:
+    api = AetherApi(cluster)
+    try:
+        vms = await _sandboxes(api, nodes, sandboxes)
+        await _aether_burst(api, vms, WARMUP)  # warm: imports, connections, caches
+        burst = await _aether_burst(api, vms, tasks)
+        serial = await _aether_serial(api, vms[0], SERIAL)
+        per_node: dict[str, int] = {}
+        for task in await api.list(state="succeeded", type="vm:execute", limit=1000):
+            per_node[task["claimed_by"]] = per_node.get(task["claimed_by"], 0) + 1
+    finally:
+        await api.close()
+    unprivileged = not any(
+        "mapped to root" in (cluster.root / f"{n}.log").read_text(errors="replace") for n in nodes
+    )
+    return {
+        "nodes": len(nodes),
+        "sandboxes": len(vms),
+        "node_task_concurrency": 8,
+        "bwrap_as_unprivileged_uid": unprivileged,
+        "burst": burst.figures(),
+        "serial": serial,
+        "newest_1000_by_node": per_node,
+    }
+
+
+def bench_aether(tasks: int, nodes: int = 1, sandboxes: int = 4) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = _cluster(Path(tmp))
+        try:
+            cluster.start_server()
+            names = [f"n{i + 1}" for i in range(nodes)]
+            for name in names:
+                cluster.start_node(name)
+            data: dict[str, Any] = asyncio.run(_aether_run(cluster, names, tasks, sandboxes))
+        except BaseException:
+            print(cluster.logs(), file=sys.stderr)
+            raise
+        finally:
+            cluster.stop()
+    data["what"] = (
+        f"{tasks} vm:execute `echo i` on {sandboxes} existing bwrap sandboxes, "
+        f"{nodes} node(s), submitted over HTTP with {SUBMIT_IN_FLIGHT} submits in flight"
+    )
+    _show(f"aether ({nodes} node{'s' if nodes > 1 else ''})", data["burst"])
+    return data
+
+
+# -- Celery --------------------------------------------------------------------------------
+
+
+def _celery_burst(app: Any, n: int) -> Burst:
+    burst = Burst()
+    first = time.time()
+    for i in range(n):
+        start = time.time()
+        result = app.send_task("bench.echo", args=[str(i)], queue=CELERY_QUEUE)
+        burst.submitted[result.id] = start
+    burst.submit_seconds = time.time() - first
+    expected = {task_id: k for k, task_id in enumerate(burst.submitted)}
+    for task_id, meta in app.backend.get_many(set(burst.submitted), timeout=600, interval=0.2):
+        burst.stored[task_id] = _epoch(meta["date_done"])
+        if meta["status"] == "SUCCESS" and meta["result"] == f"{expected[task_id]}\n":
+            burst.ok += 1
+        else:
+            burst.bad.append(f"{meta['status']}: {meta.get('result')}")
+    burst.wall_seconds = time.time() - first
+    return burst
+
+
+def _celery_serial(app: Any, n: int) -> dict[str, Any]:
+    latency: list[float] = []
+    for i in range(n):
+        start = time.time()
+        result = app.send_task("bench.echo", args=[str(i)], queue=CELERY_QUEUE)
+        assert result.get(timeout=60) == f"{i}\n"
+        latency.append(_epoch(app.backend.get_task_meta(result.id)["date_done"]) - start)
+    return {"latency_ms": _ms(latency)}
+
+
+def bench_celery(tasks: int, redis_url: str, root: Path) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_REDIS_URL": redis_url}
+    os.environ["BENCH_REDIS_URL"] = redis_url
+    celery = str(Path(sys.executable).with_name("celery"))
+    worker = _spawn(
+        [
+            celery,
+            "-A",
+            "bench.tasks_bench:app",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(WORKERS),
+            "-Q",
+            CELERY_QUEUE,
+            "--loglevel",
+            "WARNING",
+            "--hostname",
+            f"bench-{uuid.uuid4().hex[:6]}@%h",
+        ],
+        root / "celery.log",
+        env,
+    )
+    try:
+        app = celery_app()
+        _celery_burst(app, WARMUP)  # waits for the worker to be up, warms its processes
+        burst = _celery_burst(app, tasks)
+        serial = _celery_serial(app, SERIAL)
+    except BaseException:
+        print((root / "celery.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+        raise
+    finally:
+        _stop([worker])
+    data = {
+        "what": f"{tasks} Celery tasks running subprocess.run(['echo', i]); Redis broker and "
+        f"result backend; celery worker --pool prefork --concurrency {WORKERS}",
+        "version": _version([celery, "--version"]),
+        "burst": burst.figures(),
+        "serial": serial,
+    }
+    _show("celery", data["burst"])
+    return data
+
+
+# -- rq ---------------------------------------------------------------------------------------
+
+
+def _rq_enqueue(queue: Any, i: int) -> Any:
+    """The job is ``subprocess.run(["echo", i], capture_output=True, text=True, check=True)``."""
+    return queue.enqueue(
+        RQ_JOB, ["echo", str(i)], capture_output=True, text=True, check=True, result_ttl=3600
+    )
+
+
+def _rq_burst(queue: Any, connection: Any, n: int) -> Burst:
+    from rq.job import Job, JobStatus
+
+    burst = Burst()
+    expected: dict[str, int] = {}
+    first = time.time()
+    for i in range(n):
+        start = time.time()
+        job = _rq_enqueue(queue, i)
+        burst.submitted[job.id] = start
+        expected[job.id] = i
+    burst.submit_seconds = time.time() - first
+    pending = set(burst.submitted)
+    deadline = time.monotonic() + 600
+    while pending:
+        time.sleep(0.2)
+        ids = list(pending)
+        for job in Job.fetch_many(ids, connection=connection):
+            if job is None:
+                continue
+            status = job.get_status(refresh=False)
+            if status == JobStatus.FINISHED:
+                value = getattr(job.return_value(), "stdout", None)
+                if value == f"{expected[job.id]}\n":
+                    burst.ok += 1
+                else:
+                    burst.bad.append(f"finished: {value!r}")
+            elif status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                burst.bad.append(f"{status}: {job.exc_info}")
+            else:
+                continue
+            burst.stored[job.id] = _epoch(job.ended_at or datetime.now(UTC))
+            pending.discard(job.id)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} rq jobs unfinished after 600 s")
+    burst.wall_seconds = time.time() - first
+    return burst
+
+
+def _rq_serial(queue: Any, n: int) -> dict[str, Any]:
+    from rq.job import JobStatus
+
+    latency: list[float] = []
+    for i in range(n):
+        start = time.time()
+        job = _rq_enqueue(queue, i)
+        while job.get_status(refresh=True) not in (JobStatus.FINISHED, JobStatus.FAILED):
+            time.sleep(0.005)
+        job.refresh()
+        assert job.return_value().stdout == f"{i}\n"
+        latency.append(_epoch(job.ended_at) - start)
+    return {"latency_ms": _ms(latency)}
+
+
+def bench_rq(tasks: int, redis_url: str, root: Path) -> dict[str, Any]:
+    import redis
+    from rq import Queue
+
+    rq = str(Path(sys.executable).with_name("rq"))
+    workers = [
+        _spawn(
+            [rq, "worker", "--url", redis_url, "--path", str(REPO), "-q", RQ_QUEUE],
+            root / f"rq-{k}.log",
+        )
+        for k in range(WORKERS)
+    ]
+    try:
+        connection = redis.Redis.from_url(redis_url)
+        queue = Queue(RQ_QUEUE, connection=connection)
+        _rq_burst(queue, connection, WARMUP)
+        burst = _rq_burst(queue, connection, tasks)
+        serial = _rq_serial(queue, SERIAL)
+    except BaseException:
+        print((root / "rq-0.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+        raise
+    finally:
+        _stop(workers)
+    data = {
+        "what": f"{tasks} rq jobs running subprocess.run(['echo', i]) (the job's function is "
+        f"subprocess.run itself); {WORKERS} `rq worker` "
+        "processes (default Worker: a forked work horse per job) on the same Redis",
+        "version": _version([rq, "--version"]),
+        "burst": burst.figures(),
+        "serial": serial,
+    }
+    _show("rq", data["burst"])
+    return data
+
+
+# -- sandbox creation and cycles ------------------------------------------------------------
+
+
+async def _driver_alone(root: Path, runs: int) -> dict[str, Any]:
+    from aether.node.sandbox.base import SandboxSpec
+    from aether.node.sandbox.bwrap import BwrapSandboxDriver
+
+    os.chmod(root, 0o711)
+    driver = BwrapSandboxDriver()
+    first = time.perf_counter()
+    warm = await driver.create(SandboxSpec(id="warm", name="warm", root=root / "warm"))
+    cold = time.perf_counter() - first  # includes the probes: bwrap run as root and as a uid
+    creates: list[float] = []
+    handles = []
+    for i in range(runs):
+        spec = SandboxSpec(id=f"sb-{i}", name=f"sb-{i}", root=root / f"sb-{i}")
+        start = time.perf_counter()
+        handles.append(await driver.create(spec))
+        creates.append(time.perf_counter() - start)
+    execs: list[float] = []
+    for i in range(runs):
+        start = time.perf_counter()
+        result = await driver.execute(handles[i % len(handles)], "echo", [str(i)], timeout=30)
+        execs.append(time.perf_counter() - start)
+        assert result.exit_code == 0 and result.stdout == f"{i}\n", result
+    plain: list[float] = []
+    for i in range(runs):
+        start = time.perf_counter()
+        subprocess.run(["echo", str(i)], capture_output=True, check=True)
+        plain.append(time.perf_counter() - start)
+    deletes: list[float] = []
+    for handle in handles:
+        start = time.perf_counter()
+        await driver.delete(handle)
+        deletes.append(time.perf_counter() - start)
+    await driver.delete(warm)
+    return {
+        "what": f"BwrapSandboxDriver().create(SandboxSpec(...)) in-process, {runs} times "
+        "(after one warm-up create, which runs the bwrap probes)",
+        "host_uid": warm.extra.get("host_uid") is not None,
+        "first_create_ms": round(cold * 1000, 2),
+        "create_ms": _ms(creates),
+        "execute_echo_ms": _ms(execs),
+        "plain_subprocess_echo_ms": _ms(plain),
+        "delete_ms": _ms(deletes),
+    }
+
+
+async def _cycle(api: AetherApi, k: int, poll: float) -> dict[str, float]:
+    start = time.time()
+    create = await api.wait(
+        (await api.submit("vm:create", {"name": f"cycle-{k}"}))["id"], poll, 120
+    )
+    assert create["state"] == "succeeded", create
+    created_seen = time.time()
+    vm = create["result"]["vm_id"]
+    assert create["result"]["driver"] == "bwrap", create
+    run = await api.wait(
+        (await api.submit("vm:execute", {"vm_id": vm, "command": "echo", "args": [str(k)]}))["id"],
+        poll,
+        120,
+    )
+    assert run["state"] == "succeeded" and run["result"]["stdout"] == f"{k}\n", run
+    gone = await api.wait((await api.submit("vm:delete", {"vm_id": vm}))["id"], poll, 120)
+    assert gone["state"] == "succeeded", gone
+    end = time.time()
+
+    def server(task: dict[str, Any]) -> float:
+        return _epoch(task["finished_at"]) - _epoch(task["created_at"])
+
+    return {
+        "cycle": end - start,
+        "cycle_server": _epoch(gone["finished_at"]) - start,
+        "create_client": created_seen - start,
+        "create": server(create),
+        "execute": server(run),
+        "delete": server(gone),
+        "start": start,
+        "end": _epoch(gone["finished_at"]),
+    }
+
+
+async def _cycles(cluster: Cluster, cycles: int, parallel: int) -> dict[str, Any]:
+    api = AetherApi(cluster)
+    try:
+        for k in range(5):  # warm-up
+            await _cycle(api, -1 - k)
+        out: dict[str, Any] = {}
+        for label, width in (("sequential", 1), (f"{parallel}_at_once", parallel)):
+            runs: list[dict[str, float]] = []
+            gate = asyncio.Semaphore(width)
+
+            async def one(k: int, gate: asyncio.Semaphore = gate) -> dict[str, float]:
+                async with gate:
+                    return await _cycle(api, k)
+
+            first = time.time()
+            runs = await asyncio.gather(*(one(k) for k in range(cycles)))
+            total = time.time() - first
+
+            def col(key: str, runs: list[dict[str, float]] = runs) -> list[float]:
+                return [r[key] for r in runs]
+
+            out[label] = {
+                "cycles": cycles,
+                "in_flight": width,
+                "total_s": round(total, 3),
+                "total_server_s": round(max(col("end")) - min(col("start")), 3),
+                "cycles_per_s": round(cycles / (max(col("end")) - min(col("start"))), 2),
+                "cycle_ms": _ms(col("cycle_server")),
+                "cycle_client_ms": _ms(col("cycle")),
+                "vm_create_ms": _ms(col("create")),
+                "vm_create_client_ms": _ms(col("create_client")),
+                "vm_execute_ms": _ms(col("execute")),
+                "vm_delete_ms": _ms(col("delete")),
+            }
+            print(
+                f"cycles {label}: {out[label]['total_server_s']} s total, cycle p50 "
+                f"{out[label]['cycle_ms']['p50']} ms, vm:create p50 "
+                f"{out[label]['vm_create_ms']['p50']} ms",
+                file=sys.stderr,
+            )
+        return out
+    finally:
+        await api.close()
+
+
+def bench_create(runs: int = 100, cycles: int = 200, parallel: int = 8) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = asyncio.run(_driver_alone(Path(tmp), runs))
+    print(f"driver create alone: {alone['create_ms']}", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = _cluster(Path(tmp))
+        try:
+            cluster.start_server()
+            cluster.start_node("n1")
+            cycle_data = asyncio.run(_cycles(cluster, cycles, parallel))
+        except BaseException:
+            print(cluster.logs(), file=sys.stderr)
+            raise
+        finally:
+            cluster.stop()
+    return {
+        "driver_alone": alone,
+        "cycles": {
+            "what": f"{cycles} cycles of vm:create -> vm:execute echo -> vm:delete through one "
+            "node, each step submitted once the previous one succeeded (polled every 5 ms); "
+            "cycle_ms: first submit -> delete's finished_at; vm_*_ms: created_at -> "
+            "finished_at of each task",
+            **cycle_data,
+        },
+    }
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+
+def _show(name: str, burst: dict[str, Any]) -> None:
+    lat = burst["latency_ms"]
+    print(
+        f"{name}: {burst['succeeded']}/{burst['tasks']} ok, {burst['throughput_per_s']} tasks/s, "
+        f"latency p50 {lat.get('p50')} ms p99 {lat.get('p99')} ms",
+        file=sys.stderr,
+    )
+
+
+def _ratios(data: dict[str, Any]) -> dict[str, Any]:
+    aether = data["aether"]["burst"]
+    out: dict[str, Any] = {"run": data["aether"]["run"]}
+    for other in ("celery", "rq"):
+        theirs = data[other]["burst"]
+        out[f"throughput_aether_over_{other}"] = round(
+            aether["throughput_per_s"] / theirs["throughput_per_s"], 3
+        )
+        out[f"latency_ms_aether_vs_{other}"] = {
+            q: [aether["latency_ms"][q], theirs["latency_ms"][q]] for q in ("p50", "p95", "p99")
+        }
+        out[f"serial_latency_ms_aether_vs_{other}"] = {
+            q: [data["aether"]["serial"]["latency_ms"][q], data[other]["serial"]["latency_ms"][q]]
+            for q in ("p50", "p99")
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.tasks_bench", description=__doc__)
+    parser.add_argument("what", choices=("aether", "celery", "rq", "create", "all"))
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--nodes", type=int, default=1, help="aether: 1, or 2 nodes")
+    parser.add_argument("--runs", type=int, default=100, help="create: driver creates")
+    parser.add_argument("--cycles", type=int, default=200, help="create: cycles")
+    args = parser.parse_args(argv)
+
+    path = RESULTS / f"{RESULT_NAME}.json"
+    data: dict[str, Any] = {}
+    if path.exists():
+        data = json.loads(path.read_text())
+        for key in ("benchmark", "when", "machine"):
+            data.pop(key, None)
+    run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    jobs: dict[str, Callable[[], dict[str, Any]]] = {}
+    redis_jobs = {"celery": bench_celery, "rq": bench_rq}
+    if args.what in ("aether", "all"):
+        key = "aether" if args.nodes == 1 else f"aether_{args.nodes}_nodes"
+        jobs[key] = lambda: bench_aether(args.tasks, args.nodes)
+        if args.what == "all":
+            jobs["aether_2_nodes"] = lambda: bench_aether(args.tasks, 2)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp)
+        wanted = [w for w in redis_jobs if args.what in (w, "all")]
+        if wanted:
+            url = stack.enter_context(redis_server(root))
+            data["redis"] = {"version": _version(["redis-server", "--version"]), "run": run}
+            for name in wanted:
+
+                def job(name: str = name, url: str = url) -> dict[str, Any]:
+                    return redis_jobs[name](args.tasks, url, root)
+
+                jobs[name] = job
+        if args.what in ("create", "all"):
+            jobs["create"] = lambda: bench_create(args.runs, args.cycles)
+        for name, fn in jobs.items():
+            data[name] = {**fn(), "run": run}
+    if all(k in data for k in ("aether", "celery", "rq")):
+        same = {data[k]["run"] for k in ("aether", "celery", "rq")}
+        if len(same) == 1:
+            data["ratios"] = _ratios(data)
+        else:
+            data["ratios"] = {"note": "aether, celery and rq come from different runs: run `all`"}
+    data["command"] = ".venv/bin/python -m bench.tasks_bench all"
+    write_result(RESULT_NAME, data)
+
+
+if __name__ == "__main__":
+    main()
