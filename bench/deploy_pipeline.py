@@ -162,8 +162,8 @@ def _edit(app: Path, tag: str) -> None:
 
 
 def _timed_deploy(cluster: Cluster, app: Path, url: str, full: bool) -> dict[str, Any]:
-    """One ``aether deploy`` (waits for the healthy rollout) then the first 200 of it."""
-    extra = ["--full-upload"] if full else []
+    """One ``aether deploy --no-wait``, timed to the first 200 from the new version."""
+    extra = ["--full-upload", "--no-wait"] if full else ["--no-wait"]
     wall = time.time()
     start = time.perf_counter()
     out = cluster.cli_json("deploy", str(app), *extra)

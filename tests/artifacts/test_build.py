@@ -184,7 +184,7 @@ def test_node_build_of_express_example(npm: None, build_cache: Path) -> None:
     result = build(EXAMPLES / "express-app", cache_dir=build_cache)
     assert result.runtime == "node"
     assert result.spec.name == "express-app"
-    assert result.spec.start == "npm start"
+    assert result.spec.start == "node server.js"  # the start script, without npm around it
     assert result.spec.health == "/healthz"
     assert result.spec.instances == 2
     root = result.root
@@ -458,3 +458,25 @@ def test_changed_dependency_with_same_size_and_mtime_is_replaced(tmp_path: Path)
         assert (staging / "pkg/package.json").stat().st_ino == (
             (entry / "pkg/package.json").stat().st_ino
         )
+
+
+@pytest.mark.parametrize(
+    ("script", "start"),
+    [
+        ("node server.js", "node server.js"),
+        ("node dist/main.js --port 3000", "node dist/main.js --port 3000"),
+        ("NODE_ENV=production node server.js", "npm start"),
+        ("node a.js && node b.js", "npm start"),
+        ("next start", "npm start"),
+    ],
+)
+def test_node_start_script_runs_directly_only_when_plain(
+    tmp_path: Path, script: str, start: str, build_cache: Path
+) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text(
+        json.dumps({"name": "plain", "version": "1.0.0", "scripts": {"start": script}})
+    )
+    (app / "server.js").write_text("")
+    assert build(app, cache_dir=build_cache).spec.start == start

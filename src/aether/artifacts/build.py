@@ -672,12 +672,28 @@ def _locked(path: Path) -> Iterator[None]:
 # --------------------------------------------------------------------------- runtimes
 
 
+def _plain_node(script: object) -> bool:
+    """Whether an npm start script is just ``node FILE [ARGS]`` (no shell syntax)."""
+    if not isinstance(script, str):
+        return False
+    try:
+        words = shlex.split(script)
+    except ValueError:
+        return False
+    shell = set("|&;<>()$`*?[]{}~\\\"'")
+    return len(words) >= 2 and words[0] == "node" and not any(c in shell for c in script)
+
+
 def _plan_node(source: Path, pkg: dict[str, Any], procfile: str | None) -> _Plan:
     scripts = pkg.get("scripts") if isinstance(pkg.get("scripts"), dict) else {}
     main = pkg.get("main")
     start: str | None
     if procfile:
         start = procfile
+    elif isinstance(scripts, dict) and _plain_node(scripts.get("start")):
+        # `node server.js` run directly: no npm process in between (faster to
+        # start, and SIGTERM reaches the app itself)
+        start = str(scripts["start"]).strip()
     elif isinstance(scripts, dict) and scripts.get("start"):
         start = "npm start"
     elif isinstance(main, str) and main:
