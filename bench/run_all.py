@@ -11,5 +11,6 @@ for module, args in (
     ("bench.planner", []),
     ("bench.cluster_benches", ["all"]),
     ("bench.deploy_pipeline", ["all"]),
+    ("bench.tasks_bench", ["all"]),
 ):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)
