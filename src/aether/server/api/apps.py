@@ -136,11 +136,11 @@ async def _start_deployment(
         previous=await _last_healthy(ctx, caller, current),
         rollout_started_at=time.time(),
     )
-    await ctx.store.put(f"blueprints/{app_name}", dump(blueprint))
     what = f"rollback to v{rollback_of}" if rollback_of else "deployment"
-    await ctx.records.add_event(
+    await ctx.records.add_event(  # first in the timeline: the leader acts once the blueprint lands
         dep.id, "created", f"{what} v{dep.version} of {digest[:19]} with {instances} instance(s)"
     )
+    await ctx.store.put(f"blueprints/{app_name}", dump(blueprint))
     return deployment_out(app, dep).model_dump(mode="json")
 
 
