@@ -33,6 +33,7 @@ pytest:
 	$(BIN)/pytest -q
 
 bench: setup
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench.run_all
 
 clean:

@@ -10,7 +10,10 @@
 - ``rq``: the same Redis, 8 ``rq worker`` processes, the same job.
 - ``create``: ``BwrapSandboxDriver().create`` in-process (100 times) and 200
   ``vm:create`` → ``vm:execute echo`` → ``vm:delete`` cycles through a cluster.
-- ``all``: everything in one run, with the Aether / Celery / rq ratios.
+- ``all``: everything in one run, with the Aether / Celery / rq ratios; those
+  three run ``--rounds`` times (default 3) interleaved and the median round is
+  kept. Every part first waits (up to 90 s) for the machine to be idle and
+  records how busy it was (``machine_busy_before``).
 
 Latency is submit-to-result, from each system's own timestamps (one machine, one
 clock): Aether's ``created_at`` → ``finished_at`` of the task (both stamped by the
@@ -747,6 +750,16 @@ def bench_create(runs: int = 100, cycles: int = 200, parallel: int = 8) -> dict[
 # -- driver ------------------------------------------------------------------------------------
 
 
+def _source() -> dict[str, Any]:
+    """The commit measured, and whether src/ differed from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "src_modified": bool(git("status", "-s", "src"))}
+
+
 def _show(name: str, burst: dict[str, Any]) -> None:
     lat = burst["latency_ms"]
     print(
@@ -754,6 +767,48 @@ def _show(name: str, burst: dict[str, Any]) -> None:
         f"latency p50 {lat.get('p50')} ms p99 {lat.get('p99')} ms",
         file=sys.stderr,
     )
+
+
+def _busy(seconds: float = 2.0) -> float:
+    """The fraction of all CPUs busy over ``seconds`` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    total, idle = sample()
+    time.sleep(seconds)
+    total2, idle2 = sample()
+    return 1 - (idle2 - idle) / max(1, total2 - total)
+
+
+def _quiet(limit: float = 0.15, patience: float = 90) -> float:
+    """Wait (up to ``patience`` s) until nothing else keeps this machine busy; how busy it was."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy = _busy()
+        if busy <= limit or time.monotonic() > deadline:
+            if busy > limit:
+                print(f"the machine stays {busy:.0%} busy: measuring anyway", file=sys.stderr)
+            return round(busy, 3)
+
+
+def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median throughput, with every round's headline figures."""
+    ordered = sorted(rounds, key=lambda r: r["burst"]["throughput_per_s"] or 0)
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    if len(rounds) > 1:
+        chosen["rounds"] = [
+            {
+                "throughput_per_s": r["burst"]["throughput_per_s"],
+                "latency_p50_ms": r["burst"]["latency_ms"]["p50"],
+                "latency_p99_ms": r["burst"]["latency_ms"]["p99"],
+                "serial_p50_ms": r["serial"]["latency_ms"]["p50"],
+                "machine_busy_before": r["machine_busy_before"],
+            }
+            for r in rounds
+        ]
+    return chosen
 
 
 def _ratios(data: dict[str, Any]) -> dict[str, Any]:
@@ -764,6 +819,11 @@ def _ratios(data: dict[str, Any]) -> dict[str, Any]:
         out[f"throughput_aether_over_{other}"] = round(
             aether["throughput_per_s"] / theirs["throughput_per_s"], 3
         )
+        if "rounds" in data["aether"] and "rounds" in data[other]:
+            out[f"throughput_aether_over_{other}_by_round"] = [
+                round(a["throughput_per_s"] / b["throughput_per_s"], 3)
+                for a, b in zip(data["aether"]["rounds"], data[other]["rounds"], strict=True)
+            ]
         out[f"latency_ms_aether_vs_{other}"] = {
             q: [aether["latency_ms"][q], theirs["latency_ms"][q]] for q in ("p50", "p95", "p99")
         }
@@ -781,45 +841,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=1, help="aether: 1, or 2 nodes")
     parser.add_argument("--runs", type=int, default=100, help="create: driver creates")
     parser.add_argument("--cycles", type=int, default=200, help="create: cycles")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="aether, celery and rq interleaved this many times; the median round is "
+        "reported (default: 3 for all, else 1)",
+    )
     args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.what == "all" else 1)
 
     path = RESULTS / f"{RESULT_NAME}.json"
     data: dict[str, Any] = {}
     if path.exists():
         data = json.loads(path.read_text())
-        for key in ("benchmark", "when", "machine"):
+        for key in ("benchmark", "when", "machine", "source", "source_at_end"):
             data.pop(key, None)
     run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    jobs: dict[str, Callable[[], dict[str, Any]]] = {}
-    redis_jobs = {"celery": bench_celery, "rq": bench_rq}
-    if args.what in ("aether", "all"):
-        key = "aether" if args.nodes == 1 else f"aether_{args.nodes}_nodes"
-        jobs[key] = lambda: bench_aether(args.tasks, args.nodes)
-        if args.what == "all":
-            jobs["aether_2_nodes"] = lambda: bench_aether(args.tasks, 2)
+    source = _source()
+    wanted = [w for w in ("celery", "rq") if args.what in (w, "all")]
+    for name in wanted:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise SystemExit(
+                f"{name} is needed: .venv/bin/pip install -e '.[test,bench]'"
+            ) from None
+
+    def measured(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        busy = _quiet()  # another tenant of this machine would skew every figure
+        return {**fn(), "run": run, "machine_busy_before": busy}
+
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
-        wanted = [w for w in redis_jobs if args.what in (w, "all")]
-        for name in wanted:
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                raise SystemExit(
-                    f"{name} is needed: .venv/bin/pip install -e '.[test,bench]'"
-                ) from None
+        compared: dict[str, Callable[[], dict[str, Any]]] = {}
+        if args.what in ("aether", "all"):
+            key = "aether" if args.nodes == 1 else f"aether_{args.nodes}_nodes"
+            compared[key] = lambda: bench_aether(args.tasks, args.nodes)
         if wanted:
             url = stack.enter_context(redis_server(root))
             data["redis"] = {"version": _version(["redis-server", "--version"]), "run": run}
-            for name in wanted:
-
-                def job(name: str = name, url: str = url) -> dict[str, Any]:
-                    return redis_jobs[name](args.tasks, url, root)
-
-                jobs[name] = job
+            if "celery" in wanted:
+                compared["celery"] = lambda: bench_celery(args.tasks, url, root)
+            if "rq" in wanted:
+                compared["rq"] = lambda: bench_rq(args.tasks, url, root)
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in compared}
+        for _ in range(rounds):  # interleaved: a slow spell of the machine hits all three
+            for name, fn in compared.items():
+                results[name].append(measured(fn))
+        for name, done in results.items():
+            data[name] = _median_round(done)
+        if args.what == "all":
+            data["aether_2_nodes"] = measured(lambda: bench_aether(args.tasks, 2))
         if args.what in ("create", "all"):
-            jobs["create"] = lambda: bench_create(args.runs, args.cycles)
-        for name, fn in jobs.items():
-            data[name] = {**fn(), "run": run}
+            data["create"] = measured(lambda: bench_create(args.runs, args.cycles))
     if all(k in data for k in ("aether", "celery", "rq")):
         same = {data[k]["run"] for k in ("aether", "celery", "rq")}
         if len(same) == 1:
@@ -827,6 +902,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             data["ratios"] = {"note": "aether, celery and rq come from different runs: run `all`"}
     data["command"] = ".venv/bin/python -m bench.tasks_bench all"
+    data["source"] = source
+    if _source() != source:
+        data["source_at_end"] = _source()  # the tree changed while this ran
     write_result(RESULT_NAME, data)
 
 
