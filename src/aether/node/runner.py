@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import shutil
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from aether.artifacts import safe_extract
+from aether.artifacts.digest import digest_file
 from aether.client import ApiClient
 from aether.core.lifecycle import NodeStep, State, node_step
 from aether.errors import AetherError, ConflictError, NotFoundError, UnsafeArchiveError
@@ -179,13 +179,13 @@ class InstanceRunner:
             partial = archive.with_suffix(f".part{id(self)}")
             try:
                 await self.client.download_artifact(digest, partial)
-                actual = await asyncio.to_thread(_sha256_file, partial)
+                actual = (await asyncio.to_thread(digest_file, partial))[0]
                 if actual != digest:
                     raise StepFailed(f"artifact digest mismatch: expected {digest}, got {actual}")
                 partial.replace(archive)
             finally:
                 partial.unlink(missing_ok=True)
-        elif await asyncio.to_thread(_sha256_file, archive) != digest:
+        elif (await asyncio.to_thread(digest_file, archive))[0] != digest:
             archive.unlink()
             raise StepFailed("cached artifact was corrupt; it was removed, retrying fetches it")
         if self.root.exists():
@@ -329,11 +329,3 @@ class InstanceRunner:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -109,7 +108,3 @@ async def read_snapshot(store: StateStore) -> ClusterSnapshot:
         instances={kv.key: (InstanceRecord.model_validate_json(kv.value), kv) for kv in inst_kvs},
         endpoints={kv.key: Endpoint.model_validate_json(kv.value) for kv in ep_kvs},
     )
-
-
-def loads(value: bytes) -> object:
-    return json.loads(value)

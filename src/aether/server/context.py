@@ -30,8 +30,6 @@ class ServerContext:
     records: Records
     registry: LocalArtifactRegistry
     logs: LogStore
-    leader_id: str | None = None
-    background: list[object] = field(default_factory=list)
     blobs: LocalBlobStore = field(kw_only=True)  # per-file blobs of incremental uploads
     metrics: ServerMetrics = field(kw_only=True)  # served at /metrics
     uploads: UploadGate = field(kw_only=True)  # AETHER_MAX_CONCURRENT_UPLOADS

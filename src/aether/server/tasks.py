@@ -19,15 +19,12 @@ from aether.errors import BadRequestError, ConflictError
 from aether.model.tasks import TaskIn, TaskOut
 from aether.server.context import ServerContext
 from aether.store.records import Principal
+from aether.store.records.repo import now
 from aether.store.records.schema import Execution
 from aether.tasks.queue.base import NewTask
 from aether.tasks.types import JobRunPayload, VmCreatePayload, lookup, registered
 
 __all__ = ["record_outcome", "submit_task"]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 async def submit_task(ctx: ServerContext, caller: Principal, body: TaskIn) -> TaskOut:
@@ -81,7 +78,7 @@ async def submit_task(ctx: ServerContext, caller: Principal, body: TaskIn) -> Ta
             body.run_at.astimezone(UTC).replace(tzinfo=None) if body.run_at.tzinfo else body.run_at
         )
     else:
-        run_at = _utcnow() + timedelta(seconds=body.delay or 0)
+        run_at = now() + timedelta(seconds=body.delay or 0)
     return await ctx.queue.submit(
         caller.tenant_id,
         NewTask(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -230,44 +230,45 @@ async def get_app(app: str, caller: Caller, ctx: Ctx) -> AppOut:
 
 @router.post("/apps/{app}/scale")
 async def scale(app: str, body: ScaleIn, caller: Operator, ctx: Ctx) -> AppOut:
-    await _app(ctx, caller, app)
-    for _ in range(10):
-        kv = await ctx.store.get(f"blueprints/{app}")
-        if kv is None:
-            raise NotFoundError(f"app {app!r} has no live deployment to scale")
-        bp = Blueprint.model_validate_json(kv.value)
-        if bp.tenant != caller.tenant_id:
-            raise NotFoundError(f"app {app!r} not found")
-        updated = bp.model_copy(update={"instances": body.instances})
-        result = await ctx.store.txn(
-            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Put(kv.key, dump(updated))]
-        )
-        if result.succeeded:
-            await ctx.records.add_event(
-                bp.deployment_id, "scaled", f"instances {bp.instances} → {body.instances}"
-            )
-            return await get_app(app, caller, ctx)
-    raise ConflictError("the blueprint kept changing while scaling; try again")
+    old, _ = await _update_blueprint(
+        ctx, caller, app, lambda bp: bp.model_copy(update={"instances": body.instances})
+    )
+    await ctx.records.add_event(
+        old.deployment_id, "scaled", f"instances {old.instances} → {body.instances}"
+    )
+    return await get_app(app, caller, ctx)
 
 
 @router.post("/apps/{app}/promote")
 async def promote(app: str, caller: Operator, ctx: Ctx) -> Blueprint:
     """Let a canary rollout waiting for promotion continue."""
+
+    def promote_rollout(bp: Blueprint) -> Blueprint:
+        if bp.previous is None:
+            raise ConflictError(f"app {app!r} has no rollout in progress to promote")
+        return bp.model_copy(update={"promoted": True})
+
+    old, promoted = await _update_blueprint(ctx, caller, app, promote_rollout)
+    await ctx.records.add_event(old.deployment_id, "promoted", "canary promoted by hand")
+    return promoted
+
+
+async def _update_blueprint(
+    ctx: ServerContext, caller: Principal, app: str, change: Callable[[Blueprint], Blueprint]
+) -> tuple[Blueprint, Blueprint]:
+    """Apply ``change`` to the caller's blueprint with compare-and-swap; (before, after)."""
     await _app(ctx, caller, app)
     for _ in range(10):
         kv = await ctx.store.get(f"blueprints/{app}")
         bp = Blueprint.model_validate_json(kv.value) if kv else None
         if kv is None or bp is None or bp.tenant != caller.tenant_id:
             raise NotFoundError(f"app {app!r} has no live deployment")
-        if bp.previous is None:
-            raise ConflictError(f"app {app!r} has no rollout in progress to promote")
-        promoted = bp.model_copy(update={"promoted": True})
+        updated = change(bp)
         result = await ctx.store.txn(
-            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Put(kv.key, dump(promoted))]
+            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Put(kv.key, dump(updated))]
         )
         if result.succeeded:
-            await ctx.records.add_event(bp.deployment_id, "promoted", "canary promoted by hand")
-            return promoted
+            return bp, updated
     raise ConflictError("the blueprint kept changing; try again")
 
 
