@@ -16,6 +16,7 @@ __all__ = [
     "DeploymentOut",
     "EventOut",
     "InstanceOut",
+    "NodeConfig",
     "NodeOut",
     "RegisterIn",
     "RegisterOut",
@@ -107,6 +108,20 @@ class RegisterIn(BaseModel):
     router_url: str
 
 
+class NodeConfig(BaseModel):
+    """The server's answer to a node's capabilities: which features it may use.
+
+    ``features`` maps a feature name (``criu``, ``cgroup_limits``, ``microvm``,
+    ``bwrap``, ``telemetry``, ``cooperative_checkpoint``) to on or off, decided
+    by what the node reported and by server policy; ``reasons`` says why one is
+    off.
+    """
+
+    features: dict[str, bool] = Field(default_factory=dict)
+    reasons: dict[str, str] = Field(default_factory=dict)
+    telemetry_interval: float = 1.0
+
+
 class RegisterOut(BaseModel):
     node_id: str
     lease_id: int
@@ -115,6 +130,7 @@ class RegisterOut(BaseModel):
     drain_grace: float
     log_interval: float
     revision: int
+    config: NodeConfig = Field(default_factory=NodeConfig)
 
 
 class ReportIn(BaseModel):

@@ -22,12 +22,20 @@ __all__ = [
 
 
 class NodeCapabilities(BaseModel):
+    """What a node reports at registration (the handshake's question)."""
+
     cpus: float
     memory_mb: int
     drivers: list[str]
     sandbox_drivers: list[str] = Field(default_factory=list)
     kernel: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    cgroup: Literal["v2", "v1", "none"] = "none"  # a writable cgroup hierarchy, if any
+    criu: bool = False  # `criu check` passed
+    criu_detail: str = ""  # why not, when it did not
+    bwrap: bool = False
+    kvm: bool = False  # /dev/kvm usable for hardware virtualisation
+    features: list[str] = Field(default_factory=list)  # protocol features the node speaks
 
 
 class NodeRecord(BaseModel):
@@ -37,7 +45,9 @@ class NodeRecord(BaseModel):
     capabilities: NodeCapabilities
     router_url: str
     draining: bool = False
+    drain_reason: str = ""
     registered_at: float = 0.0
+    config: dict[str, bool] = Field(default_factory=dict)  # features the server turned on
 
 
 class DeploymentRef(BaseModel):

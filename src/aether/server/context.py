@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -13,13 +14,18 @@ from aether.artifacts.blobs import LocalBlobStore
 from aether.server.metrics import ServerMetrics, UploadGate
 from aether.server.settings import ServerSettings
 from aether.store.base import StateStore
+from aether.store.election import Leadership
 from aether.store.records import Records
 from aether.tasks.queue.base import TaskQueue
 
 if TYPE_CHECKING:
     from aether.server.logstore import LogStore
 
-__all__ = ["ServerContext", "get_context"]
+__all__ = ["LeaderLoop", "ServerContext", "get_context"]
+
+# A loop only the leader runs (aggregator, risk engine, controller, advisers):
+# started when this server is elected, cancelled when it loses the leadership.
+LeaderLoop = Callable[[Leadership], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -35,6 +41,7 @@ class ServerContext:
     uploads: UploadGate = field(kw_only=True)  # AETHER_MAX_CONCURRENT_UPLOADS
     queue: TaskQueue = field(kw_only=True)  # tasks: SQL in the records DB, or Redis
     task_submitted: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
+    leader_loops: list[LeaderLoop] = field(default_factory=list, kw_only=True)
 
 
 def get_context(request: Request) -> ServerContext:

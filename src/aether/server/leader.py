@@ -126,6 +126,10 @@ class Leader:
         wake.set()
         watcher = asyncio.create_task(self._watch(wake))
         collector = asyncio.create_task(self._collect_garbage())
+        loops = [
+            asyncio.create_task(loop(leadership), name=getattr(loop, "__qualname__", "loop"))
+            for loop in self.ctx.leader_loops
+        ]
         try:
             while not leadership.lost.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -139,7 +143,7 @@ class Leader:
                 except Exception:
                     log.exception("reconcile pass failed; retrying on the next pass")
         finally:
-            for task in (watcher, collector):
+            for task in (watcher, collector, *loops):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

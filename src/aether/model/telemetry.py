@@ -1,0 +1,94 @@
+"""Telemetry: what a node pushes every second, and what the leader aggregates.
+
+Metrics never pass through the state store: nodes POST a :class:`NodeMetrics`
+to ``/api/v1/nodes/{node}/metrics`` and the leader folds the latest of each
+node into one :class:`ClusterSample` per second (kept in memory for a sliding
+window; roll-ups go to the records database).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "AppSample",
+    "ClusterSample",
+    "EndpointMetrics",
+    "InstanceMetrics",
+    "NodeMetrics",
+    "NodeSample",
+]
+
+
+class InstanceMetrics(BaseModel):
+    """One instance's process tree, as the node saw it in the last interval."""
+
+    key: str  # instances/{node}/{app}@{version}/{n}
+    app: str
+    version: int
+    n: int
+    cpu: float = Field(ge=0.0)  # cores used (0.5 = half a core) over the last interval
+    rss_mb: float = Field(ge=0.0)
+    restarts: int = Field(default=0, ge=0)  # crashes restarted by the node since it started
+
+
+class EndpointMetrics(BaseModel):
+    """What this node's router saw for one app since the previous update."""
+
+    app: str
+    calls: int = Field(ge=0)  # requests finished in the interval
+    errors: int = Field(default=0, ge=0)  # of which failed (5xx or no upstream)
+    total_ms: float = Field(ge=0.0)  # summed duration of those calls
+    in_flight: int = Field(default=0, ge=0)  # requests open at the end of the interval
+
+
+class NodeMetrics(BaseModel):
+    """The body of one push: node gauges, per-instance and per-endpoint figures."""
+
+    node: str
+    ts: float  # the node's clock (seconds); the server also stamps arrival
+    seq: int = Field(default=0, ge=0)  # increases by one per push; gaps show lost pushes
+    interval: float = Field(default=1.0, gt=0.0)  # seconds the deltas cover
+    cpu: float = Field(ge=0.0, le=1.0)  # whole machine, 0..1
+    memory_used_mb: float = Field(ge=0.0)
+    memory_total_mb: float = Field(gt=0.0)
+    disk_used_mb: float = Field(ge=0.0)
+    disk_total_mb: float = Field(gt=0.0)
+    net_rx_bytes: int = Field(ge=0)  # cumulative since boot
+    net_tx_bytes: int = Field(ge=0)
+    instances: list[InstanceMetrics] = Field(default_factory=list)
+    endpoints: list[EndpointMetrics] = Field(default_factory=list)
+
+
+class NodeSample(BaseModel):
+    """One node in one aggregated second."""
+
+    node: str
+    cpu: float
+    memory_fraction: float
+    disk_fraction: float
+    net_rx_per_s: float
+    net_tx_per_s: float
+    instances: int
+    age: float  # seconds since the node's last push arrived
+    stale: bool  # no push for several intervals: figures are the last known
+
+
+class AppSample(BaseModel):
+    """One app in one aggregated second, over all its instances and routers."""
+
+    app: str
+    instances: int  # instances reporting figures
+    cpu_per_instance: float  # mean cores per instance
+    rss_mb_per_instance: float
+    calls_per_s: float
+    errors_per_s: float
+    latency_ms: float  # mean call duration (0 without calls)
+    in_flight_per_instance: float
+    restarts: int  # summed restart counters
+
+
+class ClusterSample(BaseModel):
+    ts: float  # the leader's clock when it aggregated
+    nodes: dict[str, NodeSample] = Field(default_factory=dict)
+    apps: dict[str, AppSample] = Field(default_factory=dict)
