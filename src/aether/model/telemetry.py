@@ -70,6 +70,7 @@ class NodeSample(BaseModel):
     net_rx_per_s: float
     net_tx_per_s: float
     instances: int
+    restarts: int  # summed restart counters of the node's instances
     age: float  # seconds since the node's last push arrived
     stale: bool  # no push for several intervals: figures are the last known
 
