@@ -456,12 +456,23 @@ async def test_node_registers_heartbeats_and_shows_ready(
             RegisterIn(
                 id=node,
                 capabilities=NodeCapabilities(
-                    cpus=2, memory_mb=2048, drivers=["process"], labels={"zone": "a"}
+                    cpus=2,
+                    memory_mb=2048,
+                    drivers=["process"],
+                    labels={"zone": "a"},
+                    criu=False,
+                    criu_detail="criu is not installed (apt-get install criu)",
+                    features=["telemetry", "request_ids", "cooperative_checkpoint"],
                 ),
                 router_url="http://127.0.0.1:9",
             )
         )
         assert reg.node_id == node
+        # the handshake: what the node can and speaks is on, the rest off with a reason
+        assert reg.config.features["telemetry"] is True
+        assert reg.config.features["request_ids"] is True
+        assert reg.config.features["criu"] is False
+        assert reg.config.reasons["criu"] == "the node does not speak criu_checkpoint"
         assert reg.lease_id > 0
         assert reg.lease_ttl == server.ctx.settings.lease_ttl
         assert 0 < reg.heartbeat_interval < reg.lease_ttl
@@ -485,6 +496,7 @@ async def test_node_registers_heartbeats_and_shows_ready(
         nodes = {n.id: n for n in await viewer.nodes()}
         assert nodes[node].state == "ready"
         assert nodes[node].capabilities.labels == {"zone": "a"}
+        assert nodes[node].config == reg.config
         status = await viewer.status()
         assert {n.id: n.state for n in status.nodes}[node] == "ready"
         assert status.leader is not None

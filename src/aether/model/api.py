@@ -85,11 +85,27 @@ class AppOut(BaseModel):
     created_at: datetime
 
 
+class NodeConfig(BaseModel):
+    """The server's answer to a node's capabilities: which features it may use.
+
+    ``features`` maps a feature name (``criu``, ``cgroup_limits``, ``microvm``,
+    ``bwrap``, ``telemetry``, ``cooperative_checkpoint``) to on or off, decided
+    by what the node reported and by server policy; ``reasons`` says why one is
+    off.
+    """
+
+    features: dict[str, bool] = Field(default_factory=dict)
+    reasons: dict[str, str] = Field(default_factory=dict)
+    telemetry_interval: float = 1.0
+
+
 class NodeOut(BaseModel):
     id: str
     state: Literal["ready", "down", "draining"]
     router_url: str
     capabilities: NodeCapabilities
+    config: NodeConfig  # what the handshake turned on for this node, and why not
+    drain_reason: str = ""
     instances: int
     last_seen_at: datetime
 
@@ -106,20 +122,6 @@ class RegisterIn(BaseModel):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     capabilities: NodeCapabilities
     router_url: str
-
-
-class NodeConfig(BaseModel):
-    """The server's answer to a node's capabilities: which features it may use.
-
-    ``features`` maps a feature name (``criu``, ``cgroup_limits``, ``microvm``,
-    ``bwrap``, ``telemetry``, ``cooperative_checkpoint``) to on or off, decided
-    by what the node reported and by server policy; ``reasons`` says why one is
-    off.
-    """
-
-    features: dict[str, bool] = Field(default_factory=dict)
-    reasons: dict[str, str] = Field(default_factory=dict)
-    telemetry_interval: float = 1.0
 
 
 class RegisterOut(BaseModel):

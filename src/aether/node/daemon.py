@@ -121,7 +121,9 @@ class NodeDaemon:
         await self.client.close()
 
     async def _register(self) -> None:
-        caps = fingerprint(sorted(self.drivers), self.options.labels, list(self.sandboxes))
+        caps = await asyncio.to_thread(
+            fingerprint, sorted(self.drivers), self.options.labels, list(self.sandboxes)
+        )
         body = RegisterIn(id=self.node_id, capabilities=caps, router_url=self.router_url)
         delay = 0.2
         while True:

@@ -29,6 +29,13 @@ class ServerSettings(BaseSettings):
         default=None, description="redis://... for the Redis task queue; default: the records DB"
     )
     task_lease: float = Field(default=15.0, ge=2.0, description="seconds a task claim lasts")
+    disabled_features: list[str] = Field(
+        default_factory=list,
+        description="node features the server never turns on, e.g. [\"criu\"] (handshake policy)",
+    )
+    telemetry_interval: float = Field(
+        default=1.0, ge=0.1, le=60.0, description="seconds between a node's metrics pushes"
+    )
     max_concurrent_uploads: int = Field(default=32, ge=1, le=10_000)
     log_retention_bytes: int = 10 << 20
 

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from aether.core.features import node_config
 from aether.core.lifecycle import Command, State, can_report
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.api import NodeOut, RegisterIn, RegisterOut, ReportIn
@@ -23,6 +24,7 @@ from aether.model.app import APP_NAME_RE
 from aether.model.cluster import (
     Endpoint,
     InstanceRecord,
+    NodeCapabilities,
     NodeRecord,
     endpoint_key,
     instance_key,
@@ -78,12 +80,18 @@ async def register(body: RegisterIn, caller: NodeCaller, ctx: Ctx) -> RegisterOu
     if old is not None and old.lease:
         await ctx.store.lease_revoke(old.lease)  # the node restarted: its old endpoints are stale
     lease = await ctx.store.lease_grant(ttl)
+    config = node_config(
+        body.capabilities,
+        ctx.settings.disabled_features,
+        telemetry_interval=ctx.settings.telemetry_interval,
+    )
     record = NodeRecord(
         id=body.id,
         capabilities=body.capabilities,
         router_url=body.router_url,
         draining=row.draining,
         registered_at=time.time(),
+        config=config.features,
     )
     revision = await ctx.store.put(_node_key(body.id), dump(record), lease=lease)
     return RegisterOut(
@@ -94,6 +102,7 @@ async def register(body: RegisterIn, caller: NodeCaller, ctx: Ctx) -> RegisterOu
         drain_grace=0.5,
         log_interval=0.5,
         revision=revision,
+        config=config,
     )
 
 
@@ -259,12 +268,19 @@ async def node_list(ctx: ServerContext) -> list[NodeOut]:
     for row in await ctx.records.list_nodes():
         live = snap.nodes.get(row.id)
         state = "down" if live is None else ("draining" if row.draining else "ready")
+        caps = NodeCapabilities.model_validate(row.capabilities)
         out.append(
             NodeOut(
                 id=row.id,
                 state=state,  # type: ignore[arg-type]
                 router_url=row.router_url,
-                capabilities=row.capabilities,  # type: ignore[arg-type]
+                capabilities=caps,
+                config=node_config(
+                    caps,
+                    ctx.settings.disabled_features,
+                    telemetry_interval=ctx.settings.telemetry_interval,
+                ),
+                drain_reason=live[0].drain_reason if live is not None else "",
                 instances=counts.get(row.id, 0),
                 last_seen_at=row.last_seen_at,
             )
