@@ -22,6 +22,7 @@ from aether.errors import ServiceUnavailableError
 from aether.server.api import apps, artifacts, blobs, cluster, keys, nodes, tasks, tokens
 from aether.server.context import ServerContext
 from aether.server.errors import install_error_handlers
+from aether.server.idempotency import IdempotencyMiddleware
 from aether.server.leader import Leader
 from aether.server.logstore import LogStore
 from aether.server.metrics import ServerMetrics, UploadGate, install_metrics
@@ -124,6 +125,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
+    # added before the trace middleware, so it runs inside it: replays carry a trace id
+    app.add_middleware(IdempotencyMiddleware)
     install_error_handlers(app)
     install_metrics(app, metrics)
 

@@ -26,7 +26,6 @@ from aether.model.cluster import Blueprint, DeploymentRef
 from aether.server.auth import Caller, Operator
 from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext, get_context
-from aether.server.idempotency import idempotent
 from aether.server.signatures import check_deployable
 from aether.store.base import Compare, Put
 from aether.store.records import Principal
@@ -174,7 +173,7 @@ async def create_deployment(
             )
         return out
 
-    return await idempotent(request, ctx, caller, body.model_dump(mode="json"), produce)
+    return JSONResponse(await produce(), status_code=201)
 
 
 @router.get("/apps/{app}/deployments")
@@ -317,7 +316,7 @@ async def rollback(
             rollback_of=target.version,
         )
 
-    return await idempotent(request, ctx, caller, body.model_dump(mode="json"), produce)
+    return JSONResponse(await produce(), status_code=201)
 
 
 @router.get("/apps/{app}/logs", response_model=None)
