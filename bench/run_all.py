@@ -12,5 +12,6 @@ for module, args in (
     ("bench.cluster_benches", ["all"]),
     ("bench.deploy_pipeline", ["all"]),
     ("bench.tasks_bench", ["all"]),
+    ("bench.telemetry_bench", []),
 ):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)

@@ -24,8 +24,12 @@ from aether.model.api import (
     StatusOut,
 )
 from aether.model.app import AppSpec
+from aether.model.decisions import DecisionOut
 from aether.model.keys import AppSettingsOut, PublicKeyOut
+from aether.model.migrations import MigrationOut, SnapshotOut
+from aether.model.risk import RiskAssessment, SignalIn, SignalOut
 from aether.model.tasks import ExecutionOut, SandboxOut, TaskOut
+from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
 
 __all__ = ["ApiClient", "NetworkError"]
 
@@ -119,6 +123,22 @@ class ApiClient:
         params = {"app": app} if app else {}
         result: list[dict[str, Any]] = await self.json("GET", "/api/v1/endpoints", params=params)
         return result
+
+    async def decisions(
+        self,
+        *,
+        layer: int | None = None,
+        kind: str | None = None,
+        target: str | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+    ) -> list[DecisionOut]:
+        """The controller's decisions, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        filters = {"layer": layer, "kind": kind, "target": target, "outcome": outcome}
+        params.update({k: v for k, v in filters.items() if v is not None})
+        data = await self.json("GET", "/api/v1/decisions", params=params)
+        return [DecisionOut.model_validate(d) for d in data]
 
     # -- artifacts ----------------------------------------------------------
 
@@ -313,14 +333,22 @@ class ApiClient:
             raise NetworkError(f"assignment stream from {self.base_url} broke: {exc}") from exc
 
     async def report(
-        self, key: str, state: str, *, message: str = "", url: str | None = None
+        self,
+        key: str,
+        state: str,
+        *,
+        message: str = "",
+        url: str | None = None,
+        request_id: str = "",
+        snapshot: str | None = None,
     ) -> None:
         node, app_version, n = key.split("/")[1:4]
-        await self.request(
-            "PUT",
-            f"/api/v1/nodes/{node}/instances/{app_version}/{n}",
-            json={"state": state, "message": message, "url": url},
-        )
+        body: dict[str, Any] = {"state": state, "message": message, "url": url}
+        if request_id:
+            body["request_id"] = request_id
+        if snapshot is not None:
+            body["snapshot"] = snapshot
+        await self.request("PUT", f"/api/v1/nodes/{node}/instances/{app_version}/{n}", json=body)
 
     async def unloaded(self, key: str) -> None:
         node, app_version, n = key.split("/")[1:4]
@@ -328,6 +356,75 @@ class ApiClient:
 
     async def push_logs(self, node: str, entries: list[dict[str, str]]) -> None:
         await self.request("POST", f"/api/v1/nodes/{node}/logs", json={"entries": entries})
+
+    # -- telemetry ------------------------------------------------------------------------
+
+    async def push_metrics(self, update: NodeMetrics, *, timeout: float | None = None) -> None:
+        """A node's metrics push (``timeout``: seconds for this request, else the default)."""
+        await self.request(
+            "POST",
+            f"/api/v1/nodes/{update.node}/metrics",
+            content=update.model_dump_json(),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+
+    async def metrics_latest(self) -> ClusterSample | None:
+        """The newest cluster sample, or None before the leader aggregated one."""
+        data = await self.json("GET", "/api/v1/metrics")
+        return None if data is None else ClusterSample.model_validate(data)
+
+    async def metrics_node(self, node: str, seconds: float = 300.0) -> list[NodePoint]:
+        data = await self.json("GET", f"/api/v1/metrics/nodes/{node}", params={"seconds": seconds})
+        return [NodePoint.model_validate(p) for p in data]
+
+    async def metrics_app(self, app: str, seconds: float = 300.0) -> list[AppPoint]:
+        data = await self.json("GET", f"/api/v1/metrics/apps/{app}", params={"seconds": seconds})
+        return [AppPoint.model_validate(p) for p in data]
+
+    async def metrics_rollups(
+        self,
+        *,
+        node: str | None = None,
+        app: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1440,
+    ) -> list[Rollup]:
+        """Per-minute roll-ups of one node or one app, oldest first."""
+        params = {"node": node, "app": app, "since": since, "until": until, "limit": limit}
+        data = await self.json(
+            "GET",
+            "/api/v1/metrics/rollups",
+            params={k: v for k, v in params.items() if v is not None},
+        )
+        return [Rollup.model_validate(r) for r in data]
+
+    async def metrics_stream(self) -> AsyncIterator[ClusterSample]:
+        """The live Server-Sent Events stream: one cluster sample a second, until closed."""
+        try:
+            async with self._http.stream(
+                "GET",
+                "/api/v1/metrics/stream",
+                headers={"Accept": "text/event-stream"},
+                timeout=httpx.Timeout(30.0, connect=5.0),  # a ping comes every 5 s at least
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_for(response)
+                event = "message"
+                data: list[str] = []
+                async for line in response.aiter_lines():
+                    if line == "":
+                        if event == "sample" and data:
+                            yield ClusterSample.model_validate_json("\n".join(data))
+                        event, data = "message", []
+                    elif line.startswith("event:"):
+                        event = line[len("event:") :].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[len("data:") :].lstrip(" "))
+        except httpx.TransportError as exc:
+            raise NetworkError(f"metrics stream from {self.base_url} broke: {exc}") from exc
 
     async def promote(self, app: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.json("POST", f"/api/v1/apps/{app}/promote")
@@ -403,3 +500,133 @@ class ApiClient:
             json={"node": node, "error": error, "retryable": retryable},
         )
         return TaskOut.model_validate(data)
+
+    # -- signals, risk and the fire drill ----------------------------------------------
+
+    async def post_signals(self, signals: list[SignalIn]) -> list[int]:
+        """Record signals about nodes; their ids."""
+        body = {"signals": [s.model_dump(mode="json", exclude_none=True) for s in signals]}
+        data = await self.json("POST", "/api/v1/signals", json=body)
+        return [int(i) for i in data["ids"]]
+
+    async def market_signal(
+        self,
+        node: str,
+        *,
+        price: float | None = None,
+        rebalance: bool | None = None,
+        capacity_score: float | None = None,
+        ts: float | None = None,
+    ) -> list[int]:
+        """The compat shape of ``post_signals``."""
+        values = {"price": price, "rebalance": rebalance, "capacity_score": capacity_score}
+        body = {"node": node, "ts": ts, **values}
+        data = await self.json(
+            "POST", "/api/v1/market/signal", json={k: v for k, v in body.items() if v is not None}
+        )
+        return [int(i) for i in data["ids"]]
+
+    async def signals(
+        self,
+        *,
+        node: str | None = None,
+        kind: str | None = None,
+        source: str | None = None,
+        limit: int = 100,
+    ) -> list[SignalOut]:
+        params = {"node": node, "kind": kind, "source": source, "limit": limit}
+        data = await self.json(
+            "GET", "/api/v1/signals", params={k: v for k, v in params.items() if v is not None}
+        )
+        return [SignalOut.model_validate(s) for s in data]
+
+    async def risk(self) -> list[RiskAssessment]:
+        """The latest risk assessment of each node."""
+        return [RiskAssessment.model_validate(a) for a in await self.json("GET", "/api/v1/risk")]
+
+    async def risk_history(self, node: str, limit: int = 50) -> list[RiskAssessment]:
+        """A node's recorded assessments, newest first."""
+        data = await self.json("GET", f"/api/v1/risk/{node}", params={"limit": limit})
+        return [RiskAssessment.model_validate(a) for a in data]
+
+    async def drill_start(self, node: str | None = None) -> dict[str, Any]:
+        body = {"node": node} if node else {}
+        result: dict[str, Any] = await self.json("POST", "/api/v1/drill/start", json=body)
+        return result
+
+    async def drill_stop(self, node: str | None = None) -> dict[str, Any]:
+        body = {"node": node} if node else {}
+        result: dict[str, Any] = await self.json("POST", "/api/v1/drill/stop", json=body)
+        return result
+
+    # -- migrations and snapshots ---------------------------------------------------------
+
+    async def migrate(self, instance: str, to: str | None = None) -> MigrationOut:
+        """Ask to move ``instance`` (its key or APP/N) to node ``to`` (None: anywhere else)."""
+        data = await self.json(
+            "POST", "/api/v1/instances/migrate", json={"instance": instance, "to": to}
+        )
+        return MigrationOut.model_validate(data)
+
+    async def migration(self, migration_id: str) -> MigrationOut:
+        return MigrationOut.model_validate(
+            await self.json("GET", f"/api/v1/migrations/{migration_id}")
+        )
+
+    async def migrations(self, app: str | None = None, limit: int = 100) -> list[MigrationOut]:
+        params: dict[str, Any] = {"limit": limit}
+        if app:
+            params["app"] = app
+        data = await self.json("GET", "/api/v1/migrations", params=params)
+        return [MigrationOut.model_validate(m) for m in data]
+
+    async def drain(self, node: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("POST", f"/api/v1/nodes/{node}/drain")
+        return result
+
+    async def undrain(self, node: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("POST", f"/api/v1/nodes/{node}/undrain")
+        return result
+
+    async def snapshots(self, app: str | None = None, limit: int = 100) -> list[SnapshotOut]:
+        params: dict[str, Any] = {"limit": limit}
+        if app:
+            params["app"] = app
+        data = await self.json("GET", "/api/v1/snapshots", params=params)
+        return [SnapshotOut.model_validate(s) for s in data]
+
+    async def upload_snapshot(
+        self, path: Path, digest: str, *, instance: str, kind: str
+    ) -> SnapshotOut:
+        """Store a checkpoint of ``instance`` (a node does this); the server verifies the digest."""
+
+        async def body() -> AsyncIterator[bytes]:
+            with path.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    yield chunk
+
+        data = await self.json(
+            "POST",
+            "/api/v1/snapshots",
+            content=body(),
+            headers={
+                "X-Aether-Artifact-Digest": digest,
+                "X-Aether-Instance": instance,
+                "X-Aether-Snapshot-Kind": kind,
+                "Content-Type": "application/gzip",
+                "Content-Length": str(path.stat().st_size),
+            },
+        )
+        return SnapshotOut.model_validate(data)
+
+    async def download_snapshot(self, digest: str, dest: Path) -> None:
+        try:
+            async with self._http.stream("GET", f"/api/v1/snapshots/{digest}") as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_for(response)
+                with dest.open("wb") as fh:
+                    async for chunk in response.aiter_bytes(1 << 20):
+                        fh.write(chunk)
+        except httpx.TransportError as exc:
+            raise NetworkError(f"snapshot download from {self.base_url} failed: {exc}") from exc

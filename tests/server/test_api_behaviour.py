@@ -521,7 +521,7 @@ async def test_drain_and_undrain_are_visible(
     await _register(http, server.join_token, node)
     operator = bearer(server.token("operator"))
     drained = await http.post(f"/api/v1/nodes/{node}/drain", headers=operator)
-    assert drained.json() == {"node": node, "draining": True}
+    assert drained.json() == {"node": node, "draining": True, "migrations": []}
     states = {
         n["id"]: n["state"] for n in (await http.get("/api/v1/nodes", headers=operator)).json()
     }

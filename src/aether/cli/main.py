@@ -183,6 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nodes", help="list nodes")
     _common(p)
 
+    p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
+    p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
+    _common(p)
+    p = sub.add_parser("risk", help="each node's risk: status, confidence, root cause, evidence")
+    p.add_argument("node", nargs="?", default=None, help="show this node's recorded history")
+    p.add_argument("--limit", type=int, default=20, help="with NODE: assessments to show")
+    _common(p)
+    p = sub.add_parser("drill", help="fire drill: inject or end a market crash on a node")
+    drill_sub = p.add_subparsers(dest="drill_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    drill_sub.required = True
+    q = drill_sub.add_parser("start", help="a price spike and a rebalance notice for a node")
+    q.add_argument("--node", default=None, help="default: the live node with most instances")
+    _common(q)
+    q = drill_sub.add_parser("stop", help="end the drill; risk is scored without it again")
+    q.add_argument("--node", default=None, help="default: every node with a drill running")
+    _common(q)
+    p = sub.add_parser("signal", help="record a signal about a node: price, rebalance, capacity")
+    p.add_argument("node")
+    p.add_argument("--price", type=float, default=None, help="spot price (> 0)")
+    p.add_argument(
+        "--rebalance",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a rebalance notice (--no-rebalance withdraws it)",
+    )
+    p.add_argument("--capacity", type=float, default=None, metavar="SCORE", help="0..1")
+    p.add_argument("--source", default="cli", help="who observed it (default: cli)")
+    _common(p)
+
     p = sub.add_parser("scale", help="set the instance count: APP=N")
     p.add_argument("target", metavar="APP=N")
     _common(p)
@@ -199,6 +228,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, default=None, metavar="VERSION")
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--timeout", type=float, default=300.0)
+    _common(p)
+
+    p = sub.add_parser("decisions", help="what the controller decided and why, newest first")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--app", default=None, help="decisions about this app")
+    group.add_argument("--node", default=None, help="decisions about this node")
+    p.add_argument("--layer", type=int, choices=[1, 2, 3], default=None)
+    p.add_argument("--kind", choices=["scale", "drain", "undrain", "advice"], default=None)
+    p.add_argument("--limit", type=int, default=50)
+    _common(p)
+
+    p = sub.add_parser("migrate", help="move an instance to another node (state and all)")
+    p.add_argument("instance", help="its key, or APP/N (see `aether status`, GET /instances)")
+    p.add_argument("--to", default=None, metavar="NODE", help="default: any other node")
+    p.add_argument("--no-wait", action="store_true", help="return once it is asked")
+    p.add_argument("--timeout", type=float, default=300.0)
+    _common(p)
+    p = sub.add_parser("migrations", help="migrations, newest first")
+    p.add_argument("app", nargs="?", default=None)
+    p.add_argument("--limit", type=int, default=20)
+    _common(p)
+    p = sub.add_parser("drain", help="take no new instances on NODE and move its instances off")
+    p.add_argument("node")
+    p.add_argument("--wait", action="store_true", help="until no instance serves on it")
+    p.add_argument("--timeout", type=float, default=300.0)
+    _common(p)
+    p = sub.add_parser("undrain", help="let NODE take instances again")
+    p.add_argument("node")
+    _common(p)
+    p = sub.add_parser("snapshots", help="stored snapshots of stateful instances, newest first")
+    p.add_argument("app", nargs="?", default=None)
+    p.add_argument("--limit", type=int, default=20)
     _common(p)
 
     p = sub.add_parser("deployments", help="an app's deployments, newest first")
@@ -251,6 +312,16 @@ _MODULES = {
     "logs": "actions",
     "keys": "keys",
     "apps-set": "keys",
+    "migrate": "migrate",
+    "migrations": "migrate",
+    "drain": "migrate",
+    "undrain": "migrate",
+    "snapshots": "migrate",
+    "decisions": "decisions",
+    "metrics": "metrics",
+    "risk": "risk",
+    "drill": "risk",
+    "signal": "risk",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from aether.cli.main import EXIT
 from aether.errors import AetherError
 
-__all__ = ["CliError", "configure_logging", "emit", "run_command"]
+__all__ = ["CliError", "configure_logging", "emit", "run_command", "table"]
 
 
 class CliError(Exception):
@@ -52,6 +52,15 @@ def configure_logging(level: str, fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.WARNING))
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Columns padded to their widest cell, headers in upper case."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:

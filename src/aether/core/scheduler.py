@@ -12,6 +12,28 @@ mismatch), are *superseded*: they keep serving until the
 current version has all its instances ACTIVE, then retire (start new before
 stopping old). Instances on nodes whose lease expired are removed and placed
 again elsewhere.
+
+Migration. An instance with ``migrate_to`` set is asked to move ("" = to any
+other node, else to that node; the target is preferred while it is live,
+eligible and has room, otherwise any other eligible node is taken):
+
+- stateless app: it is superseded; its replacement is placed first (on the
+  target), and it retires once every current instance is ACTIVE — DEACTIVATE
+  removes its endpoint in the same transaction, so no request is lost;
+- stateful app (``DesiredApp.stateful``): the state must leave before the copy
+  that carries it starts. A running instance gets DEACTIVATE with
+  ``checkpoint``; the node stops it, stores a snapshot and reports LOADED with
+  its digest; only then is the replacement placed with ``restore_from`` that
+  snapshot, and the old instance is unloaded once the replacement exists. An
+  instance that is not running (never started, or LOADED) holds no state of
+  its own: its replacement restores what it was restored from. A current
+  instance of a stateful app on a node that is no longer eligible (draining)
+  moves the same way: drain = migrate everything.
+
+Every other new instance of a stateful app (scale up, node lost, a failed
+replacement) restores the app's latest snapshot (``DesiredApp.latest_snapshot``),
+so the state survives a node that died without a checkpoint — as of the last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +60,7 @@ __all__ = [
     "RolloutFailed",
     "SetCommand",
     "Unplaceable",
+    "check_target",
     "plan",
 ]
 
@@ -71,6 +94,9 @@ class DesiredApp:
     rollout_failures: int = 0
     # after repeated failures no new instance is placed before this time (backoff)
     hold_until: float = 0.0
+    # stateful apps move by checkpoint/restore; new instances restore the latest snapshot
+    stateful: bool = False
+    latest_snapshot: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,25 +113,40 @@ class InstanceView:
     memory_mb: int = 64
     placed_at: float = 0.0
     active_since: float | None = None
+    migrate_to: str | None = None  # asked to move: "" = anywhere else, else that node
+    migration_id: str = ""
+    checkpoint: bool = False  # told to checkpoint when it stops
+    snapshot: str | None = None  # the snapshot its node stored at that checkpoint
+    restore_from: str | None = None  # what it was started from
 
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """Create instance ``n`` of ``app@version`` on ``node`` with command LOAD."""
+    """Create instance ``n`` of ``app@version`` on ``node`` with command LOAD.
+
+    ``restore_from`` names a snapshot the node restores before it starts the
+    instance; ``migration_id`` links a replacement to the migration it serves.
+    """
 
     node: str
     app: str
     version: int
     n: int
+    restore_from: str | None = None
+    migration_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class SetCommand:
-    """Write ``command`` to an existing instance, if it is still at ``mod_revision``."""
+    """Write ``command`` to an existing instance, if it is still at ``mod_revision``.
+
+    ``checkpoint`` (with DEACTIVATE) tells the node to snapshot the state as it stops.
+    """
 
     key: str
     command: Command
     mod_revision: int
+    checkpoint: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,50 +234,152 @@ def _eligible(node: NodeView, want: DesiredApp) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """One instance to place. A migration's replacement prefers its target and
+    never lands on the node it leaves; a stateful one restores a snapshot."""
+
+    prefer: str | None = None
+    avoid: str | None = None
+    restore_from: str | None = None
+    migration_id: str = ""
+
+
+@dataclass
+class _Candidates:
+    """The nodes eligible for one app, and why the others are not."""
+
+    eligible: list[str]
+    reasons: dict[str, int]
+    by_id: dict[str, NodeView]
+
+
+def _candidates(want: DesiredApp, nodes: Sequence[NodeView]) -> _Candidates:
+    reasons: dict[str, int] = defaultdict(int)
+    eligible: list[str] = []
+    for node in nodes:
+        why = _eligible(node, want)
+        if why is None:
+            eligible.append(node.id)
+        else:
+            reasons[why] += 1
+    return _Candidates(eligible, reasons, {node.id: node for node in nodes})
+
+
+def _rank(want: DesiredApp, capacity: _Capacity, nid: str) -> tuple[int, int, str]:
+    sign = 1 if want.strategy == "spread" else -1
+    return (sign * capacity.per_app[(nid, want.app)], sign * capacity.total[nid], nid)
+
+
+def _target_problem(
+    target: str, want: DesiredApp, cands: _Candidates, capacity: _Capacity
+) -> str | None:
+    node = cands.by_id.get(target)
+    if node is None:
+        return "not live"
+    why = _eligible(node, want)
+    if why is not None:
+        return why
+    if not capacity.fits(target, want):
+        return "insufficient cpu or memory"
+    return None
+
+
+def _destination(
+    want: DesiredApp, slot: _Slot, cands: _Candidates, capacity: _Capacity
+) -> tuple[str | None, str]:
+    """Where a migration's replacement goes (the target if it can, else the best
+    other eligible node with room), or None and why not."""
+    note = ""
+    if slot.prefer is not None:
+        why = _target_problem(slot.prefer, want, cands, capacity)
+        if why is None and slot.prefer != slot.avoid:
+            return slot.prefer, ""
+        note = f"migration target {slot.prefer}: {why or 'is the node it leaves'}"
+    fits = [n for n in cands.eligible if n != slot.avoid and capacity.fits(n, want)]
+    if fits:
+        return min(fits, key=lambda n: _rank(want, capacity, n)), note
+    if slot.avoid is not None:
+        note = (note + "; " if note else "") + f"no eligible node with room besides {slot.avoid}"
+    return None, note
+
+
 def _place(
     want: DesiredApp,
-    count: int,
+    slots: Sequence[_Slot],
     nodes: Sequence[NodeView],
     capacity: _Capacity,
     used_n: set[int],
 ) -> tuple[list[Place], Unplaceable | None]:
-    reasons: dict[str, int] = defaultdict(int)
-    candidates: list[str] = []
-    for node in nodes:
-        why = _eligible(node, want)
-        if why is None:
-            candidates.append(node.id)
-        else:
-            reasons[why] += 1
-    sign = 1 if want.strategy == "spread" else -1
-    heap = [
-        (sign * capacity.per_app[(nid, want.app)], sign * capacity.total[nid], nid)
-        for nid in candidates
-    ]
-    heapq.heapify(heap)
+    cands = _candidates(want, nodes)
+    reasons = cands.reasons
+    notes: list[str] = []
     placed: list[Place] = []
     next_n = 0
-    while len(placed) < count and heap:
-        _, _, nid = heapq.heappop(heap)
-        if not capacity.fits(nid, want):
-            reasons["insufficient cpu or memory"] += 1
-            continue
+
+    def put(nid: str, slot: _Slot) -> None:
+        nonlocal next_n
         capacity.take(nid, want)
         while next_n in used_n:
             next_n += 1
         used_n.add(next_n)
-        placed.append(Place(nid, want.app, want.version, next_n))
-        heapq.heappush(
-            heap, (sign * capacity.per_app[(nid, want.app)], sign * capacity.total[nid], nid)
+        placed.append(
+            Place(nid, want.app, want.version, next_n, slot.restore_from, slot.migration_id)
         )
-    missing = count - len(placed)
+
+    # migrations first: they name where they may and may not go
+    plain: list[_Slot] = []
+    for slot in slots:
+        if slot.prefer is None and slot.avoid is None:
+            plain.append(slot)
+            continue
+        nid, note = _destination(want, slot, cands, capacity)
+        if note:
+            notes.append(note)
+        if nid is not None:
+            put(nid, slot)
+
+    heap = [_rank(want, capacity, nid) for nid in cands.eligible]
+    heapq.heapify(heap)
+    done = 0
+    while done < len(plain) and heap:
+        _, _, nid = heapq.heappop(heap)
+        if not capacity.fits(nid, want):
+            reasons["insufficient cpu or memory"] += 1
+            continue
+        put(nid, plain[done])
+        done += 1
+        heapq.heappush(heap, _rank(want, capacity, nid))
+    missing = len(slots) - len(placed)
     if missing <= 0:
         return placed, None
     if not nodes:
         reason = "no live nodes"
     else:
-        reason = ", ".join(f"{n} node(s): {why}" for why, n in sorted(reasons.items()))
+        reason = ", ".join(
+            [f"{n} node(s): {why}" for why, n in sorted(reasons.items())] + sorted(set(notes))
+        )
     return placed, Unplaceable(want.app, missing, reason or "no eligible node")
+
+
+def check_target(
+    target: str,
+    want: DesiredApp,
+    nodes: Sequence[NodeView],
+    instances: Sequence[InstanceView],
+) -> str | None:
+    """Why node ``target`` cannot take one more instance of ``want`` now, or None."""
+    live = {node.id for node in nodes}
+    capacity = _Capacity(nodes, (i for i in instances if i.node in live))
+    why = _target_problem(target, want, _candidates(want, nodes), capacity)
+    if why is None:
+        return None
+    if why == "insufficient cpu or memory":
+        return (
+            f"node {target!r} has not enough free cpu or memory "
+            f"({want.cpu} cpu and {want.memory_mb} MB needed)"
+        )
+    return f"node {target!r} is {why}" if why == "not live" else f"node {target!r}: {why}"
 
 
 def _retire(inst: InstanceView) -> SetCommand | None:
@@ -286,14 +429,49 @@ def plan(
             continue
         current: list[InstanceView] = []
         superseded: list[InstanceView] = []
+        checkpointing: list[InstanceView] = []  # stateful: stopping to checkpoint its state
+        captured: list[InstanceView] = []  # stateful: state captured, awaiting a replacement
+        cands: _Candidates | None = None
+        stuck: list[str] = []  # stateful instances asked to move that have nowhere to go
         for inst in insts:
-            if inst.command not in _SERVING:
+            if (
+                want.stateful
+                and inst.checkpoint
+                and inst.command is Command.DEACTIVATE
+                and inst.state is not State.FAILED
+            ):
+                (captured if inst.state is State.LOADED else checkpointing).append(inst)
+            elif inst.command not in _SERVING:
                 action = _retire(inst)  # already retiring: move it along
                 if action is not None:
                     actions.append(action)
             elif inst.state is State.FAILED:
                 actions.append(SetCommand(inst.key, Command.UNLOAD, inst.mod_revision))
-            elif inst.version == want.version and _eligible(alive[inst.node], want) is None:
+            elif (
+                want.stateful
+                and inst.version == want.version
+                and (inst.migrate_to is not None or _eligible(alive[inst.node], want) is not None)
+            ):
+                if inst.state not in (State.ACTIVE, State.ACTIVATING):
+                    captured.append(inst)  # nothing runs: no state beyond what it restored
+                    continue
+                # stop it to checkpoint only when its state has somewhere to go
+                cands = cands or _candidates(want, ordered_nodes)
+                slot = _Slot(prefer=inst.migrate_to or None, avoid=inst.node)
+                where, note = _destination(want, slot, cands, capacity)
+                if where is None:
+                    stuck.append(f"cannot move {inst.key}: {note}")
+                    current.append(inst)  # keeps serving where it is
+                    continue
+                actions.append(
+                    SetCommand(inst.key, Command.DEACTIVATE, inst.mod_revision, checkpoint=True)
+                )
+                checkpointing.append(inst)
+            elif (
+                inst.version == want.version
+                and inst.migrate_to is None
+                and _eligible(alive[inst.node], want) is None
+            ):
                 current.append(inst)
             else:
                 superseded.append(inst)
@@ -324,7 +502,32 @@ def plan(
             if command is not None:
                 actions.append(SetCommand(inst.key, command, inst.mod_revision))
 
-        missing = want.instances - len(current)
+        # A captured instance holds its slot until its replacement is placed, then
+        # unloads; one that is not needed any more (scaled down) unloads at once.
+        needed = want.instances - len(current) - len(checkpointing)
+        captured.sort(key=lambda i: i.key)
+        waiting = captured[: max(0, needed)]
+        for inst in captured:
+            if inst.command in _SERVING or inst not in waiting:
+                action = _retire(inst)
+                if action is not None:
+                    actions.append(action)
+        slots = [
+            _Slot(
+                prefer=inst.migrate_to or None,
+                avoid=inst.node,
+                restore_from=inst.snapshot or inst.restore_from or want.latest_snapshot,
+                migration_id=inst.migration_id,
+            )
+            for inst in waiting
+        ]
+        replaced = {i.migration_id for i in insts if i.migration_id and i.migrate_to is None}
+        slots.extend(
+            _Slot(prefer=inst.migrate_to or None, avoid=inst.node, migration_id=inst.migration_id)
+            for inst in sorted(superseded, key=lambda i: i.key)
+            if inst.migrate_to is not None and inst.migration_id not in replaced
+        )
+        missing = needed
         if want.rollout is not None:
             old = [i for i in superseded if i.version != want.version]
             step = rollout_step(
@@ -355,10 +558,18 @@ def plan(
             missing = 0  # failing repeatedly: wait for the backoff before placing again
         if missing > 0:
             used_n = {inst.n for inst in insts}
-            placed, unplaceable = _place(want, missing, ordered_nodes, capacity, used_n)
+            plain = _Slot(restore_from=want.latest_snapshot if want.stateful else None)
+            chosen = (slots + [plain] * missing)[:missing]
+            placed, unplaceable = _place(want, chosen, ordered_nodes, capacity, used_n)
             actions.extend(placed)
             if unplaceable is not None:
-                actions.append(unplaceable)
+                stuck.insert(0, unplaceable.reason)
+                actions.append(
+                    Unplaceable(app, unplaceable.count + len(stuck) - 1, "; ".join(stuck))
+                )
+                stuck = []
+        if stuck:
+            actions.append(Unplaceable(app, len(stuck), "; ".join(stuck)))
 
         active = sum(1 for inst in current if inst.state is State.ACTIVE)
         if active >= want.instances:

@@ -140,3 +140,4 @@ class ReportIn(BaseModel):
     message: str = ""
     url: str | None = None
     request_id: str = ""
+    snapshot: str | None = None  # with LOADED after a checkpoint: the stored snapshot's digest

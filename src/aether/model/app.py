@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aether.errors import BadRequestError
+from aether.model.decisions import AutoscaleSpec
 
 __all__ = [
     "APP_NAME_RE",
     "AppSpec",
+    "CheckpointSpec",
     "Resources",
     "RolloutSpec",
     "Runtime",
@@ -59,6 +68,21 @@ class RolloutSpec(BaseModel):
     auto_revert: bool = True
 
 
+class CheckpointSpec(BaseModel):
+    """How a stateful instance is checkpointed when it moves (``[checkpoint]``).
+
+    ``auto`` uses CRIU where the node has it switched on and falls back to the
+    cooperative protocol (SIGUSR1, the app flushes its state to
+    ``$AETHER_STATE_DIR`` and touches ``$AETHER_CHECKPOINT_ACK``); ``timeout``
+    is how long the node waits for that acknowledgement before it stops the app.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["auto", "cooperative", "criu"] = "auto"
+    timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+
 class AppSpec(BaseModel):
     """The process spec of an app: how a node starts and checks one instance."""
 
@@ -75,6 +99,11 @@ class AppSpec(BaseModel):
     constraints: dict[str, str] = Field(default_factory=dict)
     runtime: Runtime | None = None
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    autoscale: AutoscaleSpec | None = None  # [autoscale]: the controller keeps min..max
+    # stateful apps keep state in state_dir (relative to the app); it moves with them
+    stateful: bool = False
+    state_dir: str | None = None
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
 
     @field_validator("name")
     @classmethod
@@ -87,6 +116,25 @@ class AppSpec(BaseModel):
         if value is not None and not value.startswith("/"):
             raise ValueError("health must be a path starting with '/'")
         return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = PurePosixPath(value).parts
+        if not parts or value.startswith("/") or ".." in parts or "\x00" in value:
+            raise ValueError("state_dir must be a relative path inside the app, without '..'")
+        return PurePosixPath(*parts).as_posix()
+
+    @model_validator(mode="after")
+    def _stateful(self) -> AppSpec:
+        if self.stateful and self.state_dir is None:
+            raise ValueError(
+                'stateful apps need state_dir = "..." (the directory, relative to the app, '
+                "whose contents move with an instance)"
+            )
+        return self
 
 
 def load_app_spec(root: Path, *, name: str | None = None) -> AppSpec:

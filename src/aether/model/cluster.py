@@ -46,6 +46,7 @@ class NodeRecord(BaseModel):
     router_url: str
     draining: bool = False
     drain_reason: str = ""
+    drained_by: str = ""  # operator | controller | adviser (who may undrain it)
     registered_at: float = 0.0
     config: dict[str, bool] = Field(default_factory=dict)  # features the server turned on
 
@@ -110,6 +111,12 @@ class InstanceRecord(BaseModel):
     request_id: str = ""
     placed_at: float = 0.0
     active_since: float | None = None
+    # migration (see core.scheduler): the operator asks, the leader drives, the node reports
+    migrate_to: str | None = None  # move this instance: "" = anywhere, else that node's id
+    migration_id: str = ""  # the migration moving it (kept on its replacement, for tracking)
+    checkpoint: bool = False  # leader → node: checkpoint the state when you stop it
+    snapshot: str | None = None  # node → leader: digest of the snapshot it stored
+    restore_from: str | None = None  # leader → node: restore this snapshot before start
 
     @property
     def key(self) -> str:

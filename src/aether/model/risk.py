@@ -5,11 +5,13 @@ from __future__ import annotations
 import enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 __all__ = ["RiskAssessment", "RiskStatus", "SignalIn", "SignalKind", "SignalOut"]
 
-SignalKind = Literal["spot_price", "rebalance", "capacity"]
+# ``clear`` drops the node's earlier signals of the same source from risk evaluation
+# (``aether drill stop`` records one with source "drill"); its value is ignored.
+SignalKind = Literal["spot_price", "rebalance", "capacity", "clear"]
 
 
 class RiskStatus(enum.StrEnum):
@@ -31,9 +33,19 @@ class SignalIn(BaseModel):
 
     node: str = Field(min_length=1, max_length=128)
     kind: SignalKind
-    value: float = 0.0  # price, 1.0 for a rebalance notice, capacity score 0..1
-    source: str = Field(default="api", max_length=64)  # "drill" for fire-drill signals
-    ts: float | None = None  # when it was observed; the server's clock when absent
+    value: float = Field(default=0.0, allow_inf_nan=False)
+    # spot_price: the price (> 0); rebalance: 1.0 a notice, 0.0 withdrawn; capacity: 0..1
+    source: str = Field(default="api", min_length=1, max_length=64)  # "drill" for fire drills
+    ts: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    # when it was observed (seconds since the epoch); the server's clock when absent
+
+    @model_validator(mode="after")
+    def _value_fits_kind(self) -> SignalIn:
+        if self.kind == "spot_price" and self.value <= 0:
+            raise ValueError(f"a spot price must be positive, got {self.value}")
+        if self.kind in ("rebalance", "capacity") and not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"a {self.kind} value must be within 0..1, got {self.value}")
+        return self
 
 
 class SignalOut(SignalIn):

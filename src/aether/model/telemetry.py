@@ -8,20 +8,27 @@ window; roll-ups go to the records database).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AppPoint",
     "AppSample",
     "ClusterSample",
     "EndpointMetrics",
     "InstanceMetrics",
     "NodeMetrics",
+    "NodePoint",
     "NodeSample",
+    "Rollup",
 ]
 
 
 class InstanceMetrics(BaseModel):
     """One instance's process tree, as the node saw it in the last interval."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # figures are finite numbers
 
     key: str  # instances/{node}/{app}@{version}/{n}
     app: str
@@ -35,6 +42,8 @@ class InstanceMetrics(BaseModel):
 class EndpointMetrics(BaseModel):
     """What this node's router saw for one app since the previous update."""
 
+    model_config = ConfigDict(allow_inf_nan=False)  # figures are finite numbers
+
     app: str
     calls: int = Field(ge=0)  # requests finished in the interval
     errors: int = Field(default=0, ge=0)  # of which failed (5xx or no upstream)
@@ -44,6 +53,8 @@ class EndpointMetrics(BaseModel):
 
 class NodeMetrics(BaseModel):
     """The body of one push: node gauges, per-instance and per-endpoint figures."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # figures are finite numbers
 
     node: str
     ts: float  # the node's clock (seconds); the server also stamps arrival
@@ -93,3 +104,30 @@ class ClusterSample(BaseModel):
     ts: float  # the leader's clock when it aggregated
     nodes: dict[str, NodeSample] = Field(default_factory=dict)
     apps: dict[str, AppSample] = Field(default_factory=dict)
+
+
+class NodePoint(NodeSample):
+    """One node in one aggregated second of the window (``GET /metrics/nodes/{node}``)."""
+
+    ts: float
+
+
+class AppPoint(AppSample):
+    """One app in one aggregated second of the window (``GET /metrics/apps/{app}``)."""
+
+    ts: float
+
+
+class Rollup(BaseModel):
+    """One node's or app's figures over one minute: mean and maximum of each second.
+
+    ``samples`` counts the fresh seconds folded in (a stale node adds none);
+    ``latency_ms`` is weighted by calls, so its mean is the mean call duration.
+    """
+
+    kind: Literal["node", "app"]
+    name: str
+    minute: float  # start of the minute, seconds since the epoch (a multiple of 60)
+    samples: int
+    avg: dict[str, float]
+    max: dict[str, float]

@@ -27,6 +27,7 @@ from aether.node.capabilities import fingerprint
 from aether.node.drivers.base import Driver
 from aether.node.drivers.process import ProcessDriver
 from aether.node.logship import LogShipper
+from aether.node.metrics import MetricsCollector, MetricsPusher
 from aether.node.router import Router
 from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.sandbox import drivers_available
@@ -78,6 +79,13 @@ class NodeDaemon:
         self.lease_lost = asyncio.Event()
         self.changed = asyncio.Event()
         self.shipper = LogShipper(self.client, self.node_id, self.runners)
+        self.metrics = MetricsPusher(
+            self.client,
+            MetricsCollector(self.node_id, options.data_dir),
+            self.router,
+            self.runners,
+            lambda: self.registration,
+        )
         self.sandboxes = drivers_available()
         self.tasks = TaskWorker(
             self.client, self.node_id, options.data_dir / "sandboxes", dict(self.sandboxes)
@@ -94,6 +102,7 @@ class NodeDaemon:
         reconciler = asyncio.create_task(self._reconcile_loop(), name="reconcile")
         shipper = asyncio.create_task(self.shipper.run(), name="logs")
         worker = asyncio.create_task(self.tasks.run(), name="tasks")
+        telemetry = asyncio.create_task(self.metrics.run(), name="telemetry")
         try:
             while True:
                 await self._register()
@@ -111,6 +120,7 @@ class NodeDaemon:
             reconciler.cancel()
             shipper.cancel()
             worker.cancel()
+            telemetry.cancel()
             await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -138,6 +148,8 @@ class NodeDaemon:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)
         self.config.drain_grace = self.registration.drain_grace
+        # CRIU checkpoints only where the server switched them on (criu check passed, policy)
+        self.config.criu = self.registration.config.features.get("criu", False)
         for runner in self.runners.values():
             runner.needs_report = True  # endpoints were on the old lease: publish them again
         self.changed.set()

@@ -4,12 +4,18 @@ Round-robin over the app's ACTIVE endpoints (the table comes from the
 assignment stream); a connection that is refused is retried on the next
 endpoint, so a stopping instance costs no request. No endpoint: 503 with the
 error envelope.
+
+Per app the router counts, for telemetry, the calls finished since the last
+``take_counters`` (with errors: 5xx or no upstream, and their summed
+duration) and the calls open now: plain dict updates on the event loop, no lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -19,7 +25,7 @@ from aiohttp import web
 
 from aether.model.cluster import Endpoint
 
-__all__ = ["Router", "split_target"]
+__all__ = ["CallCounter", "Router", "split_target"]
 
 _HOP_BY_HOP = frozenset(
     {
@@ -60,6 +66,17 @@ def _envelope(status: int, code: str, message: str) -> web.Response:
     )
 
 
+class CallCounter:
+    """Calls of one app through this router in one telemetry interval."""
+
+    __slots__ = ("calls", "errors", "total_ms")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0  # 5xx answers, and no endpoint to send to
+        self.total_ms = 0.0
+
+
 class Router:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -68,6 +85,13 @@ class Router:
         self._cycles: dict[str, Iterator[int]] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._counters: dict[str, CallCounter] = {}
+        self._in_flight: dict[str, int] = {}
+
+    def take_counters(self) -> tuple[dict[str, CallCounter], dict[str, int]]:
+        """The counters since the previous take (then reset), and the calls open now."""
+        taken, self._counters = self._counters, {}
+        return taken, {app: n for app, n in self._in_flight.items() if n}
 
     def update(self, endpoints: Iterable[Endpoint]) -> None:
         table: dict[str, list[str]] = defaultdict(list)
@@ -118,6 +142,27 @@ class Router:
                 "no app in this request: use /apps/{app}/... or Host: {app}.localhost",
             )
         app, path = target
+        started = time.perf_counter()
+        self._in_flight[app] = self._in_flight.get(app, 0) + 1
+        status = 500
+        try:
+            response = await self._forward(request, app, path)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away: not the app's failure
+            raise
+        finally:
+            self._in_flight[app] -= 1
+            counter = self._counters.get(app)
+            if counter is None:
+                counter = self._counters[app] = CallCounter()
+            counter.calls += 1
+            counter.total_ms += (time.perf_counter() - started) * 1000.0
+            if status >= 500:
+                counter.errors += 1
+
+    async def _forward(self, request: web.Request, app: str, path: str) -> web.StreamResponse:
         urls = self._table.get(app)
         if not urls:
             return _envelope(503, "service_unavailable", f"app {app!r} has no ACTIVE endpoints")

@@ -4,30 +4,171 @@ The node keeps its own view (``local``) of each instance and asks
 ``core.lifecycle.node_step`` what to do next given the leader's command; every
 step reports its progress to the server. A crashed process is restarted with
 backoff; too many crashes in a row report FAILED so the leader can replace it.
+
+Stateful instances (``stateful`` in aether.toml) get ``AETHER_STATE_DIR`` (their
+``state_dir``, absolute) and ``AETHER_CHECKPOINT_ACK``. A DEACTIVATE with
+``checkpoint`` stops the instance through ``node.checkpoint`` (CRIU where the
+server switched it on for this node, else the cooperative protocol), uploads
+the snapshot and reports LOADED with its digest; a LOAD with ``restore_from``
+downloads that snapshot, checks its digest and unpacks it into the state
+directory before the instance starts.
+
+Request ids — the rule. Every command the leader writes carries a fresh
+``request_id``; the node's reports and its assignment stream echo it.
+
+1. A runner records the id of each command whose target it reached (LOAD →
+   LOADED, ACTIVATE → ACTIVE, DEACTIVATE → LOADED, UNLOAD → gone), in memory
+   and in the node's ``RequestLog`` (``requests.log`` in the data directory,
+   the newest 4096 ids, with the command's result: the snapshot digest of a
+   checkpoint).
+2. A runner never starts a step for a record whose request id it has already
+   carried out. A command delivered twice (a duplicate snapshot line after a
+   reconnect, a replayed stream event) or delivered late (the store's ACTIVATE
+   echoed back after the node already stopped the instance for a DEACTIVATE)
+   runs once.
+3. When the node lets an instance go (unloaded, or the server no longer knows
+   it), the ids its runner carried out are marked *dropped* for the life of the
+   process: a stale record with one of them starts nothing, so a replayed
+   stream cannot bring back an instance the node already unloaded. A new
+   placement under the same key has a new id and runs.
+4. Level-triggered recovery is untouched: a restarted node holds nothing
+   (``local`` None), its runners have carried out nothing and nothing is
+   dropped, so it rebuilds every instance it is told to run through
+   ``node_step``, whatever the log says. What the persisted log adds after a
+   restart is the result of work that cannot be done twice: a checkpoint stored
+   before the restart is reported again with its snapshot digest (the process
+   it came from is gone and cannot be dumped again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from aether.artifacts import safe_extract
 from aether.artifacts.digest import digest_file
 from aether.client import ApiClient
-from aether.core.lifecycle import NodeStep, State, node_step
+from aether.core.lifecycle import Command, NodeStep, State, node_step
 from aether.errors import AetherError, ConflictError, NotFoundError, UnsafeArchiveError
 from aether.model.cluster import InstanceRecord
+from aether.node.checkpoint import (
+    CheckpointError,
+    RestoredProcess,
+    checkpoint,
+    criu_meta,
+    criu_restore,
+    restore_snapshot,
+)
 from aether.node.drivers.base import Driver, Handle, LaunchSpec
 
-__all__ = ["InstanceRunner", "RunnerConfig"]
+__all__ = ["InstanceRunner", "RequestLog", "RunnerConfig"]
+
+# the state a command's step ends in (UNLOAD ends with the instance gone)
+# the report a step opens with; the step has done nothing yet when it is sent
+_OPENING = frozenset({State.LOADING, State.ACTIVATING, State.DEACTIVATING, State.UNLOADING})
+
+_TARGET = {
+    Command.LOAD: State.LOADED,
+    Command.ACTIVATE: State.ACTIVE,
+    Command.DEACTIVATE: State.LOADED,
+}
+
+
+class RequestLog:
+    """The request ids of the commands this node carried out (see the module docstring).
+
+    Bounded (the newest ``limit``), persisted as JSON lines appended to ``path``
+    and compacted when the file holds twice that; a torn last line is ignored.
+    ``dropped`` ids live in memory only: they matter for the life of a process.
+    """
+
+    def __init__(self, path: Path | None, *, limit: int = 4096) -> None:
+        self.path = path
+        self.limit = limit
+        self._done: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._dropped: OrderedDict[str, None] = OrderedDict()
+        self._lines = 0
+        if path is not None and path.exists():
+            text = path.read_text(errors="replace")
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                    self._put(str(entry["id"]), dict(entry.get("result") or {}))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a crash
+                self._lines += 1
+            if text and not text.endswith("\n"):
+                self._compact()  # never append to a torn line
+
+    def _put(self, request_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        merged = {**self._done.pop(request_id, {}), **result}
+        self._done[request_id] = merged
+        while len(self._done) > self.limit:
+            self._done.popitem(last=False)
+        return merged
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._done
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def result(self, request_id: str) -> dict[str, Any]:
+        return dict(self._done.get(request_id, {}))
+
+    def remember(self, request_id: str, **result: Any) -> None:
+        """Record that the command ``request_id`` was carried out (with its result)."""
+        if not request_id:
+            return
+        if request_id in self._done and not result:
+            self._done.move_to_end(request_id)
+            return
+        merged = self._put(request_id, result)
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._lines >= 2 * self.limit:
+            self._compact()
+        else:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps({"id": request_id, "result": merged}) + "\n")
+            self._lines += 1
+
+    def _compact(self) -> None:
+        """Rewrite the file with the ids kept (atomically)."""
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(
+            "".join(json.dumps({"id": k, "result": v}) + "\n" for k, v in self._done.items())
+        )
+        os.replace(tmp, self.path)
+        self._lines = len(self._done)
+
+    def drop(self, request_ids: Iterable[str]) -> None:
+        """The node let these commands' instance go: later deliveries start nothing."""
+        for request_id in request_ids:
+            if request_id:
+                self._dropped[request_id] = None
+                self._dropped.move_to_end(request_id)
+        while len(self._dropped) > self.limit:
+            self._dropped.popitem(last=False)
+
+    def dropped(self, request_id: str) -> bool:
+        return bool(request_id) and request_id in self._dropped
+
 
 log = logging.getLogger("aether.node.runner")
 
@@ -42,6 +183,8 @@ class RunnerConfig:
         drain_grace: float = 0.5,
         stop_grace: float = 10.0,
         max_restarts: int = 5,
+        criu: bool = False,
+        criu_binary: str = "criu",
     ) -> None:
         self.data_dir = data_dir
         self.advertise_host = advertise_host
@@ -49,6 +192,10 @@ class RunnerConfig:
         self.drain_grace = drain_grace
         self.stop_grace = stop_grace
         self.max_restarts = max_restarts
+        # CRIU checkpoints, when the server switched the feature on for this node
+        self.criu = criu
+        self.criu_binary = criu_binary
+        self.requests = RequestLog(data_dir / "requests.log")
 
 
 class StepFailed(Exception):
@@ -85,6 +232,11 @@ class InstanceRunner:
         self.gone = False
         self.needs_report = False
         self.restarts: list[float] = []
+        self.crashes = 0  # unexpected exits while ACTIVE, since the node started (telemetry)
+        self.executed: set[str] = set()  # request ids whose step this runner carried out
+        self.running: tuple[Command, str] | None = None  # the command the current step serves
+        self.snapshot: str | None = None  # the checkpoint it stored (reported with LOADED)
+        self.pending: tuple[Path, str, int, str, str] | None = None  # checkpoint to upload
 
     @property
     def key(self) -> str:
@@ -104,6 +256,20 @@ class InstanceRunner:
         return self.root / "output.log"
 
     @property
+    def state_dir(self) -> Path | None:
+        """``$AETHER_STATE_DIR``: the stateful app's ``state_dir`` inside its app directory."""
+        spec = self.record.spec
+        return self.app_dir / spec.state_dir if spec.stateful and spec.state_dir else None
+
+    @property
+    def ack_path(self) -> Path:
+        return self.root / "checkpoint.ack"
+
+    @property
+    def criu_images(self) -> Path:
+        return self.root / "criu-images"
+
+    @property
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
 
@@ -115,6 +281,9 @@ class InstanceRunner:
             self.needs_report = False
             self._spawn(self._report(self.local, url=self.url))
             return
+        if self.pending is not None:  # a checkpoint taken but not yet stored
+            self._spawn(self._store_checkpoint())
+            return
         action = node_step(self.record.command, self.local)
         work: dict[NodeStep, Callable[[], Awaitable[None]]] = {
             NodeStep.LOAD: self._load,
@@ -122,8 +291,21 @@ class InstanceRunner:
             NodeStep.DEACTIVATE: self._deactivate,
             NodeStep.UNLOAD: self._unload,
         }
-        if action in work:
-            self._spawn(work[action]())
+        if action not in work:
+            return
+        request_id = self.record.request_id
+        if request_id and (
+            request_id in self.executed
+            or (self.local is None and self.config.requests.dropped(request_id))
+        ):
+            log.debug("%s: request %s was carried out already; not again", self.key, request_id)
+            return
+        self.running = (self.record.command, request_id)
+        self._spawn(work[action]())
+
+    def _carried_out(self, request_id: str, **result: Any) -> None:
+        self.executed.add(request_id)
+        self.config.requests.remember(request_id, **result)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
@@ -146,15 +328,32 @@ class InstanceRunner:
     async def _report(self, state: State, *, message: str = "", url: str | None = None) -> None:
         """Move to ``state`` and tell the server; a refused report undoes the move.
 
-        A report that cannot be sent (server away) keeps the new state, and
-        ``needs_report`` sends it again later.
+        A result (LOADED, ACTIVE, FAILED) that cannot be sent (server away) keeps
+        the new state, and ``needs_report`` sends it again later: the work is done.
+        A step's opening report (LOADING, ACTIVATING, ...) that cannot be sent
+        undoes the move, so the step runs again from the start; keeping it would
+        leave, say, ACTIVATING with no process, which no lifecycle step moves on.
         """
         previous, self.local = self.local, state
+        snapshot = self.snapshot if state is State.LOADED else None
         try:
-            await self.client.report(self.key, state.value, message=message, url=url)
+            await self.client.report(
+                self.key,
+                state.value,
+                message=message,
+                url=url,
+                request_id=self.record.request_id,
+                snapshot=snapshot,
+            )
         except ConflictError:
             self.local = previous
             raise
+        except AetherError:
+            if state in _OPENING:
+                self.local = previous
+            raise
+        if self.running is not None and _TARGET.get(self.running[0]) is state:
+            self._carried_out(self.running[1])
 
     # -- steps ----------------------------------------------------------------
 
@@ -162,13 +361,34 @@ class InstanceRunner:
         await self._report(State.LOADING)
         try:
             await self._fetch_and_extract()
+            if self.record.restore_from:
+                await self._restore(self.record.restore_from)
         except (StepFailed, AetherError, OSError) as exc:
             if isinstance(exc, NotFoundError) and "instance" in str(exc):
                 raise
             code = f" ({exc.code})" if isinstance(exc, AetherError) else ""  # e.g. link_escape
             await self._report(State.FAILED, message=f"load failed{code}: {exc}")
             return
+        record = self.record
+        if record.checkpoint and record.command is Command.DEACTIVATE and self.snapshot is None:
+            # rebuilt after a restart: the checkpoint stored before it still counts
+            self.snapshot = self.config.requests.result(record.request_id).get("snapshot")
         await self._report(State.LOADED)
+
+    async def _restore(self, digest: str) -> None:
+        """Download the snapshot, check its digest, unpack it into the state directory."""
+        state_dir = self.state_dir
+        if state_dir is None:
+            raise StepFailed(f"told to restore {digest}, but the app has no state_dir")
+        archive = self.root / "restore.tar.gz"
+        try:
+            await self.client.download_snapshot(digest, archive)
+            actual = (await asyncio.to_thread(digest_file, archive))[0]
+            if actual != digest:
+                raise StepFailed(f"snapshot digest mismatch: expected {digest}, got {actual}")
+            await asyncio.to_thread(restore_snapshot, archive, state_dir, self.criu_images)
+        finally:
+            archive.unlink(missing_ok=True)
 
     async def _fetch_and_extract(self) -> None:
         digest = self.record.digest
@@ -210,6 +430,8 @@ class InstanceRunner:
 
     async def _start_and_check(self) -> None:
         spec = self.record.spec
+        if self.criu_images.is_dir() and await self._criu_restore():
+            return
         self.port = free_port()
         env = dict(spec.env)
         env.update(
@@ -221,6 +443,11 @@ class InstanceRunner:
                 "AETHER_INSTANCE_ID": f"{spec.name}@{self.record.version}/{self.record.n}",
             }
         )
+        state_dir = self.state_dir
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            env["AETHER_STATE_DIR"] = str(state_dir.resolve())
+            env["AETHER_CHECKPOINT_ACK"] = str(self.ack_path.resolve())
         launch = LaunchSpec(command=spec.start, cwd=self.app_dir, env=env, log_path=self.log_path)
         try:
             self.handle = await self.driver.start(launch)
@@ -271,6 +498,7 @@ class InstanceRunner:
                 return
             now = time.monotonic()
             self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+            self.crashes += 1
             if len(self.restarts) > self.config.max_restarts:
                 await self._safe_report(
                     State.FAILED,
@@ -297,29 +525,107 @@ class InstanceRunner:
         finally:
             self.on_change()
 
+    async def _criu_restore(self) -> bool:
+        """Bring back a process CRIU dumped (once); False: start the app afresh instead."""
+        images = self.criu_images
+        meta = criu_meta(images)
+        try:
+            if not self.config.criu:
+                raise CheckpointError("CRIU is not switched on for this node")
+            self.handle = await criu_restore(images, binary=self.config.criu_binary)
+        except CheckpointError as exc:
+            log.warning("%s: %s; starting it afresh on the restored state", self.key, exc)
+            return False
+        finally:
+            await asyncio.to_thread(shutil.rmtree, images, True)
+        self.port = int(meta.get("port") or 0)
+        self.url = f"http://{self.config.advertise_host}:{self.port}"
+        try:
+            await self._health_check()
+        except StepFailed as exc:
+            log.warning(
+                "%s: the restored process is not healthy (%s); starting afresh", self.key, exc
+            )
+            await self._stop_process()
+            return False
+        return True
+
     async def _deactivate(self) -> None:
         await self._report(State.DEACTIVATING)
         await asyncio.sleep(self.config.drain_grace)  # let routers drop the endpoint
-        await self._stop_process()
-        await self._report(State.LOADED)
+        state_dir = self.state_dir
+        if not (self.record.checkpoint and state_dir is not None):
+            await self._stop_process()
+            await self._report(State.LOADED)
+            return
+        spec = self.record.spec
+        try:
+            made = await checkpoint(
+                handle=self.handle,
+                stop=self._stop_process,
+                state_dir=state_dir,
+                ack=self.ack_path,
+                out=self.root / "snapshot.tar.gz",
+                timeout=spec.checkpoint.timeout,
+                use_criu=self.config.criu and spec.checkpoint.method != "cooperative",
+                criu_binary=self.config.criu_binary,
+                meta={"port": self.port},
+            )
+        except (CheckpointError, OSError) as exc:
+            await self._stop_process()
+            await self._report(State.FAILED, message=f"checkpoint failed: {exc}")
+            return
+        self.pending = (made.archive, made.digest, made.size_bytes, made.kind, made.detail)
+        await self._store_checkpoint()
+
+    async def _store_checkpoint(self) -> None:
+        """Upload the checkpoint taken, then report LOADED with its digest.
+
+        A server that cannot be reached leaves it pending: the next step tries again.
+        """
+        assert self.pending is not None
+        archive, digest, _, kind, detail = self.pending
+        try:
+            await self.client.upload_snapshot(archive, digest, instance=self.key, kind=kind)
+        except AetherError as exc:
+            if exc.status not in (400, 413):
+                raise  # unreachable, or the instance is gone (handled by _spawn)
+            self.pending = None
+            archive.unlink(missing_ok=True)
+            await self._report(State.FAILED, message=f"the checkpoint was refused: {exc}")
+            return
+        self.pending = None
+        archive.unlink(missing_ok=True)
+        self.snapshot = digest
+        request_id = self.running[1] if self.running else self.record.request_id
+        self.config.requests.remember(request_id, snapshot=digest)
+        await self._report(State.LOADED, message=f"checkpointed ({kind}, {digest[:19]}): {detail}")
 
     async def _unload(self) -> None:
         with contextlib.suppress(ConflictError):
             await self._report(State.UNLOADING)
         await self.remove()
         await self.client.unloaded(self.key)
+        if self.running is not None:
+            self._carried_out(self.running[1])
+            self.config.requests.drop([self.running[1]])
 
     async def _stop_process(self) -> None:
         if self.monitor is not None and self.monitor is not asyncio.current_task():
             self.monitor.cancel()
         self.monitor = None
-        if self.handle is not None:
+        if isinstance(self.handle, RestoredProcess):  # not our child: CRIU brought it back
+            await self.handle.stop(self.config.stop_grace)
+            self.handle = None
+        elif self.handle is not None:
             await self.driver.stop(self.handle, grace=self.config.stop_grace)
             self.handle = None
 
     async def remove(self) -> None:
         """Stop everything and delete the instance's files (no report)."""
         self.gone = True
+        # later deliveries of the commands carried out here start nothing (rule 3)
+        self.config.requests.drop(self.executed)
         await self._stop_process()
         if self.root.exists():
             await asyncio.to_thread(shutil.rmtree, self.root, True)

@@ -19,14 +19,30 @@ from aether import __version__
 from aether.artifacts import LocalArtifactRegistry
 from aether.artifacts.blobs import LocalBlobStore
 from aether.errors import ServiceUnavailableError
-from aether.server.api import apps, artifacts, blobs, cluster, keys, nodes, tasks, tokens
+from aether.server.api import (
+    apps,
+    artifacts,
+    blobs,
+    cluster,
+    decisions,
+    keys,
+    nodes,
+    signals,
+    tasks,
+    tokens,
+)
+from aether.server.api import metrics as telemetry_api
+from aether.server.api import migrations as migrations_api
 from aether.server.context import ServerContext
+from aether.server.controller import install as install_controller
 from aether.server.errors import install_error_handlers
 from aether.server.idempotency import IdempotencyMiddleware
 from aether.server.leader import Leader
 from aether.server.logstore import LogStore
 from aether.server.metrics import ServerMetrics, UploadGate, install_metrics
+from aether.server.risk import RiskEngine
 from aether.server.settings import ServerSettings
+from aether.server.telemetry import TelemetryHub
 from aether.store import open_state_store
 from aether.store.records import DEFAULT_TENANT, Records, migrate, open_records
 from aether.tasks.queue import SqlTaskQueue, TaskQueue
@@ -101,8 +117,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
             metrics=metrics,
             uploads=UploadGate(settings.max_concurrent_uploads, metrics),
             queue=_open_queue(settings, sessions),
+            telemetry=TelemetryHub(
+                records,
+                retention_days=settings.metrics_retention_days,
+                window_seconds=settings.metrics_window_seconds,
+            ),
         )
         app.state.ctx = ctx
+        ctx.leader_loops.append(ctx.telemetry.run)  # samples each second, roll-ups each minute
+        ctx.risk = RiskEngine(ctx, registry=metrics.registry)
+        ctx.leader_loops.append(ctx.risk.run)
+        if settings.controller_enabled:
+            install_controller(ctx)  # layer 1 and the configured advisers, on the leader
         leader = Leader(ctx)
         app.state.leader = leader
         task = asyncio.create_task(leader.run(), name="leader")
@@ -128,6 +154,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # added before the trace middleware, so it runs inside it: replays carry a trace id
     app.add_middleware(IdempotencyMiddleware)
     install_error_handlers(app)
+    app.add_middleware(telemetry_api.TelemetryFastPath)  # outermost: node pushes skip the rest
     install_metrics(app, metrics)
 
     @app.get("/healthz", tags=["probes"])
@@ -145,6 +172,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ServiceUnavailableError(f"not ready: {exc}") from exc
         return JSONResponse({"status": "ready", "revision": revision})
 
-    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks):
+    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks, signals, decisions):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(telemetry_api.router, prefix="/api/v1")
+    app.include_router(migrations_api.router, prefix="/api/v1")
     return app

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
 from aether.core.lifecycle import State
 from aether.core.scheduler import DesiredApp, InstanceView, NodeView
+from aether.errors import ConflictError, NotFoundError
 from aether.model.cluster import Blueprint, Endpoint, InstanceRecord, NodeRecord
-from aether.store.base import Kv, StateStore
+from aether.store.base import Compare, Kv, Put, StateStore
 
-__all__ = ["ClusterSnapshot", "dump", "read_snapshot"]
+__all__ = ["ClusterSnapshot", "dump", "fence_holds", "read_snapshot", "update_blueprint"]
 
 
 def dump(model: BaseModel) -> bytes:
@@ -31,11 +32,14 @@ class ClusterSnapshot:
         self,
         failures: Mapping[str, int] | None = None,
         holds: Mapping[str, float] | None = None,
+        latest_snapshots: Mapping[str, str] | None = None,
     ) -> list[DesiredApp]:
         """What the planner should converge on; ``failures`` counts failed instances per
-        deployment (which can fail a running rollout), ``holds`` delays new placements."""
+        deployment (which can fail a running rollout), ``holds`` delays new placements,
+        ``latest_snapshots`` (app → digest) is what new stateful instances restore."""
         failures = failures or {}
         holds = holds or {}
+        latest_snapshots = latest_snapshots or {}
         return [
             DesiredApp(
                 app=bp.app,
@@ -51,6 +55,8 @@ class ClusterSnapshot:
                 promoted=bp.promoted,
                 rollout_failures=failures.get(bp.deployment_id, 0),
                 hold_until=holds.get(bp.deployment_id, 0.0),
+                stateful=bp.spec.stateful,
+                latest_snapshot=latest_snapshots.get(bp.app) if bp.spec.stateful else None,
             )
             for bp, _ in self.blueprints.values()
         ]
@@ -83,6 +89,11 @@ class ClusterSnapshot:
                 memory_mb=inst.spec.resources.memory_mb,
                 placed_at=inst.placed_at,
                 active_since=inst.active_since,
+                migrate_to=inst.migrate_to,
+                migration_id=inst.migration_id,
+                checkpoint=inst.checkpoint,
+                snapshot=inst.snapshot,
+                restore_from=inst.restore_from,
             )
             for key, (inst, kv) in self.instances.items()
         ]
@@ -108,3 +119,39 @@ async def read_snapshot(store: StateStore) -> ClusterSnapshot:
         instances={kv.key: (InstanceRecord.model_validate_json(kv.value), kv) for kv in inst_kvs},
         endpoints={kv.key: Endpoint.model_validate_json(kv.value) for kv in ep_kvs},
     )
+
+
+async def fence_holds(store: StateStore, fence: Compare) -> bool:
+    """Whether a leadership fence (``create_revision`` of the leader key) still holds."""
+    kv = await store.get(fence.key)
+    return kv is not None and kv.create_revision == fence.value
+
+
+async def update_blueprint(
+    store: StateStore,
+    app: str,
+    change: Callable[[Blueprint], Blueprint],
+    *,
+    tenant: str | None = None,
+    fence: Compare | None = None,
+) -> tuple[Blueprint, Blueprint]:
+    """Apply ``change`` to ``blueprints/{app}`` with compare-and-swap; (before, after).
+
+    ``tenant`` limits it to that tenant's blueprint; ``fence`` (a leader's) makes
+    it fail once that leadership has ended. ``change`` may raise to give up.
+    """
+    for _ in range(10):
+        kv = await store.get(f"blueprints/{app}")
+        bp = Blueprint.model_validate_json(kv.value) if kv else None
+        if kv is None or bp is None or (tenant is not None and bp.tenant != tenant):
+            raise NotFoundError(f"app {app!r} has no live deployment")
+        updated = change(bp)
+        compares = [Compare(kv.key, "mod_revision", "==", kv.mod_revision)]
+        if fence is not None:
+            compares.append(fence)
+        result = await store.txn(compares, [Put(kv.key, dump(updated))])
+        if result.succeeded:
+            return bp, updated
+        if fence is not None and not await fence_holds(store, fence):
+            raise ConflictError("no longer the leader: the blueprint was left as it was")
+    raise ConflictError("the blueprint kept changing; try again")

@@ -12,6 +12,7 @@ from pathlib import Path
 from aether.core.retention import ArtifactRow, DeploymentRow, plan_gc
 from aether.server.cluster import read_snapshot
 from aether.server.context import ServerContext
+from aether.server.migrations import apply_retention, snapshot_digests
 
 __all__ = ["GcResult", "collect_garbage"]
 
@@ -25,6 +26,7 @@ class GcResult:
     deleted_blobs: int
     kept_artifacts: int
     dry_run: bool
+    deleted_snapshots: int = 0  # snapshot rows retention dropped (hot/warm/cold tiers)
 
 
 def _old_files(root: Path, older_than: float) -> list[Path]:
@@ -41,9 +43,11 @@ async def collect_garbage(ctx: ServerContext, *, dry_run: bool = False) -> GcRes
     """Delete what retention no longer keeps; never what runs or can be rolled back to."""
     settings = ctx.settings
     now = time.time()
+    deleted_snapshots, _ = await apply_retention(ctx, dry_run=dry_run)
     artifacts, deployments, retain = await ctx.records.retention_inputs()
     snap = await read_snapshot(ctx.store)
     in_use = {inst.digest for inst, _ in snap.instances.values()}
+    in_use |= await snapshot_digests(ctx)  # a blob both an artifact and a snapshot stays
     for bp, _ in snap.blueprints.values():
         in_use.add(bp.digest)
         if bp.previous is not None:
@@ -80,4 +84,5 @@ async def collect_garbage(ctx: ServerContext, *, dry_run: bool = False) -> GcRes
         deleted_blobs=len(stale_blobs),
         kept_artifacts=plan.kept,
         dry_run=dry_run,
+        deleted_snapshots=deleted_snapshots,
     )

@@ -32,6 +32,8 @@ from aether.model.cluster import InstanceRecord, endpoint_key, instance_key
 from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext
 from aether.server.gc import collect_garbage
+from aether.server.migrations import latest_snapshots
+from aether.server.migrations import track as track_migrations
 from aether.store.base import CompactedError, Compare, Delete, Op, Put, StateStore, StoreError
 from aether.store.election import LeaderElection, Leadership
 
@@ -61,14 +63,17 @@ async def apply_action(
             command=Command.LOAD,
             request_id=uuid.uuid4().hex,
             placed_at=time.time(),
+            restore_from=action.restore_from,
+            migration_id=action.migration_id,
         )
         key = instance_key(action.node, action.app, action.version, action.n)
         await store.txn([fence, Compare(key, "create_revision", "==", 0)], [Put(key, dump(record))])
     elif isinstance(action, SetCommand):
         record, _ = snap.instances[action.key]
-        updated = record.model_copy(
-            update={"command": action.command, "request_id": uuid.uuid4().hex}
-        )
+        change: dict[str, object] = {"command": action.command, "request_id": uuid.uuid4().hex}
+        if action.checkpoint:
+            change["checkpoint"] = True  # the node snapshots the state as it stops
+        updated = record.model_copy(update=change)
         ops: list[Op] = [Put(action.key, dump(updated))]
         if action.command in (Command.DEACTIVATE, Command.UNLOAD):
             # routers stop sending before the node stops the process
@@ -172,7 +177,7 @@ class Leader:
         """One pass: read, plan, apply. Returns the actions it applied."""
         snap = await read_snapshot(self.ctx.store)
         actions = plan(
-            snap.desired(self._failures, self._holds),
+            snap.desired(self._failures, self._holds, await latest_snapshots(self.ctx, snap)),
             snap.node_views(),
             snap.instance_views(),
             now=time.time(),
@@ -181,6 +186,7 @@ class Leader:
         for action in actions:
             await apply_action(self.ctx.store, snap, action, fence)
         await self._record(snap, actions)
+        await track_migrations(self.ctx, actions)
         self.passes += 1
         return actions
 

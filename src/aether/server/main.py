@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import uvicorn
@@ -10,11 +11,27 @@ import uvicorn
 from aether.server.app import create_app
 from aether.server.settings import ServerSettings
 
-__all__ = ["serve"]
+__all__ = ["serve", "tune_gc"]
+
+
+def tune_gc() -> None:
+    """Fewer and cheaper garbage collections for a busy server.
+
+    With the default thresholds, thousands of requests a second promote their
+    short-lived objects to the oldest generation, and full collections (which
+    also walk every module, route and schema) stop the process for 100-300 ms
+    every few seconds: that is the tail latency of every request. A larger
+    young generation lets request objects die young, and the start-up objects
+    are frozen out of all collections (they live as long as the process).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def serve(settings: ServerSettings) -> None:
     app = create_app(settings)
+    tune_gc()
     config = uvicorn.Config(
         app,
         host=settings.host,

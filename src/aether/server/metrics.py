@@ -21,6 +21,19 @@ Series (no label has more than a handful of values):
 ``deployments_created_total``               counter: deployments and rollbacks created
 ``deployments_succeeded_total``             counter: deployments that became active
 ``deployments_failed_total``                counter: deployments marked failed
+``telemetry_updates_total``                 counter: node metrics pushes ingested
+``telemetry_ingest_duration_seconds``       histogram: time to read, validate and ingest one
+``node_cpu_ratio{node}``                    gauge: machine CPU 0..1 in the latest sample
+``node_memory_used_ratio{node}``            gauge: memory used / total
+``node_disk_used_ratio{node}``              gauge: data-dir disk used / total
+``node_telemetry_stale{node}``              gauge: 1 when the node stopped pushing
+``app_instances{app}``                      gauge: instances reporting figures
+``app_calls_per_second{app}``               gauge: calls through all routers
+``app_latency_seconds{app}``                gauge: mean call duration in the latest second
+``app_in_flight_calls{app}``                gauge: open calls per instance
+
+The node and app gauges come from the leader's latest telemetry sample (other
+servers show none); node/app labels grow with the cluster, one series each.
 
 Counters are per process: the deployment outcome counters move on the server
 that was leader at the time, so sum them over all servers.
@@ -45,6 +58,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
+    from aether.model.telemetry import ClusterSample
     from aether.server.context import ServerContext
 
 __all__ = ["DEFAULT_MAX_CONCURRENT_UPLOADS", "ServerMetrics", "UploadGate", "install_metrics"]
@@ -96,6 +110,37 @@ class ServerMetrics:
         self.deployments_failed = Counter(
             "deployments_failed_total", "Deployments marked failed.", registry=r
         )
+        self.telemetry_updates = Counter(
+            "telemetry_updates", "Node metrics pushes ingested.", registry=r
+        )
+        self.telemetry_ingest = Histogram(
+            "telemetry_ingest_duration_seconds",
+            "Seconds to read, validate and ingest one node metrics push.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.node_cpu = Gauge("node_cpu_ratio", "Machine CPU, 0..1.", ["node"], registry=r)
+        self.node_memory = Gauge(
+            "node_memory_used_ratio", "Memory used / total.", ["node"], registry=r
+        )
+        self.node_disk = Gauge(
+            "node_disk_used_ratio", "Data-dir disk used / total.", ["node"], registry=r
+        )
+        self.node_stale = Gauge(
+            "node_telemetry_stale", "1 when the node stopped pushing metrics.", ["node"], registry=r
+        )
+        self.app_instances = Gauge(
+            "app_instances", "Instances reporting telemetry.", ["app"], registry=r
+        )
+        self.app_calls = Gauge(
+            "app_calls_per_second", "Calls per second through all routers.", ["app"], registry=r
+        )
+        self.app_latency = Gauge(
+            "app_latency_seconds", "Mean call duration in the latest second.", ["app"], registry=r
+        )
+        self.app_in_flight = Gauge(
+            "app_in_flight_calls", "Open calls per instance.", ["app"], registry=r
+        )
         for kind in ("artifact", "blob"):  # present at 0 from the start
             self.upload_bytes.labels(kind)
         for kind in ("artifact", "blob", "assemble"):
@@ -105,7 +150,27 @@ class ServerMetrics:
         """The exposition text, with the scrape-time gauges refreshed first."""
         if ctx is not None:
             self.artifacts.set(len(await ctx.registry.list_digests()))
+            self.telemetry(ctx.telemetry.latest())
         return generate_latest(self.registry)
+
+    def telemetry(self, sample: ClusterSample | None) -> None:
+        """Set the node and app gauges from a telemetry sample (nodes gone drop out)."""
+        gauges = [self.node_cpu, self.node_memory, self.node_disk, self.node_stale]
+        gauges += [self.app_instances, self.app_calls, self.app_latency, self.app_in_flight]
+        for gauge in gauges:
+            gauge.clear()
+        if sample is None:
+            return
+        for name, n in sample.nodes.items():
+            self.node_cpu.labels(name).set(n.cpu)
+            self.node_memory.labels(name).set(n.memory_fraction)
+            self.node_disk.labels(name).set(n.disk_fraction)
+            self.node_stale.labels(name).set(1.0 if n.stale else 0.0)
+        for name, a in sample.apps.items():
+            self.app_instances.labels(name).set(a.instances)
+            self.app_calls.labels(name).set(a.calls_per_s)
+            self.app_latency.labels(name).set(a.latency_ms / 1000.0)
+            self.app_in_flight.labels(name).set(a.in_flight_per_instance)
 
 
 class UploadSlot:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServerSettings"]
@@ -31,13 +31,68 @@ class ServerSettings(BaseSettings):
     task_lease: float = Field(default=15.0, ge=2.0, description="seconds a task claim lasts")
     disabled_features: list[str] = Field(
         default_factory=list,
-        description="node features the server never turns on, e.g. [\"criu\"] (handshake policy)",
+        description='node features the server never turns on, e.g. ["criu"] (handshake policy)',
     )
     telemetry_interval: float = Field(
         default=1.0, ge=0.1, le=60.0, description="seconds between a node's metrics pushes"
     )
+    metrics_retention_days: float = Field(
+        default=7.0, gt=0, description="days the per-minute telemetry roll-ups are kept"
+    )
+    metrics_window_seconds: int = Field(
+        default=7200, ge=60, le=86400, description="seconds of per-second samples kept in memory"
+    )
     max_concurrent_uploads: int = Field(default=32, ge=1, le=10_000)
     log_retention_bytes: int = 10 << 20
+    # -- migration: snapshots of stateful instances ---------------------------------------
+    snapshot_keep: int = Field(default=20, ge=1, description="snapshots kept per app at most")
+    migration_timeout: float = Field(
+        default=600.0, gt=0, description="seconds after which an unfinished migration is failed"
+    )
+    # -- the controller (layer 1) and its optional advisers (layers 2 and 3) --------------
+    controller_enabled: bool = Field(default=True, description="autoscaling and risk drains")
+    controller_interval: float = Field(default=1.0, ge=0.1, le=60.0)
+    controller_undrain_after: float = Field(
+        default=30.0, ge=0.0, description="seconds LOW before the controller undoes its drain"
+    )
+    controller_max_instances: int = Field(
+        default=100, ge=1, le=1000, description="advisers' cap for apps without [autoscale]"
+    )
+    controller_min_interval: float = Field(
+        default=10.0, ge=0.0, description="seconds between two adviser changes of one app"
+    )
+    decisions_retention: float = Field(
+        default=7 * 86400.0, gt=0, description="seconds decisions are kept in the records"
+    )
+    adviser_tactical_url: str = Field(
+        default="", description="OpenAI-compatible base URL (…/v1); the adviser is off when empty"
+    )
+    adviser_tactical_model: str = ""
+    adviser_tactical_api_key: str = ""
+    adviser_tactical_interval: float = Field(default=5.0, ge=2.0, le=60.0)
+    adviser_strategic_url: str = Field(default="", description="as above, for drains and undrains")
+    adviser_strategic_model: str = ""
+    adviser_strategic_api_key: str = ""
+    adviser_strategic_interval: float = Field(default=30.0, ge=2.0, le=60.0)
+    adviser_timeout: float = Field(default=10.0, gt=0, le=60.0, description="seconds per call")
+
+    @model_validator(mode="after")
+    def _advisers(self) -> ServerSettings:
+        for layer in ("tactical", "strategic"):
+            url = getattr(self, f"adviser_{layer}_url")
+            if not url:
+                continue
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"AETHER_ADVISER_{layer.upper()}_URL must be an http(s) base URL such as "
+                    f"http://127.0.0.1:8000/v1, not {url!r}"
+                )
+            if not getattr(self, f"adviser_{layer}_model"):
+                raise ValueError(
+                    f"AETHER_ADVISER_{layer.upper()}_MODEL is needed with "
+                    f"AETHER_ADVISER_{layer.upper()}_URL: the model to ask"
+                )
+        return self
 
     def resolved_state_url(self) -> str:
         return self.state_url or f"sqlite:///{self.data_dir.resolve() / 'state.db'}"

@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 from aether.artifacts import signing
-from aether.cli.commands.views import _table
-from aether.cli.output import CliError, emit
+from aether.cli.output import CliError, emit, table
 from aether.cli.session import api_client
 
 __all__ = ["deploy_signature", "run", "write_private_key"]
@@ -131,7 +130,7 @@ async def run(args: argparse.Namespace) -> int:
             emit(
                 args,
                 {"keys": [k.model_dump(mode="json") for k in keys]},
-                _table(rows, ["id", "name", "fingerprint", "created"])
+                table(rows, ["id", "name", "fingerprint", "created"])
                 if rows
                 else f"no public keys registered for {args.app}",
             )

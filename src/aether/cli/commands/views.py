@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from aether.cli.output import CliError, emit
+from aether.cli.output import CliError, emit, table
 from aether.cli.session import api_client
 
 __all__ = ["run"]
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(lines)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -25,12 +17,12 @@ async def run(args: argparse.Namespace) -> int:
             data = status.model_dump(mode="json")
             text = (
                 f"api:    {status.api_url}\nleader: {status.leader or '(none)'}\n\n"
-                + _table(
+                + table(
                     [[n.id, n.state, n.router_url, str(n.instances)] for n in status.nodes],
                     ["node", "state", "router", "instances"],
                 )
                 + "\n\n"
-                + _table(
+                + table(
                     [
                         [
                             a.name,
@@ -64,7 +56,7 @@ async def run(args: argparse.Namespace) -> int:
             emit(
                 args,
                 {"apps": [a.model_dump(mode="json") for a in apps]},
-                _table(
+                table(
                     [
                         [
                             a.name,
@@ -81,7 +73,7 @@ async def run(args: argparse.Namespace) -> int:
             emit(
                 args,
                 {"nodes": [n.model_dump(mode="json") for n in nodes]},
-                _table(
+                table(
                     [
                         [
                             n.id,
@@ -100,7 +92,7 @@ async def run(args: argparse.Namespace) -> int:
             emit(
                 args,
                 {"deployments": [d.model_dump(mode="json") for d in deployments]},
-                _table(
+                table(
                     [
                         [
                             f"v{d.version}",

@@ -24,10 +24,9 @@ from aether.model.api import (
 from aether.model.app import AppSpec, validate_app_name
 from aether.model.cluster import Blueprint, DeploymentRef
 from aether.server.auth import Caller, Operator
-from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
+from aether.server.cluster import ClusterSnapshot, dump, read_snapshot, update_blueprint
 from aether.server.context import ServerContext, get_context
 from aether.server.signatures import check_deployable
-from aether.store.base import Compare, Put
 from aether.store.records import Principal
 from aether.store.records.schema import App, Deployment
 
@@ -257,18 +256,7 @@ async def _update_blueprint(
 ) -> tuple[Blueprint, Blueprint]:
     """Apply ``change`` to the caller's blueprint with compare-and-swap; (before, after)."""
     await _app(ctx, caller, app)
-    for _ in range(10):
-        kv = await ctx.store.get(f"blueprints/{app}")
-        bp = Blueprint.model_validate_json(kv.value) if kv else None
-        if kv is None or bp is None or bp.tenant != caller.tenant_id:
-            raise NotFoundError(f"app {app!r} has no live deployment")
-        updated = change(bp)
-        result = await ctx.store.txn(
-            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)], [Put(kv.key, dump(updated))]
-        )
-        if result.succeeded:
-            return bp, updated
-    raise ConflictError("the blueprint kept changing; try again")
+    return await update_blueprint(ctx.store, app, change, tenant=caller.tenant_id)
 
 
 @router.get("/deployments/{deployment_id}/events")

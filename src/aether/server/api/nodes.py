@@ -16,6 +16,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from aether.artifacts import parse_digest
+from aether.core.controller import DRAINED_BY_OPERATOR
 from aether.core.features import node_config
 from aether.core.lifecycle import Command, State, can_report
 from aether.errors import BadRequestError, ConflictError, NotFoundError
@@ -32,6 +34,8 @@ from aether.model.cluster import (
 from aether.server.auth import Caller, NodeCaller, Operator
 from aether.server.cluster import dump, read_snapshot
 from aether.server.context import ServerContext, get_context
+from aether.server.migrations import drain_node
+from aether.server.nodes import set_draining
 from aether.store.base import CompactedError, Compare, Delete, LeaseNotFoundError, Op, Put
 
 __all__ = ["router"]
@@ -90,6 +94,8 @@ async def register(body: RegisterIn, caller: NodeCaller, ctx: Ctx) -> RegisterOu
         capabilities=body.capabilities,
         router_url=body.router_url,
         draining=row.draining,
+        drain_reason=row.drain_reason,
+        drained_by=row.drained_by,
         registered_at=time.time(),
         config=config.features,
     )
@@ -200,6 +206,9 @@ async def report(
         raise BadRequestError(f"unknown state {body.state!r}") from None
     app, _, version = app_version.rpartition("@")
     key = instance_key(node, app, int(version) if version.isdigit() else -1, n)
+    snapshot = parse_digest(body.snapshot) if body.snapshot else None  # after a checkpoint
+    if snapshot is not None and not await ctx.registry.exists(snapshot):
+        raise BadRequestError(f"snapshot {snapshot} is not stored: upload it first")
     for _ in range(10):
         kv = await ctx.store.get(key)
         if kv is None:
@@ -216,6 +225,7 @@ async def report(
                 "message": body.message[:2000],
                 "url": body.url,
                 "active_since": active_since if state is State.ACTIVE else None,
+                **({"snapshot": snapshot} if snapshot is not None else {}),
             }
         )
         ep_key = endpoint_key(app, "web", node, n)
@@ -293,28 +303,15 @@ async def list_nodes(caller: Caller, ctx: Ctx) -> list[NodeOut]:
     return await node_list(ctx)
 
 
-async def _set_draining(ctx: ServerContext, node: str, draining: bool) -> None:
-    await ctx.records.set_node_draining(node, draining)
-    for _ in range(10):
-        kv = await ctx.store.get(_node_key(node))
-        if kv is None:
-            return  # down: the flag applies when it registers again
-        record = NodeRecord.model_validate_json(kv.value).model_copy(update={"draining": draining})
-        result = await ctx.store.txn(
-            [Compare(kv.key, "mod_revision", "==", kv.mod_revision)],
-            [Put(kv.key, dump(record), lease=kv.lease)],
-        )
-        if result.succeeded:
-            return
-
-
 @router.post("/nodes/{node}/drain")
 async def drain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
-    await _set_draining(ctx, node, True)
-    return {"node": node, "draining": True}
+    # mark its instances first, so the moves the drain starts are tracked migrations
+    moving = await drain_node(ctx, node, "its node was drained by an operator")
+    await set_draining(ctx, node, True, reason="drained by an operator", by=DRAINED_BY_OPERATOR)
+    return {"node": node, "draining": True, "migrations": [row.id for row in moving]}
 
 
 @router.post("/nodes/{node}/undrain")
 async def undrain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
-    await _set_draining(ctx, node, False)
+    await set_draining(ctx, node, False)
     return {"node": node, "draining": False}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,13 +19,19 @@ from aether.store.records.schema import (
     ApiToken,
     App,
     Artifact,
+    DecisionRow,
     Deployment,
     DeploymentEvent,
     Execution,
     IdempotencyKey,
+    MetricRollup,
+    MigrationRecord,
     Node,
     PublicKey,
+    RiskAssessmentRow,
     Sandbox,
+    SignalRow,
+    SnapshotRecord,
     Tenant,
 )
 
@@ -413,14 +419,93 @@ class Records:
         async with self.sessions() as session:
             return (await session.scalars(select(Node).order_by(Node.id))).all()
 
-    async def set_node_draining(self, node_id: str, draining: bool) -> None:
+    async def set_node_draining(
+        self, node_id: str, draining: bool, *, reason: str = "", by: str = ""
+    ) -> None:
+        """Set the drain flag with why and by whom (cleared when undrained)."""
+        values = {
+            "draining": draining,
+            "drain_reason": reason if draining else "",
+            "drained_by": by if draining else "",
+        }
         async with self.sessions() as session:
-            result = await session.execute(
-                update(Node).where(Node.id == node_id).values(draining=draining)
-            )
+            result = await session.execute(update(Node).where(Node.id == node_id).values(**values))
             await session.commit()
         if not getattr(result, "rowcount", 0):
             raise NotFoundError(f"node {node_id!r} not found")
+
+    # -- controller decisions (aether.server.controller) -----------------------
+
+    async def add_decision(
+        self,
+        *,
+        ts: float,
+        layer: int,
+        kind: str,
+        target: str,
+        action: dict[str, Any],
+        inputs: dict[str, Any],
+        reason: str,
+        outcome: str,
+        detail: str = "",
+        tenant_id: str | None = None,
+    ) -> DecisionRow:
+        row = DecisionRow(
+            ts=ts,
+            layer=layer,
+            kind=kind,
+            target=target[:128],
+            tenant_id=tenant_id,
+            action=action,
+            inputs=inputs,
+            reason=reason,
+            outcome=outcome,
+            detail=detail,
+        )
+        async with self.sessions() as session:
+            session.add(row)
+            await session.commit()
+            return row
+
+    async def list_decisions(
+        self,
+        tenant_id: str | None,
+        *,
+        layer: int | None = None,
+        kind: str | None = None,
+        target: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> Sequence[DecisionRow]:
+        """Newest first. A tenant sees its apps' decisions and the cluster's drains and
+        undrains; ``tenant_id`` None sees every decision (adviser failures included)."""
+        query = select(DecisionRow).order_by(DecisionRow.id.desc()).limit(limit)
+        if tenant_id is not None:
+            query = query.where(
+                or_(
+                    DecisionRow.tenant_id == tenant_id,
+                    DecisionRow.tenant_id.is_(None) & DecisionRow.kind.in_(("drain", "undrain")),
+                )
+            )
+        if layer is not None:
+            query = query.where(DecisionRow.layer == layer)
+        if kind is not None:
+            query = query.where(DecisionRow.kind == kind)
+        if target is not None:
+            query = query.where(DecisionRow.target == target)
+        if outcome is not None:
+            query = query.where(DecisionRow.outcome == outcome)
+        if since is not None:
+            query = query.where(DecisionRow.ts >= since)
+        async with self.sessions() as session:
+            return (await session.scalars(query)).all()
+
+    async def delete_decisions_before(self, ts: float) -> int:
+        async with self.sessions() as session:
+            result = await session.execute(delete(DecisionRow).where(DecisionRow.ts < ts))
+            await session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
 
     # -- signing: public keys, app settings, artifact signatures ---------------
     # (issue 3, part 3; the checks themselves live in aether.server.signatures)
@@ -646,3 +731,320 @@ class Records:
         if execution is None or execution.tenant_id != tenant_id:
             raise NotFoundError(f"execution {execution_id!r} not found")
         return execution
+
+    # -- signals and risk assessments (cluster-level, not tenant-owned) ---------
+
+    async def add_signals(self, signals: Sequence[dict[str, Any]]) -> list[int]:
+        """Store signals (node, kind, value, source, ts); their ids, in order."""
+        rows = [SignalRow(created_at=now(), **signal) for signal in signals]
+        async with self.sessions() as session:
+            session.add_all(rows)
+            await session.commit()
+        return [row.id for row in rows]
+
+    async def list_signals(
+        self,
+        *,
+        node: str | None = None,
+        kind: str | None = None,
+        source: str | None = None,
+        limit: int = 100,
+    ) -> Sequence[SignalRow]:
+        """Newest first."""
+        query = select(SignalRow).order_by(SignalRow.id.desc()).limit(limit)
+        if node is not None:
+            query = query.where(SignalRow.node == node)
+        if kind is not None:
+            query = query.where(SignalRow.kind == kind)
+        if source is not None:
+            query = query.where(SignalRow.source == source)
+        async with self.sessions() as session:
+            return (await session.scalars(query)).all()
+
+    async def read_signals(
+        self,
+        after_id: int,
+        *,
+        created_since: datetime | None = None,
+        observed_since: float | None = None,
+    ) -> Sequence[SignalRow]:
+        """Signals with an id above ``after_id`` -- or created since ``created_since``,
+        to catch rows that committed after a higher id was read -- observed since
+        ``observed_since``; in id order."""
+        newer = SignalRow.id > after_id
+        query = select(SignalRow).order_by(SignalRow.id)
+        if created_since is not None:
+            query = query.where(or_(newer, SignalRow.created_at >= created_since))
+        else:
+            query = query.where(newer)
+        if observed_since is not None:
+            query = query.where(SignalRow.ts >= observed_since)
+        async with self.sessions() as session:
+            return (await session.scalars(query)).all()
+
+    async def latest_signals_by_node(self, source: str) -> dict[str, SignalRow]:
+        """Each node's newest signal from ``source``."""
+        newest = (
+            select(func.max(SignalRow.id))
+            .where(SignalRow.source == source)
+            .group_by(SignalRow.node)
+        )
+        async with self.sessions() as session:
+            rows = (await session.scalars(select(SignalRow).where(SignalRow.id.in_(newest)))).all()
+        return {row.node: row for row in rows}
+
+    async def add_risk_assessments(self, assessments: Sequence[dict[str, Any]]) -> None:
+        """Store verdicts (node, status, confidence, root_cause, rule, inputs, ts)."""
+        if not assessments:
+            return
+        async with self.sessions() as session:
+            session.add_all(RiskAssessmentRow(**a) for a in assessments)
+            await session.commit()
+
+    async def latest_risk_assessments(self) -> Sequence[RiskAssessmentRow]:
+        """Each node's newest stored verdict, by node."""
+        newest = select(func.max(RiskAssessmentRow.id)).group_by(RiskAssessmentRow.node)
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(RiskAssessmentRow)
+                    .where(RiskAssessmentRow.id.in_(newest))
+                    .order_by(RiskAssessmentRow.node)
+                )
+            ).all()
+
+    async def risk_history(self, node: str, limit: int = 50) -> Sequence[RiskAssessmentRow]:
+        """A node's stored verdicts, newest first."""
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(RiskAssessmentRow)
+                    .where(RiskAssessmentRow.node == node)
+                    .order_by(RiskAssessmentRow.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+
+    async def prune_risk_history(self, signals_before: datetime, assessments_before: float) -> int:
+        """Retention: delete signals created and verdicts made before the cut-offs."""
+        async with self.sessions() as session:
+            a = await session.execute(
+                delete(SignalRow).where(SignalRow.created_at < signals_before)
+            )
+            b = await session.execute(
+                delete(RiskAssessmentRow).where(RiskAssessmentRow.ts < assessments_before)
+            )
+            await session.commit()
+        return int(getattr(a, "rowcount", 0) or 0) + int(getattr(b, "rowcount", 0) or 0)
+
+    # -- telemetry roll-ups ---------------------------------------------------------
+
+    async def write_rollups(
+        self, minute: float, rows: Sequence[dict[str, Any]], *, replace: bool = True
+    ) -> None:
+        """Store roll-ups of one minute; ``replace``: first delete any of that minute.
+
+        Each row has ``kind``, ``name``, ``samples``, ``avg`` and ``max`` (a new
+        leader may write a minute its predecessor wrote too: the newest wins).
+        """
+        async with self.sessions() as session:
+            if replace:
+                await session.execute(delete(MetricRollup).where(MetricRollup.minute == minute))
+            if rows:  # one bulk INSERT (thousands of nodes: no ORM unit of work)
+                await session.execute(
+                    insert(MetricRollup),
+                    [
+                        {
+                            "kind": row["kind"],
+                            "name": row["name"],
+                            "minute": minute,
+                            "samples": row["samples"],
+                            "avg_values": row["avg"],
+                            "max_values": row["max"],
+                        }
+                        for row in rows
+                    ],
+                )
+            await session.commit()
+
+    async def list_rollups(
+        self, kind: str, name: str, since: float, until: float | None = None, limit: int = 1440
+    ) -> Sequence[MetricRollup]:
+        """One node's or app's roll-ups from ``since`` (minute start), oldest first."""
+        query = select(MetricRollup).where(
+            MetricRollup.kind == kind, MetricRollup.name == name, MetricRollup.minute >= since
+        )
+        if until is not None:
+            query = query.where(MetricRollup.minute < until)
+        async with self.sessions() as session:
+            return (await session.scalars(query.order_by(MetricRollup.minute).limit(limit))).all()
+
+    async def delete_rollups_before(self, minute: float) -> int:
+        """Retention: delete the roll-ups of minutes that started before ``minute``."""
+        async with self.sessions() as session:
+            result = await session.execute(delete(MetricRollup).where(MetricRollup.minute < minute))
+            await session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    # -- snapshots and migrations (aether.server.migrations) ------------------
+
+    async def add_snapshot(
+        self,
+        *,
+        tenant_id: str,
+        app: str,
+        instance: str,
+        node: str,
+        digest: str,
+        size_bytes: int,
+        kind: str,
+    ) -> SnapshotRecord:
+        row = SnapshotRecord(
+            id=new_id(),
+            tenant_id=tenant_id,
+            app=app,
+            instance=instance[:255],
+            node=node[:128],
+            digest=digest,
+            size_bytes=size_bytes,
+            kind=kind,
+            tier="hot",
+            created_at=now(),
+        )
+        async with self.sessions() as session:
+            session.add(row)
+            await session.commit()
+        return row
+
+    async def list_snapshots(
+        self, tenant_id: str | None, app: str | None = None, limit: int = 100
+    ) -> Sequence[SnapshotRecord]:
+        """Newest first; ``tenant_id`` None: every tenant's (retention)."""
+        query = select(SnapshotRecord)
+        if tenant_id is not None:
+            query = query.where(SnapshotRecord.tenant_id == tenant_id)
+        if app is not None:
+            query = query.where(SnapshotRecord.app == app)
+        query = query.order_by(SnapshotRecord.created_at.desc(), SnapshotRecord.id.desc())
+        async with self.sessions() as session:
+            return (await session.scalars(query.limit(limit))).all()
+
+    async def has_snapshot(self, tenant_id: str | None, digest: str) -> bool:
+        query = select(SnapshotRecord.id).where(SnapshotRecord.digest == digest)
+        if tenant_id is not None:
+            query = query.where(SnapshotRecord.tenant_id == tenant_id)
+        async with self.sessions() as session:
+            return await session.scalar(query.limit(1)) is not None
+
+    async def latest_snapshots(self, apps: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The digest of the newest snapshot of each (tenant id, app) that has one."""
+        out: dict[tuple[str, str], str] = {}
+        async with self.sessions() as session:
+            for tenant_id, app in apps:
+                digest = await session.scalar(
+                    select(SnapshotRecord.digest)
+                    .where(SnapshotRecord.tenant_id == tenant_id, SnapshotRecord.app == app)
+                    .order_by(SnapshotRecord.created_at.desc(), SnapshotRecord.id.desc())
+                    .limit(1)
+                )
+                if digest is not None:
+                    out[(tenant_id, app)] = digest
+        return out
+
+    async def artifact_claimed(self, digest: str) -> bool:
+        """Whether any tenant holds an artifact with this digest."""
+        async with self.sessions() as session:
+            found = await session.scalar(
+                select(Artifact.id).where(Artifact.digest == digest).limit(1)
+            )
+            return found is not None
+
+    async def delete_snapshots(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        async with self.sessions() as session:
+            await session.execute(delete(SnapshotRecord).where(SnapshotRecord.id.in_(ids)))
+            await session.commit()
+
+    async def set_snapshot_tiers(self, tiers: dict[str, str]) -> None:
+        """Record each snapshot's tier (row id → tier) where it changed."""
+        async with self.sessions() as session:
+            for tier in sorted(set(tiers.values())):
+                ids = [i for i, t in tiers.items() if t == tier]
+                await session.execute(
+                    update(SnapshotRecord)
+                    .where(SnapshotRecord.id.in_(ids), SnapshotRecord.tier != tier)
+                    .values(tier=tier)
+                )
+            await session.commit()
+
+    async def create_migration(
+        self,
+        *,
+        tenant_id: str,
+        app: str,
+        instance: str,
+        from_node: str,
+        to_node: str | None,
+        kind: str,
+        reason: str,
+        migration_id: str | None = None,
+    ) -> MigrationRecord:
+        row = MigrationRecord(
+            id=migration_id or new_id(),
+            tenant_id=tenant_id,
+            app=app,
+            instance=instance[:255],
+            from_node=from_node,
+            to_node=to_node,
+            kind=kind,
+            status="requested",
+            snapshot=None,
+            replacement=None,
+            reason=reason,
+            started_at=now(),
+            finished_at=None,
+        )
+        async with self.sessions() as session:
+            session.add(row)
+            await session.commit()
+        return row
+
+    async def get_migration(self, tenant_id: str | None, migration_id: str) -> MigrationRecord:
+        async with self.sessions() as session:
+            row = await session.get(MigrationRecord, migration_id)
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            raise NotFoundError(f"migration {migration_id!r} not found")
+        return row
+
+    async def list_migrations(
+        self, tenant_id: str, app: str | None = None, limit: int = 100
+    ) -> Sequence[MigrationRecord]:
+        """Newest first."""
+        query = select(MigrationRecord).where(MigrationRecord.tenant_id == tenant_id)
+        if app is not None:
+            query = query.where(MigrationRecord.app == app)
+        query = query.order_by(MigrationRecord.started_at.desc(), MigrationRecord.id.desc())
+        async with self.sessions() as session:
+            return (await session.scalars(query.limit(limit))).all()
+
+    async def open_migrations(self) -> Sequence[MigrationRecord]:
+        """Every migration that has not finished, oldest first."""
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(MigrationRecord)
+                    .where(MigrationRecord.status.not_in(("done", "failed")))
+                    .order_by(MigrationRecord.started_at, MigrationRecord.id)
+                )
+            ).all()
+
+    async def update_migration(self, migration_id: str, **values: Any) -> None:
+        """Change a migration's fields; ``finished_at`` is set when it reaches done or failed."""
+        if values.get("status") in ("done", "failed"):
+            values.setdefault("finished_at", now())
+        async with self.sessions() as session:
+            await session.execute(
+                update(MigrationRecord).where(MigrationRecord.id == migration_id).values(**values)
+            )
+            await session.commit()

@@ -23,13 +23,19 @@ __all__ = [
     "App",
     "Artifact",
     "Base",
+    "DecisionRow",
     "Deployment",
     "DeploymentEvent",
     "Execution",
     "IdempotencyKey",
+    "MetricRollup",
+    "MigrationRecord",
     "Node",
     "PublicKey",
+    "RiskAssessmentRow",
     "Sandbox",
+    "SignalRow",
+    "SnapshotRecord",
     "Task",
     "Tenant",
 ]
@@ -147,6 +153,9 @@ class Node(Base):
     draining: Mapped[bool] = mapped_column(default=False)
     registered_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+    # why and by whom (operator | controller | adviser) it is draining; kept across restarts
+    drain_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    drained_by: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class Task(Base):
@@ -213,5 +222,128 @@ class Execution(Base):
     stderr: Mapped[str] = mapped_column(Text)
     stdout_truncated: Mapped[bool] = mapped_column(default=False)
     stderr_truncated: Mapped[bool] = mapped_column(default=False)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class SignalRow(Base):
+    """An external input about a node (spot price, rebalance notice, capacity score).
+
+    Cluster-level, not tenant-owned. The risk engine reads new rows by id.
+    """
+
+    __tablename__ = "signals"
+    __table_args__ = (
+        Index("ix_signals_node", "node", "id"),
+        Index("ix_signals_created_at", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))  # spot_price | rebalance | capacity | clear
+    value: Mapped[float]
+    source: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[float]  # when it was observed (seconds since the epoch)
+    created_at: Mapped[datetime]
+
+
+class RiskAssessmentRow(Base):
+    """A risk verdict on a node, written when it changes (and at least once a minute)."""
+
+    __tablename__ = "risk_assessments"
+    __table_args__ = (
+        Index("ix_risk_assessments_node", "node", "id"),
+        Index("ix_risk_assessments_ts", "ts"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # LOW | MEDIUM | HIGH | CRITICAL
+    confidence: Mapped[float]
+    root_cause: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(64))
+    inputs: Mapped[dict[str, Any]]
+    ts: Mapped[float]
+
+
+class DecisionRow(Base):
+    """A controller decision (layer 1, 2 or 3) with its inputs, reason and outcome."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        Index("ix_decisions_target", "target", "id"),
+        Index("ix_decisions_ts", "ts"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    ts: Mapped[float]  # seconds since the epoch
+    layer: Mapped[int]  # 1 decision tree, 2 tactical adviser, 3 strategic adviser
+    kind: Mapped[str] = mapped_column(String(16))  # scale | drain | undrain | advice
+    target: Mapped[str] = mapped_column(String(128))  # app name or node id
+    tenant_id: Mapped[str | None] = mapped_column(String(64))  # the app's; None for nodes
+    action: Mapped[dict[str, Any]]
+    inputs: Mapped[dict[str, Any]]
+    reason: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))  # applied | refused | failed
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class MetricRollup(Base):
+    """One node's or app's telemetry over one minute: mean and maximum of each figure.
+
+    Written by the leader's telemetry hub once a minute; deleted after
+    ``AETHER_METRICS_RETENTION_DAYS``. Cluster-level (apps are named globally).
+    """
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = (
+        UniqueConstraint("kind", "name", "minute"),
+        Index("ix_metric_rollups_minute", "minute"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))  # node | app
+    name: Mapped[str] = mapped_column(String(128))
+    minute: Mapped[float]  # start of the minute, seconds since the epoch
+    samples: Mapped[int]  # fresh seconds folded in
+    avg_values: Mapped[dict[str, Any]]
+    max_values: Mapped[dict[str, Any]]
+
+
+class SnapshotRecord(Base):
+    """A stored checkpoint of a stateful instance (the blob is in the artifact registry)."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        Index("ix_snapshots_app", "tenant_id", "app", "created_at"),
+        Index("ix_snapshots_digest", "digest"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    app: Mapped[str] = mapped_column(String(63))
+    instance: Mapped[str] = mapped_column(String(255))  # the key of the instance it came from
+    node: Mapped[str] = mapped_column(String(128))
+    digest: Mapped[str] = mapped_column(String(71))
+    size_bytes: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(16))  # cooperative | criu
+    tier: Mapped[str] = mapped_column(String(8))  # hot | warm | cold (updated by retention)
+    created_at: Mapped[datetime]
+
+
+class MigrationRecord(Base):
+    """One instance moving from one node to another, and how it went."""
+
+    __tablename__ = "migrations"
+    __table_args__ = (
+        Index("ix_migrations_app", "tenant_id", "app", "started_at"),
+        Index("ix_migrations_status", "status"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    app: Mapped[str] = mapped_column(String(63))
+    instance: Mapped[str] = mapped_column(String(255))
+    from_node: Mapped[str] = mapped_column(String(128))
+    to_node: Mapped[str | None] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # stateless | stateful
+    status: Mapped[str] = mapped_column(String(16))  # requested|checkpointing|restoring|done|failed
+    snapshot: Mapped[str | None] = mapped_column(String(71))
+    replacement: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]

@@ -1,0 +1,153 @@
+"""``migrate``, ``migrations``, ``drain``, ``undrain``, ``snapshots``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from aether.cli.output import CliError, emit, table
+from aether.cli.session import api_client
+from aether.model.migrations import MIGRATION_FINAL, MigrationOut
+
+__all__ = ["run"]
+
+_POLL = 0.2
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _describe(m: MigrationOut) -> str:
+    target = m.to_node or "another node"
+    took = ""
+    if m.finished_at is not None:
+        took = f" in {(m.finished_at - m.started_at).total_seconds():.1f}s"
+    lines = [
+        f"migration {m.id}: {m.instance} ({m.kind}) {m.from_node} -> {target}: {m.status}{took}"
+    ]
+    if m.replacement:
+        lines.append(f"replacement: {m.replacement}")
+    if m.snapshot:
+        lines.append(f"snapshot:    {m.snapshot}")
+    if m.reason:
+        lines.append(f"reason:      {m.reason}")
+    return "\n".join(lines)
+
+
+async def _wait(client: Any, migration: MigrationOut, timeout: float) -> MigrationOut:
+    deadline = time.monotonic() + timeout
+    current = migration
+    while current.status not in MIGRATION_FINAL:
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"migration {current.id} not finished after {timeout:.0f}s "
+                f"({current.status}: {current.reason}); `aether migrations` follows it",
+                kind="network",
+                code="timeout",
+            )
+        await asyncio.sleep(_POLL)
+        current = await client.migration(current.id)
+    return current
+
+
+async def _drained(client: Any, node: str, ids: list[str], timeout: float) -> list[MigrationOut]:
+    """Wait until the node serves nothing and the drain's migrations have finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        moves = [await client.migration(i) for i in ids]
+        serving = [
+            i
+            for i in await client.instances()
+            if i.node == node and i.command in ("LOAD", "ACTIVATE") and i.state != "FAILED"
+        ]
+        if not serving and all(m.status in MIGRATION_FINAL for m in moves):
+            return moves
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"node {node} still serves {len(serving)} instance(s) after {timeout:.0f}s; "
+                "`aether migrations` and `aether events` say why",
+                kind="network",
+                code="timeout",
+            )
+        await asyncio.sleep(_POLL)
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with api_client(args) as client:
+        if args.command == "migrate":
+            migration = await client.migrate(args.instance, args.to)
+            if not args.no_wait:
+                migration = await _wait(client, migration, args.timeout)
+            emit(args, migration.model_dump(mode="json"), _describe(migration))
+            if migration.status == "failed":
+                raise CliError(
+                    f"migration {migration.id} failed: {migration.reason}",
+                    kind="network",
+                    code="migration_failed",
+                )
+        elif args.command == "migrations":
+            moves = await client.migrations(args.app, limit=args.limit)
+            emit(
+                args,
+                {"migrations": [m.model_dump(mode="json") for m in moves]},
+                table(
+                    [
+                        [
+                            m.id[:12],
+                            m.app,
+                            m.from_node,
+                            m.to_node or "-",
+                            m.kind,
+                            m.status,
+                            m.started_at.isoformat(timespec="seconds"),
+                            m.reason[:60],
+                        ]
+                        for m in moves
+                    ],
+                    ["id", "app", "from", "to", "kind", "status", "started", "reason"],
+                ),
+            )
+        elif args.command == "drain":
+            answer = await client.drain(args.node)
+            ids = list(answer.get("migrations", []))
+            moves = await _drained(client, args.node, ids, args.timeout) if args.wait else []
+            text = f"node {args.node} is draining; {len(ids)} instance(s) to move"
+            if args.wait:
+                text = f"node {args.node} drained: " + (
+                    ", ".join(f"{m.instance} -> {m.to_node} ({m.status})" for m in moves)
+                    or "nothing to move"
+                )
+            emit(args, {**answer, "moved": [m.model_dump(mode="json") for m in moves]}, text)
+        elif args.command == "undrain":
+            answer = await client.undrain(args.node)
+            emit(args, answer, f"node {args.node} takes instances again")
+        else:
+            snaps = await client.snapshots(args.app, limit=args.limit)
+            emit(
+                args,
+                {"snapshots": [s.model_dump(mode="json") for s in snaps]},
+                table(
+                    [
+                        [
+                            s.app,
+                            s.digest[:19],
+                            _size(s.size_bytes),
+                            s.kind,
+                            s.tier,
+                            s.node,
+                            s.created_at.isoformat(timespec="seconds"),
+                        ]
+                        for s in snaps
+                    ],
+                    ["app", "digest", "size", "kind", "tier", "node", "created"],
+                ),
+            )
+    return 0

@@ -1,0 +1,191 @@
+"""Autoscaling as a pure function: how many instances should an app run now?
+
+``decide`` looks at one metric per instance over a sliding window (one
+``(ts, value)`` per second, oldest first) and answers with a
+:class:`ScaleDecision` or ``None`` (stay). The rules, in order:
+
+1. **Bounds** - an app below ``min`` or above ``max`` is brought into bounds at
+   once, cool-downs or not.
+2. **Freshness** - no sample in the last ``STALE_AFTER`` seconds: nothing is
+   known, nothing changes.
+3. **Up** - ``predicted`` = the mean of the last ``RECENT`` seconds plus the
+   rising part of the trend (least-squares slope over the window) times
+   ``horizon``. Above ``target`` (and past the up cool-down since the last
+   change): ``desired = ceil(current * predicted / target)``, at most
+   ``max_step_up`` more, at most ``max``.
+4. **Down** - with hysteresis: only when the recent mean and every sample of
+   the whole down cool-down (which samples must cover) are below
+   ``LOW_WATER * target``, and the last change is at least
+   ``scale_down_cooldown`` old. Then ``desired = ceil(current * peak / target)``
+   (the busiest second still fits), at most ``max_step_down`` fewer, at least
+   ``min``.
+
+No I/O and no clock: the caller passes ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aether.model.decisions import AutoscaleSpec
+
+__all__ = [
+    "LOW_WATER",
+    "RECENT",
+    "STALE_AFTER",
+    "ScaleDecision",
+    "decide",
+    "slope",
+]
+
+RECENT = 5.0  # seconds averaged for "the current level"
+STALE_AFTER = 3.0  # seconds without a sample after which the figures are not trusted
+LOW_WATER = 0.7  # scale down only below this fraction of the target
+_UNITS = {"cpu": " cores", "in_flight": "", "latency": " ms"}
+
+
+@dataclass(frozen=True)
+class ScaleDecision:
+    current: int
+    desired: int
+    direction: Literal["up", "down"]
+    reason: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of value over time (units per second); 0 with < 3 points."""
+    if len(points) < 3:
+        return 0.0
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var <= 0.0:
+        return 0.0
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def decide(
+    spec: AutoscaleSpec,
+    current_instances: int,
+    series: Sequence[tuple[float, float]],
+    last_up: float | None,
+    last_down: float | None,
+    now: float,
+    *,
+    reporting: int | None = None,
+) -> ScaleDecision | None:
+    """The instance count to move to, or None to stay (see the module docstring).
+
+    ``series`` holds the metric per instance, relative to ``current_instances``;
+    ``last_up``/``last_down`` are when this app was last scaled up/down.
+    ``reporting`` is how many instances report figures now: latency does not
+    fall until new instances serve, so it never scales up again before they do.
+    """
+    current = current_instances
+    bounds = {"min": spec.min, "max": spec.max}
+    if current < spec.min:
+        return ScaleDecision(
+            current,
+            spec.min,
+            "up",
+            f"{current} instance(s) is below the autoscale min {spec.min}: {current} → {spec.min}",
+            {"instances": current, **bounds},
+        )
+    if current > spec.max:
+        return ScaleDecision(
+            current,
+            spec.max,
+            "down",
+            f"{current} instance(s) is above the autoscale max {spec.max}: {current} → {spec.max}",
+            {"instances": current, **bounds},
+        )
+
+    window = [(t, v) for t, v in series if now - spec.window <= t <= now]
+    if not window or now - window[-1][0] > STALE_AFTER:
+        return None  # missing or stale telemetry: never act on what is not known
+
+    metric, target, unit = spec.metric, spec.target, _UNITS[spec.metric]
+    recent = [v for t, v in window if t >= now - min(RECENT, spec.window)]
+    level = _mean(recent)
+    trend = slope(window)
+    predicted = level + max(trend, 0.0) * spec.horizon
+    last_change = max((t for t in (last_up, last_down) if t is not None), default=None)
+    inputs: dict[str, Any] = {
+        "metric": metric,
+        "target": target,
+        "level": round(level, 4),
+        "trend_per_s": round(trend, 4),
+        "predicted": round(predicted, 4),
+        "horizon": spec.horizon,
+        "samples": len(window),
+        "instances": current,
+        **bounds,
+    }
+
+    if predicted > target and current < spec.max:
+        if last_change is not None and now - last_change < spec.scale_up_cooldown:
+            return None
+        if metric == "latency" and reporting is not None and reporting < current:
+            return None  # the last scale-up is not serving yet
+        base = max(current, 1)
+        wanted = math.ceil(base * predicted / target - 1e-9)
+        desired = min(wanted, current + spec.max_step_up, spec.max)
+        if desired <= current:
+            return None
+        trend_text = f" (trend {trend:+.2g}/s)" if spec.horizon > 0 and trend > 0 else ""
+        capped = ""
+        if desired < wanted:
+            capped = (
+                f", capped at max {spec.max}"
+                if desired == spec.max
+                else f", at most {spec.max_step_up} more per step"
+            )
+        return ScaleDecision(
+            current,
+            desired,
+            "up",
+            f"{metric} {_fmt(level)}{unit}/instance > target {_fmt(target)}{unit}"
+            f"{trend_text}: {current} → {desired}{capped}",
+            {**inputs, "wanted": wanted},
+        )
+
+    if current <= spec.min:
+        return None
+    low = LOW_WATER * target
+    if level >= low:
+        return None
+    if last_change is not None and now - last_change < spec.scale_down_cooldown:
+        return None
+    span = max(spec.scale_down_cooldown, min(RECENT, spec.window))
+    held = [(t, v) for t, v in series if now - span <= t <= now]
+    # covered: samples reach back to the start of the span and hardly any second is missing
+    if not held or held[0][0] > now - span + 2.0 or len(held) < 0.8 * span:
+        return None
+    peak = max(v for _, v in held)
+    if peak >= low:
+        return None
+    needed = math.ceil(current * peak / target - 1e-9)  # sized for the busiest second
+    desired = max(needed, current - spec.max_step_down, spec.min)
+    if desired >= current:
+        return None
+    return ScaleDecision(
+        current,
+        desired,
+        "down",
+        f"{metric} at most {_fmt(peak)}{unit}/instance, below {int(LOW_WATER * 100)}% of "
+        f"target {_fmt(target)}{unit} for {_fmt(span)} s: {current} → {desired}",
+        {**inputs, "peak": round(peak, 4), "held_seconds": span},
+    )

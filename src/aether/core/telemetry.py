@@ -1,0 +1,391 @@
+"""Telemetry math: fold node pushes into cluster samples, and samples into roll-ups.
+
+Pure functions of plain data (no I/O, no clock: ``now`` is passed in). The
+server's ``TelemetryHub`` keeps one :class:`NodeState` per node, built by
+:func:`fold` when a push arrives, and calls :func:`aggregate` every second.
+
+Per node (one :class:`NodeSample`):
+
+- ``cpu``, ``memory_fraction`` (used / total), ``disk_fraction`` from the
+  latest push; ``net_rx_per_s`` / ``net_tx_per_s`` from the cumulative byte
+  counters of the latest two pushes (by the node's clock; 0 when a counter
+  goes backwards, e.g. after a reboot);
+- ``stale`` when the latest push arrived more than ``STALE_INTERVALS`` (3)
+  of the node's own intervals ago: the figures are then the last known ones.
+
+Per app (one :class:`AppSample`), over the nodes that are not stale:
+
+- endpoint figures are summed over every router: ``calls_per_s`` is the sum
+  of ``calls / interval``, ``latency_ms`` is ``sum(total_ms) / sum(calls)``
+  (0 without calls);
+- instance figures are averaged over the instances reporting: CPU and RSS per
+  instance, and ``in_flight_per_instance`` = open calls / instances (open
+  calls themselves when no instance reports).
+
+Roll-ups (one :class:`Rollup` per node and per app and minute): the mean and
+the maximum of each figure over the fresh seconds of that minute; the mean of
+``latency_ms`` is weighted by calls, i.e. the minute's mean call duration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from aether.model.telemetry import (
+    AppSample,
+    ClusterSample,
+    NodeMetrics,
+    NodeSample,
+    Rollup,
+)
+
+__all__ = [
+    "APP_FIGURES",
+    "FORGET_AFTER",
+    "NODE_FIGURES",
+    "STALE_INTERVALS",
+    "Aggregator",
+    "AppPartial",
+    "NodeState",
+    "RollupAccumulator",
+    "aggregate",
+    "app_sample",
+    "fold",
+    "forgotten",
+    "is_stale",
+    "minute_of",
+    "net_rate",
+    "node_sample",
+    "retention_cutoff",
+    "rollups",
+]
+
+STALE_INTERVALS = 3.0  # no push for this many intervals: the node is stale
+FORGET_AFTER = 300.0  # seconds without a push after which a node leaves the samples
+MINUTE = 60.0
+
+NODE_FIGURES = (
+    "cpu",
+    "memory_fraction",
+    "disk_fraction",
+    "net_rx_per_s",
+    "net_tx_per_s",
+    "instances",
+    "restarts",
+)
+APP_FIGURES = (
+    "instances",
+    "cpu_per_instance",
+    "rss_mb_per_instance",
+    "calls_per_s",
+    "errors_per_s",
+    "latency_ms",
+    "in_flight_per_instance",
+    "restarts",
+)
+
+
+# One node's share of one app in one push, as a plain tuple (the garbage collector
+# stops tracking tuples of numbers, and the hub keeps one per app per node):
+# (app, instances, cpu: summed cores, rss_mb, restarts, calls, errors, total_ms, in_flight)
+AppPartial = tuple[str, int, float, float, int, int, int, float, int]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """What the hub keeps of a node: the figures of its latest push, and when it arrived.
+
+    Numbers only (and the raw push, if the caller keeps it): thousands of nodes
+    pushing every second must not leave thousands of objects for the garbage
+    collector each second.
+    """
+
+    node: str
+    ts: float  # the node's clock
+    interval: float
+    received_at: float  # the server's clock
+    cpu: float
+    memory_fraction: float
+    disk_fraction: float
+    net_rx_bytes: int
+    net_tx_bytes: int
+    net_rx_per_s: float
+    net_tx_per_s: float
+    instances: int
+    restarts: int
+    apps: tuple[AppPartial, ...] = ()
+    raw: bytes = b""  # the push as it arrived (JSON), when the caller keeps it
+
+
+def net_rate(previous: int, current: int, seconds: float) -> float:
+    """Bytes per second between two readings of a cumulative counter."""
+    if seconds <= 0 or current < previous:
+        return 0.0
+    return (current - previous) / seconds
+
+
+def _partials(update: NodeMetrics) -> tuple[AppPartial, ...]:
+    acc: dict[str, list[float]] = {}
+    for inst in update.instances:
+        row = acc.get(inst.app)
+        if row is None:
+            row = acc[inst.app] = [0.0] * 8
+        row[0] += 1
+        row[1] += inst.cpu
+        row[2] += inst.rss_mb
+        row[3] += inst.restarts
+    for ep in update.endpoints:
+        row = acc.get(ep.app)
+        if row is None:
+            row = acc[ep.app] = [0.0] * 8
+        row[4] += ep.calls
+        row[5] += ep.errors
+        row[6] += ep.total_ms
+        row[7] += ep.in_flight
+    return tuple(
+        (app, int(r[0]), r[1], r[2], int(r[3]), int(r[4]), int(r[5]), r[6], int(r[7]))
+        for app, r in acc.items()
+    )
+
+
+def fold(
+    update: NodeMetrics, previous: NodeState | None, received_at: float, raw: bytes = b""
+) -> NodeState:
+    """The node's new state after a push (``previous``: its state before, if any)."""
+    rx = tx = 0.0
+    if previous is not None:
+        seconds = update.ts - previous.ts
+        if seconds > 0:
+            rx = net_rate(previous.net_rx_bytes, update.net_rx_bytes, seconds)
+            tx = net_rate(previous.net_tx_bytes, update.net_tx_bytes, seconds)
+        else:  # a repeated or reordered push: keep the rates we had
+            rx, tx = previous.net_rx_per_s, previous.net_tx_per_s
+    return NodeState(
+        node=update.node,
+        ts=update.ts,
+        interval=update.interval,
+        received_at=received_at,
+        cpu=update.cpu,
+        memory_fraction=update.memory_used_mb / update.memory_total_mb,
+        disk_fraction=update.disk_used_mb / update.disk_total_mb,
+        net_rx_bytes=update.net_rx_bytes,
+        net_tx_bytes=update.net_tx_bytes,
+        net_rx_per_s=rx,
+        net_tx_per_s=tx,
+        instances=len(update.instances),
+        restarts=sum(i.restarts for i in update.instances),
+        apps=_partials(update),
+        raw=raw,
+    )
+
+
+def is_stale(state: NodeState, now: float) -> bool:
+    return now - state.received_at > STALE_INTERVALS * state.interval
+
+
+def forgotten(state: NodeState, now: float) -> bool:
+    """No push for ``FORGET_AFTER`` seconds: drop the node from the samples."""
+    return now - state.received_at > FORGET_AFTER
+
+
+def node_sample(state: NodeState, now: float) -> NodeSample:
+    return NodeSample(
+        node=state.node,
+        cpu=state.cpu,
+        memory_fraction=state.memory_fraction,
+        disk_fraction=state.disk_fraction,
+        net_rx_per_s=state.net_rx_per_s,
+        net_tx_per_s=state.net_tx_per_s,
+        instances=state.instances,
+        restarts=state.restarts,
+        age=max(0.0, now - state.received_at),
+        stale=is_stale(state, now),
+    )
+
+
+def app_sample(app: str, parts: Iterable[tuple[AppPartial, float]]) -> AppSample:
+    """One app's figures from its partial sums on every (fresh) node, each with its interval."""
+    instances = restarts = calls = in_flight = 0
+    cpu = rss = cps = eps = total_ms = 0.0
+    for (_, n, c, r, rs, k, e, ms, f), interval in parts:
+        instances += n
+        cpu += c
+        rss += r
+        restarts += rs
+        calls += k
+        cps += k / interval
+        eps += e / interval
+        total_ms += ms
+        in_flight += f
+    per = 1.0 / instances if instances else 0.0
+    return AppSample(
+        app=app,
+        instances=instances,
+        cpu_per_instance=cpu * per,
+        rss_mb_per_instance=rss * per,
+        calls_per_s=cps,
+        errors_per_s=eps,
+        latency_ms=total_ms / calls if calls else 0.0,
+        in_flight_per_instance=in_flight * per if instances else float(in_flight),
+        restarts=restarts,
+    )
+
+
+class Aggregator:
+    """``aggregate`` one node at a time, so a shell can pause between chunks of nodes."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self._nodes: dict[str, NodeSample] = {}
+        self._parts: dict[str, list[tuple[AppPartial, float]]] = {}
+
+    def add(self, state: NodeState) -> None:
+        if forgotten(state, self.now):
+            return
+        sample = node_sample(state, self.now)
+        self._nodes[state.node] = sample
+        if sample.stale:
+            return
+        for part in state.apps:
+            bucket = self._parts.get(part[0])
+            if bucket is None:
+                self._parts[part[0]] = [(part, state.interval)]
+            else:
+                bucket.append((part, state.interval))
+
+    def sample(self) -> ClusterSample:
+        nodes = {name: self._nodes[name] for name in sorted(self._nodes)}
+        apps = {app: app_sample(app, self._parts[app]) for app in sorted(self._parts)}
+        return ClusterSample(ts=self.now, nodes=nodes, apps=apps)
+
+
+def aggregate(states: Iterable[NodeState], now: float) -> ClusterSample:
+    """The cluster at ``now``: every known node (stale ones marked), apps from fresh ones."""
+    aggregator = Aggregator(now)
+    for state in states:
+        aggregator.add(state)
+    return aggregator.sample()
+
+
+# -- roll-ups -----------------------------------------------------------------------
+
+
+def minute_of(ts: float) -> float:
+    """The start of the minute ``ts`` falls in (seconds since the epoch)."""
+    return math.floor(ts / MINUTE) * MINUTE
+
+
+def retention_cutoff(now: float, days: float) -> float:
+    """Roll-ups of minutes that started before this are deleted."""
+    return minute_of(now - days * 86400.0)
+
+
+class _Series:
+    __slots__ = ("count", "maxes", "sums", "weight", "weighted")
+
+    def __init__(self, width: int) -> None:
+        self.count = 0
+        self.sums = [0.0] * width
+        self.maxes = [-math.inf] * width
+        self.weighted = 0.0  # latency_ms * calls_per_s (apps)
+        self.weight = 0.0  # calls_per_s (apps)
+
+    def add(self, values: tuple[float, ...]) -> None:
+        self.count += 1
+        sums, maxes = self.sums, self.maxes
+        for i, v in enumerate(values):
+            sums[i] += v
+            if v > maxes[i]:
+                maxes[i] = v
+
+
+class RollupAccumulator:
+    """The figures of one minute, added a sample at a time (each second)."""
+
+    def __init__(self, minute: float) -> None:
+        self.minute = minute_of(minute)
+        self._nodes: dict[str, _Series] = {}
+        self._apps: dict[str, _Series] = {}
+
+    def accepts(self, sample: ClusterSample) -> bool:
+        return minute_of(sample.ts) == self.minute
+
+    def add(self, sample: ClusterSample) -> None:
+        """Fold in one second (fresh nodes only); samples of other minutes are ignored."""
+        if not self.accepts(sample):
+            return
+        for name, n in sample.nodes.items():
+            if n.stale:
+                continue
+            series = self._nodes.get(name)
+            if series is None:
+                series = self._nodes[name] = _Series(len(NODE_FIGURES))
+            series.add(
+                (
+                    n.cpu,
+                    n.memory_fraction,
+                    n.disk_fraction,
+                    n.net_rx_per_s,
+                    n.net_tx_per_s,
+                    float(n.instances),
+                    float(n.restarts),
+                )
+            )
+        for name, a in sample.apps.items():
+            series = self._apps.get(name)
+            if series is None:
+                series = self._apps[name] = _Series(len(APP_FIGURES))
+            series.add(
+                (
+                    float(a.instances),
+                    a.cpu_per_instance,
+                    a.rss_mb_per_instance,
+                    a.calls_per_s,
+                    a.errors_per_s,
+                    a.latency_ms,
+                    a.in_flight_per_instance,
+                    float(a.restarts),
+                )
+            )
+            series.weighted += a.latency_ms * a.calls_per_s
+            series.weight += a.calls_per_s
+
+    def rollups(self) -> list[Rollup]:
+        """One roll-up per node and app seen, nodes first, each sorted by name."""
+        return list(self.iter_rollups())
+
+    def iter_rollups(self) -> Iterator[Rollup]:
+        """``rollups`` one at a time (a shell may pause between them)."""
+        kinds: tuple[tuple[Literal["node", "app"], dict[str, _Series], tuple[str, ...]], ...] = (
+            ("node", self._nodes, NODE_FIGURES),
+            ("app", self._apps, APP_FIGURES),
+        )
+        for kind, table, figures in kinds:
+            for name in sorted(table):
+                s = table[name]
+                avg = {f: s.sums[i] / s.count for i, f in enumerate(figures)}
+                if kind == "app":
+                    avg["latency_ms"] = s.weighted / s.weight if s.weight > 0 else 0.0
+                yield Rollup(
+                    kind=kind,
+                    name=name,
+                    minute=self.minute,
+                    samples=s.count,
+                    avg=avg,
+                    max={f: s.maxes[i] for i, f in enumerate(figures)},
+                )
+
+
+def rollups(samples: Iterable[ClusterSample]) -> list[Rollup]:
+    """Roll-ups of every minute the samples cover, oldest minute first."""
+    by_minute: dict[float, RollupAccumulator] = {}
+    for sample in samples:
+        minute = minute_of(sample.ts)
+        acc = by_minute.get(minute)
+        if acc is None:
+            acc = by_minute[minute] = RollupAccumulator(minute)
+        acc.add(sample)
+    return [r for minute in sorted(by_minute) for r in by_minute[minute].rollups()]

@@ -1,0 +1,59 @@
+"""Bodies of the migration and snapshot API, shared by server, CLI and tests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "MIGRATION_FINAL",
+    "MigrateIn",
+    "MigrationKind",
+    "MigrationOut",
+    "MigrationStatus",
+    "SnapshotKind",
+    "SnapshotOut",
+]
+
+MigrationKind = Literal["stateless", "stateful"]
+MigrationStatus = Literal["requested", "checkpointing", "restoring", "done", "failed"]
+SnapshotKind = Literal["cooperative", "criu"]
+
+#: A migration in one of these states changes no more.
+MIGRATION_FINAL: frozenset[str] = frozenset({"done", "failed"})
+
+
+class MigrateIn(BaseModel):
+    """``POST /api/v1/instances/migrate``: move ``instance`` (its key, or ``APP/N``)."""
+
+    instance: Annotated[str, Field(min_length=1, max_length=400)]
+    to: Annotated[str, Field(min_length=1, max_length=128)] | None = None  # None: any other node
+
+
+class MigrationOut(BaseModel):
+    id: str
+    app: str
+    instance: str  # the key of the instance that moves
+    from_node: str
+    to_node: str | None  # the target asked for, then the node its replacement runs on
+    kind: MigrationKind
+    status: MigrationStatus
+    snapshot: str | None  # stateful: the digest of the checkpoint it was restored from
+    replacement: str | None  # the key of the new instance, once placed
+    reason: str
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    app: str
+    instance: str
+    node: str
+    digest: str
+    size_bytes: int
+    kind: SnapshotKind
+    tier: Literal["hot", "warm", "cold", "expired"]
+    created_at: datetime

@@ -1,0 +1,313 @@
+"""Telemetry: nodes push metrics; people read samples, history, roll-ups and a live stream.
+
+``POST /nodes/{node}/metrics`` is the hot path (every node, every second): the
+token check is served from the in-process cache (``server.auth.TokenCache``),
+the body is validated straight from bytes, and ingest touches memory only --
+never the state store or the database. :class:`TelemetryFastPath` answers the
+ordinary push (a cached node token, a valid body) before FastAPI's routing and
+dependencies, which otherwise cost more than the ingest itself; anything else
+(an unknown token, a bad body, an Idempotency-Key) goes on to the route below
+with its body intact, so the answers are the same either way.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aether.errors import BadRequestError, NotFoundError, PayloadTooLargeError
+from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
+from aether.server.auth import Caller, NodeCaller, cached_caller
+from aether.server.context import ServerContext, get_context
+from aether.store.records import Principal
+
+__all__ = ["MAX_PUSH_BYTES", "TelemetryFastPath", "router"]
+
+router = APIRouter(tags=["metrics"])
+Ctx = Annotated[ServerContext, Depends(get_context)]
+
+MAX_PUSH_BYTES = 4 << 20  # a push of thousands of instances is still far below this
+STREAM_PING_SECONDS = 5.0  # a comment line when no sample came for this long
+TENANT_APPS_REFRESH = 10.0  # the stream re-reads which apps the caller owns this often
+Seconds = Annotated[float, Query(gt=0, le=86400, description="how far back, in seconds")]
+
+
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its local ``$defs`` references replaced by the definitions."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inlined(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(v, defs) for v in schema]
+    return schema
+
+
+_NODE_METRICS_SCHEMA = NodeMetrics.model_json_schema()
+# the body is validated from bytes in the route (faster than FastAPI's body parsing),
+# so the OpenAPI document learns its schema here
+_PUSH_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": _inlined(_NODE_METRICS_SCHEMA, _NODE_METRICS_SCHEMA.get("$defs", {}))
+            }
+        },
+    }
+}
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+@router.post(
+    "/nodes/{node}/metrics",
+    status_code=204,
+    response_class=Response,
+    openapi_extra=_PUSH_SCHEMA,
+    summary="Push one metrics update (nodes, every telemetry interval)",
+)
+async def push(node: str, request: Request, caller: NodeCaller, ctx: Ctx) -> Response:
+    started = time.perf_counter()
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_PUSH_BYTES:
+        raise PayloadTooLargeError(f"a metrics update may be at most {MAX_PUSH_BYTES} bytes")
+    body = await request.body()
+    if len(body) > MAX_PUSH_BYTES:
+        raise PayloadTooLargeError(f"a metrics update may be at most {MAX_PUSH_BYTES} bytes")
+    try:
+        update = NodeMetrics.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadRequestError(f"invalid metrics update: {_problems(exc)}") from None
+    if update.node != node:
+        raise BadRequestError(
+            f"the update is for node {update.node!r} but was pushed to node {node!r}"
+        )
+    ctx.telemetry.ingest(update, received_at=time.time(), raw=body)
+    ctx.metrics.telemetry_updates.inc()
+    ctx.metrics.telemetry_ingest.observe(time.perf_counter() - started)
+    return Response(status_code=204)
+
+
+async def _owned_apps(ctx: ServerContext, caller: Principal) -> set[str]:
+    return {app.name for app in await ctx.records.list_apps(caller.tenant_id)}
+
+
+async def _check_app(ctx: ServerContext, caller: Principal, app: str) -> None:
+    if await ctx.records.find_app(caller.tenant_id, app) is None:
+        raise NotFoundError(f"app {app!r} not found")
+
+
+@router.get("/metrics")
+async def latest(caller: Caller, ctx: Ctx) -> ClusterSample | None:
+    """The newest cluster sample (``null`` before the first): all nodes, the caller's apps."""
+    sample = ctx.telemetry.latest()
+    if sample is None:
+        return None
+    owned = await _owned_apps(ctx, caller)
+    apps = {name: a for name, a in sample.apps.items() if name in owned}
+    return sample.model_copy(update={"apps": apps})
+
+
+@router.get("/metrics/nodes/{node}")
+async def node_history(
+    node: str, caller: Caller, ctx: Ctx, seconds: Seconds = 300.0
+) -> list[NodePoint]:
+    """The node's samples of the last ``seconds`` from the in-memory window, oldest first."""
+    if not ctx.telemetry.knows(node):
+        raise NotFoundError(f"no telemetry from node {node!r} on this server")
+    return ctx.telemetry.node_history(node, seconds)
+
+
+@router.get("/metrics/apps/{app}")
+async def app_history(
+    app: str, caller: Caller, ctx: Ctx, seconds: Seconds = 300.0
+) -> list[AppPoint]:
+    """The app's samples of the last ``seconds`` from the in-memory window, oldest first."""
+    await _check_app(ctx, caller, app)
+    return ctx.telemetry.app_history(app, seconds)
+
+
+@router.get("/metrics/rollups")
+async def rollups(
+    caller: Caller,
+    ctx: Ctx,
+    node: str | None = None,
+    app: str | None = None,
+    since: Annotated[float | None, Query(ge=0, description="seconds since the epoch")] = None,
+    until: Annotated[float | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=20_000)] = 1440,
+) -> list[Rollup]:
+    """Per-minute roll-ups of one node or one app from the records database, oldest first.
+
+    ``since`` defaults to 24 hours ago.
+    """
+    if (node is None) == (app is None):
+        raise BadRequestError("give exactly one of node=NODE or app=APP")
+    if app is not None:
+        await _check_app(ctx, caller, app)
+    kind, name = ("node", node) if node is not None else ("app", app)
+    assert name is not None
+    start = since if since is not None else time.time() - 86400.0
+    rows = await ctx.records.list_rollups(kind, name, start, until, limit)
+    return [
+        Rollup(
+            kind=row.kind,  # type: ignore[arg-type]
+            name=row.name,
+            minute=row.minute,
+            samples=row.samples,
+            avg=row.avg_values,
+            max=row.max_values,
+        )
+        for row in rows
+    ]
+
+
+@router.get(
+    "/metrics/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream(caller: Caller, ctx: Ctx) -> StreamingResponse:
+    """Server-Sent Events: ``event: sample`` with the cluster sample each second.
+
+    A comment line (``: ping``) goes out when no sample came for 5 s (e.g. on a
+    server that is not the leader). The stream ends when the client goes away.
+    """
+    hub = ctx.telemetry
+
+    async def events() -> AsyncIterator[bytes]:
+        hub.streams += 1
+        try:
+            owned = await _owned_apps(ctx, caller)
+            refreshed = time.monotonic()
+            yield b"retry: 1000\n: aether telemetry\n\n"
+            current = hub.latest_json(owned)
+            if current is not None:
+                yield b"event: sample\ndata: " + current + b"\n\n"
+            while True:
+                sample = await hub.next_sample(STREAM_PING_SECONDS)
+                if sample is None:
+                    yield b": ping\n\n"
+                    continue
+                if time.monotonic() - refreshed > TENANT_APPS_REFRESH:
+                    owned = await _owned_apps(ctx, caller)
+                    refreshed = time.monotonic()
+                data = hub.latest_json(owned)
+                if data is not None:
+                    yield b"event: sample\ndata: " + data + b"\n\n"
+        finally:
+            hub.streams -= 1
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# -- the fast path -----------------------------------------------------------------------
+
+_PREFIX = "/api/v1/nodes/"
+_SUFFIX = "/metrics"
+
+
+def _replay(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
+    """A receive channel that hands out the body read so far again, then the rest."""
+    pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": more}]
+
+    async def again() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return again
+
+
+class TelemetryFastPath:
+    """ASGI middleware: the success path of ``POST /api/v1/nodes/{node}/metrics``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not path.startswith(_PREFIX)
+            or not path.endswith(_SUFFIX)
+        ):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        node = path[len(_PREFIX) : -len(_SUFFIX)]
+        authorization = namespace = trace = None
+        length = 0
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                length = int(value) if value.isdigit() else MAX_PUSH_BYTES + 1
+            elif name == b"x-aether-namespace":
+                namespace = value.decode("latin-1")
+            elif name == b"x-request-id":
+                trace = value
+            elif name == b"idempotency-key":
+                authorization = None  # the idempotency middleware's business: full route
+        app = scope.get("app")
+        ctx: ServerContext | None = getattr(getattr(app, "state", None), "ctx", None)
+        if (
+            ctx is None
+            or authorization is None
+            or not node
+            or "/" in node
+            or length > MAX_PUSH_BYTES
+            or cached_caller(ctx, authorization, namespace, "node") is None
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the node went away: nobody to answer
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            more = bool(message.get("more_body", False))
+            if size > MAX_PUSH_BYTES or not more:
+                break
+        if more:  # too large: the route refuses it in the envelope
+            await self.app(scope, _replay(chunks, True, receive), send)
+            return
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            update = NodeMetrics.model_validate_json(body)
+        except ValidationError:
+            update = None
+        if update is None or update.node != node:  # the route explains what is wrong
+            await self.app(scope, _replay([body], False, receive), send)
+            return
+        ctx.telemetry.ingest(update, received_at=time.time(), raw=body)
+        ctx.telemetry.fast_pushes += 1
+        trace_id = trace or uuid.uuid4().hex.encode()
+        await send(
+            {"type": "http.response.start", "status": 204, "headers": [(b"x-trace-id", trace_id)]}
+        )
+        await send({"type": "http.response.body", "body": b""})
+        ctx.metrics.telemetry_updates.inc()
+        ctx.metrics.telemetry_ingest.observe(time.perf_counter() - started)

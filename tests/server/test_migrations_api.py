@@ -1,0 +1,485 @@
+"""The migration and snapshot API against a real in-process server and its leader.
+
+The test plays the nodes through the node API (register, report, upload a
+snapshot) — the same HTTP calls ``aether node`` makes — so the leader's whole
+migration path runs for real: the request, the checkpoint command, the
+replacement placed with ``restore_from``, the migration's row and its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from aether.client import ApiClient
+from aether.core.lifecycle import Command, State
+from aether.errors import BadRequestError
+from aether.model.api import RegisterIn
+from aether.model.app import AppSpec
+from aether.model.cluster import InstanceRecord, NodeCapabilities
+from aether.server.migrations import progress
+from aether.store.records.repo import now
+from aether.store.records.schema import MigrationRecord, SnapshotRecord
+from tests.server.conftest import RunningServer, running_server
+from tests.server.support import assert_envelope, bearer, deploy, spec_for, unique, upload_random
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Its own server: fake nodes here would take other tests' instances. Long leases:
+    the test's nodes do not heartbeat."""
+    with running_server(tmp_path_factory.mktemp("migrations"), lease_ttl=120.0) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as client:
+        yield client
+
+
+async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class FakeNodes:
+    """Plays the node side over HTTP with the join token."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.server = server
+        self.api = ApiClient(server.base_url, server.join_token)
+        self.admin = ApiClient(server.base_url, server.admin_token)
+
+    async def register(self, name: str, **caps: Any) -> str:
+        capabilities = NodeCapabilities(
+            cpus=caps.pop("cpus", 4.0), memory_mb=4096, drivers=["process"], **caps
+        )
+        await self.api.register(
+            RegisterIn(id=name, capabilities=capabilities, router_url="http://127.0.0.1:1")
+        )
+        return name
+
+    async def instances(self, app: str) -> list[dict[str, Any]]:
+        response = await self.admin.request("GET", "/api/v1/instances", params={"app": app})
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    async def record(self, key: str) -> dict[str, Any]:
+        kv = self.server.run(self.server.ctx.store.get(key))
+        assert kv is not None, key
+        value: dict[str, Any] = json.loads(kv.value)
+        return value
+
+    async def bring_up(self, key: str) -> None:
+        """LOAD → LOADED, then (once the leader says ACTIVATE) → ACTIVE."""
+        await self.api.report(key, "LOADING")
+        await self.api.report(key, "LOADED")
+        await until(lambda: self._command_is(key, "ACTIVATE"), f"the leader to ACTIVATE {key}")
+        await self.api.report(key, "ACTIVATING")
+        await self.api.report(key, "ACTIVE", url="http://127.0.0.1:9")
+
+    async def _command_is(self, key: str, command: str) -> bool:
+        return bool((await self.record(key))["command"] == command)
+
+    async def close(self) -> None:
+        await self.api.close()
+        await self.admin.close()
+
+
+@pytest.fixture
+async def nodes(server: RunningServer) -> AsyncIterator[FakeNodes]:
+    fake = FakeNodes(server)
+    try:
+        yield fake
+    finally:
+        await fake.close()
+
+
+async def deployed(
+    http: httpx.AsyncClient, server: RunningServer, nodes: FakeNodes, **spec: Any
+) -> tuple[str, dict[str, Any]]:
+    """An app with one ACTIVE instance on one of the fake nodes."""
+    app = unique("mig")
+    digest = await upload_random(http, server.admin_token)
+    response = await deploy(
+        http, server.admin_token, app, digest, instances=1, spec=spec_for(app, **spec)
+    )
+    assert response.status_code == 201, response.text
+
+    async def placed() -> list[dict[str, Any]]:
+        return await nodes.instances(app)
+
+    (inst,) = await until(placed, "a placement")
+    await nodes.bring_up(inst["key"])
+    return app, inst
+
+
+def snapshot_bytes() -> bytes:
+    return os.urandom(256)
+
+
+async def upload_snapshot(
+    http: httpx.AsyncClient, token: str, key: str, data: bytes, **headers: str
+) -> httpx.Response:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return await http.post(
+        "/api/v1/snapshots",
+        content=data,
+        headers={
+            **bearer(token),
+            "X-Aether-Artifact-Digest": headers.pop("digest", digest),
+            "X-Aether-Instance": key,
+            "X-Aether-Snapshot-Kind": headers.pop("kind", "cooperative"),
+        },
+    )
+
+
+# -- asking ----------------------------------------------------------------------------
+
+
+async def test_migrate_validates_the_instance_and_the_target(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    n1, n2 = await nodes.register(unique("n")), await nodes.register(unique("n"))
+    app, inst = await deployed(http, server, nodes)
+    here = inst["node"]
+    admin = bearer(server.admin_token)
+
+    async def ask(body: dict[str, Any], token: str = server.admin_token) -> httpx.Response:
+        return await http.post("/api/v1/instances/migrate", json=body, headers=bearer(token))
+
+    assert_envelope(await ask({"instance": f"{app}/7"}), 404, "not_found")
+    assert_envelope(await ask({"instance": "instances/nowhere/x@1/0"}), 404, "not_found")
+    assert_envelope(await ask({"instance": inst["key"], "to": here}), 400, "bad_request")
+    assert_envelope(await ask({"instance": inst["key"], "to": "no-such-node"}), 404, "not_found")
+    viewer = server.token("viewer")
+    assert_envelope(await ask({"instance": inst["key"]}, viewer), 403, "forbidden")
+    other = server.new_tenant()
+    assert_envelope(await ask({"instance": inst["key"]}, other), 404, "not_found")
+    # a draining target is refused with the reason
+    target = n2 if here == n1 else n1
+    assert (await http.post(f"/api/v1/nodes/{target}/drain", headers=admin)).status_code == 200
+    try:
+        body = assert_envelope(
+            await ask({"instance": inst["key"], "to": target}), 409, "bad_target"
+        )
+        assert "draining" in body["message"]
+    finally:
+        await http.post(f"/api/v1/nodes/{target}/undrain", headers=admin)
+
+    # APP/N names the same instance
+    response = await ask({"instance": f"{app}/{inst['n']}", "to": target})
+    assert response.status_code == 202, response.text
+    moved = response.json()
+    assert moved["instance"] == inst["key"] and moved["from_node"] == here
+    assert moved["to_node"] == target and moved["kind"] == "stateless"
+    assert moved["status"] == "requested"
+    # once is enough
+    again = assert_envelope(await ask({"instance": inst["key"]}), 409, "already_migrating")
+    assert moved["id"] in again["message"]
+    record = await nodes.record(inst["key"])
+    assert record["migrate_to"] == target and record["migration_id"] == moved["id"]
+
+
+async def test_a_stateless_move_finishes_when_the_replacement_serves(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    await nodes.register(unique("n"))
+    await nodes.register(unique("n"))
+    app, inst = await deployed(http, server, nodes)
+    async with ApiClient(server.base_url, server.admin_token) as api:
+        moved = await api.migrate(inst["key"])
+
+        async def replacement() -> dict[str, Any] | None:
+            others = [i for i in await nodes.instances(app) if i["key"] != inst["key"]]
+            return others[0] if others else None
+
+        new = await until(replacement, "the replacement")
+        assert new["node"] != inst["node"]  # anywhere but where it was
+        assert (await nodes.record(new["key"]))["migration_id"] == moved.id
+        assert (await nodes.record(inst["key"]))["command"] == "ACTIVATE"  # still serving
+        await nodes.bring_up(new["key"])
+
+        async def finished() -> Any:
+            current = await api.migration(moved.id)
+            return current if current.status == "done" else None
+
+        done = await until(finished, "the migration to finish")
+        assert done.to_node == new["node"] and done.replacement == new["key"]
+        assert done.finished_at is not None
+        assert (await nodes.record(inst["key"]))["command"] in ("DEACTIVATE", "UNLOAD")
+        listed = await api.migrations(app)
+        assert [m.id for m in listed] == [moved.id]
+
+
+async def test_a_stateful_move_checkpoints_then_restores_on_the_target(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    n1, n2 = await nodes.register(unique("n")), await nodes.register(unique("n"))
+    app, inst = await deployed(http, server, nodes, stateful=True, state_dir="data")
+    target = n2 if inst["node"] == n1 else n1
+    async with ApiClient(server.base_url, server.admin_token) as api:
+        moved = await api.migrate(f"{app}/{inst['n']}", target)
+        assert moved.kind == "stateful"
+
+        async def checkpoint_asked() -> bool:
+            record = await nodes.record(inst["key"])
+            return record["command"] == "DEACTIVATE" and record["checkpoint"] is True
+
+        await until(checkpoint_asked, "DEACTIVATE with checkpoint")
+        assert len(await nodes.instances(app)) == 1  # nothing placed before the checkpoint
+        await until(lambda: _status(api, moved.id, "checkpointing"), "the row to say checkpointing")
+
+        # the node stops it, stores the snapshot, reports LOADED with the digest
+        await nodes.api.report(inst["key"], "DEACTIVATING")
+        data = snapshot_bytes()
+        stored = await upload_snapshot(http, server.join_token, inst["key"], data)
+        assert stored.status_code == 201, stored.text
+        digest = stored.json()["digest"]
+        assert stored.json()["tier"] == "hot" and stored.json()["app"] == app
+        await nodes.api.report(inst["key"], "LOADED", snapshot=digest)
+
+        async def replacement() -> dict[str, Any] | None:
+            others = [i for i in await nodes.instances(app) if i["key"] != inst["key"]]
+            return others[0] if others else None
+
+        new = await until(replacement, "the replacement")
+        assert new["node"] == target
+        record = await nodes.record(new["key"])
+        assert record["restore_from"] == digest and record["migration_id"] == moved.id
+        await until(lambda: _status(api, moved.id, "restoring"), "the row to say restoring")
+        await nodes.bring_up(new["key"])
+        done = await until(lambda: _status(api, moved.id, "done"), "the migration to finish")
+        assert done.snapshot == digest and done.to_node == target
+
+        # the old copy goes once its replacement exists
+        assert (await nodes.record(inst["key"]))["command"] == "UNLOAD"
+        # the timeline tells the story
+        events = [e["type"] for e in await api.events(record["deployment_id"])]
+        for kind in (
+            "migration_requested",
+            "migration_checkpointing",
+            "migration_restoring",
+            "migrated",
+        ):
+            assert kind in events, events
+        assert [s.digest for s in await api.snapshots(app)] == [digest]
+
+
+async def _status(api: ApiClient, migration_id: str, status: str) -> Any:
+    current = await api.migration(migration_id)
+    return current if current.status == status else None
+
+
+async def test_drain_marks_every_instance_as_a_migration(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    await nodes.register(unique("n"))
+    await nodes.register(unique("n"))
+    _, inst = await deployed(http, server, nodes)
+    response = await http.post(
+        f"/api/v1/nodes/{inst['node']}/drain", headers=bearer(server.admin_token)
+    )
+    try:
+        assert response.status_code == 200
+        (migration_id,) = response.json()["migrations"]
+        async with ApiClient(server.base_url, server.admin_token) as api:
+            row = await api.migration(migration_id)
+        assert row.instance == inst["key"] and row.from_node == inst["node"]
+        record = await nodes.record(inst["key"])
+        assert record["migrate_to"] == "" and record["migration_id"] == migration_id
+    finally:
+        await http.post(f"/api/v1/nodes/{inst['node']}/undrain", headers=bearer(server.admin_token))
+
+
+# -- snapshots -------------------------------------------------------------------------
+
+
+async def test_snapshot_upload_is_verified_and_scoped(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    await nodes.register(unique("n"))
+    app, inst = await deployed(http, server, nodes, stateful=True, state_dir="data")
+    join, admin = server.join_token, server.admin_token
+    data = snapshot_bytes()
+    wrong = "sha256:" + "0" * 64
+    assert_envelope(
+        await upload_snapshot(http, join, inst["key"], data, digest=wrong), 400, "digest_mismatch"
+    )
+    assert_envelope(await upload_snapshot(http, join, "instances/x/y@1/0", data), 404, "not_found")
+    assert_envelope(
+        await upload_snapshot(http, join, inst["key"], data, kind="zfs"), 400, "bad_request"
+    )
+    assert_envelope(
+        await upload_snapshot(http, server.token("viewer"), inst["key"], data), 403, "forbidden"
+    )
+    stored = await upload_snapshot(http, join, inst["key"], data)
+    assert stored.status_code == 201, stored.text
+    digest = stored.json()["digest"]
+
+    listed = await http.get("/api/v1/snapshots", params={"app": app}, headers=bearer(admin))
+    assert [s["digest"] for s in listed.json()] == [digest]
+    assert listed.json()[0]["node"] == inst["node"] and listed.json()[0]["kind"] == "cooperative"
+    for token in (join, admin):
+        got = await http.get(f"/api/v1/snapshots/{digest}", headers=bearer(token))
+        assert got.status_code == 200 and got.content == data
+    assert_envelope(
+        await http.get(f"/api/v1/snapshots/{digest}", headers=bearer(server.token("viewer"))),
+        403,
+        "forbidden",
+    )
+    other = server.new_tenant()
+    assert_envelope(
+        await http.get(f"/api/v1/snapshots/{digest}", headers=bearer(other)), 404, "not_found"
+    )
+    assert (await http.get("/api/v1/snapshots", headers=bearer(other))).json() == []
+
+    # a node may only report a snapshot the server stores
+    with pytest.raises(BadRequestError):
+        await nodes.api.report(inst["key"], "ACTIVE", snapshot=wrong)
+
+
+async def test_gc_applies_snapshot_retention(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    await nodes.register(unique("n"))
+    app, inst = await deployed(http, server, nodes, stateful=True, state_dir="data")
+    digests = []
+    for _ in range(3):
+        response = await upload_snapshot(http, server.join_token, inst["key"], snapshot_bytes())
+        digests.append(response.json()["digest"])
+    newest, middle, oldest = digests[2], digests[1], digests[0]
+
+    async def age(digest: str, days: float) -> None:
+        async with server.ctx.records.sessions() as session:
+            await session.execute(
+                update(SnapshotRecord)
+                .where(SnapshotRecord.digest == digest)
+                .values(created_at=now() - timedelta(days=days))
+            )
+            await session.commit()
+
+    # the oldest is past a week; the middle one is 2 days old (cold: kept); the newest hot
+    server.run(age(oldest, 9))
+    server.run(age(middle, 2))
+    response = await http.post("/api/v1/gc", headers=bearer(server.admin_token))
+    assert response.status_code == 200, response.text
+    assert response.json()["deleted_snapshots"] == 1
+    listed = await http.get(
+        "/api/v1/snapshots", params={"app": app}, headers=bearer(server.admin_token)
+    )
+    assert [(s["digest"], s["tier"]) for s in listed.json()] == [
+        (newest, "hot"),
+        (middle, "cold"),
+    ]
+    assert not server.run(server.ctx.registry.exists(oldest))
+
+    # a snapshot an instance restores from survives whatever its age
+    key = inst["key"]
+    record = await nodes.record(key)
+    record["restore_from"] = middle
+    server.run(server.ctx.store.put(key, json.dumps(record).encode()))
+    server.run(age(middle, 30))
+    response = await http.post("/api/v1/gc", headers=bearer(server.admin_token))
+    assert response.json()["deleted_snapshots"] == 0
+    assert server.run(server.ctx.registry.exists(middle))
+
+
+# -- progress, as a pure reading ---------------------------------------------------------
+
+
+def _row(kind: str = "stateless") -> MigrationRecord:
+    return MigrationRecord(
+        id="m1",
+        tenant_id="t",
+        app="web",
+        instance="instances/n1/web@1/0",
+        from_node="n1",
+        to_node=None,
+        kind=kind,
+        status="requested",
+        snapshot=None,
+        replacement=None,
+        reason="asked",
+        started_at=now(),
+        finished_at=None,
+    )
+
+
+def _inst(node: str, n: int, command: Command, state: State | None, **kw: Any) -> InstanceRecord:
+    return InstanceRecord(
+        app="web",
+        version=1,
+        n=n,
+        node=node,
+        tenant="t",
+        deployment_id="d",
+        digest="sha256:" + "0" * 64,
+        spec=AppSpec(name="web", start="true"),
+        command=command,
+        state=state,
+        **kw,
+    )
+
+
+def test_progress_reads_the_store() -> None:
+    row = _row()
+    source = _inst("n1", 0, Command.ACTIVATE, State.ACTIVE, migrate_to="", migration_id="m1")
+    assert progress(row, source, None).status == "requested"
+    starting = _inst("n2", 1, Command.LOAD, State.LOADING, migration_id="m1")
+    step = progress(row, source, starting)
+    assert (step.status, step.to_node, step.replacement) == ("requested", "n2", starting.key)
+    serving = starting.model_copy(update={"command": Command.ACTIVATE, "state": State.ACTIVE})
+    assert progress(row, source, serving).status == "requested"  # the old one still serves
+    retiring = source.model_copy(update={"command": Command.DEACTIVATE})
+    assert progress(row, retiring, serving).status == "done"
+    failed = serving.model_copy(update={"state": State.FAILED, "message": "boom"})
+    assert progress(row, source, failed).reason == "the replacement on n2 failed: boom"
+    assert progress(row, source, None, waiting="no room").reason == "waiting: no room"
+    assert progress(row, source, None, expired=True).status == "failed"
+
+
+def test_progress_of_a_drain_that_raced_its_mark() -> None:
+    """The planner placed the replacement before the migration's id reached the source."""
+    row = _row()
+    retiring = _inst("n1", 0, Command.DEACTIVATE, State.DEACTIVATING, migration_id="m1")
+    assert progress(row, retiring, None, app_whole=True).status == "done"
+    assert progress(row, retiring, None, app_whole=False).status == "requested"
+    assert progress(row, None, None, app_whole=True).status == "done"
+    assert progress(row, None, None, app_whole=False).status == "failed"
+    # a stateful move is never assumed done: its state must have been restored
+    assert progress(_row("stateful"), None, None, app_whole=True).status == "failed"
+
+
+def test_progress_of_a_stateful_move() -> None:
+    row = _row("stateful")
+    digest = "sha256:" + "5" * 64
+    stopping = _inst(
+        "n1", 0, Command.DEACTIVATE, State.DEACTIVATING, checkpoint=True, migration_id="m1"
+    )
+    assert progress(row, stopping, None).status == "checkpointing"
+    stored = stopping.model_copy(update={"state": State.LOADED, "snapshot": digest})
+    step = progress(row, stored, None)
+    assert step.status == "checkpointing" and step.snapshot == digest
+    restoring = _inst("n2", 1, Command.LOAD, None, restore_from=digest, migration_id="m1")
+    assert progress(row, stored, restoring).status == "restoring"
+    broken = stopping.model_copy(update={"state": State.FAILED, "message": "checkpoint failed"})
+    assert progress(row, broken, None).status == "failed"
