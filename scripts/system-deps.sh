@@ -16,6 +16,8 @@ NEEDED=(
   "wrk:wrk"
   "qemu-system-x86_64:qemu-system-x86"
   "busybox:busybox-static"
+  "etcd:etcd-server"
+  "etcdctl:etcd-client"
 )
 
 missing=()
@@ -27,6 +29,8 @@ done
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=("python3-venv")
 # the microvm sandbox boots a stock kernel
 compgen -G "/boot/vmlinuz-*" >/dev/null || missing+=("linux-image-amd64")
+# records on PostgreSQL: the tests start their own server from these binaries
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("postgresql")
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

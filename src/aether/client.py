@@ -2,14 +2,21 @@
 
 Errors come back as the same exception tree the server raised
 (``aether.errors``); a server that cannot be reached raises ``NetworkError``.
+
+Several servers: ``base_url`` may be ``"http://a,http://b"`` or a list. A request
+that cannot reach one server (connection refused or timed out: nothing was sent)
+is sent to the next, and the one that answered is used first from then on; reads
+(GET, HEAD) are also retried after a broken connection. HTTP error answers are
+never retried. A stream (assignments, logs, metrics) that breaks moves the client
+to the next server, so the caller's reconnect goes there.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -31,11 +38,26 @@ from aether.model.risk import RiskAssessment, SignalIn, SignalOut
 from aether.model.tasks import ExecutionOut, SandboxOut, TaskOut
 from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
 
-__all__ = ["ApiClient", "NetworkError"]
+__all__ = ["ApiClient", "NetworkError", "split_urls"]
+
+T = TypeVar("T")
+
+# nothing reached the server: safe to send anywhere else, whatever the method
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class NetworkError(ServiceUnavailableError):
     code = "unreachable"
+
+
+def split_urls(base_url: str | Sequence[str]) -> list[str]:
+    """``"a, b"`` or ``["a", "b"]`` → ``["a", "b"]`` (trailing slashes dropped, at least one)."""
+    parts = base_url.split(",") if isinstance(base_url, str) else list(base_url)
+    urls = [u.strip().rstrip("/") for u in parts if u.strip()]
+    if not urls:
+        raise ValueError(f"no server URL in {base_url!r}")
+    return urls
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -61,19 +83,19 @@ def _signature_headers(signature: str | None, app: str | None) -> dict[str, str]
 class ApiClient:
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         token: str | None,
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         namespace: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = split_urls(base_url)
+        self._active = 0  # the server that answered last
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if namespace:
             headers["X-Aether-Namespace"] = namespace
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=5.0),
             transport=transport,
@@ -88,12 +110,61 @@ class ApiClient:
     async def close(self) -> None:
         await self._http.aclose()
 
+    @property
+    def base_url(self) -> str:
+        """The server requests go to first (the last one that answered)."""
+        return self.base_urls[self._active]
+
+    def _fail_over(self) -> None:
+        """The current server broke a stream: start with the next one from now on."""
+        self._active = (self._active + 1) % len(self.base_urls)
+
+    async def _each_server(
+        self, send: Callable[[str], Awaitable[T]], *, replayable: bool, what: str
+    ) -> T:
+        """``send(base_url)`` on the current server, then the next ones while unreachable."""
+        count = len(self.base_urls)
+        for attempt in range(count):
+            index = (self._active + attempt) % count
+            try:
+                result = await send(self.base_urls[index])
+            except httpx.TransportError as exc:
+                last = attempt == count - 1
+                if last or not (replayable or isinstance(exc, _NOT_SENT)):
+                    if not isinstance(exc, _NOT_SENT):
+                        self._active = (index + 1) % count
+                    servers = ", ".join(self.base_urls)
+                    raise NetworkError(f"{what} at {servers}: {exc}") from exc
+                continue
+            self._active = index
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise NetworkError(f"cannot reach the Aether server at {self.base_url}: {exc}") from exc
+        response = await self._each_server(
+            lambda url: self._http.request(method, url + path, **kwargs),
+            replayable=method.upper() in _REPLAYABLE,
+            what="cannot reach the Aether server",
+        )
         _raise_for(response)
+        return response
+
+    async def _open_stream(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A streamed response from the first reachable server (close it with ``aclose``)."""
+
+        async def send(url: str) -> httpx.Response:
+            request = self._http.build_request(method, url + path, **kwargs)
+            return await self._http.send(request, stream=True)
+
+        response = await self._each_server(
+            send, replayable=True, what="cannot reach the Aether server"
+        )
+        if not response.is_success:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            _raise_for(response)
         return response
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -233,16 +304,16 @@ class ApiClient:
         return AppSettingsOut.model_validate(data)
 
     async def download_artifact(self, digest: str, dest: Path) -> None:
+        response = await self._open_stream("GET", f"/api/v1/artifacts/{digest}")
         try:
-            async with self._http.stream("GET", f"/api/v1/artifacts/{digest}") as response:
-                if not response.is_success:
-                    await response.aread()
-                    _raise_for(response)
-                with dest.open("wb") as fh:
-                    async for chunk in response.aiter_bytes(1 << 20):
-                        fh.write(chunk)
+            with dest.open("wb") as fh:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    fh.write(chunk)
         except httpx.TransportError as exc:
+            self._fail_over()
             raise NetworkError(f"artifact download from {self.base_url} failed: {exc}") from exc
+        finally:
+            await response.aclose()
 
     # -- apps and deployments -----------------------------------------------
 
@@ -293,17 +364,17 @@ class ApiClient:
     async def logs(self, app: str, *, tail: int = 200, follow: bool = False) -> AsyncIterator[str]:
         params = {"tail": tail, "follow": "true" if follow else "false"}
         timeout = httpx.Timeout(None, connect=5.0) if follow else httpx.USE_CLIENT_DEFAULT
+        response = await self._open_stream(
+            "GET", f"/api/v1/apps/{app}/logs", params=params, timeout=timeout
+        )
         try:
-            async with self._http.stream(
-                "GET", f"/api/v1/apps/{app}/logs", params=params, timeout=timeout
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    _raise_for(response)
-                async for line in response.aiter_lines():
-                    yield line
+            async for line in response.aiter_lines():
+                yield line
         except httpx.TransportError as exc:
+            self._fail_over()
             raise NetworkError(f"log stream from {self.base_url} failed: {exc}") from exc
+        finally:
+            await response.aclose()
 
     # -- node side ----------------------------------------------------------
 
@@ -316,21 +387,22 @@ class ApiClient:
 
     async def assignments(self, node: str, from_revision: int) -> AsyncIterator[dict[str, Any]]:
         """The node's assignment stream, one decoded line at a time."""
+        response = await self._open_stream(
+            "GET",
+            f"/api/v1/nodes/{node}/assignments",
+            params={"from_revision": from_revision},
+            timeout=httpx.Timeout(15.0, connect=5.0),  # pings arrive every 5 s
+        )
         try:
-            async with self._http.stream(
-                "GET",
-                f"/api/v1/nodes/{node}/assignments",
-                params={"from_revision": from_revision},
-                timeout=httpx.Timeout(15.0, connect=5.0),  # pings arrive every 5 s
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    _raise_for(response)
-                async for line in response.aiter_lines():
-                    if line:
-                        yield json.loads(line)
+            async for line in response.aiter_lines():
+                if line:
+                    yield json.loads(line)
         except httpx.TransportError as exc:
-            raise NetworkError(f"assignment stream from {self.base_url} broke: {exc}") from exc
+            broken = self.base_url
+            self._fail_over()  # the caller's reconnect goes to the next server
+            raise NetworkError(f"assignment stream from {broken} broke: {exc}") from exc
+        finally:
+            await response.aclose()
 
     async def report(
         self,
@@ -402,29 +474,30 @@ class ApiClient:
 
     async def metrics_stream(self) -> AsyncIterator[ClusterSample]:
         """The live Server-Sent Events stream: one cluster sample a second, until closed."""
+        response = await self._open_stream(
+            "GET",
+            "/api/v1/metrics/stream",
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(30.0, connect=5.0),  # a ping comes every 5 s at least
+        )
         try:
-            async with self._http.stream(
-                "GET",
-                "/api/v1/metrics/stream",
-                headers={"Accept": "text/event-stream"},
-                timeout=httpx.Timeout(30.0, connect=5.0),  # a ping comes every 5 s at least
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    _raise_for(response)
-                event = "message"
-                data: list[str] = []
-                async for line in response.aiter_lines():
-                    if line == "":
-                        if event == "sample" and data:
-                            yield ClusterSample.model_validate_json("\n".join(data))
-                        event, data = "message", []
-                    elif line.startswith("event:"):
-                        event = line[len("event:") :].strip()
-                    elif line.startswith("data:"):
-                        data.append(line[len("data:") :].lstrip(" "))
+            event = "message"
+            data: list[str] = []
+            async for line in response.aiter_lines():
+                if line == "":
+                    if event == "sample" and data:
+                        yield ClusterSample.model_validate_json("\n".join(data))
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line[len("event:") :].strip()
+                elif line.startswith("data:"):
+                    data.append(line[len("data:") :].lstrip(" "))
         except httpx.TransportError as exc:
-            raise NetworkError(f"metrics stream from {self.base_url} broke: {exc}") from exc
+            broken = self.base_url
+            self._fail_over()
+            raise NetworkError(f"metrics stream from {broken} broke: {exc}") from exc
+        finally:
+            await response.aclose()
 
     async def promote(self, app: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.json("POST", f"/api/v1/apps/{app}/promote")
@@ -620,13 +693,27 @@ class ApiClient:
         return SnapshotOut.model_validate(data)
 
     async def download_snapshot(self, digest: str, dest: Path) -> None:
+        response = await self._open_stream("GET", f"/api/v1/snapshots/{digest}")
         try:
-            async with self._http.stream("GET", f"/api/v1/snapshots/{digest}") as response:
-                if not response.is_success:
-                    await response.aread()
-                    _raise_for(response)
-                with dest.open("wb") as fh:
-                    async for chunk in response.aiter_bytes(1 << 20):
-                        fh.write(chunk)
+            with dest.open("wb") as fh:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    fh.write(chunk)
         except httpx.TransportError as exc:
+            self._fail_over()
             raise NetworkError(f"snapshot download from {self.base_url} failed: {exc}") from exc
+        finally:
+            await response.aclose()
+
+    # -- operations ---------------------------------------------------------
+
+    async def backup_state(self, dest: Path) -> None:
+        """A consistent copy of the server's embedded (SQLite) state store, written to ``dest``."""
+        response = await self._open_stream("GET", "/api/v1/admin/backup/state")
+        try:
+            with dest.open("wb") as fh:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    fh.write(chunk)
+        except httpx.TransportError as exc:
+            raise NetworkError(f"state copy from {self.base_url} failed: {exc}") from exc
+        finally:
+            await response.aclose()

@@ -202,7 +202,7 @@ async def test_open_state_store_from_url(tmp_path: Path) -> None:
         "sqlite://host/abs.db",
         "sqlite:relative.db",
         "sqlite:///abs.db?mode=ro",
-        "etcd://localhost:2379",
+        "etcd+https://localhost:2379",  # etcd:// is the etcd backend (tests/store/test_etcd.py)
         "postgresql://localhost/db",
         "/plain/path.db",
     ],

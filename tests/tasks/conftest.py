@@ -1,8 +1,10 @@
 """Backends for the task queue contract suite.
 
 ``queue`` runs each test against every backend in ``BACKENDS``: ``sql`` on a fresh
-SQLite records database, ``redis`` on a real ``redis-server`` that this module
-starts once per session (and flushes before every test). To add a backend, add
+SQLite records database, ``postgres`` (the same ``SqlTaskQueue``, whose claims use
+``FOR UPDATE SKIP LOCKED`` there) on a fresh database of a real PostgreSQL that
+this module starts once per session, ``redis`` on a real ``redis-server`` that
+this module starts once per session (and flushes before every test). To add a backend, add
 its name and a branch in ``_open``; no test changes.
 """
 
@@ -16,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aether.store.records import migrate, open_records
@@ -23,8 +26,9 @@ from aether.store.records.schema import Tenant
 from aether.tasks.queue.base import Backoff, TaskQueue, utc
 from aether.tasks.queue.redis import RedisTaskQueue
 from aether.tasks.queue.sql import SqlTaskQueue
+from tests.store.postgres import PostgresServer
 
-BACKENDS = ["sql", "redis"]
+BACKENDS = ["sql", "postgres", "redis"]
 TENANTS = ("acme", "globex")  # the tenants the contract tests use
 
 
@@ -47,6 +51,14 @@ def records_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("records") / "records.db"
     migrate(f"sqlite:///{path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[tuple[PostgresServer, str]]:
+    """A real PostgreSQL for the session and a migrated database each test copies."""
+    with PostgresServer.launched() as server:
+        migrate(server.create_database("records_template"))
+        yield server, "records_template"
 
 
 def _free_port() -> int:
@@ -104,12 +116,8 @@ def backoff() -> RecordingBackoff:
     return RecordingBackoff()
 
 
-async def _sql(
-    template: Path, tmp_path: Path, backoff: RecordingBackoff
-) -> tuple[SqlTaskQueue, AsyncEngine]:
-    path = tmp_path / "records.db"
-    shutil.copyfile(template, path)
-    engine, sessions = open_records(f"sqlite:///{path}")
+async def _sql(url: str, backoff: RecordingBackoff) -> tuple[SqlTaskQueue, AsyncEngine]:
+    engine, sessions = open_records(url)
     async with sessions() as session:
         session.add_all(Tenant(id=t, name=t, created_at=utc(time.time())) for t in TENANTS)
         await session.commit()
@@ -121,12 +129,24 @@ async def queue(
     request: pytest.FixtureRequest, tmp_path: Path, backoff: RecordingBackoff
 ) -> AsyncIterator[TaskQueue]:
     if request.param == "sql":
-        opened, engine = await _sql(request.getfixturevalue("records_template"), tmp_path, backoff)
+        path = tmp_path / "records.db"
+        shutil.copyfile(request.getfixturevalue("records_template"), path)
+        opened, engine = await _sql(f"sqlite:///{path}", backoff)
         try:
             yield opened
         finally:
             await opened.close()
             await engine.dispose()
+    elif request.param == "postgres":
+        server, template = request.getfixturevalue("postgres_template")
+        url = server.create_database(template=template)
+        opened, engine = await _sql(url, backoff)
+        try:
+            yield opened
+        finally:
+            await opened.close()
+            await engine.dispose()
+            server.drop_database(make_url(url).database or "")
     elif request.param == "redis":
         redis_queue = RedisTaskQueue(request.getfixturevalue("redis_url"), backoff=backoff)
         await redis_queue.redis.flushall()

@@ -22,7 +22,9 @@ class _Parser(argparse.ArgumentParser):
 def _common(parser: argparse.ArgumentParser, *, fmt: bool = True) -> None:
     if fmt:
         parser.add_argument("--format", choices=["text", "json"], default="text")
-    parser.add_argument("--server", help="API URL (default: the session from `aether login`)")
+    parser.add_argument(
+        "--server", help="API URL, or URL,URL,... to fail over (default: the login session)"
+    )
     parser.add_argument("--token", help="API token (default: the session)")
 
 
@@ -40,21 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("up", help="start a local cluster (one server, N nodes) in the foreground")
+    p = sub.add_parser("up", help="start a local cluster (servers, N nodes) in the foreground")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--data-dir", default=None, help="default ~/.local/share/aether/up")
     p.add_argument("--port", type=int, default=7070)
     p.add_argument("--router-port", type=int, default=8080, help="first node's router port")
     p.add_argument("--demo", action="store_true", help="deploy examples/hello-python")
+    p.add_argument(
+        "--ha", action="store_true", help="three etcd members and three servers (PORT..PORT+2)"
+    )
+    p.add_argument("--etcd-port", type=int, default=2379, help="with --ha: first of 6 etcd ports")
 
     p = sub.add_parser("server", help="run an API server (and leader, when elected)")
+    p.add_argument(
+        "--config", default=None, metavar="FILE", help="TOML settings (AETHER_* env overrides)"
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--public-url", default=None)
 
     p = sub.add_parser("node", help="run a node daemon on this machine")
-    p.add_argument("--server", required=True)
+    p.add_argument("--server", required=True, help="API URL; several: URL,URL,... (failover)")
     p.add_argument("--join-token", default=None, help="or AETHER_JOIN_TOKEN")
     p.add_argument("--join-token-file", default=None)
     p.add_argument("--data-dir", required=True)
@@ -165,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     q = vm_sub.add_parser("rm", help="delete a sandbox")
     q.add_argument("id")
     _common(q)
+
+    p = sub.add_parser("backup", help="back up or restore a server's state, records, artifacts")
+    backup_sub = p.add_subparsers(dest="backup_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    backup_sub.required = True
+    q = backup_sub.add_parser("create", help="write one .tar.gz with a verified manifest")
+    q.add_argument("--data-dir", default=None, help="the server's data directory")
+    q.add_argument("--config", default=None, metavar="FILE", help="the server's config file")
+    q.add_argument("--out", required=True, metavar="FILE.tar.gz")
+    _common(q)
+    q = backup_sub.add_parser("restore", help="verify an archive and restore it (server stopped)")
+    q.add_argument("archive", metavar="FILE.tar.gz")
+    q.add_argument("--data-dir", default=None, help="where to restore (must be empty)")
+    q.add_argument("--config", default=None, metavar="FILE", help="the target server's config")
+    q.add_argument("--force", action="store_true", help="replace what the data dir holds")
+    q.add_argument("--format", choices=["text", "json"], default="text")
 
     p = sub.add_parser("completions", help="print a shell completion script")
     p.add_argument("--shell", choices=["bash", "zsh", "fish"], required=True)
@@ -308,6 +332,7 @@ _MODULES = {
     "task": "tasks",
     "vm": "tasks",
     "completions": "completions",
+    "backup": "backup",
     "rollback": "actions",
     "logs": "actions",
     "keys": "keys",

@@ -4,7 +4,9 @@
 - settings: ``${XDG_CONFIG_HOME:-~/.config}/aether/config.toml``
 
 Precedence: command-line flag, then ``AETHER_SERVER`` / ``AETHER_TOKEN``, then
-the session, then the config file.
+the session, then the config file. The server may be several URLs, comma-separated
+(``--server http://a:7070,http://b:7070``) or a list in config.toml: the client fails
+over between them.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def load_session(server: str | None = None, token: str | None = None) -> Session
         or stored.get("server")
         or _read_config().get("server")
     )
+    if isinstance(url, list):  # config.toml: server = ["http://a:7070", "http://b:7070"]
+        url = ",".join(str(u) for u in url)
     tok = token or os.environ.get("AETHER_TOKEN") or stored.get("token")
     if not url:
         raise CliError(

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,8 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aether import __version__
-from aether.artifacts import LocalArtifactRegistry
+from aether.artifacts import ArtifactBackend, LocalArtifactRegistry
 from aether.artifacts.blobs import LocalBlobStore
+from aether.artifacts.s3 import S3ArtifactRegistry, S3Config
 from aether.errors import ServiceUnavailableError
 from aether.server.api import (
     apps,
@@ -31,11 +31,13 @@ from aether.server.api import (
     tasks,
     tokens,
 )
+from aether.server.api import backup as backup_api
 from aether.server.api import metrics as telemetry_api
 from aether.server.api import migrations as migrations_api
 from aether.server.context import ServerContext
 from aether.server.controller import install as install_controller
 from aether.server.errors import install_error_handlers
+from aether.server.forward import LeaderForward
 from aether.server.idempotency import IdempotencyMiddleware
 from aether.server.leader import Leader
 from aether.server.logstore import LogStore
@@ -90,11 +92,28 @@ async def _expire_claims(ctx: ServerContext) -> None:
             log.exception("expiring task claims failed; trying again")
 
 
+async def _open_registry(settings: ServerSettings, data_dir: Path) -> ArtifactBackend:
+    """The artifact registry: S3 when ``artifacts_url`` is set, else ``DATA/artifacts``."""
+    if not settings.artifacts_url:
+        return LocalArtifactRegistry(data_dir / "artifacts", max_bytes=settings.max_artifact_bytes)
+    config = S3Config.from_url(
+        settings.artifacts_url,
+        endpoint_url=settings.s3_endpoint_url or None,
+        access_key=settings.s3_access_key or None,
+        secret_key=settings.s3_secret_key or None,
+        region=settings.s3_region,
+        part_size=settings.s3_part_size,
+    )
+    registry = S3ArtifactRegistry(config, max_bytes=settings.max_artifact_bytes)
+    return await registry.open()  # fails the start with a clear error if unreachable
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     metrics = ServerMetrics()  # per app, so servers sharing a process never mix numbers
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        exits = contextlib.AsyncExitStack()  # closed last, on shutdown
         data_dir = settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         records_url = settings.resolved_records_url()
@@ -104,14 +123,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         for path in await bootstrap_tokens(records, data_dir):
             print(f"aether server: wrote {path} (mode 0600)", flush=True)
         store = await open_state_store(settings.resolved_state_url())
+        registry = await _open_registry(settings, data_dir)
+        if isinstance(registry, S3ArtifactRegistry):
+            exits.push_async_callback(registry.aclose)
         ctx = ServerContext(
             settings=settings,
-            server_id=f"{socket.gethostname()}:{settings.port}",
+            server_id=settings.api_url(),  # the leader key names it: followers forward there
             store=store,
             records=records,
-            registry=LocalArtifactRegistry(
-                data_dir / "artifacts", max_bytes=settings.max_artifact_bytes
-            ),
+            registry=registry,
             logs=LogStore(data_dir / "logs", max_bytes=settings.log_retention_bytes),
             blobs=LocalBlobStore(data_dir / "blobs", max_bytes=settings.max_artifact_bytes),
             metrics=metrics,
@@ -142,6 +162,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 await task
             await store.close()
             await engine.dispose()
+            await exits.aclose()
 
     app = FastAPI(
         title="Aether",
@@ -154,7 +175,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # added before the trace middleware, so it runs inside it: replays carry a trace id
     app.add_middleware(IdempotencyMiddleware)
     install_error_handlers(app)
-    app.add_middleware(telemetry_api.TelemetryFastPath)  # outermost: node pushes skip the rest
+    app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
+    app.add_middleware(LeaderForward)  # outermost: on a follower, telemetry goes to the leader
     install_metrics(app, metrics)
 
     @app.get("/healthz", tags=["probes"])
@@ -176,4 +198,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")
+    app.include_router(backup_api.router, prefix="/api/v1")
     return app

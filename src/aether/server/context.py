@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from aether.artifacts import LocalArtifactRegistry
+from aether.artifacts import ArtifactBackend
 from aether.artifacts.blobs import LocalBlobStore
 from aether.server.metrics import ServerMetrics, UploadGate
 from aether.server.settings import ServerSettings
@@ -44,7 +44,7 @@ class ServerContext:
     server_id: str
     store: StateStore
     records: Records
-    registry: LocalArtifactRegistry
+    registry: ArtifactBackend  # LocalArtifactRegistry, or S3ArtifactRegistry
     logs: LogStore
     blobs: LocalBlobStore = field(kw_only=True)  # per-file blobs of incremental uploads
     metrics: ServerMetrics = field(kw_only=True)  # served at /metrics

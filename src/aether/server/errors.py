@@ -66,14 +66,42 @@ class _TraceMiddleware:
         trace = incoming.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
         scope.setdefault("state", {})["trace_id"] = trace
 
+        started = False
+
         async def send_with_trace(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 if "x-trace-id" not in headers:
                     headers.append("X-Trace-Id", trace)
             await send(message)
 
-        await self.app(scope, receive, send_with_trace)
+        try:
+            await self.app(scope, receive, send_with_trace)
+        except Exception as exc:
+            # The records database is down (raised in a route or in the idempotency
+            # middleware): answer 503 here, with one log line and the connection
+            # kept open, rather than via the last-resort handler, which logs a
+            # traceback per request and makes uvicorn drop the connection.
+            if started or not _is_database_down(exc):
+                raise
+            log.warning(
+                "records database unavailable (%s %s): %s",
+                scope.get("method"),
+                scope.get("path"),
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            response = JSONResponse(
+                {
+                    "code": "service_unavailable",
+                    "message": "records database unavailable",
+                    "trace_id": trace,
+                },
+                status_code=503,
+                headers={"X-Trace-Id": trace},
+            )
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -114,8 +142,24 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _is_database_down(exc: BaseException) -> bool:
-    from sqlalchemy.exc import DBAPIError, OperationalError
+    """The records database is unreachable: refused, dropped, shut down or timed out.
 
-    return isinstance(exc, OperationalError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+    SQLAlchemy wraps the driver's errors (sqlite3's and psycopg's ``OperationalError``,
+    psycopg's ``AdminShutdown`` when PostgreSQL stops); a pool that cannot hand out a
+    connection in time raises its own ``TimeoutError``. The causes are followed too,
+    for code that re-raises a database error as something else.
+    """
+    import psycopg
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | PoolTimeoutError | psycopg.OperationalError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

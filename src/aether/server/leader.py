@@ -107,6 +107,7 @@ class Leader:
         self._holds: dict[str, float] = {}
         self._rollout_failed: set[str] = set()
         self.passes = 0
+        self.leading = False  # this server holds the leadership now
 
     async def run(self) -> None:
         while True:
@@ -135,6 +136,7 @@ class Leader:
             asyncio.create_task(loop(leadership), name=getattr(loop, "__qualname__", "loop"))
             for loop in self.ctx.leader_loops
         ]
+        self.leading = True
         try:
             while not leadership.lost.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -148,6 +150,7 @@ class Leader:
                 except Exception:
                     log.exception("reconcile pass failed; retrying on the next pass")
         finally:
+            self.leading = False
             for task in (watcher, collector, *loops):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -22,6 +22,17 @@ class ServerSettings(BaseSettings):
     lease_ttl: float = Field(default=3.0, gt=0.2, le=120)
     reconcile_interval: float = Field(default=1.0, gt=0)
     max_artifact_bytes: int = 2 << 30
+    # -- artifacts on S3 (default: the local directory DATA/artifacts) ---------------------
+    artifacts_url: str = Field(
+        default="", description="s3://bucket/prefix for an S3 artifact registry; empty: local"
+    )
+    s3_endpoint_url: str = Field(
+        default="", description="S3-compatible endpoint (MinIO, Ceph, ...); empty: AWS"
+    )
+    s3_access_key: str = Field(default="", description="empty: the default AWS credential chain")
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    s3_part_size: int = Field(default=8 << 20, ge=5 << 20, le=5 << 30)
     retain_deployments: int = Field(default=10, ge=1, description="artifacts kept per app")
     gc_grace_seconds: float = Field(default=3600.0, ge=0)
     gc_interval: float = Field(default=600.0, gt=0)
@@ -92,6 +103,27 @@ class ServerSettings(BaseSettings):
                     f"AETHER_ADVISER_{layer.upper()}_MODEL is needed with "
                     f"AETHER_ADVISER_{layer.upper()}_URL: the model to ask"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _artifacts_store(self) -> ServerSettings:
+        if self.artifacts_url:
+            from aether.artifacts.s3 import parse_s3_url
+
+            try:
+                parse_s3_url(self.artifacts_url)
+            except ValueError as exc:
+                raise ValueError(f"AETHER_ARTIFACTS_URL: {exc}") from None
+        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(
+                "AETHER_S3_ENDPOINT_URL must be an http(s) URL such as http://127.0.0.1:9000, "
+                f"not {self.s3_endpoint_url!r}"
+            )
+        if bool(self.s3_access_key) != bool(self.s3_secret_key):
+            raise ValueError(
+                "AETHER_S3_ACCESS_KEY and AETHER_S3_SECRET_KEY go together: set both, or neither "
+                "to use the default AWS credential chain"
+            )
         return self
 
     def resolved_state_url(self) -> str:

@@ -20,12 +20,14 @@ from aether.store.base import (
     TxnResult,
 )
 from aether.store.election import LeaderElection, Leadership, current_leader
+from aether.store.etcd import EtcdStateStore
 from aether.store.sqlite import SqliteStateStore
 
 __all__ = [
     "CompactedError",
     "Compare",
     "Delete",
+    "EtcdStateStore",
     "Event",
     "EventType",
     "Get",
@@ -45,7 +47,13 @@ __all__ = [
 
 
 async def open_state_store(url: str) -> StateStore:
-    """Open the backend named by ``url``: ``sqlite:///absolute/path.db``."""
+    """Open the backend named by ``url``.
+
+    ``sqlite:///absolute/path.db`` (embedded) or
+    ``etcd://host:port[,host:port...][/prefix]`` (an etcd v3 cluster).
+    """
+    if url.startswith("etcd://"):
+        return await EtcdStateStore.from_url(url)
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = unquote(parts.path)
@@ -56,5 +64,5 @@ async def open_state_store(url: str) -> StateStore:
         return await SqliteStateStore.open(path)
     raise ValueError(
         f"unsupported state store URL {url!r}: expected sqlite:///absolute/path.db"
-        " (the etcd backend is not available yet)"
+        " or etcd://host:port[,host:port...][/prefix]"
     )

@@ -592,6 +592,20 @@ class SqliteStateStore:
 
     # -- lifecycle -----------------------------------------------------------
 
+    def backup(self, dest: Path | str) -> None:
+        """Write a consistent copy of the store to ``dest`` (SQLite's online backup API).
+
+        The file is locked exclusively while the server runs, so only its owner can
+        copy it; synchronous like every other call, so no write interleaves.
+        """
+        if self._closed:
+            raise StoreError("the state store is closed")
+        target = sqlite3.connect(dest)
+        try:
+            self._conn.backup(target)
+        finally:
+            target.close()
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -21,10 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
+    from aether.server.config import ConfigError, load_config
     from aether.server.main import serve
-    from aether.server.settings import ServerSettings
 
     overrides = {
         k: v
@@ -36,10 +34,11 @@ def _server(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    config = Path(args.config) if getattr(args, "config", None) else None
     try:
-        settings = ServerSettings(**overrides)
-    except ValidationError as exc:
-        raise CliError(f"invalid server configuration: {exc}", kind="config") from None
+        settings = load_config(config, overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc), kind="usage", code="invalid_config") from None
     serve(settings)
     return 0
 

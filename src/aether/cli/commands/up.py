@@ -1,4 +1,9 @@
-"""``aether up``: one server and N nodes on this machine, in the foreground."""
+"""``aether up``: one server and N nodes on this machine, in the foreground.
+
+``--ha`` tries the HA layout locally: three etcd members, three servers on
+them (one leads; the others serve the API and take over within seconds), the
+nodes given every server's URL.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aether.cli.output import CliError
+
+if TYPE_CHECKING:
+    from aether.store.etcd_local import EtcdCluster
 from aether.cli.session import config_path, save_config, save_session
 
 __all__ = ["run"]
@@ -63,6 +72,36 @@ def _spawn(
     )
 
 
+def _start_etcd(data_dir: Path, base_port: int) -> EtcdCluster:
+    from aether.store.etcd_local import EtcdCluster, etcd_binary
+
+    try:
+        etcd_binary()
+    except RuntimeError as exc:
+        raise CliError(f"--ha needs etcd: {exc}", kind="io") from None
+    for port in range(base_port, base_port + 6):
+        if not _port_free(port):
+            raise CliError(f"port {port} (etcd) is in use: pass --etcd-port P", kind="io")
+    try:
+        return EtcdCluster(size=3, root=data_dir / "etcd", base_port=base_port).start()
+    except (RuntimeError, TimeoutError) as exc:
+        raise CliError(f"etcd did not start: {exc}", kind="internal") from None
+
+
+def _wait_started(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise CliError(f"the server did not start; see {log}")
+
+
 async def _wait_ready(
     url: str, token: str, nodes: int, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -92,11 +131,16 @@ def run(args: argparse.Namespace) -> int:
         or Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share") / "aether" / "up"
     ).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    if not _port_free(args.port):
-        raise CliError(f"port {args.port} is in use: pass --port P", kind="io")
-    api = f"http://127.0.0.1:{args.port}"
+    server_ports = [args.port, args.port + 1, args.port + 2] if args.ha else [args.port]
+    for port in server_ports:
+        if not _port_free(port):
+            raise CliError(f"port {port} is in use: pass --port P", kind="io")
+    urls = [f"http://127.0.0.1:{port}" for port in server_ports]
+    api = ",".join(urls)  # nodes and the CLI fail over between the servers
     server_dir = data_dir / "server"
     procs: list[subprocess.Popen[bytes]] = []
+    etcd = _start_etcd(data_dir, args.etcd_port) if args.ha else None
+    server_env = {"AETHER_STATE_URL": etcd.url + "/aether"} if etcd is not None else {}
 
     def stop_all() -> None:
         for proc in reversed(procs):
@@ -109,23 +153,22 @@ def run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
+        if etcd is not None:
+            etcd.stop()  # its data stays in DATA/etcd for the next `aether up --ha`
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        procs.append(
-            _spawn(
-                ["server", "--data-dir", str(server_dir), "--port", str(args.port)],
-                data_dir / "server.log",
+        for i, port in enumerate(server_ports):  # one at a time: the first migrates the records
+            log = data_dir / ("server.log" if i == 0 else f"server-{i + 1}.log")
+            procs.append(
+                _spawn(
+                    ["server", "--data-dir", str(server_dir), "--port", str(port)], log, server_env
+                )
             )
-        )
-        deadline = time.monotonic() + 30
-        while not (server_dir / "join.token").exists() or not (server_dir / "admin.token").exists():
-            if procs[0].poll() is not None or time.monotonic() > deadline:
-                raise CliError(f"the server did not start; see {data_dir / 'server.log'}")
-            time.sleep(0.05)
+            _wait_started(urls[i], procs[-1], log)
         join = (server_dir / "join.token").read_text().strip()
         admin = (server_dir / "admin.token").read_text().strip()
-        ports = _pick_ports(args.router_port, args.nodes, {args.port})
+        ports = _pick_ports(args.router_port, args.nodes, set(server_ports))
         for i, port in enumerate(ports):
             procs.append(
                 _spawn(
@@ -147,8 +190,11 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(_wait_ready(api, admin, args.nodes, procs))
         session = save_session(api, admin)
         save_config({"server": api})
-        print(f"Aether is up: 1 server, {args.nodes} node(s)   (data in {data_dir})")
-        print(f"  API:        {api}/api/v1      (OpenAPI: {api}/docs)")
+        print(f"Aether is up: {len(urls)} server(s), {args.nodes} node(s)   (data in {data_dir})")
+        for url in urls:
+            print(f"  API:        {url}/api/v1      (OpenAPI: {url}/docs)")
+        if etcd is not None:
+            print(f"  etcd:       {', '.join(etcd.endpoints)}   (state store; data in DATA/etcd)")
         for i, port in enumerate(ports):
             print(f"  node-{i + 1}:     router http://127.0.0.1:{port}/apps/APP/")
         print(f"  admin token {admin}")
@@ -171,11 +217,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         reported: set[int] = set()
         while True:
-            if procs[0].poll() is not None:
+            servers = procs[: len(urls)]
+            if all(proc.poll() is not None for proc in servers):
                 raise CliError(
                     f"the server exited (code {procs[0].returncode}); see {data_dir / 'server.log'}"
                 )
-            for i, proc in enumerate(procs[1:], start=1):
+            for i, proc in enumerate(servers[1:], start=2):
+                if proc.poll() is not None and -i not in reported:
+                    reported.add(-i)
+                    print(f"server {i} exited; the others go on", file=sys.stderr, flush=True)
+            for i, proc in enumerate(procs[len(urls) :], start=1):
                 if proc.poll() is not None and i not in reported:
                     reported.add(i)
                     print(

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -41,11 +41,21 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+MIGRATION_LOCK = 0x4165_7468_6572  # "Aether": the PostgreSQL advisory lock key of migrate()
+
+
 def migrate(url: str) -> None:
     """Upgrade the schema to the newest migration (idempotent)."""
-    engine = create_engine(sync_url(url))
+    postgres = make_url(url).get_backend_name() == "postgresql"
+    engine = create_engine(sync_url(url), connect_args={"connect_timeout": 10} if postgres else {})
     try:
         with engine.begin() as connection:
+            if postgres:
+                # servers starting together on one database take turns: the others
+                # wait here, then find the schema at head (released at commit)
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
@@ -53,12 +63,39 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
+# PostgreSQL (psycopg 3): when the server goes away, pooled connections are dead.
+# pre-ping replaces them on checkout, so the first request after PostgreSQL comes
+# back succeeds; a bounded connect timeout and pool wait turn an outage into a
+# quick OperationalError / TimeoutError (a 503 envelope) rather than a hang.
+POSTGRES_ENGINE_OPTIONS: dict[str, object] = {
+    "pool_pre_ping": True,
+    "pool_size": 10,
+    "max_overflow": 20,
+    "pool_timeout": 10,
+    "pool_recycle": 1800,
+    "connect_args": {
+        "connect_timeout": 5,
+        "application_name": "aether",
+        # a peer that vanished without closing (host down, network cut) is noticed
+        # in about a minute instead of the kernel's two hours
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
+    },
+}
+
+
 def open_records(url: str) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
     """An async engine and session factory; call ``migrate`` first."""
     kwargs: dict[str, object] = {}
-    sqlite = make_url(url).get_backend_name() == "sqlite"
+    backend = make_url(url).get_backend_name()
+    sqlite = backend == "sqlite"
     if sqlite:
         kwargs["connect_args"] = {"timeout": 30}
+    elif backend == "postgresql":
+        kwargs.update(POSTGRES_ENGINE_OPTIONS)
     engine = create_async_engine(async_url(url), **kwargs)
     if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

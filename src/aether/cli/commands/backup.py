@@ -1,0 +1,87 @@
+"""``aether backup create|restore``: archive a server's state, records and artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from aether.cli.output import CliError, emit
+
+__all__ = ["run"]
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from aether.server.config import ConfigError, load_config
+
+    if not args.data_dir and not args.config:
+        raise CliError("say which server: --data-dir DIR or --config FILE", kind="usage")
+    overrides = {"data_dir": Path(args.data_dir).resolve()} if args.data_dir else {}
+    try:
+        return load_config(Path(args.config) if args.config else None, overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc), kind="usage", code="invalid_config") from None
+
+
+def _admin_token(args: argparse.Namespace, data_dir: Path) -> str | None:
+    if args.token or os.environ.get("AETHER_TOKEN"):
+        return str(args.token or os.environ["AETHER_TOKEN"])
+    try:
+        return (data_dir / "admin.token").read_text().strip()
+    except OSError:
+        return None
+
+
+async def _create(args: argparse.Namespace) -> int:
+    from aether.client import ApiClient
+    from aether.server.backup import BackupError, create_backup
+
+    settings = _settings(args)
+    server = args.server or settings.api_url()
+
+    async def fetch_state(dest: Path) -> None:
+        token = _admin_token(args, settings.data_dir.resolve())
+        async with ApiClient(server, token) as client:
+            await client.backup_state(dest)
+
+    try:
+        manifest = await create_backup(settings, Path(args.out), fetch_state=fetch_state)
+    except BackupError as exc:
+        raise CliError(str(exc), kind="io", code="backup_failed") from None
+    parts = manifest["parts"]
+    summary = ", ".join(
+        f"{name}: {info['engine']}"
+        + (f" ({len(info['files'])} files)" if name in ("artifacts", "blobs") else "")
+        for name, info in parts.items()
+    )
+    emit(
+        args,
+        {"out": str(Path(args.out).resolve()), "manifest": manifest},
+        f"wrote {args.out}: {summary}",
+    )
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from aether.server.backup import BackupError, restore_backup
+
+    settings = _settings(args)
+    try:
+        summary = restore_backup(Path(args.archive), settings, force=args.force)
+    except BackupError as exc:
+        raise CliError(str(exc), kind="io", code="restore_failed") from None
+    lines = [f"restored {args.archive} (taken {summary['backup_created_at']}) into:"]
+    lines += [
+        f"  {name}: {info.get('path') or info.get('engine') or ''}".rstrip()
+        for name, info in summary["parts"].items()
+    ]
+    lines += [f"next: {step}" for step in summary["next_steps"]]
+    emit(args, summary, "\n".join(lines))
+    return 0
+
+
+def run(args: argparse.Namespace) -> Any:
+    if args.backup_command == "create":
+        return _create(args)
+    return _restore(args)

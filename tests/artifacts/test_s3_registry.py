@@ -1,0 +1,514 @@
+"""The artifact registry on S3, against a real S3 server (``rclone serve s3``) the tests start.
+
+The contract tests run over both backends (local directory and S3); the S3-only ones
+cover multipart uploads, cleanup of aborted uploads, bounded memory, several
+registries sharing a bucket, configuration and the server end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import os
+import tracemalloc
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from aether.artifacts import ArtifactBackend, LocalArtifactRegistry, digest_bytes
+from aether.artifacts.s3 import MIN_PART_SIZE, S3ArtifactRegistry, S3Config, parse_s3_url
+from aether.errors import (
+    BadRequestError,
+    DigestMismatchError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
+from aether.server.settings import ServerSettings
+from tests.artifacts.s3_server import S3Server, s3_server_process
+from tests.server.conftest import running_server
+from tests.server.support import DIGEST_HEADER, assert_envelope, bearer, deploy, sha256_of
+
+DATA = os.urandom(300_000) + b"end"
+DIGEST = digest_bytes(DATA)
+PART = MIN_PART_SIZE  # small parts, so a few MiB already make a multipart upload
+BIG = os.urandom(2 * PART + 123_457)  # three parts
+BIG_DIGEST = digest_bytes(BIG)
+
+
+async def chunks(data: bytes, size: int = 64 << 10, *, pause: bool = False) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        if pause:
+            await asyncio.sleep(0)
+        yield data[i : i + size]
+
+
+async def read_all(backend: ArtifactBackend, digest: str, chunk_size: int = 1 << 20) -> bytes:
+    return b"".join([c async for c in await backend.open_chunks(digest, chunk_size)])
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with s3_server_process(tmp_path_factory.mktemp("s3") / "root") as server:
+        yield server
+
+
+def s3_config(server: S3Server, bucket: str, **kwargs: object) -> S3Config:
+    settings: dict[str, object] = {
+        "endpoint_url": server.endpoint_url,
+        "access_key": server.access_key,
+        "secret_key": server.secret_key,
+        "region": server.region,
+        "part_size": PART,
+        "read_timeout": 15.0,
+        **kwargs,
+    }
+    return S3Config.from_url(f"s3://{bucket}/artifacts", **settings)
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> str:
+    return s3_server.make_bucket(f"t-{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+async def s3reg(s3_server: S3Server, bucket: str) -> AsyncIterator[S3ArtifactRegistry]:
+    async with S3ArtifactRegistry(s3_config(s3_server, bucket)) as reg:
+        yield reg
+
+
+async def leftovers(backend: ArtifactBackend, s3_server: S3Server | None = None) -> set[str]:
+    """Everything the backend stores: files on disk plus (S3) multipart uploads in progress."""
+    if isinstance(backend, LocalArtifactRegistry):
+        return {p.relative_to(backend.root).as_posix() for p in backend.root.rglob("*")}
+    assert isinstance(backend, S3ArtifactRegistry) and s3_server is not None
+    root = s3_server.root / backend.config.bucket
+    out = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    out |= {f"upload:{key}" for key, _ in await in_progress(backend)}
+    return out
+
+
+async def in_progress(reg: S3ArtifactRegistry) -> list[tuple[str, str]]:
+    """(key, upload id) of the multipart uploads in progress in the registry's bucket."""
+    try:
+        up = await reg.client.list_multipart_uploads(Bucket=reg.config.bucket)
+    except ClientError as exc:  # rclone answers NoSuchUpload for a bucket that never had one
+        if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+            return []
+        raise
+    return [(u.get("Key", ""), u.get("UploadId", "")) for u in up.get("Uploads", [])]
+
+
+@pytest.fixture(params=["local", "s3"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, s3_server: S3Server
+) -> AsyncIterator[ArtifactBackend]:
+    if request.param == "local":
+        yield LocalArtifactRegistry(tmp_path / "registry", max_bytes=20 << 20)
+        return
+    bucket = s3_server.make_bucket(f"t-{uuid.uuid4().hex[:16]}")
+    async with S3ArtifactRegistry(s3_config(s3_server, bucket), max_bytes=20 << 20) as reg:
+        yield reg
+
+
+# -- the contract, on both backends ----------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [DATA, BIG], ids=["small", "multipart"])
+async def test_write_then_read(backend: ArtifactBackend, data: bytes) -> None:
+    digest = digest_bytes(data)
+    assert not await backend.exists(digest)
+    assert await backend.size(digest) is None
+    result = await backend.write_stream(chunks(data), digest)
+    assert (result.digest, result.size_bytes, result.duplicate) == (digest, len(data), False)
+    assert await backend.exists(digest)
+    assert await backend.size(digest) == len(data)
+    assert await read_all(backend, digest) == data
+    assert await backend.list_digests() == [digest]
+
+
+async def test_open_chunks_respects_chunk_size(backend: ArtifactBackend) -> None:
+    await backend.write_stream(chunks(DATA), DIGEST)
+    sizes = [len(c) async for c in await backend.open_chunks(DIGEST, chunk_size=100_000)]
+    assert sizes == [100_000, 100_000, 100_000, 3]
+
+
+async def test_missing_artifact(backend: ArtifactBackend) -> None:
+    with pytest.raises(NotFoundError):
+        await backend.open_chunks(DIGEST)  # raised on open, before any chunk
+    await backend.delete(DIGEST)  # idempotent
+
+
+@pytest.mark.parametrize("data", [DATA, BIG], ids=["small", "multipart"])
+async def test_duplicate_is_verified_but_not_rewritten(
+    backend: ArtifactBackend, s3_server: S3Server, data: bytes
+) -> None:
+    digest = digest_bytes(data)
+    await backend.write_stream(chunks(data), digest)
+    before = await leftovers(backend, s3_server)
+    again = await backend.write_stream(chunks(data, 1000), digest)
+    assert (again.duplicate, again.size_bytes) == (True, len(data))
+    with pytest.raises(DigestMismatchError):
+        await backend.write_stream(chunks(b"not the same"), digest)
+    assert await leftovers(backend, s3_server) == before
+    assert await read_all(backend, digest) == data
+
+
+@pytest.mark.parametrize("data", [DATA, BIG], ids=["small", "multipart"])
+async def test_mismatch_leaves_nothing(
+    backend: ArtifactBackend, s3_server: S3Server, data: bytes
+) -> None:
+    actual = digest_bytes(data)
+    before = await leftovers(backend, s3_server)
+    wrong = digest_bytes(b"something else")
+    with pytest.raises(DigestMismatchError) as exc:
+        await backend.write_stream(chunks(data), wrong)
+    assert actual in exc.value.message and wrong in exc.value.message
+    assert exc.value.code == "digest_mismatch"
+    assert await leftovers(backend, s3_server) == before
+    assert not await backend.exists(wrong)
+    assert not await backend.exists(actual)
+    assert await backend.list_digests() == []
+
+
+async def test_size_limit_stops_the_stream_early(
+    backend: ArtifactBackend, s3_server: S3Server
+) -> None:
+    limit = 20 << 20  # the fixture's max_bytes: more than one part
+    before = await leftovers(backend, s3_server)
+    pulled = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield b"x" * (1 << 20)
+
+    with pytest.raises(PayloadTooLargeError) as exc:
+        await backend.write_stream(endless(), DIGEST)
+    assert exc.value.status == 413
+    assert pulled == limit // (1 << 20) + 1
+    assert await leftovers(backend, s3_server) == before
+
+
+async def test_failing_or_cancelled_upload_leaves_nothing(
+    backend: ArtifactBackend, s3_server: S3Server
+) -> None:
+    before = await leftovers(backend, s3_server)
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield BIG  # past the first part: a multipart upload is under way on S3
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await backend.write_stream(broken(), BIG_DIGEST)
+    assert await leftovers(backend, s3_server) == before
+
+    started = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield BIG
+        started.set()
+        await asyncio.Event().wait()
+        yield b"never"
+
+    task = asyncio.create_task(backend.write_stream(stalls(), BIG_DIGEST))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await leftovers(backend, s3_server) == before
+    assert not await backend.exists(BIG_DIGEST)
+
+
+async def test_concurrent_writes_of_one_digest(backend: ArtifactBackend) -> None:
+    results = await asyncio.gather(
+        *(backend.write_stream(chunks(DATA, 10_000, pause=True), DIGEST) for _ in range(8))
+    )
+    assert sorted(r.duplicate for r in results) == [False] + [True] * 7
+    assert all(r.size_bytes == len(DATA) for r in results)
+    assert await read_all(backend, DIGEST) == DATA
+
+
+async def test_delete_and_list(backend: ArtifactBackend) -> None:
+    blobs = [os.urandom(100) for _ in range(5)]
+    for b in blobs:
+        await backend.write_stream(chunks(b), digest_bytes(b))
+    digests = sorted(digest_bytes(b) for b in blobs)
+    assert await backend.list_digests() == digests
+    await backend.delete(digests[0])
+    assert await backend.list_digests() == digests[1:]
+    assert not await backend.exists(digests[0])
+
+
+@pytest.mark.parametrize("bad", ["sha256:abc", "../../etc/passwd", DIGEST.upper()])
+async def test_bad_digests_are_refused_everywhere(backend: ArtifactBackend, bad: str) -> None:
+    for call in (
+        backend.exists(bad),
+        backend.size(bad),
+        backend.open_chunks(bad),
+        backend.write_stream(chunks(b"x"), bad),
+        backend.delete(bad),
+    ):
+        with pytest.raises(BadRequestError) as exc:
+            await call
+        assert exc.value.code == "bad_digest"
+
+
+async def test_streaming_response_can_serve_it(backend: ArtifactBackend) -> None:
+    await backend.write_stream(chunks(BIG), BIG_DIGEST)
+    app = FastAPI()
+
+    @app.get("/a/{digest}")
+    async def get(digest: str) -> StreamingResponse:
+        return StreamingResponse(await backend.open_chunks(digest, 50_000))
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        resp = await client.get(f"/a/{BIG_DIGEST}")
+    assert resp.status_code == 200
+    assert resp.content == BIG
+
+
+# -- S3 only ----------------------------------------------------------------------------
+
+
+async def test_objects_are_content_addressed_under_the_prefix(
+    s3reg: S3ArtifactRegistry, s3_server: S3Server
+) -> None:
+    await s3reg.write_stream(chunks(BIG), BIG_DIGEST)
+    await s3reg.write_stream(chunks(DATA), DIGEST)
+    stored = s3_server.root / s3reg.config.bucket / "artifacts" / "sha256"
+    assert sorted(p.name for p in stored.iterdir()) == sorted(
+        d.removeprefix("sha256:") for d in (BIG_DIGEST, DIGEST)
+    )
+    assert (stored / BIG_DIGEST.removeprefix("sha256:")).read_bytes() == BIG
+    # objects of another prefix in the same bucket are not ours
+    other = S3ArtifactRegistry(dataclasses.replace(s3reg.config, prefix=""))
+    async with other:
+        assert await other.list_digests() == []
+        assert not await other.exists(DIGEST)
+
+
+async def test_a_multipart_upload_is_invisible_until_verified(s3reg: S3ArtifactRegistry) -> None:
+    """Parts already sent sit in an incomplete upload: readers see nothing until it verifies."""
+    release = asyncio.Event()
+    sent_parts = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield BIG[: 2 * PART + 1]  # two full parts go out while the stream is open
+        sent_parts.set()
+        await release.wait()
+        yield BIG[2 * PART + 1 :]
+
+    task = asyncio.create_task(s3reg.write_stream(slow(), BIG_DIGEST))
+    await sent_parts.wait()
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # the parts are on their way to the server
+        uploads = await in_progress(s3reg)
+        if uploads or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert [key for key, _ in uploads] == [s3reg.key(BIG_DIGEST)]
+    assert not await s3reg.exists(BIG_DIGEST)
+    assert await s3reg.list_digests() == []
+    with pytest.raises(NotFoundError):
+        await s3reg.open_chunks(BIG_DIGEST)
+    release.set()
+    result = await task
+    assert (result.size_bytes, result.duplicate) == (len(BIG), False)
+    assert await read_all(s3reg, BIG_DIGEST, 1 << 16) == BIG
+    assert await in_progress(s3reg) == []
+
+
+async def test_uploads_stream_with_bounded_memory(s3reg: S3ArtifactRegistry) -> None:
+    """A 40 MiB upload never holds much more than a part or two in memory."""
+    size = 40 << 20
+    s3reg.max_bytes = size
+    block = os.urandom(1 << 20)
+    h = hashlib.sha256()
+    for i in range(40):
+        h.update(block[i:] + block[:i])
+    digest = "sha256:" + h.hexdigest()
+
+    async def generated() -> AsyncIterator[bytes]:
+        for i in range(40):
+            yield block[i:] + block[:i]
+
+    tracemalloc.start()
+    try:
+        result = await s3reg.write_stream(generated(), digest)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.size_bytes == size
+    assert peak < 4 * PART, f"peak {peak} bytes held for a {size}-byte upload"
+    total = 0
+    tracemalloc.start()
+    try:
+        async for chunk in await s3reg.open_chunks(digest):
+            total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == size
+    assert peak < 4 * PART, f"peak {peak} bytes held while reading {size} bytes"
+
+
+async def test_registries_sharing_a_bucket(s3_server: S3Server, bucket: str) -> None:
+    """Like several servers on one bucket: all writes succeed, one object, right bytes."""
+    regs = [S3ArtifactRegistry(s3_config(s3_server, bucket)) for _ in range(3)]
+    for r in regs:
+        await r.open()
+    try:
+        results = await asyncio.gather(
+            *(r.write_stream(chunks(BIG, 1 << 20, pause=True), BIG_DIGEST) for r in regs)
+        )
+        assert all(r.size_bytes == len(BIG) for r in results)
+        assert False in [r.duplicate for r in results]
+        for r in regs:
+            assert await r.list_digests() == [BIG_DIGEST]
+        assert await read_all(regs[2], BIG_DIGEST) == BIG
+        assert await in_progress(regs[0]) == []
+    finally:
+        for r in regs:
+            await r.aclose()
+
+
+@pytest.mark.parametrize("data", [DATA, BIG], ids=["small", "multipart"])
+async def test_plain_writes_for_stores_without_conditional_writes(
+    s3reg: S3ArtifactRegistry, data: bytes
+) -> None:
+    s3reg.conditional_writes = False  # as after a NotImplemented answer to If-None-Match
+    digest = digest_bytes(data)
+    assert (await s3reg.write_stream(chunks(data), digest)).duplicate is False
+    assert (await s3reg.write_stream(chunks(data), digest)).duplicate is True
+    assert await read_all(s3reg, digest) == data
+
+
+def test_server_answers_service_unavailable_when_the_store_is_gone(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as store:
+        own = store.enter_context(s3_server_process(tmp_path / "own-s3"))
+        bucket = own.make_bucket("gone-soon")
+        with running_server(
+            tmp_path / "data",
+            artifacts_url=f"s3://{bucket}",
+            s3_endpoint_url=own.endpoint_url,
+            s3_access_key=own.access_key,
+            s3_secret_key=own.secret_key,
+        ) as server:
+            auth = bearer(server.admin_token)
+            with httpx.Client(base_url=server.base_url, timeout=60) as http:
+                up = http.post(
+                    "/api/v1/artifacts", content=DATA, headers={**auth, DIGEST_HEADER: DIGEST}
+                )
+                assert up.status_code == 201, up.text
+                assert http.get(f"/api/v1/artifacts/{DIGEST}", headers=auth).content == DATA
+                store.close()  # the S3 server stops; the Aether server stays up
+                gone = http.get(f"/api/v1/artifacts/{DIGEST}", headers=auth)
+                assert_envelope(gone, 503, "service_unavailable")
+                assert "S3" in gone.json()["message"]
+                again = http.post(
+                    "/api/v1/artifacts", content=BIG, headers={**auth, DIGEST_HEADER: BIG_DIGEST}
+                )
+                assert_envelope(again, 503, "service_unavailable")
+
+
+async def test_abort_stale_uploads(s3reg: S3ArtifactRegistry) -> None:
+    key = s3reg.key(BIG_DIGEST)
+    orphan = await s3reg.client.create_multipart_upload(Bucket=s3reg.config.bucket, Key=key)
+    now = datetime.now(UTC)
+    assert await s3reg.abort_stale_uploads(now, timedelta(hours=1)) == 0  # still young
+    assert await s3reg.abort_stale_uploads(now + timedelta(hours=2), timedelta(hours=1)) == 1
+    assert orphan["UploadId"] not in [upload_id for _, upload_id in await in_progress(s3reg)]
+
+
+async def test_unreachable_or_wrong_store_fails_clearly(s3_server: S3Server, bucket: str) -> None:
+    missing = S3ArtifactRegistry(s3_config(s3_server, "no-such-bucket-here"))
+    with pytest.raises(ServiceUnavailableError) as exc:
+        await missing.open()
+    assert "no-such-bucket-here" in exc.value.message
+    wrong_key = S3ArtifactRegistry(s3_config(s3_server, bucket, secret_key="not-the-secret"))
+    with pytest.raises(ServiceUnavailableError):
+        await wrong_key.open()
+    cfg = s3_config(s3_server, bucket, endpoint_url="http://127.0.0.1:9", max_attempts=1)
+    with pytest.raises(ServiceUnavailableError) as exc:
+        await S3ArtifactRegistry(cfg).open()
+    assert "unreachable" in exc.value.message or "failed" in exc.value.message
+
+
+def test_s3_urls_and_settings_are_validated() -> None:
+    assert parse_s3_url("s3://my-bucket") == ("my-bucket", "")
+    assert parse_s3_url("s3://my-bucket/a/b/") == ("my-bucket", "a/b/")
+    for bad in ("http://x/y", "s3://", "s3://UPPER", "s3://ok-bucket/a//b", "s3://ok/../x"):
+        with pytest.raises(ValueError):
+            parse_s3_url(bad)
+    with pytest.raises(ValueError):
+        S3Config(bucket="b-1", part_size=1 << 20)  # below S3's 5 MiB minimum
+    ok = ServerSettings(artifacts_url="s3://bucket/aether", s3_endpoint_url="http://h:9000")
+    assert ok.artifacts_url == "s3://bucket/aether"
+    assert ServerSettings().artifacts_url == ""  # the local directory stays the default
+    for kwargs, needle in (
+        ({"artifacts_url": "bucket/aether"}, "AETHER_ARTIFACTS_URL"),
+        ({"s3_endpoint_url": "h:9000"}, "AETHER_S3_ENDPOINT_URL"),
+        ({"s3_access_key": "k"}, "AETHER_S3_SECRET_KEY"),
+        ({"s3_part_size": 1 << 20}, "s3_part_size"),
+    ):
+        with pytest.raises(ValidationError) as exc:
+            ServerSettings(**kwargs)
+        assert needle in str(exc.value)
+
+
+def test_server_end_to_end_on_s3(tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """A real server on S3: upload (multipart), HEAD, GET, a deployment recorded on it."""
+    data = BIG
+    digest = sha256_of(data)
+    with running_server(
+        tmp_path / "data",
+        artifacts_url=f"s3://{bucket}/aether",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_part_size=PART,
+    ) as server:
+        assert isinstance(server.ctx.registry, S3ArtifactRegistry)
+        auth = bearer(server.admin_token)
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            bad = http.post(
+                "/api/v1/artifacts",
+                content=data,
+                headers={**auth, DIGEST_HEADER: sha256_of(b"other")},
+            )
+            assert bad.status_code == 400 and bad.json()["code"] == "digest_mismatch"
+            up = http.post(
+                "/api/v1/artifacts", content=data, headers={**auth, DIGEST_HEADER: digest}
+            )
+            assert up.status_code == 201, up.text
+            assert up.json()["size_bytes"] == len(data)
+            head = http.head(f"/api/v1/artifacts/{digest}", headers=auth)
+            assert head.status_code == 200
+            assert int(head.headers["content-length"]) == len(data)
+            got = http.get(f"/api/v1/artifacts/{digest}", headers=auth)
+            assert got.status_code == 200 and got.content == data
+
+            async def deploy_it() -> httpx.Response:
+                async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+                    return await deploy(client, server.admin_token, "s3-app", digest, instances=0)
+
+            deployed = asyncio.run(deploy_it())
+            assert deployed.status_code == 201, deployed.text
+            assert deployed.json()["version"] == 1
+        # the bytes are in the bucket, under the configured prefix, and nowhere on local disk
+        stored = s3_server.root / bucket / "aether" / "sha256" / digest.removeprefix("sha256:")
+        assert stored.read_bytes() == data
+        assert not (tmp_path / "data" / "artifacts").exists()

@@ -1,0 +1,159 @@
+"""HA chaos against real processes: three servers on a three-member etcd cluster.
+
+- ``kill -9`` the leader server during a deploy → a new leader within 5 s, the
+  deploy completes, no blueprint or deployment is lost, apps keep serving;
+- kill one etcd member → writes go on; bring it back → it catches up.
+After each the cluster converges to exactly the desired counts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.cluster import wait_for
+from tests.e2e.ha import HaCluster
+from tests.e2e.test_core_scenario import Probe
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
+
+
+@pytest.fixture
+def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HaCluster]:
+    cluster = HaCluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(cluster.logs())
+
+
+def _start(ha: HaCluster) -> None:
+    ha.start_servers()
+    ha.start_node("n1")
+    ha.start_node("n2")
+    ha.cli_json("deploy", str(EXAMPLE), "--instances", "2")
+    wait_for(lambda: len(ha.active("hello-python")) == 2, 30, "v1 ACTIVE")
+
+
+def _versions(ha: HaCluster) -> list[int]:
+    return sorted(i["version"] for i in ha.active("hello-python"))
+
+
+def test_killing_the_leader_during_a_deploy_loses_nothing(ha: HaCluster, tmp_path: Path) -> None:
+    _start(ha)
+    old = wait_for(lambda: (i := ha.leader_index()) is not None and i + 1, 10, "a leader") - 1
+    v2 = tmp_path / "v2"
+    shutil.copytree(EXAMPLE, v2)
+    toml = (v2 / "aether.toml").read_text().replace("Hello from Aether", "Hello v2")
+    (v2 / "aether.toml").write_text(toml + "\n[rollout]\nmin_healthy_time = 2\n")
+
+    probe = Probe(f"{ha.router('n2')}/apps/hello-python/")
+    probe.start()
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "aether", "deploy", str(v2), "--format", "json"],
+        env=ha.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # the deployment exists and its rollout runs: now the leader dies
+        wait_for(
+            lambda: [d["version"] for d in ha.api_get("/apps/hello-python/deployments")] == [2, 1],
+            60,
+            "v2 created",
+        )
+        ha.kill_server_at(old)
+        killed = time.monotonic()
+        new = (
+            wait_for(
+                lambda: (i := ha.leader_index()) is not None and i != old and i + 1,
+                5,
+                "a new leader",
+            )
+            - 1
+        )
+        took = time.monotonic() - killed
+        out, err = deploy.communicate(timeout=120)
+        assert deploy.returncode == 0, (out, err)
+        assert json.loads(out)["status"] == "active"
+        wait_for(lambda: _versions(ha) == [2, 2], 30, "exactly 2 instances of v2")
+        time.sleep(0.5)
+    finally:
+        probe.stop()
+        if deploy.poll() is None:
+            deploy.kill()
+    assert new != old and took < 5.0
+    assert probe.failures == [], probe.failures[:5]
+    assert ha.api_get("/blueprints/hello-python")["version"] == 2
+    deployments = ha.api_get("/apps/hello-python/deployments")
+    assert [(d["version"], d["status"]) for d in deployments] == [(2, "active"), (1, "superseded")]
+    instances = ha.api_get("/instances?app=hello-python")
+    assert len(instances) == 2  # exactly the desired count
+
+    ha.start_server_at(old)  # it comes back as a follower and serves the API
+    assert ha.leader_index() == new
+    assert len(ha.cli_json("apps")["apps"]) == 1
+
+    # telemetry lives on the leader: pushes and reads that reach a follower are forwarded
+    follower = next(i for i in range(3) if i != new)
+    ha.env["AETHER_SERVER"] = ha.server_urls[follower]
+    wait_for(
+        lambda: (
+            {
+                name
+                for name, node in (ha.cli_json("metrics")["sample"] or {"nodes": {}})[
+                    "nodes"
+                ].items()
+                if not node["stale"]
+            }
+            == {"n1", "n2"}
+        ),
+        15,
+        "both nodes' telemetry through a follower",
+    )
+
+
+def test_one_etcd_member_down_writes_go_on_and_it_catches_up(ha: HaCluster) -> None:
+    _start(ha)
+    victim = ha.etcd.leader()  # the raft leader: the hardest member to lose
+    ha.etcd.kill(victim)
+    ha.cli_json("scale", "hello-python=3")
+    wait_for(lambda: len(ha.active("hello-python")) == 3, 30, "3 ACTIVE with a member down")
+
+    ha.etcd.restart(victim)
+
+    def blueprint_on_the_member() -> int:
+        """The member's own copy (a serializable read is answered from its local data)."""
+        member = ha.etcd.members[victim].client_url
+        key = base64.b64encode(b"aether/blueprints/hello-python").decode()
+        found = httpx.post(
+            f"{member}/v3/kv/range", json={"key": key, "serializable": True}, timeout=2
+        ).json()
+        kvs = found.get("kvs") or []
+        return int(json.loads(base64.b64decode(kvs[0]["value"]))["instances"]) if kvs else -1
+
+    wait_for(lambda: blueprint_on_the_member() == 3, 20, "the member caught up")
+    ha.cli_json("scale", "hello-python=2")
+    wait_for(
+        lambda: (
+            len(ha.api_get("/instances?app=hello-python")) == 2
+            and len(ha.active("hello-python")) == 2
+        ),
+        30,
+        "exactly 2 again",
+    )

@@ -1,0 +1,119 @@
+"""``aether up`` (what `make run` starts) and ``aether up --ha``, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.cluster import free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_run(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports."""
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise AssertionError("no run of free ports")
+
+
+def _up(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], int, int]:
+    api, router = _free_run(3), _free_run(2)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AETHER_")},
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    command = [sys.executable, "-m", "aether", "up", "--demo", "--data-dir", str(tmp_path / "up")]
+    proc = subprocess.Popen(
+        [*command, "--port", str(api), "--router-port", str(router), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return proc, api, router
+
+
+def _wait_up(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.startswith("Next:"):
+            return "".join(seen)
+    raise AssertionError("aether up never came up:\n" + "".join(seen))
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    os.killpg(proc.pid, signal.SIGTERM)
+    return proc.wait(30)
+
+
+def _status(tmp_path: Path, api: str) -> dict[str, object]:
+    token = (tmp_path / "up" / "server" / "admin.token").read_text().strip()
+    response = httpx.get(
+        f"{api}/api/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
+    response.raise_for_status()
+    data: dict[str, object] = response.json()
+    return data
+
+
+def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    proc, api, router = _up(tmp_path)
+    try:
+        out = _wait_up(proc)
+        assert "1 server(s), 2 node(s)" in out
+        assert _status(tmp_path, f"http://127.0.0.1:{api}")["leader"] == f"http://127.0.0.1:{api}"
+        answer = httpx.get(f"http://127.0.0.1:{router}/apps/hello-python/", timeout=5)
+        assert answer.json()["message"] == "Hello from Aether"
+    finally:
+        code = _stop(proc)
+    assert code == 0
+
+
+def test_up_ha_runs_three_servers_on_etcd(tmp_path: Path) -> None:
+    etcd = _free_run(6)
+    proc, api, router = _up(tmp_path, "--ha", "--etcd-port", str(etcd))
+    try:
+        out = _wait_up(proc)
+        assert "3 server(s), 2 node(s)" in out and "etcd:" in out
+        urls = [f"http://127.0.0.1:{api + i}" for i in range(3)]
+        statuses = [_status(tmp_path, url) for url in urls]
+        assert len({s["leader"] for s in statuses}) == 1  # one leader, seen by every server
+        assert statuses[0]["leader"] in urls
+        answer = httpx.get(f"http://127.0.0.1:{router + 1}/apps/hello-python/", timeout=5)
+        assert answer.json()["message"] == "Hello from Aether"
+        # the state lives in etcd: its members answer on the ports given
+        health = httpx.get(f"http://127.0.0.1:{etcd}/health", timeout=5).json()
+        assert health["health"] == "true"
+        wait_for(lambda: (tmp_path / "up" / "etcd").is_dir(), 5, "etcd data in the data dir")
+    finally:
+        code = _stop(proc)
+    assert code == 0
