@@ -303,17 +303,21 @@ class ApiClient:
             data = await self.json("GET", f"/api/v1/apps/{app}/settings")
         return AppSettingsOut.model_validate(data)
 
-    async def download_artifact(self, digest: str, dest: Path) -> None:
-        response = await self._open_stream("GET", f"/api/v1/artifacts/{digest}")
+    async def _download(self, path: str, dest: Path, what: str) -> None:
+        """Stream ``GET path`` into ``dest``; a broken transfer moves to the next server."""
+        response = await self._open_stream("GET", path)
         try:
             with dest.open("wb") as fh:
                 async for chunk in response.aiter_bytes(1 << 20):
                     fh.write(chunk)
         except httpx.TransportError as exc:
             self._fail_over()
-            raise NetworkError(f"artifact download from {self.base_url} failed: {exc}") from exc
+            raise NetworkError(f"{what} from {self.base_url} failed: {exc}") from exc
         finally:
             await response.aclose()
+
+    async def download_artifact(self, digest: str, dest: Path) -> None:
+        await self._download(f"/api/v1/artifacts/{digest}", dest, "artifact download")
 
     # -- apps and deployments -----------------------------------------------
 
@@ -693,27 +697,10 @@ class ApiClient:
         return SnapshotOut.model_validate(data)
 
     async def download_snapshot(self, digest: str, dest: Path) -> None:
-        response = await self._open_stream("GET", f"/api/v1/snapshots/{digest}")
-        try:
-            with dest.open("wb") as fh:
-                async for chunk in response.aiter_bytes(1 << 20):
-                    fh.write(chunk)
-        except httpx.TransportError as exc:
-            self._fail_over()
-            raise NetworkError(f"snapshot download from {self.base_url} failed: {exc}") from exc
-        finally:
-            await response.aclose()
+        await self._download(f"/api/v1/snapshots/{digest}", dest, "snapshot download")
 
     # -- operations ---------------------------------------------------------
 
     async def backup_state(self, dest: Path) -> None:
         """A consistent copy of the server's embedded (SQLite) state store, written to ``dest``."""
-        response = await self._open_stream("GET", "/api/v1/admin/backup/state")
-        try:
-            with dest.open("wb") as fh:
-                async for chunk in response.aiter_bytes(1 << 20):
-                    fh.write(chunk)
-        except httpx.TransportError as exc:
-            raise NetworkError(f"state copy from {self.base_url} failed: {exc}") from exc
-        finally:
-            await response.aclose()
+        await self._download("/api/v1/admin/backup/state", dest, "state copy")

@@ -1,29 +1,44 @@
-"""Several real ``aether server`` processes on one etcd cluster (the HA layout on one machine).
+"""Several real ``aether server`` processes on one etcd cluster (the HA layout).
 
-Three servers share the state store (a real three-member etcd) and one data
-directory for the rest (the records database, artifacts): on one machine that
-is a shared SQLite file and directory; across machines, PostgreSQL and S3.
-Nodes and the CLI get every server's URL and fail over between them.
+Three servers share the state store (a real three-member etcd). With
+``engines="shared-dir"`` they also share one data directory for the rest (a
+SQLite records file and the artifact directory: the `aether up --ha` layout);
+with ``engines="postgres-s3"`` each server has its own data directory and the
+records live on a real PostgreSQL, the artifacts in a bucket of a real
+S3-compatible server (the production layout). Nodes and the CLI get every
+server's URL and fail over between them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
+from tests.artifacts.s3_server import s3_server_process
 from tests.e2e.cluster import Cluster, free_port, wait_for
 from tests.store.etcd_cluster import EtcdCluster
+from tests.store.postgres import PostgresServer
 
 __all__ = ["HaCluster"]
 
 
 class HaCluster(Cluster):
-    def __init__(self, root: Path, *, servers: int = 3, lease_ttl: float = 2.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        servers: int = 3,
+        lease_ttl: float = 2.0,
+        engines: Literal["shared-dir", "postgres-s3"] = "shared-dir",
+    ) -> None:
         super().__init__(root, lease_ttl=lease_ttl)
+        self.engines = engines
+        self._engines = contextlib.ExitStack()
         self.etcd = EtcdCluster(size=3)
         self.server_urls = [f"http://127.0.0.1:{free_port()}" for _ in range(servers)]
         self.server_procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -32,6 +47,19 @@ class HaCluster(Cluster):
     def start_servers(self) -> None:
         self.etcd.start()
         self.env["AETHER_STATE_URL"] = self.etcd.url + "/aether"
+        if self.engines == "postgres-s3":
+            postgres = self._engines.enter_context(PostgresServer.launched())
+            s3 = self._engines.enter_context(s3_server_process(self.root / "s3"))
+            self.env.update(
+                {
+                    "AETHER_RECORDS_URL": postgres.create_database("aether"),
+                    "AETHER_ARTIFACTS_URL": f"s3://{s3.make_bucket('artifacts')}/aether",
+                    "AETHER_S3_ENDPOINT_URL": s3.endpoint_url,
+                    "AETHER_S3_ACCESS_KEY": s3.access_key,
+                    "AETHER_S3_SECRET_KEY": s3.secret_key,
+                    "AETHER_S3_REGION": s3.region,
+                }
+            )
         for index in range(len(self.server_urls)):
             self.start_server_at(index)  # one after the other: the first migrates the records
         self.env["AETHER_SERVER"] = self.api
@@ -40,8 +68,13 @@ class HaCluster(Cluster):
     def start_server_at(self, index: int) -> None:
         url = self.server_urls[index]
         port = url.rsplit(":", 1)[1]
+        # shared-dir: one data directory; postgres-s3: nothing shared on disk (the first
+        # server's directory is where the bootstrap tokens are written)
+        data = self.server_dir
+        if self.engines == "postgres-s3" and index > 0:
+            data = self.root / f"server{index}"
         self.server_procs[index] = self._spawn(
-            ["server", "--data-dir", str(self.server_dir), "--port", port],
+            ["server", "--data-dir", str(data), "--port", port],
             f"server{index}.log",
         )
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, f"server {index}")
@@ -77,3 +110,4 @@ class HaCluster(Cluster):
         self.server_procs.clear()
         super().stop()
         self.etcd.stop()
+        self._engines.close()

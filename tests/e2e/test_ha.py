@@ -29,9 +29,9 @@ pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
 
 
-@pytest.fixture
+@pytest.fixture(params=["shared-dir", "postgres-s3"])
 def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HaCluster]:
-    cluster = HaCluster(tmp_path)
+    cluster = HaCluster(tmp_path, engines=request.param)
     try:
         yield cluster
     finally:
