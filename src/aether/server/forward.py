@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aether.server.idempotency import replay_body
 from aether.store.election import current_leader
 
 __all__ = ["LeaderForward", "forwarded"]
@@ -86,7 +87,7 @@ class LeaderForward:
         except httpx.TransportError as exc:
             log.info("the leader at %s is unreachable (%s); answering here", leader, exc)
             self._leader = (0.0, None)
-            await self.app(scope, _once(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         try:
             out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
@@ -100,16 +101,3 @@ class LeaderForward:
             pass  # either side went away mid-stream
         finally:
             await response.aclose()
-
-
-def _once(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Any:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

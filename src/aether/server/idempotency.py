@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.server.context import ServerContext
 
-__all__ = ["IdempotencyMiddleware", "request_fingerprint"]
+__all__ = ["IdempotencyMiddleware", "replay_body", "request_fingerprint"]
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BUFFER_LIMIT = 1 << 20
@@ -106,7 +106,7 @@ class IdempotencyMiddleware:
                     send, found.status_code, found.response, [(b"idempotent-replay", b"true")]
                 )
                 return
-            replay_receive = receive if streamed else _replay(body, receive)
+            replay_receive = receive if streamed else replay_body(body, receive)
             captured = _Capture(send)
             await self.app(scope, replay_receive, captured.send)
             if captured.storable():
@@ -172,7 +172,8 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that yields ``body`` (already read) once, then the real channel."""
     sent = False
 
     async def replay() -> Message:
