@@ -25,6 +25,24 @@ Ctx = Annotated[ServerContext, Depends(get_context)]
 DIGEST_HEADER = "X-Aether-Artifact-Digest"
 
 
+def claimed_digest(request: Request) -> str:
+    """The upload's ``X-Aether-Artifact-Digest``, parsed; a clear 400 when it is missing."""
+    claimed = request.headers.get(DIGEST_HEADER)
+    if not claimed:
+        raise BadRequestError(f"missing {DIGEST_HEADER} header: send the sha256 of the archive")
+    return parse_digest(claimed)
+
+
+async def request_chunks(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it streams in; a client that goes away is a 400, not a 500."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise BadRequestError("upload interrupted: the client disconnected") from None
+
+
 class UploadOut(BaseModel):
     digest: str
     size_bytes: int
@@ -61,22 +79,11 @@ async def get_artifact(digest: str, caller: ArtifactReader, ctx: Ctx) -> Streami
 
 @router.post("/artifacts", status_code=201)
 async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> UploadOut:
-    claimed = request.headers.get(DIGEST_HEADER)
-    if not claimed:
-        raise BadRequestError(f"missing {DIGEST_HEADER} header: send the sha256 of the archive")
-    digest = parse_digest(claimed)
+    digest = claimed_digest(request)
     signed = read_signature_headers(request)  # checked before the body: a bad one stores nothing
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in request.stream():
-                if chunk:
-                    yield chunk
-        except ClientDisconnect:
-            raise BadRequestError("upload interrupted: the client disconnected") from None
-
     async with ctx.uploads.slot("artifact") as slot:  # AETHER_MAX_CONCURRENT_UPLOADS
-        result = await ctx.registry.write_stream(slot.meter(body()), digest)
+        result = await ctx.registry.write_stream(slot.meter(request_chunks(request)), digest)
     await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
     verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
     return UploadOut(

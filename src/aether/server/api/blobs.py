@@ -26,13 +26,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from starlette.requests import ClientDisconnect
 
 from aether.artifacts import parse_digest
 from aether.artifacts.pack import write_plan
 from aether.artifacts.plan import MAX_PLAN_ENTRIES, PackPlan
 from aether.errors import BadRequestError, DigestMismatchError, PayloadTooLargeError
-from aether.server.api.artifacts import UploadOut
+from aether.server.api.artifacts import UploadOut, request_chunks
 from aether.server.auth import Operator
 from aether.server.context import ServerContext, get_context
 from aether.server.signatures import read_signature_headers, record_signature
@@ -62,18 +61,6 @@ class BlobOut(BaseModel):
     duplicate: bool
 
 
-def _body(request: Request) -> AsyncIterator[bytes]:
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in request.stream():
-                if chunk:
-                    yield chunk
-        except ClientDisconnect:
-            raise BadRequestError("upload interrupted: the client disconnected") from None
-
-    return chunks()
-
-
 @router.post("/blobs/missing")
 async def missing_blobs(body: MissingIn, caller: Operator, ctx: Ctx) -> MissingOut:
     """Which of these file contents this tenant has not uploaded yet (request order)."""
@@ -87,13 +74,13 @@ async def put_blob(digest: str, request: Request, caller: Operator, ctx: Ctx) ->
     digest = parse_digest(digest)
     store = ctx.blobs.for_tenant(caller.tenant_id)
     async with ctx.uploads.slot("blob") as slot:
-        result = await store.write_stream(slot.meter(_body(request)), digest)
+        result = await store.write_stream(slot.meter(request_chunks(request)), digest)
     return BlobOut(digest=result.digest, size_bytes=result.size_bytes, duplicate=result.duplicate)
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
     data = bytearray()
-    async for chunk in _body(request):
+    async for chunk in request_chunks(request):
         data += chunk
         if len(data) > limit:
             raise PayloadTooLargeError(f"request body exceeds {limit} bytes")

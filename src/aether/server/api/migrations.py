@@ -11,18 +11,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.requests import ClientDisconnect
 
 from aether.artifacts import parse_digest
 from aether.core.snapshots import tier_of
 from aether.errors import BadRequestError, ForbiddenError, NotFoundError
 from aether.model.cluster import InstanceRecord
 from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut
+from aether.server.api.artifacts import DIGEST_HEADER, claimed_digest, request_chunks
 from aether.server.auth import ArtifactReader, Caller, NodeCaller, Operator
 from aether.server.context import ServerContext, get_context
 from aether.server.migrations import epoch, migration_out, request_migration
@@ -33,7 +32,6 @@ __all__ = ["DIGEST_HEADER", "INSTANCE_HEADER", "KIND_HEADER", "router"]
 router = APIRouter(tags=["migrations"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
-DIGEST_HEADER = "X-Aether-Artifact-Digest"
 INSTANCE_HEADER = "X-Aether-Instance"
 KIND_HEADER = "X-Aether-Snapshot-Kind"
 _KINDS = ("cooperative", "criu")
@@ -80,10 +78,7 @@ def snapshot_out(row: SnapshotRecord, now: float) -> SnapshotOut:
 @router.post("/snapshots", status_code=201)
 async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSONResponse:
     """A node stores an instance's checkpoint (a ``tar.gz``); visible once verified."""
-    claimed = request.headers.get(DIGEST_HEADER)
-    if not claimed:
-        raise BadRequestError(f"missing {DIGEST_HEADER} header: send the sha256 of the archive")
-    digest = parse_digest(claimed)
+    digest = claimed_digest(request)
     kind = request.headers.get(KIND_HEADER, "cooperative")
     if kind not in _KINDS:
         raise BadRequestError(f"{KIND_HEADER} must be one of {', '.join(_KINDS)}, not {kind!r}")
@@ -93,16 +88,8 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
         raise NotFoundError(f"instance {key!r} does not exist; a snapshot needs its instance")
     record = InstanceRecord.model_validate_json(kv.value)
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in request.stream():
-                if chunk:
-                    yield chunk
-        except ClientDisconnect:
-            raise BadRequestError("upload interrupted: the client disconnected") from None
-
     async with ctx.uploads.slot("artifact") as slot:
-        result = await ctx.registry.write_stream(slot.meter(body()), digest)
+        result = await ctx.registry.write_stream(slot.meter(request_chunks(request)), digest)
     row = await ctx.records.add_snapshot(
         tenant_id=record.tenant,
         app=record.app,
