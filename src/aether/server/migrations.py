@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aether.core.lifecycle import Command, State
 from aether.core.scheduler import Action, Unplaceable, check_target
@@ -31,13 +30,13 @@ from aether.model.migrations import MIGRATION_FINAL, MigrationOut
 from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext
 from aether.store.base import Compare, Kv, Put
+from aether.store.records.repo import epoch
 from aether.store.records.schema import MigrationRecord
 
 __all__ = [
     "Progress",
     "apply_retention",
     "drain_node",
-    "epoch",
     "latest_snapshots",
     "migration_out",
     "progress",
@@ -482,8 +481,3 @@ async def apply_retention(ctx: ServerContext, *, dry_run: bool = False) -> tuple
     if plan.delete:
         log.info("snapshots: %d deleted, %d blob(s) removed", len(plan.delete), deleted_blobs)
     return len(plan.delete), deleted_blobs
-
-
-def epoch(value: datetime) -> float:
-    """Seconds since the epoch of a records datetime (stored as naive UTC)."""
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()

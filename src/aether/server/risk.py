@@ -31,7 +31,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -47,6 +47,7 @@ from aether.core.risk import (
 from aether.model.risk import RiskAssessment, RiskStatus
 from aether.model.telemetry import ClusterSample, NodePoint
 from aether.store.election import Leadership
+from aether.store.records.repo import utc
 from aether.store.records.schema import RiskAssessmentRow, SignalRow
 
 if TYPE_CHECKING:
@@ -78,10 +79,6 @@ class TelemetrySource(Protocol):
     def node_history(self, node: str, seconds: float | None = None) -> list[NodePoint]: ...
 
     def node_arrivals(self, node: str) -> list[float]: ...
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
 
 
 def signal_of(row: SignalRow) -> Signal:
@@ -187,7 +184,7 @@ class RiskEngine:
                     if now - self._pruned_at >= PRUNE_EVERY:
                         self._pruned_at = now
                         await self.ctx.records.prune_risk_history(
-                            _utc(now - self.retention), now - self.retention
+                            utc(now - self.retention), now - self.retention
                         )
                 except Exception:
                     log.exception("risk pass failed; trying again")
@@ -238,7 +235,7 @@ class RiskEngine:
         else:
             rows = await records.read_signals(
                 self._last_id,
-                created_since=_utc(now - LAG_SECONDS),
+                created_since=utc(now - LAG_SECONDS),
                 observed_since=observed_since,
             )
         new: dict[str, list[Signal]] = defaultdict(list)
@@ -248,7 +245,7 @@ class RiskEngine:
             self._seen[row.id] = row.created_at
             self._last_id = max(self._last_id, row.id)
             new[row.node].append(signal_of(row))
-        cutoff = _utc(now - 2 * LAG_SECONDS)
+        cutoff = utc(now - 2 * LAG_SECONDS)
         self._seen = {i: created for i, created in self._seen.items() if created >= cutoff}
         for node in set(self._history) | set(new):
             folded = fold_signals(self._history.get(node, []), new.get(node, []), now=now)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,7 +19,7 @@ from aether.errors import BadRequestError, ConflictError
 from aether.model.tasks import TaskIn, TaskOut
 from aether.server.context import ServerContext
 from aether.store.records import Principal
-from aether.store.records.repo import now
+from aether.store.records.repo import now, utc
 from aether.store.records.schema import Execution
 from aether.tasks.queue.base import NewTask
 from aether.tasks.types import JobRunPayload, VmCreatePayload, lookup, registered
@@ -174,11 +174,7 @@ async def record_outcome(
                 stderr=str(result.get("stderr", "")),
                 stdout_truncated=bool(result.get("stdout_truncated")),
                 stderr_truncated=bool(result.get("stderr_truncated")),
-                started_at=datetime.fromtimestamp(float(result["started_at"]), UTC).replace(
-                    tzinfo=None
-                ),
-                finished_at=datetime.fromtimestamp(float(result["finished_at"]), UTC).replace(
-                    tzinfo=None
-                ),
+                started_at=utc(float(result["started_at"])),
+                finished_at=utc(float(result["finished_at"])),
             )
         )

@@ -24,7 +24,8 @@ from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut
 from aether.server.api.artifacts import DIGEST_HEADER, claimed_digest, request_chunks
 from aether.server.auth import ArtifactReader, Caller, NodeCaller, Operator
 from aether.server.context import ServerContext, get_context
-from aether.server.migrations import epoch, migration_out, request_migration
+from aether.server.migrations import migration_out, request_migration
+from aether.store.records.repo import epoch
 from aether.store.records.schema import SnapshotRecord
 
 __all__ = ["DIGEST_HEADER", "INSTANCE_HEADER", "KIND_HEADER", "router"]

@@ -45,6 +45,16 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def utc(ts: float) -> datetime:
+    """A naive UTC datetime for an epoch timestamp (how the records database stores time)."""
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
+def epoch(dt: datetime) -> float:
+    """The epoch timestamp of a datetime; a naive one is taken as UTC."""
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

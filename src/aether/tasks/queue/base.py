@@ -14,11 +14,11 @@ import re
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aether.errors import BadRequestError
 from aether.model.tasks import TaskOut, TaskState
+from aether.store.records.repo import epoch, utc
 
 __all__ = [
     "LEASE_EXPIRED",
@@ -40,16 +40,6 @@ __all__ = [
 READY_STATES = (TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRY)
 LEASE_EXPIRED = "the lease of the last attempt expired: its worker stopped heartbeating"
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def utc(ts: float) -> datetime:
-    """A naive UTC datetime for an epoch timestamp (how the records database stores time)."""
-    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
-
-
-def epoch(dt: datetime) -> float:
-    """The epoch timestamp of a datetime; a naive one is taken as UTC."""
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True, slots=True)
