@@ -52,6 +52,7 @@ __all__ = [
     "NodeState",
     "RollupAccumulator",
     "aggregate",
+    "app_figures",
     "app_sample",
     "fold",
     "forgotten",
@@ -86,6 +87,20 @@ APP_FIGURES = (
     "in_flight_per_instance",
     "restarts",
 )
+
+
+def app_figures(a: AppSample) -> tuple[float, ...]:
+    """An app sample's figures as floats, in ``APP_FIGURES`` order."""
+    return (
+        float(a.instances),
+        a.cpu_per_instance,
+        a.rss_mb_per_instance,
+        a.calls_per_s,
+        a.errors_per_s,
+        a.latency_ms,
+        a.in_flight_per_instance,
+        float(a.restarts),
+    )
 
 
 # One node's share of one app in one push, as a plain tuple (the garbage collector
@@ -338,18 +353,7 @@ class RollupAccumulator:
             series = self._apps.get(name)
             if series is None:
                 series = self._apps[name] = _Series(len(APP_FIGURES))
-            series.add(
-                (
-                    float(a.instances),
-                    a.cpu_per_instance,
-                    a.rss_mb_per_instance,
-                    a.calls_per_s,
-                    a.errors_per_s,
-                    a.latency_ms,
-                    a.in_flight_per_instance,
-                    float(a.restarts),
-                )
-            )
+            series.add(app_figures(a))
             series.weighted += a.latency_ms * a.calls_per_s
             series.weight += a.calls_per_s
 

@@ -36,10 +36,12 @@ from dataclasses import dataclass
 from pydantic import TypeAdapter
 
 from aether.core.telemetry import (
+    APP_FIGURES,
     Aggregator,
     NodeState,
     RollupAccumulator,
     aggregate,
+    app_figures,
     fold,
     forgotten,
     minute_of,
@@ -68,7 +70,7 @@ PARSED_MAX = 600  # ... at most this many ...
 PARSED_BUDGET = 150_000  # ... within this many node and app entries in all (GC cost)
 
 _NODE_FIGURES = 9  # cpu .. stale, in NodeSample's field order after the name
-_APP_FIGURES = 8  # instances .. restarts, in AppSample's field order after the name
+_APP_FIGURES = len(APP_FIGURES)  # core.telemetry.app_figures, in AppSample's field order
 _nodes_json = TypeAdapter(dict[str, NodeSample]).dump_json
 _apps_json = TypeAdapter(dict[str, AppSample]).dump_json
 
@@ -140,18 +142,7 @@ def _pack_nodes(sample: ClusterSample) -> bytes:
 def _pack_apps(sample: ClusterSample) -> bytes:
     values = array("d")
     for a in sample.apps.values():
-        values.extend(
-            (
-                a.instances,
-                a.cpu_per_instance,
-                a.rss_mb_per_instance,
-                a.calls_per_s,
-                a.errors_per_s,
-                a.latency_ms,
-                a.in_flight_per_instance,
-                a.restarts,
-            )
-        )
+        values.extend(app_figures(a))
     return values.tobytes()
 
 
