@@ -211,7 +211,11 @@ async def test_replayed_commands_run_once_and_a_restart_still_rebuilds(
             assert not runner.busy and starts(daemon) == 1
 
             # the node stops it for a DEACTIVATE; the store still says ACTIVATE (its
-            # own reports echo that record back): a late ACTIVATE must not restart it
+            # own reports echo that record back): a late ACTIVATE must not restart it.
+            # First let the stream catch up, so no event already on its way overwrites
+            # the command injected here before the node acts on it.
+            current = (await api.status()).revision
+            await until(lambda: daemon.revision > current, "the node's stream to catch up")
             daemon.assigned[key] = activate.model_copy(
                 update={"command": Command.DEACTIVATE, "request_id": "deactivate-1"}
             )
