@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 
+from aether.artifacts.blobs import TenantBlobs
+from aether.server.gc import collect_garbage
 from tests.server.conftest import running_server
-from tests.server.support import bearer, deploy, upload_random
+from tests.server.support import bearer, deploy, sha256_of, upload_random
 
 
 async def test_gc_keeps_the_last_k_and_what_serves(tmp_path: Path) -> None:
@@ -84,3 +90,66 @@ async def test_gc_needs_admin(server: object, http: httpx.AsyncClient) -> None:
     viewer = server.token("viewer")
     response = await http.post("/api/v1/gc", headers=bearer(viewer))
     assert response.status_code == 403
+
+
+async def test_gc_deletes_idle_blobs_and_orphaned_temp_files(tmp_path: Path) -> None:
+    with running_server(tmp_path, gc_grace_seconds=60) as srv:
+        admin = bearer(srv.admin_token)
+        data = os.urandom(200)
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as http:
+            put = await http.put(f"/api/v1/blobs/{sha256_of(data)}", content=data, headers=admin)
+            assert put.status_code == 201, put.text
+            principal = srv.run(srv.ctx.records.authenticate(srv.admin_token))
+            assert principal is not None
+            store = srv.ctx.blobs.for_tenant(principal.tenant_id)
+            assert isinstance(store, TenantBlobs)
+            orphan = store.root / "tmp" / "upload-crashed.tmp"  # a crash mid-upload
+            orphan.write_bytes(b"half")
+
+            now = time.time()
+            fresh = srv.run(collect_garbage(srv.ctx, now=now))
+            assert (fresh.deleted_blobs, fresh.aborted_uploads) == (0, 0)
+            later = srv.run(collect_garbage(srv.ctx, now=now + 2 * 3600))
+            assert (later.deleted_blobs, later.aborted_uploads) == (1, 1)
+            assert not orphan.exists()
+            missing = await http.post(
+                "/api/v1/blobs/missing", json={"digests": [sha256_of(data)]}, headers=admin
+            )
+            assert missing.json() == {"missing": [sha256_of(data)]}
+            result = (await http.post("/api/v1/gc", headers=admin)).json()
+            assert (result["deleted_blobs"], result["aborted_uploads"]) == (0, 0)
+
+
+async def test_artifacts_total_is_cached_between_scrapes_and_refreshed_by_gc(
+    tmp_path: Path,
+) -> None:
+    with running_server(tmp_path, gc_grace_seconds=0) as srv:
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as http:
+
+            async def artifacts_total() -> float:
+                text = (await http.get("/metrics")).text
+                found = re.search(r"^artifacts_total (\S+)$", text, re.MULTILINE)
+                assert found is not None
+                return float(found.group(1))
+
+            await upload_random(http, srv.admin_token)
+            assert await artifacts_total() == 1  # an upload here refreshes the count
+            # an artifact stored behind this server's back (as by another server on one bucket)
+            other = os.urandom(300)
+
+            async def store_elsewhere() -> None:
+                async def body() -> AsyncIterator[bytes]:
+                    yield other
+
+                await srv.ctx.registry.write_stream(body(), sha256_of(other))
+
+            srv.run(store_elsewhere())
+            assert await artifacts_total() == 1  # not listed again within the minute
+            await upload_random(http, srv.admin_token)
+            assert await artifacts_total() == 3  # an upload through this server recounts
+            result = (await http.post("/api/v1/gc", headers=bearer(srv.admin_token))).json()
+            assert len(result["deleted_artifacts"]) == 2  # the unclaimed one has no record
+            assert await artifacts_total() == 1  # recounted after gc: only the other one
+            srv.app.state.metrics.artifacts_refresh_seconds = 0.0
+            srv.run(srv.ctx.registry.delete(sha256_of(other)))
+            assert await artifacts_total() == 0

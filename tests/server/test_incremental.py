@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aether.artifacts import PackPlan, digest_bytes, pack
+from aether.artifacts.blobs import TenantBlobs
 from aether.artifacts.sync import missing_blobs, upload_blob, upload_incremental
 from aether.client import ApiClient
 from aether.errors import BadRequestError
@@ -141,7 +142,9 @@ async def test_a_wrong_digest_is_refused_and_nothing_becomes_visible(
         await http.head(f"/api/v1/artifacts/{digest}", headers=bearer(token))
     ).status_code == 404
     assert server.run(server.ctx.registry.list_digests()) == before
-    tmp_dir = server.ctx.blobs.for_tenant(_tenant_id(server, token)).root / "tmp"
+    store = server.ctx.blobs.for_tenant(_tenant_id(server, token))
+    assert isinstance(store, TenantBlobs)
+    tmp_dir = store.root / "tmp"
     assert list(tmp_dir.iterdir()) == []  # no assembly leftovers
 
 
@@ -282,6 +285,67 @@ async def test_a_stale_plan_falls_back_to_the_whole_archive(
         # no plan at all: straight to the whole upload
         whole = await upload_incremental(client, None, root, digest, archive=archive)
         assert (whole["fallback"], whole["duplicate"]) == ("no_plan", True)
+
+
+def _tenant_blobs(server: RunningServer, token: str) -> TenantBlobs:
+    store = server.ctx.blobs.for_tenant(_tenant_id(server, token))
+    assert isinstance(store, TenantBlobs)
+    return store
+
+
+async def test_blobs_lost_before_assembly_are_sent_again(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Garbage collection drops a blob between upload and assembly: the client resends it."""
+    token = server.new_tenant()
+    store = _tenant_blobs(server, token)
+    root = make_app(tmp_path / unique("lost"), files=4)
+    digest, plan, archive = packed(root, tmp_path / "v1.tar.gz")
+    blobs = plan.blob_digests()
+    victim = blobs[0]
+    victim_size = next(e.size for e in plan.files() if "sha256:" + e.sha256 == victim)
+    sent: list[int] = []
+
+    def lose_one_after_the_last_upload(n: int) -> None:
+        sent.append(n)
+        if len(sent) == len(blobs):  # every blob is on the server, assembly is next
+            store.path(victim).unlink()
+
+    async with ApiClient(server.base_url, token) as client:
+        result = await upload_incremental(
+            client, plan, root, digest, archive=archive, progress=lose_one_after_the_last_upload
+        )
+        assert (result["digest"], result["fallback"], result["duplicate"]) == (digest, None, False)
+        assert len(sent) == len(blobs) + 1  # the lost one went twice
+        assert result["uploaded_bytes"] == plan.file_bytes + victim_size
+        assert result["uploaded_files"] == plan.file_count and result["reused_files"] == 0
+        back = tmp_path / "back.tar.gz"
+        await client.download_artifact(digest, back)
+        assert back.read_bytes() == archive.read_bytes()
+
+
+async def test_blobs_lost_again_fall_back_to_the_whole_archive(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    token = server.new_tenant()
+    store = _tenant_blobs(server, token)
+    root = make_app(tmp_path / unique("lost-again"), files=3)
+    digest, plan, archive = packed(root, tmp_path / "v1.tar.gz")
+
+    def lose_everything(n: int) -> None:  # as if gc ran after every upload
+        for path in (store.root / "sha256").rglob("*"):
+            if path.is_file():
+                path.unlink()
+
+    async with ApiClient(server.base_url, token) as client:
+        result = await upload_incremental(
+            client, plan, root, digest, archive=archive, progress=lose_everything
+        )
+        assert (result["digest"], result["fallback"]) == (digest, "missing_blobs")
+        assert result["uploaded_bytes"] >= 2 * plan.file_bytes + archive.stat().st_size
+        back = tmp_path / "back.tar.gz"
+        await client.download_artifact(digest, back)
+        assert back.read_bytes() == archive.read_bytes()
 
 
 # -- AETHER_MAX_CONCURRENT_UPLOADS -------------------------------------------------------

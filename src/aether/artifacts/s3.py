@@ -1,7 +1,9 @@
 """Artifacts in an S3-compatible object store (AWS S3, MinIO, Ceph RGW, ``rclone serve s3``).
 
 Configured with ``AETHER_ARTIFACTS_URL=s3://bucket/prefix`` (see ``docs/operations.md``);
-the local directory stays the default. Objects live at ``<prefix>sha256/<hex>``.
+the local directory stays the default. Objects live at ``<prefix>sha256/<hex>``; the
+per-file blobs of incremental uploads beside them at ``<prefix>blobs/<tenant>/sha256/<hex>``
+(``aether.artifacts.blobs.S3BlobStore``), so every server behind one bucket shares them.
 
 The registry contract (``ArtifactBackend``) carries over:
 
@@ -35,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -180,21 +182,49 @@ class S3ArtifactRegistry:
 
     Call ``await open()`` (checks the bucket is reachable) before use and
     ``await aclose()`` at shutdown; ``async with`` does both.
+
+    ``key_prefix`` (below the configured prefix; default ``sha256/``) places the
+    objects elsewhere in the bucket: ``sharing`` makes such a registry over the same
+    open client, which is how per-file blobs live beside the artifacts
+    (``aether.artifacts.blobs.S3BlobStore``).
     """
 
-    def __init__(self, config: S3Config, *, max_bytes: int = 2 << 30) -> None:
+    def __init__(
+        self, config: S3Config, *, max_bytes: int = 2 << 30, key_prefix: str = "sha256/"
+    ) -> None:
+        if key_prefix.startswith("/") or not key_prefix.endswith("/"):
+            raise ValueError("an S3 key prefix must not start with '/' and must end with '/'")
         self.config = config
         self.max_bytes = max_bytes
+        #: every object of this registry is ``<objects><hex>``
+        self.objects = config.prefix + key_prefix
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: S3Client | None = None
+        self._owner: S3ArtifactRegistry | None = None  # set: its client is borrowed
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         #: publish with ``If-None-Match: *``; turned off if the store answers NotImplemented
         self.conditional_writes = True
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def sharing(self, key_prefix: str, *, max_bytes: int | None = None) -> S3ArtifactRegistry:
+        """A registry of objects ``<prefix><key_prefix><hex>`` using this one's client.
+
+        It is open while this one is; closing it does nothing (this one owns the client).
+        """
+        other = S3ArtifactRegistry(
+            self.config,
+            max_bytes=self.max_bytes if max_bytes is None else max_bytes,
+            key_prefix=key_prefix,
+        )
+        other._owner = self
+        return other
+
     async def open(self) -> S3ArtifactRegistry:
         """Create the client and check the bucket answers (ServiceUnavailableError if not)."""
+        if self._owner is not None:
+            await self._owner.open()
+            return self
         if self._client is not None:
             return self
         from aiobotocore.config import AioConfig
@@ -232,6 +262,7 @@ class S3ArtifactRegistry:
         return self
 
     async def aclose(self) -> None:
+        """Close the client (a registry made by ``sharing`` leaves its owner's open)."""
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
@@ -244,13 +275,15 @@ class S3ArtifactRegistry:
 
     @property
     def client(self) -> S3Client:
+        if self._owner is not None:
+            return self._owner.client
         if self._client is None:
             raise RuntimeError("S3ArtifactRegistry used before open()")
         return self._client
 
     def key(self, digest: str) -> str:
         """The object key of ``digest`` (validates it: BadRequestError ``bad_digest``)."""
-        return f"{self.config.prefix}sha256/{digest_hex(digest)}"
+        return self.objects + digest_hex(digest)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -258,15 +291,42 @@ class S3ArtifactRegistry:
         return await self.size(digest) is not None
 
     async def size(self, digest: str) -> int | None:
+        found = await self.stat(digest)
+        return None if found is None else found[0]
+
+    async def stat(self, digest: str) -> tuple[int, datetime] | None:
+        """``(size, LastModified)`` of the stored object, or None if it is absent."""
         key = self.key(digest)
-        with _s3_errors("look up an artifact"):
+        with _s3_errors("look up an object"):
             try:
                 head = await self.client.head_object(Bucket=self.config.bucket, Key=key)
             except ClientError as exc:
                 if _error_code(exc) in _NOT_FOUND:
                     return None
                 raise
-        return int(head["ContentLength"])
+        return int(head["ContentLength"]), _utc(head.get("LastModified"))
+
+    async def touch(self, digest: str) -> bool:
+        """Renew an object's LastModified (a copy onto itself); False if it is absent.
+
+        The bytes stay the same (S3 copies them server-side), so readers never see
+        a change; age-based clean-up (``aether gc``) then counts from now.
+        """
+        key = self.key(digest)
+        with _s3_errors("touch an object"):
+            try:
+                await self.client.copy_object(
+                    Bucket=self.config.bucket,
+                    Key=key,
+                    CopySource={"Bucket": self.config.bucket, "Key": key},
+                    MetadataDirective="REPLACE",
+                    Metadata={"touched": "1"},
+                )
+            except ClientError as exc:
+                if _error_code(exc) in _NOT_FOUND:
+                    return False
+                raise
+        return True
 
     async def open_chunks(
         self, digest: str, chunk_size: int = _DEFAULT_CHUNK
@@ -284,17 +344,35 @@ class S3ArtifactRegistry:
         return _BodyChunks(resp["Body"], chunk_size)
 
     async def list_digests(self) -> list[str]:
-        prefix = f"{self.config.prefix}sha256/"
-        out: list[str] = []
-        with _s3_errors("list artifacts"):
+        return sorted([digest async for digest, _ in self.list_objects()])
+
+    async def list_objects(
+        self, *, start_after: str | None = None
+    ) -> AsyncGenerator[tuple[str, datetime], None]:
+        """``(digest, LastModified)`` of the stored objects in key (= digest) order.
+
+        ``start_after`` (a digest) skips the digests up to and including it.
+        """
+        prefix = self.objects
+        with _s3_errors("list objects"):
             paginator = self.client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
+            if start_after is None:
+                pages = paginator.paginate(Bucket=self.config.bucket, Prefix=prefix)
+            else:
+                pages = paginator.paginate(
+                    Bucket=self.config.bucket, Prefix=prefix, StartAfter=self.key(start_after)
+                )
+            async for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj.get("Key", "").removeprefix(prefix)
-                    if len(name) == 64 and "/" not in name:
-                        with contextlib.suppress(Exception):
-                            out.append(parse_digest(DIGEST_PREFIX + name))
-        return sorted(out)
+                    if len(name) != 64 or "/" in name:
+                        continue
+                    try:
+                        digest = parse_digest(DIGEST_PREFIX + name)
+                    except Exception:
+                        continue
+                    modified = obj.get("LastModified")
+                    yield digest, _utc(modified)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -302,6 +380,36 @@ class S3ArtifactRegistry:
         key = self.key(digest)
         with _s3_errors("delete an artifact"):
             await self.client.delete_object(Bucket=self.config.bucket, Key=key)
+
+    async def delete_many(self, digests: list[str]) -> None:
+        """Delete several objects, up to 1000 per request; idempotent like ``delete``."""
+        await self.delete_keys([self.key(d) for d in digests])
+
+    async def list_keys(self, under: str) -> AsyncIterator[tuple[str, datetime]]:
+        """``(key, LastModified)`` of every object whose key starts ``<prefix><under>``."""
+        with _s3_errors("list objects"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.config.bucket, Prefix=self.config.prefix + under)
+            async for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj.get("Key", ""), _utc(obj.get("LastModified"))
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete objects by full key, up to 1000 per request; absent keys are no error."""
+        with _s3_errors("delete objects"):
+            for start in range(0, len(keys), 1000):
+                batch: Any = {
+                    "Objects": [{"Key": k} for k in keys[start : start + 1000]],
+                    "Quiet": True,
+                }
+                resp = await self.client.delete_objects(Bucket=self.config.bucket, Delete=batch)
+                failed = [e for e in resp.get("Errors", []) if e.get("Code") not in _NOT_FOUND]
+                if failed:
+                    first = failed[0]
+                    raise ServiceUnavailableError(
+                        f"artifact store (S3) failed to delete {len(failed)} object(s): "
+                        f"{first.get('Key')}: {first.get('Code')}: {first.get('Message')}"
+                    )
 
     async def write_stream(self, chunks: AsyncIterable[bytes], expected_digest: str) -> WriteResult:
         expected = parse_digest(expected_digest)
@@ -330,23 +438,34 @@ class S3ArtifactRegistry:
     def _lock(self, digest: str) -> asyncio.Lock:
         return self._locks[int(digest_hex(digest)[:8], 16) % _LOCK_STRIPES]
 
-    async def abort_stale_uploads(self, now: datetime, older_than: timedelta) -> int:
-        """Abort multipart uploads under our prefix begun before ``now - older_than``.
+    async def abort_stale_uploads(
+        self,
+        now: datetime,
+        older_than: timedelta,
+        *,
+        under: str | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Abort multipart uploads under our key prefix begun before ``now - older_than``.
 
         Only for uploads orphaned by a crashed server: a live upload younger than
-        ``older_than`` is left alone. Returns how many were aborted.
+        ``older_than`` is left alone. ``under`` (below the configured prefix, e.g.
+        ``blobs/``) widens or moves the scope. Returns how many were aborted (with
+        ``dry_run``: how many would be).
         """
         aborted = 0
         cutoff = now - older_than
+        prefix = self.objects if under is None else self.config.prefix + under
         with _s3_errors("list incomplete uploads"):
             paginator = self.client.get_paginator("list_multipart_uploads")
             try:
-                async for page in paginator.paginate(
-                    Bucket=self.config.bucket, Prefix=f"{self.config.prefix}sha256/"
-                ):
+                async for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
                     for up in page.get("Uploads", []):
                         started = up.get("Initiated")
                         if started is None or started.astimezone(UTC) >= cutoff:
+                            continue
+                        if dry_run:
+                            aborted += 1
                             continue
                         with contextlib.suppress(ClientError):
                             await self.client.abort_multipart_upload(
@@ -472,6 +591,10 @@ async def _hash(hasher: Hasher, chunk: bytes) -> None:
         await asyncio.to_thread(hasher.update, chunk)
     else:
         hasher.update(chunk)
+
+
+def _utc(moment: datetime | None) -> datetime:
+    return moment.astimezone(UTC) if moment is not None else datetime.fromtimestamp(0, UTC)
 
 
 def _verify(hasher: Hasher, expected: str) -> None:

@@ -2,10 +2,13 @@
 
 ``upload_incremental`` asks the server which of the plan's blobs it is missing,
 uploads those (a few at a time), then asks it to assemble the artifact from the
-plan. Whenever that path cannot finish — an older server without blob routes, a
-server whose tar/zlib produce other bytes (``digest_mismatch``), a file that
-changed after packing, a plan the server refuses — it falls back to uploading
-the whole archive, which always works. Call it only after ``HEAD`` said the
+plan. If the assembly finds blobs gone (``missing_blobs``: garbage collection ran
+in between, or the request reached a server that does not share the blobs) it
+asks and uploads once more, then assembles again. Whenever that path cannot
+finish — an older server without blob routes, a server whose tar/zlib produce
+other bytes (``digest_mismatch``), blobs still missing, a file that changed after
+packing, a plan the server refuses — it falls back to uploading the whole
+archive, which always works. Call it only after ``HEAD`` said the
 artifact is absent (``ApiClient.has_artifact``).
 """
 
@@ -166,37 +169,61 @@ async def _incremental(
     concurrency: int,
 ) -> dict[str, Any]:
     files = list(plan.files())
-    missing = set(await missing_blobs(client, plan.blob_digests()))
     source: dict[str, tuple[Path, int]] = {}
     for entry in files:
-        key = "sha256:" + entry.sha256
-        if key in missing and key not in source:
-            source[key] = (root / entry.path, entry.size)
-    if on_total:
-        on_total(sum(size for _, size in source.values()))
+        source.setdefault("sha256:" + entry.sha256, (root / entry.path, entry.size))
+    missing = await missing_blobs(client, plan.blob_digests())
+    sent: set[str] = set()
+    sent_bytes = 0
 
-    todo = iter(source.items())
+    async def send(digests: list[str]) -> None:
+        nonlocal sent_bytes
+        todo = [(d, *source[d]) for d in digests if d in source]
+        if on_total:
+            on_total(sent_bytes + sum(size for _, _, size in todo))
+        sent_bytes += await _upload_blobs(client, todo, count, concurrency)
+        sent.update(d for d, _, _ in todo)
+
+    await send(missing)
+    try:
+        answer = await assemble_artifact(client, digest, plan, signature=signature, app=app)
+    except BadRequestError as exc:
+        if exc.code != "missing_blobs":
+            raise
+        # blobs went away between upload and assembly (garbage collection, or a server
+        # behind the same address that does not share them): send them again, once
+        await send(await missing_blobs(client, plan.blob_digests()))
+        answer = await assemble_artifact(client, digest, plan, signature=signature, app=app)
+    return {
+        **answer,
+        "uploaded_bytes": sent_bytes,
+        "uploaded_files": sum(1 for e in files if "sha256:" + e.sha256 in sent),
+        "reused_files": sum(1 for e in files if "sha256:" + e.sha256 not in sent),
+        "fallback": None,
+    }
+
+
+async def _upload_blobs(
+    client: ApiClient,
+    todo: list[tuple[str, Path, int]],
+    count: Callable[[int], None],
+    concurrency: int,
+) -> int:
+    """Upload ``(digest, path, size)`` blobs, ``concurrency`` at a time; the bytes sent."""
+    pending = iter(todo)
     sent_bytes = 0
 
     async def worker() -> None:
         nonlocal sent_bytes
-        for blob_digest, (path, size) in todo:
+        for blob_digest, path, size in pending:
             await upload_blob(client, path, blob_digest, progress=count)
             sent_bytes += size
 
-    tasks = [asyncio.create_task(worker()) for _ in range(min(max(concurrency, 1), len(source)))]
+    tasks = [asyncio.create_task(worker()) for _ in range(min(max(concurrency, 1), len(todo)))]
     try:
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    answer = await assemble_artifact(client, digest, plan, signature=signature, app=app)
-    return {
-        **answer,
-        "uploaded_bytes": sent_bytes,
-        "uploaded_files": sum(1 for e in files if "sha256:" + e.sha256 in missing),
-        "reused_files": sum(1 for e in files if "sha256:" + e.sha256 not in missing),
-        "fallback": None,
-    }
+    return sent_bytes

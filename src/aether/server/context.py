@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 
 from aether.artifacts import ArtifactBackend
-from aether.artifacts.blobs import LocalBlobStore
+from aether.artifacts.blobs import BlobStore
 from aether.server.metrics import ServerMetrics, UploadGate
 from aether.server.settings import ServerSettings
 from aether.server.telemetry import TelemetryHub
@@ -46,7 +46,7 @@ class ServerContext:
     records: Records
     registry: ArtifactBackend  # LocalArtifactRegistry, or S3ArtifactRegistry
     logs: LogStore
-    blobs: LocalBlobStore = field(kw_only=True)  # per-file blobs of incremental uploads
+    blobs: BlobStore = field(kw_only=True)  # incremental-upload blobs: local, or S3BlobStore
     metrics: ServerMetrics = field(kw_only=True)  # served at /metrics
     uploads: UploadGate = field(kw_only=True)  # AETHER_MAX_CONCURRENT_UPLOADS
     queue: TaskQueue = field(kw_only=True)  # tasks: SQL in the records DB, or Redis

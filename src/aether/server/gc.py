@@ -1,14 +1,20 @@
-"""Garbage collection of artifacts and per-file blobs (the leader runs it)."""
+"""Garbage collection of artifacts and per-file blobs (the leader runs it).
+
+Besides what retention drops, each pass deletes incremental-upload blobs idle past
+``gc_grace_seconds`` (on disk by mtime, on S3 by LastModified: ``missing()`` renews
+the ones deploys reuse) and clears uploads a crashed server left half done: S3
+multipart uploads of artifacts and blobs, and local temp files, once they are
+``max(gc_grace_seconds, 1 h)`` old (a live upload is never that old).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
+from aether.artifacts.s3 import S3ArtifactRegistry
 from aether.core.retention import ArtifactRow, DeploymentRow, plan_gc
 from aether.server.cluster import read_snapshot
 from aether.server.context import ServerContext
@@ -27,22 +33,22 @@ class GcResult:
     kept_artifacts: int
     dry_run: bool
     deleted_snapshots: int = 0  # snapshot rows retention dropped (hot/warm/cold tiers)
+    aborted_uploads: int = 0  # orphaned multipart uploads (S3) or temp files cleared
 
 
-def _old_files(root: Path, older_than: float) -> list[Path]:
-    if not root.exists():
-        return []
-    return [
-        p
-        for p in root.rglob("*")
-        if p.is_file() and "tmp" not in p.parts and p.stat().st_mtime < older_than
-    ]
+#: Uploads younger than this are never treated as orphaned, whatever the grace period.
+MIN_UPLOAD_AGE = 3600.0
 
 
-async def collect_garbage(ctx: ServerContext, *, dry_run: bool = False) -> GcResult:
-    """Delete what retention no longer keeps; never what runs or can be rolled back to."""
+async def collect_garbage(
+    ctx: ServerContext, *, dry_run: bool = False, now: float | None = None
+) -> GcResult:
+    """Delete what retention no longer keeps; never what runs or can be rolled back to.
+
+    ``now`` (epoch seconds; default the clock) lets tests age things without waiting.
+    """
     settings = ctx.settings
-    now = time.time()
+    now = time.time() if now is None else now
     deleted_snapshots, _ = await apply_retention(ctx, dry_run=dry_run)
     artifacts, deployments, retain = await ctx.records.retention_inputs()
     snap = await read_snapshot(ctx.store)
@@ -61,28 +67,39 @@ async def collect_garbage(ctx: ServerContext, *, dry_run: bool = False) -> GcRes
         now=now,
         grace=settings.gc_grace_seconds,
     )
-    blobs_root = settings.data_dir.resolve() / "blobs"
-    stale_blobs = await asyncio.to_thread(_old_files, blobs_root, now - settings.gc_grace_seconds)
     if not dry_run:
         for tenant_id, digest in plan.delete_rows:
             await ctx.records.delete_artifact_claim(tenant_id, digest)
         for digest in plan.delete_blobs:
             await ctx.registry.delete(digest)
-        # per-file blobs are only an upload cache: anything idle past the grace period goes
-        for path in stale_blobs:
-            os.unlink(path)
-        if plan.delete_rows or stale_blobs:
+    # per-file blobs are only an upload cache: anything idle past the grace period goes
+    # (a deploy that loses one mid-way uploads it again: see aether.artifacts.sync)
+    moment = datetime.fromtimestamp(now, UTC)
+    stale_blobs = await ctx.blobs.delete_stale(
+        moment - timedelta(seconds=settings.gc_grace_seconds), dry_run=dry_run
+    )
+    upload_age = timedelta(seconds=max(settings.gc_grace_seconds, MIN_UPLOAD_AGE))
+    aborted = await ctx.blobs.abort_stale_uploads(moment, upload_age, dry_run=dry_run)
+    if isinstance(ctx.registry, S3ArtifactRegistry):
+        aborted += await ctx.registry.abort_stale_uploads(moment, upload_age, dry_run=dry_run)
+    if not dry_run:
+        if plan.delete_blobs:
+            ctx.metrics.artifacts_changed()
+        if plan.delete_rows or stale_blobs or aborted:
             log.info(
-                "gc: %d artifact claim(s), %d artifact(s), %d file blob(s) deleted",
+                "gc: %d artifact claim(s), %d artifact(s), %d file blob(s) deleted; "
+                "%d orphaned upload(s) aborted",
                 len(plan.delete_rows),
                 len(plan.delete_blobs),
-                len(stale_blobs),
+                stale_blobs,
+                aborted,
             )
     return GcResult(
         deleted_artifacts=list(plan.delete_blobs),
         deleted_claims=len(plan.delete_rows),
-        deleted_blobs=len(stale_blobs),
+        deleted_blobs=stale_blobs,
         kept_artifacts=plan.kept,
         dry_run=dry_run,
         deleted_snapshots=deleted_snapshots,
+        aborted_uploads=aborted,
     )

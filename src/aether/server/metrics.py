@@ -16,8 +16,10 @@ Series (no label has more than a handful of values):
                                             above ``AETHER_MAX_CONCURRENT_UPLOADS``)
 ``artifact_uploads_waiting``                gauge: uploads queued for a slot
 ``artifacts_total``                         gauge: artifacts stored in the registry,
-                                            recounted at each scrape (a gauge despite
-                                            the suffix: garbage collection lowers it)
+                                            recounted at a scrape at most once a minute
+                                            and after this server stored or collected
+                                            artifacts (listing an S3 bucket is not
+                                            free); a gauge despite the suffix
 ``deployments_created_total``               counter: deployments and rollbacks created
 ``deployments_succeeded_total``             counter: deployments that became active
 ``deployments_failed_total``                counter: deployments marked failed
@@ -70,7 +72,12 @@ _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 
 
 class ServerMetrics:
+    #: Seconds a count of ``artifacts_total`` is reused by later scrapes.
+    artifacts_refresh_seconds = 60.0
+
     def __init__(self) -> None:
+        self._artifacts_counted: float | None = None  # monotonic time of the last count
+        self._artifacts_generation = 0  # bumped by artifacts_changed()
         self.registry = CollectorRegistry()
         r = self.registry
         self.upload_bytes = Counter(
@@ -149,9 +156,24 @@ class ServerMetrics:
     async def render(self, ctx: ServerContext | None) -> bytes:
         """The exposition text, with the scrape-time gauges refreshed first."""
         if ctx is not None:
-            self.artifacts.set(len(await ctx.registry.list_digests()))
+            await self._count_artifacts(ctx)
             self.telemetry(ctx.telemetry.latest())
         return generate_latest(self.registry)
+
+    def artifacts_changed(self) -> None:
+        """Artifacts were stored or deleted here: the next scrape counts them again."""
+        self._artifacts_generation += 1
+        self._artifacts_counted = None
+
+    async def _count_artifacts(self, ctx: ServerContext) -> None:
+        started = time.monotonic()
+        counted = self._artifacts_counted
+        if counted is not None and started - counted < self.artifacts_refresh_seconds:
+            return
+        generation = self._artifacts_generation
+        self.artifacts.set(len(await ctx.registry.list_digests()))
+        if generation == self._artifacts_generation:  # else a change raced the listing
+            self._artifacts_counted = started
 
     def telemetry(self, sample: ClusterSample | None) -> None:
         """Set the node and app gauges from a telemetry sample (nodes gone drop out)."""
@@ -216,6 +238,8 @@ class UploadGate:
             m.upload_duration.labels(kind).observe(time.perf_counter() - started)
             m.uploads_in_progress.dec()
             self._slots.release()
+            if kind != "blob":  # blobs are not artifacts
+                m.artifacts_changed()
 
 
 def install_metrics(app: FastAPI, metrics: ServerMetrics) -> None:

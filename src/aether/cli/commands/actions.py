@@ -47,7 +47,9 @@ async def run(args: argparse.Namespace) -> int:
                 args,
                 result,
                 f"{verb} {len(result['deleted_artifacts'])} artifact(s) and "
-                f"{result['deleted_blobs']} file blob(s); kept {result['kept_artifacts']}",
+                f"{result['deleted_blobs']} file blob(s), aborted "
+                f"{result.get('aborted_uploads', 0)} orphaned upload(s); "
+                f"kept {result['kept_artifacts']}",
             )
         elif args.command == "promote":
             blueprint = await client.promote(args.app)

@@ -8,7 +8,8 @@ A redeploy after a small change sends only the files the server lacks:
    canonical archive from the plan and its blobs, checks it hashes to ``digest``
    and stores it like an upload (``{digest, size_bytes, duplicate, verified}``).
 
-Blobs are per tenant (see ``aether.artifacts.blobs``), and an assembled artifact
+Blobs are per tenant (see ``aether.artifacts.blobs``; on S3 they live in the artifacts
+bucket, so blobs sent through one server serve an assembly on another), and an assembled artifact
 is recorded for the caller's tenant only after the bytes built from *its* blobs
 hashed to the digest, so knowing a digest never grants access to it. If the
 server's tar/zlib write different bytes than the client's, assembly answers
@@ -28,6 +29,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from aether.artifacts import parse_digest
+from aether.artifacts.blobs import missing_blobs_error
 from aether.artifacts.pack import write_plan
 from aether.artifacts.plan import MAX_PLAN_ENTRIES, PackPlan
 from aether.errors import BadRequestError, DigestMismatchError, PayloadTooLargeError
@@ -43,8 +45,6 @@ Ctx = Annotated[ServerContext, Depends(get_context)]
 
 #: Largest ``assemble`` body (the plan's JSON): ~250 bytes per entry at the entry limit.
 MAX_ASSEMBLE_BODY_BYTES = 64 << 20
-#: Digests named in a ``missing_blobs`` message; the rest are counted.
-_SHOWN = 20
 
 
 class MissingIn(BaseModel):
@@ -115,21 +115,16 @@ async def assemble_artifact(request: Request, caller: Operator, ctx: Ctx) -> Upl
         verified = await record_signature(ctx, caller.tenant_id, digest, signed)
         return UploadOut(digest=digest, size_bytes=size, duplicate=True, verified=verified)
     store = ctx.blobs.for_tenant(caller.tenant_id)
-    missing = await store.missing(plan.blob_digests())
+    blob_digests = plan.blob_digests()
+    missing = await store.missing(blob_digests)
     if missing:
-        shown = ", ".join(missing[:_SHOWN])
-        more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
-        raise BadRequestError(
-            f"{len(missing)} blob(s) of the plan are not on the server: {shown}{more}; "
-            "upload them (PUT /api/v1/blobs/{digest}) and assemble again",
-            code="missing_blobs",
-        )
+        raise missing_blobs_error(missing)
 
-    async with ctx.uploads.slot("assemble"):
-        fd, tmp_name = store.temp_file()
+    async with ctx.uploads.slot("assemble"), store.staged(blob_digests) as staging:
+        fd, tmp_name = staging.temp_file()
         try:
             with os.fdopen(fd, "wb") as sink:
-                built = await asyncio.to_thread(write_plan, plan, sink, store.open_blob)
+                built = await asyncio.to_thread(write_plan, plan, sink, staging.open_blob)
             if built.digest != digest:
                 raise DigestMismatchError(
                     f"the archive assembled from the plan has digest {built.digest}, "
