@@ -1,5 +1,21 @@
 """The local etcd cluster the tests start (it lives in the package: `aether up --ha` uses it)."""
 
-from aether.store.etcd_local import INSTALL_HINT, EtcdCluster, etcd_binary, free_port
+from aether.store.etcd_local import (
+    INSTALL_HINT,
+    EtcdCluster,
+    Pki,
+    etcd_binary,
+    etcdctl_binary,
+    free_port,
+    make_pki,
+)
 
-__all__ = ["INSTALL_HINT", "EtcdCluster", "etcd_binary", "free_port"]
+__all__ = [
+    "INSTALL_HINT",
+    "EtcdCluster",
+    "Pki",
+    "etcd_binary",
+    "etcdctl_binary",
+    "free_port",
+    "make_pki",
+]

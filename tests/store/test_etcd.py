@@ -70,12 +70,29 @@ async def until_available(call: Callable[[], Awaitable[T]], within: float = 15.0
 
 
 def test_parse_etcd_url() -> None:
-    assert parse_etcd_url("etcd://10.0.0.1:2379") == (["http://10.0.0.1:2379"], "")
-    assert parse_etcd_url("etcd://a:1,b:2/aether") == (["http://a:1", "http://b:2"], "aether/")
-    assert parse_etcd_url("etcd://a:1/x/y/") == (["http://a:1"], "x/y/")
-    for bad in ["etcd://", "etcd://a", "etcd://a:b", "etcd://a:1,", "http://a:1", "etcd://a:1?x=1"]:
+    assert parse_etcd_url("etcd://10.0.0.1:2379") == (["http://10.0.0.1:2379"], "", "", "")
+    assert parse_etcd_url("etcd://a:1,b:2/aether")[:2] == (["http://a:1", "http://b:2"], "aether/")
+    assert parse_etcd_url("etcd://a:1/x/y/").prefix == "x/y/"
+    tls = parse_etcd_url("etcds://a:1,b:2/p")
+    assert tls.endpoints == ["https://a:1", "https://b:2"] and tls.prefix == "p/"
+    auth = parse_etcd_url("etcds://root:p%40ss%2Fw@a:1,b:2/p")
+    assert (auth.username, auth.password) == ("root", "p@ss/w")
+    assert auth.endpoints == ["https://a:1", "https://b:2"]
+    for bad in [
+        "etcd://",
+        "etcd://a",
+        "etcd://a:b",
+        "etcd://a:1,",
+        "http://a:1",
+        "etcd://a:1?x=1",
+        "etcd+https://a:1",
+        "etcd://root@a:1",  # a user without a password
+    ]:
         with pytest.raises(ValueError):
             parse_etcd_url(bad)
+    with pytest.raises(ValueError) as info:
+        parse_etcd_url("etcd://root:secret@a:b")
+    assert "secret" not in str(info.value)
 
 
 async def test_open_state_store_accepts_etcd_urls_and_prefixes_isolate(
@@ -235,6 +252,48 @@ async def test_a_watch_survives_losing_its_member(fresh_cluster: EtcdCluster) ->
         assert revisions == sorted(set(revisions))
     finally:
         await store.close()
+
+
+async def test_a_watch_leaves_a_frozen_member(fresh_cluster: EtcdCluster) -> None:
+    """SIGSTOP the watch's member: its stream neither ends nor errors, yet the watch
+    delivers a write made through another member, and requests fail over too."""
+    store = await EtcdStateStore.open(fresh_cluster.endpoints, timeout=1.0, watch_idle_timeout=0.5)
+    frozen = store._current  # the watch streams from the member the store last used
+    others = [e for i, e in enumerate(fresh_cluster.endpoints) if i != frozen]
+    writer = await EtcdStateStore.open(others, timeout=2.0)
+    try:
+        start = await store.revision() + 1
+        events = store.watch("frozen/", start)
+        try:
+            await writer.put("frozen/before", b"1")
+            async with asyncio.timeout(15):
+                first: Event = await anext(events)
+            assert first.kv.key == "frozen/before"
+
+            fresh_cluster.freeze(frozen)
+            try:
+                await until_available(lambda: writer.put("frozen/after", b"2"), within=20)
+                async with asyncio.timeout(30):
+                    second: Event = await anext(events)
+                assert second.kv.key == "frozen/after" and second.kv.value == b"2"
+                assert second.kv.mod_revision > first.kv.mod_revision
+
+                # the store's own requests leave the frozen member as well: a read
+                # moves on, a write in flight there is reported and the next one lands
+                kv = await until_available(lambda: store.get("frozen/after"), within=20)
+                assert kv is not None and kv.value == b"2"
+                assert store._current != frozen
+                await until_available(lambda: store.put("frozen/again", b"3"), within=20)
+                assert await store.put("frozen/last", b"4") > second.kv.mod_revision
+                third = [e.kv.key for e in [await anext(events), await anext(events)]]
+                assert third == ["frozen/again", "frozen/last"]
+            finally:
+                fresh_cluster.thaw(frozen)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+        await writer.close()
 
 
 # -- the server on etcd ------------------------------------------------------------

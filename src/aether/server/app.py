@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aether import __version__
 from aether.artifacts import ArtifactBackend, LocalArtifactRegistry
-from aether.artifacts.blobs import LocalBlobStore
+from aether.artifacts.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from aether.artifacts.s3 import S3ArtifactRegistry, S3Config
 from aether.errors import ServiceUnavailableError
 from aether.server.api import (
@@ -108,6 +108,19 @@ async def _open_registry(settings: ServerSettings, data_dir: Path) -> ArtifactBa
     return await registry.open()  # fails the start with a clear error if unreachable
 
 
+def _open_blobs(settings: ServerSettings, data_dir: Path, registry: ArtifactBackend) -> BlobStore:
+    """Incremental-upload blobs beside the artifacts: in the S3 bucket (shared by every
+    server behind it), else under ``DATA/blobs``."""
+    if isinstance(registry, S3ArtifactRegistry):
+        return S3BlobStore(
+            registry,
+            data_dir / "blobs" / "tmp",  # assemblies stage the plan's blobs here
+            max_bytes=settings.max_artifact_bytes,
+            refresh_after=settings.gc_grace_seconds / 2,
+        )
+    return LocalBlobStore(data_dir / "blobs", max_bytes=settings.max_artifact_bytes)
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     metrics = ServerMetrics()  # per app, so servers sharing a process never mix numbers
 
@@ -122,7 +135,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         records = Records(sessions)
         for path in await bootstrap_tokens(records, data_dir):
             print(f"aether server: wrote {path} (mode 0600)", flush=True)
-        store = await open_state_store(settings.resolved_state_url())
+        store = await open_state_store(settings.resolved_state_url(), etcd=settings.etcd_options())
         registry = await _open_registry(settings, data_dir)
         if isinstance(registry, S3ArtifactRegistry):
             exits.push_async_callback(registry.aclose)
@@ -133,7 +146,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             records=records,
             registry=registry,
             logs=LogStore(data_dir / "logs", max_bytes=settings.log_retention_bytes),
-            blobs=LocalBlobStore(data_dir / "blobs", max_bytes=settings.max_artifact_bytes),
+            blobs=_open_blobs(settings, data_dir, registry),
             metrics=metrics,
             uploads=UploadGate(settings.max_concurrent_uploads, metrics),
             queue=_open_queue(settings, sessions),

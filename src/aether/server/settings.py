@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from aether.store.etcd import EtcdOptions
 
 __all__ = ["ServerSettings"]
 
@@ -19,6 +23,16 @@ class ServerSettings(BaseSettings):
     public_url: str | None = None
     state_url: str | None = Field(default=None, description="default sqlite:///DATA/state.db")
     records_url: str | None = Field(default=None, description="default sqlite:///DATA/records.db")
+    # -- the state store on etcd (state_url etcd://… or etcds://… for TLS) ----------------
+    etcd_ca_file: str = Field(default="", description="PEM CA of the etcd members; empty: system")
+    etcd_cert_file: str = Field(default="", description="client certificate for mutual TLS")
+    etcd_key_file: str = Field(default="", description="its private key (PEM, unencrypted)")
+    etcd_username: str = Field(default="", description="etcd user; empty: no authentication")
+    etcd_password: str = ""
+    etcd_timeout: float = Field(default=5.0, gt=0, le=60, description="seconds per etcd request")
+    etcd_watch_idle_timeout: float = Field(
+        default=3.0, gt=0, le=600, description="seconds a watch may be silent before a probe"
+    )
     lease_ttl: float = Field(default=3.0, gt=0.2, le=120)
     reconcile_interval: float = Field(default=1.0, gt=0)
     max_artifact_bytes: int = 2 << 30
@@ -125,6 +139,51 @@ class ServerSettings(BaseSettings):
                 "to use the default AWS credential chain"
             )
         return self
+
+    @model_validator(mode="after")
+    def _etcd_state_store(self) -> ServerSettings:
+        url = self.state_url or ""
+        if not url.startswith(("etcd://", "etcds://")):
+            return self
+        from aether.store.etcd import etcd_tls_context, parse_etcd_url
+
+        try:
+            parsed = parse_etcd_url(url)
+        except ValueError as exc:
+            raise ValueError(f"AETHER_STATE_URL: {exc}") from None
+        tls_files = self.etcd_ca_file or self.etcd_cert_file or self.etcd_key_file
+        if tls_files and not url.startswith("etcds://"):
+            raise ValueError(
+                "AETHER_ETCD_CA_FILE, _CERT_FILE and _KEY_FILE are for TLS: write the state "
+                f"store URL as etcds://{url.partition('://')[2]}"
+            )
+        if url.startswith("etcds://"):
+            try:  # read the files now, so a bad one stops the start with its name
+                etcd_tls_context(self.etcd_ca_file, self.etcd_cert_file, self.etcd_key_file)
+            except ValueError as exc:
+                raise ValueError(f"AETHER_ETCD_*_FILE: {exc}") from None
+        if bool(self.etcd_username) != bool(self.etcd_password):
+            raise ValueError("AETHER_ETCD_USERNAME and AETHER_ETCD_PASSWORD go together")
+        if self.etcd_username and parsed.username:
+            raise ValueError(
+                "etcd credentials are given twice (in AETHER_STATE_URL and AETHER_ETCD_USERNAME):"
+                " keep one"
+            )
+        return self
+
+    def etcd_options(self) -> EtcdOptions:
+        """What the etcd state store needs beyond ``state_url``."""
+        from aether.store.etcd import EtcdOptions
+
+        return EtcdOptions(
+            ca_file=self.etcd_ca_file,
+            cert_file=self.etcd_cert_file,
+            key_file=self.etcd_key_file,
+            username=self.etcd_username,
+            password=self.etcd_password,
+            timeout=self.etcd_timeout,
+            watch_idle_timeout=self.etcd_watch_idle_timeout,
+        )
 
     def resolved_state_url(self) -> str:
         return self.state_url or f"sqlite:///{self.data_dir.resolve() / 'state.db'}"

@@ -20,13 +20,14 @@ from aether.store.base import (
     TxnResult,
 )
 from aether.store.election import LeaderElection, Leadership, current_leader
-from aether.store.etcd import EtcdStateStore
+from aether.store.etcd import EtcdOptions, EtcdStateStore
 from aether.store.sqlite import SqliteStateStore
 
 __all__ = [
     "CompactedError",
     "Compare",
     "Delete",
+    "EtcdOptions",
     "EtcdStateStore",
     "Event",
     "EventType",
@@ -46,14 +47,15 @@ __all__ = [
 ]
 
 
-async def open_state_store(url: str) -> StateStore:
+async def open_state_store(url: str, *, etcd: EtcdOptions | None = None) -> StateStore:
     """Open the backend named by ``url``.
 
     ``sqlite:///absolute/path.db`` (embedded) or
-    ``etcd://host:port[,host:port...][/prefix]`` (an etcd v3 cluster).
+    ``etcd://host:port[,host:port...][/prefix]`` (an etcd v3 cluster; ``etcds://``
+    for TLS). ``etcd``: TLS files, credentials and timeouts for an etcd URL.
     """
-    if url.startswith("etcd://"):
-        return await EtcdStateStore.from_url(url)
+    if url.startswith(("etcd://", "etcds://")):
+        return await EtcdStateStore.from_url(url, etcd)
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = unquote(parts.path)
@@ -64,5 +66,5 @@ async def open_state_store(url: str) -> StateStore:
         return await SqliteStateStore.open(path)
     raise ValueError(
         f"unsupported state store URL {url!r}: expected sqlite:///absolute/path.db"
-        " or etcd://host:port[,host:port...][/prefix]"
+        " or etcd[s]://host:port[,host:port...][/prefix]"
     )
