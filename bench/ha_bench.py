@@ -9,8 +9,11 @@ leader holds the key, and kill → the new instance is placed (the new leader
 reconciling). The killed server is started again as a follower.
 
 deploy: ``aether deploy`` of hello-python (a new artifact every run, 2
-instances) to the first 200 of the new version through a router, on the
-embedded stack (one server, SQLite) and on the HA stack, in the same run.
+instances) to the first 200 of the new version through a router, in the same
+run on the embedded stack (one server, SQLite), on the HA stack of ``aether up
+--ha`` (three servers on three etcd members, records and artifacts shared on
+one disk) and on the production HA stack (three servers on three etcd
+members, records on PostgreSQL, artifacts on S3, nothing shared on disk).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -106,7 +110,12 @@ def bench_deploy(runs: int) -> None:
         root = Path(tmp)
         app = root / "app"
         shutil.copytree(EXAMPLE, app)
-        for label, make in (("embedded", Cluster), ("ha", HaCluster)):
+        stacks: list[tuple[str, Callable[[Path], Cluster]]] = [
+            ("embedded", Cluster),
+            ("ha", HaCluster),
+            ("ha_postgres_s3", lambda d: HaCluster(d, engines="postgres-s3")),
+        ]
+        for label, make in stacks:
             cluster = make(root / label)
             try:
                 if isinstance(cluster, HaCluster):
@@ -119,17 +128,24 @@ def bench_deploy(runs: int) -> None:
                 results[label] = _deploys(cluster, app, runs, label)
             finally:
                 cluster.stop()
-    embedded, ha = summary(results["embedded"]), summary(results["ha"])
+    embedded = summary(results["embedded"])
     write_result(
         "ha_deploy_latency",
         {
             "command": f".venv/bin/python -m bench.ha_bench deploy --runs {runs}",
             "what": "aether deploy of hello-python (new artifact each run, 2 instances) to the "
             "first 200 of the new version: embedded (1 server, SQLite) vs HA (3 servers on 3 "
-            "etcd members, shared records and artifacts), same run",
+            "etcd members, shared records and artifacts) vs HA on PostgreSQL + S3 (nothing "
+            "shared on disk), same run",
             "embedded_seconds": _rounded(results["embedded"]),
             "ha_seconds": _rounded(results["ha"]),
-            "ratio_ha_to_embedded_median": round(ha["median"] / embedded["median"], 3),
+            "ha_postgres_s3_seconds": _rounded(results["ha_postgres_s3"]),
+            "ratio_ha_to_embedded_median": round(
+                summary(results["ha"])["median"] / embedded["median"], 3
+            ),
+            "ratio_ha_postgres_s3_to_embedded_median": round(
+                summary(results["ha_postgres_s3"])["median"] / embedded["median"], 3
+            ),
         },
     )
 

@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", default=None, help="the server's data directory")
     q.add_argument("--config", default=None, metavar="FILE", help="the server's config file")
     q.add_argument("--out", required=True, metavar="FILE.tar.gz")
+    q.add_argument(
+        "--no-artifacts",
+        action="store_true",
+        help="leave the artifacts out (the bucket or directory is backed up by its own tools)",
+    )
     _common(q)
     q = backup_sub.add_parser("restore", help="verify an archive and restore it (server stopped)")
     q.add_argument("archive", metavar="FILE.tar.gz")

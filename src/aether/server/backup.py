@@ -9,12 +9,19 @@ part       engine       how
 =========  ===========  =====================================================
 state      sqlite       SQLite's online backup API (through the running server,
                         which holds the file's exclusive lock, when it runs)
-state      etcd         ``etcdctl snapshot save`` (restore: ``etcdctl snapshot
-                        restore`` per member, see docs/production.md)
+state      etcd         a logical dump of every key under Aether's prefix
+                        (``state.jsonl``, through the StateStore interface; keys
+                        bound to a lease are left out) and ``etcdctl snapshot
+                        save`` (the whole keyspace, for rebuilding a lost etcd
+                        cluster by hand: see docs/production.md)
 records    sqlite       SQLite's online backup API (the server may be running)
 records    postgresql   ``pg_dump --format=custom`` / ``pg_restore --clean``
 artifacts  local        the content-addressed files under DATA/artifacts/sha256
-artifacts  s3           not copied: back the bucket up with its own tools
+artifacts  s3           every ``<prefix>sha256/…`` object, streamed into the
+                        archive one at a time and checked against its digest
+                        (``--no-artifacts`` leaves them out; the blobs of
+                        incremental uploads, local or on S3, are a cache and
+                        never copied)
 secrets    local        DATA/admin.token and DATA/join.token, when present
 =========  ===========  =====================================================
 
@@ -23,32 +30,45 @@ is in the records and every artifact a record names is in the archive.
 
 Restore verifies every digest before it writes anything, refuses a non-empty data
 directory unless ``force``, and refuses a data directory a running server holds.
+The state store's keys go back through the StateStore interface, so a dump restores
+into etcd or SQLite whichever engine it came from; an etcd target must hold no
+Aether keys (``force`` replaces them) and no leader key (a running server).
+Artifacts go back into whichever registry the target uses (S3 uploads verify each
+digest again; a digest the bucket already holds is a duplicate, not an error).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
 from aether import __version__
+from aether.errors import AetherError
 from aether.server.settings import ServerSettings
+from aether.store.base import Kv, Put, StateStore, StoreError
+from aether.store.etcd import parse_etcd_url
+
+if TYPE_CHECKING:
+    from aether.artifacts.s3 import S3ArtifactRegistry
 
 __all__ = [
     "FORMAT",
@@ -60,7 +80,17 @@ __all__ = [
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+STATE_DUMP = "state.jsonl"
+ETCD_SNAPSHOT = "state.etcd-snapshot.db"
+LEADER_KEY = "leader"  # the election key (server/leader.py), bound to the leader's lease
 _SECRETS = ("admin.token", "join.token")
+_ARTIFACTS = "artifacts/sha256"  # in the archive, as in DATA: sha256/<2 hex>/<64 hex>
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_CHUNK = 1 << 20
+# a restore writes keys in transactions of at most this many puts and bytes
+# (etcd's defaults: --max-txn-ops 128, --max-request-bytes 1.5 MiB before base64)
+_TXN_OPS = 64
+_TXN_BYTES = 512 << 10
 
 StateFetcher = Callable[[Path], Awaitable[None]]
 
@@ -93,14 +123,12 @@ def _libpq_url(url: str) -> str:
     return parts._replace(scheme="postgresql").geturl()
 
 
-def _etcd_endpoints(url: str) -> str:
-    """``etcd://h1:2379,h2:2379`` (or ``etcds://`` for TLS) → ``http://h1:2379,http://h2:2379``."""
-    parts = urlsplit(url)
-    scheme = "https" if parts.scheme in ("etcds", "etcd+https") else "http"
-    hosts = [h for h in parts.netloc.rsplit("@", 1)[-1].split(",") if h]
-    if not hosts:
-        raise BackupError(f"no etcd endpoint in {url!r}")
-    return ",".join(h if "://" in h else f"{scheme}://{h}" for h in hosts)
+def _etcd_members(url: str) -> list[str]:
+    """``etcd://h1:2379,h2:2379`` (``etcds://`` for TLS) → ``[http://h1:2379, http://h2:2379]``."""
+    try:
+        return parse_etcd_url(url).endpoints
+    except ValueError as exc:
+        raise BackupError(str(exc)) from None
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
@@ -113,6 +141,42 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
         raise BackupError(
             f"{what} failed: `{' '.join(argv[:2])} …` exited {result.returncode}: {detail}"
         )
+
+
+def _etcdctl_env(settings: ServerSettings, url: str) -> dict[str, str]:
+    """The server's etcd TLS files and credentials, as etcdctl's environment (not argv).
+
+    Credentials come from the settings, else from the URL's ``user:password@``.
+    """
+    options = settings.etcd_options()
+    parsed = parse_etcd_url(url)
+    user, password = options.username, options.password
+    if not user:
+        user, password = parsed.username, parsed.password
+    env = {
+        "ETCDCTL_CACERT": options.ca_file,
+        "ETCDCTL_CERT": options.cert_file,
+        "ETCDCTL_KEY": options.key_file,
+        "ETCDCTL_USER": f"{user}:{password}" if user else "",
+    }
+    return {name: value for name, value in env.items() if value}
+
+
+def _etcd_snapshot(settings: ServerSettings, url: str, dest: Path) -> None:
+    """``etcdctl snapshot save`` from the first member that answers (it takes exactly one)."""
+    members = _etcd_members(url)  # checks the URL
+    env = {**os.environ, "ETCDCTL_API": "3", **_etcdctl_env(settings, url)}
+    for n, member in enumerate(members, 1):
+        try:
+            _run(
+                ["etcdctl", f"--endpoints={member}", "snapshot", "save", str(dest)],
+                "the etcd snapshot",
+                env,
+            )
+            return
+        except BackupError:
+            if n == len(members):
+                raise
 
 
 _PKG = {
@@ -175,6 +239,195 @@ def _check_sqlite(path: Path, what: str) -> None:
         raise BackupError(f"the {what} copy failed SQLite's quick_check: {result}")
 
 
+# -- the state store's logical dump (engine-neutral) -------------------------------------
+
+
+def _kept(kvs: list[Kv]) -> tuple[list[tuple[str, bytes]], int]:
+    """The keys a restore brings back, and how many were left out.
+
+    Keys bound to a lease (a node's registration and its endpoints, the leader key)
+    describe live processes: a restored cluster has none, its nodes register again
+    and its servers elect a leader. Only ``Kv.lease`` says which they are, so the
+    rule holds for every lease-bound key, present and future.
+    """
+    kept = [(kv.key, kv.value) for kv in kvs if not kv.lease]
+    return kept, sum(1 for kv in kvs if kv.lease)
+
+
+async def _dump_state(store: StateStore, dest: Path) -> dict[str, Any]:
+    """Every key under the store's prefix, one JSON object a line (read at one revision)."""
+    kvs, revision = await store.range("")
+    kept, skipped = _kept(kvs)
+    with dest.open("x", encoding="utf-8") as fh:
+        for key, value in kept:
+            fh.write(json.dumps({"key": key, "value": base64.b64encode(value).decode()}) + "\n")
+    return {"revision": revision, "keys": len(kept), "skipped_leased": skipped}
+
+
+def _read_dump(path: Path) -> list[tuple[str, bytes]]:
+    items: list[tuple[str, bytes]] = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key, value = row["key"], base64.b64decode(row["value"], validate=True)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BackupError(f"{path.name} line {number} is not a key: {exc}") from None
+            if not isinstance(key, str) or not key:
+                raise BackupError(f"{path.name} line {number} has no key")
+            items.append((key, value))
+    return items
+
+
+async def _sqlite_items(db: Path) -> list[tuple[str, bytes]]:
+    """The keys of a SQLite state store file (a backup's ``state.db``), leases left out."""
+    from aether.store.sqlite import SqliteStateStore
+
+    store = await SqliteStateStore.open(db)
+    try:
+        kvs, _ = await store.range("")
+    finally:
+        await store.close()
+    return _kept(kvs)[0]
+
+
+def _batches(items: list[tuple[str, bytes]]) -> Iterable[list[Put]]:
+    batch: list[Put] = []
+    size = 0
+    for key, value in items:
+        if batch and (len(batch) >= _TXN_OPS or size + len(key) + len(value) > _TXN_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(Put(key, value))
+        size += len(key) + len(value)
+    if batch:
+        yield batch
+
+
+async def _load_state(store: StateStore, items: list[tuple[str, bytes]]) -> int:
+    """Replace every key under the store's prefix with ``items``; returns the new revision."""
+    revision = 0
+    existing, _ = await store.range("")
+    if existing:
+        await store.delete("", prefix=True)
+    for batch in _batches(items):
+        result = await store.txn([], batch)
+        revision = result.revision
+    return revision
+
+
+async def _preflight_state(store: StateStore, url: str, *, force: bool) -> int:
+    """Refuse a state store a server runs on, or one holding Aether keys unless ``force``."""
+    kvs, _ = await store.range("")
+    for kv in kvs:
+        if kv.key == LEADER_KEY and kv.lease:
+            raise BackupError(
+                f"a server leads the state store {url} ({kv.value.decode(errors='replace')} "
+                "holds the leader key): stop every server before restoring (a killed server's "
+                "leader key expires after lease_ttl seconds)"
+            )
+    if kvs and not force:
+        raise BackupError(
+            f"the state store {url} already holds {len(kvs)} Aether keys: restore into an "
+            "empty etcd (or a new key prefix), or pass --force to replace them"
+        )
+    return len(kvs)
+
+
+# -- artifacts on S3 ----------------------------------------------------------------
+
+
+def _s3_registry(settings: ServerSettings) -> S3ArtifactRegistry:
+    """The registry ``settings.artifacts_url`` names, configured like the server's own."""
+    from aether.artifacts.s3 import S3ArtifactRegistry, S3Config
+
+    config = S3Config.from_url(
+        settings.artifacts_url,
+        endpoint_url=settings.s3_endpoint_url or None,
+        access_key=settings.s3_access_key or None,
+        secret_key=settings.s3_secret_key or None,
+        region=settings.s3_region,
+        part_size=settings.s3_part_size,
+    )
+    return S3ArtifactRegistry(config, max_bytes=settings.max_artifact_bytes)
+
+
+@contextlib.contextmanager
+def _s3_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except AetherError as exc:
+        raise BackupError(f"{what}: {exc}") from None
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, path: Path) -> None:
+    info = tar.gettarinfo(str(path), arcname=name)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o600
+    with path.open("rb") as fh:
+        tar.addfile(info, fh)
+
+
+async def _s3_artifacts_into(
+    settings: ServerSettings, tar: tarfile.TarFile, stage: Path, files: dict[str, str]
+) -> dict[str, Any]:
+    """Copy every artifact of the bucket into ``tar``, one at a time, each checked.
+
+    An object is streamed to one staged file while it is hashed (never whole in
+    memory), checked against the digest its key names, added and removed again, so
+    the backup needs disk for the archive plus the largest artifact.
+    """
+    from aether.artifacts.digest import digest_hex
+    from aether.errors import NotFoundError
+
+    names: list[str] = []
+    size = 0
+    staged = stage / "artifact.part"
+    where = f"copying the artifacts of {settings.artifacts_url}"
+    with _s3_errors(where):
+        async with _s3_registry(settings) as registry:
+            for digest in await registry.list_digests():
+                h = hashlib.sha256()
+                try:
+                    chunks = await registry.open_chunks(digest, _CHUNK)
+                except NotFoundError:
+                    continue  # garbage-collected since the listing: no longer retained
+                with staged.open("wb") as fh:
+                    async for chunk in chunks:
+                        h.update(chunk)
+                        fh.write(chunk)
+                actual = "sha256:" + h.hexdigest()
+                if actual != digest:
+                    raise BackupError(
+                        f"the bucket's object for {digest} holds bytes of digest {actual}: "
+                        "it is corrupt there; delete it and upload the artifact again"
+                    )
+                hex_ = digest_hex(digest)
+                name = f"{_ARTIFACTS}/{hex_[:2]}/{hex_}"  # the local directory's layout
+                _tar_add(tar, name, staged)
+                files[name] = digest
+                names.append(name)
+                size += staged.stat().st_size
+                staged.unlink()
+    return {
+        "engine": "s3",
+        "url": settings.artifacts_url,
+        "included": True,
+        "files": names,
+        "count": len(names),
+        "bytes": size,
+    }
+
+
 # -- create ---------------------------------------------------------------------------
 
 
@@ -221,15 +474,30 @@ async def _state_part(
             "copied_by": via,
         }
     elif engine in ("etcd", "etcds"):
-        dest = stage / "state.etcd-snapshot.db"
-        env = {**os.environ, "ETCDCTL_API": "3"}
-        _run(
-            ["etcdctl", f"--endpoints={_etcd_endpoints(url)}", "snapshot", "save", str(dest)],
-            "the etcd snapshot",
-            env,
-        )
-        archive.add("state.etcd-snapshot.db", dest)
-        archive.parts["state"] = {"engine": "etcd", "files": ["state.etcd-snapshot.db"]}
+        from aether.store import open_state_store
+
+        # the logical dump first (what `backup restore` writes back), then the raw
+        # snapshot of the whole keyspace (for rebuilding a lost etcd cluster by hand)
+        dump = stage / STATE_DUMP
+        try:
+            store = await open_state_store(url, etcd=settings.etcd_options())
+            try:
+                info = {"prefix": getattr(store, "prefix", ""), **await _dump_state(store, dump)}
+            finally:
+                await store.close()
+        except (StoreError, ValueError) as exc:
+            raise BackupError(f"cannot read the state store {url}: {exc}") from exc
+        dest = stage / ETCD_SNAPSHOT
+        _etcd_snapshot(settings, url, dest)
+        archive.add(STATE_DUMP, dump)
+        archive.add(ETCD_SNAPSHOT, dest)
+        archive.parts["state"] = {
+            "engine": "etcd",
+            "files": [STATE_DUMP, ETCD_SNAPSHOT],
+            "dump": STATE_DUMP,
+            "snapshot": ETCD_SNAPSHOT,
+            **info,
+        }
     else:
         raise BackupError(f"no backup step for the state store engine {engine!r} ({url})")
 
@@ -276,28 +544,30 @@ def _tree(root: Path, prefix: str, archive: _Archive) -> tuple[list[str], int]:
     return names, size
 
 
-def _artifacts_part(settings: ServerSettings, archive: _Archive) -> None:
+def _artifacts_part(settings: ServerSettings, archive: _Archive, *, artifacts: bool) -> None:
+    """Local artifacts, blobs and secrets (S3 artifacts are streamed into the tar later)."""
     data_dir = settings.data_dir.resolve()
-    artifacts_url = getattr(settings, "artifacts_url", "")
-    if artifacts_url:
+    if not artifacts:
         archive.parts["artifacts"] = {
-            "engine": "s3",
-            "url": artifacts_url,
-            "files": [],
+            "engine": "s3" if settings.artifacts_url else "local",
+            **({"url": settings.artifacts_url} if settings.artifacts_url else {}),
             "included": False,
-            "note": "back the bucket up with its own tools (versioning, replication, rclone sync)",
+            "files": [],
+            "note": "left out (--no-artifacts): back them up with the store's own tools",
         }
-    else:
+    elif not settings.artifacts_url:
         # only published objects: tmp/ holds unfinished uploads
-        names, size = _tree(data_dir / "artifacts" / "sha256", "artifacts/sha256", archive)
+        names, size = _tree(data_dir / "artifacts" / "sha256", _ARTIFACTS, archive)
         archive.parts["artifacts"] = {
             "engine": "local",
+            "included": True,
             "files": names,
             "count": len(names),
             "bytes": size,
         }
-    blobs, size = _tree(data_dir / "blobs", "blobs", archive)
-    archive.parts["blobs"] = {"engine": "local", "files": blobs, "bytes": size}
+    # the per-file blobs of incremental uploads are a cache (an assembled artifact is
+    # stored whole): never copied; a client just sends those files again
+    archive.parts["blobs"] = {"engine": "cache", "files": [], "included": False}
     secrets = []
     for name in _SECRETS:
         if (data_dir / name).is_file():
@@ -311,12 +581,14 @@ async def create_backup(
     out: Path,
     *,
     fetch_state: StateFetcher | None = None,
+    artifacts: bool = True,
     now: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     """Write the backup archive ``out``; its manifest is returned.
 
     ``fetch_state(dest)`` asks the running server for a copy of the SQLite state
-    store when the file is locked (the server owns it exclusively).
+    store when the file is locked (the server owns it exclusively). ``artifacts=False``
+    leaves the artifacts out (back them up with the store's own tools).
     """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -325,25 +597,22 @@ async def create_backup(
         archive = _Archive()
         await _state_part(settings, stage, archive, fetch_state)
         _records_part(settings, stage, archive)
-        _artifacts_part(settings, archive)
+        _artifacts_part(settings, archive, artifacts=artifacts)
         files = {name: _sha256(path) for name, path in archive.files.items()}
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "aether_version": __version__,
-            "sqlite_version": sqlite3.sqlite_version,
-            "created_at": (now or datetime.datetime.now(datetime.UTC)).isoformat(),
-            "parts": archive.parts,
-            "files": files,
-        }
         partial = stage / "backup.tar.gz"
         with tarfile.open(partial, "w:gz") as tar:
             for name, path in archive.files.items():
-                info = tar.gettarinfo(str(path), arcname=name)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mode = 0o600
-                with path.open("rb") as fh:
-                    tar.addfile(info, fh)
+                _tar_add(tar, name, path)
+            if artifacts and settings.artifacts_url:
+                archive.parts["artifacts"] = await _s3_artifacts_into(settings, tar, stage, files)
+            manifest: dict[str, Any] = {
+                "format": FORMAT,
+                "aether_version": __version__,
+                "sqlite_version": sqlite3.sqlite_version,
+                "created_at": (now or datetime.datetime.now(datetime.UTC)).isoformat(),
+                "parts": archive.parts,
+                "files": files,
+            }
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()
             info = tarfile.TarInfo(MANIFEST)
             info.size, info.mode = len(body), 0o600
@@ -460,7 +729,7 @@ def _remove_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def restore_backup(
+async def restore_backup(
     archive: Path,
     settings: ServerSettings,
     *,
@@ -470,7 +739,13 @@ def restore_backup(
 
     SQLite parts become files in the data directory (or the paths the URLs name);
     a PostgreSQL dump is restored into ``records_url`` with ``pg_restore --clean``;
-    an etcd snapshot is left in the data directory with the command to restore it.
+    the state store's keys are written back through the StateStore interface (into
+    etcd, or into SQLite from an etcd backup); artifacts go into the registry the
+    target uses (the local directory, or the S3 bucket).
+
+    Everything is checked before anything is written: every digest, the engine
+    pairings, that no server runs on the target (the SQLite lock, etcd's leader
+    key), that the targets are empty (or ``force``), and that the bucket answers.
     """
     data_dir = settings.data_dir.resolve()
     if data_dir.exists() and not data_dir.is_dir():
@@ -489,15 +764,25 @@ def restore_backup(
             raise BackupError(f"{db} is in use by a running server: stop it before restoring")
     data_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".aether-restore-", dir=data_dir.parent))
-    try:
+    async with contextlib.AsyncExitStack() as exits:
+        exits.callback(shutil.rmtree, stage, ignore_errors=True)
         manifest, digests = _extract(archive, stage)
         _verify(manifest, digests)
         parts: dict[str, Any] = manifest.get("parts", {})
-        state_engine = parts.get("state", {}).get("engine")
+        state_info: dict[str, Any] = parts.get("state", {})
+        state_engine = state_info.get("engine")
         records_engine = parts.get("records", {}).get("engine")
-        # check every engine pairing before changing anything
-        if state_engine == "sqlite" and state_db is None:
-            raise BackupError(f"the backup's state store is SQLite; the target is {state_url}")
+        art_info: dict[str, Any] = parts.get("artifacts", {})
+        art_files: list[str] = list(art_info.get("files", []))
+        # the keys of the state store, when they go back through the StateStore interface
+        items: list[tuple[str, bytes]] | None = None
+        if state_engine == "etcd" and state_info.get("dump"):
+            items = _read_dump(stage / state_info["dump"])
+        elif state_engine == "sqlite" and state_db is None:
+            items = await _sqlite_items(stage / "state.db")
+        # check every engine pairing and target before changing anything
+        if state_engine not in ("sqlite", "etcd"):
+            raise BackupError(f"no restore step for the state store engine {state_engine!r}")
         if records_engine == "sqlite" and records_db is None:
             raise BackupError(f"the backup's records are SQLite; the target is {records_url}")
         if records_engine == "postgresql" and _engine(records_url) != "postgresql":
@@ -505,13 +790,22 @@ def restore_backup(
                 "the backup's records are a PostgreSQL dump: give a config whose records_url "
                 f"is the PostgreSQL database to restore into (now: {records_url})"
             )
-        artifacts_url = getattr(settings, "artifacts_url", "")
-        has_local_artifacts = parts.get("artifacts", {}).get("engine") == "local"
-        if has_local_artifacts and artifacts_url and parts["artifacts"]["files"]:
-            raise BackupError(
-                f"the backup's artifacts are local files; the target stores them in "
-                f"{artifacts_url}: restore with a local artifact directory, then copy them"
-            )
+        target_store: StateStore | None = None
+        if items is not None and state_db is None:
+            from aether.store import open_state_store
+
+            try:
+                target_store = await open_state_store(state_url, etcd=settings.etcd_options())
+                exits.push_async_callback(target_store.close)
+                replaced = await _preflight_state(target_store, state_url, force=force)
+            except (StoreError, ValueError) as exc:
+                raise BackupError(f"cannot reach the state store {state_url}: {exc}") from None
+        registry: S3ArtifactRegistry | None = None
+        if art_files and settings.artifacts_url:
+            registry = _s3_registry(settings)
+            with _s3_errors(f"cannot reach the artifact bucket {settings.artifacts_url}"):
+                await registry.open()
+            exits.push_async_callback(registry.aclose)
         summary: dict[str, Any] = {
             "data_dir": str(data_dir),
             "backup_created_at": manifest.get("created_at"),
@@ -520,20 +814,86 @@ def restore_backup(
             "next_steps": [],
         }
         restored: dict[str, Any] = summary["parts"]
-        if state_engine == "sqlite":
-            assert state_db is not None
-            state_db.parent.mkdir(parents=True, exist_ok=True)
-            _remove_db(state_db)
-            os.replace(stage / "state.db", state_db)
-            restored["state"] = {"engine": "sqlite", "path": str(state_db)}
-        elif state_engine == "etcd":
-            snapshot = data_dir / "state.etcd-snapshot.db"
-            os.replace(stage / "state.etcd-snapshot.db", snapshot)
-            restored["state"] = {"engine": "etcd", "snapshot": str(snapshot)}
+        # artifacts first: a bucket that fails half-way leaves state and records untouched,
+        # and running it again only finds duplicates
+        if registry is not None:
+            uploaded = duplicates = 0
+            with _s3_errors(f"restoring the artifacts into {settings.artifacts_url}"):
+                for name in art_files:
+                    digest = f"sha256:{PurePosixPath(name).name}"
+                    if _DIGEST_RE.fullmatch(digest) is None:
+                        continue  # not an artifact (a stray file of a local directory)
+                    result = await registry.write_stream(_file_chunks(stage / name), digest)
+                    duplicates += result.duplicate
+                    uploaded += not result.duplicate
+            restored["artifacts"] = {
+                "engine": "s3",
+                "url": settings.artifacts_url,
+                "files": len(art_files),
+                "uploaded": uploaded,
+                "duplicates": duplicates,
+            }
+        elif art_info.get("included", art_info.get("engine") == "local"):
+            target = data_dir / "artifacts"
+            if target.exists():
+                shutil.rmtree(target)
+            if (stage / "artifacts").is_dir():
+                os.replace(stage / "artifacts", target)
+            else:
+                target.mkdir()
+            restored["artifacts"] = {"engine": "local", "files": len(art_files)}
+        elif art_info:
+            where = art_info.get("url") or data_dir / "artifacts"
             summary["next_steps"].append(
-                f"restore etcd from {snapshot} on every member (`etcdctl snapshot restore`, "
-                "see docs/production.md), start etcd, then the servers"
+                f"the backup holds no artifacts: restore {where} with the store's own tools"
             )
+        # state
+        if items is None:
+            if state_engine == "sqlite":
+                assert state_db is not None
+                state_db.parent.mkdir(parents=True, exist_ok=True)
+                _remove_db(state_db)
+                os.replace(stage / "state.db", state_db)
+                restored["state"] = {"engine": "sqlite", "path": str(state_db)}
+            else:  # an etcd backup of an older aether: its snapshot only
+                snapshot = data_dir / ETCD_SNAPSHOT
+                os.replace(stage / ETCD_SNAPSHOT, snapshot)
+                restored["state"] = {"engine": "etcd", "snapshot": str(snapshot)}
+                summary["next_steps"].append(
+                    f"restore etcd from {snapshot} on every member (`etcdctl snapshot restore`, "
+                    "see docs/production.md), start etcd, then the servers"
+                )
+        elif target_store is not None:
+            try:
+                revision = await _load_state(target_store, items)
+            except StoreError as exc:
+                raise BackupError(f"writing the keys into {state_url} failed: {exc}") from None
+            restored["state"] = {
+                "engine": _engine(state_url),
+                "url": state_url,
+                "keys": len(items),
+                "replaced": replaced,
+                "revision": revision,
+                "from": state_engine,
+            }
+        else:  # an etcd dump into the embedded SQLite store
+            from aether.store.sqlite import SqliteStateStore
+
+            assert state_db is not None
+            _remove_db(state_db)
+            sqlite_store = await SqliteStateStore.open(state_db)
+            try:
+                revision = await _load_state(sqlite_store, items)
+            finally:
+                await sqlite_store.close()
+            restored["state"] = {
+                "engine": "sqlite",
+                "path": str(state_db),
+                "keys": len(items),
+                "revision": revision,
+                "from": state_engine,
+            }
+        # records
         if records_engine == "sqlite":
             assert records_db is not None
             records_db.parent.mkdir(parents=True, exist_ok=True)
@@ -554,28 +914,20 @@ def restore_backup(
                 "the PostgreSQL restore",
             )
             restored["records"] = {"engine": "postgresql"}
-        for part, directory in (("artifacts", "artifacts"), ("blobs", "blobs")):
-            info = parts.get(part, {})
-            if info.get("engine") != "local":
-                if info.get("engine") == "s3":
-                    summary["next_steps"].append(
-                        f"artifacts live in {info.get('url')}: restore the bucket with its tools"
-                    )
-                continue
-            target = data_dir / directory
+        info = parts.get("blobs", {})
+        if info.get("engine") == "local":
+            target = data_dir / "blobs"
             if target.exists():
                 shutil.rmtree(target)
-            if (stage / directory).is_dir():
-                os.replace(stage / directory, target)
+            if (stage / "blobs").is_dir():
+                os.replace(stage / "blobs", target)
             else:
                 target.mkdir()
-            restored[part] = {"engine": "local", "files": len(info.get("files", []))}
+            restored["blobs"] = {"engine": "local", "files": len(info.get("files", []))}
         for name in parts.get("secrets", {}).get("files", []):
             (data_dir / name).unlink(missing_ok=True)
             os.replace(stage / name, data_dir / name)
             os.chmod(data_dir / name, 0o600)
         restored["secrets"] = {"files": parts.get("secrets", {}).get("files", [])}
         return summary
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(stage)
+    raise AssertionError("unreachable")  # pragma: no cover - the with block returns

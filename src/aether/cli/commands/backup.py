@@ -46,13 +46,19 @@ async def _create(args: argparse.Namespace) -> int:
             await client.backup_state(dest)
 
     try:
-        manifest = await create_backup(settings, Path(args.out), fetch_state=fetch_state)
+        manifest = await create_backup(
+            settings,
+            Path(args.out),
+            fetch_state=fetch_state,
+            artifacts=not getattr(args, "no_artifacts", False),
+        )
     except BackupError as exc:
         raise CliError(str(exc), kind="io", code="backup_failed") from None
     parts = manifest["parts"]
     summary = ", ".join(
         f"{name}: {info['engine']}"
         + (f" ({len(info['files'])} files)" if name in ("artifacts", "blobs") else "")
+        + (f" ({info['keys']} keys)" if "keys" in info else "")
         for name, info in parts.items()
     )
     emit(
@@ -63,17 +69,23 @@ async def _create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _restore(args: argparse.Namespace) -> int:
+async def _restore(args: argparse.Namespace) -> int:
     from aether.server.backup import BackupError, restore_backup
 
     settings = _settings(args)
     try:
-        summary = restore_backup(Path(args.archive), settings, force=args.force)
+        summary = await restore_backup(Path(args.archive), settings, force=args.force)
     except BackupError as exc:
         raise CliError(str(exc), kind="io", code="restore_failed") from None
     lines = [f"restored {args.archive} (taken {summary['backup_created_at']}) into:"]
     lines += [
-        f"  {name}: {info.get('path') or info.get('engine') or ''}".rstrip()
+        f"  {name}: {info.get('path') or info.get('url') or info.get('engine') or ''}".rstrip()
+        + (f" ({info['keys']} keys)" if "keys" in info else "")
+        + (
+            f" ({info['uploaded']} uploaded, {info['duplicates']} already there)"
+            if "uploaded" in info
+            else ""
+        )
         for name, info in summary["parts"].items()
     ]
     lines += [f"next: {step}" for step in summary["next_steps"]]

@@ -3,7 +3,8 @@
 The SQLite state store is locked exclusively by the server that owns it, so a
 backup taken while it runs asks the server for the copy (SQLite's online backup
 API on the server's own connection). Cluster admins only: it is the whole cluster.
-On etcd, back up with ``etcdctl snapshot save`` instead (see docs/production.md).
+On etcd, ``aether backup create`` reads the keys and takes ``etcdctl snapshot
+save`` itself, without this route (see docs/production.md).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ async def state_copy(caller: Admin, ctx: Ctx) -> FileResponse:
     if not isinstance(store, SqliteStateStore):
         raise ConflictError(
             "this server's state store is not the embedded SQLite one: "
-            "back it up with its own tool (etcd: etcdctl snapshot save)"
+            "`aether backup create --config FILE` reads etcd directly"
         )
     fd, name = tempfile.mkstemp(prefix=".backup-state-", suffix=".db", dir=store.path.parent)
     os.close(fd)
