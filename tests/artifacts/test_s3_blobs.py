@@ -210,6 +210,16 @@ async def test_housekeeping_deletes_idle_blobs_and_orphaned_uploads(
     assert await store.abort_stale_uploads(now + 2 * hour, hour) == 1
     assert await uploads_in_progress(registry) == []
 
+    # an assembly a crash interrupted left its staging directory behind: swept alike
+    left_over = store.scratch / "assemble-crashed"
+    left_over.mkdir(parents=True)
+    (left_over / "blob").write_bytes(b"half a copy")
+    assert await store.abort_stale_uploads(now, hour) == 0
+    assert await store.abort_stale_uploads(now + 2 * hour, hour, dry_run=True) == 1
+    assert left_over.exists()
+    assert await store.abort_stale_uploads(now + 2 * hour, hour) == 1
+    assert not left_over.exists()
+
 
 async def test_the_local_store_keeps_the_protocol(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path / "blobs")

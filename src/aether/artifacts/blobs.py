@@ -36,12 +36,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Protocol, TypeVar
+from typing import IO, Protocol
 
+from aether.artifacts.bounded import bounded_map
 from aether.artifacts.digest import DIGEST_PREFIX, digest_hex, parse_digest
 from aether.artifacts.registry import LocalArtifactRegistry, WriteResult
 from aether.artifacts.s3 import S3ArtifactRegistry
@@ -58,8 +59,6 @@ __all__ = [
     "missing_blobs_error",
 ]
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 _TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Digests named in a ``missing_blobs`` message; the rest are counted.
 _SHOWN = 20
@@ -259,13 +258,13 @@ class S3TenantBlobs:
         unknown = wanted
         if len(wanted) >= _LIST_FROM:
             seen, unknown = await self._listed(wanted)
-        present = await _bounded(_HEADS, unknown, self.objects.stat)
+        present = await bounded_map(_HEADS, unknown, self.objects.stat)
         for digest, found in zip(unknown, present, strict=True):
             if found is not None:
                 seen[digest] = found[1]
         renew_before = datetime.now(UTC) - timedelta(seconds=self.refresh_after)
         old = [d for d, modified in seen.items() if modified < renew_before]
-        touched = await _bounded(_HEADS, old, self.objects.touch)
+        touched = await bounded_map(_HEADS, old, self.objects.touch)
         for digest, ok in zip(old, touched, strict=True):
             if not ok:  # deleted since it was listed
                 del seen[digest]
@@ -311,7 +310,7 @@ class S3TenantBlobs:
         )
         try:
             wanted = [parse_digest(d) for d in dict.fromkeys(digests)]
-            fetched = await _bounded(_DOWNLOADS, wanted, lambda d: self._download(d, directory))
+            fetched = await bounded_map(_DOWNLOADS, wanted, lambda d: self._download(d, directory))
             gone = [d for d, ok in zip(wanted, fetched, strict=True) if not ok]
             if gone:  # deleted (gc) since the client asked: it uploads them again
                 raise missing_blobs_error(gone)
@@ -378,28 +377,25 @@ class S3BlobStore:
     async def abort_stale_uploads(
         self, now: datetime, older_than: timedelta, *, dry_run: bool = False
     ) -> int:
-        """Multipart uploads of blobs a crashed server left (see ``S3ArtifactRegistry``)."""
-        return await self.registry.abort_stale_uploads(
+        """What a crashed server left: multipart uploads of blobs (see ``S3ArtifactRegistry``)
+        and assembly directories in ``scratch``."""
+        aborted = await self.registry.abort_stale_uploads(
             now, older_than, under="blobs/", dry_run=dry_run
+        )
+        return aborted + await asyncio.to_thread(
+            _sweep, self.scratch, (now - older_than).timestamp(), dry_run
         )
 
 
-async def _bounded(
-    limit: int, items: Sequence[_T], call: Callable[[_T], Awaitable[_R]]
-) -> list[_R]:
-    """``[await call(x) for x in items]`` with at most ``limit`` calls running at once."""
-    results: list[_R | None] = [None] * len(items)
-    todo = iter(enumerate(items))
-
-    async def worker() -> None:
-        for i, item in todo:
-            results[i] = await call(item)
-
-    tasks = [asyncio.create_task(worker()) for _ in range(min(limit, len(items)))]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return results  # type: ignore[return-value]
+def _sweep(scratch: Path, older_than: float, dry_run: bool) -> int:
+    """Remove the entries of ``scratch`` last modified before ``older_than``; how many."""
+    if not scratch.is_dir():
+        return 0
+    stale = [p for p in scratch.iterdir() if p.lstat().st_mtime < older_than]
+    if not dry_run:
+        for path in stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    return len(stale)

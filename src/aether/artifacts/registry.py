@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 from aether.artifacts.digest import DIGEST_PREFIX, Hasher, digest_hex, parse_digest
 from aether.errors import DigestMismatchError, NotFoundError, PayloadTooLargeError
 
-__all__ = ["ArtifactBackend", "LocalArtifactRegistry", "WriteResult"]
+__all__ = ["ArtifactBackend", "LocalArtifactRegistry", "WriteResult", "file_chunks"]
 
 _DEFAULT_CHUNK = 1 << 20
 #: Chunks at least this big are written/hashed on a worker thread so a large
@@ -106,6 +106,11 @@ class _FileChunks:
 
     async def aclose(self) -> None:
         self._f.close()
+
+
+def file_chunks(path: str | Path, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """The bytes of the file at ``path`` as an async stream (read on a worker thread)."""
+    return _FileChunks(open(path, "rb"), chunk_size)
 
 
 class LocalArtifactRegistry:

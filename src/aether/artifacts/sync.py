@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aether.artifacts.bounded import bounded_map
 from aether.artifacts.plan import PackPlan
 from aether.errors import BadRequestError, NotFoundError
 
@@ -210,20 +211,10 @@ async def _upload_blobs(
     concurrency: int,
 ) -> int:
     """Upload ``(digest, path, size)`` blobs, ``concurrency`` at a time; the bytes sent."""
-    pending = iter(todo)
-    sent_bytes = 0
 
-    async def worker() -> None:
-        nonlocal sent_bytes
-        for blob_digest, path, size in pending:
-            await upload_blob(client, path, blob_digest, progress=count)
-            sent_bytes += size
+    async def send(item: tuple[str, Path, int]) -> int:
+        blob_digest, path, size = item
+        await upload_blob(client, path, blob_digest, progress=count)
+        return size
 
-    tasks = [asyncio.create_task(worker()) for _ in range(min(max(concurrency, 1), len(todo)))]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return sent_bytes
+    return sum(await bounded_map(concurrency, todo, send))

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from aether import __version__
 from aether.artifacts import ArtifactBackend, LocalArtifactRegistry
 from aether.artifacts.blobs import BlobStore, LocalBlobStore, S3BlobStore
-from aether.artifacts.s3 import S3ArtifactRegistry, S3Config
+from aether.artifacts.s3 import S3ArtifactRegistry
 from aether.errors import ServiceUnavailableError
 from aether.server.api import (
     apps,
@@ -96,16 +96,7 @@ async def _open_registry(settings: ServerSettings, data_dir: Path) -> ArtifactBa
     """The artifact registry: S3 when ``artifacts_url`` is set, else ``DATA/artifacts``."""
     if not settings.artifacts_url:
         return LocalArtifactRegistry(data_dir / "artifacts", max_bytes=settings.max_artifact_bytes)
-    config = S3Config.from_url(
-        settings.artifacts_url,
-        endpoint_url=settings.s3_endpoint_url or None,
-        access_key=settings.s3_access_key or None,
-        secret_key=settings.s3_secret_key or None,
-        region=settings.s3_region,
-        part_size=settings.s3_part_size,
-    )
-    registry = S3ArtifactRegistry(config, max_bytes=settings.max_artifact_bytes)
-    return await registry.open()  # fails the start with a clear error if unreachable
+    return await settings.s3_registry().open()  # fails the start with a clear error if unreachable
 
 
 def _open_blobs(settings: ServerSettings, data_dir: Path, registry: ArtifactBackend) -> BlobStore:

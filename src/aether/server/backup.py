@@ -53,7 +53,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -62,6 +62,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from aether import __version__
+from aether.artifacts.registry import file_chunks
 from aether.errors import AetherError
 from aether.server.settings import ServerSettings
 from aether.store.base import Kv, Put, StateStore, StoreError
@@ -339,33 +340,12 @@ async def _preflight_state(store: StateStore, url: str, *, force: bool) -> int:
 # -- artifacts on S3 ----------------------------------------------------------------
 
 
-def _s3_registry(settings: ServerSettings) -> S3ArtifactRegistry:
-    """The registry ``settings.artifacts_url`` names, configured like the server's own."""
-    from aether.artifacts.s3 import S3ArtifactRegistry, S3Config
-
-    config = S3Config.from_url(
-        settings.artifacts_url,
-        endpoint_url=settings.s3_endpoint_url or None,
-        access_key=settings.s3_access_key or None,
-        secret_key=settings.s3_secret_key or None,
-        region=settings.s3_region,
-        part_size=settings.s3_part_size,
-    )
-    return S3ArtifactRegistry(config, max_bytes=settings.max_artifact_bytes)
-
-
 @contextlib.contextmanager
 def _s3_errors(what: str) -> Iterator[None]:
     try:
         yield
     except AetherError as exc:
         raise BackupError(f"{what}: {exc}") from None
-
-
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            yield chunk
 
 
 def _tar_add(tar: tarfile.TarFile, name: str, path: Path) -> None:
@@ -394,7 +374,7 @@ async def _s3_artifacts_into(
     staged = stage / "artifact.part"
     where = f"copying the artifacts of {settings.artifacts_url}"
     with _s3_errors(where):
-        async with _s3_registry(settings) as registry:
+        async with settings.s3_registry() as registry:
             for digest in await registry.list_digests():
                 h = hashlib.sha256()
                 try:
@@ -802,7 +782,7 @@ async def restore_backup(
                 raise BackupError(f"cannot reach the state store {state_url}: {exc}") from None
         registry: S3ArtifactRegistry | None = None
         if art_files and settings.artifacts_url:
-            registry = _s3_registry(settings)
+            registry = settings.s3_registry()
             with _s3_errors(f"cannot reach the artifact bucket {settings.artifacts_url}"):
                 await registry.open()
             exits.push_async_callback(registry.aclose)
@@ -823,7 +803,7 @@ async def restore_backup(
                     digest = f"sha256:{PurePosixPath(name).name}"
                     if _DIGEST_RE.fullmatch(digest) is None:
                         continue  # not an artifact (a stray file of a local directory)
-                    result = await registry.write_stream(_file_chunks(stage / name), digest)
+                    result = await registry.write_stream(file_chunks(stage / name), digest)
                     duplicates += result.duplicate
                     uploaded += not result.duplicate
             restored["artifacts"] = {

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from aether.artifacts.s3 import S3ArtifactRegistry
     from aether.store.etcd import EtcdOptions
 
 __all__ = ["ServerSettings"]
@@ -184,6 +185,20 @@ class ServerSettings(BaseSettings):
             timeout=self.etcd_timeout,
             watch_idle_timeout=self.etcd_watch_idle_timeout,
         )
+
+    def s3_registry(self) -> S3ArtifactRegistry:
+        """The (unopened) S3 registry ``artifacts_url`` names, with the ``s3_*`` settings."""
+        from aether.artifacts.s3 import S3ArtifactRegistry, S3Config
+
+        config = S3Config.from_url(
+            self.artifacts_url,
+            endpoint_url=self.s3_endpoint_url or None,
+            access_key=self.s3_access_key or None,
+            secret_key=self.s3_secret_key or None,
+            region=self.s3_region,
+            part_size=self.s3_part_size,
+        )
+        return S3ArtifactRegistry(config, max_bytes=self.max_artifact_bytes)
 
     def resolved_state_url(self) -> str:
         return self.state_url or f"sqlite:///{self.data_dir.resolve() / 'state.db'}"

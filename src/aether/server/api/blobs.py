@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -32,6 +31,7 @@ from aether.artifacts import parse_digest
 from aether.artifacts.blobs import missing_blobs_error
 from aether.artifacts.pack import write_plan
 from aether.artifacts.plan import MAX_PLAN_ENTRIES, PackPlan
+from aether.artifacts.registry import file_chunks
 from aether.errors import BadRequestError, DigestMismatchError, PayloadTooLargeError
 from aether.server.api.artifacts import UploadOut, request_chunks
 from aether.server.auth import Operator
@@ -97,12 +97,6 @@ def _parse_assemble(raw: bytes, max_bytes: int) -> tuple[str, PackPlan]:
     return parse_digest(body["digest"]), PackPlan.from_dict(body["plan"], max_bytes=max_bytes)
 
 
-async def _file_chunks(path: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := await asyncio.to_thread(f.read, chunk_size):
-            yield chunk
-
-
 @router.post("/artifacts/assemble", status_code=201)
 async def assemble_artifact(request: Request, caller: Operator, ctx: Ctx) -> UploadOut:
     """Build the artifact from the plan and this tenant's blobs; store it once it verifies."""
@@ -136,7 +130,7 @@ async def assemble_artifact(request: Request, caller: Operator, ctx: Ctx) -> Upl
                     f"the assembled artifact exceeds the {ctx.settings.max_artifact_bytes}-byte "
                     "limit of this registry"
                 )
-            result = await ctx.registry.write_stream(_file_chunks(tmp_name), digest)
+            result = await ctx.registry.write_stream(file_chunks(tmp_name), digest)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
