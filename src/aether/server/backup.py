@@ -704,6 +704,16 @@ def _in_use(db: Path) -> bool:
         conn.close()
 
 
+def _replace_dir(staged: Path, target: Path) -> None:
+    """Put ``staged`` (or an empty directory, if the backup had none) in ``target``'s place."""
+    if target.exists():
+        shutil.rmtree(target)
+    if staged.is_dir():
+        os.replace(staged, target)
+    else:
+        target.mkdir()
+
+
 def _remove_db(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -814,13 +824,7 @@ async def restore_backup(
                 "duplicates": duplicates,
             }
         elif art_info.get("included", art_info.get("engine") == "local"):
-            target = data_dir / "artifacts"
-            if target.exists():
-                shutil.rmtree(target)
-            if (stage / "artifacts").is_dir():
-                os.replace(stage / "artifacts", target)
-            else:
-                target.mkdir()
+            _replace_dir(stage / "artifacts", data_dir / "artifacts")
             restored["artifacts"] = {"engine": "local", "files": len(art_files)}
         elif art_info:
             where = art_info.get("url") or data_dir / "artifacts"
@@ -896,13 +900,7 @@ async def restore_backup(
             restored["records"] = {"engine": "postgresql"}
         info = parts.get("blobs", {})
         if info.get("engine") == "local":
-            target = data_dir / "blobs"
-            if target.exists():
-                shutil.rmtree(target)
-            if (stage / "blobs").is_dir():
-                os.replace(stage / "blobs", target)
-            else:
-                target.mkdir()
+            _replace_dir(stage / "blobs", data_dir / "blobs")
             restored["blobs"] = {"engine": "local", "files": len(info.get("files", []))}
         for name in parts.get("secrets", {}).get("files", []):
             (data_dir / name).unlink(missing_ok=True)

@@ -246,6 +246,14 @@ class _TokenRefused(Exception):
         self.message = message
 
 
+def _credentials_needed(refused: _TokenRefused) -> EtcdAuthError:
+    """etcd asked for a token and the store has no credentials to get one."""
+    return EtcdAuthError(
+        f"etcd requires authentication ({refused.message}): set "
+        "AETHER_ETCD_USERNAME and AETHER_ETCD_PASSWORD"
+    )
+
+
 class _End:
     """Marks the end of a watch's event queue."""
 
@@ -379,10 +387,7 @@ class EtcdStateStore:
             return await self._call_once(path, body, idempotent=idempotent)
         except _TokenRefused as refused:
             if not self._username:
-                raise EtcdAuthError(
-                    f"etcd requires authentication ({refused.message}): set "
-                    "AETHER_ETCD_USERNAME and AETHER_ETCD_PASSWORD"
-                ) from None
+                raise _credentials_needed(refused) from None
             await self._renew_token(refused.token)
         try:
             return await self._call_once(path, body, idempotent=idempotent)
@@ -754,10 +759,7 @@ class EtcdStateStore:
                     failures.append(f"{endpoint}: watch stream ended")
                 except _TokenRefused as refused:
                     if not self._username:
-                        raise EtcdAuthError(
-                            f"etcd requires authentication ({refused.message}): set "
-                            "AETHER_ETCD_USERNAME and AETHER_ETCD_PASSWORD"
-                        ) from None
+                        raise _credentials_needed(refused) from None
                     if renewed:
                         raise EtcdAuthError(
                             f"etcd refused a fresh token for user {self._username!r} on a "
