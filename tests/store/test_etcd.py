@@ -296,6 +296,32 @@ async def test_a_watch_leaves_a_frozen_member(fresh_cluster: EtcdCluster) -> Non
         await writer.close()
 
 
+async def test_a_lease_outlives_a_frozen_member(fresh_cluster: EtcdCluster) -> None:
+    """SIGSTOP the (follower) member a lease's keepalives go to: with the store's
+    default 5 s deadline a keepalive would wait there past the 3 s TTL and the lease
+    (a leader's, a node's) would expire; keepalives get a third of the TTL per
+    member instead, so they move on and the lease lives."""
+    leader = fresh_cluster.leader()
+    follower = (leader + 1) % len(fresh_cluster.endpoints)
+    ordered = fresh_cluster.endpoints[follower:] + fresh_cluster.endpoints[:follower]
+    store = await EtcdStateStore.open(ordered)  # the default timeout (5 s)
+    try:
+        lease = await store.lease_grant(3)
+        await store.put("frozen-lease/key", b"held", lease=lease)
+        assert store._current == 0  # the follower
+        fresh_cluster.freeze(follower)
+        try:
+            for _ in range(6):  # like the leader's keepalive loop: every ttl/3
+                assert await store.lease_keepalive(lease) > 0
+                await asyncio.sleep(1)
+            kv = await store.get("frozen-lease/key")
+            assert kv is not None and kv.lease == lease
+        finally:
+            fresh_cluster.thaw(follower)
+    finally:
+        await store.close()
+
+
 # -- the server on etcd ------------------------------------------------------------
 
 

@@ -294,6 +294,7 @@ class EtcdStateStore:
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
         self._current = 0  # index of the endpoint that answered last
+        self._lease_ttls: dict[int, int] = {}  # lease → its granted TTL (keepalive deadlines)
         self._answered: dict[int, float] = {}  # endpoint index → monotonic time of its last answer
         self._client = httpx.AsyncClient(
             timeout=timeout,
@@ -374,30 +375,39 @@ class EtcdStateStore:
         if self._current == index:
             self._current = (index + 1) % len(self.endpoints)
 
-    async def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+    async def _call(
+        self, path: str, body: dict[str, Any], *, idempotent: bool, timeout: float | None = None
+    ) -> dict[str, Any]:
         """POST to the first member that answers; map etcd errors to store errors.
 
         With credentials, a request whose token etcd refuses is retried once with a
-        new token (etcd refuses it before applying anything).
+        new token (etcd refuses it before applying anything). ``timeout``: this
+        request's deadline per member, if shorter than the store's.
         """
         self._check_open()
         if self._username and self._token is None:
             await self._renew_token(None)
         try:
-            return await self._call_once(path, body, idempotent=idempotent)
+            return await self._call_once(path, body, idempotent=idempotent, timeout=timeout)
         except _TokenRefused as refused:
             if not self._username:
                 raise _credentials_needed(refused) from None
             await self._renew_token(refused.token)
         try:
-            return await self._call_once(path, body, idempotent=idempotent)
+            return await self._call_once(path, body, idempotent=idempotent, timeout=timeout)
         except _TokenRefused as refused:
             raise EtcdAuthError(
                 f"etcd refused a fresh token for user {self._username!r}: {refused.message}"
             ) from None
 
     async def _call_once(
-        self, path: str, body: dict[str, Any], *, idempotent: bool, auth: bool = True
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        idempotent: bool,
+        auth: bool = True,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         failures: list[str] = []
         tls_failures = dropped = 0
@@ -408,7 +418,12 @@ class EtcdStateStore:
             index = (self._current + attempt) % count
             endpoint = self.endpoints[index]
             try:
-                response = await self._client.post(endpoint + path, json=body, headers=headers)
+                response = await self._client.post(
+                    endpoint + path,
+                    json=body,
+                    headers=headers,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+                )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
                 tls_failures += _tls_failure(e) is not None
                 failures.append(f"{endpoint}: {_describe(e)}")
@@ -684,16 +699,29 @@ class EtcdStateStore:
         data = await self._call("/v3/lease/grant", {"TTL": str(seconds)}, idempotent=False)
         if data.get("error"):
             raise StoreError(f"etcd: cannot grant lease: {data['error']}")
-        return int(data["ID"])
+        lease = int(data["ID"])
+        self._lease_ttls[lease] = seconds
+        return lease
 
     async def lease_keepalive(self, lease: int) -> float:
-        data = await self._call("/v3/lease/keepalive", {"ID": str(lease)}, idempotent=True)
+        """Refresh ``lease``, giving each member at most a third of its TTL to answer.
+
+        A frozen member must not hold a keepalive past the lease's expiry: with the
+        short deadline the request moves to another member in time (a leader's
+        lease of 3 s is refreshed every second; the store's timeout is 5 s).
+        """
+        ttl = self._lease_ttls.get(lease)
+        timeout = None if ttl is None else min(self._timeout, max(0.5, ttl / 3))
+        data = await self._call(
+            "/v3/lease/keepalive", {"ID": str(lease)}, idempotent=True, timeout=timeout
+        )
         ttl = int(data.get("TTL", 0))
         if ttl <= 0:
             raise LeaseNotFoundError(f"lease {lease} not found or expired")
         return float(ttl)
 
     async def lease_revoke(self, lease: int) -> None:
+        self._lease_ttls.pop(lease, None)
         with contextlib.suppress(LeaseNotFoundError):
             await self._call("/v3/lease/revoke", {"ID": str(lease)}, idempotent=True)
 
