@@ -9,18 +9,25 @@ transactions (the leader's fenced writes: compare a revision, put). etcd is a
 real three-member cluster of Debian's ``etcd-server`` on loopback; both keep
 their data on /dev/shm, so neither pays for a disk flush (a real etcd fsyncs
 its WAL on every write: on disks expect it lower).
+
+A second peer separates Aether's cost from the transport's: the same puts sent
+one at a time straight to etcd's JSON gateway with a bare ``httpx.AsyncClient``
+(no StateStore code at all), to the member the store used, in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from aether.store import EtcdStateStore, SqliteStateStore, StateStore
 from aether.store.base import Compare, Put
@@ -66,6 +73,18 @@ async def _cas(store: StateStore, ops: int, prefix: str) -> float:
     return round(ops / (time.perf_counter() - start), 1)
 
 
+async def _raw_gateway(endpoint: str, ops: int, prefix: str) -> float:
+    """Sequential puts to etcd's JSON gateway with bare httpx: the transport's own ceiling."""
+    value = base64.b64encode(VALUE).decode()
+    async with httpx.AsyncClient() as client:
+        start = time.perf_counter()
+        for i in range(ops):
+            key = base64.b64encode(f"{prefix}/raw/{i}".encode()).decode()
+            response = await client.post(f"{endpoint}/v3/kv/put", json={"key": key, "value": value})
+            response.raise_for_status()
+        return round(ops / (time.perf_counter() - start), 1)
+
+
 def _round(stats: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in stats.items()}
 
@@ -91,6 +110,9 @@ async def run(ops: int) -> None:
     cluster = EtcdCluster(size=3).start()
     try:
         etcd = await _measure(lambda: EtcdStateStore.open(cluster.endpoints), ops)
+        raw = await _raw_gateway(
+            cluster.endpoints[0], ops, f"bench-raw-{os.getpid()}-{time.time_ns()}"
+        )
     finally:
         cluster.stop()
     ratios = {
@@ -102,6 +124,7 @@ async def run(ops: int) -> None:
         ),
         "cas_txn": round(etcd["cas_txn_ops_per_s"] / sqlite["cas_txn_ops_per_s"], 3),
     }
+    through_store = round(etcd["sequential_put"]["ops_per_s"] / raw, 3)
     write_result(
         "state_store_writes",
         {
@@ -112,6 +135,8 @@ async def run(ops: int) -> None:
             "sqlite": sqlite,
             "etcd_3_members": etcd,
             "ratio_etcd_to_sqlite": ratios,
+            "raw_gateway_sequential_put_ops_per_s": raw,
+            "ratio_store_to_raw_gateway_sequential_put": through_store,
         },
     )
 

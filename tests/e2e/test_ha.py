@@ -91,7 +91,25 @@ def test_killing_the_leader_during_a_deploy_loses_nothing(ha: HaCluster, tmp_pat
         out, err = deploy.communicate(timeout=120)
         assert deploy.returncode == 0, (out, err)
         assert json.loads(out)["status"] == "active"
-        wait_for(lambda: _versions(ha) == [2, 2], 30, "exactly 2 instances of v2")
+        try:
+            wait_for(lambda: _versions(ha) == [2, 2], 30, "exactly 2 instances of v2")
+        except AssertionError as exc:  # say what the cluster holds instead
+            instances = ha.api_get("/instances?app=hello-python")
+            shown = [
+                {k: i.get(k) for k in ("key", "version", "node", "command", "state", "message")}
+                for i in instances
+            ]
+            events = [
+                (
+                    d["version"],
+                    [
+                        (e["type"], e["message"])
+                        for e in ha.api_get(f"/deployments/{d['id']}/events")
+                    ],
+                )
+                for d in ha.api_get("/apps/hello-python/deployments")
+            ]
+            raise AssertionError(f"{exc}; instances: {shown}; events: {events}") from None
         time.sleep(0.5)
     finally:
         probe.stop()

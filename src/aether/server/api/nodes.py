@@ -146,8 +146,11 @@ async def assignments(
     async def stream() -> AsyncIterator[bytes]:
         start = from_revision
         if start == 0:
-            inst_kvs, _ = await ctx.store.range(f"instances/{node}/")
-            ep_kvs, revision = await ctx.store.range("endpoints/")
+            # two reads, two revisions: the events resume after the first, so a write
+            # between them is sent again rather than lost (replaying is harmless: each
+            # event carries the whole value, and the last one wins)
+            inst_kvs, revision = await ctx.store.range(f"instances/{node}/")
+            ep_kvs, _ = await ctx.store.range("endpoints/")
             snapshot = {
                 "type": "snapshot",
                 "revision": revision,
