@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
 import httpx
 
+from aether.model.app import AppSpec
 from tests.server.conftest import RunningServer
-from tests.server.support import assert_envelope, bearer, deploy, unique, upload_random
+from tests.server.support import (
+    assert_envelope,
+    bearer,
+    deploy,
+    spec_for,
+    unique,
+    upload_random,
+)
 
 
 async def _app_with_a_deployment(server: RunningServer, http: httpx.AsyncClient) -> str:
@@ -103,3 +112,87 @@ async def test_every_mutating_route_takes_a_key_without_breaking_its_errors(
                 assert set(authed.json()) == {"code", "message", "trace_id"}
             checked += 1
     assert checked >= 15
+
+
+async def _forget_answer(server: RunningServer, scoped: str) -> None:
+    """What a server that died after the handler ran, before it stored the answer, leaves.
+
+    (The middleware stores the answer after sending it: wait for it, then drop it.)
+    """
+    from sqlalchemy import delete
+
+    from aether.store.records.schema import IdempotencyKey
+
+    records = server.ctx.records
+
+    async def forget() -> int:
+        async with records.sessions() as session:
+            result = await session.execute(
+                delete(IdempotencyKey).where(IdempotencyKey.key == scoped)
+            )
+            await session.commit()
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    for _ in range(100):
+        if await asyncio.to_thread(server.run, forget()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the answer to {scoped!r} was never stored")
+
+
+async def _versions(http: httpx.AsyncClient, server: RunningServer, app: str) -> list[int]:
+    listed = await http.get(f"/api/v1/apps/{app}/deployments", headers=bearer(server.admin_token))
+    return sorted(d["version"] for d in listed.json())
+
+
+async def test_a_deploy_whose_answer_was_lost_is_not_made_twice(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """The CLI retries a deploy with the same key when the server died mid-request;
+    the deployment row carries the key, so the retry answers with that deployment."""
+    app = unique("lost-answer")
+    digest = await upload_random(http, server.admin_token)
+    key = uuid.uuid4().hex
+    first = await deploy(http, server.admin_token, app, digest, instances=0, key=key)
+    assert first.status_code == 201
+    await _forget_answer(server, f"POST /api/v1/apps/{app}/deployments {key}")
+    again = await deploy(http, server.admin_token, app, digest, instances=0, key=key)
+    assert again.status_code == 201
+    assert "idempotent-replay" not in again.headers  # the handler ran, and found its work
+    assert again.json()["id"] == first.json()["id"]
+    assert await _versions(http, server, app) == [1]
+    # another key is another deploy
+    other = await deploy(http, server.admin_token, app, digest, instances=0, key=uuid.uuid4().hex)
+    assert other.json()["version"] == 2
+
+
+async def test_a_deploy_that_died_before_its_blueprint_is_finished_by_the_retry(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """The server wrote the deployment row and died before the blueprint: the retry
+    with the same key makes that deployment the blueprint instead of another one."""
+    app = unique("half-done")
+    digest = await upload_random(http, server.admin_token)
+    assert (await deploy(http, server.admin_token, app, digest, instances=0)).status_code == 201
+    key = uuid.uuid4().hex
+    scoped = f"POST /api/v1/apps/{app}/deployments {key}"
+    records = server.ctx.records
+    spec = AppSpec.model_validate(spec_for(app) | {"name": app}).model_dump(mode="json")
+
+    async def half_done() -> int:
+        tenant = (await records.authenticate(server.admin_token)).tenant_id  # type: ignore[union-attr]
+        row = await records.get_or_create_app(tenant, app)
+        dep, created = await records.create_deployment(
+            tenant, row, digest=digest, spec=spec, instances=0, request_key=scoped
+        )
+        assert created
+        return dep.version
+
+    version = await asyncio.to_thread(server.run, half_done())
+    assert version == 2
+    retried = await deploy(http, server.admin_token, app, digest, instances=0, key=key)
+    assert retried.status_code == 201
+    assert retried.json()["version"] == 2
+    assert await _versions(http, server, app) == [1, 2]
+    blueprint = await http.get(f"/api/v1/blueprints/{app}", headers=bearer(server.admin_token))
+    assert blueprint.json()["version"] == 2

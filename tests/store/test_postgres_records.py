@@ -141,7 +141,8 @@ async def test_apps_and_deployments(records: Records) -> None:
             for i in range(4)
         )
     )
-    assert sorted(d.version for d in raced) == [1, 2, 3, 4]  # the unique (app, version) retry
+    assert sorted(d.version for d, _ in raced) == [1, 2, 3, 4]  # the unique (app, version) retry
+    assert all(created for _, created in raced)
     listed = await records.list_deployments(tenant.id, app)
     assert [d.version for d in listed] == [4, 3, 2, 1]
     assert all(d.spec == spec for d in listed)

@@ -23,11 +23,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.server.context import ServerContext
 
-__all__ = ["IdempotencyMiddleware", "replay_body", "request_fingerprint"]
+__all__ = ["IdempotencyMiddleware", "replay_body", "request_fingerprint", "request_key"]
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BUFFER_LIMIT = 1 << 20
@@ -41,6 +42,21 @@ def request_fingerprint(body: bytes, content_type: str) -> str:
         with contextlib.suppress(ValueError):
             body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(body).hexdigest()
+
+
+_STATE_KEY = "idempotency_key"
+
+
+def request_key(request: Request) -> str | None:
+    """The request's scoped Idempotency-Key, or None without one.
+
+    The middleware stores an answer only after the handler returned; a server that
+    dies in between has done the work but kept no answer, so a retry would run the
+    handler again. A handler that creates something (a deployment) stores this key
+    on what it creates, in the same write, and returns that on a retry instead.
+    """
+    value = getattr(request.state, _STATE_KEY, None)
+    return value if isinstance(value, str) else None
 
 
 class IdempotencyMiddleware:
@@ -108,6 +124,9 @@ class IdempotencyMiddleware:
                 return
             replay_receive = receive if streamed else replay_body(body, receive)
             captured = _Capture(send)
+            # a handler whose effect must survive a crash before the answer is stored
+            # records this with it (see ``request_key``)
+            scope.setdefault("state", {})[_STATE_KEY] = name
             await self.app(scope, replay_receive, captured.send)
             if captured.storable():
                 await ctx.records.save_idempotent(

@@ -26,6 +26,7 @@ from aether.model.cluster import Blueprint, DeploymentRef
 from aether.server.auth import Caller, Operator
 from aether.server.cluster import ClusterSnapshot, dump, read_snapshot, update_blueprint
 from aether.server.context import ServerContext, get_context
+from aether.server.idempotency import request_key
 from aether.server.signatures import check_deployable
 from aether.store.records import Principal
 from aether.store.records.schema import App, Deployment
@@ -101,8 +102,14 @@ async def _start_deployment(
     spec: AppSpec,
     instances: int,
     rollback_of: int | None = None,
+    request_key: str | None = None,
 ) -> dict[str, Any]:
-    """Record version N+1 and make it the app's blueprint."""
+    """Record version N+1 and make it the app's blueprint.
+
+    A retry of a request (same ``request_key``) whose answer was lost finds the
+    deployment it created, makes it the blueprint if that had not happened yet,
+    and answers with it: one request, one version.
+    """
     digest = parse_digest(digest)
     if not await ctx.records.has_artifact(
         caller.tenant_id, digest
@@ -113,16 +120,22 @@ async def _start_deployment(
     await check_deployable(ctx, caller.tenant_id, app_name, digest)  # require_signature
     spec = spec.model_copy(update={"name": app_name})
     app = await ctx.records.get_or_create_app(caller.tenant_id, app_name)
-    dep = await ctx.records.create_deployment(
+    dep, created = await ctx.records.create_deployment(
         caller.tenant_id,
         app,
         digest=digest,
         spec=spec.model_dump(mode="json"),
         instances=instances,
         rollback_of=rollback_of,
+        request_key=request_key,
     )
-    ctx.metrics.deployments_created.inc()
     current = await _owned_blueprint(ctx, caller, app_name)
+    if not created:  # the blueprint is the one the first attempt recorded
+        if current is not None and current.version >= dep.version:
+            return deployment_out(app, dep).model_dump(mode="json")  # it landed before
+        digest, instances = dep.digest, dep.instances
+        spec = AppSpec.model_validate(dep.spec)
+    ctx.metrics.deployments_created.inc()
     blueprint = Blueprint(
         app=app_name,
         tenant=caller.tenant_id,
@@ -164,7 +177,13 @@ async def create_deployment(
 
     async def produce() -> dict[str, Any]:
         out = await _start_deployment(
-            ctx, caller, app, digest=body.digest, spec=body.spec, instances=instances
+            ctx,
+            caller,
+            app,
+            digest=body.digest,
+            spec=body.spec,
+            instances=instances,
+            request_key=request_key(request),
         )
         if body.sbom is not None or body.manifest is not None:
             await ctx.records.set_artifact_metadata(
@@ -302,6 +321,7 @@ async def rollback(
             spec=AppSpec.model_validate(target.spec),
             instances=instances,
             rollback_of=target.version,
+            request_key=request_key(request),
         )
 
     return JSONResponse(await produce(), status_code=201)

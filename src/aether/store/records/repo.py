@@ -271,9 +271,19 @@ class Records:
         spec: dict[str, Any],
         instances: int,
         rollback_of: int | None = None,
-    ) -> Deployment:
-        """Version N+1 of ``app``; retried if two deploys race for the same number."""
+        request_key: str | None = None,
+    ) -> tuple[Deployment, bool]:
+        """Version N+1 of ``app`` and True; retried if two deploys race for the same number.
+
+        With a ``request_key`` (the request's Idempotency-Key) a deployment already
+        created by that request is returned with False instead: the request ran
+        before and its answer was lost.
+        """
         for _ in range(5):
+            if request_key is not None:
+                found = await self.deployment_by_request(tenant_id, request_key)
+                if found is not None:
+                    return found, False
             async with self.sessions() as session:
                 latest = await session.scalar(
                     select(func.max(Deployment.version)).where(Deployment.app_id == app.id)
@@ -289,14 +299,25 @@ class Records:
                     status="pending",
                     rollback_of=rollback_of,
                     created_at=now(),
+                    request_key=request_key,
                 )
                 session.add(deployment)
                 try:
                     await session.commit()
-                    return deployment
+                    return deployment, True
                 except IntegrityError:
                     await session.rollback()
         raise ConflictError(f"too many concurrent deployments of {app.name}; try again")
+
+    async def deployment_by_request(self, tenant_id: str, request_key: str) -> Deployment | None:
+        """The deployment the request with this Idempotency-Key created, if any."""
+        async with self.sessions() as session:
+            found: Deployment | None = await session.scalar(
+                select(Deployment).where(
+                    Deployment.tenant_id == tenant_id, Deployment.request_key == request_key
+                )
+            )
+            return found
 
     async def list_deployments(self, tenant_id: str, app: App) -> Sequence[Deployment]:
         async with self.sessions() as session:

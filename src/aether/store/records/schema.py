@@ -106,7 +106,11 @@ class Artifact(Base):
 
 class Deployment(Base):
     __tablename__ = "deployments"
-    __table_args__ = (UniqueConstraint("app_id", "version"),)
+    __table_args__ = (
+        UniqueConstraint("app_id", "version"),
+        # the Idempotency-Key of the request that created it (NULLs never collide)
+        Index("ux_deployments_request_key", "tenant_id", "request_key", unique=True),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"))
@@ -119,6 +123,7 @@ class Deployment(Base):
     created_at: Mapped[datetime]
     rollout: Mapped[dict[str, Any] | None]  # strategy and its parameters
     healthy_at: Mapped[datetime | None]
+    request_key: Mapped[str | None] = mapped_column(String(255))
 
 
 class DeploymentEvent(Base):
