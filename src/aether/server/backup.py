@@ -719,6 +719,53 @@ def _remove_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+async def _restore_s3_artifacts(
+    registry: S3ArtifactRegistry, settings: ServerSettings, stage: Path, art_files: list[str]
+) -> dict[str, Any]:
+    """Upload the backup's artifacts into the bucket, each verified; existing ones are kept."""
+    uploaded = duplicates = 0
+    with _s3_errors(f"restoring the artifacts into {settings.artifacts_url}"):
+        for name in art_files:
+            digest = f"sha256:{PurePosixPath(name).name}"
+            if _DIGEST_RE.fullmatch(digest) is None:
+                continue  # not an artifact (a stray file of a local directory)
+            result = await registry.write_stream(file_chunks(stage / name), digest)
+            duplicates += result.duplicate
+            uploaded += not result.duplicate
+    return {
+        "engine": "s3",
+        "url": settings.artifacts_url,
+        "files": len(art_files),
+        "uploaded": uploaded,
+        "duplicates": duplicates,
+    }
+
+
+def _restore_records(
+    engine: str, records_url: str, records_db: Path | None, stage: Path
+) -> dict[str, Any]:
+    """The records: the SQLite file into place, or ``pg_restore`` into ``records_url``."""
+    if engine == "sqlite":
+        assert records_db is not None
+        records_db.parent.mkdir(parents=True, exist_ok=True)
+        _remove_db(records_db)
+        os.replace(stage / "records.db", records_db)
+        return {"engine": "sqlite", "path": str(records_db)}
+    _run(
+        [
+            "pg_restore",
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--single-transaction",
+            f"--dbname={_libpq_url(records_url)}",
+            str(stage / "records.pgdump"),
+        ],
+        "the PostgreSQL restore",
+    )
+    return {"engine": "postgresql"}
+
+
 async def restore_backup(
     archive: Path,
     settings: ServerSettings,
@@ -807,22 +854,9 @@ async def restore_backup(
         # artifacts first: a bucket that fails half-way leaves state and records untouched,
         # and running it again only finds duplicates
         if registry is not None:
-            uploaded = duplicates = 0
-            with _s3_errors(f"restoring the artifacts into {settings.artifacts_url}"):
-                for name in art_files:
-                    digest = f"sha256:{PurePosixPath(name).name}"
-                    if _DIGEST_RE.fullmatch(digest) is None:
-                        continue  # not an artifact (a stray file of a local directory)
-                    result = await registry.write_stream(file_chunks(stage / name), digest)
-                    duplicates += result.duplicate
-                    uploaded += not result.duplicate
-            restored["artifacts"] = {
-                "engine": "s3",
-                "url": settings.artifacts_url,
-                "files": len(art_files),
-                "uploaded": uploaded,
-                "duplicates": duplicates,
-            }
+            restored["artifacts"] = await _restore_s3_artifacts(
+                registry, settings, stage, art_files
+            )
         elif art_info.get("included", art_info.get("engine") == "local"):
             _replace_dir(stage / "artifacts", data_dir / "artifacts")
             restored["artifacts"] = {"engine": "local", "files": len(art_files)}
@@ -878,26 +912,8 @@ async def restore_backup(
                 "from": state_engine,
             }
         # records
-        if records_engine == "sqlite":
-            assert records_db is not None
-            records_db.parent.mkdir(parents=True, exist_ok=True)
-            _remove_db(records_db)
-            os.replace(stage / "records.db", records_db)
-            restored["records"] = {"engine": "sqlite", "path": str(records_db)}
-        elif records_engine == "postgresql":
-            _run(
-                [
-                    "pg_restore",
-                    "--clean",
-                    "--if-exists",
-                    "--no-owner",
-                    "--single-transaction",
-                    f"--dbname={_libpq_url(records_url)}",
-                    str(stage / "records.pgdump"),
-                ],
-                "the PostgreSQL restore",
-            )
-            restored["records"] = {"engine": "postgresql"}
+        if records_engine in ("sqlite", "postgresql"):
+            restored["records"] = _restore_records(records_engine, records_url, records_db, stage)
         info = parts.get("blobs", {})
         if info.get("engine") == "local":
             _replace_dir(stage / "blobs", data_dir / "blobs")
