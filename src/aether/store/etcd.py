@@ -429,6 +429,13 @@ class EtcdStateStore:
                 failures.append(f"{endpoint}: {_describe(e)}")
                 self._failed(index)
                 continue
+            except ssl.SSLError as e:
+                # TLS 1.3 reports a refused client certificate on the first read, and
+                # httpcore lets that error through unwrapped: nothing was applied
+                tls_failures += 1
+                failures.append(f"{endpoint}: {_describe(e)}")
+                self._failed(index)
+                continue
             except httpx.TransportError as e:
                 failures.append(f"{endpoint}: {_describe(e)}")
                 self._failed(index)
@@ -796,7 +803,12 @@ class EtcdStateStore:
                     await self._renew_token(token)
                     renewed = True
                     continue  # the same member, with the new token
-                except (httpx.TransportError, StoreUnavailableError, TimeoutError) as e:
+                except (
+                    httpx.TransportError,
+                    ssl.SSLError,
+                    StoreUnavailableError,
+                    TimeoutError,
+                ) as e:
                     failures.append(f"{endpoint}: {_describe(e)}")
                 # this member is gone, frozen or cut us off: resume on the next one
                 self._failed(index)
@@ -890,7 +902,7 @@ class EtcdStateStore:
                 headers=self._headers(),
                 timeout=min(self._timeout, self._watch_idle),
             )
-        except httpx.TransportError:
+        except (httpx.TransportError, ssl.SSLError):
             return False
         if response.status_code == 200:
             self._answered[index] = time.monotonic()
