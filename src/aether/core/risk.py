@@ -76,7 +76,7 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aether.model.risk import RiskAssessment, RiskStatus
 
@@ -288,26 +288,27 @@ def _price_confidence(points: int) -> float:
     return min(1.0, points / PRICE_POINTS)
 
 
-def _price_trend(signals: Sequence[Signal], health: Health, now: float) -> RuleResult:
-    stats = price_stats(price_window(signals, now))
-    confidence = _price_confidence(stats.points)
-    figures = {**stats.figures(), "threshold": TREND_CRITICAL}
-    if stats.trend is not None and stats.trend > TREND_CRITICAL:
-        return RuleResult(
-            "market.price_trend", RiskStatus.CRITICAL, "Price Spike Detected", confidence, figures
-        )
-    return stable("market.price_trend", confidence, **figures)
+def _price_rule(
+    name: str, figure: Literal["trend", "volatility"], threshold: float, cause: str
+) -> Callable[[Sequence[Signal], Health, float], RuleResult]:
+    """A market rule: CRITICAL when one figure of the price window passes ``threshold``."""
+
+    def rule(signals: Sequence[Signal], health: Health, now: float) -> RuleResult:
+        stats = price_stats(price_window(signals, now))
+        confidence = _price_confidence(stats.points)
+        figures = {**stats.figures(), "threshold": threshold}
+        value: float | None = getattr(stats, figure)
+        if value is not None and value > threshold:
+            return RuleResult(name, RiskStatus.CRITICAL, cause, confidence, figures)
+        return stable(name, confidence, **figures)
+
+    return rule
 
 
-def _volatility(signals: Sequence[Signal], health: Health, now: float) -> RuleResult:
-    stats = price_stats(price_window(signals, now))
-    confidence = _price_confidence(stats.points)
-    figures = {**stats.figures(), "threshold": VOLATILITY_CRITICAL}
-    if stats.volatility is not None and stats.volatility > VOLATILITY_CRITICAL:
-        return RuleResult(
-            "market.volatility", RiskStatus.CRITICAL, "Market Instability", confidence, figures
-        )
-    return stable("market.volatility", confidence, **figures)
+_price_trend = _price_rule("market.price_trend", "trend", TREND_CRITICAL, "Price Spike Detected")
+_volatility = _price_rule(
+    "market.volatility", "volatility", VOLATILITY_CRITICAL, "Market Instability"
+)
 
 
 def _capacity(signals: Sequence[Signal], health: Health, now: float) -> RuleResult:
