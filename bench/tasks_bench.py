@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import REPO, RESULTS, percentile, write_result
+from bench.common import REPO, RESULTS, percentile, wait_until_quiet, write_result
 from tests.e2e.cluster import Cluster, free_port, wait_for
 
 RESULT_NAME = "tasks"
@@ -769,30 +769,6 @@ def _show(name: str, burst: dict[str, Any]) -> None:
     )
 
 
-def _busy(seconds: float = 2.0) -> float:
-    """The fraction of all CPUs busy over ``seconds`` (from /proc/stat)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
-
-    total, idle = sample()
-    time.sleep(seconds)
-    total2, idle2 = sample()
-    return 1 - (idle2 - idle) / max(1, total2 - total)
-
-
-def _quiet(limit: float = 0.15, patience: float = 90) -> float:
-    """Wait (up to ``patience`` s) until nothing else keeps this machine busy; how busy it was."""
-    deadline = time.monotonic() + patience
-    while True:
-        busy = _busy()
-        if busy <= limit or time.monotonic() > deadline:
-            if busy > limit:
-                print(f"the machine stays {busy:.0%} busy: measuring anyway", file=sys.stderr)
-            return round(busy, 3)
-
-
 def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median throughput, with every round's headline figures."""
     ordered = sorted(rounds, key=lambda r: r["burst"]["throughput_per_s"] or 0)
@@ -869,7 +845,8 @@ def main(argv: list[str] | None = None) -> None:
             ) from None
 
     def measured(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        busy = _quiet()  # another tenant of this machine would skew every figure
+        # another tenant of this machine would skew every figure
+        busy = wait_until_quiet(patience=90)
         return {**fn(), "run": run, "machine_busy_before": busy}
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:

@@ -48,7 +48,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import REPO, percentile, write_result
+from bench.common import REPO, machine_busy, percentile, wait_until_quiet, write_result
 from tests.e2e.cluster import free_port, wait_for
 
 RESULT_NAME = "telemetry"
@@ -126,8 +126,21 @@ async def _simulate(
     slow: list[float] = []  # when in the second (wall clock) the slow pushes were sent
     sent = 0
 
-    async def node_loop(session: aiohttp.ClientSession, node: str) -> None:
+    def record(begun: float, due: float, status: int | str, elapsed: float) -> None:
+        """Count one push sent at ``begun`` (due at ``due``), once the warm-up is over."""
         nonlocal sent
+        if begun < measure_from:
+            return
+        sent += 1
+        lateness.append(max(0.0, begun - due))
+        if status == 204:
+            latencies.append(elapsed)
+            if elapsed > 0.05:
+                slow.append(round(begun % 1.0, 3))
+        else:
+            errors[str(status)] = errors.get(str(status), 0) + 1
+
+    async def node_loop(session: aiohttp.ClientSession, node: str) -> None:
         template = templates[node]
         target = f"{url}/api/v1/nodes/{node}/metrics"
         next_at = start_at + rng.random()  # every node at its own phase
@@ -148,16 +161,7 @@ async def _simulate(
                     status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status = type(exc).__name__
-            elapsed = time.perf_counter() - started
-            if begun >= measure_from:
-                sent += 1
-                lateness.append(max(0.0, begun - next_at))
-                if status == 204:
-                    latencies.append(elapsed)
-                    if elapsed > 0.05:
-                        slow.append(round(begun % 1.0, 3))
-                else:
-                    errors[str(status)] = errors.get(str(status), 0) + 1
+            record(begun, next_at, status, time.perf_counter() - started)
             seq += 1
             next_at += 1.0
             if next_at < time.time():  # more than a period late: send now, then on schedule
@@ -165,7 +169,6 @@ async def _simulate(
 
     async def raw_node_loop(node: str) -> None:
         """The same schedule over one keep-alive connection, HTTP/1.1 written by hand."""
-        nonlocal sent
         template = templates[node]
         host, _, port = url.removeprefix("http://").partition(":")
         head = (
@@ -191,16 +194,7 @@ async def _simulate(
                 for line in response.lower().split(b"\r\n"):
                     if line.startswith(b"content-length:") and int(line.split(b":")[1]):
                         await reader.readexactly(int(line.split(b":")[1]))
-                elapsed = time.perf_counter() - started
-                if begun >= measure_from:
-                    sent += 1
-                    lateness.append(max(0.0, begun - next_at))
-                    if status == 204:
-                        latencies.append(elapsed)
-                        if elapsed > 0.05:
-                            slow.append(round(begun % 1.0, 3))
-                    else:
-                        errors[str(status)] = errors.get(str(status), 0) + 1
+                record(begun, next_at, status, time.perf_counter() - started)
                 seq += 1
                 next_at += 1.0
                 if next_at < time.time():
@@ -253,26 +247,6 @@ def _machine_ticks() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     total = sum(fields[:8])
     return total - fields[3] - fields[4], total
-
-
-def _busy(seconds: float = 2.0) -> float:
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]
-
-    total, idle = sample()
-    time.sleep(seconds)
-    total2, idle2 = sample()
-    return 1 - (idle2 - idle) / max(1, total2 - total)
-
-
-def _quiet(limit: float = 0.15, patience: float = 60) -> float:
-    """Wait (up to ``patience`` s) until nothing else keeps the machine busy; how busy it was."""
-    deadline = time.monotonic() + patience
-    while True:
-        busy = _busy()
-        if busy <= limit or time.monotonic() > deadline:
-            return round(busy, 3)
 
 
 def _histogram(text: str) -> dict[str, float]:
@@ -513,7 +487,7 @@ def main() -> None:
         return
 
     steps = [int(s) for s in args.steps.split(",")]
-    busy_before = round(_busy(), 3)
+    busy_before = round(machine_busy(), 3)
     print(
         f"{os.cpu_count()} CPUs (machine {busy_before:.0%} busy before): the server and "
         f"{args.workers} load-generator processes share them, so these figures are a lower "
@@ -529,7 +503,7 @@ def main() -> None:
         results: list[dict[str, Any]] = []
         try:
             for nodes in steps:
-                quiet = _quiet()  # the previous step's nodes go stale meanwhile
+                quiet = wait_until_quiet()  # the previous step's nodes go stale meanwhile
                 step = run_step(
                     server, nodes, args.workers, args.warmup, args.duration, root, client
                 )
