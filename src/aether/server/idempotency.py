@@ -191,15 +191,18 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """A receive channel that yields ``body`` (already read) once, then the real channel."""
+def replay_body(body: bytes, receive: Receive, *, more: bool = False) -> Receive:
+    """A receive channel that yields ``body`` (already read) once, then the real channel.
+
+    ``more``: the body was read only in part; the rest follows from ``receive``.
+    """
     sent = False
 
     async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": more}
         return await receive()  # later: the real channel, so disconnects are still seen
 
     return replay

@@ -20,12 +20,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aether.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
 from aether.server.auth import Caller, NodeCaller, cached_caller
 from aether.server.context import ServerContext, get_context
+from aether.server.idempotency import replay_body
 from aether.store.records import Principal
 
 __all__ = ["MAX_PUSH_BYTES", "TelemetryFastPath", "router"]
@@ -224,18 +225,6 @@ _PREFIX = "/api/v1/nodes/"
 _SUFFIX = "/metrics"
 
 
-def _replay(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
-    """A receive channel that hands out the body read so far again, then the rest."""
-    pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": more}]
-
-    async def again() -> Message:
-        if pending:
-            return pending.pop()
-        return await receive()
-
-    return again
-
-
 class TelemetryFastPath:
     """ASGI middleware: the success path of ``POST /api/v1/nodes/{node}/metrics``."""
 
@@ -292,7 +281,7 @@ class TelemetryFastPath:
             if size > MAX_PUSH_BYTES or not more:
                 break
         if more:  # too large: the route refuses it in the envelope
-            await self.app(scope, _replay(chunks, True, receive), send)
+            await self.app(scope, replay_body(b"".join(chunks), receive, more=True), send)
             return
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
@@ -300,7 +289,7 @@ class TelemetryFastPath:
         except ValidationError:
             update = None
         if update is None or update.node != node:  # the route explains what is wrong
-            await self.app(scope, _replay([body], False, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         ctx.telemetry.ingest(update, received_at=time.time(), raw=body)
         ctx.telemetry.fast_pushes += 1
