@@ -8,7 +8,8 @@ default settings: it is the leader, so it also aggregates every second, feeds
 the risk engine and the controller, and writes roll-ups every minute). For each
 step N, ``--workers`` load-generator processes simulate N nodes between them:
 each node pushes a realistic ``NodeMetrics`` (10 instances, 5 endpoints, ~2.6 kB
-of JSON) once per second at its own phase with the join token, like the node
+of JSON) once per second at its own phase with its own credential (each
+simulated node joins once, before the first step, with the join token), like the node
 daemon (a late push is sent at once, then the schedule continues). Two
 generators (``--client both``, the default; a fresh server for each):
 ``aiohttp`` sessions, and ``raw`` -- HTTP/1.1 written by hand on one keep-alive
@@ -106,7 +107,7 @@ def node_template(node: str, rng: random.Random) -> bytes:
 
 async def _simulate(
     url: str,
-    token: str,
+    tokens: dict[str, str],
     nodes: list[str],
     start_at: float,
     warmup: float,
@@ -117,7 +118,6 @@ async def _simulate(
 
     rng = random.Random(hash(nodes[0]) if nodes else 0)
     templates = {node: node_template(node, rng).decode() for node in nodes}
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     measure_from = start_at + warmup
     stop_at = measure_from + duration
     latencies: list[float] = []
@@ -143,6 +143,7 @@ async def _simulate(
     async def node_loop(session: aiohttp.ClientSession, node: str) -> None:
         template = templates[node]
         target = f"{url}/api/v1/nodes/{node}/metrics"
+        headers = {"Authorization": f"Bearer {tokens[node]}", "Content-Type": "application/json"}
         next_at = start_at + rng.random()  # every node at its own phase
         seq = 0
         while True:
@@ -173,7 +174,7 @@ async def _simulate(
         host, _, port = url.removeprefix("http://").partition(":")
         head = (
             f"POST /api/v1/nodes/{node}/metrics HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {tokens[node]}\r\nContent-Type: application/json\r\n"
         )
         next_at = start_at + rng.random()
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -224,12 +225,15 @@ async def _simulate(
     }
 
 
+def sim_node(i: int) -> str:
+    return f"sim-{i:05d}"
+
+
 def worker_main(args: argparse.Namespace) -> None:
-    nodes = [f"sim-{i:05d}" for i in range(args.first, args.first + args.count)]
+    nodes = [sim_node(i) for i in range(args.first, args.first + args.count)]
+    tokens: dict[str, str] = json.loads(Path(args.credentials).read_text())
     result = asyncio.run(
-        _simulate(
-            args.url, args.token, nodes, args.start_at, args.warmup, args.duration, args.client
-        )
+        _simulate(args.url, tokens, nodes, args.start_at, args.warmup, args.duration, args.client)
     )
     Path(args.out).write_text(json.dumps(result))
 
@@ -317,6 +321,23 @@ class Server:
         wait_for(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, 60, "server ready")
         self.join_token = (root / "server" / "join.token").read_text().strip()
         self.admin_token = (root / "server" / "admin.token").read_text().strip()
+        self.credentials = root / "credentials.json"
+
+    def join(self, count: int) -> Path:
+        """Each of the first ``count`` simulated nodes joins (once): their credentials."""
+        known: dict[str, str] = (
+            json.loads(self.credentials.read_text()) if self.credentials.exists() else {}
+        )
+        with httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.join_token}"}, timeout=30
+        ) as http:
+            for node in (sim_node(i) for i in range(count)):
+                if node not in known:
+                    response = http.post("/api/v1/nodes/join", json={"id": node})
+                    response.raise_for_status()
+                    known[node] = response.json()["credential"]
+        self.credentials.write_text(json.dumps(known))
+        return self.credentials
 
     def metrics_text(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=30).text
@@ -351,6 +372,7 @@ def run_step(
     root: Path,
     client: str,
 ) -> dict[str, Any]:
+    credentials = server.join(nodes)
     start_at = time.time() + 2.0  # time for the workers to start and build their bodies
     per = [nodes // workers + (1 if i < nodes % workers else 0) for i in range(workers)]
     procs, outs, first = [], [], 0
@@ -366,8 +388,8 @@ def run_step(
                     "worker",
                     "--url",
                     server.url,
-                    "--token",
-                    server.join_token,
+                    "--credentials",
+                    str(credentials),
                     "--first",
                     str(first),
                     "--count",
@@ -461,7 +483,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="mode")
     worker = sub.add_parser("worker")
     worker.add_argument("--url", required=True)
-    worker.add_argument("--token", required=True)
+    worker.add_argument("--credentials", required=True, help="JSON: node id -> credential")
     worker.add_argument("--first", type=int, required=True)
     worker.add_argument("--count", type=int, required=True)
     worker.add_argument("--start-at", type=float, required=True)

@@ -25,6 +25,7 @@ from aether.model.api import (
     AppOut,
     DeploymentOut,
     InstanceOut,
+    JoinOut,
     NodeOut,
     RegisterIn,
     RegisterOut,
@@ -303,9 +304,11 @@ class ApiClient:
             data = await self.json("GET", f"/api/v1/apps/{app}/settings")
         return AppSettingsOut.model_validate(data)
 
-    async def _download(self, path: str, dest: Path, what: str) -> None:
+    async def _download(
+        self, path: str, dest: Path, what: str, headers: dict[str, str] | None = None
+    ) -> None:
         """Stream ``GET path`` into ``dest``; a broken transfer moves to the next server."""
-        response = await self._open_stream("GET", path)
+        response = await self._open_stream("GET", path, headers=headers)
         try:
             with dest.open("wb") as fh:
                 async for chunk in response.aiter_bytes(1 << 20):
@@ -316,8 +319,10 @@ class ApiClient:
         finally:
             await response.aclose()
 
-    async def download_artifact(self, digest: str, dest: Path) -> None:
-        await self._download(f"/api/v1/artifacts/{digest}", dest, "artifact download")
+    async def download_artifact(self, digest: str, dest: Path, *, task: str | None = None) -> None:
+        """``task``: a node downloading for a task it holds (a job) names the task."""
+        headers = {"X-Aether-Task": task} if task else None
+        await self._download(f"/api/v1/artifacts/{digest}", dest, "artifact download", headers)
 
     # -- apps and deployments -----------------------------------------------
 
@@ -381,6 +386,41 @@ class ApiClient:
             await response.aclose()
 
     # -- node side ----------------------------------------------------------
+
+    async def join(self, node: str) -> JoinOut:
+        """With a join token: a credential of this node's own (use it for everything else)."""
+        return JoinOut.model_validate(
+            await self.json("POST", "/api/v1/nodes/join", json={"id": node})
+        )
+
+    async def revoke_node(self, node: str) -> dict[str, Any]:
+        """Cluster admin: the node's credential stops working; it may not join again."""
+        result: dict[str, Any] = await self.json("POST", f"/api/v1/nodes/{node}/revoke")
+        return result
+
+    async def allow_node(self, node: str) -> dict[str, Any]:
+        """Cluster admin: let a revoked node join again."""
+        result: dict[str, Any] = await self.json("POST", f"/api/v1/nodes/{node}/allow")
+        return result
+
+    async def create_token(self, role: str, name: str) -> dict[str, Any]:
+        """A new token (admin; role ``join`` only for a cluster admin); shown once."""
+        result: dict[str, Any] = await self.json(
+            "POST", "/api/v1/tokens", json={"role": role, "name": name}
+        )
+        return result
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.json("GET", "/api/v1/tokens")
+        return result
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("DELETE", f"/api/v1/tokens/{token_id}")
+        return result
+
+    def use_token(self, token: str) -> None:
+        """Send ``token`` from now on (a node, once it has its own credential)."""
+        self._http.headers["Authorization"] = f"Bearer {token}"
 
     async def register(self, body: RegisterIn) -> RegisterOut:
         data = await self.json("POST", "/api/v1/nodes/register", json=body.model_dump(mode="json"))
@@ -560,21 +600,32 @@ class ApiClient:
         )
         return TaskOut.model_validate(response.json()) if response.status_code == 200 else None
 
-    async def task_heartbeat(self, task_id: str, node: str) -> bool:
-        data = await self.json("POST", f"/api/v1/tasks/{task_id}/heartbeat", json={"node": node})
+    async def task_heartbeat(self, task_id: str, node: str, *, attempt: int) -> bool:
+        """``attempt``: the claim's ``attempts`` (a later claim of the task is another lease)."""
+        data = await self.json(
+            "POST",
+            f"/api/v1/tasks/{task_id}/heartbeat",
+            json={"node": node, "attempt": attempt},
+        )
         return bool(data["ok"])
 
-    async def complete_task(self, task_id: str, node: str, result: dict[str, Any]) -> TaskOut:
+    async def complete_task(
+        self, task_id: str, node: str, result: dict[str, Any], *, attempt: int
+    ) -> TaskOut:
         data = await self.json(
-            "POST", f"/api/v1/tasks/{task_id}/complete", json={"node": node, "result": result}
+            "POST",
+            f"/api/v1/tasks/{task_id}/complete",
+            json={"node": node, "attempt": attempt, "result": result},
         )
         return TaskOut.model_validate(data)
 
-    async def fail_task(self, task_id: str, node: str, error: str, *, retryable: bool) -> TaskOut:
+    async def fail_task(
+        self, task_id: str, node: str, error: str, *, retryable: bool, attempt: int
+    ) -> TaskOut:
         data = await self.json(
             "POST",
             f"/api/v1/tasks/{task_id}/fail",
-            json={"node": node, "error": error, "retryable": retryable},
+            json={"node": node, "attempt": attempt, "error": error, "retryable": retryable},
         )
         return TaskOut.model_validate(data)
 

@@ -27,7 +27,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 def _push(srv: RunningServer, node: str, seq: int) -> None:
     async def push() -> None:
-        async with ApiClient(srv.base_url, srv.join_token) as client:
+        async with ApiClient(srv.base_url, srv.node_token(node)) as client:
             await client.push_metrics(
                 NodeMetrics(
                     node=node,

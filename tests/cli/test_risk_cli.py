@@ -118,7 +118,7 @@ async def test_signal_then_risk_in_text_and_json(srv: RunningServer, tmp_path: P
 
 async def test_drill_start_and_stop(srv: RunningServer, tmp_path: Path) -> None:
     node = unique("cli-drill")
-    async with ApiClient(srv.base_url, srv.join_token) as node_api:
+    async with ApiClient(srv.base_url, srv.node_token(node)) as node_api:
         await node_api.register(
             RegisterIn(
                 id=node,

@@ -26,7 +26,7 @@ from aether.server.app import create_app
 from aether.server.context import ServerContext
 from aether.server.settings import ServerSettings
 from aether.store.records import DEFAULT_TENANT
-from tests.server.support import MAX_ARTIFACT_BYTES, free_port, unique
+from tests.server.support import MAX_ARTIFACT_BYTES, free_port, join_node, unique
 
 T = TypeVar("T")
 
@@ -40,6 +40,7 @@ class RunningServer:
     app: FastAPI
     loop: asyncio.AbstractEventLoop
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    _nodes: dict[str, str] = field(default_factory=dict)
 
     @property
     def ctx(self) -> ServerContext:
@@ -65,6 +66,13 @@ class RunningServer:
         if key not in self._tokens:
             self._tokens[key] = self.mint(role, tenant)
         return self._tokens[key]
+
+    def node_token(self, node: str) -> str:
+        """Node ``node``'s own credential, got as a node gets it: the join exchange
+        (cached per node id: joining again would revoke the earlier one)."""
+        if node not in self._nodes:
+            self._nodes[node] = join_node(self.base_url, self.join_token, node)
+        return self._nodes[node]
 
     def new_tenant(self) -> str:
         """An admin token of a brand-new tenant."""

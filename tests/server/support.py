@@ -17,6 +17,7 @@ __all__ = [
     "bearer",
     "deploy",
     "free_port",
+    "join_node",
     "sha256_of",
     "spec_for",
     "unique",
@@ -62,6 +63,16 @@ def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[st
     assert response.headers["x-trace-id"] == body["trace_id"]
     result: dict[str, str] = body
     return result
+
+
+def join_node(base_url: str, join_token: str, node: str) -> str:
+    """Exchange the join token for node ``node``'s own credential (``POST /nodes/join``)."""
+    response = httpx.post(
+        f"{base_url}/api/v1/nodes/join", json={"id": node}, headers=bearer(join_token), timeout=10
+    )
+    assert response.status_code == 201, response.text
+    credential: str = response.json()["credential"]
+    return credential
 
 
 def spec_for(app: str, **extra: Any) -> dict[str, Any]:

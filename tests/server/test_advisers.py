@@ -261,7 +261,7 @@ async def test_draining_every_node_is_refused_before_the_last_one(
 ) -> None:
     one, two = unique("s1"), unique("s2")
     for node in (one, two):
-        await register(http, adv.join_token, node)
+        await register(http, adv.node_token(node), node)
     for node, state in (await node_states(http)).items():  # only these two take part
         if node not in (one, two) and state["state"] == "ready":
             assert (await http.post(f"/api/v1/nodes/{node}/drain")).status_code == 200

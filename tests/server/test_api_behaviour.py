@@ -132,10 +132,12 @@ async def test_upload_head_get_roundtrip_and_duplicate(
         "verified": False,
     }
 
-    # an operator may upload too, and a node may read any blob (it must fetch to run it)
+    # an operator may upload too; a node reads only what is assigned to it (nothing here)
     assert (await upload(http, server.token("operator"), data)).json()["duplicate"] is True
-    node_got = await http.get(f"/api/v1/artifacts/{digest}", headers=bearer(server.join_token))
-    assert node_got.content == data
+    node_got = await http.get(
+        f"/api/v1/artifacts/{digest}", headers=bearer(server.node_token(unique("idle")))
+    )
+    assert_envelope(node_got, 403, "forbidden")
 
 
 async def test_real_packed_artifact_through_the_typed_client(
@@ -207,6 +209,25 @@ async def _register(
     return result
 
 
+async def _place_on(
+    http: httpx.AsyncClient, server: RunningServer, node: str, app: str, owner: dict[str, str]
+) -> None:
+    """Register ``node`` (a big one) and heartbeat it until the leader places ``app`` there."""
+    reg = await _register(http, server.node_token(node), node)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        await http.post(
+            f"/api/v1/nodes/{node}/heartbeat",
+            json={"lease_id": reg["lease_id"]},
+            headers=bearer(server.node_token(node)),
+        )
+        placed = (await http.get("/api/v1/instances", params={"app": app}, headers=owner)).json()
+        if any(i["node"] == node for i in placed):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"app {app} was not placed on node {node}")
+
+
 async def test_tenants_are_isolated(server: RunningServer, http: httpx.AsyncClient) -> None:
     a, b = bearer(server.new_tenant()), bearer(server.new_tenant())
     app = unique("isolated")
@@ -214,7 +235,7 @@ async def test_tenants_are_isolated(server: RunningServer, http: httpx.AsyncClie
 
     # a node so that the leader places A's instance (and there is something to hide)
     node = unique("isonode")
-    reg = await _register(http, server.join_token, node)
+    reg = await _register(http, server.node_token(node), node)
     created = await http.post(
         f"/api/v1/apps/{app}/deployments",
         json={"digest": digest, "spec": {"name": app, "start": "sleep 1"}, "instances": 1},
@@ -229,7 +250,7 @@ async def test_tenants_are_isolated(server: RunningServer, http: httpx.AsyncClie
         await http.post(
             f"/api/v1/nodes/{node}/heartbeat",
             json={"lease_id": reg["lease_id"]},
-            headers=bearer(server.join_token),
+            headers=bearer(server.node_token(node)),
         )
         placed = (await http.get("/api/v1/instances", params={"app": app}, headers=a)).json()
         await asyncio.sleep(0.05)
@@ -451,7 +472,7 @@ async def test_node_registers_heartbeats_and_shows_ready(
     server: RunningServer, http: httpx.AsyncClient
 ) -> None:
     node = unique("node")
-    async with ApiClient(server.base_url, server.join_token) as client:
+    async with ApiClient(server.base_url, server.node_token(node)) as client:
         reg = await client.register(
             RegisterIn(
                 id=node,
@@ -480,7 +501,7 @@ async def test_node_registers_heartbeats_and_shows_ready(
         beat = await http.post(
             f"/api/v1/nodes/{node}/heartbeat",
             json={"lease_id": reg.lease_id},
-            headers=bearer(server.join_token),
+            headers=bearer(server.node_token(node)),
         )
         assert beat.status_code == 200
         assert beat.json()["ttl"] > 0
@@ -488,7 +509,7 @@ async def test_node_registers_heartbeats_and_shows_ready(
         stale = await http.post(
             f"/api/v1/nodes/{node}/heartbeat",
             json={"lease_id": reg.lease_id + 1},
-            headers=bearer(server.join_token),
+            headers=bearer(server.node_token(node)),
         )
         assert_envelope(stale, 404, "lease_not_found")
 
@@ -504,12 +525,12 @@ async def test_node_registers_heartbeats_and_shows_ready(
         assert status.api_url == server.ctx.settings.api_url()
 
     # registering again replaces the lease: the old one no longer heartbeats
-    again = await _register(http, server.join_token, node)
+    again = await _register(http, server.node_token(node), node)
     assert again["lease_id"] != reg.lease_id
     old = await http.post(
         f"/api/v1/nodes/{node}/heartbeat",
         json={"lease_id": reg.lease_id},
-        headers=bearer(server.join_token),
+        headers=bearer(server.node_token(node)),
     )
     assert_envelope(old, 404, "lease_not_found")
 
@@ -518,7 +539,7 @@ async def test_drain_and_undrain_are_visible(
     server: RunningServer, http: httpx.AsyncClient
 ) -> None:
     node = unique("drained")
-    await _register(http, server.join_token, node)
+    await _register(http, server.node_token(node), node)
     operator = bearer(server.token("operator"))
     drained = await http.post(f"/api/v1/nodes/{node}/drain", headers=operator)
     assert drained.json() == {"node": node, "draining": True, "migrations": []}
@@ -538,16 +559,18 @@ async def test_logs_pushed_by_a_node_are_read_by_the_owning_tenant(
 ) -> None:
     app = unique("logged")
     digest = await upload_random(http, server.admin_token)
-    assert (await deploy(http, server.admin_token, app, digest, instances=0)).status_code == 201
+    assert (await deploy(http, server.admin_token, app, digest, instances=1)).status_code == 201
     tenant_id = server.run(server.ctx.records.ensure_tenant()).id
+    node = unique("lognode")  # a node runs an instance of the app: its logs are taken
+    await _place_on(http, server, node, app, bearer(server.admin_token))
     pushed = await http.post(
-        "/api/v1/nodes/lognode/logs",
+        f"/api/v1/nodes/{node}/logs",
         json={"entries": [{"tenant": tenant_id, "app": app, "label": "web", "text": "a\nb"}]},
-        headers=bearer(server.join_token),
+        headers=bearer(server.node_token(node)),
     )
     assert pushed.json() == {"accepted": 1}
     logs = await http.get(
         f"/api/v1/apps/{app}/logs", params={"tail": 1}, headers=bearer(server.token("viewer"))
     )
     assert logs.status_code == 200
-    assert logs.text == "[web@lognode] b\n"
+    assert logs.text == f"[web@{node}] b\n"

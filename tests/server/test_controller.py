@@ -265,7 +265,7 @@ async def test_node_pushes_through_the_real_telemetry_hub_scale_an_app(
     await deploy_autoscaled(
         http, ctl.admin_token, app, 1, min=1, max=5, metric="in_flight", target=1.0, horizon=0
     )
-    join = bearer(ctl.join_token)
+    join = bearer(ctl.node_token(node))
 
     async def push_forever() -> None:
         seq = 0
@@ -358,8 +358,8 @@ async def test_critical_drains_low_undrains_and_operator_drains_are_left_alone(
     risk = StaticRisk()
     controller_of(ctl).risk = risk
     one, two = unique("n1"), unique("n2")
-    await register(http, ctl.join_token, one)
-    await register(http, ctl.join_token, two)
+    await register(http, ctl.node_token(one), one)
+    await register(http, ctl.node_token(two), two)
     risk.status = {one: RiskStatus.CRITICAL, two: RiskStatus.LOW}
 
     states = await eventually(lambda: node_states(http), lambda s: s[one]["state"] == "draining")

@@ -132,8 +132,7 @@ async def test_upload_counters_move(
     assert final[("artifacts_total", ())] == after[("artifacts_total", ())] + 1
 
 
-async def _register(node_api: ApiClient) -> tuple[str, int]:
-    node = unique("metrics-node")
+async def _register(node_api: ApiClient, node: str) -> tuple[str, int]:
     reg = await node_api.register(
         RegisterIn(
             id=node,
@@ -185,11 +184,12 @@ async def _drive_node(
 
 
 async def test_deployment_counters_move(metered: RunningServer, http: httpx.AsyncClient) -> None:
+    node_id = unique("metrics-node")
     async with (
         ApiClient(metered.base_url, metered.admin_token) as admin,
-        ApiClient(metered.base_url, metered.join_token) as node_api,
+        ApiClient(metered.base_url, metered.node_token(node_id)) as node_api,
     ):
-        node = await _register(node_api)
+        node = await _register(node_api, node_id)
         data = os.urandom(100)
         await http.post(
             "/api/v1/artifacts",

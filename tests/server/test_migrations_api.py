@@ -60,12 +60,35 @@ async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout: fl
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class FakeNodes:
-    """Plays the node side over HTTP with the join token."""
+class NodeSide:
+    """The node calls of ``ApiClient``, each with the credential of the node it is about."""
 
     def __init__(self, server: RunningServer) -> None:
         self.server = server
-        self.api = ApiClient(server.base_url, server.join_token)
+        self.clients: dict[str, ApiClient] = {}
+
+    def client(self, node: str) -> ApiClient:
+        if node not in self.clients:
+            self.clients[node] = ApiClient(self.server.base_url, self.server.node_token(node))
+        return self.clients[node]
+
+    async def register(self, body: RegisterIn) -> Any:
+        return await self.client(body.id).register(body)
+
+    async def report(self, key: str, state: str, **extra: Any) -> Any:
+        return await self.client(key.split("/")[1]).report(key, state, **extra)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+
+class FakeNodes:
+    """Plays the node side over HTTP, each node with its own credential."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.server = server
+        self.api = NodeSide(server)
         self.admin = ApiClient(server.base_url, server.admin_token)
 
     async def register(self, name: str, **caps: Any) -> str:
@@ -251,7 +274,7 @@ async def test_a_stateful_move_checkpoints_then_restores_on_the_target(
         # the node stops it, stores the snapshot, reports LOADED with the digest
         await nodes.api.report(inst["key"], "DEACTIVATING")
         data = snapshot_bytes()
-        stored = await upload_snapshot(http, server.join_token, inst["key"], data)
+        stored = await upload_snapshot(http, server.node_token(inst["node"]), inst["key"], data)
         assert stored.status_code == 201, stored.text
         digest = stored.json()["digest"]
         assert stored.json()["tier"] == "hot" and stored.json()["app"] == app
@@ -318,7 +341,7 @@ async def test_snapshot_upload_is_verified_and_scoped(
 ) -> None:
     await nodes.register(unique("n"))
     app, inst = await deployed(http, server, nodes, stateful=True, state_dir="data")
-    join, admin = server.join_token, server.admin_token
+    join, admin = server.node_token(inst["node"]), server.admin_token
     data = snapshot_bytes()
     wrong = "sha256:" + "0" * 64
     assert_envelope(
@@ -364,7 +387,9 @@ async def test_gc_applies_snapshot_retention(
     app, inst = await deployed(http, server, nodes, stateful=True, state_dir="data")
     digests = []
     for _ in range(3):
-        response = await upload_snapshot(http, server.join_token, inst["key"], snapshot_bytes())
+        response = await upload_snapshot(
+            http, server.node_token(inst["node"]), inst["key"], snapshot_bytes()
+        )
         digests.append(response.json()["digest"])
     newest, middle, oldest = digests[2], digests[1], digests[0]
 

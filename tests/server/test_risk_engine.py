@@ -150,7 +150,7 @@ async def test_an_unchanged_verdict_is_written_again_after_a_minute(risky: Runni
 async def test_fire_drill_start_and_stop(risky: RunningServer) -> None:
     node = unique("drilled")
     async with (
-        ApiClient(risky.base_url, risky.join_token) as node_api,
+        ApiClient(risky.base_url, risky.node_token(node)) as node_api,
         ApiClient(risky.base_url, risky.token("operator")) as api,
     ):
         await register(node_api, node)
@@ -192,13 +192,14 @@ async def test_a_drill_without_a_node_picks_the_busiest_live_node(
 ) -> None:
     with running_server(tmp_path_factory.mktemp("aether-drill"), lease_ttl=60.0) as srv:
         async with (
-            ApiClient(srv.base_url, srv.join_token) as node_api,
+            ApiClient(srv.base_url, srv.node_token("idle-node")) as node_api,
             ApiClient(srv.base_url, srv.admin_token) as api,
             httpx.AsyncClient(base_url=srv.base_url) as http,
         ):
             with pytest.raises(ConflictError, match="no live node"):
                 await api.drill_start()
             await register(node_api, "idle-node")
+            node_api.use_token(srv.node_token("busy-node"))
             await register(node_api, "busy-node", pool="busy")
             app = unique("busy")
             digest = await upload_random(http, srv.admin_token)
@@ -270,7 +271,7 @@ async def test_node_health_from_real_telemetry_pushes(risky: RunningServer) -> N
             await asyncio.sleep(0.25)
 
     async with (
-        ApiClient(risky.base_url, risky.join_token) as node_api,
+        ApiClient(risky.base_url, risky.node_token(node)) as node_api,
         ApiClient(risky.base_url, risky.token("viewer")) as api,
     ):
         await register(node_api, node)

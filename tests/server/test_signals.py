@@ -136,7 +136,7 @@ async def test_who_may_write_and_read(server: RunningServer, http: httpx.AsyncCl
     node = unique("auth-node")
     signal = {"node": node, "kind": "rebalance", "value": 0}
     # operators, admins and nodes (a node-local agent) record signals
-    for token in (server.token("operator"), server.admin_token, server.join_token):
+    for token in (server.token("operator"), server.admin_token, server.node_token(node)):
         response = await http.post("/api/v1/signals", json=signal, headers=bearer(token))
         assert response.status_code == 201, response.text
     viewer = bearer(server.token("viewer"))
@@ -152,14 +152,16 @@ async def test_who_may_write_and_read(server: RunningServer, http: httpx.AsyncCl
     # viewers read; nodes do not
     for path in ("/api/v1/signals", "/api/v1/risk"):
         assert (await http.get(path, headers=viewer)).status_code == 200
-        assert_envelope(await http.get(path, headers=bearer(server.join_token)), 403, "forbidden")
+        assert_envelope(
+            await http.get(path, headers=bearer(server.node_token(node))), 403, "forbidden"
+        )
     # the fire drill is an operator's
     async with ApiClient(server.base_url, server.token("viewer")) as api:
         with pytest.raises(ForbiddenError):
             await api.drill_start(node)
         with pytest.raises(ForbiddenError):
             await api.drill_stop(node)
-    async with ApiClient(server.base_url, server.join_token) as api:
+    async with ApiClient(server.base_url, server.node_token(node)) as api:
         assert len(await api.post_signals([SignalIn(node=node, kind="capacity", value=0.5)])) == 1
         with pytest.raises(ForbiddenError):
             await api.drill_start(node)

@@ -93,7 +93,7 @@ async def test_create_claim_complete_then_execute_is_pinned(
     )
     assert_envelope(missing, 404, "not_found")
 
-    claimed = await _claim(http, server.join_token, node, queues=[queue])
+    claimed = await _claim(http, server.node_token(node), node, queues=[queue])
     assert claimed.status_code == 200, claimed.text
     assert claimed.json()["id"] == task["id"] and claimed.json()["state"] == "active"
     result = {
@@ -105,8 +105,8 @@ async def test_create_claim_complete_then_execute_is_pinned(
     }
     done = await http.post(
         f"/api/v1/tasks/{task['id']}/complete",
-        json={"node": node, "result": result},
-        headers=bearer(server.join_token),
+        json={"node": node, "attempt": 1, "result": result},
+        headers=bearer(server.node_token(node)),
     )
     assert done.json()["state"] == "succeeded"
     sandbox = (await http.get(f"/api/v1/sandboxes/{vm_id}", headers=bearer(admin))).json()
@@ -123,15 +123,17 @@ async def test_create_claim_complete_then_execute_is_pinned(
     )
     assert execute.status_code == 201
     assert execute.json()["node"] == node  # pinned to the sandbox's node
-    elsewhere = await _claim(http, server.join_token, unique("elsewhere"), queues=[queue])
+    away = unique("elsewhere")
+    elsewhere = await _claim(http, server.node_token(away), away, queues=[queue])
     assert elsewhere.status_code == 204
-    got = await _claim(http, server.join_token, node, queues=[queue])
+    got = await _claim(http, server.node_token(node), node, queues=[queue])
     assert got.json()["id"] == execute.json()["id"]
     now = time.time()
     finished = await http.post(
         f"/api/v1/tasks/{got.json()['id']}/complete",
         json={
             "node": node,
+            "attempt": 1,
             "result": {
                 "vm_id": vm_id,
                 "command": "echo",
@@ -143,7 +145,7 @@ async def test_create_claim_complete_then_execute_is_pinned(
                 "finished_at": now,
             },
         },
-        headers=bearer(server.join_token),
+        headers=bearer(server.node_token(node)),
     )
     assert finished.json()["result"]["stdout"] == "hi\n"
     executions = (

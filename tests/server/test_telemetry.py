@@ -47,8 +47,19 @@ async def http(hubbed: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def node_api(hubbed: RunningServer) -> AsyncIterator[ApiClient]:
-    async with ApiClient(hubbed.base_url, hubbed.join_token) as client:
+def node(hubbed: RunningServer) -> str:
+    """This test's node: ``node_api`` and ``join`` carry its own credential."""
+    return unique("node")
+
+
+@pytest.fixture
+def join(hubbed: RunningServer, node: str) -> dict[str, str]:
+    return bearer(hubbed.node_token(node))
+
+
+@pytest.fixture
+async def node_api(hubbed: RunningServer, node: str) -> AsyncIterator[ApiClient]:
+    async with ApiClient(hubbed.base_url, hubbed.node_token(node)) as client:
         yield client
 
 
@@ -109,8 +120,9 @@ def own_app(server: RunningServer, tenant: str = DEFAULT_TENANT) -> str:
     return name
 
 
-async def test_a_push_is_kept_in_memory(hubbed: RunningServer, node_api: ApiClient) -> None:
-    node = unique("node")
+async def test_a_push_is_kept_in_memory(
+    hubbed: RunningServer, node_api: ApiClient, node: str
+) -> None:
     pushed = update(node, cpu=0.75)
     await node_api.push_metrics(pushed)
     hub = hubbed.ctx.telemetry
@@ -129,11 +141,9 @@ def _body(node: str, **changes: Any) -> dict[str, Any]:
 
 
 async def test_bad_pushes_get_the_envelope_and_change_nothing(
-    hubbed: RunningServer, http: httpx.AsyncClient
+    hubbed: RunningServer, http: httpx.AsyncClient, node: str, join: dict[str, str]
 ) -> None:
-    node = unique("node")
     url = f"/api/v1/nodes/{node}/metrics"
-    join = bearer(hubbed.join_token)
 
     wrong = await http.post(url, json=_body(unique("other")), headers=join)
     assert node in assert_envelope(wrong, 400, "bad_request")["message"]
@@ -168,9 +178,9 @@ async def test_bad_pushes_get_the_envelope_and_change_nothing(
 
 
 async def test_the_leader_folds_pushes_into_a_sample_each_second(
-    hubbed: RunningServer, node_api: ApiClient
+    hubbed: RunningServer, node_api: ApiClient, node: str
 ) -> None:
-    node, app = unique("node"), own_app(hubbed)
+    app = own_app(hubbed)
     async with (
         ApiClient(hubbed.base_url, hubbed.token("viewer")) as viewer,
         ApiClient(hubbed.base_url, hubbed.new_tenant()) as stranger,
@@ -194,8 +204,10 @@ async def test_the_leader_folds_pushes_into_a_sample_each_second(
         assert theirs is not None and node in theirs.nodes and app not in theirs.apps
 
 
-async def test_history_of_a_node_and_of_an_app(hubbed: RunningServer, node_api: ApiClient) -> None:
-    node, app = unique("node"), own_app(hubbed)
+async def test_history_of_a_node_and_of_an_app(
+    hubbed: RunningServer, node_api: ApiClient, node: str
+) -> None:
+    app = own_app(hubbed)
     async with (
         ApiClient(hubbed.base_url, hubbed.token("viewer")) as viewer,
         ApiClient(hubbed.base_url, hubbed.new_tenant()) as stranger,
@@ -230,9 +242,8 @@ async def test_seconds_must_be_positive(hubbed: RunningServer, http: httpx.Async
 
 
 async def test_the_stream_sends_samples_and_ends_when_the_client_leaves(
-    hubbed: RunningServer, node_api: ApiClient
+    hubbed: RunningServer, node_api: ApiClient, node: str
 ) -> None:
-    node = unique("node")
     hub = hubbed.ctx.telemetry
     await node_api.push_metrics(update(node))
     async with ApiClient(hubbed.base_url, hubbed.token("viewer")) as viewer:
@@ -281,9 +292,9 @@ def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_prometheus_shows_the_same_figures(
-    hubbed: RunningServer, http: httpx.AsyncClient, node_api: ApiClient
+    hubbed: RunningServer, http: httpx.AsyncClient, node_api: ApiClient, node: str
 ) -> None:
-    node, app = unique("node"), own_app(hubbed)
+    app = own_app(hubbed)
 
     async def exported() -> Any:
         await node_api.push_metrics(update(node, cpu=0.125, app=app, calls=8))
@@ -358,23 +369,19 @@ async def test_a_revoked_token_is_refused_at_once_despite_the_cache(
     hubbed: RunningServer, http: httpx.AsyncClient
 ) -> None:
     admin = bearer(hubbed.admin_token)
-    issued = await http.post("/api/v1/tokens", json={"role": "node", "name": "t"}, headers=admin)
-    assert issued.status_code == 201
-    token = issued.json()
     node = unique("node")
-    async with ApiClient(hubbed.base_url, token["token"]) as node_client:
+    async with ApiClient(hubbed.base_url, hubbed.node_token(node)) as node_client:
         await node_client.push_metrics(update(node))  # verified, now cached
         await node_client.push_metrics(update(node, seq=1))
-        revoked = await http.delete(f"/api/v1/tokens/{token['id']}", headers=admin)
+        revoked = await http.post(f"/api/v1/nodes/{node}/revoke", headers=admin)
         assert revoked.status_code == 200
         with pytest.raises(UnauthorizedError):
             await node_client.push_metrics(update(node, seq=2))
 
 
 async def test_the_node_pusher_sends_real_figures(
-    hubbed: RunningServer, node_api: ApiClient, tmp_path: Path
+    hubbed: RunningServer, node_api: ApiClient, node: str, tmp_path: Path
 ) -> None:
-    node = unique("node")
     registration = await node_api.register(
         RegisterIn(
             id=node,
@@ -400,12 +407,14 @@ async def test_the_node_pusher_sends_real_figures(
 
 
 async def test_the_fast_path_answers_like_the_route(
-    hubbed: RunningServer, http: httpx.AsyncClient, node_api: ApiClient
+    hubbed: RunningServer,
+    http: httpx.AsyncClient,
+    node_api: ApiClient,
+    node: str,
+    join: dict[str, str],
 ) -> None:
     """Pushes with a cached token skip FastAPI; everything else ends where the route would."""
-    node = unique("node")
-    await node_api.push_metrics(update(node))  # the join token is verified and cached
-    join = bearer(hubbed.join_token)
+    await node_api.push_metrics(update(node))  # the node's credential is verified and cached
     url = f"/api/v1/nodes/{node}/metrics"
     lookups, fast_pushes = hubbed.ctx.tokens.lookups, hubbed.ctx.telemetry.fast_pushes
 
@@ -449,17 +458,17 @@ async def test_the_fast_path_answers_like_the_route(
 async def test_simultaneous_first_pushes_share_one_token_lookup(
     hubbed: RunningServer, http: httpx.AsyncClient
 ) -> None:
-    token = hubbed.mint("node")  # a token no request has used yet
+    node = unique("node")
+    token = hubbed.node_token(node)  # a credential no request has used yet
     lookups = hubbed.ctx.tokens.lookups
-    nodes = [unique("node") for _ in range(20)]
     responses = await asyncio.gather(
         *(
             http.post(
                 f"/api/v1/nodes/{node}/metrics",
-                content=update(node).model_dump_json(),
+                content=update(node, seq=seq).model_dump_json(),
                 headers={**bearer(token), "Content-Type": "application/json"},
             )
-            for node in nodes
+            for seq in range(20)
         )
     )
     assert [r.status_code for r in responses] == [204] * 20

@@ -209,8 +209,36 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--require-signature", action=argparse.BooleanOptionalAction, default=None)
     q.add_argument("--retain", type=int, default=None, metavar="N", help="deployments to keep")
     _common(q)
-    p = sub.add_parser("nodes", help="list nodes")
+    p = sub.add_parser("nodes", help="list nodes; `nodes revoke NODE` cuts one off")
     _common(p)
+    nodes_sub = p.add_subparsers(dest="nodes_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    q = nodes_sub.add_parser(
+        "revoke", help="end NODE's credential; it may not join again until allowed"
+    )
+    q.set_defaults(command="nodes-revoke")
+    q.add_argument("node")
+    _common(q)
+    q = nodes_sub.add_parser("allow", help="let a revoked NODE join again")
+    q.set_defaults(command="nodes-allow")
+    q.add_argument("node")
+    _common(q)
+    p = sub.add_parser("tokens", help="API tokens: create (join tokens for nodes), list, revoke")
+    tokens_sub = p.add_subparsers(dest="tokens_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    tokens_sub.required = True
+    q = tokens_sub.add_parser("create", help="print a new token (shown once)")
+    q.add_argument(
+        "--role",
+        choices=["admin", "operator", "viewer", "join"],
+        required=True,
+        help="join: lets a node join the cluster (cluster admins only)",
+    )
+    q.add_argument("--name", default="cli", help="what the token is for")
+    _common(q)
+    q = tokens_sub.add_parser("list", help="this tenant's tokens")
+    _common(q)
+    q = tokens_sub.add_parser("revoke", help="revoke a token by id")
+    q.add_argument("id")
+    _common(q)
 
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
     p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
@@ -328,6 +356,9 @@ _MODULES = {
     "status": "views",
     "apps": "views",
     "nodes": "views",
+    "nodes-revoke": "tokens",
+    "nodes-allow": "tokens",
+    "tokens": "tokens",
     "deployments": "views",
     "scale": "actions",
     "list": "views",

@@ -11,11 +11,14 @@ from aether.model.app import AppSpec
 from aether.model.cluster import NodeCapabilities
 
 __all__ = [
+    "NODE_ID_PATTERN",
     "AppOut",
     "DeploymentIn",
     "DeploymentOut",
     "EventOut",
     "InstanceOut",
+    "JoinIn",
+    "JoinOut",
     "NodeConfig",
     "NodeOut",
     "RegisterIn",
@@ -101,7 +104,7 @@ class NodeConfig(BaseModel):
 
 class NodeOut(BaseModel):
     id: str
-    state: Literal["ready", "down", "draining"]
+    state: Literal["ready", "down", "draining", "revoked"]
     router_url: str
     capabilities: NodeCapabilities
     config: NodeConfig  # what the handshake turned on for this node, and why not
@@ -118,8 +121,22 @@ class StatusOut(BaseModel):
     apps: list[AppOut]
 
 
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class JoinIn(BaseModel):
+    """A join token's one call: a credential of its own for node ``id``."""
+
+    id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
+
+
+class JoinOut(BaseModel):
+    node_id: str
+    credential: str  # the node's own secret: node routes accept nothing else
+
+
 class RegisterIn(BaseModel):
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
     capabilities: NodeCapabilities
     router_url: str
 

@@ -1,5 +1,11 @@
 """``aether node``: register, heartbeat, follow assignments, run instances, route.
 
+A node joins once: the join token is exchanged for a credential of its own
+(``DATA_DIR/node.credential``, 0600), which every later call uses. If the server
+stops accepting it (401: revoked, or unknown to a restored server) the node
+joins again with its join token, if it has one; a node an admin revoked is
+refused (403) and stops.
+
 The node is level-triggered like the leader: the assignment stream keeps a
 local copy of this node's instance keys and of all endpoints; a reconcile pass
 compares that desired state with the runners it has and steps each one. When
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aether.client import ApiClient
-from aether.errors import AetherError, NotFoundError, UnauthorizedError
+from aether.errors import AetherError, ForbiddenError, NotFoundError, UnauthorizedError
 from aether.model.api import RegisterIn, RegisterOut
 from aether.model.cluster import Endpoint, InstanceRecord
 from aether.node.capabilities import fingerprint
@@ -33,15 +39,21 @@ from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.sandbox import drivers_available
 from aether.node.tasks import TaskWorker
 
-__all__ = ["NodeDaemon", "NodeOptions"]
+__all__ = ["CREDENTIAL_FILE", "CredentialError", "NodeDaemon", "NodeOptions"]
 
 log = logging.getLogger("aether.node")
+
+CREDENTIAL_FILE = "node.credential"
+
+
+class CredentialError(Exception):
+    """The node has no credential and cannot get one (revoked, or no join token)."""
 
 
 @dataclass
 class NodeOptions:
     server: str
-    join_token: str
+    join_token: str | None  # None: DATA_DIR/node.credential must exist
     data_dir: Path
     router_port: int = 8080
     router_host: str = "127.0.0.1"
@@ -67,7 +79,7 @@ class NodeDaemon:
         self.options = options
         options.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = _node_id(options.data_dir, options.node_id)
-        self.client = ApiClient(options.server, options.join_token)
+        self.client = ApiClient(options.server, None)  # the node's credential, once it has it
         self.drivers: dict[str, Driver] = {"process": ProcessDriver()}
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
         self.router = Router(options.router_host, options.router_port)
@@ -95,7 +107,68 @@ class NodeDaemon:
     def router_url(self) -> str:
         return f"http://{self.options.advertise_host}:{self.router.port}"
 
+    @property
+    def credential_path(self) -> Path:
+        return self.options.data_dir / CREDENTIAL_FILE
+
+    async def ensure_credential(self) -> None:
+        """Use the stored credential, or join with the join token to get one."""
+        try:
+            credential = self.credential_path.read_text().strip()
+        except FileNotFoundError:
+            credential = ""
+        if not credential:
+            credential = await self._join()
+        self.client.use_token(credential)
+
+    async def _join(self) -> str:
+        token = self.options.join_token
+        if not token:
+            raise CredentialError(
+                f"node {self.node_id} has no credential ({self.credential_path}) and no join "
+                "token to get one: start it with --join-token-file (a cluster admin creates "
+                "one with `aether tokens create --role join`)"
+            )
+        delay = 0.2
+        async with ApiClient(self.options.server, token) as joiner:
+            while True:
+                try:
+                    joined = await joiner.join(self.node_id)
+                    break
+                except ForbiddenError as exc:
+                    raise CredentialError(f"node {self.node_id} may not join: {exc}") from None
+                except UnauthorizedError as exc:
+                    log.error("the server refused the join token (%s); retrying", exc)
+                    await asyncio.sleep(5)
+                except AetherError as exc:
+                    log.info("cannot join yet (%s); retrying", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5)
+        path = self.credential_path
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(joined.credential + "\n")
+        os.replace(tmp, path)
+        log.info("node %s joined: its credential is in %s", self.node_id, path)
+        return joined.credential
+
+    async def _credential_refused(self, exc: UnauthorizedError) -> None:
+        """A 401 on the node's own credential: join again (an admin's revocation stops it)."""
+        log.error(
+            "this node's credential was revoked or is unknown to the server (%s); "
+            "joining again with the join token",
+            exc,
+        )
+        self.credential_path.unlink(missing_ok=True)
+        self.client.use_token(await self._join())
+
     async def run(self) -> None:
+        try:
+            await self.ensure_credential()
+        except BaseException:
+            await self.client.close()
+            raise
         await self.router.start()
         log.info("node %s: router on %s", self.node_id, self.router_url)
         print(f"aether node {self.node_id}: router on {self.router_url}", flush=True)
@@ -141,8 +214,7 @@ class NodeDaemon:
                 self.registration = await self.client.register(body)
                 break
             except UnauthorizedError as exc:
-                log.error("the server refused the join token: %s", exc)
-                await asyncio.sleep(5)
+                await self._credential_refused(exc)
             except AetherError as exc:
                 log.info("cannot register yet (%s); retrying", exc)
                 await asyncio.sleep(delay)
@@ -162,7 +234,7 @@ class NodeDaemon:
             await asyncio.sleep(reg.heartbeat_interval)
             try:
                 await self.client.heartbeat(self.node_id, reg.lease_id)
-            except NotFoundError:
+            except (NotFoundError, UnauthorizedError):  # registering again says which
                 self.lease_lost.set()
                 return
             except AetherError as exc:
@@ -176,7 +248,7 @@ class NodeDaemon:
                 async for message in self.client.assignments(self.node_id, self.revision):
                     delay = 0.2
                     self._apply(message)
-            except NotFoundError:
+            except (NotFoundError, UnauthorizedError):
                 self.lease_lost.set()
                 return
             except AetherError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from aether.client import ApiClient
-from aether.errors import AetherError, ConflictError
+from aether.errors import AetherError, BadRequestError, ConflictError, ForbiddenError
 from aether.model.tasks import TaskOut
 from aether.tasks.handlers import PermanentTaskError, TaskContext, handler_for
 from aether.tasks.types import lookup
@@ -95,9 +95,14 @@ class TaskWorker:
         while True:
             await asyncio.sleep(self.heartbeat_every)
             try:
-                if not await self.client.task_heartbeat(task.id, self.node_id):
+                if not await self.client.task_heartbeat(
+                    task.id, self.node_id, attempt=task.attempts
+                ):
                     work.cancel()  # cancelled, or the claim went to someone else
                     return
+            except ForbiddenError:
+                work.cancel()  # this attempt's claim is no longer this node's
+                return
             except AetherError as exc:
                 log.debug("heartbeat for %s failed (%s)", task.id, exc)
 
@@ -116,6 +121,7 @@ class TaskWorker:
             root=self.root,
             client=self.client,
             timeout=task.timeout,
+            task_id=task.id,
         )
         try:
             async with asyncio.timeout(task.timeout + 5):  # the handler enforces task.timeout
@@ -135,13 +141,24 @@ class TaskWorker:
         for attempt in range(20):  # the server may be restarting: keep the result
             try:
                 if kind == "ok":
-                    await self.client.complete_task(task.id, self.node_id, value)
+                    await self.client.complete_task(
+                        task.id, self.node_id, value, attempt=task.attempts
+                    )
                 else:
                     await self.client.fail_task(
-                        task.id, self.node_id, str(value), retryable=kind == "retry"
+                        task.id,
+                        self.node_id,
+                        str(value),
+                        retryable=kind == "retry",
+                        attempt=task.attempts,
                     )
                 return
-            except ConflictError as exc:
+            except BadRequestError as exc:
+                log.error("task %s: the server refused its outcome (%s)", task.id, exc)
+                if kind != "ok":
+                    return  # the lease will expire and the task be retried
+                kind, value = "permanent", f"the server refused the result: {exc}"
+            except (ConflictError, ForbiddenError) as exc:  # no longer this attempt's claim
                 log.info("task %s: result not taken (%s)", task.id, exc)
                 return
             except AetherError as exc:

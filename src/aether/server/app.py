@@ -62,10 +62,10 @@ def _write_secret(path: Path, value: str) -> None:
 
 
 async def bootstrap_tokens(records: Records, data_dir: Path) -> list[Path]:
-    """On first start: an admin token and a node join token, written 0600."""
+    """On first start: an admin token and a join token (for nodes), written 0600."""
     tenant = await records.ensure_tenant(DEFAULT_TENANT)
     written = []
-    for role, name in (("admin", "admin.token"), ("node", "join.token")):
+    for role, name in (("admin", "admin.token"), ("join", "join.token")):
         if not await records.has_token(role):
             token = await records.create_token(tenant.id, role, f"bootstrap {role}")
             _write_secret(data_dir / name, token)

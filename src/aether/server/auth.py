@@ -10,27 +10,35 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from aether.errors import ForbiddenError, UnauthorizedError
+from aether.server.audit import refuse
 from aether.server.context import ServerContext, get_context
 from aether.store.records import Principal, Records
 
 __all__ = [
     "Admin",
     "Caller",
+    "ClusterAdmin",
+    "JoinCaller",
     "NodeCaller",
     "Operator",
     "SignalWriter",
     "TokenCache",
     "authenticate",
     "cached_caller",
+    "own_node",
     "require",
 ]
 
-# Which roles may do what. ``node`` is the join token's role: node routes only.
+# Which roles may do what. Nodes are not tenants: ``node`` is a node's own credential
+# (bound to its id), the only role node routes accept; ``join`` is a join token, which
+# may only be exchanged for a node credential (``POST /nodes/join``).
 _ALLOWED: dict[str, frozenset[str]] = {
     "viewer": frozenset({"admin", "operator", "viewer"}),
     "operator": frozenset({"admin", "operator"}),
     "admin": frozenset({"admin"}),
-    "node": frozenset({"admin", "node"}),
+    "node": frozenset({"node"}),
+    "join": frozenset({"join"}),
+    # tenants read their own artifacts; a node only what is assigned to it (the route checks)
     "artifact-read": frozenset({"admin", "operator", "viewer", "node"}),
     # signals about a node: operators, and nodes (a node-local agent watching cloud metadata)
     "signal": frozenset({"admin", "operator", "node"}),
@@ -144,28 +152,68 @@ def cached_caller(
     principal = ctx.tokens.get(token.strip(), time.monotonic())
     if principal is None or principal.role not in _ALLOWED[level]:
         return None
+    if principal.role == "node" and principal.node is None:
+        return None
     if namespace and namespace != principal.tenant:
         return None
     return principal
 
 
+def _needs(allowed: frozenset[str]) -> str:
+    if allowed == {"node"}:
+        return "only a node's own credential may call node routes (nodes get one at join)"
+    if allowed == {"join"}:
+        return "only a join token may join a node (`aether tokens create --role join`)"
+    return f"it needs one of: {', '.join(sorted(allowed))}"
+
+
 def require(level: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
     allowed = _ALLOWED[level]
 
-    async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if principal.role not in allowed:
-            raise ForbiddenError(
-                f"role {principal.role!r} may not do this; "
-                f"it needs one of: {', '.join(sorted(allowed))}"
+    async def check(
+        request: Request, principal: Annotated[Principal, Depends(authenticate)]
+    ) -> Principal:
+        if principal.role not in allowed or (principal.role == "node" and principal.node is None):
+            raise refuse(
+                request,
+                principal,
+                level,
+                f"role {principal.role!r} may not do this; {_needs(allowed)}",
             )
         return principal
 
     return check
 
 
+async def _cluster_admin(
+    request: Request, principal: Annotated[Principal, Depends(require("admin"))]
+) -> Principal:
+    if not principal.cluster_admin:
+        raise refuse(
+            request,
+            principal,
+            "cluster",
+            "only a cluster admin (an admin of the default tenant) may do this",
+        )
+    return principal
+
+
+def own_node(request: Request, caller: Principal, node: str) -> None:
+    """Refuse a node credential acting as another node (403 and an audit line)."""
+    if caller.node != node:
+        raise refuse(
+            request,
+            caller,
+            f"nodes/{node}",
+            f"this credential is node {caller.node!r}'s; it may not act as node {node!r}",
+        )
+
+
 Caller = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
+ClusterAdmin = Annotated[Principal, Depends(_cluster_admin)]
 NodeCaller = Annotated[Principal, Depends(require("node"))]
+JoinCaller = Annotated[Principal, Depends(require("join"))]
 ArtifactReader = Annotated[Principal, Depends(require("artifact-read"))]
 SignalWriter = Annotated[Principal, Depends(require("signal"))]

@@ -1,4 +1,5 @@
-"""Node state shared by the API and the leader's loops: the drain flag.
+"""Node state shared by the API and the leader's loops: the drain flag, and what a
+node may touch (what is assigned to it).
 
 A draining node takes no new instances and the scheduler moves its instances
 elsewhere. The flag lives on the node's key (``nodes/{node}``, what the leader
@@ -10,13 +11,14 @@ undrains its own drains when the risk is LOW again) or an ``adviser``.
 from __future__ import annotations
 
 from aether.core.controller import DRAINED_BY_OPERATOR
-from aether.errors import ConflictError
-from aether.model.cluster import NodeRecord
+from aether.errors import ConflictError, NotFoundError
+from aether.model.cluster import InstanceRecord, NodeRecord
+from aether.model.tasks import TaskOut, TaskState
 from aether.server.cluster import dump, fence_holds
 from aether.server.context import ServerContext
 from aether.store.base import Compare, Put
 
-__all__ = ["node_key", "set_draining"]
+__all__ = ["assigned", "held_task", "node_key", "node_may_read", "set_draining"]
 
 
 def node_key(node: str) -> str:
@@ -58,3 +60,36 @@ async def set_draining(
     else:
         raise ConflictError(f"node {node}'s record kept changing; try again")
     await ctx.records.set_node_draining(node, draining, reason=reason, by=by)
+
+
+async def assigned(ctx: ServerContext, node: str) -> list[InstanceRecord]:
+    """The instances under ``instances/{node}/``: all a node may act on, with its tasks."""
+    kvs, _ = await ctx.store.range(f"instances/{node}/")
+    return [InstanceRecord.model_validate_json(kv.value) for kv in kvs]
+
+
+async def held_task(ctx: ServerContext, task_id: str, node: str) -> TaskOut | None:
+    """The task if ``node`` holds its claim right now (active, claimed by it), else None."""
+    try:
+        task = await ctx.queue.get(task_id)
+    except NotFoundError:
+        return None
+    if task.state is not TaskState.ACTIVE or task.claimed_by != node:
+        return None
+    return task
+
+
+async def node_may_read(ctx: ServerContext, node: str, digest: str, task_id: str | None) -> bool:
+    """Whether ``node`` may download the artifact or snapshot ``digest``: one of its
+    instances runs it or restores it, it took that snapshot, or ``task_id`` is a task it
+    holds that needs it."""
+    for record in await assigned(ctx, node):
+        if digest in (record.digest, record.restore_from, record.snapshot):
+            return True
+    if await ctx.records.snapshot_taken_on(node, digest):  # its own checkpoint
+        return True
+    if task_id:
+        task = await held_task(ctx, task_id, node)
+        if task is not None and task.payload.get("digest") == digest:
+            return True
+    return False

@@ -9,11 +9,12 @@ recorded).
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, timedelta
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from aether.errors import BadRequestError, ConflictError
 from aether.model.tasks import TaskIn, TaskOut
@@ -22,7 +23,16 @@ from aether.store.records import Principal
 from aether.store.records.repo import now, utc
 from aether.store.records.schema import Execution
 from aether.tasks.queue.base import NewTask
-from aether.tasks.types import JobRunPayload, VmCreatePayload, lookup, registered
+from aether.tasks.types import (
+    ExecutionResult,
+    JobRunPayload,
+    JobRunResult,
+    VmCreatePayload,
+    VmCreateResult,
+    VmDeleteResult,
+    lookup,
+    registered,
+)
 
 __all__ = ["record_outcome", "submit_task"]
 
@@ -132,34 +142,55 @@ async def _resolve_job(
     )
 
 
+def _result_of(task: TaskOut, result: dict[str, Any]) -> BaseModel | None:
+    """The node's result, checked against the task type's result model and the task's own
+    sandbox: 400 (nothing recorded) when it does not fit. None: a type without a model."""
+    task_type = lookup(task.type)
+    if task_type is None or task_type.result is None:
+        return None
+    try:
+        parsed = task_type.result.model_validate(result)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'result'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BadRequestError(f"invalid {task.type} result: {problems}") from None
+    expected = task.payload.get("sandbox_id") or task.payload.get("vm_id")
+    named = getattr(parsed, "sandbox_id", None) or getattr(parsed, "vm_id", None)
+    if expected is not None and named != expected:
+        raise BadRequestError(
+            f"the result names sandbox {named!r}, but task {task.id} is about {expected!r}"
+        )
+    return parsed
+
+
 async def record_outcome(
     ctx: ServerContext, task: TaskOut, node: str, result: dict[str, Any]
 ) -> None:
-    """What a finished task changed: sandboxes and executions."""
-    if task.type == "vm:create":
+    """What a finished task changed: sandboxes and executions (BadRequestError, nothing
+    changed, for a result that does not fit its type)."""
+    parsed = _result_of(task, result)
+    if isinstance(parsed, VmCreateResult):
         await ctx.records.update_sandbox(
-            str(result["vm_id"]),
+            parsed.vm_id,
             node=node,
-            driver=str(result.get("driver", "")),
-            isolated=bool(result.get("isolated", True)),
+            driver=parsed.driver,
+            isolated=parsed.isolated,
             status="running",
         )
         await ctx.store.put(
-            f"sandboxes/{node}/{result['vm_id']}",
-            f'{{"id": "{result["vm_id"]}", "status": "running"}}'.encode(),
+            f"sandboxes/{node}/{parsed.vm_id}",
+            json.dumps({"id": parsed.vm_id, "status": "running"}).encode(),
         )
-    elif task.type == "vm:delete":
-        await ctx.records.update_sandbox(str(result["vm_id"]), status="deleted")
-        await ctx.store.delete(f"sandboxes/{node}/{result['vm_id']}")
-    if task.type == "job:run" and "sandbox_id" in result:
+    elif isinstance(parsed, VmDeleteResult):
+        await ctx.records.update_sandbox(parsed.vm_id, status="deleted")
+        await ctx.store.delete(f"sandboxes/{node}/{parsed.vm_id}")
+    if isinstance(parsed, JobRunResult):
         await ctx.records.update_sandbox(
-            str(result["sandbox_id"]),
-            node=node,
-            status="deleted",
-            driver=str(result.get("driver", "")),
+            parsed.sandbox_id, node=node, status="deleted", driver=parsed.driver
         )
-    if task.type in ("vm:execute", "job:run") and "exit_code" in result:
-        sandbox_id = str(result.get("vm_id") or result.get("sandbox_id"))
+    if isinstance(parsed, ExecutionResult):
+        sandbox_id = parsed.sandbox_id if isinstance(parsed, JobRunResult) else parsed.vm_id
         tenant = (await ctx.records.get_sandbox(sandbox_id)).tenant_id
         await ctx.records.add_execution(
             Execution(
@@ -167,14 +198,14 @@ async def record_outcome(
                 tenant_id=tenant,
                 sandbox_id=sandbox_id,
                 task_id=task.id,
-                command=str(result.get("command", "")),
-                args=[str(a) for a in result.get("args", [])],
-                exit_code=result.get("exit_code"),
-                stdout=str(result.get("stdout", "")),
-                stderr=str(result.get("stderr", "")),
-                stdout_truncated=bool(result.get("stdout_truncated")),
-                stderr_truncated=bool(result.get("stderr_truncated")),
-                started_at=utc(float(result["started_at"])),
-                finished_at=utc(float(result["finished_at"])),
+                command=parsed.command,
+                args=parsed.args,
+                exit_code=parsed.exit_code,
+                stdout=parsed.stdout,
+                stderr=parsed.stderr,
+                stdout_truncated=parsed.stdout_truncated,
+                stderr_truncated=parsed.stderr_truncated,
+                started_at=utc(parsed.started_at),
+                finished_at=utc(parsed.finished_at),
             )
         )

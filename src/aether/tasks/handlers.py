@@ -43,6 +43,7 @@ class TaskContext:
     client: Any  # aether.client.ApiClient
     timeout: float  # seconds left for this attempt
     output_limit: int = 1 << 20
+    task_id: str = ""  # the task being run: named when downloading what it needs
 
     def driver(self, name: str | None) -> Any:
         if name:
@@ -184,7 +185,7 @@ async def job_run(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(dir=ctx.root) as tmp:
             archive = Path(tmp) / "artifact.tar.gz"
-            await ctx.client.download_artifact(payload.digest, archive)
+            await ctx.client.download_artifact(payload.digest, archive, task=ctx.task_id)
             from aether.artifacts.digest import digest_file
 
             actual, _ = await asyncio.to_thread(digest_file, archive)

@@ -1,8 +1,10 @@
 """Task types: the one extension point for new kinds of work.
 
-A task type declares its payload model, its defaults and where it may run.
-Servers use the declaration to validate and place a task at submission;
-nodes look the type up to run it (``aether.tasks.handlers``). To add a type::
+A task type declares its payload model, its defaults and where it may run, and
+for the built-in types the result model a node's answer must fit (the server
+records sandboxes and executions from it). Servers use the declaration to
+validate and place a task at submission and to check its result; nodes look the
+type up to run it (``aether.tasks.handlers``). To add a type::
 
     class ResizePayload(BaseModel):
         vm_id: str
@@ -21,10 +23,14 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ExecutionResult",
     "JobRunPayload",
+    "JobRunResult",
     "TaskType",
     "VmCreatePayload",
+    "VmCreateResult",
     "VmDeletePayload",
+    "VmDeleteResult",
     "VmExecutePayload",
     "lookup",
     "register",
@@ -76,10 +82,47 @@ class JobRunPayload(BaseModel):
     sandbox_id: str | None = None
 
 
+class VmCreateResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    vm_id: Annotated[str, Field(min_length=1)]
+    driver: str = ""
+    isolated: bool = True
+
+
+class VmDeleteResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    vm_id: Annotated[str, Field(min_length=1)]
+
+
+class ExecutionResult(BaseModel):
+    """One command's run in a sandbox (``vm:execute``), recorded as an execution."""
+
+    model_config = ConfigDict(extra="allow")
+
+    vm_id: Annotated[str, Field(min_length=1)]
+    command: str = ""
+    args: list[str] = Field(default_factory=list)
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    started_at: float = Field(ge=0, allow_inf_nan=False)
+    finished_at: float = Field(ge=0, allow_inf_nan=False)
+
+
+class JobRunResult(ExecutionResult):
+    sandbox_id: Annotated[str, Field(min_length=1)]
+    driver: str = ""
+
+
 @dataclass(frozen=True)
 class TaskType:
     name: str
     payload: type[BaseModel]
+    result: type[BaseModel] | None = None  # None: any JSON object
     max_retry: int = 3
     timeout: float = 300.0
     queue: str = "default"
@@ -105,7 +148,13 @@ def registered() -> list[str]:
     return sorted(_TYPES)
 
 
-register(TaskType("vm:create", VmCreatePayload, max_retry=3, timeout=300.0))
-register(TaskType("vm:execute", VmExecutePayload, max_retry=2, timeout=600.0, pinned=True))
-register(TaskType("vm:delete", VmDeletePayload, max_retry=2, timeout=120.0, pinned=True))
-register(TaskType("job:run", JobRunPayload, max_retry=3, timeout=3600.0))
+register(TaskType("vm:create", VmCreatePayload, VmCreateResult, max_retry=3, timeout=300.0))
+register(
+    TaskType(
+        "vm:execute", VmExecutePayload, ExecutionResult, max_retry=2, timeout=600.0, pinned=True
+    )
+)
+register(
+    TaskType("vm:delete", VmDeletePayload, VmDeleteResult, max_retry=2, timeout=120.0, pinned=True)
+)
+register(TaskType("job:run", JobRunPayload, JobRunResult, max_retry=3, timeout=3600.0))

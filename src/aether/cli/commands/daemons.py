@@ -54,21 +54,24 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from aether.node.daemon import NodeDaemon, NodeOptions
+    from aether.node.daemon import CREDENTIAL_FILE, CredentialError, NodeDaemon, NodeOptions
 
-    token = args.join_token or os.environ.get("AETHER_JOIN_TOKEN")
+    # the node's children (instances, sandboxes) must not inherit the join token
+    token = args.join_token or os.environ.pop("AETHER_JOIN_TOKEN", None)
     if token is None and args.join_token_file:
         token = Path(args.join_token_file).read_text().strip()
-    if not token:
+    data_dir = Path(args.data_dir).resolve()
+    if not token and not (data_dir / CREDENTIAL_FILE).is_file():
         raise CliError(
-            "a join token is needed: --join-token, --join-token-file or AETHER_JOIN_TOKEN "
-            "(the server wrote it to DATA_DIR/join.token)",
+            "a join token is needed to join: --join-token, --join-token-file or "
+            "AETHER_JOIN_TOKEN (the server wrote one to DATA_DIR/join.token; a cluster admin "
+            "creates more with `aether tokens create --role join`)",
             kind="usage",
         )
     options = NodeOptions(
         server=args.server,
-        join_token=token,
-        data_dir=Path(args.data_dir).resolve(),
+        join_token=token or None,
+        data_dir=data_dir,
         router_port=args.router_port,
         router_host=args.router_host,
         advertise_host=args.advertise_host,
@@ -85,5 +88,8 @@ def _node(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except CredentialError as exc:
+        raise CliError(str(exc), kind="config", code="node_credential") from None
     return 0

@@ -12,17 +12,20 @@ from starlette.requests import ClientDisconnect
 
 from aether.artifacts import parse_digest
 from aether.errors import BadRequestError, NotFoundError
+from aether.server.audit import refuse
 from aether.server.auth import ArtifactReader, Caller, Operator
 from aether.server.context import ServerContext, get_context
+from aether.server.nodes import node_may_read
 from aether.server.signatures import read_signature_headers, record_signature
 from aether.store.records import Principal
 
-__all__ = ["router"]
+__all__ = ["TASK_HEADER", "check_node_read", "router"]
 
 router = APIRouter(tags=["artifacts"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
 DIGEST_HEADER = "X-Aether-Artifact-Digest"
+TASK_HEADER = "X-Aether-Task"  # a node downloading for a task it holds (job:run) names it
 
 
 def claimed_digest(request: Request) -> str:
@@ -50,26 +53,49 @@ class UploadOut(BaseModel):
     verified: bool = False  # the X-Aether-Signature verified against a key of X-Aether-App
 
 
-async def _visible_size(ctx: ServerContext, caller: Principal, digest: str) -> int:
-    """The blob's size if this caller may see it: its tenant uploaded it, or it is a node."""
+async def check_node_read(
+    request: Request, ctx: ServerContext, caller: Principal, digest: str, what: str
+) -> None:
+    """A node reads only what is assigned to it: 403 and an audit line otherwise."""
+    assert caller.node is not None
+    if not await node_may_read(ctx, caller.node, digest, request.headers.get(TASK_HEADER)):
+        raise refuse(
+            request,
+            caller,
+            f"{what}/{digest}",
+            f"no instance or task of node {caller.node!r} needs this {what}",
+        )
+
+
+async def _visible_size(
+    request: Request, ctx: ServerContext, caller: Principal, digest: str
+) -> int:
+    """The blob's size if this caller may see it: its tenant uploaded it, or it is
+    assigned to this node."""
     digest = parse_digest(digest)
     size = await ctx.registry.size(digest)
     if size is None or (
         caller.role != "node" and not await ctx.records.has_artifact(caller.tenant_id, digest)
     ):
         raise NotFoundError(f"artifact {digest} not found")
+    if caller.role == "node":
+        await check_node_read(request, ctx, caller, digest, "artifact")
     return size
 
 
 @router.head("/artifacts/{digest}")
-async def head_artifact(digest: str, caller: ArtifactReader, ctx: Ctx) -> Response:
-    size = await _visible_size(ctx, caller, digest)
+async def head_artifact(
+    digest: str, request: Request, caller: ArtifactReader, ctx: Ctx
+) -> Response:
+    size = await _visible_size(request, ctx, caller, digest)
     return Response(headers={"Content-Length": str(size), DIGEST_HEADER: digest})
 
 
 @router.get("/artifacts/{digest}")
-async def get_artifact(digest: str, caller: ArtifactReader, ctx: Ctx) -> StreamingResponse:
-    size = await _visible_size(ctx, caller, digest)
+async def get_artifact(
+    digest: str, request: Request, caller: ArtifactReader, ctx: Ctx
+) -> StreamingResponse:
+    size = await _visible_size(request, ctx, caller, digest)
     return StreamingResponse(
         await ctx.registry.open_chunks(parse_digest(digest)),
         media_type="application/gzip",

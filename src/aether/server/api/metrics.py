@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aether.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
-from aether.server.auth import Caller, NodeCaller, cached_caller
+from aether.server.audit import refuse
+from aether.server.auth import Caller, NodeCaller, cached_caller, own_node
 from aether.server.context import ServerContext, get_context
 from aether.server.idempotency import replay_body
 from aether.store.records import Principal
@@ -82,6 +83,7 @@ def _problems(exc: ValidationError) -> str:
 )
 async def push(node: str, request: Request, caller: NodeCaller, ctx: Ctx) -> Response:
     started = time.perf_counter()
+    own_node(request, caller, node)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_PUSH_BYTES:
         raise PayloadTooLargeError(f"a metrics update may be at most {MAX_PUSH_BYTES} bytes")
@@ -96,10 +98,22 @@ async def push(node: str, request: Request, caller: NodeCaller, ctx: Ctx) -> Res
         raise BadRequestError(
             f"the update is for node {update.node!r} but was pushed to node {node!r}"
         )
+    foreign = _foreign_instance(update)
+    if foreign is not None:
+        raise refuse(request, caller, foreign, f"node {node!r} may report only its own instances")
     ctx.telemetry.ingest(update, received_at=time.time(), raw=body)
     ctx.metrics.telemetry_updates.inc()
     ctx.metrics.telemetry_ingest.observe(time.perf_counter() - started)
     return Response(status_code=204)
+
+
+def _foreign_instance(update: NodeMetrics) -> str | None:
+    """The first instance key of the update that is not under the node's own prefix."""
+    prefix = f"instances/{update.node}/"
+    for instance in update.instances:
+        if not instance.key.startswith(prefix):
+            return instance.key
+    return None
 
 
 async def _owned_apps(ctx: ServerContext, caller: Principal) -> set[str]:
@@ -258,13 +272,18 @@ class TelemetryFastPath:
                 authorization = None  # the idempotency middleware's business: full route
         app = scope.get("app")
         ctx: ServerContext | None = getattr(getattr(app, "state", None), "ctx", None)
+        caller = (
+            None
+            if ctx is None or authorization is None
+            else cached_caller(ctx, authorization, namespace, "node")
+        )
         if (
             ctx is None
-            or authorization is None
+            or caller is None
+            or caller.node != node  # another node's path: the route refuses it
             or not node
             or "/" in node
             or length > MAX_PUSH_BYTES
-            or cached_caller(ctx, authorization, namespace, "node") is None
         ):
             await self.app(scope, receive, send)
             return
@@ -288,7 +307,9 @@ class TelemetryFastPath:
             update = NodeMetrics.model_validate_json(body)
         except ValidationError:
             update = None
-        if update is None or update.node != node:  # the route explains what is wrong
+        if (
+            update is None or update.node != node or _foreign_instance(update) is not None
+        ):  # the route explains what is wrong
             await self.app(scope, replay_body(body, receive), send)
             return
         ctx.telemetry.ingest(update, received_at=time.time(), raw=body)

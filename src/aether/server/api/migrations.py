@@ -21,7 +21,13 @@ from aether.core.snapshots import tier_of
 from aether.errors import BadRequestError, ForbiddenError, NotFoundError
 from aether.model.cluster import InstanceRecord
 from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut
-from aether.server.api.artifacts import DIGEST_HEADER, claimed_digest, request_chunks
+from aether.server.api.artifacts import (
+    DIGEST_HEADER,
+    check_node_read,
+    claimed_digest,
+    request_chunks,
+)
+from aether.server.audit import refuse
 from aether.server.auth import ArtifactReader, Caller, NodeCaller, Operator
 from aether.server.context import ServerContext, get_context
 from aether.server.migrations import migration_out, request_migration
@@ -87,6 +93,10 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
     kv = await ctx.store.get(key) if key.startswith("instances/") else None
     if kv is None:
         raise NotFoundError(f"instance {key!r} does not exist; a snapshot needs its instance")
+    if not key.startswith(f"instances/{caller.node}/"):
+        raise refuse(
+            request, caller, key, f"the instance is not node {caller.node!r}'s: not its snapshot"
+        )
     record = InstanceRecord.model_validate_json(kv.value)
 
     async with ctx.uploads.slot("artifact") as slot:
@@ -119,8 +129,11 @@ async def list_snapshots(
 
 
 @router.get("/snapshots/{digest}")
-async def download_snapshot(digest: str, caller: ArtifactReader, ctx: Ctx) -> StreamingResponse:
-    """The snapshot's bytes: nodes restore it; operators may fetch their tenant's."""
+async def download_snapshot(
+    digest: str, request: Request, caller: ArtifactReader, ctx: Ctx
+) -> StreamingResponse:
+    """The snapshot's bytes: a node restores one assigned to it; operators may fetch
+    their tenant's."""
     if caller.role not in ("node", "admin", "operator"):
         raise ForbiddenError(
             f"role {caller.role!r} may not download snapshots; it needs node, operator or admin"
@@ -130,6 +143,8 @@ async def download_snapshot(digest: str, caller: ArtifactReader, ctx: Ctx) -> St
     size = await ctx.registry.size(digest)
     if size is None or not await ctx.records.has_snapshot(tenant, digest):
         raise NotFoundError(f"snapshot {digest} not found")
+    if caller.role == "node":
+        await check_node_read(request, ctx, caller, digest, "snapshot")
     headers: dict[str, Any] = {"Content-Length": str(size), DIGEST_HEADER: digest}
     return StreamingResponse(
         await ctx.registry.open_chunks(digest), media_type="application/gzip", headers=headers

@@ -1,6 +1,10 @@
-"""What nodes call: register, heartbeat, the assignment stream, reports and logs.
+"""What nodes call: join, register, heartbeat, the assignment stream, reports and logs;
+and what a cluster admin does to nodes: revoke and allow them.
 
-Nodes talk only to servers, never to the state store or the database.
+Nodes talk only to servers, never to the state store or the database. A node
+joins once with a join token and gets a credential of its own, bound to its id;
+every other node route takes only that credential, and only for that node
+(``own_node``): anything else is a 403 with an audit line.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -21,7 +25,7 @@ from aether.core.controller import DRAINED_BY_OPERATOR
 from aether.core.features import node_config
 from aether.core.lifecycle import Command, State, can_report
 from aether.errors import BadRequestError, ConflictError, NotFoundError
-from aether.model.api import NodeOut, RegisterIn, RegisterOut, ReportIn
+from aether.model.api import JoinIn, JoinOut, NodeOut, RegisterIn, RegisterOut, ReportIn
 from aether.model.app import APP_NAME_RE
 from aether.model.cluster import (
     Endpoint,
@@ -31,11 +35,12 @@ from aether.model.cluster import (
     endpoint_key,
     instance_key,
 )
-from aether.server.auth import Caller, NodeCaller, Operator
+from aether.server.audit import refuse
+from aether.server.auth import Caller, ClusterAdmin, JoinCaller, NodeCaller, Operator, own_node
 from aether.server.cluster import dump, read_snapshot
 from aether.server.context import ServerContext, get_context
 from aether.server.migrations import drain_node
-from aether.server.nodes import set_draining
+from aether.server.nodes import assigned, set_draining
 from aether.store.base import CompactedError, Compare, Delete, LeaseNotFoundError, Op, Put
 
 __all__ = ["router"]
@@ -74,8 +79,18 @@ async def _node_record(ctx: ServerContext, node: str) -> tuple[NodeRecord, int]:
     return NodeRecord.model_validate_json(kv.value), kv.lease
 
 
+@router.post("/nodes/join", status_code=201)
+async def join(body: JoinIn, caller: JoinCaller, ctx: Ctx) -> JoinOut:
+    """A join token's one call: a new credential for node ``id`` (its earlier ones stop)."""
+    _, credential, replaced = await ctx.records.join_node(caller.tenant_id, body.id)
+    for token_id in replaced:
+        ctx.tokens.forget(token_id)
+    return JoinOut(node_id=body.id, credential=credential)
+
+
 @router.post("/nodes/register")
-async def register(body: RegisterIn, caller: NodeCaller, ctx: Ctx) -> RegisterOut:
+async def register(body: RegisterIn, request: Request, caller: NodeCaller, ctx: Ctx) -> RegisterOut:
+    own_node(request, caller, body.id)
     row = await ctx.records.upsert_node(
         body.id, body.router_url, body.capabilities.model_dump(mode="json")
     )
@@ -113,7 +128,10 @@ async def register(body: RegisterIn, caller: NodeCaller, ctx: Ctx) -> RegisterOu
 
 
 @router.post("/nodes/{node}/heartbeat")
-async def heartbeat(node: str, body: HeartbeatIn, caller: NodeCaller, ctx: Ctx) -> dict[str, Any]:
+async def heartbeat(
+    node: str, body: HeartbeatIn, request: Request, caller: NodeCaller, ctx: Ctx
+) -> dict[str, Any]:
+    own_node(request, caller, node)
     _, lease = await _node_record(ctx, node)
     if lease != body.lease_id:
         raise NotFoundError(
@@ -133,6 +151,7 @@ def _relevant(key: str, node: str) -> bool:
 @router.get("/nodes/{node}/assignments")
 async def assignments(
     node: str,
+    request: Request,
     caller: NodeCaller,
     ctx: Ctx,
     from_revision: Annotated[int, Query(ge=0)] = 0,
@@ -142,6 +161,7 @@ async def assignments(
     Each event line carries its revision; a node resumes with ``from_revision``
     = last seen + 1 after a disconnect.
     """
+    own_node(request, caller, node)
 
     async def stream() -> AsyncIterator[bytes]:
         start = from_revision
@@ -200,9 +220,16 @@ async def assignments(
 
 @router.put("/nodes/{node}/instances/{app_version}/{n}")
 async def report(
-    node: str, app_version: str, n: int, body: ReportIn, caller: NodeCaller, ctx: Ctx
+    node: str,
+    app_version: str,
+    n: int,
+    body: ReportIn,
+    request: Request,
+    caller: NodeCaller,
+    ctx: Ctx,
 ) -> dict[str, Any]:
     """The node reports an instance's state; ACTIVE publishes its endpoint on the node's lease."""
+    own_node(request, caller, node)
     try:
         state = State(body.state)
     except ValueError:
@@ -217,6 +244,10 @@ async def report(
         if kv is None:
             raise NotFoundError(f"instance {key} does not exist (it was removed); stop it")
         record = InstanceRecord.model_validate_json(kv.value)
+        if snapshot is not None and not await ctx.records.has_snapshot(record.tenant, snapshot):
+            raise refuse(
+                request, caller, key, f"snapshot {snapshot} is not one of this instance's tenant"
+            )
         if not can_report(record.state, state, record.command):
             raise ConflictError(f"instance {key} cannot go from {record.state} to {state}")
         active_since = record.active_since if record.state is State.ACTIVE else None
@@ -247,9 +278,10 @@ async def report(
 
 @router.delete("/nodes/{node}/instances/{app_version}/{n}")
 async def unloaded(
-    node: str, app_version: str, n: int, caller: NodeCaller, ctx: Ctx
+    node: str, app_version: str, n: int, request: Request, caller: NodeCaller, ctx: Ctx
 ) -> dict[str, Any]:
     """The node finished UNLOAD: the instance is gone."""
+    own_node(request, caller, node)
     app, _, version = app_version.rpartition("@")
     key = instance_key(node, app, int(version) if version.isdigit() else -1, n)
     kv = await ctx.store.get(key)
@@ -266,7 +298,21 @@ async def unloaded(
 
 
 @router.post("/nodes/{node}/logs")
-async def push_logs(node: str, body: LogsIn, caller: NodeCaller, ctx: Ctx) -> dict[str, int]:
+async def push_logs(
+    node: str, body: LogsIn, request: Request, caller: NodeCaller, ctx: Ctx
+) -> dict[str, int]:
+    """Lines of this node's instances; a line for an app it runs no instance of is refused."""
+    own_node(request, caller, node)
+    mine = {(record.tenant, record.app) for record in await assigned(ctx, node)}
+    for entry in body.entries:
+        if (entry.tenant, entry.app) not in mine:
+            raise refuse(
+                request,
+                caller,
+                f"logs/{entry.tenant}/{entry.app}",
+                f"node {node!r} runs no instance of this app",
+                message=f"node {node!r} runs no instance of app {entry.app!r}: its logs refused",
+            )
     for entry in body.entries:
         await ctx.logs.append(entry.tenant, entry.app, f"{entry.label}@{node}", entry.text)
     return {"accepted": len(body.entries)}
@@ -281,6 +327,8 @@ async def node_list(ctx: ServerContext) -> list[NodeOut]:
     for row in await ctx.records.list_nodes():
         live = snap.nodes.get(row.id)
         state = "down" if live is None else ("draining" if row.draining else "ready")
+        if row.revoked_at is not None:
+            state = "revoked"
         caps = NodeCapabilities.model_validate(row.capabilities)
         out.append(
             NodeOut(
@@ -318,3 +366,23 @@ async def drain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
 async def undrain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
     await set_draining(ctx, node, False)
     return {"node": node, "draining": False}
+
+
+@router.post("/nodes/{node}/revoke")
+async def revoke(node: str, caller: ClusterAdmin, ctx: Ctx) -> dict[str, Any]:
+    """Revoke the node's credential (its next call is 401) and end its lease, so its
+    instances are placed elsewhere; it may not join again until allowed."""
+    revoked = await ctx.records.revoke_node(node)
+    for token_id in revoked:
+        ctx.tokens.forget(token_id)
+    kv = await ctx.store.get(_node_key(node))
+    if kv is not None and kv.lease:
+        await ctx.store.lease_revoke(kv.lease)  # its key and endpoints go with it
+    return {"node": node, "revoked": True, "credentials": len(revoked)}
+
+
+@router.post("/nodes/{node}/allow")
+async def allow(node: str, caller: ClusterAdmin, ctx: Ctx) -> dict[str, Any]:
+    """Let a revoked node join again (with a join token, which gives it a new credential)."""
+    await ctx.records.allow_node(node)
+    return {"node": node, "revoked": False}

@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from aether.core.risk import DRILL_BASE_PRICE, drill_series
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.risk import RiskAssessment, SignalIn, SignalKind, SignalOut
-from aether.server.auth import Caller, Operator, SignalWriter
+from aether.server.auth import Caller, Operator, SignalWriter, own_node
 from aether.server.cluster import read_snapshot
 from aether.server.context import ServerContext, get_context
 from aether.server.risk import assessment_of
@@ -84,7 +84,7 @@ async def _store(ctx: ServerContext, signals: list[SignalIn]) -> list[int]:
 
 @router.post("/signals", status_code=201)
 async def post_signals(
-    caller: SignalWriter, ctx: Ctx, payload: Annotated[Any, Body()]
+    request: Request, caller: SignalWriter, ctx: Ctx, payload: Annotated[Any, Body()]
 ) -> SignalsCreated:
     """One signal (``{"node", "kind", "value", "source"?, "ts"?}``) or ``{"signals": [...]}``.
 
@@ -99,13 +99,20 @@ async def post_signals(
             signals = [SignalIn.model_validate(payload)]
     except ValidationError as exc:
         raise BadRequestError(f"invalid signal: {_problems(exc)}") from None
+    if caller.role == "node":  # a node's local agent speaks for its own node only
+        for signal in signals:
+            own_node(request, caller, signal.node)
     return SignalsCreated(ids=await _store(ctx, signals))
 
 
 @router.post("/market/signal", status_code=201)
-async def market_signal(body: MarketSignalIn, caller: SignalWriter, ctx: Ctx) -> SignalsCreated:
+async def market_signal(
+    body: MarketSignalIn, request: Request, caller: SignalWriter, ctx: Ctx
+) -> SignalsCreated:
     """Compat: ``{"node", "price"?, "rebalance"?, "capacity_score"?, "ts"?}``, stored as the
     equivalent signals (source ``market``)."""
+    if caller.role == "node":
+        own_node(request, caller, body.node)
     common: dict[str, Any] = {"node": body.node, "source": "market", "ts": body.ts}
     signals = []
     if body.price is not None:

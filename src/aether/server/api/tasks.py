@@ -12,9 +12,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from aether.model.tasks import ExecutionOut, SandboxOut, TaskIn, TaskOut, TaskState
-from aether.server.auth import Caller, NodeCaller, Operator
+from aether.server.audit import refuse
+from aether.server.auth import Caller, NodeCaller, Operator, own_node
 from aether.server.context import ServerContext, get_context
 from aether.server.tasks import record_outcome, submit_task
+from aether.store.records import Principal
 
 __all__ = ["router"]
 
@@ -30,18 +32,40 @@ class ClaimIn(BaseModel):
 
 
 class NodeIn(BaseModel):
+    """Who holds the claim: the node, and which attempt (the claim's ``attempts``)."""
+
     node: str
+    attempt: Annotated[int, Field(ge=1)]
 
 
-class CompleteIn(BaseModel):
-    node: str
+class CompleteIn(NodeIn):
     result: dict[str, Any]
 
 
-class FailIn(BaseModel):
-    node: str
+class FailIn(NodeIn):
     error: Annotated[str, Field(max_length=10_000)]
     retryable: bool = True
+
+
+async def _holder(
+    request: Request, caller: Principal, ctx: ServerContext, task_id: str, body: NodeIn
+) -> TaskOut:
+    """The task, if the calling node holds this attempt's claim: 403 and an audit line if not.
+
+    A task no longer active is answered by the queue (cancelled, finished, taken back).
+    """
+    own_node(request, caller, body.node)
+    task = await ctx.queue.get(task_id)
+    if task.claimed_by != body.node or (
+        task.state is TaskState.ACTIVE and task.attempts != body.attempt
+    ):
+        raise refuse(
+            request,
+            caller,
+            f"tasks/{task_id}",
+            f"node {body.node!r} does not hold the claim of attempt {body.attempt} of this task",
+        )
+    return task
 
 
 @router.post("/tasks", status_code=201)
@@ -85,6 +109,7 @@ async def claim(
     A node that went away mid-poll must not be handed a task it will never run
     (it would sit out a whole lease), so the connection is checked first.
     """
+    own_node(request, caller, body.node)
     deadline = time.monotonic() + body.wait
     while True:
         if await request.is_disconnected():
@@ -108,21 +133,31 @@ async def claim(
 
 
 @router.post("/tasks/{task_id}/heartbeat")
-async def heartbeat(task_id: str, body: NodeIn, caller: NodeCaller, ctx: Ctx) -> dict[str, bool]:
+async def heartbeat(
+    task_id: str, body: NodeIn, request: Request, caller: NodeCaller, ctx: Ctx
+) -> dict[str, bool]:
+    task = await _holder(request, caller, ctx, task_id, body)
+    if task.state is not TaskState.ACTIVE:
+        return {"ok": False}
     ok = await ctx.queue.heartbeat(task_id, body.node, ctx.settings.task_lease)
     return {"ok": ok}
 
 
 @router.post("/tasks/{task_id}/complete")
-async def complete(task_id: str, body: CompleteIn, caller: NodeCaller, ctx: Ctx) -> TaskOut:
-    task = await ctx.queue.get(task_id)
-    if task.state is TaskState.ACTIVE and task.claimed_by == body.node:
-        await record_outcome(ctx, task, body.node, body.result)
+async def complete(
+    task_id: str, body: CompleteIn, request: Request, caller: NodeCaller, ctx: Ctx
+) -> TaskOut:
+    task = await _holder(request, caller, ctx, task_id, body)
+    if task.state is TaskState.ACTIVE:
+        await record_outcome(ctx, task, body.node, body.result)  # 400 for a bad result
     return await ctx.queue.complete(task_id, body.node, body.result)
 
 
 @router.post("/tasks/{task_id}/fail")
-async def fail(task_id: str, body: FailIn, caller: NodeCaller, ctx: Ctx) -> TaskOut:
+async def fail(
+    task_id: str, body: FailIn, request: Request, caller: NodeCaller, ctx: Ctx
+) -> TaskOut:
+    await _holder(request, caller, ctx, task_id, body)
     task = await ctx.queue.fail(task_id, body.node, body.error, retryable=body.retryable)
     if task.state in (TaskState.DEAD, TaskState.FAILED) and task.type in ("vm:create", "job:run"):
         vm_id = task.payload.get("vm_id") or task.payload.get("sandbox_id")

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from aether.errors import ConflictError, NotFoundError
+from aether.errors import ConflictError, ForbiddenError, NotFoundError
 from aether.store.records.schema import (
     ApiToken,
     App,
@@ -38,7 +38,9 @@ from aether.store.records.schema import (
 __all__ = ["DEFAULT_TENANT", "Principal", "Records", "hash_token", "now"]
 
 DEFAULT_TENANT = "default"
-ROLES = ("admin", "operator", "viewer", "node")
+#: ``join``: a join token (the cluster admin's), exchanged for a node credential (``node``,
+#: bound to one node id) by ``POST /api/v1/nodes/join``; neither is a tenant's role
+ROLES = ("admin", "operator", "viewer", "join", "node")
 
 
 def now() -> datetime:
@@ -65,12 +67,21 @@ def new_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the tenant every query is scoped by, and the role."""
+    """Who is calling: the tenant every query is scoped by, and the role.
+
+    ``node`` is the node id a node credential is bound to (role ``node``), else None.
+    """
 
     tenant_id: str
     tenant: str
     role: str
     token_id: str
+    node: str | None = None
+
+    @property
+    def cluster_admin(self) -> bool:
+        """An admin of the default tenant: may add and revoke nodes."""
+        return self.role == "admin" and self.tenant == DEFAULT_TENANT
 
 
 class Records:
@@ -108,10 +119,14 @@ class Records:
         """A new token; only its hash is stored, the plain text is returned once."""
         return (await self.issue_token(tenant_id, role, name))[1]
 
-    async def issue_token(self, tenant_id: str, role: str, name: str) -> tuple[str, str]:
-        """(id, plain text) of a new token."""
+    async def issue_token(
+        self, tenant_id: str, role: str, name: str, *, node_id: str | None = None
+    ) -> tuple[str, str]:
+        """(id, plain text) of a new token; a node credential names its node."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
+        if (role == "node") != (node_id is not None):
+            raise ValueError("a node credential, and only one, is bound to a node id")
         token = f"ae_{role[:1]}_{secrets.token_urlsafe(32)}"
         token_id = new_id()
         async with self.sessions() as session:
@@ -124,6 +139,7 @@ class Records:
                     token_hash=hash_token(token),
                     created_at=now(),
                     revoked_at=None,
+                    node_id=node_id,
                 )
             )
             await session.commit()
@@ -167,7 +183,84 @@ class Records:
             if row is None:
                 return None
             tok, tenant = row
-            return Principal(tenant.id, tenant.name, tok.role, tok.id)
+            return Principal(tenant.id, tenant.name, tok.role, tok.id, tok.node_id)
+
+    # -- node credentials -----------------------------------------------------
+
+    async def join_node(self, tenant_id: str, node_id: str) -> tuple[str, str, list[str]]:
+        """A new credential for ``node_id``: (id, plain text, ids of the ones it replaced).
+
+        ForbiddenError when an admin revoked the node and has not allowed it again.
+        """
+        async with self.sessions() as session:
+            node = await session.get(Node, node_id)
+            if node is not None and node.revoked_at is not None:
+                raise ForbiddenError(
+                    f"node {node_id!r} was revoked; a cluster admin must allow it to join "
+                    f"again first (`aether nodes allow {node_id}`)",
+                    code="node_revoked",
+                )
+        replaced = await self._revoke_credentials(node_id)
+        token_id, token = await self.issue_token(
+            tenant_id, "node", f"node {node_id}", node_id=node_id
+        )
+        return token_id, token, replaced
+
+    async def _revoke_credentials(self, node_id: str) -> list[str]:
+        async with self.sessions() as session:
+            ids = list(
+                (
+                    await session.scalars(
+                        select(ApiToken.id).where(
+                            ApiToken.node_id == node_id, ApiToken.revoked_at.is_(None)
+                        )
+                    )
+                ).all()
+            )
+            if ids:
+                await session.execute(
+                    update(ApiToken).where(ApiToken.id.in_(ids)).values(revoked_at=now())
+                )
+                await session.commit()
+            return ids
+
+    async def revoke_node(self, node_id: str) -> list[str]:
+        """Revoke the node's credentials and bar it from joining again; the revoked ids.
+
+        NotFoundError for a node that never joined nor registered.
+        """
+        async with self.sessions() as session:
+            node = await session.get(Node, node_id)
+            known = node is not None or bool(
+                await session.scalar(
+                    select(func.count()).select_from(ApiToken).where(ApiToken.node_id == node_id)
+                )
+            )
+            if not known:
+                raise NotFoundError(f"node {node_id!r} not found")
+            if node is None:  # joined, never registered: remember the revocation all the same
+                node = Node(
+                    id=node_id,
+                    router_url="",
+                    capabilities={"cpus": 0, "memory_mb": 0, "drivers": []},
+                    draining=False,
+                    registered_at=now(),
+                    last_seen_at=now(),
+                )
+                session.add(node)
+            node.revoked_at = now()
+            await session.commit()
+        return await self._revoke_credentials(node_id)
+
+    async def allow_node(self, node_id: str) -> None:
+        """Let a revoked node join again (with a join token)."""
+        async with self.sessions() as session:
+            result = await session.execute(
+                update(Node).where(Node.id == node_id).values(revoked_at=None)
+            )
+            await session.commit()
+        if not getattr(result, "rowcount", 0):
+            raise NotFoundError(f"node {node_id!r} not found")
 
     # -- apps -----------------------------------------------------------------
 
@@ -964,6 +1057,14 @@ class Records:
         query = select(SnapshotRecord.id).where(SnapshotRecord.digest == digest)
         if tenant_id is not None:
             query = query.where(SnapshotRecord.tenant_id == tenant_id)
+        async with self.sessions() as session:
+            return await session.scalar(query.limit(1)) is not None
+
+    async def snapshot_taken_on(self, node: str, digest: str) -> bool:
+        """Whether a snapshot with this digest was stored from an instance on ``node``."""
+        query = select(SnapshotRecord.id).where(
+            SnapshotRecord.digest == digest, SnapshotRecord.node == node
+        )
         async with self.sessions() as session:
             return await session.scalar(query.limit(1)) is not None
 

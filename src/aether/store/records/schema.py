@@ -57,10 +57,12 @@ class ApiToken(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     name: Mapped[str] = mapped_column(String(128))
-    role: Mapped[str] = mapped_column(String(16))  # admin | operator | viewer | node
+    role: Mapped[str] = mapped_column(String(16))  # admin | operator | viewer | join | node
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # a node credential (role ``node``) is bound to one node id; every other token: None
+    node_id: Mapped[str | None] = mapped_column(String(128), index=True)
 
 
 class App(Base):
@@ -161,6 +163,8 @@ class Node(Base):
     # why and by whom (operator | controller | adviser) it is draining; kept across restarts
     drain_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     drained_by: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    # set by ``aether nodes revoke``: the node may not join again until an admin allows it
+    revoked_at: Mapped[datetime | None]
 
 
 class Task(Base):

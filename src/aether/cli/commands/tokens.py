@@ -1,0 +1,51 @@
+"""``aether tokens`` (create, list, revoke) and ``aether nodes revoke|allow NODE``.
+
+Join tokens (``--role join``) add nodes to the cluster: only a cluster admin (an
+admin of the default tenant) creates them. A node exchanges one for a
+credential of its own when it starts; ``aether nodes revoke NODE`` ends that
+credential and bars the node from joining again until ``aether nodes allow``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from aether.cli.output import emit, table
+from aether.cli.session import api_client
+
+__all__ = ["run"]
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with api_client(args) as client:
+        if args.command == "nodes-revoke":
+            result = await client.revoke_node(args.node)
+            emit(
+                args,
+                result,
+                f"node {args.node} revoked: its credential no longer works and it may not "
+                f"join again until `aether nodes allow {args.node}`",
+            )
+        elif args.command == "nodes-allow":
+            result = await client.allow_node(args.node)
+            emit(args, result, f"node {args.node} may join again (with a join token)")
+        elif args.tokens_command == "create":
+            token = await client.create_token(args.role, args.name)
+            emit(args, token, str(token["token"]))
+        elif args.tokens_command == "revoke":
+            token = await client.revoke_token(args.id)
+            emit(args, token, f"token {token['id']} ({token['role']}) revoked")
+        else:
+            tokens = await client.list_tokens()
+            emit(
+                args,
+                {"tokens": tokens},
+                table(
+                    [
+                        [t["id"], t["name"], t["role"], "revoked" if t["revoked_at"] else ""]
+                        for t in tokens
+                    ],
+                    ["id", "name", "role", "state"],
+                ),
+            )
+    return 0
