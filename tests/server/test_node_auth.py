@@ -112,9 +112,19 @@ def setup(server: RunningServer) -> Setup:
     )
     assert uploaded.status_code == 201, uploaded.text
     tenant_id = server.run(server.ctx.records.ensure_tenant()).id
-    _assign(server, mine, app, sha256_of(data), tenant_id)
     task = _claimed_task(server, mine)
     return Setup(mine, theirs, task["id"], sha256_of(data), app, tenant_id)
+
+
+@pytest.fixture(autouse=True)
+def live(request: pytest.FixtureRequest, server: RunningServer) -> None:
+    """Before each test that uses ``setup``: ``mine`` is live (a fresh lease) and runs an
+    instance of the app (the leader deletes a lost node's instances once its lease ends)."""
+    if "setup" not in request.fixturenames:
+        return
+    setup: Setup = request.getfixturevalue("setup")
+    _register(server, setup.mine)
+    _assign(server, setup.mine, setup.app, setup.digest, setup.tenant_id)
 
 
 Route = tuple[str, Callable[[Setup], str], Callable[[Setup], dict[str, Any]]]
