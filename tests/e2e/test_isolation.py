@@ -22,7 +22,9 @@ ATTACK = """\
 echo "uid=$(id -u)"
 cat ../../../../server/admin.token
 cat ../../../../server/join.token
-for f in /proc/*/environ; do tr '\\0' '\\n' < "$f" 2>/dev/null | grep -E 'AETHER_(JOIN_)?TOKEN'; done
+for f in /proc/*/environ; do
+  tr '\\0' '\\n' < "$f" 2>/dev/null | grep -E 'AETHER_(JOIN_)?TOKEN'
+done
 echo "listing: $(ls ../../ ../../../ 2>&1 | tr '\\n' ' ')"
 echo "env: $(env | tr '\\n' ' ')"
 echo "attack done"
@@ -43,9 +45,7 @@ def _need_bwrap() -> None:
         pytest.fail("bubblewrap is needed for this test: apt-get install bubblewrap")
 
 
-def test_hostile_app_reads_no_token_and_runs_unprivileged(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+def test_hostile_app_reads_no_token_and_runs_unprivileged(cluster: Cluster, tmp_path: Path) -> None:
     _need_bwrap()
     cluster.start_server()
     # the node holds both tokens in its environment, as an operator's unit file might
