@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from aether.node.daemon import instance_drivers
 from aether.node.drivers.base import LaunchSpec
 from aether.node.drivers.bwrap import BwrapDriver, SandboxedInstance
+from aether.node.drivers.process import ProcessDriver
 
 SECRET = "s3cret-join-token-for-the-test"
 
@@ -210,3 +212,17 @@ async def test_memory_limit_is_rlimit_data_with_a_floor(
         assert code == 0 and "42" in inst.output(), inst.output()
     else:
         assert code != 0 and "MemoryError" in inst.output(), inst.output()
+
+
+def test_a_node_without_bubblewrap_offers_no_driver_and_says_why() -> None:
+    missing = BwrapDriver(bwrap="/nonexistent/bwrap")
+    assert not missing.available()
+    assert "bubblewrap could not run" in missing.reason or "not installed" in missing.reason
+
+
+def test_the_unsandboxed_policy_is_explicit_and_reported() -> None:
+    drivers, isolation, detail = instance_drivers("none")
+    assert isinstance(drivers["process"], ProcessDriver) and isolation == "none"
+    assert "--isolation none" in detail
+    with pytest.raises(ValueError, match="bwrap or none"):
+        instance_drivers("chroot")

@@ -35,7 +35,7 @@ from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.sandbox import drivers_available
 from aether.node.tasks import TaskWorker
 
-__all__ = ["NodeDaemon", "NodeOptions"]
+__all__ = ["NodeDaemon", "NodeOptions", "instance_drivers"]
 
 log = logging.getLogger("aether.node")
 
@@ -67,7 +67,7 @@ def _node_id(data_dir: Path, requested: str | None) -> str:
     return node_id
 
 
-def _instance_drivers(policy: str) -> tuple[dict[str, Driver], str, str]:
+def instance_drivers(policy: str) -> tuple[dict[str, Driver], str, str]:
     """The driver that runs apps' ``process`` instances under this node's policy.
 
     Returns the drivers, the isolation mode and its detail for the capabilities.
@@ -103,7 +103,7 @@ class NodeDaemon:
         (options.data_dir / "instances").chmod(0o700)
         self.node_id = _node_id(options.data_dir, options.node_id)
         self.client = ApiClient(options.server, options.join_token)
-        self.drivers, self.isolation, self.isolation_detail = _instance_drivers(options.isolation)
+        self.drivers, self.isolation, self.isolation_detail = instance_drivers(options.isolation)
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
         self.router = Router(options.router_host, options.router_port)
         self.runners: dict[str, InstanceRunner] = {}
