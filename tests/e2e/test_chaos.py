@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -17,17 +18,27 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
 
 
 def app_processes(under: Path) -> list[int]:
-    """Pids of instance processes whose working directory is below ``under``."""
+    """Pids of instance processes whose working directory is an instance's app under ``under``.
+
+    A sandboxed instance shows its directory at its own path (``/instance/app``),
+    so the directory is recognised by its device and inode, not by that path.
+    """
+    dirs = set()
+    for app in under.glob("instances/*/app"):
+        with contextlib.suppress(OSError):
+            st = app.stat()
+            dirs.add((st.st_dev, st.st_ino))
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cwd = os.readlink(entry / "cwd")
+            cwd = os.stat(entry / "cwd")
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if cwd.startswith(str(under)) and b"app.py" in cmdline:
+        sandbox = cmdline.split(b"\0")[0].endswith(b"bwrap")  # its init, not the app
+        if (cwd.st_dev, cwd.st_ino) in dirs and b"app.py" in cmdline and not sandbox:
             found.append(int(entry.name))
     return found
 

@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-host", default="127.0.0.1")
     p.add_argument("--id", default=None, help="node id (default: kept in the data dir)")
     p.add_argument("--label", action="append", default=[], help="KEY=VALUE, repeatable")
+    p.add_argument(
+        "--isolation",
+        choices=["bwrap", "none"],
+        default=None,
+        help="how app instances run: bwrap sandboxes (default), or none: plain processes of "
+        "the node, for trusted single-tenant setups only (or AETHER_NODE_ISOLATION)",
+    )
 
     p = sub.add_parser("login", help="save the server URL and token for later commands")
     p.add_argument("--server", default=None, help="default: the current session's")

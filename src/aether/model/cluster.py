@@ -36,6 +36,12 @@ class NodeCapabilities(BaseModel):
     bwrap: bool = False
     kvm: bool = False  # /dev/kvm usable for hardware virtualisation
     features: list[str] = Field(default_factory=list)  # protocol features the node speaks
+    # how app instances are confined: "bwrap" (sandboxed), "none" (plain processes, by
+    # the node's explicit policy), "unavailable" (sandboxing was asked but does not work
+    # here: the node runs no instances); older nodes say nothing: "none"
+    isolation: Literal["bwrap", "none", "unavailable"] = "none"
+    isolation_detail: str = ""  # how, or why not
+    limits: dict[str, str] = Field(default_factory=dict)  # enforced: memory, cpu, processes
 
 
 class NodeRecord(BaseModel):

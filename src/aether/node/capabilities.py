@@ -79,6 +79,9 @@ def fingerprint(
     sandbox_drivers: list[str] | None = None,
     *,
     probe_criu: bool = True,
+    isolation: str = "none",
+    isolation_detail: str = "",
+    limits: dict[str, str] | None = None,
 ) -> NodeCapabilities:
     criu, detail = criu_check() if probe_criu else (False, "not probed (--no-criu)")
     return NodeCapabilities(
@@ -94,4 +97,7 @@ def fingerprint(
         bwrap=shutil.which("bwrap") is not None,
         kvm=kvm_usable(),
         features=list(NODE_FEATURES),
+        isolation=isolation,  # type: ignore[arg-type]
+        isolation_detail=isolation_detail,
+        limits=limits or {},
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from aether.model.api import RegisterIn, RegisterOut
 from aether.model.cluster import Endpoint, InstanceRecord
 from aether.node.capabilities import fingerprint
 from aether.node.drivers.base import Driver
+from aether.node.drivers.bwrap import BwrapDriver
 from aether.node.drivers.process import ProcessDriver
 from aether.node.logship import LogShipper
 from aether.node.metrics import MetricsCollector, MetricsPusher
@@ -39,7 +41,7 @@ from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.sandbox import drivers_available
 from aether.node.tasks import TaskWorker
 
-__all__ = ["CREDENTIAL_FILE", "CredentialError", "NodeDaemon", "NodeOptions"]
+__all__ = ["CREDENTIAL_FILE", "CredentialError", "NodeDaemon", "NodeOptions", "instance_drivers"]
 
 log = logging.getLogger("aether.node")
 
@@ -60,6 +62,9 @@ class NodeOptions:
     advertise_host: str = "127.0.0.1"
     node_id: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # "bwrap": app instances run sandboxed (the default); "none": as plain processes
+    # of the node, for trusted single-tenant setups only (--isolation none)
+    isolation: str = "bwrap"
 
 
 def _node_id(data_dir: Path, requested: str | None) -> str:
@@ -74,13 +79,43 @@ def _node_id(data_dir: Path, requested: str | None) -> str:
     return node_id
 
 
+def instance_drivers(policy: str) -> tuple[dict[str, Driver], str, str]:
+    """The driver that runs apps' ``process`` instances under this node's policy.
+
+    Returns the drivers, the isolation mode and its detail for the capabilities.
+    Sandboxing that does not work here leaves no driver: nothing is placed on
+    this node (it still runs tasks), and the log and ``aether nodes`` say why.
+    """
+    if policy == "none":
+        log.warning(
+            "app instances run UNSANDBOXED (--isolation none): they run as the node's user "
+            "and can read its data; only for trusted single-tenant setups"
+        )
+        return {"process": ProcessDriver()}, "none", "unsandboxed by node policy (--isolation none)"
+    if policy != "bwrap":
+        raise ValueError(f"unknown isolation policy {policy!r}: bwrap or none")
+    bwrap = BwrapDriver()
+    if not bwrap.available():
+        detail = (
+            f"{bwrap.reason}; this node runs no app instances (fix it, or run the node "
+            "with --isolation none on a trusted single-tenant machine)"
+        )
+        log.error("app instances cannot be sandboxed: %s", detail)
+        return {}, "unavailable", detail
+    return {"process": bwrap}, "bwrap", bwrap.mode
+
+
 class NodeDaemon:
     def __init__(self, options: NodeOptions) -> None:
         self.options = options
         options.data_dir.mkdir(parents=True, exist_ok=True)
+        # the node's files (credentials, instances' logs and state) are the node's alone
+        options.data_dir.chmod(0o700)
+        (options.data_dir / "instances").mkdir(mode=0o700, exist_ok=True)
+        (options.data_dir / "instances").chmod(0o700)
         self.node_id = _node_id(options.data_dir, options.node_id)
         self.client = ApiClient(options.server, None)  # the node's credential, once it has it
-        self.drivers: dict[str, Driver] = {"process": ProcessDriver()}
+        self.drivers, self.isolation, self.isolation_detail = instance_drivers(options.isolation)
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
         self.router = Router(options.router_host, options.router_port)
         self.runners: dict[str, InstanceRunner] = {}
@@ -204,8 +239,17 @@ class NodeDaemon:
         await self.client.close()
 
     async def _register(self) -> None:
+        process = self.drivers.get("process")
         caps = await asyncio.to_thread(
-            fingerprint, sorted(self.drivers), self.options.labels, list(self.sandboxes)
+            functools.partial(
+                fingerprint,
+                sorted(self.drivers),
+                self.options.labels,
+                list(self.sandboxes),
+                isolation=self.isolation,
+                isolation_detail=self.isolation_detail,
+                limits=dict(process.limits) if process is not None else {},
+            )
         )
         body = RegisterIn(id=self.node_id, capabilities=caps, router_url=self.router_url)
         delay = 0.2

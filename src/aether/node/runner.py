@@ -6,7 +6,13 @@ step reports its progress to the server. A crashed process is restarted with
 backoff; too many crashes in a row report FAILED so the leader can replace it.
 
 Stateful instances (``stateful`` in aether.toml) get ``AETHER_STATE_DIR`` (their
-``state_dir``, absolute) and ``AETHER_CHECKPOINT_ACK``. A DEACTIVATE with
+``state_dir``, absolute) and ``AETHER_CHECKPOINT_ACK``.
+
+An instance's directory (``instances/{app}@{version}-{n}``, 0700) belongs to the
+node: its log, snapshots and CRIU images live there, where the app cannot plant
+a symlink for the node to follow. Only ``app/`` (the artifact, cwd and state)
+and ``run/`` (the checkpoint acknowledgement) belong to the instance's uid
+(``driver.host_uid``), 0700, and only they are writable inside its sandbox. A DEACTIVATE with
 ``checkpoint`` stops the instance through ``node.checkpoint`` (CRIU where the
 server switched it on for this node, else the cooperative protocol), uploads
 the snapshot and reports LOADED with its digest; a LOAD with ``restore_from``
@@ -186,7 +192,7 @@ class RunnerConfig:
         criu: bool = False,
         criu_binary: str = "criu",
     ) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()  # instances get absolute paths under it
         self.advertise_host = advertise_host
         self.health_timeout = health_timeout
         self.drain_grace = drain_grace
@@ -262,8 +268,18 @@ class InstanceRunner:
         return self.app_dir / spec.state_dir if spec.stateful and spec.state_dir else None
 
     @property
+    def run_dir(self) -> Path:
+        """Written by the instance: the checkpoint acknowledgement."""
+        return self.root / "run"
+
+    @property
     def ack_path(self) -> Path:
-        return self.root / "checkpoint.ack"
+        return self.run_dir / "checkpoint.ack"
+
+    @property
+    def instance_id(self) -> str:
+        """Stable for this instance on this node: the driver derives its uid from it."""
+        return self.record.key
 
     @property
     def criu_images(self) -> Path:
@@ -369,6 +385,7 @@ class InstanceRunner:
             code = f" ({exc.code})" if isinstance(exc, AetherError) else ""  # e.g. link_escape
             await self._report(State.FAILED, message=f"load failed{code}: {exc}")
             return
+        await asyncio.to_thread(self._hand_over)
         record = self.record
         if record.checkpoint and record.command is Command.DEACTIVATE and self.snapshot is None:
             # rebuilt after a restart: the checkpoint stored before it still counts
@@ -410,12 +427,29 @@ class InstanceRunner:
             raise StepFailed("cached artifact was corrupt; it was removed, retrying fetches it")
         if self.root.exists():
             await asyncio.to_thread(shutil.rmtree, self.root)
-        self.root.mkdir(parents=True)
+        self.root.mkdir(parents=True, mode=0o700)
         try:
             await asyncio.to_thread(safe_extract, archive, self.app_dir)
         except UnsafeArchiveError:
             archive.unlink(missing_ok=True)  # keep nothing of a hostile artifact
             raise
+
+    def _hand_over(self) -> None:
+        """Give ``app/`` (the whole tree) and ``run/`` to the instance's uid, 0700."""
+        state_dir = self.state_dir
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(exist_ok=True)
+        os.chmod(self.root, 0o700)
+        uid = self.driver.host_uid(self.instance_id)
+        for top in (self.app_dir, self.run_dir):
+            os.chmod(top, 0o700)
+            if uid is None:
+                continue
+            os.lchown(top, uid, uid)
+            for dirpath, dirnames, filenames in os.walk(top):
+                for name in dirnames + filenames:
+                    os.lchown(os.path.join(dirpath, name), uid, uid)
 
     async def _activate(self) -> None:
         await self._report(State.ACTIVATING)
@@ -445,10 +479,20 @@ class InstanceRunner:
         )
         state_dir = self.state_dir
         if state_dir is not None:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            env["AETHER_STATE_DIR"] = str(state_dir.resolve())
-            env["AETHER_CHECKPOINT_ACK"] = str(self.ack_path.resolve())
-        launch = LaunchSpec(command=spec.start, cwd=self.app_dir, env=env, log_path=self.log_path)
+            env["AETHER_STATE_DIR"] = str(state_dir)
+            env["AETHER_CHECKPOINT_ACK"] = str(self.ack_path)
+        if not (self.run_dir.is_dir() and (state_dir is None or state_dir.is_dir())):
+            await asyncio.to_thread(self._hand_over)  # loaded by an older node, or tampered with
+        launch = LaunchSpec(
+            command=spec.start,
+            cwd=self.app_dir,
+            env=env,
+            log_path=self.log_path,
+            instance_id=self.instance_id,
+            root=self.root,
+            writable=(self.app_dir, self.run_dir),
+            memory_mb=spec.resources.memory_mb,
+        )
         try:
             self.handle = await self.driver.start(launch)
         except OSError as exc:
@@ -559,6 +603,11 @@ class InstanceRunner:
             await self._report(State.LOADED)
             return
         spec = self.record.spec
+        if not state_dir.resolve().is_relative_to(self.app_dir.resolve()):
+            # the app replaced its state directory (or a parent) with a link out of it
+            await self._stop_process()
+            await self._report(State.FAILED, message="checkpoint failed: state_dir leaves the app")
+            return
         try:
             made = await checkpoint(
                 handle=self.handle,

@@ -68,6 +68,9 @@ def _node(args: argparse.Namespace) -> int:
             "creates more with `aether tokens create --role join`)",
             kind="usage",
         )
+    isolation = args.isolation or os.environ.get("AETHER_NODE_ISOLATION") or "bwrap"
+    if isolation not in ("bwrap", "none"):
+        raise CliError(f"AETHER_NODE_ISOLATION={isolation!r}: expected bwrap or none", kind="usage")
     options = NodeOptions(
         server=args.server,
         join_token=token or None,
@@ -77,6 +80,7 @@ def _node(args: argparse.Namespace) -> int:
         advertise_host=args.advertise_host,
         node_id=args.id,
         labels=_labels(args.label),
+        isolation=isolation,
     )
 
     async def main() -> None:

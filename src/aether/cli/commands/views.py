@@ -6,8 +6,45 @@ import argparse
 
 from aether.cli.output import CliError, emit, table
 from aether.cli.session import api_client
+from aether.model.api import NodeOut
+from aether.model.cluster import NodeCapabilities
 
 __all__ = ["run"]
+
+
+def _isolation(caps: NodeCapabilities) -> str:
+    if caps.isolation == "none":
+        return "NONE (unsandboxed)"
+    if caps.isolation == "unavailable":
+        return "unavailable: " + caps.isolation_detail
+    return caps.isolation
+
+
+def _limits(caps: NodeCapabilities) -> str:
+    """What the node enforces on each instance, shortest first."""
+    if not caps.limits:
+        return "-"
+    return "; ".join(f"{k}: {v}" for k, v in sorted(caps.limits.items()))
+
+
+def _isolation_warnings(nodes: list[NodeOut]) -> list[str]:
+    """A line per live node that runs app instances unsandboxed, or cannot run them."""
+    out = []
+    for n in nodes:
+        if n.state == "down":
+            continue
+        caps = n.capabilities
+        if caps.isolation == "none":
+            out.append(
+                f"WARNING: node {n.id} runs app instances UNSANDBOXED (--isolation none): "
+                "they can read the node's data and each other's files"
+            )
+        elif caps.isolation == "unavailable":
+            out.append(
+                f"WARNING: node {n.id} cannot sandbox app instances and runs none: "
+                + caps.isolation_detail
+            )
+    return out
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -15,8 +52,12 @@ async def run(args: argparse.Namespace) -> int:
         if args.command == "status":
             status = await client.status()
             data = status.model_dump(mode="json")
+            warnings = _isolation_warnings(status.nodes)
+            data["warnings"] = warnings
             text = (
                 f"api:    {status.api_url}\nleader: {status.leader or '(none)'}\n\n"
+                + "".join(f"{w}\n" for w in warnings)
+                + ("\n" if warnings else "")
                 + table(
                     [[n.id, n.state, n.router_url, str(n.instances)] for n in status.nodes],
                     ["node", "state", "router", "instances"],
@@ -80,11 +121,13 @@ async def run(args: argparse.Namespace) -> int:
                             n.state,
                             n.router_url,
                             ",".join(n.capabilities.drivers),
+                            _isolation(n.capabilities),
+                            _limits(n.capabilities),
                             str(n.instances),
                         ]
                         for n in nodes
                     ],
-                    ["node", "state", "router", "drivers", "instances"],
+                    ["node", "state", "router", "drivers", "isolation", "limits", "instances"],
                 ),
             )
         else:

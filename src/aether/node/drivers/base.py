@@ -15,10 +15,21 @@ __all__ = ["Driver", "Handle", "LaunchSpec"]
 
 @dataclass(frozen=True)
 class LaunchSpec:
+    """What to run, and the instance's files as the node keeps them.
+
+    Paths (``cwd``, and values of ``env``) are host paths under ``root``; an
+    isolated driver shows ``root`` at its own place inside the sandbox and
+    rewrites them. Only ``writable`` (directories under ``root``) are shown.
+    """
+
     command: str  # a shell command line, as written in aether.toml's ``start``
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    instance_id: str = ""  # stable for the instance (its host uid derives from it)
+    root: Path | None = None  # the instance's directory on the node
+    writable: tuple[Path, ...] = ()  # directories under ``root`` the instance may write
+    memory_mb: int = 0  # the spec's memory; 0: no limit
 
 
 class Handle(Protocol):
@@ -36,9 +47,14 @@ class Handle(Protocol):
 class Driver(Protocol):
     name: str
     isolated: bool
+    limits: dict[str, str]  # what is enforced: memory, cpu, processes (shown by `aether nodes`)
 
     def available(self) -> bool:
         """Whether this machine can run this driver (a node capability)."""
+        ...
+
+    def host_uid(self, instance_id: str) -> int | None:
+        """The host uid the instance runs as, to own its files; None: the node's own."""
         ...
 
     async def start(self, spec: LaunchSpec) -> Handle: ...

@@ -1,62 +1,45 @@
-"""The ``process`` driver: a plain child process group, not isolated."""
+"""The ``process`` driver: a plain child process group, not isolated.
+
+Only for trusted single-tenant nodes, by explicit policy (``aether node
+--isolation none``): the app runs as the node's user and sees the node's files
+and processes. Its environment is still built from the app's spec alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 
 from aether.node.drivers.base import Handle, LaunchSpec
+from aether.node.drivers.spawn import instance_env, spawn
 
 __all__ = ["ProcessDriver"]
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child: if the node daemon dies, so does the instance.
-
-    A node that is killed must not leave orphans holding ports: its
-    instances are placed elsewhere, and a restarted node starts them again.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ProcessDriver:
     name = "process"
     isolated = False
+    limits: dict[str, str] = {
+        "memory": "not enforced",
+        "cpu": "not enforced",
+        "processes": "not enforced",
+    }
 
     def available(self) -> bool:
         return True
 
+    def host_uid(self, instance_id: str) -> int | None:
+        return None  # the node's own
+
     async def start(self, spec: LaunchSpec) -> Handle:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(spec.cwd)}
-        for name in ("LANG", "LC_ALL", "TZ", "PYTHONPATH"):
-            if name in os.environ:
-                env[name] = os.environ[name]
-        env.update(spec.env)
-        log = spec.log_path.open("ab") if spec.log_path else None
-        try:
-            process = await asyncio.create_subprocess_exec(
-                "/bin/sh",
-                "-c",
-                f"exec {spec.command}",
-                cwd=spec.cwd,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log if log else asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            if log:
-                log.close()
-        return process
+        return await spawn(
+            ["/bin/sh", "-c", f"exec {spec.command}"],
+            env=instance_env(spec.env, home=str(spec.cwd)),
+            cwd=spec.cwd,
+            log_path=spec.log_path,
+        )
 
     async def stop(self, handle: Handle, *, grace: float = 10.0) -> int:
         if handle.returncode is not None:

@@ -38,9 +38,6 @@ What the limits enforce (rlimits, set by ``prlimit`` inside the sandbox):
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
 import logging
 import math
 import os
@@ -52,6 +49,16 @@ from pathlib import Path
 from typing import Any
 
 from aether.errors import NotFoundError
+from aether.node.bwrap import (
+    HOST_UID_BASE,
+    HOSTNAME,
+    PATH,
+    PRLIMIT,
+    MemFds,
+    etc_args,
+    host_uid_for,
+    system_args,
+)
 from aether.node.sandbox._run import WorkspaceDriver, run_capped
 from aether.node.sandbox.base import (
     DEFAULT_OUTPUT_LIMIT,
@@ -69,51 +76,6 @@ __all__ = ["BwrapSandboxDriver"]
 log = logging.getLogger("aether.node.sandbox")
 
 SANDBOX_UID = 65534  # the uid and gid commands see inside
-_HOST_UID_BASE = 1_900_000_000
-_HOST_UID_SPAN = 200_000_000
-_PRLIMIT = "/usr/bin/prlimit"
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-# host files shown read-only in every sandbox: no secrets, needed by common tools
-_ETC_ALWAYS = (
-    "/etc/alternatives",  # Debian's awk, editor, ... are symlinks through here
-    "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
-    "/etc/localtime",
-    "/etc/services",
-    "/etc/protocols",
-)
-# and with network: name resolution and TLS roots
-_ETC_NETWORK = (
-    "/etc/resolv.conf",
-    "/etc/gai.conf",
-    "/etc/host.conf",
-    "/etc/ssl",
-    "/etc/ca-certificates",
-    "/etc/ca-certificates.conf",
-    "/etc/pki",
-)
-_HOSTNAME = "sandbox"
-
-
-def host_uid_for(sandbox_id: str) -> int:
-    """A stable unprivileged host uid per sandbox, so limits count per sandbox."""
-    digest = int.from_bytes(hashlib.sha256(sandbox_id.encode()).digest()[:8], "big")
-    return _HOST_UID_BASE + digest % _HOST_UID_SPAN
-
-
-@functools.cache
-def _system_args() -> tuple[str, ...]:
-    """``/usr`` read-only, plus ``/bin``, ``/lib*``, ``/sbin`` as this host has them."""
-    args = ["--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = f"/{name}"
-        if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            args += ["--ro-bind", path, path]
-    return tuple(args)
 
 
 def _others_can_reach(path: Path, *, read: bool = False) -> bool:
@@ -129,26 +91,6 @@ def _others_can_reach(path: Path, *, read: bool = False) -> bool:
     except OSError:
         return False
     return True
-
-
-class _MemFds:
-    """In-memory files handed to bwrap by descriptor (args, synthesised /etc files)."""
-
-    def __init__(self) -> None:
-        self.fds: list[int] = []
-
-    def add(self, name: str, data: bytes) -> int:
-        fd = os.memfd_create(name)
-        self.fds.append(fd)
-        if data:
-            os.write(fd, data)
-            os.lseek(fd, 0, os.SEEK_SET)
-        return fd
-
-    def close(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class BwrapSandboxDriver(WorkspaceDriver):
@@ -172,18 +114,18 @@ class BwrapSandboxDriver(WorkspaceDriver):
         return self._probe[uid]
 
     def _run_probe(self, uid: int | None) -> bool:
-        if not self._bwrap or not os.access(_PRLIMIT, os.X_OK):
+        if not self._bwrap or not os.access(PRLIMIT, os.X_OK):
             return False
         argv = [
             self._bwrap,
             *self._namespace_args(network=False),
-            *_system_args(),
+            *system_args(),
             "--proc",
             "/proc",
             "--dev",
             "/dev",
             "--",
-            _PRLIMIT,
+            PRLIMIT,
             "--nproc=16",
             "--",
             "/usr/bin/true",
@@ -219,7 +161,7 @@ class BwrapSandboxDriver(WorkspaceDriver):
             )
             # whether the kernel lets an unprivileged uid make namespaces does not
             # depend on which uid: probe once with the first of the range
-            if reachable and self._works(_HOST_UID_BASE):
+            if reachable and self._works(HOST_UID_BASE):
                 host_uid = host_uid_for(spec.id)
             else:
                 log.warning(
@@ -254,18 +196,18 @@ class BwrapSandboxDriver(WorkspaceDriver):
         host_uid = handle.extra.get("host_uid")
         cpu = math.ceil(timeout * spec.vcpus) + 1
         memory = spec.memory_mb * MIB
-        fds = _MemFds()
+        fds = MemFds()
         try:
             options = list(self._sandbox_args(handle, fds))
             info = fds.add("bwrap-info", b"")
             options += ["--info-fd", str(info)]
-            args_fd = fds.add("bwrap-args", b"".join(a.encode() + b"\0" for a in options))
+            args_fd = fds.args_fd(options)
             argv = [
                 self._bwrap,
                 "--args",
                 str(args_fd),
                 "--",
-                _PRLIMIT,
+                PRLIMIT,
                 f"--nproc={spec.max_processes}",
                 f"--data={memory}",
                 f"--cpu={cpu}:{cpu + 1}",
@@ -319,23 +261,21 @@ class BwrapSandboxDriver(WorkspaceDriver):
             "--die-with-parent",
             "--new-session",
             "--hostname",
-            _HOSTNAME,
+            HOSTNAME,
         ]
 
-    def _sandbox_args(self, handle: SandboxHandle, fds: _MemFds) -> Iterator[str]:
+    def _sandbox_args(self, handle: SandboxHandle, fds: MemFds) -> Iterator[str]:
         spec = handle.spec
         tmp_size = str(spec.memory_mb * MIB)
         yield from self._namespace_args(network=spec.network)
-        yield from _system_args()
+        yield from system_args()
         yield from ("--proc", "/proc", "--dev", "/dev")
         yield from ("--size", tmp_size, "--tmpfs", "/dev/shm")
         yield from ("--size", tmp_size, "--tmpfs", "/tmp")
         yield from ("--dir", "/var", "--symlink", "../tmp", "/var/tmp")
-        for name, data in _etc_files(spec.network).items():
-            fd = str(fds.add(name, data.encode()))
-            yield from ("--perms", "0644", "--ro-bind-data", fd, f"/etc/{name}")
-        for etc in _ETC_ALWAYS + (_ETC_NETWORK if spec.network else ()):
-            yield from ("--ro-bind-try", etc, etc)
+        yield from etc_args(
+            fds, uid=SANDBOX_UID, user="sandbox", home="/workspace", network=spec.network
+        )
         for given in spec.ro_paths:
             yield from ("--ro-bind", str(given), str(given))
         yield from ("--bind", str(handle.workspace), "/workspace", "--chdir", "/workspace")
@@ -344,7 +284,7 @@ class BwrapSandboxDriver(WorkspaceDriver):
     @staticmethod
     def _env(extra: dict[str, str] | None) -> dict[str, str]:
         env = {
-            "PATH": _PATH,
+            "PATH": PATH,
             "HOME": "/workspace",
             "USER": "sandbox",
             "LOGNAME": "sandbox",
@@ -353,18 +293,3 @@ class BwrapSandboxDriver(WorkspaceDriver):
         }
         env.update(extra or {})
         return env
-
-
-def _etc_files(network: bool) -> dict[str, str]:
-    """Synthesised /etc files: the sandbox learns nothing of the node's users."""
-    uid = SANDBOX_UID
-    return {
-        "passwd": "root:x:0:0:root:/root:/bin/sh\n"
-        f"sandbox:x:{uid}:{uid}:sandbox:/workspace:/bin/sh\n",
-        "group": f"root:x:0:\nsandbox:x:{uid}:\n",
-        "hosts": f"127.0.0.1\tlocalhost {_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        "hostname": f"{_HOSTNAME}\n",
-        "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\n"
-        f"hosts: files{' dns' if network else ''}\nnetworks: files\nprotocols: files\n"
-        "services: files\n",
-    }

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from aether.errors import BadRequestError, NotFoundError
+from aether.node.bwrap import host_uid_for
 from aether.node.sandbox._run import OutputCap, RawRun, WorkspaceDriver
 from aether.node.sandbox.base import (
     DEFAULT_OUTPUT_LIMIT,
@@ -62,7 +63,6 @@ from aether.node.sandbox.base import (
     utcnow,
     validate_exec,
 )
-from aether.node.sandbox.bwrap import host_uid_for
 
 __all__ = ["MicroVMSandboxDriver", "missing_prerequisites"]
 
