@@ -73,7 +73,7 @@ class ScaleIn(BaseModel):
 
 
 class RollbackIn(BaseModel):
-    version: Annotated[int, Field(ge=1)] | None = None
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
 class AppOut(BaseModel):

@@ -33,7 +33,7 @@ class AppSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     require_signature: bool | None = None
-    retain_deployments: Annotated[int, Field(ge=1)] | None = None
+    retain_deployments: Annotated[int, Field(ge=1, le=10_000)] | None = None
 
 
 class AppSettingsOut(BaseModel):

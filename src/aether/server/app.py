@@ -40,6 +40,7 @@ from aether.server.errors import install_error_handlers
 from aether.server.forward import LeaderForward
 from aether.server.idempotency import IdempotencyMiddleware
 from aether.server.leader import Leader
+from aether.server.limits import InputLimits
 from aether.server.logstore import LogStore
 from aether.server.metrics import ServerMetrics, UploadGate, install_metrics
 from aether.server.risk import RiskEngine
@@ -180,7 +181,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     install_error_handlers(app)
     app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
-    app.add_middleware(LeaderForward)  # outermost: on a follower, telemetry goes to the leader
+    app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
+    app.add_middleware(InputLimits, settings=settings)  # outermost: bounds all of the above
     install_metrics(app, metrics)
 
     @app.get("/healthz", tags=["probes"])
