@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from aether.artifacts import parse_digest
+from aether.artifacts.scan import scanned
 from aether.errors import BadRequestError, NotFoundError
 from aether.server.auth import ArtifactReader, Caller, Operator
 from aether.server.context import ServerContext, get_context
@@ -83,7 +84,10 @@ async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> Uploa
     signed = read_signature_headers(request)  # checked before the body: a bad one stores nothing
 
     async with ctx.uploads.slot("artifact") as slot:  # AETHER_MAX_CONCURRENT_UPLOADS
-        result = await ctx.registry.write_stream(slot.meter(request_chunks(request)), digest)
+        # judged as it streams by the node's own extraction rules: a hostile archive is
+        # refused now with the code a node would give, and nothing is stored
+        chunks = scanned(slot.meter(request_chunks(request)))
+        result = await ctx.registry.write_stream(chunks, digest)
     await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
     verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
     return UploadOut(
