@@ -37,6 +37,7 @@ from aether.server.api import migrations as migrations_api
 from aether.server.context import ServerContext
 from aether.server.controller import install as install_controller
 from aether.server.errors import install_error_handlers
+from aether.server.files import make_private, private_umask
 from aether.server.forward import LeaderForward
 from aether.server.idempotency import IdempotencyMiddleware
 from aether.server.leader import Leader
@@ -119,8 +120,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         exits = contextlib.AsyncExitStack()  # closed last, on shutdown
+        exits.enter_context(private_umask())  # state, records, WAL, logs: 0600 / 0700
         data_dir = settings.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(data_dir)
         records_url = settings.resolved_records_url()
         await asyncio.to_thread(migrate, records_url)
         engine, sessions = open_records(records_url)
