@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from aether.model.time import Timestamp
 
 __all__ = ["AppSettingsIn", "AppSettingsOut", "PublicKeyIn", "PublicKeyOut"]
 
@@ -24,7 +25,7 @@ class PublicKeyOut(BaseModel):
     name: str
     public_key: str
     fingerprint: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AppSettingsIn(BaseModel):

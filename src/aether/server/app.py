@@ -44,6 +44,7 @@ from aether.server.leader import Leader
 from aether.server.limits import InputLimits
 from aether.server.logstore import LogStore
 from aether.server.metrics import ServerMetrics, UploadGate, install_metrics
+from aether.server.openapi import install_openapi
 from aether.server.risk import RiskEngine
 from aether.server.settings import ServerSettings
 from aether.server.telemetry import TelemetryHub
@@ -207,4 +208,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")
     app.include_router(backup_api.router, prefix="/api/v1")
+    install_openapi(app)
     return app

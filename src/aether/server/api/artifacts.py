@@ -18,12 +18,13 @@ from aether.server.context import ServerContext, get_context
 from aether.server.signatures import read_signature_headers, record_signature
 from aether.store.records import Principal
 
-__all__ = ["router"]
+__all__ = ["BINARY", "router"]
 
 router = APIRouter(tags=["artifacts"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
 DIGEST_HEADER = "X-Aether-Artifact-Digest"
+BINARY = {"type": "string", "format": "binary"}  # a non-JSON answer, in the OpenAPI document
 
 
 def claimed_digest(request: Request) -> str:
@@ -68,7 +69,11 @@ async def head_artifact(digest: str, caller: ArtifactReader, ctx: Ctx) -> Respon
     return Response(headers={"Content-Length": str(size), DIGEST_HEADER: digest})
 
 
-@router.get("/artifacts/{digest}")
+@router.get(
+    "/artifacts/{digest}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {"schema": BINARY}}}},
+)
 async def get_artifact(digest: str, caller: ArtifactReader, ctx: Ctx) -> StreamingResponse:
     size = await _visible_size(ctx, caller, digest)
     return StreamingResponse(

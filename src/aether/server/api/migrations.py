@@ -22,7 +22,7 @@ from aether.core.snapshots import tier_of
 from aether.errors import BadRequestError, ForbiddenError, NotFoundError
 from aether.model.cluster import InstanceRecord
 from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut
-from aether.server.api.artifacts import DIGEST_HEADER, claimed_digest, request_chunks
+from aether.server.api.artifacts import BINARY, DIGEST_HEADER, claimed_digest, request_chunks
 from aether.server.auth import ArtifactReader, Caller, NodeCaller, Operator
 from aether.server.context import ServerContext, get_context
 from aether.server.migrations import migration_out, request_migration
@@ -120,7 +120,11 @@ async def list_snapshots(
     ]
 
 
-@router.get("/snapshots/{digest}")
+@router.get(
+    "/snapshots/{digest}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {"schema": BINARY}}}},
+)
 async def download_snapshot(digest: str, caller: ArtifactReader, ctx: Ctx) -> StreamingResponse:
     """The snapshot's bytes: nodes restore it; operators may fetch their tenant's."""
     if caller.role not in ("node", "admin", "operator"):
