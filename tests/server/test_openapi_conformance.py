@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.server.conftest import RunningServer, running_server
+from tests.server.support import bearer, deploy, unique, upload_random
 
 _EXCLUDED = (
     r"^/api/v1/nodes/register$",
@@ -96,3 +97,22 @@ def test_every_answer_conforms_to_the_document(fuzzed: RunningServer) -> None:
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+async def test_timestamps_in_answers_carry_their_timezone(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        app = unique("tz")
+        digest = await upload_random(http, server.admin_token)
+        created = await deploy(http, server.admin_token, app, digest, instances=0)
+        assert created.status_code == 201, created.text
+        assert created.json()["created_at"].endswith("+00:00"), created.json()
+        task = await http.post(
+            "/api/v1/tasks",
+            json={"type": "vm:create", "payload": {"name": unique("tz")}},
+            headers=bearer(server.admin_token),
+        )
+        assert task.status_code == 201, task.text
+        got = await http.get(
+            f"/api/v1/tasks/{task.json()['id']}", headers=bearer(server.admin_token)
+        )
+        assert got.json()["created_at"].endswith("+00:00"), got.json()
