@@ -495,10 +495,10 @@ async def test_trace_ids_differ_between_requests(http: httpx.AsyncClient) -> Non
 # -- regressions for bugs these tests found ---------------------------------------
 
 
-async def test_rollback_to_an_out_of_range_version_is_not_found(
+async def test_rollback_to_an_out_of_range_version_is_bad_request(
     server: RunningServer, http: httpx.AsyncClient
 ) -> None:
-    """Was a 500: the number went straight into a SQL query and overflowed SQLite's int64."""
+    """Was a 500 (the number overflowed SQLite's int64), then a 404; versions are bounded."""
     app = unique("overflow")
     digest = await upload_random(http, server.admin_token)
     assert (await deploy(http, server.admin_token, app, digest, instances=0)).status_code == 201
@@ -508,7 +508,8 @@ async def test_rollback_to_an_out_of_range_version_is_not_found(
             json={"version": version},
             headers=bearer(server.admin_token),
         )
-        assert_envelope(response, 404, "not_found")
+        err = assert_envelope(response, 400, "bad_request")
+        assert "version" in err["message"]
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from aether.server.app import create_app
 from aether.server.metrics import ServerMetrics
 from aether.server.settings import ServerSettings
 from tests.server.conftest import RunningServer, running_server
-from tests.server.support import DIGEST_HEADER, bearer, sha256_of, unique
+from tests.server.support import DIGEST_HEADER, assert_envelope, bearer, sha256_of, unique
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -65,8 +65,8 @@ async def test_metrics_need_no_token_and_parse(http: httpx.AsyncClient) -> None:
     response = await http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    # a wrong token does not matter either: the route has no auth at all
-    assert (await http.get("/metrics", headers=bearer("nonsense"))).status_code == 200
+    # a token is optional, but a wrong one is refused rather than ignored
+    assert_envelope(await http.get("/metrics", headers=bearer("nonsense")), 401, "unauthorized")
     types, samples = parse(response.text)
     assert types["artifact_upload_bytes"] == "counter"
     assert types["artifact_upload_duration_seconds"] == "histogram"

@@ -298,7 +298,8 @@ async def test_prometheus_shows_the_same_figures(
 
     async def exported() -> Any:
         await node_api.push_metrics(update(node, cpu=0.125, app=app, calls=8))
-        series = scrape((await http.get("/metrics")).text)
+        text = (await http.get("/metrics", headers=bearer(hubbed.admin_token))).text
+        series = scrape(text)
         return series if ("node_cpu_ratio", (("node", node),)) in series else None
 
     series = await eventually(exported, "the node's gauges on /metrics")
@@ -473,3 +474,30 @@ async def test_simultaneous_first_pushes_share_one_token_lookup(
     )
     assert [r.status_code for r in responses] == [204] * 20
     assert hubbed.ctx.tokens.lookups == lookups + 1
+
+
+async def test_prometheus_names_nothing_to_anonymous_scrapes_and_only_own_apps_to_tenants(
+    hubbed: RunningServer, http: httpx.AsyncClient, node_api: ApiClient
+) -> None:
+    node, node2, mine = unique("node"), unique("node"), own_app(hubbed)
+    other_tenant = unique("tenant")
+    theirs = own_app(hubbed, other_tenant)
+
+    async def both_apps() -> Any:
+        await node_api.push_metrics(update(node, app=mine, calls=3))
+        await node_api.push_metrics(update(node2, app=theirs, calls=5))
+        sample = hubbed.ctx.telemetry.latest()
+        return sample if sample and {mine, theirs} <= set(sample.apps) else None
+
+    await eventually(both_apps, "two apps' figures")
+    anonymous = (await http.get("/metrics")).text
+    for name in (node, mine, theirs):
+        assert name not in anonymous, f"an anonymous scrape names {name}"
+    assert not [k for k in scrape(anonymous) if {"node", "app"} & {n for n, _ in k[1]}]
+    assert scrape(anonymous)[("cluster_nodes", ())] >= 1
+
+    tenant_token = hubbed.mint("viewer", other_tenant)
+    as_tenant = (await http.get("/metrics", headers=bearer(tenant_token))).text
+    assert theirs in as_tenant and mine not in as_tenant and node not in as_tenant
+    as_admin = (await http.get("/metrics", headers=bearer(hubbed.admin_token))).text
+    assert mine in as_admin and node in as_admin and theirs not in as_admin

@@ -37,11 +37,15 @@ import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Protocol, Self
 
 from aether.errors import ConflictError, UnsafeArchiveError
 
-__all__ = ["safe_extract"]
+__all__ = ["MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_ENTRIES", "safe_extract", "scan_archive"]
+
+#: What nodes extract at most, and what the server's upload scan refuses above.
+MAX_ARCHIVE_BYTES = 1 << 30
+MAX_ARCHIVE_ENTRIES = 100_000
 
 _CHUNK = 1 << 20
 _DIR_MODE = 0o755
@@ -416,8 +420,8 @@ def safe_extract(
     archive: Path,
     dest: Path,
     *,
-    max_bytes: int = 1 << 30,
-    max_entries: int = 100_000,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_entries: int = MAX_ARCHIVE_ENTRIES,
 ) -> None:
     """Extract the ``tar.gz`` at ``archive`` into the new directory ``dest``, all or nothing.
 
@@ -448,3 +452,191 @@ def safe_extract(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# -- the same rules without a destination: the server's upload scan -------------------------
+
+
+class Readable(Protocol):
+    """A file read from start to end (``seek`` may raise: it is never needed)."""
+
+    def read(self, size: int, /) -> bytes: ...
+    def seek(self, offset: int, /) -> object: ...
+
+
+def _is_special(member: tarfile.TarInfo) -> bool:
+    allowed = (*_FILE_TYPES, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
+    return member.type not in allowed or member.sparse is not None
+
+
+class _Scanner(_Extractor):
+    """``_Extractor``'s rules over a tree kept in memory: nothing is written anywhere.
+
+    Names, types, sizes, entry counts and the lexical link rules are the extractor's
+    own code; the checks it makes on the filesystem (a parent that is a symlink, a
+    path given twice, a hardlink's target, where a symlink resolves through others)
+    are answered from the entries seen so far, with the same codes.
+    """
+
+    def __init__(self, max_bytes: int, max_entries: int) -> None:
+        super().__init__("/dev/null/scan", max_bytes, max_entries)  # never written to
+        self.kinds: dict[str, str] = {}  # rel → "dir" | "file" | "link"
+        self.targets: dict[str, str] = {}  # symlink rel → its target
+
+    def scan(self, raw: Readable) -> None:
+        gz = gzip.GzipFile(filename="", mode="rb", fileobj=raw)
+        with gz:
+            reader = _BoundedReader(gz, self.budget, self.max_bytes)
+            tf = self._open(reader)
+            with tf:
+                while (member := self._next(tf)) is not None:
+                    self.entries += 1
+                    if self.entries > self.max_entries:
+                        raise UnsafeArchiveError(
+                            f"archive has more than {self.max_entries} entries",
+                            code="too_many_entries",
+                        )
+                    self._extract_member(tf, member)
+                end = tf.offset
+            self._check_end(reader, end)
+        self._check_symlinks()
+
+    # the filesystem-facing steps of _Extractor, on the in-memory tree
+    def _prepare_parent(self, rel: str, name: str) -> None:
+        parts = rel.split("/")[:-1]
+        for i in range(len(parts)):
+            prefix = "/".join(parts[: i + 1])
+            kind = self.kinds.setdefault(prefix, "dir")
+            if kind == "link":
+                raise UnsafeArchiveError(
+                    f"entry {name!r} would be written through the symlink {prefix!r}",
+                    code="link_escape",
+                )
+            if kind != "dir":
+                raise UnsafeArchiveError(
+                    f"entry {name!r} needs {prefix!r} to be a directory, but it is a file",
+                    code="path_conflict",
+                )
+
+    def _refuse_existing(self, rel: str, name: str, *, allow_dir: bool = False) -> None:
+        kind = self.kinds.get(rel)
+        if kind is None or (allow_dir and kind == "dir"):
+            return
+        raise UnsafeArchiveError(
+            f"entry {name!r} collides with an earlier entry for the same path",
+            code="path_conflict",
+        )
+
+    def _extract_member(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        rel = _member_path(member.name, what="entry")
+        if rel is not None and not _is_special(member) and member.type == tarfile.DIRTYPE:
+            self._prepare_parent(rel, member.name)
+            self._refuse_existing(rel, member.name, allow_dir=True)
+            self.kinds[rel] = "dir"
+            return
+        super()._extract_member(tf, member)
+
+    def _symlink(self, rel: str, name: str, target: str) -> None:
+        if not target or "\x00" in target:
+            raise _corrupt(f"symlink {name!r} has an empty or invalid target")
+        if posixpath.isabs(target):
+            raise UnsafeArchiveError(
+                f"symlink {name!r} -> {target!r} is absolute", code="link_escape"
+            )
+        lexical = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+        if lexical == ".." or lexical.startswith("../"):
+            raise UnsafeArchiveError(
+                f"symlink {name!r} -> {target!r} points outside the destination",
+                code="link_escape",
+            )
+        self.kinds[rel] = "link"
+        self.targets[rel] = target
+        self.symlinks.append(rel)
+        self._check_symlink(rel)
+
+    def _check_symlink(self, rel: str) -> None:
+        if not self._resolves_inside(rel):
+            raise UnsafeArchiveError(
+                f"symlink {rel!r} -> {self.targets[rel]!r} resolves outside the "
+                "destination through other links",
+                code="link_escape",
+            )
+
+    def _resolves_inside(self, rel: str) -> bool:
+        """Like ``realpath`` staying under the root, over the links seen so far."""
+        stack: list[str] = []
+        todo = rel.split("/")
+        follows = 0
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return False
+                stack.pop()
+                continue
+            path = "/".join([*stack, part])
+            if self.kinds.get(path) == "link":
+                follows += 1
+                if follows > 40:  # a loop: it resolves nowhere, so not outside either
+                    return True
+                todo = self.targets[path].split("/") + todo
+                continue
+            stack.append(part)
+        return True
+
+    def _hardlink(self, rel: str, name: str, linkname: str) -> None:
+        target = _member_path(linkname, what=f"hardlink {name!r} target", escape_code="link_escape")
+        if target is None:
+            raise UnsafeArchiveError(
+                f"hardlink {name!r} points at the archive root", code="link_escape"
+            )
+        parts = target.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if self.kinds.get(prefix) == "link":
+                raise UnsafeArchiveError(
+                    f"hardlink {name!r} -> {linkname!r} goes through the symlink {prefix!r}",
+                    code="link_escape",
+                )
+        kind = self.kinds.get(target)
+        if kind is None:
+            raise _corrupt(f"hardlink {name!r} -> {linkname!r}: target is not an earlier entry")
+        if kind != "file":
+            raise UnsafeArchiveError(
+                f"hardlink {name!r} -> {linkname!r} does not point at a regular file",
+                code="link_escape",
+            )
+        self.kinds[rel] = "file"
+
+    def _file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
+        size = member.size
+        if size < 0 or self.declared + size > self.max_bytes:
+            raise UnsafeArchiveError(
+                f"archive contents exceed the {self.max_bytes}-byte limit "
+                f"(entry {member.name!r} declares {size} bytes)",
+                code="archive_too_large",
+            )
+        self.declared += size
+        self.kinds[rel] = "file"  # its data is skipped (read and counted) by the next header
+
+
+def scan_archive(
+    raw: Readable,
+    *,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_entries: int = MAX_ARCHIVE_ENTRIES,
+) -> None:
+    """Check the ``tar.gz`` read from ``raw`` by ``safe_extract``'s rules, extracting nothing.
+
+    Raises UnsafeArchiveError with the code ``safe_extract`` would answer for the first
+    bad entry (``corrupt_archive`` for bytes that are not a complete tar.gz). Reads
+    ``raw`` sequentially to the end of the archive; never seeks. Blocking.
+    """
+    try:
+        _Scanner(max_bytes, max_entries).scan(raw)
+    except UnsafeArchiveError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _corrupt(str(exc)) from exc

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from aether.model.app import AppSpec
 from aether.model.cluster import NodeCapabilities
+from aether.model.time import Timestamp
 
 __all__ = [
     "NODE_ID_PATTERN",
@@ -41,7 +41,7 @@ class DeploymentIn(BaseModel):
 class EventOut(BaseModel):
     type: str
     message: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class InstanceOut(BaseModel):
@@ -64,7 +64,7 @@ class DeploymentOut(BaseModel):
     instances: int
     status: str
     rollback_of: int | None = None
-    created_at: datetime
+    created_at: Timestamp
     spec: AppSpec
     instances_active: int | None = None
     instance_list: list[InstanceOut] | None = None
@@ -76,7 +76,7 @@ class ScaleIn(BaseModel):
 
 
 class RollbackIn(BaseModel):
-    version: Annotated[int, Field(ge=1)] | None = None
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
 class AppOut(BaseModel):
@@ -85,7 +85,7 @@ class AppOut(BaseModel):
     deployment_id: str | None
     instances_desired: int
     instances_active: int
-    created_at: datetime
+    created_at: Timestamp
 
 
 class NodeConfig(BaseModel):
@@ -110,7 +110,7 @@ class NodeOut(BaseModel):
     config: NodeConfig  # what the handshake turned on for this node, and why not
     drain_reason: str = ""
     instances: int
-    last_seen_at: datetime
+    last_seen_at: Timestamp
 
 
 class StatusOut(BaseModel):

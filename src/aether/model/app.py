@@ -49,8 +49,8 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cpu: Annotated[float, Field(ge=0)] = 0.1
-    memory_mb: Annotated[int, Field(ge=0)] = 64
+    cpu: Annotated[float, Field(ge=0, le=4096)] = 0.1
+    memory_mb: Annotated[int, Field(ge=0, le=1 << 30)] = 64
 
 
 class RolloutSpec(BaseModel):
@@ -59,11 +59,11 @@ class RolloutSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     strategy: Literal["rolling", "canary", "blue-green"] = "rolling"
-    max_parallel: Annotated[int, Field(ge=1)] = 1
-    min_healthy_time: Annotated[float, Field(ge=0)] = 0.0
-    healthy_deadline: Annotated[float, Field(gt=0)] = 60.0
-    progress_deadline: Annotated[float, Field(gt=0)] = 300.0
-    canary: Annotated[int, Field(ge=1)] = 1
+    max_parallel: Annotated[int, Field(ge=1, le=1000)] = 1
+    min_healthy_time: Annotated[float, Field(ge=0, le=86_400)] = 0.0
+    healthy_deadline: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    progress_deadline: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
+    canary: Annotated[int, Field(ge=1, le=1000)] = 1
     auto_promote: bool = True
     auto_revert: bool = True
 

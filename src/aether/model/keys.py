@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from aether.model.time import Timestamp
 
 __all__ = ["AppSettingsIn", "AppSettingsOut", "PublicKeyIn", "PublicKeyOut"]
 
@@ -24,7 +25,7 @@ class PublicKeyOut(BaseModel):
     name: str
     public_key: str
     fingerprint: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AppSettingsIn(BaseModel):
@@ -33,7 +34,7 @@ class AppSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     require_signature: bool | None = None
-    retain_deployments: Annotated[int, Field(ge=1)] | None = None
+    retain_deployments: Annotated[int, Field(ge=1, le=10_000)] | None = None
 
 
 class AppSettingsOut(BaseModel):

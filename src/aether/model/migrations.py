@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
+
+from aether.model.time import Timestamp
 
 __all__ = [
     "MIGRATION_FINAL",
@@ -43,8 +44,8 @@ class MigrationOut(BaseModel):
     snapshot: str | None  # stateful: the digest of the checkpoint it was restored from
     replacement: str | None  # the key of the new instance, once placed
     reason: str
-    started_at: datetime
-    finished_at: datetime | None
+    started_at: Timestamp
+    finished_at: Timestamp | None
 
 
 class SnapshotOut(BaseModel):
@@ -56,4 +57,4 @@ class SnapshotOut(BaseModel):
     size_bytes: int
     kind: SnapshotKind
     tier: Literal["hot", "warm", "cold", "expired"]
-    created_at: datetime
+    created_at: Timestamp

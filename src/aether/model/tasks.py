@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
+from aether.model.time import Timestamp
+
 __all__ = [
     "ExecutionOut",
     "SandboxOut",
@@ -68,7 +70,7 @@ class TaskOut(BaseModel):
     priority: int
     max_retry: int
     timeout: float
-    run_at: datetime
+    run_at: Timestamp
     idempotency_key: str | None
     state: TaskState
     attempts: int
@@ -76,10 +78,10 @@ class TaskOut(BaseModel):
     error: str | None
     node: str | None
     claimed_by: str | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
 
 
 class SandboxOut(BaseModel):
@@ -92,8 +94,8 @@ class SandboxOut(BaseModel):
     network: bool
     isolated: bool
     status: SandboxStatus
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class ExecutionOut(BaseModel):
@@ -107,5 +109,5 @@ class ExecutionOut(BaseModel):
     stderr: str
     stdout_truncated: bool
     stderr_truncated: bool
-    started_at: datetime
-    finished_at: datetime | None
+    started_at: Timestamp
+    finished_at: Timestamp | None

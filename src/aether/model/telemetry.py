@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 
+#: Counters are int64 wherever they are stored or summed.
+_INT64 = 2**63 - 1
+
+
 class InstanceMetrics(BaseModel):
     """One instance's process tree, as the node saw it in the last interval."""
 
@@ -36,7 +40,9 @@ class InstanceMetrics(BaseModel):
     n: int
     cpu: float = Field(ge=0.0)  # cores used (0.5 = half a core) over the last interval
     rss_mb: float = Field(ge=0.0)
-    restarts: int = Field(default=0, ge=0)  # crashes restarted by the node since it started
+    restarts: int = Field(
+        default=0, ge=0, le=_INT64
+    )  # crashes restarted by the node since it started
 
 
 class EndpointMetrics(BaseModel):
@@ -45,10 +51,10 @@ class EndpointMetrics(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)  # figures are finite numbers
 
     app: str
-    calls: int = Field(ge=0)  # requests finished in the interval
-    errors: int = Field(default=0, ge=0)  # of which failed (5xx or no upstream)
+    calls: int = Field(ge=0, le=_INT64)  # requests finished in the interval
+    errors: int = Field(default=0, ge=0, le=_INT64)  # of which failed (5xx or no upstream)
     total_ms: float = Field(ge=0.0)  # summed duration of those calls
-    in_flight: int = Field(default=0, ge=0)  # requests open at the end of the interval
+    in_flight: int = Field(default=0, ge=0, le=_INT64)  # requests open at the end of the interval
 
 
 class NodeMetrics(BaseModel):
@@ -58,15 +64,15 @@ class NodeMetrics(BaseModel):
 
     node: str
     ts: float  # the node's clock (seconds); the server also stamps arrival
-    seq: int = Field(default=0, ge=0)  # increases by one per push; gaps show lost pushes
+    seq: int = Field(default=0, ge=0, le=_INT64)  # increases by one per push; gaps show lost pushes
     interval: float = Field(default=1.0, gt=0.0)  # seconds the deltas cover
     cpu: float = Field(ge=0.0, le=1.0)  # whole machine, 0..1
     memory_used_mb: float = Field(ge=0.0)
     memory_total_mb: float = Field(gt=0.0)
     disk_used_mb: float = Field(ge=0.0)
     disk_total_mb: float = Field(gt=0.0)
-    net_rx_bytes: int = Field(ge=0)  # cumulative since boot
-    net_tx_bytes: int = Field(ge=0)
+    net_rx_bytes: int = Field(ge=0, le=_INT64)  # cumulative since boot
+    net_tx_bytes: int = Field(ge=0, le=_INT64)
     instances: list[InstanceMetrics] = Field(default_factory=list)
     endpoints: list[EndpointMetrics] = Field(default_factory=list)
 

@@ -37,11 +37,14 @@ from aether.server.api import migrations as migrations_api
 from aether.server.context import ServerContext
 from aether.server.controller import install as install_controller
 from aether.server.errors import install_error_handlers
+from aether.server.files import make_private, private_umask
 from aether.server.forward import LeaderForward
 from aether.server.idempotency import IdempotencyMiddleware
 from aether.server.leader import Leader
+from aether.server.limits import InputLimits
 from aether.server.logstore import LogStore
 from aether.server.metrics import ServerMetrics, UploadGate, install_metrics
+from aether.server.openapi import install_openapi
 from aether.server.risk import RiskEngine
 from aether.server.settings import ServerSettings
 from aether.server.telemetry import TelemetryHub
@@ -118,8 +121,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         exits = contextlib.AsyncExitStack()  # closed last, on shutdown
+        exits.enter_context(private_umask())  # state, records, WAL, logs: 0600 / 0700
         data_dir = settings.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(data_dir)
         records_url = settings.resolved_records_url()
         await asyncio.to_thread(migrate, records_url)
         engine, sessions = open_records(records_url)
@@ -180,7 +184,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     install_error_handlers(app)
     app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
-    app.add_middleware(LeaderForward)  # outermost: on a follower, telemetry goes to the leader
+    app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
+    app.add_middleware(InputLimits, settings=settings)  # outermost: bounds all of the above
     install_metrics(app, metrics)
 
     @app.get("/healthz", tags=["probes"])
@@ -203,4 +208,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")
     app.include_router(backup_api.router, prefix="/api/v1")
+    install_openapi(app)
     return app

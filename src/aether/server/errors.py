@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import uuid
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,9 +13,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
+from aether.server.limits import request_id
 from aether.store.base import StoreUnavailableError
 
-__all__ = ["envelope", "install_error_handlers", "trace_id_of"]
+__all__ = [
+    "QUOTE_LIMIT",
+    "bounded_message",
+    "envelope",
+    "install_error_handlers",
+    "short",
+    "trace_id_of",
+]
 
 log = logging.getLogger("aether.server")
 
@@ -31,10 +39,39 @@ _CODES = {
 }
 
 
+#: Longest quotation of the caller's input in an error message (a digest fits whole).
+QUOTE_LIMIT = 80
+#: Longest error message as a whole.
+MESSAGE_LIMIT = 1024
+# a Python repr of a string, as messages quote input with ``{value!r}``
+_QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")
+
+
+def short(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, with "…" when it was longer."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def bounded_message(message: str) -> str:
+    """An error message whose quotations of input are short prefixes, and short itself.
+
+    Messages quote what they reject (``app {name!r} not found``); a hostile caller
+    must not get megabytes of its own input back, nor into the logs.
+    """
+
+    def cut(match: re.Match[str]) -> str:
+        quoted = match.group(0)
+        if len(quoted) <= QUOTE_LIMIT + 2:
+            return quoted
+        return quoted[: QUOTE_LIMIT + 1] + "…" + quoted[0]
+
+    return short(_QUOTED.sub(cut, message), MESSAGE_LIMIT)
+
+
 def trace_id_of(request: Request) -> str:
     trace = getattr(request.state, "trace_id", None)
     if trace is None:
-        trace = request.headers.get("x-request-id") or uuid.uuid4().hex
+        trace = request_id(request.headers.get("x-request-id"))
         request.state.trace_id = trace
     return str(trace)
 
@@ -42,14 +79,15 @@ def trace_id_of(request: Request) -> str:
 def envelope(request: Request, status: int, code: str, message: str) -> JSONResponse:
     trace = trace_id_of(request)
     return JSONResponse(
-        {"code": code, "message": message, "trace_id": trace},
+        {"code": code, "message": bounded_message(message), "trace_id": trace},
         status_code=status,
         headers={"X-Trace-Id": trace},
     )
 
 
 class _TraceMiddleware:
-    """Gives every request a trace id (``X-Request-Id`` or a new one) and echoes it.
+    """Gives every request a trace id (a well-formed ``X-Request-Id`` or a new one) and
+    echoes it.
 
     A plain ASGI middleware, not ``BaseHTTPMiddleware``: it leaves the receive
     channel alone, so long polls still see a client disconnect.
@@ -62,9 +100,10 @@ class _TraceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or [])
-        trace = incoming.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
-        scope.setdefault("state", {})["trace_id"] = trace
+        state = scope.setdefault("state", {})
+        trace = state.get("trace_id")  # set by InputLimits, outermost
+        if trace is None:
+            trace = state["trace_id"] = request_id(dict(scope["headers"]).get(b"x-request-id"))
 
         started = False
 
@@ -118,9 +157,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(short(str(p)) for p in err['loc'])}: {short(err['msg'], 200)}"
+            for err in exc.errors()[:10]
         )
         return envelope(request, 400, "bad_request", f"invalid request: {problems}")
+
+    @app.exception_handler(OverflowError)
+    async def out_of_range(request: Request, exc: OverflowError) -> JSONResponse:
+        # a number the request carried that no column or counter can hold; the request
+        # models bound their integers, this is the guard for one that slipped through
+        return envelope(request, 400, "bad_request", "invalid request: a number is out of range")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

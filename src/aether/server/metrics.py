@@ -2,7 +2,11 @@
 
 Each ``ServerMetrics`` owns its own ``CollectorRegistry`` (never the global
 default), so several servers in one process (tests) keep separate numbers.
-``GET /metrics`` (no token, like the probes) serves them in the text format.
+``GET /metrics`` serves them in the text format. Without a token (like the probes)
+it shows only cluster-level figures: no series labelled with a node or an app, so
+an anonymous scraper learns no names. A scrape with a valid token (any role) adds
+the labelled series its tenant may see: its own apps', and the nodes' for tokens
+of the default tenant (which runs the cluster); a wrong token is a 401.
 
 Series (no label has more than a handful of values):
 
@@ -33,6 +37,10 @@ Series (no label has more than a handful of values):
 ``app_calls_per_second{app}``               gauge: calls through all routers
 ``app_latency_seconds{app}``                gauge: mean call duration in the latest second
 ``app_in_flight_calls{app}``                gauge: open calls per instance
+``cluster_nodes``                           gauge: nodes in the latest sample
+``cluster_nodes_stale``                     gauge: of which stopped pushing
+``cluster_app_instances``                   gauge: instances reporting figures, all apps
+``cluster_calls_per_second``                gauge: calls through all routers, all apps
 
 The node and app gauges come from the leader's latest telemetry sample (other
 servers show none); node/app labels grow with the cluster, one series each.
@@ -46,10 +54,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Literal
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -58,12 +66,22 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+
+from aether.errors import UnauthorizedError
 
 if TYPE_CHECKING:
     from aether.model.telemetry import ClusterSample
     from aether.server.context import ServerContext
 
-__all__ = ["DEFAULT_MAX_CONCURRENT_UPLOADS", "ServerMetrics", "UploadGate", "install_metrics"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT_UPLOADS",
+    "ServerMetrics",
+    "UploadGate",
+    "Visible",
+    "install_metrics",
+    "scrape_view",
+]
 
 DEFAULT_MAX_CONCURRENT_UPLOADS = 32
 
@@ -148,17 +166,30 @@ class ServerMetrics:
         self.app_in_flight = Gauge(
             "app_in_flight_calls", "Open calls per instance.", ["app"], registry=r
         )
+        self.cluster_nodes = Gauge(
+            "cluster_nodes", "Nodes in the latest telemetry sample.", registry=r
+        )
+        self.cluster_nodes_stale = Gauge(
+            "cluster_nodes_stale", "Nodes that stopped pushing metrics.", registry=r
+        )
+        self.cluster_app_instances = Gauge(
+            "cluster_app_instances", "Instances reporting telemetry, all apps.", registry=r
+        )
+        self.cluster_calls = Gauge(
+            "cluster_calls_per_second", "Calls per second through all routers.", registry=r
+        )
         for kind in ("artifact", "blob"):  # present at 0 from the start
             self.upload_bytes.labels(kind)
         for kind in ("artifact", "blob", "assemble"):
             self.upload_duration.labels(kind)
 
-    async def render(self, ctx: ServerContext | None) -> bytes:
-        """The exposition text, with the scrape-time gauges refreshed first."""
+    async def render(self, ctx: ServerContext | None, view: Visible | None = None) -> bytes:
+        """The exposition text, with the scrape-time gauges refreshed first; only the
+        node- and app-labelled series ``view`` allows (none without one)."""
         if ctx is not None:
             await self._count_artifacts(ctx)
             self.telemetry(ctx.telemetry.latest())
-        return generate_latest(self.registry)
+        return generate_latest(_Scoped(self.registry, view or Visible()))
 
     def artifacts_changed(self) -> None:
         """Artifacts were stored or deleted here: the next scrape counts them again."""
@@ -182,7 +213,14 @@ class ServerMetrics:
         for gauge in gauges:
             gauge.clear()
         if sample is None:
+            for aggregate in (self.cluster_nodes, self.cluster_nodes_stale, self.cluster_calls):
+                aggregate.set(0)
+            self.cluster_app_instances.set(0)
             return
+        self.cluster_nodes.set(len(sample.nodes))
+        self.cluster_nodes_stale.set(sum(1 for n in sample.nodes.values() if n.stale))
+        self.cluster_app_instances.set(sum(a.instances for a in sample.apps.values()))
+        self.cluster_calls.set(sum(a.calls_per_s for a in sample.apps.values()))
         for name, n in sample.nodes.items():
             self.node_cpu.labels(name).set(n.cpu)
             self.node_memory.labels(name).set(n.memory_fraction)
@@ -193,6 +231,56 @@ class ServerMetrics:
             self.app_calls.labels(name).set(a.calls_per_s)
             self.app_latency.labels(name).set(a.latency_ms / 1000.0)
             self.app_in_flight.labels(name).set(a.in_flight_per_instance)
+
+
+class Visible:
+    """Which labelled series a scrape may see: the nodes' or not, and which apps'."""
+
+    def __init__(self, nodes: bool = False, apps: frozenset[str] = frozenset()) -> None:
+        self.nodes = nodes
+        self.apps = apps
+
+    def allows(self, labels: dict[str, str]) -> bool:
+        if "node" in labels and not self.nodes:
+            return False
+        return "app" not in labels or labels["app"] in self.apps
+
+
+class _Scoped:
+    """A registry seen through a ``Visible``: what ``generate_latest`` reads."""
+
+    def __init__(self, registry: CollectorRegistry, view: Visible) -> None:
+        self._registry = registry
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            samples = [s for s in family.samples if self._view.allows(s.labels)]
+            if len(samples) != len(family.samples):
+                kept = Metric(family.name, family.documentation, family.type, family.unit)
+                kept.samples = samples
+                family = kept
+            yield family
+
+
+async def scrape_view(request: Request, ctx: ServerContext | None) -> Visible:
+    """What this scrape may see: nothing labelled without a token, its tenant's with one."""
+    header = request.headers.get("authorization")
+    if ctx is None or header is None:
+        return Visible()
+    scheme, _, token = header.partition(" ")
+    principal = None
+    if scheme.lower() == "bearer" and token.strip():
+        principal = await ctx.tokens.resolve(token.strip(), ctx.records)
+    if principal is None:
+        raise UnauthorizedError(
+            "invalid or revoked token; scrape /metrics with a valid token, or with none "
+            "for the cluster-level figures only"
+        )
+    from aether.store.records import DEFAULT_TENANT
+
+    apps = frozenset(app.name for app in await ctx.records.list_apps(principal.tenant_id))
+    return Visible(nodes=principal.tenant == DEFAULT_TENANT, apps=apps)
 
 
 class UploadSlot:
@@ -243,10 +331,16 @@ class UploadGate:
 
 
 def install_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
-    """``GET /metrics``: Prometheus text format, no token (like ``/healthz``)."""
+    """``GET /metrics``: Prometheus text format; cluster-level figures without a token."""
     app.state.metrics = metrics
 
-    @app.get("/metrics", tags=["probes"], response_class=Response)
-    async def prometheus_metrics() -> Response:
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    )
+    async def prometheus_metrics(request: Request) -> Response:
         ctx: ServerContext | None = getattr(app.state, "ctx", None)
-        return Response(await metrics.render(ctx), media_type=CONTENT_TYPE_LATEST)
+        view = await scrape_view(request, ctx)
+        return Response(await metrics.render(ctx, view), media_type=CONTENT_TYPE_LATEST)

@@ -69,6 +69,12 @@ class ServerSettings(BaseSettings):
         default=7200, ge=60, le=86400, description="seconds of per-second samples kept in memory"
     )
     max_concurrent_uploads: int = Field(default=32, ge=1, le=10_000)
+    max_request_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="largest JSON request body; uploads have their own limits (413 above)",
+    )
     log_retention_bytes: int = 10 << 20
     # -- migration: snapshots of stateful instances ---------------------------------------
     snapshot_keep: int = Field(default=20, ge=1, description="snapshots kept per app at most")

@@ -327,7 +327,12 @@ async def rollback(
     return JSONResponse(await produce(), status_code=201)
 
 
-@router.get("/apps/{app}/logs", response_model=None)
+@router.get(
+    "/apps/{app}/logs",
+    response_model=None,
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def logs(
     app: str,
     caller: Caller,

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from aether.artifacts import parse_digest
+from aether.artifacts.scan import scanned
 from aether.errors import BadRequestError, NotFoundError
 from aether.server.audit import refuse
 from aether.server.auth import ArtifactReader, Caller, Operator
@@ -19,13 +20,14 @@ from aether.server.nodes import node_may_read
 from aether.server.signatures import read_signature_headers, record_signature
 from aether.store.records import Principal
 
-__all__ = ["TASK_HEADER", "check_node_read", "router"]
+__all__ = ["BINARY", "TASK_HEADER", "check_node_read", "router"]
 
 router = APIRouter(tags=["artifacts"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
 DIGEST_HEADER = "X-Aether-Artifact-Digest"
 TASK_HEADER = "X-Aether-Task"  # a node downloading for a task it holds (job:run) names it
+BINARY = {"type": "string", "format": "binary"}  # a non-JSON answer, in the OpenAPI document
 
 
 def claimed_digest(request: Request) -> str:
@@ -91,7 +93,11 @@ async def head_artifact(
     return Response(headers={"Content-Length": str(size), DIGEST_HEADER: digest})
 
 
-@router.get("/artifacts/{digest}")
+@router.get(
+    "/artifacts/{digest}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {"schema": BINARY}}}},
+)
 async def get_artifact(
     digest: str, request: Request, caller: ArtifactReader, ctx: Ctx
 ) -> StreamingResponse:
@@ -109,7 +115,10 @@ async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> Uploa
     signed = read_signature_headers(request)  # checked before the body: a bad one stores nothing
 
     async with ctx.uploads.slot("artifact") as slot:  # AETHER_MAX_CONCURRENT_UPLOADS
-        result = await ctx.registry.write_stream(slot.meter(request_chunks(request)), digest)
+        # judged as it streams by the node's own extraction rules: a hostile archive is
+        # refused now with the code a node would give, and nothing is stored
+        chunks = scanned(slot.meter(request_chunks(request)))
+        result = await ctx.registry.write_stream(chunks, digest)
     await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
     verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
     return UploadOut(

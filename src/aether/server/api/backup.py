@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from aether.errors import ConflictError, ForbiddenError
+from aether.server.api.artifacts import BINARY
 from aether.server.auth import Admin
 from aether.server.context import ServerContext, get_context
 from aether.store import SqliteStateStore
@@ -36,7 +37,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-@router.get("/admin/backup/state")
+@router.get(
+    "/admin/backup/state",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/vnd.sqlite3": {"schema": BINARY}}}},
+)
 async def state_copy(caller: Admin, ctx: Ctx) -> FileResponse:
     """The SQLite state store as one consistent SQLite file."""
     if caller.tenant != DEFAULT_TENANT:

@@ -32,6 +32,7 @@ from aether.artifacts.blobs import missing_blobs_error
 from aether.artifacts.pack import write_plan
 from aether.artifacts.plan import MAX_PLAN_ENTRIES, PackPlan
 from aether.artifacts.registry import file_chunks
+from aether.artifacts.scan import scanned
 from aether.errors import BadRequestError, DigestMismatchError, PayloadTooLargeError
 from aether.server.api.artifacts import UploadOut, request_chunks
 from aether.server.auth import Operator
@@ -130,7 +131,8 @@ async def assemble_artifact(request: Request, caller: Operator, ctx: Ctx) -> Upl
                     f"the assembled artifact exceeds the {ctx.settings.max_artifact_bytes}-byte "
                     "limit of this registry"
                 )
-            result = await ctx.registry.write_stream(file_chunks(tmp_name), digest)
+            # the plan was checked entry by entry; the bytes get the upload's scan too
+            result = await ctx.registry.write_stream(scanned(file_chunks(tmp_name)), digest)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)

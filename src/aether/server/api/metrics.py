@@ -257,7 +257,7 @@ class TelemetryFastPath:
             return
         started = time.perf_counter()
         node = path[len(_PREFIX) : -len(_SUFFIX)]
-        authorization = namespace = trace = None
+        authorization = namespace = None
         length = 0
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -266,8 +266,6 @@ class TelemetryFastPath:
                 length = int(value) if value.isdigit() else MAX_PUSH_BYTES + 1
             elif name == b"x-aether-namespace":
                 namespace = value.decode("latin-1")
-            elif name == b"x-request-id":
-                trace = value
             elif name == b"idempotency-key":
                 authorization = None  # the idempotency middleware's business: full route
         app = scope.get("app")
@@ -314,7 +312,7 @@ class TelemetryFastPath:
             return
         ctx.telemetry.ingest(update, received_at=time.time(), raw=body)
         ctx.telemetry.fast_pushes += 1
-        trace_id = trace or uuid.uuid4().hex.encode()
+        trace_id = str(scope.get("state", {}).get("trace_id") or uuid.uuid4().hex).encode()
         await send(
             {"type": "http.response.start", "status": 204, "headers": [(b"x-trace-id", trace_id)]}
         )

@@ -17,11 +17,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from aether.artifacts import parse_digest
+from aether.artifacts.scan import scanned
 from aether.core.snapshots import tier_of
 from aether.errors import BadRequestError, ForbiddenError, NotFoundError
 from aether.model.cluster import InstanceRecord
 from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut
 from aether.server.api.artifacts import (
+    BINARY,
     DIGEST_HEADER,
     check_node_read,
     claimed_digest,
@@ -100,7 +102,8 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
     record = InstanceRecord.model_validate_json(kv.value)
 
     async with ctx.uploads.slot("artifact") as slot:
-        result = await ctx.registry.write_stream(slot.meter(request_chunks(request)), digest)
+        chunks = scanned(slot.meter(request_chunks(request)))  # restored by safe_extract
+        result = await ctx.registry.write_stream(chunks, digest)
     row = await ctx.records.add_snapshot(
         tenant_id=record.tenant,
         app=record.app,
@@ -128,7 +131,11 @@ async def list_snapshots(
     ]
 
 
-@router.get("/snapshots/{digest}")
+@router.get(
+    "/snapshots/{digest}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {"schema": BINARY}}}},
+)
 async def download_snapshot(
     digest: str, request: Request, caller: ArtifactReader, ctx: Ctx
 ) -> StreamingResponse:
