@@ -73,6 +73,13 @@ def test_the_log_is_bounded_and_compacts_its_file(tmp_path: Path) -> None:
     assert len(path.read_text().splitlines()) <= 20  # compacted at twice the limit
     again = RequestLog(path, limit=10)
     assert [f"r{i}" in again for i in (34, 35, 44)] == [False, True, True]
+    assert path.stat().st_mode & 0o777 == 0o600  # results may name snapshots: the node's alone
+
+
+def test_the_log_is_the_nodes_alone(tmp_path: Path) -> None:
+    path = tmp_path / "requests.log"
+    RequestLog(path).remember("a", snapshot="sha256:1")
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_torn_line_is_ignored(tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ class RequestLog:
         if self._lines >= 2 * self.limit:
             self._compact()
         else:
-            with self.path.open("a") as fh:
+            with open(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as fh:
                 fh.write(json.dumps({"id": request_id, "result": merged}) + "\n")
             self._lines += 1
 
@@ -160,6 +160,7 @@ class RequestLog:
         tmp.write_text(
             "".join(json.dumps({"id": k, "result": v}) + "\n" for k, v in self._done.items())
         )
+        tmp.chmod(0o600)
         os.replace(tmp, self.path)
         self._lines = len(self._done)
 
@@ -410,7 +411,7 @@ class InstanceRunner:
     async def _fetch_and_extract(self) -> None:
         digest = self.record.digest
         cache = self.config.data_dir / "artifacts"
-        cache.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         archive = cache / f"{digest.split(':', 1)[1]}.tar.gz"
         if not archive.exists():
             partial = archive.with_suffix(f".part{id(self)}")

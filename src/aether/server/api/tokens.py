@@ -8,13 +8,13 @@ credentials are never issued here: a node gets its own at join
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from aether.errors import ForbiddenError
+from aether.model.time import Timestamp
 from aether.server.audit import refuse
 from aether.server.auth import Admin, Caller
 from aether.server.context import ServerContext, get_context
@@ -34,8 +34,8 @@ class TokenOut(BaseModel):
     id: str
     name: str
     role: str
-    created_at: datetime | None = None
-    revoked_at: datetime | None = None
+    created_at: Timestamp | None = None
+    revoked_at: Timestamp | None = None
     token: str | None = None  # only when issued
 
 
