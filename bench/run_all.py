@@ -13,5 +13,6 @@ for module, args in (
     ("bench.deploy_pipeline", ["all"]),
     ("bench.tasks_bench", ["all"]),
     ("bench.telemetry_bench", []),
+    ("bench.isolation_bench", []),
 ):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)
