@@ -45,8 +45,8 @@ def bench_pure(rounds: int = 5) -> dict[str, float]:
 async def _through_store(root: Path) -> dict[str, float]:
     from aether.model.app import AppSpec
     from aether.model.cluster import Blueprint, NodeCapabilities, NodeRecord
-    from aether.server.cluster import dump, read_snapshot
-    from aether.server.leader import apply_action
+    from aether.server.leader.reconcile import apply_action
+    from aether.server.services.cluster import dump, read_snapshot
     from aether.store.election import LeaderElection
     from aether.store.sqlite import SqliteStateStore
 

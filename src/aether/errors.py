@@ -15,7 +15,7 @@
     └── InternalError                internal             500
 
 The server turns any of these into ``{"code", "message", "trace_id"}`` with the
-status above (``aether.server.errors``); the API client turns the envelope back
+status above (``aether.server.http.errors``); the API client turns the envelope back
 into the same class (``aether.client``), so callers catch one tree everywhere.
 """
 

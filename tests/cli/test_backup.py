@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from aether.artifacts.digest import digest_hex
+from aether.backup.archive import read_manifest
 from aether.cli.main import EXIT, main
 from aether.client import ApiClient
-from aether.server.backup import read_manifest
 from tests.server.conftest import RunningServer, running_server
 from tests.server.support import deploy, upload_random
 
@@ -208,7 +208,7 @@ def test_postgresql_and_etcd_parts_use_their_own_tools(tmp_path: Path) -> None:
     """pg_dump/pg_restore and etcdctl snapshot save, against a real PostgreSQL and etcd."""
     import subprocess
 
-    from aether.server.backup import create_backup, restore_backup
+    from aether.backup.archive import create_backup, restore_backup
     from aether.server.settings import ServerSettings
     from aether.store.etcd_local import EtcdCluster
     from aether.store.records import migrate
@@ -267,7 +267,7 @@ def test_postgresql_and_etcd_parts_use_their_own_tools(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["totalKey"] >= 1
         # a SQLite target cannot take a PostgreSQL dump
-        from aether.server.backup import BackupError
+        from aether.backup.archive import BackupError
 
         with pytest.raises(BackupError, match="PostgreSQL dump"):
             asyncio.run(restore_backup(out, ServerSettings(data_dir=tmp_path / "sqlite-target")))

@@ -22,8 +22,11 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from aether.server.app import create_app
+from aether.server.asgi import create_app
 from aether.server.context import ServerContext
+from aether.server.leader.controller import Controller
+from aether.server.leader.reconcile import LeaderLoop
+from aether.server.leader.risk import RiskEngine
 from aether.server.settings import ServerSettings
 from aether.store.records import DEFAULT_TENANT
 from tests.server.support import MAX_ARTIFACT_BYTES, free_port, join_node, unique
@@ -46,6 +49,21 @@ class RunningServer:
     def ctx(self) -> ServerContext:
         ctx: ServerContext = self.app.state.ctx
         return ctx
+
+    @property
+    def controller(self) -> Controller | None:
+        controller: Controller | None = self.app.state.controller
+        return controller
+
+    @property
+    def risk(self) -> RiskEngine:
+        risk: RiskEngine = self.app.state.risk
+        return risk
+
+    @property
+    def leader_loops(self) -> list[LeaderLoop]:
+        loops: list[LeaderLoop] = self.app.state.leader.loops
+        return loops
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         """Run ``coro`` on the server's own event loop (its DB engine lives there)."""

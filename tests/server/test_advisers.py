@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from aether.client import ApiClient
 from aether.model.decisions import DecisionOut
 from aether.model.risk import RiskAssessment
-from aether.server.advisers import (
+from aether.server.leader.advisers import (
     Adviser,
     AdviserConfig,
     AdviserError,
@@ -351,7 +351,7 @@ async def test_an_endpoint_without_json_mode_is_asked_in_words(
 
 
 def test_the_server_runs_the_configured_advisers(adv: RunningServer) -> None:
-    advisers = [getattr(loop, "__self__", None) for loop in adv.ctx.leader_loops]
+    advisers = [getattr(loop, "__self__", None) for loop in adv.leader_loops]
     configured = [a.config for a in advisers if isinstance(a, Adviser)]
     assert [(c.name, c.layer, c.model) for c in configured] == [("tactical", 2, TACTICAL)]
     assert any(a is controller_of(adv) for a in advisers)

@@ -21,9 +21,9 @@ import pytest
 
 from aether.artifacts.digest import digest_hex
 from aether.artifacts.s3 import S3ArtifactRegistry, S3Config
+from aether.backup.archive import LEADER_KEY, read_manifest
 from aether.cli.main import EXIT, main
 from aether.client import ApiClient
-from aether.server.backup import LEADER_KEY, read_manifest
 from aether.store import open_state_store
 from tests.artifacts.s3_server import S3Server, s3_server_process
 from tests.server.conftest import RunningServer, running_server

@@ -34,7 +34,7 @@ from aether.model.telemetry import (
     InstanceMetrics,
     NodeMetrics,
 )
-from aether.server.controller import Controller
+from aether.server.leader.controller import Controller
 from aether.store.election import Leadership
 from tests.server.conftest import RunningServer, running_server
 from tests.server.support import bearer, deploy, spec_for, unique, upload_random
@@ -153,7 +153,7 @@ async def passes(server: RunningServer, count: int) -> None:
 
 
 def controller_of(server: RunningServer) -> Controller:
-    controller = server.ctx.controller
+    controller = server.controller
     assert controller is not None, "the server did not install a controller"
     return controller
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from aether.artifacts.blobs import TenantBlobs
-from aether.server.gc import collect_garbage
+from aether.server.services.gc import collect_garbage
 from tests.server.conftest import running_server
 from tests.server.support import bearer, deploy, sha256_of, upload_random
 

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from aether.server.errors import QUOTE_LIMIT
-from aether.server.limits import DEFAULT_MAX_REQUEST_BYTES
+from aether.server.http.errors import QUOTE_LIMIT
+from aether.server.http.limits import DEFAULT_MAX_REQUEST_BYTES
 from tests.server.conftest import RunningServer
 from tests.server.support import (
     DIGEST_HEADER,

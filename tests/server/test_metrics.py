@@ -22,8 +22,8 @@ from aether.client import ApiClient
 from aether.model.api import RegisterIn
 from aether.model.app import AppSpec
 from aether.model.cluster import NodeCapabilities
-from aether.server.app import create_app
-from aether.server.metrics import ServerMetrics
+from aether.server.asgi import create_app
+from aether.server.http.prometheus import ServerMetrics
 from aether.server.settings import ServerSettings
 from tests.server.conftest import RunningServer, running_server
 from tests.server.support import DIGEST_HEADER, assert_envelope, bearer, sha256_of, unique

@@ -27,7 +27,7 @@ from aether.errors import BadRequestError
 from aether.model.api import RegisterIn
 from aether.model.app import AppSpec
 from aether.model.cluster import InstanceRecord, NodeCapabilities
-from aether.server.migrations import progress
+from aether.server.services.migrations import progress
 from aether.store.records.repo import now
 from aether.store.records.schema import MigrationRecord, SnapshotRecord
 from tests.server.conftest import RunningServer, running_server

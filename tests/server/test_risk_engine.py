@@ -20,7 +20,7 @@ from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
 from aether.model.risk import RiskAssessment, RiskStatus, SignalIn
 from aether.model.telemetry import InstanceMetrics, NodeMetrics
-from aether.server.risk import RiskEngine
+from aether.server.leader.risk import RiskEngine
 from tests.server.conftest import RunningServer, running_server
 from tests.server.support import bearer, unique, upload_random
 
@@ -138,7 +138,7 @@ async def test_an_unchanged_verdict_is_written_again_after_a_minute(risky: Runni
     async with ApiClient(risky.base_url, risky.token("operator")) as api:
         await api.market_signal(node, capacity_score=0.9)
         await until(api, node, RiskStatus.LOW)
-        engine = risky.ctx.risk
+        engine = risky.risk
         assert engine is not None
         before = len(await api.risk_history(node, limit=1000))
         risky.run(engine.evaluate(time.time() + 1))

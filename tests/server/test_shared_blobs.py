@@ -24,7 +24,7 @@ from aether.artifacts.blobs import S3BlobStore
 from aether.artifacts.s3 import S3ArtifactRegistry
 from aether.artifacts.sync import assemble_artifact, missing_blobs, upload_blob, upload_incremental
 from aether.client import ApiClient
-from aether.server.gc import collect_garbage
+from aether.server.services.gc import collect_garbage
 from tests.artifacts.s3_server import S3Server, s3_server_process
 from tests.server.conftest import RunningServer, running_server
 from tests.server.support import bearer, sha256_of

@@ -25,8 +25,8 @@ from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
 from aether.model.telemetry import EndpointMetrics, InstanceMetrics, NodeMetrics
 from aether.node.metrics import MetricsCollector, MetricsPusher
-from aether.server.api.metrics import MAX_PUSH_BYTES
-from aether.server.telemetry import TelemetryHub
+from aether.server.api.telemetry import MAX_PUSH_BYTES
+from aether.server.services.telemetry import TelemetryHub
 from aether.store.records import DEFAULT_TENANT
 from tests.server.conftest import RunningServer, running_server
 from tests.server.support import assert_envelope, bearer, unique
@@ -477,19 +477,21 @@ async def test_simultaneous_first_pushes_share_one_token_lookup(
 
 
 async def test_prometheus_names_nothing_to_anonymous_scrapes_and_only_own_apps_to_tenants(
-    hubbed: RunningServer, http: httpx.AsyncClient, node_api: ApiClient
+    hubbed: RunningServer, http: httpx.AsyncClient, node: str, node_api: ApiClient
 ) -> None:
-    node, node2, mine = unique("node"), unique("node"), own_app(hubbed)
+    node2, mine = unique("node"), own_app(hubbed)
     other_tenant = unique("tenant")
     theirs = own_app(hubbed, other_tenant)
 
-    async def both_apps() -> Any:
-        await node_api.push_metrics(update(node, app=mine, calls=3))
-        await node_api.push_metrics(update(node2, app=theirs, calls=5))
-        sample = hubbed.ctx.telemetry.latest()
-        return sample if sample and {mine, theirs} <= set(sample.apps) else None
+    async with ApiClient(hubbed.base_url, hubbed.node_token(node2)) as node2_api:
 
-    await eventually(both_apps, "two apps' figures")
+        async def both_apps() -> Any:
+            await node_api.push_metrics(update(node, app=mine, calls=3))
+            await node2_api.push_metrics(update(node2, app=theirs, calls=5))
+            sample = hubbed.ctx.telemetry.latest()
+            return sample if sample and {mine, theirs} <= set(sample.apps) else None
+
+        await eventually(both_apps, "two apps' figures")
     anonymous = (await http.get("/metrics")).text
     for name in (node, mine, theirs):
         assert name not in anonymous, f"an anonymous scrape names {name}"

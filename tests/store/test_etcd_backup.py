@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from aether.backup.archive import read_manifest
 from aether.cli.main import main
-from aether.server.backup import read_manifest
 from tests.server.conftest import running_server
 from tests.server.support import deploy, upload_random
 from tests.store.conftest import SECURE_PASSWORD

@@ -1,6 +1,6 @@
 """Risk rules: pure functions from a node's signals and telemetry to a verdict.
 
-No I/O and no clock: the risk engine (``aether.server.risk``) reads signals
+No I/O and no clock: the risk engine (``aether.server.leader.risk``) reads signals
 from the records database and figures from the telemetry hub, and passes
 ``now``. Every rule returns a :class:`RuleResult` with its status, root cause,
 confidence and the figures it looked at; :func:`assess` combines them.

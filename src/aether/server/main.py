@@ -8,7 +8,7 @@ import logging
 
 import uvicorn
 
-from aether.server.app import create_app
+from aether.server.asgi import create_app
 from aether.server.settings import ServerSettings
 
 __all__ = ["serve", "tune_gc"]

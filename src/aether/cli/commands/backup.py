@@ -34,8 +34,8 @@ def _admin_token(args: argparse.Namespace, data_dir: Path) -> str | None:
 
 
 async def _create(args: argparse.Namespace) -> int:
+    from aether.backup.archive import BackupError, create_backup
     from aether.client import ApiClient
-    from aether.server.backup import BackupError, create_backup
 
     settings = _settings(args)
     server = args.server or settings.api_url()
@@ -70,7 +70,7 @@ async def _create(args: argparse.Namespace) -> int:
 
 
 async def _restore(args: argparse.Namespace) -> int:
-    from aether.server.backup import BackupError, restore_backup
+    from aether.backup.archive import BackupError, restore_backup
 
     settings = _settings(args)
     try:

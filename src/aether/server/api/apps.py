@@ -23,11 +23,11 @@ from aether.model.api import (
 )
 from aether.model.app import AppSpec, validate_app_name
 from aether.model.cluster import Blueprint, DeploymentRef
-from aether.server.auth import Caller, Operator
-from aether.server.cluster import ClusterSnapshot, dump, read_snapshot, update_blueprint
 from aether.server.context import ServerContext, get_context
-from aether.server.idempotency import request_key
-from aether.server.signatures import check_deployable
+from aether.server.http.auth import Caller, Operator
+from aether.server.http.idempotency import request_key
+from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot, update_blueprint
+from aether.server.services.signatures import check_deployable
 from aether.store.records import Principal
 from aether.store.records.schema import App, Deployment
 

@@ -13,11 +13,11 @@ from starlette.requests import ClientDisconnect
 from aether.artifacts import parse_digest
 from aether.artifacts.scan import scanned
 from aether.errors import BadRequestError, NotFoundError
-from aether.server.audit import refuse
-from aether.server.auth import ArtifactReader, Caller, Operator
 from aether.server.context import ServerContext, get_context
-from aether.server.nodes import node_may_read
-from aether.server.signatures import read_signature_headers, record_signature
+from aether.server.http.audit import refuse
+from aether.server.http.auth import ArtifactReader, Caller, Operator
+from aether.server.services.drain import node_may_read
+from aether.server.services.signatures import read_signature_headers, record_signature
 from aether.store.records import Principal
 
 __all__ = ["BINARY", "TASK_HEADER", "check_node_read", "router"]

@@ -21,8 +21,8 @@ from starlette.background import BackgroundTask
 
 from aether.errors import ConflictError, ForbiddenError
 from aether.server.api.artifacts import BINARY
-from aether.server.auth import Admin
 from aether.server.context import ServerContext, get_context
+from aether.server.http.auth import Admin
 from aether.store import SqliteStateStore
 from aether.store.records import DEFAULT_TENANT
 

@@ -35,9 +35,9 @@ from aether.artifacts.registry import file_chunks
 from aether.artifacts.scan import scanned
 from aether.errors import BadRequestError, DigestMismatchError, PayloadTooLargeError
 from aether.server.api.artifacts import UploadOut, request_chunks
-from aether.server.auth import Operator
 from aether.server.context import ServerContext, get_context
-from aether.server.signatures import read_signature_headers, record_signature
+from aether.server.http.auth import Operator
+from aether.server.services.signatures import read_signature_headers, record_signature
 
 __all__ = ["MAX_ASSEMBLE_BODY_BYTES", "router"]
 

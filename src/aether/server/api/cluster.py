@@ -12,10 +12,10 @@ from aether.model.api import InstanceOut, StatusOut
 from aether.model.cluster import Blueprint, Endpoint
 from aether.server.api.apps import instances_of, list_apps
 from aether.server.api.nodes import node_list
-from aether.server.auth import Admin, Caller
-from aether.server.cluster import read_snapshot
 from aether.server.context import ServerContext, get_context
-from aether.server.gc import collect_garbage
+from aether.server.http.auth import Admin, Caller
+from aether.server.services.cluster import read_snapshot
+from aether.server.services.gc import collect_garbage
 from aether.store.election import current_leader
 
 __all__ = ["router"]

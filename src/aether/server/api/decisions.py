@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from aether.model.decisions import DecisionOut
-from aether.server.auth import Caller
 from aether.server.context import ServerContext, get_context
-from aether.server.controller import decision_out
+from aether.server.http.auth import Caller
+from aether.server.leader.controller import decision_out
 from aether.store.records import DEFAULT_TENANT
 
 __all__ = ["router"]

@@ -13,9 +13,13 @@ from aether.model.app import validate_app_name
 from aether.model.keys import AppSettingsIn, AppSettingsOut, PublicKeyIn, PublicKeyOut
 from aether.server.api.apps import _claim_name
 from aether.server.api.artifacts import UploadOut
-from aether.server.auth import Caller, Operator
 from aether.server.context import ServerContext, get_context
-from aether.server.signatures import SIGNATURE_HEADER, read_signature_headers, record_signature
+from aether.server.http.auth import Caller, Operator
+from aether.server.services.signatures import (
+    SIGNATURE_HEADER,
+    read_signature_headers,
+    record_signature,
+)
 from aether.store.records import Principal
 from aether.store.records.schema import App, PublicKey
 

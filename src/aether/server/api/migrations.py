@@ -29,10 +29,10 @@ from aether.server.api.artifacts import (
     claimed_digest,
     request_chunks,
 )
-from aether.server.audit import refuse
-from aether.server.auth import ArtifactReader, Caller, NodeCaller, Operator
 from aether.server.context import ServerContext, get_context
-from aether.server.migrations import migration_out, request_migration
+from aether.server.http.audit import refuse
+from aether.server.http.auth import ArtifactReader, Caller, NodeCaller, Operator
+from aether.server.services.migrations import migration_out, request_migration
 from aether.store.records.repo import epoch
 from aether.store.records.schema import SnapshotRecord
 

@@ -35,12 +35,12 @@ from aether.model.cluster import (
     endpoint_key,
     instance_key,
 )
-from aether.server.audit import refuse
-from aether.server.auth import Caller, ClusterAdmin, JoinCaller, NodeCaller, Operator, own_node
-from aether.server.cluster import dump, read_snapshot
 from aether.server.context import ServerContext, get_context
-from aether.server.migrations import drain_node
-from aether.server.nodes import assigned, set_draining
+from aether.server.http.audit import refuse
+from aether.server.http.auth import Caller, ClusterAdmin, JoinCaller, NodeCaller, Operator, own_node
+from aether.server.services.cluster import dump, read_snapshot
+from aether.server.services.drain import assigned, set_draining
+from aether.server.services.migrations import drain_node
 from aether.store.base import CompactedError, Compare, Delete, LeaseNotFoundError, Op, Put
 
 __all__ = ["router"]

@@ -12,10 +12,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from aether.model.tasks import ExecutionOut, SandboxOut, TaskIn, TaskOut, TaskState
-from aether.server.audit import refuse
-from aether.server.auth import Caller, NodeCaller, Operator, own_node
 from aether.server.context import ServerContext, get_context
-from aether.server.tasks import record_outcome, submit_task
+from aether.server.http.audit import refuse
+from aether.server.http.auth import Caller, NodeCaller, Operator, own_node
+from aether.server.services.tasks import record_outcome, submit_task
 from aether.store.records import Principal
 
 __all__ = ["router"]

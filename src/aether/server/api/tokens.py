@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field
 
 from aether.errors import ForbiddenError
 from aether.model.time import Timestamp
-from aether.server.audit import refuse
-from aether.server.auth import Admin, Caller
 from aether.server.context import ServerContext, get_context
+from aether.server.http.audit import refuse
+from aether.server.http.auth import Admin, Caller
 
 __all__ = ["router"]
 

@@ -558,7 +558,7 @@ class Records:
         if not getattr(result, "rowcount", 0):
             raise NotFoundError(f"node {node_id!r} not found")
 
-    # -- controller decisions (aether.server.controller) -----------------------
+    # -- controller decisions (aether.server.leader.controller) -----------------------
 
     async def add_decision(
         self,
@@ -632,7 +632,7 @@ class Records:
         return int(getattr(result, "rowcount", 0) or 0)
 
     # -- signing: public keys, app settings, artifact signatures ---------------
-    # (issue 3, part 3; the checks themselves live in aether.server.signatures)
+    # (issue 3, part 3; the checks themselves live in aether.server.services.signatures)
 
     async def find_app(self, tenant_id: str, name: str) -> App | None:
         async with self.sessions() as session:
@@ -1010,7 +1010,7 @@ class Records:
             await session.commit()
         return int(getattr(result, "rowcount", 0) or 0)
 
-    # -- snapshots and migrations (aether.server.migrations) ------------------
+    # -- snapshots and migrations (aether.server.services.migrations) ------------------
 
     async def add_snapshot(
         self,

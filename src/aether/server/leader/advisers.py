@@ -11,9 +11,9 @@ a compact JSON summary of the cluster and asks for
 ``{"proposals": [{"kind", "target", "instances"?, "reason"}]}`` (JSON mode, with
 ``json`` code fences tolerated). Answers that cannot be used - an HTTP error, a
 timeout, not JSON, no ``proposals`` list - are recorded as a ``failed`` decision
-(kind ``advice``); every proposal goes through the guardrails in
-:meth:`aether.server.controller.Controller.consider` and is recorded as applied
-or refused. Nothing an adviser says can raise out of its loop, and the cluster
+(kind ``advice``); every proposal goes through the controller's guardrails
+(:meth:`aether.server.leader.observation.Decider.consider`) and is recorded as
+applied or refused. Nothing an adviser says can raise out of its loop, and the cluster
 runs fully without advisers.
 """
 
@@ -31,7 +31,7 @@ import httpx
 
 from aether.core.autoscale import slope
 from aether.model.decisions import Decision, DecisionOut, Proposal
-from aether.server.controller import Controller, Observation
+from aether.server.leader.observation import Decider, Observation
 from aether.server.settings import ServerSettings
 from aether.store.election import Leadership
 
@@ -238,7 +238,7 @@ PROMPTS = {
 class Adviser:
     def __init__(
         self,
-        controller: Controller,
+        controller: Decider,
         config: AdviserConfig,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -278,7 +278,7 @@ class Adviser:
     ) -> list[DecisionOut]:
         """Ask once, guard and apply the proposals; the decisions recorded."""
         obs = await self.controller.observe()
-        summary = summarize(obs, self.config.name, self.controller.ctx.settings)
+        summary = summarize(obs, self.config.name, self.controller.settings)
         content = ""
         try:
             if client is None:

@@ -14,8 +14,8 @@ from aether.core.controller import DRAINED_BY_OPERATOR
 from aether.errors import ConflictError, NotFoundError
 from aether.model.cluster import InstanceRecord, NodeRecord
 from aether.model.tasks import TaskOut, TaskState
-from aether.server.cluster import dump, fence_holds
 from aether.server.context import ServerContext
+from aether.server.services.cluster import dump, fence_holds
 from aether.store.base import Compare, Put
 
 __all__ = ["assigned", "held_task", "node_key", "node_may_read", "set_draining"]

@@ -14,7 +14,7 @@ import logging
 from fastapi import Request
 
 from aether.errors import ForbiddenError
-from aether.server.errors import trace_id_of
+from aether.server.http.errors import trace_id_of
 from aether.store.records import Principal
 
 __all__ = ["refuse"]

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aether.server.idempotency import replay_body
+from aether.server.http.idempotency import replay_body
 from aether.store.election import current_leader
 
 __all__ = ["LeaderForward", "forwarded"]

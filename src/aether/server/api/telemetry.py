@@ -1,7 +1,7 @@
 """Telemetry: nodes push metrics; people read samples, history, roll-ups and a live stream.
 
 ``POST /nodes/{node}/metrics`` is the hot path (every node, every second): the
-token check is served from the in-process cache (``server.auth.TokenCache``),
+token check is served from the in-process cache (``server.http.token_cache.TokenCache``),
 the body is validated straight from bytes, and ingest touches memory only --
 never the state store or the database. :class:`TelemetryFastPath` answers the
 ordinary push (a cached node token, a valid body) before FastAPI's routing and
@@ -24,10 +24,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aether.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
-from aether.server.audit import refuse
-from aether.server.auth import Caller, NodeCaller, cached_caller, own_node
 from aether.server.context import ServerContext, get_context
-from aether.server.idempotency import replay_body
+from aether.server.http.audit import refuse
+from aether.server.http.auth import Caller, NodeCaller, cached_caller, own_node
+from aether.server.http.idempotency import replay_body
 from aether.store.records import Principal
 
 __all__ = ["MAX_PUSH_BYTES", "TelemetryFastPath", "router"]

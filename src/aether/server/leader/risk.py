@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -127,6 +127,7 @@ class RiskEngine:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.ctx = ctx
+        self.on_change: Callable[[], None] | None = None  # a node's status changed
         self.interval = interval
         self.retention = retention
         self.leading = False
@@ -271,6 +272,5 @@ class RiskEngine:
             last = self._written.get(row["node"])
             changed = changed or last is None or last[0] is not RiskStatus(row["status"])
             self._written[row["node"]] = (RiskStatus(row["status"]), row["root_cause"], now)
-        controller = self.ctx.controller
-        if changed and controller is not None:
-            controller.wake()  # act on a new verdict now, not on the controller's next tick
+        if changed and self.on_change is not None:
+            self.on_change()  # the controller acts on a new verdict now, not on its next tick

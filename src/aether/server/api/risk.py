@@ -9,7 +9,7 @@ risk assessments. A signal may name a node that is not registered right now
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, Field, ValidationError
@@ -17,15 +17,33 @@ from pydantic import BaseModel, Field, ValidationError
 from aether.core.risk import DRILL_BASE_PRICE, drill_series
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.risk import RiskAssessment, SignalIn, SignalKind, SignalOut
-from aether.server.auth import Caller, Operator, SignalWriter, own_node
-from aether.server.cluster import read_snapshot
 from aether.server.context import ServerContext, get_context
-from aether.server.risk import assessment_of
+from aether.server.http.auth import Caller, Operator, SignalWriter, own_node
+from aether.server.services.cluster import read_snapshot
 
 __all__ = ["MAX_FUTURE_SECONDS", "MAX_SIGNALS_PER_REQUEST", "router"]
 
 router = APIRouter(tags=["risk"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
+
+
+class RiskView(Protocol):
+    """The risk engine, as the routes see it (``app.state.risk``)."""
+
+    @property
+    def serving(self) -> bool: ...
+
+    def assessments(self) -> dict[str, RiskAssessment]: ...
+
+    def wake(self) -> None: ...
+
+
+async def get_risk(request: Request) -> RiskView | None:
+    risk: RiskView | None = getattr(request.app.state, "risk", None)
+    return risk
+
+
+Risk = Annotated[RiskView | None, Depends(get_risk)]
 
 MAX_SIGNALS_PER_REQUEST = 1000
 MAX_FUTURE_SECONDS = 300.0  # a ts further ahead of the server's clock is refused
@@ -75,16 +93,16 @@ def _rows(signals: list[SignalIn], now: float) -> list[dict[str, Any]]:
     return rows
 
 
-async def _store(ctx: ServerContext, signals: list[SignalIn]) -> list[int]:
+async def _store(ctx: ServerContext, risk: RiskView | None, signals: list[SignalIn]) -> list[int]:
     ids = await ctx.records.add_signals(_rows(signals, time.time()))
-    if ctx.risk is not None:
-        ctx.risk.wake()
+    if risk is not None:
+        risk.wake()
     return ids
 
 
 @router.post("/signals", status_code=201)
 async def post_signals(
-    request: Request, caller: SignalWriter, ctx: Ctx, payload: Annotated[Any, Body()]
+    request: Request, caller: SignalWriter, ctx: Ctx, risk: Risk, payload: Annotated[Any, Body()]
 ) -> SignalsCreated:
     """One signal (``{"node", "kind", "value", "source"?, "ts"?}``) or ``{"signals": [...]}``.
 
@@ -102,12 +120,12 @@ async def post_signals(
     if caller.role == "node":  # a node's local agent speaks for its own node only
         for signal in signals:
             own_node(request, caller, signal.node)
-    return SignalsCreated(ids=await _store(ctx, signals))
+    return SignalsCreated(ids=await _store(ctx, risk, signals))
 
 
 @router.post("/market/signal", status_code=201)
 async def market_signal(
-    body: MarketSignalIn, request: Request, caller: SignalWriter, ctx: Ctx
+    body: MarketSignalIn, request: Request, caller: SignalWriter, ctx: Ctx, risk: Risk
 ) -> SignalsCreated:
     """Compat: ``{"node", "price"?, "rebalance"?, "capacity_score"?, "ts"?}``, stored as the
     equivalent signals (source ``market``)."""
@@ -123,7 +141,7 @@ async def market_signal(
         signals.append(SignalIn(kind="capacity", value=body.capacity_score, **common))
     if not signals:
         raise BadRequestError("a market signal needs price, rebalance or capacity_score")
-    return SignalsCreated(ids=await _store(ctx, signals))
+    return SignalsCreated(ids=await _store(ctx, risk, signals))
 
 
 @router.get("/signals")
@@ -146,12 +164,12 @@ async def list_signals(
 
 
 @router.get("/risk")
-async def risk(caller: Caller, ctx: Ctx) -> list[RiskAssessment]:
+async def latest_risk(caller: Caller, ctx: Ctx, risk: Risk) -> list[RiskAssessment]:
     """The latest assessment of each node: the leader's own view, elsewhere the records'."""
-    engine = ctx.risk
-    if engine is not None and engine.serving:
-        return [a for _, a in sorted(engine.assessments().items())]
-    return [assessment_of(row) for row in await ctx.records.latest_risk_assessments()]
+    if risk is not None and risk.serving:
+        return [a for _, a in sorted(risk.assessments().items())]
+    rows = await ctx.records.latest_risk_assessments()
+    return [RiskAssessment.model_validate(row, from_attributes=True) for row in rows]
 
 
 @router.get("/risk/{node}")
@@ -165,7 +183,7 @@ async def risk_history(
     rows = await ctx.records.risk_history(node, limit)
     if not rows:
         raise NotFoundError(f"no risk assessment of node {node!r} has been recorded")
-    return [assessment_of(row) for row in rows]
+    return [RiskAssessment.model_validate(row, from_attributes=True) for row in rows]
 
 
 # -- the fire drill ----------------------------------------------------------------------
@@ -181,7 +199,7 @@ async def _base_price(ctx: ServerContext, node: str) -> float:
 
 @router.post("/drill/start")
 async def drill_start(
-    caller: Operator, ctx: Ctx, body: Annotated[DrillIn | None, Body()] = None
+    caller: Operator, ctx: Ctx, risk: Risk, body: Annotated[DrillIn | None, Body()] = None
 ) -> dict[str, Any]:
     """Inject a market crash for a node (default: the live node running the most
     instances): a spot price spiking by 60 % and a rebalance notice, source ``drill``."""
@@ -204,13 +222,13 @@ async def drill_start(
         for ts, price in drill_series(base, now)
     ]
     signals.append(SignalIn(node=node, kind="rebalance", value=1.0, source=DRILL_SOURCE, ts=now))
-    ids = await _store(ctx, signals)
+    ids = await _store(ctx, risk, signals)
     return {"node": node, "signals": len(ids), "base_price": base, "spike_price": signals[-2].value}
 
 
 @router.post("/drill/stop")
 async def drill_stop(
-    caller: Operator, ctx: Ctx, body: Annotated[DrillIn | None, Body()] = None
+    caller: Operator, ctx: Ctx, risk: Risk, body: Annotated[DrillIn | None, Body()] = None
 ) -> dict[str, Any]:
     """End the drill on a node (default: every node with a drill running): records a
     ``clear`` signal of source ``drill``, so the next pass scores without the drill's
@@ -221,5 +239,5 @@ async def drill_stop(
         latest = await ctx.records.latest_signals_by_node(DRILL_SOURCE)
         nodes = sorted(node for node, row in latest.items() if row.kind != "clear")
     signals = [SignalIn(node=node, kind="clear", source=DRILL_SOURCE) for node in nodes]
-    ids = await _store(ctx, signals) if signals else []
+    ids = await _store(ctx, risk, signals) if signals else []
     return {"nodes": nodes, "signals": len(ids)}

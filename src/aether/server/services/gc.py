@@ -1,4 +1,5 @@
-"""Garbage collection of artifacts and per-file blobs (the leader runs it).
+"""Garbage collection of artifacts and per-file blobs (the leader runs it every
+``gc_interval``: :mod:`aether.server.leader.gc`; ``POST /api/v1/gc`` runs it now).
 
 Besides what retention drops, each pass deletes incremental-upload blobs idle past
 ``gc_grace_seconds`` (on disk by mtime, on S3 by LastModified: ``missing()`` renews
@@ -16,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 from aether.artifacts.s3 import S3ArtifactRegistry
 from aether.core.retention import ArtifactRow, DeploymentRow, plan_gc
-from aether.server.cluster import read_snapshot
 from aether.server.context import ServerContext
-from aether.server.migrations import apply_retention, snapshot_digests
+from aether.server.services.cluster import read_snapshot
+from aether.server.services.migrations import apply_retention, snapshot_digests
 
 __all__ = ["GcResult", "collect_garbage"]
 

@@ -27,27 +27,31 @@ from aether.server.api import (
     decisions,
     keys,
     nodes,
-    signals,
+    risk,
     tasks,
     tokens,
 )
 from aether.server.api import backup as backup_api
-from aether.server.api import metrics as telemetry_api
 from aether.server.api import migrations as migrations_api
+from aether.server.api import telemetry as telemetry_api
+from aether.server.api.prometheus import install_metrics
 from aether.server.context import ServerContext
-from aether.server.controller import install as install_controller
-from aether.server.errors import install_error_handlers
 from aether.server.files import make_private, private_umask
-from aether.server.forward import LeaderForward
-from aether.server.idempotency import IdempotencyMiddleware
-from aether.server.leader import Leader
-from aether.server.limits import InputLimits
-from aether.server.logstore import LogStore
-from aether.server.metrics import ServerMetrics, UploadGate, install_metrics
-from aether.server.openapi import install_openapi
-from aether.server.risk import RiskEngine
+from aether.server.http.errors import install_error_handlers
+from aether.server.http.forward import LeaderForward
+from aether.server.http.idempotency import IdempotencyMiddleware
+from aether.server.http.limits import InputLimits
+from aether.server.http.openapi import install_openapi
+from aether.server.http.prometheus import ServerMetrics
+from aether.server.http.uploads import UploadGate
+from aether.server.leader.advisers import Adviser, adviser_configs
+from aether.server.leader.controller import Controller
+from aether.server.leader.gc import GarbageCollector
+from aether.server.leader.reconcile import Leader, LeaderLoop
+from aether.server.leader.risk import RiskEngine
+from aether.server.services.logstore import LogStore
+from aether.server.services.telemetry import TelemetryHub
 from aether.server.settings import ServerSettings
-from aether.server.telemetry import TelemetryHub
 from aether.store import open_state_store
 from aether.store.records import DEFAULT_TENANT, Records, migrate, open_records
 from aether.tasks.queue import SqlTaskQueue, TaskQueue
@@ -115,6 +119,24 @@ def _open_blobs(settings: ServerSettings, data_dir: Path, registry: ArtifactBack
     return LocalBlobStore(data_dir / "blobs", max_bytes=settings.max_artifact_bytes)
 
 
+def _leader_loops(app: FastAPI, ctx: ServerContext) -> list[LeaderLoop]:
+    """The leader's loops, each given what it needs: telemetry aggregation (samples each
+    second, roll-ups each minute), the risk engine, the garbage collector, and (when
+    enabled) the controller with its configured advisers. The risk engine and the
+    controller are kept on ``app.state`` for the routes that read them."""
+    risk = RiskEngine(ctx, registry=ctx.metrics.registry)
+    app.state.risk = risk
+    loops: list[LeaderLoop] = [ctx.telemetry.run, risk.run, GarbageCollector(ctx).run]
+    app.state.controller = None
+    if ctx.settings.controller_enabled:
+        controller = Controller(ctx, risk=risk)
+        risk.on_change = controller.wake  # act on a new verdict at once
+        app.state.controller = controller
+        loops.append(controller.run)
+        loops += [Adviser(controller, c).run for c in adviser_configs(ctx.settings)]
+    return loops
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     metrics = ServerMetrics()  # per app, so servers sharing a process never mix numbers
 
@@ -152,12 +174,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             ),
         )
         app.state.ctx = ctx
-        ctx.leader_loops.append(ctx.telemetry.run)  # samples each second, roll-ups each minute
-        ctx.risk = RiskEngine(ctx, registry=metrics.registry)
-        ctx.leader_loops.append(ctx.risk.run)
-        if settings.controller_enabled:
-            install_controller(ctx)  # layer 1 and the configured advisers, on the leader
-        leader = Leader(ctx)
+        leader = Leader(ctx, _leader_loops(app, ctx))
         app.state.leader = leader
         task = asyncio.create_task(leader.run(), name="leader")
         expiry = asyncio.create_task(_expire_claims(ctx), name="task-leases")
@@ -203,7 +220,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ServiceUnavailableError(f"not ready: {exc}") from exc
         return JSONResponse({"status": "ready", "revision": revision})
 
-    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks, signals, decisions):
+    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks, risk, decisions):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")

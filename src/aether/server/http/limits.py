@@ -56,7 +56,7 @@ def request_id(value: bytes | str | None) -> str:
 
 def _upload_routes(settings: ServerSettings) -> list[tuple[str, re.Pattern[str], int]]:
     from aether.server.api.blobs import MAX_ASSEMBLE_BODY_BYTES
-    from aether.server.api.metrics import MAX_PUSH_BYTES
+    from aether.server.api.telemetry import MAX_PUSH_BYTES
 
     segment = r"[^/]+"
     return [
@@ -160,7 +160,7 @@ class InputLimits:
 async def _authenticate(scope: Scope) -> AetherError | None:
     """The error ``authenticate`` raises for this request's token, or None when it passes
     (or cannot be checked here: then the route checks it as always)."""
-    from aether.server.auth import authenticate
+    from aether.server.http.auth import authenticate
 
     ctx = getattr(getattr(scope.get("app"), "state", None), "ctx", None)
     if ctx is None:

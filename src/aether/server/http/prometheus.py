@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server process, and the upload concurrency gate.
+"""Prometheus metrics of one server process (served by :mod:`aether.server.api.prometheus`).
 
 Each ``ServerMetrics`` owns its own ``CollectorRegistry`` (never the global
 default), so several servers in one process (tests) keep separate numbers.
@@ -51,15 +51,11 @@ that was leader at the time, so sum them over all servers.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
-from fastapi import FastAPI, Request, Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -68,22 +64,11 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
-from aether.errors import UnauthorizedError
-
 if TYPE_CHECKING:
+    from aether.artifacts import ArtifactBackend
     from aether.model.telemetry import ClusterSample
-    from aether.server.context import ServerContext
 
-__all__ = [
-    "DEFAULT_MAX_CONCURRENT_UPLOADS",
-    "ServerMetrics",
-    "UploadGate",
-    "Visible",
-    "install_metrics",
-    "scrape_view",
-]
-
-DEFAULT_MAX_CONCURRENT_UPLOADS = 32
+__all__ = ["ServerMetrics", "UploadKind", "Visible"]
 
 UploadKind = Literal["artifact", "blob", "assemble"]
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -183,12 +168,19 @@ class ServerMetrics:
         for kind in ("artifact", "blob", "assemble"):
             self.upload_duration.labels(kind)
 
-    async def render(self, ctx: ServerContext | None, view: Visible | None = None) -> bytes:
-        """The exposition text, with the scrape-time gauges refreshed first; only the
-        node- and app-labelled series ``view`` allows (none without one)."""
-        if ctx is not None:
-            await self._count_artifacts(ctx)
-            self.telemetry(ctx.telemetry.latest())
+    async def render(
+        self,
+        view: Visible | None = None,
+        *,
+        registry: ArtifactBackend | None = None,
+        latest: ClusterSample | None = None,
+    ) -> bytes:
+        """The exposition text, with the scrape-time gauges refreshed first (the artifact
+        count from ``registry``, the node and app gauges from ``latest``); only the node-
+        and app-labelled series ``view`` allows (none without one)."""
+        if registry is not None:
+            await self._count_artifacts(registry)
+            self.telemetry(latest)
         return generate_latest(_Scoped(self.registry, view or Visible()))
 
     def artifacts_changed(self) -> None:
@@ -196,13 +188,13 @@ class ServerMetrics:
         self._artifacts_generation += 1
         self._artifacts_counted = None
 
-    async def _count_artifacts(self, ctx: ServerContext) -> None:
+    async def _count_artifacts(self, registry: ArtifactBackend) -> None:
         started = time.monotonic()
         counted = self._artifacts_counted
         if counted is not None and started - counted < self.artifacts_refresh_seconds:
             return
         generation = self._artifacts_generation
-        self.artifacts.set(len(await ctx.registry.list_digests()))
+        self.artifacts.set(len(await registry.list_digests()))
         if generation == self._artifacts_generation:  # else a change raced the listing
             self._artifacts_counted = started
 
@@ -261,86 +253,3 @@ class _Scoped:
                 kept.samples = samples
                 family = kept
             yield family
-
-
-async def scrape_view(request: Request, ctx: ServerContext | None) -> Visible:
-    """What this scrape may see: nothing labelled without a token, its tenant's with one."""
-    header = request.headers.get("authorization")
-    if ctx is None or header is None:
-        return Visible()
-    scheme, _, token = header.partition(" ")
-    principal = None
-    if scheme.lower() == "bearer" and token.strip():
-        principal = await ctx.tokens.resolve(token.strip(), ctx.records)
-    if principal is None:
-        raise UnauthorizedError(
-            "invalid or revoked token; scrape /metrics with a valid token, or with none "
-            "for the cluster-level figures only"
-        )
-    from aether.store.records import DEFAULT_TENANT
-
-    apps = frozenset(app.name for app in await ctx.records.list_apps(principal.tenant_id))
-    return Visible(nodes=principal.tenant == DEFAULT_TENANT, apps=apps)
-
-
-class UploadSlot:
-    """One upload's hold on the gate; ``meter`` counts the bytes it receives."""
-
-    def __init__(self, metrics: ServerMetrics, kind: UploadKind) -> None:
-        self._bytes = metrics.upload_bytes.labels(kind) if kind != "assemble" else None
-        self.received = 0
-
-    async def meter(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            self.received += len(chunk)
-            if self._bytes is not None:
-                self._bytes.inc(len(chunk))
-            yield chunk
-
-
-class UploadGate:
-    """At most ``limit`` uploads stream at once; the others wait their turn (FIFO)."""
-
-    def __init__(
-        self, limit: int = DEFAULT_MAX_CONCURRENT_UPLOADS, metrics: ServerMetrics | None = None
-    ) -> None:
-        if limit < 1:
-            raise ValueError("the upload limit must be at least 1")
-        self.limit = limit
-        self.metrics = metrics if metrics is not None else ServerMetrics()
-        self._slots = asyncio.Semaphore(limit)
-
-    @contextlib.asynccontextmanager
-    async def slot(self, kind: UploadKind) -> AsyncIterator[UploadSlot]:
-        m = self.metrics
-        m.uploads_waiting.inc()
-        try:
-            await self._slots.acquire()
-        finally:
-            m.uploads_waiting.dec()
-        m.uploads_in_progress.inc()
-        started = time.perf_counter()
-        try:
-            yield UploadSlot(m, kind)
-        finally:
-            m.upload_duration.labels(kind).observe(time.perf_counter() - started)
-            m.uploads_in_progress.dec()
-            self._slots.release()
-            if kind != "blob":  # blobs are not artifacts
-                m.artifacts_changed()
-
-
-def install_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
-    """``GET /metrics``: Prometheus text format; cluster-level figures without a token."""
-    app.state.metrics = metrics
-
-    @app.get(
-        "/metrics",
-        tags=["probes"],
-        response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
-    )
-    async def prometheus_metrics(request: Request) -> Response:
-        ctx: ServerContext | None = getattr(app.state, "ctx", None)
-        view = await scrape_view(request, ctx)
-        return Response(await metrics.render(ctx, view), media_type=CONTENT_TYPE_LATEST)

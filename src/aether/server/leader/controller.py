@@ -8,10 +8,10 @@ returns:
 
 - **scale** - compare-and-swap on ``blueprints/{app}``, fenced by the
   leadership (a deposed leader's late write fails); the scheduler does the rest;
-- **drain / undrain** - the node's flag (:func:`aether.server.nodes.set_draining`);
+- **drain / undrain** - the node's flag (:func:`aether.server.services.drain.set_draining`);
   the scheduler moves instances off a draining node.
 
-Advisers (:mod:`aether.server.advisers`) hand their proposals to
+Advisers (:mod:`aether.server.leader.advisers`) hand their proposals to
 :meth:`Controller.consider`, which passes them through the guardrails
 (:mod:`aether.core.guardrails`) before applying any.
 
@@ -27,7 +27,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from aether.core.controller import (
@@ -45,20 +44,25 @@ from aether.model.cluster import Blueprint
 from aether.model.decisions import AutoscaleSpec, Decision, DecisionOut, Proposal
 from aether.model.risk import RiskAssessment
 from aether.model.telemetry import AppSample, ClusterSample
-from aether.server.cluster import ClusterSnapshot, fence_holds, read_snapshot, update_blueprint
 from aether.server.context import ServerContext
-from aether.server.nodes import set_draining
+from aether.server.leader.observation import Observation
+from aether.server.services.cluster import (
+    fence_holds,
+    read_snapshot,
+    update_blueprint,
+)
+from aether.server.services.drain import set_draining
+from aether.server.services.migrations import drain_node
+from aether.server.settings import ServerSettings
 from aether.store.base import Compare
 from aether.store.election import Leadership
 from aether.store.records.schema import DecisionRow
 
 __all__ = [
     "Controller",
-    "Observation",
     "RiskSource",
     "TelemetrySource",
     "decision_out",
-    "install",
     "metric_value",
 ]
 
@@ -77,7 +81,7 @@ class TelemetrySource(Protocol):
 
 
 class RiskSource(Protocol):
-    """What the controller reads from the risk engine (``ctx.risk``)."""
+    """What the controller reads from the risk engine."""
 
     def assessments(self) -> dict[str, RiskAssessment]: ...
 
@@ -114,22 +118,6 @@ def decision_out(row: DecisionRow) -> DecisionOut:
     )
 
 
-@dataclass
-class Observation:
-    """One look at the cluster: what both layer 1 and the advisers decide from."""
-
-    now: float
-    cluster: ClusterSnapshot
-    samples: list[ClusterSample]
-    assessments: dict[str, RiskAssessment]
-    snapshot: ControllerSnapshot
-    last_change: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def latest(self) -> ClusterSample | None:
-        return self.samples[-1] if self.samples else None
-
-
 class _Stale(Exception):
     """The blueprint changed since the decision was made: the next pass decides again."""
 
@@ -145,7 +133,7 @@ class Controller:
     ) -> None:
         self.ctx = ctx
         self.telemetry = telemetry  # None: ctx.telemetry
-        self.risk = risk  # None: ctx.risk
+        self.risk = risk  # None: no risk assessments (the server passes its risk engine)
         self.clock = clock
         self.policy = ControllerPolicy(undrain_after=ctx.settings.controller_undrain_after)
         self.passes = 0
@@ -156,6 +144,10 @@ class Controller:
         self._once: dict[tuple[int, str, str], str] = {}  # refusals and no-ops recorded once
         self._pruned_at = 0.0
         self._wake = asyncio.Event()
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.ctx.settings
 
     def wake(self) -> None:
         """Run the next pass now (the risk engine calls this when a node's status changes)."""
@@ -168,8 +160,7 @@ class Controller:
         return source
 
     def risk_source(self) -> RiskSource | None:
-        source: RiskSource | None = self.risk or self.ctx.risk
-        return source
+        return self.risk
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -414,10 +405,6 @@ class Controller:
         """Turn the moves off a drained node into tracked migrations (checkpointed where
         the app is stateful); the planner moves the instances off it either way."""
         try:
-            from aether.server.migrations import drain_node
-        except ImportError:  # migrations not in this build: the planner still moves them
-            return []
-        try:
             return [str(row.id) for row in await drain_node(self.ctx, node, reason)]
         except Exception:
             log.exception("requesting migrations off %s failed; the planner moves them", node)
@@ -485,15 +472,3 @@ class Controller:
     def forget(self, key: tuple[int, str, str]) -> None:
         """The next ``record_once`` under ``key`` is recorded whatever it says."""
         self._once.pop(key, None)
-
-
-def install(ctx: ServerContext) -> Controller:
-    """Attach the controller and the configured advisers to ``ctx``'s leader loops."""
-    from aether.server.advisers import Adviser, adviser_configs
-
-    controller = Controller(ctx)
-    ctx.controller = controller
-    ctx.leader_loops.append(controller.run)
-    for config in adviser_configs(ctx.settings):
-        ctx.leader_loops.append(Adviser(controller, config).run)
-    return controller

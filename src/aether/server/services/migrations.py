@@ -27,8 +27,8 @@ from aether.core.snapshots import SnapshotRow, plan_retention
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.cluster import Blueprint, InstanceRecord
 from aether.model.migrations import MIGRATION_FINAL, MigrationOut
-from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext
+from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.store.base import Compare, Kv, Put
 from aether.store.records.repo import epoch
 from aether.store.records.schema import MigrationRecord

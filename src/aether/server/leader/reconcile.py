@@ -15,6 +15,8 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from aether.core.lifecycle import Command, State
 from aether.core.scheduler import (
@@ -29,11 +31,10 @@ from aether.core.scheduler import (
     plan,
 )
 from aether.model.cluster import InstanceRecord, endpoint_key, instance_key
-from aether.server.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.context import ServerContext
-from aether.server.gc import collect_garbage
-from aether.server.migrations import latest_snapshots
-from aether.server.migrations import track as track_migrations
+from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
+from aether.server.services.migrations import latest_snapshots
+from aether.server.services.migrations import track as track_migrations
 from aether.store.base import CompactedError, Compare, Delete, Op, Put, StateStore, StoreError
 from aether.store.election import LeaderElection, Leadership
 
@@ -92,9 +93,15 @@ async def apply_action(
         )
 
 
+# A loop only the leader runs (telemetry aggregation, risk engine, controller,
+# advisers): started when this server is elected, cancelled when it loses the leadership.
+LeaderLoop = Callable[[Leadership], Coroutine[Any, Any, None]]
+
+
 class Leader:
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, loops: Sequence[LeaderLoop] = ()) -> None:
         self.ctx = ctx
+        self.loops = list(loops)
         self.election = LeaderElection(
             ctx.store, key="leader", candidate=ctx.server_id, ttl=ctx.settings.lease_ttl
         )
@@ -131,10 +138,9 @@ class Leader:
         wake = asyncio.Event()
         wake.set()
         watcher = asyncio.create_task(self._watch(wake))
-        collector = asyncio.create_task(self._collect_garbage())
         loops = [
             asyncio.create_task(loop(leadership), name=getattr(loop, "__qualname__", "loop"))
-            for loop in self.ctx.leader_loops
+            for loop in self.loops
         ]
         self.leading = True
         try:
@@ -151,18 +157,10 @@ class Leader:
                     log.exception("reconcile pass failed; retrying on the next pass")
         finally:
             self.leading = False
-            for task in (watcher, collector, *loops):
+            for task in (watcher, *loops):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-    async def _collect_garbage(self) -> None:
-        while True:
-            await asyncio.sleep(self.ctx.settings.gc_interval)
-            try:
-                await collect_garbage(self.ctx)
-            except Exception:
-                log.exception("garbage collection failed; trying again later")
 
     async def _watch(self, wake: asyncio.Event) -> None:
         while True:

@@ -1,0 +1,81 @@
+"""Recently verified API tokens, kept in memory so hot routes skip the database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aether.store.records import Principal, Records
+
+__all__ = ["TOKEN_CACHE_SECONDS", "TOKEN_CACHE_SIZE", "TokenCache"]
+
+
+TOKEN_CACHE_SECONDS = 10.0
+TOKEN_CACHE_SIZE = 10_000
+
+
+class TokenCache:
+    """Recently verified tokens, so a hot route (node telemetry) skips the database.
+
+    An entry lives ``TOKEN_CACHE_SECONDS``; revoking or rotating a token
+    through this server forgets it at once (``forget``). Another server keeps
+    honouring a revoked token until its own entry expires (at most that long).
+    Only successes are cached: a wrong token always asks the database. Calls
+    that miss at the same moment share one lookup (thousands of nodes pushing
+    every second would otherwise all ask the database when an entry expires).
+    """
+
+    def __init__(self, ttl: float = TOKEN_CACHE_SECONDS, size: int = TOKEN_CACHE_SIZE) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        self._generation = 0  # bumped by forget: a lookup begun before must not refill
+        self.lookups = 0  # database lookups made (for tests and curiosity)
+
+    def get(self, token: str, now: float) -> Principal | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            self._entries.pop(token, None)
+            return None
+        return entry[0]
+
+    def put(self, token: str, principal: Principal, now: float) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # crude, but bounded; the next calls refill it
+        self._entries[token] = (principal, now + self.ttl)
+
+    def forget(self, token_id: str) -> None:
+        """Drop every entry of this token (call it when the token is revoked)."""
+        self._generation += 1
+        for token, (principal, _) in list(self._entries.items()):
+            if principal.token_id == token_id:
+                del self._entries[token]
+
+    async def resolve(self, token: str, records: Records) -> Principal | None:
+        """The token's principal: from the cache, or one shared database lookup."""
+        now = time.monotonic()
+        principal = self.get(token, now)
+        if principal is not None:
+            return principal
+        pending = self._lookups.get(token)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._lookups[token] = future
+        generation = self._generation
+        try:
+            self.lookups += 1
+            principal = await records.authenticate(token)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            self._lookups.pop(token, None)
+        if principal is not None and generation == self._generation:
+            self.put(token, principal, time.monotonic())
+        future.set_result(principal)
+        return principal
