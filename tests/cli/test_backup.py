@@ -20,7 +20,8 @@ import pytest
 
 from aether.artifacts.digest import digest_hex
 from aether.backup.archive import read_manifest
-from aether.cli.main import EXIT, main
+from aether.cli.main import main
+from aether.cli.output import EXIT
 from aether.client import ApiClient
 from tests.server.conftest import RunningServer, running_server
 from tests.server.support import deploy, upload_random

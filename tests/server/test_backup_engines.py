@@ -22,7 +22,8 @@ import pytest
 from aether.artifacts.digest import digest_hex
 from aether.artifacts.s3 import S3ArtifactRegistry, S3Config
 from aether.backup.archive import LEADER_KEY, read_manifest
-from aether.cli.main import EXIT, main
+from aether.cli.main import main
+from aether.cli.output import EXIT
 from aether.client import ApiClient
 from aether.store import open_state_store
 from tests.artifacts.s3_server import S3Server, s3_server_process

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aether.cli.main import EXIT, main
+from aether.cli.main import main
+from aether.cli.output import EXIT
 from aether.server.config import ConfigError, load_config
 
 GOOD = """

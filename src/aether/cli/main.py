@@ -7,15 +7,15 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["EXIT", "main"]
-
-EXIT = {"ok": 0, "usage": 2, "config": 10, "internal": 20, "io": 30, "network": 40}
+__all__ = ["main"]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         sys.stderr.write(f"aether: error: {message}\n")
+        from aether.cli.output import EXIT  # lazily: --help stays fast
+
         raise SystemExit(EXIT["usage"])
 
 
@@ -396,10 +396,11 @@ _MODULES = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from aether.cli.output import EXIT, configure_logging, run_command
+
     if args.command is None:
         parser.print_help()
         return EXIT["usage"]
-    from aether.cli.output import configure_logging, run_command
     from aether.cli.session import setting
 
     configure_logging(

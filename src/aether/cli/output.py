@@ -14,10 +14,12 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from aether.cli.main import EXIT
 from aether.errors import AetherError
 
-__all__ = ["CliError", "configure_logging", "emit", "run_command", "table"]
+__all__ = ["EXIT", "CliError", "configure_logging", "emit", "run_command", "table"]
+
+#: The process exit code of each kind of failure (documented in docs/operations.md).
+EXIT = {"ok": 0, "usage": 2, "config": 10, "internal": 20, "io": 30, "network": 40}
 
 
 class CliError(Exception):

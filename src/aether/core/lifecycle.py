@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import enum
 
+from aether.model.lifecycle import Command, State
+
 __all__ = [
     "Command",
     "NodeStep",
@@ -23,23 +25,6 @@ __all__ = [
     "leader_next_command",
     "node_step",
 ]
-
-
-class Command(enum.StrEnum):
-    LOAD = "LOAD"
-    ACTIVATE = "ACTIVATE"
-    DEACTIVATE = "DEACTIVATE"
-    UNLOAD = "UNLOAD"
-
-
-class State(enum.StrEnum):
-    LOADING = "LOADING"
-    LOADED = "LOADED"
-    ACTIVATING = "ACTIVATING"
-    ACTIVE = "ACTIVE"
-    DEACTIVATING = "DEACTIVATING"
-    UNLOADING = "UNLOADING"
-    FAILED = "FAILED"
 
 
 class NodeStep(enum.StrEnum):

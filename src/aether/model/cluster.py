@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aether.core.lifecycle import Command, State
 from aether.model.app import AppSpec
+from aether.model.lifecycle import Command, State
 
 __all__ = [
     "Blueprint",

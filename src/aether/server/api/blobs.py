@@ -37,15 +37,13 @@ from aether.errors import BadRequestError, DigestMismatchError, PayloadTooLargeE
 from aether.server.api.artifacts import UploadOut, request_chunks
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Operator
+from aether.server.http.limits import MAX_ASSEMBLE_BODY_BYTES
 from aether.server.services.signatures import read_signature_headers, record_signature
 
 __all__ = ["MAX_ASSEMBLE_BODY_BYTES", "router"]
 
 router = APIRouter(tags=["artifacts"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
-
-#: Largest ``assemble`` body (the plan's JSON): ~250 bytes per entry at the entry limit.
-MAX_ASSEMBLE_BODY_BYTES = 64 << 20
 
 
 class MissingIn(BaseModel):

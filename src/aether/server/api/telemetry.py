@@ -28,6 +28,7 @@ from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import Caller, NodeCaller, cached_caller, own_node
 from aether.server.http.idempotency import replay_body
+from aether.server.http.limits import MAX_PUSH_BYTES
 from aether.store.records import Principal
 
 __all__ = ["MAX_PUSH_BYTES", "TelemetryFastPath", "router"]
@@ -35,7 +36,6 @@ __all__ = ["MAX_PUSH_BYTES", "TelemetryFastPath", "router"]
 router = APIRouter(tags=["metrics"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
-MAX_PUSH_BYTES = 4 << 20  # a push of thousands of instances is still far below this
 STREAM_PING_SECONDS = 5.0  # a comment line when no sample came for this long
 TENANT_APPS_REFRESH = 10.0  # the stream re-reads which apps the caller owns this often
 Seconds = Annotated[float, Query(gt=0, le=86400, description="how far back, in seconds")]

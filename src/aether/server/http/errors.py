@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
-from aether.server.http.limits import request_id
+from aether.server.http.request_id import request_id
 from aether.store.base import StoreUnavailableError
 
 __all__ = [

@@ -20,7 +20,6 @@ telemetry fast path, the idempotency middleware and FastAPI's body parsing:
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 
 from fastapi import HTTPException
@@ -29,10 +28,14 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
+from aether.server.http.auth import authenticate
+from aether.server.http.request_id import request_id
 from aether.server.settings import ServerSettings
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
+    "MAX_ASSEMBLE_BODY_BYTES",
+    "MAX_PUSH_BYTES",
     "NODE_REPORT_BYTES",
     "InputLimits",
     "body_limit",
@@ -42,22 +45,13 @@ __all__ = [
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 #: Task results (stdout and stderr up to 1 MiB each, JSON-escaped) and log batches.
 NODE_REPORT_BYTES = 16 << 20
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def request_id(value: bytes | str | None) -> str:
-    """The caller's request id if it is well-formed, else a fresh one."""
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if value and _REQUEST_ID.fullmatch(value):
-        return value
-    return uuid.uuid4().hex
+#: Largest ``assemble`` body (the plan's JSON): ~250 bytes per entry at the entry limit.
+MAX_ASSEMBLE_BODY_BYTES = 64 << 20
+#: A node's metrics push: a push of thousands of instances is still far below this.
+MAX_PUSH_BYTES = 4 << 20
 
 
 def _upload_routes(settings: ServerSettings) -> list[tuple[str, re.Pattern[str], int]]:
-    from aether.server.api.blobs import MAX_ASSEMBLE_BODY_BYTES
-    from aether.server.api.telemetry import MAX_PUSH_BYTES
-
     segment = r"[^/]+"
     return [
         ("POST", re.compile(r"/api/v1/artifacts"), settings.max_artifact_bytes),
@@ -160,8 +154,6 @@ class InputLimits:
 async def _authenticate(scope: Scope) -> AetherError | None:
     """The error ``authenticate`` raises for this request's token, or None when it passes
     (or cannot be checked here: then the route checks it as always)."""
-    from aether.server.http.auth import authenticate
-
     ctx = getattr(getattr(scope.get("app"), "state", None), "ctx", None)
     if ctx is None:
         return None
