@@ -212,7 +212,7 @@ def test_postgresql_and_etcd_parts_use_their_own_tools(tmp_path: Path) -> None:
     from aether.backup.archive import create_backup, restore_backup
     from aether.server.settings import ServerSettings
     from aether.store.etcd_local import EtcdCluster
-    from aether.store.records import migrate
+    from aether.store.records import upgrade_schema
     from tests.store.postgres import PostgresServer
 
     for tool in ("pg_dump", "pg_restore", "etcdctl"):
@@ -220,7 +220,7 @@ def test_postgresql_and_etcd_parts_use_their_own_tools(tmp_path: Path) -> None:
             pytest.fail(f"{tool} is needed: apt-get install postgresql-client etcd-client")
     with PostgresServer.launched() as pg, EtcdCluster(size=1) as etcd:
         source = pg.create_database("source")
-        migrate(source)
+        upgrade_schema(source)
         asyncio.run(_add_tenant(source, "kept-tenant"))
         put = subprocess.run(
             ["etcdctl", f"--endpoints={etcd.endpoints[0]}", "put", "blueprints/x", "v1"],

@@ -1,9 +1,9 @@
-"""The microvm driver: prerequisites detection, and a real VM through the guest agent.
+"""The microvm driver: prerequisites detection, and a real VM through the guest helper.
 
 Where KVM can run a stock kernel the VM is KVM-accelerated; where it cannot
 (no /dev/kvm, or a /dev/kvm without VT-x/AMD-V such as a software nested
 hypervisor), ``available()`` must say False, and the same VM is booted with
-QEMU's software CPU (TCG) to prove the image, the agent and the protocol.
+QEMU's software CPU (TCG) to prove the image, the guest helper and the protocol.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A real Aether server (uvicorn + create_app) in a background thread, shared per session.
+"""A real Aether server (uvicorn + create_asgi) in a background thread, shared per session.
 
 No mocks: requests go over TCP to the real app, which owns real SQLite state and
 records files under a temporary data directory. Tests keep apart by using unique
@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from aether.server.asgi import create_app
+from aether.server.asgi import create_asgi
 from aether.server.context import ServerContext
 from aether.server.leader.controller import Controller
 from aether.server.leader.reconcile import LeaderLoop
@@ -118,7 +118,7 @@ def _wait_ready(base_url: str, thread: threading.Thread, timeout: float = 15.0) 
 def running_server(data_dir: Path, **settings: Any) -> Iterator[RunningServer]:
     """A real server on a free port over ``data_dir``, stopped on exit (``settings`` override)."""
     port = free_port()
-    app = create_app(ServerSettings(data_dir=data_dir, port=port, **settings))
+    app = create_asgi(ServerSettings(data_dir=data_dir, port=port, **settings))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     uv = uvicorn.Server(config)
     loop_box: list[asyncio.AbstractEventLoop] = []

@@ -22,7 +22,7 @@ from aether.client import ApiClient
 from aether.model.api import RegisterIn
 from aether.model.app import AppSpec
 from aether.model.cluster import NodeCapabilities
-from aether.server.asgi import create_app
+from aether.server.asgi import create_asgi
 from aether.server.http.prometheus import ServerMetrics
 from aether.server.settings import ServerSettings
 from tests.server.conftest import RunningServer, running_server
@@ -224,8 +224,8 @@ async def test_deployment_counters_move(metered: RunningServer, http: httpx.Asyn
 
 def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
     """Two servers in one process never share (or collide on) a metric."""
-    one = create_app(ServerSettings(data_dir=tmp_path / "one"))
-    two = create_app(ServerSettings(data_dir=tmp_path / "two"))
+    one = create_asgi(ServerSettings(data_dir=tmp_path / "one"))
+    two = create_asgi(ServerSettings(data_dir=tmp_path / "two"))
     m1: ServerMetrics = one.state.metrics
     m2: ServerMetrics = two.state.metrics
     assert m1.registry is not m2.registry

@@ -24,7 +24,7 @@ from aether.errors import NotFoundError, UnauthorizedError
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
 from aether.model.telemetry import EndpointMetrics, InstanceMetrics, NodeMetrics
-from aether.node.metrics import MetricsCollector, MetricsPusher
+from aether.node.telemetry import TelemetryCollector, TelemetryPusher
 from aether.server.api.telemetry import MAX_PUSH_BYTES
 from aether.server.services.telemetry import TelemetryHub
 from aether.store.records import DEFAULT_TENANT
@@ -390,8 +390,8 @@ async def test_the_node_pusher_sends_real_figures(
             router_url="http://127.0.0.1:9",
         )
     )
-    pusher = MetricsPusher(
-        node_api, MetricsCollector(node, tmp_path), None, {}, lambda: registration
+    pusher = TelemetryPusher(
+        node_api, TelemetryCollector(node, tmp_path), None, {}, lambda: registration
     )
     first = await pusher.push_once()
     second = await pusher.push_once()
@@ -402,7 +402,9 @@ async def test_the_node_pusher_sends_real_figures(
 
     # a server that cannot be reached costs a debug line, nothing else
     async with ApiClient("http://127.0.0.1:9", hubbed.join_token, timeout=1) as away:
-        lost = MetricsPusher(away, MetricsCollector(node, tmp_path), None, {}, lambda: registration)
+        lost = TelemetryPusher(
+            away, TelemetryCollector(node, tmp_path), None, {}, lambda: registration
+        )
         await lost.push_once()
         assert (lost.pushed, lost.failed) == (0, 1)
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aether.errors import NotFoundError
-from aether.store.records import Records, migrate, open_records
+from aether.store.records import Records, open_records, upgrade_schema
 from aether.store.records.repo import now
 from aether.store.records.schema import Execution, Task
 from aether.tasks.queue.base import NewTask
@@ -44,7 +44,7 @@ TEMPLATE = "records_template"
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL for the smoke tests, with a migrated template database."""
     with PostgresServer.launched() as server:
-        migrate(server.create_database(TEMPLATE))
+        upgrade_schema(server.create_database(TEMPLATE))
         yield server
 
 

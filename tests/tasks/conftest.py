@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aether.store.records import migrate, open_records
+from aether.store.records import open_records, upgrade_schema
 from aether.store.records.schema import Tenant
 from aether.tasks.queue.base import Backoff, TaskQueue, utc
 from aether.tasks.queue.redis import RedisTaskQueue
@@ -49,7 +49,7 @@ class RecordingBackoff:
 def records_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated records database per session; each test copies it (migrating is slow)."""
     path = tmp_path_factory.mktemp("records") / "records.db"
-    migrate(f"sqlite:///{path}")
+    upgrade_schema(f"sqlite:///{path}")
     return path
 
 
@@ -57,7 +57,7 @@ def records_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_template() -> Iterator[tuple[PostgresServer, str]]:
     """A real PostgreSQL for the session and a migrated database each test copies."""
     with PostgresServer.launched() as server:
-        migrate(server.create_database("records_template"))
+        upgrade_schema(server.create_database("records_template"))
         yield server, "records_template"
 
 

@@ -35,11 +35,11 @@ from aether.node.drivers.base import Driver
 from aether.node.drivers.bwrap import BwrapDriver
 from aether.node.drivers.process import ProcessDriver
 from aether.node.logship import LogShipper
-from aether.node.metrics import MetricsCollector, MetricsPusher
 from aether.node.router import Router
 from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.sandbox import drivers_available
 from aether.node.tasks import TaskWorker
+from aether.node.telemetry import TelemetryCollector, TelemetryPusher
 
 __all__ = ["CREDENTIAL_FILE", "CredentialError", "NodeDaemon", "NodeOptions", "instance_drivers"]
 
@@ -126,9 +126,9 @@ class NodeDaemon:
         self.lease_lost = asyncio.Event()
         self.changed = asyncio.Event()
         self.shipper = LogShipper(self.client, self.node_id, self.runners)
-        self.metrics = MetricsPusher(
+        self.telemetry = TelemetryPusher(
             self.client,
-            MetricsCollector(self.node_id, options.data_dir),
+            TelemetryCollector(self.node_id, options.data_dir),
             self.router,
             self.runners,
             lambda: self.registration,
@@ -210,7 +210,7 @@ class NodeDaemon:
         reconciler = asyncio.create_task(self._reconcile_loop(), name="reconcile")
         shipper = asyncio.create_task(self.shipper.run(), name="logs")
         worker = asyncio.create_task(self.tasks.run(), name="tasks")
-        telemetry = asyncio.create_task(self.metrics.run(), name="telemetry")
+        telemetry = asyncio.create_task(self.telemetry.run(), name="telemetry")
         try:
             while True:
                 await self._register()

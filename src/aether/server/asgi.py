@@ -53,10 +53,10 @@ from aether.server.services.logstore import LogStore
 from aether.server.services.telemetry import TelemetryHub
 from aether.server.settings import ServerSettings
 from aether.store import open_state_store
-from aether.store.records import DEFAULT_TENANT, Records, migrate, open_records
+from aether.store.records import DEFAULT_TENANT, Records, open_records, upgrade_schema
 from aether.tasks.queue import SqlTaskQueue, TaskQueue
 
-__all__ = ["bootstrap_tokens", "create_app"]
+__all__ = ["bootstrap_tokens", "create_asgi"]
 
 log = logging.getLogger("aether.server")
 
@@ -137,7 +137,7 @@ def _leader_loops(app: FastAPI, ctx: ServerContext) -> list[LeaderLoop]:
     return loops
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def create_asgi(settings: ServerSettings) -> FastAPI:
     metrics = ServerMetrics()  # per app, so servers sharing a process never mix numbers
 
     @contextlib.asynccontextmanager
@@ -147,7 +147,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         data_dir = settings.data_dir.resolve()
         make_private(data_dir)
         records_url = settings.resolved_records_url()
-        await asyncio.to_thread(migrate, records_url)
+        await asyncio.to_thread(upgrade_schema, records_url)
         engine, sessions = open_records(records_url)
         records = Records(sessions)
         for path in await bootstrap_tokens(records, data_dir):

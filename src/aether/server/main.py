@@ -8,7 +8,7 @@ import logging
 
 import uvicorn
 
-from aether.server.asgi import create_app
+from aether.server.asgi import create_asgi
 from aether.server.settings import ServerSettings
 
 __all__ = ["serve", "tune_gc"]
@@ -30,7 +30,7 @@ def tune_gc() -> None:
 
 
 def serve(settings: ServerSettings) -> None:
-    app = create_app(settings)
+    app = create_asgi(settings)
     tune_gc()
     config = uvicorn.Config(
         app,

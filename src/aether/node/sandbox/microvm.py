@@ -2,14 +2,14 @@
 
 The machine boots the host's Debian kernel (``/boot/vmlinuz-*``) with a small
 initramfs the driver builds into its cache directory: a static busybox, the
-virtio modules of that kernel and ``/init``, a guest agent in shell. The
+virtio modules of that kernel and ``/init``, a guest helper in shell. The
 workspace is shared with the host over 9p (``/workspace``, so it persists on
 the node and survives the VM), the host's ``/usr`` is shared read-only so the
 guest has the same tools as a ``bwrap`` sandbox (python3, git, ...), and the
-agent talks to the node over four virtio-serial ports: ``ctl`` (one line per
+helper talks to the node over four virtio-serial ports: ``ctl`` (one line per
 request and reply), ``in`` (stdin bytes), ``out`` and ``err`` (the streams).
 
-Per execution the agent runs the command in its own session as the guest's
+Per execution the helper runs the command in its own session as the guest's
 root, streams stdout and stderr to the host (which caps them as every driver
 does), then kills whatever the command left running and replies ``DONE`` with
 the exit status, the byte counts (so the host knows when it has every byte) and
@@ -21,7 +21,7 @@ least 128) is the VM's RAM, a total for everything in the sandbox; exceeding it
 wakes the guest's OOM killer (``killed_reason="memory limit"``). ``vcpus`` is
 the VM's CPU count. CPU time per process is ``ulimit -t`` of ``ceil(timeout *
 vcpus) + 1`` s. The wall-clock timeout kills the command's session through the
-agent, and the VM itself when the agent does not answer. There is no process
+helper, and the VM itself when the helper does not answer. There is no process
 count limit (the guest's root is exempt; the VM bounds the damage). The network
 is off (no NIC) unless asked for, then QEMU's user-mode NAT (the host is
 10.0.2.2). QEMU runs as the same per-sandbox unprivileged uid as ``bwrap`` when
@@ -71,7 +71,7 @@ log = logging.getLogger("aether.node.sandbox")
 _QEMU = "qemu-system-x86_64"
 _BUSYBOX = ("/usr/bin/busybox", "/bin/busybox")
 _BOOT_TIMEOUT = 60.0
-_KILL_GRACE = 5.0  # seconds for the agent to answer a KILL before the VM goes
+_KILL_GRACE = 5.0  # seconds for the guest helper to answer a KILL before the VM goes
 _DRAIN_TIMEOUT = 10.0  # seconds for the last stream bytes after DONE
 _MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "virtio_net")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -79,7 +79,7 @@ _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/aether/bi
 _PR_SET_PDEATHSIG = 1
 _AGENT_VERSION = "1"
 
-# /init of the guest: mounts, modules, ports, then the agent loop on the ctl port.
+# /init of the guest: mounts, modules, ports, then the helper's loop on the ctl port.
 _INIT = r"""#!/aether/bin/sh
 export PATH=/aether/bin
 /aether/bin/busybox --install -s /aether/bin
@@ -90,7 +90,7 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-say() { echo "aether-agent: $*" > /dev/console; }
+say() { echo "aether-guest: $*" > /dev/console; }
 for m in $(cat /aether/modules/order); do
   insmod "/aether/modules/$m" || say "insmod $m failed"
 done
@@ -336,7 +336,7 @@ class _Image:
 
 
 def build_image(cache_dir: Path) -> _Image:
-    """Build (once per kernel, busybox and agent) the initramfs; reuse it after."""
+    """Build (once per kernel, busybox and guest helper) the initramfs; reuse it after."""
     kernel = _kernel()
     busybox = _busybox()
     if kernel is None or busybox is None:
@@ -454,7 +454,7 @@ class _VM:
             while True:
                 line = await self.lines.get()
                 if not line:
-                    raise SandboxError(f"the VM's agent went away: {self.console_tail()}")
+                    raise SandboxError(f"the VM's guest helper went away: {self.console_tail()}")
                 if line.startswith(prefix):
                     return line.split()
 
@@ -491,7 +491,7 @@ class MicroVMSandboxDriver(WorkspaceDriver):
     ) -> None:
         """``accel="tcg"`` emulates the CPU in software: slow, for machines without KVM.
 
-        ``debug`` traces the guest agent and the kernel on the VM's console log.
+        ``debug`` traces the guest helper and the kernel on the VM's console log.
         """
         super().__init__()
         if accel not in ("kvm", "tcg"):
@@ -628,7 +628,7 @@ class MicroVMSandboxDriver(WorkspaceDriver):
         deadline = loop.time() + _BOOT_TIMEOUT
         try:
             await vm.connect(deadline)
-            while True:  # the agent answers once it has booted and opened its port
+            while True:  # the helper answers once it has booted and opened its port
                 vm.seq += 1
                 await vm.send(f"PING {vm.seq}")
                 try:
@@ -711,7 +711,9 @@ class MicroVMSandboxDriver(WorkspaceDriver):
                 try:
                     done = await vm.reply(f"DONE {ident} ", _KILL_GRACE)
                 except TimeoutError:
-                    log.warning("VM agent did not stop a timed-out command; restarting the VM")
+                    log.warning(
+                        "the VM's guest helper did not stop a timed-out command; restarting the VM"
+                    )
                     await vm.stop()
                     done = ["DONE", ident, "137", "-1", "-1", "0"]
             code, out_n, err_n, ooms = (int(x) for x in done[2:6])

@@ -1,7 +1,7 @@
 """Signals about nodes, their risk, and the fire drill.
 
 Risk is cluster-level: nodes belong to no tenant. Operators (and nodes, whose
-local agents watch cloud metadata) record signals; viewers read them and the
+watchers read cloud metadata) record signals; viewers read them and the
 risk assessments. A signal may name a node that is not registered right now
 (it can be between leases); a bad value is refused with the error envelope.
 """
@@ -117,7 +117,7 @@ async def post_signals(
             signals = [SignalIn.model_validate(payload)]
     except ValidationError as exc:
         raise BadRequestError(f"invalid signal: {_problems(exc)}") from None
-    if caller.role == "node":  # a node's local agent speaks for its own node only
+    if caller.role == "node":  # a node's watcher speaks for its own node only
         for signal in signals:
             own_node(request, caller, signal.node)
     return SignalsCreated(ids=await _store(ctx, risk, signals))

@@ -38,7 +38,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "join": frozenset({"join"}),
     # tenants read their own artifacts; a node only what is assigned to it (the route checks)
     "artifact-read": frozenset({"admin", "operator", "viewer", "node"}),
-    # signals about a node: operators, and nodes (a node-local agent watching cloud metadata)
+    # signals about a node: operators, and nodes (a watcher on the node reading cloud metadata)
     "signal": frozenset({"admin", "operator", "node"}),
 }
 

@@ -12,9 +12,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
-__all__ = ["alembic_config", "migrate", "open_records", "sync_url"]
+__all__ = ["alembic_config", "open_records", "sync_url", "upgrade_schema"]
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+#: Alembic's environment and the schema versions (``upgrades/versions/NNNN_*.py``).
+SCHEMA_VERSIONS = Path(__file__).resolve().parent / "upgrades"
 
 
 def sync_url(url: str) -> str:
@@ -36,16 +37,16 @@ def async_url(url: str) -> str:
 
 def alembic_config(url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(SCHEMA_VERSIONS))
     config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     return config
 
 
-MIGRATION_LOCK = 0x4165_7468_6572  # "Aether": the PostgreSQL advisory lock key of migrate()
+SCHEMA_LOCK = 0x4165_7468_6572  # "Aether": the PostgreSQL advisory lock key of upgrade_schema()
 
 
-def migrate(url: str) -> None:
-    """Upgrade the schema to the newest migration (idempotent)."""
+def upgrade_schema(url: str) -> None:
+    """Upgrade the schema to the newest version (Alembic ``upgrade head``; idempotent)."""
     postgres = make_url(url).get_backend_name() == "postgresql"
     engine = create_engine(sync_url(url), connect_args={"connect_timeout": 10} if postgres else {})
     try:
@@ -53,9 +54,7 @@ def migrate(url: str) -> None:
             if postgres:
                 # servers starting together on one database take turns: the others
                 # wait here, then find the schema at head (released at commit)
-                connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
-                )
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
@@ -88,7 +87,7 @@ POSTGRES_ENGINE_OPTIONS: dict[str, object] = {
 
 
 def open_records(url: str) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
-    """An async engine and session factory; call ``migrate`` first."""
+    """An async engine and session factory; call ``upgrade_schema`` first."""
     kwargs: dict[str, object] = {}
     backend = make_url(url).get_backend_name()
     sqlite = backend == "sqlite"

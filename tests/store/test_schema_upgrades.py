@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect
 
-from aether.store.records.db import alembic_config, migrate, sync_url
+from aether.store.records.db import alembic_config, sync_url, upgrade_schema
 from tests.store.postgres import PostgresServer
 
 ENGINES = ["sqlite", "postgresql"]
@@ -41,32 +41,32 @@ def _tables(url: str) -> set[str]:
 
 
 def test_migrations_match_the_models(url: str) -> None:
-    migrate(url)
-    migrate(url)  # idempotent
+    upgrade_schema(url)
+    upgrade_schema(url)  # idempotent
     command.check(alembic_config(url))  # raises if the models and the migrations differ
 
 
 def test_downgrade_to_base_and_up_again(url: str) -> None:
-    migrate(url)
+    upgrade_schema(url)
     config = alembic_config(url)
     command.downgrade(config, "base")
     assert _tables(url) <= {"alembic_version"}
-    migrate(url)
+    upgrade_schema(url)
     assert {"apps", "deployments", "public_keys", "api_tokens"} <= _tables(url)
     command.check(alembic_config(url))
 
 
 _MIGRATE_ON_GO = """
 import sys
-from aether.store.records import migrate
+from aether.store.records import upgrade_schema
 print("ready", flush=True)
 sys.stdin.readline()
-migrate(sys.argv[1])
+upgrade_schema(sys.argv[1])
 """
 
 
 def test_servers_starting_together_migrate_one_at_a_time(postgres: PostgresServer) -> None:
-    """Three HA servers start on one empty PostgreSQL, each running ``migrate`` at once."""
+    """Three HA servers start on one empty PostgreSQL, each running ``upgrade_schema`` at once."""
     url = postgres.create_database()
     starts = [
         subprocess.Popen(

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from aether.model.cluster import Endpoint
-from aether.node.metrics import InstanceProcess, MachineReader, MetricsCollector
 from aether.node.router import Router
+from aether.node.telemetry import InstanceProcess, MachineReader, TelemetryCollector
 from tests.e2e.cluster import free_port
 
 # a shell whose child burns CPU: the shell itself stays idle, so CPU seen on the
@@ -57,7 +57,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_machine_figures(tmp_path: Path) -> None:
-    collector = MetricsCollector("n1", tmp_path, interval=2.0)
+    collector = TelemetryCollector("n1", tmp_path, interval=2.0)
     first = collector.collect()
     time.sleep(0.2)
     second = collector.collect()
@@ -89,7 +89,7 @@ def test_instance_cpu_counts_the_whole_process_tree(
 ) -> None:
     burner = spawn(BURN_IN_CHILD)
     procs.append(burner)
-    collector = MetricsCollector("n1", tmp_path)
+    collector = TelemetryCollector("n1", tmp_path)
     inst = instance(burner.pid, restarts=3)
     wait_until(lambda: len(_tree(burner.pid)) > 1)  # the shell started its child
     collector.collect([inst])  # first sight: the average over the process's lifetime
@@ -112,7 +112,7 @@ def _tree(pid: int) -> list[int]:
 def test_instance_rss_sums_the_tree(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     holder = spawn(HOLD_64_MB)
     procs.append(holder)
-    collector = MetricsCollector("n1", tmp_path)
+    collector = TelemetryCollector("n1", tmp_path)
     inst = instance(holder.pid, app="hold")
 
     def big() -> bool:
@@ -125,14 +125,14 @@ def test_instance_rss_sums_the_tree(tmp_path: Path, procs: list[subprocess.Popen
 def test_an_exited_instance_is_left_out(tmp_path: Path) -> None:
     proc = subprocess.Popen(["/bin/true"])
     proc.wait()
-    collector = MetricsCollector("n1", tmp_path)
+    collector = TelemetryCollector("n1", tmp_path)
     assert collector.collect([instance(proc.pid)]).instances == []
 
 
 def test_a_restarted_process_is_measured_afresh(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    collector = MetricsCollector("n1", tmp_path)
+    collector = TelemetryCollector("n1", tmp_path)
     first = spawn("sleep 60")
     procs.append(first)
     collector.collect([instance(first.pid)])
@@ -185,7 +185,7 @@ async def test_router_counts_calls_errors_and_duration_per_app(
         for path in ["/apps/web/a"] * 5 + ["/apps/web/fail"] * 2 + ["/apps/nobody/x"]:
             async with http.get(base + path) as response:
                 await response.read()
-    collector = MetricsCollector("n1", tmp_path)
+    collector = TelemetryCollector("n1", tmp_path)
     update = collector.collect([], *router.take_counters())
     by_app = {e.app: e for e in update.endpoints}
     assert set(by_app) == {"web", "nobody"}
@@ -202,7 +202,7 @@ async def test_router_reports_calls_in_flight(
 ) -> None:
     url, release = upstream
     router.update([Endpoint(app="web", node="n1", n=0, version=1, url=url)])
-    collector = MetricsCollector("n1", tmp_path)
+    collector = TelemetryCollector("n1", tmp_path)
     async with aiohttp.ClientSession() as http:
         slow = [
             asyncio.create_task(http.get(f"http://127.0.0.1:{router.port}/apps/web/slow"))

@@ -22,7 +22,7 @@ every descendant, found through the parent pids of one ``/proc/*/stat`` scan):
 Per app, what this node's router saw since the previous push (calls, errors,
 their summed duration) and the calls open at the moment of the push.
 
-:class:`MetricsPusher` pushes one ``NodeMetrics`` per interval
+:class:`TelemetryPusher` pushes one ``NodeMetrics`` per interval
 (``RegisterOut.config.telemetry_interval``) over HTTP -- never through the
 state store; a failed push is logged at debug level and the next one is sent
 on time. Nothing else waits for it.
@@ -50,12 +50,12 @@ if TYPE_CHECKING:
 __all__ = [
     "InstanceProcess",
     "MachineReader",
-    "MetricsCollector",
-    "MetricsPusher",
+    "TelemetryCollector",
+    "TelemetryPusher",
     "instances_of",
 ]
 
-log = logging.getLogger("aether.node.metrics")
+log = logging.getLogger("aether.node.telemetry")
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -199,7 +199,7 @@ def _trees(table: Mapping[int, _Proc], roots: Iterable[int]) -> dict[int, list[i
     return out
 
 
-class MetricsCollector:
+class TelemetryCollector:
     """Turns /proc readings and router counters into one ``NodeMetrics`` per call."""
 
     def __init__(
@@ -316,13 +316,13 @@ def _endpoints(
     return out
 
 
-class MetricsPusher:
+class TelemetryPusher:
     """The node's push loop: collect, then POST, once per telemetry interval."""
 
     def __init__(
         self,
         client: ApiClient,
-        collector: MetricsCollector,
+        collector: TelemetryCollector,
         router: Router | None,
         runners: Mapping[str, Any],
         registration: Callable[[], RegisterOut | None],
