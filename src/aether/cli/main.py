@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-memory", "--memory", dest="memory", type=int, help="MB")
     q.add_argument("-driver", "--driver", dest="driver")
     q.add_argument("-network", "--network", dest="network", action="store_true")
-    q.add_argument("-vm-id", "--vm-id", dest="vm_id")
+    q.add_argument("-vm-id", "--vm-id", dest="sandbox_id")
     q.add_argument("-cmd", "--cmd", dest="cmd")
     q.add_argument("-args", "--args", dest="args", help="split like a shell would")
     q.add_argument("-app", "--app", dest="app", help="job:run: the app")

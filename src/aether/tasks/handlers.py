@@ -55,8 +55,8 @@ class TaskContext:
                 return self.sandboxes[preferred]
         return next(iter(self.sandboxes.values()))
 
-    def sandbox_root(self, vm_id: str) -> Path:
-        return self.root / vm_id
+    def sandbox_root(self, sandbox_id: str) -> Path:
+        return self.root / sandbox_id
 
 
 Handler = Callable[[BaseModel, TaskContext], Awaitable[dict[str, Any]]]
@@ -78,17 +78,17 @@ def handler_for(name: str) -> Handler | None:
     return _HANDLERS.get(name)
 
 
-async def _find(ctx: TaskContext, vm_id: str) -> tuple[Any, Any]:
+async def _find(ctx: TaskContext, sandbox_id: str) -> tuple[Any, Any]:
     for driver in ctx.sandboxes.values():
-        handle = await asyncio.to_thread(driver.load, vm_id, ctx.sandbox_root(vm_id))
+        handle = await asyncio.to_thread(driver.load, sandbox_id, ctx.sandbox_root(sandbox_id))
         if handle is not None:
             return driver, handle
-    raise PermanentTaskError(f"sandbox {vm_id} is not on node {ctx.node} (deleted?)")
+    raise PermanentTaskError(f"sandbox {sandbox_id} is not on node {ctx.node} (deleted?)")
 
 
-def _exec_result(vm_id: str, command: str, args: list[str], result: Any) -> dict[str, Any]:
+def _exec_result(sandbox_id: str, command: str, args: list[str], result: Any) -> dict[str, Any]:
     return {
-        "vm_id": vm_id,
+        "vm_id": sandbox_id,  # the wire name (see aether.tasks.types.SandboxId)
         "command": command,
         "args": args,
         "exit_code": result.exit_code,
@@ -107,22 +107,24 @@ def _exec_result(vm_id: str, command: str, args: list[str], result: Any) -> dict
 async def vm_create(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     from aether.node.sandbox.base import SandboxSpec
 
-    assert isinstance(payload, VmCreatePayload) and payload.vm_id
+    assert isinstance(payload, VmCreatePayload) and payload.sandbox_id
     driver = ctx.driver(payload.driver)
-    existing = await asyncio.to_thread(driver.load, payload.vm_id, ctx.sandbox_root(payload.vm_id))
+    existing = await asyncio.to_thread(
+        driver.load, payload.sandbox_id, ctx.sandbox_root(payload.sandbox_id)
+    )
     if existing is None:  # a retried create finds the sandbox it made before
         await driver.create(
             SandboxSpec(
-                id=payload.vm_id,
+                id=payload.sandbox_id,
                 name=payload.name,
                 vcpus=payload.vcpus,
                 memory_mb=payload.memory_mb,
                 network=payload.network,
-                root=ctx.sandbox_root(payload.vm_id),
+                root=ctx.sandbox_root(payload.sandbox_id),
             )
         )
     return {
-        "vm_id": payload.vm_id,
+        "vm_id": payload.sandbox_id,
         "name": payload.name,
         "status": "running",
         "driver": driver.name,
@@ -134,7 +136,7 @@ async def vm_create(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
 @handler("vm:execute")
 async def vm_execute(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     assert isinstance(payload, VmExecutePayload)
-    driver, handle = await _find(ctx, payload.vm_id)
+    driver, handle = await _find(ctx, payload.sandbox_id)
     result = await driver.execute(
         handle,
         payload.command,
@@ -144,18 +146,18 @@ async def vm_execute(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
         env=payload.env,
         output_limit=ctx.output_limit,
     )
-    return _exec_result(payload.vm_id, payload.command, payload.args, result)
+    return _exec_result(payload.sandbox_id, payload.command, payload.args, result)
 
 
 @handler("vm:delete")
 async def vm_delete(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     assert isinstance(payload, VmDeletePayload)
     try:
-        driver, handle = await _find(ctx, payload.vm_id)
+        driver, handle = await _find(ctx, payload.sandbox_id)
     except PermanentTaskError:
-        return {"vm_id": payload.vm_id, "already_gone": True}  # deleting twice is fine
+        return {"vm_id": payload.sandbox_id, "already_gone": True}  # deleting twice is fine
     await driver.delete(handle)
-    return {"vm_id": payload.vm_id}
+    return {"vm_id": payload.sandbox_id}
 
 
 @handler("job:run")

@@ -7,7 +7,8 @@ validate and place a task at submission and to check its result; nodes look the
 type up to run it (``aether.tasks.handlers``). To add a type::
 
     class ResizePayload(BaseModel):
-        vm_id: str
+        model_config = ConfigDict(extra="forbid", **WIRE_NAMES)
+        sandbox_id: SandboxId
         memory_mb: int
 
     register(TaskType("vm:resize", ResizePayload, max_retry=1, timeout=60, pinned=True))
@@ -23,9 +24,11 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "WIRE_NAMES",
     "ExecutionResult",
     "JobRunPayload",
     "JobRunResult",
+    "SandboxId",
     "TaskType",
     "VmCreatePayload",
     "VmCreateResult",
@@ -37,22 +40,29 @@ __all__ = [
     "registered",
 ]
 
+#: A sandbox's id is ``sandbox_id`` in the code and ``vm_id`` on the wire (payloads,
+#: results and the CLI's ``-vm-id`` flag keep the name the API has always used).
+SandboxId = Annotated[str, Field(min_length=1, alias="vm_id")]
+#: The model config that reads ``vm_id`` (or ``sandbox_id``) and writes ``vm_id``.
+WIRE_NAMES = ConfigDict(validate_by_alias=True, validate_by_name=True, serialize_by_alias=True)
+
 
 class VmCreatePayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **WIRE_NAMES)
 
     name: Annotated[str, Field(min_length=1, max_length=128)]
     vcpus: Annotated[int, Field(ge=1, le=64)] = 1
     memory_mb: Annotated[int, Field(ge=16, le=262_144)] = 256
     driver: str | None = None  # bwrap, process or microvm; default: the best a node has
     network: bool = False
-    vm_id: str | None = None  # set by the server, so a retried create is the same sandbox
+    # set by the server, so a retried create is the same sandbox
+    sandbox_id: Annotated[str | None, Field(alias="vm_id")] = None
 
 
 class VmExecutePayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **WIRE_NAMES)
 
-    vm_id: Annotated[str, Field(min_length=1)]
+    sandbox_id: SandboxId
     command: Annotated[str, Field(min_length=1)]
     args: list[str] = Field(default_factory=list)
     stdin: str | None = None
@@ -60,9 +70,9 @@ class VmExecutePayload(BaseModel):
 
 
 class VmDeletePayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **WIRE_NAMES)
 
-    vm_id: Annotated[str, Field(min_length=1)]
+    sandbox_id: SandboxId
 
 
 class JobRunPayload(BaseModel):
@@ -83,25 +93,25 @@ class JobRunPayload(BaseModel):
 
 
 class VmCreateResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **WIRE_NAMES)
 
-    vm_id: Annotated[str, Field(min_length=1)]
+    sandbox_id: SandboxId
     driver: str = ""
     isolated: bool = True
 
 
 class VmDeleteResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **WIRE_NAMES)
 
-    vm_id: Annotated[str, Field(min_length=1)]
+    sandbox_id: SandboxId
 
 
 class ExecutionResult(BaseModel):
     """One command's run in a sandbox (``vm:execute``), recorded as an execution."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **WIRE_NAMES)
 
-    vm_id: Annotated[str, Field(min_length=1)]
+    sandbox_id: SandboxId
     command: str = ""
     args: list[str] = Field(default_factory=list)
     exit_code: int | None
@@ -114,7 +124,8 @@ class ExecutionResult(BaseModel):
 
 
 class JobRunResult(ExecutionResult):
-    sandbox_id: Annotated[str, Field(min_length=1)]
+    """A job's run: its result names the sandbox as both ``vm_id`` and ``sandbox_id``."""
+
     driver: str = ""
 
 
@@ -127,7 +138,7 @@ class TaskType:
     timeout: float = 300.0
     queue: str = "default"
     priority: int = 5
-    pinned: bool = False  # runs on the node that holds the payload's sandbox (vm_id)
+    pinned: bool = False  # runs on the node that holds the payload's sandbox (sandbox_id)
 
 
 _TYPES: dict[str, TaskType] = {}

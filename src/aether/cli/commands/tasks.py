@@ -32,7 +32,7 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
         "vcpus": args.vcpus,
         "memory_mb": args.memory,
         "driver": args.driver,
-        "vm_id": args.vm_id,
+        "vm_id": args.sandbox_id,
         "command": args.cmd,
         "app": args.app,
     }

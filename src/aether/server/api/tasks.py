@@ -160,9 +160,9 @@ async def fail(
     await _holder(request, caller, ctx, task_id, body)
     task = await ctx.queue.fail(task_id, body.node, body.error, retryable=body.retryable)
     if task.state in (TaskState.DEAD, TaskState.FAILED) and task.type in ("vm:create", "job:run"):
-        vm_id = task.payload.get("vm_id") or task.payload.get("sandbox_id")
-        if vm_id:
-            await ctx.records.update_sandbox(str(vm_id), status="failed")
+        sandbox_id = task.payload.get("vm_id") or task.payload.get("sandbox_id")
+        if sandbox_id:
+            await ctx.records.update_sandbox(str(sandbox_id), status="failed")
     return task
 
 

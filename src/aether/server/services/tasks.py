@@ -55,15 +55,15 @@ async def submit_task(ctx: ServerContext, caller: Principal, body: TaskIn) -> Ta
     node: str | None = None
     driver: str | None = None
     if isinstance(payload, VmCreatePayload):
-        if payload.vm_id is None:
+        if payload.sandbox_id is None:
             # a repeated submission (same Idempotency-Key) names the same sandbox
             seed = f"{caller.tenant_id}/{body.idempotency_key}" if body.idempotency_key else None
             suffix = hashlib.sha256(seed.encode()).hexdigest() if seed else uuid.uuid4().hex
-            payload = payload.model_copy(update={"vm_id": f"vm-{suffix[:12]}"})
+            payload = payload.model_copy(update={"sandbox_id": f"vm-{suffix[:12]}"})
         driver = payload.driver
         await ctx.records.create_sandbox(
             caller.tenant_id,
-            str(payload.vm_id),
+            str(payload.sandbox_id),
             name=payload.name,
             driver=payload.driver,
             vcpus=payload.vcpus,
@@ -73,13 +73,13 @@ async def submit_task(ctx: ServerContext, caller: Principal, body: TaskIn) -> Ta
     elif isinstance(payload, JobRunPayload):
         payload = await _resolve_job(ctx, caller, payload)
     elif task_type.pinned:
-        vm_id = str(payload.model_dump().get("vm_id"))
-        sandbox = await ctx.records.get_sandbox(vm_id, caller.tenant_id)
+        sandbox_id = str(getattr(payload, "sandbox_id", None))
+        sandbox = await ctx.records.get_sandbox(sandbox_id, caller.tenant_id)
         if sandbox.status == "deleted":
-            raise ConflictError(f"sandbox {vm_id} was deleted")
+            raise ConflictError(f"sandbox {sandbox_id} was deleted")
         if sandbox.node is None:
             raise ConflictError(
-                f"sandbox {vm_id} is still being created (status {sandbox.status}); "
+                f"sandbox {sandbox_id} is still being created (status {sandbox.status}); "
                 "wait for its vm:create task, e.g. `aether task wait ID`"
             )
         node = sandbox.node
@@ -155,8 +155,8 @@ def _result_of(task: TaskOut, result: dict[str, Any]) -> BaseModel | None:
             f"{'.'.join(str(p) for p in e['loc']) or 'result'}: {e['msg']}" for e in exc.errors()
         )
         raise BadRequestError(f"invalid {task.type} result: {problems}") from None
-    expected = task.payload.get("sandbox_id") or task.payload.get("vm_id")
-    named = getattr(parsed, "sandbox_id", None) or getattr(parsed, "vm_id", None)
+    expected = task.payload.get("sandbox_id") or task.payload.get("vm_id")  # job:run, vm:*
+    named = getattr(parsed, "sandbox_id", None)
     if expected is not None and named != expected:
         raise BadRequestError(
             f"the result names sandbox {named!r}, but task {task.id} is about {expected!r}"
@@ -172,25 +172,25 @@ async def record_outcome(
     parsed = _result_of(task, result)
     if isinstance(parsed, VmCreateResult):
         await ctx.records.update_sandbox(
-            parsed.vm_id,
+            parsed.sandbox_id,
             node=node,
             driver=parsed.driver,
             isolated=parsed.isolated,
             status="running",
         )
         await ctx.store.put(
-            f"sandboxes/{node}/{parsed.vm_id}",
-            json.dumps({"id": parsed.vm_id, "status": "running"}).encode(),
+            f"sandboxes/{node}/{parsed.sandbox_id}",
+            json.dumps({"id": parsed.sandbox_id, "status": "running"}).encode(),
         )
     elif isinstance(parsed, VmDeleteResult):
-        await ctx.records.update_sandbox(parsed.vm_id, status="deleted")
-        await ctx.store.delete(f"sandboxes/{node}/{parsed.vm_id}")
+        await ctx.records.update_sandbox(parsed.sandbox_id, status="deleted")
+        await ctx.store.delete(f"sandboxes/{node}/{parsed.sandbox_id}")
     if isinstance(parsed, JobRunResult):
         await ctx.records.update_sandbox(
             parsed.sandbox_id, node=node, status="deleted", driver=parsed.driver
         )
     if isinstance(parsed, ExecutionResult):
-        sandbox_id = parsed.sandbox_id if isinstance(parsed, JobRunResult) else parsed.vm_id
+        sandbox_id = parsed.sandbox_id
         tenant = (await ctx.records.get_sandbox(sandbox_id)).tenant_id
         await ctx.records.add_execution(
             Execution(
