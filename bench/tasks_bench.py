@@ -8,7 +8,7 @@
 - ``celery``: a real ``redis-server`` and ``celery worker --pool prefork
   --concurrency 8``; the task runs ``subprocess.run(["echo", i])``.
 - ``rq``: the same Redis, 8 ``rq worker`` processes, the same job.
-- ``create``: ``BwrapSandboxDriver().create`` in-process (100 times) and 200
+- ``create``: ``BwrapDriver().create`` in-process (100 times) and 200
   ``vm:create`` → ``vm:execute echo`` → ``vm:delete`` cycles through a cluster.
 - ``all``: everything in one run, with the Aether / Celery / rq ratios; those
   three run ``--rounds`` times (default 3) interleaved and the median round is
@@ -590,11 +590,11 @@ def bench_rq(tasks: int, redis_url: str, root: Path) -> dict[str, Any]:
 
 
 async def _driver_alone(root: Path, runs: int) -> dict[str, Any]:
-    from aether.node.sandbox.base import SandboxSpec
-    from aether.node.sandbox.bwrap import BwrapSandboxDriver
+    from aether.node.drivers.base import SandboxSpec
+    from aether.node.drivers.bwrap import BwrapDriver
 
     os.chmod(root, 0o711)
-    driver = BwrapSandboxDriver()
+    driver = BwrapDriver()
     first = time.perf_counter()
     warm = await driver.create(SandboxSpec(id="warm", name="warm", root=root / "warm"))
     cold = time.perf_counter() - first  # includes the probes: bwrap run as root and as a uid
@@ -623,7 +623,7 @@ async def _driver_alone(root: Path, runs: int) -> dict[str, Any]:
         deletes.append(time.perf_counter() - start)
     await driver.delete(warm)
     return {
-        "what": f"BwrapSandboxDriver().create(SandboxSpec(...)) in-process, {runs} times "
+        "what": f"BwrapDriver().create(SandboxSpec(...)) in-process, {runs} times "
         "(after one warm-up create, which runs the bwrap probes)",
         "host_uid": warm.extra.get("host_uid") is not None,
         "first_create_ms": round(cold * 1000, 2),

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from aether.node.daemon import instance_drivers
+from aether.node.drivers import instance_drivers
 from aether.node.drivers.base import LaunchSpec
-from aether.node.drivers.bwrap import BwrapDriver, SandboxedInstance
+from aether.node.drivers.bwrap import BwrapDriver
+from aether.node.drivers.bwrap_instances import SandboxedInstance
 from aether.node.drivers.process import ProcessDriver
 
 SECRET = "s3cret-join-token-for-the-test"

@@ -16,19 +16,20 @@ from pathlib import Path
 import pytest
 
 from aether.errors import NotFoundError
-from aether.node.sandbox import drivers_available
-from aether.node.sandbox.base import MIB, SandboxHandle, SandboxSpec
-from aether.node.sandbox.bwrap import SANDBOX_UID, BwrapSandboxDriver
-from aether.node.sandbox.process import ProcessSandboxDriver
+from aether.node.drivers import sandbox_drivers
+from aether.node.drivers.base import MIB, SandboxHandle, SandboxSpec
+from aether.node.drivers.bwrap import BwrapDriver
+from aether.node.drivers.bwrap_sandboxes import SANDBOX_UID
+from aether.node.drivers.process import ProcessDriver
 
 PY = "/usr/bin/python3"  # the system python, visible inside through /usr
 
 
 @pytest.fixture(scope="module")
-def driver() -> BwrapSandboxDriver:
+def driver() -> BwrapDriver:
     if shutil.which("bwrap") is None:
         pytest.fail("bubblewrap is needed: apt-get install bubblewrap")
-    driver = BwrapSandboxDriver()
+    driver = BwrapDriver()
     assert driver.available(), "bubblewrap is installed but cannot create namespaces here"
     return driver
 
@@ -47,27 +48,27 @@ def node_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def box(driver: BwrapSandboxDriver, node_dir: Path) -> AsyncIterator[SandboxHandle]:
+async def box(driver: BwrapDriver, node_dir: Path) -> AsyncIterator[SandboxHandle]:
     handle = await driver.create(SandboxSpec(id="box1", name="box", root=node_dir / "box1"))
     yield handle
     await driver.delete(handle)
 
 
 async def run(
-    driver: BwrapSandboxDriver, box: SandboxHandle, script: str, timeout: float = 20
+    driver: BwrapDriver, box: SandboxHandle, script: str, timeout: float = 20
 ) -> tuple[int, str, str]:
     result = await driver.execute(box, "sh", ["-c", script], timeout=timeout)
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_reported_as_available_and_isolated(driver: BwrapSandboxDriver) -> None:
-    drivers = drivers_available()
+def test_reported_as_available_and_isolated(driver: BwrapDriver) -> None:
+    drivers = sandbox_drivers()
     assert drivers["bwrap"].isolated is True
     assert drivers["process"].isolated is False
 
 
 async def test_workspace_persists_across_executions(
-    driver: BwrapSandboxDriver, box: SandboxHandle
+    driver: BwrapDriver, box: SandboxHandle
 ) -> None:
     code, out, _ = await run(driver, box, 'echo kept > note.txt; pwd; echo "$HOME"; id -u')
     assert code == 0
@@ -77,15 +78,13 @@ async def test_workspace_persists_across_executions(
     assert (box.workspace / "note.txt").read_text() == "kept\n"
 
 
-async def test_nothing_but_the_workspace_persists(
-    driver: BwrapSandboxDriver, box: SandboxHandle
-) -> None:
+async def test_nothing_but_the_workspace_persists(driver: BwrapDriver, box: SandboxHandle) -> None:
     await run(driver, box, "echo x > /tmp/scratch")
     code, _, err = await run(driver, box, "cat /tmp/scratch")
     assert code != 0 and "No such file" in err
 
 
-async def test_delete_removes_the_sandbox(driver: BwrapSandboxDriver, node_dir: Path) -> None:
+async def test_delete_removes_the_sandbox(driver: BwrapDriver, node_dir: Path) -> None:
     handle = await driver.create(SandboxSpec(id="gone", name="gone", root=node_dir / "gone"))
     await driver.execute(handle, "touch", ["f"], timeout=10)
     await driver.delete(handle)
@@ -96,7 +95,7 @@ async def test_delete_removes_the_sandbox(driver: BwrapSandboxDriver, node_dir: 
     await driver.delete(handle)  # deleting twice is harmless
 
 
-async def test_delete_stops_running_executions(driver: BwrapSandboxDriver, node_dir: Path) -> None:
+async def test_delete_stops_running_executions(driver: BwrapDriver, node_dir: Path) -> None:
     handle = await driver.create(SandboxSpec(id="busy", name="busy", root=node_dir / "busy"))
     running = asyncio.ensure_future(driver.execute(handle, "sleep", ["30"], timeout=60))
     await asyncio.sleep(0.3)
@@ -105,24 +104,24 @@ async def test_delete_stops_running_executions(driver: BwrapSandboxDriver, node_
     assert result.exit_code != 0
 
 
-async def test_reattach_after_restart(driver: BwrapSandboxDriver, node_dir: Path) -> None:
+async def test_reattach_after_restart(driver: BwrapDriver, node_dir: Path) -> None:
     spec = SandboxSpec(id="again", name="again", root=node_dir / "again", memory_mb=128)
     first = await driver.create(spec)
     await driver.execute(first, "sh", ["-c", "echo before > state"], timeout=10)
-    restarted = BwrapSandboxDriver()  # a new node process
+    restarted = BwrapDriver()  # a new node process
     handle = restarted.load("again", node_dir / "again")
     assert handle is not None
     assert handle.spec == spec and handle.extra == first.extra
     result = await restarted.execute(handle, "cat", ["state"], timeout=10)
     assert result.stdout == "before\n"
     assert restarted.load("other", node_dir / "again") is None
-    assert ProcessSandboxDriver().load("again", node_dir / "again") is None
+    assert ProcessDriver().load("again", node_dir / "again") is None
     assert await driver.create(spec) == first  # a retried create is the same sandbox
     await restarted.delete(handle)
 
 
 async def test_cannot_read_node_files(
-    driver: BwrapSandboxDriver, box: SandboxHandle, node_dir: Path, tmp_path: Path
+    driver: BwrapDriver, box: SandboxHandle, node_dir: Path, tmp_path: Path
 ) -> None:
     host_secret = tmp_path / "host-secret"
     node_secret = node_dir / "node-secret"
@@ -147,9 +146,7 @@ async def test_cannot_read_node_files(
     await driver.delete(other)
 
 
-async def test_only_given_paths_are_shown_read_only(
-    driver: BwrapSandboxDriver, node_dir: Path
-) -> None:
+async def test_only_given_paths_are_shown_read_only(driver: BwrapDriver, node_dir: Path) -> None:
     shared = node_dir / "shared"
     shared.mkdir(mode=0o755)
     (shared / "data.txt").write_text("given")
@@ -166,7 +163,7 @@ async def test_only_given_paths_are_shown_read_only(
     await driver.delete(handle)
 
 
-async def test_cannot_see_host_processes(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
+async def test_cannot_see_host_processes(driver: BwrapDriver, box: SandboxHandle) -> None:
     marker = f"aether-host-marker-{uuid.uuid4().hex}"
     host = await asyncio.create_subprocess_exec(PY, "-c", "import time; time.sleep(60)", marker)
     try:
@@ -189,7 +186,7 @@ async def test_cannot_see_host_processes(driver: BwrapSandboxDriver, box: Sandbo
 
 
 async def test_network_is_off_unless_asked_for(
-    driver: BwrapSandboxDriver, box: SandboxHandle, node_dir: Path
+    driver: BwrapDriver, box: SandboxHandle, node_dir: Path
 ) -> None:
     async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"hello-from-host")
@@ -222,7 +219,7 @@ async def test_network_is_off_unless_asked_for(
     assert interfaces == {"lo"}
 
 
-async def test_stopped_at_memory_limit(driver: BwrapSandboxDriver, node_dir: Path) -> None:
+async def test_stopped_at_memory_limit(driver: BwrapDriver, node_dir: Path) -> None:
     handle = await driver.create(
         SandboxSpec(id="small", name="small", root=node_dir / "small", memory_mb=64)
     )
@@ -246,7 +243,7 @@ async def test_stopped_at_memory_limit(driver: BwrapSandboxDriver, node_dir: Pat
 
 
 async def test_stopped_at_time_limit_with_everything_it_started(
-    driver: BwrapSandboxDriver, box: SandboxHandle
+    driver: BwrapDriver, box: SandboxHandle
 ) -> None:
     marker = f"31.{uuid.uuid4().int % 10**6:06d}"
     began = time.monotonic()
@@ -261,7 +258,7 @@ async def test_stopped_at_time_limit_with_everything_it_started(
     assert leftovers == []
 
 
-async def test_cpu_time_limit(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
+async def test_cpu_time_limit(driver: BwrapDriver, box: SandboxHandle) -> None:
     result = await driver.execute(box, "sh", ["-c", "ulimit -t"], timeout=3)
     assert result.stdout.strip() == "4"  # ceil(timeout * vcpus) + 1
     killed = await driver.execute(box, "sh", ["-c", "kill -XCPU $$"], timeout=3)
@@ -269,7 +266,7 @@ async def test_cpu_time_limit(driver: BwrapSandboxDriver, box: SandboxHandle) ->
     assert killed.killed_reason == "cpu time limit"
 
 
-async def test_stopped_at_process_limit(driver: BwrapSandboxDriver, node_dir: Path) -> None:
+async def test_stopped_at_process_limit(driver: BwrapDriver, node_dir: Path) -> None:
     handle = await driver.create(
         SandboxSpec(id="few", name="few", root=node_dir / "few", max_processes=8)
     )
@@ -298,7 +295,7 @@ def _peak_rss_kib() -> int:
 
 
 async def test_huge_output_is_capped_without_exhausting_memory(
-    driver: BwrapSandboxDriver, box: SandboxHandle
+    driver: BwrapDriver, box: SandboxHandle
 ) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS counter
     before = _peak_rss_kib()
@@ -318,7 +315,7 @@ async def test_huge_output_is_capped_without_exhausting_memory(
     assert grown_mib < 50, f"peak RSS grew by {grown_mib:.0f} MiB"
 
 
-async def test_small_output_is_untouched(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
+async def test_small_output_is_untouched(driver: BwrapDriver, box: SandboxHandle) -> None:
     result = await driver.execute(box, "printf", ["%s", "12345"], timeout=10, output_limit=5)
     assert (result.stdout, result.stdout_truncated) == ("12345", False)
     result = await driver.execute(box, "printf", ["%s", "123456"], timeout=10, output_limit=5)
@@ -326,7 +323,7 @@ async def test_small_output_is_untouched(driver: BwrapSandboxDriver, box: Sandbo
     assert result.stdout_truncated
 
 
-async def test_stdin(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
+async def test_stdin(driver: BwrapDriver, box: SandboxHandle) -> None:
     result = await driver.execute(box, "cat", [], timeout=10, stdin=b"line one\nline two\n")
     assert result.stdout == "line one\nline two\n"
     big = b"x" * 5_000_000
@@ -336,7 +333,7 @@ async def test_stdin(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
     assert (result.exit_code, result.stdout) == (0, "")
 
 
-async def test_env(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
+async def test_env(driver: BwrapDriver, box: SandboxHandle) -> None:
     os.environ["AETHER_HOST_ONLY"] = "leak"
     try:
         result = await driver.execute(box, "env", [], timeout=10, env={"GREETING": "hi there"})
@@ -348,7 +345,7 @@ async def test_env(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
     assert "AETHER_HOST_ONLY" not in env
 
 
-async def test_args_are_passed_verbatim(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
+async def test_args_are_passed_verbatim(driver: BwrapDriver, box: SandboxHandle) -> None:
     args = ["two words", "'single'", '"double"', "$HOME", "*", "", "a\nb", "--", "ünï"]
     result = await driver.execute(
         box, PY, ["-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args], timeout=10
@@ -356,14 +353,14 @@ async def test_args_are_passed_verbatim(driver: BwrapSandboxDriver, box: Sandbox
     assert json.loads(result.stdout) == args
 
 
-async def test_missing_command(driver: BwrapSandboxDriver, box: SandboxHandle) -> None:
+async def test_missing_command(driver: BwrapDriver, box: SandboxHandle) -> None:
     result = await driver.execute(box, "no-such-command", [], timeout=10)
     assert result.exit_code == 127
     assert "no-such-command" in result.stderr
 
 
 async def test_private_node_dir_falls_back_but_stays_isolated(
-    driver: BwrapSandboxDriver, tmp_path: Path
+    driver: BwrapDriver, tmp_path: Path
 ) -> None:
     """A root node whose data dir is private to root still isolates, minus NPROC."""
     private = tmp_path / "node"

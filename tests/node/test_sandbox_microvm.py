@@ -18,24 +18,24 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from aether.node.sandbox import drivers_available
-from aether.node.sandbox.base import SandboxHandle, SandboxSpec
-from aether.node.sandbox.microvm import MicroVMSandboxDriver, missing_prerequisites
+from aether.node.drivers import sandbox_drivers
+from aether.node.drivers.base import SandboxHandle, SandboxSpec
+from aether.node.drivers.microvm import MicroVMDriver, missing_prerequisites
 
 
 def test_available_only_with_every_prerequisite() -> None:
-    driver = MicroVMSandboxDriver()
+    driver = MicroVMDriver()
     missing = missing_prerequisites()
     assert driver.available() is (not missing)
-    assert ("microvm" in drivers_available()) is (not missing)
+    assert ("microvm" in sandbox_drivers()) is (not missing)
     if not os.path.exists("/dev/kvm"):
         assert driver.available() is False, "no /dev/kvm, so no microVMs"
         assert any("/dev/kvm" in m for m in missing)
 
 
 @pytest.fixture(scope="module")
-def driver() -> MicroVMSandboxDriver:
-    kvm = MicroVMSandboxDriver()
+def driver() -> MicroVMDriver:
+    kvm = MicroVMDriver()
     if kvm.available():
         return kvm
     tools = missing_prerequisites("tcg")
@@ -46,7 +46,7 @@ def driver() -> MicroVMSandboxDriver:
             "no /dev/kvm here, and QEMU, a kernel and busybox are needed to test the "
             "microvm driver in software: " + "; ".join(tools)
         )
-    return MicroVMSandboxDriver(accel="tcg")
+    return MicroVMDriver(accel="tcg")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def node_dir() -> Iterator[Path]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def vm(driver: MicroVMSandboxDriver, node_dir: Path) -> AsyncIterator[SandboxHandle]:
+async def vm(driver: MicroVMDriver, node_dir: Path) -> AsyncIterator[SandboxHandle]:
     spec = SandboxSpec(id="vm1", name="vm", root=node_dir / "vm1", memory_mb=128)
     handle = await driver.create(spec)
     yield handle
@@ -66,7 +66,7 @@ async def vm(driver: MicroVMSandboxDriver, node_dir: Path) -> AsyncIterator[Sand
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_echo_hello_in_a_real_vm(driver: MicroVMSandboxDriver, vm: SandboxHandle) -> None:
+async def test_echo_hello_in_a_real_vm(driver: MicroVMDriver, vm: SandboxHandle) -> None:
     result = await driver.execute(vm, "echo", ["hello"], timeout=60)
     assert (result.exit_code, result.stdout, result.stderr) == (0, "hello\n", "")
     kernel = await driver.execute(vm, "uname", ["-r"], timeout=60)
@@ -75,7 +75,7 @@ async def test_echo_hello_in_a_real_vm(driver: MicroVMSandboxDriver, vm: Sandbox
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_workspace_stdin_args_and_exit_codes(
-    driver: MicroVMSandboxDriver, vm: SandboxHandle
+    driver: MicroVMDriver, vm: SandboxHandle
 ) -> None:
     write = await driver.execute(vm, "sh", ["-c", "echo kept > note; pwd"], timeout=60)
     assert write.stdout == "/workspace\n"
@@ -95,7 +95,7 @@ async def test_workspace_stdin_args_and_exit_codes(
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_timeout_kills_the_command_not_the_vm(
-    driver: MicroVMSandboxDriver, vm: SandboxHandle
+    driver: MicroVMDriver, vm: SandboxHandle
 ) -> None:
     began = time.monotonic()
     result = await driver.execute(vm, "sh", ["-c", "sleep 300 & sleep 300"], timeout=2)
@@ -106,7 +106,7 @@ async def test_timeout_kills_the_command_not_the_vm(
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_output_is_capped(driver: MicroVMSandboxDriver, vm: SandboxHandle) -> None:
+async def test_output_is_capped(driver: MicroVMDriver, vm: SandboxHandle) -> None:
     result = await driver.execute(
         vm, "head", ["-c", "3000000", "/dev/zero"], timeout=120, output_limit=1000
     )
@@ -116,10 +116,10 @@ async def test_output_is_capped(driver: MicroVMSandboxDriver, vm: SandboxHandle)
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_reattach_boots_the_vm_again(
-    driver: MicroVMSandboxDriver, vm: SandboxHandle, node_dir: Path
+    driver: MicroVMDriver, vm: SandboxHandle, node_dir: Path
 ) -> None:
     await driver.execute(vm, "sh", ["-c", "echo before > restart"], timeout=60)
-    restarted = MicroVMSandboxDriver(accel=driver.accel)  # a new node process
+    restarted = MicroVMDriver(accel=driver.accel)  # a new node process
     handle = restarted.load("vm1", node_dir / "vm1")
     assert handle is not None and handle.spec == vm.spec
     try:
@@ -132,7 +132,7 @@ async def test_reattach_boots_the_vm_again(
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_memory_is_the_vms_and_network_is_off(
-    driver: MicroVMSandboxDriver, vm: SandboxHandle
+    driver: MicroVMDriver, vm: SandboxHandle
 ) -> None:
     grab = "b = [bytearray(100 * 2**20) for _ in range(6)]"
     result = await driver.execute(vm, "python3", ["-c", grab], timeout=120)

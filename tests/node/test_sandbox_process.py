@@ -11,46 +11,44 @@ from pathlib import Path
 import pytest
 
 from aether.errors import BadRequestError, NotFoundError
-from aether.node.sandbox._run import OutputCap
-from aether.node.sandbox.base import MIB, SandboxHandle, SandboxSpec
-from aether.node.sandbox.bwrap import BwrapSandboxDriver
-from aether.node.sandbox.process import ProcessSandboxDriver
+from aether.node.drivers.base import MIB, SandboxHandle, SandboxSpec
+from aether.node.drivers.bwrap import BwrapDriver
+from aether.node.drivers.execution import OutputCap
+from aether.node.drivers.process import ProcessDriver
 
 PY = "/usr/bin/python3"
 
 
 @pytest.fixture
-def driver() -> ProcessSandboxDriver:
-    return ProcessSandboxDriver()
+def driver() -> ProcessDriver:
+    return ProcessDriver()
 
 
 @pytest.fixture
-async def box(driver: ProcessSandboxDriver, tmp_path: Path) -> SandboxHandle:
+async def box(driver: ProcessDriver, tmp_path: Path) -> SandboxHandle:
     return await driver.create(SandboxSpec(id="p1", name="p", root=tmp_path / "p1"))
 
 
-def test_reported_as_not_isolated(driver: ProcessSandboxDriver) -> None:
+def test_reported_as_not_isolated(driver: ProcessDriver) -> None:
     assert driver.available() is True
     assert driver.isolated is False
 
 
-async def test_workspace_persists_and_is_home(
-    driver: ProcessSandboxDriver, box: SandboxHandle
-) -> None:
+async def test_workspace_persists_and_is_home(driver: ProcessDriver, box: SandboxHandle) -> None:
     result = await driver.execute(box, "sh", ["-c", 'echo kept > f; pwd; echo "$HOME"'], timeout=10)
     assert result.stdout.split() == [str(box.workspace)] * 2
     result = await driver.execute(box, "cat", ["f"], timeout=10)
     assert result.stdout == "kept\n"
 
 
-async def test_delete_and_reattach(driver: ProcessSandboxDriver, tmp_path: Path) -> None:
+async def test_delete_and_reattach(driver: ProcessDriver, tmp_path: Path) -> None:
     spec = SandboxSpec(id="p2", name="p", root=tmp_path / "p2", vcpus=2, memory_mb=512)
     handle = await driver.create(spec)
     await driver.execute(handle, "sh", ["-c", "echo 1 > state"], timeout=10)
-    again = ProcessSandboxDriver().load("p2", tmp_path / "p2")
+    again = ProcessDriver().load("p2", tmp_path / "p2")
     assert again is not None and again.spec == spec
     assert (await driver.execute(again, "cat", ["state"], timeout=10)).stdout == "1\n"
-    assert BwrapSandboxDriver().load("p2", tmp_path / "p2") is None
+    assert BwrapDriver().load("p2", tmp_path / "p2") is None
     await driver.delete(again)
     assert not (tmp_path / "p2").exists()
     assert driver.load("p2", tmp_path / "p2") is None
@@ -59,7 +57,7 @@ async def test_delete_and_reattach(driver: ProcessSandboxDriver, tmp_path: Path)
 
 
 async def test_delete_removes_what_the_command_locked(
-    driver: ProcessSandboxDriver, box: SandboxHandle
+    driver: ProcessDriver, box: SandboxHandle
 ) -> None:
     await driver.execute(
         box, "sh", ["-c", "mkdir -p d/e && touch d/e/f && chmod 000 d/e d"], timeout=10
@@ -68,9 +66,7 @@ async def test_delete_removes_what_the_command_locked(
     assert not box.spec.root.exists()
 
 
-async def test_timeout_kills_the_process_group(
-    driver: ProcessSandboxDriver, box: SandboxHandle
-) -> None:
+async def test_timeout_kills_the_process_group(driver: ProcessDriver, box: SandboxHandle) -> None:
     marker = f"32.{uuid.uuid4().int % 10**6:06d}"
     began = time.monotonic()
     result = await driver.execute(box, "sh", ["-c", f"sleep {marker} & sleep 30"], timeout=1)
@@ -82,7 +78,7 @@ async def test_timeout_kills_the_process_group(
 
 
 async def test_background_children_do_not_hold_the_execution(
-    driver: ProcessSandboxDriver, box: SandboxHandle
+    driver: ProcessDriver, box: SandboxHandle
 ) -> None:
     began = time.monotonic()
     result = await driver.execute(box, "sh", ["-c", "sleep 30 & echo started"], timeout=20)
@@ -90,14 +86,14 @@ async def test_background_children_do_not_hold_the_execution(
     assert result.stdout == "started\n" and not result.timed_out
 
 
-async def test_memory_limit(driver: ProcessSandboxDriver, tmp_path: Path) -> None:
+async def test_memory_limit(driver: ProcessDriver, tmp_path: Path) -> None:
     handle = await driver.create(SandboxSpec(id="m", name="m", root=tmp_path / "m", memory_mb=64))
     result = await driver.execute(handle, PY, ["-c", "b = bytearray(256 * 2**20)"], timeout=20)
     assert result.exit_code != 0
     assert result.killed_reason == "memory limit"
 
 
-async def test_output_is_capped(driver: ProcessSandboxDriver, box: SandboxHandle) -> None:
+async def test_output_is_capped(driver: ProcessDriver, box: SandboxHandle) -> None:
     result = await driver.execute(
         box, "head", ["-c", "50000000", "/dev/zero"], timeout=30, output_limit=MIB
     )
@@ -105,7 +101,7 @@ async def test_output_is_capped(driver: ProcessSandboxDriver, box: SandboxHandle
     assert result.stdout.endswith(f"\n[... truncated {50_000_000 - MIB} bytes]")
 
 
-async def test_stdin_env_args(driver: ProcessSandboxDriver, box: SandboxHandle) -> None:
+async def test_stdin_env_args(driver: ProcessDriver, box: SandboxHandle) -> None:
     result = await driver.execute(box, "cat", [], timeout=10, stdin=b"piped")
     assert result.stdout == "piped"
     result = await driver.execute(box, "sh", ["-c", 'echo "$X"'], timeout=10, env={"X": "a b"})
@@ -117,9 +113,7 @@ async def test_stdin_env_args(driver: ProcessSandboxDriver, box: SandboxHandle) 
     assert json.loads(result.stdout) == args
 
 
-async def test_missing_command_and_bad_input(
-    driver: ProcessSandboxDriver, box: SandboxHandle
-) -> None:
+async def test_missing_command_and_bad_input(driver: ProcessDriver, box: SandboxHandle) -> None:
     result = await driver.execute(box, "no-such-command", [], timeout=10)
     assert result.exit_code == 127 and "no-such-command" in result.stderr
     with pytest.raises(BadRequestError):

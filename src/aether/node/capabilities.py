@@ -67,7 +67,7 @@ def criu_check(timeout: float = 20.0) -> tuple[bool, str]:
 
 def kvm_usable() -> bool:
     """/dev/kvm is there, ours to open, and the CPU has hardware virtualisation."""
-    from aether.node.sandbox.microvm import missing_prerequisites
+    from aether.node.drivers.microvm import missing_prerequisites
 
     kvm_missing = [m for m in missing_prerequisites("kvm") if "kvm" in m or "VT-x" in m]
     return not kvm_missing

@@ -31,17 +31,14 @@ from aether.errors import AetherError, ForbiddenError, NotFoundError, Unauthoriz
 from aether.model.api import RegisterIn, RegisterOut
 from aether.model.cluster import Endpoint, InstanceRecord
 from aether.node.capabilities import fingerprint
-from aether.node.drivers.base import Driver
-from aether.node.drivers.bwrap import BwrapDriver
-from aether.node.drivers.process import ProcessDriver
+from aether.node.drivers import instance_drivers, sandbox_drivers
 from aether.node.logship import LogShipper
 from aether.node.router import Router
 from aether.node.runner import InstanceRunner, RunnerConfig
-from aether.node.sandbox import drivers_available
 from aether.node.tasks import TaskWorker
 from aether.node.telemetry import TelemetryCollector, TelemetryPusher
 
-__all__ = ["CREDENTIAL_FILE", "CredentialError", "NodeDaemon", "NodeOptions", "instance_drivers"]
+__all__ = ["CREDENTIAL_FILE", "CredentialError", "NodeDaemon", "NodeOptions"]
 
 log = logging.getLogger("aether.node")
 
@@ -79,32 +76,6 @@ def _node_id(data_dir: Path, requested: str | None) -> str:
     return node_id
 
 
-def instance_drivers(policy: str) -> tuple[dict[str, Driver], str, str]:
-    """The driver that runs apps' ``process`` instances under this node's policy.
-
-    Returns the drivers, the isolation mode and its detail for the capabilities.
-    Sandboxing that does not work here leaves no driver: nothing is placed on
-    this node (it still runs tasks), and the log and ``aether nodes`` say why.
-    """
-    if policy == "none":
-        log.warning(
-            "app instances run UNSANDBOXED (--isolation none): they run as the node's user "
-            "and can read its data; only for trusted single-tenant setups"
-        )
-        return {"process": ProcessDriver()}, "none", "unsandboxed by node policy (--isolation none)"
-    if policy != "bwrap":
-        raise ValueError(f"unknown isolation policy {policy!r}: bwrap or none")
-    bwrap = BwrapDriver()
-    if not bwrap.available():
-        detail = (
-            f"{bwrap.reason}; this node runs no app instances (fix it, or run the node "
-            "with --isolation none on a trusted single-tenant machine)"
-        )
-        log.error("app instances cannot be sandboxed: %s", detail)
-        return {}, "unavailable", detail
-    return {"process": bwrap}, "bwrap", bwrap.mode
-
-
 class NodeDaemon:
     def __init__(self, options: NodeOptions) -> None:
         self.options = options
@@ -133,7 +104,7 @@ class NodeDaemon:
             self.runners,
             lambda: self.registration,
         )
-        self.sandboxes = drivers_available()
+        self.sandboxes = sandbox_drivers()
         self.tasks = TaskWorker(
             self.client, self.node_id, options.data_dir / "sandboxes", dict(self.sandboxes)
         )

@@ -77,7 +77,7 @@ from aether.node.checkpoint import (
     criu_restore,
     restore_snapshot,
 )
-from aether.node.drivers.base import Driver, Handle, LaunchSpec
+from aether.node.drivers.base import Handle, LaunchSpec, RunsInstances
 
 __all__ = ["InstanceRunner", "RequestLog", "RunnerConfig"]
 
@@ -221,7 +221,7 @@ class InstanceRunner:
         self,
         record: InstanceRecord,
         client: ApiClient,
-        driver: Driver,
+        driver: RunsInstances,
         config: RunnerConfig,
         on_change: Callable[[], None],
     ) -> None:
@@ -281,6 +281,11 @@ class InstanceRunner:
     def instance_id(self) -> str:
         """Stable for this instance on this node: the driver derives its uid from it."""
         return self.record.key
+
+    @property
+    def _criu(self) -> bool:
+        """CRIU is switched on for this node and this instance's driver can checkpoint."""
+        return self.config.criu and "checkpoint" in self.driver.abilities
 
     @property
     def criu_images(self) -> Path:
@@ -575,7 +580,7 @@ class InstanceRunner:
         images = self.criu_images
         meta = criu_meta(images)
         try:
-            if not self.config.criu:
+            if not self._criu:
                 raise CheckpointError("CRIU is not switched on for this node")
             self.handle = await criu_restore(images, binary=self.config.criu_binary)
         except CheckpointError as exc:
@@ -617,7 +622,7 @@ class InstanceRunner:
                 ack=self.ack_path,
                 out=self.root / "snapshot.tar.gz",
                 timeout=spec.checkpoint.timeout,
-                use_criu=self.config.criu and spec.checkpoint.method != "cooperative",
+                use_criu=self._criu and spec.checkpoint.method != "cooperative",
                 criu_binary=self.config.criu_binary,
                 meta={"port": self.port},
             )

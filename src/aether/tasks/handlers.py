@@ -38,7 +38,7 @@ class PermanentTaskError(Exception):
 @dataclass
 class TaskContext:
     node: str
-    sandboxes: dict[str, Any]  # driver name → SandboxDriver, best first
+    sandboxes: dict[str, Any]  # driver name → a driver with the sandboxes ability, best first
     root: Path  # where this node keeps sandbox state
     client: Any  # aether.client.ApiClient
     timeout: float  # seconds left for this attempt
@@ -105,7 +105,7 @@ def _exec_result(sandbox_id: str, command: str, args: list[str], result: Any) ->
 
 @handler("vm:create")
 async def vm_create(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
-    from aether.node.sandbox.base import SandboxSpec
+    from aether.node.drivers.base import SandboxSpec
 
     assert isinstance(payload, VmCreatePayload) and payload.sandbox_id
     driver = ctx.driver(payload.driver)
@@ -164,7 +164,7 @@ async def vm_delete(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
 async def job_run(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     """A fresh sandbox with the app's artifact in its workspace, one command, then gone."""
     from aether.artifacts import safe_extract
-    from aether.node.sandbox.base import SandboxSpec
+    from aether.node.drivers.base import SandboxSpec
 
     assert isinstance(payload, JobRunPayload) and payload.digest and payload.sandbox_id
     driver = ctx.driver(None)

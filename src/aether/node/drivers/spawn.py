@@ -1,11 +1,18 @@
-"""The one way an instance's process is started, shared by the instance drivers.
+"""How every driver starts a process on the node: once, for instances and executions.
 
-Whatever the driver wraps around the app's command (nothing, or bubblewrap),
-the process it starts: runs in its own session, dies with the node (a killed
-node must not leave orphans holding ports: its instances are placed elsewhere),
-reads nothing, writes stdout and stderr to the instance's log, and gets an
-environment built from the app's spec alone (``instance_env``) -- never the
-node's own (no ``PYTHONPATH``, no ``AETHER_JOIN_TOKEN``).
+Whatever a driver wraps around the command (nothing, bubblewrap, a VM's QEMU),
+the process it starts:
+
+- runs in its own session (a process group the driver can signal as a whole);
+- dies with the node (``PR_SET_PDEATHSIG``): a killed node must not leave
+  orphans holding ports or sandboxes, its work is placed elsewhere;
+- gets an environment built from what it was given alone (``base_env``): a
+  fixed ``PATH``, ``HOME`` and ``LANG``, then the spec's variables -- never the
+  node's own (no ``PYTHONPATH``, no ``AETHER_JOIN_TOKEN``).
+
+``spawn`` starts a long-lived process (an instance) logging to a file;
+:func:`aether.node.drivers.execution.run_capped` runs one command to its end
+with capped output, through the same preparation.
 """
 
 from __future__ import annotations
@@ -13,29 +20,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from aether.node.bwrap import PATH
+__all__ = ["PATH", "base_env", "before_exec", "die_with_parent", "signal_group", "spawn"]
 
-__all__ = ["instance_env", "spawn"]
-
+#: The ``PATH`` every instance and sandbox command gets, whatever the node's own is.
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child, before exec: if the node daemon dies, so does the instance."""
+def die_with_parent() -> None:
+    """Runs in the child, before exec: if the node daemon dies, so does the child."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def instance_env(env: Mapping[str, str], *, home: str) -> dict[str, str]:
-    """A fixed ``PATH``, ``HOME`` and ``LANG``, then what the runner gives (the spec's env)."""
-    out = {"PATH": PATH, "HOME": home, "LANG": "C.UTF-8"}
-    out.update(env)
+def before_exec(then: Callable[[], None] | None = None) -> Callable[[], None]:
+    """``die_with_parent``, then ``then`` (rlimits, say), in the child before exec."""
+
+    def prepare() -> None:
+        die_with_parent()
+        if then is not None:
+            then()
+
+    return prepare
+
+
+def base_env(env: Mapping[str, str] | None, *, home: str, **fixed: str) -> dict[str, str]:
+    """A fixed ``PATH``, ``HOME`` and ``LANG`` (and ``fixed``), then ``env`` (the spec's)."""
+    out = {"PATH": PATH, "HOME": home, "LANG": "C.UTF-8", **fixed}
+    out.update(env or {})
     return out
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group ``pid`` leads; gone already is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 async def spawn(
@@ -45,8 +71,12 @@ async def spawn(
     cwd: Path | str,
     log_path: Path | None,
     pass_fds: Sequence[int] = (),
+    **popen: Any,
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` in its own session, with the parent-death signal, logging to ``log_path``."""
+    """Start ``argv`` in its own session, with the parent-death signal, logging to ``log_path``.
+
+    ``popen`` goes to ``create_subprocess_exec`` (``user``, ``group``, ``extra_groups``):
+    the parent-death signal is set after the uid change (which would clear it)."""
     log = log_path.open("ab") if log_path else None
     try:
         return await asyncio.create_subprocess_exec(
@@ -58,7 +88,8 @@ async def spawn(
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             pass_fds=tuple(pass_fds),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
+            **popen,
         )
     finally:
         if log:

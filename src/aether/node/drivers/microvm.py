@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import hashlib
 import logging
 import math
@@ -42,7 +41,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import stat
 import struct
 import uuid
@@ -51,11 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from aether.errors import BadRequestError, NotFoundError
-from aether.node.bwrap import host_uid_for
-from aether.node.sandbox._run import OutputCap, RawRun, WorkspaceDriver
-from aether.node.sandbox.base import (
+from aether.node.drivers.base import (
     DEFAULT_OUTPUT_LIMIT,
     WORKSPACE_DIR,
+    Ability,
     ExecResult,
     SandboxError,
     SandboxHandle,
@@ -63,10 +60,14 @@ from aether.node.sandbox.base import (
     utcnow,
     validate_exec,
 )
+from aether.node.drivers.bwrap_args import host_uid_for
+from aether.node.drivers.execution import OutputCap, RawRun
+from aether.node.drivers.spawn import base_env, spawn
+from aether.node.drivers.workspace import WorkspaceSandboxes
 
-__all__ = ["MicroVMSandboxDriver", "missing_prerequisites"]
+__all__ = ["MicroVMDriver", "missing_prerequisites"]
 
-log = logging.getLogger("aether.node.sandbox")
+log = logging.getLogger("aether.node.drivers")
 
 _QEMU = "qemu-system-x86_64"
 _BUSYBOX = ("/usr/bin/busybox", "/bin/busybox")
@@ -76,8 +77,7 @@ _DRAIN_TIMEOUT = 10.0  # seconds for the last stream bytes after DONE
 _MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "virtio_net")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/aether/bin"
-_PR_SET_PDEATHSIG = 1
-_AGENT_VERSION = "1"
+_GUEST_VERSION = "1"
 
 # /init of the guest: mounts, modules, ports, then the helper's loop on the ctl port.
 _INIT = r"""#!/aether/bin/sh
@@ -346,7 +346,7 @@ def build_image(cache_dir: Path) -> _Image:
     image, modules_dir = kernel
     bb = busybox.stat()
     key = hashlib.sha256(
-        f"{_AGENT_VERSION}|{image}|{image.stat().st_mtime}|{bb.st_size}|{bb.st_mtime}|{_INIT}".encode()
+        f"{_GUEST_VERSION}|{image}|{image.stat().st_mtime}|{bb.st_size}|{bb.st_mtime}|{_INIT}".encode()
     ).hexdigest()[:16]
     initrd = cache_dir / f"initramfs-{modules_dir.name}-{key}.cpio"
     if not initrd.exists():
@@ -475,16 +475,10 @@ class _VM:
             await self.process.wait()
 
 
-def _die_with_node() -> None:
-    """Runs in QEMU's process before exec (after the uid change, which clears it)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class MicroVMSandboxDriver(WorkspaceDriver):
+class MicroVMDriver(WorkspaceSandboxes):
     name = "microvm"
     isolated = True
+    abilities: frozenset[Ability] = frozenset({"sandboxes", "reattach"})
 
     def __init__(
         self, cache_dir: Path | None = None, *, accel: str = "kvm", debug: bool = False
@@ -607,22 +601,12 @@ class MicroVMSandboxDriver(WorkspaceDriver):
             "-device", "virtio-9p-pci,fsdev=usr,mount_tag=usr",
         ]  # fmt: skip
         argv += ["-nic", "user,model=virtio-net-pci"] if spec.network else ["-nic", "none"]
-        log_file = (vm_dir / "qemu.log").open("ab")
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd="/",
-                start_new_session=True,
-                preexec_fn=_die_with_node,
-                **popen,
+            process = await spawn(
+                argv, env=base_env({}, home="/"), cwd="/", log_path=vm_dir / "qemu.log", **popen
             )
         except OSError as exc:
             raise SandboxError(f"cannot start QEMU: {exc}") from exc
-        finally:
-            log_file.close()
         vm = _VM(process, vm_dir)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _BOOT_TIMEOUT

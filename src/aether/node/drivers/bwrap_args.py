@@ -1,4 +1,4 @@
-"""Bubblewrap pieces shared by the task sandbox and the instance driver.
+"""Bubblewrap pieces shared by the ``bwrap`` driver's instances and sandboxes.
 
 Both build a root from nothing: the system read-only (``system_args``), a
 synthesised ``/etc`` that tells the sandbox nothing of the node's users
@@ -20,7 +20,6 @@ __all__ = [
     "ETC_NETWORK",
     "HOSTNAME",
     "HOST_UID_BASE",
-    "PATH",
     "PRLIMIT",
     "SETPRIV",
     "MemFds",
@@ -30,7 +29,6 @@ __all__ = [
     "system_args",
 ]
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PRLIMIT = "/usr/bin/prlimit"
 SETPRIV = "/usr/bin/setpriv"
 HOSTNAME = "sandbox"

@@ -1,17 +1,16 @@
-"""Running one command with capped output and a wall-clock timeout.
+"""Running one command to its end, with capped output and a wall-clock timeout.
 
 Shared by the drivers that run a host process per execution (``bwrap`` and
-``process``), so both cap output, time out and report a kill the same way.
+``process``; ``microvm`` caps its guest's output with ``OutputCap``), so all cap
+output, time out and report a kill the same way. The process is prepared as
+every driver's is (:mod:`aether.node.drivers.spawn`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import os
 import re
-import shutil
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,19 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aether.node.sandbox.base import (
-    WORKSPACE_DIR,
-    ExecResult,
-    SandboxHandle,
-    SandboxSpec,
-    read_state,
-    utcnow,
-    write_state,
-)
+from aether.node.drivers.base import ExecResult, utcnow
+from aether.node.drivers.spawn import before_exec, signal_group
 
-__all__ = ["OutputCap", "RawRun", "WorkspaceDriver", "killed_reason", "run_capped"]
-
-log = logging.getLogger("aether.node.sandbox")
+__all__ = ["OutputCap", "RawRun", "kill_group", "killed_reason", "run_capped"]
 
 _CHUNK = 1 << 16
 _TAIL = 4096
@@ -152,9 +142,8 @@ def killed_reason(run: RawRun, *, limits: bool) -> str | None:
     return None
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def kill_group(pid: int) -> None:
+    signal_group(pid, signal.SIGKILL)
 
 
 async def run_capped(
@@ -172,7 +161,8 @@ async def run_capped(
 ) -> RawRun:
     """Run ``argv`` in its own process group; kill the group at the timeout.
 
-    ``popen`` goes to ``create_subprocess_exec`` (``user``, ``preexec_fn``, ...).
+    ``popen`` goes to ``create_subprocess_exec`` (``user``, ``group``, ...); a
+    ``preexec_fn`` in it runs after the child is made to die with the node.
     Raises ``OSError`` when the program cannot be started.
     """
     stdout, stderr = OutputCap(output_limit), OutputCap(output_limit)
@@ -189,6 +179,7 @@ async def run_capped(
         cwd=cwd,
         start_new_session=True,
         pass_fds=tuple(pass_fds),
+        preexec_fn=before_exec(popen.pop("preexec_fn", None)),
         **popen,
     )
     proc = asyncio.subprocess.Process(transport, protocol, loop)
@@ -222,16 +213,16 @@ async def run_capped(
                 await asyncio.shield(exited)
         except TimeoutError:
             timed_out = True
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             await exited
         # whatever the command left behind in its group goes with it
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_DRAIN_GRACE):
                 await asyncio.gather(*io, return_exceptions=True)
     finally:
         if proc.returncode is None:  # cancelled: leave nothing running
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         for task in io:
@@ -248,67 +239,3 @@ async def run_capped(
         started_at=started,
         finished_at=utcnow(),
     )
-
-
-class WorkspaceDriver:
-    """Create, load and delete for drivers whose state is a workspace directory.
-
-    Subclasses set ``name`` and implement ``execute`` with ``run_capped``,
-    registering running process groups so ``delete`` can stop them.
-    """
-
-    name = "workspace"
-
-    def __init__(self) -> None:
-        self._running: dict[str, set[int]] = {}
-
-    async def create(self, spec: SandboxSpec) -> SandboxHandle:
-        existing = self.load(spec.id, spec.root)
-        if existing is not None:
-            return existing
-        spec.root.mkdir(parents=True, exist_ok=True)
-        (spec.root / WORKSPACE_DIR).mkdir(mode=0o700, exist_ok=True)
-        handle = SandboxHandle(
-            spec=spec, driver=self.name, created_at=utcnow(), extra=self._prepare(spec)
-        )
-        write_state(handle)
-        return handle
-
-    def _prepare(self, spec: SandboxSpec) -> dict[str, Any]:
-        """Driver-specific setup of a new sandbox; what it returns is saved."""
-        return {}
-
-    def load(self, id: str, root: Path) -> SandboxHandle | None:
-        return read_state(id, root, self.name)
-
-    async def delete(self, handle: SandboxHandle) -> None:
-        for pid in self._running.pop(handle.id, set()):
-            _kill_group(pid)
-        root = handle.spec.root
-        if read_state(handle.id, root, self.name) is None and not (root / WORKSPACE_DIR).exists():
-            return  # already gone (or never ours): delete nothing we do not own
-        await asyncio.to_thread(_remove_tree, root)
-
-    def _track(self, id: str) -> tuple[Callable[[int], None], Callable[[int], None]]:
-        def started(pid: int) -> None:
-            self._running.setdefault(id, set()).add(pid)
-
-        def exited(pid: int) -> None:
-            self._running.get(id, set()).discard(pid)
-
-        return started, exited
-
-
-def _remove_tree(root: Path) -> None:
-    """``rm -rf`` that also removes what a sandbox made unwritable (chmod 000)."""
-    if not root.exists():
-        return
-    with contextlib.suppress(OSError):
-        os.chmod(root, 0o700)
-    for dirpath, dirnames, _files in os.walk(root):
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                with contextlib.suppress(OSError):
-                    os.chmod(path, 0o700)
-    shutil.rmtree(root)

@@ -1,4 +1,4 @@
-"""The ``bwrap`` driver: each execution runs in fresh bubblewrap namespaces.
+"""The ``bwrap`` driver's ``sandboxes`` ability: each execution in fresh bubblewrap namespaces.
 
 A sandbox is a workspace directory; each execution is one ``bwrap`` with its own
 mount, pid, ipc, uts, user and (unless ``network``) network namespace, the
@@ -38,10 +38,10 @@ What the limits enforce (rlimits, set by ``prlimit`` inside the sandbox):
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -49,18 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from aether.errors import NotFoundError
-from aether.node.bwrap import (
-    HOST_UID_BASE,
-    HOSTNAME,
-    PATH,
-    PRLIMIT,
-    MemFds,
-    etc_args,
-    host_uid_for,
-    system_args,
-)
-from aether.node.sandbox._run import WorkspaceDriver, run_capped
-from aether.node.sandbox.base import (
+from aether.node.drivers.base import (
     DEFAULT_OUTPUT_LIMIT,
     MIB,
     WORKSPACE_DIR,
@@ -70,10 +59,22 @@ from aether.node.sandbox.base import (
     SandboxSpec,
     validate_exec,
 )
+from aether.node.drivers.bwrap_args import (
+    HOST_UID_BASE,
+    HOSTNAME,
+    PRLIMIT,
+    MemFds,
+    etc_args,
+    host_uid_for,
+    system_args,
+)
+from aether.node.drivers.execution import run_capped
+from aether.node.drivers.spawn import base_env
+from aether.node.drivers.workspace import WorkspaceSandboxes
 
-__all__ = ["BwrapSandboxDriver"]
+__all__ = ["SANDBOX_UID", "BwrapSandboxes"]
 
-log = logging.getLogger("aether.node.sandbox")
+log = logging.getLogger("aether.node.drivers")
 
 SANDBOX_UID = 65534  # the uid and gid commands see inside
 
@@ -93,19 +94,15 @@ def _others_can_reach(path: Path, *, read: bool = False) -> bool:
     return True
 
 
-class BwrapSandboxDriver(WorkspaceDriver):
-    name = "bwrap"
-    isolated = True
+class BwrapSandboxes(WorkspaceSandboxes):
+    """Sandboxes for tasks; mixed into :class:`~aether.node.drivers.bwrap.BwrapDriver`."""
 
-    def __init__(self, bwrap: str | None = None) -> None:
-        super().__init__()
-        self._bwrap = bwrap or shutil.which("bwrap")
-        self._probe: dict[int | None, bool] = {}
+    _bwrap: str | None
+    _probe: dict[int | None, bool]
 
-    # -- capability -------------------------------------------------------
-
+    @abc.abstractmethod
     def available(self) -> bool:
-        return self._works(None)
+        """The driver's: both abilities' probes passed."""
 
     def _works(self, uid: int | None) -> bool:
         """Run a trivial sandbox once (as ``uid``) to see that namespaces work here."""
@@ -283,13 +280,4 @@ class BwrapSandboxDriver(WorkspaceDriver):
 
     @staticmethod
     def _env(extra: dict[str, str] | None) -> dict[str, str]:
-        env = {
-            "PATH": PATH,
-            "HOME": "/workspace",
-            "USER": "sandbox",
-            "LOGNAME": "sandbox",
-            "LANG": "C.UTF-8",
-            "TMPDIR": "/tmp",
-        }
-        env.update(extra or {})
-        return env
+        return base_env(extra, home="/workspace", USER="sandbox", LOGNAME="sandbox", TMPDIR="/tmp")

@@ -1,0 +1,87 @@
+"""Sandboxes whose state is a directory on the node: create, re-attach, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aether.node.drivers.base import (
+    WORKSPACE_DIR,
+    SandboxHandle,
+    SandboxSpec,
+    read_state,
+    utcnow,
+    write_state,
+)
+from aether.node.drivers.execution import kill_group
+
+__all__ = ["WorkspaceSandboxes"]
+
+
+class WorkspaceSandboxes:
+    """Create, load and delete for drivers whose sandbox is a workspace directory.
+
+    Subclasses set ``name`` and implement ``execute`` (with ``run_capped``, or in a
+    VM), registering running process groups so ``delete`` can stop them.
+    """
+
+    name = "workspace"
+
+    def __init__(self) -> None:
+        self._running: dict[str, set[int]] = {}
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        existing = self.load(spec.id, spec.root)
+        if existing is not None:
+            return existing
+        spec.root.mkdir(parents=True, exist_ok=True)
+        (spec.root / WORKSPACE_DIR).mkdir(mode=0o700, exist_ok=True)
+        handle = SandboxHandle(
+            spec=spec, driver=self.name, created_at=utcnow(), extra=self._prepare(spec)
+        )
+        write_state(handle)
+        return handle
+
+    def _prepare(self, spec: SandboxSpec) -> dict[str, Any]:
+        """Driver-specific setup of a new sandbox; what it returns is saved."""
+        return {}
+
+    def load(self, id: str, root: Path) -> SandboxHandle | None:
+        return read_state(id, root, self.name)
+
+    async def delete(self, handle: SandboxHandle) -> None:
+        for pid in self._running.pop(handle.id, set()):
+            kill_group(pid)
+        root = handle.spec.root
+        if read_state(handle.id, root, self.name) is None and not (root / WORKSPACE_DIR).exists():
+            return  # already gone (or never ours): delete nothing we do not own
+        await asyncio.to_thread(_remove_tree, root)
+
+    def _track(self, id: str) -> tuple[Callable[[int], None], Callable[[int], None]]:
+        def started(pid: int) -> None:
+            self._running.setdefault(id, set()).add(pid)
+
+        def exited(pid: int) -> None:
+            self._running.get(id, set()).discard(pid)
+
+        return started, exited
+
+
+def _remove_tree(root: Path) -> None:
+    """``rm -rf`` that also removes what a sandbox made unwritable (chmod 000)."""
+    if not root.exists():
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(root, 0o700)
+    for dirpath, dirnames, _files in os.walk(root):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o700)
+    shutil.rmtree(root)
