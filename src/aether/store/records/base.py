@@ -1,0 +1,73 @@
+"""What every part of the records repository shares: ids, times, the caller, the sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "ROLES",
+    "Principal",
+    "RecordsBase",
+    "epoch",
+    "hash_token",
+    "new_id",
+    "now",
+    "utc",
+]
+
+DEFAULT_TENANT = "default"
+#: ``join``: a join token (the cluster admin's), exchanged for a node credential (``node``,
+#: bound to one node id) by ``POST /api/v1/nodes/join``; neither is a tenant's role
+ROLES = ("admin", "operator", "viewer", "join", "node")
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def utc(ts: float) -> datetime:
+    """A naive UTC datetime for an epoch timestamp (how the records database stores time)."""
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
+def epoch(dt: datetime) -> float:
+    """The epoch timestamp of a datetime; a naive one is taken as UTC."""
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the tenant every query is scoped by, and the role.
+
+    ``node`` is the node id a node credential is bound to (role ``node``), else None.
+    """
+
+    tenant_id: str
+    tenant: str
+    role: str
+    token_id: str
+    node: str | None = None
+
+    @property
+    def cluster_admin(self) -> bool:
+        """An admin of the default tenant: may add and revoke nodes."""
+        return self.role == "admin" and self.tenant == DEFAULT_TENANT
+
+
+class RecordsBase:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions

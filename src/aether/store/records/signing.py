@@ -1,0 +1,125 @@
+"""Signing: public keys, app settings, artifact signatures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from aether.errors import ConflictError, NotFoundError
+from aether.store.records.base import (
+    RecordsBase,
+    new_id,
+    now,
+)
+from aether.store.records.schema import (
+    App,
+    Artifact,
+    PublicKey,
+)
+
+__all__ = ["SigningRecords"]
+
+
+class SigningRecords(RecordsBase):
+    # (issue 3, part 3; the checks themselves live in aether.server.services.signatures)
+
+    async def find_app(self, tenant_id: str, name: str) -> App | None:
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(App).where(App.tenant_id == tenant_id, App.name == name)
+            )
+
+    async def app_name_owned_elsewhere(self, tenant_id: str, name: str) -> bool:
+        """True if another tenant has an app row called ``name``."""
+        async with self.sessions() as session:
+            found = await session.scalar(
+                select(App.id).where(App.name == name, App.tenant_id != tenant_id).limit(1)
+            )
+            return found is not None
+
+    async def update_app_settings(self, tenant_id: str, app: App, values: dict[str, Any]) -> App:
+        """Set ``require_signature`` and/or ``retain_deployments``; the updated row."""
+        allowed = {"require_signature", "retain_deployments"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"not app settings: {sorted(unknown)}")
+        async with self.sessions() as session:
+            if values:
+                await session.execute(
+                    update(App).where(App.tenant_id == tenant_id, App.id == app.id).values(**values)
+                )
+                await session.commit()
+            row = await session.scalar(
+                select(App).where(App.tenant_id == tenant_id, App.id == app.id)
+            )
+        if row is None:
+            raise NotFoundError(f"app {app.name!r} not found")
+        return row
+
+    async def add_public_key(
+        self, tenant_id: str, app: App, *, name: str, public_key: str, fingerprint: str
+    ) -> PublicKey:
+        async with self.sessions() as session:
+            row = PublicKey(
+                id=new_id(),
+                tenant_id=tenant_id,
+                app_id=app.id,
+                name=name,
+                public_key=public_key,
+                fingerprint=fingerprint,
+                created_at=now(),
+            )
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                raise ConflictError(
+                    f"key {fingerprint} is already registered for app {app.name!r}"
+                ) from None
+            return row
+
+    async def list_public_keys(self, tenant_id: str, app: App) -> Sequence[PublicKey]:
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(PublicKey)
+                    .where(PublicKey.tenant_id == tenant_id, PublicKey.app_id == app.id)
+                    .order_by(PublicKey.created_at, PublicKey.id)
+                )
+            ).all()
+
+    async def delete_public_key(self, tenant_id: str, app: App, key_id: str) -> None:
+        async with self.sessions() as session:
+            row = await session.scalar(
+                select(PublicKey).where(
+                    PublicKey.tenant_id == tenant_id,
+                    PublicKey.app_id == app.id,
+                    PublicKey.id == key_id,
+                )
+            )
+            if row is None:
+                raise NotFoundError(f"app {app.name!r} has no public key {key_id!r}")
+            await session.delete(row)
+            await session.commit()
+
+    async def set_artifact_signature(
+        self, tenant_id: str, digest: str, signature: str, signed_by: str | None
+    ) -> None:
+        """Store a signature on the tenant's artifact row.
+
+        A verified signature (``signed_by`` set) always replaces the stored one; an
+        unverified one only replaces another unverified one (or none), so a later
+        unverifiable upload never downgrades an artifact that was verified.
+        """
+        condition = [Artifact.tenant_id == tenant_id, Artifact.digest == digest]
+        if signed_by is None:
+            condition.append(Artifact.signed_by.is_(None))
+        async with self.sessions() as session:
+            await session.execute(
+                update(Artifact).where(*condition).values(signature=signature, signed_by=signed_by)
+            )
+            await session.commit()
