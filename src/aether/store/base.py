@@ -43,6 +43,8 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TxnResult",
+    "check_compare",
+    "check_ops",
 ]
 
 
@@ -188,3 +190,36 @@ class StateStore(Protocol):
     async def close(self) -> None:
         """Release resources; pending watches end."""
         ...
+
+
+# -- what both backends check before a transaction -------------------------------
+
+
+def check_compare(c: Compare) -> None:
+    if c.op not in ("==", "!=", "<", ">"):
+        raise ValueError(f"unknown compare operator {c.op!r}")
+    if c.target == "value":
+        if not isinstance(c.value, bytes):
+            raise TypeError(f"compare on value needs bytes, got {type(c.value).__name__}")
+    elif c.target in ("version", "create_revision", "mod_revision", "lease"):
+        if isinstance(c.value, bool) or not isinstance(c.value, int):
+            raise TypeError(f"compare on {c.target} needs an int, got {type(c.value).__name__}")
+    else:
+        raise ValueError(f"unknown compare target {c.target!r}")
+
+
+def check_ops(ops: Sequence[Op]) -> None:
+    """Reject writes to one key twice in a txn, as etcd does, so both backends agree."""
+    puts: set[str] = set()
+    for op in ops:
+        if isinstance(op, Put):
+            if op.key in puts:
+                raise ValueError(f"duplicate key {op.key!r} in txn")
+            puts.add(op.key)
+        elif not isinstance(op, Delete | Get):
+            raise TypeError(f"unknown txn op {op!r}")
+    for op in ops:
+        if isinstance(op, Delete):
+            for key in puts:
+                if key == op.key or (op.prefix and key.startswith(op.key)):
+                    raise ValueError(f"key {key!r} is both put and deleted in txn")

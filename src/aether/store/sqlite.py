@@ -33,13 +33,14 @@ from aether.store.base import (
     Delete,
     Event,
     EventType,
-    Get,
     Kv,
     LeaseNotFoundError,
     Op,
     Put,
     StoreError,
     TxnResult,
+    check_compare,
+    check_ops,
 )
 
 __all__ = ["SqliteStateStore"]
@@ -156,36 +157,6 @@ def _compare(actual: int | bytes, op: str, expected: int | bytes) -> bool:
     if isinstance(actual, int) and isinstance(expected, int):
         return actual < expected if op == "<" else actual > expected
     raise TypeError(f"cannot compare {actual!r} with {expected!r}")  # pragma: no cover
-
-
-def _check_compare(c: Compare) -> None:
-    if c.op not in ("==", "!=", "<", ">"):
-        raise ValueError(f"unknown compare operator {c.op!r}")
-    if c.target == "value":
-        if not isinstance(c.value, bytes):
-            raise TypeError(f"compare on value needs bytes, got {type(c.value).__name__}")
-    elif c.target in ("version", "create_revision", "mod_revision", "lease"):
-        if isinstance(c.value, bool) or not isinstance(c.value, int):
-            raise TypeError(f"compare on {c.target} needs an int, got {type(c.value).__name__}")
-    else:
-        raise ValueError(f"unknown compare target {c.target!r}")
-
-
-def _check_ops(ops: Sequence[Op]) -> None:
-    """Reject writes to one key twice in a txn, as etcd does, so both backends agree."""
-    puts: set[str] = set()
-    for op in ops:
-        if isinstance(op, Put):
-            if op.key in puts:
-                raise ValueError(f"duplicate key {op.key!r} in txn")
-            puts.add(op.key)
-        elif not isinstance(op, Delete | Get):
-            raise TypeError(f"unknown txn op {op!r}")
-    for op in ops:
-        if isinstance(op, Delete):
-            for key in puts:
-                if key == op.key or (op.prefix and key.startswith(op.key)):
-                    raise ValueError(f"key {key!r} is both put and deleted in txn")
 
 
 class SqliteStateStore:
@@ -347,9 +318,9 @@ class SqliteStateStore:
     ) -> TxnResult:
         self._check_open()
         for c in compare:
-            _check_compare(c)
-        _check_ops(success)
-        _check_ops(failure)
+            check_compare(c)
+        check_ops(success)
+        check_ops(failure)
         with self._write() as batch:
             succeeded = all(self._holds(c) for c in compare)
             ops = success if succeeded else failure
