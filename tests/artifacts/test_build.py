@@ -442,7 +442,7 @@ def test_rewrite_that_keeps_size_and_mtime_is_still_picked_up(tmp_path: Path) ->
 def test_changed_dependency_with_same_size_and_mtime_is_replaced(tmp_path: Path) -> None:
     # npm stamps every extracted file with one fixed mtime, so a dependency bump can
     # change a file's bytes but neither its size nor its mtime.
-    from aether.artifacts.build import _sync, _walk, _Want
+    from aether.artifacts.build.staging import Wanted, sync_tree, walk_tree
 
     entries = []
     for version in ("1.0.0", "1.0.1"):
@@ -451,9 +451,9 @@ def test_changed_dependency_with_same_size_and_mtime_is_replaced(tmp_path: Path)
         entries.append(entry)
     staging = tmp_path / "staging"
     for entry in entries:
-        wanted: dict[str, _Want] = {}
-        _walk(entry, "", None, wanted, link=True)
-        _sync(staging, wanted)
+        wanted: dict[str, Wanted] = {}
+        walk_tree(entry, "", None, wanted, link=True)
+        sync_tree(staging, wanted)
         assert (staging / "pkg/package.json").read_text() == entry.name.removeprefix("entry-")
         assert (staging / "pkg/package.json").stat().st_ino == (
             (entry / "pkg/package.json").stat().st_ino
