@@ -11,16 +11,29 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from aether.artifacts import parse_digest
+from aether.artifacts.registry import WriteResult
 from aether.artifacts.scan import scanned
 from aether.errors import BadRequestError, NotFoundError
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import ArtifactReader, Caller, Operator
 from aether.server.services.drain import node_may_read
-from aether.server.services.signatures import read_signature_headers, record_signature
+from aether.server.services.signatures import (
+    SignedUpload,
+    read_signature_headers,
+    record_signature,
+)
 from aether.store.records import Principal
 
-__all__ = ["BINARY", "TASK_HEADER", "check_node_read", "router"]
+__all__ = [
+    "BINARY",
+    "GZIP_ANSWER",
+    "TASK_HEADER",
+    "check_node_read",
+    "gzip_download",
+    "router",
+    "stored",
+]
 
 router = APIRouter(tags=["artifacts"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
@@ -28,6 +41,10 @@ Ctx = Annotated[ServerContext, Depends(get_context)]
 DIGEST_HEADER = "X-Aether-Artifact-Digest"
 TASK_HEADER = "X-Aether-Task"  # a node downloading for a task it holds (job:run) names it
 BINARY = {"type": "string", "format": "binary"}  # a non-JSON answer, in the OpenAPI document
+#: How a route answering with ``gzip_download`` documents its 200.
+GZIP_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/gzip": {"schema": BINARY}}}
+}
 
 
 def claimed_digest(request: Request) -> str:
@@ -53,6 +70,29 @@ class UploadOut(BaseModel):
     size_bytes: int
     duplicate: bool
     verified: bool = False  # the X-Aether-Signature verified against a key of X-Aether-App
+
+
+async def stored(
+    ctx: ServerContext, caller: Principal, result: WriteResult, signed: SignedUpload | None
+) -> UploadOut:
+    """An upload's end, whole or assembled: the tenant's record, its signature checked."""
+    await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
+    verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
+    return UploadOut(
+        digest=result.digest,
+        size_bytes=result.size_bytes,
+        duplicate=result.duplicate,
+        verified=verified,
+    )
+
+
+async def gzip_download(ctx: ServerContext, digest: str, size: int) -> StreamingResponse:
+    """The stored archive ``digest`` (an artifact or a snapshot) as a gzip download."""
+    return StreamingResponse(
+        await ctx.registry.open_chunks(digest),
+        media_type="application/gzip",
+        headers={"Content-Length": str(size), DIGEST_HEADER: digest},
+    )
 
 
 async def check_node_read(
@@ -96,17 +136,13 @@ async def head_artifact(
 @router.get(
     "/artifacts/{digest}",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/gzip": {"schema": BINARY}}}},
+    responses=GZIP_ANSWER,
 )
 async def get_artifact(
     digest: str, request: Request, caller: ArtifactReader, ctx: Ctx
 ) -> StreamingResponse:
     size = await _visible_size(request, ctx, caller, digest)
-    return StreamingResponse(
-        await ctx.registry.open_chunks(parse_digest(digest)),
-        media_type="application/gzip",
-        headers={"Content-Length": str(size), DIGEST_HEADER: digest},
-    )
+    return await gzip_download(ctx, parse_digest(digest), size)
 
 
 @router.post("/artifacts", status_code=201)
@@ -119,14 +155,7 @@ async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> Uploa
         # refused now with the code a node would give, and nothing is stored
         chunks = scanned(slot.meter(request_chunks(request)))
         result = await ctx.registry.write_stream(chunks, digest)
-    await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
-    verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
-    return UploadOut(
-        digest=result.digest,
-        size_bytes=result.size_bytes,
-        duplicate=result.duplicate,
-        verified=verified,
-    )
+    return await stored(ctx, caller, result, signed)
 
 
 @router.get("/artifacts/{digest}/sbom")

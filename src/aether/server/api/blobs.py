@@ -34,7 +34,7 @@ from aether.artifacts.plan import MAX_PLAN_ENTRIES, PackPlan
 from aether.artifacts.registry import file_chunks
 from aether.artifacts.scan import scanned
 from aether.errors import BadRequestError, DigestMismatchError, PayloadTooLargeError
-from aether.server.api.artifacts import UploadOut, request_chunks
+from aether.server.api.artifacts import UploadOut, request_chunks, stored
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Operator
 from aether.server.http.limits import MAX_ASSEMBLE_BODY_BYTES
@@ -134,11 +134,4 @@ async def assemble_artifact(request: Request, caller: Operator, ctx: Ctx) -> Upl
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
-    await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
-    verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
-    return UploadOut(
-        digest=result.digest,
-        size_bytes=result.size_bytes,
-        duplicate=result.duplicate,
-        verified=verified,
-    )
+    return await stored(ctx, caller, result, signed)

@@ -46,13 +46,7 @@ async def _existing_app(ctx: ServerContext, caller: Principal, name: str) -> App
 
 
 def _key_out(row: PublicKey) -> PublicKeyOut:
-    return PublicKeyOut(
-        id=row.id,
-        name=row.name,
-        public_key=row.public_key,
-        fingerprint=row.fingerprint,
-        created_at=row.created_at,
-    )
+    return PublicKeyOut.model_validate(row, from_attributes=True)
 
 
 def _settings_out(app: App) -> AppSettingsOut:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -23,10 +23,11 @@ from aether.errors import BadRequestError, ForbiddenError, NotFoundError
 from aether.model.cluster import InstanceRecord
 from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut
 from aether.server.api.artifacts import (
-    BINARY,
     DIGEST_HEADER,
+    GZIP_ANSWER,
     check_node_read,
     claimed_digest,
+    gzip_download,
     request_chunks,
 )
 from aether.server.context import ServerContext, get_context
@@ -134,7 +135,7 @@ async def list_snapshots(
 @router.get(
     "/snapshots/{digest}",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/gzip": {"schema": BINARY}}}},
+    responses=GZIP_ANSWER,
 )
 async def download_snapshot(
     digest: str, request: Request, caller: ArtifactReader, ctx: Ctx
@@ -152,7 +153,4 @@ async def download_snapshot(
         raise NotFoundError(f"snapshot {digest} not found")
     if caller.role == "node":
         await check_node_read(request, ctx, caller, digest, "snapshot")
-    headers: dict[str, Any] = {"Content-Length": str(size), DIGEST_HEADER: digest}
-    return StreamingResponse(
-        await ctx.registry.open_chunks(digest), media_type="application/gzip", headers=headers
-    )
+    return await gzip_download(ctx, digest, size)

@@ -104,18 +104,7 @@ def metric_value(spec: AutoscaleSpec, sample: AppSample, desired: int) -> float 
 
 
 def decision_out(row: DecisionRow) -> DecisionOut:
-    return DecisionOut(
-        id=row.id,
-        ts=row.ts,
-        layer=row.layer,
-        kind=row.kind,
-        target=row.target,
-        action=row.action,
-        inputs=row.inputs,
-        reason=row.reason,
-        outcome=row.outcome,
-        detail=row.detail,
-    )
+    return DecisionOut.model_validate(row, from_attributes=True)
 
 
 class _Stale(Exception):

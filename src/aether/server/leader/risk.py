@@ -86,15 +86,7 @@ def signal_of(row: SignalRow) -> Signal:
 
 
 def assessment_of(row: RiskAssessmentRow) -> RiskAssessment:
-    return RiskAssessment(
-        node=row.node,
-        status=RiskStatus(row.status),
-        confidence=row.confidence,
-        root_cause=row.root_cause,
-        rule=row.rule,
-        inputs=row.inputs,
-        ts=row.ts,
-    )
+    return RiskAssessment.model_validate(row, from_attributes=True)
 
 
 def health_of(hub: TelemetrySource | None, node: str, now: float) -> Health:

@@ -52,20 +52,7 @@ _SERVING = (Command.LOAD, Command.ACTIVATE)
 
 
 def migration_out(row: MigrationRecord) -> MigrationOut:
-    return MigrationOut(
-        id=row.id,
-        app=row.app,
-        instance=row.instance,
-        from_node=row.from_node,
-        to_node=row.to_node,
-        kind=row.kind,  # type: ignore[arg-type]
-        status=row.status,  # type: ignore[arg-type]
-        snapshot=row.snapshot,
-        replacement=row.replacement,
-        reason=row.reason,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-    )
+    return MigrationOut.model_validate(row, from_attributes=True)
 
 
 # -- asking ---------------------------------------------------------------------------

@@ -67,27 +67,7 @@ def next_seq() -> int:
 
 
 def _out(row: Task) -> TaskOut:
-    return TaskOut(
-        id=row.id,
-        type=row.type,
-        payload=row.payload,
-        queue=row.queue,
-        priority=row.priority,
-        max_retry=row.max_retry,
-        timeout=row.timeout,
-        run_at=row.run_at,
-        idempotency_key=row.idempotency_key,
-        state=TaskState(row.state),
-        attempts=row.attempts,
-        result=row.result,
-        error=row.error,
-        node=row.node,
-        claimed_by=row.claimed_by,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-    )
+    return TaskOut.model_validate(row, from_attributes=True)
 
 
 def _ready(now: float) -> ColumnElement[bool]:
