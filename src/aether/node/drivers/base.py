@@ -59,6 +59,7 @@ __all__ = [
     "Ability",
     "Driver",
     "ExecResult",
+    "Execution",
     "Handle",
     "LaunchSpec",
     "RunsInstances",
@@ -215,6 +216,18 @@ class ExecResult:
     @property
     def duration(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One command to run in a sandbox, checked (``validate_exec``) before a driver sees it."""
+
+    command: str
+    args: list[str]
+    timeout: float
+    stdin: bytes | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
 
 
 class RunsSandboxes(Driver, Protocol):

@@ -48,16 +48,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aether.errors import NotFoundError
 from aether.node.drivers.base import (
-    DEFAULT_OUTPUT_LIMIT,
     MIB,
     WORKSPACE_DIR,
     ExecResult,
+    Execution,
     SandboxError,
     SandboxHandle,
     SandboxSpec,
-    validate_exec,
 )
 from aether.node.drivers.bwrap_args import (
     HOST_UID_BASE,
@@ -173,25 +171,13 @@ class BwrapSandboxes(WorkspaceSandboxes):
             os.chown(workspace, host_uid, host_uid)
         return {"host_uid": host_uid}
 
-    async def execute(
-        self,
-        handle: SandboxHandle,
-        command: str,
-        args: list[str],
-        *,
-        timeout: float,
-        stdin: bytes | None = None,
-        env: dict[str, str] | None = None,
-        output_limit: int = DEFAULT_OUTPUT_LIMIT,
-    ) -> ExecResult:
-        validate_exec(command, args, env, timeout, output_limit)
-        if not handle.workspace.is_dir():
-            raise NotFoundError(f"sandbox {handle.id} is gone")
+    async def _execute(self, handle: SandboxHandle, execution: Execution) -> ExecResult:
+        command, args, env = execution.command, execution.args, execution.env
         if not self._bwrap:
             raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap)")
         spec = handle.spec
         host_uid = handle.extra.get("host_uid")
-        cpu = math.ceil(timeout * spec.vcpus) + 1
+        cpu = math.ceil(execution.timeout * spec.vcpus) + 1
         memory = spec.memory_mb * MIB
         fds = MemFds()
         try:
@@ -222,9 +208,9 @@ class BwrapSandboxes(WorkspaceSandboxes):
                     argv,
                     env=self._env(env),
                     cwd="/",
-                    stdin=stdin,
-                    timeout=timeout,
-                    output_limit=output_limit,
+                    stdin=execution.stdin,
+                    timeout=execution.timeout,
+                    output_limit=execution.output_limit,
                     pass_fds=fds.fds,
                     on_start=started,
                     on_exit=exited,

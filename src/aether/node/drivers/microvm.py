@@ -48,17 +48,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from aether.errors import BadRequestError, NotFoundError
+from aether.errors import BadRequestError
 from aether.node.drivers.base import (
-    DEFAULT_OUTPUT_LIMIT,
     WORKSPACE_DIR,
     Ability,
     ExecResult,
+    Execution,
     SandboxError,
     SandboxHandle,
     SandboxSpec,
     utcnow,
-    validate_exec,
 )
 from aether.node.drivers.bwrap_args import host_uid_for
 from aether.node.drivers.execution import OutputCap, RawRun
@@ -631,27 +630,17 @@ class MicroVMDriver(WorkspaceSandboxes):
 
     # -- executions -------------------------------------------------------------
 
-    async def execute(
-        self,
-        handle: SandboxHandle,
-        command: str,
-        args: list[str],
-        *,
-        timeout: float,
-        stdin: bytes | None = None,
-        env: dict[str, str] | None = None,
-        output_limit: int = DEFAULT_OUTPUT_LIMIT,
-    ) -> ExecResult:
-        validate_exec(command, args, env, timeout, output_limit)
+    async def _execute(self, handle: SandboxHandle, execution: Execution) -> ExecResult:
+        command, args, env = execution.command, execution.args, execution.env
         for key in env or {}:
             if not _ENV_NAME.match(key):
                 raise BadRequestError(f"invalid environment variable name {key!r}")
-        if not handle.workspace.is_dir():
-            raise NotFoundError(f"sandbox {handle.id} is gone")
-        script = self._script(handle.spec, command, args, env, timeout)
+        script = self._script(handle.spec, command, args, env, execution.timeout)
         vm = await self._ensure_vm(handle)
         async with vm.lock:
-            return await self._run(vm, script, stdin or b"", timeout, output_limit)
+            return await self._run(
+                vm, script, execution.stdin or b"", execution.timeout, execution.output_limit
+            )
 
     @staticmethod
     def _script(

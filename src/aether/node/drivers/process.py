@@ -19,17 +19,15 @@ import resource
 import signal
 from collections.abc import Callable
 
-from aether.errors import NotFoundError
 from aether.node.drivers.base import (
-    DEFAULT_OUTPUT_LIMIT,
     MIB,
     Ability,
     ExecResult,
+    Execution,
     Handle,
     LaunchSpec,
     SandboxHandle,
     utcnow,
-    validate_exec,
 )
 from aether.node.drivers.execution import run_capped
 from aether.node.drivers.spawn import base_env, signal_group, spawn
@@ -87,33 +85,21 @@ class ProcessDriver(WorkspaceSandboxes):
 
     # -- sandboxes ----------------------------------------------------------
 
-    async def execute(
-        self,
-        handle: SandboxHandle,
-        command: str,
-        args: list[str],
-        *,
-        timeout: float,
-        stdin: bytes | None = None,
-        env: dict[str, str] | None = None,
-        output_limit: int = DEFAULT_OUTPUT_LIMIT,
-    ) -> ExecResult:
-        validate_exec(command, args, env, timeout, output_limit)
+    async def _execute(self, handle: SandboxHandle, execution: Execution) -> ExecResult:
+        command, args, env = execution.command, execution.args, execution.env
         workspace = handle.workspace
-        if not workspace.is_dir():
-            raise NotFoundError(f"sandbox {handle.id} is gone")
         spec = handle.spec
         started, exited = self._track(handle.id)
-        cpu = math.ceil(timeout * spec.vcpus) + 1
+        cpu = math.ceil(execution.timeout * spec.vcpus) + 1
         begun = utcnow()
         try:
             run = await run_capped(
                 [command, *args],
                 env=base_env(env, home=str(workspace)),
                 cwd=workspace,
-                stdin=stdin,
-                timeout=timeout,
-                output_limit=output_limit,
+                stdin=execution.stdin,
+                timeout=execution.timeout,
+                output_limit=execution.output_limit,
                 on_start=started,
                 on_exit=exited,
                 preexec_fn=_rlimits(spec.memory_mb * MIB, cpu),

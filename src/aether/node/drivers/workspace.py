@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
@@ -10,12 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aether.errors import NotFoundError
 from aether.node.drivers.base import (
+    DEFAULT_OUTPUT_LIMIT,
     WORKSPACE_DIR,
+    ExecResult,
+    Execution,
     SandboxHandle,
     SandboxSpec,
     read_state,
     utcnow,
+    validate_exec,
     write_state,
 )
 from aether.node.drivers.execution import kill_group
@@ -26,8 +32,9 @@ __all__ = ["WorkspaceSandboxes"]
 class WorkspaceSandboxes:
     """Create, load and delete for drivers whose sandbox is a workspace directory.
 
-    Subclasses set ``name`` and implement ``execute`` (with ``run_capped``, or in a
-    VM), registering running process groups so ``delete`` can stop them.
+    ``execute`` checks the command and that the sandbox exists, once for every
+    driver; subclasses set ``name`` and implement ``_execute`` (with ``run_capped``,
+    or in a VM), registering running process groups so ``delete`` can stop them.
     """
 
     name = "workspace"
@@ -46,6 +53,27 @@ class WorkspaceSandboxes:
         )
         write_state(handle)
         return handle
+
+    async def execute(
+        self,
+        handle: SandboxHandle,
+        command: str,
+        args: list[str],
+        *,
+        timeout: float,
+        stdin: bytes | None = None,
+        env: dict[str, str] | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    ) -> ExecResult:
+        validate_exec(command, args, env, timeout, output_limit)
+        if not handle.workspace.is_dir():
+            raise NotFoundError(f"sandbox {handle.id} is gone")
+        run = Execution(command, list(args), timeout, stdin, dict(env or {}), output_limit)
+        return await self._execute(handle, run)
+
+    @abc.abstractmethod
+    async def _execute(self, handle: SandboxHandle, execution: Execution) -> ExecResult:
+        """Run ``execution`` (already checked) in the sandbox."""
 
     def _prepare(self, spec: SandboxSpec) -> dict[str, Any]:
         """Driver-specific setup of a new sandbox; what it returns is saved."""

@@ -37,19 +37,12 @@ router = APIRouter(tags=["apps"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
 
+_SHOWN = set(InstanceOut.model_fields) - {"key"}  # what an instance's record shows as it is
+
+
 def instances_of(snap: ClusterSnapshot, app: str, version: int | None = None) -> list[InstanceOut]:
     return [
-        InstanceOut(
-            key=key,
-            app=inst.app,
-            version=inst.version,
-            n=inst.n,
-            node=inst.node,
-            command=inst.command.value,
-            state=inst.state.value if inst.state else None,
-            message=inst.message,
-            url=inst.url,
-        )
+        InstanceOut(key=key, **inst.model_dump(mode="json", include=_SHOWN))
         for key, (inst, _) in sorted(snap.instances.items())
         if inst.app == app and (version is None or inst.version == version)
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from pydantic import BaseModel
 
@@ -18,6 +18,15 @@ __all__ = ["ClusterSnapshot", "dump", "fence_holds", "read_snapshot", "update_bl
 
 def dump(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
+
+
+# what an InstanceView takes from the record as it is (the rest is the key's, the kv's
+# and the spec's resources)
+_RECORDED = tuple(
+    f.name
+    for f in fields(InstanceView)
+    if f.name in InstanceRecord.model_fields and f.name not in ("key", "cpu", "memory_mb")
+)
 
 
 @dataclass
@@ -78,22 +87,10 @@ class ClusterSnapshot:
         return [
             InstanceView(
                 key=key,
-                node=inst.node,
-                app=inst.app,
-                version=inst.version,
-                n=inst.n,
-                command=inst.command,
-                state=inst.state,
                 mod_revision=kv.mod_revision,
                 cpu=inst.spec.resources.cpu,
                 memory_mb=inst.spec.resources.memory_mb,
-                placed_at=inst.placed_at,
-                active_since=inst.active_since,
-                migrate_to=inst.migrate_to,
-                migration_id=inst.migration_id,
-                checkpoint=inst.checkpoint,
-                snapshot=inst.snapshot,
-                restore_from=inst.restore_from,
+                **{name: getattr(inst, name) for name in _RECORDED},
             )
             for key, (inst, kv) in self.instances.items()
         ]
