@@ -8,7 +8,8 @@ cycle is still a cycle):
 * ``aether.core`` and ``aether.model`` import nothing from ``server``, ``node``,
   ``cli`` or ``store``, and ``model`` nothing from ``core`` (``model`` is the
   shared vocabulary, ``core`` the pure logic over it);
-* no leader loop imports another loop, and none imports the ASGI factory.
+* no leader loop imports another loop, and none imports the ASGI factory;
+* ``aether.model`` reads no files and talks to nothing (it says "no I/O").
 """
 
 from __future__ import annotations
@@ -156,3 +157,25 @@ def test_no_leader_loop_imports_another() -> None:
     )
     assert crossing == []
     assert _edges_into(GRAPH, "aether.server.leader", ["aether.server.asgi"]) == []
+
+
+_IO_MODULES = ("os", "io", "shutil", "subprocess", "socket", "tomllib", "httpx", "sqlalchemy")
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_model_does_no_io() -> None:
+    doing_io = {
+        name: sorted(_top_level_imports(path) & set(_IO_MODULES))
+        for name, path in _modules().items()
+        if name.startswith("aether.model")
+    }
+    assert {name: mods for name, mods in doing_io.items() if mods} == {}

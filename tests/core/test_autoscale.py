@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from aether.artifacts.build.detect import load_app_spec
 from aether.core.autoscale import LOW_WATER, decide, slope
 from aether.errors import BadRequestError
-from aether.model.app import load_app_spec
 from aether.model.decisions import AutoscaleSpec
 
 NOW = 1_000.0

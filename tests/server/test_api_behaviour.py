@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 
 from aether.artifacts import pack
+from aether.artifacts.build.detect import load_app_spec
 from aether.client import ApiClient
 from aether.errors import ConflictError, ForbiddenError, NotFoundError
 from aether.model.api import DeploymentOut, RegisterIn
-from aether.model.app import load_app_spec
 from aether.model.cluster import NodeCapabilities
 from tests.server.conftest import RunningServer
 from tests.server.support import (

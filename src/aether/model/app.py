@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -26,7 +24,6 @@ __all__ = [
     "Resources",
     "RolloutSpec",
     "Runtime",
-    "load_app_spec",
     "validate_app_name",
 ]
 
@@ -135,25 +132,3 @@ class AppSpec(BaseModel):
                 "whose contents move with an instance)"
             )
         return self
-
-
-def load_app_spec(root: Path, *, name: str | None = None) -> AppSpec:
-    """Read ``root/aether.toml``; ``name`` overrides the file's name."""
-    path = root / "aether.toml"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadRequestError(
-            f'{path} not found: create it with at least name = "..." and start = "..."'
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BadRequestError(f"{path} is not valid TOML: {exc}") from None
-    if name is not None:
-        data["name"] = name
-    try:
-        return AppSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
-        )
-        raise BadRequestError(f"{path}: {problems}") from None
