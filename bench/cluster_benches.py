@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 
 from bench.common import REPO, summary, write_result
-from tests.e2e.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 EXAMPLE = REPO / "examples" / "hello-python"
 

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from bench.common import REPO, summary, write_result
-from tests.e2e.cluster import Cluster
+from tests.support.cluster import Cluster
 
 EXPRESS = REPO / "examples" / "express-app"
 HELLO = REPO / "examples" / "hello-python"

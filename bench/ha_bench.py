@@ -30,8 +30,9 @@ import httpx
 
 from bench.cluster_benches import EXAMPLE, _first_200
 from bench.common import summary, write_result
-from tests.e2e.cluster import Cluster, wait_for
-from tests.e2e.ha import HaCluster
+from tests.support.cluster import Cluster
+from tests.support.ha import HaCluster
+from tests.support.waiting import wait_for
 
 
 def _rounded(values: list[float]) -> dict[str, float]:

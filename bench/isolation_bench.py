@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from bench.common import REPO, summary, wait_until_quiet, write_result
-from tests.e2e.cluster import Cluster
+from tests.support.cluster import Cluster
 
 HELLO = REPO / "examples" / "hello-python"
 MODES = ("bwrap", "none")

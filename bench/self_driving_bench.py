@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, summary, write_result
-from tests.e2e.cluster import Cluster, wait_for
 from tests.e2e.test_self_driving import SLOW_APP, SLOW_TOML, Load, critical_after
+from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 EXAMPLES = REPO / "examples"
 

@@ -32,7 +32,7 @@ import httpx
 from aether.store import EtcdStateStore, SqliteStateStore, StateStore
 from aether.store.base import Compare, Put
 from bench.common import summary, write_result
-from tests.store.etcd_cluster import EtcdCluster
+from tests.support.etcd import EtcdCluster
 
 VALUE = b"x" * 512  # about the size of an instance record
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.tasks_bench [aether|celery|rq|create|all] [--tasks N] ...
 
-- ``aether``: a real ``aether server`` and ``aether node`` (tests/e2e/cluster.py),
+- ``aether``: a real ``aether server`` and ``aether node`` (tests/support/cluster.py),
   4 bwrap sandboxes created first, then N ``vm:execute echo i`` tasks submitted
   over the HTTP API (an httpx.AsyncClient, 64 submits in flight); also ``--nodes 2``.
 - ``celery``: a real ``redis-server`` and ``celery worker --pool prefork
@@ -47,8 +47,10 @@ from typing import Any
 
 import httpx
 
+from aether.ports import free_port
 from bench.common import REPO, RESULTS, percentile, wait_until_quiet, write_result
-from tests.e2e.cluster import Cluster, free_port, wait_for
+from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 RESULT_NAME = "tasks"
 CELERY_QUEUE = "bench"

@@ -49,8 +49,9 @@ from typing import Any
 
 import httpx
 
+from aether.ports import free_port
 from bench.common import REPO, machine_busy, percentile, wait_until_quiet, write_result
-from tests.e2e.cluster import free_port, wait_for
+from tests.support.waiting import wait_for
 
 RESULT_NAME = "telemetry"
 AIM_NODES = 2000

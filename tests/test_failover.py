@@ -22,8 +22,8 @@ from aether.client import ApiClient, NetworkError, split_urls
 from aether.errors import NotFoundError
 from aether.model.telemetry import ClusterSample
 from aether.node.daemon import NodeDaemon, NodeOptions
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import free_port
+from aether.ports import free_port
+from tests.support.server import RunningServer, running_server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,14 +23,9 @@ import pytest
 
 from aether.artifacts import pack, safe_extract
 from aether.artifacts.build import BuildResult, build
+from aether.ports import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def extract_artifact(result: BuildResult, tmp_path: Path) -> Path:

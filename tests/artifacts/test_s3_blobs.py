@@ -22,7 +22,7 @@ from aether.artifacts import digest_bytes
 from aether.artifacts.blobs import LocalBlobStore, S3BlobStore
 from aether.artifacts.s3 import MIN_PART_SIZE, S3ArtifactRegistry, S3Config
 from aether.errors import BadRequestError, DigestMismatchError
-from tests.artifacts.s3_server import S3Server, s3_server_process
+from tests.support.s3 import S3Server, s3_server_process
 
 
 @pytest.fixture(scope="module")

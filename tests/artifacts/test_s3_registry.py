@@ -35,9 +35,9 @@ from aether.errors import (
     ServiceUnavailableError,
 )
 from aether.server.settings import ServerSettings
-from tests.artifacts.s3_server import S3Server, s3_server_process
-from tests.server.conftest import running_server
-from tests.server.support import DIGEST_HEADER, assert_envelope, bearer, deploy, sha256_of
+from tests.support.api import DIGEST_HEADER, assert_envelope, bearer, deploy, sha256_of
+from tests.support.s3 import S3Server, s3_server_process
+from tests.support.server import running_server
 
 DATA = os.urandom(300_000) + b"end"
 DIGEST = digest_bytes(DATA)

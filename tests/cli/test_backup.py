@@ -23,8 +23,8 @@ from aether.backup.archive import read_manifest
 from aether.cli.main import main
 from aether.cli.output import EXIT
 from aether.client import ApiClient
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import deploy, upload_random
+from tests.support.api import deploy, upload_random
+from tests.support.server import RunningServer, running_server
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> Any:
@@ -213,7 +213,7 @@ def test_postgresql_and_etcd_parts_use_their_own_tools(tmp_path: Path) -> None:
     from aether.server.settings import ServerSettings
     from aether.store.etcd_local import EtcdCluster
     from aether.store.records import upgrade_schema
-    from tests.store.postgres import PostgresServer
+    from tests.support.postgres import PostgresServer
 
     for tool in ("pg_dump", "pg_restore", "etcdctl"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import Cluster, free_port
+from aether.ports import free_port
+from tests.support.cluster import Cluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
 
@@ -138,7 +139,7 @@ def test_login_session_and_commands_against_a_real_server(tmp_path: Path) -> Non
         assert missing.returncode == 40
         assert json.loads(missing.stdout)["error"]["code"] == "not_found"
 
-        from tests.e2e.cluster import wait_for
+        from tests.support.waiting import wait_for
 
         def shipped_logs() -> str | None:
             out = aether(tmp_path, "logs", "hello-python").stdout

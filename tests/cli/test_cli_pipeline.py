@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_cli import aether
-from tests.e2e.cluster import Cluster
+from tests.support.cluster import Cluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
 

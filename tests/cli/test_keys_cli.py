@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from aether.artifacts.signing import fingerprint, load_private_key, public_key_b64, verify_digest
-from tests.e2e.cluster import Cluster
+from tests.support.cluster import Cluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
 

@@ -15,8 +15,8 @@ import pytest
 from aether.client import ApiClient
 from aether.model.telemetry import EndpointMetrics, NodeMetrics
 from tests.cli.test_risk_cli import aether, one_json
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import unique
+from tests.support.api import unique
+from tests.support.server import RunningServer, running_server
 
 
 @pytest.fixture(scope="module")

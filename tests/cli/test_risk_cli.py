@@ -19,8 +19,8 @@ from aether.client import ApiClient
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
 from aether.model.risk import RiskStatus
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import unique
+from tests.support.api import unique
+from tests.support.server import RunningServer, running_server
 
 
 @pytest.fixture(scope="module")

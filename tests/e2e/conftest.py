@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import Cluster
+from tests.support.cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.cluster import wait_for
-from tests.e2e.ha import HaCluster
 from tests.e2e.test_core_scenario import Probe
+from tests.support.ha import HaCluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

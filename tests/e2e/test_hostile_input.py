@@ -28,7 +28,6 @@ import pytest
 
 from aether.artifacts import pack_bytes, safe_extract
 from aether.artifacts.signing import generate_key, public_key_b64, sign_digest
-from tests.e2e.cluster import Cluster, wait_for
 from tests.e2e.hostile import (
     MARKER,
     Member,
@@ -41,6 +40,8 @@ from tests.e2e.hostile import (
     tar_gz,
     tree,
 )
+from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,8 @@ import pytest
 
 from aether.store.records import DEFAULT_TENANT, Records
 from aether.store.records.db import open_records
-from tests.e2e.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
 SECRET = "s3cret-of-tenant-a"

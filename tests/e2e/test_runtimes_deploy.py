@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.cluster import Cluster
+from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
 

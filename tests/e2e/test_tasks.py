@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import Cluster, free_port, wait_for
+from aether.ports import free_port
+from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

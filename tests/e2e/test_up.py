@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.cluster import free_port, wait_for
+from aether.ports import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -28,7 +27,8 @@ from aether.node.daemon import NodeDaemon, NodeOptions
 from aether.node.drivers.base import Handle, LaunchSpec
 from aether.node.drivers.process import ProcessDriver
 from aether.node.runner import RequestLog
-from tests.server.conftest import RunningServer, running_server
+from tests.support.server import RunningServer, running_server
+from tests.support.waiting import eventually
 
 T = TypeVar("T")
 
@@ -114,26 +114,6 @@ class CountingDriver(ProcessDriver):
         return await super().start(spec)
 
 
-async def until(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def until_async(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A server of its own: a live node would otherwise take other tests' instances."""
@@ -193,13 +173,13 @@ async def test_replayed_commands_run_once_and_a_restart_still_rebuilds(
         await api.upload_artifact(tmp_path / "app.tar.gz", packed.digest)
 
         async with node(server, tmp_path / "node", node_id) as daemon:
-            await until(lambda: daemon.registration, "registration")
+            await eventually(lambda: daemon.registration, "registration")
             spec = AppSpec(name=app, start="python3 app.py", health="/")
             await api.create_deployment(app, packed.digest, spec, instances=1)
-            await until_async(lambda: _active(api, app), "the instance to become ACTIVE")
+            await eventually(lambda: _active(api, app), "the instance to become ACTIVE")
             key = next(k for k in daemon.assigned if f"/{app}@" in k)
             runner = daemon.runners[key]
-            activate = await until(
+            activate = await eventually(
                 lambda: (
                     daemon.assigned[key]
                     if daemon.assigned[key].command is Command.ACTIVATE
@@ -222,13 +202,13 @@ async def test_replayed_commands_run_once_and_a_restart_still_rebuilds(
             # First let the stream catch up, so no event already on its way overwrites
             # the command injected here before the node acts on it.
             current = (await api.status()).revision
-            await until(lambda: daemon.revision > current, "the node's stream to catch up")
+            await eventually(lambda: daemon.revision > current, "the node's stream to catch up")
             daemon.assigned[key] = activate.model_copy(
                 update={"command": Command.DEACTIVATE, "request_id": "deactivate-1"}
             )
             daemon.changed.set()
-            await until(lambda: runner.local is State.LOADED and not runner.busy, "LOADED")
-            echoed = await until(
+            await eventually(lambda: runner.local is State.LOADED and not runner.busy, "LOADED")
+            echoed = await eventually(
                 lambda: (
                     daemon.assigned[key]
                     if daemon.assigned[key].command is Command.ACTIVATE
@@ -248,15 +228,15 @@ async def test_replayed_commands_run_once_and_a_restart_still_rebuilds(
         # a restarted node remembers the id, and still rebuilds what it is told to run
         async with node(server, tmp_path / "node", node_id) as daemon:
             assert activate.request_id in daemon.config.requests
-            await until_async(lambda: _active(api, app), "ACTIVE again after the restart")
+            await eventually(lambda: _active(api, app), "ACTIVE again after the restart")
             assert starts(daemon) == 1
             runner = daemon.runners[key]
             assert activate.request_id in runner.executed
 
             # scaled away: once unloaded, a stale delivery brings nothing back
             await api.scale(app, 0)
-            await until(lambda: key not in daemon.runners, "the instance to be unloaded")
-            await until_async(lambda: _gone(api, app), "the key to be deleted")
+            await eventually(lambda: key not in daemon.runners, "the instance to be unloaded")
+            await eventually(lambda: _gone(api, app), "the key to be deleted")
             replay(daemon, activate)
             await daemon.reconcile()
             ghost = daemon.runners[key]

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from aether.model.cluster import Endpoint
 from aether.node.router import Router, split_target
-from tests.e2e.cluster import free_port
+from aether.ports import free_port
 
 
 @pytest.mark.parametrize(

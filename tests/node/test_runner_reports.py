@@ -12,7 +12,8 @@ from aether.errors import AetherError
 from aether.model.app import AppSpec
 from aether.model.cluster import InstanceRecord
 from aether.node.drivers.process import ProcessDriver
-from aether.node.runner import InstanceRunner, RunnerConfig, free_port
+from aether.node.runner import InstanceRunner, RunnerConfig
+from aether.ports import free_port
 
 
 def _runner(tmp_path: Path, client: ApiClient) -> InstanceRunner:

@@ -19,7 +19,7 @@ from aiohttp import web
 from aether.model.cluster import Endpoint
 from aether.node.router import Router
 from aether.node.telemetry import InstanceProcess, MachineReader, TelemetryCollector
-from tests.e2e.cluster import free_port
+from aether.ports import free_port
 
 # a shell whose child burns CPU: the shell itself stays idle, so CPU seen on the
 # instance proves the whole process tree is measured

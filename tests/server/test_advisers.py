@@ -21,9 +21,6 @@ from aether.server.leader.advisers import (
     parse_proposals,
 )
 from aether.server.settings import ServerSettings
-from tests.server.conftest import RunningServer, running_server
-from tests.server.fake_llm import Answer, FakeLLM, fake_llm
-from tests.server.support import bearer, unique
 from tests.server.test_controller import (
     controller_of,
     deploy_autoscaled,
@@ -33,6 +30,9 @@ from tests.server.test_controller import (
     node_states,
     register,
 )
+from tests.support.api import bearer, unique
+from tests.support.fake_llm import Answer, FakeLLM, fake_llm
+from tests.support.server import RunningServer, running_server
 
 TACTICAL = "tactical-model"
 

@@ -18,8 +18,7 @@ from aether.client import ApiClient
 from aether.errors import ConflictError, ForbiddenError, NotFoundError
 from aether.model.api import DeploymentOut, RegisterIn
 from aether.model.cluster import NodeCapabilities
-from tests.server.conftest import RunningServer
-from tests.server.support import (
+from tests.support.api import (
     DIGEST_HEADER,
     assert_envelope,
     bearer,
@@ -29,6 +28,7 @@ from tests.server.support import (
     upload,
     upload_random,
 )
+from tests.support.server import RunningServer
 
 # -- probes, auth on every route, OpenAPI ---------------------------------------------
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.conftest import RunningServer
-from tests.server.support import (
+from tests.support.api import (
     DIGEST_HEADER,
     MAX_ARTIFACT_BYTES,
     assert_envelope,
@@ -22,6 +21,7 @@ from tests.server.support import (
     upload,
     upload_random,
 )
+from tests.support.server import RunningServer
 
 UNKNOWN_DIGEST = "sha256:" + "0" * 64
 

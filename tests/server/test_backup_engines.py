@@ -26,10 +26,10 @@ from aether.cli.main import main
 from aether.cli.output import EXIT
 from aether.client import ApiClient
 from aether.store import open_state_store
-from tests.artifacts.s3_server import S3Server, s3_server_process
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import deploy, unique, upload_random
-from tests.store.etcd_cluster import EtcdCluster
+from tests.support.api import deploy, unique, upload_random
+from tests.support.etcd import EtcdCluster
+from tests.support.s3 import S3Server, s3_server_process
+from tests.support.server import RunningServer, running_server
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,8 @@ from aether.model.telemetry import (
 )
 from aether.server.leader.controller import Controller
 from aether.store.election import Leadership
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import bearer, deploy, spec_for, unique, upload_random
+from tests.support.api import bearer, deploy, spec_for, unique, upload_random
+from tests.support.server import RunningServer, running_server
 
 T = TypeVar("T")
 

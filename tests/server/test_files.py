@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.server.conftest import running_server
-from tests.server.support import bearer, upload_random
+from tests.support.api import bearer, upload_random
+from tests.support.server import running_server
 
 
 def mode(path: Path) -> int:

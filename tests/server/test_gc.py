@@ -12,8 +12,8 @@ import httpx
 
 from aether.artifacts.blobs import TenantBlobs
 from aether.server.services.gc import collect_garbage
-from tests.server.conftest import running_server
-from tests.server.support import bearer, deploy, sha256_of, upload_random
+from tests.support.api import bearer, deploy, sha256_of, upload_random
+from tests.support.server import running_server
 
 
 async def test_gc_keeps_the_last_k_and_what_serves(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ async def test_gc_never_deletes_the_serving_artifact(tmp_path: Path) -> None:
 
 
 async def test_gc_needs_admin(server: object, http: httpx.AsyncClient) -> None:
-    from tests.server.conftest import RunningServer
+    from tests.support.server import RunningServer
 
     assert isinstance(server, RunningServer)
     viewer = server.token("viewer")

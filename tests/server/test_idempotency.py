@@ -9,8 +9,7 @@ import uuid
 import httpx
 
 from aether.model.app import AppSpec
-from tests.server.conftest import RunningServer
-from tests.server.support import (
+from tests.support.api import (
     assert_envelope,
     bearer,
     deploy,
@@ -18,6 +17,7 @@ from tests.server.support import (
     unique,
     upload_random,
 )
+from tests.support.server import RunningServer
 
 
 async def _app_with_a_deployment(server: RunningServer, http: httpx.AsyncClient) -> str:

@@ -18,14 +18,14 @@ from aether.artifacts.blobs import TenantBlobs
 from aether.artifacts.sync import missing_blobs, upload_blob, upload_incremental
 from aether.client import ApiClient
 from aether.errors import BadRequestError
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import (
+from tests.support.api import (
     DIGEST_HEADER,
     assert_envelope,
     bearer,
     sha256_of,
     unique,
 )
+from tests.support.server import RunningServer, running_server
 
 
 def make_app(root: Path, files: int = 12) -> Path:

@@ -13,8 +13,7 @@ import pytest
 
 from aether.server.http.errors import QUOTE_LIMIT
 from aether.server.http.limits import DEFAULT_MAX_REQUEST_BYTES
-from tests.server.conftest import RunningServer
-from tests.server.support import (
+from tests.support.api import (
     DIGEST_HEADER,
     MAX_ARTIFACT_BYTES,
     assert_envelope,
@@ -25,6 +24,7 @@ from tests.server.support import (
     unique,
     upload_random,
 )
+from tests.support.server import RunningServer
 
 
 def raw_request(base_url: str, head: list[str], body: bytes = b"") -> tuple[int, bytes, float]:

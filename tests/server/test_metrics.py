@@ -25,8 +25,8 @@ from aether.model.cluster import NodeCapabilities
 from aether.server.asgi import create_asgi
 from aether.server.http.prometheus import ServerMetrics
 from aether.server.settings import ServerSettings
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import DIGEST_HEADER, assert_envelope, bearer, sha256_of, unique
+from tests.support.api import DIGEST_HEADER, assert_envelope, bearer, sha256_of, unique
+from tests.support.server import RunningServer, running_server
 
 Labels = tuple[tuple[str, str], ...]
 

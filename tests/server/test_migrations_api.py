@@ -8,12 +8,10 @@ replacement placed with ``restore_from``, the migration's row and its events.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -30,8 +28,9 @@ from aether.model.cluster import InstanceRecord, NodeCapabilities
 from aether.server.services.migrations import progress
 from aether.store.records.repo import now
 from aether.store.records.schema import MigrationRecord, SnapshotRecord
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import assert_envelope, bearer, deploy, spec_for, unique, upload_random
+from tests.support.api import assert_envelope, bearer, deploy, spec_for, unique, upload_random
+from tests.support.server import RunningServer, running_server
+from tests.support.waiting import eventually
 
 T = TypeVar("T")
 
@@ -48,16 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as client:
         yield client
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class NodeSide:
@@ -115,7 +104,7 @@ class FakeNodes:
         """LOAD → LOADED, then (once the leader says ACTIVATE) → ACTIVE."""
         await self.api.report(key, "LOADING")
         await self.api.report(key, "LOADED")
-        await until(lambda: self._command_is(key, "ACTIVATE"), f"the leader to ACTIVATE {key}")
+        await eventually(lambda: self._command_is(key, "ACTIVATE"), f"the leader to ACTIVATE {key}")
         await self.api.report(key, "ACTIVATING")
         await self.api.report(key, "ACTIVE", url="http://127.0.0.1:9")
 
@@ -150,7 +139,7 @@ async def deployed(
     async def placed() -> list[dict[str, Any]]:
         return await nodes.instances(app)
 
-    (inst,) = await until(placed, "a placement")
+    (inst,) = await eventually(placed, "a placement")
     await nodes.bring_up(inst["key"])
     return app, inst
 
@@ -235,7 +224,7 @@ async def test_a_stateless_move_finishes_when_the_replacement_serves(
             others = [i for i in await nodes.instances(app) if i["key"] != inst["key"]]
             return others[0] if others else None
 
-        new = await until(replacement, "the replacement")
+        new = await eventually(replacement, "the replacement")
         assert new["node"] != inst["node"]  # anywhere but where it was
         assert (await nodes.record(new["key"]))["migration_id"] == moved.id
         assert (await nodes.record(inst["key"]))["command"] == "ACTIVATE"  # still serving
@@ -245,7 +234,7 @@ async def test_a_stateless_move_finishes_when_the_replacement_serves(
             current = await api.migration(moved.id)
             return current if current.status == "done" else None
 
-        done = await until(finished, "the migration to finish")
+        done = await eventually(finished, "the migration to finish")
         assert done.to_node == new["node"] and done.replacement == new["key"]
         assert done.finished_at is not None
         assert (await nodes.record(inst["key"]))["command"] in ("DEACTIVATE", "UNLOAD")
@@ -267,9 +256,11 @@ async def test_a_stateful_move_checkpoints_then_restores_on_the_target(
             record = await nodes.record(inst["key"])
             return record["command"] == "DEACTIVATE" and record["checkpoint"] is True
 
-        await until(checkpoint_asked, "DEACTIVATE with checkpoint")
+        await eventually(checkpoint_asked, "DEACTIVATE with checkpoint")
         assert len(await nodes.instances(app)) == 1  # nothing placed before the checkpoint
-        await until(lambda: _status(api, moved.id, "checkpointing"), "the row to say checkpointing")
+        await eventually(
+            lambda: _status(api, moved.id, "checkpointing"), "the row to say checkpointing"
+        )
 
         # the node stops it, stores the snapshot, reports LOADED with the digest
         await nodes.api.report(inst["key"], "DEACTIVATING")
@@ -284,13 +275,13 @@ async def test_a_stateful_move_checkpoints_then_restores_on_the_target(
             others = [i for i in await nodes.instances(app) if i["key"] != inst["key"]]
             return others[0] if others else None
 
-        new = await until(replacement, "the replacement")
+        new = await eventually(replacement, "the replacement")
         assert new["node"] == target
         record = await nodes.record(new["key"])
         assert record["restore_from"] == digest and record["migration_id"] == moved.id
-        await until(lambda: _status(api, moved.id, "restoring"), "the row to say restoring")
+        await eventually(lambda: _status(api, moved.id, "restoring"), "the row to say restoring")
         await nodes.bring_up(new["key"])
-        done = await until(lambda: _status(api, moved.id, "done"), "the migration to finish")
+        done = await eventually(lambda: _status(api, moved.id, "done"), "the migration to finish")
         assert done.snapshot == digest and done.to_node == target
 
         # the old copy goes once its replacement exists

@@ -20,8 +20,7 @@ import pytest
 from aether.core.lifecycle import Command
 from aether.model.app import AppSpec
 from aether.model.cluster import InstanceRecord, instance_key
-from tests.server.conftest import RunningServer
-from tests.server.support import (
+from tests.support.api import (
     DIGEST_HEADER,
     assert_envelope,
     bearer,
@@ -29,6 +28,7 @@ from tests.server.support import (
     unique,
     upload_random,
 )
+from tests.support.server import RunningServer
 
 CAPS = {"cpus": 1, "memory_mb": 512, "drivers": ["process"]}
 

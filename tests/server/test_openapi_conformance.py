@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import bearer, deploy, unique, upload_random
+from tests.support.api import bearer, deploy, unique, upload_random
+from tests.support.server import RunningServer, running_server
 
 _EXCLUDED = (
     r"^/api/v1/nodes/[^/]+/assignments$",

@@ -21,8 +21,8 @@ from aether.model.cluster import NodeCapabilities
 from aether.model.risk import RiskAssessment, RiskStatus, SignalIn
 from aether.model.telemetry import InstanceMetrics, NodeMetrics
 from aether.server.leader.risk import RiskEngine
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import bearer, unique, upload_random
+from tests.support.api import bearer, unique, upload_random
+from tests.support.server import RunningServer, running_server
 
 DEADLINE = 10.0  # generous: a pass runs every second and at once on a new signal
 

@@ -25,10 +25,10 @@ from aether.artifacts.s3 import S3ArtifactRegistry
 from aether.artifacts.sync import assemble_artifact, missing_blobs, upload_blob, upload_incremental
 from aether.client import ApiClient
 from aether.server.services.gc import collect_garbage
-from tests.artifacts.s3_server import S3Server, s3_server_process
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import bearer, sha256_of
 from tests.server.test_incremental import make_app, packed
+from tests.support.api import bearer, sha256_of
+from tests.support.s3 import S3Server, s3_server_process
+from tests.support.server import RunningServer, running_server
 
 
 @pytest.fixture(scope="module")

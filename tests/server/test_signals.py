@@ -10,8 +10,8 @@ import pytest
 from aether.client import ApiClient
 from aether.errors import BadRequestError, ForbiddenError, NotFoundError
 from aether.model.risk import SignalIn
-from tests.server.conftest import RunningServer
-from tests.server.support import assert_envelope, bearer, unique
+from tests.support.api import assert_envelope, bearer, unique
+from tests.support.server import RunningServer
 
 
 async def test_one_signal_or_a_batch_is_stored_and_listed_newest_first(

@@ -19,8 +19,7 @@ from aether.client import ApiClient
 from aether.errors import SignatureInvalidError, SignatureRequiredError
 from aether.store.records import DEFAULT_TENANT
 from aether.store.records.schema import Artifact
-from tests.server.conftest import RunningServer
-from tests.server.support import (
+from tests.support.api import (
     DIGEST_HEADER,
     assert_envelope,
     bearer,
@@ -28,6 +27,7 @@ from tests.server.support import (
     sha256_of,
     unique,
 )
+from tests.support.server import RunningServer
 
 SIG = "X-Aether-Signature"
 APP = "X-Aether-App"

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from tests.server.conftest import RunningServer
-from tests.server.support import assert_envelope, bearer, unique
+from tests.support.api import assert_envelope, bearer, unique
+from tests.support.server import RunningServer
 
 
 async def _submit(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,8 +28,9 @@ from aether.node.telemetry import TelemetryCollector, TelemetryPusher
 from aether.server.api.telemetry import MAX_PUSH_BYTES
 from aether.server.services.telemetry import TelemetryHub
 from aether.store.records import DEFAULT_TENANT
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import assert_envelope, bearer, unique
+from tests.support.api import assert_envelope, bearer, unique
+from tests.support.server import RunningServer, running_server
+from tests.support.waiting import eventually
 
 T = TypeVar("T")
 
@@ -95,17 +96,6 @@ def update(
         instances=instances,
         endpoints=endpoints,
     )
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 10) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def own_app(server: RunningServer, tenant: str = DEFAULT_TENANT) -> str:

@@ -12,8 +12,8 @@ import pytest
 
 from aether.artifacts.extract import MAX_ARCHIVE_ENTRIES
 from tests.e2e.hostile import MARKER, Member, entry, gzip_bomb, harmless, tar_gz
-from tests.server.conftest import RunningServer, running_server
-from tests.server.support import DIGEST_HEADER, assert_envelope, bearer, sha256_of
+from tests.support.api import DIGEST_HEADER, assert_envelope, bearer, sha256_of
+from tests.support.server import RunningServer, running_server
 
 UP = "../" * 4
 

@@ -17,7 +17,7 @@ import pytest
 
 from aether.store import SqliteStateStore, StateStore
 from aether.store.etcd import EtcdStateStore, etcd_tls_context
-from tests.store.etcd_cluster import EtcdCluster, etcd_binary, etcdctl_binary
+from tests.support.etcd import EtcdCluster, etcd_binary, etcdctl_binary
 
 # etcd-tls: one member over mutual TLS with authentication on (see etcd_secure_cluster)
 BACKENDS = ["sqlite", "etcd", "etcd-tls"]

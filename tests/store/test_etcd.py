@@ -18,6 +18,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
+from aether.ports import free_port
 from aether.store import (
     CompactedError,
     Event,
@@ -27,8 +28,8 @@ from aether.store import (
     open_state_store,
 )
 from aether.store.etcd import EtcdStateStore, parse_etcd_url
-from tests.server.conftest import running_server
-from tests.store.etcd_cluster import EtcdCluster, etcd_binary, free_port
+from tests.support.etcd import EtcdCluster, etcd_binary
+from tests.support.server import running_server
 
 T = TypeVar("T")
 

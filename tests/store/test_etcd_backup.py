@@ -18,10 +18,10 @@ import pytest
 
 from aether.backup.archive import read_manifest
 from aether.cli.main import main
-from tests.server.conftest import running_server
-from tests.server.support import deploy, upload_random
 from tests.store.conftest import SECURE_PASSWORD
-from tests.store.etcd_cluster import EtcdCluster
+from tests.support.api import deploy, upload_random
+from tests.support.etcd import EtcdCluster
+from tests.support.server import running_server
 
 
 def _secure(cluster: EtcdCluster) -> dict[str, Any]:

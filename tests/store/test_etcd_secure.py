@@ -22,9 +22,9 @@ import pytest
 from aether.server.config import ConfigError, load_config
 from aether.store import EtcdOptions, Event, StateStore, StoreUnavailableError, open_state_store
 from aether.store.etcd import EtcdAuthError, EtcdStateStore, etcd_tls_context
-from tests.server.conftest import running_server
 from tests.store.conftest import SECURE_PASSWORD, SECURE_TOKEN_TTL, secure_store_options
-from tests.store.etcd_cluster import EtcdCluster, Pki, make_pki
+from tests.support.etcd import EtcdCluster, Pki, make_pki
+from tests.support.server import running_server
 
 
 def _options(cluster: EtcdCluster, **changes: Any) -> EtcdOptions:

@@ -26,8 +26,7 @@ from aether.store.records.repo import now
 from aether.store.records.schema import Execution, Task
 from aether.tasks.queue.base import NewTask
 from aether.tasks.queue.sql import SqlTaskQueue
-from tests.server.conftest import running_server
-from tests.server.support import (
+from tests.support.api import (
     MAX_ARTIFACT_BYTES,
     assert_envelope,
     bearer,
@@ -35,7 +34,8 @@ from tests.server.support import (
     unique,
     upload_random,
 )
-from tests.store.postgres import PostgresServer
+from tests.support.postgres import PostgresServer
+from tests.support.server import running_server
 
 TEMPLATE = "records_template"
 

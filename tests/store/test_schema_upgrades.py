@@ -12,7 +12,7 @@ from alembic import command
 from sqlalchemy import create_engine, inspect
 
 from aether.store.records.db import alembic_config, sync_url, upgrade_schema
-from tests.store.postgres import PostgresServer
+from tests.support.postgres import PostgresServer
 
 ENGINES = ["sqlite", "postgresql"]
 

@@ -21,12 +21,13 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from aether.ports import free_port
 from aether.store.records import open_records, upgrade_schema
 from aether.store.records.schema import Tenant
 from aether.tasks.queue.base import Backoff, TaskQueue, utc
 from aether.tasks.queue.redis import RedisTaskQueue
 from aether.tasks.queue.sql import SqlTaskQueue
-from tests.store.postgres import PostgresServer
+from tests.support.postgres import PostgresServer
 
 BACKENDS = ["sql", "postgres", "redis"]
 TENANTS = ("acme", "globex")  # the tenants the contract tests use
@@ -61,13 +62,6 @@ def postgres_template() -> Iterator[tuple[PostgresServer, str]]:
         yield server, "records_template"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _pong(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
@@ -84,7 +78,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if binary is None:
         pytest.fail("redis-server is needed: apt-get install redis-server")
     workdir = tmp_path_factory.mktemp("redis")
-    port = _free_port()
+    port = free_port()
     log = (workdir / "redis.log").open("wb")
     process = subprocess.Popen(
         [

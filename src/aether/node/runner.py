@@ -78,6 +78,7 @@ from aether.node.checkpoint import (
     restore_snapshot,
 )
 from aether.node.drivers.base import Handle, LaunchSpec, RunsInstances
+from aether.ports import free_port
 
 __all__ = ["InstanceRunner", "RequestLog", "RunnerConfig"]
 
@@ -207,13 +208,6 @@ class RunnerConfig:
 
 class StepFailed(Exception):
     """A lifecycle step failed; the message is reported to the leader."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class InstanceRunner:

@@ -19,7 +19,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -34,7 +33,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["EtcdCluster", "Pki", "etcd_binary", "etcdctl_binary", "free_port", "make_pki"]
+from aether.ports import free_port
+
+__all__ = ["EtcdCluster", "Pki", "etcd_binary", "etcdctl_binary", "make_pki"]
 
 INSTALL_HINT = "install with: apt-get install -y etcd-server etcd-client"
 
@@ -175,13 +176,6 @@ def make_pki(directory: Path, *, name: str = "aether-etcd") -> Pki:
     pki.client_cert_file.write_bytes(client.public_bytes(pem))
     _write_key(pki.client_key_file, client_key)
     return pki
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

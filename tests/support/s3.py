@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from aether.ports import free_port
 
 __all__ = ["S3Server", "rclone_binary", "s3_server_process"]
 
@@ -70,20 +71,13 @@ def rclone_binary() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def s3_server_process(root: Path, *, timeout: float = 20.0) -> Iterator[S3Server]:
     """Start ``rclone serve s3`` storing under ``root``; stop it on exit."""
     root.mkdir(parents=True, exist_ok=True)
     binary = rclone_binary()
     for _attempt in range(3):  # a free port can be taken between probing and binding
-        port = _free_port()
+        port = free_port()
         log_path = root.parent / f"rclone-{port}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(

@@ -19,10 +19,12 @@ from typing import Any, Literal
 
 import httpx
 
-from tests.artifacts.s3_server import s3_server_process
-from tests.e2e.cluster import Cluster, free_port, wait_for
-from tests.store.etcd_cluster import EtcdCluster
-from tests.store.postgres import PostgresServer
+from aether.ports import free_port
+from tests.support.cluster import Cluster
+from tests.support.etcd import EtcdCluster
+from tests.support.postgres import PostgresServer
+from tests.support.s3 import s3_server_process
+from tests.support.waiting import wait_for
 
 __all__ = ["HaCluster"]
 

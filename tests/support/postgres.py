@@ -19,7 +19,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from aether.ports import free_port
 
 __all__ = ["PostgresServer", "postgres_bin"]
 
@@ -47,13 +48,6 @@ def postgres_bin() -> Path:
     if initdb is None:
         pytest.fail(INSTALL_HINT)
     return Path(initdb).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _os_user() -> str | None:
@@ -87,7 +81,7 @@ class PostgresServer:
         # Not pytest's tmp_path: its parent is private to us, and the server may
         # run as another OS user.
         root = Path(tempfile.mkdtemp(prefix="aether-pg-"))
-        server = cls(root, _free_port())
+        server = cls(root, free_port())
         try:
             server.initdb()
             server.start()

@@ -6,7 +6,6 @@ from aether.store.etcd_local import (
     Pki,
     etcd_binary,
     etcdctl_binary,
-    free_port,
     make_pki,
 )
 
@@ -16,6 +15,5 @@ __all__ = [
     "Pki",
     "etcd_binary",
     "etcdctl_binary",
-    "free_port",
     "make_pki",
 ]

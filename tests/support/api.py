@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import uuid
 from typing import Any
 
@@ -16,7 +15,6 @@ __all__ = [
     "assert_envelope",
     "bearer",
     "deploy",
-    "free_port",
     "join_node",
     "sha256_of",
     "spec_for",
@@ -29,13 +27,6 @@ __all__ = [
 MAX_ARTIFACT_BYTES = 256 * 1024
 
 DIGEST_HEADER = "X-Aether-Artifact-Digest"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def sha256_of(data: bytes) -> str:
