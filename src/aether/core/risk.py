@@ -20,21 +20,8 @@ With ``p_1 .. p_n`` the prices in that window (oldest first):
 Both need at least ``MIN_PRICE_POINTS`` (3) prices; with fewer the market is
 LOW "Stable" with a low confidence (see below).
 
-==================  ==========================================  ========  =========================
-rule                fires when                                  status    root cause
-==================  ==========================================  ========  =========================
-market.rebalance    the newest rebalance signal of the last      CRITICAL  Cloud Provider Signal
-                    hour is a notice (value > 0), not cleared
-market.price_trend  trend > 0.2                                 CRITICAL  Price Spike Detected
-market.volatility   volatility > 5.0 (percent)                  CRITICAL  Market Instability
-market.capacity     newest capacity score (last 15 min) < 0.2   HIGH      Low Spare Capacity
-health.memory       memory fraction >= 0.97 / >= 0.90           CRIT/HIGH Memory Pressure
-health.disk         disk fraction >= 0.97 / >= 0.90             CRIT/HIGH Disk Pressure
-health.heartbeat    telemetry stale                             HIGH      Telemetry Stale
-                    stdev of push inter-arrival (last 60 s)     MEDIUM    Heartbeat Jitter
-                    > 0.5 s, over at least 5 intervals
-health.crash_loop   instance restarts rose by >= 3 in 60 s      HIGH      Crash Loop
-==================  ==========================================  ========  =========================
+The rules, when each fires, its status and root cause are in one table, in
+docs/concepts.md ("Signals and risk"): change it with the rule.
 
 A rule that does not fire is LOW "Stable". A rebalance signal with value 0
 withdraws a notice; a ``clear`` signal drops every earlier signal of its
@@ -44,8 +31,9 @@ Combining
 ---------
 
 The worst status wins; among rules with that status the first in the table
-above gives the root cause and the rule. Every rule's result is kept in the
-assessment's ``inputs`` (``{rule: {status, root_cause, confidence, ...figures}}``).
+(the order of ``RULES`` here) gives the root cause and the rule. Every rule's
+result is kept in the assessment's ``inputs``
+(``{rule: {status, root_cause, confidence, ...figures}}``).
 
 Confidence
 ----------

@@ -12,7 +12,7 @@ telemetry fast path, the idempotency middleware and FastAPI's body parsing:
   at once, before a byte of the body is read; a body without one (chunked) is
   counted as it is read and cut off at the limit with the same answer;
 * a request under ``/api/`` that carries a body is authenticated here, before the
-  body is read or parsed (``server.auth.authenticate``, the same check and the same
+  body is read or parsed (``server.http.auth.authenticate``, the same check and the same
   messages as the routes), so malformed JSON without a valid token is a 401, not a
   400 that tells an anonymous caller how its body was parsed.
 """
