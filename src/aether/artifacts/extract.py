@@ -174,24 +174,25 @@ class _Extractor:
 
     def run(self, archive: Path) -> None:
         with open(archive, "rb") as raw:
-            try:
-                gz = gzip.GzipFile(filename="", mode="rb", fileobj=raw)
-            except OSError as exc:  # pragma: no cover - GzipFile only checks on read
-                raise _corrupt(str(exc)) from exc
-            with gz:
-                reader = _BoundedReader(gz, self.budget, self.max_bytes)
-                tf = self._open(reader)
-                with tf:
-                    while (member := self._next(tf)) is not None:
-                        self.entries += 1
-                        if self.entries > self.max_entries:
-                            raise UnsafeArchiveError(
-                                f"archive has more than {self.max_entries} entries",
-                                code="too_many_entries",
-                            )
-                        self._extract_member(tf, member)
-                    end = tf.offset
-                self._check_end(reader, end)
+            self.read(raw)
+
+    def read(self, raw: Readable) -> None:
+        """Every entry of the gzipped tar stream ``raw``, by the rules, then the links."""
+        gz = gzip.GzipFile(filename="", mode="rb", fileobj=raw)
+        with gz:
+            reader = _BoundedReader(gz, self.budget, self.max_bytes)
+            tf = self._open(reader)
+            with tf:
+                while (member := self._next(tf)) is not None:
+                    self.entries += 1
+                    if self.entries > self.max_entries:
+                        raise UnsafeArchiveError(
+                            f"archive has more than {self.max_entries} entries",
+                            code="too_many_entries",
+                        )
+                    self._extract_member(tf, member)
+                end = tf.offset
+            self._check_end(reader, end)
         self._check_symlinks()
 
     @staticmethod
@@ -483,24 +484,6 @@ class _Scanner(_Extractor):
         self.kinds: dict[str, str] = {}  # rel → "dir" | "file" | "link"
         self.targets: dict[str, str] = {}  # symlink rel → its target
 
-    def scan(self, raw: Readable) -> None:
-        gz = gzip.GzipFile(filename="", mode="rb", fileobj=raw)
-        with gz:
-            reader = _BoundedReader(gz, self.budget, self.max_bytes)
-            tf = self._open(reader)
-            with tf:
-                while (member := self._next(tf)) is not None:
-                    self.entries += 1
-                    if self.entries > self.max_entries:
-                        raise UnsafeArchiveError(
-                            f"archive has more than {self.max_entries} entries",
-                            code="too_many_entries",
-                        )
-                    self._extract_member(tf, member)
-                end = tf.offset
-            self._check_end(reader, end)
-        self._check_symlinks()
-
     # the filesystem-facing steps of _Extractor, on the in-memory tree
     def _prepare_parent(self, rel: str, name: str) -> None:
         parts = rel.split("/")[:-1]
@@ -635,7 +618,7 @@ def scan_archive(
     ``raw`` sequentially to the end of the archive; never seeks. Blocking.
     """
     try:
-        _Scanner(max_bytes, max_entries).scan(raw)
+        _Scanner(max_bytes, max_entries).read(raw)
     except UnsafeArchiveError:
         raise
     except _READ_ERRORS as exc:
