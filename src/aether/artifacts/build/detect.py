@@ -8,9 +8,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from aether.errors import BadRequestError
 from pydantic import ValidationError
 
+from aether.errors import BadRequestError
 from aether.model.app import APP_NAME_RE, AppSpec, Runtime
 
 __all__ = [

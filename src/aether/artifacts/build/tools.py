@@ -18,7 +18,14 @@ from typing import Any
 from aether.artifacts.build.common import KEY_VERSION, TAIL_LINES, BuildLog
 from aether.errors import BadRequestError
 
-__all__ = ["dependency_key", "node_major_version", "pip_python", "platform_tag", "run_tool", "sha256_file"]
+__all__ = [
+    "dependency_key",
+    "node_major_version",
+    "pip_python",
+    "platform_tag",
+    "run_tool",
+    "sha256_file",
+]
 
 
 def run_tool(cmd: list[str], *, cwd: Path, env: Mapping[str, str], say: BuildLog) -> None:
