@@ -1,26 +1,41 @@
 # The two commands of the README: `make run` and `make test`.
+# `make run` installs only what the demo uses (the package and its runtime
+# dependencies, bubblewrap); `make test` adds the test tools and every service the
+# suite starts (PostgreSQL, etcd, Redis, QEMU, Node.js, ...).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test setup system-deps lint typecheck pytest bench clean
+.PHONY: run test setup setup-run system-deps system-deps-run lint typecheck pytest bench clean
 
-run: setup
+run: setup-run
 	$(BIN)/aether up --demo
 
 test: setup lint typecheck pytest
 
-setup: system-deps $(STAMP)
+setup-run: system-deps-run $(RUN_STAMP)
+
+setup: system-deps $(TEST_STAMP)
+
+system-deps-run:
+	@bash scripts/system-deps.sh run
 
 system-deps:
-	@bash scripts/system-deps.sh
+	@bash scripts/system-deps.sh test
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e .
+	@touch $(RUN_STAMP)
+
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[test]'
-	@touch $(STAMP)
+	@touch $(TEST_STAMP) $(RUN_STAMP)
 
 lint:
 	$(BIN)/ruff check src tests bench

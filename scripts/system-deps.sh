@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Installs the Debian packages Aether's setup and test suite need, when missing.
-# Idempotent: does nothing when every command is already there.
+# Installs the Debian packages Aether needs, when missing. Idempotent: does nothing
+# when every command is already there.
+#
+#   scripts/system-deps.sh run    what `aether up --demo` uses (make run)
+#   scripts/system-deps.sh test   that, and what the test suite starts (make test)
 set -euo pipefail
 
+profile="${1:-test}"
+
 # command-to-check:debian-package
-NEEDED=(
+RUN=(
   "python3:python3"
+  "bwrap:bubblewrap"     # app instances run sandboxed by default
+  "setpriv:util-linux"   # the sandbox drops to an unprivileged uid per instance
+  "prlimit:util-linux"   # and sets its rlimits
+)
+TEST=(
   "node:nodejs"
   "npm:npm"
   "git:git"
   "curl:curl"
   "hyperfine:hyperfine"
-  "bwrap:bubblewrap"
   "redis-server:redis-server"
   "wrk:wrk"
   "qemu-system-x86_64:qemu-system-x86"
@@ -20,6 +29,12 @@ NEEDED=(
   "etcdctl:etcd-client"
 )
 
+case "$profile" in
+  run) NEEDED=("${RUN[@]}") ;;
+  test) NEEDED=("${RUN[@]}" "${TEST[@]}") ;;
+  *) echo "system-deps: unknown profile '$profile' (run or test)" >&2; exit 2 ;;
+esac
+
 missing=()
 for pair in "${NEEDED[@]}"; do
   cmd="${pair%%:*}"; pkg="${pair##*:}"
@@ -27,16 +42,20 @@ for pair in "${NEEDED[@]}"; do
 done
 # the venv module is a separate package on Debian
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=("python3-venv")
-# the microvm sandbox boots a stock kernel
-compgen -G "/boot/vmlinuz-*" >/dev/null || missing+=("linux-image-amd64")
-# records on PostgreSQL: the tests start their own server from these binaries
-compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("postgresql")
+if [ "$profile" = test ]; then
+  # the microvm sandbox boots a stock kernel
+  compgen -G "/boot/vmlinuz-*" >/dev/null || missing+=("linux-image-amd64")
+  # records on PostgreSQL: the tests start their own server from these binaries
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("postgresql")
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
+# one package may be named by several commands
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 
-echo "system-deps: installing ${missing[*]}" >&2
+echo "system-deps ($profile): installing ${missing[*]}" >&2
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
