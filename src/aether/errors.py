@@ -1,7 +1,7 @@
 """The one exception tree of Aether, mapped to the API envelope in one place.
 
     AetherError                      code                 status
-    ├── BadRequestError              bad_request          400
+    ├── BadRequestError              bad_request (or missing_digest, invalid_digest) 400
     │   ├── DigestMismatchError      digest_mismatch      400
     │   ├── SignatureRequiredError   signature_required   400
     │   ├── SignatureInvalidError    signature_invalid    400

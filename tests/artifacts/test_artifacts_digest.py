@@ -27,9 +27,9 @@ def test_digest_bytes_known_vector() -> None:
     [
         "",
         "sha256:",
-        EMPTY.upper(),
+        EMPTY.upper(),  # the prefix is lower case
         "SHA256:" + EMPTY[7:],
-        EMPTY[7:],  # bare hex
+        EMPTY[8:],  # bare hex, one digit short
         EMPTY + "0",
         EMPTY[:-1],
         EMPTY[:-1] + "g",
@@ -42,8 +42,19 @@ def test_digest_bytes_known_vector() -> None:
 def test_parse_digest_rejects(bad: str) -> None:
     with pytest.raises(BadRequestError) as exc:
         parse_digest(bad)
-    assert exc.value.code == "bad_digest"
+    assert exc.value.code == "invalid_digest"
     assert "sha256:" in exc.value.message and "64" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [EMPTY, EMPTY[7:], EMPTY[7:].upper(), "sha256:" + EMPTY[7:].upper()],
+)
+def test_parse_digest_accepts_bare_and_upper_case_hex_and_answers_canonically(
+    spelling: str,
+) -> None:
+    assert parse_digest(spelling) == EMPTY
+    assert digest_hex(spelling) == EMPTY[7:]
 
 
 def test_parse_digest_rejects_non_string() -> None:

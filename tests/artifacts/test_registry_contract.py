@@ -190,7 +190,7 @@ async def test_bad_digests_are_refused_everywhere(backend: ArtifactBackend, bad:
     ):
         with pytest.raises(BadRequestError) as exc:
             await call
-        assert exc.value.code == "bad_digest"
+        assert exc.value.code == "invalid_digest"
 
 
 async def test_streaming_response_can_serve_it(backend: ArtifactBackend) -> None:

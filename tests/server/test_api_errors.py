@@ -66,44 +66,93 @@ async def test_body_of_the_wrong_shape_is_bad_request(
     "bad",
     [
         "sha256:abc",
-        "sha256:" + "A" * 64,  # upper-case hex is not the canonical spelling
+        "SHA256:" + "a" * 64,  # the prefix is lower case
         "md5:" + "0" * 32,
-        "0" * 64,  # no algorithm prefix
+        "0" * 63,  # bare hex, one digit short
         "sha256:" + "g" * 64,
+        "garbage",
     ],
 )
-async def test_bad_digest_format_is_400_everywhere(
+async def test_bad_digest_format_is_invalid_digest_everywhere(
     server: RunningServer, http: httpx.AsyncClient, bad: str
 ) -> None:
-    """A malformed digest is a 400 with the precise code ``bad_digest`` (a bad request)."""
+    """A malformed digest is a 400 ``invalid_digest``: in the header, a path and a body."""
     auth = bearer(server.admin_token)
     got = await http.get(f"/api/v1/artifacts/{bad}", headers=auth)
-    assert_envelope(got, 400, "bad_digest")
+    assert_envelope(got, 400, "invalid_digest")
 
     head = await http.head(f"/api/v1/artifacts/{bad}", headers=auth)
     assert head.status_code == 400
     assert head.headers["x-trace-id"]
 
+    snapshot = await http.get(f"/api/v1/snapshots/{bad}", headers=auth)
+    assert_envelope(snapshot, 400, "invalid_digest")
+
     up = await http.post(
         "/api/v1/artifacts", content=b"payload", headers={**auth, DIGEST_HEADER: bad}
     )
-    assert_envelope(up, 400, "bad_digest")
+    err = assert_envelope(up, 400, "invalid_digest")
+    assert "64 hex digits" in err["message"]
 
     app = unique("baddigest")
     dep = await deploy(http, server.admin_token, app, bad)
-    assert_envelope(dep, 400, "bad_digest")
+    assert_envelope(dep, 400, "invalid_digest")
     # nothing was recorded for the refused deployment
     assert_envelope(await http.get(f"/api/v1/apps/{app}", headers=auth), 404, "not_found")
 
 
-async def test_upload_without_digest_header_is_bad_request(
+async def test_upload_without_digest_header_is_missing_digest(
     server: RunningServer, http: httpx.AsyncClient
 ) -> None:
     response = await http.post(
         "/api/v1/artifacts", content=b"some bytes", headers=bearer(server.admin_token)
     )
-    err = assert_envelope(response, 400, "bad_request")
+    err = assert_envelope(response, 400, "missing_digest")
     assert DIGEST_HEADER in err["message"]
+
+
+async def test_bare_and_upper_case_hex_digests_are_accepted_and_answered_canonically(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """The seed's header is the hex sha256: bare hex works for upload, HEAD, GET and deploy."""
+    auth = bearer(server.admin_token)
+    data = os.urandom(2048)
+    canonical = sha256_of(data)
+    bare = canonical.removeprefix("sha256:")
+    up = await http.post("/api/v1/artifacts", content=data, headers={**auth, DIGEST_HEADER: bare})
+    assert up.status_code == 201, up.text
+    assert up.json()["digest"] == canonical
+
+    for spelling in (bare, bare.upper(), "sha256:" + bare.upper(), canonical):
+        head = await http.head(f"/api/v1/artifacts/{spelling}", headers=auth)
+        assert head.status_code == 200, (spelling, head.status_code)
+        assert head.headers["content-length"] == str(len(data))
+        assert head.headers[DIGEST_HEADER] == canonical
+        got = await http.get(f"/api/v1/artifacts/{spelling}", headers=auth)
+        assert got.status_code == 200 and got.content == data
+
+    again = await http.post(
+        "/api/v1/artifacts", content=data, headers={**auth, DIGEST_HEADER: bare.upper()}
+    )
+    assert again.status_code == 201 and again.json() == {**up.json(), "duplicate": True}
+
+    dep = await deploy(http, server.admin_token, unique("barehex"), bare)
+    assert dep.status_code == 201, dep.text
+    assert dep.json()["digest"] == canonical
+
+
+async def test_bare_hex_claim_of_other_bytes_is_digest_mismatch(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    data = os.urandom(1024)
+    claimed = sha256_of(os.urandom(1024)).removeprefix("sha256:")
+    response = await http.post(
+        "/api/v1/artifacts",
+        content=data,
+        headers={**bearer(server.admin_token), DIGEST_HEADER: claimed},
+    )
+    err = assert_envelope(response, 400, "digest_mismatch")
+    assert sha256_of(data) in err["message"]
 
 
 @pytest.mark.parametrize("name", ["Upper", "under_score", "-leading", "trailing-", "a" * 64])

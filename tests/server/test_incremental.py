@@ -202,10 +202,10 @@ async def test_blob_routes_validate_and_need_an_operator(
     assert_envelope(
         await http.post("/api/v1/blobs/missing", json={"digests": ["sha256:XY"]}, headers=op),
         400,
-        "bad_digest",
+        "invalid_digest",
     )
     assert_envelope(
-        await http.put("/api/v1/blobs/nope", content=data, headers=op), 400, "bad_digest"
+        await http.put("/api/v1/blobs/nope", content=data, headers=op), 400, "invalid_digest"
     )
     assert_envelope(
         await http.post("/api/v1/artifacts/assemble", content=b"{not json", headers=op),

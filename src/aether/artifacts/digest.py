@@ -1,7 +1,9 @@
 """Content digests: the one spelling of an artifact's address, ``sha256:<64 lowercase hex>``.
 
-One canonical form (no upper case, no bare hex) means a digest can be compared as a
-string, used as a file name and put in a URL without further normalisation.
+Digests are accepted as ``sha256:<hex>`` or as the bare ``<hex>`` (64 hex digits of
+either case) and turned into the one canonical form at the edge (``parse_digest``):
+from then on a digest can be compared as a string, used as a file name and put in a
+URL without further normalisation, and every answer spells it canonically.
 """
 
 from __future__ import annotations
@@ -24,23 +26,25 @@ __all__ = [
 
 DIGEST_ALGORITHM = "sha256"
 DIGEST_PREFIX = "sha256:"
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_DIGEST_RE = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
 _FILE_CHUNK = 1 << 20
 
 
 def parse_digest(value: str) -> str:
-    """Return ``value`` if it is a canonical digest, else raise BadRequestError(code="bad_digest").
+    """The canonical ``sha256:<lowercase hex>`` of ``value``, else ``invalid_digest`` (400).
 
-    Strict on purpose: digests become paths and URLs, so anything but the one
-    canonical spelling is refused rather than silently rewritten.
+    ``value`` is ``sha256:`` + 64 hex digits or the 64 hex digits alone, in either
+    case (the prefix itself is lower case). Anything else is refused rather than
+    guessed at: digests become paths and URLs.
     """
-    if not isinstance(value, str) or _DIGEST_RE.fullmatch(value) is None:
+    match = _DIGEST_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
         shown = repr(value) if len(repr(value)) <= 100 else repr(value)[:97] + "..."
         raise BadRequestError(
-            f"invalid digest {shown}: expected 'sha256:' followed by 64 lowercase hex digits",
-            code="bad_digest",
+            f"invalid digest {shown}: expected 64 hex digits, optionally prefixed with 'sha256:'",
+            code="invalid_digest",
         )
-    return value
+    return DIGEST_PREFIX + match.group(1).lower()
 
 
 def digest_hex(digest: str) -> str:

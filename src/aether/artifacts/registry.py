@@ -40,7 +40,7 @@ class WriteResult:
 class ArtifactBackend(Protocol):
     """Where artifact archives live, addressed by ``sha256:<hex>`` digest.
 
-    Every method validates its digest argument (BadRequestError code ``bad_digest``).
+    Every method validates its digest argument (BadRequestError code ``invalid_digest``).
     Methods are async because remote backends (S3) do network I/O for each of them.
     """
 
@@ -222,7 +222,8 @@ class LocalArtifactRegistry:
                 digest = DIGEST_PREFIX + p.name
                 if p.is_file() and len(p.name) == 64 and p.name[:2] == shard.name:
                     with contextlib.suppress(Exception):
-                        out.append(parse_digest(digest))
+                        if parse_digest(digest) == digest:  # canonical names only
+                            out.append(digest)
         return sorted(out)
 
 

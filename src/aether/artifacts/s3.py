@@ -282,7 +282,7 @@ class S3ArtifactRegistry:
         return self._client
 
     def key(self, digest: str) -> str:
-        """The object key of ``digest`` (validates it: BadRequestError ``bad_digest``)."""
+        """The object key of ``digest`` (validates it: BadRequestError ``invalid_digest``)."""
         return self.objects + digest_hex(digest)
 
     # -- reads ----------------------------------------------------------------------------
@@ -370,6 +370,8 @@ class S3ArtifactRegistry:
                     try:
                         digest = parse_digest(DIGEST_PREFIX + name)
                     except Exception:
+                        continue
+                    if digest != DIGEST_PREFIX + name:  # canonical (lower-case) keys only
                         continue
                     modified = obj.get("LastModified")
                     yield digest, _utc(modified)

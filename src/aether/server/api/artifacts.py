@@ -48,10 +48,18 @@ GZIP_ANSWER: dict[int | str, dict[str, Any]] = {
 
 
 def claimed_digest(request: Request) -> str:
-    """The upload's ``X-Aether-Artifact-Digest``, parsed; a clear 400 when it is missing."""
+    """The upload's ``X-Aether-Artifact-Digest`` in canonical form.
+
+    400 ``missing_digest`` when the header is absent (or empty), ``invalid_digest``
+    when it is not a sha256 (``parse_digest``).
+    """
     claimed = request.headers.get(DIGEST_HEADER)
     if not claimed:
-        raise BadRequestError(f"missing {DIGEST_HEADER} header: send the sha256 of the archive")
+        raise BadRequestError(
+            f"missing {DIGEST_HEADER} header: send the sha256 of the archive "
+            "(64 hex digits, optionally prefixed with 'sha256:')",
+            code="missing_digest",
+        )
     return parse_digest(claimed)
 
 
@@ -130,7 +138,7 @@ async def head_artifact(
     digest: str, request: Request, caller: ArtifactReader, ctx: Ctx
 ) -> Response:
     size = await _visible_size(request, ctx, caller, digest)
-    return Response(headers={"Content-Length": str(size), DIGEST_HEADER: digest})
+    return Response(headers={"Content-Length": str(size), DIGEST_HEADER: parse_digest(digest)})
 
 
 @router.get(
