@@ -62,14 +62,25 @@ def split_urls(base_url: str | Sequence[str]) -> list[str]:
 
 
 def _raise_for(response: httpx.Response) -> None:
+    """Raise the envelope's error; an answer without one gets its status's code."""
     if response.is_success:
         return
     try:
         body = response.json()
         code, message = str(body["code"]), str(body["message"])
     except (ValueError, KeyError, TypeError):
-        code, message = "internal", f"HTTP {response.status_code}: {response.text[:200]}"
+        raise error_for(response.status_code, None, _bare_message(response)) from None
     raise error_for(response.status_code, code, message)
+
+
+def _bare_message(response: httpx.Response) -> str:
+    """What an error answer without an envelope says: its status, request and text."""
+    status = response.status_code
+    reason = response.reason_phrase or "error"
+    request = response.request
+    where = f"{request.method} {request.url.path}"
+    text = response.text[:200].strip() if request.method != "HEAD" else ""
+    return f"HTTP {status} {reason} for {where}" + (f": {text}" if text else " (no details)")
 
 
 def _signature_headers(signature: str | None, app: str | None) -> dict[str, str]:
@@ -147,8 +158,25 @@ class ApiClient:
             replayable=method.upper() in _REPLAYABLE,
             what="cannot reach the Aether server",
         )
+        if method.upper() == "HEAD" and not response.is_success:
+            await self._raise_head_error(path, response, kwargs)
         _raise_for(response)
         return response
+
+    async def _raise_head_error(
+        self, path: str, response: httpx.Response, kwargs: dict[str, Any]
+    ) -> None:
+        """A HEAD's error answer has no body: raise the envelope a GET of ``path`` gets.
+
+        Its body is read only if it is an error; if the GET cannot reach a server or
+        succeeds after all, the HEAD's status speaks (``_raise_for``).
+        """
+        same = {k: v for k, v in kwargs.items() if k in ("headers", "params")}
+        try:
+            answer = await self._open_stream("GET", path, **same)
+        except NetworkError:
+            return
+        await answer.aclose()
 
     async def _open_stream(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A streamed response from the first reachable server (close it with ``aclose``)."""

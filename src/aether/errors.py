@@ -137,8 +137,13 @@ _BY_CODE: dict[str, type[AetherError]] = {
 }
 
 
-def error_for(status: int, code: str, message: str) -> AetherError:
-    """The exception for an envelope received over HTTP."""
+def error_for(status: int, code: str | None, message: str) -> AetherError:
+    """The exception for an envelope received over HTTP.
+
+    ``code`` None (an answer without an envelope, e.g. to a HEAD): the status's own
+    code (``unauthorized`` for 401, ``not_found`` for 404, ``internal`` for an
+    unknown status).
+    """
     if code in _BY_CODE:
         return _BY_CODE[code](message)
     cls = _BY_STATUS.get(status, InternalError)

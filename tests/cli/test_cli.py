@@ -92,7 +92,7 @@ def test_login_session_and_commands_against_a_real_server(tmp_path: Path) -> Non
         bad = aether(
             tmp_path, "login", "--server", cluster.api, "--token", "wrong", "--format", "json"
         )
-        assert bad.returncode == 40
+        assert bad.returncode == 42
         assert json.loads(bad.stdout)["error"]["code"] == "unauthorized"
         assert not (tmp_path / "cache" / "aether" / "session.json").exists()
 
@@ -136,7 +136,7 @@ def test_login_session_and_commands_against_a_real_server(tmp_path: Path) -> Non
         assert "hello-python" in text and "n1" in text
 
         missing = aether(tmp_path, "scale", "nope=2", "--format", "json")
-        assert missing.returncode == 40
+        assert missing.returncode == 41
         assert json.loads(missing.stdout)["error"]["code"] == "not_found"
 
         from tests.support.waiting import wait_for

@@ -137,7 +137,7 @@ def test_pipeline_commands_against_a_real_server(tmp_path: Path) -> None:
         wrong = aether(
             tmp_path, "status", "--format", "json", env={**env, "AETHER_DEFAULT_NAMESPACE": "other"}
         )
-        assert wrong.returncode == 40
+        assert wrong.returncode == 42
         assert json.loads(wrong.stdout)["error"]["code"] == "forbidden"
         right = aether(tmp_path, "status", env={**env, "AETHER_DEFAULT_NAMESPACE": "default"})
         assert right.returncode == 0
@@ -151,7 +151,7 @@ def test_pipeline_commands_against_a_real_server(tmp_path: Path) -> None:
         assert session["token"] != cluster.admin_token
         assert aether(tmp_path, "status").returncode == 0  # the new token works
         old = aether(tmp_path, "status", "--token", cluster.admin_token, "--format", "json")
-        assert old.returncode == 40
+        assert old.returncode == 42
         assert json.loads(old.stdout)["error"]["code"] == "unauthorized"
     finally:
         cluster.stop()

@@ -129,7 +129,7 @@ def test_signed_deploys_against_a_real_cluster(tmp_path: Path) -> None:
             home=home,
             env=server,
         )
-        assert unsigned.returncode == 40, unsigned.stderr
+        assert unsigned.returncode == 42, unsigned.stderr
         error = one_json(unsigned)["error"]
         assert error["code"] == "signature_required"
         assert app in error["message"]
@@ -198,7 +198,7 @@ def test_signed_deploys_against_a_real_cluster(tmp_path: Path) -> None:
         refused = aether(
             "deploy", str(EXAMPLE), "--app", app, "--format", "json", home=home, env=signed_env
         )
-        assert refused.returncode == 40
+        assert refused.returncode == 42
         assert one_json(refused)["error"]["code"] == "signature_invalid"
 
         # turned off, the app deploys without any key again

@@ -156,8 +156,8 @@ def test_usage_and_api_errors(srv: RunningServer, tmp_path: Path) -> None:
     assert "positive" in one_json(negative)["error"]["message"]
     assert aether(srv, tmp_path, "drill").returncode == 2
     unknown = aether(srv, tmp_path, "risk", unique("nobody"), "--format", "json")
-    assert unknown.returncode == 40
+    assert unknown.returncode == 41
     assert one_json(unknown)["error"]["code"] == "not_found"
     ghost = aether(srv, tmp_path, "drill", "start", "--node", unique("ghost"))
-    assert ghost.returncode == 40
+    assert ghost.returncode == 41
     assert "not live" in ghost.stderr

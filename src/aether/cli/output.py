@@ -16,10 +16,38 @@ from typing import Any
 
 from aether.errors import AetherError
 
-__all__ = ["EXIT", "CliError", "configure_logging", "emit", "run_command", "table"]
+__all__ = [
+    "EXIT",
+    "CliError",
+    "configure_logging",
+    "emit",
+    "exit_kind",
+    "run_command",
+    "table",
+]
 
 #: The process exit code of each kind of failure (documented in docs/operations.md).
-EXIT = {"ok": 0, "usage": 2, "config": 10, "internal": 20, "io": 30, "network": 40}
+#: ``network``: unreachable, or the server failed (5xx); ``not_found``: the server
+#: answered 404; ``refused``: it understood the request and refused it (any other 4xx).
+EXIT = {
+    "ok": 0,
+    "usage": 2,
+    "config": 10,
+    "internal": 20,
+    "io": 30,
+    "network": 40,
+    "not_found": 41,
+    "refused": 42,
+}
+
+
+def exit_kind(error: AetherError) -> str:
+    """The ``EXIT`` kind of an API error, by its HTTP status."""
+    if error.status == 404:
+        return "not_found"
+    if 400 <= error.status < 500:
+        return "refused"
+    return "network"
 
 
 class CliError(Exception):
@@ -85,7 +113,7 @@ def run_command(module: ModuleType, args: argparse.Namespace) -> int:
     except CliError as exc:
         return _fail(json_mode, exc.code, str(exc), EXIT[exc.kind])
     except AetherError as exc:
-        return _fail(json_mode, exc.code, exc.message, EXIT["network"])
+        return _fail(json_mode, exc.code, exc.message, EXIT[exit_kind(exc)])
     except OSError as exc:
         return _fail(json_mode, "io", str(exc), EXIT["io"])
 

@@ -83,7 +83,7 @@ async def run(args: argparse.Namespace) -> int:
                 matches = [d for d in await client.deployments(app) if str(d.version) == version]
                 if not matches:
                     raise CliError(
-                        f"app {app!r} has no version {version}", kind="network", code="not_found"
+                        f"app {app!r} has no version {version}", kind="not_found", code="not_found"
                     )
                 target = matches[0].id
             events = await client.events(target)
