@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_ONLY = {"qemu-system-x86", "postgresql", "etcd-server", "redis-server", "nodejs", "wrk"}
+TEST_ONLY = {"qemu-system-x86", "etcd-server", "redis-server", "nodejs", "wrk"}
 
 
 def _dry_run(target: str) -> list[str]:
@@ -50,6 +50,8 @@ def test_make_test_installs_the_rest() -> None:
     assert ".venv/bin/pip install --quiet -e '.[test]'" in lines
     assert _packages("test") >= TEST_ONLY
     assert _packages("run") <= _packages("test")
+    script = (REPO / "scripts" / "system-deps.sh").read_text()
+    assert 'if [ "$profile" = test ]; then' in script  # the kernel and PostgreSQL, by file
 
 
 def test_an_unknown_profile_is_refused() -> None:
