@@ -22,6 +22,7 @@ import httpx
 
 from aether.errors import AetherError, ServiceUnavailableError, error_for
 from aether.model.api import (
+    AppDeletedOut,
     AppOut,
     DeploymentOut,
     InstanceOut,
@@ -388,6 +389,11 @@ class ApiClient:
     async def scale(self, app: str, instances: int) -> AppOut:
         data = await self.json("POST", f"/api/v1/apps/{app}/scale", json={"instances": instances})
         return AppOut.model_validate(data)
+
+    async def delete_app(self, app: str, *, force: bool = False) -> AppDeletedOut:
+        params = {"force": "true"} if force else {}
+        data = await self.json("DELETE", f"/api/v1/apps/{app}", params=params)
+        return AppDeletedOut.model_validate(data)
 
     async def rollback(
         self, app: str, version: int | None = None, *, idempotency_key: str | None = None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -115,6 +118,70 @@ def test_up_ha_runs_three_servers_on_etcd(tmp_path: Path) -> None:
         health = httpx.get(f"http://127.0.0.1:{etcd}/health", timeout=5).json()
         assert health["health"] == "true"
         wait_for(lambda: (tmp_path / "up" / "etcd").is_dir(), 5, "etcd data in the data dir")
+    finally:
+        code = _stop(proc)
+    assert code == 0
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _quick_start_commands() -> list[list[str]]:
+    """The commands of the README's quick start, in order (the second ``sh`` block)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n")[2].split("```", 1)[0]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
+    proc, api, router = _up(tmp_path)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AETHER_")},
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    ports = {"7070": str(api), "8080": str(router), "8081": str(router + 1)}
+    ran = []
+    try:
+        _wait_up(proc)
+        for words in _quick_start_commands():
+            if words[0] == ".":  # the venv: this test runs the package's own interpreter
+                continue
+            args = [re.sub(r":(7070|8080|8081)\b", lambda m: ":" + ports[m[1]], w) for w in words]
+            if args[0] == "aether":
+                args = [sys.executable, "-m", "aether", *args[1:]]
+            follows = "-f" in words
+            try:
+                result = subprocess.run(
+                    args,
+                    cwd=REPO,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=4 if follows else 180,
+                )
+            except subprocess.TimeoutExpired as stopped:  # `logs -f` follows until stopped
+                assert follows, words
+                assert "listening on" in (stopped.stdout or b"").decode(), words
+                ran.append(words)
+                continue
+            assert result.returncode == 0, (words, result.stdout, result.stderr)
+            ran.append(words)
+        assert [w[:2] for w in ran][-2:] == [["aether", "rollback"], ["aether", "apps"]]
+        deployments = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "aether", "deployments", "hello-python", "--format", "json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        )["deployments"]
+        assert (deployments[0]["version"], deployments[0]["rollback_of"]) == (3, 1)
+        gone = httpx.get(f"http://127.0.0.1:{router}/apps/hello-node/", timeout=5)
+        assert gone.status_code == 404
     finally:
         code = _stop(proc)
     assert code == 0

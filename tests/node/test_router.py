@@ -129,3 +129,22 @@ async def test_no_endpoint_is_503_with_envelope(router: Router) -> None:
         async with http.get(f"http://127.0.0.1:{router.port}/nowhere") as resp:
             assert resp.status == 404
             assert (await resp.json())["code"] == "not_found"
+
+
+async def test_an_app_the_cluster_does_not_have_is_404(router: Router) -> None:
+    """With the apps that exist known, only those answer 503 when nothing serves them."""
+    up, url = await _upstream("kept")
+    try:
+        router.update([_ep("kept", 0, url), _ep("deleted", 0, url)], apps=["kept", "idle"])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{router.port}/apps/kept/") as resp:
+                assert resp.status == 200
+            async with http.get(f"http://127.0.0.1:{router.port}/apps/idle/") as resp:
+                assert resp.status == 503  # exists, scaled to 0 or starting
+            for app in ("deleted", "never"):  # a leftover endpoint does not keep it alive
+                async with http.get(f"http://127.0.0.1:{router.port}/apps/{app}/") as resp:
+                    assert resp.status == 404
+                    body = await resp.json()
+                    assert body["code"] == "not_found" and app in body["message"]
+    finally:
+        await up.cleanup()

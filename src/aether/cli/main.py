@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="the cluster: leader, nodes, apps")
     _common(p)
-    p = sub.add_parser("apps", help="list apps; `apps set APP` changes an app's settings")
+    p = sub.add_parser(
+        "apps", help="list apps; `apps set APP` changes an app's settings, `apps rm APP` deletes it"
+    )
     _common(p)
     apps_sub = p.add_subparsers(dest="apps_command", metavar="SUBCOMMAND", parser_class=_Parser)
     q = apps_sub.add_parser("set", help="require signed artifacts, set retention")
@@ -215,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("app")
     q.add_argument("--require-signature", action=argparse.BooleanOptionalAction, default=None)
     q.add_argument("--retain", type=int, default=None, metavar="N", help="deployments to keep")
+    _common(q)
+    q = apps_sub.add_parser(
+        "rm", help="delete an app: stop its instances, remove its route and blueprint"
+    )
+    q.set_defaults(command="apps-rm")
+    q.add_argument("app")
+    q.add_argument("--force", action="store_true", help="even while a rollout is running")
     _common(q)
     p = sub.add_parser("nodes", help="list nodes; `nodes revoke NODE` cuts one off")
     _common(p)
@@ -276,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="cli", help="who observed it (default: cli)")
     _common(p)
 
-    p = sub.add_parser("scale", help="set the instance count: APP=N")
+    p = sub.add_parser("scale", help="set the instance count: APP=N (or APP N)")
     p.add_argument("target", metavar="APP=N")
+    p.add_argument("count", nargs="?", default=None, metavar="N", help="with APP: the count")
     _common(p)
 
     p = sub.add_parser("logs", help="show an app's logs")
@@ -285,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", dest="app_option", default=None, metavar="NAME")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--tail", type=int, default=200)
-    _common(p, fmt=False)
+    _common(p)
 
     p = sub.add_parser("rollback", help="deploy an earlier version again")
     p.add_argument("app")
@@ -380,6 +390,7 @@ _MODULES = {
     "logs": "actions",
     "keys": "keys",
     "apps-set": "keys",
+    "apps-rm": "actions",
     "migrate": "migrate",
     "migrations": "migrate",
     "drain": "migrate",

@@ -88,6 +88,16 @@ class AppOut(BaseModel):
     created_at: Timestamp
 
 
+class AppDeletedOut(BaseModel):
+    """The answer to ``DELETE /apps/{app}``: what was removed and what now stops."""
+
+    app: str
+    deleted_at: Timestamp
+    version: int | None  # the version that was live (None: nothing was deployed)
+    instances_stopping: int  # the leader stops them; the route answers 404 at once
+    forced: bool  # a running rollout was cut short (``?force=true``)
+
+
 class NodeConfig(BaseModel):
     """The server's answer to a node's capabilities: which features it may use.
 

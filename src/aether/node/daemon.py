@@ -92,6 +92,7 @@ class NodeDaemon:
         self.runners: dict[str, InstanceRunner] = {}
         self.assigned: dict[str, InstanceRecord] = {}
         self.endpoints: dict[str, Endpoint] = {}
+        self.apps: set[str] | None = None  # apps with a blueprint, from the assignment stream
         self.revision = 0
         self.registration: RegisterOut | None = None
         self.lease_lost = asyncio.Event()
@@ -287,6 +288,8 @@ class NodeDaemon:
             for value in message["endpoints"]:
                 ep = Endpoint.model_validate(value)
                 self.endpoints[f"endpoints/{ep.app}/{ep.entry}/{ep.node}:{ep.n}"] = ep
+            apps = message.get("apps")  # a server without it: the router cannot tell 404
+            self.apps = None if apps is None else set(apps)
             self.revision = int(message["revision"]) + 1
         else:
             key: str = message["key"]
@@ -300,8 +303,14 @@ class NodeDaemon:
                     self.endpoints[key] = Endpoint.model_validate(message["value"])
                 else:
                     self.endpoints.pop(key, None)
+            elif key.startswith("blueprints/") and self.apps is not None:
+                name = key.removeprefix("blueprints/")
+                if kind == "PUT":
+                    self.apps.add(name)
+                else:
+                    self.apps.discard(name)
             self.revision = int(message["revision"]) + 1
-        self.router.update(self.endpoints.values())
+        self.router.update(self.endpoints.values(), self.apps)
         self.changed.set()
 
     def _kick(self) -> None:

@@ -3,7 +3,8 @@
 Round-robin over the app's ACTIVE endpoints (the table comes from the
 assignment stream); a connection that is refused is retried on the next
 endpoint, so a stopping instance costs no request. No endpoint: 503 with the
-error envelope.
+error envelope; an app the cluster does not have (no blueprint: never deployed,
+or deleted): 404.
 
 Per app the router counts, for telemetry, the calls finished since the last
 ``take_counters`` (with errors: 5xx or no upstream, and their summed
@@ -82,6 +83,7 @@ class Router:
         self.host = host
         self.port = port
         self._table: dict[str, list[str]] = {}
+        self._known: frozenset[str] | None = None  # apps with a blueprint (None: unknown)
         self._cycles: dict[str, Iterator[int]] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -93,7 +95,9 @@ class Router:
         taken, self._counters = self._counters, {}
         return taken, {app: n for app, n in self._in_flight.items() if n}
 
-    def update(self, endpoints: Iterable[Endpoint]) -> None:
+    def update(self, endpoints: Iterable[Endpoint], apps: Iterable[str] | None = None) -> None:
+        """Serve ``endpoints``; ``apps`` (the apps that exist) turns 503 into 404 for others."""
+        self._known = None if apps is None else frozenset(apps)
         table: dict[str, list[str]] = defaultdict(list)
         for ep in endpoints:
             table[ep.app].append(ep.url)
@@ -163,6 +167,8 @@ class Router:
                 counter.errors += 1
 
     async def _forward(self, request: web.Request, app: str, path: str) -> web.StreamResponse:
+        if self._known is not None and app not in self._known:
+            return _envelope(404, "not_found", f"no app {app!r} in this cluster")
         urls = self._table.get(app)
         if not urls:
             return _envelope(503, "service_unavailable", f"app {app!r} has no ACTIVE endpoints")

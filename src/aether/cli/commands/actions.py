@@ -1,25 +1,55 @@
-"""Commands that change or follow an app: ``scale``, ``rollback``, ``logs``."""
+"""Commands that change or follow an app: ``scale``, ``rollback``, ``logs``, ``apps rm``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import uuid
+from typing import Any
 
 from aether.cli.commands.deploy import router_url, wait_for_rollout
 from aether.cli.output import CliError, emit
 from aether.cli.session import api_client
 
-__all__ = ["run"]
+__all__ = ["log_record", "run", "scale_target"]
+
+_LABEL = re.compile(r"^\[v(\d+)/(\d+)@([^\]]*)\] ?(.*)$", re.DOTALL)
+
+
+def scale_target(target: str, count: str | None) -> tuple[str, int]:
+    """``APP=N`` or ``APP N`` → (app, n); anything else is a usage error."""
+    if count is None:
+        app, sep, count = target.partition("=")
+    else:
+        app, sep = target, "="
+    if not app or not sep or not count.isdigit():
+        shown = target if count is None else f"{target} {count}"
+        raise CliError(f"scale takes APP=N or APP N, got {shown!r}", kind="usage")
+    return app, int(count)
+
+
+def log_record(app: str, line: str) -> dict[str, Any]:
+    """One line of ``GET /apps/{app}/logs`` (``[vVERSION/N@NODE] text``) as a JSON object."""
+    match = _LABEL.match(line)
+    if match is None:  # not written by a node: pass it on as it is
+        return {"app": app, "instance": None, "version": None, "node": None, "line": line}
+    version, n, node, text = match.groups()
+    return {
+        "app": app,
+        "instance": f"{app}/{n}",
+        "version": int(version),
+        "node": node,
+        "line": text,
+    }
 
 
 async def run(args: argparse.Namespace) -> int:
     async with api_client(args) as client:
         if args.command == "scale":
-            app, sep, count = args.target.partition("=")
-            if not sep or not count.isdigit():
-                raise CliError(f"scale takes APP=N, got {args.target!r}", kind="usage")
-            result = await client.scale(app, int(count))
+            app, count = scale_target(args.target, args.count)
+            result = await client.scale(app, count)
             emit(
                 args,
                 result.model_dump(mode="json"),
@@ -51,6 +81,15 @@ async def run(args: argparse.Namespace) -> int:
                 f"{result.get('aborted_uploads', 0)} orphaned upload(s); "
                 f"kept {result['kept_artifacts']}",
             )
+        elif args.command == "apps-rm":
+            deleted = await client.delete_app(args.app, force=args.force)
+            emit(
+                args,
+                deleted.model_dump(mode="json"),
+                f"deleted {args.app}"
+                + (f" (was v{deleted.version})" if deleted.version else "")
+                + f"; {deleted.instances_stopping} instance(s) stopping",
+            )
         elif args.command == "promote":
             blueprint = await client.promote(args.app)
             emit(
@@ -62,7 +101,9 @@ async def run(args: argparse.Namespace) -> int:
             app = args.app or args.app_option
             if not app:
                 raise CliError("logs needs an app: aether logs APP (or --app APP)", kind="usage")
+            as_json = args.format == "json"
             async for line in client.logs(app, tail=args.tail, follow=args.follow):
-                sys.stdout.write(line + "\n")
+                out = json.dumps(log_record(app, line)) if as_json else line
+                sys.stdout.write(out + "\n")
                 sys.stdout.flush()
     return 0

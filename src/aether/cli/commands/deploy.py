@@ -239,7 +239,9 @@ async def _deploy(
             finally:
                 if bar:
                     bar.stop()
-            uploaded, verified = True, bool(answer.get("verified"))
+            uploaded = True
+            # null when nothing was sent, as when the upload was skipped
+            verified = bool(answer.get("verified")) if signature is not None else None
         elif signature is not None:  # stored already (maybe unsigned): attach the signature
             answer = await client.sign_artifact(packed.digest, signature, spec.name)
             verified = bool(answer.get("verified"))

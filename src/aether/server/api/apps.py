@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from aether.artifacts import parse_digest
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.api import (
+    AppDeletedOut,
     AppOut,
     DeploymentIn,
     DeploymentOut,
@@ -26,7 +27,13 @@ from aether.model.cluster import Blueprint, DeploymentRef
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Caller, Operator
 from aether.server.http.idempotency import request_key
-from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot, update_blueprint
+from aether.server.services.cluster import (
+    ClusterSnapshot,
+    dump,
+    read_snapshot,
+    remove_app,
+    update_blueprint,
+)
 from aether.server.services.signatures import check_deployable
 from aether.store.records import Principal
 from aether.store.records.schema import App, Deployment
@@ -190,15 +197,20 @@ async def create_deployment(
 @router.get("/apps/{app}/deployments")
 async def list_deployments(app: str, caller: Caller, ctx: Ctx) -> list[DeploymentOut]:
     row = await _app(ctx, caller, app)
-    return [
-        deployment_out(row, d) for d in await ctx.records.list_deployments(caller.tenant_id, row)
-    ]
+    live = await _owned_blueprint(ctx, caller, app)
+    out = []
+    for dep in await ctx.records.list_deployments(caller.tenant_id, row):
+        entry = deployment_out(row, dep)
+        if live is not None and dep.id == live.deployment_id:
+            entry.instances = live.instances  # the current count, after any `aether scale`
+        out.append(entry)
+    return out
 
 
 @router.get("/deployments/{deployment_id}")
 async def get_deployment(deployment_id: str, caller: Caller, ctx: Ctx) -> DeploymentOut:
     dep = await ctx.records.get_deployment(caller.tenant_id, deployment_id)
-    apps = {a.id: a for a in await ctx.records.list_apps(caller.tenant_id)}
+    apps = {a.id: a for a in await ctx.records.list_apps(caller.tenant_id, include_deleted=True)}
     out = deployment_out(apps[dep.app_id], dep)
     snap = await read_snapshot(ctx.store)
     out.instance_list = instances_of(snap, out.app, dep.version)
@@ -236,6 +248,37 @@ async def get_app(app: str, caller: Caller, ctx: Ctx) -> AppOut:
         if entry.name == app:
             return entry
     raise NotFoundError(f"app {app!r} not found; deploy it first with `aether deploy`")
+
+
+@router.delete("/apps/{app}")
+async def delete_app(app: str, caller: Operator, ctx: Ctx, force: bool = False) -> AppDeletedOut:
+    """Stop the app, remove its blueprint and endpoints, mark its records deleted.
+
+    Its artifacts are no longer kept for it: the next garbage collection deletes
+    those nothing else (another app, another tenant, a running instance) uses.
+    """
+    row = await _app(ctx, caller, app)
+    removed = await remove_app(ctx.store, app, tenant=caller.tenant_id, force=force)
+    snap = await read_snapshot(ctx.store)
+    stopping = sum(
+        1 for inst, _ in snap.instances.values() if inst.app == app and inst.tenant == row.tenant_id
+    )
+    deleted_at, ended = await ctx.records.delete_app(caller.tenant_id, row)
+    forced = force and removed is not None and removed.previous is not None
+    for dep in ended:
+        await ctx.records.add_event(
+            dep.id,
+            "deleted",
+            f"app deleted{' during a rollout (forced)' if forced else ''}; "
+            f"{stopping} instance(s) stopping",
+        )
+    return AppDeletedOut(
+        app=app,
+        deleted_at=deleted_at,
+        version=removed.version if removed else None,
+        instances_stopping=stopping,
+        forced=forced,
+    )
 
 
 @router.post("/apps/{app}/scale")
@@ -298,7 +341,8 @@ async def rollback(
         older = [
             d
             for d in deployments
-            if current_version is None or (d.version < current_version and d.status != "failed")
+            if d.created_at >= row.created_at  # not from before the app was deleted
+            and (current_version is None or (d.version < current_version and d.status != "failed"))
         ]
         if not older:
             raise ConflictError(f"app {app!r} has no earlier deployment to roll back to")

@@ -145,7 +145,14 @@ async def heartbeat(
 
 
 def _relevant(key: str, node: str) -> bool:
-    return key.startswith((f"instances/{node}/", "endpoints/"))
+    return key.startswith((f"instances/{node}/", "endpoints/", "blueprints/"))
+
+
+def _event_value(key: str, value: bytes) -> Any:
+    """A blueprint event says only that the app exists (its router answers 404 otherwise)."""
+    if key.startswith("blueprints/") or not value:
+        return None
+    return json.loads(value)
 
 
 @router.get("/nodes/{node}/assignments")
@@ -171,11 +178,13 @@ async def assignments(
             # event carries the whole value, and the last one wins)
             inst_kvs, revision = await ctx.store.range(f"instances/{node}/")
             ep_kvs, _ = await ctx.store.range("endpoints/")
+            bp_kvs, _ = await ctx.store.range("blueprints/")
             snapshot = {
                 "type": "snapshot",
                 "revision": revision,
                 "instances": [json.loads(kv.value) for kv in inst_kvs],
                 "endpoints": [json.loads(kv.value) for kv in ep_kvs],
+                "apps": sorted(kv.key.removeprefix("blueprints/") for kv in bp_kvs),
             }
             yield json.dumps(snapshot).encode() + b"\n"
             start = revision + 1
@@ -190,7 +199,7 @@ async def assignments(
                         "type": event.type.value,
                         "key": event.kv.key,
                         "revision": event.kv.mod_revision,
-                        "value": json.loads(event.kv.value) if event.kv.value else None,
+                        "value": _event_value(event.kv.key, event.kv.value),
                     }
                     await queue.put(json.dumps(line).encode() + b"\n")
             except CompactedError:

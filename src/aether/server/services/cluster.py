@@ -11,9 +11,16 @@ from aether.core.lifecycle import State
 from aether.core.scheduler import DesiredApp, InstanceView, NodeView
 from aether.errors import ConflictError, NotFoundError
 from aether.model.cluster import Blueprint, Endpoint, InstanceRecord, NodeRecord
-from aether.store.base import Compare, Kv, Put, StateStore
+from aether.store.base import Compare, Delete, Kv, Op, Put, StateStore
 
-__all__ = ["ClusterSnapshot", "dump", "fence_holds", "read_snapshot", "update_blueprint"]
+__all__ = [
+    "ClusterSnapshot",
+    "dump",
+    "fence_holds",
+    "read_snapshot",
+    "remove_app",
+    "update_blueprint",
+]
 
 
 def dump(model: BaseModel) -> bytes:
@@ -151,4 +158,36 @@ async def update_blueprint(
             return bp, updated
         if fence is not None and not await fence_holds(store, fence):
             raise ConflictError("no longer the leader: the blueprint was left as it was")
+    raise ConflictError("the blueprint kept changing; try again")
+
+
+async def remove_app(
+    store: StateStore, app: str, *, tenant: str, force: bool = False
+) -> Blueprint | None:
+    """Delete the tenant's blueprint of ``app`` and its endpoints; the blueprint removed.
+
+    The leader then retires the app's instances (nothing desires them), and routers
+    answer 404 for it at once. A running rollout (``previous`` set) is refused with a
+    conflict unless ``force``. Another tenant's blueprint is never touched.
+    """
+    for _ in range(10):
+        kv = await store.get(f"blueprints/{app}")
+        bp = Blueprint.model_validate_json(kv.value) if kv else None
+        if bp is not None and bp.tenant != tenant:
+            return None
+        if bp is not None and bp.previous is not None and not force:
+            raise ConflictError(
+                f"app {app!r} has a rollout running (v{bp.previous.version} → v{bp.version}); "
+                "wait for it to finish, or delete anyway with --force (?force=true)"
+            )
+        compares = [
+            Compare(kv.key, "mod_revision", "==", kv.mod_revision)
+            if kv is not None
+            else Compare(f"blueprints/{app}", "create_revision", "==", 0)
+        ]
+        ops: list[Op] = [Delete(f"endpoints/{app}/", prefix=True)]
+        if kv is not None:
+            ops.insert(0, Delete(kv.key))
+        if (await store.txn(compares, ops)).succeeded:
+            return bp
     raise ConflictError("the blueprint kept changing; try again")

@@ -22,14 +22,16 @@ class RetentionRecords(RecordsBase):
     async def retention_inputs(
         self,
     ) -> tuple[Sequence[Artifact], Sequence[tuple[str, str, int, str]], dict[tuple[str, str], int]]:
-        """Every artifact claim, every (tenant, app, version, digest), per-app retention."""
+        """Every artifact claim, every (tenant, app, version, digest) of live apps (since
+        their latest creation), per-app retention."""
         async with self.sessions() as session:
             artifacts = (await session.scalars(select(Artifact))).all()
             rows = (
                 await session.execute(
-                    select(
-                        Deployment.tenant_id, App.name, Deployment.version, Deployment.digest
-                    ).join(App, App.id == Deployment.app_id)
+                    select(Deployment.tenant_id, App.name, Deployment.version, Deployment.digest)
+                    .join(App, App.id == Deployment.app_id)
+                    # a deleted app keeps nothing, and a redeployed one only its new life's
+                    .where(App.deleted_at.is_(None), Deployment.created_at >= App.created_at)
                 )
             ).all()
             retain = {

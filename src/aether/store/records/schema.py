@@ -74,6 +74,8 @@ class App(Base):
     created_at: Mapped[datetime]
     require_signature: Mapped[bool] = mapped_column(default=False, server_default=false())
     retain_deployments: Mapped[int | None]
+    # set by `aether apps rm`; deploying the name again clears it (and resets created_at)
+    deleted_at: Mapped[datetime | None]
 
 
 class PublicKey(Base):

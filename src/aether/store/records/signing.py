@@ -33,10 +33,12 @@ class SigningRecords(RecordsBase):
             )
 
     async def app_name_owned_elsewhere(self, tenant_id: str, name: str) -> bool:
-        """True if another tenant has an app row called ``name``."""
+        """True if another tenant has a (not deleted) app called ``name``."""
         async with self.sessions() as session:
             found = await session.scalar(
-                select(App.id).where(App.name == name, App.tenant_id != tenant_id).limit(1)
+                select(App.id)
+                .where(App.name == name, App.tenant_id != tenant_id, App.deleted_at.is_(None))
+                .limit(1)
             )
             return found is not None
 
