@@ -33,7 +33,7 @@ def test_apps_rm_stops_the_app_and_frees_its_route_and_name(cluster: Cluster) ->
     assert "hello-python" not in [a["name"] for a in listed["apps"]]
     wait_for(lambda: cluster.api_get("/instances?app=hello-python") == [], 30, "instances gone")
     missing = cluster.cli("apps", "rm", "hello-python", "--format", "json", check=False)
-    assert missing.returncode == 40
+    assert missing.returncode == 41
     assert '"not_found"' in missing.stdout
 
     again = cluster.cli_json("deploy", str(EXAMPLE), "--instances", "1")
