@@ -159,7 +159,8 @@ class ApiClient:
             replayable=method.upper() in _REPLAYABLE,
             what="cannot reach the Aether server",
         )
-        if method.upper() == "HEAD" and not response.is_success:
+        if method.upper() == "HEAD" and not response.is_success and response.status_code != 404:
+            # a 404 says all a HEAD asks (``has_artifact``: absent), without a second request
             await self._raise_head_error(path, response, kwargs)
         _raise_for(response)
         return response
