@@ -1,7 +1,8 @@
 """Output, errors and exit codes for every command, in one place.
 
 ``--format json`` prints exactly one JSON object on stdout; logs and progress
-go to stderr. Errors print ``{"error": {"code", "message"}}`` in JSON mode.
+go to stderr. Errors print ``{"error": {"code", "message"}}`` in JSON mode (and
+``details`` when the error has them).
 """
 
 from __future__ import annotations
@@ -53,10 +54,18 @@ def exit_kind(error: AetherError) -> str:
 class CliError(Exception):
     """A user-facing failure with its exit code kind (see ``EXIT``)."""
 
-    def __init__(self, message: str, *, kind: str = "internal", code: str = "error") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "internal",
+        code: str = "error",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.code = code
+        self.details = details  # more of the error, for --format json
 
 
 class _JsonFormatter(logging.Formatter):
@@ -111,16 +120,25 @@ def run_command(module: ModuleType, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except CliError as exc:
-        return _fail(json_mode, exc.code, str(exc), EXIT[exc.kind])
+        return _fail(json_mode, exc.code, str(exc), EXIT[exc.kind], exc.details)
     except AetherError as exc:
         return _fail(json_mode, exc.code, exc.message, EXIT[exit_kind(exc)])
     except OSError as exc:
         return _fail(json_mode, "io", str(exc), EXIT["io"])
 
 
-def _fail(json_mode: bool, code: str, message: str, exit_code: int) -> int:
+def _fail(
+    json_mode: bool,
+    code: str,
+    message: str,
+    exit_code: int,
+    details: dict[str, Any] | None = None,
+) -> int:
     if json_mode:
-        sys.stdout.write(json.dumps({"error": {"code": code, "message": message}}) + "\n")
+        error: dict[str, Any] = {"code": code, "message": message}
+        if details is not None:
+            error["details"] = details
+        sys.stdout.write(json.dumps({"error": error}) + "\n")
     else:
         sys.stderr.write(f"aether: {message}\n")
     return exit_code

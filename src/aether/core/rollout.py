@@ -16,8 +16,16 @@ on every pass, how many new instances to place and which old ones to retire.
 
 A rollout fails when a new instance is not ACTIVE within ``healthy_deadline``
 of its placement, when it is not complete within ``progress_deadline`` of its
-start, or when new instances keep failing; the leader then reverts to the
-previous deployment if ``auto_revert`` is set.
+start, or when ``give_up`` says the new version failed for certain; the leader
+then reverts to the previous deployment if ``auto_revert`` is set.
+
+``give_up`` is also the rule of a first deployment (nothing to revert to): the
+leader marks it failed, and the CLI stops waiting, as soon as the failure is
+certain — at the first instance that does not start (it exits before it is
+healthy, or never passes its health check) while no instance of the
+deployment has ever been ACTIVE, since the same artifact and spec will fail the
+same way; otherwise (it did come up once, or the failure was the node's, such
+as a download) after ``FAILURES_TO_FAIL`` instance failures.
 """
 
 from __future__ import annotations
@@ -25,12 +33,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aether.core.failures import is_start_failure
 from aether.core.lifecycle import Command, State
 from aether.model.app import RolloutSpec
 
-__all__ = ["FAILURES_TO_FAIL", "RolloutInstance", "RolloutStep", "rollout_step"]
+__all__ = ["FAILURES_TO_FAIL", "RolloutInstance", "RolloutStep", "give_up", "rollout_step"]
 
 FAILURES_TO_FAIL = 3
+
+
+def give_up(failures: int, last_message: str, *, instance: str, ever_active: bool) -> str | None:
+    """Why a deployment has failed for certain, or None while it may still come up.
+
+    ``failures`` counts its failed instances; ``last_message`` is the latest one's
+    cause as its node reported it (worded by ``core.failures``) and ``instance``
+    names it (``instance 0 on node-1``); ``ever_active``: any of its instances was
+    ever ACTIVE.
+    """
+    if failures <= 0:
+        return None
+    cause = f"{instance}: {last_message}"
+    if failures >= FAILURES_TO_FAIL:
+        return f"{failures} instance failures; last: {cause}"
+    if not ever_active and is_start_failure(last_message):
+        return cause
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +105,21 @@ def rollout_step(
     started_at: float,
     promoted: bool,
     failures: int = 0,
+    given_up: str | None = None,
 ) -> RolloutStep:
     """The next step of replacing ``old`` with ``desired`` instances of the new version.
 
     ``new`` are the new version's serving instances (failed ones excluded);
     ``old`` the previous versions' serving instances; ``failures`` counts new
-    instances that failed during this rollout.
+    instances that failed during this rollout; ``given_up`` is ``give_up``'s
+    verdict on them (the rollout fails with it).
     """
     healthy = [i for i in new if _healthy(i, spec, now)]
     in_flight = [i for i in new if not _healthy(i, spec, now)]
     old_serving = sorted((i for i in old if i.serving), key=_retire_order)
 
+    if given_up is not None:
+        return RolloutStep(failed=given_up)
     if failures >= FAILURES_TO_FAIL:
         return RolloutStep(failed=f"{failures} new instance(s) failed")
     for inst in in_flight:

@@ -92,6 +92,7 @@ class DesiredApp:
     rollout_started_at: float = 0.0
     promoted: bool = False
     rollout_failures: int = 0
+    rollout_given_up: str | None = None  # core.rollout.give_up's verdict: the rollout fails
     # after repeated failures no new instance is placed before this time (backoff)
     hold_until: float = 0.0
     # stateful apps move by checkpoint/restore; new instances restore the latest snapshot
@@ -539,6 +540,7 @@ def plan(
                 started_at=want.rollout_started_at,
                 promoted=want.promoted,
                 failures=want.rollout_failures,
+                given_up=want.rollout_given_up,
             )
             if step.failed is not None:
                 actions.append(RolloutFailed(app, step.failed, want.rollout.auto_revert))

@@ -89,6 +89,8 @@ class AppSpec(BaseModel):
     start: Annotated[str, Field(min_length=1)]
     port_env: str = "PORT"
     health: str | None = "/"
+    # seconds one start of an instance has to pass its health check (else it failed)
+    health_timeout: Annotated[float, Field(ge=1, le=3600)] = 30.0
     instances: Annotated[int, Field(ge=0, le=1000)] = 1
     env: dict[str, str] = Field(default_factory=dict)
     driver: str = "process"

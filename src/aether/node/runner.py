@@ -66,6 +66,7 @@ import httpx
 from aether.artifacts import safe_extract
 from aether.artifacts.digest import digest_file
 from aether.client import ApiClient
+from aether.core.failures import describe_exit, health_failure, start_failure, tail_output
 from aether.core.lifecycle import Command, NodeStep, State, node_step
 from aether.errors import AetherError, ConflictError, NotFoundError, UnsafeArchiveError
 from aether.model.cluster import InstanceRecord
@@ -180,6 +181,10 @@ class RequestLog:
 
 log = logging.getLogger("aether.node.runner")
 
+_PROBE_INTERVAL = 0.05  # seconds between two health probes
+_PROBE_TIMEOUT = 2.0  # seconds one probe waits for its answer
+_OUTPUT_READ = 64 * 1024  # bytes read from the end of the log for the failure's output
+
 
 class RunnerConfig:
     def __init__(
@@ -187,7 +192,6 @@ class RunnerConfig:
         data_dir: Path,
         advertise_host: str,
         *,
-        health_timeout: float = 30.0,
         drain_grace: float = 0.5,
         stop_grace: float = 10.0,
         max_restarts: int = 5,
@@ -196,7 +200,6 @@ class RunnerConfig:
     ) -> None:
         self.data_dir = data_dir.resolve()  # instances get absolute paths under it
         self.advertise_host = advertise_host
-        self.health_timeout = health_timeout
         self.drain_grace = drain_grace
         self.stop_grace = stop_grace
         self.max_restarts = max_restarts
@@ -501,38 +504,57 @@ class InstanceRunner:
         await self._health_check()
 
     async def _health_check(self) -> None:
-        health = self.record.spec.health
-        deadline = time.monotonic() + self.config.health_timeout
-        url = f"http://127.0.0.1:{self.port}{health or '/'}"
-        async with httpx.AsyncClient(timeout=2.0) as http:
-            while time.monotonic() < deadline:
+        """Poll the health path (or the port) until it passes or ``health_timeout`` ends.
+
+        Fails at once when the process exits; every failure says why, with the
+        end of the instance's output (``core.failures``).
+        """
+        spec = self.record.spec
+        health, port = spec.health, self.port
+        assert port is not None
+        deadline = time.monotonic() + spec.health_timeout
+        url = f"http://127.0.0.1:{port}{health or '/'}"
+        last_status: int | None = None
+        async with httpx.AsyncClient() as http:
+            while (left := deadline - time.monotonic()) > 0:
                 assert self.handle is not None
                 if self.handle.returncode is not None:
                     raise StepFailed(
-                        f"process exited with code {self.handle.returncode} before it was healthy; "
-                        f"last output: {self._last_output()}"
+                        start_failure(
+                            self.handle.returncode,
+                            self._last_output(),
+                            shell_convention=self._shell_convention,
+                        )
                     )
                 try:
                     if health is None:
-                        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        with socket.create_connection(("127.0.0.1", port), timeout=min(1, left)):
                             return
-                    response = await http.get(url)
+                    response = await http.get(url, timeout=min(_PROBE_TIMEOUT, left))
+                    last_status = response.status_code
                     if response.status_code < 400:
                         return
                 except (httpx.TransportError, OSError):
                     pass
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(_PROBE_INTERVAL)
         raise StepFailed(
-            f"health check {url} did not pass within {self.config.health_timeout:.0f}s; "
-            f"last output: {self._last_output()}"
+            health_failure(health, port, spec.health_timeout, last_status, self._last_output())
         )
 
-    def _last_output(self, limit: int = 400) -> str:
+    @property
+    def _shell_convention(self) -> bool:
+        """The driver reports death by signal N as exit code 128+N (bubblewrap's init)."""
+        return self.driver.name == "bwrap"
+
+    def _last_output(self) -> str:
+        """The end of the instance's output (``core.failures.tail_output``)."""
         try:
-            data = self.log_path.read_bytes()[-limit:]
+            with self.log_path.open("rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - _OUTPUT_READ))
+                data = fh.read()
         except OSError:
             return "(none)"
-        return data.decode("utf-8", "replace").strip() or "(none)"
+        return tail_output(data)
 
     async def _watch_process(self) -> None:
         """Restart a process that exits while it should serve, with backoff."""
@@ -544,13 +566,15 @@ class InstanceRunner:
             self.restarts = [t for t in self.restarts if now - t < 60] + [now]
             self.crashes += 1
             if len(self.restarts) > self.config.max_restarts:
+                last = describe_exit(code, shell_convention=self._shell_convention)
                 await self._safe_report(
                     State.FAILED,
-                    f"crash loop: exited {len(self.restarts)} times in 60s (last code {code}); "
-                    f"last output: {self._last_output()}",
+                    f"crash loop: exited {len(self.restarts)} times in 60s (last: {last}); "
+                    f"last output:\n{self._last_output()}",
                 )
                 return
-            await self._safe_report(State.ACTIVATING, f"exited with code {code}; restarting")
+            exited = describe_exit(code, shell_convention=self._shell_convention)
+            await self._safe_report(State.ACTIVATING, f"{exited}; restarting")
             await asyncio.sleep(min(0.2 * 2 ** (len(self.restarts) - 1), 10))
             try:
                 await self._start_and_check()

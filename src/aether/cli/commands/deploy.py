@@ -16,9 +16,9 @@ from typing import Any
 from aether.cli.output import CliError, emit
 from aether.cli.session import api_client
 from aether.errors import AetherError
-from aether.model.api import DeploymentOut
+from aether.model.api import DeploymentOut, EventOut
 
-__all__ = ["run", "wait_for_rollout"]
+__all__ = ["failure_report", "run", "wait_for_rollout"]
 
 
 def _progress(description: str, total: int) -> Any:
@@ -47,25 +47,56 @@ def _progress(description: str, total: int) -> Any:
     return progress
 
 
+_CAUSES = ("rollout_failed", "failed")  # the leader's verdict: why the deployment failed
+_OUTCOMES = ("reverted", "rollout_paused")  # what became of it
+
+
+def _last(events: list[EventOut], types: tuple[str, ...]) -> str | None:
+    return next((e.message for e in reversed(events) if e.type in types), None)
+
+
+def failure_report(deployment: DeploymentOut) -> tuple[str, dict[str, Any]]:
+    """The message of a failed deployment and its details: the cause, then the outcome.
+
+    The cause is the leader's verdict (``failed``, ``rollout_failed``), else the
+    latest instance failure: the exit code or signal, or the health check, and
+    the end of the instance's output (``core.failures``).
+    """
+    events = deployment.events or []
+    cause = (
+        _last(events, _CAUSES)
+        or _last(events, ("instance_failed",))
+        or (events[-1].message if events else "no details")
+    )
+    outcome = _last(events, _OUTCOMES)
+    head = f"deployment v{deployment.version} failed"
+    message = f"{head}; {outcome}. Cause: {cause}" if outcome else f"{head}: {cause}"
+    details = {
+        "deployment_id": deployment.id,
+        "version": deployment.version,
+        "cause": cause,
+        "outcome": outcome,
+    }
+    return message, details
+
+
 async def wait_for_rollout(client: Any, deployment: DeploymentOut, timeout: float) -> DeploymentOut:
     """Poll until every instance of the deployment is ACTIVE, or it failed."""
     deadline = time.monotonic() + timeout
     while True:
         current: DeploymentOut = await client.deployment(deployment.id)
         if current.status == "failed":
-            last = current.events[-1].message if current.events else "no details"
-            raise CliError(
-                f"deployment v{current.version} failed: {last}",
-                kind="network",
-                code="deploy_failed",
-            )
+            message, details = failure_report(current)
+            raise CliError(message, kind="network", code="deploy_failed", details=details)
         if current.status in ("active", "superseded"):
             return current
         if time.monotonic() > deadline:
+            failure = _last(current.events or [], ("instance_failed",))
             raise CliError(
                 f"deployment v{current.version} not healthy after {timeout:.0f}s "
                 f"({current.instances_active}/{current.instances} ACTIVE); "
-                f"see `aether logs {current.app}`",
+                f"see `aether logs {current.app}`"
+                + (f"\nlast failure: {failure}" if failure else ""),
                 kind="network",
                 code="timeout",
             )

@@ -50,6 +50,8 @@ Ctx = Annotated[ServerContext, Depends(get_context)]
 
 HEARTBEATS_PER_TTL = 3
 STREAM_PING_SECONDS = 5.0
+# an instance's report message: its cause and the end of its output (core.failures)
+MAX_REPORT_MESSAGE = 4096
 
 
 class HeartbeatIn(BaseModel):
@@ -265,7 +267,7 @@ async def report(
         updated = record.model_copy(
             update={
                 "state": state,
-                "message": body.message[:2000],
+                "message": body.message[:MAX_REPORT_MESSAGE],
                 "url": body.url,
                 "active_since": active_since if state is State.ACTIVE else None,
                 **({"snapshot": snapshot} if snapshot is not None else {}),

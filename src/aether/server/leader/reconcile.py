@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aether.core.lifecycle import Command, State
+from aether.core.rollout import give_up
 from aether.core.scheduler import (
     Action,
     AwaitingPromotion,
@@ -30,12 +31,21 @@ from aether.core.scheduler import (
     Unplaceable,
     plan,
 )
-from aether.model.cluster import InstanceRecord, endpoint_key, instance_key
+from aether.model.cluster import Blueprint, InstanceRecord, endpoint_key, instance_key
 from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.services.migrations import latest_snapshots
 from aether.server.services.migrations import track as track_migrations
-from aether.store.base import CompactedError, Compare, Delete, Op, Put, StateStore, StoreError
+from aether.store.base import (
+    CompactedError,
+    Compare,
+    Delete,
+    Kv,
+    Op,
+    Put,
+    StateStore,
+    StoreError,
+)
 from aether.store.election import LeaderElection, Leadership
 
 __all__ = ["FAILURES_BEFORE_GIVING_UP", "Leader", "apply_action"]
@@ -108,6 +118,8 @@ class Leader:
         self._healthy: set[str] = set()
         self._failed_seen: set[tuple[str, int]] = set()
         self._failures: dict[str, int] = defaultdict(int)
+        self._ever_active: set[str] = set()  # deployments with an instance seen ACTIVE
+        self._verdicts: dict[str, str] = {}  # deployment → why it failed for certain
         self._given_up: set[str] = set()
         self._unplaceable: dict[str, str] = {}
         self._awaiting: set[str] = set()
@@ -177,8 +189,14 @@ class Leader:
     async def reconcile(self, leadership: Leadership) -> list[Action]:
         """One pass: read, plan, apply. Returns the actions it applied."""
         snap = await read_snapshot(self.ctx.store)
+        failed = self._observe_failures(snap)
         actions = plan(
-            snap.desired(self._failures, self._holds, await latest_snapshots(self.ctx, snap)),
+            snap.desired(
+                self._failures,
+                self._holds,
+                await latest_snapshots(self.ctx, snap),
+                self._verdicts,
+            ),
             snap.node_views(),
             snap.instance_views(),
             now=time.time(),
@@ -186,12 +204,47 @@ class Leader:
         fence = leadership.fence()
         for action in actions:
             await apply_action(self.ctx.store, snap, action, fence)
-        await self._record(snap, actions)
+        await self._record(snap, actions, failed)
         await track_migrations(self.ctx, actions)
         self.passes += 1
         return actions
 
-    async def _record(self, snap: ClusterSnapshot, actions: list[Action]) -> None:
+    def _observe_failures(self, snap: ClusterSnapshot) -> list[InstanceRecord]:
+        """Count the instances newly FAILED and judge their deployments (``give_up``).
+
+        Runs before planning, so a deployment that failed for certain places no
+        replacement and its rollout fails in the same pass.
+        """
+        for record, _ in snap.instances.values():
+            if record.state is State.ACTIVE:
+                self._ever_active.add(record.deployment_id)
+        failed: list[InstanceRecord] = []
+        for record, kv in snap.instances.values():
+            if (
+                record.state is not State.FAILED
+                or (record.key, kv.mod_revision) in self._failed_seen
+            ):
+                continue
+            self._failed_seen.add((record.key, kv.mod_revision))
+            failed.append(record)
+            deployment_id = record.deployment_id
+            self._failures[deployment_id] += 1
+            verdict = give_up(
+                self._failures[deployment_id],
+                record.message,
+                instance=f"instance {record.n} on {record.node}",
+                ever_active=deployment_id in self._ever_active,
+            )
+            if verdict is not None:
+                self._verdicts.setdefault(deployment_id, verdict)
+                # keep trying, but back off: 1 s, 2 s, 4 s, ... 60 s
+                excess = max(0, self._failures[deployment_id] - FAILURES_BEFORE_GIVING_UP)
+                self._holds[deployment_id] = time.time() + min(2.0**excess, 60.0)
+        return failed
+
+    async def _record(
+        self, snap: ClusterSnapshot, actions: list[Action], failed: list[InstanceRecord]
+    ) -> None:
         """Deployment status and events, each written once."""
         records = self.ctx.records
         for action in actions:
@@ -216,35 +269,25 @@ class Leader:
                     self._unplaceable[bp.deployment_id] = message
                     await records.add_event(bp.deployment_id, "unplaceable", message)
 
-        for record, kv in snap.instances.values():
+        for record in failed:
+            deployment_id = record.deployment_id
+            await records.add_event(
+                deployment_id,
+                "instance_failed",
+                f"instance {record.n} on {record.node} failed: {record.message}",
+            )
+            verdict = self._verdicts.get(deployment_id)
             if (
-                record.state is State.FAILED
-                and (record.key, kv.mod_revision) not in self._failed_seen
+                verdict is None
+                or deployment_id in self._given_up
+                or deployment_id in self._healthy
+                or _in_rollout(snap, deployment_id)  # the rollout fails and reverts
             ):
-                self._failed_seen.add((record.key, kv.mod_revision))
-                self._failures[record.deployment_id] += 1
-                excess = self._failures[record.deployment_id] - FAILURES_BEFORE_GIVING_UP
-                if excess >= 0:  # keep trying, but back off: 1 s, 2 s, 4 s, ... 60 s
-                    self._holds[record.deployment_id] = time.time() + min(2.0**excess, 60.0)
-                await records.add_event(
-                    record.deployment_id,
-                    "instance_failed",
-                    f"instance {record.n} on {record.node} failed: {record.message}",
-                )
-                if (
-                    self._failures[record.deployment_id] >= FAILURES_BEFORE_GIVING_UP
-                    and record.deployment_id not in self._given_up
-                    and record.deployment_id not in self._healthy
-                ):
-                    self._given_up.add(record.deployment_id)
-                    if await records.set_deployment_status(record.deployment_id, "failed"):
-                        self.ctx.metrics.deployments_failed.inc()
-                        await records.add_event(
-                            record.deployment_id,
-                            "failed",
-                            f"{self._failures[record.deployment_id]} instance failures; "
-                            f"last: {record.message}",
-                        )
+                continue
+            self._given_up.add(deployment_id)
+            await records.add_event(deployment_id, "failed", verdict)
+            if await records.set_deployment_status(deployment_id, "failed"):
+                self.ctx.metrics.deployments_failed.inc()
 
         for action in actions:
             if isinstance(action, RolloutDone | RolloutFailed | AwaitingPromotion):
@@ -300,9 +343,15 @@ class Leader:
         if bp.deployment_id in self._rollout_failed:
             return
         self._rollout_failed.add(bp.deployment_id)
+        await records.add_event(bp.deployment_id, "rollout_failed", action.reason)
+        # the events first: whoever sees the status "failed" finds its cause and outcome
+        await self._revert(bp, kv, action)
         if await records.set_deployment_status(bp.deployment_id, "failed"):
             self.ctx.metrics.deployments_failed.inc()
-        await records.add_event(bp.deployment_id, "rollout_failed", action.reason)
+
+    async def _revert(self, bp: Blueprint, kv: Kv, action: RolloutFailed) -> None:
+        """Serve the previous deployment again (``auto_revert``), or say the rollout paused."""
+        records = self.ctx.records
         previous = bp.previous
         if not action.revert or previous is None:
             await records.add_event(
@@ -342,3 +391,11 @@ class Leader:
             if deployment.id != current and deployment.status in ("active", "pending"):
                 await records.set_deployment_status(deployment.id, "superseded")
                 await records.add_event(deployment.id, "superseded", "a newer deployment is live")
+
+
+def _in_rollout(snap: ClusterSnapshot, deployment_id: str) -> bool:
+    """The deployment is replacing a previous one (its failure is the rollout's)."""
+    return any(
+        bp.deployment_id == deployment_id and bp.previous is not None
+        for bp, _ in snap.blueprints.values()
+    )

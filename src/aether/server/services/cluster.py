@@ -49,11 +49,14 @@ class ClusterSnapshot:
         failures: Mapping[str, int] | None = None,
         holds: Mapping[str, float] | None = None,
         latest_snapshots: Mapping[str, str] | None = None,
+        given_up: Mapping[str, str] | None = None,
     ) -> list[DesiredApp]:
         """What the planner should converge on; ``failures`` counts failed instances per
         deployment (which can fail a running rollout), ``holds`` delays new placements,
-        ``latest_snapshots`` (app → digest) is what new stateful instances restore."""
+        ``latest_snapshots`` (app → digest) is what new stateful instances restore,
+        ``given_up`` (deployment → cause) the deployments that failed for certain."""
         failures = failures or {}
+        given_up = given_up or {}
         holds = holds or {}
         latest_snapshots = latest_snapshots or {}
         return [
@@ -70,6 +73,7 @@ class ClusterSnapshot:
                 rollout_started_at=bp.rollout_started_at,
                 promoted=bp.promoted,
                 rollout_failures=failures.get(bp.deployment_id, 0),
+                rollout_given_up=given_up.get(bp.deployment_id),
                 hold_until=holds.get(bp.deployment_id, 0.0),
                 stateful=bp.spec.stateful,
                 latest_snapshot=latest_snapshots.get(bp.app) if bp.spec.stateful else None,
