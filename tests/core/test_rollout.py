@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aether.core.lifecycle import Command, State
-from aether.core.rollout import FAILURES_TO_FAIL, RolloutInstance, rollout_step
+from aether.core.rollout import FAILURES_TO_FAIL, RolloutInstance, give_up, rollout_step
 from aether.model.app import RolloutSpec
 
 
@@ -151,3 +151,27 @@ def test_done_when_new_healthy_and_old_gone() -> None:
     assert rollout_step(spec, 2, new, [], now=1, started_at=0, promoted=False).done
     retiring = [RolloutInstance("o/0", State.ACTIVE, Command.DEACTIVATE, 0, 0)]
     assert rollout_step(spec, 2, new, retiring, now=1, started_at=0, promoted=False).done
+
+
+def test_give_up_at_the_first_start_failure_while_nothing_came_up() -> None:
+    exited = "exited with code 1 before it was healthy; last output:\nError: boom at startup"
+    silent = "health check GET /healthz: no answer within 5 s; last output:\n(none)"
+    for message in (exited, silent):
+        verdict = give_up(1, message, instance="instance 0 on n1", ever_active=False)
+        assert verdict == f"instance 0 on n1: {message}"
+        # once an instance of it came up, a failed start may be the node's: retry
+        assert give_up(1, message, instance="instance 0 on n1", ever_active=True) is None
+    # a failure that is not the app's own start (a download, a crash loop) is retried
+    assert give_up(1, "load failed: timeout", instance="i", ever_active=False) is None
+    assert give_up(2, "crash loop: exited 6 times", instance="i", ever_active=True) is None
+    assert give_up(0, exited, instance="i", ever_active=False) is None
+    many = give_up(FAILURES_TO_FAIL, "load failed: timeout", instance="i 2", ever_active=True)
+    assert many == f"{FAILURES_TO_FAIL} instance failures; last: i 2: load failed: timeout"
+
+
+def test_rollout_fails_with_the_verdict() -> None:
+    spec = RolloutSpec()
+    step = rollout_step(
+        spec, 2, [], _old(2), now=1, started_at=0, promoted=False, failures=1, given_up="why"
+    )
+    assert step.failed == "why"
