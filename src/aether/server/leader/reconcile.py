@@ -31,6 +31,7 @@ from aether.core.scheduler import (
     Unplaceable,
     plan,
 )
+from aether.errors import NotFoundError
 from aether.model.cluster import Blueprint, InstanceRecord, endpoint_key, instance_key
 from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
@@ -189,7 +190,7 @@ class Leader:
     async def reconcile(self, leadership: Leadership) -> list[Action]:
         """One pass: read, plan, apply. Returns the actions it applied."""
         snap = await read_snapshot(self.ctx.store)
-        failed = self._observe_failures(snap)
+        failed = await self._observe_failures(snap)
         actions = plan(
             snap.desired(
                 self._failures,
@@ -209,7 +210,7 @@ class Leader:
         self.passes += 1
         return actions
 
-    def _observe_failures(self, snap: ClusterSnapshot) -> list[InstanceRecord]:
+    async def _observe_failures(self, snap: ClusterSnapshot) -> list[InstanceRecord]:
         """Count the instances newly FAILED and judge their deployments (``give_up``).
 
         Runs before planning, so a deployment that failed for certain places no
@@ -229,6 +230,8 @@ class Leader:
             failed.append(record)
             deployment_id = record.deployment_id
             self._failures[deployment_id] += 1
+            if deployment_id not in self._ever_active and await self._came_up(record):
+                self._ever_active.add(deployment_id)  # seen by an earlier leader
             verdict = give_up(
                 self._failures[deployment_id],
                 record.message,
@@ -241,6 +244,14 @@ class Leader:
                 excess = max(0, self._failures[deployment_id] - FAILURES_BEFORE_GIVING_UP)
                 self._holds[deployment_id] = time.time() + min(2.0**excess, 60.0)
         return failed
+
+    async def _came_up(self, record: InstanceRecord) -> bool:
+        """The records say the deployment was healthy once (before this leader's time)."""
+        try:
+            deployment = await self.ctx.records.get_deployment(record.tenant, record.deployment_id)
+        except NotFoundError:
+            return False
+        return deployment.status in ("active", "superseded")
 
     async def _record(
         self, snap: ClusterSnapshot, actions: list[Action], failed: list[InstanceRecord]
