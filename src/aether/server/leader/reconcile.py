@@ -223,6 +223,7 @@ class Leader:
         for record, kv in snap.instances.values():
             if (
                 record.state is not State.FAILED
+                or record.command is Command.UNLOAD  # acted on: the leader saw it already
                 or (record.key, kv.mod_revision) in self._failed_seen
             ):
                 continue
