@@ -6,6 +6,7 @@ Debian packages of each profile are read from scripts/system-deps.sh itself.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,8 +21,15 @@ TEST_ONLY = {"qemu-system-x86", "etcd-server", "redis-server", "nodejs", "wrk"}
 def _dry_run(target: str) -> list[str]:
     if shutil.which("make") is None:
         pytest.fail("make is needed: apt-get install make")
+    # as a user runs it, also when the suite itself runs under `make test`
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "-B", target],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return done.stdout.splitlines()
 
