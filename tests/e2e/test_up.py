@@ -180,7 +180,7 @@ def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
             ).stdout
         )["deployments"]
         assert (deployments[0]["version"], deployments[0]["rollback_of"]) == (3, 1)
-        gone = httpx.get(f"http://127.0.0.1:{router}/apps/hello-node/", timeout=5)
+        gone = httpx.get(f"http://127.0.0.1:{router}/apps/static-site/", timeout=5)
         assert gone.status_code == 404
     finally:
         code = _stop(proc)
