@@ -11,9 +11,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from aether.client import ApiClient
 from aether.errors import ForbiddenError, UnauthorizedError
 from aether.ports import free_port
 from tests.support.api import unique
+from tests.support.http import serving
 from tests.support.server import RunningServer, running_server
 
 
@@ -162,14 +162,8 @@ class _BareHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def bare_proxy() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _BareHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_BareHandler) as url:
+        yield url
 
 
 def test_an_answer_without_an_envelope_gets_its_status_code(

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 from aether.store.records import DEFAULT_TENANT, Records
 from aether.store.records.db import open_records
 from tests.support.cluster import Cluster
+from tests.support.http import serving
 from tests.support.waiting import wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
@@ -45,14 +45,8 @@ class _Impostor(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def impostor() -> Iterator[str]:
     """Tenant B's own HTTP server, which B wants A's traffic to reach."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Impostor) as url:
+        yield url
 
 
 def _tenants(cluster: Cluster) -> tuple[str, str]:
