@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
+import struct
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -125,7 +130,10 @@ async def test_no_endpoint_is_503_with_envelope(router: Router) -> None:
             assert body["trace_id"] == resp.headers["X-Trace-Id"]
         router.update([_ep("ghost", 0, f"http://127.0.0.1:{free_port()}")])
         async with http.get(f"http://127.0.0.1:{router.port}/apps/ghost/") as resp:
-            assert resp.status == 503  # every endpoint refused
+            assert resp.status == 502  # every endpoint refused: it has one, it did not answer
+            body = await resp.json()
+            assert body["code"] == "upstream_failed"
+            assert body["message"] == "app 'ghost' did not answer: connection refused"
         async with http.get(f"http://127.0.0.1:{router.port}/nowhere") as resp:
             assert resp.status == 404
             assert (await resp.json())["code"] == "not_found"
@@ -148,3 +156,244 @@ async def test_an_app_the_cluster_does_not_have_is_404(router: Router) -> None:
                     assert body["code"] == "not_found" and app in body["message"]
     finally:
         await up.cleanup()
+
+
+class _RawUpstream:
+    """A loopback HTTP/1.1 server that misbehaves on purpose, in the test's own loop.
+
+    ``mode``: ``answer`` (200 with the request's method), ``reset`` (reads the whole
+    request, then resets the connection), ``hang`` (reads it and never answers),
+    ``garbage`` (answers something that is not HTTP), ``break`` (answers headers
+    and part of a chunked body, then resets).
+    ``seen`` lists the methods of the requests it read in full.
+    """
+
+    def __init__(self, mode: str = "answer") -> None:
+        self.mode = mode
+        self.seen: list[str] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self, port: int = 0) -> _RawUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    @staticmethod
+    def _reset(writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # with a zero linger: an RST, not a FIN
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method = lines[0].split(" ", 1)[0]
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                self.seen.append(method)
+                if self.mode == "reset":
+                    self._reset(writer)
+                    return
+                if self.mode == "hang":
+                    await asyncio.Event().wait()
+                if self.mode == "garbage":
+                    writer.write(b"this is not HTTP\r\n\r\n")
+                    await writer.drain()
+                    writer.close()
+                    return
+                if self.mode == "break":
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                    )
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    self._reset(writer)
+                    return
+                text = method.encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                    + f"Content-Length: {len(text)}\r\n\r\n".encode()
+                    + text
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._writers.discard(writer)
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or r.exc_text]
+    assert tracebacks == []
+    warned = [r.getMessage() for r in caplog.records if r.name == "aether.node.router"]
+    assert warned and all(
+        r.levelno == logging.WARNING for r in caplog.records if r.name == "aether.node.router"
+    )
+
+
+async def _upstream_failed(resp: aiohttp.ClientResponse, status: int, code: str) -> str:
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) == {"code", "message", "trace_id"}
+    assert body["code"] == code
+    assert body["trace_id"] == resp.headers["X-Trace-Id"]
+    return str(body["message"])
+
+
+async def test_a_reset_mid_request_is_502_upstream_failed(
+    router: Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = await _RawUpstream("reset").start()
+    try:
+        router.update([_ep("shop", 0, up.url)])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{router.port}/apps/shop/cart") as resp,
+        ):
+            message = await _upstream_failed(resp, 502, "upstream_failed")
+        assert "shop" in message and "reset" in message
+        assert "127.0.0.1" not in message  # the instance's address stays inside
+        assert up.seen and set(up.seen) == {"GET"}
+        taken, _ = router.take_counters()
+        assert taken["shop"].calls == 1 and taken["shop"].errors == 1
+    finally:
+        await up.close()
+    _no_tracebacks(caplog)
+
+
+async def test_a_malformed_answer_is_502_upstream_failed(
+    router: Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = await _RawUpstream("garbage").start()
+    try:
+        router.update([_ep("shop", 0, up.url)])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{router.port}/apps/shop/") as resp,
+        ):
+            message = await _upstream_failed(resp, 502, "upstream_failed")
+        assert message == "app 'shop' did not answer: malformed response"
+    finally:
+        await up.close()
+    _no_tracebacks(caplog)
+
+
+async def test_an_instance_that_never_answers_is_504_upstream_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = Router("127.0.0.1", 0, upstream_timeout=0.3)
+    await router.start()
+    up = await _RawUpstream("hang").start()
+    try:
+        router.update([_ep("shop", 0, up.url)])
+        started = time.monotonic()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{router.port}/apps/shop/slow") as resp,
+        ):
+            message = await _upstream_failed(resp, 504, "upstream_timeout")
+        assert time.monotonic() - started < 5
+        assert "0.3 s" in message
+        assert up.seen == ["GET"]  # a timeout is not retried
+    finally:
+        await up.close()
+        await router.stop()
+    _no_tracebacks(caplog)
+
+
+async def test_a_get_is_served_by_the_second_when_the_first_refuses(router: Router) -> None:
+    ports = sorted(f"http://127.0.0.1:{free_port()}" for _ in range(2))
+    live = await _RawUpstream().start(int(ports[1].rsplit(":", 1)[1]))
+    try:
+        router.update([_ep("shop", 0, ports[0]), _ep("shop", 1, live.url)])
+        assert router.endpoints("shop")[0] == ports[0]  # nothing listens on the first
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{router.port}/apps/shop/") as resp,
+        ):
+            assert resp.status == 200
+            assert await resp.text() == "GET"
+        assert live.seen == ["GET"]
+    finally:
+        await live.close()
+
+
+async def _pair(first_mode: str) -> tuple[_RawUpstream, _RawUpstream]:
+    """Two upstreams; the one the router tries first (lowest URL) in ``first_mode``."""
+    a, b = await _RawUpstream().start(), await _RawUpstream().start()
+    first, second = sorted((a, b), key=lambda u: u.url)
+    first.mode = first_mode
+    return first, second
+
+
+async def test_a_get_reset_before_any_answer_is_retried_on_another_instance(
+    router: Router,
+) -> None:
+    first, second = await _pair("reset")
+    try:
+        router.update([_ep("shop", 0, first.url), _ep("shop", 1, second.url)])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{router.port}/apps/shop/") as resp,
+        ):
+            assert resp.status == 200
+            assert await resp.text() == "GET"
+        assert first.seen and second.seen == ["GET"]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_post_reset_after_its_body_was_read_is_not_retried(
+    router: Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = await _pair("reset")
+    try:
+        router.update([_ep("shop", 0, first.url), _ep("shop", 1, second.url)])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{router.port}/apps/shop/order", data=b"pay") as resp,
+        ):
+            await _upstream_failed(resp, 502, "upstream_failed")
+        assert first.seen == ["POST"]  # it read the order, then went away
+        assert second.seen == []  # so the order is not placed twice
+    finally:
+        await first.close()
+        await second.close()
+    _no_tracebacks(caplog)
+
+
+async def test_a_body_broken_after_the_answer_started_is_cut_off(
+    router: Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = await _RawUpstream("break").start()
+    try:
+        router.update([_ep("shop", 0, up.url)])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{router.port}/apps/shop/feed") as resp:
+                assert resp.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()  # truncated, never a complete-looking body
+            taken, _ = router.take_counters()
+            assert taken["shop"].errors == 1
+            async with http.get(f"http://127.0.0.1:{router.port}/_aether/health") as resp:
+                assert resp.status == 200  # the router itself is fine
+    finally:
+        await up.close()
+    _no_tracebacks(caplog)

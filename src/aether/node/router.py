@@ -1,10 +1,24 @@
 """The node's HTTP router: ``/apps/{app}/...`` and ``Host: {app}.localhost``.
 
 Round-robin over the app's ACTIVE endpoints (the table comes from the
-assignment stream); a connection that is refused is retried on the next
-endpoint, so a stopping instance costs no request. No endpoint: 503 with the
-error envelope; an app the cluster does not have (no blueprint: never deployed,
-or deleted): 404.
+assignment stream). No endpoint: 503 with the error envelope; an app the
+cluster does not have (no blueprint: never deployed, or deleted): 404.
+
+An instance that cannot be reached or fails to answer never costs a bare 500:
+
+- a request that was never sent (the connection was refused or not made in
+  time) is tried on the next endpoint, whatever its method;
+- a GET, HEAD or OPTIONS that was sent but failed before any response byte
+  (the connection reset or closed, a malformed answer) is tried once more, on
+  another endpoint; any other method whose bytes were sent is not retried;
+- when nothing is left to try the answer is the envelope: 502
+  ``upstream_failed``, or 504 ``upstream_timeout`` when the instance sent no
+  response headers within ``upstream_timeout`` seconds (not retried: the client
+  already waited that long). One warning line is logged, no traceback.
+
+A body that breaks after the response has started cannot be turned into an
+envelope: the client's connection is closed without the end of the body, so
+the client sees a truncated answer, not a complete one.
 
 Per app the router counts, for telemetry, the calls finished since the last
 ``take_counters`` (with errors: 5xx or no upstream, and their summed
@@ -14,8 +28,10 @@ duration) and the calls open now: plain dict updates on the event loop, no lock.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -27,6 +43,12 @@ from aiohttp import web
 from aether.model.cluster import Endpoint
 
 __all__ = ["CallCounter", "Router", "split_target"]
+
+log = logging.getLogger("aether.node.router")
+
+# Methods retried on another endpoint after their bytes were sent (RFC 9110
+# 9.2.2 allows more; these are the ones that never change anything).
+_RETRY_AFTER_SEND = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _HOP_BY_HOP = frozenset(
     {
@@ -67,6 +89,23 @@ def _envelope(status: int, code: str, message: str) -> web.Response:
     )
 
 
+def _reason(exc: BaseException) -> str:
+    """A short, address-free account of an upstream failure (for the envelope)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connecting timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connection refused" if exc.errno == errno.ECONNREFUSED else "could not connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed before an answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "response body broken off"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "malformed response"
+    if isinstance(exc, OSError) and exc.errno == errno.ECONNRESET:
+        return "connection reset"
+    return "connection failed"
+
+
 class CallCounter:
     """Calls of one app through this router in one telemetry interval."""
 
@@ -74,14 +113,16 @@ class CallCounter:
 
     def __init__(self) -> None:
         self.calls = 0
-        self.errors = 0  # 5xx answers, and no endpoint to send to
+        self.errors = 0  # 5xx answers, no endpoint to send to, answers broken off midway
         self.total_ms = 0.0
 
 
 class Router:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, upstream_timeout: float = 60.0) -> None:
+        """``upstream_timeout``: seconds an instance has to send its response headers."""
         self.host = host
         self.port = port
+        self.upstream_timeout = upstream_timeout
         self._table: dict[str, list[str]] = {}
         self._known: frozenset[str] | None = None  # apps with a blueprint (None: unknown)
         self._cycles: dict[str, Iterator[int]] = {}
@@ -114,7 +155,10 @@ class Router:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
+            # An idle connection is dropped after 4 s, before the instance's own
+            # server drops it (5 s for uvicorn and Node): a POST is not retried
+            # once sent, so it should not be sent on a connection about to close.
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=4.0),
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=2),
         )
@@ -150,8 +194,8 @@ class Router:
         self._in_flight[app] = self._in_flight.get(app, 0) + 1
         status = 500
         try:
-            response = await self._forward(request, app, path)
-            status = response.status
+            response, broken = await self._forward(request, app, path)
+            status = 502 if broken else response.status
             return response
         except asyncio.CancelledError:
             status = 499  # the client went away: not the app's failure
@@ -166,12 +210,17 @@ class Router:
             if status >= 500:
                 counter.errors += 1
 
-    async def _forward(self, request: web.Request, app: str, path: str) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.Request, app: str, path: str
+    ) -> tuple[web.StreamResponse, bool]:
+        """The answer to ``request``, and whether its body broke off after it started."""
         if self._known is not None and app not in self._known:
-            return _envelope(404, "not_found", f"no app {app!r} in this cluster")
+            return _envelope(404, "not_found", f"no app {app!r} in this cluster"), False
         urls = self._table.get(app)
         if not urls:
-            return _envelope(503, "service_unavailable", f"app {app!r} has no ACTIVE endpoints")
+            return _envelope(
+                503, "service_unavailable", f"app {app!r} has no ACTIVE endpoints"
+            ), False
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["X-Forwarded-Host"] = request.host
@@ -179,32 +228,100 @@ class Router:
         headers["X-Forwarded-Proto"] = request.scheme
         start = next(self._cycles.setdefault(app, itertools.count()))
         assert self._session is not None
-        last_error = ""
+        method = request.method.upper()
+        resend = method in _RETRY_AFTER_SEND  # one retry left after a sent request failed
+        failure: BaseException | None = None
         for attempt in range(len(urls)):
             url = urls[(start + attempt) % len(urls)]
             try:
-                upstream = await self._session.request(
-                    request.method, url + path, headers=headers, data=body, allow_redirects=False
+                async with asyncio.timeout(self.upstream_timeout):
+                    upstream = await self._session.request(
+                        method, url + path, headers=headers, data=body, allow_redirects=False
+                    )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Never sent: any method may go to the next endpoint.
+                failure = exc
+                log.warning("router: %s %s%s: cannot connect: %s", method, url, path, exc)
+                continue
+            except TimeoutError:
+                log.warning(
+                    "router: %s %s%s: no answer within %gs",
+                    method,
+                    url,
+                    path,
+                    self.upstream_timeout,
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-                last_error = str(exc)
-                continue  # refused or closed before answering: try the next endpoint
-            return await self._relay(request, upstream)
+                return _envelope(
+                    504,
+                    "upstream_timeout",
+                    f"app {app!r} did not answer within {self.upstream_timeout:g} s",
+                ), False
+            except (aiohttp.ClientError, OSError) as exc:
+                # Sent, and failed before any response byte.
+                failure = exc
+                log.warning(
+                    "router: %s %s%s failed before an answer: %s: %s",
+                    method,
+                    url,
+                    path,
+                    type(exc).__name__,
+                    exc,
+                )
+                if resend:
+                    resend = False
+                    continue
+                break
+            return await self._relay(request, upstream, app, url + path)
+        assert failure is not None
         return _envelope(
-            503, "service_unavailable", f"no endpoint of app {app!r} answered: {last_error}"
-        )
+            502, "upstream_failed", f"app {app!r} did not answer: {_reason(failure)}"
+        ), False
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
+        self, request: web.Request, upstream: aiohttp.ClientResponse, app: str, target: str
+    ) -> tuple[web.StreamResponse, bool]:
         async with upstream:
             headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
             if upstream.content_length is not None and upstream.content_length < (1 << 20):
-                data = await upstream.read()
-                return web.Response(status=upstream.status, headers=headers, body=data)
+                try:
+                    async with asyncio.timeout(self.upstream_timeout):
+                        data = await upstream.read()
+                except TimeoutError:
+                    log.warning(
+                        "router: %s: body not complete within %gs", target, self.upstream_timeout
+                    )
+                    return _envelope(
+                        504,
+                        "upstream_timeout",
+                        f"app {app!r} did not finish its answer within {self.upstream_timeout:g} s",
+                    ), False
+                except (aiohttp.ClientError, OSError) as exc:
+                    log.warning(
+                        "router: %s: answer broken: %s: %s", target, type(exc).__name__, exc
+                    )
+                    return _envelope(
+                        502, "upstream_failed", f"app {app!r} did not answer: {_reason(exc)}"
+                    ), False
+                return web.Response(status=upstream.status, headers=headers, body=data), False
             response = web.StreamResponse(status=upstream.status, headers=headers)
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(1 << 16):
+            while True:
+                try:
+                    chunk = await upstream.content.read(1 << 16)
+                except (aiohttp.ClientError, OSError) as exc:
+                    # Too late for an envelope: end the client's connection without
+                    # the end of the body, so the answer reads as truncated.
+                    log.warning(
+                        "router: %s: answer broken after it started: %s: %s",
+                        target,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response, True
+                if not chunk:
+                    break
                 await response.write(chunk)
             await response.write_eof()
-            return response
+            return response, False
