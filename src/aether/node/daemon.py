@@ -31,6 +31,7 @@ from aether.errors import AetherError, ForbiddenError, NotFoundError, Unauthoriz
 from aether.model.api import RegisterIn, RegisterOut
 from aether.model.cluster import Endpoint, InstanceRecord
 from aether.node.capabilities import fingerprint
+from aether.node.cleanup import sweep
 from aether.node.drivers import instance_drivers, sandbox_drivers
 from aether.node.logship import LogShipper
 from aether.node.router import Router
@@ -94,6 +95,9 @@ class NodeDaemon:
         self.endpoints: dict[str, Endpoint] = {}
         self.apps: set[str] | None = None  # apps with a blueprint, from the assignment stream
         self.revision = 0
+        # after the first assignment snapshot of this process: remove what no assignment holds
+        self.sweep_due = False
+        self.swept = False
         self.registration: RegisterOut | None = None
         self.lease_lost = asyncio.Event()
         self.changed = asyncio.Event()
@@ -291,6 +295,7 @@ class NodeDaemon:
             apps = message.get("apps")  # a server without it: the router cannot tell 404
             self.apps = None if apps is None else set(apps)
             self.revision = int(message["revision"]) + 1
+            self.sweep_due = not self.swept
         else:
             key: str = message["key"]
             if key.startswith("instances/"):
@@ -327,7 +332,24 @@ class NodeDaemon:
             except Exception:
                 log.exception("node reconcile pass failed")
 
+    async def sweep(self) -> None:
+        """Once per start, after the first snapshot: remove what no assignment holds.
+
+        Runs before the reconcile pass that starts any runner, so nothing it
+        removes is in use (``node.cleanup``).
+        """
+        self.sweep_due, self.swept = False, True
+        held = [*self.assigned.values(), *(r.record for r in self.runners.values())]
+        try:
+            await asyncio.to_thread(
+                sweep, self.options.data_dir, held, self.config.requests.snapshots()
+            )
+        except Exception:
+            log.exception("removing stale instance directories failed")
+
     async def reconcile(self) -> None:
+        if self.sweep_due:
+            await self.sweep()
         for key, record in self.assigned.items():
             runner = self.runners.get(key)
             if runner is None or runner.gone:

@@ -78,6 +78,7 @@ from aether.node.checkpoint import (
     criu_restore,
     restore_snapshot,
 )
+from aether.node.cleanup import PENDING_SNAPSHOT, instance_dir_name, write_instance_file
 from aether.node.drivers.base import Handle, LaunchSpec, RunsInstances
 from aether.ports import free_port
 
@@ -166,6 +167,10 @@ class RequestLog:
         os.replace(tmp, self.path)
         self._lines = len(self._done)
 
+    def snapshots(self) -> set[str]:
+        """The digests of the checkpoints this node stored on the server (as remembered)."""
+        return {str(r["snapshot"]) for r in self._done.values() if r.get("snapshot")}
+
     def drop(self, request_ids: Iterable[str]) -> None:
         """The node let these commands' instance go: later deliveries start nothing."""
         for request_id in request_ids:
@@ -248,8 +253,7 @@ class InstanceRunner:
 
     @property
     def root(self) -> Path:
-        r = self.record
-        return self.config.data_dir / "instances" / f"{r.app}@{r.version}-{r.n}"
+        return self.config.data_dir / "instances" / instance_dir_name(self.record)
 
     @property
     def app_dir(self) -> Path:
@@ -431,6 +435,7 @@ class InstanceRunner:
         if self.root.exists():
             await asyncio.to_thread(shutil.rmtree, self.root)
         self.root.mkdir(parents=True, mode=0o700)
+        write_instance_file(self.root, self.record)  # for the sweep at a later start
         try:
             await asyncio.to_thread(safe_extract, archive, self.app_dir)
         except UnsafeArchiveError:
@@ -638,7 +643,7 @@ class InstanceRunner:
                 stop=self._stop_process,
                 state_dir=state_dir,
                 ack=self.ack_path,
-                out=self.root / "snapshot.tar.gz",
+                out=self.root / PENDING_SNAPSHOT,
                 timeout=spec.checkpoint.timeout,
                 use_criu=self._criu and spec.checkpoint.method != "cooperative",
                 criu_binary=self.config.criu_binary,
