@@ -108,12 +108,13 @@ def test_below_min_or_above_max_is_fixed_at_once_even_inside_a_cool_down() -> No
 
 def test_a_load_step_scales_up_with_a_readable_reason() -> None:
     spec = _spec(metric="in_flight", target=1.0, min=1, max=20, horizon=0)
-    d = decide(spec, 2, _flat(3.4), None, None, NOW)
+    d = decide(spec, 2, _flat(3.9), None, None, NOW)
     assert d is not None
     assert (d.current, d.desired, d.direction) == (2, 6, "up")  # wanted 7, +4 at most
-    assert d.reason.startswith("in_flight 3.4/instance > target 1: 2 → 6")
+    assert d.reason.startswith("in_flight 3.9/instance > target 1 ±15%: 2 → 6")
     assert "at most 4 more per step" in d.reason
-    assert d.inputs["wanted"] == 7 and d.inputs["predicted"] == pytest.approx(3.4)
+    # sized to the band: 7.8 calls over 7 instances is 1.11 each, inside it; over 6, 1.3
+    assert d.inputs["wanted"] == 7 and d.inputs["predicted"] == pytest.approx(3.9)
 
 
 def test_scale_up_is_capped_at_max() -> None:
@@ -123,13 +124,19 @@ def test_scale_up_is_capped_at_max() -> None:
 
 
 def test_the_trend_predicts_load_before_it_arrives() -> None:
-    ramp = [(NOW - 29 + i, 0.2 + 0.025 * i) for i in range(30)]  # 0.2 → 0.925, rising
+    ramp = [(NOW - 29 + i, 0.3 + 0.025 * i) for i in range(30)]  # 0.3 → 1.025, rising
     level = sum(v for _, v in ramp[-6:]) / 6
     assert level < 1.0  # not over the target yet
     spec = _spec(metric="in_flight", target=1.0, horizon=10)
     d = decide(spec, 4, ramp, None, None, NOW)
     assert d is not None and d.direction == "up" and d.desired > 4
-    assert "(trend +0.025/s)" in d.reason
+    # the reason quotes the predicted level the rule compared, not the current one
+    assert d.reason.startswith(
+        f"in_flight {d.inputs['predicted']:.3g}/instance predicted "
+        f"({level:.3g} now + trend +0.025/s over 10 s) > target 1 ±15%: 4 → "
+    ), d.reason
+    assert d.inputs["compared"] == "predicted" and d.inputs["threshold"] == pytest.approx(1.15)
+    assert d.inputs["predicted"] > 1.15 > d.inputs["level"]
     assert decide(spec.model_copy(update={"horizon": 0.0}), 4, ramp, None, None, NOW) is None
 
 
@@ -214,6 +221,8 @@ def specs(draw: st.DrawFn) -> AutoscaleSpec:
         horizon=draw(st.floats(0.0, 30.0)),
         max_step_up=draw(st.integers(1, 6)),
         max_step_down=draw(st.integers(1, 6)),
+        tolerance=draw(st.floats(0.0, 0.5)),
+        scale_down_window=draw(st.floats(0.0, 60.0)),
     )
 
 
@@ -290,7 +299,7 @@ def test_a_load_step_raises_the_count_within_seconds(spec: AutoscaleSpec, factor
 @given(spec=specs())
 def test_idleness_lowers_to_min_over_time(spec: AutoscaleSpec) -> None:
     per_step = max(spec.scale_down_cooldown, 5.0) + 3.0
-    seconds = int((spec.max - spec.min + 1) * per_step + spec.window + 10)
+    seconds = int((spec.max - spec.min + 1) * per_step + spec.window + spec.scale_down_window + 10)
     counts, changes = _simulate(spec, spec.max, [0.0], seconds=seconds)
     assert counts[-1] == spec.min
     assert all(c.after < c.before for c in changes)  # idle never scales up

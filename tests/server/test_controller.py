@@ -218,6 +218,7 @@ async def test_load_scales_up_idleness_scales_down_and_both_are_recorded(
         target=1.0,
         horizon=0,
         scale_down_cooldown=2,
+        scale_down_window=2,
         max_step_down=2,
     )
     load.set_load(app, instances=1, in_flight=3.0)  # 3 open calls on one instance
@@ -227,7 +228,7 @@ async def test_load_scales_up_idleness_scales_down_and_both_are_recorded(
     up = decisions[0]
     assert (up.layer, up.kind, up.outcome, up.detail) == (1, "scale", "applied", "")
     assert up.action == {"instances": 3, "from": 1, "direction": "up"}
-    assert up.reason.startswith("in_flight 3/instance > target 1: 1 → 3"), up.reason
+    assert up.reason.startswith("in_flight 3/instance > target 1 ±15%: 1 → 3"), up.reason
     assert up.inputs["metric"] == "in_flight" and up.inputs["samples"] >= 1
     deployment_id = (await http.get(f"/api/v1/apps/{app}")).json()["deployment_id"]
     events = (await http.get(f"/api/v1/deployments/{deployment_id}/events")).json()
@@ -309,7 +310,9 @@ async def test_node_pushes_through_the_real_telemetry_hub_scale_an_app(
         with contextlib.suppress(asyncio.CancelledError):
             await pusher
     [decision] = await eventually(lambda: api.decisions(target=app), lambda ds: len(ds) == 1)
-    assert decision.reason.startswith("in_flight 4/instance > target 1: 1 → 4"), decision.reason
+    assert decision.reason.startswith("in_flight 4/instance > target 1 ±15%: 1 → 4"), (
+        decision.reason
+    )
 
 
 async def test_an_app_out_of_bounds_is_brought_back_without_telemetry(

@@ -10,15 +10,26 @@
    known, nothing changes.
 3. **Up** - ``predicted`` = the mean of the last ``RECENT`` seconds plus the
    rising part of the trend (least-squares slope over the window) times
-   ``horizon``. Above ``target`` (and past the up cool-down since the last
-   change): ``desired = ceil(current * predicted / target)``, at most
-   ``max_step_up`` more, at most ``max``.
-4. **Down** - with hysteresis: only when the recent mean and every sample of
-   the whole down cool-down (which samples must cover) are below
-   ``LOW_WATER * target``, and the last change is at least
-   ``scale_down_cooldown`` old. Then ``desired = ceil(current * peak / target)``
-   (the busiest second still fits), at most ``max_step_down`` fewer, at least
-   ``min``.
+   ``horizon`` (at most as far ahead as the samples reach back). Above the
+   tolerance band (``predicted > target * (1 + tolerance)``) and past the up
+   cool-down since the last change: the fewest instances that bring the
+   predicted level back inside the band,
+   ``desired = ceil(current * predicted / (target * (1 + tolerance)))``, at most
+   ``max_step_up`` more, at most ``max``. Inside the band nothing changes: noise
+   around the target is not a reason to scale, and sizing to the band (not to
+   the target itself) keeps a load at an exact multiple of the target from
+   being rounded up to one instance too many by its own jitter.
+4. **Down** - stabilised, with hysteresis: only when every second of the last
+   ``max(scale_down_window, scale_down_cooldown)`` seconds (which samples must
+   cover) and the recent mean are below ``min(LOW_WATER, 1 - tolerance) *
+   target``, and the last change is at least ``scale_down_cooldown`` old. Then
+   down to the highest count any second of that span asked for,
+   ``desired = ceil(current * peak / target)`` (the busiest second still fits),
+   at most ``max_step_down`` fewer, at least ``min``.
+
+Reasons quote the figure the rule compared (the predicted level going up, the
+busiest second of the span going down); ``inputs`` carry it with the
+threshold it crossed.
 
 No I/O and no clock: the caller passes ``now``.
 """
@@ -121,31 +132,43 @@ def decide(
     recent = [v for t, v in window if t >= now - min(RECENT, spec.window)]
     level = _mean(recent)
     trend = slope(window)
-    predicted = level + max(trend, 0.0) * spec.horizon
+    # never look further ahead than the samples reach back: a slope over a few seconds is noise
+    horizon = min(spec.horizon, window[-1][0] - window[0][0])
+    rising = max(trend, 0.0) * horizon
+    predicted = level + rising
+    upper = target * (1.0 + spec.tolerance)
     last_change = max((t for t in (last_up, last_down) if t is not None), default=None)
     inputs: dict[str, Any] = {
         "metric": metric,
         "target": target,
+        "tolerance": spec.tolerance,
         "level": round(level, 4),
         "trend_per_s": round(trend, 4),
         "predicted": round(predicted, 4),
-        "horizon": spec.horizon,
+        "ratio": round(predicted / target, 4) if target > 0 else None,
+        "horizon": round(horizon, 4),
         "samples": len(window),
         "instances": current,
         **bounds,
     }
+    band = f"target {_fmt(target)}{unit} ±{_fmt(spec.tolerance * 100)}%"
 
-    if predicted > target and current < spec.max:
+    if predicted > upper and current < spec.max:
         if last_change is not None and now - last_change < spec.scale_up_cooldown:
             return None
         if metric == "latency" and reporting is not None and reporting < current:
             return None  # the last scale-up is not serving yet
         base = max(current, 1)
-        wanted = math.ceil(base * predicted / target - 1e-9)
+        wanted = math.ceil(base * predicted / upper - 1e-9)
         desired = min(wanted, current + spec.max_step_up, spec.max)
         if desired <= current:
             return None
-        trend_text = f" (trend {trend:+.2g}/s)" if spec.horizon > 0 and trend > 0 else ""
+        figure = f"{metric} {_fmt(predicted)}{unit}/instance"
+        if rising > 0:
+            figure += (
+                f" predicted ({_fmt(level)}{unit} now + trend {trend:+.2g}{unit}/s"
+                f" over {_fmt(horizon)} s)"
+            )
         capped = ""
         if desired < wanted:
             capped = (
@@ -157,19 +180,19 @@ def decide(
             current,
             desired,
             "up",
-            f"{metric} {_fmt(level)}{unit}/instance > target {_fmt(target)}{unit}"
-            f"{trend_text}: {current} → {desired}{capped}",
-            {**inputs, "wanted": wanted},
+            f"{figure} > {band}: {current} → {desired}{capped}",
+            {**inputs, "compared": "predicted", "threshold": round(upper, 4), "wanted": wanted},
         )
 
     if current <= spec.min:
         return None
-    low = LOW_WATER * target
+    low_water = min(LOW_WATER, 1.0 - spec.tolerance)
+    low = low_water * target
     if level >= low:
         return None
     if last_change is not None and now - last_change < spec.scale_down_cooldown:
         return None
-    span = max(spec.scale_down_cooldown, min(RECENT, spec.window))
+    span = max(spec.scale_down_cooldown, spec.scale_down_window, min(RECENT, spec.window))
     held = [(t, v) for t, v in series if now - span <= t <= now]
     # covered: samples reach back to the start of the span and hardly any second is missing
     if not held or held[0][0] > now - span + 2.0 or len(held) < 0.8 * span:
@@ -185,7 +208,14 @@ def decide(
         current,
         desired,
         "down",
-        f"{metric} at most {_fmt(peak)}{unit}/instance, below {int(LOW_WATER * 100)}% of "
+        f"{metric} at most {_fmt(peak)}{unit}/instance, below {_fmt(low_water * 100)}% of "
         f"target {_fmt(target)}{unit} for {_fmt(span)} s: {current} → {desired}",
-        {**inputs, "peak": round(peak, 4), "held_seconds": span},
+        {
+            **inputs,
+            "compared": "peak",
+            "peak": round(peak, 4),
+            "ratio": round(peak / target, 4) if target > 0 else None,
+            "threshold": round(low, 4),
+            "held_seconds": span,
+        },
     )

@@ -37,7 +37,9 @@ class AutoscaleSpec(BaseModel):
 
     ``metric`` is what one instance should carry at most: ``cpu`` (cores per
     instance), ``in_flight`` (open calls per instance) or ``latency`` (mean call
-    duration in ms); ``target`` the level to hold it at.
+    duration in ms); ``target`` the level to hold it at, give or take
+    ``tolerance`` (a fraction of it); ``scale_down_window`` the seconds of calm
+    a scale-down looks back over (stabilisation).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -52,6 +54,11 @@ class AutoscaleSpec(BaseModel):
     horizon: float = Field(default=10.0, ge=0.0, le=600.0)  # predictive look-ahead; 0 = off
     max_step_up: int = Field(default=4, ge=1, le=1000)  # instances added per decision
     max_step_down: int = Field(default=1, ge=1, le=1000)  # instances removed per decision
+    # no change while predicted/target is within 1 ± tolerance (Kubernetes' HPA: 0.1; wider
+    # here: per-second figures of a few instances are noisier than HPA's averages)
+    tolerance: float = Field(default=0.15, ge=0.0, le=0.5)
+    # scale down only to the highest count any second of this window asked for (HPA: 300 s)
+    scale_down_window: float = Field(default=30.0, ge=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _check(self) -> AutoscaleSpec:

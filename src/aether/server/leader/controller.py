@@ -201,7 +201,10 @@ class Controller:
         now = self.clock() if now is None else now
         cluster = await read_snapshot(self.ctx.store)
         specs = [bp.spec.autoscale for bp, _ in cluster.blueprints.values() if bp.spec.autoscale]
-        seconds = max((max(s.window, s.scale_down_cooldown) + 2.0 for s in specs), default=30.0)
+        seconds = max(
+            (max(s.window, s.scale_down_cooldown, s.scale_down_window) + 2.0 for s in specs),
+            default=30.0,
+        )
         hub = self.telemetry_source()
         samples = list(hub.window(seconds)) if hub is not None else []
         risk = self.risk_source()
