@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 
 from aether.artifacts import pack
 from aether.model.cluster import InstanceRecord
+from aether.node.trees import remove_tree
 
 __all__ = [
     "INSTANCE_FILE",
@@ -138,32 +138,6 @@ def unsaved_state(root: Path, stored_snapshots: Collection[str]) -> str | None:
     return f"{where} differs from every checkpoint this node stored on the server"
 
 
-def _open_up(path: Path) -> None:
-    """Give the owner rwx on every directory under ``path`` (links are not followed)."""
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            sub = os.path.join(dirpath, name)
-            if not os.path.islink(sub):
-                with contextlib.suppress(OSError):
-                    os.chmod(sub, 0o700)
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete ``path`` without following links; a read-only directory is opened first.
-
-    The node runs as root in production, which removes the instance's uid's
-    files whatever their modes; a node that is not root (``--isolation none``)
-    may meet a directory the app made read-only.
-    """
-    try:
-        shutil.rmtree(path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o700)
-        _open_up(path)
-        shutil.rmtree(path)
-
-
 @dataclass
 class SweepResult:
     removed: list[str] = field(default_factory=list)  # instance directory names
@@ -199,7 +173,7 @@ def sweep(
                 )
                 continue
             try:
-                _remove_tree(entry)
+                remove_tree(entry)
             except OSError as exc:
                 log.warning("could not remove %s, which no assignment holds: %s", entry, exc)
                 continue

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from aether.node.drivers.base import (
     write_state,
 )
 from aether.node.drivers.execution import kill_group
+from aether.node.trees import remove_tree
 
 __all__ = ["WorkspaceSandboxes"]
 
@@ -88,7 +86,7 @@ class WorkspaceSandboxes:
         root = handle.spec.root
         if read_state(handle.id, root, self.name) is None and not (root / WORKSPACE_DIR).exists():
             return  # already gone (or never ours): delete nothing we do not own
-        await asyncio.to_thread(_remove_tree, root)
+        await asyncio.to_thread(remove_tree, root)
 
     def _track(self, id: str) -> tuple[Callable[[int], None], Callable[[int], None]]:
         def started(pid: int) -> None:
@@ -98,18 +96,3 @@ class WorkspaceSandboxes:
             self._running.get(id, set()).discard(pid)
 
         return started, exited
-
-
-def _remove_tree(root: Path) -> None:
-    """``rm -rf`` that also removes what a sandbox made unwritable (chmod 000)."""
-    if not root.exists():
-        return
-    with contextlib.suppress(OSError):
-        os.chmod(root, 0o700)
-    for dirpath, dirnames, _files in os.walk(root):
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                with contextlib.suppress(OSError):
-                    os.chmod(path, 0o700)
-    shutil.rmtree(root)
