@@ -31,6 +31,7 @@ from aether.model.api import (
     RegisterIn,
     RegisterOut,
     StatusOut,
+    WithdrawalOut,
 )
 from aether.model.app import AppSpec
 from aether.model.decisions import DecisionOut
@@ -492,14 +493,33 @@ class ApiClient:
         url: str | None = None,
         request_id: str = "",
         snapshot: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """The server's answer: ``withdrawn_revision`` when the report withdrew an endpoint."""
         node, app_version, n = key.split("/")[1:4]
         body: dict[str, Any] = {"state": state, "message": message, "url": url}
         if request_id:
             body["request_id"] = request_id
         if snapshot is not None:
             body["snapshot"] = snapshot
-        await self.request("PUT", f"/api/v1/nodes/{node}/instances/{app_version}/{n}", json=body)
+        answer = await self.request(
+            "PUT", f"/api/v1/nodes/{node}/instances/{app_version}/{n}", json=body
+        )
+        return dict(answer.json())
+
+    async def put_routes(self, node: str, revision: int, in_flight: dict[str, int]) -> None:
+        """What this node's router applied (``RoutesIn``)."""
+        body = {"revision": revision, "in_flight": in_flight}
+        await self.request("PUT", f"/api/v1/nodes/{node}/routes", json=body)
+
+    async def withdrawal(self, node: str, revision: int, url: str, wait: float) -> WithdrawalOut:
+        """Whether every live router is done with ``url`` (waits up to ``wait`` s)."""
+        answer = await self.request(
+            "GET",
+            f"/api/v1/nodes/{node}/withdrawals",
+            params={"revision": revision, "url": url, "wait": wait},
+            timeout=wait + 10,
+        )
+        return WithdrawalOut.model_validate(answer.json())
 
     async def unloaded(self, key: str) -> None:
         node, app_version, n = key.split("/")[1:4]

@@ -397,3 +397,45 @@ async def test_a_body_broken_after_the_answer_started_is_cut_off(
     finally:
         await up.close()
     _no_tracebacks(caplog)
+
+
+async def test_a_withdrawn_endpoint_keeps_its_open_requests_counted(router: Router) -> None:
+    """The drain's confirmation: the router says when it dropped an endpoint, how many
+    requests it still has open to it, and when the last one finished."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    changes: list[dict[str, int]] = []
+    router.on_change = lambda: changes.append(router.withdrawn_in_flight())
+    try:
+        router.update([_ep("shop", 0, url)])
+        assert changes == []  # an endpoint added is nothing to confirm
+        async with aiohttp.ClientSession() as http:
+            calls = [
+                asyncio.create_task(http.post(f"http://127.0.0.1:{router.port}/apps/shop/"))
+                for _ in range(2)
+            ]
+            for _ in range(100):
+                if router._open.get(url) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert router.withdrawn_in_flight() == {}  # still in the table: not withdrawn
+            router.update([])  # the endpoint is withdrawn
+            assert changes == [{url: 2}]
+            release.set()
+            answers = await asyncio.gather(*calls)
+            assert [a.status for a in answers] == [200, 200]
+        assert changes[-1] == {}  # the last open request ended: said at once
+        assert router.withdrawn_in_flight() == {}
+    finally:
+        await runner.cleanup()

@@ -148,6 +148,16 @@ ROUTES: dict[str, Route] = {
         lambda s: {"json": {"state": "LOADING"}},
     ),
     "unloaded": ("DELETE", lambda s: f"/api/v1/nodes/{s.mine}/instances/ghost@1/0", lambda s: {}),
+    "routes": (
+        "PUT",
+        lambda s: f"/api/v1/nodes/{s.mine}/routes",
+        lambda s: {"json": {"revision": 1, "in_flight": {}}},
+    ),
+    "withdrawals": (
+        "GET",
+        lambda s: f"/api/v1/nodes/{s.mine}/withdrawals",
+        lambda s: {"params": {"revision": 1, "url": "http://127.0.0.1:1"}},
+    ),
     "logs": (
         "POST",
         lambda s: f"/api/v1/nodes/{s.mine}/logs",

@@ -156,10 +156,32 @@ class RegisterOut(BaseModel):
     lease_id: int
     lease_ttl: float
     heartbeat_interval: float
-    drain_grace: float
+    drain_grace: float  # the pause before a stop when the server cannot confirm a drain
     log_interval: float
     revision: int
     config: NodeConfig = Field(default_factory=NodeConfig)
+
+
+class RoutesIn(BaseModel):
+    """A node's router, after it applied the assignment stream up to ``revision``.
+
+    ``in_flight``: requests it has open to instances no longer in its table
+    (URL → count); instances stopping wait for these to finish.
+    """
+
+    revision: Annotated[int, Field(ge=0)]
+    in_flight: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=4096)
+
+
+class WithdrawalOut(BaseModel):
+    """Whether every live router stopped using an endpoint withdrawn at ``revision``.
+
+    ``waiting_for``: node → what it has not confirmed yet (empty when confirmed).
+    """
+
+    confirmed: bool
+    revision: int
+    waiting_for: dict[str, str] = Field(default_factory=dict)
 
 
 class ReportIn(BaseModel):

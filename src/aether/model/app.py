@@ -91,6 +91,9 @@ class AppSpec(BaseModel):
     health: str | None = "/"
     # seconds one start of an instance has to pass its health check (else it failed)
     health_timeout: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # seconds a stopping instance has to finish the requests it has in flight, after
+    # every router confirmed it sends it nothing new; then SIGTERM (then SIGKILL)
+    shutdown_grace: Annotated[float, Field(ge=0, le=3600)] = 30.0
     instances: Annotated[int, Field(ge=0, le=1000)] = 1
     env: dict[str, str] = Field(default_factory=dict)
     driver: str = "process"

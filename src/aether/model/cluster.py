@@ -16,8 +16,10 @@ __all__ = [
     "InstanceRecord",
     "NodeCapabilities",
     "NodeRecord",
+    "endpoint_key",
     "instance_key",
     "parse_instance_key",
+    "routes_key",
 ]
 
 
@@ -155,3 +157,8 @@ def parse_instance_key(key: str) -> tuple[str, str, int, int]:
 
 def endpoint_key(app: str, entry: str, node: str, n: int) -> str:
     return f"endpoints/{app}/{entry}/{node}:{n}"
+
+
+def routes_key(node: str) -> str:
+    """What the node's router applied (``RoutesIn``), on the node's lease."""
+    return f"routes/{node}"

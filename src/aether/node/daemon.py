@@ -11,6 +11,11 @@ local copy of this node's instance keys and of all endpoints; a reconcile pass
 compares that desired state with the runners it has and steps each one. When
 the server is unreachable nothing is stopped: instances keep serving and the
 router keeps its last endpoint table while the node reconnects.
+
+The node tells the server how far its router got (``PUT /nodes/{id}/routes``:
+the revision applied, the requests still open to withdrawn endpoints) whenever
+its table dropped an endpoint, such a request ended, or it registered: that is
+the confirmation a stopping instance waits for (``core.withdrawal``).
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class NodeDaemon:
         self.drivers, self.isolation, self.isolation_detail = instance_drivers(options.isolation)
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
         self.router = Router(options.router_host, options.router_port)
+        self.routes_changed = asyncio.Event()  # the router's state is to be sent
+        self.router.on_change = self.routes_changed.set
         self.runners: dict[str, InstanceRunner] = {}
         self.assigned: dict[str, InstanceRecord] = {}
         self.endpoints: dict[str, Endpoint] = {}
@@ -187,6 +194,7 @@ class NodeDaemon:
         shipper = asyncio.create_task(self.shipper.run(), name="logs")
         worker = asyncio.create_task(self.tasks.run(), name="tasks")
         telemetry = asyncio.create_task(self.telemetry.run(), name="telemetry")
+        routes = asyncio.create_task(self._send_routes(), name="routes")
         try:
             while True:
                 await self._register()
@@ -205,6 +213,7 @@ class NodeDaemon:
             shipper.cancel()
             worker.cancel()
             telemetry.cancel()
+            routes.cancel()
             await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -244,6 +253,7 @@ class NodeDaemon:
         self.config.criu = self.registration.config.features.get("criu", False)
         for runner in self.runners.values():
             runner.needs_report = True  # endpoints were on the old lease: publish them again
+        self.routes_changed.set()  # so was what the router said
         self.changed.set()
         log.info("registered as %s (lease %d)", self.node_id, self.registration.lease_id)
 
@@ -296,6 +306,7 @@ class NodeDaemon:
             self.apps = None if apps is None else set(apps)
             self.revision = int(message["revision"]) + 1
             self.sweep_due = not self.swept
+            self.routes_changed.set()
         else:
             key: str = message["key"]
             if key.startswith("instances/"):
@@ -317,6 +328,22 @@ class NodeDaemon:
             self.revision = int(message["revision"]) + 1
         self.router.update(self.endpoints.values(), self.apps)
         self.changed.set()
+
+    async def _send_routes(self) -> None:
+        """Tell the server what the router applied, each time that matters (coalesced)."""
+        while True:
+            await self.routes_changed.wait()
+            self.routes_changed.clear()
+            if self.revision == 0 or self.registration is None:
+                continue  # nothing applied yet; the first snapshot sets it again
+            try:
+                await self.client.put_routes(
+                    self.node_id, self.revision - 1, self.router.withdrawn_in_flight()
+                )
+            except AetherError as exc:  # away, or the lease is being replaced: again soon
+                log.debug("could not send the router's state (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                self.routes_changed.set()
 
     def _kick(self) -> None:
         self.changed.set()

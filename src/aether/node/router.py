@@ -20,6 +20,13 @@ A body that breaks after the response has started cannot be turned into an
 envelope: the client's connection is closed without the end of the body, so
 the client sees a truncated answer, not a complete one.
 
+Stopping instances are drained, not cut off (``core.withdrawal``): the router
+counts the requests it has open per instance URL, and ``on_change`` tells the
+node when its table dropped an endpoint or when the last open request to a
+dropped endpoint finished, so the node can say so to the server
+(``withdrawn_in_flight``) and the instance stops only when every router is
+done with it.
+
 Per app the router counts, for telemetry, the calls finished since the last
 ``take_counters`` (with errors: 5xx or no upstream, and their summed
 duration) and the calls open now: plain dict updates on the event loop, no lock.
@@ -28,6 +35,7 @@ duration) and the calls open now: plain dict updates on the event loop, no lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import json
@@ -35,7 +43,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import aiohttp
 from aiohttp import web
@@ -106,6 +114,14 @@ def _reason(exc: BaseException) -> str:
     return "connection failed"
 
 
+class _Sent(Exception):
+    """A request that failed after its bytes were sent (retried only if safe)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class CallCounter:
     """Calls of one app through this router in one telemetry interval."""
 
@@ -130,6 +146,10 @@ class Router:
         self._session: aiohttp.ClientSession | None = None
         self._counters: dict[str, CallCounter] = {}
         self._in_flight: dict[str, int] = {}
+        self._urls: frozenset[str] = frozenset()  # every URL in the table
+        self._open: dict[str, int] = {}  # URL → requests sent to it and not yet answered
+        # called when the table dropped a URL, or a dropped URL's last open request ended
+        self.on_change: Callable[[], None] | None = None
 
     def take_counters(self) -> tuple[dict[str, CallCounter], dict[str, int]]:
         """The counters since the previous take (then reset), and the calls open now."""
@@ -147,6 +167,30 @@ class Router:
             if new.get(app) != self._table.get(app):
                 self._cycles[app] = itertools.count()
         self._table = new
+        urls = frozenset(url for app_urls in new.values() for url in app_urls)
+        dropped = self._urls - urls
+        self._urls = urls
+        if dropped and self.on_change is not None:
+            self.on_change()
+
+    def withdrawn_in_flight(self) -> dict[str, int]:
+        """Requests open to URLs no longer in the table (URL → count)."""
+        return {url: n for url, n in self._open.items() if url not in self._urls}
+
+    @contextlib.contextmanager
+    def _opened(self, url: str) -> Iterator[None]:
+        """Count a request open to ``url`` while the block runs (relay included)."""
+        self._open[url] = self._open.get(url, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._open[url] - 1
+            if left:
+                self._open[url] = left
+            else:
+                del self._open[url]
+                if url not in self._urls and self.on_change is not None:
+                    self.on_change()  # the last request to a withdrawn endpoint ended
 
     def endpoints(self, app: str) -> list[str]:
         return list(self._table.get(app, []))
@@ -227,55 +271,68 @@ class Router:
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Proto"] = request.scheme
         start = next(self._cycles.setdefault(app, itertools.count()))
-        assert self._session is not None
         method = request.method.upper()
         resend = method in _RETRY_AFTER_SEND  # one retry left after a sent request failed
         failure: BaseException | None = None
         for attempt in range(len(urls)):
             url = urls[(start + attempt) % len(urls)]
-            try:
-                async with asyncio.timeout(self.upstream_timeout):
-                    upstream = await self._session.request(
-                        method, url + path, headers=headers, data=body, allow_redirects=False
-                    )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                # Never sent: any method may go to the next endpoint.
-                failure = exc
-                log.warning("router: %s %s%s: cannot connect: %s", method, url, path, exc)
-                continue
-            except TimeoutError:
-                log.warning(
-                    "router: %s %s%s: no answer within %gs",
-                    method,
-                    url,
-                    path,
-                    self.upstream_timeout,
-                )
-                return _envelope(
-                    504,
-                    "upstream_timeout",
-                    f"app {app!r} did not answer within {self.upstream_timeout:g} s",
-                ), False
-            except (aiohttp.ClientError, OSError) as exc:
-                # Sent, and failed before any response byte.
-                failure = exc
-                log.warning(
-                    "router: %s %s%s failed before an answer: %s: %s",
-                    method,
-                    url,
-                    path,
-                    type(exc).__name__,
-                    exc,
-                )
-                if resend:
-                    resend = False
-                    continue
-                break
-            return await self._relay(request, upstream, app, url + path)
+            with self._opened(url):
+                answer = await self._attempt(request, app, path, method, url, headers, body)
+            if isinstance(answer, tuple):
+                return answer
+            failure = answer
+            if isinstance(failure, _Sent):
+                failure = failure.error
+                if not resend:
+                    break
+                resend = False
         assert failure is not None
         return _envelope(
             502, "upstream_failed", f"app {app!r} did not answer: {_reason(failure)}"
         ), False
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        app: str,
+        path: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> tuple[web.StreamResponse, bool] | BaseException:
+        """One try on ``url``: the answer, or the failure (``_Sent`` once bytes went out)."""
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(self.upstream_timeout):
+                upstream = await self._session.request(
+                    method, url + path, headers=headers, data=body, allow_redirects=False
+                )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Never sent: any method may go to the next endpoint.
+            log.warning("router: %s %s%s: cannot connect: %s", method, url, path, exc)
+            return exc
+        except TimeoutError:
+            log.warning(
+                "router: %s %s%s: no answer within %gs", method, url, path, self.upstream_timeout
+            )
+            return _envelope(
+                504,
+                "upstream_timeout",
+                f"app {app!r} did not answer within {self.upstream_timeout:g} s",
+            ), False
+        except (aiohttp.ClientError, OSError) as exc:
+            # Sent, and failed before any response byte.
+            log.warning(
+                "router: %s %s%s failed before an answer: %s: %s",
+                method,
+                url,
+                path,
+                type(exc).__name__,
+                exc,
+            )
+            return _Sent(exc)
+        return await self._relay(request, upstream, app, url + path)
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse, app: str, target: str

@@ -330,7 +330,7 @@ class InstanceRunner:
         self.executed.add(request_id)
         self.config.requests.remember(request_id, **result)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[object]) -> None:
         async def run() -> None:
             try:
                 await coro
@@ -348,7 +348,9 @@ class InstanceRunner:
 
         self.task = asyncio.create_task(run(), name=f"step {self.key}")
 
-    async def _report(self, state: State, *, message: str = "", url: str | None = None) -> None:
+    async def _report(
+        self, state: State, *, message: str = "", url: str | None = None
+    ) -> int | None:
         """Move to ``state`` and tell the server; a refused report undoes the move.
 
         A result (LOADED, ACTIVE, FAILED) that cannot be sent (server away) keeps
@@ -356,11 +358,14 @@ class InstanceRunner:
         A step's opening report (LOADING, ACTIVATING, ...) that cannot be sent
         undoes the move, so the step runs again from the start; keeping it would
         leave, say, ACTIVATING with no process, which no lifecycle step moves on.
+
+        Returns the revision at which the report withdrew the instance's endpoint
+        (None if it withdrew none).
         """
         previous, self.local = self.local, state
         snapshot = self.snapshot if state is State.LOADED else None
         try:
-            await self.client.report(
+            answer = await self.client.report(
                 self.key,
                 state.value,
                 message=message,
@@ -377,6 +382,8 @@ class InstanceRunner:
             raise
         if self.running is not None and _TARGET.get(self.running[0]) is state:
             self._carried_out(self.running[1])
+        withdrawn = answer.get("withdrawn_revision")
+        return int(withdrawn) if withdrawn is not None else None
 
     # -- steps ----------------------------------------------------------------
 
@@ -624,8 +631,8 @@ class InstanceRunner:
         return True
 
     async def _deactivate(self) -> None:
-        await self._report(State.DEACTIVATING)
-        await asyncio.sleep(self.config.drain_grace)  # let routers drop the endpoint
+        withdrawn = await self._report(State.DEACTIVATING)
+        await self._drain(withdrawn)
         state_dir = self.state_dir
         if not (self.record.checkpoint and state_dir is not None):
             await self._stop_process()
@@ -655,6 +662,41 @@ class InstanceRunner:
             return
         self.pending = (made.archive, made.digest, made.size_bytes, made.kind, made.detail)
         await self._store_checkpoint()
+
+    async def _drain(self, revision: int | None) -> None:
+        """Wait until every router is done with this instance (``core.withdrawal``).
+
+        Every live router has applied the withdrawal of its endpoint, so nothing
+        new is sent to it, and the requests they sent it have been answered — or
+        the app's ``shutdown_grace`` ended. A server that cannot say (away, or
+        older) gets the fixed ``drain_grace`` pause instead.
+        """
+        url = self.url
+        if revision is None or url is None:
+            return  # no endpoint was withdrawn: no router sends it anything
+        grace = self.record.spec.shutdown_grace
+        started = time.monotonic()
+        deadline = started + grace
+        waiting: dict[str, str] = {}
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                answer = await self.client.withdrawal(
+                    self.record.node, revision, url, wait=min(left, 10.0)
+                )
+            except AetherError as exc:
+                log.warning("%s: cannot confirm the drain (%s); pausing instead", self.key, exc)
+                await asyncio.sleep(min(self.config.drain_grace, left))
+                return
+            if answer.confirmed:
+                log.info("%s: drained in %.2fs", self.key, time.monotonic() - started)
+                return
+            waiting = answer.waiting_for
+        log.warning(
+            "%s: shutdown_grace (%gs) ended before every router was done with it: %s",
+            self.key,
+            grace,
+            "; ".join(f"{node}: {why}" for node, why in waiting.items()) or "no answer",
+        )
 
     async def _store_checkpoint(self) -> None:
         """Upload the checkpoint taken, then report LOADED with its digest.

@@ -24,8 +24,18 @@ from aether.artifacts import parse_digest
 from aether.core.controller import DRAINED_BY_OPERATOR
 from aether.core.features import node_config
 from aether.core.lifecycle import Command, State, can_report
+from aether.core.withdrawal import RouterState, waiting_for
 from aether.errors import BadRequestError, ConflictError, NotFoundError
-from aether.model.api import JoinIn, JoinOut, NodeOut, RegisterIn, RegisterOut, ReportIn
+from aether.model.api import (
+    JoinIn,
+    JoinOut,
+    NodeOut,
+    RegisterIn,
+    RegisterOut,
+    ReportIn,
+    RoutesIn,
+    WithdrawalOut,
+)
 from aether.model.app import APP_NAME_RE
 from aether.model.cluster import (
     Endpoint,
@@ -34,6 +44,7 @@ from aether.model.cluster import (
     NodeRecord,
     endpoint_key,
     instance_key,
+    routes_key,
 )
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
@@ -50,6 +61,7 @@ Ctx = Annotated[ServerContext, Depends(get_context)]
 
 HEARTBEATS_PER_TTL = 3
 STREAM_PING_SECONDS = 5.0
+WITHDRAWAL_POLL_SECONDS = 0.05  # how often a withdrawal wait reads the routers' states
 # an instance's report message: its cause and the end of its output (core.failures)
 MAX_REPORT_MESSAGE = 4096
 
@@ -275,16 +287,72 @@ async def report(
         )
         ep_key = endpoint_key(app, "web", node, n)
         ops: list[Op] = [Put(key, dump(updated))]
+        withdrawn = False
         if state is State.ACTIVE and body.url and record.command is Command.ACTIVATE:
             _, lease = await _node_record(ctx, node)
             endpoint = Endpoint(app=app, node=node, n=n, version=record.version, url=body.url)
             ops.append(Put(ep_key, dump(endpoint), lease=lease))
         elif state is not State.ACTIVE:
+            withdrawn = await ctx.store.get(ep_key) is not None
             ops.append(Delete(ep_key))
         result = await ctx.store.txn([Compare(key, "mod_revision", "==", kv.mod_revision)], ops)
         if result.succeeded:
-            return {"key": key, "state": state.value, "revision": result.revision}
+            # withdrawn_revision: the revision routers must reach before the instance stops
+            return {
+                "key": key,
+                "state": state.value,
+                "revision": result.revision,
+                "withdrawn_revision": result.revision if withdrawn else None,
+            }
     raise ConflictError(f"instance {key} kept changing; report again")
+
+
+@router.put("/nodes/{node}/routes")
+async def put_routes(
+    node: str, body: RoutesIn, request: Request, caller: NodeCaller, ctx: Ctx
+) -> dict[str, int]:
+    """The node's router applied the assignment stream up to ``revision`` (and has
+    ``in_flight`` requests open to withdrawn endpoints); kept on the node's lease."""
+    own_node(request, caller, node)
+    _, lease = await _node_record(ctx, node)
+    try:
+        revision = await ctx.store.put(routes_key(node), dump(body), lease=lease)
+    except LeaseNotFoundError:
+        raise NotFoundError("lease expired; register again", code="lease_not_found") from None
+    return {"revision": revision}
+
+
+async def _routers(ctx: ServerContext) -> tuple[set[str], dict[str, RouterState]]:
+    """The nodes with a live lease, and what each one's router last said."""
+    node_kvs, _ = await ctx.store.range("nodes/")
+    route_kvs, _ = await ctx.store.range("routes/")
+    states: dict[str, RouterState] = {}
+    for kv in route_kvs:
+        said = RoutesIn.model_validate_json(kv.value)
+        states[kv.key.removeprefix("routes/")] = RouterState(said.revision, said.in_flight)
+    return {kv.key.removeprefix("nodes/") for kv in node_kvs}, states
+
+
+@router.get("/nodes/{node}/withdrawals")
+async def withdrawal(
+    node: str,
+    request: Request,
+    caller: NodeCaller,
+    ctx: Ctx,
+    revision: Annotated[int, Query(ge=0)],
+    url: Annotated[str, Query(min_length=1, max_length=2048)],
+    wait: Annotated[float, Query(ge=0, le=30)] = 0.0,
+) -> WithdrawalOut:
+    """Whether every live router is done with the endpoint ``url`` withdrawn at ``revision``
+    (``core.withdrawal``); waits up to ``wait`` seconds for it."""
+    own_node(request, caller, node)
+    deadline = time.monotonic() + wait
+    while True:
+        live, states = await _routers(ctx)
+        pending = waiting_for(live, states, revision, url)
+        if not pending or time.monotonic() >= deadline:
+            return WithdrawalOut(confirmed=not pending, revision=revision, waiting_for=pending)
+        await asyncio.sleep(WITHDRAWAL_POLL_SECONDS)
 
 
 @router.delete("/nodes/{node}/instances/{app_version}/{n}")

@@ -87,9 +87,10 @@ async def apply_action(
             change["checkpoint"] = True  # the node snapshots the state as it stops
         updated = record.model_copy(update=change)
         ops: list[Op] = [Put(action.key, dump(updated))]
-        if action.command in (Command.DEACTIVATE, Command.UNLOAD):
-            # routers stop sending before the node stops the process
+        if action.command is Command.UNLOAD:
             ops.append(Delete(endpoint_key(record.app, "web", record.node, record.n)))
+        # A DEACTIVATE leaves the endpoint: the node's DEACTIVATING report withdraws it,
+        # and the node waits for every router to confirm that revision (a graceful drain)
         await store.txn(
             [fence, Compare(action.key, "mod_revision", "==", action.mod_revision)], ops
         )
