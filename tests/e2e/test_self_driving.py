@@ -220,3 +220,51 @@ def test_load_scales_up_and_idleness_scales_down(cluster: Cluster, tmp_path: Pat
     assert ups and downs
     assert all(d["layer"] == 1 and d["outcome"] == "applied" for d in ups + downs)
     assert "in_flight" in ups[-1]["reason"]
+
+
+STEADY_TOML = """
+name = "slow"
+start = "python3 app.py"
+health = "/healthz"
+instances = 1
+
+[autoscale]
+min = 1
+max = 4
+metric = "in_flight"
+target = 4
+scale_up_cooldown = 1
+scale_down_cooldown = 3
+window = 10
+"""
+
+
+def _scale_changes(cluster: Cluster) -> list[dict[str, object]]:
+    return [
+        d
+        for d in cluster.cli_json("decisions", "--app", "slow")["decisions"]
+        if d["kind"] == "scale" and d["outcome"] == "applied"
+    ]
+
+
+def test_steady_load_at_twice_the_target_settles_without_flapping(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """8 closed-loop clients against ``target = 4`` once changed the count nine times in
+    45 s (1→2→3→2→3…); after settling it may change at most once."""
+    app = tmp_path / "slow"
+    app.mkdir()
+    (app / "app.py").write_text(SLOW_APP)
+    (app / "aether.toml").write_text(STEADY_TOML)
+    cluster.start_server()
+    cluster.start_node("n1")
+    cluster.cli_json("deploy", str(app))
+    wait_for(lambda: len(cluster.active("slow")) == 1, 30, "one instance ACTIVE")
+    with Load(f"{cluster.router('n1')}/apps/slow/", workers=8) as load:
+        wait_for(lambda: len(cluster.active("slow")) >= 2, 60, "scaled up under load")
+        time.sleep(5)  # settle
+        before = {str(d["id"]) for d in _scale_changes(cluster)}
+        time.sleep(40)
+        after = [d for d in _scale_changes(cluster) if str(d["id"]) not in before]
+    assert len(after) <= 1, [d["reason"] for d in after]
+    assert load.failures == 0

@@ -200,7 +200,8 @@ def decide(
     peak = max(v for _, v in held)
     if peak >= low:
         return None
-    needed = math.ceil(current * peak / target - 1e-9)  # sized for the busiest second
+    # sized so the busiest second sits below the band's lower edge (hysteresis)
+    needed = math.ceil(current * peak / (target * (1.0 - spec.tolerance)) - 1e-9)
     desired = max(needed, current - spec.max_step_down, spec.min)
     if desired >= current:
         return None
