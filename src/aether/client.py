@@ -37,6 +37,7 @@ from aether.model.app import AppSpec
 from aether.model.decisions import DecisionOut
 from aether.model.keys import AppSettingsOut, PublicKeyOut
 from aether.model.migrations import MigrationOut, SnapshotOut
+from aether.model.rebalance import RebalanceOut
 from aether.model.risk import RiskAssessment, SignalIn, SignalOut
 from aether.model.tasks import ExecutionOut, SandboxOut, TaskOut
 from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
@@ -770,6 +771,11 @@ class ApiClient:
     async def undrain(self, node: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.json("POST", f"/api/v1/nodes/{node}/undrain")
         return result
+
+    async def rebalance(self, app: str | None = None) -> RebalanceOut:
+        """Plan the moves that spread ``app``'s instances (None: every app) and start one."""
+        data = await self.json("POST", "/api/v1/rebalance", json={"app": app})
+        return RebalanceOut.model_validate(data)
 
     async def snapshots(self, app: str | None = None, limit: int = 100) -> list[SnapshotOut]:
         params: dict[str, Any] = {"limit": limit}

@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--app", default=None, help="decisions about this app")
     group.add_argument("--node", default=None, help="decisions about this node")
     p.add_argument("--layer", type=int, choices=[1, 2, 3], default=None)
-    p.add_argument("--kind", choices=["scale", "drain", "undrain", "advice"], default=None)
+    p.add_argument(
+        "--kind", choices=["scale", "drain", "undrain", "advice", "rebalance"], default=None
+    )
     p.add_argument("--limit", type=int, default=50)
     _common(p)
 
@@ -330,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("undrain", help="let NODE take instances again")
     p.add_argument("node")
+    _common(p)
+    p = sub.add_parser("rebalance", help="spread instances evenly over the nodes, one at a time")
+    p.add_argument("app", nargs="?", default=None, help="default: every app of yours")
+    p.add_argument("--no-wait", action="store_true", help="return once the first move started")
+    p.add_argument("--timeout", type=float, default=600.0)
     _common(p)
     p = sub.add_parser("snapshots", help="stored snapshots of stateful instances, newest first")
     p.add_argument("app", nargs="?", default=None)
@@ -396,6 +403,7 @@ _MODULES = {
     "drain": "migrate",
     "undrain": "migrate",
     "snapshots": "migrate",
+    "rebalance": "migrate",
     "decisions": "decisions",
     "metrics": "metrics",
     "risk": "risk",

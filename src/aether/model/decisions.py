@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 Metric = Literal["cpu", "in_flight", "latency"]
-DecisionKind = Literal["scale", "drain", "undrain", "advice"]  # advice: an adviser call itself
+# advice: an adviser call itself; rebalance: one instance moved to even out an app's spread
+DecisionKind = Literal["scale", "drain", "undrain", "advice", "rebalance"]
 Outcome = Literal["applied", "refused", "failed"]
 
 # What "busy enough for one more instance" means when aether.toml gives no target:
@@ -77,7 +78,7 @@ class Decision(BaseModel):
 
     layer: int = Field(ge=1, le=3)
     kind: DecisionKind
-    target: str  # app name (scale) or node id (drain, undrain)
+    target: str  # app name (scale, rebalance) or node id (drain, undrain)
     action: dict[str, Any] = Field(default_factory=dict)  # e.g. {"instances": 4, "from": 2}
     inputs: dict[str, Any] = Field(default_factory=dict)  # the figures the rule saw
     reason: str

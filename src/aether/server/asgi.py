@@ -33,6 +33,7 @@ from aether.server.api import (
 )
 from aether.server.api import backup as backup_api
 from aether.server.api import migrations as migrations_api
+from aether.server.api import rebalance as rebalance_api
 from aether.server.api import telemetry as telemetry_api
 from aether.server.api.prometheus import install_metrics
 from aether.server.context import ServerContext
@@ -47,6 +48,7 @@ from aether.server.http.uploads import UploadGate
 from aether.server.leader.advisers import Adviser, adviser_configs
 from aether.server.leader.controller import Controller
 from aether.server.leader.gc import GarbageCollector
+from aether.server.leader.rebalance import Rebalancer
 from aether.server.leader.reconcile import Leader, LeaderLoop
 from aether.server.leader.risk import RiskEngine
 from aether.server.services.logstore import LogStore
@@ -121,12 +123,15 @@ def _open_blobs(settings: ServerSettings, data_dir: Path, registry: ArtifactBack
 
 def _leader_loops(app: FastAPI, ctx: ServerContext) -> list[LeaderLoop]:
     """The leader's loops, each given what it needs: telemetry aggregation (samples each
-    second, roll-ups each minute), the risk engine, the garbage collector, and (when
-    enabled) the controller with its configured advisers. The risk engine and the
+    second, roll-ups each minute), the risk engine, the garbage collector, the rebalance
+    step (unless ``rebalance_interval`` is 0), and (when enabled) the controller with its
+    configured advisers. The risk engine and the
     controller are kept on ``app.state`` for the routes that read them."""
     risk = RiskEngine(ctx, registry=ctx.metrics.registry)
     app.state.risk = risk
     loops: list[LeaderLoop] = [ctx.telemetry.run, risk.run, GarbageCollector(ctx).run]
+    if ctx.settings.rebalance_interval > 0:
+        loops.append(Rebalancer(ctx).run)  # spreads instances back, one move at a time
     app.state.controller = None
     if ctx.settings.controller_enabled:
         controller = Controller(ctx, risk=risk)
@@ -224,6 +229,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")
+    app.include_router(rebalance_api.router, prefix="/api/v1")
     app.include_router(backup_api.router, prefix="/api/v1")
     install_openapi(app)
     return app

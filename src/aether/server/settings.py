@@ -81,6 +81,11 @@ class ServerSettings(BaseSettings):
     migration_timeout: float = Field(
         default=600.0, gt=0, description="seconds after which an unfinished migration is failed"
     )
+    rebalance_interval: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="seconds between two automatic rebalance moves; 0 turns the step off",
+    )
     # -- the controller (layer 1) and its optional advisers (layers 2 and 3) --------------
     controller_enabled: bool = Field(default=True, description="autoscaling and risk drains")
     controller_interval: float = Field(default=1.0, ge=0.1, le=60.0)

@@ -1,4 +1,4 @@
-"""``migrate``, ``migrations``, ``drain``, ``undrain``, ``snapshots``."""
+"""``migrate``, ``migrations``, ``drain``, ``undrain``, ``rebalance``, ``snapshots``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from aether.cli.output import CliError, emit, table
 from aether.cli.session import api_client
 from aether.model.migrations import MIGRATION_FINAL, MigrationOut
+from aether.model.rebalance import RebalanceOut
 
 __all__ = ["run"]
 
@@ -80,6 +81,60 @@ async def _drained(client: Any, node: str, ids: list[str], timeout: float) -> li
         await asyncio.sleep(_POLL)
 
 
+async def _rebalanced(
+    client: Any, app: str | None, timeout: float, wait: bool
+) -> tuple[list[MigrationOut], RebalanceOut]:
+    """Ask for moves until nothing is left to move (one at a time, each waited for);
+    without ``wait``, return once the first one started."""
+    deadline = time.monotonic() + timeout
+    moves: list[MigrationOut] = []
+    while True:
+        answer = await client.rebalance(app)
+        if answer.started is not None:
+            if not wait:
+                return [answer.started], answer
+            done = await _wait(client, answer.started, max(1.0, deadline - time.monotonic()))
+            moves.append(done)
+            if done.status == "failed":
+                raise CliError(
+                    f"rebalance move {done.id} ({done.instance} -> {done.to_node}) failed: "
+                    f"{done.reason}",
+                    kind="network",
+                    code="migration_failed",
+                )
+            continue
+        waiting = any(r.kind == "waiting" for r in answer.refusals)
+        if not wait or not (answer.planned or waiting):
+            return moves, answer
+        if time.monotonic() > deadline:  # a migration in flight, a rollout: wait for it
+            raise CliError(
+                f"rebalance not finished after {timeout:.0f}s ({answer.reason})",
+                kind="network",
+                code="timeout",
+            )
+        await asyncio.sleep(_POLL)
+
+
+def _describe_rebalance(moves: list[MigrationOut], answer: RebalanceOut, wait: bool) -> str:
+    lines = [f"{m.instance}: {m.from_node} -> {m.to_node} ({m.status})" for m in moves]
+    if not wait and moves:
+        lines.append(f"{len(answer.planned)} move(s) planned, one at a time")
+    lines.append(answer.reason)
+    for refusal in answer.refusals:
+        if refusal.kind != "balanced":
+            lines.append(f"{refusal.app}: {refusal.reason}")
+    return "\n".join(lines)
+
+
+async def _rebalance(client: Any, args: argparse.Namespace) -> None:
+    moves, answer = await _rebalanced(client, args.app, args.timeout, not args.no_wait)
+    data = {
+        **answer.model_dump(mode="json", exclude={"started"}),
+        "moves": [m.model_dump(mode="json") for m in moves],
+    }
+    emit(args, data, _describe_rebalance(moves, answer, not args.no_wait))
+
+
 async def run(args: argparse.Namespace) -> int:
     async with api_client(args) as client:
         if args.command == "migrate":
@@ -126,6 +181,8 @@ async def run(args: argparse.Namespace) -> int:
                     or "nothing to move"
                 )
             emit(args, {**answer, "moved": [m.model_dump(mode="json") for m in moves]}, text)
+        elif args.command == "rebalance":
+            await _rebalance(client, args)
         elif args.command == "undrain":
             answer = await client.undrain(args.node)
             emit(args, answer, f"node {args.node} takes instances again")

@@ -286,7 +286,7 @@ class DecisionRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     ts: Mapped[float]  # seconds since the epoch
     layer: Mapped[int]  # 1 decision tree, 2 tactical adviser, 3 strategic adviser
-    kind: Mapped[str] = mapped_column(String(16))  # scale | drain | undrain | advice
+    kind: Mapped[str] = mapped_column(String(16))  # scale | drain | undrain | advice | rebalance
     target: Mapped[str] = mapped_column(String(128))  # app name or node id
     tenant_id: Mapped[str | None] = mapped_column(String(64))  # the app's; None for nodes
     action: Mapped[dict[str, Any]]
