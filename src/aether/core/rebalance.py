@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from aether.core.lifecycle import Command, State
-from aether.core.scheduler import DesiredApp, InstanceView, NodeView
+from aether.core.scheduler import DesiredApp, InstanceView, NodeView, ineligible
 
 __all__ = [
     "CHECKPOINT_FEATURES",
@@ -126,17 +126,6 @@ def rate_limit(now: float, last_started: float | None, interval: float) -> str |
     return None
 
 
-def _ineligible(node: NodeView, want: DesiredApp) -> str | None:
-    if node.draining:
-        return "draining"
-    if want.driver not in node.drivers:
-        return f"no {want.driver} driver"
-    for label, value in want.constraints.items():
-        if node.labels.get(label) != value:
-            return f"label {label}!={value}"
-    return None
-
-
 class _Room:
     """Free cpu and memory per live node, over every instance placed on it."""
 
@@ -197,7 +186,7 @@ def _app_move(
 ) -> Move | Refusal:
     """The one move that improves ``want``'s spread, or why there is none."""
     app = want.app
-    eligible = sorted(nid for nid, node in nodes.items() if _ineligible(node, want) is None)
+    eligible = sorted(nid for nid, node in nodes.items() if ineligible(node, want) is None)
     mine = [i for i in insts if _serving(i, want)]
     per_node = {nid: 0 for nid in eligible}
     for inst in mine:

@@ -61,6 +61,7 @@ __all__ = [
     "SetCommand",
     "Unplaceable",
     "check_target",
+    "ineligible",
     "plan",
 ]
 
@@ -223,7 +224,7 @@ class _Capacity:
         self.per_app[(node, want.app)] += 1
 
 
-def _eligible(node: NodeView, want: DesiredApp) -> str | None:
+def ineligible(node: NodeView, want: DesiredApp) -> str | None:
     """None if ``node`` may run ``want``, else why not."""
     if node.draining:
         return "draining"
@@ -259,7 +260,7 @@ def _candidates(want: DesiredApp, nodes: Sequence[NodeView]) -> _Candidates:
     reasons: dict[str, int] = defaultdict(int)
     eligible: list[str] = []
     for node in nodes:
-        why = _eligible(node, want)
+        why = ineligible(node, want)
         if why is None:
             eligible.append(node.id)
         else:
@@ -278,7 +279,7 @@ def _target_problem(
     node = cands.by_id.get(target)
     if node is None:
         return "not live"
-    why = _eligible(node, want)
+    why = ineligible(node, want)
     if why is not None:
         return why
     if not capacity.fits(target, want):
@@ -451,7 +452,7 @@ def plan(
             elif (
                 want.stateful
                 and inst.version == want.version
-                and (inst.migrate_to is not None or _eligible(alive[inst.node], want) is not None)
+                and (inst.migrate_to is not None or ineligible(alive[inst.node], want) is not None)
             ):
                 if inst.state not in (State.ACTIVE, State.ACTIVATING):
                     captured.append(inst)  # nothing runs: no state beyond what it restored
@@ -471,7 +472,7 @@ def plan(
             elif (
                 inst.version == want.version
                 and inst.migrate_to is None
-                and _eligible(alive[inst.node], want) is None
+                and ineligible(alive[inst.node], want) is None
             ):
                 current.append(inst)
             else:

@@ -424,18 +424,7 @@ class Controller:
     async def record(
         self, decision: Decision, outcome: str, detail: str, now: float
     ) -> DecisionOut:
-        row = await self.ctx.records.add_decision(
-            ts=now,
-            layer=decision.layer,
-            kind=decision.kind,
-            target=decision.target,
-            action=decision.action,
-            inputs=decision.inputs,
-            reason=decision.reason,
-            outcome=outcome,
-            detail=detail,
-            tenant_id=decision.tenant,
-        )
+        row = await self.ctx.records.record_decision(decision, outcome, detail, now)
         log.info(
             "decision layer %d %s %s: %s (%s%s)",
             decision.layer,

@@ -120,18 +120,7 @@ def move_decision(move: Move, tenant: str, requested_by: RequestedBy) -> Decisio
 async def record_decision(
     ctx: ServerContext, decision: Decision, outcome: str, detail: str, now: float
 ) -> DecisionRow:
-    return await ctx.records.add_decision(
-        ts=now,
-        layer=decision.layer,
-        kind=decision.kind,
-        target=decision.target,
-        action=decision.action,
-        inputs=decision.inputs,
-        reason=decision.reason,
-        outcome=outcome,
-        detail=detail,
-        tenant_id=decision.tenant,
-    )
+    return await ctx.records.record_decision(decision, outcome, detail, now)
 
 
 async def start_move(

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import delete, or_, select
 
+from aether.model.decisions import Decision
 from aether.store.records.base import (
     RecordsBase,
 )
@@ -48,6 +49,23 @@ class DecisionRecords(RecordsBase):
             session.add(row)
             await session.commit()
             return row
+
+    async def record_decision(
+        self, decision: Decision, outcome: str, detail: str, ts: float
+    ) -> DecisionRow:
+        """Record ``decision`` as taken at ``ts`` with its outcome."""
+        return await self.add_decision(
+            ts=ts,
+            layer=decision.layer,
+            kind=decision.kind,
+            target=decision.target,
+            action=decision.action,
+            inputs=decision.inputs,
+            reason=decision.reason,
+            outcome=outcome,
+            detail=detail,
+            tenant_id=decision.tenant,
+        )
 
     async def list_decisions(
         self,
