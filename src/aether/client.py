@@ -785,9 +785,12 @@ class ApiClient:
         return [SnapshotOut.model_validate(s) for s in data]
 
     async def upload_snapshot(
-        self, path: Path, digest: str, *, instance: str, kind: str
+        self, path: Path, digest: str, *, instance: str, kind: str, taken_at: float | None = None
     ) -> SnapshotOut:
-        """Store a checkpoint of ``instance`` (a node does this); the server verifies the digest."""
+        """Store a checkpoint of ``instance`` (a node does this); the server verifies the digest.
+
+        ``taken_at`` (an ``orphaned`` one): when the instance last could take writes.
+        """
 
         async def body() -> AsyncIterator[bytes]:
             with path.open("rb") as fh:
@@ -804,9 +807,31 @@ class ApiClient:
                 "X-Aether-Snapshot-Kind": kind,
                 "Content-Type": "application/gzip",
                 "Content-Length": str(path.stat().st_size),
+                **({"X-Aether-Taken-At": f"{taken_at:.3f}"} if taken_at is not None else {}),
             },
         )
         return SnapshotOut.model_validate(data)
+
+    async def confirm_snapshot(self, digest: str, *, instance: str) -> SnapshotOut:
+        """A periodic checkpoint found ``instance``'s state still ``digest`` (no bytes sent)."""
+        data = await self.json(
+            "POST",
+            "/api/v1/snapshots",
+            headers={
+                "X-Aether-Artifact-Digest": digest,
+                "X-Aether-Instance": instance,
+                "X-Aether-Snapshot-Kind": "periodic",
+                "X-Aether-Snapshot-Unchanged": "1",
+            },
+        )
+        return SnapshotOut.model_validate(data)
+
+    async def restore_snapshot(self, app: str, digest: str, n: int | None = None) -> MigrationOut:
+        """Replace ``app``'s instance (``n``, or its first) by one restored from ``digest``."""
+        data = await self.json(
+            "POST", f"/api/v1/apps/{app}/snapshots/{digest}/restore", json={"n": n}
+        )
+        return MigrationOut.model_validate(data)
 
     async def download_snapshot(self, digest: str, dest: Path) -> None:
         await self._download(f"/api/v1/snapshots/{digest}", dest, "snapshot download")

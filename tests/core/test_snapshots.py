@@ -142,3 +142,23 @@ def test_a_blob_a_kept_row_names_stays() -> None:
 def test_nothing_to_keep_or_delete() -> None:
     plan = plan_retention([], now=NOW, keep_per_app=3)
     assert plan.keep == {} and plan.delete == () and plan.delete_blobs == ()
+
+
+def test_orphaned_snapshots_are_kept_for_seven_days_whatever_the_count() -> None:
+    """Orphans of one app sharing a cold bucket, beyond keep_per_app: all kept for 7 days."""
+    checkpoints = rows(10 * MIN, 20 * MIN)
+    orphans = [
+        SnapshotRow(f"orphan-{age}", "t1", "counter", f"sha256:o{age}", NOW - age, "orphaned")
+        for age in (2 * DAY, 2 * DAY + HOUR, 6 * DAY, 8 * DAY)
+    ]
+    plan = plan_retention(checkpoints + orphans, now=NOW, keep_per_app=1)
+    assert {"orphan-172800.0", "orphan-176400.0", "orphan-518400.0"} <= set(plan.keep)
+    assert "orphan-691200.0" in plan.delete  # older than 7 days: retention's as any other
+
+
+def test_an_orphan_is_never_the_newest_state_kept_for_the_app() -> None:
+    """The newest checkpoint that is not an orphan is kept even past keep_per_app."""
+    checkpoint = rows(2 * DAY)
+    orphan = SnapshotRow("orphan", "t1", "counter", "sha256:o", NOW - MIN, "orphaned")
+    plan = plan_retention([*checkpoint, orphan], now=NOW, keep_per_app=0)
+    assert set(plan.keep) == {checkpoint[0].id, "orphan"}

@@ -338,9 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return once the first move started")
     p.add_argument("--timeout", type=float, default=600.0)
     _common(p)
-    p = sub.add_parser("snapshots", help="stored snapshots of stateful instances, newest first")
-    p.add_argument("app", nargs="?", default=None)
+    p = sub.add_parser(
+        "snapshots",
+        help="snapshots of stateful instances: [ls] [APP] (newest first), restore APP DIGEST",
+    )
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="[ls] [APP] | restore APP DIGEST",
+        help="list (an app's) snapshots, or replace APP's instance by one restored from "
+        "DIGEST (a unique prefix will do)",
+    )
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--instance", type=int, default=None, metavar="N", help="restore: instance N")
+    p.add_argument("--no-wait", action="store_true", help="restore: return once it is asked")
+    p.add_argument("--timeout", type=float, default=300.0)
     _common(p)
 
     p = sub.add_parser("deployments", help="an app's deployments, newest first")

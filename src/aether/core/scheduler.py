@@ -120,6 +120,7 @@ class InstanceView:
     checkpoint: bool = False  # told to checkpoint when it stops
     snapshot: str | None = None  # the snapshot its node stored at that checkpoint
     restore_from: str | None = None  # what it was started from
+    restore: str | None = None  # its migration's replacement restores this snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,7 +519,9 @@ def plan(
             _Slot(
                 prefer=inst.migrate_to or None,
                 avoid=inst.node,
-                restore_from=inst.snapshot or inst.restore_from or want.latest_snapshot,
+                restore_from=(
+                    inst.restore or inst.snapshot or inst.restore_from or want.latest_snapshot
+                ),
                 migration_id=inst.migration_id,
             )
             for inst in waiting

@@ -9,8 +9,11 @@ the leader's garbage collection applies it. Tiers by age:
 - older ones are deleted.
 
 Then at most ``keep_per_app`` of what is left, newest first, per app. Whatever
-these rules say, two kinds are always kept: the newest snapshot of each app
-(the state a lost stateful instance restores from) and every digest in
+these rules say, three kinds are always kept: an ``orphaned`` snapshot (the
+newer state a returning node kept, see docs/concepts.md) for
+``ORPHAN_KEEP_SECONDS`` (7 days) whatever its bucket or the app's count, the
+newest checkpoint of each app that is not an orphan (the state a lost
+stateful instance restores from), and every digest in
 ``protected`` (a snapshot an instance still names in ``restore_from``, or the
 checkpoint a migration is about to restore). A stored blob is deleted only
 when no kept row names its digest (rows of several apps or tenants may share
@@ -27,6 +30,7 @@ from typing import Literal
 __all__ = [
     "COLD_SECONDS",
     "HOT_SECONDS",
+    "ORPHAN_KEEP_SECONDS",
     "WARM_SECONDS",
     "RetentionPlan",
     "SnapshotRow",
@@ -38,6 +42,7 @@ __all__ = [
 HOT_SECONDS = 3600.0
 WARM_SECONDS = 24 * 3600.0
 COLD_SECONDS = 7 * 24 * 3600.0
+ORPHAN_KEEP_SECONDS = 7 * 24 * 3600.0  # an orphan is kept this long, whatever else
 
 Tier = Literal["hot", "warm", "cold", "expired"]
 
@@ -49,6 +54,7 @@ class SnapshotRow:
     app: str
     digest: str
     created_at: float  # seconds since the epoch
+    status: str = "stored"  # stored | orphaned | restored
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +114,14 @@ def plan_retention(
                 seen.add((tier, bucket))
             survivors.append(row)
         kept = {row.id for row in survivors[: max(0, keep_per_app)]}
-        kept.add(group[0].id)  # the newest: the app's state
+        checkpoints = [row for row in group if row.status != "orphaned"]
+        if checkpoints:
+            kept.add(checkpoints[0].id)  # the newest: the app's state
+        kept.update(
+            row.id
+            for row in group
+            if row.status == "orphaned" and now - row.created_at < ORPHAN_KEEP_SECONDS
+        )
         kept.update(row.id for row in group if row.digest in pinned)
         for row in group:
             if row.id in kept:

@@ -86,6 +86,10 @@ class AppOut(BaseModel):
     instances_desired: int
     instances_active: int
     created_at: Timestamp
+    # stateful apps: the recovery point objective (``[checkpoint] interval``, 0: periodic
+    # checkpoints off) and the age of the newest checkpoint (None: none stored yet)
+    rpo_seconds: float | None = None
+    checkpoint_age_seconds: float | None = None
 
 
 class AppDeletedOut(BaseModel):

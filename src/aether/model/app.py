@@ -66,18 +66,22 @@ class RolloutSpec(BaseModel):
 
 
 class CheckpointSpec(BaseModel):
-    """How a stateful instance is checkpointed when it moves (``[checkpoint]``).
+    """How a stateful instance is checkpointed (``[checkpoint]``).
 
     ``auto`` uses CRIU where the node has it switched on and falls back to the
     cooperative protocol (SIGUSR1, the app flushes its state to
     ``$AETHER_STATE_DIR`` and touches ``$AETHER_CHECKPOINT_ACK``); ``timeout``
     is how long the node waits for that acknowledgement before it stops the app.
+    ``interval`` (seconds; ``0`` switches it off) is how often the node takes a
+    cooperative checkpoint of an ACTIVE instance without stopping it: the app's
+    recovery point objective (RPO), at most what a lost node takes with it.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["auto", "cooperative", "criu"] = "auto"
     timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    interval: Annotated[float, Field(ge=0, le=86_400)] = 5.0
 
 
 class AppSpec(BaseModel):

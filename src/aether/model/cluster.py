@@ -125,6 +125,9 @@ class InstanceRecord(BaseModel):
     checkpoint: bool = False  # leader → node: checkpoint the state when you stop it
     snapshot: str | None = None  # node → leader: digest of the snapshot it stored
     restore_from: str | None = None  # leader → node: restore this snapshot before start
+    # operator → leader: the migration's replacement restores this snapshot (an orphan
+    # brought back by `aether snapshots restore`) instead of the checkpoint it takes
+    restore: str | None = None
 
     @property
     def key(self) -> str:

@@ -16,11 +16,16 @@ __all__ = [
     "MigrationStatus",
     "SnapshotKind",
     "SnapshotOut",
+    "SnapshotRestoreIn",
+    "SnapshotStatus",
 ]
 
 MigrationKind = Literal["stateless", "stateful"]
 MigrationStatus = Literal["requested", "checkpointing", "restoring", "done", "failed"]
-SnapshotKind = Literal["cooperative", "criu"]
+SnapshotKind = Literal["cooperative", "criu", "periodic", "orphaned"]
+#: ``stored``: a checkpoint; ``orphaned``: the newer state of an instance its node held
+#: after a replacement started elsewhere; ``restored``: an orphan brought back.
+SnapshotStatus = Literal["stored", "orphaned", "restored"]
 
 #: A migration in one of these states changes no more.
 MIGRATION_FINAL: frozenset[str] = frozenset({"done", "failed"})
@@ -57,4 +62,15 @@ class SnapshotOut(BaseModel):
     size_bytes: int
     kind: SnapshotKind
     tier: Literal["hot", "warm", "cold", "expired"]
+    status: SnapshotStatus = "stored"
     created_at: Timestamp
+    # when the state was last known to be this (periodic: the newest checkpoint that
+    # found it unchanged; orphaned: when the old instance was last able to take writes)
+    taken_at: Timestamp | None = None
+
+
+class SnapshotRestoreIn(BaseModel):
+    """``POST /api/v1/apps/{app}/snapshots/{digest}/restore``: which instance (``n``)
+    to replace; None: the app's first serving instance."""
+
+    n: Annotated[int, Field(ge=0, le=100_000)] | None = None

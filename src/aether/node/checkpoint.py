@@ -57,6 +57,7 @@ __all__ = [
     "criu_meta",
     "criu_restore",
     "restore_snapshot",
+    "wait_for_ack",
 ]
 
 CRIU_DIR = ".aether-criu"
@@ -81,7 +82,8 @@ class Checkpoint:
     detail: str  # how it went, for the instance's message
 
 
-async def _wait_for_ack(ack: Path, handle: Handle, timeout: float) -> bool:
+async def wait_for_ack(ack: Path, handle: Handle, timeout: float) -> bool:
+    """Whether the app touched ``ack`` within ``timeout`` (False early when it exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ack.exists():
@@ -105,7 +107,7 @@ async def cooperative_stop(
     except ProcessLookupError:
         await stop()
         return "the app had exited: its state directory as it left it"
-    acked = await _wait_for_ack(ack, handle, timeout)
+    acked = await wait_for_ack(ack, handle, timeout)
     await stop()
     ack.unlink(missing_ok=True)
     if acked:

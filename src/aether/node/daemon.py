@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from aether.node.capabilities import fingerprint
 from aether.node.cleanup import sweep
 from aether.node.drivers import instance_drivers, sandbox_drivers
 from aether.node.logship import LogShipper
+from aether.node.orphans import store_stale_orphan
 from aether.node.router import Router
 from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.tasks import TaskWorker
@@ -97,6 +99,7 @@ class NodeDaemon:
         self.router = Router(options.router_host, options.router_port)
         self.routes_changed = asyncio.Event()  # the router's state is to be sent
         self.router.on_change = self.routes_changed.set
+        self.router.withhold = self.withheld
         self.runners: dict[str, InstanceRunner] = {}
         self.assigned: dict[str, InstanceRecord] = {}
         self.endpoints: dict[str, Endpoint] = {}
@@ -107,6 +110,9 @@ class NodeDaemon:
         self.swept = False
         self.registration: RegisterOut | None = None
         self.lease_lost = asyncio.Event()
+        # when the server last acknowledged this node's lease (monotonic, and wall clock)
+        self.lease_acked: float | None = None
+        self.lease_acked_wall = 0.0
         self.changed = asyncio.Event()
         self.shipper = LogShipper(self.client, self.node_id, self.runners)
         self.telemetry = TelemetryPusher(
@@ -120,6 +126,37 @@ class NodeDaemon:
         self.tasks = TaskWorker(
             self.client, self.node_id, options.data_dir / "sandboxes", dict(self.sandboxes)
         )
+
+    def lease_fresh(self) -> bool:
+        """The server acknowledged this node's lease within its ttl (monotonic clock)."""
+        reg = self.registration
+        if reg is None or self.lease_acked is None:
+            return False
+        return time.monotonic() - self.lease_acked < reg.lease_ttl
+
+    def withheld(self, url: str) -> bool:
+        """Whether the router must not send to ``url`` now: one of this node's own stateful
+        instances while its lease may have expired (a replacement may serve elsewhere), or
+        one fenced since, until the server accepts a report of it again."""
+        for runner in self.runners.values():
+            if runner.url == url and runner.state_dir is not None:
+                if not self.lease_fresh():
+                    self._fence(runner)
+                return runner.fenced
+        return False
+
+    def _fence(self, runner: InstanceRunner) -> None:
+        if runner.fenced:
+            return
+        runner.fenced = True
+        reg = self.registration
+        ttl = reg.lease_ttl if reg is not None else 0.0
+        runner.writes_until = min(time.time(), self.lease_acked_wall + ttl)
+        log.warning("%s: this node's lease may have expired; not serving it", runner.key)
+
+    def _lease_acked(self) -> None:
+        self.lease_acked = time.monotonic()
+        self.lease_acked_wall = time.time()
 
     @property
     def router_url(self) -> str:
@@ -204,6 +241,9 @@ class NodeDaemon:
                     asyncio.create_task(self._follow(), name="assignments"),
                 ]
                 await self.lease_lost.wait()
+                for runner in self.runners.values():
+                    if runner.state_dir is not None:
+                        self._fence(runner)
                 for task in session:
                     task.cancel()
                 await asyncio.gather(*session, return_exceptions=True)
@@ -241,6 +281,7 @@ class NodeDaemon:
         while True:
             try:
                 self.registration = await self.client.register(body)
+                self._lease_acked()
                 break
             except UnauthorizedError as exc:
                 await self._credential_refused(exc)
@@ -264,6 +305,7 @@ class NodeDaemon:
             await asyncio.sleep(reg.heartbeat_interval)
             try:
                 await self.client.heartbeat(self.node_id, reg.lease_id)
+                self._lease_acked()
             except (NotFoundError, UnauthorizedError):  # registering again says which
                 self.lease_lost.set()
                 return
@@ -367,12 +409,18 @@ class NodeDaemon:
         """
         self.sweep_due, self.swept = False, True
         held = [*self.assigned.values(), *(r.record for r in self.runners.values())]
+        stored = self.config.requests.snapshots()
         try:
-            await asyncio.to_thread(
-                sweep, self.options.data_dir, held, self.config.requests.snapshots()
-            )
+            result = await asyncio.to_thread(sweep, self.options.data_dir, held, stored)
         except Exception:
             log.exception("removing stale instance directories failed")
+            return
+        for name in result.kept:  # a stateful instance's state the server may not have
+            root = self.options.data_dir / "instances" / name
+            try:
+                await store_stale_orphan(self.client, root, stored)
+            except Exception:
+                log.exception("keeping the state of %s failed", root)
 
     async def reconcile(self) -> None:
         if self.sweep_due:
@@ -389,7 +437,9 @@ class NodeDaemon:
             runner.step()
         for key in [k for k in self.runners if k not in self.assigned]:
             runner = self.runners.pop(key)
+            if runner.state_dir is not None and not self.lease_fresh():
+                self._fence(runner)  # when it last could take writes, for its orphan
             await runner.cancel()
-            await runner.remove()
+            await runner.let_go()  # a stateful one's newer state is kept (node.orphans)
         for key in [k for k, r in self.runners.items() if r.gone and not r.busy]:
             del self.runners[key]

@@ -150,6 +150,9 @@ class Router:
         self._open: dict[str, int] = {}  # URL → requests sent to it and not yet answered
         # called when the table dropped a URL, or a dropped URL's last open request ended
         self.on_change: Callable[[], None] | None = None
+        # an endpoint this node must not serve now (its own stateful instance while the
+        # node's lease may have expired: see NodeDaemon.withheld)
+        self.withhold: Callable[[str], bool] = lambda url: False
 
     def take_counters(self) -> tuple[dict[str, CallCounter], dict[str, int]]:
         """The counters since the previous take (then reset), and the calls open now."""
@@ -194,6 +197,10 @@ class Router:
 
     def endpoints(self, app: str) -> list[str]:
         return list(self._table.get(app, []))
+
+    def serving(self, app: str) -> list[str]:
+        """The endpoints a request for ``app`` may go to now (none withheld)."""
+        return [url for url in self._table.get(app, []) if not self.withhold(url)]
 
     async def start(self) -> None:
         app = web.Application(client_max_size=64 << 20)
@@ -260,7 +267,7 @@ class Router:
         """The answer to ``request``, and whether its body broke off after it started."""
         if self._known is not None and app not in self._known:
             return _envelope(404, "not_found", f"no app {app!r} in this cluster"), False
-        urls = self._table.get(app)
+        urls = self.serving(app)
         if not urls:
             return _envelope(
                 503, "service_unavailable", f"app {app!r} has no ACTIVE endpoints"

@@ -80,6 +80,8 @@ from aether.node.checkpoint import (
 )
 from aether.node.cleanup import PENDING_SNAPSHOT, instance_dir_name, write_instance_file
 from aether.node.drivers.base import Handle, LaunchSpec, RunsInstances
+from aether.node.orphans import store_orphan
+from aether.node.periodic import PeriodicCheckpoints, PeriodicTarget
 from aether.ports import free_port
 
 __all__ = ["InstanceRunner", "RequestLog", "RunnerConfig"]
@@ -246,6 +248,12 @@ class InstanceRunner:
         self.running: tuple[Command, str] | None = None  # the command the current step serves
         self.snapshot: str | None = None  # the checkpoint it stored (reported with LOADED)
         self.pending: tuple[Path, str, int, str, str] | None = None  # checkpoint to upload
+        self.periodic = PeriodicCheckpoints(client, None)  # while ACTIVE (node.periodic)
+        # the node's lease may have expired: the router withholds this stateful instance
+        # until the server accepts a report of it again (see NodeDaemon.withheld)
+        self.fenced = False
+        self.writes_until: float | None = None  # fenced: it took no writes after this
+        self._release: asyncio.Future[None] | None = None  # let_go, once
 
     @property
     def key(self) -> str:
@@ -336,7 +344,7 @@ class InstanceRunner:
                 await coro
             except NotFoundError:
                 log.info("%s no longer exists on the server; removing it", self.key)
-                await self.remove()
+                await self.let_go()
             except ConflictError as exc:
                 log.warning("%s: %s", self.key, exc)
             except AetherError as exc:
@@ -362,6 +370,8 @@ class InstanceRunner:
         Returns the revision at which the report withdrew the instance's endpoint
         (None if it withdrew none).
         """
+        if state is not State.ACTIVE:
+            await self.periodic.stop()  # nothing else signals the app while it checkpoints
         previous, self.local = self.local, state
         snapshot = self.snapshot if state is State.LOADED else None
         try:
@@ -380,6 +390,9 @@ class InstanceRunner:
             if state in _OPENING:
                 self.local = previous
             raise
+        self.fenced = False  # the server knows the instance on this node's lease
+        if state is State.ACTIVE:
+            self._start_periodic()
         if self.running is not None and _TARGET.get(self.running[0]) is state:
             self._carried_out(self.running[1])
         withdrawn = answer.get("withdrawn_revision")
@@ -741,8 +754,60 @@ class InstanceRunner:
             await self.driver.stop(self.handle, grace=self.config.stop_grace)
             self.handle = None
 
+    def _start_periodic(self) -> None:
+        state_dir, spec = self.state_dir, self.record.spec
+        if state_dir is None or spec.checkpoint.interval <= 0:
+            return
+        requests, key = self.config.requests, self.key
+        self.periodic.target = PeriodicTarget(
+            key=key,
+            interval=spec.checkpoint.interval,
+            timeout=spec.checkpoint.timeout,
+            state_dir=state_dir,
+            app_dir=self.app_dir,
+            ack=self.ack_path,
+            root=self.root,
+            handle=lambda: self.handle,
+            stored=lambda digest: requests.remember(f"periodic {key}", snapshot=digest),
+        )
+        self.periodic.start()
+
+    def let_go(self) -> Awaitable[None]:
+        """The server no longer assigns this instance: keep newer state, then remove it.
+
+        Once per runner (a second call waits for the first); ``node.orphans``.
+        """
+        if self._release is None:
+            self._release = asyncio.ensure_future(self._let_go())
+        return asyncio.shield(self._release)
+
+    async def _let_go(self) -> None:
+        await self.periodic.stop()
+        state_dir = self.state_dir
+        ran = self.handle is not None or self.local in (State.ACTIVE, State.ACTIVATING)
+        told = self.record.command is Command.UNLOAD
+        if state_dir is None or told or self.gone or not ran:
+            await self.remove()
+            return
+        self.gone = True
+        stored = self.config.requests.snapshots() | {self.periodic.last or ""}
+        if await store_orphan(
+            self.client,
+            key=self.key,
+            state_dir=state_dir,
+            app_dir=self.app_dir,
+            scratch=self.root,
+            stored=stored,
+            taken_at=self.writes_until,
+            stop=self._stop_process,
+        ):
+            await self.remove()
+        else:
+            self.config.requests.drop(self.executed)
+
     async def remove(self) -> None:
         """Stop everything and delete the instance's files (no report)."""
+        await self.periodic.stop()
         self.gone = True
         # later deliveries of the commands carried out here start nothing (rule 3)
         self.config.requests.drop(self.executed)

@@ -135,6 +135,75 @@ async def _rebalance(client: Any, args: argparse.Namespace) -> None:
     emit(args, data, _describe_rebalance(moves, answer, not args.no_wait))
 
 
+def _snapshot_words(words: list[str]) -> tuple[str, str | None, str | None]:
+    """``[ls] [APP]`` or ``restore APP DIGEST`` → (action, app, digest)."""
+    if words[:1] == ["restore"]:
+        if len(words) != 3:
+            raise CliError("usage: aether snapshots restore APP DIGEST", kind="usage", code="usage")
+        return "restore", words[1], words[2]
+    rest = words[1:] if words[:1] == ["ls"] else words
+    if len(rest) > 1:
+        raise CliError("usage: aether snapshots [ls] [APP]", kind="usage", code="usage")
+    return "ls", (rest[0] if rest else None), None
+
+
+async def _full_digest(client: Any, app: str, prefix: str) -> str:
+    """The app's snapshot digest ``prefix`` names (with or without ``sha256:``)."""
+    want = prefix if prefix.startswith("sha256:") else f"sha256:{prefix}"
+    found = {s.digest for s in await client.snapshots(app, limit=1000) if s.digest.startswith(want)}
+    if len(found) == 1:
+        return str(found.pop())
+    if not found:
+        raise CliError(
+            f"app {app!r} has no snapshot {prefix!r}; `aether snapshots ls {app}` lists them",
+            kind="not_found",
+            code="not_found",
+        )
+    raise CliError(
+        f"{prefix!r} names {len(found)} snapshots: give more of it", kind="usage", code="usage"
+    )
+
+
+async def _snapshots(client: Any, args: argparse.Namespace) -> None:
+    action, app, digest = _snapshot_words(list(args.words))
+    if action == "restore":
+        assert app is not None and digest is not None
+        migration = await client.restore_snapshot(
+            app, await _full_digest(client, app, digest), args.instance
+        )
+        if not args.no_wait:
+            migration = await _wait(client, migration, args.timeout)
+        emit(args, migration.model_dump(mode="json"), _describe(migration))
+        if migration.status == "failed":
+            raise CliError(
+                f"restore (migration {migration.id}) failed: {migration.reason}",
+                kind="network",
+                code="migration_failed",
+            )
+        return
+    snaps = await client.snapshots(app, limit=args.limit)
+    emit(
+        args,
+        {"snapshots": [s.model_dump(mode="json") for s in snaps]},
+        table(
+            [
+                [
+                    s.app,
+                    s.digest[:19],
+                    _size(s.size_bytes),
+                    s.kind,
+                    s.status,
+                    s.tier,
+                    s.node,
+                    s.created_at.isoformat(timespec="seconds"),
+                ]
+                for s in snaps
+            ],
+            ["app", "digest", "size", "kind", "status", "tier", "node", "created"],
+        ),
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     async with api_client(args) as client:
         if args.command == "migrate":
@@ -187,24 +256,5 @@ async def run(args: argparse.Namespace) -> int:
             answer = await client.undrain(args.node)
             emit(args, answer, f"node {args.node} takes instances again")
         else:
-            snaps = await client.snapshots(args.app, limit=args.limit)
-            emit(
-                args,
-                {"snapshots": [s.model_dump(mode="json") for s in snaps]},
-                table(
-                    [
-                        [
-                            s.app,
-                            s.digest[:19],
-                            _size(s.size_bytes),
-                            s.kind,
-                            s.tier,
-                            s.node,
-                            s.created_at.isoformat(timespec="seconds"),
-                        ]
-                        for s in snaps
-                    ],
-                    ["app", "digest", "size", "kind", "tier", "node", "created"],
-                ),
-            )
+            await _snapshots(client, args)
     return 0

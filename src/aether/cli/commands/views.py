@@ -6,7 +6,7 @@ import argparse
 
 from aether.cli.output import CliError, emit, table
 from aether.cli.session import api_client
-from aether.model.api import NodeOut
+from aether.model.api import AppOut, NodeOut
 from aether.model.cluster import NodeCapabilities
 
 __all__ = ["run"]
@@ -47,6 +47,15 @@ def _isolation_warnings(nodes: list[NodeOut]) -> list[str]:
     return out
 
 
+def _recovery_point(app: AppOut) -> list[str]:
+    """The stateful app's RPO and the age of its newest checkpoint (``-``: stateless)."""
+    if app.rpo_seconds is None:
+        return ["-", "-"]
+    rpo = f"{app.rpo_seconds:g}s" if app.rpo_seconds else "off"
+    age = app.checkpoint_age_seconds
+    return [rpo, "none" if age is None else f"{age:.1f}s ago"]
+
+
 async def run(args: argparse.Namespace) -> int:
     async with api_client(args) as client:
         if args.command == "status":
@@ -69,10 +78,11 @@ async def run(args: argparse.Namespace) -> int:
                             a.name,
                             f"v{a.version}" if a.version else "-",
                             f"{a.instances_active}/{a.instances_desired}",
+                            *_recovery_point(a),
                         ]
                         for a in status.apps
                     ],
-                    ["app", "version", "active"],
+                    ["app", "version", "active", "rpo", "last checkpoint"],
                 )
             )
             emit(args, data, text)

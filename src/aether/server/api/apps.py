@@ -36,6 +36,7 @@ from aether.server.services.cluster import (
 )
 from aether.server.services.signatures import check_deployable
 from aether.store.records import Principal
+from aether.store.records.repo import epoch
 from aether.store.records.schema import App, Deployment
 
 __all__ = ["deployment_out", "instances_of", "router"]
@@ -225,10 +226,18 @@ async def get_deployment(deployment_id: str, caller: Caller, ctx: Ctx) -> Deploy
 @router.get("/apps")
 async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
     snap = await read_snapshot(ctx.store)
+    stateful = [
+        (bp.tenant, bp.app)
+        for bp, _ in snap.blueprints.values()
+        if bp.tenant == caller.tenant_id and bp.spec.stateful
+    ]
+    taken = await ctx.records.newest_checkpoints(stateful) if stateful else {}
+    now = time.time()
     out = []
     for app in await ctx.records.list_apps(caller.tenant_id):
         entry = snap.blueprints.get(app.name)
         bp = entry[0] if entry and entry[0].tenant == caller.tenant_id else None
+        newest = taken.get((caller.tenant_id, app.name))
         out.append(
             AppOut(
                 name=app.name,
@@ -237,6 +246,10 @@ async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
                 instances_desired=bp.instances if bp else 0,
                 instances_active=snap.active_count(app.name, bp.version) if bp else 0,
                 created_at=app.created_at,
+                rpo_seconds=bp.spec.checkpoint.interval if bp and bp.spec.stateful else None,
+                checkpoint_age_seconds=(
+                    round(max(0.0, now - epoch(newest)), 1) if newest is not None else None
+                ),
             )
         )
     return out

@@ -5,7 +5,9 @@
 - ``POST /snapshots`` (node): store a checkpoint of an instance, verified
   against its digest, content-addressed in the artifact registry;
 - ``GET /snapshots[?app=]``: a tenant's snapshots with their retention tier;
-- ``GET /snapshots/{digest}`` (node, operator): download one.
+- ``GET /snapshots/{digest}`` (node, operator): download one;
+- ``POST /apps/{app}/snapshots/{digest}/restore`` (operator): replace the app's
+  instance by one restored from that snapshot (an orphan, or any other).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from aether.artifacts.scan import scanned
 from aether.core.snapshots import tier_of
 from aether.errors import BadRequestError, ForbiddenError, NotFoundError
 from aether.model.cluster import InstanceRecord
-from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut
+from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut, SnapshotRestoreIn
 from aether.server.api.artifacts import (
     DIGEST_HEADER,
     GZIP_ANSWER,
@@ -34,17 +36,27 @@ from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import ArtifactReader, Caller, NodeCaller, Operator
 from aether.server.services.migrations import migration_out, request_migration
-from aether.store.records.repo import epoch
+from aether.server.services.recovery import orphan_blueprint, record_orphan, restore_snapshot
+from aether.store.records.repo import epoch, utc
 from aether.store.records.schema import SnapshotRecord
 
-__all__ = ["DIGEST_HEADER", "INSTANCE_HEADER", "KIND_HEADER", "router"]
+__all__ = [
+    "DIGEST_HEADER",
+    "INSTANCE_HEADER",
+    "KIND_HEADER",
+    "TAKEN_AT_HEADER",
+    "UNCHANGED_HEADER",
+    "router",
+]
 
 router = APIRouter(tags=["migrations"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
 INSTANCE_HEADER = "X-Aether-Instance"
 KIND_HEADER = "X-Aether-Snapshot-Kind"
-_KINDS = ("cooperative", "criu")
+UNCHANGED_HEADER = "X-Aether-Snapshot-Unchanged"  # periodic: the state is still DIGEST
+TAKEN_AT_HEADER = "X-Aether-Taken-At"  # orphaned: when the instance last took writes
+_KINDS = ("cooperative", "criu", "periodic", "orphaned")
 
 
 @router.post("/instances/migrate", status_code=202)
@@ -81,18 +93,41 @@ def snapshot_out(row: SnapshotRecord, now: float) -> SnapshotOut:
         size_bytes=row.size_bytes,
         kind=row.kind,  # type: ignore[arg-type]
         tier=tier_of(max(0.0, now - created)),
+        status=row.status,  # type: ignore[arg-type]
         created_at=row.created_at,
+        taken_at=row.taken_at or row.created_at,
     )
+
+
+def _taken_at(request: Request) -> float | None:
+    raw = request.headers.get(TAKEN_AT_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequestError(f"{TAKEN_AT_HEADER} must be seconds since the epoch") from None
+    if not 0 < value < 1e11:
+        raise BadRequestError(f"{TAKEN_AT_HEADER} must be seconds since the epoch")
+    return value
 
 
 @router.post("/snapshots", status_code=201)
 async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSONResponse:
-    """A node stores an instance's checkpoint (a ``tar.gz``); visible once verified."""
+    """A node stores an instance's checkpoint (a ``tar.gz``); visible once verified.
+
+    ``periodic`` with ``X-Aether-Snapshot-Unchanged: 1`` and no body: the instance's
+    state still packs to DIGEST (200; 404 when the server has no such snapshot of
+    it, then the node sends it). ``orphaned``: the state of an instance the leader
+    replaced while its node was away (the instance no longer needs to exist).
+    """
     digest = claimed_digest(request)
     kind = request.headers.get(KIND_HEADER, "cooperative")
     if kind not in _KINDS:
         raise BadRequestError(f"{KIND_HEADER} must be one of {', '.join(_KINDS)}, not {kind!r}")
     key = request.headers.get(INSTANCE_HEADER, "")
+    if kind == "orphaned":
+        return await _upload_orphan(request, caller.node or "", key, digest, ctx)
     kv = await ctx.store.get(key) if key.startswith("instances/") else None
     if kv is None:
         raise NotFoundError(f"instance {key!r} does not exist; a snapshot needs its instance")
@@ -101,6 +136,11 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
             request, caller, key, f"the instance is not node {caller.node!r}'s: not its snapshot"
         )
     record = InstanceRecord.model_validate_json(kv.value)
+    if kind == "periodic" and request.headers.get(UNCHANGED_HEADER) == "1":
+        confirmed = await ctx.records.confirm_snapshot(key, digest)
+        if confirmed is None:
+            raise NotFoundError(f"no snapshot {digest} of {key}: send it")
+        return JSONResponse(snapshot_out(confirmed, time.time()).model_dump(mode="json"))
 
     async with ctx.uploads.slot("artifact") as slot:
         chunks = scanned(slot.meter(request_chunks(request)))  # restored by safe_extract
@@ -116,6 +156,30 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
     )
     out = snapshot_out(row, time.time()).model_dump(mode="json")
     return JSONResponse(out, status_code=201)
+
+
+async def _upload_orphan(
+    request: Request, node: str, key: str, digest: str, ctx: ServerContext
+) -> JSONResponse:
+    """Store a returning node's newer state as ``orphaned``, with its event."""
+    taken = _taken_at(request)
+    bp = await orphan_blueprint(ctx, node, key)
+    async with ctx.uploads.slot("artifact") as slot:
+        chunks = scanned(slot.meter(request_chunks(request)))
+        result = await ctx.registry.write_stream(chunks, digest)
+    row = await ctx.records.add_snapshot(
+        tenant_id=bp.tenant,
+        app=bp.app,
+        instance=key,
+        node=node,
+        digest=result.digest,
+        size_bytes=result.size_bytes,
+        kind="orphaned",
+        status="orphaned",
+        taken_at=utc(taken) if taken is not None else None,
+    )
+    await record_orphan(ctx, bp, row)
+    return JSONResponse(snapshot_out(row, time.time()).model_dump(mode="json"), status_code=201)
 
 
 @router.get("/snapshots")
@@ -154,3 +218,24 @@ async def download_snapshot(
     if caller.role == "node":
         await check_node_read(request, ctx, caller, digest, "snapshot")
     return await gzip_download(ctx, digest, size)
+
+
+@router.post("/apps/{app}/snapshots/{digest}/restore", status_code=202)
+async def restore(
+    app: str,
+    digest: str,
+    caller: Operator,
+    ctx: Ctx,
+    body: SnapshotRestoreIn | None = None,
+) -> MigrationOut:
+    """Replace the app's instance by one restored from the snapshot ``digest``.
+
+    A stateful migration (``GET /migrations/{id}`` follows it): the instance is
+    checkpointed as it stops (its state is kept as a snapshot too), and its
+    replacement restores ``digest``. An orphan restored is ``restored`` from then on.
+    """
+    digest = parse_digest(digest)
+    row = await restore_snapshot(
+        ctx, caller.tenant_id, app, digest, body.n if body is not None else None
+    )
+    return migration_out(row)

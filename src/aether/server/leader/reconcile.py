@@ -37,6 +37,7 @@ from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.services.migrations import latest_snapshots
 from aether.server.services.migrations import track as track_migrations
+from aether.server.services.recovery import lost_note
 from aether.store.base import (
     CompactedError,
     Compare,
@@ -270,10 +271,15 @@ class Leader:
                 )
             elif isinstance(action, Remove):
                 record, _ = snap.instances[action.key]
+                note = ""
+                if record.spec.stateful:
+                    latest = (await latest_snapshots(self.ctx, snap)).get(record.app)
+                    note = await lost_note(self.ctx, record, latest, time.time())
                 await records.add_event(
                     record.deployment_id,
                     "node_lost",
-                    f"instance {record.n} lost with node {record.node}; placing it elsewhere",
+                    f"instance {record.n} lost with node {record.node}; placing it elsewhere"
+                    + note,
                 )
             elif isinstance(action, Unplaceable):
                 bp, _ = snap.blueprints[action.app]

@@ -447,7 +447,10 @@ async def apply_retention(ctx: ServerContext, *, dry_run: bool = False) -> tuple
     snap = await read_snapshot(ctx.store)
     now = time.time()
     plan = plan_retention(
-        [SnapshotRow(r.id, r.tenant_id, r.app, r.digest, epoch(r.created_at)) for r in rows],
+        [
+            SnapshotRow(r.id, r.tenant_id, r.app, r.digest, epoch(r.created_at), r.status)
+            for r in rows
+        ],
         now=now,
         keep_per_app=ctx.settings.snapshot_keep,
         protected=_protected(snap),

@@ -332,9 +332,13 @@ class SnapshotRecord(Base):
     node: Mapped[str] = mapped_column(String(128))
     digest: Mapped[str] = mapped_column(String(71))
     size_bytes: Mapped[int]
-    kind: Mapped[str] = mapped_column(String(16))  # cooperative | criu
+    kind: Mapped[str] = mapped_column(String(16))  # cooperative | criu | periodic | orphaned
     tier: Mapped[str] = mapped_column(String(8))  # hot | warm | cold (updated by retention)
     created_at: Mapped[datetime]
+    # stored | orphaned | restored (an orphan is never what a new instance restores)
+    status: Mapped[str] = mapped_column(String(16), default="stored", server_default="stored")
+    # when the state was last known to be this one (None: created_at)
+    taken_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class MigrationRecord(Base):

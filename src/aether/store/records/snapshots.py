@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -33,7 +34,10 @@ class SnapshotRecords(RecordsBase):
         digest: str,
         size_bytes: int,
         kind: str,
+        status: str = "stored",
+        taken_at: datetime | None = None,
     ) -> SnapshotRecord:
+        stamp = now()
         row = SnapshotRecord(
             id=new_id(),
             tenant_id=tenant_id,
@@ -44,7 +48,9 @@ class SnapshotRecords(RecordsBase):
             size_bytes=size_bytes,
             kind=kind,
             tier="hot",
-            created_at=now(),
+            created_at=stamp,
+            status=status,
+            taken_at=min(taken_at, stamp) if taken_at is not None else stamp,
         )
         async with self.sessions() as session:
             session.add(row)
@@ -80,19 +86,88 @@ class SnapshotRecords(RecordsBase):
             return await session.scalar(query.limit(1)) is not None
 
     async def latest_snapshots(self, apps: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """The digest of the newest snapshot of each (tenant id, app) that has one."""
+        """The digest of the newest snapshot of each (tenant id, app) that has one.
+
+        An ``orphaned`` snapshot is never it: an operator brings one back on purpose.
+        """
         out: dict[tuple[str, str], str] = {}
         async with self.sessions() as session:
             for tenant_id, app in apps:
                 digest = await session.scalar(
                     select(SnapshotRecord.digest)
-                    .where(SnapshotRecord.tenant_id == tenant_id, SnapshotRecord.app == app)
+                    .where(
+                        SnapshotRecord.tenant_id == tenant_id,
+                        SnapshotRecord.app == app,
+                        SnapshotRecord.status != "orphaned",
+                    )
                     .order_by(SnapshotRecord.created_at.desc(), SnapshotRecord.id.desc())
                     .limit(1)
                 )
                 if digest is not None:
                     out[(tenant_id, app)] = digest
         return out
+
+    async def newest_checkpoints(
+        self, apps: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], datetime]:
+        """When the newest checkpoint (not an orphan) of each (tenant id, app) was taken."""
+        out: dict[tuple[str, str], datetime] = {}
+        async with self.sessions() as session:
+            for tenant_id, app in apps:
+                rows = await session.execute(
+                    select(SnapshotRecord.created_at, SnapshotRecord.taken_at)
+                    .where(
+                        SnapshotRecord.tenant_id == tenant_id,
+                        SnapshotRecord.app == app,
+                        SnapshotRecord.status != "orphaned",
+                    )
+                    .order_by(SnapshotRecord.created_at.desc())
+                    .limit(1)
+                )
+                for created, taken in rows:
+                    out[(tenant_id, app)] = taken or created
+        return out
+
+    async def confirm_snapshot(self, instance: str, digest: str) -> SnapshotRecord | None:
+        """The instance's state is still ``digest``: its newest row of it is taken now."""
+        async with self.sessions() as session:
+            row = await session.scalar(
+                select(SnapshotRecord)
+                .where(SnapshotRecord.instance == instance, SnapshotRecord.digest == digest)
+                .order_by(SnapshotRecord.created_at.desc(), SnapshotRecord.id.desc())
+                .limit(1)
+            )
+            if row is None:
+                return None
+            row.taken_at = now()
+            await session.commit()
+            await session.refresh(row)
+            return row
+
+    async def find_snapshot(
+        self, tenant_id: str, app: str, digest: str
+    ) -> Sequence[SnapshotRecord]:
+        """The tenant's rows of ``app`` with this digest, newest first."""
+        query = (
+            select(SnapshotRecord)
+            .where(
+                SnapshotRecord.tenant_id == tenant_id,
+                SnapshotRecord.app == app,
+                SnapshotRecord.digest == digest,
+            )
+            .order_by(SnapshotRecord.created_at.desc(), SnapshotRecord.id.desc())
+        )
+        async with self.sessions() as session:
+            return (await session.scalars(query)).all()
+
+    async def set_snapshot_status(self, ids: Sequence[str], status: str) -> None:
+        if not ids:
+            return
+        async with self.sessions() as session:
+            await session.execute(
+                update(SnapshotRecord).where(SnapshotRecord.id.in_(ids)).values(status=status)
+            )
+            await session.commit()
 
     async def artifact_claimed(self, digest: str) -> bool:
         """Whether any tenant holds an artifact with this digest."""
