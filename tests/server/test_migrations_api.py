@@ -499,3 +499,170 @@ def test_progress_of_a_stateful_move() -> None:
     assert progress(row, stored, restoring).status == "restoring"
     broken = stopping.model_copy(update={"state": State.FAILED, "message": "checkpoint failed"})
     assert progress(row, broken, None).status == "failed"
+
+
+def test_a_failed_checkpoint_says_so_and_what_the_app_restarts_from() -> None:
+    row = _row("stateful")
+    broken = _inst(
+        "n1",
+        0,
+        Command.DEACTIVATE,
+        State.FAILED,
+        checkpoint=True,
+        migration_id="m1",
+        message="checkpoint failed: the state directory cannot be packed",
+    )
+    latest = "sha256:" + "7" * 64
+    step = progress(row, broken, None, latest=latest)
+    assert step.status == "failed"
+    assert "the checkpoint on n1 failed" in step.reason
+    assert f"restores the app's newest stored snapshot {latest}" in step.reason
+    assert "starts empty" in progress(row, broken, None, latest=None).reason
+
+
+def test_a_source_lost_while_checkpointing_names_the_snapshot_it_restarts_from() -> None:
+    latest = "sha256:" + "8" * 64
+    step = progress(_row("stateful"), None, None, latest=latest)
+    assert step.status == "failed"
+    assert "node n1 was lost" in step.reason and latest in step.reason
+
+
+def test_a_target_lost_during_the_restore_is_blamed_on_the_target() -> None:
+    row = _row("stateful")
+    row.status, row.to_node = "restoring", "n2"
+    row.replacement = "instances/n2/web@1/1"
+    step = progress(row, None, None, latest="sha256:" + "9" * 64)
+    assert step.status == "failed"
+    assert "node n2 was lost during the restore" in step.reason
+    assert "n1 was lost" not in step.reason
+
+
+# -- recovery point: periodic checkpoints, orphans, restore ---------------------------
+
+
+async def test_a_periodic_checkpoint_of_unchanged_state_sends_no_bytes(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    await nodes.register(unique("n"))
+    app, inst = await deployed(http, server, nodes, stateful=True, state_dir="data")
+    token, key = server.node_token(inst["node"]), inst["key"]
+    apps = await http.get(f"/api/v1/apps/{app}", headers=bearer(server.admin_token))
+    assert apps.json()["rpo_seconds"] == 5.0 and apps.json()["checkpoint_age_seconds"] is None
+    data = snapshot_bytes()
+    stored = await upload_snapshot(http, token, key, data, kind="periodic")
+    assert stored.status_code == 201, stored.text
+    digest, first = stored.json()["digest"], stored.json()["taken_at"]
+
+    unchanged = {
+        **bearer(token),
+        "X-Aether-Artifact-Digest": digest,
+        "X-Aether-Instance": key,
+        "X-Aether-Snapshot-Kind": "periodic",
+        "X-Aether-Snapshot-Unchanged": "1",
+    }
+    confirmed = await http.post("/api/v1/snapshots", headers=unchanged)
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["taken_at"] > first and confirmed.json()["digest"] == digest
+    unknown = {**unchanged, "X-Aether-Artifact-Digest": "sha256:" + "1" * 64}
+    assert_envelope(await http.post("/api/v1/snapshots", headers=unknown), 404, "not_found")
+    admin = bearer(server.admin_token)
+    listed = await http.get("/api/v1/snapshots", params={"app": app}, headers=admin)
+    assert [(s["kind"], s["status"]) for s in listed.json()] == [("periodic", "stored")]
+    shown = (await http.get(f"/api/v1/apps/{app}", headers=bearer(server.admin_token))).json()
+    assert shown["rpo_seconds"] == 5.0 and 0 <= shown["checkpoint_age_seconds"] < 5
+
+
+async def test_a_returning_nodes_state_is_kept_as_an_orphan_and_can_be_restored(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    n1, n2 = await nodes.register(unique("n")), await nodes.register(unique("n"))
+    app, inst = await deployed(http, server, nodes, stateful=True, state_dir="data")
+    old, home = inst["key"], inst["node"]
+    periodic = await upload_snapshot(
+        http, server.node_token(home), old, snapshot_bytes(), kind="periodic"
+    )
+    checkpoint = periodic.json()["digest"]
+    # the node's lease expires: the leader removes its instance and places a replacement
+    server.run(server.ctx.store.delete(f"nodes/{home}"))
+
+    async def replacement() -> dict[str, Any] | None:
+        found = [i for i in await nodes.instances(app) if i["key"] != old]
+        return found[0] if found else None
+
+    new = await eventually(replacement, "the replacement")
+    assert (await nodes.record(new["key"]))["restore_from"] == checkpoint
+    await nodes.bring_up(new["key"])
+
+    # the node comes back with newer state: stored as orphaned, with an event
+    newer = snapshot_bytes()
+    other = n2 if home == n1 else n1
+    assert_envelope(
+        await upload_snapshot(http, server.node_token(other), old, newer, kind="orphaned"),
+        404,
+        "not_found",
+    )
+    taken = f"{now().timestamp() - 1:.3f}"
+    orphan = await http.post(
+        "/api/v1/snapshots",
+        content=newer,
+        headers={
+            **bearer(server.node_token(home)),
+            "X-Aether-Artifact-Digest": "sha256:" + hashlib.sha256(newer).hexdigest(),
+            "X-Aether-Instance": old,
+            "X-Aether-Snapshot-Kind": "orphaned",
+            "X-Aether-Taken-At": taken,
+        },
+    )
+    assert orphan.status_code == 201, orphan.text
+    lost = orphan.json()["digest"]
+    assert orphan.json()["status"] == "orphaned" and orphan.json()["kind"] == "orphaned"
+    async with ApiClient(server.base_url, server.admin_token) as api:
+        events = await api.events((await nodes.record(new["key"]))["deployment_id"])
+        (lost_event,) = [e for e in events if e["type"] == "node_lost"]
+        assert f"restores checkpoint {checkpoint[:19]}" in lost_event["message"]
+        assert "RPO 5s" in lost_event["message"]
+        (event,) = [e for e in events if e["type"] == "state_orphaned"]
+        assert lost in event["message"] and checkpoint[:19] in event["message"]
+        assert "missing" in event["message"] and f"snapshots restore {app}" in event["message"]
+        # an orphan is never what a new instance restores on its own
+        records = server.ctx.records
+        tenant = server.run(records.list_snapshots(None, app))[0].tenant_id
+        latest = server.run(records.latest_snapshots([(tenant, app)]))
+        assert list(latest.values()) == [checkpoint]
+
+        # restore: operators only, the caller's tenant only
+        path = f"/api/v1/apps/{app}/snapshots/{lost}/restore"
+        assert_envelope(
+            await http.post(path, headers=bearer(server.token("viewer"))), 403, "forbidden"
+        )
+        assert_envelope(
+            await http.post(path, headers=bearer(server.new_tenant())), 404, "not_found"
+        )
+        missing = f"/api/v1/apps/{app}/snapshots/sha256:{'2' * 64}/restore"
+        assert_envelope(
+            await http.post(missing, headers=bearer(server.admin_token)), 404, "not_found"
+        )
+        await nodes.register(unique("n"))  # a restore moves the instance to another node
+        moved = await api.restore_snapshot(app, lost)
+        assert moved.kind == "stateful" and moved.instance == new["key"]
+        assert (await nodes.record(new["key"]))["restore"] == lost
+        statuses = {s.digest: s.status for s in await api.snapshots(app)}
+        assert statuses[lost] == "restored"
+
+        # the instance checkpoints as it stops; its replacement restores the orphan
+        async def checkpoint_asked() -> bool:
+            return (await nodes.record(new["key"]))["command"] == "DEACTIVATE"
+
+        await eventually(checkpoint_asked, "DEACTIVATE with checkpoint")
+        await nodes.api.report(new["key"], "DEACTIVATING")
+        own = await upload_snapshot(
+            http, server.node_token(new["node"]), new["key"], snapshot_bytes()
+        )
+        await nodes.api.report(new["key"], "LOADED", snapshot=own.json()["digest"])
+
+        async def restored() -> dict[str, Any] | None:
+            found = [i for i in await nodes.instances(app) if i["key"] not in (old, new["key"])]
+            return found[0] if found else None
+
+        third = await eventually(restored, "the restored instance")
+        assert (await nodes.record(third["key"]))["restore_from"] == lost

@@ -263,13 +263,15 @@ def progress(
     waiting: str | None = None,
     expired: bool = False,
     app_whole: bool = False,
+    latest: str | None = None,
 ) -> Progress:
     """A pure reading of the state store for one migration.
 
     ``source`` is the instance that moves (None once gone), ``replacement`` the
     instance placed for it (it carries the migration's id), ``waiting`` why the
     planner cannot place it yet; ``expired`` means it ran past the timeout;
-    ``app_whole`` that the app has all the ACTIVE instances it wants.
+    ``app_whole`` that the app has all the ACTIVE instances it wants; ``latest``
+    the app's newest stored snapshot (what the app restarts from when the move fails).
     """
     status, reason = row.status, row.reason
     to_node, snapshot, repl = row.to_node, row.snapshot, row.replacement
@@ -303,20 +305,34 @@ def progress(
         # retiring because a replacement serves: one placed before this migration was
         # recorded (a drain raced the mark), so it does not carry the migration's id
         return Progress("done", to_node, snapshot, repl, "replaced; the app serves elsewhere")
+    elif source is None and row.replacement:
+        # the replacement was placed, then vanished: its node was lost (during the restore)
+        target = row.to_node or "the target node"
+        reason = (
+            f"the replacement {row.replacement} on {target} went away before it served "
+            f"(node {target} was lost"
+            + (" during the restore" if row.status == "restoring" else "")
+            + f"); the source {row.from_node} had stopped as asked"
+            + _fallback(row, latest)
+        )
+        return Progress("failed", to_node, snapshot, repl, reason)
     elif source is None:
         status = "failed"
         reason = (
             f"instance {row.instance} went away before a replacement was placed for this "
-            "migration (its node was lost, or the scheduler replaced it first); the "
-            "scheduler keeps the app's instance count"
-            + (" from its latest snapshot" if row.kind == "stateful" else "")
+            f"migration (node {row.from_node} was lost, or the scheduler replaced it first)"
+            + (_fallback(row, latest) if row.kind == "stateful" else "")
         )
         return Progress(status, to_node, snapshot, repl, reason)
     elif mine:
         if source.state is State.FAILED:
-            return Progress(
-                "failed", to_node, snapshot, repl, f"{row.instance} failed: {source.message}"
-            )
+            reason = f"{row.instance} failed on {source.node}: {source.message}"
+            if row.kind == "stateful" and source.checkpoint:
+                reason = (
+                    f"the checkpoint on {source.node} failed ({source.message}): the state "
+                    "since the app's last stored checkpoint did not move" + _fallback(row, latest)
+                )
+            return Progress("failed", to_node, snapshot, repl, reason)
         if source.checkpoint and source.command is Command.DEACTIVATE:
             status = "checkpointing"
             reason = (
@@ -329,6 +345,15 @@ def progress(
     if expired:
         return Progress("failed", to_node, snapshot, repl, f"did not finish in time ({reason})")
     return Progress(status, to_node, snapshot, repl, reason)
+
+
+def _fallback(row: MigrationRecord, latest: str | None) -> str:
+    """What a stateful app restarts from once its move failed."""
+    if row.kind != "stateful":
+        return "; the scheduler keeps the app's instance count"
+    if latest is None:
+        return "; no snapshot of the app is stored: its replacement starts empty"
+    return f"; its replacement restores the app's newest stored snapshot {latest}"
 
 
 _EVENTS = {
@@ -367,6 +392,7 @@ async def track(ctx: ServerContext, actions: Sequence[Action]) -> None:
         )
         >= bp.instances
     }
+    latest = await latest_snapshots(ctx, snap)
     now = time.time()
     for row in rows:
         entry = snap.instances.get(row.instance)
@@ -379,6 +405,7 @@ async def track(ctx: ServerContext, actions: Sequence[Action]) -> None:
             waiting=waiting.get(row.app),
             expired=now - started > ctx.settings.migration_timeout,
             app_whole=row.app in whole,
+            latest=latest.get(row.app),
         )
         changed = {
             field: getattr(new, field)
