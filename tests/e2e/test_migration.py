@@ -82,7 +82,8 @@ def test_counter_keeps_its_count_across_migrate_and_drain(cluster: Cluster) -> N
         assert http.get(url).json()["count"] == 8
 
     snapshots = cluster.cli_json("snapshots", "counter")["snapshots"]
-    assert len(snapshots) == 2 and {s["kind"] for s in snapshots} == {"cooperative"}
+    moves = [s for s in snapshots if s["kind"] == "cooperative"]
+    assert len(moves) == 2 and {s["kind"] for s in snapshots} <= {"cooperative", "periodic"}
     assert cluster.node_state(target) == "draining"
     cluster.cli("undrain", target)
     wait_for(lambda: cluster.node_state(target) == "ready", 10, f"{target} ready again")
