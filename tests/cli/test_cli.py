@@ -130,6 +130,8 @@ def test_login_session_and_commands_against_a_real_server(tmp_path: Path) -> Non
                 "instances_desired": 1,
                 "instances_active": 1,
                 "created_at": status["apps"][0]["created_at"],
+                "rpo_seconds": None,  # stateless: no recovery point
+                "checkpoint_age_seconds": None,
             }
         ]
         text = aether(tmp_path, "status").stdout

@@ -415,3 +415,35 @@ def test_stateless_move_never_drops_below_the_wanted_count(
     assert final.view.node != "n1" and (not target or final.view.node == target)
     assert final.view.migration_id == "m1"
     assert world.serving_low == 1  # start new before stopping old
+
+
+# -- one writer, restores ----------------------------------------------------------------
+
+
+def test_a_stateful_instance_is_replaced_only_once_its_nodes_lease_expired() -> None:
+    """A node that stopped heartbeating stays live until its lease expires: no second copy."""
+    silent = inst("n1")
+    assert of(Place, plan([app(stateful=True, latest_snapshot=LATEST)], NODES, [silent])) == []
+    expired = [n for n in NODES if n.id != "n1"]  # the lease ran out: its node key is gone
+    actions = plan([app(stateful=True, latest_snapshot=LATEST)], expired, [silent])
+    assert Remove(silent.key, 7) in actions
+    (placed,) = of(Place, actions)
+    assert placed.node != "n1" and placed.restore_from == LATEST
+
+
+def test_a_restore_places_the_replacement_on_the_chosen_snapshot() -> None:
+    """`aether snapshots restore`: the replacement restores the orphan, not the checkpoint."""
+    orphan = "sha256:" + "6" * 64
+    stopped = inst(
+        "n1",
+        command=Command.DEACTIVATE,
+        state=State.LOADED,
+        checkpoint=True,
+        snapshot=SNAP,
+        migrate_to="",
+        migration_id="m1",
+        restore=orphan,
+    )
+    (placed,) = of(Place, plan([app(stateful=True, latest_snapshot=LATEST)], NODES, [stopped]))
+    assert placed.restore_from == orphan and placed.node != "n1"
+    assert placed.migration_id == "m1"

@@ -439,3 +439,35 @@ async def test_a_withdrawn_endpoint_keeps_its_open_requests_counted(router: Rout
         assert router.withdrawn_in_flight() == {}
     finally:
         await runner.cleanup()
+
+
+async def test_a_withheld_endpoint_gets_no_request(router: Router) -> None:
+    """The node withholds its own stateful instances while its lease may have expired."""
+    hits: list[str] = []
+
+    async def upstream(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", upstream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        router.update([_ep("a", 0, url)])
+        withheld = {url}
+        router.withhold = lambda u: u in withheld
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{router.port}/apps/a/x") as response:
+                assert response.status == 503
+                assert (await response.json())["code"] == "service_unavailable"
+            assert hits == []
+            withheld.clear()  # the server accepted a report of it again
+            async with http.get(f"http://127.0.0.1:{router.port}/apps/a/x") as response:
+                assert response.status == 200
+            assert hits == ["/x"]
+    finally:
+        await runner.cleanup()

@@ -651,7 +651,7 @@ async def test_a_returning_nodes_state_is_kept_as_an_orphan_and_can_be_restored(
 
         # the instance checkpoints as it stops; its replacement restores the orphan
         async def checkpoint_asked() -> bool:
-            return (await nodes.record(new["key"]))["command"] == "DEACTIVATE"
+            return bool((await nodes.record(new["key"]))["command"] == "DEACTIVATE")
 
         await eventually(checkpoint_asked, "DEACTIVATE with checkpoint")
         await nodes.api.report(new["key"], "DEACTIVATING")

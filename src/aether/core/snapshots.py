@@ -35,6 +35,7 @@ __all__ = [
     "RetentionPlan",
     "SnapshotRow",
     "Tier",
+    "missing_seconds",
     "plan_retention",
     "tier_of",
 ]
@@ -62,6 +63,15 @@ class RetentionPlan:
     keep: dict[str, Tier]  # row id → its tier now
     delete: tuple[str, ...]  # row ids to delete
     delete_blobs: tuple[str, ...]  # digests no kept row names any more
+
+
+def missing_seconds(orphan_taken: float, restored_taken: float | None) -> float:
+    """How much time of writes a replacement restored from a snapshot taken at
+    ``restored_taken`` (None: it started empty) misses, against an orphan taken at
+    ``orphan_taken``: the orphan's taken_at minus the restored one's, never negative."""
+    if restored_taken is None:
+        return orphan_taken
+    return max(0.0, orphan_taken - restored_taken)
 
 
 def tier_of(age: float) -> Tier:

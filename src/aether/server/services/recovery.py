@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from aether.core.snapshots import missing_seconds
 from aether.errors import ConflictError, NotFoundError
 from aether.model.cluster import Blueprint, InstanceRecord, parse_instance_key
 from aether.server.context import ServerContext
@@ -25,20 +26,12 @@ from aether.store.records.schema import MigrationRecord, SnapshotRecord
 
 __all__ = [
     "lost_note",
-    "missing_seconds",
     "orphan_blueprint",
     "record_orphan",
     "restore_snapshot",
 ]
 
 log = logging.getLogger("aether.recovery")
-
-
-def missing_seconds(orphan_taken: float, restored_taken: float | None) -> float:
-    """How much time of writes a replacement restored from ``restored_taken`` misses."""
-    if restored_taken is None:
-        return orphan_taken
-    return max(0.0, orphan_taken - restored_taken)
 
 
 def _clock(ts: float) -> str:
