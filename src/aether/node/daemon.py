@@ -113,6 +113,7 @@ class NodeDaemon:
         # when the server last acknowledged this node's lease (monotonic, and wall clock)
         self.lease_acked: float | None = None
         self.lease_acked_wall = 0.0
+        self.fenced_on: dict[str, int] = {}  # instance key → the lease it was fenced on
         self.changed = asyncio.Event()
         self.shipper = LogShipper(self.client, self.node_id, self.runners)
         self.telemetry = TelemetryPusher(
@@ -150,13 +151,27 @@ class NodeDaemon:
             return
         runner.fenced = True
         reg = self.registration
+        self.fenced_on[runner.key] = reg.lease_id if reg is not None else -1
         ttl = reg.lease_ttl if reg is not None else 0.0
         runner.writes_until = min(time.time(), self.lease_acked_wall + ttl)
         log.warning("%s: this node's lease may have expired; not serving it", runner.key)
 
-    def _lease_acked(self) -> None:
-        self.lease_acked = time.monotonic()
-        self.lease_acked_wall = time.time()
+    def _lease_acked(self, sent: float, sent_wall: float) -> None:
+        """The server renewed the lease for a call sent at ``sent`` (monotonic): an answer
+        read late (the node was frozen while it was on its way) is as old as its call."""
+        self.lease_acked = sent
+        self.lease_acked_wall = sent_wall
+
+    def _unfence(self) -> None:
+        """A heartbeat on the lease a runner was fenced on was acknowledged in time: that
+        lease never expired, so nothing was replaced. (Fenced on a lease that was lost, a
+        runner waits for the server to accept a report of it on the new one.)"""
+        reg = self.registration
+        if reg is None or not self.lease_fresh():
+            return
+        for runner in self.runners.values():
+            if runner.fenced and self.fenced_on.get(runner.key) == reg.lease_id:
+                runner.fenced = False
 
     @property
     def router_url(self) -> str:
@@ -280,8 +295,9 @@ class NodeDaemon:
         delay = 0.2
         while True:
             try:
+                sent, sent_wall = time.monotonic(), time.time()
                 self.registration = await self.client.register(body)
-                self._lease_acked()
+                self._lease_acked(sent, sent_wall)  # a new lease: fenced runners stay fenced
                 break
             except UnauthorizedError as exc:
                 await self._credential_refused(exc)
@@ -304,8 +320,10 @@ class NodeDaemon:
         while True:
             await asyncio.sleep(reg.heartbeat_interval)
             try:
+                sent, sent_wall = time.monotonic(), time.time()
                 await self.client.heartbeat(self.node_id, reg.lease_id)
-                self._lease_acked()
+                self._lease_acked(sent, sent_wall)
+                self._unfence()
             except (NotFoundError, UnauthorizedError):  # registering again says which
                 self.lease_lost.set()
                 return
