@@ -8,6 +8,7 @@ directory found at start-up is stored as an ``orphaned`` snapshot, then removed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -163,6 +164,12 @@ async def test_a_stale_stateful_directory_is_stored_as_an_orphan_before_it_goes(
     await nodes.register(unique("n"))
     app, inst = await deployed(http, server, nodes, stateful=True, state_dir="data")
     record = InstanceRecord.model_validate(await nodes.record(inst["key"]))
+    async with ApiClient(server.base_url, server.node_token(record.node)) as node:
+        # a checkpoint of it from this node (what makes the orphan its own), then stale
+        earlier = tmp_path / "earlier.tar.gz"
+        earlier.write_bytes(b"not the state any more")
+        digest = "sha256:" + hashlib.sha256(earlier.read_bytes()).hexdigest()
+        await node.upload_snapshot(earlier, digest, instance=record.key, kind="periodic")
     root = tmp_path / "instances" / "stale"
     (root / "app" / "data").mkdir(parents=True)
     write_instance_file(root, record)
@@ -170,7 +177,7 @@ async def test_a_stale_stateful_directory_is_stored_as_an_orphan_before_it_goes(
     async with ApiClient(server.base_url, server.node_token(record.node)) as node:
         assert await store_stale_orphan(node, root, set())
     assert not root.exists()
-    (orphan,) = await snapshots(http, server.admin_token, app)
+    orphan, _ = await snapshots(http, server.admin_token, app)
     assert (orphan["status"], orphan["kind"], orphan["node"]) == (
         "orphaned",
         "orphaned",
@@ -183,4 +190,14 @@ async def test_a_stale_stateful_directory_is_stored_as_an_orphan_before_it_goes(
     (root / "app" / "data" / "count").write_text("42\n")
     async with ApiClient(server.base_url, server.node_token(record.node)) as node:
         assert await store_stale_orphan(node, root, {orphan["digest"]})
-    assert not root.exists() and len(await snapshots(http, server.admin_token, app)) == 1
+    assert not root.exists() and len(await snapshots(http, server.admin_token, app)) == 2
+
+    # the server refuses state of an instance that never checkpointed from this node:
+    # the directory is kept on disk, never deleted silently
+    never = record.model_copy(update={"n": 7})
+    (root / "app" / "data").mkdir(parents=True)
+    write_instance_file(root, never)
+    (root / "app" / "data" / "count").write_text("7\n")
+    async with ApiClient(server.base_url, server.node_token(record.node)) as node:
+        assert not await store_stale_orphan(node, root, set())
+    assert (root / "app" / "data" / "count").read_text() == "7\n"

@@ -601,6 +601,12 @@ async def test_a_returning_nodes_state_is_kept_as_an_orphan_and_can_be_restored(
         404,
         "not_found",
     )
+    never = f"instances/{home}/{app}@1/7"  # never ran (no checkpoint of it from home)
+    assert_envelope(
+        await upload_snapshot(http, server.node_token(home), never, newer, kind="orphaned"),
+        403,
+        "forbidden",
+    )
     taken = f"{now().timestamp() - 1:.3f}"
     orphan = await http.post(
         "/api/v1/snapshots",

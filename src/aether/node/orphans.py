@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aether.artifacts import pack
 from aether.client import ApiClient
-from aether.errors import AetherError, NotFoundError
+from aether.errors import AetherError, ForbiddenError, NotFoundError
 from aether.node.cleanup import INSTANCE_FILE
 from aether.node.trees import remove_tree
 
@@ -98,6 +98,9 @@ async def _upload(client: ApiClient, archive: Path, digest: str, key: str, taken
         except NotFoundError as exc:
             log.warning("%s: the server keeps no state of it (%s)", key, exc)
             return True
+        except ForbiddenError as exc:
+            log.warning("%s: the server refused its state (%s); kept on disk", key, exc)
+            return False
         except AetherError as exc:
             if attempt == _ATTEMPTS - 1:
                 log.warning("%s: its state could not be stored (%s); kept on disk", key, exc)

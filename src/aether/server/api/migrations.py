@@ -37,6 +37,7 @@ from aether.server.http.audit import refuse
 from aether.server.http.auth import ArtifactReader, Caller, NodeCaller, Operator
 from aether.server.services.migrations import migration_out, request_migration
 from aether.server.services.recovery import orphan_blueprint, record_orphan, restore_snapshot
+from aether.store.records import Principal
 from aether.store.records.repo import epoch, utc
 from aether.store.records.schema import SnapshotRecord
 
@@ -127,7 +128,7 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
         raise BadRequestError(f"{KIND_HEADER} must be one of {', '.join(_KINDS)}, not {kind!r}")
     key = request.headers.get(INSTANCE_HEADER, "")
     if kind == "orphaned":
-        return await _upload_orphan(request, caller.node or "", key, digest, ctx)
+        return await _upload_orphan(request, caller, key, digest, ctx)
     kv = await ctx.store.get(key) if key.startswith("instances/") else None
     if kv is None:
         raise NotFoundError(f"instance {key!r} does not exist; a snapshot needs its instance")
@@ -159,11 +160,23 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
 
 
 async def _upload_orphan(
-    request: Request, node: str, key: str, digest: str, ctx: ServerContext
+    request: Request, caller: Principal, key: str, digest: str, ctx: ServerContext
 ) -> JSONResponse:
-    """Store a returning node's newer state as ``orphaned``, with its event."""
+    """Store a returning node's newer state as ``orphaned``, with its event.
+
+    The instance is gone from the state store; that it ran on the caller's node is
+    proven by a checkpoint of it stored from there (else 403).
+    """
+    node = caller.node or ""
     taken = _taken_at(request)
     bp = await orphan_blueprint(ctx, node, key)
+    if not await ctx.records.checkpointed_on(key, node):
+        raise refuse(
+            request,
+            caller,
+            key,
+            f"no checkpoint of {key} was stored from node {node!r}: not its orphan",
+        )
     async with ctx.uploads.slot("artifact") as slot:
         chunks = scanned(slot.meter(request_chunks(request)))
         result = await ctx.registry.write_stream(chunks, digest)

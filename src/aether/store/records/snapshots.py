@@ -85,6 +85,17 @@ class SnapshotRecords(RecordsBase):
         async with self.sessions() as session:
             return await session.scalar(query.limit(1)) is not None
 
+    async def checkpointed_on(self, instance: str, node: str) -> bool:
+        """Whether a checkpoint of ``instance`` was stored from ``node`` (an orphan's proof
+        that the instance ran there)."""
+        query = select(SnapshotRecord.id).where(
+            SnapshotRecord.instance == instance,
+            SnapshotRecord.node == node,
+            SnapshotRecord.status != "orphaned",
+        )
+        async with self.sessions() as session:
+            return await session.scalar(query.limit(1)) is not None
+
     async def latest_snapshots(self, apps: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The digest of the newest snapshot of each (tenant id, app) that has one.
 
