@@ -177,3 +177,25 @@ def test_a_frozen_node_returns_its_newer_state_as_an_orphan_that_can_be_restored
         for s in cluster.cli_json("snapshots", "ls", "counter")["snapshots"]
     }
     assert statuses[kept["digest"]] == "restored"
+
+
+def test_a_node_stopped_cleanly_checkpoints_its_stateful_instance_first(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """No periodic checkpoint falls in this test (interval 600 s): what the replacement
+    restores is the checkpoint the node took as it stopped."""
+    cluster.start_server()
+    cluster.start_node("n1")
+    cluster.start_node("n2")
+    cluster.cli_json("deploy", str(counter_with(tmp_path, 600)))
+    (inst,) = cluster.active("counter")
+    home, survivor = inst["node"], other(inst["node"])
+    url = f"{cluster.router(survivor)}/apps/counter/"
+    with httpx.Client(timeout=5) as http:
+        for _ in range(12):
+            last = int(http.post(url + "inc").json()["count"])
+        cluster.kill(cluster.nodes.pop(home), signal.SIGTERM)
+        wait_for(lambda: serving_on(cluster, survivor), 30, "the replacement ACTIVE")
+        assert http.get(url).json()["count"] == last == 12
+    kinds = [s["kind"] for s in cluster.cli_json("snapshots", "ls", "counter")["snapshots"]]
+    assert kinds == ["periodic"]

@@ -274,6 +274,7 @@ class NodeDaemon:
     async def shutdown(self) -> None:
         for runner in list(self.runners.values()):
             await runner.cancel()
+            await runner.last_checkpoint()  # a stateful one's state since its last one
             await runner.remove()
         await self.router.stop()
         await self.client.close()
