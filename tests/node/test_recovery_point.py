@@ -25,8 +25,8 @@ from aether.node.cleanup import write_instance_file
 from aether.node.orphans import store_stale_orphan
 from aether.node.periodic import PeriodicCheckpoints, PeriodicTarget
 from aether.ports import free_port
-from tests.server.test_migrations_api import FakeNodes, deployed
 from tests.support.api import unique
+from tests.support.fake_nodes import FakeNodes, deployed
 from tests.support.server import RunningServer, running_server
 from tests.support.waiting import eventually
 

@@ -7,7 +7,7 @@ so the nodes of other tests (the server is shared) are not eligible for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ import pytest
 from aether.client import ApiClient
 from aether.server.leader.rebalance import Rebalancer
 from aether.store.election import Leadership
-from tests.server.test_migrations_api import FakeNodes
 from tests.support.api import assert_envelope, bearer, deploy, spec_for, unique, upload_random
+from tests.support.fake_nodes import FakeNodes
 from tests.support.server import RunningServer, running_server
 from tests.support.waiting import eventually
 
@@ -33,21 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         tmp_path_factory.mktemp("rebalance"), lease_ttl=120.0, rebalance_interval=0.0
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as client:
-        yield client
-
-
-@pytest.fixture
-async def nodes(server: RunningServer) -> AsyncIterator[FakeNodes]:
-    fake = FakeNodes(server)
-    try:
-        yield fake
-    finally:
-        await fake.close()
 
 
 async def crowded(
