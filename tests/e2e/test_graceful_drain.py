@@ -221,4 +221,4 @@ def test_a_chaos_run_under_slow_requests_loses_none(cluster: Cluster, tmp_path: 
         )
         time.sleep(4)  # requests that were in flight through the kill finish
     assert base.failures == [] and burst.failures == [], base.failures + burst.failures
-    assert base.ok + burst.ok > 30
+    assert base.ok + burst.ok >= 10  # requests did flow (3 s each) through every step
