@@ -32,6 +32,7 @@ from aether.server.api import (
     tokens,
 )
 from aether.server.api import backup as backup_api
+from aether.server.api import events as events_api
 from aether.server.api import migrations as migrations_api
 from aether.server.api import rebalance as rebalance_api
 from aether.server.api import telemetry as telemetry_api
@@ -231,5 +232,6 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.include_router(migrations_api.router, prefix="/api/v1")
     app.include_router(rebalance_api.router, prefix="/api/v1")
     app.include_router(backup_api.router, prefix="/api/v1")
+    app.include_router(events_api.router, prefix="/api/v1")
     install_openapi(app)
     return app

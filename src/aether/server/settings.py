@@ -112,6 +112,12 @@ class ServerSettings(BaseSettings):
     adviser_strategic_api_key: str = ""
     adviser_strategic_interval: float = Field(default=30.0, ge=2.0, le=60.0)
     adviser_timeout: float = Field(default=10.0, gt=0, le=60.0, description="seconds per call")
+    events_resume_limit: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="store revisions (and rows per record source) an event stream resumes across",
+    )
 
     @model_validator(mode="after")
     def _advisers(self) -> ServerSettings:

@@ -13,6 +13,7 @@ from aether.store.records.base import DEFAULT_TENANT, Principal, epoch, hash_tok
 from aether.store.records.credentials import CredentialRecords
 from aether.store.records.decisions import DecisionRecords
 from aether.store.records.deployments import DeploymentRecords
+from aether.store.records.events import EventRecords
 from aether.store.records.idempotency import IdempotencyRecords
 from aether.store.records.nodes import NodeRecords
 from aether.store.records.retention import RetentionRecords
@@ -30,6 +31,7 @@ class Records(
     AppRecords,
     ArtifactRecords,
     DeploymentRecords,
+    EventRecords,
     IdempotencyRecords,
     NodeRecords,
     DecisionRecords,

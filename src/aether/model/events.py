@@ -1,0 +1,99 @@
+"""The cluster event stream's vocabulary (``GET /api/v1/events``).
+
+A :class:`ClusterEvent` is one typed change of the cluster (a node joined, an
+instance changed state, a deployment step, a decision, …). Who may see it is
+its ``scope``: ``cluster`` (every caller with a token: nodes, the leader, risk,
+drains), ``admin`` (the default tenant's admins only: adviser failures) or
+``tenant`` (the callers of ``tenant`` only: apps, instances, deployments,
+migrations, tasks). :class:`Cursor` is where a stream stands; its text form is
+every event's SSE ``id``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "EVENT_TYPES",
+    "ClusterEvent",
+    "Cursor",
+    "EventType",
+    "Scope",
+]
+
+EventType = Literal[
+    "node_joined",
+    "node_lost",
+    "node_drained",
+    "node_undrained",
+    "leader_changed",
+    "instance_state",
+    "instance_removed",
+    "blueprint_changed",
+    "deployment",
+    "migration",
+    "decision",
+    "risk_changed",
+    "task_state",
+]
+#: every type a client may filter on; ``ready`` and ``gap`` are always sent
+EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+Scope = Literal["cluster", "admin", "tenant"]
+
+_CURSOR_RE = re.compile(r"^(\d{1,18})-(\d{1,18})-(\d{1,18})-(\d{1,18})$")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the stream: the state store revision and, per record source,
+    the id of the last row seen (deployment events, decisions, risk assessments).
+
+    Written ``REVISION-DEPLOYMENT_EVENT-DECISION-RISK`` (``1234-56-7-89``): every
+    server reads the same store and records, so any server resumes from it.
+    """
+
+    revision: int = 0
+    deployment_event: int = 0
+    decision: int = 0
+    risk: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.revision}-{self.deployment_event}-{self.decision}-{self.risk}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor | None:
+        """The cursor written in ``text``, or None when it is not one."""
+        match = _CURSOR_RE.match(text.strip())
+        if match is None:
+            return None
+        return cls(*(int(part) for part in match.groups()))
+
+
+class ClusterEvent(BaseModel):
+    """One typed change. ``target`` is what it is about: a node id, an app name,
+    the leader's id, a task id; ``app`` and ``node`` are set when they apply.
+    ``fields`` are the type's own figures (see docs/api.md)."""
+
+    type: EventType
+    target: str
+    ts: float
+    scope: Scope = "tenant"
+    tenant: str | None = None
+    app: str | None = None
+    node: str | None = None
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+    def wire(self, event_id: str) -> dict[str, Any]:
+        """What the stream sends as ``data:`` (the scope and tenant stay on the server)."""
+        out: dict[str, Any] = {"id": event_id, "type": self.type, "target": self.target}
+        out["ts"] = self.ts
+        if self.app is not None:
+            out["app"] = self.app
+        if self.node is not None:
+            out["node"] = self.node
+        out.update(self.fields)
+        return out
