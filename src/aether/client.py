@@ -609,6 +609,44 @@ class ApiClient:
         )
         return result
 
+    async def cluster_events(
+        self,
+        *,
+        types: Sequence[str] = (),
+        targets: Sequence[str] = (),
+        last_event_id: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The cluster event stream (``GET /api/v1/events``): each event's data, with its
+        ``type`` and ``id`` (``ready`` or ``gap`` first), until the stream breaks
+        (``NetworkError``; reconnect with the last ``id``) or the caller stops."""
+        params: list[tuple[str, str]] = [("type", t) for t in types]
+        params += [("target", t) for t in targets]
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        response = await self._open_stream(
+            "GET",
+            "/api/v1/events",
+            params=params,
+            headers=headers,
+            timeout=httpx.Timeout(30.0, connect=5.0),  # a ping comes every 5 s at least
+        )
+        try:
+            data: list[str] = []
+            async for line in response.aiter_lines():
+                if line == "":
+                    if data:
+                        yield json.loads("\n".join(data))
+                    data = []
+                elif line.startswith("data:"):
+                    data.append(line[len("data:") :].lstrip(" "))
+        except httpx.TransportError as exc:
+            broken = self.base_url
+            self._fail_over()
+            raise NetworkError(f"event stream from {broken} broke: {exc}") from exc
+        finally:
+            await response.aclose()
+
     async def rotate_token(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.json("POST", "/api/v1/tokens/rotate")
         return result

@@ -108,8 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list apps (same as `apps`)")
     _common(p)
 
-    p = sub.add_parser("events", help="a deployment's timeline: DEPLOYMENT id or APP@VERSION")
-    p.add_argument("deployment")
+    p = sub.add_parser(
+        "events",
+        help="a deployment's timeline (DEPLOYMENT id or APP@VERSION), or --follow the cluster's",
+    )
+    p.add_argument("deployment", nargs="?")
+    p.add_argument(
+        "--follow", action="store_true", help="print the cluster event stream as it happens"
+    )
+    p.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="with --follow: only these event types (repeat, or comma-separated)",
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --follow: only events about this node, app or leader (repeat)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, help="with --follow: stop after N events (0: never)"
+    )
+    p.add_argument("--since", metavar="EVENT_ID", help="with --follow: resume after this event id")
     _common(p)
 
     p = sub.add_parser("promote", help="let a canary rollout waiting for promotion continue")
@@ -398,7 +422,7 @@ _MODULES = {
     "deployments": "views",
     "scale": "actions",
     "list": "views",
-    "events": "views",
+    "events": "events",
     "promote": "actions",
     "gc": "actions",
     "task": "tasks",

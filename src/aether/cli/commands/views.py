@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aether.cli.output import CliError, emit, table
+from aether.cli.output import emit, table
 from aether.cli.session import api_client
 from aether.model.api import AppOut, NodeOut
 from aether.model.cluster import NodeCapabilities
@@ -86,22 +86,6 @@ async def run(args: argparse.Namespace) -> int:
                 )
             )
             emit(args, data, text)
-        elif args.command == "events":
-            target = args.deployment
-            if "@" in target:
-                app, _, version = target.partition("@")
-                matches = [d for d in await client.deployments(app) if str(d.version) == version]
-                if not matches:
-                    raise CliError(
-                        f"app {app!r} has no version {version}", kind="not_found", code="not_found"
-                    )
-                target = matches[0].id
-            events = await client.events(target)
-            emit(
-                args,
-                {"deployment_id": target, "events": events},
-                "\n".join(f"{e['created_at']}  {e['type']:<16} {e['message']}" for e in events),
-            )
         elif args.command in ("apps", "list"):
             apps = await client.apps()
             emit(
