@@ -1,0 +1,275 @@
+"""The pure mapping of raw cluster changes to typed events (``aether.core.events``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from aether.core.events import (
+    from_decision,
+    from_deployment_event,
+    from_risk,
+    from_store,
+    matches,
+    parse_filter,
+    resume_gap,
+    sse,
+    unknown_types,
+    visible,
+)
+from aether.model.events import ClusterEvent, Cursor
+
+NODE = {
+    "id": "n1",
+    "capabilities": {"cpus": 4, "memory_mb": 4096, "drivers": ["process", "bwrap"]},
+    "router_url": "http://10.0.0.1:8080",
+    "draining": False,
+}
+INSTANCE = {
+    "app": "shop",
+    "version": 3,
+    "n": 1,
+    "node": "n1",
+    "tenant": "t-1",
+    "command": "ACTIVATE",
+    "state": "ACTIVE",
+    "message": "",
+}
+
+
+def put(key: str, value: dict[str, Any] | str, version: int = 2) -> ClusterEvent | None:
+    raw = value.encode() if isinstance(value, str) else json.dumps(value).encode()
+    return from_store("PUT", key, raw, version=version, ts=10.0, tenants={})
+
+
+def delete(key: str, tenants: dict[str, str] | None = None) -> ClusterEvent | None:
+    return from_store("DELETE", key, b"", version=0, ts=10.0, tenants=tenants or {})
+
+
+def test_a_created_node_key_is_a_join_with_its_router_and_drivers() -> None:
+    event = put("nodes/n1", NODE, version=1)
+    assert event is not None
+    assert (event.type, event.target, event.node, event.scope) == (
+        "node_joined",
+        "n1",
+        "n1",
+        "cluster",
+    )
+    assert event.fields == {
+        "router_url": "http://10.0.0.1:8080",
+        "drivers": ["process", "bwrap"],
+        "draining": False,
+    }
+
+
+def test_an_updated_node_key_is_a_drain_or_an_undrain() -> None:
+    drained = put(
+        "nodes/n1", {**NODE, "draining": True, "drain_reason": "spot", "drained_by": "operator"}
+    )
+    assert drained is not None and drained.type == "node_drained"
+    assert drained.fields == {"reason": "spot", "by": "operator"}
+    undrained = put("nodes/n1", NODE)
+    assert undrained is not None and undrained.type == "node_undrained"
+
+
+def test_a_deleted_node_key_is_a_lost_node() -> None:
+    event = delete("nodes/n1")
+    assert event is not None and (event.type, event.target, event.scope) == (
+        "node_lost",
+        "n1",
+        "cluster",
+    )
+    assert "lease" in event.fields["reason"]
+
+
+def test_the_leader_key_names_the_leader_or_none() -> None:
+    elected = put("leader", "server-a")
+    assert elected is not None and elected.type == "leader_changed"
+    assert (elected.target, elected.fields) == ("server-a", {"leader": "server-a"})
+    gone = delete("leader")
+    assert gone is not None and gone.fields == {"leader": None}
+
+
+def test_an_instance_write_is_its_state_and_command_in_its_tenant() -> None:
+    event = put("instances/n1/shop@3/1", INSTANCE)
+    assert event is not None
+    assert (event.type, event.target, event.app, event.node, event.tenant, event.scope) == (
+        "instance_state",
+        "shop",
+        "shop",
+        "n1",
+        "t-1",
+        "tenant",
+    )
+    assert event.fields["state"] == "ACTIVE" and event.fields["command"] == "ACTIVATE"
+    assert event.fields["instance"] == "instances/n1/shop@3/1"
+    assert (event.fields["version"], event.fields["n"]) == (3, 1)
+
+
+def test_a_long_instance_message_is_cut() -> None:
+    event = put("instances/n1/shop@3/1", {**INSTANCE, "message": "x" * 5000})
+    assert event is not None and len(event.fields["message"]) == 512
+
+
+def test_a_deleted_instance_or_blueprint_takes_its_tenant_from_the_map() -> None:
+    removed = delete("instances/n1/shop@3/1", {"shop": "t-1"})
+    assert removed is not None and (removed.type, removed.tenant) == ("instance_removed", "t-1")
+    gone = delete("blueprints/shop", {"shop": "t-1"})
+    assert gone is not None and (gone.type, gone.fields) == ("blueprint_changed", {"deleted": True})
+    # an app nobody can be shown: dropped rather than shown to the wrong tenant
+    assert delete("instances/n1/shop@3/1") is None
+    assert delete("blueprints/shop") is None
+
+
+def test_a_blueprint_write_says_version_and_instances() -> None:
+    event = put(
+        "blueprints/shop",
+        {"app": "shop", "tenant": "t-1", "version": 4, "deployment_id": "d4", "instances": 3},
+    )
+    assert event is not None and event.type == "blueprint_changed"
+    assert event.tenant == "t-1"
+    assert event.fields["version"] == 4 and event.fields["instances"] == 3
+    assert event.fields["deleted"] is False
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["endpoints/shop/web/n1:1", "routes/n1", "instances/n1/bad", "instances/n1/shop@x/1", "other"],
+)
+def test_keys_people_do_not_follow_give_no_event(key: str) -> None:
+    assert put(key, INSTANCE) is None
+
+
+def test_a_value_that_is_not_a_record_gives_no_event() -> None:
+    assert put("instances/n1/shop@3/1", "not json") is None
+    assert put("instances/n1/shop@3/1", {**INSTANCE, "tenant": None}) is None
+    assert put("nodes/n1", "[]") is None
+
+
+def test_deployment_events_are_deployment_or_migration_steps() -> None:
+    common = {
+        "row_id": 7,
+        "message": "m",
+        "app": "shop",
+        "version": 2,
+        "deployment_id": "d2",
+        "tenant": "t-1",
+        "ts": 5.0,
+    }
+    step = from_deployment_event(step="rollout_done", **common)
+    assert (step.type, step.target, step.tenant) == ("deployment", "shop", "t-1")
+    assert step.fields == {
+        "step": "rollout_done",
+        "message": "m",
+        "version": 2,
+        "deployment_id": "d2",
+        "event_id": 7,
+    }
+    for name in ("migration_requested", "migrated", "migration_failed"):
+        assert from_deployment_event(step=name, **common).type == "migration"
+
+
+def decision(kind: str, tenant: str | None, target: str = "shop") -> ClusterEvent:
+    return from_decision(
+        decision_id=1,
+        ts=1.0,
+        layer=1,
+        kind=kind,
+        target=target,
+        action={},
+        reason="r",
+        outcome="applied",
+        detail="",
+        tenant=tenant,
+    )
+
+
+def test_decisions_are_scoped_as_get_decisions_shows_them() -> None:
+    scale = decision("scale", "t-1")
+    assert (scale.scope, scale.tenant, scale.app) == ("tenant", "t-1", "shop")
+    drain = decision("drain", None, target="n1")
+    assert (drain.scope, drain.node) == ("cluster", "n1")
+    advice = decision("advice", None, target="tactical")
+    assert advice.scope == "admin"
+
+
+def test_risk_is_an_event_only_when_the_status_changes() -> None:
+    args: dict[str, Any] = {"node": "n1", "confidence": 0.9, "root_cause": "spot", "rule": "r"}
+    assert from_risk(status="HIGH", previous="HIGH", ts=1.0, **args) is None
+    first = from_risk(status="LOW", previous=None, ts=1.0, **args)
+    assert first is not None and first.fields["previous"] is None
+    changed = from_risk(status="CRITICAL", previous="LOW", ts=2.0, **args)
+    assert changed is not None and changed.type == "risk_changed" and changed.scope == "cluster"
+    assert (changed.fields["status"], changed.fields["previous"]) == ("CRITICAL", "LOW")
+
+
+def test_who_sees_what() -> None:
+    mine = put("instances/n1/shop@3/1", INSTANCE)
+    node = put("nodes/n1", NODE, version=1)
+    advice = decision("advice", None, target="tactical")
+    assert mine is not None and node is not None
+    assert visible(mine, "t-1", cluster_admin=False)
+    assert not visible(mine, "t-2", cluster_admin=False)
+    assert visible(mine, "t-2", cluster_admin=True)
+    assert visible(node, "t-2", cluster_admin=False)
+    assert not visible(advice, "t-1", cluster_admin=False)
+    assert visible(advice, "default", cluster_admin=True)
+
+
+def test_filters_by_type_and_by_target_app_or_node() -> None:
+    event = put("instances/n1/shop@3/1", INSTANCE)
+    assert event is not None
+    assert matches(event, None, None)
+    assert matches(event, {"instance_state"}, None)
+    assert not matches(event, {"node_lost"}, None)
+    assert matches(event, None, {"shop"}) and matches(event, None, {"n1"})
+    assert not matches(event, None, {"cart"})
+    assert not matches(event, {"instance_state"}, {"cart"})
+
+
+def test_filter_values_repeat_or_are_comma_separated() -> None:
+    assert parse_filter([]) is None
+    assert parse_filter(["", " "]) is None
+    assert parse_filter(["a,b", "c", " d "]) == {"a", "b", "c", "d"}
+    assert unknown_types(["node_lost", "bogus", "ready"]) == ["bogus", "ready"]
+
+
+def test_cursors_round_trip_and_refuse_anything_else() -> None:
+    cursor = Cursor(120, 4, 0, 2)
+    assert str(cursor) == "120-4-0-2"
+    assert Cursor.parse("120-4-0-2") == cursor
+    for bad in ("", "12", "1-2-3", "a-b-c-d", "1-2-3-4-5", "-1-2-3-4", "1" * 19 + "-0-0-0"):
+        assert Cursor.parse(bad) is None
+
+
+def test_a_resume_within_the_limit_is_allowed() -> None:
+    assert resume_gap(Cursor(90, 5, 5, 5), Cursor(100, 5, 6, 9), limit=10) is None
+
+
+def test_a_resume_too_far_behind_is_a_gap_that_says_so() -> None:
+    message = resume_gap(Cursor(80, 5, 5, 5), Cursor(100, 5, 5, 5), limit=10)
+    assert message is not None
+    assert "20 store revisions behind" in message and "100-5-5-5" in message
+    records = resume_gap(Cursor(100, 5, 5, 5), Cursor(100, 50, 5, 5), limit=10)
+    assert records is not None and "deployment events behind" in records
+
+
+def test_a_cursor_ahead_of_the_cluster_is_a_gap() -> None:
+    message = resume_gap(Cursor(500, 0, 0, 0), Cursor(100, 0, 0, 0), limit=10_000)
+    assert message is not None and "ahead" in message and "reset" in message
+
+
+def test_server_sent_events_framing() -> None:
+    assert sse("gap", "1-0-0-0", {"a": 1}) == b'id: 1-0-0-0\nevent: gap\ndata: {"a":1}\n\n'
+    assert sse("ready", None, {}) == b"event: ready\ndata: {}\n\n"
+
+
+def test_the_wire_form_hides_scope_and_tenant() -> None:
+    event = put("instances/n1/shop@3/1", INSTANCE)
+    assert event is not None
+    wire = event.wire("9-0-0-0")
+    assert wire["id"] == "9-0-0-0" and wire["type"] == "instance_state"
+    assert wire["app"] == "shop" and wire["node"] == "n1" and wire["state"] == "ACTIVE"
+    assert "tenant" not in wire and "scope" not in wire
