@@ -149,7 +149,7 @@ def test_a_value_that_is_not_a_record_gives_no_event() -> None:
 
 
 def test_deployment_events_are_deployment_or_migration_steps() -> None:
-    common = {
+    common: dict[str, Any] = {
         "row_id": 7,
         "message": "m",
         "app": "shop",
@@ -232,7 +232,7 @@ def test_filters_by_type_and_by_target_app_or_node() -> None:
 def test_filter_values_repeat_or_are_comma_separated() -> None:
     assert parse_filter([]) is None
     assert parse_filter(["", " "]) is None
-    assert parse_filter(["a,b", "c", " d "]) == {"a", "b", "c", "d"}
+    assert parse_filter(["a,b", "c", " d "]) == frozenset({"a", "b", "c", "d"})
     assert unknown_types(["node_lost", "bogus", "ready"]) == ["bogus", "ready"]
 
 
