@@ -14,7 +14,7 @@ to the next server, so the caller's reconnect goes there.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -615,7 +615,7 @@ class ApiClient:
         types: Sequence[str] = (),
         targets: Sequence[str] = (),
         last_event_id: str | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any]]:
         """The cluster event stream (``GET /api/v1/events``): each event's data, with its
         ``type`` and ``id`` (``ready`` or ``gap`` first), until the stream breaks
         (``NetworkError``; reconnect with the last ``id``) or the caller stops."""

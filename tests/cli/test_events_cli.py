@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 async def position(srv: RunningServer) -> str:
     """Where the stream stands now: the id of its ``ready`` event (through the client)."""
-    async with ApiClient(srv.base_url, srv.token("viewer")) as client:
-        async for event in client.cluster_events():
+    async with (
+        ApiClient(srv.base_url, srv.token("viewer")) as client,
+        contextlib.aclosing(client.cluster_events()) as events,
+    ):
+        async for event in events:
             assert event["type"] == "ready"
             return str(event["id"])
     raise AssertionError("the stream ended before its ready event")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -90,28 +91,29 @@ async def _timeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print(event: dict[str, Any], json_mode: bool) -> None:
+    sys.stdout.write((json.dumps(event) if json_mode else format_event(event)) + "\n")
+    sys.stdout.flush()
+
+
 async def _follow(args: argparse.Namespace, client: ApiClient) -> int:
+    """Print the stream until ``--limit`` events; reconnect after the last event's id."""
     json_mode = args.format == "json"
     last: str | None = args.since
     printed = 0
     while True:
+        stream = client.cluster_events(types=args.type, targets=args.target, last_event_id=last)
         try:
-            async for event in client.cluster_events(
-                types=args.type, targets=args.target, last_event_id=last
-            ):
-                last = event.get("id") or last
-                if event.get("type") == "ready":
-                    continue
-                if json_mode:
-                    sys.stdout.write(json.dumps(event) + "\n")
-                else:
-                    sys.stdout.write(format_event(event) + "\n")
-                sys.stdout.flush()
-                if event.get("type") == "gap":
-                    continue
-                printed += 1
-                if args.limit and printed >= args.limit:
-                    return 0
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    last = event.get("id") or last
+                    if event.get("type") == "ready":
+                        continue
+                    _print(event, json_mode)
+                    if event.get("type") != "gap":
+                        printed += 1
+                    if args.limit and printed >= args.limit:
+                        return 0
         except ServiceUnavailableError:
             pass  # broken or unreachable (the client moves on to the next server): resume
         await asyncio.sleep(RECONNECT_SECONDS)

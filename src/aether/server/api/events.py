@@ -73,7 +73,8 @@ async def _guarded(work: Awaitable[None], queue: asyncio.Queue[_Item]) -> None:
     try:
         await work
     finally:
-        await queue.put(("end", 0, None))
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: the stream is ending
+            queue.put_nowait(("end", 0, None))
 
 
 async def _current(ctx: ServerContext) -> Cursor:
