@@ -276,6 +276,7 @@ async def test_history_the_store_compacted_is_a_gap(tmp_path: Path) -> None:
             async with stream(small, viewer) as events:
                 old = events.first["id"]
             await fake.register(unique("node"))
+            await fake.register(unique("node"))  # the history now reaches past the id
             store = small.ctx.store
             small.run(store.compact(small.run(store.revision())))
             async with stream(small, viewer, headers={"Last-Event-ID": old}) as events:
