@@ -617,8 +617,9 @@ class ApiClient:
         last_event_id: str | None = None,
     ) -> AsyncGenerator[dict[str, Any]]:
         """The cluster event stream (``GET /api/v1/events``): each event's data, with its
-        ``type`` and ``id`` (``ready`` or ``gap`` first), until the stream breaks
-        (``NetworkError``; reconnect with the last ``id``) or the caller stops."""
+        ``type`` and ``id`` (``ready`` or ``gap`` first; ``ping``: only the position moved),
+        until the stream breaks (``NetworkError``; reconnect with the last ``id``) or the
+        caller stops."""
         params: list[tuple[str, str]] = [("type", t) for t in types]
         params += [("target", t) for t in targets]
         headers = {"Accept": "text/event-stream"}
@@ -633,13 +634,18 @@ class ApiClient:
         )
         try:
             data: list[str] = []
+            event_id = ""
             async for line in response.aiter_lines():
                 if line == "":
                     if data:
                         yield json.loads("\n".join(data))
-                    data = []
+                    elif event_id:  # a ping with the stream's position
+                        yield {"type": "ping", "id": event_id}
+                    data, event_id = [], ""
                 elif line.startswith("data:"):
                     data.append(line[len("data:") :].lstrip(" "))
+                elif line.startswith("id:"):
+                    event_id = line[len("id:") :].strip()
         except httpx.TransportError as exc:
             broken = self.base_url
             self._fail_over()

@@ -39,13 +39,18 @@ class EventStream:
 
     async def _read(self) -> None:
         data: list[str] = []
+        event_id = ""
         async for line in self.response.aiter_lines():
             if line == "":
                 if data:
                     await self.queue.put(json.loads("\n".join(data)))
-                data = []
+                elif event_id:
+                    await self.queue.put({"type": "ping", "id": event_id})
+                data, event_id = [], ""
             elif line.startswith("data:"):
                 data.append(line.removeprefix("data:").strip())
+            elif line.startswith("id:"):
+                event_id = line.removeprefix("id:").strip()
 
     async def next(self, timeout: float = 15.0) -> Event:
         async with asyncio.timeout(timeout):
@@ -241,6 +246,19 @@ async def test_resume_with_last_event_id_replays_what_was_missed(
     ) as events:
         again = await events.quiet(1.0)
     assert not any(e["type"] == "node_joined" for e in again)
+
+
+async def test_a_ping_carries_the_position_past_filtered_events(
+    server: RunningServer, nodes: FakeNodes
+) -> None:
+    name = unique("node")
+    viewer = server.token("viewer")
+    async with stream(server, viewer, [("target", unique("nothing"))]) as events:
+        await nodes.register(name)  # filtered out
+        ping = await events.wait_for("a ping", lambda e: e["type"] == "ping", timeout=12)
+    assert ping["id"] != events.first["id"]
+    async with stream(server, viewer, [("target", name)], {"Last-Event-ID": ping["id"]}) as ev:
+        assert not any(e["type"] == "node_joined" for e in await ev.quiet(1.0))
 
 
 async def test_an_id_too_old_or_from_elsewhere_is_a_gap_first(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ async def _follow(args: argparse.Namespace, client: ApiClient) -> int:
             async with contextlib.aclosing(stream) as events:
                 async for event in events:
                     last = event.get("id") or last
-                    if event.get("type") == "ready":
+                    if event.get("type") in ("ready", "ping"):
                         continue
                     _print(event, json_mode)
                     if event.get("type") != "gap":

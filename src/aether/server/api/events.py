@@ -44,7 +44,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["events"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
-PING_SECONDS = 5.0  # a ``: ping`` comment after this long without an event
+PING_SECONDS = 5.0  # a ``: ping`` (with the position) after this long without an event
 POLL_SECONDS = 0.5  # how often the records are read for new rows
 BATCH = 500  # rows read per record source and poll
 _WATCHED = ("nodes/", "instances/", "blueprints/", "leader")
@@ -242,7 +242,9 @@ async def events(
                     async with asyncio.timeout(PING_SECONDS):
                         source, position, item = await queue.get()
                 except TimeoutError:
-                    yield b": ping\n\n"
+                    # the position moves past events this caller does not get: an id-only
+                    # message carries it, so a resume need not replay them
+                    yield f"id: {cursor}\n: ping\n\n".encode()
                     continue
                 if source == "end":
                     return
