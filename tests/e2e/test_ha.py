@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -175,3 +176,62 @@ def test_one_etcd_member_down_writes_go_on_and_it_catches_up(ha: HaCluster) -> N
         30,
         "exactly 2 again",
     )
+
+
+def _first_event(
+    url: str, token: str, match: Callable[[dict[str, Any]], bool], **params: str
+) -> dict[str, Any]:
+    """The first event that ``match``es in the stream of the server at ``url``."""
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.stream(
+        "GET", f"{url}/api/v1/events", params=params, headers=headers, timeout=30
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                event: dict[str, Any] = json.loads(line.removeprefix("data:"))
+                if event["type"] not in ("ready", "gap") and match(event):
+                    return event
+    raise AssertionError(f"the stream of {url} ended")
+
+
+def _position(url: str, token: str) -> str:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.stream("GET", f"{url}/api/v1/events", headers=headers, timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                ready: dict[str, Any] = json.loads(line.removeprefix("data:"))
+                assert ready["type"] == "ready", ready
+                return str(ready["id"])
+    raise AssertionError(f"the stream of {url} ended")
+
+
+def test_every_server_serves_the_same_event_stream(ha: HaCluster) -> None:
+    """An event id from one server resumes on any other: the stream is derived from
+    the shared state store and records, not from one server's memory."""
+    _start(ha)
+    first, second, third = ha.server_urls
+    since = _position(first, ha.admin_token)
+    ha.cli_json("scale", "hello-python=3")
+    wait_for(lambda: len(ha.active("hello-python")) == 3, 30, "3 ACTIVE")
+    seen = [
+        _first_event(
+            url,
+            ha.admin_token,
+            lambda e: e["instances"] == 3,
+            type="blueprint_changed",
+            target="hello-python",
+            last_event_id=since,
+        )
+        for url in (second, third)
+    ]
+    assert seen[0] == {**seen[1], "ts": seen[0]["ts"]}  # the same event, the same id
+    # record rows too: replayed from the records database by another server
+    step = _first_event(
+        third,
+        ha.admin_token,
+        lambda e: e["step"] == "created",
+        type="deployment",
+        last_event_id=since.split("-")[0] + "-0-0-0",
+    )
+    assert (step["app"], step["version"]) == ("hello-python", 1)
