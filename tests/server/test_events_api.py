@@ -167,13 +167,18 @@ async def test_a_deploy_shows_its_blueprint_steps_and_instances(
     await nodes.register(unique("node"))
     async with stream(server, server.token("viewer")) as events:
         app, inst = await deployed(http, server, nodes)
-        blueprint = await events.wait_for("blueprint", of("blueprint_changed", app))
-        created = await events.wait_for(
-            "created", lambda e: of("deployment", app)(e) and e["step"] == "created"
+        wanted: dict[str, Callable[[Event], bool]] = {
+            "blueprint": of("blueprint_changed", app),
+            "created": lambda e: of("deployment", app)(e) and e["step"] == "created",
+            "active": lambda e: of("instance_state", app)(e) and e["state"] == "ACTIVE",
+            "healthy": lambda e: of("deployment", app)(e) and e["step"] == "healthy",
+        }
+        # store changes and record rows come by two paths: in either order
+        await events.wait_for(
+            "all of them", lambda _: all(any(w(e) for e in events.seen) for w in wanted.values())
         )
-        active = await events.wait_for(
-            "ACTIVE", lambda e: of("instance_state", app)(e) and e["state"] == "ACTIVE"
-        )
+    found = {name: next(e for e in events.seen if w(e)) for name, w in wanted.items()}
+    blueprint, created, active = found["blueprint"], found["created"], found["active"]
     assert blueprint["version"] == 1 and blueprint["deleted"] is False
     assert created["version"] == 1 and "v1" in created["message"]
     assert active["instance"] == inst["key"] and active["node"] == inst["node"]
