@@ -10,6 +10,7 @@ from __future__ import annotations
 from aether.store.records.apps import AppRecords
 from aether.store.records.artifacts import ArtifactRecords
 from aether.store.records.base import DEFAULT_TENANT, Principal, epoch, hash_token, now, utc
+from aether.store.records.console import ConsoleRecords
 from aether.store.records.credentials import CredentialRecords
 from aether.store.records.decisions import DecisionRecords
 from aether.store.records.deployments import DeploymentRecords
@@ -30,6 +31,7 @@ class Records(
     CredentialRecords,  # and TenantRecords, which it builds on
     AppRecords,
     ArtifactRecords,
+    ConsoleRecords,
     DeploymentRecords,
     EventRecords,
     IdempotencyRecords,

@@ -23,6 +23,7 @@ __all__ = [
     "App",
     "Artifact",
     "Base",
+    "ConsoleSession",
     "DecisionRow",
     "Deployment",
     "DeploymentEvent",
@@ -362,3 +363,19 @@ class MigrationRecord(Base):
     reason: Mapped[str] = mapped_column(Text)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+class ConsoleSession(Base):
+    """A console sign-in: the cookie's hash, the token it was opened with, its CSRF token.
+
+    The cookie holds a random id; only its hash is stored. Revoking the token ends
+    every session opened with it (a session resolves through the token's row).
+    """
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (Index("ix_console_sessions_expires", "expires_at"),)
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
