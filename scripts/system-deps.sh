@@ -27,6 +27,7 @@ TEST=(
   "busybox:busybox-static"
   "etcd:etcd-server"
   "etcdctl:etcd-client"
+  "chromium:chromium"    # the console's browser tests (Playwright, executable_path)
 )
 
 case "$profile" in

@@ -37,6 +37,7 @@ from aether.server.api import migrations as migrations_api
 from aether.server.api import rebalance as rebalance_api
 from aether.server.api import telemetry as telemetry_api
 from aether.server.api.prometheus import install_metrics
+from aether.server.console import install_console
 from aether.server.context import ServerContext
 from aether.server.files import make_private, private_umask
 from aether.server.http.errors import install_error_handlers
@@ -234,4 +235,5 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.include_router(backup_api.router, prefix="/api/v1")
     app.include_router(events_api.router, prefix="/api/v1")
     install_openapi(app)
+    install_console(app)
     return app

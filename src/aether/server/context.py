@@ -17,6 +17,7 @@ from fastapi import Request
 from aether.artifacts import ArtifactBackend
 from aether.artifacts.blobs import BlobStore
 from aether.server.http.prometheus import ServerMetrics
+from aether.server.http.sessions import SessionCache
 from aether.server.http.token_cache import TokenCache
 from aether.server.http.uploads import UploadGate
 from aether.server.services.logstore import LogStore
@@ -45,6 +46,7 @@ class ServerContext:
     # node telemetry: latest push per node, the per-second samples, roll-ups (leader)
     telemetry: TelemetryHub = field(default_factory=TelemetryHub, kw_only=True)
     tokens: TokenCache = field(default_factory=TokenCache, kw_only=True)  # auth cache
+    sessions: SessionCache = field(default_factory=SessionCache, kw_only=True)  # console
 
 
 async def get_context(request: Request) -> ServerContext:

@@ -112,6 +112,9 @@ class ServerSettings(BaseSettings):
     adviser_strategic_api_key: str = ""
     adviser_strategic_interval: float = Field(default=30.0, ge=2.0, le=60.0)
     adviser_timeout: float = Field(default=10.0, gt=0, le=60.0, description="seconds per call")
+    console_session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="how long a console sign-in lasts"
+    )
     events_resume_limit: int = Field(
         default=10_000,
         ge=1,

@@ -90,6 +90,12 @@ async def list_tasks(
     return await ctx.queue.list(caller.tenant_id, state=state, type=type, queue=queue, limit=limit)
 
 
+@router.get("/tasks/stats")
+async def task_stats(caller: Caller, ctx: Ctx) -> dict[str, int]:
+    """How many of the caller's tasks are in each state (every state present)."""
+    return {str(state): n for state, n in (await ctx.queue.stats(caller.tenant_id)).items()}
+
+
 @router.get("/tasks/{task_id}")
 async def get_task(task_id: str, caller: Caller, ctx: Ctx) -> TaskOut:
     return await ctx.queue.get(task_id, caller.tenant_id)

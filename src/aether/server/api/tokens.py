@@ -67,6 +67,7 @@ async def revoke(token_id: str, caller: Admin, ctx: Ctx) -> TokenOut:
     token = await ctx.records.get_token(caller.tenant_id, token_id)
     await ctx.records.revoke_token(token.id)
     ctx.tokens.forget(token.id)
+    ctx.sessions.forget_token(token.id)
     return TokenOut(id=token.id, name=token.name, role=token.role)
 
 
@@ -81,4 +82,5 @@ async def rotate(caller: Caller, ctx: Ctx) -> TokenOut:
     token_id, token = await ctx.records.issue_token(caller.tenant_id, current.role, current.name)
     await ctx.records.revoke_token(current.id)
     ctx.tokens.forget(current.id)
+    ctx.sessions.forget_token(current.id)
     return TokenOut(id=token_id, name=current.name, role=current.role, token=token)

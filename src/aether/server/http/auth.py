@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from aether.errors import ForbiddenError, UnauthorizedError
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
+from aether.server.http.sessions import CSRF_HEADER, SESSION_COOKIE, session_principal
 from aether.store.records import Principal
 
 __all__ = [
@@ -47,6 +48,14 @@ async def authenticate(
     request: Request, ctx: Annotated[ServerContext, Depends(get_context)]
 ) -> Principal:
     header = request.headers.get("authorization", "")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not header and cookie:  # the console: a session cookie (and CSRF for a change)
+        session, csrf = await session_principal(
+            cookie, request.method, request.headers.get(CSRF_HEADER), ctx.sessions, ctx.records
+        )
+        request.state.principal = session
+        request.state.csrf = csrf
+        return session
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthorizedError(

@@ -1,0 +1,119 @@
+"""Signing in and out of the console with an API token.
+
+The sign-in form is protected like every other form: ``GET /ui/login`` sets a
+short-lived ``aether_login_csrf`` cookie and puts the same value in the form, and
+the ``POST`` must carry both (no session exists yet to hold a CSRF token). A
+good token opens a session (``console_sessions``) whose random id goes into the
+``aether_session`` cookie: HttpOnly, SameSite=Strict, Secure when the request
+came over TLS, for ``console_session_hours``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from aether.errors import AetherError
+from aether.server.console.view import Action, error_page, templates
+from aether.server.context import ServerContext, get_context
+from aether.server.http.sessions import SESSION_COOKIE, check_csrf
+
+__all__ = ["router", "safe_next"]
+
+router = APIRouter()
+Ctx = Annotated[ServerContext, Depends(get_context)]
+LOGIN_CSRF_COOKIE = "aether_login_csrf"
+_CONSOLE_ROLES = ("admin", "operator", "viewer")
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a console path of this server, never another host."""
+    if not target or not target.startswith("/ui") or target.startswith("//") or "\\" in target:
+        return "/ui/"
+    return target
+
+
+def _login_form(request: Request, *, status: int = 200, message: str = "") -> Response:
+    token = secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request,
+        "login.html",
+        {
+            "login_csrf": token,
+            "next": safe_next(request.query_params.get("next")),
+            "message": message,
+        },
+        status_code=status,
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        max_age=3600,
+        path="/ui/login",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    return _login_form(request)
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    ctx: Ctx,
+    token: Annotated[str, Form(max_length=512)] = "",
+    csrf: Annotated[str, Form(max_length=128)] = "",
+    next: Annotated[str, Form(max_length=2048)] = "/ui/",
+) -> Response:
+    try:
+        check_csrf(csrf, request.cookies.get(LOGIN_CSRF_COOKIE, ""))
+    except AetherError:
+        return error_page(
+            request,
+            403,
+            "The sign-in form expired or was not sent from this console; "
+            "open the sign-in page again.",
+            "csrf_failed",
+        )
+    principal = await ctx.tokens.resolve(token.strip(), ctx.records) if token.strip() else None
+    if principal is None:
+        return _login_form(request, status=401, message="That token is not valid (or revoked).")
+    if principal.role not in _CONSOLE_ROLES:
+        return _login_form(
+            request,
+            status=403,
+            message=f"A {principal.role} token cannot sign in to the console; "
+            "use an admin, operator or viewer token.",
+        )
+    hours = ctx.settings.console_session_hours
+    session_id, _ = await ctx.records.open_session(principal.token_id, hours * 3600)
+    response = RedirectResponse(safe_next(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        max_age=int(hours * 3600),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/ui/login")
+    return response
+
+
+@router.post("/logout")
+async def logout(view: Action, ctx: Ctx) -> Response:
+    cookie = view.request.cookies.get(SESSION_COOKIE, "")
+    await ctx.records.close_session(cookie)
+    ctx.sessions.forget(cookie)
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
