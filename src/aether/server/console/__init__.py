@@ -38,7 +38,12 @@ _HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
-_PAGES = (signin, overview, fallback)  # the fallback last: it answers any other path
+# one router per page set; the fallback last: it answers any other path
+_PAGES = (
+    signin,
+    overview,
+    fallback,
+)
 
 
 class ConsoleHeaders:
