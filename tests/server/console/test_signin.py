@@ -98,7 +98,9 @@ def test_an_expired_session_is_refused(server: RunningServer) -> None:
         from aether.store.records.schema import ConsoleSession
 
         async with server.ctx.records.sessions() as session:
-            await session.execute(update(ConsoleSession).values(expires_at=ConsoleSession.created_at))
+            await session.execute(
+                update(ConsoleSession).values(expires_at=ConsoleSession.created_at)
+            )
             await session.commit()
 
     with signed_in(server.base_url, server.token("viewer")) as client:
