@@ -16,6 +16,7 @@ from aether.server.console.view import Page
 __all__ = ["router", "task_summary"]
 
 router = APIRouter()
+CHART_NODES = 8  # CPU charts on the overview; the Nodes page has every node
 
 
 def task_summary(counts: dict[str, int]) -> dict[str, int]:
@@ -50,4 +51,5 @@ async def overview(view: Page) -> Response:
         decisions=decisions,
         tasks=task_summary(tasks),
         first_run=not status["nodes"] and not status["apps"],
+        chart_nodes=CHART_NODES,
     )
