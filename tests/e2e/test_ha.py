@@ -251,12 +251,11 @@ def test_every_server_serves_the_console(ha: HaCluster) -> None:
             assert page.status_code == 200, page.text
             assert 'data-app="hello-python"' in page.text
             assert 'data-node="n1"' in page.text and 'data-node="n2"' in page.text
-            wait_for(
-                lambda c=c: (
-                    (r := c.get("/api/v1/metrics/nodes/n1", params={"seconds": 60})).status_code
-                    == 200
-                    and len(r.json()) > 0
-                ),
-                20,
-                f"n1's telemetry through {url}",
-            )
+            for server in ha.server_urls:  # the overview lists every live server
+                assert f"<li>{server}" in page.text
+
+            def telemetry(c: httpx.Client = c) -> bool:
+                answer = c.get("/api/v1/metrics/nodes/n1", params={"seconds": 60})
+                return answer.status_code == 200 and len(answer.json()) > 0
+
+            wait_for(telemetry, 20, f"n1's telemetry through {url}")
