@@ -6,6 +6,7 @@ An empty cluster (no node, no app) shows the first-run guide above the tables.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -40,7 +41,7 @@ async def overview(view: Page) -> Response:
         view.api.get("/api/v1/status"),
         view.api.get("/api/v1/risk"),
         view.api.get("/api/v1/decisions", limit=8),
-        view.api.get("/api/v1/tasks/stats"),
+        view.api.get("/api/v1/tasks/stats", since=time.time() - 3600),
     )
     by_node: dict[str, Any] = {a["node"]: a for a in risk}
     return view.render(

@@ -295,8 +295,15 @@ class TaskQueue(Protocol):
         """Take back every claim whose lease has passed; returns how many."""
         ...
 
-    async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
-        """How many tasks are in each state (every state present), for one tenant or all."""
+    async def stats(
+        self, tenant_id: str | None = None, *, since: float | None = None
+    ) -> dict[TaskState, int]:
+        """How many tasks are in each state (every state present), for one tenant or all.
+
+        With ``since``, a final state counts only the tasks that reached it at or after
+        ``since`` (the console's "failed in the last hour"; kept for at least a day);
+        the other states count every task in them.
+        """
         ...
 
     async def events_after(self, position: int, limit: int) -> builtins.list[TaskEvent]:

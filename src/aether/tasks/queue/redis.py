@@ -102,6 +102,12 @@ local function logged(id, previous, now)
   end
   local position = redis.call('INCR', P .. 'evseq')
   redis.call('XADD', P .. 'events', position .. '-0', unpack(entry))
+  if FINAL[f[3]] then  -- when each task finished, by state, kept a day (stats since)
+    for _, key in ipairs({P .. 'done:' .. f[3], P .. 'done:' .. f[3] .. ':' .. f[1]}) do
+      redis.call('ZADD', key, now, id)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(now) - 86400)
+    end
+  end
 end
 """
 
@@ -512,12 +518,19 @@ class RedisTaskQueue:
     async def expire(self, now: float | None = None) -> int:
         return int(await self._run(self._expire, _ts(now_or(now)), LEASE_EXPIRED))
 
-    async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
-        key = self.prefix + "stats" + ("" if tenant_id is None else ":" + tenant_id)
-        raw = cast(dict[str, str], await self.redis.hgetall(key))
+    async def stats(
+        self, tenant_id: str | None = None, *, since: float | None = None
+    ) -> dict[TaskState, int]:
+        suffix = "" if tenant_id is None else ":" + tenant_id
+        raw = cast(dict[str, str], await self.redis.hgetall(self.prefix + "stats" + suffix))
         counts = dict.fromkeys(TaskState, 0)
         for state, count in raw.items():
             counts[TaskState(state)] = int(count)
+        if since is not None:
+            for state in TaskState:
+                if state.final:
+                    key = f"{self.prefix}done:{state.value}{suffix}"
+                    counts[state] = int(await self.redis.zcount(key, since, "+inf"))
         return counts
 
     # -- the event log -------------------------------------------------------

@@ -450,12 +450,17 @@ class SqlTaskQueue:
             await session.commit()
         return len(taken)
 
-    async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
+    async def stats(
+        self, tenant_id: str | None = None, *, since: float | None = None
+    ) -> dict[TaskState, int]:
         counts = dict.fromkeys(TaskState, 0)
         async with self.sessions() as session:
             query = select(Task.state, func.count()).group_by(Task.state)
             if tenant_id is not None:
                 query = query.where(Task.tenant_id == tenant_id)
+            if since is not None:
+                final = [s.value for s in TaskState if s.final]
+                query = query.where(Task.state.not_in(final) | (Task.finished_at >= utc(since)))
             for state, count in await session.execute(query):
                 counts[TaskState(state)] = count
         return counts
