@@ -18,6 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 
+from aether.artifacts.signing import generate_key, public_key_b64
 from aether.store.records import DEFAULT_TENANT
 from tests.support.api import DIGEST_HEADER, bearer, sha256_of, spec_for, unique
 from tests.support.browser import axe_violations, new_console, screenshot, sign_in
@@ -466,3 +467,17 @@ def dep_digest(server: RunningServer, app: str) -> str:
     )
     digest: str = answer.json()[0]["digest"]
     return digest
+
+
+def test_an_app_with_nothing_deployed_yet_has_a_page(server: RunningServer) -> None:
+    app = unique("keyonly")  # registering a signing key creates the app before any deploy
+    answer = httpx.post(
+        f"{server.base_url}/api/v1/apps/{app}/public-keys",
+        json={"public_key": public_key_b64(generate_key())},
+        headers=bearer(server.admin_token),
+    )
+    assert answer.status_code == 201, answer.text
+    with signed_in(server.base_url, server.token("viewer")) as client:
+        page = client.get(f"/ui/apps/{app}")
+        assert page.status_code == 200, page.text
+        assert "Nothing deployed yet" in page.text and "No instance placed" in page.text

@@ -31,7 +31,6 @@ PAGE_SIZE = 50  # apps per page of /ui/apps
 LOG_LINES = 200  # log lines shown; a search looks through the last LOG_SCAN
 LOG_SCAN = 5000
 MANIFEST_ROWS = 500
-_NOT_FOUND = "No such app."
 
 
 def filter_logs(text: str, search: str, limit: int = LOG_LINES) -> list[str]:
@@ -80,8 +79,11 @@ async def apps(
     )
 
 
-def _selected(deployments: list[dict[str, Any]], wanted: str, live: str | None) -> dict[str, Any]:
-    """The deployment whose timeline is shown: the asked one, else the live, else the newest."""
+def _selected(
+    deployments: list[dict[str, Any]], wanted: str, live: str | None
+) -> dict[str, Any] | None:
+    """The deployment whose timeline is shown: the asked one, else the live, else the newest
+    (None: nothing deployed yet, e.g. an app made by registering a signing key)."""
     if wanted:
         for dep in deployments:
             if dep["id"] == wanted:
@@ -90,7 +92,7 @@ def _selected(deployments: list[dict[str, Any]], wanted: str, live: str | None) 
     for dep in deployments:
         if dep["id"] == live:
             return dep
-    return deployments[0]
+    return deployments[0] if deployments else None
 
 
 def _by_node(instances: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -122,10 +124,8 @@ async def app_page(
         view.api.text(f"/api/v1/apps/{quote(app)}/logs", tail=LOG_SCAN if search else LOG_LINES),
         view.api.get("/api/v1/nodes"),
     )
-    if not deployments:
-        raise ConsoleError(404, _NOT_FOUND, code="not_found")
     selected = _selected(deployments, deployment, summary["deployment_id"])
-    events = await view.api.get(f"/api/v1/deployments/{selected['id']}/events")
+    events = await view.api.get(f"/api/v1/deployments/{selected['id']}/events") if selected else []
     current = summary["version"]
     return view.render(
         "app.html",
