@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 
-from aether.artifacts.signing import generate_key, public_key_b64
+from aether.artifacts.signing import fingerprint, generate_key, public_key_b64, sign_digest
 from aether.store.records import DEFAULT_TENANT
 from tests.support.api import DIGEST_HEADER, bearer, sha256_of, spec_for, unique
 from tests.support.browser import axe_violations, new_console, screenshot, sign_in
@@ -284,6 +284,45 @@ def test_the_artifact_view_shows_sbom_manifest_and_signature(server: RunningServ
         assert client.get(f"/ui/apps/{app}/artifacts/{stray}").status_code == 404
 
 
+def test_the_artifact_view_shows_which_app_key_verified_the_signature(
+    server: RunningServer,
+) -> None:
+    app, key = unique("signed"), generate_key()
+    admin = bearer(server.admin_token)
+    answer = httpx.post(
+        f"{server.base_url}/api/v1/apps/{app}/public-keys",
+        json={"public_key": public_key_b64(key)},
+        headers=admin,
+    )
+    assert answer.status_code == 201, answer.text
+    data = os.urandom(256)
+    digest = sha256_of(data)
+    signature = sign_digest(key, digest)
+    answer = httpx.post(
+        f"{server.base_url}/api/v1/artifacts",
+        content=data,
+        headers={
+            **admin,
+            DIGEST_HEADER: digest,
+            "X-Aether-Signature": signature,
+            "X-Aether-App": app,
+        },
+    )
+    assert answer.status_code == 201 and answer.json()["verified"], answer.text
+    answer = httpx.post(
+        f"{server.base_url}/api/v1/apps/{app}/deployments",
+        json={"digest": digest, "spec": spec_for(app)},
+        headers=admin,
+    )
+    assert answer.status_code == 201, answer.text
+    with signed_in(server.base_url, server.token("viewer")) as client:
+        page = client.get(f"/ui/apps/{app}/artifacts/{digest}")
+        assert page.status_code == 200, page.text
+        assert f"app key <code>{fingerprint(key)}</code>" in page.text
+        assert f"<code>{signature}</code>" in page.text
+        assert "No SBOM was sent" in page.text and "No manifest was recorded" in page.text
+
+
 def test_rollback_to_a_chosen_version(
     server: RunningServer,
 ) -> None:
@@ -454,6 +493,8 @@ def test_an_operator_scales_searches_logs_and_opens_the_sbom_in_a_browser(
     small = phone.new_page()
     sign_in(small, server.base_url, server.token("viewer"), next_path=f"/ui/apps/{app}")
     expect(small.locator("h1")).to_have_text(app)
+    expect(small.locator("form[action$='/scale'] button")).to_be_disabled()
+    expect(small.locator(f"tr[data-instance='{first['key']}'] button")).to_be_disabled()
     assert axe_violations(small) == []
     width = small.evaluate("document.documentElement.scrollWidth")
     assert width <= 390 + 1, width
