@@ -23,7 +23,7 @@ router = APIRouter()
 
 KINDS = ("scale", "drain", "undrain", "advice", "rebalance")
 OUTCOMES = ("applied", "refused", "failed")
-FEED_SIZE = 50
+FEED_SIZE = 25
 
 
 @router.get("/risk")
