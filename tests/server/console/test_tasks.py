@@ -55,12 +55,12 @@ def sandbox_with_a_run(server: RunningServer) -> tuple[str, str]:
 
     vm_id = submit(server, queue, "runner")["payload"]["vm_id"]
     claim_and_complete({"vm_id": vm_id, "status": "running", "driver": "process"})
-    body = {"type": "vm:execute", "queue": queue}
-    body["payload"] = {"vm_id": vm_id, "command": "echo", "args": ["hello", "console"]}
+    payload = {"vm_id": vm_id, "command": "echo", "args": ["hello", "console"]}
+    body: dict[str, Any] = {"type": "vm:execute", "queue": queue, "payload": payload}
     api(server, "POST", "/api/v1/tasks", admin, json=body)
     now = time.time()
-    run = {"vm_id": vm_id, "command": "echo", "args": ["hello", "console"], "exit_code": 0}
-    run.update(stdout="hello console\n", stderr="", started_at=now - 0.2, finished_at=now)
+    run: dict[str, Any] = {**payload, "exit_code": 0, "stdout": "hello console\n", "stderr": ""}
+    run.update(started_at=now - 0.2, finished_at=now)
     return vm_id, claim_and_complete(run)
 
 
