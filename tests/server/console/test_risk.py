@@ -19,7 +19,6 @@ from aether.model.cluster import NodeCapabilities
 from tests.support.api import bearer, unique
 from tests.support.browser import axe_violations, new_console, screenshot, sign_in
 from tests.support.console import csrf_of, signed_in
-from tests.support.fake_nodes import FakeNodes
 from tests.support.server import RunningServer, running_server
 from tests.support.waiting import wait_for
 
@@ -33,14 +32,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-async def two_nodes(nodes: FakeNodes) -> tuple[str, str]:
-    """Two live fake nodes: a drained one's instances would have somewhere to go."""
-    return await nodes.register(unique("drilled")), await nodes.register(unique("spare"))
+def two_nodes(server: RunningServer) -> tuple[str, str]:
+    """Two live fake nodes: a drained one's instances would have somewhere to go.
+
+    Registered over HTTP with their own credentials, as ``FakeNodes`` does: once the
+    session's browser runs, Playwright's loop is running and async fixtures cannot."""
+    return register(server, unique("drilled")), register(server, unique("spare"))
 
 
 def register(server: RunningServer, name: str) -> str:
-    """A fake node registered over HTTP with its own credential, as ``FakeNodes`` does (the
-    browser tests run Playwright's own event loop, so they cannot use an async fixture)."""
+    """A fake node registered over HTTP with its own credential (``FakeNodes.register``)."""
     capabilities = NodeCapabilities(cpus=4.0, memory_mb=4096, drivers=["process"])
     body = RegisterIn(id=name, capabilities=capabilities, router_url="http://127.0.0.1:1")
     api(
@@ -157,10 +158,9 @@ def test_decisions_are_filtered_in_the_query_string(
 
 
 def test_the_drill_in_a_browser_shows_risk_and_decision_live(
-    server: RunningServer, browser: Browser
+    server: RunningServer, browser: Browser, two_nodes: tuple[str, str]
 ) -> None:
-    node = register(server, unique("drilled"))
-    register(server, unique("spare"))
+    node, _ = two_nodes
     context = new_console(browser)
     watcher = context.new_page()  # a viewer's page, open before anything happens
     sign_in(watcher, server.base_url, server.token("viewer"), "/ui/risk")
@@ -201,3 +201,18 @@ def test_the_drill_in_a_browser_shows_risk_and_decision_live(
     expect(phone.locator("h1")).to_have_text("Risk & decisions")
     assert axe_violations(phone) == []
     context.close()
+
+
+def test_the_page_has_no_inline_script_or_style(
+    server: RunningServer, two_nodes: tuple[str, str]
+) -> None:
+    node, _ = two_nodes
+    api(server, "POST", "/api/v1/signals", json={"node": node, "kind": "capacity", "value": 0.9})
+    wait_for(lambda: risk_of(server, node), 10, f"{node} to be assessed")
+    with signed_in(server.base_url, server.token("viewer")) as client:
+        for path in ("/ui/risk", f"/ui/risk/{node}"):
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", answer.text), path
+            assert " style=" not in answer.text and "<style" not in answer.text, path
+            assert not re.search(r"<[^>]+\son[a-z]+=", answer.text), path

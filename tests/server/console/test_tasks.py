@@ -283,3 +283,18 @@ def test_the_tasks_page_on_a_phone(server: RunningServer, browser: Browser) -> N
     wide = page.evaluate("document.documentElement.scrollWidth")
     assert wide <= 390, f"the page scrolls sideways: {wide} px"
     context.close()
+
+
+def test_the_pages_have_no_inline_script_or_style(server: RunningServer) -> None:
+    vm_id, task_id = sandbox_with_a_run(server)
+    with signed_in(server.base_url, server.token("operator")) as client:
+        for path in (
+            "/ui/tasks",
+            f"/ui/tasks/{task_id}",
+            "/ui/sandboxes",
+            f"/ui/sandboxes/{vm_id}",
+        ):
+            html = client.get(path).text
+            assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), path
+            assert " style=" not in html and "<style" not in html, path
+            assert not re.search(r"<[^>]+\son[a-z]+=", html), path
