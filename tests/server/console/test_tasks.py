@@ -251,11 +251,19 @@ def test_submit_and_cancel_a_task_in_a_browser(server: RunningServer, browser: B
     assert axe_violations(page) == []
     screenshot(page, "tasks")
 
+    # from elsewhere (the API, as the CLI would): the open page follows without a reload
+    other = submit(server, queue, "from-the-cli")
+    live_row = page.locator(f'tr[data-task="{other["id"]}"]')
+    expect(live_row.locator("[data-testid=task-state]")).to_have_text("pending")
+    api(server, "POST", f"/api/v1/tasks/{other['id']}/cancel", server.admin_token)
+    expect(live_row.locator("[data-testid=task-state]")).to_have_text("cancelled")
+    expect(page.locator(".flash")).to_contain_text("Submitted task")  # still the same page
+
     row.get_by_role("button", name=f"Cancel task {task['id']}").click()
     expect(page.locator(".flash")).to_contain_text("cancelled")
     row = page.locator(f'tr[data-task="{task["id"]}"]')
     expect(row.locator("[data-testid=task-state]")).to_have_text("cancelled")
-    assert in_queue(server, queue)[0]["state"] == "cancelled"
+    assert {t["state"] for t in in_queue(server, queue)} == {"cancelled"}
 
     page.goto(f"{server.base_url}/ui/tasks/{run_task}")
     expect(page.locator("[data-testid=task-state]")).to_have_text("succeeded")
@@ -294,7 +302,9 @@ def test_the_pages_have_no_inline_script_or_style(server: RunningServer) -> None
             "/ui/sandboxes",
             f"/ui/sandboxes/{vm_id}",
         ):
-            html = client.get(path).text
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            html = answer.text
             assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), path
             assert " style=" not in html and "<style" not in html, path
             assert not re.search(r"<[^>]+\son[a-z]+=", html), path
