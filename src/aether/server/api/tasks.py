@@ -86,8 +86,12 @@ async def list_tasks(
     type: str | None = None,
     queue: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> list[TaskOut]:
-    return await ctx.queue.list(caller.tenant_id, state=state, type=type, queue=queue, limit=limit)
+    """Newest first; ``before``: the id of the last task of the previous page."""
+    return await ctx.queue.list(
+        caller.tenant_id, state=state, type=type, queue=queue, limit=limit, before=before
+    )
 
 
 @router.get("/tasks/stats")
