@@ -201,7 +201,9 @@ def test_node_pages_have_no_inline_script_or_style(
 ) -> None:
     with signed_in(server.base_url, server.token("viewer")) as client:
         for path in ("/ui/nodes", f"/ui/nodes/{pair[0]}"):
-            html = client.get(path).text
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            html = answer.text
             assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), path
             assert " style=" not in html and "<style" not in html, path
             assert not re.search(r"<[^>]+\son[a-z]+=", html), path
@@ -222,6 +224,9 @@ def test_in_a_browser_charts_run_live_and_a_drain_shows_live(
     expect(watcher.locator("h1")).to_contain_text("Nodes")
     expect(watcher.locator("body")).to_have_attribute("data-live", "live")
     cpu_cell = watcher.locator(f'tr[data-node="{node}"] td[data-field="cpu"]')
+    expect(cpu_cell).to_have_text(re.compile(r"^\d+\.\d%$"))
+    rendered = cpu_cell.inner_text()
+    expect(cpu_cell).not_to_have_text(rendered)  # the telemetry stream updates it each second
     expect(cpu_cell).to_have_text(re.compile(r"^\d+\.\d%$"))
     assert axe_violations(watcher) == []
     screenshot(watcher, "nodes")
