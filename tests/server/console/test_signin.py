@@ -190,7 +190,7 @@ def test_signing_in_in_a_browser_shows_the_overview(
     assert axe_violations(page) == []
     sign_in(page, server.base_url, server.token("viewer"))
     expect(page.locator("h1")).to_have_text("Overview")
-    expect(page.locator(".badge")).to_contain_text("viewer")
+    expect(page.locator(".who-badge")).to_contain_text("viewer")
     expect(page.locator("body")).to_have_attribute("data-live", "live")
     assert axe_violations(page) == []
     page.goto(f"{server.base_url}/ui/nowhere")

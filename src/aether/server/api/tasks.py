@@ -91,9 +91,15 @@ async def list_tasks(
 
 
 @router.get("/tasks/stats")
-async def task_stats(caller: Caller, ctx: Ctx) -> dict[str, int]:
-    """How many of the caller's tasks are in each state (every state present)."""
-    return {str(state): n for state, n in (await ctx.queue.stats(caller.tenant_id)).items()}
+async def task_stats(
+    caller: Caller,
+    ctx: Ctx,
+    since: Annotated[float | None, Query(ge=0, description="seconds since the epoch")] = None,
+) -> dict[str, int]:
+    """How many of the caller's tasks are in each state (every state present); with
+    ``since``, final states count only the tasks that finished since then."""
+    counts = await ctx.queue.stats(caller.tenant_id, since=since)
+    return {str(state): n for state, n in counts.items()}
 
 
 @router.get("/tasks/{task_id}")
