@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
-from aether.server.console import apps, fallback, overview, risk, signin, tasks
+from aether.server.console import apps, fallback, nodes, overview, risk, signin, tasks, topology
 from aether.server.console.client import ApiError
 from aether.server.console.view import ConsoleError, SignInRequired, console_response
 
@@ -43,6 +43,8 @@ _PAGES = (
     signin,
     overview,
     apps,
+    nodes,
+    topology,
     tasks,
     risk,
     fallback,
