@@ -1,7 +1,8 @@
 """The console: server-rendered pages at ``/ui``, served by every server.
 
-Pages are Jinja2 templates (``aether/ui/templates``) with htmx and uPlot
-(vendored in ``aether/ui/static``); each page module here is one router. Data
+Pages are Jinja2 templates (``aether/ui/templates``) with two small scripts of
+our own (``console.js``: live regions; ``charts.js``) and uPlot (vendored in
+``aether/ui/static``); each page module here is one router. Data
 comes from the same HTTP API the CLI uses (:mod:`.client`), so the API's
 authorization and tenancy apply unchanged. :func:`install_console` mounts it all
 and gives every ``/ui`` answer its security headers.

@@ -115,7 +115,7 @@
     }).catch(function () { self.draw(); });
   };
 
-  // cells are looked up on each sample: htmx may have swapped the table meanwhile
+  // cells are looked up on each sample: console.js may have swapped the table meanwhile
   function updateCells(sample) {
     document.querySelectorAll("[data-metric]").forEach(function (el) {
       var row = (sample[el.getAttribute("data-metric")] || {})[el.getAttribute("data-name")];
