@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from aether.server.console import CSP
+from aether.server.console.view import paginate
 from aether.store.records import DEFAULT_TENANT
 from tests.support.browser import axe_violations, new_console, screenshot, sign_in
 from tests.support.console import csrf_of, login_csrf, signed_in
@@ -197,3 +198,11 @@ def test_signing_in_in_a_browser_shows_the_overview(
     expect(page.locator("h1")).to_contain_text("Not found")
     assert axe_violations(page) == []
     context.close()
+
+
+@pytest.mark.parametrize(
+    ("count", "number", "expected"),
+    [(0, 1, ([], 1, 1)), (5, 1, ([0, 1], 1, 3)), (5, 3, ([4], 3, 3)), (5, 9, ([4], 3, 3))],
+)
+def test_pages_of_a_list(count: int, number: int, expected: tuple[list[int], int, int]) -> None:
+    assert paginate(list(range(count)), number, 2) == expected

@@ -11,7 +11,6 @@ shows a deployed artifact's SBOM, manifest and signature.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
@@ -20,7 +19,7 @@ from fastapi import APIRouter, Form, Query
 from fastapi.responses import RedirectResponse, Response
 
 from aether.server.console.client import ApiError
-from aether.server.console.view import Action, ConsoleError, Page
+from aether.server.console.view import Action, ConsoleError, Page, paginate
 
 __all__ = ["PAGE_SIZE", "filter_logs", "router"]
 
@@ -65,12 +64,11 @@ async def apps(
     shown = sorted(
         (a for a in every if needle in a["name"].casefold()), key=lambda a: str(a["name"])
     )
-    pages = max(1, math.ceil(len(shown) / PAGE_SIZE))
-    page = min(page, pages)
+    listed, page, pages = paginate(shown, page, PAGE_SIZE)
     return view.render(
         "apps.html",
         page="apps",
-        apps=shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
+        apps=listed,
         total=len(every),
         matching=len(shown),
         q=q.strip(),

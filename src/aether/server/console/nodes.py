@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import RedirectResponse, Response
 
 from aether.server.console.client import ApiError
-from aether.server.console.view import Action, ConsoleError, Page, View
+from aether.server.console.view import Action, ConsoleError, Page, View, paginate
 
 __all__ = ["RANGES", "STATES", "evidence", "router"]
 
@@ -63,12 +63,11 @@ async def node_list(view: Page, state: str = "", driver: str = "", page: int = 1
         view.api.get("/api/v1/metrics"),
     )
     shown = _filtered(nodes, state, driver)
-    pages = max(1, -(-len(shown) // PAGE_SIZE))
-    number = min(max(1, page), pages)
+    listed, number, pages = paginate(shown, page, PAGE_SIZE)
     return view.render(
         "nodes.html",
         page="nodes",
-        nodes=shown[(number - 1) * PAGE_SIZE : number * PAGE_SIZE],
+        nodes=listed,
         total=len(nodes),
         matching=len(shown),
         states=STATES,
