@@ -20,6 +20,7 @@ from aether.server.http.prometheus import ServerMetrics
 from aether.server.http.sessions import SessionCache
 from aether.server.http.token_cache import TokenCache
 from aether.server.http.uploads import UploadGate
+from aether.server.services.event_heads import EventHeads
 from aether.server.services.logstore import LogStore
 from aether.server.services.telemetry import TelemetryHub
 from aether.server.settings import ServerSettings
@@ -47,6 +48,8 @@ class ServerContext:
     telemetry: TelemetryHub = field(default_factory=TelemetryHub, kw_only=True)
     tokens: TokenCache = field(default_factory=TokenCache, kw_only=True)  # auth cache
     sessions: SessionCache = field(default_factory=SessionCache, kw_only=True)  # console
+    # the event streams' shared poll of the records' newest ids (one reader per server)
+    event_heads: EventHeads = field(default_factory=EventHeads, kw_only=True)
 
 
 async def get_context(request: Request) -> ServerContext:

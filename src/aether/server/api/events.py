@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -38,6 +38,7 @@ from aether.errors import BadRequestError
 from aether.model.events import EVENT_TYPES, ClusterEvent, Cursor
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Caller
+from aether.server.services.event_heads import Heads
 from aether.store.base import CompactedError, EventType
 from aether.store.records import DEFAULT_TENANT
 from aether.store.records.base import epoch
@@ -48,7 +49,6 @@ router = APIRouter(tags=["events"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
 PING_SECONDS = 5.0  # a ``: ping`` (with the position) after this long without an event
-POLL_SECONDS = 0.5  # how often the records are read for new rows
 BATCH = 500  # rows read per record source and poll
 _WATCHED = ("nodes/", "instances/", "blueprints/", "leader")
 
@@ -124,7 +124,8 @@ async def _pump_store(ctx: ServerContext, start: int, queue: asyncio.Queue[_Item
 
 
 async def _poll_records(ctx: ServerContext, start: Cursor, queue: asyncio.Queue[_Item]) -> None:
-    """New deployment events, decisions and risk assessments, by id, every POLL_SECONDS."""
+    """New deployment events, decisions and risk assessments, by id, read when the
+    server's shared poll of the newest ids (``ctx.event_heads``) shows one past ours."""
     deployment, decision, risk = start.deployment_event, start.decision, start.risk
     while True:
         full = False
@@ -180,18 +181,28 @@ async def _poll_records(ctx: ServerContext, start: Cursor, queue: asyncio.Queue[
             risk = a.id
         full |= len(assessments) == BATCH
         if not full:
-            await asyncio.sleep(POLL_SECONDS)
+            seen = (deployment, decision, risk, None)
+            await ctx.event_heads.wait_past(_heads_reader(ctx), seen)
+
+
+def _heads_reader(ctx: ServerContext) -> Callable[[], Awaitable[Heads]]:
+    async def read() -> Heads:
+        deployment, decision, risk = await ctx.records.event_heads()
+        return deployment, decision, risk, await ctx.queue.events_head()
+
+    return read
 
 
 async def _poll_tasks(ctx: ServerContext, after: int, queue: asyncio.Queue[_Item]) -> None:
-    """Task state changes from the queue's event log, by position, every POLL_SECONDS."""
+    """Task state changes from the queue's event log, by position, read when the shared
+    poll of the newest ids shows one past ours."""
     while True:
         changes = await ctx.queue.events_after(after, BATCH)
         for change in changes:
             await queue.put(("task", change.position, from_task_event(change)))
             after = change.position
         if len(changes) < BATCH:
-            await asyncio.sleep(POLL_SECONDS)
+            await ctx.event_heads.wait_past(_heads_reader(ctx), (None, None, None, after))
 
 
 @router.get(
