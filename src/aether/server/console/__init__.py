@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
-from aether.server.console import fallback, overview, signin
+from aether.server.console import fallback, overview, settings, signin
 from aether.server.console.client import ApiError
 from aether.server.console.view import ConsoleError, SignInRequired, console_response
 
@@ -42,6 +42,7 @@ _HEADERS = [
 _PAGES = (
     signin,
     overview,
+    settings,
     fallback,
 )
 
