@@ -1,6 +1,13 @@
-"""``GET /api/v1/settings``: the cluster's retention figures, read-only, for every role."""
+"""``GET /api/v1/settings``: the cluster's retention figures, read-only, for every role.
+
+Synchronous on purpose: the console's session-scoped browser (Playwright's sync
+API) keeps an event loop running in the test thread, which async tests after it
+cannot share.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -9,11 +16,17 @@ from tests.support.api import assert_envelope, bearer
 from tests.support.server import RunningServer
 
 
+@pytest.fixture
+def http(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=10.0) as client:
+        yield client
+
+
 @pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
-async def test_every_role_reads_the_retention_figures(
-    server: RunningServer, http: httpx.AsyncClient, role: str
+def test_every_role_reads_the_retention_figures(
+    server: RunningServer, http: httpx.Client, role: str
 ) -> None:
-    answer = await http.get("/api/v1/settings", headers=bearer(server.token(role)))
+    answer = http.get("/api/v1/settings", headers=bearer(server.token(role)))
     assert answer.status_code == 200, answer.text
     s = server.ctx.settings
     assert answer.json() == {
@@ -28,20 +41,20 @@ async def test_every_role_reads_the_retention_figures(
     }
 
 
-async def test_another_tenant_sees_the_same_cluster_figures(
-    server: RunningServer, http: httpx.AsyncClient
+def test_another_tenant_sees_the_same_cluster_figures(
+    server: RunningServer, http: httpx.Client
 ) -> None:
-    mine = await http.get("/api/v1/settings", headers=bearer(server.token("viewer")))
-    theirs = await http.get("/api/v1/settings", headers=bearer(server.new_tenant()))
+    mine = http.get("/api/v1/settings", headers=bearer(server.token("viewer")))
+    theirs = http.get("/api/v1/settings", headers=bearer(server.new_tenant()))
     assert theirs.status_code == 200
     assert theirs.json() == mine.json()
 
 
-async def test_the_settings_need_a_token_and_cannot_be_changed(
-    server: RunningServer, http: httpx.AsyncClient
+def test_the_settings_need_a_token_and_cannot_be_changed(
+    server: RunningServer, http: httpx.Client
 ) -> None:
-    assert_envelope(await http.get("/api/v1/settings"), 401, "unauthorized")
-    changed = await http.put(
+    assert_envelope(http.get("/api/v1/settings"), 401, "unauthorized")
+    changed = http.put(
         "/api/v1/settings", json={"retain_deployments": 1}, headers=bearer(server.admin_token)
     )
     assert changed.status_code == 405

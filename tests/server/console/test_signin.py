@@ -111,17 +111,16 @@ def test_an_expired_session_is_refused(server: RunningServer) -> None:
 
 
 def test_revoking_the_token_ends_its_sessions(server: RunningServer) -> None:
-    token = server.mint("operator")
-    with signed_in(server.base_url, token) as client:
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    made = httpx.post(
+        f"{server.base_url}/api/v1/tokens",
+        json={"role": "operator", "name": "revoked while signed in"},
+        headers=admin,
+    ).json()
+    with signed_in(server.base_url, made["token"]) as client:
         assert client.get("/ui/").status_code == 200
-        mine = httpx.get(
-            f"{server.base_url}/api/v1/tokens",
-            headers={"Authorization": f"Bearer {server.admin_token}"},
-        ).json()
-        token_id = next(t["id"] for t in mine if t["role"] == "operator" and not t["revoked_at"])
         httpx.delete(
-            f"{server.base_url}/api/v1/tokens/{token_id}",
-            headers={"Authorization": f"Bearer {server.admin_token}"},
+            f"{server.base_url}/api/v1/tokens/{made['id']}", headers=admin
         ).raise_for_status()
         assert client.get("/ui/").status_code == 401
 
