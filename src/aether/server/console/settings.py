@@ -101,15 +101,17 @@ async def revoke_token(view: Action, token_id: str) -> Response:
 
 @router.get("/settings/apps/{app}")
 async def app_settings(view: Page, app: str) -> Response:
-    found, keys = await asyncio.gather(
-        view.api.get(f"{_api_app(app)}/settings"), view.api.get(f"{_api_app(app)}/public-keys")
+    found, keys, cluster = await asyncio.gather(
+        view.api.get(f"{_api_app(app)}/settings"),
+        view.api.get(f"{_api_app(app)}/public-keys"),
+        view.api.get("/api/v1/settings"),
     )
     return view.render(
         "settings_app.html",
         page="settings",
         app=found,
         keys=keys,
-        default_retain=(await view.api.get("/api/v1/settings"))["retain_deployments"],
+        default_retain=cluster["retain_deployments"],
     )
 
 
