@@ -82,3 +82,21 @@ def test_events_needs_a_deployment_or_follow(srv: RunningServer, tmp_path: Path)
     assert aether(srv, tmp_path, "events", "shop@1", "--follow").returncode == 2
     bad = aether(srv, tmp_path, "events", "--follow", "--type", "nonsense", "--limit", "1")
     assert bad.returncode != 0 and "nonsense" in bad.stderr
+
+
+async def test_follow_shows_a_task_s_state_changes(srv: RunningServer, tmp_path: Path) -> None:
+    since = await position(srv)
+    async with httpx.AsyncClient(base_url=srv.base_url) as http:
+        body = {"type": "vm:create", "payload": {"name": unique("box")}, "queue": unique("q")}
+        made = await http.post("/api/v1/tasks", json=body, headers=bearer(srv.admin_token))
+        assert made.status_code == 201, made.text
+        task = made.json()["id"]
+        cancel = f"/api/v1/tasks/{task}/cancel"
+        assert (await http.post(cancel, headers=bearer(srv.admin_token))).is_success
+
+    follow = ["events", "--follow", "--since", since, "--type", "task_state", "--target", task]
+    result = aether(srv, tmp_path, *follow, "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("task_state" in line and task in line for line in lines)
+    assert "- -> pending vm:create" in lines[0] and "pending -> cancelled" in lines[1]

@@ -12,14 +12,17 @@ from aether.core.events import (
     from_deployment_event,
     from_risk,
     from_store,
+    from_task_event,
     matches,
     parse_filter,
+    resolved,
     resume_gap,
     sse,
     unknown_types,
     visible,
 )
 from aether.model.events import ClusterEvent, Cursor
+from aether.model.tasks import TaskEvent, TaskState
 
 NODE = {
     "id": "n1",
@@ -237,11 +240,30 @@ def test_filter_values_repeat_or_are_comma_separated() -> None:
 
 
 def test_cursors_round_trip_and_refuse_anything_else() -> None:
-    cursor = Cursor(120, 4, 0, 2)
-    assert str(cursor) == "120-4-0-2"
-    assert Cursor.parse("120-4-0-2") == cursor
-    for bad in ("", "12", "1-2-3", "a-b-c-d", "1-2-3-4-5", "-1-2-3-4", "1" * 19 + "-0-0-0"):
+    cursor = Cursor(120, 4, 0, 2, 7)
+    assert str(cursor) == "120-4-0-2-7"
+    assert Cursor.parse("120-4-0-2-7") == cursor
+    for bad in (
+        "",
+        "12",
+        "1-2-3",
+        "a-b-c-d",
+        "1-2-3-4-5-6",
+        "-1-2-3-4",
+        "1-2-3-4-",
+        "1" * 19 + "-0-0-0",
+    ):
         assert Cursor.parse(bad) is None
+
+
+def test_a_four_part_id_resumes_tasks_from_now() -> None:
+    old = Cursor.parse("120-4-0-2")
+    assert old == Cursor(120, 4, 0, 2, None) and str(old) == "120-4-0-2"
+    now = Cursor(130, 5, 1, 2, 900)
+    assert resolved(old, now) == Cursor(120, 4, 0, 2, 900)
+    assert resolved(Cursor(120, 4, 0, 2, 3), now) == Cursor(120, 4, 0, 2, 3)
+    # however far the task log went on, a four-part id is not behind on it
+    assert resume_gap(old, now, limit=10) is None
 
 
 def test_a_resume_within_the_limit_is_allowed() -> None:
@@ -254,11 +276,73 @@ def test_a_resume_too_far_behind_is_a_gap_that_says_so() -> None:
     assert "20 store revisions behind" in message and "100-5-5-5" in message
     records = resume_gap(Cursor(100, 5, 5, 5), Cursor(100, 50, 5, 5), limit=10)
     assert records is not None and "deployment events behind" in records
+    tasks = resume_gap(Cursor(100, 5, 5, 5, 3), Cursor(100, 5, 5, 5, 40), limit=10)
+    assert tasks is not None and "37 task events behind" in tasks and "100-5-5-5-40" in tasks
+    assert resume_gap(Cursor(100, 5, 5, 5, 30), Cursor(100, 5, 5, 5, 40), limit=10) is None
 
 
 def test_a_cursor_ahead_of_the_cluster_is_a_gap() -> None:
     message = resume_gap(Cursor(500, 0, 0, 0), Cursor(100, 0, 0, 0), limit=10_000)
     assert message is not None and "ahead" in message and "reset" in message
+    tasks = resume_gap(Cursor(100, 0, 0, 0, 9), Cursor(100, 0, 0, 0, 2), limit=10_000)
+    assert tasks is not None and "task event 9 is ahead" in tasks
+
+
+def change(state: TaskState, previous: TaskState | None, **fields: Any) -> TaskEvent:
+    base: dict[str, Any] = {
+        "position": 12,
+        "task_id": "t-abc",
+        "tenant_id": "t-1",
+        "task_type": "job:run",
+        "queue": "default",
+        "priority": 5,
+        "attempt": 1,
+        "node": None,
+        "error": None,
+        "ts": 1700.5,
+    }
+    return TaskEvent(state=state, previous=previous, **{**base, **fields})
+
+
+def test_a_task_change_is_a_task_state_event_of_its_tenant() -> None:
+    claimed = from_task_event(change(TaskState.ACTIVE, TaskState.PENDING, node="n1"))
+    assert (claimed.type, claimed.target, claimed.node, claimed.ts) == (
+        "task_state",
+        "t-abc",
+        "n1",
+        1700.5,
+    )
+    assert (claimed.scope, claimed.tenant, claimed.app) == ("tenant", "t-1", None)
+    assert claimed.fields == {
+        "task_type": "job:run",
+        "state": "active",
+        "previous": "pending",
+        "queue": "default",
+        "priority": 5,
+        "attempt": 1,
+        "error": None,
+    }
+    wire = claimed.wire("1-0-0-0-12")
+    assert (wire["type"], wire["target"], wire["node"], wire["state"]) == (
+        "task_state",
+        "t-abc",
+        "n1",
+        "active",
+    )
+    assert "tenant" not in wire
+
+    submitted = from_task_event(change(TaskState.PENDING, None, attempt=0))
+    assert submitted.fields["previous"] is None and submitted.node is None
+    assert "node" not in submitted.wire("1-0-0-0-13")
+    failed = from_task_event(change(TaskState.RETRY, TaskState.ACTIVE, node="n1", error="boom"))
+    assert failed.fields["error"] == "boom"
+
+    # its tenant and the cluster admins see it; a filter finds it by task id or node
+    assert visible(claimed, "t-1", cluster_admin=False)
+    assert not visible(claimed, "t-2", cluster_admin=False)
+    assert visible(claimed, "default", cluster_admin=True)
+    assert matches(claimed, {"task_state"}, {"t-abc"}) and matches(claimed, None, {"n1"})
+    assert not matches(submitted, None, {"n1"})
 
 
 def test_server_sent_events_framing() -> None:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_core_scenario import Probe
+from tests.support.console import signed_in
 from tests.support.ha import HaCluster
 from tests.support.waiting import wait_for
 
@@ -235,3 +236,26 @@ def test_every_server_serves_the_same_event_stream(ha: HaCluster) -> None:
         last_event_id=since.split("-")[0] + "-0-0-0",
     )
     assert (step["app"], step["version"]) == ("hello-python", 1)
+
+
+def test_every_server_serves_the_console(ha: HaCluster) -> None:
+    """A console session opened on one server works on every other (sessions live in the
+    shared records); a follower's pages and charts read through the same API, which
+    forwards telemetry to the leader."""
+    _start(ha)
+    with signed_in(ha.server_urls[0], ha.admin_token) as client:
+        cookie = client.cookies["aether_session"]
+    for url in ha.server_urls:
+        with httpx.Client(base_url=url, cookies={"aether_session": cookie}, timeout=10) as c:
+            page = c.get("/ui/")
+            assert page.status_code == 200, page.text
+            assert 'data-app="hello-python"' in page.text
+            assert 'data-node="n1"' in page.text and 'data-node="n2"' in page.text
+            for server in ha.server_urls:  # the overview lists every live server
+                assert f"<li>{server}" in page.text
+
+            def telemetry(c: httpx.Client = c) -> bool:
+                answer = c.get("/api/v1/metrics/nodes/n1", params={"seconds": 60})
+                return answer.status_code == 200 and len(answer.json()) > 0
+
+            wait_for(telemetry, 20, f"n1's telemetry through {url}")

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from aether.ports import free_port
+from tests.support.browser import chromium, new_console, screenshot
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -97,6 +98,43 @@ def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert _status(tmp_path, f"http://127.0.0.1:{api}")["leader"] == f"http://127.0.0.1:{api}"
         answer = httpx.get(f"http://127.0.0.1:{router}/apps/hello-python/", timeout=5)
         assert answer.json()["message"] == "Hello from Aether"
+    finally:
+        code = _stop(proc)
+    assert code == 0
+
+
+def test_up_prints_the_console_and_it_shows_the_demo_live(tmp_path: Path) -> None:
+    """The acceptance of the console: `make run` prints a /ui URL; signing in there with the
+    printed token shows the demo app, both nodes and live CPU charts within 15 s."""
+    proc, _, _ = _up(tmp_path)
+    try:
+        out = _wait_up(proc)
+        console = re.search(r"console:\s+(http://\S+/ui/)", out)
+        token = re.search(r"^\s+admin token (\S+)$", out, re.MULTILINE)
+        assert console and token, out
+        with chromium() as browser:
+            context = new_console(browser)
+            page = context.new_page()
+            started = time.monotonic()
+            page.goto(console.group(1))
+            page.fill("#token", token.group(1))
+            page.click("form[action='/ui/login'] button[type=submit]")
+            try:
+                page.wait_for_selector("tr[data-app='hello-python']", timeout=15_000)
+            except Exception:
+                raise AssertionError(page.url + "\n" + page.content()[:5000]) from None
+            page.wait_for_selector("tr[data-node='node-1']", timeout=15_000)
+            page.wait_for_selector("tr[data-node='node-2']", timeout=15_000)
+            charts = page.locator("figure.chart[data-kind='nodes']")
+            assert charts.count() == 2
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('figure.chart[data-kind=nodes]')]"
+                ".every(f => Number(f.getAttribute('data-points') || 0) >= 3)",
+                timeout=max(1_000, int((15 - (time.monotonic() - started)) * 1000)),
+            )
+            assert time.monotonic() - started < 15
+            screenshot(page, "overview")
+            context.close()
     finally:
         code = _stop(proc)
     assert code == 0

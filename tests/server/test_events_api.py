@@ -155,7 +155,7 @@ async def test_every_role_of_a_tenant_sees_node_events(
         await nodes.register(name)
         joined = await events.wait_for("node_joined", of("node_joined", name))
     assert joined["node"] == name and joined["drivers"] == ["process"]
-    assert joined["id"].count("-") == 3
+    assert joined["id"].count("-") == 4
 
 
 # -- what appears -----------------------------------------------------------------------
@@ -356,3 +356,106 @@ async def test_a_tenant_sees_its_own_apps_events(
         assert response.status_code == 201, response.text
         await events.wait_for("its blueprint", of("blueprint_changed", app))
         await events.wait_for("its created step", of("deployment", app))
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+async def _task(http: httpx.AsyncClient, token: str, queue: str) -> str:
+    body = {"type": "vm:create", "payload": {"name": unique("box")}, "queue": queue}
+    made = await http.post("/api/v1/tasks", json=body, headers=bearer(token))
+    assert made.status_code == 201, made.text
+    return str(made.json()["id"])
+
+
+async def _run(server: RunningServer, http: httpx.AsyncClient, node: str, queue: str) -> str:
+    """Claim the next task of ``queue`` as ``node`` and complete it; its id."""
+    token = bearer(server.node_token(node))
+    body = {"node": node, "drivers": ["process"], "queues": [queue], "wait": 0}
+    claimed = await http.post("/api/v1/tasks/claim", json=body, headers=token)
+    assert claimed.status_code == 200, claimed.text
+    task = claimed.json()
+    result = {"vm_id": task["payload"]["vm_id"], "driver": "process", "isolated": False}
+    done = await http.post(
+        f"/api/v1/tasks/{task['id']}/complete",
+        json={"node": node, "attempt": 1, "result": result},
+        headers=token,
+    )
+    assert done.status_code == 200, done.text
+    return str(task["id"])
+
+
+def steps(events: list[Event], task: str) -> list[tuple[Any, ...]]:
+    return [
+        (e["previous"], e["state"], e.get("node"), e["attempt"])
+        for e in events
+        if e["type"] == "task_state" and e["target"] == task
+    ]
+
+
+async def test_task_changes_are_task_state_events_for_their_tenant(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    tenant = unique("tenant")
+    admin = server.mint("admin", tenant)
+    queue, node = unique("q"), unique("node")
+    only_tasks = [("type", "task_state")]
+    async with (
+        stream(server, server.mint("viewer", tenant), only_tasks) as ours,
+        stream(server, server.mint("viewer", unique("tenant")), only_tasks) as theirs,
+        stream(server, server.token("viewer"), only_tasks) as default_viewer,
+        stream(server, server.admin_token, only_tasks) as cluster_admin,
+    ):
+        ran = await _task(http, admin, queue)
+        assert await _run(server, http, node, queue) == ran
+        cancelled = await _task(http, admin, queue)
+        response = await http.post(f"/api/v1/tasks/{cancelled}/cancel", headers=bearer(admin))
+        assert response.json()["state"] == "cancelled"
+        done = lambda e: of("task_state", cancelled)(e) and e["state"] == "cancelled"  # noqa: E731
+        await ours.wait_for("the cancellation", done)
+        await cluster_admin.wait_for("the cancellation", done)
+        await theirs.quiet(1.5)  # everything already sent to all of them has arrived
+        await default_viewer.quiet(0.1)
+
+    assert steps(ours.seen, ran) == [
+        (None, "pending", None, 0),
+        ("pending", "active", node, 1),
+        ("active", "succeeded", node, 1),
+    ]
+    assert steps(ours.seen, cancelled) == [
+        (None, "pending", None, 0),
+        ("pending", "cancelled", None, 0),
+    ]
+    claimed = next(e for e in ours.seen if of("task_state", ran)(e) and e["state"] == "active")
+    assert (claimed["task_type"], claimed["queue"], claimed["priority"]) == ("vm:create", queue, 5)
+    assert claimed["error"] is None and claimed["id"].count("-") == 4
+    assert {e["type"] for e in ours.seen} - {"ping"} == {"ready", "task_state"}
+    ids = [e["id"] for e in ours.seen]
+    assert ids == sorted(ids, key=lambda i: [int(p) for p in i.split("-")])
+    # the default tenant's admin sees every tenant's; nobody else sees them
+    assert steps(cluster_admin.seen, ran) == steps(ours.seen, ran)
+    for stranger in (theirs, default_viewer):
+        assert not [e for e in stranger.seen if e.get("target") in (ran, cancelled)]
+
+    # resuming after the claim through its five-part id replays what came after it only
+    viewer = server.mint("viewer", tenant)
+    async with stream(server, viewer, [("target", ran)], {"Last-Event-ID": claimed["id"]}) as ev:
+        assert ev.first == {"id": claimed["id"], "type": "ready", "resumed": True}
+        finished = await ev.wait_for("the completion", lambda e: True)
+        assert (finished["state"], finished["node"]) == ("succeeded", node)
+        assert await ev.quiet(1.0) == []
+    # a four-part id (from before tasks were on the stream) resumes tasks from now
+    four = claimed["id"].rsplit("-", 1)[0]
+    async with stream(server, viewer, [("target", ran)], {"Last-Event-ID": four}) as ev:
+        assert ev.first["type"] == "ready" and ev.first["resumed"] is True
+        assert ev.first["id"].count("-") == 4
+        assert await ev.quiet(1.0) == []
+    # the node is a target too: its claims and what ended them
+    async with stream(
+        server, viewer, [("type", "task_state"), ("target", node)], {"Last-Event-ID": four}
+    ) as ev:
+        assert await ev.quiet(1.0) == []
+        again = await _task(http, admin, queue)
+        await _run(server, http, node, queue)
+        seen = [await ev.next(), await ev.next()]
+    assert steps(seen, again) == [("pending", "active", node, 1), ("active", "succeeded", node, 1)]

@@ -12,6 +12,8 @@ import httpx
 
 from aether.artifacts.blobs import TenantBlobs
 from aether.server.services.gc import collect_garbage
+from aether.store.records import DEFAULT_TENANT
+from aether.tasks.queue import NewTask
 from tests.support.api import bearer, deploy, sha256_of, upload_random
 from tests.support.server import running_server
 
@@ -153,3 +155,19 @@ async def test_artifacts_total_is_cached_between_scrapes_and_refreshed_by_gc(
             srv.app.state.metrics.artifacts_refresh_seconds = 0.0
             srv.run(srv.ctx.registry.delete(sha256_of(other)))
             assert await artifacts_total() == 0
+
+
+async def test_gc_trims_the_task_event_log_to_the_resume_limit(tmp_path: Path) -> None:
+    with running_server(tmp_path, events_resume_limit=2) as srv:
+        queue = srv.ctx.queue
+        for _ in range(5):
+            srv.run(queue.submit(DEFAULT_TENANT, NewTask(type="job:run")))
+        head = srv.run(queue.events_head())
+        assert len(srv.run(queue.events_after(0, 100))) == 5
+
+        dry = srv.run(collect_garbage(srv.ctx, dry_run=True))
+        assert dry.trimmed_task_events == 0 and len(srv.run(queue.events_after(0, 100))) == 5
+        done = srv.run(collect_garbage(srv.ctx))
+        assert done.trimmed_task_events == 3
+        kept = srv.run(queue.events_after(0, 100))
+        assert [e.position for e in kept] == [head - 1, head]  # what a resume may still ask

@@ -147,6 +147,15 @@ async def test_an_unchanged_verdict_is_written_again_after_a_minute(risky: Runni
         assert len(await api.risk_history(node, limit=1000)) == before + 1
 
 
+async def drilled(server: RunningServer) -> list[str]:
+    """``GET /api/v1/drill`` as a viewer: the nodes with a drill running."""
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        answer = await http.get("/api/v1/drill", headers=bearer(server.token("viewer")))
+    assert answer.status_code == 200, answer.text
+    nodes: list[str] = answer.json()["nodes"]
+    return nodes
+
+
 async def test_fire_drill_start_and_stop(risky: RunningServer) -> None:
     node = unique("drilled")
     async with (
@@ -164,11 +173,13 @@ async def test_fire_drill_start_and_stop(risky: RunningServer) -> None:
         assert started["spike_price"] == pytest.approx(0.8)
         critical = await until(api, node, RiskStatus.CRITICAL, "Cloud Provider Signal")
         assert critical.rule == "market.rebalance"
+        assert node in await drilled(risky)  # a viewer sees where a drill runs
         assert critical.inputs["market.rebalance"]["source"] == "drill"
         assert critical.inputs["market.price_trend"]["status"] == "CRITICAL"
 
         stopped = await api.drill_stop(node)
         assert stopped == {"nodes": [node], "signals": 1}
+        assert node not in await drilled(risky)
         await until(api, node, RiskStatus.LOW, "Stable")
 
         # the history keeps everything: real prices, the drill and its end

@@ -470,3 +470,33 @@ async def test_the_client_speaks_the_signing_api_and_raises_the_signature_errors
 
         await client.delete_public_key(app, added.id)
         assert await client.list_public_keys(app) == []
+
+
+# -- reading a signature back ---------------------------------------------------
+
+
+async def test_a_stored_signature_is_read_back_by_a_viewer_of_its_tenant(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    app, key = unique("sigread"), generate_key()
+    operator = server.token("operator")
+    assert (await register(http, operator, app, key)).status_code == 201
+    signed = await upload_signed(http, operator, app=app, key=key)
+    unsigned = await upload_signed(http, operator, app=None, key=None)
+    viewer = bearer(server.token("viewer"))
+
+    answer = await http.get(f"/api/v1/artifacts/{signed['digest']}/signature", headers=viewer)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "digest": signed["digest"],
+        "signature": sign_digest(key, signed["digest"]),
+        "signed_by": fingerprint(key),
+    }
+    answer = await http.get(f"/api/v1/artifacts/{unsigned['digest']}/signature", headers=viewer)
+    assert answer.json() == {"digest": unsigned["digest"], "signature": None, "signed_by": None}
+
+    other = bearer(server.new_tenant())
+    answer = await http.get(f"/api/v1/artifacts/{signed['digest']}/signature", headers=other)
+    assert_envelope(answer, 404, "not_found")
+    answer = await http.get("/api/v1/artifacts/not-a-digest/signature", headers=viewer)
+    assert_envelope(answer, 400, "invalid_digest")

@@ -178,3 +178,30 @@ async def test_job_run_needs_a_deployed_app(server: RunningServer, http: httpx.A
         {"type": "job:run", "payload": {"app": unique("ghost"), "command": "true"}},
     )
     assert_envelope(refused, 404, "not_found")
+
+
+async def test_the_list_pages_with_before(server: RunningServer, http: httpx.AsyncClient) -> None:
+    admin = server.admin_token
+    queue = unique("pages")
+    ids = []
+    for n in range(5):
+        made = await _submit(
+            http, admin, {"type": "vm:create", "payload": {"name": f"p{n}"}, "queue": queue}
+        )
+        ids.append(made.json()["id"])
+    newest_first = list(reversed(ids))
+
+    async def page(**params: Any) -> list[str]:
+        answer = await http.get(
+            "/api/v1/tasks", params={"queue": queue, "limit": 2, **params}, headers=bearer(admin)
+        )
+        assert answer.status_code == 200, answer.text
+        return [t["id"] for t in answer.json()]
+
+    assert await page() == newest_first[:2]
+    assert await page(before=newest_first[1]) == newest_first[2:4]
+    assert await page(before=newest_first[3]) == newest_first[4:]
+    other = await http.get(
+        "/api/v1/tasks", params={"before": ids[0]}, headers=bearer(server.new_tenant())
+    )
+    assert_envelope(other, 404, "not_found")

@@ -117,11 +117,21 @@ def _wait_ready(base_url: str, thread: threading.Thread, timeout: float = 15.0) 
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, **settings: Any) -> Iterator[RunningServer]:
-    """A real server on a free port over ``data_dir``, stopped on exit (``settings`` override)."""
-    port = free_port()
+def running_server(
+    data_dir: Path, *, port: int | None = None, **settings: Any
+) -> Iterator[RunningServer]:
+    """A real server on ``port`` (default: a free one) over ``data_dir``, stopped on exit
+    (``settings`` override)."""
+    port = port or free_port()
     app = create_asgi(ServerSettings(data_dir=data_dir, port=port, **settings))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,  # as `aether server`: open streams do not hold it up
+    )
     uv = uvicorn.Server(config)
     loop_box: list[asyncio.AbstractEventLoop] = []
     failure: list[BaseException] = []

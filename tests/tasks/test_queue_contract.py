@@ -565,3 +565,21 @@ async def test_stats_count_tasks_by_state(queue: TaskQueue) -> None:
     everyone = await queue.stats()
     assert everyone[TaskState.PENDING] == 2 and sum(everyone.values()) == 8
     assert sum((await queue.stats(GLOBEX)).values()) == 1
+
+
+async def test_stats_since_count_only_recently_finished_tasks(queue: TaskQueue) -> None:
+    submitted = [await queue.submit(ACME, task(), now=T0) for _ in range(3)]
+    waiting = submitted[2]
+    await queue.submit(GLOBEX, task(), now=T0)
+    first = await must_claim(queue, "w1")
+    await queue.fail(first.id, "w1", "long ago", retryable=False, now=T0 + 10)
+    second = await must_claim(queue, "w1")
+    await queue.fail(second.id, "w1", "just now", retryable=False, now=T0 + 5000)
+    await queue.cancel(waiting.id, ACME, now=T0 + 20)
+    recent_only = await queue.stats(ACME, since=T0 + 1000)
+    assert recent_only[TaskState.FAILED] == 1  # the old failure is left out
+    assert recent_only[TaskState.CANCELLED] == 0
+    assert recent_only[TaskState.PENDING] == (await queue.stats(ACME))[TaskState.PENDING]
+    assert (await queue.stats(ACME))[TaskState.FAILED] == 2
+    assert (await queue.stats(since=T0 + 1000))[TaskState.FAILED] == 1
+    assert (await queue.stats(GLOBEX, since=T0))[TaskState.FAILED] == 0

@@ -1,9 +1,10 @@
 """Raw cluster changes → typed events, pure (no I/O, no clock).
 
-The event stream (``GET /api/v1/events``) reads two shared sources that every
+The event stream (``GET /api/v1/events``) reads three shared sources that every
 server can watch: the state store (``nodes/``, ``instances/``, ``blueprints/``,
-``leader``, with revisions) and rows of the records database (deployment
-events, decisions, risk assessments, with increasing ids). This module turns
+``leader``, with revisions), rows of the records database (deployment
+events, decisions, risk assessments, with increasing ids) and the task queue's
+event log (task state changes, with increasing positions). This module turns
 one change of either into a :class:`ClusterEvent` (or nothing), says who may
 see it and whether it passes a client's filters, and decides when a resume
 from a ``Last-Event-ID`` is too old to be honest.
@@ -16,11 +17,13 @@ exactly as a live one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from aether.model.events import EVENT_TYPES, ClusterEvent, Cursor, Scope
+from aether.model.tasks import TaskEvent
 
 __all__ = [
     "MIGRATION_STEPS",
@@ -28,8 +31,10 @@ __all__ = [
     "from_deployment_event",
     "from_risk",
     "from_store",
+    "from_task_event",
     "matches",
     "parse_filter",
+    "resolved",
     "resume_gap",
     "sse",
     "unknown_types",
@@ -292,6 +297,27 @@ def from_risk(
     )
 
 
+def from_task_event(event: TaskEvent) -> ClusterEvent:
+    """A task's state change, seen by its tenant (and the cluster admins): about the
+    task (its id is the target) and, while a claim is involved, the node."""
+    return ClusterEvent(
+        type="task_state",
+        target=event.task_id,
+        ts=event.ts,
+        tenant=event.tenant_id,
+        node=event.node,
+        fields={
+            "task_type": event.task_type,
+            "state": event.state.value,
+            "previous": None if event.previous is None else event.previous.value,
+            "queue": event.queue,
+            "priority": event.priority,
+            "attempt": event.attempt,
+            "error": event.error,
+        },
+    )
+
+
 def visible(event: ClusterEvent, tenant: str, *, cluster_admin: bool) -> bool:
     """Whether a caller of ``tenant`` may see ``event`` (cluster admins see everything)."""
     if cluster_admin or event.scope == "cluster":
@@ -326,18 +352,29 @@ def matches(
     )
 
 
+def resolved(requested: Cursor, current: Cursor) -> Cursor:
+    """``requested``, where a four-part id left the task position out, at ``current``'s
+    (such a stream resumes everything else and takes task changes from now)."""
+    if requested.task is not None:
+        return requested
+    return dataclasses.replace(requested, task=current.task)
+
+
 def resume_gap(requested: Cursor, current: Cursor, limit: int) -> str | None:
     """Why a stream cannot resume after ``requested`` (None: it can).
 
     It can when nothing it names lies ahead of the cluster (a restored or another
-    cluster's history) and it is at most ``limit`` store revisions and ``limit``
-    rows of each record source behind ``current``.
+    cluster's history) and it is at most ``limit`` store revisions, ``limit``
+    rows of each record source and ``limit`` task positions behind ``current``.
+    A four-part id is behind on tasks by nothing (see ``resolved``).
     """
+    asked_task = resolved(requested, current).task or 0
     pairs = (
         ("store revision", requested.revision, current.revision),
         ("deployment event", requested.deployment_event, current.deployment_event),
         ("decision", requested.decision, current.decision),
         ("risk assessment", requested.risk, current.risk),
+        ("task event", asked_task, current.task or 0),
     )
     for what, asked, now in pairs:
         if asked > now:

@@ -27,6 +27,7 @@ __all__ = [
     "RetentionOut",
     "RollbackIn",
     "ScaleIn",
+    "ServerOut",
     "StatusOut",
 ]
 
@@ -128,12 +129,21 @@ class NodeOut(BaseModel):
     last_seen_at: Timestamp
 
 
+class ServerOut(BaseModel):
+    """A running server, as it announces itself in the state store (``servers/``)."""
+
+    url: str
+    version: str
+    started_at: float
+
+
 class StatusOut(BaseModel):
     api_url: str
     leader: str | None
     revision: int
     nodes: list[NodeOut]
     apps: list[AppOut]
+    servers: list[ServerOut] = []  # every live server (HA: all of them), by URL
 
 
 class RetentionOut(BaseModel):

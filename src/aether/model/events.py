@@ -44,25 +44,30 @@ EventType = Literal[
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 Scope = Literal["cluster", "admin", "tenant"]
 
-_CURSOR_RE = re.compile(r"^(\d{1,18})-(\d{1,18})-(\d{1,18})-(\d{1,18})$")
+_CURSOR_RE = re.compile(r"^(\d{1,18})-(\d{1,18})-(\d{1,18})-(\d{1,18})(?:-(\d{1,18}))?$")
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """A position in the stream: the state store revision and, per record source,
-    the id of the last row seen (deployment events, decisions, risk assessments).
+    """A position in the stream: the state store revision, per record source the id
+    of the last row seen (deployment events, decisions, risk assessments) and the
+    position of the last task state change seen in the task queue's event log.
 
-    Written ``REVISION-DEPLOYMENT_EVENT-DECISION-RISK`` (``1234-56-7-89``): every
-    server reads the same store and records, so any server resumes from it.
+    Written ``REVISION-DEPLOYMENT_EVENT-DECISION-RISK-TASK`` (``1234-56-7-89-310``):
+    every server reads the same store, records and queue, so any server resumes
+    from it. An id of four parts (from before tasks were on the stream) has
+    ``task`` None: it names no task position, and resumes tasks from now.
     """
 
     revision: int = 0
     deployment_event: int = 0
     decision: int = 0
     risk: int = 0
+    task: int | None = 0
 
     def __str__(self) -> str:
-        return f"{self.revision}-{self.deployment_event}-{self.decision}-{self.risk}"
+        head = f"{self.revision}-{self.deployment_event}-{self.decision}-{self.risk}"
+        return head if self.task is None else f"{head}-{self.task}"
 
     @classmethod
     def parse(cls, text: str) -> Cursor | None:
@@ -70,7 +75,14 @@ class Cursor:
         match = _CURSOR_RE.match(text.strip())
         if match is None:
             return None
-        return cls(*(int(part) for part in match.groups()))
+        revision, deployment_event, decision, risk, task = match.groups()
+        return cls(
+            int(revision),
+            int(deployment_event),
+            int(decision),
+            int(risk),
+            None if task is None else int(task),
+        )
 
 
 class ClusterEvent(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ __all__ = [
     "ExecutionOut",
     "SandboxOut",
     "SandboxStatus",
+    "TaskEvent",
     "TaskIn",
     "TaskOut",
     "TaskState",
@@ -38,6 +40,30 @@ class TaskState(enum.StrEnum):
             TaskState.DEAD,
             TaskState.CANCELLED,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One state change of a task, as the queue's append-only log keeps it.
+
+    ``position`` increases with every change the queue records (resume after it
+    with ``events_after``); ``previous`` is None for a submission; ``node`` is the
+    node whose claim the change starts or ends (None when no claim is involved);
+    ``error`` is set, shortened, for ``retry``, ``failed`` and ``dead``.
+    """
+
+    position: int
+    task_id: str
+    tenant_id: str
+    task_type: str
+    state: TaskState
+    previous: TaskState | None
+    queue: str
+    priority: int
+    attempt: int
+    node: str | None
+    error: str | None
+    ts: float
 
 
 class SandboxStatus(enum.StrEnum):

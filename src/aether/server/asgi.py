@@ -54,6 +54,7 @@ from aether.server.leader.rebalance import Rebalancer
 from aether.server.leader.reconcile import Leader, LeaderLoop
 from aether.server.leader.risk import RiskEngine
 from aether.server.services.logstore import LogStore
+from aether.server.services.presence import announce
 from aether.server.services.telemetry import TelemetryHub
 from aether.server.settings import ServerSettings
 from aether.store import open_state_store
@@ -185,9 +186,13 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         app.state.leader = leader
         task = asyncio.create_task(leader.run(), name="leader")
         expiry = asyncio.create_task(_expire_claims(ctx), name="task-leases")
+        presence = asyncio.create_task(announce(ctx), name="presence")
         try:
             yield
         finally:
+            presence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await presence
             expiry.cancel()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,6 +9,8 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from aether.server.console import CSP
+from aether.server.console.view import paginate
+from aether.store.records import DEFAULT_TENANT
 from tests.support.browser import axe_violations, new_console, screenshot, sign_in
 from tests.support.console import csrf_of, login_csrf, signed_in
 from tests.support.server import RunningServer
@@ -111,16 +113,16 @@ def test_an_expired_session_is_refused(server: RunningServer) -> None:
 
 
 def test_revoking_the_token_ends_its_sessions(server: RunningServer) -> None:
-    admin = {"Authorization": f"Bearer {server.admin_token}"}
-    made = httpx.post(
-        f"{server.base_url}/api/v1/tokens",
-        json={"role": "operator", "name": "revoked while signed in"},
-        headers=admin,
-    ).json()
-    with signed_in(server.base_url, made["token"]) as client:
+    async def issue() -> tuple[str, str]:  # its own: other tests' operator tokens stay valid
+        row = await server.ctx.records.ensure_tenant(DEFAULT_TENANT)
+        return await server.ctx.records.issue_token(row.id, "operator", "revoked by a test")
+
+    token_id, token = server.run(issue())
+    with signed_in(server.base_url, token) as client:
         assert client.get("/ui/").status_code == 200
         httpx.delete(
-            f"{server.base_url}/api/v1/tokens/{made['id']}", headers=admin
+            f"{server.base_url}/api/v1/tokens/{token_id}",
+            headers={"Authorization": f"Bearer {server.admin_token}"},
         ).raise_for_status()
         assert client.get("/ui/").status_code == 401
 
@@ -189,10 +191,18 @@ def test_signing_in_in_a_browser_shows_the_overview(
     assert axe_violations(page) == []
     sign_in(page, server.base_url, server.token("viewer"))
     expect(page.locator("h1")).to_have_text("Overview")
-    expect(page.locator(".badge")).to_contain_text("viewer")
+    expect(page.locator(".who-badge")).to_contain_text("viewer")
     expect(page.locator("body")).to_have_attribute("data-live", "live")
     assert axe_violations(page) == []
     page.goto(f"{server.base_url}/ui/nowhere")
     expect(page.locator("h1")).to_contain_text("Not found")
     assert axe_violations(page) == []
     context.close()
+
+
+@pytest.mark.parametrize(
+    ("count", "number", "expected"),
+    [(0, 1, ([], 1, 1)), (5, 1, ([0, 1], 1, 3)), (5, 3, ([4], 3, 3)), (5, 9, ([4], 3, 3))],
+)
+def test_pages_of_a_list(count: int, number: int, expected: tuple[list[int], int, int]) -> None:
+    assert paginate(list(range(count)), number, 2) == expected

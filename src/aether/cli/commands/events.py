@@ -27,6 +27,15 @@ __all__ = ["format_event", "run"]
 RECONNECT_SECONDS = 1.0
 
 
+def _task_summary(event: dict[str, Any]) -> str:
+    """``pending -> active job:run attempt 1 on n1``, and a failure's error."""
+    text = f"{event.get('previous') or '-'} -> {event.get('state')} {event.get('task_type')}"
+    text += f" attempt {event.get('attempt')}"
+    if event.get("node"):
+        text += f" on {event['node']}"
+    return f"{text}: {event['error']}" if event.get("error") else text
+
+
 def _summary(event: dict[str, Any]) -> str:
     kind = event.get("type")
     if kind == "node_joined":
@@ -54,6 +63,8 @@ def _summary(event: dict[str, Any]) -> str:
         return (
             f"{event.get('previous') or '-'} -> {event.get('status')} ({event.get('root_cause')})"
         )
+    if kind == "task_state":
+        return _task_summary(event)
     if kind == "gap":
         return str(event.get("message", ""))
     return ""

@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         session = save_session(api, admin)
         save_config({"server": api})
         print(f"Aether is up: {len(urls)} server(s), {args.nodes} node(s)   (data in {data_dir})")
+        print(f"  console:    {urls[0]}/ui/      (sign in with the admin token below)")
         for url in urls:
             print(f"  API:        {url}/api/v1      (OpenAPI: {url}/docs)")
         if etcd is not None:

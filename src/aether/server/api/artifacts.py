@@ -80,6 +80,14 @@ class UploadOut(BaseModel):
     verified: bool = False  # the X-Aether-Signature verified against a key of X-Aether-App
 
 
+class SignatureOut(BaseModel):
+    """An artifact's stored signature: null when it was uploaded unsigned."""
+
+    digest: str
+    signature: str | None  # base64 Ed25519 over the digest, as uploaded
+    signed_by: str | None  # the fingerprint of the app key it verified against at upload
+
+
 async def stored(
     ctx: ServerContext, caller: Principal, result: WriteResult, signed: SignedUpload | None
 ) -> UploadOut:
@@ -173,6 +181,13 @@ async def get_sbom(digest: str, caller: Caller, ctx: Ctx) -> dict[str, Any]:
     if row.sbom is None:
         raise NotFoundError(f"artifact {row.digest} has no SBOM (deployed with --no-sbom?)")
     return row.sbom
+
+
+@router.get("/artifacts/{digest}/signature")
+async def get_signature(digest: str, caller: Caller, ctx: Ctx) -> SignatureOut:
+    """The signature stored with the artifact, and which key verified it (if one did)."""
+    row = await ctx.records.artifact_row(caller.tenant_id, parse_digest(digest))
+    return SignatureOut(digest=row.digest, signature=row.signature, signed_by=row.signed_by)
 
 
 @router.get("/artifacts/{digest}/manifest")

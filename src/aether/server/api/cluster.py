@@ -16,6 +16,7 @@ from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Admin, Caller
 from aether.server.services.cluster import read_snapshot
 from aether.server.services.gc import collect_garbage
+from aether.server.services.presence import live_servers
 from aether.store.election import current_leader
 
 __all__ = ["router"]
@@ -32,6 +33,7 @@ async def status(caller: Caller, ctx: Ctx) -> StatusOut:
         revision=await ctx.store.revision(),
         nodes=await node_list(ctx),
         apps=await list_apps(caller, ctx),
+        servers=await live_servers(ctx),
     )
 
 

@@ -1,8 +1,9 @@
 """The cluster event stream: ``GET /api/v1/events`` (Server-Sent Events).
 
 Any server serves it: it reads only what every server shares, the state store's
-watch (nodes, instances, blueprints, the leader) and the records database
-(deployment events, decisions, risk assessments, polled by id). The pure
+watch (nodes, instances, blueprints, the leader), the records database
+(deployment events, decisions, risk assessments, polled by id) and the task
+queue's event log (task state changes, polled by position). The pure
 mapping, the filters, who sees what and when a resume is too old are
 ``core.events``; this module only reads, merges and writes the stream.
 """
@@ -24,8 +25,10 @@ from aether.core.events import (
     from_deployment_event,
     from_risk,
     from_store,
+    from_task_event,
     matches,
     parse_filter,
+    resolved,
     resume_gap,
     sse,
     unknown_types,
@@ -54,9 +57,12 @@ _Item = tuple[str, int, ClusterEvent | str | None]
 
 
 def _advance(cursor: Cursor, source: str, position: int) -> Cursor:
-    field = {"store": "revision", "deployment": "deployment_event", "decision": "decision"}.get(
-        source, "risk"
-    )
+    field = {
+        "store": "revision",
+        "deployment": "deployment_event",
+        "decision": "decision",
+        "task": "task",
+    }.get(source, "risk")
     return dataclasses.replace(cursor, **{field: position})
 
 
@@ -79,7 +85,7 @@ async def _guarded(work: Awaitable[None], queue: asyncio.Queue[_Item]) -> None:
 
 async def _current(ctx: ServerContext) -> Cursor:
     heads = await ctx.records.event_heads()
-    return Cursor(await ctx.store.revision(), *heads)
+    return Cursor(await ctx.store.revision(), *heads, await ctx.queue.events_head())
 
 
 async def _pump_store(ctx: ServerContext, start: int, queue: asyncio.Queue[_Item]) -> None:
@@ -177,6 +183,17 @@ async def _poll_records(ctx: ServerContext, start: Cursor, queue: asyncio.Queue[
             await asyncio.sleep(POLL_SECONDS)
 
 
+async def _poll_tasks(ctx: ServerContext, after: int, queue: asyncio.Queue[_Item]) -> None:
+    """Task state changes from the queue's event log, by position, every POLL_SECONDS."""
+    while True:
+        changes = await ctx.queue.events_after(after, BATCH)
+        for change in changes:
+            await queue.put(("task", change.position, from_task_event(change)))
+            after = change.position
+        if len(changes) < BATCH:
+            await asyncio.sleep(POLL_SECONDS)
+
+
 @router.get(
     "/events",
     response_class=StreamingResponse,
@@ -216,11 +233,11 @@ async def events(
         if asked is None:
             raise BadRequestError(
                 f"Last-Event-ID {asked_text[:80]!r} is not an event id of this stream "
-                "(REVISION-DEPLOYMENT_EVENT-DECISION-RISK, e.g. 120-4-0-2)"
+                "(REVISION-DEPLOYMENT_EVENT-DECISION-RISK-TASK, e.g. 120-4-0-2-7)"
             )
     current = await _current(ctx)
     gap = resume_gap(asked, current, ctx.settings.events_resume_limit) if asked else None
-    start = asked if asked is not None and gap is None else current
+    start = resolved(asked, current) if asked is not None and gap is None else current
     cluster_admin = caller.role == "admin" and caller.tenant == DEFAULT_TENANT
 
     async def stream() -> AsyncIterator[bytes]:
@@ -235,6 +252,7 @@ async def events(
         tasks = [
             asyncio.create_task(_guarded(_pump_store(ctx, start.revision + 1, queue), queue)),
             asyncio.create_task(_guarded(_poll_records(ctx, start, queue), queue)),
+            asyncio.create_task(_guarded(_poll_tasks(ctx, start.task or 0, queue), queue)),
         ]
         try:
             while True:

@@ -226,6 +226,18 @@ async def drill_start(
     return {"node": node, "signals": len(ids), "base_price": base, "spike_price": signals[-2].value}
 
 
+async def _drilled(ctx: ServerContext) -> list[str]:
+    """The nodes with a drill running: their newest ``drill`` signal is not a ``clear``."""
+    latest = await ctx.records.latest_signals_by_node(DRILL_SOURCE)
+    return sorted(node for node, row in latest.items() if row.kind != "clear")
+
+
+@router.get("/drill")
+async def drill_running(caller: Caller, ctx: Ctx) -> dict[str, list[str]]:
+    """``{"nodes": [...]}``: where a drill is running (started and not stopped)."""
+    return {"nodes": await _drilled(ctx)}
+
+
 @router.post("/drill/stop")
 async def drill_stop(
     caller: Operator, ctx: Ctx, risk: Risk, body: Annotated[DrillIn | None, Body()] = None
@@ -236,8 +248,7 @@ async def drill_stop(
     if body is not None and body.node:
         nodes = [body.node]
     else:
-        latest = await ctx.records.latest_signals_by_node(DRILL_SOURCE)
-        nodes = sorted(node for node, row in latest.items() if row.kind != "clear")
+        nodes = await _drilled(ctx)
     signals = [SignalIn(node=node, kind="clear", source=DRILL_SOURCE) for node in nodes]
     ids = await _store(ctx, risk, signals) if signals else []
     return {"nodes": nodes, "signals": len(ids)}

@@ -86,14 +86,24 @@ async def list_tasks(
     type: str | None = None,
     queue: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> list[TaskOut]:
-    return await ctx.queue.list(caller.tenant_id, state=state, type=type, queue=queue, limit=limit)
+    """Newest first; ``before``: the id of the last task of the previous page."""
+    return await ctx.queue.list(
+        caller.tenant_id, state=state, type=type, queue=queue, limit=limit, before=before
+    )
 
 
 @router.get("/tasks/stats")
-async def task_stats(caller: Caller, ctx: Ctx) -> dict[str, int]:
-    """How many of the caller's tasks are in each state (every state present)."""
-    return {str(state): n for state, n in (await ctx.queue.stats(caller.tenant_id)).items()}
+async def task_stats(
+    caller: Caller,
+    ctx: Ctx,
+    since: Annotated[float | None, Query(ge=0, description="seconds since the epoch")] = None,
+) -> dict[str, int]:
+    """How many of the caller's tasks are in each state (every state present); with
+    ``since``, final states count only the tasks that finished since then."""
+    counts = await ctx.queue.stats(caller.tenant_id, since=since)
+    return {str(state): n for state, n in counts.items()}
 
 
 @router.get("/tasks/{task_id}")

@@ -1,7 +1,8 @@
 """The console: server-rendered pages at ``/ui``, served by every server.
 
-Pages are Jinja2 templates (``aether/ui/templates``) with htmx and uPlot
-(vendored in ``aether/ui/static``); each page module here is one router. Data
+Pages are Jinja2 templates (``aether/ui/templates``) with two small scripts of
+our own (``console.js``: live regions; ``charts.js``) and uPlot (vendored in
+``aether/ui/static``); each page module here is one router. Data
 comes from the same HTTP API the CLI uses (:mod:`.client`), so the API's
 authorization and tenancy apply unchanged. :func:`install_console` mounts it all
 and gives every ``/ui`` answer its security headers.
@@ -19,7 +20,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
-from aether.server.console import fallback, overview, settings, signin
+from aether.server.console import (
+    apps,
+    fallback,
+    nodes,
+    overview,
+    risk,
+    settings,
+    signin,
+    tasks,
+    topology,
+)
 from aether.server.console.client import ApiError
 from aether.server.console.view import ConsoleError, SignInRequired, console_response
 
@@ -42,6 +53,11 @@ _HEADERS = [
 _PAGES = (
     signin,
     overview,
+    apps,
+    nodes,
+    topology,
+    tasks,
+    risk,
     settings,
     fallback,
 )

@@ -72,6 +72,17 @@ class ConsoleApi:
             return None
         return response.json()
 
+    async def text(self, path: str, **params: Any) -> str:
+        """A plain-text answer (an app's logs) as it is; ApiError for 4xx/5xx."""
+        clean = {k: v for k, v in params.items() if v is not None and v != ""}
+        response = await self._client.get(path, params=clean, headers=self._headers)
+        if response.status_code >= 400:
+            body = response.json() if response.content else {}
+            raise ApiError(
+                response.status_code, str(body.get("code", "error")), str(body.get("message", ""))
+            )
+        return response.text
+
     async def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None and v != ""}
         return await self.request("GET", path, params=clean)

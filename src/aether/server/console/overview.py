@@ -6,6 +6,7 @@ An empty cluster (no node, no app) shows the first-run guide above the tables.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -16,6 +17,7 @@ from aether.server.console.view import Page
 __all__ = ["router", "task_summary"]
 
 router = APIRouter()
+CHART_NODES = 8  # CPU charts on the overview; the Nodes page has every node
 
 
 def task_summary(counts: dict[str, int]) -> dict[str, int]:
@@ -39,7 +41,7 @@ async def overview(view: Page) -> Response:
         view.api.get("/api/v1/status"),
         view.api.get("/api/v1/risk"),
         view.api.get("/api/v1/decisions", limit=8),
-        view.api.get("/api/v1/tasks/stats"),
+        view.api.get("/api/v1/tasks/stats", since=time.time() - 3600),
     )
     by_node: dict[str, Any] = {a["node"]: a for a in risk}
     return view.render(
@@ -50,4 +52,5 @@ async def overview(view: Page) -> Response:
         decisions=decisions,
         tasks=task_summary(tasks),
         first_run=not status["nodes"] and not status["apps"],
+        chart_nodes=CHART_NODES,
     )

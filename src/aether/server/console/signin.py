@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from aether import __version__
 from aether.errors import AetherError
 from aether.server.console.view import Action, error_page, templates
 from aether.server.context import ServerContext, get_context
@@ -45,6 +46,7 @@ def _login_form(request: Request, *, status: int = 200, message: str = "") -> Re
             "login_csrf": token,
             "next": safe_next(request.query_params.get("next")),
             "message": message,
+            "version": __version__,
         },
         status_code=status,
     )

@@ -11,10 +11,11 @@ JSON envelope.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, Request
@@ -38,10 +39,12 @@ __all__ = [
     "View",
     "console_response",
     "error_page",
+    "paginate",
     "sign_in_redirect",
     "templates",
 ]
 
+T = TypeVar("T")
 templates = Jinja2Templates(directory=str(files("aether.ui") / "templates"))
 
 #: what each role may do, lowest first: a page asks ``view.can("operator")``
@@ -56,6 +59,14 @@ NAV = (
     ("topology", "Topology", "/ui/topology"),
     ("settings", "Settings", "/ui/settings"),
 )
+
+
+def paginate(items: Sequence[T], number: int, size: int) -> tuple[list[T], int, int]:
+    """Page ``number`` (from 1, clamped to the last) of ``items``: (its items, the page's
+    number, how many pages there are, at least one)."""
+    pages = max(1, -(-len(items) // size))
+    number = min(max(1, number), pages)
+    return list(items[(number - 1) * size : number * size]), number, pages
 
 
 class ConsoleError(Exception):

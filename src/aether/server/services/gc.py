@@ -5,7 +5,9 @@ Besides what retention drops, each pass deletes incremental-upload blobs idle pa
 ``gc_grace_seconds`` (on disk by mtime, on S3 by LastModified: ``missing()`` renews
 the ones deploys reuse) and clears uploads a crashed server left half done: S3
 multipart uploads of artifacts and blobs, and local temp files, once they are
-``max(gc_grace_seconds, 1 h)`` old (a live upload is never that old).
+``max(gc_grace_seconds, 1 h)`` old (a live upload is never that old). It also
+trims the task queue's event log to the ``events_resume_limit`` newest
+positions, all an event stream may resume across.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class GcResult:
     dry_run: bool
     deleted_snapshots: int = 0  # snapshot rows retention dropped (hot/warm/cold tiers)
     aborted_uploads: int = 0  # orphaned multipart uploads (S3) or temp files cleared
+    trimmed_task_events: int = 0  # task state changes older than any resume needs
 
 
 #: Uploads younger than this are never treated as orphaned, whatever the grace period.
@@ -83,6 +86,7 @@ async def collect_garbage(
     aborted = await ctx.blobs.abort_stale_uploads(moment, upload_age, dry_run=dry_run)
     if isinstance(ctx.registry, S3ArtifactRegistry):
         aborted += await ctx.registry.abort_stale_uploads(moment, upload_age, dry_run=dry_run)
+    trimmed = 0 if dry_run else await ctx.queue.trim_events(settings.events_resume_limit)
     if not dry_run:
         if plan.delete_blobs:
             ctx.metrics.artifacts_changed()
@@ -103,4 +107,5 @@ async def collect_garbage(
         dry_run=dry_run,
         deleted_snapshots=deleted_snapshots,
         aborted_uploads=aborted,
+        trimmed_task_events=trimmed,
     )

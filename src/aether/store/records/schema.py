@@ -38,6 +38,7 @@ __all__ = [
     "SignalRow",
     "SnapshotRecord",
     "Task",
+    "TaskEventRow",
     "Tenant",
 ]
 
@@ -202,6 +203,28 @@ class Task(Base):
     updated_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class TaskEventRow(Base):
+    """One state change of a task (the SQL queue's append-only log, read by the event
+    stream by increasing id). Written in the transaction of the change; the garbage
+    collector keeps the newest ``events_resume_limit`` rows. ``AUTOINCREMENT`` on
+    SQLite: an id is never reused, even after the newest rows are gone."""
+
+    __tablename__ = "task_events"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    task_type: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    previous: Mapped[str | None] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[int]
+    attempt: Mapped[int]
+    node: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    ts: Mapped[float]  # seconds since the epoch
 
 
 class Sandbox(Base):

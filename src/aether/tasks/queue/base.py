@@ -9,6 +9,7 @@ Time is always an argument (``now``, seconds since the epoch, default
 
 from __future__ import annotations
 
+import builtins
 import random
 import re
 import time
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aether.errors import BadRequestError
-from aether.model.tasks import TaskOut, TaskState
+from aether.model.tasks import TaskEvent, TaskOut, TaskState
 from aether.store.records.repo import epoch, utc
 
 __all__ = [
+    "EVENT_ERROR_CHARS",
     "LEASE_EXPIRED",
     "READY_STATES",
     "Backoff",
@@ -29,8 +31,11 @@ __all__ = [
     "TaskQueue",
     "backoff_ceiling",
     "backoff_delay",
+    "claimed_from",
     "conflict_message",
     "epoch",
+    "event_error",
+    "event_node",
     "now_or",
     "utc",
     "validate",
@@ -39,6 +44,8 @@ __all__ = [
 # States a task can be claimed from (scheduled and retry only once run_at has come).
 READY_STATES = (TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRY)
 LEASE_EXPIRED = "the lease of the last attempt expired: its worker stopped heartbeating"
+EVENT_ERROR_CHARS = 512  # how much of a failure's error its task event carries
+_ERROR_STATES = (TaskState.RETRY, TaskState.FAILED, TaskState.DEAD)
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -94,6 +101,33 @@ def conflict_message(task: TaskOut, worker: str) -> str:
     if task.claimed_by == worker:
         return f"task {task.id} is {task.state}: the claim of {worker} expired and was taken back"
     return f"task {task.id} is {task.state}, not claimed by {worker}"
+
+
+# -- the event log -------------------------------------------------------------
+
+
+def event_node(state: TaskState, previous: TaskState | None, claimed_by: str | None) -> str | None:
+    """The node whose claim a change starts or ends (a claim, or the end of an ``active``)."""
+    return claimed_by if TaskState.ACTIVE in (state, previous) else None
+
+
+def event_error(state: TaskState, error: str | None) -> str | None:
+    """A failure's error, shortened, for ``retry``, ``failed`` and ``dead`` (else None)."""
+    if state not in _ERROR_STATES or error is None:
+        return None
+    return error[:EVENT_ERROR_CHARS]
+
+
+def claimed_from(task: TaskOut) -> TaskState:
+    """The state a just-claimed ``task`` was claimed from, read off the claimed row.
+
+    A second or later attempt comes from ``retry`` (a failure and an expiry both
+    lead there); a first one from ``scheduled`` if it was submitted to run later
+    (``run_at`` after ``created_at``; only a retry moves ``run_at``), else ``pending``.
+    """
+    if task.attempts > 1:
+        return TaskState.RETRY
+    return TaskState.SCHEDULED if task.run_at > task.created_at else TaskState.PENDING
 
 
 # -- backoff -------------------------------------------------------------------
@@ -183,6 +217,13 @@ class TaskQueue(Protocol):
     - **Tenancy.** Tasks belong to the tenant they were submitted in; every read or
       write that takes a ``tenant_id`` sees only that tenant's tasks
       (``NotFoundError`` otherwise). Nodes pass ``tenant_id=None`` to ``get``.
+    - **Event log.** Every state change (a submission, claim, completion, failure,
+      cancellation, expiry) appends one ``TaskEvent`` in the same transaction as
+      the change: a change is never recorded without its event nor an event
+      without its change. A heartbeat, and a submit or cancel that changes
+      nothing (idempotency key, already cancelled), append none. Positions
+      increase; ``events_after(p)`` gives those above ``p``, oldest first;
+      ``trim_events(keep)`` drops all but the newest ``keep``.
     - **Errors.** ``NotFoundError`` for an unknown task, ``ConflictError`` for a
       transition the task's state forbids, ``BadRequestError`` for an invalid spec.
     """
@@ -254,8 +295,27 @@ class TaskQueue(Protocol):
         """Take back every claim whose lease has passed; returns how many."""
         ...
 
-    async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
-        """How many tasks are in each state (every state present), for one tenant or all."""
+    async def stats(
+        self, tenant_id: str | None = None, *, since: float | None = None
+    ) -> dict[TaskState, int]:
+        """How many tasks are in each state (every state present), for one tenant or all.
+
+        With ``since``, a final state counts only the tasks that reached it at or after
+        ``since`` (the console's "failed in the last hour"; kept for at least a day);
+        the other states count every task in them.
+        """
+        ...
+
+    async def events_after(self, position: int, limit: int) -> builtins.list[TaskEvent]:
+        """Up to ``limit`` recorded state changes with a position above ``position``."""
+        ...
+
+    async def events_head(self) -> int:
+        """The position of the newest recorded state change (0: none yet)."""
+        ...
+
+    async def trim_events(self, keep: int) -> int:
+        """Drop every recorded state change but the newest ``keep``; returns how many."""
         ...
 
     async def close(self) -> None:

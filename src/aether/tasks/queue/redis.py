@@ -18,6 +18,9 @@ them all):
   first moves every due one into its ready set
 - ``P active``           sorted set: claimed ids by lease expiry (what ``expire`` scans)
 - ``P stats``, ``P stats:<tenant>``  hashes: how many tasks are in each state
+- ``P events``           stream: the event log, one entry per state change, appended by
+  the script that makes the change; entry ids are ``<position>-0`` with the position
+  from the counter ``P evseq``, so a reader resumes by an integer
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an
 acknowledged submission survives a crash of the Redis server; with ``everysec``
@@ -39,13 +42,15 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from aether.errors import BadRequestError, ConflictError, NotFoundError
-from aether.model.tasks import TaskOut, TaskState
+from aether.model.tasks import TaskEvent, TaskOut, TaskState
 from aether.tasks.queue.base import (
     LEASE_EXPIRED,
     Backoff,
     BackoffFn,
     NewTask,
     conflict_message,
+    event_error,
+    event_node,
     now_or,
     utc,
     validate,
@@ -66,6 +71,44 @@ local function move(tenant, from, to)
   redis.call('HINCRBY', P .. 'stats:' .. tenant, to, 1)
 end
 local FINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
+-- at most 512 bytes of s, cut at a UTF-8 character boundary
+local function short(s)
+  if #s <= 512 then return s end
+  local n = 512
+  while n > 0 do
+    local b = string.byte(s, n + 1)
+    if b < 128 or b >= 192 then break end
+    n = n - 1
+  end
+  return string.sub(s, 1, n)
+end
+-- append the change that left task id as it is now (previous: its state before, or nil)
+local function logged(id, previous, now)
+  local f = redis.call('HMGET', tkey(id), 'tenant', 'type', 'state', 'queue', 'priority',
+    'attempts', 'claimed_by', 'error')
+  local entry = {'task', id, 'tenant', f[1], 'type', f[2], 'state', f[3], 'queue', f[4],
+    'priority', f[5], 'attempt', f[6], 'ts', now}
+  if previous then
+    table.insert(entry, 'previous')
+    table.insert(entry, previous)
+  end
+  if f[7] then
+    table.insert(entry, 'claimed_by')
+    table.insert(entry, f[7])
+  end
+  if f[8] then
+    table.insert(entry, 'error')
+    table.insert(entry, short(f[8]))
+  end
+  local position = redis.call('INCR', P .. 'evseq')
+  redis.call('XADD', P .. 'events', position .. '-0', unpack(entry))
+  if FINAL[f[3]] then  -- when each task finished, by state, kept a day (stats since)
+    for _, key in ipairs({P .. 'done:' .. f[3], P .. 'done:' .. f[3] .. ':' .. f[1]}) do
+      redis.call('ZADD', key, now, id)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(now) - 86400)
+    end
+  end
+end
 """
 
 # ARGV: P, tenant, id, idempotency key or '', now, run_at, type, payload, queue, priority,
@@ -96,6 +139,7 @@ else
   redis.call('ZADD', P .. 'delayed', run_at, id)
 end
 move(tenant, nil, state)
+logged(id, nil, now)
 return {'ok', redis.call('HGETALL', k)}
 """
 
@@ -123,6 +167,7 @@ redis.call('HSET', k, 'state', 'active', 'claimed_by', worker, 'lease', lease,
   'started_at', now, 'updated_at', now)
 redis.call('ZADD', P .. 'active', lease, best)
 move(f[2], f[1], 'active')
+logged(best, f[1], now)
 return {'ok', redis.call('HGETALL', k)}
 """
 
@@ -148,6 +193,7 @@ redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[5], 'finished_at', no
   'updated_at', now)
 redis.call('HDEL', k, 'lease', 'error')
 move(f[3], 'active', 'succeeded')
+logged(id, 'active', now)
 return {'ok', redis.call('HGETALL', k)}
 """
 
@@ -173,6 +219,7 @@ end
 redis.call('HSET', k, 'state', to, 'error', ARGV[5], 'updated_at', now)
 redis.call('HDEL', k, 'lease')
 move(f[5], 'active', to)
+logged(id, 'active', now)
 return {'ok', redis.call('HGETALL', k)}
 """
 
@@ -190,6 +237,7 @@ redis.call('ZREM', P .. 'active', id)
 redis.call('HSET', k, 'state', 'cancelled', 'finished_at', now, 'updated_at', now)
 redis.call('HDEL', k, 'lease')
 move(tenant, f[1], 'cancelled')
+logged(id, f[1], now)
 return {'ok', redis.call('HGETALL', k)}
 """
 
@@ -212,6 +260,7 @@ for _, id in ipairs(ids) do
   redis.call('HSET', k, 'state', to, 'error', ARGV[3], 'updated_at', now)
   redis.call('HDEL', k, 'lease')
   move(f[3], 'active', to)
+  logged(id, 'active', now)
 end
 return #ids
 """
@@ -249,6 +298,26 @@ def _out(flat: Sequence[str]) -> TaskOut:
         updated_at=utc(float(h["updated_at"])),
         started_at=_when(h.get("started_at")),
         finished_at=_when(h.get("finished_at")),
+    )
+
+
+def _event(entry_id: str, h: dict[str, str]) -> TaskEvent:
+    """A stream entry of the event log, with the same rules as the SQL backend's rows."""
+    state = TaskState(h["state"])
+    previous = TaskState(h["previous"]) if "previous" in h else None
+    return TaskEvent(
+        position=int(entry_id.partition("-")[0]),
+        task_id=h["task"],
+        tenant_id=h["tenant"],
+        task_type=h["type"],
+        state=state,
+        previous=previous,
+        queue=h["queue"],
+        priority=int(h["priority"]),
+        attempt=int(h["attempt"]),
+        node=event_node(state, previous, h.get("claimed_by")),
+        error=event_error(state, h.get("error")),
+        ts=float(h["ts"]),
     )
 
 
@@ -449,13 +518,42 @@ class RedisTaskQueue:
     async def expire(self, now: float | None = None) -> int:
         return int(await self._run(self._expire, _ts(now_or(now)), LEASE_EXPIRED))
 
-    async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
-        key = self.prefix + "stats" + ("" if tenant_id is None else ":" + tenant_id)
-        raw = cast(dict[str, str], await self.redis.hgetall(key))
+    async def stats(
+        self, tenant_id: str | None = None, *, since: float | None = None
+    ) -> dict[TaskState, int]:
+        suffix = "" if tenant_id is None else ":" + tenant_id
+        raw = cast(dict[str, str], await self.redis.hgetall(self.prefix + "stats" + suffix))
         counts = dict.fromkeys(TaskState, 0)
         for state, count in raw.items():
             counts[TaskState(state)] = int(count)
+        if since is not None:
+            for state in TaskState:
+                if state.final:
+                    key = f"{self.prefix}done:{state.value}{suffix}"
+                    counts[state] = int(await self.redis.zcount(key, since, "+inf"))
         return counts
+
+    # -- the event log -------------------------------------------------------
+
+    async def events_after(self, position: int, limit: int) -> builtins.list[TaskEvent]:
+        entries = cast(
+            builtins.list[tuple[str, dict[str, str]]],
+            await self.redis.xrange(
+                self.prefix + "events", min=f"{position + 1}-0", max="+", count=limit
+            ),
+        )
+        return [_event(entry_id, fields) for entry_id, fields in entries]
+
+    async def events_head(self) -> int:
+        return int(cast(str | None, await self.redis.get(self.prefix + "evseq")) or 0)
+
+    async def trim_events(self, keep: int) -> int:
+        cut = await self.events_head() - keep
+        if cut <= 0:
+            return 0
+        return int(
+            await self.redis.xtrim(self.prefix + "events", minid=f"{cut + 1}-0", approximate=False)
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -16,6 +16,11 @@ Reads and writes are never mixed in one SQLite transaction: a read that later
 wants the write lock can deadlock with another writer (SQLite then fails at once
 instead of waiting), so a read that decides a write (``fail``) is followed by a
 guarded UPDATE in a transaction of its own.
+
+Every change also inserts its ``task_events`` row (the queue's event log) in the
+transaction of the change. The row comes from the changed row the UPDATE
+returns and the state the change was guarded on (a claim's, which the guard
+does not name, is read off the claimed row: ``claimed_from``).
 """
 
 from __future__ import annotations
@@ -27,19 +32,22 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aether.errors import BadRequestError, ConflictError, NotFoundError
-from aether.model.tasks import TaskOut, TaskState
-from aether.store.records.schema import Task
+from aether.model.tasks import TaskEvent, TaskOut, TaskState
+from aether.store.records.schema import Task, TaskEventRow
 from aether.tasks.queue.base import (
     LEASE_EXPIRED,
     Backoff,
     BackoffFn,
     NewTask,
+    claimed_from,
     conflict_message,
+    event_error,
+    event_node,
     now_or,
     utc,
     validate,
@@ -68,6 +76,41 @@ def next_seq() -> int:
 
 def _out(row: Task) -> TaskOut:
     return TaskOut.model_validate(row, from_attributes=True)
+
+
+def _logged(row: Task, previous: TaskState | None, ts: float) -> TaskEventRow:
+    """The event-log row of the change that left the task as ``row``."""
+    state = TaskState(row.state)
+    return TaskEventRow(
+        task_id=row.id,
+        tenant_id=row.tenant_id,
+        task_type=row.type,
+        state=state,
+        previous=previous,
+        queue=row.queue,
+        priority=row.priority,
+        attempt=row.attempts,
+        node=event_node(state, previous, row.claimed_by),
+        error=event_error(state, row.error),
+        ts=ts,
+    )
+
+
+def _event_out(row: TaskEventRow) -> TaskEvent:
+    return TaskEvent(
+        position=row.id,
+        task_id=row.task_id,
+        tenant_id=row.tenant_id,
+        task_type=row.task_type,
+        state=TaskState(row.state),
+        previous=None if row.previous is None else TaskState(row.previous),
+        queue=row.queue,
+        priority=row.priority,
+        attempt=row.attempt,
+        node=row.node,
+        error=row.error,
+        ts=row.ts,
+    )
 
 
 def _ready(now: float) -> ColumnElement[bool]:
@@ -127,6 +170,7 @@ class SqlTaskQueue:
         out = _out(row)
         async with self.sessions() as session:
             session.add(row)
+            session.add(_logged(row, None, now))
             try:
                 await session.commit()
             except IntegrityError:
@@ -237,7 +281,10 @@ class SqlTaskQueue:
                     .returning(Task)
                     .execution_options(synchronize_session=False)
                 )
-                claimed = None if row is None else _out(row)
+                claimed = None
+                if row is not None:
+                    claimed = _out(row)
+                    session.add(_logged(row, claimed_from(claimed), now))
                 await session.commit()
             if claimed is not None:
                 return claimed
@@ -271,7 +318,14 @@ class SqlTaskQueue:
             return NotFoundError(f"task {task_id} not found")
         return ConflictError(conflict_message(found, worker))
 
-    async def _update(self, where: Sequence[ColumnElement[bool]], **values: Any) -> TaskOut | None:
+    async def _update(
+        self,
+        where: Sequence[ColumnElement[bool]],
+        previous: TaskState,
+        now: float,
+        **values: Any,
+    ) -> TaskOut | None:
+        """A guarded change from ``previous`` and its event, in one transaction."""
         async with self.sessions() as session:
             row = await session.scalar(
                 update(Task)
@@ -281,15 +335,20 @@ class SqlTaskQueue:
                 .execution_options(synchronize_session=False)
             )
             out = None if row is None else _out(row)
+            if row is not None:
+                session.add(_logged(row, previous, now))
             await session.commit()
         return out
 
     async def complete(
         self, task_id: str, worker: str, result: dict[str, Any], *, now: float | None = None
     ) -> TaskOut:
-        stamp = utc(now_or(now))
+        now = now_or(now)
+        stamp = utc(now)
         done = await self._update(
             self._held(task_id, worker),
+            TaskState.ACTIVE,
+            now,
             state=TaskState.SUCCEEDED,
             result=result,
             error=None,
@@ -329,26 +388,41 @@ class SqlTaskQueue:
                 values["state"] = TaskState.DEAD if retryable else TaskState.FAILED
                 values["finished_at"] = utc(now)
             done = await self._update(
-                [*self._held(task_id, worker), Task.attempts == current.attempts], **values
+                [*self._held(task_id, worker), Task.attempts == current.attempts],
+                TaskState.ACTIVE,
+                now,
+                **values,
             )
             if done is not None:
                 return done
         raise await self._refuse(task_id, worker)
 
     async def cancel(self, task_id: str, tenant_id: str, *, now: float | None = None) -> TaskOut:
-        stamp = utc(now_or(now))
-        done = await self._update(
-            [Task.id == task_id, Task.tenant_id == tenant_id, Task.state.in_(_CANCELLABLE)],
-            state=TaskState.CANCELLED,
-            lease_expires_at=None,
-            finished_at=stamp,
-            updated_at=stamp,
-        )
-        if done is not None:
-            return done
+        now = now_or(now)
+        stamp = utc(now)
+        # read, then change guarded on the state read (its event's ``previous``)
+        for _ in range(5):
+            current = await self.get(task_id, tenant_id)
+            if current.state == TaskState.CANCELLED:
+                return current
+            if current.state not in _CANCELLABLE:
+                break
+            done = await self._update(
+                [Task.id == task_id, Task.tenant_id == tenant_id, Task.state == current.state],
+                current.state,
+                now,
+                state=TaskState.CANCELLED,
+                lease_expires_at=None,
+                finished_at=stamp,
+                updated_at=stamp,
+            )
+            if done is not None:
+                return done
         current = await self.get(task_id, tenant_id)
         if current.state == TaskState.CANCELLED:
             return current
+        if current.state in _CANCELLABLE:
+            raise ConflictError(f"task {task_id} kept changing while being cancelled; try again")
         raise ConflictError(f"task {task_id} already {current.state}; it cannot be cancelled")
 
     async def expire(self, now: float | None = None) -> int:
@@ -360,28 +434,64 @@ class SqlTaskQueue:
                 update(Task)
                 .where(*lapsed, Task.attempts > Task.max_retry)
                 .values(state=TaskState.DEAD, finished_at=utc(now), **common)
-                .returning(Task.id)
+                .returning(Task)
+                .execution_options(synchronize_session=False)
             )
-            count = len(dead.all())
+            taken = list(dead.all())
             retried = await session.scalars(
                 update(Task)
                 .where(*lapsed)
                 .values(state=TaskState.RETRY, run_at=utc(now), **common)
-                .returning(Task.id)
+                .returning(Task)
+                .execution_options(synchronize_session=False)
             )
-            count += len(retried.all())
+            taken += retried.all()
+            session.add_all(_logged(row, TaskState.ACTIVE, now) for row in taken)
             await session.commit()
-        return count
+        return len(taken)
 
-    async def stats(self, tenant_id: str | None = None) -> dict[TaskState, int]:
+    async def stats(
+        self, tenant_id: str | None = None, *, since: float | None = None
+    ) -> dict[TaskState, int]:
         counts = dict.fromkeys(TaskState, 0)
         async with self.sessions() as session:
             query = select(Task.state, func.count()).group_by(Task.state)
             if tenant_id is not None:
                 query = query.where(Task.tenant_id == tenant_id)
+            if since is not None:
+                final = [s.value for s in TaskState if s.final]
+                query = query.where(Task.state.not_in(final) | (Task.finished_at >= utc(since)))
             for state, count in await session.execute(query):
                 counts[TaskState(state)] = count
         return counts
+
+    # -- the event log -------------------------------------------------------
+
+    async def events_after(self, position: int, limit: int) -> builtins.list[TaskEvent]:
+        query = (
+            select(TaskEventRow)
+            .where(TaskEventRow.id > position)
+            .order_by(TaskEventRow.id)
+            .limit(limit)
+        )
+        async with self.sessions() as session:
+            return [_event_out(row) for row in await session.scalars(query)]
+
+    async def events_head(self) -> int:
+        async with self.sessions() as session:
+            return int(await session.scalar(select(func.max(TaskEventRow.id))) or 0)
+
+    async def trim_events(self, keep: int) -> int:
+        """Delete the rows more than ``keep`` positions behind the newest (ids may skip
+        a number, so sometimes fewer than ``keep`` rows stay: never one a resume within
+        ``keep`` positions needs)."""
+        cut = await self.events_head() - keep
+        if cut <= 0:
+            return 0
+        async with self.sessions() as session:
+            result = await session.execute(delete(TaskEventRow).where(TaskEventRow.id <= cut))
+            await session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def close(self) -> None:
         """Nothing to release: the engine belongs to whoever opened the records database."""

@@ -10,6 +10,10 @@
 // (/api/v1/metrics/{kind}/{name}?seconds=), beyond it the per-minute roll-ups
 // (/api/v1/metrics/rollups). The last 5 minutes (range 300) stay live: one
 // /api/v1/metrics/stream connection per page feeds every live chart each second.
+//
+// The same stream keeps single figures current (a table cell, say):
+//   <td data-metric="nodes" data-name="NAME" data-field="cpu" data-scale="100"
+//       data-unit="%">12.0%</td>
 (function () {
   "use strict";
   var WINDOW = 7200;
@@ -75,8 +79,11 @@
       var holder = document.createElement("div");
       holder.className = "plot";
       this.el.appendChild(holder);
+      // the legend names the series (values are in the caption); the y axis is wide
+      // enough for "100.5 KiB/s"
       this.plot = new window.uPlot({ width: width, height: 180, series: series,
-        axes: [{}, { values: function (u, vals) {
+        legend: { live: false },
+        axes: [{}, { size: 16 + 7 * (5 + this.unit.length), values: function (u, vals) {
           return vals.map(function (v) { return v + self.unit; });
         } }] }, this.data, holder);
     } else {
@@ -108,14 +115,26 @@
     }).catch(function () { self.draw(); });
   };
 
+  // cells are looked up on each sample: console.js may have swapped the table meanwhile
+  function updateCells(sample) {
+    document.querySelectorAll("[data-metric]").forEach(function (el) {
+      var row = (sample[el.getAttribute("data-metric")] || {})[el.getAttribute("data-name")];
+      var v = row ? row[el.getAttribute("data-field")] : null;
+      if (v === null || v === undefined) { return; }
+      el.textContent = (v * num(el, "data-scale", 1)).toFixed(1) + (el.getAttribute("data-unit") || "");
+    });
+  }
+
   function listen() {
     var live = charts.filter(function (c) { return c.live; });
-    if (!live.length || !window.EventSource) { return; }
+    var cells = document.querySelector("[data-metric]") !== null;
+    if ((!live.length && !cells) || !window.EventSource) { return; }
     var stream = new EventSource("/api/v1/metrics/stream");
     stream.addEventListener("sample", function (msg) {
       var sample;
       try { sample = JSON.parse(msg.data); } catch (err) { return; }
       if (!sample) { return; }
+      updateCells(sample);
       live.forEach(function (c) {
         var row = (sample[c.kind] || {})[c.name];
         if (!row) { return; }
@@ -128,10 +147,11 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    if (!window.uPlot) { return; }
-    document.querySelectorAll("figure.chart[data-kind]").forEach(function (el) {
-      charts.push(new Chart(el));
-    });
+    if (window.uPlot) {
+      document.querySelectorAll("figure.chart[data-kind]").forEach(function (el) {
+        charts.push(new Chart(el));
+      });
+    }
     Promise.all(charts.map(function (c) { return c.load(); })).then(listen);
     window.addEventListener("resize", function () {
       charts.forEach(function (c) {

@@ -1,42 +1,90 @@
-// Aether console: live updates from the cluster event stream, CSRF on htmx requests.
+// Aether console: live pages from the cluster event stream.
 // No inline script anywhere (the Content-Security-Policy forbids it): pages declare
 // what they need with data- attributes.
 //
-//   <body data-events="type type ...">   the event types this page listens to
-//   <section data-refresh="type type" hx-get=... hx-trigger="refresh">
-//                                         re-fetched (debounced) when one arrives
+//   <body data-events="type type ...">    the event types this page listens to
+//   <section id="x" data-src="/ui/page?q" data-refresh="type type">
+//                                          a live region: when one of its types
+//                                          arrives, the page at data-src is read
+//                                          again and the region replaced by the
+//                                          element with the same id
+//
+// Regions that share a URL are refreshed by one request per burst of events
+// (150 ms); a late answer never overwrites a newer one. The first `ready` of the
+// stream also refreshes every region: what changed between rendering the page
+// and connecting the stream is not lost. While the stream is down a banner says
+// the page may be stale; EventSource reconnects by itself and the page catches up.
 (function () {
   "use strict";
 
-  function csrfToken() {
-    var meta = document.querySelector('meta[name="csrf-token"]');
-    return meta ? meta.getAttribute("content") : "";
+  var DEBOUNCE_MS = 150;
+  var dirty = new Map();    // url -> Set of region ids to replace
+  var timer = null;
+  var sent = new Map();     // url -> sequence number of the newest request
+  var applied = new Map();  // url -> sequence number of the newest answer applied
+
+  function srcOf(el) {
+    return el.getAttribute("data-src") || window.location.pathname + window.location.search;
   }
 
-  document.addEventListener("htmx:configRequest", function (e) {
-    var token = csrfToken();
-    if (token) { e.detail.headers["X-CSRF-Token"] = token; }
-  });
+  function mark(el) {
+    if (!el.id) { return; }
+    var url = srcOf(el);
+    if (!dirty.has(url)) { dirty.set(url, new Set()); }
+    dirty.get(url).add(el.id);
+    if (!timer) { timer = setTimeout(flush, DEBOUNCE_MS); }
+  }
 
-  var pending = new Map();  // element -> timer: one refresh per element per burst
-  function refresh(el) {
-    if (pending.has(el)) { return; }
-    pending.set(el, setTimeout(function () {
-      pending.delete(el);
-      if (document.body.contains(el) && window.htmx) { window.htmx.trigger(el, "refresh"); }
-    }, 150));
+  function editing(region) {
+    var active = document.activeElement;
+    return active && region.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
+  }
+
+  function swap(doc, ids) {
+    ids.forEach(function (id) {
+      var old = document.getElementById(id);
+      var fresh = doc.getElementById(id);
+      if (!old || !fresh) { return; }
+      if (editing(old)) {  // never pull a form from under the user: try again later
+        setTimeout(function () { mark(old); }, 2000);
+        return;
+      }
+      old.replaceWith(document.importNode(fresh, true));
+    });
+    document.dispatchEvent(new CustomEvent("aether:refreshed", { detail: { ids: Array.from(ids) } }));
+  }
+
+  function flush() {
+    timer = null;
+    var batch = dirty;
+    dirty = new Map();
+    batch.forEach(function (ids, url) {
+      var seq = (sent.get(url) || 0) + 1;
+      sent.set(url, seq);
+      fetch(url, { credentials: "same-origin", headers: { "X-Aether-Refresh": "1" } })
+        .then(function (r) {
+          if (r.status === 401) { setStale(true); return null; }
+          return r.ok ? r.text() : null;
+        })
+        .then(function (html) {
+          if (html === null || seq < (applied.get(url) || 0)) { return; }
+          applied.set(url, seq);
+          swap(new DOMParser().parseFromString(html, "text/html"), ids);
+        })
+        .catch(function () { setStale(true); });
+    });
   }
 
   function refreshFor(type) {
     document.querySelectorAll("[data-refresh]").forEach(function (el) {
       var types = el.getAttribute("data-refresh").split(/\s+/);
-      if (types.indexOf(type) >= 0 || types.indexOf("*") >= 0) { refresh(el); }
+      if (types.indexOf(type) >= 0 || types.indexOf("*") >= 0) { mark(el); }
     });
     document.dispatchEvent(new CustomEvent("aether:event", { detail: { type: type } }));
   }
 
   function refreshAll() {
-    document.querySelectorAll("[data-refresh]").forEach(refresh);
+    document.querySelectorAll("[data-refresh]").forEach(mark);
   }
 
   var source = null;
@@ -57,9 +105,8 @@
     }).join("&");
     source = new EventSource(url);
     source.addEventListener("ready", function () {
-      var was = stale;
       setStale(false);
-      if (was) { refreshAll(); }  // catch up on what happened while disconnected
+      refreshAll();  // catch up on what changed since the page (or the last stream) was read
     });
     source.addEventListener("gap", function () { setStale(false); refreshAll(); });
     wanted.split(/\s+/).forEach(function (type) {
