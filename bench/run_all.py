@@ -14,5 +14,6 @@ for module, args in (
     ("bench.tasks_bench", ["all"]),
     ("bench.telemetry_bench", []),
     ("bench.isolation_bench", []),
+    ("bench.console_bench", []),
 ):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)

@@ -24,6 +24,7 @@ __all__ = [
     "RegisterIn",
     "RegisterOut",
     "ReportIn",
+    "RetentionOut",
     "RollbackIn",
     "ScaleIn",
     "ServerOut",
@@ -143,6 +144,19 @@ class StatusOut(BaseModel):
     nodes: list[NodeOut]
     apps: list[AppOut]
     servers: list[ServerOut] = []  # every live server (HA: all of them), by URL
+
+
+class RetentionOut(BaseModel):
+    """How long the cluster keeps what it records (the server's settings, read-only)."""
+
+    retain_deployments: int
+    log_retention_bytes: int
+    metrics_window_seconds: int
+    metrics_retention_days: float
+    events_resume_limit: int
+    decisions_retention_seconds: float
+    snapshot_keep: int
+    gc_grace_seconds: float
 
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from aether.errors import NotFoundError
-from aether.model.api import InstanceOut, StatusOut
+from aether.model.api import InstanceOut, RetentionOut, StatusOut
 from aether.model.cluster import Blueprint, Endpoint
 from aether.server.api.apps import instances_of, list_apps
 from aether.server.api.nodes import node_list
@@ -34,6 +34,22 @@ async def status(caller: Caller, ctx: Ctx) -> StatusOut:
         nodes=await node_list(ctx),
         apps=await list_apps(caller, ctx),
         servers=await live_servers(ctx),
+    )
+
+
+@router.get("/settings")
+async def retention(caller: Caller, ctx: Ctx) -> RetentionOut:
+    """The cluster's retention figures (set by ``AETHER_*`` on the servers)."""
+    s = ctx.settings
+    return RetentionOut(
+        retain_deployments=s.retain_deployments,
+        log_retention_bytes=s.log_retention_bytes,
+        metrics_window_seconds=s.metrics_window_seconds,
+        metrics_retention_days=s.metrics_retention_days,
+        events_resume_limit=s.events_resume_limit,
+        decisions_retention_seconds=s.decisions_retention,
+        snapshot_keep=s.snapshot_keep,
+        gc_grace_seconds=s.gc_grace_seconds,
     )
 
 

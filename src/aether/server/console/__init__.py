@@ -20,7 +20,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
-from aether.server.console import apps, fallback, nodes, overview, risk, signin, tasks, topology
+from aether.server.console import (
+    apps,
+    fallback,
+    nodes,
+    overview,
+    risk,
+    settings,
+    signin,
+    tasks,
+    topology,
+)
 from aether.server.console.client import ApiError
 from aether.server.console.view import ConsoleError, SignInRequired, console_response
 
@@ -48,6 +58,7 @@ _PAGES = (
     topology,
     tasks,
     risk,
+    settings,
     fallback,
 )
 
