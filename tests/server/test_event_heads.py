@@ -26,9 +26,7 @@ async def test_many_waiters_share_one_reader_and_all_wake_on_a_new_row() -> None
         return heads[-1]
 
     shared = EventHeads(interval=0.05)
-    waiters = [
-        asyncio.create_task(shared.wait_past(read, (1, 1, 1, None))) for _ in range(50)
-    ]
+    waiters = [asyncio.create_task(shared.wait_past(read, (1, 1, 1, None))) for _ in range(50)]
     await asyncio.sleep(0.5)
     assert not any(w.done() for w in waiters)
     # fifty idle streams for half a second: about ten reads, not five hundred
