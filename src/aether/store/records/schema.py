@@ -212,7 +212,10 @@ class TaskEventRow(Base):
     SQLite: an id is never reused, even after the newest rows are gone."""
 
     __tablename__ = "task_events"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        Index("ix_task_events_task", "task_id", "id"),  # one task's history
+        {"sqlite_autoincrement": True},
+    )
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(64))
     tenant_id: Mapped[str] = mapped_column(String(64))
