@@ -455,6 +455,27 @@ class ApiClient:
         result: dict[str, Any] = await self.json("DELETE", f"/api/v1/tokens/{token_id}")
         return result
 
+    async def create_tenant(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A new tenant (cluster admin); its first admin token, when asked for, shown once."""
+        result: dict[str, Any] = await self.json("POST", "/api/v1/tenants", json=body)
+        return result
+
+    async def list_tenants(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.json("GET", "/api/v1/tenants")
+        return result
+
+    async def get_tenant(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("GET", f"/api/v1/tenants/{name}")
+        return result
+
+    async def delete_tenant(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json(
+            "DELETE",
+            f"/api/v1/tenants/{name}",
+            params={"force": "true"} if force else None,
+        )
+        return result
+
     def use_token(self, token: str) -> None:
         """Send ``token`` from now on (a node, once it has its own credential)."""
         self._http.headers["Authorization"] = f"Bearer {token}"

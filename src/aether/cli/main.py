@@ -280,6 +280,35 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id")
     _common(q)
 
+    p = sub.add_parser("tenants", help="tenants (cluster admin): create, ls, get, rm")
+    tenants_sub = p.add_subparsers(
+        dest="tenants_command", metavar="SUBCOMMAND", parser_class=_Parser
+    )
+    tenants_sub.required = True
+    q = tenants_sub.add_parser("create", help="a new tenant; prints its first admin token")
+    q.add_argument("name", help="1-63 lower-case letters, digits and '-'")
+    q.add_argument("--display-name", default="", help="a name for people")
+    q.add_argument("--description", default="", help="what the tenant is for")
+    q.add_argument(
+        "--no-admin-token", action="store_true", help="do not mint the first admin token"
+    )
+    _common(q)
+    q = tenants_sub.add_parser("ls", help="every tenant and what it holds")
+    _common(q)
+    q = tenants_sub.add_parser("get", help="one tenant (a tenant admin: its own)")
+    q.add_argument("name")
+    _common(q)
+    q = tenants_sub.add_parser(
+        "rm", help="delete a tenant (refused while it runs something, unless --force)"
+    )
+    q.add_argument("name")
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="stop its apps, tasks and sandboxes and delete everything it owns",
+    )
+    _common(q)
+
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
     p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
     _common(p)
@@ -419,6 +448,7 @@ _MODULES = {
     "nodes-revoke": "tokens",
     "nodes-allow": "tokens",
     "tokens": "tokens",
+    "tenants": "tenants",
     "deployments": "views",
     "scale": "actions",
     "list": "views",

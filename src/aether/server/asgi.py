@@ -29,6 +29,7 @@ from aether.server.api import (
     nodes,
     risk,
     tasks,
+    tenants,
     tokens,
 )
 from aether.server.api import backup as backup_api
@@ -232,7 +233,19 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             raise ServiceUnavailableError(f"not ready: {exc}") from exc
         return JSONResponse({"status": "ready", "revision": revision})
 
-    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks, risk, decisions):
+    for module in (
+        artifacts,
+        blobs,
+        apps,
+        nodes,
+        cluster,
+        keys,
+        tokens,
+        tenants,
+        tasks,
+        risk,
+        decisions,
+    ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")

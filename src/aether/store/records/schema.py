@@ -52,6 +52,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime]
+    display_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class ApiToken(Base):
