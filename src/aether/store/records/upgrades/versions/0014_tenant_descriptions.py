@@ -3,7 +3,7 @@
 ``POST /api/v1/tenants`` creates tenants; each now has a display name and a
 description (empty for the ``default`` tenant and any tenant from before).
 
-Revision ID: 0016
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-03 10:00:00.000000
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016"
+revision = "0014"
 down_revision = "0013"
 branch_labels = None
 depends_on = None
