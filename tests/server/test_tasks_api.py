@@ -241,3 +241,18 @@ def test_a_task_s_history_lists_its_attempts_and_is_the_tenant_s_own(
     )
     other = httpx.get(f"{base}/api/v1/tasks/{task_id}/history", headers=bearer(server.new_tenant()))
     assert other.status_code == 404
+
+
+def test_stats_since_far_in_the_future_is_a_bad_request(server: RunningServer) -> None:
+    answer = httpx.get(
+        f"{server.base_url}/api/v1/tasks/stats",
+        params={"since": 6.9e16},
+        headers=bearer(server.token("viewer")),
+    )
+    assert_envelope(answer, 400, "bad_request")
+    ok = httpx.get(
+        f"{server.base_url}/api/v1/tasks/stats",
+        params={"since": 1_700_000_000},
+        headers=bearer(server.token("viewer")),
+    )
+    assert ok.status_code == 200 and set(ok.json()) >= {"pending", "failed"}

@@ -106,7 +106,9 @@ async def list_tasks(
 async def task_stats(
     caller: Caller,
     ctx: Ctx,
-    since: Annotated[float | None, Query(ge=0, description="seconds since the epoch")] = None,
+    since: Annotated[
+        float | None, Query(ge=0, le=1e10, description="seconds since the epoch")
+    ] = None,
 ) -> dict[str, int]:
     """How many of the caller's tasks are in each state (every state present); with
     ``since``, final states count only the tasks that finished since then."""
