@@ -22,6 +22,7 @@ from aether.errors import ServiceUnavailableError
 from aether.server.api import (
     apps,
     artifacts,
+    audit,
     blobs,
     cluster,
     decisions,
@@ -40,6 +41,7 @@ from aether.server.api.prometheus import install_metrics
 from aether.server.console import install_console
 from aether.server.context import ServerContext
 from aether.server.files import make_private, private_umask
+from aether.server.http.audit import AuditMiddleware
 from aether.server.http.errors import install_error_handlers
 from aether.server.http.forward import LeaderForward
 from aether.server.http.idempotency import IdempotencyMiddleware
@@ -211,6 +213,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     )
     # added before the trace middleware, so it runs inside it: replays carry a trace id
     app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(AuditMiddleware)  # outside idempotency: replays are audited too
     install_error_handlers(app)
     app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
     app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
@@ -232,7 +235,19 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             raise ServiceUnavailableError(f"not ready: {exc}") from exc
         return JSONResponse({"status": "ready", "revision": revision})
 
-    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks, risk, decisions):
+    for module in (
+        audit,
+        artifacts,
+        blobs,
+        apps,
+        nodes,
+        cluster,
+        keys,
+        tokens,
+        tasks,
+        risk,
+        decisions,
+    ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")
