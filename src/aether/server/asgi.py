@@ -213,11 +213,11 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     )
     # added before the trace middleware, so it runs inside it: replays carry a trace id
     app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(AuditMiddleware)  # outside idempotency: replays are audited too
     install_error_handlers(app)
     app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
     app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
-    app.add_middleware(InputLimits, settings=settings)  # outermost: bounds all of the above
+    app.add_middleware(InputLimits, settings=settings)  # bounds all of the above
+    app.add_middleware(AuditMiddleware)  # outermost: sees every answer (InputLimits' 401s too)
     install_metrics(app, metrics)
 
     @app.get("/healthz", tags=["probes"])

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import ForbiddenError
@@ -41,16 +43,21 @@ log = logging.getLogger("aether.audit")
 PREFIX = "/api/v1"
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Node calls made every second or so, not audited unless refused (401/403):
-#: (method, route) and, when given, only for that status (an empty claim: 204).
-UNAUDITED: dict[tuple[str, str], int | None] = {
-    ("POST", "/nodes/{node}/metrics"): None,
-    ("POST", "/nodes/{node}/heartbeat"): None,
-    ("PUT", "/nodes/{node}/routes"): None,
-    ("POST", "/nodes/{node}/logs"): None,
-    ("POST", "/tasks/{task_id}/heartbeat"): None,
-    ("POST", "/tasks/claim"): 204,
-    ("POST", "/blobs/missing"): None,
-}
+#: (method, route, only for this status or any): an empty task claim is a 204.
+UNAUDITED: tuple[tuple[str, str, int | None], ...] = (
+    ("POST", "/nodes/{node}/metrics", None),
+    ("POST", "/nodes/{node}/heartbeat", None),
+    ("PUT", "/nodes/{node}/routes", None),
+    ("POST", "/nodes/{node}/logs", None),
+    ("POST", "/tasks/{task_id}/heartbeat", None),
+    ("POST", "/tasks/claim", 204),
+    ("POST", "/blobs/missing", None),
+)
+# matched on the raw path: the telemetry fast path answers before any routing
+_UNAUDITED = tuple(
+    (method, re.compile(PREFIX + re.sub(r"\{[^}]+\}", "[^/]+", route)), only)
+    for method, route, only in UNAUDITED
+)
 _DETAIL = "audit_detail"
 
 
@@ -95,7 +102,13 @@ def actor_of(principal: Principal | None) -> tuple[str, str]:
 
 
 def _route(scope: Scope) -> str:
+    """The route's template (``/apps/{app}/scale``); the raw path if none matches."""
     route = scope.get("route")
+    if route is None:  # answered before routing (InputLimits' 401, 413)
+        for candidate in scope["app"].router.routes:
+            if candidate.matches(scope)[0] is Match.FULL:
+                route = candidate
+                break
     path = getattr(route, "path", None)
     template = path if isinstance(path, str) else scope["path"]
     return template.removeprefix(PREFIX)
@@ -106,11 +119,10 @@ def _audited(scope: Scope, status: int) -> bool:
         return True
     if scope["method"] not in _MUTATING:
         return False
-    key = (scope["method"], _route(scope))
-    if key not in UNAUDITED:
-        return True
-    only = UNAUDITED[key]
-    return only is not None and only != status
+    for method, pattern, only in _UNAUDITED:
+        if scope["method"] == method and pattern.fullmatch(scope["path"]):
+            return only is not None and only != status
+    return True
 
 
 def entry_for(scope: Scope, status: int) -> AuditEntry:
