@@ -5,12 +5,14 @@ mutating call whose event cannot be written is not acknowledged (fail closed).""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import text
 
+from aether.server.services.gc import collect_garbage
 from tests.support.api import assert_envelope, bearer, deploy, unique, upload_random
 from tests.support.console import login_csrf
 from tests.support.server import RunningServer, running_server
@@ -190,3 +192,22 @@ def test_a_change_whose_event_cannot_be_written_is_not_acknowledged(tmp_path: Pa
         assert "audit log" in body["message"]
         read = httpx.get(f"{server.base_url}/api/v1/apps", headers=bearer(server.admin_token))
         assert read.status_code == 200  # reads are not audited: they go on
+
+
+def test_the_garbage_collector_trims_by_retention_and_keeps_the_chain(tmp_path: Path) -> None:
+    with running_server(tmp_path, audit_retention_days=30) as server:
+        made = httpx.post(
+            f"{server.base_url}/api/v1/tokens",
+            json={"role": "viewer", "name": "old"},
+            headers=bearer(server.admin_token),
+        )
+        assert made.status_code == 201
+        soon = server.run(collect_garbage(server.ctx, now=time.time() + 29 * 86400))
+        assert soon.trimmed_audit_events == 0
+        later = server.run(collect_garbage(server.ctx, now=time.time() + 31 * 86400))
+        assert later.trimmed_audit_events >= 1
+        assert server.run(server.ctx.records.list_audit(None)) == []
+        verdict = httpx.get(
+            f"{server.base_url}/api/v1/audit/verify", headers=bearer(server.admin_token)
+        ).json()
+        assert verdict["ok"] is True and verdict["anchor_id"] >= 1
