@@ -34,6 +34,7 @@ from aether.model.api import (
     WithdrawalOut,
 )
 from aether.model.app import AppSpec
+from aether.model.audit import AuditPage, AuditVerdict
 from aether.model.decisions import DecisionOut
 from aether.model.keys import AppSettingsOut, PublicKeyOut
 from aether.model.migrations import MigrationOut, SnapshotOut
@@ -243,6 +244,25 @@ class ApiClient:
         params.update({k: v for k, v in filters.items() if v is not None})
         data = await self.json("GET", "/api/v1/decisions", params=params)
         return [DecisionOut.model_validate(d) for d in data]
+
+    async def audit(self, **params: Any) -> AuditPage:
+        """A page of audit events (``GET /api/v1/audit``; filters and cursors as params)."""
+        query = {k: v for k, v in params.items() if v is not None}
+        return AuditPage.model_validate(await self.json("GET", "/api/v1/audit", params=query))
+
+    async def audit_export(self, **params: Any) -> AsyncIterator[str]:
+        """Every matching audit event as a JSON line, oldest first."""
+        query = {**{k: v for k, v in params.items() if v is not None}, "format": "jsonl"}
+        response = await self._open_stream("GET", "/api/v1/audit", params=query)
+        try:
+            async for line in response.aiter_lines():
+                if line:
+                    yield line
+        finally:
+            await response.aclose()
+
+    async def audit_verify(self) -> AuditVerdict:
+        return AuditVerdict.model_validate(await self.json("GET", "/api/v1/audit/verify"))
 
     # -- artifacts ----------------------------------------------------------
 

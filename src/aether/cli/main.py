@@ -368,6 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     _common(p)
 
+    p = sub.add_parser(
+        "audit", help="who did what, newest first; `aether audit verify` checks the hash chain"
+    )
+    p.add_argument("check", nargs="?", choices=["verify"], help="verify: walk the hash chain")
+    p.add_argument("-f", "--follow", action="store_true", help="then print new events as they come")
+    p.add_argument("--actor", default=None, help="a token id, node id, or controller")
+    p.add_argument("--action", default=None, help='e.g. "POST /apps/{app}/scale"')
+    p.add_argument("--target", default=None, help="e.g. apps/web (and what is under it)")
+    p.add_argument("--outcome", choices=["ok", "refused", "failed"], default=None)
+    p.add_argument("--since", default=None, help="30m, 2h, 7d, an ISO time or epoch seconds")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--format", choices=["text", "json", "jsonl"], default="text")
+    _common(p, fmt=False)
+
     p = sub.add_parser("migrate", help="move an instance to another node (state and all)")
     p.add_argument("instance", help="its key, or APP/N (see `aether status`, GET /instances)")
     p.add_argument("--to", default=None, metavar="NODE", help="default: any other node")
@@ -471,6 +485,7 @@ _MODULES = {
     "snapshots": "migrate",
     "rebalance": "migrate",
     "decisions": "decisions",
+    "audit": "audit",
     "metrics": "metrics",
     "risk": "risk",
     "drill": "risk",

@@ -22,6 +22,7 @@ from aether.errors import ServiceUnavailableError
 from aether.server.api import (
     apps,
     artifacts,
+    audit,
     blobs,
     cluster,
     decisions,
@@ -41,6 +42,7 @@ from aether.server.api.prometheus import install_metrics
 from aether.server.console import install_console
 from aether.server.context import ServerContext
 from aether.server.files import make_private, private_umask
+from aether.server.http.audit import AuditMiddleware
 from aether.server.http.errors import install_error_handlers
 from aether.server.http.forward import LeaderForward
 from aether.server.http.idempotency import IdempotencyMiddleware
@@ -215,7 +217,8 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
     app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
-    app.add_middleware(InputLimits, settings=settings)  # outermost: bounds all of the above
+    app.add_middleware(InputLimits, settings=settings)  # bounds all of the above
+    app.add_middleware(AuditMiddleware)  # outermost: sees every answer (InputLimits' 401s too)
     install_metrics(app, metrics)
 
     @app.get("/healthz", tags=["probes"])
@@ -234,6 +237,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         return JSONResponse({"status": "ready", "revision": revision})
 
     for module in (
+        audit,
         artifacts,
         blobs,
         apps,

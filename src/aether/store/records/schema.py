@@ -22,6 +22,8 @@ __all__ = [
     "ApiToken",
     "App",
     "Artifact",
+    "AuditChain",
+    "AuditEventRow",
     "Base",
     "ConsoleSession",
     "DecisionRow",
@@ -407,3 +409,52 @@ class ConsoleSession(Base):
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class AuditEventRow(Base):
+    """One audit event: who did what to which object, how it ended, from where.
+
+    Append-only and hash-chained: ``hash`` is SHA-256 of ``prev_hash`` and the row's
+    canonical JSON (``aether.store.records.audit.row_hash``), so an altered, removed
+    or reordered row breaks the chain. ``AUTOINCREMENT`` on SQLite: ids never reused.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_tenant", "tenant_id", "id"),
+        Index("ix_audit_events_ts", "ts"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    ts: Mapped[float]  # seconds since the epoch
+    tenant_id: Mapped[str | None] = mapped_column(String(64))  # None: the cluster's
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    actor_kind: Mapped[str] = mapped_column(String(16))  # token | node | controller | anonymous
+    actor: Mapped[str] = mapped_column(String(128))  # token id, node id, "controller"
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(160))  # "POST /apps/{app}/scale"
+    target: Mapped[str] = mapped_column(String(255))  # "apps/web/scale"
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | refused | failed
+    status: Mapped[int | None]  # the HTTP status; None for the controller's actions
+    source: Mapped[str | None] = mapped_column(String(64))  # the client's address
+    trace_id: Mapped[str | None] = mapped_column(String(128))
+    decision_id: Mapped[int | None]  # the controller's decision
+    detail: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChain(Base):
+    """The audit chain's one row: its head (the newest event) and its anchor (the hash
+    the oldest kept event follows: the genesis, or the last event retention trimmed).
+
+    Every append updates this row first, which serializes appends across servers
+    (a row lock on PostgreSQL, the write lock on SQLite).
+    """
+
+    __tablename__ = "audit_chain"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    head_id: Mapped[int]
+    head_hash: Mapped[str] = mapped_column(String(64))
+    anchor_id: Mapped[int]
+    anchor_hash: Mapped[str] = mapped_column(String(64))
