@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,9 @@ _PASSES: dict[str, frozenset[str]] = {
     # SignalWriter: operators, and a node about itself
     "operator|node": frozenset({"operator", "admin", "cluster", "node"}),
 }
-CALLERS = ("anonymous", "viewer", "operator", "admin", "cluster", "node", "join")
+# ``other-node``: another node's own credential, which no route accepts about this node
+# (the path parameters and bodies name the node with tenant A's instance)
+CALLERS = ("anonymous", "viewer", "operator", "admin", "cluster", "node", "other-node", "join")
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,9 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/nodes/{node}/heartbeat": {"json": {"lease_id": 1}},
         "PUT /api/v1/nodes/{node}/instances/{app_version}/{n}": {"json": {"state": "LOADING"}},
         "PUT /api/v1/nodes/{node}/routes": {"json": {"revision": 0}},
+        "GET /api/v1/nodes/{node}/withdrawals": {
+            "params": {"revision": 0, "url": "http://127.0.0.1:9"}
+        },
         "POST /api/v1/nodes/{node}/logs": {"json": {"entries": []}},
         "POST /api/v1/nodes/{node}/metrics": {"json": {}},
         "POST /api/v1/snapshots": {
@@ -547,6 +552,8 @@ async def _objects(server: RunningServer, nodes: FakeNodes) -> World:
             "admin": server.token("admin", tenant),
             "cluster": server.admin_token,
             "node": server.node_token(node),
+            # joined, never registered: nothing is placed on it, so it needs nothing
+            "other-node": server.node_token(unique("outsider")),
             "join": server.join_token,
         },
     )
@@ -628,3 +635,54 @@ def test_each_role_gets_what_its_role_allows(
         assert response.request.method == "HEAD" or response.json()["code"] == "forbidden"
     else:
         assert status not in (401, 403), (status, response.text)
+
+
+# Tenant A's objects named in a body or a query rather than the path: tenant B's admin
+# gets the answer an object that does not exist gets (404, 400, or an empty list).
+# (An artifact's bytes are not here: uploading or assembling them proves B has them.)
+_NAMED_ELSEWHERE: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
+    "POST /api/v1/instances/migrate": lambda p: {"json": {"instance": p["instance"]}},
+    "POST /api/v1/rebalance": lambda p: {"json": {"app": p["app"]}},
+    "POST /api/v1/tasks": lambda p: {
+        "json": {"type": "vm:execute", "payload": {"vm_id": p["sandbox_id"], "command": "echo"}}
+    },
+    "POST /api/v1/apps/{app}/deployments": lambda p: {
+        "json": {"digest": p["digest"], "spec": spec_for(p["own_app"])}
+    },
+    "GET /api/v1/instances": lambda p: {"params": {"app": p["app"]}},
+    "GET /api/v1/endpoints": lambda p: {"params": {"app": p["app"]}},
+    "GET /api/v1/snapshots": lambda p: {"params": {"app": p["app"]}},
+    "GET /api/v1/migrations": lambda p: {"params": {"app": p["app"]}},
+    "GET /api/v1/metrics/rollups": lambda p: {"params": {"app": p["app"]}},
+    "GET /api/v1/events": lambda p: {"params": {"target": p["app"]}},
+}
+
+
+@pytest.mark.parametrize("route", list(_NAMED_ELSEWHERE))
+def test_another_tenant_naming_tenant_a_s_objects_elsewhere_learns_nothing(
+    world: World, http: httpx.Client, route: str
+) -> None:
+    method, path = _split(route)
+    own_app = unique("b-app")
+    real = {**world.params, "own_app": own_app}
+    ghosts = {**{name: _ghost(value) for name, value in world.params.items()}, "own_app": own_app}
+    answers: list[tuple[int, Any]] = []
+    for params in (real, ghosts):
+        url = path.format(app=own_app)
+        kwargs = _NAMED_ELSEWHERE[route](params)
+        headers = bearer(world.other)
+        if ROUTES[route].stream:
+            with http.stream(method, url, headers=headers, **kwargs) as response:
+                answers.append((response.status_code, response.headers["content-type"]))
+            continue
+        response = http.request(method, url, headers=headers, **kwargs)
+        assert response.status_code in (200, 400, 404), (response.status_code, response.text)
+        body = response.json()
+        if response.status_code != 200:
+            message = body["message"]
+            for name, ghost in ghosts.items():
+                message = message.replace(ghost, real[name])
+            body = {"code": body["code"], "message": message}
+        answers.append((response.status_code, body))
+    assert answers[0] == answers[1], "tenant A's object answers unlike an unknown one"
+    assert answers[0][0] != 200 or answers[0][1] in ([], None) or ROUTES[route].stream, answers
