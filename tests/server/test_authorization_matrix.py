@@ -686,3 +686,27 @@ def test_another_tenant_naming_tenant_a_s_objects_elsewhere_learns_nothing(
         answers.append((response.status_code, body))
     assert answers[0] == answers[1], "tenant A's object answers unlike an unknown one"
     assert answers[0][0] != 200 or answers[0][1] in ([], None) or ROUTES[route].stream, answers
+
+
+_SECRETS = ("app", "digest", "deployment_id", "key_id", "token_id", "task_id", "sandbox_id")
+_SECRETS_TOO = ("execution_id", "snapshot", "migration_id", "instance", "tenant")
+
+
+def _views() -> Iterator[Any]:
+    for route, rule in ROUTES.items():
+        method, path = _split(route)
+        if method == "GET" and "{" not in path and not rule.stream and rule.role != "cluster":
+            yield pytest.param(route, id=f"{route} other-tenant-admin")
+
+
+@pytest.mark.parametrize("route", list(_views()))
+def test_no_view_shows_another_tenant_anything_of_tenant_a(
+    world: World, http: httpx.Client, route: str
+) -> None:
+    """Lists and cluster views, as tenant B's admin: nothing names tenant A's objects."""
+    _, path = _split(route)
+    response = http.get(path, headers=bearer(world.other))
+    assert response.status_code in (200, 400), (response.status_code, response.text)
+    for name in (*_SECRETS, *_SECRETS_TOO):
+        value = world.params[name].removeprefix("sha256:")
+        assert value not in response.text, f"{name} {value} shows in {response.text[:2000]}"
