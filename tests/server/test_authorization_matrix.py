@@ -13,8 +13,17 @@ tenant A (a tenant other than ``default``, so its admin is not the cluster admin
 * at or above it: neither (the call may still be refused on content: a 4xx
   other than 401/403, never a 5xx).
 
+A node credential passes node routes only about its own node (``other-node``: another
+node's credential, which is refused everywhere).
+
 And for each route naming a tenant-owned object, tenant B's admin asking for tenant
-A's object gets 404 ``not_found`` — never 403, and nothing naming tenant A.
+A's object gets 404 ``not_found`` — never 403 — with the very answer an object that
+does not exist gets; the same for tenant A's objects named in a body or a query; and
+no list or cluster view shows tenant B any of tenant A's objects.
+
+Gaps the table records rather than hides are marked ``# KNOWN:`` (app names are
+global, so a name another tenant holds answers 409; any tenant's operator may drain,
+signal about or drill a shared node).
 """
 
 from __future__ import annotations
