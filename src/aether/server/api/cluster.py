@@ -13,7 +13,7 @@ from aether.model.cluster import Blueprint, Endpoint
 from aether.server.api.apps import instances_of, list_apps
 from aether.server.api.nodes import node_list
 from aether.server.context import ServerContext, get_context
-from aether.server.http.auth import Admin, Caller
+from aether.server.http.auth import Caller, ClusterAdmin
 from aether.server.services.cluster import read_snapshot
 from aether.server.services.gc import collect_garbage
 from aether.server.services.presence import live_servers
@@ -54,8 +54,10 @@ async def retention(caller: Caller, ctx: Ctx) -> RetentionOut:
 
 
 @router.post("/gc")
-async def gc(caller: Admin, ctx: Ctx, dry_run: bool = False) -> dict[str, Any]:
-    """Collect artifacts retention no longer keeps (the leader also does this periodically)."""
+async def gc(caller: ClusterAdmin, ctx: Ctx, dry_run: bool = False) -> dict[str, Any]:
+    """Collect artifacts retention no longer keeps (the leader also does this periodically).
+
+    The cluster admin's: it collects every tenant's, and its answer names them."""
     result = await collect_garbage(ctx, dry_run=dry_run)
     return asdict(result)
 
