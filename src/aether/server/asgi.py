@@ -26,6 +26,7 @@ from aether.server.api import (
     cluster,
     decisions,
     keys,
+    limits,
     nodes,
     risk,
     tasks,
@@ -46,6 +47,7 @@ from aether.server.http.idempotency import IdempotencyMiddleware
 from aether.server.http.limits import InputLimits
 from aether.server.http.openapi import install_openapi
 from aether.server.http.prometheus import ServerMetrics
+from aether.server.http.ratelimit import RateLimiter, RateLimitHeaders, open_storage
 from aether.server.http.uploads import UploadGate
 from aether.server.leader.advisers import Adviser, adviser_configs
 from aether.server.leader.controller import Controller
@@ -175,6 +177,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             metrics=metrics,
             uploads=UploadGate(settings.max_concurrent_uploads, metrics),
             queue=_open_queue(settings, sessions),
+            limiter=RateLimiter(settings, records, open_storage(settings)),
             telemetry=TelemetryHub(
                 records,
                 retention_days=settings.metrics_retention_days,
@@ -212,6 +215,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     # added before the trace middleware, so it runs inside it: replays carry a trace id
     app.add_middleware(IdempotencyMiddleware)
     install_error_handlers(app)
+    app.add_middleware(RateLimitHeaders)  # RateLimit-* on every answer to a limited caller
     app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
     app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
     app.add_middleware(InputLimits, settings=settings)  # outermost: bounds all of the above
@@ -234,6 +238,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
 
     for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks, risk, decisions):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(limits.router, prefix="/api/v1")
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")
     app.include_router(rebalance_api.router, prefix="/api/v1")
