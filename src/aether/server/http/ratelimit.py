@@ -103,18 +103,21 @@ class RateLimiter:
         self._limits[tenant_id] = (clock + LIMITS_TTL, (rate, min(burst, rate)))
         return rate, min(burst, rate)
 
-    async def hit(self, tenant_id: str) -> Verdict:
-        """Count one request of the tenant; the verdict and what is left."""
+    async def hit(self, tenant_id: str, tenant: str) -> Verdict:
+        """Count one request of the tenant; the verdict and what is left.
+
+        The counters are keyed by the tenant's name, which every server of a cluster
+        (and a restored backup) gives the same tenant."""
         rate, burst = await self.limits_of(tenant_id)
         items = windows(rate, burst)
         refused: RateLimitItem | None = None
         for item in items:
-            if not await self.strategy.hit(item, tenant_id):
+            if not await self.strategy.hit(item, tenant):
                 refused = item
                 break
         policy = f"{rate} requests per minute, burst {burst}"
         now = time.time()
-        stats = [(item, await self.strategy.get_window_stats(item, tenant_id)) for item in items]
+        stats = [(item, await self.strategy.get_window_stats(item, tenant)) for item in items]
         if refused is not None:
             reset = next(s.reset_time for i, s in stats if i is refused)
             return Verdict(False, refused.amount, 0, max(1, math.ceil(reset - now)), policy)
@@ -128,7 +131,7 @@ async def limit_rate(request: Request, principal: Principal, limiter: RateLimite
     if principal.role in EXEMPT_ROLES or _STATE_KEY in request.scope.get("state", {}):
         return
     try:
-        verdict = await limiter.hit(principal.tenant_id)
+        verdict = await limiter.hit(principal.tenant_id, principal.tenant)
     except Exception as exc:  # the counters' store is down: serve rather than refuse all
         log.warning("rate limit not checked (counters unavailable): %s", exc)
         return
