@@ -41,9 +41,12 @@ def _num(value: float) -> str:
 
 
 def effective(configured: TenantLimits, defaults: TenantLimits) -> TenantLimits:
-    """Each value the tenant's own, else the cluster default (None: unlimited)."""
-    own = configured.model_dump(exclude_none=True)
-    return TenantLimits.model_validate({**defaults.model_dump(exclude_none=True), **own})
+    """Each value the tenant's own, else the cluster default (None: unlimited); a burst
+    is at most the rate (a tenant's own lower rate cuts the default burst)."""
+    merged = {**defaults.model_dump(exclude_none=True), **configured.model_dump(exclude_none=True)}
+    if "rate_per_minute" in merged and "burst" in merged:
+        merged["burst"] = min(merged["burst"], merged["rate_per_minute"])
+    return TenantLimits.model_validate(merged)
 
 
 def check(limits: TenantLimits, used: Usage, requested: Mapping[str, float]) -> Refusal | None:

@@ -52,7 +52,7 @@ async def submit_task(ctx: ServerContext, caller: Principal, body: TaskIn) -> Ta
             f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in exc.errors()
         )
         raise BadRequestError(f"invalid {body.type} payload: {problems}") from None
-    creates_sandbox = isinstance(payload, VmCreatePayload) and payload.sandbox_id is None
+    creates_sandbox = isinstance(payload, VmCreatePayload)
     await enforce_quota(ctx, caller.tenant_id, {"tasks": 1, "sandboxes": int(creates_sandbox)})
 
     node: str | None = None
