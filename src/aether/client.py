@@ -34,6 +34,7 @@ from aether.model.api import (
     WithdrawalOut,
 )
 from aether.model.app import AppSpec
+from aether.model.audit import AuditPage, AuditVerdict
 from aether.model.decisions import DecisionOut
 from aether.model.keys import AppSettingsOut, PublicKeyOut
 from aether.model.migrations import MigrationOut, SnapshotOut
@@ -244,6 +245,25 @@ class ApiClient:
         data = await self.json("GET", "/api/v1/decisions", params=params)
         return [DecisionOut.model_validate(d) for d in data]
 
+    async def audit(self, **params: Any) -> AuditPage:
+        """A page of audit events (``GET /api/v1/audit``; filters and cursors as params)."""
+        query = {k: v for k, v in params.items() if v is not None}
+        return AuditPage.model_validate(await self.json("GET", "/api/v1/audit", params=query))
+
+    async def audit_export(self, **params: Any) -> AsyncIterator[str]:
+        """Every matching audit event as a JSON line, oldest first."""
+        query = {**{k: v for k, v in params.items() if v is not None}, "format": "jsonl"}
+        response = await self._open_stream("GET", "/api/v1/audit", params=query)
+        try:
+            async for line in response.aiter_lines():
+                if line:
+                    yield line
+        finally:
+            await response.aclose()
+
+    async def audit_verify(self) -> AuditVerdict:
+        return AuditVerdict.model_validate(await self.json("GET", "/api/v1/audit/verify"))
+
     # -- artifacts ----------------------------------------------------------
 
     async def has_artifact(self, digest: str) -> bool:
@@ -453,6 +473,27 @@ class ApiClient:
 
     async def revoke_token(self, token_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.json("DELETE", f"/api/v1/tokens/{token_id}")
+        return result
+
+    async def create_tenant(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A new tenant (cluster admin); its first admin token, when asked for, shown once."""
+        result: dict[str, Any] = await self.json("POST", "/api/v1/tenants", json=body)
+        return result
+
+    async def list_tenants(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.json("GET", "/api/v1/tenants")
+        return result
+
+    async def get_tenant(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("GET", f"/api/v1/tenants/{name}")
+        return result
+
+    async def delete_tenant(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json(
+            "DELETE",
+            f"/api/v1/tenants/{name}",
+            params={"force": "true"} if force else None,
+        )
         return result
 
     def use_token(self, token: str) -> None:

@@ -460,3 +460,31 @@ def test_cli_decisions_prints_one_json_object(ctl: RunningServer, tmp_path: Path
         [*run, "--node", "a", "--app", "b", *common], env=env, capture_output=True, text=True
     )
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+async def test_the_controllers_drain_is_an_audit_event_linked_to_its_decision(
+    ctl: RunningServer, http: httpx.AsyncClient, api: ApiClient
+) -> None:
+    risk = StaticRisk()
+    controller_of(ctl).risk = risk
+    node = unique("audited")
+    await register(http, ctl.node_token(node), node)
+    risk.status = {node: RiskStatus.CRITICAL}
+    [drain] = await eventually(lambda: api.decisions(target=node), lambda ds: len(ds) == 1)
+    risk.status = {node: RiskStatus.LOW}
+
+    async def audited() -> list[dict[str, Any]]:
+        params = {"actor": "controller", "target": f"nodes/{node}"}
+        found: list[dict[str, Any]] = (await http.get("/api/v1/audit", params=params)).json()[
+            "events"
+        ]
+        return found
+
+    events = await eventually(audited, lambda es: any(e["decision_id"] == drain.id for e in es))
+    event = next(e for e in events if e["decision_id"] == drain.id)
+    assert (event["actor_kind"], event["action"], event["outcome"]) == (
+        "controller",
+        "controller.drain",
+        "ok",
+    )
+    assert event["tenant_id"] is None and event["status"] is None

@@ -205,3 +205,54 @@ async def test_the_list_pages_with_before(server: RunningServer, http: httpx.Asy
         "/api/v1/tasks", params={"before": ids[0]}, headers=bearer(server.new_tenant())
     )
     assert_envelope(other, 404, "not_found")
+
+
+def test_a_task_s_history_lists_its_attempts_and_is_the_tenant_s_own(
+    server: RunningServer,
+) -> None:
+    node, queue = unique("histnode"), unique("q")
+    admin, creds = bearer(server.admin_token), bearer(server.node_token(node))
+    base = server.base_url
+    made = httpx.post(
+        f"{base}/api/v1/tasks",
+        json={"type": "vm:create", "payload": {"name": "hist"}, "queue": queue},
+        headers=admin,
+    )
+    assert made.status_code == 201, made.text
+    task_id = made.json()["id"]
+    claim = {"node": node, "drivers": ["process"], "queues": [queue], "wait": 0}
+    assert httpx.post(f"{base}/api/v1/tasks/claim", json=claim, headers=creds).status_code == 200
+    failed = httpx.post(
+        f"{base}/api/v1/tasks/{task_id}/fail",
+        json={"node": node, "attempt": 1, "error": "exit 3", "retryable": True},
+        headers=creds,
+    )
+    assert failed.status_code == 200, failed.text
+    history = httpx.get(f"{base}/api/v1/tasks/{task_id}/history", headers=admin)
+    assert history.status_code == 200, history.text
+    body = history.json()
+    assert [e["state"] for e in body["events"]] == ["pending", "active", "retry"]
+    (attempt,) = body["attempts"]
+    assert (attempt["number"], attempt["node"], attempt["outcome"], attempt["error"]) == (
+        1,
+        node,
+        "retry",
+        "exit 3",
+    )
+    other = httpx.get(f"{base}/api/v1/tasks/{task_id}/history", headers=bearer(server.new_tenant()))
+    assert other.status_code == 404
+
+
+def test_stats_since_far_in_the_future_is_a_bad_request(server: RunningServer) -> None:
+    answer = httpx.get(
+        f"{server.base_url}/api/v1/tasks/stats",
+        params={"since": 6.9e16},
+        headers=bearer(server.token("viewer")),
+    )
+    assert_envelope(answer, 400, "bad_request")
+    ok = httpx.get(
+        f"{server.base_url}/api/v1/tasks/stats",
+        params={"since": 1_700_000_000},
+        headers=bearer(server.token("viewer")),
+    )
+    assert ok.status_code == 200 and set(ok.json()) >= {"pending", "failed"}

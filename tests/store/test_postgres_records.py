@@ -394,3 +394,70 @@ async def test_stopping_postgres_answers_503_and_the_server_recovers_by_itself(
             assert (replay.status_code, replay.json()["id"]) == (201, again.json()["id"])
             submitted = await http.post("/api/v1/tasks", json=job, headers=bearer(operator))
             assert submitted.status_code == 201, submitted.text
+
+
+# -- deleting a tenant -------------------------------------------------------------------
+
+
+async def _populate(records: Records, tenant_id: str, digest: str) -> str:
+    """One of every record a tenant owns; the id of its deployment."""
+    app = await records.get_or_create_app(tenant_id, "shop")
+    dep, _ = await records.create_deployment(
+        tenant_id, app, digest=digest, spec={"name": "shop"}, instances=1
+    )
+    await records.add_event(dep.id, "created", "v1")
+    await records.add_artifact(tenant_id, digest, 10)
+    token_id, _ = await records.issue_token(tenant_id, "admin", "ci")
+    await records.open_session(token_id, 60)
+    await records.create_sandbox(
+        tenant_id, "vm-1", name="box", driver="process", vcpus=1, memory_mb=64, network=False
+    )
+    at = now()
+    await records.add_execution(
+        Execution(
+            id="ex-1",
+            tenant_id=tenant_id,
+            sandbox_id="vm-1",
+            task_id=None,
+            command="true",
+            args=[],
+            exit_code=0,
+            stdout="",
+            stderr="",
+            started_at=at,
+            finished_at=at,
+        )
+    )
+    await records.add_snapshot(
+        tenant_id=tenant_id,
+        app="shop",
+        instance="instances/n1/shop@1/0",
+        node="n1",
+        digest=digest,
+        size_bytes=10,
+        kind="periodic",
+    )
+    return dep.id
+
+
+async def test_a_tenant_is_purged_with_every_record_it_owns(records: Records) -> None:
+    """PostgreSQL checks the foreign keys SQLite does not: the order of the deletes."""
+    gone = await records.ensure_tenant("gone")
+    kept = await records.ensure_tenant("kept")
+    digest = "sha256:" + "a" * 64
+    deployment = await _populate(records, gone.id, digest)
+    await _populate(records, kept.id, digest)
+    queue = SqlTaskQueue(records.sessions)
+    await queue.submit(gone.id, NewTask(type="noop"))
+
+    purged = await records.purge_tenant(gone.id)
+
+    assert len(purged.token_ids) == 1 and purged.digests == {digest}
+    assert await records.find_tenant("gone") is None
+    assert await records.list_apps(gone.id, include_deleted=True) == []
+    assert await records.list_events(deployment) == []
+    assert await records.claimed_digests({digest}) == {digest}  # the other tenant's claim
+    assert len(await records.list_apps(kept.id)) == 1
+    # the leader may still write an event of an instance of the gone tenant: dropped
+    await records.add_event(deployment, "instance_failed", "after the tenant went")
+    assert await records.list_events(deployment) == []

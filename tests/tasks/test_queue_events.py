@@ -131,3 +131,21 @@ async def test_nothing_claimable_logs_nothing(queue: TaskQueue) -> None:
     assert await claim(queue, now=T0) is None
     assert await queue.expire(now=T0 + 1000) == 0
     assert await queue.events_head() == head
+
+
+async def test_history_is_one_task_s_changes_in_order(queue: TaskQueue) -> None:
+    mine = await queue.submit(ACME, task(), now=T0)
+    other = await queue.submit(GLOBEX, task(), now=T0)
+    claimed = await must_claim(queue, "w1")
+    assert claimed.id == mine.id
+    await queue.fail(mine.id, "w1", "exit 3", now=T0 + 5)
+    await queue.cancel(other.id, GLOBEX, now=T0 + 6)
+    history = await queue.history(mine.id)
+    assert [(c.previous, c.state) for c in history] == [
+        (None, TaskState.PENDING),
+        (TaskState.PENDING, TaskState.ACTIVE),
+        (TaskState.ACTIVE, TaskState.RETRY),
+    ]
+    assert history[-1].error == "exit 3" and history[1].node == "w1"
+    assert [c.task_id for c in await queue.history(other.id)] == [other.id, other.id]
+    assert await queue.history("no-such-task") == []

@@ -302,6 +302,34 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         q.add_argument(f"--{flag}", metavar="N", help=f"{what} (a number, or 'default')")
     _common(q)
+    p = sub.add_parser("tenants", help="tenants (cluster admin): create, ls, get, rm")
+    tenants_sub = p.add_subparsers(
+        dest="tenants_command", metavar="SUBCOMMAND", parser_class=_Parser
+    )
+    tenants_sub.required = True
+    q = tenants_sub.add_parser("create", help="a new tenant; prints its first admin token")
+    q.add_argument("name", help="1-63 lower-case letters, digits and '-'")
+    q.add_argument("--display-name", default="", help="a name for people")
+    q.add_argument("--description", default="", help="what the tenant is for")
+    q.add_argument(
+        "--no-admin-token", action="store_true", help="do not mint the first admin token"
+    )
+    _common(q)
+    q = tenants_sub.add_parser("ls", help="every tenant and what it holds")
+    _common(q)
+    q = tenants_sub.add_parser("get", help="one tenant (a tenant admin: its own)")
+    q.add_argument("name")
+    _common(q)
+    q = tenants_sub.add_parser(
+        "rm", help="delete a tenant (refused while it runs something, unless --force)"
+    )
+    q.add_argument("name")
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="stop its apps, tasks and sandboxes and delete everything it owns",
+    )
+    _common(q)
 
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
     p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
@@ -361,6 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=50)
     _common(p)
+
+    p = sub.add_parser(
+        "audit", help="who did what, newest first; `aether audit verify` checks the hash chain"
+    )
+    p.add_argument("check", nargs="?", choices=["verify"], help="verify: walk the hash chain")
+    p.add_argument("-f", "--follow", action="store_true", help="then print new events as they come")
+    p.add_argument("--actor", default=None, help="a token id, node id, or controller")
+    p.add_argument("--action", default=None, help='e.g. "POST /apps/{app}/scale"')
+    p.add_argument("--target", default=None, help="e.g. apps/web (and what is under it)")
+    p.add_argument("--outcome", choices=["ok", "refused", "failed"], default=None)
+    p.add_argument("--since", default=None, help="30m, 2h, 7d, an ISO time or epoch seconds")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--format", choices=["text", "json", "jsonl"], default="text")
+    _common(p, fmt=False)
 
     p = sub.add_parser("migrate", help="move an instance to another node (state and all)")
     p.add_argument("instance", help="its key, or APP/N (see `aether status`, GET /instances)")
@@ -443,6 +485,7 @@ _MODULES = {
     "nodes-allow": "tokens",
     "tokens": "tokens",
     "limits": "limits",
+    "tenants": "tenants",
     "deployments": "views",
     "scale": "actions",
     "list": "views",
@@ -465,6 +508,7 @@ _MODULES = {
     "snapshots": "migrate",
     "rebalance": "migrate",
     "decisions": "decisions",
+    "audit": "audit",
     "metrics": "metrics",
     "risk": "risk",
     "drill": "risk",

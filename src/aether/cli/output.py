@@ -39,6 +39,7 @@ EXIT = {
     "network": 40,
     "not_found": 41,
     "refused": 42,
+    "tampered": 43,  # `aether audit verify`: the audit log's hash chain is broken
 }
 
 

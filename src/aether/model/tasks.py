@@ -12,10 +12,12 @@ from pydantic import BaseModel, Field
 from aether.model.time import Timestamp
 
 __all__ = [
+    "AttemptOut",
     "ExecutionOut",
     "SandboxOut",
     "SandboxStatus",
     "TaskEvent",
+    "TaskHistoryOut",
     "TaskIn",
     "TaskOut",
     "TaskState",
@@ -137,3 +139,22 @@ class ExecutionOut(BaseModel):
     stderr_truncated: bool
     started_at: Timestamp
     finished_at: Timestamp | None
+
+
+class AttemptOut(BaseModel):
+    """One run of a task on a node: from its claim to what ended it (None: still running)."""
+
+    number: int
+    node: str | None
+    started_at: float
+    ended_at: float | None = None
+    outcome: TaskState | None = None  # the state the attempt left the task in
+    error: str | None = None
+    seconds: float | None = None
+
+
+class TaskHistoryOut(BaseModel):
+    """``GET /tasks/{id}/history``: every recorded state change and the attempts they make."""
+
+    events: list[dict[str, Any]]
+    attempts: list[AttemptOut]

@@ -22,6 +22,7 @@ from aether.errors import ServiceUnavailableError
 from aether.server.api import (
     apps,
     artifacts,
+    audit,
     blobs,
     cluster,
     decisions,
@@ -30,6 +31,7 @@ from aether.server.api import (
     nodes,
     risk,
     tasks,
+    tenants,
     tokens,
 )
 from aether.server.api import backup as backup_api
@@ -41,6 +43,7 @@ from aether.server.api.prometheus import install_metrics
 from aether.server.console import install_console
 from aether.server.context import ServerContext
 from aether.server.files import make_private, private_umask
+from aether.server.http.audit import AuditMiddleware
 from aether.server.http.errors import install_error_handlers
 from aether.server.http.forward import LeaderForward
 from aether.server.http.idempotency import IdempotencyMiddleware
@@ -218,7 +221,8 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.add_middleware(RateLimitHeaders)  # RateLimit-* on every answer to a limited caller
     app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
     app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
-    app.add_middleware(InputLimits, settings=settings)  # outermost: bounds all of the above
+    app.add_middleware(InputLimits, settings=settings)  # bounds all of the above
+    app.add_middleware(AuditMiddleware)  # outermost: sees every answer (InputLimits' 401s too)
     install_metrics(app, metrics)
 
     @app.get("/healthz", tags=["probes"])
@@ -236,7 +240,20 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             raise ServiceUnavailableError(f"not ready: {exc}") from exc
         return JSONResponse({"status": "ready", "revision": revision})
 
-    for module in (artifacts, blobs, apps, nodes, cluster, keys, tokens, tasks, risk, decisions):
+    for module in (
+        audit,
+        artifacts,
+        blobs,
+        apps,
+        nodes,
+        cluster,
+        keys,
+        tokens,
+        tenants,
+        tasks,
+        risk,
+        decisions,
+    ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(limits.router, prefix="/api/v1")
     app.include_router(telemetry_api.router, prefix="/api/v1")

@@ -65,6 +65,9 @@ class ServerSettings(BaseSettings):
     metrics_retention_days: float = Field(
         default=7.0, gt=0, description="days the per-minute telemetry roll-ups are kept"
     )
+    audit_retention_days: float = Field(
+        default=365.0, gt=0, description="days audit events are kept (the leader's GC trims)"
+    )
     metrics_window_seconds: int = Field(
         default=7200, ge=60, le=86400, description="seconds of per-second samples kept in memory"
     )

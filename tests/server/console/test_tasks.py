@@ -126,6 +126,11 @@ def test_a_task_shows_its_attempts_output_and_timing(server: RunningServer) -> N
         assert f'href="/ui/sandboxes/{vm_id}"' in text
         assert re.search(r"<dt>Ran</dt><dd>[\d.]+ s</dd>", text)
         assert 'action="/ui/tasks/' not in text  # a finished task has no cancel button
+        # each attempt from the queue's log: its node, how long it took, how it ended
+        attempt = re.search(r'<tr data-attempt="1">(.*?)</tr>', text)
+        assert attempt, text
+        assert "tasknode" in attempt.group(1) and "state-succeeded" in attempt.group(1)
+        assert re.search(r"<td>[\d.]+ s</td>", attempt.group(1))
 
 
 def test_sandboxes_list_their_executions(server: RunningServer) -> None:

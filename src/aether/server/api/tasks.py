@@ -11,7 +11,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from aether.model.tasks import ExecutionOut, SandboxOut, TaskIn, TaskOut, TaskState
+from aether.core.task_history import attempts
+from aether.model.tasks import (
+    ExecutionOut,
+    SandboxOut,
+    TaskHistoryOut,
+    TaskIn,
+    TaskOut,
+    TaskState,
+)
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import Caller, NodeCaller, Operator, own_node
@@ -98,7 +106,9 @@ async def list_tasks(
 async def task_stats(
     caller: Caller,
     ctx: Ctx,
-    since: Annotated[float | None, Query(ge=0, description="seconds since the epoch")] = None,
+    since: Annotated[
+        float | None, Query(ge=0, le=1e10, description="seconds since the epoch")
+    ] = None,
 ) -> dict[str, int]:
     """How many of the caller's tasks are in each state (every state present); with
     ``since``, final states count only the tasks that finished since then."""
@@ -109,6 +119,28 @@ async def task_stats(
 @router.get("/tasks/{task_id}")
 async def get_task(task_id: str, caller: Caller, ctx: Ctx) -> TaskOut:
     return await ctx.queue.get(task_id, caller.tenant_id)
+
+
+@router.get("/tasks/{task_id}/history")
+async def task_history(task_id: str, caller: Caller, ctx: Ctx) -> TaskHistoryOut:
+    """The task's recorded state changes and its attempts (node, start, end, outcome)."""
+    await ctx.queue.get(task_id, caller.tenant_id)  # another tenant's task: 404
+    changes = await ctx.queue.history(task_id)
+    return TaskHistoryOut(
+        events=[
+            {
+                "position": c.position,
+                "state": c.state,
+                "previous": c.previous,
+                "attempt": c.attempt,
+                "node": c.node,
+                "error": c.error,
+                "ts": c.ts,
+            }
+            for c in changes
+        ],
+        attempts=attempts(changes),
+    )
 
 
 @router.post("/tasks/{task_id}/cancel")

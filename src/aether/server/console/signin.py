@@ -5,7 +5,9 @@ short-lived ``aether_login_csrf`` cookie and puts the same value in the form, an
 the ``POST`` must carry both (no session exists yet to hold a CSRF token). A
 good token opens a session (``console_sessions``) whose random id goes into the
 ``aether_session`` cookie: HttpOnly, SameSite=Strict, Secure when the request
-came over TLS, for ``console_session_hours``.
+came over TLS, for ``console_session_hours``. Every sign-in (opened, or refused:
+a bad token, a token of another role, a failed CSRF check) and sign-out is an
+audit event (``console.signin``, ``console.signout``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aether import __version__
 from aether.errors import AetherError
 from aether.server.console.view import Action, error_page, templates
 from aether.server.context import ServerContext, get_context
+from aether.server.http.audit import audit_request
 from aether.server.http.sessions import SESSION_COOKIE, check_csrf
 
 __all__ = ["router", "safe_next"]
@@ -28,6 +31,8 @@ router = APIRouter()
 Ctx = Annotated[ServerContext, Depends(get_context)]
 LOGIN_CSRF_COOKIE = "aether_login_csrf"
 _CONSOLE_ROLES = ("admin", "operator", "viewer")
+SIGN_IN = "console.signin"  # the audit events' action (and console.signout)
+TARGET = "console"
 
 
 def safe_next(target: str | None) -> str:
@@ -78,6 +83,7 @@ async def login(
     try:
         check_csrf(csrf, request.cookies.get(LOGIN_CSRF_COOKIE, ""))
     except AetherError:
+        await audit_request(request, None, SIGN_IN, TARGET, 403, "sign-in form: CSRF check failed")
         return error_page(
             request,
             403,
@@ -87,13 +93,21 @@ async def login(
         )
     principal = await ctx.tokens.resolve(token.strip(), ctx.records) if token.strip() else None
     if principal is None:
+        await audit_request(request, None, SIGN_IN, TARGET, 401, "invalid or revoked token")
         return _login_form(request, status=401, message="That token is not valid (or revoked).")
     if principal.role not in _CONSOLE_ROLES:
+        await audit_request(
+            request, principal, SIGN_IN, TARGET, 403, f"a {principal.role} token may not sign in"
+        )
         return _login_form(
             request,
             status=403,
             message=f"A {principal.role} token cannot sign in to the console; "
             "use an admin, operator or viewer token.",
+        )
+    if not await audit_request(request, principal, SIGN_IN, TARGET, 303):
+        return error_page(  # fail closed: no session without its audit event
+            request, 503, "Signing in is unavailable right now; try again.", "audit_unavailable"
         )
     hours = ctx.settings.console_session_hours
     session_id, _ = await ctx.records.open_session(principal.token_id, hours * 3600)
@@ -114,6 +128,7 @@ async def login(
 @router.post("/logout")
 async def logout(view: Action, ctx: Ctx) -> Response:
     cookie = view.request.cookies.get(SESSION_COOKIE, "")
+    await audit_request(view.request, view.principal, "console.signout", TARGET, 303)
     await ctx.records.close_session(cookie)
     ctx.sessions.forget(cookie)
     response = RedirectResponse("/ui/login", status_code=303)

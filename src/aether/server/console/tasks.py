@@ -148,11 +148,14 @@ async def submit(view: Action) -> Response:
 
 @router.get("/tasks/{task_id}")
 async def task(view: Page, task_id: str) -> Response:
-    found = await view.api.get(f"/api/v1/tasks/{quote(task_id, safe='')}")
+    path = f"/api/v1/tasks/{quote(task_id, safe='')}"
+    found = await view.api.get(path)
+    history = await view.api.get(f"{path}/history")
     return view.render(
         "task.html",
         page="tasks",
         task=found,
+        history=history,
         waited=duration(found["created_at"], found["started_at"]),
         ran=duration(found["started_at"], found["finished_at"]),
         total=duration(found["created_at"], found["finished_at"]),

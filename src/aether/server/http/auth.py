@@ -133,7 +133,8 @@ async def _cluster_admin(
             request,
             principal,
             "cluster",
-            "only a cluster admin (an admin of the default tenant) may do this",
+            "only a cluster admin (an admin of the default tenant) may do this; "
+            "a tenant's admin manages its own tenant only",
         )
     return principal
 

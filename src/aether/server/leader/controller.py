@@ -46,6 +46,7 @@ from aether.model.risk import RiskAssessment
 from aether.model.telemetry import AppSample, ClusterSample
 from aether.server.context import ServerContext
 from aether.server.leader.observation import Observation
+from aether.server.services.audit import record_controller_action
 from aether.server.services.cluster import (
     fence_holds,
     read_snapshot,
@@ -425,6 +426,7 @@ class Controller:
         self, decision: Decision, outcome: str, detail: str, now: float
     ) -> DecisionOut:
         row = await self.ctx.records.record_decision(decision, outcome, detail, now)
+        await record_controller_action(self.ctx, decision, row, outcome, detail)
         log.info(
             "decision layer %d %s %s: %s (%s%s)",
             decision.layer,

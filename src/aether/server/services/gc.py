@@ -7,7 +7,9 @@ the ones deploys reuse) and clears uploads a crashed server left half done: S3
 multipart uploads of artifacts and blobs, and local temp files, once they are
 ``max(gc_grace_seconds, 1 h)`` old (a live upload is never that old). It also
 trims the task queue's event log to the ``events_resume_limit`` newest
-positions, all an event stream may resume across.
+positions, all an event stream may resume across, and the audit trail to
+``audit_retention_days`` (keeping its hash chain verifiable: see
+:mod:`aether.store.records.audit`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class GcResult:
     deleted_snapshots: int = 0  # snapshot rows retention dropped (hot/warm/cold tiers)
     aborted_uploads: int = 0  # orphaned multipart uploads (S3) or temp files cleared
     trimmed_task_events: int = 0  # task state changes older than any resume needs
+    trimmed_audit_events: int = 0  # audit events older than audit_retention_days
 
 
 #: Uploads younger than this are never treated as orphaned, whatever the grace period.
@@ -87,6 +90,9 @@ async def collect_garbage(
     if isinstance(ctx.registry, S3ArtifactRegistry):
         aborted += await ctx.registry.abort_stale_uploads(moment, upload_age, dry_run=dry_run)
     trimmed = 0 if dry_run else await ctx.queue.trim_events(settings.events_resume_limit)
+    audit_cutoff = now - settings.audit_retention_days * 86400
+    # the last trimmed event's hash becomes the chain's anchor: it stays verifiable
+    trimmed_audit = 0 if dry_run else await ctx.records.trim_audit_before(audit_cutoff)
     if not dry_run:
         if plan.delete_blobs:
             ctx.metrics.artifacts_changed()
@@ -108,4 +114,5 @@ async def collect_garbage(
         deleted_snapshots=deleted_snapshots,
         aborted_uploads=aborted,
         trimmed_task_events=trimmed,
+        trimmed_audit_events=trimmed_audit,
     )

@@ -24,6 +24,7 @@ from aether.errors import AetherError, NotFoundError
 from aether.model.decisions import Decision
 from aether.model.rebalance import MoveOut, RebalanceOut, RefusalOut
 from aether.server.context import ServerContext
+from aether.server.services.audit import record_controller_action
 from aether.server.services.cluster import ClusterSnapshot, read_snapshot
 from aether.server.services.migrations import migration_out, request_migration
 from aether.store.records.schema import DecisionRow, MigrationRecord
@@ -120,7 +121,10 @@ def move_decision(move: Move, tenant: str, requested_by: RequestedBy) -> Decisio
 async def record_decision(
     ctx: ServerContext, decision: Decision, outcome: str, detail: str, now: float
 ) -> DecisionRow:
-    return await ctx.records.record_decision(decision, outcome, detail, now)
+    row = await ctx.records.record_decision(decision, outcome, detail, now)
+    if decision.action.get("requested_by") == "automatic":  # the API's moves: the caller's
+        await record_controller_action(ctx, decision, row, outcome, detail)
+    return row
 
 
 async def start_move(

@@ -64,7 +64,8 @@ class Principal:
 
     @property
     def cluster_admin(self) -> bool:
-        """An admin of the default tenant: may add and revoke nodes."""
+        """The cluster-admin role: an admin of the ``default`` tenant. Above every tenant's
+        admin: manages tenants, adds and revokes nodes, creates join tokens, backs up."""
         return self.role == "admin" and self.tenant == DEFAULT_TENANT
 
 

@@ -127,7 +127,11 @@ class DeploymentRecords(RecordsBase):
             return bool(getattr(result, "rowcount", 0))
 
     async def add_event(self, deployment_id: str, type_: str, message: str) -> None:
+        """Append to the deployment's timeline; nothing when the deployment is gone (its
+        tenant was deleted while the leader still retired its instances)."""
         async with self.sessions() as session:
+            if await session.get(Deployment, deployment_id) is None:
+                return
             session.add(
                 DeploymentEvent(
                     deployment_id=deployment_id, type=type_, message=message, created_at=now()

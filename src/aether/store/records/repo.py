@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aether.store.records.apps import AppRecords
 from aether.store.records.artifacts import ArtifactRecords
+from aether.store.records.audit import AuditRecords
 from aether.store.records.base import DEFAULT_TENANT, Principal, epoch, hash_token, now, utc
 from aether.store.records.console import ConsoleRecords
 from aether.store.records.credentials import CredentialRecords
@@ -32,6 +33,7 @@ class Records(
     CredentialRecords,  # and TenantRecords, which it builds on
     AppRecords,
     ArtifactRecords,
+    AuditRecords,
     ConsoleRecords,
     DeploymentRecords,
     EventRecords,

@@ -22,6 +22,8 @@ __all__ = [
     "ApiToken",
     "App",
     "Artifact",
+    "AuditChain",
+    "AuditEventRow",
     "Base",
     "ConsoleSession",
     "DecisionRow",
@@ -53,6 +55,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime]
+    display_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class ApiToken(Base):
@@ -213,7 +217,10 @@ class TaskEventRow(Base):
     SQLite: an id is never reused, even after the newest rows are gone."""
 
     __tablename__ = "task_events"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        Index("ix_task_events_task", "task_id", "id"),  # one task's history
+        {"sqlite_autoincrement": True},
+    )
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(64))
     tenant_id: Mapped[str] = mapped_column(String(64))
@@ -409,7 +416,9 @@ class TenantLimitsRow(Base):
     """A tenant's own rate limit and quotas; a NULL column: the cluster default."""
 
     __tablename__ = "tenant_limits"
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )  # deleting the tenant deletes its limits
     rate_per_minute: Mapped[int | None]
     burst: Mapped[int | None]
     instances: Mapped[int | None] = mapped_column(BigInteger)
@@ -419,3 +428,52 @@ class TenantLimitsRow(Base):
     sandboxes: Mapped[int | None] = mapped_column(BigInteger)
     artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime]
+
+
+class AuditEventRow(Base):
+    """One audit event: who did what to which object, how it ended, from where.
+
+    Append-only and hash-chained: ``hash`` is SHA-256 of ``prev_hash`` and the row's
+    canonical JSON (``aether.store.records.audit.row_hash``), so an altered, removed
+    or reordered row breaks the chain. ``AUTOINCREMENT`` on SQLite: ids never reused.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_tenant", "tenant_id", "id"),
+        Index("ix_audit_events_ts", "ts"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    ts: Mapped[float]  # seconds since the epoch
+    tenant_id: Mapped[str | None] = mapped_column(String(64))  # None: the cluster's
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    actor_kind: Mapped[str] = mapped_column(String(16))  # token | node | controller | anonymous
+    actor: Mapped[str] = mapped_column(String(128))  # token id, node id, "controller"
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(160))  # "POST /apps/{app}/scale"
+    target: Mapped[str] = mapped_column(String(255))  # "apps/web/scale"
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | refused | failed
+    status: Mapped[int | None]  # the HTTP status; None for the controller's actions
+    source: Mapped[str | None] = mapped_column(String(64))  # the client's address
+    trace_id: Mapped[str | None] = mapped_column(String(128))
+    decision_id: Mapped[int | None]  # the controller's decision
+    detail: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChain(Base):
+    """The audit chain's one row: its head (the newest event) and its anchor (the hash
+    the oldest kept event follows: the genesis, or the last event retention trimmed).
+
+    Every append updates this row first, which serializes appends across servers
+    (a row lock on PostgreSQL, the write lock on SQLite).
+    """
+
+    __tablename__ = "audit_chain"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    head_id: Mapped[int]
+    head_hash: Mapped[str] = mapped_column(String(64))
+    anchor_id: Mapped[int]
+    anchor_hash: Mapped[str] = mapped_column(String(64))

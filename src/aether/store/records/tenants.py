@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from aether.errors import NotFoundError
+from aether.errors import ConflictError, NotFoundError
 from aether.store.records.base import (
     DEFAULT_TENANT,
     ROLES,
@@ -20,10 +21,50 @@ from aether.store.records.base import (
 )
 from aether.store.records.schema import (
     ApiToken,
+    App,
+    Artifact,
+    ConsoleSession,
+    DecisionRow,
+    Deployment,
+    DeploymentEvent,
+    Execution,
+    IdempotencyKey,
+    MigrationRecord,
+    PublicKey,
+    Sandbox,
+    SnapshotRecord,
+    Task,
+    TaskEventRow,
     Tenant,
 )
 
-__all__ = ["TenantRecords"]
+__all__ = ["PurgedTenant", "TenantRecords"]
+
+
+@dataclass(frozen=True, slots=True)
+class PurgedTenant:
+    """What removing a tenant's records took away (the caller cleans up the rest)."""
+
+    token_ids: list[str]
+    digests: set[str]  # its artifact claims and snapshot blobs
+
+
+# the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
+_OWNED = (
+    Execution,
+    Sandbox,
+    TaskEventRow,
+    Task,
+    IdempotencyKey,
+    SnapshotRecord,
+    MigrationRecord,
+    DecisionRow,
+    PublicKey,
+    Deployment,
+    App,
+    Artifact,
+    ApiToken,
+)
 
 
 class TenantRecords(RecordsBase):
@@ -121,3 +162,96 @@ class TenantRecords(RecordsBase):
                 return None
             tok, tenant = row
             return Principal(tenant.id, tenant.name, tok.role, tok.id, tok.node_id)
+
+    async def create_tenant(self, name: str, display_name: str, description: str) -> Tenant:
+        """A new tenant; ConflictError when the name is taken."""
+        tenant = Tenant(
+            id=new_id(),
+            name=name,
+            created_at=now(),
+            display_name=display_name,
+            description=description,
+        )
+        async with self.sessions() as session:
+            session.add(tenant)
+            try:
+                await session.commit()
+            except IntegrityError:
+                raise ConflictError(f"tenant {name!r} already exists") from None
+        return tenant
+
+    async def find_tenant(self, name: str) -> Tenant | None:
+        async with self.sessions() as session:
+            return await session.scalar(select(Tenant).where(Tenant.name == name))
+
+    async def list_tenants(self) -> Sequence[Tenant]:
+        async with self.sessions() as session:
+            return (await session.scalars(select(Tenant).order_by(Tenant.name))).all()
+
+    async def update_tenant(self, tenant_id: str, **values: str) -> None:
+        async with self.sessions() as session:
+            await session.execute(update(Tenant).where(Tenant.id == tenant_id).values(**values))
+            await session.commit()
+
+    async def live_app_counts(self) -> dict[str, int]:
+        """Apps not deleted, by tenant id."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(App.tenant_id, func.count())
+                .where(App.deleted_at.is_(None))
+                .group_by(App.tenant_id)
+            )
+            return {tenant_id: count for tenant_id, count in rows.all()}
+
+    async def live_sandbox_counts(self) -> dict[str, int]:
+        """Sandboxes neither deleted nor failed, by tenant id."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Sandbox.tenant_id, func.count())
+                .where(Sandbox.status.not_in(("deleted", "failed")))
+                .group_by(Sandbox.tenant_id)
+            )
+            return {tenant_id: count for tenant_id, count in rows.all()}
+
+    async def purge_tenant(self, tenant_id: str) -> PurgedTenant:
+        """Remove every record of the tenant and the tenant itself, in one transaction."""
+        async with self.sessions() as session:
+            token_ids = list(
+                await session.scalars(select(ApiToken.id).where(ApiToken.tenant_id == tenant_id))
+            )
+            digests = set(
+                await session.scalars(
+                    select(Artifact.digest).where(Artifact.tenant_id == tenant_id)
+                )
+            ) | set(
+                await session.scalars(
+                    select(SnapshotRecord.digest).where(SnapshotRecord.tenant_id == tenant_id)
+                )
+            )
+            deployments = select(Deployment.id).where(Deployment.tenant_id == tenant_id)
+            await session.execute(
+                delete(DeploymentEvent).where(DeploymentEvent.deployment_id.in_(deployments))
+            )
+            await session.execute(
+                delete(ConsoleSession).where(ConsoleSession.token_id.in_(token_ids))
+            )
+            for table in _OWNED:
+                await session.execute(delete(table).where(table.tenant_id == tenant_id))
+            await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
+            await session.commit()
+        return PurgedTenant(token_ids, digests)
+
+    async def claimed_digests(self, digests: set[str]) -> set[str]:
+        """Which of ``digests`` some tenant still claims or some snapshot still names."""
+        if not digests:
+            return set()
+        async with self.sessions() as session:
+            claimed = set(
+                await session.scalars(select(Artifact.digest).where(Artifact.digest.in_(digests)))
+            )
+            claimed |= set(
+                await session.scalars(
+                    select(SnapshotRecord.digest).where(SnapshotRecord.digest.in_(digests))
+                )
+            )
+        return claimed

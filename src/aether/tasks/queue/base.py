@@ -314,6 +314,10 @@ class TaskQueue(Protocol):
         """The position of the newest recorded state change (0: none yet)."""
         ...
 
+    async def history(self, task_id: str) -> builtins.list[TaskEvent]:
+        """One task's recorded state changes, oldest first (those the trim has kept)."""
+        ...
+
     async def trim_events(self, keep: int) -> int:
         """Drop every recorded state change but the newest ``keep``; returns how many."""
         ...

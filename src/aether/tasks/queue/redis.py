@@ -102,6 +102,7 @@ local function logged(id, previous, now)
   end
   local position = redis.call('INCR', P .. 'evseq')
   redis.call('XADD', P .. 'events', position .. '-0', unpack(entry))
+  redis.call('RPUSH', P .. 'tev:' .. id, position)  -- the task's own history
   if FINAL[f[3]] then  -- when each task finished, by state, kept a day (stats since)
     for _, key in ipairs({P .. 'done:' .. f[3], P .. 'done:' .. f[3] .. ':' .. f[1]}) do
       redis.call('ZADD', key, now, id)
@@ -543,6 +544,20 @@ class RedisTaskQueue:
             ),
         )
         return [_event(entry_id, fields) for entry_id, fields in entries]
+
+    async def history(self, task_id: str) -> builtins.list[TaskEvent]:
+        positions = cast(
+            builtins.list[str], await self.redis.lrange(self.prefix + "tev:" + task_id, 0, -1)
+        )
+        out = []
+        for position in positions:  # an entry the trim has dropped is skipped
+            entry_id = f"{position}-0"
+            found = cast(
+                builtins.list[tuple[str, dict[str, str]]],
+                await self.redis.xrange(self.prefix + "events", min=entry_id, max=entry_id),
+            )
+            out += [_event(eid, fields) for eid, fields in found]
+        return out
 
     async def events_head(self) -> int:
         return int(cast(str | None, await self.redis.get(self.prefix + "evseq")) or 0)

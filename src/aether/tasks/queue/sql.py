@@ -477,6 +477,13 @@ class SqlTaskQueue:
         async with self.sessions() as session:
             return [_event_out(row) for row in await session.scalars(query)]
 
+    async def history(self, task_id: str) -> builtins.list[TaskEvent]:
+        query = (
+            select(TaskEventRow).where(TaskEventRow.task_id == task_id).order_by(TaskEventRow.id)
+        )
+        async with self.sessions() as session:
+            return [_event_out(row) for row in await session.scalars(query)]
+
     async def events_head(self) -> int:
         async with self.sessions() as session:
             return int(await session.scalar(select(func.max(TaskEventRow.id))) or 0)

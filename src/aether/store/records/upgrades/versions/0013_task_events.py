@@ -39,7 +39,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sqlite_autoincrement=True,
     )
+    op.create_index("ix_task_events_task", "task_events", ["task_id", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_task_events_task", "task_events")
     op.drop_table("task_events")
