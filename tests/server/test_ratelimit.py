@@ -18,6 +18,7 @@ import pytest
 from aether.client import ApiClient
 from aether.errors import RateLimitedError
 from aether.model.telemetry import NodeMetrics
+from aether.ports import free_port
 from tests.support.api import bearer, unique
 from tests.support.redis import redis_server
 from tests.support.server import RunningServer, running_server
@@ -188,3 +189,16 @@ def test_two_servers_sharing_redis_count_together(tmp_path: Path) -> None:
         answer = httpx.get(f"{two.base_url}/api/v1/apps", headers=bearer(other), timeout=10)
         assert answer.status_code == 200
         assert answer.headers["ratelimit-remaining"] == str(BURST - 1)
+
+
+def test_counters_out_of_reach_serve_rather_than_refuse(tmp_path: Path) -> None:
+    """Redis down: requests are served uncounted (a warning in the log), not refused."""
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    with running_server(
+        tmp_path, rate_limit_url=nowhere, rate_limit_per_minute=RATE, rate_limit_burst=BURST
+    ) as srv:
+        token = srv.new_tenant()
+        for _ in range(BURST + 5):
+            answer = httpx.get(f"{srv.base_url}/api/v1/apps", headers=bearer(token), timeout=10)
+            assert answer.status_code == 200, answer.text
+            assert "ratelimit-limit" not in answer.headers
