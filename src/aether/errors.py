@@ -8,9 +8,11 @@
     │   └── UnsafeArchiveError       unsafe_archive (or a more precise code) 400
     ├── UnauthorizedError            unauthorized         401
     ├── ForbiddenError               forbidden            403
+    ├── QuotaExceededError           quota_exceeded       403
     ├── NotFoundError                not_found            404
     ├── ConflictError                conflict             409
     ├── PayloadTooLargeError         payload_too_large    413
+    ├── RateLimitedError             rate_limited         429
     ├── ServiceUnavailableError      service_unavailable  503
     └── InternalError                internal             500
 
@@ -30,6 +32,8 @@ __all__ = [
     "InternalError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "QuotaExceededError",
+    "RateLimitedError",
     "ServiceUnavailableError",
     "SignatureInvalidError",
     "SignatureRequiredError",
@@ -42,6 +46,8 @@ __all__ = [
 class AetherError(Exception):
     code = "internal"
     status = 500
+    #: more fields of the envelope beside code, message and trace_id (None: none)
+    details: dict[str, object] | None = None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -94,6 +100,17 @@ class ForbiddenError(AetherError):
     status = 403
 
 
+class QuotaExceededError(ForbiddenError):
+    """A tenant's quota would be exceeded; ``details`` names it: quota, limit, used,
+    requested (a ForbiddenError: the request is refused until use goes down)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class NotFoundError(AetherError):
     code = "not_found"
     status = 404
@@ -107,6 +124,13 @@ class ConflictError(AetherError):
 class PayloadTooLargeError(AetherError):
     code = "payload_too_large"
     status = 413
+
+
+class RateLimitedError(AetherError):
+    """Too many requests from one tenant; the answer says when to retry (Retry-After)."""
+
+    code = "rate_limited"
+    status = 429
 
 
 class ServiceUnavailableError(AetherError):
@@ -126,6 +150,7 @@ _BY_STATUS: dict[int, type[AetherError]] = {
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,
+    429: RateLimitedError,
     503: ServiceUnavailableError,
 }
 
@@ -134,6 +159,7 @@ _BY_CODE: dict[str, type[AetherError]] = {
     "digest_mismatch": DigestMismatchError,
     "signature_required": SignatureRequiredError,
     "signature_invalid": SignatureInvalidError,
+    "quota_exceeded": QuotaExceededError,
 }
 
 

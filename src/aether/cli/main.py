@@ -280,6 +280,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id")
     _common(q)
 
+    p = sub.add_parser("limits", help="a tenant's request rate and quotas, and its use")
+    limits_sub = p.add_subparsers(dest="limits_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    limits_sub.required = True
+    q = limits_sub.add_parser("get", help="limits and use of TENANT (default: your own)")
+    q.add_argument("tenant", nargs="?", default=None)
+    _common(q)
+    q = limits_sub.add_parser(
+        "set", help="change TENANT's limits (cluster admins); 'default' resets one"
+    )
+    q.add_argument("tenant")
+    for flag, what in (
+        ("rate", "requests per minute"),
+        ("burst", "requests at once"),
+        ("instances", "desired instances over all apps"),
+        ("cpu", "cores reserved"),
+        ("memory", "MiB reserved"),
+        ("tasks", "tasks queued and running"),
+        ("sandboxes", "sandboxes"),
+        ("artifact-bytes", "bytes of artifacts stored"),
+    ):
+        q.add_argument(f"--{flag}", metavar="N", help=f"{what} (a number, or 'default')")
+    _common(q)
     p = sub.add_parser("tenants", help="tenants (cluster admin): create, ls, get, rm")
     tenants_sub = p.add_subparsers(
         dest="tenants_command", metavar="SUBCOMMAND", parser_class=_Parser
@@ -462,6 +484,7 @@ _MODULES = {
     "nodes-revoke": "tokens",
     "nodes-allow": "tokens",
     "tokens": "tokens",
+    "limits": "limits",
     "tenants": "tenants",
     "deployments": "views",
     "scale": "actions",

@@ -27,6 +27,7 @@ from aether.server.api import (
     cluster,
     decisions,
     keys,
+    limits,
     nodes,
     risk,
     tasks,
@@ -49,6 +50,7 @@ from aether.server.http.idempotency import IdempotencyMiddleware
 from aether.server.http.limits import InputLimits
 from aether.server.http.openapi import install_openapi
 from aether.server.http.prometheus import ServerMetrics
+from aether.server.http.ratelimit import RateLimiter, RateLimitHeaders, open_storage
 from aether.server.http.uploads import UploadGate
 from aether.server.leader.advisers import Adviser, adviser_configs
 from aether.server.leader.controller import Controller
@@ -178,6 +180,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             metrics=metrics,
             uploads=UploadGate(settings.max_concurrent_uploads, metrics),
             queue=_open_queue(settings, sessions),
+            limiter=RateLimiter(settings, records, open_storage(settings)),
             telemetry=TelemetryHub(
                 records,
                 retention_days=settings.metrics_retention_days,
@@ -215,6 +218,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     # added before the trace middleware, so it runs inside it: replays carry a trace id
     app.add_middleware(IdempotencyMiddleware)
     install_error_handlers(app)
+    app.add_middleware(RateLimitHeaders)  # RateLimit-* on every answer to a limited caller
     app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
     app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
     app.add_middleware(InputLimits, settings=settings)  # bounds all of the above
@@ -251,6 +255,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         decisions,
     ):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(limits.router, prefix="/api/v1")
     app.include_router(telemetry_api.router, prefix="/api/v1")
     app.include_router(migrations_api.router, prefix="/api/v1")
     app.include_router(rebalance_api.router, prefix="/api/v1")

@@ -17,6 +17,7 @@ from fastapi import Request
 from aether.artifacts import ArtifactBackend
 from aether.artifacts.blobs import BlobStore
 from aether.server.http.prometheus import ServerMetrics
+from aether.server.http.ratelimit import RateLimiter
 from aether.server.http.sessions import SessionCache
 from aether.server.http.token_cache import TokenCache
 from aether.server.http.uploads import UploadGate
@@ -43,6 +44,7 @@ class ServerContext:
     metrics: ServerMetrics = field(kw_only=True)  # served at /metrics
     uploads: UploadGate = field(kw_only=True)  # AETHER_MAX_CONCURRENT_UPLOADS
     queue: TaskQueue = field(kw_only=True)  # tasks: SQL in the records DB, or Redis
+    limiter: RateLimiter = field(kw_only=True)  # requests per tenant (http/ratelimit.py)
     task_submitted: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
     # node telemetry: latest push per node, the per-second samples, roll-ups (leader)
     telemetry: TelemetryHub = field(default_factory=TelemetryHub, kw_only=True)

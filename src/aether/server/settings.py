@@ -125,6 +125,25 @@ class ServerSettings(BaseSettings):
         description="store revisions (and rows per record source) an event stream resumes across",
     )
 
+    # -- rate limits and quotas per tenant (cluster defaults; tenants may have their own) --
+    rate_limit_per_minute: int = Field(
+        default=1000, ge=1, le=10_000_000, description="API requests per minute per tenant"
+    )
+    rate_limit_burst: int = Field(
+        default=200, ge=1, le=10_000_000, description="requests a tenant may send at once"
+    )
+    rate_limit_url: str | None = Field(
+        default=None,
+        description="redis://... for counters shared by several servers; default: the "
+        "queue's Redis when AETHER_QUEUE_URL is one, else this server's memory",
+    )
+    quota_instances: int | None = Field(default=None, ge=0, description="None: unlimited")
+    quota_cpu: float | None = Field(default=None, ge=0, description="cores reserved")
+    quota_memory_mb: int | None = Field(default=None, ge=0, description="MiB reserved")
+    quota_tasks: int | None = Field(default=None, ge=0, description="tasks queued and running")
+    quota_sandboxes: int | None = Field(default=None, ge=0)
+    quota_artifact_bytes: int | None = Field(default=None, ge=0)
+
     @model_validator(mode="after")
     def _advisers(self) -> ServerSettings:
         for layer in ("tactical", "strategic"):
@@ -141,6 +160,19 @@ class ServerSettings(BaseSettings):
                     f"AETHER_ADVISER_{layer.upper()}_MODEL is needed with "
                     f"AETHER_ADVISER_{layer.upper()}_URL: the model to ask"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _rate_limit(self) -> ServerSettings:
+        if self.rate_limit_burst > self.rate_limit_per_minute:
+            raise ValueError(
+                f"AETHER_RATE_LIMIT_BURST ({self.rate_limit_burst}) may not exceed "
+                f"AETHER_RATE_LIMIT_PER_MINUTE ({self.rate_limit_per_minute})"
+            )
+        if self.rate_limit_url and not self.rate_limit_url.startswith(("redis://", "rediss://")):
+            raise ValueError(
+                f"AETHER_RATE_LIMIT_URL must be a redis:// URL, not {self.rate_limit_url!r}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ from aether.server.services.cluster import (
     remove_app,
     update_blueprint,
 )
+from aether.server.services.quotas import app_reservation, enforce_quota
 from aether.server.services.signatures import check_deployable
 from aether.store.records import Principal
 from aether.store.records.repo import epoch
@@ -156,6 +157,22 @@ async def _start_deployment(
     return deployment_out(app, dep).model_dump(mode="json")
 
 
+async def _check_quota(
+    ctx: ServerContext, caller: Principal, current: Blueprint | None, instances: int, spec: AppSpec
+) -> None:
+    """Refuse a change of the app's desired state that would take the tenant past its
+    instances, CPU or memory quota (what it adds over the app's current reservation)."""
+    new = app_reservation(instances, spec.resources.cpu, spec.resources.memory_mb)
+    old = (
+        app_reservation(
+            current.instances, current.spec.resources.cpu, current.spec.resources.memory_mb
+        )
+        if current is not None
+        else {}
+    )
+    await enforce_quota(ctx, caller.tenant_id, {q: new[q] - old.get(q, 0) for q in new})
+
+
 async def _claim_name(ctx: ServerContext, caller: Principal, name: str) -> None:
     """App names route globally (``/apps/NAME``), so one tenant owns each name."""
     kv = await ctx.store.get(f"blueprints/{name}")
@@ -175,6 +192,7 @@ async def create_deployment(
         instances = body.instances
     else:
         instances = current.instances if current else body.spec.instances
+    await _check_quota(ctx, caller, current, instances, body.spec)
 
     async def produce() -> dict[str, Any]:
         out = await _start_deployment(
@@ -296,6 +314,9 @@ async def delete_app(app: str, caller: Operator, ctx: Ctx, force: bool = False) 
 
 @router.post("/apps/{app}/scale")
 async def scale(app: str, body: ScaleIn, caller: Operator, ctx: Ctx) -> AppOut:
+    current = await _owned_blueprint(ctx, caller, app)
+    if current is not None:
+        await _check_quota(ctx, caller, current, body.instances, current.spec)
     old, _ = await _update_blueprint(
         ctx, caller, app, lambda bp: bp.model_copy(update={"instances": body.instances})
     )
@@ -361,6 +382,7 @@ async def rollback(
             raise ConflictError(f"app {app!r} has no earlier deployment to roll back to")
         target = older[0]
     instances = current.instances if current else target.instances
+    await _check_quota(ctx, caller, current, instances, AppSpec.model_validate(target.spec))
 
     async def produce() -> dict[str, Any]:
         return await _start_deployment(

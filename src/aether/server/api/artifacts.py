@@ -18,6 +18,7 @@ from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import ArtifactReader, Caller, Operator
 from aether.server.services.drain import node_may_read
+from aether.server.services.quotas import enforce_quota
 from aether.server.services.signatures import (
     SignedUpload,
     read_signature_headers,
@@ -92,6 +93,8 @@ async def stored(
     ctx: ServerContext, caller: Principal, result: WriteResult, signed: SignedUpload | None
 ) -> UploadOut:
     """An upload's end, whole or assembled: the tenant's record, its signature checked."""
+    if not await ctx.records.has_artifact(caller.tenant_id, result.digest):
+        await enforce_quota(ctx, caller.tenant_id, {"artifact_bytes": result.size_bytes})
     await ctx.records.add_artifact(caller.tenant_id, result.digest, result.size_bytes)
     verified = await record_signature(ctx, caller.tenant_id, result.digest, signed)
     return UploadOut(
@@ -161,10 +164,18 @@ async def get_artifact(
     return await gzip_download(ctx, parse_digest(digest), size)
 
 
+def _declared_size(request: Request) -> int:
+    """The upload's Content-Length, or 0 when it is not sent (then checked at its end)."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else 0
+
+
 @router.post("/artifacts", status_code=201)
 async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> UploadOut:
     digest = claimed_digest(request)
     signed = read_signature_headers(request)  # checked before the body: a bad one stores nothing
+    if not await ctx.records.has_artifact(caller.tenant_id, digest):  # refused before the body
+        await enforce_quota(ctx, caller.tenant_id, {"artifact_bytes": _declared_size(request)})
 
     async with ctx.uploads.slot("artifact") as slot:  # AETHER_MAX_CONCURRENT_UPLOADS
         # judged as it streams by the node's own extraction rules: a hostile archive is

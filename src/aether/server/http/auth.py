@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from aether.errors import ForbiddenError, UnauthorizedError
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
+from aether.server.http.ratelimit import limit_rate
 from aether.server.http.sessions import CSRF_HEADER, SESSION_COOKIE, session_principal
 from aether.store.records import Principal
 
@@ -107,8 +108,11 @@ def require(level: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
     allowed = _ALLOWED[level]
 
     async def check(
-        request: Request, principal: Annotated[Principal, Depends(authenticate)]
+        request: Request,
+        principal: Annotated[Principal, Depends(authenticate)],
+        ctx: Annotated[ServerContext, Depends(get_context)],
     ) -> Principal:
+        await limit_rate(request, principal, ctx.limiter)  # per tenant, after auth
         if principal.role not in allowed or (principal.role == "node" and principal.node is None):
             raise refuse(
                 request,

@@ -35,6 +35,7 @@ _CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    429: "rate_limited",
     503: "service_unavailable",
 }
 
@@ -76,10 +77,16 @@ def trace_id_of(request: Request) -> str:
     return str(trace)
 
 
-def envelope(request: Request, status: int, code: str, message: str) -> JSONResponse:
+def envelope(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, object] | None = None,
+) -> JSONResponse:
     trace = trace_id_of(request)
     return JSONResponse(
-        {"code": code, "message": bounded_message(message), "trace_id": trace},
+        {**(details or {}), "code": code, "message": bounded_message(message), "trace_id": trace},
         status_code=status,
         headers={"X-Trace-Id": trace},
     )
@@ -148,7 +155,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AetherError)
     async def aether_error(request: Request, exc: AetherError) -> JSONResponse:
-        return envelope(request, exc.status, exc.code, exc.message)
+        return envelope(request, exc.status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(StoreUnavailableError)
     async def store_down(request: Request, exc: StoreUnavailableError) -> JSONResponse:

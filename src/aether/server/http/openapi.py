@@ -15,6 +15,8 @@ Which statuses, and why:
 * 409: a mutating call (an ``Idempotency-Key`` reused with another body, or a
   state conflict);
 * 413: the route takes a body (``server.limits``);
+* 429: every ``/api/`` route counts against the tenant's request rate
+  (``http/ratelimit.py``; node credentials are exempt);
 * 503: every ``/api/`` route reads the state store or the records database.
 """
 
@@ -33,16 +35,22 @@ _ERROR = {
         "code": {"type": "string", "description": "machine-readable, e.g. not_found"},
         "message": {"type": "string", "description": "what happened and what to do next"},
         "trace_id": {"type": "string", "description": "also in the X-Trace-Id header"},
+        # quota_exceeded only: which quota, its limit, the use and what was asked
+        "quota": {"type": "string"},
+        "limit": {"type": "number"},
+        "used": {"type": "number"},
+        "requested": {"type": "number"},
     },
     "additionalProperties": False,
 }
 _DESCRIPTIONS = {
     "400": "Bad request (invalid parameters or body, or an unsafe archive)",
     "401": "Missing, invalid or revoked token",
-    "403": "The token's role or namespace may not do this",
+    "403": "The token's role or namespace may not do this, or a quota is exceeded",
     "404": "Not found (or another tenant's)",
     "409": "Conflict (state, or an Idempotency-Key reused with another body)",
     "413": "Request body too large",
+    "429": "The tenant's request rate is exceeded (see Retry-After)",
     "503": "The state store or the records database is unavailable",
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -96,7 +104,7 @@ def _truthful(schema: dict[str, Any]) -> dict[str, Any]:
             if not path.startswith("/api/"):
                 continue
             op["security"] = [{"bearer": []}]
-            statuses = ["401", "403", "503"]
+            statuses = ["401", "403", "429", "503"]
             if op.get("parameters") or "requestBody" in op:
                 statuses.append("400")
             if op.get("parameters") or "requestBody" in op:  # input that names things

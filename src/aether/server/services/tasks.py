@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from aether.errors import BadRequestError, ConflictError
 from aether.model.tasks import TaskIn, TaskOut
 from aether.server.context import ServerContext
+from aether.server.services.quotas import enforce_quota
 from aether.store.records import Principal
 from aether.store.records.repo import now, utc
 from aether.store.records.schema import Execution
@@ -51,6 +52,8 @@ async def submit_task(ctx: ServerContext, caller: Principal, body: TaskIn) -> Ta
             f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in exc.errors()
         )
         raise BadRequestError(f"invalid {body.type} payload: {problems}") from None
+    creates_sandbox = isinstance(payload, VmCreatePayload)
+    await enforce_quota(ctx, caller.tenant_id, {"tasks": 1, "sandboxes": int(creates_sandbox)})
 
     node: str | None = None
     driver: str | None = None

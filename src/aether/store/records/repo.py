@@ -17,6 +17,7 @@ from aether.store.records.decisions import DecisionRecords
 from aether.store.records.deployments import DeploymentRecords
 from aether.store.records.events import EventRecords
 from aether.store.records.idempotency import IdempotencyRecords
+from aether.store.records.limits import LimitRecords
 from aether.store.records.nodes import NodeRecords
 from aether.store.records.retention import RetentionRecords
 from aether.store.records.risk import RiskRecords
@@ -37,6 +38,7 @@ class Records(
     DeploymentRecords,
     EventRecords,
     IdempotencyRecords,
+    LimitRecords,
     NodeRecords,
     DecisionRecords,
     SigningRecords,

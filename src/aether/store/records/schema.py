@@ -42,6 +42,7 @@ __all__ = [
     "Task",
     "TaskEventRow",
     "Tenant",
+    "TenantLimitsRow",
 ]
 
 
@@ -409,6 +410,24 @@ class ConsoleSession(Base):
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class TenantLimitsRow(Base):
+    """A tenant's own rate limit and quotas; a NULL column: the cluster default."""
+
+    __tablename__ = "tenant_limits"
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )  # deleting the tenant deletes its limits
+    rate_per_minute: Mapped[int | None]
+    burst: Mapped[int | None]
+    instances: Mapped[int | None] = mapped_column(BigInteger)
+    cpu: Mapped[float | None]
+    memory_mb: Mapped[int | None] = mapped_column(BigInteger)
+    tasks: Mapped[int | None] = mapped_column(BigInteger)
+    sandboxes: Mapped[int | None] = mapped_column(BigInteger)
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
 
 
 class AuditEventRow(Base):

@@ -1,0 +1,204 @@
+"""The request rate per tenant: burst, steady rate, headers, exemptions, several servers.
+
+Real servers: one with the in-memory counters, and two sharing a real redis-server
+(the counters of a cluster of servers). The suite's other servers run with a rate
+too high to matter (``tests/conftest.py``); these set the limits they test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aether.client import ApiClient
+from aether.errors import RateLimitedError
+from aether.model.telemetry import NodeMetrics
+from aether.ports import free_port
+from tests.support.api import bearer, unique
+from tests.support.redis import redis_server
+from tests.support.server import RunningServer, running_server
+
+RATE, BURST = 60, 10  # the cluster default of these servers: a 10 s burst window
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    data_dir = tmp_path_factory.mktemp("rate-limited")
+    with running_server(data_dir, rate_limit_per_minute=RATE, rate_limit_burst=BURST) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(limited: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=limited.base_url, timeout=10.0) as http:
+        yield http
+
+
+async def _burst(http: httpx.AsyncClient, token: str, count: int) -> list[httpx.Response]:
+    return list(
+        await asyncio.gather(
+            *(http.get("/api/v1/apps", headers=bearer(token)) for _ in range(count))
+        )
+    )
+
+
+def _assert_refused(response: httpx.Response, limit: int) -> int:
+    assert response.status_code == 429, response.text
+    body = response.json()
+    assert set(body) == {"code", "message", "trace_id"}
+    assert body["code"] == "rate_limited"
+    assert "rate limit" in body["message"] and "retry after" in body["message"]
+    retry_after = int(response.headers["retry-after"])
+    assert response.headers["ratelimit-limit"] == str(limit)
+    assert response.headers["ratelimit-remaining"] == "0"
+    assert response.headers["ratelimit-reset"] == str(retry_after)
+    return retry_after
+
+
+async def test_a_burst_is_served_then_refused_with_retry_after(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    token = limited.new_tenant()
+    served = []
+    for _ in range(BURST):
+        response = await client.get("/api/v1/apps", headers=bearer(token))
+        assert response.status_code == 200, response.text
+        served.append(response)
+    assert [r.headers["ratelimit-limit"] for r in served] == [str(BURST)] * BURST
+    remaining = [int(r.headers["ratelimit-remaining"]) for r in served]
+    assert remaining == list(range(BURST - 1, -1, -1))
+    assert all(0 <= int(r.headers["ratelimit-reset"]) <= 10 for r in served)
+    assert "retry-after" not in served[0].headers
+
+    retry_after = _assert_refused(await client.get("/api/v1/apps", headers=bearer(token)), BURST)
+    assert 1 <= retry_after <= 10  # the oldest request of the 10 s window leaves by then
+
+
+async def test_a_tenant_over_its_limit_leaves_the_others_alone(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """The issue's acceptance, on the API: a burst of 400 requests in a second from one
+    tenant gets 429s with Retry-After, while another tenant's requests all succeed."""
+    noisy, quiet = limited.new_tenant(), limited.new_tenant()
+    noisy_answers, quiet_answers = await asyncio.gather(
+        _burst(client, noisy, 400), _burst(client, quiet, BURST)
+    )
+    codes = [r.status_code for r in noisy_answers]
+    assert codes.count(200) == BURST and codes.count(429) == 400 - BURST, codes
+    assert all("retry-after" in r.headers for r in noisy_answers if r.status_code == 429)
+    assert [r.status_code for r in quiet_answers] == [200] * BURST
+
+
+async def test_a_tenant_of_its_own_gets_its_burst_and_then_its_steady_rate(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    tenant = unique("tenant")
+    token = limited.mint("admin", tenant)
+    # 600 a minute with a burst of 5: 5 at once, then 5 more each second
+    response = await client.put(
+        f"/api/v1/tenants/{tenant}/limits",
+        json={"rate_per_minute": 600, "burst": 5},
+        headers=bearer(limited.admin_token),
+    )
+    assert response.status_code == 200, response.text
+    first = await _burst(client, token, 8)
+    assert sorted(r.status_code for r in first) == [200] * 5 + [429] * 3
+    retry_after = _assert_refused(next(r for r in first if r.status_code == 429), 5)
+    assert retry_after == 1
+
+    served, started = 0, time.monotonic()
+    while time.monotonic() - started < 3.0:  # a steady stream: about 5 a second get through
+        answer = await client.get("/api/v1/apps", headers=bearer(token))
+        served += answer.status_code == 200
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - started
+    assert 5 * int(elapsed) - 5 <= served <= 5 * (int(elapsed) + 1), (served, elapsed)
+
+
+async def test_nodes_and_probes_are_never_limited(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    node = unique("node")
+    credential = limited.node_token(node)
+    for seq in range(3 * BURST):
+        sample = NodeMetrics(
+            node=node,
+            ts=time.time(),
+            seq=seq,
+            cpu=0.1,
+            memory_used_mb=100,
+            memory_total_mb=1000,
+            disk_used_mb=1,
+            disk_total_mb=10,
+            net_rx_bytes=0,
+            net_tx_bytes=0,
+        )
+        pushed = await client.post(
+            f"/api/v1/nodes/{node}/metrics",
+            content=sample.model_dump_json(),
+            headers={**bearer(credential), "content-type": "application/json"},
+        )
+        assert pushed.status_code == 204, pushed.text
+        assigned = await client.post(  # a node route through the role dependencies
+            f"/api/v1/nodes/{node}/logs", json={"entries": []}, headers=bearer(credential)
+        )
+        assert assigned.status_code == 200, assigned.text
+        assert "ratelimit-limit" not in assigned.headers
+        for probe in ("/healthz", "/readyz", "/metrics"):
+            answer = await client.get(probe)
+            assert answer.status_code == 200, (probe, answer.text)
+            assert "ratelimit-limit" not in answer.headers
+
+
+async def test_the_python_client_raises_rate_limited(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    token = limited.new_tenant()
+    await _burst(client, token, BURST)
+    async with ApiClient(limited.base_url, token) as api:
+        with pytest.raises(RateLimitedError, match="rate limit"):
+            await api.json("GET", "/api/v1/apps")
+
+
+def test_two_servers_sharing_redis_count_together(tmp_path: Path) -> None:
+    """The counters are in Redis: what both servers serve together stays within the
+    burst (each alone would serve a whole burst)."""
+    tenant = unique("tenant")
+    with (
+        redis_server(tmp_path) as url,
+        running_server(
+            tmp_path / "a", rate_limit_url=url, rate_limit_per_minute=RATE, rate_limit_burst=BURST
+        ) as one,
+        running_server(
+            tmp_path / "b", rate_limit_url=url, rate_limit_per_minute=RATE, rate_limit_burst=BURST
+        ) as two,
+    ):
+        tokens = [(one, one.mint("admin", tenant)), (two, two.mint("admin", tenant))]
+        codes = [
+            httpx.get(f"{srv.base_url}/api/v1/apps", headers=bearer(token), timeout=10).status_code
+            for _ in range(BURST)
+            for srv, token in tokens
+        ]
+        assert codes.count(200) == BURST and codes.count(429) == BURST, codes
+        other = two.mint("admin", unique("tenant"))
+        answer = httpx.get(f"{two.base_url}/api/v1/apps", headers=bearer(other), timeout=10)
+        assert answer.status_code == 200
+        assert answer.headers["ratelimit-remaining"] == str(BURST - 1)
+
+
+def test_counters_out_of_reach_serve_rather_than_refuse(tmp_path: Path) -> None:
+    """Redis down: requests are served uncounted (a warning in the log), not refused."""
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    with running_server(
+        tmp_path, rate_limit_url=nowhere, rate_limit_per_minute=RATE, rate_limit_burst=BURST
+    ) as srv:
+        token = srv.new_tenant()
+        for _ in range(BURST + 5):
+            answer = httpx.get(f"{srv.base_url}/api/v1/apps", headers=bearer(token), timeout=10)
+            assert answer.status_code == 200, answer.text
+            assert "ratelimit-limit" not in answer.headers
