@@ -186,6 +186,11 @@ ROUTES: dict[str, Rule] = {
     # chain is the cluster admin's
     "GET /api/v1/audit": Rule("admin"),
     "GET /api/v1/audit/verify": Rule("cluster"),
+    # limits and quotas: a tenant's admin reads its own; only the cluster admin changes
+    # them (tenant A's admin gets 403 on its own, tenant B's admin 404 on A's)
+    "GET /api/v1/limits": Rule("admin"),
+    "GET /api/v1/tenants/{tenant}/limits": Rule("admin", owned=True),
+    "PUT /api/v1/tenants/{tenant}/limits": Rule("cluster", owned=True),
     # tenants and tokens
     "GET /api/v1/tenants": Rule("cluster"),
     "POST /api/v1/tenants": Rule("cluster"),
@@ -300,6 +305,7 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         },
         "POST /api/v1/tenants": {"json": {"name": unique("t"), "admin_token": False}},
         "PATCH /api/v1/tenants/{tenant}": {"json": {"description": "matrix"}},
+        "PUT /api/v1/tenants/{tenant}/limits": {"json": {}},
         "POST /api/v1/tokens": {"json": {"role": "viewer", "name": "matrix"}},
     }
     return bodies.get(f"{method} {path}", {})
