@@ -11,8 +11,6 @@ its name and a branch in ``_open``; no test changes.
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,13 +19,13 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aether.ports import free_port
 from aether.store.records import open_records, upgrade_schema
 from aether.store.records.schema import Tenant
 from aether.tasks.queue.base import Backoff, TaskQueue, utc
 from aether.tasks.queue.redis import RedisTaskQueue
 from aether.tasks.queue.sql import SqlTaskQueue
 from tests.support.postgres import PostgresServer
+from tests.support.redis import redis_server
 
 BACKENDS = ["sql", "postgres", "redis"]
 TENANTS = ("acme", "globex")  # the tenants the contract tests use
@@ -62,47 +60,11 @@ def postgres_template() -> Iterator[tuple[PostgresServer, str]]:
         yield server, "records_template"
 
 
-def _pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on a free loopback port, without persistence, for the session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is needed: apt-get install redis-server")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    log = (workdir / "redis.log").open("wb")
-    process = subprocess.Popen(
-        [
-            *(binary, "--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(workdir)),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _pong(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start:\n{(workdir / 'redis.log').read_text()}")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture
