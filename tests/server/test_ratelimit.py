@@ -106,8 +106,14 @@ async def test_a_tenant_of_its_own_gets_its_burst_and_then_its_steady_rate(
         headers=bearer(limited.admin_token),
     )
     assert response.status_code == 200, response.text
+    began = time.monotonic()
     first = await _burst(client, token, 8)
-    assert sorted(r.status_code for r in first) == [200] * 5 + [429] * 3
+    took = time.monotonic() - began
+    codes = sorted(r.status_code for r in first)
+    if took < 1.0:  # all eight inside one burst window: exactly five get through
+        assert codes == [200] * 5 + [429] * 3, codes
+    else:  # a slow machine spread them over two windows: the window moved on meanwhile
+        assert codes.count(200) >= 5 and 429 in codes, (codes, took)
     retry_after = _assert_refused(next(r for r in first if r.status_code == 429), 5)
     assert retry_after == 1
 
