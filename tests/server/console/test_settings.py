@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +28,17 @@ def _new_app(server: RunningServer, token: str | None = None) -> str:
     with _api(server, token or server.token("operator")) as api:
         api.put(f"/api/v1/apps/{app}/settings", json={}).raise_for_status()
     return app
+
+
+def _app_with_a_key(server: RunningServer) -> tuple[str, dict[str, Any]]:
+    """A new app of the default tenant with one signing key: (app, the key's record)."""
+    app = _new_app(server)
+    with _api(server, server.token("operator")) as api:
+        key: dict[str, Any] = api.post(
+            f"/api/v1/apps/{app}/public-keys",
+            json={"public_key": public_key_b64(_new_key().public_key())},
+        ).json()
+    return app, key
 
 
 def _tokens(server: RunningServer, token: str | None = None) -> list[dict[str, object]]:
@@ -287,12 +299,7 @@ def test_an_operator_adds_keys_toggles_signatures_sets_retention_and_removes_a_k
 
 
 def test_a_viewer_cannot_change_keys_or_retention(server: RunningServer) -> None:
-    app = _new_app(server)
-    with _api(server, server.token("operator")) as api:
-        key = api.post(
-            f"/api/v1/apps/{app}/public-keys",
-            json={"public_key": public_key_b64(_new_key().public_key())},
-        ).json()
+    app, key = _app_with_a_key(server)
     with signed_in(server.base_url, server.token("viewer")) as client:
         csrf = csrf_of(client, f"/ui/settings/apps/{app}")
         answers = [
@@ -318,12 +325,7 @@ def test_a_viewer_cannot_change_keys_or_retention(server: RunningServer) -> None
 
 
 def test_another_tenants_app_is_not_found_and_unchanged(server: RunningServer) -> None:
-    app = _new_app(server)
-    with _api(server, server.token("operator")) as api:
-        key = api.post(
-            f"/api/v1/apps/{app}/public-keys",
-            json={"public_key": public_key_b64(_new_key().public_key())},
-        ).json()
+    app, key = _app_with_a_key(server)
     with signed_in(server.base_url, server.new_tenant()) as client:
         csrf = csrf_of(client, "/ui/settings")
         assert f'data-app="{app}"' not in client.get("/ui/settings").text
