@@ -24,8 +24,9 @@ from aether.server.console.view import Action, error_page, templates
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import audit_request
 from aether.server.http.sessions import SESSION_COOKIE, check_csrf
+from aether.store.records import Principal
 
-__all__ = ["router", "safe_next"]
+__all__ = ["open_console_session", "router", "safe_next"]
 
 router = APIRouter()
 Ctx = Annotated[ServerContext, Depends(get_context)]
@@ -109,6 +110,13 @@ async def login(
         return error_page(  # fail closed: no session without its audit event
             request, 503, "Signing in is unavailable right now; try again.", "audit_unavailable"
         )
+    return await open_console_session(request, ctx, principal, next)
+
+
+async def open_console_session(
+    request: Request, ctx: ServerContext, principal: Principal, next: str
+) -> Response:
+    """Open a session for a signed-in principal and send the browser on to ``next``."""
     hours = ctx.settings.console_session_hours
     session_id, _ = await ctx.records.open_session(principal.token_id, hours * 3600)
     response = RedirectResponse(safe_next(next), status_code=303)

@@ -33,7 +33,14 @@ from aether.errors import RateLimitedError
 from aether.server.settings import ServerSettings
 from aether.store.records import Principal, Records
 
-__all__ = ["EXEMPT_ROLES", "RateLimitHeaders", "RateLimiter", "Verdict", "limit_rate"]
+__all__ = [
+    "EXEMPT_ROLES",
+    "RATE_STATE_KEY",
+    "RateLimitHeaders",
+    "RateLimiter",
+    "Verdict",
+    "limit_rate",
+]
 
 log = logging.getLogger("aether.server")
 
@@ -42,6 +49,7 @@ EXEMPT_ROLES = frozenset({"node", "join"})
 #: Seconds a tenant's own limits are cached before the records are read again.
 LIMITS_TTL = 5.0
 _STATE_KEY = "rate_limit"
+RATE_STATE_KEY = _STATE_KEY  # where a request's verdict is kept (its scope's state)
 
 
 @dataclass(frozen=True)
