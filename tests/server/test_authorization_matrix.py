@@ -217,6 +217,7 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/users/{user}/totp": Rule("viewer", owned=True),
     "DELETE /api/v1/users/{user}/totp": Rule("admin", owned=True),
     "GET /api/v1/whoami": Rule("viewer"),
+    "PUT /api/v1/tenants/{tenant}/members/{user}": Rule("cluster"),
     # signing in (no token yet)
     "GET /api/v1/auth/providers": Rule("public"),
     "POST /api/v1/auth/login": Rule("public"),
@@ -330,6 +331,7 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/tokens": {"json": {"role": "viewer", "name": "matrix"}},
         "POST /api/v1/users": {"json": {"name": unique("m"), "role": "viewer", "kind": "service"}},
         "PATCH /api/v1/users/{user}": {"json": {"display_name": "matrix"}},
+        "PUT /api/v1/tenants/{tenant}/members/{user}": {"json": {"role": "viewer"}},
         "PUT /api/v1/users/{user}/password": {"json": {"password": "matrix password 1"}},
         "POST /api/v1/auth/login": {"json": {"user": p["user"], "password": "not it at all"}},
         "POST /api/v1/auth/oidc/exchange": {"json": {"code": "c" * 32, "verifier": "v" * 43}},

@@ -281,3 +281,38 @@ async def test_a_person_changes_its_own_password_with_the_current_one(
         404,
         "not_found",
     )
+
+
+async def test_the_cluster_admin_makes_a_person_a_member_of_a_second_tenant(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    admin_a = server.new_tenant()
+    tenant_b = unique("tenant")
+    server.mint("admin", tenant_b)
+    ivan = await _add(http, admin_a, "operator")
+    # a tenant's admin may not: that is the cluster admin's
+    refused = await http.put(
+        f"/api/v1/tenants/{tenant_b}/members/{ivan['name']}",
+        json={"role": "viewer"},
+        headers=bearer(admin_a),
+    )
+    assert_envelope(refused, 403, "forbidden")
+    added = await http.put(
+        f"/api/v1/tenants/{tenant_b}/members/{ivan['name']}",
+        json={"role": "viewer"},
+        headers=bearer(server.admin_token),
+    )
+    assert added.status_code == 200 and added.json()["role"] == "viewer"
+    # two tenants now: signing in asks which, and each token has that tenant's role
+    assert_envelope(await _login(http, ivan["name"]), 400, "bad_request")
+    in_b = await _login(http, ivan["name"], tenant=tenant_b)
+    assert (in_b.json()["tenant"], in_b.json()["role"]) == (tenant_b, "viewer")
+    me = (await http.get("/api/v1/whoami", headers=bearer(in_b.json()["token"]))).json()
+    assert len(me["tenants"]) == 2 and tenant_b in me["tenants"]
+    # tenant A's admin no longer governs the account alone: its password is not A's to set
+    refused = await http.put(
+        f"/api/v1/users/{ivan['name']}/password",
+        json={"password": "b" * 16},
+        headers=bearer(admin_a),
+    )
+    assert_envelope(refused, 403, "forbidden")

@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--totp", action="store_true", help="enrol a TOTP second factor now")
     _common(q)
+    q = users_sub.add_parser(
+        "add", help="make an existing account a member of TENANT too (cluster admins)"
+    )
+    q.add_argument("name")
+    q.add_argument("--tenant", required=True)
+    q.add_argument("--role", choices=["admin", "operator", "viewer"], required=True)
+    _common(q)
     q = users_sub.add_parser("set", help="change a member's role or details")
     q.add_argument("name")
     q.add_argument("--role", choices=["admin", "operator", "viewer"], default=None)

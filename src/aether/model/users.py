@@ -17,6 +17,7 @@ __all__ = [
     "AuthProvidersOut",
     "LoginIn",
     "LoginOut",
+    "MemberIn",
     "OidcExchangeIn",
     "PasswordIn",
     "TotpOut",
@@ -45,6 +46,12 @@ class UserIn(BaseModel):
     password: Password | None = None
     #: enrol a TOTP second factor now and return its secret once (``totp`` below)
     totp: bool = False
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
 
 
 class UserPatch(BaseModel):

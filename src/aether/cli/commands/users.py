@@ -1,6 +1,7 @@
 """``aether users``: a tenant's members (people and service accounts) and their roles.
 
-``create`` adds an account with a role in your tenant (a person's password comes from
+``create`` adds an account with a role in your tenant (``add`` makes an existing one a
+member of another tenant too: the cluster admin's) (a person's password comes from
 ``--password-stdin`` or a prompt; ``--totp`` enrols a second factor and prints its
 ``otpauth://`` URI once), ``ls``/``get`` show members, ``set`` changes a role or
 details, ``rm`` takes an account out of the tenant (its tokens there stop working),
@@ -66,6 +67,13 @@ async def run(args: argparse.Namespace) -> int:
                     f"{user['totp_enrolment']['uri']}"
                 )
             emit(args, user, text)
+        elif action == "add":
+            user = await client.json(
+                "PUT",
+                f"/api/v1/tenants/{args.tenant}/members/{args.name}",
+                json={"role": args.role},
+            )
+            emit(args, user, f"{args.name} is now {user['role']} of tenant {args.tenant}")
         elif action == "set":
             patch: dict[str, Any] = {}
             for key in ("role", "email", "display_name"):

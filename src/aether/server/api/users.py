@@ -15,10 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from aether.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
-from aether.model.users import PasswordIn, TotpOut, UserIn, UserOut, UserPatch
+from aether.model.users import MemberIn, PasswordIn, TotpOut, UserIn, UserOut, UserPatch
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
-from aether.server.http.auth import Admin, Caller
+from aether.server.http.auth import Admin, Caller, ClusterAdmin
 from aether.server.services.accounts import (
     forget_account,
     hash_password,
@@ -181,3 +181,20 @@ async def remove_totp(user: str, request: Request, caller: Admin, ctx: Ctx) -> N
     if member.user.totp_secret is None:
         raise ConflictError(f"user {user!r} has no second factor")
     await ctx.records.update_user(member.user.id, totp_secret=None)
+
+
+@router.put("/tenants/{tenant}/members/{user}")
+async def add_member(
+    tenant: str, user: str, body: MemberIn, caller: ClusterAdmin, ctx: Ctx
+) -> UserOut:
+    """Make an existing account a member of ``tenant`` with ``role`` (or change its role
+    there): how a person comes to work in several tenants."""
+    found = await ctx.records.find_tenant(tenant)
+    account = await ctx.records.find_user(user)
+    if found is None:
+        raise NotFoundError(f"tenant {tenant!r} not found")
+    if account is None:
+        raise NotFoundError(f"user {user!r} not found")
+    await ctx.records.set_role(account.id, found.id, body.role)
+    forget_account(ctx, account.id)
+    return _out(await ctx.records.member(found.id, user))
