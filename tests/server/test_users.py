@@ -12,6 +12,7 @@ import httpx
 import pyotp
 import pytest
 
+from aether.server.services.accounts import totp_step
 from tests.support.api import assert_envelope, bearer, unique
 from tests.support.server import RunningServer, running_server
 
@@ -197,8 +198,11 @@ async def test_totp_is_asked_for_once_enrolled_and_checked(
     assert frank["totp_enrolment"]["uri"].startswith("otpauth://totp/")
     assert_envelope(await _login(http, frank["name"]), 401, "totp_required")
     assert_envelope(await _login(http, frank["name"], totp="000000"), 401, "invalid_credentials")
-    good = await _login(http, frank["name"], totp=pyotp.TOTP(secret).now())
+    code = pyotp.TOTP(secret).now()
+    good = await _login(http, frank["name"], totp=code)
     assert good.status_code == 200, good.text
+    # a code counts once: someone who saw it cannot sign in with it again
+    assert_envelope(await _login(http, frank["name"], totp=code), 401, "invalid_credentials")
     # the secret is never shown again
     again = (await http.get(f"/api/v1/users/{frank['name']}", headers=bearer(admin))).json()
     assert again["totp"] is True and again["totp_enrolment"] is None
@@ -316,3 +320,16 @@ async def test_the_cluster_admin_makes_a_person_a_member_of_a_second_tenant(
         headers=bearer(admin_a),
     )
     assert_envelope(refused, 403, "forbidden")
+
+
+def test_a_totp_code_of_this_step_or_either_side_passes_once() -> None:
+    secret = pyotp.random_base32()
+    totp = pyotp.TOTP(secret)
+    at = 1_800_000_015.0  # inside step 60_000_000
+    step = 60_000_000
+    assert totp_step(secret, totp.at(at), None, at) == step
+    assert totp_step(secret, totp.at(at - 30), None, at) == step - 1  # the clock drifted
+    assert totp_step(secret, totp.at(at + 30), None, at) == step + 1
+    assert totp_step(secret, totp.at(at - 60), None, at) is None  # too old
+    assert totp_step(secret, totp.at(at), step, at) is None  # used already
+    assert totp_step(secret, totp.at(at + 30), step, at) == step + 1  # a newer one passes

@@ -171,7 +171,7 @@ async def enrol_totp(user: str, request: Request, caller: Caller, ctx: Ctx) -> T
     if member.user.kind != "person":
         raise BadRequestError("a service account signs in with tokens only")
     secret = new_totp_secret()
-    await ctx.records.update_user(member.user.id, totp_secret=secret)
+    await ctx.records.update_user(member.user.id, totp_secret=secret, totp_last_step=None)
     return _enrolment(member.user, secret)
 
 

@@ -8,10 +8,11 @@ A sign-in (a password here, OpenID Connect in ``services/oidc.py``) ends the sam
 from __future__ import annotations
 
 import asyncio
+import hmac
 import math
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pyotp
 from argon2 import PasswordHasher
@@ -27,7 +28,6 @@ from aether.store.records.schema import User
 
 __all__ = [
     "LoginResult",
-    "check_totp",
     "forget_account",
     "hash_password",
     "issue_login_token",
@@ -35,6 +35,7 @@ __all__ = [
     "new_totp_secret",
     "password_login",
     "pick_tenant",
+    "totp_step",
     "totp_uri",
     "verify_password",
 ]
@@ -84,9 +85,16 @@ def totp_uri(secret: str, user: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=user, issuer_name="Aether")
 
 
-def check_totp(secret: str, code: str) -> bool:
-    """A code of this 30-second step or the one either side (clocks drift)."""
-    return pyotp.TOTP(secret).verify(code.strip(), valid_window=1)
+def totp_step(secret: str, code: str, last_step: int | None, at: float | None = None) -> int | None:
+    """The 30-second step ``code`` belongs to (this one or one either side: clocks drift),
+    if it is right and newer than ``last_step`` (a code counts once); else None."""
+    totp = pyotp.TOTP(secret)
+    at = time.time() if at is None else at
+    now_step = totp.timecode(datetime.fromtimestamp(at, UTC))
+    for step in (now_step - 1, now_step, now_step + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code.strip()):
+            return step if last_step is None or step > last_step else None
+    return None
 
 
 async def pick_tenant(ctx: ServerContext, user: User, tenant: str | None) -> tuple[str, str, str]:
@@ -132,8 +140,13 @@ async def password_login(
                 "this account needs a TOTP code from its authenticator app (--totp CODE)",
                 code="totp_required",
             )
-        if not check_totp(user.totp_secret, totp):
-            raise UnauthorizedError("wrong TOTP code", code="invalid_credentials")
+        step = totp_step(user.totp_secret, totp, user.totp_last_step)
+        if step is None:
+            raise UnauthorizedError(
+                "wrong TOTP code (or one already used: wait for the next)",
+                code="invalid_credentials",
+            )
+        await ctx.records.update_user(user.id, totp_last_step=step)
     elif picked[2] == "admin" and ctx.settings.totp_required_for_admins:
         raise ForbiddenError(
             "admins must sign in with a second factor here, and this account has none: "

@@ -92,6 +92,7 @@ class User(Base):
     email: Mapped[str | None] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str | None] = mapped_column(String(256))  # argon2id
     totp_secret: Mapped[str | None] = mapped_column(String(64))  # base32; None: no second factor
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)  # a code counts once
     oidc_issuer: Mapped[str | None] = mapped_column(String(512))
     oidc_subject: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime]

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("email", sa.String(length=254), nullable=True),
         sa.Column("password_hash", sa.String(length=256), nullable=True),
         sa.Column("totp_secret", sa.String(length=64), nullable=True),
+        sa.Column("totp_last_step", sa.BigInteger(), nullable=True),
         sa.Column("oidc_issuer", sa.String(length=512), nullable=True),
         sa.Column("oidc_subject", sa.String(length=256), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
