@@ -14,8 +14,13 @@ import httpx
 import pytest
 
 from tests.support.api import unique
-from tests.support.oidc import OidcProvider, oidc_provider, sign_in_at_provider
-from tests.support.server import RunningServer, running_server
+from tests.support.oidc import (
+    OidcProvider,
+    oidc_provider,
+    server_with_sso,
+    sign_in_at_provider,
+)
+from tests.support.server import RunningServer
 
 PASSWORD = "a password long enough"
 
@@ -30,12 +35,7 @@ def provider() -> Iterator[OidcProvider]:
 def srv(
     tmp_path_factory: pytest.TempPathFactory, provider: OidcProvider
 ) -> Iterator[RunningServer]:
-    with running_server(
-        tmp_path_factory.mktemp("aether-users-cli"),
-        oidc_issuer=provider.issuer,
-        oidc_client_id=provider.client_id,
-        oidc_client_secret=provider.client_secret,
-    ) as running:
+    with server_with_sso(tmp_path_factory.mktemp("aether-users-cli"), provider) as running:
         yield running
 
 

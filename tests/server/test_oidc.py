@@ -15,9 +15,10 @@ from tests.support.oidc import (
     cli_pair,
     oidc_provider,
     query_of,
+    server_with_sso,
     sign_in_at_provider,
 )
-from tests.support.server import RunningServer, running_server
+from tests.support.server import RunningServer
 
 IVY = "ivy@example.com"
 
@@ -32,12 +33,7 @@ def provider() -> Iterator[OidcProvider]:
 def server(
     tmp_path_factory: pytest.TempPathFactory, provider: OidcProvider
 ) -> Iterator[RunningServer]:
-    with running_server(
-        tmp_path_factory.mktemp("oidc"),
-        oidc_issuer=provider.issuer,
-        oidc_client_id=provider.client_id,
-        oidc_client_secret=provider.client_secret,
-    ) as running:
+    with server_with_sso(tmp_path_factory.mktemp("oidc"), provider) as running:
         yield running
 
 

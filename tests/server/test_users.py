@@ -13,7 +13,7 @@ import pyotp
 import pytest
 
 from aether.server.services.accounts import totp_step
-from tests.support.api import assert_envelope, bearer, unique
+from tests.support.api import assert_envelope, audit_events, bearer, unique
 from tests.support.server import RunningServer, running_server
 
 PASSWORD = "correct horse battery"
@@ -45,13 +45,6 @@ async def _login(http: httpx.AsyncClient, user: str, **body: Any) -> httpx.Respo
     return await http.post("/api/v1/auth/login", json={"user": user, "password": PASSWORD, **body})
 
 
-async def _audit(http: httpx.AsyncClient, server: RunningServer) -> list[dict[str, Any]]:
-    answer = await http.get("/api/v1/audit?limit=200", headers=bearer(server.admin_token))
-    assert answer.status_code == 200, answer.text
-    events: list[dict[str, Any]] = answer.json()["events"]
-    return events
-
-
 async def test_a_person_signs_in_with_a_password_and_acts_with_the_role_given(
     server: RunningServer, http: httpx.AsyncClient
 ) -> None:
@@ -69,7 +62,7 @@ async def test_a_person_signs_in_with_a_password_and_acts_with_the_role_given(
     listed = await http.get("/api/v1/users", headers=bearer(token))
     assert listed.status_code == 403
     # the sign-in is an audit event with the account as its actor
-    events = await _audit(http, server)
+    events = await audit_events(http, server.admin_token, limit=200)
     signin = [
         e for e in events if e["action"] == "POST /auth/login" and e["actor"] == alice["name"]
     ]
@@ -88,7 +81,7 @@ async def test_a_wrong_password_and_an_unknown_account_get_the_same_answer(
     for answer in (wrong, unknown):
         assert_envelope(answer, 401, "invalid_credentials")
     assert wrong.json()["message"] == unknown.json()["message"]
-    events = await _audit(http, server)
+    events = await audit_events(http, server.admin_token, limit=200)
     refused = [e for e in events if e["action"] == "POST /auth/login" and e["status"] == 401]
     assert any(bob["name"] in e["detail"] for e in refused)
 

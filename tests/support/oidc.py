@@ -9,11 +9,21 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-__all__ = ["OidcProvider", "cli_pair", "oidc_provider", "sign_in_at_provider"]
+from tests.support.server import RunningServer, running_server
+
+__all__ = [
+    "OidcProvider",
+    "cli_pair",
+    "oidc_provider",
+    "query_of",
+    "server_with_sso",
+    "sign_in_at_provider",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,18 @@ def oidc_provider(people: dict[str, str]) -> Iterator[OidcProvider]:
     ]
     with run_server_in_thread(user_claims=users) as server:
         yield OidcProvider(f"http://localhost:{server.server_port}")
+
+
+@contextmanager
+def server_with_sso(data_dir: Path, provider: OidcProvider) -> Iterator[RunningServer]:
+    """A real server whose single sign-on is ``provider``."""
+    with running_server(
+        data_dir,
+        oidc_issuer=provider.issuer,
+        oidc_client_id=provider.client_id,
+        oidc_client_secret=provider.client_secret,
+    ) as running:
+        yield running
 
 
 def cli_pair() -> tuple[str, str]:

@@ -43,7 +43,6 @@ from aether.server.services.accounts import (
     pick_tenant,
 )
 from aether.server.services.oidc import account_for, check_loopback_port
-from aether.store.records import Principal
 from aether.store.records.base import now, utc
 
 __all__ = ["router"]
@@ -58,18 +57,6 @@ _EXCHANGE_TTL = 60.0  # seconds from callback to the CLI's exchange
 def _callback_url(request: Request, ctx: ServerContext) -> str:
     base = (ctx.settings.public_url or str(request.base_url)).rstrip("/")
     return f"{base}/api/v1/auth/oidc/callback"
-
-
-def _principal(result: LoginResult, tenant_id: str, user_id: str) -> Principal:
-    return Principal(
-        tenant_id,
-        result.tenant,
-        result.role,
-        result.token_id,
-        user=result.user,
-        user_id=user_id,
-        expires_at=result.expires_at,
-    )
 
 
 def _out(result: LoginResult) -> LoginOut:
@@ -98,10 +85,7 @@ async def login(body: LoginIn, request: Request, ctx: Ctx) -> LoginOut:
     request.state.audit_detail = f"password sign-in of {body.user!r}"
     await limit_sign_in(ctx, request, body.user)
     result = await password_login(ctx, body.user, body.password, body.tenant, body.totp)
-    user = await ctx.records.find_user(result.user)
-    tenant = await ctx.records.find_tenant(result.tenant)
-    assert user is not None and tenant is not None
-    request.state.principal = _principal(result, tenant.id, user.id)  # the audit's actor
+    request.state.principal = result.principal()  # the audit event's actor
     return _out(result)
 
 
@@ -167,7 +151,7 @@ async def oidc_callback(
         return await _refused(request, exc.status, exc.message)
     if login.purpose == "console":
         result = await issue_login_token(ctx, user, picked, "single sign-on")
-        principal = _principal(result, picked[0], user.id)
+        principal = result.principal()
         await audit_request(request, principal, SIGN_IN, f"users/{user.name}", 303, "sso")
         return await open_console_session(request, ctx, principal, login.next_url)
     exchange = secrets.token_urlsafe(32)
@@ -209,7 +193,7 @@ async def oidc_exchange(body: OidcExchangeIn, request: Request, ctx: Ctx) -> Log
         raise UnauthorizedError("the account is gone", code="invalid_credentials")
     picked = await pick_tenant(ctx, user, login.tenant)
     result = await issue_login_token(ctx, user, picked, "single sign-on")
-    request.state.principal = _principal(result, picked[0], user.id)
+    request.state.principal = result.principal()
     request.state.audit_detail = "single sign-on (CLI)"
     return _out(result)
 

@@ -141,18 +141,7 @@ async def _password_sign_in(
             "Wrong user name or password." if exc.code == "invalid_credentials" else exc.message
         )
         return _login_form(request, status=exc.status, message=message)
-    account = await ctx.records.find_user(result.user)
-    tenant = await ctx.records.find_tenant(result.tenant)
-    assert account is not None and tenant is not None
-    principal = Principal(
-        tenant.id,
-        tenant.name,
-        result.role,
-        result.token_id,
-        user=result.user,
-        user_id=account.id,
-        expires_at=result.expires_at,
-    )
+    principal = result.principal()
     if not await audit_request(request, principal, SIGN_IN, f"users/{user}", 303, "password"):
         return error_page(
             request, 503, "Signing in is unavailable right now; try again.", "audit_unavailable"

@@ -23,6 +23,7 @@ from limits import RateLimitItemPerMinute
 from aether.errors import BadRequestError, ForbiddenError, RateLimitedError, UnauthorizedError
 from aether.server.context import ServerContext
 from aether.server.http.ratelimit import RATE_STATE_KEY, Verdict
+from aether.store.records import Principal
 from aether.store.records.base import epoch, now
 from aether.store.records.schema import User
 
@@ -55,9 +56,23 @@ class LoginResult:
     token: str
     token_id: str
     user: str
+    user_id: str
     tenant: str
+    tenant_id: str
     role: str
     expires_at: float
+
+    def principal(self) -> Principal:
+        """The caller the new token stands for (the audit event's actor, a session's)."""
+        return Principal(
+            self.tenant_id,
+            self.tenant,
+            self.role,
+            self.token_id,
+            user=self.user,
+            user_id=self.user_id,
+            expires_at=self.expires_at,
+        )
 
 
 async def hash_password(password: str) -> str:
@@ -122,7 +137,9 @@ async def issue_login_token(
     token_id, token = await ctx.records.issue_token(
         tenant_id, role, f"{how} sign-in of {user.name}", user_id=user.id, expires_at=expires
     )
-    return LoginResult(token, token_id, user.name, tenant_name, role, epoch(expires))
+    return LoginResult(
+        token, token_id, user.name, user.id, tenant_name, tenant_id, role, epoch(expires)
+    )
 
 
 async def password_login(
