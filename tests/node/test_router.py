@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from aether.model.cluster import Endpoint
-from aether.node.router import Router, split_target
+from aether.model.names import route_target
+from aether.node.router import Router
 from aether.ports import free_port
 
 
@@ -28,11 +29,28 @@ from aether.ports import free_port
         ("127.0.0.1:8080", "/apps/shop/", ("shop", "/")),
         ("127.0.0.1:8080", "/apps/", None),
         ("127.0.0.1:8080", "/other", None),
-        ("a.b.localhost", "/", None),
+        ("127.0.0.1:8080", "/apps/shop?x=1", ("shop", "/?x=1")),
+        ("shop.acme.localhost", "/cart", ("shop.acme", "/cart")),
+        ("SHOP.Acme.localhost:8080", "/", ("shop.acme", "/")),
+        ("shop.default.localhost", "/", ("shop", "/")),
+        ("127.0.0.1:8080", "/t/acme/apps/shop/cart?x=1", ("shop.acme", "/cart?x=1")),
+        ("127.0.0.1:8080", "/t/acme/apps/shop", ("shop.acme", "/")),
+        ("127.0.0.1:8080", "/t/default/apps/shop/", ("shop", "/")),
+        ("a.b.c.localhost", "/", None),
+        ("a..localhost", "/", None),
+        ("-a.localhost", "/", None),
+        ("shop.example.com", "/", None),
+        ("127.0.0.1:8080", "/t//apps/x", None),
+        ("127.0.0.1:8080", "/t/acme/apps/", None),
+        ("127.0.0.1:8080", "/t/acme/x", None),
+        ("127.0.0.1:8080", "/t/acme", None),
+        ("127.0.0.1:8080", "/t/a.b/apps/x", None),
+        ("127.0.0.1:8080", "/apps/a.b/", None),
+        ("127.0.0.1:8080", "/apps/Shop/", None),
     ],
 )
-def test_split_target(host: str, path: str, expected: tuple[str, str] | None) -> None:
-    assert split_target(host, path) == expected
+def test_route_target(host: str, path: str, expected: tuple[str, str] | None) -> None:
+    assert route_target(host, path) == expected
 
 
 async def _upstream(name: str) -> tuple[web.AppRunner, str]:
