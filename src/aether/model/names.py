@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "CLUSTER_NAME_PATTERN",
     "DEFAULT_TENANT",
     "cluster_name",
     "route_target",
@@ -26,7 +27,10 @@ __all__ = [
 
 DEFAULT_TENANT = "default"
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # an app's or a tenant's
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_NAME = re.compile(rf"^{_LABEL}$")  # an app's or a tenant's
+#: a cluster name: ``{app}`` or ``{app}.{tenant}``
+CLUSTER_NAME_PATTERN = rf"^{_LABEL}(\.{_LABEL})?$"
 
 
 def _valid(name: str) -> bool:
