@@ -122,6 +122,56 @@ async def test_refused_endpoint_is_retried_on_the_next(router: Router) -> None:
         await live.cleanup()
 
 
+async def test_each_tenant_s_app_of_one_name_is_reached_only_by_its_own_forms(
+    router: Router,
+) -> None:
+    """``web`` of the default tenant and ``web`` of tenant acme (cluster name
+    ``web.acme``): each form reaches its own; an app a tenant lacks is the same 404
+    whatever another tenant has."""
+    default, url_default = await _upstream("default")
+    acme, url_acme = await _upstream("acme")
+    base = f"http://127.0.0.1:{router.port}"
+    try:
+        router.update(
+            [_ep("web", 0, url_default), _ep("web.acme", 0, url_acme)], apps=["web", "web.acme"]
+        )
+        forms = [
+            ("/apps/web/x?q=1", None, "default"),
+            ("/x?q=1", "web.localhost", "default"),
+            ("/t/acme/apps/web/x?q=1", None, "acme"),
+            ("/x?q=1", "web.acme.localhost:8080", "acme"),
+        ]
+        async with aiohttp.ClientSession() as http:
+            for path, host, owner in forms:
+                headers = {"Host": host} if host else {}
+                async with http.get(base + path, headers=headers) as resp:
+                    assert resp.status == 200, (path, host)
+                    assert await resp.json() == {
+                        "name": owner,
+                        "path": "/x?q=1",
+                        "body": "",
+                        "method": "GET",
+                    }
+            missing = []
+            for path, host in [
+                ("/t/globex/apps/web/", None),  # globex has no web; acme and default do
+                ("/t/globex/apps/nothing/", None),
+                ("/", "web.globex.localhost"),
+                ("/", "nothing.globex.localhost"),
+            ]:
+                async with http.get(base + path, headers={"Host": host} if host else {}) as resp:
+                    assert resp.status == 404
+                    body = await resp.json()
+                    missing.append((body["code"], body["message"].replace("nothing", "web")))
+            assert missing[0] == missing[1] == missing[2] == missing[3]
+            async with http.get(f"{base}/t//apps/web/") as resp:
+                assert resp.status == 404
+                assert "no app in this request" in (await resp.json())["message"]
+    finally:
+        await default.cleanup()
+        await acme.cleanup()
+
+
 async def test_host_header_routing(router: Router) -> None:
     up, url = await _upstream("hosted")
     try:

@@ -24,7 +24,7 @@ from aether.model.api import (
 )
 from aether.model.app import AppSpec, validate_app_name
 from aether.model.cluster import Blueprint, DeploymentRef
-from aether.model.names import cluster_name, shown_name, split_cluster_name
+from aether.model.names import cluster_name, shown_name
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Caller, Operator
 from aether.server.http.idempotency import request_key
@@ -256,8 +256,8 @@ async def get_deployment(deployment_id: str, caller: Caller, ctx: Ctx) -> Deploy
 @router.get("/apps")
 async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
     snap = await read_snapshot(ctx.store)
-    stateful = [
-        (bp.tenant, split_cluster_name(bp.app)[0])
+    stateful = [  # snapshots are kept under the cluster name (the instance's)
+        (bp.tenant, bp.app)
         for bp, _ in snap.blueprints.values()
         if bp.tenant == caller.tenant_id and bp.spec.stateful
     ]
@@ -268,7 +268,7 @@ async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
         name = in_cluster(caller, app.name)
         entry = snap.blueprints.get(name)
         bp = entry[0] if entry and entry[0].tenant == caller.tenant_id else None
-        newest = taken.get((caller.tenant_id, app.name))
+        newest = taken.get((caller.tenant_id, name))
         out.append(
             AppOut(
                 name=app.name,
