@@ -23,6 +23,7 @@ from aether.core.telemetry import minute_of
 from aether.errors import NotFoundError, UnauthorizedError
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
+from aether.model.names import cluster_name
 from aether.model.telemetry import EndpointMetrics, InstanceMetrics, NodeMetrics
 from aether.node.telemetry import TelemetryCollector, TelemetryPusher
 from aether.server.api.telemetry import MAX_PUSH_BYTES
@@ -474,14 +475,15 @@ async def test_prometheus_names_nothing_to_anonymous_scrapes_and_only_own_apps_t
     node2, mine = unique("node"), own_app(hubbed)
     other_tenant = unique("tenant")
     theirs = own_app(hubbed, other_tenant)
+    theirs_in_cluster = cluster_name(theirs, other_tenant)  # what nodes report it by
 
     async with ApiClient(hubbed.base_url, hubbed.node_token(node2)) as node2_api:
 
         async def both_apps() -> Any:
             await node_api.push_metrics(update(node, app=mine, calls=3))
-            await node2_api.push_metrics(update(node2, app=theirs, calls=5))
+            await node2_api.push_metrics(update(node2, app=theirs_in_cluster, calls=5))
             sample = hubbed.ctx.telemetry.latest()
-            return sample if sample and {mine, theirs} <= set(sample.apps) else None
+            return sample if sample and {mine, theirs_in_cluster} <= set(sample.apps) else None
 
         await eventually(both_apps, "two apps' figures")
     anonymous = (await http.get("/metrics")).text
