@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aether.model.names import cluster_name, shown_name, split_cluster_name
+from aether.model.names import cluster_name, route_path, shown_name, split_cluster_name
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,8 @@ def test_a_tenant_sees_its_own_apps_by_their_plain_name_and_others_as_they_are()
     assert shown_name("web", "default") == "web"
     assert shown_name("web.acme", "default") == "web.acme"  # a cluster admin's view
     assert shown_name("web", "acme") == "web"
+
+
+def test_the_route_path_is_the_tenant_s_form() -> None:
+    assert route_path("web", "default") == "/apps/web/"
+    assert route_path("web", "acme") == "/t/acme/apps/web/"

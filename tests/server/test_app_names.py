@@ -100,6 +100,7 @@ async def test_two_tenants_deploy_the_same_name_and_each_sees_only_its_own(
         await eventually(active, f"{tenant.name}'s web ACTIVE")
         app = await _get(http, tenant, f"/api/v1/apps/{APP}")
         assert (app["name"], app["version"]) == (APP, 1)
+        assert app["route"] == f"/t/{tenant.name}/apps/{APP}/"
         assert app["deployment_id"] == deployments[tenant.name]
         listed = await _get(http, tenant, "/api/v1/apps")
         assert [x["name"] for x in listed] == [APP]

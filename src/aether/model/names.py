@@ -20,6 +20,7 @@ __all__ = [
     "CLUSTER_NAME_PATTERN",
     "DEFAULT_TENANT",
     "cluster_name",
+    "route_path",
     "route_target",
     "shown_name",
     "split_cluster_name",
@@ -57,6 +58,12 @@ def shown_name(name: str, tenant: str) -> str:
     name, anything else (a cluster admin's cluster-wide view) as it is."""
     app, owner = split_cluster_name(name)
     return app if owner == tenant else name
+
+
+def route_path(app: str, tenant: str) -> str:
+    """The path the routers serve tenant ``tenant``'s app ``app`` under."""
+    cluster_name(app, tenant)  # both names valid
+    return f"/apps/{app}/" if tenant == DEFAULT_TENANT else f"/t/{tenant}/apps/{app}/"
 
 
 def _route_by_host(host: str) -> str | None:

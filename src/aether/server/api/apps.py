@@ -24,7 +24,7 @@ from aether.model.api import (
 )
 from aether.model.app import AppSpec, validate_app_name
 from aether.model.cluster import Blueprint, DeploymentRef
-from aether.model.names import cluster_name, shown_name
+from aether.model.names import cluster_name, route_path, shown_name
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Caller, Operator
 from aether.server.http.idempotency import request_key
@@ -281,6 +281,7 @@ async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
                 checkpoint_age_seconds=(
                     round(max(0.0, now - epoch(newest)), 1) if newest is not None else None
                 ),
+                route=route_path(app.name, caller.tenant),
             )
         )
     return out
