@@ -145,3 +145,26 @@ async def test_two_tenants_deploy_the_same_name_and_each_sees_only_its_own(
     kept = await _get(http, b, f"/api/v1/blueprints/{APP}")
     assert kept["digest"] == digests[b.name]
     assert [i["key"] for i in await _get(http, b, "/api/v1/instances", app=APP)] == [keys[b.name]]
+
+
+async def test_deleting_removes_the_tenant_s_blueprint_kept_under_the_plain_name(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """A blueprint written before cluster names (``blueprints/{app}`` of a tenant other
+    than default) goes when the tenant deletes the app; the default tenant's stays."""
+    a, b = Tenant(server), Tenant(server)
+    app = unique("legacy")
+    for tenant in (a, b):
+        digest = await upload_random(http, tenant.token)
+        assert (await deploy(http, tenant.token, app, digest, instances=0)).status_code == 201
+    store = server.ctx.store
+    kv = server.run(store.get(f"blueprints/{app}.{a.name}"))
+    assert kv is not None
+    server.run(store.put(f"blueprints/{app}", kv.value))  # as an older release wrote it
+
+    # another tenant's delete leaves it; its owner's removes it and its own
+    assert (await http.delete(f"/api/v1/apps/{app}", headers=b.headers)).status_code == 200
+    assert server.run(store.get(f"blueprints/{app}")) is not None
+    assert (await http.delete(f"/api/v1/apps/{app}", headers=a.headers)).status_code == 200
+    assert server.run(store.get(f"blueprints/{app}")) is None
+    assert server.run(store.get(f"blueprints/{app}.{a.name}")) is None

@@ -295,6 +295,17 @@ async def get_app(app: str, caller: Caller, ctx: Ctx) -> AppOut:
     raise NotFoundError(f"app {app!r} not found; deploy it first with `aether deploy`")
 
 
+async def _remove_legacy(ctx: ServerContext, caller: Principal, app: str) -> Blueprint | None:
+    """Remove the tenant's blueprint kept under the plain name ``app`` by a release
+    before cluster names (another tenant than ``default``: docs/operations.md)."""
+    if in_cluster(caller, app) == app:
+        return None  # the default tenant: its plain name is its cluster name
+    kv = await ctx.store.get(f"blueprints/{app}")
+    if kv is None or Blueprint.model_validate_json(kv.value).tenant != caller.tenant_id:
+        return None
+    return await remove_app(ctx.store, app, tenant=caller.tenant_id, force=True)
+
+
 @router.delete("/apps/{app}")
 async def delete_app(app: str, caller: Operator, ctx: Ctx, force: bool = False) -> AppDeletedOut:
     """Stop the app, remove its blueprint and endpoints, mark its records deleted.
@@ -305,6 +316,7 @@ async def delete_app(app: str, caller: Operator, ctx: Ctx, force: bool = False) 
     row = await _app(ctx, caller, app)
     name = in_cluster(caller, app)
     removed = await remove_app(ctx.store, name, tenant=caller.tenant_id, force=force)
+    removed = await _remove_legacy(ctx, caller, app) or removed
     snap = await read_snapshot(ctx.store)
     stopping = sum(
         1
