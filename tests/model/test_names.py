@@ -22,7 +22,7 @@ def test_cluster_name_round_trips(app: str, tenant: str, name: str) -> None:
 
 @pytest.mark.parametrize(
     ("app", "tenant"),
-    [("a.b", "acme"), ("web", "a.b"), ("", "acme"), ("web", ""), ("Web", "acme"), ("-x", "acme")],
+    [("a.b", "acme"), ("web", "a.b"), ("", "acme"), ("web", ""), (".", "acme")],
 )
 def test_cluster_name_refuses_what_would_not_split_back(app: str, tenant: str) -> None:
     with pytest.raises(ValueError):

@@ -88,7 +88,8 @@ def from_store(
     """The event of one state store change, or None when it is not one people follow.
 
     ``kind`` is ``PUT`` or ``DELETE``; ``version`` the key's version after a PUT
-    (1 when it was created); ``tenants`` maps app names to their tenant, for
+    (1 when it was created); ``tenants`` maps apps' cluster names (the keys'
+    ``{app}``, ``model.names``) to their tenant's id, for
     deletions, whose value is empty (an app the map lacks: the event is dropped,
     since nobody could be shown it safely).
     """

@@ -39,8 +39,11 @@ def _valid(name: str) -> bool:
 
 
 def cluster_name(app: str, tenant: str) -> str:
-    """The name the cluster knows tenant ``tenant``'s (a tenant NAME) app ``app`` by."""
-    if not _valid(app) or not _valid(tenant):
+    """The name the cluster knows tenant ``tenant``'s (a tenant NAME) app ``app`` by.
+
+    The API has validated both names; this refuses only what would not split back.
+    """
+    if not app or not tenant or "." in app or "." in tenant:
         raise ValueError(f"not an app and tenant name: {app!r}, {tenant!r}")
     return app if tenant == DEFAULT_TENANT else f"{app}.{tenant}"
 
