@@ -85,9 +85,7 @@ def _without_checks(app: FastAPI, principal: list[Principal]) -> None:
 
 async def _serve(apps: dict[str, FastAPI], ports: dict[str, int], ready: threading.Event) -> None:
     servers = [
-        uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=ports[mode], log_level="warning")
-        )
+        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports[mode], log_level="warning"))
         for mode, app in apps.items()
     ]
     for server in servers:

@@ -174,6 +174,46 @@ async def test_the_python_client_raises_rate_limited(
             await api.json("GET", "/api/v1/apps")
 
 
+async def test_a_flood_of_refused_writes_is_counted_not_audited_row_by_row(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """A 429 writes no audit row of its own: the tenant's first refusal in a minute
+    writes one ``rate_limited`` row, every refusal counts in
+    ``rate_limited_requests_total{tenant}`` (seen by the tenant and the cluster)."""
+    tenant = unique("tenant")
+    token = limited.mint("admin", tenant)
+    row = limited.run(limited.ctx.records.find_tenant(tenant))
+    assert row is not None
+    tenant_id = row.id
+    codes = []
+    for _ in range(BURST + 25):  # mutating calls: each would be audited
+        answer = await client.delete(f"/api/v1/apps/{unique('gone')}", headers=bearer(token))
+        codes.append(answer.status_code)
+    assert codes.count(429) >= 25, codes
+    refused = codes.count(429)
+
+    rows = limited.run(limited.ctx.records.list_audit(tenant_id, limit=1000))
+    assert [r.status for r in rows if r.status == 429] == [429], [r.action for r in rows]
+    (event,) = [r for r in rows if r.status == 429]
+    assert (event.action, event.outcome, event.target) == (
+        "rate_limited",
+        "refused",
+        f"tenants/{tenant}",
+    )
+    assert "DELETE /apps/{app}" in event.detail
+    assert "rate_limited_requests_total" in event.detail
+    assert len(rows) == codes.count(404) + 1  # the served calls' rows and that one
+
+    series = f'rate_limited_requests_total{{tenant="{tenant}"}} {float(refused)}'
+    own = await client.get("/metrics", headers=bearer(limited.admin_token))
+    assert series in own.text
+    other = await client.get("/metrics", headers=bearer(limited.new_tenant()))
+    assert f'tenant="{tenant}"' not in other.text
+    assert f'tenant="{tenant}"' not in (await client.get("/metrics")).text
+    verdict = await client.get("/api/v1/audit/verify", headers=bearer(limited.admin_token))
+    assert verdict.status_code == 200 and verdict.json()["ok"] is True, verdict.text
+
+
 def test_two_servers_sharing_redis_count_together(tmp_path: Path) -> None:
     """The counters are in Redis: what both servers serve together stays within the
     burst (each alone would serve a whole burst)."""
