@@ -1,5 +1,6 @@
 """What nodes call: join, register, heartbeat, the assignment stream, reports and logs;
-and what a cluster admin does to nodes: revoke and allow them.
+and what the cluster does to nodes: its operators drain and undrain them, its admin
+revokes and allows them.
 
 Nodes talk only to servers, never to the state store or the database. A node
 joins once with a join token and gets a credential of its own, bound to its id;
@@ -48,7 +49,14 @@ from aether.model.cluster import (
 )
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
-from aether.server.http.auth import Caller, ClusterAdmin, JoinCaller, NodeCaller, Operator, own_node
+from aether.server.http.auth import (
+    Caller,
+    ClusterAdmin,
+    ClusterOperator,
+    JoinCaller,
+    NodeCaller,
+    own_node,
+)
 from aether.server.services.cluster import dump, read_snapshot
 from aether.server.services.drain import assigned, set_draining
 from aether.server.services.migrations import drain_node
@@ -434,7 +442,7 @@ async def list_nodes(caller: Caller, ctx: Ctx) -> list[NodeOut]:
 
 
 @router.post("/nodes/{node}/drain")
-async def drain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
+async def drain(node: str, caller: ClusterOperator, ctx: Ctx) -> dict[str, Any]:
     # mark its instances first, so the moves the drain starts are tracked migrations
     moving = await drain_node(ctx, node, "its node was drained by an operator")
     await set_draining(ctx, node, True, reason="drained by an operator", by=DRAINED_BY_OPERATOR)
@@ -442,7 +450,7 @@ async def drain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.post("/nodes/{node}/undrain")
-async def undrain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
+async def undrain(node: str, caller: ClusterOperator, ctx: Ctx) -> dict[str, Any]:
     await set_draining(ctx, node, False)
     return {"node": node, "draining": False}
 
