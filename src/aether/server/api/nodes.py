@@ -60,6 +60,7 @@ from aether.server.http.auth import (
 from aether.server.services.cluster import dump, read_snapshot
 from aether.server.services.drain import assigned, set_draining
 from aether.server.services.migrations import drain_node
+from aether.server.services.revocations import forget_tokens
 from aether.store.base import CompactedError, Compare, Delete, LeaseNotFoundError, Op, Put
 
 __all__ = ["router"]
@@ -105,8 +106,7 @@ async def _node_record(ctx: ServerContext, node: str) -> tuple[NodeRecord, int]:
 async def join(body: JoinIn, caller: JoinCaller, ctx: Ctx) -> JoinOut:
     """A join token's one call: a new credential for node ``id`` (its earlier ones stop)."""
     _, credential, replaced = await ctx.records.join_node(caller.tenant_id, body.id)
-    for token_id in replaced:
-        ctx.tokens.forget(token_id)
+    await forget_tokens(ctx, replaced)
     return JoinOut(node_id=body.id, credential=credential)
 
 
@@ -460,8 +460,7 @@ async def revoke(node: str, caller: ClusterAdmin, ctx: Ctx) -> dict[str, Any]:
     """Revoke the node's credential (its next call is 401) and end its lease, so its
     instances are placed elsewhere; it may not join again until allowed."""
     revoked = await ctx.records.revoke_node(node)
-    for token_id in revoked:
-        ctx.tokens.forget(token_id)
+    await forget_tokens(ctx, revoked)
     kv = await ctx.store.get(_node_key(node))
     if kv is not None and kv.lease:
         await ctx.store.lease_revoke(kv.lease)  # its key and endpoints go with it
