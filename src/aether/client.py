@@ -534,12 +534,56 @@ class ApiClient:
         result: dict[str, Any] = await self.json("POST", f"/api/v1/nodes/{node}/allow")
         return result
 
-    async def create_token(self, role: str, name: str) -> dict[str, Any]:
-        """A new token (admin; role ``join`` only for a cluster admin); shown once."""
+    async def create_token(
+        self,
+        role: str | None,
+        name: str,
+        *,
+        user: str | None = None,
+        expires_in: int | None = None,
+    ) -> dict[str, Any]:
+        """A new token (admin; role ``join`` only for a cluster admin); shown once. A
+        token of ``user`` (a member) has its role; ``expires_in`` seconds, or never."""
+        body: dict[str, Any] = {"name": name}
+        for key, value in (("role", role), ("user", user), ("expires_in", expires_in)):
+            if value is not None:
+                body[key] = value
+        result: dict[str, Any] = await self.json("POST", "/api/v1/tokens", json=body)
+        return result
+
+    # -- accounts and signing in ---------------------------------------------------------
+
+    async def auth_providers(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("GET", "/api/v1/auth/providers")
+        return result
+
+    async def login(
+        self, user: str, password: str, *, tenant: str | None = None, totp: str | None = None
+    ) -> dict[str, Any]:
+        """Sign in with a password (and a TOTP code): a token of the account, shown once."""
+        body: dict[str, Any] = {"user": user, "password": password}
+        if tenant:
+            body["tenant"] = tenant
+        if totp:
+            body["totp"] = totp
+        result: dict[str, Any] = await self.json("POST", "/api/v1/auth/login", json=body)
+        return result
+
+    async def oidc_exchange(self, code: str, verifier: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.json(
-            "POST", "/api/v1/tokens", json={"role": role, "name": name}
+            "POST", "/api/v1/auth/oidc/exchange", json={"code": code, "verifier": verifier}
         )
         return result
+
+    async def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("GET", "/api/v1/whoami")
+        return result
+
+    async def users(self, method: str, path: str = "", body: Any = None) -> Any:
+        """``/api/v1/users{path}`` (the tenant's members)."""
+        kwargs = {} if body is None else {"json": body}
+        response = await self.request(method, f"/api/v1/users{path}", **kwargs)
+        return response.json() if response.content else None
 
     async def list_tokens(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self.json("GET", "/api/v1/tokens")

@@ -118,7 +118,7 @@ def test_up_prints_the_console_and_it_shows_the_demo_live(tmp_path: Path) -> Non
             started = time.monotonic()
             page.goto(console.group(1))
             page.fill("#token", token.group(1))
-            page.click("form[action='/ui/login'] button[type=submit]")
+            page.click("#token-form button[type=submit]")
             try:
                 page.wait_for_selector("tr[data-app='hello-python']", timeout=15_000)
             except Exception:

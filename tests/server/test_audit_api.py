@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from sqlalchemy import text
 
 from aether.server.services.gc import collect_garbage
-from tests.support.api import assert_envelope, bearer, deploy, unique, upload_random
+from tests.support.api import assert_envelope, audit_events, bearer, deploy, unique, upload_random
 from tests.support.console import login_csrf
 from tests.support.server import RunningServer, running_server
 
@@ -22,13 +21,6 @@ def token_id(server: RunningServer, token: str) -> str:
     principal = server.run(server.ctx.records.authenticate(token))
     assert principal is not None
     return principal.token_id
-
-
-async def events(http: httpx.AsyncClient, token: str, **params: Any) -> list[dict[str, Any]]:
-    response = await http.get("/api/v1/audit", params=params, headers=bearer(token))
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()["events"]
-    return found
 
 
 async def test_deploy_scale_and_token_create_are_events_of_their_token(
@@ -49,7 +41,7 @@ async def test_deploy_scale_and_token_create_are_events_of_their_token(
     )
     assert created.status_code == 201, created.text
 
-    found = await events(http, admin, actor=actor)
+    found = await audit_events(http, admin, actor=actor)
     by_action = {e["action"]: e for e in found}
     deploy_event = by_action["POST /apps/{app}/deployments"]
     assert deploy_event["target"] == f"apps/{app}/deployments"
@@ -71,13 +63,13 @@ async def test_a_refused_call_and_a_failed_authentication_are_refused_events(
         f"/api/v1/apps/{unique('nope')}/scale", json={"instances": 2}, headers=bearer(viewer)
     )
     assert_envelope(refused, 403, "forbidden")
-    [event] = await events(http, server.admin_token, actor=token_id(server, viewer))
+    [event] = await audit_events(http, server.admin_token, actor=token_id(server, viewer))
     assert (event["outcome"], event["status"], event["role"]) == ("refused", 403, "viewer")
     assert "may not do this" in event["detail"]
 
     anonymous = await http.post("/api/v1/tokens", json={"role": "viewer"}, headers=bearer("nope"))
     assert_envelope(anonymous, 401, "unauthorized")
-    found = await events(http, server.admin_token, outcome="refused", action="POST /tokens")
+    found = await audit_events(http, server.admin_token, outcome="refused", action="POST /tokens")
     mine = [e for e in found if e["trace_id"] == anonymous.headers["x-trace-id"]]
     assert [(e["actor_kind"], e["status"], e["tenant_id"]) for e in mine] == [
         ("anonymous", 401, None)
@@ -91,7 +83,7 @@ async def test_node_hot_paths_and_reads_are_not_audited(
     asked = await http.post("/api/v1/blobs/missing", json={"digests": []}, headers=bearer(operator))
     assert asked.status_code in (200, 400), asked.text
     assert (await http.get("/api/v1/apps", headers=bearer(operator))).status_code == 200
-    assert await events(http, server.admin_token, actor=token_id(server, operator)) == []
+    assert await audit_events(http, server.admin_token, actor=token_id(server, operator)) == []
 
 
 async def test_only_admins_read_it_and_each_tenant_sees_its_own(
@@ -103,10 +95,10 @@ async def test_only_admins_read_it_and_each_tenant_sees_its_own(
             "/api/v1/tokens", json={"role": "viewer", "name": "v"}, headers=bearer(token)
         )
         assert made.status_code == 201, made.text
-    seen_by_a = await events(http, a)
+    seen_by_a = await audit_events(http, a)
     assert {e["actor"] for e in seen_by_a} == {token_id(server, a)}
-    assert await events(http, a, actor=token_id(server, b)) == []
-    everyone = await events(http, server.admin_token, action="POST /tokens", limit=1000)
+    assert await audit_events(http, a, actor=token_id(server, b)) == []
+    everyone = await audit_events(http, server.admin_token, action="POST /tokens", limit=1000)
     assert {token_id(server, a), token_id(server, b)} <= {e["actor"] for e in everyone}
     for role in ("operator", "viewer"):
         answer = await http.get("/api/v1/audit", headers=bearer(server.mint(role)))
@@ -131,10 +123,10 @@ async def test_pages_follow_and_export_as_json_lines(
         assert made.status_code == 201
     first = (await http.get("/api/v1/audit", params={"limit": 2}, headers=bearer(admin))).json()
     assert len(first["events"]) == 2 and first["cursor"] == first["events"][-1]["id"]
-    rest = await events(http, admin, before=first["cursor"], limit=10)
+    rest = await audit_events(http, admin, before=first["cursor"], limit=10)
     ids = [e["id"] for e in [*first["events"], *rest]]
     assert len(ids) == 5 and ids == sorted(ids, reverse=True)
-    assert [e["id"] for e in await events(http, admin, after=ids[2])] == sorted(ids[:2])
+    assert [e["id"] for e in await audit_events(http, admin, after=ids[2])] == sorted(ids[:2])
 
     for kwargs in (
         {"params": {"format": "jsonl"}},

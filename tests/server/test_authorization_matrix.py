@@ -72,6 +72,20 @@ _PASSES: dict[str, frozenset[str]] = {
     "cluster-operator": frozenset({"cluster", "cluster-operator"}),
     # SignalWriter: the cluster's operators, and a node about itself
     "cluster-operator|node": frozenset({"cluster", "cluster-operator", "node"}),
+    # signing in: anyone, with or without a token (the route itself checks what is sent)
+    "public": frozenset(
+        {
+            "anonymous",
+            "viewer",
+            "operator",
+            "admin",
+            "cluster",
+            "cluster-operator",
+            "node",
+            "other-node",
+            "join",
+        }
+    ),
 }
 # ``other-node``: another node's own credential, which no route accepts about this node
 # (the path parameters and bodies name the node with tenant A's instance);
@@ -220,6 +234,24 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/tokens": Rule("admin"),
     "DELETE /api/v1/tokens/{token_id}": Rule("admin", owned=True, fresh=True),
     "POST /api/v1/tokens/rotate": Rule("viewer", fresh=True),  # revokes the calling token
+    # accounts: a tenant's admin manages its members; anyone sees itself (another
+    # member is a 404 to a non-admin, as to another tenant)
+    "GET /api/v1/users": Rule("admin"),
+    "POST /api/v1/users": Rule("admin"),
+    "GET /api/v1/users/{user}": Rule("viewer", owned=True),
+    "PATCH /api/v1/users/{user}": Rule("admin", owned=True),
+    "DELETE /api/v1/users/{user}": Rule("admin", owned=True, fresh=True),
+    "PUT /api/v1/users/{user}/password": Rule("viewer", owned=True),
+    "POST /api/v1/users/{user}/totp": Rule("viewer", owned=True),
+    "DELETE /api/v1/users/{user}/totp": Rule("admin", owned=True),
+    "GET /api/v1/whoami": Rule("viewer"),
+    "PUT /api/v1/tenants/{tenant}/members/{user}": Rule("cluster"),
+    # signing in (no token yet)
+    "GET /api/v1/auth/providers": Rule("public"),
+    "POST /api/v1/auth/login": Rule("public"),
+    "GET /api/v1/auth/oidc/start": Rule("public"),
+    "GET /api/v1/auth/oidc/callback": Rule("public"),
+    "POST /api/v1/auth/oidc/exchange": Rule("public"),
 }
 
 
@@ -325,6 +357,12 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "PATCH /api/v1/tenants/{tenant}": {"json": {"description": "matrix"}},
         "PUT /api/v1/tenants/{tenant}/limits": {"json": {}},
         "POST /api/v1/tokens": {"json": {"role": "viewer", "name": "matrix"}},
+        "POST /api/v1/users": {"json": {"name": unique("m"), "role": "viewer", "kind": "service"}},
+        "PATCH /api/v1/users/{user}": {"json": {"display_name": "matrix"}},
+        "PUT /api/v1/tenants/{tenant}/members/{user}": {"json": {"role": "viewer"}},
+        "PUT /api/v1/users/{user}/password": {"json": {"password": "matrix password 1"}},
+        "POST /api/v1/auth/login": {"json": {"user": p["user"], "password": "not it at all"}},
+        "POST /api/v1/auth/oidc/exchange": {"json": {"code": "c" * 32, "verifier": "v" * 43}},
     }
     return bodies.get(f"{method} {path}", {})
 
@@ -357,6 +395,13 @@ def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
         made = http.post("/api/v1/tokens", json={"role": "viewer", "name": "gone"}, headers=admin)
         assert made.status_code == 201, made.text
         return {"token_id": made.json()["id"]}
+    if route == "DELETE /api/v1/users/{user}":
+        name = unique("gone")
+        made = http.post(
+            "/api/v1/users", json={"name": name, "role": "viewer", "kind": "service"}, headers=admin
+        )
+        assert made.status_code == 201, made.text
+        return {"user": name}
     if route == "POST /api/v1/nodes/{node}/revoke":
         node = unique("revoked")
         world.server.node_token(node)
@@ -551,6 +596,18 @@ async def _objects(server: RunningServer, nodes: FakeNodes) -> World:
             ),
             201,
         )
+        user = _ok(
+            await http.post(
+                "/api/v1/users",
+                json={
+                    "name": unique("member"),
+                    "role": "viewer",
+                    "password": "a member's password",
+                },
+                headers=admin,
+            ),
+            201,
+        )
         migration = _ok(
             await http.post(
                 "/api/v1/instances/migrate",
@@ -576,6 +633,7 @@ async def _objects(server: RunningServer, nodes: FakeNodes) -> World:
             "execution_id": execution["id"],
             "snapshot": snapshot["digest"],
             "migration_id": migration["id"],
+            "user": user["name"],
             "instance": instance["key"],
             "node": node,
             "app_version": "nothing@1",
@@ -667,7 +725,12 @@ def test_each_role_gets_what_its_role_allows(
     response = _call(http, world, route, token, _params(world, route, http))
     status = response.status_code
     assert status < 500, (status, response.text)
-    if caller == "anonymous":
+    if rule.role == "public":  # whatever it answers, never for want of a role
+        json = "json" in response.headers.get("content-type", "")
+        body = response.json() if json else {}
+        code = body.get("code") if isinstance(body, dict) else None
+        assert code not in ("unauthorized", "forbidden"), response.text
+    elif caller == "anonymous":
         assert status == 401, (status, response.text)
         assert response.request.method == "HEAD" or response.json()["code"] == "unauthorized"
     elif caller not in _PASSES[rule.role]:

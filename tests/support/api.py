@@ -13,6 +13,7 @@ __all__ = [
     "DIGEST_HEADER",
     "MAX_ARTIFACT_BYTES",
     "assert_envelope",
+    "audit_events",
     "bearer",
     "deploy",
     "join_node",
@@ -105,3 +106,11 @@ async def deploy(
     if instances is not None:
         body["instances"] = instances
     return await http.post(f"/api/v1/apps/{app}/deployments", json=body, headers=headers)
+
+
+async def audit_events(http: httpx.AsyncClient, token: str, **params: Any) -> list[dict[str, Any]]:
+    """``GET /api/v1/audit`` as ``token``: the events of the first page."""
+    response = await http.get("/api/v1/audit", params=params, headers=bearer(token))
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["events"]
+    return found

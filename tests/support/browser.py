@@ -69,7 +69,7 @@ def new_console(browser: Browser, *, width: int = 1280, height: int = 900) -> Br
 def sign_in(page: Page, base_url: str, token: str, next_path: str = "/ui/") -> None:
     page.goto(f"{base_url}/ui/login?next={next_path}")
     page.fill("#token", token)
-    page.click("form[action='/ui/login'] button[type=submit]")
+    page.click("#token-form button[type=submit]")
     page.wait_for_url(re.compile(r".*/ui/.*"))
     assert "/ui/login" not in page.url, page.content()[:2000]
 

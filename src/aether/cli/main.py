@@ -86,7 +86,80 @@ def build_parser() -> argparse.ArgumentParser:
         "--rotate", action="store_true", help="replace the session's token with a new one"
     )
     p.add_argument("--token", default=None, help="or AETHER_TOKEN, or stdin with --token -")
+    p.add_argument("--user", default=None, help="sign in with this account's password")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="with --user: read the password from stdin"
+    )
+    p.add_argument("--totp", default=None, help="with --user: the code of your authenticator")
+    p.add_argument(
+        "--sso", action="store_true", help="sign in with the server's OpenID Connect provider"
+    )
+    p.add_argument(
+        "--no-browser", action="store_true", help="with --sso: print the URL, open nothing"
+    )
+    p.add_argument("--tenant", default=None, help="the tenant to sign in to (if several)")
     p.add_argument("--format", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("whoami", help="who the session's token is: account, tenant, role")
+    p.set_defaults(command="whoami")
+    _common(p)
+
+    p = sub.add_parser(
+        "users", help="your tenant's members: ls, create, get, set, rm, passwd, totp"
+    )
+    users_sub = p.add_subparsers(dest="users_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    users_sub.required = True
+    q = users_sub.add_parser("ls", help="the tenant's members and their roles")
+    _common(q)
+    q = users_sub.add_parser("get", help="one member")
+    q.add_argument("name")
+    _common(q)
+    q = users_sub.add_parser("create", help="add a person or a service account with a role")
+    q.add_argument("name", help="a login name: a-z, 0-9, '.', '_', '-'")
+    q.add_argument("--role", choices=["admin", "operator", "viewer"], required=True)
+    q.add_argument(
+        "--service",
+        dest="kind",
+        action="store_const",
+        const="service",
+        default="person",
+        help="a service account: no password, tokens only (`aether tokens create --user`)",
+    )
+    q.add_argument("--email", default=None, help="links single sign-on at first sign-in")
+    q.add_argument("--display-name", default=None)
+    q.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    q.add_argument(
+        "--no-password", action="store_true", help="a person who signs in with single sign-on"
+    )
+    q.add_argument("--totp", action="store_true", help="enrol a TOTP second factor now")
+    _common(q)
+    q = users_sub.add_parser(
+        "add", help="make an existing account a member of TENANT too (cluster admins)"
+    )
+    q.add_argument("name")
+    q.add_argument("--tenant", required=True)
+    q.add_argument("--role", choices=["admin", "operator", "viewer"], required=True)
+    _common(q)
+    q = users_sub.add_parser("set", help="change a member's role or details")
+    q.add_argument("name")
+    q.add_argument("--role", choices=["admin", "operator", "viewer"], default=None)
+    q.add_argument("--email", default=None)
+    q.add_argument("--display-name", default=None)
+    q.add_argument("--disable", action="store_true", help="the account may not sign in")
+    q.add_argument("--enable", action="store_true")
+    _common(q)
+    q = users_sub.add_parser("rm", help="take a member out of the tenant")
+    q.add_argument("name")
+    _common(q)
+    q = users_sub.add_parser("passwd", help="set a password (your own: with --current)")
+    q.add_argument("name")
+    q.add_argument("--password-stdin", action="store_true", help="read the new one from stdin")
+    q.add_argument("--current", action="store_true", help="ask for your current password")
+    _common(q)
+    q = users_sub.add_parser("totp", help="enrol a TOTP second factor (or --off)")
+    q.add_argument("name")
+    q.add_argument("--off", action="store_true", help="remove it instead (admins)")
+    _common(q)
 
     p = sub.add_parser("deploy", help="pack, upload and deploy the app in PATH")
     p.add_argument("path", nargs="?", default=".")
@@ -269,10 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--role",
         choices=["admin", "operator", "viewer", "join"],
-        required=True,
-        help="join: lets a node join the cluster (cluster admins only)",
+        default=None,
+        help="join: lets a node join the cluster (cluster admins only); not with --user",
     )
     q.add_argument("--name", default="cli", help="what the token is for")
+    q.add_argument("--user", default=None, help="a member (e.g. a service account): its role")
+    q.add_argument("--expires", default=None, help="stop working after 30m, 12h, 90d, ...")
     _common(q)
     q = tokens_sub.add_parser("list", help="this tenant's tokens")
     _common(q)
@@ -477,6 +552,8 @@ _MODULES = {
     "server": "daemons",
     "node": "daemons",
     "login": "session_cmds",
+    "whoami": "session_cmds",
+    "users": "users",
     "deploy": "deploy",
     "status": "views",
     "apps": "views",

@@ -23,6 +23,7 @@ from aether.server.api import (
     apps,
     artifacts,
     audit,
+    auth,
     blobs,
     cluster,
     decisions,
@@ -33,6 +34,7 @@ from aether.server.api import (
     tasks,
     tenants,
     tokens,
+    users,
 )
 from aether.server.api import backup as backup_api
 from aether.server.api import events as events_api
@@ -59,6 +61,7 @@ from aether.server.leader.rebalance import Rebalancer
 from aether.server.leader.reconcile import Leader, LeaderLoop
 from aether.server.leader.risk import RiskEngine
 from aether.server.services.logstore import LogStore
+from aether.server.services.oidc import OidcClient
 from aether.server.services.presence import announce
 from aether.server.services.revocations import follow_revocations
 from aether.server.services.telemetry import TelemetryHub
@@ -182,6 +185,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             uploads=UploadGate(settings.max_concurrent_uploads, metrics),
             queue=_open_queue(settings, sessions),
             limiter=RateLimiter(settings, records, open_storage(settings)),
+            oidc=OidcClient(settings),
             telemetry=TelemetryHub(
                 records,
                 retention_days=settings.metrics_retention_days,
@@ -244,6 +248,8 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         return JSONResponse({"status": "ready", "revision": revision})
 
     for module in (
+        auth,
+        users,
         audit,
         artifacts,
         blobs,

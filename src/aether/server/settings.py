@@ -144,6 +144,19 @@ class ServerSettings(BaseSettings):
     quota_sandboxes: int | None = Field(default=None, ge=0)
     quota_artifact_bytes: int | None = Field(default=None, ge=0)
 
+    # -- accounts: passwords, a second factor, OpenID Connect --
+    login_token_hours: float = Field(
+        default=12.0, gt=0, le=24 * 90, description="how long a token from `aether login` lasts"
+    )
+    totp_required_for_admins: bool = Field(
+        default=False,
+        description="admins must give a TOTP code when they sign in with a password",
+    )
+    oidc_issuer: str = Field(default="", description="OpenID Connect issuer URL; empty: off")
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_scopes: str = "openid email profile"
+
     @model_validator(mode="after")
     def _advisers(self) -> ServerSettings:
         for layer in ("tactical", "strategic"):

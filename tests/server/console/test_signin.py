@@ -11,6 +11,7 @@ from playwright.sync_api import Browser, expect
 from aether.server.console import CSP
 from aether.server.console.view import paginate
 from aether.store.records import DEFAULT_TENANT
+from tests.support.api import bearer, unique
 from tests.support.browser import axe_violations, new_console, screenshot, sign_in
 from tests.support.console import csrf_of, login_csrf, signed_in
 from tests.support.server import RunningServer
@@ -60,6 +61,38 @@ def test_a_wrong_token_is_refused_on_the_form(server: RunningServer) -> None:
     assert answer.status_code == 401
     assert "not valid" in answer.text
     assert "aether_session" not in answer.headers.get("set-cookie", "")
+
+
+def test_a_person_signs_in_with_an_account_and_a_wrong_password_is_refused(
+    server: RunningServer,
+) -> None:
+    admin = server.new_tenant()
+    name = unique("jo")
+    made = httpx.post(
+        f"{server.base_url}/api/v1/users",
+        json={"name": name, "role": "viewer", "password": "a long enough password"},
+        headers=bearer(admin),
+    )
+    assert made.status_code == 201, made.text
+    with httpx.Client(base_url=server.base_url) as client:
+        wrong = client.post(
+            "/ui/login",
+            data={"user": name, "password": "not it at all", "csrf": login_csrf(client)},
+        )
+        assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+        assert "aether_session" not in wrong.headers.get("set-cookie", "")
+        good = client.post(
+            "/ui/login",
+            data={
+                "user": name,
+                "password": "a long enough password",
+                "csrf": login_csrf(client),
+                "next": "/ui/apps",
+            },
+        )
+        assert good.status_code == 303 and good.headers["location"] == "/ui/apps"
+        page = client.get("/ui/apps")
+    assert page.status_code == 200 and f"{name} · " in page.text
 
 
 def test_node_and_join_credentials_cannot_sign_in(server: RunningServer) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
 from datetime import datetime
 from typing import Any
 
+from aether.cli.durations import duration_seconds
 from aether.cli.output import EXIT, CliError, emit
 from aether.cli.session import api_client
 from aether.model.audit import AuditEventOut
@@ -19,16 +19,14 @@ from aether.model.audit import AuditEventOut
 __all__ = ["format_event", "parse_since", "run"]
 
 FOLLOW_SECONDS = 1.0
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_since(value: str, now: float | None = None) -> float:
     """``30m``, ``2h``, ``7d`` ago; an ISO time; or epoch seconds."""
     now = time.time() if now is None else now
-    found = _DURATION.fullmatch(value.strip())
-    if found:
-        return now - float(found.group(1)) * _UNITS[found.group(2)]
+    seconds = duration_seconds(value)
+    if seconds is not None:
+        return now - seconds
     try:
         return float(value)
     except ValueError:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from aether.cli.output import emit, table
+from aether.cli.durations import duration_seconds
+from aether.cli.output import CliError, emit, table
 from aether.cli.session import api_client
 
 __all__ = ["run"]
@@ -30,7 +31,20 @@ async def run(args: argparse.Namespace) -> int:
             result = await client.allow_node(args.node)
             emit(args, result, f"node {args.node} may join again (with a join token)")
         elif args.tokens_command == "create":
-            token = await client.create_token(args.role, args.name)
+            if args.role is None and args.user is None:
+                raise CliError("a token needs --role, or --user whose role it takes", kind="usage")
+            expires = None
+            if args.expires is not None:
+                seconds = duration_seconds(args.expires)
+                if seconds is None:
+                    raise CliError(
+                        f"--expires {args.expires!r}: give a duration (30m, 12h, 90d)",
+                        kind="usage",
+                    )
+                expires = int(seconds)
+            token = await client.create_token(
+                args.role, args.name, user=args.user, expires_in=expires
+            )
             emit(args, token, str(token["token"]))
         elif args.tokens_command == "revoke":
             token = await client.revoke_token(args.id)

@@ -24,8 +24,10 @@ from aether.server.console.view import Action, error_page, templates
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import audit_request
 from aether.server.http.sessions import SESSION_COOKIE, check_csrf
+from aether.server.services.accounts import limit_sign_in, password_login
+from aether.store.records import Principal
 
-__all__ = ["router", "safe_next"]
+__all__ = ["open_console_session", "router", "safe_next"]
 
 router = APIRouter()
 Ctx = Annotated[ServerContext, Depends(get_context)]
@@ -52,6 +54,7 @@ def _login_form(request: Request, *, status: int = 200, message: str = "") -> Re
             "next": safe_next(request.query_params.get("next")),
             "message": message,
             "version": __version__,
+            "sso": _sso_enabled(request),
         },
         status_code=status,
     )
@@ -67,6 +70,11 @@ def _login_form(request: Request, *, status: int = 200, message: str = "") -> Re
     return response
 
 
+def _sso_enabled(request: Request) -> bool:
+    ctx = getattr(request.app.state, "ctx", None)
+    return bool(ctx is not None and ctx.oidc.enabled)
+
+
 @router.get("/login")
 async def login_form(request: Request) -> Response:
     return _login_form(request)
@@ -77,6 +85,9 @@ async def login(
     request: Request,
     ctx: Ctx,
     token: Annotated[str, Form(max_length=512)] = "",
+    user: Annotated[str, Form(max_length=64)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    totp: Annotated[str, Form(max_length=10)] = "",
     csrf: Annotated[str, Form(max_length=128)] = "",
     next: Annotated[str, Form(max_length=2048)] = "/ui/",
 ) -> Response:
@@ -91,6 +102,8 @@ async def login(
             "open the sign-in page again.",
             "csrf_failed",
         )
+    if user.strip():
+        return await _password_sign_in(request, ctx, user.strip(), password, totp, next)
     principal = await ctx.tokens.resolve(token.strip(), ctx.records) if token.strip() else None
     if principal is None:
         await audit_request(request, None, SIGN_IN, TARGET, 401, "invalid or revoked token")
@@ -109,6 +122,37 @@ async def login(
         return error_page(  # fail closed: no session without its audit event
             request, 503, "Signing in is unavailable right now; try again.", "audit_unavailable"
         )
+    return await open_console_session(request, ctx, principal, next)
+
+
+async def _password_sign_in(
+    request: Request, ctx: ServerContext, user: str, password: str, totp: str, next: str
+) -> Response:
+    """An account's sign-in: the same checks, limits and audit event as ``POST
+    /api/v1/auth/login``, ending in a session."""
+    try:
+        await limit_sign_in(ctx, request, user)
+        result = await password_login(ctx, user, password, None, totp or None)
+    except AetherError as exc:
+        await audit_request(
+            request, None, SIGN_IN, f"users/{user}", exc.status, f"{exc.code}: {exc.message}"
+        )
+        message = (
+            "Wrong user name or password." if exc.code == "invalid_credentials" else exc.message
+        )
+        return _login_form(request, status=exc.status, message=message)
+    principal = result.principal()
+    if not await audit_request(request, principal, SIGN_IN, f"users/{user}", 303, "password"):
+        return error_page(
+            request, 503, "Signing in is unavailable right now; try again.", "audit_unavailable"
+        )
+    return await open_console_session(request, ctx, principal, next)
+
+
+async def open_console_session(
+    request: Request, ctx: ServerContext, principal: Principal, next: str
+) -> Response:
+    """Open a session for a signed-in principal and send the browser on to ``next``."""
     hours = ctx.settings.console_session_hours
     session_id, _ = await ctx.records.open_session(principal.token_id, hours * 3600)
     response = RedirectResponse(safe_next(next), status_code=303)

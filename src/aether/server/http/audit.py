@@ -100,11 +100,14 @@ def outcome_of(status: int) -> str:
 
 
 def actor_of(principal: Principal | None) -> tuple[str, str]:
-    """``(actor_kind, actor)``: a node by its id, a token by its id, else anonymous."""
+    """``(actor_kind, actor)``: a node by its id, an account by its name, a bare token by
+    its id, else anonymous."""
     if principal is None:
         return "anonymous", ""
     if principal.role == "node" and principal.node:
         return "node", principal.node
+    if principal.user:
+        return "user", principal.user
     return "token", principal.token_id
 
 

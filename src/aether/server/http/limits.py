@@ -14,7 +14,8 @@ telemetry fast path, the idempotency middleware and FastAPI's body parsing:
 * a request under ``/api/`` that carries a body is authenticated here, before the
   body is read or parsed (``server.http.auth.authenticate``, the same check and the same
   messages as the routes), so malformed JSON without a valid token is a 401, not a
-  400 that tells an anonymous caller how its body was parsed.
+  400 that tells an anonymous caller how its body was parsed. The sign-in routes
+  (``SIGN_IN_PATHS``), whose callers have no token yet, are the exception.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ NODE_REPORT_BYTES = 16 << 20
 MAX_ASSEMBLE_BODY_BYTES = 64 << 20
 #: A node's metrics push: a push of thousands of instances is still far below this.
 MAX_PUSH_BYTES = 4 << 20
+
+
+#: routes that take a body from callers without a token: they sign in for one
+SIGN_IN_PATHS = frozenset({"/api/v1/auth/login", "/api/v1/auth/oidc/exchange"})
 
 
 def _upload_routes(settings: ServerSettings) -> list[tuple[str, re.Pattern[str], int]]:
@@ -119,7 +124,7 @@ class InputLimits:
             await _answer(scope, receive, send, 413, "payload_too_large", _too_large(limit))
             return
         has_body = chunked or bool(length)
-        if has_body and scope["path"].startswith("/api/"):
+        if has_body and scope["path"].startswith("/api/") and scope["path"] not in SIGN_IN_PATHS:
             refused = await _authenticate(scope)
             if refused is not None:
                 await _answer(scope, receive, send, refused.status, refused.code, refused.message)

@@ -36,6 +36,7 @@ from aether.store.records import Principal, Records
 __all__ = [
     "AUDIT_WINDOW",
     "EXEMPT_ROLES",
+    "RATE_STATE_KEY",
     "RateLimitHeaders",
     "RateLimiter",
     "Verdict",
@@ -51,6 +52,7 @@ LIMITS_TTL = 5.0
 #: A tenant's refusals write at most one audit event per this many seconds (per server).
 AUDIT_WINDOW = 60.0
 _STATE_KEY = "rate_limit"
+RATE_STATE_KEY = _STATE_KEY  # where a request's verdict is kept (its scope's state)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,12 @@ class SessionCache:
     def forget(self, session_id: str) -> None:
         self._entries.pop(session_id, None)
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop every session of the account (its role or membership changed)."""
+        for key, (principal, _, _) in list(self._entries.items()):
+            if principal.user_id == user_id:
+                del self._entries[key]
+
     def forget_token(self, token_id: str) -> None:
         """Drop every session opened with this token (it was revoked)."""
         for key, (principal, _, _) in list(self._entries.items()):

@@ -38,15 +38,25 @@ class TokenCache:
         entry = self._entries.get(token)
         if entry is None:
             return None
-        if entry[1] <= now:
+        principal, until = entry
+        if until <= now or (
+            principal.expires_at is not None and principal.expires_at <= time.time()
+        ):
             self._entries.pop(token, None)
             return None
-        return entry[0]
+        return principal
 
     def put(self, token: str, principal: Principal, now: float) -> None:
         if len(self._entries) >= self.size:
             self._entries.clear()  # crude, but bounded; the next calls refill it
         self._entries[token] = (principal, now + self.ttl)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop every entry of the account's tokens (its role or membership changed)."""
+        self._generation += 1
+        for token, (principal, _) in list(self._entries.items()):
+            if principal.user_id == user_id:
+                del self._entries[token]
 
     def forget(self, token_id: str) -> None:
         """Drop every entry of this token (call it when the token is revoked)."""

@@ -53,7 +53,9 @@ def new_id() -> str:
 class Principal:
     """Who is calling: the tenant every query is scoped by, and the role.
 
-    ``node`` is the node id a node credential is bound to (role ``node``), else None.
+    ``node`` is the node id a node credential is bound to (role ``node``), else None;
+    ``user`` the account (a person or a service account) the token belongs to, whose
+    role in the tenant ``role`` is; ``expires_at`` the token's expiry (epoch seconds).
     """
 
     tenant_id: str
@@ -61,6 +63,9 @@ class Principal:
     role: str
     token_id: str
     node: str | None = None
+    user: str | None = None
+    user_id: str | None = None
+    expires_at: float | None = None
 
     @property
     def cluster_admin(self) -> bool:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from aether.store.records.base import Principal, RecordsBase, hash_token, now
-from aether.store.records.schema import ApiToken, ConsoleSession, Tenant
+from aether.store.records.schema import ApiToken, ConsoleSession
+from aether.store.records.tenants import principal_of, principal_query
 
 __all__ = ["ConsoleRecords"]
 
@@ -41,20 +42,20 @@ class ConsoleRecords(RecordsBase):
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    select(ConsoleSession.csrf, ApiToken, Tenant)
-                    .join(ApiToken, ApiToken.id == ConsoleSession.token_id)
-                    .join(Tenant, Tenant.id == ApiToken.tenant_id)
+                    principal_query()
+                    .add_columns(ConsoleSession.csrf)
+                    .join(ConsoleSession, ConsoleSession.token_id == ApiToken.id)
                     .where(
                         ConsoleSession.id_hash == hash_token(session_id),
                         ConsoleSession.expires_at > now(),
-                        ApiToken.revoked_at.is_(None),
                     )
                 )
             ).first()
         if row is None:
             return None
-        csrf, token, tenant = row
-        return Principal(tenant.id, tenant.name, token.role, token.id, token.node_id), csrf
+        token, tenant, role, user, csrf = row
+        principal = principal_of(token, tenant, role, user)
+        return None if principal is None else (principal, csrf)
 
     async def close_session(self, session_id: str) -> None:
         async with self.sessions() as session:

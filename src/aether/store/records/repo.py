@@ -25,6 +25,7 @@ from aether.store.records.rollups import RollupRecords
 from aether.store.records.sandboxes import SandboxRecords
 from aether.store.records.signing import SigningRecords
 from aether.store.records.snapshots import SnapshotRecords
+from aether.store.records.users import UserRecords
 
 __all__ = ["DEFAULT_TENANT", "Principal", "Records", "epoch", "hash_token", "now", "utc"]
 
@@ -47,5 +48,6 @@ class Records(
     RiskRecords,
     RollupRecords,
     SnapshotRecords,
+    UserRecords,
 ):
     """The records repository: every query, one object."""

@@ -31,9 +31,11 @@ __all__ = [
     "DeploymentEvent",
     "Execution",
     "IdempotencyKey",
+    "Membership",
     "MetricRollup",
     "MigrationRecord",
     "Node",
+    "OidcLogin",
     "PublicKey",
     "RiskAssessmentRow",
     "Sandbox",
@@ -43,6 +45,7 @@ __all__ = [
     "TaskEventRow",
     "Tenant",
     "TenantLimitsRow",
+    "User",
 ]
 
 
@@ -70,6 +73,41 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None]
     # a node credential (role ``node``) is bound to one node id; every other token: None
     node_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    # a token of a user or service account takes its role from the account's membership
+    # of the tenant (so a change of role or a removal reaches its tokens); None: a bare token
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[datetime | None]
+
+
+class User(Base):
+    """An account: a person (password and/or OpenID Connect) or a service account (tokens
+    only). Accounts are cluster-wide identities; what they may do is per tenant
+    (``memberships``)."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # person | service
+    display_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    email: Mapped[str | None] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256))  # argon2id
+    totp_secret: Mapped[str | None] = mapped_column(String(64))  # base32; None: no second factor
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)  # a code counts once
+    oidc_issuer: Mapped[str | None] = mapped_column(String(512))
+    oidc_subject: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+    __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject"),)
+
+
+class Membership(Base):
+    """A user's role in one tenant."""
+
+    __tablename__ = "memberships"
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | operator | viewer
+    created_at: Mapped[datetime]
 
 
 class App(Base):
@@ -477,3 +515,22 @@ class AuditChain(Base):
     head_hash: Mapped[str] = mapped_column(String(64))
     anchor_id: Mapped[int]
     anchor_hash: Mapped[str] = mapped_column(String(64))
+
+
+class OidcLogin(Base):
+    """A sign-in with OpenID Connect under way: from ``/auth/oidc/start`` to the provider
+    and back (``state``), then, for the CLI, one exchange of a one-time code for a token.
+    Only hashes of the state and the code are kept."""
+
+    __tablename__ = "oidc_logins"
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(128))
+    code_verifier: Mapped[str] = mapped_column(String(128))  # PKCE, towards the provider
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    purpose: Mapped[str] = mapped_column(String(16))  # cli | console
+    cli_port: Mapped[int | None]
+    cli_challenge: Mapped[str | None] = mapped_column(String(128))  # S256 of the CLI's verifier
+    next_url: Mapped[str] = mapped_column(String(2048), default="", server_default="")
+    expires_at: Mapped[datetime]
+    user_id: Mapped[str | None] = mapped_column(String(64))  # set by the callback
+    exchange_hash: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from aether.errors import ConflictError, NotFoundError
@@ -15,6 +16,7 @@ from aether.store.records.base import (
     ROLES,
     Principal,
     RecordsBase,
+    epoch,
     hash_token,
     new_id,
     now,
@@ -29,6 +31,7 @@ from aether.store.records.schema import (
     DeploymentEvent,
     Execution,
     IdempotencyKey,
+    Membership,
     MigrationRecord,
     PublicKey,
     Sandbox,
@@ -36,9 +39,51 @@ from aether.store.records.schema import (
     Task,
     TaskEventRow,
     Tenant,
+    User,
 )
 
-__all__ = ["PurgedTenant", "TenantRecords"]
+__all__ = ["PurgedTenant", "TenantRecords", "principal_of", "principal_query"]
+
+
+def principal_query() -> Select[ApiToken, Tenant, str, User]:
+    """Live tokens with their tenant, and their account and its role there, if any."""
+    return (
+        select(ApiToken, Tenant, Membership.role, User)
+        .join(Tenant, Tenant.id == ApiToken.tenant_id)
+        .outerjoin(User, User.id == ApiToken.user_id)
+        .outerjoin(
+            Membership,
+            and_(
+                Membership.user_id == ApiToken.user_id, Membership.tenant_id == ApiToken.tenant_id
+            ),
+        )
+        .where(
+            ApiToken.revoked_at.is_(None),
+            or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now()),
+        )
+    )
+
+
+def principal_of(
+    token: ApiToken, tenant: Tenant, member_role: str | None, user: User | None
+) -> Principal | None:
+    """The caller a live token stands for. An account's token takes the account's role in
+    the tenant, so it dies with the membership or the account."""
+    role = token.role
+    if token.user_id is not None:
+        if user is None or user.disabled_at is not None or member_role is None:
+            return None
+        role = member_role
+    return Principal(
+        tenant.id,
+        tenant.name,
+        role,
+        token.id,
+        token.node_id,
+        user=user.name if user is not None else None,
+        user_id=token.user_id,
+        expires_at=epoch(token.expires_at) if token.expires_at is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +109,7 @@ _OWNED = (
     App,
     Artifact,
     ApiToken,
+    Membership,
 )
 
 
@@ -98,9 +144,17 @@ class TenantRecords(RecordsBase):
         return (await self.issue_token(tenant_id, role, name))[1]
 
     async def issue_token(
-        self, tenant_id: str, role: str, name: str, *, node_id: str | None = None
+        self,
+        tenant_id: str,
+        role: str,
+        name: str,
+        *,
+        node_id: str | None = None,
+        user_id: str | None = None,
+        expires_at: datetime | None = None,
     ) -> tuple[str, str]:
-        """(id, plain text) of a new token; a node credential names its node."""
+        """(id, plain text) of a new token; a node credential names its node, an account's
+        token its account (whose membership then gives the role)."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         if (role == "node") != (node_id is not None):
@@ -118,6 +172,8 @@ class TenantRecords(RecordsBase):
                     created_at=now(),
                     revoked_at=None,
                     node_id=node_id,
+                    user_id=user_id,
+                    expires_at=expires_at,
                 )
             )
             await session.commit()
@@ -150,18 +206,18 @@ class TenantRecords(RecordsBase):
             await session.commit()
 
     async def authenticate(self, token: str) -> Principal | None:
+        """The token's caller; None if it is unknown, revoked or expired, or its account
+        is disabled or no longer a member of the token's tenant."""
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    select(ApiToken, Tenant)
-                    .join(Tenant, Tenant.id == ApiToken.tenant_id)
-                    .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+                    principal_query().where(ApiToken.token_hash == hash_token(token))
                 )
             ).first()
-            if row is None:
-                return None
-            tok, tenant = row
-            return Principal(tenant.id, tenant.name, tok.role, tok.id, tok.node_id)
+        if row is None:
+            return None
+        tok, tenant, role, user = row
+        return principal_of(tok, tenant, role, user)
 
     async def create_tenant(self, name: str, display_name: str, description: str) -> Tenant:
         """A new tenant; ConflictError when the name is taken."""
@@ -237,6 +293,12 @@ class TenantRecords(RecordsBase):
             )
             for table in _OWNED:
                 await session.execute(delete(table).where(table.tenant_id == tenant_id))
+            # a service account lives in one tenant: it goes with it (people stay: they are
+            # cluster-wide accounts that may belong to other tenants)
+            members = select(Membership.user_id)
+            await session.execute(
+                delete(User).where(User.kind == "service", User.id.not_in(members))
+            )
             await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
             await session.commit()
         return PurgedTenant(token_ids, digests)
