@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,13 @@ from fastapi import FastAPI, Request
 
 from aether.ports import free_port
 from aether.server.asgi import create_asgi
+from aether.server.context import get_context
 from aether.server.http.audit import AuditMiddleware
 from aether.server.http.auth import authenticate
 from aether.server.http.ratelimit import RateLimiter, RateLimitHeaders, Verdict
 from aether.server.settings import ServerSettings
 from aether.store.records import DEFAULT_TENANT, Principal
-from bench.common import machine_busy, percentile, write_result
+from bench.common import percentile, wait_until_quiet, write_result
 
 RESULT_NAME = "auth_overhead"
 TENANT = "bench"
@@ -83,7 +85,21 @@ def _without_checks(app: FastAPI, principal: list[Principal]) -> None:
     app.dependency_overrides[authenticate] = fixed
 
 
-async def _serve(apps: dict[str, FastAPI], ports: dict[str, int], ready: threading.Event) -> None:
+def _same_overhead(app: FastAPI) -> None:
+    """An identity override on the "on" app. FastAPI rebuilds every dependency of a
+    request when an app has any override; without this, only "off" would pay that
+    (about half a millisecond a request here) and the difference would understate the
+    checks' cost."""
+    app.dependency_overrides[get_context] = get_context
+
+
+async def _serve(
+    apps: dict[str, FastAPI],
+    ports: dict[str, int],
+    ready: threading.Event,
+    loop: list[asyncio.AbstractEventLoop],
+) -> None:
+    loop.append(asyncio.get_running_loop())
     servers = [
         uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports[mode], log_level="warning"))
         for mode, app in apps.items()
@@ -109,22 +125,38 @@ async def _serve(apps: dict[str, FastAPI], ports: dict[str, int], ready: threadi
         await asyncio.sleep(0.1)
 
 
+@dataclass
+class _Servers:
+    bases: dict[str, str]  # mode → base URL
+    apps: dict[str, FastAPI]
+    loop: asyncio.AbstractEventLoop
+
+    def audited_writes(self, mode: str) -> int:
+        """The mode's audit events of the write route (a check that "off" wrote none)."""
+        ctx = self.apps[mode].state.ctx
+        rows = ctx.records.list_audit(None, action="PATCH /tenants/{tenant}", limit=1_000_000)
+        return len(asyncio.run_coroutine_threadsafe(rows, self.loop).result(60))
+
+
 @contextmanager
-def _servers(tmp: Path) -> Iterator[dict[str, str]]:
-    """The "on" and "off" servers: their base URLs while inside."""
+def _servers(tmp: Path) -> Iterator[_Servers]:
+    """The "on" and "off" servers, running while inside."""
     ports = {mode: free_port() for mode in MODES}
     apps = {mode: create_asgi(_settings(tmp / mode, ports[mode])) for mode in MODES}
     apps["off"].state.bench_principal = []
     _without_checks(apps["off"], apps["off"].state.bench_principal)
+    _same_overhead(apps["on"])
     ready = threading.Event()
+    loop: list[asyncio.AbstractEventLoop] = []
     thread = threading.Thread(
-        target=lambda: asyncio.run(_serve(apps, ports, ready)), name="servers", daemon=True
+        target=lambda: asyncio.run(_serve(apps, ports, ready, loop)), name="servers", daemon=True
     )
     thread.start()
     if not ready.wait(60):
         raise RuntimeError("the servers did not start")
     try:
-        yield {mode: f"http://127.0.0.1:{ports[mode]}" for mode in MODES}
+        bases = {mode: f"http://127.0.0.1:{ports[mode]}" for mode in MODES}
+        yield _Servers(bases, apps, loop[0])
     finally:
         apps["on"].state.bench_stop = True
         thread.join(15)
@@ -162,10 +194,12 @@ def _order(round_no: int) -> tuple[str, ...]:
     return MODES if round_no % 2 == 0 else tuple(reversed(MODES))
 
 
-def measure(rounds: int, requests: int) -> dict[str, dict[str, list[float]]]:
-    """Latencies (ms) by mode and route, over interleaved rounds."""
+def measure(rounds: int, requests: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, int]]:
+    """Latencies (ms) by mode and route, over interleaved rounds; the audit events of
+    the write route by mode."""
     samples: dict[str, dict[str, list[float]]] = {m: {r: [] for r in ROUTES} for m in MODES}
-    with tempfile.TemporaryDirectory() as tmp, _servers(Path(tmp)) as bases:
+    with tempfile.TemporaryDirectory() as tmp, _servers(Path(tmp)) as servers:
+        bases = servers.bases
         clients = {mode: _client(Path(tmp) / mode) for mode in MODES}
         try:
             for mode in MODES:
@@ -176,10 +210,14 @@ def measure(rounds: int, requests: int) -> dict[str, dict[str, list[float]]]:
                         samples[mode][route] += [
                             _call(clients[mode], bases[mode], route, i) for i in range(requests)
                         ]
+            audited = {mode: servers.audited_writes(mode) for mode in MODES}
         finally:
             for client in clients.values():
                 client.close()
-    return samples
+    writes = rounds * requests + 50  # the measured ones and the warm-up's
+    if audited["off"] != 0 or audited["on"] < writes:
+        raise RuntimeError(f"audit events of the writes {audited}: expected on ≥ {writes}, off 0")
+    return samples, audited
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -211,8 +249,9 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def run(rounds: int, requests: int) -> dict[str, Any]:
-    busy = round(machine_busy(1.0), 3)
-    result = report(measure(rounds, requests))
+    busy = wait_until_quiet(patience=60)
+    samples, audited = measure(rounds, requests)
+    result = {**report(samples), "audited_writes": audited}
     _print(result)
     write_result(
         RESULT_NAME,
