@@ -132,6 +132,7 @@ def test_login_session_and_commands_against_a_real_server(tmp_path: Path) -> Non
                 "created_at": status["apps"][0]["created_at"],
                 "rpo_seconds": None,  # stateless: no recovery point
                 "checkpoint_age_seconds": None,
+                "route": "/apps/hello-python/",  # the default tenant's form
             }
         ]
         text = aether(tmp_path, "status").stdout

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from aether.model.cluster import Endpoint
-from aether.node.router import Router, split_target
+from aether.model.names import route_target
+from aether.node.router import Router
 from aether.ports import free_port
 
 
@@ -28,11 +29,28 @@ from aether.ports import free_port
         ("127.0.0.1:8080", "/apps/shop/", ("shop", "/")),
         ("127.0.0.1:8080", "/apps/", None),
         ("127.0.0.1:8080", "/other", None),
-        ("a.b.localhost", "/", None),
+        ("127.0.0.1:8080", "/apps/shop?x=1", ("shop", "/?x=1")),
+        ("shop.acme.localhost", "/cart", ("shop.acme", "/cart")),
+        ("SHOP.Acme.localhost:8080", "/", ("shop.acme", "/")),
+        ("shop.default.localhost", "/", ("shop", "/")),
+        ("127.0.0.1:8080", "/t/acme/apps/shop/cart?x=1", ("shop.acme", "/cart?x=1")),
+        ("127.0.0.1:8080", "/t/acme/apps/shop", ("shop.acme", "/")),
+        ("127.0.0.1:8080", "/t/default/apps/shop/", ("shop", "/")),
+        ("a.b.c.localhost", "/", None),
+        ("a..localhost", "/", None),
+        ("-a.localhost", "/", None),
+        ("shop.example.com", "/", None),
+        ("127.0.0.1:8080", "/t//apps/x", None),
+        ("127.0.0.1:8080", "/t/acme/apps/", None),
+        ("127.0.0.1:8080", "/t/acme/x", None),
+        ("127.0.0.1:8080", "/t/acme", None),
+        ("127.0.0.1:8080", "/t/a.b/apps/x", None),
+        ("127.0.0.1:8080", "/apps/a.b/", None),
+        ("127.0.0.1:8080", "/apps/Shop/", None),
     ],
 )
-def test_split_target(host: str, path: str, expected: tuple[str, str] | None) -> None:
-    assert split_target(host, path) == expected
+def test_route_target(host: str, path: str, expected: tuple[str, str] | None) -> None:
+    assert route_target(host, path) == expected
 
 
 async def _upstream(name: str) -> tuple[web.AppRunner, str]:
@@ -102,6 +120,56 @@ async def test_refused_endpoint_is_retried_on_the_next(router: Router) -> None:
                     }
     finally:
         await live.cleanup()
+
+
+async def test_each_tenant_s_app_of_one_name_is_reached_only_by_its_own_forms(
+    router: Router,
+) -> None:
+    """``web`` of the default tenant and ``web`` of tenant acme (cluster name
+    ``web.acme``): each form reaches its own; an app a tenant lacks is the same 404
+    whatever another tenant has."""
+    default, url_default = await _upstream("default")
+    acme, url_acme = await _upstream("acme")
+    base = f"http://127.0.0.1:{router.port}"
+    try:
+        router.update(
+            [_ep("web", 0, url_default), _ep("web.acme", 0, url_acme)], apps=["web", "web.acme"]
+        )
+        forms = [
+            ("/apps/web/x?q=1", None, "default"),
+            ("/x?q=1", "web.localhost", "default"),
+            ("/t/acme/apps/web/x?q=1", None, "acme"),
+            ("/x?q=1", "web.acme.localhost:8080", "acme"),
+        ]
+        async with aiohttp.ClientSession() as http:
+            for path, host, owner in forms:
+                headers = {"Host": host} if host else {}
+                async with http.get(base + path, headers=headers) as resp:
+                    assert resp.status == 200, (path, host)
+                    assert await resp.json() == {
+                        "name": owner,
+                        "path": "/x?q=1",
+                        "body": "",
+                        "method": "GET",
+                    }
+            missing = []
+            for path, host in [
+                ("/t/globex/apps/web/", None),  # globex has no web; acme and default do
+                ("/t/globex/apps/nothing/", None),
+                ("/", "web.globex.localhost"),
+                ("/", "nothing.globex.localhost"),
+            ]:
+                async with http.get(base + path, headers={"Host": host} if host else {}) as resp:
+                    assert resp.status == 404
+                    body = await resp.json()
+                    missing.append((body["code"], body["message"].replace("nothing", "web")))
+            assert missing[0] == missing[1] == missing[2] == missing[3]
+            async with http.get(f"{base}/t//apps/web/") as resp:
+                assert resp.status == 404
+                assert "no app in this request" in (await resp.json())["message"]
+    finally:
+        await default.cleanup()
+        await acme.cleanup()
 
 
 async def test_host_header_routing(router: Router) -> None:

@@ -499,24 +499,6 @@ async def test_rollback_with_nothing_to_roll_back_to_conflicts(
     assert "roll back" in err["message"]
 
 
-async def test_app_name_owned_by_another_tenant_conflicts(
-    server: RunningServer, http: httpx.AsyncClient
-) -> None:
-    app = unique("taken")
-    digest = await upload_random(http, server.admin_token)
-    assert (await deploy(http, server.admin_token, app, digest)).status_code == 201
-
-    other = server.new_tenant()
-    their_digest = await upload_random(http, other)
-    response = await deploy(http, other, app, their_digest)
-    err = assert_envelope(response, 409, "conflict")
-    assert "another tenant" in err["message"]
-    # the owner's blueprint is untouched
-    bp = (await http.get(f"/api/v1/blueprints/{app}", headers=bearer(server.admin_token))).json()
-    assert bp["digest"] == digest
-    assert bp["version"] == 1
-
-
 # -- method_not_allowed 405 and trace ids ----------------------------------------
 
 

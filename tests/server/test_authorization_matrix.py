@@ -21,8 +21,9 @@ A's object gets 404 ``not_found`` — never 403 — with the very answer an obje
 does not exist gets; the same for tenant A's objects named in a body or a query; and
 no list or cluster view shows tenant B any of tenant A's objects.
 
-Gaps the table records rather than hides are marked ``# KNOWN:`` (app names are
-global, so a name another tenant holds answers 409).
+A route that creates the app it names (``mine``) has no "tenant A's object": an app
+name is each tenant's own, so another tenant naming tenant A's app acts on its own app
+of that name, and answers exactly as for a name nobody has (never a 409, never a hint).
 
 Nodes are the cluster's: draining, signalling about and drilling a node are for the
 cluster's operators (``cluster-operator``: an operator of the default tenant; and
@@ -107,7 +108,7 @@ CALLERS = (
 class Rule:
     role: str  # a key of _PASSES
     owned: bool = False  # its path names a tenant-owned object: another tenant gets 404
-    cross: int = 404  # what tenant B's admin gets for tenant A's object
+    mine: bool = False  # it creates the app it names: B naming A's app acts on B's own
     stream: bool = False  # never ends: only the status line is read
     fresh: bool = False  # destroys its object (or the calling token): each cell gets its own
 
@@ -118,10 +119,9 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/apps/{app}": Rule("viewer", owned=True),
     "DELETE /api/v1/apps/{app}": Rule("operator", owned=True, fresh=True),
     "GET /api/v1/apps/{app}/deployments": Rule("viewer", owned=True),
-    # KNOWN: app names are global today (issue 16 item 1): deploying, registering a key
-    # or writing settings under another tenant's app name is a 409 "taken by another
-    # tenant" — it does not name the tenant, but it tells the name exists.
-    "POST /api/v1/apps/{app}/deployments": Rule("operator", owned=True, cross=409),
+    # an app name is the tenant's own: deploying, registering a key or writing settings
+    # under a name another tenant uses makes (or changes) the caller's own app
+    "POST /api/v1/apps/{app}/deployments": Rule("operator", owned=True, mine=True),
     "GET /api/v1/apps/{app}/logs": Rule("viewer", owned=True),
     "POST /api/v1/apps/{app}/promote": Rule("operator", owned=True),
     "POST /api/v1/apps/{app}/rollback": Rule("operator", owned=True),
@@ -130,10 +130,10 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/deployments/{deployment_id}/events": Rule("viewer", owned=True),
     # signing keys and app settings
     "GET /api/v1/apps/{app}/public-keys": Rule("viewer", owned=True),
-    "POST /api/v1/apps/{app}/public-keys": Rule("operator", owned=True, cross=409),  # KNOWN
+    "POST /api/v1/apps/{app}/public-keys": Rule("operator", owned=True, mine=True),
     "DELETE /api/v1/apps/{app}/public-keys/{key_id}": Rule("operator", owned=True, fresh=True),
     "GET /api/v1/apps/{app}/settings": Rule("viewer", owned=True),
-    "PUT /api/v1/apps/{app}/settings": Rule("operator", owned=True, cross=409),  # KNOWN
+    "PUT /api/v1/apps/{app}/settings": Rule("operator", owned=True, mine=True),
     # artifacts and blobs
     "POST /api/v1/artifacts": Rule("operator"),
     "POST /api/v1/artifacts/assemble": Rule("operator"),
@@ -691,15 +691,15 @@ def test_another_tenant_gets_404_for_tenant_a_s_objects(
     """The same answer as for an object that does not exist: no hint it does."""
     rule = ROUTES[route]
     params = _params(world, route, http)
+    if rule.mine:
+        _own_name_answers_as_a_fresh_one(world, http, route, params)
+        return
     response = _call(http, world, route, world.other, params)
-    assert response.status_code == rule.cross, (response.status_code, response.text)
+    assert response.status_code == 404, (response.status_code, response.text)
     if response.request.method == "HEAD":
         return
     body = response.json()
-    assert body["code"] == ("not_found" if rule.cross == 404 else "conflict"), body
-    if rule.cross != 404:
-        assert world.tenant not in body["message"], body
-        return
+    assert body["code"] == "not_found", body
     named = set(re.findall(r"{(\w+)}", route))
     ghosts = {name: _ghost(value) if name in named else value for name, value in params.items()}
     unknown = _call(http, world, route, world.other, ghosts)
@@ -708,6 +708,30 @@ def test_another_tenant_gets_404_for_tenant_a_s_objects(
     for name in named:
         message = message.replace(ghosts[name], params[name])
     assert body["message"] == message, "the answer differs from an unknown object's"
+
+
+def _own_name_answers_as_a_fresh_one(
+    world: World, http: httpx.Client, route: str, params: dict[str, str]
+) -> None:
+    """A tenant with nothing (so B's lists stay empty) names tenant A's app, then a name
+    nobody has: the same status, code and message, never a 409 or tenant A's name."""
+    named = set(re.findall(r"{(\w+)}", route))
+    ghosts = {name: _ghost(value) if name in named else value for name, value in params.items()}
+    answers: list[tuple[int, Any]] = []
+    for values in (params, ghosts):
+        response = _call(http, world, route, world.server.new_tenant(), values)
+        assert response.status_code < 500 and response.status_code != 409, response.text
+        assert world.tenant not in response.text, response.text
+        body = response.json()
+        if response.status_code >= 400:
+            message = body["message"]
+            for name in named:
+                message = message.replace(ghosts[name], params[name])
+            body = {"code": body["code"], "message": message}
+        else:
+            body = None  # a new row of the caller's own: its ids differ
+        answers.append((response.status_code, body))
+    assert answers[0] == answers[1], "tenant A's app name answers unlike an unknown one"
 
 
 @pytest.mark.parametrize(("route", "caller"), list(_cells()))

@@ -358,6 +358,43 @@ async def test_a_tenant_sees_its_own_apps_events(
         await events.wait_for("its created step", of("deployment", app))
 
 
+async def test_two_tenants_apps_of_one_name_each_stream_only_its_own(
+    server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    """Tenants A and B both deploy APP: each stream shows its own APP, by that plain
+    name, down to the deletion (a key deleted: its tenant found by cluster name)."""
+    await nodes.register(unique("node"))
+    names = {"a": unique("tenant"), "b": unique("tenant")}
+    tokens = {t: server.mint("admin", name) for t, name in names.items()}
+    app = unique("same")
+    async with (
+        stream(server, tokens["a"], [("target", app)]) as a_events,
+        stream(server, tokens["b"], [("target", app)]) as b_events,
+    ):
+        deployments = {}
+        for t, token in tokens.items():
+            response = await deploy(http, token, app, await upload_random(http, token))
+            assert response.status_code == 201, response.text
+            deployments[t] = response.json()["id"]
+        for t, events in (("a", a_events), ("b", b_events)):
+            changed = await events.wait_for("its blueprint", of("blueprint_changed", app))
+            assert changed["deployment_id"] == deployments[t]
+            placed = await events.wait_for("its instance", of("instance_state", app))
+            assert f"/{app}.{names[t]}@1/" in placed["instance"]
+        deleted = await http.delete(f"/api/v1/apps/{app}", headers=bearer(tokens["a"]))
+        assert deleted.status_code == 200, deleted.text
+        await a_events.wait_for(
+            "its blueprint deleted",
+            lambda e: of("blueprint_changed", app)(e) and e["deleted"] is True,
+        )
+        await b_events.quiet(1.5)
+    for t, events in (("a", a_events), ("b", b_events)):
+        other = "b" if t == "a" else "a"
+        text = json.dumps(events.seen)
+        assert names[other] not in text and deployments[other] not in text, t
+    assert not [e for e in b_events.seen if e.get("deleted") is True]
+
+
 # -- tasks --------------------------------------------------------------------------------
 
 

@@ -180,35 +180,33 @@ async def test_a_viewer_cannot_register_or_delete_keys(
     )
 
 
-async def test_another_tenant_cannot_register_keys_on_an_app(
+async def test_another_tenant_s_keys_on_an_app_of_the_name_are_its_own(
     server: RunningServer, http: httpx.AsyncClient
 ) -> None:
-    # a deployed app: its name is claimed by the blueprint
+    """An app name is each tenant's own: B's keys and settings on its app of A's app's
+    name are B's, and neither tenant sees the other's."""
+    # a deployed app, and an app that exists only through its keys
     deployed = unique("owned")
     digest = (await upload_signed(http, server.admin_token, app=None, key=None))["digest"]
     assert (await deploy(http, server.admin_token, deployed, digest)).status_code == 201
-    # an app that exists only through its keys
     keyed = unique("owned")
     assert (await register(http, server.admin_token, keyed, generate_key())).status_code == 201
 
     tenant_b = server.new_tenant()
     for app in (deployed, keyed):
-        assert_envelope(await register(http, tenant_b, app, generate_key()), 409, "conflict")
-        assert_envelope(
-            await http.put(
-                f"/api/v1/apps/{app}/settings",
-                json={"require_signature": False},
-                headers=bearer(tenant_b),
-            ),
-            409,
-            "conflict",
+        added = await register(http, tenant_b, app, generate_key(), name="b-key")
+        assert added.status_code == 201, added.text
+        settings = await http.put(
+            f"/api/v1/apps/{app}/settings",
+            json={"require_signature": True},
+            headers=bearer(tenant_b),
         )
-        # nor see A's keys
-        assert_envelope(
-            await http.get(f"/api/v1/apps/{app}/public-keys", headers=bearer(tenant_b)),
-            404,
-            "not_found",
-        )
+        assert settings.status_code == 200, settings.text
+        for token, names in ((tenant_b, ["b-key"]), (server.admin_token, [])):
+            listed = await http.get(f"/api/v1/apps/{app}/public-keys", headers=bearer(token))
+            assert [k["name"] for k in listed.json() if k["name"] == "b-key"] == names
+        own = await http.get(f"/api/v1/apps/{app}/settings", headers=bearer(server.admin_token))
+        assert own.json()["require_signature"] is False  # A's settings are A's
 
 
 # -- uploads ---------------------------------------------------------------------

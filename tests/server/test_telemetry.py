@@ -23,6 +23,7 @@ from aether.core.telemetry import minute_of
 from aether.errors import NotFoundError, UnauthorizedError
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
+from aether.model.names import cluster_name
 from aether.model.telemetry import EndpointMetrics, InstanceMetrics, NodeMetrics
 from aether.node.telemetry import TelemetryCollector, TelemetryPusher
 from aether.server.api.telemetry import MAX_PUSH_BYTES
@@ -474,14 +475,15 @@ async def test_prometheus_names_nothing_to_anonymous_scrapes_and_only_own_apps_t
     node2, mine = unique("node"), own_app(hubbed)
     other_tenant = unique("tenant")
     theirs = own_app(hubbed, other_tenant)
+    theirs_in_cluster = cluster_name(theirs, other_tenant)  # what nodes report it by
 
     async with ApiClient(hubbed.base_url, hubbed.node_token(node2)) as node2_api:
 
         async def both_apps() -> Any:
             await node_api.push_metrics(update(node, app=mine, calls=3))
-            await node2_api.push_metrics(update(node2, app=theirs, calls=5))
+            await node2_api.push_metrics(update(node2, app=theirs_in_cluster, calls=5))
             sample = hubbed.ctx.telemetry.latest()
-            return sample if sample and {mine, theirs} <= set(sample.apps) else None
+            return sample if sample and {mine, theirs_in_cluster} <= set(sample.apps) else None
 
         await eventually(both_apps, "two apps' figures")
     anonymous = (await http.get("/metrics")).text
@@ -495,3 +497,41 @@ async def test_prometheus_names_nothing_to_anonymous_scrapes_and_only_own_apps_t
     assert theirs in as_tenant and mine not in as_tenant and node not in as_tenant
     as_admin = (await http.get("/metrics", headers=bearer(hubbed.admin_token))).text
     assert mine in as_admin and node in as_admin and theirs not in as_admin
+
+
+async def test_two_tenants_apps_of_one_name_each_read_only_their_own_figures(
+    hubbed: RunningServer, http: httpx.AsyncClient, node: str, node_api: ApiClient
+) -> None:
+    """The default tenant and tenant T both have app X; nodes report T's as ``X.T``.
+    Each reads its own X's figures, by the name X, and T's scrape names only ``X.T``."""
+    tenant = unique("tenant")
+    name = own_app(hubbed)
+    hubbed.run(_app_in(hubbed, tenant, name))
+    theirs = cluster_name(name, tenant)
+    viewer = hubbed.mint("viewer", tenant)
+    ours, other = update(node, app=name, calls=2), update(node, app=theirs, calls=200)
+    pushed = ours.model_copy(
+        update={
+            "instances": ours.instances + other.instances,
+            "endpoints": ours.endpoints + other.endpoints,
+        }
+    )
+
+    async def both() -> Any:
+        await node_api.push_metrics(pushed)
+        sample = hubbed.ctx.telemetry.latest()
+        return sample if sample and {name, theirs} <= set(sample.apps) else None
+
+    sample = await eventually(both, "both apps' figures")
+    assert sample.apps[name].calls_per_s != sample.apps[theirs].calls_per_s
+    for token, key in ((hubbed.admin_token, name), (viewer, theirs)):
+        apps = (await http.get("/api/v1/metrics", headers=bearer(token))).json()["apps"]
+        assert apps[name] == sample.apps[key].model_dump(mode="json"), token
+        assert theirs not in apps
+    scraped = (await http.get("/metrics", headers=bearer(viewer))).text
+    assert f'app="{theirs}"' in scraped and f'app="{name}"' not in scraped
+
+
+async def _app_in(server: RunningServer, tenant: str, name: str) -> None:
+    row = await server.ctx.records.ensure_tenant(tenant)
+    await server.ctx.records.get_or_create_app(row.id, name)

@@ -23,10 +23,12 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from aether.model.events import EVENT_TYPES, ClusterEvent, Cursor, Scope
+from aether.model.names import shown_name
 from aether.model.tasks import TaskEvent
 
 __all__ = [
     "MIGRATION_STEPS",
+    "as_seen_by",
     "from_decision",
     "from_deployment_event",
     "from_risk",
@@ -86,7 +88,8 @@ def from_store(
     """The event of one state store change, or None when it is not one people follow.
 
     ``kind`` is ``PUT`` or ``DELETE``; ``version`` the key's version after a PUT
-    (1 when it was created); ``tenants`` maps app names to their tenant, for
+    (1 when it was created); ``tenants`` maps apps' cluster names (the keys'
+    ``{app}``, ``model.names``) to their tenant's id, for
     deletions, whose value is empty (an app the map lacks: the event is dropped,
     since nobody could be shown it safely).
     """
@@ -325,6 +328,18 @@ def visible(event: ClusterEvent, tenant: str, *, cluster_admin: bool) -> bool:
     if event.scope == "admin":
         return False
     return event.tenant == tenant
+
+
+def as_seen_by(event: ClusterEvent, tenant: str) -> ClusterEvent:
+    """``event`` as tenant ``tenant`` (its name) reads it: its own app by the plain name
+    (the state store's keys name it by its cluster name, ``model.names``)."""
+    if event.app is None:
+        return event
+    shown = shown_name(event.app, tenant)
+    if shown == event.app:
+        return event
+    target = shown if event.target == event.app else event.target
+    return event.model_copy(update={"app": shown, "target": target})
 
 
 def parse_filter(values: Collection[str]) -> frozenset[str] | None:

@@ -92,6 +92,9 @@ class AppOut(BaseModel):
     # checkpoints off) and the age of the newest checkpoint (None: none stored yet)
     rpo_seconds: float | None = None
     checkpoint_age_seconds: float | None = None
+    # the path every node's router serves it under: /apps/{app}/ for the default
+    # tenant's apps, /t/{tenant}/apps/{app}/ for another tenant's
+    route: str = ""
 
 
 class AppDeletedOut(BaseModel):

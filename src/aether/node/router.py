@@ -1,5 +1,8 @@
 """The node's HTTP router: ``/apps/{app}/...`` and ``Host: {app}.localhost``.
 
+Another tenant's app: ``/t/{tenant}/apps/{app}/...`` and ``Host:
+{app}.{tenant}.localhost`` (``model.names``: the table is keyed by cluster name).
+
 Round-robin over the app's ACTIVE endpoints (the table comes from the
 assignment stream). No endpoint: 503 with the error envelope; an app the
 cluster does not have (no blueprint: never deployed, or deleted): 404.
@@ -49,8 +52,9 @@ import aiohttp
 from aiohttp import web
 
 from aether.model.cluster import Endpoint
+from aether.model.names import route_target
 
-__all__ = ["CallCounter", "Router", "split_target"]
+__all__ = ["CallCounter", "Router"]
 
 log = logging.getLogger("aether.node.router")
 
@@ -72,19 +76,6 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-
-
-def split_target(host: str, path: str) -> tuple[str, str] | None:
-    """(app, upstream path) for a request, or None if it names no app."""
-    name = host.split(":", 1)[0].lower()
-    if name.endswith(".localhost") and name.count(".") == 1:
-        return name[: -len(".localhost")], path
-    if path.startswith("/apps/"):
-        rest = path[len("/apps/") :]
-        app, slash, tail = rest.partition("/")
-        if app:
-            return app, "/" + tail if slash else "/"
-    return None
 
 
 def _envelope(status: int, code: str, message: str) -> web.Response:
@@ -233,12 +224,14 @@ class Router:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/_aether/health":
             return web.json_response({"status": "ok", "apps": sorted(self._table)})
-        target = split_target(request.host, request.path_qs)
+        target = route_target(request.host, request.path_qs)
         if target is None:
             return _envelope(
                 404,
                 "not_found",
-                "no app in this request: use /apps/{app}/... or Host: {app}.localhost",
+                "no app in this request: use /apps/{app}/... or Host: {app}.localhost "
+                "(another tenant's app: /t/{tenant}/apps/{app}/... or Host: "
+                "{app}.{tenant}.localhost)",
             )
         app, path = target
         started = time.perf_counter()

@@ -104,10 +104,12 @@ async def wait_for_rollout(client: Any, deployment: DeploymentOut, timeout: floa
 
 
 async def router_url(client: Any, app: str) -> str | None:
+    """The app's URL on a ready node's router (its tenant's form of the path)."""
     status = await client.status()
+    route = next((a.route for a in status.apps if a.name == app and a.route), f"/apps/{app}/")
     for node in status.nodes:
         if node.state == "ready":
-            return f"{node.router_url}/apps/{app}/"
+            return f"{node.router_url}{route}"
     return None
 
 

@@ -24,6 +24,7 @@ from aether.model.api import (
 )
 from aether.model.app import AppSpec, validate_app_name
 from aether.model.cluster import Blueprint, DeploymentRef
+from aether.model.names import cluster_name, route_path, shown_name
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Caller, Operator
 from aether.server.http.idempotency import request_key
@@ -40,7 +41,7 @@ from aether.store.records import Principal
 from aether.store.records.repo import epoch
 from aether.store.records.schema import App, Deployment
 
-__all__ = ["deployment_out", "instances_of", "router"]
+__all__ = ["deployment_out", "in_cluster", "instances_of", "router", "shown_blueprint"]
 
 router = APIRouter(tags=["apps"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
@@ -49,11 +50,30 @@ Ctx = Annotated[ServerContext, Depends(get_context)]
 _SHOWN = set(InstanceOut.model_fields) - {"key"}  # what an instance's record shows as it is
 
 
-def instances_of(snap: ClusterSnapshot, app: str, version: int | None = None) -> list[InstanceOut]:
+def in_cluster(caller: Principal, app: str) -> str:
+    """The caller's app ``app`` by its cluster name (the state store's and the router's)."""
+    return cluster_name(validate_app_name(app), caller.tenant)
+
+
+def shown_blueprint(caller: Principal, bp: Blueprint) -> Blueprint:
+    """The blueprint as the caller reads it: its own app by its plain name."""
+    return bp.model_copy(update={"app": shown_name(bp.app, caller.tenant)})
+
+
+def instances_of(
+    snap: ClusterSnapshot, caller: Principal, name: str, version: int | None = None
+) -> list[InstanceOut]:
+    """The instances of cluster name ``name``, their app named as ``caller`` reads it."""
     return [
-        InstanceOut(key=key, **inst.model_dump(mode="json", include=_SHOWN))
+        InstanceOut(
+            key=key,
+            **{
+                **inst.model_dump(mode="json", include=_SHOWN),
+                "app": shown_name(inst.app, caller.tenant),
+            },
+        )
         for key, (inst, _) in sorted(snap.instances.items())
-        if inst.app == app and (version is None or inst.version == version)
+        if inst.app == name and (version is None or inst.version == version)
     ]
 
 
@@ -72,7 +92,7 @@ def deployment_out(app: App, dep: Deployment) -> DeploymentOut:
 
 
 async def _owned_blueprint(ctx: ServerContext, caller: Principal, name: str) -> Blueprint | None:
-    kv = await ctx.store.get(f"blueprints/{name}")
+    kv = await ctx.store.get(f"blueprints/{in_cluster(caller, name)}")
     if kv is None:
         return None
     bp = Blueprint.model_validate_json(kv.value)
@@ -139,7 +159,7 @@ async def _start_deployment(
         spec = AppSpec.model_validate(dep.spec)
     ctx.metrics.deployments_created.inc()
     blueprint = Blueprint(
-        app=app_name,
+        app=in_cluster(caller, app_name),
         tenant=caller.tenant_id,
         deployment_id=dep.id,
         version=dep.version,
@@ -153,7 +173,7 @@ async def _start_deployment(
     await ctx.records.add_event(  # first in the timeline: the leader acts once the blueprint lands
         dep.id, "created", f"{what} v{dep.version} of {digest[:19]} with {instances} instance(s)"
     )
-    await ctx.store.put(f"blueprints/{app_name}", dump(blueprint))
+    await ctx.store.put(f"blueprints/{blueprint.app}", dump(blueprint))
     return deployment_out(app, dep).model_dump(mode="json")
 
 
@@ -173,19 +193,11 @@ async def _check_quota(
     await enforce_quota(ctx, caller.tenant_id, {q: new[q] - old.get(q, 0) for q in new})
 
 
-async def _claim_name(ctx: ServerContext, caller: Principal, name: str) -> None:
-    """App names route globally (``/apps/NAME``), so one tenant owns each name."""
-    kv = await ctx.store.get(f"blueprints/{name}")
-    if kv is not None and Blueprint.model_validate_json(kv.value).tenant != caller.tenant_id:
-        raise ConflictError(f"app name {name!r} is taken by another tenant; choose another name")
-
-
 @router.post("/apps/{app}/deployments", status_code=201)
 async def create_deployment(
     app: str, body: DeploymentIn, request: Request, caller: Operator, ctx: Ctx
 ) -> JSONResponse:
     validate_app_name(app)
-    await _claim_name(ctx, caller, app)
     # without an explicit count a redeploy keeps the current scale (`aether scale` sticks)
     current = await _owned_blueprint(ctx, caller, app)
     if body.instances is not None:
@@ -232,7 +244,7 @@ async def get_deployment(deployment_id: str, caller: Caller, ctx: Ctx) -> Deploy
     apps = {a.id: a for a in await ctx.records.list_apps(caller.tenant_id, include_deleted=True)}
     out = deployment_out(apps[dep.app_id], dep)
     snap = await read_snapshot(ctx.store)
-    out.instance_list = instances_of(snap, out.app, dep.version)
+    out.instance_list = instances_of(snap, caller, in_cluster(caller, out.app), dep.version)
     out.instances_active = sum(1 for i in out.instance_list if i.state == "ACTIVE")
     out.events = [
         EventOut(type=e.type, message=e.message, created_at=e.created_at)
@@ -244,7 +256,7 @@ async def get_deployment(deployment_id: str, caller: Caller, ctx: Ctx) -> Deploy
 @router.get("/apps")
 async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
     snap = await read_snapshot(ctx.store)
-    stateful = [
+    stateful = [  # snapshots are kept under the cluster name (the instance's)
         (bp.tenant, bp.app)
         for bp, _ in snap.blueprints.values()
         if bp.tenant == caller.tenant_id and bp.spec.stateful
@@ -253,21 +265,23 @@ async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
     now = time.time()
     out = []
     for app in await ctx.records.list_apps(caller.tenant_id):
-        entry = snap.blueprints.get(app.name)
+        name = in_cluster(caller, app.name)
+        entry = snap.blueprints.get(name)
         bp = entry[0] if entry and entry[0].tenant == caller.tenant_id else None
-        newest = taken.get((caller.tenant_id, app.name))
+        newest = taken.get((caller.tenant_id, name))
         out.append(
             AppOut(
                 name=app.name,
                 version=bp.version if bp else None,
                 deployment_id=bp.deployment_id if bp else None,
                 instances_desired=bp.instances if bp else 0,
-                instances_active=snap.active_count(app.name, bp.version) if bp else 0,
+                instances_active=snap.active_count(name, bp.version) if bp else 0,
                 created_at=app.created_at,
                 rpo_seconds=bp.spec.checkpoint.interval if bp and bp.spec.stateful else None,
                 checkpoint_age_seconds=(
                     round(max(0.0, now - epoch(newest)), 1) if newest is not None else None
                 ),
+                route=route_path(app.name, caller.tenant),
             )
         )
     return out
@@ -281,6 +295,17 @@ async def get_app(app: str, caller: Caller, ctx: Ctx) -> AppOut:
     raise NotFoundError(f"app {app!r} not found; deploy it first with `aether deploy`")
 
 
+async def _remove_legacy(ctx: ServerContext, caller: Principal, app: str) -> Blueprint | None:
+    """Remove the tenant's blueprint kept under the plain name ``app`` by a release
+    before cluster names (another tenant than ``default``: docs/operations.md)."""
+    if in_cluster(caller, app) == app:
+        return None  # the default tenant: its plain name is its cluster name
+    kv = await ctx.store.get(f"blueprints/{app}")
+    if kv is None or Blueprint.model_validate_json(kv.value).tenant != caller.tenant_id:
+        return None
+    return await remove_app(ctx.store, app, tenant=caller.tenant_id, force=True)
+
+
 @router.delete("/apps/{app}")
 async def delete_app(app: str, caller: Operator, ctx: Ctx, force: bool = False) -> AppDeletedOut:
     """Stop the app, remove its blueprint and endpoints, mark its records deleted.
@@ -289,10 +314,14 @@ async def delete_app(app: str, caller: Operator, ctx: Ctx, force: bool = False) 
     those nothing else (another app, another tenant, a running instance) uses.
     """
     row = await _app(ctx, caller, app)
-    removed = await remove_app(ctx.store, app, tenant=caller.tenant_id, force=force)
+    name = in_cluster(caller, app)
+    removed = await remove_app(ctx.store, name, tenant=caller.tenant_id, force=force)
+    removed = await _remove_legacy(ctx, caller, app) or removed
     snap = await read_snapshot(ctx.store)
     stopping = sum(
-        1 for inst, _ in snap.instances.values() if inst.app == app and inst.tenant == row.tenant_id
+        1
+        for inst, _ in snap.instances.values()
+        if inst.app == name and inst.tenant == row.tenant_id
     )
     deleted_at, ended = await ctx.records.delete_app(caller.tenant_id, row)
     forced = force and removed is not None and removed.previous is not None
@@ -337,7 +366,7 @@ async def promote(app: str, caller: Operator, ctx: Ctx) -> Blueprint:
 
     old, promoted = await _update_blueprint(ctx, caller, app, promote_rollout)
     await ctx.records.add_event(old.deployment_id, "promoted", "canary promoted by hand")
-    return promoted
+    return shown_blueprint(caller, promoted)
 
 
 async def _update_blueprint(
@@ -345,7 +374,9 @@ async def _update_blueprint(
 ) -> tuple[Blueprint, Blueprint]:
     """Apply ``change`` to the caller's blueprint with compare-and-swap; (before, after)."""
     await _app(ctx, caller, app)
-    return await update_blueprint(ctx.store, app, change, tenant=caller.tenant_id)
+    return await update_blueprint(
+        ctx.store, in_cluster(caller, app), change, tenant=caller.tenant_id
+    )
 
 
 @router.get("/deployments/{deployment_id}/events")

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -89,7 +89,11 @@ async def login(body: LoginIn, request: Request, ctx: Ctx) -> LoginOut:
     return _out(result)
 
 
-@router.get("/auth/oidc/start")
+@router.get(
+    "/auth/oidc/start",
+    response_class=Response,
+    responses={303: {"description": "On to the provider"}},
+)
 async def oidc_start(
     request: Request,
     ctx: Ctx,
@@ -126,7 +130,19 @@ async def oidc_start(
     return RedirectResponse(url, status_code=303)
 
 
-@router.get("/auth/oidc/callback")
+_HTML_PAGE: dict[str, Any] = {"content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+@router.get(
+    "/auth/oidc/callback",
+    response_class=Response,
+    responses={
+        303: {"description": "Signed in: on to the console, or to the CLI's loopback port"},
+        400: {**_HTML_PAGE, "description": "An expired or spent sign-in (a page)"},
+        401: {**_HTML_PAGE, "description": "The provider refused, or its token did not check"},
+        403: {**_HTML_PAGE, "description": "No account for this identity"},
+    },
+)
 async def oidc_callback(
     request: Request,
     ctx: Ctx,

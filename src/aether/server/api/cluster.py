@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends
 from aether.errors import NotFoundError
 from aether.model.api import InstanceOut, RetentionOut, StatusOut
 from aether.model.cluster import Blueprint, Endpoint
-from aether.server.api.apps import instances_of, list_apps
+from aether.model.names import shown_name
+from aether.server.api.apps import in_cluster, instances_of, list_apps, shown_blueprint
 from aether.server.api.nodes import node_list
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Caller, ClusterAdmin
@@ -66,7 +67,11 @@ async def gc(caller: ClusterAdmin, ctx: Ctx, dry_run: bool = False) -> dict[str,
 @router.get("/blueprints")
 async def blueprints(caller: Caller, ctx: Ctx) -> list[Blueprint]:
     snap = await read_snapshot(ctx.store)
-    return [bp for bp, _ in snap.blueprints.values() if bp.tenant == caller.tenant_id]
+    return [
+        shown_blueprint(caller, bp)
+        for bp, _ in snap.blueprints.values()
+        if bp.tenant == caller.tenant_id
+    ]
 
 
 @router.get("/blueprints/{app}")
@@ -84,10 +89,13 @@ async def instances(
     snap = await read_snapshot(ctx.store)
     mine = {bp.app for bp, _ in snap.blueprints.values() if bp.tenant == caller.tenant_id}
     mine |= {i.app for i, _ in snap.instances.values() if i.tenant == caller.tenant_id}
+    wanted = None if app is None else in_cluster(caller, app)
     out: list[InstanceOut] = []
     for name in sorted(mine):
-        if app is None or name == app:
-            out.extend(i for i in instances_of(snap, name) if node is None or i.node == node)
+        if wanted is None or name == wanted:
+            out.extend(
+                i for i in instances_of(snap, caller, name) if node is None or i.node == node
+            )
     return out
 
 
@@ -95,8 +103,9 @@ async def instances(
 async def endpoints(caller: Caller, ctx: Ctx, app: str | None = None) -> list[Endpoint]:
     snap = await read_snapshot(ctx.store)
     mine = {i.app for i, _ in snap.instances.values() if i.tenant == caller.tenant_id}
+    wanted = None if app is None else in_cluster(caller, app)
     return [
-        ep
+        ep.model_copy(update={"app": shown_name(ep.app, caller.tenant)})
         for _, ep in sorted(snap.endpoints.items())
-        if ep.app in mine and (app is None or ep.app == app)
+        if ep.app in mine and (wanted is None or ep.app == wanted)
     ]

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 
 from aether.core.events import (
+    as_seen_by,
     from_decision,
     from_deployment_event,
     from_risk,
@@ -288,6 +289,7 @@ async def events(
                     continue
                 if not visible(item, caller.tenant_id, cluster_admin=cluster_admin):
                     continue
+                item = as_seen_by(item, caller.tenant)
                 if not matches(item, types, targets):
                     continue
                 yield sse(item.type, str(cursor), item.wire(str(cursor)))

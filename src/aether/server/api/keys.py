@@ -8,10 +8,9 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from aether.artifacts import parse_digest
 from aether.artifacts.signing import KeyFormatError, fingerprint, parse_public_key, public_key_b64
-from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.errors import BadRequestError, NotFoundError
 from aether.model.app import validate_app_name
 from aether.model.keys import AppSettingsIn, AppSettingsOut, PublicKeyIn, PublicKeyOut
-from aether.server.api.apps import _claim_name
 from aether.server.api.artifacts import UploadOut
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Caller, Operator
@@ -30,14 +29,11 @@ Ctx = Annotated[ServerContext, Depends(get_context)]
 
 
 async def _own_app(ctx: ServerContext, caller: Principal, name: str) -> App:
-    """The caller's app ``name``, created if new; 409 if another tenant owns the name."""
+    """The caller's app ``name``, created if new (an app name is its tenant's own)."""
     validate_app_name(name)
-    await _claim_name(ctx, caller, name)
     app = await ctx.records.find_app(caller.tenant_id, name)
     if app is not None:
         return app
-    if await ctx.records.app_name_owned_elsewhere(caller.tenant_id, name):
-        raise ConflictError(f"app name {name!r} is taken by another tenant; choose another name")
     return await ctx.records.get_or_create_app(caller.tenant_id, name)
 
 

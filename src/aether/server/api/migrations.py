@@ -22,8 +22,10 @@ from aether.artifacts import parse_digest
 from aether.artifacts.scan import scanned
 from aether.core.snapshots import tier_of
 from aether.errors import BadRequestError, ForbiddenError, NotFoundError
+from aether.model.app import validate_app_name
 from aether.model.cluster import InstanceRecord
 from aether.model.migrations import MigrateIn, MigrationOut, SnapshotOut, SnapshotRestoreIn
+from aether.model.names import cluster_name, shown_name
 from aether.server.api.artifacts import (
     DIGEST_HEADER,
     GZIP_ANSWER,
@@ -64,7 +66,17 @@ _KINDS = ("cooperative", "criu", "periodic", "orphaned")
 async def migrate(body: MigrateIn, caller: Operator, ctx: Ctx) -> MigrationOut:
     """Ask to move an instance; the leader does it (``GET /migrations/{id}`` follows it)."""
     row = await request_migration(ctx, caller.tenant_id, body.instance, body.to)
-    return migration_out(row)
+    return _shown(caller, migration_out(row))
+
+
+def _shown(caller: Principal, out: MigrationOut) -> MigrationOut:
+    """A migration as the caller reads it: its own app by its plain name."""
+    return out.model_copy(update={"app": shown_name(out.app, caller.tenant)})
+
+
+def _in_cluster(caller: Principal, app: str | None) -> str | None:
+    """A filter's app by its cluster name (the records' key; an invalid name is a 400)."""
+    return None if app is None else cluster_name(validate_app_name(app), caller.tenant)
 
 
 @router.get("/migrations")
@@ -74,20 +86,22 @@ async def list_migrations(
     app: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[MigrationOut]:
-    rows = await ctx.records.list_migrations(caller.tenant_id, app, limit)
-    return [migration_out(row) for row in rows]
+    rows = await ctx.records.list_migrations(caller.tenant_id, _in_cluster(caller, app), limit)
+    return [_shown(caller, migration_out(row)) for row in rows]
 
 
 @router.get("/migrations/{migration_id}")
 async def get_migration(migration_id: str, caller: Caller, ctx: Ctx) -> MigrationOut:
-    return migration_out(await ctx.records.get_migration(caller.tenant_id, migration_id))
+    row = await ctx.records.get_migration(caller.tenant_id, migration_id)
+    return _shown(caller, migration_out(row))
 
 
-def snapshot_out(row: SnapshotRecord, now: float) -> SnapshotOut:
+def snapshot_out(row: SnapshotRecord, now: float, reader: str) -> SnapshotOut:
+    """The snapshot as tenant ``reader`` (a tenant name) reads it."""
     created = epoch(row.created_at)
     return SnapshotOut(
         id=row.id,
-        app=row.app,
+        app=shown_name(row.app, reader),
         instance=row.instance,
         node=row.node,
         digest=row.digest,
@@ -141,7 +155,9 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
         confirmed = await ctx.records.confirm_snapshot(key, digest)
         if confirmed is None:
             raise NotFoundError(f"no snapshot {digest} of {key}: send it")
-        return JSONResponse(snapshot_out(confirmed, time.time()).model_dump(mode="json"))
+        return JSONResponse(
+            snapshot_out(confirmed, time.time(), caller.tenant).model_dump(mode="json")
+        )
 
     async with ctx.uploads.slot("artifact") as slot:
         chunks = scanned(slot.meter(request_chunks(request)))  # restored by safe_extract
@@ -155,7 +171,7 @@ async def upload_snapshot(request: Request, caller: NodeCaller, ctx: Ctx) -> JSO
         size_bytes=result.size_bytes,
         kind=kind,
     )
-    out = snapshot_out(row, time.time()).model_dump(mode="json")
+    out = snapshot_out(row, time.time(), caller.tenant).model_dump(mode="json")
     return JSONResponse(out, status_code=201)
 
 
@@ -192,7 +208,9 @@ async def _upload_orphan(
         taken_at=utc(taken) if taken is not None else None,
     )
     await record_orphan(ctx, bp, row)
-    return JSONResponse(snapshot_out(row, time.time()).model_dump(mode="json"), status_code=201)
+    return JSONResponse(
+        snapshot_out(row, time.time(), caller.tenant).model_dump(mode="json"), status_code=201
+    )
 
 
 @router.get("/snapshots")
@@ -204,8 +222,10 @@ async def list_snapshots(
 ) -> list[SnapshotOut]:
     now = time.time()
     return [
-        snapshot_out(row, now)
-        for row in await ctx.records.list_snapshots(caller.tenant_id, app, limit)
+        snapshot_out(row, now, caller.tenant)
+        for row in await ctx.records.list_snapshots(
+            caller.tenant_id, _in_cluster(caller, app), limit
+        )
     ]
 
 
@@ -249,6 +269,10 @@ async def restore(
     """
     digest = parse_digest(digest)
     row = await restore_snapshot(
-        ctx, caller.tenant_id, app, digest, body.n if body is not None else None
+        ctx,
+        caller.tenant_id,
+        cluster_name(validate_app_name(app), caller.tenant),
+        digest,
+        body.n if body is not None else None,
     )
-    return migration_out(row)
+    return _shown(caller, migration_out(row))

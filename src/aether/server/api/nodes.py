@@ -37,7 +37,6 @@ from aether.model.api import (
     RoutesIn,
     WithdrawalOut,
 )
-from aether.model.app import APP_NAME_RE
 from aether.model.cluster import (
     Endpoint,
     InstanceRecord,
@@ -47,6 +46,7 @@ from aether.model.cluster import (
     instance_key,
     routes_key,
 )
+from aether.model.names import CLUSTER_NAME_PATTERN, split_cluster_name
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import (
@@ -82,7 +82,7 @@ class HeartbeatIn(BaseModel):
 class LogEntry(BaseModel):
     # both become a path under the log directory: plain names only, never ``..`` or ``/``
     tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    app: Annotated[str, Field(pattern=APP_NAME_RE.pattern)]
+    app: Annotated[str, Field(pattern=CLUSTER_NAME_PATTERN)]  # split before it is a path
     label: str
     text: str
 
@@ -400,8 +400,9 @@ async def push_logs(
                 f"node {node!r} runs no instance of this app",
                 message=f"node {node!r} runs no instance of app {entry.app!r}: its logs refused",
             )
-    for entry in body.entries:
-        await ctx.logs.append(entry.tenant, entry.app, f"{entry.label}@{node}", entry.text)
+    for entry in body.entries:  # kept per tenant under the app's plain name, as it reads them
+        app = split_cluster_name(entry.app)[0]
+        await ctx.logs.append(entry.tenant, app, f"{entry.label}@{node}", entry.text)
     return {"accepted": len(body.entries)}
 
 

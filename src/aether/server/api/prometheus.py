@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aether.errors import UnauthorizedError
+from aether.model.names import cluster_name
 from aether.server.context import ServerContext
 from aether.server.http.prometheus import ServerMetrics, Visible
 from aether.store.records import DEFAULT_TENANT
@@ -34,7 +35,10 @@ async def scrape_view(request: Request, ctx: ServerContext | None) -> Visible:
             "invalid or revoked token; scrape /metrics with a valid token, or with none "
             "for the cluster-level figures only"
         )
-    apps = frozenset(app.name for app in await ctx.records.list_apps(principal.tenant_id))
+    apps = frozenset(  # the series' ``app`` label is the cluster name
+        cluster_name(app.name, principal.tenant)
+        for app in await ctx.records.list_apps(principal.tenant_id)
+    )
     return Visible(nodes=principal.tenant == DEFAULT_TENANT, apps=apps, tenant=principal.tenant)
 
 

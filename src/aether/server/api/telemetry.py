@@ -23,6 +23,8 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aether.errors import BadRequestError, NotFoundError, PayloadTooLargeError
+from aether.model.app import APP_NAME_RE
+from aether.model.names import cluster_name, shown_name
 from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
@@ -116,13 +118,19 @@ def _foreign_instance(update: NodeMetrics) -> str | None:
     return None
 
 
-async def _owned_apps(ctx: ServerContext, caller: Principal) -> set[str]:
-    return {app.name for app in await ctx.records.list_apps(caller.tenant_id)}
+async def _owned_apps(ctx: ServerContext, caller: Principal) -> dict[str, str]:
+    """The caller's apps: cluster name (telemetry's key) → the plain name it reads."""
+    return {
+        cluster_name(app.name, caller.tenant): app.name
+        for app in await ctx.records.list_apps(caller.tenant_id)
+    }
 
 
-async def _check_app(ctx: ServerContext, caller: Principal, app: str) -> None:
-    if await ctx.records.find_app(caller.tenant_id, app) is None:
+async def _check_app(ctx: ServerContext, caller: Principal, app: str) -> str:
+    """The caller's app ``app`` by its cluster name; 404 if it has none of the name."""
+    if not APP_NAME_RE.match(app) or await ctx.records.find_app(caller.tenant_id, app) is None:
         raise NotFoundError(f"app {app!r} not found")
+    return cluster_name(app, caller.tenant)
 
 
 @router.get("/metrics")
@@ -132,7 +140,7 @@ async def latest(caller: Caller, ctx: Ctx) -> ClusterSample | None:
     if sample is None:
         return None
     owned = await _owned_apps(ctx, caller)
-    apps = {name: a for name, a in sample.apps.items() if name in owned}
+    apps = {owned[name]: a for name, a in sample.apps.items() if name in owned}
     return sample.model_copy(update={"apps": apps})
 
 
@@ -151,8 +159,7 @@ async def app_history(
     app: str, caller: Caller, ctx: Ctx, seconds: Seconds = 300.0
 ) -> list[AppPoint]:
     """The app's samples of the last ``seconds`` from the in-memory window, oldest first."""
-    await _check_app(ctx, caller, app)
-    return ctx.telemetry.app_history(app, seconds)
+    return ctx.telemetry.app_history(await _check_app(ctx, caller, app), seconds)
 
 
 @router.get("/metrics/rollups")
@@ -172,7 +179,7 @@ async def rollups(
     if (node is None) == (app is None):
         raise BadRequestError("give exactly one of node=NODE or app=APP")
     if app is not None:
-        await _check_app(ctx, caller, app)
+        app = await _check_app(ctx, caller, app)
     kind, name = ("node", node) if node is not None else ("app", app)
     assert name is not None
     start = since if since is not None else time.time() - 86400.0
@@ -180,7 +187,7 @@ async def rollups(
     return [
         Rollup(
             kind=row.kind,  # type: ignore[arg-type]
-            name=row.name,
+            name=row.name if row.kind == "node" else shown_name(row.name, caller.tenant),
             minute=row.minute,
             samples=row.samples,
             avg=row.avg_values,

@@ -18,6 +18,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Query
 from fastapi.responses import RedirectResponse, Response
 
+from aether.model.cluster import parse_instance_key
+from aether.model.names import split_cluster_name
 from aether.server.console.client import ApiError
 from aether.server.console.view import Action, ConsoleError, Page, paginate
 
@@ -191,6 +193,16 @@ async def promote(app: str, view: Action) -> Response:
     return _done(app, "Canary promoted: the rollout goes on.")
 
 
+def _of_app(instance: str, app: str) -> bool:
+    """Whether instance key ``instance`` is one of app ``app``'s (its plain name; the
+    key names the cluster name, and the API checks the tenant)."""
+    try:
+        name = parse_instance_key(instance)[1]
+    except ValueError:
+        return False
+    return split_cluster_name(name)[0] == app
+
+
 @router.post("/apps/{app}/migrate")
 async def migrate(
     app: str,
@@ -199,7 +211,7 @@ async def migrate(
     to: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
     await view.api.get(f"/api/v1/apps/{quote(app)}")  # the app is the visitor's
-    if not instance.startswith("instances/") or f"/{app}@" not in instance:
+    if not _of_app(instance, app):
         raise ConsoleError(400, "That instance is not one of this app's.", code="bad_request")
     moved = await view.api.post(
         "/api/v1/instances/migrate", {"instance": instance, "to": to or None}

@@ -33,6 +33,7 @@ from aether.core.scheduler import (
 )
 from aether.errors import NotFoundError
 from aether.model.cluster import Blueprint, InstanceRecord, endpoint_key, instance_key
+from aether.model.names import split_cluster_name
 from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.services.migrations import latest_snapshots
@@ -346,7 +347,8 @@ class Leader:
                 await records.add_event(
                     bp.deployment_id,
                     "awaiting_promotion",
-                    f"canary instances of v{bp.version} are healthy; run `aether promote {bp.app}`",
+                    f"canary instances of v{bp.version} are healthy; "
+                    f"run `aether promote {split_cluster_name(bp.app)[0]}`",
                 )
             return
         if isinstance(action, RolloutDone):
@@ -403,9 +405,10 @@ class Leader:
             )
             await records.set_deployment_status(previous.deployment_id, "active")
 
-    async def _supersede_others(self, tenant_id: str, app_name: str, current: str) -> None:
+    async def _supersede_others(self, tenant_id: str, name: str, current: str) -> None:
+        """Supersede the other live deployments of the app (``name``: its cluster name)."""
         records = self.ctx.records
-        app = await records.get_app(tenant_id, app_name)
+        app = await records.get_app(tenant_id, split_cluster_name(name)[0])
         for deployment in await records.list_deployments(tenant_id, app):
             if deployment.id != current and deployment.status in ("active", "pending"):
                 await records.set_deployment_status(deployment.id, "superseded")

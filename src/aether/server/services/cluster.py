@@ -11,6 +11,7 @@ from aether.core.lifecycle import State
 from aether.core.scheduler import DesiredApp, InstanceView, NodeView
 from aether.errors import ConflictError, NotFoundError
 from aether.model.cluster import Blueprint, Endpoint, InstanceRecord, NodeRecord
+from aether.model.names import split_cluster_name
 from aether.store.base import Compare, Delete, Kv, Op, Put, StateStore
 
 __all__ = [
@@ -143,7 +144,8 @@ async def update_blueprint(
     tenant: str | None = None,
     fence: Compare | None = None,
 ) -> tuple[Blueprint, Blueprint]:
-    """Apply ``change`` to ``blueprints/{app}`` with compare-and-swap; (before, after).
+    """Apply ``change`` to ``blueprints/{app}`` (a cluster name) with compare-and-swap;
+    (before, after).
 
     ``tenant`` limits it to that tenant's blueprint; ``fence`` (a leader's) makes
     it fail once that leadership has ended. ``change`` may raise to give up.
@@ -152,7 +154,7 @@ async def update_blueprint(
         kv = await store.get(f"blueprints/{app}")
         bp = Blueprint.model_validate_json(kv.value) if kv else None
         if kv is None or bp is None or (tenant is not None and bp.tenant != tenant):
-            raise NotFoundError(f"app {app!r} has no live deployment")
+            raise NotFoundError(f"app {split_cluster_name(app)[0]!r} has no live deployment")
         updated = change(bp)
         compares = [Compare(kv.key, "mod_revision", "==", kv.mod_revision)]
         if fence is not None:
@@ -168,7 +170,8 @@ async def update_blueprint(
 async def remove_app(
     store: StateStore, app: str, *, tenant: str, force: bool = False
 ) -> Blueprint | None:
-    """Delete the tenant's blueprint of ``app`` and its endpoints; the blueprint removed.
+    """Delete the tenant's blueprint of ``app`` (a cluster name) and its endpoints; the
+    blueprint removed.
 
     The leader then retires the app's instances (nothing desires them), and routers
     answer 404 for it at once. A running rollout (``previous`` set) is refused with a
@@ -180,8 +183,9 @@ async def remove_app(
         if bp is not None and bp.tenant != tenant:
             return None
         if bp is not None and bp.previous is not None and not force:
+            plain = split_cluster_name(app)[0]
             raise ConflictError(
-                f"app {app!r} has a rollout running (v{bp.previous.version} → v{bp.version}); "
+                f"app {plain!r} has a rollout running (v{bp.previous.version} → v{bp.version}); "
                 "wait for it to finish, or delete anyway with --force (?force=true)"
             )
         compares = [

@@ -27,6 +27,7 @@ from aether.core.snapshots import SnapshotRow, plan_retention
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.cluster import Blueprint, InstanceRecord
 from aether.model.migrations import MIGRATION_FINAL, MigrationOut
+from aether.model.names import split_cluster_name
 from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.store.base import Compare, Kv, Put
@@ -60,7 +61,8 @@ def migration_out(row: MigrationRecord) -> MigrationOut:
 
 def resolve_instance(snap: ClusterSnapshot, tenant_id: str, ref: str) -> tuple[InstanceRecord, Kv]:
     """The caller's instance named by ``ref``: its key (``instances/NODE/APP@V/N``, with
-    or without the prefix) or ``APP/N`` (the serving copy of that index)."""
+    or without the prefix) or ``APP/N`` (the serving copy of that index; APP is the
+    tenant's plain name)."""
     ref = ref.strip().strip("/")
     key = ref if ref.startswith("instances/") else f"instances/{ref}"
     found = snap.instances.get(key)
@@ -71,7 +73,9 @@ def resolve_instance(snap: ClusterSnapshot, tenant_id: str, ref: str) -> tuple[I
             copies = [
                 entry
                 for entry in snap.instances.values()
-                if entry[0].app == app and entry[0].n == int(n)
+                if split_cluster_name(entry[0].app)[0] == app
+                and entry[0].tenant == tenant_id
+                and entry[0].n == int(n)
             ]
             # the serving copy of the newest version first
             copies.sort(key=lambda e: (e[0].command not in _SERVING, -e[0].version, e[0].key))
@@ -134,12 +138,13 @@ async def request_migration(
     if record.migrate_to is not None and await _open(ctx, record.migration_id):
         raise ConflictError(
             f"instance {key} is already moving (migration {record.migration_id}); "
-            f"see `aether migrations {record.app}`",
+            f"see `aether migrations {split_cluster_name(record.app)[0]}`",
             code="already_migrating",
         )
     entry = snap.blueprints.get(record.app)
     if entry is None or entry[0].tenant != tenant_id:
-        raise ConflictError(f"app {record.app!r} has no live deployment to migrate within")
+        plain = split_cluster_name(record.app)[0]
+        raise ConflictError(f"app {plain!r} has no live deployment to migrate within")
     bp: Blueprint = entry[0]
     if record.version != bp.version:
         raise ConflictError(

@@ -22,6 +22,7 @@ from aether.core.rebalance import (
 )
 from aether.errors import AetherError, NotFoundError
 from aether.model.decisions import Decision
+from aether.model.names import split_cluster_name
 from aether.model.rebalance import MoveOut, RebalanceOut, RefusalOut
 from aether.server.context import ServerContext
 from aether.server.services.audit import record_controller_action
@@ -70,7 +71,8 @@ async def observe(
         only = {name for name, tenant in tenants.items() if tenant == tenant_id}
     if app is not None:
         if app not in tenants or (only is not None and app not in only):
-            raise NotFoundError(f"app {app!r} has no live deployment; `aether apps` lists them")
+            plain = split_cluster_name(app)[0]
+            raise NotFoundError(f"app {plain!r} has no live deployment; `aether apps` lists them")
         only = {app}
     methods = {
         bp.app: bp.spec.checkpoint.method for bp, _ in snap.blueprints.values() if bp.spec.stateful

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from aether.core.snapshots import missing_seconds
 from aether.errors import ConflictError, NotFoundError
 from aether.model.cluster import Blueprint, InstanceRecord, parse_instance_key
+from aether.model.names import split_cluster_name
 from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.server.services.migrations import request_migration
@@ -110,7 +111,8 @@ async def record_orphan(ctx: ServerContext, bp: Blueprint, row: SnapshotRecord) 
         f"node {row.node} returned holding {row.instance}, which was replaced while it was "
         f"away; its state (as of {_clock(taken)}) is kept as orphaned "
         f"snapshot {row.digest}. The {where} {started}: it is missing {gap_text} of writes. "
-        f"`aether snapshots restore {bp.app} {row.digest}` brings them back"
+        f"`aether snapshots restore {split_cluster_name(bp.app)[0]} {row.digest}` brings "
+        "them back"
     )
     await ctx.records.add_event(bp.deployment_id, "state_orphaned", message)
     log.warning("%s", message)
@@ -138,15 +140,16 @@ async def restore_snapshot(
 ) -> MigrationRecord:
     """Replace the app's instance by one restored from ``digest`` (a stateful migration:
     the instance it replaces is checkpointed first, so its own state is kept too)."""
+    plain = split_cluster_name(app)[0]  # ``app`` is the cluster name
     rows = await ctx.records.find_snapshot(tenant_id, app, digest)
     if not rows:
-        raise NotFoundError(f"snapshot {digest} of app {app!r} not found")
+        raise NotFoundError(f"snapshot {digest} of app {plain!r} not found")
     snap = await read_snapshot(ctx.store)
     entry = snap.blueprints.get(app)
     if entry is None or entry[0].tenant != tenant_id:
-        raise NotFoundError(f"app {app!r} not found")
+        raise NotFoundError(f"app {plain!r} not found")
     if not entry[0].spec.stateful:
-        raise ConflictError(f"app {app!r} is not stateful: it has no state to restore")
+        raise ConflictError(f"app {plain!r} is not stateful: it has no state to restore")
     serving = sorted(
         (r for r, _ in snap.instances.values() if r.app == app and r.version == entry[0].version),
         key=lambda r: r.n,
@@ -154,7 +157,7 @@ async def restore_snapshot(
     chosen = [r for r in serving if n is None or r.n == n]
     if not chosen:
         which = f"instance {n}" if n is not None else "a serving instance"
-        raise ConflictError(f"app {app!r} has no {which} to replace", code="not_serving")
+        raise ConflictError(f"app {plain!r} has no {which} to replace", code="not_serving")
     target = chosen[0]
     await _mark_restore(ctx, target.key, digest)
     try:

@@ -30,7 +30,7 @@ import struct
 import time
 from array import array
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from pydantic import TypeAdapter
@@ -248,15 +248,18 @@ class TelemetryHub:
     def latest(self) -> ClusterSample | None:
         return self._latest
 
-    def latest_json(self, apps: Collection[str] | None = None) -> bytes | None:
-        """The latest sample as JSON; ``apps``: keep only these apps (all nodes stay)."""
+    def latest_json(self, apps: Mapping[str, str] | None = None) -> bytes | None:
+        """The latest sample as JSON; ``apps`` (cluster name → the name shown): keep only
+        these apps, named as shown (all nodes stay)."""
         sample = self._latest
         if sample is None:
             return None
         if self._latest_nodes_json is None:
             self._latest_nodes_json = _nodes_json(sample.nodes)
         chosen = (
-            sample.apps if apps is None else {a: s for a, s in sample.apps.items() if a in apps}
+            sample.apps
+            if apps is None
+            else {apps[a]: s for a, s in sample.apps.items() if a in apps}
         )
         return b'{"ts":%s,"nodes":%s,"apps":%s}' % (
             repr(sample.ts).encode(),

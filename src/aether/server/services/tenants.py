@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from aether.errors import ConflictError
+from aether.model.names import split_cluster_name
 from aether.model.tasks import TaskState
 from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, read_snapshot, remove_app
@@ -63,7 +64,7 @@ async def tenant_usage(
             apps=apps.get(tenant.id, 0),
             desired_apps=tuple(
                 sorted(
-                    bp.app
+                    split_cluster_name(bp.app)[0]  # the tenant's own name for it
                     for bp, _ in snap.blueprints.values()
                     if bp.tenant == tenant.id and bp.instances > 0
                 )

@@ -73,13 +73,14 @@ class DecisionRecords(RecordsBase):
         *,
         layer: int | None = None,
         kind: str | None = None,
-        target: str | None = None,
+        target: str | tuple[str, ...] | None = None,
         outcome: str | None = None,
         since: float | None = None,
         limit: int = 100,
     ) -> Sequence[DecisionRow]:
         """Newest first. A tenant sees its apps' decisions and the cluster's drains and
-        undrains; ``tenant_id`` None sees every decision (adviser failures included)."""
+        undrains; ``tenant_id`` None sees every decision (adviser failures included).
+        ``target``: one, or any of several."""
         query = select(DecisionRow).order_by(DecisionRow.id.desc()).limit(limit)
         if tenant_id is not None:
             query = query.where(
@@ -92,7 +93,9 @@ class DecisionRecords(RecordsBase):
             query = query.where(DecisionRow.layer == layer)
         if kind is not None:
             query = query.where(DecisionRow.kind == kind)
-        if target is not None:
+        if isinstance(target, tuple):
+            query = query.where(DecisionRow.target.in_(target))
+        elif target is not None:
             query = query.where(DecisionRow.target == target)
         if outcome is not None:
             query = query.where(DecisionRow.outcome == outcome)

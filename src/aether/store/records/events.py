@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
+from aether.model.names import cluster_name
 from aether.store.records.base import RecordsBase
 from aether.store.records.schema import (
     App,
@@ -14,6 +15,7 @@ from aether.store.records.schema import (
     Deployment,
     DeploymentEvent,
     RiskAssessmentRow,
+    Tenant,
 )
 
 __all__ = ["DeploymentEventRow", "EventRecords"]
@@ -92,12 +94,11 @@ class EventRecords(RecordsBase):
         return out
 
     async def app_tenants(self) -> dict[str, str]:
-        """Every app name and its tenant (a live app wins over a deleted one of the name)."""
-        query = select(App.name, App.tenant_id, App.deleted_at).order_by(App.created_at)
+        """Every app's cluster name (``model.names``: what the state store's keys name)
+        and its tenant's id."""
+        query = select(App.name, Tenant.name, App.tenant_id).join(
+            Tenant, Tenant.id == App.tenant_id
+        )
         async with self.sessions() as session:
             rows = (await session.execute(query)).all()
-        out: dict[str, str] = {}
-        for name, tenant, deleted_at in rows:
-            if name not in out or deleted_at is None:
-                out[name] = tenant
-        return out
+        return {cluster_name(app, tenant): tenant_id for app, tenant, tenant_id in rows}

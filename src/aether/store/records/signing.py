@@ -32,16 +32,6 @@ class SigningRecords(RecordsBase):
                 select(App).where(App.tenant_id == tenant_id, App.name == name)
             )
 
-    async def app_name_owned_elsewhere(self, tenant_id: str, name: str) -> bool:
-        """True if another tenant has a (not deleted) app called ``name``."""
-        async with self.sessions() as session:
-            found = await session.scalar(
-                select(App.id)
-                .where(App.name == name, App.tenant_id != tenant_id, App.deleted_at.is_(None))
-                .limit(1)
-            )
-            return found is not None
-
     async def update_app_settings(self, tenant_id: str, app: App, values: dict[str, Any]) -> App:
         """Set ``require_signature`` and/or ``retain_deployments``; the updated row."""
         allowed = {"require_signature", "retain_deployments"}
