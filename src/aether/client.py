@@ -7,20 +7,26 @@ Several servers: ``base_url`` may be ``"http://a,http://b"`` or a list. A reques
 that cannot reach one server (connection refused or timed out: nothing was sent)
 is sent to the next, and the one that answered is used first from then on; reads
 (GET, HEAD) are also retried after a broken connection. HTTP error answers are
-never retried. A stream (assignments, logs, metrics) that breaks moves the client
-to the next server, so the caller's reconnect goes there.
+never retried, but one: a ``429 rate_limited`` whose ``Retry-After`` is at most
+``MAX_RETRY_AFTER`` seconds is sent again after that wait (up to ``RATE_RETRIES``
+times) when repeating it is safe: an idempotent method, or a request carrying an
+``Idempotency-Key``. Otherwise the error says when to retry. A stream
+(assignments, logs, metrics) that breaks moves the client to the next server, so
+the caller's reconnect goes there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
-from aether.errors import AetherError, ServiceUnavailableError, error_for
+from aether.errors import AetherError, RateLimitedError, ServiceUnavailableError, error_for
 from aether.model.api import (
     AppDeletedOut,
     AppOut,
@@ -43,13 +49,19 @@ from aether.model.risk import RiskAssessment, SignalIn, SignalOut
 from aether.model.tasks import ExecutionOut, SandboxOut, TaskOut
 from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
 
-__all__ = ["ApiClient", "NetworkError", "split_urls"]
+__all__ = ["MAX_RETRY_AFTER", "RATE_RETRIES", "ApiClient", "NetworkError", "split_urls"]
 
 T = TypeVar("T")
 
 # nothing reached the server: safe to send anywhere else, whatever the method
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+# safe to send again after a 429 (which the server refused before doing anything)
+_IDEMPOTENT = _REPLAYABLE | {"PUT", "DELETE"}
+#: A 429 is retried only when its Retry-After is at most this many seconds ...
+MAX_RETRY_AFTER = 10.0
+#: ... and at most this many times per request.
+RATE_RETRIES = 3
 
 
 class NetworkError(ServiceUnavailableError):
@@ -75,6 +87,60 @@ def _raise_for(response: httpx.Response) -> None:
     except (ValueError, KeyError, TypeError):
         raise error_for(response.status_code, None, _bare_message(response)) from None
     raise error_for(response.status_code, code, message)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """A 429's ``Retry-After`` in seconds; None for another answer or a header that is
+    not a number of seconds."""
+    if response.status_code != 429:
+        return None
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _replayable_body(kwargs: dict[str, Any]) -> bool:
+    """Whether the request's body can be sent again (a stream cannot)."""
+    content = kwargs.get("content")
+    return content is None or isinstance(content, bytes | str)
+
+
+def _may_repeat(method: str, kwargs: dict[str, Any]) -> bool:
+    """An idempotent method, or a request that carries an Idempotency-Key (and a body
+    that can be sent again)."""
+    if not _replayable_body(kwargs):
+        return False
+    headers = kwargs.get("headers") or {}
+    return method.upper() in _IDEMPOTENT or any(
+        name.lower() == "idempotency-key" for name in headers
+    )
+
+
+def _why_not_retried(method: str, kwargs: dict[str, Any], wait: float | None) -> str:
+    if wait is None:
+        return "no Retry-After in seconds"
+    if wait > MAX_RETRY_AFTER:
+        return f"not retried: Retry-After is over {MAX_RETRY_AFTER:.0f} s"
+    if not _replayable_body(kwargs):
+        return "not retried: its body was a stream"
+    if not _may_repeat(method, kwargs):
+        return f"not retried: a {method.upper()} without an Idempotency-Key"
+    return f"still limited after {RATE_RETRIES} retries"
+
+
+def _rate_limited(response: httpx.Response, why: str) -> RateLimitedError:
+    """The 429's error, its message saying when to try again."""
+    try:
+        message = str(response.json()["message"])
+    except (ValueError, KeyError, TypeError):
+        message = _bare_message(response)
+    wait = _retry_after(response)
+    if wait is not None:
+        at = time.strftime("%H:%M:%S", time.localtime(time.time() + wait))
+        why = f"{why}; try again in {wait:.0f} s, at {at}"
+    return RateLimitedError(f"{message} ({why})")
 
 
 def _bare_message(response: httpx.Response) -> str:
@@ -157,11 +223,19 @@ class ApiClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = await self._each_server(
-            lambda url: self._http.request(method, url + path, **kwargs),
-            replayable=method.upper() in _REPLAYABLE,
-            what="cannot reach the Aether server",
-        )
+        for attempt in range(RATE_RETRIES + 1):
+            response = await self._each_server(
+                lambda url: self._http.request(method, url + path, **kwargs),
+                replayable=method.upper() in _REPLAYABLE,
+                what="cannot reach the Aether server",
+            )
+            wait = _retry_after(response)
+            if response.status_code != 429:
+                break
+            retry = wait is not None and wait <= MAX_RETRY_AFTER and _may_repeat(method, kwargs)
+            if wait is None or not retry or attempt == RATE_RETRIES:
+                raise _rate_limited(response, _why_not_retried(method, kwargs, wait))
+            await asyncio.sleep(wait)
         if method.upper() == "HEAD" and not response.is_success and response.status_code != 404:
             # a 404 says all a HEAD asks (``has_artifact``: absent), without a second request
             await self._raise_head_error(path, response, kwargs)

@@ -77,9 +77,11 @@ def test_one_tenants_burst_is_limited_while_another_works_and_quotas_name_themse
     assert quiet_codes == [200] * 20
     assert cluster.node_state("node-1") == "ready"  # its pushes and heartbeats are exempt
 
-    over = cluster.cli("apps", "--token", noisy, check=False)
+    # a POST without an Idempotency-Key: the CLI does not wait out the Retry-After (a
+    # GET it would, when it is 10 s or less) and says when to try again
+    over = cluster.cli("tokens", "create", "--role", "viewer", "--token", noisy, check=False)
     assert over.returncode == 42, over
-    assert "rate limit" in over.stderr
+    assert "rate limit" in over.stderr and "try again in" in over.stderr
 
     cluster.cli("limits", "set", "tenant-b", "--instances", "1")
     shown = cluster.cli_json("limits", "get", "tenant-b")

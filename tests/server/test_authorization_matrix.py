@@ -25,8 +25,9 @@ A route that creates the app it names (``mine``) has no "tenant A's object": an 
 name is each tenant's own, so another tenant naming tenant A's app acts on its own app
 of that name, and answers exactly as for a name nobody has (never a 409, never a hint).
 
-Gaps the table records rather than hides are marked ``# KNOWN:`` (any tenant's
-operator may drain, signal about or drill a shared node).
+Nodes are the cluster's: draining, signalling about and drilling a node are for the
+cluster's operators (``cluster-operator``: an operator of the default tenant; and
+the cluster admin), and a node's own credential signals about itself.
 """
 
 from __future__ import annotations
@@ -56,24 +57,51 @@ from tests.support.waiting import eventually
 # Who passes each role. ``cluster`` is an admin of the default tenant; ``node`` a node's
 # own credential; ``join`` a join token.
 _PASSES: dict[str, frozenset[str]] = {
-    "viewer": frozenset({"viewer", "operator", "admin", "cluster"}),
-    "operator": frozenset({"operator", "admin", "cluster"}),
+    "viewer": frozenset({"viewer", "operator", "admin", "cluster", "cluster-operator"}),
+    "operator": frozenset({"operator", "admin", "cluster", "cluster-operator"}),
     "admin": frozenset({"admin", "cluster"}),
     "cluster": frozenset({"cluster"}),
     "node": frozenset({"node"}),
     "join": frozenset({"join"}),
     # ArtifactReader: a tenant's roles read its own; a node what is assigned to it
-    "viewer|node": frozenset({"viewer", "operator", "admin", "cluster", "node"}),
-    # SignalWriter: operators, and a node about itself
-    "operator|node": frozenset({"operator", "admin", "cluster", "node"}),
+    "viewer|node": frozenset(
+        {"viewer", "operator", "admin", "cluster", "cluster-operator", "node"}
+    ),
+    # a tenant's operators, and a node (a snapshot assigned to it)
+    "operator|node": frozenset({"operator", "admin", "cluster", "cluster-operator", "node"}),
+    # ClusterOperator: the default tenant's operators and admins (nodes are the cluster's)
+    "cluster-operator": frozenset({"cluster", "cluster-operator"}),
+    # SignalWriter: the cluster's operators, and a node about itself
+    "cluster-operator|node": frozenset({"cluster", "cluster-operator", "node"}),
     # signing in: anyone, with or without a token (the route itself checks what is sent)
     "public": frozenset(
-        {"anonymous", "viewer", "operator", "admin", "cluster", "node", "other-node", "join"}
+        {
+            "anonymous",
+            "viewer",
+            "operator",
+            "admin",
+            "cluster",
+            "cluster-operator",
+            "node",
+            "other-node",
+            "join",
+        }
     ),
 }
 # ``other-node``: another node's own credential, which no route accepts about this node
-# (the path parameters and bodies name the node with tenant A's instance)
-CALLERS = ("anonymous", "viewer", "operator", "admin", "cluster", "node", "other-node", "join")
+# (the path parameters and bodies name the node with tenant A's instance);
+# ``cluster-operator``: an operator of the default tenant
+CALLERS = (
+    "anonymous",
+    "viewer",
+    "operator",
+    "admin",
+    "cluster",
+    "cluster-operator",
+    "node",
+    "other-node",
+    "join",
+)
 
 
 @dataclass(frozen=True)
@@ -146,22 +174,20 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/tasks/{task_id}/fail": Rule("node"),
     # nodes: what people do to them (nodes are the cluster's, not a tenant's)
     "GET /api/v1/nodes": Rule("viewer"),
-    # KNOWN: any tenant's operator may drain or undrain a shared node, which moves other
-    # tenants' instances (documented as operator in docs/api.md; reported to the lead).
-    "POST /api/v1/nodes/{node}/drain": Rule("operator"),
-    "POST /api/v1/nodes/{node}/undrain": Rule("operator"),
+    # a drain moves every tenant's instances: the cluster's operators only
+    "POST /api/v1/nodes/{node}/drain": Rule("cluster-operator"),
+    "POST /api/v1/nodes/{node}/undrain": Rule("cluster-operator"),
     "POST /api/v1/nodes/{node}/revoke": Rule("cluster", fresh=True),
     "POST /api/v1/nodes/{node}/allow": Rule("cluster"),
-    # KNOWN: as drains, signals and drills about shared nodes are any tenant's operator's
-    # (documented); the risk they raise may move other tenants' instances.
-    "POST /api/v1/signals": Rule("operator|node"),
-    "POST /api/v1/market/signal": Rule("operator|node"),
+    # as drains: the risk a signal raises may move every tenant's instances
+    "POST /api/v1/signals": Rule("cluster-operator|node"),
+    "POST /api/v1/market/signal": Rule("cluster-operator|node"),
     "GET /api/v1/signals": Rule("viewer"),
     "GET /api/v1/risk": Rule("viewer"),
     "GET /api/v1/risk/{node}": Rule("viewer"),
     "GET /api/v1/drill": Rule("viewer"),
-    "POST /api/v1/drill/start": Rule("operator"),  # KNOWN: as drains
-    "POST /api/v1/drill/stop": Rule("operator"),  # KNOWN: as drains
+    "POST /api/v1/drill/start": Rule("cluster-operator"),
+    "POST /api/v1/drill/stop": Rule("cluster-operator"),
     # telemetry
     "GET /api/v1/metrics": Rule("viewer"),
     "GET /api/v1/metrics/apps/{app}": Rule("viewer", owned=True),
@@ -620,6 +646,7 @@ async def _objects(server: RunningServer, nodes: FakeNodes) -> World:
             "operator": server.token("operator", tenant),
             "admin": server.token("admin", tenant),
             "cluster": server.admin_token,
+            "cluster-operator": server.token("operator"),
             "node": server.node_token(node),
             # joined, never registered: nothing is placed on it, so it needs nothing
             "other-node": server.node_token(unique("outsider")),
@@ -717,6 +744,8 @@ def test_each_role_gets_what_its_role_allows(
         token = world.server.mint(caller, world.tenant)  # rotating revokes the calling token
     elif route == "POST /api/v1/tokens/rotate" and caller == "cluster":
         token = world.server.mint("admin")
+    elif route == "POST /api/v1/tokens/rotate" and caller == "cluster-operator":
+        token = world.server.mint("operator")
     response = _call(http, world, route, token, _params(world, route, http))
     status = response.status_code
     assert status < 500, (status, response.text)

@@ -8,6 +8,9 @@ too high to matter (``tests/conftest.py``); these set the limits they test.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -171,7 +174,125 @@ async def test_the_python_client_raises_rate_limited(
     await _burst(client, token, BURST)
     async with ApiClient(limited.base_url, token) as api:
         with pytest.raises(RateLimitedError, match="rate limit"):
+            await api.json("POST", "/api/v1/tokens", json={"role": "viewer", "name": "x"})
+
+
+async def _tenant_with_rate(
+    limited: RunningServer, client: httpx.AsyncClient, rate: int, burst: int
+) -> tuple[str, str]:
+    """A new tenant with its own rate and burst, its burst used up: (name, admin token)."""
+    tenant = unique("tenant")
+    token = limited.mint("admin", tenant)
+    answer = await client.put(
+        f"/api/v1/tenants/{tenant}/limits",
+        json={"rate_per_minute": rate, "burst": burst},
+        headers=bearer(limited.admin_token),
+    )
+    assert answer.status_code == 200, answer.text
+    for _ in range(burst):
+        await client.get("/api/v1/apps", headers=bearer(token))
+    refused = await client.get("/api/v1/apps", headers=bearer(token))
+    assert refused.status_code == 429, refused.text
+    return tenant, token
+
+
+async def test_the_client_waits_out_a_short_retry_after_when_repeating_is_safe(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """600 a minute, burst 5: a 1 s window, so ``Retry-After: 1``. A GET and a POST
+    with an Idempotency-Key wait and are sent again; a POST without one is not."""
+    _, token = await _tenant_with_rate(limited, client, rate=600, burst=5)
+    async with ApiClient(limited.base_url, token) as api:
+        began = time.monotonic()
+        assert await api.json("GET", "/api/v1/apps") == []
+        assert time.monotonic() - began >= 0.5  # it waited for the window
+
+        while (await client.get("/api/v1/apps", headers=bearer(token))).status_code != 429:
+            pass  # use the burst up again
+        with pytest.raises(RateLimitedError) as refused:
+            await api.json("POST", "/api/v1/tokens", json={"role": "viewer", "name": "x"})
+        message = str(refused.value)
+        assert "not retried: a POST without an Idempotency-Key" in message
+        assert "try again in 1 s, at " in message
+
+        key = {"Idempotency-Key": unique("key")}
+        made = await api.json(
+            "POST", "/api/v1/tokens", json={"role": "viewer", "name": "x"}, headers=key
+        )
+        assert made["role"] == "viewer"
+
+
+async def test_the_client_does_not_wait_out_a_long_retry_after(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """60 a minute, burst 20: a 20 s window, so Retry-After is over 10 s: no retry."""
+    _, token = await _tenant_with_rate(limited, client, rate=60, burst=20)
+    async with ApiClient(limited.base_url, token) as api:
+        began = time.monotonic()
+        with pytest.raises(RateLimitedError) as refused:
             await api.json("GET", "/api/v1/apps")
+        assert time.monotonic() - began < 2.0
+    assert "not retried: Retry-After is over 10 s; try again in " in str(refused.value)
+
+
+def test_the_cli_says_when_to_retry(limited: RunningServer, tmp_path: Path) -> None:
+    async def used_up() -> str:
+        async with httpx.AsyncClient(base_url=limited.base_url, timeout=10.0) as http:
+            return (await _tenant_with_rate(limited, http, rate=60, burst=20))[1]
+
+    token = asyncio.run(used_up())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AETHER_", "XDG_"))}
+    env.update({"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-m", "aether", "list", "--server", limited.base_url, "--token", token],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 42, (result.stdout, result.stderr)
+    assert "over its rate limit" in result.stderr
+    assert "not retried: Retry-After is over 10 s; try again in " in result.stderr
+
+
+async def test_a_flood_of_refused_writes_is_counted_not_audited_row_by_row(
+    limited: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """A 429 writes no audit row of its own: the tenant's first refusal in a minute
+    writes one ``rate_limited`` row, every refusal counts in
+    ``rate_limited_requests_total{tenant}`` (seen by the tenant and the cluster)."""
+    tenant = unique("tenant")
+    token = limited.mint("admin", tenant)
+    row = limited.run(limited.ctx.records.find_tenant(tenant))
+    assert row is not None
+    tenant_id = row.id
+    codes = []
+    for _ in range(BURST + 25):  # mutating calls: each would be audited
+        answer = await client.delete(f"/api/v1/apps/{unique('gone')}", headers=bearer(token))
+        codes.append(answer.status_code)
+    assert codes.count(429) >= 25, codes
+    refused = codes.count(429)
+
+    rows = limited.run(limited.ctx.records.list_audit(tenant_id, limit=1000))
+    assert [r.status for r in rows if r.status == 429] == [429], [r.action for r in rows]
+    (event,) = [r for r in rows if r.status == 429]
+    assert (event.action, event.outcome, event.target) == (
+        "rate_limited",
+        "refused",
+        f"tenants/{tenant}",
+    )
+    assert "DELETE /apps/{app}" in event.detail
+    assert "rate_limited_requests_total" in event.detail
+    assert len(rows) == codes.count(404) + 1  # the served calls' rows and that one
+
+    series = f'rate_limited_requests_total{{tenant="{tenant}"}} {float(refused)}'
+    own = await client.get("/metrics", headers=bearer(limited.admin_token))
+    assert series in own.text
+    other = await client.get("/metrics", headers=bearer(limited.new_tenant()))
+    assert f'tenant="{tenant}"' not in other.text
+    assert f'tenant="{tenant}"' not in (await client.get("/metrics")).text
+    verdict = await client.get("/api/v1/audit/verify", headers=bearer(limited.admin_token))
+    assert verdict.status_code == 200 and verdict.json()["ok"] is True, verdict.text
 
 
 def test_two_servers_sharing_redis_count_together(tmp_path: Path) -> None:

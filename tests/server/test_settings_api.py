@@ -38,6 +38,7 @@ def test_every_role_reads_the_retention_figures(
         "decisions_retention_seconds": s.decisions_retention,
         "snapshot_keep": s.snapshot_keep,
         "gc_grace_seconds": s.gc_grace_seconds,
+        "audit_retention_days": s.audit_retention_days,
     }
 
 

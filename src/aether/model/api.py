@@ -160,6 +160,7 @@ class RetentionOut(BaseModel):
     decisions_retention_seconds: float
     snapshot_keep: int
     gc_grace_seconds: float
+    audit_retention_days: float
 
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"

@@ -63,6 +63,7 @@ from aether.server.leader.risk import RiskEngine
 from aether.server.services.logstore import LogStore
 from aether.server.services.oidc import OidcClient
 from aether.server.services.presence import announce
+from aether.server.services.revocations import follow_revocations
 from aether.server.services.telemetry import TelemetryHub
 from aether.server.settings import ServerSettings
 from aether.store import open_state_store
@@ -197,9 +198,11 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         task = asyncio.create_task(leader.run(), name="leader")
         expiry = asyncio.create_task(_expire_claims(ctx), name="task-leases")
         presence = asyncio.create_task(announce(ctx), name="presence")
+        revocations = asyncio.create_task(follow_revocations(ctx), name="revocations")
         try:
             yield
         finally:
+            revocations.cancel()
             presence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await presence

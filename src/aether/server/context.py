@@ -54,6 +54,9 @@ class ServerContext:
     sessions: SessionCache = field(default_factory=SessionCache, kw_only=True)  # console
     # the event streams' shared poll of the records' newest ids (one reader per server)
     event_heads: EventHeads = field(default_factory=EventHeads, kw_only=True)
+    # ids of the tenants this server is deleting now (services/tenants.py): nothing new
+    # is created in them, and a second delete of one waits for nothing: it is a 409
+    tenants_deleting: set[str] = field(default_factory=set, kw_only=True)
 
 
 async def get_context(request: Request) -> ServerContext:

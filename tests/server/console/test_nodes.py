@@ -189,6 +189,21 @@ def test_a_viewer_cannot_drain(server: RunningServer, pair: tuple[str, str]) -> 
     assert node_state(server, node) == "ready"
 
 
+def test_another_tenants_operator_cannot_drain_a_shared_node(
+    server: RunningServer, pair: tuple[str, str]
+) -> None:
+    """Nodes are the cluster's: the button is disabled and the API refuses the drain."""
+    node = pair[0]
+    with signed_in(server.base_url, server.mint("operator", unique("tenant"))) as client:
+        page = client.get(f"/ui/nodes/{node}").text
+        button = re.search(r'<button type="submit" class="danger"[^>]*>Drain</button>', page)
+        assert button and 'disabled title="needs an operator of the cluster' in button.group(0)
+        answer = client.post(f"/ui/nodes/{node}/drain", data={"csrf": csrf_of(client)})
+    assert answer.status_code == 403
+    assert "default tenant" in answer.text
+    assert node_state(server, node) == "ready"
+
+
 def test_drain_of_an_unknown_node_is_a_404_page(server: RunningServer) -> None:
     with signed_in(server.base_url, server.token("operator")) as client:
         answer = client.post("/ui/nodes/no-such-node/drain", data={"csrf": csrf_of(client)})

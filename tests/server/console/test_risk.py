@@ -22,7 +22,7 @@ from tests.support.console import csrf_of, signed_in
 from tests.support.server import RunningServer, running_server
 from tests.support.waiting import wait_for
 
-DISABLED = 'disabled title="needs the operator role"'
+DISABLED = 'disabled title="needs an operator of the cluster (the default tenant)"'
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,21 @@ def test_a_viewer_sees_risk_and_cannot_start_a_drill(
             "/ui/risk/drill/start", data={"csrf": csrf_of(client, "/ui/risk"), "node": node}
         )
         assert forced.status_code == 403 and "<title>Error 403" in forced.text
+    assert node not in drilled(server)
+
+
+def test_another_tenants_operator_cannot_start_a_drill(
+    server: RunningServer, two_nodes: tuple[str, str]
+) -> None:
+    node, _ = two_nodes
+    with signed_in(server.base_url, server.mint("operator", unique("tenant"))) as client:
+        page = client.get("/ui/risk")
+        button = re.search(rf'aria-label="Start the fire drill on {node}" ([^>]*)>', page.text)
+        assert button and DISABLED in button.group(1)
+        forced = client.post(
+            "/ui/risk/drill/start", data={"csrf": csrf_of(client, "/ui/risk"), "node": node}
+        )
+        assert forced.status_code == 403 and "default tenant" in forced.text
     assert node not in drilled(server)
 
 

@@ -95,6 +95,8 @@ def test_viewer_and_operator_see_settings_but_not_the_tokens(
     s = server.ctx.settings
     assert f"{s.events_resume_limit} revisions" in page.text
     assert f"{s.metrics_retention_days} days" in page.text
+    assert "AETHER_AUDIT_RETENTION_DAYS" in page.text
+    assert f"{s.audit_retention_days} days" in page.text
 
 
 def test_an_admin_sees_the_tenants_tokens_without_their_secrets(server: RunningServer) -> None:

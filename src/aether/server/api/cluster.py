@@ -51,6 +51,7 @@ async def retention(caller: Caller, ctx: Ctx) -> RetentionOut:
         decisions_retention_seconds=s.decisions_retention,
         snapshot_keep=s.snapshot_keep,
         gc_grace_seconds=s.gc_grace_seconds,
+        audit_retention_days=s.audit_retention_days,
     )
 
 

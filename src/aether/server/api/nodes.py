@@ -1,5 +1,6 @@
 """What nodes call: join, register, heartbeat, the assignment stream, reports and logs;
-and what a cluster admin does to nodes: revoke and allow them.
+and what the cluster does to nodes: its operators drain and undrain them, its admin
+revokes and allows them.
 
 Nodes talk only to servers, never to the state store or the database. A node
 joins once with a join token and gets a credential of its own, bound to its id;
@@ -48,10 +49,18 @@ from aether.model.cluster import (
 from aether.model.names import CLUSTER_NAME_PATTERN, split_cluster_name
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
-from aether.server.http.auth import Caller, ClusterAdmin, JoinCaller, NodeCaller, Operator, own_node
+from aether.server.http.auth import (
+    Caller,
+    ClusterAdmin,
+    ClusterOperator,
+    JoinCaller,
+    NodeCaller,
+    own_node,
+)
 from aether.server.services.cluster import dump, read_snapshot
 from aether.server.services.drain import assigned, set_draining
 from aether.server.services.migrations import drain_node
+from aether.server.services.revocations import forget_tokens
 from aether.store.base import CompactedError, Compare, Delete, LeaseNotFoundError, Op, Put
 
 __all__ = ["router"]
@@ -97,8 +106,7 @@ async def _node_record(ctx: ServerContext, node: str) -> tuple[NodeRecord, int]:
 async def join(body: JoinIn, caller: JoinCaller, ctx: Ctx) -> JoinOut:
     """A join token's one call: a new credential for node ``id`` (its earlier ones stop)."""
     _, credential, replaced = await ctx.records.join_node(caller.tenant_id, body.id)
-    for token_id in replaced:
-        ctx.tokens.forget(token_id)
+    await forget_tokens(ctx, replaced)
     return JoinOut(node_id=body.id, credential=credential)
 
 
@@ -435,7 +443,7 @@ async def list_nodes(caller: Caller, ctx: Ctx) -> list[NodeOut]:
 
 
 @router.post("/nodes/{node}/drain")
-async def drain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
+async def drain(node: str, caller: ClusterOperator, ctx: Ctx) -> dict[str, Any]:
     # mark its instances first, so the moves the drain starts are tracked migrations
     moving = await drain_node(ctx, node, "its node was drained by an operator")
     await set_draining(ctx, node, True, reason="drained by an operator", by=DRAINED_BY_OPERATOR)
@@ -443,7 +451,7 @@ async def drain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.post("/nodes/{node}/undrain")
-async def undrain(node: str, caller: Operator, ctx: Ctx) -> dict[str, Any]:
+async def undrain(node: str, caller: ClusterOperator, ctx: Ctx) -> dict[str, Any]:
     await set_draining(ctx, node, False)
     return {"node": node, "draining": False}
 
@@ -453,8 +461,7 @@ async def revoke(node: str, caller: ClusterAdmin, ctx: Ctx) -> dict[str, Any]:
     """Revoke the node's credential (its next call is 401) and end its lease, so its
     instances are placed elsewhere; it may not join again until allowed."""
     revoked = await ctx.records.revoke_node(node)
-    for token_id in revoked:
-        ctx.tokens.forget(token_id)
+    await forget_tokens(ctx, revoked)
     kv = await ctx.store.get(_node_key(node))
     if kv is not None and kv.lease:
         await ctx.store.lease_revoke(kv.lease)  # its key and endpoints go with it

@@ -39,7 +39,7 @@ async def scrape_view(request: Request, ctx: ServerContext | None) -> Visible:
         cluster_name(app.name, principal.tenant)
         for app in await ctx.records.list_apps(principal.tenant_id)
     )
-    return Visible(nodes=principal.tenant == DEFAULT_TENANT, apps=apps)
+    return Visible(nodes=principal.tenant == DEFAULT_TENANT, apps=apps, tenant=principal.tenant)
 
 
 def install_metrics(app: FastAPI, metrics: ServerMetrics) -> None:

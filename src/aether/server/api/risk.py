@@ -1,7 +1,8 @@
 """Signals about nodes, their risk, and the fire drill.
 
-Risk is cluster-level: nodes belong to no tenant. Operators (and nodes, whose
-watchers read cloud metadata) record signals; viewers read them and the
+Risk is cluster-level: nodes belong to no tenant. The cluster's operators (the
+default tenant's operators and admins) record signals and run drills, and so
+do nodes about themselves (their watchers read cloud metadata); viewers read them and the
 risk assessments. A signal may name a node that is not registered right now
 (it can be between leases); a bad value is refused with the error envelope.
 """
@@ -18,7 +19,7 @@ from aether.core.risk import DRILL_BASE_PRICE, drill_series
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.risk import RiskAssessment, SignalIn, SignalKind, SignalOut
 from aether.server.context import ServerContext, get_context
-from aether.server.http.auth import Caller, Operator, SignalWriter, own_node
+from aether.server.http.auth import Caller, ClusterOperator, SignalWriter, own_node
 from aether.server.services.cluster import read_snapshot
 
 __all__ = ["MAX_FUTURE_SECONDS", "MAX_SIGNALS_PER_REQUEST", "router"]
@@ -199,7 +200,7 @@ async def _base_price(ctx: ServerContext, node: str) -> float:
 
 @router.post("/drill/start")
 async def drill_start(
-    caller: Operator, ctx: Ctx, risk: Risk, body: Annotated[DrillIn | None, Body()] = None
+    caller: ClusterOperator, ctx: Ctx, risk: Risk, body: Annotated[DrillIn | None, Body()] = None
 ) -> dict[str, Any]:
     """Inject a market crash for a node (default: the live node running the most
     instances): a spot price spiking by 60 % and a rebalance notice, source ``drill``."""
@@ -240,7 +241,7 @@ async def drill_running(caller: Caller, ctx: Ctx) -> dict[str, list[str]]:
 
 @router.post("/drill/stop")
 async def drill_stop(
-    caller: Operator, ctx: Ctx, risk: Risk, body: Annotated[DrillIn | None, Body()] = None
+    caller: ClusterOperator, ctx: Ctx, risk: Risk, body: Annotated[DrillIn | None, Body()] = None
 ) -> dict[str, Any]:
     """End the drill on a node (default: every node with a drill running): records a
     ``clear`` signal of source ``drill``, so the next pass scores without the drill's

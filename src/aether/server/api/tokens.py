@@ -19,6 +19,7 @@ from aether.model.time import Timestamp
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import Admin, Caller
+from aether.server.services.revocations import forget_tokens
 from aether.store.records.base import now
 
 __all__ = ["router"]
@@ -98,8 +99,7 @@ async def list_tokens(caller: Admin, ctx: Ctx) -> list[TokenOut]:
 async def revoke(token_id: str, caller: Admin, ctx: Ctx) -> TokenOut:
     token = await ctx.records.get_token(caller.tenant_id, token_id)
     await ctx.records.revoke_token(token.id)
-    ctx.tokens.forget(token.id)
-    ctx.sessions.forget_token(token.id)
+    await forget_tokens(ctx, [token.id])
     return TokenOut(id=token.id, name=token.name, role=token.role)
 
 
@@ -119,8 +119,7 @@ async def rotate(caller: Caller, ctx: Ctx) -> TokenOut:
         expires_at=current.expires_at,
     )
     await ctx.records.revoke_token(current.id)
-    ctx.tokens.forget(current.id)
-    ctx.sessions.forget_token(current.id)
+    await forget_tokens(ctx, [current.id])
     return TokenOut(
         id=token_id,
         name=current.name,

@@ -126,9 +126,12 @@ class View:
     api: ConsoleApi
 
     def can(self, role: str) -> bool:
-        """Whether the visitor's role is at least ``role`` (``cluster``: a cluster admin)."""
+        """Whether the visitor's role is at least ``role`` (``cluster``: a cluster admin;
+        ``cluster-operator``: an operator or admin of the default tenant, who runs nodes)."""
         if role == "cluster":
             return self.principal.cluster_admin
+        if role == "cluster-operator":
+            return self.principal.cluster_operator
         return ROLE_RANK.get(self.principal.role, -1) >= ROLE_RANK[role]
 
     def render(

@@ -11,6 +11,11 @@ the event. ``AuditMiddleware`` appends an event to the records' audit chain for:
 - every request under ``/api/v1/`` answered ``401`` (failed authentication) or
   ``403`` (a refusal), whatever its method.
 
+A ``429 rate_limited`` is not an event of its own (a flood would write a flood of
+chained rows): it counts in ``rate_limited_requests_total{tenant}``, and the first
+refusal of a tenant in ``AUDIT_WINDOW`` seconds (per server) writes one event,
+action ``rate_limited``, outcome ``refused``, target ``tenants/{tenant}``.
+
 It writes the event when the answer starts, before it is sent: fail closed. If
 a mutating call's event cannot be written the caller gets ``503
 service_unavailable`` instead of the answer (and the event goes to the
@@ -23,7 +28,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from fastapi import Request
@@ -33,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import ForbiddenError
 from aether.server.http.errors import trace_id_of
+from aether.server.http.ratelimit import AUDIT_WINDOW
 from aether.store.records import Principal
 from aether.store.records.audit import AuditEntry
 
@@ -59,6 +65,7 @@ _UNAUDITED = tuple(
     for method, route, only in UNAUDITED
 )
 _DETAIL = "audit_detail"
+_TOO_MANY = 429
 
 
 def refuse(
@@ -152,6 +159,35 @@ def entry_for(scope: Scope, status: int) -> AuditEntry:
     )
 
 
+def _rate_limited(scope: Scope) -> AuditEntry | None:
+    """Count a 429 of the caller's tenant; its event if it is the first in the window."""
+    ctx = getattr(scope["app"].state, "ctx", None)
+    principal = scope.get("state", {}).get("principal")
+    if ctx is None or not isinstance(principal, Principal):
+        return None
+    ctx.metrics.rate_limited.labels(principal.tenant).inc()
+    if not ctx.limiter.audit_due(principal.tenant):
+        return None
+    entry = entry_for(scope, _TOO_MANY)
+    return replace(
+        entry,
+        action="rate_limited",
+        target=f"tenants/{principal.tenant}",
+        outcome="refused",
+        detail=(
+            f"{entry.action}: over the tenant's rate limit; its further refusals for "
+            f"{AUDIT_WINDOW:.0f} s are counted in rate_limited_requests_total, not audited"
+        ),
+    )
+
+
+def _event(scope: Scope, status: int) -> AuditEntry | None:
+    """The event to write for an answer of ``status``, if any."""
+    if status == _TOO_MANY:
+        return _rate_limited(scope)
+    return entry_for(scope, status) if _audited(scope, status) else None
+
+
 async def write_event(scope: Scope, entry: AuditEntry) -> bool:
     """Append ``entry``; False (and the event in the log) when it could not be written."""
     ctx = getattr(scope["app"].state, "ctx", None)
@@ -186,9 +222,11 @@ class AuditMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = int(message["status"])
-                if _audited(scope, status):
-                    written = await write_event(scope, entry_for(scope, status))
-                    if not written and scope["method"] in _MUTATING:
+                entry = _event(scope, status)
+                if entry is not None:
+                    written = await write_event(scope, entry)
+                    # a refusal changed nothing: its answer need not wait for its event
+                    if not written and scope["method"] in _MUTATING and status != _TOO_MANY:
                         dropped = True
                         await _unavailable(scope, receive, send)
                         return

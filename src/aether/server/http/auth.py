@@ -19,6 +19,7 @@ __all__ = [
     "Admin",
     "Caller",
     "ClusterAdmin",
+    "ClusterOperator",
     "JoinCaller",
     "NodeCaller",
     "Operator",
@@ -40,7 +41,8 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "join": frozenset({"join"}),
     # tenants read their own artifacts; a node only what is assigned to it (the route checks)
     "artifact-read": frozenset({"admin", "operator", "viewer", "node"}),
-    # signals about a node: operators, and nodes (a watcher on the node reading cloud metadata)
+    # signals about a node: the cluster's operators (``_cluster_operator``), and nodes
+    # (a watcher on the node reading cloud metadata)
     "signal": frozenset({"admin", "operator", "node"}),
 }
 
@@ -139,6 +141,29 @@ async def _cluster_admin(
     return principal
 
 
+_NOT_A_CLUSTER_OPERATOR = (
+    "nodes are the cluster's: only an operator or admin of the default tenant may do "
+    "this; a tenant's roles act on their own apps only"
+)
+
+
+async def _cluster_operator(
+    request: Request, principal: Annotated[Principal, Depends(require("operator"))]
+) -> Principal:
+    if not principal.cluster_operator:
+        raise refuse(request, principal, "nodes", _NOT_A_CLUSTER_OPERATOR)
+    return principal
+
+
+async def _signal_writer(
+    request: Request, principal: Annotated[Principal, Depends(require("signal"))]
+) -> Principal:
+    """A node's own credential (the route checks it is about itself) or a cluster operator."""
+    if principal.role != "node" and not principal.cluster_operator:
+        raise refuse(request, principal, "nodes", _NOT_A_CLUSTER_OPERATOR)
+    return principal
+
+
 def own_node(request: Request, caller: Principal, node: str) -> None:
     """Refuse a node credential acting as another node (403 and an audit line)."""
     if caller.node != node:
@@ -154,7 +179,8 @@ Caller = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 ClusterAdmin = Annotated[Principal, Depends(_cluster_admin)]
+ClusterOperator = Annotated[Principal, Depends(_cluster_operator)]
 NodeCaller = Annotated[Principal, Depends(require("node"))]
 JoinCaller = Annotated[Principal, Depends(require("join"))]
 ArtifactReader = Annotated[Principal, Depends(require("artifact-read"))]
-SignalWriter = Annotated[Principal, Depends(require("signal"))]
+SignalWriter = Annotated[Principal, Depends(_signal_writer)]

@@ -28,6 +28,8 @@ Series (no label has more than a handful of values):
 ``deployments_succeeded_total``             counter: deployments that became active
 ``deployments_failed_total``                counter: deployments marked failed
 ``telemetry_updates_total``                 counter: node metrics pushes ingested
+``rate_limited_requests_total{tenant}``     counter: requests refused 429 ``rate_limited``
+                                            (audited once per tenant a minute, not each)
 ``telemetry_ingest_duration_seconds``       histogram: time to read, validate and ingest one
 ``node_cpu_ratio{node}``                    gauge: machine CPU 0..1 in the latest sample
 ``node_memory_used_ratio{node}``            gauge: memory used / total
@@ -42,8 +44,10 @@ Series (no label has more than a handful of values):
 ``cluster_app_instances``                   gauge: instances reporting figures, all apps
 ``cluster_calls_per_second``                gauge: calls through all routers, all apps
 
-The node and app gauges come from the leader's latest telemetry sample (other
-servers show none); node/app labels grow with the cluster, one series each.
+A scrape sees the ``tenant``-labelled series of its own tenant; the default
+tenant's (the cluster's) sees every tenant's. The node and app gauges come from
+the leader's latest telemetry sample (other servers show none); node/app labels
+grow with the cluster, one series each.
 
 Counters are per process: the deployment outcome counters move on the server
 that was leader at the time, so sum them over all servers.
@@ -122,6 +126,12 @@ class ServerMetrics:
         )
         self.telemetry_updates = Counter(
             "telemetry_updates", "Node metrics pushes ingested.", registry=r
+        )
+        self.rate_limited = Counter(
+            "rate_limited_requests_total",
+            "Requests refused 429 rate_limited, by tenant.",
+            ["tenant"],
+            registry=r,
         )
         self.telemetry_ingest = Histogram(
             "telemetry_ingest_duration_seconds",
@@ -226,14 +236,20 @@ class ServerMetrics:
 
 
 class Visible:
-    """Which labelled series a scrape may see: the nodes' or not, and which apps'."""
+    """Which labelled series a scrape may see: the nodes' (and every tenant's) or not,
+    which apps', and its own tenant's."""
 
-    def __init__(self, nodes: bool = False, apps: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, nodes: bool = False, apps: frozenset[str] = frozenset(), tenant: str | None = None
+    ) -> None:
         self.nodes = nodes
         self.apps = apps
+        self.tenant = tenant
 
     def allows(self, labels: dict[str, str]) -> bool:
         if "node" in labels and not self.nodes:
+            return False
+        if "tenant" in labels and not (self.nodes or labels["tenant"] == self.tenant):
             return False
         return "app" not in labels or labels["app"] in self.apps
 

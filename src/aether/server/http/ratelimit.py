@@ -34,6 +34,7 @@ from aether.server.settings import ServerSettings
 from aether.store.records import Principal, Records
 
 __all__ = [
+    "AUDIT_WINDOW",
     "EXEMPT_ROLES",
     "RATE_STATE_KEY",
     "RateLimitHeaders",
@@ -48,6 +49,8 @@ log = logging.getLogger("aether.server")
 EXEMPT_ROLES = frozenset({"node", "join"})
 #: Seconds a tenant's own limits are cached before the records are read again.
 LIMITS_TTL = 5.0
+#: A tenant's refusals write at most one audit event per this many seconds (per server).
+AUDIT_WINDOW = 60.0
 _STATE_KEY = "rate_limit"
 RATE_STATE_KEY = _STATE_KEY  # where a request's verdict is kept (its scope's state)
 
@@ -94,10 +97,22 @@ class RateLimiter:
         self.storage = storage
         self.strategy = MovingWindowRateLimiter(storage)
         self._limits: dict[str, tuple[float, tuple[int, int]]] = {}
+        self._audited: dict[str, float] = {}  # tenant → when its refusals may be audited again
 
     def forget(self, tenant_id: str) -> None:
         """Read the tenant's limits again on its next request (they were changed)."""
         self._limits.pop(tenant_id, None)
+
+    def audit_due(self, tenant: str) -> bool:
+        """Whether a refusal of ``tenant`` should write its audit event: the first one
+        in ``AUDIT_WINDOW`` seconds does (and starts the window), the rest are counted."""
+        now = time.monotonic()
+        if self._audited.get(tenant, 0.0) > now:
+            return False
+        if len(self._audited) > 10_000:  # bounded: drop the windows that are over
+            self._audited = {t: until for t, until in self._audited.items() if until > now}
+        self._audited[tenant] = now + AUDIT_WINDOW
+        return True
 
     async def limits_of(self, tenant_id: str) -> tuple[int, int]:
         """(rate per minute, burst) of the tenant: its own, else the cluster's."""

@@ -18,8 +18,9 @@ class TokenCache:
     """Recently verified tokens, so a hot route (node telemetry) skips the database.
 
     An entry lives ``TOKEN_CACHE_SECONDS``; revoking or rotating a token
-    through this server forgets it at once (``forget``). Another server keeps
-    honouring a revoked token until its own entry expires (at most that long).
+    through this server forgets it at once (``forget``), and the other servers
+    within a second (``services/revocations.py`` tells them through the state
+    store; should that fail, their entries still expire after at most that long).
     Only successes are cached: a wrong token always asks the database. Calls
     that miss at the same moment share one lookup (thousands of nodes pushing
     every second would otherwise all ask the database when an entry expires).

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aether.core.quotas import check, effective
-from aether.errors import QuotaExceededError
+from aether.errors import ConflictError, QuotaExceededError
 from aether.model.cluster import Blueprint
 from aether.model.limits import TenantLimits, Usage
 from aether.model.tasks import TaskState
@@ -85,7 +85,10 @@ async def tenant_usage(ctx: ServerContext, tenant_id: str) -> Usage:
 
 
 async def enforce_quota(ctx: ServerContext, tenant_id: str, requested: Mapping[str, float]) -> None:
-    """Refuse (403 ``quota_exceeded``) a request that would take a quota past its limit."""
+    """Refuse (403 ``quota_exceeded``) a request that would take a quota past its limit,
+    and (409) anything new in a tenant being deleted."""
+    if tenant_id in ctx.tenants_deleting:
+        raise ConflictError("this tenant is being deleted; nothing new may be created in it")
     if not any(amount > 0 for amount in requested.values()):
         return
     limits = await tenant_limits(ctx, tenant_id)

@@ -4,8 +4,9 @@ A forced delete stops the tenant's apps the way ``DELETE /apps/{app}`` does (the
 blueprint and endpoints go; the leader retires the instances), cancels its tasks,
 asks each node holding one of its sandboxes to delete it (a ``vm:delete`` task of
 the ``default`` tenant, which survives the tenant), removes its records in one
-transaction, forgets its tokens and console sessions, and deletes the blobs no one
-else claims.
+transaction, forgets its tokens and console sessions (here at once, on the other
+servers within a second: ``services/revocations.py``), and deletes the blobs no one
+else claims. A server deletes one tenant at a time once (``delete_tenant``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aether.model.names import split_cluster_name
 from aether.model.tasks import TaskState
 from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, read_snapshot, remove_app
+from aether.server.services.revocations import forget_tokens
 from aether.store.records import DEFAULT_TENANT
 from aether.store.records.schema import Tenant
 from aether.tasks.queue.base import NewTask
@@ -86,9 +88,25 @@ class DeletedTenant:
 
 async def delete_tenant(ctx: ServerContext, tenant: Tenant, *, force: bool) -> DeletedTenant:
     """Delete the tenant; refused (409, naming what runs) while it runs something
-    unless ``force``. The ``default`` tenant is never deleted."""
+    unless ``force``. The ``default`` tenant is never deleted.
+
+    While it runs, the tenant is in ``ctx.tenants_deleting``: a second delete of it is
+    a 409, and so is anything new in it (``enforce_quota``, which every deploy, scale,
+    rollback, task and upload passes). Apps written by a request already past that
+    check are removed by a second sweep after the purge.
+    """
     if tenant.name == DEFAULT_TENANT:
         raise ConflictError("the default tenant holds the cluster admins and cannot be deleted")
+    if tenant.id in ctx.tenants_deleting:
+        raise ConflictError(f"tenant {tenant.name!r} is being deleted already")
+    ctx.tenants_deleting.add(tenant.id)  # no await since the check: held by this call
+    try:
+        return await _delete(ctx, tenant, force=force)
+    finally:
+        ctx.tenants_deleting.discard(tenant.id)
+
+
+async def _delete(ctx: ServerContext, tenant: Tenant, *, force: bool) -> DeletedTenant:
     usage = (await tenant_usage(ctx, [tenant]))[tenant.id]
     running = usage.running()
     if running and not force:
@@ -100,9 +118,8 @@ async def delete_tenant(ctx: ServerContext, tenant: Tenant, *, force: bool) -> D
     tasks = await _cancel_tasks(ctx, tenant)
     sandboxes = await _delete_sandboxes(ctx, tenant)
     purged = await ctx.records.purge_tenant(tenant.id)
-    for token_id in purged.token_ids:
-        ctx.tokens.forget(token_id)
-        ctx.sessions.forget_token(token_id)
+    await forget_tokens(ctx, purged.token_ids)  # here at once, on other servers within 1 s
+    apps += await _remove_apps(ctx, tenant)  # written by a request in flight meanwhile
     artifacts = await _delete_blobs(ctx, purged.digests)
     return DeletedTenant(
         apps=apps,

@@ -73,6 +73,12 @@ class Principal:
         admin: manages tenants, adds and revokes nodes, creates join tokens, backs up."""
         return self.role == "admin" and self.tenant == DEFAULT_TENANT
 
+    @property
+    def cluster_operator(self) -> bool:
+        """An operator or admin of the ``default`` tenant: runs the shared nodes (drains
+        them, signals about them, drills them), which no other tenant's roles may."""
+        return self.role in ("admin", "operator") and self.tenant == DEFAULT_TENANT
+
 
 class RecordsBase:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
