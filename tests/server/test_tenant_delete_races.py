@@ -1,4 +1,5 @@
-"""Deleting a tenant against what runs at the same time: other servers' token caches,
+"""Deleting a tenant against what runs at the same time: other servers' token caches
+(and theirs of a removed member's token),
 a deploy while the delete is under way, a second delete of the same tenant.
 
 Real servers: two in-process servers sharing one etcd (state) and one SQLite records
@@ -84,6 +85,25 @@ def test_another_servers_cache_forgets_a_deleted_tenants_tokens_within_a_second(
                 revoked = httpx.delete(f"{one.base_url}/api/v1/tokens/{row['id']}", headers=admin)
                 assert revoked.status_code == 200, revoked.text
                 assert _refused_within(two.base_url, viewer, 2.5) < 2.5
+
+                # a member taken out of the tenant: its signed-in token, cached there too
+                person = unique("pat")
+                made = httpx.post(
+                    f"{one.base_url}/api/v1/users",
+                    json={"name": person, "role": "viewer", "password": "a good long one"},
+                    headers=admin,
+                )
+                assert made.status_code == 201, made.text
+                signed = httpx.post(
+                    f"{one.base_url}/api/v1/auth/login",
+                    json={"user": person, "password": "a good long one"},
+                )
+                session = signed.json()["token"]
+                answer = httpx.get(f"{two.base_url}/api/v1/apps", headers=bearer(session))
+                assert answer.status_code == 200, answer.text
+                removed = httpx.delete(f"{one.base_url}/api/v1/users/{person}", headers=admin)
+                assert removed.status_code == 200, removed.text
+                assert _refused_within(two.base_url, session, 2.5) < 2.5
 
 
 async def test_a_tenant_being_deleted_takes_no_new_deployment_nor_a_second_delete(

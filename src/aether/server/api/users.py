@@ -26,6 +26,7 @@ from aether.server.services.accounts import (
     totp_uri,
     verify_password,
 )
+from aether.server.services.revocations import forget_tokens
 from aether.store.records import Principal
 from aether.store.records.base import now
 from aether.store.records.schema import User
@@ -129,7 +130,7 @@ async def update_user(
         await ctx.records.update_user(member.user.id, **account)
     if body.role is not None and body.role != member.role:
         await ctx.records.set_role(member.user.id, caller.tenant_id, body.role)
-    forget_account(ctx, member.user.id)
+    await forget_account(ctx, member.user.id)
     return _out(await ctx.records.member(caller.tenant_id, user))
 
 
@@ -138,10 +139,8 @@ async def remove_user(user: str, caller: Admin, ctx: Ctx) -> dict[str, Any]:
     """Take the account out of this tenant (its tokens here stop working at once)."""
     member = await ctx.records.member(caller.tenant_id, user)
     revoked = await ctx.records.remove_member(member.user.id, caller.tenant_id)
-    for token_id in revoked:
-        ctx.tokens.forget(token_id)
-        ctx.sessions.forget_token(token_id)
-    forget_account(ctx, member.user.id)
+    await forget_tokens(ctx, revoked)
+    await forget_account(ctx, member.user.id)
     return {"name": user, "removed": True, "tokens_revoked": len(revoked)}
 
 
@@ -196,5 +195,5 @@ async def add_member(
     if account is None:
         raise NotFoundError(f"user {user!r} not found")
     await ctx.records.set_role(account.id, found.id, body.role)
-    forget_account(ctx, account.id)
+    await forget_account(ctx, account.id)
     return _out(await ctx.records.member(found.id, user))

@@ -23,6 +23,7 @@ from limits import RateLimitItemPerMinute
 from aether.errors import BadRequestError, ForbiddenError, RateLimitedError, UnauthorizedError
 from aether.server.context import ServerContext
 from aether.server.http.ratelimit import RATE_STATE_KEY, Verdict
+from aether.server.services.revocations import forget_tokens
 from aether.store.records import Principal
 from aether.store.records.base import epoch, now
 from aether.store.records.schema import User
@@ -174,11 +175,12 @@ async def password_login(
     return await issue_login_token(ctx, user, picked, "password")
 
 
-def forget_account(ctx: ServerContext, user_id: str) -> None:
-    """Make this server ask the records again about the account's tokens and sessions
-    (others do within their cache's lifetime, ``TOKEN_CACHE_SECONDS``)."""
+async def forget_account(ctx: ServerContext, user_id: str) -> None:
+    """Make every server ask the records again about the account's tokens and sessions
+    (its role changed, or it was disabled): here at once, the others within a second."""
     ctx.tokens.forget_user(user_id)
     ctx.sessions.forget_user(user_id)
+    await forget_tokens(ctx, await ctx.records.user_token_ids(user_id))
 
 
 async def limit_sign_in(ctx: ServerContext, request: Request, name: str) -> None:
