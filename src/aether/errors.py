@@ -13,6 +13,7 @@
     ├── ConflictError                conflict             409
     ├── PayloadTooLargeError         payload_too_large    413
     ├── RateLimitedError             rate_limited         429
+    ├── BadGatewayError              bad_gateway (or a model_* code) 502
     ├── ServiceUnavailableError      service_unavailable  503
     └── InternalError                internal             500
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "AetherError",
+    "BadGatewayError",
     "BadRequestError",
     "ConflictError",
     "DigestMismatchError",
@@ -133,6 +135,16 @@ class RateLimitedError(AetherError):
     status = 429
 
 
+class BadGatewayError(AetherError):
+    """Something the server called on the caller's behalf (a model provider) failed,
+    refused or answered nonsense; ``code`` says which (``model_unauthorized``,
+    ``model_rejected``, ``model_unavailable``, ``model_timeout``, ``model_unreachable``,
+    ``model_bad_answer``: ``aether.agents.llm``)."""
+
+    code = "bad_gateway"
+    status = 502
+
+
 class ServiceUnavailableError(AetherError):
     code = "service_unavailable"
     status = 503
@@ -151,6 +163,7 @@ _BY_STATUS: dict[int, type[AetherError]] = {
     409: ConflictError,
     413: PayloadTooLargeError,
     429: RateLimitedError,
+    502: BadGatewayError,
     503: ServiceUnavailableError,
 }
 
