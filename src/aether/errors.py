@@ -163,7 +163,6 @@ _BY_STATUS: dict[int, type[AetherError]] = {
     409: ConflictError,
     413: PayloadTooLargeError,
     429: RateLimitedError,
-    502: BadGatewayError,
     503: ServiceUnavailableError,
 }
 
@@ -173,6 +172,14 @@ _BY_CODE: dict[str, type[AetherError]] = {
     "signature_required": SignatureRequiredError,
     "signature_invalid": SignatureInvalidError,
     "quota_exceeded": QuotaExceededError,
+    # a 502 is ours only with one of these codes (a proxy's bare 502 stays internal)
+    "bad_gateway": BadGatewayError,
+    "model_unauthorized": BadGatewayError,
+    "model_rejected": BadGatewayError,
+    "model_unavailable": BadGatewayError,
+    "model_timeout": BadGatewayError,
+    "model_unreachable": BadGatewayError,
+    "model_bad_answer": BadGatewayError,
 }
 
 
@@ -184,6 +191,8 @@ def error_for(status: int, code: str | None, message: str) -> AetherError:
     unknown status).
     """
     if code in _BY_CODE:
-        return _BY_CODE[code](message)
+        error = _BY_CODE[code](message)
+        error.code = code  # a model_* code stays what it was
+        return error
     cls = _BY_STATUS.get(status, InternalError)
     return cls(message, code=code)

@@ -335,3 +335,14 @@ async def test_the_script_running_out_fails_loudly() -> None:
             assert (await client.chat([{"role": "user", "content": "a"}])).content == "one"
             with pytest.raises(BadGatewayError, match="script ran out"):
                 await client.chat([{"role": "user", "content": "b"}])
+
+
+def test_the_api_client_gets_the_same_error_back() -> None:
+    """An envelope with a model_* code becomes a BadGatewayError with that code; a
+    proxy's bare 502 (no envelope) stays an internal error."""
+    from aether.errors import InternalError, error_for
+
+    error = error_for(502, "model_timeout", "model 'm': no answer")
+    assert isinstance(error, BadGatewayError) and error.code == "model_timeout"
+    bare = error_for(502, None, "HTTP 502 Bad Gateway")
+    assert isinstance(bare, InternalError) and bare.code == "internal"

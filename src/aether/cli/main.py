@@ -406,6 +406,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(q)
 
+    p = sub.add_parser("models", help="model endpoints for AI agents: add, ls, get, rm, test")
+    models_sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    models_sub.required = True
+    q = models_sub.add_parser(
+        "add", help="add an OpenAI-compatible model (the key: stdin or AETHER_MODEL_API_KEY)"
+    )
+    q.add_argument("name", help="model://NAME: a-z, 0-9, '.', '_', '-' (up to 63)")
+    q.add_argument("--base-url", required=True, help="the API with its version, e.g. …/v1")
+    q.add_argument("--model-id", required=True, help="the provider's name of the model")
+    q.add_argument("--context-window", type=int, default=8192, metavar="N", help="tokens")
+    q.add_argument("--price-in", type=float, default=0.0, metavar="X", help="per 1k input tokens")
+    q.add_argument("--price-out", type=float, default=0.0, metavar="Y", help="per 1k output")
+    q.add_argument(
+        "--api-key-stdin", action="store_true", help="read the API key from stdin (one line)"
+    )
+    _common(q)
+    q = models_sub.add_parser("ls", help="the tenant's models")
+    _common(q)
+    q = models_sub.add_parser("get", help="one model")
+    q.add_argument("name")
+    _common(q)
+    q = models_sub.add_parser("rm", help="remove a model (and its stored key)")
+    q.add_argument("name")
+    _common(q)
+    q = models_sub.add_parser("test", help="one tiny chat call: latency, tokens, the reply")
+    q.add_argument("name")
+    _common(q)
+
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
     p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
     _common(p)
@@ -563,6 +591,7 @@ _MODULES = {
     "tokens": "tokens",
     "limits": "limits",
     "tenants": "tenants",
+    "models": "models",
     "deployments": "views",
     "scale": "actions",
     "list": "views",
