@@ -614,6 +614,12 @@ class ApiClient:
         )
         return result
 
+    async def models(self, method: str, path: str = "", body: Any = None) -> Any:
+        """``/api/v1/models{path}`` (the tenant's model endpoints, ``model://NAME``)."""
+        kwargs = {} if body is None else {"json": body}
+        response = await self.request(method, f"/api/v1/models{path}", **kwargs)
+        return response.json()
+
     def use_token(self, token: str) -> None:
         """Send ``token`` from now on (a node, once it has its own credential)."""
         self._http.headers["Authorization"] = f"Bearer {token}"

@@ -13,6 +13,7 @@
     ├── ConflictError                conflict             409
     ├── PayloadTooLargeError         payload_too_large    413
     ├── RateLimitedError             rate_limited         429
+    ├── BadGatewayError              bad_gateway (or a model_* code) 502
     ├── ServiceUnavailableError      service_unavailable  503
     └── InternalError                internal             500
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "AetherError",
+    "BadGatewayError",
     "BadRequestError",
     "ConflictError",
     "DigestMismatchError",
@@ -133,6 +135,16 @@ class RateLimitedError(AetherError):
     status = 429
 
 
+class BadGatewayError(AetherError):
+    """Something the server called on the caller's behalf (a model provider) failed,
+    refused or answered nonsense; ``code`` says which (``model_unauthorized``,
+    ``model_rejected``, ``model_unavailable``, ``model_timeout``, ``model_unreachable``,
+    ``model_bad_answer``: ``aether.agents.llm``)."""
+
+    code = "bad_gateway"
+    status = 502
+
+
 class ServiceUnavailableError(AetherError):
     code = "service_unavailable"
     status = 503
@@ -160,6 +172,14 @@ _BY_CODE: dict[str, type[AetherError]] = {
     "signature_required": SignatureRequiredError,
     "signature_invalid": SignatureInvalidError,
     "quota_exceeded": QuotaExceededError,
+    # a 502 is ours only with one of these codes (a proxy's bare 502 stays internal)
+    "bad_gateway": BadGatewayError,
+    "model_unauthorized": BadGatewayError,
+    "model_rejected": BadGatewayError,
+    "model_unavailable": BadGatewayError,
+    "model_timeout": BadGatewayError,
+    "model_unreachable": BadGatewayError,
+    "model_bad_answer": BadGatewayError,
 }
 
 
@@ -171,6 +191,8 @@ def error_for(status: int, code: str | None, message: str) -> AetherError:
     unknown status).
     """
     if code in _BY_CODE:
-        return _BY_CODE[code](message)
+        error = _BY_CODE[code](message)
+        error.code = code  # a model_* code stays what it was
+        return error
     cls = _BY_STATUS.get(status, InternalError)
     return cls(message, code=code)

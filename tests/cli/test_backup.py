@@ -85,12 +85,13 @@ def test_backup_of_a_running_server_restores_into_a_new_server(
         blueprint = srv.run(srv.ctx.store.get(f"blueprints/{app}"))
         assert blueprint is not None
         asyncio.run(_refused(srv, tmp_path / "stolen.db"))
+        sealed = srv.ctx.secrets.seal("sk-backed-up")  # as a model's API key is stored
     parts = result["manifest"]["parts"]
     assert parts["state"]["engine"] == "sqlite"
     assert parts["state"]["copied_by"] == "server"  # the running server holds the lock
     assert parts["records"]["engine"] == "sqlite" and parts["records"]["schema_revision"]
     assert parts["artifacts"]["engine"] == "local" and parts["artifacts"]["count"] == 2
-    assert parts["secrets"]["files"] == ["admin.token", "join.token"]
+    assert parts["secrets"]["files"] == ["admin.token", "join.token", "secrets.key"]
     assert read_manifest(out)["files"] == result["manifest"]["files"]
 
     target = tmp_path / "restored"
@@ -107,6 +108,8 @@ def test_backup_of_a_running_server_restores_into_a_new_server(
     with running_server(target) as restored:
         assert restored.admin_token == srv.admin_token
         assert restored.join_token == srv.join_token
+        # the key of the stored secrets came back with the records that need it
+        assert restored.ctx.secrets.unseal(sealed) == "sk-backed-up"
         asyncio.run(_observe(restored, app, seen, tmp_path))
         kv = restored.run(restored.ctx.store.get(f"blueprints/{app}"))
         assert kv is not None and kv.value == blueprint.value

@@ -49,6 +49,7 @@ from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
 from tests.support.api import DIGEST_HEADER, bearer, spec_for, unique
 from tests.support.fake_nodes import FakeNodes
+from tests.support.model_server import model_server, say
 from tests.support.server import RunningServer, running_server
 from tests.support.waiting import eventually
 
@@ -245,6 +246,13 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/users/{user}/totp": Rule("viewer", owned=True),
     "DELETE /api/v1/users/{user}/totp": Rule("admin", owned=True),
     "GET /api/v1/whoami": Rule("viewer"),
+    # models for AI agents: viewers read the tenant's catalog, admins change it, operators
+    # test a model (one call to the scripted model server)
+    "GET /api/v1/models": Rule("viewer"),
+    "POST /api/v1/models": Rule("admin"),
+    "GET /api/v1/models/{name}": Rule("viewer", owned=True),
+    "DELETE /api/v1/models/{name}": Rule("admin", owned=True, fresh=True),
+    "POST /api/v1/models/{name}/test": Rule("operator", owned=True),
     "PUT /api/v1/tenants/{tenant}/members/{user}": Rule("cluster"),
     # signing in (no token yet)
     "GET /api/v1/auth/providers": Rule("public"),
@@ -271,6 +279,7 @@ class World:
     node: str  # a node with tenant A's instance
     spare: str  # a live node with nothing on it
     params: dict[str, str]
+    model_url: str  # the scripted model server tenant A's models call
     callers: dict[str, str | None] = field(default_factory=dict)
 
     def token(self, caller: str) -> str | None:
@@ -363,13 +372,23 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "PUT /api/v1/users/{user}/password": {"json": {"password": "matrix password 1"}},
         "POST /api/v1/auth/login": {"json": {"user": p["user"], "password": "not it at all"}},
         "POST /api/v1/auth/oidc/exchange": {"json": {"code": "c" * 32, "verifier": "v" * 43}},
+        "POST /api/v1/models": {"json": _model_body(unique("m"), world.model_url)},
     }
     return bodies.get(f"{method} {path}", {})
+
+
+def _model_body(name: str, url: str) -> dict[str, Any]:
+    return {"name": name, "base_url": url, "model_id": "test-model", "api_key": "sk-matrix"}
 
 
 def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
     """A new object for a destructive route (path parameters to override)."""
     admin = bearer(world.server.token("admin", world.tenant))
+    if route == "DELETE /api/v1/models/{name}":
+        name = unique("gone")
+        made = http.post("/api/v1/models", json=_model_body(name, world.model_url), headers=admin)
+        assert made.status_code == 201, made.text
+        return {"name": name}
     if route == "DELETE /api/v1/apps/{app}":
         app = unique("gone")
         put = http.put(f"/api/v1/apps/{app}/settings", json={}, headers=admin)
@@ -465,9 +484,12 @@ def _call(
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A server of its own (its fake nodes take instances; the cells drain and revoke),
-    long leases: the fake nodes do not heartbeat."""
-    with running_server(tmp_path_factory.mktemp("authz"), lease_ttl=120.0) as server:
-        yield asyncio.run(_build(server))
+    long leases: the fake nodes do not heartbeat; a model server that always says OK."""
+    with (
+        running_server(tmp_path_factory.mktemp("authz"), lease_ttl=120.0) as server,
+        model_server(default=say("OK")) as llm,
+    ):
+        yield asyncio.run(_build(server, llm.url))
 
 
 @pytest.fixture(scope="module")
@@ -482,15 +504,15 @@ def _ok(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-async def _build(server: RunningServer) -> World:
+async def _build(server: RunningServer, model_url: str) -> World:
     nodes = FakeNodes(server)
     try:
-        return await _objects(server, nodes)
+        return await _objects(server, nodes, model_url)
     finally:
         await nodes.close()
 
 
-async def _objects(server: RunningServer, nodes: FakeNodes) -> World:
+async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> World:
     tenant = unique("tenant-a")
     admin = bearer(server.token("admin", tenant))
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
@@ -608,6 +630,12 @@ async def _objects(server: RunningServer, nodes: FakeNodes) -> World:
             ),
             201,
         )
+        model = _ok(
+            await http.post(
+                "/api/v1/models", json=_model_body(unique("model"), model_url), headers=admin
+            ),
+            201,
+        )
         migration = _ok(
             await http.post(
                 "/api/v1/instances/migrate",
@@ -622,6 +650,7 @@ async def _objects(server: RunningServer, nodes: FakeNodes) -> World:
         other=server.new_tenant(),
         node=node,
         spare=spare,
+        model_url=model_url,
         params={
             "app": app,
             "digest": digest,
@@ -634,6 +663,7 @@ async def _objects(server: RunningServer, nodes: FakeNodes) -> World:
             "snapshot": snapshot["digest"],
             "migration_id": migration["id"],
             "user": user["name"],
+            "name": model["name"],
             "instance": instance["key"],
             "node": node,
             "app_version": "nothing@1",
@@ -816,7 +846,7 @@ def test_another_tenant_naming_tenant_a_s_objects_elsewhere_learns_nothing(
 
 
 _SECRETS = ("app", "digest", "deployment_id", "key_id", "token_id", "task_id", "sandbox_id")
-_SECRETS_TOO = ("execution_id", "snapshot", "migration_id", "instance", "tenant")
+_SECRETS_TOO = ("execution_id", "snapshot", "migration_id", "instance", "tenant", "name")
 
 
 # Tenant B's own audit events record the requests B made, and the cross-tenant cells

@@ -22,7 +22,8 @@ artifacts  s3           every ``<prefix>sha256/…`` object, streamed into the
                         (``--no-artifacts`` leaves them out; the blobs of
                         incremental uploads, local or on S3, are a cache and
                         never copied)
-secrets    local        DATA/admin.token and DATA/join.token, when present
+secrets    local        DATA/admin.token, DATA/join.token and DATA/secrets.key (the
+                        key of the secrets stored in the records), when present
 =========  ===========  =====================================================
 
 Order: state, then records, then artifacts, so every deployment a blueprint names
@@ -84,7 +85,7 @@ MANIFEST = "manifest.json"
 STATE_DUMP = "state.jsonl"
 ETCD_SNAPSHOT = "state.etcd-snapshot.db"
 LEADER_KEY = "leader"  # the election key (server/leader.py), bound to the leader's lease
-_SECRETS = ("admin.token", "join.token")
+_SECRETS = ("admin.token", "join.token", "secrets.key")
 _ARTIFACTS = "artifacts/sha256"  # in the archive, as in DATA: sha256/<2 hex>/<64 hex>
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _CHUNK = 1 << 20

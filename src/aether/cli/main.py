@@ -6,12 +6,24 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
 
 class _Parser(argparse.ArgumentParser):
+    """Flags are matched whole (``--api-key X`` is not ``--api-key-stdin``), and a
+    refusal names unknown flags but never echoes values: one may be a secret."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):  # name the flags, never echo values (a secret?)
+            flags = [a for a in message.removeprefix(prefix).split() if a.startswith("-")]
+            message = prefix + (" ".join(flags) or "(values not shown)")
         self.print_usage(sys.stderr)
         sys.stderr.write(f"aether: error: {message}\n")
         from aether.cli.output import EXIT  # lazily: --help stays fast
@@ -406,6 +418,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(q)
 
+    p = sub.add_parser("models", help="model endpoints for AI agents: add, ls, get, rm, test")
+    models_sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    models_sub.required = True
+    q = models_sub.add_parser(
+        "add", help="add an OpenAI-compatible model (the key: stdin or AETHER_MODEL_API_KEY)"
+    )
+    q.add_argument("name", help="model://NAME: a-z, 0-9, '.', '_', '-' (up to 63)")
+    q.add_argument("--base-url", required=True, help="the API with its version, e.g. …/v1")
+    q.add_argument("--model-id", required=True, help="the provider's name of the model")
+    q.add_argument("--context-window", type=int, default=8192, metavar="N", help="tokens")
+    q.add_argument("--price-in", type=float, default=0.0, metavar="X", help="per 1k input tokens")
+    q.add_argument("--price-out", type=float, default=0.0, metavar="Y", help="per 1k output")
+    q.add_argument(
+        "--api-key-stdin", action="store_true", help="read the API key from stdin (one line)"
+    )
+    _common(q)
+    q = models_sub.add_parser("ls", help="the tenant's models")
+    _common(q)
+    q = models_sub.add_parser("get", help="one model")
+    q.add_argument("name")
+    _common(q)
+    q = models_sub.add_parser("rm", help="remove a model (and its stored key)")
+    q.add_argument("name")
+    _common(q)
+    q = models_sub.add_parser("test", help="one tiny chat call: latency, tokens, the reply")
+    q.add_argument("name")
+    _common(q)
+
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
     p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
     _common(p)
@@ -563,6 +603,7 @@ _MODULES = {
     "tokens": "tokens",
     "limits": "limits",
     "tenants": "tenants",
+    "models": "models",
     "deployments": "views",
     "scale": "actions",
     "list": "views",

@@ -29,6 +29,7 @@ from aether.server.api import (
     decisions,
     keys,
     limits,
+    models,
     nodes,
     risk,
     tasks,
@@ -64,6 +65,7 @@ from aether.server.services.logstore import LogStore
 from aether.server.services.oidc import OidcClient
 from aether.server.services.presence import announce
 from aether.server.services.revocations import follow_revocations
+from aether.server.services.secretbox import SecretBox, key_path
 from aether.server.services.telemetry import TelemetryHub
 from aether.server.settings import ServerSettings
 from aether.store import open_state_store
@@ -186,6 +188,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             queue=_open_queue(settings, sessions),
             limiter=RateLimiter(settings, records, open_storage(settings)),
             oidc=OidcClient(settings),
+            secrets=SecretBox.load(key_path(data_dir, settings.secrets_key_file)),
             telemetry=TelemetryHub(
                 records,
                 retention_days=settings.metrics_retention_days,
@@ -262,6 +265,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         tasks,
         risk,
         decisions,
+        models,
     ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(limits.router, prefix="/api/v1")

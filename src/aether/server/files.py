@@ -18,7 +18,7 @@ __all__ = ["PRIVATE_UMASK", "make_private", "private_umask"]
 
 PRIVATE_UMASK = 0o077
 _SQLITE = ("state.db", "records.db")
-_SECRETS = ("admin.token", "join.token")
+_SECRETS = ("admin.token", "join.token", "secrets.key")
 _DIRS = ("logs", "artifacts", "blobs")
 
 

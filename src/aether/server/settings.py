@@ -157,6 +157,11 @@ class ServerSettings(BaseSettings):
     oidc_client_secret: str = ""
     oidc_scopes: str = "openid email profile"
 
+    # -- secrets at rest (models' API keys) --
+    secrets_key_file: str = Field(
+        default="", description="the key sealing stored secrets; empty: DATA_DIR/secrets.key"
+    )
+
     @model_validator(mode="after")
     def _advisers(self) -> ServerSettings:
         for layer in ("tactical", "strategic"):

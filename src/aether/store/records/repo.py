@@ -18,6 +18,7 @@ from aether.store.records.deployments import DeploymentRecords
 from aether.store.records.events import EventRecords
 from aether.store.records.idempotency import IdempotencyRecords
 from aether.store.records.limits import LimitRecords
+from aether.store.records.models import ModelRecords
 from aether.store.records.nodes import NodeRecords
 from aether.store.records.retention import RetentionRecords
 from aether.store.records.risk import RiskRecords
@@ -40,6 +41,7 @@ class Records(
     EventRecords,
     IdempotencyRecords,
     LimitRecords,
+    ModelRecords,
     NodeRecords,
     DecisionRecords,
     SigningRecords,

@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AgentModel",
     "ApiToken",
     "App",
     "Artifact",
@@ -534,3 +535,22 @@ class OidcLogin(Base):
     expires_at: Mapped[datetime]
     user_id: Mapped[str | None] = mapped_column(String(64))  # set by the callback
     exchange_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class AgentModel(Base):
+    """A model endpoint in a tenant's catalog (``model://NAME``): an OpenAI-compatible
+    chat-completions API. ``api_key`` is sealed (``services/secretbox.py``), never plain."""
+
+    __tablename__ = "agent_models"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    provider: Mapped[str] = mapped_column(String(32))  # openai (the protocol)
+    base_url: Mapped[str] = mapped_column(String(2048))
+    model_id: Mapped[str] = mapped_column(String(256))
+    context_window: Mapped[int]
+    price_in_per_1k: Mapped[float]
+    price_out_per_1k: Mapped[float]
+    api_key: Mapped[str | None] = mapped_column(Text)  # v1:KEY_ID:TOKEN; None: no key
+    created_at: Mapped[datetime]

@@ -22,6 +22,7 @@ from aether.store.records.base import (
     now,
 )
 from aether.store.records.schema import (
+    AgentModel,
     ApiToken,
     App,
     Artifact,
@@ -110,6 +111,7 @@ _OWNED = (
     Artifact,
     ApiToken,
     Membership,
+    AgentModel,
 )
 
 
