@@ -33,6 +33,7 @@ __all__ = [
     "ToolOut",
     "builtin_tool",
     "hosts_of",
+    "search_tools",
     "validate_arguments",
 ]
 
@@ -309,3 +310,30 @@ def hosts_of(tool: Tool, arguments: Mapping[str, Any]) -> list[str]:
     except ValueError:  # an argument made the URL unparsable: its template's host, then
         host = urlsplit(tool.config.url).hostname
     return [host] if host else []
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _score(tool: Tool, words: list[str]) -> int:
+    """How well ``words`` match the tool: its id counts more than its description."""
+    name = tool.id.lower()
+    described = set(_WORD.findall(tool.description.lower()))
+    score = 0
+    for word in words:
+        if word == name:
+            score += 8
+        elif word in name:
+            score += 4
+        if word in described:
+            score += 2
+        elif any(d.startswith(word) for d in described):
+            score += 1
+    return score
+
+
+def search_tools(tools: list[Tool], query: str) -> list[Tool]:
+    """The tools matching ``query`` by id and description, best first (ties by id)."""
+    words = _WORD.findall(query.lower())
+    scored = [(s, t) for t in tools if (s := _score(t, words)) > 0]
+    return [t for _, t in sorted(scored, key=lambda st: (-st[0], st[1].id))]

@@ -30,10 +30,12 @@ from aether.server.api import (
     keys,
     limits,
     nodes,
+    policies,
     risk,
     tasks,
     tenants,
     tokens,
+    tools,
     users,
 )
 from aether.server.api import backup as backup_api
@@ -259,6 +261,8 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         tasks,
         risk,
         decisions,
+        tools,
+        policies,
     ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(limits.router, prefix="/api/v1")

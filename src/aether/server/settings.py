@@ -157,6 +157,12 @@ class ServerSettings(BaseSettings):
     oidc_client_secret: str = ""
     oidc_scopes: str = "openid email profile"
 
+    # -- agents --
+    agent_tools_sync: bool = Field(
+        default=False,
+        description="POST /api/v1/tools/sync loads tool definitions from YAML; off: 404",
+    )
+
     @model_validator(mode="after")
     def _advisers(self) -> ServerSettings:
         for layer in ("tactical", "strategic"):

@@ -22,6 +22,8 @@ from aether.store.records.base import (
     now,
 )
 from aether.store.records.schema import (
+    AgentPolicyRow,
+    AgentToolRow,
     ApiToken,
     App,
     Artifact,
@@ -33,6 +35,7 @@ from aether.store.records.schema import (
     IdempotencyKey,
     Membership,
     MigrationRecord,
+    PolicyEnforcementRow,
     PublicKey,
     Sandbox,
     SnapshotRecord,
@@ -96,6 +99,9 @@ class PurgedTenant:
 
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
+    PolicyEnforcementRow,
+    AgentPolicyRow,
+    AgentToolRow,
     Execution,
     Sandbox,
     TaskEventRow,
