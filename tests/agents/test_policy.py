@@ -132,9 +132,11 @@ def test_a_constraint_has_exactly_one_rule() -> None:
 )
 def test_counters_and_budgets_run_out(counter: str, field: str, limit: int) -> None:
     if field.startswith("per_"):
-        policy = Policy(id="p", tools=["*"], token_budgets=TokenBudgets(**{field: limit}))
+        policy = Policy(
+            id="p", tools=["*"], token_budgets=TokenBudgets.model_validate({field: limit})
+        )
     else:
-        policy = Policy(id="p", tools=["*"], **{field: limit})
+        policy = Policy.model_validate({"id": "p", "tools": ["*"], field: limit})
     below = decide(policy, call("t", counters=Counters(**{counter: limit - 1})))
     assert below.allowed
     spent = decide(policy, call("t", counters=Counters(**{counter: limit})))
