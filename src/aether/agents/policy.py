@@ -375,17 +375,22 @@ def _entity(request: DecisionRequest) -> str:
     return f"Aether::{kind}::{_string(request.principal)}"
 
 
+def _ids(policy: Policy, rules: list[_Rule]) -> list[str]:
+    return [f"{policy.id}#{r.name}" for r in rules]
+
+
 def decide(policy: Policy, request: DecisionRequest) -> Decision:
-    """Whether ``policy`` lets ``request``'s principal call its tool now (pure)."""
+    """Whether ``policy`` lets ``request``'s principal call its tool now (pure).
+
+    Cedar is asked about ``call``; when that is allowed and the policy holds some
+    tools for approval, about ``call_unattended`` too (denied: needs approval)."""
     policy_set, rules = _compiled(policy.model_dump_json())
     base = {
         "principal": _entity(request),
         "resource": _tool(request.tool_id),
         "context": _context(request),
     }
-    call, unattended = cedarpy.is_authorized_batch(
-        [{**base, "action": _CALL}, {**base, "action": _UNATTENDED}], policy_set, _NO_ENTITIES
-    )
+    call = cedarpy.is_authorized({**base, "action": _CALL}, policy_set, _NO_ENTITIES)
     by_id = {f"policy{n}": rule for n, rule in enumerate(rules)}
     matched = [by_id[i] for i in call.diagnostics.reasons if i in by_id]
     if call.diagnostics.errors:
@@ -397,12 +402,14 @@ def decide(policy: Policy, request: DecisionRequest) -> Decision:
         reasons = [r.reason for r in matched] or [
             f"tool {request.tool_id!r} is not among the tools of policy {policy.id!r}"
         ]
-        return Decision(False, False, reasons, [f"{policy.id}#{r.name}" for r in matched])
+        return Decision(False, False, reasons, _ids(policy, matched))
+    if not policy.approval_required:  # no rule forbids calling unattended: skip asking
+        return Decision(True, False, [r.reason for r in matched], _ids(policy, matched))
+    unattended = cedarpy.is_authorized({**base, "action": _UNATTENDED}, policy_set, _NO_ENTITIES)
     held = [by_id[i] for i in unattended.diagnostics.reasons if i in by_id]
     needs = not unattended.allowed
-    reasons = [r.reason for r in (matched + held if needs else matched)]
-    ids = [f"{policy.id}#{r.name}" for r in (matched + held if needs else matched)]
-    return Decision(True, needs, reasons, ids)
+    decided = matched + held if needs else matched
+    return Decision(True, needs, [r.reason for r in decided], _ids(policy, decided))
 
 
 # -- what is kept of a call, and replaying calls ------------------------------------------
