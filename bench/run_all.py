@@ -15,5 +15,6 @@ for module, args in (
     ("bench.telemetry_bench", []),
     ("bench.isolation_bench", []),
     ("bench.console_bench", []),
+    ("bench.policy_bench", []),
 ):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)
