@@ -350,3 +350,23 @@ def test_sync_is_off_unless_the_setting_turns_it_on(tmp_path: Path) -> None:
     assert answer.status_code == 404
     assert answer.json()["code"] == "not_found"
     assert "AETHER_AGENT_TOOLS_SYNC" in answer.json()["message"]
+
+
+async def test_deleting_a_tenant_deletes_its_tools_policies_and_enforcements(
+    srv: RunningServer, http: httpx.AsyncClient
+) -> None:
+    name = unique("gone")
+    admin = bearer(srv.mint("admin", name))
+    _ok(await http.post("/api/v1/tools", json=weather("weather"), headers=admin), 201)
+    _ok(
+        await http.post("/api/v1/policies", json={"id": "mine", "tools": ["*"]}, headers=admin), 201
+    )
+    await _evaluate(http, admin, "mine", tool_id="weather", arguments={"city": "x"})
+    tenant_id = srv.run(srv.ctx.records.tenant_id_of(name))
+    assert tenant_id is not None
+
+    deleted = await http.delete(f"/api/v1/tenants/{name}", headers=bearer(srv.admin_token))
+    assert deleted.status_code == 200, deleted.text
+    assert srv.run(srv.ctx.records.agent_tools(tenant_id)) == []
+    assert srv.run(srv.ctx.records.agent_policies(tenant_id)) == []
+    assert srv.run(srv.ctx.records.enforcements(tenant_id)) == []
