@@ -72,6 +72,9 @@ def test_tools_ls_add_get_search_sync_rm(srv: RunningServer, tmp_path: Path) -> 
     assert listed.returncode == 0, listed.stderr
     assert "search" in listed.stdout and "built-in" in listed.stdout and "KIND" in listed.stdout
 
+    search = aether(srv, tmp_path, "tools", "get", "search", "--format", "json", token=token)
+    assert search.returncode == 0 and json.loads(search.stdout)["kind"] == "memory", search.stderr
+
     added = aether(srv, tmp_path, "tools", "add", str(tmp_path / "tool.yaml"), token=token)
     assert added.returncode == 0 and "tool weather added" in added.stdout, added.stderr
     got = aether(srv, tmp_path, "tools", "get", "weather", "--format", "json", token=token)

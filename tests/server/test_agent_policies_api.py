@@ -70,6 +70,8 @@ async def test_every_tenant_has_the_built_in_tools_and_default_safe(
     search = next(t for t in tools if t["id"] == "search")
     assert search["kind"] == "memory" and search["builtin"] and search["read_only"]
     assert search["config"] == {"operation": "search"}
+    # the built-in tool named like the search route: without q, the path is the tool
+    assert _ok(await http.get("/api/v1/tools/search", headers=viewer)) == search
     scale = _ok(await http.get("/api/v1/tools/scale", headers=viewer))
     assert scale["kind"] == "aether" and not scale["read_only"]
     policies = _ok(await http.get("/api/v1/policies", headers=viewer))

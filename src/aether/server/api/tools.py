@@ -42,9 +42,12 @@ async def all_tools(caller: Caller, ctx: Ctx) -> list[ToolOut]:
 
 @router.get("/tools/search")
 async def search(
-    caller: Caller, ctx: Ctx, q: Annotated[str, Query(min_length=1, max_length=256)]
-) -> list[ToolOut]:
-    """The tools whose id or description match ``q``, best first."""
+    caller: Caller, ctx: Ctx, q: Annotated[str | None, Query(min_length=1, max_length=256)] = None
+) -> list[ToolOut] | ToolOut:
+    """The tools whose id or description match ``q``, best first. Without ``q`` this
+    path is the built-in tool ``search`` itself (``GET /tools/{tool_id}`` for it)."""
+    if q is None:
+        return ToolOut.of(BUILTIN_TOOLS["search"], builtin=True)
     tools = await list_tools(ctx, caller.tenant_id)
     found = search_tools([t for t, _ in tools], q)
     return [ToolOut.of(t, builtin=t.id in BUILTIN_TOOLS) for t in found]
