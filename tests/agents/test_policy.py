@@ -200,3 +200,18 @@ def test_simulate_replays_calls_under_a_changed_policy() -> None:
     ]
     assert [r.changed for r in replayed] == [False, True, True]
     assert replayed[2].call is calls[2]
+
+
+@pytest.mark.parametrize("arg", ["if", "in", "has", "like", "true", "is", "context"])
+def test_an_argument_named_like_a_cedar_keyword_is_constrained_too(arg: str) -> None:
+    policy = Policy(
+        id="p",
+        tools=["*"],
+        constraints=[
+            ArgConstraint(tool="*", arg=arg, max_length=3),
+            ArgConstraint(tool="*", arg=arg, one_of=["ab", "abcd"]),
+        ],
+    )
+    assert decide(policy, call("t", arguments={arg: "ab"})).allowed
+    denied = decide(policy, call("t", arguments={arg: "abcd"}))
+    assert not denied.allowed and denied.policy_ids == ["p#constraint[0]"]

@@ -130,16 +130,15 @@ class Policy(BaseModel):
         default_factory=list, max_length=256
     )
 
-
-DEFAULT_SAFE = Policy(
-    id="default-safe",
-    description="Read-only tools; code and commands only with a person's approval; no egress",
-    tools=["search", "cluster-status", "apps-list", "run-code", "run-command"],
-    approval_required=["run-code", "run-command"],
-    max_steps=20,
-    max_tool_calls=20,
-    token_budgets=TokenBudgets(per_run=50_000),
-)
+    @model_validator(mode="after")
+    def _compiles(self) -> Policy:
+        """The engine parses its translation (a policy it cannot read is refused here,
+        not at the first decision)."""
+        try:
+            cedarpy.PolicySet.from_str(to_cedar(self))
+        except ValueError as exc:
+            raise ValueError(f"the policy does not translate to Cedar: {exc}") from None
+        return self
 
 
 class Counters(BaseModel):
@@ -229,7 +228,7 @@ _CHAINING = (";", "|", "&", "`", "$", ">", "<", "\n")
 
 
 def _constraint_condition(c: ArgConstraint) -> str:
-    value = f"context.args.{c.arg}"
+    value = f"context.args[{_string(c.arg)}]"
     if c.allow is not None:
         chained = " || ".join(f"{value} like {_string('*' + m + '*')}" for m in _CHAINING)
         alts = [f"{value} == {_string(p)} || {value} like {_string(p + ' *')}" for p in c.allow]
@@ -238,7 +237,8 @@ def _constraint_condition(c: ArgConstraint) -> str:
         return f"[{', '.join(_string(v) for v in c.one_of)}].contains({value})"
     if c.like is not None:
         return f"{value} like {_string(c.like)}"
-    return f"context.lengths has {c.arg} && context.lengths.{c.arg} <= {c.max_length}"
+    name = _string(c.arg)
+    return f"context.lengths has {name} && context.lengths[{name}] <= {c.max_length}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +266,7 @@ def _rules(policy: Policy) -> list[_Rule]:
                 f"constraint[{n}]",
                 c.describe(),
                 f"forbid(principal, action == {_CALL}, {scope}) when "
-                f"{{ context.args has {c.arg} && !({_constraint_condition(c)}) }};",
+                f"{{ context.args has {_string(c.arg)} && !({_constraint_condition(c)}) }};",
             )
         )
     limits = (
@@ -333,6 +333,18 @@ def _rules(policy: Policy) -> list[_Rule]:
 def to_cedar(policy: Policy) -> str:
     """The policy as Cedar policy text, one rule per statement, each labelled ``@id``."""
     return "\n".join(f'@id("{r.name}")\n{r.cedar}' for r in _rules(policy))
+
+
+#: in every tenant; not a record: it cannot be changed or deleted
+DEFAULT_SAFE = Policy(
+    id="default-safe",
+    description="Read-only tools; code and commands only with a person's approval; no egress",
+    tools=["search", "cluster-status", "apps-list", "run-code", "run-command"],
+    approval_required=["run-code", "run-command"],
+    max_steps=20,
+    max_tool_calls=20,
+    token_budgets=TokenBudgets(per_run=50_000),
+)
 
 
 @functools.lru_cache(maxsize=256)
