@@ -166,6 +166,8 @@ def test_approval_for_listed_tools_or_all() -> None:
 def test_odd_arguments_are_decided_not_crashed_on() -> None:
     odd = {"f": 1.5, "none": None, "nested": {"list": [1, "a", None]}, "q": 'a"b\\c'}
     assert decide(DEFAULT_SAFE, call("search", arguments=odd)).allowed
+    huge = {"n": 10**30, "m": -(10**30), "fits": 2**63 - 1}
+    assert decide(DEFAULT_SAFE, call("search", arguments=huge)).allowed
     quoted = Policy(
         id="p", tools=["*"], constraints=[ArgConstraint(tool="*", arg="q", one_of=['a"b\\c'])]
     )

@@ -357,11 +357,16 @@ def _compiled(policy_json: str) -> tuple[cedarpy.PolicySet, tuple[_Rule, ...]]:
 _NO_ENTITIES = cedarpy.Entities.from_json_str("[]")
 
 
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
 def _cedar_value(value: Any) -> Any:
-    """An argument as a Cedar value: no floats or nulls in Cedar (a float becomes its
-    text, a null is left out)."""
-    if isinstance(value, bool | int | str):
+    """An argument as a Cedar value: no floats, nulls or integers beyond 64 bits in
+    Cedar (a float or such an integer becomes its text, a null is left out)."""
+    if isinstance(value, bool | str):
         return value
+    if isinstance(value, int):  # Cedar's integers are 64-bit: a larger one is its text
+        return value if _LONG_MIN <= value <= _LONG_MAX else str(value)
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, dict):
