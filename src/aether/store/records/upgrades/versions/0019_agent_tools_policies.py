@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"  # 0018_agent_models (written in parallel)
 branch_labels = None
 depends_on = None
 
