@@ -16,5 +16,6 @@ for module, args in (
     ("bench.isolation_bench", []),
     ("bench.console_bench", []),
     ("bench.auth_overhead_bench", []),
+    ("bench.policy_bench", []),
 ):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)

@@ -260,6 +260,20 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/auth/oidc/start": Rule("public"),
     "GET /api/v1/auth/oidc/callback": Rule("public"),
     "POST /api/v1/auth/oidc/exchange": Rule("public"),
+    # agent tools and policies: the built-ins are every tenant's, the rest its own
+    "GET /api/v1/tools": Rule("viewer"),
+    "POST /api/v1/tools": Rule("admin"),
+    "GET /api/v1/tools/search": Rule("viewer"),
+    "POST /api/v1/tools/sync": Rule("admin"),  # off on this server: 404 to an admin
+    "GET /api/v1/tools/{tool_id}": Rule("viewer", owned=True),
+    "DELETE /api/v1/tools/{tool_id}": Rule("admin", owned=True, fresh=True),
+    "GET /api/v1/policies": Rule("viewer"),
+    "POST /api/v1/policies": Rule("admin"),
+    "GET /api/v1/policies/{policy_id}": Rule("viewer", owned=True),
+    "PATCH /api/v1/policies/{policy_id}": Rule("admin", owned=True),
+    "DELETE /api/v1/policies/{policy_id}": Rule("admin", owned=True, fresh=True),
+    "POST /api/v1/policies/{policy_id}/evaluate": Rule("operator", owned=True),
+    "GET /api/v1/policy-enforcements": Rule("admin"),
 }
 
 
@@ -373,12 +387,31 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/auth/login": {"json": {"user": p["user"], "password": "not it at all"}},
         "POST /api/v1/auth/oidc/exchange": {"json": {"code": "c" * 32, "verifier": "v" * 43}},
         "POST /api/v1/models": {"json": _model_body(unique("m"), world.model_url)},
+        "POST /api/v1/tools": {"json": _tool(unique("tool"))},
+        "GET /api/v1/tools/search": {"params": {"q": "weather"}},
+        "POST /api/v1/tools/sync": {"json": {"yaml": "[]"}},
+        "POST /api/v1/policies": {"json": {"id": unique("policy"), "tools": ["search"]}},
+        "PATCH /api/v1/policies/{policy_id}": {"json": {"max_steps": 10}},
+        "POST /api/v1/policies/{policy_id}/evaluate": {
+            "json": {"tool_id": p["tool_id"], "arguments": {"city": "Oslo"}}
+        },
     }
     return bodies.get(f"{method} {path}", {})
 
 
 def _model_body(name: str, url: str) -> dict[str, Any]:
     return {"name": name, "base_url": url, "model_id": "test-model", "api_key": "sk-matrix"}
+
+
+def _tool(tool_id: str) -> dict[str, Any]:
+    """An http tool of tenant A's (a weather lookup)."""
+    return {
+        "id": tool_id,
+        "kind": "http",
+        "description": "the weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "config": {"url": "https://weather.example.com/{city}"},
+    }
 
 
 def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
@@ -421,6 +454,16 @@ def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
         )
         assert made.status_code == 201, made.text
         return {"user": name}
+    if route == "DELETE /api/v1/tools/{tool_id}":
+        tool = unique("gone")
+        made = http.post("/api/v1/tools", json=_tool(tool), headers=admin)
+        assert made.status_code == 201, made.text
+        return {"tool_id": tool}
+    if route == "DELETE /api/v1/policies/{policy_id}":
+        policy = unique("gone")
+        made = http.post("/api/v1/policies", json={"id": policy}, headers=admin)
+        assert made.status_code == 201, made.text
+        return {"policy_id": policy}
     if route == "POST /api/v1/nodes/{node}/revoke":
         node = unique("revoked")
         world.server.node_token(node)
@@ -636,6 +679,13 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             ),
             201,
         )
+        tool = _ok(await http.post("/api/v1/tools", json=_tool(unique("tool")), headers=admin), 201)
+        policy = _ok(
+            await http.post(
+                "/api/v1/policies", json={"id": unique("policy"), "tools": ["*"]}, headers=admin
+            ),
+            201,
+        )
         migration = _ok(
             await http.post(
                 "/api/v1/instances/migrate",
@@ -664,6 +714,8 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             "migration_id": migration["id"],
             "user": user["name"],
             "name": model["name"],
+            "tool_id": tool["id"],
+            "policy_id": policy["id"],
             "instance": instance["key"],
             "node": node,
             "app_version": "nothing@1",
@@ -846,7 +898,16 @@ def test_another_tenant_naming_tenant_a_s_objects_elsewhere_learns_nothing(
 
 
 _SECRETS = ("app", "digest", "deployment_id", "key_id", "token_id", "task_id", "sandbox_id")
-_SECRETS_TOO = ("execution_id", "snapshot", "migration_id", "instance", "tenant", "name")
+_SECRETS_TOO = (
+    "execution_id",
+    "snapshot",
+    "migration_id",
+    "instance",
+    "tenant",
+    "tool_id",
+    "policy_id",
+    "name",
+)
 
 
 # Tenant B's own audit events record the requests B made, and the cross-tenant cells

@@ -445,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = models_sub.add_parser("test", help="one tiny chat call: latency, tokens, the reply")
     q.add_argument("name")
     _common(q)
+    _agent_policy_parsers(sub)
 
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
     p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
@@ -587,6 +588,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _agent_policy_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``aether tools …`` and ``aether policies …``."""
+    p = sub.add_parser("tools", help="tools agents may call: ls, get, search, add, rm, sync")
+    tools = p.add_subparsers(dest="tools_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    tools.required = True
+    _common(tools.add_parser("ls", help="the built-in tools and this tenant's own"))
+    q = tools.add_parser("get", help="one tool: its kind, configuration and parameters")
+    q.add_argument("id")
+    _common(q)
+    q = tools.add_parser("search", help="tools whose id or description match QUERY")
+    q.add_argument("query")
+    _common(q)
+    q = tools.add_parser("add", help="add a tool defined in FILE (YAML or JSON; - : stdin)")
+    q.add_argument("file")
+    _common(q)
+    q = tools.add_parser("rm", help="delete one of this tenant's tools")
+    q.add_argument("id")
+    _common(q)
+    q = tools.add_parser("sync", help="add or replace the tools of a YAML FILE (if enabled)")
+    q.add_argument("file")
+    _common(q)
+
+    p = sub.add_parser("policies", help="agent policies: ls, get, create, set, rm, evaluate")
+    pols = p.add_subparsers(dest="policies_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    pols.required = True
+    _common(pols.add_parser("ls", help="default-safe and this tenant's own policies"))
+    q = pols.add_parser("get", help="one policy, and its Cedar translation")
+    q.add_argument("id")
+    _common(q)
+    q = pols.add_parser("create", help="create the policy defined in FILE (YAML or JSON)")
+    q.add_argument("file")
+    _common(q)
+    q = pols.add_parser("set", help="change policy ID to the fields of FILE (a new version)")
+    q.add_argument("id")
+    q.add_argument("file")
+    _common(q)
+    q = pols.add_parser("rm", help="delete one of this tenant's policies")
+    q.add_argument("id")
+    _common(q)
+    q = pols.add_parser("evaluate", help="what policy ID decides on a call (kept, audited)")
+    q.add_argument("id")
+    q.add_argument("--tool", required=True, help="the tool's id")
+    q.add_argument("--args", default="{}", help="the call's arguments as a JSON object")
+    q.add_argument("--agent", default=None, help="decide for this agent (default: you)")
+    _common(q)
+
+
 _MODULES = {
     "up": "up",
     "server": "daemons",
@@ -604,6 +652,8 @@ _MODULES = {
     "limits": "limits",
     "tenants": "tenants",
     "models": "models",
+    "tools": "agent_policies",
+    "policies": "agent_policies",
     "deployments": "views",
     "scale": "actions",
     "list": "views",

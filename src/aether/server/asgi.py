@@ -31,10 +31,12 @@ from aether.server.api import (
     limits,
     models,
     nodes,
+    policies,
     risk,
     tasks,
     tenants,
     tokens,
+    tools,
     users,
 )
 from aether.server.api import backup as backup_api
@@ -266,6 +268,8 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         risk,
         decisions,
         models,
+        tools,
+        policies,
     ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(limits.router, prefix="/api/v1")

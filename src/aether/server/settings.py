@@ -162,6 +162,12 @@ class ServerSettings(BaseSettings):
         default="", description="the key sealing stored secrets; empty: DATA_DIR/secrets.key"
     )
 
+    # -- agents --
+    agent_tools_sync: bool = Field(
+        default=False,
+        description="POST /api/v1/tools/sync loads tool definitions from YAML; off: 404",
+    )
+
     @model_validator(mode="after")
     def _advisers(self) -> ServerSettings:
         for layer in ("tactical", "strategic"):

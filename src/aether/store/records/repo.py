@@ -7,6 +7,7 @@ helpers in ``store/records/base.py``.
 
 from __future__ import annotations
 
+from aether.store.records.agent_policies import AgentPolicyRecords
 from aether.store.records.apps import AppRecords
 from aether.store.records.artifacts import ArtifactRecords
 from aether.store.records.audit import AuditRecords
@@ -34,6 +35,7 @@ __all__ = ["DEFAULT_TENANT", "Principal", "Records", "epoch", "hash_token", "now
 class Records(
     CredentialRecords,  # and TenantRecords, which it builds on
     AppRecords,
+    AgentPolicyRecords,
     ArtifactRecords,
     AuditRecords,
     ConsoleRecords,

@@ -20,6 +20,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "AgentModel",
+    "AgentPolicyRow",
+    "AgentToolRow",
     "ApiToken",
     "App",
     "Artifact",
@@ -37,6 +39,7 @@ __all__ = [
     "MigrationRecord",
     "Node",
     "OidcLogin",
+    "PolicyEnforcementRow",
     "PublicKey",
     "RiskAssessmentRow",
     "Sandbox",
@@ -553,4 +556,54 @@ class AgentModel(Base):
     price_in_per_1k: Mapped[float]
     price_out_per_1k: Mapped[float]
     api_key: Mapped[str | None] = mapped_column(Text)  # v1:KEY_ID:TOKEN; None: no key
+    created_at: Mapped[datetime]
+
+
+class AgentToolRow(Base):
+    """A tenant's own agent tool (the built-ins are code, not rows): its definition
+    (``aether.agents.tools.Tool``) as JSON."""
+
+    __tablename__ = "agent_tools"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    definition: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class AgentPolicyRow(Base):
+    """A tenant's own agent policy (``default-safe`` is code): its definition
+    (``aether.agents.policy.Policy``) as JSON; every change bumps ``version``."""
+
+    __tablename__ = "agent_policies"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    definition: Mapped[dict[str, Any]]
+    version: Mapped[int]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class PolicyEnforcementRow(Base):
+    """One decision of a policy on a tool call: allow, deny or approval, why, and the
+    arguments as kept (redacted). ``run_id``/``step`` link it to a run's step and
+    ``audit_event_id`` to its audit event once runs exist (None until then)."""
+
+    __tablename__ = "policy_enforcements"
+    __table_args__ = (
+        Index("ix_policy_enforcements_tenant", "tenant_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    policy_id: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[int]
+    principal: Mapped[str] = mapped_column(String(160))  # agent:ID or user:NAME
+    tool_id: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[dict[str, Any]]
+    decision: Mapped[str] = mapped_column(String(16))  # allow | deny | approval
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    step: Mapped[int | None]
+    audit_event_id: Mapped[int | None]
     created_at: Mapped[datetime]

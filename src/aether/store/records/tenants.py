@@ -23,6 +23,8 @@ from aether.store.records.base import (
 )
 from aether.store.records.schema import (
     AgentModel,
+    AgentPolicyRow,
+    AgentToolRow,
     ApiToken,
     App,
     Artifact,
@@ -34,6 +36,7 @@ from aether.store.records.schema import (
     IdempotencyKey,
     Membership,
     MigrationRecord,
+    PolicyEnforcementRow,
     PublicKey,
     Sandbox,
     SnapshotRecord,
@@ -97,6 +100,9 @@ class PurgedTenant:
 
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
+    PolicyEnforcementRow,
+    AgentPolicyRow,
+    AgentToolRow,
     Execution,
     Sandbox,
     TaskEventRow,

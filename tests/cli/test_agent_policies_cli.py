@@ -1,0 +1,132 @@
+"""``aether tools`` and ``aether policies``, as a person runs them against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import unique
+from tests.support.server import RunningServer, running_server
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    data = tmp_path_factory.mktemp("aether-policies-cli")
+    with running_server(data, agent_tools_sync=True) as running:
+        yield running
+
+
+def aether(
+    srv: RunningServer, home: Path, *args: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AETHER_") and not k.startswith("XDG_")
+    }
+    env.update({"XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config")})
+    command = [sys.executable, "-m", "aether", *args, "--server", srv.base_url]
+    command += ["--token", token or srv.admin_token]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+TOOL = """
+id: weather
+kind: http
+description: Current weather for a city
+parameters:
+  type: object
+  properties: {city: {type: string}}
+  required: [city]
+config: {url: "https://weather.example.com/{city}"}
+"""
+
+SYNCED = """
+- id: lookup
+  kind: app
+  description: Look an order up in the shop
+  config: {app: shop, path: /orders}
+"""
+
+POLICY = """
+id: ops
+description: cluster reads, and commands from a short list
+tools: [cluster-status, run-command]
+constraints:
+  - {tool: run-command, arg: command, allow: [ls, cat]}
+max_steps: 10
+"""
+
+
+def test_tools_ls_add_get_search_sync_rm(srv: RunningServer, tmp_path: Path) -> None:
+    token = srv.mint("admin", unique("cli"))
+    (tmp_path / "tool.yaml").write_text(TOOL)
+    (tmp_path / "sync.yaml").write_text(SYNCED)
+    listed = aether(srv, tmp_path, "tools", "ls", token=token)
+    assert listed.returncode == 0, listed.stderr
+    assert "search" in listed.stdout and "built-in" in listed.stdout and "KIND" in listed.stdout
+
+    search = aether(srv, tmp_path, "tools", "get", "search", "--format", "json", token=token)
+    assert search.returncode == 0 and json.loads(search.stdout)["kind"] == "memory", search.stderr
+
+    added = aether(srv, tmp_path, "tools", "add", str(tmp_path / "tool.yaml"), token=token)
+    assert added.returncode == 0 and "tool weather added" in added.stdout, added.stderr
+    got = aether(srv, tmp_path, "tools", "get", "weather", "--format", "json", token=token)
+    assert json.loads(got.stdout)["config"]["url"] == "https://weather.example.com/{city}"
+    found = aether(srv, tmp_path, "tools", "search", "weather", "--format", "json", token=token)
+    assert [t["id"] for t in json.loads(found.stdout)] == ["weather"]
+    synced = aether(srv, tmp_path, "tools", "sync", str(tmp_path / "sync.yaml"), token=token)
+    assert synced.returncode == 0 and "1 added, 0 updated: lookup" in synced.stdout, synced.stderr
+
+    builtin = aether(srv, tmp_path, "tools", "rm", "search", token=token)
+    assert builtin.returncode == 42 and "built in" in builtin.stderr
+    removed = aether(srv, tmp_path, "tools", "rm", "weather", token=token)
+    assert removed.returncode == 0 and "tool weather deleted" in removed.stdout
+    missing = aether(srv, tmp_path, "tools", "get", "weather", token=token)
+    assert missing.returncode == 41 and "tool 'weather' not found" in missing.stderr
+    unreadable = aether(srv, tmp_path, "tools", "add", str(tmp_path / "nope.yaml"), token=token)
+    assert unreadable.returncode == 30 and "cannot read" in unreadable.stderr
+
+
+def test_policies_create_set_evaluate_rm(srv: RunningServer, tmp_path: Path) -> None:
+    token = srv.mint("admin", unique("cli"))
+    (tmp_path / "ops.yaml").write_text(POLICY)
+    (tmp_path / "tighter.yaml").write_text("max_steps: 3\n")
+    created = aether(srv, tmp_path, "policies", "create", str(tmp_path / "ops.yaml"), token=token)
+    assert created.returncode == 0 and "policy ops created (version 1)" in created.stdout
+
+    changed = aether(
+        srv, tmp_path, "policies", "set", "ops", str(tmp_path / "tighter.yaml"), token=token
+    )
+    assert changed.returncode == 0 and "policy ops is now version 2" in changed.stdout
+    shown = aether(srv, tmp_path, "policies", "get", "ops", token=token)
+    assert "max_steps: 3" in shown.stdout and "# as Cedar:" in shown.stdout
+    listed = aether(srv, tmp_path, "policies", "ls", token=token)
+    assert "default-safe" in listed.stdout and "ops" in listed.stdout
+
+    def evaluate(*extra: str) -> subprocess.CompletedProcess[str]:
+        return aether(srv, tmp_path, "policies", "evaluate", "ops", *extra, token=token)
+
+    ok = evaluate("--tool", "run-command", "--args", '{"command": "ls -la"}')
+    assert ok.returncode == 0 and ok.stdout.startswith("allowed (policy version 2"), ok.stderr
+    no = evaluate("--tool", "run-command", "--args", '{"command": "rm -rf /"}', "--format", "json")
+    answer = json.loads(no.stdout)
+    assert answer["decision"] == "deny"
+    assert answer["reasons"] == ["argument 'command' of 'run-command' must run one of: ls, cat"]
+    spent = evaluate("--tool", "cluster-status", "--agent", "agt_9")
+    assert spent.returncode == 0 and spent.stdout.startswith("allowed"), spent.stderr
+    bad = evaluate("--tool", "run-command", "--args", "not json")
+    assert bad.returncode == 2 and "--args is not JSON" in bad.stderr
+    invalid = evaluate("--tool", "run-command", "--args", "{}")
+    assert invalid.returncode == 42 and "'command' is a required property" in invalid.stderr
+
+    fixed = aether(srv, tmp_path, "policies", "rm", "default-safe", token=token)
+    assert fixed.returncode == 42 and "built in" in fixed.stderr
+    gone = aether(srv, tmp_path, "policies", "rm", "ops", token=token)
+    assert gone.returncode == 0 and "policy ops deleted" in gone.stdout
