@@ -24,7 +24,10 @@ from aether.store.records.base import (
 from aether.store.records.schema import (
     AgentModel,
     AgentPolicyRow,
+    AgentRecipeRow,
+    AgentRow,
     AgentToolRow,
+    AgentVersionRow,
     ApiToken,
     App,
     Artifact,
@@ -100,9 +103,13 @@ class PurgedTenant:
 
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
+    AgentVersionRow,
+    AgentRow,
+    AgentRecipeRow,
     PolicyEnforcementRow,
     AgentPolicyRow,
     AgentToolRow,
+    AgentVersionRow,
     Execution,
     Sandbox,
     TaskEventRow,
