@@ -116,7 +116,7 @@ class AgentRecords(RecordsBase):
             query = query.where(AgentRow.name > after)
         async with self.sessions() as session:
             rows = await session.execute(query.order_by(AgentRow.name).limit(limit))
-            return [(agent, version) for agent, version in rows.tuples()]
+            return [(agent, version) for agent, version in rows]
 
     async def agent_version(self, agent_id: str, version: int) -> AgentVersionRow | None:
         async with self.sessions() as session:
