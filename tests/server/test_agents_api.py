@@ -131,11 +131,12 @@ async def test_a_tenant_over_its_rate_gets_429(srv: RunningServer, http: httpx.A
     cluster = bearer(srv.admin_token)
     _ok(await http.put(f"/api/v1/tenants/{tenant}/limits", json=limits, headers=cluster))
     answers = [
-        await http.post("/api/v1/agents", json={**CONTRACT_BODY, "name": f"a{n}"}, headers=admin)
-        for n in range(3)
+        await http.post(path, json={**CONTRACT_BODY, "name": f"a{n}"}, headers=admin)
+        for n, path in enumerate(("/api/v1/agents", "/api/v1/agents", "/api/agents"))
     ]
     assert answers[0].status_code == 201, answers[0].text
-    assert_envelope(answers[-1], 429, "rate_limited")
+    assert_envelope(answers[1], 429, "rate_limited")
+    assert_envelope(answers[2], 429, "rate_limited")  # the alias counts the same
 
 
 async def test_recipes_built_in_and_the_tenant_s_own(
@@ -396,5 +397,10 @@ async def test_the_unversioned_alias_answers_the_same_and_is_audited(
     assert ("POST /agents", "agents") in seen, seen
     assert ("POST /agents/{agent_id}/disable", f"agents/{made['id']}/disable") in seen, seen
     assert not any(e["target"].startswith("api/") for e in events), events
+    # an Idempotency-Key replays through the alias as through /api/v1
+    key = {**admin, "Idempotency-Key": unique("key")}
+    body = {**CONTRACT_BODY, "name": "once"}
+    first = _ok(await http.post("/api/agents", json=body, headers=key), 201)
+    assert _ok(await http.post("/api/v1/agents", json=body, headers=key), 201) == first
     # other paths under /api are not aliased
     assert (await http.get("/api/models", headers=admin)).status_code == 404
