@@ -74,7 +74,8 @@ async def test_create_answers_the_contract_s_201(
     assert made["name"] == "my-agent" and made["model"] == "model://gpt-4o"
     assert made["policy_ids"] == ["default-safe"] and made["tool_ids"] == ["search"]
     assert made["config"] == {"max_tokens": 1024} and made["system_prompt"] == ""
-    assert made["version"] == 1 and made["created_at"]
+    assert made["version"] == 1 and made["created_at"].endswith("+00:00")
+    assert made["updated_at"].endswith("+00:00") and made["disabled_at"] is None
     got = _ok(await http.get(f"/api/v1/agents/{made['id']}", headers=operator))
     assert got == made
 

@@ -7,7 +7,6 @@ the answers, and the agent file (export without secrets, import).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +22,7 @@ from aether.agents.catalog import (
 from aether.agents.policy import Policy
 from aether.agents.tools import BUILTIN_TOOLS, Tool
 from aether.errors import BadRequestError, ConflictError, InternalError, NotFoundError
+from aether.model.time import Timestamp
 from aether.server.context import ServerContext
 from aether.server.services.agent_policies import BUILTIN_POLICIES, find_tool
 from aether.store.records.agents import AgentVersion
@@ -65,9 +65,9 @@ class AgentOut(BaseModel):
     system_prompt: str
     config: dict[str, Any]
     version: int
-    created_at: datetime
-    updated_at: datetime
-    disabled_at: datetime | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    disabled_at: Timestamp | None
 
 
 class VersionOut(BaseModel):
@@ -77,7 +77,7 @@ class VersionOut(BaseModel):
     tool_ids: list[str]
     system_prompt: str
     config: dict[str, Any]
-    created_at: datetime
+    created_at: Timestamp
     created_by: str
 
 
