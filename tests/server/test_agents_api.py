@@ -254,6 +254,10 @@ async def test_patch_makes_versions_and_disable_is_idempotent(
     assert again["status"] == "disabled" and again["disabled_at"] == disabled["disabled_at"]
     listed = _ok(await http.get("/api/v1/agents", params={"status": "disabled"}, headers=viewer))
     assert [a["id"] for a in listed["agents"]] == [made["id"]]
+    actions = {e["action"] for e in await audit_events(http, srv.mint("admin", tenant))}
+    assert {"POST /agents", "PATCH /agents/{agent_id}", "POST /agents/{agent_id}/disable"} <= (
+        actions
+    ), actions
     enabled = _ok(await http.post(f"{url}/enable", headers=admin))
     assert enabled["status"] == "created" and enabled["disabled_at"] is None
     assert _ok(await http.get("/api/v1/agents", params={"status": "disabled"}, headers=viewer)) == {
@@ -318,6 +322,8 @@ async def test_export_and_import_round_trip_without_secrets(
     tool = _ok(await http.get("/api/v1/tools/weather", headers=admin_b))
     assert tool["config"]["url"] == "https://weather.example.com/{city}"
     assert _ok(await http.get("/api/v1/policies/strict", headers=admin_b))["max_steps"] == 5
+    imports = await audit_events(http, srv.mint("admin", tenant_b), action="POST /agents/import")
+    assert [e["status"] for e in imports] == [201], imports
     again = await http.post("/api/v1/agents/import", json=document, headers=admin_b)
     assert_envelope(again, 409, "conflict")
 
