@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict
 
 from aether.agents.catalog import BUILTIN_RECIPES, AgentSpec, Recipe
-from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.errors import BadRequestError, ConflictError, InternalError, NotFoundError
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Admin, Caller, Operator
 from aether.server.services.agents import (
@@ -132,7 +132,7 @@ async def _agent(ctx: ServerContext, tenant_id: str, agent_id: str) -> AgentRow:
 async def _in_use(ctx: ServerContext, agent: AgentRow) -> AgentVersionRow:
     version = await ctx.records.agent_version(agent.id, agent.current_version)
     if version is None:  # written in one transaction with the agent: cannot happen
-        raise NotFoundError(f"agent {agent.id!r} has no version {agent.current_version}")
+        raise InternalError(f"agent {agent.id!r} has no version {agent.current_version}")
     return version
 
 
