@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from aether.store.records.base import RecordsBase, now
@@ -76,14 +76,7 @@ class AgentPolicyRecords(RecordsBase):
         return added
 
     async def delete_agent_tool(self, tenant_id: str, tool_id: str) -> bool:
-        async with self.sessions() as session:
-            result = await session.execute(
-                delete(AgentToolRow).where(
-                    AgentToolRow.tenant_id == tenant_id, AgentToolRow.id == tool_id
-                )
-            )
-            await session.commit()
-        return bool(getattr(result, "rowcount", 0))
+        return await self.delete_owned(AgentToolRow, tenant_id, id=tool_id)
 
     # -- policies --
 
@@ -134,14 +127,7 @@ class AgentPolicyRecords(RecordsBase):
         return row
 
     async def delete_agent_policy(self, tenant_id: str, policy_id: str) -> bool:
-        async with self.sessions() as session:
-            result = await session.execute(
-                delete(AgentPolicyRow).where(
-                    AgentPolicyRow.tenant_id == tenant_id, AgentPolicyRow.id == policy_id
-                )
-            )
-            await session.commit()
-        return bool(getattr(result, "rowcount", 0))
+        return await self.delete_owned(AgentPolicyRow, tenant_id, id=policy_id)
 
     # -- enforcements --
 

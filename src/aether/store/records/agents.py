@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -194,11 +194,4 @@ class AgentRecords(RecordsBase):
         return True
 
     async def delete_agent_recipe(self, tenant_id: str, recipe_id: str) -> bool:
-        async with self.sessions() as session:
-            result = await session.execute(
-                delete(AgentRecipeRow).where(
-                    AgentRecipeRow.tenant_id == tenant_id, AgentRecipeRow.id == recipe_id
-                )
-            )
-            await session.commit()
-        return bool(getattr(result, "rowcount", 0))
+        return await self.delete_owned(AgentRecipeRow, tenant_id, id=recipe_id)

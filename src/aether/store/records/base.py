@@ -6,7 +6,9 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 __all__ = [
@@ -83,3 +85,13 @@ class Principal:
 class RecordsBase:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+
+    async def delete_owned(self, table: Any, tenant_id: str, **key: str) -> bool:
+        """Delete the tenant's row of ``table`` matching ``key`` (column=value); False if
+        it had none (another tenant's row is never touched)."""
+        clauses = [table.tenant_id == tenant_id]
+        clauses += [getattr(table, column) == value for column, value in key.items()]
+        async with self.sessions() as session:
+            result = await session.execute(delete(table).where(*clauses))
+            await session.commit()
+        return bool(getattr(result, "rowcount", 0))

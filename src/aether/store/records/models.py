@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from aether.errors import ConflictError
@@ -77,9 +77,4 @@ class ModelRecords(RecordsBase):
 
     async def delete_model(self, tenant_id: str, name: str) -> bool:
         """Remove the tenant's model ``name``; False if it had none."""
-        async with self.sessions() as session:
-            result = await session.execute(
-                delete(AgentModel).where(AgentModel.tenant_id == tenant_id, AgentModel.name == name)
-            )
-            await session.commit()
-            return bool(getattr(result, "rowcount", 0))
+        return await self.delete_owned(AgentModel, tenant_id, name=name)
