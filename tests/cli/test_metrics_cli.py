@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from aether.client import ApiClient
-from aether.model.telemetry import EndpointMetrics, NodeMetrics
+from aether.model.telemetry import EndpointMetrics
 from tests.cli.test_risk_cli import aether, one_json
 from tests.support.api import unique
 from tests.support.server import RunningServer, running_server
+from tests.support.telemetry import node_sample
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +30,14 @@ def _push(srv: RunningServer, node: str, seq: int) -> None:
     async def push() -> None:
         async with ApiClient(srv.base_url, srv.node_token(node)) as client:
             await client.push_metrics(
-                NodeMetrics(
-                    node=node,
-                    ts=time.time(),
-                    seq=seq,
+                node_sample(
+                    node,
+                    seq,
                     cpu=0.25,
                     memory_used_mb=512,
                     memory_total_mb=2048,
                     disk_used_mb=10,
                     disk_total_mb=100,
-                    net_rx_bytes=0,
-                    net_tx_bytes=0,
                     endpoints=[EndpointMetrics(app="shop", calls=20, total_ms=200.0)],
                 )
             )

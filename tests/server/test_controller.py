@@ -32,12 +32,12 @@ from aether.model.telemetry import (
     ClusterSample,
     EndpointMetrics,
     InstanceMetrics,
-    NodeMetrics,
 )
 from aether.server.leader.controller import Controller
 from aether.store.election import Leadership
 from tests.support.api import bearer, deploy, spec_for, unique, upload_random
 from tests.support.server import RunningServer, running_server
+from tests.support.telemetry import node_sample
 
 T = TypeVar("T")
 
@@ -272,18 +272,11 @@ async def test_node_pushes_through_the_real_telemetry_hub_scale_an_app(
         seq = 0
         while True:
             seq += 1
-            update = NodeMetrics(
-                node=node,
-                ts=time.time(),
-                seq=seq,
+            update = node_sample(
+                node,
+                seq,
                 interval=0.3,
                 cpu=0.5,
-                memory_used_mb=100,
-                memory_total_mb=1000,
-                disk_used_mb=1,
-                disk_total_mb=10,
-                net_rx_bytes=0,
-                net_tx_bytes=0,
                 instances=[
                     InstanceMetrics(
                         key=instance_key(node, app, 1, 0),

@@ -20,11 +20,11 @@ import pytest
 
 from aether.client import ApiClient
 from aether.errors import RateLimitedError
-from aether.model.telemetry import NodeMetrics
 from aether.ports import free_port
 from tests.support.api import bearer, unique
 from tests.support.redis import redis_server
 from tests.support.server import RunningServer, running_server
+from tests.support.telemetry import node_sample
 
 RATE, BURST = 60, 10  # the cluster default of these servers: a 10 s burst window
 
@@ -138,18 +138,7 @@ async def test_nodes_and_probes_are_never_limited(
     node = unique("node")
     credential = limited.node_token(node)
     for seq in range(3 * BURST):
-        sample = NodeMetrics(
-            node=node,
-            ts=time.time(),
-            seq=seq,
-            cpu=0.1,
-            memory_used_mb=100,
-            memory_total_mb=1000,
-            disk_used_mb=1,
-            disk_total_mb=10,
-            net_rx_bytes=0,
-            net_tx_bytes=0,
-        )
+        sample = node_sample(node, seq)
         pushed = await client.post(
             f"/api/v1/nodes/{node}/metrics",
             content=sample.model_dump_json(),

@@ -19,10 +19,11 @@ from aether.errors import ConflictError
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
 from aether.model.risk import RiskAssessment, RiskStatus, SignalIn
-from aether.model.telemetry import InstanceMetrics, NodeMetrics
+from aether.model.telemetry import InstanceMetrics
 from aether.server.leader.risk import RiskEngine
 from tests.support.api import bearer, unique, upload_random
 from tests.support.server import RunningServer, running_server
+from tests.support.telemetry import node_sample
 
 DEADLINE = 10.0  # generous: a pass runs every second and at once on a new signal
 
@@ -265,17 +266,13 @@ async def test_node_health_from_real_telemetry_pushes(risky: RunningServer) -> N
                 restarts=int(figures["restarts"]),
             )
             await node_api.push_metrics(
-                NodeMetrics(
-                    node=node,
-                    ts=time.time(),
-                    seq=seq,
+                node_sample(
+                    node,
+                    seq,
                     cpu=0.2,
                     memory_used_mb=figures["memory_used_mb"],
-                    memory_total_mb=1000.0,
                     disk_used_mb=10.0,
                     disk_total_mb=1000.0,
-                    net_rx_bytes=0,
-                    net_tx_bytes=0,
                     instances=[instance],
                 )
             )

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from typing import Any
 
 import httpx
 
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
-from aether.model.telemetry import NodeMetrics
 from tests.support.api import bearer
 from tests.support.server import RunningServer
+from tests.support.telemetry import node_sample
 
 __all__ = ["LiveNode", "deploy_app"]
 
@@ -81,10 +80,9 @@ class LiveNode:
 
     def _push(self) -> None:
         self.seq += 1
-        update = NodeMetrics(
-            node=self.name,
-            ts=time.time(),
-            seq=self.seq,
+        update = node_sample(
+            self.name,
+            self.seq,
             cpu=round(0.4 + 0.3 * math.sin(self.seq / 5), 3),
             memory_used_mb=3000 + 20 * (self.seq % 10),
             memory_total_mb=8192,
