@@ -139,70 +139,55 @@ def from_store(
         if parts is None:
             return None
         node, app, app_version, n = parts
-        base = {"instance": key, "version": app_version, "n": n}
-        if kind == "DELETE":
-            tenant = tenants.get(app)
-            if tenant is None:
-                return None
-            return ClusterEvent(
-                type="instance_removed",
-                target=app,
-                ts=ts,
-                tenant=tenant,
-                app=app,
-                node=node,
-                fields=base,
-            )
-        if record is None or not isinstance(record.get("tenant"), str):
+        tenant = _owner(kind, app, record, tenants)
+        if tenant is None:
             return None
-        fields = {
-            **base,
-            "state": record.get("state"),
-            "command": record.get("command"),
-            "message": str(record.get("message") or "")[:512],
-        }
+        fields = {"instance": key, "version": app_version, "n": n}
+        if kind != "DELETE" and record is not None:
+            fields |= {
+                "state": record.get("state"),
+                "command": record.get("command"),
+                "message": str(record.get("message") or "")[:512],
+            }
         return ClusterEvent(
-            type="instance_state",
+            type="instance_removed" if kind == "DELETE" else "instance_state",
             target=app,
             ts=ts,
-            tenant=record["tenant"],
+            tenant=tenant,
             app=app,
             node=node,
             fields=fields,
         )
     if key.startswith("blueprints/"):
         app = key.removeprefix("blueprints/")
-        if kind == "DELETE":
-            tenant = tenants.get(app)
-            if tenant is None:
-                return None
-            return ClusterEvent(
-                type="blueprint_changed",
-                target=app,
-                ts=ts,
-                tenant=tenant,
-                app=app,
-                fields={"deleted": True},
-            )
-        if record is None or not isinstance(record.get("tenant"), str):
+        tenant = _owner(kind, app, record, tenants)
+        if tenant is None:
             return None
-        fields = {
-            "deleted": False,
-            "version": record.get("version"),
-            "deployment_id": record.get("deployment_id"),
-            "instances": record.get("instances"),
-            "strategy": record.get("strategy"),
-            "promoted": record.get("promoted", False),
-        }
+        fields = {"deleted": True}
+        if kind != "DELETE" and record is not None:
+            fields = {
+                "deleted": False,
+                "version": record.get("version"),
+                "deployment_id": record.get("deployment_id"),
+                "instances": record.get("instances"),
+                "strategy": record.get("strategy"),
+                "promoted": record.get("promoted", False),
+            }
         return ClusterEvent(
-            type="blueprint_changed",
-            target=app,
-            ts=ts,
-            tenant=record["tenant"],
-            app=app,
-            fields=fields,
+            type="blueprint_changed", target=app, ts=ts, tenant=tenant, app=app, fields=fields
         )
     return None
+
+
+def _owner(
+    kind: str, app: str, record: dict[str, Any] | None, tenants: Mapping[str, str]
+) -> str | None:
+    """The tenant of an app's key: from the record put, or (a delete carries no record)
+    from ``tenants``, the apps' owners by cluster name; None: not a tenant's."""
+    if kind == "DELETE":
+        return tenants.get(app)
+    tenant = record.get("tenant") if record is not None else None
+    return tenant if isinstance(tenant, str) else None
 
 
 def from_deployment_event(
