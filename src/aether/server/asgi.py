@@ -29,6 +29,7 @@ from aether.server.api import (
     decisions,
     keys,
     limits,
+    memory,
     models,
     nodes,
     policies,
@@ -270,6 +271,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         models,
         tools,
         policies,
+        memory,
     ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(limits.router, prefix="/api/v1")
