@@ -274,6 +274,11 @@ ROUTES: dict[str, Rule] = {
     "DELETE /api/v1/policies/{policy_id}": Rule("admin", owned=True, fresh=True),
     "POST /api/v1/policies/{policy_id}/evaluate": Rule("operator", owned=True),
     "GET /api/v1/policy-enforcements": Rule("admin"),
+    # agents' memory: viewers list and search, operators write and delete
+    "GET /api/v1/memory": Rule("viewer"),
+    "POST /api/v1/memory": Rule("operator"),
+    "GET /api/v1/memory/search": Rule("viewer"),
+    "DELETE /api/v1/memory/{memory_id}": Rule("operator", owned=True, fresh=True),
 }
 
 
@@ -392,6 +397,9 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/tools/sync": {"json": {"yaml": "[]"}},
         "POST /api/v1/policies": {"json": {"id": unique("policy"), "tools": ["search"]}},
         "PATCH /api/v1/policies/{policy_id}": {"json": {"max_steps": 10}},
+        "GET /api/v1/memory": {"params": {"agent_id": p["agent_id"]}},
+        "POST /api/v1/memory": {"json": {"agent_id": p["agent_id"], "text": "matrix"}},
+        "GET /api/v1/memory/search": {"params": {"agent_id": p["agent_id"], "q": "secret"}},
         "POST /api/v1/policies/{policy_id}/evaluate": {
             "json": {"tool_id": p["tool_id"], "arguments": {"city": "Oslo"}}
         },
@@ -464,6 +472,14 @@ def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
         made = http.post("/api/v1/policies", json={"id": policy}, headers=admin)
         assert made.status_code == 201, made.text
         return {"policy_id": policy}
+    if route == "DELETE /api/v1/memory/{memory_id}":
+        made = http.post(
+            "/api/v1/memory",
+            json={"agent_id": world.params["agent_id"], "text": "gone"},
+            headers=admin,
+        )
+        assert made.status_code == 201, made.text
+        return {"memory_id": made.json()["id"]}
     if route == "POST /api/v1/nodes/{node}/revoke":
         node = unique("revoked")
         world.server.node_token(node)
@@ -686,6 +702,15 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             ),
             201,
         )
+        agent_id = unique("agt")
+        memory = _ok(
+            await http.post(
+                "/api/v1/memory",
+                json={"agent_id": agent_id, "text": "tenant A's secret memory"},
+                headers=admin,
+            ),
+            201,
+        )
         migration = _ok(
             await http.post(
                 "/api/v1/instances/migrate",
@@ -716,6 +741,8 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             "name": model["name"],
             "tool_id": tool["id"],
             "policy_id": policy["id"],
+            "agent_id": agent_id,
+            "memory_id": memory["id"],
             "instance": instance["key"],
             "node": node,
             "app_version": "nothing@1",
@@ -864,6 +891,7 @@ _NAMED_ELSEWHERE: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
     "GET /api/v1/migrations": lambda p: {"params": {"app": p["app"]}},
     "GET /api/v1/metrics/rollups": lambda p: {"params": {"app": p["app"]}},
     "GET /api/v1/events": lambda p: {"params": {"target": p["app"]}},
+    "GET /api/v1/memory/search": lambda p: {"params": {"agent_id": p["agent_id"], "q": "secret"}},
 }
 
 
@@ -907,6 +935,8 @@ _SECRETS_TOO = (
     "tool_id",
     "policy_id",
     "name",
+    "agent_id",
+    "memory_id",
 )
 
 
