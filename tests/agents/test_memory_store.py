@@ -102,7 +102,7 @@ async def test_vectors_come_from_the_model_endpoint(records: Records, llm: Model
         assert hits[0].item.text == "green forest with tall pine trees"
         expected = cosine(embed("pine forest"), embed("green forest with tall pine trees"))
         assert hits[0].vector_score == pytest.approx(expected, abs=1e-6)  # float32 kept
-        assert hits[0].vector_score > hits[1].score
+        assert hits[0].score > hits[1].score
         hybrid = await store.search(
             tenant, "agt_1", "pine forest", mode="hybrid", embedder=embedder
         )
