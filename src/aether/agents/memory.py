@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 import re
 import struct
 import uuid
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,13 +131,25 @@ def unpack_vector(blob: bytes) -> list[float]:
     return list(struct.unpack(f"<{len(blob) // 4}f", blob))
 
 
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(map(operator.mul, a, b)) if len(a) == len(b) else 0.0
+
+
+def unit(vector: Sequence[float]) -> list[float]:
+    """``vector`` scaled to length 1 (the zero vector stays zero)."""
+    norm = math.sqrt(_dot(vector, vector))
+    return [x / norm for x in vector] if norm else list(vector)
+
+
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     """Cosine similarity; 0.0 for vectors of other lengths or of length zero."""
-    if len(a) != len(b):
-        return 0.0
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
+    return _dot(unit(a), unit(b))
+
+
+def _floats(blob: bytes) -> array[float]:
+    values = array("f")
+    values.frombytes(blob)
+    return values
 
 
 def rrf(*rankings: Sequence[str], k: int = RRF_K) -> dict[str, float]:
@@ -204,7 +218,7 @@ class MemoryStore:
         )
         if embedder is not None:
             (vector,) = await embedder.embed([text])
-            row.embedding, row.embedding_model = pack_vector(vector), embedder.name
+            row.embedding, row.embedding_model = pack_vector(unit(vector)), embedder.name
         async with self.sessions() as session:
             session.add(row)
             await session.commit()
@@ -320,18 +334,26 @@ class MemoryStore:
     ) -> list[MemoryHit]:
         (wanted,) = await embedder.embed([query])
         await self._embed_missing(tenant_id, agent_id, thread_id, embedder)
-        rows = _scoped(select(MemoryItemRow), tenant_id, agent_id, thread_id)
-        rows = rows.where(MemoryItemRow.embedding_model == embedder.name)
-        rows = rows.order_by(MemoryItemRow.seq.desc()).limit(MAX_VECTOR_SCAN)
-        async with self.sessions() as session:
-            found = (await session.scalars(rows)).all()
-        scored = (
-            (cosine(wanted, unpack_vector(row.embedding)), row)
-            for row in found
-            if row.embedding is not None
+        query_unit = unit(wanted)
+        scan = _scoped(
+            select(MemoryItemRow.seq, MemoryItemRow.embedding), tenant_id, agent_id, thread_id
         )
-        best = heapq.nlargest(limit, scored, key=lambda pair: pair[0])
-        return [MemoryHit(_item(row), score, vector_score=score) for score, row in best]
+        scan = scan.where(MemoryItemRow.embedding_model == embedder.name)
+        scan = scan.order_by(MemoryItemRow.seq.desc()).limit(MAX_VECTOR_SCAN)
+        async with self.sessions() as session:
+            found = (await session.execute(scan)).all()
+            # kept vectors are unit length: the dot product is the cosine
+            scored = ((_dot(query_unit, _floats(blob)), seq) for seq, blob in found if blob)
+            best = heapq.nlargest(limit, scored)
+            rows = await session.scalars(
+                select(MemoryItemRow).where(MemoryItemRow.seq.in_([seq for _, seq in best]))
+            )
+            by_seq = {row.seq: row for row in rows}
+        return [
+            MemoryHit(_item(by_seq[seq]), score, vector_score=score)
+            for score, seq in best
+            if seq in by_seq
+        ]
 
     async def _embed_missing(
         self, tenant_id: str, agent_id: str, thread_id: str | None, embedder: Embedder
@@ -360,7 +382,7 @@ class MemoryStore:
                 await session.execute(
                     update(MemoryItemRow)
                     .where(MemoryItemRow.seq == seq)
-                    .values(embedding=pack_vector(vector), embedding_model=model)
+                    .values(embedding=pack_vector(unit(vector)), embedding_model=model)
                 )
             await session.commit()
 
