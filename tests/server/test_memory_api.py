@@ -4,6 +4,7 @@ by vectors from the real scripted model server's ``/v1/embeddings``, and both fu
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -215,3 +216,29 @@ def test_bad_input_gets_the_error_envelope(srv: RunningServer, http: httpx.Clien
         headers=bearer(srv.token("viewer", unique("tv"))),
     )
     assert viewer.status_code == 403
+
+
+def test_the_server_s_default_embedding_model_is_each_tenant_s_own(
+    tmp_path: Path, llm: ModelServer
+) -> None:
+    with (
+        running_server(tmp_path, memory_embedding_model="embed") as srv,
+        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+    ):
+        with_model, without = srv.new_tenant(), srv.new_tenant()
+        made = http.post(
+            "/api/v1/models",
+            json={"name": "embed", "base_url": llm.url, "model_id": "test-model"},
+            headers=bearer(with_model),
+        )
+        assert made.status_code == 201, made.text
+        agent = unique("agt")
+        for token in (with_model, without):
+            written = _write(http, token, agent, "snow on the mountain pass")
+            assert written["embedded"] is (token == with_model)  # embedded when written
+        found = _search(http, with_model, agent, "mountain snow", mode="vector")
+        assert _texts(found) == ["snow on the mountain pass"]
+        assert _search(http, without, agent, "mountain snow", mode="vector").status_code == 400
+        hybrid = _search(http, without, agent, "mountain snow", mode="hybrid")
+        assert _texts(hybrid) == ["snow on the mountain pass"]
+        assert hybrid.json()[0]["vector_score"] is None
