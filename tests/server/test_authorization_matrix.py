@@ -274,6 +274,20 @@ ROUTES: dict[str, Rule] = {
     "DELETE /api/v1/policies/{policy_id}": Rule("admin", owned=True, fresh=True),
     "POST /api/v1/policies/{policy_id}/evaluate": Rule("operator", owned=True),
     "GET /api/v1/policy-enforcements": Rule("admin"),
+    # AI agents and their catalog
+    "GET /api/v1/agent-catalog": Rule("viewer"),
+    "POST /api/v1/agent-catalog": Rule("admin"),
+    "GET /api/v1/agent-catalog/{recipe_id}": Rule("viewer", owned=True),
+    "DELETE /api/v1/agent-catalog/{recipe_id}": Rule("admin", owned=True, fresh=True),
+    "GET /api/v1/agents": Rule("viewer"),
+    "POST /api/v1/agents": Rule("operator"),
+    "POST /api/v1/agents/import": Rule("operator"),
+    "GET /api/v1/agents/{agent_id}": Rule("viewer", owned=True),
+    "PATCH /api/v1/agents/{agent_id}": Rule("operator", owned=True),
+    "GET /api/v1/agents/{agent_id}/versions": Rule("viewer", owned=True),
+    "POST /api/v1/agents/{agent_id}/disable": Rule("operator", owned=True),
+    "POST /api/v1/agents/{agent_id}/enable": Rule("operator", owned=True),
+    "GET /api/v1/agents/{agent_id}/export": Rule("viewer", owned=True),
     # agents' memory: viewers list and search, operators write and delete
     "GET /api/v1/memory": Rule("viewer"),
     "POST /api/v1/memory": Rule("operator"),
@@ -403,6 +417,12 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/policies/{policy_id}/evaluate": {
             "json": {"tool_id": p["tool_id"], "arguments": {"city": "Oslo"}}
         },
+        "POST /api/v1/agent-catalog": {"json": _recipe(unique("recipe"))},
+        "POST /api/v1/agents": {"json": {"name": unique("agent"), "model": f"model://{p['name']}"}},
+        "POST /api/v1/agents/import": {
+            "json": {"aether_agent": 1, "name": unique("agent"), "model": f"model://{p['name']}"}
+        },
+        "PATCH /api/v1/agents/{agent_id}": {"json": {"config": {"max_tokens": 64}}},
     }
     return bodies.get(f"{method} {path}", {})
 
@@ -420,6 +440,11 @@ def _tool(tool_id: str) -> dict[str, Any]:
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
         "config": {"url": "https://weather.example.com/{city}"},
     }
+
+
+def _recipe(recipe_id: str) -> dict[str, Any]:
+    """A recipe of tenant A's: a search agent, its model left open."""
+    return {"id": recipe_id, "name": "searcher", "tool_ids": ["search"], "open": ["model"]}
 
 
 def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
@@ -472,6 +497,11 @@ def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
         made = http.post("/api/v1/policies", json={"id": policy}, headers=admin)
         assert made.status_code == 201, made.text
         return {"policy_id": policy}
+    if route == "DELETE /api/v1/agent-catalog/{recipe_id}":
+        recipe = unique("gone")
+        made = http.post("/api/v1/agent-catalog", json=_recipe(recipe), headers=admin)
+        assert made.status_code == 201, made.text
+        return {"recipe_id": recipe}
     if route == "DELETE /api/v1/memory/{memory_id}":
         made = http.post(
             "/api/v1/memory",
@@ -702,11 +732,22 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             ),
             201,
         )
-        agent_id = unique("agt")
+        recipe = _ok(
+            await http.post("/api/v1/agent-catalog", json=_recipe(unique("recipe")), headers=admin),
+            201,
+        )
+        agent = _ok(
+            await http.post(
+                "/api/v1/agents",
+                json={"name": unique("agent"), "model": model["ref"], "tool_ids": [tool["id"]]},
+                headers=admin,
+            ),
+            201,
+        )
         memory = _ok(
             await http.post(
                 "/api/v1/memory",
-                json={"agent_id": agent_id, "text": "tenant A's secret memory"},
+                json={"agent_id": agent["id"], "text": "tenant A's secret memory"},
                 headers=admin,
             ),
             201,
@@ -741,7 +782,8 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             "name": model["name"],
             "tool_id": tool["id"],
             "policy_id": policy["id"],
-            "agent_id": agent_id,
+            "recipe_id": recipe["id"],
+            "agent_id": agent["id"],
             "memory_id": memory["id"],
             "instance": instance["key"],
             "node": node,
@@ -891,6 +933,17 @@ _NAMED_ELSEWHERE: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
     "GET /api/v1/migrations": lambda p: {"params": {"app": p["app"]}},
     "GET /api/v1/metrics/rollups": lambda p: {"params": {"app": p["app"]}},
     "GET /api/v1/events": lambda p: {"params": {"target": p["app"]}},
+    "POST /api/v1/agents": lambda p: {
+        "json": {"name": unique("b-agent"), "model": f"model://{p['name']}"}
+    },
+    "POST /api/v1/agent-catalog": lambda p: {
+        "json": {
+            "id": unique("b-recipe"),
+            "name": "b",
+            "tool_ids": [p["tool_id"]],
+            "open": ["model"],
+        }
+    },
     "GET /api/v1/memory/search": lambda p: {"params": {"agent_id": p["agent_id"], "q": "secret"}},
 }
 
@@ -935,6 +988,7 @@ _SECRETS_TOO = (
     "tool_id",
     "policy_id",
     "name",
+    "recipe_id",
     "agent_id",
     "memory_id",
 )

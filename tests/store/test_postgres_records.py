@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aether.errors import NotFoundError
 from aether.store.records import Records, open_records, upgrade_schema
+from aether.store.records.agents import AgentVersion
 from aether.store.records.repo import now
 from aether.store.records.schema import Execution, Task
 from aether.tasks.queue.base import NewTask
@@ -448,6 +449,9 @@ async def test_a_tenant_is_purged_with_every_record_it_owns(records: Records) ->
     await _populate(records, kept.id, digest)
     queue = SqlTaskQueue(records.sessions)
     await queue.submit(gone.id, NewTask(type="noop"))
+    agent, _ = await records.add_agent(gone.id, "a", AgentVersion(model="model://m"), "me")
+    await records.add_agent_version(gone.id, agent.id, AgentVersion(model="model://n"), "me")
+    await records.add_agent_recipe(gone.id, "r", {"id": "r", "name": "R", "open": ["model"]})
 
     purged = await records.purge_tenant(gone.id)
 
@@ -457,6 +461,8 @@ async def test_a_tenant_is_purged_with_every_record_it_owns(records: Records) ->
     assert await records.list_events(deployment) == []
     assert await records.claimed_digests({digest}) == {digest}  # the other tenant's claim
     assert len(await records.list_apps(kept.id)) == 1
+    assert await records.agents(gone.id) == [] and await records.agent_recipes(gone.id) == []
+    assert await records.agent_versions(gone.id, agent.id) == []
     # the leader may still write an event of an instance of the gone tenant: dropped
     await records.add_event(deployment, "instance_failed", "after the tenant went")
     assert await records.list_events(deployment) == []

@@ -446,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     _common(q)
     _agent_policy_parsers(sub)
+    _agent_parsers(sub)
     _memory_parsers(sub)
 
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
@@ -589,6 +590,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _agent_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``aether agents …``."""
+    p = sub.add_parser(
+        "agents", help="AI agents: ls, get, create, disable, enable, versions, export, import"
+    )
+    agents = p.add_subparsers(dest="agents_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    agents.required = True
+    q = agents.add_parser("ls", help="the tenant's agents")
+    q.add_argument("--status", choices=["created", "disabled"], default=None)
+    _common(q)
+    for name, text in (
+        ("get", "one agent: its config in use"),
+        ("disable", "stop the agent: no new runs"),
+        ("enable", "enable a disabled agent again"),
+        ("versions", "every version of the agent's config"),
+    ):
+        q = agents.add_parser(name, help=text)
+        q.add_argument("id", help="the agent's id (agt_…)")
+        _common(q)
+    q = agents.add_parser("create", help="create an agent (from a recipe, or from flags)")
+    q.add_argument("name", help="a-z, 0-9, '.', '_', '-' (up to 63), unique in the tenant")
+    q.add_argument("--recipe", default=None, help="start from this catalog recipe")
+    q.add_argument("--model", default=None, help="model://NAME")
+    q.add_argument("--tool", action="append", default=None, help="a tool id (repeat)")
+    q.add_argument("--policy", action="append", default=None, help="a policy id (repeat)")
+    q.add_argument("--system-prompt", default=None)
+    q.add_argument("--config", default=None, metavar="JSON", help="e.g. '{\"max_tokens\": 1024}'")
+    _common(q)
+    q = agents.add_parser("export", help="write the agent as a file (JSON, no secrets)")
+    q.add_argument("id")
+    q.add_argument("-o", "--output", required=True, metavar="FILE", help="- : stdout")
+    _common(q)
+    q = agents.add_parser("import", help="create an agent from an agent FILE (- : stdin)")
+    q.add_argument("file")
+    _common(q)
+    q = agents.add_parser("catalog", help="the recipes to start from, or one of them")
+    q.add_argument("id", nargs="?", default=None)
+    _common(q)
+
+
 def _agent_policy_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``aether tools …`` and ``aether policies …``."""
     p = sub.add_parser("tools", help="tools agents may call: ls, get, search, add, rm, sync")
@@ -685,6 +726,7 @@ _MODULES = {
     "limits": "limits",
     "tenants": "tenants",
     "models": "models",
+    "agents": "agents",
     "tools": "agent_policies",
     "policies": "agent_policies",
     "memory": "memory",

@@ -20,6 +20,7 @@ from aether.artifacts.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from aether.artifacts.s3 import S3ArtifactRegistry
 from aether.errors import ServiceUnavailableError
 from aether.server.api import (
+    agents,
     apps,
     artifacts,
     audit,
@@ -49,6 +50,7 @@ from aether.server.api.prometheus import install_metrics
 from aether.server.console import install_console
 from aether.server.context import ServerContext
 from aether.server.files import make_private, private_umask
+from aether.server.http.aliases import ApiAliases
 from aether.server.http.audit import AuditMiddleware
 from aether.server.http.errors import install_error_handlers
 from aether.server.http.forward import LeaderForward
@@ -237,6 +239,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.add_middleware(InputLimits, settings=settings)  # bounds all of the above
     app.add_middleware(AuditMiddleware)  # outermost: sees every answer (InputLimits' 401s too)
     install_metrics(app, metrics)
+    app.add_middleware(ApiAliases)  # outermost of all: /api/agents… is /api/v1/agents…
 
     @app.get("/healthz", tags=["probes"])
     async def healthz() -> dict[str, str]:
@@ -271,6 +274,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         models,
         tools,
         policies,
+        agents,
         memory,
     ):
         app.include_router(module.router, prefix="/api/v1")

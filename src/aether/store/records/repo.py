@@ -8,6 +8,7 @@ helpers in ``store/records/base.py``.
 from __future__ import annotations
 
 from aether.store.records.agent_policies import AgentPolicyRecords
+from aether.store.records.agents import AgentRecords
 from aether.store.records.apps import AppRecords
 from aether.store.records.artifacts import ArtifactRecords
 from aether.store.records.audit import AuditRecords
@@ -36,6 +37,7 @@ class Records(
     CredentialRecords,  # and TenantRecords, which it builds on
     AppRecords,
     AgentPolicyRecords,
+    AgentRecords,
     ArtifactRecords,
     AuditRecords,
     ConsoleRecords,

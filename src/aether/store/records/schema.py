@@ -22,7 +22,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "AgentModel",
     "AgentPolicyRow",
+    "AgentRecipeRow",
+    "AgentRow",
     "AgentToolRow",
+    "AgentVersionRow",
     "ApiToken",
     "App",
     "Artifact",
@@ -608,6 +611,49 @@ class PolicyEnforcementRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(64))
     step: Mapped[int | None]
     audit_event_id: Mapped[int | None]
+    created_at: Mapped[datetime]
+
+
+class AgentRow(Base):
+    """An AI agent of a tenant: its name (unique in the tenant), status (created |
+    disabled) and the version of its config in use (``agent_versions``)."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # agt_ + 24 hex
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    status: Mapped[str] = mapped_column(String(16))
+    current_version: Mapped[int]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class AgentVersionRow(Base):
+    """One version of an agent's config: every create, patch and import adds one."""
+
+    __tablename__ = "agent_versions"
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    model: Mapped[str] = mapped_column(String(80))  # model://NAME
+    policy_ids: Mapped[list[str]] = mapped_column(JSON)
+    tool_ids: Mapped[list[str]] = mapped_column(JSON)
+    system_prompt: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(160))
+
+
+class AgentRecipeRow(Base):
+    """A tenant's own recipe in the agent catalog (the built-ins are code): its
+    definition (``aether.agents.catalog.Recipe``) as JSON."""
+
+    __tablename__ = "agent_recipes"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    definition: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
 
 

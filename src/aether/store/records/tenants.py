@@ -24,7 +24,10 @@ from aether.store.records.base import (
 from aether.store.records.schema import (
     AgentModel,
     AgentPolicyRow,
+    AgentRecipeRow,
+    AgentRow,
     AgentToolRow,
+    AgentVersionRow,
     ApiToken,
     App,
     Artifact,
@@ -102,9 +105,13 @@ class PurgedTenant:
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
     MemoryItemRow,  # its FTS5 rows go with it (migration 0021's triggers)
+    AgentVersionRow,
+    AgentRow,
+    AgentRecipeRow,
     PolicyEnforcementRow,
     AgentPolicyRow,
     AgentToolRow,
+    AgentVersionRow,
     Execution,
     Sandbox,
     TaskEventRow,
