@@ -288,6 +288,11 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/agents/{agent_id}/disable": Rule("operator", owned=True),
     "POST /api/v1/agents/{agent_id}/enable": Rule("operator", owned=True),
     "GET /api/v1/agents/{agent_id}/export": Rule("viewer", owned=True),
+    # agents' memory: viewers list and search, operators write and delete
+    "GET /api/v1/memory": Rule("viewer"),
+    "POST /api/v1/memory": Rule("operator"),
+    "GET /api/v1/memory/search": Rule("viewer"),
+    "DELETE /api/v1/memory/{memory_id}": Rule("operator", owned=True, fresh=True),
 }
 
 
@@ -406,6 +411,9 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/tools/sync": {"json": {"yaml": "[]"}},
         "POST /api/v1/policies": {"json": {"id": unique("policy"), "tools": ["search"]}},
         "PATCH /api/v1/policies/{policy_id}": {"json": {"max_steps": 10}},
+        "GET /api/v1/memory": {"params": {"agent_id": p["agent_id"]}},
+        "POST /api/v1/memory": {"json": {"agent_id": p["agent_id"], "text": "matrix"}},
+        "GET /api/v1/memory/search": {"params": {"agent_id": p["agent_id"], "q": "secret"}},
         "POST /api/v1/policies/{policy_id}/evaluate": {
             "json": {"tool_id": p["tool_id"], "arguments": {"city": "Oslo"}}
         },
@@ -494,6 +502,14 @@ def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
         made = http.post("/api/v1/agent-catalog", json=_recipe(recipe), headers=admin)
         assert made.status_code == 201, made.text
         return {"recipe_id": recipe}
+    if route == "DELETE /api/v1/memory/{memory_id}":
+        made = http.post(
+            "/api/v1/memory",
+            json={"agent_id": world.params["agent_id"], "text": "gone"},
+            headers=admin,
+        )
+        assert made.status_code == 201, made.text
+        return {"memory_id": made.json()["id"]}
     if route == "POST /api/v1/nodes/{node}/revoke":
         node = unique("revoked")
         world.server.node_token(node)
@@ -728,6 +744,14 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             ),
             201,
         )
+        memory = _ok(
+            await http.post(
+                "/api/v1/memory",
+                json={"agent_id": agent["id"], "text": "tenant A's secret memory"},
+                headers=admin,
+            ),
+            201,
+        )
         migration = _ok(
             await http.post(
                 "/api/v1/instances/migrate",
@@ -760,6 +784,7 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             "policy_id": policy["id"],
             "recipe_id": recipe["id"],
             "agent_id": agent["id"],
+            "memory_id": memory["id"],
             "instance": instance["key"],
             "node": node,
             "app_version": "nothing@1",
@@ -919,6 +944,7 @@ _NAMED_ELSEWHERE: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
             "open": ["model"],
         }
     },
+    "GET /api/v1/memory/search": lambda p: {"params": {"agent_id": p["agent_id"], "q": "secret"}},
 }
 
 
@@ -964,6 +990,7 @@ _SECRETS_TOO = (
     "name",
     "recipe_id",
     "agent_id",
+    "memory_id",
 )
 
 

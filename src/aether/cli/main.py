@@ -447,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     _agent_policy_parsers(sub)
     _agent_parsers(sub)
+    _memory_parsers(sub)
 
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
     p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
@@ -676,6 +677,38 @@ def _agent_policy_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     _common(q)
 
 
+def _memory_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``aether memory …``."""
+    p = sub.add_parser("memory", help="agents' memories: add, search, ls, rm")
+    mem = p.add_subparsers(dest="memory_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    mem.required = True
+    thread = "the thread's own memory (default: the agent's, shared by its threads)"
+    q = mem.add_parser("add", help="keep TEXT for agent AGENT")
+    q.add_argument("agent", help="the agent's id (agt_…)")
+    q.add_argument("text")
+    q.add_argument("--thread", default=None, metavar="T", help=thread)
+    q.add_argument("--embedding-model", default=None, metavar="NAME", help="embed it now")
+    _common(q)
+    q = mem.add_parser("search", help="the agent's memories best matching QUERY")
+    q.add_argument("agent")
+    q.add_argument("query")
+    q.add_argument("--thread", default=None, metavar="T", help="also this thread's memories")
+    q.add_argument("--mode", choices=["text", "vector", "hybrid"], default="text")
+    q.add_argument(
+        "--embedding-model", default=None, metavar="NAME", help="a model of /api/v1/models"
+    )
+    q.add_argument("--limit", type=int, default=10, metavar="N")
+    _common(q)
+    q = mem.add_parser("ls", help="the agent's memories, newest first")
+    q.add_argument("agent")
+    q.add_argument("--thread", default=None, metavar="T", help="also this thread's memories")
+    q.add_argument("--limit", type=int, default=100, metavar="N")
+    _common(q)
+    q = mem.add_parser("rm", help="delete a memory")
+    q.add_argument("id", help="mem_…")
+    _common(q)
+
+
 _MODULES = {
     "up": "up",
     "server": "daemons",
@@ -696,6 +729,7 @@ _MODULES = {
     "agents": "agents",
     "tools": "agent_policies",
     "policies": "agent_policies",
+    "memory": "memory",
     "deployments": "views",
     "scale": "actions",
     "list": "views",

@@ -30,6 +30,7 @@ from aether.server.api import (
     decisions,
     keys,
     limits,
+    memory,
     models,
     nodes,
     policies,
@@ -274,6 +275,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         tools,
         policies,
         agents,
+        memory,
     ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(limits.router, prefix="/api/v1")

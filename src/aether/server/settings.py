@@ -115,6 +115,11 @@ class ServerSettings(BaseSettings):
     adviser_strategic_api_key: str = ""
     adviser_strategic_interval: float = Field(default=30.0, ge=2.0, le=60.0)
     adviser_timeout: float = Field(default=10.0, gt=0, le=60.0, description="seconds per call")
+    memory_embedding_model: str = Field(
+        default="",
+        description="the name of a tenant's model (/api/v1/models) agent memory embeds with "
+        "when a request names none; empty: vector search only with embedding_model=NAME",
+    )
     console_session_hours: float = Field(
         default=12.0, gt=0, le=24 * 30, description="how long a console sign-in lasts"
     )

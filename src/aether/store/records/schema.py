@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -38,6 +39,7 @@ __all__ = [
     "Execution",
     "IdempotencyKey",
     "Membership",
+    "MemoryItemRow",
     "MetricRollup",
     "MigrationRecord",
     "Node",
@@ -652,4 +654,31 @@ class AgentRecipeRow(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     definition: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class MemoryItemRow(Base):
+    """One memory of an agent (``aether.agents.memory``): its own thread's when
+    ``thread_id`` is set, else shared by all the agent's threads. ``embedding`` is the
+    text's vector as float32 bytes, made by ``embedding_model`` (None: not embedded yet).
+
+    Search indexes that are not models live beside it, made by migration 0021 only:
+    on SQLite the FTS5 table ``memory_fts`` (rowid = ``seq``, kept by triggers), on
+    PostgreSQL the generated ``tsvector`` column ``text_tsv`` and its GIN index
+    (``upgrades/env.py`` keeps them out of the model comparison)."""
+
+    __tablename__ = "memory_items"
+    __table_args__ = (
+        Index("ix_memory_items_scope", "tenant_id", "agent_id", "thread_id"),
+        {"sqlite_autoincrement": True},
+    )
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)  # mem_…
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    agent_id: Mapped[str] = mapped_column(String(64))
+    thread_id: Mapped[str | None] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embedding_model: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime]

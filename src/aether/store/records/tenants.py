@@ -38,6 +38,7 @@ from aether.store.records.schema import (
     Execution,
     IdempotencyKey,
     Membership,
+    MemoryItemRow,
     MigrationRecord,
     PolicyEnforcementRow,
     PublicKey,
@@ -103,6 +104,7 @@ class PurgedTenant:
 
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
+    MemoryItemRow,  # its FTS5 rows go with it (migration 0021's triggers)
     AgentVersionRow,
     AgentRow,
     AgentRecipeRow,
