@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api import bearer, unique
+from tests.support.api import bearer, make_agent, unique
 from tests.support.model_server import ModelServer, model_server
 from tests.support.server import RunningServer, running_server
 
@@ -46,7 +46,7 @@ def aether(
 def test_add_search_ls_rm(srv: RunningServer, tmp_path: Path) -> None:
     tenant = unique("team")
     operator = srv.token("operator", tenant)
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, srv.token("admin", tenant))
     added = aether(
         srv, tmp_path, "memory", "add", agent, "the staging database lives on node n7",
         "--format", "json", token=operator,
@@ -88,7 +88,7 @@ def test_vector_search_with_an_embedding_model(
         headers=bearer(admin),
     )
     assert made.status_code == 201, made.text
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, admin)
     for text in ("a quiet lake in the mountains", "quarterly revenue report"):
         assert aether(srv, tmp_path, "memory", "add", agent, text, token=admin).returncode == 0
     found = aether(

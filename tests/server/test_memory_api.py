@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.api import bearer, unique
+from tests.support.api import bearer, make_agent, unique
 from tests.support.model_server import ModelServer, model_server
 from tests.support.server import RunningServer, running_server
 
@@ -65,7 +65,7 @@ def test_text_search_ranks_the_more_relevant_memory_first(
     srv: RunningServer, http: httpx.Client
 ) -> None:
     token = srv.new_tenant()
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, token)
     _write(http, token, agent, "the weather in Oslo is cold and grey")
     _write(http, token, agent, "a disk was replaced on node n2 last week")
     _write(http, token, agent, "node n1 stopped: its disk is full, the disk quota was full")
@@ -85,7 +85,7 @@ def test_a_thread_sees_its_own_and_the_shared_memories_only(
     srv: RunningServer, http: httpx.Client
 ) -> None:
     token = srv.new_tenant()
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, token)
     _write(http, token, agent, "shared fact: the release train leaves on Friday")
     _write(http, token, agent, "thread one fact: the release needs a changelog", thread_id="t1")
     _write(http, token, agent, "thread two fact: the release is blocked", thread_id="t2")
@@ -103,12 +103,13 @@ def test_a_thread_sees_its_own_and_the_shared_memories_only(
     assert listed.status_code == 200, listed.text
     assert [i["thread_id"] for i in listed.json()["items"]] == ["t2", None]  # newest first
     # another agent of the tenant sees none of them
-    assert _texts(_search(http, token, unique("agt"), "release", thread_id="t1")) == []
+    other = make_agent(srv.base_url, token)
+    assert _texts(_search(http, token, other, "release", thread_id="t1")) == []
 
 
 def test_list_pages_newest_first(srv: RunningServer, http: httpx.Client) -> None:
     token = srv.new_tenant()
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, token)
     for n in range(5):
         _write(http, token, agent, f"note number {n}")
     seen: list[str] = []
@@ -126,11 +127,30 @@ def test_another_tenant_never_finds_a_tenant_s_memory(
     srv: RunningServer, http: httpx.Client
 ) -> None:
     mine, theirs = srv.new_tenant(), srv.new_tenant()
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, mine)
     item = _write(http, mine, agent, "the launch code is in the blue folder")
-    assert _texts(_search(http, theirs, agent, "launch code")) == []
-    listed = http.get("/api/v1/memory", params={"agent_id": agent}, headers=bearer(theirs))
-    assert listed.json() == {"items": [], "cursor": None}
+    # the agent is not theirs: the answer of an agent that does not exist, for every route
+    ghost = "agt_" + "0" * 24
+    for route in ("search", "list", "write"):
+        answers = []
+        for named in (agent, ghost):
+            if route == "search":
+                answers.append(_search(http, theirs, named, "launch code"))
+            elif route == "list":
+                answers.append(
+                    http.get("/api/v1/memory", params={"agent_id": named}, headers=bearer(theirs))
+                )
+            else:
+                answers.append(
+                    http.post(
+                        "/api/v1/memory",
+                        json={"agent_id": named, "text": "mine now"},
+                        headers=bearer(theirs),
+                    )
+                )
+        real, unknown = answers
+        assert real.status_code == unknown.status_code == 404, (route, real.text)
+        assert real.json()["message"] == unknown.json()["message"].replace(ghost, agent)
     gone = http.delete(f"/api/v1/memory/{item['id']}", headers=bearer(theirs))
     unknown = http.delete("/api/v1/memory/mem_0000", headers=bearer(theirs))
     assert gone.status_code == unknown.status_code == 404
@@ -146,7 +166,7 @@ def test_vector_search_uses_the_tenant_s_embedding_model(
     srv: RunningServer, http: httpx.Client, llm: ModelServer
 ) -> None:
     token = srv.new_tenant()
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, token)
     model = _add_model(http, token, llm.url)
     before = len(llm.requests_to("/v1/embeddings"))
     _write(http, token, agent, "red desert sand dunes at noon")
@@ -166,7 +186,7 @@ def test_vector_search_without_a_model_is_refused_and_hybrid_falls_back_to_text(
     srv: RunningServer, http: httpx.Client
 ) -> None:
     token = srv.new_tenant()
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, token)
     _write(http, token, agent, "the cache is warm")
     refused = _search(http, token, agent, "cache", mode="vector")
     assert refused.status_code == 400, refused.text
@@ -183,7 +203,7 @@ def test_hybrid_fuses_text_and_vector_rankings(
     srv: RunningServer, http: httpx.Client, llm: ModelServer
 ) -> None:
     token = srv.new_tenant()
-    agent = unique("agt")
+    agent = make_agent(srv.base_url, token)
     model = _add_model(http, token, llm.url)
     _write(http, token, agent, "postgres backup runs nightly at two")
     _write(http, token, agent, "the nightly backup of postgres failed twice")
@@ -200,15 +220,14 @@ def test_hybrid_fuses_text_and_vector_rankings(
 
 def test_bad_input_gets_the_error_envelope(srv: RunningServer, http: httpx.Client) -> None:
     token = srv.new_tenant()
-    empty = http.post(
-        "/api/v1/memory", json={"agent_id": "agt_x", "text": ""}, headers=bearer(token)
-    )
+    agent = make_agent(srv.base_url, token)
+    empty = http.post("/api/v1/memory", json={"agent_id": agent, "text": ""}, headers=bearer(token))
     assert empty.status_code == 400 and empty.json()["code"] == "bad_request"
     bad_id = http.post(
         "/api/v1/memory", json={"agent_id": "agt x/..", "text": "t"}, headers=bearer(token)
     )
     assert bad_id.status_code == 400
-    mode = _search(http, token, "agt_x", "q", mode="fuzzy")
+    mode = _search(http, token, agent, "q", mode="fuzzy")
     assert mode.status_code == 400 and set(mode.json()) == {"code", "message", "trace_id"}
     viewer = http.post(
         "/api/v1/memory",
@@ -232,13 +251,14 @@ def test_the_server_s_default_embedding_model_is_each_tenant_s_own(
             headers=bearer(with_model),
         )
         assert made.status_code == 201, made.text
-        agent = unique("agt")
-        for token in (with_model, without):
+        agents = {token: make_agent(srv.base_url, token) for token in (with_model, without)}
+        for token, agent in agents.items():
             written = _write(http, token, agent, "snow on the mountain pass")
             assert written["embedded"] is (token == with_model)  # embedded when written
-        found = _search(http, with_model, agent, "mountain snow", mode="vector")
+        found = _search(http, with_model, agents[with_model], "mountain snow", mode="vector")
         assert _texts(found) == ["snow on the mountain pass"]
-        assert _search(http, without, agent, "mountain snow", mode="vector").status_code == 400
-        hybrid = _search(http, without, agent, "mountain snow", mode="hybrid")
+        refused = _search(http, without, agents[without], "mountain snow", mode="vector")
+        assert refused.status_code == 400
+        hybrid = _search(http, without, agents[without], "mountain snow", mode="hybrid")
         assert _texts(hybrid) == ["snow on the mountain pass"]
         assert hybrid.json()[0]["vector_score"] is None

@@ -17,6 +17,7 @@ __all__ = [
     "bearer",
     "deploy",
     "join_node",
+    "make_agent",
     "sha256_of",
     "spec_for",
     "unique",
@@ -114,3 +115,28 @@ async def audit_events(http: httpx.AsyncClient, token: str, **params: Any) -> li
     assert response.status_code == 200, response.text
     found: list[dict[str, Any]] = response.json()["events"]
     return found
+
+
+def make_agent(base_url: str, token: str) -> str:
+    """A new agent of ``token``'s tenant (on a model of its own that is never called)."""
+    model = unique("model")
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        made = http.post(
+            "/api/v1/models",
+            json={"name": model, "base_url": "http://127.0.0.1:9/v1", "model_id": "unused"},
+            headers=bearer(token),
+        )
+        assert made.status_code == 201, made.text
+        agent = http.post(
+            "/api/v1/agents",
+            json={
+                "name": unique("agent"),
+                "model": f"model://{model}",
+                "policy_ids": ["default-safe"],
+                "tool_ids": ["search"],
+            },
+            headers=bearer(token),
+        )
+        assert agent.status_code == 201, agent.text
+        agent_id: str = agent.json()["id"]
+        return agent_id

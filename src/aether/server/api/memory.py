@@ -1,6 +1,7 @@
 """Agents' memory: ``/memory`` (write, list, search, delete), one tenant's at a time.
 
-``agent_id`` and ``thread_id`` are opaque ids for now; another tenant's memories are
+``agent_id`` names one of the tenant's agents (another tenant's, or none, is a 404 with
+the same message); ``thread_id`` is the caller's own label. Another tenant's memories are
 never listed nor found (a 404 to delete, as for one that does not exist).
 """
 
@@ -32,9 +33,15 @@ AgentId = Annotated[str, Query(pattern=MEMORY_ID_PATTERN)]
 ThreadId = Annotated[str | None, Query(pattern=MEMORY_ID_PATTERN)]
 
 
+async def _own_agent(ctx: ServerContext, tenant_id: str, agent_id: str) -> None:
+    if await ctx.records.agent(tenant_id, agent_id) is None:
+        raise NotFoundError(f"agent {agent_id!r} not found")
+
+
 @router.post("/memory", status_code=201)
 async def write_memory(body: MemoryIn, caller: Operator, ctx: Ctx) -> MemoryOut:
     """Keep a memory of the agent (the thread's, or shared by its threads)."""
+    await _own_agent(ctx, caller.tenant_id, body.agent_id)
     async with embedder(ctx, caller.tenant_id, body.embedding_model) as embed:
         item = await store(ctx).write(
             caller.tenant_id,
@@ -58,6 +65,7 @@ async def list_memory(
 ) -> MemoryPageOut:
     """Newest first, ``limit`` at a time: the thread's and the agent's shared memories
     (the shared ones only without ``thread_id``); ``before=cursor`` for older ones."""
+    await _own_agent(ctx, caller.tenant_id, agent_id)
     page = await store(ctx).list_items(
         caller.tenant_id, agent_id, thread_id, before=before, limit=limit
     )
@@ -77,6 +85,7 @@ async def search_memory(
 ) -> list[MemoryHitOut]:
     """Best first. ``vector`` needs an embedding model (400 without one); ``hybrid``
     without one is ``text``."""
+    await _own_agent(ctx, caller.tenant_id, agent_id)
     async with embedder(ctx, caller.tenant_id, embedding_model) as embed:
         hits = await store(ctx).search(
             caller.tenant_id, agent_id, q, thread_id, limit=limit, mode=mode, embedder=embed
