@@ -185,6 +185,27 @@ async def test_policies_are_versioned_and_default_safe_is_fixed(
     assert (await http.get("/api/v1/policies/ops", headers=admin)).status_code == 404
 
 
+async def test_a_policy_naming_a_tool_the_tenant_lacks_is_refused(
+    srv: RunningServer, http: httpx.AsyncClient
+) -> None:
+    admin = bearer(srv.mint("admin", unique("pol")))
+    for field, value in (
+        ("tools", ["serach"]),
+        ("approval_required", ["run-kode"]),
+        ("constraints", [{"tool": "nope", "arg": "command", "allow": ["ls"]}]),
+    ):
+        body = {"id": unique("typo"), "tools": ["search"], field: value}
+        refused = await http.post("/api/v1/policies", json=body, headers=admin)
+        assert refused.status_code == 400, (field, refused.text)
+        assert "which this tenant does not have" in refused.json()["message"]
+    fine = {"id": unique("ok"), "tools": ["*"], "approval_required": ["run-code"]}
+    made = _ok(await http.post("/api/v1/policies", json=fine, headers=admin), 201)
+    changed = await http.patch(
+        f"/api/v1/policies/{made['id']}", json={"tools": ["serach"]}, headers=admin
+    )
+    assert changed.status_code == 400 and "'serach'" in changed.json()["message"]
+
+
 async def _evaluate(
     http: httpx.AsyncClient, headers: dict[str, str], policy: str, **body: Any
 ) -> httpx.Response:

@@ -138,6 +138,18 @@ def _own(policy_id: str, verb: str) -> None:
         )
 
 
+async def _tools_exist(ctx: ServerContext, tenant_id: str, policy: Policy) -> None:
+    """Refuse a policy naming a tool the tenant does not have (a typo would allow nothing
+    and say nothing)."""
+    named = {*policy.tools, *policy.approval_required, *(c.tool for c in policy.constraints)}
+    for tool_id in sorted(named - {"*"}):
+        if await find_tool(ctx, tenant_id, tool_id) is None:
+            raise BadRequestError(
+                f"the policy names tool {tool_id!r}, which this tenant does not have "
+                "(`aether tools ls`)"
+            )
+
+
 @router.get("/policies")
 async def all_policies(caller: Caller, ctx: Ctx) -> list[PolicyOut]:
     """``default-safe``, then the tenant's own."""
@@ -147,6 +159,7 @@ async def all_policies(caller: Caller, ctx: Ctx) -> list[PolicyOut]:
 @router.post("/policies", status_code=201)
 async def create_policy(body: Policy, caller: Admin, ctx: Ctx) -> PolicyOut:
     _own(body.id, "replaced")
+    await _tools_exist(ctx, caller.tenant_id, body)
     row = await ctx.records.add_agent_policy(caller.tenant_id, body.id, body.model_dump())
     if row is None:
         raise ConflictError(f"policy {body.id!r} already exists")
@@ -171,6 +184,7 @@ async def patch_policy(policy_id: str, body: PolicyPatch, caller: Admin, ctx: Ct
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
         )
         raise BadRequestError(f"invalid policy: {problem}") from None
+    await _tools_exist(ctx, caller.tenant_id, policy)
     row = await ctx.records.update_agent_policy(caller.tenant_id, policy_id, policy.model_dump())
     if row is None:  # deleted meanwhile
         raise NotFoundError(f"policy {policy_id!r} not found")
