@@ -4,6 +4,7 @@ YAML sync behind its setting, and another tenant's objects answering 404."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aether.server.services.gc import collect_garbage
 from tests.support.api import bearer, unique
 from tests.support.server import RunningServer, running_server
 
@@ -393,3 +395,22 @@ async def test_deleting_a_tenant_deletes_its_tools_policies_and_enforcements(
     assert srv.run(srv.ctx.records.agent_tools(tenant_id)) == []
     assert srv.run(srv.ctx.records.agent_policies(tenant_id)) == []
     assert srv.run(srv.ctx.records.enforcements(tenant_id)) == []
+
+
+def test_the_garbage_collector_trims_old_policy_enforcements(tmp_path: Path) -> None:
+    with running_server(tmp_path, policy_enforcements_retention_days=30) as server:
+        admin = bearer(server.admin_token)
+        made = httpx.post(
+            f"{server.base_url}/api/v1/policies/default-safe/evaluate",
+            json={"tool_id": "search", "arguments": {"query": "x"}},
+            headers=admin,
+        )
+        assert made.status_code == 200, made.text
+        tenant_id = server.run(server.ctx.records.tenant_id_of("default"))
+        assert tenant_id is not None
+        assert len(server.run(server.ctx.records.enforcements(tenant_id))) == 1
+        soon = server.run(collect_garbage(server.ctx, now=time.time() + 29 * 86400))
+        assert soon.trimmed_policy_enforcements == 0
+        later = server.run(collect_garbage(server.ctx, now=time.time() + 31 * 86400))
+        assert later.trimmed_policy_enforcements == 1
+        assert server.run(server.ctx.records.enforcements(tenant_id)) == []

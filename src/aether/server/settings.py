@@ -68,6 +68,9 @@ class ServerSettings(BaseSettings):
     audit_retention_days: float = Field(
         default=365.0, gt=0, description="days audit events are kept (the leader's GC trims)"
     )
+    policy_enforcements_retention_days: float = Field(
+        default=90.0, gt=0, description="days agents' policy decisions are kept (GC trims)"
+    )
     metrics_window_seconds: int = Field(
         default=7200, ge=60, le=86400, description="seconds of per-second samples kept in memory"
     )

@@ -9,7 +9,8 @@ multipart uploads of artifacts and blobs, and local temp files, once they are
 trims the task queue's event log to the ``events_resume_limit`` newest
 positions, all an event stream may resume across, and the audit trail to
 ``audit_retention_days`` (keeping its hash chain verifiable: see
-:mod:`aether.store.records.audit`).
+:mod:`aether.store.records.audit`), and agents' policy enforcements to
+``policy_enforcements_retention_days``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class GcResult:
     aborted_uploads: int = 0  # orphaned multipart uploads (S3) or temp files cleared
     trimmed_task_events: int = 0  # task state changes older than any resume needs
     trimmed_audit_events: int = 0  # audit events older than audit_retention_days
+    trimmed_policy_enforcements: int = 0  # older than policy_enforcements_retention_days
 
 
 #: Uploads younger than this are never treated as orphaned, whatever the grace period.
@@ -93,6 +95,10 @@ async def collect_garbage(
     audit_cutoff = now - settings.audit_retention_days * 86400
     # the last trimmed event's hash becomes the chain's anchor: it stays verifiable
     trimmed_audit = 0 if dry_run else await ctx.records.trim_audit_before(audit_cutoff)
+    decisions_cutoff = now - settings.policy_enforcements_retention_days * 86400
+    trimmed_decisions = (
+        0 if dry_run else await ctx.records.trim_enforcements_before(decisions_cutoff)
+    )
     if not dry_run:
         if plan.delete_blobs:
             ctx.metrics.artifacts_changed()
@@ -115,4 +121,5 @@ async def collect_garbage(
         aborted_uploads=aborted,
         trimmed_task_events=trimmed,
         trimmed_audit_events=trimmed_audit,
+        trimmed_policy_enforcements=trimmed_decisions,
     )

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from aether.store.records.base import RecordsBase, now
+from aether.store.records.base import RecordsBase, now, utc
 from aether.store.records.schema import AgentPolicyRow, AgentToolRow, PolicyEnforcementRow
 
 __all__ = ["AgentPolicyRecords", "NewEnforcement"]
@@ -130,6 +130,15 @@ class AgentPolicyRecords(RecordsBase):
         return await self.delete_owned(AgentPolicyRow, tenant_id, id=policy_id)
 
     # -- enforcements --
+
+    async def trim_enforcements_before(self, ts: float) -> int:
+        """Delete the policy enforcements older than ``ts`` (epoch seconds); how many."""
+        async with self.sessions() as session:
+            result = await session.execute(
+                delete(PolicyEnforcementRow).where(PolicyEnforcementRow.created_at < utc(ts))
+            )
+            await session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def add_enforcement(self, new: NewEnforcement) -> PolicyEnforcementRow:
         row = PolicyEnforcementRow(
