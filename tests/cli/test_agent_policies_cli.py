@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.api import unique
+from tests.support.cli import run_aether
 from tests.support.server import RunningServer, running_server
 
 
@@ -25,15 +24,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 def aether(
     srv: RunningServer, home: Path, *args: str, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AETHER_") and not k.startswith("XDG_")
-    }
-    env.update({"XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config")})
-    command = [sys.executable, "-m", "aether", *args, "--server", srv.base_url]
-    command += ["--token", token or srv.admin_token]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    return run_aether(home, *args, server=srv.base_url, token=token or srv.admin_token)
 
 
 TOOL = """

@@ -4,9 +4,7 @@ real command in a subprocess) against a real server."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.api import bearer, unique
+from tests.support.cli import run_aether
 from tests.support.server import RunningServer, running_server
 
 KEY = "sk-agents-cli-secret-77"
@@ -28,14 +27,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 def aether(
     srv: RunningServer, home: Path, *args: str, token: str
 ) -> subprocess.CompletedProcess[str]:
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AETHER_") and not k.startswith("XDG_")
-    }
-    environ.update({"XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config")})
-    command = [sys.executable, "-m", "aether", *args, "--server", srv.base_url, "--token", token]
-    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=60)
+    return run_aether(home, *args, server=srv.base_url, token=token)
 
 
 def _with_model(srv: RunningServer, tenant: str) -> str:

@@ -4,9 +4,7 @@ subprocess) against a real server and the scripted model server's embeddings."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.api import bearer, make_agent, unique
+from tests.support.cli import run_aether
 from tests.support.model_server import ModelServer, model_server
 from tests.support.server import RunningServer, running_server
 
@@ -33,14 +32,7 @@ def llm() -> Iterator[ModelServer]:
 def aether(
     srv: RunningServer, home: Path, *args: str, token: str
 ) -> subprocess.CompletedProcess[str]:
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AETHER_") and not k.startswith("XDG_")
-    }
-    environ.update({"XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config")})
-    command = [sys.executable, "-m", "aether", *args, "--server", srv.base_url, "--token", token]
-    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=60)
+    return run_aether(home, *args, server=srv.base_url, token=token)
 
 
 def test_add_search_ls_rm(srv: RunningServer, tmp_path: Path) -> None:

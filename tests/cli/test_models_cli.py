@@ -4,15 +4,14 @@ in a subprocess) against a real server and the scripted model server."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.api import unique
+from tests.support.cli import run_aether
 from tests.support.model_server import ModelServer, model_server, say
 from tests.support.server import RunningServer, running_server
 
@@ -39,17 +38,7 @@ def aether(
     stdin: str | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AETHER_") and not k.startswith("XDG_")
-    }
-    environ.update({"XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config")})
-    environ.update(env or {})
-    command = [sys.executable, "-m", "aether", *args, "--server", srv.base_url, "--token", token]
-    return subprocess.run(
-        command, env=environ, input=stdin or "", capture_output=True, text=True, timeout=60
-    )
+    return run_aether(home, *args, server=srv.base_url, token=token, stdin=stdin, env=env)
 
 
 def test_add_ls_get_test_rm(srv: RunningServer, llm: ModelServer, tmp_path: Path) -> None:

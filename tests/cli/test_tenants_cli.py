@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import httpx
 import pytest
 
 from tests.support.api import bearer, deploy, unique, upload_random
+from tests.support.cli import run_aether
 from tests.support.server import RunningServer, running_server
 
 
@@ -25,15 +24,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 def aether(
     srv: RunningServer, home: Path, *args: str, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AETHER_") and not k.startswith("XDG_")
-    }
-    env.update({"XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config")})
-    command = [sys.executable, "-m", "aether", *args, "--server", srv.base_url]
-    command += ["--token", token or srv.admin_token]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    return run_aether(home, *args, server=srv.base_url, token=token or srv.admin_token)
 
 
 def test_create_prints_the_first_admin_token_once(srv: RunningServer, tmp_path: Path) -> None:

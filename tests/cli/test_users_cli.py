@@ -4,7 +4,6 @@ runs them: real processes against a real server (and a real OIDC provider)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support.api import unique
+from tests.support.cli import cli_env, run_aether
 from tests.support.oidc import (
     OidcProvider,
     oidc_provider,
@@ -39,25 +39,8 @@ def srv(
         yield running
 
 
-def _env(home: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AETHER_") and not k.startswith("XDG_")
-    }
-    env.update({"XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config")})
-    return env
-
-
 def aether(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aether", *args],
-        env=_env(home),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_aether(home, *args, stdin=stdin)
 
 
 def test_an_admin_adds_a_person_who_logs_in_with_a_password(
@@ -177,7 +160,7 @@ def test_login_with_single_sign_on_through_the_browser_flow(
             "--sso",
             "--no-browser",
         ],
-        env=_env(tmp_path),
+        env=cli_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
