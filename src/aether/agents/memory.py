@@ -297,17 +297,7 @@ class MemoryStore:
             return []
         async with self.sessions() as session:
             ranked = await self._rank_text(session, tenant_id, agent_id, words, thread_id, limit)
-            if not ranked:
-                return []
-            rows = await session.scalars(
-                select(MemoryItemRow).where(MemoryItemRow.seq.in_([seq for seq, _ in ranked]))
-            )
-            by_seq = {row.seq: row for row in rows}
-        return [
-            MemoryHit(_item(by_seq[seq]), score, text_score=score)
-            for seq, score in ranked
-            if seq in by_seq
-        ]
+            return await _hits(session, ranked, "text")
 
     async def _rank_text(
         self,
@@ -345,15 +335,7 @@ class MemoryStore:
             # kept vectors are unit length: the dot product is the cosine
             scored = ((_dot(query_unit, _floats(blob)), seq) for seq, blob in found if blob)
             best = heapq.nlargest(limit, scored)
-            rows = await session.scalars(
-                select(MemoryItemRow).where(MemoryItemRow.seq.in_([seq for _, seq in best]))
-            )
-            by_seq = {row.seq: row for row in rows}
-        return [
-            MemoryHit(_item(by_seq[seq]), score, vector_score=score)
-            for score, seq in best
-            if seq in by_seq
-        ]
+            return await _hits(session, [(seq, score) for score, seq in best], "vector")
 
     async def _embed_missing(
         self, tenant_id: str, agent_id: str, thread_id: str | None, embedder: Embedder
@@ -385,6 +367,29 @@ class MemoryStore:
                     .values(embedding=pack_vector(unit(vector)), embedding_model=model)
                 )
             await session.commit()
+
+
+async def _hits(
+    session: AsyncSession, ranked: list[tuple[int, float]], mode: str
+) -> list[MemoryHit]:
+    """The items of ``ranked`` ((seq, score), best first) as hits of ``mode``'s score; an
+    item deleted meanwhile is left out."""
+    if not ranked:
+        return []
+    rows = await session.scalars(
+        select(MemoryItemRow).where(MemoryItemRow.seq.in_([seq for seq, _ in ranked]))
+    )
+    by_seq = {row.seq: row for row in rows}
+    return [
+        MemoryHit(
+            _item(by_seq[seq]),
+            score,
+            text_score=score if mode == "text" else None,
+            vector_score=score if mode == "vector" else None,
+        )
+        for seq, score in ranked
+        if seq in by_seq
+    ]
 
 
 def _fuse(text_hits: list[MemoryHit], vector_hits: list[MemoryHit], limit: int) -> list[MemoryHit]:
