@@ -896,6 +896,27 @@ class ApiClient:
 
     # -- signals, risk and the fire drill ----------------------------------------------
 
+    # -- agent runs (the node driving one) --
+
+    async def run_next(self, run_id: str, *, node: str, task_id: str) -> dict[str, Any]:
+        """What to do next for the run (``aether.model.runs.NextOut`` as a dict)."""
+        data: dict[str, Any] = await self.json(
+            "POST",
+            f"/api/v1/agent-runtime/runs/{run_id}/next",
+            json={"node": node, "task_id": task_id},
+            timeout=120.0,
+        )
+        return data
+
+    async def run_tool_result(
+        self, run_id: str, step: int, *, node: str, ok: bool, output: str, error: str | None
+    ) -> None:
+        await self.request(
+            "POST",
+            f"/api/v1/agent-runtime/runs/{run_id}/steps/{step}/result",
+            json={"node": node, "ok": ok, "output": output, "error": error},
+        )
+
     async def post_signals(self, signals: list[SignalIn]) -> list[int]:
         """Record signals about nodes; their ids."""
         body = {"signals": [s.model_dump(mode="json", exclude_none=True) for s in signals]}

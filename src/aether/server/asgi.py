@@ -35,6 +35,7 @@ from aether.server.api import (
     nodes,
     policies,
     risk,
+    runs,
     tasks,
     tenants,
     tokens,
@@ -275,6 +276,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         tools,
         policies,
         agents,
+        runs,
         memory,
     ):
         app.include_router(module.router, prefix="/api/v1")

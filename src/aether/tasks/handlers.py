@@ -19,6 +19,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from aether.tasks.types import (
+    AgentRunPayload,
+    AgentSandboxPayload,
     JobRunPayload,
     VmCreatePayload,
     VmDeletePayload,
@@ -214,3 +216,51 @@ async def job_run(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     out["app"] = payload.app
     out["version"] = payload.version
     return out
+
+
+@handler("agent:sandbox")
+async def agent_sandbox(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
+    """An agent's ``sandbox`` tool call: a fresh sandbox, one command, then gone."""
+    from aether.node.drivers.base import SandboxSpec
+
+    assert isinstance(payload, AgentSandboxPayload)
+    driver = ctx.driver(None)
+    root = ctx.sandbox_root(payload.sandbox_id)
+    if root.exists():  # a retry: start clean
+        old = await asyncio.to_thread(driver.load, payload.sandbox_id, root)
+        if old is not None:
+            await driver.delete(old)
+        shutil.rmtree(root, ignore_errors=True)
+    handle = await driver.create(
+        SandboxSpec(
+            id=payload.sandbox_id,
+            name=f"tool-{payload.run_id}-{payload.step}",
+            vcpus=1,
+            memory_mb=payload.memory_mb,
+            network=payload.network,
+            root=root,
+        )
+    )
+    try:
+        result = await driver.execute(
+            handle,
+            payload.command[0],
+            payload.command[1:],
+            timeout=ctx.timeout,
+            env={},
+            output_limit=ctx.output_limit,
+        )
+    finally:
+        await driver.delete(handle)
+    out = _exec_result(payload.sandbox_id, payload.command[0], payload.command[1:], result)
+    out.update(run_id=payload.run_id, step=payload.step, driver=driver.name)
+    return out
+
+
+@handler("agent:run")
+async def agent_run(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
+    """Drive an agent's run until it ends or waits for a person."""
+    from aether.agents.runner import drive_run
+
+    assert isinstance(payload, AgentRunPayload)
+    return await drive_run(ctx.client, payload.run_id, node=ctx.node, task_id=ctx.task_id)

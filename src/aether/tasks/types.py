@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "WIRE_NAMES",
+    "AgentRunPayload",
+    "AgentSandboxPayload",
     "ExecutionResult",
     "JobRunPayload",
     "JobRunResult",
@@ -129,6 +131,28 @@ class JobRunResult(ExecutionResult):
     driver: str = ""
 
 
+class AgentRunPayload(BaseModel):
+    """Drive an agent's run (``aether.server.services.runs``): submitted by the server
+    to the queue ``agent.{agent_id}``, never by a user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class AgentSandboxPayload(BaseModel):
+    """One ``sandbox`` tool call of an agent's run, in a fresh sandbox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: Annotated[str, Field(min_length=1, max_length=64)]
+    step: Annotated[int, Field(ge=1)]
+    command: Annotated[list[str], Field(min_length=1)]
+    network: bool = False
+    memory_mb: Annotated[int, Field(ge=16, le=262_144)] = 512
+    sandbox_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
 @dataclass(frozen=True)
 class TaskType:
     name: str
@@ -139,6 +163,7 @@ class TaskType:
     queue: str = "default"
     priority: int = 5
     pinned: bool = False  # runs on the node that holds the payload's sandbox (sandbox_id)
+    internal: bool = False  # submitted by the server only (POST /api/v1/tasks refuses it)
 
 
 _TYPES: dict[str, TaskType] = {}
@@ -169,3 +194,5 @@ register(
     TaskType("vm:delete", VmDeletePayload, VmDeleteResult, max_retry=2, timeout=120.0, pinned=True)
 )
 register(TaskType("job:run", JobRunPayload, JobRunResult, max_retry=3, timeout=3600.0))
+register(TaskType("agent:run", AgentRunPayload, max_retry=10, timeout=3600.0, internal=True))
+register(TaskType("agent:sandbox", AgentSandboxPayload, max_retry=2, timeout=120.0, internal=True))

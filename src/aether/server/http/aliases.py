@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 __all__ = ["ALIASED", "ApiAliases", "canonical_path"]
 
 #: the resources that answer under ``/api/`` as under ``/api/v1/``
-ALIASED = ("agents", "agent-catalog")
+ALIASED = ("agents", "agent-catalog", "runs", "threads")
 
 
 def canonical_path(path: str) -> str | None:

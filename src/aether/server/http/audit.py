@@ -56,6 +56,9 @@ UNAUDITED: tuple[tuple[str, str, int | None], ...] = (
     ("PUT", "/nodes/{node}/routes", None),
     ("POST", "/nodes/{node}/logs", None),
     ("POST", "/tasks/{task_id}/heartbeat", None),
+    # the node driving an agent run: each tool decision is audited as its own event
+    ("POST", "/agent-runtime/runs/{run_id}/next", None),
+    ("POST", "/agent-runtime/runs/{run_id}/steps/{seq}/result", None),
     ("POST", "/tasks/claim", 204),
     ("POST", "/blobs/missing", None),
 )

@@ -43,6 +43,13 @@ Series (no label has more than a handful of values):
 ``cluster_nodes_stale``                     gauge: of which stopped pushing
 ``cluster_app_instances``                   gauge: instances reporting figures, all apps
 ``cluster_calls_per_second``                gauge: calls through all routers, all apps
+``agent_runs_started_total{tenant,agent}``  counter: runs started on this server
+``agent_runs_finished_total{tenant,agent,status}`` counter: runs that ended (completed,
+                                            failed, cancelled, expired)
+``agent_step_duration_seconds{tenant,agent,kind}`` histogram: a step's time (``model``:
+                                            the model call; ``tool``: decision to result)
+``agent_tokens_total{tenant,agent,direction}`` counter: model tokens (``in``, ``out``)
+``agent_cost_total{tenant,agent}``          counter: model cost, in the models' currency
 
 A scrape sees the ``tenant``-labelled series of its own tenant; the default
 tenant's (the cluster's) sees every tenant's. The node and app gauges come from
@@ -56,6 +63,7 @@ that was leader at the time, so sum them over all servers.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -72,10 +80,98 @@ if TYPE_CHECKING:
     from aether.artifacts import ArtifactBackend
     from aether.model.telemetry import ClusterSample
 
-__all__ = ["ServerMetrics", "UploadKind", "Visible"]
+__all__ = ["AgentRunMetrics", "ServerMetrics", "UploadKind", "Visible"]
 
 UploadKind = Literal["artifact", "blob", "assemble"]
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+_STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class AgentRunMetrics:
+    """Agents' runs, steps, tokens and cost (per tenant and agent), for ``/metrics`` and,
+    over the last seconds, for ``GET /api/v1/agents/{id}/metrics``."""
+
+    window = 60.0  # seconds of steps kept for the per-agent figures
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        labels = ["tenant", "agent"]
+        self.runs_started = Counter(
+            "agent_runs_started_total", "Agent runs started.", labels, registry=r
+        )
+        self.runs_finished = Counter(
+            "agent_runs_finished_total", "Agent runs ended.", [*labels, "status"], registry=r
+        )
+        self.step_duration = Histogram(
+            "agent_step_duration_seconds",
+            "Seconds an agent's step took (model call, or tool call).",
+            [*labels, "kind"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "agent_tokens_total", "Model tokens used by agents.", [*labels, "direction"], registry=r
+        )
+        self.cost = Counter("agent_cost_total", "Model cost of agents' runs.", labels, registry=r)
+        # (monotonic time, tenant, agent, event, seconds, tokens, cost)
+        self._recent: deque[tuple[float, str, str, str, float, int, float]] = deque()
+
+    def _keep(
+        self, tenant: str, agent: str, event: str, seconds: float, tokens: int, cost: float
+    ) -> None:
+        at = time.monotonic()
+        self._recent.append((at, tenant, agent, event, seconds, tokens, cost))
+        while self._recent and self._recent[0][0] < at - self.window:
+            self._recent.popleft()
+
+    def started(self, tenant: str, agent: str) -> None:
+        self.runs_started.labels(tenant, agent).inc()
+        self._keep(tenant, agent, "run", 0.0, 0, 0.0)
+
+    def finished(self, tenant: str, agent: str, status: str) -> None:
+        self.runs_finished.labels(tenant, agent, status).inc()
+
+    def step(
+        self,
+        tenant: str,
+        agent: str,
+        kind: str,
+        seconds: float,
+        tokens_in: int,
+        tokens_out: int,
+        cost: float,
+    ) -> None:
+        self.step_duration.labels(tenant, agent, kind).observe(seconds)
+        if tokens_in:
+            self.tokens.labels(tenant, agent, "in").inc(tokens_in)
+        if tokens_out:
+            self.tokens.labels(tenant, agent, "out").inc(tokens_out)
+        if cost:
+            self.cost.labels(tenant, agent).inc(cost)
+        self._keep(tenant, agent, kind, seconds, tokens_in + tokens_out, cost)
+
+    def recent(self, tenant: str, agent: str, seconds: float = 10.0) -> dict[str, float]:
+        """Runs/s, steps/s, step latency (p50, p95 in ms), tokens/s and cost/s over the
+        last ``seconds`` on this server."""
+        since = time.monotonic() - seconds
+        mine = [e for e in self._recent if e[0] >= since and e[1] == tenant and e[2] == agent]
+        steps = sorted(e[4] for e in mine if e[3] != "run")
+
+        def pct(q: float) -> float:
+            return (
+                round(steps[min(len(steps) - 1, int(q * len(steps)))] * 1000, 3) if steps else 0.0
+            )
+
+        return {
+            "window_seconds": seconds,
+            "runs_per_second": sum(1 for e in mine if e[3] == "run") / seconds,
+            "steps_per_second": len(steps) / seconds,
+            "step_latency_p50_ms": pct(0.5),
+            "step_latency_p95_ms": pct(0.95),
+            "tokens_per_second": sum(e[5] for e in mine) / seconds,
+            "cost_per_second": sum(e[6] for e in mine) / seconds,
+        }
 
 
 class ServerMetrics:
@@ -173,6 +269,7 @@ class ServerMetrics:
         self.cluster_calls = Gauge(
             "cluster_calls_per_second", "Calls per second through all routers.", registry=r
         )
+        self.agents = AgentRunMetrics(r)
         for kind in ("artifact", "blob"):  # present at 0 from the start
             self.upload_bytes.labels(kind)
         for kind in ("artifact", "blob", "assemble"):

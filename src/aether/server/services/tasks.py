@@ -45,6 +45,11 @@ async def submit_task(ctx: ServerContext, caller: Principal, body: TaskIn) -> Ta
             f"unknown task type {body.type!r}; known types: {', '.join(registered())}",
             code="unknown_task_type",
         )
+    if task_type.internal:
+        raise BadRequestError(
+            f"tasks of type {body.type!r} are submitted by the server only",
+            code="unknown_task_type",
+        )
     try:
         payload = task_type.payload.model_validate(body.payload)
     except ValidationError as exc:

@@ -25,6 +25,7 @@ from aether.store.records.nodes import NodeRecords
 from aether.store.records.retention import RetentionRecords
 from aether.store.records.risk import RiskRecords
 from aether.store.records.rollups import RollupRecords
+from aether.store.records.runs import RunRecords
 from aether.store.records.sandboxes import SandboxRecords
 from aether.store.records.signing import SigningRecords
 from aether.store.records.snapshots import SnapshotRecords
@@ -53,6 +54,7 @@ class Records(
     SandboxRecords,
     RiskRecords,
     RollupRecords,
+    RunRecords,
     SnapshotRecords,
     UserRecords,
 ):

@@ -24,6 +24,10 @@ __all__ = [
     "AgentPolicyRow",
     "AgentRecipeRow",
     "AgentRow",
+    "AgentRunEventRow",
+    "AgentRunRow",
+    "AgentRunStepRow",
+    "AgentThreadRow",
     "AgentToolRow",
     "AgentVersionRow",
     "ApiToken",
@@ -681,4 +685,93 @@ class MemoryItemRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     embedding_model: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime]
+
+
+class AgentThreadRow(Base):
+    """A conversation with one agent: its runs, in order, are the history a new run of
+    the thread starts from."""
+
+    __tablename__ = "agent_threads"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # thr_… or the caller's
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    agent_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class AgentRunRow(Base):
+    """One run of an agent (``aether.agents.runs``): its input, status, why it stopped,
+    what it used, and the ``agent:run`` task that drives it (``task_id``: the latest)."""
+
+    __tablename__ = "agent_runs"
+    __table_args__ = (
+        Index("ix_agent_runs_agent", "tenant_id", "agent_id", "created_at"),
+        Index("ix_agent_runs_thread", "thread_id", "created_at"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # run_…
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    agent_id: Mapped[str] = mapped_column(String(64))
+    agent_version: Mapped[int]
+    thread_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(24))
+    input: Mapped[str] = mapped_column(Text)
+    output: Mapped[str | None] = mapped_column(Text)
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    concurrency: Mapped[str] = mapped_column(String(16))  # reject | enqueue | interrupt
+    created_by: Mapped[str] = mapped_column(String(160))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    node: Mapped[str | None] = mapped_column(String(128))  # the node driving it now
+    steps: Mapped[int]
+    tool_calls: Mapped[int]
+    tokens_in: Mapped[int]
+    tokens_out: Mapped[int]
+    cost: Mapped[float]
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class AgentRunStepRow(Base):
+    """One step of a run: a model call or a tool call (its policy decision, approval,
+    execution and result). ``key`` is the step's idempotency key (``{run}:{call}``), the
+    one a tool's execution carries."""
+
+    __tablename__ = "agent_run_steps"
+    run_id: Mapped[str] = mapped_column(ForeignKey("agent_runs.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # model | tool
+    status: Mapped[str] = mapped_column(String(24))
+    key: Mapped[str] = mapped_column(String(160), unique=True)
+    call_id: Mapped[str | None] = mapped_column(String(128))
+    tool_id: Mapped[str | None] = mapped_column(String(64))
+    arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    content: Mapped[str | None] = mapped_column(Text)  # the model's text, or a tool's output
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    decision: Mapped[str | None] = mapped_column(String(16))  # allow | deny | approval
+    reasons: Mapped[list[str] | None] = mapped_column(JSON)
+    enforcement_ids: Mapped[list[int] | None] = mapped_column(JSON)
+    approved_by: Mapped[str | None] = mapped_column(String(160))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    node: Mapped[str | None] = mapped_column(String(128))
+    tokens_in: Mapped[int]
+    tokens_out: Mapped[int]
+    cost: Mapped[float]
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class AgentRunEventRow(Base):
+    """What a run's stream carries, in order (``seq`` is the SSE event id a client
+    resumes after with ``Last-Event-ID``)."""
+
+    __tablename__ = "agent_run_events"
+    run_id: Mapped[str] = mapped_column(ForeignKey("agent_runs.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]

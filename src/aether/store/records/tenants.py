@@ -26,6 +26,10 @@ from aether.store.records.schema import (
     AgentPolicyRow,
     AgentRecipeRow,
     AgentRow,
+    AgentRunEventRow,
+    AgentRunRow,
+    AgentRunStepRow,
+    AgentThreadRow,
     AgentToolRow,
     AgentVersionRow,
     ApiToken,
@@ -104,6 +108,10 @@ class PurgedTenant:
 
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
+    AgentRunEventRow,
+    AgentRunStepRow,
+    AgentRunRow,
+    AgentThreadRow,
     MemoryItemRow,  # its FTS5 rows go with it (migration 0021's triggers)
     AgentVersionRow,
     AgentRow,

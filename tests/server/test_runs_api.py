@@ -1,0 +1,442 @@
+"""Runs of agents over HTTP (issue 17), on a real in-process server, a real node task
+worker (claiming the agent's queue, running sandbox tools in bwrap) and the scripted
+OpenAI-compatible model server.
+
+Steps, tool decisions with their enforcement records, approvals, budgets, cancel, the
+event stream and its resume, threads, and another tenant's runs answering 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aether.client import ApiClient
+from aether.node.drivers import sandbox_drivers
+from aether.node.tasks import TaskWorker
+from tests.support.api import assert_envelope, bearer, unique
+from tests.support.model_server import ModelServer, call, call_tools, model_server, say
+from tests.support.server import RunningServer, running_server
+from tests.support.waiting import eventually
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("runs")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[ModelServer]:
+    with model_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def http(srv: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=srv.base_url, timeout=30.0) as client:
+        yield client
+
+
+def _ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+class Agent:
+    def __init__(self, tenant: str, headers: dict[str, str], agent: dict[str, Any]) -> None:
+        self.tenant = tenant
+        self.headers = headers
+        self.id = agent["id"]
+        self.name = agent["name"]
+
+
+async def _agent(
+    srv: RunningServer,
+    http: httpx.AsyncClient,
+    llm: ModelServer,
+    *,
+    tools: list[str],
+    policy: dict[str, Any] | None = None,
+    prices: tuple[float, float] = (0.0, 0.0),
+) -> Agent:
+    """A fresh tenant with a model at the scripted server, maybe a policy, and an agent."""
+    tenant = unique("runs")
+    admin = bearer(srv.mint("admin", tenant))
+    model = {
+        "name": "m",
+        "base_url": llm.url,
+        "model_id": "test-model",
+        "price_in_per_1k": prices[0],
+        "price_out_per_1k": prices[1],
+    }
+    _ok(await http.post("/api/v1/models", json=model, headers=admin), 201)
+    policy_ids = ["default-safe"]
+    if policy is not None:
+        _ok(await http.post("/api/v1/policies", json=policy, headers=admin), 201)
+        policy_ids = [policy["id"]]
+    body = {"name": "helper", "model": "model://m", "policy_ids": policy_ids, "tool_ids": tools}
+    made = _ok(await http.post("/api/v1/agents", json=body, headers=admin), 201)
+    return Agent(tenant, admin, made)
+
+
+@contextlib.asynccontextmanager
+async def node(
+    srv: RunningServer, tmp: Path, agent: Agent, name: str = "n1"
+) -> AsyncIterator[None]:
+    """A node's task worker claiming the agent's queue (and the default one, for the
+    sandbox tools)."""
+    client = ApiClient(srv.base_url, srv.node_token(name))
+    worker = TaskWorker(
+        client,
+        name,
+        tmp / name,
+        dict(sandbox_drivers()),
+        queues=("default", f"agent.{agent.id}"),
+    )
+    job = asyncio.create_task(worker.run())
+    try:
+        yield
+    finally:
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+        for running in list(worker.running.values()):
+            running.cancel()
+        await client.close()
+
+
+async def _run(http: httpx.AsyncClient, agent: Agent, text: str, **extra: Any) -> Any:
+    body = {"input": text, "wait": 30, **extra}
+    response = await http.post(f"/api/v1/agents/{agent.id}/runs", json=body, headers=agent.headers)
+    assert response.status_code in (200, 202), response.text
+    return response.json()
+
+
+async def _detail(http: httpx.AsyncClient, agent: Agent, run_id: str) -> Any:
+    return _ok(await http.get(f"/api/v1/runs/{run_id}", headers=agent.headers))
+
+
+async def test_a_run_asks_the_model_and_completes_with_its_answer(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[], prices=(1.0, 2.0))
+    llm.script(say("Hello from the model", usage=(100, 50)))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "hi")
+    assert run["status"] == "completed", run
+    assert run["output"] == "Hello from the model" and run["stop_reason"] == "completed"
+    assert run["tokens_in"] == 100 and run["tokens_out"] == 50
+    assert run["cost"] == pytest.approx(0.1 + 0.1)  # 100/1k * 1.0 + 50/1k * 2.0
+    assert run["node"] == "n1" and run["agent"] == "helper" and run["step_count"] == 1
+    detail = await _detail(http, agent, run["id"])
+    [step] = detail["steps"]
+    assert step["kind"] == "model" and step["status"] == "completed"
+    assert step["content"] == "Hello from the model" and step["duration_ms"] >= 0
+    assert llm.chats[-1]["messages"][-1] == {"role": "user", "content": "hi"}
+
+
+async def test_a_tool_call_is_decided_run_on_the_server_and_fed_back(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=["search", "memory-write"])
+    # memory-write is not in default-safe: denied; search is allowed
+    llm.script(
+        call_tools(call("memory-write", text="secret plan")),
+        call_tools(call("search", query="aether")),
+        say("done"),
+    )
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "remember")
+    assert run["status"] == "completed" and run["output"] == "done"
+    steps = (await _detail(http, agent, run["id"]))["steps"]
+    assert [(s["kind"], s["status"]) for s in steps] == [
+        ("model", "completed"),
+        ("tool", "denied"),
+        ("model", "completed"),
+        ("tool", "completed"),
+        ("model", "completed"),
+    ]
+    denied, allowed = steps[1], steps[3]
+    assert denied["decision"] == "deny" and denied["tool_id"] == "memory-write"
+    assert "not among the tools" in denied["content"]
+    assert allowed["decision"] == "allow" and json.loads(allowed["content"]) == {"results": []}
+    call_id = steps[2]["tool_calls"][0]["id"]
+    assert allowed["idempotency_key"] == f"{run['id']}:{steps[2]['seq']}:{call_id}"
+    # the model was told what happened to each call
+    tool_messages = [m for m in llm.chats[-1]["messages"] if m["role"] == "tool"]
+    assert "the policy denied this call" in tool_messages[0]["content"]
+    # every decision is an enforcement, linked to its run step and its audit event
+    found = _ok(await http.get("/api/v1/policy-enforcements", headers=agent.headers))
+    rows = found["enforcements"] if isinstance(found, dict) else found
+    [row] = [r for r in rows if r["run_id"] == run["id"] and r["tool_id"] == "memory-write"]
+    assert row["step"] == denied["seq"] and row["decision"] == "deny"
+    assert denied["enforcement_ids"] == [row["id"]]
+
+
+async def test_an_approval_round_trip_and_a_rejection(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    policy = {
+        "id": "careful",
+        "tools": ["search"],
+        "approval_required": ["search"],
+    }
+    agent = await _agent(srv, http, llm, tools=["search"], policy=policy)
+    llm.script(
+        call_tools(call("search", query="one")),
+        call_tools(call("search", query="two")),
+        say("finished"),
+    )
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "look")
+        assert run["status"] == "requires_approval", run
+        pending = run["pending_approval"]
+        assert pending["tool_id"] == "search" and pending["arguments"] == {"query": "one"}
+        viewer = bearer(srv.mint("viewer", agent.tenant))
+        refused = await http.post(
+            f"/api/v1/runs/{run['id']}/approvals", json={"decision": "approve"}, headers=viewer
+        )
+        assert_envelope(refused, 403, "forbidden")
+        step = _ok(
+            await http.post(
+                f"/api/v1/runs/{run['id']}/approvals",
+                json={"decision": "approve"},
+                headers=agent.headers,
+            )
+        )
+        assert step["status"] == "approved" and step["approved_by"]
+
+        async def second_pending() -> Any:
+            got = await _detail(http, agent, run["id"])
+            pending = got["pending_approval"]
+            return pending is not None and pending["arguments"] == {"query": "two"}
+
+        await eventually(second_pending, "the second call to wait for approval", timeout=20)
+        _ok(
+            await http.post(
+                f"/api/v1/runs/{run['id']}/approvals",
+                json={"decision": "reject", "reason": "not that"},
+                headers=agent.headers,
+            )
+        )
+
+        async def finished() -> Any:
+            got = await _detail(http, agent, run["id"])
+            return got if got["status"] == "completed" else None
+
+        done = await eventually(finished, "the run to complete", timeout=20)
+    statuses = [s["status"] for s in done["steps"] if s["kind"] == "tool"]
+    assert statuses == ["completed", "rejected"]
+    again = await http.post(
+        f"/api/v1/runs/{run['id']}/approvals", json={"decision": "approve"}, headers=agent.headers
+    )
+    assert_envelope(again, 409, "no_pending_approval")
+
+
+async def test_a_token_budget_stops_the_run_mid_way(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    policy = {"id": "tight", "tools": ["search"], "token_budgets": {"per_run": 500}}
+    agent = await _agent(srv, http, llm, tools=["search"], policy=policy)
+    llm.script(call_tools(call("search", query="x"), usage=(400, 200)))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "spend")
+    assert run["status"] == "failed" and run["stop_reason"] == "budget", run
+    assert "600 used" in run["error"]
+    steps = (await _detail(http, agent, run["id"]))["steps"]
+    assert [s["kind"] for s in steps] == ["model", "tool"]  # no second model call
+
+
+async def test_a_sandbox_tool_runs_in_a_sandbox_task_once(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    policy = {"id": "coder", "tools": ["run-code"]}
+    agent = await _agent(srv, http, llm, tools=["run-code"], policy=policy)
+    llm.script(call_tools(call("run-code", code="print(6 * 7)")), say("it is 42"))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "compute")
+    assert run["status"] == "completed", run
+    steps = (await _detail(http, agent, run["id"]))["steps"]
+    tool = steps[1]
+    assert tool["status"] == "completed" and tool["content"].strip() == "42"
+    task = _ok(await http.get(f"/api/v1/tasks/{tool['task_id']}", headers=agent.headers))
+    assert task["type"] == "agent:sandbox" and task["attempts"] == 1
+    assert task["idempotency_key"] == tool["idempotency_key"]
+
+
+async def test_cancel_stops_a_run_and_the_stream_resumes_after_last_event_id(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    llm.script(say("slow", delay=5))
+    asked = len(llm.chats)
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "wait", background=True)
+        assert run["status"] == "queued"
+
+        await eventually(lambda: len(llm.chats) > asked, "the model to be asked", timeout=20)
+        cancelled = _ok(await http.post(f"/api/v1/runs/{run['id']}/cancel", headers=agent.headers))
+        assert cancelled["status"] == "cancelled" and cancelled["stop_reason"] == "cancelled"
+    events = await _events(http, agent, run["id"])
+    assert [e["type"] for e in events] == [
+        "run.queued",
+        "run.started",
+        "step.started",
+        "run.cancelled",
+    ]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    resumed = await _events(http, agent, run["id"], last_event_id="2")
+    assert [e["seq"] for e in resumed] == [3, 4]
+    await asyncio.sleep(5)  # the model answers after all: nothing is added to a cancelled run
+    assert (await _detail(http, agent, run["id"]))["steps"] == []
+
+
+async def _events(
+    http: httpx.AsyncClient, agent: Agent, run_id: str, last_event_id: str | None = None
+) -> list[dict[str, Any]]:
+    headers = dict(agent.headers)
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    out: list[dict[str, Any]] = []
+    async with http.stream("GET", f"/api/v1/runs/{run_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                out.append(json.loads(line[6:]))
+    return out
+
+
+async def test_a_streamed_run_sends_its_text_as_it_comes(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    llm.script(say("one two three four five six seven eight", chunk_delay=0.06))
+    async with node(srv, tmp_path, agent):
+        body = {"input": "count", "stream": True}
+        seen: list[dict[str, Any]] = []
+        async with http.stream(
+            "POST", f"/api/v1/agents/{agent.id}/runs", json=body, headers=agent.headers
+        ) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+    kinds = [e["type"] for e in seen]
+    assert kinds[0] == "run.queued" and kinds[-1] == "run.completed"
+    deltas = [e["text"] for e in seen if e["type"] == "delta"]
+    assert len(deltas) >= 2 and "".join(deltas) == "one two three four five six seven eight"
+    assert seen[-1]["output"] == "one two three four five six seven eight"
+
+
+async def test_threads_keep_history_and_a_busy_thread_refuses_a_second_run(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    llm.script(say("first answer"), say("slow", delay=3), say("third"))
+    async with node(srv, tmp_path, agent):
+        first = await _run(http, agent, "first question", thread_id="t1")
+        assert first["thread_id"] == "t1" and first["status"] == "completed"
+        second = await _run(http, agent, "second", thread_id="t1", background=True)
+        busy = await http.post(
+            f"/api/v1/agents/{agent.id}/runs",
+            json={"input": "third", "thread_id": "t1"},
+            headers=agent.headers,
+        )
+        assert_envelope(busy, 409, "thread_busy")
+        third = await _run(http, agent, "third", thread_id="t1", concurrency="enqueue")
+        assert third["status"] == "completed", third
+    sent = llm.chats[-2]["messages"]  # the second run's call saw the first turn
+    assert {"role": "user", "content": "first question"} in sent
+    assert {"role": "assistant", "content": "first answer"} in sent
+    listed = _ok(await http.get("/api/v1/threads/t1/runs", headers=agent.headers))
+    assert [r["id"] for r in listed["runs"]] == [third["id"], second["id"], first["id"]]
+
+
+async def test_a_disabled_agent_refuses_new_runs(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    _ok(await http.post(f"/api/v1/agents/{agent.id}/disable", headers=agent.headers))
+    refused = await http.post(
+        f"/api/v1/agents/{agent.id}/runs", json={"input": "x"}, headers=agent.headers
+    )
+    assert_envelope(refused, 409, "agent_disabled")
+
+
+async def test_another_tenant_s_runs_are_404_and_roles_are_checked(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    llm.script(say("mine"))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "x", thread_id="private")
+    other = bearer(srv.mint("admin", unique("other")))
+    for path in (
+        f"/api/v1/runs/{run['id']}",
+        f"/api/v1/runs/{run['id']}/events",
+        f"/api/v1/agents/{agent.id}/runs",
+        "/api/v1/threads/private/runs",
+    ):
+        assert_envelope(await http.get(path, headers=other), 404, "not_found")
+    for path, body in (
+        (f"/api/v1/runs/{run['id']}/cancel", None),
+        (f"/api/v1/runs/{run['id']}/approvals", {"decision": "approve"}),
+        (f"/api/v1/agents/{agent.id}/runs", {"input": "x"}),
+    ):
+        assert_envelope(await http.post(path, json=body, headers=other), 404, "not_found")
+    # the other tenant cannot write into this thread either
+    other_agent = await _agent(srv, http, llm, tools=[])
+    taken = await http.post(
+        f"/api/v1/agents/{other_agent.id}/runs",
+        json={"input": "x", "thread_id": "private"},
+        headers=other_agent.headers,
+    )
+    assert_envelope(taken, 404, "not_found")
+    viewer = bearer(srv.mint("viewer", agent.tenant))
+    assert_envelope(
+        await http.post(f"/api/v1/agents/{agent.id}/runs", json={"input": "x"}, headers=viewer),
+        403,
+        "forbidden",
+    )
+    listed = _ok(await http.get(f"/api/runs?agent={agent.name}", headers=viewer))  # the alias
+    assert [r["id"] for r in listed["runs"]] == [run["id"]]
+    # a tenant's admin is not a node: the runtime routes refuse it
+    drive = await http.post(
+        f"/api/v1/agent-runtime/runs/{run['id']}/next",
+        json={"node": "n1", "task_id": "x"},
+        headers=agent.headers,
+    )
+    assert drive.status_code == 403
+
+
+async def test_bad_input_gets_the_envelope(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    for body in (
+        {},
+        {"input": ""},
+        {"input": "x", "concurrency": "sometimes"},
+        {"input": "x", "extra": 1},
+    ):
+        bad = await http.post(f"/api/v1/agents/{agent.id}/runs", json=body, headers=agent.headers)
+        assert_envelope(bad, 400, "bad_request")
+    assert_envelope(
+        await http.get("/api/v1/runs?status=sleeping", headers=agent.headers), 400, "bad_request"
+    )
+    assert_envelope(
+        await http.get(
+            "/api/v1/runs/run_nope/events", headers={**agent.headers, "Last-Event-ID": "x"}
+        ),
+        404,
+        "not_found",
+    )
