@@ -56,6 +56,7 @@ T = TypeVar("T")
 # nothing reached the server: safe to send anywhere else, whatever the method
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+_FINAL_RUN_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.expired"})
 # safe to send again after a 429 (which the server refused before doing anything)
 _IDEMPOTENT = _REPLAYABLE | {"PUT", "DELETE"}
 #: A 429 is retried only when its Retry-After is at most this many seconds ...
@@ -896,7 +897,35 @@ class ApiClient:
 
     # -- signals, risk and the fire drill ----------------------------------------------
 
-    # -- agent runs (the node driving one) --
+    # -- agent runs --
+
+    async def run_events(self, run_id: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """The run's events after ``after`` until its final one; a broken stream is
+        opened again after the last event seen (``Last-Event-ID``), so none is lost."""
+        seen = after
+        for attempt in range(20):
+            headers = {"Last-Event-ID": str(seen)} if seen else {}
+            response = await self._open_stream(
+                "GET", f"/api/v1/runs/{run_id}/events", headers=headers
+            )
+            try:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event: dict[str, Any] = json.loads(line[6:])
+                    seen = int(event.get("seq", seen))
+                    yield event
+                    if event.get("type") in _FINAL_RUN_EVENTS:
+                        return
+                return  # the server ended the stream: the run is over
+            except httpx.TransportError:
+                self._fail_over()
+                await asyncio.sleep(min(0.2 * 2**attempt, 5))
+            finally:
+                await response.aclose()
+        raise NetworkError(f"the event stream of run {run_id} kept breaking")
+
+    # -- agent runs: the node driving one --
 
     async def run_next(self, run_id: str, *, node: str, task_id: str) -> dict[str, Any]:
         """What to do next for the run (``aether.model.runs.NextOut`` as a dict)."""

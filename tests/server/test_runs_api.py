@@ -18,9 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aether.client import ApiClient
-from aether.node.drivers import sandbox_drivers
-from aether.node.tasks import TaskWorker
+from tests.support.agent_node import agent_worker
 from tests.support.api import assert_envelope, bearer, unique
 from tests.support.model_server import ModelServer, call, call_tools, model_server, say
 from tests.support.server import RunningServer, running_server
@@ -93,24 +91,8 @@ async def node(
 ) -> AsyncIterator[None]:
     """A node's task worker claiming the agent's queue (and the default one, for the
     sandbox tools)."""
-    client = ApiClient(srv.base_url, srv.node_token(name))
-    worker = TaskWorker(
-        client,
-        name,
-        tmp / name,
-        dict(sandbox_drivers()),
-        queues=("default", f"agent.{agent.id}"),
-    )
-    job = asyncio.create_task(worker.run())
-    try:
+    with agent_worker(srv.base_url, srv.node_token(name), name, tmp, agent.id):
         yield
-    finally:
-        job.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await job
-        for running in list(worker.running.values()):
-            running.cancel()
-        await client.close()
 
 
 async def _run(http: httpx.AsyncClient, agent: Agent, text: str, **extra: Any) -> Any:

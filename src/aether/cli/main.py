@@ -448,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     _agent_policy_parsers(sub)
     _agent_parsers(sub)
     _memory_parsers(sub)
+    _run_parsers(sub)
 
     p = sub.add_parser("metrics", help="live telemetry: nodes and apps, this second")
     p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
@@ -709,6 +710,42 @@ def _memory_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     _common(q)
 
 
+def _run_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``aether run …`` and ``aether runs …``."""
+    p = sub.add_parser("run", help="run an agent on INPUT and print its answer")
+    p.add_argument("agent", help="the agent's name or id")
+    p.add_argument("input")
+    p.add_argument("--thread", default=None, metavar="T", help="continue conversation T")
+    p.add_argument("--follow", action="store_true", help="print each step as it happens")
+    p.add_argument(
+        "--concurrency",
+        choices=["reject", "enqueue", "interrupt"],
+        default="reject",
+        help="when the thread has a run under way (default: refuse)",
+    )
+    p.add_argument("--wait", type=float, default=120.0, metavar="S", help="seconds to wait")
+    _common(p)
+    p = sub.add_parser("runs", help="agents' runs: ls, get, cancel, approve")
+    runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    runs.required = True
+    q = runs.add_parser("ls", help="runs, newest first")
+    q.add_argument("--agent", default=None, help="of this agent (name or id)")
+    q.add_argument("--thread", default=None, metavar="T")
+    q.add_argument("--status", default=None)
+    q.add_argument("--limit", type=int, default=50, metavar="N")
+    _common(q)
+    for name, text in (("get", "one run and its steps"), ("cancel", "cancel a run")):
+        q = runs.add_parser(name, help=text)
+        q.add_argument("id", help="run_…")
+        _common(q)
+    q = runs.add_parser("approve", help="approve (or --reject) the tool call waiting")
+    q.add_argument("id", help="run_…")
+    q.add_argument("--reject", action="store_true")
+    q.add_argument("--step", type=int, default=None, help="which waiting step (default: first)")
+    q.add_argument("--reason", default="")
+    _common(q)
+
+
 _MODULES = {
     "up": "up",
     "server": "daemons",
@@ -730,6 +767,8 @@ _MODULES = {
     "tools": "agent_policies",
     "policies": "agent_policies",
     "memory": "memory",
+    "run": "runs",
+    "runs": "runs",
     "deployments": "views",
     "scale": "actions",
     "list": "views",
