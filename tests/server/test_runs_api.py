@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aether.server.services.gc import collect_garbage
 from tests.support.agent_node import agent_worker
 from tests.support.api import assert_envelope, bearer, unique
 from tests.support.model_server import ModelServer, call, call_tools, model_server, say
@@ -422,3 +424,19 @@ async def test_bad_input_gets_the_envelope(
         404,
         "not_found",
     )
+
+
+async def test_a_run_no_node_starts_expires(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    run = await _run(http, agent, "nobody drives me", background=True)
+    early = srv.run(collect_garbage(srv.ctx, now=time.time() + 60))
+    assert early.expired_runs == 0
+    later = srv.run(collect_garbage(srv.ctx, now=time.time() + 3700))
+    assert later.expired_runs >= 1
+    got = await _detail(http, agent, run["id"])
+    assert got["status"] == "expired" and got["stop_reason"] == "expired"
+    assert "no node started it" in got["error"]
+    task = _ok(await http.get(f"/api/v1/tasks/{got['task_id']}", headers=agent.headers))
+    assert task["state"] == "cancelled"

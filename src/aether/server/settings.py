@@ -71,6 +71,12 @@ class ServerSettings(BaseSettings):
     policy_enforcements_retention_days: float = Field(
         default=90.0, gt=0, description="days agents' policy decisions are kept (GC trims)"
     )
+    agent_run_queue_timeout: float = Field(
+        default=3600.0, gt=0, description="seconds a run may wait for a node before it expires"
+    )
+    agent_run_approval_timeout: float = Field(
+        default=86400.0, gt=0, description="seconds a run may wait for an approval (then expired)"
+    )
     metrics_window_seconds: int = Field(
         default=7200, ge=60, le=86400, description="seconds of per-second samples kept in memory"
     )

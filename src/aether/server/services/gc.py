@@ -25,6 +25,7 @@ from aether.core.retention import ArtifactRow, DeploymentRow, plan_gc
 from aether.server.context import ServerContext
 from aether.server.services.cluster import read_snapshot
 from aether.server.services.migrations import apply_retention, snapshot_digests
+from aether.server.services.runs import expire_runs
 
 __all__ = ["GcResult", "collect_garbage"]
 
@@ -43,6 +44,7 @@ class GcResult:
     trimmed_task_events: int = 0  # task state changes older than any resume needs
     trimmed_audit_events: int = 0  # audit events older than audit_retention_days
     trimmed_policy_enforcements: int = 0  # older than policy_enforcements_retention_days
+    expired_runs: int = 0  # agents' runs no node started, or no one approved, in time
 
 
 #: Uploads younger than this are never treated as orphaned, whatever the grace period.
@@ -99,6 +101,7 @@ async def collect_garbage(
     trimmed_decisions = (
         0 if dry_run else await ctx.records.trim_enforcements_before(decisions_cutoff)
     )
+    expired_runs = 0 if dry_run else await expire_runs(ctx, now)
     if not dry_run:
         if plan.delete_blobs:
             ctx.metrics.artifacts_changed()
@@ -122,4 +125,5 @@ async def collect_garbage(
         trimmed_task_events=trimmed,
         trimmed_audit_events=trimmed_audit,
         trimmed_policy_enforcements=trimmed_decisions,
+        expired_runs=expired_runs,
     )

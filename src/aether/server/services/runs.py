@@ -54,7 +54,7 @@ from aether.server.context import ServerContext
 from aether.server.services.agent_policies import VersionedPolicy, enforce, find_policy, find_tool
 from aether.server.services.models import model_endpoint
 from aether.store.records.audit import AuditEntry
-from aether.store.records.base import Principal, now
+from aether.store.records.base import Principal, now, utc
 from aether.store.records.runs import new_run_id
 from aether.store.records.schema import AgentRow, AgentRunRow, AgentRunStepRow, AgentVersionRow
 from aether.tasks.queue.base import NewTask
@@ -65,6 +65,7 @@ __all__ = [
     "cancel_run",
     "dispatch",
     "drive",
+    "expire_runs",
     "finish",
     "publish",
     "report_tool",
@@ -914,3 +915,23 @@ async def _server_tool(
     except Exception as exc:  # a tool's failure is the run's information, not a crash
         log.exception("tool %s of run %s failed", tool.id, run.id)
         return False, f"{type(exc).__name__}: {exc}"
+
+
+async def expire_runs(ctx: ServerContext, now_ts: float) -> int:
+    """Expire the runs no node started within ``agent_run_queue_timeout`` and those that
+    waited for a person longer than ``agent_run_approval_timeout``; how many."""
+    settings = ctx.settings
+    expired = 0
+    for status, limit, why in (
+        ("queued", settings.agent_run_queue_timeout, "no node started it"),
+        ("requires_approval", settings.agent_run_approval_timeout, "no one decided its approval"),
+    ):
+        cutoff = utc(now_ts - limit)
+        for run in await ctx.records.runs_waiting_since(status, cutoff):
+            message = f"expired: {why} within {limit:g} s"
+            if await finish(ctx, run, "expired", stop_reason="expired", error=message):
+                if run.task_id:
+                    with contextlib.suppress(AetherError):
+                        await ctx.queue.cancel(run.task_id, run.tenant_id)
+                expired += 1
+    return expired

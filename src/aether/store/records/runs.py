@@ -167,6 +167,22 @@ class RunRecords(RecordsBase):
         async with self.sessions() as session:
             return int((await session.execute(query)).scalar_one())
 
+    async def runs_waiting_since(self, status: str, cutoff: datetime) -> Sequence[AgentRunRow]:
+        """Runs of every tenant in ``status`` since before ``cutoff`` (queued: created
+        then; waiting for approval: not changed since)."""
+        query = select(AgentRunRow).where(AgentRunRow.status == status)
+        if status == "queued":
+            query = query.where(AgentRunRow.created_at < cutoff)
+        else:
+            latest = (
+                select(func.max(AgentRunStepRow.started_at))
+                .where(AgentRunStepRow.run_id == AgentRunRow.id)
+                .scalar_subquery()
+            )
+            query = query.where(func.coalesce(latest, AgentRunRow.created_at) < cutoff)
+        async with self.sessions() as session:
+            return (await session.scalars(query.limit(1000))).all()
+
     async def queued_unstarted(self, thread_id: str) -> AgentRunRow | None:
         """The oldest run of the thread waiting its turn (queued with no task yet)."""
         query = (
