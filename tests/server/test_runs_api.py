@@ -440,3 +440,20 @@ async def test_a_run_no_node_starts_expires(
     assert "no node started it" in got["error"]
     task = _ok(await http.get(f"/api/v1/tasks/{got['task_id']}", headers=agent.headers))
     assert task["state"] == "cancelled"
+
+
+async def test_runs_do_not_hold_a_node_s_sandbox_slots(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    """A node with one sandbox slot drives several runs at once: a run waits on the
+    network, not on a sandbox."""
+    agent = await _agent(srv, http, llm, tools=[])
+    llm.script(*(say(f"answer {n}", delay=4) for n in range(3)))
+    with agent_worker(srv.base_url, srv.node_token("n1"), "n1", tmp_path, agent.id, concurrency=1):
+        made = [await _run(http, agent, f"q{n}", background=True) for n in range(3)]
+
+        async def all_running() -> bool:
+            got = [await _detail(http, agent, r["id"]) for r in made]
+            return all(g["status"] == "running" for g in got)
+
+        await eventually(all_running, "three runs in flight on a one-slot node", timeout=3.5)

@@ -20,7 +20,7 @@ __all__ = ["agent_worker"]
 
 @contextlib.contextmanager
 def agent_worker(
-    base_url: str, node_token: str, node: str, root: Path, *agent_ids: str
+    base_url: str, node_token: str, node: str, root: Path, *agent_ids: str, concurrency: int = 8
 ) -> Iterator[TaskWorker]:
     """Node ``node``'s task worker on the default queue and each agent's queue."""
     loop = asyncio.new_event_loop()
@@ -30,6 +30,7 @@ def agent_worker(
         node,
         root / node,
         dict(sandbox_drivers()),
+        concurrency=concurrency,
         queues=("default", *(f"agent.{a}" for a in agent_ids)),
     )
     stop = asyncio.Event()

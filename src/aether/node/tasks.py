@@ -22,7 +22,11 @@ from aether.model.tasks import TaskOut
 from aether.tasks.handlers import PermanentTaskError, TaskContext, handler_for
 from aether.tasks.types import lookup
 
-__all__ = ["TaskWorker"]
+__all__ = ["LIGHT_TYPES", "TaskWorker"]
+
+#: tasks that mostly wait on the network (an agent's run: the server does the model
+#: calls, the sandbox tools are tasks of their own): they do not hold a sandbox slot
+LIGHT_TYPES = frozenset({"agent:run"})
 
 log = logging.getLogger("aether.node.tasks")
 
@@ -36,6 +40,7 @@ class TaskWorker:
         sandboxes: dict[str, Any],
         *,
         concurrency: int = 8,
+        light_concurrency: int = 256,
         queues: tuple[str, ...] = ("default",),
         heartbeat_every: float = 1.0,
     ) -> None:
@@ -44,6 +49,7 @@ class TaskWorker:
         self.root = root
         self.sandboxes = sandboxes
         self.concurrency = concurrency
+        self.light_concurrency = light_concurrency
         self.queues = list(queues)
         self.heartbeat_every = heartbeat_every
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -54,6 +60,7 @@ class TaskWorker:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         slots = asyncio.Semaphore(self.concurrency)
+        light = asyncio.Semaphore(self.light_concurrency)
         while True:
             await slots.acquire()
             try:
@@ -68,11 +75,18 @@ class TaskWorker:
             if task is None:
                 slots.release()
                 continue
+            held = slots
+            if task.type in LIGHT_TYPES:  # trade the sandbox slot for a light one
+                slots.release()
+                await light.acquire()
+                held = light
             job = asyncio.create_task(self._run(task), name=f"task {task.id}")
             self.running[task.id] = job
 
-            def done(_: asyncio.Task[None], task_id: str = task.id) -> None:
-                slots.release()
+            def done(
+                _: asyncio.Task[None], task_id: str = task.id, held: asyncio.Semaphore = held
+            ) -> None:
+                held.release()
                 self.running.pop(task_id, None)
 
             job.add_done_callback(done)
