@@ -24,7 +24,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -583,21 +583,41 @@ async def _stream_model(
     of at most ~50 ms, so a fast model does not write one event per token)."""
     pending: list[str] = []
     flushed = 0.0
-    async with ModelClient(model_endpoint(ctx, model)) as client:
-        async for delta in client.stream_chat(
-            messages, _tool_specs(found.tools) or None, max_tokens=max_tokens
-        ):
-            if isinstance(delta, ContentDelta) and delta.text:
-                pending.append(delta.text)
-                if time.monotonic() - flushed >= 0.05:
-                    await publish(ctx, run, "delta", {"text": "".join(pending)})
-                    pending.clear()
-                    flushed = time.monotonic()
-            elif isinstance(delta, Done):
-                if pending:
-                    await publish(ctx, run, "delta", {"text": "".join(pending)})
-                return delta.result
+    client = _model_client(ctx, model)
+    async for delta in client.stream_chat(
+        messages, _tool_specs(found.tools) or None, max_tokens=max_tokens
+    ):
+        if isinstance(delta, ContentDelta) and delta.text:
+            pending.append(delta.text)
+            if time.monotonic() - flushed >= 0.05:
+                await publish(ctx, run, "delta", {"text": "".join(pending)})
+                pending.clear()
+                flushed = time.monotonic()
+        elif isinstance(delta, Done):
+            if pending:
+                await publish(ctx, run, "delta", {"text": "".join(pending)})
+            return delta.result
     raise BadRequestError("the model's stream ended without a result")
+
+
+_CLIENTS: OrderedDict[tuple[int, str, str, str | None], ModelClient] = OrderedDict()
+_CLIENTS_KEPT = 64
+
+
+def _model_client(ctx: ServerContext, model: Any) -> ModelClient:
+    """A client per model endpoint, kept (an HTTP client costs tens of milliseconds to
+    make: its TLS context) and reused by every step of every run on this server."""
+    endpoint = model_endpoint(ctx, model)
+    key = (id(ctx), endpoint.base_url, endpoint.model_id, endpoint.api_key)
+    client = _CLIENTS.get(key)
+    if client is None:
+        client = _CLIENTS[key] = ModelClient(endpoint)
+        while len(_CLIENTS) > _CLIENTS_KEPT:
+            _, old = _CLIENTS.popitem(last=False)
+            asyncio.get_running_loop().create_task(old.aclose())
+    else:
+        _CLIENTS.move_to_end(key)
+    return client
 
 
 async def _decide(ctx: ServerContext, run: AgentRunRow, found: _Agent, move: Decide) -> None:
