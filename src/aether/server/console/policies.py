@@ -49,6 +49,10 @@ def _api_policy(policy_id: str) -> str:
 def editable(policy: dict[str, Any]) -> str:
     """The policy as the editor shows it: YAML of the fields one can change."""
     fields = {k: v for k, v in policy.items() if k not in GENERATED}
+    # each constraint has one kind: leave out the others' nulls
+    fields["constraints"] = [
+        {k: v for k, v in c.items() if v is not None} for c in fields.get("constraints", [])
+    ]
     return yaml.safe_dump(fields, sort_keys=False, allow_unicode=True)
 
 
