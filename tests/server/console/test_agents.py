@@ -287,3 +287,28 @@ def test_in_a_browser_an_operator_creates_an_agent_from_a_recipe(
     )
     screenshot(page, "agents")
     context.close()
+
+
+def test_the_agent_and_policy_pages_fit_a_phone_and_pass_the_accessibility_scan(
+    server: RunningServer, browser: Browser
+) -> None:
+    tenant = unique("phone")
+    admin = server.mint("admin", tenant)
+    agent = new_agent(server, admin)
+    context = new_console(browser, width=390, height=844)
+    page = context.new_page()
+    sign_in(page, server.base_url, admin, "/ui/agents")
+    no_overflow = "document.documentElement.scrollWidth <= window.innerWidth"
+    for path, title in (
+        ("/ui/agents", "My Agents"),
+        (f"/ui/agents/{agent['id']}", f"Agent {agent['name']}"),
+        ("/ui/agents/new", "pick a recipe"),
+        ("/ui/agents/new?recipe=docs-qa", "Docs Q&A"),
+        ("/ui/policies", "Policies"),
+        ("/ui/policies/default-safe", "Policy default-safe"),
+    ):
+        page.goto(f"{server.base_url}{path}")
+        expect(page.locator("main h1")).to_contain_text(title)
+        assert axe_violations(page) == [], path
+        assert page.evaluate(no_overflow), path
+    context.close()
