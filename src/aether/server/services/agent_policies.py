@@ -127,7 +127,7 @@ def _recorded_call(row: PolicyEnforcementRow, tool: Tool | None) -> RecordedCall
     hosts = hosts_of(tool, row.arguments) if tool is not None else []
     request = DecisionRequest(
         principal_kind="user" if kind == "user" else "agent",
-        principal=principal or row.principal,
+        principal=(principal or row.principal)[:128],  # what a request may name
         tool_id=row.tool_id,
         arguments=row.arguments,
         hosts=hosts,
