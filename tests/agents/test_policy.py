@@ -202,6 +202,7 @@ def test_simulate_replays_calls_under_a_changed_policy() -> None:
     ]
     assert [r.changed for r in replayed] == [False, True, True]
     assert replayed[2].call is calls[2]
+    assert replayed[2].reasons == ["the tool is allowed"]  # why the new outcome
 
 
 @pytest.mark.parametrize("arg", ["if", "in", "has", "like", "true", "is", "context"])

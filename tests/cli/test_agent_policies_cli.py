@@ -121,3 +121,65 @@ def test_policies_create_set_evaluate_rm(srv: RunningServer, tmp_path: Path) -> 
     assert fixed.returncode == 42 and "built in" in fixed.stderr
     gone = aether(srv, tmp_path, "policies", "rm", "ops", token=token)
     assert gone.returncode == 0 and "policy ops deleted" in gone.stdout
+
+
+def test_policies_simulate_shows_what_a_changed_policy_would_decide(
+    srv: RunningServer, tmp_path: Path
+) -> None:
+    tenant = unique("cli-sim")
+    token = srv.mint("admin", tenant)
+    (tmp_path / "open.yaml").write_text("id: ops\ntools: [run-command]\n")
+    created = aether(srv, tmp_path, "policies", "create", str(tmp_path / "open.yaml"), token=token)
+    assert created.returncode == 0, created.stderr
+    for command in ("ls -la", "rm -rf /"):
+        args = json.dumps({"command": command})
+        done = aether(
+            srv,
+            tmp_path,
+            "policies",
+            "evaluate",
+            "ops",
+            "--tool",
+            "run-command",
+            "--args",
+            args,
+            token=token,
+        )
+        assert done.returncode == 0 and done.stdout.startswith("allowed"), done.stderr
+    (tmp_path / "changed.yaml").write_text(POLICY.replace("cluster-status, ", ""))
+
+    def simulate(*extra: str, token: str = token) -> subprocess.CompletedProcess[str]:
+        return aether(srv, tmp_path, "policies", "simulate", "ops", *extra, token=token)
+
+    shown = simulate("--file", str(tmp_path / "changed.yaml"))
+    assert shown.returncode == 0, shown.stderr
+    first, *table = shown.stdout.splitlines()
+    assert first == (
+        "policy ops: 2 calls replayed, 1 changed; would allow 1, deny 1, need approval 0"
+    )
+    assert "ENFORCEMENT" in table[0] and "WHY" in table[0]
+    assert len(table) == 2 and "user:" in table[1] and "run-command" in table[1]
+    assert "allow -> deny" in table[1] and "must run one of: ls, cat" in table[1]
+
+    answer = json.loads(
+        simulate("--file", str(tmp_path / "changed.yaml"), "--format", "json").stdout
+    )
+    assert answer["changed"] == 1 and answer["calls"][0]["new"] == "deny"
+    newest = json.loads(
+        simulate(
+            "--file", str(tmp_path / "changed.yaml"), "--limit", "1", "--format", "json"
+        ).stdout
+    )
+    assert newest["replayed"] == 1 and newest["calls"][0]["old"] == "allow"
+    same = simulate("--file", str(tmp_path / "open.yaml"))
+    assert same.returncode == 0 and same.stdout.endswith("no decision would change\n")
+
+    (tmp_path / "bad.yaml").write_text("tools: run-command\n")
+    bad = simulate("--file", str(tmp_path / "bad.yaml"))
+    assert bad.returncode == 42 and "invalid policy: tools" in bad.stderr
+    other = simulate("--file", str(tmp_path / "open.yaml"), token=srv.new_tenant())
+    assert other.returncode == 41 and "policy 'ops' not found" in other.stderr
+    viewer = simulate("--file", str(tmp_path / "open.yaml"), token=srv.mint("viewer", tenant))
+    assert viewer.returncode == 42 and "operator" in viewer.stderr, viewer.stderr
+    missing = simulate("--file", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 30 and "cannot read" in missing.stderr

@@ -273,6 +273,7 @@ ROUTES: dict[str, Rule] = {
     "PATCH /api/v1/policies/{policy_id}": Rule("admin", owned=True),
     "DELETE /api/v1/policies/{policy_id}": Rule("admin", owned=True, fresh=True),
     "POST /api/v1/policies/{policy_id}/evaluate": Rule("operator", owned=True),
+    "POST /api/v1/policies/{policy_id}/simulate": Rule("operator", owned=True),
     "GET /api/v1/policy-enforcements": Rule("admin"),
     # AI agents and their catalog
     "GET /api/v1/agent-catalog": Rule("viewer"),
@@ -417,6 +418,7 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/policies/{policy_id}/evaluate": {
             "json": {"tool_id": p["tool_id"], "arguments": {"city": "Oslo"}}
         },
+        "POST /api/v1/policies/{policy_id}/simulate": {"json": {"policy": {"tools": ["*"]}}},
         "POST /api/v1/agent-catalog": {"json": _recipe(unique("recipe"))},
         "POST /api/v1/agents": {"json": {"name": unique("agent"), "model": f"model://{p['name']}"}},
         "POST /api/v1/agents/import": {

@@ -469,6 +469,7 @@ class Replayed:
     call: RecordedCall
     old: Outcome
     new: Outcome
+    reasons: list[str] = field(default_factory=list)  # why the new outcome
 
     @property
     def changed(self) -> bool:
@@ -476,5 +477,10 @@ class Replayed:
 
 
 def simulate(policy: Policy, calls: Iterable[RecordedCall]) -> list[Replayed]:
-    """Each recorded call decided again under ``policy`` (pure): the old and new outcome."""
-    return [Replayed(call, call.outcome, decide(policy, call.request).outcome) for call in calls]
+    """Each recorded call decided again under ``policy`` (pure): the old and new outcome,
+    and the new decision's reasons."""
+    replayed = []
+    for call in calls:
+        decision = decide(policy, call.request)
+        replayed.append(Replayed(call, call.outcome, decision.outcome, decision.reasons))
+    return replayed

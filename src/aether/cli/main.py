@@ -653,7 +653,9 @@ def _agent_policy_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     q.add_argument("file")
     _common(q)
 
-    p = sub.add_parser("policies", help="agent policies: ls, get, create, set, rm, evaluate")
+    p = sub.add_parser(
+        "policies", help="agent policies: ls, get, create, set, rm, evaluate, simulate"
+    )
     pols = p.add_subparsers(dest="policies_command", metavar="SUBCOMMAND", parser_class=_Parser)
     pols.required = True
     _common(pols.add_parser("ls", help="default-safe and this tenant's own policies"))
@@ -675,6 +677,14 @@ def _agent_policy_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     q.add_argument("--tool", required=True, help="the tool's id")
     q.add_argument("--args", default="{}", help="the call's arguments as a JSON object")
     q.add_argument("--agent", default=None, help="decide for this agent (default: you)")
+    _common(q)
+    q = pols.add_parser(
+        "simulate", help="replay policy ID's past decisions under the changed policy of FILE"
+    )
+    q.add_argument("id")
+    q.add_argument("--file", required=True, help="the changed policy (YAML or JSON; - : stdin)")
+    q.add_argument("--limit", type=int, default=None, metavar="N", help="the newest N (1000)")
+    q.add_argument("--since", default=None, metavar="TIME", help="only decisions since (ISO)")
     _common(q)
 
 

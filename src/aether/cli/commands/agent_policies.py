@@ -2,7 +2,8 @@
 decide their calls.
 
 ``tools ls|get ID|search QUERY|add FILE|rm ID|sync FILE`` and ``policies ls|get
-ID|create FILE|set ID FILE|rm ID|evaluate ID --tool T --args JSON``. A FILE is YAML
+ID|create FILE|set ID FILE|rm ID|evaluate ID --tool T --args JSON|simulate ID --file
+FILE``. A FILE is YAML
 (or JSON, which is YAML too); ``-`` reads standard input.
 """
 
@@ -147,6 +148,40 @@ def _decision_text(answer: dict[str, Any]) -> str:
     )
 
 
+def _simulation_text(answer: dict[str, Any]) -> str:
+    counts = (
+        f"policy {answer['policy_id']}: {answer['replayed']} calls replayed, "
+        f"{answer['changed']} changed; would allow {answer['would_allow']}, "
+        f"deny {answer['would_deny']}, need approval {answer['would_need_approval']}"
+    )
+    changed = [c for c in answer["calls"] if c["old"] != c["new"]]
+    if not changed:
+        return f"{counts}\nno decision would change"
+    rows = [
+        [
+            str(c["enforcement_id"]),
+            c["at"],
+            c["principal"],
+            c["tool_id"],
+            f"{c['old']} -> {c['new']}",
+            "; ".join(c["reasons"]),
+        ]
+        for c in changed
+    ]
+    return f"{counts}\n{table(rows, ['enforcement', 'at', 'principal', 'tool', 'decision', 'why'])}"
+
+
+async def _simulate(client: ApiClient, args: argparse.Namespace) -> tuple[Any, str]:
+    policy = _patch(args.id, _document(args.file))
+    body: dict[str, Any] = {"policy": {**policy, "id": args.id}}
+    if args.limit is not None:
+        body["limit"] = args.limit
+    if args.since is not None:
+        body["since"] = args.since
+    answer = await client.json("POST", f"/api/v1/policies/{_one(args.id)}/simulate", json=body)
+    return answer, _simulation_text(answer)
+
+
 async def _policies(client: ApiClient, args: argparse.Namespace) -> tuple[Any, str]:
     command = args.policies_command
     if command == "ls":
@@ -165,6 +200,8 @@ async def _policies(client: ApiClient, args: argparse.Namespace) -> tuple[Any, s
     if command == "rm":
         await client.request("DELETE", f"/api/v1/policies/{_one(args.id)}")
         return {"id": args.id, "deleted": True}, f"policy {args.id} deleted"
+    if command == "simulate":
+        return await _simulate(client, args)
     body: dict[str, Any] = {"tool_id": args.tool, "arguments": _arguments(args.args)}
     if args.agent:
         body.update(principal=args.agent, principal_kind="agent")

@@ -4,8 +4,10 @@
 into every tenant), ``POST /policies``, ``PATCH`` and ``DELETE /policies/{policy_id}``
 (admin; a change bumps the version; the built-in is a 409: copy it under another id),
 ``POST /policies/{policy_id}/evaluate`` (operator: a dry decision on one tool call,
-kept as a policy enforcement whose id the request's audit event names) and ``GET
-/policy-enforcements`` (admin; newest first). Another tenant's policy is a 404.
+kept as a policy enforcement whose id the request's audit event names), ``POST
+/policies/{policy_id}/simulate`` (operator: the policy's kept decisions replayed under
+a changed policy; nothing kept, nothing switched on) and ``GET /policy-enforcements``
+(admin; newest first). Another tenant's policy is a 404.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from aether.server.services.agent_policies import (
     find_policy,
     find_tool,
     list_policies,
+    replay,
 )
 from aether.store.records.schema import PolicyEnforcementRow
 
@@ -233,6 +236,92 @@ async def evaluate(
         policy_ids=decision.policy_ids,
         policy_version=found.version,
         enforcement_id=row.id,
+    )
+
+
+class SimulateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: the changed policy, as ``POST /policies`` takes it (``id`` may be left out)
+    policy: dict[str, Any]
+    #: replay at most this many of the newest decisions
+    limit: Annotated[int, Field(ge=1, le=1000)] = 1000
+    #: replay only decisions made at or after this time (no zone: UTC)
+    since: datetime | None = None
+
+
+class SimulatedCall(BaseModel):
+    enforcement_id: int
+    tool_id: str
+    principal: str
+    at: Timestamp
+    old: Outcome
+    new: Outcome
+    reasons: list[str]  # why the changed policy decides ``new``
+
+
+class SimulateOut(BaseModel):
+    policy_id: str
+    replayed: int
+    changed: int
+    would_allow: int
+    would_deny: int
+    would_need_approval: int
+    calls: list[SimulatedCall]  # the changed ones first, then newest first
+
+
+def _changed_policy(policy_id: str, body: dict[str, Any]) -> Policy:
+    """The body's policy, validated as ``POST /policies`` does; its id is ``policy_id``."""
+    given = body.get("id", policy_id)
+    if given != policy_id:
+        raise BadRequestError(
+            f"the policy's id {given!r} is not {policy_id!r}: simulate changes of this policy"
+        )
+    try:
+        return Policy.model_validate({**body, "id": policy_id})
+    except ValidationError as exc:
+        problem = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {e['msg']}"
+            for e in exc.errors()[:5]
+        )
+        raise BadRequestError(f"invalid policy: {problem}") from None
+
+
+@router.post("/policies/{policy_id}/simulate")
+async def simulate_policy(
+    policy_id: str, body: SimulateIn, caller: Operator, ctx: Ctx
+) -> SimulateOut:
+    """Replay the tool calls this policy decided (the tenant's kept enforcements, newest
+    first, up to ``limit``, since ``since``) under the changed policy of the body, and
+    say what it would decide. Counters are not kept with a decision: the calls are
+    replayed with zero counters, and redacted arguments as kept."""
+    await find_policy(ctx, caller.tenant_id, policy_id)
+    changed = _changed_policy(policy_id, body.policy)
+    await _tools_exist(ctx, caller.tenant_id, changed)
+    pairs = await replay(
+        ctx, caller.tenant_id, policy_id, changed, limit=body.limit, since=body.since
+    )
+    calls = [
+        SimulatedCall(
+            enforcement_id=row.id,
+            tool_id=row.tool_id,
+            principal=row.principal,
+            at=row.created_at,
+            old=done.old,
+            new=done.new,
+            reasons=done.reasons,
+        )
+        for row, done in pairs
+    ]
+    news = [c.new for c in calls]
+    return SimulateOut(
+        policy_id=policy_id,
+        replayed=len(calls),
+        changed=sum(c.old != c.new for c in calls),
+        would_allow=news.count("allow"),
+        would_deny=news.count("deny"),
+        would_need_approval=news.count("approval"),
+        calls=sorted(calls, key=lambda c: c.old == c.new),  # stable: newest first in each
     )
 
 

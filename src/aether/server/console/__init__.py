@@ -21,10 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aether.errors import AetherError
 from aether.server.console import (
+    agents,
     apps,
     fallback,
     nodes,
     overview,
+    policies,
     risk,
     settings,
     signin,
@@ -58,6 +60,8 @@ _PAGES = (
     topology,
     tasks,
     risk,
+    agents,
+    policies,
     settings,
     fallback,
 )

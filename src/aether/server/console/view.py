@@ -57,6 +57,8 @@ NAV = (
     ("tasks", "Tasks", "/ui/tasks"),
     ("risk", "Risk & decisions", "/ui/risk"),
     ("topology", "Topology", "/ui/topology"),
+    ("agents", "Agents", "/ui/agents"),
+    ("policies", "Policies", "/ui/policies"),
     ("settings", "Settings", "/ui/settings"),
 )
 

@@ -6,12 +6,23 @@ list them, decide a call and keep the decision as a policy enforcement.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from aether.agents.policy import DEFAULT_SAFE, Decision, DecisionRequest, Policy, decide
+from aether.agents.policy import (
+    DEFAULT_SAFE,
+    Decision,
+    DecisionRequest,
+    Policy,
+    RecordedCall,
+    Replayed,
+    decide,
+    simulate,
+)
 from aether.agents.policy import redact_arguments as redact
 from aether.agents.tools import BUILTIN_TOOLS, Tool, hosts_of
 from aether.errors import InternalError, NotFoundError
@@ -27,6 +38,7 @@ __all__ = [
     "find_tool",
     "list_policies",
     "list_tools",
+    "replay",
 ]
 
 BUILTIN_POLICIES: dict[str, Policy] = {DEFAULT_SAFE.id: DEFAULT_SAFE}
@@ -105,3 +117,46 @@ async def enforce(
         )
     )
     return decision, row
+
+
+def _recorded_call(row: PolicyEnforcementRow, tool: Tool | None) -> RecordedCall:
+    """A kept decision as the call it was: the principal split back into its kind and
+    id, the arguments as kept (redacted), the hosts the tool reaches with them, and zero
+    counters (a decision keeps no counters)."""
+    kind, _, principal = row.principal.partition(":")
+    hosts = hosts_of(tool, row.arguments) if tool is not None else []
+    request = DecisionRequest(
+        principal_kind="user" if kind == "user" else "agent",
+        principal=(principal or row.principal)[:128],  # what a request may name
+        tool_id=row.tool_id,
+        arguments=row.arguments,
+        hosts=hosts,
+    )
+    return RecordedCall.model_validate({"request": request, "outcome": row.decision})
+
+
+def _naive_utc(at: datetime) -> datetime:
+    """How the records keep time: UTC without a zone (a naive ``at`` is taken as UTC)."""
+    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+
+
+async def replay(
+    ctx: ServerContext,
+    tenant_id: str,
+    policy_id: str,
+    changed: Policy,
+    *,
+    limit: int,
+    since: datetime | None = None,
+) -> list[tuple[PolicyEnforcementRow, Replayed]]:
+    """The tenant's kept decisions under ``policy_id`` (newest first, at most ``limit``,
+    none older than ``since``) decided again under ``changed``. Nothing is written."""
+    rows = await ctx.records.enforcements(tenant_id, policy_id=policy_id, limit=limit)
+    if since is not None:  # the newest ``limit`` cut at ``since``: the newest ``limit`` since
+        rows = [r for r in rows if r.created_at >= _naive_utc(since)]
+    tools: dict[str, Tool | None] = {}
+    for tool_id in {r.tool_id for r in rows}:
+        tools[tool_id] = await find_tool(ctx, tenant_id, tool_id)
+    calls = [_recorded_call(r, tools[r.tool_id]) for r in rows]
+    replayed = await asyncio.to_thread(simulate, changed, calls)
+    return list(zip(rows, replayed, strict=True))
