@@ -289,6 +289,19 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/agents/{agent_id}/disable": Rule("operator", owned=True),
     "POST /api/v1/agents/{agent_id}/enable": Rule("operator", owned=True),
     "GET /api/v1/agents/{agent_id}/export": Rule("viewer", owned=True),
+    # agents' runs: viewers read, operators start, cancel and approve; the node driving a
+    # run (any node: nodes are the cluster's) asks what is next and reports tool results
+    "POST /api/v1/agents/{agent}/runs": Rule("operator", owned=True),
+    "GET /api/v1/agents/{agent}/runs": Rule("viewer", owned=True),
+    "GET /api/v1/agents/{agent}/metrics": Rule("viewer", owned=True),
+    "GET /api/v1/runs": Rule("viewer"),
+    "GET /api/v1/runs/{run_id}": Rule("viewer", owned=True),
+    "GET /api/v1/runs/{run_id}/events": Rule("viewer", owned=True, stream=True),
+    "POST /api/v1/runs/{run_id}/cancel": Rule("operator", owned=True),
+    "POST /api/v1/runs/{run_id}/approvals": Rule("operator", owned=True),
+    "GET /api/v1/threads/{thread_id}/runs": Rule("viewer", owned=True),
+    "POST /api/v1/agent-runtime/runs/{run_id}/next": Rule("node"),
+    "POST /api/v1/agent-runtime/runs/{run_id}/steps/{seq}/result": Rule("node"),
     # agents' memory: viewers list and search, operators write and delete
     "GET /api/v1/memory": Rule("viewer"),
     "POST /api/v1/memory": Rule("operator"),
@@ -425,6 +438,14 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
             "json": {"aether_agent": 1, "name": unique("agent"), "model": f"model://{p['name']}"}
         },
         "PATCH /api/v1/agents/{agent_id}": {"json": {"config": {"max_tokens": 64}}},
+        "POST /api/v1/agents/{agent}/runs": {"json": {"input": "matrix", "background": True}},
+        "POST /api/v1/runs/{run_id}/approvals": {"json": {"decision": "approve"}},
+        "POST /api/v1/agent-runtime/runs/{run_id}/next": {
+            "json": {"node": world.node, "task_id": "not-its-task"}
+        },
+        "POST /api/v1/agent-runtime/runs/{run_id}/steps/{seq}/result": {
+            "json": {"node": world.node, "ok": True, "output": "x"}
+        },
     }
     return bodies.get(f"{method} {path}", {})
 
@@ -754,6 +775,18 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             ),
             201,
         )
+        run = _ok(  # no node drives it: it stays queued
+            await http.post(
+                f"/api/v1/agents/{agent['id']}/runs",
+                json={
+                    "input": "tenant A's secret question",
+                    "background": True,
+                    "thread_id": unique("thread"),
+                },
+                headers=admin,
+            ),
+            202,
+        )
         migration = _ok(
             await http.post(
                 "/api/v1/instances/migrate",
@@ -787,6 +820,10 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             "recipe_id": recipe["id"],
             "agent_id": agent["id"],
             "memory_id": memory["id"],
+            "agent": agent["id"],
+            "run_id": run["id"],
+            "thread_id": run["thread_id"],
+            "seq": "1",
             "instance": instance["key"],
             "node": node,
             "app_version": "nothing@1",
@@ -947,6 +984,7 @@ _NAMED_ELSEWHERE: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
         }
     },
     "GET /api/v1/memory/search": lambda p: {"params": {"agent_id": p["agent_id"], "q": "secret"}},
+    "GET /api/v1/runs": lambda p: {"params": {"agent": p["agent"]}},
 }
 
 
@@ -993,6 +1031,8 @@ _SECRETS_TOO = (
     "recipe_id",
     "agent_id",
     "memory_id",
+    "run_id",
+    "thread_id",
 )
 
 
