@@ -78,7 +78,7 @@ async def _wait_until_settled(ctx: ServerContext, run: AgentRunRow, seconds: flo
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        await service.signals.wait(run.id, min(left, STREAM_POLL))
+        await service.signals.wait(run.id, min(left, STREAM_POLL), settled=True)
         fresh = await ctx.records.run(run.id)
         assert fresh is not None
         run = fresh

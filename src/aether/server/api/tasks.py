@@ -162,6 +162,8 @@ async def claim(
     while True:
         if await request.is_disconnected():
             return Response(status_code=204)
+        # cleared before looking, so a task submitted while this claim looks wakes it
+        ctx.task_submitted.clear()
         task = await ctx.queue.claim(
             body.node,
             node=body.node,
@@ -174,7 +176,6 @@ async def claim(
         left = deadline - time.monotonic()
         if left <= 0:
             return Response(status_code=204)
-        ctx.task_submitted.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(left, 0.5)):  # delayed tasks come due by themselves
                 await ctx.task_submitted.wait()

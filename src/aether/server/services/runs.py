@@ -61,6 +61,7 @@ from aether.tasks.queue.base import NewTask
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "SETTLING_EVENTS",
     "approve",
     "cancel_run",
     "dispatch",
@@ -85,24 +86,31 @@ RUN_TIMEOUT = 3600.0  # seconds an ``agent:run`` task may hold its lease overall
 
 
 class RunSignals:
-    """Wakes this server's waiters on a run (its stream, a waiting ``POST``) as soon as
-    the run changes here; waiters also poll, for changes made by another server."""
+    """Wakes this server's waiters on a run as soon as the run changes here: a stream on
+    any event, a waiting ``POST`` only when the run settles (ends, or waits for a
+    person). Waiters also poll, for changes made by another server."""
 
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._changed: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._settled: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
-    def notify(self, run_id: str) -> None:
-        event = self._events.pop(run_id, None)
-        if event is not None:
-            event.set()
+    def notify(self, run_id: str, *, settled: bool = False) -> None:
+        for events in (self._changed, self._settled) if settled else (self._changed,):
+            event = events.pop(run_id, None)
+            if event is not None:
+                event.set()
 
-    async def wait(self, run_id: str, timeout: float) -> None:
-        event = self._events[run_id]
+    async def wait(self, run_id: str, timeout: float, *, settled: bool = False) -> None:
+        event = (self._settled if settled else self._changed)[run_id]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await event.wait()
 
 
+#: the events after which a run is settled: ended, or waiting for a person
+SETTLING_EVENTS = frozenset(
+    {"run.completed", "run.failed", "run.cancelled", "run.expired", "run.requires_approval"}
+)
 signals = RunSignals()
 
 
@@ -168,7 +176,7 @@ def run_out(run: AgentRunRow, agent_name: str, pending: AgentRunStepRow | None =
 
 async def publish(ctx: ServerContext, run: AgentRunRow, type_: str, data: dict[str, Any]) -> int:
     seq = await ctx.records.add_run_event(run.tenant_id, run.id, type_, data)
-    signals.notify(run.id)
+    signals.notify(run.id, settled=type_ in SETTLING_EVENTS)
     return seq
 
 
@@ -460,14 +468,22 @@ def _today() -> datetime:
     return now().replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-async def _counters(ctx: ServerContext, run: AgentRunRow) -> Counters:
+async def _counters(ctx: ServerContext, run: AgentRunRow, found: _Agent) -> Counters:
+    """What the run used so far; the day's totals only when a policy caps them (they
+    cost a query each)."""
     day = _today()
+    budgets = [p.token_budgets for p in found.rules]
+    agent_day = tenant_day = 0
+    if any(b.per_agent_per_day is not None for b in budgets):
+        agent_day = await ctx.records.tokens_since(run.tenant_id, day, run.agent_id)
+    if any(b.per_tenant_per_day is not None for b in budgets):
+        tenant_day = await ctx.records.tokens_since(run.tenant_id, day, None)
     return Counters(
         steps=run.steps,
         tool_calls=run.tool_calls,
         tokens_run=run.tokens_in + run.tokens_out,
-        tokens_agent_day=await ctx.records.tokens_since(run.tenant_id, day, run.agent_id),
-        tokens_tenant_day=await ctx.records.tokens_since(run.tenant_id, day, None),
+        tokens_agent_day=agent_day,
+        tokens_tenant_day=tenant_day,
     )
 
 
@@ -502,7 +518,7 @@ async def _model_step(
 ) -> bool:
     """Ask the model (streaming its text to the run's stream) and keep the step.
     False: the run ended instead (a budget, a model that failed)."""
-    counters = await _counters(ctx, run)
+    counters = await _counters(ctx, run, found)
     stop = model_stop(
         found.rules,
         steps=counters.steps,
@@ -639,7 +655,7 @@ async def _decide(ctx: ServerContext, run: AgentRunRow, found: _Agent, move: Dec
             status, decision, problem = "failed", "deny", exc.message
             reasons = [exc.message]
     if tool is not None and problem is None:
-        counters = await _counters(ctx, run)
+        counters = await _counters(ctx, run, found)
         request = DecisionRequest(
             principal_kind="agent",
             principal=run.agent_id,
