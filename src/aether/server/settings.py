@@ -175,6 +175,11 @@ class ServerSettings(BaseSettings):
         default=False,
         description="POST /api/v1/tools/sync loads tool definitions from YAML; off: 404",
     )
+    egress_allow: str = Field(
+        default="",
+        description="CIDRs (comma-separated, e.g. 127.0.0.0/8,10.1.0.0/16) of loopback or "
+        "private addresses models, memory embeddings and agents' tools may reach; empty: none",
+    )
 
     @model_validator(mode="after")
     def _advisers(self) -> ServerSettings:
@@ -193,6 +198,20 @@ class ServerSettings(BaseSettings):
                     f"AETHER_ADVISER_{layer.upper()}_URL: the model to ask"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _egress(self) -> ServerSettings:
+        from aether.agents.egress import parse_networks
+
+        try:
+            parse_networks(self.egress_allowed())
+        except ValueError as exc:
+            raise ValueError(f"AETHER_EGRESS_ALLOW: {exc}") from None
+        return self
+
+    def egress_allowed(self) -> list[str]:
+        """The CIDRs of ``egress_allow``, one per item."""
+        return [cidr.strip() for cidr in self.egress_allow.split(",") if cidr.strip()]
 
     @model_validator(mode="after")
     def _rate_limit(self) -> ServerSettings:
