@@ -6,7 +6,8 @@ answers by path:
 - ``/redirect?to=URL``: a 302 to ``URL``;
 - ``/big``: 100 KiB of text;
 - ``/slow``: waits 5 s;
-- anything else: 200 with a JSON echo of the request (method, path, query, body).
+- anything else: 200 with a JSON echo of the request (method, path, query, body,
+  headers).
 """
 
 from __future__ import annotations
@@ -76,7 +77,13 @@ class ToolServer:
         if path == "/slow":
             await asyncio.sleep(5)
         return JSONResponse(
-            {"method": seen.method, "path": seen.path, "query": seen.query, "body": seen.body}
+            {
+                "method": seen.method,
+                "path": seen.path,
+                "query": seen.query,
+                "body": seen.body,
+                "headers": seen.headers,
+            }
         )
 
 
