@@ -682,3 +682,15 @@ class MemoryItemRow(Base):
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     embedding_model: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime]
+
+
+class SecretRow(Base):
+    """A tenant's named secret (an http tool's header, a policy's redaction): its value
+    sealed (``services/secretbox.py``), never plain, never returned."""
+
+    __tablename__ = "secrets"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # v1:KEY_ID:TOKEN
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

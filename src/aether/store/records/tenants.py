@@ -43,6 +43,7 @@ from aether.store.records.schema import (
     PolicyEnforcementRow,
     PublicKey,
     Sandbox,
+    SecretRow,
     SnapshotRecord,
     Task,
     TaskEventRow,
@@ -105,6 +106,7 @@ class PurgedTenant:
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
     MemoryItemRow,  # its FTS5 rows go with it (migration 0021's triggers)
+    SecretRow,
     AgentVersionRow,
     AgentRow,
     AgentRecipeRow,
