@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from aether.server.settings import ServerSettings
 from tests.support.api import bearer, make_agent, unique
 from tests.support.model_server import ModelServer, model_server, say
 from tests.support.server import RunningServer, running_server
@@ -90,3 +92,14 @@ def test_the_cluster_may_allow_a_private_range(tmp_path: Path, llm: ModelServer)
         metadata = _add(http, token, "http://169.254.169.254/v1")
         refused = http.post(f"/api/v1/models/{metadata}/test", headers=bearer(token))
         assert refused.status_code == 403 and refused.json()["code"] == "egress_denied"
+
+
+def test_the_setting_is_comma_separated_cidrs_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AETHER_EGRESS_ALLOW", "127.0.0.0/8, 10.1.0.0/16,")
+    assert ServerSettings().egress_allowed() == ["127.0.0.0/8", "10.1.0.0/16"]
+    monkeypatch.delenv("AETHER_EGRESS_ALLOW")
+    assert ServerSettings().egress_allowed() == []
+    with pytest.raises(ValidationError, match=r"AETHER_EGRESS_ALLOW: '10\.1\.0/33'"):
+        ServerSettings(egress_allow="10.1.0/33")
