@@ -4,10 +4,17 @@ checks each redirect), against a real server on loopback."""
 
 from __future__ import annotations
 
+import datetime
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from aether.agents.egress import (
     EgressTransport,
@@ -17,7 +24,7 @@ from aether.agents.egress import (
     parse_networks,
 )
 from aether.errors import EgressDeniedError, ForbiddenError
-from tests.support.tool_server import ToolServer, tool_server
+from tests.support.tool_server import ToolServer, serving, tool_server
 
 LOOPBACK = ["127.0.0.0/8"]
 
@@ -145,3 +152,54 @@ async def test_the_transport_refuses_before_connecting(web: ToolServer) -> None:
         with pytest.raises(EgressDeniedError, match="loopback"):
             await client.get(f"{web.url}/x")
     assert web.requests == []
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for the name ``localhost`` only (not its IP)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_https_to_the_pinned_address_checks_the_certificate_of_the_name(
+    tmp_path: Path,
+) -> None:
+    cert_file, key_file = _certificate(tmp_path)
+    server = ToolServer()
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+    with serving(server, tls=(cert_file, key_file)) as url:
+        port = url.rsplit(":", 1)[1]
+        inner = httpx.AsyncHTTPTransport(verify=trusting)
+        transport = EgressTransport(["localhost"], LOOPBACK, inner=inner)
+        async with httpx.AsyncClient(transport=transport) as client:
+            answer = await client.get(f"https://localhost:{port}/tls")
+            assert answer.status_code == 200 and answer.json()["path"] == "/tls"
+        # the certificate names localhost, not 127.0.0.1: verified against the name
+        ip_only = EgressTransport(
+            ["127.0.0.1"], LOOPBACK, inner=httpx.AsyncHTTPTransport(verify=trusting)
+        )
+        async with httpx.AsyncClient(transport=ip_only) as client:
+            with pytest.raises(httpx.ConnectError, match=r"(?i)certificate|hostname|IP address"):
+                await client.get(f"https://127.0.0.1:{port}/tls")

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -88,11 +89,20 @@ class ToolServer:
 
 
 @contextlib.contextmanager
-def serving(app: ASGIApp, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
-    """``app`` served on a free loopback port (its base URL), stopped on exit."""
+def serving(
+    app: ASGIApp, *, lifespan: Literal["on", "off"] = "off", tls: tuple[Path, Path] | None = None
+) -> Iterator[str]:
+    """``app`` served on a free loopback port (its base URL), stopped on exit; with
+    ``tls`` (a certificate and its key, PEM files) over HTTPS."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan=lifespan,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, name="tool-server", daemon=True)
@@ -103,7 +113,7 @@ def serving(app: ASGIApp, *, lifespan: Literal["on", "off"] = "off") -> Iterator
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         uv.should_exit = True
         thread.join(timeout=10)

@@ -140,9 +140,23 @@ async def check_url(url: str, *, allowed_hosts: list[str], allow_private: list[s
     await checked_addresses(url, allowed_hosts=allowed_hosts, allow_private=allow_private)
 
 
+def _pinned(request: httpx.Request, address: str) -> httpx.Request:
+    """``request`` sent to ``address``: the URL's host stays in the ``Host`` header (as
+    built from the original URL) and is the TLS server name (certificates are checked
+    against it)."""
+    return httpx.Request(
+        request.method,
+        request.url.copy_with(host=address),
+        headers=request.headers,
+        stream=request.stream,
+        extensions={**request.extensions, "sni_hostname": request.url.host},
+    )
+
+
 class EgressTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that checks every request's URL and connects to the checked
-    address (the IP pinned, the host kept in ``Host`` and the TLS server name)."""
+    """An httpx transport that checks every request's URL and connects to a checked
+    address (the IP pinned, the host kept in ``Host`` and the TLS server name; the
+    next address when one refuses the connection)."""
 
     def __init__(
         self,
@@ -159,14 +173,12 @@ class EgressTransport(httpx.AsyncBaseTransport):
         addresses = await checked_addresses(
             str(request.url), allowed_hosts=self.allowed_hosts, allow_private=self.allow_private
         )
-        pinned = httpx.Request(
-            request.method,
-            request.url.copy_with(host=addresses[0]),
-            headers=request.headers,  # Host: the name, as built from the original URL
-            stream=request.stream,
-            extensions={**request.extensions, "sni_hostname": request.url.host},
-        )
-        return await self._inner.handle_async_request(pinned)
+        for address in addresses[:-1]:  # the next checked one when a connection fails
+            try:
+                return await self._inner.handle_async_request(_pinned(request, address))
+            except httpx.ConnectError:
+                continue
+        return await self._inner.handle_async_request(_pinned(request, addresses[-1]))
 
     async def aclose(self) -> None:
         await self._inner.aclose()
