@@ -98,8 +98,10 @@ def test_the_setting_is_comma_separated_cidrs_checked_at_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AETHER_EGRESS_ALLOW", "127.0.0.0/8, 10.1.0.0/16,")
-    assert ServerSettings().egress_allowed() == ["127.0.0.0/8", "10.1.0.0/16"]
+    assert ServerSettings().egress_allow == ["127.0.0.0/8", "10.1.0.0/16"]
     monkeypatch.delenv("AETHER_EGRESS_ALLOW")
-    assert ServerSettings().egress_allowed() == []
+    assert ServerSettings().egress_allow == []
+    assert ServerSettings(egress_allow=["10.0.0.0/8"]).egress_allow == ["10.0.0.0/8"]
     with pytest.raises(ValidationError, match=r"AETHER_EGRESS_ALLOW: '10\.1\.0/33'"):
-        ServerSettings(egress_allow="10.1.0/33")
+        monkeypatch.setenv("AETHER_EGRESS_ALLOW", "127.0.0.0/8,10.1.0/33")
+        ServerSettings()

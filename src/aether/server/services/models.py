@@ -68,7 +68,7 @@ def model_endpoint(ctx: ServerContext, row: AgentModel, *, timeout: float = 60.0
         model_id=row.model_id,
         api_key=key,
         timeout=timeout,
-        allow_private=tuple(ctx.settings.egress_allowed()),
+        allow_private=tuple(ctx.settings.egress_allow),
     )
 
 
