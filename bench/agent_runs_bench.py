@@ -13,7 +13,7 @@ and event loop; they talk over loopback HTTP. The model answers at once (zero de
   memory search, the step and its events written, the model called by the server —
   against the **floor**: the same 10-call loop written directly against the model
   server with httpx (same messages, same streaming, no tools run). Added per step =
-  (run's wall time − floor's) / 10. Goal: < 5 ms p50.
+  (run's wall time - floor's) / 10. Goal: < 5 ms p50.
 - **concurrent runs**: ``--concurrent`` runs submitted at once (background), one model
   step each, all on one node: runs/s until the last finished, and each run's latency
   (created → finished), p50 and p95.

@@ -621,6 +621,12 @@ class ApiClient:
         response = await self.request(method, f"/api/v1/models{path}", **kwargs)
         return response.json()
 
+    async def secrets(self, method: str, path: str = "", body: Any = None) -> Any:
+        """``/api/v1/secrets{path}`` (the tenant's named secrets; values go in only)."""
+        kwargs = {} if body is None else {"json": body}
+        response = await self.request(method, f"/api/v1/secrets{path}", **kwargs)
+        return response.json()
+
     def use_token(self, token: str) -> None:
         """Send ``token`` from now on (a node, once it has its own credential)."""
         self._http.headers["Authorization"] = f"Bearer {token}"

@@ -9,6 +9,7 @@
     ├── UnauthorizedError            unauthorized         401
     ├── ForbiddenError               forbidden            403
     ├── QuotaExceededError           quota_exceeded       403
+    ├── EgressDeniedError            egress_denied        403
     ├── NotFoundError                not_found            404
     ├── ConflictError                conflict             409
     ├── PayloadTooLargeError         payload_too_large    413
@@ -30,6 +31,7 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "DigestMismatchError",
+    "EgressDeniedError",
     "ForbiddenError",
     "InternalError",
     "NotFoundError",
@@ -113,6 +115,14 @@ class QuotaExceededError(ForbiddenError):
         self.details = details
 
 
+class EgressDeniedError(ForbiddenError):
+    """A call a tenant chose (a model's base URL, a tool's URL) would reach a host the
+    policy does not list, or a loopback, link-local, private, unspecified or multicast
+    address the cluster does not allow (``aether.agents.egress``)."""
+
+    code = "egress_denied"
+
+
 class NotFoundError(AetherError):
     code = "not_found"
     status = 404
@@ -172,6 +182,7 @@ _BY_CODE: dict[str, type[AetherError]] = {
     "signature_required": SignatureRequiredError,
     "signature_invalid": SignatureInvalidError,
     "quota_exceeded": QuotaExceededError,
+    "egress_denied": EgressDeniedError,
     # a 502 is ours only with one of these codes (a proxy's bare 502 stays internal)
     "bad_gateway": BadGatewayError,
     "model_unauthorized": BadGatewayError,

@@ -253,6 +253,11 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/models/{name}": Rule("viewer", owned=True),
     "DELETE /api/v1/models/{name}": Rule("admin", owned=True, fresh=True),
     "POST /api/v1/models/{name}/test": Rule("operator", owned=True),
+    # tenant secrets: viewers list the names, admins set and remove; tenant A's secret
+    # is named like its model ({name}); B setting that name sets B's own
+    "GET /api/v1/secrets": Rule("viewer"),
+    "PUT /api/v1/secrets/{name}": Rule("admin", owned=True, mine=True),
+    "DELETE /api/v1/secrets/{name}": Rule("admin", owned=True, fresh=True),
     "PUT /api/v1/tenants/{tenant}/members/{user}": Rule("cluster"),
     # signing in (no token yet)
     "GET /api/v1/auth/providers": Rule("public"),
@@ -420,6 +425,7 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/auth/login": {"json": {"user": p["user"], "password": "not it at all"}},
         "POST /api/v1/auth/oidc/exchange": {"json": {"code": "c" * 32, "verifier": "v" * 43}},
         "POST /api/v1/models": {"json": _model_body(unique("m"), world.model_url)},
+        "PUT /api/v1/secrets/{name}": {"json": {"value": "matrix-secret-value"}},
         "POST /api/v1/tools": {"json": _tool(unique("tool"))},
         "GET /api/v1/tools/search": {"params": {"q": "weather"}},
         "POST /api/v1/tools/sync": {"json": {"yaml": "[]"}},
@@ -476,6 +482,11 @@ def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
     if route == "DELETE /api/v1/models/{name}":
         name = unique("gone")
         made = http.post("/api/v1/models", json=_model_body(name, world.model_url), headers=admin)
+        assert made.status_code == 201, made.text
+        return {"name": name}
+    if route == "DELETE /api/v1/secrets/{name}":
+        name = unique("gone")
+        made = http.put(f"/api/v1/secrets/{name}", json={"value": "gone"}, headers=admin)
         assert made.status_code == 201, made.text
         return {"name": name}
     if route == "DELETE /api/v1/apps/{app}":
@@ -745,6 +756,12 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
         model = _ok(
             await http.post(
                 "/api/v1/models", json=_model_body(unique("model"), model_url), headers=admin
+            ),
+            201,
+        )
+        _ok(
+            await http.put(
+                f"/api/v1/secrets/{model['name']}", json={"value": "tenant A's"}, headers=admin
             ),
             201,
         )

@@ -36,6 +36,8 @@ class Cluster:
             "XDG_CONFIG_HOME": str(root / "config"),
             "AETHER_LEASE_TTL": str(lease_ttl),
             "AETHER_TASK_LEASE": "3",
+            # the tests' model and tool servers listen on loopback
+            "AETHER_EGRESS_ALLOW": "127.0.0.0/8",
         }
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:

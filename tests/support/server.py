@@ -121,8 +121,11 @@ def running_server(
     data_dir: Path, *, port: int | None = None, **settings: Any
 ) -> Iterator[RunningServer]:
     """A real server on ``port`` (default: a free one) over ``data_dir``, stopped on exit
-    (``settings`` override)."""
+    (``settings`` override). Its egress guard allows loopback (``egress_allow``
+    127.0.0.0/8), where the tests' model and tool servers listen; pass
+    ``egress_allow=""`` for a server with the default guard."""
     port = port or free_port()
+    settings.setdefault("egress_allow", "127.0.0.0/8")
     app = create_asgi(ServerSettings(data_dir=data_dir, port=port, **settings))
     config = uvicorn.Config(
         app,

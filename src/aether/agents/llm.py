@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from aether.agents.egress import EgressTransport
 from aether.errors import BadGatewayError
 
 __all__ = [
@@ -69,6 +70,10 @@ class ModelEndpoint:
     model_id: str  # what the provider calls it
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0  # seconds to connect, and between two bytes of the answer
+    #: the egress guard: None, none (a client of the operator's own choosing); else the
+    #: loopback/private CIDRs the cluster allows (``aether.agents.egress``): the base
+    #: URL's addresses are checked on every call and the checked one is connected to
+    allow_private: tuple[str, ...] | None = None
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
@@ -403,10 +408,13 @@ class ModelClient:
     ) -> None:
         self.endpoint = endpoint
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+        if endpoint.allow_private is not None:
+            transport = EgressTransport(["*"], endpoint.allow_private, inner=transport)
         self._http = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(endpoint.timeout, connect=min(endpoint.timeout, 5.0)),
             transport=transport,
+            trust_env=endpoint.allow_private is None,  # a proxy would bypass the guard
         )
 
     async def __aenter__(self) -> ModelClient:

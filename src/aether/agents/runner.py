@@ -46,10 +46,10 @@ async def drive_run(client: Any, run_id: str, *, node: str, task_id: str) -> dic
 
 async def execute_tool(nxt: dict[str, Any]) -> tuple[bool, str, str | None]:
     """Run the tool the server handed over: (ok, output, error)."""
-    from aether.agents import executors
+    from aether.agents.executors import ToolCall, run_app, run_http, run_mcp
 
     tool = Tool.model_validate(nxt["tool"])
-    call = executors.ToolCall(
+    call = ToolCall(
         tool=tool,
         arguments=dict(nxt.get("arguments") or {}),
         idempotency_key=str(nxt["idempotency_key"]),
@@ -59,7 +59,7 @@ async def execute_tool(nxt: dict[str, Any]) -> tuple[bool, str, str | None]:
         router_url=nxt.get("router_url"),
         tenant=str(nxt.get("tenant") or "default"),
     )
-    run = {"http": executors.run_http, "app": executors.run_app, "mcp": executors.run_mcp}
+    run = {"http": run_http, "app": run_app, "mcp": run_mcp}
     runner = run.get(tool.kind)
     if runner is None:
         return False, "", f"a node does not run {tool.kind} tools"

@@ -40,6 +40,28 @@ def _common(parser: argparse.ArgumentParser, *, fmt: bool = True) -> None:
     parser.add_argument("--token", help="API token (default: the session)")
 
 
+def _secrets_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "secrets", help="the tenant's named secrets (http tools' headers): set, ls, rm"
+    )
+    secrets_sub = p.add_subparsers(
+        dest="secrets_command", metavar="SUBCOMMAND", parser_class=_Parser
+    )
+    secrets_sub.required = True
+    q = secrets_sub.add_parser(
+        "set", help="set a secret: --value, --from-file or stdin (stored encrypted)"
+    )
+    q.add_argument("name", help="letters, digits, '.', '_', '-' (up to 63)")
+    q.add_argument("--value", default=None, help="the value (lands in shell history: prefer stdin)")
+    q.add_argument("--from-file", default=None, metavar="F", help="read the value from file F")
+    _common(q)
+    q = secrets_sub.add_parser("ls", help="the tenant's secrets: names and timestamps")
+    _common(q)
+    q = secrets_sub.add_parser("rm", help="remove a secret")
+    q.add_argument("name")
+    _common(q)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aether",
@@ -445,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = models_sub.add_parser("test", help="one tiny chat call: latency, tokens, the reply")
     q.add_argument("name")
     _common(q)
+    _secrets_parsers(sub)
     _agent_policy_parsers(sub)
     _agent_parsers(sub)
     _memory_parsers(sub)
@@ -773,6 +796,7 @@ _MODULES = {
     "limits": "limits",
     "tenants": "tenants",
     "models": "models",
+    "secrets": "secrets",
     "agents": "agents",
     "tools": "agent_policies",
     "policies": "agent_policies",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from aether.artifacts.s3 import S3ArtifactRegistry
@@ -181,6 +181,12 @@ class ServerSettings(BaseSettings):
         default=False,
         description="POST /api/v1/tools/sync loads tool definitions from YAML; off: 404",
     )
+    egress_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs (AETHER_EGRESS_ALLOW: comma-separated, e.g. 127.0.0.0/8,10.1.0.0/16) "
+        "of loopback or private addresses models, memory embeddings and agents' tools may "
+        "reach; empty: none",
+    )
 
     @model_validator(mode="after")
     def _advisers(self) -> ServerSettings:
@@ -199,6 +205,23 @@ class ServerSettings(BaseSettings):
                     f"AETHER_ADVISER_{layer.upper()}_URL: the model to ask"
                 )
         return self
+
+    @field_validator("egress_allow", mode="before")
+    @classmethod
+    def _egress_cidrs(cls, value: Any) -> Any:
+        """A comma-separated string (the environment's form) as a list of CIDRs, each
+        checked."""
+        from aether.agents.egress import parse_networks
+
+        cidrs = value.split(",") if isinstance(value, str) else value
+        if not isinstance(cidrs, list):
+            return value
+        cidrs = [str(cidr).strip() for cidr in cidrs if str(cidr).strip()]
+        try:
+            parse_networks(cidrs)
+        except ValueError as exc:
+            raise ValueError(f"AETHER_EGRESS_ALLOW: {exc}") from None
+        return cidrs
 
     @model_validator(mode="after")
     def _rate_limit(self) -> ServerSettings:

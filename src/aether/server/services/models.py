@@ -58,15 +58,23 @@ async def catalog_row(ctx: ServerContext, tenant_id: str, name: str) -> AgentMod
 
 
 def model_endpoint(ctx: ServerContext, row: AgentModel, *, timeout: float = 60.0) -> ModelEndpoint:
-    """How to call the model: its URL, its id and its key, unsealed."""
+    """How to call the model: its URL, its id and its key, unsealed, behind the egress
+    guard (a base URL at a loopback, link-local or private address is refused with 403
+    ``egress_denied`` unless ``AETHER_EGRESS_ALLOW`` covers it)."""
     key = ctx.secrets.unseal(row.api_key) if row.api_key is not None else None
     return ModelEndpoint(
-        name=row.name, base_url=row.base_url, model_id=row.model_id, api_key=key, timeout=timeout
+        name=row.name,
+        base_url=row.base_url,
+        model_id=row.model_id,
+        api_key=key,
+        timeout=timeout,
+        allow_private=tuple(ctx.settings.egress_allow),
     )
 
 
 async def test_model(ctx: ServerContext, row: AgentModel) -> ModelTestOut:
-    """One tiny chat call; a provider's failure raises its BadGatewayError."""
+    """One tiny chat call; a provider's failure raises its BadGatewayError, a base URL
+    the egress guard refuses EgressDeniedError."""
     endpoint = model_endpoint(ctx, row, timeout=TEST_TIMEOUT)
     started = time.monotonic()
     async with ModelClient(endpoint) as client:

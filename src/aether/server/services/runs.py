@@ -53,6 +53,7 @@ from aether.model.tasks import TaskState
 from aether.server.context import ServerContext
 from aether.server.services.agent_policies import VersionedPolicy, enforce, find_policy, find_tool
 from aether.server.services.models import model_endpoint
+from aether.server.services.secrets import tenant_secrets
 from aether.store.records.audit import AuditEntry
 from aether.store.records.base import Principal, now, utc
 from aether.store.records.runs import new_run_id
@@ -790,12 +791,7 @@ async def _redactions(ctx: ServerContext, run: AgentRunRow, found: _Agent) -> di
 
 
 async def _tenant_secrets(ctx: ServerContext, tenant_id: str, names: list[str]) -> dict[str, str]:
-    try:
-        from aether.server.services.secrets import tenant_secrets  # type: ignore[import-not-found]
-    except ImportError:  # the tenant secret store is not part of this build
-        return {}
-    found: dict[str, str] = await tenant_secrets(ctx, tenant_id, names)
-    return found
+    return await tenant_secrets(ctx, tenant_id, names)
 
 
 async def _node_tool(
@@ -825,7 +821,7 @@ async def _node_tool(
         idempotency_key=row.key,
         secrets=secret_values,
         egress_hosts=hosts,
-        allow_private=list(getattr(ctx.settings, "egress_allow", []) or []),
+        allow_private=list(ctx.settings.egress_allow),
         tenant=found.tenant,
         router_url=router_url,
     )

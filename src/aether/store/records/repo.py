@@ -27,6 +27,7 @@ from aether.store.records.risk import RiskRecords
 from aether.store.records.rollups import RollupRecords
 from aether.store.records.runs import RunRecords
 from aether.store.records.sandboxes import SandboxRecords
+from aether.store.records.secrets import SecretRecords
 from aether.store.records.signing import SigningRecords
 from aether.store.records.snapshots import SnapshotRecords
 from aether.store.records.users import UserRecords
@@ -52,6 +53,7 @@ class Records(
     SigningRecords,
     RetentionRecords,
     SandboxRecords,
+    SecretRecords,
     RiskRecords,
     RollupRecords,
     RunRecords,

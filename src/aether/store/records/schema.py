@@ -775,3 +775,15 @@ class AgentRunEventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+
+
+class SecretRow(Base):
+    """A tenant's named secret (an http tool's header, a policy's redaction): its value
+    sealed (``services/secretbox.py``), never plain, never returned."""
+
+    __tablename__ = "secrets"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # v1:KEY_ID:TOKEN
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -47,6 +47,7 @@ from aether.store.records.schema import (
     PolicyEnforcementRow,
     PublicKey,
     Sandbox,
+    SecretRow,
     SnapshotRecord,
     Task,
     TaskEventRow,
@@ -113,6 +114,7 @@ _OWNED = (
     AgentRunRow,
     AgentThreadRow,
     MemoryItemRow,  # its FTS5 rows go with it (migration 0021's triggers)
+    SecretRow,
     AgentVersionRow,
     AgentRow,
     AgentRecipeRow,
