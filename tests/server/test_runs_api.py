@@ -24,6 +24,7 @@ from tests.support.agent_node import agent_worker
 from tests.support.api import assert_envelope, bearer, unique
 from tests.support.model_server import ModelServer, call, call_tools, model_server, say
 from tests.support.server import RunningServer, running_server
+from tests.support.tool_server import tool_server
 from tests.support.waiting import eventually
 
 
@@ -70,6 +71,19 @@ async def _agent(
     """A fresh tenant with a model at the scripted server, maybe a policy, and an agent."""
     tenant = unique("runs")
     admin = bearer(srv.mint("admin", tenant))
+    return await _agent_of(srv, http, llm, tenant, admin, tools, policy, prices)
+
+
+async def _agent_of(
+    srv: RunningServer,
+    http: httpx.AsyncClient,
+    llm: ModelServer,
+    tenant: str,
+    admin: dict[str, str],
+    tools: list[str],
+    policy: dict[str, Any] | None = None,
+    prices: tuple[float, float] = (0.0, 0.0),
+) -> Agent:
     model = {
         "name": "m",
         "base_url": llm.url,
@@ -457,3 +471,57 @@ async def test_runs_do_not_hold_a_node_s_sandbox_slots(
             return all(g["status"] == "running" for g in got)
 
         await eventually(all_running, "three runs in flight on a one-slot node", timeout=3.5)
+
+
+async def test_an_http_tool_runs_on_the_node_with_its_secret_and_idempotency_key(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    with tool_server() as api:
+        tenant = unique("runs")
+        admin = bearer(srv.mint("admin", tenant))
+        secret = "tok-" + unique("s")
+        put = await http.put("/api/v1/secrets/api-token", json={"value": secret}, headers=admin)
+        assert put.status_code in (200, 201), put.text
+        tool = {
+            "id": "lookup",
+            "kind": "http",
+            "description": "look a thing up",
+            "parameters": {"type": "object", "properties": {"thing": {"type": "string"}}},
+            "config": {
+                "method": "POST",
+                "url": api.url + "/things/{thing}",
+                "headers": {"Authorization": "api-token"},
+            },
+        }
+        _ok(await http.post("/api/v1/tools", json=tool, headers=admin), 201)
+        policy = {
+            "id": "net",
+            "tools": ["lookup"],
+            "egress_hosts": ["127.0.0.1"],
+            "redact": ["api-token"],
+        }
+        agent = await _agent_of(srv, http, llm, tenant, admin, ["lookup"], policy)
+        llm.script(call_tools(call("lookup", thing="a b")), say("looked"))
+        async with node(srv, tmp_path, agent):
+            run = await _run(http, agent, "find it")
+        assert run["status"] == "completed", run
+        [seen] = api.requests  # executed once
+        tool_step = (await _detail(http, agent, run["id"]))["steps"][1]
+        assert seen.path == "/things/a%20b" and seen.method == "POST"
+        assert seen.headers["authorization"] == secret
+        assert seen.headers["idempotency-key"] == tool_step["idempotency_key"]
+        assert tool_step["status"] == "completed" and tool_step["node"] == "n1"
+        assert secret not in tool_step["content"]  # the echo of the header is redacted
+        assert "/things/a%20b" in tool_step["content"]
+        # a host the policy does not list is denied before anything is sent
+        llm.script(call_tools(call("lookup", thing="x")), say("no"))
+        _ok(
+            await http.patch(
+                "/api/v1/policies/net", json={"egress_hosts": ["example.com"]}, headers=admin
+            )
+        )
+        async with node(srv, tmp_path, agent):
+            denied = await _run(http, agent, "again")
+        steps = (await _detail(http, agent, denied["id"]))["steps"]
+        assert steps[1]["status"] == "denied" and "host" in steps[1]["content"]
+        assert len(api.requests) == 1
