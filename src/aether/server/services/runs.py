@@ -448,11 +448,11 @@ async def drive(ctx: ServerContext, run_id: str, body: NextIn) -> NextOut:
         row = _row(rows, move)
         tool = found.tools.get(row.tool_id or "")
         if tool is None:
-            await _resolve(ctx, run, row, ok=False, output="", error="the tool is gone")
+            await _resolve(ctx, run, found, row, ok=False, output="", error="the tool is gone")
             continue
         if tool.kind in ("memory", "aether"):
             ok, output = await _server_tool(ctx, run, found, tool, row)
-            await _resolve(ctx, run, row, ok=ok, output=output, error=None if ok else output)
+            await _resolve(ctx, run, found, row, ok=ok, output=output, error=None if ok else output)
             continue
         if tool.kind == "sandbox":
             if await _sandbox_step(ctx, run, found, tool, row, deadline):
@@ -742,6 +742,7 @@ def _bounded(text: str) -> str:
 async def _resolve(
     ctx: ServerContext,
     run: AgentRunRow,
+    found: _Agent,
     row: AgentRunStepRow,
     *,
     ok: bool,
@@ -755,31 +756,19 @@ async def _resolve(
     for name, value in (redact or {}).items():
         if value:
             text = text.replace(value, f"[redacted:{name}]")
-    done = await ctx.records.set_step(
-        run.id,
-        row.seq,
-        only_from=("running", "approved"),
-        status="completed" if ok else "failed",
-        content=text,
-        error=None if ok else (error or text)[:2000],
-        node=node,
-        finished_at=now(),
-    )
-    if done:
-        fresh = await ctx.records.step(run.id, row.seq)
-        assert fresh is not None
-        agent = await ctx.records.agent(run.tenant_id, run.agent_id)
-        tenant = await ctx.records.tenant_name(run.tenant_id)
-        ctx.metrics.agents.step(
-            tenant,
-            agent.name if agent else run.agent_id,
-            "tool",
-            (fresh.finished_at - fresh.started_at).total_seconds() if fresh.finished_at else 0.0,
-            0,
-            0,
-            0.0,
-        )
-        await publish(ctx, run, "step.completed", _step_event(fresh))
+    fields: dict[str, Any] = {
+        "status": "completed" if ok else "failed",
+        "content": text,
+        "error": None if ok else (error or text)[:2000],
+        "node": node,
+        "finished_at": now(),
+    }
+    if await ctx.records.set_step(run.id, row.seq, only_from=("running", "approved"), **fields):
+        for name, value in fields.items():  # the row as now stored (it is detached)
+            setattr(row, name, value)
+        seconds = (fields["finished_at"] - row.started_at).total_seconds()
+        ctx.metrics.agents.step(found.tenant, found.agent.name, "tool", seconds, 0, 0, 0.0)
+        await publish(ctx, run, "step.completed", _step_event(row))
 
 
 async def _redactions(ctx: ServerContext, run: AgentRunRow, found: _Agent) -> dict[str, str]:
@@ -850,6 +839,7 @@ async def report_tool(ctx: ServerContext, run_id: str, seq: int, body: ToolResul
     await _resolve(
         ctx,
         run,
+        found,
         row,
         ok=body.ok,
         output=body.output if body.ok else (body.output or body.error or ""),
@@ -915,6 +905,7 @@ async def _sandbox_step(
             await _resolve(
                 ctx,
                 run,
+                found,
                 row,
                 ok=ok,
                 output=text if ok else f"exit code {code}\n{text}",
@@ -925,7 +916,13 @@ async def _sandbox_step(
             return True
         if task_out.state.final:
             await _resolve(
-                ctx, run, row, ok=False, output="", error=task_out.error or str(task_out.state)
+                ctx,
+                run,
+                found,
+                row,
+                ok=False,
+                output="",
+                error=task_out.error or str(task_out.state),
             )
             return True
         if time.monotonic() >= deadline:
