@@ -42,7 +42,15 @@ from aether.server.http.ratelimit import AUDIT_WINDOW
 from aether.store.records import Principal
 from aether.store.records.audit import AuditEntry
 
-__all__ = ["UNAUDITED", "AuditMiddleware", "actor_of", "audit_request", "outcome_of", "refuse"]
+__all__ = [
+    "UNAUDITED",
+    "AuditMiddleware",
+    "actor_of",
+    "audit_request",
+    "name_event",
+    "outcome_of",
+    "refuse",
+]
 
 log = logging.getLogger("aether.audit")
 
@@ -65,7 +73,16 @@ _UNAUDITED = tuple(
     for method, route, only in UNAUDITED
 )
 _DETAIL = "audit_detail"
+_ACTION = "audit_action"
 _TOO_MANY = 429
+
+
+def name_event(request: Request, action: str, detail: str = "") -> None:
+    """Record this request's event as ``action`` (e.g. ``agent.deploy``) instead of
+    ``METHOD /route``, with ``detail``."""
+    setattr(request.state, _ACTION, action)
+    if detail:
+        setattr(request.state, _DETAIL, detail)
 
 
 def refuse(
@@ -149,7 +166,7 @@ def entry_for(scope: Scope, status: int) -> AuditEntry:
         role=principal.role if principal else None,
         tenant_id=principal.tenant_id if principal else None,
         tenant=principal.tenant if principal else None,
-        action=f"{scope['method']} {_route(scope)}",
+        action=state.get(_ACTION) or f"{scope['method']} {_route(scope)}",
         target=scope["path"].removeprefix(PREFIX).strip("/"),
         outcome=outcome_of(status),
         status=status,

@@ -22,6 +22,7 @@ from aether.store.records.base import (
     now,
 )
 from aether.store.records.schema import (
+    AgentDeploymentRow,
     AgentModel,
     AgentPolicyRow,
     AgentRecipeRow,
@@ -105,6 +106,7 @@ class PurgedTenant:
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
     MemoryItemRow,  # its FTS5 rows go with it (migration 0021's triggers)
+    AgentDeploymentRow,
     AgentVersionRow,
     AgentRow,
     AgentRecipeRow,
