@@ -20,7 +20,7 @@ class AgentPlacement(BaseModel):
     """A deployed agent's replicas: the nodes that claim its queue."""
 
     agent_id: str
-    tenant: str
+    tenant: str  # its tenant's name (routers serve it under /t/{tenant}/agents/)
     name: str
     version: int
     replicas: int

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from aether.agents.catalog import BUILTIN_RECIPES, AgentSpec, Recipe
@@ -269,12 +269,17 @@ async def enable(agent_id: str, caller: Operator, ctx: Ctx) -> AgentOut:
 
 @router.post("/agents/{agent_id}/deploy")
 async def deploy(
-    agent_id: str, body: DeployIn, request: Request, caller: Operator, ctx: Ctx
+    agent_id: str,
+    request: Request,
+    caller: Operator,
+    ctx: Ctx,
+    body: Annotated[DeployIn | None, Body()] = None,
 ) -> AgentOut:
     """Deploy (or redeploy) the agent: ``replicas`` on distinct nodes the leader picks,
     pinning ``version`` (default: the version in use). A disabled agent is a 409
     ``agent_disabled``; a version it does not have is a 400."""
     name_event(request, "agent.deploy")
+    body = body or DeployIn()  # no body: one replica of the version in use
     agent = await _agent(ctx, caller.tenant_id, agent_id)
     version = body.version or agent.current_version
     if await ctx.records.agent_version(agent.id, version) is None:

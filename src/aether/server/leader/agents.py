@@ -16,10 +16,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from aether.core.agent_placement import AgentChange, AgentNode, AgentPlan, AgentWant, plan
+from aether.core.agent_placement import AgentChange, AgentNode, AgentWant, plan
 from aether.model.decisions import Decision
 from aether.model.placements import AgentPlacement
 from aether.model.risk import RiskAssessment
@@ -28,7 +28,7 @@ from aether.server.services.agent_placements import placement_key, read_placemen
 from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
 from aether.store.base import Compare, Delete, Put
 from aether.store.election import Leadership
-from aether.store.records.schema import AgentDeploymentRow, AgentRow
+from aether.store.records.schema import AgentRow
 
 __all__ = ["AgentPlacer", "RiskVerdicts"]
 
@@ -101,38 +101,36 @@ class AgentPlacer:
         snap = await read_snapshot(self.ctx.store)
         placed = await read_placements(self.ctx.store)
         risk = self.risk.assessments() if self.risk is not None else {}
-        wants = [AgentWant(agent.id, row.replicas) for agent, row in deployed]
+        wants = [AgentWant(agent.id, row.replicas) for agent, row, _ in deployed]
         current = {agent_id: p.nodes for agent_id, p in placed.items()}
         plans = plan(wants, current, _nodes(snap, risk))
         fence = leadership.fence()
-        for agent, row in deployed:
-            await self._write(agent, row, plans[agent.id], placed.get(agent.id), fence)
-        gone = set(placed) - {agent.id for agent, _ in deployed}
+        for agent, row, tenant in deployed:
+            placement = AgentPlacement(
+                agent_id=agent.id,
+                tenant=tenant,
+                name=agent.name,
+                version=row.version,
+                replicas=row.replicas,
+                nodes=list(plans[agent.id].nodes),
+            )
+            if placement != placed.get(agent.id):
+                await self._write(agent, placement, plans[agent.id].changes, fence)
+        gone = set(placed) - {agent.id for agent, _, _ in deployed}
         for agent_id in gone:
             await self.ctx.store.txn([fence], [Delete(placement_key(agent_id))])
 
     async def _write(
         self,
         agent: AgentRow,
-        row: AgentDeploymentRow,
-        new: AgentPlan,
-        old: AgentPlacement | None,
+        placement: AgentPlacement,
+        changes: Sequence[AgentChange],
         fence: Compare,
     ) -> None:
-        placement = AgentPlacement(
-            agent_id=agent.id,
-            tenant=agent.tenant_id,
-            name=agent.name,
-            version=row.version,
-            replicas=row.replicas,
-            nodes=list(new.nodes),
-        )
-        if placement == old:
-            return
-        result = await self.ctx.store.txn([fence], [Put(placement_key(agent.id), dump(placement))])
-        if not result.succeeded:
+        put = Put(placement_key(agent.id), dump(placement))
+        if not (await self.ctx.store.txn([fence], [put])).succeeded:
             return  # no longer the leader
         now = self.clock()
-        for change in new.changes:
-            decision = _decision(agent, change, row.replicas)
+        for change in changes:
+            decision = _decision(agent, change, placement.replicas)
             await self.ctx.records.record_decision(decision, "applied", "", now)

@@ -19,6 +19,7 @@ from aether.store.records.schema import (
     AgentRecipeRow,
     AgentRow,
     AgentVersionRow,
+    Tenant,
 )
 
 __all__ = ["AgentRecords", "AgentVersion", "new_agent_id"]
@@ -238,14 +239,17 @@ class AgentRecords(RecordsBase):
         async with self.sessions() as session:
             return await session.get(AgentDeploymentRow, agent_id)
 
-    async def agent_deployments(self) -> list[tuple[AgentRow, AgentDeploymentRow]]:
-        """Every deployed agent of every tenant (the leader places their replicas)."""
-        query = select(AgentRow, AgentDeploymentRow).join(
-            AgentDeploymentRow, AgentDeploymentRow.agent_id == AgentRow.id
+    async def agent_deployments(self) -> list[tuple[AgentRow, AgentDeploymentRow, str]]:
+        """Every deployed agent of every tenant, with its tenant's name (the leader
+        places their replicas; routers serve them under the tenant's name)."""
+        query = (
+            select(AgentRow, AgentDeploymentRow, Tenant.name)
+            .join(AgentDeploymentRow, AgentDeploymentRow.agent_id == AgentRow.id)
+            .join(Tenant, Tenant.id == AgentRow.tenant_id)
         )
         async with self.sessions() as session:
             rows = await session.execute(query.order_by(AgentRow.id))
-            return [(agent, row) for agent, row in rows]
+            return [(agent, row, tenant) for agent, row, tenant in rows]
 
     # -- recipes --
 
