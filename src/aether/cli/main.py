@@ -503,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--node", default=None, help="decisions about this node")
     p.add_argument("--layer", type=int, choices=[1, 2, 3], default=None)
     p.add_argument(
-        "--kind", choices=["scale", "drain", "undrain", "advice", "rebalance"], default=None
+        "--kind",
+        choices=["scale", "drain", "undrain", "advice", "rebalance", "agent"],
+        default=None,
     )
     p.add_argument("--limit", type=int, default=50)
     _common(p)
