@@ -287,6 +287,8 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/agents/{agent_id}/versions": Rule("viewer", owned=True),
     "POST /api/v1/agents/{agent_id}/disable": Rule("operator", owned=True),
     "POST /api/v1/agents/{agent_id}/enable": Rule("operator", owned=True),
+    "POST /api/v1/agents/{agent_id}/deploy": Rule("operator", owned=True),
+    "DELETE /api/v1/agents/{agent_id}/deploy": Rule("operator", owned=True),
     "GET /api/v1/agents/{agent_id}/export": Rule("viewer", owned=True),
     # agents' memory: viewers list and search, operators write and delete
     "GET /api/v1/memory": Rule("viewer"),
