@@ -5,6 +5,7 @@ decisions`` says why); disabling it withdraws it from the routers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -28,6 +29,10 @@ def _through(cluster: Cluster, node: str) -> httpx.Response:
     return httpx.get(f"{cluster.router(node)}/agents/helper", headers=headers, timeout=10)
 
 
+def _serves(cluster: Cluster, node: str) -> Callable[[], bool]:
+    return lambda: _through(cluster, node).status_code == 200
+
+
 def test_deploy_places_a_replica_per_node_and_a_drained_node_s_replica_moves(
     cluster: Cluster,
 ) -> None:
@@ -43,7 +48,7 @@ def test_deploy_places_a_replica_per_node_and_a_drained_node_s_replica_moves(
     wait_for(lambda: _placed_on(cluster) == ["n1", "n2"], 30, "a replica on each node")
     assert _agent(cluster)["deployment"]["status"] == "running"
     for node in ("n1", "n2"):  # each node's router learns the placement from its stream
-        wait_for(lambda n=node: _through(cluster, n).status_code == 200, 30, f"{node} serves it")
+        wait_for(_serves(cluster, node), 30, f"{node} serves it")
         assert _through(cluster, node).json()["id"] == made["id"]
 
     cluster.cli_json("agents", "deploy", "helper", "--replicas", "1")

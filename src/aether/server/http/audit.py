@@ -11,6 +11,9 @@ the event. ``AuditMiddleware`` appends an event to the records' audit chain for:
 - every request under ``/api/v1/`` answered ``401`` (failed authentication) or
   ``403`` (a refusal), whatever its method.
 
+An event's action is ``METHOD /route`` unless the route named it with
+``name_event`` (``agent.deploy``, ``agent.undeploy``).
+
 A ``429 rate_limited`` is not an event of its own (a flood would write a flood of
 chained rows): it counts in ``rate_limited_requests_total{tenant}``, and the first
 refusal of a tenant in ``AUDIT_WINDOW`` seconds (per server) writes one event,
