@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from aether.client import ApiClient
+from aether.model.risk import SignalIn
 from aether.tasks.queue.base import NewTask
 from tests.support.api import assert_envelope, audit_events, bearer, unique
 from tests.support.fake_nodes import FakeNodes
@@ -256,3 +259,28 @@ async def test_a_drained_or_lost_node_s_replica_moves(
     assert third not in (first, second)
     decisions = _ok(await http.get("/api/v1/decisions", params={"kind": "agent"}, headers=operator))
     assert decisions[0]["reason"] == f"node {second} is lost"
+
+
+async def test_a_replica_moves_off_a_node_whose_risk_turns_high(
+    srv: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    await nodes.register(unique("n"))
+    await nodes.register(unique("n"))
+    tenant, agent = await _agent(srv, http)
+    operator = bearer(srv.token("operator", tenant))
+    _ok(await http.post(f"/api/v1/agents/{agent['id']}/deploy", headers=operator))
+    (risky,) = (await _placed(http, operator, agent["id"], 1))["deployment"]["nodes"]
+
+    # little spare capacity left in its market: the risk engine says HIGH
+    async with ApiClient(srv.base_url, srv.token("operator")) as api:
+        await api.post_signals([SignalIn(node=risky, kind="capacity", value=0.05, ts=time.time())])
+
+    async def moved() -> str | None:
+        got = _ok(await http.get(f"/api/v1/agents/{agent['id']}", headers=operator))
+        now = got["deployment"]["nodes"]
+        return now[0] if now and now != [risky] else None
+
+    safer = await eventually(moved, "the replica to leave the risky node", timeout=15)
+    decisions = _ok(await http.get("/api/v1/decisions", params={"kind": "agent"}, headers=operator))
+    assert decisions[0]["reason"] == f"node {risky} is at risk HIGH"
+    assert decisions[0]["action"]["from"] == risky and decisions[0]["action"]["to"] == safer
