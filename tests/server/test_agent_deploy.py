@@ -284,3 +284,21 @@ async def test_a_replica_moves_off_a_node_whose_risk_turns_high(
     decisions = _ok(await http.get("/api/v1/decisions", params={"kind": "agent"}, headers=operator))
     assert decisions[0]["reason"] == f"node {risky} is at risk HIGH"
     assert decisions[0]["action"]["from"] == risky and decisions[0]["action"]["to"] == safer
+
+
+async def test_deleting_a_tenant_drops_its_deployed_agents_placements(
+    srv: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes
+) -> None:
+    await nodes.register(unique("n"))
+    tenant, agent = await _agent(srv, http)
+    operator = bearer(srv.token("operator", tenant))
+    _ok(await http.post(f"/api/v1/agents/{agent['id']}/deploy", headers=operator))
+    await _placed(http, operator, agent["id"], 1)
+    deleted = await http.delete(f"/api/v1/tenants/{tenant}", headers=bearer(srv.admin_token))
+    assert deleted.status_code == 200, deleted.text
+    assert await _on_server(srv, srv.ctx.records.agent_deployment(agent["id"])) is None
+
+    async def dropped() -> bool:
+        return await _placement(srv, agent["id"]) is None
+
+    await eventually(dropped, "the placement of the deleted tenant's agent to go")
