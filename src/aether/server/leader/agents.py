@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -44,10 +44,12 @@ class RiskVerdicts(Protocol):
 
 
 def _nodes(snap: ClusterSnapshot, risk: Mapping[str, RiskAssessment]) -> list[AgentNode]:
-    load = Counter(inst.node for inst, _ in snap.instances.values())
-    used: Counter[str] = Counter()
+    """The live nodes as placement sees them: risk, free CPU, instances they run."""
+    load: Counter[str] = Counter()
+    used: defaultdict[str, float] = defaultdict(float)
     for inst, _ in snap.instances.values():
-        used[inst.node] += int(inst.spec.resources.cpu * 1000)
+        load[inst.node] += 1
+        used[inst.node] += inst.spec.resources.cpu
     views = []
     for node, _ in snap.nodes.values():
         verdict = risk.get(node.id)
@@ -56,7 +58,7 @@ def _nodes(snap: ClusterSnapshot, risk: Mapping[str, RiskAssessment]) -> list[Ag
                 id=node.id,
                 draining=node.draining,
                 risk=None if verdict is None else str(verdict.status),
-                free_cpu=node.capabilities.cpus - used[node.id] / 1000,
+                free_cpu=node.capabilities.cpus - used[node.id],
                 load=load[node.id],
             )
         )
