@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from tests.support.tool_server import tool_server
 from tests.support.waiting import wait_for
 
 
-def _api(cluster: Cluster, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+def _api(
+    cluster: Cluster, method: str, path: str, token: str | None = None, **kw: Any
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token or cluster.admin_token}"}
     return httpx.request(method, f"{cluster.api}/api/v1{path}", headers=headers, timeout=30, **kw)
 
@@ -87,7 +90,9 @@ def test_agents_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
             assert refused.json()["message"] == message
 
         # -- agents: one from a recipe, one from flags; deployed on both nodes ----------
-        coder = cluster.cli_json("agents", "create", "coder", "--recipe", "code-runner", "--model", "model://m")
+        coder = cluster.cli_json(
+            "agents", "create", "coder", "--recipe", "code-runner", "--model", "model://m"
+        )
         fetcher = cluster.cli_json(
             "agents", "create", "fetcher", "--model", "model://m", "--tool", "lookup",
             "--tool", "run-code", "--tool", "cluster-status", "--policy", "net",
@@ -97,18 +102,8 @@ def test_agents_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
             "--policy", "tight",
         )  # fmt: skip
         for agent in (coder, fetcher, spender):
-            deployed = _api(cluster, "POST", f"/agents/{agent['id']}/deploy", json={"replicas": 2})
-            assert deployed.status_code == 200, deployed.text
-            wait_for(
-                lambda a=agent: sorted(
-                    (_api(cluster, "GET", f"/agents/{a['id']}").json()["deployment"] or {}).get(
-                        "nodes", []
-                    )
-                )
-                == ["n1", "n2"],
-                30,
-                f"{agent['name']} placed on n1 and n2",
-            )
+            cluster.cli("agents", "deploy", agent["name"], "--replicas", "2")
+            wait_for(_on_both(cluster, str(agent["id"])), 30, f"{agent['name']} on n1 and n2")
 
         # -- a sandbox tool, after a person's approval (default-safe asks) --------------
         llm.script(call_tools(call("run-code", code="print(6 * 7)")), say("It is 42."))
@@ -163,9 +158,14 @@ def test_agents_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
             say("Finished elsewhere."),
         )
         made = _api(
-            cluster, "POST", f"/agents/{fetcher['id']}/runs", json={"input": "go", "background": True}
+            cluster,
+            "POST",
+            f"/agents/{fetcher['id']}/runs",
+            json={"input": "go", "background": True},
         ).json()
-        wait_for(lambda: len(llm.chats) >= 1 and _model_calls(llm) >= 2, 60, "the second model call")
+        wait_for(
+            lambda: len(llm.chats) >= 1 and _model_calls(llm) >= 2, 60, "the second model call"
+        )
         driver = _run_detail(cluster, made["id"])["node"]
         assert driver in ("n1", "n2")
         cluster.kill_node(driver)
@@ -175,9 +175,14 @@ def test_agents_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
         assert [r.path for r in api.requests[before:]] == ["/things/once"]  # executed once
 
         # -- cancel -------------------------------------------------------------------------
+        with llm._lock:  # the killed node's call may have left a scripted answer unused
+            llm._script.clear()
         llm.script(say("never", delay=30))
         slow = _api(
-            cluster, "POST", f"/agents/{fetcher['id']}/runs", json={"input": "wait", "background": True}
+            cluster,
+            "POST",
+            f"/agents/{fetcher['id']}/runs",
+            json={"input": "wait", "background": True},
         ).json()
         wait_for(lambda: _run_detail(cluster, slow["id"])["status"] == "running", 30, "running")
         cancelled = cluster.cli_json("runs", "cancel", slow["id"])
@@ -190,6 +195,15 @@ def test_agents_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
             assert _api(cluster, "GET", path, token=token).status_code == 404
         assert _api(cluster, "GET", "/runs", token=token).json()["runs"] == []
         assert time.time() > 0
+
+
+def _placed(cluster: Cluster, agent_id: str) -> list[str]:
+    deployment = _api(cluster, "GET", f"/agents/{agent_id}").json()["deployment"] or {}
+    return sorted(deployment.get("nodes", []))
+
+
+def _on_both(cluster: Cluster, agent_id: str) -> Callable[[], bool]:
+    return lambda: _placed(cluster, agent_id) == ["n1", "n2"]
 
 
 def _model_calls(llm: Any) -> int:

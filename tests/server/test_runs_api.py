@@ -525,3 +525,35 @@ async def test_an_http_tool_runs_on_the_node_with_its_secret_and_idempotency_key
         steps = (await _detail(http, agent, denied["id"]))["steps"]
         assert steps[1]["status"] == "denied" and "host" in steps[1]["content"]
         assert len(api.requests) == 1
+
+
+async def test_a_deployed_agent_runs_the_version_its_deploy_pinned(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    _ok(
+        await http.patch(
+            f"/api/v1/agents/{agent.id}",
+            json={"system_prompt": "Be version two."},
+            headers=agent.headers,
+        )
+    )
+    _ok(
+        await http.post(
+            f"/api/v1/agents/{agent.id}/deploy",
+            json={"replicas": 1, "version": 1},
+            headers=agent.headers,
+        )
+    )
+    _ok(
+        await http.patch(
+            f"/api/v1/agents/{agent.id}",
+            json={"system_prompt": "Be version three."},
+            headers=agent.headers,
+        )
+    )
+    llm.script(say("pinned"))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "which version?")
+    assert run["status"] == "completed" and run["agent_version"] == 1
+    assert llm.chats[-1]["messages"][0] == {"role": "user", "content": "which version?"}
