@@ -3,9 +3,10 @@ first token the platform adds when streaming (issue 17's benchmarks).
 
     .venv/bin/python -m bench.agent_runs_bench [--runs 20] [--concurrent 200] [--ttft 20]
 
-One process holds a real server (embedded SQLite), a node's task worker claiming the
-agent's queue, and the scripted OpenAI-compatible model server, each in its own thread
-and event loop; they talk over loopback HTTP. The model answers at once (zero delay).
+Real processes, as a user runs them: ``aether server`` (embedded SQLite) and one
+``aether node`` with the agent deployed on it; the scripted OpenAI-compatible model
+server and the benchmark's client in this process. They talk over loopback HTTP. The
+model answers at once (zero delay).
 
 - **overhead per step**: one run of 10 model steps (the model calls the ``search``
   memory tool 9 times, then answers), driven by the node through the server — each
@@ -37,9 +38,8 @@ from typing import Any
 import httpx
 
 from bench.common import percentile, summary, write_result
-from tests.support.agent_node import agent_worker
+from tests.support.cluster import Cluster
 from tests.support.model_server import Turn, call, call_tools, model_server, say
-from tests.support.server import running_server
 
 RESULT_NAME = "agent_runs"
 STEPS = 10
@@ -202,19 +202,24 @@ async def _ttft(http: httpx.AsyncClient, agent: str, url: str, samples: int) -> 
     }
 
 
-async def _bench(
-    base: str, token: str, url: str, llm: Any, args: argparse.Namespace, root: Path, node_token: str
-) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as http:
+async def _bench(cluster: Cluster, url: str, llm: Any, args: argparse.Namespace) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {cluster.admin_token}"}
+    async with httpx.AsyncClient(base_url=cluster.api, headers=headers, timeout=120) as http:
         agent = await _setup(http, url)
-        with agent_worker(base, node_token, "bench-node", root, agent):
-            llm.default = _ten_steps
-            overhead = await _overhead(http, agent, url, args.runs)
-            llm.default = say("hello")
-            concurrent = await _concurrent(http, agent, args.concurrent)
-            llm.default = say("one two three four five six seven eight nine ten")
-            ttft = await _ttft(http, agent, url, args.ttft)
+        (await http.post(f"/api/v1/agents/{agent}/deploy", json={"replicas": 1})).raise_for_status()
+        for _ in range(300):  # the leader places it within a second or two
+            got = (await http.get(f"/api/v1/agents/{agent}")).json()
+            if (got.get("deployment") or {}).get("nodes"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise TimeoutError("the agent was not placed on the node")
+        llm.default = _ten_steps
+        overhead = await _overhead(http, agent, url, args.runs)
+        llm.default = say("hello")
+        concurrent = await _concurrent(http, agent, args.concurrent)
+        llm.default = say("one two three four five six seven eight nine ten")
+        ttft = await _ttft(http, agent, url, args.ttft)
     return {
         "overhead_per_step": overhead,
         "concurrent_runs": concurrent,
@@ -229,13 +234,15 @@ def main() -> None:
     parser.add_argument("--ttft", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, model_server() as llm:
-        root = Path(tmp)
-        settings = {"rate_limit_per_minute": 10_000_000, "rate_limit_burst": 1_000_000}
-        with running_server(root / "server", **settings) as srv:
-            token = srv.token("admin")
-            results = asyncio.run(
-                _bench(srv.base_url, token, llm.url, llm, args, root, srv.node_token("bench-node"))
-            )
+        cluster = Cluster(Path(tmp))
+        cluster.env["AETHER_RATE_LIMIT_PER_MINUTE"] = "10000000"
+        cluster.env["AETHER_RATE_LIMIT_BURST"] = "1000000"
+        try:
+            cluster.start_server()
+            cluster.start_node("bench-node")
+            results = asyncio.run(_bench(cluster, llm.url, llm, args))
+        finally:
+            cluster.stop()
     write_result(RESULT_NAME, {"parameters": vars(args), **results})
 
 

@@ -59,13 +59,19 @@ async def _run(ctx: ServerContext, tenant_id: str, run_id: str) -> AgentRunRow:
     return run
 
 
-async def _out(ctx: ServerContext, run: AgentRunRow) -> RunOut:
-    agent = await ctx.records.agent(run.tenant_id, run.agent_id)
+async def _out(
+    ctx: ServerContext, run: AgentRunRow, names: dict[str, str] | None = None
+) -> RunOut:
+    """The run's answer; ``names``: agent names already looked up (a list's)."""
+    names = {} if names is None else names
+    if run.agent_id not in names:
+        agent = await ctx.records.agent(run.tenant_id, run.agent_id)
+        names[run.agent_id] = agent.name if agent else run.agent_id
     pending = None
     if run.status == "requires_approval":
         waiting = [s for s in await ctx.records.steps(run.id) if s.status == "pending_approval"]
         pending = waiting[0] if waiting else None
-    return service.run_out(run, agent.name if agent else run.agent_id, pending)
+    return service.run_out(run, names[run.agent_id], pending)
 
 
 async def _wait_until_settled(ctx: ServerContext, run: AgentRunRow, seconds: float) -> AgentRunRow:
@@ -130,7 +136,8 @@ async def _list(
         statuses=(status,) if status else None,
         limit=limit,
     )
-    return RunList(runs=[await _out(ctx, r) for r in rows])
+    names: dict[str, str] = {}  # one lookup per agent, not per run
+    return RunList(runs=[await _out(ctx, r, names) for r in rows])
 
 
 @router.get("/runs")

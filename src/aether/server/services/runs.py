@@ -295,13 +295,28 @@ async def finish(
     if error is not None:
         data["error"] = error
     await publish(ctx, run, f"run.{status}", data)
-    agent = await ctx.records.agent(run.tenant_id, run.agent_id)
-    tenant = await ctx.records.tenant_name(run.tenant_id)
-    ctx.metrics.agents.finished(tenant, agent.name if agent else run.agent_id, status)
+    tenant, agent = await _names(ctx, run)
+    ctx.metrics.agents.finished(tenant, agent, status)
     following = await ctx.records.queued_unstarted(run.thread_id)
     if following is not None:
         await dispatch(ctx, following)
     return True
+
+
+_NAMES: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+
+
+async def _names(ctx: ServerContext, run: AgentRunRow) -> tuple[str, str]:
+    """The run's tenant and agent names (neither changes: kept for the metrics' labels)."""
+    key = (run.tenant_id, run.agent_id)
+    found = _NAMES.get(key)
+    if found is None:
+        agent = await ctx.records.agent(run.tenant_id, run.agent_id)
+        tenant = await ctx.records.tenant_name(run.tenant_id)
+        found = _NAMES[key] = (tenant, agent.name if agent else run.agent_id)
+        while len(_NAMES) > 4096:
+            _NAMES.popitem(last=False)
+    return found
 
 
 async def cancel_run(ctx: ServerContext, run: AgentRunRow, *, by: str, reason: str = "") -> bool:
