@@ -609,3 +609,89 @@ def _series(text: str, tenant: str) -> dict[tuple[str, tuple[tuple[str, str], ..
                 labels.pop("agent", None)
                 found[(sample.name, tuple(sorted(labels.items())))] = sample.value
     return found
+
+
+async def test_files_a_sandbox_tool_writes_under_out_are_kept_and_links_are_not(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    policy = {"id": "coder", "tools": ["run-code"]}
+    agent = await _agent(srv, http, llm, tools=["run-code"], policy=policy)
+    code = (
+        "import os\n"
+        "os.makedirs('out/sub', exist_ok=True)\n"
+        "open('out/report.txt', 'w').write('the answer is 42')\n"
+        "open('out/sub/data.csv', 'w').write('a,b\\n1,2\\n')\n"
+        "os.symlink('/etc/passwd', 'out/passwd')\n"
+        "print('wrote')"
+    )
+    llm.script(call_tools(call("run-code", code=code)), say("see the files"))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "write files")
+    assert run["status"] == "completed", run
+    step = (await _detail(http, agent, run["id"]))["steps"][1]
+    assert "kept files: report.txt (16 bytes), sub/data.csv (8 bytes)" in step["content"]
+    files = _ok(await http.get(f"/api/v1/runs/{run['id']}/files", headers=agent.headers))
+    assert [(f["step"], f["name"], f["size"]) for f in files] == [
+        (step["seq"], "report.txt", 16),
+        (step["seq"], "sub/data.csv", 8),
+    ]
+    got = await http.get(
+        f"/api/v1/runs/{run['id']}/files/{step['seq']}/sub/data.csv", headers=agent.headers
+    )
+    assert got.status_code == 200 and got.content == b"a,b\n1,2\n"
+    assert got.headers["content-type"] == "application/octet-stream"
+    assert got.headers["content-disposition"] == 'attachment; filename="data.csv"'
+    missing = await http.get(
+        f"/api/v1/runs/{run['id']}/files/{step['seq']}/passwd", headers=agent.headers
+    )
+    assert_envelope(missing, 404, "not_found")
+    other = bearer(srv.mint("admin", unique("other")))
+    assert_envelope(
+        await http.get(f"/api/v1/runs/{run['id']}/files", headers=other), 404, "not_found"
+    )
+
+
+async def test_a_sandbox_tool_in_a_named_sandbox_and_a_quoted_template(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    tenant = unique("runs")
+    admin = bearer(srv.mint("admin", tenant))
+    async with node(srv, tmp_path, Agent(tenant, admin, {"id": "agt_none", "name": "x"})):
+        made = _ok(
+            await http.post(
+                "/api/v1/tasks",
+                json={"type": "vm:create", "payload": {"name": "box"}},
+                headers=admin,
+            ),
+            201,
+        )
+
+        async def created() -> str | None:
+            task = _ok(await http.get(f"/api/v1/tasks/{made['id']}", headers=admin))
+            return task["result"]["vm_id"] if task["state"] == "succeeded" else None
+
+        vm_id = await eventually(created, "the sandbox to be created", timeout=30)
+    tool = {
+        "id": "echo-in-box",
+        "kind": "sandbox",
+        "description": "echo a word in the shared box",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
+        "config": {
+            "mode": "command",
+            "command": "echo {word} > note && cat note",
+            "sandbox": vm_id,
+        },
+    }
+    _ok(await http.post("/api/v1/tools", json=tool, headers=admin), 201)
+    policy = {"id": "box", "tools": ["echo-in-box"]}
+    agent = await _agent_of(srv, http, llm, tenant, admin, ["echo-in-box"], policy)
+    llm.script(call_tools(call("echo-in-box", word="hi; touch pwned")), say("echoed"))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "echo")
+    assert run["status"] == "completed", run
+    step = (await _detail(http, agent, run["id"]))["steps"][1]
+    assert step["content"].strip() == "hi; touch pwned"  # one word: nothing ran after it
+    task = _ok(await http.get(f"/api/v1/tasks/{step['task_id']}", headers=admin))
+    assert task["type"] == "vm:execute" and task["node"] == "n1"
+    executions = _ok(await http.get(f"/api/v1/sandboxes/{vm_id}/executions", headers=admin))
+    assert len(executions) == 1

@@ -14,6 +14,7 @@ __all__ = [
     "NextIn",
     "NextOut",
     "RunDetail",
+    "RunFileOut",
     "RunIn",
     "RunList",
     "RunOut",
@@ -93,6 +94,16 @@ class RunOut(BaseModel):
 
 class RunDetail(RunOut):
     steps: list[StepOut]
+
+
+class RunFileOut(BaseModel):
+    """A file a sandbox tool of the run wrote under ``/workspace/out``."""
+
+    step: int
+    name: str
+    size: int
+    sha256: str
+    created_at: Timestamp
 
 
 class RunList(BaseModel):

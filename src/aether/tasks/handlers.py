@@ -9,7 +9,11 @@ retries; any other exception fails the attempt, and the queue retries it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -241,11 +245,52 @@ async def agent_sandbox(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
             env={},
             output_limit=ctx.output_limit,
         )
+        files, dropped = await asyncio.to_thread(kept_files, Path(handle.workspace) / "out")
     finally:
         await driver.delete(handle)
     out = _exec_result(payload.sandbox_id, payload.command[0], payload.command[1:], result)
     out.update(run_id=payload.run_id, step=payload.step, driver=driver.name)
+    out.update(files=files, files_dropped=dropped)
     return out
+
+
+#: what a sandbox tool may keep of what it wrote under /workspace/out
+KEPT_FILES = 16
+KEPT_FILE_BYTES = 1 << 20
+
+
+def kept_files(out: Path) -> tuple[list[dict[str, Any]], int]:
+    """The regular files under ``out`` (a sandbox's ``/workspace/out``) as
+    ``{name, size, sha256, content}`` (base64), at most ``KEPT_FILES`` of at most
+    ``KEPT_FILE_BYTES`` each, and how many more were left. Symbolic links are never
+    followed (the sandbox wrote them: they could point anywhere on the node)."""
+    if out.is_symlink() or not out.is_dir():
+        return [], 0
+    kept: list[dict[str, Any]] = []
+    dropped = 0
+    for top, dirs, names in os.walk(out, followlinks=False):
+        dirs.sort()
+        for entry in sorted(names):
+            path = Path(top) / entry
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode):  # a link, a fifo, a device: not kept
+                continue
+            name = path.relative_to(out).as_posix()
+            if len(kept) >= KEPT_FILES or info.st_size > KEPT_FILE_BYTES or len(name) > 255:
+                dropped += 1
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # swapped for a link since: refused
+            with os.fdopen(fd, "rb") as fh:
+                data = fh.read(KEPT_FILE_BYTES)
+            kept.append(
+                {
+                    "name": name,
+                    "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "content": base64.b64encode(data).decode(),
+                }
+            )
+    return kept, dropped
 
 
 @handler("agent:run")

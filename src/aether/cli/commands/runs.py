@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -165,6 +166,22 @@ async def run(args: argparse.Namespace) -> int:
             got = await client.json("GET", f"/api/v1/runs/{run_id}")
             steps = table([_step_row(s) for s in got["steps"]], _STEP_HEADERS)
             emit(args, got, _summary(got) + ("\n\n" + steps if got["steps"] else ""))
+            return 0
+        if command == "files":
+            files = await client.json("GET", f"/api/v1/runs/{run_id}/files")
+            rows = [[str(f["step"]), f["name"], str(f["size"]), f["sha256"][:12]] for f in files]
+            shown = table(rows, ["step", "name", "bytes", "sha256"]) if rows else "no files kept"
+            emit(args, {"files": files}, shown)
+            return 0
+        if command == "file":
+            path = f"/api/v1/runs/{run_id}/files/{args.step}/{quote(args.name)}"
+            data = (await client.request("GET", path)).content
+            if args.output == "-":
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            else:
+                Path(args.output).write_bytes(data)
+                sys.stderr.write(f"wrote {args.output} ({len(data)} bytes)\n")
             return 0
         if command == "cancel":
             got = await client.json("POST", f"/api/v1/runs/{run_id}/cancel")

@@ -11,6 +11,7 @@ thread is a 404 like an unknown one. ``/api/runs…`` aliases ``/api/v1/runs…`
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from aether.model.runs import (
     NextIn,
     NextOut,
     RunDetail,
+    RunFileOut,
     RunIn,
     RunList,
     RunOut,
@@ -59,9 +61,7 @@ async def _run(ctx: ServerContext, tenant_id: str, run_id: str) -> AgentRunRow:
     return run
 
 
-async def _out(
-    ctx: ServerContext, run: AgentRunRow, names: dict[str, str] | None = None
-) -> RunOut:
+async def _out(ctx: ServerContext, run: AgentRunRow, names: dict[str, str] | None = None) -> RunOut:
     """The run's answer; ``names``: agent names already looked up (a list's)."""
     names = {} if names is None else names
     if run.agent_id not in names:
@@ -173,6 +173,38 @@ async def get_run(run_id: str, caller: Caller, ctx: Ctx) -> RunDetail:
     out = await _out(ctx, run)
     steps = [service.step_out(s) for s in await ctx.records.steps(run.id)]
     return RunDetail(**out.model_dump(), steps=steps)
+
+
+@router.get("/runs/{run_id}/files")
+async def run_files(run_id: str, caller: Caller, ctx: Ctx) -> list[RunFileOut]:
+    """The files the run's sandbox tools kept (what they wrote under /workspace/out)."""
+    run = await _run(ctx, caller.tenant_id, run_id)
+    return [
+        RunFileOut(step=f.step, name=f.name, size=f.size, sha256=f.sha256, created_at=f.created_at)
+        for f in await ctx.records.run_files(run.id)
+    ]
+
+
+@router.get(
+    "/runs/{run_id}/files/{step}/{name:path}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def run_file(run_id: str, step: int, name: str, caller: Caller, ctx: Ctx) -> Response:
+    run = await _run(ctx, caller.tenant_id, run_id)
+    found = await ctx.records.run_file(run.id, step, name)
+    if found is None:
+        raise NotFoundError(f"run {run_id} has no file {name!r} of step {step}")
+    filename = re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit("/", 1)[-1]) or "file"
+    return Response(
+        found.content,
+        media_type="application/octet-stream",  # never rendered: the sandbox wrote it
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Content-Type-Options": "nosniff",
+            "X-Aether-Sha256": found.sha256,
+        },
+    )
 
 
 @router.post("/runs/{run_id}/cancel")

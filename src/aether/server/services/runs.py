@@ -20,9 +20,12 @@ again; the sandbox tool's task is submitted once per step (idempotency key).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import secrets
+import shlex
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
@@ -57,7 +60,13 @@ from aether.server.services.secrets import tenant_secrets
 from aether.store.records.audit import AuditEntry
 from aether.store.records.base import Principal, now, utc
 from aether.store.records.runs import new_run_id
-from aether.store.records.schema import AgentRow, AgentRunRow, AgentRunStepRow, AgentVersionRow
+from aether.store.records.schema import (
+    AgentRow,
+    AgentRunFileRow,
+    AgentRunRow,
+    AgentRunStepRow,
+    AgentVersionRow,
+)
 from aether.tasks.queue.base import NewTask
 
 __all__ = [
@@ -887,28 +896,23 @@ async def _sandbox_step(
     if mode == "python":
         command = ["python3", "-c", str(arguments.get("code", ""))]
     else:
-        text = template.format(**arguments) if template else str(arguments.get("command", ""))
+        try:
+            # each argument one shell word: a value cannot add commands to the template
+            quoted = {k: shlex.quote(str(v)) for k, v in arguments.items()}
+            text = template.format(**quoted) if template else str(arguments["command"])
+        except (KeyError, IndexError, ValueError) as exc:
+            error = f"the command template needs an argument it was not given: {exc}"
+            await _resolve(ctx, run, found, row, ok=False, output="", error=error)
+            return True
         command = ["/bin/sh", "-c", text]
     hosts = sorted({h for p in found.rules for h in p.egress_hosts})
     task_id = row.task_id
     if task_id is None:
-        task = await ctx.queue.submit(
-            run.tenant_id,
-            NewTask(
-                type="agent:sandbox",
-                payload={
-                    "run_id": run.id,
-                    "step": row.seq,
-                    "command": command,
-                    "network": bool(hosts),
-                    "sandbox_id": "tool-" + secrets.token_hex(6),
-                },
-                max_retry=2,
-                timeout=float(found.version.config.get("tool_timeout", 120)),
-                idempotency_key=row.key,
-            ),
-        )
-        task_id = task.id
+        try:
+            task_id = await _submit_sandbox_task(ctx, run, found, row, command, hosts, config)
+        except AetherError as exc:  # the named sandbox is not the tenant's, or not running
+            await _resolve(ctx, run, found, row, ok=False, output="", error=exc.message)
+            return True
         await ctx.records.set_step(run.id, row.seq, task_id=task_id)
         ctx.task_submitted.set()
     while True:
@@ -917,6 +921,9 @@ async def _sandbox_step(
             result = task_out.result or {}
             code = result.get("exit_code")
             text = str(result.get("stdout", ""))
+            kept = await _keep_files(ctx, run, row, result)
+            if kept:
+                text += ("\n" if text else "") + "kept files: " + kept
             if result.get("stderr"):
                 text += ("\n" if text else "") + "stderr: " + str(result["stderr"])
             ok = code == 0
@@ -946,6 +953,78 @@ async def _sandbox_step(
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.05)
+
+
+async def _submit_sandbox_task(
+    ctx: ServerContext,
+    run: AgentRunRow,
+    found: _Agent,
+    row: AgentRunStepRow,
+    command: list[str],
+    hosts: list[str],
+    config: Any,
+) -> str:
+    """The task that runs a sandbox tool's command: in a fresh sandbox (``agent:sandbox``,
+    any node), or in the tenant's named sandbox (``vm:execute`` on its node). The step's
+    idempotency key is the task's: submitted twice, it is one task."""
+    timeout = float(found.version.config.get("tool_timeout", 120))
+    named = getattr(config, "sandbox", None)
+    if named:
+        sandbox = await ctx.records.get_sandbox(named, run.tenant_id)  # 404 if not the tenant's
+        if sandbox.status == "deleted" or sandbox.node is None:
+            raise ConflictError(f"sandbox {named} is not running (status {sandbox.status})")
+        spec = NewTask(
+            type="vm:execute",
+            payload={"vm_id": named, "command": command[0], "args": command[1:]},
+            max_retry=2,
+            timeout=timeout,
+            idempotency_key=row.key,
+            node=sandbox.node,
+        )
+    else:
+        spec = NewTask(
+            type="agent:sandbox",
+            payload={
+                "run_id": run.id,
+                "step": row.seq,
+                "command": command,
+                "network": bool(hosts),
+                "sandbox_id": "tool-" + secrets.token_hex(6),
+            },
+            max_retry=2,
+            timeout=timeout,
+            idempotency_key=row.key,
+        )
+    return (await ctx.queue.submit(run.tenant_id, spec)).id
+
+
+async def _keep_files(
+    ctx: ServerContext, run: AgentRunRow, row: AgentRunStepRow, result: dict[str, Any]
+) -> str:
+    """Keep the files a sandbox tool wrote under /workspace/out; what to tell the model."""
+    files = result.get("files") or []
+    rows = []
+    for f in files:
+        content = base64.b64decode(str(f.get("content", "")))
+        rows.append(
+            AgentRunFileRow(
+                run_id=run.id,
+                step=row.seq,
+                name=str(f["name"])[:255],
+                tenant_id=run.tenant_id,
+                size=len(content),
+                sha256=hashlib.sha256(content).hexdigest(),
+                content=content,
+                created_at=now(),
+            )
+        )
+    if rows:
+        await ctx.records.add_run_files(rows)
+    names = ", ".join(f"{r.name} ({r.size} bytes)" for r in rows)
+    dropped = int(result.get("files_dropped") or 0)
+    if dropped:
+        names += f"{', ' if names else ''}{dropped} more not kept (too many or too large)"
+    return names
 
 
 async def _server_tool(

@@ -15,6 +15,7 @@ from aether.errors import ConflictError
 from aether.store.records.base import RecordsBase, now
 from aether.store.records.schema import (
     AgentRunEventRow,
+    AgentRunFileRow,
     AgentRunRow,
     AgentRunStepRow,
     AgentThreadRow,
@@ -309,3 +310,22 @@ class RunRecords(RecordsBase):
         )
         async with self.sessions() as session:
             return (await session.scalars(query)).all()
+
+    # -- files --
+
+    async def add_run_files(self, rows: Sequence[AgentRunFileRow]) -> None:
+        """Keep the files (a step's again, e.g. a retried report, replaces them)."""
+        async with self.sessions() as session:
+            for row in rows:
+                await session.merge(row)
+            await session.commit()
+
+    async def run_files(self, run_id: str) -> Sequence[AgentRunFileRow]:
+        query = select(AgentRunFileRow).where(AgentRunFileRow.run_id == run_id)
+        async with self.sessions() as session:
+            rows = await session.scalars(query.order_by(AgentRunFileRow.step, AgentRunFileRow.name))
+            return rows.all()
+
+    async def run_file(self, run_id: str, step: int, name: str) -> AgentRunFileRow | None:
+        async with self.sessions() as session:
+            return await session.get(AgentRunFileRow, (run_id, step, name))

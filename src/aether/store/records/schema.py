@@ -26,6 +26,7 @@ __all__ = [
     "AgentRecipeRow",
     "AgentRow",
     "AgentRunEventRow",
+    "AgentRunFileRow",
     "AgentRunRow",
     "AgentRunStepRow",
     "AgentThreadRow",
@@ -801,3 +802,18 @@ class SecretRow(Base):
     value: Mapped[str] = mapped_column(Text)  # v1:KEY_ID:TOKEN
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class AgentRunFileRow(Base):
+    """A file a run's sandbox tool wrote under ``/workspace/out``, kept as the run's
+    artifact (bounded: ``aether.tasks.handlers`` takes at most 16 files, 1 MiB each)."""
+
+    __tablename__ = "agent_run_files"
+    run_id: Mapped[str] = mapped_column(ForeignKey("agent_runs.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]

@@ -28,6 +28,7 @@ from aether.store.records.schema import (
     AgentRecipeRow,
     AgentRow,
     AgentRunEventRow,
+    AgentRunFileRow,
     AgentRunRow,
     AgentRunStepRow,
     AgentThreadRow,
@@ -110,6 +111,7 @@ class PurgedTenant:
 
 # the tenant-owned tables, children before parents (PostgreSQL checks the foreign keys)
 _OWNED = (
+    AgentRunFileRow,
     AgentRunEventRow,
     AgentRunStepRow,
     AgentRunRow,
