@@ -918,7 +918,8 @@ def test_another_tenant_gets_404_for_tenant_a_s_objects(
     assert unknown.status_code == 404, (unknown.status_code, unknown.text)
     message = unknown.json()["message"]
     for name in named:
-        message = message.replace(ghosts[name], params[name])
+        if len(ghosts[name]) > 2:  # a step number's digit could stand inside an id
+            message = message.replace(ghosts[name], params[name])
     assert body["message"] == message, "the answer differs from an unknown object's"
 
 
