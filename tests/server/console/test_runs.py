@@ -358,6 +358,10 @@ def test_in_a_browser_an_operator_starts_a_run_and_approves_it_while_the_view_fo
         expect(waiting.get_by_test_id("step-decision")).to_contain_text("approval")
         assert axe_violations(page) == []
         screenshot(page, "run-approval")
+        # what is being typed survives the view's refreshes
+        page.fill("#reason-2", "looks fine")
+        page.wait_for_timeout(3000)
+        expect(page.locator("#reason-2")).to_have_value("looks fine")
         waiting.get_by_role("button", name="Approve").click()
         expect(page.locator(".flash.ok")).to_contain_text("Approved the call to search")
         page.evaluate("window.notReloaded = true")
