@@ -117,3 +117,48 @@ def test_export_then_import_into_another_tenant(srv: RunningServer, tmp_path: Pa
     assert copy["config"] == {"max_tokens": 256} and copy["tool_ids"] == ["search"]
     again = aether(srv, tmp_path, "agents", "import", str(file), token=other)
     assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_deploy_and_undeploy(srv: RunningServer, tmp_path: Path) -> None:
+    tenant = unique("team")
+    admin = _with_model(srv, tenant)
+    made = aether(
+        srv, tmp_path, "agents", "create", "helper", "--model", "model://gpt-4o", token=admin
+    )
+    assert made.returncode == 0, made.stderr
+    deployed = aether(
+        srv,
+        tmp_path,
+        "agents",
+        "deploy",
+        "helper",
+        "--replicas",
+        "2",
+        "--format",
+        "json",
+        token=admin,
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    agent = json.loads(deployed.stdout)
+    assert agent["status"] == "deployed" and agent["name"] == "helper"
+    assert agent["deployment"]["replicas"] == 2 and agent["deployment"]["version"] == 1
+    text = aether(srv, tmp_path, "agents", "deploy", agent["id"], "--version", "1", token=admin)
+    assert text.returncode == 0, text.stderr
+    assert "agent helper" in text.stdout and "deployed: version 1, 1 replica(s)" in text.stdout
+    listed = aether(srv, tmp_path, "agents", "ls", "--status", "deployed", token=admin)
+    assert listed.returncode == 0 and "helper" in listed.stdout and "/1" in listed.stdout
+
+    for bad in (["--replicas", "0"], ["--replicas", "65"], ["--version", "0"]):
+        refused = aether(srv, tmp_path, "agents", "deploy", "helper", *bad, token=admin)
+        assert refused.returncode == 2 and bad[0] in refused.stderr, refused.stderr
+    missing = aether(srv, tmp_path, "agents", "deploy", "helper", "--version", "9", token=admin)
+    assert missing.returncode == 42 and "no version 9" in missing.stderr
+    unknown = aether(srv, tmp_path, "agents", "deploy", "nobody", token=admin)
+    assert unknown.returncode == 41 and "not found" in unknown.stderr
+
+    undeployed = aether(srv, tmp_path, "agents", "undeploy", "helper", token=admin)
+    assert undeployed.returncode == 0 and "not deployed" in undeployed.stdout
+    assert aether(srv, tmp_path, "agents", "disable", "helper", token=admin).returncode == 0
+    disabled = aether(srv, tmp_path, "agents", "deploy", "helper", "--format", "json", token=admin)
+    assert disabled.returncode == 42
+    assert json.loads(disabled.stdout)["error"]["code"] == "agent_disabled"

@@ -293,6 +293,8 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/agents/{agent_id}/versions": Rule("viewer", owned=True),
     "POST /api/v1/agents/{agent_id}/disable": Rule("operator", owned=True),
     "POST /api/v1/agents/{agent_id}/enable": Rule("operator", owned=True),
+    "POST /api/v1/agents/{agent_id}/deploy": Rule("operator", owned=True),
+    "DELETE /api/v1/agents/{agent_id}/deploy": Rule("operator", owned=True),
     "GET /api/v1/agents/{agent_id}/export": Rule("viewer", owned=True),
     # agents' runs: viewers read, operators start, cancel and approve; the node driving a
     # run (any node: nodes are the cluster's) asks what is next and reports tool results

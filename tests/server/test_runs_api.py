@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aether.server.services.gc import collect_garbage
 from tests.support.agent_node import agent_worker
@@ -525,3 +526,86 @@ async def test_an_http_tool_runs_on_the_node_with_its_secret_and_idempotency_key
         steps = (await _detail(http, agent, denied["id"]))["steps"]
         assert steps[1]["status"] == "denied" and "host" in steps[1]["content"]
         assert len(api.requests) == 1
+
+
+async def test_a_deployed_agent_runs_the_version_its_deploy_pinned(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=[])
+    _ok(
+        await http.patch(
+            f"/api/v1/agents/{agent.id}",
+            json={"system_prompt": "Be version two."},
+            headers=agent.headers,
+        )
+    )
+    _ok(
+        await http.post(
+            f"/api/v1/agents/{agent.id}/deploy",
+            json={"replicas": 1, "version": 1},
+            headers=agent.headers,
+        )
+    )
+    _ok(
+        await http.patch(
+            f"/api/v1/agents/{agent.id}",
+            json={"system_prompt": "Be version three."},
+            headers=agent.headers,
+        )
+    )
+    llm.script(say("pinned"))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "which version?")
+    assert run["status"] == "completed" and run["agent_version"] == 1
+    assert llm.chats[-1]["messages"][0] == {"role": "user", "content": "which version?"}
+
+
+async def test_an_agent_s_figures_on_metrics_its_route_and_the_live_stream(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    agent = await _agent(srv, http, llm, tools=["search"], prices=(1.0, 1.0))
+    llm.script(call_tools(call("search", query="x"), usage=(10, 5)), say("ok", usage=(20, 5)))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "measure")
+        assert run["status"] == "completed"
+        figures = _ok(await http.get(f"/api/v1/agents/{agent.name}/metrics", headers=agent.headers))
+        assert figures["runs_per_second"] > 0 and figures["steps_per_second"] > 0
+        assert figures["tokens_per_second"] == pytest.approx(40 / 10)
+        assert figures["step_latency_p50_ms"] > 0
+        mine = _series((await http.get("/metrics", headers=agent.headers)).text, agent.tenant)
+        assert mine[("agent_runs_started_total", ())] == 1
+        assert mine[("agent_runs_finished_total", (("status", "completed"),))] == 1
+        assert mine[("agent_tokens_total", (("direction", "in"),))] == 30
+        assert mine[("agent_tokens_total", (("direction", "out"),))] == 10
+        assert mine[("agent_cost_total", ())] == pytest.approx(0.04)
+        assert mine[("agent_step_duration_seconds_count", (("kind", "model"),))] == 2
+        other = bearer(srv.mint("admin", unique("other")))
+        assert _series((await http.get("/metrics", headers=other)).text, agent.tenant) == {}
+        llm.script(*(call_tools(call("search", query=f"q{n}")) for n in range(30)), say("done"))
+        await _run(http, agent, "keep busy", background=True)
+        seen = await _agents_event(http, agent)
+    assert "helper" in seen and seen["helper"]["steps_per_second"] > 0
+
+
+async def _agents_event(http: httpx.AsyncClient, agent: Agent) -> dict[str, Any]:
+    async with http.stream("GET", "/api/v1/metrics/stream", headers=agent.headers) as response:
+        event = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "agents":
+                found: dict[str, Any] = json.loads(line[6:])
+                return found
+    raise AssertionError("no agents event")
+
+
+def _series(text: str, tenant: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The agent samples of ``tenant`` in a scrape: (name, other labels) -> value."""
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            if sample.name.startswith("agent_") and labels.pop("tenant", None) == tenant:
+                labels.pop("agent", None)
+                found[(sample.name, tuple(sorted(labels.items())))] = sample.value
+    return found

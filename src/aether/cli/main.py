@@ -527,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--node", default=None, help="decisions about this node")
     p.add_argument("--layer", type=int, choices=[1, 2, 3], default=None)
     p.add_argument(
-        "--kind", choices=["scale", "drain", "undrain", "advice", "rebalance"], default=None
+        "--kind",
+        choices=["scale", "drain", "undrain", "advice", "rebalance", "agent"],
+        default=None,
     )
     p.add_argument("--limit", type=int, default=50)
     _common(p)
@@ -617,22 +619,32 @@ def build_parser() -> argparse.ArgumentParser:
 def _agent_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``aether agents …``."""
     p = sub.add_parser(
-        "agents", help="AI agents: ls, get, create, disable, enable, versions, export, import"
+        "agents",
+        help="AI agents: ls, get, create, deploy, undeploy, disable, enable, versions, "
+        "export, import",
     )
     agents = p.add_subparsers(dest="agents_command", metavar="SUBCOMMAND", parser_class=_Parser)
     agents.required = True
     q = agents.add_parser("ls", help="the tenant's agents")
-    q.add_argument("--status", choices=["created", "disabled"], default=None)
+    q.add_argument("--status", choices=["created", "deployed", "disabled"], default=None)
     _common(q)
     for name, text in (
         ("get", "one agent: its config in use"),
-        ("disable", "stop the agent: no new runs"),
-        ("enable", "enable a disabled agent again"),
+        ("disable", "stop the agent: no new runs, its replicas withdrawn"),
+        ("enable", "enable a disabled agent again (deploy it to serve it)"),
         ("versions", "every version of the agent's config"),
+        ("undeploy", "withdraw the agent's replicas"),
     ):
         q = agents.add_parser(name, help=text)
-        q.add_argument("id", help="the agent's id (agt_…)")
+        q.add_argument("id", help="the agent's id (agt_…) or name")
         _common(q)
+    q = agents.add_parser("deploy", help="deploy the agent: replicas on nodes, a version pinned")
+    q.add_argument("id", metavar="AGENT", help="the agent's id (agt_…) or name")
+    q.add_argument("--replicas", type=int, default=None, help="1 to 64 (default 1)")
+    q.add_argument(
+        "--version", type=int, default=None, help="the version to pin (default: the one in use)"
+    )
+    _common(q)
     q = agents.add_parser("create", help="create an agent (from a recipe, or from flags)")
     q.add_argument("name", help="a-z, 0-9, '.', '_', '-' (up to 63), unique in the tenant")
     q.add_argument("--recipe", default=None, help="start from this catalog recipe")

@@ -25,7 +25,8 @@ __all__ = [
 
 Metric = Literal["cpu", "in_flight", "latency"]
 # advice: an adviser call itself; rebalance: one instance moved to even out an app's spread
-DecisionKind = Literal["scale", "drain", "undrain", "advice", "rebalance"]
+# agent: a deployed agent's replica placed, moved or removed (leader/agents.py)
+DecisionKind = Literal["scale", "drain", "undrain", "advice", "rebalance", "agent"]
 Outcome = Literal["applied", "refused", "failed"]
 
 # What "busy enough for one more instance" means when aether.toml gives no target:

@@ -36,6 +36,7 @@ from aether.client import ApiClient
 from aether.errors import AetherError, ForbiddenError, NotFoundError, UnauthorizedError
 from aether.model.api import RegisterIn, RegisterOut
 from aether.model.cluster import Endpoint, InstanceRecord
+from aether.model.placements import AgentPlacement
 from aether.node.capabilities import fingerprint
 from aether.node.cleanup import sweep
 from aether.node.drivers import instance_drivers, sandbox_drivers
@@ -96,7 +97,7 @@ class NodeDaemon:
         self.client = ApiClient(options.server, None)  # the node's credential, once it has it
         self.drivers, self.isolation, self.isolation_detail = instance_drivers(options.isolation)
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
-        self.router = Router(options.router_host, options.router_port)
+        self.router = Router(options.router_host, options.router_port, api_url=options.server)
         self.routes_changed = asyncio.Event()  # the router's state is to be sent
         self.router.on_change = self.routes_changed.set
         self.router.withhold = self.withheld
@@ -104,6 +105,7 @@ class NodeDaemon:
         self.assigned: dict[str, InstanceRecord] = {}
         self.endpoints: dict[str, Endpoint] = {}
         self.apps: set[str] | None = None  # apps with a blueprint, from the assignment stream
+        self.agents: dict[str, AgentPlacement] = {}  # deployed agents (the router serves them)
         self.revision = 0
         # after the first assignment snapshot of this process: remove what no assignment holds
         self.sweep_due = False
@@ -365,6 +367,8 @@ class NodeDaemon:
                 self.endpoints[f"endpoints/{ep.app}/{ep.entry}/{ep.node}:{ep.n}"] = ep
             apps = message.get("apps")  # a server without it: the router cannot tell 404
             self.apps = None if apps is None else set(apps)
+            placements = (AgentPlacement.model_validate(v) for v in message.get("agents", []))
+            self.agents = {f"agents/{p.agent_id}": p for p in placements}
             self.revision = int(message["revision"]) + 1
             self.sweep_due = not self.swept
             self.routes_changed.set()
@@ -380,6 +384,11 @@ class NodeDaemon:
                     self.endpoints[key] = Endpoint.model_validate(message["value"])
                 else:
                     self.endpoints.pop(key, None)
+            elif key.startswith("agents/"):
+                if kind == "PUT":
+                    self.agents[key] = AgentPlacement.model_validate(message["value"])
+                else:
+                    self.agents.pop(key, None)
             elif key.startswith("blueprints/") and self.apps is not None:
                 name = key.removeprefix("blueprints/")
                 if kind == "PUT":
@@ -388,6 +397,7 @@ class NodeDaemon:
                     self.apps.discard(name)
             self.revision = int(message["revision"]) + 1
         self.router.update(self.endpoints.values(), self.apps)
+        self.router.update_agents(self.agents.values())
         self.changed.set()
 
     async def _send_routes(self) -> None:

@@ -30,6 +30,13 @@ dropped endpoint finished, so the node can say so to the server
 (``withdrawn_in_flight``) and the instance stops only when every router is
 done with it.
 
+A deployed agent (one with replicas placed: ``agents/{id}`` in the assignment stream)
+is served at ``/agents/{name}/{rest}`` (the ``default`` tenant's) and
+``/t/{tenant}/agents/{name}/{rest}``: the request goes, with the caller's
+``Authorization`` and body, to the server's ``/api/v1/agents/{id}/{rest}``, and the
+answer streams back as it comes (an SSE stream is not buffered). An agent that is not
+deployed answers the same 404 as one that does not exist.
+
 Per app the router counts, for telemetry, the calls finished since the last
 ``take_counters`` (with errors: 5xx or no upstream, and their summed
 duration) and the calls open now: plain dict updates on the event loop, no lock.
@@ -52,7 +59,8 @@ import aiohttp
 from aiohttp import web
 
 from aether.model.cluster import Endpoint
-from aether.model.names import route_target
+from aether.model.names import DEFAULT_TENANT, route_target
+from aether.model.placements import AgentPlacement
 
 __all__ = ["CallCounter", "Router"]
 
@@ -86,6 +94,22 @@ def _envelope(status: int, code: str, message: str) -> web.Response:
         content_type="application/json",
         headers={"X-Trace-Id": trace},
     )
+
+
+def agent_target(path: str) -> tuple[str, str, str] | None:
+    """(tenant, agent name, the rest with its query) of ``/agents/{name}/{rest}`` or
+    ``/t/{tenant}/agents/{name}/{rest}``; None for any other path."""
+    bare, q, query = path.partition("?")
+    tenant = DEFAULT_TENANT
+    if bare.startswith("/t/"):
+        tenant, _, rest = bare[len("/t/") :].partition("/")
+        bare = "/" + rest
+    if not bare.startswith("/agents/") or not tenant:
+        return None
+    name, _, tail = bare[len("/agents/") :].partition("/")
+    if not name:
+        return None
+    return tenant, name, ("/" + tail if tail else "") + q + query
 
 
 def _reason(exc: BaseException) -> str:
@@ -125,11 +149,21 @@ class CallCounter:
 
 
 class Router:
-    def __init__(self, host: str, port: int, *, upstream_timeout: float = 60.0) -> None:
-        """``upstream_timeout``: seconds an instance has to send its response headers."""
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        upstream_timeout: float = 60.0,
+        api_url: str | None = None,
+    ) -> None:
+        """``upstream_timeout``: seconds an instance has to send its response headers;
+        ``api_url``: the server deployed agents' requests go to (None: none served)."""
         self.host = host
         self.port = port
         self.upstream_timeout = upstream_timeout
+        self.api_url = api_url.rstrip("/") if api_url else None
+        self._agents: dict[tuple[str, str], str] = {}  # (tenant, agent name) → agent id
         self._table: dict[str, list[str]] = {}
         self._known: frozenset[str] | None = None  # apps with a blueprint (None: unknown)
         self._cycles: dict[str, Iterator[int]] = {}
@@ -166,6 +200,10 @@ class Router:
         self._urls = urls
         if dropped and self.on_change is not None:
             self.on_change()
+
+    def update_agents(self, placements: Iterable[AgentPlacement]) -> None:
+        """Serve the agents with replicas placed (the others answer 404)."""
+        self._agents = {(p.tenant, p.name): p.agent_id for p in placements if p.nodes}
 
     def withdrawn_in_flight(self) -> dict[str, int]:
         """Requests open to URLs no longer in the table (URL → count)."""
@@ -225,6 +263,9 @@ class Router:
         if request.path == "/_aether/health":
             return web.json_response({"status": "ok", "apps": sorted(self._table)})
         target = route_target(request.host, request.path_qs)
+        agent = agent_target(request.path_qs) if target is None else None
+        if agent is not None:
+            return await self._forward_agent(request, *agent)
         if target is None:
             return _envelope(
                 404,
@@ -290,6 +331,27 @@ class Router:
         return _envelope(
             502, "upstream_failed", f"app {app!r} did not answer: {_reason(failure)}"
         ), False
+
+    async def _forward_agent(
+        self, request: web.Request, tenant: str, name: str, rest: str
+    ) -> web.StreamResponse:
+        """A deployed agent's request, to the server's API as the caller."""
+        agent_id = self._agents.get((tenant, name))
+        if agent_id is None or self.api_url is None:
+            return _envelope(404, "not_found", f"no agent {name!r} in this cluster")
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers["X-Forwarded-Host"] = request.host
+        headers["X-Forwarded-For"] = request.remote or ""
+        headers["X-Forwarded-Proto"] = request.scheme
+        method = request.method.upper()
+        path = f"/api/v1/agents/{agent_id}{rest}"
+        label = f"agent {name}"
+        answer = await self._attempt(request, label, path, method, self.api_url, headers, body)
+        if isinstance(answer, tuple):
+            return answer[0]
+        failure = answer.error if isinstance(answer, _Sent) else answer
+        return _envelope(502, "upstream_failed", f"{label} did not answer: {_reason(failure)}")
 
     async def _attempt(
         self,

@@ -63,11 +63,13 @@ from aether.server.http.prometheus import ServerMetrics
 from aether.server.http.ratelimit import RateLimiter, RateLimitHeaders, open_storage
 from aether.server.http.uploads import UploadGate
 from aether.server.leader.advisers import Adviser, adviser_configs
+from aether.server.leader.agents import AgentPlacer
 from aether.server.leader.controller import Controller
 from aether.server.leader.gc import GarbageCollector
 from aether.server.leader.rebalance import Rebalancer
 from aether.server.leader.reconcile import Leader, LeaderLoop
 from aether.server.leader.risk import RiskEngine
+from aether.server.services.agent_placements import AgentQueues
 from aether.server.services.logstore import LogStore
 from aether.server.services.oidc import OidcClient
 from aether.server.services.presence import announce
@@ -151,6 +153,7 @@ def _leader_loops(app: FastAPI, ctx: ServerContext) -> list[LeaderLoop]:
     risk = RiskEngine(ctx, registry=ctx.metrics.registry)
     app.state.risk = risk
     loops: list[LeaderLoop] = [ctx.telemetry.run, risk.run, GarbageCollector(ctx).run]
+    loops.append(AgentPlacer(ctx, risk=risk).run)  # deployed agents' replicas on nodes
     if ctx.settings.rebalance_interval > 0:
         loops.append(Rebalancer(ctx).run)  # spreads instances back, one move at a time
     app.state.controller = None
@@ -203,6 +206,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             ),
         )
         app.state.ctx = ctx
+        app.state.agent_queues = AgentQueues(store)  # the claim handler's cached copy
         leader = Leader(ctx, _leader_loops(app, ctx))
         app.state.leader = leader
         task = asyncio.create_task(leader.run(), name="leader")

@@ -162,29 +162,33 @@ async def vm_delete(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     return {"vm_id": payload.sandbox_id}
 
 
+async def _fresh_sandbox(
+    ctx: TaskContext, driver: Any, sandbox_id: str, name: str, memory_mb: int, network: bool
+) -> Any:
+    """A new sandbox for one command (a retry's leftovers deleted first)."""
+    from aether.node.drivers.base import SandboxSpec
+
+    root = ctx.sandbox_root(sandbox_id)
+    if root.exists():  # a retry: start clean
+        old = await asyncio.to_thread(driver.load, sandbox_id, root)
+        if old is not None:
+            await driver.delete(old)
+        shutil.rmtree(root, ignore_errors=True)
+    spec = SandboxSpec(
+        id=sandbox_id, name=name, vcpus=1, memory_mb=memory_mb, network=network, root=root
+    )
+    return await driver.create(spec)
+
+
 @handler("job:run")
 async def job_run(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     """A fresh sandbox with the app's artifact in its workspace, one command, then gone."""
     from aether.artifacts import safe_extract
-    from aether.node.drivers.base import SandboxSpec
 
     assert isinstance(payload, JobRunPayload) and payload.digest and payload.sandbox_id
     driver = ctx.driver(None)
-    root = ctx.sandbox_root(payload.sandbox_id)
-    if root.exists():  # a retry: start clean
-        old = await asyncio.to_thread(driver.load, payload.sandbox_id, root)
-        if old is not None:
-            await driver.delete(old)
-        shutil.rmtree(root, ignore_errors=True)
-    handle = await driver.create(
-        SandboxSpec(
-            id=payload.sandbox_id,
-            name=f"job-{payload.app}",
-            vcpus=1,
-            memory_mb=payload.memory_mb,
-            network=payload.network,
-            root=root,
-        )
+    handle = await _fresh_sandbox(
+        ctx, driver, payload.sandbox_id, f"job-{payload.app}", payload.memory_mb, payload.network
     )
     try:
         with tempfile.TemporaryDirectory(dir=ctx.root) as tmp:
@@ -221,25 +225,12 @@ async def job_run(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
 @handler("agent:sandbox")
 async def agent_sandbox(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
     """An agent's ``sandbox`` tool call: a fresh sandbox, one command, then gone."""
-    from aether.node.drivers.base import SandboxSpec
 
     assert isinstance(payload, AgentSandboxPayload)
     driver = ctx.driver(None)
-    root = ctx.sandbox_root(payload.sandbox_id)
-    if root.exists():  # a retry: start clean
-        old = await asyncio.to_thread(driver.load, payload.sandbox_id, root)
-        if old is not None:
-            await driver.delete(old)
-        shutil.rmtree(root, ignore_errors=True)
-    handle = await driver.create(
-        SandboxSpec(
-            id=payload.sandbox_id,
-            name=f"tool-{payload.run_id}-{payload.step}",
-            vcpus=1,
-            memory_mb=payload.memory_mb,
-            network=payload.network,
-            root=root,
-        )
+    name = f"tool-{payload.run_id}-{payload.step}"
+    handle = await _fresh_sandbox(
+        ctx, driver, payload.sandbox_id, name, payload.memory_mb, payload.network
     )
     try:
         result = await driver.execute(

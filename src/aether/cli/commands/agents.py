@@ -1,8 +1,9 @@
 """``aether agents …``: the tenant's AI agents and the agent catalog.
 
-``agents ls|get ID|create NAME|disable ID|enable ID|versions ID|export ID -o FILE|
-import FILE|catalog [ID]``. ``create NAME --recipe R`` asks only for what the recipe
-leaves open; else ``--model model://NAME`` and ``--tool``, ``--policy``,
+``agents ls|get ID|create NAME|deploy ID [--replicas N] [--version V]|undeploy ID|
+disable ID|enable ID|versions ID|export ID -o FILE|import FILE|catalog [ID]`` (an
+agent's ID is its id, ``agt_…``, or its name). ``create NAME --recipe R`` asks only
+for what the recipe leaves open; else ``--model model://NAME`` and ``--tool``, ``--policy``,
 ``--system-prompt``, ``--config JSON``. An agent file is JSON without secrets.
 """
 
@@ -21,7 +22,7 @@ from aether.client import ApiClient
 
 __all__ = ["run"]
 
-_HEADERS = ["id", "name", "status", "version", "model", "tools", "policies"]
+_HEADERS = ["id", "name", "status", "version", "model", "tools", "policies", "replicas"]
 
 
 def _one(value: str) -> str:
@@ -37,7 +38,26 @@ def _row(a: dict[str, Any]) -> list[str]:
         a["model"],
         ",".join(a["tool_ids"]) or "-",
         ",".join(a["policy_ids"]) or "-",
+        _replicas(a.get("deployment")),
     ]
+
+
+def _replicas(deployment: dict[str, Any] | None) -> str:
+    """``placed/wanted`` of a deployed agent; ``-`` when it is not deployed."""
+    if deployment is None:
+        return "-"
+    return f"{len(deployment['nodes'])}/{deployment['replicas']}"
+
+
+def _deployment_text(a: dict[str, Any]) -> str:
+    d = a.get("deployment")
+    if d is None:
+        return f"agent {a['name']} ({a['id']}) is {a['status']}: not deployed"
+    nodes = ", ".join(d["nodes"]) or "none yet"
+    return (
+        f"agent {a['name']} ({a['id']}) deployed: version {d['version']}, "
+        f"{d['replicas']} replica(s), {d['status']} (nodes: {nodes})"
+    )
 
 
 def _config(raw: str | None) -> dict[str, Any] | None:
@@ -98,6 +118,7 @@ def _agent_text(a: dict[str, Any]) -> str:
             table([_row(a)], _HEADERS),
             f"system prompt: {a['system_prompt'] or '-'}",
             f"config: {json.dumps(a['config'])}",
+            _deployment_text(a),
         ]
     )
 
@@ -137,9 +158,30 @@ async def _status(client: ApiClient, args: argparse.Namespace, action: str) -> N
     emit(args, agent, f"agent {agent['name']} ({agent['id']}) is {agent['status']}")
 
 
+def _deploy_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The body of ``POST /agents/{id}/deploy``: only what was given."""
+    if args.replicas is not None and not 1 <= args.replicas <= 64:
+        raise CliError(f"--replicas is 1 to 64, not {args.replicas}", kind="usage")
+    if args.version is not None and args.version < 1:
+        raise CliError(f"--version is 1 or more, not {args.version}", kind="usage")
+    given = (("replicas", args.replicas), ("version", args.version))
+    return {k: v for k, v in given if v is not None}
+
+
+async def _deploy(client: ApiClient, args: argparse.Namespace, body: dict[str, Any]) -> None:
+    agent = await client.json("POST", f"/api/v1/agents/{_one(args.id)}/deploy", json=body)
+    emit(args, agent, _deployment_text(agent))
+
+
+async def _undeploy(client: ApiClient, args: argparse.Namespace) -> None:
+    agent = await client.json("DELETE", f"/api/v1/agents/{_one(args.id)}/deploy")
+    emit(args, agent, _deployment_text(agent))
+
+
 async def run(args: argparse.Namespace) -> int:
     command = args.agents_command
     body = _create_body(args) if command == "create" else None  # usage errors first
+    deploy = _deploy_body(args) if command == "deploy" else {}
     document = _read_file(args.file) if command == "import" else None
     async with api_client(args) as client:
         if command == "ls":
@@ -166,6 +208,10 @@ async def run(args: argparse.Namespace) -> int:
             await _export(client, args)
         elif command == "catalog":
             await _catalog(client, args)
+        elif command == "deploy":
+            await _deploy(client, args, deploy)
+        elif command == "undeploy":
+            await _undeploy(client, args)
         else:
             await _status(client, args, command)
     return 0

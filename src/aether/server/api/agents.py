@@ -3,7 +3,9 @@
 ``/agent-catalog``: recipes to start from (the built-ins and the tenant's own; admins
 add and delete the tenant's). ``/agents``: create (from a body or a recipe), list,
 read, patch (a new version of the config), versions, disable and enable, export as an
-agent file (no secrets) and import one. Deploying an agent is not here yet.
+agent file (no secrets) and import one, deploy (``replicas`` on nodes the leader
+picks, pinning a version) and undeploy. ``{agent_id}`` is the agent's id (``agt_…``)
+or its name (names never start with ``agt_``).
 
 A model, policy or tool an agent names that the tenant lacks is 404 ``invalid_input``
 (``model not found``, ``policy not found``, ``tool not found``); another tenant's
@@ -15,13 +17,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from aether.agents.catalog import BUILTIN_RECIPES, AgentSpec, Recipe
 from aether.errors import BadRequestError, ConflictError, InternalError, NotFoundError
 from aether.server.context import ServerContext, get_context
+from aether.server.http.audit import name_event
 from aether.server.http.auth import Admin, Caller, Operator
+from aether.server.services.agent_placements import (
+    read_placement,
+    read_placements,
+    withdraw_placement,
+)
 from aether.server.services.agents import (
     AgentFile,
     AgentName,
@@ -32,6 +40,7 @@ from aether.server.services.agents import (
     agent_out,
     author,
     check_refs,
+    deployment_out,
     find_recipe,
     import_agent,
     list_recipes,
@@ -74,6 +83,15 @@ class AgentPatch(BaseModel):
     tool_ids: list[str] | None = None
     system_prompt: str | None = None
     config: dict[str, Any] | None = None
+
+
+class DeployIn(BaseModel):
+    """How many replicas, of which version (default: the version in use now)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    version: Annotated[int, Field(ge=1)] | None = None
 
 
 class AgentList(BaseModel):
@@ -136,11 +154,23 @@ async def _in_use(ctx: ServerContext, agent: AgentRow) -> AgentVersionRow:
     return version
 
 
+async def _shown(
+    ctx: ServerContext, agent: AgentRow, version: AgentVersionRow | None = None
+) -> AgentOut:
+    """The answer for ``agent``: its version in use and, deployed, its deployment."""
+    version = version or await _in_use(ctx, agent)
+    row = await ctx.records.agent_deployment(agent.id)
+    if row is None:
+        return agent_out(agent, version)
+    placement = await read_placement(ctx.store, agent.id)
+    return agent_out(agent, version, deployment_out(row, placement))
+
+
 @router.get("/agents")
 async def list_agents(
     caller: Caller,
     ctx: Ctx,
-    status: Annotated[str | None, Query(pattern="^(created|disabled)$")] = None,
+    status: Annotated[str | None, Query(pattern="^(created|deployed|disabled)$")] = None,
     name: Annotated[str | None, Query(max_length=63)] = None,
     after: Annotated[str | None, Query(max_length=63)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -150,7 +180,13 @@ async def list_agents(
         caller.tenant_id, status=status, name=name, after=after, limit=limit
     )
     cursor = rows[-1][0].name if len(rows) == limit else None
-    return AgentList(agents=[agent_out(a, v) for a, v in rows], cursor=cursor)
+    placements = await read_placements(ctx.store) if rows else {}
+    shown = []
+    for agent, version in rows:
+        row = await ctx.records.agent_deployment(agent.id) if agent.status == "deployed" else None
+        deployment = None if row is None else deployment_out(row, placements.get(agent.id))
+        shown.append(agent_out(agent, version, deployment))
+    return AgentList(agents=shown, cursor=cursor)
 
 
 @router.post("/agents", status_code=201, responses=_INVALID_INPUT)
@@ -176,7 +212,7 @@ async def import_agent_file(body: AgentFile, caller: Operator, ctx: Ctx) -> Agen
 @router.get("/agents/{agent_id}")
 async def get_agent(agent_id: str, caller: Caller, ctx: Ctx) -> AgentOut:
     agent = await _agent(ctx, caller.tenant_id, agent_id)
-    return agent_out(agent, await _in_use(ctx, agent))
+    return await _shown(ctx, agent)
 
 
 @router.patch("/agents/{agent_id}", responses=_INVALID_INPUT)
@@ -198,33 +234,77 @@ async def patch_agent(agent_id: str, body: AgentPatch, caller: Operator, ctx: Ct
     )
     if changed is None:
         raise NotFoundError(f"agent {agent_id!r} not found")
-    return agent_out(*changed)
+    return await _shown(ctx, *changed)
 
 
 @router.get("/agents/{agent_id}/versions")
 async def versions(agent_id: str, caller: Caller, ctx: Ctx) -> list[VersionOut]:
     """Every version of the agent's config, newest first."""
-    await _agent(ctx, caller.tenant_id, agent_id)
-    return [version_out(v) for v in await ctx.records.agent_versions(caller.tenant_id, agent_id)]
+    agent = await _agent(ctx, caller.tenant_id, agent_id)
+    return [version_out(v) for v in await ctx.records.agent_versions(caller.tenant_id, agent.id)]
 
 
 async def _set_status(ctx: ServerContext, tenant_id: str, agent_id: str, status: str) -> AgentOut:
     agent = await ctx.records.set_agent_status(tenant_id, agent_id, status)
     if agent is None:
         raise NotFoundError(f"agent {agent_id!r} not found")
-    return agent_out(agent, await _in_use(ctx, agent))
+    if status == "disabled":
+        await withdraw_placement(ctx.store, agent.id)
+    return await _shown(ctx, agent)
 
 
 @router.post("/agents/{agent_id}/disable")
 async def disable(agent_id: str, caller: Operator, ctx: Ctx) -> AgentOut:
-    """Status ``disabled``: no new runs (``agent_disabled``). Again: no change."""
+    """Status ``disabled``: no new runs (``agent_disabled``), and its deployment is
+    dropped: no node claims its queue, no router serves it. Again: no change."""
     return await _set_status(ctx, caller.tenant_id, agent_id, "disabled")
 
 
 @router.post("/agents/{agent_id}/enable")
 async def enable(agent_id: str, caller: Operator, ctx: Ctx) -> AgentOut:
-    """Back to status ``created``. Again: no change."""
+    """A disabled agent back to status ``created`` (deploy it again to serve it).
+    Any other status: no change."""
     return await _set_status(ctx, caller.tenant_id, agent_id, "created")
+
+
+@router.post("/agents/{agent_id}/deploy")
+async def deploy(
+    agent_id: str,
+    request: Request,
+    caller: Operator,
+    ctx: Ctx,
+    body: Annotated[DeployIn | None, Body()] = None,
+) -> AgentOut:
+    """Deploy (or redeploy) the agent: ``replicas`` on distinct nodes the leader picks,
+    pinning ``version`` (default: the version in use). A disabled agent is a 409
+    ``agent_disabled``; a version it does not have is a 400."""
+    name_event(request, "agent.deploy")
+    body = body or DeployIn()  # no body: one replica of the version in use
+    agent = await _agent(ctx, caller.tenant_id, agent_id)
+    version = body.version or agent.current_version
+    if await ctx.records.agent_version(agent.id, version) is None:
+        raise BadRequestError(
+            f"agent {agent.name!r} has no version {version} (it has 1 to {agent.current_version})"
+        )
+    name_event(request, "agent.deploy", f"version {version}, {body.replicas} replica(s)")
+    deployed = await ctx.records.deploy_agent(
+        caller.tenant_id, agent.id, version, body.replicas, author(caller)
+    )
+    if deployed is None:
+        raise NotFoundError(f"agent {agent_id!r} not found")
+    return await _shown(ctx, deployed[0])
+
+
+@router.delete("/agents/{agent_id}/deploy")
+async def undeploy(agent_id: str, request: Request, caller: Operator, ctx: Ctx) -> AgentOut:
+    """Drop the agent's deployment: its replicas are withdrawn at once, status back to
+    ``created``. Not deployed: no change."""
+    name_event(request, "agent.undeploy")
+    agent = await ctx.records.undeploy_agent(caller.tenant_id, agent_id)
+    if agent is None:
+        raise NotFoundError(f"agent {agent_id!r} not found")
+    await withdraw_placement(ctx.store, agent.id)
+    return await _shown(ctx, agent)
 
 
 @router.get("/agents/{agent_id}/export")

@@ -26,7 +26,9 @@ async def list_decisions(
     caller: Caller,
     ctx: Ctx,
     layer: Annotated[int | None, Query(ge=1, le=3)] = None,
-    kind: Annotated[str | None, Query(pattern="^(scale|drain|undrain|advice|rebalance)$")] = None,
+    kind: Annotated[
+        str | None, Query(pattern="^(scale|drain|undrain|advice|rebalance|agent)$")
+    ] = None,
     target: Annotated[str | None, Query(max_length=128)] = None,
     outcome: Annotated[str | None, Query(pattern="^(applied|refused|failed)$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,

@@ -167,7 +167,7 @@ async def heartbeat(
 
 
 def _relevant(key: str, node: str) -> bool:
-    return key.startswith((f"instances/{node}/", "endpoints/", "blueprints/"))
+    return key.startswith((f"instances/{node}/", "endpoints/", "blueprints/", "agents/"))
 
 
 def _event_value(key: str, value: bytes) -> Any:
@@ -201,12 +201,14 @@ async def assignments(
             inst_kvs, revision = await ctx.store.range(f"instances/{node}/")
             ep_kvs, _ = await ctx.store.range("endpoints/")
             bp_kvs, _ = await ctx.store.range("blueprints/")
+            agent_kvs, _ = await ctx.store.range("agents/")  # deployed agents' placements
             snapshot = {
                 "type": "snapshot",
                 "revision": revision,
                 "instances": [json.loads(kv.value) for kv in inst_kvs],
                 "endpoints": [json.loads(kv.value) for kv in ep_kvs],
                 "apps": sorted(kv.key.removeprefix("blueprints/") for kv in bp_kvs),
+                "agents": [json.loads(kv.value) for kv in agent_kvs],
             }
             yield json.dumps(snapshot).encode() + b"\n"
             start = revision + 1

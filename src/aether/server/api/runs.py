@@ -46,11 +46,7 @@ _SSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": 
 
 async def _agent(ctx: ServerContext, tenant_id: str, ref: str) -> AgentRow:
     """The tenant's agent by id (``agt_…``) or name."""
-    if ref.startswith("agt_"):
-        agent = await ctx.records.agent(tenant_id, ref)
-    else:
-        found = await ctx.records.agents(tenant_id, name=ref, limit=1)
-        agent = found[0][0] if found else None
+    agent = await ctx.records.agent(tenant_id, ref)
     if agent is None:
         raise NotFoundError(f"agent {ref!r} not found")
     return agent

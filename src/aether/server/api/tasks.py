@@ -23,6 +23,7 @@ from aether.model.tasks import (
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import Caller, NodeCaller, Operator, own_node
+from aether.server.services.agent_placements import AgentQueues
 from aether.server.services.tasks import record_outcome, submit_task
 from aether.store.records import Principal
 
@@ -154,21 +155,26 @@ async def claim(
 ) -> TaskOut | Response:
     """Long poll: the next task this node may run, or 204 after ``wait`` seconds.
 
+    Besides ``queues`` the node claims from ``agent.{id}`` of every agent placed on it.
+
     A node that went away mid-poll must not be handed a task it will never run
     (it would sit out a whole lease), so the connection is checked first.
     """
     own_node(request, caller, body.node)
     deadline = time.monotonic() + body.wait
+    agents: AgentQueues = request.app.state.agent_queues
     while True:
         if await request.is_disconnected():
             return Response(status_code=204)
         # cleared before looking, so a task submitted while this claim looks wakes it
         ctx.task_submitted.clear()
+        # the queues of the agents placed on this node too (a cached copy: no query)
+        placed = await agents.for_node(body.node)
         task = await ctx.queue.claim(
             body.node,
             node=body.node,
             drivers=body.drivers,
-            queues=body.queues,
+            queues=[*body.queues, *placed] if placed else body.queues,
             lease=ctx.settings.task_lease,
         )
         if task is not None:

@@ -12,6 +12,7 @@ with its body intact, so the answers are the same either way.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -203,7 +204,9 @@ async def rollups(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def stream(caller: Caller, ctx: Ctx) -> StreamingResponse:
-    """Server-Sent Events: ``event: sample`` with the cluster sample each second.
+    """Server-Sent Events: ``event: sample`` with the cluster sample each second, and
+    ``event: agents`` with the caller's agents' figures of that second on this server
+    (runs/s, steps/s, step latency, tokens/s, cost/s) when any ran a step.
 
     A comment line (``: ping``) goes out when no sample came for 5 s (e.g. on a
     server that is not the leader). The stream ends when the client goes away.
@@ -230,6 +233,13 @@ async def stream(caller: Caller, ctx: Ctx) -> StreamingResponse:
                 data = hub.latest_json(owned)
                 if data is not None:
                     yield b"event: sample\ndata: " + data + b"\n\n"
+                agents = ctx.metrics.agents
+                figures = {
+                    name: agents.recent(caller.tenant, name, 1.0)
+                    for name in agents.agents_of(caller.tenant)
+                }
+                if figures:  # the tenant's agents that ran steps on this server this second
+                    yield b"event: agents\ndata: " + json.dumps(figures).encode() + b"\n\n"
         finally:
             hub.streams -= 1
 

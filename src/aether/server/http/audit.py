@@ -11,6 +11,9 @@ the event. ``AuditMiddleware`` appends an event to the records' audit chain for:
 - every request under ``/api/v1/`` answered ``401`` (failed authentication) or
   ``403`` (a refusal), whatever its method.
 
+An event's action is ``METHOD /route`` unless the route named it with
+``name_event`` (``agent.deploy``, ``agent.undeploy``).
+
 A ``429 rate_limited`` is not an event of its own (a flood would write a flood of
 chained rows): it counts in ``rate_limited_requests_total{tenant}``, and the first
 refusal of a tenant in ``AUDIT_WINDOW`` seconds (per server) writes one event,
@@ -42,7 +45,15 @@ from aether.server.http.ratelimit import AUDIT_WINDOW
 from aether.store.records import Principal
 from aether.store.records.audit import AuditEntry
 
-__all__ = ["UNAUDITED", "AuditMiddleware", "actor_of", "audit_request", "outcome_of", "refuse"]
+__all__ = [
+    "UNAUDITED",
+    "AuditMiddleware",
+    "actor_of",
+    "audit_request",
+    "name_event",
+    "outcome_of",
+    "refuse",
+]
 
 log = logging.getLogger("aether.audit")
 
@@ -68,7 +79,16 @@ _UNAUDITED = tuple(
     for method, route, only in UNAUDITED
 )
 _DETAIL = "audit_detail"
+_ACTION = "audit_action"
 _TOO_MANY = 429
+
+
+def name_event(request: Request, action: str, detail: str = "") -> None:
+    """Record this request's event as ``action`` (e.g. ``agent.deploy``) instead of
+    ``METHOD /route``, with ``detail``."""
+    setattr(request.state, _ACTION, action)
+    if detail:
+        setattr(request.state, _DETAIL, detail)
 
 
 def refuse(
@@ -152,7 +172,7 @@ def entry_for(scope: Scope, status: int) -> AuditEntry:
         role=principal.role if principal else None,
         tenant_id=principal.tenant_id if principal else None,
         tenant=principal.tenant if principal else None,
-        action=f"{scope['method']} {_route(scope)}",
+        action=state.get(_ACTION) or f"{scope['method']} {_route(scope)}",
         target=scope["path"].removeprefix(PREFIX).strip("/"),
         outcome=outcome_of(status),
         status=status,

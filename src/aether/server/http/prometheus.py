@@ -151,6 +151,11 @@ class AgentRunMetrics:
             self.cost.labels(tenant, agent).inc(cost)
         self._keep(tenant, agent, kind, seconds, tokens_in + tokens_out, cost)
 
+    def agents_of(self, tenant: str, seconds: float = 1.0) -> list[str]:
+        """The tenant's agents that ran a step in the last ``seconds`` here."""
+        since = time.monotonic() - seconds
+        return sorted({e[2] for e in self._recent if e[0] >= since and e[1] == tenant})
+
     def recent(self, tenant: str, agent: str, seconds: float = 10.0) -> dict[str, float]:
         """Runs/s, steps/s, step latency (p50, p95 in ms), tokens/s and cost/s over the
         last ``seconds`` on this server."""

@@ -21,24 +21,28 @@ from aether.agents.catalog import (
 )
 from aether.agents.policy import Policy
 from aether.agents.tools import BUILTIN_TOOLS, Tool
+from aether.core.agent_placement import DeploymentStatus, deployment_status
 from aether.errors import BadRequestError, ConflictError, InternalError, NotFoundError
+from aether.model.placements import AgentPlacement
 from aether.model.time import Timestamp
 from aether.server.context import ServerContext
 from aether.server.services.agent_policies import BUILTIN_POLICIES, find_tool
 from aether.store.records.agents import AgentVersion
 from aether.store.records.base import Principal
-from aether.store.records.schema import AgentRow, AgentVersionRow
+from aether.store.records.schema import AgentDeploymentRow, AgentRow, AgentVersionRow
 
 __all__ = [
     "AgentFile",
     "AgentName",
     "AgentOut",
+    "DeploymentOut",
     "RecipeOut",
     "VersionOut",
     "agent_file",
     "agent_out",
     "author",
     "check_refs",
+    "deployment_out",
     "find_recipe",
     "import_agent",
     "list_recipes",
@@ -54,11 +58,23 @@ class RecipeOut(Recipe):
     builtin: bool
 
 
+class DeploymentOut(BaseModel):
+    """A deployed agent's deployment: the version it pins, the replicas it wants, the
+    nodes the leader placed them on (``pending``: none yet; ``running``: all;
+    ``degraded``: fewer than ``replicas``)."""
+
+    version: int
+    replicas: int
+    nodes: list[str]
+    status: DeploymentStatus
+    deployed_at: Timestamp
+
+
 class AgentOut(BaseModel):
     id: str
     name: str
-    status: str
-    deployment: None = None  # a deployed agent's placement (deploy is coming)
+    status: str  # created | deployed | disabled
+    deployment: DeploymentOut | None = None  # None: not deployed
     model: str
     policy_ids: list[str]
     tool_ids: list[str]
@@ -103,11 +119,27 @@ def author(caller: Principal) -> str:
     return caller.user or f"token:{caller.token_id}"
 
 
-def agent_out(agent: AgentRow, version: AgentVersionRow) -> AgentOut:
+def deployment_out(row: AgentDeploymentRow, placement: AgentPlacement | None) -> DeploymentOut:
+    """The deployment of ``row``, placed as ``placement`` says (None: not yet)."""
+    nodes = [] if placement is None else list(placement.nodes)
+    status = deployment_status(row.replicas, len(nodes))
+    return DeploymentOut(
+        version=row.version,
+        replicas=row.replicas,
+        nodes=nodes,
+        status=status,
+        deployed_at=row.deployed_at,
+    )
+
+
+def agent_out(
+    agent: AgentRow, version: AgentVersionRow, deployment: DeploymentOut | None = None
+) -> AgentOut:
     return AgentOut(
         id=agent.id,
         name=agent.name,
         status=agent.status,
+        deployment=deployment,
         model=version.model,
         policy_ids=version.policy_ids,
         tool_ids=version.tool_ids,

@@ -205,6 +205,9 @@ async def start_run(
             code="thread_busy",
         )
     run_id = new_run_id()
+    deployment = await ctx.records.agent_deployment(agent.id)
+    # a deployed agent runs the version its deploy pinned; else the one in use
+    version = deployment.version if deployment is not None else agent.current_version
     if busy and body.concurrency == "interrupt":
         for other in busy:
             await cancel_run(ctx, other, by=f"run {run_id}", reason=f"interrupted by run {run_id}")
@@ -213,7 +216,7 @@ async def start_run(
             id=run_id,
             tenant_id=caller.tenant_id,
             agent_id=agent.id,
-            agent_version=agent.current_version,
+            agent_version=version,
             thread_id=thread.id,
             status="queued",
             input=body.input,

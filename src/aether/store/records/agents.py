@@ -8,13 +8,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aether.errors import ConflictError
 from aether.store.records.base import RecordsBase, now
-from aether.store.records.schema import AgentRecipeRow, AgentRow, AgentVersionRow
+from aether.store.records.schema import (
+    AgentDeploymentRow,
+    AgentRecipeRow,
+    AgentRow,
+    AgentVersionRow,
+    Tenant,
+)
 
 __all__ = ["AgentRecords", "AgentVersion", "new_agent_id"]
 
@@ -52,9 +58,20 @@ def _version_row(
     )
 
 
+def _by_id_or_name(tenant_id: str, agent_id: str) -> Any:
+    """The tenant's agent of that id (``agt_…``) or name (names never start so)."""
+    column = AgentRow.id if agent_id.startswith("agt_") else AgentRow.name
+    return select(AgentRow).where(AgentRow.tenant_id == tenant_id, column == agent_id)
+
+
 async def _owned(session: AsyncSession, tenant_id: str, agent_id: str) -> AgentRow | None:
-    row = await session.get(AgentRow, agent_id, with_for_update=True)
-    return row if row is not None and row.tenant_id == tenant_id else None
+    query = _by_id_or_name(tenant_id, agent_id).with_for_update()
+    row: AgentRow | None = (await session.scalars(query)).first()
+    return row
+
+
+async def _drop_deployment(session: AsyncSession, agent_id: str) -> None:
+    await session.execute(delete(AgentDeploymentRow).where(AgentDeploymentRow.agent_id == agent_id))
 
 
 class AgentRecords(RecordsBase):
@@ -87,9 +104,12 @@ class AgentRecords(RecordsBase):
         return agent, version
 
     async def agent(self, tenant_id: str, agent_id: str) -> AgentRow | None:
+        """The tenant's agent by id or name (another tenant's: None)."""
         async with self.sessions() as session:
-            row = await session.get(AgentRow, agent_id)
-        return row if row is not None and row.tenant_id == tenant_id else None
+            row: AgentRow | None = (
+                await session.scalars(_by_id_or_name(tenant_id, agent_id))
+            ).first()
+        return row
 
     async def agents(
         self,
@@ -140,7 +160,7 @@ class AgentRecords(RecordsBase):
             agent = await _owned(session, tenant_id, agent_id)
             if agent is None:
                 return None
-            version = _version_row(tenant_id, agent_id, agent.current_version + 1, spec, by)
+            version = _version_row(tenant_id, agent.id, agent.current_version + 1, spec, by)
             session.add(version)
             agent.current_version = version.version
             agent.updated_at = version.created_at
@@ -152,20 +172,84 @@ class AgentRecords(RecordsBase):
         return agent, version
 
     async def set_agent_status(self, tenant_id: str, agent_id: str, status: str) -> AgentRow | None:
-        """Set the status (``disabled`` stamps ``disabled_at``); the same status again
-        changes nothing. None: no such agent."""
+        """``disabled`` (stamps ``disabled_at`` and drops the deployment: its replicas are
+        withdrawn) or ``created`` (only from ``disabled``: enabling a deployed agent
+        changes nothing); the same status again changes nothing. None: no such agent."""
         async with self.sessions() as session:
             agent = await _owned(session, tenant_id, agent_id)
             if agent is None:
                 return None
+            if status == "created" and agent.status != "disabled":
+                return agent
             if agent.status != status:
                 at = now()
                 agent.status = status
                 agent.updated_at = at
                 agent.disabled_at = at if status == "disabled" else None
+                if status == "disabled":
+                    await _drop_deployment(session, agent.id)
                 await session.commit()
                 await session.refresh(agent)
         return agent
+
+    # -- deployments --
+
+    async def deploy_agent(
+        self, tenant_id: str, agent_id: str, version: int, replicas: int, by: str
+    ) -> tuple[AgentRow, AgentDeploymentRow] | None:
+        """Deploy (or redeploy) the agent at ``version`` with ``replicas``: status
+        ``deployed``. None: no such agent; a disabled agent is a 409 ``agent_disabled``."""
+        async with self.sessions() as session:
+            agent = await _owned(session, tenant_id, agent_id)
+            if agent is None:
+                return None
+            if agent.status == "disabled":
+                raise ConflictError(
+                    f"agent {agent.name!r} is disabled: enable it first", code="agent_disabled"
+                )
+            at = now()
+            row = await session.get(AgentDeploymentRow, agent.id)
+            if row is None:
+                row = AgentDeploymentRow(agent_id=agent.id, tenant_id=tenant_id)
+                session.add(row)
+            row.version, row.replicas, row.deployed_at, row.deployed_by = version, replicas, at, by
+            agent.status = "deployed"
+            agent.updated_at = at
+            await session.commit()
+            await session.refresh(agent)
+            await session.refresh(row)
+        return agent, row
+
+    async def undeploy_agent(self, tenant_id: str, agent_id: str) -> AgentRow | None:
+        """Drop the agent's deployment (status back to ``created``; a disabled agent
+        stays disabled). None: no such agent."""
+        async with self.sessions() as session:
+            agent = await _owned(session, tenant_id, agent_id)
+            if agent is None:
+                return None
+            await _drop_deployment(session, agent.id)
+            if agent.status == "deployed":
+                agent.status = "created"
+                agent.updated_at = now()
+            await session.commit()
+            await session.refresh(agent)
+        return agent
+
+    async def agent_deployment(self, agent_id: str) -> AgentDeploymentRow | None:
+        async with self.sessions() as session:
+            return await session.get(AgentDeploymentRow, agent_id)
+
+    async def agent_deployments(self) -> list[tuple[AgentRow, AgentDeploymentRow, str]]:
+        """Every deployed agent of every tenant, with its tenant's name (the leader
+        places their replicas; routers serve them under the tenant's name)."""
+        query = (
+            select(AgentRow, AgentDeploymentRow, Tenant.name)
+            .join(AgentDeploymentRow, AgentDeploymentRow.agent_id == AgentRow.id)
+            .join(Tenant, Tenant.id == AgentRow.tenant_id)
+        )
+        async with self.sessions() as session:
+            rows = await session.execute(query.order_by(AgentRow.id))
+            return [(agent, row, tenant) for agent, row, tenant in rows]
 
     # -- recipes --
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AgentDeploymentRow",
     "AgentModel",
     "AgentPolicyRow",
     "AgentRecipeRow",
@@ -648,6 +649,19 @@ class AgentVersionRow(Base):
     config: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(160))
+
+
+class AgentDeploymentRow(Base):
+    """A deployed agent: the version it pins and how many replicas it wants. Where the
+    replicas run is the state store's ``agents/{agent_id}`` (the leader places them)."""
+
+    __tablename__ = "agent_deployments"
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    version: Mapped[int]
+    replicas: Mapped[int]
+    deployed_at: Mapped[datetime]
+    deployed_by: Mapped[str] = mapped_column(String(160))
 
 
 class AgentRecipeRow(Base):

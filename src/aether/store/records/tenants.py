@@ -22,6 +22,7 @@ from aether.store.records.base import (
     now,
 )
 from aether.store.records.schema import (
+    AgentDeploymentRow,
     AgentModel,
     AgentPolicyRow,
     AgentRecipeRow,
@@ -115,6 +116,7 @@ _OWNED = (
     AgentThreadRow,
     MemoryItemRow,  # its FTS5 rows go with it (migration 0021's triggers)
     SecretRow,
+    AgentDeploymentRow,
     AgentVersionRow,
     AgentRow,
     AgentRecipeRow,
