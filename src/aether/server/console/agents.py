@@ -1,6 +1,6 @@
 """The agents pages: ``/ui/agents`` (My Agents), ``/ui/agents/new`` (create one from a
-recipe of the catalog) and ``/ui/agents/{id}`` (one agent: its config, versions and
-export).
+recipe of the catalog) and ``/ui/agents/{id}`` (one agent: its config, versions, export,
+its latest runs and a form to start one).
 
 The wizard has two steps: pick a recipe, then a form asking only for what the recipe
 leaves open (``open``) and the agent's name. The form posts the recipe and those fields
@@ -17,18 +17,19 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import yaml
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Form, Query
 from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from aether.server.console.client import ApiError
 from aether.server.console.view import Action, ConsoleError, Page, View
 
-__all__ = ["AgentForm", "router"]
+__all__ = ["AgentForm", "RunForm", "router"]
 
 router = APIRouter()
 
 PAGE_SIZE = 100  # agents per page of /ui/agents
+RUNS_SHOWN = 10  # the latest runs on an agent's page
 
 
 def _api_agent(agent_id: str) -> str:
@@ -160,18 +161,65 @@ async def create_agent(view: Action) -> Response:
 # -- one agent --------------------------------------------------------------------------------
 
 
-@router.get("/agents/{agent_id}")
-async def agent(view: Page, agent_id: str) -> Response:
-    found, versions = await asyncio.gather(
-        view.api.get(_api_agent(agent_id)), view.api.get(f"{_api_agent(agent_id)}/versions")
+async def _agent_page(
+    view: View, agent_id: str, run_form: RunForm | None = None, status: int = 200
+) -> Response:
+    found, versions, runs = await asyncio.gather(
+        view.api.get(_api_agent(agent_id)),
+        view.api.get(f"{_api_agent(agent_id)}/versions"),
+        view.api.get(f"{_api_agent(agent_id)}/runs", limit=RUNS_SHOWN),
     )
     return view.render(
         "agent.html",
         page="agents",
+        status_code=status,
         agent=found,
         versions=versions,
+        runs=runs["runs"],
+        run_form=run_form or RunForm(),
         config=json.dumps(found["config"], indent=2, sort_keys=True),
     )
+
+
+@router.get("/agents/{agent_id}")
+async def agent(view: Page, agent_id: str) -> Response:
+    return await _agent_page(view, agent_id)
+
+
+@dataclass
+class RunForm:
+    """The agent page's form to start a run: its input and, optionally, a thread."""
+
+    input: str = ""
+    thread_id: str = ""
+    error: str = ""
+
+    def body(self) -> dict[str, Any]:
+        """The ``POST /api/v1/agents/{id}/runs`` body: in the background, no waiting."""
+        body: dict[str, Any] = {"input": self.input, "background": True}
+        if self.thread_id:
+            body["thread_id"] = self.thread_id
+        return body
+
+
+@router.post("/agents/{agent_id}/runs")
+async def start_run(
+    view: Action,
+    agent_id: str,
+    input: Annotated[str, Form(max_length=100_000)] = "",
+    thread_id: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """Start a run; it opens in the run view, or the refusal shows on the form."""
+    form = RunForm(input=input, thread_id=thread_id.strip())
+    try:
+        started = await view.api.post(f"{_api_agent(agent_id)}/runs", form.body())
+    except ApiError as exc:
+        if exc.status == 404 or exc.status >= 500:
+            raise
+        form.error = exc.message
+        return await _agent_page(view, agent_id, form, exc.status)
+    done = f"Run {started['id']} started on thread {started['thread_id']}."
+    return RedirectResponse(f"/ui/runs/{quote(started['id'])}?done={quote(done)}", 303)
 
 
 @router.get("/agents/{agent_id}/export")

@@ -58,6 +58,7 @@ NAV = (
     ("risk", "Risk & decisions", "/ui/risk"),
     ("topology", "Topology", "/ui/topology"),
     ("agents", "Agents", "/ui/agents"),
+    ("runs", "Runs", "/ui/runs"),
     ("policies", "Policies", "/ui/policies"),
     ("settings", "Settings", "/ui/settings"),
 )
