@@ -175,8 +175,7 @@ def test_agents_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
         assert [r.path for r in api.requests[before:]] == ["/things/once"]  # executed once
 
         # -- cancel -------------------------------------------------------------------------
-        with llm._lock:  # the killed node's call may have left a scripted answer unused
-            llm._script.clear()
+        llm.reset()  # the killed node's call may have left a scripted answer unused
         llm.script(say("never", delay=30))
         slow = _api(
             cluster,

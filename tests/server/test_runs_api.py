@@ -41,6 +41,12 @@ def llm() -> Iterator[ModelServer]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def _fresh_script(llm: ModelServer) -> None:
+    """Each test scripts its own turns (one that ended mid-run may leave some)."""
+    llm.reset()
+
+
 @pytest.fixture
 async def http(srv: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=srv.base_url, timeout=30.0) as client:
@@ -211,7 +217,7 @@ async def test_an_approval_round_trip_and_a_rejection(
                 headers=agent.headers,
             )
         )
-        assert step["status"] == "approved" and step["approved_by"]
+        assert step["status"] == "approved" and step["approved_by"] and step["decided_at"]
 
         async def second_pending() -> Any:
             got = await _detail(http, agent, run["id"])
@@ -292,6 +298,7 @@ async def test_cancel_stops_a_run_and_the_stream_resumes_after_last_event_id(
         "run.cancelled",
     ]
     assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert all(e["at"].endswith("+00:00") for e in events)
     resumed = await _events(http, agent, run["id"], last_event_id="2")
     assert [e["seq"] for e in resumed] == [3, 4]
     await asyncio.sleep(5)  # the model answers after all: nothing is added to a cancelled run

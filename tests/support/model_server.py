@@ -168,6 +168,11 @@ class ModelServer:
         with self._lock:
             self._script.extend(turns)
 
+    def reset(self) -> None:
+        """Forget the turns not used yet (a test that ended mid-run leaves some)."""
+        with self._lock:
+            self._script.clear()
+
     @property
     def remaining(self) -> int:
         """Turns not used yet."""

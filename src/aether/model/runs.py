@@ -55,6 +55,7 @@ class StepOut(BaseModel):
     reasons: list[str] | None
     enforcement_ids: list[int] | None
     approved_by: str | None
+    decided_at: Timestamp | None  # when a person approved or rejected the call
     task_id: str | None
     node: str | None
     tokens_in: int

@@ -14,6 +14,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -250,7 +251,8 @@ def _stream(ctx: ServerContext, run: AgentRunRow, *, after: int) -> StreamingRes
             rows = await ctx.records.run_events(run.id, after=seen)
             for row in rows:
                 seen = row.seq
-                payload = json.dumps({"seq": row.seq, "type": row.type, **row.data})
+                at = row.created_at.replace(tzinfo=UTC).isoformat()
+                payload = json.dumps({"seq": row.seq, "type": row.type, "at": at, **row.data})
                 yield f"id: {row.seq}\nevent: {row.type}\ndata: {payload}\n\n".encode()
                 if row.type in ("run.completed", "run.failed", "run.cancelled", "run.expired"):
                     return

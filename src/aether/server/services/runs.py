@@ -144,6 +144,7 @@ def step_out(row: AgentRunStepRow) -> StepOut:
         reasons=row.reasons,
         enforcement_ids=row.enforcement_ids,
         approved_by=row.approved_by,
+        decided_at=row.decided_at,
         task_id=row.task_id,
         node=row.node,
         tokens_in=row.tokens_in,
@@ -358,7 +359,11 @@ async def approve(
     step = waiting[0]
     who = caller.user or f"token:{caller.token_id}"
     approved = body.decision == "approve"
-    fields: dict[str, Any] = {"status": "approved" if approved else "rejected", "approved_by": who}
+    fields: dict[str, Any] = {
+        "status": "approved" if approved else "rejected",
+        "approved_by": who,
+        "decided_at": now(),
+    }
     if not approved:
         fields.update(content=body.reason or "rejected", finished_at=now())
     if not await ctx.records.set_step(run.id, step.seq, only_from=("pending_approval",), **fields):

@@ -769,6 +769,7 @@ class AgentRunStepRow(Base):
     reasons: Mapped[list[str] | None] = mapped_column(JSON)
     enforcement_ids: Mapped[list[int] | None] = mapped_column(JSON)
     approved_by: Mapped[str | None] = mapped_column(String(160))
+    decided_at: Mapped[datetime | None]  # when a person approved or rejected it
     task_id: Mapped[str | None] = mapped_column(String(64))
     node: Mapped[str | None] = mapped_column(String(128))
     tokens_in: Mapped[int]

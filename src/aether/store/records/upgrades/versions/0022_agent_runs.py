@@ -79,6 +79,7 @@ def upgrade() -> None:
         sa.Column("reasons", sa.JSON(), nullable=True),
         sa.Column("enforcement_ids", sa.JSON(), nullable=True),
         sa.Column("approved_by", sa.String(length=160), nullable=True),
+        sa.Column("decided_at", sa.DateTime(), nullable=True),
         sa.Column("task_id", sa.String(length=64), nullable=True),
         sa.Column("node", sa.String(length=128), nullable=True),
         sa.Column("tokens_in", sa.Integer(), nullable=False),
