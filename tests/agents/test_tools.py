@@ -74,6 +74,8 @@ def test_the_built_ins() -> None:
         "cluster-status",
         "apps-list",
         "scale",
+        "rollback",
+        "drain",
     }
     read_only = {t.id for t in BUILTIN_TOOLS.values() if t.read_only}
     assert read_only == {"search", "cluster-status", "apps-list"}

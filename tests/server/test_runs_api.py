@@ -702,3 +702,33 @@ async def test_a_sandbox_tool_in_a_named_sandbox_and_a_quoted_template(
     assert task["type"] == "vm:execute" and task["node"] == "n1"
     executions = _ok(await http.get(f"/api/v1/sandboxes/{vm_id}/executions", headers=admin))
     assert len(executions) == 1
+
+
+async def test_aether_actions_go_through_the_api_as_the_run_s_tenant(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    """An ops agent's actions are Management API calls with a token made for the call:
+    the API's own checks apply (a tenant's agent may not drain a shared node), the token
+    is revoked after, and the audit log names the run."""
+    policy = {"id": "ops", "tools": ["scale", "drain", "cluster-status"]}
+    agent = await _agent(srv, http, llm, tools=["scale", "drain", "cluster-status"], policy=policy)
+    llm.script(
+        call_tools(call("cluster-status")),
+        call_tools(call("scale", app="ghost", instances=2)),
+        call_tools(call("drain", node="n1")),
+        say("reported"),
+    )
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "tidy up")
+    assert run["status"] == "completed", run
+    tools = [s for s in (await _detail(http, agent, run["id"]))["steps"] if s["kind"] == "tool"]
+    status, scale, drain = tools
+    assert status["status"] == "completed" and "nodes" in json.loads(status["content"])
+    assert scale["status"] == "failed" and "answered 404" in scale["content"]
+    assert drain["status"] == "failed" and "answered 403" in drain["content"]
+    tokens = _ok(await http.get("/api/v1/tokens", headers=agent.headers))
+    made = [t for t in tokens if t["name"] == f"agent run {run['id']}"]
+    assert len(made) == 2 and all(t["revoked_at"] for t in made)
+    audit = _ok(await http.get("/api/v1/audit", params={"limit": 50}, headers=agent.headers))
+    events = audit["events"] if isinstance(audit, dict) else audit
+    assert any("/scale" in e["action"] and e["outcome"] != "ok" for e in events)

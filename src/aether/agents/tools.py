@@ -280,6 +280,22 @@ BUILTIN_TOOLS: dict[str, Tool] = {
             ),
             config=AetherConfig(operation="scale"),
         ),
+        Tool(
+            id="rollback",
+            kind="aether",
+            description="Roll an app back to its previous (or a given) version (an action)",
+            parameters=_object(
+                {"app": _NAME, "version": {"type": "integer", "minimum": 1}}, ["app"]
+            ),
+            config=AetherConfig(operation="rollback"),
+        ),
+        Tool(
+            id="drain",
+            kind="aether",
+            description="Drain a node: move its instances away (an action; cluster operators)",
+            parameters=_object({"node": _NAME}, ["node"]),
+            config=AetherConfig(operation="drain"),
+        ),
     )
 }
 

@@ -8,13 +8,19 @@ Each answers ``(ok, output)``: the output is the text the model gets, JSON for d
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
-from aether.agents.tools import Tool
-from aether.model.names import cluster_name, shown_name
+import httpx
+
+from aether.agents.tools import AETHER_ACTIONS, Tool
+from aether.model.names import shown_name
 from aether.server.context import ServerContext
-from aether.server.services.cluster import read_snapshot, update_blueprint
+from aether.server.services.cluster import read_snapshot
 from aether.server.services.memory import embedder, store
+from aether.server.services.revocations import forget_tokens
+from aether.store.records.base import now
 from aether.store.records.schema import AgentRunRow
 
 __all__ = ["run_server_tool"]
@@ -63,17 +69,9 @@ async def _aether(
     ctx: ServerContext, run: AgentRunRow, operation: str, arguments: dict[str, Any]
 ) -> tuple[bool, str]:
     tenant = await ctx.records.tenant_name(run.tenant_id)
-    if operation == "scale":
-        app, count = str(arguments["app"]), int(arguments["instances"])
-        _, after = await update_blueprint(
-            ctx.store,
-            cluster_name(app, tenant),
-            lambda bp: bp.model_copy(update={"instances": count}),
-            tenant=run.tenant_id,
-        )
-        return True, json.dumps({"app": app, "instances": after.instances})
-    if operation not in ("status", "apps", "nodes", "instances"):
-        return False, f"the aether operation {operation!r} is not available to agents yet"
+    if operation in AETHER_ACTIONS:
+        method, path, body = _action(operation, arguments)
+        return await _through_api(ctx, run, method, path, body)
     snapshot = await read_snapshot(ctx.store)
     apps = {
         shown_name(name, tenant): {"version": bp.version, "instances": bp.instances}
@@ -100,3 +98,41 @@ async def _aether(
     }
     answer = answers[operation]
     return True, json.dumps(answer)
+
+
+def _action(operation: str, arguments: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """The Management API call an action is: (method, path, body)."""
+    if operation == "scale":
+        app = quote(str(arguments["app"]), safe="")
+        return "POST", f"/api/v1/apps/{app}/scale", {"instances": int(arguments["instances"])}
+    if operation == "rollback":
+        app = quote(str(arguments["app"]), safe="")
+        version = arguments.get("version")
+        return "POST", f"/api/v1/apps/{app}/rollback", {"version": version} if version else {}
+    node = quote(str(arguments["node"]), safe="")
+    return "POST", f"/api/v1/nodes/{node}/drain", {}
+
+
+async def _through_api(
+    ctx: ServerContext, run: AgentRunRow, method: str, path: str, body: dict[str, Any]
+) -> tuple[bool, str]:
+    """An action through the Management API, as an operator of the run's tenant: with a
+    token made for this call alone (named after the run, expiring in minutes, revoked
+    after), so the API's own checks apply (roles, quotas: draining a node is for the
+    cluster's operators only) and its audit event names the run."""
+    expires = now() + timedelta(minutes=5)
+    name = f"agent run {run.id}"
+    token_id, token = await ctx.records.issue_token(
+        run.tenant_id, "operator", name, expires_at=expires
+    )
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=ctx.settings.api_url(), timeout=60) as http:
+            answer = await http.request(method, path, json=body, headers=headers)
+    finally:
+        await ctx.records.revoke_token(token_id)
+        await forget_tokens(ctx, [token_id])
+    text = answer.text[:4000]
+    if answer.status_code >= 400:
+        return False, f"{method} {path} answered {answer.status_code}: {text}"
+    return True, text
