@@ -55,11 +55,12 @@ from aether.model.runs import ApprovalIn, NextIn, NextOut, RunIn, RunOut, StepOu
 from aether.model.tasks import TaskState
 from aether.server.context import ServerContext
 from aether.server.services.agent_policies import VersionedPolicy, enforce, find_policy, find_tool
+from aether.server.services.agent_tools import run_server_tool
 from aether.server.services.models import model_endpoint
 from aether.server.services.secrets import tenant_secrets
 from aether.store.records.audit import AuditEntry
 from aether.store.records.base import Principal, now, utc
-from aether.store.records.runs import new_run_id
+from aether.store.records.runs import Usage, new_run_id
 from aether.store.records.schema import (
     AgentRow,
     AgentRunFileRow,
@@ -453,10 +454,11 @@ async def drive(ctx: ServerContext, run_id: str, body: NextIn) -> NextOut:
     found = await _load_agent(ctx, run)
     deadline = time.monotonic() + DRIVE_WAIT
     while True:
-        run = await _reload(ctx, run)
+        fresh, steps = await ctx.records.run_with_steps(run.id)
+        assert fresh is not None
+        run, rows = fresh, list(steps)
         if run.status != "running":
             return NextOut(action="done", status=run.status)
-        rows = list(await ctx.records.steps(run.id))
         move = next_move([_view(r) for r in rows])
         if isinstance(move, Finish):
             await finish(ctx, run, "completed", output=move.output, stop_reason="completed")
@@ -483,14 +485,14 @@ async def drive(ctx: ServerContext, run_id: str, body: NextIn) -> NextOut:
             await _resolve(ctx, run, found, row, ok=False, output="", error="the tool is gone")
             continue
         if tool.kind in ("memory", "aether"):
-            ok, output = await _server_tool(ctx, run, found, tool, row)
+            ok, output = await _server_tool(ctx, run, tool, _arguments_of(run, row, rows))
             await _resolve(ctx, run, found, row, ok=ok, output=output, error=None if ok else output)
             continue
         if tool.kind == "sandbox":
-            if await _sandbox_step(ctx, run, found, tool, row, deadline):
+            if await _sandbox_step(ctx, run, found, tool, row, rows, deadline):
                 continue
             return NextOut(action="wait", status="running")
-        return await _node_tool(ctx, run, found, tool, row, body.node)
+        return await _node_tool(ctx, run, found, tool, row, rows, body.node)
 
 
 def _row(rows: Sequence[AgentRunStepRow], move: Execute | WaitApproval) -> AgentRunStepRow:
@@ -585,7 +587,7 @@ async def _model_step(
     tokens_in = result.usage.prompt_tokens if result.usage else 0
     tokens_out = result.usage.completion_tokens if result.usage else 0
     cost = cost_of(tokens_in, tokens_out, model.price_in_per_1k, model.price_out_per_1k)
-    step, added = await ctx.records.add_step(
+    _, added = await ctx.records.add_step(
         AgentRunStepRow(
             run_id=run.id,
             tenant_id=run.tenant_id,
@@ -601,12 +603,12 @@ async def _model_step(
             cost=cost,
             started_at=started,
             finished_at=now(),
-        )
+        ),
+        usage=Usage(steps=1, tokens_in=tokens_in, tokens_out=tokens_out, cost=cost),
+        events=[("step.completed", _step_event)],
     )
     if added:
-        await ctx.records.add_usage(
-            run.id, steps=1, tokens_in=tokens_in, tokens_out=tokens_out, cost=cost
-        )
+        signals.notify(run.id)
         ctx.metrics.agents.step(
             found.tenant,
             found.agent.name,
@@ -616,7 +618,6 @@ async def _model_step(
             tokens_out,
             cost,
         )
-        await publish(ctx, run, "step.completed", _step_event(step))
     return True
 
 
@@ -732,16 +733,16 @@ async def _decide(ctx: ServerContext, run: AgentRunRow, found: _Agent, move: Dec
             error=problem,
             started_at=now(),
             finished_at=now() if resolved else None,
-        )
+        ),
+        usage=Usage(steps=1, tool_calls=1),
+        events=[("step.started", _step_event)]
+        + ([("step.completed", _step_event)] if resolved else []),
     )
     if not added:
         return
-    await ctx.records.add_usage(run.id, steps=1, tool_calls=1)
+    signals.notify(run.id)
     audit = await _audit_decision(ctx, run, found, step)
     await ctx.records.link_enforcements(enforcement_ids, run.id, step.seq, audit)
-    await publish(ctx, run, "step.started", _step_event(step))
-    if resolved:
-        await publish(ctx, run, "step.completed", _step_event(step))
 
 
 async def _audit_decision(
@@ -795,12 +796,13 @@ async def _resolve(
         "node": node,
         "finished_at": now(),
     }
-    if await ctx.records.set_step(run.id, row.seq, only_from=("running", "approved"), **fields):
-        for name, value in fields.items():  # the row as now stored (it is detached)
-            setattr(row, name, value)
+    done = await ctx.records.finish_step(
+        row, fields, only_from=("running", "approved"), event=("step.completed", _step_event)
+    )
+    if done:
+        signals.notify(run.id)
         seconds = (fields["finished_at"] - row.started_at).total_seconds()
         ctx.metrics.agents.step(found.tenant, found.agent.name, "tool", seconds, 0, 0, 0.0)
-        await publish(ctx, run, "step.completed", _step_event(row))
 
 
 async def _redactions(ctx: ServerContext, run: AgentRunRow, found: _Agent) -> dict[str, str]:
@@ -821,6 +823,7 @@ async def _node_tool(
     found: _Agent,
     tool: Tool,
     row: AgentRunStepRow,
+    rows: Sequence[AgentRunStepRow],
     node: str,
 ) -> NextOut:
     """An ``http``, ``app`` or ``mcp`` call for the node to make (an ``app`` call through
@@ -832,7 +835,7 @@ async def _node_tool(
     headers = getattr(tool.config, "headers", {}) or {}
     secret_values = await _tenant_secrets(ctx, run.tenant_id, sorted(set(headers.values())))
     hosts = sorted({h for p in found.rules for h in p.egress_hosts})
-    arguments = await _arguments_of(ctx, run, row)
+    arguments = _arguments_of(run, row, rows)
     return NextOut(
         action="execute",
         status="running",
@@ -848,12 +851,11 @@ async def _node_tool(
     )
 
 
-async def _arguments_of(
-    ctx: ServerContext, run: AgentRunRow, row: AgentRunStepRow
+def _arguments_of(
+    run: AgentRunRow, row: AgentRunStepRow, rows: Sequence[AgentRunStepRow]
 ) -> dict[str, Any]:
     """The call's arguments as the model gave them (the step keeps them redacted)."""
-    steps = await ctx.records.steps(run.id)
-    for step in steps:
+    for step in rows:
         if step.kind == "model" and step.tool_calls:
             for call in step.tool_calls:
                 if row.key == step_key(run.id, f"{step.seq}:{call.get('id')}"):
@@ -890,11 +892,12 @@ async def _sandbox_step(
     found: _Agent,
     tool: Tool,
     row: AgentRunStepRow,
+    rows: Sequence[AgentRunStepRow],
     deadline: float,
 ) -> bool:
     """Submit the sandbox tool's task (once: the step's key is its idempotency key) and
     wait for it until ``deadline``. True: the step is resolved."""
-    arguments = await _arguments_of(ctx, run, row)
+    arguments = _arguments_of(run, row, rows)
     config = tool.config
     mode = getattr(config, "mode", "command")
     template = getattr(config, "command", None)
@@ -1033,12 +1036,9 @@ async def _keep_files(
 
 
 async def _server_tool(
-    ctx: ServerContext, run: AgentRunRow, found: _Agent, tool: Tool, row: AgentRunStepRow
+    ctx: ServerContext, run: AgentRunRow, tool: Tool, arguments: dict[str, Any]
 ) -> tuple[bool, str]:
     """Run a ``memory`` or ``aether`` tool here: (ok, output)."""
-    from aether.server.services.agent_tools import run_server_tool
-
-    arguments = await _arguments_of(ctx, run, row)
     try:
         return await run_server_tool(ctx, run, tool, arguments)
     except AetherError as exc:

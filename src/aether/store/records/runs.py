@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aether.errors import ConflictError
 from aether.store.records.base import RecordsBase, now
@@ -23,7 +25,57 @@ from aether.store.records.schema import (
     Tenant,
 )
 
-__all__ = ["RunRecords", "new_run_id", "new_thread_id"]
+__all__ = ["RunRecords", "StepEvent", "Usage", "new_run_id", "new_thread_id"]
+
+#: an event made from a step as written (its number is known only then)
+StepEvent = Callable[[AgentRunStepRow], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a step adds to its run's totals."""
+
+    steps: int = 0
+    tool_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+
+def _usage_update(run_id: str, usage: Usage) -> Any:
+    return (
+        update(AgentRunRow)
+        .where(AgentRunRow.id == run_id)
+        .values(
+            steps=AgentRunRow.steps + usage.steps,
+            tool_calls=AgentRunRow.tool_calls + usage.tool_calls,
+            tokens_in=AgentRunRow.tokens_in + usage.tokens_in,
+            tokens_out=AgentRunRow.tokens_out + usage.tokens_out,
+            cost=AgentRunRow.cost + usage.cost,
+        )
+    )
+
+
+async def _append_events(
+    session: AsyncSession, tenant_id: str, run_id: str, events: Sequence[tuple[str, dict[str, Any]]]
+) -> list[int]:
+    """Add ``events`` after the run's last one, in ``session`` (the caller commits)."""
+    if not events:
+        return []
+    last = await session.scalar(
+        select(func.max(AgentRunEventRow.seq)).where(AgentRunEventRow.run_id == run_id)
+    )
+    at = now()
+    seqs = []
+    for offset, (type_, data) in enumerate(events, start=1):
+        seq = (last or 0) + offset
+        session.add(
+            AgentRunEventRow(
+                run_id=run_id, seq=seq, tenant_id=tenant_id, type=type_, data=data, created_at=at
+            )
+        )
+        seqs.append(seq)
+    return seqs
 
 
 def new_run_id() -> str:
@@ -97,6 +149,16 @@ class RunRecords(RecordsBase):
             return None
         return row
 
+    async def run_with_steps(
+        self, run_id: str
+    ) -> tuple[AgentRunRow | None, Sequence[AgentRunStepRow]]:
+        """The run and its steps in order, read together."""
+        query = select(AgentRunStepRow).where(AgentRunStepRow.run_id == run_id)
+        async with self.sessions() as session:
+            run = await session.get(AgentRunRow, run_id)
+            steps = (await session.scalars(query.order_by(AgentRunStepRow.seq))).all()
+        return run, steps
+
     async def runs(
         self,
         tenant_id: str,
@@ -134,29 +196,9 @@ class RunRecords(RecordsBase):
             await session.commit()
         return bool(getattr(result, "rowcount", 0))
 
-    async def add_usage(
-        self,
-        run_id: str,
-        *,
-        steps: int = 0,
-        tool_calls: int = 0,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-        cost: float = 0.0,
-    ) -> None:
-        query = (
-            update(AgentRunRow)
-            .where(AgentRunRow.id == run_id)
-            .values(
-                steps=AgentRunRow.steps + steps,
-                tool_calls=AgentRunRow.tool_calls + tool_calls,
-                tokens_in=AgentRunRow.tokens_in + tokens_in,
-                tokens_out=AgentRunRow.tokens_out + tokens_out,
-                cost=AgentRunRow.cost + cost,
-            )
-        )
+    async def add_usage(self, run_id: str, usage: Usage) -> None:
         async with self.sessions() as session:
-            await session.execute(query)
+            await session.execute(_usage_update(run_id, usage))
             await session.commit()
 
     async def tokens_since(self, tenant_id: str, since: datetime, agent_id: str | None) -> int:
@@ -206,9 +248,17 @@ class RunRecords(RecordsBase):
         async with self.sessions() as session:
             return (await session.scalars(query.order_by(AgentRunStepRow.seq))).all()
 
-    async def add_step(self, row: AgentRunStepRow) -> tuple[AgentRunStepRow, bool]:
-        """Add the step as the run's next (``seq`` is set here); a step with the same
-        key already there is returned instead (False: not added)."""
+    async def add_step(
+        self,
+        row: AgentRunStepRow,
+        *,
+        usage: Usage | None = None,
+        events: Sequence[tuple[str, StepEvent]] = (),
+    ) -> tuple[AgentRunStepRow, bool]:
+        """Add the step as the run's next (``seq`` is set here), and in the same
+        transaction add ``usage`` to the run and append ``events`` (each made from the
+        step as added) to its stream. A step with the same key already there is
+        returned instead (False: nothing written)."""
         for _ in range(5):
             async with self.sessions() as session:
                 existing = (
@@ -225,14 +275,57 @@ class RunRecords(RecordsBase):
                 )
                 row.seq = (last or 0) + 1
                 session.add(row)
+                if usage is not None:
+                    await session.execute(_usage_update(row.run_id, usage))
+                await _append_events(
+                    session, row.tenant_id, row.run_id, [(t, make(row)) for t, make in events]
+                )
                 try:
                     await session.commit()
-                except IntegrityError:  # a concurrent writer took the number or the key
+                except IntegrityError:  # a concurrent writer took a number or the key
                     await session.rollback()
                     continue
-                await session.refresh(row)
                 return row, True
         raise ConflictError("the run changed meanwhile: try again")
+
+    async def finish_step(
+        self,
+        row: AgentRunStepRow,
+        fields: dict[str, Any],
+        *,
+        only_from: Collection[str],
+        event: tuple[str, StepEvent] | None = None,
+    ) -> bool:
+        """Set the step's ``fields`` while its status is one of ``only_from`` (also on
+        ``row``), appending ``event`` (made from the changed step) in the same
+        transaction. False: its status was another, nothing written."""
+        query = (
+            update(AgentRunStepRow)
+            .where(
+                AgentRunStepRow.run_id == row.run_id,
+                AgentRunStepRow.seq == row.seq,
+                AgentRunStepRow.status.in_(list(only_from)),
+            )
+            .values(**fields)
+        )
+        for _ in range(5):
+            async with self.sessions() as session:
+                result = await session.execute(query)
+                if not getattr(result, "rowcount", 0):
+                    await session.rollback()
+                    return False
+                for name, value in fields.items():
+                    setattr(row, name, value)
+                if event is not None:
+                    made = [(event[0], event[1](row))]
+                    await _append_events(session, row.tenant_id, row.run_id, made)
+                try:
+                    await session.commit()
+                except IntegrityError:  # a concurrent event took the number
+                    await session.rollback()
+                    continue
+                return True
+        raise ConflictError("the run's stream is too busy: try again")
 
     async def step(self, run_id: str, seq: int) -> AgentRunStepRow | None:
         async with self.sessions() as session:
@@ -279,24 +372,13 @@ class RunRecords(RecordsBase):
         """Append an event to the run's stream; its sequence number."""
         for _ in range(10):
             async with self.sessions() as session:
-                last = await session.scalar(
-                    select(func.max(AgentRunEventRow.seq)).where(AgentRunEventRow.run_id == run_id)
-                )
-                row = AgentRunEventRow(
-                    run_id=run_id,
-                    seq=(last or 0) + 1,
-                    tenant_id=tenant_id,
-                    type=type_,
-                    data=data,
-                    created_at=now(),
-                )
-                session.add(row)
+                [seq] = await _append_events(session, tenant_id, run_id, [(type_, data)])
                 try:
                     await session.commit()
                 except IntegrityError:
                     await session.rollback()
                     continue
-                return row.seq
+                return seq
         raise ConflictError("the run's stream is too busy: try again")
 
     async def run_events(
