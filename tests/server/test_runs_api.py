@@ -732,3 +732,29 @@ async def test_aether_actions_go_through_the_api_as_the_run_s_tenant(
     audit = _ok(await http.get("/api/v1/audit", params={"limit": 50}, headers=agent.headers))
     events = audit["events"] if isinstance(audit, dict) else audit
     assert any("/scale" in e["action"] and e["outcome"] != "ok" for e in events)
+
+
+async def test_a_node_that_claims_the_task_before_the_server_recorded_it_drives_the_run(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer
+) -> None:
+    """The task is submitted before its id is stored on the run: a fast node may ask
+    first. It takes the run; a task that is not the run's is refused."""
+    agent = await _agent(srv, http, llm, tools=[])
+    run = await _run(http, agent, "race", background=True)
+    srv.run(srv.ctx.records.set_run(run["id"], task_id=None))
+    node_auth = bearer(srv.node_token("racer"))
+    llm.script(say("won", delay=1))
+    url = f"/api/v1/agent-runtime/runs/{run['id']}/next"
+
+    async def other_task() -> httpx.Response:
+        await asyncio.sleep(0.3)  # while the first node's call waits on the model
+        return await http.post(url, json={"node": "racer", "task_id": "t-other"}, headers=node_auth)
+
+    first, second = await asyncio.gather(
+        http.post(url, json={"node": "racer", "task_id": "t-first"}, headers=node_auth),
+        other_task(),
+    )
+    assert first.status_code == 200 and first.json() == {**first.json(), "action": "done"}
+    assert_envelope(second, 409, "conflict")
+    got = await _detail(http, agent, run["id"])
+    assert got["status"] == "completed" and got["task_id"] == "t-first"

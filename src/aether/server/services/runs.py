@@ -262,7 +262,13 @@ async def _reload(ctx: ServerContext, run: AgentRunRow) -> AgentRunRow:
 
 
 async def dispatch(ctx: ServerContext, run: AgentRunRow) -> None:
-    """Submit the task that drives the run, to the queue of the agent's nodes."""
+    """Submit the task that drives the run, to the queue of the agent's nodes.
+
+    The run's ``task_id`` is cleared first and set after: a node may claim the task
+    and ask ``drive`` before this records it, and ``drive`` then takes the run for the
+    task itself (``take_run_task``); an older task of the run is refused."""
+    if run.task_id is not None:
+        await ctx.records.set_run(run.id, task_id=None)
     task = await ctx.queue.submit(
         run.tenant_id,
         NewTask(
@@ -275,7 +281,7 @@ async def dispatch(ctx: ServerContext, run: AgentRunRow) -> None:
             idempotency_key=f"{run.id}:drive:{secrets.token_hex(4)}",
         ),
     )
-    await ctx.records.set_run(run.id, task_id=task.id)
+    await ctx.records.take_run_task(run.id, task.id)
     ctx.task_submitted.set()
 
 
@@ -441,7 +447,7 @@ async def drive(ctx: ServerContext, run_id: str, body: NextIn) -> NextOut:
         raise NotFoundError(f"run {run_id!r} not found")
     if run.status in FINAL_STATUSES or run.status == "requires_approval":
         return NextOut(action="done", status=run.status)
-    if run.task_id != body.task_id:
+    if run.task_id != body.task_id and not await ctx.records.take_run_task(run.id, body.task_id):
         raise ConflictError(f"run {run.id} is driven by task {run.task_id}, not {body.task_id}")
     if run.status == "queued":
         if await ctx.records.set_run(

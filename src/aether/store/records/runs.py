@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -193,6 +193,22 @@ class RunRecords(RecordsBase):
             query = query.where(AgentRunRow.status.in_(list(only_from)))
         async with self.sessions() as session:
             result = await session.execute(query.values(**fields))
+            await session.commit()
+        return bool(getattr(result, "rowcount", 0))
+
+    async def take_run_task(self, run_id: str, task_id: str) -> bool:
+        """Record ``task_id`` as the task driving the run, unless another is recorded
+        (False)."""
+        query = (
+            update(AgentRunRow)
+            .where(
+                AgentRunRow.id == run_id,
+                or_(AgentRunRow.task_id.is_(None), AgentRunRow.task_id == task_id),
+            )
+            .values(task_id=task_id)
+        )
+        async with self.sessions() as session:
+            result = await session.execute(query)
             await session.commit()
         return bool(getattr(result, "rowcount", 0))
 
