@@ -5,6 +5,7 @@ model server."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from tests.support.agent_node import agent_worker
 from tests.support.api import bearer, unique
 from tests.support.cli import run_aether
+from tests.support.mcp_stdio import command as mcp_command
 from tests.support.model_server import ModelServer, call, call_tools, model_server, say
 from tests.support.server import RunningServer, running_server
 
@@ -101,3 +103,20 @@ def test_run_follow_approve_get_ls_cancel(
     assert refused.returncode != 0 and "operator" in refused.stderr
     unknown = aether(srv, tmp_path, "runs", "get", "run_nope", token=operator)
     assert unknown.returncode != 0 and "not found" in unknown.stderr
+
+
+def test_tools_discover_a_stdio_mcp_server(srv: RunningServer, tmp_path: Path) -> None:
+    tenant = unique("mcp-cli")
+    admin = srv.token("admin", tenant)
+    line = shlex.join(mcp_command())
+    with agent_worker(srv.base_url, srv.node_token("cli-n2"), "cli-n2", tmp_path):
+        listed = aether(srv, tmp_path, "tools", "discover", "--command", line, token=admin)
+        assert listed.returncode == 0, listed.stderr
+        assert "add" in listed.stdout and "fail" in listed.stdout
+        added = aether(
+            srv, tmp_path, "tools", "discover", "--command", line, "--add", "--format", "json",
+            token=admin,
+        )  # fmt: skip
+        assert json.loads(added.stdout)["registered"] == ["add", "fail"]
+    neither = aether(srv, tmp_path, "tools", "discover", token=admin)
+    assert neither.returncode != 0 and "--url" in neither.stderr

@@ -269,7 +269,8 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/tools": Rule("viewer"),
     "POST /api/v1/tools": Rule("admin"),
     "GET /api/v1/tools/search": Rule("viewer"),
-    "POST /api/v1/tools/sync": Rule("admin"),  # off on this server: 404 to an admin
+    "POST /api/v1/tools/sync": Rule("admin"),
+    "POST /api/v1/tools/mcp/discover": Rule("admin"),  # off on this server: 404 to an admin
     "GET /api/v1/tools/{tool_id}": Rule("viewer", owned=True),
     "DELETE /api/v1/tools/{tool_id}": Rule("admin", owned=True, fresh=True),
     "GET /api/v1/policies": Rule("viewer"),
@@ -433,6 +434,8 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/tools": {"json": _tool(unique("tool"))},
         "GET /api/v1/tools/search": {"params": {"q": "weather"}},
         "POST /api/v1/tools/sync": {"json": {"yaml": "[]"}},
+        # both servers named: a 400 once past the role check (nothing is started)
+        "POST /api/v1/tools/mcp/discover": {"json": {"url": "http://a.example", "command": ["x"]}},
         "POST /api/v1/policies": {"json": {"id": unique("policy"), "tools": ["search"]}},
         "PATCH /api/v1/policies/{policy_id}": {"json": {"max_steps": 10}},
         "GET /api/v1/memory": {"params": {"agent_id": p["agent_id"]}},

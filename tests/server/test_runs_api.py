@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aether.server.services.gc import collect_garbage
 from tests.support.agent_node import agent_worker
 from tests.support.api import assert_envelope, bearer, unique
+from tests.support.mcp_stdio import command as mcp_command
 from tests.support.model_server import ModelServer, call, call_tools, model_server, say
 from tests.support.server import RunningServer, running_server
 from tests.support.tool_server import tool_server
@@ -758,3 +759,60 @@ async def test_a_node_that_claims_the_task_before_the_server_recorded_it_drives_
     assert_envelope(second, 409, "conflict")
     got = await _detail(http, agent, run["id"])
     assert got["status"] == "completed" and got["task_id"] == "t-first"
+
+
+async def test_a_stdio_mcp_server_runs_in_a_sandbox_for_each_call(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    tenant = unique("runs")
+    admin = bearer(srv.mint("admin", tenant))
+    for name in ("add", "fail"):
+        tool = {
+            "id": f"mcp-{name}",
+            "kind": "mcp",
+            "description": name,
+            "parameters": {"type": "object"},
+            "config": {"command": mcp_command(), "tool": name},
+        }
+        _ok(await http.post("/api/v1/tools", json=tool, headers=admin), 201)
+    policy = {"id": "mcp", "tools": ["mcp-add", "mcp-fail"]}
+    agent = await _agent_of(srv, http, llm, tenant, admin, ["mcp-add", "mcp-fail"], policy)
+    llm.script(call_tools(call("mcp-add", a=2, b=3)), call_tools(call("mcp-fail")), say("five"))
+    async with node(srv, tmp_path, agent):
+        run = await _run(http, agent, "add")
+    assert run["status"] == "completed", run
+    added, failed = [
+        s for s in (await _detail(http, agent, run["id"]))["steps"] if s["kind"] == "tool"
+    ]
+    assert added["status"] == "completed" and added["content"] == "5"
+    task = _ok(await http.get(f"/api/v1/tasks/{added['task_id']}", headers=admin))
+    assert task["type"] == "agent:sandbox" and task["idempotency_key"] == added["idempotency_key"]
+    assert failed["status"] == "failed" and failed["content"] == "it failed"
+
+
+async def test_an_mcp_server_s_tools_are_discovered_and_registered(
+    srv: RunningServer, http: httpx.AsyncClient, llm: ModelServer, tmp_path: Path
+) -> None:
+    tenant = unique("runs")
+    admin = bearer(srv.mint("admin", tenant))
+    body = {"command": mcp_command(), "register": True}
+    async with node(srv, tmp_path, Agent(tenant, admin, {"id": "agt_none", "name": "x"})):
+        found = _ok(await http.post("/api/v1/tools/mcp/discover", json=body, headers=admin))
+        assert [t["id"] for t in found["tools"]] == ["add", "fail"]
+        assert found["registered"] == ["add", "fail"] and found["existing"] == []
+        again = _ok(await http.post("/api/v1/tools/mcp/discover", json=body, headers=admin))
+        assert again["registered"] == [] and again["existing"] == ["add", "fail"]
+        not_mcp = {"command": ["python3", "-c", "print('hello')"]}
+        failed = await http.post("/api/v1/tools/mcp/discover", json=not_mcp, headers=admin)
+        assert_envelope(failed, 502, "mcp_failed")
+    tool = _ok(await http.get("/api/v1/tools/add", headers=admin))
+    assert tool["kind"] == "mcp" and tool["config"]["tool"] == "add"
+    assert tool["config"]["command"] == mcp_command()
+    assert tool["parameters"]["required"] == ["a", "b"]
+    operator = bearer(srv.mint("operator", tenant))
+    assert_envelope(
+        await http.post("/api/v1/tools/mcp/discover", json=body, headers=operator), 403, "forbidden"
+    )
+    for bad in ({}, {"url": "ftp://x.example/mcp"}, {"url": "http://a.example", "command": ["x"]}):
+        refused = await http.post("/api/v1/tools/mcp/discover", json=bad, headers=admin)
+        assert_envelope(refused, 400, "bad_request")

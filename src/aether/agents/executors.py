@@ -29,7 +29,14 @@ from urllib.parse import quote
 import httpx
 
 from aether.agents.egress import EgressTransport
-from aether.agents.tools import ID_PATTERN, AppConfig, HttpConfig, McpConfig, Tool
+from aether.agents.mcp import (
+    MCP_PROTOCOL_VERSION,
+    McpError,
+    as_tool,
+    content_text,
+    initialize_params,
+)
+from aether.agents.tools import AppConfig, HttpConfig, McpConfig, Tool
 from aether.model.names import route_path
 
 __all__ = [
@@ -48,7 +55,6 @@ __all__ = [
 OUTPUT_LIMIT = 16 * 1024  # bytes of an answer given back to the model
 ERROR_BODY = 500  # characters of a failed answer's body quoted
 MAX_REDIRECTS = 5
-MCP_PROTOCOL_VERSION = "2025-06-18"
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _REDACTED = "[redacted]"
@@ -215,10 +221,6 @@ async def run_app(call: ToolCall) -> ToolResult:
 # -- MCP over streamable HTTP (JSON-RPC 2.0) ------------------------------------------
 
 
-class McpError(Exception):
-    """An MCP server's error or an answer that is not MCP."""
-
-
 class _McpSession:
     """One MCP session over streamable HTTP: initialize, then requests."""
 
@@ -227,14 +229,7 @@ class _McpSession:
         self._id = 0
 
     async def open(self) -> None:
-        result = await self.request(
-            "initialize",
-            {
-                "protocolVersion": MCP_PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "aether", "version": "1"},
-            },
-        )
+        result = await self.request("initialize", initialize_params())
         self.headers["MCP-Protocol-Version"] = str(
             result.get("protocolVersion", MCP_PROTOCOL_VERSION)
         )
@@ -314,32 +309,6 @@ def _mcp_client(
     )
 
 
-def _tool_id(name: str) -> str | None:
-    """An Aether tool id for the MCP tool ``name`` (None when none fits)."""
-    candidate = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_")[:64]
-    return candidate if re.match(ID_PATTERN, candidate) else None
-
-
-def _as_tool(url: str, raw: Any) -> Tool | None:
-    """An MCP tool definition as an Aether tool (None when it is not a usable one)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        return None
-    tool_id = _tool_id(raw["name"])
-    if tool_id is None:
-        return None
-    schema = raw.get("inputSchema")
-    try:
-        return Tool(
-            id=tool_id,
-            kind="mcp",
-            description=(str(raw.get("description") or raw["name"]))[:1000],
-            parameters=schema if isinstance(schema, dict) else {"type": "object"},
-            config=McpConfig(url=url, tool=raw["name"]),
-        )
-    except ValueError:
-        return None
-
-
 async def list_mcp_tools(
     url: str,
     *,
@@ -361,7 +330,7 @@ async def list_mcp_tools(
                 result = await session.request("tools/list", {"cursor": cursor} if cursor else {})
                 raw_tools = result.get("tools")
                 for raw in raw_tools if isinstance(raw_tools, list) else []:
-                    tool = _as_tool(url, raw)
+                    tool = as_tool(raw, url=url)
                     if tool is not None and all(t.id != tool.id for t in tools):
                         tools.append(tool)
                 cursor = result.get("nextCursor")
@@ -371,31 +340,16 @@ async def list_mcp_tools(
             await session.close()
 
 
-def _content_text(result: dict[str, Any]) -> str:
-    """What a tools/call result says, as text: its text parts, other parts named."""
-    parts: list[str] = []
-    content = result.get("content")
-    for item in content if isinstance(content, list) else []:
-        if isinstance(item, dict) and item.get("type") == "text":
-            parts.append(str(item.get("text", "")))
-        elif isinstance(item, dict):
-            parts.append(f"[{item.get('type', 'content')}]")
-    if not parts and "structuredContent" in result:
-        parts.append(json.dumps(result["structuredContent"]))
-    return "\n".join(parts)
-
-
 async def run_mcp(call: ToolCall) -> ToolResult:
     """An mcp tool: ``tools/call`` of the server's tool (``config.tool``, else the tool's
-    id) over streamable HTTP, egress-checked. A server started by a command (stdio) is
-    not run yet: ``ok=False`` saying so."""
+    id) over streamable HTTP, egress-checked. A server started by a command (stdio) runs
+    in a sandbox task instead (``services/runs``): here it is ``ok=False`` saying so."""
     config = call.tool.config
     if not isinstance(config, McpConfig):
         raise TypeError(f"tool {call.tool.id!r} is not an mcp tool")
     if config.url is None:
         return _failure(
-            "MCP servers started by a command (stdio) are not run yet: give the server's URL"
-            " (streamable HTTP) instead",
+            "an MCP server started by a command (stdio) runs in a sandbox task, not here",
             call,
         )
     name = config.tool or call.tool.id
@@ -415,7 +369,7 @@ async def run_mcp(call: ToolCall) -> ToolResult:
         return _failure(f"cannot reach {_where(config.url)}: {exc or type(exc).__name__}", call)
     except McpError as exc:
         return _failure(f"MCP server {_where(config.url)}: {exc}", call)
-    text = _scrub(_bounded(_content_text(result).encode(), False), call.secrets)
+    text = _scrub(_bounded(content_text(result).encode(), False), call.secrets)
     if result.get("isError"):
         return ToolResult(ok=False, output=text, error=f"MCP tool {name!r} failed")
     return ToolResult(ok=True, output=text)

@@ -684,6 +684,18 @@ def _agent_policy_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     q = tools.add_parser("rm", help="delete one of this tenant's tools")
     q.add_argument("id")
     _common(q)
+    q = tools.add_parser("discover", help="the tools an MCP server offers (--add: as yours)")
+    where = q.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", default=None, help="an MCP server over streamable HTTP")
+    where.add_argument(
+        "--command",
+        dest="mcp_command",
+        default=None,
+        metavar="CMD",
+        help="a stdio MCP server's command line (run in a sandbox on a node)",
+    )
+    q.add_argument("--add", action="store_true", help="add the tools the tenant lacks")
+    _common(q)
     q = tools.add_parser("sync", help="add or replace the tools of a YAML FILE (if enabled)")
     q.add_argument("file")
     _common(q)

@@ -242,6 +242,7 @@ async def agent_sandbox(payload: BaseModel, ctx: TaskContext) -> dict[str, Any]:
             payload.command[0],
             payload.command[1:],
             timeout=ctx.timeout,
+            stdin=payload.stdin.encode() if payload.stdin is not None else None,
             env={},
             output_limit=ctx.output_limit,
         )

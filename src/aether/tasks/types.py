@@ -141,13 +141,15 @@ class AgentRunPayload(BaseModel):
 
 
 class AgentSandboxPayload(BaseModel):
-    """One ``sandbox`` tool call of an agent's run, in a fresh sandbox."""
+    """One ``sandbox`` tool call of an agent's run (or a stdio MCP server's), in a fresh
+    sandbox."""
 
     model_config = ConfigDict(extra="forbid")
 
-    run_id: Annotated[str, Field(min_length=1, max_length=64)]
-    step: Annotated[int, Field(ge=1)]
+    run_id: Annotated[str, Field(max_length=64)] = ""  # "": no run (an MCP server's tools listed)
+    step: Annotated[int, Field(ge=0)] = 0
     command: Annotated[list[str], Field(min_length=1)]
+    stdin: str | None = None  # e.g. the JSON-RPC requests for a stdio MCP server
     network: bool = False
     memory_mb: Annotated[int, Field(ge=16, le=262_144)] = 512
     sandbox_id: Annotated[str, Field(min_length=1, max_length=64)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,19 @@ async def _tools(client: ApiClient, args: argparse.Namespace) -> tuple[Any, str]
     if command == "rm":
         await client.request("DELETE", f"/api/v1/tools/{_one(args.id)}")
         return {"id": args.id, "deleted": True}, f"tool {args.id} deleted"
+    if command == "discover":
+        body: dict[str, Any] = {"register": args.add}
+        if args.url:
+            body["url"] = args.url
+        else:
+            body["command"] = shlex.split(args.mcp_command)
+        found = await client.json("POST", "/api/v1/tools/mcp/discover", json=body, timeout=90)
+        text = _tools_table(found["tools"]) if found["tools"] else "the server offers no tool"
+        if args.add:
+            text += f"\nadded: {', '.join(found['registered']) or 'none'}"
+            if found["existing"]:
+                text += f"; already yours (left as they are): {', '.join(found['existing'])}"
+        return found, text
     synced = await client.json(
         "POST",
         "/api/v1/tools/sync",

@@ -14,19 +14,46 @@ from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aether.agents.tools import BUILTIN_TOOLS, Tool, ToolOut, search_tools
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Admin, Caller
 from aether.server.services.agent_policies import find_tool, list_tools
+from aether.server.services.agent_tools import discover_mcp_tools
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["tools"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 _MAX_SYNCED = 500
+
+
+class McpDiscoverIn(BaseModel):
+    """An MCP server to list the tools of: ``url`` (streamable HTTP) or ``command`` (a
+    stdio server, run in a fresh sandbox on a node). ``register``: add the tools the
+    tenant has no tool of that id of."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=True)
+
+    url: Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://")] | None = None
+    command: list[Annotated[str, Field(min_length=1, max_length=2048)]] | None = Field(
+        default=None, min_length=1, max_length=64
+    )
+    add: bool = Field(default=False, alias="register")  # ("register" is BaseModel's)
+
+    @model_validator(mode="after")
+    def _one_server(self) -> McpDiscoverIn:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("name the MCP server by exactly one of url or command")
+        return self
+
+
+class McpDiscoverOut(BaseModel):
+    tools: list[ToolOut]
+    registered: list[str]  # added to the tenant's tools now
+    existing: list[str]  # ids the tenant has a tool of already: left as they are
 
 
 class SyncOut(BaseModel):
@@ -69,6 +96,32 @@ async def add_tool(body: Tool, caller: Admin, ctx: Ctx) -> ToolOut:
     if not await ctx.records.add_agent_tool(caller.tenant_id, body.id, body.kind, definition):
         raise ConflictError(f"tool {body.id!r} already exists")
     return ToolOut.of(body, builtin=False)
+
+
+@router.post("/tools/mcp/discover")
+async def discover_mcp(body: McpDiscoverIn, caller: Admin, ctx: Ctx) -> McpDiscoverOut:
+    """The tools an MCP server offers, as this tenant's ``mcp`` tools (added with
+    ``register``). 403 ``egress_denied`` for a URL the cluster may not reach, 502
+    ``mcp_failed`` when the server fails or does not speak MCP, 503 when no node ran a
+    stdio server in time."""
+    tools = await discover_mcp_tools(ctx, caller.tenant_id, url=body.url, command=body.command)
+    registered: list[str] = []
+    existing: list[str] = []
+    for tool in tools:
+        if not body.add:
+            continue
+        definition = tool.model_dump(mode="json")
+        if tool.id in BUILTIN_TOOLS or not await ctx.records.add_agent_tool(
+            caller.tenant_id, tool.id, tool.kind, definition
+        ):
+            existing.append(tool.id)
+        else:
+            registered.append(tool.id)
+    return McpDiscoverOut(
+        tools=[ToolOut.of(t, builtin=False) for t in tools],
+        registered=registered,
+        existing=existing,
+    )
 
 
 @router.delete("/tools/{tool_id}", status_code=204)

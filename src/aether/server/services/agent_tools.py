@@ -7,23 +7,32 @@ Each answers ``(ok, output)``: the output is the text the model gets, JSON for d
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import secrets
+import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
+from aether.agents.executors import list_mcp_tools
+from aether.agents.mcp import McpError, as_tool, stdio_requests, stdio_result
 from aether.agents.tools import AETHER_ACTIONS, Tool
+from aether.errors import AetherError, BadGatewayError, ServiceUnavailableError
 from aether.model.names import shown_name
+from aether.model.tasks import TaskState
 from aether.server.context import ServerContext
 from aether.server.services.cluster import read_snapshot
 from aether.server.services.memory import embedder, store
 from aether.server.services.revocations import forget_tokens
 from aether.store.records.base import now
 from aether.store.records.schema import AgentRunRow
+from aether.tasks.queue.base import NewTask
 
-__all__ = ["run_server_tool"]
+__all__ = ["discover_mcp_tools", "run_server_tool"]
 
 
 async def run_server_tool(
@@ -136,3 +145,63 @@ async def _through_api(
     if answer.status_code >= 400:
         return False, f"{method} {path} answered {answer.status_code}: {text}"
     return True, text
+
+
+# -- discovering an MCP server's tools ------------------------------------------------
+
+DISCOVER_WAIT = 60.0  # seconds a stdio server's listing may take, a node included
+
+
+async def discover_mcp_tools(
+    ctx: ServerContext, tenant_id: str, *, url: str | None, command: list[str] | None
+) -> list[Tool]:
+    """The tools an MCP server offers, as the tenant's ``mcp`` tools naming it: over
+    streamable HTTP at ``url`` (egress-checked: public addresses, or the cluster's
+    ``AETHER_EGRESS_ALLOW``), or a stdio server started by ``command`` in a fresh
+    sandbox on a node (a task of the tenant's; no network)."""
+    try:
+        if url is not None:
+            host = urlsplit(url).hostname or ""
+            return await list_mcp_tools(
+                url, egress_hosts=[host], allow_private=list(ctx.settings.egress_allow)
+            )
+        assert command is not None
+        return await _stdio_tools(ctx, tenant_id, command)
+    except (McpError, httpx.HTTPError) as exc:
+        raise BadGatewayError(f"the MCP server failed: {exc}", code="mcp_failed") from None
+
+
+async def _stdio_tools(ctx: ServerContext, tenant_id: str, command: list[str]) -> list[Tool]:
+    task = await ctx.queue.submit(
+        tenant_id,
+        NewTask(
+            type="agent:sandbox",
+            payload={
+                "command": command,
+                "stdin": stdio_requests("tools/list", {}),
+                "sandbox_id": "mcp-" + secrets.token_hex(6),
+            },
+            max_retry=0,
+            timeout=DISCOVER_WAIT,
+        ),
+    )
+    ctx.task_submitted.set()
+    deadline = time.monotonic() + DISCOVER_WAIT + 5
+    while True:
+        found = await ctx.queue.get(task.id)
+        if found.state is TaskState.SUCCEEDED:
+            stdout = str((found.result or {}).get("stdout", ""))
+            listed = stdio_result(stdout, "tools/list").get("tools")
+            raws = listed if isinstance(listed, list) else []
+            tools = [as_tool(raw, command=command) for raw in raws]
+            return [t for t in tools if t is not None]
+        if found.state.final:
+            raise McpError(f"its sandbox task {task.id} ended {found.state}: {found.error}")
+        if time.monotonic() > deadline:
+            with contextlib.suppress(AetherError):
+                await ctx.queue.cancel(task.id, tenant_id)
+            raise ServiceUnavailableError(
+                f"no node ran the MCP server within {DISCOVER_WAIT:g} s (task {task.id}): "
+                "are nodes with a sandbox driver up?"
+            )
+        await asyncio.sleep(0.1)

@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from aether.agents.llm import ContentDelta, Done, ModelClient
+from aether.agents.mcp import McpError, content_text, stdio_requests, stdio_result
 from aether.agents.policy import Counters, DecisionRequest, Policy, redact_arguments
 from aether.agents.runs import (
     FINAL_STATUSES,
@@ -48,7 +49,7 @@ from aether.agents.runs import (
     step_key,
     transcript,
 )
-from aether.agents.tools import Tool, validate_arguments
+from aether.agents.tools import McpConfig, Tool, validate_arguments
 from aether.errors import AetherError, BadRequestError, ConflictError, NotFoundError
 from aether.model.cluster import NodeRecord
 from aether.model.runs import ApprovalIn, NextIn, NextOut, RunIn, RunOut, StepOut, ToolResultIn
@@ -494,7 +495,7 @@ async def drive(ctx: ServerContext, run_id: str, body: NextIn) -> NextOut:
             ok, output = await _server_tool(ctx, run, tool, _arguments_of(run, row, rows))
             await _resolve(ctx, run, found, row, ok=ok, output=output, error=None if ok else output)
             continue
-        if tool.kind == "sandbox":
+        if tool.kind == "sandbox" or (isinstance(tool.config, McpConfig) and tool.config.command):
             if await _sandbox_step(ctx, run, found, tool, row, rows, deadline):
                 continue
             return NextOut(action="wait", status="running")
@@ -892,6 +893,55 @@ async def report_tool(ctx: ServerContext, run_id: str, seq: int, body: ToolResul
 # -- the tools the server runs -------------------------------------------------------------
 
 
+def _sandbox_command(tool: Tool, arguments: dict[str, Any]) -> tuple[list[str], str | None]:
+    """The command a sandbox task runs for the call, and its stdin: a ``sandbox`` tool's
+    snippet or command, or a stdio ``mcp`` server's command fed the JSON-RPC requests.
+    ValueError when a command template lacks an argument."""
+    config = tool.config
+    if isinstance(config, McpConfig):
+        assert config.command is not None
+        params = {"name": config.tool or tool.id, "arguments": arguments}
+        return list(config.command), stdio_requests("tools/call", params)
+    if getattr(config, "mode", "command") == "python":
+        return ["python3", "-c", str(arguments.get("code", ""))], None
+    template = getattr(config, "command", None)
+    try:
+        # each argument one shell word: a value cannot add commands to the template
+        quoted = {k: shlex.quote(str(v)) for k, v in arguments.items()}
+        text = template.format(**quoted) if template else str(arguments["command"])
+    except (KeyError, IndexError) as exc:
+        raise ValueError(
+            f"the command template needs an argument it was not given: {exc}"
+        ) from None
+    return ["/bin/sh", "-c", text], None
+
+
+def _sandbox_outcome(tool: Tool, result: dict[str, Any], kept: str) -> tuple[bool, str, str | None]:
+    """(ok, output, error) of a finished sandbox task: the command's output, or the
+    stdio MCP server's answer to the call."""
+    code = result.get("exit_code")
+    stdout = str(result.get("stdout", ""))
+    stderr = str(result.get("stderr") or "")
+    if tool.kind == "mcp":
+        try:
+            answer = stdio_result(stdout, "tools/call")
+        except McpError as exc:
+            detail = f"{exc} (exit code {code}{'; stderr: ' + stderr[:500] if stderr else ''})"
+            return False, "", detail
+        text = content_text(answer)
+        if answer.get("isError"):
+            return False, text, text or "the tool reported an error"
+        return True, text, None
+    text = stdout
+    if kept:
+        text += ("\n" if text else "") + "kept files: " + kept
+    if stderr:
+        text += ("\n" if text else "") + "stderr: " + stderr
+    if code == 0:
+        return True, text, None
+    return False, f"exit code {code}\n{text}", f"exit code {code}"
+
+
 async def _sandbox_step(
     ctx: ServerContext,
     run: AgentRunRow,
@@ -901,29 +951,20 @@ async def _sandbox_step(
     rows: Sequence[AgentRunStepRow],
     deadline: float,
 ) -> bool:
-    """Submit the sandbox tool's task (once: the step's key is its idempotency key) and
-    wait for it until ``deadline``. True: the step is resolved."""
-    arguments = _arguments_of(run, row, rows)
-    config = tool.config
-    mode = getattr(config, "mode", "command")
-    template = getattr(config, "command", None)
-    if mode == "python":
-        command = ["python3", "-c", str(arguments.get("code", ""))]
-    else:
-        try:
-            # each argument one shell word: a value cannot add commands to the template
-            quoted = {k: shlex.quote(str(v)) for k, v in arguments.items()}
-            text = template.format(**quoted) if template else str(arguments["command"])
-        except (KeyError, IndexError, ValueError) as exc:
-            error = f"the command template needs an argument it was not given: {exc}"
-            await _resolve(ctx, run, found, row, ok=False, output="", error=error)
-            return True
-        command = ["/bin/sh", "-c", text]
+    """Submit the task of a sandbox tool or a stdio MCP server (once: the step's key is
+    its idempotency key) and wait for it until ``deadline``. True: the step is resolved."""
+    try:
+        command, stdin = _sandbox_command(tool, _arguments_of(run, row, rows))
+    except ValueError as exc:
+        await _resolve(ctx, run, found, row, ok=False, output="", error=str(exc))
+        return True
     hosts = sorted({h for p in found.rules for h in p.egress_hosts})
     task_id = row.task_id
     if task_id is None:
         try:
-            task_id = await _submit_sandbox_task(ctx, run, found, row, command, hosts, config)
+            task_id = await _submit_sandbox_task(
+                ctx, run, found, row, command, stdin, hosts, tool.config
+            )
         except AetherError as exc:  # the named sandbox is not the tenant's, or not running
             await _resolve(ctx, run, found, row, ok=False, output="", error=exc.message)
             return True
@@ -933,36 +974,23 @@ async def _sandbox_step(
         task_out = await ctx.queue.get(task_id)
         if task_out.state is TaskState.SUCCEEDED:
             result = task_out.result or {}
-            code = result.get("exit_code")
-            text = str(result.get("stdout", ""))
             kept = await _keep_files(ctx, run, row, result)
-            if kept:
-                text += ("\n" if text else "") + "kept files: " + kept
-            if result.get("stderr"):
-                text += ("\n" if text else "") + "stderr: " + str(result["stderr"])
-            ok = code == 0
+            ok, output, error = _sandbox_outcome(tool, result, kept)
             await _resolve(
                 ctx,
                 run,
                 found,
                 row,
                 ok=ok,
-                output=text if ok else f"exit code {code}\n{text}",
-                error=None if ok else f"exit code {code}",
+                output=output,
+                error=error,
                 node=task_out.claimed_by,
                 redact=await _redactions(ctx, run, found),
             )
             return True
         if task_out.state.final:
-            await _resolve(
-                ctx,
-                run,
-                found,
-                row,
-                ok=False,
-                output="",
-                error=task_out.error or str(task_out.state),
-            )
+            error = task_out.error or str(task_out.state)
+            await _resolve(ctx, run, found, row, ok=False, output="", error=error)
             return True
         if time.monotonic() >= deadline:
             return False
@@ -975,6 +1003,7 @@ async def _submit_sandbox_task(
     found: _Agent,
     row: AgentRunStepRow,
     command: list[str],
+    stdin: str | None,
     hosts: list[str],
     config: Any,
 ) -> str:
@@ -982,14 +1011,14 @@ async def _submit_sandbox_task(
     any node), or in the tenant's named sandbox (``vm:execute`` on its node). The step's
     idempotency key is the task's: submitted twice, it is one task."""
     timeout = float(found.version.config.get("tool_timeout", 120))
-    named = getattr(config, "sandbox", None)
+    named = getattr(config, "sandbox", None)  # a sandbox tool's; an mcp server's is fresh
     if named:
         sandbox = await ctx.records.get_sandbox(named, run.tenant_id)  # 404 if not the tenant's
         if sandbox.status == "deleted" or sandbox.node is None:
             raise ConflictError(f"sandbox {named} is not running (status {sandbox.status})")
         spec = NewTask(
             type="vm:execute",
-            payload={"vm_id": named, "command": command[0], "args": command[1:]},
+            payload={"vm_id": named, "command": command[0], "args": command[1:], "stdin": stdin},
             max_retry=2,
             timeout=timeout,
             idempotency_key=row.key,
@@ -1004,6 +1033,7 @@ async def _submit_sandbox_task(
                 "command": command,
                 "network": bool(hosts),
                 "sandbox_id": "tool-" + secrets.token_hex(6),
+                "stdin": stdin,
             },
             max_retry=2,
             timeout=timeout,
