@@ -215,7 +215,7 @@ async def test_mcp_egress_refusals_raise(mcp_url: str) -> None:
 async def test_mcp_failures_and_stdio_servers_are_results() -> None:
     stdio = Tool(id="fs", kind="mcp", description="x", config=McpConfig(command=["mcp-fs"]))
     result = await run_mcp(_call(stdio, {}))
-    assert not result.ok and "stdio" in (result.error or "") and "not run yet" in result.output
+    assert not result.ok and "stdio" in (result.error or "") and "sandbox task" in result.output
     down = Tool(
         id="add",
         kind="mcp",

@@ -187,7 +187,10 @@ async def test_replayed_commands_run_once_and_a_restart_still_rebuilds(
                 ),
                 "the ACTIVATE record",
             )
-            assert activate.request_id in runner.executed
+            # the node acts on a record after it arrives: wait for it to have run it
+            await eventually(
+                lambda: activate.request_id in runner.executed, "the ACTIVATE to be executed"
+            )
             assert activate.request_id in daemon.config.requests  # persisted
             assert starts(daemon) == 1
 
@@ -231,7 +234,9 @@ async def test_replayed_commands_run_once_and_a_restart_still_rebuilds(
             await eventually(lambda: _active(api, app), "ACTIVE again after the restart")
             assert starts(daemon) == 1
             runner = daemon.runners[key]
-            assert activate.request_id in runner.executed
+            await eventually(
+                lambda: activate.request_id in runner.executed, "the ACTIVATE rebuilt, not rerun"
+            )
 
             # scaled away: once unloaded, a stale delivery brings nothing back
             await api.scale(app, 0)

@@ -24,6 +24,8 @@ BUILTIN_IDS = {
     "cluster-status",
     "apps-list",
     "scale",
+    "rollback",
+    "drain",
 }
 
 

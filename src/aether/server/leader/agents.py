@@ -100,8 +100,10 @@ class AgentPlacer:
 
     async def step(self, leadership: Leadership) -> None:
         deployed = await self.ctx.records.agent_deployments()
-        snap = await read_snapshot(self.ctx.store)
         placed = await read_placements(self.ctx.store)
+        if not deployed and not placed:  # no agent deployed: nothing to read the cluster for
+            return
+        snap = await read_snapshot(self.ctx.store)
         risk = self.risk.assessments() if self.risk is not None else {}
         wants = [AgentWant(agent.id, row.replicas) for agent, row, _ in deployed]
         current = {agent_id: p.nodes for agent_id, p in placed.items()}
