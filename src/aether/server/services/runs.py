@@ -817,11 +817,7 @@ async def _redactions(ctx: ServerContext, run: AgentRunRow, found: _Agent) -> di
     names = sorted({n for p in found.rules for n in p.redact})
     if not names:
         return {}
-    return await _tenant_secrets(ctx, run.tenant_id, names)
-
-
-async def _tenant_secrets(ctx: ServerContext, tenant_id: str, names: list[str]) -> dict[str, str]:
-    return await tenant_secrets(ctx, tenant_id, names)
+    return await tenant_secrets(ctx, run.tenant_id, names)
 
 
 async def _node_tool(
@@ -840,7 +836,7 @@ async def _node_tool(
     if kv is not None:
         router_url = NodeRecord.model_validate_json(kv.value).router_url
     headers = getattr(tool.config, "headers", {}) or {}
-    secret_values = await _tenant_secrets(ctx, run.tenant_id, sorted(set(headers.values())))
+    secret_values = await tenant_secrets(ctx, run.tenant_id, sorted(set(headers.values())))
     hosts = sorted({h for p in found.rules for h in p.egress_hosts})
     arguments = _arguments_of(run, row, rows)
     return NextOut(

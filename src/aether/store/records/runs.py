@@ -212,11 +212,6 @@ class RunRecords(RecordsBase):
             await session.commit()
         return bool(getattr(result, "rowcount", 0))
 
-    async def add_usage(self, run_id: str, usage: Usage) -> None:
-        async with self.sessions() as session:
-            await session.execute(_usage_update(run_id, usage))
-            await session.commit()
-
     async def tokens_since(self, tenant_id: str, since: datetime, agent_id: str | None) -> int:
         """Model tokens the tenant's runs (the agent's, when given) created since used."""
         query = select(func.coalesce(func.sum(AgentRunRow.tokens_in + AgentRunRow.tokens_out), 0))
@@ -346,11 +341,6 @@ class RunRecords(RecordsBase):
     async def step(self, run_id: str, seq: int) -> AgentRunStepRow | None:
         async with self.sessions() as session:
             return await session.get(AgentRunStepRow, (run_id, seq))
-
-    async def step_by_key(self, key: str) -> AgentRunStepRow | None:
-        query = select(AgentRunStepRow).where(AgentRunStepRow.key == key)
-        async with self.sessions() as session:
-            return (await session.scalars(query)).first()
 
     async def set_step(
         self, run_id: str, seq: int, *, only_from: Collection[str] | None = None, **fields: Any
