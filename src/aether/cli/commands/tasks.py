@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
 import sys
@@ -70,6 +69,8 @@ def _task_text(task: dict[str, Any]) -> str:
 
 
 async def _wait(client: Any, task_id: str, timeout: float) -> TaskOut:
+    import asyncio  # here: `task get` runs without it
+
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
