@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from aether.cli.reads import PROXY_VARIABLES
 from aether.client import ApiClient
 from tests.support.cli import cli_env
 from tests.support.server import RunningServer, running_server
@@ -33,9 +34,10 @@ sys.stderr.write("\\nPROBE " + json.dumps({{"heavy": heavy, "exit": code}}) + "\
 
 
 def heavy_modules(home: Path, *args: str) -> tuple[list[str], object]:
+    env = {k: v for k, v in cli_env(home).items() if k not in PROXY_VARIABLES}
     result = subprocess.run(
         [sys.executable, "-c", PROBE, *args],
-        env=cli_env(home),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,

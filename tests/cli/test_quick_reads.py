@@ -229,7 +229,17 @@ async def test_an_answer_without_an_envelope_is_the_typed_clients_error() -> Non
     assert quick_one.message.startswith("HTTP 502 Bad Gateway for GET /api/v1/nodes: bad gateway")
 
 
-def test_https_servers_go_through_the_typed_client() -> None:
-    assert quick("http://a:7070, http://b:7070")
-    assert not quick("http://a:7070,https://b:7443")
-    assert not quick("HTTPS://a:7443")
+def test_https_servers_and_proxies_go_through_the_typed_client() -> None:
+    assert quick("http://a:7070, http://b:7070", {})
+    assert not quick("http://a:7070,https://b:7443", {})
+    assert not quick("HTTPS://a:7443", {})
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        assert not quick("http://a:7070", {name: "http://proxy:3128"})
+    assert quick("http://a:7070", {"HTTPS_PROXY": "http://proxy:3128", "http_proxy": ""})
+
+
+async def test_a_name_that_does_not_resolve_is_the_typed_clients_error() -> None:
+    url = "http://no-such-host.invalid:7070"
+    same_error(
+        quick_error(url, "t", "/api/v1/status"), await typed_error(url, "t", "/api/v1/status")
+    )

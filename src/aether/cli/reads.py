@@ -3,8 +3,9 @@
 ``aether list``, ``status``, ``nodes`` and ``task get`` print what one GET returns.
 Importing httpx and the pydantic API models and building an httpx client (with its
 TLS context) cost several times the request itself, so for plain-http servers the
-GET goes over ``http.client`` instead; an ``https://`` server still goes through
-``aether.client.ApiClient``, the API of record, whose TLS set-up stays the one used.
+GET goes over ``http.client`` instead; an ``https://`` server (or a proxy in the
+environment) still goes through ``aether.client.ApiClient``, the API of record,
+whose TLS and proxy set-up stay the ones used.
 
 Both paths follow ``aether.client_rules``: the same fail-over between servers (a GET
 is sent to the next server after any transport failure, and the one that answered
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,15 +42,22 @@ from aether.client_rules import (
     why_not_retried,
 )
 
-__all__ = ["CONNECT_TIMEOUT", "TIMEOUT", "get_json", "quick"]
+__all__ = ["CONNECT_TIMEOUT", "PROXY_VARIABLES", "TIMEOUT", "get_json", "quick"]
 
 #: The same timeouts as ``ApiClient``'s defaults: 5 s to connect, 30 s to answer.
 CONNECT_TIMEOUT = 5.0
 TIMEOUT = 30.0
 
 
-def quick(server: str) -> bool:
-    """Whether every server is plain http (no TLS: the quick path applies)."""
+#: httpx sends plain-http requests through these (``trust_env``); http.client would not.
+PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def quick(server: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the quick path applies: every server plain http (no TLS), and no proxy
+    in the environment that ``ApiClient`` would go through."""
+    if any(environ.get(name) for name in PROXY_VARIABLES):
+        return False
     return all(url.lower().startswith("http://") for url in split_urls(server))
 
 
@@ -121,6 +131,8 @@ def _get(url: str, path: str, headers: dict[str, str]) -> tuple[int, str, bytes,
             conn.connect()
         except TimeoutError as exc:
             raise _ConnectFailed(refused=False) from exc
+        except socket.gaierror:
+            raise  # a name that does not resolve: said as httpx says it, its own words
         except OSError as exc:
             raise _ConnectFailed(refused=True) from exc
         assert conn.sock is not None
