@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +126,17 @@ def _signature_headers(signature: str | None, app: str | None) -> dict[str, str]
     return headers
 
 
+def _plain_http_transport() -> httpx.AsyncHTTPTransport:
+    """The transport for servers that are all plain http: the default one, but with a
+    TLS context that loads no CA bundle (loading it is most of building a client).
+
+    Every request goes to ``base_url + path``, so this transport never speaks TLS; if
+    it ever did, a context with no trust anchors and hostname checks on fails closed.
+    A proxy from the environment keeps its own transport, verified as usual.
+    """
+    return httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+
+
 class ApiClient:
     def __init__(
         self,
@@ -140,6 +152,8 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if namespace:
             headers["X-Aether-Namespace"] = namespace
+        if transport is None and all(u.lower().startswith("http://") for u in self.base_urls):
+            transport = _plain_http_transport()
         self._http = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=5.0),
