@@ -16,10 +16,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "TASKS_READY",
     "AgentDeploymentRow",
     "AgentModel",
     "AgentPolicyRow",
@@ -229,13 +231,33 @@ class Node(Base):
     revoked_at: Mapped[datetime | None]
 
 
+#: the condition of ``ix_tasks_ready``; a query must repeat it word for word to use it
+TASKS_READY = "state IN ('pending', 'scheduled', 'retry')"
+
+
 class Task(Base):
     """A unit of run-to-completion work in the SQL queue backend."""
 
     __tablename__ = "tasks"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
-        Index("ix_tasks_claim", "queue", "state", "priority", "seq"),
+        # claims read ready tasks only: an index over them alone keeps a claim's cost
+        # independent of how many finished tasks the table keeps
+        Index(
+            "ix_tasks_ready",
+            "queue",
+            text("priority DESC"),
+            "seq",
+            sqlite_where=text(TASKS_READY),
+            postgresql_where=text(TASKS_READY),
+        ),
+        # the leases ``expire`` checks: active tasks only
+        Index(
+            "ix_tasks_active",
+            "lease_expires_at",
+            sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
+        ),
         Index("ix_tasks_tenant_state", "tenant_id", "state"),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -101,12 +101,18 @@ def validate(spec: NewTask) -> None:
         raise BadRequestError("driver must be 1 to 32 characters")
 
 
-def conflict_message(task: TaskOut, worker: str) -> str:
-    """Why ``worker`` may not complete or fail ``task``: what its holder needs to know."""
+def conflict_message(task: TaskOut, worker: str, attempt: int | None = None) -> str:
+    """Why ``worker`` may not complete or fail ``task`` (``attempt``: the attempt it ran,
+    when it named one): what its holder needs to know."""
     if task.state == TaskState.CANCELLED:
         return f"task {task.id} was cancelled"
     if task.state.final:
         return f"task {task.id} already {task.state}"
+    if task.state == TaskState.ACTIVE and task.claimed_by == worker and attempt is not None:
+        return (
+            f"task {task.id}: attempt {attempt} of {worker} was taken back; "
+            f"attempt {task.attempts} holds it now"
+        )
     if task.state == TaskState.ACTIVE:
         return f"task {task.id} is claimed by {task.claimed_by}, not {worker}"
     if task.claimed_by == worker:
@@ -254,6 +260,10 @@ class TaskQueue(Protocol):
 
     async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
         """One task; ``tenant_id`` None means any tenant (for nodes). NotFoundError."""
+        ...
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskOut]:
+        """The tasks of ``task_ids`` that exist, by id, whatever their tenant (for nodes)."""
         ...
 
     async def list(
