@@ -231,7 +231,11 @@ class Node(Base):
     revoked_at: Mapped[datetime | None]
 
 
-#: the condition of ``ix_tasks_ready``; a query must repeat it word for word to use it
+#: The condition of ``ix_tasks_ready`` (queue, priority DESC, seq) over ready tasks
+#: only, which claims read: a claim's cost does not grow with the finished tasks the
+#: table keeps. A query must repeat the condition word for word to use the index.
+#: The index is made by migration 0026 alone: its DESC column is an expression that
+#: ``alembic check`` cannot compare with a model (see ``upgrades/env.py``).
 TASKS_READY = "state IN ('pending', 'scheduled', 'retry')"
 
 
@@ -241,16 +245,6 @@ class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
-        # claims read ready tasks only: an index over them alone keeps a claim's cost
-        # independent of how many finished tasks the table keeps
-        Index(
-            "ix_tasks_ready",
-            "queue",
-            text("priority DESC"),
-            "seq",
-            sqlite_where=text(TASKS_READY),
-            postgresql_where=text(TASKS_READY),
-        ),
         # the leases ``expire`` checks: active tasks only
         Index(
             "ix_tasks_active",
