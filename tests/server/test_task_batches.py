@@ -135,6 +135,14 @@ async def test_reports_of_attempts_the_node_does_not_hold_change_nothing(
         ],
     )
     assert [r["code"] for r in answer.json()["reports"]] == ["forbidden", "not_found"]
+    # the refused report is in the audit trail, though the exchange itself was answered 200
+    audit = await http.get(
+        "/api/v1/audit",
+        params={"target": f"tasks/{theirs['id']}", "outcome": "refused"},
+        headers=bearer(server.admin_token),
+    )
+    (event,) = audit.json()["events"]
+    assert event["actor"] == other and "does not hold the claim" in event["detail"]
     wrong = await _exchange(
         http,
         server,

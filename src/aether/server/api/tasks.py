@@ -22,7 +22,7 @@ from aether.model.tasks import (
     TaskState,
 )
 from aether.server.context import ServerContext, get_context
-from aether.server.http.audit import refuse
+from aether.server.http.audit import audit_refusal, refuse
 from aether.server.http.auth import Caller, NodeCaller, Operator, own_node
 from aether.server.services.agent_placements import AgentQueues
 from aether.server.services.tasks import record_outcome, record_outcomes, submit_task, submit_tasks
@@ -292,6 +292,7 @@ async def _take_reports(
             answers[i] = _refused(report, NotFoundError(f"task {report.id} not found"))
         elif not _holds(task, node, report.attempt):
             answers[i] = _refused(report, _not_holder(request, caller, node, report))
+            await audit_refusal(request, f"tasks/{report.id}")
         elif report.result is not None:
             successes.append((i, report, task))
         else:
