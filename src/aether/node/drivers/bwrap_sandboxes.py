@@ -67,7 +67,7 @@ from aether.node.drivers.bwrap_args import (
     system_args,
 )
 from aether.node.drivers.execution import run_capped
-from aether.node.drivers.spawn import base_env
+from aether.node.drivers.spawn import base_env, exec_as
 from aether.node.drivers.workspace import WorkspaceSandboxes
 
 __all__ = ["SANDBOX_UID", "BwrapSandboxes"]
@@ -97,6 +97,7 @@ class BwrapSandboxes(WorkspaceSandboxes):
 
     _bwrap: str | None
     _probe: dict[int | None, bool]
+    _setpriv: bool  # whether executions start through ``exec_as``
 
     @abc.abstractmethod
     def available(self) -> bool:
@@ -199,9 +200,13 @@ class BwrapSandboxes(WorkspaceSandboxes):
                 command,
                 *args,
             ]
+            uid = host_uid if isinstance(host_uid, int) else None
             popen: dict[str, Any] = {}
-            if isinstance(host_uid, int):
-                popen = {"user": host_uid, "group": host_uid, "extra_groups": []}
+            if self._setpriv:  # the uid and the parent-death signal after exec: vfork
+                argv = [*exec_as(uid), *argv]
+                popen["dies_with_parent"] = True
+            elif uid is not None:
+                popen = {"user": uid, "group": uid, "extra_groups": []}
             started, exited = self._track(handle.id)
             try:
                 run = await run_capped(
