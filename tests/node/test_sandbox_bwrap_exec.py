@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -185,10 +184,12 @@ asyncio.run(main())
 async def test_an_execution_dies_with_the_node(node_dir: Path) -> None:
     """A killed node leaves no ``bwrap`` and no command behind (PR_SET_PDEATHSIG)."""
     token = f"{90 + int(uuid.uuid4().int % 1000) / 1000:.3f}"
-    node = subprocess.Popen([sys.executable, "-c", _NODE, str(node_dir / "orphan"), token])
+    node = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _NODE, str(node_dir / "orphan"), token
+    )
     try:
         await _wait_for(lambda: len(_with_token(token)) >= 2)  # bwrap and sleep, at least
     finally:
         node.send_signal(signal.SIGKILL)
-        node.wait()
+        await node.wait()
     await _wait_for(lambda: not _with_token(token), seconds=5)
