@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from aether.node.drivers import workspace
 from aether.node.drivers.base import SandboxSpec
 from aether.node.drivers.bwrap import BwrapDriver
 from aether.node.drivers.process import ProcessDriver
@@ -45,19 +46,29 @@ def _driver() -> BwrapDriver:
     return driver
 
 
-def _with_token(token: str) -> list[int]:
-    """Host pids whose command line mentions ``token``."""
-    found = []
+def _command_lines(token: str) -> dict[int, bytes]:
+    """Host processes whose command line mentions ``token``, by pid."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
-            continue
+            continue  # gone meanwhile
         if token.encode() in cmdline:
-            found.append(int(entry))
+            found[int(entry)] = cmdline
     return found
+
+
+def _with_token(token: str) -> list[int]:
+    return list(_command_lines(token))
+
+
+def _running(argv: list[str]) -> bool:
+    """Whether a process runs ``argv`` (not merely mentions it, as its parents do)."""
+    exact = b"".join(a.encode() + b"\0" for a in argv)
+    return exact in _command_lines(argv[-1]).values()
 
 
 async def _wait_for(check: object, seconds: float = 10) -> None:
@@ -119,6 +130,20 @@ async def test_a_sandbox_whose_workspace_vanished_is_not_found(node_dir: Path) -
     await driver.delete(handle)
 
 
+async def test_kept_handles_are_bounded_and_the_dropped_read_again(
+    node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workspace, "_KEEP", 2)
+    driver, maker = _driver(), _driver()
+    made = [
+        await maker.create(SandboxSpec(id=f"k{i}", name="k", root=node_dir / f"k{i}"))
+        for i in range(3)
+    ]
+    for _ in range(2):
+        assert [driver.load(h.id, h.spec.root) for h in made] == made
+        assert len(driver._loaded) == 2
+
+
 async def test_vm_execute_finds_kept_sandboxes_and_refuses_deleted_ones(node_dir: Path) -> None:
     driver = _driver()
     await driver.create(SandboxSpec(id="vm1", name="v", root=node_dir / "vm1"))
@@ -150,7 +175,7 @@ async def test_bwrap_runs_as_the_sandbox_uid_with_nothing_of_root(node_dir: Path
     token = f"{60 + int(uuid.uuid4().int % 1000) / 1000:.3f}"
     running = asyncio.ensure_future(driver.execute(handle, "sleep", [token], timeout=30))
     try:
-        await _wait_for(lambda: _with_token(token))
+        await _wait_for(lambda: _running(["sleep", token]), seconds=60)
         for pid in _with_token(token):
             status = dict(
                 line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -168,6 +193,7 @@ async def test_bwrap_runs_as_the_sandbox_uid_with_nothing_of_root(node_dir: Path
 _NODE = """
 import asyncio, sys
 from pathlib import Path
+from aether.node.drivers import workspace
 from aether.node.drivers.base import SandboxSpec
 from aether.node.drivers.bwrap import BwrapDriver
 
@@ -188,8 +214,8 @@ async def test_an_execution_dies_with_the_node(node_dir: Path) -> None:
         sys.executable, "-c", _NODE, str(node_dir / "orphan"), token
     )
     try:
-        await _wait_for(lambda: len(_with_token(token)) >= 2)  # bwrap and sleep, at least
+        await _wait_for(lambda: _running(["sleep", token]), seconds=60)  # the command runs
     finally:
         node.send_signal(signal.SIGKILL)
         await node.wait()
-    await _wait_for(lambda: not _with_token(token), seconds=5)
+    await _wait_for(lambda: not _with_token(token), seconds=10)

@@ -36,6 +36,7 @@ from aether.node.trees import remove_tree
 
 __all__ = ["WorkspaceSandboxes"]
 
+_KEEP = 4096  # handles kept at most (the oldest goes first): deletes elsewhere leave some behind
 # what identifies one version of a state file: written by rename, so a new inode each time
 _StateKey = tuple[int, int, int, int, int]
 
@@ -117,6 +118,8 @@ class WorkspaceSandboxes:
         if handle is None:
             self._loaded.pop(root, None)
         else:
+            if len(self._loaded) >= _KEEP and root not in self._loaded:
+                self._loaded.pop(next(iter(self._loaded)))
             self._loaded[root] = (key, handle)
         return handle
 
