@@ -9,8 +9,9 @@ machine load):
 - ``plain_echo``: ``subprocess.run(["echo", i])``, no sandbox;
 - ``bare_bwrap``: ``subprocess.run`` of a hand-written ``bwrap`` with the same
   namespaces, the system read-only, ``/proc``, ``/dev`` and the workspace, as
-  the sandbox's uid: the floor for a sandbox, with none of the driver's ``/etc``,
-  tmpfs mounts, ``prlimit`` or descriptors;
+  the sandbox's uid (through ``setpriv``, as the driver starts it): the floor
+  for a sandbox, with none of the driver's ``/etc``, tmpfs mounts, ``prlimit``
+  or descriptors; ``bare_bwrap_prlimit`` adds ``prlimit``;
 - ``driver_argv``: the driver's exact command (``BwrapSandboxes.command``:
   ``setpriv``, ``bwrap --args`` with every option, ``prlimit``) run with
   ``subprocess.run``: the sandbox's own cost, without the driver's Python;
@@ -35,7 +36,8 @@ rlimits, set by ``prlimit`` inside the sandbox (its cost is
 node daemon is larger than this benchmark: a ``fork`` copies page tables, a
 ``vfork`` does not.
 
-Writes bench/results/bwrap_exec.json and prints it. Figures, never assertions.
+Writes bench/results/bwrap_exec.json (``bwrap_exec_ballast_<M>mb.json`` with a
+ballast) and prints it. Figures, never assertions.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from aether.node.drivers.base import Execution, SandboxHandle, SandboxSpec, read
 from aether.node.drivers.bwrap import BwrapDriver
 from aether.node.drivers.bwrap_args import PRLIMIT, MemFds, system_args
 from aether.node.drivers.bwrap_sandboxes import SANDBOX_UID
+from aether.node.drivers.spawn import exec_as
 from aether.tasks.handlers import TaskContext, handler_for
 from aether.tasks.types import VmExecutePayload
 from bench.common import percentile, wait_until_quiet, write_result
@@ -134,9 +137,7 @@ async def _measure_in(root: Path, runs: int) -> dict[str, Any]:
     probes = time.perf_counter() - first
     handle = await driver.create(SandboxSpec(id="sb", name="sb", root=root / "sb"))
     host_uid = handle.extra.get("host_uid")
-    as_uid: dict[str, Any] = {}
-    if isinstance(host_uid, int):
-        as_uid = {"user": host_uid, "group": host_uid, "extra_groups": []}
+    uid = host_uid if isinstance(host_uid, int) else None
     assert driver._bwrap is not None
     bwrap = driver._bwrap
 
@@ -153,13 +154,17 @@ async def _measure_in(root: Path, runs: int) -> dict[str, Any]:
     async def plain_echo(i: int) -> None:
         check(subprocess.run(["echo", str(i)], capture_output=True, check=True).stdout, i)
 
+    def bare(argv: list[str]) -> bytes:
+        # started as the driver starts it (exec_as: the uid, then vfork), so the
+        # difference to driver_argv is what bwrap and prlimit do, not the spawn
+        argv = [*exec_as(uid), *argv]
+        return subprocess.run(argv, capture_output=True, check=True, cwd="/").stdout
+
     async def bare_bwrap(i: int) -> None:
-        argv = [*_bare_argv(bwrap, handle, prlimit=False), "echo", str(i)]
-        check(subprocess.run(argv, capture_output=True, check=True, cwd="/", **as_uid).stdout, i)
+        check(bare([*_bare_argv(bwrap, handle, prlimit=False), "echo", str(i)]), i)
 
     async def bare_bwrap_prlimit(i: int) -> None:
-        argv = [*_bare_argv(bwrap, handle, prlimit=True), "echo", str(i)]
-        check(subprocess.run(argv, capture_output=True, check=True, cwd="/", **as_uid).stdout, i)
+        check(bare([*_bare_argv(bwrap, handle, prlimit=True), "echo", str(i)]), i)
 
     async def driver_argv(i: int) -> None:
         fds = MemFds()
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     figures = asyncio.run(_measure(opts.runs))
     write_result(
-        "bwrap_exec",
+        f"bwrap_exec_ballast_{opts.ballast_mb}mb" if opts.ballast_mb else "bwrap_exec",
         {
             "what": f"echo i, {opts.runs} times each way, taking turns, in one process "
             f"(RSS {rss >> 20} MB, ballast {opts.ballast_mb} MB), on one existing bwrap sandbox",
