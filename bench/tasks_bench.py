@@ -58,6 +58,7 @@ RQ_QUEUE = "bench"
 RQ_JOB = "subprocess.run"  # nothing of this module to import in each forked job
 WORKERS = 8  # Celery prefork processes, rq workers; the node runs 8 tasks at once
 SUBMIT_IN_FLIGHT = 64
+BATCH = 100  # tasks per POST /tasks:batch in the batched-submit burst
 WARMUP = 40
 SERIAL = 50
 POLL = 0.01  # seconds between GETs of one task awaited alone (each GET costs the server ~4 ms)
@@ -133,6 +134,7 @@ class Burst:
     ok: int = 0
     by_node: dict[str, int] = field(default_factory=dict)  # Aether: tasks run per node
     bad: list[str] = field(default_factory=list)
+    cpu_ms_per_task: dict[str, float] = field(default_factory=dict)
     submit_seconds: float = 0.0  # the whole submission phase, client side
     wall_seconds: float = 0.0  # first submit to all results seen, client side
 
@@ -156,6 +158,8 @@ class Burst:
         }
         if self.by_node:
             out["tasks_by_node"] = self.by_node
+        if self.cpu_ms_per_task:
+            out["cpu_ms_per_task"] = self.cpu_ms_per_task
         if self.accepted:
             out["server_latency_ms"] = _ms([self.stored[i] - self.accepted[i] for i in ids])
         return out
@@ -244,6 +248,12 @@ class AetherApi:
         task: dict[str, Any] = response.json()
         return task
 
+    async def submit_batch(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        response = await self.http.post("/tasks:batch", json={"tasks": bodies})
+        response.raise_for_status()
+        tasks: list[dict[str, Any]] = response.json()["tasks"]
+        return tasks
+
     async def get(self, task_id: str) -> dict[str, Any]:
         response = await self.http.get(f"/tasks/{task_id}")
         response.raise_for_status()
@@ -299,22 +309,36 @@ async def _sandboxes(api: AetherApi, nodes: list[str], count: int) -> list[str]:
     return picked
 
 
-async def _aether_burst(api: AetherApi, vms: list[str], n: int) -> Burst:
-    """Submit ``n`` echo tasks (64 in flight); wait for all by polling the list in batches."""
+def _echo(vms: list[str], i: int) -> dict[str, Any]:
+    return {"vm_id": vms[i % len(vms)], "command": "echo", "args": [str(i)]}
+
+
+async def _aether_burst(api: AetherApi, vms: list[str], n: int, batch: int = 0) -> Burst:
+    """Submit ``n`` echo tasks (64 in flight, or ``batch`` per ``POST /tasks:batch`` one
+    batch at a time); wait for all by polling the list in batches."""
     burst = Burst()
     gate = asyncio.Semaphore(SUBMIT_IN_FLIGHT)
 
     async def one(i: int) -> None:
         async with gate:
             start = time.time()
-            task = await api.submit(
-                "vm:execute", {"vm_id": vms[i % len(vms)], "command": "echo", "args": [str(i)]}
-            )
+            task = await api.submit("vm:execute", _echo(vms, i))
         burst.submitted[task["id"]] = start
         burst.accepted[task["id"]] = _epoch(task["created_at"])
 
     first = time.time()
-    await asyncio.gather(*(one(i) for i in range(n)))
+    if batch:
+        for lo in range(0, n, batch):
+            start = time.time()
+            bodies = [
+                {"type": "vm:execute", "payload": _echo(vms, i)}
+                for i in range(lo, min(lo + batch, n))
+            ]
+            for task in await api.submit_batch(bodies):
+                burst.submitted[task["id"]] = start
+                burst.accepted[task["id"]] = _epoch(task["created_at"])
+    else:
+        await asyncio.gather(*(one(i) for i in range(n)))
     burst.submit_seconds = time.time() - first
 
     seen: dict[str, dict[str, Any]] = {}
@@ -366,14 +390,41 @@ async def _aether_serial(api: AetherApi, vm: str, n: int) -> dict[str, Any]:
     return {"latency_ms": _ms(client), "server_latency_ms": _ms(server)}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _node_pids(cluster: Cluster, nodes: list[str]) -> list[int]:
+    return [cluster.nodes[n].pid for n in nodes]
+
+
 async def _aether_run(
     cluster: Cluster, nodes: list[str], tasks: int, sandboxes: int
 ) -> dict[str, Any]:
     api = AetherApi(cluster)
+    assert cluster.server is not None
+    server_pid, node_pids = cluster.server.pid, _node_pids(cluster, nodes)
+
+    def cpu() -> tuple[float, float]:
+        return _cpu_seconds(server_pid), sum(_cpu_seconds(p) for p in node_pids)
+
+    async def burst_with_cpu(batch: int = 0) -> Burst:
+        server0, node0 = cpu()
+        burst = await _aether_burst(api, vms, tasks, batch)
+        server1, node1 = cpu()
+        burst.cpu_ms_per_task = {
+            "server": round((server1 - server0) * 1000 / tasks, 2),
+            "nodes (bwrap children not counted)": round((node1 - node0) * 1000 / tasks, 2),
+        }
+        return burst
+
     try:
         vms = await _sandboxes(api, nodes, sandboxes)
         await _aether_burst(api, vms, WARMUP)  # warm: imports, connections, caches
-        burst = await _aether_burst(api, vms, tasks)
+        burst = await burst_with_cpu()
+        batched = await burst_with_cpu(BATCH)
         serial = await _aether_serial(api, vms[0], SERIAL)
     finally:
         await api.close()
@@ -386,13 +437,19 @@ async def _aether_run(
         "node_task_concurrency": 8,
         "bwrap_as_unprivileged_uid": unprivileged,
         "burst": burst.figures(),
+        "burst_batched_submit": batched.figures(),
         "serial": serial,
     }
 
 
-def bench_aether(tasks: int, nodes: int = 1, sandboxes: int = 4) -> dict[str, Any]:
+def bench_aether(
+    tasks: int, nodes: int = 1, sandboxes: int = 4, queue_url: str | None = None
+) -> dict[str, Any]:
+    """The burst on one server; ``queue_url``: the Redis task queue backend (else SQL)."""
     with tempfile.TemporaryDirectory() as tmp:
         cluster = _cluster(Path(tmp))
+        if queue_url:
+            cluster.env["AETHER_QUEUE_URL"] = queue_url
         try:
             cluster.start_server()
             names = [f"n{i + 1}" for i in range(nodes)]
@@ -406,7 +463,9 @@ def bench_aether(tasks: int, nodes: int = 1, sandboxes: int = 4) -> dict[str, An
             cluster.stop()
     data["what"] = (
         f"{tasks} vm:execute `echo i` on {sandboxes} existing bwrap sandboxes, "
-        f"{nodes} node(s), submitted over HTTP with {SUBMIT_IN_FLIGHT} submits in flight"
+        f"{nodes} node(s), submitted over HTTP with {SUBMIT_IN_FLIGHT} submits in flight "
+        f"(burst_batched_submit: {BATCH} per POST /tasks:batch); "
+        f"queue backend {'redis' if queue_url else 'sql'}"
     )
     _show(f"aether ({nodes} node{'s' if nodes > 1 else ''})", data["burst"])
     return data
@@ -797,6 +856,12 @@ def _ratios(data: dict[str, Any]) -> dict[str, Any]:
         out[f"throughput_aether_over_{other}"] = round(
             aether["throughput_per_s"] / theirs["throughput_per_s"], 3
         )
+        for variant, run in (("sql", data["aether"]), ("redis", data.get("aether_redis"))):
+            for burst in ("burst", "burst_batched_submit"):
+                if run is not None and burst in run:
+                    out[f"throughput_aether_{variant}_{burst}_over_{other}"] = round(
+                        run[burst]["throughput_per_s"] / theirs["throughput_per_s"], 3
+                    )
         if "rounds" in data["aether"] and "rounds" in data[other]:
             out[f"throughput_aether_over_{other}_by_round"] = [
                 round(a["throughput_per_s"] / b["throughput_per_s"], 3)
@@ -854,12 +919,18 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         compared: dict[str, Callable[[], dict[str, Any]]] = {}
+        url = ""
+        if wanted or args.what in ("aether", "all"):
+            url = stack.enter_context(redis_server(root))
+            data["redis"] = {"version": _version(["redis-server", "--version"]), "run": run}
         if args.what in ("aether", "all"):
             key = "aether" if args.nodes == 1 else f"aether_{args.nodes}_nodes"
             compared[key] = lambda: bench_aether(args.tasks, args.nodes)
+            # the Redis queue backend, on its own database of the same Redis
+            compared[f"{key}_redis"] = lambda: bench_aether(
+                args.tasks, args.nodes, queue_url=url.rsplit("/", 1)[0] + "/15"
+            )
         if wanted:
-            url = stack.enter_context(redis_server(root))
-            data["redis"] = {"version": _version(["redis-server", "--version"]), "run": run}
             if "celery" in wanted:
                 compared["celery"] = lambda: bench_celery(args.tasks, url, root)
             if "rq" in wanted:

@@ -814,6 +814,16 @@ class ApiClient:
         data = await self.json("POST", "/api/v1/tasks", json=body, headers=headers)
         return TaskOut.model_validate(data)
 
+    async def submit_tasks(
+        self, bodies: Sequence[dict[str, Any]], *, idempotency_key: str | None = None
+    ) -> list[TaskOut]:
+        """Submit up to 1,000 tasks in one transaction (all or none), answers in order."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = await self.json(
+            "POST", "/api/v1/tasks:batch", json={"tasks": list(bodies)}, headers=headers
+        )
+        return [TaskOut.model_validate(t) for t in data["tasks"]]
+
     async def task(self, task_id: str) -> TaskOut:
         return TaskOut.model_validate(await self.json("GET", f"/api/v1/tasks/{task_id}"))
 
@@ -847,6 +857,33 @@ class ApiClient:
             timeout=wait + 10,
         )
         return TaskOut.model_validate(response.json()) if response.status_code == 200 else None
+
+    async def exchange_tasks(
+        self,
+        node: str,
+        drivers: list[str],
+        queues: list[str],
+        *,
+        reports: list[dict[str, Any]],
+        want: int,
+        wait: float,
+    ) -> tuple[list[dict[str, Any]], list[TaskOut]]:
+        """Hand in finished attempts and claim up to ``want`` tasks in one request:
+        (one answer per report, the tasks claimed)."""
+        data = await self.json(
+            "POST",
+            "/api/v1/tasks/exchange",
+            json={
+                "node": node,
+                "drivers": drivers,
+                "queues": queues,
+                "reports": reports,
+                "want": want,
+                "wait": wait,
+            },
+            timeout=wait + 10,
+        )
+        return list(data["reports"]), [TaskOut.model_validate(t) for t in data["tasks"]]
 
     async def task_heartbeat(self, task_id: str, node: str, *, attempt: int) -> bool:
         """``attempt``: the claim's ``attempts`` (a later claim of the task is another lease)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -297,3 +298,47 @@ def test_redis_queue_backend_end_to_end(cluster: Cluster, tmp_path: Path) -> Non
     finally:
         redis.terminate()
         redis.wait(10)
+
+
+def test_submit_from_file_queues_a_batch_and_refuses_a_bad_file_whole(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    _need_bwrap()
+    cluster.start_server()
+    cluster.start_node("n1")
+    vm = cluster.cli_json("vm", "create", "batch-box")["id"]
+    lines = [
+        json.dumps(
+            {"type": "vm:execute", "payload": {"vm_id": vm, "command": "echo", "args": [str(i)]}}
+        )
+        for i in range(30)
+    ]
+    tasks_file = tmp_path / "tasks.jsonl"
+    tasks_file.write_text("\n".join(lines) + "\n")
+    done = cluster.cli_json(
+        "task", "submit", "--from-file", str(tasks_file), "--priority", "7", "--wait"
+    )["tasks"]
+    assert [t["result"]["stdout"].strip() for t in done] == [str(i) for i in range(30)]
+    assert all(t["state"] == "succeeded" and t["priority"] == 7 for t in done)
+
+    before = len(cluster.api_get("/tasks?limit=1000"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            [{"type": "vm:execute", "payload": {"vm_id": vm, "command": "x"}}, {"payload": {}}]
+        )
+    )
+    refused = cluster.cli("task", "submit", "--from-file", str(bad), check=False)
+    assert refused.returncode == 2 and "item 2" in refused.stderr, refused
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(
+        json.dumps(
+            [
+                {"type": "vm:execute", "payload": {"vm_id": vm, "command": "x"}},
+                {"type": "vm:execute", "payload": {"vm_id": vm}},
+            ]
+        )
+    )
+    refused = cluster.cli("task", "submit", "--from-file", str(invalid), check=False)
+    assert refused.returncode != 0 and "tasks[1]" in refused.stderr, refused
+    assert len(cluster.api_get("/tasks?limit=1000")) == before  # nothing of either queued

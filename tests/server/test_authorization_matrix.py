@@ -170,6 +170,7 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/nodes/{node}/metrics": Rule("node"),
     "POST /api/v1/snapshots": Rule("node"),
     "POST /api/v1/tasks/claim": Rule("node"),
+    "POST /api/v1/tasks/exchange": Rule("node"),
     "POST /api/v1/tasks/{task_id}/heartbeat": Rule("node"),
     "POST /api/v1/tasks/{task_id}/complete": Rule("node"),
     "POST /api/v1/tasks/{task_id}/fail": Rule("node"),
@@ -207,6 +208,7 @@ ROUTES: dict[str, Rule] = {
     # tasks and sandboxes
     "GET /api/v1/tasks": Rule("viewer"),
     "POST /api/v1/tasks": Rule("operator"),
+    "POST /api/v1/tasks:batch": Rule("operator"),
     "GET /api/v1/tasks/stats": Rule("viewer"),
     "GET /api/v1/tasks/{task_id}": Rule("viewer", owned=True),
     "GET /api/v1/tasks/{task_id}/history": Rule("viewer", owned=True),
@@ -402,6 +404,9 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/tasks/claim": {
             "json": {"node": world.node, "queues": [unique("q")], "wait": 0}
         },
+        "POST /api/v1/tasks/exchange": {
+            "json": {"node": world.node, "queues": [unique("q")], "want": 1, "wait": 0}
+        },
         "POST /api/v1/tasks/{task_id}/heartbeat": {"json": {"node": world.node, "attempt": 1}},
         "POST /api/v1/tasks/{task_id}/complete": {
             "json": {"node": world.node, "attempt": 1, "result": {}}
@@ -418,6 +423,11 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/rebalance": {"json": {}},
         "POST /api/v1/tasks": {
             "json": {"type": "vm:create", "payload": {"name": "m"}, "queue": unique("q")}
+        },
+        "POST /api/v1/tasks:batch": {
+            "json": {
+                "tasks": [{"type": "vm:create", "payload": {"name": "m"}, "queue": unique("q")}]
+            }
         },
         "POST /api/v1/tenants": {"json": {"name": unique("t"), "admin_token": False}},
         "PATCH /api/v1/tenants/{tenant}": {"json": {"description": "matrix"}},

@@ -255,7 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     task_sub = p.add_subparsers(dest="task_command", metavar="SUBCOMMAND", parser_class=_Parser)
     task_sub.required = True
     q = task_sub.add_parser("submit", help="queue a task (vm:create, vm:execute, vm:delete, ...)")
-    q.add_argument("-type", "--type", dest="type", required=True)
+    q.add_argument("-type", "--type", dest="type", help="required unless --from-file")
+    q.add_argument(
+        "--from-file",
+        dest="from_file",
+        metavar="FILE",
+        help="submit many tasks: JSON Lines (one task object per line) or a JSON array; "
+        "'-' reads stdin; each 1,000 tasks are queued in one transaction",
+    )
     q.add_argument("-name", "--name", dest="name")
     q.add_argument("-vcpus", "--vcpus", dest="vcpus", type=int)
     q.add_argument("-memory", "--memory", dest="memory", type=int, help="MB")

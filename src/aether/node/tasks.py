@@ -4,6 +4,14 @@ At-least-once: a claim is a lease the worker keeps alive with heartbeats; if
 the node dies the lease runs out on the server and the task is claimed again
 (by this node once it is back, for a task pinned to one of its sandboxes).
 A heartbeat answered "no" means the task was cancelled: the run is stopped.
+
+Batches (``POST /tasks/exchange``): the worker claims as many tasks as it has
+free slots in one request, and hands in finished attempts together with a claim
+for the slots they freed. Two loops share the slots: the *poller* long-polls
+with every free slot when nothing is waiting to be reported; the *reporter*
+sends whatever finished while the previous request was on its way, at once,
+with the slots free at that moment. A report is kept (and sent again) until the
+server has answered it.
 """
 
 from __future__ import annotations
@@ -11,24 +19,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from aether.client import ApiClient
-from aether.errors import AetherError, BadRequestError, ConflictError, ForbiddenError
+from aether.errors import AetherError, ForbiddenError
 from aether.model.tasks import TaskOut
 from aether.tasks.handlers import PermanentTaskError, TaskContext, handler_for
 from aether.tasks.types import lookup
 
-__all__ = ["LIGHT_TYPES", "TaskWorker"]
+__all__ = ["LIGHT_TYPES", "REPORT_TRIES", "TaskWorker"]
 
 #: tasks that mostly wait on the network (an agent's run: the server does the model
 #: calls, the sandbox tools are tasks of their own): they do not hold a sandbox slot
 LIGHT_TYPES = frozenset({"agent:run"})
+#: how many times a report is sent before the worker gives up on it (its lease expires)
+REPORT_TRIES = 20
 
 log = logging.getLogger("aether.node.tasks")
+
+
+@dataclass
+class _Report:
+    body: dict[str, Any]
+    tries: int = 0
 
 
 class TaskWorker:
@@ -43,6 +60,7 @@ class TaskWorker:
         light_concurrency: int = 256,
         queues: tuple[str, ...] = ("default",),
         heartbeat_every: float = 1.0,
+        poll_wait: float = 10.0,
     ) -> None:
         self.client = client
         self.node_id = node_id
@@ -52,58 +70,142 @@ class TaskWorker:
         self.light_concurrency = light_concurrency
         self.queues = list(queues)
         self.heartbeat_every = heartbeat_every
+        self.poll_wait = poll_wait
         self.running: dict[str, asyncio.Task[None]] = {}
+        self._free = concurrency  # sandbox slots neither running a task nor promised to a claim
+        self._reports: list[_Report] = []
+        self._changed = asyncio.Condition()
+        self._light = asyncio.Semaphore(light_concurrency)
 
     async def run(self) -> None:
         if not self.sandboxes:
             log.warning("no sandbox driver available: this node runs no tasks")
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        slots = asyncio.Semaphore(self.concurrency)
-        light = asyncio.Semaphore(self.light_concurrency)
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(self._poll())
+            loops.create_task(self._hand_in())
+
+    async def _poll(self) -> None:
+        """Long-poll with every free slot while nothing waits to be reported."""
         while True:
-            await slots.acquire()
-            try:
-                task = await self.client.claim_task(
-                    self.node_id, list(self.sandboxes), self.queues, wait=10.0
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._free > 0 and not self._reports)
+            await self._exchange([], wait=self.poll_wait)
+
+    async def _hand_in(self) -> None:
+        """Send finished attempts as soon as there are any, claiming the freed slots."""
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: bool(self._reports))
+                reports, self._reports = self._reports, []
+            await self._exchange(reports, wait=0.0)
+
+    async def _exchange(self, reports: list[_Report], *, wait: float) -> None:
+        want, self._free = self._free, 0
+        try:
+            answers, tasks = await self.client.exchange_tasks(
+                self.node_id,
+                list(self.sandboxes),
+                self.queues,
+                reports=[r.body for r in reports],
+                want=want,
+                wait=wait,
+            )
+        except AetherError as exc:
+            log.debug("exchanging tasks failed (%s); retrying", exc)
+            await self._give_back(want, self._retry(reports))
+            tries = max((r.tries for r in reports), default=0)
+            await asyncio.sleep(min(0.2 * 2**tries, 5.0) if reports else 1.0)
+            return
+        again = [
+            resend
+            for report, answer in zip(reports, answers, strict=True)
+            if (resend := self._answered(report, answer)) is not None
+        ]
+        free = want - len(tasks)
+        for task in tasks:
+            if task.type in LIGHT_TYPES:
+                free += 1  # a light task does not hold a sandbox slot
+            self._start(task)
+        await self._give_back(free, again)
+
+    async def _give_back(self, slots: int, reports: list[_Report]) -> None:
+        async with self._changed:
+            self._free += slots
+            self._reports[:0] = reports
+            self._changed.notify_all()
+
+    def _retry(self, reports: list[_Report]) -> list[_Report]:
+        kept = []
+        for report in reports:
+            report.tries += 1
+            if report.tries < REPORT_TRIES:
+                kept.append(report)
+            else:
+                log.error(
+                    "task %s: could not report its result; the lease will expire",
+                    report.body["id"],
                 )
-            except AetherError as exc:
-                slots.release()
-                log.debug("claim failed (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            if task is None:
-                slots.release()
-                continue
-            held = slots
-            if task.type in LIGHT_TYPES:  # trade the sandbox slot for a light one
-                slots.release()
-                await light.acquire()
-                held = light
-            job = asyncio.create_task(self._run(task), name=f"task {task.id}")
-            self.running[task.id] = job
+        return kept
 
-            def done(
-                _: asyncio.Task[None], task_id: str = task.id, held: asyncio.Semaphore = held
-            ) -> None:
-                held.release()
-                self.running.pop(task_id, None)
+    @staticmethod
+    def _answered(report: _Report, answer: dict[str, Any]) -> _Report | None:
+        """What to send again for a report the server answered (None: nothing)."""
+        task_id, code = report.body["id"], answer.get("code")
+        if code is None:
+            return None
+        if code == "bad_request" and "result" in report.body:
+            log.error("task %s: the server refused its result (%s)", task_id, answer["message"])
+            return _Report(
+                {
+                    "id": task_id,
+                    "attempt": report.body["attempt"],
+                    "error": f"the server refused the result: {answer['message']}",
+                    "retryable": False,
+                }
+            )
+        if code == "bad_request":
+            log.error("task %s: the server refused its outcome (%s)", task_id, answer["message"])
+        else:  # conflict, forbidden, not found: no longer this attempt's claim
+            log.info("task %s: result not taken (%s)", task_id, answer["message"])
+        return None
 
-            job.add_done_callback(done)
+    def _start(self, task: TaskOut) -> None:
+        job = asyncio.create_task(self._run(task), name=f"task {task.id}")
+        self.running[task.id] = job
+        job.add_done_callback(lambda _: self.running.pop(task.id, None))
 
     async def _run(self, task: TaskOut) -> None:
+        light = task.type in LIGHT_TYPES
+        if light:
+            await self._light.acquire()
+        try:
+            outcome = await self._attempt(task)
+        finally:
+            if light:
+                self._light.release()
+        async with self._changed:
+            if not light:
+                self._free += 1
+            if outcome is not None:
+                self._reports.append(_Report(_report_body(task, outcome)))
+            self._changed.notify_all()
+
+    async def _attempt(self, task: TaskOut) -> tuple[str, Any] | None:
+        """Run the task with its heartbeats: the outcome, or None once the claim is gone."""
         work = asyncio.create_task(self._execute(task))
         beat = asyncio.create_task(self._heartbeat(task, work))
         try:
             outcome = await work
         except asyncio.CancelledError:
             log.info("task %s stopped (cancelled or claim lost)", task.id)
-            return
+            return None
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-        await self._report(task, outcome)
+        return outcome
 
     async def _heartbeat(self, task: TaskOut, work: asyncio.Task[Any]) -> None:
         while True:
@@ -150,32 +252,15 @@ class TaskWorker:
             log.warning("task %s attempt failed: %s", task.id, exc, exc_info=True)
             return "retry", f"{type(exc).__name__}: {exc}"
 
-    async def _report(self, task: TaskOut, outcome: tuple[str, Any]) -> None:
-        kind, value = outcome
-        for attempt in range(20):  # the server may be restarting: keep the result
-            try:
-                if kind == "ok":
-                    await self.client.complete_task(
-                        task.id, self.node_id, value, attempt=task.attempts
-                    )
-                else:
-                    await self.client.fail_task(
-                        task.id,
-                        self.node_id,
-                        str(value),
-                        retryable=kind == "retry",
-                        attempt=task.attempts,
-                    )
-                return
-            except BadRequestError as exc:
-                log.error("task %s: the server refused its outcome (%s)", task.id, exc)
-                if kind != "ok":
-                    return  # the lease will expire and the task be retried
-                kind, value = "permanent", f"the server refused the result: {exc}"
-            except (ConflictError, ForbiddenError) as exc:  # no longer this attempt's claim
-                log.info("task %s: result not taken (%s)", task.id, exc)
-                return
-            except AetherError as exc:
-                log.debug("reporting task %s failed (%s); retrying", task.id, exc)
-                await asyncio.sleep(min(0.2 * 2**attempt, 5))
-        log.error("task %s: could not report its result; the lease will expire", task.id)
+
+def _report_body(task: TaskOut, outcome: tuple[str, Any]) -> dict[str, Any]:
+    """The report of one finished attempt, as ``POST /tasks/exchange`` takes it."""
+    kind, value = outcome
+    if kind == "ok":
+        return {"id": task.id, "attempt": task.attempts, "result": value}
+    return {
+        "id": task.id,
+        "attempt": task.attempts,
+        "error": str(value),
+        "retryable": kind == "retry",
+    }

@@ -11,7 +11,7 @@ import uvicorn
 from aether.server.asgi import create_asgi
 from aether.server.settings import ServerSettings
 
-__all__ = ["serve", "tune_gc"]
+__all__ = ["KEEP_ALIVE_SECONDS", "serve", "tune_gc"]
 
 
 def tune_gc() -> None:
@@ -29,6 +29,14 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+#: How long an idle client connection is kept open. It must outlast the idle expiry
+#: of the clients' connection pools (httpx: 5 s), or the server closes a connection
+#: at the moment a client sends its next request on it, and that request dies with
+#: ``httpx.ReadError`` (uvicorn's default is 5 s, the same as httpx's: under a burst
+#: with many pooled connections this race was lost now and then).
+KEEP_ALIVE_SECONDS = 75
+
+
 def serve(settings: ServerSettings) -> None:
     app = create_asgi(settings)
     tune_gc()
@@ -40,6 +48,7 @@ def serve(settings: ServerSettings) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=2,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = uvicorn.Server(config)
     logging.getLogger("aether.server").info("listening on %s", settings.api_url())

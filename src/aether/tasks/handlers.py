@@ -85,8 +85,10 @@ def handler_for(name: str) -> Handler | None:
 
 
 async def _find(ctx: TaskContext, sandbox_id: str) -> tuple[Any, Any]:
+    # ``load`` is called on the event loop: the drivers keep what they have read,
+    # so a known sandbox costs two ``stat`` calls, less than a hop to a thread
     for driver in ctx.sandboxes.values():
-        handle = await asyncio.to_thread(driver.load, sandbox_id, ctx.sandbox_root(sandbox_id))
+        handle = driver.load(sandbox_id, ctx.sandbox_root(sandbox_id))
         if handle is not None:
             return driver, handle
     raise PermanentTaskError(f"sandbox {sandbox_id} is not on node {ctx.node} (deleted?)")

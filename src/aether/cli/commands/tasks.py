@@ -8,16 +8,20 @@ import shlex
 import sys
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aether.cli.output import CliError, emit
 from aether.cli.reads import get_json
 from aether.cli.session import api_client, load_session
+from aether.errors import AetherError
 
 if TYPE_CHECKING:  # the pydantic models are imported by the client, when one is made
     from aether.model.tasks import TaskOut
 
-__all__ = ["run"]
+__all__ = ["BATCH", "read_task_file", "run"]
+
+BATCH = 1000  # tasks per ``POST /tasks:batch``, the server's limit
 
 
 def _payload(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,12 +147,13 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _task(args: argparse.Namespace, client: Any) -> int:
     sub = args.task_command
+    if sub == "submit" and args.from_file:
+        return await _submit_file(args, client)
     if sub == "submit":
+        if not args.type:
+            raise CliError("-type is required (or --from-file FILE)", kind="usage")
         body: dict[str, Any] = {"type": args.type, "payload": _payload(args)}
-        for field in ("priority", "queue", "max_retry", "timeout", "delay", "idempotency_key"):
-            value = getattr(args, field)
-            if value is not None:
-                body[field] = value
+        body.update(_task_options(args))
         task = await client.submit_task(body)
         if args.wait:
             task = await _wait(client, task.id, (args.timeout or 600) + 60)
@@ -173,6 +178,72 @@ async def _task(args: argparse.Namespace, client: Any) -> int:
         task = await _wait(client, args.id, args.timeout)
     data = task.model_dump(mode="json")
     emit(args, data, _task_text(data))
+    return 0
+
+
+def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+    fields = ("priority", "queue", "max_retry", "timeout", "delay", "idempotency_key")
+    return {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+
+
+def read_task_file(text: str, source: str) -> list[dict[str, Any]]:
+    """The task objects of a ``--from-file`` file: a JSON array, or JSON Lines."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            tasks = json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"{source} is not a JSON array: {exc}", kind="usage") from None
+        numbered = list(enumerate(tasks, 1))
+        where = "item"
+    else:
+        numbered = []
+        where = "line"
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((n, json.loads(line)))
+            except ValueError as exc:
+                raise CliError(f"{source} line {n} is not JSON: {exc}", kind="usage") from None
+    for n, task in numbered:
+        if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+            raise CliError(f'{source} {where} {n} is not a task object with a "type"', kind="usage")
+    if not numbered:
+        raise CliError(f"{source} has no task", kind="usage")
+    return [task for _, task in numbered]
+
+
+async def _submit_file(args: argparse.Namespace, client: Any) -> int:
+    """``task submit --from-file``: every task in batches of ``BATCH`` (one transaction
+    each); options given on the command line fill what a task leaves out."""
+    source = "stdin" if args.from_file == "-" else args.from_file
+    try:
+        text = sys.stdin.read() if args.from_file == "-" else Path(args.from_file).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {source}: {exc.strerror}", kind="usage") from None
+    defaults = _task_options(args)
+    defaults.pop("idempotency_key", None)  # one key names one task: not a default
+    bodies = [{**defaults, **task} for task in read_task_file(text, source)]
+    queued: list[TaskOut] = []
+    for start in range(0, len(bodies), BATCH):
+        try:
+            queued += await client.submit_tasks(bodies[start : start + BATCH])
+        except AetherError as exc:
+            if queued:
+                exc.message = (
+                    f"{exc.message} (tasks {start + 1} to "
+                    f"{min(start + BATCH, len(bodies))} of {source}; the {len(queued)} "
+                    "before them are queued)"
+                )
+            raise
+    if args.wait:
+        queued = [await _wait(client, t.id, (args.timeout or 600) + 60) for t in queued]
+    emit(
+        args,
+        {"tasks": [t.model_dump(mode="json") for t in queued]},
+        "\n".join(f"{t.id}  {t.type:<11} {t.state.value}" for t in queued),
+    )
     return 0
 
 

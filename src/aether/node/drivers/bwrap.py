@@ -15,6 +15,7 @@ import os
 import shutil
 
 from aether.node.drivers.base import Ability
+from aether.node.drivers.bwrap_args import SETPRIV
 from aether.node.drivers.bwrap_instances import BwrapInstances
 from aether.node.drivers.bwrap_sandboxes import BwrapSandboxes
 
@@ -35,6 +36,7 @@ class BwrapDriver(BwrapInstances, BwrapSandboxes):
         self._bwrap = bwrap or shutil.which("bwrap")
         self.as_root = os.geteuid() == 0
         self._probe = {}
+        self._setpriv = os.access(SETPRIV, os.X_OK)
         self._usable: bool | None = None
         self.reason = ""
         self.limits = self._instance_limits()

@@ -15,6 +15,8 @@ import functools
 import hashlib
 import os
 
+from aether.node.drivers.spawn import SETPRIV
+
 __all__ = [
     "ETC_ALWAYS",
     "ETC_NETWORK",
@@ -30,7 +32,6 @@ __all__ = [
 ]
 
 PRLIMIT = "/usr/bin/prlimit"
-SETPRIV = "/usr/bin/setpriv"
 HOSTNAME = "sandbox"
 HOST_UID_BASE = 1_900_000_000  # the first uid of the range
 _HOST_UID_SPAN = 200_000_000

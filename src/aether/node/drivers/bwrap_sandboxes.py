@@ -67,7 +67,7 @@ from aether.node.drivers.bwrap_args import (
     system_args,
 )
 from aether.node.drivers.execution import run_capped
-from aether.node.drivers.spawn import base_env
+from aether.node.drivers.spawn import base_env, exec_as
 from aether.node.drivers.workspace import WorkspaceSandboxes
 
 __all__ = ["SANDBOX_UID", "BwrapSandboxes"]
@@ -97,6 +97,7 @@ class BwrapSandboxes(WorkspaceSandboxes):
 
     _bwrap: str | None
     _probe: dict[int | None, bool]
+    _setpriv: bool  # whether executions start through ``exec_as``
 
     @abc.abstractmethod
     def available(self) -> bool:
@@ -172,41 +173,14 @@ class BwrapSandboxes(WorkspaceSandboxes):
         return {"host_uid": host_uid}
 
     async def _execute(self, handle: SandboxHandle, execution: Execution) -> ExecResult:
-        command, args, env = execution.command, execution.args, execution.env
-        if not self._bwrap:
-            raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap)")
-        spec = handle.spec
-        host_uid = handle.extra.get("host_uid")
-        cpu = math.ceil(execution.timeout * spec.vcpus) + 1
-        memory = spec.memory_mb * MIB
         fds = MemFds()
         try:
-            options = list(self._sandbox_args(handle, fds))
-            info = fds.add("bwrap-info", b"")
-            options += ["--info-fd", str(info)]
-            args_fd = fds.args_fd(options)
-            argv = [
-                self._bwrap,
-                "--args",
-                str(args_fd),
-                "--",
-                PRLIMIT,
-                f"--nproc={spec.max_processes}",
-                f"--data={memory}",
-                f"--cpu={cpu}:{cpu + 1}",
-                "--core=0",
-                "--",
-                command,
-                *args,
-            ]
-            popen: dict[str, Any] = {}
-            if isinstance(host_uid, int):
-                popen = {"user": host_uid, "group": host_uid, "extra_groups": []}
+            argv, popen, info = self.command(handle, execution, fds)
             started, exited = self._track(handle.id)
             try:
                 run = await run_capped(
                     argv,
-                    env=self._env(env),
+                    env=self._env(execution.env),
                     cwd="/",
                     stdin=execution.stdin,
                     timeout=execution.timeout,
@@ -225,6 +199,48 @@ class BwrapSandboxes(WorkspaceSandboxes):
         finally:
             fds.close()
         return run.result(limits=True)
+
+    def command(
+        self, handle: SandboxHandle, execution: Execution, fds: MemFds
+    ) -> tuple[list[str], dict[str, Any], int]:
+        """What runs ``execution``: the argv, the ``run_capped`` options it needs and
+        bwrap's info descriptor (written once the command has started).
+
+        The descriptors it passes (options, synthesised ``/etc`` files) are added to
+        ``fds``, which the caller passes to the process and closes.
+        """
+        if not self._bwrap:
+            raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap)")
+        spec = handle.spec
+        cpu = math.ceil(execution.timeout * spec.vcpus) + 1
+        memory = spec.memory_mb * MIB
+        options = list(self._sandbox_args(handle, fds))
+        info = fds.add("bwrap-info", b"")
+        options += ["--info-fd", str(info)]
+        args_fd = fds.args_fd(options)
+        argv = [
+            self._bwrap,
+            "--args",
+            str(args_fd),
+            "--",
+            PRLIMIT,
+            f"--nproc={spec.max_processes}",
+            f"--data={memory}",
+            f"--cpu={cpu}:{cpu + 1}",
+            "--core=0",
+            "--",
+            execution.command,
+            *execution.args,
+        ]
+        host_uid = handle.extra.get("host_uid")
+        uid = host_uid if isinstance(host_uid, int) else None
+        popen: dict[str, Any] = {}
+        if self._setpriv:  # the uid and the parent-death signal after exec: vfork
+            argv = [*exec_as(uid), *argv]
+            popen["dies_with_parent"] = True
+        elif uid is not None:
+            popen = {"user": uid, "group": uid, "extra_groups": []}
+        return argv, popen, info
 
     # -- argument building ----------------------------------------------------
 

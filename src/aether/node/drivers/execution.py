@@ -157,14 +157,20 @@ async def run_capped(
     pass_fds: Sequence[int] = (),
     on_start: Callable[[int], None] | None = None,
     on_exit: Callable[[int], None] | None = None,
+    dies_with_parent: bool = False,
     **popen: Any,
 ) -> RawRun:
     """Run ``argv`` in its own process group; kill the group at the timeout.
 
     ``popen`` goes to ``create_subprocess_exec`` (``user``, ``group``, ...); a
     ``preexec_fn`` in it runs after the child is made to die with the node.
+    ``dies_with_parent``: ``argv`` sets the parent-death signal itself (it starts
+    with an ``exec_as`` prefix), so no ``preexec_fn`` is added.
     Raises ``OSError`` when the program cannot be started.
     """
+    preexec = popen.pop("preexec_fn", None)
+    if not dies_with_parent:
+        preexec = before_exec(preexec)
     stdout, stderr = OutputCap(output_limit), OutputCap(output_limit)
     started = utcnow()
     loop = asyncio.get_running_loop()
@@ -179,7 +185,7 @@ async def run_capped(
         cwd=cwd,
         start_new_session=True,
         pass_fds=tuple(pass_fds),
-        preexec_fn=before_exec(popen.pop("preexec_fn", None)),
+        preexec_fn=preexec,
         **popen,
     )
     proc = asyncio.subprocess.Process(transport, protocol, loop)

@@ -1,9 +1,18 @@
-"""Sandboxes whose state is a directory on the node: create, re-attach, delete."""
+"""Sandboxes whose state is a directory on the node: create, re-attach, delete.
+
+A driver keeps the handles it has loaded: ``load`` of a known sandbox is a
+``stat`` of its state file and of its workspace, not a read and parse, so an
+execution in an existing sandbox costs no file reads. The ``stat`` makes the
+cache safe to share a root with other driver instances (another node process,
+a restarted one): a state file replaced or removed by anyone is read again or
+reported gone.
+"""
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +20,7 @@ from typing import Any
 from aether.errors import NotFoundError
 from aether.node.drivers.base import (
     DEFAULT_OUTPUT_LIMIT,
+    STATE_FILE,
     WORKSPACE_DIR,
     ExecResult,
     Execution,
@@ -26,6 +36,18 @@ from aether.node.trees import remove_tree
 
 __all__ = ["WorkspaceSandboxes"]
 
+_KEEP = 4096  # handles kept at most (the oldest goes first): deletes elsewhere leave some behind
+# what identifies one version of a state file: written by rename, so a new inode each time
+_StateKey = tuple[int, int, int, int, int]
+
+
+def _state_key(root: Path) -> _StateKey | None:
+    try:
+        st = os.stat(root / STATE_FILE)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 class WorkspaceSandboxes:
     """Create, load and delete for drivers whose sandbox is a workspace directory.
@@ -39,6 +61,7 @@ class WorkspaceSandboxes:
 
     def __init__(self) -> None:
         self._running: dict[str, set[int]] = {}
+        self._loaded: dict[Path, tuple[_StateKey, SandboxHandle]] = {}
 
     async def create(self, spec: SandboxSpec) -> SandboxHandle:
         existing = self.load(spec.id, spec.root)
@@ -78,12 +101,33 @@ class WorkspaceSandboxes:
         return {}
 
     def load(self, id: str, root: Path) -> SandboxHandle | None:
-        return read_state(id, root, self.name)
+        """The sandbox saved under ``root``: cheap enough to call from the event loop.
+
+        Read once, then kept while its state file is the same file (the key is
+        taken before the read, so a file replaced meanwhile is read again next
+        time); the workspace is checked every time.
+        """
+        key = _state_key(root)
+        if key is None:
+            self._loaded.pop(root, None)
+            return None
+        kept = self._loaded.get(root)
+        if kept is not None and kept[0] == key and kept[1].id == id:
+            return kept[1] if kept[1].workspace.is_dir() else None
+        handle = read_state(id, root, self.name)
+        if handle is None:
+            self._loaded.pop(root, None)
+        else:
+            if len(self._loaded) >= _KEEP and root not in self._loaded:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[root] = (key, handle)
+        return handle
 
     async def delete(self, handle: SandboxHandle) -> None:
         for pid in self._running.pop(handle.id, set()):
             kill_group(pid)
         root = handle.spec.root
+        self._loaded.pop(root, None)
         if read_state(handle.id, root, self.name) is None and not (root / WORKSPACE_DIR).exists():
             return  # already gone (or never ours): delete nothing we do not own
         await asyncio.to_thread(remove_tree, root)

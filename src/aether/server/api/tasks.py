@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from aether.core.task_history import attempts
+from aether.errors import AetherError, NotFoundError
 from aether.model.tasks import (
     ExecutionOut,
     SandboxOut,
@@ -21,15 +22,18 @@ from aether.model.tasks import (
     TaskState,
 )
 from aether.server.context import ServerContext, get_context
-from aether.server.http.audit import refuse
+from aether.server.http.audit import audit_refusal, refuse
 from aether.server.http.auth import Caller, NodeCaller, Operator, own_node
 from aether.server.services.agent_placements import AgentQueues
-from aether.server.services.tasks import record_outcome, submit_task
+from aether.server.services.tasks import record_outcome, record_outcomes, submit_task, submit_tasks
 from aether.store.records import Principal
+from aether.tasks.queue.base import Completion
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["tasks"])
+MAX_BATCH = 1000  # tasks in one ``POST /tasks:batch``
+MAX_EXCHANGE = 256  # reports, and tasks wanted, in one ``POST /tasks/exchange``
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
 
@@ -38,6 +42,57 @@ class ClaimIn(BaseModel):
     drivers: list[str] = Field(default_factory=list)
     queues: list[str] = Field(default_factory=lambda: ["default"])
     wait: Annotated[float, Field(ge=0, le=30)] = 10.0
+
+
+class BatchIn(BaseModel):
+    tasks: Annotated[list[TaskIn], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class BatchOut(BaseModel):
+    tasks: list[TaskOut]
+
+
+class ReportIn(BaseModel):
+    """One finished attempt: ``result`` for a success, else ``error`` (and ``retryable``)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    attempt: Annotated[int, Field(ge=1)]
+    result: dict[str, Any] | None = None
+    error: Annotated[str, Field(max_length=10_000)] | None = None
+    retryable: bool = True
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> ReportIn:
+        if (self.result is None) == (self.error is None):
+            raise ValueError("a report has either a result or an error")
+        return self
+
+
+class ExchangeIn(ClaimIn):
+    """What a node sends: the outcomes it has, and how many more tasks it can take.
+
+    ``wait`` applies only when the request reports nothing: a node with results to
+    hand in gets its answer at once.
+    """
+
+    reports: Annotated[list[ReportIn], Field(max_length=MAX_EXCHANGE)] = Field(default_factory=list)
+    want: Annotated[int, Field(ge=0, le=MAX_EXCHANGE)] = 0
+    wait: Annotated[float, Field(ge=0, le=30)] = 0.0
+
+
+class ReportOut(BaseModel):
+    """A report's fate: the task's state now, or the error the one-task route would
+    have answered (``code``, ``message``), the task then unchanged."""
+
+    id: str
+    state: TaskState | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class ExchangeOut(BaseModel):
+    reports: list[ReportOut]
+    tasks: list[TaskOut]
 
 
 class NodeIn(BaseModel):
@@ -85,6 +140,15 @@ async def submit(body: TaskIn, request: Request, caller: Operator, ctx: Ctx) -> 
     task = await submit_task(ctx, caller, body)
     ctx.task_submitted.set()
     return task
+
+
+@router.post("/tasks:batch", status_code=201)
+async def submit_batch(body: BatchIn, caller: Operator, ctx: Ctx) -> BatchOut:
+    """Submit up to 1,000 tasks in one transaction: all are queued, or none (the
+    error names the first bad one as ``tasks[i]``). Answers in the order sent."""
+    tasks = await submit_tasks(ctx, caller, body.tasks)
+    ctx.task_submitted.set()
+    return BatchOut(tasks=tasks)
 
 
 @router.get("/tasks")
@@ -156,35 +220,142 @@ async def claim(
     """Long poll: the next task this node may run, or 204 after ``wait`` seconds.
 
     Besides ``queues`` the node claims from ``agent.{id}`` of every agent placed on it.
+    """
+    own_node(request, caller, body.node)
+    tasks = await _claim(request, ctx, body, want=1, wait=body.wait)
+    return tasks[0] if tasks else Response(status_code=204)
+
+
+@router.post("/tasks/exchange")
+async def exchange(body: ExchangeIn, request: Request, caller: NodeCaller, ctx: Ctx) -> ExchangeOut:
+    """A node's one request for its tasks: hand in finished attempts and claim up to
+    ``want`` more, in one round trip.
+
+    Successes are recorded in one transaction and the claims in another. Each report
+    is answered as its own route would (``/complete``, ``/fail``): a report of an
+    attempt this node does not hold is refused with an audit line and changes nothing.
+    """
+    own_node(request, caller, body.node)
+    reports = await _take_reports(request, caller, ctx, body.node, body.reports)
+    wait = 0.0 if body.reports else body.wait
+    tasks = await _claim(request, ctx, body, want=body.want, wait=wait) if body.want else []
+    return ExchangeOut(reports=reports, tasks=tasks)
+
+
+async def _claim(
+    request: Request, ctx: ServerContext, body: ClaimIn, *, want: int, wait: float
+) -> list[TaskOut]:
+    """Up to ``want`` tasks for the node, waiting up to ``wait`` seconds for the first.
 
     A node that went away mid-poll must not be handed a task it will never run
     (it would sit out a whole lease), so the connection is checked first.
     """
-    own_node(request, caller, body.node)
-    deadline = time.monotonic() + body.wait
+    deadline = time.monotonic() + wait
     agents: AgentQueues = request.app.state.agent_queues
     while True:
         if await request.is_disconnected():
-            return Response(status_code=204)
+            return []
         # cleared before looking, so a task submitted while this claim looks wakes it
         ctx.task_submitted.clear()
         # the queues of the agents placed on this node too (a cached copy: no query)
         placed = await agents.for_node(body.node)
-        task = await ctx.queue.claim(
+        tasks = await ctx.queue.claim_many(
             body.node,
             node=body.node,
             drivers=body.drivers,
             queues=[*body.queues, *placed] if placed else body.queues,
             lease=ctx.settings.task_lease,
+            limit=want,
         )
-        if task is not None:
-            return task
+        if tasks:
+            return tasks
         left = deadline - time.monotonic()
         if left <= 0:
-            return Response(status_code=204)
+            return []
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(left, 0.5)):  # delayed tasks come due by themselves
                 await ctx.task_submitted.wait()
+
+
+async def _take_reports(
+    request: Request, caller: Principal, ctx: ServerContext, node: str, reports: list[ReportIn]
+) -> list[ReportOut]:
+    """Record the node's reports (see ``exchange``); one answer per report, in order."""
+    if not reports:
+        return []
+    tasks = await ctx.queue.get_many({r.id for r in reports})
+    answers: dict[int, ReportOut] = {}
+    successes: list[tuple[int, ReportIn, TaskOut]] = []
+    for i, report in enumerate(reports):
+        task = tasks.get(report.id)
+        if task is None:
+            answers[i] = _refused(report, NotFoundError(f"task {report.id} not found"))
+        elif not _holds(task, node, report.attempt):
+            answers[i] = _refused(report, _not_holder(request, caller, node, report))
+            await audit_refusal(request, f"tasks/{report.id}")
+        elif report.result is not None:
+            successes.append((i, report, task))
+        else:
+            answers[i] = await _failed(ctx, node, report)
+    if successes:
+        active = [(i, r, t) for i, r, t in successes if t.state is TaskState.ACTIVE]
+        problems = await record_outcomes(ctx, node, [(t, r.result or {}) for _, r, t in active])
+        refused = {i for (i, _, _), p in zip(active, problems, strict=True) if p is not None}
+        for (i, report, _), problem in zip(active, problems, strict=True):
+            if problem is not None:
+                answers[i] = _refused(report, problem)
+        taken = [(i, r) for i, r, _ in successes if i not in refused]
+        done = await ctx.queue.complete_many(
+            node,
+            [Completion(r.id, r.result or {}, attempt=r.attempt) for _, r in taken],
+        )
+        for (i, report), outcome in zip(taken, done, strict=True):
+            answers[i] = (
+                _refused(report, outcome)
+                if isinstance(outcome, AetherError)
+                else ReportOut(id=report.id, state=outcome.state)
+            )
+    return [answers[i] for i in range(len(reports))]
+
+
+def _holds(task: TaskOut, node: str, attempt: int) -> bool:
+    """Whether ``node`` ran this attempt (a task no longer active is the queue's to answer)."""
+    return task.claimed_by == node and (
+        task.state is not TaskState.ACTIVE or task.attempts == attempt
+    )
+
+
+def _not_holder(request: Request, caller: Principal, node: str, report: ReportIn) -> AetherError:
+    return refuse(
+        request,
+        caller,
+        f"tasks/{report.id}",
+        f"node {node!r} does not hold the claim of attempt {report.attempt} of this task",
+    )
+
+
+def _refused(report: ReportIn, error: AetherError) -> ReportOut:
+    return ReportOut(id=report.id, code=error.code, message=error.message)
+
+
+async def _failed(ctx: ServerContext, node: str, report: ReportIn) -> ReportOut:
+    try:
+        task = await _record_failure(ctx, report.id, node, report.error or "", report.retryable)
+    except AetherError as exc:
+        return _refused(report, exc)
+    return ReportOut(id=report.id, state=task.state)
+
+
+async def _record_failure(
+    ctx: ServerContext, task_id: str, node: str, error: str, retryable: bool
+) -> TaskOut:
+    """The holder's failure, and the sandbox a failed ``vm:create`` or ``job:run`` was for."""
+    task = await ctx.queue.fail(task_id, node, error, retryable=retryable)
+    if task.state in (TaskState.DEAD, TaskState.FAILED) and task.type in ("vm:create", "job:run"):
+        sandbox_id = task.payload.get("vm_id") or task.payload.get("sandbox_id")
+        if sandbox_id:
+            await ctx.records.update_sandbox(str(sandbox_id), status="failed")
+    return task
 
 
 @router.post("/tasks/{task_id}/heartbeat")
@@ -213,12 +384,7 @@ async def fail(
     task_id: str, body: FailIn, request: Request, caller: NodeCaller, ctx: Ctx
 ) -> TaskOut:
     await _holder(request, caller, ctx, task_id, body)
-    task = await ctx.queue.fail(task_id, body.node, body.error, retryable=body.retryable)
-    if task.state in (TaskState.DEAD, TaskState.FAILED) and task.type in ("vm:create", "job:run"):
-        sandbox_id = task.payload.get("vm_id") or task.payload.get("sandbox_id")
-        if sandbox_id:
-            await ctx.records.update_sandbox(str(sandbox_id), status="failed")
-    return task
+    return await _record_failure(ctx, task_id, body.node, body.error, body.retryable)
 
 
 def _sandbox_out(row: Any) -> SandboxOut:

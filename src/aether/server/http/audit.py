@@ -49,6 +49,7 @@ __all__ = [
     "UNAUDITED",
     "AuditMiddleware",
     "actor_of",
+    "audit_refusal",
     "audit_request",
     "name_event",
     "outcome_of",
@@ -71,6 +72,9 @@ UNAUDITED: tuple[tuple[str, str, int | None], ...] = (
     ("POST", "/agent-runtime/runs/{run_id}/next", None),
     ("POST", "/agent-runtime/runs/{run_id}/steps/{seq}/result", None),
     ("POST", "/tasks/claim", 204),
+    # a node's claims and reports: each change it makes is a row of the task event log,
+    # written in the change's transaction; a report it refuses is audited on its own
+    ("POST", "/tasks/exchange", None),
     ("POST", "/blobs/missing", None),
 )
 # matched on the raw path: the telemetry fast path answers before any routing
@@ -226,6 +230,13 @@ async def write_event(scope: Scope, entry: AuditEntry) -> bool:
         )
         return False
     return True
+
+
+async def audit_refusal(request: Request, target: str) -> None:
+    """The event of a refusal that did not make the request's answer a 403 (one item of
+    a batch the rest of which went through): its reason is the last ``refuse`` one."""
+    entry = replace(entry_for(request.scope, 403), target=target)
+    await write_event(request.scope, entry)
 
 
 class AuditMiddleware:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -82,10 +82,25 @@ class SandboxRecords(RecordsBase):
             return (await session.scalars(query)).all()
 
     async def add_execution(self, execution: Execution) -> None:
+        await self.add_executions([execution])
+
+    async def add_executions(self, executions: Sequence[Execution]) -> None:
+        """Record each execution whose id is not recorded yet, in one transaction."""
+        if not executions:
+            return
+        ids = [e.id for e in executions]
         async with self.sessions() as session:
-            if await session.get(Execution, execution.id) is None:
-                session.add(execution)
+            known = set(await session.scalars(select(Execution.id).where(Execution.id.in_(ids))))
+            fresh = {e.id: e for e in executions if e.id not in known}
+            if fresh:
+                session.add_all(fresh.values())
                 await session.commit()
+
+    async def sandbox_tenants(self, sandbox_ids: Collection[str]) -> dict[str, str]:
+        """The tenant of each of the sandboxes that exist, by id."""
+        query = select(Sandbox.id, Sandbox.tenant_id).where(Sandbox.id.in_(list(sandbox_ids)))
+        async with self.sessions() as session:
+            return {sid: tenant for sid, tenant in await session.execute(query)}
 
     async def list_executions(
         self, tenant_id: str, sandbox_id: str, limit: int = 100

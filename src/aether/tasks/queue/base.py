@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aether.errors import BadRequestError
+from aether.errors import AetherError, BadRequestError
 from aether.model.tasks import TaskEvent, TaskOut, TaskState
 from aether.store.records.repo import epoch, utc
 
@@ -27,6 +27,7 @@ __all__ = [
     "READY_STATES",
     "Backoff",
     "BackoffFn",
+    "Completion",
     "NewTask",
     "TaskQueue",
     "backoff_ceiling",
@@ -70,6 +71,16 @@ class NewTask:
     driver: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A holder's success to record: the task, its result, and (optionally) the attempt
+    the holder ran, so a result of an attempt since taken back is refused."""
+
+    task_id: str
+    result: dict[str, Any]
+    attempt: int | None = None
+
+
 def validate(spec: NewTask) -> None:
     """Reject a spec no backend could store faithfully (the same limits as ``TaskIn``)."""
     if not 1 <= len(spec.type) <= 64:
@@ -90,12 +101,18 @@ def validate(spec: NewTask) -> None:
         raise BadRequestError("driver must be 1 to 32 characters")
 
 
-def conflict_message(task: TaskOut, worker: str) -> str:
-    """Why ``worker`` may not complete or fail ``task``: what its holder needs to know."""
+def conflict_message(task: TaskOut, worker: str, attempt: int | None = None) -> str:
+    """Why ``worker`` may not complete or fail ``task`` (``attempt``: the attempt it ran,
+    when it named one): what its holder needs to know."""
     if task.state == TaskState.CANCELLED:
         return f"task {task.id} was cancelled"
     if task.state.final:
         return f"task {task.id} already {task.state}"
+    if task.state == TaskState.ACTIVE and task.claimed_by == worker and attempt is not None:
+        return (
+            f"task {task.id}: attempt {attempt} of {worker} was taken back; "
+            f"attempt {task.attempts} holds it now"
+        )
     if task.state == TaskState.ACTIVE:
         return f"task {task.id} is claimed by {task.claimed_by}, not {worker}"
     if task.claimed_by == worker:
@@ -232,8 +249,21 @@ class TaskQueue(Protocol):
         """Enqueue ``spec`` (or return the task its idempotency key already names)."""
         ...
 
+    async def submit_many(
+        self, tenant_id: str, specs: Sequence[NewTask], *, now: float | None = None
+    ) -> builtins.list[TaskOut]:
+        """``submit`` for each of ``specs`` in one transaction: all stored or none
+        (``BadRequestError`` for an invalid spec, nothing stored), answers in order.
+        An idempotency key already used returns that task, as ``submit`` does; a key
+        repeated within the batch returns the task of its first use."""
+        ...
+
     async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
         """One task; ``tenant_id`` None means any tenant (for nodes). NotFoundError."""
+        ...
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskOut]:
+        """The tasks of ``task_ids`` that exist, by id, whatever their tenant (for nodes)."""
         ...
 
     async def list(
@@ -263,6 +293,22 @@ class TaskQueue(Protocol):
         """The next ready task this worker may run, now ``active`` under a lease; or None."""
         ...
 
+    async def claim_many(
+        self,
+        worker: str,
+        *,
+        node: str,
+        drivers: Collection[str],
+        queues: Sequence[str],
+        lease: float,
+        limit: int,
+        now: float | None = None,
+    ) -> builtins.list[TaskOut]:
+        """Up to ``limit`` ready tasks, in claim order, each claimed exactly as ``claim``
+        would claim it (one event each), in one transaction (or script) where the
+        backend has them. Fewer (or none) when fewer are ready; never one twice."""
+        ...
+
     async def heartbeat(
         self, task_id: str, worker: str, lease: float, *, now: float | None = None
     ) -> bool:
@@ -273,6 +319,15 @@ class TaskQueue(Protocol):
         self, task_id: str, worker: str, result: dict[str, Any], *, now: float | None = None
     ) -> TaskOut:
         """Record the holder's success. ConflictError if ``worker`` no longer holds it."""
+        ...
+
+    async def complete_many(
+        self, worker: str, results: Sequence[Completion], *, now: float | None = None
+    ) -> builtins.list[TaskOut | AetherError]:
+        """``complete`` for each of ``results`` in one transaction (or script), answers in
+        order: the finished task, or the ``ConflictError``/``NotFoundError`` that
+        ``complete`` would have raised for it (the task left unchanged). A completion
+        naming an ``attempt`` completes the task only while that attempt holds it."""
         ...
 
     async def fail(

@@ -17,6 +17,13 @@ wants the write lock can deadlock with another writer (SQLite then fails at once
 instead of waiting), so a read that decides a write (``fail``) is followed by a
 guarded UPDATE in a transaction of its own.
 
+Claims read ``ix_tasks_ready``, an index over ready tasks only, so a claim costs
+the same however many finished tasks the table keeps; ``expire`` reads
+``ix_tasks_active``. The hot paths (submit, claim, complete, heartbeat, get) are
+Core statements on the engine: rows become ``TaskOut`` directly, with no ORM
+objects or sessions in between. The batch methods change many tasks in one
+transaction.
+
 Every change also inserts its ``task_events`` row (the queue's event log) in the
 transaction of the change. The row comes from the changed row the UPDATE
 returns and the state the change was guarded on (a claim's, which the guard
@@ -29,20 +36,33 @@ import builtins
 import threading
 import time
 import uuid
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.errors import AetherError, BadRequestError, ConflictError, NotFoundError
 from aether.model.tasks import TaskEvent, TaskOut, TaskState
-from aether.store.records.schema import Task, TaskEventRow
+from aether.store.records.schema import TASKS_READY, Task, TaskEventRow
 from aether.tasks.queue.base import (
     LEASE_EXPIRED,
     Backoff,
     BackoffFn,
+    Completion,
     NewTask,
     claimed_from,
     conflict_message,
@@ -56,6 +76,9 @@ from aether.tasks.queue.base import (
 __all__ = ["SqlTaskQueue", "next_seq"]
 
 _CANCELLABLE = (TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRY, TaskState.ACTIVE)
+T = cast(Table, Task.__table__)
+E = cast(Table, TaskEventRow.__table__)
+_KEY_RETRIES = 5  # a batch that lost an idempotency-key race reads the keys again
 
 _seq_lock = threading.Lock()
 _last_seq = 0
@@ -74,26 +97,26 @@ def next_seq() -> int:
         return _last_seq
 
 
-def _out(row: Task) -> TaskOut:
-    return TaskOut.model_validate(row, from_attributes=True)
+def _out(row: Mapping[Any, Any]) -> TaskOut:
+    return TaskOut.model_validate(dict(row))
 
 
-def _logged(row: Task, previous: TaskState | None, ts: float) -> TaskEventRow:
+def _event(row: Mapping[Any, Any], previous: TaskState | None, ts: float) -> dict[str, Any]:
     """The event-log row of the change that left the task as ``row``."""
-    state = TaskState(row.state)
-    return TaskEventRow(
-        task_id=row.id,
-        tenant_id=row.tenant_id,
-        task_type=row.type,
-        state=state,
-        previous=previous,
-        queue=row.queue,
-        priority=row.priority,
-        attempt=row.attempts,
-        node=event_node(state, previous, row.claimed_by),
-        error=event_error(state, row.error),
-        ts=ts,
-    )
+    state = TaskState(row["state"])
+    return {
+        "task_id": row["id"],
+        "tenant_id": row["tenant_id"],
+        "task_type": row["type"],
+        "state": state,
+        "previous": previous,
+        "queue": row["queue"],
+        "priority": row["priority"],
+        "attempt": row["attempts"],
+        "node": event_node(state, previous, row["claimed_by"]),
+        "error": event_error(state, row["error"]),
+        "ts": ts,
+    }
 
 
 def _event_out(row: TaskEventRow) -> TaskEvent:
@@ -114,10 +137,46 @@ def _event_out(row: TaskEventRow) -> TaskEvent:
 
 
 def _ready(now: float) -> ColumnElement[bool]:
-    return or_(
-        Task.state == TaskState.PENDING,
-        and_(Task.state.in_((TaskState.SCHEDULED, TaskState.RETRY)), Task.run_at <= utc(now)),
+    """Ready to claim; its first term is ``ix_tasks_ready``'s condition, word for word,
+    so that SQLite and PostgreSQL read that index and never a finished task."""
+    return and_(
+        text(TASKS_READY),
+        or_(T.c.state == TaskState.PENDING, T.c.run_at <= utc(now)),
     )
+
+
+def _new_row(tenant_id: str, spec: NewTask, now: float) -> dict[str, Any]:
+    run_at = now if spec.run_at is None else spec.run_at
+    stamp = utc(now)
+    return {
+        "id": uuid.uuid4().hex,
+        "seq": next_seq(),
+        "tenant_id": tenant_id,
+        "type": spec.type,
+        "payload": dict(spec.payload),
+        "queue": spec.queue,
+        "priority": spec.priority,
+        "max_retry": spec.max_retry,
+        "timeout": float(spec.timeout),
+        "run_at": utc(run_at),
+        "idempotency_key": spec.idempotency_key,
+        "state": TaskState.PENDING if run_at <= now else TaskState.SCHEDULED,
+        "attempts": 0,
+        "result": None,
+        "error": None,
+        "node": spec.node,
+        "driver": spec.driver,
+        "claimed_by": None,
+        "lease_expires_at": None,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+def _claim_order(task: TaskOut) -> tuple[int, float]:
+    return (-task.priority, task.created_at.timestamp())
 
 
 class SqlTaskQueue:
@@ -134,68 +193,73 @@ class SqlTaskQueue:
         claim_attempts: int = 50,
     ) -> None:
         self.sessions = sessions
+        engine = sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError("the session factory must be bound to an AsyncEngine")
+        self.engine = engine
         self.backoff: BackoffFn = backoff if backoff is not None else Backoff()
         self.claim_attempts = claim_attempts
 
     # -- submit and read -----------------------------------------------------
 
     async def submit(self, tenant_id: str, spec: NewTask, *, now: float | None = None) -> TaskOut:
-        validate(spec)
-        now = now_or(now)
-        key = spec.idempotency_key
-        if key is not None:
-            existing = await self._by_key(tenant_id, key)
-            if existing is not None:
-                return existing
-        run_at = now if spec.run_at is None else spec.run_at
-        row = Task(
-            id=uuid.uuid4().hex,
-            seq=next_seq(),
-            tenant_id=tenant_id,
-            type=spec.type,
-            payload=dict(spec.payload),
-            queue=spec.queue,
-            priority=spec.priority,
-            max_retry=spec.max_retry,
-            timeout=float(spec.timeout),
-            run_at=utc(run_at),
-            idempotency_key=key,
-            state=TaskState.PENDING if run_at <= now else TaskState.SCHEDULED,
-            attempts=0,
-            node=spec.node,
-            driver=spec.driver,
-            created_at=utc(now),
-            updated_at=utc(now),
-        )
-        out = _out(row)
-        async with self.sessions() as session:
-            session.add(row)
-            session.add(_logged(row, None, now))
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                # A concurrent submit with the same key won; anything else is a real error.
-                existing = await self._by_key(tenant_id, key) if key is not None else None
-                if existing is None:
-                    raise
-                return existing
-        return out
+        return (await self.submit_many(tenant_id, [spec], now=now))[0]
 
-    async def _by_key(self, tenant_id: str, key: str) -> TaskOut | None:
-        async with self.sessions() as session:
-            row = await session.scalar(
-                select(Task).where(Task.tenant_id == tenant_id, Task.idempotency_key == key)
-            )
-            return None if row is None else _out(row)
+    async def submit_many(
+        self, tenant_id: str, specs: Sequence[NewTask], *, now: float | None = None
+    ) -> builtins.list[TaskOut]:
+        for spec in specs:
+            validate(spec)
+        now = now_or(now)
+        keys = {s.idempotency_key for s in specs if s.idempotency_key is not None}
+        for _ in range(_KEY_RETRIES):
+            known = await self._by_keys(tenant_id, keys)
+            answers: builtins.list[TaskOut | dict[str, Any]] = []
+            rows: builtins.list[dict[str, Any]] = []
+            for spec in specs:
+                key = spec.idempotency_key
+                if key is not None and key in known:
+                    answers.append(known[key])
+                    continue
+                row = _new_row(tenant_id, spec, now)
+                if key is not None:
+                    known[key] = _out(row)  # a repeat within the batch gets this one
+                rows.append(row)
+                answers.append(row)
+            if rows:
+                try:
+                    async with self.engine.begin() as conn:
+                        await conn.execute(insert(T), rows)
+                        await conn.execute(insert(E), [_event(r, None, now) for r in rows])
+                except IntegrityError:
+                    if not keys:
+                        raise
+                    continue  # a concurrent submit took one of the keys: read them again
+            return [a if isinstance(a, TaskOut) else _out(a) for a in answers]
+        raise ConflictError("concurrent submissions kept taking this batch's idempotency keys")
+
+    async def _by_keys(self, tenant_id: str, keys: Collection[str]) -> dict[str, TaskOut]:
+        if not keys:
+            return {}
+        query = select(T).where(T.c.tenant_id == tenant_id, T.c.idempotency_key.in_(list(keys)))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return {row["idempotency_key"]: _out(row) for row in rows}
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskOut]:
+        if not task_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(T).where(T.c.id.in_(list(task_ids))))).mappings()
+            return {row["id"]: _out(row) for row in rows.all()}
 
     async def _find(self, task_id: str, tenant_id: str | None = None) -> TaskOut | None:
-        async with self.sessions() as session:
-            query = select(Task).where(Task.id == task_id)
-            if tenant_id is not None:
-                query = query.where(Task.tenant_id == tenant_id)
-            row = await session.scalar(query)
-            return None if row is None else _out(row)
+        query = select(T).where(T.c.id == task_id)
+        if tenant_id is not None:
+            query = query.where(T.c.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _out(row)
 
     async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
         found = await self._find(task_id, tenant_id)
@@ -215,23 +279,23 @@ class SqlTaskQueue:
     ) -> builtins.list[TaskOut]:
         if limit < 1:
             raise BadRequestError("limit must be at least 1")
-        async with self.sessions() as session:
-            query = select(Task).where(Task.tenant_id == tenant_id)
+        query = select(T).where(T.c.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:
             if before is not None:
-                seq = await session.scalar(
-                    select(Task.seq).where(Task.id == before, Task.tenant_id == tenant_id)
+                seq = await conn.scalar(
+                    select(T.c.seq).where(T.c.id == before, T.c.tenant_id == tenant_id)
                 )
                 if seq is None:
                     raise NotFoundError(f"task {before} not found")
-                query = query.where(Task.seq < seq)
+                query = query.where(T.c.seq < seq)
             if state is not None:
-                query = query.where(Task.state == state)
+                query = query.where(T.c.state == state)
             if type is not None:
-                query = query.where(Task.type == type)
+                query = query.where(T.c.type == type)
             if queue is not None:
-                query = query.where(Task.queue == queue)
-            rows = await session.scalars(query.order_by(Task.seq.desc()).limit(limit))
-            return [_out(row) for row in rows]
+                query = query.where(T.c.queue == queue)
+            rows = await conn.execute(query.order_by(T.c.seq.desc()).limit(limit))
+            return [_out(row) for row in rows.mappings().all()]
 
     # -- claims --------------------------------------------------------------
 
@@ -245,71 +309,95 @@ class SqlTaskQueue:
         lease: float,
         now: float | None = None,
     ) -> TaskOut | None:
-        if not queues:
-            return None
+        claimed = await self.claim_many(
+            worker, node=node, drivers=drivers, queues=queues, lease=lease, limit=1, now=now
+        )
+        return claimed[0] if claimed else None
+
+    async def claim_many(
+        self,
+        worker: str,
+        *,
+        node: str,
+        drivers: Collection[str],
+        queues: Sequence[str],
+        lease: float,
+        limit: int,
+        now: float | None = None,
+    ) -> builtins.list[TaskOut]:
+        if not queues or limit < 1:
+            return []
         now = now_or(now)
         eligible = [
             _ready(now),
-            Task.queue.in_(list(queues)),
-            or_(Task.node.is_(None), Task.node == node),
-            or_(Task.driver.is_(None), Task.driver.in_(list(drivers))),
+            T.c.queue.in_(builtins.list(queues)),
+            or_(T.c.node.is_(None), T.c.node == node),
+            or_(T.c.driver.is_(None), T.c.driver.in_(builtins.list(drivers))),
         ]
         values: dict[str, Any] = {
             "state": TaskState.ACTIVE,
-            "attempts": Task.attempts + 1,
+            "attempts": T.c.attempts + 1,
             "claimed_by": worker,
             "lease_expires_at": utc(now + lease),
             "started_at": utc(now),
             "updated_at": utc(now),
         }
         pick = (
-            select(Task.id).where(*eligible).order_by(Task.priority.desc(), Task.seq.asc()).limit(1)
+            select(T.c.id)
+            .where(*eligible)
+            .order_by(T.c.priority.desc(), T.c.seq.asc())
+            .limit(limit)
         )
         for _ in range(self.claim_attempts):
-            async with self.sessions() as session:
-                if session.get_bind().dialect.name == "postgresql":
-                    task_id = await session.scalar(pick.with_for_update(skip_locked=True))
-                    if task_id is None:
-                        return None
-                    target: ColumnElement[bool] = Task.id == task_id
+            async with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    ids = (await conn.scalars(pick.with_for_update(skip_locked=True))).all()
+                    if not ids:
+                        return []
+                    target: ColumnElement[bool] = T.c.id.in_(ids)
                 else:
-                    target = Task.id == pick.scalar_subquery()
-                row = await session.scalar(
-                    update(Task)
-                    .where(target, _ready(now))
-                    .values(values)
-                    .returning(Task)
-                    .execution_options(synchronize_session=False)
+                    target = T.c.id.in_(pick.scalar_subquery())
+                rows = (
+                    (
+                        await conn.execute(
+                            update(T).where(target, _ready(now)).values(values).returning(T)
+                        )
+                    )
+                    .mappings()
+                    .all()
                 )
-                claimed = None
-                if row is not None:
-                    claimed = _out(row)
-                    session.add(_logged(row, claimed_from(claimed), now))
-                await session.commit()
-            if claimed is not None:
-                return claimed
-            async with self.sessions() as session:  # none left, or lost a race?
-                if await session.scalar(select(Task.id).where(*eligible).limit(1)) is None:
-                    return None
-        return None  # a ready task kept slipping away; the caller polls again anyway
+                claimed = [_out(row) for row in rows]
+                if rows:
+                    await conn.execute(
+                        insert(E),
+                        [
+                            _event(row, claimed_from(task), now)
+                            for row, task in zip(rows, claimed, strict=True)
+                        ],
+                    )
+            if claimed:
+                return sorted(claimed, key=_claim_order)
+            async with self.engine.connect() as conn:  # none left, or lost a race?
+                if await conn.scalar(select(T.c.id).where(*eligible).limit(1)) is None:
+                    return []
+        return []  # a ready task kept slipping away; the caller polls again anyway
 
     async def heartbeat(
         self, task_id: str, worker: str, lease: float, *, now: float | None = None
     ) -> bool:
         now = now_or(now)
-        async with self.sessions() as session:
-            held = await session.scalar(
-                update(Task)
+        async with self.engine.begin() as conn:
+            held = await conn.scalar(
+                update(T)
                 .where(*self._held(task_id, worker))
                 .values(lease_expires_at=utc(now + lease), updated_at=utc(now))
-                .returning(Task.id)
+                .returning(T.c.id)
             )
-            await session.commit()
         return held is not None
 
     @staticmethod
     def _held(task_id: str, worker: str) -> tuple[ColumnElement[bool], ...]:
-        return (Task.id == task_id, Task.state == TaskState.ACTIVE, Task.claimed_by == worker)
+        return (T.c.id == task_id, T.c.state == TaskState.ACTIVE, T.c.claimed_by == worker)
 
     async def _refuse(self, task_id: str, worker: str) -> ConflictError | NotFoundError:
         """Why ``worker`` may not finish the task (read after a guarded UPDATE matched nothing)."""
@@ -317,6 +405,24 @@ class SqlTaskQueue:
         if found is None:
             return NotFoundError(f"task {task_id} not found")
         return ConflictError(conflict_message(found, worker))
+
+    @staticmethod
+    async def _change(
+        conn: AsyncConnection,
+        where: Sequence[ColumnElement[bool]],
+        previous: TaskState,
+        now: float,
+        values: Mapping[Any, Any],
+    ) -> RowMapping | None:
+        """A guarded change from ``previous`` and its event, in ``conn``'s transaction."""
+        row: RowMapping | None = (
+            (await conn.execute(update(T).where(*where).values(dict(values)).returning(T)))
+            .mappings()
+            .first()
+        )
+        if row is not None:
+            await conn.execute(insert(E), [_event(row, previous, now)])
+        return row
 
     async def _update(
         self,
@@ -326,39 +432,52 @@ class SqlTaskQueue:
         **values: Any,
     ) -> TaskOut | None:
         """A guarded change from ``previous`` and its event, in one transaction."""
-        async with self.sessions() as session:
-            row = await session.scalar(
-                update(Task)
-                .where(*where)
-                .values(values)
-                .returning(Task)
-                .execution_options(synchronize_session=False)
-            )
-            out = None if row is None else _out(row)
-            if row is not None:
-                session.add(_logged(row, previous, now))
-            await session.commit()
-        return out
+        async with self.engine.begin() as conn:
+            row = await self._change(conn, where, previous, now, values)
+        return None if row is None else _out(row)
 
     async def complete(
         self, task_id: str, worker: str, result: dict[str, Any], *, now: float | None = None
     ) -> TaskOut:
+        (answer,) = await self.complete_many(worker, [Completion(task_id, result)], now=now)
+        if isinstance(answer, AetherError):
+            raise answer
+        return answer
+
+    async def complete_many(
+        self, worker: str, results: Sequence[Completion], *, now: float | None = None
+    ) -> builtins.list[TaskOut | AetherError]:
         now = now_or(now)
         stamp = utc(now)
-        done = await self._update(
-            self._held(task_id, worker),
-            TaskState.ACTIVE,
-            now,
-            state=TaskState.SUCCEEDED,
-            result=result,
-            error=None,
-            lease_expires_at=None,
-            finished_at=stamp,
-            updated_at=stamp,
-        )
-        if done is None:
-            raise await self._refuse(task_id, worker)
-        return done
+        values = {
+            "state": TaskState.SUCCEEDED,
+            "error": None,
+            "lease_expires_at": None,
+            "finished_at": stamp,
+            "updated_at": stamp,
+        }
+        done: dict[int, TaskOut] = {}
+        async with self.engine.begin() as conn:
+            for i, c in enumerate(results):
+                where = [*self._held(c.task_id, worker)]
+                if c.attempt is not None:
+                    where.append(T.c.attempts == c.attempt)
+                row = await self._change(
+                    conn, where, TaskState.ACTIVE, now, {**values, "result": c.result}
+                )
+                if row is not None:
+                    done[i] = _out(row)
+        refused = {c.task_id for i, c in enumerate(results) if i not in done}
+        current = await self.get_many(refused)
+        answers: builtins.list[TaskOut | AetherError] = []
+        for i, c in enumerate(results):
+            if i in done:
+                answers.append(done[i])
+            elif (found := current.get(c.task_id)) is None:
+                answers.append(NotFoundError(f"task {c.task_id} not found"))
+            else:
+                answers.append(ConflictError(conflict_message(found, worker, c.attempt)))
+        return answers
 
     async def fail(
         self,
@@ -388,7 +507,7 @@ class SqlTaskQueue:
                 values["state"] = TaskState.DEAD if retryable else TaskState.FAILED
                 values["finished_at"] = utc(now)
             done = await self._update(
-                [*self._held(task_id, worker), Task.attempts == current.attempts],
+                [*self._held(task_id, worker), T.c.attempts == current.attempts],
                 TaskState.ACTIVE,
                 now,
                 **values,
@@ -408,7 +527,7 @@ class SqlTaskQueue:
             if current.state not in _CANCELLABLE:
                 break
             done = await self._update(
-                [Task.id == task_id, Task.tenant_id == tenant_id, Task.state == current.state],
+                [T.c.id == task_id, T.c.tenant_id == tenant_id, T.c.state == current.state],
                 current.state,
                 now,
                 state=TaskState.CANCELLED,
@@ -427,27 +546,25 @@ class SqlTaskQueue:
 
     async def expire(self, now: float | None = None) -> int:
         now = now_or(now)
-        lapsed = [Task.state == TaskState.ACTIVE, Task.lease_expires_at <= utc(now)]
+        lapsed = [T.c.state == TaskState.ACTIVE, T.c.lease_expires_at <= utc(now)]
         common = {"lease_expires_at": None, "error": LEASE_EXPIRED, "updated_at": utc(now)}
-        async with self.sessions() as session:
-            dead = await session.scalars(
-                update(Task)
-                .where(*lapsed, Task.attempts > Task.max_retry)
+        async with self.engine.begin() as conn:
+            dead = await conn.execute(
+                update(T)
+                .where(*lapsed, T.c.attempts > T.c.max_retry)
                 .values(state=TaskState.DEAD, finished_at=utc(now), **common)
-                .returning(Task)
-                .execution_options(synchronize_session=False)
+                .returning(T)
             )
-            taken = list(dead.all())
-            retried = await session.scalars(
-                update(Task)
+            taken = builtins.list(dead.mappings().all())
+            retried = await conn.execute(
+                update(T)
                 .where(*lapsed)
                 .values(state=TaskState.RETRY, run_at=utc(now), **common)
-                .returning(Task)
-                .execution_options(synchronize_session=False)
+                .returning(T)
             )
-            taken += retried.all()
-            session.add_all(_logged(row, TaskState.ACTIVE, now) for row in taken)
-            await session.commit()
+            taken += retried.mappings().all()
+            if taken:
+                await conn.execute(insert(E), [_event(r, TaskState.ACTIVE, now) for r in taken])
         return len(taken)
 
     async def stats(
