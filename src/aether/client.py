@@ -19,14 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
-from aether.errors import AetherError, RateLimitedError, ServiceUnavailableError, error_for
+from aether.client_rules import (
+    MAX_RETRY_AFTER,
+    RATE_RETRIES,
+    REPLAYABLE,
+    NetworkError,
+    answer_error,
+    may_repeat,
+    rate_limited,
+    retry_after,
+    split_urls,
+    why_not_retried,
+)
+from aether.errors import AetherError, RateLimitedError
 from aether.model.api import (
     AppDeletedOut,
     AppOut,
@@ -55,51 +67,27 @@ T = TypeVar("T")
 
 # nothing reached the server: safe to send anywhere else, whatever the method
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+_REPLAYABLE = REPLAYABLE
 _FINAL_RUN_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.expired"})
-# safe to send again after a 429 (which the server refused before doing anything)
-_IDEMPOTENT = _REPLAYABLE | {"PUT", "DELETE"}
-#: A 429 is retried only when its Retry-After is at most this many seconds ...
-MAX_RETRY_AFTER = 10.0
-#: ... and at most this many times per request.
-RATE_RETRIES = 3
-
-
-class NetworkError(ServiceUnavailableError):
-    code = "unreachable"
-
-
-def split_urls(base_url: str | Sequence[str]) -> list[str]:
-    """``"a, b"`` or ``["a", "b"]`` → ``["a", "b"]`` (trailing slashes dropped, at least one)."""
-    parts = base_url.split(",") if isinstance(base_url, str) else list(base_url)
-    urls = [u.strip().rstrip("/") for u in parts if u.strip()]
-    if not urls:
-        raise ValueError(f"no server URL in {base_url!r}")
-    return urls
 
 
 def _raise_for(response: httpx.Response) -> None:
     """Raise the envelope's error; an answer without one gets its status's code."""
     if response.is_success:
         return
-    try:
-        body = response.json()
-        code, message = str(body["code"]), str(body["message"])
-    except (ValueError, KeyError, TypeError):
-        raise error_for(response.status_code, None, _bare_message(response)) from None
-    raise error_for(response.status_code, code, message)
+    request = response.request
+    raise answer_error(
+        response.status_code,
+        response.reason_phrase,
+        request.method,
+        request.url.path,
+        response.content,
+    )
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """A 429's ``Retry-After`` in seconds; None for another answer or a header that is
-    not a number of seconds."""
-    if response.status_code != 429:
-        return None
-    try:
-        seconds = float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
+    """A 429's ``Retry-After`` in seconds (see ``client_rules.retry_after``)."""
+    return retry_after(response.status_code, response.headers.get("retry-after"))
 
 
 def _replayable_body(kwargs: dict[str, Any]) -> bool:
@@ -109,49 +97,24 @@ def _replayable_body(kwargs: dict[str, Any]) -> bool:
 
 
 def _may_repeat(method: str, kwargs: dict[str, Any]) -> bool:
-    """An idempotent method, or a request that carries an Idempotency-Key (and a body
-    that can be sent again)."""
-    if not _replayable_body(kwargs):
-        return False
-    headers = kwargs.get("headers") or {}
-    return method.upper() in _IDEMPOTENT or any(
-        name.lower() == "idempotency-key" for name in headers
-    )
+    return may_repeat(method, kwargs.get("headers") or {}, _replayable_body(kwargs))
 
 
 def _why_not_retried(method: str, kwargs: dict[str, Any], wait: float | None) -> str:
-    if wait is None:
-        return "no Retry-After in seconds"
-    if wait > MAX_RETRY_AFTER:
-        return f"not retried: Retry-After is over {MAX_RETRY_AFTER:.0f} s"
-    if not _replayable_body(kwargs):
-        return "not retried: its body was a stream"
-    if not _may_repeat(method, kwargs):
-        return f"not retried: a {method.upper()} without an Idempotency-Key"
-    return f"still limited after {RATE_RETRIES} retries"
+    return why_not_retried(method, kwargs.get("headers") or {}, _replayable_body(kwargs), wait)
 
 
 def _rate_limited(response: httpx.Response, why: str) -> RateLimitedError:
     """The 429's error, its message saying when to try again."""
-    try:
-        message = str(response.json()["message"])
-    except (ValueError, KeyError, TypeError):
-        message = _bare_message(response)
-    wait = _retry_after(response)
-    if wait is not None:
-        at = time.strftime("%H:%M:%S", time.localtime(time.time() + wait))
-        why = f"{why}; try again in {wait:.0f} s, at {at}"
-    return RateLimitedError(f"{message} ({why})")
-
-
-def _bare_message(response: httpx.Response) -> str:
-    """What an error answer without an envelope says: its status, request and text."""
-    status = response.status_code
-    reason = response.reason_phrase or "error"
     request = response.request
-    where = f"{request.method} {request.url.path}"
-    text = response.text[:200].strip() if request.method != "HEAD" else ""
-    return f"HTTP {status} {reason} for {where}" + (f": {text}" if text else " (no details)")
+    return rate_limited(
+        response.reason_phrase,
+        request.method,
+        request.url.path,
+        response.content,
+        _retry_after(response),
+        why,
+    )
 
 
 def _signature_headers(signature: str | None, app: str | None) -> dict[str, str]:
@@ -161,6 +124,17 @@ def _signature_headers(signature: str | None, app: str | None) -> dict[str, str]
     if app is not None:
         headers["X-Aether-App"] = app
     return headers
+
+
+def _plain_http_transport() -> httpx.AsyncHTTPTransport:
+    """The transport for servers that are all plain http: the default one, but with a
+    TLS context that loads no CA bundle (loading it is most of building a client).
+
+    Every request goes to ``base_url + path``, so this transport never speaks TLS; if
+    it ever did, a context with no trust anchors and hostname checks on fails closed.
+    A proxy from the environment keeps its own transport, verified as usual.
+    """
+    return httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
 
 
 class ApiClient:
@@ -178,6 +152,8 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if namespace:
             headers["X-Aether-Namespace"] = namespace
+        if transport is None and all(u.lower().startswith("http://") for u in self.base_urls):
+            transport = _plain_http_transport()
         self._http = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=5.0),

@@ -8,10 +8,10 @@ go to stderr. Errors print ``{"error": {"code", "message"}}`` in JSON mode (and
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
+from collections.abc import Coroutine
 from types import ModuleType
 from typing import Any
 
@@ -115,7 +115,9 @@ def run_command(module: ModuleType, args: argparse.Namespace) -> int:
     json_mode = getattr(args, "format", "text") == "json"
     try:
         result = module.run(args)
-        if asyncio.iscoroutine(result):
+        if isinstance(result, Coroutine):  # asyncio only for the commands that need it
+            import asyncio
+
             result = asyncio.run(result)
         return int(result or 0)
     except KeyboardInterrupt:

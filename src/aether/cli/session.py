@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomli_w
 
 from aether.cli.output import CliError
 
@@ -55,9 +52,13 @@ def setting(name: str) -> Any:
 def _read_config() -> dict[str, Any]:
     path = config_path()
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return {}
+    import tomllib  # only when there is a file: most commands have none
+
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CliError(f"{path} is not valid TOML: {exc}", kind="config") from None
 
@@ -109,6 +110,8 @@ def save_config(updates: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     config = _read_config()
     config.update(updates)
+    import tomli_w
+
     path.write_text(tomli_w.dumps(config))
     return path
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aether.cli.output import CliError, emit
-from aether.cli.session import api_client
+from aether.cli.reads import get_json
+from aether.cli.session import api_client, load_session
 from aether.errors import AetherError
-from aether.model.tasks import TaskOut
+
+if TYPE_CHECKING:  # the pydantic models are imported by the client, when one is made
+    from aether.model.tasks import TaskOut
 
 __all__ = ["BATCH", "read_task_file", "run"]
 
@@ -48,15 +51,16 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-def _task_text(task: TaskOut) -> str:
+def _task_text(task: dict[str, Any]) -> str:
+    """A task's text, from its JSON (as ``--format json`` prints it)."""
     lines = [
-        f"task {task.id}  {task.type}  {task.state.value}  (attempts {task.attempts}, "
-        f"priority {task.priority}, queue {task.queue})"
+        f"task {task['id']}  {task['type']}  {task['state']}  (attempts {task['attempts']}, "
+        f"priority {task['priority']}, queue {task['queue']})"
     ]
-    if task.error:
-        lines.append(f"error: {task.error}")
-    if task.result is not None:
-        result = task.result
+    if task["error"]:
+        lines.append(f"error: {task['error']}")
+    if task["result"] is not None:
+        result = task["result"]
         if "exit_code" in result:
             lines.append(f"exit code {result['exit_code']}")
             if result.get("stdout"):
@@ -69,6 +73,8 @@ def _task_text(task: TaskOut) -> str:
 
 
 async def _wait(client: Any, task_id: str, timeout: float) -> TaskOut:
+    import asyncio  # here: `task get` runs without it
+
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
@@ -118,7 +124,21 @@ def _check_succeeded(task: TaskOut) -> None:
         )
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
+    if args.command == "task" and args.task_command == "get":
+        return _get(args)
+    return _run(args)
+
+
+def _get(args: argparse.Namespace) -> int:
+    """``task get``: one GET on the quick read path (``aether.cli.reads``)."""
+    session = load_session(getattr(args, "server", None), getattr(args, "token", None))
+    task = get_json(session, f"/api/v1/tasks/{args.id}")
+    emit(args, task, _task_text(task))
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
     async with api_client(args) as client:
         if args.command == "task":
             return await _task(args, client)
@@ -152,13 +172,12 @@ async def _task(args: argparse.Namespace, client: Any) -> int:
             or "no tasks",
         )
         return 0
-    elif sub == "get":
-        task = await client.task(args.id)
     elif sub == "cancel":
         task = await client.cancel_task(args.id)
     else:
         task = await _wait(client, args.id, args.timeout)
-    emit(args, task.model_dump(mode="json"), _task_text(task))
+    data = task.model_dump(mode="json")
+    emit(args, data, _task_text(data))
     return 0
 
 
