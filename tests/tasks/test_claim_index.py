@@ -29,7 +29,8 @@ async def test_the_claim_query_searches_the_ready_index(tmp_path: Path) -> None:
     sql = str(pick.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
     try:
         async with engine.connect() as conn:
-            plan = [row[3] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)
+            plan = [str(row._mapping["detail"]) for row in rows]
     finally:
         await engine.dispose()
     # one search of the partial index, in its order: no scan, no sort of the history
