@@ -33,20 +33,23 @@ task may ever be lost, or run Redis with AOF ``always``.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.errors import AetherError, BadRequestError, ConflictError, NotFoundError
 from aether.model.tasks import TaskEvent, TaskOut, TaskState
 from aether.tasks.queue.base import (
     LEASE_EXPIRED,
     Backoff,
     BackoffFn,
+    Completion,
     NewTask,
     conflict_message,
     event_error,
@@ -57,6 +60,8 @@ from aether.tasks.queue.base import (
 )
 
 __all__ = ["RedisTaskQueue"]
+
+_CANDIDATE_CACHE = 1024  # claimer shapes (node, drivers, queues) whose ready sets are kept
 
 # Every script gets the prefix as ARGV[1] and a hash-tagged key as KEYS[1] (for routing).
 _COMMON = """
@@ -112,64 +117,102 @@ local function logged(id, previous, now)
 end
 """
 
-# ARGV: P, tenant, id, idempotency key or '', now, run_at, type, payload, queue, priority,
-#       max_retry, timeout, node or '', driver or '', ready key
-_SUBMIT = """
-local tenant, id, key, now, run_at = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if key ~= '' then
-  local existing = redis.call('HGET', P .. 'idem:' .. tenant, key)
-  if existing then return {'ok', redis.call('HGETALL', tkey(existing))} end
-  redis.call('HSET', P .. 'idem:' .. tenant, key, id)
+# Store one new task, or find the one its idempotency key already names: the task's key
+# and whether it is new. ``node``, ``driver`` and ``key`` are '' when unset; ``rk`` is the
+# ready set it belongs in.
+_SUBMIT_ONE = """
+local function submit_one(tenant, now, id, key, run_at, ttype, payload, queue, priority,
+                          max_retry, timeout, node, driver, rk)
+  if key ~= '' then
+    local existing = redis.call('HGET', P .. 'idem:' .. tenant, key)
+    if existing then return tkey(existing), false end
+    redis.call('HSET', P .. 'idem:' .. tenant, key, id)
+  end
+  local seq = redis.call('INCR', P .. 'seq')
+  local score = string.format('%.0f', (100 - tonumber(priority)) * 35184372088832 + seq)
+  local state = 'scheduled'
+  if tonumber(run_at) <= tonumber(now) then state = 'pending' end
+  local k = tkey(id)
+  redis.call('HSET', k, 'id', id, 'tenant', tenant, 'seq', seq, 'score', score,
+    'type', ttype, 'payload', payload, 'queue', queue, 'priority', priority,
+    'max_retry', max_retry, 'timeout', timeout, 'run_at', run_at, 'state', state,
+    'attempts', 0, 'created_at', now, 'updated_at', now, 'rk', rk)
+  if key ~= '' then redis.call('HSET', k, 'idempotency_key', key) end
+  if node ~= '' then redis.call('HSET', k, 'node', node) end
+  if driver ~= '' then redis.call('HSET', k, 'driver', driver) end
+  redis.call('ZADD', P .. 'tenant:' .. tenant, seq, id)
+  if state == 'pending' then
+    redis.call('ZADD', rk, score, id)
+  else
+    redis.call('ZADD', P .. 'delayed', run_at, id)
+  end
+  move(tenant, nil, state)
+  logged(id, nil, now)
+  return k, true
 end
-local seq = redis.call('INCR', P .. 'seq')
-local score = string.format('%.0f', (100 - tonumber(ARGV[10])) * 35184372088832 + seq)
-local state = 'scheduled'
-if tonumber(run_at) <= tonumber(now) then state = 'pending' end
-local k = tkey(id)
-redis.call('HSET', k, 'id', id, 'tenant', tenant, 'seq', seq, 'score', score,
-  'type', ARGV[7], 'payload', ARGV[8], 'queue', ARGV[9], 'priority', ARGV[10],
-  'max_retry', ARGV[11], 'timeout', ARGV[12], 'run_at', run_at, 'state', state,
-  'attempts', 0, 'created_at', now, 'updated_at', now, 'rk', ARGV[15])
-if key ~= '' then redis.call('HSET', k, 'idempotency_key', key) end
-if ARGV[13] ~= '' then redis.call('HSET', k, 'node', ARGV[13]) end
-if ARGV[14] ~= '' then redis.call('HSET', k, 'driver', ARGV[14]) end
-redis.call('ZADD', P .. 'tenant:' .. tenant, seq, id)
-if state == 'pending' then
-  redis.call('ZADD', ARGV[15], score, id)
-else
-  redis.call('ZADD', P .. 'delayed', run_at, id)
-end
-move(tenant, nil, state)
-logged(id, nil, now)
-return {'ok', redis.call('HGETALL', k)}
 """
 
-# ARGV: P, worker, now, lease expiry, candidate ready keys...
-_CLAIM = """
-local worker, now, lease = ARGV[2], ARGV[3], ARGV[4]
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now)) do
-  local f = redis.call('HMGET', tkey(id), 'rk', 'score')
-  redis.call('ZADD', f[1], f[2], id)
-  redis.call('ZREM', P .. 'delayed', id)
+# ARGV: P, tenant, now, then 12 values per task (``_submit_row``): id, idempotency key or '',
+#       run_at, type, payload, queue, priority, max_retry, timeout, node or '', driver or '',
+#       ready key. Answers in order: 0 for a new task (the caller knows it whole), or the
+#       task's hash for one an idempotency key named (earlier, or earlier in this batch).
+_SUBMIT = """
+local tenant, now = ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV, 12 do
+  local k, new = submit_one(tenant, now, unpack(ARGV, i, i + 11))
+  if new then out[#out + 1] = 0 else out[#out + 1] = redis.call('HGETALL', k) end
 end
-local best, bestkey, bestscore = nil, nil, nil
-for i = 5, #ARGV do
-  local r = redis.call('ZRANGE', ARGV[i], 0, 0, 'WITHSCORES')
-  if r[1] and (best == nil or tonumber(r[2]) < bestscore) then
-    best, bestkey, bestscore = r[1], ARGV[i], tonumber(r[2])
+return out
+"""
+
+# Claiming: move every due delayed task into its ready set, pick the best ready ids by
+# score across the claimer's ready sets, and take each.
+_CLAIM_PARTS = """
+local function promote(now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now)) do
+    local f = redis.call('HMGET', tkey(id), 'rk', 'score')
+    redis.call('ZADD', f[1], f[2], id)
+    redis.call('ZREM', P .. 'delayed', id)
   end
 end
-if not best then return {'none'} end
-redis.call('ZREM', bestkey, best)
-local k = tkey(best)
-local f = redis.call('HMGET', k, 'state', 'tenant')
-redis.call('HINCRBY', k, 'attempts', 1)
-redis.call('HSET', k, 'state', 'active', 'claimed_by', worker, 'lease', lease,
-  'started_at', now, 'updated_at', now)
-redis.call('ZADD', P .. 'active', lease, best)
-move(f[2], f[1], 'active')
-logged(best, f[1], now)
-return {'ok', redis.call('HGETALL', k)}
+-- the (at most limit) ready ids with the lowest scores in the sets keys[first..]: the
+-- lowest `limit` of each set, merged (a score is unique: it ends in the task's seq)
+local function best_ready(keys, first, limit)
+  local found = {}
+  for i = first, #keys do
+    local r = redis.call('ZRANGE', keys[i], 0, limit - 1, 'WITHSCORES')
+    for j = 1, #r, 2 do found[#found + 1] = {tonumber(r[j + 1]), r[j], keys[i]} end
+  end
+  table.sort(found, function(a, b) return a[1] < b[1] end)
+  local best = {}
+  for i = 1, math.min(limit, #found) do best[i] = found[i] end
+  return best
+end
+local function take(id, rk, worker, now, lease)
+  redis.call('ZREM', rk, id)
+  local k = tkey(id)
+  local f = redis.call('HMGET', k, 'state', 'tenant')
+  redis.call('HINCRBY', k, 'attempts', 1)
+  redis.call('HSET', k, 'state', 'active', 'claimed_by', worker, 'lease', lease,
+    'started_at', now, 'updated_at', now)
+  redis.call('ZADD', P .. 'active', lease, id)
+  move(f[2], f[1], 'active')
+  logged(id, f[1], now)
+  return redis.call('HGETALL', k)
+end
+"""
+
+# ARGV: P, worker, now, lease expiry, limit, candidate ready keys...; the claimed tasks'
+# hashes in claim order
+_CLAIM = """
+local worker, now, lease, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+promote(now)
+local out = {}
+for _, pick in ipairs(best_ready(ARGV, 6, limit)) do
+  out[#out + 1] = take(pick[2], pick[3], worker, now, lease)
+end
+return out
 """
 
 # ARGV: P, id, worker, now, lease expiry
@@ -182,20 +225,35 @@ redis.call('ZADD', P .. 'active', lease, id)
 return 1
 """
 
-# ARGV: P, id, worker, now, result JSON
+# Complete one task for worker (if attempt is not '', only while that attempt holds it):
+# {'ok', hash}, {'conflict', hash} (left unchanged) or {'notfound'}.
+_COMPLETE_ONE = """
+local function complete_one(id, worker, now, attempt, result)
+  local k = tkey(id)
+  local f = redis.call('HMGET', k, 'state', 'claimed_by', 'tenant', 'attempts')
+  if not f[1] then return {'notfound'} end
+  if f[1] ~= 'active' or f[2] ~= worker or (attempt ~= '' and f[4] ~= attempt) then
+    return {'conflict', redis.call('HGETALL', k)}
+  end
+  redis.call('ZREM', P .. 'active', id)
+  redis.call('HSET', k, 'state', 'succeeded', 'result', result, 'finished_at', now,
+    'updated_at', now)
+  redis.call('HDEL', k, 'lease', 'error')
+  move(f[3], 'active', 'succeeded')
+  logged(id, 'active', now)
+  return {'ok', redis.call('HGETALL', k)}
+end
+"""
+
+# ARGV: P, worker, now, then per completion: id, attempt or '', result JSON; the answers
+# of complete_one in order
 _COMPLETE = """
-local id, worker, now = ARGV[2], ARGV[3], ARGV[4]
-local k = tkey(id)
-local f = redis.call('HMGET', k, 'state', 'claimed_by', 'tenant')
-if not f[1] then return {'notfound'} end
-if f[1] ~= 'active' or f[2] ~= worker then return {'conflict', redis.call('HGETALL', k)} end
-redis.call('ZREM', P .. 'active', id)
-redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[5], 'finished_at', now,
-  'updated_at', now)
-redis.call('HDEL', k, 'lease', 'error')
-move(f[3], 'active', 'succeeded')
-logged(id, 'active', now)
-return {'ok', redis.call('HGETALL', k)}
+local worker, now = ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV, 3 do
+  out[#out + 1] = complete_one(ARGV[i], worker, now, ARGV[i + 1], ARGV[i + 2])
+end
+return out
 """
 
 # ARGV: P, id, worker, now, error, retryable '1'/'0', attempts the caller saw, retry run_at
@@ -272,6 +330,67 @@ def _ts(value: float) -> str:
     return repr(float(value))
 
 
+@functools.lru_cache(maxsize=4096)
+def _ready_key(prefix: str, queue: str, node: str | None, driver: str | None) -> str:
+    """The ready set of the tasks of ``queue`` pinned to ``node`` needing ``driver``."""
+    return f"{prefix}ready:{json.dumps([queue, node, driver], separators=(',', ':'))}"
+
+
+@dataclass(frozen=True, slots=True)
+class _SubmitRow:
+    """One spec as the submit script takes it, and the task it makes if it is new."""
+
+    args: tuple[str, ...]
+    task: TaskOut
+
+
+def _submit_row(tenant_id: str, spec: NewTask, now: str, prefix: str) -> _SubmitRow:
+    """The script's arguments for ``spec`` and the task it stores if its key is new: built
+    here from the same strings the script stores, so it equals what ``get`` reads back
+    (and the script need not send the task back)."""
+    task_id = uuid.uuid4().hex
+    payload = json.dumps(spec.payload)
+    run_at = now if spec.run_at is None else _ts(spec.run_at)
+    timeout = _ts(spec.timeout)
+    args = (
+        task_id,
+        spec.idempotency_key or "",
+        run_at,
+        spec.type,
+        payload,
+        spec.queue,
+        str(spec.priority),
+        str(spec.max_retry),
+        timeout,
+        spec.node or "",
+        spec.driver or "",
+        _ready_key(prefix, spec.queue, spec.node, spec.driver),
+    )
+    created = utc(float(now))
+    task = TaskOut(
+        id=task_id,
+        type=spec.type,
+        payload=json.loads(payload),
+        queue=spec.queue,
+        priority=spec.priority,
+        max_retry=spec.max_retry,
+        timeout=float(timeout),
+        run_at=utc(float(run_at)),
+        idempotency_key=spec.idempotency_key,
+        state=TaskState.SCHEDULED if float(run_at) > float(now) else TaskState.PENDING,
+        attempts=0,
+        result=None,
+        error=None,
+        node=spec.node,
+        claimed_by=None,
+        created_at=created,
+        updated_at=created,
+        started_at=None,
+        finished_at=None,
+    )
+    return _SubmitRow(args, task)
+
+
 def _when(value: str | None) -> datetime | None:
     return None if value is None else utc(float(value))
 
@@ -335,16 +454,35 @@ class RedisTaskQueue:
         self.redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
         self.prefix = prefix
         self.backoff: BackoffFn = backoff if backoff is not None else Backoff()
-        self._submit = self.redis.register_script(_COMMON + _SUBMIT)
-        self._claim = self.redis.register_script(_COMMON + _CLAIM)
+        self._submit = self.redis.register_script(_COMMON + _SUBMIT_ONE + _SUBMIT)
+        self._claim = self.redis.register_script(_COMMON + _CLAIM_PARTS + _CLAIM)
         self._heartbeat = self.redis.register_script(_COMMON + _HEARTBEAT)
-        self._complete = self.redis.register_script(_COMMON + _COMPLETE)
+        self._complete = self.redis.register_script(_COMMON + _COMPLETE_ONE + _COMPLETE)
         self._fail = self.redis.register_script(_COMMON + _FAIL)
         self._cancel = self.redis.register_script(_COMMON + _CANCEL)
         self._expire = self.redis.register_script(_COMMON + _EXPIRE)
 
+        self._candidates: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
+
     def _ready_key(self, queue: str, node: str | None, driver: str | None) -> str:
-        return f"{self.prefix}ready:{json.dumps([queue, node, driver], separators=(',', ':'))}"
+        return _ready_key(self.prefix, queue, node, driver)
+
+    def _candidate_keys(
+        self, node: str, drivers: Collection[str], queues: Sequence[str]
+    ) -> list[str]:
+        """The ready sets a claimer may take from (worked out once per claimer's shape)."""
+        shape = (node, tuple(drivers), tuple(queues))
+        keys = self._candidates.get(shape)
+        if keys is None:
+            if len(self._candidates) >= _CANDIDATE_CACHE:
+                self._candidates.clear()
+            keys = self._candidates[shape] = [
+                self._ready_key(queue, pinned, driver)
+                for queue in dict.fromkeys(queues)
+                for pinned in (node, None)
+                for driver in [*dict.fromkeys(drivers), None]
+            ]
+        return keys
 
     async def _run(self, script: Any, *args: str | int) -> Any:
         return await script(keys=[self.prefix + "seq"], args=[self.prefix, *args])
@@ -352,26 +490,28 @@ class RedisTaskQueue:
     # -- submit and read -----------------------------------------------------
 
     async def submit(self, tenant_id: str, spec: NewTask, *, now: float | None = None) -> TaskOut:
-        validate(spec)
+        [made] = await self.submit_many(tenant_id, [spec], now=now)
+        return made
+
+    async def submit_many(
+        self, tenant_id: str, specs: Sequence[NewTask], *, now: float | None = None
+    ) -> builtins.list[TaskOut]:
+        """One script call for the batch: every spec is validated first, so the script
+        (atomic on the server) stores them all; a Lua error half-way (which only a bug
+        could cause) would not roll back what it had written."""
+        for spec in specs:
+            validate(spec)
+        if not specs:
+            return []
         now = now_or(now)
-        reply = await self._run(
-            self._submit,
-            tenant_id,
-            uuid.uuid4().hex,
-            spec.idempotency_key or "",
-            _ts(now),
-            _ts(now if spec.run_at is None else spec.run_at),
-            spec.type,
-            json.dumps(spec.payload),
-            spec.queue,
-            spec.priority,
-            spec.max_retry,
-            _ts(spec.timeout),
-            spec.node or "",
-            spec.driver or "",
-            self._ready_key(spec.queue, spec.node, spec.driver),
-        )
-        return _out(reply[1])
+        stamp = _ts(now)
+        rows = [_submit_row(tenant_id, spec, stamp, self.prefix) for spec in specs]
+        args = [value for row in rows for value in row.args]
+        replies = await self._run(self._submit, tenant_id, stamp, *args)
+        return [
+            row.task if reply == 0 else _out(reply)
+            for row, reply in zip(rows, replies, strict=True)
+        ]
 
     async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
         flat = cast(dict[str, str], await self.redis.hgetall(self.prefix + "t:" + task_id))
@@ -441,17 +581,30 @@ class RedisTaskQueue:
         lease: float,
         now: float | None = None,
     ) -> TaskOut | None:
-        if not queues:
-            return None
+        claimed = await self.claim_many(
+            worker, node=node, drivers=drivers, queues=queues, lease=lease, limit=1, now=now
+        )
+        return claimed[0] if claimed else None
+
+    async def claim_many(
+        self,
+        worker: str,
+        *,
+        node: str,
+        drivers: Collection[str],
+        queues: Sequence[str],
+        lease: float,
+        limit: int,
+        now: float | None = None,
+    ) -> builtins.list[TaskOut]:
+        if not queues or limit < 1:
+            return []
         now = now_or(now)
-        candidates = [
-            self._ready_key(queue, pinned, driver)
-            for queue in dict.fromkeys(queues)
-            for pinned in (node, None)
-            for driver in [*dict.fromkeys(drivers), None]
-        ]
-        reply = await self._run(self._claim, worker, _ts(now), _ts(now + lease), *candidates)
-        return _out(reply[1]) if reply[0] == "ok" else None
+        candidates = self._candidate_keys(node, drivers, queues)
+        replies = await self._run(
+            self._claim, worker, _ts(now), _ts(now + lease), limit, *candidates
+        )
+        return [_out(reply) for reply in replies]
 
     async def heartbeat(
         self, task_id: str, worker: str, lease: float, *, now: float | None = None
@@ -472,10 +625,28 @@ class RedisTaskQueue:
     async def complete(
         self, task_id: str, worker: str, result: dict[str, Any], *, now: float | None = None
     ) -> TaskOut:
-        reply = await self._run(
-            self._complete, task_id, worker, _ts(now_or(now)), json.dumps(result)
-        )
-        return self._answer(task_id, worker, reply)
+        [answer] = await self.complete_many(worker, [Completion(task_id, result)], now=now)
+        if isinstance(answer, AetherError):
+            raise answer
+        return answer
+
+    async def complete_many(
+        self, worker: str, results: Sequence[Completion], *, now: float | None = None
+    ) -> builtins.list[TaskOut | AetherError]:
+        if not results:
+            return []
+        args: builtins.list[str] = []
+        for done in results:
+            attempt = "" if done.attempt is None else str(done.attempt)
+            args += (done.task_id, attempt, json.dumps(done.result))
+        replies = await self._run(self._complete, worker, _ts(now_or(now)), *args)
+        answers: builtins.list[TaskOut | AetherError] = []
+        for done, reply in zip(results, replies, strict=True):
+            try:
+                answers.append(self._answer(done.task_id, worker, reply))
+            except (ConflictError, NotFoundError) as refused:
+                answers.append(refused)
+        return answers
 
     async def fail(
         self,
