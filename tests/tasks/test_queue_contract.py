@@ -105,6 +105,22 @@ async def test_get_is_scoped_by_tenant(queue: TaskQueue) -> None:
         await queue.get("no-such-task")
 
 
+async def test_payloads_and_results_come_back_exactly(queue: TaskQueue) -> None:
+    odd = {
+        "text": 'é/✓ "quoted" \\ back\nslash\t\u0001',
+        "nested": [{"a": [1, 2.5, None, True]}, [], {}],
+        "big": 2**53 - 1,
+        "empty": "",
+    }
+    made = await queue.submit(ACME, task(payload=odd, idempotency_key="é/✓"), now=T0)
+    assert made.payload == odd and made.idempotency_key == "é/✓"
+    assert await queue.submit(ACME, task(idempotency_key="é/✓"), now=T0) == made
+    got = await must_claim(queue, "w/é")
+    assert got.payload == odd and got.claimed_by == "w/é"
+    done = await queue.complete(made.id, "w/é", {"out": odd}, now=T0 + 1)
+    assert done.result == {"out": odd} and await queue.get(made.id) == done
+
+
 @pytest.mark.parametrize(
     "bad",
     [
