@@ -1,7 +1,12 @@
 """The task queue on Redis (optional backend): every transition is one Lua script.
 
 A script runs atomically on the server, so a claim, a completion, a cancellation
-or an expiry is seen whole or not at all, however many clients race.
+or an expiry is seen whole or not at all, however many clients race. A batch
+(``submit_many``, ``claim_many``, ``complete_many``) is one call of the same
+script as its one-task case, which is the batch of one: one round trip and one
+atomic step for the whole batch. Scripts answer a task as one JSON string
+(``task_json``), which the client decodes in C, rather than as an ``HGETALL``
+reply that redis-py's pure-Python parser would read field by field.
 
 Keys (``P`` is the prefix, ``{aether}:q:`` by default; the braces are a hash tag
 so that on Redis Cluster every key lives in one slot and every script may touch
@@ -161,8 +166,9 @@ end
 
 # ARGV: P, tenant, now, then 12 values per task (``_submit_row``): id, idempotency key or '',
 #       run_at, type, payload, queue, priority, max_retry, timeout, node or '', driver or '',
-#       ready key. Answers in order: 0 for a new task (the caller knows it whole), or the
-#       task (``task_json``) for one an idempotency key named (earlier, or earlier in this batch).
+#       ready key. Answers in order: 0 for a new task (the caller knows it whole), or
+#       the task (``task_json``) an idempotency key named (earlier, or earlier in this
+#       batch).
 _SUBMIT = """
 local tenant, now = ARGV[2], ARGV[3]
 local out = {}
@@ -468,11 +474,7 @@ class RedisTaskQueue:
         self._fail = self.redis.register_script(_COMMON + _FAIL)
         self._cancel = self.redis.register_script(_COMMON + _CANCEL)
         self._expire = self.redis.register_script(_COMMON + _EXPIRE)
-
         self._candidates: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
-
-    def _ready_key(self, queue: str, node: str | None, driver: str | None) -> str:
-        return _ready_key(self.prefix, queue, node, driver)
 
     def _candidate_keys(
         self, node: str, drivers: Collection[str], queues: Sequence[str]
@@ -484,7 +486,7 @@ class RedisTaskQueue:
             if len(self._candidates) >= _CANDIDATE_CACHE:
                 self._candidates.clear()
             keys = self._candidates[shape] = [
-                self._ready_key(queue, pinned, driver)
+                _ready_key(self.prefix, queue, pinned, driver)
                 for queue in dict.fromkeys(queues)
                 for pinned in (node, None)
                 for driver in [*dict.fromkeys(drivers), None]
