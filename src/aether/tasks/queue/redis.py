@@ -729,15 +729,14 @@ class RedisTaskQueue:
         positions = cast(
             builtins.list[str], await self.redis.lrange(self.prefix + "tev:" + task_id, 0, -1)
         )
-        out = []
-        for position in positions:  # an entry the trim has dropped is skipped
-            entry_id = f"{position}-0"
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            for position in positions:
+                pipe.xrange(self.prefix + "events", min=f"{position}-0", max=f"{position}-0")
             found = cast(
-                builtins.list[tuple[str, dict[str, str]]],
-                await self.redis.xrange(self.prefix + "events", min=entry_id, max=entry_id),
+                builtins.list[builtins.list[tuple[str, dict[str, str]]]], await pipe.execute()
             )
-            out += [_event(eid, fields) for eid, fields in found]
-        return out
+        # an entry the trim has dropped is skipped (its XRANGE finds nothing)
+        return [_event(eid, fields) for entries in found for eid, fields in entries]
 
     async def events_head(self) -> int:
         return int(cast(str | None, await self.redis.get(self.prefix + "evseq")) or 0)
