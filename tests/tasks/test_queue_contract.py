@@ -97,6 +97,16 @@ async def test_submit_stores_the_spec_as_a_pending_task(queue: TaskQueue) -> Non
     assert await queue.get(made.id) == made  # nodes read without a tenant
 
 
+async def test_get_many_reads_tasks_of_any_tenant_by_id(queue: TaskQueue) -> None:
+    ours = await queue.submit(ACME, task(payload={"n": 1}), now=T0)
+    theirs = await queue.submit(GLOBEX, task(payload={"n": 2}), now=T0)
+    claimed = await must_claim(queue, "w1")
+    assert claimed.id == ours.id
+    found = await queue.get_many([ours.id, theirs.id, "no-such-task", ours.id])
+    assert found == {claimed.id: claimed, theirs.id: await queue.get(theirs.id)}
+    assert await queue.get_many([]) == {} and await queue.get_many({"no-such-task"}) == {}
+
+
 async def test_get_is_scoped_by_tenant(queue: TaskQueue) -> None:
     made = await queue.submit(ACME, task(), now=T0)
     with pytest.raises(NotFoundError):
@@ -749,6 +759,7 @@ async def test_claim_many_logs_one_event_per_claim(queue: TaskQueue) -> None:
     head = await queue.events_head()
     got = await claim_many(queue, "w1", limit=5, now=T0 + 5)
     assert [t.id for t in got] == [waiting.id, retried.id, fresh.id]
+    # logged in claim order, as claims one at a time would have logged them
     assert await changes_since(queue, head) == [
         (waiting.id, TaskState.SCHEDULED, TaskState.ACTIVE, 1, "w1"),
         (retried.id, TaskState.RETRY, TaskState.ACTIVE, 2, "w1"),
@@ -804,6 +815,9 @@ async def test_complete_many_answers_each_completion_as_complete_would(queue: Ta
             await queue.complete(task_id, "w1", {}, now=T0 + 12)
         assert str(raised.value) == str(answer)
     assert "already succeeded" in str(answers[5])
+    assert (
+        str(answers[1]) == f"task {ids[1]}: attempt 1 of w1 was taken back; attempt 2 holds it now"
+    )
     # refused completions left their tasks unchanged
     wrong_attempt = await queue.get(ids[1])
     assert (wrong_attempt.state, wrong_attempt.attempts, wrong_attempt.result) == (

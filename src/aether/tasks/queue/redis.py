@@ -228,6 +228,13 @@ end
 return out
 """
 
+# ARGV: P, ids...; each task (``task_json``), '{}' for an id no task has
+_GET = """
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = task_json(tkey(ARGV[i])) end
+return out
+"""
+
 # ARGV: P, id, worker, now, lease expiry
 _HEARTBEAT = """
 local id, worker, now, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -469,6 +476,7 @@ class RedisTaskQueue:
         self.backoff: BackoffFn = backoff if backoff is not None else Backoff()
         self._submit = self.redis.register_script(_COMMON + _SUBMIT_ONE + _SUBMIT)
         self._claim = self.redis.register_script(_COMMON + _CLAIM_PARTS + _CLAIM)
+        self._get = self.redis.register_script(_COMMON + _GET)
         self._heartbeat = self.redis.register_script(_COMMON + _HEARTBEAT)
         self._complete = self.redis.register_script(_COMMON + _COMPLETE_ONE + _COMPLETE)
         self._fail = self.redis.register_script(_COMMON + _FAIL)
@@ -523,10 +531,18 @@ class RedisTaskQueue:
         ]
 
     async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
-        flat = cast(dict[str, str], await self.redis.hgetall(self.prefix + "t:" + task_id))
-        if not flat or (tenant_id is not None and flat["tenant"] != tenant_id):
+        [found] = await self._run(self._get, task_id)
+        h = json.loads(found)
+        if not h or (tenant_id is not None and h["tenant"] != tenant_id):
             raise NotFoundError(f"task {task_id} not found")
-        return _out(flat)
+        return _out(h)
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskOut]:
+        if not task_ids:
+            return {}
+        replies = await self._run(self._get, *task_ids)
+        found = (json.loads(reply) for reply in replies)
+        return {h["id"]: _out(h) for h in found if h}
 
     async def list(
         self,
@@ -623,12 +639,14 @@ class RedisTaskQueue:
         return bool(held)
 
     @staticmethod
-    def _answer(task_id: str, worker: str, reply: Sequence[Any]) -> TaskOut:
+    def _answer(
+        task_id: str, worker: str, reply: Sequence[Any], attempt: int | None = None
+    ) -> TaskOut:
         if reply[0] == "notfound":
             raise NotFoundError(f"task {task_id} not found")
         task = _out(json.loads(reply[1]))
         if reply[0] == "conflict":
-            raise ConflictError(conflict_message(task, worker))
+            raise ConflictError(conflict_message(task, worker, attempt))
         return task
 
     async def complete(
@@ -652,7 +670,7 @@ class RedisTaskQueue:
         answers: builtins.list[TaskOut | AetherError] = []
         for done, reply in zip(results, replies, strict=True):
             try:
-                answers.append(self._answer(done.task_id, worker, reply))
+                answers.append(self._answer(done.task_id, worker, reply, done.attempt))
             except (ConflictError, NotFoundError) as refused:
                 answers.append(refused)
         return answers
