@@ -364,7 +364,7 @@ class _SubmitRow:
     task: TaskOut
 
 
-def _submit_row(tenant_id: str, spec: NewTask, now: str, prefix: str) -> _SubmitRow:
+def _submit_row(spec: NewTask, now: str, prefix: str) -> _SubmitRow:
     """The script's arguments for ``spec`` and the task it stores if its key is new: built
     here from the same strings the script stores, so it equals what ``get`` reads back
     (and the script need not send the task back)."""
@@ -522,7 +522,7 @@ class RedisTaskQueue:
             return []
         now = now_or(now)
         stamp = _ts(now)
-        rows = [_submit_row(tenant_id, spec, stamp, self.prefix) for spec in specs]
+        rows = [_submit_row(spec, stamp, self.prefix) for spec in specs]
         args = [value for row in rows for value in row.args]
         replies = await self._run(self._submit, tenant_id, stamp, *args)
         return [
