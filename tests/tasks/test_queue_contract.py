@@ -20,6 +20,7 @@ from aether.model.tasks import TaskOut, TaskState
 from aether.tasks.queue.base import (
     LEASE_EXPIRED,
     Backoff,
+    Completion,
     NewTask,
     TaskQueue,
     backoff_ceiling,
@@ -96,12 +97,38 @@ async def test_submit_stores_the_spec_as_a_pending_task(queue: TaskQueue) -> Non
     assert await queue.get(made.id) == made  # nodes read without a tenant
 
 
+async def test_get_many_reads_tasks_of_any_tenant_by_id(queue: TaskQueue) -> None:
+    ours = await queue.submit(ACME, task(payload={"n": 1}), now=T0)
+    theirs = await queue.submit(GLOBEX, task(payload={"n": 2}), now=T0)
+    claimed = await must_claim(queue, "w1")
+    assert claimed.id == ours.id
+    found = await queue.get_many([ours.id, theirs.id, "no-such-task", ours.id])
+    assert found == {claimed.id: claimed, theirs.id: await queue.get(theirs.id)}
+    assert await queue.get_many([]) == {} and await queue.get_many({"no-such-task"}) == {}
+
+
 async def test_get_is_scoped_by_tenant(queue: TaskQueue) -> None:
     made = await queue.submit(ACME, task(), now=T0)
     with pytest.raises(NotFoundError):
         await queue.get(made.id, GLOBEX)
     with pytest.raises(NotFoundError):
         await queue.get("no-such-task")
+
+
+async def test_payloads_and_results_come_back_exactly(queue: TaskQueue) -> None:
+    odd = {
+        "text": 'é/✓ "quoted" \\ back\nslash\t\u0001',
+        "nested": [{"a": [1, 2.5, None, True]}, [], {}],
+        "big": 2**53 - 1,
+        "empty": "",
+    }
+    made = await queue.submit(ACME, task(payload=odd, idempotency_key="é/✓"), now=T0)
+    assert made.payload == odd and made.idempotency_key == "é/✓"
+    assert await queue.submit(ACME, task(idempotency_key="é/✓"), now=T0) == made
+    got = await must_claim(queue, "w/é")
+    assert got.payload == odd and got.claimed_by == "w/é"
+    done = await queue.complete(made.id, "w/é", {"out": odd}, now=T0 + 1)
+    assert done.result == {"out": odd} and await queue.get(made.id) == done
 
 
 @pytest.mark.parametrize(
@@ -583,3 +610,267 @@ async def test_stats_since_count_only_recently_finished_tasks(queue: TaskQueue) 
     assert (await queue.stats(ACME))[TaskState.FAILED] == 2
     assert (await queue.stats(since=T0 + 1000))[TaskState.FAILED] == 1
     assert (await queue.stats(GLOBEX, since=T0))[TaskState.FAILED] == 0
+
+
+# -- batches: submit_many, claim_many, complete_many --------------------------------------
+
+
+async def claim_many(
+    queue: TaskQueue,
+    worker: str = "w1",
+    *,
+    limit: int,
+    node: str = "n1",
+    drivers: tuple[str, ...] = DRIVERS,
+    queues: tuple[str, ...] = ("default",),
+    lease: float = 30.0,
+    now: float = T0,
+) -> list[TaskOut]:
+    return await queue.claim_many(
+        worker, node=node, drivers=drivers, queues=queues, lease=lease, limit=limit, now=now
+    )
+
+
+async def changes_since(queue: TaskQueue, position: int) -> list[tuple[Any, ...]]:
+    """The changes recorded after ``position``: task, from, to, attempt, node."""
+    return [
+        (e.task_id, e.previous, e.state, e.attempt, e.node)
+        for e in await queue.events_after(position, 1000)
+    ]
+
+
+async def test_submit_many_stores_each_spec_in_order(queue: TaskQueue) -> None:
+    specs = [
+        task(payload={"n": 1}, priority=2),
+        task(payload={"n": 2}, run_at=T0 + 60, queue="later"),
+        task(payload={"n": 3}, node="n2", driver="microvm", max_retry=0, timeout=5),
+    ]
+    made = await queue.submit_many(ACME, specs, now=T0)
+    assert [t.payload for t in made] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert [t.state for t in made] == [TaskState.PENDING, TaskState.SCHEDULED, TaskState.PENDING]
+    assert (made[1].queue, made[1].run_at, made[2].node) == ("later", utc(T0 + 60), "n2")
+    assert (made[2].max_retry, made[2].timeout, made[0].priority) == (0, 5.0, 2)
+    assert len({t.id for t in made}) == 3
+    for one in made:
+        assert await queue.get(one.id, ACME) == one  # the answer is what was stored
+    assert await queue.submit_many(ACME, [], now=T0) == []
+    assert [t.id for t in await queue.list(ACME)] == [t.id for t in reversed(made)]
+    assert await changes_since(queue, 0) == [
+        (made[0].id, None, TaskState.PENDING, 0, None),
+        (made[1].id, None, TaskState.SCHEDULED, 0, None),
+        (made[2].id, None, TaskState.PENDING, 0, None),
+    ]
+    # submitted in that order: equal priorities are claimed in it
+    same = await queue.submit_many(ACME, [task(queue="fifo") for _ in range(4)], now=T0)
+    assert await drain(queue, queues=("fifo",)) == [t.id for t in same]
+
+
+async def test_submit_many_with_one_invalid_spec_stores_nothing(queue: TaskQueue) -> None:
+    specs = [task(idempotency_key="first"), task(priority=101), task(payload={"late": 1})]
+    with pytest.raises(BadRequestError, match="priority"):
+        await queue.submit_many(ACME, specs, now=T0)
+    assert sum((await queue.stats()).values()) == 0
+    assert await queue.list(ACME) == []
+    assert await queue.events_head() == 0
+    assert await claim(queue) is None
+    # the valid spec's idempotency key was not taken either
+    again = await queue.submit(ACME, task(idempotency_key="first", payload={"v": 2}), now=T0)
+    assert again.payload == {"v": 2}
+
+
+async def test_submit_many_honours_idempotency_keys_inside_and_across_batches(
+    queue: TaskQueue,
+) -> None:
+    before = await queue.submit(ACME, task(idempotency_key="a", payload={"v": 0}), now=T0)
+    head = await queue.events_head()
+    made = await queue.submit_many(
+        ACME,
+        [
+            task(idempotency_key="a", payload={"v": 1}),  # used before: that task, unchanged
+            task(idempotency_key="b", payload={"v": 2}),
+            task(idempotency_key="b", payload={"v": 3}, priority=90),  # the first "b"
+            task(payload={"v": 4}),
+            task(payload={"v": 4}),  # no key: another task
+        ],
+        now=T0 + 1,
+    )
+    assert made[0] == before
+    assert made[2] == made[1] and made[1].payload == {"v": 2} and made[1].priority == 5
+    assert made[3].id != made[4].id and made[3].id not in (before.id, made[1].id)
+    assert (await queue.stats(ACME))[TaskState.PENDING] == 4
+    assert [c[0] for c in await changes_since(queue, head)] == [m.id for m in made[1:2] + made[3:]]
+    later = await queue.submit_many(
+        ACME, [task(idempotency_key="b"), task(idempotency_key="c")], now=T0 + 2
+    )
+    assert later[0] == made[1]
+    theirs = await queue.submit_many(GLOBEX, [task(idempotency_key="b")], now=T0 + 2)
+    assert theirs[0].id not in (made[1].id, later[1].id)  # the same key in another tenant
+
+
+async def test_claim_many_takes_up_to_limit_in_claim_order(queue: TaskQueue) -> None:
+    priorities = [1, 9, 5, 9, 0, 5, 3]
+    made = await queue.submit_many(ACME, [task(priority=p) for p in priorities], now=T0)
+    order = [made[i].id for i in sorted(range(7), key=lambda i: (-priorities[i], i))]
+    first = await claim_many(queue, "w1", limit=3, lease=20, now=T0 + 1)
+    assert [t.id for t in first] == order[:3]
+    for got in first:
+        assert (got.state, got.attempts, got.claimed_by) == (TaskState.ACTIVE, 1, "w1")
+        assert got.started_at == got.updated_at == utc(T0 + 1)
+        assert await queue.get(got.id) == got
+    rest = await claim_many(queue, "w2", limit=10, now=T0 + 1)  # fewer are ready than asked
+    assert [t.id for t in rest] == order[3:]
+    assert await claim_many(queue, "w3", limit=5, now=T0 + 1) == []
+    assert await claim_many(queue, "w3", limit=5, queues=(), now=T0 + 1) == []
+    # the leases are the claim's: the first batch expires at T0 + 21, the rest at T0 + 31
+    assert await queue.expire(now=T0 + 21) == 3
+    again = await claim_many(queue, "w4", limit=8, now=T0 + 21)
+    assert [(t.id, t.attempts) for t in again] == [(i, 2) for i in order[:3]]  # kept places
+
+
+async def test_claim_many_places_tasks_and_moves_due_ones_first(queue: TaskQueue) -> None:
+    pinned = await queue.submit(ACME, task(node="n2", priority=9), now=T0)
+    needs_vm = await queue.submit(ACME, task(driver="microvm", priority=9), now=T0)
+    elsewhere = await queue.submit(ACME, task(queue="gpu", priority=9), now=T0)
+    free = await queue.submit(ACME, task(priority=1), now=T0)
+    due = await queue.submit(ACME, task(priority=7, run_at=T0 + 10), now=T0)
+    later = await queue.submit(ACME, task(priority=8, run_at=T0 + 99), now=T0)
+    for_n1 = await claim_many(queue, "w1", limit=10, drivers=("bwrap",), now=T0 + 10)
+    assert [t.id for t in for_n1] == [due.id, free.id]
+    assert await claim_many(queue, "w1", limit=10, drivers=("bwrap",), now=T0 + 10) == []
+    on_n2 = await claim_many(
+        queue,
+        "w2",
+        limit=10,
+        node="n2",
+        drivers=("microvm",),
+        queues=("default", "gpu"),
+        now=T0 + 10,
+    )
+    assert [t.id for t in on_n2] == [pinned.id, needs_vm.id, elsewhere.id]  # submission order
+    assert [t.id for t in await claim_many(queue, "w3", limit=2, now=T0 + 99)] == [later.id]
+
+
+async def test_claim_many_logs_one_event_per_claim(queue: TaskQueue) -> None:
+    waiting = await queue.submit(ACME, task(priority=9, run_at=T0 + 5), now=T0)
+    retried = await queue.submit(GLOBEX, task(priority=5), now=T0)
+    fresh = await queue.submit(ACME, task(priority=1), now=T0)
+    assert (await must_claim(queue, "w0", now=T0, lease=1)).id == retried.id
+    assert await queue.expire(now=T0 + 1) == 1  # back as retry
+    head = await queue.events_head()
+    got = await claim_many(queue, "w1", limit=5, now=T0 + 5)
+    assert [t.id for t in got] == [waiting.id, retried.id, fresh.id]
+    # logged in claim order, as claims one at a time would have logged them
+    assert await changes_since(queue, head) == [
+        (waiting.id, TaskState.SCHEDULED, TaskState.ACTIVE, 1, "w1"),
+        (retried.id, TaskState.RETRY, TaskState.ACTIVE, 2, "w1"),
+        (fresh.id, TaskState.PENDING, TaskState.ACTIVE, 1, "w1"),
+    ]
+    stats = await queue.stats()
+    assert stats[TaskState.ACTIVE] == 3 and sum(stats.values()) == 3
+
+
+async def test_complete_many_answers_each_completion_as_complete_would(queue: TaskQueue) -> None:
+    made = await queue.submit_many(ACME, [task(payload={"n": i}) for i in range(6)], now=T0)
+    ids = [t.id for t in made]
+    mine = await claim_many(queue, "w1", limit=2, lease=10, now=T0)
+    assert [t.id for t in mine] == ids[:2]
+    theirs = await must_claim(queue, "w2", lease=10, now=T0)  # task 2
+    assert await queue.expire(now=T0 + 10) == 3
+    retaken = await claim_many(queue, "w1", limit=2, lease=100, now=T0 + 10)  # 0 and 1 again
+    assert [(t.id, t.attempts) for t in retaken] == [(ids[0], 2), (ids[1], 2)]
+    held_by_w2 = await must_claim(queue, "w2", lease=100, now=T0 + 10)  # task 2 again
+    assert held_by_w2.id == theirs.id
+    head = await queue.events_head()
+    answers = await queue.complete_many(
+        "w1",
+        [
+            Completion(ids[0], {"r": 0}, attempt=2),  # held, by this attempt
+            Completion(ids[1], {"r": 1}, attempt=1),  # held, but by a later attempt
+            Completion(ids[2], {"r": 2}),  # held by another worker
+            Completion(ids[3], {"r": 3}),  # never claimed
+            Completion("no-such-task", {}),
+            Completion(ids[0], {"r": "twice"}),  # already completed just above
+        ],
+        now=T0 + 11,
+    )
+    done = answers[0]
+    assert isinstance(done, TaskOut)
+    assert (done.id, done.state, done.result, done.finished_at) == (
+        ids[0],
+        TaskState.SUCCEEDED,
+        {"r": 0},
+        utc(T0 + 11),
+    )
+    assert await queue.get(ids[0]) == done
+    assert [type(a) for a in answers[1:]] == [
+        ConflictError,
+        ConflictError,
+        ConflictError,
+        NotFoundError,
+        ConflictError,
+    ]
+    # the same messages as ``complete`` raises
+    for answer, task_id in zip(answers[2:], [ids[2], ids[3], "no-such-task", ids[0]], strict=True):
+        with pytest.raises((ConflictError, NotFoundError)) as raised:
+            await queue.complete(task_id, "w1", {}, now=T0 + 12)
+        assert str(raised.value) == str(answer)
+    assert "already succeeded" in str(answers[5])
+    assert (
+        str(answers[1]) == f"task {ids[1]}: attempt 1 of w1 was taken back; attempt 2 holds it now"
+    )
+    # refused completions left their tasks unchanged
+    wrong_attempt = await queue.get(ids[1])
+    assert (wrong_attempt.state, wrong_attempt.attempts, wrong_attempt.result) == (
+        TaskState.ACTIVE,
+        2,
+        None,
+    )
+    assert await queue.get(ids[2]) == held_by_w2
+    assert (await queue.get(ids[3])).state == TaskState.PENDING
+    assert await changes_since(queue, head) == [
+        (ids[0], TaskState.ACTIVE, TaskState.SUCCEEDED, 2, "w1")
+    ]
+    assert await queue.complete_many("w1", [], now=T0 + 12) == []
+    # a completion naming the attempt that holds the task completes it
+    [second] = await queue.complete_many("w1", [Completion(ids[1], {"r": 1}, 2)], now=T0 + 13)
+    assert isinstance(second, TaskOut) and second.state == TaskState.SUCCEEDED
+
+
+async def test_batches_run_a_burst_to_the_end(queue: TaskQueue) -> None:
+    """Claim 8, complete 8, until done: every task succeeds once, in claim order."""
+    made = await queue.submit_many(
+        ACME, [task(priority=i % 4, payload={"n": i}) for i in range(30)], now=T0
+    )
+    finished: list[str] = []
+    while got := await claim_many(queue, "w1", limit=8, now=T0 + 1):
+        answers = await queue.complete_many(
+            "w1", [Completion(t.id, {"n": t.payload["n"]}, t.attempts) for t in got], now=T0 + 2
+        )
+        assert all(isinstance(a, TaskOut) and a.state == TaskState.SUCCEEDED for a in answers)
+        finished += [t.id for t in got]
+    priorities = {t.id: t.priority for t in made}
+    assert sorted(finished) == sorted(priorities)
+    assert [priorities[i] for i in finished] == sorted(priorities.values(), reverse=True)
+    stats = await queue.stats()
+    assert stats[TaskState.SUCCEEDED] == 30 and sum(stats.values()) == 30
+
+
+async def test_concurrent_batch_claimers_never_share_a_task(queue: TaskQueue) -> None:
+    made = {t.id for t in await queue.submit_many(ACME, [task() for _ in range(60)], now=T0)}
+    claims: list[tuple[str, str]] = []
+
+    async def worker(name: str) -> None:
+        while got := await claim_many(queue, name, limit=4):
+            assert {t.claimed_by for t in got} == {name} and len(got) <= 4
+            claims.extend((name, t.id) for t in got)
+
+    await asyncio.gather(*(worker(f"w{i}") for i in range(8)))
+    ids = [task_id for _, task_id in claims]
+    assert len(ids) == len(set(ids)) == 60 and set(ids) == made
+    for name, task_id in claims:
+        current = await queue.get(task_id)
+        assert (current.state, current.claimed_by, current.attempts) == (
+            TaskState.ACTIVE,
+            name,
+            1,
+        )

@@ -149,3 +149,14 @@ async def test_history_is_one_task_s_changes_in_order(queue: TaskQueue) -> None:
     assert history[-1].error == "exit 3" and history[1].node == "w1"
     assert [c.task_id for c in await queue.history(other.id)] == [other.id, other.id]
     assert await queue.history("no-such-task") == []
+
+
+async def test_history_leaves_out_what_the_trim_dropped(queue: TaskQueue) -> None:
+    made = await queue.submit(ACME, task(), now=T0)
+    await must_claim(queue, "w1")
+    await queue.complete(made.id, "w1", {}, now=T0 + 1)
+    assert len(await queue.history(made.id)) == 3
+    assert await queue.trim_events(1) == 2
+    assert [(c.previous, c.state) for c in await queue.history(made.id)] == [
+        (TaskState.ACTIVE, TaskState.SUCCEEDED)
+    ]

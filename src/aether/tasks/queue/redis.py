@@ -1,7 +1,12 @@
 """The task queue on Redis (optional backend): every transition is one Lua script.
 
 A script runs atomically on the server, so a claim, a completion, a cancellation
-or an expiry is seen whole or not at all, however many clients race.
+or an expiry is seen whole or not at all, however many clients race. A batch
+(``submit_many``, ``claim_many``, ``complete_many``) is one call of the same
+script as its one-task case, which is the batch of one: one round trip and one
+atomic step for the whole batch. Scripts answer a task as one JSON string
+(``task_json``), which the client decodes in C, rather than as an ``HGETALL``
+reply that redis-py's pure-Python parser would read field by field.
 
 Keys (``P`` is the prefix, ``{aether}:q:`` by default; the braces are a hash tag
 so that on Redis Cluster every key lives in one slot and every script may touch
@@ -33,20 +38,23 @@ task may ever be lost, or run Redis with AOF ``always``.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.errors import AetherError, BadRequestError, ConflictError, NotFoundError
 from aether.model.tasks import TaskEvent, TaskOut, TaskState
 from aether.tasks.queue.base import (
     LEASE_EXPIRED,
     Backoff,
     BackoffFn,
+    Completion,
     NewTask,
     conflict_message,
     event_error,
@@ -57,6 +65,8 @@ from aether.tasks.queue.base import (
 )
 
 __all__ = ["RedisTaskQueue"]
+
+_CANDIDATE_CACHE = 1024  # claimer shapes (node, drivers, queues) whose ready sets are kept
 
 # Every script gets the prefix as ARGV[1] and a hash-tagged key as KEYS[1] (for routing).
 _COMMON = """
@@ -71,6 +81,13 @@ local function move(tenant, from, to)
   redis.call('HINCRBY', P .. 'stats:' .. tenant, to, 1)
 end
 local FINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
+-- the task at key k as one JSON object of its hash's strings: the client decodes one
+-- string (in C) instead of parsing every field of an HGETALL reply
+local function task_json(k)
+  local flat, h = redis.call('HGETALL', k), {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return cjson.encode(h)
+end
 -- at most 512 bytes of s, cut at a UTF-8 character boundary
 local function short(s)
   if #s <= 512 then return s end
@@ -112,64 +129,110 @@ local function logged(id, previous, now)
 end
 """
 
-# ARGV: P, tenant, id, idempotency key or '', now, run_at, type, payload, queue, priority,
-#       max_retry, timeout, node or '', driver or '', ready key
-_SUBMIT = """
-local tenant, id, key, now, run_at = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if key ~= '' then
-  local existing = redis.call('HGET', P .. 'idem:' .. tenant, key)
-  if existing then return {'ok', redis.call('HGETALL', tkey(existing))} end
-  redis.call('HSET', P .. 'idem:' .. tenant, key, id)
+# Store one new task, or find the one its idempotency key already names: the task's key
+# and whether it is new. ``node``, ``driver`` and ``key`` are '' when unset; ``rk`` is the
+# ready set it belongs in.
+_SUBMIT_ONE = """
+local function submit_one(tenant, now, id, key, run_at, ttype, payload, queue, priority,
+                          max_retry, timeout, node, driver, rk)
+  if key ~= '' then
+    local existing = redis.call('HGET', P .. 'idem:' .. tenant, key)
+    if existing then return tkey(existing), false end
+    redis.call('HSET', P .. 'idem:' .. tenant, key, id)
+  end
+  local seq = redis.call('INCR', P .. 'seq')
+  local score = string.format('%.0f', (100 - tonumber(priority)) * 35184372088832 + seq)
+  local state = 'scheduled'
+  if tonumber(run_at) <= tonumber(now) then state = 'pending' end
+  local k = tkey(id)
+  redis.call('HSET', k, 'id', id, 'tenant', tenant, 'seq', seq, 'score', score,
+    'type', ttype, 'payload', payload, 'queue', queue, 'priority', priority,
+    'max_retry', max_retry, 'timeout', timeout, 'run_at', run_at, 'state', state,
+    'attempts', 0, 'created_at', now, 'updated_at', now, 'rk', rk)
+  if key ~= '' then redis.call('HSET', k, 'idempotency_key', key) end
+  if node ~= '' then redis.call('HSET', k, 'node', node) end
+  if driver ~= '' then redis.call('HSET', k, 'driver', driver) end
+  redis.call('ZADD', P .. 'tenant:' .. tenant, seq, id)
+  if state == 'pending' then
+    redis.call('ZADD', rk, score, id)
+  else
+    redis.call('ZADD', P .. 'delayed', run_at, id)
+  end
+  move(tenant, nil, state)
+  logged(id, nil, now)
+  return k, true
 end
-local seq = redis.call('INCR', P .. 'seq')
-local score = string.format('%.0f', (100 - tonumber(ARGV[10])) * 35184372088832 + seq)
-local state = 'scheduled'
-if tonumber(run_at) <= tonumber(now) then state = 'pending' end
-local k = tkey(id)
-redis.call('HSET', k, 'id', id, 'tenant', tenant, 'seq', seq, 'score', score,
-  'type', ARGV[7], 'payload', ARGV[8], 'queue', ARGV[9], 'priority', ARGV[10],
-  'max_retry', ARGV[11], 'timeout', ARGV[12], 'run_at', run_at, 'state', state,
-  'attempts', 0, 'created_at', now, 'updated_at', now, 'rk', ARGV[15])
-if key ~= '' then redis.call('HSET', k, 'idempotency_key', key) end
-if ARGV[13] ~= '' then redis.call('HSET', k, 'node', ARGV[13]) end
-if ARGV[14] ~= '' then redis.call('HSET', k, 'driver', ARGV[14]) end
-redis.call('ZADD', P .. 'tenant:' .. tenant, seq, id)
-if state == 'pending' then
-  redis.call('ZADD', ARGV[15], score, id)
-else
-  redis.call('ZADD', P .. 'delayed', run_at, id)
-end
-move(tenant, nil, state)
-logged(id, nil, now)
-return {'ok', redis.call('HGETALL', k)}
 """
 
-# ARGV: P, worker, now, lease expiry, candidate ready keys...
-_CLAIM = """
-local worker, now, lease = ARGV[2], ARGV[3], ARGV[4]
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now)) do
-  local f = redis.call('HMGET', tkey(id), 'rk', 'score')
-  redis.call('ZADD', f[1], f[2], id)
-  redis.call('ZREM', P .. 'delayed', id)
+# ARGV: P, tenant, now, then 12 values per task (``_submit_row``): id, idempotency key or '',
+#       run_at, type, payload, queue, priority, max_retry, timeout, node or '', driver or '',
+#       ready key. Answers in order: 0 for a new task (the caller knows it whole), or
+#       the task (``task_json``) an idempotency key named (earlier, or earlier in this
+#       batch).
+_SUBMIT = """
+local tenant, now = ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV, 12 do
+  local k, new = submit_one(tenant, now, unpack(ARGV, i, i + 11))
+  if new then out[#out + 1] = 0 else out[#out + 1] = task_json(k) end
 end
-local best, bestkey, bestscore = nil, nil, nil
-for i = 5, #ARGV do
-  local r = redis.call('ZRANGE', ARGV[i], 0, 0, 'WITHSCORES')
-  if r[1] and (best == nil or tonumber(r[2]) < bestscore) then
-    best, bestkey, bestscore = r[1], ARGV[i], tonumber(r[2])
+return out
+"""
+
+# Claiming: move every due delayed task into its ready set, pick the best ready ids by
+# score across the claimer's ready sets, and take each.
+_CLAIM_PARTS = """
+local function promote(now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now)) do
+    local f = redis.call('HMGET', tkey(id), 'rk', 'score')
+    redis.call('ZADD', f[1], f[2], id)
+    redis.call('ZREM', P .. 'delayed', id)
   end
 end
-if not best then return {'none'} end
-redis.call('ZREM', bestkey, best)
-local k = tkey(best)
-local f = redis.call('HMGET', k, 'state', 'tenant')
-redis.call('HINCRBY', k, 'attempts', 1)
-redis.call('HSET', k, 'state', 'active', 'claimed_by', worker, 'lease', lease,
-  'started_at', now, 'updated_at', now)
-redis.call('ZADD', P .. 'active', lease, best)
-move(f[2], f[1], 'active')
-logged(best, f[1], now)
-return {'ok', redis.call('HGETALL', k)}
+-- the (at most limit) ready ids with the lowest scores in the sets keys[first..]: the
+-- lowest `limit` of each set, merged (a score is unique: it ends in the task's seq)
+local function best_ready(keys, first, limit)
+  local found = {}
+  for i = first, #keys do
+    local r = redis.call('ZRANGE', keys[i], 0, limit - 1, 'WITHSCORES')
+    for j = 1, #r, 2 do found[#found + 1] = {tonumber(r[j + 1]), r[j], keys[i]} end
+  end
+  table.sort(found, function(a, b) return a[1] < b[1] end)
+  local best = {}
+  for i = 1, math.min(limit, #found) do best[i] = found[i] end
+  return best
+end
+local function take(id, rk, worker, now, lease)
+  redis.call('ZREM', rk, id)
+  local k = tkey(id)
+  local f = redis.call('HMGET', k, 'state', 'tenant')
+  redis.call('HINCRBY', k, 'attempts', 1)
+  redis.call('HSET', k, 'state', 'active', 'claimed_by', worker, 'lease', lease,
+    'started_at', now, 'updated_at', now)
+  redis.call('ZADD', P .. 'active', lease, id)
+  move(f[2], f[1], 'active')
+  logged(id, f[1], now)
+  return task_json(k)
+end
+"""
+
+# ARGV: P, worker, now, lease expiry, limit, candidate ready keys...; the claimed tasks
+# (``task_json``) in claim order
+_CLAIM = """
+local worker, now, lease, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+promote(now)
+local out = {}
+for _, pick in ipairs(best_ready(ARGV, 6, limit)) do
+  out[#out + 1] = take(pick[2], pick[3], worker, now, lease)
+end
+return out
+"""
+
+# ARGV: P, ids...; each task (``task_json``), '{}' for an id no task has
+_GET = """
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = task_json(tkey(ARGV[i])) end
+return out
 """
 
 # ARGV: P, id, worker, now, lease expiry
@@ -182,20 +245,35 @@ redis.call('ZADD', P .. 'active', lease, id)
 return 1
 """
 
-# ARGV: P, id, worker, now, result JSON
+# Complete one task for worker (if attempt is not '', only while that attempt holds it):
+# {'ok', task_json}, {'conflict', task_json} (left unchanged) or {'notfound'}.
+_COMPLETE_ONE = """
+local function complete_one(id, worker, now, attempt, result)
+  local k = tkey(id)
+  local f = redis.call('HMGET', k, 'state', 'claimed_by', 'tenant', 'attempts')
+  if not f[1] then return {'notfound'} end
+  if f[1] ~= 'active' or f[2] ~= worker or (attempt ~= '' and f[4] ~= attempt) then
+    return {'conflict', task_json(k)}
+  end
+  redis.call('ZREM', P .. 'active', id)
+  redis.call('HSET', k, 'state', 'succeeded', 'result', result, 'finished_at', now,
+    'updated_at', now)
+  redis.call('HDEL', k, 'lease', 'error')
+  move(f[3], 'active', 'succeeded')
+  logged(id, 'active', now)
+  return {'ok', task_json(k)}
+end
+"""
+
+# ARGV: P, worker, now, then per completion: id, attempt or '', result JSON; the answers
+# of complete_one in order
 _COMPLETE = """
-local id, worker, now = ARGV[2], ARGV[3], ARGV[4]
-local k = tkey(id)
-local f = redis.call('HMGET', k, 'state', 'claimed_by', 'tenant')
-if not f[1] then return {'notfound'} end
-if f[1] ~= 'active' or f[2] ~= worker then return {'conflict', redis.call('HGETALL', k)} end
-redis.call('ZREM', P .. 'active', id)
-redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[5], 'finished_at', now,
-  'updated_at', now)
-redis.call('HDEL', k, 'lease', 'error')
-move(f[3], 'active', 'succeeded')
-logged(id, 'active', now)
-return {'ok', redis.call('HGETALL', k)}
+local worker, now = ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV, 3 do
+  out[#out + 1] = complete_one(ARGV[i], worker, now, ARGV[i + 1], ARGV[i + 2])
+end
+return out
 """
 
 # ARGV: P, id, worker, now, error, retryable '1'/'0', attempts the caller saw, retry run_at
@@ -205,7 +283,7 @@ local k = tkey(id)
 local f = redis.call('HMGET', k, 'state', 'claimed_by', 'attempts', 'max_retry', 'tenant')
 if not f[1] then return {'notfound'} end
 if f[1] ~= 'active' or f[2] ~= worker or f[3] ~= ARGV[7] then
-  return {'conflict', redis.call('HGETALL', k)}
+  return {'conflict', task_json(k)}
 end
 redis.call('ZREM', P .. 'active', id)
 local to
@@ -221,7 +299,7 @@ redis.call('HSET', k, 'state', to, 'error', ARGV[5], 'updated_at', now)
 redis.call('HDEL', k, 'lease')
 move(f[5], 'active', to)
 logged(id, 'active', now)
-return {'ok', redis.call('HGETALL', k)}
+return {'ok', task_json(k)}
 """
 
 # ARGV: P, id, tenant, now
@@ -230,8 +308,8 @@ local id, tenant, now = ARGV[2], ARGV[3], ARGV[4]
 local k = tkey(id)
 local f = redis.call('HMGET', k, 'state', 'tenant', 'rk')
 if not f[1] or f[2] ~= tenant then return {'notfound'} end
-if f[1] == 'cancelled' then return {'ok', redis.call('HGETALL', k)} end
-if FINAL[f[1]] then return {'conflict', redis.call('HGETALL', k)} end
+if f[1] == 'cancelled' then return {'ok', task_json(k)} end
+if FINAL[f[1]] then return {'conflict', task_json(k)} end
 redis.call('ZREM', f[3], id)
 redis.call('ZREM', P .. 'delayed', id)
 redis.call('ZREM', P .. 'active', id)
@@ -239,7 +317,7 @@ redis.call('HSET', k, 'state', 'cancelled', 'finished_at', now, 'updated_at', no
 redis.call('HDEL', k, 'lease')
 move(tenant, f[1], 'cancelled')
 logged(id, f[1], now)
-return {'ok', redis.call('HGETALL', k)}
+return {'ok', task_json(k)}
 """
 
 # ARGV: P, now, error
@@ -272,12 +350,73 @@ def _ts(value: float) -> str:
     return repr(float(value))
 
 
+@functools.lru_cache(maxsize=4096)
+def _ready_key(prefix: str, queue: str, node: str | None, driver: str | None) -> str:
+    """The ready set of the tasks of ``queue`` pinned to ``node`` needing ``driver``."""
+    return f"{prefix}ready:{json.dumps([queue, node, driver], separators=(',', ':'))}"
+
+
+@dataclass(frozen=True, slots=True)
+class _SubmitRow:
+    """One spec as the submit script takes it, and the task it makes if it is new."""
+
+    args: tuple[str, ...]
+    task: TaskOut
+
+
+def _submit_row(spec: NewTask, now: str, prefix: str) -> _SubmitRow:
+    """The script's arguments for ``spec`` and the task it stores if its key is new: built
+    here from the same strings the script stores, so it equals what ``get`` reads back
+    (and the script need not send the task back)."""
+    task_id = uuid.uuid4().hex
+    payload = json.dumps(spec.payload)
+    run_at = now if spec.run_at is None else _ts(spec.run_at)
+    timeout = _ts(spec.timeout)
+    args = (
+        task_id,
+        spec.idempotency_key or "",
+        run_at,
+        spec.type,
+        payload,
+        spec.queue,
+        str(spec.priority),
+        str(spec.max_retry),
+        timeout,
+        spec.node or "",
+        spec.driver or "",
+        _ready_key(prefix, spec.queue, spec.node, spec.driver),
+    )
+    created = utc(float(now))
+    task = TaskOut(
+        id=task_id,
+        type=spec.type,
+        payload=json.loads(payload),
+        queue=spec.queue,
+        priority=spec.priority,
+        max_retry=spec.max_retry,
+        timeout=float(timeout),
+        run_at=utc(float(run_at)),
+        idempotency_key=spec.idempotency_key,
+        state=TaskState.SCHEDULED if float(run_at) > float(now) else TaskState.PENDING,
+        attempts=0,
+        result=None,
+        error=None,
+        node=spec.node,
+        claimed_by=None,
+        created_at=created,
+        updated_at=created,
+        started_at=None,
+        finished_at=None,
+    )
+    return _SubmitRow(args, task)
+
+
 def _when(value: str | None) -> datetime | None:
     return None if value is None else utc(float(value))
 
 
-def _out(flat: Sequence[str]) -> TaskOut:
-    h = dict(zip(flat[::2], flat[1::2], strict=True))
+def _out(h: dict[str, str]) -> TaskOut:
+    """The task whose hash is ``h`` (``HGETALL``, or a script's ``task_json`` decoded)."""
     result = h.get("result")
     return TaskOut(
         id=h["id"],
@@ -335,16 +474,32 @@ class RedisTaskQueue:
         self.redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
         self.prefix = prefix
         self.backoff: BackoffFn = backoff if backoff is not None else Backoff()
-        self._submit = self.redis.register_script(_COMMON + _SUBMIT)
-        self._claim = self.redis.register_script(_COMMON + _CLAIM)
+        self._submit = self.redis.register_script(_COMMON + _SUBMIT_ONE + _SUBMIT)
+        self._claim = self.redis.register_script(_COMMON + _CLAIM_PARTS + _CLAIM)
+        self._get = self.redis.register_script(_COMMON + _GET)
         self._heartbeat = self.redis.register_script(_COMMON + _HEARTBEAT)
-        self._complete = self.redis.register_script(_COMMON + _COMPLETE)
+        self._complete = self.redis.register_script(_COMMON + _COMPLETE_ONE + _COMPLETE)
         self._fail = self.redis.register_script(_COMMON + _FAIL)
         self._cancel = self.redis.register_script(_COMMON + _CANCEL)
         self._expire = self.redis.register_script(_COMMON + _EXPIRE)
+        self._candidates: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
 
-    def _ready_key(self, queue: str, node: str | None, driver: str | None) -> str:
-        return f"{self.prefix}ready:{json.dumps([queue, node, driver], separators=(',', ':'))}"
+    def _candidate_keys(
+        self, node: str, drivers: Collection[str], queues: Sequence[str]
+    ) -> list[str]:
+        """The ready sets a claimer may take from (worked out once per claimer's shape)."""
+        shape = (node, tuple(drivers), tuple(queues))
+        keys = self._candidates.get(shape)
+        if keys is None:
+            if len(self._candidates) >= _CANDIDATE_CACHE:
+                self._candidates.clear()
+            keys = self._candidates[shape] = [
+                _ready_key(self.prefix, queue, pinned, driver)
+                for queue in dict.fromkeys(queues)
+                for pinned in (node, None)
+                for driver in [*dict.fromkeys(drivers), None]
+            ]
+        return keys
 
     async def _run(self, script: Any, *args: str | int) -> Any:
         return await script(keys=[self.prefix + "seq"], args=[self.prefix, *args])
@@ -352,32 +507,42 @@ class RedisTaskQueue:
     # -- submit and read -----------------------------------------------------
 
     async def submit(self, tenant_id: str, spec: NewTask, *, now: float | None = None) -> TaskOut:
-        validate(spec)
+        [made] = await self.submit_many(tenant_id, [spec], now=now)
+        return made
+
+    async def submit_many(
+        self, tenant_id: str, specs: Sequence[NewTask], *, now: float | None = None
+    ) -> builtins.list[TaskOut]:
+        """One script call for the batch: every spec is validated first, so the script
+        (atomic on the server) stores them all; a Lua error half-way (which only a bug
+        could cause) would not roll back what it had written."""
+        for spec in specs:
+            validate(spec)
+        if not specs:
+            return []
         now = now_or(now)
-        reply = await self._run(
-            self._submit,
-            tenant_id,
-            uuid.uuid4().hex,
-            spec.idempotency_key or "",
-            _ts(now),
-            _ts(now if spec.run_at is None else spec.run_at),
-            spec.type,
-            json.dumps(spec.payload),
-            spec.queue,
-            spec.priority,
-            spec.max_retry,
-            _ts(spec.timeout),
-            spec.node or "",
-            spec.driver or "",
-            self._ready_key(spec.queue, spec.node, spec.driver),
-        )
-        return _out(reply[1])
+        stamp = _ts(now)
+        rows = [_submit_row(spec, stamp, self.prefix) for spec in specs]
+        args = [value for row in rows for value in row.args]
+        replies = await self._run(self._submit, tenant_id, stamp, *args)
+        return [
+            row.task if reply == 0 else _out(json.loads(reply))
+            for row, reply in zip(rows, replies, strict=True)
+        ]
 
     async def get(self, task_id: str, tenant_id: str | None = None) -> TaskOut:
-        flat = cast(dict[str, str], await self.redis.hgetall(self.prefix + "t:" + task_id))
-        if not flat or (tenant_id is not None and flat["tenant"] != tenant_id):
+        [found] = await self._run(self._get, task_id)
+        h = json.loads(found)
+        if not h or (tenant_id is not None and h["tenant"] != tenant_id):
             raise NotFoundError(f"task {task_id} not found")
-        return _out([x for pair in flat.items() for x in pair])
+        return _out(h)
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskOut]:
+        if not task_ids:
+            return {}
+        replies = await self._run(self._get, *task_ids)
+        found = (json.loads(reply) for reply in replies)
+        return {h["id"]: _out(h) for h in found if h}
 
     async def list(
         self,
@@ -424,7 +589,7 @@ class RedisTaskQueue:
                     or (queue is not None and row["queue"] != queue)
                 ):
                     continue
-                found.append(_out([x for pair in row.items() for x in pair]))
+                found.append(_out(row))
                 if len(found) == limit:
                     break
         return found
@@ -441,17 +606,30 @@ class RedisTaskQueue:
         lease: float,
         now: float | None = None,
     ) -> TaskOut | None:
-        if not queues:
-            return None
+        claimed = await self.claim_many(
+            worker, node=node, drivers=drivers, queues=queues, lease=lease, limit=1, now=now
+        )
+        return claimed[0] if claimed else None
+
+    async def claim_many(
+        self,
+        worker: str,
+        *,
+        node: str,
+        drivers: Collection[str],
+        queues: Sequence[str],
+        lease: float,
+        limit: int,
+        now: float | None = None,
+    ) -> builtins.list[TaskOut]:
+        if not queues or limit < 1:
+            return []
         now = now_or(now)
-        candidates = [
-            self._ready_key(queue, pinned, driver)
-            for queue in dict.fromkeys(queues)
-            for pinned in (node, None)
-            for driver in [*dict.fromkeys(drivers), None]
-        ]
-        reply = await self._run(self._claim, worker, _ts(now), _ts(now + lease), *candidates)
-        return _out(reply[1]) if reply[0] == "ok" else None
+        candidates = self._candidate_keys(node, drivers, queues)
+        replies = await self._run(
+            self._claim, worker, _ts(now), _ts(now + lease), limit, *candidates
+        )
+        return [_out(json.loads(reply)) for reply in replies]
 
     async def heartbeat(
         self, task_id: str, worker: str, lease: float, *, now: float | None = None
@@ -461,21 +639,41 @@ class RedisTaskQueue:
         return bool(held)
 
     @staticmethod
-    def _answer(task_id: str, worker: str, reply: Sequence[Any]) -> TaskOut:
+    def _answer(
+        task_id: str, worker: str, reply: Sequence[Any], attempt: int | None = None
+    ) -> TaskOut:
         if reply[0] == "notfound":
             raise NotFoundError(f"task {task_id} not found")
-        task = _out(reply[1])
+        task = _out(json.loads(reply[1]))
         if reply[0] == "conflict":
-            raise ConflictError(conflict_message(task, worker))
+            raise ConflictError(conflict_message(task, worker, attempt))
         return task
 
     async def complete(
         self, task_id: str, worker: str, result: dict[str, Any], *, now: float | None = None
     ) -> TaskOut:
-        reply = await self._run(
-            self._complete, task_id, worker, _ts(now_or(now)), json.dumps(result)
-        )
-        return self._answer(task_id, worker, reply)
+        [answer] = await self.complete_many(worker, [Completion(task_id, result)], now=now)
+        if isinstance(answer, AetherError):
+            raise answer
+        return answer
+
+    async def complete_many(
+        self, worker: str, results: Sequence[Completion], *, now: float | None = None
+    ) -> builtins.list[TaskOut | AetherError]:
+        if not results:
+            return []
+        args: builtins.list[str] = []
+        for done in results:
+            attempt = "" if done.attempt is None else str(done.attempt)
+            args += (done.task_id, attempt, json.dumps(done.result))
+        replies = await self._run(self._complete, worker, _ts(now_or(now)), *args)
+        answers: builtins.list[TaskOut | AetherError] = []
+        for done, reply in zip(results, replies, strict=True):
+            try:
+                answers.append(self._answer(done.task_id, worker, reply, done.attempt))
+            except (ConflictError, NotFoundError) as refused:
+                answers.append(refused)
+        return answers
 
     async def fail(
         self,
@@ -511,7 +709,7 @@ class RedisTaskQueue:
         reply = await self._run(self._cancel, task_id, tenant_id, _ts(now_or(now)))
         if reply[0] == "notfound":
             raise NotFoundError(f"task {task_id} not found")
-        task = _out(reply[1])
+        task = _out(json.loads(reply[1]))
         if reply[0] == "conflict":
             raise ConflictError(f"task {task_id} already {task.state}; it cannot be cancelled")
         return task
@@ -549,15 +747,14 @@ class RedisTaskQueue:
         positions = cast(
             builtins.list[str], await self.redis.lrange(self.prefix + "tev:" + task_id, 0, -1)
         )
-        out = []
-        for position in positions:  # an entry the trim has dropped is skipped
-            entry_id = f"{position}-0"
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            for position in positions:
+                pipe.xrange(self.prefix + "events", min=f"{position}-0", max=f"{position}-0")
             found = cast(
-                builtins.list[tuple[str, dict[str, str]]],
-                await self.redis.xrange(self.prefix + "events", min=entry_id, max=entry_id),
+                builtins.list[builtins.list[tuple[str, dict[str, str]]]], await pipe.execute()
             )
-            out += [_event(eid, fields) for eid, fields in found]
-        return out
+        # an entry the trim has dropped is skipped (its XRANGE finds nothing)
+        return [_event(eid, fields) for entries in found for eid, fields in entries]
 
     async def events_head(self) -> int:
         return int(cast(str | None, await self.redis.get(self.prefix + "evseq")) or 0)
