@@ -21,19 +21,6 @@ async def lead(store: StateStore, candidate: str = "a") -> tuple[LeaderElection,
     return election, term.fence()
 
 
-# -- the store's limit ---------------------------------------------------------
-
-
-async def test_a_txn_of_max_txn_ops_compares_and_ops_is_accepted(store: StateStore) -> None:
-    n = store.max_txn_ops
-    result = await store.txn(
-        [Compare(f"k{i:04d}", "create_revision", "==", 0) for i in range(n)],
-        [Put(f"k{i:04d}", b"v") for i in range(n)],
-    )
-    assert result.succeeded
-    assert len((await store.range("k"))[0]) == n
-
-
 # -- apply_fenced ---------------------------------------------------------------
 
 
