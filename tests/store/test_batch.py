@@ -24,12 +24,13 @@ async def lead(store: StateStore, candidate: str = "a") -> tuple[LeaderElection,
 # -- apply_fenced ---------------------------------------------------------------
 
 
-async def test_writes_are_applied_in_few_transactions(store: StateStore) -> None:
+@pytest.mark.parametrize("in_flight", [1, 4])
+async def test_writes_are_applied_in_few_transactions(store: StateStore, in_flight: int) -> None:
     election, fence = await lead(store)
     writes = [create(f"instances/{i:04d}", f"v{i}".encode()) for i in range(300)]
     before = await store.revision()
 
-    result = await apply_fenced(store, fence, writes)
+    result = await apply_fenced(store, fence, writes, in_flight=in_flight)
 
     assert result.applied == (True,) * 300 and not result.fenced
     per_txn = store.max_txn_ops - 1  # the fence is one compare of each
@@ -40,12 +41,15 @@ async def test_writes_are_applied_in_few_transactions(store: StateStore) -> None
     await election.resign()
 
 
-async def test_one_conflicting_write_does_not_drop_the_others(store: StateStore) -> None:
+@pytest.mark.parametrize("in_flight", [1, 4])
+async def test_one_conflicting_write_does_not_drop_the_others(
+    store: StateStore, in_flight: int
+) -> None:
     election, fence = await lead(store)
     await store.put("instances/0003", b"already there")
     writes = [create(f"instances/{i:04d}", b"new") for i in range(10)]
 
-    result = await apply_fenced(store, fence, writes)
+    result = await apply_fenced(store, fence, writes, max_ops=4, in_flight=in_flight)
 
     assert result.applied == tuple(i != 3 for i in range(10)) and not result.fenced
     kvs, _ = await store.range("instances/")
@@ -55,24 +59,28 @@ async def test_one_conflicting_write_does_not_drop_the_others(store: StateStore)
     await election.resign()
 
 
-async def test_a_deposed_writer_writes_nothing(store: StateStore) -> None:
+@pytest.mark.parametrize("in_flight", [1, 4])
+async def test_a_deposed_writer_writes_nothing(store: StateStore, in_flight: int) -> None:
     old, fence = await lead(store, "old")
     await old.resign()
     new, _ = await lead(store, "new")  # a successor's term: the old fence no longer holds
     await store.put("instances/0001", b"conflict")  # and a failing condition as well
     before = await store.revision()
 
-    result = await apply_fenced(store, fence, [create(f"instances/{i:04d}") for i in range(200)])
+    writes = [create(f"instances/{i:04d}") for i in range(200)]
+    result = await apply_fenced(store, fence, writes, max_ops=50, in_flight=in_flight)
 
     assert result.fenced
     assert result.applied == (False,) * 200
-    assert result.transactions == 1  # stopped at the first refused batch, no retries
+    # stopped at the first refused batch (or group of batches), no retries
+    assert result.transactions == in_flight
     assert await store.revision() == before
     assert len((await store.range("instances/"))[0]) == 1
     await new.resign()
 
 
-async def test_writes_on_one_key_apply_in_order(store: StateStore) -> None:
+@pytest.mark.parametrize("in_flight", [1, 4])
+async def test_writes_on_one_key_apply_in_order(store: StateStore, in_flight: int) -> None:
     """A later write that reads an earlier one's key sees it, as with one txn each."""
     election, fence = await lead(store)
     writes = [
@@ -83,7 +91,7 @@ async def test_writes_on_one_key_apply_in_order(store: StateStore) -> None:
         create("c"),
     ]
 
-    result = await apply_fenced(store, fence, writes)
+    result = await apply_fenced(store, fence, writes, max_ops=2, in_flight=in_flight)
 
     assert result.applied == (True,) * 5
     a = await store.get("a")

@@ -18,6 +18,12 @@ but in far fewer transactions:
   own condition failed, and the batch is applied again one write at a time, so
   one conflicting key does not drop the others.
 
+With ``in_flight`` > 1, up to that many consecutive batches are sent at once
+when no key is in two of them (they are independent, so the outcome is the one
+of sending them in order), which overlaps etcd's raft round trip with the
+encoding of the next batch. Only when the writer is deposed meanwhile can a
+later batch of such a group land while an earlier one is refused.
+
 Every transaction is guarded by the fence, so a deposed writer writes nothing
 from the moment its successor's term begins, exactly as with one transaction
 per write.
@@ -25,6 +31,7 @@ per write.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,8 +89,8 @@ def batches(writes: Sequence[Write], max_ops: int, max_bytes: int = MAX_TXN_BYTE
     compares = ops = size = 0
     wide = False  # the current run holds a prefix delete: nothing may join it
     for i, write in enumerate(writes):
-        touched = {c.key for c in write.compare} | {op.key for op in write.ops}
-        prefix = any(isinstance(op, Delete | Get) and op.prefix for op in write.ops)
+        touched = _keys(write)
+        prefix = _has_prefix(write)
         bytes_ = sum(_size(op) for op in write.ops)
         fits = (
             i > start
@@ -114,34 +121,78 @@ async def apply_fenced(
     *,
     max_ops: int | None = None,
     max_bytes: int = MAX_TXN_BYTES,
+    in_flight: int = 1,
 ) -> Applied:
-    """Apply ``writes`` in order, each guarded by ``fence``, in batches (module docstring).
+    """Apply ``writes``, each guarded by ``fence``, in batches (module docstring).
 
     ``max_ops``: a lower limit than the store's ``max_txn_ops`` (never a higher one).
+    ``in_flight``: how many consecutive batches of disjoint keys may be sent at once.
     """
+    if in_flight < 1:
+        raise ValueError("in_flight must be at least 1")
     limit = store.max_txn_ops if max_ops is None else min(max_ops, store.max_txn_ops)
     applied = [False] * len(writes)
     transactions = 0
-    for run in batches(writes, limit, max_bytes):
-        chunk = [writes[i] for i in run]
-        result = await _fenced_txn(store, fence, chunk)
+    for group in _groups(writes, batches(writes, limit, max_bytes), in_flight):
+        outcomes = await asyncio.gather(
+            *(_apply_run(store, fence, writes, run, applied) for run in group)
+        )
+        transactions += sum(count for count, _ in outcomes)
+        if any(fenced for _, fenced in outcomes):
+            return Applied(tuple(applied), True, transactions)
+    return Applied(tuple(applied), False, transactions)
+
+
+def _groups(writes: Sequence[Write], runs: list[range], in_flight: int) -> list[list[range]]:
+    """Consecutive runs, at most ``in_flight`` a group, no key in two runs of one group.
+
+    The runs of a group are independent, so sending them at once has the outcome
+    of sending them one after another.
+    """
+    groups: list[list[range]] = []
+    keys: set[str] = set()
+    wide = False  # the current group holds a prefix delete, which may cover any key
+    for run in runs:
+        touched = {k for i in run for k in _keys(writes[i])}
+        prefix = any(_has_prefix(writes[i]) for i in run)
+        if (
+            groups
+            and len(groups[-1]) < in_flight
+            and not wide
+            and not prefix
+            and keys.isdisjoint(touched)
+        ):
+            groups[-1].append(run)
+            keys |= touched
+        else:
+            groups.append([run])
+            keys, wide = touched, prefix
+    return groups
+
+
+async def _apply_run(
+    store: StateStore, fence: Compare, writes: Sequence[Write], run: range, applied: list[bool]
+) -> tuple[int, bool]:
+    """Apply one run, falling back to one write at a time: (transactions, fenced)."""
+    chunk = [writes[i] for i in run]
+    result = await _fenced_txn(store, fence, chunk)
+    if result.succeeded:
+        for i in run:
+            applied[i] = True
+        return 1, False
+    if _deposed(fence, result):
+        return 1, True
+    if len(chunk) == 1:
+        return 1, False  # its own condition failed: nothing to retry
+    transactions = 1
+    for i in run:
+        result = await _fenced_txn(store, fence, [writes[i]])
         transactions += 1
         if result.succeeded:
-            for i in run:
-                applied[i] = True
-            continue
-        if _deposed(fence, result):
-            return Applied(tuple(applied), True, transactions)
-        if len(chunk) == 1:
-            continue  # its own condition failed: nothing to retry
-        for i in run:
-            result = await _fenced_txn(store, fence, [writes[i]])
-            transactions += 1
-            if result.succeeded:
-                applied[i] = True
-            elif _deposed(fence, result):
-                return Applied(tuple(applied), True, transactions)
-    return Applied(tuple(applied), False, transactions)
+            applied[i] = True
+        elif _deposed(fence, result):
+            return transactions, True
+    return transactions, False
 
 
 async def _fenced_txn(store: StateStore, fence: Compare, chunk: Sequence[Write]) -> TxnResult:
@@ -157,6 +208,14 @@ def _deposed(fence: Compare, result: TxnResult) -> bool:
     found = result.responses[0] if result.responses else None
     kv: Kv | None = found[0] if isinstance(found, list) and found else None
     return not compare_holds(fence, kv)
+
+
+def _keys(write: Write) -> set[str]:
+    return {c.key for c in write.compare} | {op.key for op in write.ops}
+
+
+def _has_prefix(write: Write) -> bool:
+    return any(isinstance(op, Delete | Get) and op.prefix for op in write.ops)
 
 
 def _size(op: Op) -> int:
