@@ -57,6 +57,7 @@ from aether.store.election import LeaderElection, Leadership
 
 __all__ = [
     "FAILURES_BEFORE_GIVING_UP",
+    "IN_FLIGHT",
     "Leader",
     "Outcome",
     "action_write",
