@@ -302,6 +302,16 @@ async def test_txn_rejects_writing_one_key_twice(store: StateStore) -> None:
     assert await store.get("a") is None
 
 
+async def test_a_txn_of_max_txn_ops_compares_and_ops_is_accepted(store: StateStore) -> None:
+    n = store.max_txn_ops
+    result = await store.txn(
+        [Compare(f"k{i:04d}", "create_revision", "==", 0) for i in range(n)],
+        [Put(f"k{i:04d}", b"v") for i in range(n)],
+    )
+    assert result.succeeded
+    assert len((await store.range("k"))[0]) == n
+
+
 # -- watch -------------------------------------------------------------------
 
 

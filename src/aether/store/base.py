@@ -12,6 +12,9 @@ Guarantees:
   A missing key compares as create_revision 0, mod_revision 0, version 0.
 - ``txn`` is atomic: all compares are evaluated against one snapshot and either
   every ``success`` op or every ``failure`` op is applied.
+- ``max_txn_ops`` is how many compares, and how many ops in each branch, one
+  ``txn`` may carry (etcd refuses more than its ``--max-txn-ops``, 128 by
+  default); batching writers (``aether.store.batch``) stay within it.
 - ``watch(prefix, from_revision)`` yields every event on keys with that prefix
   whose revision is >= ``from_revision``, in revision order, then new events as
   they happen, until the iterator is closed. If history from
@@ -45,6 +48,7 @@ __all__ = [
     "TxnResult",
     "check_compare",
     "check_ops",
+    "compare_holds",
 ]
 
 
@@ -138,6 +142,9 @@ class TxnResult:
 class StateStore(Protocol):
     """The cluster state. All methods are safe to call concurrently."""
 
+    # the most compares, and the most ops per branch, one txn may carry
+    max_txn_ops: int
+
     async def get(self, key: str) -> Kv | None:
         """The current value of ``key``, or None."""
         ...
@@ -206,6 +213,30 @@ def check_compare(c: Compare) -> None:
             raise TypeError(f"compare on {c.target} needs an int, got {type(c.value).__name__}")
     else:
         raise ValueError(f"unknown compare target {c.target!r}")
+
+
+def compare_holds(c: Compare, kv: Kv | None) -> bool:
+    """Whether ``c`` holds for ``kv`` (None: the key is missing), as the backends judge it.
+
+    A missing key compares as revisions, version and lease 0; as in etcd, a value
+    compare on a missing key never holds.
+    """
+    if c.target == "value":
+        return kv is not None and _ordered(kv.value, c.op, c.value)
+    actual: int = 0 if kv is None else getattr(kv, c.target)
+    return _ordered(actual, c.op, c.value)
+
+
+def _ordered(actual: int | bytes, op: str, expected: int | bytes) -> bool:
+    if op == "==":
+        return actual == expected
+    if op == "!=":
+        return actual != expected
+    if isinstance(actual, bytes) and isinstance(expected, bytes):
+        return actual < expected if op == "<" else actual > expected
+    if isinstance(actual, int) and isinstance(expected, int):
+        return actual < expected if op == "<" else actual > expected
+    raise TypeError(f"cannot compare {actual!r} with {expected!r}")
 
 
 def check_ops(ops: Sequence[Op]) -> None:

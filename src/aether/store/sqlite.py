@@ -41,6 +41,7 @@ from aether.store.base import (
     TxnResult,
     check_compare,
     check_ops,
+    compare_holds,
 )
 
 __all__ = ["SqliteStateStore"]
@@ -147,22 +148,12 @@ def _event(row: Sequence[Any]) -> Event:
     return Event(EventType(type_), kv, prev)
 
 
-def _compare(actual: int | bytes, op: str, expected: int | bytes) -> bool:
-    if op == "==":
-        return actual == expected
-    if op == "!=":
-        return actual != expected
-    if isinstance(actual, bytes) and isinstance(expected, bytes):
-        return actual < expected if op == "<" else actual > expected
-    if isinstance(actual, int) and isinstance(expected, int):
-        return actual < expected if op == "<" else actual > expected
-    raise TypeError(f"cannot compare {actual!r} with {expected!r}")  # pragma: no cover
-
-
 class SqliteStateStore:
     """``StateStore`` on a local SQLite file; see the module docstring."""
 
     _WATCH_BATCH = 256  # revisions read per history query of a watch
+    # no engine limit (each op is one statement); this bounds one write's time on the loop
+    max_txn_ops = 1024
     _LOCK_TIMEOUT = 1.0  # seconds to wait for a previous owner to release the file
 
     def __init__(
@@ -350,12 +341,7 @@ class SqliteStateStore:
         self._compact_revision = revision
 
     def _holds(self, c: Compare) -> bool:
-        kv = self._get(c.key)
-        if c.target == "value":
-            # As in etcd: a value compare on a missing key never holds.
-            return kv is not None and _compare(kv.value, c.op, c.value)
-        actual: int = 0 if kv is None else getattr(kv, c.target)
-        return _compare(actual, c.op, c.value)
+        return compare_holds(c, self._get(c.key))
 
     def _put(self, batch: _Batch, key: str, value: bytes, lease: int) -> None:
         if not key:

@@ -82,10 +82,12 @@ class EtcdStateStore(EtcdWatch):
         username: str = "",
         password: str = "",
         watch_idle_timeout: float = 3.0,
+        max_txn_ops: int = 128,
     ) -> None:
         """Use :meth:`open`, which also checks that the cluster answers.
 
         ``tls``: the context for ``https://`` endpoints (default: the system's CAs).
+        ``max_txn_ops``: the members' ``--max-txn-ops`` (etcd's default, 128).
         """
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
@@ -93,6 +95,9 @@ class EtcdStateStore(EtcdWatch):
             raise ValueError("etcd timeouts must be positive")
         if password and not username:
             raise ValueError("an etcd password needs a user name")
+        if max_txn_ops < 2:
+            raise ValueError("max_txn_ops must be at least 2")
+        self.max_txn_ops = max_txn_ops
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.prefix = prefix
         self._prefix = prefix.encode()
