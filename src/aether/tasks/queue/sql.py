@@ -175,10 +175,6 @@ def _new_row(tenant_id: str, spec: NewTask, now: float) -> dict[str, Any]:
     }
 
 
-def _claim_order(task: TaskOut) -> tuple[int, float]:
-    return (-task.priority, task.created_at.timestamp())
-
-
 class SqlTaskQueue:
     """``TaskQueue`` on the records database; the caller owns (and disposes) the engine.
 
@@ -366,17 +362,16 @@ class SqlTaskQueue:
                     .mappings()
                     .all()
                 )
-                claimed = [_out(row) for row in rows]
+                # RETURNING's order is not defined (PostgreSQL): events in claim order
+                ordered = sorted(rows, key=lambda r: (-r["priority"], r["seq"]))
+                pairs = [(_out(row), row) for row in ordered]
+                claimed = [task for task, _ in pairs]
                 if rows:
                     await conn.execute(
-                        insert(E),
-                        [
-                            _event(row, claimed_from(task), now)
-                            for row, task in zip(rows, claimed, strict=True)
-                        ],
+                        insert(E), [_event(row, claimed_from(task), now) for task, row in pairs]
                     )
             if claimed:
-                return sorted(claimed, key=_claim_order)
+                return claimed
             async with self.engine.connect() as conn:  # none left, or lost a race?
                 if await conn.scalar(select(T.c.id).where(*eligible).limit(1)) is None:
                     return []
