@@ -18,9 +18,13 @@ tar, Python's ``gzip``/``tarfile`` read them as one stream):
   and the record padding.
 
 Every member has the fixed 10-byte header ``1f 8b 08 00 00000000 00 ff`` (no
-name, mtime 0, unknown OS), raw deflate at level 6 (zlib, ``wbits=-15``, default
-memory level and strategy), then the CRC-32 and the length mod 2**32, little
-endian. The bytes depend only on the plan and the file contents (and zlib's
+name, mtime 0, unknown OS), raw deflate at level 6 with the default strategy,
+then the CRC-32 and the length mod 2**32, little endian. The deflate window is
+the smallest power of two (2**9 to 2**15) holding the whole segment, and the
+memory level ``window bits - 7`` (8, zlib's default, for the 32 KiB window):
+setting up zlib's full-size state costs ~10x more than compressing a small
+segment, and most segments are small. Both follow from the segment's length, so
+they are part of the format. The bytes depend only on the plan and the file contents (and zlib's
 deflate, as before), so the same tree gives the same digest whether the client
 packs it or the server assembles it.
 
@@ -45,6 +49,7 @@ __all__ = [
     "gzip_member",
     "padding",
     "tar_header",
+    "window_bits",
 ]
 
 #: Names this framing; plans say which framing they are to be written with.
@@ -60,13 +65,19 @@ _RECORD = tarfile.RECORDSIZE
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
+def window_bits(length: int) -> int:
+    """The deflate window (bits) of a segment of ``length`` bytes: the smallest that holds it."""
+    return min(zlib.MAX_WBITS, max(9, (length - 1).bit_length()))
+
+
 class MemberCompressor:
-    """One gzip member, fed in chunks: ``update`` and ``finish`` return compressed bytes."""
+    """One gzip member of ``length`` bytes, fed in chunks; ``update``/``finish`` return bytes."""
 
     __slots__ = ("_crc", "_size", "_z", "started")
 
-    def __init__(self) -> None:
-        self._z = zlib.compressobj(COMPRESSLEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    def __init__(self, length: int) -> None:
+        bits = window_bits(length)
+        self._z = zlib.compressobj(COMPRESSLEVEL, zlib.DEFLATED, -bits, bits - 7)
         self._crc = 0
         self._size = 0
         self.started = False
@@ -88,7 +99,7 @@ class MemberCompressor:
 
 def gzip_member(data: bytes | bytearray | memoryview) -> bytes:
     """``data`` as one canonical gzip member."""
-    member = MemberCompressor()
+    member = MemberCompressor(len(data))
     return member.update(data) + member.finish()
 
 
@@ -99,8 +110,9 @@ def padding(size: int) -> bytes:
 
 def data_member(content: bytes | bytearray | memoryview) -> bytes:
     """The data segment's member of a file holding ``content`` (padding included)."""
-    member = MemberCompressor()
-    return member.update(content) + member.update(padding(len(content))) + member.finish()
+    pad = padding(len(content))
+    member = MemberCompressor(len(content) + len(pad))
+    return member.update(content) + member.update(pad) + member.finish()
 
 
 def tar_header(

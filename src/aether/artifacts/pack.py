@@ -338,7 +338,7 @@ def _pack_file(entry: _Entry, cache: PackCache | None) -> _Packed:
 
 def _stream_member(entry: _Entry, hashed: list[ManifestEntry]) -> Iterator[bytes]:
     """A large file's data member, read and compressed in chunks; its manifest row appended."""
-    member = MemberCompressor()
+    member = MemberCompressor(entry.size + len(padding(entry.size)))
     h = Hasher()
     with open(entry.abspath, "rb") as f:
         while chunk := f.read(min(_CHUNK, entry.size + 1 - h.size)):
@@ -519,7 +519,7 @@ def write_plan(
         if known is not None:
             yield known
             return
-        member = MemberCompressor()
+        member = MemberCompressor(entry.size + len(padding(entry.size)))
         h = Hasher()
         out: list[bytes] = []
         with open_blob(entry.sha256) as f:

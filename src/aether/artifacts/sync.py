@@ -10,6 +10,12 @@ other bytes (``digest_mismatch``), blobs still missing, a file that changed afte
 packing, a plan the server refuses — it falls back to uploading the whole
 archive, which always works. Call it only after ``HEAD`` said the
 artifact is absent (``ApiClient.has_artifact``).
+
+``known`` (the client's pack cache remembers it between deploys) is the set of
+blobs the server was last known to hold: only the others are asked about. It is
+a hint, never trusted for correctness: if one of them is gone, the assembly
+answers ``missing_blobs`` and the client asks about all of them and sends what
+is missing, as above. It is updated in place with what the server holds after.
 """
 
 from __future__ import annotations
@@ -112,6 +118,7 @@ async def upload_incremental(
     signature: str | None = None,
     app: str | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
+    known: set[str] | None = None,
 ) -> dict[str, Any]:
     """Make the server hold ``digest``, sending as little as it can.
 
@@ -138,11 +145,22 @@ async def upload_incremental(
     else:
         try:
             return await _incremental(
-                client, plan, Path(root), digest, count, on_total, signature, app, concurrency
+                client,
+                plan,
+                Path(root),
+                digest,
+                count,
+                on_total,
+                signature,
+                app,
+                concurrency,
+                set() if known is None else known,
             )
         except (BadRequestError, NotFoundError) as exc:
             # NotFoundError: a server without the blob routes
             fallback = exc.code
+    if known is not None and plan is not None:
+        known.clear()  # the incremental path failed: the next deploy asks about everything
     size = archive.stat().st_size
     if on_total:
         on_total(sent + size)
@@ -168,12 +186,15 @@ async def _incremental(
     signature: str | None,
     app: str | None,
     concurrency: int,
+    known: set[str],
 ) -> dict[str, Any]:
     files = list(plan.files())
     source: dict[str, tuple[Path, int]] = {}
     for entry in files:
         source.setdefault("sha256:" + entry.sha256, (root / entry.path, entry.size))
-    missing = await missing_blobs(client, plan.blob_digests())
+    wanted = plan.blob_digests()
+    unknown = [d for d in wanted if d not in known]
+    missing = await missing_blobs(client, unknown) if unknown else []
     sent: set[str] = set()
     sent_bytes = 0
 
@@ -192,9 +213,13 @@ async def _incremental(
         if exc.code != "missing_blobs":
             raise
         # blobs went away between upload and assembly (garbage collection, or a server
-        # behind the same address that does not share them): send them again, once
-        await send(await missing_blobs(client, plan.blob_digests()))
+        # behind the same address that does not share them), or ``known`` was wrong:
+        # ask about all of them and send what is missing, once
+        known.clear()
+        await send(await missing_blobs(client, wanted))
         answer = await assemble_artifact(client, digest, plan, signature=signature, app=app)
+    known.clear()
+    known.update(wanted)
     return {
         **answer,
         "uploaded_bytes": sent_bytes,
