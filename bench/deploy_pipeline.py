@@ -38,6 +38,7 @@ import httpx
 
 from bench.common import REPO, summary, write_result
 from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 EXPRESS = REPO / "examples" / "express-app"
 HELLO = REPO / "examples" / "hello-python"
@@ -331,6 +332,15 @@ class _BenchCluster(Cluster):
         if self.host is not None and args[:1] == ["server"]:
             args = [*args, "--host", self.host]
         return super()._spawn(args, log)
+
+    def start_server(self) -> None:
+        # the tests' 30 s is too short for a shared, loaded machine: wait up to 3 min
+        self.server = self._spawn(
+            ["server", "--data-dir", str(self.server_dir), "--port", str(self.port)], "server.log"
+        )
+        wait_for(lambda: httpx.get(f"{self.api}/readyz").status_code == 200, 180, "server ready")
+        self.env["AETHER_SERVER"] = self.api
+        self.env["AETHER_TOKEN"] = self.admin_token
 
 
 def _mode(full: bool) -> str:

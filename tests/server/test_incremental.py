@@ -368,7 +368,8 @@ async def test_blobs_known_to_the_server_are_not_asked_about_again(
     root = make_app(tmp_path / unique("known"), files=4)
     digest, plan, archive = packed(root, tmp_path / "v1.tar.gz")
     known: set[str] = set()
-    async with RecordingClient(server.base_url, token) as client:
+    client = RecordingClient(server.base_url, token)
+    async with client:
         client.asked = []
         first = await upload_incremental(client, plan, root, digest, archive=archive, known=known)
         assert first["fallback"] is None and known == set(plan.blob_digests())
