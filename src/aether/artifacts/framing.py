@@ -144,11 +144,13 @@ Framed = tuple[bytes, int]
 def frame_archive(
     entries: Sequence[Framed] | Iterable[Framed],
     data: Callable[[int], Iterable[bytes]],
+    meta_member: Callable[[bytearray], bytes] = gzip_member,
 ) -> Iterator[bytes]:
     """The archive's bytes, member after member.
 
     ``data(i)`` gives the compressed data member (in chunks) of entry ``i``; it is
-    called, in order, only for entries with a size > 0.
+    called, in order, only for entries with a size > 0. ``meta_member`` compresses
+    a run of headers (a cache may answer instead; it must give ``gzip_member``'s bytes).
     """
     meta = bytearray()
     offset = 0
@@ -156,11 +158,11 @@ def frame_archive(
         meta += header
         offset += len(header)
         if size > 0:
-            yield gzip_member(meta)
+            yield meta_member(meta)
             meta.clear()
             yield from data(index)
             offset += size + (-size % _BLOCK)
     meta += b"\0" * (2 * _BLOCK)
     offset += 2 * _BLOCK
     meta += b"\0" * (-offset % _RECORD)
-    yield gzip_member(meta)
+    yield meta_member(meta)

@@ -47,6 +47,7 @@ from aether.artifacts.framing import (
     MemberCompressor,
     data_member,
     frame_archive,
+    gzip_member,
     padding,
     tar_header,
 )
@@ -371,6 +372,13 @@ def _in_order(
             fut.cancel()
 
 
+def _header(e: _Entry, cache: PackCache | None) -> bytes:
+    if cache is None:
+        return tar_header(e.rel, e.kind, e.mode, e.size, e.linkname)
+    key = (e.rel, e.kind, e.mode, e.size, e.linkname)
+    return cache.header(key, lambda: tar_header(e.rel, e.kind, e.mode, e.size, e.linkname))
+
+
 def _write_archive(
     sink: _HashingWriter,
     entries: Sequence[_Entry],
@@ -381,10 +389,7 @@ def _write_archive(
     nonempty = [e for e in entries if e.kind == "file" and e.size > 0]
     manifest: list[ManifestEntry] = []
     by_path: dict[str, ManifestEntry] = {}
-    framed = [
-        (tar_header(e.rel, e.kind, e.mode, e.size, e.linkname), e.size if e.kind == "file" else 0)
-        for e in entries
-    ]
+    framed = [(_header(e, cache), e.size if e.kind == "file" else 0) for e in entries]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aether-pack") as pool:
         packed = _in_order(pool, nonempty, cache)
 
@@ -399,7 +404,8 @@ def _write_archive(
             yield from _stream_member(entry, streamed)
             by_path[entry.rel] = streamed[0]
 
-        for chunk in frame_archive(framed, data):
+        meta = gzip_member if cache is None else cache.meta_member
+        for chunk in frame_archive(framed, data, meta):
             sink.write(chunk)
     for e in entries:
         if e.kind == "file":

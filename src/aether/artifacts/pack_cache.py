@@ -12,6 +12,11 @@ For one tree (keyed by its real path) it keeps, in the deploy cache directory:
   A member is checked against its sha256 and size when it is used (inflating
   and hashing it costs a fraction of compressing), so a damaged cache can cost
   time but never change an artifact;
+- the **tar headers** by entry (path, kind, mode, size, link target) and the
+  compressed **meta members** (runs of headers) by the sha256 of their bytes, so
+  an unchanged tree's headers are neither built nor compressed again (each header
+  is checked against its sha256, each meta member inflated and compared; the
+  cache is dropped when the Python version changes, as its tarfile builds them);
 - the **server's blobs**: per server URL, the file contents that server was last
   known to hold, so a redeploy asks it only about the others. It is only a
   hint: if the server lost one, assembly says so and the client asks again.
@@ -26,24 +31,27 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aether.artifacts.framing import padding
+from aether.artifacts.framing import gzip_member, padding
 
-__all__ = ["RACY_NS", "PackCache", "StatKey", "stat_key"]
+__all__ = ["RACY_NS", "HeaderKey", "PackCache", "StatKey", "stat_key"]
 
 #: Files changed this recently (before the save) are not trusted to the table.
 RACY_NS = 2_000_000_000
 #: Members kept per tree at most (bytes); beyond it files are compressed each pack.
 MAX_MEMBER_BYTES = 256 << 20
-_VERSION = 1
+_VERSION = 2
 
 StatKey = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+HeaderKey = tuple[str, str, int, int, str]  # path, kind, mode, size, link target
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -59,8 +67,12 @@ class PackCache:
     files: dict[str, tuple[StatKey, str]] = field(default_factory=dict)
     members: dict[str, bytes] = field(default_factory=dict)
     servers: dict[str, list[str]] = field(default_factory=dict)
+    headers: dict[HeaderKey, bytes] = field(default_factory=dict)
+    metas: dict[str, bytes] = field(default_factory=dict)
     _used_files: dict[str, tuple[StatKey, str]] = field(default_factory=dict)
     _used_members: dict[str, bytes] = field(default_factory=dict)
+    _used_headers: dict[HeaderKey, bytes] = field(default_factory=dict)
+    _used_metas: dict[str, bytes] = field(default_factory=dict)
     dirty: bool = False
 
     @classmethod
@@ -77,8 +89,8 @@ class PackCache:
 
     def _read(self) -> None:
         index: Any = json.loads(self._index.read_bytes())
-        if index.get("version") != _VERSION:
-            return
+        if index.get("version") != _VERSION or index.get("python") != sys.version:
+            return  # another tarfile may build other headers: start afresh
         blob = (self.directory / str(index["members_file"])).read_bytes()
         members: dict[str, bytes] = {}
         for sha, (start, length) in index["members"].items():
@@ -87,7 +99,18 @@ class PackCache:
         for rel, (size, mtime, ctime, ino, sha) in index["files"].items():
             files[str(rel)] = ((int(size), int(mtime), int(ctime), int(ino)), str(sha))
         servers = {str(url): [str(d) for d in ds] for url, ds in index["servers"].items()}
+        headers: dict[HeaderKey, bytes] = {}
+        for path, kind, mode, size, target, start, length, sha in index["headers"]:
+            key = (str(path), str(kind), int(mode), int(size), str(target))
+            data = blob[int(start) : int(start) + int(length)]
+            if hashlib.sha256(data).hexdigest() == sha:  # a damaged one is built again
+                headers[key] = data
+        metas = {
+            str(sha): blob[int(start) : int(start) + int(length)]
+            for sha, (start, length) in index["metas"].items()
+        }
         self.files, self.members, self.servers = files, members, servers
+        self.headers, self.metas = headers, metas
 
     # ---------------------------------------------------------------- during a pack
 
@@ -122,6 +145,35 @@ class PackCache:
                 self.dirty = True
             self._used_members[sha256] = member
 
+    def header(self, key: HeaderKey, build: Callable[[], bytes]) -> bytes:
+        """The tar header of an entry, from the cache or ``build()``."""
+        data = self.headers.get(key)
+        if data is None:
+            data = build()
+            self.dirty = True
+        self._used_headers[key] = data
+        return data
+
+    def meta_member(self, meta: bytes | bytearray) -> bytes:
+        """The gzip member of a run of headers, from the cache or compressed now.
+
+        Keyed by the sha256 of the bytes, and a hit is used only if it inflates to
+        exactly them (cheap: header runs are small).
+        """
+        sha = hashlib.sha256(meta).hexdigest()
+        member = self.metas.get(sha)
+        if member is not None:
+            try:
+                if zlib.decompress(member, wbits=16 + zlib.MAX_WBITS) != meta:
+                    member = None
+            except zlib.error:
+                member = None
+        if member is None:
+            member = gzip_member(meta)
+            self.dirty = True
+        self._used_metas[sha] = member
+        return member
+
     # ---------------------------------------------------------------- the server
 
     def server_blobs(self, url: str) -> set[str]:
@@ -136,10 +188,17 @@ class PackCache:
 
     def finish_pack(self) -> None:
         """Keep only what the pack just used (the next pack starts from this tree)."""
-        if set(self._used_files) != set(self.files) or set(self._used_members) != set(self.members):
+        if (
+            set(self._used_files) != set(self.files)
+            or set(self._used_members) != set(self.members)
+            or set(self._used_headers) != set(self.headers)
+            or set(self._used_metas) != set(self.metas)
+        ):
             self.dirty = True
         self.files, self.members = self._used_files, self._used_members
+        self.headers, self.metas = self._used_headers, self._used_metas
         self._used_files, self._used_members = {}, {}
+        self._used_headers, self._used_metas = {}, {}
 
     def save(self, now_ns: int | None = None) -> None:
         """Write the cache atomically (nothing when nothing changed); errors are ignored."""
@@ -166,15 +225,29 @@ class PackCache:
             offsets[sha] = [total, len(member)]
             chunks.append(member)
             total += len(member)
+        header_rows: list[list[Any]] = []
+        for (path, kind, mode, size, target), data in self.headers.items():
+            sha = hashlib.sha256(data).hexdigest()
+            header_rows.append([path, kind, mode, size, target, total, len(data), sha])
+            chunks.append(data)
+            total += len(data)
+        meta_rows: dict[str, list[int]] = {}
+        for sha, member in self.metas.items():
+            meta_rows[sha] = [total, len(member)]
+            chunks.append(member)
+            total += len(member)
         old = self._old_members_file()
         members_file = f"{self.key}.{os.urandom(6).hex()}.bin"
         _atomic_write(self.directory / members_file, b"".join(chunks))
         index = {
             "version": _VERSION,
+            "python": sys.version,
             "members_file": members_file,
             "members": offsets,
             "files": files,
             "servers": self.servers,
+            "headers": header_rows,
+            "metas": meta_rows,
         }
         _atomic_write(self._index, json.dumps(index, separators=(",", ":")).encode())
         if old is not None and old != members_file:
