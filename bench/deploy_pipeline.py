@@ -226,8 +226,12 @@ def _cli_json(cluster: Cluster, link: _Link, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def _watch_states(cluster: Cluster, deployment_id: str, stop: threading.Event) -> dict[str, Any]:
-    """When each instance of the deployment was first seen in each state (polled every 20 ms)."""
+def _watch_states(cluster: Cluster, app: str, stop: threading.Event) -> dict[str, Any]:
+    """When each instance of ``app`` was first seen in each state, by ``version/n``.
+
+    Polled every 20 ms from before the CLI starts, so no early state is missed
+    for want of the deployment's id.
+    """
     seen: dict[str, dict[str, float]] = {}
     with httpx.Client(
         base_url=f"{cluster.api}/api/v1",
@@ -236,12 +240,13 @@ def _watch_states(cluster: Cluster, deployment_id: str, stop: threading.Event) -
     ) as http:
         while not stop.is_set():
             try:
-                body = http.get(f"/deployments/{deployment_id}").json()
+                body = http.get("/instances", params={"app": app}).json()
             except (httpx.HTTPError, ValueError):
                 continue
             now = time.time()
-            for inst in body.get("instance_list") or []:
-                seen.setdefault(str(inst["n"]), {}).setdefault(str(inst["state"]), now)
+            for inst in body:
+                key = f"{inst['version']}/{inst['n']}"
+                seen.setdefault(key, {}).setdefault(str(inst["state"]), now)
             time.sleep(0.02)
     return seen
 
@@ -261,20 +266,20 @@ def _timed_deploy(
     """
     link = link or _Link.loopback()
     extra = ["--full-upload", "--no-wait"] if full else ["--no-wait"]
-    wall = time.time()
-    start = time.perf_counter()
-    out = _cli_json(cluster, link, "deploy", str(app), *extra)
-    cli_done = time.perf_counter() - start
     stop = threading.Event()
     states: dict[str, Any] = {}
     watcher = None
     if split:
 
         def watch() -> None:
-            states.update(_watch_states(cluster, out["deployment_id"], stop))
+            states.update(_watch_states(cluster, "express-app", stop))
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
+    wall = time.time()
+    start = time.perf_counter()
+    out = _cli_json(cluster, link, "deploy", str(app), *extra)
+    cli_done = time.perf_counter() - start
     _first_200(url, int(out["version"]))
     total = time.perf_counter() - start
     first_200_at = wall + total
@@ -300,8 +305,9 @@ def _timed_deploy(
     if split:
         base = created.timestamp()
         result["states_after_created"] = {
-            n: {state: round(at - base, 3) for state, at in sorted(seen.items(), key=_second)}
-            for n, seen in states.items()
+            key: {state: round(at - base, 3) for state, at in sorted(seen.items(), key=_second)}
+            for key, seen in states.items()
+            if key.startswith(f"{out['version']}/")
         }
         result["first_200_after_created"] = round(first_200_at - base, 3)
     return result
