@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-__all__ = ["DEFAULT_MEMBER_CACHE_BYTES", "MemberCache", "PinnedMembers"]
+__all__ = ["DEFAULT_MEMBER_CACHE_BYTES", "MEMBERS", "MemberCache", "PinnedMembers"]
 
 DEFAULT_MEMBER_CACHE_BYTES = 256 << 20
 
@@ -70,3 +70,7 @@ class PinnedMembers:
 
     def put(self, sha256_hex: str, member: bytes) -> None:
         self._cache.put(sha256_hex, member)
+
+
+#: The server process's cache (the assembly route and blob seeding share it).
+MEMBERS = MemberCache()

@@ -4,7 +4,10 @@
 uploads those (a few at a time), then asks it to assemble the artifact from the
 plan. If the assembly finds blobs gone (``missing_blobs``: garbage collection ran
 in between, or the request reached a server that does not share the blobs) it
-asks and uploads once more, then assembles again. Whenever that path cannot
+asks and uploads once more, then assembles again. When more than ``MANY_BLOBS``
+contents are missing (a first deploy), it sends the whole archive instead
+(``fallback: "many_blobs"``); the server then keeps the archive's files as blobs,
+so the next deploy is incremental. Whenever the incremental path cannot
 finish — an older server without blob routes, a server whose tar/zlib produce
 other bytes (``digest_mismatch``), blobs still missing, a file that changed after
 packing, a plan the server refuses — it falls back to uploading the whole
@@ -32,10 +35,13 @@ from aether.errors import BadRequestError, NotFoundError
 if TYPE_CHECKING:
     from aether.client import ApiClient
 
-__all__ = ["assemble_artifact", "missing_blobs", "upload_blob", "upload_incremental"]
+__all__ = ["MANY_BLOBS", "assemble_artifact", "missing_blobs", "upload_blob", "upload_incremental"]
 
 #: Blobs uploaded at once by one client (the server bounds all clients together).
 DEFAULT_CONCURRENCY = 8
+#: More missing blobs than this and the whole archive is sent instead (``many_blobs``):
+#: a first deploy of a tree with ``node_modules`` is one request, not hundreds.
+MANY_BLOBS = 100
 _BATCH = 50_000
 _SMALL = 1 << 20
 _CHUNK = 1 << 20
@@ -144,7 +150,7 @@ async def upload_incremental(
         fallback = "no_plan"
     else:
         try:
-            return await _incremental(
+            answer = await _incremental(
                 client,
                 plan,
                 Path(root),
@@ -156,6 +162,9 @@ async def upload_incremental(
                 concurrency,
                 set() if known is None else known,
             )
+            if answer is not None:
+                return answer
+            fallback = "many_blobs"
         except (BadRequestError, NotFoundError) as exc:
             # NotFoundError: a server without the blob routes
             fallback = exc.code
@@ -187,7 +196,8 @@ async def _incremental(
     app: str | None,
     concurrency: int,
     known: set[str],
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """The upload answer, or None when so much is missing that the whole archive is better."""
     files = list(plan.files())
     source: dict[str, tuple[Path, int]] = {}
     for entry in files:
@@ -195,6 +205,10 @@ async def _incremental(
     wanted = plan.blob_digests()
     unknown = [d for d in wanted if d not in known]
     missing = await missing_blobs(client, unknown) if unknown else []
+    if len(missing) > MANY_BLOBS:
+        # one archive beats hundreds of requests (and the tenant's request rate); the
+        # server keeps the archive's files as blobs for the next incremental deploy
+        return None
     sent: set[str] = set()
     sent_bytes = 0
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from aether.artifacts import parse_digest
 from aether.artifacts.blobs import missing_blobs_error
-from aether.artifacts.members import MemberCache
+from aether.artifacts.members import MEMBERS
 from aether.artifacts.pack import write_plan
 from aether.artifacts.plan import MAX_PLAN_ENTRIES, PackPlan
 from aether.artifacts.registry import file_chunks
@@ -48,10 +48,10 @@ __all__ = ["MAX_ASSEMBLE_BODY_BYTES", "router"]
 router = APIRouter(tags=["artifacts"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 
-#: Compressed data members by content: an assembly compresses only the contents no
-#: earlier assembly in this process compressed (a pure function of the content, so
-#: shared by every tenant; each still needs the blob itself, checked first).
-MEMBERS = MemberCache()
+#: Compressed data members by content (``aether.artifacts.members.MEMBERS``): an
+#: assembly compresses only the contents no earlier assembly or whole upload in this
+#: process compressed (a pure function of the content, so shared by every tenant;
+#: each still needs the blob itself, checked first).
 
 
 class MissingIn(BaseModel):
