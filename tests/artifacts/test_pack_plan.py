@@ -71,7 +71,7 @@ def test_plan_json_round_trip_is_canonical(tmp_path: Path) -> None:
     assert again.to_json() == data
     assert PackPlan.from_dict(json.loads(data)) == plan
     body = json.loads(data)
-    assert body["format"] == "aether-tar-gz/1"
+    assert body["format"] == "aether-tar-gz/2"
     files = [e for e in body["entries"] if e["type"] == "file"]
     assert {tuple(sorted(e)) for e in files} == {("mode", "path", "sha256", "size", "type")}
     assert plan.file_count == len(files)

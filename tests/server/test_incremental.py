@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aether.artifacts import PackPlan, digest_bytes, pack
 from aether.artifacts.blobs import TenantBlobs
-from aether.artifacts.sync import missing_blobs, upload_blob, upload_incremental
+from aether.artifacts.sync import MANY_BLOBS, missing_blobs, upload_blob, upload_incremental
 from aether.client import ApiClient
 from aether.errors import BadRequestError
 from tests.support.api import (
@@ -346,6 +347,99 @@ async def test_blobs_lost_again_fall_back_to_the_whole_archive(
         back = tmp_path / "back.tar.gz"
         await client.download_artifact(digest, back)
         assert back.read_bytes() == archive.read_bytes()
+
+
+class RecordingClient(ApiClient):
+    """The real client, noting which digests each ``blobs/missing`` request asked about."""
+
+    asked: list[list[str]]
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        if path.endswith("/blobs/missing"):
+            self.asked.append(list(kwargs["json"]["digests"]))
+        return await super().json(method, path, **kwargs)
+
+
+async def test_blobs_known_to_the_server_are_not_asked_about_again(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    token = server.new_tenant()
+    store = _tenant_blobs(server, token)
+    root = make_app(tmp_path / unique("known"), files=4)
+    digest, plan, archive = packed(root, tmp_path / "v1.tar.gz")
+    known: set[str] = set()
+    client = RecordingClient(server.base_url, token)
+    async with client:
+        client.asked = []
+        first = await upload_incremental(client, plan, root, digest, archive=archive, known=known)
+        assert first["fallback"] is None and known == set(plan.blob_digests())
+        assert client.asked == [plan.blob_digests()]
+
+        # a one-line change: only the new content is asked about and sent
+        (root / "main.py").write_text("import lib.util\nprint('v2')\n")
+        digest2, plan2, archive2 = packed(root, tmp_path / "v2.tar.gz")
+        changed = digest_bytes((root / "main.py").read_bytes())
+        client.asked = []
+        second = await upload_incremental(
+            client, plan2, root, digest2, archive=archive2, known=known
+        )
+        assert (second["digest"], second["fallback"], second["uploaded_files"]) == (
+            digest2,
+            None,
+            1,
+        )
+        assert client.asked == [[changed]]
+
+        # a wrong hint (the server lost a blob the client believes it has): the
+        # assembly says so, the client asks about everything and sends it; no failure
+        victim = "sha256:" + next(e.sha256 for e in plan2.files() if e.path == "lib/mod1.py")
+        store.path(victim).unlink()
+        (root / "main.py").write_text("import lib.util\nprint('v3')\n")
+        digest3, plan3, archive3 = packed(root, tmp_path / "v3.tar.gz")
+        client.asked = []
+        third = await upload_incremental(
+            client, plan3, root, digest3, archive=archive3, known=known
+        )
+        assert (third["digest"], third["fallback"], third["uploaded_files"]) == (digest3, None, 2)
+        assert len(client.asked) == 2 and client.asked[1] == plan3.blob_digests()
+        assert victim not in client.asked[0]
+        back = tmp_path / "back.tar.gz"
+        await client.download_artifact(digest3, back)
+        assert back.read_bytes() == archive3.read_bytes()
+        assert known == set(plan3.blob_digests())
+
+
+async def test_a_first_deploy_of_many_files_is_one_archive_whose_files_become_blobs(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """More than MANY_BLOBS missing: the whole archive goes; its files are kept as blobs."""
+    token = server.new_tenant()
+    root = make_app(tmp_path / unique("many"), files=MANY_BLOBS + 5)
+    digest, plan, archive = packed(root, tmp_path / "v1.tar.gz")
+    known: set[str] = set()
+    async with ApiClient(server.base_url, token) as client:
+        first = await upload_incremental(client, plan, root, digest, archive=archive, known=known)
+        assert (first["digest"], first["fallback"]) == (digest, "many_blobs")
+        assert first["uploaded_bytes"] == archive.stat().st_size
+        # the server keeps the archive's files as blobs (in the background)
+        deadline = time.monotonic() + 30
+        while await missing_blobs(client, plan.blob_digests()):
+            assert time.monotonic() < deadline, "the archive's files never became blobs"
+            await asyncio.sleep(0.05)
+        # so a one-line change is incremental: one blob sent
+        (root / "main.py").write_text("import lib.util\nprint('v2')\n")
+        digest2, plan2, archive2 = packed(root, tmp_path / "v2.tar.gz")
+        second = await upload_incremental(
+            client, plan2, root, digest2, archive=archive2, known=known
+        )
+        assert (second["digest"], second["fallback"], second["uploaded_files"]) == (
+            digest2,
+            None,
+            1,
+        )
+        back = tmp_path / "back.tar.gz"
+        await client.download_artifact(digest2, back)
+        assert back.read_bytes() == archive2.read_bytes()
 
 
 # -- AETHER_MAX_CONCURRENT_UPLOADS -------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Canonical means the bytes depend only on the tree's paths, file contents, link
 targets and executable bits: entries are sorted, times, owners and permission
-noise are normalised, and the gzip header carries no name or time. So the same
+noise are normalised, and the gzip members carry no name or time (the framing,
+one gzip member per segment, is ``aether.artifacts.framing``). So the same
 tree packs to the same digest on every run and machine (with the same Python
 ``tarfile`` and zlib), which is what lets ``deploy`` skip an upload the server
 already has.
@@ -15,13 +16,16 @@ A ``PackPlan`` lists the archive's entries in order (directories, files by sha25
 size and mode, symlinks by target): everything that decides the bytes except the
 file contents. ``write_plan`` writes the very same archive from a plan and a
 function that opens a file's content by sha256, which is how the server assembles
-an artifact from per-file blobs it already has (incremental uploads).
+an artifact from per-file blobs it already has (incremental uploads); since each
+file's content is its own gzip member, the server reuses the compressed member of
+every content it has compressed before instead of compressing the tree again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -29,21 +33,34 @@ import posixpath
 import stat
 import tarfile
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 from aether.artifacts.digest import Hasher
+from aether.artifacts.framing import (
+    COMPRESSLEVEL,
+    TAR_FORMAT,
+    MemberCompressor,
+    data_member,
+    frame_archive,
+    gzip_member,
+    padding,
+    tar_header,
+)
 from aether.artifacts.ignore import IgnoreRules
-from aether.artifacts.plan import PackPlan, PlanEntry
+from aether.artifacts.pack_cache import PackCache, StatKey
+from aether.artifacts.plan import PLAN_FORMAT_V1, PackPlan, PlanEntry
 from aether.errors import BadRequestError, DigestMismatchError
 
 __all__ = [
     "COMPRESSLEVEL",
     "TAR_FORMAT",
     "ManifestEntry",
+    "MemberSource",
     "PackResult",
     "manifest_json",
     "pack",
@@ -54,14 +71,13 @@ __all__ = [
     "write_plan",
 ]
 
-#: Fixed so the compressed bytes do not depend on a default; 6 is zlib's own
-#: speed/size balance (9 is much slower for a few percent).
-COMPRESSLEVEL = 6
-#: PAX: no limits on path length, size or non-ASCII names; tarfile only emits the
-#: extended header when a field needs it, so common entries stay plain ustar.
-TAR_FORMAT = tarfile.PAX_FORMAT
-
 _CHUNK = 1 << 20
+#: Files up to this size are read whole and compressed on a worker thread; larger
+#: ones are streamed through the writing thread.
+_INLINE_MAX = 8 << 20
+#: Files hashed and compressed ahead of the writer at most (bounds memory).
+_LOOKAHEAD = 64
+_EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 _DIR_MODE = 0o755
 _EXEC_MODE = 0o755
 _FILE_MODE = 0o644
@@ -102,6 +118,12 @@ class _Entry:
     size: int = 0
     linkname: str = ""
     mtime_ns: int = 0
+    ctime_ns: int = 0
+    ino: int = 0
+
+    @property
+    def key(self) -> StatKey:
+        return (self.size, self.mtime_ns, self.ctime_ns, self.ino)
 
 
 def manifest_json(entries: Iterable[ManifestEntry]) -> bytes:
@@ -197,6 +219,8 @@ def _scan(root: str, rules: IgnoreRules, skip: Callable[[str], bool]) -> list[_E
                         mode=_file_mode(st.st_mode),
                         size=st.st_size,
                         mtime_ns=st.st_mtime_ns,
+                        ctime_ns=st.st_ctime_ns,
+                        ino=st.st_ino,
                     )
                 )
             elif stat.S_ISLNK(st.st_mode):
@@ -217,21 +241,24 @@ def _changed(entry: _Entry, st: os.stat_result) -> bool:
     return st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns
 
 
+def _file_changed(entry: _Entry) -> BadRequestError:
+    return BadRequestError(f"{entry.rel!r} changed while packing", code="file_changed")
+
+
 def _hash_file(entry: _Entry) -> ManifestEntry:
     h = Hasher()
     with open(entry.abspath, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
         if _changed(entry, os.fstat(f.fileno())) or h.size != entry.size:
-            raise BadRequestError(f"{entry.rel!r} changed while packing", code="file_changed")
+            raise _file_changed(entry)
     return ManifestEntry(path=entry.rel, size=h.size, sha256=h.hexdigest(), mode=entry.mode)
 
 
 def _tarinfo(
     rel: str, kind: Literal["dir", "file", "symlink"], mode: int, size: int, linkname: str
 ) -> tarfile.TarInfo:
-    # Built by hand rather than with gettarinfo(): that would copy owners and times
-    # from disk and turn files with several links into hardlink entries.
+    """The entry's TarInfo (the ``aether-tar-gz/1`` writer; ``framing.tar_header`` for /2)."""
     ti = tarfile.TarInfo(rel)
     ti.mtime = 0
     ti.uid = ti.gid = 0
@@ -265,8 +292,8 @@ class _HashingWriter:
 
 
 @contextlib.contextmanager
-def _canonical_tar(sink: _HashingWriter) -> Iterator[tarfile.TarFile]:
-    """The one gzip + tar framing every canonical archive is written through."""
+def _canonical_tar_v1(sink: _HashingWriter) -> Iterator[tarfile.TarFile]:
+    """The ``aether-tar-gz/1`` framing: one gzip stream over the whole tar."""
     with (
         gzip.GzipFile(
             filename="", mode="wb", fileobj=sink, compresslevel=COMPRESSLEVEL, mtime=0
@@ -276,24 +303,119 @@ def _canonical_tar(sink: _HashingWriter) -> Iterator[tarfile.TarFile]:
         yield tf
 
 
-def _write_archive(sink: _HashingWriter, entries: Sequence[_Entry]) -> None:
-    with _canonical_tar(sink) as tf:
-        for entry in entries:
-            ti = _tarinfo(entry.rel, entry.kind, entry.mode, entry.size, entry.linkname)
-            if entry.kind != "file":
-                tf.addfile(ti)
-                continue
-            with open(entry.abspath, "rb") as f:
-                try:
-                    tf.addfile(ti, f)
-                except OSError as exc:  # tarfile: "unexpected end of data" if it shrank
-                    raise BadRequestError(
-                        f"{entry.rel!r} changed while packing", code="file_changed"
-                    ) from exc
-                if _changed(entry, os.fstat(f.fileno())):
-                    raise BadRequestError(
-                        f"{entry.rel!r} changed while packing", code="file_changed"
-                    )
+@dataclass(frozen=True, slots=True)
+class _Packed:
+    """One non-empty file, hashed and compressed: its manifest row and data member."""
+
+    manifest: ManifestEntry
+    member: bytes | None  # None: too large to hold, streamed by ``_stream_member``
+
+
+def _read_exact(entry: _Entry) -> bytes:
+    with open(entry.abspath, "rb") as f:
+        data = f.read(entry.size + 1)
+        if len(data) != entry.size or _changed(entry, os.fstat(f.fileno())):
+            raise _file_changed(entry)
+    return data
+
+
+def _pack_file(entry: _Entry, cache: PackCache | None) -> _Packed:
+    """Hash and compress one file, or take both from the cache when its stat is unchanged."""
+    if entry.size > _INLINE_MAX:
+        return _Packed(ManifestEntry(entry.rel, entry.size, "", entry.mode), None)
+    if cache is not None:
+        sha = cache.digest_of(entry.rel, entry.key)
+        member = cache.member_of(sha, entry.size) if sha is not None else None
+        if sha is not None and member is not None:
+            cache.record(entry.rel, entry.key, sha, member)
+            return _Packed(ManifestEntry(entry.rel, entry.size, sha, entry.mode), member)
+    content = _read_exact(entry)
+    sha = hashlib.sha256(content).hexdigest()
+    member = data_member(content)
+    if cache is not None:
+        cache.record(entry.rel, entry.key, sha, member)
+    return _Packed(ManifestEntry(entry.rel, entry.size, sha, entry.mode), member)
+
+
+def _stream_member(entry: _Entry, hashed: list[ManifestEntry]) -> Iterator[bytes]:
+    """A large file's data member, read and compressed in chunks; its manifest row appended."""
+    member = MemberCompressor(entry.size + len(padding(entry.size)))
+    h = Hasher()
+    with open(entry.abspath, "rb") as f:
+        while chunk := f.read(min(_CHUNK, entry.size + 1 - h.size)):
+            h.update(chunk)
+            if h.size > entry.size:
+                raise _file_changed(entry)
+            yield member.update(chunk)
+        if h.size != entry.size or _changed(entry, os.fstat(f.fileno())):
+            raise _file_changed(entry)
+    yield member.update(padding(entry.size))
+    yield member.finish()
+    hashed.append(ManifestEntry(entry.rel, entry.size, h.hexdigest(), entry.mode))
+
+
+def _in_order(
+    pool: ThreadPoolExecutor, files: Sequence[_Entry], cache: PackCache | None
+) -> Iterator[_Packed]:
+    """``_pack_file`` of each file on the pool, in order, with a bounded look-ahead."""
+    ahead: deque[Future[_Packed]] = deque()
+    it = iter(files)
+    try:
+        for entry in it:
+            ahead.append(pool.submit(_pack_file, entry, cache))
+            if len(ahead) >= _LOOKAHEAD:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+    finally:
+        for fut in ahead:
+            fut.cancel()
+
+
+def _header(e: _Entry, cache: PackCache | None) -> bytes:
+    if cache is None:
+        return tar_header(e.rel, e.kind, e.mode, e.size, e.linkname)
+    key = (e.rel, e.kind, e.mode, e.size, e.linkname)
+    return cache.header(key, lambda: tar_header(e.rel, e.kind, e.mode, e.size, e.linkname))
+
+
+def _write_archive(
+    sink: _HashingWriter,
+    entries: Sequence[_Entry],
+    workers: int | None,
+    cache: PackCache | None,
+) -> list[ManifestEntry]:
+    """Write the ``aether-tar-gz/2`` archive of ``entries``; the manifest (file order)."""
+    nonempty = [e for e in entries if e.kind == "file" and e.size > 0]
+    manifest: list[ManifestEntry] = []
+    by_path: dict[str, ManifestEntry] = {}
+    framed = [(_header(e, cache), e.size if e.kind == "file" else 0) for e in entries]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aether-pack") as pool:
+        packed = _in_order(pool, nonempty, cache)
+
+        def data(index: int) -> Iterator[bytes]:
+            entry = entries[index]
+            done = next(packed)
+            if done.member is not None:
+                by_path[entry.rel] = done.manifest
+                yield done.member
+                return
+            streamed: list[ManifestEntry] = []
+            yield from _stream_member(entry, streamed)
+            by_path[entry.rel] = streamed[0]
+
+        meta = gzip_member if cache is None else cache.meta_member
+        for chunk in frame_archive(framed, data, meta):
+            sink.write(chunk)
+    for e in entries:
+        if e.kind == "file":
+            if e.size == 0:
+                if cache is not None:
+                    cache.record(e.rel, e.key, _EMPTY_SHA, None)
+                manifest.append(ManifestEntry(e.rel, 0, _EMPTY_SHA, e.mode))
+            else:
+                manifest.append(by_path[e.rel])
+    return manifest
 
 
 def _pack_into(
@@ -303,28 +425,23 @@ def _pack_into(
     extra_ignore: Iterable[str],
     workers: int | None,
     skip: Callable[[str], bool] = lambda rel: False,
+    cache: PackCache | None = None,
 ) -> PackResult:
     if not root.is_dir():
         raise BadRequestError(f"{root} is not a directory", code="bad_path")
     rules = IgnoreRules.for_root(root, extra_ignore)
     entries = _scan(str(root), rules, skip)
-    files = [e for e in entries if e.kind == "file"]
     writer = _HashingWriter(sink)
-    # Hash files on worker threads (hashlib releases the GIL) while this thread
-    # compresses; the manifest and the archive then read the same bytes twice,
-    # and both reads are checked against the scanned size and mtime.
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aether-pack") as pool:
-        futures: list[Future[ManifestEntry]] = [pool.submit(_hash_file, e) for e in files]
-        try:
-            _write_archive(writer, entries)
-            manifest = tuple(f.result() for f in futures)
-        finally:
-            for fut in futures:
-                fut.cancel()
+    # Files are hashed and compressed on worker threads (hashlib and zlib release
+    # the GIL), each into its own gzip member, while this thread writes them out
+    # in order; every read is checked against the scanned size and mtime.
+    manifest = _write_archive(writer, entries, workers, cache)
+    if cache is not None:
+        cache.finish_pack()
     return PackResult(
         digest=writer.hasher.digest(),
         size_bytes=writer.hasher.size,
-        manifest=manifest,
+        manifest=tuple(manifest),
         file_count=len(manifest),
         plan=_plan_of(entries, manifest),
     )
@@ -372,18 +489,82 @@ class _VerifyingReader:
         return data
 
 
+class MemberSource(Protocol):
+    """Compressed data members already known by content (``aether.artifacts.members``)."""
+
+    def get(self, sha256_hex: str) -> bytes | None: ...
+
+    def put(self, sha256_hex: str, member: bytes) -> None: ...
+
+
 def write_plan(
-    plan: PackPlan, sink: IO[bytes], open_blob: Callable[[str], IO[bytes]]
+    plan: PackPlan,
+    sink: IO[bytes],
+    open_blob: Callable[[str], IO[bytes]],
+    members: MemberSource | None = None,
 ) -> PackResult:
     """Write the canonical archive of ``plan`` to ``sink``: the same bytes ``pack`` writes.
 
     ``open_blob(sha256_hex)`` opens a file's content (the caller's stream is closed
-    here). Every content is hashed as it is copied: one that does not match its
-    sha256 and size in the plan raises DigestMismatchError and the archive is void.
+    here). Every content read is hashed as it is compressed: one that does not
+    match its sha256 and size in the plan raises DigestMismatchError and the
+    archive is void. With ``members``, a content whose compressed data member is
+    known is not read at all (``aether-tar-gz/2`` plans), and the members
+    compressed here are added to it. A plan of format ``aether-tar-gz/1`` is
+    written in that older framing (one gzip stream), for older clients.
     """
+    if plan.format == PLAN_FORMAT_V1:
+        return _write_plan_v1(plan, sink, open_blob)
+    writer = _HashingWriter(sink)
+    entries = plan.entries
+    framed = [(tar_header(e.path, e.kind, e.mode, e.size, e.target), e.size) for e in entries]
+
+    def data(index: int) -> Iterator[bytes]:
+        entry = entries[index]
+        known = members.get(entry.sha256) if members is not None else None
+        if known is not None:
+            yield known
+            return
+        member = MemberCompressor(entry.size + len(padding(entry.size)))
+        h = Hasher()
+        out: list[bytes] = []
+        with open_blob(entry.sha256) as f:
+            while chunk := f.read(min(_CHUNK, entry.size + 1 - h.size)):
+                h.update(chunk)
+                if h.size > entry.size:
+                    break
+                piece = member.update(chunk)
+                if members is not None and entry.size <= _INLINE_MAX:
+                    out.append(piece)
+                yield piece
+        if h.size != entry.size or h.hexdigest() != entry.sha256:
+            raise DigestMismatchError(
+                f"content of {entry.path!r} does not match sha256 {entry.sha256} "
+                f"and size {entry.size} in the plan"
+            )
+        tail = member.update(padding(entry.size)) + member.finish()
+        yield tail
+        if members is not None and entry.size <= _INLINE_MAX:
+            members.put(entry.sha256, b"".join([*out, tail]))
+
+    for chunk in frame_archive(framed, data):
+        writer.write(chunk)
+    manifest = tuple(ManifestEntry(e.path, e.size, e.sha256, e.mode) for e in plan.files())
+    return PackResult(
+        digest=writer.hasher.digest(),
+        size_bytes=writer.hasher.size,
+        manifest=manifest,
+        file_count=len(manifest),
+        plan=plan,
+    )
+
+
+def _write_plan_v1(
+    plan: PackPlan, sink: IO[bytes], open_blob: Callable[[str], IO[bytes]]
+) -> PackResult:
     writer = _HashingWriter(sink)
     manifest: list[ManifestEntry] = []
-    with _canonical_tar(writer) as tf:
+    with _canonical_tar_v1(writer) as tf:
         for entry in plan.entries:
             ti = _tarinfo(entry.path, entry.kind, entry.mode, entry.size, entry.target)
             if entry.kind != "file":
@@ -442,8 +623,14 @@ def pack(
     *,
     extra_ignore: Iterable[str] = (),
     workers: int | None = None,
+    cache: PackCache | None = None,
+    durable: bool = True,
 ) -> PackResult:
     """Write the canonical ``tar.gz`` of ``root`` to ``out`` (atomically) and describe it.
+
+    With ``cache`` (``PackCache.load``), files whose stat did not change since the
+    cached pack are neither read nor compressed again; the caller saves the cache.
+    ``durable=False`` skips the fsync (a temporary archive).
 
     Raises BadRequestError (codes ``link_escape``, ``special_file``, ``bad_path``,
     ``file_changed``, ``bad_ignore_pattern``) for trees that cannot be packed faithfully.
@@ -455,9 +642,12 @@ def pack(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            result = _pack_into(root, f, extra_ignore=extra_ignore, workers=workers, skip=skip)
+            result = _pack_into(
+                root, f, extra_ignore=extra_ignore, workers=workers, skip=skip, cache=cache
+            )
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, out)
     except BaseException:

@@ -38,12 +38,19 @@ from aether.errors import BadRequestError, UnsafeArchiveError
 __all__ = [
     "MAX_PLAN_ENTRIES",
     "PLAN_FORMAT",
+    "PLAN_FORMATS",
+    "PLAN_FORMAT_V1",
     "PackPlan",
     "PlanEntry",
 ]
 
-#: Names the archive framing (tar PAX + gzip level 6, no mtime) the plan is written with.
-PLAN_FORMAT = "aether-tar-gz/1"
+#: The archive framing a plan is written with: ``/1`` is one gzip stream over the
+#: tar (tar PAX + gzip level 6, no mtime), ``/2`` one gzip member per segment
+#: (``aether.artifacts.framing``). New plans use ``/2``; ``/1`` is still accepted
+#: from older clients.
+PLAN_FORMAT_V1 = "aether-tar-gz/1"
+PLAN_FORMAT = "aether-tar-gz/2"
+PLAN_FORMATS = (PLAN_FORMAT_V1, PLAN_FORMAT)
 #: Default entry limit for plans received from elsewhere (a big node_modules has ~50k).
 MAX_PLAN_ENTRIES = 200_000
 _MAX_PATH_BYTES = 4096
@@ -103,6 +110,7 @@ class PackPlan:
     """The entries of one canonical archive, in archive order."""
 
     entries: tuple[PlanEntry, ...]
+    format: str = PLAN_FORMAT
 
     def files(self) -> Iterator[PlanEntry]:
         return (e for e in self.entries if e.kind == "file")
@@ -121,7 +129,7 @@ class PackPlan:
         return list(dict.fromkeys(DIGEST_PREFIX + e.sha256 for e in self.files()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "entries": [e.to_dict() for e in self.entries]}
+        return {"format": self.format, "entries": [e.to_dict() for e in self.entries]}
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys, no spaces): the same plan gives the same bytes."""
@@ -158,8 +166,10 @@ class PackPlan:
         """
         if not isinstance(raw, Mapping) or set(raw) != {"format", "entries"}:
             raise _bad("a plan is an object with exactly the keys 'format' and 'entries'")
-        if raw["format"] != PLAN_FORMAT:
-            raise _bad(f"unknown plan format {raw['format']!r}; this server knows {PLAN_FORMAT!r}")
+        if raw["format"] not in PLAN_FORMATS:
+            raise _bad(
+                f"unknown plan format {raw['format']!r}; this server knows {list(PLAN_FORMATS)!r}"
+            )
         items = raw["entries"]
         if not isinstance(items, list):
             raise _bad("'entries' must be a list")
@@ -168,7 +178,7 @@ class PackPlan:
                 f"plan has {len(items)} entries, more than the limit of {max_entries}",
                 code="too_many_entries",
             )
-        plan = cls(tuple(_entry_from(i, item) for i, item in enumerate(items)))
+        plan = cls(tuple(_entry_from(i, item) for i, item in enumerate(items)), str(raw["format"]))
         plan.check(max_bytes=max_bytes)
         return plan
 

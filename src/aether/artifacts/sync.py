@@ -4,12 +4,21 @@
 uploads those (a few at a time), then asks it to assemble the artifact from the
 plan. If the assembly finds blobs gone (``missing_blobs``: garbage collection ran
 in between, or the request reached a server that does not share the blobs) it
-asks and uploads once more, then assembles again. Whenever that path cannot
+asks and uploads once more, then assembles again. When more than ``MANY_BLOBS``
+contents are missing (a first deploy), it sends the whole archive instead
+(``fallback: "many_blobs"``); the server then keeps the archive's files as blobs,
+so the next deploy is incremental. Whenever the incremental path cannot
 finish — an older server without blob routes, a server whose tar/zlib produce
 other bytes (``digest_mismatch``), blobs still missing, a file that changed after
 packing, a plan the server refuses — it falls back to uploading the whole
 archive, which always works. Call it only after ``HEAD`` said the
 artifact is absent (``ApiClient.has_artifact``).
+
+``known`` (the client's pack cache remembers it between deploys) is the set of
+blobs the server was last known to hold: only the others are asked about. It is
+a hint, never trusted for correctness: if one of them is gone, the assembly
+answers ``missing_blobs`` and the client asks about all of them and sends what
+is missing, as above. It is updated in place with what the server holds after.
 """
 
 from __future__ import annotations
@@ -26,10 +35,13 @@ from aether.errors import BadRequestError, NotFoundError
 if TYPE_CHECKING:
     from aether.client import ApiClient
 
-__all__ = ["assemble_artifact", "missing_blobs", "upload_blob", "upload_incremental"]
+__all__ = ["MANY_BLOBS", "assemble_artifact", "missing_blobs", "upload_blob", "upload_incremental"]
 
 #: Blobs uploaded at once by one client (the server bounds all clients together).
 DEFAULT_CONCURRENCY = 8
+#: More missing blobs than this and the whole archive is sent instead (``many_blobs``):
+#: a first deploy of a tree with ``node_modules`` is one request, not hundreds.
+MANY_BLOBS = 100
 _BATCH = 50_000
 _SMALL = 1 << 20
 _CHUNK = 1 << 20
@@ -112,6 +124,7 @@ async def upload_incremental(
     signature: str | None = None,
     app: str | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
+    known: set[str] | None = None,
 ) -> dict[str, Any]:
     """Make the server hold ``digest``, sending as little as it can.
 
@@ -137,12 +150,26 @@ async def upload_incremental(
         fallback = "no_plan"
     else:
         try:
-            return await _incremental(
-                client, plan, Path(root), digest, count, on_total, signature, app, concurrency
+            answer = await _incremental(
+                client,
+                plan,
+                Path(root),
+                digest,
+                count,
+                on_total,
+                signature,
+                app,
+                concurrency,
+                set() if known is None else known,
             )
+            if answer is not None:
+                return answer
+            fallback = "many_blobs"
         except (BadRequestError, NotFoundError) as exc:
             # NotFoundError: a server without the blob routes
             fallback = exc.code
+    if known is not None and plan is not None:
+        known.clear()  # the incremental path failed: the next deploy asks about everything
     size = archive.stat().st_size
     if on_total:
         on_total(sent + size)
@@ -168,12 +195,20 @@ async def _incremental(
     signature: str | None,
     app: str | None,
     concurrency: int,
-) -> dict[str, Any]:
+    known: set[str],
+) -> dict[str, Any] | None:
+    """The upload answer, or None when so much is missing that the whole archive is better."""
     files = list(plan.files())
     source: dict[str, tuple[Path, int]] = {}
     for entry in files:
         source.setdefault("sha256:" + entry.sha256, (root / entry.path, entry.size))
-    missing = await missing_blobs(client, plan.blob_digests())
+    wanted = plan.blob_digests()
+    unknown = [d for d in wanted if d not in known]
+    missing = await missing_blobs(client, unknown) if unknown else []
+    if len(missing) > MANY_BLOBS:
+        # one archive beats hundreds of requests (and the tenant's request rate); the
+        # server keeps the archive's files as blobs for the next incremental deploy
+        return None
     sent: set[str] = set()
     sent_bytes = 0
 
@@ -192,9 +227,13 @@ async def _incremental(
         if exc.code != "missing_blobs":
             raise
         # blobs went away between upload and assembly (garbage collection, or a server
-        # behind the same address that does not share them): send them again, once
-        await send(await missing_blobs(client, plan.blob_digests()))
+        # behind the same address that does not share them), or ``known`` was wrong:
+        # ask about all of them and send what is missing, once
+        known.clear()
+        await send(await missing_blobs(client, wanted))
         answer = await assemble_artifact(client, digest, plan, signature=signature, app=app)
+    known.clear()
+    known.update(wanted)
     return {
         **answer,
         "uploaded_bytes": sent_bytes,

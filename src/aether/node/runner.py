@@ -189,6 +189,10 @@ class RequestLog:
 log = logging.getLogger("aether.node.runner")
 
 _PROBE_INTERVAL = 0.05  # seconds between two health probes
+#: The first second after the start is probed more often: most apps come up within
+#: it, and each probe of a port nobody listens on yet is one refused connect.
+_PROBE_INTERVAL_EARLY = 0.01
+_PROBE_EARLY = 1.0
 _PROBE_TIMEOUT = 2.0  # seconds one probe waits for its answer
 _OUTPUT_READ = 64 * 1024  # bytes read from the end of the log for the failure's output
 
@@ -537,7 +541,8 @@ class InstanceRunner:
         spec = self.record.spec
         health, port = spec.health, self.port
         assert port is not None
-        deadline = time.monotonic() + spec.health_timeout
+        started = time.monotonic()
+        deadline = started + spec.health_timeout
         url = f"http://127.0.0.1:{port}{health or '/'}"
         last_status: int | None = None
         async with httpx.AsyncClient() as http:
@@ -561,7 +566,8 @@ class InstanceRunner:
                         return
                 except (httpx.TransportError, OSError):
                     pass
-                await asyncio.sleep(_PROBE_INTERVAL)
+                early = time.monotonic() - started < _PROBE_EARLY
+                await asyncio.sleep(_PROBE_INTERVAL_EARLY if early else _PROBE_INTERVAL)
         raise StepFailed(
             health_failure(health, port, spec.health_timeout, last_status, self._last_output())
         )

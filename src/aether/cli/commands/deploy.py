@@ -155,12 +155,21 @@ def _build(args: argparse.Namespace, root: Path) -> Any:
         status.stop()
 
 
-def _pack(built: Any, archive: Path) -> Any:
+def _pack_cache(built: Any) -> Any:
+    """The pack cache of the built tree (``aether.artifacts.pack_cache``)."""
+    from aether.artifacts.pack_cache import PackCache
+
+    return PackCache.load(_cache_dir() / "pack", built.root)
+
+
+def _pack(built: Any, archive: Path, cache: Any) -> Any:
     from aether.artifacts import pack
 
     status = _Status("packing")
     try:
-        return pack(built.root, archive)
+        # unchanged files (same size, mtime, ctime and inode) are neither read nor
+        # compressed again; the archive is a temporary file, so no fsync
+        return pack(built.root, archive, cache=cache, durable=False)
     except AetherError as exc:
         raise CliError(f"cannot pack {built.root}: {exc}", kind="config", code=exc.code) from None
     finally:
@@ -182,7 +191,8 @@ async def run(args: argparse.Namespace) -> int:
     spec = built.spec
     with tempfile.TemporaryDirectory(prefix="aether-pack-") as tmp:
         archive = Path(tmp) / "artifact.tar.gz"
-        packed = await asyncio.to_thread(_pack, built, archive)
+        cache = _pack_cache(built)
+        packed = await asyncio.to_thread(_pack, built, archive, cache)
         from aether.cli.commands.keys import deploy_signature
 
         signature = deploy_signature(packed.digest)  # None without a signing key
@@ -197,6 +207,7 @@ async def run(args: argparse.Namespace) -> int:
             "signature": signature,
         }
         if args.pack_only:
+            await asyncio.to_thread(cache.save)
             out = Path(args.out or f"{spec.name}-{packed.digest[7:19]}.tar.gz").resolve()
             shutil.copyfile(archive, out)
             made["artifact"] = str(out)
@@ -207,8 +218,12 @@ async def run(args: argparse.Namespace) -> int:
             )
             return 0
         if args.dry_run:
+            await asyncio.to_thread(cache.save)
             return await _dry_run(args, made, packed)
-        return await _deploy(args, made, packed, archive, built)
+        try:
+            return await _deploy(args, made, packed, archive, built, cache)
+        finally:
+            await asyncio.to_thread(cache.save)
 
 
 async def _dry_run(args: argparse.Namespace, made: dict[str, Any], packed: Any) -> int:
@@ -245,7 +260,12 @@ async def _dry_run(args: argparse.Namespace, made: dict[str, Any], packed: Any) 
 
 
 async def _deploy(
-    args: argparse.Namespace, made: dict[str, Any], packed: Any, archive: Path, built: Any
+    args: argparse.Namespace,
+    made: dict[str, Any],
+    packed: Any,
+    archive: Path,
+    built: Any,
+    cache: Any,
 ) -> int:
     from aether.artifacts.sync import upload_incremental
 
@@ -257,6 +277,7 @@ async def _deploy(
         uploaded = False
         if not await client.has_artifact(packed.digest):
             bar = _progress("uploading", packed.size_bytes)
+            known = cache.server_blobs(client.base_url)  # a hint: checked by the server
             try:
                 answer = sent = await upload_incremental(  # only the files it lacks
                     client,
@@ -268,10 +289,12 @@ async def _deploy(
                     on_total=(lambda n: bar.update(bar.task_ids[0], total=n)) if bar else None,
                     signature=signature,
                     app=spec.name,
+                    known=known,
                 )
             finally:
                 if bar:
                     bar.stop()
+            cache.set_server_blobs(client.base_url, known)
             uploaded = True
             # null when nothing was sent, as when the upload was skipped
             verified = bool(answer.get("verified")) if signature is not None else None

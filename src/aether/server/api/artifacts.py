@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from aether.artifacts import parse_digest
+from aether.artifacts.members import MEMBERS
 from aether.artifacts.registry import WriteResult
 from aether.artifacts.scan import scanned
 from aether.errors import BadRequestError, NotFoundError
@@ -19,6 +20,7 @@ from aether.server.http.audit import refuse
 from aether.server.http.auth import ArtifactReader, Caller, Operator
 from aether.server.services.drain import node_may_read
 from aether.server.services.quotas import enforce_quota
+from aether.server.services.seed_blobs import seed_in_background
 from aether.server.services.signatures import (
     SignedUpload,
     read_signature_headers,
@@ -182,7 +184,10 @@ async def upload_artifact(request: Request, caller: Operator, ctx: Ctx) -> Uploa
         # refused now with the code a node would give, and nothing is stored
         chunks = scanned(slot.meter(request_chunks(request)))
         result = await ctx.registry.write_stream(chunks, digest)
-    return await stored(ctx, caller, result, signed)
+    answer = await stored(ctx, caller, result, signed)
+    # its files become blobs, so the next deploy of the app sends only what changed
+    seed_in_background(ctx, caller.tenant_id, digest, MEMBERS)
+    return answer
 
 
 @router.get("/artifacts/{digest}/sbom")

@@ -5,7 +5,9 @@ A redeploy after a small change sends only the files the server lacks:
 1. ``POST /api/v1/blobs/missing`` ``{digests}`` → ``{missing}``: which contents to send;
 2. ``PUT /api/v1/blobs/{digest}`` for each: streamed, verified before visible;
 3. ``POST /api/v1/artifacts/assemble`` ``{digest, plan}``: the server writes the
-   canonical archive from the plan and its blobs, checks it hashes to ``digest``
+   canonical archive from the plan and its blobs (reusing the compressed member of
+   every content it compressed before, ``aether.artifacts.framing``), checks it
+   hashes to ``digest``
    and stores it like an upload (``{digest, size_bytes, duplicate, verified}``).
 
 Blobs are per tenant (see ``aether.artifacts.blobs``; on S3 they live in the artifacts
@@ -29,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from aether.artifacts import parse_digest
 from aether.artifacts.blobs import missing_blobs_error
+from aether.artifacts.members import MEMBERS
 from aether.artifacts.pack import write_plan
 from aether.artifacts.plan import MAX_PLAN_ENTRIES, PackPlan
 from aether.artifacts.registry import file_chunks
@@ -44,6 +47,11 @@ __all__ = ["MAX_ASSEMBLE_BODY_BYTES", "router"]
 
 router = APIRouter(tags=["artifacts"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
+
+#: Compressed data members by content (``aether.artifacts.members.MEMBERS``): an
+#: assembly compresses only the contents no earlier assembly or whole upload in this
+#: process compressed (a pure function of the content, so shared by every tenant;
+#: each still needs the blob itself, checked first).
 
 
 class MissingIn(BaseModel):
@@ -113,11 +121,14 @@ async def assemble_artifact(request: Request, caller: Operator, ctx: Ctx) -> Upl
     if missing:
         raise missing_blobs_error(missing)
 
-    async with ctx.uploads.slot("assemble"), store.staged(blob_digests) as staging:
+    # blobs whose compressed member is cached are not read (nor fetched, from S3)
+    pinned = MEMBERS.pin([d[len("sha256:") :] for d in blob_digests])
+    to_read = [d for d in blob_digests if d[len("sha256:") :] not in pinned.held]
+    async with ctx.uploads.slot("assemble"), store.staged(to_read) as staging:
         fd, tmp_name = staging.temp_file()
         try:
             with os.fdopen(fd, "wb") as sink:
-                built = await asyncio.to_thread(write_plan, plan, sink, staging.open_blob)
+                built = await asyncio.to_thread(write_plan, plan, sink, staging.open_blob, pinned)
             if built.digest != digest:
                 raise DigestMismatchError(
                     f"the archive assembled from the plan has digest {built.digest}, "
