@@ -6,8 +6,12 @@ the node dies the lease runs out on the server and the task is claimed again
 A heartbeat answered "no" means the task was cancelled: the run is stopped.
 
 Batches (``POST /tasks/exchange``): the worker claims as many tasks as it has
-free slots in one request, and hands in finished attempts together with a claim
-for the slots they freed. Two loops share the slots: the *poller* long-polls
+room for in one request, and hands in finished attempts together with a claim
+for the room they freed. Room is ``concurrency`` sandbox slots plus ``prefetch``
+tasks held ready (default: as many again), as Celery's prefetch does: a slot
+that frees starts its next task at once instead of waiting a round trip for
+it. A prefetched task heartbeats from the moment it is claimed, so its lease
+holds while it waits for a slot. Two loops share the slots: the *poller* long-polls
 with every free slot when nothing is waiting to be reported; the *reporter*
 sends whatever finished while the previous request was on its way, at once,
 with the slots free at that moment. A report is kept (and sent again) until the
@@ -61,6 +65,7 @@ class TaskWorker:
         queues: tuple[str, ...] = ("default",),
         heartbeat_every: float = 1.0,
         poll_wait: float = 10.0,
+        prefetch: int | None = None,
     ) -> None:
         self.client = client
         self.node_id = node_id
@@ -71,10 +76,13 @@ class TaskWorker:
         self.queues = list(queues)
         self.heartbeat_every = heartbeat_every
         self.poll_wait = poll_wait
+        self.prefetch = concurrency if prefetch is None else prefetch
         self.running: dict[str, asyncio.Task[None]] = {}
-        self._free = concurrency  # sandbox slots neither running a task nor promised to a claim
+        # tasks this worker may still take: neither held (running or waiting to) nor asked for
+        self._free = concurrency + self.prefetch
         self._reports: list[_Report] = []
         self._changed = asyncio.Condition()
+        self._slots = asyncio.Semaphore(concurrency)  # sandbox slots: tasks running at once
         self._light = asyncio.Semaphore(light_concurrency)
 
     async def run(self) -> None:
@@ -178,13 +186,7 @@ class TaskWorker:
 
     async def _run(self, task: TaskOut) -> None:
         light = task.type in LIGHT_TYPES
-        if light:
-            await self._light.acquire()
-        try:
-            outcome = await self._attempt(task)
-        finally:
-            if light:
-                self._light.release()
+        outcome = await self._attempt(task, self._light if light else self._slots)
         async with self._changed:
             if not light:
                 self._free += 1
@@ -192,9 +194,16 @@ class TaskWorker:
                 self._reports.append(_Report(_report_body(task, outcome)))
             self._changed.notify_all()
 
-    async def _attempt(self, task: TaskOut) -> tuple[str, Any] | None:
-        """Run the task with its heartbeats: the outcome, or None once the claim is gone."""
-        work = asyncio.create_task(self._execute(task))
+    async def _attempt(self, task: TaskOut, gate: asyncio.Semaphore) -> tuple[str, Any] | None:
+        """Run the task once ``gate`` has a slot, with its heartbeats from the start (a
+        prefetched task waiting for a slot keeps its lease): the outcome, or None once
+        the claim is gone."""
+
+        async def gated() -> tuple[str, Any]:
+            async with gate:
+                return await self._execute(task)
+
+        work = asyncio.create_task(gated())
         beat = asyncio.create_task(self._heartbeat(task, work))
         try:
             outcome = await work
