@@ -49,6 +49,7 @@ __all__ = [
     "gzip_member",
     "padding",
     "tar_header",
+    "tar_info",
     "window_bits",
 ]
 
@@ -115,10 +116,10 @@ def data_member(content: bytes | bytearray | memoryview) -> bytes:
     return member.update(content) + member.update(pad) + member.finish()
 
 
-def tar_header(
+def tar_info(
     path: str, kind: Literal["dir", "file", "symlink"], mode: int, size: int, target: str
-) -> bytes:
-    """The tar header block(s) of one entry (a PAX extended header first when needed)."""
+) -> tarfile.TarInfo:
+    """The entry's TarInfo, as every Aether archive writes it (owner 0, time 0)."""
     # Built by hand rather than with gettarinfo(): that would copy owners and times
     # from disk and turn files with several links into hardlink entries.
     ti = tarfile.TarInfo(path)
@@ -134,7 +135,14 @@ def tar_header(
     else:
         ti.type = tarfile.REGTYPE
         ti.size = size
-    return ti.tobuf(TAR_FORMAT, "utf-8", "surrogateescape")
+    return ti
+
+
+def tar_header(
+    path: str, kind: Literal["dir", "file", "symlink"], mode: int, size: int, target: str
+) -> bytes:
+    """The tar header block(s) of one entry (a PAX extended header first when needed)."""
+    return tar_info(path, kind, mode, size, target).tobuf(TAR_FORMAT, "utf-8", "surrogateescape")
 
 
 #: An entry to frame: ``(header bytes, content size)``; a size > 0 means a data segment follows.

@@ -50,6 +50,7 @@ from aether.artifacts.framing import (
     gzip_member,
     padding,
     tar_header,
+    tar_info,
 )
 from aether.artifacts.ignore import IgnoreRules
 from aether.artifacts.pack_cache import PackCache, StatKey
@@ -253,26 +254,6 @@ def _hash_file(entry: _Entry) -> ManifestEntry:
         if _changed(entry, os.fstat(f.fileno())) or h.size != entry.size:
             raise _file_changed(entry)
     return ManifestEntry(path=entry.rel, size=h.size, sha256=h.hexdigest(), mode=entry.mode)
-
-
-def _tarinfo(
-    rel: str, kind: Literal["dir", "file", "symlink"], mode: int, size: int, linkname: str
-) -> tarfile.TarInfo:
-    """The entry's TarInfo (the ``aether-tar-gz/1`` writer; ``framing.tar_header`` for /2)."""
-    ti = tarfile.TarInfo(rel)
-    ti.mtime = 0
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    ti.mode = mode
-    if kind == "dir":
-        ti.type = tarfile.DIRTYPE
-    elif kind == "symlink":
-        ti.type = tarfile.SYMTYPE
-        ti.linkname = linkname
-    else:
-        ti.type = tarfile.REGTYPE
-        ti.size = size
-    return ti
 
 
 class _HashingWriter:
@@ -566,7 +547,7 @@ def _write_plan_v1(
     manifest: list[ManifestEntry] = []
     with _canonical_tar_v1(writer) as tf:
         for entry in plan.entries:
-            ti = _tarinfo(entry.path, entry.kind, entry.mode, entry.size, entry.target)
+            ti = tar_info(entry.path, entry.kind, entry.mode, entry.size, entry.target)
             if entry.kind != "file":
                 tf.addfile(ti)
                 continue
