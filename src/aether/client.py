@@ -894,26 +894,6 @@ class ApiClient:
         )
         return bool(data["ok"])
 
-    async def complete_task(
-        self, task_id: str, node: str, result: dict[str, Any], *, attempt: int
-    ) -> TaskOut:
-        data = await self.json(
-            "POST",
-            f"/api/v1/tasks/{task_id}/complete",
-            json={"node": node, "attempt": attempt, "result": result},
-        )
-        return TaskOut.model_validate(data)
-
-    async def fail_task(
-        self, task_id: str, node: str, error: str, *, retryable: bool, attempt: int
-    ) -> TaskOut:
-        data = await self.json(
-            "POST",
-            f"/api/v1/tasks/{task_id}/fail",
-            json={"node": node, "attempt": attempt, "error": error, "retryable": retryable},
-        )
-        return TaskOut.model_validate(data)
-
     # -- signals, risk and the fire drill ----------------------------------------------
 
     # -- agent runs --
