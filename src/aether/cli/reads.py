@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import socket
 import time
@@ -41,6 +42,8 @@ from aether.client_rules import (
     split_urls,
     why_not_retried,
 )
+
+log = logging.getLogger("aether.cli")
 
 __all__ = ["CONNECT_TIMEOUT", "PROXY_VARIABLES", "TIMEOUT", "get_json", "quick"]
 
@@ -140,6 +143,10 @@ def _get(url: str, path: str, headers: dict[str, str]) -> tuple[int, str, bytes,
         conn.request("GET", prefix + path, headers=headers)
         response = conn.getresponse()
         body = response.read()
+        # the line httpx logs for each request, so --log-level debug shows the same
+        log.debug(
+            'HTTP Request: GET %s "HTTP/1.1 %d %s"', url + path, response.status, response.reason
+        )
         return response.status, response.reason, body, response.getheader("retry-after")
     finally:
         conn.close()
