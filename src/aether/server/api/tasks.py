@@ -120,15 +120,8 @@ async def _holder(
     """
     own_node(request, caller, body.node)
     task = await ctx.queue.get(task_id)
-    if task.claimed_by != body.node or (
-        task.state is TaskState.ACTIVE and task.attempts != body.attempt
-    ):
-        raise refuse(
-            request,
-            caller,
-            f"tasks/{task_id}",
-            f"node {body.node!r} does not hold the claim of attempt {body.attempt} of this task",
-        )
+    if not _holds(task, body.node, body.attempt):
+        raise _not_holder(request, caller, body.node, task_id, body.attempt)
     return task
 
 
@@ -291,7 +284,9 @@ async def _take_reports(
         if task is None:
             answers[i] = _refused(report, NotFoundError(f"task {report.id} not found"))
         elif not _holds(task, node, report.attempt):
-            answers[i] = _refused(report, _not_holder(request, caller, node, report))
+            answers[i] = _refused(
+                report, _not_holder(request, caller, node, report.id, report.attempt)
+            )
             await audit_refusal(request, f"tasks/{report.id}")
         elif report.result is not None:
             successes.append((i, report, task))
@@ -325,12 +320,15 @@ def _holds(task: TaskOut, node: str, attempt: int) -> bool:
     )
 
 
-def _not_holder(request: Request, caller: Principal, node: str, report: ReportIn) -> AetherError:
+def _not_holder(
+    request: Request, caller: Principal, node: str, task_id: str, attempt: int
+) -> AetherError:
+    """The 403 (and its audit line) of a node acting on an attempt it does not hold."""
     return refuse(
         request,
         caller,
-        f"tasks/{report.id}",
-        f"node {node!r} does not hold the claim of attempt {report.attempt} of this task",
+        f"tasks/{task_id}",
+        f"node {node!r} does not hold the claim of attempt {attempt} of this task",
     )
 
 
