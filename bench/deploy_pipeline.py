@@ -130,6 +130,11 @@ def bench_cli_start(runs: int | None = None) -> None:
             task = cluster.cli_json(
                 "task", "submit", "--type", "vm:create", "--name", "later", "--delay", "86400"
             )
+            # as installed: pip compiles the package's bytecode at install time (and an
+            # editable install writes it at first import, unless PYTHONDONTWRITEBYTECODE)
+            subprocess.run(
+                [PYTHON, "-m", "compileall", "-q", str(REPO / "src" / "aether")], check=True
+            )
             busy = wait_until_quiet()
             commands = {
                 "python -c pass": [PYTHON, "-c", "pass"],
