@@ -1,4 +1,4 @@
-"""The CLI's quick read path (``aether.cli.reads``: ``http.client``, no httpx, no pydantic)
+"""The CLI's quick read path (``aether.cli.reads``: a socket, no httpx, no pydantic)
 answers and fails exactly as the typed ``ApiClient`` does, against a real server and
 against stand-ins that answer what a server rarely does (429s, answers without an
 envelope)."""
@@ -243,3 +243,50 @@ async def test_a_name_that_does_not_resolve_is_the_typed_clients_error() -> None
     same_error(
         quick_error(url, "t", "/api/v1/status"), await typed_error(url, "t", "/api/v1/status")
     )
+
+
+class _Framed(BaseHTTPRequestHandler):
+    """HTTP/1.1 answers framed as a server may frame them: chunked (``/chunked``), or
+    cut short of their Content-Length (``/cut``: the connection closes mid-body)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = b'[{"name": "shop", "version": 3}]'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.path.endswith("/chunked"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (body[:7], body[7:]):
+                self.wfile.write(b"%x;ext=1\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:10])
+        self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_chunked_answer_is_read_whole() -> None:
+    with serving(_Framed) as url:
+        answer = get_json(session(url, "t"), "/api/v1/chunked")
+        async with ApiClient(url, "t") as client:
+            assert answer == await client.json("GET", "/api/v1/chunked")
+    assert answer == [{"name": "shop", "version": 3}]
+
+
+async def test_an_answer_cut_short_is_a_transport_failure_and_fails_over(
+    srv: RunningServer,
+) -> None:
+    with serving(_Framed) as url:
+        quick_one = quick_error(url, "t", "/api/v1/cut")
+        typed_one = await typed_error(url, "t", "/api/v1/cut")
+        assert (type(quick_one), quick_one.code) == (type(typed_one), typed_one.code)
+        assert quick_one.code == "unreachable"
+        # a transport failure: the next server is asked
+        both = session(f"{url},{srv.base_url}", srv.admin_token)
+        assert "leader" in get_json(both, "/api/v1/status")

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aether.cli.output import CliError
 
@@ -34,8 +33,7 @@ def config_path() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "aether" / "config.toml"
 
 
-@dataclass
-class Session:
+class Session(NamedTuple):
     server: str
     token: str | None
     namespace: str | None = None
