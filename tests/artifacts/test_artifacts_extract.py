@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from aether.artifacts import pack, safe_extract
 from aether.errors import ConflictError, UnsafeArchiveError
+from aether.node.contents import ContentStore
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 
@@ -51,14 +53,20 @@ def out(tmp_path: Path) -> Path:
 
 
 def assert_refused(archive: Path, out: Path, code: str, **limits: int) -> UnsafeArchiveError:
+    """Refused with ``code``, both written out and placed as links to shared contents
+    (what a node does for an instance with its own uid): the same rules either way."""
     dest = out / "dest"
-    with pytest.raises(UnsafeArchiveError) as exc:
-        safe_extract(archive, dest, **limits)
-    assert exc.value.code == code, exc.value.message
-    assert exc.value.status == 400
-    assert not os.path.lexists(dest)
-    assert os.listdir(out) == [], "a temp dir or a file escaped into the parent"
-    return exc.value
+    errors = []
+    for shared in (None, ContentStore(out.parent / "shared-contents")):
+        with pytest.raises(UnsafeArchiveError) as exc:
+            safe_extract(archive, dest, shared=shared, **limits)
+        assert exc.value.code == code, exc.value.message
+        assert exc.value.status == 400
+        assert not os.path.lexists(dest)
+        assert os.listdir(out) == [], "a temp dir or a file escaped into the parent"
+        errors.append(exc.value)
+    assert errors[0].message == errors[1].message
+    return errors[0]
 
 
 # --- paths -----------------------------------------------------------------------------
@@ -348,3 +356,53 @@ def test_archives_from_other_tools_extract(tmp_path: Path) -> None:
         tf.add(src, arcname=".")
     safe_extract(p, tmp_path / "dest")
     assert (tmp_path / "dest/sub/f.txt").read_text() == "hello"
+
+
+# --- shared contents: a node's instances link shipped files instead of writing them --------
+
+
+def test_shared_contents_are_linked_read_only_and_written_once(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "contents")
+    v1 = [
+        entry("app", tarfile.DIRTYPE),
+        entry("app/server.js", data=b"console.log(1)\n"),
+        entry("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+        entry("app/lib.js", data=b"module.exports = 1\n"),
+        entry("data", tarfile.DIRTYPE),
+        entry("data/seed.db", data=b"seed"),
+    ]
+    v2 = [*v1[:3], entry("app/lib.js", data=b"module.exports = 2\n"), *v1[4:]]
+
+    def own(rel: str) -> bool:
+        return rel == "data" or rel.startswith("data/")
+
+    safe_extract(write_archive(tmp_path, v1), tmp_path / "v1", shared=store, own=own)
+    stored = sorted(p.name for p in store.root.iterdir())
+    safe_extract(write_archive(tmp_path, v2), tmp_path / "v2", shared=store, own=own)
+    for name in ("app/server.js", "app/run.sh"):  # unchanged: one inode for both versions
+        a, b = ((tmp_path / v / name).stat() for v in ("v1", "v2"))
+        assert (a.st_ino, a.st_nlink) == (b.st_ino, 3)  # v1, v2 and the store
+    assert (tmp_path / "v2/app/lib.js").read_bytes() == b"module.exports = 2\n"
+    assert (tmp_path / "v1/app/lib.js").read_bytes() == b"module.exports = 1\n"
+    assert (tmp_path / "v1/app/server.js").stat().st_mode & 0o777 == 0o444
+    assert (tmp_path / "v1/app/run.sh").stat().st_mode & 0o777 == 0o555
+    # the state directory's files are the instance's own: written out, one link
+    seed = (tmp_path / "v1/data/seed.db").stat()
+    assert (seed.st_nlink, seed.st_mode & 0o777) == (1, 0o644)
+    assert len(stored) == 3 and len(list(store.root.iterdir())) == 4  # + the new lib.js
+    # the contents no instance links to go; the others stay
+    shutil.rmtree(tmp_path / "v1")
+    assert store.prune() == 1  # v1's lib.js
+    assert len(list(store.root.iterdir())) == 3
+    assert (tmp_path / "v2/app/server.js").read_bytes() == b"console.log(1)\n"
+
+
+def test_a_content_pruned_while_linking_is_stored_again(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "contents")
+    members = [entry("a.txt", data=b"same"), entry("b.txt", data=b"same")]
+    safe_extract(write_archive(tmp_path, members), tmp_path / "one", shared=store)
+    for path in store.root.iterdir():
+        path.unlink()  # as if pruned between the check and the link
+    safe_extract(write_archive(tmp_path, members), tmp_path / "two", shared=store)
+    assert (tmp_path / "two/a.txt").stat().st_ino == (tmp_path / "two/b.txt").stat().st_ino
+    assert (tmp_path / "two/a.txt").read_bytes() == b"same"

@@ -35,13 +35,19 @@ import stat
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Protocol, Self
 
 from aether.errors import ConflictError, UnsafeArchiveError
 
-__all__ = ["MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_ENTRIES", "safe_extract", "scan_archive"]
+__all__ = [
+    "MAX_ARCHIVE_BYTES",
+    "MAX_ARCHIVE_ENTRIES",
+    "SharedFiles",
+    "safe_extract",
+    "scan_archive",
+]
 
 #: What nodes extract at most, and what the server's upload scan refuses above.
 MAX_ARCHIVE_BYTES = 1 << 30
@@ -67,6 +73,17 @@ _META_TYPES = frozenset(
 )
 _FILE_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, RecursionError)
+
+
+class SharedFiles(Protocol):
+    """Where a node keeps each shipped content once (``node.contents``): a file is
+    placed as a hard link to the shared copy instead of written out."""
+
+    def link(self, data: bytes, executable: bool, dest: str) -> None: ...
+
+
+#: Files up to this size may be shared (they are read whole to be hashed first).
+SHARED_MAX_BYTES = 4 << 20
 
 
 def _corrupt(detail: str) -> UnsafeArchiveError:
@@ -159,8 +176,17 @@ def _inside(path: str, real_root: str) -> bool:
 
 
 class _Extractor:
-    def __init__(self, root: str, max_bytes: int, max_entries: int) -> None:
+    def __init__(
+        self,
+        root: str,
+        max_bytes: int,
+        max_entries: int,
+        shared: SharedFiles | None = None,
+        own: Callable[[str], bool] = lambda rel: False,
+    ) -> None:
         self.root = root
+        self.shared = shared
+        self.own = own
         self.real_root = os.path.realpath(root)
         self.max_bytes = max_bytes
         self.max_entries = max_entries
@@ -376,24 +402,33 @@ class _Extractor:
             )
         self.declared += size
         src = self._member_stream(tf, member)
-        mode = 0o755 if member.mode & 0o111 else 0o644
+        executable = bool(member.mode & 0o111)
+        if self.shared is not None and size <= SHARED_MAX_BYTES and not self.own(rel):
+            data = b"".join(self._chunks(src, member, size))
+            self.shared.link(data, executable, self._abs(rel))
+            return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self._abs(rel), flags, 0o600)
         with os.fdopen(fd, "wb") as out:
-            remaining = size
-            while remaining > 0:
-                chunk = self._read(src, min(_CHUNK, remaining))
-                if not chunk:
-                    raise _corrupt(f"entry {member.name!r} is truncated")
-                remaining -= len(chunk)
-                self.written += len(chunk)
-                if self.written > self.max_bytes:  # belt and braces: declared sizes lied
-                    raise UnsafeArchiveError(
-                        f"archive contents exceed the {self.max_bytes}-byte limit",
-                        code="archive_too_large",
-                    )
+            for chunk in self._chunks(src, member, size):
                 out.write(chunk)
-            os.fchmod(out.fileno(), mode)
+            os.fchmod(out.fileno(), 0o755 if executable else 0o644)
+
+    def _chunks(self, src: IO[bytes], member: tarfile.TarInfo, size: int) -> Iterator[bytes]:
+        """The member's ``size`` bytes, counted against the limit as they are read."""
+        remaining = size
+        while remaining > 0:
+            chunk = self._read(src, min(_CHUNK, remaining))
+            if not chunk:
+                raise _corrupt(f"entry {member.name!r} is truncated")
+            remaining -= len(chunk)
+            self.written += len(chunk)
+            if self.written > self.max_bytes:  # belt and braces: declared sizes lied
+                raise UnsafeArchiveError(
+                    f"archive contents exceed the {self.max_bytes}-byte limit",
+                    code="archive_too_large",
+                )
+            yield chunk
 
     @staticmethod
     def _member_stream(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
@@ -423,8 +458,14 @@ def safe_extract(
     *,
     max_bytes: int = MAX_ARCHIVE_BYTES,
     max_entries: int = MAX_ARCHIVE_ENTRIES,
+    shared: SharedFiles | None = None,
+    own: Callable[[str], bool] = lambda rel: False,
 ) -> None:
     """Extract the ``tar.gz`` at ``archive`` into the new directory ``dest``, all or nothing.
+
+    With ``shared``, each regular file of up to ``SHARED_MAX_BYTES`` is placed as a
+    hard link to the shared copy of its content (``SharedFiles.link``), except the
+    paths ``own`` keeps (relative to ``dest``), which are written out as usual.
 
     Raises UnsafeArchiveError (codes ``absolute_path``, ``path_traversal``,
     ``link_escape``, ``special_file``, ``archive_too_large``, ``too_many_entries``,
@@ -441,7 +482,7 @@ def safe_extract(
     tmp = tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent)
     try:
         os.chmod(tmp, _DIR_MODE)
-        _Extractor(tmp, max_bytes, max_entries).run(archive)
+        _Extractor(tmp, max_bytes, max_entries, shared, own).run(archive)
         if os.path.lexists(dest):
             raise ConflictError(f"extraction target {dest} already exists")
         try:

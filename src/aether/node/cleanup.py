@@ -34,6 +34,7 @@ from typing import Any
 
 from aether.artifacts import pack
 from aether.model.cluster import InstanceRecord
+from aether.node.contents import ContentStore
 from aether.node.trees import remove_tree
 
 __all__ = [
@@ -148,7 +149,8 @@ class SweepResult:
 def sweep(
     data_dir: Path, assigned: Iterable[InstanceRecord], stored_snapshots: Collection[str]
 ) -> SweepResult:
-    """Remove the instance directories and cached artifacts no assignment holds.
+    """Remove the instance directories, cached artifacts and shared contents no
+    assignment holds.
 
     Blocking (run it in a thread), and only while no runner of an instance
     outside ``assigned`` is at work. Logs one line per directory it keeps.
@@ -190,6 +192,8 @@ def sweep(
                 log.warning("could not remove the cached artifact %s: %s", entry, exc)
                 continue
             result.artifacts_removed.append(entry.name)
+    if (data_dir / "contents").is_dir():  # shipped files no instance links to any more
+        ContentStore(data_dir / "contents").prune()
     if result.removed or result.artifacts_removed:
         log.info(
             "removed what no assignment holds: instance directories [%s]; artifacts [%s]",

@@ -55,6 +55,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -79,6 +80,7 @@ from aether.node.checkpoint import (
     restore_snapshot,
 )
 from aether.node.cleanup import PENDING_SNAPSHOT, instance_dir_name, write_instance_file
+from aether.node.contents import ContentStore
 from aether.node.drivers.base import Handle, LaunchSpec, RunsInstances
 from aether.node.orphans import store_orphan
 from aether.node.periodic import PeriodicCheckpoints, PeriodicTarget
@@ -218,6 +220,7 @@ class RunnerConfig:
         self.criu = criu
         self.criu_binary = criu_binary
         self.requests = RequestLog(data_dir / "requests.log")
+        self.contents = ContentStore(self.data_dir / "contents")
 
 
 class StepFailed(Exception):
@@ -461,13 +464,31 @@ class InstanceRunner:
         self.root.mkdir(parents=True, mode=0o700)
         write_instance_file(self.root, self.record)  # for the sweep at a later start
         try:
-            await asyncio.to_thread(safe_extract, archive, self.app_dir)
+            await asyncio.to_thread(self._extract, archive)
         except UnsafeArchiveError:
             archive.unlink(missing_ok=True)  # keep nothing of a hostile artifact
             raise
 
+    def _extract(self, archive: Path) -> None:
+        """Unpack the artifact into ``app/``. Where the instance runs as its own uid, its
+        shipped files are hard links to the node's shared read-only copies
+        (``node.contents``): only contents the node has not seen are written out.
+        The state directory is always the instance's own."""
+        if self.driver.host_uid(self.instance_id) is None:
+            safe_extract(archive, self.app_dir)
+            return
+        state = self.record.spec.state_dir
+        safe_extract(
+            archive,
+            self.app_dir,
+            shared=self.config.contents,
+            own=lambda rel: state is not None and (rel == state or rel.startswith(state + "/")),
+        )
+
     def _hand_over(self) -> None:
-        """Give ``app/`` (the whole tree) and ``run/`` to the instance's uid, 0700."""
+        """Give ``app/`` and ``run/`` to the instance's uid, 0700: every directory and
+        every file of its own, never a shared one (``node.contents``: a file with
+        more than one link stays the node's, read-only)."""
         state_dir = self.state_dir
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -480,8 +501,14 @@ class InstanceRunner:
                 continue
             os.lchown(top, uid, uid)
             for dirpath, dirnames, filenames in os.walk(top):
-                for name in dirnames + filenames:
+                for name in dirnames:
                     os.lchown(os.path.join(dirpath, name), uid, uid)
+                for name in filenames:
+                    path = os.path.join(dirpath, name)
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                        continue  # shared with other instances: stays read-only
+                    os.lchown(path, uid, uid)
 
     async def _activate(self) -> None:
         await self._report(State.ACTIVATING)
@@ -833,6 +860,7 @@ class InstanceRunner:
         await self._stop_process()
         if self.root.exists():
             await asyncio.to_thread(shutil.rmtree, self.root, True)
+            await asyncio.to_thread(self.config.contents.prune)
 
     async def cancel(self) -> None:
         if self.task is not None and not self.task.done():
