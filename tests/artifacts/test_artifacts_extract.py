@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from aether.artifacts import pack, safe_extract
+from aether.artifacts.extract import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_ENTRIES
 from aether.errors import ConflictError, UnsafeArchiveError
 from aether.node.contents import ContentStore
 
@@ -59,7 +60,13 @@ def assert_refused(archive: Path, out: Path, code: str, **limits: int) -> Unsafe
     errors = []
     for shared in (None, ContentStore(out.parent / "shared-contents")):
         with pytest.raises(UnsafeArchiveError) as exc:
-            safe_extract(archive, dest, shared=shared, **limits)
+            safe_extract(
+                archive,
+                dest,
+                max_bytes=limits.get("max_bytes", MAX_ARCHIVE_BYTES),
+                max_entries=limits.get("max_entries", MAX_ARCHIVE_ENTRIES),
+                shared=shared,
+            )
         assert exc.value.code == code, exc.value.message
         assert exc.value.status == 400
         assert not os.path.lexists(dest)
