@@ -398,6 +398,19 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         q.add_argument("--force", action="store_true", help="replace what the data dir holds")
         q.add_argument("--format", choices=["text", "json"], default="text")
 
+    if p := sub.add(
+        "shell",
+        help="the commands at a prompt (history, completion), or a script: -f FILE, < FILE",
+    ):
+        p.add_argument(
+            "-f", "--file", default=None, metavar="FILE", help="run FILE's commands ('-': stdin)"
+        )
+        p.add_argument(
+            "--keep-going", action="store_true", help="in a script: go on after a failure"
+        )
+        p.add_argument("--server", help="API URL for every command (default: the session)")
+        p.add_argument("--token", help="API token for every command (default: the session)")
+
     if p := sub.add("completions", help="print a shell completion script"):
         p.add_argument("--shell", choices=["bash", "zsh", "fish"], required=True)
 
@@ -932,6 +945,7 @@ _MODULES = {
     "task": "tasks",
     "vm": "tasks",
     "completions": "completions",
+    "shell": "shell",
     "backup": "backup",
     "rollback": "actions",
     "logs": "actions",
