@@ -824,8 +824,18 @@ class ApiClient:
         )
         return [TaskOut.model_validate(t) for t in data["tasks"]]
 
-    async def task(self, task_id: str) -> TaskOut:
-        return TaskOut.model_validate(await self.json("GET", f"/api/v1/tasks/{task_id}"))
+    async def task(self, task_id: str, *, wait: float = 0.0) -> TaskOut:
+        """The task; with ``wait``, as soon as it is final, or after ``wait`` seconds
+        (a long poll: ``GET /tasks/{id}?wait=``, at most 60)."""
+        if not wait:
+            return TaskOut.model_validate(await self.json("GET", f"/api/v1/tasks/{task_id}"))
+        data = await self.json(
+            "GET",
+            f"/api/v1/tasks/{task_id}",
+            params={"wait": f"{wait:g}"},
+            timeout=httpx.Timeout(wait + 10, connect=5.0),
+        )
+        return TaskOut.model_validate(data)
 
     async def tasks(self, **filters: Any) -> list[TaskOut]:
         params = {k: v for k, v in filters.items() if v is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -187,3 +188,44 @@ async def test_an_exchange_with_nothing_to_report_waits_for_work(
     empty = await _exchange(http, server, node, queue, want=1, wait=0.6)
     assert empty.json() == {"reports": [], "tasks": []}
     assert time.monotonic() - started >= 0.5
+
+
+async def test_a_long_poll_answers_when_the_task_is_final(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """``GET /tasks/{id}?wait=``: held until the node's report makes the task final."""
+    queue, node = unique("q"), unique("node")
+    submitted = await http.post(
+        "/api/v1/tasks", json=_create(queue), headers=bearer(server.admin_token)
+    )
+    task_id = submitted.json()["id"]
+    started = time.monotonic()
+    short = await http.get(
+        f"/api/v1/tasks/{task_id}", params={"wait": 0.3}, headers=bearer(server.admin_token)
+    )
+    assert short.json()["state"] == "pending" and time.monotonic() - started >= 0.3
+
+    waiting = asyncio.ensure_future(
+        http.get(
+            f"/api/v1/tasks/{task_id}", params={"wait": 30}, headers=bearer(server.admin_token)
+        )
+    )
+    (claimed,) = (await _exchange(http, server, node, queue, want=1)).json()["tasks"]
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # claimed is not final: still held
+    report = [{"id": task_id, "attempt": 1, "result": _created(claimed, node)}]
+    await _exchange(http, server, node, queue, reports=report)
+    answer = await asyncio.wait_for(waiting, 10)  # woken by the report, not after 30 s
+    assert answer.json()["state"] == "succeeded"
+
+    # bad input and another tenant's task: refused at once
+    too_long = await http.get(
+        f"/api/v1/tasks/{task_id}", params={"wait": 61}, headers=bearer(server.admin_token)
+    )
+    assert_envelope(too_long, 400, "bad_request")
+    other = await http.get(
+        f"/api/v1/tasks/{task_id}",
+        params={"wait": 30},
+        headers=bearer(server.token("admin", tenant="other")),
+    )
+    assert_envelope(other, 404, "not_found")

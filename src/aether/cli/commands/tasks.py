@@ -72,13 +72,19 @@ def _task_text(task: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Seconds one long poll of the task waits (the server answers as soon as it is final).
+LONG_POLL = 20.0
+
+
 async def _wait(client: Any, task_id: str, timeout: float) -> TaskOut:
     import asyncio  # here: `task get` runs without it
 
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
-        task: TaskOut = await client.task(task_id)
+        left = deadline - time.monotonic()
+        asked = time.monotonic()
+        task: TaskOut = await client.task(task_id, wait=max(0.0, min(LONG_POLL, left)))
         if task.state.final:
             return task
         if time.monotonic() > deadline:
@@ -87,8 +93,10 @@ async def _wait(client: Any, task_id: str, timeout: float) -> TaskOut:
                 kind="network",
                 code="timeout",
             )
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        if time.monotonic() - asked < 0.5 * min(LONG_POLL, left):
+            # answered early and not final: a server that does not long-poll; back off
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
 
 
 def _exec_argv(args: argparse.Namespace) -> list[str]:

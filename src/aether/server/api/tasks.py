@@ -25,7 +25,13 @@ from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import audit_refusal, refuse
 from aether.server.http.auth import Caller, NodeCaller, Operator, own_node
 from aether.server.services.agent_placements import AgentQueues
-from aether.server.services.tasks import record_outcome, record_outcomes, submit_task, submit_tasks
+from aether.server.services.tasks import (
+    record_outcome,
+    record_outcomes,
+    submit_task,
+    submit_tasks,
+)
+from aether.server.services.tasks import signals as task_signals
 from aether.store.records import Principal
 from aether.tasks.queue.base import Completion
 
@@ -174,9 +180,27 @@ async def task_stats(
     return {str(state): n for state, n in counts.items()}
 
 
+#: How often a long poll reads the task again: a change made on another server.
+WAIT_POLL = 0.25
+
+
 @router.get("/tasks/{task_id}")
-async def get_task(task_id: str, caller: Caller, ctx: Ctx) -> TaskOut:
-    return await ctx.queue.get(task_id, caller.tenant_id)
+async def get_task(
+    task_id: str,
+    caller: Caller,
+    ctx: Ctx,
+    wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
+) -> TaskOut:
+    """The task. ``wait``: a long poll — answer as soon as the task is final (this
+    server hears of it at once; another server's change within ``WAIT_POLL``), or
+    after ``wait`` seconds with its state then."""
+    deadline = time.monotonic() + wait
+    while True:
+        task = await ctx.queue.get(task_id, caller.tenant_id)
+        left = deadline - time.monotonic()
+        if task.state.final or left <= 0:
+            return task
+        await task_signals.wait(task_id, min(left, WAIT_POLL), settled=True)
 
 
 @router.get("/tasks/{task_id}/history")
@@ -203,7 +227,9 @@ async def task_history(task_id: str, caller: Caller, ctx: Ctx) -> TaskHistoryOut
 
 @router.post("/tasks/{task_id}/cancel")
 async def cancel(task_id: str, caller: Operator, ctx: Ctx) -> TaskOut:
-    return await ctx.queue.cancel(task_id, caller.tenant_id)
+    task = await ctx.queue.cancel(task_id, caller.tenant_id)
+    _settled(task)
+    return task
 
 
 @router.post("/tasks/claim", response_model=None)
@@ -305,11 +331,11 @@ async def _take_reports(
             [Completion(r.id, r.result or {}, attempt=r.attempt) for _, r in taken],
         )
         for (i, report), outcome in zip(taken, done, strict=True):
-            answers[i] = (
-                _refused(report, outcome)
-                if isinstance(outcome, AetherError)
-                else ReportOut(id=report.id, state=outcome.state)
-            )
+            if isinstance(outcome, AetherError):
+                answers[i] = _refused(report, outcome)
+            else:
+                _settled(outcome)
+                answers[i] = ReportOut(id=report.id, state=outcome.state)
     return [answers[i] for i in range(len(reports))]
 
 
@@ -349,6 +375,7 @@ async def _record_failure(
 ) -> TaskOut:
     """The holder's failure, and the sandbox a failed ``vm:create`` or ``job:run`` was for."""
     task = await ctx.queue.fail(task_id, node, error, retryable=retryable)
+    _settled(task)
     if task.state in (TaskState.DEAD, TaskState.FAILED) and task.type in ("vm:create", "job:run"):
         sandbox_id = task.payload.get("vm_id") or task.payload.get("sandbox_id")
         if sandbox_id:
@@ -374,7 +401,15 @@ async def complete(
     task = await _holder(request, caller, ctx, task_id, body)
     if task.state is TaskState.ACTIVE:
         await record_outcome(ctx, task, body.node, body.result)  # 400 for a bad result
-    return await ctx.queue.complete(task_id, body.node, body.result)
+    done = await ctx.queue.complete(task_id, body.node, body.result)
+    _settled(done)
+    return done
+
+
+def _settled(task: TaskOut) -> None:
+    """Wake this server's long polls on ``task`` if it is final now."""
+    if task.state.final:
+        task_signals.notify(task.id, settled=True)
 
 
 @router.post("/tasks/{task_id}/fail")

@@ -27,7 +27,7 @@ import logging
 import secrets
 import shlex
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -59,6 +59,7 @@ from aether.server.services.agent_policies import VersionedPolicy, enforce, find
 from aether.server.services.agent_tools import run_server_tool
 from aether.server.services.models import model_endpoint
 from aether.server.services.secrets import tenant_secrets
+from aether.server.signals import Signals
 from aether.store.records.audit import AuditEntry
 from aether.store.records.base import Principal, now, utc
 from aether.store.records.runs import Usage, new_run_id
@@ -97,33 +98,13 @@ OUTPUT_LIMIT = 16_384  # characters of a tool's output kept and given to the mod
 RUN_TIMEOUT = 3600.0  # seconds an ``agent:run`` task may hold its lease overall
 
 
-class RunSignals:
-    """Wakes this server's waiters on a run as soon as the run changes here: a stream on
-    any event, a waiting ``POST`` only when the run settles (ends, or waits for a
-    person). Waiters also poll, for changes made by another server."""
-
-    def __init__(self) -> None:
-        self._changed: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
-        self._settled: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
-
-    def notify(self, run_id: str, *, settled: bool = False) -> None:
-        for events in (self._changed, self._settled) if settled else (self._changed,):
-            event = events.pop(run_id, None)
-            if event is not None:
-                event.set()
-
-    async def wait(self, run_id: str, timeout: float, *, settled: bool = False) -> None:
-        event = (self._settled if settled else self._changed)[run_id]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
-
-
 #: the events after which a run is settled: ended, or waiting for a person
 SETTLING_EVENTS = frozenset(
     {"run.completed", "run.failed", "run.cancelled", "run.expired", "run.requires_approval"}
 )
-signals = RunSignals()
+#: wakes this server's waiters on a run: a stream on any event, a waiting ``POST`` only
+#: when the run settles (ends, or waits for a person)
+signals = Signals()
 
 
 # -- answers ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from aether.errors import BadRequestError, ConflictError
 from aether.model.tasks import TaskIn, TaskOut
 from aether.server.context import ServerContext
 from aether.server.services.quotas import enforce_quota
+from aether.server.signals import Signals
 from aether.store.records import Principal
 from aether.store.records.repo import now, utc
 from aether.store.records.schema import Deployment, Execution
@@ -38,6 +39,9 @@ from aether.tasks.types import (
 )
 
 __all__ = ["record_outcome", "record_outcomes", "submit_task", "submit_tasks"]
+
+#: wakes this server's ``GET /tasks/{id}?wait=`` long polls when a task settles here
+signals = Signals()
 
 
 def _parse(body: TaskIn) -> tuple[TaskType, BaseModel]:
