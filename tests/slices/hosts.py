@@ -55,9 +55,7 @@ def write_package(root: Path, name: str, source: str) -> None:
     (package / "slice.py").write_text(textwrap.dedent(source))
 
 
-def start_host(
-    root: Path, target: str, *, app: str | None = None, wait: bool = True
-) -> Host:
+def start_host(root: Path, target: str, *, app: str | None = None, wait: bool = True) -> Host:
     port = free_port()
     env = {
         **os.environ,

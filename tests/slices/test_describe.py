@@ -142,7 +142,7 @@ def test_what_is_not_a_slice_is_refused() -> None:
     class Empty:
         pass
 
-    with pytest.raises(TypeError, match="no @slices.entry"):
+    with pytest.raises(TypeError, match=r"no @slices\.entry"):
         describe_slice(Empty)
 
     @slices.slice

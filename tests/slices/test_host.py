@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,7 +101,7 @@ async def conn(host: Host) -> AsyncIterator[wire.Connection]:
     await connection.close()
 
 
-def log_of(root: Path) -> list[dict[str, object]]:
+def log_of(root: Path) -> list[dict[str, Any]]:
     path = root / "shop.log"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
