@@ -55,21 +55,29 @@ def write_package(root: Path, name: str, source: str) -> None:
     (package / "slice.py").write_text(textwrap.dedent(source))
 
 
-def start_host(root: Path, target: str, *, app: str | None = None, wait: bool = True) -> Host:
+def start_host(
+    root: Path,
+    target: str,
+    *,
+    app: str | None = None,
+    wait: bool = True,
+    env: dict[str, str] | None = None,
+) -> Host:
     port = free_port()
-    env = {
+    environ = {
         **os.environ,
         "AETHER_SLICE": target,
         "PORT": str(port),
         "AETHER_SLICE_CONTROL_KEY": KEY,
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     if app:
-        env["AETHER_APP"] = app
+        environ["AETHER_APP"] = app
     process = subprocess.Popen(
         [sys.executable, "-m", "aether.slices.host"],
         cwd=root,
-        env=env,
+        env=environ,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
