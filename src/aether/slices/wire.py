@@ -18,7 +18,9 @@ number of calls at once, each answered by ``id``, in any order.
 Error codes (``CODES``, the API's envelope codes, so a router passes them on):
 ``bad_request`` (the arguments failed validation; ``details`` are pydantic's
 errors), ``not_found`` (no such entry point), ``deadline_exceeded``,
-``unavailable`` (the instance is draining or not active: try another),
+``unavailable`` (the instance is draining or not active: try another; such a
+refusal carries ``details`` ``{"started": false}``, so a caller knows the call did
+not run and may send it elsewhere even when it is not idempotent),
 ``internal`` (the entry point raised; ``message`` names the exception).
 
 Control entries start with ``$`` and need ``key``, the instance's control key
@@ -26,7 +28,10 @@ Control entries start with ``$`` and need ``key``, the instance's control key
 ``$describe`` (the slice's name and entry points with their JSON schemas),
 ``$endpoints`` (the node pushes the tenant's endpoint table), ``$snapshot``
 (the leader's cluster snapshot, via the node), ``$stats`` (per entry point
-counters since the last ``$stats``), ``$activate`` and ``$deactivate``.
+counters since the last ``$stats``), ``$activate`` and ``$deactivate`` (run the
+slice's hook; ``$deactivate`` first drains the calls in flight; both answer
+``{"state": …}``). A control call without the right key is answered ``not_found``,
+as an unknown entry point would be.
 
 This module is the codec and the client side (``Connection``); it imports only
 the standard library, because it runs inside slice sandboxes too.
