@@ -321,3 +321,41 @@ def test_a_lean_slice_serves_its_function(tmp_path: Path) -> None:
     assert described["lean"] is True
     assert list(described["entries"]) == ["greet"]
     assert code == 0, err
+
+
+def test_control_deactivate_and_activate(tmp_path: Path) -> None:
+    write_package(tmp_path, "shop", SHOP)
+    host = start_host(tmp_path, "shop.slice:Catalog")
+
+    async def scenario() -> list[object]:
+        conn = await wire.Connection.open("127.0.0.1", host.port)
+        seen: list[object] = []
+        try:
+            seen.append(await conn.call("$deactivate", key=KEY))
+            seen.append(host.health())
+            try:
+                await conn.call("add", [1])
+            except wire.CallFailed as exc:
+                seen.append(exc.code)
+            seen.append(await conn.call("$activate", key=KEY))
+            seen.append(host.health())
+            seen.append(await conn.call("add", [1]))
+        finally:
+            await conn.close()
+        return seen
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        code, err = host.stop()
+    assert seen == [
+        {"state": "inactive"},
+        503,
+        "unavailable",
+        {"state": "active"},
+        200,
+        2,
+    ]
+    assert code == 0, err
+    steps = [e.get("step") for e in log_of(tmp_path) if "step" in e]
+    assert steps == ["load", "activate", "deactivate", "activate", "deactivate"]
