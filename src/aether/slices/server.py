@@ -2,8 +2,9 @@
 with ``wire.MAGIC``) and answers ``GET /healthz`` (anything else: HTTP).
 
 An ``asyncio.Protocol``: frames are cut from the received bytes without a stream
-reader, answers are written as they come (the transport buffers; when it asks to
-pause, reading pauses too, so a slow reader holds back its own calls only).
+reader; the answers ready in one loop iteration are written together, without
+waiting for the transport to drain (it buffers; when it asks to pause, reading
+pauses too, so a slow reader holds back its own calls only).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class SliceProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._mode: str | None = None  # "frames" | "http"
+        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -48,6 +50,7 @@ class SliceProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         if self._transport is not None:
+            self._flush()
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -88,10 +91,18 @@ class SliceProtocol(asyncio.Protocol):
             del buffer[:start]
 
     def send(self, answer: dict[str, Any]) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        """Queue an answer; the answers of one loop iteration go out in one write."""
+        if self._transport is None:
             return
-        transport.write(wire.encode(answer))
+        self._out.append(wire.encode(answer))
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and out:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # -- HTTP (the health check) ---------------------------------------------------
 
