@@ -156,3 +156,21 @@ def test_what_is_not_a_slice_is_refused() -> None:
 def test_batch_needs_a_size() -> None:
     with pytest.raises(ValueError):
         slices.batch(max_size=0, max_wait_ms=1)
+
+
+def test_parameter_names_pydantic_reserves_still_work() -> None:
+    @slices.slice
+    def lookup(schema: str, model_id: int, _hint: int = 3, json: bool = False) -> int:
+        return 1
+
+    spec = describe_slice(lookup).entries["lookup"]
+    assert spec.arguments(["s", 2], {"json": True}) == {
+        "schema": "s",
+        "model_id": 2,
+        "_hint": 3,
+        "json": True,
+    }
+    assert set(spec.describe()["params"]["properties"]) == {"schema", "model_id", "_hint", "json"}
+    with pytest.raises(BadArguments) as caught:
+        spec.arguments([], {"schema": "s", "model_id": "x"})
+    assert [error["loc"] for error in caught.value.details] == [["model_id"]]

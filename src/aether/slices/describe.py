@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from aether.slices.authoring import (
     BATCH_MARK,
@@ -46,7 +46,8 @@ class EntrySpec:
     name: str
     attr: str  # the method's attribute on the class ("" for a lean slice's function)
     params: type[BaseModel]
-    fields: tuple[str, ...]
+    fields: tuple[str, ...]  # the parameters' names, in order
+    renamed: bool  # some parameter's name is not a valid pydantic field name (see _slot)
     returns: TypeAdapter[Any]
     idempotent: bool
     batch: BatchSpec | None
@@ -66,6 +67,9 @@ class EntrySpec:
         except ValidationError as exc:
             details = json.loads(exc.json(include_url=False))
             raise BadArguments(f"{self.name}: invalid arguments", details) from None
+        if self.renamed:
+            values = model.__dict__
+            return {name: values[_slot(name)] for name in self.fields}
         return model.__dict__
 
     def result(self, value: Any) -> Any:
@@ -153,17 +157,32 @@ def _entry_spec(func: Callable[..., Any], attr: str, *, method: bool) -> EntrySp
         ((field, (hint, default)),) = fields.items()
         fields = {field: (_item_type(hint), default)}
         returns = _item_type(returns)
-    params_model = create_model(f"{name}_arguments", __config__=_STRICT_NAMES, **fields)
+    renamed = any(_slot(field) != field for field in fields)
+    definitions: dict[str, Any] = {
+        _slot(field): (hint, Field(default, alias=field) if _slot(field) != field else default)
+        for field, (hint, default) in fields.items()
+    }
+    params_model = create_model(f"{name}_arguments", __config__=_STRICT_NAMES, **definitions)
     return EntrySpec(
         name=name,
         attr=attr,
         params=params_model,
         fields=tuple(fields),
+        renamed=renamed,
         returns=TypeAdapter(None if returns is type(None) else returns),
         idempotent=mark.idempotent,
         batch=batch,
         is_async=inspect.iscoroutinefunction(func),
     )
+
+
+def _slot(name: str) -> str:
+    """The model's field for the parameter ``name``: the name itself, unless pydantic
+    refuses or warns about it (``_private``, ``model_…``, ``schema``, ``json``…); then
+    a safe name, with the parameter's name as its alias."""
+    if name.startswith("_") or name.startswith("model_") or hasattr(BaseModel, name):
+        return f"param_{name.lstrip('_')}_{len(name)}"
+    return name
 
 
 def _item_type(hint: Any) -> Any:
