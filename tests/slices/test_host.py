@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -359,3 +360,80 @@ def test_control_deactivate_and_activate(tmp_path: Path) -> None:
     assert code == 0, err
     steps = [e.get("step") for e in log_of(tmp_path) if "step" in e]
     assert steps == ["load", "activate", "deactivate", "activate", "deactivate"]
+
+
+def test_healthz_is_503_until_activate_has_run(tmp_path: Path) -> None:
+    write_package(
+        tmp_path,
+        "sleepy",
+        """
+        import time
+        from aether import slices
+
+        @slices.slice
+        class Sleepy:
+            def activate(self):
+                time.sleep(1.5)
+
+            @slices.entry
+            def ping(self) -> str:
+                return "pong"
+        """,
+    )
+    host = start_host(tmp_path, "sleepy.slice:Sleepy", wait=False)
+    try:
+        seen: set[int] = set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and 200 not in seen:
+            with contextlib.suppress(OSError):
+                seen.add(host.health())
+            time.sleep(0.05)
+    finally:
+        code, err = host.stop()
+    assert seen == {503, 200}
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("where", "body"),
+    [
+        ("construct", "def __init__(self):\n                raise RuntimeError('boom in init')"),
+        (
+            "activate",
+            "async def activate(self):\n                raise RuntimeError('boom in activate')",
+        ),
+    ],
+)
+def test_a_failing_load_or_activate_exits_1_with_the_traceback(
+    tmp_path: Path, where: str, body: str
+) -> None:
+    write_package(
+        tmp_path,
+        "failing",
+        f"""
+        from aether import slices
+
+        @slices.slice
+        class Failing:
+            {body}
+
+            @slices.entry
+            def ping(self) -> str:
+                return "pong"
+        """,
+    )
+    host = start_host(tmp_path, "failing.slice:Failing", wait=False)
+    host.process.wait(timeout=20)
+    code, err = host.stop()
+    assert code == 1
+    assert "Traceback" in err
+    assert f"boom in {where.replace('construct', 'init')}" in err
+
+
+def test_a_target_that_is_not_a_slice_exits_1(tmp_path: Path) -> None:
+    write_package(tmp_path, "plain", "class Plain:\n    pass\n")
+    host = start_host(tmp_path, "plain.slice:Plain", wait=False)
+    host.process.wait(timeout=20)
+    code, err = host.stop()
+    assert code == 1
+    assert "not marked with @slices.slice" in err

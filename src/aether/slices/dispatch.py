@@ -19,6 +19,7 @@ from aether.slices.batching import Batcher
 from aether.slices.context import DEADLINE, TRACE
 from aether.slices.describe import BadArguments, EntrySpec, SliceSpec
 from aether.slices.errors import CallError
+from aether.slices.handles import POOL
 from aether.slices.registry import REGISTRY
 
 __all__ = ["Dispatcher", "EntryStats", "Reply"]
@@ -245,6 +246,7 @@ class Dispatcher:
         if entry == "$endpoints":
             node = kwargs.get("node")
             count = REGISTRY.replace(kwargs.get("table") or {}, None if node is None else str(node))
+            await POOL.retain(REGISTRY.urls())
             return {"endpoints": count}
         if entry == "$snapshot":
             snapshot = kwargs.get("snapshot")

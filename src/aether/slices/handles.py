@@ -41,6 +41,7 @@ class _Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connections: dict[str, wire.Connection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def in_flight(self, url: str) -> int:
         connection = self._connections.get(url)
@@ -73,10 +74,27 @@ class _Pool:
                 self._connections[url] = connection
             return connection
 
+    async def retain(self, urls: set[str]) -> None:
+        """Close the connections to endpoints no longer in the table."""
+        for url in [url for url in self._connections if url not in urls]:
+            connection = self._connections.pop(url)
+            if connection.in_flight == 0:
+                await connection.close()
+            else:  # let its calls finish first
+                task = asyncio.get_running_loop().create_task(_close_when_idle(connection))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
         connections, self._connections = self._connections, {}
         for connection in connections.values():
             await connection.close()
+
+
+async def _close_when_idle(connection: wire.Connection) -> None:
+    while connection.in_flight and not connection.closed:
+        await asyncio.sleep(0.1)
+    await connection.close()
 
 
 POOL = _Pool()

@@ -40,6 +40,9 @@ class Registry:
         self.node = node
         return sum(len(eps) for entries in parsed.values() for eps in entries.values())
 
+    def urls(self) -> set[str]:
+        return {ep.url for entries in self.table.values() for eps in entries.values() for ep in eps}
+
     def endpoints(self, slice_name: str, entry: str) -> tuple[Endpoint, ...]:
         return self.table.get(slice_name, {}).get(entry, ())
 
