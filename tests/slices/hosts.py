@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aether.ports import free_port
+from aether.slices import wire
 
 KEY = "control-key-for-tests"
 
@@ -96,3 +98,32 @@ def start_host(
         host.stop()
         raise AssertionError("the host did not become healthy")
     return host
+
+
+async def wait_in_flight(host: Host, entry: str, count: int = 1, timeout: float = 10) -> None:
+    """Until ``host`` has ``count`` calls of ``entry`` in flight (asked with ``$stats``)."""
+    connection = await wire.Connection.open("127.0.0.1", host.port)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = await connection.call("$stats", key=KEY)
+            if stats[entry]["in_flight"] >= count:
+                return
+            await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+    raise AssertionError(f"{entry} never had {count} calls in flight")
+
+
+async def wait_draining(host: Host, timeout: float = 10) -> None:
+    """Until ``host`` took the SIGTERM: its port stops taking connections (the open
+    ones are still answered)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await asyncio.to_thread(host.health) == 503:
+                return
+        except OSError:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the host never started draining")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from aether.slices import wire
-from tests.slices.hosts import KEY, Host, start_host, write_package
+from tests.slices.hosts import KEY, Host, start_host, wait_draining, wait_in_flight, write_package
 
 SHOP = """
     import asyncio
@@ -259,9 +259,9 @@ def test_sigterm_drains_in_flight_calls_then_deactivates(tmp_path: Path) -> None
         conn = await wire.Connection.open("127.0.0.1", host.port)
         other = await wire.Connection.open("127.0.0.1", host.port)
         slow = asyncio.create_task(conn.call("slow", [1.0]))
-        await asyncio.sleep(0.3)
+        await wait_in_flight(host, "slow")
         host.process.terminate()
-        await asyncio.sleep(0.2)
+        await wait_draining(host)
         refused: BaseException | object
         try:
             refused = await other.call("add", [1])
