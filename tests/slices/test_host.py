@@ -63,6 +63,11 @@ SHOP = """
             return sorted(self.items)
 
         @slices.entry
+        def nap(self, seconds: float) -> str:
+            time.sleep(seconds)
+            return "rested"
+
+        @slices.entry
         async def slow(self, seconds: float) -> str:
             await asyncio.sleep(seconds)
             log(step="slow done")
@@ -154,7 +159,15 @@ async def test_describe_shape(conn: wire.Connection) -> None:
     described = await conn.call("$describe", key=KEY)
     assert described["slice"] == "catalog"
     assert described["lean"] is False
-    assert set(described["entries"]) == {"price", "add", "put", "slow", "score", "broken_batch"}
+    assert set(described["entries"]) == {
+        "price",
+        "add",
+        "put",
+        "nap",
+        "slow",
+        "score",
+        "broken_batch",
+    }
     price = described["entries"]["price"]
     assert set(price) == {"params", "returns", "idempotent", "batch"}
     assert price["idempotent"] is True
@@ -183,6 +196,13 @@ async def test_calls_are_multiplexed_and_concurrent(conn: wire.Connection) -> No
     results = await asyncio.gather(*(conn.call("slow", [0.3]) for _ in range(20)))
     assert results == ["done"] * 20
     assert time.monotonic() - started < 2.0
+
+
+async def test_sync_entries_run_in_threads_concurrently(conn: wire.Connection) -> None:
+    started = time.monotonic()
+    results = await asyncio.gather(*(conn.call("nap", [0.5]) for _ in range(16)))
+    assert results == ["rested"] * 16
+    assert time.monotonic() - started < 3.0  # 16 at once, not 6 (the default pool) or 1
 
 
 async def test_batches_gather_concurrent_calls(conn: wire.Connection, shop_root: Path) -> None:

@@ -3,7 +3,8 @@
 Environment: ``AETHER_SLICE`` (``module:attribute``, imported with the working
 directory on ``sys.path``), ``PORT``, ``AETHER_SLICE_HOST`` (default ``127.0.0.1``),
 ``AETHER_SLICE_CONTROL_KEY`` (without it, control calls are refused),
-``AETHER_APP`` (the slice's name when the decorator gives none).
+``AETHER_APP`` (the slice's name when the decorator gives none),
+``AETHER_SLICE_THREADS`` (how many sync entry point calls run at once; 32).
 
 LOAD imports the module and constructs the slice; the port then listens
 (``/healthz`` answers 503); ACTIVATE runs ``activate`` and serves (``/healthz``
@@ -21,6 +22,7 @@ import os
 import signal
 import sys
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -63,8 +65,11 @@ async def _call_hook(instance: Any, name: str) -> None:
         await asyncio.to_thread(hook)
 
 
-async def serve(spec: SliceSpec, instance: Any, host: str, port: int, key: str | None) -> int:
+async def serve(
+    spec: SliceSpec, instance: Any, host: str, port: int, key: str | None, threads: int = 32
+) -> int:
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="entry"))
     connections: set[SliceProtocol] = set()
     lock = asyncio.Lock()
 
@@ -120,7 +125,8 @@ def main() -> int:
         return 1
     host = os.environ.get("AETHER_SLICE_HOST") or "127.0.0.1"
     key = os.environ.get("AETHER_SLICE_CONTROL_KEY") or None
-    return asyncio.run(serve(spec, instance, host, port, key))
+    threads = max(1, int(os.environ.get("AETHER_SLICE_THREADS") or 32))
+    return asyncio.run(serve(spec, instance, host, port, key, threads))
 
 
 if __name__ == "__main__":
