@@ -33,8 +33,9 @@ slice's hook; ``$deactivate`` first drains the calls in flight; both answer
 ``{"state": …}``). A control call without the right key is answered ``not_found``,
 as an unknown entry point would be.
 
-This module is the codec and the client side (``Connection``); it imports only
-the standard library, because it runs inside slice sandboxes too.
+This module is the codec and the client side (``Connection``: the calls made in
+one event loop iteration go out in one write); it imports only the standard
+library, because it runs inside slice sandboxes too.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ class Connection:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._closed: BaseException | None = None
-        self._pump = asyncio.get_running_loop().create_task(self._read_answers())
+        self._unsent: list[bytes] = []  # frames of this loop iteration, written together
+        self._loop = asyncio.get_running_loop()
+        self._pump = self._loop.create_task(self._read_answers())
 
     @classmethod
     async def open(cls, host: str, port: int, *, timeout: float = 5.0) -> Connection:
@@ -157,7 +160,10 @@ class Connection:
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = answer
         try:
-            self._writer.write(encode(message))
+            frame = encode(message)
+            if not self._unsent:
+                self._loop.call_soon(self._write_unsent)
+            self._unsent.append(frame)
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             try:
                 async with asyncio.timeout(timeout):
@@ -176,6 +182,11 @@ class Connection:
             str(error.get("message", "the call failed")),
             error.get("details"),
         )
+
+    def _write_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if self._closed is None and unsent:
+            self._writer.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
     async def _read_answers(self) -> None:
         try:
