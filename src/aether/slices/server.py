@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from typing import Any
 
 from aether.slices import wire
@@ -19,7 +20,7 @@ from aether.slices.dispatch import Dispatcher
 __all__ = ["SliceProtocol"]
 
 _HTTP_LIMIT = 16 * 1024
-_LENGTH = wire._LENGTH
+_LENGTH = struct.Struct(">I")  # wire's frame header: the body's length, big-endian
 
 
 class SliceProtocol(asyncio.Protocol):
