@@ -18,7 +18,9 @@ number of calls at once, each answered by ``id``, in any order.
 Error codes (``CODES``, the API's envelope codes, so a router passes them on):
 ``bad_request`` (the arguments failed validation; ``details`` are pydantic's
 errors), ``not_found`` (no such entry point), ``deadline_exceeded``,
-``unavailable`` (the instance is draining or not active: try another),
+``unavailable`` (the instance is draining or not active: try another; such a
+refusal carries ``details`` ``{"started": false}``, so a caller knows the call did
+not run and may send it elsewhere even when it is not idempotent),
 ``internal`` (the entry point raised; ``message`` names the exception).
 
 Control entries start with ``$`` and need ``key``, the instance's control key
@@ -26,10 +28,14 @@ Control entries start with ``$`` and need ``key``, the instance's control key
 ``$describe`` (the slice's name and entry points with their JSON schemas),
 ``$endpoints`` (the node pushes the tenant's endpoint table), ``$snapshot``
 (the leader's cluster snapshot, via the node), ``$stats`` (per entry point
-counters since the last ``$stats``), ``$activate`` and ``$deactivate``.
+counters since the last ``$stats``), ``$activate`` and ``$deactivate`` (run the
+slice's hook; ``$deactivate`` first drains the calls in flight; both answer
+``{"state": …}``). A control call without the right key is answered ``not_found``,
+as an unknown entry point would be.
 
-This module is the codec and the client side (``Connection``); it imports only
-the standard library, because it runs inside slice sandboxes too.
+This module is the codec and the client side (``Connection``: the calls made in
+one event loop iteration go out in one write); it imports only the standard
+library, because it runs inside slice sandboxes too.
 """
 
 from __future__ import annotations
@@ -108,7 +114,9 @@ class Connection:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._closed: BaseException | None = None
-        self._pump = asyncio.get_running_loop().create_task(self._read_answers())
+        self._unsent: list[bytes] = []  # frames of this loop iteration, written together
+        self._loop = asyncio.get_running_loop()
+        self._pump = self._loop.create_task(self._read_answers())
 
     @classmethod
     async def open(cls, host: str, port: int, *, timeout: float = 5.0) -> Connection:
@@ -152,7 +160,10 @@ class Connection:
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = answer
         try:
-            self._writer.write(encode(message))
+            frame = encode(message)
+            if not self._unsent:
+                self._loop.call_soon(self._write_unsent)
+            self._unsent.append(frame)
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             try:
                 async with asyncio.timeout(timeout):
@@ -171,6 +182,11 @@ class Connection:
             str(error.get("message", "the call failed")),
             error.get("details"),
         )
+
+    def _write_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if self._closed is None and unsent:
+            self._writer.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
     async def _read_answers(self) -> None:
         try:
