@@ -135,6 +135,7 @@ def test_bad_input_is_a_400_envelope(server: RunningServer, api: httpx.Client, s
     assert body["details"] == [
         {"type": "int_type", "loc": ["a"], "msg": "Input should be a valid integer", "input": "one"}
     ]
+    bad: object
     for bad in ([1, 2], "text", {"args": {"a": 1}}, {"kwargs": [1]}, {"argz": []}):
         refused = _call(api, operator, shop.slice, "add", bad)
         assert_envelope(refused, 400, "bad_request")
