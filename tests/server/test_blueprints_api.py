@@ -15,9 +15,7 @@ from tests.support.server import RunningServer
 TOML = "application/toml"
 
 
-async def _deployed(
-    http: httpx.AsyncClient, token: str, *apps: str, instances: int = 1
-) -> None:
+async def _deployed(http: httpx.AsyncClient, token: str, *apps: str, instances: int = 1) -> None:
     digest = await upload_random(http, token)
     for app in apps:
         made = await deploy(http, token, app, digest, instances=instances)
@@ -123,9 +121,7 @@ async def test_an_app_not_deployed_is_a_400_and_nothing_changes(
     assert _blueprint(server, tenant, catalog).instances == 1
 
 
-async def test_bad_files_are_400_envelopes(
-    server: RunningServer, http: httpx.AsyncClient
-) -> None:
+async def test_bad_files_are_400_envelopes(server: RunningServer, http: httpx.AsyncClient) -> None:
     operator = server.token("operator", unique("team"))
     bad: list[tuple[str, str]] = [
         ("name = \n[apps", TOML),  # not TOML
@@ -167,13 +163,15 @@ async def test_a_pinned_version_rolls_back_once(
     assert applied.status_code == 200, applied.text
     bp = _blueprint(server, tenant, app)
     assert (bp.version, bp.instances) == (3, 2)
-    deployments = (await http.get(f"/api/v1/apps/{app}/deployments", headers=bearer(operator))).json()
+    listed = await http.get(f"/api/v1/apps/{app}/deployments", headers=bearer(operator))
+    deployments = listed.json()
     newest = max(deployments, key=lambda d: d["version"])
     assert newest["rollback_of"] == 1
     assert applied.json()["apps"][app]["version_now"] == 3
     again = await _apply(http, operator, "pin", text)  # runs v1's build already: no v4
     assert again.status_code == 200 and _blueprint(server, tenant, app).version == 3
-    unknown = await _apply(http, operator, "pin", _file(None, {app: {"instances": 1, "version": 9}}))
+    pin_nine = _file(None, {app: {"instances": 1, "version": 9}})
+    unknown = await _apply(http, operator, "pin", pin_nine)
     assert_envelope(unknown, 400, "bad_request")
     assert "no version 9" in unknown.json()["message"]
     assert _blueprint(server, tenant, app).instances == 2
