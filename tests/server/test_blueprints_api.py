@@ -83,7 +83,8 @@ async def test_apply_sets_every_app_s_count_and_keeps_the_file(
     events = await http.get("/api/v1/apps/" + catalog + "/deployments", headers=bearer(viewer))
     assert events.json()[0]["instances"] == 3
     audit = await audit_events(http, server.token("admin", tenant), target="blueprint-files/shop")
-    assert [(e["action"], e["status"]) for e in audit] == [("PUT /blueprint-files/{name}", 200)]
+    applied_events = [(e["action"], e["status"]) for e in audit]
+    assert applied_events == [("PUT /blueprint-files/{blueprint}", 200)]
 
     # the same file again (YAML this time) changes nothing, a smaller one scales down
     yaml_text = f"name: shop\napps:\n  {catalog}: {{instances: 3}}\n  {cart}: {{instances: 1}}\n"
@@ -215,7 +216,8 @@ async def test_roles_other_tenants_and_rm(server: RunningServer, http: httpx.Asy
     again = await http.delete("/api/v1/blueprint-files/pair", headers=bearer(operator))
     assert_envelope(again, 404, "not_found")
     audit = await audit_events(http, admin, target="blueprint-files/pair")
-    assert ("DELETE /blueprint-files/{name}", 200) in [(e["action"], e["status"]) for e in audit]
+    removed_events = [(e["action"], e["status"]) for e in audit]
+    assert ("DELETE /blueprint-files/{blueprint}", 200) in removed_events
 
 
 async def test_quotas_apply_as_for_scale(server: RunningServer, http: httpx.AsyncClient) -> None:

@@ -251,16 +251,19 @@ async def list_blueprints(caller: Caller, ctx: Ctx) -> list[BlueprintOut]:
     return [_out(snap, caller, record) for record in records]
 
 
-@router.get("/blueprint-files/{name}")
-async def get_blueprint(name: Name, caller: Caller, ctx: Ctx) -> BlueprintOut:
-    record, _ = await _record(ctx, caller, name)
+@router.get("/blueprint-files/{blueprint}")
+async def get_blueprint(blueprint: Name, caller: Caller, ctx: Ctx) -> BlueprintOut:
+    record, _ = await _record(ctx, caller, blueprint)
     return _out(await read_snapshot(ctx.store), caller, record)
 
 
-@router.put("/blueprint-files/{name}", openapi_extra=_APPLY_BODY)
-async def apply_blueprint(name: Name, request: Request, caller: Operator, ctx: Ctx) -> BlueprintOut:
+@router.put("/blueprint-files/{blueprint}", openapi_extra=_APPLY_BODY)
+async def apply_blueprint(
+    blueprint: Name, request: Request, caller: Operator, ctx: Ctx
+) -> BlueprintOut:
     """Apply a blueprint file (TOML, YAML or JSON, by ``Content-Type``): every app's
     instance count (and pinned version) in one transaction; the file is kept."""
+    name = blueprint
     file = await _read_file(request, name)
     key = request_key(request) or uuid.uuid4().hex  # one apply: one rollback per pin
     kind, actor = actor_of(caller)
@@ -285,12 +288,13 @@ async def apply_blueprint(name: Name, request: Request, caller: Operator, ctx: C
     raise ConflictError("the apps' blueprints kept changing; apply it again")
 
 
-@router.delete("/blueprint-files/{name}")
+@router.delete("/blueprint-files/{blueprint}")
 async def remove_blueprint(
-    name: Name, caller: Operator, ctx: Ctx, scale_to_zero: bool = False
+    blueprint: Name, caller: Operator, ctx: Ctx, scale_to_zero: bool = False
 ) -> BlueprintDeletedOut:
     """Forget the blueprint file; with ``scale_to_zero`` also scale its apps (those
     still deployed) to 0 instances, in the same transaction."""
+    name = blueprint
     for _ in range(_TRIES):
         record, kv = await _record(ctx, caller, name)
         compares = [Compare(kv.key, "mod_revision", "==", kv.mod_revision)]
