@@ -850,7 +850,8 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
         # reaches nothing: the matrix never gets as far as calling it)
         slice_name = unique("slice")
         endpoint = endpoint_key(cluster_name(slice_name, tenant), "price", node, 0)
-        value = {"app": cluster_name(slice_name, tenant), "entry": "price", "node": node}
+        value: dict[str, Any] = {"app": cluster_name(slice_name, tenant), "entry": "price"}
+        value["node"] = node
         value |= {"n": 0, "version": 1, "url": "http://127.0.0.1:9", "schema": None}
         server.run(server.ctx.store.put(endpoint, json.dumps(value).encode()))
         blueprint = _ok(
