@@ -21,11 +21,9 @@ Not to be confused with ``model.cluster.Blueprint``: one app's desired state und
 
 from __future__ import annotations
 
-import json
-import tomllib
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from aether.model.app import APP_NAME_RE
 from aether.model.time import Timestamp
@@ -40,7 +38,6 @@ __all__ = [
     "BlueprintOut",
     "BlueprintRecord",
     "blueprint_file_key",
-    "parse_blueprint_file",
 ]
 
 #: a blueprint's name: as an app's (lower-case letters, digits, '-'; up to 63)
@@ -106,36 +103,3 @@ class BlueprintDeletedOut(BaseModel):
 
 def blueprint_file_key(tenant_id: str, name: str) -> str:
     return f"blueprint-files/{tenant_id}/{name}"
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
-        for err in exc.errors()[:10]
-    )
-
-
-def parse_blueprint_file(text: str, kind: str) -> BlueprintFile:
-    """The blueprint of a file's ``text``; ``kind`` is ``toml``, ``yaml`` or ``json``.
-
-    ``ValueError`` says what is wrong (the API answers it as a 400).
-    """
-    data: Any
-    if kind == "yaml":
-        import yaml  # the server's dependency; imported only for a YAML file
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"not valid YAML: {exc}") from None
-    else:
-        try:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-            data = tomllib.loads(text) if kind == "toml" else json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"not valid {kind.upper()}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"a blueprint file is a {kind.upper()} table with name and [apps.NAME]")
-    try:
-        return BlueprintFile.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(f"invalid blueprint: {_problems(exc)}") from None

@@ -17,7 +17,9 @@ as every write is.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+import tomllib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
+from pydantic import ValidationError
 
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.app import AppSpec
@@ -37,7 +40,6 @@ from aether.model.blueprints import (
     BlueprintOut,
     BlueprintRecord,
     blueprint_file_key,
-    parse_blueprint_file,
 )
 from aether.model.cluster import Blueprint
 from aether.server.api.apps import in_cluster, prepare_deployment
@@ -95,6 +97,39 @@ def _kind(content_type: str) -> str:
     if media.endswith("yaml") or media.endswith("yml"):
         return "yaml"
     return "json"
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
+        for err in exc.errors()[:10]
+    )
+
+
+def parse_blueprint_file(text: str, kind: str) -> BlueprintFile:
+    """The blueprint of a file's ``text``; ``kind`` is ``toml``, ``yaml`` or ``json``.
+
+    ``ValueError`` says what is wrong (the API answers it as a 400).
+    """
+    data: Any
+    if kind == "yaml":
+        import yaml  # the server's dependency; imported only for a YAML file
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"not valid YAML: {exc}") from None
+    else:
+        try:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+            data = tomllib.loads(text) if kind == "toml" else json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not valid {kind.upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"a blueprint file is a {kind.upper()} table with name and [apps.NAME]")
+    try:
+        return BlueprintFile.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid blueprint: {_problems(exc)}") from None
 
 
 async def _read_file(request: Request, name: str) -> BlueprintFile:
