@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from aether.model.names import split_cluster_name
 
@@ -87,7 +87,7 @@ class SliceEntryOut(BaseModel):
     #: ``idempotent``, ``batch``; null until an instance has reported it
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
 
-    model_config = {"populate_by_name": True, "serialize_by_alias": True}
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
 
 class SliceInstanceOut(BaseModel):
