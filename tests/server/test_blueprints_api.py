@@ -237,3 +237,24 @@ async def test_quotas_apply_as_for_scale(server: RunningServer, http: httpx.Asyn
     assert all(_blueprint(server, tenant, a).instances == 1 for a in apps)
     fits = await _apply(http, operator, "big", _file(None, {a: {"instances": 2} for a in apps}))
     assert fits.status_code == 200, fits.text
+
+
+async def test_deleting_the_tenant_forgets_its_blueprint_files(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    tenant = unique("team")
+    admin = server.token("admin", tenant)
+    app = unique("catalog")
+    await _deployed(http, admin, app)
+    assert (
+        await _apply(http, admin, "shop", _file(None, {app: {"instances": 2}}))
+    ).status_code == 200
+    tenant_id = server.run(server.ctx.records.tenant_id_of(tenant))
+    assert tenant_id is not None
+    key = f"blueprint-files/{tenant_id}/shop"
+    assert server.run(server.ctx.store.get(key)) is not None
+    gone = await http.delete(
+        f"/api/v1/tenants/{tenant}", params={"force": "true"}, headers=bearer(server.admin_token)
+    )
+    assert gone.status_code == 200, gone.text
+    assert server.run(server.ctx.store.get(key)) is None
