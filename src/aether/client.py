@@ -23,6 +23,7 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -602,6 +603,71 @@ class ApiClient:
         kwargs = {} if body is None else {"json": body}
         response = await self.request(method, f"/api/v1/secrets{path}", **kwargs)
         return response.json()
+
+    async def list_slices(self) -> list[dict[str, Any]]:
+        """The tenant's slices: names, entry points, ACTIVE instances."""
+        result: list[dict[str, Any]] = await self.json("GET", "/api/v1/slices")
+        return result
+
+    async def get_slice(self, name: str) -> dict[str, Any]:
+        """One slice: its entry points with their schemas, and its ACTIVE instances."""
+        result: dict[str, Any] = await self.json("GET", f"/api/v1/slices/{quote(name, safe='')}")
+        return result
+
+    async def call_slice(
+        self,
+        name: str,
+        entry: str,
+        *,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """``name.entry(*args, **kwargs)`` on one ACTIVE instance (through the server);
+        the entry point's result."""
+        body: dict[str, Any] = {}
+        if args is not None:
+            body["args"] = args
+        if kwargs is not None:
+            body["kwargs"] = kwargs
+        if timeout is not None:
+            body["timeout"] = timeout
+        wait = (timeout if timeout is not None else 30.0) + 10  # the server answers first
+        response = await self.request(
+            "POST",
+            f"/api/v1/slices/{quote(name, safe='')}/{quote(entry, safe='')}:call",
+            json=body,
+            timeout=httpx.Timeout(wait, connect=5.0),
+        )
+        return response.json().get("result")
+
+    async def apply_blueprint(self, name: str, text: str, kind: str) -> dict[str, Any]:
+        """Apply a blueprint file's ``text`` (``kind``: toml, yaml or json) as ``name``."""
+        result: dict[str, Any] = await self.json(
+            "PUT",
+            f"/api/v1/blueprint-files/{quote(name, safe='')}",
+            content=text.encode(),
+            headers={"content-type": f"application/{kind}"},
+        )
+        return result
+
+    async def list_blueprints(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.json("GET", "/api/v1/blueprint-files")
+        return result
+
+    async def get_blueprint(self, name: str) -> dict[str, Any]:
+        path = f"/api/v1/blueprint-files/{quote(name, safe='')}"
+        result: dict[str, Any] = await self.json("GET", path)
+        return result
+
+    async def remove_blueprint(self, name: str, *, scale_to_zero: bool = False) -> dict[str, Any]:
+        """Forget a blueprint file (and, with ``scale_to_zero``, scale its apps to 0)."""
+        result: dict[str, Any] = await self.json(
+            "DELETE",
+            f"/api/v1/blueprint-files/{quote(name, safe='')}",
+            params={"scale_to_zero": "true"} if scale_to_zero else None,
+        )
+        return result
 
     def use_token(self, token: str) -> None:
         """Send ``token`` from now on (a node, once it has its own credential)."""

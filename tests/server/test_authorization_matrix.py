@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import re
 import time
@@ -46,7 +47,8 @@ import httpx
 import pytest
 
 from aether.model.api import RegisterIn
-from aether.model.cluster import NodeCapabilities
+from aether.model.cluster import NodeCapabilities, endpoint_key
+from aether.model.names import cluster_name
 from tests.support.api import DIGEST_HEADER, bearer, spec_for, unique
 from tests.support.fake_nodes import FakeNodes
 from tests.support.model_server import model_server, say
@@ -319,6 +321,17 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/memory": Rule("operator"),
     "GET /api/v1/memory/search": Rule("viewer"),
     "DELETE /api/v1/memory/{memory_id}": Rule("operator", owned=True, fresh=True),
+    # slices: viewers list and read, operators call; tenant A's slice is B's 404 (even
+    # with a body the call refuses: the slice and entry point are looked for first)
+    "GET /api/v1/slices": Rule("viewer"),
+    "GET /api/v1/slices/{slice}": Rule("viewer", owned=True),
+    "POST /api/v1/slices/{slice}/{entry}:call": Rule("operator", owned=True),
+    # blueprint files: viewers list and read, operators apply and forget; B applying a
+    # file under A's blueprint name makes its own (and names A's app: not deployed in B)
+    "GET /api/v1/blueprint-files": Rule("viewer"),
+    "GET /api/v1/blueprint-files/{blueprint}": Rule("viewer", owned=True),
+    "PUT /api/v1/blueprint-files/{blueprint}": Rule("operator", owned=True, mine=True),
+    "DELETE /api/v1/blueprint-files/{blueprint}": Rule("operator", owned=True, fresh=True),
 }
 
 
@@ -441,6 +454,9 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/auth/oidc/exchange": {"json": {"code": "c" * 32, "verifier": "v" * 43}},
         "POST /api/v1/models": {"json": _model_body(unique("m"), world.model_url)},
         "PUT /api/v1/secrets/{name}": {"json": {"value": "matrix-secret-value"}},
+        # a 400 once the slice is found (its instance is not reachable: never called)
+        "POST /api/v1/slices/{slice}/{entry}:call": {"json": {"args": "not an array"}},
+        "PUT /api/v1/blueprint-files/{blueprint}": {"json": {"apps": {p["app"]: {"instances": 1}}}},
         "POST /api/v1/tools": {"json": _tool(unique("tool"))},
         "GET /api/v1/tools/search": {"params": {"q": "weather"}},
         "POST /api/v1/tools/sync": {"json": {"yaml": "[]"}},
@@ -506,6 +522,15 @@ def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
         made = http.put(f"/api/v1/secrets/{name}", json={"value": "gone"}, headers=admin)
         assert made.status_code == 201, made.text
         return {"name": name}
+    if route == "DELETE /api/v1/blueprint-files/{blueprint}":
+        name = unique("gone")
+        made = http.put(
+            f"/api/v1/blueprint-files/{name}",
+            json={"apps": {world.params["app"]: {"instances": 1}}},
+            headers=admin,
+        )
+        assert made.status_code == 200, made.text
+        return {"blueprint": name}
     if route == "DELETE /api/v1/apps/{app}":
         app = unique("gone")
         put = http.put(f"/api/v1/apps/{app}/settings", json={}, headers=admin)
@@ -821,6 +846,22 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             ),
             202,
         )
+        # a slice of tenant A's: one entry point of an instance on the node (its url
+        # reaches nothing: the matrix never gets as far as calling it)
+        slice_name = unique("slice")
+        endpoint = endpoint_key(cluster_name(slice_name, tenant), "price", node, 0)
+        value: dict[str, Any] = {"app": cluster_name(slice_name, tenant), "entry": "price"}
+        value["node"] = node
+        value |= {"n": 0, "version": 1, "url": "http://127.0.0.1:9", "schema": None}
+        server.run(server.ctx.store.put(endpoint, json.dumps(value).encode()))
+        blueprint = _ok(
+            await http.put(
+                f"/api/v1/blueprint-files/{unique('shop')}",
+                json={"apps": {app: {"instances": 1}}},
+                headers=admin,
+            ),
+            200,
+        )
         migration = _ok(
             await http.post(
                 "/api/v1/instances/migrate",
@@ -864,6 +905,9 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             "app_version": "nothing@1",
             "n": "0",
             "tenant": tenant,
+            "slice": slice_name,
+            "entry": "price",
+            "blueprint": blueprint["name"],
         },
         callers={
             "anonymous": None,
@@ -1069,6 +1113,8 @@ _SECRETS_TOO = (
     "memory_id",
     "run_id",
     "thread_id",
+    "slice",
+    "blueprint",
 )
 
 

@@ -83,6 +83,57 @@ def _secrets_parsers(sub: _Commands) -> None:
         _common(q)
 
 
+def _slice_parsers(sub: _Commands) -> None:
+    if p := sub.add("slice", help="the tenant's slices: ls, get, call an entry point"):
+        slice_sub = p.add_subparsers(
+            dest="slice_command", metavar="SUBCOMMAND", parser_class=_Parser
+        )
+        slice_sub.required = True
+        q = slice_sub.add_parser("ls", help="the slices: entry points, ACTIVE instances")
+        _common(q)
+        q = slice_sub.add_parser("get", help="a slice's entry points (with schemas), instances")
+        q.add_argument("slice")
+        _common(q)
+        q = slice_sub.add_parser("call", help="call an entry point on one ACTIVE instance")
+        q.add_argument("slice")
+        q.add_argument("entry")
+        q.add_argument(
+            "--json",
+            default=None,
+            metavar="JSON",
+            help="the arguments: an object (keyword) or an array (positional)",
+        )
+        q.add_argument(
+            "--timeout", type=float, default=None, help="seconds to wait (default 30, max 300)"
+        )
+        _common(q)
+
+
+def _blueprint_parsers(sub: _Commands) -> None:
+    if p := sub.add(
+        "blueprint", help="blueprint files: several apps' instance counts applied in one go"
+    ):
+        bp_sub = p.add_subparsers(
+            dest="blueprint_command", metavar="SUBCOMMAND", parser_class=_Parser
+        )
+        bp_sub.required = True
+        q = bp_sub.add_parser("apply", help="apply a blueprint file (TOML, YAML or JSON)")
+        q.add_argument("file", metavar="FILE")
+        q.add_argument("--name", default=None, help="the blueprint's name if the file has none")
+        _common(q)
+        q = bp_sub.add_parser("ls", help="the applied blueprint files")
+        _common(q)
+        q = bp_sub.add_parser("get", help="a blueprint file and what its apps run now")
+        q.add_argument("name")
+        _common(q)
+        q = bp_sub.add_parser("rm", help="forget a blueprint file (its apps keep running)")
+        q.add_argument("name")
+        q.add_argument(
+            "--scale-to-zero", action="store_true", help="also scale its apps to 0 instances"
+        )
+        _common(q)
+
+
 def command_of(argv: Sequence[str]) -> str | None:
     """The command ``argv`` runs: its first word that is not a global option or a
     global option's value (None for ``aether``, ``aether --help``)."""
@@ -556,6 +607,8 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         q.add_argument("name")
         _common(q)
     _secrets_parsers(sub)
+    _slice_parsers(sub)
+    _blueprint_parsers(sub)
     _agent_policy_parsers(sub)
     _agent_parsers(sub)
     _memory_parsers(sub)
@@ -930,6 +983,8 @@ _MODULES = {
     "tenants": "tenants",
     "models": "models",
     "secrets": "secrets",
+    "slice": "slices",
+    "blueprint": "blueprints",
     "agents": "agents",
     "tools": "agent_policies",
     "policies": "agent_policies",

@@ -44,9 +44,11 @@ from aether.server.api import (
     users,
 )
 from aether.server.api import backup as backup_api
+from aether.server.api import blueprints as blueprints_api
 from aether.server.api import events as events_api
 from aether.server.api import migrations as migrations_api
 from aether.server.api import rebalance as rebalance_api
+from aether.server.api import slices as slices_api
 from aether.server.api import telemetry as telemetry_api
 from aether.server.api.prometheus import install_metrics
 from aether.server.console import install_console
@@ -292,6 +294,8 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.include_router(rebalance_api.router, prefix="/api/v1")
     app.include_router(backup_api.router, prefix="/api/v1")
     app.include_router(events_api.router, prefix="/api/v1")
+    app.include_router(slices_api.router, prefix="/api/v1")
+    app.include_router(blueprints_api.router, prefix="/api/v1")
     install_openapi(app)
     install_console(app)
     return app

@@ -41,7 +41,14 @@ from aether.store.records import Principal
 from aether.store.records.repo import epoch
 from aether.store.records.schema import App, Deployment
 
-__all__ = ["deployment_out", "in_cluster", "instances_of", "router", "shown_blueprint"]
+__all__ = [
+    "deployment_out",
+    "in_cluster",
+    "instances_of",
+    "prepare_deployment",
+    "router",
+    "shown_blueprint",
+]
 
 router = APIRouter(tags=["apps"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
@@ -132,6 +139,38 @@ async def _start_deployment(
     deployment it created, makes it the blueprint if that had not happened yet,
     and answers with it: one request, one version.
     """
+    out, blueprint = await prepare_deployment(
+        ctx,
+        caller,
+        app_name,
+        digest=digest,
+        spec=spec,
+        instances=instances,
+        rollback_of=rollback_of,
+        request_key=request_key,
+    )
+    if blueprint is not None:
+        await ctx.store.put(f"blueprints/{blueprint.app}", dump(blueprint))
+    return out
+
+
+async def prepare_deployment(
+    ctx: ServerContext,
+    caller: Principal,
+    app_name: str,
+    *,
+    digest: str,
+    spec: AppSpec,
+    instances: int,
+    rollback_of: int | None = None,
+    request_key: str | None = None,
+) -> tuple[dict[str, Any], Blueprint | None]:
+    """``_start_deployment`` but for writing the blueprint: the deployment's answer,
+    and the blueprint to write under ``blueprints/{app}`` (None: it landed before).
+
+    For a caller that writes several apps' blueprints in one transaction (applying a
+    blueprint file with a pinned version).
+    """
     digest = parse_digest(digest)
     if not await ctx.records.has_artifact(
         caller.tenant_id, digest
@@ -154,7 +193,7 @@ async def _start_deployment(
     current = await _owned_blueprint(ctx, caller, app_name)
     if not created:  # the blueprint is the one the first attempt recorded
         if current is not None and current.version >= dep.version:
-            return deployment_out(app, dep).model_dump(mode="json")  # it landed before
+            return deployment_out(app, dep).model_dump(mode="json"), None  # it landed before
         digest, instances = dep.digest, dep.instances
         spec = AppSpec.model_validate(dep.spec)
     ctx.metrics.deployments_created.inc()
@@ -173,8 +212,7 @@ async def _start_deployment(
     await ctx.records.add_event(  # first in the timeline: the leader acts once the blueprint lands
         dep.id, "created", f"{what} v{dep.version} of {digest[:19]} with {instances} instance(s)"
     )
-    await ctx.store.put(f"blueprints/{blueprint.app}", dump(blueprint))
-    return deployment_out(app, dep).model_dump(mode="json")
+    return deployment_out(app, dep).model_dump(mode="json"), blueprint
 
 
 async def _check_quota(

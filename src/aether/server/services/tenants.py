@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from aether.errors import ConflictError
+from aether.model.blueprints import blueprint_file_key
 from aether.model.names import split_cluster_name
 from aether.model.tasks import TaskState
 from aether.server.context import ServerContext
@@ -132,7 +133,9 @@ async def _delete(ctx: ServerContext, tenant: Tenant, *, force: bool) -> Deleted
 
 
 async def _remove_apps(ctx: ServerContext, tenant: Tenant) -> int:
-    """Remove every blueprint of the tenant (the leader retires the instances)."""
+    """Remove every blueprint of the tenant (the leader retires the instances), and
+    the blueprint files it applied."""
+    await ctx.store.delete(blueprint_file_key(tenant.id, ""), prefix=True)
     snap = await read_snapshot(ctx.store)
     removed = 0
     for bp, _ in snap.blueprints.values():
