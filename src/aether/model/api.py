@@ -222,3 +222,5 @@ class ReportIn(BaseModel):
     url: str | None = None
     request_id: str = ""
     snapshot: str | None = None  # with LOADED after a checkpoint: the stored snapshot's digest
+    # with ACTIVE from a slice instance: its entry points (``$describe``'s ``entries``)
+    entries: dict[str, dict[str, Any]] | None = None
