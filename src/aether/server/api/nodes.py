@@ -276,6 +276,7 @@ async def report(
     app, _, version = app_version.rpartition("@")
     key = instance_key(node, app, int(version) if version.isdigit() else -1, n)
     snapshot = parse_digest(body.snapshot) if body.snapshot else None  # after a checkpoint
+    named = _entries(body)  # a slice's entry points (checked before anything is read)
     if snapshot is not None and not await ctx.registry.exists(snapshot):
         raise BadRequestError(f"snapshot {snapshot} is not stored: upload it first")
     for _ in range(10):
@@ -293,7 +294,7 @@ async def report(
         if state is State.ACTIVE and active_since is None:
             active_since = time.time()
         publish = state is State.ACTIVE and bool(body.url) and record.command is Command.ACTIVATE
-        entries = _entries(body) if publish else None
+        entries = named if publish else None
         updated = record.model_copy(
             update={
                 "state": state,
