@@ -485,7 +485,9 @@ class Router:
         if not points:
             if app in self._slice_names:
                 return _envelope(404, "not_found", f"slice {name!r} has no entry point {entry!r}")
-            if app in self._table or (self._known is not None and app not in self._known):
+            if app in self._table:
+                return _envelope(404, "not_found", f"{name!r} is an app, not a slice")
+            if self._known is not None and app not in self._known:
                 return _envelope(404, "not_found", f"no slice {name!r} in this cluster")
             return _envelope(503, "no_endpoint", f"slice {name!r} has no ACTIVE instance")
         raw = await request.read()
