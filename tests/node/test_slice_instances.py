@@ -129,3 +129,6 @@ def test_a_slice_whose_import_fails_is_failed_with_the_traceback_s_last_line(
     events = cluster.api_get(f"/deployments/{error['details']['deployment_id']}")["events"]
     failed = [e["message"] for e in events if e["type"] == "instance_failed"]
     assert failed and failed[0].endswith("(stand-in)"), failed
+    # and `aether status` says why the app has no instance: the traceback's last line
+    status = cluster.cli("status").stdout
+    assert "broken: ImportError: No module named 'standin:Demo' (stand-in)" in status, status
