@@ -16,6 +16,11 @@ The node tells the server how far its router got (``PUT /nodes/{id}/routes``:
 the revision applied, the requests still open to withdrawn endpoints) whenever
 its table dropped an endpoint, such a request ended, or it registered: that is
 the confirmation a stopping instance waits for (``core.withdrawal``).
+
+Slice instances are told where the other slices are: from the endpoint cache the
+node keeps a table per tenant (``node.slice_control.slice_tables``) and pushes it
+with ``$endpoints`` to that tenant's ACTIVE slice instances on this node whenever
+it changes, and once as each becomes ACTIVE (``EndpointPusher``, coalesced).
 """
 
 from __future__ import annotations
