@@ -708,14 +708,20 @@ class ApiClient:
         url: str | None = None,
         request_id: str = "",
         snapshot: str | None = None,
+        entries: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """The server's answer: ``withdrawn_revision`` when the report withdrew an endpoint."""
+        """The server's answer: ``withdrawn_revision`` when the report withdrew an endpoint.
+
+        ``entries``: with ACTIVE from a slice instance, its entry points (one endpoint each).
+        """
         node, app_version, n = key.split("/")[1:4]
         body: dict[str, Any] = {"state": state, "message": message, "url": url}
         if request_id:
             body["request_id"] = request_id
         if snapshot is not None:
             body["snapshot"] = snapshot
+        if entries is not None:
+            body["entries"] = entries
         answer = await self.request(
             "PUT", f"/api/v1/nodes/{node}/instances/{app_version}/{n}", json=body
         )

@@ -133,6 +133,7 @@ def test_login_session_and_commands_against_a_real_server(tmp_path: Path) -> Non
                 "rpo_seconds": None,  # stateless: no recovery point
                 "checkpoint_age_seconds": None,
                 "route": "/apps/hello-python/",  # the default tenant's form
+                "failure": None,  # every instance ACTIVE: nothing to say
             }
         ]
         text = aether(tmp_path, "status").stdout

@@ -95,6 +95,9 @@ class AppOut(BaseModel):
     # the path every node's router serves it under: /apps/{app}/ for the default
     # tenant's apps, /t/{tenant}/apps/{app}/ for another tenant's
     route: str = ""
+    # fewer instances ACTIVE than desired: the newest instance failure of the live
+    # deployment, its last line (e.g. a slice's import error); None: none recorded
+    failure: str | None = None
 
 
 class AppDeletedOut(BaseModel):
@@ -222,3 +225,5 @@ class ReportIn(BaseModel):
     url: str | None = None
     request_id: str = ""
     snapshot: str | None = None  # with LOADED after a checkpoint: the stored snapshot's digest
+    # with ACTIVE from a slice instance: its entry points (``$describe``'s ``entries``)
+    entries: dict[str, dict[str, Any]] | None = None

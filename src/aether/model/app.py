@@ -19,6 +19,7 @@ from aether.model.decisions import AutoscaleSpec
 
 __all__ = [
     "APP_NAME_RE",
+    "SLICE_PATH_RE",
     "AppSpec",
     "CheckpointSpec",
     "Resources",
@@ -27,9 +28,13 @@ __all__ = [
     "validate_app_name",
 ]
 
-Runtime = Literal["node", "python", "static", "command"]
+Runtime = Literal["node", "python", "static", "command", "slice"]
 
 APP_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: a slice's import path, ``module:attribute`` (``shop.catalog:Catalog``)
+SLICE_PATH_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
 
 
 def validate_app_name(name: str) -> str:
@@ -104,6 +109,8 @@ class AppSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     constraints: dict[str, str] = Field(default_factory=dict)
     runtime: Runtime | None = None
+    # runtime "slice": the slice's import path, module:attribute (docs/slices.md)
+    slice: str | None = None
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     autoscale: AutoscaleSpec | None = None  # [autoscale]: the controller keeps min..max
     # stateful apps keep state in state_dir (relative to the app); it moves with them
@@ -123,6 +130,16 @@ class AppSpec(BaseModel):
             raise ValueError("health must be a path starting with '/'")
         return value
 
+    @field_validator("slice")
+    @classmethod
+    def _slice(cls, value: str | None) -> str | None:
+        if value is not None and not SLICE_PATH_RE.match(value):
+            raise ValueError(
+                f"slice must be an import path module:attribute (e.g. shop.catalog:Catalog), "
+                f"not {value!r}"
+            )
+        return value
+
     @field_validator("state_dir")
     @classmethod
     def _state_dir(cls, value: str | None) -> str | None:
@@ -140,4 +157,8 @@ class AppSpec(BaseModel):
                 'stateful apps need state_dir = "..." (the directory, relative to the app, '
                 "whose contents move with an instance)"
             )
+        if self.runtime == "slice" and self.slice is None:
+            raise ValueError('runtime "slice" needs slice = "module:attribute" (its import path)')
+        if self.slice is not None and self.runtime not in ("slice", None):
+            raise ValueError(f'slice = "..." is for runtime "slice", not {self.runtime!r}')
         return self

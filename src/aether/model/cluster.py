@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,7 @@ __all__ = [
     "NodeCapabilities",
     "NodeRecord",
     "endpoint_key",
+    "instance_endpoint_keys",
     "instance_key",
     "parse_instance_key",
     "routes_key",
@@ -128,6 +129,9 @@ class InstanceRecord(BaseModel):
     # operator → leader: the migration's replacement restores this snapshot (an orphan
     # brought back by `aether snapshots restore`) instead of the checkpoint it takes
     restore: str | None = None
+    # a slice's entry points, as its ACTIVE report named them: the endpoints it has
+    # (``instance_endpoint_keys``); an ordinary app has none and one endpoint, ``web``
+    entries: list[str] = Field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -135,7 +139,12 @@ class InstanceRecord(BaseModel):
 
 
 class Endpoint(BaseModel):
-    """Value of ``endpoints/{app}/{entry}/{node}:{n}``, bound to the node's lease."""
+    """Value of ``endpoints/{app}/{entry}/{node}:{n}``, bound to the node's lease.
+
+    An ordinary app's one endpoint has the entry ``web`` and no ``schema``; a slice
+    instance has one endpoint per entry point, whose ``schema`` is that entry's
+    ``$describe`` item (params, returns, idempotent, batch: ``aether.slices.wire``).
+    """
 
     app: str
     entry: str = "web"
@@ -143,6 +152,23 @@ class Endpoint(BaseModel):
     n: int
     version: int
     url: str
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    @property
+    def is_slice(self) -> bool:
+        return self.schema_ is not None
+
+    @property
+    def idempotent(self) -> bool:
+        return bool(self.schema_ and self.schema_.get("idempotent"))
+
+
+def instance_endpoint_keys(record: InstanceRecord) -> list[str]:
+    """Every endpoint key the instance may hold: ``web`` and one per slice entry point."""
+    entries = ["web", *(e for e in record.entries if e != "web")]
+    return [endpoint_key(record.app, entry, record.node, record.n) for entry in entries]
 
 
 def instance_key(node: str, app: str, version: int, n: int) -> str:

@@ -16,6 +16,11 @@ The node tells the server how far its router got (``PUT /nodes/{id}/routes``:
 the revision applied, the requests still open to withdrawn endpoints) whenever
 its table dropped an endpoint, such a request ended, or it registered: that is
 the confirmation a stopping instance waits for (``core.withdrawal``).
+
+Slice instances are told where the other slices are: from the endpoint cache the
+node keeps a table per tenant (``node.slice_control.slice_tables``) and pushes it
+with ``$endpoints`` to that tenant's ACTIVE slice instances on this node whenever
+it changes, and once as each becomes ACTIVE (``EndpointPusher``, coalesced).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from aether.node.logship import LogShipper
 from aether.node.orphans import store_stale_orphan
 from aether.node.router import Router
 from aether.node.runner import InstanceRunner, RunnerConfig
+from aether.node.slice_control import EndpointPusher, SliceControl, SliceTable, slice_tables
 from aether.node.tasks import TaskWorker
 from aether.node.telemetry import TelemetryCollector, TelemetryPusher
 
@@ -98,12 +104,17 @@ class NodeDaemon:
         self.drivers, self.isolation, self.isolation_detail = instance_drivers(options.isolation)
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
         self.router = Router(options.router_host, options.router_port, api_url=options.server)
+        self.router.node = self.node_id  # its own instances first
         self.routes_changed = asyncio.Event()  # the router's state is to be sent
         self.router.on_change = self.routes_changed.set
         self.router.withhold = self.withheld
         self.runners: dict[str, InstanceRunner] = {}
         self.assigned: dict[str, InstanceRecord] = {}
         self.endpoints: dict[str, Endpoint] = {}
+        # per tenant, its slices' endpoints (from ``endpoints``), pushed to its slice
+        # instances on this node whenever it changes, and once as each one is ACTIVE
+        self.slice_tables: dict[str, SliceTable] = {}
+        self.slice_push = EndpointPusher(self.node_id)
         self.apps: set[str] | None = None  # apps with a blueprint, from the assignment stream
         self.agents: dict[str, AgentPlacement] = {}  # deployed agents (the router serves them)
         self.revision = 0
@@ -278,6 +289,7 @@ class NodeDaemon:
             await runner.cancel()
             await runner.last_checkpoint()  # a stateful one's state since its last one
             await runner.remove()
+        await self.slice_push.close()
         await self.router.stop()
         await self.client.close()
 
@@ -398,6 +410,9 @@ class NodeDaemon:
             self.revision = int(message["revision"]) + 1
         self.router.update(self.endpoints.values(), self.apps)
         self.router.update_agents(self.agents.values())
+        if kind == "snapshot" or message["key"].startswith("endpoints/"):
+            self.slice_tables = slice_tables(self.endpoints.values())
+            self.push_endpoints()
         self.changed.set()
 
     async def _send_routes(self) -> None:
@@ -472,3 +487,13 @@ class NodeDaemon:
             await runner.let_go()  # a stateful one's newer state is kept (node.orphans)
         for key in [k for k, r in self.runners.items() if r.gone and not r.busy]:
             del self.runners[key]
+        self.push_endpoints()
+
+    def slice_controls(self) -> dict[str, SliceControl]:
+        """This node's ACTIVE slice instances (instance key → how to call them)."""
+        controls = {key: runner.slice_control for key, runner in self.runners.items()}
+        return {key: control for key, control in controls.items() if control is not None}
+
+    def push_endpoints(self) -> None:
+        """``$endpoints`` to each ACTIVE slice instance whose tenant's table it lacks."""
+        self.slice_push.sync(self.slice_controls(), self.slice_tables)

@@ -40,6 +40,23 @@ deployed answers the same 404 as one that does not exist.
 Per app the router counts, for telemetry, the calls finished since the last
 ``take_counters`` (with errors: 5xx or no upstream, and their summed
 duration) and the calls open now: plain dict updates on the event loop, no lock.
+
+Slices (docs/slices.md) are called at ``POST /slices/{slice}/{entry}`` (the
+``default`` tenant's) and ``POST /t/{tenant}/slices/{slice}/{entry}``: the JSON
+body is the arguments (an object the keyword ones, an array the positional
+ones), the answer the result as JSON. The call goes over ``aether.slices.wire``
+to an endpoint of that entry point, this node's own instances first, round robin
+among them, then the others round robin; a pool of connections per instance URL
+carries the calls (multiplexed). ``X-Aether-Deadline-Ms`` (milliseconds from
+now; else ``upstream_timeout``) is the call's deadline and ``traceparent`` its
+trace. Errors are the envelope: 400 ``bad_request`` (with pydantic's errors in
+``details``), 404 ``not_found`` (no such slice or entry point), 500 ``internal``
+(the entry point raised), 503 ``no_endpoint``, 504 ``deadline_exceeded``, 502
+``upstream_failed``. An instance that cannot be reached, or answers
+``unavailable`` (draining), is skipped for the next; a call lost with its
+connection after it was sent is retried on the next only when the entry point is
+idempotent (its endpoint's schema says so). Per (slice, entry) the router counts
+calls as it does per app (``take_entry_counters``).
 """
 
 from __future__ import annotations
@@ -50,19 +67,24 @@ import errno
 import itertools
 import json
 import logging
+import re
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from aether.model.cluster import Endpoint
-from aether.model.names import DEFAULT_TENANT, route_target
+from aether.model.names import DEFAULT_TENANT, cluster_name, route_target
 from aether.model.placements import AgentPlacement
+from aether.slices.wire import CallFailed, Connection
 
-__all__ = ["CallCounter", "Router"]
+__all__ = ["CallCounter", "Router", "slice_target"]
 
 log = logging.getLogger("aether.node.router")
 
@@ -86,14 +108,56 @@ _HOP_BY_HOP = frozenset(
 )
 
 
-def _envelope(status: int, code: str, message: str) -> web.Response:
+def _envelope(status: int, code: str, message: str, details: Any = None) -> web.Response:
     trace = uuid.uuid4().hex
+    body: dict[str, Any] = {"code": code, "message": message, "trace_id": trace}
+    if details is not None:
+        body["details"] = details
     return web.Response(
         status=status,
-        text=json.dumps({"code": code, "message": message, "trace_id": trace}),
+        text=json.dumps(body, default=str),
         content_type="application/json",
         headers={"X-Trace-Id": trace},
     )
+
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: wire error code → (HTTP status, envelope code) of a slice call's answer
+_SLICE_ERRORS = {
+    "bad_request": (400, "bad_request"),
+    "not_found": (404, "not_found"),
+    "deadline_exceeded": (504, "deadline_exceeded"),
+    "internal": (500, "internal"),
+}
+_POOL_MAX = 4  # connections per slice instance URL
+_POOL_BUSY = 64  # calls in flight on each before another connection is opened
+_CONNECT_TIMEOUT = 2.0
+
+
+def slice_target(path: str) -> tuple[str, str, str] | None:
+    """(tenant, slice, entry) of ``/slices/{slice}/{entry}`` or
+    ``/t/{tenant}/slices/{slice}/{entry}`` (a query is ignored); None for any other path."""
+    parts = path.partition("?")[0].split("/")
+    tenant = DEFAULT_TENANT
+    if len(parts) == 6 and parts[1] == "t":
+        tenant = parts[2]
+        parts = ["", *parts[3:]]
+    if len(parts) != 4 or parts[1] != "slices":
+        return None
+    name, entry = parts[2], parts[3]
+    if not (_LABEL.match(tenant) and _LABEL.match(name) and _ENTRY.match(entry)):
+        return None
+    return tenant, name, entry
+
+
+@dataclass(frozen=True, slots=True)
+class _Point:
+    """One endpoint of a slice's entry point."""
+
+    url: str
+    node: str
+    idempotent: bool
 
 
 def agent_target(path: str) -> tuple[str, str, str] | None:
@@ -172,6 +236,14 @@ class Router:
         self._counters: dict[str, CallCounter] = {}
         self._in_flight: dict[str, int] = {}
         self._urls: frozenset[str] = frozenset()  # every URL in the table
+        self.node: str | None = None  # this router's node: its slice instances go first
+        self._slices: dict[tuple[str, str], list[_Point]] = {}  # (slice, entry) → endpoints
+        self._slice_names: frozenset[str] = frozenset()  # slices with an ACTIVE endpoint
+        self._slice_cycles: dict[tuple[str, str], Iterator[int]] = {}
+        self._pools: dict[str, list[Connection]] = {}  # slice instance URL → connections
+        self._entry_counters: dict[tuple[str, str], CallCounter] = {}
+        self._entry_in_flight: dict[tuple[str, str], int] = {}
+        self._closing: set[asyncio.Future[None]] = set()
         self._open: dict[str, int] = {}  # URL → requests sent to it and not yet answered
         # called when the table dropped a URL, or a dropped URL's last open request ended
         self.on_change: Callable[[], None] | None = None
@@ -184,20 +256,42 @@ class Router:
         taken, self._counters = self._counters, {}
         return taken, {app: n for app, n in self._in_flight.items() if n}
 
+    def take_entry_counters(
+        self,
+    ) -> tuple[dict[tuple[str, str], CallCounter], dict[tuple[str, str], int]]:
+        """Per (slice cluster name, entry point): the counters since the previous take
+        (then reset), and the calls open now."""
+        taken, self._entry_counters = self._entry_counters, {}
+        return taken, {key: n for key, n in self._entry_in_flight.items() if n}
+
     def update(self, endpoints: Iterable[Endpoint], apps: Iterable[str] | None = None) -> None:
         """Serve ``endpoints``; ``apps`` (the apps that exist) turns 503 into 404 for others."""
         self._known = None if apps is None else frozenset(apps)
         table: dict[str, list[str]] = defaultdict(list)
+        slices: dict[tuple[str, str], list[_Point]] = defaultdict(list)
         for ep in endpoints:
-            table[ep.app].append(ep.url)
+            if ep.is_slice:  # a slice's entry point: called over the wire, not HTTP
+                slices[(ep.app, ep.entry)].append(_Point(ep.url, ep.node, ep.idempotent))
+            else:
+                table[ep.app].append(ep.url)
         new = {app: sorted(urls) for app, urls in table.items()}
         for app in set(new) | set(self._table):
             if new.get(app) != self._table.get(app):
                 self._cycles[app] = itertools.count()
         self._table = new
-        urls = frozenset(url for app_urls in new.values() for url in app_urls)
+        new_slices = {key: sorted(points, key=lambda p: p.url) for key, points in slices.items()}
+        for key in set(new_slices) | set(self._slices):
+            if new_slices.get(key) != self._slices.get(key):
+                self._slice_cycles[key] = itertools.count()
+        self._slices = new_slices
+        self._slice_names = frozenset(app for app, _ in new_slices)
+        urls = frozenset(url for app_urls in new.values() for url in app_urls) | frozenset(
+            p.url for points in new_slices.values() for p in points
+        )
         dropped = self._urls - urls
         self._urls = urls
+        for url in dropped:
+            self._close_pool(url)
         if dropped and self.on_change is not None:
             self.on_change()
 
@@ -221,8 +315,10 @@ class Router:
                 self._open[url] = left
             else:
                 del self._open[url]
-                if url not in self._urls and self.on_change is not None:
-                    self.on_change()  # the last request to a withdrawn endpoint ended
+                if url not in self._urls:
+                    self._close_pool(url)
+                    if self.on_change is not None:
+                        self.on_change()  # the last request to a withdrawn endpoint ended
 
     def endpoints(self, app: str) -> list[str]:
         return list(self._table.get(app, []))
@@ -258,6 +354,9 @@ class Router:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        for url in list(self._pools):
+            for conn in self._pools.pop(url):
+                await conn.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/_aether/health":
@@ -266,13 +365,16 @@ class Router:
         agent = agent_target(request.path_qs) if target is None else None
         if agent is not None:
             return await self._forward_agent(request, *agent)
+        called = slice_target(request.path_qs) if target is None else None
+        if called is not None:
+            return await self._call_slice(request, *called)
         if target is None:
             return _envelope(
                 404,
                 "not_found",
                 "no app in this request: use /apps/{app}/... or Host: {app}.localhost "
                 "(another tenant's app: /t/{tenant}/apps/{app}/... or Host: "
-                "{app}.{tenant}.localhost)",
+                "{app}.{tenant}.localhost); a slice: POST /slices/{slice}/{entry}",
             )
         app, path = target
         started = time.perf_counter()
@@ -331,6 +433,141 @@ class Router:
         return _envelope(
             502, "upstream_failed", f"app {app!r} did not answer: {_reason(failure)}"
         ), False
+
+    # -- slices ----------------------------------------------------------------
+
+    async def _call_slice(
+        self, request: web.Request, tenant: str, name: str, entry: str
+    ) -> web.Response:
+        app = cluster_name(name, tenant)
+        key = (app, entry)
+        started = time.perf_counter()
+        self._entry_in_flight[key] = self._entry_in_flight.get(key, 0) + 1
+        status = 500
+        try:
+            response = await self._slice_answer(request, app, name, entry)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            self._entry_in_flight[key] -= 1
+            if not self._entry_in_flight[key]:
+                del self._entry_in_flight[key]
+            counter = self._entry_counters.get(key)
+            if counter is None:
+                counter = self._entry_counters[key] = CallCounter()
+            counter.calls += 1
+            counter.total_ms += (time.perf_counter() - started) * 1000.0
+            if status >= 500:
+                counter.errors += 1
+
+    def _slice_points(self, app: str, entry: str) -> list[_Point]:
+        """The endpoints to try, in order: this node's (round robin), then the others'."""
+        points = [p for p in self._slices.get((app, entry), []) if not self.withhold(p.url)]
+        if len(points) < 2:
+            return points
+        start = next(self._slice_cycles.setdefault((app, entry), itertools.count()))
+        local = [p for p in points if p.node == self.node]
+        remote = [p for p in points if p.node != self.node]
+        return [
+            *(local[(start + i) % len(local)] for i in range(len(local))),
+            *(remote[(start + i) % len(remote)] for i in range(len(remote))),
+        ]
+
+    async def _slice_answer(
+        self, request: web.Request, app: str, name: str, entry: str
+    ) -> web.Response:
+        if request.method.upper() != "POST":
+            return _envelope(405, "method_not_allowed", "call a slice's entry point with POST")
+        points = self._slice_points(app, entry)
+        if not points:
+            if app in self._slice_names:
+                return _envelope(404, "not_found", f"slice {name!r} has no entry point {entry!r}")
+            if app in self._table:
+                return _envelope(404, "not_found", f"{name!r} is an app, not a slice")
+            if self._known is not None and app not in self._known:
+                return _envelope(404, "not_found", f"no slice {name!r} in this cluster")
+            return _envelope(503, "no_endpoint", f"slice {name!r} has no ACTIVE instance")
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            return _envelope(400, "bad_request", f"the body is not JSON: {exc}")
+        if not isinstance(body, dict | list):
+            return _envelope(
+                400,
+                "bad_request",
+                "the body must be a JSON object (keyword arguments) "
+                "or array (positional arguments)",
+            )
+        args, kwargs = (body, None) if isinstance(body, list) else (None, body)
+        deadline_ms = request.headers.get("X-Aether-Deadline-Ms")
+        if deadline_ms is None:
+            deadline = time.time() + self.upstream_timeout
+        else:
+            try:
+                milliseconds = float(deadline_ms)
+                if not 0 <= milliseconds < 1e10:
+                    raise ValueError
+            except ValueError:
+                return _envelope(
+                    400, "bad_request", "X-Aether-Deadline-Ms must be milliseconds from now"
+                )
+            deadline = time.time() + milliseconds / 1000.0
+        trace = request.headers.get("traceparent")
+        label = f"{name}.{entry}"
+        reason = "no instance answered"
+        for point in points:
+            if time.time() >= deadline:
+                return _envelope(504, "deadline_exceeded", f"{label}: no answer by the deadline")
+            with self._opened(point.url):
+                try:
+                    conn = await self._connection(point.url)
+                except (OSError, TimeoutError, ValueError) as exc:
+                    log.warning("router: slice %s at %s: cannot connect: %s", label, point.url, exc)
+                    reason = "could not connect"
+                    continue  # never sent
+                try:
+                    result = await conn.call(entry, args, kwargs, deadline=deadline, trace=trace)
+                except CallFailed as exc:
+                    if exc.code != "unavailable":
+                        status, code = _SLICE_ERRORS.get(exc.code, (502, "upstream_failed"))
+                        return _envelope(status, code, f"{label}: {exc.message}", exc.details)
+                    # answered "unavailable" on a live connection: not run (draining);
+                    # lost with its connection after it was sent: it may have run
+                    maybe_ran = exc.sent and conn.closed
+                    log.warning("router: slice %s at %s: %s", label, point.url, exc.message)
+                    reason = "connection lost" if maybe_ran else "instance unavailable"
+                    if maybe_ran and not point.idempotent:
+                        break
+                    continue
+            return web.json_response(result, dumps=lambda v: json.dumps(v, default=str))
+        return _envelope(502, "upstream_failed", f"{label} did not answer: {reason}")
+
+    async def _connection(self, url: str) -> Connection:
+        """A pooled connection to the slice instance at ``url`` (the least busy one)."""
+        pool = [c for c in self._pools.get(url, []) if not c.closed]
+        self._pools[url] = pool
+        best = min(pool, key=lambda c: c.in_flight, default=None)
+        if best is not None and (best.in_flight < _POOL_BUSY or len(pool) >= _POOL_MAX):
+            return best
+        where = urlsplit(url)
+        if where.hostname is None or where.port is None:
+            raise ValueError(f"not an instance URL: {url!r}")
+        conn = await Connection.open(where.hostname, where.port, timeout=_CONNECT_TIMEOUT)
+        self._pools.setdefault(url, []).append(conn)
+        return conn
+
+    def _close_pool(self, url: str) -> None:
+        """Close the connections to a withdrawn URL once no call is open on them."""
+        if self._open.get(url):
+            return  # its open calls end first (the last one closes it)
+        for conn in self._pools.pop(url, []):
+            task = asyncio.ensure_future(conn.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _forward_agent(
         self, request: web.Request, tenant: str, name: str, rest: str

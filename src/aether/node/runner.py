@@ -53,6 +53,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import stat
@@ -71,6 +72,7 @@ from aether.core.failures import describe_exit, health_failure, start_failure, t
 from aether.core.lifecycle import Command, NodeStep, State, node_step
 from aether.errors import AetherError, ConflictError, NotFoundError, UnsafeArchiveError
 from aether.model.cluster import InstanceRecord
+from aether.model.names import split_cluster_name
 from aether.node.checkpoint import (
     CheckpointError,
     RestoredProcess,
@@ -84,6 +86,7 @@ from aether.node.contents import ContentStore
 from aether.node.drivers.base import Handle, LaunchSpec, RunsInstances
 from aether.node.orphans import store_orphan
 from aether.node.periodic import PeriodicCheckpoints, PeriodicTarget
+from aether.node.slice_control import SliceControl, describe
 from aether.ports import free_port
 
 __all__ = ["InstanceRunner", "RequestLog", "RunnerConfig"]
@@ -261,6 +264,32 @@ class InstanceRunner:
         self.fenced = False
         self.writes_until: float | None = None  # fenced: it took no writes after this
         self._release: asyncio.Future[None] | None = None  # let_go, once
+        # a slice instance: its control key (fresh per start, never logged) and the
+        # entry points its host described (reported with ACTIVE: one endpoint each)
+        self._control_key: str | None = None
+        self.entries: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def is_slice(self) -> bool:
+        return self.record.spec.runtime == "slice"
+
+    @property
+    def slice_control(self) -> SliceControl | None:
+        """How node code makes control calls to this slice instance, while it is ACTIVE."""
+        if (
+            self.local is not State.ACTIVE
+            or self.entries is None
+            or self._control_key is None
+            or self.port is None
+        ):
+            return None
+        return SliceControl(
+            host=self.config.advertise_host,
+            port=self.port,
+            key=self._control_key,
+            app=self.record.app,
+            tenant=split_cluster_name(self.record.app)[1],
+        )
 
     @property
     def key(self) -> str:
@@ -389,6 +418,7 @@ class InstanceRunner:
                 url=url,
                 request_id=self.record.request_id,
                 snapshot=snapshot,
+                entries=self.entries if state is State.ACTIVE else None,
             )
         except ConflictError:
             self.local = previous
@@ -526,6 +556,7 @@ class InstanceRunner:
         if self.criu_images.is_dir() and await self._criu_restore():
             return
         self.port = free_port()
+        self.entries = self._control_key = None
         env = dict(spec.env)
         env.update(
             {
@@ -540,6 +571,13 @@ class InstanceRunner:
         if state_dir is not None:
             env["AETHER_STATE_DIR"] = str(state_dir)
             env["AETHER_CHECKPOINT_ACK"] = str(self.ack_path)
+        if self.is_slice:
+            key = secrets.token_urlsafe(32)
+            env["AETHER_SLICE_CONTROL_KEY"] = key
+            # it listens where other nodes' routers and handles reach it
+            env["AETHER_SLICE_HOST"] = self.config.advertise_host
+            if spec.slice:
+                env["AETHER_SLICE"] = spec.slice
         if not (self.run_dir.is_dir() and (state_dir is None or state_dir.is_dir())):
             await asyncio.to_thread(self._hand_over)  # loaded by an older node, or tampered with
         launch = LaunchSpec(
@@ -558,6 +596,18 @@ class InstanceRunner:
             raise StepFailed(f"could not start {spec.start!r}: {exc}") from exc
         self.url = f"http://{self.config.advertise_host}:{self.port}"
         await self._health_check()
+        if self.is_slice:
+            await self._describe(key)
+
+    async def _describe(self, key: str) -> None:
+        """Ask the healthy slice host for its entry points (reported with ACTIVE)."""
+        assert self.port is not None
+        control = SliceControl(self.config.advertise_host, self.port, key, self.record.app, "")
+        try:
+            self.entries = await describe(control)
+        except ValueError as exc:
+            raise StepFailed(f"the slice host {exc}; last output:\n{self._last_output()}") from None
+        self._control_key = key
 
     async def _health_check(self) -> None:
         """Poll the health path (or the port) until it passes or ``health_timeout`` ends.
@@ -570,7 +620,9 @@ class InstanceRunner:
         assert port is not None
         started = time.monotonic()
         deadline = started + spec.health_timeout
-        url = f"http://127.0.0.1:{port}{health or '/'}"
+        # a slice host listens on the advertise host only (AETHER_SLICE_HOST)
+        host = self.config.advertise_host if self.is_slice else "127.0.0.1"
+        url = f"http://{host}:{port}{health or '/'}"
         last_status: int | None = None
         async with httpx.AsyncClient() as http:
             while (left := deadline - time.monotonic()) > 0:
@@ -585,7 +637,7 @@ class InstanceRunner:
                     )
                 try:
                     if health is None:
-                        with socket.create_connection(("127.0.0.1", port), timeout=min(1, left)):
+                        with socket.create_connection((host, port), timeout=min(1, left)):
                             return
                     response = await http.get(url, timeout=min(_PROBE_TIMEOUT, left))
                     last_status = response.status_code

@@ -33,7 +33,10 @@ from aether.artifacts.build.tools import (
 )
 from aether.errors import BadRequestError
 
-__all__ = ["install_node", "install_python"]
+__all__ = ["PYDANTIC_REQUIREMENT", "install_node", "install_python"]
+
+#: what a slice's build installs when the app's own requirements do not name pydantic
+PYDANTIC_REQUIREMENT = "pydantic>=2,<3"
 
 
 def _prune_stale_tmp(deps_root: Path) -> None:
@@ -173,6 +176,32 @@ def _requirement_files(req: Path, seen: set[Path] | None = None) -> list[Path]:
     return out
 
 
+_PYDANTIC_LINE = re.compile(r"^\s*pydantic\s*($|[\[<>=!~;@ ])", re.IGNORECASE)
+
+
+def _names_pydantic(requirements: list[str]) -> bool:
+    return any(_PYDANTIC_LINE.match(line) for line in requirements)
+
+
+def _slice_requirements(source: Path) -> tuple[list[str], dict[str, Any]]:
+    """A slice's: the app's own (if any), and pydantic unless they name it."""
+    has_files = (source / "requirements.txt").is_file() or (source / "pyproject.toml").is_file()
+    args, parts = _python_requirements(source) if has_files else ([], {})
+    named: list[str] = []
+    if args[:1] == ["-r"]:
+        named = [
+            line
+            for f in _requirement_files(source / "requirements.txt")
+            for line in f.read_text(encoding="utf-8", errors="replace").splitlines()
+        ]
+    else:
+        named = list(args)
+    if not _names_pydantic(named):
+        args = [*args, PYDANTIC_REQUIREMENT]
+        parts = {**parts, "slice": PYDANTIC_REQUIREMENT}
+    return args, parts
+
+
 def _python_requirements(source: Path) -> tuple[list[str], dict[str, Any]]:
     """(pip arguments, key parts) naming what to install for a python app."""
     req = source / "requirements.txt"
@@ -205,10 +234,17 @@ def _python_requirements(source: Path) -> tuple[list[str], dict[str, Any]]:
 
 
 def install_python(
-    source: Path, cache_dir: Path, python: str, py_version: str, say: BuildLog
+    source: Path,
+    cache_dir: Path,
+    python: str,
+    py_version: str,
+    say: BuildLog,
+    *,
+    slice_runtime: bool = False,
 ) -> tuple[Path | None, bool]:
-    """(cache entry holding the vendor dir, cached?) for a python app."""
-    args, parts = _python_requirements(source)
+    """(cache entry holding the vendor dir, cached?) for a python app (or a slice:
+    pydantic is added unless the app's requirements name it)."""
+    args, parts = _slice_requirements(source) if slice_runtime else _python_requirements(source)
     if not args:
         say("no Python dependencies to install")
         return None, False

@@ -88,7 +88,7 @@ def derive_name(source: Path, runtime: Runtime) -> str:
         pkg_name = read_json_object(source / "package.json").get("name")
         if isinstance(pkg_name, str):
             candidates.append(pkg_name)
-    if runtime == "python":
+    if runtime in ("python", "slice"):
         project = read_toml(source / "pyproject.toml").get("project")
         if isinstance(project, dict) and isinstance(project.get("name"), str):
             candidates.append(project["name"])

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
+import aether
 from aether.artifacts.build.common import PYTHON_VENDOR_DIR, BuildLog, BuildResult, Plan
 from aether.artifacts.build.deps import install_node, install_python
 from aether.artifacts.build.detect import (
@@ -16,7 +17,13 @@ from aether.artifacts.build.detect import (
     read_json_object,
     read_toml,
 )
-from aether.artifacts.build.runtimes import app_spec, plan_node, plan_python, plan_static
+from aether.artifacts.build.runtimes import (
+    app_spec,
+    plan_node,
+    plan_python,
+    plan_slice,
+    plan_static,
+)
 from aether.artifacts.build.staging import Wanted, locked, sync_tree, walk_tree
 from aether.artifacts.build.tools import pip_python
 from aether.artifacts.ignore import IGNORE_FILE, IgnoreRules
@@ -24,7 +31,27 @@ from aether.artifacts.sbom import make_bom, npm_sbom, python_sbom
 from aether.errors import BadRequestError
 from aether.model.app import APP_NAME_RE, Runtime
 
-__all__ = ["build"]
+__all__ = ["build", "slice_runtime_files", "vendor_slice_runtime"]
+
+
+def slice_runtime_files() -> list[tuple[str, Path]]:
+    """(path inside the vendor dir, installed file) of the slice runtime, in a stable order:
+    ``aether/__init__.py`` and ``aether/slices/*.py`` of the aether running this build."""
+    package = Path(aether.__file__).resolve().parent
+    files = [("aether/__init__.py", package / "__init__.py")]
+    files += [(f"aether/slices/{p.name}", p) for p in sorted((package / "slices").glob("*.py"))]
+    return files
+
+
+def vendor_slice_runtime(wanted: dict[str, Wanted]) -> None:
+    """Copy the slice runtime into the staged vendor dir (over any ``aether`` there), so
+    the sandbox's python3 imports ``aether.slices`` from the artifact."""
+    for stale in [rel for rel in wanted if rel.startswith(f"{PYTHON_VENDOR_DIR}/aether/")]:
+        del wanted[stale]
+    for directory in ("", "/aether", "/aether/slices"):
+        wanted[f"{PYTHON_VENDOR_DIR}{directory}"] = Wanted("dir")
+    for rel, src in slice_runtime_files():
+        wanted[f"{PYTHON_VENDOR_DIR}/{rel}"] = Wanted("file", src=str(src))
 
 
 def build(
@@ -94,6 +121,9 @@ def build(
     elif runtime == "python":
         python, py_version = pip_python()
         plan = plan_python(source, procfile, py_version)
+    elif runtime == "slice":
+        python, py_version = pip_python()
+        plan = plan_slice(source, py_version, toml.get("slice"))
     elif runtime == "static":
         port_env = toml.get("port_env", "PORT")
         plan = plan_static(source, port_env if isinstance(port_env, str) else "PORT")
@@ -117,6 +147,10 @@ def build(
             (source / "requirements.txt").is_file() or (source / "pyproject.toml").is_file()
         ):
             entry, cached = install_python(source, cache_dir, python, py_version, say)
+        elif runtime == "slice":
+            entry, cached = install_python(
+                source, cache_dir, python, py_version, say, slice_runtime=True
+            )
 
         excluded = [f"/{IGNORE_FILE}", *plan.exclude]
         with contextlib.suppress(ValueError):
@@ -128,6 +162,9 @@ def build(
         if entry is not None and plan.deps_dir and (entry / plan.deps_dir).is_dir():
             wanted[plan.deps_dir] = Wanted("dir")
             walk_tree(entry / plan.deps_dir, f"{plan.deps_dir}/", None, wanted, link=True)
+        if runtime == "slice":
+            vendor_slice_runtime(wanted)
+            say(f"added the slice runtime (aether.slices) to {PYTHON_VENDOR_DIR}")
         written, removed = sync_tree(staging, wanted)
         say(f"staged {len(wanted)} entries in {staging} ({written} written, {removed} removed)")
 
@@ -135,7 +172,7 @@ def build(
         if sbom:
             if runtime == "node" and lockfile is not None and lockfile.is_file():
                 bom = npm_sbom(lockfile, app=app, version=plan.app_version, installed_root=staging)
-            elif runtime == "python":
+            elif runtime in ("python", "slice"):
                 bom = python_sbom(staging / PYTHON_VENDOR_DIR, app=app, version=plan.app_version)
             else:
                 bom = make_bom(app, [], version=plan.app_version, runtime=runtime)

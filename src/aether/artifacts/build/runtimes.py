@@ -13,7 +13,10 @@ from aether.artifacts.build.detect import read_toml, static_dir
 from aether.errors import BadRequestError
 from aether.model.app import AppSpec, Runtime
 
-__all__ = ["app_spec", "plan_node", "plan_python", "plan_static"]
+__all__ = ["SLICE_HOST", "app_spec", "plan_node", "plan_python", "plan_slice", "plan_static"]
+
+#: how a node starts a slice instance (the host is vendored into the artifact)
+SLICE_HOST = "python3 -m aether.slices.host"
 
 
 def _plain_node(script: object) -> bool:
@@ -72,6 +75,20 @@ def plan_python(source: Path, procfile: str | None, py_version: str) -> Plan:
     )
 
 
+def plan_slice(source: Path, py_version: str, import_path: object) -> Plan:
+    """A python app whose start is the slice host (``aether.slices``, vendored by the build)."""
+    python = plan_python(source, None, py_version)
+    env = dict(python.defaults["env"])
+    if isinstance(import_path, str):
+        env["AETHER_SLICE"] = import_path
+    return Plan(
+        defaults={"start": SLICE_HOST, "health": "/healthz", "env": env},
+        exclude=python.exclude,
+        deps_dir=python.deps_dir,
+        app_version=python.app_version,
+    )
+
+
 def plan_static(source: Path, port_env: str) -> Plan:
     directory = static_dir(source) or "."
     start = (
@@ -98,6 +115,7 @@ def app_spec(
         hint = {
             "node": "add a start script or main to package.json",
             "python": "add a Procfile with a `web:` line",
+            "slice": 'set slice = "module:attribute"',
         }.get(runtime, "add a Procfile with a `web:` line")
         raise BadRequestError(
             f"no start command for {runtime} app {name!r} in {where}: "

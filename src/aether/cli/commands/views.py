@@ -92,6 +92,7 @@ def _status(args: argparse.Namespace, data: dict[str, Any]) -> None:
             [[a["name"], _version(a), _active(a), *_recovery_point(a)] for a in data["apps"]],
             ["app", "version", "active", "rpo", "last checkpoint"],
         )
+        + "".join(f"\n{a['name']}: {a['failure']}" for a in data["apps"] if a.get("failure"))
     )
     emit(args, data, text)
 

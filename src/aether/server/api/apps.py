@@ -307,22 +307,38 @@ async def list_apps(caller: Caller, ctx: Ctx) -> list[AppOut]:
         entry = snap.blueprints.get(name)
         bp = entry[0] if entry and entry[0].tenant == caller.tenant_id else None
         newest = taken.get((caller.tenant_id, name))
+        active = snap.active_count(name, bp.version) if bp else 0
+        failure = (
+            await _last_failure(ctx, bp.deployment_id) if bp and active < bp.instances else None
+        )
         out.append(
             AppOut(
                 name=app.name,
                 version=bp.version if bp else None,
                 deployment_id=bp.deployment_id if bp else None,
                 instances_desired=bp.instances if bp else 0,
-                instances_active=snap.active_count(name, bp.version) if bp else 0,
+                instances_active=active,
                 created_at=app.created_at,
                 rpo_seconds=bp.spec.checkpoint.interval if bp and bp.spec.stateful else None,
                 checkpoint_age_seconds=(
                     round(max(0.0, now - epoch(newest)), 1) if newest is not None else None
                 ),
                 route=route_path(app.name, caller.tenant),
+                failure=failure,
             )
         )
     return out
+
+
+async def _last_failure(ctx: ServerContext, deployment_id: str) -> str | None:
+    """The last line of the deployment's newest instance failure (its cause, or the end
+    of the instance's output: a traceback's last line), for ``aether status``."""
+    events = await ctx.records.list_events(deployment_id)
+    message = next((e.message for e in reversed(events) if e.type == "instance_failed"), None)
+    if message is None:
+        return None
+    lines = [line for line in message.splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else None
 
 
 @router.get("/apps/{app}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -43,6 +44,7 @@ from aether.model.cluster import (
     NodeCapabilities,
     NodeRecord,
     endpoint_key,
+    instance_endpoint_keys,
     instance_key,
     routes_key,
 )
@@ -73,6 +75,8 @@ STREAM_PING_SECONDS = 5.0
 WITHDRAWAL_POLL_SECONDS = 0.05  # how often a withdrawal wait reads the routers' states
 # an instance's report message: its cause and the end of its output (core.failures)
 MAX_REPORT_MESSAGE = 4096
+# a slice's entry point: a Python identifier, part of its endpoint keys and router paths
+_ENTRY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class HeartbeatIn(BaseModel):
@@ -261,7 +265,9 @@ async def report(
     caller: NodeCaller,
     ctx: Ctx,
 ) -> dict[str, Any]:
-    """The node reports an instance's state; ACTIVE publishes its endpoint on the node's lease."""
+    """The node reports an instance's state; ACTIVE publishes its endpoint on the node's lease
+    (a slice instance's report names its entry points: one endpoint each), any other state
+    withdraws every endpoint the instance has."""
     own_node(request, caller, node)
     try:
         state = State(body.state)
@@ -270,6 +276,7 @@ async def report(
     app, _, version = app_version.rpartition("@")
     key = instance_key(node, app, int(version) if version.isdigit() else -1, n)
     snapshot = parse_digest(body.snapshot) if body.snapshot else None  # after a checkpoint
+    named = _entries(body)  # a slice's entry points (checked before anything is read)
     if snapshot is not None and not await ctx.registry.exists(snapshot):
         raise BadRequestError(f"snapshot {snapshot} is not stored: upload it first")
     for _ in range(10):
@@ -286,6 +293,8 @@ async def report(
         active_since = record.active_since if record.state is State.ACTIVE else None
         if state is State.ACTIVE and active_since is None:
             active_since = time.time()
+        publish = state is State.ACTIVE and bool(body.url) and record.command is Command.ACTIVATE
+        entries = named if publish else None
         updated = record.model_copy(
             update={
                 "state": state,
@@ -293,18 +302,34 @@ async def report(
                 "url": body.url,
                 "active_since": active_since if state is State.ACTIVE else None,
                 **({"snapshot": snapshot} if snapshot is not None else {}),
+                **({"entries": sorted(entries)} if entries is not None else {}),
             }
         )
-        ep_key = endpoint_key(app, "web", node, n)
         ops: list[Op] = [Put(key, dump(updated))]
+        # every endpoint the instance had, whichever entries its reports named
+        held = set(instance_endpoint_keys(record)) | set(instance_endpoint_keys(updated))
         withdrawn = False
-        if state is State.ACTIVE and body.url and record.command is Command.ACTIVATE:
+        if publish:
+            assert body.url is not None
             _, lease = await _node_record(ctx, node)
-            endpoint = Endpoint(app=app, node=node, n=n, version=record.version, url=body.url)
-            ops.append(Put(ep_key, dump(endpoint), lease=lease))
+            points = entries if entries is not None else {"web": None}
+            for entry, schema in points.items():
+                endpoint = Endpoint(
+                    app=app,
+                    entry=entry,
+                    node=node,
+                    n=n,
+                    version=record.version,
+                    url=body.url,
+                    schema=schema,
+                )
+                ops.append(Put(endpoint_key(app, entry, node, n), dump(endpoint), lease=lease))
+            wanted = {endpoint_key(app, entry, node, n) for entry in points}
+            ops.extend(Delete(stale) for stale in sorted(held - wanted))
         elif state is not State.ACTIVE:
-            withdrawn = await ctx.store.get(ep_key) is not None
-            ops.append(Delete(ep_key))
+            for ep_key in sorted(held):
+                withdrawn = withdrawn or await ctx.store.get(ep_key) is not None
+                ops.append(Delete(ep_key))
         result = await ctx.store.txn([Compare(key, "mod_revision", "==", kv.mod_revision)], ops)
         if result.succeeded:
             # withdrawn_revision: the revision routers must reach before the instance stops
@@ -315,6 +340,20 @@ async def report(
                 "withdrawn_revision": result.revision if withdrawn else None,
             }
     raise ConflictError(f"instance {key} kept changing; report again")
+
+
+def _entries(body: ReportIn) -> dict[str, dict[str, Any]] | None:
+    """A slice instance's entry points (None: an ordinary app, one ``web`` endpoint)."""
+    if body.entries is None:
+        return None
+    if not body.entries:
+        raise BadRequestError("a slice instance must have at least one entry point")
+    for entry in body.entries:
+        if not _ENTRY_RE.match(entry):
+            raise BadRequestError(
+                f"entry point {entry[:80]!r}: use a Python identifier (letters, digits, '_')"
+            )
+    return dict(body.entries)
 
 
 @router.put("/nodes/{node}/routes")
@@ -381,7 +420,7 @@ async def unloaded(
         raise ConflictError(f"instance {key} was not told to UNLOAD (command {record.command})")
     result = await ctx.store.txn(
         [Compare(key, "mod_revision", "==", kv.mod_revision)],
-        [Delete(key), Delete(endpoint_key(app, "web", node, n))],
+        [Delete(key), *(Delete(ep_key) for ep_key in instance_endpoint_keys(record))],
     )
     return {"key": key, "deleted": result.succeeded}
 

@@ -35,7 +35,7 @@ from aether.core.scheduler import (
     plan,
 )
 from aether.errors import NotFoundError
-from aether.model.cluster import Blueprint, InstanceRecord, endpoint_key, instance_key
+from aether.model.cluster import Blueprint, InstanceRecord, instance_endpoint_keys, instance_key
 from aether.model.names import split_cluster_name
 from aether.server.context import ServerContext
 from aether.server.services.cluster import ClusterSnapshot, dump, read_snapshot
@@ -106,7 +106,7 @@ def action_write(snap: ClusterSnapshot, action: Action) -> Write | None:
         updated = record.model_copy(update=change)
         ops: list[Op] = [Put(action.key, dump(updated))]
         if action.command is Command.UNLOAD:
-            ops.append(Delete(endpoint_key(record.app, "web", record.node, record.n)))
+            ops.extend(Delete(ep_key) for ep_key in instance_endpoint_keys(record))
         # A DEACTIVATE leaves the endpoint: the node's DEACTIVATING report withdraws it,
         # and the node waits for every router to confirm that revision (a graceful drain)
         return Write((Compare(action.key, "mod_revision", "==", action.mod_revision),), tuple(ops))
@@ -116,7 +116,7 @@ def action_write(snap: ClusterSnapshot, action: Action) -> Write | None:
             (Compare(action.key, "mod_revision", "==", action.mod_revision),),
             (
                 Delete(action.key),
-                Delete(endpoint_key(record.app, "web", record.node, record.n)),
+                *(Delete(ep_key) for ep_key in instance_endpoint_keys(record)),
             ),
         )
     return None
