@@ -329,3 +329,27 @@ async def test_an_entry_points_open_calls_scale_its_slice(
     [decision] = [d for d in decisions if d["kind"] == "scale"]
     assert decision["reason"].startswith("entry charge in_flight 4/instance > target 1 ±15%: 1 → 4")
     assert decision["inputs"]["entry"] == "charge"
+
+
+async def test_the_live_stream_carries_the_tenants_own_entry_points(
+    srv: RunningServer, http: httpx.AsyncClient
+) -> None:
+    node, node2, mine = unique("node"), unique("node"), own_slice(srv)
+    tenant = unique("tenant")
+    theirs = own_slice(srv, tenant)
+    theirs_cluster = cluster_name(theirs, tenant)
+
+    async def both() -> Any:
+        await push(http, srv, entry_push(node, mine, calls=3))
+        await push(http, srv, entry_push(node2, theirs_cluster, calls=7))
+        sample = srv.ctx.telemetry.latest()
+        return sample if sample and {mine, theirs_cluster} <= set(sample.slices) else None
+
+    await eventually(both, "both slices in the latest sample")
+    async with ApiClient(srv.base_url, srv.mint("viewer", tenant)) as viewer:
+        async with asyncio.timeout(15):
+            async for sample in viewer.metrics_stream():
+                if theirs in sample.slices:
+                    break
+    assert sample.slices[theirs]["add"].calls_per_s == 7
+    assert mine not in sample.slices and theirs_cluster not in sample.slices

@@ -8,7 +8,7 @@ window; roll-ups go to the records database).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,7 +84,8 @@ class EntryMetrics(BaseModel):
     errors: int = Field(default=0, ge=0, le=_INT64)  # of which failed
     duration_s: float = Field(default=0.0, ge=0.0)  # summed duration of those calls
     in_flight: int = Field(default=0, ge=0, le=_INT64)  # calls open at the end of the interval
-    by_url: dict[str, int] = Field(default_factory=dict)  # open calls per instance url
+    # open calls per instance url
+    by_url: dict[str, Annotated[int, Field(ge=0, le=_INT64)]] = Field(default_factory=dict)
 
 
 class NodeMetrics(BaseModel):

@@ -143,7 +143,7 @@ def _node_tenants(update: NodeMetrics) -> set[str]:
 
 def _snapshot_answer(ctx: ServerContext, update: NodeMetrics) -> bytes | None:
     """The push's answer body: the node's tenants' cluster snapshots, or None (``204``)."""
-    if not update.instances and not update.entries:
+    if (not update.instances and not update.entries) or not ctx.telemetry.has_snapshots():
         return None
     return ctx.telemetry.snapshot_answer(_node_tenants(update))
 
@@ -206,14 +206,15 @@ async def app_history(
     return ctx.telemetry.app_history(await _check_app(ctx, caller, app), seconds)
 
 
-@router.get("/metrics/slices/{slice_name}")
+@router.get("/metrics/slices/{app}")
 async def slice_history(
-    slice_name: str, caller: Caller, ctx: Ctx, seconds: Seconds = 300.0
+    app: str, caller: Caller, ctx: Ctx, seconds: Seconds = 300.0
 ) -> list[EntryPoint]:
-    """The slice's entry points' samples of the last ``seconds`` from the in-memory
-    window, oldest first (each second's entries in name order)."""
-    points = ctx.telemetry.entry_history(await _check_app(ctx, caller, slice_name), seconds)
-    return [p.model_copy(update={"slice": slice_name}) for p in points]
+    """The slice's (a slice is an app: ``app`` is its name) entry points' samples of the
+    last ``seconds`` from the in-memory window, oldest first (each second's entries in
+    name order)."""
+    points = ctx.telemetry.entry_history(await _check_app(ctx, caller, app), seconds)
+    return [p.model_copy(update={"slice": app}) for p in points]
 
 
 @router.get("/metrics/rollups")

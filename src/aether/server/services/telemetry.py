@@ -282,6 +282,10 @@ class TelemetryHub:
                 out[(slice_, entry)] = (calls, errors, seconds)
         return out
 
+    def has_snapshots(self) -> bool:
+        """Whether the latest sample has slices' figures (else no push gets a snapshot)."""
+        return self._latest is not None and bool(self._latest.slices)
+
     def snapshot_answer(self, tenants: Iterable[str]) -> bytes | None:
         """The answer to a push from a node running instances of ``tenants``: their cluster
         snapshots as ``{"snapshots": {TENANT: ...}}`` (``model.telemetry.PushAnswer``), or
