@@ -325,8 +325,12 @@ async def test_an_entry_points_open_calls_scale_its_slice(
         pusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pusher
-    decisions = (await http.get("/api/v1/decisions", params={"target": app}, headers=admin)).json()
-    [decision] = [d for d in decisions if d["kind"] == "scale"]
+
+    async def recorded() -> Any:
+        answer = await http.get("/api/v1/decisions", params={"target": app}, headers=admin)
+        return [d for d in answer.json() if d["kind"] == "scale"]
+
+    [decision] = await eventually(recorded, "the scale decision recorded")
     assert decision["reason"].startswith("entry charge in_flight 4/instance > target 1 ±15%: 1 → 4")
     assert decision["inputs"]["entry"] == "charge"
 
