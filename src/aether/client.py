@@ -60,7 +60,14 @@ from aether.model.migrations import MigrationOut, SnapshotOut
 from aether.model.rebalance import RebalanceOut
 from aether.model.risk import RiskAssessment, SignalIn, SignalOut
 from aether.model.tasks import ExecutionOut, SandboxOut, TaskOut
-from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
+from aether.model.telemetry import (
+    AppPoint,
+    ClusterSample,
+    NodeMetrics,
+    NodePoint,
+    PushAnswer,
+    Rollup,
+)
 
 __all__ = ["MAX_RETRY_AFTER", "RATE_RETRIES", "ApiClient", "NetworkError", "split_urls"]
 
@@ -751,15 +758,24 @@ class ApiClient:
 
     # -- telemetry ------------------------------------------------------------------------
 
-    async def push_metrics(self, update: NodeMetrics, *, timeout: float | None = None) -> None:
-        """A node's metrics push (``timeout``: seconds for this request, else the default)."""
-        await self.request(
+    async def push_metrics(
+        self, update: NodeMetrics, *, timeout: float | None = None
+    ) -> PushAnswer | None:
+        """A node's metrics push (``timeout``: seconds for this request, else the default);
+        the leader's cluster snapshots when it answered with them (else None)."""
+        response = await self.request(
             "POST",
             f"/api/v1/nodes/{update.node}/metrics",
             content=update.model_dump_json(),
             headers={"Content-Type": "application/json"},
             timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
         )
+        if response.status_code != 200 or not response.content:
+            return None
+        try:
+            return PushAnswer.model_validate_json(response.content)
+        except ValueError:  # an answer this node does not understand: no snapshot
+            return None
 
     async def metrics_latest(self) -> ClusterSample | None:
         """The newest cluster sample, or None before the leader aggregated one."""

@@ -195,6 +195,7 @@ ROUTES: dict[str, Rule] = {
     # telemetry
     "GET /api/v1/metrics": Rule("viewer"),
     "GET /api/v1/metrics/apps/{app}": Rule("viewer", owned=True),
+    "GET /api/v1/metrics/slices/{app}": Rule("viewer", owned=True),
     "GET /api/v1/metrics/nodes/{node}": Rule("viewer"),
     "GET /api/v1/metrics/rollups": Rule("viewer"),
     "GET /api/v1/metrics/stream": Rule("viewer", stream=True),

@@ -31,6 +31,10 @@ Reasons quote the figure the rule compared (the predicted level going up, the
 busiest second of the span going down); ``inputs`` carry it with the
 threshold it crossed.
 
+With ``spec.entry`` (a slice's entry point) the series is that entry point's
+figure (:func:`entry_value`: its open calls per instance, or its mean call
+duration), decided by the same rules; reasons and inputs name the entry.
+
 No I/O and no clock: the caller passes ``now``.
 """
 
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aether.model.decisions import AutoscaleSpec
+from aether.model.telemetry import EntrySample
 
 __all__ = [
     "LOW_WATER",
@@ -49,6 +54,7 @@ __all__ = [
     "STALE_AFTER",
     "ScaleDecision",
     "decide",
+    "entry_value",
     "slope",
 ]
 
@@ -78,6 +84,15 @@ def slope(points: Sequence[tuple[float, float]]) -> float:
     if var <= 0.0:
         return 0.0
     return sum((t - mean_t) * (v - mean_v) for t, v in points) / var
+
+
+def entry_value(spec: AutoscaleSpec, sample: EntrySample, desired: int) -> float:
+    """An entry point's figure per instance of ``desired`` instances in one second: its
+    open calls spread over the blueprint's count (like an app's), or its mean call
+    duration as measured."""
+    if spec.metric == "latency":
+        return sample.mean_ms
+    return sample.in_flight / max(desired, 1)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -129,6 +144,7 @@ def decide(
         return None  # missing or stale telemetry: never act on what is not known
 
     metric, target, unit = spec.metric, spec.target, _UNITS[spec.metric]
+    what = metric if spec.entry is None else f"entry {spec.entry} {metric}"
     recent = [v for t, v in window if t >= now - min(RECENT, spec.window)]
     level = _mean(recent)
     trend = slope(window)
@@ -151,6 +167,8 @@ def decide(
         "instances": current,
         **bounds,
     }
+    if spec.entry is not None:
+        inputs["entry"] = spec.entry
     band = f"target {_fmt(target)}{unit} ±{_fmt(spec.tolerance * 100)}%"
 
     if predicted > upper and current < spec.max:
@@ -163,7 +181,7 @@ def decide(
         desired = min(wanted, current + spec.max_step_up, spec.max)
         if desired <= current:
             return None
-        figure = f"{metric} {_fmt(predicted)}{unit}/instance"
+        figure = f"{what} {_fmt(predicted)}{unit}/instance"
         if rising > 0:
             figure += (
                 f" predicted ({_fmt(level)}{unit} now + trend {trend:+.2g}{unit}/s"
@@ -209,7 +227,7 @@ def decide(
         current,
         desired,
         "down",
-        f"{metric} at most {_fmt(peak)}{unit}/instance, below {_fmt(low_water * 100)}% of "
+        f"{what} at most {_fmt(peak)}{unit}/instance, below {_fmt(low_water * 100)}% of "
         f"target {_fmt(target)}{unit} for {_fmt(span)} s: {current} → {desired}",
         {
             **inputs,

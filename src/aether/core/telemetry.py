@@ -22,6 +22,15 @@ Per app (one :class:`AppSample`), over the nodes that are not stale:
   instance, and ``in_flight_per_instance`` = open calls / instances (open
   calls themselves when no instance reports).
 
+Per slice entry point (one :class:`EntrySample`), over the nodes that are not
+stale: the figures the instances counted (``$stats``: every call they served)
+when any instance reported the entry, else the routers' (calls they sent), so
+a call is never counted twice; ``calls_per_s`` and ``errors_per_s`` are summed
+rates, ``mean_ms`` = ``1000 * sum(duration_s) / sum(calls)`` (0 without calls),
+``in_flight`` the open calls summed, ``by_url`` the open calls per instance url
+(each instance's own count, plus what routers reported per url). A tenant's
+cluster snapshot (:func:`tenant_snapshots`) is these figures, by plain names.
+
 Roll-ups (one :class:`Rollup` per node and per app and minute): the mean and
 the maximum of each figure over the fresh seconds of that minute; the mean of
 ``latency_ms`` is weighted by calls, i.e. the minute's mean call duration.
@@ -34,12 +43,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from aether.model.names import split_cluster_name
 from aether.model.telemetry import (
     AppSample,
     ClusterSample,
+    EntryFigures,
+    EntrySample,
     NodeMetrics,
     NodeSample,
     Rollup,
+    TenantSnapshot,
 )
 
 __all__ = [
@@ -49,11 +62,13 @@ __all__ = [
     "STALE_INTERVALS",
     "Aggregator",
     "AppPartial",
+    "EntryPartial",
     "NodeState",
     "RollupAccumulator",
     "aggregate",
     "app_figures",
     "app_sample",
+    "entry_sample",
     "fold",
     "forgotten",
     "is_stale",
@@ -62,6 +77,7 @@ __all__ = [
     "node_sample",
     "retention_cutoff",
     "rollups",
+    "tenant_snapshots",
 ]
 
 STALE_INTERVALS = 3.0  # no push for this many intervals: the node is stale
@@ -108,6 +124,11 @@ def app_figures(a: AppSample) -> tuple[float, ...]:
 # (app, instances, cpu: summed cores, rss_mb, restarts, calls, errors, total_ms, in_flight)
 AppPartial = tuple[str, int, float, float, int, int, int, float, int]
 
+# One row of a push's slice entry figures, as a plain tuple:
+# (slice, entry, from_instance, calls, errors, duration_s, in_flight, url or "",
+#  ((url, open calls), ...))
+EntryPartial = tuple[str, str, bool, int, int, float, int, str, tuple[tuple[str, int], ...]]
+
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
@@ -132,6 +153,7 @@ class NodeState:
     instances: int
     restarts: int
     apps: tuple[AppPartial, ...] = ()
+    entries: tuple[EntryPartial, ...] = ()
     raw: bytes = b""  # the push as it arrived (JSON), when the caller keeps it
 
 
@@ -166,6 +188,23 @@ def _partials(update: NodeMetrics) -> tuple[AppPartial, ...]:
     )
 
 
+def _entry_partials(update: NodeMetrics) -> tuple[EntryPartial, ...]:
+    return tuple(
+        (
+            e.slice,
+            e.entry,
+            e.source == "instance",
+            e.calls,
+            e.errors,
+            e.duration_s,
+            e.in_flight,
+            e.url or "",
+            tuple(sorted(e.by_url.items())),
+        )
+        for e in update.entries
+    )
+
+
 def fold(
     update: NodeMetrics, previous: NodeState | None, received_at: float, raw: bytes = b""
 ) -> NodeState:
@@ -193,6 +232,7 @@ def fold(
         instances=len(update.instances),
         restarts=sum(i.restarts for i in update.instances),
         apps=_partials(update),
+        entries=_entry_partials(update) if update.entries else (),
         raw=raw,
     )
 
@@ -249,6 +289,64 @@ def app_sample(app: str, parts: Iterable[tuple[AppPartial, float]]) -> AppSample
     )
 
 
+def entry_sample(
+    slice_: str, entry: str, parts: Iterable[tuple[EntryPartial, float]]
+) -> EntrySample:
+    """One entry point's figures from its rows on every (fresh) node, each with its interval:
+    the instances' rows when there are any, else the routers'."""
+    rows = list(parts)
+    if any(row[2] for row, _ in rows):
+        rows = [(row, interval) for row, interval in rows if row[2]]
+    calls = in_flight = 0
+    cps = eps = duration = 0.0
+    urls: set[str] = set()
+    by_url: dict[str, int] = {}
+    for (_, _, own, k, e, d, f, url, per_url), interval in rows:
+        calls += k
+        cps += k / interval
+        eps += e / interval
+        duration += d
+        in_flight += f
+        if own and url:
+            urls.add(url)
+            by_url[url] = by_url.get(url, 0) + f
+        for u, n in per_url:
+            by_url[u] = by_url.get(u, 0) + n
+    instances = len(urls) if urls else sum(1 for row, _ in rows if row[2])
+    return EntrySample(
+        slice=slice_,
+        entry=entry,
+        instances=instances,
+        calls_per_s=cps,
+        errors_per_s=eps,
+        mean_ms=1000.0 * duration / calls if calls else 0.0,
+        in_flight=in_flight,
+        in_flight_per_instance=in_flight / instances if instances else float(in_flight),
+        by_url=dict(sorted(by_url.items())),
+    )
+
+
+def tenant_snapshots(sample: ClusterSample) -> dict[str, TenantSnapshot]:
+    """Each tenant's cluster snapshot (its slices by plain name) from a sample whose
+    ``slices`` are keyed by cluster name."""
+    out: dict[str, TenantSnapshot] = {}
+    for name, entries in sample.slices.items():
+        plain, tenant = split_cluster_name(name)
+        snapshot = out.get(tenant)
+        if snapshot is None:
+            snapshot = out[tenant] = TenantSnapshot(at=sample.ts)
+        snapshot.slices[plain] = {
+            entry: EntryFigures(
+                in_flight=e.in_flight,
+                calls_per_s=e.calls_per_s,
+                mean_ms=e.mean_ms,
+                by_url=e.by_url,
+            )
+            for entry, e in entries.items()
+        }
+    return out
+
+
 class Aggregator:
     """``aggregate`` one node at a time, so a shell can pause between chunks of nodes."""
 
@@ -256,6 +354,7 @@ class Aggregator:
         self.now = now
         self._nodes: dict[str, NodeSample] = {}
         self._parts: dict[str, list[tuple[AppPartial, float]]] = {}
+        self._entries: dict[tuple[str, str], list[tuple[EntryPartial, float]]] = {}
 
     def add(self, state: NodeState) -> None:
         if forgotten(state, self.now):
@@ -270,11 +369,22 @@ class Aggregator:
                 self._parts[part[0]] = [(part, state.interval)]
             else:
                 bucket.append((part, state.interval))
+        for row in state.entries:
+            rows = self._entries.get((row[0], row[1]))
+            if rows is None:
+                self._entries[(row[0], row[1])] = [(row, state.interval)]
+            else:
+                rows.append((row, state.interval))
 
     def sample(self) -> ClusterSample:
         nodes = {name: self._nodes[name] for name in sorted(self._nodes)}
         apps = {app: app_sample(app, self._parts[app]) for app in sorted(self._parts)}
-        return ClusterSample(ts=self.now, nodes=nodes, apps=apps)
+        slices: dict[str, dict[str, EntrySample]] = {}
+        for slice_, entry in sorted(self._entries):
+            slices.setdefault(slice_, {})[entry] = entry_sample(
+                slice_, entry, self._entries[(slice_, entry)]
+            )
+        return ClusterSample(ts=self.now, nodes=nodes, apps=apps, slices=slices)
 
 
 def aggregate(states: Iterable[NodeState], now: float) -> ClusterSample:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -42,6 +42,11 @@ class AutoscaleSpec(BaseModel):
     duration in ms); ``target`` the level to hold it at, give or take
     ``tolerance`` (a fraction of it); ``scale_down_window`` the seconds of calm
     a scale-down looks back over (stabilisation).
+
+    ``entry`` (a slice's): scale by that entry point's figures instead of the
+    app's -- ``in_flight`` (its open calls per instance; the default metric with
+    an entry) or ``latency`` (its mean call duration in ms; ``latency_ms`` is
+    accepted as the same); ``cpu`` is an instance's, not an entry point's.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -49,6 +54,7 @@ class AutoscaleSpec(BaseModel):
     min: int = Field(default=1, ge=1, le=1000)  # >= 1: demand is only seen through instances
     max: int = Field(default=10, ge=1, le=1000)
     metric: Metric = "cpu"
+    entry: str | None = Field(default=None, min_length=1, max_length=100)
     target: float = Field(default=0.0, ge=0.0)  # 0 (or absent): DEFAULT_TARGETS[metric]
     scale_up_cooldown: float = Field(default=3.0, ge=0.0, le=3600.0)
     scale_down_cooldown: float = Field(default=30.0, ge=0.0, le=3600.0)
@@ -62,8 +68,21 @@ class AutoscaleSpec(BaseModel):
     # scale down only to the highest count any second of this window asked for (HPA: 300 s)
     scale_down_window: float = Field(default=30.0, ge=0.0, le=3600.0)
 
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _latency_ms(cls, value: object) -> object:
+        return "latency" if value == "latency_ms" else value
+
     @model_validator(mode="after")
     def _check(self) -> AutoscaleSpec:
+        if self.entry is not None:
+            if "metric" not in self.model_fields_set:
+                self.metric = "in_flight"
+            elif self.metric == "cpu":
+                raise ValueError(
+                    f"entry {self.entry!r}: an entry point scales by in_flight or latency_ms, "
+                    'not cpu; set metric = "in_flight" or "latency_ms" in [autoscale]'
+                )
         if self.min > self.max:
             raise ValueError(
                 f"min ({self.min}) must not be greater than max ({self.max}); "

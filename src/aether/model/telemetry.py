@@ -8,7 +8,7 @@ window; roll-ups go to the records database).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,11 +17,17 @@ __all__ = [
     "AppSample",
     "ClusterSample",
     "EndpointMetrics",
+    "EntryFigures",
+    "EntryMetrics",
+    "EntryPoint",
+    "EntrySample",
     "InstanceMetrics",
     "NodeMetrics",
     "NodePoint",
     "NodeSample",
+    "PushAnswer",
     "Rollup",
+    "TenantSnapshot",
 ]
 
 
@@ -57,6 +63,31 @@ class EndpointMetrics(BaseModel):
     in_flight: int = Field(default=0, ge=0, le=_INT64)  # requests open at the end of the interval
 
 
+class EntryMetrics(BaseModel):
+    """One slice entry point's figures on this node since the previous update.
+
+    ``source`` says who counted them: ``instance`` (the instance's own ``$stats``:
+    every call it served, from a router or a handle; ``url`` is that instance's)
+    or ``router`` (this node's router, for the calls it sent, to whichever
+    instance; ``by_url``: its calls open per instance url). The leader takes an
+    entry's figures from the instances when any reported it, else from the
+    routers, so no call is counted twice.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)  # figures are finite numbers
+
+    slice: str  # the slice's cluster name
+    entry: str
+    source: Literal["instance", "router"] = "instance"
+    url: str | None = None  # the instance's endpoint url (source instance)
+    calls: int = Field(default=0, ge=0, le=_INT64)  # calls finished in the interval
+    errors: int = Field(default=0, ge=0, le=_INT64)  # of which failed
+    duration_s: float = Field(default=0.0, ge=0.0)  # summed duration of those calls
+    in_flight: int = Field(default=0, ge=0, le=_INT64)  # calls open at the end of the interval
+    # open calls per instance url
+    by_url: dict[str, Annotated[int, Field(ge=0, le=_INT64)]] = Field(default_factory=dict)
+
+
 class NodeMetrics(BaseModel):
     """The body of one push: node gauges, per-instance and per-endpoint figures."""
 
@@ -75,6 +106,7 @@ class NodeMetrics(BaseModel):
     net_tx_bytes: int = Field(ge=0, le=_INT64)
     instances: list[InstanceMetrics] = Field(default_factory=list)
     endpoints: list[EndpointMetrics] = Field(default_factory=list)
+    entries: list[EntryMetrics] = Field(default_factory=list)  # slices' entry points
 
 
 class NodeSample(BaseModel):
@@ -106,10 +138,26 @@ class AppSample(BaseModel):
     restarts: int  # summed restart counters
 
 
+class EntrySample(BaseModel):
+    """One slice entry point in one aggregated second, over all its instances and nodes."""
+
+    slice: str
+    entry: str
+    instances: int  # instances reporting the entry (0: figures from routers only)
+    calls_per_s: float
+    errors_per_s: float
+    mean_ms: float  # mean call duration (0 without calls)
+    in_flight: int  # calls open, all instances
+    in_flight_per_instance: float  # in_flight / instances (in_flight itself without any)
+    by_url: dict[str, int] = Field(default_factory=dict)  # calls open per instance url
+
+
 class ClusterSample(BaseModel):
     ts: float  # the leader's clock when it aggregated
     nodes: dict[str, NodeSample] = Field(default_factory=dict)
     apps: dict[str, AppSample] = Field(default_factory=dict)
+    # slice (cluster name, or as shown to its tenant) -> entry -> figures
+    slices: dict[str, dict[str, EntrySample]] = Field(default_factory=dict)
 
 
 class NodePoint(NodeSample):
@@ -122,6 +170,34 @@ class AppPoint(AppSample):
     """One app in one aggregated second of the window (``GET /metrics/apps/{app}``)."""
 
     ts: float
+
+
+class EntryPoint(EntrySample):
+    """One entry point in one aggregated second of the window (``GET /metrics/slices/{slice}``)."""
+
+    ts: float
+
+
+class EntryFigures(BaseModel):
+    """One entry point in the cluster snapshot (see the module docstring)."""
+
+    in_flight: int
+    calls_per_s: float
+    mean_ms: float
+    by_url: dict[str, int] = Field(default_factory=dict)
+
+
+class TenantSnapshot(BaseModel):
+    """One tenant's cluster snapshot: its slices' entry points in the latest second."""
+
+    at: float
+    slices: dict[str, dict[str, EntryFigures]] = Field(default_factory=dict)
+
+
+class PushAnswer(BaseModel):
+    """The answer to a metrics push (``200``; ``204`` without a body when there is none)."""
+
+    snapshots: dict[str, TenantSnapshot] = Field(default_factory=dict)
 
 
 class Rollup(BaseModel):

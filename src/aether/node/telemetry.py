@@ -22,6 +22,11 @@ every descendant, found through the parent pids of one ``/proc/*/stat`` scan):
 Per app, what this node's router saw since the previous push (calls, errors,
 their summed duration) and the calls open at the moment of the push.
 
+Per slice entry point (``entries``): the router's per entry counters and each
+ACTIVE slice instance's ``$stats``; the push's answer carries the leader's
+cluster snapshot, which the node hands to its slice instances (``$snapshot``).
+See :mod:`aether.node.slice_telemetry`.
+
 :class:`TelemetryPusher` pushes one ``NodeMetrics`` per interval
 (``RegisterOut.config.telemetry_interval``) over HTTP -- never through the
 state store; a failed push is logged at debug level and the next one is sent
@@ -40,7 +45,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aether.errors import AetherError
-from aether.model.telemetry import EndpointMetrics, InstanceMetrics, NodeMetrics
+from aether.model.telemetry import EndpointMetrics, EntryMetrics, InstanceMetrics, NodeMetrics
+from aether.node.slice_telemetry import (
+    STATS_TIMEOUT,
+    SliceControls,
+    router_entries,
+    slice_targets,
+)
 
 if TYPE_CHECKING:
     from aether.client import ApiClient
@@ -226,8 +237,10 @@ class TelemetryCollector:
         in_flight: Mapping[str, int] | None = None,
         *,
         now: float | None = None,
+        entries: Iterable[EntryMetrics] = (),
     ) -> NodeMetrics:
-        """One update; ``calls`` and ``in_flight`` come from ``Router.take_counters``."""
+        """One update; ``calls`` and ``in_flight`` come from ``Router.take_counters``,
+        ``entries`` from the router and the slice instances (``slice_telemetry``)."""
         mono = time.monotonic()
         interval = self.interval if self._last is None else max(mono - self._last, 1e-3)
         self._last = mono
@@ -255,6 +268,7 @@ class TelemetryCollector:
             net_tx_bytes=tx,
             instances=self._instances(list(instances), mono),
             endpoints=_endpoints(calls or {}, in_flight or {}),
+            entries=list(entries),
         )
         self.seq += 1
         return update
@@ -334,6 +348,7 @@ class TelemetryPusher:
         self.registration = registration
         self.pushed = 0
         self.failed = 0
+        self.slices = SliceControls()  # $stats in, the leader's snapshot out
 
     def _interval(self) -> float | None:
         """Seconds between pushes, or None while unregistered or when the server said off."""
@@ -343,15 +358,24 @@ class TelemetryPusher:
         return max(0.05, reg.config.telemetry_interval)
 
     async def push_once(self) -> NodeMetrics:
-        calls, in_flight = self.router.take_counters() if self.router else ({}, {})
-        update = self.collector.collect(instances_of(self.runners), calls, in_flight)
         interval = self._interval() or 1.0
+        targets = slice_targets(self.runners)
+        served = await self.slices.stats(targets, min(STATS_TIMEOUT, interval / 2))
+        calls, in_flight = self.router.take_counters() if self.router else ({}, {})
+        entries = router_entries(self.router) + served
+        update = self.collector.collect(
+            instances_of(self.runners), calls, in_flight, entries=entries
+        )
         try:
-            await self.client.push_metrics(update, timeout=max(2.0, interval))
+            answer = await self.client.push_metrics(update, timeout=max(2.0, interval))
             self.pushed += 1
         except AetherError as exc:
             self.failed += 1
             log.debug("metrics push %d failed: %s", update.seq, exc)
+            return update
+        if answer is not None:
+            self.slices.keep(answer.snapshots)
+            self.slices.deliver_soon(targets)
         return update
 
     async def run(self) -> None:
@@ -372,3 +396,7 @@ class TelemetryPusher:
                 await self.push_once()
             except (OSError, ValueError) as exc:  # an odd /proc reading: skip this push
                 log.debug("collecting metrics failed: %s", exc)
+
+    async def close(self) -> None:
+        """Close the connections to slice instances (after ``run`` was cancelled)."""
+        await self.slices.close()

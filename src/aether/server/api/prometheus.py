@@ -2,7 +2,7 @@
 
 Without a token (like the probes) only cluster-level figures: no series labelled
 with a node or an app, so an anonymous scraper learns no names. A valid token
-(any role) adds its tenant's app series, and the node series for the default
+(any role) adds its tenant's app and slice series, and the node series for the default
 tenant (which runs the cluster); a wrong token is a 401. The series themselves
 are listed in :mod:`aether.server.http.prometheus`.
 """
@@ -57,5 +57,10 @@ def install_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
         view = await scrape_view(request, ctx)
         if ctx is None:
             return Response(await metrics.render(view), media_type=CONTENT_TYPE_LATEST)
-        text = await metrics.render(view, registry=ctx.registry, latest=ctx.telemetry.latest())
+        text = await metrics.render(
+            view,
+            registry=ctx.registry,
+            latest=ctx.telemetry.latest(),
+            entry_totals=ctx.telemetry.entry_totals(),
+        )
         return Response(text, media_type=CONTENT_TYPE_LATEST)

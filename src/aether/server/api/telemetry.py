@@ -8,6 +8,13 @@ ordinary push (a cached node token, a valid body) before FastAPI's routing and
 dependencies, which otherwise cost more than the ingest itself; anything else
 (an unknown token, a bad body, an Idempotency-Key) goes on to the route below
 with its body intact, so the answers are the same either way.
+
+The answer to a push is ``204`` -- or, once the leader has aggregated slice
+entry points of a tenant whose instances the node runs, ``200`` with those
+tenants' cluster snapshots (``model.telemetry.PushAnswer``): how the leader
+hands its snapshot to every node each second without a store write. A
+follower forwards the push to the leader (``server.http.forward``), so the
+snapshot in the answer is always the leader's latest.
 """
 
 from __future__ import annotations
@@ -25,8 +32,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aether.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from aether.model.app import APP_NAME_RE
-from aether.model.names import cluster_name, shown_name
-from aether.model.telemetry import AppPoint, ClusterSample, NodeMetrics, NodePoint, Rollup
+from aether.model.names import cluster_name, shown_name, split_cluster_name
+from aether.model.telemetry import (
+    AppPoint,
+    ClusterSample,
+    EntryPoint,
+    NodeMetrics,
+    NodePoint,
+    PushAnswer,
+    Rollup,
+)
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import Caller, NodeCaller, cached_caller, own_node
@@ -82,6 +97,12 @@ def _problems(exc: ValidationError) -> str:
     status_code=204,
     response_class=Response,
     openapi_extra=_PUSH_SCHEMA,
+    responses={
+        200: {
+            "description": "the cluster snapshots of the tenants whose instances the node runs",
+            "model": PushAnswer,
+        }
+    },
     summary="Push one metrics update (nodes, every telemetry interval)",
 )
 async def push(node: str, request: Request, caller: NodeCaller, ctx: Ctx) -> Response:
@@ -107,7 +128,24 @@ async def push(node: str, request: Request, caller: NodeCaller, ctx: Ctx) -> Res
     ctx.telemetry.ingest(update, received_at=time.time(), raw=body)
     ctx.metrics.telemetry_updates.inc()
     ctx.metrics.telemetry_ingest.observe(time.perf_counter() - started)
-    return Response(status_code=204)
+    answer = _snapshot_answer(ctx, update)
+    if answer is None:
+        return Response(status_code=204)
+    return Response(answer, media_type="application/json")
+
+
+def _node_tenants(update: NodeMetrics) -> set[str]:
+    """The tenants whose instances (or slices' entry points) the node reported."""
+    tenants = {split_cluster_name(i.app)[1] for i in update.instances}
+    tenants.update(split_cluster_name(e.slice)[1] for e in update.entries)
+    return tenants
+
+
+def _snapshot_answer(ctx: ServerContext, update: NodeMetrics) -> bytes | None:
+    """The push's answer body: the node's tenants' cluster snapshots, or None (``204``)."""
+    if (not update.instances and not update.entries) or not ctx.telemetry.has_snapshots():
+        return None
+    return ctx.telemetry.snapshot_answer(_node_tenants(update))
 
 
 def _foreign_instance(update: NodeMetrics) -> str | None:
@@ -142,7 +180,12 @@ async def latest(caller: Caller, ctx: Ctx) -> ClusterSample | None:
         return None
     owned = await _owned_apps(ctx, caller)
     apps = {owned[name]: a for name, a in sample.apps.items() if name in owned}
-    return sample.model_copy(update={"apps": apps})
+    slices = {
+        owned[name]: {e: s.model_copy(update={"slice": owned[name]}) for e, s in entries.items()}
+        for name, entries in sample.slices.items()
+        if name in owned
+    }
+    return sample.model_copy(update={"apps": apps, "slices": slices})
 
 
 @router.get("/metrics/nodes/{node}")
@@ -161,6 +204,17 @@ async def app_history(
 ) -> list[AppPoint]:
     """The app's samples of the last ``seconds`` from the in-memory window, oldest first."""
     return ctx.telemetry.app_history(await _check_app(ctx, caller, app), seconds)
+
+
+@router.get("/metrics/slices/{app}")
+async def slice_history(
+    app: str, caller: Caller, ctx: Ctx, seconds: Seconds = 300.0
+) -> list[EntryPoint]:
+    """The slice's (a slice is an app: ``app`` is its name) entry points' samples of the
+    last ``seconds`` from the in-memory window, oldest first (each second's entries in
+    name order)."""
+    points = ctx.telemetry.entry_history(await _check_app(ctx, caller, app), seconds)
+    return [p.model_copy(update={"slice": app}) for p in points]
 
 
 @router.get("/metrics/rollups")
@@ -330,9 +384,20 @@ class TelemetryFastPath:
         ctx.telemetry.ingest(update, received_at=time.time(), raw=body)
         ctx.telemetry.fast_pushes += 1
         trace_id = str(scope.get("state", {}).get("trace_id") or uuid.uuid4().hex).encode()
+        answer = _snapshot_answer(ctx, update)
+        headers = [(b"x-trace-id", trace_id)]
+        if answer is not None:
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer)).encode()),
+            ]
         await send(
-            {"type": "http.response.start", "status": 204, "headers": [(b"x-trace-id", trace_id)]}
+            {
+                "type": "http.response.start",
+                "status": 204 if answer is None else 200,
+                "headers": headers,
+            }
         )
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": answer or b""})
         ctx.metrics.telemetry_updates.inc()
         ctx.metrics.telemetry_ingest.observe(time.perf_counter() - started)

@@ -39,6 +39,11 @@ Series (no label has more than a handful of values):
 ``app_calls_per_second{app}``               gauge: calls through all routers
 ``app_latency_seconds{app}``                gauge: mean call duration in the latest second
 ``app_in_flight_calls{app}``                gauge: open calls per instance
+``aether_slice_calls_total{slice,entry}``   counter: calls a slice's entry point finished
+                                            (from every push this server ingested)
+``aether_slice_errors_total{slice,entry}``  counter: of which failed
+``aether_slice_call_seconds_total{slice,entry}`` counter: their summed duration
+``aether_slice_in_flight{slice,entry}``     gauge: calls open in the latest sample
 ``cluster_nodes``                           gauge: nodes in the latest sample
 ``cluster_nodes_stale``                     gauge: of which stopped pushing
 ``cluster_app_instances``                   gauge: instances reporting figures, all apps
@@ -54,7 +59,8 @@ Series (no label has more than a handful of values):
 A scrape sees the ``tenant``-labelled series of its own tenant; the default
 tenant's (the cluster's) sees every tenant's. The node and app gauges come from
 the leader's latest telemetry sample (other servers show none); node/app labels
-grow with the cluster, one series each.
+grow with the cluster, one series each. A ``slice`` label is a cluster name, like
+``app``, and is shown to the same scrapes (its tenant's).
 
 Counters are per process: the deployment outcome counters move on the server
 that was leader at the time, so sum them over all servers.
@@ -74,7 +80,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from aether.artifacts import ArtifactBackend
@@ -179,6 +186,39 @@ class AgentRunMetrics:
         }
 
 
+class SliceSeries(Collector):
+    """The slices' per entry point series, set at each scrape from the hub's totals
+    (calls, errors, seconds) and the latest sample's open calls."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], tuple[float, float, float]] = {}
+        self.in_flight: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["slice", "entry"]
+        calls = CounterMetricFamily(
+            "aether_slice_calls", "Calls a slice's entry point finished.", labels=labels
+        )
+        errors = CounterMetricFamily(
+            "aether_slice_errors", "Calls of a slice's entry point that failed.", labels=labels
+        )
+        seconds = CounterMetricFamily(
+            "aether_slice_call_seconds",
+            "Summed duration of a slice's entry point's calls.",
+            labels=labels,
+        )
+        for (slice_, entry), (k, e, d) in sorted(self.totals.items()):
+            calls.add_metric([slice_, entry], k)
+            errors.add_metric([slice_, entry], e)
+            seconds.add_metric([slice_, entry], d)
+        open_calls = GaugeMetricFamily(
+            "aether_slice_in_flight", "Calls open on a slice's entry point.", labels=labels
+        )
+        for (slice_, entry), n in sorted(self.in_flight.items()):
+            open_calls.add_metric([slice_, entry], n)
+        yield from (calls, errors, seconds, open_calls)
+
+
 class ServerMetrics:
     #: Seconds a count of ``artifacts_total`` is reused by later scrapes.
     artifacts_refresh_seconds = 60.0
@@ -274,6 +314,8 @@ class ServerMetrics:
         self.cluster_calls = Gauge(
             "cluster_calls_per_second", "Calls per second through all routers.", registry=r
         )
+        self.slices = SliceSeries()
+        r.register(self.slices)
         self.agents = AgentRunMetrics(r)
         for kind in ("artifact", "blob"):  # present at 0 from the start
             self.upload_bytes.labels(kind)
@@ -286,13 +328,16 @@ class ServerMetrics:
         *,
         registry: ArtifactBackend | None = None,
         latest: ClusterSample | None = None,
+        entry_totals: dict[tuple[str, str], tuple[float, float, float]] | None = None,
     ) -> bytes:
         """The exposition text, with the scrape-time gauges refreshed first (the artifact
-        count from ``registry``, the node and app gauges from ``latest``); only the node-
-        and app-labelled series ``view`` allows (none without one)."""
+        count from ``registry``, the node and app gauges from ``latest``, the slices'
+        counters from ``entry_totals``); only the node-, app- and slice-labelled series
+        ``view`` allows (none without one)."""
         if registry is not None:
             await self._count_artifacts(registry)
             self.telemetry(latest)
+            self.slices.totals = dict(entry_totals or {})
         return generate_latest(_Scoped(self.registry, view or Visible()))
 
     def artifacts_changed(self) -> None:
@@ -316,6 +361,15 @@ class ServerMetrics:
         gauges += [self.app_instances, self.app_calls, self.app_latency, self.app_in_flight]
         for gauge in gauges:
             gauge.clear()
+        self.slices.in_flight = (
+            {}
+            if sample is None
+            else {
+                (name, entry): e.in_flight
+                for name, entries in sample.slices.items()
+                for entry, e in entries.items()
+            }
+        )
         if sample is None:
             for aggregate in (self.cluster_nodes, self.cluster_nodes_stale, self.cluster_calls):
                 aggregate.set(0)
@@ -352,6 +406,8 @@ class Visible:
         if "node" in labels and not self.nodes:
             return False
         if "tenant" in labels and not (self.nodes or labels["tenant"] == self.tenant):
+            return False
+        if "slice" in labels and labels["slice"] not in self.apps:
             return False
         return "app" not in labels or labels["app"] in self.apps
 

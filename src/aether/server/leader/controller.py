@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from aether.core.autoscale import entry_value
 from aether.core.controller import (
     DRAINED_BY_ADVISER,
     AppState,
@@ -65,6 +66,7 @@ __all__ = [
     "TelemetrySource",
     "decision_out",
     "metric_value",
+    "sample_value",
 ]
 
 log = logging.getLogger("aether.controller")
@@ -102,6 +104,19 @@ def metric_value(spec: AutoscaleSpec, sample: AppSample, desired: int) -> float 
         sample.cpu_per_instance if spec.metric == "cpu" else sample.in_flight_per_instance
     )
     return per_instance * sample.instances / max(desired, 1)
+
+
+def sample_value(
+    spec: AutoscaleSpec, sample: ClusterSample, app: str, desired: int
+) -> float | None:
+    """The figure ``spec`` scales ``app`` by in one second: the app's (``metric_value``) or,
+    with ``spec.entry``, that entry point's (``core.autoscale.entry_value``); None when
+    the second has none."""
+    if spec.entry is None:
+        app_sample = sample.apps.get(app)
+        return metric_value(spec, app_sample, desired) if app_sample is not None else None
+    entry = sample.slices.get(app, {}).get(spec.entry)
+    return entry_value(spec, entry, desired) if entry is not None else None
 
 
 def decision_out(row: DecisionRow) -> DecisionOut:
@@ -220,12 +235,15 @@ class Controller:
             series: list[tuple[float, float]] = []
             if spec is not None:
                 for sample in samples:
-                    app_sample = sample.apps.get(name)
-                    value = metric_value(spec, app_sample, bp.instances) if app_sample else None
+                    value = sample_value(spec, sample, name, bp.instances)
                     if value is not None:
                         series.append((sample.ts, value))
             reporting = None
-            if latest is not None and name in latest.apps:
+            if spec is not None and spec.entry is not None:
+                entry = latest.slices.get(name, {}).get(spec.entry) if latest else None
+                if entry is not None and entry.instances:
+                    reporting = entry.instances
+            elif latest is not None and name in latest.apps:
                 reporting = latest.apps[name].instances
             apps.append(
                 AppState(

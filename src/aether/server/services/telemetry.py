@@ -18,6 +18,13 @@ the garbage collector never walks them (a window of objects would be millions
 of them: collections of seconds). The newest seconds are also kept as objects
 (``PARSED_BUDGET`` entries), so reading the last minute or so of the window --
 what the risk engine and the controller do every second -- costs nothing.
+
+Slice entry points (issue 19): each second's per entry figures are kept with
+the frame as they are (a handful per slice), the calls, errors and seconds of
+every push are added up per entry as it is ingested (``entry_totals``: the
+Prometheus counters), and each tick's per tenant cluster snapshots are
+serialized once, for the answers to the pushes of that second
+(``snapshot_answer``).
 """
 
 from __future__ import annotations
@@ -25,12 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import struct
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from pydantic import TypeAdapter
@@ -46,11 +54,14 @@ from aether.core.telemetry import (
     forgotten,
     minute_of,
     retention_cutoff,
+    tenant_snapshots,
 )
 from aether.model.telemetry import (
     AppPoint,
     AppSample,
     ClusterSample,
+    EntryPoint,
+    EntrySample,
     NodeMetrics,
     NodePoint,
     NodeSample,
@@ -73,6 +84,8 @@ _NODE_FIGURES = 9  # cpu .. stale, in NodeSample's field order after the name
 _APP_FIGURES = len(APP_FIGURES)  # core.telemetry.app_figures, in AppSample's field order
 _nodes_json = TypeAdapter(dict[str, NodeSample]).dump_json
 _apps_json = TypeAdapter(dict[str, AppSample]).dump_json
+_slices_json = TypeAdapter(dict[str, dict[str, EntrySample]]).dump_json
+Slices = dict[str, dict[str, EntrySample]]
 
 
 @dataclass(slots=True)
@@ -99,6 +112,7 @@ class _Frame:
     apps: _Names
     app_figures: bytes  # _APP_FIGURES doubles per app
     parsed: ClusterSample | None
+    slices: Slices | None = None  # entry points of slices (None: none)
 
     def node(self, name: str) -> NodeSample | None:
         i = self.nodes.index.get(name)
@@ -117,7 +131,7 @@ class _Frame:
             return self.parsed
         nodes = {n: _node_of(n, self.node_figures, i) for i, n in enumerate(self.nodes.names)}
         apps = {a: _app_of(a, self.app_figures, i) for i, a in enumerate(self.apps.names)}
-        return ClusterSample(ts=self.ts, nodes=nodes, apps=apps)
+        return ClusterSample(ts=self.ts, nodes=nodes, apps=apps, slices=self.slices or {})
 
 
 def _pack_nodes(sample: ClusterSample) -> bytes:
@@ -196,6 +210,9 @@ class TelemetryHub:
         self._frames: deque[_Frame] = deque(maxlen=window_seconds)
         self._latest: ClusterSample | None = None
         self._latest_nodes_json: bytes | None = None  # the latest sample's nodes, as JSON
+        self._snapshots: dict[str, bytes] | None = None  # the latest sample's, per tenant
+        # (slice, entry, counted by instances) -> [calls, errors, seconds] since this started
+        self._entry_totals: dict[tuple[str, str, bool], list[float]] = {}
         self._minute: RollupAccumulator | None = None
         self._writes: asyncio.Task[None] | None = None
         self._tick = asyncio.Event()
@@ -217,6 +234,14 @@ class TelemetryHub:
         if raw is None:
             raw = update.__pydantic_serializer__.to_json(update)
         self._states[node] = fold(update, self._states.get(node), received_at, raw)
+        for e in update.entries:
+            key = (e.slice, e.entry, e.source == "instance")
+            total = self._entry_totals.get(key)
+            if total is None:
+                total = self._entry_totals[key] = [0.0, 0.0, 0.0]
+            total[0] += e.calls
+            total[1] += e.errors
+            total[2] += e.duration_s
         arrivals = self._arrivals.get(node)
         if arrivals is None:
             arrivals = self._arrivals[node] = deque()
@@ -248,6 +273,40 @@ class TelemetryHub:
     def latest(self) -> ClusterSample | None:
         return self._latest
 
+    def entry_totals(self) -> dict[tuple[str, str], tuple[float, float, float]]:
+        """(slice, entry) -> (calls, errors, seconds) of every push ingested here: the
+        instances' counts where any instance reported the entry, else the routers'."""
+        out: dict[tuple[str, str], tuple[float, float, float]] = {}
+        for (slice_, entry, own), (calls, errors, seconds) in sorted(self._entry_totals.items()):
+            if own or (slice_, entry, True) not in self._entry_totals:
+                out[(slice_, entry)] = (calls, errors, seconds)
+        return out
+
+    def has_snapshots(self) -> bool:
+        """Whether the latest sample has slices' figures (else no push gets a snapshot)."""
+        return self._latest is not None and bool(self._latest.slices)
+
+    def snapshot_answer(self, tenants: Iterable[str]) -> bytes | None:
+        """The answer to a push from a node running instances of ``tenants``: their cluster
+        snapshots as ``{"snapshots": {TENANT: ...}}`` (``model.telemetry.PushAnswer``), or
+        None when there is none (no sample yet, or none of them has slices)."""
+        sample = self._latest
+        if sample is None or not sample.slices:
+            return None
+        if self._snapshots is None:
+            self._snapshots = {
+                tenant: snap.__pydantic_serializer__.to_json(snap)
+                for tenant, snap in tenant_snapshots(sample).items()
+            }
+        parts = [
+            json.dumps(tenant).encode() + b":" + self._snapshots[tenant]
+            for tenant in sorted(set(tenants))
+            if tenant in self._snapshots
+        ]
+        if not parts:
+            return None
+        return b'{"snapshots":{' + b",".join(parts) + b"}}"
+
     def latest_json(self, apps: Mapping[str, str] | None = None) -> bytes | None:
         """The latest sample as JSON; ``apps`` (cluster name → the name shown): keep only
         these apps, named as shown (all nodes stay)."""
@@ -261,10 +320,16 @@ class TelemetryHub:
             if apps is None
             else {apps[a]: s for a, s in sample.apps.items() if a in apps}
         )
-        return b'{"ts":%s,"nodes":%s,"apps":%s}' % (
+        slices = (
+            sample.slices
+            if apps is None
+            else {apps[a]: s for a, s in sample.slices.items() if a in apps}
+        )
+        return b'{"ts":%s,"nodes":%s,"apps":%s,"slices":%s}' % (
             repr(sample.ts).encode(),
             self._latest_nodes_json,
             _apps_json(chosen),
+            _slices_json(slices),
         )
 
     def window(self, seconds: float | None = None) -> list[ClusterSample]:
@@ -293,6 +358,19 @@ class TelemetryHub:
         out.reverse()
         return out
 
+    def entry_history(self, slice_: str, seconds: float | None = None) -> list[EntryPoint]:
+        """One slice's entry points from the window, each second's with its ``ts``, oldest
+        first (by entry within a second)."""
+        out: list[EntryPoint] = []
+        for frame in self._recent(seconds):
+            entries = (frame.slices or {}).get(slice_)
+            if entries:
+                out.extend(
+                    EntryPoint(ts=frame.ts, **e.__dict__) for e in reversed(entries.values())
+                )
+        out.reverse()
+        return out
+
     def _recent(self, seconds: float | None) -> Iterator[_Frame]:
         """Frames newest first, back to ``seconds`` before the newest."""
         if not self._frames:
@@ -312,10 +390,12 @@ class TelemetryHub:
             apps=_Names.of(tuple(sample.apps), previous.apps if previous else None),
             app_figures=app_figures,
             parsed=sample,
+            slices=sample.slices or None,
         )
         self._frames.append(frame)
         self._latest = sample
         self._latest_nodes_json = None
+        self._snapshots = None
         entries = max(1, len(sample.nodes) + len(sample.apps))
         keep = max(PARSED_MIN, min(PARSED_MAX, PARSED_BUDGET // entries))
         index = len(self._frames) - keep - 1
