@@ -88,8 +88,11 @@ def test_a_slice_is_described_routed_and_told_about_the_others(
         }
 
     wait_for(demo_table_complete, 20, "demo's table pushed to it")
-    point = _pushed(cluster, "demo")["table"]["demo"]["price"][0]
-    assert set(point) == {"url", "node", "n"} and point["node"] == "n1"
+    table = _pushed(cluster, "demo")["table"]["demo"]
+    point = table["price"][0]
+    assert set(point) == {"url", "node", "n", "idempotent"} and point["node"] == "n1"
+    # handles retry an idempotent entry's call on another instance: the table says which
+    assert point["idempotent"] is True and table["charge"][0]["idempotent"] is False
 
     # another slice appears: the pushed table changes with it; it goes: so does the table
     other = _slice_app(tmp_path / "other", "other")

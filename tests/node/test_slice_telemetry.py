@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any
+from typing import cast
 
 from aether.model.telemetry import TenantSnapshot
+from aether.node.router import CallCounter, Router
+from aether.node.runner import InstanceRunner
+from aether.node.slice_control import SliceControl
 from aether.node.slice_telemetry import (
     SliceControls,
     SliceTarget,
@@ -19,21 +22,14 @@ from tests.support.slice_stats_standin import stats_standin
 
 
 def test_targets_are_the_runners_with_a_slice_control() -> None:
-    control = SimpleNamespace(
-        host="10.0.0.5", port=4100, key="k", cluster_name="cart.acme", tenant="acme"
-    )
-    no_tenant = SimpleNamespace(host="10.0.0.5", port=4101, key="k2", cluster_name="cart")
+    control = SliceControl(host="10.0.0.5", port=4100, key="k", app="cart.acme", tenant="acme")
     runners = {
         "a": SimpleNamespace(slice_control=control),
         "b": SimpleNamespace(slice_control=None),  # a slice not ACTIVE (or an ordinary app)
-        "c": SimpleNamespace(),  # a runner from before slices
-        "d": SimpleNamespace(slice_control=no_tenant),
     }
-    assert slice_targets(runners) == [
-        SliceTarget("cart.acme", "acme", "10.0.0.5", 4100, "k"),
-        SliceTarget("cart", "default", "10.0.0.5", 4101, "k2"),
-    ]
-    assert slice_targets(runners)[0].url == "http://10.0.0.5:4100"
+    targets = slice_targets(cast(Mapping[str, InstanceRunner], runners))
+    assert targets == [SliceTarget("cart.acme", "acme", "10.0.0.5", 4100, "k")]
+    assert targets[0].url == "http://10.0.0.5:4100"
 
 
 def test_a_stats_answer_becomes_instance_rows_and_nonsense_is_left_out() -> None:
@@ -55,39 +51,20 @@ def test_a_stats_answer_becomes_instance_rows_and_nonsense_is_left_out() -> None
     assert stats_entries(target, None) == [] and stats_entries(target, [1, 2]) == []
 
 
-@dataclass
-class Counter:
-    calls: int = 0
-    errors: int = 0
-    total_ms: float = 0.0
-    by_url: dict[str, int] = field(default_factory=dict)
-
-
-class EntryCountingRouter:
-    """The router interface H2 adds: ``take_entry_counters()`` like ``take_counters()``."""
-
-    def __init__(self) -> None:
-        self.counters: dict[tuple[str, str], Counter] = {}
-        self.open: dict[tuple[str, str], int] = {}
-
-    def take_entry_counters(self) -> tuple[dict[tuple[str, str], Counter], dict[Any, int]]:
-        taken, self.counters = self.counters, {}
-        return taken, dict(self.open)
-
-
 def test_router_counters_become_router_rows() -> None:
-    router = EntryCountingRouter()
-    router.counters[("cart", "add")] = Counter(5, 1, 250.0, {"http://a:1": 2})
-    router.open[("cart", "total")] = 3
+    router = Router("127.0.0.1", 0)
+    add = CallCounter()
+    add.calls, add.errors, add.total_ms = 5, 1, 250.0
+    router._entry_counters[("cart", "add")] = add
+    router._entry_in_flight[("cart", "total")] = 3
     rows = router_entries(router)
     assert [(r.slice, r.entry, r.calls, r.errors, r.duration_s, r.in_flight) for r in rows] == [
         ("cart", "add", 5, 1, 0.25, 0),
         ("cart", "total", 0, 0, 0.0, 3),
     ]
-    assert rows[0].source == "router" and rows[0].by_url == {"http://a:1": 2}
-    assert router_entries(router)[0].calls == 0  # taken: reset
+    assert rows[0].source == "router"
+    assert router_entries(router)[0].calls == 0  # taken: reset (the open call stays)
     assert router_entries(None) == []
-    assert router_entries(SimpleNamespace()) == []  # a router without per entry counters
 
 
 async def test_stats_come_from_every_instance_at_once_and_a_slow_one_adds_none() -> None:

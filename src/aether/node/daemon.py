@@ -290,6 +290,7 @@ class NodeDaemon:
             await runner.last_checkpoint()  # a stateful one's state since its last one
             await runner.remove()
         await self.slice_push.close()
+        await self.telemetry.close()  # its connections to slice instances
         await self.router.stop()
         await self.client.close()
 

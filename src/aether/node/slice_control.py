@@ -87,7 +87,8 @@ def slice_tables(endpoints: Iterable[Endpoint]) -> dict[str, SliceTable]:
             continue
         name, tenant = split_cluster_name(ep.app)
         entries = tables.setdefault(tenant, {}).setdefault(name, {})
-        entries.setdefault(ep.entry, []).append({"url": ep.url, "node": ep.node, "n": ep.n})
+        point = {"url": ep.url, "node": ep.node, "n": ep.n, "idempotent": ep.idempotent}
+        entries.setdefault(ep.entry, []).append(point)
     for table in tables.values():
         for entries in table.values():
             for points in entries.values():

@@ -13,8 +13,8 @@ Each telemetry interval the node:
   instances with ``$snapshot``, in the background (a delivery still running
   when the next snapshot comes is not doubled: the next one waits for it).
 
-An instance is found by its runner's ``slice_control`` (host, port, control
-key, cluster name, tenant; present while it is ACTIVE). One multiplexed
+An instance is found by its runner's ``slice_control`` (``node.slice_control``:
+host, port, control key, cluster name, tenant; present while it is ACTIVE). One multiplexed
 ``wire.Connection`` per instance is kept open between intervals.
 """
 
@@ -28,8 +28,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aether.model.names import split_cluster_name
 from aether.model.telemetry import EntryMetrics, TenantSnapshot
+from aether.node.router import Router
+from aether.node.runner import InstanceRunner
 from aether.slices.wire import CallFailed, Connection
 
 __all__ = ["SliceControls", "SliceTarget", "router_entries", "slice_targets", "stats_entries"]
@@ -57,32 +58,13 @@ class SliceTarget:
         return f"http://{self.host}:{self.port}"
 
 
-def slice_targets(runners: Mapping[str, Any]) -> list[SliceTarget]:
+def slice_targets(runners: Mapping[str, InstanceRunner]) -> list[SliceTarget]:
     """The runners' ``slice_control`` (those that have one now: ACTIVE slice instances)."""
-    out = []
-    for runner in runners.values():
-        control = getattr(runner, "slice_control", None)
-        if control is None:
-            continue
-        name = (
-            getattr(control, "cluster_name", None)
-            or getattr(control, "slice", None)
-            or getattr(control, "app", None)
-            or getattr(getattr(runner, "record", None), "app", None)
-        )
-        if not isinstance(name, str) or not name:
-            continue
-        tenant = getattr(control, "tenant", None) or split_cluster_name(name)[1]
-        out.append(
-            SliceTarget(
-                slice=name,
-                tenant=str(tenant),
-                host=str(control.host),
-                port=int(control.port),
-                key=str(control.key),
-            )
-        )
-    return out
+    controls = [r.slice_control for r in runners.values() if r.slice_control is not None]
+    return [
+        SliceTarget(slice=c.app, tenant=c.tenant, host=c.host, port=c.port, key=c.key)
+        for c in controls
+    ]
 
 
 def _count(value: Any) -> int:
@@ -121,40 +103,25 @@ def stats_entries(target: SliceTarget, stats: Any) -> list[EntryMetrics]:
     return out
 
 
-def router_entries(router: Any) -> list[EntryMetrics]:
-    """The router's per entry counters since the previous take, as ``router`` rows.
-
-    ``take_entry_counters()`` answers ``{(slice, entry): counter}`` (or that and
-    the open calls per entry, like ``take_counters``); a counter has ``calls``,
-    ``errors`` and ``total_ms`` (or ``duration_s``), and may have ``in_flight``
-    and ``by_url`` (open calls per instance url). A router without it adds none.
-    """
-    take = getattr(router, "take_entry_counters", None) if router is not None else None
-    if take is None:
+def router_entries(router: Router | None) -> list[EntryMetrics]:
+    """The router's per entry counters since the previous take
+    (``Router.take_entry_counters``), with the calls open now, as ``router`` rows."""
+    if router is None:
         return []
-    taken = take()
-    open_calls: Mapping[Any, Any] = {}
-    if isinstance(taken, tuple):
-        taken, open_calls = taken
+    taken, open_calls = router.take_entry_counters()
     out = []
     for key in sorted(set(taken) | set(open_calls)):
         slice_, entry = key
         counter = taken.get(key)
-        duration = getattr(counter, "duration_s", None)
-        if duration is None:
-            duration = getattr(counter, "total_ms", 0.0) / 1000.0
-        in_flight = open_calls.get(key, getattr(counter, "in_flight", 0))
-        by_url = getattr(counter, "by_url", None) or {}
         out.append(
             EntryMetrics(
                 slice=slice_,
                 entry=entry,
                 source="router",
-                calls=_count(getattr(counter, "calls", 0)),
-                errors=_count(getattr(counter, "errors", 0)),
-                duration_s=_seconds(duration),
-                in_flight=_count(in_flight),
-                by_url={str(u): _count(n) for u, n in dict(by_url).items()},
+                calls=counter.calls if counter else 0,
+                errors=counter.errors if counter else 0,
+                duration_s=counter.total_ms / 1000.0 if counter else 0.0,
+                in_flight=open_calls.get(key, 0),
             )
         )
     return out
