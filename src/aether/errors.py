@@ -15,7 +15,10 @@
     ├── PayloadTooLargeError         payload_too_large    413
     ├── RateLimitedError             rate_limited         429
     ├── BadGatewayError              bad_gateway (or a model_* code) 502
+    ├── UpstreamFailedError          upstream_failed      502
     ├── ServiceUnavailableError      service_unavailable  503
+    ├── NoEndpointError              no_endpoint          503
+    ├── DeadlineExceededError        deadline_exceeded    504
     └── InternalError                internal             500
 
 The server turns any of these into ``{"code", "message", "trace_id"}`` with the
@@ -30,10 +33,12 @@ __all__ = [
     "BadGatewayError",
     "BadRequestError",
     "ConflictError",
+    "DeadlineExceededError",
     "DigestMismatchError",
     "EgressDeniedError",
     "ForbiddenError",
     "InternalError",
+    "NoEndpointError",
     "NotFoundError",
     "PayloadTooLargeError",
     "QuotaExceededError",
@@ -43,6 +48,7 @@ __all__ = [
     "SignatureRequiredError",
     "UnauthorizedError",
     "UnsafeArchiveError",
+    "UpstreamFailedError",
     "error_for",
 ]
 
@@ -165,6 +171,27 @@ class InternalError(AetherError):
     status = 500
 
 
+class NoEndpointError(AetherError):
+    """A slice's entry point (or an app) has no ACTIVE instance to call."""
+
+    code = "no_endpoint"
+    status = 503
+
+
+class DeadlineExceededError(AetherError):
+    """A slice call got no answer by its deadline."""
+
+    code = "deadline_exceeded"
+    status = 504
+
+
+class UpstreamFailedError(AetherError):
+    """The instance called was lost with the call, or answered nothing usable."""
+
+    code = "upstream_failed"
+    status = 502
+
+
 _BY_STATUS: dict[int, type[AetherError]] = {
     400: BadRequestError,
     401: UnauthorizedError,
@@ -185,6 +212,9 @@ _BY_CODE: dict[str, type[AetherError]] = {
     "egress_denied": EgressDeniedError,
     # a 502 is ours only with one of these codes (a proxy's bare 502 stays internal)
     "bad_gateway": BadGatewayError,
+    "upstream_failed": UpstreamFailedError,
+    "no_endpoint": NoEndpointError,
+    "deadline_exceeded": DeadlineExceededError,
     "model_unauthorized": BadGatewayError,
     "model_rejected": BadGatewayError,
     "model_unavailable": BadGatewayError,

@@ -11,6 +11,12 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from aether.errors import (
+    DeadlineExceededError,
+    NoEndpointError,
+    UpstreamFailedError,
+    error_for,
+)
 from aether.model.cluster import endpoint_key
 from aether.model.names import cluster_name
 from tests.support.api import assert_envelope, bearer, unique
@@ -162,7 +168,7 @@ def test_missing_entry_and_upstream_failures(
     assert_envelope(missing, 404, "not_found")
     assert "no entry point 'nothing'" in missing.json()["message"]
     boom = _call(api, operator, shop.slice, "boom", {})
-    assert_envelope(boom, 502, "upstream_failed")
+    assert_envelope(boom, 500, "internal")  # the entry point raised: as a router answers
     assert "ZeroDivisionError" in boom.json()["message"]
     late = _call(api, operator, shop.slice, "slow", {"kwargs": {"seconds": 5}, "timeout": 0.3})
     assert_envelope(late, 504, "deadline_exceeded")
@@ -218,3 +224,13 @@ def test_calls_are_audited(server: RunningServer, api: httpx.Client, shop: Shop)
     ]
     assert ("POST /slices/{slice}/{entry}:call", 200) in actions
     assert ("POST /slices/{slice}/{entry}:call", 403) in actions
+
+
+def test_the_client_turns_slice_envelopes_back_into_their_classes() -> None:
+    for status, code, cls in (
+        (503, "no_endpoint", NoEndpointError),
+        (504, "deadline_exceeded", DeadlineExceededError),
+        (502, "upstream_failed", UpstreamFailedError),
+    ):
+        error = error_for(status, code, "m")
+        assert type(error) is cls and (error.status, error.code) == (status, code)

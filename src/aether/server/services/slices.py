@@ -14,7 +14,15 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from aether.errors import AetherError, BadRequestError, NotFoundError
+from aether.errors import (
+    AetherError,
+    BadRequestError,
+    DeadlineExceededError,
+    InternalError,
+    NoEndpointError,
+    NotFoundError,
+    UpstreamFailedError,
+)
 from aether.model.cluster import Blueprint
 from aether.model.names import cluster_name
 from aether.model.slices import (
@@ -29,34 +37,12 @@ from aether.slices.wire import CallFailed, Connection
 from aether.store.base import StateStore
 
 __all__ = [
-    "DeadlineExceededError",
-    "NoEndpointError",
-    "UpstreamFailedError",
     "call_slice",
     "read_slice",
     "slice_summaries",
 ]
 
 SLICE_RUNTIME = "slice"
-
-
-class NoEndpointError(AetherError):
-    """The entry point has no ACTIVE instance."""
-
-    code = "no_endpoint"
-    status = 503
-
-
-class DeadlineExceededError(AetherError):
-    code = "deadline_exceeded"
-    status = 504
-
-
-class UpstreamFailedError(AetherError):
-    """The instance failed the call (its entry point raised), or was lost with it."""
-
-    code = "upstream_failed"
-    status = 502
 
 
 async def _read(store: StateStore) -> tuple[list[SliceEndpoint], set[str]]:
@@ -110,6 +96,8 @@ def _failed(name: str, entry: str, exc: CallFailed) -> AetherError:
         return NotFoundError(f"slice {name!r} has no entry point {entry!r}")
     if exc.code == "deadline_exceeded":
         return DeadlineExceededError(f"{where}: no answer by the deadline")
+    if exc.code == "internal":  # the entry point raised: as a router answers it
+        return InternalError(f"{where}: {exc.message}")
     return UpstreamFailedError(f"{where} failed: {exc.message}")
 
 
