@@ -171,7 +171,7 @@ RAY_SOURCE = """
 from ray import serve
 
 
-@serve.deployment
+@serve.deployment(ray_actor_options={"num_cpus": 0})
 class Noop:
     async def __call__(self, request=None):
         return None
@@ -180,7 +180,7 @@ class Noop:
         return None
 
 
-@serve.deployment
+@serve.deployment(ray_actor_options={"num_cpus": 0})
 class Relay:
     def __init__(self, noop):
         self.noop = noop

@@ -161,10 +161,18 @@ def test_a_slice_that_cannot_import_ends_failed_with_its_traceback(
     )
     result = cluster.cli("deploy", str(app), "--timeout", "90", check=False)
     assert result.returncode != 0
-    status = cluster.cli("status").stdout + cluster.cli("status").stderr
-    assert "no_such_module_here" in status, status
-    logs = cluster.cli("logs", "broken", check=False)
-    assert "ModuleNotFoundError" in logs.stdout + logs.stderr
+
+    def reason_in_status() -> bool:
+        status = cluster.cli("status", check=False)
+        return "no_such_module_here" in status.stdout + status.stderr
+
+    wait_for(reason_in_status, 30, "the import error in `aether status`")
+
+    def traceback_in_logs() -> bool:  # the node ships its instances' logs every second
+        logs = cluster.cli("logs", "broken", check=False)
+        return "ModuleNotFoundError" in logs.stdout + logs.stderr
+
+    wait_for(traceback_in_logs, 30, "the import's traceback in `aether logs broken`")
 
 
 def test_a_slice_scales_by_its_entry_points_calls_in_flight(

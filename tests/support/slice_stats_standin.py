@@ -15,20 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from aether.node.slice_control import SliceControl
 from aether.slices import wire
 
-__all__ = ["SliceControl", "StatsStandin", "stats_standin"]
-
-
-@dataclass(frozen=True)
-class SliceControl:
-    """What a runner exposes of an ACTIVE slice instance (``runner.slice_control``)."""
-
-    host: str
-    port: int
-    key: str
-    cluster_name: str
-    tenant: str
+__all__ = ["StatsStandin", "stats_standin"]
 
 
 @dataclass
@@ -46,7 +36,10 @@ class StatsStandin:
         return f"http://{self.host}:{self.port}"
 
     def control(self, cluster_name: str, tenant: str) -> SliceControl:
-        return SliceControl(self.host, self.port, self.key, cluster_name, tenant)
+        """What a runner exposes of this instance while ACTIVE (``runner.slice_control``)."""
+        return SliceControl(
+            host=self.host, port=self.port, key=self.key, app=cluster_name, tenant=tenant
+        )
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         entry = str(message.get("entry"))
