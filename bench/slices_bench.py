@@ -16,7 +16,9 @@ Two real host processes (``python -m aether.slices.host``) on loopback: ``noop``
 
 The peer, Ray Serve (``pip install "ray[serve]"``, the ``bench`` extra), in the same
 run on the same machine (skipped with ``--no-ray``): the same two deployments, a
-``Noop`` and a ``Relay`` holding a ``DeploymentHandle`` to it, driven from the
+``Noop`` and a ``Relay`` holding a ``DeploymentHandle`` to it (one replica each,
+no CPU reserved — three replicas on 2 cores would never all start — and
+``max_ongoing_requests=128``: Ray's default of 5 queues 64 calls in flight), driven from the
 driver process the same way — ``direct`` (``noop_handle.noop.remote()``),
 ``handle`` (``relay_handle.remote()``: driver → relay → noop), and ``http``
 (``POST`` to Serve's HTTP proxy → noop). HTTP load comes from one aiohttp client
@@ -171,7 +173,7 @@ RAY_SOURCE = """
 from ray import serve
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=128)
 class Noop:
     async def __call__(self, request=None):
         return None
@@ -180,7 +182,7 @@ class Noop:
         return None
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=128)
 class Relay:
     def __init__(self, noop):
         self.noop = noop
