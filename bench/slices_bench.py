@@ -37,6 +37,7 @@ import asyncio
 import multiprocessing
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,58 +68,53 @@ SOURCE = """
 """
 
 
-async def run_case(
-    port: int, entry: str, in_flight: int, duration: float, warmup: float
+async def _drive(
+    call: Callable[[], Awaitable[object]], in_flight: int, duration: float, warmup: float
 ) -> dict[str, Any]:
-    connection = await wire.Connection.open("127.0.0.1", port)
+    """``in_flight`` loops of ``call`` for ``warmup`` + ``duration`` seconds; the figures
+    of the calls that started after the warm-up."""
     latencies: list[float] = []
     measuring = False
     stop_at = time.perf_counter() + warmup + duration
 
     async def worker() -> None:
         while (now := time.perf_counter()) < stop_at:
-            await connection.call(entry)
+            await call()
             if measuring:
                 latencies.append(time.perf_counter() - now)
 
+    workers = [asyncio.create_task(worker()) for _ in range(in_flight)]
+    await asyncio.sleep(warmup)
+    measuring = True
+    started = time.perf_counter()
+    await asyncio.gather(*workers)
+    return _figures(in_flight, latencies, time.perf_counter() - started)
+
+
+async def run_case(
+    port: int, entry: str, in_flight: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    """Calls of ``entry`` over one multiplexed ``wire.Connection``."""
+    connection = await wire.Connection.open("127.0.0.1", port)
     try:
-        workers = [asyncio.create_task(worker()) for _ in range(in_flight)]
-        await asyncio.sleep(warmup)
-        measuring = True
-        started = time.perf_counter()
-        await asyncio.gather(*workers)
-        elapsed = time.perf_counter() - started
+        return await _drive(lambda: connection.call(entry), in_flight, duration, warmup)
     finally:
         await connection.close()
-    return _figures(in_flight, latencies, elapsed)
 
 
 async def run_http_case(url: str, in_flight: int, duration: float, warmup: float) -> dict[str, Any]:
     """``in_flight`` POSTs at a time to ``url`` from one aiohttp client (keep-alive)."""
     import aiohttp
 
-    latencies: list[float] = []
-    measuring = False
-    stop_at = time.perf_counter() + warmup + duration
-    connector = aiohttp.TCPConnector(limit=in_flight)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as http:
 
-        async def worker() -> None:
-            while (now := time.perf_counter()) < stop_at:
-                async with http.post(url, json={}) as answer:
-                    await answer.read()
-                    if answer.status != 200:
-                        raise RuntimeError(f"{url}: HTTP {answer.status}")
-                if measuring:
-                    latencies.append(time.perf_counter() - now)
+        async def post() -> None:
+            async with http.post(url, json={}) as answer:
+                await answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"{url}: HTTP {answer.status}")
 
-        workers = [asyncio.create_task(worker()) for _ in range(in_flight)]
-        await asyncio.sleep(warmup)
-        measuring = True
-        started = time.perf_counter()
-        await asyncio.gather(*workers)
-        elapsed = time.perf_counter() - started
-    return _figures(in_flight, latencies, elapsed)
+        return await _drive(post, in_flight, duration, warmup)
 
 
 def _figures(in_flight: int, latencies: list[float], elapsed: float) -> dict[str, Any]:
@@ -226,11 +222,9 @@ def ray_cases(levels: list[int], duration: float, warmup: float) -> dict[str, An
             cases: dict[str, list[dict[str, Any]]] = {"direct": [], "handle": [], "http": []}
             for level in levels:
                 cases["direct"].append(
-                    asyncio.run(_ray_handle_case(noop.noop, level, duration, warmup))
+                    asyncio.run(_drive(noop.noop.remote, level, duration, warmup))
                 )
-                cases["handle"].append(
-                    asyncio.run(_ray_handle_case(relay, level, duration, warmup))
-                )
+                cases["handle"].append(asyncio.run(_drive(relay.remote, level, duration, warmup)))
                 cases["http"].append(
                     asyncio.run(
                         run_http_case(f"http://127.0.0.1:{port}/noop", level, duration, warmup)
@@ -240,27 +234,6 @@ def ray_cases(levels: list[int], duration: float, warmup: float) -> dict[str, An
         finally:
             serve.shutdown()
             ray.shutdown()
-
-
-async def _ray_handle_case(
-    method: Any, in_flight: int, duration: float, warmup: float
-) -> dict[str, Any]:
-    latencies: list[float] = []
-    measuring = False
-    stop_at = time.perf_counter() + warmup + duration
-
-    async def worker() -> None:
-        while (now := time.perf_counter()) < stop_at:
-            await method.remote()
-            if measuring:
-                latencies.append(time.perf_counter() - now)
-
-    workers = [asyncio.create_task(worker()) for _ in range(in_flight)]
-    await asyncio.sleep(warmup)
-    measuring = True
-    started = time.perf_counter()
-    await asyncio.gather(*workers)
-    return _figures(in_flight, latencies, time.perf_counter() - started)
 
 
 async def push_table(relay: Host, noop: Host) -> None:
