@@ -293,6 +293,7 @@ def test_sigterm_drains_in_flight_calls_then_deactivates(tmp_path: Path) -> None
         return result, refused
 
     result, refused = asyncio.run(scenario())
+    host.process.wait(timeout=10)  # exits by itself: a second SIGTERM from stop() would kill it
     code, err = host.stop()
     assert result == "done"
     assert isinstance(refused, wire.CallFailed) and refused.code == "unavailable"
