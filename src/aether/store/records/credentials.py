@@ -20,6 +20,30 @@ __all__ = ["CredentialRecords"]
 class CredentialRecords(TenantRecords):
     """Needs ``issue_token`` of the tenants' part: a credential is a token of role node."""
 
+    async def use_join_token(self, token_id: str) -> bool:
+        """Take one use of a join token: whether it had one left (a token without a count
+        always has). The last use revokes it, in the same transaction."""
+        async with self.sessions() as session:
+            row = await session.get(ApiToken, token_id)
+            if row is None or row.revoked_at is not None:
+                return False
+            if row.uses_left is None:
+                return True
+            result = await session.execute(
+                update(ApiToken)
+                .where(ApiToken.id == token_id, ApiToken.uses_left > 0)
+                .values(uses_left=ApiToken.uses_left - 1)
+            )
+            if not getattr(result, "rowcount", 0):
+                return False
+            await session.execute(
+                update(ApiToken)
+                .where(ApiToken.id == token_id, ApiToken.uses_left == 0)
+                .values(revoked_at=now())
+            )
+            await session.commit()
+            return True
+
     async def join_node(self, tenant_id: str, node_id: str) -> tuple[str, str, list[str]]:
         """A new credential for ``node_id``: (id, plain text, ids of the ones it replaced).
 
