@@ -66,7 +66,7 @@ class Cluster:
         self.env["AETHER_SERVER"] = self.api
         self.env["AETHER_TOKEN"] = self.admin_token
 
-    def start_node(self, name: str) -> None:
+    def start_node(self, name: str, *, token: str | None = None, wait: bool = True) -> None:
         port = self.router_ports.setdefault(name, free_port())
         self.nodes[name] = self._spawn(
             [
@@ -74,7 +74,7 @@ class Cluster:
                 "--server",
                 self.api,
                 "--join-token",
-                self.join_token,
+                token or self.join_token,
                 "--data-dir",
                 str(self.root / name),
                 "--router-port",
@@ -84,7 +84,8 @@ class Cluster:
             ],
             f"{name}.log",
         )
-        wait_for(lambda: self.node_state(name) == "ready", 30, f"node {name} ready")
+        if wait:
+            wait_for(lambda: self.node_state(name) == "ready", 30, f"node {name} ready")
 
     def router(self, name: str) -> str:
         return f"http://127.0.0.1:{self.router_ports[name]}"

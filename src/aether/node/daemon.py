@@ -241,6 +241,8 @@ class NodeDaemon:
                 except ForbiddenError as exc:
                     raise CredentialError(f"node {self.node_id} may not join: {exc}") from None
                 except UnauthorizedError as exc:
+                    if exc.code == "join_token_used":  # single-use, already used: final
+                        raise CredentialError(f"node {self.node_id} may not join: {exc}") from None
                     log.error("the server refused the join token (%s); retrying", exc)
                     await asyncio.sleep(5)
                 except AetherError as exc:

@@ -111,15 +111,17 @@ async def _node_record(ctx: ServerContext, node: str) -> tuple[NodeRecord, int]:
 @router.post("/nodes/join", status_code=201)
 async def join(body: JoinIn, caller: JoinCaller, ctx: Ctx) -> JoinOut:
     """A join token's one call: a new credential and certificate for node ``id`` (its
-    earlier credentials stop). A token made for a number of uses loses one; the last
-    use revokes it, so a replayed single-use token is a 401."""
+    earlier credentials stop). A token made for a number of uses loses one; a used-up
+    one is a 401 ``join_token_used``, so a replayed single-use token joins nothing."""
     try:  # a bad CSR is refused before the token loses a use
         issued = ctx.trust.issue_node(body.id, body.csr)
     except ca.CertificateError as exc:
         raise BadRequestError(f"csr: {exc}") from None
     if not await ctx.records.use_join_token(caller.token_id):
-        await forget_tokens(ctx, [caller.token_id])
-        raise UnauthorizedError("this join token is used up or revoked; ask for a new one")
+        raise UnauthorizedError(
+            "this join token is used up or revoked; ask for a new one (`aether tokens join`)",
+            code="join_token_used",
+        )
     _, credential, replaced = await ctx.records.join_node(caller.tenant_id, body.id)
     await forget_tokens(ctx, replaced)
     return JoinOut(

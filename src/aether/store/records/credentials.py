@@ -22,7 +22,7 @@ class CredentialRecords(TenantRecords):
 
     async def use_join_token(self, token_id: str) -> bool:
         """Take one use of a join token: whether it had one left (a token without a count
-        always has). The last use revokes it, in the same transaction."""
+        always has). A used-up token stays on record, refused by the join with a reason."""
         async with self.sessions() as session:
             row = await session.get(ApiToken, token_id)
             if row is None or row.revoked_at is not None:
@@ -34,15 +34,8 @@ class CredentialRecords(TenantRecords):
                 .where(ApiToken.id == token_id, ApiToken.uses_left > 0)
                 .values(uses_left=ApiToken.uses_left - 1)
             )
-            if not getattr(result, "rowcount", 0):
-                return False
-            await session.execute(
-                update(ApiToken)
-                .where(ApiToken.id == token_id, ApiToken.uses_left == 0)
-                .values(revoked_at=now())
-            )
             await session.commit()
-            return True
+            return bool(getattr(result, "rowcount", 0))
 
     async def join_node(self, tenant_id: str, node_id: str) -> tuple[str, str, list[str]]:
         """A new credential for ``node_id``: (id, plain text, ids of the ones it replaced).

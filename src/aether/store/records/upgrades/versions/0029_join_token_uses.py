@@ -1,8 +1,8 @@
 """join token uses
 
 ``api_tokens.uses_left``: how many more joins a join token allows (``aether tokens
-join --uses N``); None: any number until it expires or is revoked. A join that
-takes the last use revokes the token.
+join --uses N``); None: any number until it expires or is revoked. A used-up token is
+refused by the join (``join_token_used``), saying why.
 
 Revision ID: 0029
 Revises: 0026
