@@ -5,6 +5,7 @@ replayed join token is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -64,10 +65,8 @@ def test_a_node_joins_once_then_renews_over_mutual_tls(cluster: Cluster) -> None
 
     # the server logged the node's refused plain-HTTP call on its node port
     node_url = httpx.get(f"{cluster.api}/api/v1/cluster/trust", timeout=10).json()["node_urls"][0]
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         httpx.get(node_url.replace("https://", "http://") + "/readyz", timeout=5)
-    except httpx.HTTPError:
-        pass
     wait_for(
         lambda: "plain HTTP on the node port" in (cluster.root / "server.log").read_text(),
         10,
@@ -101,7 +100,11 @@ def test_a_ca_rotation_loses_no_request(cluster: Cluster) -> None:
         both = _authorities(cluster)
         # each node renews from the new CA at its next heartbeat, well inside the overlap
         for name in ("n1", "n2"):
-            wait_for(lambda name=name: _issuer(cluster, name, both) == 1, 10, f"{name} renewed")
+
+            def renewed(name: str = name) -> bool:
+                return _issuer(cluster, name, both) == 1
+
+            wait_for(renewed, 10, f"{name} renewed")
         # the overlap ends: servers sign with (and trust) the new CA only
         wait_for(lambda: len(_authorities(cluster)) == 1, 15, "the old CA retired")
         time.sleep(4)  # heartbeats, pushes and the assignment stream go on over it

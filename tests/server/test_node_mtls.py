@@ -80,9 +80,12 @@ def _authority(srv: RunningServer) -> ca.Authority:
 
 
 def _refused(node: Node, context: ssl.SSLContext) -> BaseException:
-    with httpx.Client(base_url=node.url, verify=context, timeout=10) as http:
-        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)) as exc:
-            node.register(http)
+    refusals = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
+    with (
+        httpx.Client(base_url=node.url, verify=context, timeout=10) as http,
+        pytest.raises(refusals) as exc,
+    ):
+        node.register(http)
     return exc.value
 
 
