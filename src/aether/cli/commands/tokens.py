@@ -3,8 +3,9 @@
 Join tokens (``aether tokens join --ttl 1h --uses 1``, or ``create --role join``)
 add nodes to the cluster: only a cluster admin (an admin of the default tenant)
 creates them; one made for a number of uses joins that many nodes, no more. A
-node exchanges one for a credential of its own when it starts; ``aether nodes revoke NODE`` ends that
-credential and bars the node from joining again until ``aether nodes allow``.
+node exchanges one for a credential and a certificate of its own when it starts;
+``aether nodes revoke NODE`` ends that credential and bars the node from joining
+again until ``aether nodes allow``.
 """
 
 from __future__ import annotations
