@@ -137,7 +137,9 @@ async def test_a_node_with_a_dead_server_first_registers_and_follows(
     try:
         await _until(lambda: daemon.registration, "the node to register")
         await _until(lambda: daemon.revision > 0, "the assignment stream's snapshot")
-        assert daemon.client.base_url == live.base_url
+        # joined through the API URLs (the dead one first), then calls the live server's
+        # node port (mutual TLS), the one URL the join answered with
+        assert daemon.client.base_url == live.ctx.trust.node_urls[0]
         async with ApiClient(live.base_url, live.admin_token) as api:
             assert node_id in {n.id for n in await api.nodes()}
     finally:

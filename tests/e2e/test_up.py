@@ -224,3 +224,46 @@ def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     finally:
         code = _stop(proc)
     assert code == 0
+
+
+def test_up_tls_serves_the_api_over_https_trusted_through_the_saved_ca(tmp_path: Path) -> None:
+    """`aether up --tls`: the API's certificate comes from the cluster CA made for it; the
+    session trusts that CA, nodes join over HTTPS, plain HTTP on the API port is refused."""
+    proc, api, router = _up(tmp_path, "--tls")
+    try:
+        out = _wait_up(proc)
+        assert f"https://127.0.0.1:{api}/api/v1" in out
+        ca_file = tmp_path / "up" / "tls" / "ca.crt"
+        config = (tmp_path / "config" / "aether" / "config.toml").read_text()
+        assert str(ca_file) in config
+        token = (tmp_path / "up" / "server" / "admin.token").read_text().strip()
+        status = httpx.get(
+            f"https://127.0.0.1:{api}/api/v1/status",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=str(ca_file),
+            timeout=5,
+        ).json()
+        assert status["leader"] == f"https://127.0.0.1:{api}"
+        with pytest.raises(httpx.ConnectError):  # not trusted without the cluster CA
+            httpx.get(f"https://127.0.0.1:{api}/readyz", timeout=5)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{api}/readyz", timeout=5)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AETHER_")},
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        }
+        nodes = subprocess.run(
+            [sys.executable, "-m", "aether", "nodes", "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert nodes.returncode == 0, nodes.stderr
+        assert sorted(n["id"] for n in json.loads(nodes.stdout)["nodes"]) == ["node-1", "node-2"]
+        answer = httpx.get(f"http://127.0.0.1:{router}/apps/hello-python/", timeout=5)
+        assert answer.json()["message"] == "Hello from Aether"
+    finally:
+        code = _stop(proc)
+    assert code == 0

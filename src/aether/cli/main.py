@@ -179,6 +179,11 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
             "--ha", action="store_true", help="three etcd members and three servers (PORT..PORT+2)"
         )
         p.add_argument(
+            "--tls",
+            action="store_true",
+            help="serve the API over HTTPS with a certificate from the cluster CA made here",
+        )
+        p.add_argument(
             "--etcd-port", type=int, default=2379, help="with --ha: first of 6 etcd ports"
         )
 
@@ -243,6 +248,12 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
             "--no-browser", action="store_true", help="with --sso: print the URL, open nothing"
         )
         p.add_argument("--tenant", default=None, help="the tenant to sign in to (if several)")
+        p.add_argument(
+            "--ca-file",
+            default=None,
+            metavar="FILE",
+            help="the CA (PEM) the https server is verified by; kept for later commands",
+        )
         p.add_argument("--format", choices=["text", "json"], default="text")
 
     if p := sub.add("whoami", help="who the session's token is: account, tenant, role"):

@@ -215,10 +215,15 @@ def _through_api_client(session: Session, path: str) -> Any:
     """The same GET through ``ApiClient`` (https: its TLS context is the one of record)."""
     import asyncio
 
+    from aether.cli.session import ca_context
     from aether.client import ApiClient
 
+    verify = ca_context() if "https://" in session.server else None
+
     async def fetch() -> Any:
-        async with ApiClient(session.server, session.token, namespace=session.namespace) as c:
+        async with ApiClient(
+            session.server, session.token, namespace=session.namespace, verify=verify
+        ) as c:
             return await c.json("GET", path)
 
     return asyncio.run(fetch())

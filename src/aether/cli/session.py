@@ -114,9 +114,27 @@ def save_config(updates: dict[str, Any]) -> Path:
     return path
 
 
+def ca_context() -> Any:
+    """An ``ssl`` context trusting the cluster CA saved at login (``ca_file`` in the
+    config, or ``AETHER_CA_FILE``), or None: the system's CAs."""
+    path = os.environ.get("AETHER_CA_FILE") or setting("ca_file")
+    if not path:
+        return None
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(
+            f"the cluster CA file {path} cannot be read ({exc}); run `aether login --ca-file FILE`",
+            kind="config",
+        ) from None
+
+
 def api_client(args: Any) -> Any:
     """The API client for this invocation's server and token."""
     from aether.client import ApiClient
 
     session = load_session(getattr(args, "server", None), getattr(args, "token", None))
-    return ApiClient(session.server, session.token, namespace=session.namespace)
+    verify = ca_context() if "https://" in session.server else None
+    return ApiClient(session.server, session.token, namespace=session.namespace, verify=verify)

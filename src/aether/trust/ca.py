@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ __all__ = [
     "renew_at",
     "signed_by",
     "spiffe_id",
+    "write_authority_files",
 ]
 
 SPIFFE = "spiffe://"
@@ -267,3 +269,36 @@ def renew_at(cert: x509.Certificate) -> dt.datetime:
     """When to renew: two-thirds through the certificate's lifetime."""
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     return start + (end - start) * 2 / 3
+
+
+def write_authority_files(
+    directory: str, cluster: str, hosts: Sequence[str], now: dt.datetime
+) -> dict[str, str]:
+    """A CA and a server certificate for ``hosts`` from it, as files in ``directory``
+    (keys 0600): ``ca.crt``, ``ca.key``, ``api.crt``, ``api.key``. For `aether up
+    --tls`: the server takes the CA as the cluster's and serves the API with the
+    certificate; the CLI trusts the CA."""
+    authority = new_authority(cluster, now)
+    key = new_key()
+    api = issue(
+        authority,
+        public_key=key.public_key(),
+        uri=spiffe_id(cluster, "server", "api"),
+        hosts=hosts,
+        now=now,
+        lifetime=dt.timedelta(days=365),
+        backdate=dt.timedelta(minutes=5),
+    )
+    paths = {
+        name: os.path.join(directory, name) for name in ("ca.crt", "ca.key", "api.crt", "api.key")
+    }
+    for name, text, mode in (
+        ("ca.crt", authority.cert_pem, 0o644),
+        ("ca.key", authority.key_pem, 0o600),
+        ("api.crt", api, 0o644),
+        ("api.key", key_pem(key), 0o600),
+    ):
+        fd = os.open(paths[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    return paths

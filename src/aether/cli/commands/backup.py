@@ -42,7 +42,10 @@ async def _create(args: argparse.Namespace) -> int:
 
     async def fetch_state(dest: Path) -> None:
         token = _admin_token(args, settings.data_dir.resolve())
-        async with ApiClient(server, token) as client:
+        from aether.cli.session import ca_context
+
+        verify = ca_context() if server.startswith("https://") else None
+        async with ApiClient(server, token, verify=verify) as client:
             await client.backup_state(dest)
 
     try:

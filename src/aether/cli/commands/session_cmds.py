@@ -18,13 +18,14 @@ import os
 import secrets
 import sys
 import webbrowser
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from aether.cli.output import CliError, emit
-from aether.cli.session import load_session, save_config, save_session
+from aether.cli.session import ca_context, config_path, load_session, save_config, save_session
 
 __all__ = ["run"]
 
@@ -42,6 +43,8 @@ async def run(args: argparse.Namespace) -> int:
         return await _rotate(args)
     if not args.server:
         raise CliError("login needs --server URL", kind="usage")
+    if args.ca_file:
+        _save_ca(args.ca_file)
     if args.sso:
         issued = await _sso(args)
     elif args.user:
@@ -60,8 +63,30 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _token(args: argparse.Namespace) -> int:
+def _save_ca(source: str) -> None:
+    """Keep the cluster CA the server's certificate is checked by (config dir, 0644);
+    later commands trust it (``ca_file`` in the config)."""
+    from aether.trust import ca
+
+    try:
+        text = Path(source).read_text()
+        ca.load_certificate(text)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--ca-file {source}: not a PEM certificate ({exc})", kind="usage") from None
+    dest = config_path().parent / "cluster-ca.pem"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    os.environ["AETHER_CA_FILE"] = str(dest)  # this login's own calls
+    save_config({"ca_file": str(dest)})
+
+
+def _client(server: str, token: str | None) -> Any:
     from aether.client import ApiClient
+
+    return ApiClient(server, token, verify=ca_context() if "https://" in server else None)
+
+
+async def _token(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("AETHER_TOKEN")
     if token == "-":
@@ -72,7 +97,7 @@ async def _token(args: argparse.Namespace) -> int:
             "or AETHER_TOKEN), --user NAME, or --sso",
             kind="usage",
         )
-    async with ApiClient(args.server, token) as client:
+    async with _client(args.server, token) as client:
         status = await client.status()  # proves the token works before it is saved
     path = save_session(args.server, token)
     save_config({"server": args.server})
@@ -85,7 +110,6 @@ async def _token(args: argparse.Namespace) -> int:
 
 
 async def _password(args: argparse.Namespace) -> dict[str, Any]:
-    from aether.client import ApiClient
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -95,7 +119,7 @@ async def _password(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError(
             "no terminal to ask for the password: pipe it with --password-stdin", kind="usage"
         )
-    async with ApiClient(args.server, None) as client:
+    async with _client(args.server, None) as client:
         result: dict[str, Any] = await client.login(
             args.user, password, tenant=args.tenant, totp=args.totp
         )
@@ -111,7 +135,6 @@ def _pkce() -> tuple[str, str]:
 async def _sso(args: argparse.Namespace) -> dict[str, Any]:
     """The browser signs in at the provider; the server sends it back to us here with a
     one-time code, which we exchange (with the PKCE verifier) for the token."""
-    from aether.client import ApiClient
 
     verifier, challenge = _pkce()
     code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -146,7 +169,7 @@ async def _sso(args: argparse.Namespace) -> dict[str, Any]:
             ) from exc
     finally:
         await runner.cleanup()
-    async with ApiClient(args.server, None) as client:
+    async with _client(args.server, None) as client:
         result: dict[str, Any] = await client.oidc_exchange(one_time, verifier)
     return result
 
@@ -170,10 +193,9 @@ async def _whoami(args: argparse.Namespace) -> int:
 
 async def _rotate(args: argparse.Namespace) -> int:
     """Swap the session's token for a new one; the old one stops working at once."""
-    from aether.client import ApiClient
 
     session = load_session(args.server, args.token)
-    async with ApiClient(session.server, session.token) as client:
+    async with _client(session.server, session.token) as client:
         issued = await client.rotate_token()
     path = save_session(session.server, issued["token"])
     emit(

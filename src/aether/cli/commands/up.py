@@ -23,7 +23,7 @@ from aether.cli.output import CliError
 
 if TYPE_CHECKING:
     from aether.store.etcd_local import EtcdCluster
-from aether.cli.session import config_path, save_config, save_session
+from aether.cli.session import ca_context, config_path, save_config, save_session
 
 __all__ = ["run"]
 
@@ -96,7 +96,8 @@ def _wait_started(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         if proc.poll() is not None:
             break
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            verify = ca_context() or True
+            if httpx.get(f"{url}/readyz", timeout=1, verify=verify).status_code == 200:
                 return
         time.sleep(0.1)
     raise CliError(f"the server did not start; see {log}")
@@ -108,7 +109,7 @@ async def _wait_ready(
     from aether.client import ApiClient
 
     deadline = time.monotonic() + 60
-    async with ApiClient(url, token, timeout=5) as client:
+    async with ApiClient(url, token, timeout=5, verify=ca_context()) as client:
         while time.monotonic() < deadline:
             for proc in procs:
                 if proc.poll() is not None:
@@ -125,6 +126,25 @@ async def _wait_ready(
     raise CliError("the cluster did not become ready within 60s; see the logs in the data dir")
 
 
+def _tls_files(directory: Path) -> dict[str, str]:
+    """The cluster CA and the API's certificate (made once, kept in DATA/tls)."""
+    import datetime as dt
+
+    from aether.trust.ca import write_authority_files
+
+    if not (directory / "api.crt").exists():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_authority_files(
+            str(directory), "aether", ["127.0.0.1", "localhost"], dt.datetime.now(dt.UTC)
+        )
+    return {
+        "AETHER_CA_CERT_FILE": str(directory / "ca.crt"),
+        "AETHER_CA_KEY_FILE": str(directory / "ca.key"),
+        "AETHER_TLS_CERT": str(directory / "api.crt"),
+        "AETHER_TLS_KEY": str(directory / "api.key"),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     data_dir = Path(
         args.data_dir
@@ -135,12 +155,20 @@ def run(args: argparse.Namespace) -> int:
     for port in server_ports:
         if not _port_free(port):
             raise CliError(f"port {port} is in use: pass --port P", kind="io")
-    urls = [f"http://127.0.0.1:{port}" for port in server_ports]
+    scheme = "https" if args.tls else "http"
+    urls = [f"{scheme}://127.0.0.1:{port}" for port in server_ports]
     api = ",".join(urls)  # nodes and the CLI fail over between the servers
     server_dir = data_dir / "server"
     procs: list[subprocess.Popen[bytes]] = []
     etcd = _start_etcd(data_dir, args.etcd_port) if args.ha else None
     server_env = {"AETHER_STATE_URL": etcd.url + "/aether"} if etcd is not None else {}
+    node_args: list[str] = []
+    ca_file: Path | None = None
+    if args.tls:  # the API over HTTPS, its certificate from the cluster CA made here
+        server_env.update(_tls_files(data_dir / "tls"))
+        ca_file = data_dir / "tls" / "ca.crt"
+        node_args = ["--server-ca", str(ca_file)]
+        os.environ["AETHER_CA_FILE"] = str(ca_file)  # this process's own calls
 
     def stop_all() -> None:
         for proc in reversed(procs):
@@ -182,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
                         str(port),
                         "--id",
                         f"node-{i + 1}",
+                        *node_args,
                     ],
                     data_dir / f"node-{i + 1}.log",
                     env={"AETHER_JOIN_TOKEN": join},
@@ -189,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
             )
         asyncio.run(_wait_ready(api, admin, args.nodes, procs))
         session = save_session(api, admin)
-        save_config({"server": api})
+        save_config({"server": api, "ca_file": str(ca_file) if ca_file else ""})
         print(f"Aether is up: {len(urls)} server(s), {args.nodes} node(s)   (data in {data_dir})")
         print(f"  console:    {urls[0]}/ui/      (sign in with the admin token below)")
         for url in urls:
