@@ -146,7 +146,7 @@ def _provenance_check(row: Artifact, keys: Sequence[PublicKey]) -> tuple[Check, 
                 "the statement's signature verifies against none of the tenant's "
                 f"{len(keys)} registered key(s)",
             ),
-            verified,
+            None,  # an untrusted statement vouches for nothing, the SBOM included
         )
     return (
         Check("provenance", True, f"statement for {row.digest} signed by {verified.signed_by}"),
