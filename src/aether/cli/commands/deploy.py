@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -240,6 +241,11 @@ async def run(args: argparse.Namespace) -> int:
             out = Path(args.out or f"{spec.name}-{packed.digest[7:19]}.tar.gz").resolve()
             shutil.copyfile(archive, out)
             made["artifact"] = str(out)
+            made["provenance_file"] = None
+            if envelope is not None:  # the signed statement beside the archive
+                statement = out.with_name(out.name + ".intoto.json")
+                statement.write_text(json.dumps(envelope, indent=2) + "\n")
+                made["provenance_file"] = str(statement)
             emit(
                 args,
                 made,
