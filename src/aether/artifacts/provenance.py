@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+
 from aether.artifacts.signing import (
     Ed25519PrivateKey,
     KeyFormatError,
@@ -296,7 +298,7 @@ def _signer(payload: bytes, raws: Sequence[bytes], keys: Sequence[TrustedKey]) -
         for raw in raws:
             try:
                 public.verify(raw, signed)
-            except Exception:  # InvalidSignature, or a signature of the wrong length
+            except InvalidSignature:  # also what a signature of the wrong length raises
                 continue
             return key.fingerprint
     return None
