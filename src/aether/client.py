@@ -390,6 +390,27 @@ class ApiClient:
         )
         return result
 
+    async def put_provenance(
+        self, digest: str, envelope: dict[str, Any], app: str
+    ) -> dict[str, Any]:
+        """Attach the build's signed provenance (a DSSE envelope) to a stored artifact."""
+        result: dict[str, Any] = await self.json(
+            "PUT",
+            f"/api/v1/artifacts/{digest}/provenance",
+            json=envelope,
+            headers={"X-Aether-App": app},
+        )
+        return result
+
+    async def artifact_provenance(self, digest: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.json("GET", f"/api/v1/artifacts/{digest}/provenance")
+        return result
+
+    async def verify_artifact(self, digest: str) -> dict[str, Any]:
+        """The server's checks of a stored artifact: digest, signature, provenance, SBOM."""
+        result: dict[str, Any] = await self.json("GET", f"/api/v1/artifacts/{digest}/verification")
+        return result
+
     async def register_public_key(
         self, app: str, public_key: str, *, name: str | None = None
     ) -> PublicKeyOut:
@@ -410,12 +431,15 @@ class ApiClient:
         app: str,
         *,
         require_signature: bool | None = None,
+        require_provenance: bool | None = None,
         retain_deployments: int | None = None,
     ) -> AppSettingsOut:
         """Change the settings given (none given: read them)."""
         body: dict[str, Any] = {}
         if require_signature is not None:
             body["require_signature"] = require_signature
+        if require_provenance is not None:
+            body["require_provenance"] = require_provenance
         if retain_deployments is not None:
             body["retain_deployments"] = retain_deployments
         if body:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from aether.artifacts.provenance import TrustedKey, sbom_digest, verify_envelope
+from aether.artifacts.signing import fingerprint, generate_key, private_key_pem, public_key_b64
 from tests.cli.test_cli import aether
 from tests.support.cluster import Cluster
 
@@ -54,6 +56,33 @@ def test_pack_only_writes_the_artifact_and_describes_it(tmp_path: Path) -> None:
         ).stdout
     )
     assert no_sbom["sbom"] is None
+
+
+def test_pack_only_with_a_key_writes_the_signed_provenance_beside_it(tmp_path: Path) -> None:
+    key = generate_key()
+    pem = tmp_path / "k.pem"
+    pem.write_bytes(private_key_pem(key))
+    out = tmp_path / "hello.tar.gz"
+    result = aether(
+        tmp_path,
+        "deploy",
+        str(EXAMPLE),
+        "--pack-only",
+        "--out",
+        str(out),
+        "--format",
+        "json",
+        env={"AETHER_SIGNING_KEY": str(pem)},
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["provenance"] is True
+    assert data["provenance_file"] == str(out) + ".intoto.json"
+    envelope = json.loads(Path(data["provenance_file"]).read_text())
+    trusted = [TrustedKey(fingerprint(key), public_key_b64(key))]
+    verified = verify_envelope(envelope, data["digest"], trusted)
+    assert verified.signed_by == fingerprint(key)
+    assert verified.sbom_digest == sbom_digest(data["sbom"])
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])

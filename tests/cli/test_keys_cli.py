@@ -113,6 +113,7 @@ def test_signed_deploys_against_a_real_cluster(tmp_path: Path) -> None:
         assert one_json(settings) == {
             "app": app,
             "require_signature": True,
+            "require_provenance": False,
             "retain_deployments": None,
         }
 

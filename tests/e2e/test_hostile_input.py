@@ -6,8 +6,9 @@ digest: the server scans the stream by the node's extraction rules and refuses
 each with the code a node would give, stores nothing, and the healthy app keeps
 serving (the node's own refusal of the same archives is tested in
 tests/artifacts/test_artifacts_extract.py). Upload attacks (wrong digest,
-truncated body, hostile incremental plan) and signature attacks are refused by
-the API before anything is stored or deployed.
+truncated body, hostile incremental plan), signature attacks and a provenance
+statement replayed onto another artifact are refused by the API before anything is
+stored or deployed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import httpx
 import pytest
 
 from aether.artifacts import pack_bytes, safe_extract
+from aether.artifacts.provenance import BuildFacts, SourceFacts, make_statement, sign_statement
 from aether.artifacts.signing import generate_key, public_key_b64, sign_digest
 from tests.e2e.hostile import (
     MARKER,
@@ -488,3 +491,49 @@ def test_artifact_signed_by_an_unregistered_key_is_refused(
 def test_unsigned_artifact_is_refused(env: Env, signed_app: dict[str, Any], tmp_path: Path) -> None:
     v2 = _signed_app_tree(tmp_path, "v2-unsigned")
     _assert_signature_refusal(env, signed_app, v2, {}, "signature_required")
+
+
+# --- provenance attacks: a statement replayed onto another artifact ---------------------------
+
+
+def test_provenance_for_another_digest_is_refused(env: Env, tmp_path: Path) -> None:
+    """A genuine statement, signed by the app's trusted key, about v1, sent for v2: refused
+    naming both digests, nothing stored, and v2 cannot deploy under require_provenance."""
+    app = "proven-app"
+    trusted = generate_key()
+    settings = env.http.put(f"/apps/{app}/settings", json={"require_provenance": True})
+    assert settings.status_code == 200, settings.text
+    key = env.http.post(f"/apps/{app}/public-keys", json={"public_key": public_key_b64(trusted)})
+    assert key.status_code == 201, key.text
+    v1 = _signed_app_tree(tmp_path, "v1-proven")
+    v2 = _signed_app_tree(tmp_path, "v2-replayed")
+    signed = {"X-Aether-App": app}
+    for data in (v1, v2):
+        upload_ok(
+            env, data, {**signed, "X-Aether-Signature": sign_digest(trusted, digest_of(data))}
+        )
+    now = datetime.now(UTC)
+    facts = BuildFacts(
+        app=app,
+        runtime="python",
+        command=("aether", "deploy"),
+        builder_version="test",
+        started_on=now,
+        finished_on=now,
+    )
+    genuine = sign_statement(
+        make_statement(digest_of(v1), SourceFacts(tree_digest=digest_of(v1)), facts), trusted
+    )
+
+    replayed = env.http.put(f"/artifacts/{digest_of(v2)}/provenance", json=genuine, headers=signed)
+
+    assert replayed.status_code == 400, replayed.text
+    error = replayed.json()
+    assert error["code"] == "provenance_mismatch", error
+    assert digest_of(v1) in error["message"] and digest_of(v2) in error["message"], error
+    assert env.http.get(f"/artifacts/{digest_of(v2)}/provenance").status_code == 404
+    refused = deploy(env, app, digest_of(v2), health="/healthz")
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["code"] == "provenance_required", refused.json()
+    assert env.http.get(f"/apps/{app}/deployments").json() == []
+    assert_healthy_app_untouched(env)

@@ -41,11 +41,19 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
+from aether.artifacts.provenance import (
+    BuildFacts,
+    SourceFacts,
+    make_statement,
+    sign_statement,
+)
+from aether.artifacts.signing import generate_key
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities, endpoint_key
 from aether.model.names import cluster_name
@@ -146,6 +154,9 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/artifacts/{digest}/sbom": Rule("viewer", owned=True),
     "GET /api/v1/artifacts/{digest}/signature": Rule("viewer", owned=True),
     "PUT /api/v1/artifacts/{digest}/signature": Rule("operator", owned=True),
+    "GET /api/v1/artifacts/{digest}/provenance": Rule("viewer", owned=True),
+    "PUT /api/v1/artifacts/{digest}/provenance": Rule("operator", owned=True),
+    "GET /api/v1/artifacts/{digest}/verification": Rule("viewer", owned=True),
     "POST /api/v1/blobs/missing": Rule("operator"),
     "PUT /api/v1/blobs/{digest}": Rule("operator"),  # content-addressed: no owner to hide
     # the cluster's views (each scoped to the caller's tenant)
@@ -368,6 +379,21 @@ def _pubkey() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
+def _provenance(digest: str, app: str) -> dict[str, Any]:
+    """A well-formed provenance envelope for ``digest``, signed by a key nobody registered."""
+    now = datetime.now(UTC)
+    facts = BuildFacts(
+        app=app,
+        runtime="python",
+        command=("aether", "deploy"),
+        builder_version="test",
+        started_on=now,
+        finished_on=now,
+    )
+    statement = make_statement(digest, SourceFacts(tree_digest=digest), facts)
+    return sign_statement(statement, generate_key())
+
+
 def _snapshot_headers(world: World, data: bytes) -> dict[str, str]:
     return {
         DIGEST_HEADER: "sha256:" + hashlib.sha256(data).hexdigest(),
@@ -395,6 +421,10 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
                 "X-Aether-Signature": base64.b64encode(os.urandom(64)).decode(),
                 "X-Aether-App": p["app"],
             }
+        },
+        "PUT /api/v1/artifacts/{digest}/provenance": {
+            "json": _provenance(p["digest"], p["app"]),
+            "headers": {"X-Aether-App": p["app"]},
         },
         "POST /api/v1/artifacts": {"content": data, "headers": raw},
         "POST /api/v1/artifacts/assemble": {"json": {"digest": raw[DIGEST_HEADER], "plan": []}},

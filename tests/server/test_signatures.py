@@ -340,16 +340,36 @@ async def test_settings_are_validated_and_changed_only_where_sent(
     path = f"/api/v1/apps/{app}/settings"
     first = await http.put(path, json={"retain_deployments": 5}, headers=bearer(operator))
     assert first.status_code == 200, first.text
-    assert first.json() == {"app": app, "require_signature": False, "retain_deployments": 5}
+    assert first.json() == {
+        "app": app,
+        "require_signature": False,
+        "require_provenance": False,
+        "retain_deployments": 5,
+    }
     second = await http.put(path, json={"require_signature": True}, headers=bearer(operator))
-    assert second.json() == {"app": app, "require_signature": True, "retain_deployments": 5}
+    assert second.json() == {
+        "app": app,
+        "require_signature": True,
+        "require_provenance": False,
+        "retain_deployments": 5,
+    }
     admin = await http.put(
         path, json={"retain_deployments": None}, headers=bearer(server.token("admin"))
     )
-    assert admin.json() == {"app": app, "require_signature": True, "retain_deployments": None}
+    assert admin.json() == {
+        "app": app,
+        "require_signature": True,
+        "require_provenance": False,
+        "retain_deployments": None,
+    }
     read = await http.get(path, headers=bearer(server.token("viewer")))
     assert read.json() == admin.json()
-    for bad in ({"retain_deployments": 0}, {"require_signature": "maybe"}, {"other": 1}):
+    for bad in (
+        {"retain_deployments": 0},
+        {"require_signature": "maybe"},
+        {"require_provenance": "maybe"},
+        {"other": 1},
+    ):
         assert_envelope(
             await http.put(path, json=bad, headers=bearer(operator)), 400, "bad_request"
         )

@@ -497,10 +497,18 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
     ):
         _common(p)
         apps_sub = p.add_subparsers(dest="apps_command", metavar="SUBCOMMAND", parser_class=_Parser)
-        q = apps_sub.add_parser("set", help="require signed artifacts, set retention")
+        q = apps_sub.add_parser(
+            "set", help="require signed artifacts or build provenance, set retention"
+        )
         q.set_defaults(command="apps-set")  # dispatched to the keys module
         q.add_argument("app")
         q.add_argument("--require-signature", action=argparse.BooleanOptionalAction, default=None)
+        q.add_argument(
+            "--require-provenance",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="refuse deployments of artifacts without a signed provenance statement",
+        )
         q.add_argument("--retain", type=int, default=None, metavar="N", help="deployments to keep")
         _common(q)
         q = apps_sub.add_parser(
@@ -808,6 +816,21 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         q.add_argument("app")
         q.add_argument("id")
         _common(q)
+    if p := sub.add(
+        "artifacts", help="stored artifacts: verify (digest, signature, provenance, SBOM)"
+    ):
+        artifacts_sub = p.add_subparsers(
+            dest="artifacts_command", metavar="SUBCOMMAND", parser_class=_Parser
+        )
+        artifacts_sub.required = True
+        q = artifacts_sub.add_parser(
+            "verify", help="check a stored artifact's digest, signature, provenance and SBOM"
+        )
+        q.add_argument("digest", help="sha256:… (or 64 hex digits)")
+        _common(q)
+        q = artifacts_sub.add_parser("provenance", help="print an artifact's provenance statement")
+        q.add_argument("digest")
+        _common(q)
     return parser
 
 
@@ -1053,6 +1076,7 @@ _MODULES = {
     "logs": "actions",
     "keys": "keys",
     "apps-set": "keys",
+    "artifacts": "artifacts",
     "apps-rm": "actions",
     "migrate": "migrate",
     "migrations": "migrate",

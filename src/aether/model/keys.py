@@ -34,10 +34,12 @@ class AppSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     require_signature: bool | None = None
+    require_provenance: bool | None = None
     retain_deployments: Annotated[int, Field(ge=1, le=10_000)] | None = None
 
 
 class AppSettingsOut(BaseModel):
     app: str
     require_signature: bool
+    require_provenance: bool = False
     retain_deployments: int | None

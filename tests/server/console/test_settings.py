@@ -276,17 +276,24 @@ def test_an_operator_adds_keys_toggles_signatures_sets_retention_and_removes_a_k
         ]
         saved = client.post(
             f"/ui/settings/apps/{app}",
-            data={"csrf": csrf, "require_signature": "on", "retain_deployments": "3"},
+            data={
+                "csrf": csrf,
+                "require_signature": "on",
+                "require_provenance": "on",
+                "retain_deployments": "3",
+            },
         )
         assert saved.status_code == 303, saved.text
         assert _settings_of(server, app) == {
             "app": app,
             "require_signature": True,
+            "require_provenance": True,
             "retain_deployments": 3,
         }
         page = client.get(saved.headers["location"]).text
-        assert "Saved: signatures required, 3 deployments kept." in page
+        assert "Saved: signatures required, provenance required, 3 deployments kept." in page
         assert 'name="require_signature" checked' in page
+        assert 'name="require_provenance" checked' in page
         removed = client.post(
             f"/ui/settings/apps/{app}/keys/{keys[0]['id']}/remove", data={"csrf": csrf}
         )
@@ -322,6 +329,7 @@ def test_a_viewer_cannot_change_keys_or_retention(server: RunningServer) -> None
     assert _settings_of(server, app) == {
         "app": app,
         "require_signature": False,
+        "require_provenance": False,
         "retain_deployments": None,
     }
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -183,19 +185,46 @@ def _manifest(packed: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _provenance(key: Any, root: Path, built: Any, digest: str, started: datetime) -> dict[str, Any]:
+    """The build's in-toto statement, signed (DSSE) with the artifact's key."""
+    import aether
+    from aether.artifacts import provenance
+    from aether.artifacts.source_facts import read_source_facts
+
+    facts = provenance.BuildFacts(
+        app=built.spec.name,
+        runtime=built.runtime,
+        command=("aether", *sys.argv[1:]),
+        builder_version=aether.__version__,
+        started_on=started,
+        finished_on=datetime.now(UTC),
+        sbom_digest=provenance.sbom_digest(built.sbom) if built.sbom is not None else None,
+    )
+    statement = provenance.make_statement(digest, read_source_facts(root), facts)
+    return provenance.sign_statement(statement, key)
+
+
 async def run(args: argparse.Namespace) -> int:
     root = Path(args.path).resolve()
     if not root.is_dir():
         raise CliError(f"{root} is not a directory", kind="usage")
+    started = datetime.now(UTC)
     built = await asyncio.to_thread(_build, args, root)
     spec = built.spec
     with tempfile.TemporaryDirectory(prefix="aether-pack-") as tmp:
         archive = Path(tmp) / "artifact.tar.gz"
         cache = _pack_cache(built)
         packed = await asyncio.to_thread(_pack, built, archive, cache)
-        from aether.cli.commands.keys import deploy_signature
+        from aether.artifacts.signing import sign_digest
+        from aether.cli.commands.keys import deploy_key
 
-        signature = deploy_signature(packed.digest)  # None without a signing key
+        key = deploy_key()  # None without a signing key: neither signature nor provenance
+        signature = None if key is None else sign_digest(key, packed.digest)
+        envelope = (
+            None
+            if key is None
+            else await asyncio.to_thread(_provenance, key, root, built, packed.digest, started)
+        )
         made = {
             "app": spec.name,
             "runtime": built.runtime,
@@ -205,12 +234,18 @@ async def run(args: argparse.Namespace) -> int:
             "manifest": _manifest(packed),
             "sbom": built.sbom,
             "signature": signature,
+            "provenance": envelope is not None,
         }
         if args.pack_only:
             await asyncio.to_thread(cache.save)
             out = Path(args.out or f"{spec.name}-{packed.digest[7:19]}.tar.gz").resolve()
             shutil.copyfile(archive, out)
             made["artifact"] = str(out)
+            made["provenance_file"] = None
+            if envelope is not None:  # the signed statement beside the archive
+                statement = out.with_name(out.name + ".intoto.json")
+                statement.write_text(json.dumps(envelope, indent=2) + "\n")
+                made["provenance_file"] = str(statement)
             emit(
                 args,
                 made,
@@ -221,7 +256,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.to_thread(cache.save)
             return await _dry_run(args, made, packed)
         try:
-            return await _deploy(args, made, packed, archive, built, cache)
+            return await _deploy(args, made, packed, archive, built, cache, envelope)
         finally:
             await asyncio.to_thread(cache.save)
 
@@ -266,6 +301,7 @@ async def _deploy(
     archive: Path,
     built: Any,
     cache: Any,
+    envelope: dict[str, Any] | None,
 ) -> int:
     from aether.artifacts.sync import upload_incremental
 
@@ -301,6 +337,10 @@ async def _deploy(
         elif signature is not None:  # stored already (maybe unsigned): attach the signature
             answer = await client.sign_artifact(packed.digest, signature, spec.name)
             verified = bool(answer.get("verified"))
+        provenance_verified: bool | None = None
+        if envelope is not None:  # checked and stored beside the artifact before it deploys
+            answer = await client.put_provenance(packed.digest, envelope, spec.name)
+            provenance_verified = bool(answer.get("verified"))
         key = uuid.uuid4().hex
         extra = {"sbom": made["sbom"], "manifest": made["manifest"]}
         try:
@@ -337,6 +377,7 @@ async def _deploy(
             "uploaded_bytes": sent["uploaded_bytes"],
             "reused_files": sent["reused_files"],
             "verified": verified,
+            "provenance_verified": provenance_verified,
         }
     )
     emit(

@@ -17,17 +17,22 @@ from aether.artifacts import signing
 from aether.cli.output import CliError, emit, table
 from aether.cli.session import api_client
 
-__all__ = ["deploy_signature", "run", "write_private_key"]
+__all__ = ["deploy_key", "deploy_signature", "run", "write_private_key"]
 
 
-def deploy_signature(digest: str) -> str | None:
-    """The base64 signature of ``digest`` with this machine's signing key, or None."""
+def deploy_key() -> signing.Ed25519PrivateKey | None:
+    """This machine's signing key (``AETHER_SIGNING_KEY`` or the default file), or None."""
     try:
-        key = signing.load_signing_key()
+        return signing.load_signing_key()
     except (signing.KeyFormatError, OSError) as exc:
         raise CliError(
             f"cannot load the signing key: {exc}", kind="config", code="bad_signing_key"
         ) from None
+
+
+def deploy_signature(digest: str) -> str | None:
+    """The base64 signature of ``digest`` with this machine's signing key, or None."""
+    key = deploy_key()
     return None if key is None else signing.sign_digest(key, digest)
 
 
@@ -108,12 +113,14 @@ async def run(args: argparse.Namespace) -> int:
             settings = await client.app_settings(
                 args.app,
                 require_signature=args.require_signature,
+                require_provenance=args.require_provenance,
                 retain_deployments=args.retain,
             )
             emit(
                 args,
                 settings.model_dump(mode="json"),
                 f"{settings.app}: require_signature={str(settings.require_signature).lower()}, "
+                f"require_provenance={str(settings.require_provenance).lower()}, "
                 f"retain_deployments={settings.retain_deployments or 'default'}",
             )
         elif args.keys_command == "register":

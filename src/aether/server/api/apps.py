@@ -35,8 +35,8 @@ from aether.server.services.cluster import (
     remove_app,
     update_blueprint,
 )
+from aether.server.services.provenance import check_supply_chain
 from aether.server.services.quotas import app_reservation, enforce_quota
-from aether.server.services.signatures import check_deployable
 from aether.store.records import Principal
 from aether.store.records.repo import epoch
 from aether.store.records.schema import App, Deployment
@@ -178,7 +178,8 @@ async def prepare_deployment(
         raise BadRequestError(
             f"artifact {digest} is not in the registry: upload it first (POST /api/v1/artifacts)"
         )
-    await check_deployable(ctx, caller.tenant_id, app_name, digest)  # require_signature
+    # require_signature, require_provenance
+    await check_supply_chain(ctx, caller.tenant_id, app_name, digest)
     spec = spec.model_copy(update={"name": app_name})
     app = await ctx.records.get_or_create_app(caller.tenant_id, app_name)
     dep, created = await ctx.records.create_deployment(

@@ -141,9 +141,11 @@ async def change_app_settings(
     view: Action,
     app: str,
     require_signature: Annotated[str, Form()] = "",
+    require_provenance: Annotated[str, Form()] = "",
     retain_deployments: Annotated[str, Form()] = "",
 ) -> Response:
-    """Save the form: require_signature (a checkbox) and retain_deployments (empty: default)."""
+    """Save the form: require_signature and require_provenance (checkboxes) and
+    retain_deployments (empty: default)."""
     await view.api.get(f"{_api_app(app)}/settings")  # 404 for an unknown app: never create it
     retain: int | None = None
     if retain_deployments.strip():
@@ -155,8 +157,16 @@ async def change_app_settings(
                 "Deployments kept must be a whole number (empty: the cluster's default).",
                 "bad_request",
             ) from None
-    body = {"require_signature": require_signature == "on", "retain_deployments": retain}
+    body = {
+        "require_signature": require_signature == "on",
+        "require_provenance": require_provenance == "on",
+        "retain_deployments": retain,
+    }
     saved = await view.api.put(f"{_api_app(app)}/settings", body)
     kept = saved["retain_deployments"] or "the default"
     signed = "required" if saved["require_signature"] else "not required"
-    return _done(_app_path(app), f"Saved: signatures {signed}, {kept} deployments kept.")
+    proven = "required" if saved.get("require_provenance") else "not required"
+    return _done(
+        _app_path(app),
+        f"Saved: signatures {signed}, provenance {proven}, {kept} deployments kept.",
+    )

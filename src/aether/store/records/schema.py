@@ -137,6 +137,7 @@ class App(Base):
     name: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime]
     require_signature: Mapped[bool] = mapped_column(default=False, server_default=false())
+    require_provenance: Mapped[bool] = mapped_column(default=False, server_default=false())
     retain_deployments: Mapped[int | None]
     # set by `aether apps rm`; deploying the name again clears it (and resets created_at)
     deleted_at: Mapped[datetime | None]
@@ -170,6 +171,8 @@ class Artifact(Base):
     signed_by: Mapped[str | None] = mapped_column(String(71))  # fingerprint that verified it
     manifest: Mapped[dict[str, Any] | None]
     sbom: Mapped[dict[str, Any] | None]
+    provenance: Mapped[dict[str, Any] | None]  # DSSE envelope of the in-toto statement
+    provenance_by: Mapped[str | None] = mapped_column(String(71))  # key that verified it
 
 
 class Deployment(Base):

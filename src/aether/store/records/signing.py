@@ -33,8 +33,9 @@ class SigningRecords(RecordsBase):
             )
 
     async def update_app_settings(self, tenant_id: str, app: App, values: dict[str, Any]) -> App:
-        """Set ``require_signature`` and/or ``retain_deployments``; the updated row."""
-        allowed = {"require_signature", "retain_deployments"}
+        """Set ``require_signature``, ``require_provenance`` and/or ``retain_deployments``;
+        the updated row."""
+        allowed = {"require_signature", "require_provenance", "retain_deployments"}
         unknown = set(values) - allowed
         if unknown:
             raise ValueError(f"not app settings: {sorted(unknown)}")
@@ -113,5 +114,32 @@ class SigningRecords(RecordsBase):
         async with self.sessions() as session:
             await session.execute(
                 update(Artifact).where(*condition).values(signature=signature, signed_by=signed_by)
+            )
+            await session.commit()
+
+    async def list_tenant_public_keys(self, tenant_id: str) -> Sequence[PublicKey]:
+        """Every key registered for any app of the tenant (what ``artifacts verify`` trusts)."""
+        async with self.sessions() as session:
+            return (
+                await session.scalars(
+                    select(PublicKey)
+                    .where(PublicKey.tenant_id == tenant_id)
+                    .order_by(PublicKey.created_at, PublicKey.id)
+                )
+            ).all()
+
+    async def set_artifact_provenance(
+        self, tenant_id: str, digest: str, envelope: dict[str, Any], signed_by: str | None
+    ) -> None:
+        """Store a provenance envelope on the tenant's artifact row; the same rule as
+        ``set_artifact_signature``: an unverified one never replaces a verified one."""
+        condition = [Artifact.tenant_id == tenant_id, Artifact.digest == digest]
+        if signed_by is None:
+            condition.append(Artifact.provenance_by.is_(None))
+        async with self.sessions() as session:
+            await session.execute(
+                update(Artifact)
+                .where(*condition)
+                .values(provenance=envelope, provenance_by=signed_by)
             )
             await session.commit()
