@@ -48,6 +48,7 @@ from aether.node.drivers import instance_drivers, sandbox_drivers
 from aether.node.logship import LogShipper
 from aether.node.orphans import store_stale_orphan
 from aether.node.router import Router
+from aether.node.router_tls import TlsOptions
 from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.slice_control import EndpointPusher, SliceControl, SliceTable, slice_tables
 from aether.node.tasks import TaskWorker
@@ -77,6 +78,8 @@ class NodeOptions:
     # "bwrap": app instances run sandboxed (the default); "none": as plain processes
     # of the node, for trusted single-tenant setups only (--isolation none)
     isolation: str = "bwrap"
+    # the router serves HTTPS too (certificates per host name: node/router_tls.py)
+    router_tls: TlsOptions | None = None
 
 
 def _node_id(data_dir: Path, requested: str | None) -> str:
@@ -103,7 +106,9 @@ class NodeDaemon:
         self.client = ApiClient(options.server, None)  # the node's credential, once it has it
         self.drivers, self.isolation, self.isolation_detail = instance_drivers(options.isolation)
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
-        self.router = Router(options.router_host, options.router_port, api_url=options.server)
+        self.router = Router(
+            options.router_host, options.router_port, api_url=options.server, tls=options.router_tls
+        )
         self.router.node = self.node_id  # its own instances first
         self.routes_changed = asyncio.Event()  # the router's state is to be sent
         self.router.on_change = self.routes_changed.set
