@@ -66,7 +66,8 @@ class Cluster:
         self.env["AETHER_SERVER"] = self.api
         self.env["AETHER_TOKEN"] = self.admin_token
 
-    def start_node(self, name: str) -> None:
+    def start_node(self, name: str, *extra: str) -> None:
+        """Start node ``name`` (``extra``: more ``aether node`` arguments) and wait for it."""
         port = self.router_ports.setdefault(name, free_port())
         self.nodes[name] = self._spawn(
             [
@@ -81,6 +82,7 @@ class Cluster:
                 str(port),
                 "--id",
                 name,
+                *extra,
             ],
             f"{name}.log",
         )
