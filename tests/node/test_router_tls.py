@@ -18,7 +18,7 @@ from cryptography import x509
 
 from aether.model.cluster import Endpoint
 from aether.node.router import Router, plain_http_note
-from aether.node.router_tls import TlsOptions, pairs_in, pick
+from aether.node.router_tls import CertificateStore, TlsOptions, pairs_in, pick
 from aether.ports import free_port
 from tests.support.certs import TestCA
 from tests.support.waiting import eventually
@@ -60,6 +60,39 @@ def test_the_start_notes() -> None:
     assert "--tls-dir" in exposed
     tls = TlsOptions(Path("/x"), 8443)
     assert "next to HTTPS on port 8443" in plain_http_note("10.0.0.5", 8080, tls)
+
+
+async def test_the_refusal_is_logged_once_per_name_per_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aether.node.router")
+    now = [1000.0]
+    store = CertificateStore(tmp_path, clock=lambda: now[0])
+    store.reload()
+
+    async def close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(close, "127.0.0.1", 0, ssl=store.server_context)
+    port = server.sockets[0].getsockname()[1]
+
+    def refused() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "handshake refused" in r.getMessage()]
+
+    try:
+        context = ssl.create_default_context()
+        for name, later in (("a.localhost", 0), ("a.localhost", 59), ("b.localhost", 0)):
+            now[0] += later
+            with pytest.raises((ssl.SSLError, ConnectionResetError)):
+                await Client.open(port, name, context)
+        assert len(refused()) == 2  # a once, b once
+        now[0] += 61
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            await Client.open(port, "a.localhost", context)
+        assert len(refused()) == 3
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # -- real sockets -------------------------------------------------------------------

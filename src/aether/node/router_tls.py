@@ -91,8 +91,16 @@ def _stat(path: Path) -> tuple[int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _server_context() -> ssl.SSLContext:
+    """A server context with the ssl module's secure defaults, TLS 1.2 at least."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 def _context(crt: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = _server_context()
     context.load_cert_chain(crt, key)
     return context
 
@@ -106,7 +114,8 @@ class CertificateStore:
         self._contexts: dict[str, ssl.SSLContext] = {}  # host name (or default) → its context
         self._seen: dict[str, Fingerprint] = {}  # the files each context was tried from
         self._quiet: dict[str, float] = {}  # host name → when its last warning was logged
-        self.server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._unreadable = False  # the directory could not be listed at the last check
+        self.server_context = _server_context()
         self.server_context.sni_callback = self._choose
 
     @property
