@@ -51,7 +51,8 @@ def test_a_node_serves_https_per_host_and_reloads_on_sighup(
     first = ca.issue(certs, HOST, HOST)
     https = free_port()
     cluster.start_server()
-    cluster.start_node("n1", "--https-port", str(https), "--tls-dir", str(certs))
+    tls = ["--https-port", str(https), "--tls-dir", str(certs), "--https-host", "127.0.0.1"]
+    cluster.start_node("n1", *tls)
     cluster.cli_json("deploy", str(EXAMPLE), "--instances", "1")
 
     def answered() -> tuple[int, int, bytes] | None:
@@ -69,7 +70,7 @@ def test_a_node_serves_https_per_host_and_reloads_on_sighup(
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
         _get(https, "other.localhost", ca.ca_path)
     log = (cluster.root / "n1.log").read_text()
-    assert "plain HTTP on loopback (demo)" in log
+    assert f"plain HTTP on loopback 127.0.0.1:{cluster.router_ports['n1']}" in log
     assert "handshake refused for 'other.localhost'" in log
 
 

@@ -59,7 +59,11 @@ def test_the_start_notes() -> None:
     )
     assert "--tls-dir" in exposed
     tls = TlsOptions(Path("/x"), 8443)
-    assert "next to HTTPS on port 8443" in plain_http_note("10.0.0.5", 8080, tls)
+    assert "next to HTTPS on 10.0.0.5:8443" in plain_http_note("10.0.0.5", 8080, tls)
+    public = TlsOptions(Path("/x"), 8443, host="0.0.0.0")
+    assert plain_http_note("127.0.0.1", 8080, public) == (
+        "router: plain HTTP on loopback 127.0.0.1:8080 (this machine only), HTTPS on 0.0.0.0:8443"
+    )
 
 
 async def test_the_refusal_is_logged_once_per_name_per_minute(

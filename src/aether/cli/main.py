@@ -205,6 +205,12 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
             help="the router serves HTTPS on this port too (with --tls-dir)",
         )
         p.add_argument(
+            "--https-host",
+            default=None,
+            help="the address HTTPS listens on (default: --router-host's), e.g. 0.0.0.0 "
+            "while plain HTTP stays on 127.0.0.1",
+        )
+        p.add_argument(
             "--tls-dir",
             default=None,
             metavar="DIR",

@@ -57,6 +57,13 @@ trace. Errors are the envelope: 400 ``bad_request`` (with pydantic's errors in
 connection after it was sent is retried on the next only when the entry point is
 idempotent (its endpoint's schema says so). Per (slice, entry) the router counts
 calls as it does per app (``take_entry_counters``).
+
+The router serves plain HTTP, and with ``tls`` (``router_tls.TlsOptions``) the same
+routes over HTTPS on a second port, with a certificate per host name chosen by SNI
+and re-read when its files change (``router_tls``). At start it says what its plain
+HTTP listener is: the demo's on loopback, a warning on any other address. With
+``tls.redirect`` a plain HTTP request for a host name with a certificate of its own
+is answered 308 to HTTPS (``/_aether/health`` excepted).
 """
 
 from __future__ import annotations
@@ -150,6 +157,11 @@ def is_loopback(host: str) -> bool:
 def plain_http_note(host: str, port: int, tls: TlsOptions | None) -> str:
     """What the router says at start about its plain HTTP listener."""
     where = f"{host}:{port}"
+    if is_loopback(host) and tls is not None:
+        return (
+            f"router: plain HTTP on loopback {where} (this machine only), "
+            f"HTTPS on {tls.host or host}:{tls.port}"
+        )
     if is_loopback(host):
         return f"router: plain HTTP on loopback (demo) {where}: reachable from this machine only"
     if tls is None:
@@ -158,7 +170,8 @@ def plain_http_note(host: str, port: int, tls: TlsOptions | None) -> str:
             "--tls-dir DIR --https-port PORT to serve HTTPS (DIR: HOST.crt + HOST.key per host)"
         )
     return (
-        f"router: serving plain HTTP on {where} next to HTTPS on port {tls.port}: traffic on "
+        f"router: serving plain HTTP on {where} next to HTTPS on {tls.host or host}:{tls.port}: "
+        f"traffic on "
         f"{where} is not encrypted"
         + ("" if tls.redirect else " (--https-redirect sends hosts with a certificate to HTTPS)")
     )

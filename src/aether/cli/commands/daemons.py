@@ -58,12 +58,15 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 
 def _router_tls(args: argparse.Namespace) -> TlsOptions | None:
-    """The router's HTTPS options from ``--https-port``, ``--tls-dir``, ``--https-redirect``."""
+    """The router's HTTPS options from ``--https-port``, ``--tls-dir``, ``--https-host``,
+    ``--https-redirect``."""
     from aether.node.router_tls import TlsOptions
 
     if args.https_port is None and args.tls_dir is None:
-        if args.https_redirect:
-            raise CliError("--https-redirect needs --https-port and --tls-dir", kind="usage")
+        if args.https_redirect or args.https_host:
+            raise CliError(
+                "--https-redirect and --https-host need --https-port and --tls-dir", kind="usage"
+            )
         return None
     if args.https_port is None or args.tls_dir is None:
         raise CliError(
@@ -76,7 +79,12 @@ def _router_tls(args: argparse.Namespace) -> TlsOptions | None:
         raise CliError(f"--tls-dir {args.tls_dir}: not a directory", kind="usage")
     if args.https_port == args.router_port:
         raise CliError("--https-port must differ from --router-port", kind="usage")
-    return TlsOptions(directory=directory, port=args.https_port, redirect=args.https_redirect)
+    return TlsOptions(
+        directory=directory,
+        port=args.https_port,
+        host=args.https_host,
+        redirect=args.https_redirect,
+    )
 
 
 def _node(args: argparse.Namespace) -> int:
