@@ -263,6 +263,18 @@ async def test_the_default_certificate_serves_other_names(tls: Setup) -> None:
         await client.close()
 
 
+async def test_a_wildcard_pair_serves_the_names_one_label_below(tls: Setup) -> None:
+    serial = tls.ca.issue(tls.certs, "*.wild.localhost", "*.wild.localhost")
+    tls.router.reload_certificates()
+    client = await Client.open(tls.port, "a.wild.localhost", tls.client_context())
+    try:
+        assert client.serial == serial
+    finally:
+        await client.close()
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        await Client.open(tls.port, "a.b.wild.localhost", tls.client_context())
+
+
 async def test_a_renewed_certificate_is_served_and_open_connections_keep_working(
     tls: Setup,
 ) -> None:
