@@ -18,6 +18,7 @@ the caller's reconnect goes there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -68,6 +69,7 @@ from aether.model.telemetry import (
     PushAnswer,
     Rollup,
 )
+from aether.model.trust import CaOut, CertificateOut, ClusterTrustOut
 
 __all__ = ["MAX_RETRY_AFTER", "RATE_RETRIES", "ApiClient", "NetworkError", "split_urls"]
 
@@ -154,18 +156,25 @@ class ApiClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         namespace: str | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.base_urls = split_urls(base_url)
         self._active = 0  # the server that answered last
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if namespace:
             headers["X-Aether-Namespace"] = namespace
-        if transport is None and all(u.lower().startswith("http://") for u in self.base_urls):
+        if (
+            transport is None
+            and verify is None
+            and all(u.lower().startswith("http://") for u in self.base_urls)
+        ):
             transport = _plain_http_transport()
+        self._timeout = httpx.Timeout(timeout, connect=5.0)
         self._http = httpx.AsyncClient(
             headers=headers,
-            timeout=httpx.Timeout(timeout, connect=5.0),
+            timeout=self._timeout,
             transport=transport,
+            verify=verify if verify is not None else True,
         )
 
     async def __aenter__(self) -> ApiClient:
@@ -503,11 +512,28 @@ class ApiClient:
 
     # -- node side ----------------------------------------------------------
 
-    async def join(self, node: str) -> JoinOut:
-        """With a join token: a credential of this node's own (use it for everything else)."""
+    async def join(self, node: str, csr: str) -> JoinOut:
+        """With a join token: a credential and a certificate of this node's own (use them
+        for everything else)."""
         return JoinOut.model_validate(
-            await self.json("POST", "/api/v1/nodes/join", json={"id": node})
+            await self.json("POST", "/api/v1/nodes/join", json={"id": node, "csr": csr})
         )
+
+    async def renew_certificate(self, node: str, csr: str) -> CertificateOut:
+        data = await self.json("POST", f"/api/v1/nodes/{node}/certificate", json={"csr": csr})
+        return CertificateOut.model_validate(data)
+
+    async def cluster_trust(self) -> ClusterTrustOut:
+        return ClusterTrustOut.model_validate(await self.json("GET", "/api/v1/cluster/trust"))
+
+    async def ca(self) -> CaOut:
+        return CaOut.model_validate(await self.json("GET", "/api/v1/ca"))
+
+    async def rotate_ca(self, overlap_seconds: float) -> CaOut:
+        data = await self.json(
+            "POST", "/api/v1/ca/rotate", json={"overlap_seconds": overlap_seconds}
+        )
+        return CaOut.model_validate(data)
 
     async def revoke_node(self, node: str) -> dict[str, Any]:
         """Cluster admin: the node's credential stops working; it may not join again."""
@@ -526,11 +552,18 @@ class ApiClient:
         *,
         user: str | None = None,
         expires_in: int | None = None,
+        uses: int | None = None,
     ) -> dict[str, Any]:
         """A new token (admin; role ``join`` only for a cluster admin); shown once. A
-        token of ``user`` (a member) has its role; ``expires_in`` seconds, or never."""
+        token of ``user`` (a member) has its role; ``expires_in`` seconds, or never; a
+        join token for ``uses`` joins, or any number."""
         body: dict[str, Any] = {"name": name}
-        for key, value in (("role", role), ("user", user), ("expires_in", expires_in)):
+        for key, value in (
+            ("role", role),
+            ("user", user),
+            ("expires_in", expires_in),
+            ("uses", uses),
+        ):
             if value is not None:
                 body[key] = value
         result: dict[str, Any] = await self.json("POST", "/api/v1/tokens", json=body)
@@ -680,12 +713,28 @@ class ApiClient:
         """Send ``token`` from now on (a node, once it has its own credential)."""
         self._http.headers["Authorization"] = f"Bearer {token}"
 
+    def use_identity(self, base_urls: Sequence[str], verify: ssl.SSLContext) -> None:
+        """Call ``base_urls`` over (mutual) TLS with ``verify`` from now on: a node once it
+        has its certificate, and again after each renewal. Requests already on their
+        way finish on the connections they have; those close a minute later."""
+        old = self._http
+        self._http = httpx.AsyncClient(headers=old.headers, timeout=self._timeout, verify=verify)
+        self.base_urls = list(base_urls)
+        self._active = 0
+        with contextlib.suppress(RuntimeError):  # no loop running: nothing to close later
+            loop = asyncio.get_running_loop()
+            loop.call_later(60, lambda: loop.create_task(old.aclose()))
+
     async def register(self, body: RegisterIn) -> RegisterOut:
         data = await self.json("POST", "/api/v1/nodes/register", json=body.model_dump(mode="json"))
         return RegisterOut.model_validate(data)
 
-    async def heartbeat(self, node: str, lease_id: int) -> None:
-        await self.request("POST", f"/api/v1/nodes/{node}/heartbeat", json={"lease_id": lease_id})
+    async def heartbeat(self, node: str, lease_id: int) -> dict[str, Any]:
+        """The lease renewed: its ttl, and the fingerprints of the CAs trusted now."""
+        result: dict[str, Any] = await self.json(
+            "POST", f"/api/v1/nodes/{node}/heartbeat", json={"lease_id": lease_id}
+        )
+        return result
 
     async def assignments(self, node: str, from_revision: int) -> AsyncIterator[dict[str, Any]]:
         """The node's assignment stream, one decoded line at a time."""

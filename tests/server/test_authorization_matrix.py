@@ -49,7 +49,7 @@ import pytest
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities, endpoint_key
 from aether.model.names import cluster_name
-from tests.support.api import DIGEST_HEADER, bearer, spec_for, unique
+from tests.support.api import DIGEST_HEADER, bearer, join_body, spec_for, unique
 from tests.support.fake_nodes import FakeNodes
 from tests.support.model_server import model_server, say
 from tests.support.server import RunningServer, running_server
@@ -183,6 +183,11 @@ ROUTES: dict[str, Rule] = {
     "POST /api/v1/nodes/{node}/undrain": Rule("cluster-operator"),
     "POST /api/v1/nodes/{node}/revoke": Rule("cluster", fresh=True),
     "POST /api/v1/nodes/{node}/allow": Rule("cluster"),
+    # the cluster CA: public certificates; a node renews its own; admins rotate
+    "GET /api/v1/cluster/trust": Rule("public"),
+    "POST /api/v1/nodes/{node}/certificate": Rule("node"),
+    "GET /api/v1/ca": Rule("cluster"),
+    "POST /api/v1/ca/rotate": Rule("cluster"),
     # as drains: the risk a signal raises may move every tenant's instances
     "POST /api/v1/signals": Rule("cluster-operator|node"),
     "POST /api/v1/market/signal": Rule("cluster-operator|node"),
@@ -395,7 +400,7 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/artifacts/assemble": {"json": {"digest": raw[DIGEST_HEADER], "plan": []}},
         "PUT /api/v1/blobs/{digest}": {"content": data},
         "POST /api/v1/blobs/missing": {"json": {"digests": [raw[DIGEST_HEADER]]}},
-        "POST /api/v1/nodes/join": {"json": {"id": unique("joined")}},  # never the node's id
+        "POST /api/v1/nodes/join": {"json": join_body(unique("joined"))},  # never the node's id
         "POST /api/v1/nodes/register": {
             "json": RegisterIn(
                 id=world.node,
@@ -404,6 +409,8 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
             ).model_dump(mode="json")
         },
         "POST /api/v1/nodes/{node}/heartbeat": {"json": {"lease_id": 1}},
+        "POST /api/v1/nodes/{node}/certificate": {"json": {"csr": join_body(world.node)["csr"]}},
+        "POST /api/v1/ca/rotate": {"json": {"overlap_seconds": 3600}},
         "PUT /api/v1/nodes/{node}/instances/{app_version}/{n}": {"json": {"state": "LOADING"}},
         "PUT /api/v1/nodes/{node}/routes": {"json": {"revision": 0}},
         "GET /api/v1/nodes/{node}/withdrawals": {

@@ -24,6 +24,7 @@ from tests.support.api import (
     DIGEST_HEADER,
     assert_envelope,
     bearer,
+    join_body,
     sha256_of,
     unique,
     upload_random,
@@ -291,20 +292,20 @@ async def test_the_node_follows_its_own_assignments(
 async def test_the_join_token_only_joins(server: RunningServer, http: httpx.AsyncClient) -> None:
     node = unique("joiner")
     joined = await http.post(
-        "/api/v1/nodes/join", json={"id": node}, headers=bearer(server.join_token)
+        "/api/v1/nodes/join", json=join_body(node), headers=bearer(server.join_token)
     )
     assert joined.status_code == 201, joined.text
     assert joined.json()["node_id"] == node
     credential = joined.json()["credential"]
     for token in (server.admin_token, server.new_tenant(), credential):
         assert_envelope(
-            await http.post("/api/v1/nodes/join", json={"id": node}, headers=bearer(token)),
+            await http.post("/api/v1/nodes/join", json=join_body(node), headers=bearer(token)),
             403,
             "forbidden",
         )
     # joining again replaces the credential: the first one stops at once
     again = await http.post(
-        "/api/v1/nodes/join", json={"id": node}, headers=bearer(server.join_token)
+        "/api/v1/nodes/join", json=join_body(node), headers=bearer(server.join_token)
     )
     assert again.status_code == 201
     beat = await http.post(
@@ -312,7 +313,7 @@ async def test_the_join_token_only_joins(server: RunningServer, http: httpx.Asyn
     )
     assert_envelope(beat, 401, "unauthorized")
     bad = await http.post(
-        "/api/v1/nodes/join", json={"id": "../etc"}, headers=bearer(server.join_token)
+        "/api/v1/nodes/join", json=join_body("../etc"), headers=bearer(server.join_token)
     )
     assert_envelope(bad, 400, "bad_request")
 
@@ -335,7 +336,7 @@ async def test_only_the_cluster_admin_mints_join_tokens_and_nobody_node_tokens(
     assert minted.status_code == 201, minted.text
     assert minted.json()["role"] == "join"
     joined = await http.post(
-        "/api/v1/nodes/join", json={"id": unique("n")}, headers=bearer(minted.json()["token"])
+        "/api/v1/nodes/join", json=join_body(unique("n")), headers=bearer(minted.json()["token"])
     )
     assert joined.status_code == 201
 
@@ -367,13 +368,13 @@ async def test_a_revoked_node_is_cut_off_and_may_not_join_until_allowed(
     nodes = (await http.get("/api/v1/nodes", headers=bearer(server.admin_token))).json()
     assert {n["id"]: n["state"] for n in nodes}[node] == "revoked"
     rejoin = await http.post(
-        "/api/v1/nodes/join", json={"id": node}, headers=bearer(server.join_token)
+        "/api/v1/nodes/join", json=join_body(node), headers=bearer(server.join_token)
     )
     assert "aether nodes allow" in assert_envelope(rejoin, 403, "node_revoked")["message"]
     allowed = await http.post(f"/api/v1/nodes/{node}/allow", headers=bearer(server.admin_token))
     assert allowed.json() == {"node": node, "revoked": False}
     rejoin = await http.post(
-        "/api/v1/nodes/join", json={"id": node}, headers=bearer(server.join_token)
+        "/api/v1/nodes/join", json=join_body(node), headers=bearer(server.join_token)
     )
     assert rejoin.status_code == 201
     assert_envelope(

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from aether.trust import ca
+
 __all__ = [
     "DIGEST_HEADER",
     "MAX_ARTIFACT_BYTES",
@@ -16,6 +18,7 @@ __all__ = [
     "audit_events",
     "bearer",
     "deploy",
+    "join_body",
     "join_node",
     "make_agent",
     "sha256_of",
@@ -58,10 +61,18 @@ def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[st
     return result
 
 
+def join_body(node: str) -> dict[str, str]:
+    """What a node sends to join: its id and a CSR for a key of its own."""
+    return {"id": node, "csr": ca.new_request(ca.new_key(), node)}
+
+
 def join_node(base_url: str, join_token: str, node: str) -> str:
     """Exchange the join token for node ``node``'s own credential (``POST /nodes/join``)."""
     response = httpx.post(
-        f"{base_url}/api/v1/nodes/join", json={"id": node}, headers=bearer(join_token), timeout=10
+        f"{base_url}/api/v1/nodes/join",
+        json=join_body(node),
+        headers=bearer(join_token),
+        timeout=10,
     )
     assert response.status_code == 201, response.text
     credential: str = response.json()["credential"]

@@ -66,8 +66,10 @@ class Cluster:
         self.env["AETHER_SERVER"] = self.api
         self.env["AETHER_TOKEN"] = self.admin_token
 
-    def start_node(self, name: str, *extra: str) -> None:
-        """Start node ``name`` (``extra``: more ``aether node`` arguments) and wait for it."""
+    def start_node(
+        self, name: str, *extra: str, token: str | None = None, wait: bool = True
+    ) -> None:
+        """Start node ``name`` (``extra``: more ``aether node`` arguments)."""
         port = self.router_ports.setdefault(name, free_port())
         self.nodes[name] = self._spawn(
             [
@@ -75,7 +77,7 @@ class Cluster:
                 "--server",
                 self.api,
                 "--join-token",
-                self.join_token,
+                token or self.join_token,
                 "--data-dir",
                 str(self.root / name),
                 "--router-port",
@@ -86,7 +88,8 @@ class Cluster:
             ],
             f"{name}.log",
         )
-        wait_for(lambda: self.node_state(name) == "ready", 30, f"node {name} ready")
+        if wait:
+            wait_for(lambda: self.node_state(name) == "ready", 30, f"node {name} ready")
 
     def router(self, name: str) -> str:
         return f"http://127.0.0.1:{self.router_ports[name]}"

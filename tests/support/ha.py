@@ -60,6 +60,9 @@ class HaCluster(Cluster):
                     "AETHER_S3_ACCESS_KEY": s3.access_key,
                     "AETHER_S3_SECRET_KEY": s3.secret_key,
                     "AETHER_S3_REGION": s3.region,
+                    # every server has the same secrets key (docs/production.md): it
+                    # seals the cluster CA's key and the tenants' secrets
+                    "AETHER_SECRETS_KEY_FILE": str(self.root / "secrets.key"),
                 }
             )
         for index in range(len(self.server_urls)):

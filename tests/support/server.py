@@ -126,6 +126,10 @@ def running_server(
     ``egress_allow=""`` for a server with the default guard."""
     port = port or free_port()
     settings.setdefault("egress_allow", "127.0.0.0/8")
+    # the API tests play nodes with their credentials over plain HTTP; the node port's
+    # mutual TLS has its own tests (tests/server/test_node_mtls.py) and every real
+    # `aether node` in the e2e tests uses it
+    settings.setdefault("node_auth", "credential")
     app = create_asgi(ServerSettings(data_dir=data_dir, port=port, **settings))
     config = uvicorn.Config(
         app,

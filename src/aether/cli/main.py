@@ -190,6 +190,14 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         p.add_argument("--host", default=None)
         p.add_argument("--port", type=int, default=None)
         p.add_argument("--public-url", default=None)
+        p.add_argument(
+            "--node-port",
+            type=int,
+            default=None,
+            help="where nodes call, mutual TLS only (AETHER_NODE_PORT; default 0: any free port)",
+        )
+        p.add_argument("--tls-cert", default=None, help="serve the API over HTTPS (PEM)")
+        p.add_argument("--tls-key", default=None, help="the --tls-cert's private key (PEM)")
 
     if p := sub.add("node", help="run a node daemon on this machine"):
         p.add_argument("--server", required=True, help="API URL; several: URL,URL,... (failover)")
@@ -223,6 +231,12 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
             help="plain HTTP requests for a host name with a certificate get a 308 to HTTPS",
         )
         p.add_argument("--advertise-host", default="127.0.0.1")
+        p.add_argument(
+            "--server-ca",
+            default=None,
+            metavar="FILE",
+            help="the CA (PEM) an https --server is verified by when joining (default: system's)",
+        )
         p.add_argument("--id", default=None, help="node id (default: kept in the data dir)")
         p.add_argument("--label", action="append", default=[], help="KEY=VALUE, repeatable")
         p.add_argument(
@@ -539,11 +553,32 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         q.add_argument("--name", default="cli", help="what the token is for")
         q.add_argument("--user", default=None, help="a member (e.g. a service account): its role")
         q.add_argument("--expires", default=None, help="stop working after 30m, 12h, 90d, ...")
+        q.add_argument(
+            "--uses", type=int, default=None, help="join tokens: how many nodes may join with it"
+        )
+        _common(q)
+        q = tokens_sub.add_parser(
+            "join", help="print a new join token for nodes (cluster admins; shown once)"
+        )
+        q.add_argument("--ttl", default="1h", help="stop working after 30m, 12h, ... (default 1h)")
+        q.add_argument("--uses", type=int, default=1, help="how many nodes may join (default 1)")
+        q.add_argument("--name", default="join", help="what the token is for")
         _common(q)
         q = tokens_sub.add_parser("list", help="this tenant's tokens")
         _common(q)
         q = tokens_sub.add_parser("revoke", help="revoke a token by id")
         q.add_argument("id")
+        _common(q)
+
+    if p := sub.add("ca", help="the cluster CA: show it, rotate it (cluster admins)"):
+        ca_sub = p.add_subparsers(dest="ca_command", metavar="SUBCOMMAND", parser_class=_Parser)
+        ca_sub.required = True
+        q = ca_sub.add_parser("show", help="the CAs trusted now, which one issues")
+        _common(q)
+        q = ca_sub.add_parser(
+            "rotate", help="a new CA; the old one stays trusted for --overlap while nodes renew"
+        )
+        q.add_argument("--overlap", default="1h", help="how long both are trusted (default 1h)")
         _common(q)
 
     if p := sub.add("limits", help="a tenant's request rate and quotas, and its use"):
@@ -1003,6 +1038,7 @@ _MODULES = {
     "nodes-revoke": "tokens",
     "nodes-allow": "tokens",
     "tokens": "tokens",
+    "ca": "ca",
     "limits": "limits",
     "tenants": "tenants",
     "models": "models",

@@ -141,6 +141,7 @@ class ServerOut(BaseModel):
     url: str
     version: str
     started_at: float
+    node_url: str | None = None  # where nodes call it (mutual TLS)
 
 
 class StatusOut(BaseModel):
@@ -170,14 +171,22 @@ NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class JoinIn(BaseModel):
-    """A join token's one call: a credential of its own for node ``id``."""
+    """A join token's one call: a credential and a certificate of its own for node ``id``."""
 
     id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
+    csr: str = Field(max_length=16384)  # PEM: the node's key; the CA names the identity
 
 
 class JoinOut(BaseModel):
     node_id: str
-    credential: str  # the node's own secret: node routes accept nothing else
+    # the node's own secret, sent with every call over mutual TLS with its certificate:
+    # node routes accept it only from a connection whose certificate names the same node
+    credential: str
+    certificate: str  # PEM: spiffe://{cluster}/node/{node_id}, short-lived (renewed)
+    authorities: list[str]  # PEM: the cluster CAs the node trusts the servers by
+    node_urls: list[str]  # the servers' node ports (https), every live server
+    not_after: float
+    renew_at: float
 
 
 class RegisterIn(BaseModel):

@@ -1,10 +1,13 @@
 """``aether node``: register, heartbeat, follow assignments, run instances, route.
 
 A node joins once: the join token is exchanged for a credential of its own
-(``DATA_DIR/node.credential``, 0600), which every later call uses. If the server
-stops accepting it (401: revoked, or unknown to a restored server) the node
-joins again with its join token, if it has one; a node an admin revoked is
-refused (403) and stops.
+(``DATA_DIR/node.credential``, 0600) and a short-lived certificate for its own key
+(``node.identity``). Every later call goes to the servers' node ports over mutual
+TLS with that certificate, carrying the credential; the node renews the
+certificate two-thirds through its life, and at once when the servers trust a CA
+it does not know (a rotation). If the server stops accepting the credential (401:
+revoked, or unknown to a restored server) the node joins again with its join
+token, if it has one; a node an admin revoked is refused (403) and stops.
 
 The node is level-triggered like the leader: the assignment stream keeps a
 local copy of this node's instance keys and of all endpoints; a reconcile pass
@@ -45,6 +48,7 @@ from aether.model.placements import AgentPlacement
 from aether.node.capabilities import fingerprint
 from aether.node.cleanup import sweep
 from aether.node.drivers import instance_drivers, sandbox_drivers
+from aether.node.identity import NodeIdentity
 from aether.node.logship import LogShipper
 from aether.node.orphans import store_stale_orphan
 from aether.node.router import Router
@@ -78,6 +82,8 @@ class NodeOptions:
     # "bwrap": app instances run sandboxed (the default); "none": as plain processes
     # of the node, for trusted single-tenant setups only (--isolation none)
     isolation: str = "bwrap"
+    # the CA (PEM file) to verify an https API URL by when joining; None: the system's
+    server_ca: Path | None = None
     # the router serves HTTPS too (certificates per host name: node/router_tls.py)
     router_tls: TlsOptions | None = None
 
@@ -103,7 +109,10 @@ class NodeDaemon:
         (options.data_dir / "instances").mkdir(mode=0o700, exist_ok=True)
         (options.data_dir / "instances").chmod(0o700)
         self.node_id = _node_id(options.data_dir, options.node_id)
-        self.client = ApiClient(options.server, None)  # the node's credential, once it has it
+        self.identity = NodeIdentity.load(options.data_dir, self.node_id)
+        self.renew_now = asyncio.Event()  # the servers trust a CA this node does not know
+        # the node's credential and certificate, once it has them (``ensure_credential``)
+        self.client = ApiClient(options.server, None)
         self.drivers, self.isolation, self.isolation_detail = instance_drivers(options.isolation)
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
         self.router = Router(
@@ -200,14 +209,25 @@ class NodeDaemon:
         return self.options.data_dir / CREDENTIAL_FILE
 
     async def ensure_credential(self) -> None:
-        """Use the stored credential, or join with the join token to get one."""
+        """Use the stored credential and certificate, or join with the join token."""
         try:
             credential = self.credential_path.read_text().strip()
         except FileNotFoundError:
             credential = ""
-        if not credential:
+        if not credential or not self.identity.usable:
             credential = await self._join()
         self.client.use_token(credential)
+        assert self.identity.context is not None
+        self.client.use_identity(self.identity.node_urls, self.identity.context)
+
+    def _api_client(self, token: str | None) -> ApiClient:
+        """A client for the API URL (joining, finding the node ports again)."""
+        verify = None
+        if self.options.server_ca is not None:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=str(self.options.server_ca))
+        return ApiClient(self.options.server, token, verify=verify)
 
     async def _join(self) -> str:
         token = self.options.join_token
@@ -215,30 +235,39 @@ class NodeDaemon:
             raise CredentialError(
                 f"node {self.node_id} has no credential ({self.credential_path}) and no join "
                 "token to get one: start it with --join-token-file (a cluster admin creates "
-                "one with `aether tokens create --role join`)"
+                "one with `aether tokens join`)"
             )
         delay = 0.2
-        async with ApiClient(self.options.server, token) as joiner:
+        async with self._api_client(token) as joiner:
             while True:
                 try:
-                    joined = await joiner.join(self.node_id)
+                    joined = await joiner.join(self.node_id, self.identity.request())
                     break
                 except ForbiddenError as exc:
                     raise CredentialError(f"node {self.node_id} may not join: {exc}") from None
                 except UnauthorizedError as exc:
+                    if exc.code == "join_token_used":  # single-use, already used: final
+                        raise CredentialError(f"node {self.node_id} may not join: {exc}") from None
                     log.error("the server refused the join token (%s); retrying", exc)
                     await asyncio.sleep(5)
                 except AetherError as exc:
                     log.info("cannot join yet (%s); retrying", exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5)
+        self.identity.take(joined.certificate, joined.authorities, joined.node_urls)
         path = self.credential_path
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(joined.credential + "\n")
         os.replace(tmp, path)
-        log.info("node %s joined: its credential is in %s", self.node_id, path)
+        log.info(
+            "node %s joined: credential in %s, certificate until %s; calling %s",
+            self.node_id,
+            path,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(joined.not_after)),
+            ", ".join(joined.node_urls),
+        )
         return joined.credential
 
     async def _credential_refused(self, exc: UnauthorizedError) -> None:
@@ -250,6 +279,45 @@ class NodeDaemon:
         )
         self.credential_path.unlink(missing_ok=True)
         self.client.use_token(await self._join())
+        assert self.identity.context is not None
+        self.client.use_identity(self.identity.node_urls, self.identity.context)
+
+    async def _renew(self) -> None:
+        """Renew the certificate two-thirds through its life, or when told a new CA."""
+        while True:
+            wait = max(0.0, self.identity.renew_at() - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.renew_now.wait(), wait)
+            self.renew_now.clear()
+            try:
+                issued = await self.client.renew_certificate(self.node_id, self.identity.request())
+            except AetherError as exc:
+                log.warning("renewing this node's certificate failed (%s); retrying", exc)
+                await asyncio.sleep(5)
+                continue
+            context = self.identity.take(issued.certificate, issued.authorities)
+            self.client.use_identity(self.identity.node_urls, context)
+            log.info(
+                "node %s renewed its certificate (until %s)",
+                self.node_id,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(issued.not_after)),
+            )
+
+    async def _find_servers(self) -> None:
+        """No node port answered: ask the API URL where they are now (a server restarted
+        on another port)."""
+        try:
+            async with self._api_client(None) as api:
+                trust = await api.cluster_trust()
+        except AetherError as exc:
+            log.debug("asking %s for the node ports failed (%s)", self.options.server, exc)
+            return
+        if trust.node_urls and tuple(trust.node_urls) != self.identity.node_urls:
+            context = self.identity.take(
+                self.identity.certificate, list(self.identity.authorities), trust.node_urls
+            )
+            self.client.use_identity(self.identity.node_urls, context)
+            log.info("the servers' node ports are now %s", ", ".join(trust.node_urls))
 
     async def run(self) -> None:
         try:
@@ -260,6 +328,7 @@ class NodeDaemon:
         await self.router.start()
         log.info("node %s: router on %s", self.node_id, self.router_url)
         print(f"aether node {self.node_id}: router on {self.router_url}", flush=True)
+        renewal = asyncio.create_task(self._renew(), name="certificate")
         reconciler = asyncio.create_task(self._reconcile_loop(), name="reconcile")
         shipper = asyncio.create_task(self.shipper.run(), name="logs")
         worker = asyncio.create_task(self.tasks.run(), name="tasks")
@@ -282,6 +351,7 @@ class NodeDaemon:
                 await asyncio.gather(*session, return_exceptions=True)
                 log.warning("node %s lost its lease; registering again", self.node_id)
         finally:
+            renewal.cancel()
             reconciler.cancel()
             shipper.cancel()
             worker.cancel()
@@ -324,6 +394,8 @@ class NodeDaemon:
                 await self._credential_refused(exc)
             except AetherError as exc:
                 log.info("cannot register yet (%s); retrying", exc)
+                if exc.status == 0 or exc.status >= 500:
+                    await self._find_servers()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)
         self.config.drain_grace = self.registration.drain_grace
@@ -342,8 +414,10 @@ class NodeDaemon:
             await asyncio.sleep(reg.heartbeat_interval)
             try:
                 sent, sent_wall = time.monotonic(), time.time()
-                await self.client.heartbeat(self.node_id, reg.lease_id)
+                answer = await self.client.heartbeat(self.node_id, reg.lease_id)
                 self._lease_acked(sent, sent_wall)
+                if set(answer.get("authorities") or ()) - set(self.identity.fingerprints()):
+                    self.renew_now.set()  # a new CA: renew from it before the old retires
                 self._unfence()
             except (NotFoundError, UnauthorizedError):  # registering again says which
                 self.lease_lost.set()

@@ -50,6 +50,7 @@ from aether.server.api import migrations as migrations_api
 from aether.server.api import rebalance as rebalance_api
 from aether.server.api import slices as slices_api
 from aether.server.api import telemetry as telemetry_api
+from aether.server.api import trust as trust_api
 from aether.server.api.prometheus import install_metrics
 from aether.server.console import install_console
 from aether.server.context import ServerContext
@@ -60,6 +61,7 @@ from aether.server.http.errors import install_error_handlers
 from aether.server.http.forward import LeaderForward
 from aether.server.http.idempotency import IdempotencyMiddleware
 from aether.server.http.limits import InputLimits
+from aether.server.http.node_port import NodePort
 from aether.server.http.openapi import install_openapi
 from aether.server.http.prometheus import ServerMetrics
 from aether.server.http.ratelimit import RateLimiter, RateLimitHeaders, open_storage
@@ -78,6 +80,7 @@ from aether.server.services.presence import announce
 from aether.server.services.revocations import follow_revocations
 from aether.server.services.secretbox import SecretBox, key_path
 from aether.server.services.telemetry import TelemetryHub
+from aether.server.services.trust import ServerTrust, follow_trust, server_name
 from aether.server.settings import ServerSettings
 from aether.store import open_state_store
 from aether.store.records import DEFAULT_TENANT, Records, open_records, upgrade_schema
@@ -187,6 +190,9 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         registry = await _open_registry(settings, data_dir)
         if isinstance(registry, S3ArtifactRegistry):
             exits.push_async_callback(registry.aclose)
+        secrets = SecretBox.load(key_path(data_dir, settings.secrets_key_file))
+        trust = ServerTrust(settings, secrets, store, server_name(settings.api_url()))
+        await trust.start()
         ctx = ServerContext(
             settings=settings,
             server_id=settings.api_url(),  # the leader key names it: followers forward there
@@ -200,7 +206,8 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             queue=_open_queue(settings, sessions),
             limiter=RateLimiter(settings, records, open_storage(settings)),
             oidc=OidcClient(settings),
-            secrets=SecretBox.load(key_path(data_dir, settings.secrets_key_file)),
+            secrets=secrets,
+            trust=trust,
             telemetry=TelemetryHub(
                 records,
                 retention_days=settings.metrics_retention_days,
@@ -213,12 +220,16 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         app.state.leader = leader
         task = asyncio.create_task(leader.run(), name="leader")
         expiry = asyncio.create_task(_expire_claims(ctx), name="task-leases")
+        node_port = await NodePort.open(app, ctx)
+        exits.push_async_callback(node_port.close)
+        trusting = asyncio.create_task(follow_trust(trust), name="trust")
         presence = asyncio.create_task(announce(ctx), name="presence")
         revocations = asyncio.create_task(follow_revocations(ctx), name="revocations")
         try:
             yield
         finally:
             revocations.cancel()
+            trusting.cancel()
             presence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await presence
@@ -295,6 +306,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.include_router(backup_api.router, prefix="/api/v1")
     app.include_router(events_api.router, prefix="/api/v1")
     app.include_router(slices_api.router, prefix="/api/v1")
+    app.include_router(trust_api.router, prefix="/api/v1")
     app.include_router(blueprints_api.router, prefix="/api/v1")
     install_openapi(app)
     install_console(app)

@@ -26,6 +26,7 @@ from aether.server.services.logstore import LogStore
 from aether.server.services.oidc import OidcClient
 from aether.server.services.secretbox import SecretBox
 from aether.server.services.telemetry import TelemetryHub
+from aether.server.services.trust import ServerTrust
 from aether.server.settings import ServerSettings
 from aether.store.base import StateStore
 from aether.store.records import Records
@@ -49,6 +50,7 @@ class ServerContext:
     limiter: RateLimiter = field(kw_only=True)  # requests per tenant (http/ratelimit.py)
     oidc: OidcClient = field(kw_only=True)  # single sign-on (services/oidc.py); may be off
     secrets: SecretBox = field(kw_only=True)  # seals stored secrets (services/secretbox.py)
+    trust: ServerTrust = field(kw_only=True)  # the cluster CA, the node port's TLS
     task_submitted: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
     # node telemetry: latest push per node, the per-second samples, roll-ups (leader)
     telemetry: TelemetryHub = field(default_factory=TelemetryHub, kw_only=True)

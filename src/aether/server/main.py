@@ -49,11 +49,24 @@ def serve(settings: ServerSettings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=2,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
     )
     server = uvicorn.Server(config)
     logging.getLogger("aether.server").info("listening on %s", settings.api_url())
+    if settings.node_auth == "credential":
+        logging.getLogger("aether.server").warning(
+            "AETHER_NODE_AUTH=credential: nodes may call the API port with a credential alone, "
+            "without their certificate; use it only while upgrading nodes from before 0.2"
+        )
     print(
         f"aether server: API on {settings.api_url()}/api/v1 (data in {settings.data_dir})",
         flush=True,
     )
+    if not settings.tls_cert:
+        where = "loopback (the embedded demo)" if not settings.allow_plain_http else settings.host
+        print(
+            f"aether server: the API is plain HTTP on {where}; --tls-cert/--tls-key serve HTTPS",
+            flush=True,
+        )
     asyncio.run(server.serve())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,6 +16,15 @@ if TYPE_CHECKING:
 __all__ = ["ServerSettings"]
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AETHER_", extra="ignore")
 
@@ -22,6 +32,41 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 7070
     public_url: str | None = None
+    # -- trust: the cluster CA, the node port (mutual TLS), TLS for the API ---------------
+    cluster_name: str = Field(
+        default="aether",
+        pattern=r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$",
+        description="the SPIFFE trust domain: identities are spiffe://NAME/node/ID",
+    )
+    node_port: int = Field(
+        default=0, ge=0, le=65535, description="where nodes call, mutual TLS only; 0: any free port"
+    )
+    node_cert_seconds: float = Field(
+        default=86400.0,
+        ge=5,
+        le=366 * 86400,
+        description="lifetime of node and server certificates",
+    )
+    node_auth: Literal["mtls", "credential"] = Field(
+        default="mtls",
+        description="mtls: node calls need the node's certificate (the node port); credential: "
+        "a node credential alone is also accepted on the API port (nodes from before "
+        "certificates, while they are upgraded; insecure)",
+    )
+    ca_cert_file: str = Field(default="", description="a CA to use (PEM) when the cluster has none")
+    ca_key_file: str = Field(default="", description="its private key (PEM, unencrypted)")
+    tls_cert: str = Field(default="", description="serve the API over HTTPS with this certificate")
+    tls_key: str = Field(default="", description="its private key")
+    allow_plain_http: bool = Field(
+        default=False,
+        description="serve the API over plain HTTP on an address other than loopback (behind "
+        "a TLS-terminating proxy); without it such a server refuses to start",
+    )
+    tls_san: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="extra host names / addresses in the servers' certificates "
+        "(AETHER_TLS_SAN: comma-separated)",
+    )
     state_url: str | None = Field(default=None, description="default sqlite:///DATA/state.db")
     records_url: str | None = Field(default=None, description="default sqlite:///DATA/records.db")
     # -- the state store on etcd (state_url etcd://… or etcds://… for TLS) ----------------
@@ -206,6 +251,27 @@ class ServerSettings(BaseSettings):
                 )
         return self
 
+    @field_validator("tls_san", mode="before")
+    @classmethod
+    def _san_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key (AETHER_TLS_CERT/KEY) go together")
+        if not self.tls_cert and not self.allow_plain_http and not _loopback(self.host):
+            raise ValueError(
+                f"the API would serve plain HTTP on {self.host}, beyond loopback: pass "
+                "--tls-cert/--tls-key (AETHER_TLS_CERT/KEY), or AETHER_ALLOW_PLAIN_HTTP=true "
+                "behind a proxy that terminates TLS"
+            )
+        if bool(self.ca_cert_file) != bool(self.ca_key_file):
+            raise ValueError("AETHER_CA_CERT_FILE and AETHER_CA_KEY_FILE go together")
+        return self
+
     @field_validator("egress_allow", mode="before")
     @classmethod
     def _egress_cidrs(cls, value: Any) -> Any:
@@ -323,4 +389,5 @@ class ServerSettings(BaseSettings):
         return self.records_url or f"sqlite:///{self.data_dir.resolve() / 'records.db'}"
 
     def api_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"

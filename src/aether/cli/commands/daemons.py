@@ -35,6 +35,9 @@ def _server(args: argparse.Namespace) -> int:
             "host": args.host,
             "port": args.port,
             "public_url": args.public_url,
+            "node_port": args.node_port,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
         }.items()
         if v is not None
     }
@@ -99,7 +102,7 @@ def _node(args: argparse.Namespace) -> int:
         raise CliError(
             "a join token is needed to join: --join-token, --join-token-file or "
             "AETHER_JOIN_TOKEN (the server wrote one to DATA_DIR/join.token; a cluster admin "
-            "creates more with `aether tokens create --role join`)",
+            "creates more with `aether tokens join`)",
             kind="usage",
         )
     isolation = args.isolation or os.environ.get("AETHER_NODE_ISOLATION") or "bwrap"
@@ -116,6 +119,7 @@ def _node(args: argparse.Namespace) -> int:
         node_id=args.id,
         labels=_labels(args.label),
         isolation=isolation,
+        server_ca=Path(args.server_ca).resolve() if args.server_ca else None,
     )
 
     async def main() -> None:

@@ -1,9 +1,11 @@
 """``aether tokens`` (create, list, revoke) and ``aether nodes revoke|allow NODE``.
 
-Join tokens (``--role join``) add nodes to the cluster: only a cluster admin (an
-admin of the default tenant) creates them. A node exchanges one for a
-credential of its own when it starts; ``aether nodes revoke NODE`` ends that
-credential and bars the node from joining again until ``aether nodes allow``.
+Join tokens (``aether tokens join --ttl 1h --uses 1``, or ``create --role join``)
+add nodes to the cluster: only a cluster admin (an admin of the default tenant)
+creates them; one made for a number of uses joins that many nodes, no more. A
+node exchanges one for a credential and a certificate of its own when it starts;
+``aether nodes revoke NODE`` ends that credential and bars the node from joining
+again until ``aether nodes allow``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from aether.cli.output import CliError, emit, table
 from aether.cli.session import api_client
 
 __all__ = ["run"]
+
+
+def _seconds(flag: str, text: str) -> int:
+    seconds = duration_seconds(text)
+    if seconds is None:
+        raise CliError(f"{flag} {text!r}: give a duration (30m, 12h, 90d)", kind="usage")
+    return int(seconds)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -33,17 +42,16 @@ async def run(args: argparse.Namespace) -> int:
         elif args.tokens_command == "create":
             if args.role is None and args.user is None:
                 raise CliError("a token needs --role, or --user whose role it takes", kind="usage")
-            expires = None
-            if args.expires is not None:
-                seconds = duration_seconds(args.expires)
-                if seconds is None:
-                    raise CliError(
-                        f"--expires {args.expires!r}: give a duration (30m, 12h, 90d)",
-                        kind="usage",
-                    )
-                expires = int(seconds)
+            expires = None if args.expires is None else _seconds("--expires", args.expires)
             token = await client.create_token(
-                args.role, args.name, user=args.user, expires_in=expires
+                args.role, args.name, user=args.user, expires_in=expires, uses=args.uses
+            )
+            emit(args, token, str(token["token"]))
+        elif args.tokens_command == "join":
+            if args.uses < 1:
+                raise CliError("--uses must be at least 1", kind="usage")
+            token = await client.create_token(
+                "join", args.name, expires_in=_seconds("--ttl", args.ttl), uses=args.uses
             )
             emit(args, token, str(token["token"]))
         elif args.tokens_command == "revoke":
@@ -56,10 +64,16 @@ async def run(args: argparse.Namespace) -> int:
                 {"tokens": tokens},
                 table(
                     [
-                        [t["id"], t["name"], t["role"], "revoked" if t["revoked_at"] else ""]
+                        [
+                            t["id"],
+                            t["name"],
+                            t["role"],
+                            "revoked" if t["revoked_at"] else "",
+                            "" if t.get("uses_left") is None else str(t["uses_left"]),
+                        ]
                         for t in tokens
                     ],
-                    ["id", "name", "role", "state"],
+                    ["id", "name", "role", "state", "uses left"],
                 ),
             )
     return 0

@@ -27,7 +27,7 @@ from aether.core.controller import DRAINED_BY_OPERATOR
 from aether.core.features import node_config
 from aether.core.lifecycle import Command, State, can_report
 from aether.core.withdrawal import RouterState, waiting_for
-from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
 from aether.model.api import (
     JoinIn,
     JoinOut,
@@ -62,8 +62,10 @@ from aether.server.http.auth import (
 from aether.server.services.cluster import dump, read_snapshot
 from aether.server.services.drain import assigned, set_draining
 from aether.server.services.migrations import drain_node
+from aether.server.services.presence import node_urls
 from aether.server.services.revocations import forget_tokens
 from aether.store.base import CompactedError, Compare, Delete, LeaseNotFoundError, Op, Put
+from aether.trust import ca
 
 __all__ = ["router"]
 
@@ -108,10 +110,29 @@ async def _node_record(ctx: ServerContext, node: str) -> tuple[NodeRecord, int]:
 
 @router.post("/nodes/join", status_code=201)
 async def join(body: JoinIn, caller: JoinCaller, ctx: Ctx) -> JoinOut:
-    """A join token's one call: a new credential for node ``id`` (its earlier ones stop)."""
+    """A join token's one call: a new credential and certificate for node ``id`` (its
+    earlier credentials stop). A token made for a number of uses loses one; a used-up
+    one is a 401 ``join_token_used``, so a replayed single-use token joins nothing."""
+    try:  # a bad CSR is refused before the token loses a use
+        issued = ctx.trust.issue_node(body.id, body.csr)
+    except ca.CertificateError as exc:
+        raise BadRequestError(f"csr: {exc}") from None
+    if not await ctx.records.use_join_token(caller.token_id):
+        raise UnauthorizedError(
+            "this join token is used up or revoked; ask for a new one (`aether tokens join`)",
+            code="join_token_used",
+        )
     _, credential, replaced = await ctx.records.join_node(caller.tenant_id, body.id)
     await forget_tokens(ctx, replaced)
-    return JoinOut(node_id=body.id, credential=credential)
+    return JoinOut(
+        node_id=body.id,
+        credential=credential,
+        certificate=issued.certificate,
+        authorities=issued.authorities,
+        node_urls=await node_urls(ctx),
+        not_after=issued.not_after,
+        renew_at=issued.renew_at,
+    )
 
 
 @router.post("/nodes/register")
@@ -167,7 +188,8 @@ async def heartbeat(
         ttl = await ctx.store.lease_keepalive(body.lease_id)
     except LeaseNotFoundError:
         raise NotFoundError("lease expired; register again", code="lease_not_found") from None
-    return {"ttl": ttl}
+    # the CAs trusted now: a node that sees a new one renews its certificate from it
+    return {"ttl": ttl, "authorities": ctx.trust.fingerprints()}
 
 
 def _relevant(key: str, node: str) -> bool:

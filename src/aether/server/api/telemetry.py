@@ -44,9 +44,16 @@ from aether.model.telemetry import (
 )
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
-from aether.server.http.auth import Caller, NodeCaller, cached_caller, own_node
+from aether.server.http.auth import (
+    FORWARDED_IDENTITY,
+    Caller,
+    NodeCaller,
+    cached_caller,
+    own_node,
+)
 from aether.server.http.idempotency import replay_body
 from aether.server.http.limits import MAX_PUSH_BYTES
+from aether.server.http.mtls import CLIENT_CERT
 from aether.store.records import Principal
 
 __all__ = ["MAX_PUSH_BYTES", "TelemetryFastPath", "router"]
@@ -306,6 +313,7 @@ async def stream(caller: Caller, ctx: Ctx) -> StreamingResponse:
 
 # -- the fast path -----------------------------------------------------------------------
 
+FORWARDED_HEADER = FORWARDED_IDENTITY.encode()
 _PREFIX = "/api/v1/nodes/"
 _SUFFIX = "/metrics"
 
@@ -328,7 +336,7 @@ class TelemetryFastPath:
             return
         started = time.perf_counter()
         node = path[len(_PREFIX) : -len(_SUFFIX)]
-        authorization = namespace = None
+        authorization = namespace = forwarded = None
         length = 0
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -337,6 +345,8 @@ class TelemetryFastPath:
                 length = int(value) if value.isdigit() else MAX_PUSH_BYTES + 1
             elif name == b"x-aether-namespace":
                 namespace = value.decode("latin-1")
+            elif name == FORWARDED_HEADER:
+                forwarded = value.decode("latin-1")
             elif name == b"idempotency-key":
                 authorization = None  # the idempotency middleware's business: full route
         app = scope.get("app")
@@ -344,7 +354,14 @@ class TelemetryFastPath:
         caller = (
             None
             if ctx is None or authorization is None
-            else cached_caller(ctx, authorization, namespace, "node")
+            else cached_caller(
+                ctx,
+                authorization,
+                namespace,
+                "node",
+                client_cert=scope.get("state", {}).get(CLIENT_CERT),
+                forwarded=forwarded,
+            )
         )
         if (
             ctx is None

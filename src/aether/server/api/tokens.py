@@ -36,6 +36,8 @@ class TokenIn(BaseModel):
     user: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     #: seconds from now until the token stops working; none: until revoked
     expires_in: Annotated[int, Field(ge=60, le=10 * 365 * 86400)] | None = None
+    #: a join token only: how many nodes may join with it (the last join revokes it)
+    uses: Annotated[int, Field(ge=1, le=100_000)] | None = None
 
 
 class TokenOut(BaseModel):
@@ -46,6 +48,7 @@ class TokenOut(BaseModel):
     created_at: Timestamp | None = None
     expires_at: Timestamp | None = None
     revoked_at: Timestamp | None = None
+    uses_left: int | None = None  # a join token's joins still allowed; None: no limit
     token: str | None = None  # only when issued
 
 
@@ -58,6 +61,8 @@ async def issue(body: TokenIn, request: Request, caller: Admin, ctx: Ctx) -> Tok
             "tokens/join",
             "only a cluster admin (an admin of the default tenant) may create join tokens",
         )
+    if body.uses is not None and body.role != "join":
+        raise BadRequestError("only a join token has a number of uses")
     expires = now() + timedelta(seconds=body.expires_in) if body.expires_in else None
     user_id: str | None = None
     role: str | None = body.role
@@ -71,10 +76,16 @@ async def issue(body: TokenIn, request: Request, caller: Admin, ctx: Ctx) -> Tok
     if role is None:
         raise BadRequestError("a token needs a role, or a user whose role it takes")
     token_id, token = await ctx.records.issue_token(
-        caller.tenant_id, role, body.name, user_id=user_id, expires_at=expires
+        caller.tenant_id, role, body.name, user_id=user_id, expires_at=expires, uses=body.uses
     )
     return TokenOut(
-        id=token_id, name=body.name, role=role, user=body.user, expires_at=expires, token=token
+        id=token_id,
+        name=body.name,
+        role=role,
+        user=body.user,
+        expires_at=expires,
+        uses_left=body.uses,
+        token=token,
     )
 
 
@@ -90,6 +101,7 @@ async def list_tokens(caller: Admin, ctx: Ctx) -> list[TokenOut]:
             created_at=t.created_at,
             expires_at=t.expires_at,
             revoked_at=t.revoked_at,
+            uses_left=t.uses_left,
         )
         for t in await ctx.records.list_tokens(caller.tenant_id)
     ]

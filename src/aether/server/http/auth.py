@@ -11,11 +11,13 @@ from fastapi import Depends, Request
 from aether.errors import ForbiddenError, UnauthorizedError
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
+from aether.server.http.mtls import CLIENT_CERT
 from aether.server.http.ratelimit import limit_rate
 from aether.server.http.sessions import CSRF_HEADER, SESSION_COOKIE, session_principal
 from aether.store.records import Principal
 
 __all__ = [
+    "FORWARDED_IDENTITY",
     "Admin",
     "Caller",
     "ClusterAdmin",
@@ -26,6 +28,7 @@ __all__ = [
     "SignalWriter",
     "authenticate",
     "cached_caller",
+    "node_identity_error",
     "own_node",
     "require",
 ]
@@ -45,6 +48,44 @@ _ALLOWED: dict[str, frozenset[str]] = {
     # (a watcher on the node reading cloud metadata)
     "signal": frozenset({"admin", "operator", "node"}),
 }
+
+
+#: set by a server that passes a node's call on to the leader (``http/forward.py``): the
+#: identity of the client certificate it verified. Believed only from another server's
+#: certificate; a server drops it from what it receives otherwise.
+FORWARDED_IDENTITY = "x-aether-forwarded-identity"
+
+
+def node_identity_error(
+    ctx: ServerContext, node: str, client_cert: str | None, forwarded: str | None
+) -> str | None:
+    """Why a node credential for ``node`` may not be used on this connection, or None.
+
+    A node's credential counts only together with its certificate: the call must come
+    over the node port (mutual TLS) with a certificate that names the same node — or
+    from another server, whose certificate names it a server, passing on such a call."""
+    if client_cert is None:
+        if ctx.settings.node_auth == "credential":
+            return None  # AETHER_NODE_AUTH=credential: nodes from before certificates
+        return (
+            "nodes call the node port over mutual TLS (its URL is in GET /api/v1/cluster/trust); "
+            "a node credential without its certificate is refused"
+        )
+    who = ctx.trust.identity(client_cert)
+    if who is None:
+        return "the client certificate is expired, from an untrusted CA, or names no identity"
+    if who.kind == "server" and forwarded is not None:
+        if forwarded == f"node/{node}":
+            return None
+        return f"the forwarded identity {forwarded!r} is not node {node!r}"
+    if who.kind != "node" or who.name != node:
+        return f"the client certificate names {who.kind} {who.name!r}, not node {node!r}"
+    return None
+
+
+def _client_cert(request: Request) -> str | None:
+    cert: str | None = getattr(request.state, CLIENT_CERT, None)
+    return cert
 
 
 async def authenticate(
@@ -73,12 +114,23 @@ async def authenticate(
             f"this token belongs to namespace {principal.tenant!r}, not {namespace!r}; "
             "check AETHER_DEFAULT_NAMESPACE or default_namespace in the config file"
         )
+    if principal.role == "node" and principal.node is not None:
+        error = node_identity_error(
+            ctx, principal.node, _client_cert(request), request.headers.get(FORWARDED_IDENTITY)
+        )
+        if error is not None:
+            raise UnauthorizedError(error, code="node_identity")
     request.state.principal = principal
     return principal
 
 
 def cached_caller(
-    ctx: ServerContext, authorization: str, namespace: str | None, level: str
+    ctx: ServerContext,
+    authorization: str,
+    namespace: str | None,
+    level: str,
+    client_cert: str | None = None,
+    forwarded: str | None = None,
 ) -> Principal | None:
     """The caller, if its token is in the cache and passes every check of ``authenticate``
     and ``require(level)``; None otherwise (then take the full route, which says why).
@@ -91,7 +143,10 @@ def cached_caller(
     principal = ctx.tokens.get(token.strip(), time.monotonic())
     if principal is None or principal.role not in _ALLOWED[level]:
         return None
-    if principal.role == "node" and principal.node is None:
+    if principal.role == "node" and (
+        principal.node is None
+        or node_identity_error(ctx, principal.node, client_cert, forwarded) is not None
+    ):
         return None
     if namespace and namespace != principal.tenant:
         return None

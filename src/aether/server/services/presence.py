@@ -1,6 +1,6 @@
 """Which servers are up: each keeps ``servers/{url}`` on a lease while it runs.
 
-The key's value is the server's API URL, version and start time; the lease
+The key's value is the server's API URL, version, start time and node port URL; the lease
 (``lease_ttl``) ends the key when a server stops or dies, so the state store
 always lists the live servers (``GET /api/v1/status``'s ``servers``; the
 console's overview).
@@ -20,7 +20,7 @@ from aether.model.api import ServerOut
 from aether.server.context import ServerContext
 from aether.store.base import StoreError
 
-__all__ = ["PREFIX", "announce", "live_servers"]
+__all__ = ["PREFIX", "announce", "live_servers", "node_urls"]
 
 PREFIX = "servers/"
 log = logging.getLogger("aether.server")
@@ -30,7 +30,12 @@ async def announce(ctx: ServerContext) -> None:
     """Keep this server's key alive until cancelled (then end it at once)."""
     key = PREFIX + quote(ctx.server_id, safe="")
     value = json.dumps(
-        {"url": ctx.server_id, "version": __version__, "started_at": time.time()}
+        {
+            "url": ctx.server_id,
+            "version": __version__,
+            "started_at": time.time(),
+            "node_url": ctx.trust.node_urls[0] if ctx.trust.node_urls else None,
+        }
     ).encode()
     ttl = ctx.settings.lease_ttl
     lease = 0
@@ -60,3 +65,15 @@ async def live_servers(ctx: ServerContext) -> list[ServerOut]:
         except ValueError:
             continue
     return sorted(out, key=lambda s: s.url)
+
+
+async def node_urls(ctx: ServerContext) -> list[str]:
+    """Every live server's node port URL (mutual TLS), this server's first."""
+    urls = list(ctx.trust.node_urls)
+    try:
+        for server in await live_servers(ctx):
+            if server.node_url and server.node_url not in urls:
+                urls.append(server.node_url)
+    except StoreError:
+        pass
+    return urls

@@ -20,6 +20,23 @@ __all__ = ["CredentialRecords"]
 class CredentialRecords(TenantRecords):
     """Needs ``issue_token`` of the tenants' part: a credential is a token of role node."""
 
+    async def use_join_token(self, token_id: str) -> bool:
+        """Take one use of a join token: whether it had one left (a token without a count
+        always has). A used-up token stays on record, refused by the join with a reason."""
+        async with self.sessions() as session:
+            row = await session.get(ApiToken, token_id)
+            if row is None or row.revoked_at is not None:
+                return False
+            if row.uses_left is None:
+                return True
+            result = await session.execute(
+                update(ApiToken)
+                .where(ApiToken.id == token_id, ApiToken.uses_left > 0)
+                .values(uses_left=ApiToken.uses_left - 1)
+            )
+            await session.commit()
+            return bool(getattr(result, "rowcount", 0))
+
     async def join_node(self, tenant_id: str, node_id: str) -> tuple[str, str, list[str]]:
         """A new credential for ``node_id``: (id, plain text, ids of the ones it replaced).
 

@@ -94,6 +94,8 @@ class ApiToken(Base):
     # of the tenant (so a change of role or a removal reaches its tokens); None: a bare token
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
     expires_at: Mapped[datetime | None]
+    # a join token's joins still allowed (None: any number); the last one revokes it
+    uses_left: Mapped[int | None] = mapped_column(default=None)
 
 
 class User(Base):

@@ -183,6 +183,7 @@ class TenantRecords(RecordsBase):
         node_id: str | None = None,
         user_id: str | None = None,
         expires_at: datetime | None = None,
+        uses: int | None = None,
     ) -> tuple[str, str]:
         """(id, plain text) of a new token; a node credential names its node, an account's
         token its account (whose membership then gives the role)."""
@@ -205,6 +206,7 @@ class TenantRecords(RecordsBase):
                     node_id=node_id,
                     user_id=user_id,
                     expires_at=expires_at,
+                    uses_left=uses,
                 )
             )
             await session.commit()
