@@ -1,6 +1,6 @@
 """Benchmarks against real processes: deploy latency, node-loss recovery, router.
 
-    .venv/bin/python -m bench.cluster_benches [deploy|node_loss|router|all]
+    .venv/bin/python -m bench.cluster_benches [deploy|node_loss|router|all] [--seconds N]
 
 Each starts its own server and nodes on free loopback ports in a temporary
 directory, prints its figures and writes bench/results/<name>.json.
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import httpx
 
+from aether.ports import free_port
 from bench.common import REPO, summary, write_result
+from tests.support.certs import TestCA
 from tests.support.cluster import Cluster
 from tests.support.waiting import wait_for
 
@@ -137,32 +139,46 @@ def _wrk(url: str, seconds: int = 10, connections: int = 32) -> dict[str, float]
     return {"requests_per_s": rate, **pct}
 
 
-def bench_router() -> None:
+def bench_router(seconds: int = 10) -> None:
+    """wrk against one instance: directly, through the router over plain HTTP, and
+    through the router over HTTPS (TLS ends at the router; the default certificate,
+    wrk connects to an IP so sends no server name), all in the same run."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk (scripts/system-deps.sh bench)")
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = Cluster(Path(tmp))
+        root = Path(tmp)
+        certs = root / "tls"
+        TestCA(root / "ca").issue(certs, "default", "127.0.0.1")
+        https_port = free_port()
+        cluster = Cluster(root)
         try:
             cluster.start_server()
-            cluster.start_node("n1")
+            cluster.start_node("n1", "--https-port", str(https_port), "--tls-dir", str(certs))
             cluster.cli_json("deploy", str(EXAMPLE), "--instances", "1")
             direct = cluster.active("hello-python")[0]["url"] + "/"
             routed = f"{cluster.router('n1')}/apps/hello-python/"
-            _wrk(direct, seconds=2)  # warm up both paths
-            _wrk(routed, seconds=2)
-            direct_figures = _wrk(direct)
-            routed_figures = _wrk(routed)
+            secure = f"https://127.0.0.1:{https_port}/apps/hello-python/"
+            for url in (direct, routed, secure):  # warm up every path
+                _wrk(url, seconds=min(2, seconds))
+            direct_figures = _wrk(direct, seconds=seconds)
+            routed_figures = _wrk(routed, seconds=seconds)
+            https_figures = _wrk(secure, seconds=seconds)
         finally:
             cluster.stop()
     write_result(
         "router",
         {
-            "command": ".venv/bin/python -m bench.cluster_benches router",
-            "tool": "wrk -t2 -c32 -d10s --latency",
+            "command": ".venv/bin/python -m bench.cluster_benches router"
+            + ("" if seconds == 10 else f" --seconds {seconds}"),
+            "tool": f"wrk -t2 -c32 -d{seconds}s --latency",
             "direct": direct_figures,
             "through_router": routed_figures,
+            "through_router_https": https_figures,
             "ratio_router_to_direct": round(
                 routed_figures["requests_per_s"] / direct_figures["requests_per_s"], 3
+            ),
+            "ratio_https_to_http_router": round(
+                https_figures["requests_per_s"] / routed_figures["requests_per_s"], 3
             ),
             "aim_ratio": 0.5,
         },
@@ -170,8 +186,18 @@ def bench_router() -> None:
 
 
 def main() -> None:
-    which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    benches = {"deploy": bench_deploy, "node_loss": bench_node_loss, "router": bench_router}
+    args = sys.argv[1:]
+    seconds = 10
+    if "--seconds" in args:  # a shorter router run (wrk's -d), to try the script
+        at = args.index("--seconds")
+        seconds = int(args[at + 1])
+        del args[at : at + 2]
+    which = args[0] if args else "all"
+    benches = {
+        "deploy": bench_deploy,
+        "node_loss": bench_node_loss,
+        "router": lambda: bench_router(seconds),
+    }
     for name, fn in benches.items():
         if which in (name, "all"):
             fn()

@@ -66,7 +66,10 @@ class Cluster:
         self.env["AETHER_SERVER"] = self.api
         self.env["AETHER_TOKEN"] = self.admin_token
 
-    def start_node(self, name: str, *, token: str | None = None, wait: bool = True) -> None:
+    def start_node(
+        self, name: str, *extra: str, token: str | None = None, wait: bool = True
+    ) -> None:
+        """Start node ``name`` (``extra``: more ``aether node`` arguments)."""
         port = self.router_ports.setdefault(name, free_port())
         self.nodes[name] = self._spawn(
             [
@@ -81,6 +84,7 @@ class Cluster:
                 str(port),
                 "--id",
                 name,
+                *extra,
             ],
             f"{name}.log",
         )

@@ -211,6 +211,30 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         p.add_argument("--data-dir", required=True)
         p.add_argument("--router-port", type=int, default=8080)
         p.add_argument("--router-host", default="127.0.0.1")
+        p.add_argument(
+            "--https-port",
+            type=int,
+            default=None,
+            help="the router serves HTTPS on this port too (with --tls-dir)",
+        )
+        p.add_argument(
+            "--https-host",
+            default=None,
+            help="the address HTTPS listens on (default: --router-host's), e.g. 0.0.0.0 "
+            "while plain HTTP stays on 127.0.0.1",
+        )
+        p.add_argument(
+            "--tls-dir",
+            default=None,
+            metavar="DIR",
+            help="the router's certificates: HOST.crt + HOST.key (PEM) per host name, "
+            "optionally default.crt/default.key; re-read when they change or on SIGHUP",
+        )
+        p.add_argument(
+            "--https-redirect",
+            action="store_true",
+            help="plain HTTP requests for a host name with a certificate get a 308 to HTTPS",
+        )
         p.add_argument("--advertise-host", default="127.0.0.1")
         p.add_argument(
             "--server-ca",

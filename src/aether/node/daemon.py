@@ -52,6 +52,7 @@ from aether.node.identity import NodeIdentity
 from aether.node.logship import LogShipper
 from aether.node.orphans import store_stale_orphan
 from aether.node.router import Router
+from aether.node.router_tls import TlsOptions
 from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.slice_control import EndpointPusher, SliceControl, SliceTable, slice_tables
 from aether.node.tasks import TaskWorker
@@ -83,6 +84,8 @@ class NodeOptions:
     isolation: str = "bwrap"
     # the CA (PEM file) to verify an https API URL by when joining; None: the system's
     server_ca: Path | None = None
+    # the router serves HTTPS too (certificates per host name: node/router_tls.py)
+    router_tls: TlsOptions | None = None
 
 
 def _node_id(data_dir: Path, requested: str | None) -> str:
@@ -112,7 +115,9 @@ class NodeDaemon:
         self.client = ApiClient(options.server, None)
         self.drivers, self.isolation, self.isolation_detail = instance_drivers(options.isolation)
         self.config = RunnerConfig(options.data_dir, options.advertise_host)
-        self.router = Router(options.router_host, options.router_port, api_url=options.server)
+        self.router = Router(
+            options.router_host, options.router_port, api_url=options.server, tls=options.router_tls
+        )
         self.router.node = self.node_id  # its own instances first
         self.routes_changed = asyncio.Event()  # the router's state is to be sent
         self.router.on_change = self.routes_changed.set

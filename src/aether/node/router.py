@@ -57,6 +57,13 @@ trace. Errors are the envelope: 400 ``bad_request`` (with pydantic's errors in
 connection after it was sent is retried on the next only when the entry point is
 idempotent (its endpoint's schema says so). Per (slice, entry) the router counts
 calls as it does per app (``take_entry_counters``).
+
+The router serves plain HTTP, and with ``tls`` (``router_tls.TlsOptions``) the same
+routes over HTTPS on a second port, with a certificate per host name chosen by SNI
+and re-read when its files change (``router_tls``). At start it says what its plain
+HTTP listener is: the demo's on loopback, a warning on any other address. With
+``tls.redirect`` a plain HTTP request for a host name with a certificate of its own
+is answered 308 to HTTPS (``/_aether/health`` excepted).
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import itertools
 import json
 import logging
@@ -82,9 +90,10 @@ from aiohttp import web
 from aether.model.cluster import Endpoint
 from aether.model.names import DEFAULT_TENANT, cluster_name, route_target
 from aether.model.placements import AgentPlacement
+from aether.node.router_tls import CertificateStore, TlsOptions
 from aether.slices.wire import CallFailed, Connection
 
-__all__ = ["CallCounter", "Router", "slice_target"]
+__all__ = ["CallCounter", "Router", "is_loopback", "plain_http_note", "slice_target"]
 
 log = logging.getLogger("aether.node.router")
 
@@ -133,6 +142,39 @@ _SLICE_ERRORS = {
 _POOL_MAX = 4  # connections per slice instance URL
 _POOL_BUSY = 64  # calls in flight on each before another connection is opened
 _CONNECT_TIMEOUT = 2.0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_note(host: str, port: int, tls: TlsOptions | None) -> str:
+    """What the router says at start about its plain HTTP listener."""
+    where = f"{host}:{port}"
+    if is_loopback(host) and tls is not None:
+        return (
+            f"router: plain HTTP on loopback {where} (this machine only), "
+            f"HTTPS on {tls.host or host}:{tls.port}"
+        )
+    if is_loopback(host):
+        return f"router: plain HTTP on loopback (demo) {where}: reachable from this machine only"
+    if tls is None:
+        return (
+            f"router: serving plain HTTP on {where}: traffic is not encrypted; pass "
+            "--tls-dir DIR --https-port PORT to serve HTTPS (DIR: HOST.crt + HOST.key per host)"
+        )
+    return (
+        f"router: serving plain HTTP on {where} next to HTTPS on {tls.host or host}:{tls.port}: "
+        f"traffic on "
+        f"{where} is not encrypted"
+        + ("" if tls.redirect else " (--https-redirect sends hosts with a certificate to HTTPS)")
+    )
 
 
 def slice_target(path: str) -> tuple[str, str, str] | None:
@@ -193,6 +235,15 @@ def _reason(exc: BaseException) -> str:
     return "connection failed"
 
 
+def _bound_port(site: web.TCPSite) -> int:
+    """The port a site listening on port 0 got."""
+    server = site._server
+    assert server is not None
+    sockets = getattr(server, "sockets", None)
+    assert sockets
+    return int(sockets[0].getsockname()[1])
+
+
 class _Sent(Exception):
     """A request that failed after its bytes were sent (retried only if safe)."""
 
@@ -220,11 +271,17 @@ class Router:
         *,
         upstream_timeout: float = 60.0,
         api_url: str | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
         """``upstream_timeout``: seconds an instance has to send its response headers;
-        ``api_url``: the server deployed agents' requests go to (None: none served)."""
+        ``api_url``: the server deployed agents' requests go to (None: none served);
+        ``tls``: serve HTTPS too (``router_tls``; None: plain HTTP only)."""
         self.host = host
         self.port = port
+        self.tls = tls
+        self.https_port: int | None = None  # once started with ``tls``
+        self.certificates = CertificateStore(tls.directory) if tls is not None else None
+        self._watch: asyncio.Task[None] | None = None
         self.upstream_timeout = upstream_timeout
         self.api_url = api_url.rstrip("/") if api_url else None
         self._agents: dict[tuple[str, str], str] = {}  # (tenant, agent name) → agent id
@@ -343,13 +400,50 @@ class Router:
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
         if self.port == 0:
-            server = site._server
-            assert server is not None
-            sockets = getattr(server, "sockets", None)
-            assert sockets
-            self.port = sockets[0].getsockname()[1]
+            self.port = _bound_port(site)
+        log.warning("%s", plain_http_note(self.host, self.port, self.tls))
+        if self.tls is not None and self.certificates is not None:
+            self.certificates.reload()
+            if not self.certificates.names:
+                log.warning(
+                    "router TLS: no HOST.crt + HOST.key pair in %s: every HTTPS handshake "
+                    "fails until one is there",
+                    self.tls.directory,
+                )
+            secure = web.TCPSite(
+                self._runner,
+                self.tls.host or self.host,
+                self.tls.port,
+                ssl_context=self.certificates.server_context,
+                reuse_address=True,
+            )
+            await secure.start()
+            self.https_port = self.tls.port or _bound_port(secure)
+            log.info(
+                "router: HTTPS on %s:%d for %s",
+                self.tls.host or self.host,
+                self.https_port,
+                ", ".join(self.certificates.names) or "no host yet",
+            )
+            self._watch = asyncio.create_task(self._watch_certificates(), name="router-tls")
+
+    def reload_certificates(self) -> None:
+        """Read the changed certificate files now (SIGHUP), not at the next check."""
+        if self.certificates is not None:
+            self.certificates.reload()
+
+    async def _watch_certificates(self) -> None:
+        assert self.tls is not None
+        while True:
+            await asyncio.sleep(self.tls.reload_seconds)
+            self.reload_certificates()
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -361,6 +455,9 @@ class Router:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/_aether/health":
             return web.json_response({"status": "ok", "apps": sorted(self._table)})
+        secure = self._secure_url(request)
+        if secure is not None:
+            raise web.HTTPPermanentRedirect(secure)
         target = route_target(request.host, request.path_qs)
         agent = agent_target(request.path_qs) if target is None else None
         if agent is not None:
@@ -396,6 +493,18 @@ class Router:
             counter.total_ms += (time.perf_counter() - started) * 1000.0
             if status >= 500:
                 counter.errors += 1
+
+    def _secure_url(self, request: web.Request) -> str | None:
+        """The HTTPS URL a plain HTTP request is redirected to (``--https-redirect``), if any:
+        only for a host name with a certificate of its own."""
+        if self.tls is None or not self.tls.redirect or request.secure:
+            return None
+        assert self.certificates is not None and self.https_port is not None
+        host = request.host.rpartition(":")[0] if request.host.count(":") == 1 else request.host
+        if not self.certificates.has_own(host):
+            return None
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{host.lower()}{port}{request.path_qs}"
 
     async def _forward(
         self, request: web.Request, app: str, path: str

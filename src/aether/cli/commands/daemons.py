@@ -8,8 +8,12 @@ import contextlib
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aether.cli.output import CliError
+
+if TYPE_CHECKING:
+    from aether.node.router_tls import TlsOptions
 
 __all__ = ["run"]
 
@@ -56,6 +60,36 @@ def _labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
+def _router_tls(args: argparse.Namespace) -> TlsOptions | None:
+    """The router's HTTPS options from ``--https-port``, ``--tls-dir``, ``--https-host``,
+    ``--https-redirect``."""
+    from aether.node.router_tls import TlsOptions
+
+    if args.https_port is None and args.tls_dir is None:
+        if args.https_redirect or args.https_host:
+            raise CliError(
+                "--https-redirect and --https-host need --https-port and --tls-dir", kind="usage"
+            )
+        return None
+    if args.https_port is None or args.tls_dir is None:
+        raise CliError(
+            "HTTPS needs both --https-port PORT and --tls-dir DIR "
+            "(DIR: HOST.crt + HOST.key per host name, optionally default.crt/default.key)",
+            kind="usage",
+        )
+    directory = Path(args.tls_dir).resolve()
+    if not directory.is_dir():
+        raise CliError(f"--tls-dir {args.tls_dir}: not a directory", kind="usage")
+    if args.https_port == args.router_port:
+        raise CliError("--https-port must differ from --router-port", kind="usage")
+    return TlsOptions(
+        directory=directory,
+        port=args.https_port,
+        host=args.https_host,
+        redirect=args.https_redirect,
+    )
+
+
 def _node(args: argparse.Namespace) -> int:
     from aether.node.daemon import CREDENTIAL_FILE, CredentialError, NodeDaemon, NodeOptions
 
@@ -80,6 +114,7 @@ def _node(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         router_port=args.router_port,
         router_host=args.router_host,
+        router_tls=_router_tls(args),
         advertise_host=args.advertise_host,
         node_id=args.id,
         labels=_labels(args.label),
@@ -93,6 +128,8 @@ def _node(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        if options.router_tls is not None:  # renewed certificates: read them now
+            loop.add_signal_handler(signal.SIGHUP, daemon.router.reload_certificates)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
