@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from aether.core.plugin_abi import PluginLimits, PluginOutcome
-from aether.plugins.wasm import LoadedPlugin, WasmRunner
+from aether.plugins.wasm import LoadedPlugin, WasmRunner, shared_runner
 from aether.store.records.schema import PluginRow
 
 __all__ = ["PluginHost", "PluginSource", "loaded"]
@@ -47,17 +47,6 @@ def loaded(row: PluginRow) -> LoadedPlugin:
             fuel=row.fuel, memory_bytes=row.memory_bytes, deadline_ms=row.deadline_ms
         ),
     )
-
-
-_shared: WasmRunner | None = None
-
-
-def shared_runner() -> WasmRunner:
-    """One runner (and compile cache) for the process."""
-    global _shared
-    if _shared is None:
-        _shared = WasmRunner()
-    return _shared
 
 
 class PluginHost:

@@ -55,9 +55,10 @@ __all__ = [
     "WasmRunner",
     "inspect",
     "sha256",
+    "shared_runner",
 ]
 
-MAX_MODULE_BYTES = 4 * 1024 * 1024
+MAX_MODULE_BYTES = 512 * 1024  # base64 in a JSON body: under the API's 1 MiB request limit
 CACHE_SIZE = 64  # compiled modules kept
 MAX_INPUT_BYTES = 1024 * 1024
 
@@ -250,7 +251,21 @@ def _reason(exc: Exception, limits: PluginLimits) -> str:
     return f"failed: {type(exc).__name__}: {exc}"
 
 
+_shared: WasmRunner | None = None
+
+
+def shared_runner() -> WasmRunner:
+    """One runner (engine and compile cache) for the process."""
+    global _shared
+    if _shared is None:
+        _shared = WasmRunner()
+    return _shared
+
+
 def inspect(wasm: bytes) -> str:
-    """Check ``wasm`` is a valid plugin (PluginError if not); its sha256."""
-    WasmRunner()._check(wasm)
-    return sha256(wasm)
+    """Check ``wasm`` is a valid plugin (PluginError if not); its sha256.
+
+    Compiles it on the process's runner, so the leader finds it in the cache."""
+    digest = sha256(wasm)
+    shared_runner().compile(wasm, digest)
+    return digest
