@@ -128,5 +128,5 @@ def test_imports_and_non_plugins_are_refused_at_upload() -> None:
     with pytest.raises(PluginError, match="not a valid WebAssembly module"):
         inspect(b"\0asm\x01\0\0\0garbage")
     with pytest.raises(PluginError, match="must export a function 'abi_version'"):
-        inspect(wat2wasm('(module (memory (export "memory") 1))'))
+        inspect(bytes(wat2wasm('(module (memory (export "memory") 1))')))
     assert inspect(example_wasm()) == sha256(example_wasm())

@@ -29,7 +29,7 @@ def _wat_string(data: bytes) -> str:
 def plugin(evaluate: str, *, data: bytes = b"", memory: int = 1, abi: int = 1) -> bytes:
     """A module that follows the ABI, with ``evaluate``'s body given (params ``$ptr``,
     ``$len``; returns i64) and ``data`` at offset 16."""
-    return wat2wasm(f"""
+    text = f"""
 (module
   (memory (export "memory") {memory})
   (data (i32.const 16) "{_wat_string(data)}")
@@ -42,7 +42,8 @@ def plugin(evaluate: str, *, data: bytes = b"", memory: int = 1, abi: int = 1) -
     (local.get $p))
   (func (export "evaluate") (param $ptr i32) (param $len i32) (result i64)
     {evaluate}))
-""")
+"""
+    return bytes(wat2wasm(text))
 
 
 def answering(output: Any, **kw: Any) -> bytes:
@@ -69,7 +70,8 @@ def growing() -> bytes:
 
 def importing() -> bytes:
     """A module that imports a WASI function (refused: plugins import nothing)."""
-    return wat2wasm("""
+    return bytes(
+        wat2wasm("""
 (module
   (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
@@ -77,8 +79,9 @@ def importing() -> bytes:
   (func (export "alloc") (param i32) (result i32) (i32.const 1024))
   (func (export "evaluate") (param i32 i32) (result i64) (i64.const 0)))
 """)
+    )
 
 
 def example_wasm() -> bytes:
     """The shipped example (examples/plugins/change-freeze), compiled."""
-    return wat2wasm(EXAMPLE.read_text())
+    return bytes(wat2wasm(EXAMPLE.read_text()))

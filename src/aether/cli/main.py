@@ -522,6 +522,26 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         q.add_argument("id")
         _common(q)
 
+    if p := sub.add("plugins", help="the cluster's policy plugins (WebAssembly risk/guard rules)"):
+        plugins_sub = p.add_subparsers(
+            dest="plugins_command", metavar="SUBCOMMAND", parser_class=_Parser
+        )
+        plugins_sub.required = True
+        q = plugins_sub.add_parser("add", help="upload FILE (.wasm) as a plugin, or a new version")
+        q.add_argument("file", help="the compiled module (.wasm)")
+        q.add_argument("--name", required=True)
+        q.add_argument("--kind", required=True, choices=["risk", "guard"])
+        q.add_argument("--version", default="1")
+        q.add_argument("--fuel", type=int, default=None, help="instructions per evaluation")
+        q.add_argument("--memory-bytes", type=int, default=None, help="linear memory, at most")
+        q.add_argument("--deadline-ms", type=int, default=None, help="wall clock per evaluation")
+        _common(q)
+        q = plugins_sub.add_parser("ls", help="the plugins, their versions and limits")
+        _common(q)
+        q = plugins_sub.add_parser("rm", help="remove the plugin NAME")
+        q.add_argument("name")
+        _common(q)
+
     if p := sub.add("limits", help="a tenant's request rate and quotas, and its use"):
         limits_sub = p.add_subparsers(
             dest="limits_command", metavar="SUBCOMMAND", parser_class=_Parser
@@ -980,6 +1000,7 @@ _MODULES = {
     "nodes-allow": "tokens",
     "tokens": "tokens",
     "limits": "limits",
+    "plugins": "plugins",
     "tenants": "tenants",
     "models": "models",
     "secrets": "secrets",
