@@ -9,9 +9,9 @@ with three limits:
 - **memory** (``Store.set_limits(memory_size=...)``): the linear memory may not
   grow past it (``memory.grow`` answers -1, as WebAssembly specifies; a module
   whose initial memory is larger fails to instantiate);
-- **a wall-clock deadline** (``Config.epoch_interruption``): a timer thread
-  bumps the engine's epoch when the deadline passes and the call traps
-  ("deadline").
+- **a wall-clock deadline** (``Config.epoch_interruption``): the runner's
+  watchdog thread bumps the engine's epoch when the deadline of the call in
+  progress passes, and the call traps ("deadline").
 
 No imports are linked -- no WASI, no host functions: a module that imports
 anything is refused by :func:`inspect` (at upload) and cannot instantiate.
@@ -19,7 +19,9 @@ A failure never raises out of :meth:`WasmRunner.run`: it comes back as a
 :class:`~aether.core.plugin_abi.PluginOutcome` with ``error`` set.
 
 Evaluations on one runner are serialised (one lock): the epoch is the
-engine's, so two concurrent deadlines would cut each other short.
+engine's, so two concurrent deadlines would cut each other short. The watchdog
+bumps the epoch only while a call is registered with it (under its condition),
+so a deadline never reaches into the next call.
 """
 
 from __future__ import annotations
@@ -107,6 +109,33 @@ class WasmRunner:
         self.engine = Engine(config)
         self._modules: OrderedDict[str, Module] = OrderedDict()
         self._lock = threading.Lock()
+        self._watch = threading.Condition()
+        self._deadline: float | None = None  # monotonic; the call in progress
+        self._watchdog: threading.Thread | None = None
+
+    def _watchdog_loop(self) -> None:
+        with self._watch:
+            while True:
+                if self._deadline is None:
+                    self._watch.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    self.engine.increment_epoch()  # the registered call traps
+                    self._deadline = None
+                    continue
+                self._watch.wait(remaining)
+
+    def _arm(self, seconds: float | None) -> None:
+        """Register the call in progress (its deadline), or clear it (None)."""
+        with self._watch:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watchdog_loop, name="plugin-deadline", daemon=True
+                )
+                self._watchdog.start()
+            self._deadline = None if seconds is None else time.monotonic() + seconds
+            self._watch.notify()
 
     # -- compiling ------------------------------------------------------------------
 
@@ -177,10 +206,8 @@ class WasmRunner:
         store = Store(self.engine)
         store.set_fuel(limits.fuel)
         store.set_limits(memory_size=limits.memory_bytes, instances=1, tables=4, memories=1)
-        store.set_epoch_deadline(1)
-        timer = threading.Timer(limits.deadline_ms / 1000.0, self.engine.increment_epoch)
-        timer.daemon = True
-        timer.start()
+        store.set_epoch_deadline(1)  # the next bump of the epoch interrupts it
+        self._arm(limits.deadline_ms / 1000.0)
         try:
             instance = Instance(store, module, [])
             exports = instance.exports(store)
@@ -213,8 +240,7 @@ class WasmRunner:
                 )
             return bytes(memory.read(store, out_ptr, out_ptr + out_len))
         finally:
-            timer.cancel()
-            timer.join()  # a timer that already fired has bumped the epoch by now, not later
+            self._arm(None)
 
 
 class _Failure(Exception):
