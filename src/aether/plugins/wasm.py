@@ -109,6 +109,7 @@ class WasmRunner:
         self.engine = Engine(config)
         self._modules: OrderedDict[str, Module] = OrderedDict()
         self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()
         self._watch = threading.Condition()
         self._deadline: float | None = None  # monotonic; the call in progress
         self._watchdog: threading.Thread | None = None
@@ -142,14 +143,16 @@ class WasmRunner:
     def compile(self, wasm: bytes, digest: str | None = None) -> Module:
         """The compiled module (cached by sha256); PluginError when it is not a valid plugin."""
         digest = digest or sha256(wasm)
-        found = self._modules.get(digest)
-        if found is not None:
-            self._modules.move_to_end(digest)
-            return found
+        with self._cache_lock:  # the API's upload check and the leader share the cache
+            found = self._modules.get(digest)
+            if found is not None:
+                self._modules.move_to_end(digest)
+                return found
         module = self._check(wasm)
-        self._modules[digest] = module
-        while len(self._modules) > CACHE_SIZE:
-            self._modules.popitem(last=False)
+        with self._cache_lock:
+            self._modules[digest] = module
+            while len(self._modules) > CACHE_SIZE:
+                self._modules.popitem(last=False)
         return module
 
     def _check(self, wasm: bytes) -> Module:
