@@ -130,3 +130,12 @@ def test_imports_and_non_plugins_are_refused_at_upload() -> None:
     with pytest.raises(PluginError, match="must export a function 'abi_version'"):
         inspect(bytes(wat2wasm('(module (memory (export "memory") 1))')))
     assert inspect(example_wasm()) == sha256(example_wasm())
+
+
+def test_a_short_deadline_after_a_long_one_is_kept(runner: WasmRunner) -> None:
+    """The watchdog sleeping toward an earlier call's later deadline is woken."""
+    assert runner.run(loaded(example_wasm(), deadline_ms=1000), ask("scale")).error is None
+    started = time.monotonic()
+    outcome = runner.run(loaded(looping(), fuel=10**15, deadline_ms=30), ask("scale"))
+    assert outcome.error == "deadline: still running after 30 ms"
+    assert time.monotonic() - started < 0.5

@@ -27,6 +27,7 @@ so a deadline never reaches into the next call.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -112,12 +113,14 @@ class WasmRunner:
         self._cache_lock = threading.Lock()
         self._watch = threading.Condition()
         self._deadline: float | None = None  # monotonic; the call in progress
+        self._waiting_until = math.inf  # when the watchdog wakes by itself
         self._watchdog: threading.Thread | None = None
 
     def _watchdog_loop(self) -> None:
         with self._watch:
             while True:
                 if self._deadline is None:
+                    self._waiting_until = math.inf
                     self._watch.wait()
                     continue
                 remaining = self._deadline - time.monotonic()
@@ -125,18 +128,26 @@ class WasmRunner:
                     self.engine.increment_epoch()  # the registered call traps
                     self._deadline = None
                     continue
+                self._waiting_until = self._deadline
                 self._watch.wait(remaining)
 
     def _arm(self, seconds: float | None) -> None:
-        """Register the call in progress (its deadline), or clear it (None)."""
+        """Register the call in progress (its deadline), or clear it (None).
+
+        The watchdog is woken only when it would otherwise sleep past the new
+        deadline: back-to-back calls cost no thread switch each."""
         with self._watch:
             if self._watchdog is None:
                 self._watchdog = threading.Thread(
                     target=self._watchdog_loop, name="plugin-deadline", daemon=True
                 )
                 self._watchdog.start()
-            self._deadline = None if seconds is None else time.monotonic() + seconds
-            self._watch.notify()
+            if seconds is None:
+                self._deadline = None
+                return
+            self._deadline = time.monotonic() + seconds
+            if self._deadline < self._waiting_until:
+                self._watch.notify()
 
     # -- compiling ------------------------------------------------------------------
 
