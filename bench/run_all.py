@@ -17,5 +17,6 @@ for module, args in (
     ("bench.console_bench", []),
     ("bench.auth_overhead_bench", []),
     ("bench.policy_bench", []),
+    ("bench.plugins_bench", []),
 ):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)

@@ -240,6 +240,11 @@ ROUTES: dict[str, Rule] = {
     # chain is the cluster admin's
     "GET /api/v1/audit": Rule("admin"),
     "GET /api/v1/audit/verify": Rule("cluster"),
+    # policy plugins are the cluster's: only the cluster admin (tenant admins get 403)
+    "GET /api/v1/plugins": Rule("cluster"),
+    "POST /api/v1/plugins": Rule("cluster"),
+    "GET /api/v1/plugins/{name}": Rule("cluster"),
+    "DELETE /api/v1/plugins/{name}": Rule("cluster"),
     # limits and quotas: a tenant's admin reads its own; only the cluster admin changes
     # them (tenant A's admin gets 403 on its own, tenant B's admin 404 on A's)
     "GET /api/v1/limits": Rule("admin"),
@@ -492,6 +497,10 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         "POST /api/v1/auth/oidc/exchange": {"json": {"code": "c" * 32, "verifier": "v" * 43}},
         "POST /api/v1/models": {"json": _model_body(unique("m"), world.model_url)},
         "PUT /api/v1/secrets/{name}": {"json": {"value": "matrix-secret-value"}},
+        # not a module: a 400 once the caller passes
+        "POST /api/v1/plugins": {
+            "json": {"name": "matrix", "kind": "guard", "wasm": "bm90IHdhc20="}
+        },
         # a 400 once the slice is found (its instance is not reachable: never called)
         "POST /api/v1/slices/{slice}/{entry}:call": {"json": {"args": "not an array"}},
         "PUT /api/v1/blueprint-files/{blueprint}": {"json": {"apps": {p["app"]: {"instances": 1}}}},

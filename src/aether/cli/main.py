@@ -59,6 +59,28 @@ def _common(parser: argparse.ArgumentParser, *, fmt: bool = True) -> None:
     parser.add_argument("--token", help="API token (default: the session)")
 
 
+def _plugin_parsers(sub: _Commands) -> None:
+    if p := sub.add("plugins", help="the cluster's policy plugins (WebAssembly risk/guard rules)"):
+        plugins_sub = p.add_subparsers(
+            dest="plugins_command", metavar="SUBCOMMAND", parser_class=_Parser
+        )
+        plugins_sub.required = True
+        q = plugins_sub.add_parser("add", help="upload FILE (.wasm) as a plugin, or a new version")
+        q.add_argument("file", help="the compiled module (.wasm)")
+        q.add_argument("--name", required=True)
+        q.add_argument("--kind", required=True, choices=["risk", "guard"])
+        q.add_argument("--version", default="1")
+        q.add_argument("--fuel", type=int, default=None, help="instructions per evaluation")
+        q.add_argument("--memory-bytes", type=int, default=None, help="linear memory, at most")
+        q.add_argument("--deadline-ms", type=int, default=None, help="wall clock per evaluation")
+        _common(q)
+        q = plugins_sub.add_parser("ls", help="the plugins, their versions and limits")
+        _common(q)
+        q = plugins_sub.add_parser("rm", help="remove the plugin NAME")
+        q.add_argument("name")
+        _common(q)
+
+
 def _secrets_parsers(sub: _Commands) -> None:
     if p := sub.add(
         "secrets", help="the tenant's named secrets (http tools' headers): set, ls, rm"
@@ -691,6 +713,7 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
     _agent_parsers(sub)
     _memory_parsers(sub)
     _run_parsers(sub)
+    _plugin_parsers(sub)
 
     if p := sub.add("metrics", help="live telemetry: nodes and apps, this second"):
         p.add_argument("--watch", action="store_true", help="follow the live stream (Ctrl-C stops)")
@@ -1114,6 +1137,7 @@ _MODULES = {
     "risk": "risk",
     "drill": "risk",
     "signal": "risk",
+    "plugins": "plugins",
 }
 
 

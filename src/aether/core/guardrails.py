@@ -17,6 +17,12 @@ A proposal is accepted only if it is
 ``check_all`` judges a round of proposals in order, counting the accepted ones
 (a drain lowers the schedulable nodes the next proposal sees). Pure: no I/O,
 no clock.
+
+Then the cluster's **guard plugins** (WebAssembly, :mod:`aether.core.plugin_abi`)
+judge every decision the controller is about to apply, of any layer:
+:func:`plugin_guards` folds their verdicts in -- any ``allow: false`` refuses
+it with the plugin's name and reason; a plugin that failed is skipped, its
+reason kept in the decision's ``inputs["plugins"]``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aether.core.controller import DRAINED_BY_ADVISER, DRAINED_BY_OPERATOR
+from aether.core.plugin_abi import GuardVerdict
 from aether.model.decisions import AutoscaleSpec, Decision, DecisionKind, Proposal
 from aether.model.risk import RiskStatus
 
@@ -37,6 +44,7 @@ __all__ = [
     "Verdict",
     "check",
     "check_all",
+    "plugin_guards",
 ]
 
 LAYER_KINDS: dict[int, frozenset[str]] = {
@@ -229,3 +237,24 @@ def check_all(proposals: Sequence[Proposal], layer: int, view: GuardrailView) ->
                 drained_by=DRAINED_BY_ADVISER if draining else "",
             )
     return out
+
+
+def plugin_guards(decision: Decision, verdicts: Sequence[GuardVerdict]) -> tuple[Decision, str]:
+    """``decision`` after the guard plugins' verdicts, and the refusal ("" when none refused).
+
+    Skipped plugins are noted in ``inputs["plugins"]`` (``{name: "skipped: reason"}``),
+    refusals there too (``"refused: reason"``); a skip never refuses."""
+    if not verdicts:
+        return decision, ""
+    notes: dict[str, str] = {}
+    refusals: list[str] = []
+    for v in verdicts:
+        if v.skipped is not None:
+            notes[v.name] = f"skipped: {v.skipped}"
+        elif not v.allow:
+            notes[v.name] = f"refused: {v.reason}"
+            refusals.append(f"{v.label}: {v.reason}")
+        else:
+            notes[v.name] = "allowed"
+    inputs = {**decision.inputs, "plugins": notes}
+    return decision.model_copy(update={"inputs": inputs}), "; ".join(refusals)

@@ -103,6 +103,7 @@ __all__ = [
     "price_stats",
     "price_window",
     "restart_increase",
+    "rule_results",
     "stable",
 ]
 
@@ -417,13 +418,24 @@ def _unit(value: float) -> float:
     return round(min(1.0, max(0.0, value)), 3)
 
 
-def assess(
-    node: str, signals: Sequence[Signal], health: Health | None, now: float
-) -> RiskAssessment:
-    """Every rule over one node's signals (``clear`` applied) and telemetry."""
+def rule_results(signals: Sequence[Signal], health: Health | None, now: float) -> list[RuleResult]:
+    """Every built-in rule over one node's signals (``clear`` applied) and telemetry."""
     health = health or Health()
     signals = effective(signals)
-    return combine(node, [rule(signals, health, now) for rule in RULES], now)
+    return [rule(signals, health, now) for rule in RULES]
+
+
+def assess(
+    node: str,
+    signals: Sequence[Signal],
+    health: Health | None,
+    now: float,
+    plugins: Sequence[RuleResult] = (),
+) -> RiskAssessment:
+    """Every rule over one node's signals (``clear`` applied) and telemetry, then the
+    risk plugins' verdicts (``plugin.NAME``, :mod:`aether.core.plugin_abi`), which rank
+    after the built-in rules on a tie."""
+    return combine(node, [*rule_results(signals, health, now), *plugins], now)
 
 
 # -- the fire drill ----------------------------------------------------------------------

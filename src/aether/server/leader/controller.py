@@ -15,6 +15,12 @@ Advisers (:mod:`aether.server.leader.advisers`) hand their proposals to
 :meth:`Controller.consider`, which passes them through the guardrails
 (:mod:`aether.core.guardrails`) before applying any.
 
+Before any decision is applied, the cluster's guard plugins
+(:mod:`aether.plugins`) judge it (:func:`aether.core.guardrails.plugin_guards`):
+one refusal holds it back, recorded as refused with the plugin's reason; a
+plugin that traps, runs out of fuel or memory, passes its deadline or answers
+garbage is skipped, its reason in the decision's ``inputs["plugins"]``.
+
 Every applied decision and every adviser proposal is recorded in the
 ``decisions`` table with its layer, inputs, action, reason and outcome;
 repeated no-ops and repeated refusals are recorded once.
@@ -27,6 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from aether.core.autoscale import entry_value
@@ -39,12 +46,21 @@ from aether.core.controller import (
     evaluate,
     track_low_since,
 )
-from aether.core.guardrails import AppLimits, GuardrailView, NodeLimits, Verdict, check_all
+from aether.core.guardrails import (
+    AppLimits,
+    GuardrailView,
+    NodeLimits,
+    Verdict,
+    check_all,
+    plugin_guards,
+)
+from aether.core.plugin_abi import encode, guard_input, guard_verdict
 from aether.errors import AetherError, ConflictError
 from aether.model.cluster import Blueprint
 from aether.model.decisions import AutoscaleSpec, Decision, DecisionOut, Proposal
 from aether.model.risk import RiskAssessment
 from aether.model.telemetry import AppSample, ClusterSample
+from aether.plugins.host import PluginHost
 from aether.server.context import ServerContext
 from aether.server.leader.observation import Observation
 from aether.server.services.audit import record_controller_action
@@ -149,6 +165,7 @@ class Controller:
         self._once: dict[tuple[int, str, str], str] = {}  # refusals and no-ops recorded once
         self._pruned_at = 0.0
         self._wake = asyncio.Event()
+        self.guards = PluginHost(ctx.records, "guard")
 
     @property
     def settings(self) -> ServerSettings:
@@ -313,6 +330,7 @@ class Controller:
         async with self._lock:
             obs = await self.observe(now)
             decisions = evaluate(obs.snapshot, self.policy)
+            decisions = await self._guarded(decisions, obs.now)
             out: list[DecisionOut] = []
             refused_now: set[tuple[int, str, str]] = set()
             for decision in decisions:
@@ -348,6 +366,7 @@ class Controller:
         async with self._lock:
             obs = await self.observe(now)
             verdicts = check_all(proposals, layer, self.guardrail_view(obs))
+            verdicts = await self._guarded_verdicts(verdicts, obs.now)
             out: list[tuple[Verdict, DecisionOut | None]] = []
             for verdict in verdicts:
                 decision = verdict.decision
@@ -366,6 +385,60 @@ class Controller:
                     recorded = await self._apply(decision, leadership, obs, always=True)
                 out.append((verdict, recorded))
             return out
+
+    # -- guard plugins ------------------------------------------------------------------
+
+    async def guard(self, decisions: Sequence[Decision], now: float) -> list[tuple[Decision, str]]:
+        """Each decision after the guard plugins, with their refusal ("" if none); in order."""
+        plugins = await self.guards.load() if decisions else []
+        if not plugins:
+            return [(d, "") for d in decisions]
+        batch = [
+            (
+                plugin,
+                encode(guard_input(d.layer, d.kind, d.target, d.action, d.reason, d.tenant, now)),
+            )
+            for d in decisions
+            for plugin in plugins
+        ]
+        outcomes = await self.guards.evaluate(batch)
+        n = len(plugins)
+        out = []
+        for i, decision in enumerate(decisions):
+            verdicts = [guard_verdict(o) for o in outcomes[i * n : (i + 1) * n]]
+            for v in verdicts:
+                if v.skipped is not None:
+                    log.warning("guard plugin %s skipped: %s", v.name, v.skipped)
+            out.append(plugin_guards(decision, verdicts))
+        return out
+
+    async def _guarded(self, decisions: Sequence[Decision], now: float) -> list[Decision]:
+        """Layer 1's decisions with a plugin's refusal set (those already refused as they are)."""
+        judged = iter(await self.guard([d for d in decisions if not d.refusal], now))
+        out = []
+        for decision in decisions:
+            if decision.refusal:
+                out.append(decision)
+                continue
+            guarded, refusal = next(judged)
+            out.append(guarded.model_copy(update={"refusal": refusal}) if refusal else guarded)
+        return out
+
+    async def _guarded_verdicts(self, verdicts: Sequence[Verdict], now: float) -> list[Verdict]:
+        """The accepted proposals judged by the guard plugins too (refused ones as they are)."""
+        due = [i for i, v in enumerate(verdicts) if v.accepted and not v.noop]
+        judged = dict(
+            zip(due, await self.guard([verdicts[i].decision for i in due], now), strict=True)
+        )
+        out = []
+        for i, verdict in enumerate(verdicts):
+            if i not in judged:
+                out.append(verdict)
+                continue
+            decision, refusal = judged[i]
+            reasons = (refusal,) if refusal else ()
+            out.append(replace(verdict, decision=decision, accepted=not refusal, reasons=reasons))
+        return out
 
     # -- applying and recording -------------------------------------------------------------
 

@@ -11,8 +11,13 @@ Each pass:
    every node with signals in its history (a node can be between leases);
 3. reads each node's telemetry from the hub when there is one (latest sample,
    the last minute of samples, push arrival times);
-4. scores every node (``aether.core.risk.assess``) and writes an assessment row
-   when a node's status or root cause changed, and at least once a minute.
+4. scores every node (``aether.core.risk.assess``): the built-in rules, then the
+   cluster's risk plugins (``aether.plugins``), each one more rule ``plugin.NAME``;
+   a plugin that traps, runs out of fuel or memory, passes its deadline or
+   answers garbage is skipped, its reason in the assessment's ``inputs``
+   (``plugin.NAME: {"skipped": ...}``);
+5. writes an assessment row when a node's status or root cause changed, and at
+   least once a minute.
 
 The signal routes call :meth:`RiskEngine.wake` so a new signal is scored at
 once instead of at the next tick. Retention: signals and assessments older
@@ -36,16 +41,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from aether.core.plugin_abi import encode, note_skips, risk_input, risk_rule
 from aether.core.risk import (
     CRASH_WINDOW,
     HISTORY_SECONDS,
     Health,
+    RuleResult,
     Signal,
-    assess,
+    combine,
+    effective,
     fold_signals,
+    rule_results,
 )
 from aether.model.risk import RiskAssessment, RiskStatus
 from aether.model.telemetry import ClusterSample, NodePoint
+from aether.plugins.host import PluginHost
+from aether.plugins.wasm import LoadedPlugin
 from aether.store.election import Leadership
 from aether.store.records.repo import utc
 from aether.store.records.schema import RiskAssessmentRow, SignalRow
@@ -135,6 +146,8 @@ class RiskEngine:
         self._loaded = False
         self._pruned_at = 0.0
         self._gauge: Gauge | None = None
+        self.plugins = PluginHost(ctx.records, "risk")
+        self._skipped: dict[str, str] = {}  # plugin -> the reason last logged
         if registry is not None:
             self._gauge = Gauge(
                 "node_risk_level",
@@ -198,10 +211,7 @@ class RiskEngine:
             node_kvs, _ = await self.ctx.store.range("nodes/")
             live = {kv.key[len("nodes/") :] for kv in node_kvs}
             hub: TelemetrySource | None = self.ctx.telemetry
-            results = {
-                node: assess(node, self._history.get(node, []), health_of(hub, node, now), now)
-                for node in sorted(live | set(self._history))
-            }
+            results = await self._assess(sorted(live | set(self._history)), hub, now)
             await self._record(results, now)
             if self._gauge is not None:
                 for gone in set(self._latest) - set(results):
@@ -212,6 +222,45 @@ class RiskEngine:
             self._latest = results
             self.passes += 1
             return dict(results)
+
+    async def _assess(
+        self, nodes: Sequence[str], hub: TelemetrySource | None, now: float
+    ) -> dict[str, RiskAssessment]:
+        """The built-in rules, then the risk plugins, per node (see the module docstring)."""
+        healths = {node: health_of(hub, node, now) for node in nodes}
+        builtin = {
+            node: rule_results(self._history.get(node, []), healths[node], now) for node in nodes
+        }
+        extra: dict[str, list[RuleResult]] = {node: [] for node in nodes}
+        skips: dict[str, dict[str, str]] = {node: {} for node in nodes}
+        plugins = await self.plugins.load()
+        if plugins:
+            batch: list[tuple[str, LoadedPlugin, bytes]] = []
+            for node in nodes:
+                payload = encode(
+                    risk_input(
+                        node,
+                        now,
+                        effective(self._history.get(node, [])),
+                        healths[node],
+                        builtin[node],
+                    )
+                )
+                batch.extend((node, plugin, payload) for plugin in plugins)
+            outcomes = await self.plugins.evaluate([(p, payload) for _, p, payload in batch])
+            for (node, _, _), outcome in zip(batch, outcomes, strict=True):
+                verdict = risk_rule(outcome)
+                if isinstance(verdict, str):
+                    skips[node][outcome.name] = verdict
+                    if self._skipped.get(outcome.name) != verdict:  # logged once per reason
+                        log.warning("risk plugin %s skipped: %s", outcome.name, verdict)
+                    self._skipped[outcome.name] = verdict
+                else:
+                    extra[node].append(verdict)
+        return {
+            node: note_skips(combine(node, [*builtin[node], *extra[node]], now), skips[node])
+            for node in nodes
+        }
 
     async def _ingest(self, now: float) -> None:
         records = self.ctx.records

@@ -22,6 +22,7 @@ from aether.store.records.idempotency import IdempotencyRecords
 from aether.store.records.limits import LimitRecords
 from aether.store.records.models import ModelRecords
 from aether.store.records.nodes import NodeRecords
+from aether.store.records.plugins import PluginRecords
 from aether.store.records.retention import RetentionRecords
 from aether.store.records.risk import RiskRecords
 from aether.store.records.rollups import RollupRecords
@@ -49,6 +50,7 @@ class Records(
     LimitRecords,
     ModelRecords,
     NodeRecords,
+    PluginRecords,
     DecisionRecords,
     SigningRecords,
     RetentionRecords,

@@ -52,6 +52,7 @@ __all__ = [
     "MigrationRecord",
     "Node",
     "OidcLogin",
+    "PluginRow",
     "PolicyEnforcementRow",
     "PublicKey",
     "RiskAssessmentRow",
@@ -839,3 +840,22 @@ class AgentRunFileRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     content: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
+
+
+class PluginRow(Base):
+    """A policy plugin of the cluster (WebAssembly, ``core/plugin_abi.py``): a risk or
+    guard rule, its module bytes and the limits it runs under. One version per name:
+    uploading a new version replaces the old."""
+
+    __tablename__ = "plugins"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # risk | guard
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    wasm: Mapped[bytes] = mapped_column(LargeBinary)
+    fuel: Mapped[int] = mapped_column(BigInteger)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    deadline_ms: Mapped[int]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(160))
