@@ -5,7 +5,7 @@ join --uses N``); None: any number until it expires or is revoked. A used-up tok
 refused by the join (``join_token_used``), saying why.
 
 Revision ID: 0029
-Revises: 0026
+Revises: 0028
 Create Date: 2026-12-04 05:00:00.000000
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0029"
-down_revision = "0026"
+down_revision = "0028"
 branch_labels = None
 depends_on = None
 
