@@ -15,7 +15,6 @@ authentication with a ``root`` user through ``etcdctl`` (Debian's ``etcd-client`
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from aether.ports import free_port
+from aether.trust.ca import CA_KEY_USAGE, host_names
 
 __all__ = ["EtcdCluster", "Pki", "etcd_binary", "etcdctl_binary", "make_pki"]
 
@@ -104,28 +104,11 @@ def _certificate(
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
     if hosts:
-        names: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    if issuer is None:
         builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+            x509.SubjectAlternativeName(host_names(hosts)), critical=False
         )
+    if issuer is None:
+        builder = builder.add_extension(CA_KEY_USAGE, critical=True)
     return builder.sign(issuer_key, hashes.SHA256())
 
 

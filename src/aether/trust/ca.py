@@ -27,11 +27,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
+    "CA_KEY_USAGE",
     "Authority",
     "CertificateError",
     "Identity",
     "cert_pem",
     "fingerprint",
+    "host_names",
     "identity_of",
     "issue",
     "key_pem",
@@ -46,6 +48,19 @@ __all__ = [
 ]
 
 SPIFFE = "spiffe://"
+
+#: what a CA's key is for: signing certificates (and revocation lists)
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 class CertificateError(ValueError):
@@ -136,20 +151,7 @@ def new_authority(cluster: str, now: dt.datetime, days: int = 3650) -> Authority
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -179,14 +181,20 @@ def _request_key(csr_pem: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _san(uri: str, hosts: Iterable[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+def host_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    """Subject alternative names for host names and IP addresses."""
+    names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    return x509.SubjectAlternativeName(names)
+    return names
+
+
+def _san(uri: str | None, hosts: Iterable[str]) -> x509.SubjectAlternativeName:
+    uris: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)] if uri else []
+    return x509.SubjectAlternativeName(uris + host_names(hosts))
 
 
 def issue(
@@ -194,15 +202,16 @@ def issue(
     *,
     csr_pem: str | None = None,
     public_key: ec.EllipticCurvePublicKey | None = None,
-    uri: str,
+    uri: str | None,
     hosts: Sequence[str] = (),
     now: dt.datetime,
     lifetime: dt.timedelta,
     backdate: dt.timedelta = dt.timedelta(0),
 ) -> str:
-    """A leaf certificate for ``uri`` (and ``hosts``: DNS names or IP addresses, for a
-    server), valid from ``now - backdate`` for ``lifetime``, usable as TLS client and
-    server. The key is the CSR's (checked) or ``public_key``."""
+    """A leaf certificate for ``uri`` (a SPIFFE ID; None: names only) and ``hosts`` (DNS
+    names or IP addresses, for a server), valid from ``now - backdate`` for
+    ``lifetime``, usable as TLS client and server. The key is the CSR's (checked) or
+    ``public_key``."""
     if csr_pem is not None:
         key = _request_key(csr_pem)
     elif public_key is not None:
@@ -214,7 +223,7 @@ def issue(
     not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri[-64:])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (uri or hosts[0])[-64:])]))
         .issuer_name(ca_cert.subject)
         .public_key(key)
         .serial_number(x509.random_serial_number())
