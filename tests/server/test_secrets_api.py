@@ -82,7 +82,7 @@ def test_the_value_is_sealed_in_the_records_database(
     data = b"".join(path.read_bytes() for path in sorted(srv.data_dir.glob("records.db*")))
     assert name.encode() in data and (VALUE + name).encode() not in data
     sealed = srv.run(_sealed(srv, name))
-    assert sealed.startswith(f"v1:{srv.ctx.secrets.key_id}:")
+    assert sealed.startswith(f"v2:{srv.ctx.secrets.key_id}:")
 
 
 async def _sealed(srv: RunningServer, name: str) -> str:

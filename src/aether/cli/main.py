@@ -61,7 +61,9 @@ def _common(parser: argparse.ArgumentParser, *, fmt: bool = True) -> None:
 
 def _secrets_parsers(sub: _Commands) -> None:
     if p := sub.add(
-        "secrets", help="the tenant's named secrets (http tools' headers): set, ls, rm"
+        "secrets",
+        help="the tenant's named secrets (apps' env and files, http tools' headers): "
+        "set, ls, rm, rotate-key",
     ):
         secrets_sub = p.add_subparsers(
             dest="secrets_command", metavar="SUBCOMMAND", parser_class=_Parser
@@ -76,10 +78,17 @@ def _secrets_parsers(sub: _Commands) -> None:
         )
         q.add_argument("--from-file", default=None, metavar="F", help="read the value from file F")
         _common(q)
-        q = secrets_sub.add_parser("ls", help="the tenant's secrets: names and timestamps")
+        q = secrets_sub.add_parser(
+            "ls", help="the tenant's secrets: names, timestamps and the apps using each"
+        )
         _common(q)
         q = secrets_sub.add_parser("rm", help="remove a secret")
         q.add_argument("name")
+        _common(q)
+        q = secrets_sub.add_parser(
+            "rotate-key",
+            help="replace the key-encryption key and re-wrap every secret (cluster admin)",
+        )
         _common(q)
 
 
