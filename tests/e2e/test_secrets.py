@@ -76,10 +76,11 @@ def _event_stream(cluster: Cluster) -> Iterator[list[str]]:
     client = httpx.Client(headers={"Authorization": f"Bearer {cluster.admin_token}"}, timeout=None)
 
     def read() -> None:
-        with contextlib.suppress(Exception):
-            with client.stream("GET", f"{cluster.api}/api/v1/events") as stream:
-                for line in stream.iter_lines():
-                    lines.append(line)
+        with (
+            contextlib.suppress(Exception),
+            client.stream("GET", f"{cluster.api}/api/v1/events") as stream,
+        ):
+            lines.extend(stream.iter_lines())
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
