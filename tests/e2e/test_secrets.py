@@ -91,11 +91,6 @@ def _event_stream(cluster: Cluster) -> Iterator[list[str]]:
         thread.join(5)
 
 
-def _instance(cluster: Cluster, app: str) -> dict[str, Any] | None:
-    found = cluster.api_get(f"/instances?app={app}")
-    return found[0] if found else None
-
-
 def test_secrets_reach_their_instances_and_nothing_else(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_server()
     cluster.start_node("n1")
@@ -124,10 +119,10 @@ def test_secrets_reach_their_instances_and_nothing_else(cluster: Cluster, tmp_pa
         cluster.start_node("n2")
         own = (cluster.root / "n1" / "node.credential").read_text().strip()
         other = (cluster.root / "n2" / "node.credential").read_text().strip()
-        path = f"{cluster.api}/api/v1/nodes/%s/instances/vault-app@1/0/secrets"
+        route = f"{cluster.api}/api/v1/nodes/%s/instances/vault-app@1/0/secrets"
 
         def get(node: str, token: str) -> httpx.Response:
-            return httpx.get(path % node, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            return httpx.get(route % node, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
         mine = get("n1", own)
         assert mine.status_code == 200, mine.text
@@ -144,15 +139,46 @@ def test_secrets_reach_their_instances_and_nothing_else(cluster: Cluster, tmp_pa
             assert response.status_code == status, response.text
             answers.append(response.text)
 
+        # a task's sandbox gets the secret in its env; the task shows the name only
+        job = "import os, hashlib; v = os.environ['DB_PASSWORD'].encode(); " + (
+            "print(len(v), hashlib.sha256(v).hexdigest())"
+        )
+        ran = cluster.cli_json(
+            *("task", "submit", "-type", "job:run", "-app", "vault-app", "-cmd", "python3"),
+            *("-args", f"-c {job!r}", "--secret", "DB_PASSWORD=db-password", "--wait"),
+        )
+        assert ran["state"] == "succeeded", ran
+        assert ran["payload"]["secrets"] == {"DB_PASSWORD": "db-password"}
+        digest = hashlib.sha256(DB_PASSWORD.encode()).hexdigest()
+        assert ran["result"]["stdout"].split() == [str(len(DB_PASSWORD)), digest]
+        answers.append(str(ran))
+        late = httpx.get(
+            f"{cluster.api}/api/v1/tasks/{ran['id']}/secrets",
+            params={"node": "n1", "attempt": 1},
+            headers={"Authorization": f"Bearer {own}"},
+            timeout=10,
+        )
+        assert late.status_code == 404, late.text  # finished: no longer the node's to read
+        lacking_task = cluster.cli_json(
+            *("task", "submit", "-type", "job:run", "-app", "vault-app", "-cmd", "true"),
+            *("--secret", "DB_PASSWORD=not-set-yet", "--wait"),
+        )
+        assert lacking_task["state"] in ("failed", "dead"), lacking_task
+        assert "secret not-set-yet is not set" in (lacking_task["error"] or ""), lacking_task
+
         # a secret that is not set: the instance fails saying which, no crash loop
         missing = _app(tmp_path / "lacking", "lacking", "not-set-yet")
         cluster.cli("deploy", str(missing), "--no-wait")
-        failed = wait_for(
-            lambda: (i := _instance(cluster, "lacking")) and i["state"] == "FAILED" and i,
-            60,
-            "the instance lacking its secret FAILED",
-        )
+
+        def failed_for_want() -> dict[str, Any] | None:
+            for instance in cluster.api_get("/instances?app=lacking"):
+                if instance["state"] == "FAILED" and "not-set-yet" in instance["message"]:
+                    return dict(instance)
+            return None
+
+        failed = wait_for(failed_for_want, 90, "the instance lacking its secret FAILED")
         assert "secret not-set-yet is not set" in failed["message"], failed
+        assert {cluster.node_state("n1"), cluster.node_state("n2")} == {"ready"}
 
         # rotation: every secret still opens; a new instance gets the same values
         rotated = cluster.cli_json("secrets", "rotate-key")
@@ -176,16 +202,16 @@ def test_secrets_reach_their_instances_and_nothing_else(cluster: Cluster, tmp_pa
         ):
             answers.append(str(cluster.api_get(api_path)))
         answers.append(cluster.cli("logs", "vault-app").stdout)
-    everything = "\n".join(answers + events)
+    everything = "\n".join(answers + events).encode()
     scanned: list[str] = []
-    for path in cluster.root.rglob("*"):  # logs and records of the server and the nodes
-        if "app" in path.parts or "pw" in path.parts or "creds" in path.parts:
+    # every file of the server and the nodes: logs, shipped app logs, records, state store
+    for found in cluster.root.rglob("*"):
+        if "app" in found.parts or found.name in ("pw", "creds"):
             continue  # the instances' trees (the secret file is there, as it should be)
-        if path.is_file() and path.suffix in (".log", ".jsonl", ".json", ".txt", ".ndjson"):
-            everything += path.read_text(errors="replace")
-            scanned.append(path.name)
-    assert {"server.log", "n1.log", "n2.log"} <= set(scanned), scanned
+        if found.is_file():
+            everything += found.read_bytes()
+            scanned.append(found.name)
+    assert {"server.log", "n1.log", "n2.log", "records.db"} <= set(scanned), scanned
     assert any("vault-app" in line for line in events), "the event stream missed the app"
-    assert events, "the event stream said nothing"
     for value in VALUES:
-        assert value not in everything, f"a secret value leaked: {value}"
+        assert value.encode() not in everything, f"a secret value leaked: {value}"

@@ -383,6 +383,15 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         q.add_argument("-args", "--args", dest="args", help="split like a shell would")
         q.add_argument("-app", "--app", dest="app", help="job:run: the app")
         q.add_argument("-payload", "--payload", dest="payload", help="the whole payload as JSON")
+        q.add_argument(
+            "-secret",
+            "--secret",
+            dest="secret",
+            action="append",
+            metavar="ENV=NAME",
+            help="job:run, vm:execute: the tenant's secret NAME in $ENV (repeatable; the node "
+            "fetches the value, the task shows the name only)",
+        )
         q.add_argument("-priority", "--priority", dest="priority", type=int)
         q.add_argument("-queue", "--queue", dest="queue")
         q.add_argument("-max-retry", "--max-retry", dest="max_retry", type=int)

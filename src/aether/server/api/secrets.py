@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from aether.errors import ConflictError, NotFoundError
@@ -28,6 +28,7 @@ from aether.model.secrets import (
     SecretIn,
     SecretOut,
 )
+from aether.model.tasks import TaskState
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Admin, Caller, ClusterAdmin, NodeCaller, own_node
 from aether.server.services.secrets import (
@@ -124,3 +125,40 @@ async def set_secret(
 async def remove_secret(name: Name, caller: Admin, ctx: Ctx) -> SecretDeletedOut:
     await delete_secret(ctx, caller.tenant_id, name)
     return SecretDeletedOut(name=name)
+
+
+class TaskSecretsOut(BaseModel):
+    """What a node puts in a task's command environment."""
+
+    env: dict[str, str]
+
+
+@router.get("/tasks/{task_id}/secrets")
+async def task_secrets(
+    task_id: str,
+    request: Request,
+    caller: NodeCaller,
+    ctx: Ctx,
+    response: Response,
+    node: Annotated[str, Query(max_length=255)],
+    attempt: Annotated[int, Query(ge=1)],
+) -> TaskSecretsOut:
+    """The values a running task's payload names in ``secrets``: only to the node that
+    holds this attempt's claim (another node, another attempt or a finished task: 404)."""
+    own_node(request, caller, node)
+    task = await ctx.queue.get(task_id)
+    if task.claimed_by != node or task.state is not TaskState.ACTIVE or task.attempts != attempt:
+        raise NotFoundError(f"task {task_id} is not running on node {node}")
+    refs = task.payload.get("secrets") or {}
+    if not isinstance(refs, dict) or not refs:
+        return TaskSecretsOut(env={})
+    history = await ctx.queue.history(task_id)
+    if not history:
+        raise NotFoundError(f"task {task_id} has no history")
+    names = sorted({str(name) for name in refs.values()})
+    values = await tenant_secrets(ctx, history[0].tenant_id, names)
+    reason = missing_secret(names, values)
+    if reason is not None:
+        raise ConflictError(reason)
+    response.headers["Cache-Control"] = "no-store"
+    return TaskSecretsOut(env={str(env): values[str(name)] for env, name in refs.items()})
