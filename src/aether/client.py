@@ -826,6 +826,16 @@ class ApiClient:
         node, app_version, n = key.split("/")[1:4]
         await self.request("DELETE", f"/api/v1/nodes/{node}/instances/{app_version}/{n}")
 
+    async def instance_secrets(self, key: str) -> dict[str, dict[str, str]]:
+        """The secret values instance ``key`` (placed on this node) references:
+        ``{"env": {VAR: value}, "files": {path: content}}``. Never log the answer."""
+        node, app_version, n = key.split("/")[1:4]
+        answer = await self.request(
+            "GET", f"/api/v1/nodes/{node}/instances/{app_version}/{n}/secrets"
+        )
+        body = answer.json()
+        return {"env": dict(body["env"]), "files": dict(body["files"])}
+
     async def push_logs(self, node: str, entries: list[dict[str, str]]) -> None:
         await self.request("POST", f"/api/v1/nodes/{node}/logs", json={"entries": entries})
 

@@ -54,7 +54,7 @@ def test_set_three_ways_ls_and_rm(srv: RunningServer, tmp_path: Path) -> None:
         "--format", "json", token=admin,
     )  # fmt: skip
     assert filed.returncode == 0, filed.stderr
-    assert set(json.loads(filed.stdout)) == {"name", "created_at", "updated_at"}
+    assert set(json.loads(filed.stdout)) == {"name", "created_at", "updated_at", "used_by"}
     assert _stored(srv, tenant, "api-key") == "from a file"
 
     listed = aether(srv, tmp_path, "secrets", "ls", token=srv.token("viewer", tenant))

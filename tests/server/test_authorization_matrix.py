@@ -284,6 +284,10 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/secrets": Rule("viewer"),
     "PUT /api/v1/secrets/{name}": Rule("admin", owned=True, mine=True),
     "DELETE /api/v1/secrets/{name}": Rule("admin", owned=True, fresh=True),
+    "POST /api/v1/secrets:rotate-key": Rule("cluster"),  # every value still opens after
+    # the values an instance or task uses: only the node it runs on (else 404)
+    "GET /api/v1/nodes/{node}/instances/{app_version}/{n}/secrets": Rule("node"),
+    "GET /api/v1/tasks/{task_id}/secrets": Rule("node"),
     "PUT /api/v1/tenants/{tenant}/members/{user}": Rule("cluster"),
     # signing in (no token yet)
     "GET /api/v1/auth/providers": Rule("public"),
@@ -464,6 +468,7 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
             "json": {"node": world.node, "queues": [unique("q")], "want": 1, "wait": 0}
         },
         "POST /api/v1/tasks/{task_id}/heartbeat": {"json": {"node": world.node, "attempt": 1}},
+        "GET /api/v1/tasks/{task_id}/secrets": {"params": {"node": world.node, "attempt": 1}},
         "POST /api/v1/tasks/{task_id}/complete": {
             "json": {"node": world.node, "attempt": 1, "result": {}}
         },

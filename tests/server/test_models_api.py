@@ -156,7 +156,7 @@ def test_the_key_is_not_in_the_records_database_in_plain_text(
     assert name.encode() in data  # the row is there ...
     assert KEY.encode() not in data  # ... its key is not
     sealed = srv.run(_sealed_key(srv, name))
-    assert sealed is not None and sealed.startswith(f"v1:{srv.ctx.secrets.key_id}:")
+    assert sealed is not None and sealed.startswith(f"v2:{srv.ctx.secrets.key_id}:")
     key_file = srv.data_dir / "secrets.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 

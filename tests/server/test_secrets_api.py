@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select, update
 
 from aether.server.services.secrets import tenant_secrets
 from aether.store.records.schema import SecretRow
@@ -43,7 +44,7 @@ def test_set_replace_list_and_remove_never_show_the_value(
     admin, viewer = srv.token("admin", tenant), srv.token("viewer", tenant)
     made = _put(http, admin, "GITHUB_TOKEN", VALUE)
     assert made.status_code == 201, made.text
-    assert set(made.json()) == {"name", "created_at", "updated_at"}
+    assert set(made.json()) == {"name", "created_at", "updated_at", "used_by"}
     replaced = _put(http, admin, "GITHUB_TOKEN", VALUE + "-2")
     assert replaced.status_code == 200, replaced.text
     assert replaced.json()["created_at"] == made.json()["created_at"]
@@ -82,7 +83,7 @@ def test_the_value_is_sealed_in_the_records_database(
     data = b"".join(path.read_bytes() for path in sorted(srv.data_dir.glob("records.db*")))
     assert name.encode() in data and (VALUE + name).encode() not in data
     sealed = srv.run(_sealed(srv, name))
-    assert sealed.startswith(f"v1:{srv.ctx.secrets.key_id}:")
+    assert sealed.startswith(f"v2:{srv.ctx.secrets.key_id}:")
 
 
 async def _sealed(srv: RunningServer, name: str) -> str:
@@ -166,3 +167,44 @@ async def _count(srv: RunningServer, tenant_id: str | None) -> int:
             select(func.count()).select_from(SecretRow).where(SecretRow.tenant_id == tenant_id)
         )
         return int(count or 0)
+
+
+def test_rotating_the_key_rewraps_every_value_and_all_still_open(
+    srv: RunningServer, http: httpx.Client
+) -> None:
+    team = unique("team")
+    admin = srv.token("admin", team)
+    # a value sealed before envelopes (v1, Fernet with the key line) is re-sealed too
+    legacy = unique("legacy")
+    assert _put(http, admin, legacy, "placeholder").status_code == 201
+    srv.run(_set_sealed(srv, legacy, _fernet_v1(srv, "legacy-value")))
+    names = [unique("rot") for _ in range(3)]
+    for name in names:
+        assert _put(http, admin, name, VALUE + name).status_code == 201
+    before = srv.ctx.secrets.key_id
+    refused = http.post("/api/v1/secrets:rotate-key", headers=bearer(admin))
+    assert refused.status_code == 403, refused.text  # a tenant's admin is not the cluster's
+    done = http.post("/api/v1/secrets:rotate-key", headers=bearer(srv.token("admin")))
+    assert done.status_code == 200, done.text
+    out = done.json()
+    assert out["key_id"] != before and before in out["previous"] and out["remaining"] == {}
+    assert out["rewrapped"] >= 4 and VALUE not in done.text
+    for name in [legacy, *names]:
+        assert srv.run(_sealed(srv, name)).startswith(f"v2:{out['key_id']}:")
+    tenant_id = srv.run(srv.ctx.records.tenant_id_of(team))
+    assert tenant_id is not None
+    values = srv.run(tenant_secrets(srv.ctx, tenant_id, [legacy, *names]))
+    assert values == {legacy: "legacy-value", **{n: VALUE + n for n in names}}
+    assert len((srv.data_dir / "secrets.key").read_bytes().split()) == 1
+    assert (srv.data_dir / "secrets.key.old").exists()
+
+
+def _fernet_v1(srv: RunningServer, value: str) -> str:
+    line = (srv.data_dir / "secrets.key").read_bytes().split()[0]
+    return f"v1:{srv.ctx.secrets.key_id}:{Fernet(line).encrypt(value.encode()).decode()}"
+
+
+async def _set_sealed(srv: RunningServer, name: str, sealed: str) -> None:
+    async with srv.ctx.records.sessions() as session:
+        await session.execute(update(SecretRow).where(SecretRow.name == name).values(value=sealed))
+        await session.commit()

@@ -83,7 +83,9 @@ def _plugin_parsers(sub: _Commands) -> None:
 
 def _secrets_parsers(sub: _Commands) -> None:
     if p := sub.add(
-        "secrets", help="the tenant's named secrets (http tools' headers): set, ls, rm"
+        "secrets",
+        help="the tenant's named secrets (apps' env and files, http tools' headers): "
+        "set, ls, rm, rotate-key",
     ):
         secrets_sub = p.add_subparsers(
             dest="secrets_command", metavar="SUBCOMMAND", parser_class=_Parser
@@ -98,10 +100,17 @@ def _secrets_parsers(sub: _Commands) -> None:
         )
         q.add_argument("--from-file", default=None, metavar="F", help="read the value from file F")
         _common(q)
-        q = secrets_sub.add_parser("ls", help="the tenant's secrets: names and timestamps")
+        q = secrets_sub.add_parser(
+            "ls", help="the tenant's secrets: names, timestamps and the apps using each"
+        )
         _common(q)
         q = secrets_sub.add_parser("rm", help="remove a secret")
         q.add_argument("name")
+        _common(q)
+        q = secrets_sub.add_parser(
+            "rotate-key",
+            help="replace the key-encryption key and re-wrap every secret (cluster admin)",
+        )
         _common(q)
 
 
@@ -445,6 +454,15 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         q.add_argument("-args", "--args", dest="args", help="split like a shell would")
         q.add_argument("-app", "--app", dest="app", help="job:run: the app")
         q.add_argument("-payload", "--payload", dest="payload", help="the whole payload as JSON")
+        q.add_argument(
+            "-secret",
+            "--secret",
+            dest="secret",
+            action="append",
+            metavar="ENV=NAME",
+            help="job:run, vm:execute: the tenant's secret NAME in $ENV (repeatable; the node "
+            "fetches the value, the task shows the name only)",
+        )
         q.add_argument("-priority", "--priority", dest="priority", type=int)
         q.add_argument("-queue", "--queue", dest="queue")
         q.add_argument("-max-retry", "--max-retry", dest="max_retry", type=int)

@@ -19,13 +19,16 @@ from aether.model.decisions import AutoscaleSpec
 
 __all__ = [
     "APP_NAME_RE",
+    "ENV_NAME_RE",
     "SLICE_PATH_RE",
+    "AppSecrets",
     "AppSpec",
     "CheckpointSpec",
     "Resources",
     "RolloutSpec",
     "Runtime",
     "validate_app_name",
+    "validate_secret_file",
 ]
 
 Runtime = Literal["node", "python", "static", "command", "slice"]
@@ -35,6 +38,21 @@ APP_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SLICE_PATH_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 )
+
+#: an environment variable a secret may fill: upper-case letters, digits and ``_``
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+#: the name of a tenant's secret (as model.secrets.SECRET_NAME_PATTERN)
+_SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def validate_secret_file(path: str) -> str:
+    """A secret file's path: relative, inside the app's tree, without ``..``."""
+    parts = PurePosixPath(path).parts
+    if not parts or path.startswith("/") or ".." in parts or "\x00" in path:
+        raise ValueError(
+            f"secret file {path!r} must be a relative path inside the app, without '..'"
+        )
+    return PurePosixPath(*parts).as_posix()
 
 
 def validate_app_name(name: str) -> str:
@@ -89,6 +107,58 @@ class CheckpointSpec(BaseModel):
     interval: Annotated[float, Field(ge=0, le=86_400)] = 5.0
 
 
+class AppSecrets(BaseModel):
+    """``[secrets]`` in aether.toml: the tenant's secrets the instances get, by name.
+
+    ``ENV = "secret-name"`` lines set environment variables (upper-case names);
+    ``[secrets.files]`` lines ``"path/in/app" = "secret-name"`` write files into the
+    instance's tree (mode 0400, the instance's own). Only names are in the spec; the
+    node fetches the values when it starts the instance (``docs/concepts.md#secrets``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _toml_shape(cls, data: object) -> object:
+        """``{ENV = name, files = {...}}`` (aether.toml) or ``{env, files}`` (stored)."""
+        if not isinstance(data, dict):
+            return data
+        env = {k: v for k, v in data.items() if k not in ("env", "files")}
+        if not env:
+            return data
+        return {"env": {**data.get("env", {}), **env}, "files": data.get("files", {})}
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for env, name in value.items():
+            if not ENV_NAME_RE.match(env):
+                raise ValueError(
+                    f"[secrets] {env}: an environment variable is upper-case letters, digits and _"
+                )
+            if not isinstance(name, str) or not _SECRET_NAME_RE.match(name):
+                raise ValueError(f"[secrets] {env} = {name!r} is not a secret's name")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for path, name in value.items():
+            if not isinstance(name, str) or not _SECRET_NAME_RE.match(name):
+                raise ValueError(f"[secrets.files] {path!r} = {name!r} is not a secret's name")
+            out[validate_secret_file(path)] = name
+        return out
+
+    def names(self) -> list[str]:
+        """Every secret referenced, sorted, once."""
+        return sorted({*self.env.values(), *self.files.values()})
+
+
 class AppSpec(BaseModel):
     """The process spec of an app: how a node starts and checks one instance."""
 
@@ -117,6 +187,8 @@ class AppSpec(BaseModel):
     stateful: bool = False
     state_dir: str | None = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    # [secrets]: the tenant's secrets its instances get as env or files (names only)
+    secrets: AppSecrets = Field(default_factory=AppSecrets)
 
     @field_validator("name")
     @classmethod
@@ -161,4 +233,13 @@ class AppSpec(BaseModel):
             raise ValueError('runtime "slice" needs slice = "module:attribute" (its import path)')
         if self.slice is not None and self.runtime not in ("slice", None):
             raise ValueError(f'slice = "..." is for runtime "slice", not {self.runtime!r}')
+        for env in self.secrets.env:
+            if env == self.port_env or env.startswith("AETHER_"):
+                raise ValueError(f"[secrets] {env}: the node sets this variable itself")
+        state = self.state_dir
+        for path in self.secrets.files:
+            if state is not None and (path == state or path.startswith(state + "/")):
+                raise ValueError(
+                    f"secret file {path!r} is inside state_dir: it would travel with checkpoints"
+                )
         return self

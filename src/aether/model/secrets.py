@@ -10,7 +10,13 @@ from pydantic import BaseModel, Field, SecretStr
 
 from aether.model.time import Timestamp
 
-__all__ = ["SECRET_NAME_PATTERN", "SecretDeletedOut", "SecretIn", "SecretOut"]
+__all__ = [
+    "SECRET_NAME_PATTERN",
+    "KeyRotationOut",
+    "SecretDeletedOut",
+    "SecretIn",
+    "SecretOut",
+]
 
 #: letters (either case), digits, ``.``, ``_`` and ``-``: up to 63, e.g. GITHUB_TOKEN
 SECRET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -26,6 +32,17 @@ class SecretOut(BaseModel):
     name: str
     created_at: Timestamp
     updated_at: Timestamp
+    #: the tenant's apps whose running deployment references it (env or file)
+    used_by: list[str] = Field(default_factory=list)
+
+
+class KeyRotationOut(BaseModel):
+    """``POST /secrets:rotate-key``: the key-encryption key was replaced."""
+
+    key_id: str  # the new current key
+    previous: list[str]  # the keys it replaced (kept in secrets.key.old)
+    rewrapped: int  # sealed values whose data key is now wrapped by the new key
+    remaining: dict[str, int] = Field(default_factory=dict)  # values still naming an old key
 
 
 class SecretDeletedOut(BaseModel):

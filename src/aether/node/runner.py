@@ -86,6 +86,7 @@ from aether.node.contents import ContentStore
 from aether.node.drivers.base import Handle, LaunchSpec, RunsInstances
 from aether.node.orphans import store_orphan
 from aether.node.periodic import PeriodicCheckpoints, PeriodicTarget
+from aether.node.secret_files import SecretFileError, write_secret_files
 from aether.node.slice_control import SliceControl, describe
 from aether.ports import free_port
 
@@ -580,6 +581,7 @@ class InstanceRunner:
                 env["AETHER_SLICE"] = spec.slice
         if not (self.run_dir.is_dir() and (state_dir is None or state_dir.is_dir())):
             await asyncio.to_thread(self._hand_over)  # loaded by an older node, or tampered with
+        env.update(await self._secrets())
         launch = LaunchSpec(
             command=spec.start,
             cwd=self.app_dir,
@@ -598,6 +600,26 @@ class InstanceRunner:
         await self._health_check()
         if self.is_slice:
             await self._describe(key)
+
+    async def _secrets(self) -> dict[str, str]:
+        """Fetch the secrets the app references (``[secrets]``), write its secret files
+        and return its secret env. Values are held here only: never logged, reported or
+        stored; one that is not set fails the start with the server's reason."""
+        wanted = self.record.spec.secrets
+        if not wanted.env and not wanted.files:
+            return {}
+        try:
+            values = await self.client.instance_secrets(self.key)
+        except ConflictError as exc:  # "secret X is not set"
+            raise StepFailed(str(exc)) from None
+        except AetherError as exc:
+            raise StepFailed(f"could not fetch the app's secrets: {exc}") from None
+        uid = self.driver.host_uid(self.instance_id)
+        try:
+            await asyncio.to_thread(write_secret_files, self.app_dir, values["files"], uid)
+        except SecretFileError as exc:
+            raise StepFailed(str(exc)) from None
+        return values["env"]
 
     async def _describe(self, key: str) -> None:
         """Ask the healthy slice host for its entry points (reported with ACTIVE)."""

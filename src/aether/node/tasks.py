@@ -231,6 +231,19 @@ class TaskWorker:
             except AetherError as exc:
                 log.debug("heartbeat for %s failed (%s)", task.id, exc)
 
+    async def _with_secrets(self, task: TaskOut, payload: Any) -> Any:
+        """The payload with the values of its ``secrets`` in its ``env``, fetched from the
+        server for this attempt (held in memory only: never logged or reported)."""
+        refs = getattr(payload, "secrets", None)
+        if not refs:
+            return payload
+        answer = await self.client.json(
+            "GET",
+            f"/api/v1/tasks/{task.id}/secrets",
+            params={"node": self.node_id, "attempt": task.attempts},
+        )
+        return payload.model_copy(update={"env": {**payload.env, **answer["env"]}})
+
     async def _execute(self, task: TaskOut) -> tuple[str, Any]:
         task_type = lookup(task.type)
         handle = handler_for(task.type)
@@ -240,6 +253,10 @@ class TaskWorker:
             payload = task_type.payload.model_validate(task.payload)
         except ValidationError as exc:
             return "permanent", f"invalid payload: {exc}"
+        try:
+            payload = await self._with_secrets(task, payload)
+        except AetherError as exc:  # "secret X is not set"
+            return "permanent", str(exc)
         ctx = TaskContext(
             node=self.node_id,
             sandboxes=self.sandboxes,

@@ -21,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from aether.model.app import AppSecrets
 
 __all__ = [
     "WIRE_NAMES",
@@ -61,6 +63,15 @@ class VmCreatePayload(BaseModel):
     sandbox_id: Annotated[str | None, Field(alias="vm_id")] = None
 
 
+def _secret_refs(value: dict[str, str]) -> dict[str, str]:
+    """``secrets``: ENV -> the name of one of the tenant's secrets (its value is fetched by
+    the node that runs the task, into the command's environment; never in the payload)."""
+    return AppSecrets(env=value).env
+
+
+SecretRefs = Annotated[dict[str, str], AfterValidator(_secret_refs)]
+
+
 class VmExecutePayload(BaseModel):
     model_config = ConfigDict(extra="forbid", **WIRE_NAMES)
 
@@ -69,6 +80,7 @@ class VmExecutePayload(BaseModel):
     args: list[str] = Field(default_factory=list)
     stdin: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    secrets: SecretRefs = Field(default_factory=dict)
 
 
 class VmDeletePayload(BaseModel):
@@ -87,6 +99,7 @@ class JobRunPayload(BaseModel):
     args: list[str] = Field(default_factory=list)
     version: int | None = None  # default: the app's live version
     env: dict[str, str] = Field(default_factory=dict)
+    secrets: SecretRefs = Field(default_factory=dict)
     memory_mb: Annotated[int, Field(ge=16)] = 512
     network: bool = False
     # filled in by the server at submission

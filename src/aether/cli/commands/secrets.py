@@ -1,9 +1,10 @@
-"""``aether secrets set|ls|rm``: the tenant's named secrets (an http tool's headers,
-what policies redact).
+"""``aether secrets set|ls|rm|rotate-key``: the tenant's named secrets (an app's env
+and files, an http tool's headers, what policies redact).
 
 ``set NAME`` takes the value from ``--value V``, ``--from-file F`` or else stdin (one
 trailing newline dropped); prefer a file or stdin: an argument lands in the shell's
-history and in ``ps``. Values are never shown: ``ls`` lists names and timestamps.
+history and in ``ps``. Values are never shown: ``ls`` lists names, timestamps and the
+apps that use each. ``rotate-key`` (the cluster admin) replaces the key-encryption key.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from aether.cli.session import api_client
 
 __all__ = ["run"]
 
-_HEADERS = ["name", "created", "updated"]
+_HEADERS = ["name", "created", "updated", "used by"]
 
 
 def _row(s: dict[str, Any]) -> list[str]:
-    return [s["name"], s["created_at"][:19], s["updated_at"][:19]]
+    used = ",".join(s.get("used_by") or []) or "-"
+    return [s["name"], s["created_at"][:19], s["updated_at"][:19], used]
 
 
 def _one_line_end(text: str) -> str:
@@ -60,6 +62,16 @@ async def run(args: argparse.Namespace) -> int:
             path = f"/{quote(args.name, safe='')}"
             made = await client.secrets("PUT", path, body={"value": value})
             emit(args, made, f"secret {made['name']} set (stored encrypted)")
+        elif command == "rotate-key":
+            done = await client.secrets("POST", ":rotate-key")
+            left = done["remaining"]
+            note = f"; {sum(left.values())} value(s) still name an old key" if left else ""
+            emit(
+                args,
+                done,
+                f"key {done['key_id']} now wraps every secret ({done['rewrapped']} re-wrapped; "
+                f"replaced {', '.join(done['previous']) or 'none'}){note}",
+            )
         elif command == "ls":
             listed = await client.secrets("GET")
             emit(args, {"secrets": listed}, table([_row(s) for s in listed], _HEADERS))

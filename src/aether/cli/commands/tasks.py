@@ -48,7 +48,20 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
         payload["network"] = True
     if args.args is not None:
         payload["args"] = shlex.split(args.args)
+    if args.secret:
+        payload["secrets"] = _secret_refs(args.secret)
     return payload
+
+
+def _secret_refs(pairs: list[str]) -> dict[str, str]:
+    """``--secret ENV=name`` (repeatable): the tenant's secret ``name`` in ``$ENV``."""
+    refs: dict[str, str] = {}
+    for pair in pairs:
+        env, sep, name = pair.partition("=")
+        if not sep or not env or not name:
+            raise CliError(f"--secret {pair!r}: write ENV=secret-name", kind="usage")
+        refs[env] = name
+    return refs
 
 
 def _task_text(task: dict[str, Any]) -> str:
