@@ -115,16 +115,16 @@ def test_secrets_reach_their_instances_and_nothing_else(cluster: Cluster, tmp_pa
         assert used == {"creds": ["vault-app"], "db-password": ["vault-app"]}
         answers.append(str(listed))
 
-        # the node route: only the node's own credential, only for what it runs
+        # the node route: only the node's own credential (over mutual TLS with its
+        # certificate, as the node calls), only for what it runs
         cluster.start_node("n2")
-        own = (cluster.root / "n1" / "node.credential").read_text().strip()
-        other = (cluster.root / "n2" / "node.credential").read_text().strip()
-        route = f"{cluster.api}/api/v1/nodes/%s/instances/vault-app@1/0/secrets"
+        route = "/api/v1/nodes/%s/instances/vault-app@1/0/secrets"
 
-        def get(node: str, token: str) -> httpx.Response:
-            return httpx.get(route % node, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        def get(node: str, caller: str, token: str | None = None) -> httpx.Response:
+            with cluster.node_client(caller, token) as http:
+                return http.get(route % node)
 
-        mine = get("n1", own)
+        mine = get("n1", "n1")
         assert mine.status_code == 200, mine.text
         assert mine.json() == {
             "env": {"DB_PASSWORD": DB_PASSWORD},
@@ -132,9 +132,9 @@ def test_secrets_reach_their_instances_and_nothing_else(cluster: Cluster, tmp_pa
         }
         assert mine.headers["cache-control"] == "no-store"
         for response, status in (
-            (get("n2", other), 404),  # n2's own route, but the instance is not on n2
-            (get("n1", other), 403),  # n2 acting as n1
-            (get("n1", cluster.admin_token), 403),  # a user's token
+            (get("n2", "n2"), 404),  # n2's own route, but the instance is not on n2
+            (get("n1", "n2"), 403),  # n2 acting as n1
+            (get("n1", "n1", cluster.admin_token), 403),  # a user's token
         ):
             assert response.status_code == status, response.text
             answers.append(response.text)
@@ -152,12 +152,10 @@ def test_secrets_reach_their_instances_and_nothing_else(cluster: Cluster, tmp_pa
         digest = hashlib.sha256(DB_PASSWORD.encode()).hexdigest()
         assert ran["result"]["stdout"].split() == [str(len(DB_PASSWORD)), digest]
         answers.append(str(ran))
-        late = httpx.get(
-            f"{cluster.api}/api/v1/tasks/{ran['id']}/secrets",
-            params={"node": "n1", "attempt": 1},
-            headers={"Authorization": f"Bearer {own}"},
-            timeout=10,
-        )
+        with cluster.node_client("n1") as http:
+            late = http.get(
+                f"/api/v1/tasks/{ran['id']}/secrets", params={"node": "n1", "attempt": 1}
+            )
         assert late.status_code == 404, late.text  # finished: no longer the node's to read
         lacking_task = cluster.cli_json(
             *("task", "submit", "-type", "job:run", "-app", "vault-app", "-cmd", "true"),

@@ -91,6 +91,24 @@ class Cluster:
         if wait:
             wait_for(lambda: self.node_state(name) == "ready", 30, f"node {name} ready")
 
+    def node_client(self, name: str, token: str | None = None) -> httpx.Client:
+        """A client that calls as node ``name`` does: to a server's node port, over mutual
+        TLS with the node's own certificate, with ``token`` (default: its credential)."""
+        from aether.trust import tls
+
+        data = self.root / name
+        authorities = (data / "cluster-ca.pem").read_text()
+        context = tls.client_context(
+            [authorities], (data / "node.crt").read_text(), (data / "node.key").read_text()
+        )
+        credential = token or (data / "node.credential").read_text().strip()
+        return httpx.Client(
+            base_url=json.loads((data / "servers.json").read_text())[0],
+            verify=context,
+            headers={"Authorization": f"Bearer {credential}"},
+            timeout=10,
+        )
+
     def router(self, name: str) -> str:
         return f"http://127.0.0.1:{self.router_ports[name]}"
 
