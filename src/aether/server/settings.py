@@ -41,6 +41,11 @@ class ServerSettings(BaseSettings):
     node_port: int = Field(
         default=0, ge=0, le=65535, description="where nodes call, mutual TLS only; 0: any free port"
     )
+    node_public_url: str | None = Field(
+        default=None,
+        description="the node port's URL as nodes reach it (https://HOST:PORT); default: "
+        "the API URL's host with the node port",
+    )
     node_cert_seconds: float = Field(
         default=86400.0,
         ge=5,

@@ -61,7 +61,7 @@ class NodePort:
         port = sock.getsockname()[1]
         host = urlsplit(settings.api_url()).hostname or settings.host
         shown = f"[{host}]" if ":" in host else host
-        url = f"https://{shown}:{port}"
+        url = settings.node_public_url or f"https://{shown}:{port}"
         config = uvicorn.Config(
             app,
             http=mtls_protocol(ctx.trust.node_port_context),
