@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -305,3 +306,16 @@ def test_a_ca_rotation_trusts_both_then_only_the_new(tmp_path: Path) -> None:
         _refused(node, node.context())  # the old CA's certificate no longer
         trust = httpx.get(f"{srv.base_url}/api/v1/cluster/trust", timeout=10).json()
         assert old not in trust["fingerprints"] and len(trust["fingerprints"]) == 1
+
+
+def test_node_port_connections_send_without_delay(srv: RunningServer) -> None:
+    """Small answers go out at once (TCP_NODELAY): without it an answer written in two
+    pieces waited for the client's delayed ACK, ~40 ms (found by bench.node_tls_bench)."""
+    node = Node(srv, unique("nodelay"))
+    with node.client() as http:
+        assert node.register(http).status_code == 200
+        connections = list(srv.app.state.node_port.server.server_state.connections)
+        assert connections
+        for protocol in connections:
+            sock = protocol.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

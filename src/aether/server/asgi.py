@@ -222,6 +222,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         task = asyncio.create_task(leader.run(), name="leader")
         expiry = asyncio.create_task(_expire_claims(ctx), name="task-leases")
         node_port = await NodePort.open(app, ctx)
+        app.state.node_port = node_port
         exits.push_async_callback(node_port.close)
         trusting = asyncio.create_task(follow_trust(trust), name="trust")
         presence = asyncio.create_task(announce(ctx), name="presence")

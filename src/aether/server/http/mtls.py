@@ -12,13 +12,22 @@ The verified client certificate (PEM) reaches the app in the connection's state,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _HttpProtocol
+else:  # the parser the API port uses too (uvicorn's "auto"): httptools when installed
+    try:
+        import httptools  # noqa: F401
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as _HttpProtocol
 
 __all__ = ["CLIENT_CERT", "HANDSHAKE_SECONDS", "mtls_protocol"]
 
@@ -64,13 +73,17 @@ def mtls_protocol(context: Callable[[], ssl.SSLContext]) -> type[asyncio.Protoco
     with ``context()`` (called per connection: the current CA and certificate)."""
     refusals = _Refusals()
 
-    class MutualTlsProtocol(H11Protocol):
+    class MutualTlsProtocol(_HttpProtocol):
         _tls_ready = False
         _early: list[bytes]
         _handshake: asyncio.Task[None] | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             transport.pause_reading()  # type: ignore[attr-defined,unused-ignore]  # the handshake reads first
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # asyncio sets it only for sockets made with IPPROTO_TCP
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._early = []
             self._handshake = asyncio.ensure_future(self._start_tls(transport))
 
