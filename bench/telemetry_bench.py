@@ -39,7 +39,7 @@ plain and mTLS side by side with the mTLS/plain ratios of p50 and p99.
 
 Everything shares one machine: with 2 cores the load generators take CPU the
 server would otherwise have, so the figure is a lower bound for a server with
-the machine to itself. Results: bench/results/telemetry.json.
+the machine to itself. Results: bench/results/telemetry.json (``--result-name``).
 """
 
 from __future__ import annotations
@@ -604,6 +604,11 @@ def main() -> None:
     parser.add_argument(
         "--patience", type=float, default=60.0, help="seconds to wait for an idle machine per step"
     )
+    parser.add_argument(
+        "--result-name",
+        default=RESULT_NAME,
+        help="bench/results/NAME.json (a reduced run can keep the full run's file)",
+    )
     args = parser.parse_args()
     if args.mode == "worker":
         worker_main(args)
@@ -649,7 +654,7 @@ def main() -> None:
     }
     aim_transport = "mtls" if "mtls" in best else transports[0]
     write_result(
-        RESULT_NAME,
+        args.result_name,
         {
             "command": "python -m bench.telemetry_bench " + " ".join(sys.argv[1:]),
             "setup": {
