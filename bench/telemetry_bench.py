@@ -32,7 +32,7 @@ event-loop lag: when it grows, the generators were the limit), the server's own
 time per push (``telemetry_ingest_duration_seconds``), the CPU used by the
 server, by the generators and by anything else on the machine meanwhile, and
 whether the leader's latest sample holds all N nodes fresh. Each step first
-waits (up to 60 s) for the machine to be idle. A step passes when the rate is
+waits (up to ``--patience``, 60 s) for the machine to be idle. A step passes when the rate is
 ≥ 99 % of N with no errors and the p99 latency is under 100 ms. The result is
 the largest passing N, per client and transport; the table at the end puts
 plain and mTLS side by side with the mTLS/plain ratios of p50 and p99.
