@@ -18,5 +18,6 @@ for module, args in (
     ("bench.auth_overhead_bench", []),
     ("bench.policy_bench", []),
     ("bench.plugins_bench", []),
+    ("bench.node_tls_bench", []),
 ):
     subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.telemetry_bench [--steps 500,1000,2000,3000,4000]
         [--workers 2] [--warmup 5] [--duration 20] [--client aiohttp|raw|both]
+        [--transport plain|mtls|both]
 
 A real ``aether server`` process (its own data directory, SQLite stores, the
 default settings: it is the leader, so it also aggregates every second, feeds
@@ -9,11 +10,20 @@ the risk engine and the controller, and writes roll-ups every minute). For each
 step N, ``--workers`` load-generator processes simulate N nodes between them:
 each node pushes a realistic ``NodeMetrics`` (10 instances, 5 endpoints, ~2.6 kB
 of JSON) once per second at its own phase with its own credential (each
-simulated node joins once, before the first step, with the join token), like the node
-daemon (a late push is sent at once, then the schedule continues). Two
-generators (``--client both``, the default; a fresh server for each):
+simulated node joins once, before the first step, with the join token and a CSR
+for a key of its own), like the node daemon (a late push is sent at once, then
+the schedule continues). Two generators (``--client both``, the default):
 ``aiohttp`` sessions, and ``raw`` -- HTTP/1.1 written by hand on one keep-alive
 connection per node, which costs the shared CPUs a third as much.
+
+Two transports (``--transport both``, the default; a fresh server for each
+client and transport, one after the other in the same run): ``mtls`` -- every
+node calls the server's node port over mutual TLS with the certificate it got
+at join (its own ``ssl`` context, so its own connection) and its credential, as
+a real node does; ``plain`` -- a server started with ``AETHER_NODE_AUTH=credential``
+takes the credential alone over plain HTTP on the API port (the legacy mode).
+The keys (EC P-256, one per simulated node) are made once per run and kept in
+the run's temporary directory for every server.
 
 Per step: the achieved update rate (pushes answered 204 per second of the
 measured window), the ingest latency as the node sees it (request sent →
@@ -22,13 +32,14 @@ event-loop lag: when it grows, the generators were the limit), the server's own
 time per push (``telemetry_ingest_duration_seconds``), the CPU used by the
 server, by the generators and by anything else on the machine meanwhile, and
 whether the leader's latest sample holds all N nodes fresh. Each step first
-waits (up to 60 s) for the machine to be idle. A step passes when the rate is
+waits (up to ``--patience``, 60 s) for the machine to be idle. A step passes when the rate is
 ≥ 99 % of N with no errors and the p99 latency is under 100 ms. The result is
-the largest passing N.
+the largest passing N, per client and transport; the table at the end puts
+plain and mTLS side by side with the mTLS/plain ratios of p50 and p99.
 
 Everything shares one machine: with 2 cores the load generators take CPU the
 server would otherwise have, so the figure is a lower bound for a server with
-the machine to itself. Results: bench/results/telemetry.json.
+the machine to itself. Results: bench/results/telemetry.json (``--result-name``).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import os
 import random
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,10 +62,12 @@ from typing import Any
 import httpx
 
 from aether.ports import free_port
+from aether.trust import ca, tls
 from bench.common import REPO, machine_busy, percentile, wait_until_quiet, write_result
 from tests.support.waiting import wait_for
 
 RESULT_NAME = "telemetry"
+TRANSPORTS = ("plain", "mtls")
 AIM_NODES = 2000
 P99_LIMIT_MS = 100.0
 INSTANCES_PER_NODE = 10
@@ -106,9 +120,22 @@ def node_template(node: str, rng: random.Random) -> bytes:
     return json.dumps(body).replace('"TS"', "%(ts)s").replace('"SEQ"', "%(seq)d").encode()
 
 
+def node_contexts(identities: dict[str, Any], nodes: list[str]) -> dict[str, ssl.SSLContext]:
+    """Each node's own client context (its certificate and key, the cluster's CAs) when
+    ``identities`` are for the node port; none for plain HTTP."""
+    if not identities.get("authorities"):
+        return {}
+    keys: dict[str, dict[str, str]] = identities["keys"]
+    return {
+        node: tls.client_context(
+            identities["authorities"], identities["nodes"][node]["certificate"], keys[node]["key"]
+        )
+        for node in nodes
+    }
+
+
 async def _simulate(
-    url: str,
-    tokens: dict[str, str],
+    identities: dict[str, Any],
     nodes: list[str],
     start_at: float,
     warmup: float,
@@ -117,6 +144,16 @@ async def _simulate(
 ) -> dict[str, Any]:
     import aiohttp
 
+    url: str = identities["url"]
+    tokens = {node: identities["nodes"][node]["credential"] for node in nodes}
+    contexts = node_contexts(identities, nodes)
+    if contexts and time.time() > start_at:
+        print(
+            f"worker: the TLS contexts were ready {time.time() - start_at:.1f} s late "
+            "(the warm-up absorbs it unless it is longer)",
+            file=sys.stderr,
+            flush=True,
+        )
     rng = random.Random(hash(nodes[0]) if nodes else 0)
     templates = {node: node_template(node, rng).decode() for node in nodes}
     measure_from = start_at + warmup
@@ -158,7 +195,9 @@ async def _simulate(
             started = time.perf_counter()
             status: int | str
             try:
-                async with session.post(target, data=body, headers=headers) as response:
+                async with session.post(
+                    target, data=body, headers=headers, ssl=contexts.get(node, True)
+                ) as response:
                     await response.read()
                     status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -172,13 +211,16 @@ async def _simulate(
     async def raw_node_loop(node: str) -> None:
         """The same schedule over one keep-alive connection, HTTP/1.1 written by hand."""
         template = templates[node]
-        host, _, port = url.removeprefix("http://").partition(":")
+        host, _, port = url.split("://", 1)[1].partition(":")
         head = (
             f"POST /api/v1/nodes/{node}/metrics HTTP/1.1\r\nHost: {host}:{port}\r\n"
             f"Authorization: Bearer {tokens[node]}\r\nContent-Type: application/json\r\n"
         )
         next_at = start_at + rng.random()
-        reader, writer = await asyncio.open_connection(host, int(port))
+        context = contexts.get(node)
+        reader, writer = await asyncio.open_connection(
+            host, int(port), ssl=context, server_hostname=host if context else None
+        )
         seq = 0
         try:
             while True:
@@ -232,9 +274,11 @@ def sim_node(i: int) -> str:
 
 def worker_main(args: argparse.Namespace) -> None:
     nodes = [sim_node(i) for i in range(args.first, args.first + args.count)]
-    tokens: dict[str, str] = json.loads(Path(args.credentials).read_text())
+    identities: dict[str, Any] = json.loads(Path(args.identities).read_text())
+    if identities.get("authorities"):
+        identities["keys"] = json.loads(Path(identities["keys_file"]).read_text())
     result = asyncio.run(
-        _simulate(args.url, tokens, nodes, args.start_at, args.warmup, args.duration, args.client)
+        _simulate(identities, nodes, args.start_at, args.warmup, args.duration, args.client)
     )
     Path(args.out).write_text(json.dumps(result))
 
@@ -296,13 +340,38 @@ def _ms(values: list[float]) -> dict[str, float]:
     }
 
 
+class NodeKeys:
+    """One EC key and CSR per simulated node, made once and kept in ``path`` (JSON) for
+    every server of the run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.known: dict[str, dict[str, str]] = (
+            json.loads(path.read_text()) if path.exists() else {}
+        )
+
+    def ensure(self, count: int) -> dict[str, dict[str, str]]:
+        missing = [sim_node(i) for i in range(count) if sim_node(i) not in self.known]
+        for node in missing:
+            key = ca.new_key()
+            self.known[node] = {"key": ca.key_pem(key), "csr": ca.new_request(key, node)}
+        if missing:
+            self.path.write_text(json.dumps(self.known))
+        return self.known
+
+
 class Server:
-    def __init__(self, root: Path) -> None:
+    """A real ``aether server``; ``transport`` plain also takes node credentials alone over
+    plain HTTP on the API port (``AETHER_NODE_AUTH=credential``), mtls is the default."""
+
+    def __init__(self, root: Path, transport: str = "mtls") -> None:
         self.root = root
+        self.transport = transport
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (root / "server.log").open("ab")
         env = {**os.environ, "AETHER_LEASE_TTL": "3"}
+        env["AETHER_NODE_AUTH"] = "credential" if transport == "plain" else "mtls"
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -322,23 +391,39 @@ class Server:
         wait_for(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, 60, "server ready")
         self.join_token = (root / "server" / "join.token").read_text().strip()
         self.admin_token = (root / "server" / "admin.token").read_text().strip()
-        self.credentials = root / "credentials.json"
+        self.identities = root / "identities.json"
 
-    def join(self, count: int) -> Path:
-        """Each of the first ``count`` simulated nodes joins (once): their credentials."""
-        known: dict[str, str] = (
-            json.loads(self.credentials.read_text()) if self.credentials.exists() else {}
+    def join(self, count: int, keys: NodeKeys) -> Path:
+        """Each of the first ``count`` simulated nodes joins (once, with its CSR): where the
+        nodes call, with what (JSON for the workers)."""
+        known: dict[str, Any] = (
+            json.loads(self.identities.read_text())
+            if self.identities.exists()
+            else {"transport": self.transport, "keys_file": str(keys.path), "nodes": {}}
         )
+        requests = keys.ensure(count)
         with httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.join_token}"}, timeout=30
         ) as http:
             for node in (sim_node(i) for i in range(count)):
-                if node not in known:
-                    response = http.post("/api/v1/nodes/join", json={"id": node})
+                if node not in known["nodes"]:
+                    response = http.post(
+                        "/api/v1/nodes/join", json={"id": node, "csr": requests[node]["csr"]}
+                    )
                     response.raise_for_status()
-                    known[node] = response.json()["credential"]
-        self.credentials.write_text(json.dumps(known))
-        return self.credentials
+                    joined = response.json()
+                    known["nodes"][node] = {
+                        "credential": joined["credential"],
+                        "certificate": joined["certificate"],
+                    }
+                    if self.transport == "mtls":
+                        known["url"] = joined["node_urls"][0]
+                        known["authorities"] = joined["authorities"]
+                    else:
+                        known["url"] = self.url
+                        known["authorities"] = []
+        self.identities.write_text(json.dumps(known))
+        return self.identities
 
     def metrics_text(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=30).text
@@ -372,9 +457,13 @@ def run_step(
     duration: float,
     root: Path,
     client: str,
+    keys: NodeKeys,
 ) -> dict[str, Any]:
-    credentials = server.join(nodes)
-    start_at = time.time() + 2.0  # time for the workers to start and build their bodies
+    identities = server.join(nodes, keys)
+    # time for the workers to start and build their bodies (and, with mTLS, a context per
+    # node: ~3 ms each on an idle core)
+    ready_in = 2.0 + (nodes / workers * 0.008 if server.transport == "mtls" else 0.0)
+    start_at = time.time() + ready_in
     per = [nodes // workers + (1 if i < nodes % workers else 0) for i in range(workers)]
     procs, outs, first = [], [], 0
     for i, count in enumerate(per):
@@ -387,10 +476,8 @@ def run_step(
                     "-m",
                     "bench.telemetry_bench",
                     "worker",
-                    "--url",
-                    server.url,
-                    "--credentials",
-                    str(credentials),
+                    "--identities",
+                    str(identities),
                     "--first",
                     str(first),
                     "--count",
@@ -450,6 +537,7 @@ def run_step(
     late = _ms(lateness)
     step: dict[str, Any] = {
         "nodes": nodes,
+        "transport": server.transport,
         "target_rate_per_s": nodes,
         "achieved_rate_per_s": round(rate, 1),
         "pushes_sent": sent,
@@ -466,8 +554,9 @@ def run_step(
         "passed": passed,
     }
     print(
-        f"[{client}] N={nodes}: {rate:.0f}/s of {nodes}/s, latency p50 {lat.get('p50')} "
-        f"p95 {lat.get('p95')} p99 {lat.get('p99')} max {lat.get('max')} ms, "
+        f"[{client} {server.transport}] N={nodes}: {rate:.0f}/s of {nodes}/s, "
+        f"latency p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} "
+        f"max {lat.get('max')} ms, "
         f"generator lateness p99 {late.get('p99')} ms, "
         f"CPU cores: server {step['server_cpu_cores']}, generators "
         f"{step['generator_cpu_cores']}, other {step['other_cpu_cores']}; "
@@ -483,8 +572,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.telemetry_bench")
     sub = parser.add_subparsers(dest="mode")
     worker = sub.add_parser("worker")
-    worker.add_argument("--url", required=True)
-    worker.add_argument("--credentials", required=True, help="JSON: node id -> credential")
+    worker.add_argument(
+        "--identities", required=True, help="JSON: where to call, each node's credential"
+    )
     worker.add_argument("--first", type=int, required=True)
     worker.add_argument("--count", type=int, required=True)
     worker.add_argument("--start-at", type=float, required=True)
@@ -504,6 +594,21 @@ def main() -> None:
         help="aiohttp sessions, or hand-written HTTP/1.1 (a cheaper generator: more CPU left "
         "for the server on a small machine)",
     )
+    parser.add_argument(
+        "--transport",
+        choices=["plain", "mtls", "both"],
+        default="both",
+        help="mtls: the node port with each node's certificate; plain: the credential alone "
+        "over plain HTTP on the API port (AETHER_NODE_AUTH=credential)",
+    )
+    parser.add_argument(
+        "--patience", type=float, default=60.0, help="seconds to wait for an idle machine per step"
+    )
+    parser.add_argument(
+        "--result-name",
+        default=RESULT_NAME,
+        help="bench/results/NAME.json (a reduced run can keep the full run's file)",
+    )
     args = parser.parse_args()
     if args.mode == "worker":
         worker_main(args)
@@ -519,33 +624,46 @@ def main() -> None:
         flush=True,
     )
     clients = ["aiohttp", "raw"] if args.client == "both" else [args.client]
-    runs: dict[str, Any] = {}
-    for client in clients:
-        root = Path(tempfile.mkdtemp(prefix="aether-telemetry-bench-"))
-        server = Server(root)  # a fresh server per client
-        results: list[dict[str, Any]] = []
-        try:
-            for nodes in steps:
-                quiet = wait_until_quiet()  # the previous step's nodes go stale meanwhile
-                step = run_step(
-                    server, nodes, args.workers, args.warmup, args.duration, root, client
+    transports = list(TRANSPORTS) if args.transport == "both" else [args.transport]
+    keys_dir = Path(tempfile.mkdtemp(prefix="aether-telemetry-keys-"))
+    keys = NodeKeys(keys_dir / "keys.json")
+    made = time.perf_counter()
+    keys.ensure(max(steps))
+    print(
+        f"{max(steps)} node keys and CSRs made in {time.perf_counter() - made:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        for client in clients:
+            for transport in transports:
+                runs.setdefault(client, {})[transport] = run_server(
+                    args, steps, client, transport, keys
                 )
-                step["machine_busy_before"] = quiet
-                results.append(step)
-                if not step["passed"] and not args.keep_going:
-                    break
-        finally:
-            server.stop()
-            shutil.rmtree(root, ignore_errors=True)
-        passing = [s["nodes"] for s in results if s["passed"]]
-        runs[client] = {"steps": results, "max_nodes_p99_under_100ms": max(passing, default=0)}
-    best = max(r["max_nodes_p99_under_100ms"] for r in runs.values())
+    finally:
+        shutil.rmtree(keys_dir, ignore_errors=True)
+    comparison = compare(runs)
+    print_table(runs, comparison)
+    best = {
+        transport: max(
+            (r[transport]["max_nodes_p99_under_100ms"] for r in runs.values() if transport in r),
+            default=0,
+        )
+        for transport in transports
+    }
+    aim_transport = "mtls" if "mtls" in best else transports[0]
     write_result(
-        RESULT_NAME,
+        args.result_name,
         {
             "command": "python -m bench.telemetry_bench " + " ".join(sys.argv[1:]),
             "setup": {
-                "server": "one `aether server` process (leader, SQLite, default settings)",
+                "server": "one `aether server` process (leader, SQLite, default settings) per "
+                "client and transport, one after the other",
+                "transports": "mtls = the node port, mutual TLS with each node's certificate "
+                "from its join (one connection per node) + its credential; plain = "
+                "AETHER_NODE_AUTH=credential, the credential alone over plain HTTP on the API "
+                "port",
                 "load_generators": f"{args.workers} processes with keep-alive connections: "
                 "aiohttp sessions, or raw = HTTP/1.1 written by hand on one connection per node",
                 "push": f"{INSTANCES_PER_NODE} instances, {ENDPOINTS_PER_NODE} endpoints, "
@@ -558,11 +676,94 @@ def main() -> None:
                 "machine_busy_before": busy_before,
             },
             "runs": runs,
+            "comparison": comparison,
             "max_nodes_p99_under_100ms": best,
             "aim": AIM_NODES,
-            "aim_met": best >= AIM_NODES,
+            "aim_transport": aim_transport,
+            "aim_met": best[aim_transport] >= AIM_NODES,
         },
     )
+
+
+def run_server(
+    args: argparse.Namespace, steps: list[int], client: str, transport: str, keys: NodeKeys
+) -> dict[str, Any]:
+    """The steps against a fresh server for ``client`` over ``transport``."""
+    root = Path(tempfile.mkdtemp(prefix="aether-telemetry-bench-"))
+    server = Server(root, transport)
+    results: list[dict[str, Any]] = []
+    try:
+        for nodes in steps:
+            # the previous step's nodes go stale meanwhile
+            quiet = wait_until_quiet(patience=args.patience)
+            step = run_step(
+                server, nodes, args.workers, args.warmup, args.duration, root, client, keys
+            )
+            step["machine_busy_before"] = quiet
+            results.append(step)
+            if not step["passed"] and not args.keep_going:
+                break
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    passing = [s["nodes"] for s in results if s["passed"]]
+    return {"steps": results, "max_nodes_p99_under_100ms": max(passing, default=0)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def compare(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """mTLS against plain HTTP, per client and N both measured: latencies and their ratios."""
+    rows: list[dict[str, Any]] = []
+    for client, by_transport in runs.items():
+        if not {"plain", "mtls"} <= by_transport.keys():
+            continue
+        plain = {s["nodes"]: s for s in by_transport["plain"]["steps"]}
+        mtls = {s["nodes"]: s for s in by_transport["mtls"]["steps"]}
+        for nodes in sorted(plain.keys() & mtls.keys()):
+            p, m = plain[nodes], mtls[nodes]
+            row: dict[str, Any] = {"client": client, "nodes": nodes}
+            for q in ("p50", "p99"):
+                row[f"plain_{q}_ms"] = p["latency_ms"].get(q)
+                row[f"mtls_{q}_ms"] = m["latency_ms"].get(q)
+                row[f"{q}_ratio"] = _ratio(m["latency_ms"].get(q), p["latency_ms"].get(q))
+            row["plain_server_cpu_cores"] = p["server_cpu_cores"]
+            row["mtls_server_cpu_cores"] = m["server_cpu_cores"]
+            row["plain_passed"] = p["passed"]
+            row["mtls_passed"] = m["passed"]
+            rows.append(row)
+    return rows
+
+
+def print_table(runs: dict[str, dict[str, Any]], comparison: list[dict[str, Any]]) -> None:
+    out = sys.stderr
+    print("\nclient   transport      N   rate/s   p50 ms   p99 ms  server cores  result", file=out)
+    for client, by_transport in runs.items():
+        for transport, run in by_transport.items():
+            for s in run["steps"]:
+                lat = s["latency_ms"]
+                print(
+                    f"{client:8} {transport:9} {s['nodes']:6} {s['achieved_rate_per_s']:8} "
+                    f"{lat.get('p50', '-'):>8} {lat.get('p99', '-'):>8} "
+                    f"{s['server_cpu_cores']:>13} {'PASS' if s['passed'] else 'FAIL':>7}",
+                    file=out,
+                )
+    if comparison:
+        print(
+            "\nmTLS against plain HTTP (ratio = mtls / plain)\n"
+            "client        N  plain p50  mtls p50  ratio  plain p99  mtls p99  ratio",
+            file=out,
+        )
+        for r in comparison:
+            print(
+                f"{r['client']:8} {r['nodes']:6} {r['plain_p50_ms']:>10} {r['mtls_p50_ms']:>9} "
+                f"{r['p50_ratio']!s:>6} {r['plain_p99_ms']:>10} {r['mtls_p99_ms']:>9} "
+                f"{r['p99_ratio']!s:>6}",
+                file=out,
+            )
+    out.flush()
 
 
 if __name__ == "__main__":
