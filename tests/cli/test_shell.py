@@ -40,6 +40,7 @@ def test_subcommands_options_and_apps_complete() -> None:
     assert candidates(PARSER, ["apps"], "", NAMES) == ["rm", "set"]
     assert candidates(PARSER, ["deploy"], "--fu", NAMES) == ["--full-upload"]
     assert candidates(PARSER, ["apps", "set"], "--re", NAMES) == [
+        "--require-provenance",
         "--require-signature",
         "--retain",
     ]
