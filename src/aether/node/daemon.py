@@ -424,6 +424,8 @@ class NodeDaemon:
                 return
             except AetherError as exc:
                 log.debug("heartbeat failed (%s); retrying", exc)
+                if exc.status == 0 or exc.status >= 500:  # no node port answered: moved?
+                    await self._find_servers()
 
     async def _follow(self) -> None:
         """Keep ``assigned`` and ``endpoints`` in step with the server, resuming by revision."""
