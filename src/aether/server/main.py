@@ -9,7 +9,7 @@ import logging
 import uvicorn
 
 from aether.server.asgi import create_asgi
-from aether.server.settings import ServerSettings
+from aether.server.settings import ServerSettings, loopback
 
 __all__ = ["KEEP_ALIVE_SECONDS", "serve", "tune_gc"]
 
@@ -63,10 +63,17 @@ def serve(settings: ServerSettings) -> None:
         f"aether server: API on {settings.api_url()}/api/v1 (data in {settings.data_dir})",
         flush=True,
     )
-    if not settings.tls_cert:
-        where = "loopback (the embedded demo)" if not settings.allow_plain_http else settings.host
+    if not settings.tls_cert and loopback(settings.host):
         print(
-            f"aether server: the API is plain HTTP on {where}; --tls-cert/--tls-key serve HTTPS",
+            "aether server: the API is plain HTTP on loopback (the embedded demo); "
+            "--tls-cert/--tls-key serve HTTPS",
             flush=True,
+        )
+    elif not settings.tls_cert and not settings.allow_plain_http:
+        logging.getLogger("aether.server").warning(
+            "the API is plain HTTP on %s, beyond loopback: tokens cross the network in the "
+            "clear. Pass --tls-cert/--tls-key, or AETHER_ALLOW_PLAIN_HTTP=true when a proxy "
+            "in front terminates TLS",
+            settings.host,
         )
     asyncio.run(server.serve())

@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from aether.artifacts.s3 import S3ArtifactRegistry
     from aether.store.etcd import EtcdOptions
 
-__all__ = ["ServerSettings"]
+__all__ = ["ServerSettings", "loopback"]
 
 
-def _loopback(host: str) -> bool:
+def loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -64,8 +64,8 @@ class ServerSettings(BaseSettings):
     tls_key: str = Field(default="", description="its private key")
     allow_plain_http: bool = Field(
         default=False,
-        description="serve the API over plain HTTP on an address other than loopback (behind "
-        "a TLS-terminating proxy); without it such a server refuses to start",
+        description="the API is plain HTTP beyond loopback on purpose (behind a proxy that "
+        "terminates TLS): no warning at start",
     )
     tls_san: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -267,12 +267,6 @@ class ServerSettings(BaseSettings):
     def _tls_pair(self) -> ServerSettings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key (AETHER_TLS_CERT/KEY) go together")
-        if not self.tls_cert and not self.allow_plain_http and not _loopback(self.host):
-            raise ValueError(
-                f"the API would serve plain HTTP on {self.host}, beyond loopback: pass "
-                "--tls-cert/--tls-key (AETHER_TLS_CERT/KEY), or AETHER_ALLOW_PLAIN_HTTP=true "
-                "behind a proxy that terminates TLS"
-            )
         if bool(self.ca_cert_file) != bool(self.ca_key_file):
             raise ValueError("AETHER_CA_CERT_FILE and AETHER_CA_KEY_FILE go together")
         return self
