@@ -59,6 +59,9 @@ def test_another_servers_cache_forgets_a_deleted_tenants_tokens_within_a_second(
     }
     with EtcdCluster(size=1) as etcd:
         shared["state_url"] = f"{etcd.url}/{unique('state')}"
+        # every server has the same secrets key (docs/production.md): it seals the
+        # cluster CA's key, which both servers sign node certificates with
+        shared["secrets_key_file"] = str(tmp_path / "secrets.key")
         with running_server(tmp_path / "one", **shared) as one:
             (tmp_path / "two").mkdir()
             for name in ("admin.token", "join.token"):  # written once, by the first server
