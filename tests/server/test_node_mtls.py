@@ -319,3 +319,23 @@ def test_node_port_connections_send_without_delay(srv: RunningServer) -> None:
         for protocol in connections:
             sock = protocol.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_the_ca_still_signs_after_the_secrets_key_is_rotated(tmp_path: Path) -> None:
+    """The CA's key is sealed with the secrets key: a rotation of that key re-seals it
+    too, so the CA signs on (and no longer needs the old key in secrets.key.old)."""
+    with running_server(tmp_path / "kek", node_auth="mtls") as srv:
+        rotated = httpx.post(
+            f"{srv.base_url}/api/v1/secrets:rotate-key",
+            headers=bearer(srv.admin_token),
+            timeout=30,
+        )
+        assert rotated.status_code == 200, rotated.text
+        assert rotated.json()["remaining"] == {}
+        node = Node(srv, unique("after-kek"))
+        with node.client() as http:
+            assert node.register(http).status_code == 200
+        again = httpx.post(
+            f"{srv.base_url}/api/v1/ca/rotate", json={}, headers=bearer(srv.admin_token), timeout=30
+        )
+        assert again.status_code == 200, again.text

@@ -76,6 +76,7 @@ async def rotate_key(ctx: ServerContext) -> KeyRotationOut:
             rewrapped += changed
             if not skipped:
                 break
+        rewrapped += await ctx.trust.rewrap(box.rewrap)  # the cluster CA's keys too
         counts = await ctx.records.sealed_key_ids(sealed_key_id)
         remaining = {k: n for k, n in counts.items() if k != new}
         if not remaining:

@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -279,6 +280,34 @@ class ServerTrust:
             if result.succeeded:
                 await self.refresh()
                 return self.view()
+        raise RuntimeError("the CA record kept changing; try again")
+
+    async def rewrap(self, rewrap: Callable[[str], str | None]) -> int:
+        """Re-seal the CA keys with the secrets key's new key-encryption key (``aether
+        secrets rotate-key``); how many changed."""
+        for _ in range(5):
+            kv = await self.store.get(KEY)
+            if kv is None:
+                return 0
+            record = TrustRecord.model_validate_json(kv.value)
+            changed = 0
+            authorities = []
+            for authority in record.authorities:
+                sealed = rewrap(authority.key)
+                if sealed is not None and sealed != authority.key:
+                    changed += 1
+                    authority = authority.model_copy(update={"key": sealed})
+                authorities.append(authority)
+            if not changed:
+                return 0
+            updated = TrustRecord(cluster=record.cluster, authorities=authorities)
+            result = await self.store.txn(
+                [Compare(KEY, "mod_revision", "==", kv.mod_revision)],
+                [Put(KEY, updated.model_dump_json().encode())],
+            )
+            if result.succeeded:
+                await self.refresh()
+                return changed
         raise RuntimeError("the CA record kept changing; try again")
 
     def fingerprints(self) -> list[str]:
