@@ -218,11 +218,12 @@ def _through_api_client(session: Session, path: str) -> Any:
     from aether.cli.session import ca_context
     from aether.client import ApiClient
 
-    verify = ca_context() if "https://" in session.server else None
-
     async def fetch() -> Any:
         async with ApiClient(
-            session.server, session.token, namespace=session.namespace, verify=verify
+            session.server,
+            session.token,
+            namespace=session.namespace,
+            verify=ca_context(session.server),
         ) as c:
             return await c.json("GET", path)
 

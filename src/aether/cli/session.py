@@ -114,11 +114,12 @@ def save_config(updates: dict[str, Any]) -> Path:
     return path
 
 
-def ca_context() -> Any:
-    """An ``ssl`` context trusting the cluster CA saved at login (``ca_file`` in the
-    config, or ``AETHER_CA_FILE``), or None: the system's CAs."""
+def ca_context(server: str) -> Any:
+    """For calls to ``server`` (URLs): an ``ssl`` context trusting the cluster CA saved at
+    login (``ca_file`` in the config, or ``AETHER_CA_FILE``) when one is https and a CA is
+    saved; None otherwise (plain http, or the system's CAs)."""
     path = os.environ.get("AETHER_CA_FILE") or setting("ca_file")
-    if not path:
+    if not path or "https://" not in server:
         return None
     import ssl
 
@@ -136,5 +137,9 @@ def api_client(args: Any) -> Any:
     from aether.client import ApiClient
 
     session = load_session(getattr(args, "server", None), getattr(args, "token", None))
-    verify = ca_context() if "https://" in session.server else None
-    return ApiClient(session.server, session.token, namespace=session.namespace, verify=verify)
+    return ApiClient(
+        session.server,
+        session.token,
+        namespace=session.namespace,
+        verify=ca_context(session.server),
+    )

@@ -44,8 +44,7 @@ async def _create(args: argparse.Namespace) -> int:
         token = _admin_token(args, settings.data_dir.resolve())
         from aether.cli.session import ca_context
 
-        verify = ca_context() if server.startswith("https://") else None
-        async with ApiClient(server, token, verify=verify) as client:
+        async with ApiClient(server, token, verify=ca_context(server)) as client:
             await client.backup_state(dest)
 
     try:

@@ -83,7 +83,7 @@ def _save_ca(source: str) -> None:
 def _client(server: str, token: str | None) -> Any:
     from aether.client import ApiClient
 
-    return ApiClient(server, token, verify=ca_context() if "https://" in server else None)
+    return ApiClient(server, token, verify=ca_context(server))
 
 
 async def _token(args: argparse.Namespace) -> int:

@@ -96,7 +96,7 @@ def _wait_started(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         if proc.poll() is not None:
             break
         with contextlib.suppress(httpx.HTTPError):
-            verify = ca_context() or True
+            verify = ca_context(url) or True
             if httpx.get(f"{url}/readyz", timeout=1, verify=verify).status_code == 200:
                 return
         time.sleep(0.1)
@@ -109,7 +109,7 @@ async def _wait_ready(
     from aether.client import ApiClient
 
     deadline = time.monotonic() + 60
-    async with ApiClient(url, token, timeout=5, verify=ca_context()) as client:
+    async with ApiClient(url, token, timeout=5, verify=ca_context(url)) as client:
         while time.monotonic() < deadline:
             for proc in procs:
                 if proc.poll() is not None:

@@ -94,6 +94,8 @@ class ServerTrust:
         self._server_context: ssl.SSLContext | None = None
         self._client_context: ssl.SSLContext | None = None
         self._trusted_keys: frozenset[bytes] = frozenset()
+        self._fingerprints: list[str] = []
+        self._skis: dict[str, bytes] = {}  # a CA certificate's key identifier, by its PEM
         self._identities: dict[str, tuple[ca.Identity, bytes | None, float]] = {}
         self.node_urls: list[str] = []  # set by the server once its node port listens
 
@@ -143,7 +145,7 @@ class ServerTrust:
     def _retired_since_built(self) -> bool:
         if self.record is None:
             return False
-        keys = {_ski(ca.load_certificate(a.cert)) for a in trusted(self.record, time.time())}
+        keys = {self._ski(a.cert) for a in trusted(self.record, time.time())}
         return frozenset(keys) != self._trusted_keys
 
     def _take(self, record: TrustRecord, revision: int) -> None:
@@ -177,7 +179,8 @@ class ServerTrust:
         cert = ca.load_certificate(self._cert)
         self._renew_at = ca.renew_at(cert).timestamp()
         pems = self.authorities()
-        self._trusted_keys = frozenset(_ski(ca.load_certificate(p)) for p in pems)
+        self._trusted_keys = frozenset(self._ski(p) for p in pems)
+        self._fingerprints = [ca.fingerprint(p) for p in pems]
         self._server_context = tls.server_context(self._cert, self._key_pem, pems)
         self._client_context = tls.client_context(pems, self._cert, self._key_pem)
         self._identities.clear()
@@ -311,7 +314,14 @@ class ServerTrust:
         raise RuntimeError("the CA record kept changing; try again")
 
     def fingerprints(self) -> list[str]:
-        return [ca.fingerprint(p) for p in self.authorities()]
+        """The trusted CAs' fingerprints (as of the last rebuild: within a second)."""
+        return list(self._fingerprints)
+
+    def _ski(self, pem: str) -> bytes:
+        key = self._skis.get(pem)
+        if key is None:
+            key = self._skis[pem] = _ski(ca.load_certificate(pem))
+        return key
 
 
 async def follow_trust(trust: ServerTrust, on_error_log: bool = True) -> None:
