@@ -42,9 +42,10 @@ class HaCluster(Cluster):
         self.engines = engines
         self._engines = contextlib.ExitStack()
         self.etcd = EtcdCluster(size=3)
-        self.server_urls = [f"http://127.0.0.1:{free_port()}" for _ in range(servers)]
+        self.servers = servers
+        self.server_urls: list[str] = []  # chosen once the engines listen (start_servers)
         self.server_procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.api = ",".join(self.server_urls)  # nodes and the CLI fail over between them
+        self.api = ""  # nodes and the CLI fail over between the servers' URLs
 
     def start_servers(self) -> None:
         self.etcd.start()
@@ -65,6 +66,10 @@ class HaCluster(Cluster):
                     "AETHER_SECRETS_KEY_FILE": str(self.root / "secrets.key"),
                 }
             )
+        # the servers' ports are chosen after etcd and S3 listen: a port chosen earlier is
+        # free but not held, and the kernel may hand it to one of them
+        self.server_urls = [f"http://127.0.0.1:{free_port()}" for _ in range(self.servers)]
+        self.api = ",".join(self.server_urls)
         for index in range(len(self.server_urls)):
             self.start_server_at(index)  # one after the other: the first migrates the records
         self.env["AETHER_SERVER"] = self.api
