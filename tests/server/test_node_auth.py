@@ -12,14 +12,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
 
+from aether.client import ApiClient
 from aether.core.lifecycle import Command
 from aether.model.app import AppSpec
 from aether.model.cluster import InstanceRecord, instance_key
+from aether.node.logship import LogShipper
 from tests.support.api import (
     DIGEST_HEADER,
     assert_envelope,
@@ -505,6 +508,45 @@ async def test_a_node_ships_logs_and_metrics_of_its_own_instances_only(
     ]
     pushed = await http.post(f"/api/v1/nodes/{setup.mine}/metrics", json=body, headers=mine)
     assert_envelope(pushed, 403, "forbidden")
+
+
+@dataclass
+class _Output:
+    """What the log shipper reads of an instance runner: its log and its record."""
+
+    log_path: Path
+    record: InstanceRecord
+
+
+async def test_a_refused_app_does_not_hold_back_the_other_apps_logs(
+    server: RunningServer, http: httpx.AsyncClient, setup: Setup, tmp_path: Path
+) -> None:
+    """Was a bug: one push carried every app's lines, and when the server refused one
+    app (its failed instance already replaced by the leader) the node resent the same
+    push forever: no app on the node shipped a line again."""
+    runs = InstanceRecord.model_validate_json(
+        server.run(server.ctx.store.get(instance_key(setup.mine, setup.app, 1, 0))).value
+    )
+    gone = runs.model_copy(update={"app": unique("replaced")})
+    outputs = {
+        "runs": _Output(tmp_path / "runs.log", runs),
+        "gone": _Output(tmp_path / "gone.log", gone),
+    }
+    outputs["runs"].log_path.write_text("first line\n")
+    outputs["gone"].log_path.write_text("Traceback: too late\n")
+    async with ApiClient(server.base_url, server.node_token(setup.mine)) as client:
+        shipper = LogShipper(client, setup.mine, cast(Any, outputs))
+
+        assert await shipper.ship()  # one push refused: each app is sent on its own
+        with outputs["runs"].log_path.open("a") as fh:
+            fh.write("second line\n")
+        await shipper.flush(cast(Any, outputs["runs"]))
+        assert not await shipper.ship()  # nothing left: the refused lines were dropped
+
+    stored, _ = server.ctx.logs.tail(setup.tenant_id, setup.app, 1000)
+    lines = [line for line in stored if f"@{setup.mine}]" in line]
+    assert lines[-2:] == [f"[v1/0@{setup.mine}] first line", f"[v1/0@{setup.mine}] second line"]
+    assert not server.ctx.logs.path(setup.tenant_id, gone.app).exists()
 
 
 async def test_a_node_signals_only_about_itself(

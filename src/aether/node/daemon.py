@@ -557,7 +557,9 @@ class NodeDaemon:
                 driver = self.drivers.get(record.spec.driver)
                 if driver is None:
                     continue
-                runner = InstanceRunner(record, self.client, driver, self.config, self._kick)
+                runner = InstanceRunner(
+                    record, self.client, driver, self.config, self._kick, self.shipper.flush
+                )
                 self.runners[key] = runner
             runner.record = record
             runner.step()

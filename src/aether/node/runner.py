@@ -200,6 +200,7 @@ _PROBE_INTERVAL = 0.05  # seconds between two health probes
 _PROBE_INTERVAL_EARLY = 0.01
 _PROBE_EARLY = 1.0
 _PROBE_TIMEOUT = 2.0  # seconds one probe waits for its answer
+SHIP_OUTPUT_TIMEOUT = 5.0  # seconds the FAILED report waits for the output to ship
 _OUTPUT_READ = 64 * 1024  # bytes read from the end of the log for the failure's output
 
 
@@ -239,8 +240,12 @@ class InstanceRunner:
         driver: RunsInstances,
         config: RunnerConfig,
         on_change: Callable[[], None],
+        ship_output: Callable[[InstanceRunner], Awaitable[None]] | None = None,
     ) -> None:
         self.record = record
+        # sends the instance's output to the server before it is reported FAILED: the
+        # leader replaces a failed instance, and then the server takes no more of its lines
+        self.ship_output = ship_output
         self.client = client
         self.driver = driver
         self.config = config
@@ -409,6 +414,11 @@ class InstanceRunner:
         """
         if state is not State.ACTIVE:
             await self.periodic.stop()  # nothing else signals the app while it checkpoints
+        if state is State.FAILED and self.ship_output is not None:
+            try:  # the traceback that explains the failure, while the server takes it
+                await asyncio.wait_for(self.ship_output(self), SHIP_OUTPUT_TIMEOUT)
+            except (TimeoutError, OSError, AetherError) as exc:
+                log.debug("%s: its output was not shipped before FAILED: %s", self.key, exc)
         previous, self.local = self.local, state
         snapshot = self.snapshot if state is State.LOADED else None
         try:
