@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -560,3 +561,32 @@ async def test_node_log_entries_cannot_escape_the_log_directory(
     )
     assert_envelope(response, 400, "bad_request")
     assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://\u0000J\u00ab\u00b8\u00b9",  # the fuzzer's: a NUL in the host (was a 500)
+        "http://exa mple.com/mcp",
+        "http://[::1/mcp",  # an unclosed IPv6 host
+        "https:///no-host",
+    ],
+)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/tools/mcp/discover", lambda url: {"url": url}),
+        ("/api/v1/tools", lambda url: {"id": unique("t"), "kind": "mcp", "config": {"url": url}}),
+        (
+            "/api/v1/models",
+            lambda url: {"name": unique("m"), "base_url": url, "model_id": "m"},
+        ),
+    ],
+)
+async def test_a_url_no_client_can_call_is_refused_when_given(
+    server: RunningServer, http: httpx.AsyncClient, path: str, body: Any, url: str
+) -> None:
+    """Was a 500: a URL with a NUL in its host passed the checks and made the HTTP client
+    raise when the server called it (an MCP server's, a model provider's)."""
+    response = await http.post(path, json=body(url), headers=bearer(server.admin_token))
+    assert_envelope(response, 400, "bad_request")

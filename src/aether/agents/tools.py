@@ -18,6 +18,7 @@ from jsonschema.exceptions import best_match
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aether.errors import BadRequestError
+from aether.model.urls import HttpUrlText
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -76,6 +77,8 @@ class HttpConfig(_Config):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("url must be an http:// or https:// URL (a template over arguments)")
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise ValueError("url must not contain spaces or control characters")
         return url
 
 
@@ -112,7 +115,7 @@ class McpConfig(_Config):
 
     kind: Literal["mcp"] = "mcp"
     command: list[_Text] | None = Field(default=None, min_length=1, max_length=64)
-    url: _Text | None = None
+    url: HttpUrlText | None = None
     tool: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
     @model_validator(mode="after")

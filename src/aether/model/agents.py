@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from aether.model.time import Timestamp
+from aether.model.urls import HttpUrlText
 
 __all__ = [
     "MODEL_NAME_PATTERN",
@@ -35,7 +36,7 @@ class ModelIn(BaseModel):
     provider: Literal["openai"] = "openai"
     #: where the API is, with its version: ``https://api.openai.com/v1``,
     #: ``http://127.0.0.1:11434/v1``
-    base_url: Annotated[str, Field(min_length=8, max_length=2048)]
+    base_url: HttpUrlText
     model_id: Annotated[str, Field(min_length=1, max_length=256)]
     context_window: Annotated[int, Field(ge=1, le=100_000_000)] = 8192
     price_in_per_1k: Price = 0.0
@@ -45,12 +46,7 @@ class ModelIn(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
-            raise ValueError("base_url must be an http:// or https:// URL")
-        if any(c.isspace() for c in value):
-            raise ValueError("base_url must not contain spaces")
+    def _without_end_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
 

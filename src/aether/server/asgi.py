@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp
 
 from aether import __version__
 from aether.artifacts import ArtifactBackend, LocalArtifactRegistry
@@ -172,6 +173,14 @@ def _leader_loops(app: FastAPI, ctx: ServerContext) -> list[LeaderLoop]:
     return loops
 
 
+class _Api(FastAPI):
+    """The API, with node telemetry pushes (every node, every second: the hottest
+    request by far) answered in front of every middleware; see ``TelemetryFastPath``."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return telemetry_api.TelemetryFastPath(super().build_middleware_stack())
+
+
 def create_asgi(settings: ServerSettings) -> FastAPI:
     metrics = ServerMetrics()  # per app, so servers sharing a process never mix numbers
 
@@ -243,7 +252,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             await engine.dispose()
             await exits.aclose()
 
-    app = FastAPI(
+    app = _Api(
         title="Aether",
         version=__version__,
         lifespan=lifespan,
@@ -255,7 +264,6 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)  # RateLimit-* on every answer to a limited caller
-    app.add_middleware(telemetry_api.TelemetryFastPath)  # node pushes skip the rest
     app.add_middleware(LeaderForward)  # on a follower, telemetry goes to the leader
     app.add_middleware(InputLimits, settings=settings)  # bounds all of the above
     app.add_middleware(AuditMiddleware)  # outermost: sees every answer (InputLimits' 401s too)

@@ -4,10 +4,14 @@
 token check is served from the in-process cache (``server.http.token_cache.TokenCache``),
 the body is validated straight from bytes, and ingest touches memory only --
 never the state store or the database. :class:`TelemetryFastPath` answers the
-ordinary push (a cached node token, a valid body) before FastAPI's routing and
-dependencies, which otherwise cost more than the ingest itself; anything else
-(an unknown token, a bad body, an Idempotency-Key) goes on to the route below
-with its body intact, so the answers are the same either way.
+ordinary push (a cached node token, a valid body, on the leader) before every
+middleware and FastAPI's routing and dependencies (``server.asgi`` puts it
+outermost), which otherwise cost many times the ingest itself; anything else
+(an unknown token, a bad body, an Idempotency-Key, a follower) goes on through
+the middleware to the route below with its body intact, so the answers are the
+same either way. What the skipped middleware would do for the ordinary push is
+nothing: a successful push is not audited, carries no console headers, is within
+the input limits it checks itself, and needs no forwarding on the leader.
 
 The answer to a push is ``204`` -- or, once the leader has aggregated slice
 entry points of a tenant whose instances the node runs, ``200`` with those
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -54,6 +57,7 @@ from aether.server.http.auth import (
 from aether.server.http.idempotency import replay_body
 from aether.server.http.limits import MAX_PUSH_BYTES
 from aether.server.http.mtls import CLIENT_CERT
+from aether.server.http.request_id import request_id
 from aether.store.records import Principal
 
 __all__ = ["MAX_PUSH_BYTES", "TelemetryFastPath", "router"]
@@ -334,9 +338,15 @@ class TelemetryFastPath:
         ):
             await self.app(scope, receive, send)
             return
+        app = scope.get("app")
+        state = getattr(app, "state", None)
+        leader = getattr(state, "leader", None)
+        if leader is not None and not leader.leading:  # a follower: LeaderForward's
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         node = path[len(_PREFIX) : -len(_SUFFIX)]
-        authorization = namespace = forwarded = None
+        authorization = namespace = forwarded = trace = None
         length = 0
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -347,10 +357,11 @@ class TelemetryFastPath:
                 namespace = value.decode("latin-1")
             elif name == FORWARDED_HEADER:
                 forwarded = value.decode("latin-1")
+            elif name == b"x-request-id":
+                trace = value
             elif name == b"idempotency-key":
                 authorization = None  # the idempotency middleware's business: full route
-        app = scope.get("app")
-        ctx: ServerContext | None = getattr(getattr(app, "state", None), "ctx", None)
+        ctx: ServerContext | None = getattr(state, "ctx", None)
         caller = (
             None
             if ctx is None or authorization is None
@@ -400,7 +411,7 @@ class TelemetryFastPath:
             return
         ctx.telemetry.ingest(update, received_at=time.time(), raw=body)
         ctx.telemetry.fast_pushes += 1
-        trace_id = str(scope.get("state", {}).get("trace_id") or uuid.uuid4().hex).encode()
+        trace_id = request_id(trace).encode()
         answer = _snapshot_answer(ctx, update)
         headers = [(b"x-trace-id", trace_id)]
         if answer is not None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aether.agents.tools import BUILTIN_TOOLS, Tool, ToolOut, search_tools
 from aether.errors import BadRequestError, ConflictError, NotFoundError
+from aether.model.urls import HttpUrlText
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import Admin, Caller
 from aether.server.services.agent_policies import find_tool, list_tools
@@ -37,7 +38,7 @@ class McpDiscoverIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=True)
 
-    url: Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://")] | None = None
+    url: HttpUrlText | None = None
     command: list[Annotated[str, Field(min_length=1, max_length=2048)]] | None = Field(
         default=None, min_length=1, max_length=64
     )
