@@ -7,18 +7,23 @@ import time
 
 from aether.store.records import Principal, Records
 
-__all__ = ["TOKEN_CACHE_SECONDS", "TOKEN_CACHE_SIZE", "TokenCache"]
+__all__ = ["NODE_TOKEN_CACHE_SECONDS", "TOKEN_CACHE_SECONDS", "TOKEN_CACHE_SIZE", "TokenCache"]
 
 
 TOKEN_CACHE_SECONDS = 10.0
+#: a node's credential: every node calls every second, and its one change (revocation,
+#: replacement) reaches every server's cache through ``services/revocations.py``
+NODE_TOKEN_CACHE_SECONDS = 60.0
 TOKEN_CACHE_SIZE = 10_000
 
 
 class TokenCache:
     """Recently verified tokens, so a hot route (node telemetry) skips the database.
 
-    An entry lives ``TOKEN_CACHE_SECONDS``; revoking or rotating a token
-    through this server forgets it at once (``forget``), and the other servers
+    An entry lives ``TOKEN_CACHE_SECONDS`` (a node's ``NODE_TOKEN_CACHE_SECONDS``:
+    with thousands of nodes, a 10 s life was a database lookup per node every 10 s);
+    revoking or rotating a token through this server forgets it at once
+    (``forget``), and the other servers
     within a second (``services/revocations.py`` tells them through the state
     store; should that fail, their entries still expire after at most that long).
     Only successes are cached: a wrong token always asks the database. Calls
@@ -26,8 +31,14 @@ class TokenCache:
     every second would otherwise all ask the database when an entry expires).
     """
 
-    def __init__(self, ttl: float = TOKEN_CACHE_SECONDS, size: int = TOKEN_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        ttl: float = TOKEN_CACHE_SECONDS,
+        size: int = TOKEN_CACHE_SIZE,
+        node_ttl: float = NODE_TOKEN_CACHE_SECONDS,
+    ) -> None:
         self.ttl = ttl
+        self.node_ttl = node_ttl
         self.size = size
         self._entries: dict[str, tuple[Principal, float]] = {}
         self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
@@ -49,7 +60,13 @@ class TokenCache:
     def put(self, token: str, principal: Principal, now: float) -> None:
         if len(self._entries) >= self.size:
             self._entries.clear()  # crude, but bounded; the next calls refill it
-        self._entries[token] = (principal, now + self.ttl)
+        ttl = self.node_ttl if principal.role == "node" else self.ttl
+        self._entries[token] = (principal, now + ttl)
+
+    @property
+    def longest(self) -> float:
+        """The longest an entry lives (a revocation notice must outlive it)."""
+        return max(self.ttl, self.node_ttl)
 
     def forget_user(self, user_id: str) -> None:
         """Drop every entry of the account's tokens (its role or membership changed)."""

@@ -1,7 +1,8 @@
 """Revoked tokens, told to every server: their token caches forget them within a second.
 
-Each server keeps the tokens it verified for ``TOKEN_CACHE_SECONDS``
-(``http/token_cache.py``). Revoking through one server (a token revoked or rotated,
+Each server keeps the tokens it verified for ``TOKEN_CACHE_SECONDS`` (nodes'
+``NODE_TOKEN_CACHE_SECONDS``; ``http/token_cache.py``). Revoking through one server
+(a token revoked or rotated,
 a node's credential replaced or revoked, a tenant deleted) forgets them there at
 once; the other servers learn it from the shared state store: a
 ``revoked-tokens/{token_id}`` key, on a lease that outlives any cache entry, which
@@ -37,7 +38,7 @@ async def forget_tokens(ctx: ServerContext, token_ids: Iterable[str]) -> None:
     if not ids:
         return
     try:
-        lease = await ctx.store.lease_grant(2 * ctx.tokens.ttl)  # outlives any cache entry
+        lease = await ctx.store.lease_grant(2 * ctx.tokens.longest)  # outlives any cache entry
         for token_id in ids:
             await ctx.store.put(PREFIX + token_id, b"", lease=lease)
     except Exception as exc:  # the revocation stands; other caches expire by themselves
@@ -45,7 +46,7 @@ async def forget_tokens(ctx: ServerContext, token_ids: Iterable[str]) -> None:
             "revoked tokens not announced to the other servers (%s); they may accept them "
             "for up to %.0f s more",
             exc,
-            ctx.tokens.ttl,
+            ctx.tokens.longest,
         )
 
 
