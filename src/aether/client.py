@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
+from aether import tracing
 from aether.client_rules import (
     MAX_RETRY_AFTER,
     RATE_RETRIES,
@@ -147,6 +148,10 @@ def _plain_http_transport() -> httpx.AsyncHTTPTransport:
     return httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
 
 
+async def _carry_trace(request: httpx.Request) -> None:
+    tracing.inject(request.headers)
+
+
 class ApiClient:
     def __init__(
         self,
@@ -175,6 +180,8 @@ class ApiClient:
             timeout=self._timeout,
             transport=transport,
             verify=verify if verify is not None else True,
+            # each request carries the span it is made in (when tracing is on)
+            event_hooks={"request": [_carry_trace]} if tracing.enabled() else None,
         )
 
     async def __aenter__(self) -> ApiClient:

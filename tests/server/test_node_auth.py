@@ -524,9 +524,9 @@ async def test_a_refused_app_does_not_hold_back_the_other_apps_logs(
     """Was a bug: one push carried every app's lines, and when the server refused one
     app (its failed instance already replaced by the leader) the node resent the same
     push forever: no app on the node shipped a line again."""
-    runs = InstanceRecord.model_validate_json(
-        server.run(server.ctx.store.get(instance_key(setup.mine, setup.app, 1, 0))).value
-    )
+    kv = server.run(server.ctx.store.get(instance_key(setup.mine, setup.app, 1, 0)))
+    assert kv is not None
+    runs = InstanceRecord.model_validate_json(kv.value)
     gone = runs.model_copy(update={"app": unique("replaced")})
     outputs = {
         "runs": _Output(tmp_path / "runs.log", runs),

@@ -1175,7 +1175,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.log_format or setting("log_format") or "auto",
     )
     module = importlib.import_module(f"aether.cli.commands.{_MODULES[args.command]}")
-    return run_command(module, args)
+    from aether import tracing
+
+    service = _SERVICES.get(args.command, "aether-cli")
+    if not tracing.configure(service) or service != "aether-cli":
+        return run_command(module, args)
+    try:  # one trace per command: its requests, and what the server does for them
+        with tracing.span(f"aether {args.command}", kind="client"):
+            return run_command(module, args)
+    finally:
+        tracing.shutdown()
+
+
+# the commands that are long-running processes: their spans are their work's, not theirs
+_SERVICES = {"server": "aether-server", "node": "aether-node"}
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class Blueprint(BaseModel):
     previous: DeploymentRef | None = None
     rollout_started_at: float = 0.0
     promoted: bool = False
+    traceparent: str | None = None  # the deploy request's span (aether.tracing), if traced
 
     def ref(self) -> DeploymentRef:
         return DeploymentRef(
@@ -118,6 +119,7 @@ class InstanceRecord(BaseModel):
     message: str = ""
     url: str | None = None
     request_id: str = ""
+    traceparent: str | None = None  # its deployment's span (aether.tracing), if traced
     placed_at: float = 0.0
     active_since: float | None = None
     # migration (see core.scheduler): the operator asks, the leader drives, the node reports

@@ -87,6 +87,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from aether import tracing
 from aether.model.cluster import Endpoint
 from aether.model.names import DEFAULT_TENANT, cluster_name, route_target
 from aether.model.placements import AgentPlacement
@@ -710,6 +711,29 @@ class Router:
         body: bytes,
     ) -> tuple[web.StreamResponse, bool] | BaseException:
         """One try on ``url``: the answer, or the failure (``_Sent`` once bytes went out)."""
+        if not tracing.enabled():
+            return await self._try(request, app, path, method, url, headers, body)
+        incoming = next((v for k, v in headers.items() if k.lower() == "traceparent"), None)
+        with tracing.span(
+            f"router: {method} {app}",
+            parent=incoming,
+            kind="client",
+            attributes={"http.method": method, "http.url": url + path},
+        ):
+            headers = {k: v for k, v in headers.items() if k.lower() != "traceparent"}
+            tracing.inject(headers)  # the instance sees the router's span as its parent
+            return await self._try(request, app, path, method, url, headers, body)
+
+    async def _try(
+        self,
+        request: web.Request,
+        app: str,
+        path: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> tuple[web.StreamResponse, bool] | BaseException:
         assert self._session is not None
         try:
             async with asyncio.timeout(self.upstream_timeout):

@@ -65,6 +65,7 @@ from typing import Any
 
 import httpx
 
+from aether import tracing
 from aether.artifacts import safe_extract
 from aether.artifacts.digest import digest_file
 from aether.client import ApiClient
@@ -448,7 +449,20 @@ class InstanceRunner:
 
     # -- steps ----------------------------------------------------------------
 
+    def _span(self, step: str) -> contextlib.AbstractContextManager[None]:
+        """A span for a lifecycle step, in the trace of the deployment that placed it."""
+        record = self.record
+        return tracing.span(
+            f"node: {step} {split_cluster_name(record.app)[0]} v{record.version}/{record.n}",
+            parent=record.traceparent,
+            attributes={"aether.node": record.node, "aether.instance": self.key},
+        )
+
     async def _load(self) -> None:
+        with self._span("load"):
+            await self._load_step()
+
+    async def _load_step(self) -> None:
         await self._report(State.LOADING)
         try:
             await self._fetch_and_extract()
@@ -490,7 +504,8 @@ class InstanceRunner:
         if not archive.exists():
             partial = archive.with_suffix(f".part{id(self)}")
             try:
-                await self.client.download_artifact(digest, partial)
+                with tracing.span("artifact download", attributes={"aether.digest": digest}):
+                    await self.client.download_artifact(digest, partial)
                 actual = (await asyncio.to_thread(digest_file, partial))[0]
                 if actual != digest:
                     raise StepFailed(f"artifact digest mismatch: expected {digest}, got {actual}")
@@ -505,7 +520,8 @@ class InstanceRunner:
         self.root.mkdir(parents=True, mode=0o700)
         write_instance_file(self.root, self.record)  # for the sweep at a later start
         try:
-            await asyncio.to_thread(self._extract, archive)
+            with tracing.span("artifact extract", attributes={"aether.digest": digest}):
+                await asyncio.to_thread(self._extract, archive)
         except UnsafeArchiveError:
             archive.unlink(missing_ok=True)  # keep nothing of a hostile artifact
             raise
@@ -552,6 +568,10 @@ class InstanceRunner:
                     os.lchown(path, uid, uid)
 
     async def _activate(self) -> None:
+        with self._span("activate"):
+            await self._activate_step()
+
+    async def _activate_step(self) -> None:
         await self._report(State.ACTIVATING)
         try:
             await self._start_and_check()
@@ -655,8 +675,17 @@ class InstanceRunner:
         # a slice host listens on the advertise host only (AETHER_SLICE_HOST)
         host = self.config.advertise_host if self.is_slice else "127.0.0.1"
         url = f"http://{host}:{port}{health or '/'}"
+        with tracing.span(f"health check GET {health or '/'}", kind="client"):
+            await self._probe_until_healthy(host, port, url, started, deadline)
+
+    async def _probe_until_healthy(
+        self, host: str, port: int, url: str, started: float, deadline: float
+    ) -> None:
+        health = self.record.spec.health
         last_status: int | None = None
-        async with httpx.AsyncClient() as http:
+        headers: dict[str, str] = {}
+        tracing.inject(headers)  # the instance's first requests carry the deploy's trace
+        async with httpx.AsyncClient(headers=headers) as http:
             while (left := deadline - time.monotonic()) > 0:
                 assert self.handle is not None
                 if self.handle.returncode is not None:
@@ -680,7 +709,9 @@ class InstanceRunner:
                 early = time.monotonic() - started < _PROBE_EARLY
                 await asyncio.sleep(_PROBE_INTERVAL_EARLY if early else _PROBE_INTERVAL)
         raise StepFailed(
-            health_failure(health, port, spec.health_timeout, last_status, self._last_output())
+            health_failure(
+                health, port, self.record.spec.health_timeout, last_status, self._last_output()
+            )
         )
 
     @property

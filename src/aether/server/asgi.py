@@ -67,6 +67,7 @@ from aether.server.http.node_port import NodePort
 from aether.server.http.openapi import install_openapi
 from aether.server.http.prometheus import ServerMetrics
 from aether.server.http.ratelimit import RateLimiter, RateLimitHeaders, open_storage
+from aether.server.http.tracing import TraceRequests
 from aether.server.http.uploads import UploadGate
 from aether.server.leader.advisers import Adviser, adviser_configs
 from aether.server.leader.agents import AgentPlacer
@@ -268,6 +269,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.add_middleware(InputLimits, settings=settings)  # bounds all of the above
     app.add_middleware(AuditMiddleware)  # outermost: sees every answer (InputLimits' 401s too)
     install_metrics(app, metrics)
+    app.add_middleware(TraceRequests)  # a span per request (AETHER_OTLP_ENDPOINT)
     app.add_middleware(ApiAliases)  # outermost of all: /api/agents… is /api/v1/agents…
 
     @app.get("/healthz", tags=["probes"])

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from aether import tracing
 from aether.artifacts import parse_digest
 from aether.errors import BadRequestError, ConflictError, NotFoundError
 from aether.model.api import (
@@ -208,6 +209,7 @@ async def prepare_deployment(
         instances=instances,
         previous=await _last_healthy(ctx, caller, current),
         rollout_started_at=time.time(),
+        traceparent=tracing.traceparent(),
     )
     what = f"rollback to v{rollback_of}" if rollback_of else "deployment"
     await ctx.records.add_event(  # first in the timeline: the leader acts once the blueprint lands

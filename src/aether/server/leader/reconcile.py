@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aether import tracing
 from aether.core.lifecycle import Command, State
 from aether.core.rollout import give_up
 from aether.core.scheduler import (
@@ -92,6 +93,7 @@ def action_write(snap: ClusterSnapshot, action: Action) -> Write | None:
             spec=bp.spec,
             command=Command.LOAD,
             request_id=uuid.uuid4().hex,
+            traceparent=bp.traceparent,
             placed_at=time.time(),
             restore_from=action.restore_from,
             migration_id=action.migration_id,
@@ -163,10 +165,30 @@ async def apply_actions(
         if write is not None:
             writes.append(write)
             positions.append(i)
+    started = time.time_ns()
     result = await apply_fenced(store, fence, writes, in_flight=in_flight)
     refused = {positions[j] for j, ok in enumerate(result.applied) if not ok}
     applied = [a for i, a in enumerate(actions) if i not in refused]
+    if tracing.enabled():
+        _trace_placements(snap, applied, started)
     return Outcome(applied, result.fenced, result.transactions)
+
+
+def _trace_placements(snap: ClusterSnapshot, applied: Sequence[Action], started: int) -> None:
+    """A span per placement, in the trace of the deployment that asked for it."""
+    for action in applied:
+        if isinstance(action, Place):
+            bp, _ = snap.blueprints[action.app]
+            tracing.record(
+                f"leader: place {split_cluster_name(action.app)[0]}",
+                parent=bp.traceparent,
+                start_ns=started,
+                attributes={
+                    "aether.node": action.node,
+                    "aether.version": action.version,
+                    "aether.instance": action.n,
+                },
+            )
 
 
 # A loop only the leader runs (telemetry aggregation, risk engine, controller,

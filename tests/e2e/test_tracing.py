@@ -1,0 +1,88 @@
+"""Issue 21: one ``aether deploy`` is one trace — the CLI, the server, the leader, the
+node and the instance's first request — sent over OTLP/HTTP to a real receiver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.otlp import ReceivedSpan, otlp_receiver
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+APP = """
+import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("traceparent=" + str(self.headers.get("traceparent")), flush=True)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def _deploy_trace(spans: list[ReceivedSpan]) -> list[ReceivedSpan] | None:
+    """The spans of the trace the CLI's ``aether deploy`` started, once the node's
+    health check has arrived in it."""
+    roots = [s for s in spans if s.name == "aether deploy" and s.service == "aether-cli"]
+    if not roots:
+        return None
+    trace = [s for s in list(spans) if s.trace_id == roots[0].trace_id]
+    return trace if any(s.name.startswith("health check") for s in trace) else None
+
+
+def test_one_deploy_is_one_trace_from_the_cli_to_the_instance(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    with otlp_receiver() as (endpoint, spans):
+        cluster.env["AETHER_OTLP_ENDPOINT"] = endpoint
+        cluster.start_server()
+        cluster.start_node("n1")
+        app = tmp_path / "traced"
+        app.mkdir()
+        (app / "app.py").write_text(APP)
+        (app / "aether.toml").write_text(
+            'name = "traced"\nstart = "python3 app.py"\nhealth = "/"\n'
+        )
+        cluster.cli("deploy", str(app))
+
+        trace = wait_for(lambda: _deploy_trace(spans), 30, "the deploy's trace")
+
+    ids = {s.span_id for s in trace}
+    roots = [s for s in trace if not s.parent_id]
+    assert [r.name for r in roots] == ["aether deploy"], [(s.name, s.parent_id) for s in trace]
+    orphans = [s.name for s in trace if s.parent_id and s.parent_id not in ids]
+    assert not orphans, f"spans whose parent is not in the trace: {orphans}"
+    services = {s.service for s in trace}
+    assert services == {"aether-cli", "aether-server", "aether-node"}, services
+    names = [s.name for s in trace]
+    for expected in (
+        "POST /api/v1/apps/{app}/deployments",
+        "leader: place traced",
+        "node: load traced v1/0",
+        "artifact download",
+        "artifact extract",
+        "node: activate traced v1/0",
+        "health check GET /",
+    ):
+        assert expected in names, (expected, names)
+    # the instance's first request carried the trace (the app printed the header)
+    trace_id = roots[0].trace_id
+
+    def printed() -> str | None:
+        out = cluster.cli("logs", "traced").stdout
+        return out if trace_id in out else None
+
+    logs = wait_for(printed, 30, "the instance's output naming the trace")
+    assert f"traceparent=00-{trace_id}-" in logs
