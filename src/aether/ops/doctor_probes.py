@@ -24,7 +24,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from aether.ops.doctor import (
+from aether.ops.doctor_verdicts import (
     Check,
     DirFacts,
     DoctorOptions,
