@@ -328,7 +328,6 @@ def _state_store(options: DoctorOptions) -> Check:
     url = s.state_url or ""
     if not url.startswith(("etcd://", "etcds://")):
         return Check("state store", "skip", "SQLite in the data dir (no etcd configured)")
-    import httpx
 
     from aether.store.etcd.settings import etcd_tls_context, parse_etcd_url
 
@@ -344,14 +343,11 @@ def _state_store(options: DoctorOptions) -> Check:
     healthy: list[str] = []
     broken: list[str] = []
     for endpoint in parsed.endpoints:
-        try:
-            r = httpx.get(f"{endpoint}/health", timeout=options.timeout, verify=verify)
-            ok = r.status_code == 200 and str(r.json().get("health")) == "true"
-            (healthy if ok else broken).append(
-                f"{endpoint} (HTTP {r.status_code}: {r.text[:80]})" if not ok else endpoint
-            )
-        except Exception as exc:
-            broken.append(f"{endpoint} ({_describe(exc)})")
+        problem = _etcd_member(endpoint, verify, options.timeout)
+        if problem:
+            broken.append(f"{endpoint} ({problem})")
+        else:
+            healthy.append(endpoint)
     fix = "start etcd or fix AETHER_STATE_URL; check firewalls between this host and the members"
     if not healthy:
         return Check("state store", "fail", "no etcd member is healthy: " + "; ".join(broken), fix)
@@ -363,6 +359,19 @@ def _state_store(options: DoctorOptions) -> Check:
             fix,
         )
     return Check("state store", "ok", f"etcd healthy at {', '.join(healthy)}")
+
+
+def _etcd_member(endpoint: str, verify: Any, timeout: float) -> str:
+    """Why the member at ``endpoint`` is not healthy ("" when its /health says so)."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{endpoint}/health", timeout=timeout, verify=verify)
+        if r.status_code == 200 and str(r.json().get("health")) == "true":
+            return ""
+        return f"HTTP {r.status_code}: {r.text[:80]}"
+    except Exception as exc:
+        return _describe(exc)
 
 
 def _records(options: DoctorOptions) -> Check:
