@@ -102,6 +102,9 @@ def test_exit_code_and_text_output(tmp_path: Path) -> None:
     assert "kvm" not in names and "records" in names
     assert code == 0
 
+    code, _ = _doctor(tmp_path, "--role", "server", env={"AETHER_LEASE_TTL": "nope"})
+    assert code == 2  # an invalid setting is a usage error, as for `aether server`
+
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         code, out = _doctor(
