@@ -23,6 +23,7 @@ from tests.support.cli import run_aether
 from tests.support.etcd import EtcdCluster
 from tests.support.postgres import PostgresServer
 from tests.support.redis import redis_server
+from tests.support.s3 import s3_server_process
 
 SERVER_ONLY = ("bwrap", "cgroup", "criu", "kvm", "port router", "clock")
 
@@ -157,6 +158,36 @@ def test_etcd_reachable_ok_and_closed_port_fails(tmp_path: Path) -> None:
     assert check.status == "fail" and "AETHER_STATE_URL" in check.fix
 
 
+def test_etcd_over_tls_needs_its_ca(tmp_path: Path) -> None:
+    with EtcdCluster(size=1, tls=True) as cluster:
+        assert cluster.pki is not None
+        ca = str(cluster.pki.ca_file)
+        check = _server_checks(tmp_path, state_url=cluster.url, etcd_ca_file=ca)["state store"]
+        assert check.status == "ok", check
+        check = _server_checks(tmp_path, state_url=cluster.url)["state store"]  # system CAs
+        assert check.status == "fail" and "certificate" in check.detail.lower(), check
+
+
+def test_s3_bucket_ok_missing_bucket_and_closed_port_fail(tmp_path: Path) -> None:
+    with s3_server_process(tmp_path / "s3") as s3:
+        keys = {
+            "s3_endpoint_url": s3.endpoint_url,
+            "s3_access_key": s3.access_key,
+            "s3_secret_key": s3.secret_key,
+        }
+        s3.make_bucket("artifacts")
+        check = _server_checks(tmp_path, artifacts_url="s3://artifacts/aether/", **keys)
+        assert check["artifacts"].status == "ok", check["artifacts"]
+        check = _server_checks(tmp_path, artifacts_url="s3://nobucket", **keys)
+        assert check["artifacts"].status == "fail", check["artifacts"]
+        assert "nobucket" in check["artifacts"].detail
+    keys["s3_endpoint_url"] = f"http://127.0.0.1:{free_port()}"
+    check = _server_checks(tmp_path, artifacts_url="s3://artifacts", **keys)
+    assert (
+        check["artifacts"].status == "fail" and "AETHER_S3_ENDPOINT_URL" in check["artifacts"].fix
+    )
+
+
 # -- files -----------------------------------------------------------------------------------
 
 
@@ -223,6 +254,17 @@ def dated_server() -> Iterator[tuple[str, list[float]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_api_port_held_by_an_aether_server_warns(
+    tmp_path: Path, dated_server: tuple[str, list[float]]
+) -> None:
+    url, _ = dated_server  # it answers /healthz as Aether does
+    port = int(url.rsplit(":", 1)[1])
+    code, out = _doctor(tmp_path, "--role", "server", "--format", "json", "--port", str(port))
+    check = {c["name"]: c for c in json.loads(out)["checks"]}["port api"]
+    assert check["status"] == "warn" and "already running" in check["detail"]
+    assert code == 0
 
 
 def test_clock_skew_against_the_server(
