@@ -36,10 +36,13 @@ from aether.ops.doctor_verdicts import (
     port_verdict,
 )
 
-__all__ = ["plan"]
+__all__ = ["dir_facts", "kvm_facts", "plan", "skew_seconds", "tls_verdict"]
 
 _KVM_GET_API_VERSION = 0xAE00
 _KVM_CREATE_VM = 0xAE01
+# the settings of a certificate and its key, as environment variables (for the fixes)
+_TLS_API = ("AETHER_TLS_CERT", "AETHER_TLS_KEY")
+_TLS_CA = ("AETHER_CA_CERT_FILE", "AETHER_CA_KEY_FILE")
 
 Probe = Callable[[], list[Check]]
 
@@ -57,8 +60,8 @@ def plan(options: DoctorOptions) -> list[tuple[str, Probe]]:
         if s.node_port:
             steps.append(("port node", lambda: [_port("node", s.host, s.node_port, options)]))
         steps += [
-            ("tls api", lambda: _tls_pair("tls api", s.tls_cert, s.tls_key, "AETHER_TLS_CERT")),
-            ("tls ca", lambda: _tls_pair("tls ca", s.ca_cert_file, s.ca_key_file, "AETHER_CA")),
+            ("tls api", lambda: _tls_pair("tls api", s.tls_cert, s.tls_key, _TLS_API)),
+            ("tls ca", lambda: _tls_pair("tls ca", s.ca_cert_file, s.ca_key_file, _TLS_CA)),
             ("state store", lambda: [_state_store(options)]),
             ("records", lambda: [_records(options)]),
             ("redis", lambda: _redis(options)),
@@ -236,7 +239,8 @@ def _answers_healthz(host: str, port: int, options: DoctorOptions) -> bool:
 # -- TLS files ----------------------------------------------------------------------------
 
 
-def _tls_pair(name: str, cert_file: str, key_file: str, env: str) -> list[Check]:
+def _tls_pair(name: str, cert_file: str, key_file: str, env: tuple[str, str]) -> list[Check]:
+    """``env``: the two settings' environment names, for the fix."""
     if not cert_file and not key_file:
         return [Check(name, "skip", "not configured")]
     if not cert_file or not key_file:
@@ -247,7 +251,7 @@ def _tls_pair(name: str, cert_file: str, key_file: str, env: str) -> list[Check]
                 "a certificate needs both files: "
                 + ("the key" if cert_file else "the certificate")
                 + " is missing",
-                f"set {env} and its key ({env.removesuffix('_CERT')}_KEY...) together",
+                f"set both {env[0]} and {env[1]}",
             )
         ]
     return [tls_verdict(name, Path(cert_file), Path(key_file), datetime.now(UTC))]
@@ -276,7 +280,12 @@ def tls_verdict(name: str, cert_file: Path, key_file: Path, now: datetime) -> Ch
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (ValueError, OSError) as exc:
-        return Check(name, "fail", f"{cert_file} is not a PEM certificate: {exc}", "")
+        return Check(
+            name,
+            "fail",
+            f"{cert_file} is not a PEM certificate: {exc}",
+            "point the setting at the PEM certificate (-----BEGIN CERTIFICATE-----)",
+        )
     try:
         key = load_pem_private_key(key_file.read_bytes(), password=None)
     except (ValueError, TypeError, OSError) as exc:
@@ -296,7 +305,7 @@ def tls_verdict(name: str, cert_file: Path, key_file: Path, now: datetime) -> Ch
             "openssl pkey -pubout)",
         )
     left = (cert.not_valid_after_utc - now).total_seconds()
-    subject = cert.subject.rfc4514_string()
+    subject = cert.subject.rfc4514_string() or "the certificate"
     if left <= 0:
         return Check(
             name,
