@@ -283,6 +283,38 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
             "the node, for trusted single-tenant setups only (or AETHER_NODE_ISOLATION)",
         )
 
+    if p := sub.add(
+        "doctor", help="check this host for what a server or node needs (ok/warn/fail + fixes)"
+    ):
+        p.add_argument(
+            "--role",
+            choices=["server", "node", "all"],
+            default="all",
+            help="which role's needs to check (default: all)",
+        )
+        p.add_argument(
+            "--config", default=None, metavar="FILE", help="the server's TOML settings to check"
+        )
+        p.add_argument("--data-dir", default=None, help="default: AETHER_DATA_DIR or aether-data")
+        p.add_argument("--host", default=None, help="the API's address (default: AETHER_HOST)")
+        p.add_argument("--port", type=int, default=None, help="the API port (default: 7070)")
+        p.add_argument("--node-port", type=int, default=None, help="the node port (mutual TLS)")
+        p.add_argument("--router-host", default="127.0.0.1", help="the node router's address")
+        p.add_argument("--router-port", type=int, default=8080, help="the node router's port")
+        p.add_argument("--tls-cert", default=None, help="the API certificate (PEM) to check")
+        p.add_argument("--tls-key", default=None, help="its private key (PEM)")
+        p.add_argument(
+            "--skip",
+            action="append",
+            default=[],
+            metavar="CHECK",
+            help="leave out a check by name (e.g. kvm, criu, clock); repeatable",
+        )
+        p.add_argument("--format", choices=["text", "json"], default="text")
+        p.add_argument(
+            "--server", default=None, help="servers to compare clocks with (default: the session)"
+        )
+
     if p := sub.add("login", help="save the server URL and token for later commands"):
         p.add_argument("--server", default=None, help="default: the current session's")
         p.add_argument(
@@ -1103,6 +1135,7 @@ _MODULES = {
     "up": "up",
     "server": "daemons",
     "node": "daemons",
+    "doctor": "doctor",
     "login": "session_cmds",
     "whoami": "session_cmds",
     "users": "users",
