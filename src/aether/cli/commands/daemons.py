@@ -25,8 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from aether.server.config import ConfigError, load_config
-    from aether.server.main import serve
+    from aether.server.config import ConfigError, effective_config, load_config
 
     overrides = {
         k: v
@@ -46,6 +45,12 @@ def _server(args: argparse.Namespace) -> int:
         settings = load_config(config, overrides)
     except ConfigError as exc:
         raise CliError(str(exc), kind="usage", code="invalid_config") from None
+    if getattr(args, "check", False):  # a dry run: the effective settings, nothing started
+        print(f"# {args.config or 'environment'}: valid; effective settings (secrets redacted)")
+        print(effective_config(settings), end="")
+        return 0
+    from aether.server.main import serve
+
     serve(settings)
     return 0
 

@@ -1,0 +1,1 @@
+"""Operator tools: self-check, diagnostics bundle, installer profiles."""
