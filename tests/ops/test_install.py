@@ -186,6 +186,19 @@ def test_secrets_only_in_0600_files(rendered: dict[str, Path], profile: str) -> 
         }
 
 
+def test_hardening_checklist_per_profile(rendered: dict[str, Path]) -> None:
+    user = (rendered["user"] / "HARDENING.md").read_text()
+    assert "listens on 127.0.0.1 only" in user and "secrets.key" in user
+    pro = (rendered["pro"] / "HARDENING.md").read_text()
+    assert "| 7070/tcp | servers |" in pro and "| 7071/tcp | servers |" in pro
+    assert "aether tokens join --ttl 1h --uses 1" in pro and "2379" not in pro
+    enterprise = (rendered["enterprise"] / "HARDENING.md").read_text()
+    assert "| 2379/tcp | etcd members | the servers only |" in enterprise
+    assert "--apply --machine server-3" in enterprise
+    assert "Every server needs **the same** key" in enterprise
+    assert "yours to provide" in enterprise
+
+
 def test_apply_into_a_root_is_idempotent_and_refuses_changed_files(tmp_path: Path) -> None:
     root = tmp_path / "root"
     done = aether(

@@ -128,8 +128,17 @@ def _problems(profile: str, o: InstallOptions) -> list[str]:
     for name, port in ports.items():
         if not 1 <= port <= 65535:
             problems.append(f"--{name.replace('_', '-')}: {port} is not a port")
-    if len(set(ports.values())) != len(ports) and profile != "enterprise":
+    if o.port == o.node_port:
+        problems.append("--port and --node-port must differ")
+    if o.router_port == o.https_port:
+        problems.append("--router-port and --https-port must differ")
+    if profile == "user" and len(set(ports.values())) != len(ports):  # one machine
         problems.append("--port, --node-port, --router-port and --https-port must differ")
+    if profile == "user" and o.node_user not in ("root", o.user):
+        problems.append(
+            f"--node-user: on one machine the node reads the server's join token in "
+            f"{o.data_dir}, so it runs as root or as --user {o.user}, not {o.node_user}"
+        )
     if profile == "user" and o.server_url and not o.server_url.startswith("http"):
         problems.append(f"--server-url: {o.server_url!r} is not an http(s) URL")
     if profile == "pro" and not o.server_url.startswith("https://"):
