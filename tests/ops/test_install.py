@@ -266,6 +266,16 @@ def test_bad_options_are_listed_with_exit_2(tmp_path: Path) -> None:
     assert "--s3: 'bucket' is not s3://BUCKET/PREFIX" in done.stderr
     assert "pw" not in done.stderr.replace("password", "")
     assert not list(tmp_path.iterdir())  # nothing written
+    home = aether(
+        "install",
+        "--profile",
+        "user",
+        "--aether-bin",
+        "/root/.local/bin/aether",
+        "--out",
+        str(tmp_path / "h"),
+    )
+    assert home.returncode == 2 and "in a home directory" in home.stderr
     assert aether("install", "--profile", "user").returncode == 2  # neither --out nor --apply
 
 

@@ -113,6 +113,12 @@ def _problems(profile: str, o: InstallOptions) -> list[str]:
         problems.append(f"--profile: {profile!r} is not one of {', '.join(PROFILES)}")
     if not o.aether_bin.startswith("/"):
         problems.append(f"--aether-bin: {o.aether_bin!r} is not an absolute path")
+    elif o.aether_bin.startswith(("/home/", "/root/", "/run/user/")):
+        problems.append(
+            f"--aether-bin: {o.aether_bin} is in a home directory, which the units hide "
+            "(ProtectHome=) and the service user cannot read: install aether system-wide "
+            "(a venv in /opt/aether, or pipx with PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin)"
+        )
     for name in ("user", "node_user"):
         if not _USER.match(getattr(o, name)):
             problems.append(f"--{name.replace('_', '-')}: {getattr(o, name)!r} is not a user name")
