@@ -150,6 +150,8 @@ def test_server_config_passes_the_dry_run(rendered: dict[str, Path], profile: st
             assert settings["public_url"].startswith("https://a")
         elif profile == "pro":
             assert settings["tls_cert"] and settings["node_port"] == 7071
+            # valid, but the certificate is still to be put there: said, not refused
+            assert "no such file yet, tls_cert: /etc/aether/tls/server.crt" in done.stderr
             assert settings["host"] == "0.0.0.0"
         else:
             assert settings["host"] == "127.0.0.1" and not settings["tls_cert"]

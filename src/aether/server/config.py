@@ -26,7 +26,14 @@ from pydantic import ValidationError
 
 from aether.server.settings import ServerSettings
 
-__all__ = ["ConfigError", "effective_config", "env_name", "load_config", "read_config_file"]
+__all__ = [
+    "ConfigError",
+    "effective_config",
+    "env_name",
+    "load_config",
+    "missing_files",
+    "read_config_file",
+]
 
 
 class ConfigError(ValueError):
@@ -171,3 +178,15 @@ def effective_config(settings: ServerSettings) -> str:
             value = _redact_url(value)
         lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def missing_files(settings: ServerSettings) -> list[str]:
+    """The files the settings name that are not there yet (the TLS certificates and keys,
+    a given CA), each as ``key: path``: a valid configuration the server cannot start
+    with until they are. (etcd's TLS files are read by the validation itself.)"""
+    missing = []
+    for key in ("tls_cert", "tls_key", "ca_cert_file", "ca_key_file"):
+        path = getattr(settings, key)
+        if path and not Path(path).is_file():
+            missing.append(f"{key}: {path}")
+    return missing

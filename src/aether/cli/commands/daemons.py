@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from aether.server.config import ConfigError, effective_config, load_config
+    from aether.server.config import ConfigError, effective_config, load_config, missing_files
 
     overrides = {
         k: v
@@ -48,6 +49,8 @@ def _server(args: argparse.Namespace) -> int:
     if getattr(args, "check", False):  # a dry run: the effective settings, nothing started
         print(f"# {args.config or 'environment'}: valid; effective settings (secrets redacted)")
         print(effective_config(settings), end="")
+        for missing in missing_files(settings):
+            print(f"aether: warning: no such file yet, {missing}", file=sys.stderr)
         return 0
     from aether.server.main import serve
 
