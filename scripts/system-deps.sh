@@ -28,6 +28,7 @@ TEST=(
   "etcd:etcd-server"
   "etcdctl:etcd-client"
   "chromium:chromium"    # the console's browser tests (Playwright, executable_path)
+  "systemd-analyze:systemd"  # `aether install`'s tests verify the rendered units
 )
 
 case "$profile" in

@@ -234,6 +234,12 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         )
         p.add_argument("--tls-cert", default=None, help="serve the API over HTTPS (PEM)")
         p.add_argument("--tls-key", default=None, help="the --tls-cert's private key (PEM)")
+        p.add_argument(
+            "--check",
+            action="store_true",
+            help="check the configuration and print it (secrets redacted); start nothing. "
+            "Exit 0: valid, 2: not",
+        )
 
     if p := sub.add("node", help="run a node daemon on this machine"):
         p.add_argument("--server", required=True, help="API URL; several: URL,URL,... (failover)")
@@ -314,6 +320,41 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         p.add_argument(
             "--server", default=None, help="servers to compare clocks with (default: the session)"
         )
+
+    if p := sub.add(
+        "install", help="render systemd units, configuration and a hardening checklist"
+    ):
+        p.add_argument("--profile", required=True, choices=["user", "pro", "enterprise"])
+        p.add_argument("--out", default=None, metavar="DIR", help="write the rendering here")
+        p.add_argument(
+            "--apply", action="store_true", help="install one machine's files (see --root)"
+        )
+        p.add_argument("--machine", default=None, help="with --apply: which machine this is")
+        p.add_argument("--root", default=None, metavar="DIR", help="install below DIR, not /")
+        p.add_argument(
+            "--create-user", action="store_true", help="with --apply: create the service user"
+        )
+        p.add_argument("--force", action="store_true", help="replace files that differ")
+        p.add_argument("--aether-bin", default=None, help="the units' aether (default: this one)")
+        p.add_argument("--user", default=None, help="the server's user (default aether)")
+        p.add_argument("--node-user", default=None, help="the node's user (default root)")
+        p.add_argument("--data-dir", default=None, help="default /var/lib/aether")
+        p.add_argument("--node-data-dir", default=None, help="default /var/lib/aether-node")
+        p.add_argument("--config-dir", default=None, help="default /etc/aether")
+        p.add_argument("--port", type=int, default=None, help="the API's (default 7070)")
+        p.add_argument("--node-port", type=int, default=None, help="default 7071")
+        p.add_argument("--router-port", type=int, default=None, help="default 8080")
+        p.add_argument("--https-port", type=int, default=None, help="the router's, default 8443")
+        p.add_argument("--router-host", default=None, help="default 0.0.0.0 (user: 127.0.0.1)")
+        p.add_argument("--server-url", default=None, help="user, pro: the API URL")
+        p.add_argument("--servers", default=None, help="enterprise: HOST,HOST,HOST")
+        p.add_argument("--etcd", default=None, help="enterprise: HOST:PORT,... (default :2379)")
+        p.add_argument("--etcd-prefix", default=None, help="default aether")
+        p.add_argument("--etcd-ca-file", default=None, help="default CONFIG_DIR/etcd/ca.pem")
+        p.add_argument("--postgres", default=None, help="postgresql://USER@HOST:PORT/DB")
+        p.add_argument("--s3", default=None, help="s3://BUCKET/PREFIX")
+        p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+        p.add_argument("--format", choices=["text", "json"], default="text")
 
     if p := sub.add("login", help="save the server URL and token for later commands"):
         p.add_argument("--server", default=None, help="default: the current session's")
@@ -1136,6 +1177,7 @@ _MODULES = {
     "server": "daemons",
     "node": "daemons",
     "doctor": "doctor",
+    "install": "install",
     "login": "session_cmds",
     "whoami": "session_cmds",
     "users": "users",

@@ -13,17 +13,27 @@ one :class:`ConfigError`.
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from aether.server.settings import ServerSettings
 
-__all__ = ["ConfigError", "env_name", "load_config", "read_config_file"]
+__all__ = [
+    "ConfigError",
+    "effective_config",
+    "env_name",
+    "load_config",
+    "missing_files",
+    "read_config_file",
+]
 
 
 class ConfigError(ValueError):
@@ -123,3 +133,60 @@ def load_config(
     if problems:
         raise ConfigError(source, problems)
     return settings
+
+
+_SECRET_KEY = re.compile(r"(password|secret|api_key|access_key|token)")
+REDACTED = "<redacted>"
+
+
+def _redact_url(value: str) -> str:
+    """A URL with the password of its user info (``user:PASSWORD@``) hidden."""
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if not password:
+        return value
+    users, _, hosts = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{users.partition(':')[0]}:{REDACTED}@{hosts}").geturl()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def effective_config(settings: ServerSettings) -> str:
+    """The settings as the server would run with them, in the file's TOML form, with
+    secrets redacted: keys naming a password, secret, key or token, and passwords in
+    URLs. Unset optional settings are listed as comments."""
+    lines = []
+    for key, value in sorted(settings.model_dump().items()):
+        if value is None:
+            lines.append(f"# {key}: (unset)")
+            continue
+        secret = _SECRET_KEY.search(key) and not key.endswith("_file")  # a path is no secret
+        if isinstance(value, str) and value and secret:
+            value = REDACTED
+        elif isinstance(value, str) and "://" in value:
+            value = _redact_url(value)
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def missing_files(settings: ServerSettings) -> list[str]:
+    """The files the settings name that are not there yet (the TLS certificates and keys,
+    a given CA), each as ``key: path``: a valid configuration the server cannot start
+    with until they are. (etcd's TLS files are read by the validation itself.)"""
+    missing = []
+    for key in ("tls_cert", "tls_key", "ca_cert_file", "ca_key_file"):
+        path = getattr(settings, key)
+        if path and not Path(path).is_file():
+            missing.append(f"{key}: {path}")
+    return missing

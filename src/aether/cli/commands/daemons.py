@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from aether.server.config import ConfigError, load_config
-    from aether.server.main import serve
+    from aether.server.config import ConfigError, effective_config, load_config, missing_files
 
     overrides = {
         k: v
@@ -46,6 +46,14 @@ def _server(args: argparse.Namespace) -> int:
         settings = load_config(config, overrides)
     except ConfigError as exc:
         raise CliError(str(exc), kind="usage", code="invalid_config") from None
+    if getattr(args, "check", False):  # a dry run: the effective settings, nothing started
+        print(f"# {args.config or 'environment'}: valid; effective settings (secrets redacted)")
+        print(effective_config(settings), end="")
+        for missing in missing_files(settings):
+            print(f"aether: warning: no such file yet, {missing}", file=sys.stderr)
+        return 0
+    from aether.server.main import serve
+
     serve(settings)
     return 0
 
