@@ -53,7 +53,7 @@ from aether.store.base import (
     StoreError,
 )
 from aether.store.batch import Write, apply_fenced
-from aether.store.election import LeaderElection, Leadership, current_leader
+from aether.store.election import LeaderElection, Leadership
 
 __all__ = [
     "FAILURES_BEFORE_GIVING_UP",
@@ -210,16 +210,13 @@ class Leader:
     async def run(self) -> None:
         me = self.ctx.server_id
         while True:
-            previous: str | None = None
-            with contextlib.suppress(StoreError):
-                previous = await current_leader(self.ctx.store)
             try:
                 leadership = await self.election.campaign()
             except StoreError as exc:
                 log.warning("election failed (%s); retrying", exc)
                 await asyncio.sleep(1)
                 continue
-            log.warning(failover_line(me, leadership.epoch, previous))
+            log.warning(failover_line(me, leadership.epoch, leadership.previous))
             why = "resigned"
             try:
                 await self._lead(leadership)
