@@ -653,6 +653,7 @@ async def test_the_next_candidate_takes_over_on_resign(
     second = await asyncio.wait_for(contender, 5)
     assert second.candidate == "b"
     assert second.epoch > first.epoch
+    assert (first.previous, second.previous) == (None, "a")  # what the failover log names
     assert await current_leader(store, "elect/leader") == "b"
 
 
@@ -669,6 +670,7 @@ async def test_the_next_candidate_takes_over_when_the_leader_lease_expires(
     b = elect("b")
     term = await asyncio.wait_for(b.campaign(), ttl * 5 + 2)
     assert term.epoch > crashed.revision
+    assert term.previous == "crashed"
     assert await current_leader(store, "elect/leader") == "b"
 
 

@@ -217,6 +217,12 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         p.add_argument(
             "--etcd-port", type=int, default=2379, help="with --ha: first of 6 etcd ports"
         )
+        p.add_argument(
+            "--restore",
+            default=None,
+            metavar="ARCHIVE",
+            help="restore a backup into the new cluster's stores (etcd with --ha) first",
+        )
 
     if p := sub.add("server", help="run an API server (and leader, when elected)"):
         p.add_argument(

@@ -38,6 +38,8 @@ class Leadership:
     epoch: int  # create_revision of the leader key: the fencing token
     lease: int
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    # who held the key when this candidate last found it taken (None: it was vacant)
+    previous: str | None = None
 
     def fence(self) -> Compare:
         """A txn compare that holds only while this term is still the current one."""
@@ -76,6 +78,7 @@ class LeaderElection:
         """Block until this candidate leads; returns the new term."""
         if (term := self.leadership) is not None:
             return term
+        previous: str | None = None
         while True:
             lease = await self.store.lease_grant(self.ttl)
             won = False
@@ -91,12 +94,17 @@ class LeaderElection:
                     with contextlib.suppress(StoreError):
                         await self.store.lease_revoke(lease)
             if won:
-                term = Leadership(self.candidate, self.key, result.revision, lease)
+                term = Leadership(
+                    self.candidate, self.key, result.revision, lease, previous=previous
+                )
                 self._leadership = term
                 self._keepalive = asyncio.create_task(
                     self._keep(term), name=f"leader keepalive {self.key}"
                 )
                 return term
+            seen = result.responses[0] if result.responses else None
+            if isinstance(seen, list) and seen:
+                previous = seen[0].value.decode(errors="replace")
             # The txn saw the key at result.revision; any later delete is >= +1.
             if not await self._wait_vacant(result.revision + 1):
                 await asyncio.sleep(self.ttl / 3)  # watch ended early; do not spin

@@ -260,7 +260,11 @@ class EtcdCluster:
         self.wait_healthy(timeout)
         return self
 
-    def _spawn(self, binary: str, member: _Member) -> None:
+    def command(self, index: int) -> list[str]:
+        """The command line that starts member ``index`` (on its data, if it has some)."""
+        return self._args(etcd_binary(), self.members[index])
+
+    def _args(self, binary: str, member: _Member) -> list[str]:
         state = "existing" if member.data_dir.exists() else "new"
         args = [
             binary,
@@ -290,6 +294,10 @@ class EtcdCluster:
             args += ["--auth-token", self.auth_token]
         if self.auth_token_ttl is not None:
             args += ["--auth-token-ttl", str(self.auth_token_ttl)]
+        return args
+
+    def _spawn(self, binary: str, member: _Member) -> None:
+        args = self._args(binary, member)
         log = member.log_path.open("ab")
         try:
             member.process = subprocess.Popen(
@@ -380,6 +388,13 @@ class EtcdCluster:
         self._spawn(etcd_binary(), member)
         if wait:
             self.wait_healthy(timeout, [member])
+
+    def respawn(self, index: int) -> subprocess.Popen[bytes]:
+        """Start member ``index`` again without waiting (a supervisor's restart); its process."""
+        member = self.members[index]
+        self._spawn(etcd_binary(), member)
+        assert member.process is not None
+        return member.process
 
     def leader(self) -> int:
         """The index of the current raft leader (asks the running members)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,41 @@ from aether.cli.output import CliError, emit
 __all__ = ["run"]
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _up_layout(data_dir: Path) -> dict[str, Any] | None:
+    """The ``up.json`` ``aether up`` wrote, for its data dir or its server's data dir."""
+    from aether.cli.commands.up import LAYOUT
+
+    for path in (data_dir / LAYOUT, data_dir.parent / LAYOUT):
+        try:
+            layout = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(layout, dict) and (
+            path.parent == data_dir or layout.get("server_data_dir") == str(data_dir)
+        ):
+            return layout
+    return None
+
+
+def _settings(args: argparse.Namespace, *, restoring: bool = False) -> Any:
     from aether.server.config import ConfigError, load_config
 
     if not args.data_dir and not args.config:
         raise CliError("say which server: --data-dir DIR or --config FILE", kind="usage")
-    overrides = {"data_dir": Path(args.data_dir).resolve()} if args.data_dir else {}
+    overrides: dict[str, Any] = {"data_dir": Path(args.data_dir).resolve()} if args.data_dir else {}
+    layout = _up_layout(overrides["data_dir"]) if args.data_dir and not args.config else None
+    if layout is not None and layout.get("state_url"):
+        if restoring:  # the servers would go on reading etcd, not what the restore writes
+            raise CliError(
+                f"{args.data_dir} belongs to an `aether up --ha` cluster, whose state lives in "
+                f"etcd ({layout['state_url']}): a restore here would not be read. Restore "
+                "into a new HA cluster with: aether up --ha --data-dir NEW --restore ARCHIVE",
+                kind="usage",
+                code="restore_refused",
+            )
+        overrides["state_url"] = layout["state_url"]
+    if layout is not None and layout.get("server_data_dir"):
+        overrides["data_dir"] = Path(layout["server_data_dir"])
     try:
         return load_config(Path(args.config) if args.config else None, overrides)
     except ConfigError as exc:
@@ -38,7 +68,8 @@ async def _create(args: argparse.Namespace) -> int:
     from aether.client import ApiClient
 
     settings = _settings(args)
-    server = args.server or settings.api_url()
+    layout = _up_layout(Path(args.data_dir).resolve()) if args.data_dir else None
+    server = args.server or (layout["servers"][0] if layout else settings.api_url())
 
     async def fetch_state(dest: Path) -> None:
         token = _admin_token(args, settings.data_dir.resolve())
@@ -74,7 +105,7 @@ async def _create(args: argparse.Namespace) -> int:
 async def _restore(args: argparse.Namespace) -> int:
     from aether.backup.archive import BackupError, restore_backup
 
-    settings = _settings(args)
+    settings = _settings(args, restoring=True)
     try:
         summary = await restore_backup(Path(args.archive), settings, force=args.force)
     except BackupError as exc:

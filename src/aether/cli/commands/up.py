@@ -3,6 +3,12 @@
 ``--ha`` tries the HA layout locally: three etcd members, three servers on
 them (one leads; the others serve the API and take over within seconds), the
 nodes given every server's URL.
+
+Every process it starts is supervised (:mod:`aether.cli.supervisor`): one that
+exits is reported and started again with backoff. How the cluster is laid out
+(the state URL, each process's command) is written to ``DATA/up.json``, which
+``aether backup create --data-dir DATA`` reads. ``--restore ARCHIVE`` restores a
+backup into the new cluster's stores (etcd with ``--ha``) before the servers start.
 """
 
 from __future__ import annotations
@@ -10,22 +16,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aether.cli.output import CliError
+from aether.cli.supervisor import Child, Supervisor
 
 if TYPE_CHECKING:
     from aether.store.etcd_local import EtcdCluster
 from aether.cli.session import ca_context, config_path, save_config, save_session
 
-__all__ = ["run"]
+__all__ = ["LAYOUT", "run"]
+
+LAYOUT = "up.json"  # in the data dir: how `aether up` laid the cluster out
 
 
 def _port_free(port: int) -> bool:
@@ -59,6 +71,12 @@ def _demo_app() -> Path | None:
     return None
 
 
+def _shown(args: list[str], log: Path, env: dict[str, str]) -> str:
+    """A shell command that starts this process by hand, as ``aether up`` does."""
+    prefix = "".join(f"{k}={v} " for k, v in env.items())
+    return f"{prefix}{shlex.join(args)} >>{shlex.quote(str(log))} 2>&1"
+
+
 def _spawn(
     args: list[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -86,6 +104,10 @@ def _start_etcd(data_dir: Path, base_port: int) -> EtcdCluster:
         return EtcdCluster(size=3, root=data_dir / "etcd", base_port=base_port).start()
     except (RuntimeError, TimeoutError) as exc:
         raise CliError(f"etcd did not start: {exc}", kind="internal") from None
+
+
+def _respawner(etcd: EtcdCluster, index: int) -> Callable[[], subprocess.Popen[bytes]]:
+    return lambda: etcd.respawn(index)
 
 
 def _wait_started(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -145,6 +167,50 @@ def _tls_files(directory: Path) -> dict[str, str]:
     }
 
 
+def _check_layout(data_dir: Path, server_dir: Path, ha: bool) -> None:
+    """Refuse a data dir whose state the cluster about to start would not read."""
+    etcd_data = any((data_dir / "etcd").glob("m*/member"))
+    if ha and (server_dir / "state.db").exists() and not etcd_data:
+        raise CliError(
+            f"{server_dir / 'state.db'} holds a state that `aether up --ha` does not read "
+            "(its state lives in etcd): run `aether up` without --ha on this data dir, or "
+            "start an HA cluster from a backup: aether up --ha --data-dir NEW --restore ARCHIVE",
+            kind="usage",
+        )
+    if not ha and etcd_data and not (server_dir / "state.db").exists():
+        raise CliError(
+            f"{data_dir} holds an `aether up --ha` cluster (its state is in etcd): pass --ha",
+            kind="usage",
+        )
+
+
+def _restore(archive: Path, server_dir: Path, state_url: str | None) -> None:
+    """Restore ``archive`` into the stores the servers will use, before they start."""
+    from aether.backup.archive import BackupError, restore_backup
+    from aether.server.config import ConfigError, load_config
+
+    overrides: dict[str, object] = {"data_dir": server_dir}
+    if state_url is not None:
+        overrides["state_url"] = state_url
+    try:
+        settings = load_config(None, overrides)
+        summary = asyncio.run(restore_backup(archive, settings))
+    except (BackupError, ConfigError) as exc:
+        raise CliError(f"--restore {archive}: {exc}", kind="io", code="restore_failed") from None
+    print(
+        f"restored {archive} (taken {summary['backup_created_at']}) into "
+        + ", ".join(sorted(summary["parts"])),
+        flush=True,
+    )
+
+
+def _write_layout(data_dir: Path, layout: dict[str, object]) -> None:
+    path = data_dir / LAYOUT
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(layout, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def run(args: argparse.Namespace) -> int:
     data_dir = Path(
         args.data_dir
@@ -159,9 +225,14 @@ def run(args: argparse.Namespace) -> int:
     urls = [f"{scheme}://127.0.0.1:{port}" for port in server_ports]
     api = ",".join(urls)  # nodes and the CLI fail over between the servers
     server_dir = data_dir / "server"
-    procs: list[subprocess.Popen[bytes]] = []
+    restore = Path(args.restore).resolve() if getattr(args, "restore", None) else None
+    if restore is not None and not restore.is_file():
+        raise CliError(f"--restore {restore}: no such file", kind="usage")
+    _check_layout(data_dir, server_dir, args.ha)
+    supervisor = Supervisor()
     etcd = _start_etcd(data_dir, args.etcd_port) if args.ha else None
-    server_env = {"AETHER_STATE_URL": etcd.url + "/aether"} if etcd is not None else {}
+    state_url = etcd.url + "/aether" if etcd is not None else None
+    server_env = {"AETHER_STATE_URL": state_url} if state_url is not None else {}
     node_args: list[str] = []
     ca_file: Path | None = None
     if args.tls:  # the API over HTTPS, its certificate from the cluster CA made here
@@ -169,8 +240,10 @@ def run(args: argparse.Namespace) -> int:
         ca_file = data_dir / "tls" / "ca.crt"
         node_args = ["--server-ca", str(ca_file)]
         os.environ["AETHER_CA_FILE"] = str(ca_file)  # this process's own calls
+    aether = [sys.executable, "-m", "aether"]
 
     def stop_all() -> None:
+        procs = [c.proc for c in supervisor.children if not c.name.startswith("etcd")]
         for proc in reversed(procs):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -184,39 +257,75 @@ def run(args: argparse.Namespace) -> int:
         if etcd is not None:
             etcd.stop()  # its data stays in DATA/etcd for the next `aether up --ha`
 
+    def supervise(name: str, argv: list[str], log: Path, env: dict[str, str]) -> Child:
+        def spawn() -> subprocess.Popen[bytes]:
+            return _spawn(argv, log, env)
+
+        child = Child(name, spawn, _shown([*aether, *argv], log, env), str(log), spawn())
+        supervisor.add(child)
+        return child
+
+    def layout(ports: list[int]) -> dict[str, object]:
+        return {
+            "ha": args.ha,
+            "state_url": state_url,
+            "server_data_dir": str(server_dir),
+            "servers": urls,
+            "etcd": etcd.endpoints if etcd is not None else [],
+            "routers": [f"http://127.0.0.1:{port}" for port in ports],
+            "processes": [
+                {"name": c.name, "command": c.command, "log": c.log} for c in supervisor.children
+            ],
+        }
+
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+        if etcd is not None:
+            for i, member in enumerate(etcd.members):
+                assert member.process is not None
+                supervisor.add(
+                    Child(
+                        f"etcd {member.name}",
+                        _respawner(etcd, i),
+                        _shown(etcd.command(i), member.log_path, {}),
+                        str(member.log_path),
+                        member.process,
+                    )
+                )
+        if restore is not None:
+            _restore(restore, server_dir, state_url)
+        _write_layout(data_dir, layout([]))  # `backup create` can find the state from now on
         for i, port in enumerate(server_ports):  # one at a time: the first migrates the records
             log = data_dir / ("server.log" if i == 0 else f"server-{i + 1}.log")
-            procs.append(
-                _spawn(
-                    ["server", "--data-dir", str(server_dir), "--port", str(port)], log, server_env
-                )
-            )
-            _wait_started(urls[i], procs[-1], log)
+            argv = ["server", "--data-dir", str(server_dir), "--port", str(port)]
+            child = supervise(f"server {i + 1}", argv, log, server_env)
+            _wait_started(urls[i], child.proc, log)
         join = (server_dir / "join.token").read_text().strip()
         admin = (server_dir / "admin.token").read_text().strip()
         ports = _pick_ports(args.router_port, args.nodes, set(server_ports))
         for i, port in enumerate(ports):
-            procs.append(
-                _spawn(
-                    [
-                        "node",
-                        "--server",
-                        api,
-                        "--data-dir",
-                        str(data_dir / f"node-{i + 1}"),
-                        "--router-port",
-                        str(port),
-                        "--id",
-                        f"node-{i + 1}",
-                        *node_args,
-                    ],
-                    data_dir / f"node-{i + 1}.log",
-                    env={"AETHER_JOIN_TOKEN": join},
-                )
+            argv = [
+                "node",
+                "--server",
+                api,
+                "--data-dir",
+                str(data_dir / f"node-{i + 1}"),
+                "--router-port",
+                str(port),
+                "--id",
+                f"node-{i + 1}",
+                *node_args,
+            ]
+            child = supervise(
+                f"node-{i + 1}", argv, data_dir / f"node-{i + 1}.log", {"AETHER_JOIN_TOKEN": join}
             )
-        asyncio.run(_wait_ready(api, admin, args.nodes, procs))
+            # by hand, read the token from its file rather than print it
+            child.command = child.command.replace(
+                f"AETHER_JOIN_TOKEN={join}",
+                f'AETHER_JOIN_TOKEN="$(cat {shlex.quote(str(server_dir / "join.token"))})"',
+            )
+        _write_layout(data_dir, layout(ports))
+        asyncio.run(_wait_ready(api, admin, args.nodes, [c.proc for c in supervisor.children]))
         session = save_session(api, admin)
         save_config({"server": api, "ca_file": str(ca_file) if ca_file else ""})
         print(f"Aether is up: {len(urls)} server(s), {args.nodes} node(s)   (data in {data_dir})")
@@ -225,11 +334,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"  API:        {url}/api/v1      (OpenAPI: {url}/docs)")
         if etcd is not None:
             print(f"  etcd:       {', '.join(etcd.endpoints)}   (state store; data in DATA/etcd)")
+            print(f"  state:      {state_url}")
         for i, port in enumerate(ports):
             print(f"  node-{i + 1}:     router http://127.0.0.1:{port}/apps/APP/")
         print(f"  admin token {admin}")
         print(f"              (also in {server_dir / 'admin.token'})")
         print(f"  session:    {session}   config: {config_path()}")
+        print(f"  supervised: a process that exits is restarted; by hand (also in {LAYOUT}):")
+        for child in supervisor.children:
+            print(f"    {child.name} (pid {child.proc.pid}): {child.command}")
         if args.demo:
             demo = _demo_app()
             if demo is None:
@@ -245,27 +358,9 @@ def run(args: argparse.Namespace) -> int:
                     print(f"  try: curl http://127.0.0.1:{ports[0]}/apps/hello-python/")
         print("Next: aether status | aether deploy PATH | aether logs APP -f   (Ctrl-C stops)")
         sys.stdout.flush()
-        reported: set[int] = set()
         while True:
-            servers = procs[: len(urls)]
-            if all(proc.poll() is not None for proc in servers):
-                raise CliError(
-                    f"the server exited (code {procs[0].returncode}); see {data_dir / 'server.log'}"
-                )
-            for i, proc in enumerate(servers[1:], start=2):
-                if proc.poll() is not None and -i not in reported:
-                    reported.add(-i)
-                    print(f"server {i} exited; the others go on", file=sys.stderr, flush=True)
-            for i, proc in enumerate(procs[len(urls) :], start=1):
-                if proc.poll() is not None and i not in reported:
-                    reported.add(i)
-                    print(
-                        f"node-{i} exited (code {proc.returncode}); its instances move to the "
-                        f"other nodes. See {data_dir / f'node-{i}.log'}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            time.sleep(0.5)
+            supervisor.tick()
+            time.sleep(0.2)
     except KeyboardInterrupt:
         print("stopping ...", file=sys.stderr)
         return 0

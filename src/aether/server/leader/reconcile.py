@@ -64,6 +64,7 @@ __all__ = [
     "action_write",
     "apply_action",
     "apply_actions",
+    "failover_line",
 ]
 
 log = logging.getLogger("aether.leader")
@@ -196,6 +197,18 @@ def _trace_placements(snap: ClusterSnapshot, applied: Sequence[Action], started:
 LeaderLoop = Callable[[Leadership], Coroutine[Any, Any, None]]
 
 
+def failover_line(me: str, epoch: int, previous: str | None) -> str:
+    """The log line of an election: who was elected, in which epoch, after whom."""
+    after = (
+        f"took over from {previous}"
+        if previous and previous != me
+        else "no leader before"
+        if not previous
+        else "re-elected"
+    )
+    return f"leader elected: {me} (epoch {epoch}); {after}"
+
+
 class Leader:
     def __init__(self, ctx: ServerContext, loops: Sequence[LeaderLoop] = ()) -> None:
         self.ctx = ctx
@@ -217,6 +230,7 @@ class Leader:
         self.leading = False  # this server holds the leadership now
 
     async def run(self) -> None:
+        me = self.ctx.server_id
         while True:
             try:
                 leadership = await self.election.campaign()
@@ -224,15 +238,17 @@ class Leader:
                 log.warning("election failed (%s); retrying", exc)
                 await asyncio.sleep(1)
                 continue
-            log.info("leading with epoch %d", leadership.epoch)
+            log.warning(failover_line(me, leadership.epoch, leadership.previous))
+            why = "resigned"
             try:
                 await self._lead(leadership)
+                why = "its lease ended or another server holds the key"
             except StoreError as exc:
-                log.warning("lost the state store while leading (%s)", exc)
+                why = f"lost the state store ({exc})"
             finally:
                 with contextlib.suppress(StoreError):
                     await self.election.resign()
-            log.info("no longer leading")
+            log.warning("leader lost: %s no longer leads (epoch %d): %s", me, leadership.epoch, why)
 
     async def _lead(self, leadership: Leadership) -> None:
         wake = asyncio.Event()
