@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
-from aether import __version__
+from aether import __version__, tracing
 from aether.artifacts import ArtifactBackend, LocalArtifactRegistry
 from aether.artifacts.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from aether.artifacts.s3 import S3ArtifactRegistry
@@ -67,7 +67,6 @@ from aether.server.http.node_port import NodePort
 from aether.server.http.openapi import install_openapi
 from aether.server.http.prometheus import ServerMetrics
 from aether.server.http.ratelimit import RateLimiter, RateLimitHeaders, open_storage
-from aether.server.http.tracing import TraceRequests
 from aether.server.http.uploads import UploadGate
 from aether.server.leader.advisers import Adviser, adviser_configs
 from aether.server.leader.agents import AgentPlacer
@@ -254,6 +253,15 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             await exits.aclose()
 
     app = _Api(
+        # FastAPI's own OpenTelemetry spans, one per request, a child of the caller's
+        # traceparent: on when aether.tracing is (AETHER_OTLP_ENDPOINT); never for the
+        # node pushes, which would be thousands a second
+        telemetry={
+            "tracing": tracing.enabled(),
+            "metrics": False,  # Prometheus has them (/metrics)
+            "logs": False,
+            "exclude": telemetry_api.is_push,
+        },
         title="Aether",
         version=__version__,
         lifespan=lifespan,
@@ -269,7 +277,6 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.add_middleware(InputLimits, settings=settings)  # bounds all of the above
     app.add_middleware(AuditMiddleware)  # outermost: sees every answer (InputLimits' 401s too)
     install_metrics(app, metrics)
-    app.add_middleware(TraceRequests)  # a span per request (AETHER_OTLP_ENDPOINT)
     app.add_middleware(ApiAliases)  # outermost of all: /api/agents… is /api/v1/agents…
 
     @app.get("/healthz", tags=["probes"])

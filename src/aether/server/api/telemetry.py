@@ -322,6 +322,12 @@ _PREFIX = "/api/v1/nodes/"
 _SUFFIX = "/metrics"
 
 
+def is_push(scope: Scope) -> bool:
+    """Whether the request is a node's telemetry push."""
+    path: str = scope.get("path", "")
+    return scope.get("method") == "POST" and path.startswith(_PREFIX) and path.endswith(_SUFFIX)
+
+
 class TelemetryFastPath:
     """ASGI middleware: the success path of ``POST /api/v1/nodes/{node}/metrics``."""
 
@@ -329,15 +335,10 @@ class TelemetryFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or not path.startswith(_PREFIX)
-            or not path.endswith(_SUFFIX)
-        ):
+        if scope["type"] != "http" or not is_push(scope):
             await self.app(scope, receive, send)
             return
+        path: str = scope["path"]
         app = scope.get("app")
         state = getattr(app, "state", None)
         leader = getattr(state, "leader", None)
