@@ -26,6 +26,20 @@ def test_a_node_credential_lives_longer_than_a_person_s_token() -> None:
     assert cache.get("admin-token", later) is None
     assert cache.get("node-token", later) is not None
     assert cache.get("node-token", NODE_TOKEN_CACHE_SECONDS + 0.1) is None
+
+
+def test_entries_made_together_expire_apart() -> None:
+    """Thousands of nodes register in a burst when a server starts: had their entries
+    one life, they would all ask the database in the same second a minute later."""
+    cache = TokenCache()
+    for i in range(200):
+        cache.put(f"node-{i}", _principal("node", str(i)), now=0.0)
+    alive = [
+        sum(cache.get(f"node-{i}", t) is not None for i in range(200))
+        for t in (0.7 * NODE_TOKEN_CACHE_SECONDS, 0.875 * NODE_TOKEN_CACHE_SECONDS)
+    ]
+    assert alive[0] == 200  # none before 3/4 of the life
+    assert 20 < alive[1] < 180  # about half by 7/8: spread, not all at once
     assert cache.longest == NODE_TOKEN_CACHE_SECONDS > TOKEN_CACHE_SECONDS
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 from aether.store.records import Principal, Records
@@ -28,7 +29,8 @@ class TokenCache:
     store; should that fail, their entries still expire after at most that long).
     Only successes are cached: a wrong token always asks the database. Calls
     that miss at the same moment share one lookup (thousands of nodes pushing
-    every second would otherwise all ask the database when an entry expires).
+    every second would otherwise all ask the database when an entry expires), and
+    entries made together expire apart (each lives a random 3/4 to all of its ttl).
     """
 
     def __init__(
@@ -61,7 +63,9 @@ class TokenCache:
         if len(self._entries) >= self.size:
             self._entries.clear()  # crude, but bounded; the next calls refill it
         ttl = self.node_ttl if principal.role == "node" else self.ttl
-        self._entries[token] = (principal, now + ttl)
+        # a life between 3/4 and all of the ttl: the entries that thousands of nodes made
+        # in one burst (a server's start) expire spread out, not in one stampede
+        self._entries[token] = (principal, now + ttl * random.uniform(0.75, 1.0))
 
     @property
     def longest(self) -> float:
