@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aether.server.http.token_cache import (
     NODE_TOKEN_CACHE_SECONDS,
     TOKEN_CACHE_SECONDS,
     TokenCache,
 )
 from aether.store.records import Principal
+from tests.support.api import unique
+from tests.support.server import RunningServer
 
 
 def _principal(role: str, token_id: str) -> Principal:
@@ -48,3 +52,34 @@ def test_forgetting_a_node_credential_drops_it_at_once() -> None:
     cache.put("node-token", _principal("node", "n"), now=0.0)
     cache.forget("n")
     assert cache.get("node-token", 1.0) is None
+
+
+def test_an_entry_in_use_is_renewed_in_the_background_and_a_revoked_one_dropped(
+    server: RunningServer,
+) -> None:
+    """Was a stall: when thousands of node entries expired, each node's next push waited
+    for a database lookup behind all the others. An entry past half its life is now
+    looked up again in the background while the cached principal answers."""
+    node = unique("renewed")
+    token = server.node_token(node)
+    records = server.ctx.records
+
+    async def scenario() -> tuple[int, bool, bool]:
+        cache = TokenCache()
+        first = await cache.resolve(token, records)
+        assert first is not None and first.node == node
+        _, until, renew_at = cache._entries[token]
+        lookups = cache.lookups
+        # past half its life: answered from the cache, and renewed meanwhile
+        assert cache.get(token, renew_at + 0.1, records) == first
+        await asyncio.gather(*cache._renewing)
+        renewed = cache._entries[token][1] > until
+        # revoked without this cache being told: the next renewal drops it
+        await records.revoke_node(node)
+        later = cache._entries[token][2] + 0.1
+        assert cache.get(token, later, records) is not None  # still this call's answer
+        await asyncio.gather(*cache._renewing)
+        return cache.lookups - lookups, renewed, token in cache._entries
+
+    renewals, renewed, kept = server.run(scenario())
+    assert renewals == 2 and renewed and not kept

@@ -140,7 +140,7 @@ def cached_caller(
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer":
         return None
-    principal = ctx.tokens.get(token.strip(), time.monotonic())
+    principal = ctx.tokens.get(token.strip(), time.monotonic(), ctx.records)
     if principal is None or principal.role not in _ALLOWED[level]:
         return None
     if principal.role == "node" and (
