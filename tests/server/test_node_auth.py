@@ -374,6 +374,19 @@ async def test_a_revoked_node_is_cut_off_and_may_not_join_until_allowed(
         "/api/v1/nodes/join", json=join_body(node), headers=bearer(server.join_token)
     )
     assert "aether nodes allow" in assert_envelope(rejoin, 403, "node_revoked")["message"]
+    # a single-use token a revoked node tried keeps its use (was: spent on the refusal)
+    once = await http.post(
+        "/api/v1/tokens",
+        json={"role": "join", "name": "one node", "uses": 1},
+        headers=bearer(server.admin_token),
+    )
+    single = once.json()["token"]
+    refused = await http.post("/api/v1/nodes/join", json=join_body(node), headers=bearer(single))
+    assert_envelope(refused, 403, "node_revoked")
+    other = await http.post(
+        "/api/v1/nodes/join", json=join_body(unique("other")), headers=bearer(single)
+    )
+    assert other.status_code == 201, other.text
     allowed = await http.post(f"/api/v1/nodes/{node}/allow", headers=bearer(server.admin_token))
     assert allowed.json() == {"node": node, "revoked": False}
     rejoin = await http.post(

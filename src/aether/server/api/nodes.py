@@ -117,6 +117,7 @@ async def join(body: JoinIn, caller: JoinCaller, ctx: Ctx) -> JoinOut:
         issued = ctx.trust.issue_node(body.id, body.csr)
     except ca.CertificateError as exc:
         raise BadRequestError(f"csr: {exc}") from None
+    await ctx.records.check_may_join(body.id)  # a revoked node, too
     if not await ctx.records.use_join_token(caller.token_id):
         raise UnauthorizedError(
             "this join token is used up or revoked; ask for a new one (`aether tokens join`)",

@@ -37,11 +37,9 @@ class CredentialRecords(TenantRecords):
             await session.commit()
             return bool(getattr(result, "rowcount", 0))
 
-    async def join_node(self, tenant_id: str, node_id: str) -> tuple[str, str, list[str]]:
-        """A new credential for ``node_id``: (id, plain text, ids of the ones it replaced).
-
-        ForbiddenError when an admin revoked the node and has not allowed it again.
-        """
+    async def check_may_join(self, node_id: str) -> None:
+        """ForbiddenError ``node_revoked`` when an admin revoked the node and has not
+        allowed it again."""
         async with self.sessions() as session:
             node = await session.get(Node, node_id)
             if node is not None and node.revoked_at is not None:
@@ -50,6 +48,13 @@ class CredentialRecords(TenantRecords):
                     f"again first (`aether nodes allow {node_id}`)",
                     code="node_revoked",
                 )
+
+    async def join_node(self, tenant_id: str, node_id: str) -> tuple[str, str, list[str]]:
+        """A new credential for ``node_id``: (id, plain text, ids of the ones it replaced).
+
+        ForbiddenError when an admin revoked the node and has not allowed it again.
+        """
+        await self.check_may_join(node_id)
         replaced = await self._revoke_credentials(node_id)
         token_id, token = await self.issue_token(
             tenant_id, "node", f"node {node_id}", node_id=node_id
