@@ -1,7 +1,7 @@
 """Telemetry ingest: how many nodes one server sustains at one push per second.
 
     .venv/bin/python -m bench.telemetry_bench [--steps 500,1000,2000,3000,4000]
-        [--workers 2] [--warmup 5] [--duration 20] [--client aiohttp|raw|both]
+        [--workers 2] [--warmup 15] [--duration 20] [--client aiohttp|raw|both]
         [--transport plain|mtls|both]
 
 A real ``aether server`` process (its own data directory, SQLite stores, the
@@ -584,7 +584,12 @@ def main() -> None:
     worker.add_argument("--client", choices=["aiohttp", "raw"], default="aiohttp")
     parser.add_argument("--steps", default="500,1000,2000,3000,4000")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=15.0,
+        help="seconds before measuring: until every node has connected (thousands take seconds)",
+    )
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--keep-going", action="store_true", help="run steps after a failure")
     parser.add_argument(
