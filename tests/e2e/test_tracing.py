@@ -86,3 +86,46 @@ def test_one_deploy_is_one_trace_from_the_cli_to_the_instance(
 
     logs = wait_for(printed, 30, "the instance's output naming the trace")
     assert f"traceparent=00-{trace_id}-" in logs
+
+
+def test_a_task_runs_in_the_trace_it_was_submitted_in(cluster: Cluster) -> None:
+    """``aether task submit`` → the server's claim → the node's run, one trace, and the
+    sandboxed command gets the run's span as ``TRACEPARENT``."""
+    with otlp_receiver() as (endpoint, spans):
+        cluster.env["AETHER_OTLP_ENDPOINT"] = endpoint
+        cluster.start_server()
+        cluster.start_node("n1")
+        created = cluster.cli_json("task", "submit", "-type", "vm:create", "-name", "traced")
+        vm = wait_for(
+            lambda: cluster.cli_json("task", "get", created["id"]).get("result"),
+            60,
+            "the sandbox",
+        )["vm_id"]
+        submitted = cluster.cli_json(
+            *("task", "submit", "-type", "vm:execute", "-vm-id", vm),
+            *("-cmd", "sh", "-args", "-c 'echo $TRACEPARENT'"),
+        )
+        done = wait_for(
+            lambda: (t := cluster.cli_json("task", "get", submitted["id"]))["result"] and t,
+            60,
+            "the command's result",
+        )
+
+        def task_trace() -> list[ReceivedSpan] | None:
+            runs = [s for s in list(spans) if s.name == "task: vm:execute"]
+            if not runs:
+                return None
+            trace = [s for s in list(spans) if s.trace_id == runs[0].trace_id]
+            return trace if any(s.name == "aether task" for s in trace) else None
+
+        trace = wait_for(task_trace, 30, "the task's trace")
+
+    names = {s.name: s for s in trace}
+    assert {"aether task", "task claim: vm:execute", "task: vm:execute"} <= set(names), names
+    assert {s.service for s in trace} == {"aether-cli", "aether-server", "aether-node"}
+    ids = {s.span_id for s in trace}
+    assert [s.name for s in trace if not s.parent_id] == ["aether task"]
+    assert all(s.parent_id in ids for s in trace if s.parent_id)
+    run = names["task: vm:execute"]
+    printed = str(done["result"].get("stdout", ""))
+    assert printed.startswith(f"00-{run.trace_id}-{run.span_id}-"), done["result"]

@@ -97,6 +97,20 @@ async def test_submit_stores_the_spec_as_a_pending_task(queue: TaskQueue) -> Non
     assert await queue.get(made.id) == made  # nodes read without a tenant
 
 
+async def test_a_task_keeps_the_trace_it_was_submitted_in(queue: TaskQueue) -> None:
+    """Its claim and run on a node join the submitting request's trace (issue 21)."""
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced, *batch = await queue.submit_many(
+        ACME, [task(traceparent=parent), task(), task(traceparent=parent)], now=T0
+    )
+    assert traced.traceparent == parent and [t.traceparent for t in batch] == [None, parent]
+    assert (await queue.get(traced.id, ACME)) == traced
+    claimed = await queue.claim_many(
+        "w", node="n1", drivers=[], queues=["default"], lease=30, limit=3, now=T0
+    )
+    assert [t.traceparent for t in claimed] == [parent, None, parent]
+
+
 async def test_get_many_reads_tasks_of_any_tenant_by_id(queue: TaskQueue) -> None:
     ours = await queue.submit(ACME, task(payload={"n": 1}), now=T0)
     theirs = await queue.submit(GLOBEX, task(payload={"n": 2}), now=T0)

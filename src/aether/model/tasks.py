@@ -110,6 +110,8 @@ class TaskOut(BaseModel):
     updated_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None
+    # the span of the request that submitted it: its claim and run join that trace
+    traceparent: str | None = None
 
 
 class SandboxOut(BaseModel):

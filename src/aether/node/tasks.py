@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from aether import tracing
 from aether.client import ApiClient
 from aether.errors import AetherError, ForbiddenError
 from aether.model.tasks import TaskOut
@@ -245,6 +246,14 @@ class TaskWorker:
         return payload.model_copy(update={"env": {**payload.env, **answer["env"]}})
 
     async def _execute(self, task: TaskOut) -> tuple[str, Any]:
+        with tracing.span(
+            f"task: {task.type}",
+            parent=task.traceparent,
+            attributes={"aether.task": task.id, "aether.attempt": task.attempts},
+        ):
+            return await self._execute_traced(task)
+
+    async def _execute_traced(self, task: TaskOut) -> tuple[str, Any]:
         task_type = lookup(task.type)
         handle = handler_for(task.type)
         if task_type is None or handle is None:
@@ -257,6 +266,11 @@ class TaskWorker:
             payload = await self._with_secrets(task, payload)
         except AetherError as exc:  # "secret X is not set"
             return "permanent", str(exc)
+        parent = tracing.traceparent()
+        if parent is not None and isinstance(getattr(payload, "env", None), dict):
+            # the sandboxed command may continue the trace (W3C's variable for it)
+            env = {**payload.env, tracing.TRACEPARENT_ENV: parent}
+            payload = payload.model_copy(update={"env": env})
         ctx = TaskContext(
             node=self.node_id,
             sandboxes=self.sandboxes,

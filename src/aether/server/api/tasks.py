@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, model_validator
 
+from aether import tracing
 from aether.core.task_history import attempts
 from aether.errors import AetherError, NotFoundError
 from aether.model.tasks import (
@@ -278,6 +279,7 @@ async def _claim(
         ctx.task_submitted.clear()
         # the queues of the agents placed on this node too (a cached copy: no query)
         placed = await agents.for_node(body.node)
+        started = time.time_ns()
         tasks = await ctx.queue.claim_many(
             body.node,
             node=body.node,
@@ -287,6 +289,13 @@ async def _claim(
             limit=want,
         )
         if tasks:
+            for task in tasks if tracing.enabled() else ():  # in each task's own trace
+                tracing.record(
+                    f"task claim: {task.type}",
+                    parent=task.traceparent,
+                    start_ns=started,
+                    attributes={"aether.task": task.id, "aether.node": body.node},
+                )
             return tasks
         left = deadline - time.monotonic()
         if left <= 0:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from aether import tracing
 from aether.errors import BadRequestError, ConflictError
 from aether.model.tasks import TaskIn, TaskOut
 from aether.server.context import ServerContext
@@ -169,6 +170,7 @@ async def _spec(
         idempotency_key=body.idempotency_key,
         node=node,
         driver=driver,
+        traceparent=tracing.traceparent(),
     )
 
 

@@ -277,6 +277,7 @@ class Task(Base):
     error: Mapped[str | None] = mapped_column(Text)
     node: Mapped[str | None] = mapped_column(String(128))  # must run there (vm:execute)
     driver: Mapped[str | None] = mapped_column(String(32))  # the node needs this driver
+    traceparent: Mapped[str | None] = mapped_column(String(64))  # the submit's span
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime]

@@ -69,6 +69,7 @@ class NewTask:
     idempotency_key: str | None = None
     node: str | None = None
     driver: str | None = None
+    traceparent: str | None = None  # the submitting request's span (aether.tracing)
 
 
 @dataclass(frozen=True, slots=True)

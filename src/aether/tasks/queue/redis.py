@@ -134,7 +134,7 @@ end
 # ready set it belongs in.
 _SUBMIT_ONE = """
 local function submit_one(tenant, now, id, key, run_at, ttype, payload, queue, priority,
-                          max_retry, timeout, node, driver, rk)
+                          max_retry, timeout, node, driver, rk, trace)
   if key ~= '' then
     local existing = redis.call('HGET', P .. 'idem:' .. tenant, key)
     if existing then return tkey(existing), false end
@@ -152,6 +152,7 @@ local function submit_one(tenant, now, id, key, run_at, ttype, payload, queue, p
   if key ~= '' then redis.call('HSET', k, 'idempotency_key', key) end
   if node ~= '' then redis.call('HSET', k, 'node', node) end
   if driver ~= '' then redis.call('HSET', k, 'driver', driver) end
+  if trace ~= '' then redis.call('HSET', k, 'traceparent', trace) end
   redis.call('ZADD', P .. 'tenant:' .. tenant, seq, id)
   if state == 'pending' then
     redis.call('ZADD', rk, score, id)
@@ -164,16 +165,16 @@ local function submit_one(tenant, now, id, key, run_at, ttype, payload, queue, p
 end
 """
 
-# ARGV: P, tenant, now, then 12 values per task (``_submit_row``): id, idempotency key or '',
+# ARGV: P, tenant, now, then 13 values per task (``_submit_row``): id, idempotency key or '',
 #       run_at, type, payload, queue, priority, max_retry, timeout, node or '', driver or '',
-#       ready key. Answers in order: 0 for a new task (the caller knows it whole), or
-#       the task (``task_json``) an idempotency key named (earlier, or earlier in this
-#       batch).
+#       ready key, traceparent or ''. Answers in order: 0 for a new task (the caller
+#       knows it whole), or the task (``task_json``) an idempotency key named (earlier,
+#       or earlier in this batch).
 _SUBMIT = """
 local tenant, now = ARGV[2], ARGV[3]
 local out = {}
-for i = 4, #ARGV, 12 do
-  local k, new = submit_one(tenant, now, unpack(ARGV, i, i + 11))
+for i = 4, #ARGV, 13 do
+  local k, new = submit_one(tenant, now, unpack(ARGV, i, i + 12))
   if new then out[#out + 1] = 0 else out[#out + 1] = task_json(k) end
 end
 return out
@@ -385,6 +386,7 @@ def _submit_row(spec: NewTask, now: str, prefix: str) -> _SubmitRow:
         spec.node or "",
         spec.driver or "",
         _ready_key(prefix, spec.queue, spec.node, spec.driver),
+        spec.traceparent or "",
     )
     created = utc(float(now))
     task = TaskOut(
@@ -407,6 +409,7 @@ def _submit_row(spec: NewTask, now: str, prefix: str) -> _SubmitRow:
         updated_at=created,
         started_at=None,
         finished_at=None,
+        traceparent=spec.traceparent,
     )
     return _SubmitRow(args, task)
 
@@ -438,6 +441,7 @@ def _out(h: dict[str, str]) -> TaskOut:
         updated_at=utc(float(h["updated_at"])),
         started_at=_when(h.get("started_at")),
         finished_at=_when(h.get("finished_at")),
+        traceparent=h.get("traceparent"),
     )
 
 

@@ -166,6 +166,7 @@ def _new_row(tenant_id: str, spec: NewTask, now: float) -> dict[str, Any]:
         "error": None,
         "node": spec.node,
         "driver": spec.driver,
+        "traceparent": spec.traceparent,
         "claimed_by": None,
         "lease_expires_at": None,
         "created_at": stamp,
