@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
+from aether import tracing
 from aether.agents.tools import Tool
 from aether.errors import AetherError, ConflictError, ForbiddenError, NotFoundError
 
@@ -30,7 +31,11 @@ async def drive_run(client: Any, run_id: str, *, node: str, task_id: str) -> dic
             return {"run_id": run_id, "status": nxt["status"]}
         if action == "wait":
             continue
-        ok, output, error = await execute_tool(nxt)
+        with tracing.span(
+            f"agent step: {nxt.get('tool', {}).get('id', 'tool')}",
+            attributes={"aether.run": run_id, "aether.step": nxt.get("step")},
+        ):
+            ok, output, error = await execute_tool(nxt)
         for attempt in range(10):  # the server may be restarting: keep the result
             try:
                 await client.run_tool_result(

@@ -467,7 +467,8 @@ class InstanceRunner:
         try:
             await self._fetch_and_extract()
             if self.record.restore_from:
-                await self._restore(self.record.restore_from)
+                with tracing.span("snapshot restore"):
+                    await self._restore(self.record.restore_from)
         except (StepFailed, AetherError, OSError) as exc:
             if isinstance(exc, NotFoundError) and "instance" in str(exc):
                 raise
@@ -860,6 +861,10 @@ class InstanceRunner:
         )
 
     async def _store_checkpoint(self) -> None:
+        with self._span("checkpoint"):
+            await self._store_checkpoint_traced()
+
+    async def _store_checkpoint_traced(self) -> None:
         """Upload the checkpoint taken, then report LOADED with its digest.
 
         A server that cannot be reached leaves it pending: the next step tries again.

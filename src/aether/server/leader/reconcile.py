@@ -292,6 +292,7 @@ class Leader:
 
     async def reconcile(self, leadership: Leadership) -> list[Action]:
         """One pass: read, plan, apply. Returns the actions it applied."""
+        started = time.time_ns()
         snap = await read_snapshot(self.ctx.store)
         failed = await self._observe_failures(snap)
         actions = plan(
@@ -314,6 +315,17 @@ class Leader:
         await self._record(snap, outcome.applied, failed)
         await track_migrations(self.ctx, outcome.applied)
         self.passes += 1
+        if outcome.applied and tracing.enabled():  # a pass that changed something
+            tracing.record(
+                "leader: reconcile pass",
+                parent=None,
+                start_ns=started,
+                attributes={
+                    "aether.epoch": leadership.epoch,
+                    "aether.actions": len(outcome.applied),
+                    "aether.transactions": outcome.transactions,
+                },
+            )
         return outcome.applied
 
     async def _observe_failures(self, snap: ClusterSnapshot) -> list[InstanceRecord]:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aether import tracing
 from aether.core.lifecycle import Command, State
 from aether.core.scheduler import Action, Unplaceable, check_target
 from aether.core.snapshots import SnapshotRow, plan_retention
@@ -125,6 +126,13 @@ async def request_migration(
     reason: str = "requested by an operator",
 ) -> MigrationRecord:
     """Ask the planner to move an instance (to node ``to``, or anywhere else)."""
+    with tracing.span("migration: request", attributes={"aether.instance": ref, "aether.to": to}):
+        return await _request_migration(ctx, tenant_id, ref, to, reason=reason)
+
+
+async def _request_migration(
+    ctx: ServerContext, tenant_id: str, ref: str, to: str | None, *, reason: str
+) -> MigrationRecord:
     snap = await read_snapshot(ctx.store)
     record, _ = resolve_instance(snap, tenant_id, ref)
     key = record.key
