@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.cluster import Cluster
@@ -58,6 +59,18 @@ def test_one_deploy_is_one_trace_from_the_cli_to_the_instance(
         cluster.cli("deploy", str(app))
 
         trace = wait_for(lambda: _deploy_trace(spans), 30, "the deploy's trace")
+        # a request through the router, in a trace of the caller's: the router's span
+        # joins it, and the instance is handed the router's span as its parent
+        caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        answer = httpx.get(
+            f"{cluster.router('n1')}/apps/traced/", headers={"traceparent": caller}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        routed = wait_for(
+            lambda: [s for s in list(spans) if s.name == "router: GET traced"],
+            30,
+            "the router's span",
+        )
 
     ids = {s.span_id for s in trace}
     roots = [s for s in trace if not s.parent_id]
@@ -86,6 +99,9 @@ def test_one_deploy_is_one_trace_from_the_cli_to_the_instance(
 
     logs = wait_for(printed, 30, "the instance's output naming the trace")
     assert f"traceparent=00-{trace_id}-" in logs
+    (hop,) = routed
+    assert [hop.trace_id, hop.parent_id] == caller.split("-")[1:3]
+    assert f"traceparent=00-{hop.trace_id}-{hop.span_id}-" in cluster.cli("logs", "traced").stdout
 
 
 def test_a_task_runs_in_the_trace_it_was_submitted_in(cluster: Cluster) -> None:

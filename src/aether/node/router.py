@@ -219,6 +219,24 @@ def agent_target(path: str) -> tuple[str, str, str] | None:
     return tenant, name, ("/" + tail if tail else "") + q + query
 
 
+@contextlib.contextmanager
+def _traced(method: str, app: str, url: str, headers: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A ``router: METHOD APP`` span around one try, a child of the request's own
+    ``traceparent``; the headers to send carry the span's (the instance's parent). Does
+    nothing when tracing is off: the caller's ``traceparent`` passes through as it is."""
+    if not tracing.enabled():
+        yield headers
+        return
+    incoming = next((v for k, v in headers.items() if k.lower() == "traceparent"), None)
+    attributes = {"http.method": method, "http.url": url}
+    with tracing.span(
+        f"router: {method} {app}", parent=incoming, kind="client", attributes=attributes
+    ):
+        sent = {k: v for k, v in headers.items() if k.lower() != "traceparent"}
+        tracing.inject(sent)
+        yield sent
+
+
 def _reason(exc: BaseException) -> str:
     """A short, address-free account of an upstream failure (for the envelope)."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -711,60 +729,42 @@ class Router:
         body: bytes,
     ) -> tuple[web.StreamResponse, bool] | BaseException:
         """One try on ``url``: the answer, or the failure (``_Sent`` once bytes went out)."""
-        if not tracing.enabled():
-            return await self._try(request, app, path, method, url, headers, body)
-        incoming = next((v for k, v in headers.items() if k.lower() == "traceparent"), None)
-        with tracing.span(
-            f"router: {method} {app}",
-            parent=incoming,
-            kind="client",
-            attributes={"http.method": method, "http.url": url + path},
-        ):
-            headers = {k: v for k, v in headers.items() if k.lower() != "traceparent"}
-            tracing.inject(headers)  # the instance sees the router's span as its parent
-            return await self._try(request, app, path, method, url, headers, body)
-
-    async def _try(
-        self,
-        request: web.Request,
-        app: str,
-        path: str,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        body: bytes,
-    ) -> tuple[web.StreamResponse, bool] | BaseException:
-        assert self._session is not None
-        try:
-            async with asyncio.timeout(self.upstream_timeout):
-                upstream = await self._session.request(
-                    method, url + path, headers=headers, data=body, allow_redirects=False
+        with _traced(method, app, url + path, headers) as headers:
+            assert self._session is not None
+            try:
+                async with asyncio.timeout(self.upstream_timeout):
+                    upstream = await self._session.request(
+                        method, url + path, headers=headers, data=body, allow_redirects=False
+                    )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Never sent: any method may go to the next endpoint.
+                log.warning("router: %s %s%s: cannot connect: %s", method, url, path, exc)
+                return exc
+            except TimeoutError:
+                log.warning(
+                    "router: %s %s%s: no answer within %gs",
+                    method,
+                    url,
+                    path,
+                    self.upstream_timeout,
                 )
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # Never sent: any method may go to the next endpoint.
-            log.warning("router: %s %s%s: cannot connect: %s", method, url, path, exc)
-            return exc
-        except TimeoutError:
-            log.warning(
-                "router: %s %s%s: no answer within %gs", method, url, path, self.upstream_timeout
-            )
-            return _envelope(
-                504,
-                "upstream_timeout",
-                f"app {app!r} did not answer within {self.upstream_timeout:g} s",
-            ), False
-        except (aiohttp.ClientError, OSError) as exc:
-            # Sent, and failed before any response byte.
-            log.warning(
-                "router: %s %s%s failed before an answer: %s: %s",
-                method,
-                url,
-                path,
-                type(exc).__name__,
-                exc,
-            )
-            return _Sent(exc)
-        return await self._relay(request, upstream, app, url + path)
+                return _envelope(
+                    504,
+                    "upstream_timeout",
+                    f"app {app!r} did not answer within {self.upstream_timeout:g} s",
+                ), False
+            except (aiohttp.ClientError, OSError) as exc:
+                # Sent, and failed before any response byte.
+                log.warning(
+                    "router: %s %s%s failed before an answer: %s: %s",
+                    method,
+                    url,
+                    path,
+                    type(exc).__name__,
+                    exc,
+                )
+                return _Sent(exc)
+            return await self._relay(request, upstream, app, url + path)
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse, app: str, target: str
