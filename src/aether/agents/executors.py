@@ -258,11 +258,14 @@ class _McpSession:
         return result
 
     async def _post(self, message: dict[str, Any]) -> httpx.Response:
-        response = await self.http.post(
-            self.url,
-            json=message,
-            headers={**self.headers, "Accept": "application/json, text/event-stream"},
-        )
+        try:
+            response = await self.http.post(
+                self.url,
+                json=message,
+                headers={**self.headers, "Accept": "application/json, text/event-stream"},
+            )
+        except httpx.InvalidURL as exc:  # a URL stored before URLs were checked when given
+            raise McpError(f"not a URL a request can be sent to: {exc}") from None
         if response.status_code >= 400:
             raise McpError(f"HTTP {response.status_code}: {response.text[:ERROR_BODY]}")
         return response

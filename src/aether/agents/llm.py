@@ -387,7 +387,9 @@ def _provider_message(text: str) -> str:
     return str(error) if error else text.strip()
 
 
-def _transport_error(endpoint: ModelEndpoint, exc: httpx.TransportError) -> BadGatewayError:
+def _transport_error(
+    endpoint: ModelEndpoint, exc: httpx.TransportError | httpx.InvalidURL
+) -> BadGatewayError:
     where = endpoint.base_url
     if isinstance(exc, httpx.TimeoutException):
         return BadGatewayError(
@@ -485,7 +487,7 @@ class ModelClient:
                     for delta in chunk_deltas(name, _json(name, data)):
                         assembler.add(delta)
                         yield delta
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.InvalidURL) as exc:  # a URL stored before checks
             raise _transport_error(self.endpoint, exc) from None
         yield Done(assembler.result())
 
@@ -498,7 +500,7 @@ class ModelClient:
     async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
         try:
             response = await self._http.post(self.endpoint.url(path), json=body)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.InvalidURL) as exc:  # a URL stored before checks
             raise _transport_error(self.endpoint, exc) from None
         if response.status_code >= 400:
             raise _status_error(self.endpoint, response.status_code, response.text)

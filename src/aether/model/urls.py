@@ -4,8 +4,8 @@ so a URL no HTTP client can send a request to is a 400 then, not a 500 later."""
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
-import httpx
 from pydantic import AfterValidator, Field
 
 __all__ = ["HttpUrlText", "http_url"]
@@ -20,11 +20,17 @@ def http_url(value: str) -> str:
     if any(c.isspace() or not c.isprintable() for c in value):
         raise ValueError("must not contain spaces or control characters")
     try:
-        host = httpx.URL(value).host
-    except httpx.InvalidURL as exc:
+        parts = urlsplit(value)
+        host, _ = parts.hostname, parts.port  # a bad port or IPv6 host raises here
+    except ValueError as exc:
         raise ValueError(f"is not a URL a request can be sent to: {exc}") from None
     if not host:
         raise ValueError("names no host")
+    if not host.isascii():
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"host {host!r} is not a valid domain name") from None
     return value
 
 
