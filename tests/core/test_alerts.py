@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aether.core.alerts import (
     DEFAULT_RULES,
     RESOLVED_KEEP,
@@ -10,10 +12,12 @@ from aether.core.alerts import (
     Fact,
     Observed,
     Rule,
+    Runbook,
     Silence,
     backoff,
     fingerprint,
     observe,
+    parse_rules,
     step,
 )
 
@@ -26,16 +30,22 @@ def _run(
     facts_at: dict[float, list[Fact]], silences: list[Silence] | None = None
 ) -> list[tuple[float, dict[str, AlertState], list[str]]]:
     states: dict[str, AlertState] = {}
-    out = []
+    out: list[tuple[float, dict[str, AlertState], list[str]]] = []
     for now, facts in sorted(facts_at.items()):
         states, notes = step([RULE], facts, states, silences or [], now)
-        out.append((now, states, [n.alert.state for n in notes]))
+        out.append((now, states, [str(n.alert.state) for n in notes]))
     return out
 
 
 def test_pending_then_firing_after_for_then_resolved() -> None:
     run = _run({0: [FACT], 5: [FACT], 10: [FACT], 20: [FACT], 30: []})
-    assert [s[FP].state for _, s, _ in run] == ["pending", "pending", "firing", "firing", "resolved"]
+    assert [s[FP].state for _, s, _ in run] == [
+        "pending",
+        "pending",
+        "firing",
+        "firing",
+        "resolved",
+    ]
     assert [n for _, _, n in run] == [[], [], ["firing"], [], ["resolved"]]
     last = run[-1][1][FP]
     assert (last.started_at, last.fired_at, last.resolved_at) == (0, 10, 30)
@@ -132,3 +142,34 @@ def test_observe_window_excludes_old_samples() -> None:
 
 def test_backoff_is_exponential_and_capped() -> None:
     assert [backoff(i, 0.5, 4) for i in range(1, 7)] == [0.5, 1, 2, 4, 4, 4]
+
+
+def test_parse_rules_replaces_adds_and_drops() -> None:
+    rules = parse_rules(
+        [
+            {"name": "CrashLooping", "kind": "crash_loop", "threshold": 1, "for_seconds": 2},
+            {"name": "NodeLost", "disabled": True},
+            {
+                "name": "Mine",
+                "kind": "error_rate",
+                "threshold": 0.5,
+                "runbook": {"sandbox_id": "s1", "command": "sh", "args": ["-c", "echo hi"]},
+            },
+        ]
+    )
+    by = {r.name: r for r in rules}
+    assert by["CrashLooping"].for_seconds == 2 and by["CrashLooping"].threshold == 1
+    assert "NodeLost" not in by
+    assert by["Mine"].runbook == Runbook("s1", "sh", ("-c", "echo hi"), "default")
+
+
+def test_parse_rules_refuses_garbage() -> None:
+    bad: list[object] = [
+        {},
+        [1],
+        [{"name": "x", "kind": "nope"}],
+        [{"name": "x", "kind": "crash_loop", "bad": 1}],
+    ]
+    for raw in bad:
+        with pytest.raises(ValueError):
+            parse_rules(raw)

@@ -19,6 +19,7 @@ Notifier retries: ``backoff(attempt)`` is the wait before retry ``attempt``
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,11 +35,13 @@ __all__ = [
     "Notification",
     "Observed",
     "Rule",
+    "Runbook",
     "Silence",
     "backoff",
     "fingerprint",
     "matches",
     "observe",
+    "parse_rules",
     "step",
 ]
 
@@ -58,6 +61,26 @@ Kind = Literal[
     "cert_expiry",  # cluster: seconds until the cluster certificate expires < threshold
 ]
 
+KINDS: tuple[str, ...] = (
+    "error_rate",
+    "latency_p95",
+    "crash_loop",
+    "disk_free",
+    "node_lost",
+    "cert_expiry",
+)
+
+
+@dataclass(frozen=True)
+class Runbook:
+    """A command run in a sandbox (a ``vm:execute`` task) when an alert of the rule fires;
+    the alert's labels reach it as ``ALERT_*`` environment variables."""
+
+    sandbox_id: str
+    command: str
+    args: tuple[str, ...] = ()
+    tenant: str = "default"  # whose sandbox it is (an app alert's runbook runs as its tenant)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -67,8 +90,7 @@ class Rule:
     for_seconds: float = 0.0
     window: float = 300.0
     severity: str = "warning"
-    runbook: str | None = None  # a shell command run as a task when the alert fires
-    runbook_sandbox: str = "process"
+    runbook: Runbook | None = None  # run as a task when the alert fires
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -137,7 +159,7 @@ def _app_value(rule: Rule, app: AppWindow, now: float) -> float | None:
         return p95 if p95 > rule.threshold else None
     # crash_loop: restart counters rise (a counter that drops: a new instance, count from it)
     restarts = 0
-    for a, b in zip(idx, idx[1:], strict=False):
+    for a, b in itertools.pairwise(idx):
         restarts += max(0, app.restarts[b] - app.restarts[a])
     return float(restarts) if restarts >= max(1.0, rule.threshold) else None
 
@@ -265,6 +287,54 @@ def step(
     return current, notes
 
 
+_RULE_KEYS = {"name", "kind", "threshold", "for_seconds", "window", "severity", "runbook"}
+
+
+def parse_rules(raw: object, base: Sequence[Rule] = DEFAULT_RULES) -> list[Rule]:
+    """``base`` with the rules of ``raw`` (a JSON list of objects) replacing those of
+    their name or added; ``{"name": N, "disabled": true}`` drops rule N. ValueError
+    says what is wrong."""
+    if not isinstance(raw, list):
+        raise ValueError("alert rules: a JSON list of rules")
+    rules = {r.name: r for r in base}
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ValueError(f"alert rules[{i}]: an object with a name")
+        name = item["name"]
+        if item.get("disabled") is True:
+            rules.pop(name, None)
+            continue
+        unknown = set(item) - _RULE_KEYS
+        if unknown:
+            raise ValueError(f"alert rules[{i}]: unknown keys {sorted(unknown)}")
+        if item.get("kind") not in KINDS:
+            raise ValueError(f"alert rules[{i}]: kind is one of {', '.join(KINDS)}")
+        book = item.get("runbook")
+        try:
+            runbook = (
+                Runbook(
+                    sandbox_id=str(book["sandbox_id"]),
+                    command=str(book["command"]),
+                    args=tuple(str(a) for a in book.get("args", [])),
+                    tenant=str(book.get("tenant", "default")),
+                )
+                if isinstance(book, dict)
+                else None
+            )
+            rules[name] = Rule(
+                name,
+                item["kind"],
+                float(item.get("threshold", 0)),
+                for_seconds=float(item.get("for_seconds", 0)),
+                window=float(item.get("window", 300)),
+                severity=str(item.get("severity", "warning")),
+                runbook=runbook,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"alert rules[{i}]: {exc}") from None
+    return list(rules.values())
+
+
 def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
     """Seconds to wait before attempt ``attempt`` (1 is the first retry)."""
-    return min(cap, base * 2 ** max(0, attempt - 1))
+    return float(min(cap, base * 2.0 ** max(0, attempt - 1)))
