@@ -15,6 +15,9 @@ A rule with a runbook submits a ``vm:execute`` task (as the runbook's tenant, in
 its sandbox, the alert's labels in ``ALERT_*`` variables) when its alert fires;
 when the task ends its output (truncated to ``RUNBOOK_OUTPUT_MAX``) is attached to
 the alert.
+
+The rules are the built-in ones changed by ``alert_rules_file`` (JSON), read again
+when the file changes.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ class AlertEngine:
         self.ctx = ctx
         self.interval = interval if interval is not None else ctx.settings.alert_interval
         self.rules: list[Rule] = load_rules(ctx)
+        self._rules_stamp = self._stamp()
         self.passes = 0
         self._states: dict[str, AlertState] = {}
         self._loaded = False
@@ -185,8 +189,19 @@ class AlertEngine:
             cert_seconds_left=None,
         )
 
+    def _stamp(self) -> float | None:
+        path = self.ctx.settings.alert_rules_file
+        try:
+            return path.stat().st_mtime if path is not None else None
+        except OSError:
+            return None
+
     async def evaluate(self, now: float) -> dict[str, AlertState]:
         records = self.ctx.records
+        stamp = self._stamp()
+        if stamp != self._rules_stamp:  # the rules file changed: read again
+            self._rules_stamp = stamp
+            self.rules = load_rules(self.ctx)
         if not self._loaded:
             rows = await records.list_alerts(None, cluster=True)
             self._states = {row.fingerprint: state_of(row) for row in rows}
