@@ -149,21 +149,22 @@ class AlertEngine:
         self._loaded = False
         self._runbooks: dict[str, str] = {}  # fingerprint -> the task it runs
         self._sending: set[asyncio.Task[bool]] = set()
+        self._apps_seen: dict[str, float] = {}  # app -> when last in a sample
+        self._lock = asyncio.Lock()  # a pass of a run that lost the lead may still be going
+        self._sent: set[tuple[str, str, float]] = set()  # (fingerprint, state, started_at)
 
     async def run(self, leadership: Leadership) -> None:
-        self._loaded = False  # another leader may have moved the states on
-        try:
-            while not leadership.lost.is_set():
-                try:
-                    await self.evaluate(time.time())
-                except Exception:
-                    log.exception("alert pass failed; trying again")
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.interval):
-                        await leadership.lost.wait()
-        finally:
-            for task in list(self._sending):
-                task.cancel()
+        # another leader may have moved the states on; deliveries under way finish
+        # (bounded by their retries), so a notification is not lost with the lead
+        self._loaded = False
+        while not leadership.lost.is_set():
+            try:
+                await self.evaluate(time.time())
+            except Exception:
+                log.exception("alert pass failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await leadership.lost.wait()
 
     def observed(self, now: float) -> Observed:
         hub = self.ctx.telemetry
@@ -171,8 +172,13 @@ class AlertEngine:
         if latest is None:
             return Observed()
         window = max((r.window for r in self.rules), default=300.0)
-        apps: dict[str, AppWindow] = {}
+        # an app between two lives of a crashing instance is missing from the latest
+        # second: every app seen within the window is looked at
         for name in latest.apps:
+            self._apps_seen[name] = now
+        self._apps_seen = {a: ts for a, ts in self._apps_seen.items() if now - ts <= window}
+        apps: dict[str, AppWindow] = {}
+        for name in self._apps_seen:
             points = hub.app_history(name, window)
             apps[name] = AppWindow(
                 tenant=split_cluster_name(name)[1],
@@ -197,6 +203,10 @@ class AlertEngine:
             return None
 
     async def evaluate(self, now: float) -> dict[str, AlertState]:
+        async with self._lock:
+            return await self._evaluate(now)
+
+    async def _evaluate(self, now: float) -> dict[str, AlertState]:
         records = self.ctx.records
         stamp = self._stamp()
         if stamp != self._rules_stamp:  # the rules file changed: read again
@@ -229,8 +239,12 @@ class AlertEngine:
 
     def _notify(self, note: Notification) -> None:
         url = self.ctx.settings.alert_webhook_url
-        if not url:
-            return
+        key = (note.alert.fingerprint, note.alert.state, note.alert.started_at)
+        if not url or key in self._sent:
+            return  # not configured, or this very notification is already on its way
+        self._sent.add(key)
+        if len(self._sent) > 10_000:
+            self._sent = {key}
         task = asyncio.create_task(self.deliver(url, note.alert), name="alert-webhook")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
