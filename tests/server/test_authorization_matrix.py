@@ -167,6 +167,11 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/instances": Rule("viewer"),
     "GET /api/v1/endpoints": Rule("viewer"),
     "GET /api/v1/decisions": Rule("viewer"),
+    # alerts: a tenant's apps' to it; the cluster's (nodes) to the cluster's operators
+    "GET /api/v1/alerts": Rule("viewer"),
+    "GET /api/v1/alerts/silences": Rule("viewer"),
+    "POST /api/v1/alerts/silences": Rule("operator"),
+    "DELETE /api/v1/alerts/silences/{silence_id}": Rule("operator", owned=True, fresh=True),
     "GET /api/v1/events": Rule("viewer", stream=True),
     "POST /api/v1/gc": Rule("cluster"),
     "GET /api/v1/admin/backup/state": Rule("cluster"),
@@ -515,6 +520,9 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
         # both servers named: a 400 once past the role check (nothing is started)
         "POST /api/v1/tools/mcp/discover": {"json": {"url": "http://a.example", "command": ["x"]}},
         "POST /api/v1/policies": {"json": {"id": unique("policy"), "tools": ["search"]}},
+        "POST /api/v1/alerts/silences": {
+            "json": {"matchers": {"alertname": "CrashLooping"}, "duration": 60}
+        },
         "PATCH /api/v1/policies/{policy_id}": {"json": {"max_steps": 10}},
         "GET /api/v1/memory": {"params": {"agent_id": p["agent_id"]}},
         "POST /api/v1/memory": {"json": {"agent_id": p["agent_id"], "text": "matrix"}},
@@ -638,6 +646,14 @@ def _fresh(world: World, route: str, http: httpx.Client) -> dict[str, str]:
         )
         assert made.status_code == 201, made.text
         return {"memory_id": made.json()["id"]}
+    if route == "DELETE /api/v1/alerts/silences/{silence_id}":
+        made = http.post(
+            "/api/v1/alerts/silences",
+            json={"matchers": {"app": world.params["app"]}, "duration": 60},
+            headers=admin,
+        )
+        assert made.status_code == 201, made.text
+        return {"silence_id": made.json()["id"]}
     if route == "POST /api/v1/nodes/{node}/revoke":
         node = unique("revoked")
         world.server.node_token(node)

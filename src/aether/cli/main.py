@@ -862,6 +862,17 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         p.add_argument("--timeout", type=float, default=300.0)
         _common(p)
 
+    if p := sub.add(
+        "alerts", help="alerts (pending, firing, resolved) and silences: ls, silence, unsilence"
+    ):
+        p.add_argument("action", choices=["ls", "silence", "silences", "unsilence"])
+        p.add_argument("rule", nargs="?", default=None, help="silence: the rule; unsilence: the id")
+        p.add_argument("--state", choices=["pending", "firing", "resolved"], default=None)
+        p.add_argument("--match", action="append", default=None, help="silence: KEY=VALUE")
+        p.add_argument("--for", dest="duration", default="1h", help="silence: 30m, 1h, 2d")
+        p.add_argument("--comment", default="", help="silence: why")
+        _common(p)
+
     if p := sub.add("decisions", help="what the controller decided and why, newest first"):
         group = p.add_mutually_exclusive_group()
         group.add_argument("--app", default=None, help="decisions about this app")
@@ -1231,6 +1242,7 @@ _MODULES = {
     "snapshots": "migrate",
     "rebalance": "migrate",
     "decisions": "decisions",
+    "alerts": "alerts",
     "audit": "audit",
     "metrics": "metrics",
     "risk": "risk",

@@ -45,6 +45,7 @@ from aether.server.api import (
     tools,
     users,
 )
+from aether.server.api import alerts as alerts_api
 from aether.server.api import backup as backup_api
 from aether.server.api import blueprints as blueprints_api
 from aether.server.api import events as events_api
@@ -70,6 +71,7 @@ from aether.server.http.ratelimit import RateLimiter, RateLimitHeaders, open_sto
 from aether.server.http.uploads import UploadGate
 from aether.server.leader.advisers import Adviser, adviser_configs
 from aether.server.leader.agents import AgentPlacer
+from aether.server.leader.alerts import AlertEngine
 from aether.server.leader.controller import Controller
 from aether.server.leader.gc import GarbageCollector
 from aether.server.leader.rebalance import Rebalancer
@@ -161,6 +163,7 @@ def _leader_loops(app: FastAPI, ctx: ServerContext) -> list[LeaderLoop]:
     app.state.risk = risk
     loops: list[LeaderLoop] = [ctx.telemetry.run, risk.run, GarbageCollector(ctx).run]
     loops.append(AgentPlacer(ctx, risk=risk).run)  # deployed agents' replicas on nodes
+    loops.append(AlertEngine(ctx).run)  # alert rules, notifiers, runbooks
     if ctx.settings.rebalance_interval > 0:
         loops.append(Rebalancer(ctx).run)  # spreads instances back, one move at a time
     app.state.controller = None
@@ -328,6 +331,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.include_router(slices_api.router, prefix="/api/v1")
     app.include_router(trust_api.router, prefix="/api/v1")
     app.include_router(blueprints_api.router, prefix="/api/v1")
+    app.include_router(alerts_api.router, prefix="/api/v1")
     install_openapi(app)
     install_console(app)
     return app

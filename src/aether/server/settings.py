@@ -127,6 +127,15 @@ class ServerSettings(BaseSettings):
     agent_run_approval_timeout: float = Field(
         default=86400.0, gt=0, description="seconds a run may wait for an approval (then expired)"
     )
+    alert_rules_file: Path | None = Field(
+        default=None,
+        description="JSON list of alert rules: each replaces the built-in rule of its name "
+        "or adds one (docs/operations.md, Alerts and runbooks)",
+    )
+    alert_webhook_url: str = Field(
+        default="", description="POST each firing/resolved alert here as JSON (retried)"
+    )
+    alert_interval: float = Field(default=5.0, gt=0, description="seconds between alert passes")
     metrics_window_seconds: int = Field(
         default=7200, ge=60, le=86400, description="seconds of per-second samples kept in memory"
     )

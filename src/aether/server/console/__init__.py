@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aether.errors import AetherError
 from aether.server.console import (
     agents,
+    alerts,
     apps,
     fallback,
     nodes,
@@ -61,6 +62,7 @@ _PAGES = (
     topology,
     tasks,
     risk,
+    alerts,
     agents,
     runs,
     policies,

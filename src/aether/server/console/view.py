@@ -56,6 +56,7 @@ NAV = (
     ("apps", "Apps", "/ui/apps"),
     ("tasks", "Tasks", "/ui/tasks"),
     ("risk", "Risk & decisions", "/ui/risk"),
+    ("alerts", "Alerts", "/ui/alerts"),
     ("topology", "Topology", "/ui/topology"),
     ("agents", "Agents", "/ui/agents"),
     ("runs", "Runs", "/ui/runs"),

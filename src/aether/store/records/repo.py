@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aether.store.records.agent_policies import AgentPolicyRecords
 from aether.store.records.agents import AgentRecords
+from aether.store.records.alerts import AlertRecords
 from aether.store.records.apps import AppRecords
 from aether.store.records.artifacts import ArtifactRecords
 from aether.store.records.audit import AuditRecords
@@ -41,6 +42,7 @@ class Records(
     AppRecords,
     AgentPolicyRecords,
     AgentRecords,
+    AlertRecords,
     ArtifactRecords,
     AuditRecords,
     ConsoleRecords,

@@ -34,6 +34,8 @@ __all__ = [
     "AgentThreadRow",
     "AgentToolRow",
     "AgentVersionRow",
+    "AlertRow",
+    "AlertSilenceRow",
     "ApiToken",
     "App",
     "Artifact",
@@ -860,3 +862,40 @@ class PluginRow(Base):
     deadline_ms: Mapped[int]
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(160))
+
+
+class AlertRow(Base):
+    """An alert's current state (``aether.core.alerts``), kept by the leader so a new
+    leader carries on where the old one stopped; one row per rule+labels."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_tenant", "tenant"),)
+    fingerprint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict[str, Any]]
+    tenant: Mapped[str | None] = mapped_column(String(128))  # a tenant NAME; None: the cluster
+    state: Mapped[str] = mapped_column(String(16))  # pending | firing | resolved
+    severity: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float]
+    started_at: Mapped[float]
+    updated_at: Mapped[float]
+    fired_at: Mapped[float | None]
+    resolved_at: Mapped[float | None]
+    silenced: Mapped[bool] = mapped_column(default=False)
+    # the notifier: {"firing"|"resolved": {"attempts", "error", "delivered_at"}}
+    notify: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    runbook_task: Mapped[str | None] = mapped_column(String(64))
+    runbook_output: Mapped[str | None] = mapped_column(Text)
+
+
+class AlertSilenceRow(Base):
+    """A silence: matchers ``{label: value}`` muting alerts' notifications until ``ends_at``."""
+
+    __tablename__ = "alert_silences"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str | None] = mapped_column(String(128))  # a tenant NAME; None: the cluster's
+    matchers: Mapped[dict[str, Any]]
+    starts_at: Mapped[float]
+    ends_at: Mapped[float]
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128), default="")

@@ -1,0 +1,45 @@
+"""Alerts and silences on the wire (``/api/v1/alerts``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+__all__ = ["AlertOut", "SilenceIn", "SilenceOut"]
+
+
+class AlertOut(BaseModel):
+    fingerprint: str
+    rule: str
+    labels: dict[str, str]
+    tenant: str | None  # None: a cluster alert
+    state: str  # pending | firing | resolved
+    severity: str
+    value: float
+    started_at: float
+    updated_at: float
+    fired_at: float | None
+    resolved_at: float | None
+    silenced: bool
+    # the webhook per notification ("firing", "resolved"): attempts, error, delivered_at, failed
+    notify: dict[str, Any]
+    runbook_task: str | None
+    runbook_output: str | None
+
+
+class SilenceIn(BaseModel):
+    matchers: Annotated[dict[str, Annotated[str, Field(max_length=256)]], Field(min_length=1)]
+    duration: Annotated[float, Field(gt=0, le=90 * 86400)] = 3600.0  # seconds from now
+    comment: Annotated[str, Field(max_length=1024)] = ""
+
+
+class SilenceOut(BaseModel):
+    id: str
+    tenant: str | None
+    matchers: dict[str, str]
+    starts_at: float
+    ends_at: float
+    comment: str
+    created_by: str
+    active: bool

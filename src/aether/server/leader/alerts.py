@@ -1,0 +1,353 @@
+"""Alerts on the leader: every ``alert_interval`` seconds, evaluate the rules.
+
+Each pass reads what the leader already has -- the telemetry hub's per-second app
+figures (calls, 5xx, latency, restart counters) and node samples (disk, staleness)
+-- and the silences from the records, then applies ``aether.core.alerts.step`` to
+the previous states. States are written to the records (``alerts``) when they
+change, so a new leader starts from them.
+
+A firing or resolved alert that no silence mutes is POSTed as JSON to
+``alert_webhook_url`` (when set): up to ``MAX_ATTEMPTS`` attempts with exponential
+backoff, each attempt recorded on the alert (``notify``: attempts, the last error,
+when it was delivered), so ``aether alerts ls`` shows a failing receiver.
+
+A rule with a runbook submits a ``vm:execute`` task (as the runbook's tenant, in
+its sandbox, the alert's labels in ``ALERT_*`` variables) when its alert fires;
+when the task ends its output (truncated to ``RUNBOOK_OUTPUT_MAX``) is attached to
+the alert.
+
+The rules are the built-in ones changed by ``alert_rules_file`` (JSON), read again
+when the file changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from aether.core.alerts import (
+    DEFAULT_RULES,
+    MAX_ATTEMPTS,
+    AlertState,
+    AppWindow,
+    Notification,
+    Observed,
+    Rule,
+    Silence,
+    backoff,
+    observe,
+    parse_rules,
+    step,
+)
+from aether.model.names import split_cluster_name
+from aether.model.tasks import TaskIn
+from aether.server.services.tasks import submit_task
+from aether.store.election import Leadership
+from aether.store.records.base import Principal
+from aether.store.records.schema import AlertRow, AlertSilenceRow
+
+if TYPE_CHECKING:
+    from aether.server.context import ServerContext
+
+__all__ = ["AlertEngine", "alert_json", "load_rules", "silence_of", "state_of"]
+
+log = logging.getLogger("aether.alerts")
+
+RUNBOOK_OUTPUT_MAX = 8192
+_STATE_COLUMNS = (
+    "rule",
+    "labels",
+    "tenant",
+    "state",
+    "severity",
+    "value",
+    "started_at",
+    "updated_at",
+    "fired_at",
+    "resolved_at",
+    "silenced",
+)
+
+
+def load_rules(ctx: ServerContext) -> list[Rule]:
+    """The built-in rules, with ``alert_rules_file``'s changes (a bad file fails the pass
+    loudly in the log and the built-in rules apply)."""
+    path = ctx.settings.alert_rules_file
+    if path is None:
+        return list(DEFAULT_RULES)
+    try:
+        return parse_rules(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        log.error("alert rules file %s: %s; using the built-in rules", path, exc)
+        return list(DEFAULT_RULES)
+
+
+def state_of(row: AlertRow) -> AlertState:
+    return AlertState(
+        fingerprint=row.fingerprint,
+        rule=row.rule,
+        labels=dict(row.labels),
+        tenant=row.tenant,
+        state=row.state,  # type: ignore[arg-type]
+        value=row.value,
+        started_at=row.started_at,
+        updated_at=row.updated_at,
+        fired_at=row.fired_at,
+        resolved_at=row.resolved_at,
+        silenced=row.silenced,
+        severity=row.severity,
+    )
+
+
+def silence_of(row: AlertSilenceRow) -> Silence:
+    return Silence(
+        id=row.id,
+        matchers={str(k): str(v) for k, v in row.matchers.items()},
+        ends_at=row.ends_at,
+        starts_at=row.starts_at,
+        tenant=row.tenant,
+    )
+
+
+def alert_json(alert: AlertState) -> dict[str, Any]:
+    """What the webhook receives."""
+    return {
+        "fingerprint": alert.fingerprint,
+        "rule": alert.rule,
+        "labels": dict(alert.labels),
+        "tenant": alert.tenant,
+        "state": alert.state,
+        "severity": alert.severity,
+        "value": alert.value,
+        "started_at": alert.started_at,
+        "fired_at": alert.fired_at,
+        "resolved_at": alert.resolved_at,
+    }
+
+
+def _row(alert: AlertState) -> dict[str, Any]:
+    values = {k: getattr(alert, k) for k in _STATE_COLUMNS}
+    values["labels"] = dict(alert.labels)
+    return {"fingerprint": alert.fingerprint, **values}
+
+
+class AlertEngine:
+    def __init__(self, ctx: ServerContext, *, interval: float | None = None) -> None:
+        self.ctx = ctx
+        self.interval = interval if interval is not None else ctx.settings.alert_interval
+        self.rules: list[Rule] = load_rules(ctx)
+        self._rules_stamp = self._stamp()
+        self.passes = 0
+        self._states: dict[str, AlertState] = {}
+        self._loaded = False
+        self._runbooks: dict[str, str] = {}  # fingerprint -> the task it runs
+        self._sending: set[asyncio.Task[bool]] = set()
+        self._apps_seen: dict[str, float] = {}  # app -> when last in a sample
+        self._lock = asyncio.Lock()  # a pass of a run that lost the lead may still be going
+        self._sent: set[tuple[str, str, float]] = set()  # (fingerprint, state, started_at)
+
+    async def run(self, leadership: Leadership) -> None:
+        # another leader may have moved the states on; deliveries under way finish
+        # (bounded by their retries), so a notification is not lost with the lead
+        self._loaded = False
+        while not leadership.lost.is_set():
+            try:
+                await self.evaluate(time.time())
+            except Exception:
+                log.exception("alert pass failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await leadership.lost.wait()
+
+    def observed(self, now: float) -> Observed:
+        hub = self.ctx.telemetry
+        latest = hub.latest()
+        if latest is None:
+            return Observed()
+        window = max((r.window for r in self.rules), default=300.0)
+        # an app between two lives of a crashing instance is missing from the latest
+        # second: every app seen within the window is looked at
+        for name in latest.apps:
+            self._apps_seen[name] = now
+        self._apps_seen = {a: ts for a, ts in self._apps_seen.items() if now - ts <= window}
+        apps: dict[str, AppWindow] = {}
+        for name in self._apps_seen:
+            points = hub.app_history(name, window)
+            apps[name] = AppWindow(
+                tenant=split_cluster_name(name)[1],
+                ts=[p.ts for p in points],
+                calls_per_s=[p.calls_per_s for p in points],
+                errors_per_s=[p.errors_per_s for p in points],
+                latency_ms=[p.latency_ms for p in points],
+                restarts=[p.restarts for p in points],
+            )
+        return Observed(
+            apps=apps,
+            disk_free={n: 1.0 - s.disk_fraction for n, s in latest.nodes.items() if not s.stale},
+            lost_nodes=sorted(n for n, s in latest.nodes.items() if s.stale),
+            cert_seconds_left=None,
+        )
+
+    def _stamp(self) -> float | None:
+        path = self.ctx.settings.alert_rules_file
+        try:
+            return path.stat().st_mtime if path is not None else None
+        except OSError:
+            return None
+
+    async def evaluate(self, now: float) -> dict[str, AlertState]:
+        async with self._lock:
+            return await self._evaluate(now)
+
+    async def _evaluate(self, now: float) -> dict[str, AlertState]:
+        records = self.ctx.records
+        stamp = self._stamp()
+        if stamp != self._rules_stamp:  # the rules file changed: read again
+            self._rules_stamp = stamp
+            self.rules = load_rules(self.ctx)
+        if not self._loaded:
+            rows = await records.list_alerts(None, cluster=True)
+            self._states = {row.fingerprint: state_of(row) for row in rows}
+            self._runbooks = {r.fingerprint: r.runbook_task for r in rows if r.runbook_task}
+            self._loaded = True
+        silences = [silence_of(row) for row in await records.list_silences(None)]
+        facts = observe(self.rules, self.observed(now), now)
+        states, notes = step(self.rules, facts, self._states, silences, now)
+        changed = [_row(a) for fp, a in states.items() if self._states.get(fp) != a]
+        gone = [fp for fp in self._states if fp not in states]
+        if changed or gone:
+            await records.save_alerts(changed, gone)
+        self._states = states
+        for fp in gone:
+            self._runbooks.pop(fp, None)
+        for note in notes:
+            self._notify(note)
+            if note.alert.state == "firing":
+                await self._start_runbook(note.alert)
+        await self._collect_runbooks()
+        self.passes += 1
+        return dict(states)
+
+    # -- notifications ----------------------------------------------------------------
+
+    def _notify(self, note: Notification) -> None:
+        url = self.ctx.settings.alert_webhook_url
+        key = (note.alert.fingerprint, note.alert.state, note.alert.started_at)
+        if not url or key in self._sent:
+            return  # not configured, or this very notification is already on its way
+        self._sent.add(key)
+        if len(self._sent) > 10_000:
+            self._sent = {key}
+        task = asyncio.create_task(self.deliver(url, note.alert), name="alert-webhook")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def deliver(self, url: str, alert: AlertState) -> bool:
+        """POST ``alert`` to ``url``, retrying with backoff; every attempt is recorded."""
+        body = alert_json(alert)
+        kind = alert.state
+        error = ""
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                try:
+                    response = await client.post(url, json=body)
+                    if response.status_code < 300:
+                        await self._note_delivery(alert, kind, attempt, "", time.time())
+                        return True
+                    error = f"HTTP {response.status_code}"
+                except httpx.HTTPError as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                await self._note_delivery(alert, kind, attempt, error, None)
+                if attempt < MAX_ATTEMPTS:
+                    await asyncio.sleep(backoff(attempt))
+        log.warning("alert %s %s: webhook failed %d times: %s", alert.rule, kind, attempt, error)
+        return False
+
+    async def _note_delivery(
+        self, alert: AlertState, kind: str, attempts: int, error: str, delivered: float | None
+    ) -> None:
+        notify = {
+            kind: {
+                "attempts": attempts,
+                "error": error,
+                "delivered_at": delivered,
+                "failed": not delivered and attempts >= MAX_ATTEMPTS,
+            }
+        }
+        rows = await self.ctx.records.list_alerts(alert.tenant, cluster=alert.tenant is None)
+        for row in rows:
+            if row.fingerprint == alert.fingerprint:
+                notify = {**row.notify, **notify}
+        await self.ctx.records.note_alert(alert.fingerprint, notify=notify)
+
+    # -- runbooks -----------------------------------------------------------------------
+
+    async def _start_runbook(self, alert: AlertState) -> None:
+        rule = next((r for r in self.rules if r.name == alert.rule), None)
+        if rule is None or rule.runbook is None:
+            return
+        book = rule.runbook
+        tenant = await self.ctx.records.find_tenant(book.tenant)
+        if tenant is None:
+            await self.ctx.records.note_alert(
+                alert.fingerprint, runbook_output=f"runbook: no tenant {book.tenant!r}"
+            )
+            return
+        env = {"ALERT_RULE": alert.rule, "ALERT_STATE": alert.state}
+        env.update({f"ALERT_{k.upper()}": v for k, v in alert.labels.items()})
+        caller = Principal(tenant_id=tenant.id, tenant=tenant.name, role="operator", token_id="")
+        body = TaskIn(
+            type="vm:execute",
+            payload={
+                "sandbox_id": book.sandbox_id,
+                "command": book.command,
+                "args": list(book.args),
+                "env": env,
+            },
+            max_retry=0,
+        )
+        try:
+            task = await submit_task(self.ctx, caller, body)
+        except Exception as exc:
+            await self.ctx.records.note_alert(
+                alert.fingerprint, runbook_output=f"runbook not started: {exc}"
+            )
+            return
+        self.ctx.task_submitted.set()
+        self._runbooks[alert.fingerprint] = task.id
+        await self.ctx.records.note_alert(
+            alert.fingerprint, runbook_task=task.id, runbook_output=None
+        )
+
+    async def _collect_runbooks(self) -> None:
+        for fp, task_id in list(self._runbooks.items()):
+            try:
+                task = await self.ctx.queue.get(task_id)
+            except Exception:
+                self._runbooks.pop(fp, None)
+                continue
+            if task.state not in ("succeeded", "failed", "cancelled", "dead"):
+                continue
+            self._runbooks.pop(fp, None)
+            await self.ctx.records.note_alert(fp, runbook_output=runbook_output(task.model_dump()))
+
+
+def runbook_output(task: dict[str, Any]) -> str:
+    """A finished task's output for the alert: exit code, stdout, stderr (truncated)."""
+    result = task.get("result") or {}
+    parts: Sequence[str] = [
+        f"task {task.get('id')} {task.get('state')}"
+        + (f" (exit {result['exit_code']})" if "exit_code" in result else ""),
+        str(result.get("stdout", "")),
+        str(result.get("stderr", "")),
+        str(task.get("error") or ""),
+    ]
+    text = "\n".join(p for p in parts if p)
+    return text[:RUNBOOK_OUTPUT_MAX]
