@@ -3,8 +3,8 @@
 ``alerts``: each alert's state (rule + labels), its notifier's attempts and its
 runbook's output; ``alert_silences``: silences (matchers and an end time).
 
-Revision ID: 0030
-Revises: 0029
+Revision ID: 0034
+Revises: 0033
 Create Date: 2026-12-04 11:20:00.000000
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0030"
-down_revision = "0029"
+revision = "0034"
+down_revision = "0033"
 branch_labels = None
 depends_on = None
 
