@@ -193,6 +193,7 @@ class RegisterIn(BaseModel):
     id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
     capabilities: NodeCapabilities
     router_url: str
+    version: str | None = None  # the node's aether version (None: 0.1.0 and older)
 
 
 class RegisterOut(BaseModel):
@@ -204,6 +205,7 @@ class RegisterOut(BaseModel):
     log_interval: float
     revision: int
     config: NodeConfig = Field(default_factory=NodeConfig)
+    server_version: str | None = None  # the server's aether version (None: 0.1.0 and older)
 
 
 class RoutesIn(BaseModel):

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+import aether
 from aether.artifacts import parse_digest
 from aether.core.controller import DRAINED_BY_OPERATOR
 from aether.core.features import node_config
@@ -172,6 +173,7 @@ async def register(body: RegisterIn, request: Request, caller: NodeCaller, ctx: 
         log_interval=0.5,
         revision=revision,
         config=config,
+        server_version=aether.__version__,
     )
 
 

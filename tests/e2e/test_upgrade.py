@@ -1,0 +1,144 @@
+"""Version skew against real processes: the previous release (``v0.1.0``, from a git
+worktree of its tag, run with this checkout's venv) next to this checkout's code.
+
+The policy (docs/operations.md, "Upgrades"): servers upgrade first; a node one minor
+version behind its servers keeps working. So a new server with an old node must do
+everything (join over mTLS, deploy, serve through the old node's router, scale, roll
+back); a new node with an old server is not supported, and the node says so in its log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import aether
+from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "hello-python"
+PREVIOUS = "v0.1.0"  # the release before this one: move it on at each release
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def previous_release() -> Iterator[Path]:
+    """A detached git worktree of the previous release's tag (removed at the end)."""
+    if _git("rev-parse", "--verify", "--quiet", f"refs/tags/{PREVIOUS}").returncode != 0:
+        pytest.fail(
+            f"the tag {PREVIOUS} is not in this clone (a shallow clone?): run "
+            "`git fetch --tags` (the compatibility tests run the previous release's code)"
+        )
+    root = Path(tempfile.mkdtemp(prefix="aether-previous-"))
+    tree = root / PREVIOUS
+    added = _git("worktree", "add", "--detach", str(tree), PREVIOUS)
+    assert added.returncode == 0, added.stderr
+    try:
+        yield tree
+    finally:
+        _git("worktree", "remove", "--force", str(tree))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _version_of(source: Path) -> str:
+    text = (source / "src" / "aether" / "__init__.py").read_text()
+    return text.split('__version__ = "', 1)[1].split('"', 1)[0]
+
+
+def _variant(tmp: Path, greeting: str) -> Path:
+    app = tmp / greeting.replace(" ", "-")
+    shutil.copytree(EXAMPLE, app)
+    toml = (app / "aether.toml").read_text().replace("Hello from Aether", greeting)
+    (app / "aether.toml").write_text(toml)
+    return app
+
+
+def _messages(cluster: Cluster, node: str) -> set[str]:
+    url = f"{cluster.router(node)}/apps/hello-python/"
+    return {str(httpx.get(url, timeout=5).json()["message"]) for _ in range(10)}
+
+
+def test_previous_node_works_with_this_server(
+    cluster: Cluster, tmp_path: Path, previous_release: Path
+) -> None:
+    assert _version_of(previous_release) != aether.__version__
+    cluster.start_server()
+    cluster.start_node("old", source=previous_release)  # joins: mTLS certificate issued
+    data = tmp_path / "old"
+    assert (data / "node.crt").exists() and (data / "cluster-ca.pem").exists()
+    assert json.loads((data / "servers.json").read_text())[0].startswith("https://")
+
+    first = cluster.cli_json("deploy", str(EXAMPLE), "--instances", "2")
+    assert first["version"] == 1
+    wait_for(lambda: len(cluster.active("hello-python")) == 2, 30, "2 ACTIVE on the old node")
+    assert {i["node"] for i in cluster.active("hello-python")} == {"old"}
+    assert _messages(cluster, "old") == {"Hello from Aether"}
+
+    cluster.cli_json("scale", "hello-python=3")
+    wait_for(lambda: len(cluster.active("hello-python")) == 3, 30, "scaled to 3")
+
+    second = cluster.cli_json("deploy", str(_variant(tmp_path, "Hello v2")))
+    assert second["version"] == 2
+    wait_for(
+        lambda: {i["version"] for i in cluster.active("hello-python")} == {2},
+        30,
+        "only v2 serving",
+    )
+    assert _messages(cluster, "old") == {"Hello v2"}
+
+    rolled = cluster.cli_json("rollback", "hello-python")
+    assert rolled["rollback_of"] == 1
+    wait_for(
+        lambda: (
+            {i["version"] for i in cluster.active("hello-python")} == {rolled["version"]}
+            and len(cluster.active("hello-python")) == 3
+        ),
+        30,
+        "the rolled-back version serving",
+    )
+    assert _messages(cluster, "old") == {"Hello from Aether"}
+    log = (tmp_path / "old.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_this_node_warns_against_a_previous_server(
+    cluster: Cluster, tmp_path: Path, previous_release: Path
+) -> None:
+    """Not supported (servers upgrade first): the new node still registers and serves
+    with a 0.1.0 server (the messages only gained optional fields), and it says in its
+    log that its server is older, naming the fix."""
+    cluster.start_server(source=previous_release)
+    cluster.start_node("new")
+    wait_for(
+        lambda: "servers upgrade first" in (tmp_path / "new.log").read_text(errors="replace"),
+        15,
+        "the node's warning about its older server",
+    )
+    log = (tmp_path / "new.log").read_text(errors="replace")
+    assert f"this node is aether {aether.__version__}" in log
+    assert "reports no version" in log
+    cluster.cli_json("deploy", str(EXAMPLE), "--instances", "1")
+    wait_for(lambda: len(cluster.active("hello-python")) == 1, 30, "1 ACTIVE on the new node")
+    assert _messages(cluster, "new") == {"Hello from Aether"}
+
+
+def test_this_node_is_quiet_with_this_server(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_server()
+    cluster.start_node("n1")
+    cluster.cli_json("deploy", str(EXAMPLE), "--instances", "1")  # registered long ago
+    log = (tmp_path / "n1.log").read_text(errors="replace")
+    assert "servers upgrade first" not in log
+    assert "upgrade this node" not in log
