@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,9 @@ import httpx
 import pytest
 
 import aether
+from tests.e2e.test_core_scenario import Probe
 from tests.support.cluster import Cluster
+from tests.support.ha import HaCluster
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -86,6 +90,7 @@ def test_previous_node_works_with_this_server(
     wait_for(lambda: len(cluster.active("hello-python")) == 2, 30, "2 ACTIVE on the old node")
     assert {i["node"] for i in cluster.active("hello-python")} == {"old"}
     assert _messages(cluster, "old") == {"Hello from Aether"}
+    assert [n["version"] for n in cluster.api_get("/nodes")] == [None]  # 0.1.0 sends none
 
     cluster.cli_json("scale", "hello-python=3")
     wait_for(lambda: len(cluster.active("hello-python")) == 3, 30, "scaled to 3")
@@ -142,3 +147,73 @@ def test_this_node_is_quiet_with_this_server(cluster: Cluster, tmp_path: Path) -
     log = (tmp_path / "n1.log").read_text(errors="replace")
     assert "servers upgrade first" not in log
     assert "upgrade this node" not in log
+
+
+def _nodes_of(cluster: Cluster) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for inst in cluster.active("hello-python"):
+        counts[inst["node"]] = counts.get(inst["node"], 0) + 1
+    return counts
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """A graceful stop, as a service manager does it (SIGTERM, then wait)."""
+    Cluster.kill(proc, signal.SIGTERM)
+
+
+def test_rolling_upgrade_of_an_ha_cluster_loses_no_request(
+    tmp_path: Path, previous_release: Path, request: pytest.FixtureRequest
+) -> None:
+    """Three previous-release servers on etcd and two previous-release nodes, an app with
+    two instances under steady traffic; the servers are replaced one at a time, then the
+    nodes (drain, stop, start the new one with the same identity and data, undrain). The
+    traffic goes to the router of the node that is not being replaced."""
+    ha = HaCluster(tmp_path, engines="shared-dir")
+    try:
+        ha.start_servers(source=previous_release)
+        ha.start_node("n1", source=previous_release)
+        ha.start_node("n2", source=previous_release)
+        deployed = ha.cli_json("deploy", str(EXAMPLE), "--instances", "2")
+        wait_for(lambda: len(ha.active("hello-python")) == 2, 30, "2 ACTIVE")
+        probe = Probe(f"{ha.router('n2')}/apps/hello-python/")
+        probe.start()
+        try:
+            for index in range(ha.servers):
+                _stop(ha.server_procs.pop(index))
+                ha.start_server_at(index)  # this checkout, same port and data
+                wait_for(lambda: ha.leader_index() is not None, 20, "a leader")
+            for node, other in (("n1", "n2"), ("n2", "n1")):
+                probe.url = f"{ha.router(other)}/apps/hello-python/"
+                ha.cli("drain", node, "--wait", "--timeout", "60")
+                moved = {other: 2}
+                wait_for(lambda: _nodes_of(ha) == moved, 60, f"both on {other}")  # noqa: B023
+                _stop(ha.nodes.pop(node))
+                # this checkout, same identity and data directory; it comes back draining
+                ha.start_node(node, wait=False)
+                wait_for(lambda: ha.node_state(node) is not None, 30, f"{node} registered")  # noqa: B023
+                ha.cli("undrain", node)
+                wait_for(lambda: ha.node_state(node) == "ready", 30, f"{node} ready")  # noqa: B023
+        finally:
+            time.sleep(0.5)
+            probe.stop()
+        assert probe.failures == [], probe.failures[:5]
+        assert probe.ok > 50
+        for node in ("n1", "n2"):
+            log = (tmp_path / f"{node}.log").read_text(errors="replace")
+            assert "servers upgrade first" not in log  # the servers were new by then
+        # the app's history is intact: the same deployment, blueprint and version
+        deployments = ha.cli_json("deployments", "hello-python")["deployments"]
+        assert [(d["version"], d["status"]) for d in deployments] == [(1, "active")]
+        assert deployments[0]["id"] == deployed["deployment_id"]
+        assert ha.api_get("/blueprints/hello-python")["instances"] == 2
+        versions = {n["id"]: n["version"] for n in ha.api_get("/nodes")}
+        assert versions == {"n1": aether.__version__, "n2": aether.__version__}
+        servers = ha.api_get("/status")["servers"]
+        assert {s["version"] for s in servers} == {aether.__version__}
+        assert len(servers) == 3
+        wait_for(lambda: len(ha.active("hello-python")) == 2, 30, "2 ACTIVE at the end")
+    finally:
+        ha.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(ha.logs())

@@ -133,6 +133,7 @@ class NodeOut(BaseModel):
     drain_reason: str = ""
     instances: int
     last_seen_at: Timestamp
+    version: str | None = None  # the aether version it registered with (None: 0.1.0, down)
 
 
 class ServerOut(BaseModel):

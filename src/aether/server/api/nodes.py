@@ -162,6 +162,7 @@ async def register(body: RegisterIn, request: Request, caller: NodeCaller, ctx: 
         drained_by=row.drained_by,
         registered_at=time.time(),
         config=config.features,
+        version=body.version,
     )
     revision = await ctx.store.put(_node_key(body.id), dump(record), lease=lease)
     return RegisterOut(
@@ -498,6 +499,7 @@ async def node_list(ctx: ServerContext) -> list[NodeOut]:
                 drain_reason=live[0].drain_reason if live is not None else "",
                 instances=counts.get(row.id, 0),
                 last_seen_at=row.last_seen_at,
+                version=live[0].version if live is not None else None,
             )
         )
     return out
