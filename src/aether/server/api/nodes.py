@@ -20,7 +20,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 
 import aether
 from aether.artifacts import parse_digest
@@ -30,8 +29,10 @@ from aether.core.lifecycle import Command, State, can_report
 from aether.core.withdrawal import RouterState, waiting_for
 from aether.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
 from aether.model.api import (
+    HeartbeatIn,
     JoinIn,
     JoinOut,
+    LogsIn,
     NodeOut,
     RegisterIn,
     RegisterOut,
@@ -49,7 +50,7 @@ from aether.model.cluster import (
     instance_key,
     routes_key,
 )
-from aether.model.names import CLUSTER_NAME_PATTERN, split_cluster_name
+from aether.model.names import split_cluster_name
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import (
@@ -80,22 +81,6 @@ WITHDRAWAL_POLL_SECONDS = 0.05  # how often a withdrawal wait reads the routers'
 MAX_REPORT_MESSAGE = 4096
 # a slice's entry point: a Python identifier, part of its endpoint keys and router paths
 _ENTRY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-
-
-class HeartbeatIn(BaseModel):
-    lease_id: int
-
-
-class LogEntry(BaseModel):
-    # both become a path under the log directory: plain names only, never ``..`` or ``/``
-    tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    app: Annotated[str, Field(pattern=CLUSTER_NAME_PATTERN)]  # split before it is a path
-    label: str
-    text: str
-
-
-class LogsIn(BaseModel):
-    entries: list[LogEntry]
 
 
 def _node_key(node: str) -> str:
