@@ -1,3 +1,3 @@
 """Aether: turn one or many Linux machines into a self-driving platform."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

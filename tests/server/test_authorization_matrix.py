@@ -162,6 +162,7 @@ ROUTES: dict[str, Rule] = {
     # the cluster's views (each scoped to the caller's tenant)
     "GET /api/v1/status": Rule("viewer"),
     "GET /api/v1/settings": Rule("viewer"),
+    "GET /api/v1/schemas": Rule("viewer"),
     "GET /api/v1/blueprints": Rule("viewer"),
     "GET /api/v1/blueprints/{app}": Rule("viewer", owned=True),
     "GET /api/v1/instances": Rule("viewer"),

@@ -40,13 +40,18 @@ class Cluster:
             "AETHER_EGRESS_ALLOW": "127.0.0.0/8",
         }
 
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], log: str, source: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``aether ARGS`` logging to ``log``; ``source``: a checkout whose ``src`` is
+        imported instead of this one's (an older release's worktree, with this venv)."""
         out = (self.root / log).open("ab")
+        env = self.env if source is None else {**self.env, "PYTHONPATH": str(source / "src")}
         return subprocess.Popen(
             [sys.executable, "-m", "aether", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env=env,
             start_new_session=True,
         )
 
@@ -58,18 +63,26 @@ class Cluster:
     def join_token(self) -> str:
         return (self.server_dir / "join.token").read_text().strip()
 
-    def start_server(self) -> None:
+    def start_server(self, source: Path | None = None) -> None:
         self.server = self._spawn(
-            ["server", "--data-dir", str(self.server_dir), "--port", str(self.port)], "server.log"
+            ["server", "--data-dir", str(self.server_dir), "--port", str(self.port)],
+            "server.log",
+            source,
         )
         wait_for(lambda: httpx.get(f"{self.api}/readyz").status_code == 200, 30, "server ready")
         self.env["AETHER_SERVER"] = self.api
         self.env["AETHER_TOKEN"] = self.admin_token
 
     def start_node(
-        self, name: str, *extra: str, token: str | None = None, wait: bool = True
+        self,
+        name: str,
+        *extra: str,
+        token: str | None = None,
+        wait: bool = True,
+        source: Path | None = None,
     ) -> None:
-        """Start node ``name`` (``extra``: more ``aether node`` arguments)."""
+        """Start node ``name`` (``extra``: more ``aether node`` arguments; ``source``:
+        an older checkout's code, see ``_spawn``)."""
         port = self.router_ports.setdefault(name, free_port())
         self.nodes[name] = self._spawn(
             [
@@ -87,6 +100,7 @@ class Cluster:
                 *extra,
             ],
             f"{name}.log",
+            source,
         )
         if wait:
             wait_for(lambda: self.node_state(name) == "ready", 30, f"node {name} ready")

@@ -47,7 +47,7 @@ class HaCluster(Cluster):
         self.server_procs: dict[int, subprocess.Popen[bytes]] = {}
         self.api = ""  # nodes and the CLI fail over between the servers' URLs
 
-    def start_servers(self) -> None:
+    def start_servers(self, source: Path | None = None) -> None:
         self.etcd.start()
         self.env["AETHER_STATE_URL"] = self.etcd.url + "/aether"
         if self.engines == "postgres-s3":
@@ -71,11 +71,12 @@ class HaCluster(Cluster):
         self.server_urls = [f"http://127.0.0.1:{free_port()}" for _ in range(self.servers)]
         self.api = ",".join(self.server_urls)
         for index in range(len(self.server_urls)):
-            self.start_server_at(index)  # one after the other: the first migrates the records
+            # one after the other: the first migrates the records
+            self.start_server_at(index, source)
         self.env["AETHER_SERVER"] = self.api
         self.env["AETHER_TOKEN"] = self.admin_token
 
-    def start_server_at(self, index: int) -> None:
+    def start_server_at(self, index: int, source: Path | None = None) -> None:
         url = self.server_urls[index]
         port = url.rsplit(":", 1)[1]
         # shared-dir: one data directory; postgres-s3: nothing shared on disk (the first
@@ -86,6 +87,7 @@ class HaCluster(Cluster):
         self.server_procs[index] = self._spawn(
             ["server", "--data-dir", str(data), "--port", port],
             f"server{index}.log",
+            source,
         )
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, f"server {index}")
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from aether.model.app import AppSpec
 from aether.model.cluster import NodeCapabilities
+from aether.model.names import CLUSTER_NAME_PATTERN
 from aether.model.time import Timestamp
 
 __all__ = [
@@ -16,9 +17,12 @@ __all__ = [
     "DeploymentIn",
     "DeploymentOut",
     "EventOut",
+    "HeartbeatIn",
     "InstanceOut",
     "JoinIn",
     "JoinOut",
+    "LogEntry",
+    "LogsIn",
     "NodeConfig",
     "NodeOut",
     "RegisterIn",
@@ -133,6 +137,7 @@ class NodeOut(BaseModel):
     drain_reason: str = ""
     instances: int
     last_seen_at: Timestamp
+    version: str | None = None  # the aether version it registered with (None: 0.1.0, down)
 
 
 class ServerOut(BaseModel):
@@ -193,6 +198,7 @@ class RegisterIn(BaseModel):
     id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
     capabilities: NodeCapabilities
     router_url: str
+    version: str | None = None  # the node's aether version (None: 0.1.0 and older)
 
 
 class RegisterOut(BaseModel):
@@ -204,6 +210,23 @@ class RegisterOut(BaseModel):
     log_interval: float
     revision: int
     config: NodeConfig = Field(default_factory=NodeConfig)
+    server_version: str | None = None  # the server's aether version (None: 0.1.0 and older)
+
+
+class HeartbeatIn(BaseModel):
+    lease_id: int
+
+
+class LogEntry(BaseModel):
+    # both become a path under the log directory: plain names only, never ``..`` or ``/``
+    tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    app: Annotated[str, Field(pattern=CLUSTER_NAME_PATTERN)]  # split before it is a path
+    label: str
+    text: str
+
+
+class LogsIn(BaseModel):
+    entries: list[LogEntry]
 
 
 class RoutesIn(BaseModel):

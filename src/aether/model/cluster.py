@@ -58,6 +58,7 @@ class NodeRecord(BaseModel):
     drained_by: str = ""  # operator | controller | adviser (who may undrain it)
     registered_at: float = 0.0
     config: dict[str, bool] = Field(default_factory=dict)  # features the server turned on
+    version: str | None = None  # the node's aether version (None: 0.1.0 and older)
 
 
 class DeploymentRef(BaseModel):

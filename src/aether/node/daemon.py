@@ -40,10 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aether import __version__
 from aether.client import ApiClient
 from aether.errors import AetherError, ForbiddenError, NotFoundError, UnauthorizedError
 from aether.model.api import RegisterIn, RegisterOut
 from aether.model.cluster import Endpoint, InstanceRecord
+from aether.model.compat import skew_warning
 from aether.model.placements import AgentPlacement
 from aether.node.capabilities import fingerprint
 from aether.node.cleanup import sweep
@@ -382,7 +384,9 @@ class NodeDaemon:
                 limits=dict(process.limits) if process is not None else {},
             )
         )
-        body = RegisterIn(id=self.node_id, capabilities=caps, router_url=self.router_url)
+        body = RegisterIn(
+            id=self.node_id, capabilities=caps, router_url=self.router_url, version=__version__
+        )
         delay = 0.2
         while True:
             try:
@@ -406,6 +410,9 @@ class NodeDaemon:
         self.routes_changed.set()  # so was what the router said
         self.changed.set()
         log.info("registered as %s (lease %d)", self.node_id, self.registration.lease_id)
+        skew = skew_warning(__version__, self.registration.server_version)
+        if skew is not None:
+            log.warning("%s", skew)
 
     async def _heartbeat(self) -> None:
         assert self.registration is not None

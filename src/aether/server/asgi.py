@@ -51,6 +51,7 @@ from aether.server.api import blueprints as blueprints_api
 from aether.server.api import events as events_api
 from aether.server.api import migrations as migrations_api
 from aether.server.api import rebalance as rebalance_api
+from aether.server.api import schemas as schemas_api
 from aether.server.api import slices as slices_api
 from aether.server.api import telemetry as telemetry_api
 from aether.server.api import trust as trust_api
@@ -332,6 +333,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.include_router(trust_api.router, prefix="/api/v1")
     app.include_router(blueprints_api.router, prefix="/api/v1")
     app.include_router(alerts_api.router, prefix="/api/v1")
+    app.include_router(schemas_api.router, prefix="/api/v1")
     install_openapi(app)
     install_console(app)
     return app

@@ -20,8 +20,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 
+import aether
 from aether.artifacts import parse_digest
 from aether.core.controller import DRAINED_BY_OPERATOR
 from aether.core.features import node_config
@@ -29,8 +29,10 @@ from aether.core.lifecycle import Command, State, can_report
 from aether.core.withdrawal import RouterState, waiting_for
 from aether.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
 from aether.model.api import (
+    HeartbeatIn,
     JoinIn,
     JoinOut,
+    LogsIn,
     NodeOut,
     RegisterIn,
     RegisterOut,
@@ -48,7 +50,7 @@ from aether.model.cluster import (
     instance_key,
     routes_key,
 )
-from aether.model.names import CLUSTER_NAME_PATTERN, split_cluster_name
+from aether.model.names import split_cluster_name
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import (
@@ -79,22 +81,6 @@ WITHDRAWAL_POLL_SECONDS = 0.05  # how often a withdrawal wait reads the routers'
 MAX_REPORT_MESSAGE = 4096
 # a slice's entry point: a Python identifier, part of its endpoint keys and router paths
 _ENTRY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-
-
-class HeartbeatIn(BaseModel):
-    lease_id: int
-
-
-class LogEntry(BaseModel):
-    # both become a path under the log directory: plain names only, never ``..`` or ``/``
-    tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    app: Annotated[str, Field(pattern=CLUSTER_NAME_PATTERN)]  # split before it is a path
-    label: str
-    text: str
-
-
-class LogsIn(BaseModel):
-    entries: list[LogEntry]
 
 
 def _node_key(node: str) -> str:
@@ -161,6 +147,7 @@ async def register(body: RegisterIn, request: Request, caller: NodeCaller, ctx: 
         drained_by=row.drained_by,
         registered_at=time.time(),
         config=config.features,
+        version=body.version,
     )
     revision = await ctx.store.put(_node_key(body.id), dump(record), lease=lease)
     return RegisterOut(
@@ -172,6 +159,7 @@ async def register(body: RegisterIn, request: Request, caller: NodeCaller, ctx: 
         log_interval=0.5,
         revision=revision,
         config=config,
+        server_version=aether.__version__,
     )
 
 
@@ -496,6 +484,7 @@ async def node_list(ctx: ServerContext) -> list[NodeOut]:
                 drain_reason=live[0].drain_reason if live is not None else "",
                 instances=counts.get(row.id, 0),
                 last_seen_at=row.last_seen_at,
+                version=live[0].version if live is not None else None,
             )
         )
     return out
