@@ -99,7 +99,9 @@ def test_every_answer_conforms_to_the_document(fuzzed: RunningServer) -> None:
         try:
             run()
         except (Exception, BaseExceptionGroup) as exc:  # one report for all operations
-            failures.append(f"{op.method.upper()} {op.path}: {str(exc)[:600]}")
+            found = [exc, *(exc.exceptions if isinstance(exc, BaseExceptionGroup) else ())]
+            said = " | ".join(f"{type(e).__name__}: {str(e)[:600]}" for e in found)
+            failures.append(f"{op.method.upper()} {op.path}: {said}")
     assert operations > 40, f"only {operations} operations were checked"
     assert not failures, "\n\n".join(failures)
 
