@@ -236,13 +236,15 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         expiry = asyncio.create_task(_expire_claims(ctx), name="task-leases")
         node_port = await NodePort.open(app, ctx)
         app.state.node_port = node_port
-        exits.push_async_callback(node_port.close)
         trusting = asyncio.create_task(follow_trust(trust), name="trust")
         presence = asyncio.create_task(announce(ctx), name="presence")
         revocations = asyncio.create_task(follow_revocations(ctx), name="revocations")
         try:
             yield
         finally:
+            # the nodes' port first: a heartbeat that reaches a server whose store is
+            # closed is a 500, and one that finds the port closed tries another server
+            await node_port.close()
             revocations.cancel()
             trusting.cancel()
             presence.cancel()
