@@ -4,7 +4,6 @@ parts, and no secret the cluster holds appears anywhere in it."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import tarfile
 from pathlib import Path

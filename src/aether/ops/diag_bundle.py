@@ -78,9 +78,12 @@ def host_part(
 
 
 def _capped(data: bytes) -> bytes:
+    """At most ``MAX_FILE`` bytes: the newest end, from a line's start (a secret cut in
+    half at the edge would not be recognised by the redaction that follows)."""
     if len(data) <= MAX_FILE:
         return data
-    return b"[... cut to the last %d bytes ...]\n" % MAX_FILE + data[-MAX_FILE:]
+    tail = data[-MAX_FILE:]
+    return b"[... cut to the last %d bytes ...]\n" % MAX_FILE + tail[tail.find(b"\n") + 1 :]
 
 
 def pack(
@@ -94,7 +97,7 @@ def pack(
     contents: dict[str, int] = {}
     with tarfile.open(fileobj=out, mode="w:gz") as tar:
         for path in sorted(files):
-            data = _capped(redact_bytes(files[path], secrets))
+            data = redact_bytes(_capped(files[path]), secrets)
             contents[path] = len(data)
             _add(tar, f"aether-diag/{path}", data, now)
         manifest = {

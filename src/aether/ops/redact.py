@@ -30,11 +30,14 @@ _TOKEN = re.compile(r"\bae_[A-Za-z0-9_\-]{8,}")
 _PEM_KEY = re.compile(
     r"-----BEGIN ([A-Z0-9 ]*PRIVATE KEY|[A-Z0-9 ]*KEY)-----.*?-----END \1-----", re.DOTALL
 )
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@\"']*:)[^\s@/\"']+(?=@)")
+_URL_PASSWORD = re.compile(  # bounded, from a word's start: linear on any input
+    r"(?P<head>(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/@\"']{0,256}:)"
+    r"[^\s@/\"']{1,512}(?=@)"
+)
 _AUTH_HEADER = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{6,}")
 _WORDS = "password|passwd|secret|token|api_key|apikey|access_key|secret_key|credential"
-_NAMES = r"[A-Za-z0-9_.\-]*(?:" + _WORDS + r")[A-Za-z0-9_.\-]*"
+_NAMES = r"(?<![A-Za-z0-9_.\-])[A-Za-z0-9_.\-]{0,64}?(?:" + _WORDS + r")[A-Za-z0-9_.\-]{0,64}"
 _KEYED = re.compile(
     r"(?i)(?P<key>[\"']?" + _NAMES + r"[\"']?\s*[:=]\s*)(?P<q>[\"']?)(?P<value>[^\"'\s,}\]#]+)"
 )
