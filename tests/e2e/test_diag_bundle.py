@@ -135,3 +135,9 @@ def test_bundle_holds_every_part_and_no_secret(cluster: Cluster, tmp_path: Path)
                 for path, data in files.items():
                     assert form not in data, f"the {name} appears in {path}"
         assert b"PRIVATE KEY-----" not in whole
+
+        alone = tmp_path / "alone.tar.gz"
+        cluster.cli("diag", "bundle", "--nodes", "none", "--since", "5m", "-o", str(alone))
+        assert not [name for name in _files(alone) if name.startswith("nodes/")]
+        unknown = cluster.cli("diag", "bundle", "--nodes", "n1,nope", check=False)
+        assert unknown.returncode != 0 and "no live node named nope" in unknown.stderr
