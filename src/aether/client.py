@@ -1287,3 +1287,17 @@ class ApiClient:
     async def backup_state(self, dest: Path) -> None:
         """A consistent copy of the server's embedded (SQLite) state store, written to ``dest``."""
         await self._download("/api/v1/admin/backup/state", dest, "state copy")
+
+    async def diag_bundle(self, since: float, nodes: str, wait: float | None = None) -> bytes:
+        """The diagnostics bundle (tar.gz bytes): the server's and ``nodes``' parts."""
+        params: dict[str, Any] = {"since": since, "nodes": nodes}
+        if wait is not None:
+            params["wait"] = wait
+        response = await self.request(
+            "POST", "/api/v1/diag/bundle", params=params, timeout=(wait or 60) + 120
+        )
+        return response.content
+
+    async def send_diag_part(self, node: str, request_id: str, files: dict[str, str]) -> None:
+        """A node's part of a diagnostics bundle its heartbeat answer asked for."""
+        await self.request("POST", f"/api/v1/nodes/{node}/diag/{request_id}", json={"files": files})

@@ -176,10 +176,12 @@ ROUTES: dict[str, Rule] = {
     "GET /api/v1/events": Rule("viewer", stream=True),
     "POST /api/v1/gc": Rule("cluster"),
     "GET /api/v1/admin/backup/state": Rule("cluster"),
+    "POST /api/v1/diag/bundle": Rule("cluster"),
     # nodes: what a node calls, with its own credential
     "POST /api/v1/nodes/join": Rule("join"),
     "POST /api/v1/nodes/register": Rule("node"),
     "POST /api/v1/nodes/{node}/heartbeat": Rule("node"),
+    "POST /api/v1/nodes/{node}/diag/{request_id}": Rule("node"),
     "GET /api/v1/nodes/{node}/assignments": Rule("node", stream=True),
     "PUT /api/v1/nodes/{node}/instances/{app_version}/{n}": Rule("node"),
     "DELETE /api/v1/nodes/{node}/instances/{app_version}/{n}": Rule("node"),
@@ -454,6 +456,9 @@ def _request(world: World, method: str, path: str) -> dict[str, Any]:
             ).model_dump(mode="json")
         },
         "POST /api/v1/nodes/{node}/heartbeat": {"json": {"lease_id": 1}},
+        # no bundle is waiting (a 404); the bundle itself without nodes to wait for
+        "POST /api/v1/nodes/{node}/diag/{request_id}": {"json": {"files": {"log.txt": "x"}}},
+        "POST /api/v1/diag/bundle": {"params": {"nodes": "none", "since": 60}},
         "POST /api/v1/nodes/{node}/certificate": {"json": {"csr": join_body(world.node)["csr"]}},
         "POST /api/v1/ca/rotate": {"json": {"overlap_seconds": 3600}},
         "PUT /api/v1/nodes/{node}/instances/{app_version}/{n}": {"json": {"state": "LOADING"}},
@@ -968,6 +973,7 @@ async def _objects(server: RunningServer, nodes: FakeNodes, model_url: str) -> W
             "run_id": run["id"],
             "thread_id": run["thread_id"],
             "seq": "1",
+            "request_id": "0123456789abcdef",
             "step": "1",
             "instance": instance["key"],
             "node": node,

@@ -9,6 +9,8 @@ the reason:
   ``follow``):
   they do not end, so a body cannot be checked;
 * ``/admin/backup/state`` and ``/gc``: they copy or collect the whole store;
+* ``/diag/bundle``: it reads the whole cluster and waits up to ``wait`` seconds for
+  nodes' parts (tests/e2e/test_diag_bundle.py checks it);
 * ``/tokens/rotate`` and ``DELETE /tokens/…``: they would revoke the token the check runs with;
 * ``/nodes/{node}/revoke``: it would cut off the node the other checks use.
 """
@@ -39,12 +41,13 @@ _EXCLUDED = (
     r"^/api/v1/events$",
     r"^/api/v1/admin/backup/state$",
     r"^/api/v1/gc$",
+    r"^/api/v1/diag/bundle$",
     r"^/api/v1/tokens/",
     r"^/api/v1/nodes/[^/]+/revoke$",
 )
 # what a node calls, with its own credential
 _NODE_ROUTE = re.compile(
-    r"^/api/v1/(nodes/(register|[^/]+/(heartbeat|instances|logs|metrics))"
+    r"^/api/v1/(nodes/(register|[^/]+/(heartbeat|instances|logs|metrics|diag))"
     r"|tasks/(claim|[^/]+/(heartbeat|complete|fail)))$"
 )
 

@@ -617,6 +617,24 @@ def build_parser(command: str | None = None, *, every: bool = True) -> argparse.
         q.add_argument("--force", action="store_true", help="replace what the data dir holds")
         q.add_argument("--format", choices=["text", "json"], default="text")
 
+    if p := sub.add("diag", help="diagnostics: a bundle of logs, config, state for a bug report"):
+        diag_sub = p.add_subparsers(dest="diag_command", metavar="SUBCOMMAND", parser_class=_Parser)
+        diag_sub.required = True
+        q = diag_sub.add_parser(
+            "bundle", help="one .tar.gz: server and node logs, config (secrets redacted), state"
+        )
+        q.add_argument("--since", default="1h", help="logs and events this recent (30m, 1h, 2d)")
+        q.add_argument(
+            "--nodes", default="all", help="whose parts to include: all, none or N1,N2,..."
+        )
+        q.add_argument(
+            "-o", "--output", default=None, metavar="FILE", help="default: aether-diag-TIME.tar.gz"
+        )
+        q.add_argument(
+            "--wait", type=float, default=None, help="seconds to wait for the nodes' parts"
+        )
+        _common(q)
+
     if p := sub.add(
         "shell",
         help="the commands at a prompt (history, completion), or a script: -f FILE, < FILE",
@@ -1229,6 +1247,7 @@ _MODULES = {
     "completions": "completions",
     "shell": "shell",
     "backup": "backup",
+    "diag": "diag",
     "rollback": "actions",
     "logs": "actions",
     "keys": "keys",

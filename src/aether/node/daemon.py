@@ -44,9 +44,10 @@ from aether import __version__
 from aether.client import ApiClient
 from aether.errors import AetherError, ForbiddenError, NotFoundError, UnauthorizedError
 from aether.model.api import RegisterIn, RegisterOut
-from aether.model.cluster import Endpoint, InstanceRecord
+from aether.model.cluster import Endpoint, InstanceRecord, NodeCapabilities
 from aether.model.compat import skew_warning
 from aether.model.placements import AgentPlacement
+from aether.node import diag
 from aether.node.capabilities import fingerprint
 from aether.node.cleanup import sweep
 from aether.node.drivers import instance_drivers, sandbox_drivers
@@ -59,6 +60,7 @@ from aether.node.runner import InstanceRunner, RunnerConfig
 from aether.node.slice_control import EndpointPusher, SliceControl, SliceTable, slice_tables
 from aether.node.tasks import TaskWorker
 from aether.node.telemetry import TelemetryCollector, TelemetryPusher
+from aether.ops import diag_log
 
 __all__ = ["CREDENTIAL_FILE", "CredentialError", "NodeDaemon", "NodeOptions"]
 
@@ -138,6 +140,9 @@ class NodeDaemon:
         self.sweep_due = False
         self.swept = False
         self.registration: RegisterOut | None = None
+        self.capabilities: NodeCapabilities | None = None  # as last registered
+        self.diag_sent: set[str] = set()  # diagnostics requests answered (node/diag.py)
+        self.background: set[asyncio.Task[None]] = set()  # e.g. a diagnostics part being sent
         self.lease_lost = asyncio.Event()
         # when the server last acknowledged this node's lease (monotonic, and wall clock)
         self.lease_acked: float | None = None
@@ -327,6 +332,7 @@ class NodeDaemon:
         except BaseException:
             await self.client.close()
             raise
+        diag_log.install()  # the recent log lines, for a diagnostics bundle
         await self.router.start()
         log.info("node %s: router on %s", self.node_id, self.router_url)
         print(f"aether node {self.node_id}: router on {self.router_url}", flush=True)
@@ -384,6 +390,7 @@ class NodeDaemon:
                 limits=dict(process.limits) if process is not None else {},
             )
         )
+        self.capabilities = caps
         body = RegisterIn(
             id=self.node_id, capabilities=caps, router_url=self.router_url, version=__version__
         )
@@ -425,6 +432,8 @@ class NodeDaemon:
                 self._lease_acked(sent, sent_wall)
                 if set(answer.get("authorities") or ()) - set(self.identity.fingerprints()):
                     self.renew_now.set()  # a new CA: renew from it before the old retires
+                if answer.get("diag"):
+                    self._send_diag(answer["diag"])
                 self._unfence()
             except (NotFoundError, UnauthorizedError):  # registering again says which
                 self.lease_lost.set()
@@ -433,6 +442,21 @@ class NodeDaemon:
                 log.debug("heartbeat failed (%s); retrying", exc)
                 if exc.status == 0 or exc.status >= 500:  # no node port answered: moved?
                     await self._find_servers()
+
+    def _send_diag(self, request: dict[str, Any]) -> None:
+        """A diagnostics bundle asks for this node's part: send it once, in the background."""
+        if request.get("id") in self.diag_sent:
+            return
+        self.diag_sent.add(str(request.get("id")))
+        secrets = [self.options.join_token or ""]
+        with contextlib.suppress(OSError):
+            secrets.append(self.credential_path.read_text().strip())
+        part = diag.send_part(
+            self.client, self.node_id, request, self.options, self.capabilities, secrets
+        )
+        task = asyncio.create_task(part, name="diag")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def _follow(self) -> None:
         """Keep ``assigned`` and ``endpoints`` in step with the server, resuming by revision."""

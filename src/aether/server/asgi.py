@@ -48,6 +48,7 @@ from aether.server.api import (
 from aether.server.api import alerts as alerts_api
 from aether.server.api import backup as backup_api
 from aether.server.api import blueprints as blueprints_api
+from aether.server.api import diag as diag_api
 from aether.server.api import events as events_api
 from aether.server.api import migrations as migrations_api
 from aether.server.api import rebalance as rebalance_api
@@ -336,6 +337,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
     app.include_router(blueprints_api.router, prefix="/api/v1")
     app.include_router(alerts_api.router, prefix="/api/v1")
     app.include_router(schemas_api.router, prefix="/api/v1")
+    app.include_router(diag_api.router, prefix="/api/v1")
     install_openapi(app)
     install_console(app)
     return app

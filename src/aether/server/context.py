@@ -21,6 +21,7 @@ from aether.server.http.ratelimit import RateLimiter
 from aether.server.http.sessions import SessionCache
 from aether.server.http.token_cache import TokenCache
 from aether.server.http.uploads import UploadGate
+from aether.server.services.diag import DiagRequests
 from aether.server.services.event_heads import EventHeads
 from aether.server.services.logstore import LogStore
 from aether.server.services.oidc import OidcClient
@@ -61,6 +62,8 @@ class ServerContext:
     # ids of the tenants this server is deleting now (services/tenants.py): nothing new
     # is created in them, and a second delete of one waits for nothing: it is a 409
     tenants_deleting: set[str] = field(default_factory=set, kw_only=True)
+    # diagnostics bundles waiting for nodes' parts (services/diag.py)
+    diag: DiagRequests = field(default_factory=DiagRequests, kw_only=True)
 
 
 async def get_context(request: Request) -> ServerContext:

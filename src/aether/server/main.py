@@ -8,6 +8,7 @@ import logging
 
 import uvicorn
 
+from aether.ops import diag_log
 from aether.server.asgi import create_asgi
 from aether.server.settings import ServerSettings, loopback
 
@@ -38,6 +39,7 @@ KEEP_ALIVE_SECONDS = 75
 
 
 def serve(settings: ServerSettings) -> None:
+    diag_log.install()  # the recent log lines, for `aether diag bundle`
     app = create_asgi(settings)
     tune_gc()
     config = uvicorn.Config(

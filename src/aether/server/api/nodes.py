@@ -178,7 +178,11 @@ async def heartbeat(
     except LeaseNotFoundError:
         raise NotFoundError("lease expired; register again", code="lease_not_found") from None
     # the CAs trusted now: a node that sees a new one renews its certificate from it
-    return {"ttl": ttl, "authorities": ctx.trust.fingerprints()}
+    answer: dict[str, Any] = {"ttl": ttl, "authorities": ctx.trust.fingerprints()}
+    diag = ctx.diag.wanted(node)  # a diagnostics bundle asks for the node's part
+    if diag is not None:
+        answer["diag"] = diag
+    return answer
 
 
 def _relevant(key: str, node: str) -> bool:

@@ -65,6 +65,7 @@ def _upload_routes(settings: ServerSettings) -> list[tuple[str, re.Pattern[str],
         ("POST", re.compile(r"/api/v1/artifacts/assemble"), MAX_ASSEMBLE_BODY_BYTES),
         ("POST", re.compile(rf"/api/v1/nodes/{segment}/metrics"), MAX_PUSH_BYTES),
         ("POST", re.compile(rf"/api/v1/nodes/{segment}/logs"), NODE_REPORT_BYTES),
+        ("POST", re.compile(rf"/api/v1/nodes/{segment}/diag/{segment}"), NODE_REPORT_BYTES),
         ("POST", re.compile(rf"/api/v1/tasks/{segment}/(complete|fail)"), NODE_REPORT_BYTES),
     ]
 
