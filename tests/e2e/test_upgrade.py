@@ -9,10 +9,12 @@ back); a new node with an old server is not supported, and the node says so in i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,7 +33,10 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello-python"
-PREVIOUS = "v0.1.0"  # the release before this one: move it on at each release
+PREVIOUS = "v0.1.0"  # the release before this one: move all three on at each release
+PREVIOUS_COMMIT = "0ff15914075cc67b97fc45f3bb86464321e08db8"
+ARCHIVE = Path(__file__).parent / "releases" / f"{PREVIOUS}.tar.xz"
+ARCHIVE_SHA256 = "4d49fc1941c50542e52aba840675fbffbb505db816399b2f03c54edd5821e46a"
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,21 +45,65 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="session")
 def previous_release() -> Iterator[Path]:
-    """A detached git worktree of the previous release's tag (removed at the end)."""
-    if _git("rev-parse", "--verify", "--quiet", f"refs/tags/{PREVIOUS}").returncode != 0:
-        pytest.fail(
-            f"the tag {PREVIOUS} is not in this clone (a shallow clone?): run "
-            "`git fetch --tags` (the compatibility tests run the previous release's code)"
-        )
+    """The previous release's source: a detached git worktree of its tag.
+
+    A clone made without tags (CI's is) still has the release's commit in its history,
+    so the worktree is made from the commit the tag names. A clone that has neither
+    (shallow) falls back to ``releases/{PREVIOUS}.tar.xz``, the release's ``src`` and
+    ``pyproject.toml`` as ``git archive`` wrote them; `test_the_pinned_archive_is_the_tag`
+    keeps that archive true to the tag.
+    """
     root = Path(tempfile.mkdtemp(prefix="aether-previous-"))
     tree = root / PREVIOUS
-    added = _git("worktree", "add", "--detach", str(tree), PREVIOUS)
-    assert added.returncode == 0, added.stderr
+    revision = _previous_revision()
     try:
+        if revision is not None:
+            added = _git("worktree", "add", "--detach", str(tree), revision)
+            assert added.returncode == 0, added.stderr
+        else:
+            tree.mkdir()
+            with tarfile.open(ARCHIVE) as archive:
+                archive.extractall(tree, filter="data")
         yield tree
     finally:
-        _git("worktree", "remove", "--force", str(tree))
+        if revision is not None:
+            _git("worktree", "remove", "--force", str(tree))
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _previous_revision() -> str | None:
+    """The tag if this clone has it, else its commit if the history has that, else None."""
+    for revision in (f"refs/tags/{PREVIOUS}", PREVIOUS_COMMIT):
+        if _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}").returncode == 0:
+            return revision
+    return None
+
+
+def test_the_pinned_archive_is_the_tag() -> None:
+    """The fallback archive holds exactly the release's files: compared with the tag
+    where this clone has it, and pinned by its digest everywhere."""
+    assert hashlib.sha256(ARCHIVE.read_bytes()).hexdigest() == ARCHIVE_SHA256
+    revision = _previous_revision()
+    if revision is None:
+        return  # a shallow clone: the digest above is what a full clone checked
+    assert _git("rev-parse", f"{revision}^{{commit}}").stdout.strip() == PREVIOUS_COMMIT
+    listed = _git("ls-tree", "-r", "--format=%(objectname) %(path)", revision)
+    expected: dict[str, str] = {}
+    for line in listed.stdout.splitlines():
+        blob, path = line.split(" ", 1)
+        if path.startswith("src/") or path == "pyproject.toml":
+            expected[path] = blob
+    actual: dict[str, str] = {}
+    with tarfile.open(ARCHIVE) as archive:
+        for member in archive.getmembers():
+            body = archive.extractfile(member) if member.isfile() else None
+            if body is not None:
+                actual[member.name] = _blob_id(body.read())
+    assert actual == expected
+
+
+def _blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def _version_of(source: Path) -> str:
