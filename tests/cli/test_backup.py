@@ -139,6 +139,13 @@ def _rewrite(archive: Path, out: Path, change: dict[str, bytes | None]) -> None:
             dst.addfile(member, io.BytesIO(body))
 
 
+def _member(archive: Path, name: str) -> bytes:
+    with tarfile.open(archive, "r:gz") as tar:
+        body = tar.extractfile(name)
+        assert body is not None
+        return body.read()
+
+
 def test_restore_verifies_digests_and_writes_nothing_on_a_bad_archive(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -164,6 +171,22 @@ def test_restore_verifies_digests_and_writes_nothing_on_a_bad_archive(
     _rewrite(out, bad, {"manifest.json": None})
     assert main(["backup", "restore", str(bad), "--data-dir", str(target)]) == EXIT["io"]
     assert "no manifest.json" in capsys.readouterr().err
+
+    # a manifest naming secret files outside the data directory, or files no backup holds
+    victim = tmp_path / "victim"
+    victim.write_text("not aether's")
+    victim.chmod(0o644)
+    manifest = json.loads(_member(out, "manifest.json"))
+    for files, expected in (
+        (["../victim"], "does not hold: '../victim'"),
+        (["records.db"], "a backup never holds: 'records.db'"),
+    ):
+        manifest["parts"]["secrets"]["files"] = files
+        _rewrite(out, bad, {"manifest.json": json.dumps(manifest).encode()})
+        assert main(["backup", "restore", str(bad), "--data-dir", str(target)]) == EXIT["io"]
+        assert expected in capsys.readouterr().err
+        assert victim.stat().st_mode & 0o777 == 0o644 and victim.read_text() == "not aether's"
+        assert not target.exists() or not any(target.iterdir())
 
     (tmp_path / "junk.tar.gz").write_bytes(b"junk")
     code = main(["backup", "restore", str(tmp_path / "junk.tar.gz"), "--data-dir", str(target)])

@@ -22,8 +22,9 @@ artifacts  s3           every ``<prefix>sha256/…`` object, streamed into the
                         (``--no-artifacts`` leaves them out; the blobs of
                         incremental uploads, local or on S3, are a cache and
                         never copied)
-secrets    local        DATA/admin.token, DATA/join.token and DATA/secrets.key (the
-                        key of the secrets stored in the records), when present
+secrets    local        DATA/admin.token, DATA/join.token, DATA/secrets.key (the
+                        key of the secrets stored in the records) and secrets.key.old
+                        (the previous keys during a key rotation), when present
 =========  ===========  =====================================================
 
 Order: state, then records, then artifacts, so every deployment a blueprint names
@@ -85,7 +86,7 @@ MANIFEST = "manifest.json"
 STATE_DUMP = "state.jsonl"
 ETCD_SNAPSHOT = "state.etcd-snapshot.db"
 LEADER_KEY = "leader"  # the election key (server/leader.py), bound to the leader's lease
-_SECRETS = ("admin.token", "join.token", "secrets.key")
+_SECRETS = ("admin.token", "join.token", "secrets.key", "secrets.key.old")
 _ARTIFACTS = "artifacts/sha256"  # in the archive, as in DATA: sha256/<2 hex>/<64 hex>
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _CHUNK = 1 << 20
@@ -618,6 +619,31 @@ def _safe_name(name: str) -> str:
     return path.as_posix()
 
 
+def _listed(parts: dict[str, Any], part: str, digests: dict[str, str]) -> list[str]:
+    """The files a manifest's ``part`` names, each one of the archive's verified members."""
+    files = parts.get(part, {}).get("files", [])
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        raise BackupError(f"the manifest's {part} part is not a list of file names")
+    missing = sorted(set(files) - set(digests))
+    if missing:
+        raise BackupError(
+            f"the manifest's {part} part names files the archive does not hold: "
+            f"{', '.join(map(repr, missing[:5]))}"
+        )
+    return list(files)
+
+
+def _secret_files(parts: dict[str, Any], digests: dict[str, str]) -> list[str]:
+    """The secret files a manifest lists: only the data directory's own, by name."""
+    files = _listed(parts, "secrets", digests)
+    unknown = sorted(set(files) - set(_SECRETS))
+    if unknown:
+        raise BackupError(
+            f"the manifest lists secret files a backup never holds: {', '.join(map(repr, unknown))}"
+        )
+    return files
+
+
 def _extract(archive: Path, stage: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Every member into ``stage`` (regular files only), hashing as it goes."""
     digests: dict[str, str] = {}
@@ -811,7 +837,8 @@ async def restore_backup(
         state_engine = state_info.get("engine")
         records_engine = parts.get("records", {}).get("engine")
         art_info: dict[str, Any] = parts.get("artifacts", {})
-        art_files: list[str] = list(art_info.get("files", []))
+        art_files = _listed(parts, "artifacts", digests)
+        secret_files = _secret_files(parts, digests)
         # the keys of the state store, when they go back through the StateStore interface
         items: list[tuple[str, bytes]] | None = None
         if state_engine == "etcd" and state_info.get("dump"):
@@ -919,10 +946,10 @@ async def restore_backup(
         if info.get("engine") == "local":
             _replace_dir(stage / "blobs", data_dir / "blobs")
             restored["blobs"] = {"engine": "local", "files": len(info.get("files", []))}
-        for name in parts.get("secrets", {}).get("files", []):
+        for name in secret_files:
             (data_dir / name).unlink(missing_ok=True)
             os.replace(stage / name, data_dir / name)
             os.chmod(data_dir / name, 0o600)
-        restored["secrets"] = {"files": parts.get("secrets", {}).get("files", [])}
+        restored["secrets"] = {"files": secret_files}
         return summary
     raise AssertionError("unreachable")  # pragma: no cover - the with block returns
