@@ -1298,6 +1298,22 @@ class ApiClient:
         )
         return response.content
 
-    async def send_diag_part(self, node: str, request_id: str, files: dict[str, str]) -> None:
-        """A node's part of a diagnostics bundle its heartbeat answer asked for."""
-        await self.request("POST", f"/api/v1/nodes/{node}/diag/{request_id}", json={"files": files})
+    async def send_diag_part(
+        self, node: str, request_id: str, files: dict[str, str], to: str | None = None
+    ) -> None:
+        """A node's part of a diagnostics bundle its heartbeat answer asked for: to ``to``
+        (the node port of the server building the bundle, https only: its certificate is
+        checked before the credential is sent), else to the servers this client calls."""
+        path = f"/api/v1/nodes/{node}/diag/{request_id}"
+        if to is None:
+            await self.request("POST", path, json={"files": files})
+            return
+        if not to.lower().startswith("https://"):
+            raise ValueError(f"a diagnostics part goes over TLS only, not to {to}")
+        try:
+            response = await self._http.post(to.rstrip("/") + path, json={"files": files})
+        except httpx.TransportError as exc:
+            raise NetworkError(
+                f"cannot reach the server building the bundle at {to}: {exc}"
+            ) from exc
+        _raise_for(response)

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import signal
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
+import pytest
+
 from tests.support.cluster import Cluster
+from tests.support.ha import HaCluster
 from tests.support.postgres import PostgresServer
 
 PG_PASSWORD = "pg-Pa55word-planted-7f3a"
@@ -59,6 +66,21 @@ def _forms(secret: str) -> set[bytes]:
 def _pem_body(path: Path) -> list[str]:
     """The base64 lines of a PEM key: any one of them in the bundle is a leak."""
     return [line for line in path.read_text().splitlines() if line and "-----" not in line]
+
+
+def _key_lines(dirs: list[Path]) -> dict[str, str]:
+    """Every line of every private key under ``dirs``, as secrets to look for."""
+    keys = [key for d in dirs for key in d.rglob("*.key")]
+    assert keys, "no TLS key to look for"
+    return {f"{key} line {n}": line for key in keys for n, line in enumerate(_pem_body(key))}
+
+
+def _assert_no_secret(files: dict[str, bytes], secrets: dict[str, str]) -> None:
+    for name, value in secrets.items():
+        for form in _forms(value):
+            for path, data in files.items():
+                assert form not in data, f"the {name} appears in {path}"
+    assert b"PRIVATE KEY-----" not in b"".join(files.values())
 
 
 def test_bundle_holds_every_part_and_no_secret(cluster: Cluster, tmp_path: Path) -> None:
@@ -124,20 +146,95 @@ def test_bundle_holds_every_part_and_no_secret(cluster: Cluster, tmp_path: Path)
             "adviser api key": ADVISER_KEY,
             "tenant secret": TENANT_SECRET,
         }
-        keys = [*cluster.server_dir.rglob("*.key"), *(cluster.root / "n1").rglob("*.key")]
-        assert keys, "no TLS key to look for"
-        for key in keys:
-            for n, line in enumerate(_pem_body(key)):
-                secrets[f"{key.name} line {n}"] = line
-        whole = b"".join(files.values())
-        for name, value in secrets.items():
-            for form in _forms(value):
-                for path, data in files.items():
-                    assert form not in data, f"the {name} appears in {path}"
-        assert b"PRIVATE KEY-----" not in whole
+        secrets.update(_key_lines([cluster.server_dir, cluster.root / "n1"]))
+        _assert_no_secret(files, secrets)
 
         alone = tmp_path / "alone.tar.gz"
         cluster.cli("diag", "bundle", "--nodes", "none", "--since", "5m", "-o", str(alone))
         assert not [name for name in _files(alone) if name.startswith("nodes/")]
         unknown = cluster.cli("diag", "bundle", "--nodes", "n1,nope", check=False)
         assert unknown.returncode != 0 and "no live node named nope" in unknown.stderr
+
+
+@pytest.fixture
+def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HaCluster]:
+    cluster = HaCluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(cluster.logs())
+
+
+def _logged_url(log: Path, pattern: str) -> str:
+    found = re.search(pattern, log.read_text())
+    assert found, f"{pattern!r} not in {log}"
+    return found.group(1)
+
+
+def test_in_ha_every_node_sends_its_part_whichever_server_it_calls(ha: HaCluster) -> None:
+    """Three servers on etcd; n1 calls server 0, n2 server 1; the bundle is asked of
+    server 2, which no node calls: both nodes' parts are in it, and no secret is."""
+    ha.env["AETHER_LOG_LEVEL"] = "info"  # the nodes log which server they call
+    ha.start_servers()
+    everyone = ha.api
+    for index, name in ((0, "n1"), (1, "n2")):
+        ha.api = ha.server_urls[index]  # the node knows only this server's API URL
+        ha.start_node(name)
+    ha.api = everyone
+    node_ports = [
+        _logged_url(ha.root / f"server{i}.log", r"nodes call (https://\S+) \(mutual TLS\)")
+        for i in range(3)
+    ]
+    for index, name in ((0, "n1"), (1, "n2")):  # the node port it calls first is its server's
+        called = _logged_url(ha.root / f"{name}.log", r"; calling (https://[^,\s]+)")
+        assert called == node_ports[index], (name, called, node_ports)
+
+    out = ha.root / "bundle.tar.gz"
+    ha.env["AETHER_SERVER"] = ha.server_urls[2]
+    shown = ha.cli("diag", "bundle", "--since", "1h", "--nodes", "all", "-o", str(out))
+    files = _files(out)
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["missing"] == {}, (manifest, shown.stdout)
+    versions = json.loads(files["server/versions.json"])
+    assert versions["server_id"] == ha.server_urls[2]
+    for node in ("n1", "n2"):
+        for name in NODE_FILES:
+            assert f"nodes/{node}/{name}" in files, (node, name, sorted(files))
+        assert files[f"nodes/{node}/log.txt"].strip(), f"{node}'s log is empty"
+        assert f"node_id = '{node}'".encode() in files[f"nodes/{node}/config.toml"]
+        assert b"join_token = '<redacted>'" in files[f"nodes/{node}/config.toml"]
+
+    secrets = {
+        "admin token": ha.admin_token,
+        "join token": ha.join_token,
+        **{
+            f"{node} credential": (ha.root / node / "node.credential").read_text().strip()
+            for node in ("n1", "n2")
+        },
+        **_key_lines([ha.server_dir, ha.root / "n1", ha.root / "n2"]),
+    }
+    _assert_no_secret(files, secrets)
+
+    # a node that does not answer in time is listed as missing, with the reason
+    # (asked at once: n2's lease, renewed a third of its 2 s ago at most, still holds)
+    ha.kill(ha.nodes["n2"], signal.SIGSTOP)
+    try:
+        answer = httpx.post(
+            f"{ha.server_urls[2]}/api/v1/diag/bundle",
+            params={"nodes": "n1,n2", "wait": 3},
+            headers={"Authorization": f"Bearer {ha.admin_token}"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        late = ha.root / "late.tar.gz"
+        late.write_bytes(answer.content)
+        files = _files(late)
+        missing = json.loads(files["manifest.json"])["missing"]
+        assert list(missing) == ["nodes/n2/"], missing
+        assert "did not send its part within 3 s" in missing["nodes/n2/"]
+        assert "nodes/n1/log.txt" in files
+    finally:
+        ha.kill(ha.nodes["n2"], signal.SIGCONT)

@@ -1,6 +1,8 @@
 """A node's part of a diagnostics bundle: its recent log, configuration (secrets
-redacted), capabilities, versions and doctor output for this host, sent to the server
-that asked for it in a heartbeat answer (``{"diag": {"id": ..., "since": ...}}``)."""
+redacted), capabilities, versions and doctor output for this host, asked for in a
+heartbeat answer (``{"diag": {"id": ..., "since": ..., "to": ...}}``) and sent to ``to``,
+the node port of the server building the bundle, over the node's own mutual-TLS client
+(:mod:`aether.server.services.diag`)."""
 
 from __future__ import annotations
 
@@ -71,6 +73,7 @@ async def send_part(
             doctor=doctor,
         )
         files = {name: redact(text, secrets) for name, text in files.items()}
-        await client.send_diag_part(node, str(request["id"]), files)
+        to = request.get("to")  # the server building the bundle (any server may ask)
+        await client.send_diag_part(node, str(request["id"]), files, str(to) if to else None)
     except (AetherError, ValueError, KeyError, OSError) as exc:
         log.warning("could not send this node's diagnostics part (%s)", exc)

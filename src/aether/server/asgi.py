@@ -80,6 +80,7 @@ from aether.server.leader.rebalance import Rebalancer
 from aether.server.leader.reconcile import Leader, LeaderLoop
 from aether.server.leader.risk import RiskEngine
 from aether.server.services.agent_placements import AgentQueues
+from aether.server.services.diag import follow as follow_diag
 from aether.server.services.logstore import LogStore
 from aether.server.services.oidc import OidcClient
 from aether.server.services.presence import announce
@@ -240,6 +241,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
         trusting = asyncio.create_task(follow_trust(trust), name="trust")
         presence = asyncio.create_task(announce(ctx), name="presence")
         revocations = asyncio.create_task(follow_revocations(ctx), name="revocations")
+        diag = asyncio.create_task(follow_diag(store, ctx.diag), name="diag-requests")
         try:
             yield
         finally:
@@ -247,6 +249,7 @@ def create_asgi(settings: ServerSettings) -> FastAPI:
             # closed is a 500, and one that finds the port closed tries another server
             await node_port.close()
             revocations.cancel()
+            diag.cancel()
             trusting.cancel()
             presence.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,6 +1,7 @@
 """The diagnostics bundle: ``POST /api/v1/diag/bundle`` (the cluster admin) assembles
 one tar.gz of what a bug report needs; nodes send their own part to
-``POST /api/v1/nodes/{node}/diag/{id}`` when a heartbeat answer asks them.
+``POST /api/v1/nodes/{node}/diag/{id}`` on the server building the bundle when a
+heartbeat answer (from any server: :mod:`aether.server.services.diag`) asks them.
 
 Every file goes through :func:`aether.ops.redact.redact` (and the secret values this
 server knows: its settings' secrets, its bootstrap tokens) before it is packed.
@@ -30,6 +31,7 @@ from aether.server.api.risk import Risk, latest_risk
 from aether.server.config import effective_config
 from aether.server.context import ServerContext, get_context
 from aether.server.http.auth import ClusterAdmin, NodeCaller, own_node
+from aether.server.services import diag as diag_requests
 from aether.server.services.migrations import migration_out
 from aether.server.settings import ServerSettings
 from aether.store.records.schema import MigrationRecord
@@ -167,18 +169,26 @@ async def bundle(
     waited for at most ``wait`` seconds (default: three heartbeat periods and 15 s)."""
     live = [n.id for n in await node_list(ctx) if n.state in ("ready", "draining")]
     chosen = _chosen(nodes, live)
-    ask = ctx.diag.ask(chosen, since)
+    timeout = wait if wait is not None else ctx.settings.lease_ttl + 15
+    # the nodes send their parts to this server's node port, whichever server they call
+    to = ctx.trust.node_urls[0] if ctx.trust.node_urls else None
+    ask = ctx.diag.ask(chosen, since, to)
     try:
+        if chosen:  # every server asks the nodes heartbeating it
+            await diag_requests.publish(ctx.store, ask, timeout + 30)
         files, missing = await _server_files(request, caller, ctx, risk, since)
-        timeout = wait if wait is not None else ctx.settings.lease_ttl + 15
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ask.done.wait(), timeout)
     finally:
         ctx.diag.close(ask)
+        await diag_requests.withdraw(ctx.store, ask)
     for node in sorted(chosen):
         part = ask.parts.get(node)
         if part is None:
-            missing[f"nodes/{node}/"] = "the node did not send its part in time"
+            reason = f"the node did not send its part within {timeout:g} s"
+            if ask.unshared:
+                reason += f"; {ask.unshared}, only nodes calling this server were asked"
+            missing[f"nodes/{node}/"] = reason
             continue
         for name, text in part.items():
             files[f"nodes/{node}/{Path(name).name}"] = text.encode()
@@ -201,5 +211,8 @@ async def node_part(
     if total > diag_bundle.MAX_NODE_PART:
         raise BadRequestError(f"a node's part is at most {diag_bundle.MAX_NODE_PART} bytes")
     if not ctx.diag.answer(request_id, node, body.files):
-        raise NotFoundError("no diagnostics bundle is waiting for this node's part")
+        raise NotFoundError("no diagnostics bundle on this server is waiting for this node's part")
+    ask = ctx.diag.open.get(request_id)
+    if ask is not None:  # the other servers stop asking the node
+        await diag_requests.published_without(ctx.store, ask, node)
     return Response(status_code=204)
