@@ -158,7 +158,8 @@ def test_bundle_holds_every_part_and_no_secret(cluster: Cluster, tmp_path: Path)
 
 @pytest.fixture
 def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HaCluster]:
-    cluster = HaCluster(tmp_path)
+    # a 5 s lease: a node stopped just before a bundle request is still live for it
+    cluster = HaCluster(tmp_path, lease_ttl=5.0)
     try:
         yield cluster
     finally:
@@ -219,7 +220,7 @@ def test_in_ha_every_node_sends_its_part_whichever_server_it_calls(ha: HaCluster
     _assert_no_secret(files, secrets)
 
     # a node that does not answer in time is listed as missing, with the reason
-    # (asked at once: n2's lease, renewed a third of its 2 s ago at most, still holds)
+    # (asked at once: n2's 5 s lease, renewed at most a third of it ago, still holds)
     ha.kill(ha.nodes["n2"], signal.SIGSTOP)
     try:
         answer = httpx.post(

@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from aether.client import ApiClient
 from aether.server.services.diag import (
     PREFIX,
     DiagRequests,
@@ -95,5 +98,17 @@ def test_a_request_the_store_cannot_take_is_still_asked_by_its_builder(tmp_path:
         assert ask.unshared and "could not be shared" in ask.unshared
         assert requests.wanted("n1") == {"id": ask.id, "since": 60, "to": "https://builder:7001"}
         await withdraw(store, ask)  # nothing to withdraw: no error
+
+    asyncio.run(scenario())
+
+
+def test_a_node_sends_its_part_to_another_server_over_tls_only() -> None:
+    """``to`` comes from a heartbeat answer: the node's credential never goes over
+    plain HTTP to it (nothing is sent; the node logs the error and is listed missing)."""
+
+    async def scenario() -> None:
+        async with ApiClient("http://127.0.0.1:9", "ae_node_credential") as client:
+            with pytest.raises(ValueError, match="over TLS only"):
+                await client.send_diag_part("n1", "abc", {"log.txt": ""}, "http://127.0.0.1:9")
 
     asyncio.run(scenario())

@@ -204,6 +204,6 @@ async def follow(store: StateStore, requests: DiagRequests) -> None:
                 requests.seen(event)
         except CompactedError:
             continue  # read them whole again
-        except StoreError as exc:
+        except Exception as exc:  # the store unreachable, or a backend's own error: again
             log.warning("following diagnostics requests failed (%s); retrying", exc)
         await asyncio.sleep(RETRY_SECONDS)
