@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -48,6 +48,8 @@ from aether.core.alerts import (
 )
 from aether.model.names import split_cluster_name
 from aether.model.tasks import TaskIn
+from aether.server.services.alert_mail import MailConfig, MailError, compose, mail_config
+from aether.server.services.alert_mail import send as send_mail
 from aether.server.services.tasks import submit_task
 from aether.store.election import Leadership
 from aether.store.records.base import Principal
@@ -74,6 +76,10 @@ _STATE_COLUMNS = (
     "resolved_at",
     "silenced",
 )
+
+
+class _Undelivered(Exception):
+    """One delivery attempt failed; the text says why (recorded on the alert)."""
 
 
 def load_rules(ctx: ServerContext) -> list[Rule]:
@@ -151,7 +157,9 @@ class AlertEngine:
         self._sending: set[asyncio.Task[bool]] = set()
         self._apps_seen: dict[str, float] = {}  # app -> when last in a sample
         self._lock = asyncio.Lock()  # a pass of a run that lost the lead may still be going
-        self._sent: set[tuple[str, str, float]] = set()  # (fingerprint, state, started_at)
+        # (channel, fingerprint, state, started_at) of the notifications already started
+        self._sent: set[tuple[str, str, str, float]] = set()
+        self._notes_lock = asyncio.Lock()
 
     async def run(self, leadership: Leadership) -> None:
         # another leader may have moved the states on; deliveries under way finish
@@ -238,54 +246,94 @@ class AlertEngine:
     # -- notifications ----------------------------------------------------------------
 
     def _notify(self, note: Notification) -> None:
+        """Start each configured notifier's delivery of ``note`` (in the background: a
+        slow or failing receiver never holds up a pass)."""
         url = self.ctx.settings.alert_webhook_url
-        key = (note.alert.fingerprint, note.alert.state, note.alert.started_at)
-        if not url or key in self._sent:
-            return  # not configured, or this very notification is already on its way
-        self._sent.add(key)
-        if len(self._sent) > 10_000:
-            self._sent = {key}
-        task = asyncio.create_task(self.deliver(url, note.alert), name="alert-webhook")
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        mail = mail_config(self.ctx.settings)
+        channels: list[tuple[str, Callable[[AlertState], Coroutine[Any, Any, bool]]]] = []
+        if url:
+            channels.append(("webhook", lambda alert: self.deliver(url, alert)))
+        if mail is not None:
+            channels.append(("email", lambda alert: self.deliver_mail(mail, alert)))
+        for channel, deliver in channels:
+            key = (channel, note.alert.fingerprint, note.alert.state, note.alert.started_at)
+            if key in self._sent:
+                continue  # this very notification is already on its way
+            self._sent.add(key)
+            if len(self._sent) > 10_000:
+                self._sent = {key}
+            task = asyncio.create_task(deliver(note.alert), name=f"alert-{channel}")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def deliver(self, url: str, alert: AlertState) -> bool:
         """POST ``alert`` to ``url``, retrying with backoff; every attempt is recorded."""
         body = alert_json(alert)
-        kind = alert.state
-        error = ""
         async with httpx.AsyncClient(timeout=10.0) as client:
-            for attempt in range(1, MAX_ATTEMPTS + 1):
+
+            async def post() -> str:
                 try:
                     response = await client.post(url, json=body)
-                    if response.status_code < 300:
-                        await self._note_delivery(alert, kind, attempt, "", time.time())
-                        return True
-                    error = f"HTTP {response.status_code}"
                 except httpx.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                await self._note_delivery(alert, kind, attempt, error, None)
-                if attempt < MAX_ATTEMPTS:
-                    await asyncio.sleep(backoff(attempt))
-        log.warning("alert %s %s: webhook failed %d times: %s", alert.rule, kind, attempt, error)
+                    raise _Undelivered(f"{type(exc).__name__}: {exc}") from None
+                if response.status_code >= 300:
+                    raise _Undelivered(f"HTTP {response.status_code}")
+                return ""
+
+            return await self._with_retries(alert, alert.state, "webhook", post)
+
+    async def deliver_mail(self, config: MailConfig, alert: AlertState) -> bool:
+        """Mail ``alert`` through the SMTP server, retrying with backoff; every attempt
+        is recorded under ``email_firing``/``email_resolved``."""
+        message = compose(config, alert, time.time())
+
+        async def mail() -> str:
+            try:
+                refused = await asyncio.to_thread(send_mail, config, message)
+            except MailError as exc:
+                raise _Undelivered(str(exc)) from None
+            return f"recipients refused: {', '.join(refused)}" if refused else ""
+
+        return await self._with_retries(alert, f"email_{alert.state}", "email", mail)
+
+    async def _with_retries(
+        self, alert: AlertState, key: str, what: str, attempt_once: Callable[[], Awaitable[str]]
+    ) -> bool:
+        """Up to ``MAX_ATTEMPTS`` attempts, ``backoff`` apart, each recorded on the alert's
+        ``notify[key]``; True once one is accepted."""
+        error = ""
+        attempt = 0
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                warning = await attempt_once()
+            except _Undelivered as exc:
+                error = str(exc)
+            else:
+                await self._note_delivery(alert, key, attempt, warning, time.time())
+                return True
+            await self._note_delivery(alert, key, attempt, error, None)
+            if attempt < MAX_ATTEMPTS:
+                await asyncio.sleep(backoff(attempt))
+        log.warning("alert %s %s: %s failed %d times: %s", alert.rule, key, what, attempt, error)
         return False
 
     async def _note_delivery(
-        self, alert: AlertState, kind: str, attempts: int, error: str, delivered: float | None
+        self, alert: AlertState, key: str, attempts: int, error: str, delivered: float | None
     ) -> None:
         notify = {
-            kind: {
+            key: {
                 "attempts": attempts,
                 "error": error,
                 "delivered_at": delivered,
                 "failed": not delivered and attempts >= MAX_ATTEMPTS,
             }
         }
-        rows = await self.ctx.records.list_alerts(alert.tenant, cluster=alert.tenant is None)
-        for row in rows:
-            if row.fingerprint == alert.fingerprint:
-                notify = {**row.notify, **notify}
-        await self.ctx.records.note_alert(alert.fingerprint, notify=notify)
+        async with self._notes_lock:  # the webhook's and the email's notes: one at a time
+            rows = await self.ctx.records.list_alerts(alert.tenant, cluster=alert.tenant is None)
+            for row in rows:
+                if row.fingerprint == alert.fingerprint:
+                    notify = {**row.notify, **notify}
+            await self.ctx.records.note_alert(alert.fingerprint, notify=notify)
 
     # -- runbooks -----------------------------------------------------------------------
 
