@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ from aether.core.alerts import (
     AppWindow,
     Notification,
     Observed,
+    QueueLag,
+    Revert,
     Rule,
     Silence,
     backoff,
@@ -48,12 +51,14 @@ from aether.core.alerts import (
 )
 from aether.model.names import split_cluster_name
 from aether.model.tasks import TaskIn
+from aether.model.trust import issuing
 from aether.server.services.alert_mail import MailConfig, MailError, compose, mail_config
 from aether.server.services.alert_mail import send as send_mail
 from aether.server.services.tasks import submit_task
 from aether.store.election import Leadership
 from aether.store.records.base import Principal
 from aether.store.records.schema import AlertRow, AlertSilenceRow
+from aether.trust import ca
 
 if TYPE_CHECKING:
     from aether.server.context import ServerContext
@@ -63,6 +68,7 @@ __all__ = ["AlertEngine", "alert_json", "load_rules", "silence_of", "state_of"]
 log = logging.getLogger("aether.alerts")
 
 RUNBOOK_OUTPUT_MAX = 8192
+ALERT_KEY = "alerts/"  # the state store's alerts/{fingerprint}: the latest change, for the stream
 _STATE_COLUMNS = (
     "rule",
     "labels",
@@ -160,6 +166,10 @@ class AlertEngine:
         # (channel, fingerprint, state, started_at) of the notifications already started
         self._sent: set[tuple[str, str, str, float]] = set()
         self._notes_lock = asyncio.Lock()
+        self._tls_cert: tuple[float, float] | None = None  # the API certificate: mtime, not_after
+        self._tenant_names: dict[str, str] = {}  # tenant id -> name
+        self._seen_reverts: dict[int, Revert] = {}  # deployment event id ->
+        self._revert_cursor = 0
 
     async def run(self, leadership: Leadership) -> None:
         # another leader may have moved the states on; deliveries under way finish
@@ -174,34 +184,86 @@ class AlertEngine:
                 async with asyncio.timeout(self.interval):
                     await leadership.lost.wait()
 
-    def observed(self, now: float) -> Observed:
+    async def observed(self, now: float) -> Observed:
         hub = self.ctx.telemetry
         latest = hub.latest()
-        if latest is None:
-            return Observed()
         window = max((r.window for r in self.rules), default=300.0)
-        # an app between two lives of a crashing instance is missing from the latest
-        # second: every app seen within the window is looked at
-        for name in latest.apps:
-            self._apps_seen[name] = now
-        self._apps_seen = {a: ts for a, ts in self._apps_seen.items() if now - ts <= window}
         apps: dict[str, AppWindow] = {}
-        for name in self._apps_seen:
-            points = hub.app_history(name, window)
-            apps[name] = AppWindow(
-                tenant=split_cluster_name(name)[1],
-                ts=[p.ts for p in points],
-                calls_per_s=[p.calls_per_s for p in points],
-                errors_per_s=[p.errors_per_s for p in points],
-                latency_ms=[p.latency_ms for p in points],
-                restarts=[p.restarts for p in points],
-            )
+        disk_free: dict[str, float] = {}
+        lost: list[str] = []
+        if latest is not None:
+            # an app between two lives of a crashing instance is missing from the latest
+            # second: every app seen within the window is looked at
+            for name in latest.apps:
+                self._apps_seen[name] = now
+            self._apps_seen = {a: ts for a, ts in self._apps_seen.items() if now - ts <= window}
+            for name in self._apps_seen:
+                points = hub.app_history(name, window)
+                apps[name] = AppWindow(
+                    tenant=split_cluster_name(name)[1],
+                    ts=[p.ts for p in points],
+                    calls_per_s=[p.calls_per_s for p in points],
+                    errors_per_s=[p.errors_per_s for p in points],
+                    latency_ms=[p.latency_ms for p in points],
+                    restarts=[p.restarts for p in points],
+                )
+            disk_free = {n: 1.0 - s.disk_fraction for n, s in latest.nodes.items() if not s.stale}
+            lost = sorted(n for n, s in latest.nodes.items() if s.stale)
+        kinds = {r.kind for r in self.rules}
         return Observed(
             apps=apps,
-            disk_free={n: 1.0 - s.disk_fraction for n, s in latest.nodes.items() if not s.stale},
-            lost_nodes=sorted(n for n, s in latest.nodes.items() if s.stale),
-            cert_seconds_left=None,
+            disk_free=disk_free,
+            lost_nodes=lost,
+            certificates=self.certificates(now) if "cert_expiry" in kinds else {},
+            queues=await self._queues(now) if "queue_lag" in kinds else [],
+            reverts=await self._reverts(now, window) if "rollout_reverted" in kinds else [],
         )
+
+    def certificates(self, now: float) -> dict[str, float]:
+        """Seconds left per certificate: the cluster CA's (the one signing node
+        certificates now) and, when the API serves TLS from a file, that file's."""
+        left: dict[str, float] = {}
+        record = self.ctx.trust.record
+        if record is not None:
+            ca_cert = ca.load_certificate(issuing(record, now).cert)
+            left["cluster-ca"] = ca_cert.not_valid_after_utc.timestamp() - now
+        path = self.ctx.settings.tls_cert
+        if path:
+            try:
+                stamp = os.stat(path).st_mtime
+                if self._tls_cert is None or self._tls_cert[0] != stamp:
+                    with open(path, "rb") as fh:
+                        cert = ca.load_certificate(fh.read())
+                    self._tls_cert = (stamp, cert.not_valid_after_utc.timestamp())
+                left["api-tls"] = self._tls_cert[1] - now
+            except (OSError, ValueError) as exc:
+                log.warning("alerts: cannot read the API certificate %s: %s", path, exc)
+        return left
+
+    async def _queues(self, now: float) -> list[QueueLag]:
+        lags = await self.ctx.queue.ready_lag(now)
+        if any(lag.tenant_id not in self._tenant_names for lag in lags):
+            self._tenant_names = {t.id: t.name for t in await self.ctx.records.list_tenants()}
+        return [
+            QueueLag(
+                tenant=self._tenant_names.get(lag.tenant_id, lag.tenant_id),
+                queue=lag.queue,
+                oldest_wait=max(0.0, now - lag.oldest_ready_at),
+                ready=lag.ready,
+            )
+            for lag in lags
+        ]
+
+    async def _reverts(self, now: float, window: float) -> list[Revert]:
+        """The automatic reverts of the window: read once from the records, then only
+        those after the newest seen (by id)."""
+        for row in await self.ctx.records.reverts_after(self._revert_cursor):
+            self._seen_reverts[row.id] = Revert(row.app, row.tenant, row.at)
+            self._revert_cursor = max(self._revert_cursor, row.id)
+        self._seen_reverts = {
+            i: r for i, r in self._seen_reverts.items() if now - r.at <= max(window, 3600.0)
+        }
+        return list(self._seen_reverts.values())
 
     def _stamp(self) -> float | None:
         path = self.ctx.settings.alert_rules_file
@@ -226,12 +288,13 @@ class AlertEngine:
             self._runbooks = {r.fingerprint: r.runbook_task for r in rows if r.runbook_task}
             self._loaded = True
         silences = [silence_of(row) for row in await records.list_silences(None)]
-        facts = observe(self.rules, self.observed(now), now)
+        facts = observe(self.rules, await self.observed(now), now)
         states, notes = step(self.rules, facts, self._states, silences, now)
         changed = [_row(a) for fp, a in states.items() if self._states.get(fp) != a]
         gone = [fp for fp in self._states if fp not in states]
         if changed or gone:
             await records.save_alerts(changed, gone)
+        await self._publish(states, gone)
         self._states = states
         for fp in gone:
             self._runbooks.pop(fp, None)
@@ -242,6 +305,37 @@ class AlertEngine:
         await self._collect_runbooks()
         self.passes += 1
         return dict(states)
+
+    # -- the cluster event stream ------------------------------------------------------
+
+    async def _publish(self, states: dict[str, AlertState], gone: list[str]) -> None:
+        """Each state change as ``alerts/{fingerprint}`` in the state store, which the
+        event stream watches (``alert`` events); a dropped alert's key is deleted."""
+        try:
+            for fp, alert in states.items():
+                old = self._states.get(fp)
+                if old is not None and old.state == alert.state:
+                    continue
+                record = {
+                    **alert_json(alert),
+                    "previous": old.state if old is not None else None,
+                    "silenced": alert.silenced,
+                    "tenant_id": await self._tenant_id(alert.tenant),
+                }
+                await self.ctx.store.put(ALERT_KEY + fp, json.dumps(record).encode())
+            for fp in gone:
+                await self.ctx.store.delete(ALERT_KEY + fp)
+        except Exception:
+            log.exception("alerts: could not put the alerts' changes on the event stream")
+
+    async def _tenant_id(self, name: str | None) -> str | None:
+        if name is None:
+            return None
+        ids = {v: k for k, v in self._tenant_names.items()}
+        if name not in ids:
+            self._tenant_names = {t.id: t.name for t in await self.ctx.records.list_tenants()}
+            ids = {v: k for k, v in self._tenant_names.items()}
+        return ids.get(name)
 
     # -- notifications ----------------------------------------------------------------
 
