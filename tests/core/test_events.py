@@ -389,3 +389,13 @@ def test_an_alert_change_is_its_tenant_s_and_a_cluster_alert_its_operators() -> 
 
     assert from_store("DELETE", "alerts/fp2", b"", version=0, ts=1.0, tenants={}) is None
     assert from_store("PUT", "alerts/fp3", b"{}", version=1, ts=1.0, tenants={}) is None
+    tenant_alert = from_store(
+        "PUT",
+        "alerts/fp4",
+        json.dumps({**cluster, "tenant_id": "t-acme"}).encode(),
+        version=1,
+        ts=1.0,
+        tenants={},
+    )
+    assert tenant_alert is not None
+    assert visible(tenant_alert, "t-default", cluster_admin=False, cluster_operator=True)

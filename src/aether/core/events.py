@@ -343,11 +343,14 @@ def visible(
     event: ClusterEvent, tenant: str, *, cluster_admin: bool, cluster_operator: bool = False
 ) -> bool:
     """Whether a caller of ``tenant`` may see ``event`` (cluster admins see everything;
-    the cluster's operators, the default tenant's, also its ``operator`` events)."""
+    the cluster's operators, the default tenant's, also its ``operator`` events and every
+    alert, as ``GET /api/v1/alerts`` shows them)."""
     if cluster_admin or event.scope == "cluster":
         return True
+    if cluster_operator and (event.scope == "operator" or event.type == "alert"):
+        return True
     if event.scope == "operator":
-        return cluster_operator
+        return False
     if event.scope == "admin":
         return False
     return event.tenant == tenant
