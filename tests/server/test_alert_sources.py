@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import email
 import json
 import threading
@@ -29,6 +30,7 @@ from aether.client import ApiClient
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities
 from aether.ports import free_port
+from aether.trust import ca
 from tests.server.test_events_api import of, stream
 from tests.support.api import bearer, deploy, unique, upload_random
 from tests.support.server import RunningServer, running_server
@@ -351,3 +353,45 @@ async def test_alert_changes_are_on_the_event_stream_of_their_tenant_only(
         assert all(e.get("node") != node for e in seen)
         await http.post(f"/api/v1/tasks/{made.json()['id']}/cancel", headers=bearer(admin))
         await mine.wait_for("resolved", about("resolved"))
+
+
+# -- certificate expiry ----------------------------------------------------------------------
+
+
+def _short_ca(directory: Path, days: int) -> tuple[ca.Authority, dict[str, str]]:
+    authority = ca.new_authority("aether", dt.datetime.now(dt.UTC), days=days)
+    paths = {"ca_cert_file": str(directory / "ca.crt"), "ca_key_file": str(directory / "ca.key")}
+    Path(paths["ca_cert_file"]).write_text(authority.cert_pem)
+    Path(paths["ca_key_file"]).write_text(authority.key_pem)
+    return authority, paths
+
+
+async def test_a_cluster_ca_expiring_within_14_days_fires(tmp_path: Path) -> None:
+    _, files = _short_ca(tmp_path, days=5)
+    with running_server(tmp_path / "server", alert_interval=0.2, **files) as srv:
+        firing = await until(srv, srv.token("operator"), ("certificate", "cluster-ca"), "firing")
+        assert firing["rule"] == "CertificateExpiry" and firing["tenant"] is None
+        assert 4 * 86400 < firing["value"] <= 5 * 86400
+        tenant_view = await alerts(srv, srv.token("admin", unique("acme")))
+        assert all(a["rule"] != "CertificateExpiry" for a in tenant_view)
+
+
+async def test_the_api_certificate_counts_when_it_expires_first(tmp_path: Path) -> None:
+    authority, files = _short_ca(tmp_path, days=10)
+    key = ca.new_key()
+    now = dt.datetime.now(dt.UTC)
+    cert = ca.issue(
+        authority,
+        public_key=key.public_key(),
+        uri=None,
+        hosts=["127.0.0.1"],
+        now=now,
+        lifetime=dt.timedelta(days=2),
+    )
+    (tmp_path / "api.crt").write_text(cert)
+    (tmp_path / "api.key").write_text(ca.key_pem(key))
+    tls = {"tls_cert": str(tmp_path / "api.crt"), "tls_key": str(tmp_path / "api.key")}
+    # the test's server is plain HTTP whatever the settings say: only the file is read here
+    with running_server(tmp_path / "server", alert_interval=0.2, **files, **tls) as srv:
+        firing = await until(srv, srv.token("operator"), ("certificate", "api-tls"), "firing")
+        assert firing["value"] <= 2 * 86400
