@@ -1,15 +1,19 @@
 """Alerts on the leader: every ``alert_interval`` seconds, evaluate the rules.
 
 Each pass reads what the leader already has -- the telemetry hub's per-second app
-figures (calls, 5xx, latency, restart counters) and node samples (disk, staleness)
--- and the silences from the records, then applies ``aether.core.alerts.step`` to
-the previous states. States are written to the records (``alerts``) when they
-change, so a new leader starts from them.
+figures (calls, 5xx, latency, restart counters) and node samples (disk, staleness),
+the cluster CA's and the API certificate's expiry, the task queue's ready tasks
+(``ready_lag``) and the deployments' automatic reverts -- and the silences from the
+records, then applies ``aether.core.alerts.step`` to the previous states. States are
+written to the records (``alerts``) when they change, so a new leader starts from
+them; each change of state is also put in the state store (``alerts/{fingerprint}``),
+where the cluster event stream sees it (``alert`` events).
 
 A firing or resolved alert that no silence mutes is POSTed as JSON to
-``alert_webhook_url`` (when set): up to ``MAX_ATTEMPTS`` attempts with exponential
-backoff, each attempt recorded on the alert (``notify``: attempts, the last error,
-when it was delivered), so ``aether alerts ls`` shows a failing receiver.
+``alert_webhook_url`` (when set) and mailed through ``alert_smtp_host`` (when set):
+each in the background, up to ``MAX_ATTEMPTS`` attempts with exponential backoff,
+each attempt recorded on the alert (``notify``: attempts, the last error, when it was
+delivered), so ``aether alerts ls`` shows a failing receiver.
 
 A rule with a runbook submits a ``vm:execute`` task (as the runbook's tenant, in
 its sandbox, the alert's labels in ``ALERT_*`` variables) when its alert fires;
