@@ -358,7 +358,7 @@ async def test_alert_changes_are_on_the_event_stream_of_their_tenant_only(
 # -- certificate expiry ----------------------------------------------------------------------
 
 
-def _short_ca(directory: Path, days: int) -> tuple[ca.Authority, dict[str, str]]:
+def _short_ca(directory: Path, days: int) -> tuple[ca.Authority, dict[str, Any]]:
     authority = ca.new_authority("aether", dt.datetime.now(dt.UTC), days=days)
     paths = {"ca_cert_file": str(directory / "ca.crt"), "ca_key_file": str(directory / "ca.key")}
     Path(paths["ca_cert_file"]).write_text(authority.cert_pem)
@@ -390,7 +390,10 @@ async def test_the_api_certificate_counts_when_it_expires_first(tmp_path: Path) 
     )
     (tmp_path / "api.crt").write_text(cert)
     (tmp_path / "api.key").write_text(ca.key_pem(key))
-    tls = {"tls_cert": str(tmp_path / "api.crt"), "tls_key": str(tmp_path / "api.key")}
+    tls: dict[str, Any] = {
+        "tls_cert": str(tmp_path / "api.crt"),
+        "tls_key": str(tmp_path / "api.key"),
+    }
     # the test's server is plain HTTP whatever the settings say: only the file is read here
     with running_server(tmp_path / "server", alert_interval=0.2, **files, **tls) as srv:
         firing = await until(srv, srv.token("operator"), ("certificate", "api-tls"), "firing")
