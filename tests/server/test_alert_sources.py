@@ -398,3 +398,32 @@ async def test_the_api_certificate_counts_when_it_expires_first(tmp_path: Path) 
     with running_server(tmp_path / "server", alert_interval=0.2, **files, **tls) as srv:
         firing = await until(srv, srv.token("operator"), ("certificate", "api-tls"), "firing")
         assert firing["value"] <= 2 * 86400
+
+
+# -- the settings ----------------------------------------------------------------------------
+
+
+def test_smtp_settings_need_a_sender_and_recipients_and_hide_the_password(
+    tmp_path: Path,
+) -> None:
+    from pydantic import ValidationError
+
+    from aether.server.services.alert_mail import mail_config
+    from aether.server.settings import ServerSettings
+
+    with pytest.raises(ValidationError, match="AETHER_ALERT_SMTP_FROM"):
+        ServerSettings(data_dir=tmp_path, alert_smtp_host="mail.example.test")
+    with pytest.raises(ValidationError, match="needs AETHER_ALERT_SMTP_USERNAME"):
+        ServerSettings(data_dir=tmp_path, alert_smtp_password=PASSWORD)
+    settings = ServerSettings(
+        data_dir=tmp_path,
+        alert_smtp_host="mail.example.test",
+        alert_smtp_from="aether@example.test",
+        alert_smtp_to=" a@example.test, b@example.test ,",  # type: ignore[arg-type]
+        alert_smtp_username=USER,
+        alert_smtp_password=PASSWORD,
+    )
+    config = mail_config(settings)
+    assert config is not None and config.to == ("a@example.test", "b@example.test")
+    assert PASSWORD not in repr(config) and config.password == PASSWORD
+    assert mail_config(ServerSettings(data_dir=tmp_path)) is None
