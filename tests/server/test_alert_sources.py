@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import email
 import json
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -427,3 +428,60 @@ def test_smtp_settings_need_a_sender_and_recipients_and_hide_the_password(
     assert config is not None and config.to == ("a@example.test", "b@example.test")
     assert PASSWORD not in repr(config) and config.password == PASSWORD
     assert mail_config(ServerSettings(data_dir=tmp_path)) is None
+
+
+def test_starttls_and_login_through_a_real_smtp_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``send`` upgrades with STARTTLS (verifying the server's certificate) before it logs
+    in; a server that has no STARTTLS is an error, never a login in the clear."""
+    from aether.core.alerts import AlertState
+    from aether.server.services.alert_mail import MailConfig, MailError, compose, send
+
+    authority = ca.new_authority("aether", dt.datetime.now(dt.UTC), days=1)
+    key = ca.new_key()
+    cert = ca.issue(
+        authority,
+        public_key=key.public_key(),
+        uri=None,
+        hosts=["127.0.0.1"],
+        now=dt.datetime.now(dt.UTC),
+        lifetime=dt.timedelta(hours=1),
+        backdate=dt.timedelta(minutes=5),
+    )
+    (tmp_path / "smtp.crt").write_text(cert)
+    (tmp_path / "smtp.key").write_text(ca.key_pem(key))
+    (tmp_path / "ca.crt").write_text(authority.cert_pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.crt"))  # the client's trust
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "smtp.crt", tmp_path / "smtp.key")
+    box = Mailbox()
+    port = free_port()
+    controller = Controller(
+        box,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=tls,
+        require_starttls=True,
+        authenticator=box.authenticate,
+    )
+    controller.start()
+    try:
+        alert = AlertState(
+            "fp", "NodeLost", {"node": "n1"}, None, "firing", 1.0, started_at=0, updated_at=0
+        )
+        config = MailConfig(
+            "127.0.0.1", port, "a@example.test", ("b@example.test",), True, USER, PASSWORD
+        )
+        assert send(config, compose(config, alert, 0.0)) == []
+        [got] = box.messages
+        assert str(got["Subject"]) == "[aether] FIRING NodeLost node=n1"
+        assert box.logins == [(USER, PASSWORD)]
+        plain = MailConfig(
+            "127.0.0.1", port, "a@example.test", ("b@example.test",), False, USER, PASSWORD
+        )
+        with pytest.raises(MailError):  # the server wants STARTTLS first
+            send(plain, compose(plain, alert, 0.0))
+        assert box.logins == [(USER, PASSWORD)]
+    finally:
+        controller.stop()
