@@ -100,3 +100,19 @@ async def test_follow_shows_a_task_s_state_changes(srv: RunningServer, tmp_path:
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and all("task_state" in line and task in line for line in lines)
     assert "- -> pending vm:create" in lines[0] and "pending -> cancelled" in lines[1]
+
+
+def test_an_alert_event_reads_as_its_change_and_labels() -> None:
+    from aether.cli.commands.events import format_event
+
+    line = format_event(
+        {
+            "type": "alert",
+            "target": "DiskFree",
+            "ts": 0.0,
+            "state": "firing",
+            "previous": "pending",
+            "labels": {"node": "n1"},
+        }
+    )
+    assert line.endswith("alert             DiskFree             pending -> firing node=n1")

@@ -11,6 +11,8 @@ from aether.core.alerts import (
     AppWindow,
     Fact,
     Observed,
+    QueueLag,
+    Revert,
     Rule,
     Runbook,
     Silence,
@@ -118,7 +120,9 @@ def test_observe_defaults() -> None:
         },
         disk_free={"n1": 0.10, "n2": 0.5},
         lost_nodes=["n3"],
-        cert_seconds_left=86400.0,
+        certificates={"cluster-ca": 86400.0, "api-tls": 30 * 86400.0},
+        queues=[QueueLag("acme", "default", 900.0, 3), QueueLag("acme", "fast", 10.0, 50)],
+        reverts=[Revert("web.acme", "acme", at=5.0)],
     )
     facts = observe(DEFAULT_RULES, seen, now=9.5)
     got = {(f.rule, tuple(f.labels.values())): f.value for f in facts}
@@ -128,10 +132,58 @@ def test_observe_defaults() -> None:
         ("CrashLooping", ("loop",)): 4.0,
         ("DiskFree", ("n1",)): 0.10,
         ("NodeLost", ("n3",)): 1.0,
-        ("CertificateExpiry", ()): 86400.0,
+        ("CertificateExpiry", ("cluster-ca",)): 86400.0,
+        ("TaskQueueLag", ("acme", "default")): 900.0,
+        ("RolloutReverted", ("web.acme",)): 1.0,
     }
-    assert all(f.tenant == "t1" for f in facts if "app" in f.labels)
-    assert all(f.tenant is None for f in facts if "app" not in f.labels)
+    assert all(f.tenant == "t1" for f in facts if "app" in f.labels and f.rule != "RolloutReverted")
+    assert all(f.tenant == "acme" for f in facts if f.rule in ("TaskQueueLag", "RolloutReverted"))
+    assert all(f.tenant is None for f in facts if "node" in f.labels or "certificate" in f.labels)
+
+
+def test_certificate_expiry_names_the_earliest_certificate() -> None:
+    rule = Rule("Cert", "cert_expiry", 14 * 86400.0)
+    soon = {"cluster-ca": 20 * 86400.0, "api-tls": 3 * 86400.0}
+    [fact] = observe([rule], Observed(certificates=soon), now=0)
+    assert fact.labels == {"certificate": "api-tls"} and fact.value == 3 * 86400.0
+    later = {"cluster-ca": 20 * 86400.0, "api-tls": 15 * 86400.0}
+    assert observe([rule], Observed(certificates=later), now=0) == []
+    assert observe([rule], Observed(), now=0) == []  # nothing known: nothing to say
+
+
+def test_queue_lag_holds_per_tenant_queue_over_the_threshold() -> None:
+    rule = Rule("Lag", "queue_lag", 300.0, for_seconds=60)
+    queues = [
+        QueueLag("acme", "default", 301.0, 1),
+        QueueLag("acme", "batch", 300.0, 9),  # not over
+        QueueLag("globex", "default", 5000.0, 2),
+    ]
+    facts = observe([rule], Observed(queues=queues), now=0)
+    assert [(f.labels, f.tenant) for f in facts] == [
+        ({"tenant": "acme", "queue": "default"}, "acme"),
+        ({"tenant": "globex", "queue": "default"}, "globex"),
+    ]
+    # it fires after its for-duration and resolves once the queue is claimed again
+    fp = fingerprint("Lag", {"tenant": "acme", "queue": "default"})
+    states, _ = step([rule], facts[:1], {}, [], 0)
+    states, notes = step([rule], facts[:1], states, [], 60)
+    assert states[fp].state == "firing" and [n.alert.state for n in notes] == ["firing"]
+    states, notes = step([rule], [], states, [], 70)
+    assert states[fp].state == "resolved" and [n.alert.state for n in notes] == ["resolved"]
+
+
+def test_rollout_reverted_counts_the_window_s_reverts_per_app() -> None:
+    rule = Rule("Reverted", "rollout_reverted", 1, window=600)
+    reverts = [
+        Revert("web.acme", "acme", at=100.0),
+        Revert("web.acme", "acme", at=500.0),
+        Revert("api", "default", at=10.0),  # out of the window at 700
+    ]
+    facts = observe([rule], Observed(reverts=reverts), now=700)
+    assert [(f.labels, f.value, f.tenant) for f in facts] == [({"app": "web.acme"}, 2.0, "acme")]
+    assert observe([rule], Observed(reverts=reverts), now=1200) == []  # resolves later
+    twice = Rule("Reverted", "rollout_reverted", 2, window=600)
+    assert observe([twice], Observed(reverts=reverts[2:]), now=20) == []
 
 
 def test_observe_window_excludes_old_samples() -> None:

@@ -357,3 +357,45 @@ def test_the_wire_form_hides_scope_and_tenant() -> None:
     assert wire["id"] == "9-0-0-0" and wire["type"] == "instance_state"
     assert wire["app"] == "shop" and wire["node"] == "n1" and wire["state"] == "ACTIVE"
     assert "tenant" not in wire and "scope" not in wire
+
+
+def test_an_alert_change_is_its_tenant_s_and_a_cluster_alert_its_operators() -> None:
+    app_alert = {
+        "rule": "CrashLooping",
+        "labels": {"app": "web.acme"},
+        "state": "firing",
+        "previous": "pending",
+        "tenant": "acme",
+        "tenant_id": "t-acme",
+        "severity": "critical",
+        "value": 4.0,
+    }
+    put = json.dumps(app_alert).encode()
+    event = from_store("PUT", "alerts/fp1", put, version=2, ts=1.0, tenants={})
+    assert event is not None and event.type == "alert" and event.target == "CrashLooping"
+    assert (event.scope, event.tenant, event.app) == ("tenant", "t-acme", "web.acme")
+    assert event.fields["state"] == "firing" and event.fields["previous"] == "pending"
+    assert event.fields["fingerprint"] == "fp1" and event.fields["labels"] == {"app": "web.acme"}
+    assert visible(event, "t-acme", cluster_admin=False)
+    assert not visible(event, "t-other", cluster_admin=False, cluster_operator=False)
+
+    cluster = {"rule": "NodeLost", "labels": {"node": "n1"}, "state": "firing", "tenant": None}
+    put = json.dumps(cluster).encode()
+    event = from_store("PUT", "alerts/fp2", put, version=1, ts=1.0, tenants={})
+    assert event is not None and (event.scope, event.node) == ("operator", "n1")
+    assert visible(event, "t-default", cluster_admin=False, cluster_operator=True)
+    assert not visible(event, "t-acme", cluster_admin=False, cluster_operator=False)
+    assert visible(event, "t-default", cluster_admin=True)
+
+    assert from_store("DELETE", "alerts/fp2", b"", version=0, ts=1.0, tenants={}) is None
+    assert from_store("PUT", "alerts/fp3", b"{}", version=1, ts=1.0, tenants={}) is None
+    tenant_alert = from_store(
+        "PUT",
+        "alerts/fp4",
+        json.dumps({**cluster, "tenant_id": "t-acme"}).encode(),
+        version=1,
+        ts=1.0,
+        tenants={},
+    )
+    assert tenant_alert is not None
+    assert visible(tenant_alert, "t-default", cluster_admin=False, cluster_operator=True)

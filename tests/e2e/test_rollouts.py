@@ -107,6 +107,16 @@ def test_failed_rollout_reverts_by_itself(cluster: Cluster, tmp_path: Path) -> N
     text = cluster.cli("events", "hello-python@2").stdout
     assert "reverted to v1" in text
 
+    def reverted_alert() -> bool:
+        return any(
+            a["rule"] == "RolloutReverted"
+            and a["labels"] == {"app": "hello-python"}
+            and a["state"] == "firing"
+            for a in cluster.api_get("/alerts")
+        )
+
+    wait_for(reverted_alert, 20, "the RolloutReverted alert firing (the leader's next pass)")
+
 
 def test_canary_waits_for_promotion(cluster: Cluster, tmp_path: Path) -> None:
     _start(cluster)

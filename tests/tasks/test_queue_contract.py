@@ -608,6 +608,32 @@ async def test_stats_count_tasks_by_state(queue: TaskQueue) -> None:
     assert sum((await queue.stats(GLOBEX)).values()) == 1
 
 
+async def test_ready_lag_gives_each_tenant_queue_its_oldest_ready_task(queue: TaskQueue) -> None:
+    assert await queue.ready_lag(now=T0) == []
+    await queue.submit(ACME, task(), now=T0)
+    await queue.submit(ACME, task(), now=T0 + 10)
+    await queue.submit(ACME, task(queue="slow"), now=T0 + 5)
+    await queue.submit(GLOBEX, task(run_at=T0 + 100), now=T0)  # ready from T0 + 100
+
+    def shown(lags: list[Any]) -> list[tuple[str, str, int, float]]:
+        return sorted((g.tenant_id, g.queue, g.ready, g.oldest_ready_at) for g in lags)
+
+    assert shown(await queue.ready_lag(now=T0 + 50)) == [
+        (ACME, "default", 2, T0),
+        (ACME, "slow", 1, T0 + 5),
+    ]
+    claimed = await must_claim(queue, now=T0 + 60)  # the oldest: no longer ready
+    assert shown(await queue.ready_lag(now=T0 + 200)) == [
+        (ACME, "default", 1, T0 + 10),
+        (ACME, "slow", 1, T0 + 5),
+        (GLOBEX, "default", 1, T0 + 100),
+    ]
+    await queue.fail(claimed.id, "w1", "again", now=T0 + 300)  # a retry, ready after backoff
+    retried = await queue.get(claimed.id)
+    lags = shown(await queue.ready_lag(now=retried.run_at.timestamp() + 1))
+    assert (ACME, "default", 2, T0 + 10) in lags
+
+
 async def test_stats_since_count_only_recently_finished_tasks(queue: TaskQueue) -> None:
     submitted = [await queue.submit(ACME, task(), now=T0) for _ in range(3)]
     waiting = submitted[2]

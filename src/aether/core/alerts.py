@@ -34,6 +34,8 @@ __all__ = [
     "Fact",
     "Notification",
     "Observed",
+    "QueueLag",
+    "Revert",
     "Rule",
     "Runbook",
     "Silence",
@@ -58,7 +60,9 @@ Kind = Literal[
     "crash_loop",  # app: restarts within the window >= threshold
     "disk_free",  # node: free disk fraction < threshold
     "node_lost",  # node: a known node with no live lease
-    "cert_expiry",  # cluster: seconds until the cluster certificate expires < threshold
+    "cert_expiry",  # cluster: seconds until the earliest certificate expires < threshold
+    "queue_lag",  # tenant queue: seconds its oldest ready task has waited > threshold
+    "rollout_reverted",  # app: rollouts reverted automatically within the window >= threshold
 ]
 
 KINDS: tuple[str, ...] = (
@@ -68,6 +72,8 @@ KINDS: tuple[str, ...] = (
     "disk_free",
     "node_lost",
     "cert_expiry",
+    "queue_lag",
+    "rollout_reverted",
 )
 
 
@@ -100,6 +106,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("DiskFree", "disk_free", 0.15, for_seconds=300),
     Rule("NodeLost", "node_lost", 0, for_seconds=60, severity="critical"),
     Rule("CertificateExpiry", "cert_expiry", 14 * 86400.0, for_seconds=0),
+    Rule("TaskQueueLag", "queue_lag", 300.0, for_seconds=120),
+    Rule("RolloutReverted", "rollout_reverted", 1, for_seconds=0, window=3600),
 )
 
 
@@ -116,13 +124,34 @@ class AppWindow:
 
 
 @dataclass(frozen=True)
+class QueueLag:
+    """A tenant's task queue: how long its oldest ready task has waited, how many are ready."""
+
+    tenant: str  # the tenant's name
+    queue: str
+    oldest_wait: float  # seconds
+    ready: int
+
+
+@dataclass(frozen=True)
+class Revert:
+    """A rollout the leader reverted automatically (``auto_revert``)."""
+
+    app: str  # the app's cluster name
+    tenant: str  # the tenant's name
+    at: float
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the leader sees in one pass."""
 
     apps: Mapping[str, AppWindow] = field(default_factory=dict)  # cluster app name ->
     disk_free: Mapping[str, float] = field(default_factory=dict)  # node -> free fraction
     lost_nodes: Sequence[str] = ()
-    cert_seconds_left: float | None = None
+    certificates: Mapping[str, float] = field(default_factory=dict)  # name -> seconds left
+    queues: Sequence[QueueLag] = ()
+    reverts: Sequence[Revert] = ()
 
 
 @dataclass(frozen=True)
@@ -179,12 +208,30 @@ def observe(rules: Iterable[Rule], seen: Observed, now: float) -> list[Fact]:
                     facts.append(Fact(rule.name, {"node": node}, free))
         elif rule.kind == "node_lost":
             facts.extend(Fact(rule.name, {"node": node}, 1.0) for node in sorted(seen.lost_nodes))
-        elif (
-            rule.kind == "cert_expiry"
-            and seen.cert_seconds_left is not None
-            and seen.cert_seconds_left < rule.threshold
-        ):
-            facts.append(Fact(rule.name, {}, seen.cert_seconds_left))
+        elif rule.kind == "cert_expiry" and seen.certificates:
+            name, left = min(seen.certificates.items(), key=lambda item: (item[1], item[0]))
+            if left < rule.threshold:  # the earliest to expire, named
+                facts.append(Fact(rule.name, {"certificate": name}, left))
+        elif rule.kind == "queue_lag":
+            for q in sorted(seen.queues, key=lambda q: (q.tenant, q.queue)):
+                if q.ready > 0 and q.oldest_wait > rule.threshold:
+                    labels = {"tenant": q.tenant, "queue": q.queue}
+                    facts.append(Fact(rule.name, labels, q.oldest_wait, q.tenant))
+        elif rule.kind == "rollout_reverted":
+            facts.extend(_reverted(rule, seen.reverts, now))
+    return facts
+
+
+def _reverted(rule: Rule, reverts: Sequence[Revert], now: float) -> list[Fact]:
+    """Per app, the automatic reverts within the window, when at least ``threshold``."""
+    by_app: dict[str, list[Revert]] = {}
+    for revert in reverts:
+        if now - rule.window <= revert.at <= now:
+            by_app.setdefault(revert.app, []).append(revert)
+    facts = []
+    for app, seen in sorted(by_app.items()):
+        if len(seen) >= max(1.0, rule.threshold):
+            facts.append(Fact(rule.name, {"app": app}, float(len(seen)), seen[0].tenant))
     return facts
 
 

@@ -2,7 +2,7 @@
 
 The event stream (``GET /api/v1/events``) reads three shared sources that every
 server can watch: the state store (``nodes/``, ``instances/``, ``blueprints/``,
-``leader``, with revisions), rows of the records database (deployment
+``leader``, ``alerts/``, with revisions), rows of the records database (deployment
 events, decisions, risk assessments, with increasing ids) and the task queue's
 event log (task state changes, with increasing positions). This module turns
 one change of either into a :class:`ClusterEvent` (or nothing), says who may
@@ -176,7 +176,40 @@ def from_store(
         return ClusterEvent(
             type="blueprint_changed", target=app, ts=ts, tenant=tenant, app=app, fields=fields
         )
+    if key.startswith("alerts/"):
+        return _alert(key, record, ts) if record is not None else None
     return None
+
+
+def _alert(key: str, record: dict[str, Any], ts: float) -> ClusterEvent | None:
+    """An alert's state change (the leader writes ``alerts/{fingerprint}`` on each): a
+    tenant's (its apps', its queues') seen by that tenant, the cluster's by its operators."""
+    labels = record.get("labels")
+    rule, state = record.get("rule"), record.get("state")
+    if not isinstance(labels, dict) or not isinstance(rule, str) or not isinstance(state, str):
+        return None
+    tenant_id = record.get("tenant_id")
+    tenant = tenant_id if isinstance(tenant_id, str) and tenant_id else None
+    app, node = labels.get("app"), labels.get("node")
+    return ClusterEvent(
+        type="alert",
+        target=rule,
+        ts=ts,
+        scope="tenant" if tenant is not None else "operator",
+        tenant=tenant,
+        app=app if isinstance(app, str) else None,
+        node=node if isinstance(node, str) else None,
+        fields={
+            "fingerprint": key.removeprefix("alerts/"),
+            "rule": rule,
+            "state": state,
+            "previous": record.get("previous"),
+            "labels": labels,
+            "severity": record.get("severity"),
+            "value": record.get("value"),
+            "silenced": bool(record.get("silenced", False)),
+        },
+    )
 
 
 def _owner(
@@ -306,10 +339,18 @@ def from_task_event(event: TaskEvent) -> ClusterEvent:
     )
 
 
-def visible(event: ClusterEvent, tenant: str, *, cluster_admin: bool) -> bool:
-    """Whether a caller of ``tenant`` may see ``event`` (cluster admins see everything)."""
+def visible(
+    event: ClusterEvent, tenant: str, *, cluster_admin: bool, cluster_operator: bool = False
+) -> bool:
+    """Whether a caller of ``tenant`` may see ``event`` (cluster admins see everything;
+    the cluster's operators, the default tenant's, also its ``operator`` events and every
+    alert, as ``GET /api/v1/alerts`` shows them)."""
     if cluster_admin or event.scope == "cluster":
         return True
+    if cluster_operator and (event.scope == "operator" or event.type == "alert"):
+        return True
+    if event.scope == "operator":
+        return False
     if event.scope == "admin":
         return False
     return event.tenant == tenant

@@ -3,9 +3,10 @@
 A :class:`ClusterEvent` is one typed change of the cluster (a node joined, an
 instance changed state, a deployment step, a decision, …). Who may see it is
 its ``scope``: ``cluster`` (every caller with a token: nodes, the leader, risk,
-drains), ``admin`` (the default tenant's admins only: adviser failures) or
+drains), ``admin`` (the default tenant's admins only: adviser failures),
+``operator`` (the default tenant's operators and admins: cluster alerts) or
 ``tenant`` (the callers of ``tenant`` only: apps, instances, deployments,
-migrations, tasks). :class:`Cursor` is where a stream stands; its text form is
+migrations, tasks, their alerts). :class:`Cursor` is where a stream stands; its text form is
 every event's SSE ``id``.
 """
 
@@ -39,10 +40,11 @@ EventType = Literal[
     "decision",
     "risk_changed",
     "task_state",
+    "alert",
 ]
 #: every type a client may filter on; ``ready`` and ``gap`` are always sent
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
-Scope = Literal["cluster", "admin", "tenant"]
+Scope = Literal["cluster", "admin", "operator", "tenant"]
 
 _CURSOR_RE = re.compile(r"^(\d{1,18})-(\d{1,18})-(\d{1,18})-(\d{1,18})(?:-(\d{1,18}))?$")
 

@@ -136,6 +136,18 @@ class ServerSettings(BaseSettings):
         default="", description="POST each firing/resolved alert here as JSON (retried)"
     )
     alert_interval: float = Field(default=5.0, gt=0, description="seconds between alert passes")
+    alert_smtp_host: str = Field(
+        default="", description="mail each firing/resolved alert via this SMTP server; empty: off"
+    )
+    alert_smtp_port: int = Field(default=25, ge=1, le=65535)
+    alert_smtp_from: str = Field(default="", description="the alert emails' sender address")
+    alert_smtp_to: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="the alert emails' recipients (AETHER_ALERT_SMTP_TO: comma-separated)",
+    )
+    alert_smtp_starttls: bool = Field(default=False, description="upgrade with STARTTLS first")
+    alert_smtp_username: str = Field(default="", description="log in as this user (with STARTTLS)")
+    alert_smtp_password: str = Field(default="", description="the SMTP login's password (secret)")
     metrics_window_seconds: int = Field(
         default=7200, ge=60, le=86400, description="seconds of per-second samples kept in memory"
     )
@@ -278,6 +290,25 @@ class ServerSettings(BaseSettings):
             raise ValueError("--tls-cert and --tls-key (AETHER_TLS_CERT/KEY) go together")
         if bool(self.ca_cert_file) != bool(self.ca_key_file):
             raise ValueError("AETHER_CA_CERT_FILE and AETHER_CA_KEY_FILE go together")
+        return self
+
+    @field_validator("alert_smtp_to", mode="before")
+    @classmethod
+    def _smtp_recipients(cls, value: Any) -> Any:
+        """A comma-separated string (the environment's form) as a list of addresses."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _smtp(self) -> ServerSettings:
+        if self.alert_smtp_host and (not self.alert_smtp_from or not self.alert_smtp_to):
+            raise ValueError(
+                "AETHER_ALERT_SMTP_HOST is set: AETHER_ALERT_SMTP_FROM (the sender) and "
+                "AETHER_ALERT_SMTP_TO (comma-separated recipients) are needed too"
+            )
+        if self.alert_smtp_password and not self.alert_smtp_username:
+            raise ValueError("AETHER_ALERT_SMTP_PASSWORD needs AETHER_ALERT_SMTP_USERNAME")
         return self
 
     @field_validator("egress_allow", mode="before")

@@ -28,14 +28,19 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _delivery(alert: AlertOut) -> str:
-    """The webhook's last word on the alert's current notification."""
-    info = alert.notify.get("resolved" if alert.state == "resolved" else "firing")
-    if not info:
-        return "-"
-    if info.get("delivered_at"):
-        return f"sent ({info['attempts']} attempt(s))"
-    state = "FAILED" if info.get("failed") else "retrying"
-    return f"{state} after {info['attempts']}: {info.get('error', '')}"
+    """The notifiers' last word on the alert's current notification (webhook, email)."""
+    kind = "resolved" if alert.state == "resolved" else "firing"
+    words = []
+    for channel, key in (("webhook", kind), ("email", f"email_{kind}")):
+        info = alert.notify.get(key)
+        if not info:
+            continue
+        if info.get("delivered_at"):
+            words.append(f"{channel} sent ({info['attempts']} attempt(s))")
+            continue
+        state = "FAILED" if info.get("failed") else "retrying"
+        words.append(f"{channel} {state} after {info['attempts']}: {info.get('error', '')}")
+    return "; ".join(words) or "-"
 
 
 def format_alerts(alerts: list[AlertOut]) -> str:
@@ -49,7 +54,7 @@ def format_alerts(alerts: list[AlertOut]) -> str:
         if a.runbook_task:
             runbook = (a.runbook_output or "running").splitlines()[0]
         rows.append([a.rule, labels, state, a.severity, _when(a.started_at), _delivery(a), runbook])
-    headers = ["rule", "labels", "state", "severity", "since", "webhook", "runbook"]
+    headers = ["rule", "labels", "state", "severity", "since", "notified", "runbook"]
     return _table(headers, rows)
 
 

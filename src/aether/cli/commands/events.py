@@ -65,6 +65,10 @@ def _summary(event: dict[str, Any]) -> str:
         )
     if kind == "task_state":
         return _task_summary(event)
+    if kind == "alert":
+        labels = event.get("labels") or {}
+        shown = " ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "cluster"
+        return f"{event.get('previous') or '-'} -> {event.get('state')} {shown}"
     if kind == "gap":
         return str(event.get("message", ""))
     return ""

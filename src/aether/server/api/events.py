@@ -1,7 +1,7 @@
 """The cluster event stream: ``GET /api/v1/events`` (Server-Sent Events).
 
 Any server serves it: it reads only what every server shares, the state store's
-watch (nodes, instances, blueprints, the leader), the records database
+watch (nodes, instances, blueprints, the leader, alerts), the records database
 (deployment events, decisions, risk assessments, polled by id) and the task
 queue's event log (task state changes, polled by position). The pure
 mapping, the filters, who sees what and when a resume is too old are
@@ -51,7 +51,7 @@ Ctx = Annotated[ServerContext, Depends(get_context)]
 
 PING_SECONDS = 5.0  # a ``: ping`` (with the position) after this long without an event
 BATCH = 500  # rows read per record source and poll
-_WATCHED = ("nodes/", "instances/", "blueprints/", "leader")
+_WATCHED = ("nodes/", "instances/", "blueprints/", "leader", "alerts/")
 
 # what goes through the merge queue: (source, position, event or gap message)
 _Item = tuple[str, int, ClusterEvent | str | None]
@@ -287,7 +287,12 @@ async def events(
                 cursor = _advance(cursor, source, position)
                 if not isinstance(item, ClusterEvent):
                     continue
-                if not visible(item, caller.tenant_id, cluster_admin=cluster_admin):
+                if not visible(
+                    item,
+                    caller.tenant_id,
+                    cluster_admin=cluster_admin,
+                    cluster_operator=caller.cluster_operator,
+                ):
                     continue
                 item = as_seen_by(item, caller.tenant)
                 if not matches(item, types, targets):

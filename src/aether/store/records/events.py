@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from aether.model.names import cluster_name
-from aether.store.records.base import RecordsBase
+from aether.store.records.base import RecordsBase, epoch
 from aether.store.records.schema import (
     App,
     DecisionRow,
@@ -18,7 +18,7 @@ from aether.store.records.schema import (
     Tenant,
 )
 
-__all__ = ["DeploymentEventRow", "EventRecords"]
+__all__ = ["DeploymentEventRow", "EventRecords", "RevertRow"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,34 @@ class DeploymentEventRow:
     tenant_id: str
 
 
+@dataclass(frozen=True)
+class RevertRow:
+    """A rollout the leader reverted (a deployment event ``reverted``)."""
+
+    id: int
+    app: str  # the app's cluster name
+    tenant: str  # the tenant's name
+    at: float
+
+
 class EventRecords(RecordsBase):
+    async def reverts_after(self, after: int) -> list[RevertRow]:
+        """The ``reverted`` deployment events with an id above ``after``, oldest first."""
+        query = (
+            select(DeploymentEvent.id, DeploymentEvent.created_at, App.name, Tenant.name)
+            .join(Deployment, Deployment.id == DeploymentEvent.deployment_id)
+            .join(App, App.id == Deployment.app_id)
+            .join(Tenant, Tenant.id == Deployment.tenant_id)
+            .where(DeploymentEvent.id > after, DeploymentEvent.type == "reverted")
+            .order_by(DeploymentEvent.id)
+        )
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            RevertRow(row_id, cluster_name(app, tenant), tenant, epoch(at))
+            for row_id, at, app, tenant in rows
+        ]
+
     async def event_heads(self) -> tuple[int, int, int]:
         """The newest id of deployment events, decisions and risk assessments (0: none)."""
         async with self.sessions() as session:

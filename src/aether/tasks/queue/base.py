@@ -29,6 +29,7 @@ __all__ = [
     "BackoffFn",
     "Completion",
     "NewTask",
+    "ReadyLag",
     "TaskQueue",
     "backoff_ceiling",
     "backoff_delay",
@@ -146,6 +147,16 @@ def claimed_from(task: TaskOut) -> TaskState:
     if task.attempts > 1:
         return TaskState.RETRY
     return TaskState.SCHEDULED if task.run_at > task.created_at else TaskState.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyLag:
+    """One tenant's queue: its ready tasks and how long the oldest has waited to be claimed."""
+
+    tenant_id: str
+    queue: str
+    ready: int
+    oldest_ready_at: float  # when the oldest ready task became ready (its ``run_at``)
 
 
 # -- backoff -------------------------------------------------------------------
@@ -360,6 +371,12 @@ class TaskQueue(Protocol):
         ``since`` (the console's "failed in the last hour"; kept for at least a day);
         the other states count every task in them.
         """
+        ...
+
+    async def ready_lag(self, now: float | None = None) -> builtins.list[ReadyLag]:
+        """Per tenant and queue with a ready task at ``now``: how many are ready and when
+        the oldest of them became ready (the alert rule ``TaskQueueLag``). A backend may
+        look at a bounded number of ready tasks per queue (then ``ready`` is a floor)."""
         ...
 
     async def events_after(self, position: int, limit: int) -> builtins.list[TaskEvent]:

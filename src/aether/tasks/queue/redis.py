@@ -56,6 +56,7 @@ from aether.tasks.queue.base import (
     BackoffFn,
     Completion,
     NewTask,
+    ReadyLag,
     conflict_message,
     event_error,
     event_node,
@@ -66,6 +67,7 @@ from aether.tasks.queue.base import (
 
 __all__ = ["RedisTaskQueue"]
 
+READY_LAG_SAMPLE = 1000  # ready ids per ready set ``ready_lag`` looks at
 _CANDIDATE_CACHE = 1024  # claimer shapes (node, drivers, queues) whose ready sets are kept
 
 # Every script gets the prefix as ARGV[1] and a hash-tagged key as KEYS[1] (for routing).
@@ -720,6 +722,34 @@ class RedisTaskQueue:
 
     async def expire(self, now: float | None = None) -> int:
         return int(await self._run(self._expire, _ts(now_or(now)), LEASE_EXPIRED))
+
+    async def ready_lag(self, now: float | None = None) -> builtins.list[ReadyLag]:
+        """From the first ``READY_LAG_SAMPLE`` ids of each ready set (the next to be
+        claimed) and of the due delayed ones: a floor of the count, the oldest of those."""
+        now = now_or(now)
+        ids: set[str] = set()
+        async for key in self.redis.scan_iter(match=self.prefix + "ready:*", count=500):
+            ids.update(
+                cast(builtins.list[str], await self.redis.zrange(key, 0, READY_LAG_SAMPLE - 1))
+            )
+        due = await self.redis.zrangebyscore(
+            self.prefix + "delayed", "-inf", _ts(now), start=0, num=READY_LAG_SAMPLE
+        )
+        ids.update(cast(builtins.list[str], due))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(self.prefix + "t:" + task_id, "tenant", "queue", "run_at", "state")
+            rows = cast(builtins.list[builtins.list[str | None]], await pipe.execute())
+        groups: dict[tuple[str, str], tuple[int, float]] = {}
+        for tenant, queue, run_at, state in rows:
+            if tenant is None or queue is None or run_at is None or state == "active":
+                continue
+            count, oldest = groups.get((tenant, queue), (0, float(run_at)))
+            groups[(tenant, queue)] = (count + 1, min(oldest, float(run_at)))
+        return [
+            ReadyLag(tenant, queue, count, oldest)
+            for (tenant, queue), (count, oldest) in sorted(groups.items())
+        ]
 
     async def stats(
         self, tenant_id: str | None = None, *, since: float | None = None

@@ -64,8 +64,10 @@ from aether.tasks.queue.base import (
     BackoffFn,
     Completion,
     NewTask,
+    ReadyLag,
     claimed_from,
     conflict_message,
+    epoch,
     event_error,
     event_node,
     now_or,
@@ -577,6 +579,20 @@ class SqlTaskQueue:
             for state, count in await session.execute(query):
                 counts[TaskState(state)] = count
         return counts
+
+    async def ready_lag(self, now: float | None = None) -> builtins.list[ReadyLag]:
+        now = now_or(now)
+        query = (
+            select(T.c.tenant_id, T.c.queue, func.count(), func.min(T.c.run_at))
+            .where(_ready(now))
+            .group_by(T.c.tenant_id, T.c.queue)
+        )
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            ReadyLag(tenant_id, queue, int(count), epoch(oldest))
+            for tenant_id, queue, count, oldest in rows
+        ]
 
     # -- the event log -------------------------------------------------------
 
