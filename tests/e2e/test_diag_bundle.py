@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.ha import HaCluster
+from tests.support.ha import HaCluster, stopped_after
 from tests.support.postgres import PostgresServer
 
 PG_PASSWORD = "pg-Pa55word-planted-7f3a"
@@ -159,14 +159,8 @@ def test_bundle_holds_every_part_and_no_secret(cluster: Cluster, tmp_path: Path)
 @pytest.fixture
 def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HaCluster]:
     # a 5 s lease: a node stopped just before a bundle request is still live for it
-    cluster = HaCluster(tmp_path, lease_ttl=5.0)
-    try:
+    with stopped_after(HaCluster(tmp_path, lease_ttl=5.0), request) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(cluster.logs())
 
 
 def _logged_url(log: Path, pattern: str) -> str:

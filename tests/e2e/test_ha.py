@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.test_core_scenario import Probe
 from tests.support.console import signed_in
-from tests.support.ha import HaCluster
+from tests.support.ha import HaCluster, stopped_after
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -33,14 +33,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-python"
 
 @pytest.fixture(params=["shared-dir", "postgres-s3"])
 def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HaCluster]:
-    cluster = HaCluster(tmp_path, engines=request.param)
-    try:
+    with stopped_after(HaCluster(tmp_path, engines=request.param), request) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(cluster.logs())
 
 
 def _start(ha: HaCluster) -> None:

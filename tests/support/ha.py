@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import pytest
 
 from aether.ports import free_port
 from tests.support.cluster import Cluster
@@ -123,3 +125,15 @@ class HaCluster(Cluster):
         super().stop()
         self.etcd.stop()
         self._engines.close()
+
+
+@contextlib.contextmanager
+def stopped_after(cluster: HaCluster, request: pytest.FixtureRequest) -> Iterator[HaCluster]:
+    """``cluster``, stopped at the end; its processes' logs printed if the test failed."""
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(cluster.logs())
