@@ -46,11 +46,15 @@ from aether.model.api import (
     AppDeletedOut,
     AppOut,
     DeploymentOut,
+    HeartbeatIn,
     InstanceOut,
     JoinOut,
+    LogsIn,
     NodeOut,
     RegisterIn,
     RegisterOut,
+    ReportIn,
+    RoutesIn,
     StatusOut,
     WithdrawalOut,
 )
@@ -71,6 +75,7 @@ from aether.model.telemetry import (
     Rollup,
 )
 from aether.model.trust import CaOut, CertificateOut, ClusterTrustOut
+from aether.model.versioned import VERSION_FIELD
 
 __all__ = ["MAX_RETRY_AFTER", "RATE_RETRIES", "ApiClient", "NetworkError", "split_urls"]
 
@@ -763,7 +768,9 @@ class ApiClient:
     async def heartbeat(self, node: str, lease_id: int) -> dict[str, Any]:
         """The lease renewed: its ttl, and the fingerprints of the CAs trusted now."""
         result: dict[str, Any] = await self.json(
-            "POST", f"/api/v1/nodes/{node}/heartbeat", json={"lease_id": lease_id}
+            "POST",
+            f"/api/v1/nodes/{node}/heartbeat",
+            json=HeartbeatIn(lease_id=lease_id).model_dump(mode="json"),
         )
         return result
 
@@ -802,13 +809,13 @@ class ApiClient:
         ``entries``: with ACTIVE from a slice instance, its entry points (one endpoint each).
         """
         node, app_version, n = key.split("/")[1:4]
-        body: dict[str, Any] = {"state": state, "message": message, "url": url}
-        if request_id:
-            body["request_id"] = request_id
+        optional: dict[str, Any] = {"request_id": request_id} if request_id else {}
         if snapshot is not None:
-            body["snapshot"] = snapshot
+            optional["snapshot"] = snapshot
         if entries is not None:
-            body["entries"] = entries
+            optional["entries"] = entries
+        report = ReportIn(state=state, message=message, url=url, **optional)
+        body = report.model_dump(mode="json", exclude_unset=True)
         answer = await self.request(
             "PUT", f"/api/v1/nodes/{node}/instances/{app_version}/{n}", json=body
         )
@@ -816,7 +823,7 @@ class ApiClient:
 
     async def put_routes(self, node: str, revision: int, in_flight: dict[str, int]) -> None:
         """What this node's router applied (``RoutesIn``)."""
-        body = {"revision": revision, "in_flight": in_flight}
+        body = RoutesIn(revision=revision, in_flight=in_flight).model_dump(mode="json")
         await self.request("PUT", f"/api/v1/nodes/{node}/routes", json=body)
 
     async def withdrawal(self, node: str, revision: int, url: str, wait: float) -> WithdrawalOut:
@@ -844,7 +851,8 @@ class ApiClient:
         return {"env": dict(body["env"]), "files": dict(body["files"])}
 
     async def push_logs(self, node: str, entries: list[dict[str, str]]) -> None:
-        await self.request("POST", f"/api/v1/nodes/{node}/logs", json={"entries": entries})
+        body = {VERSION_FIELD: LogsIn.SCHEMA_VERSION, "entries": entries}  # as LogsIn writes it
+        await self.request("POST", f"/api/v1/nodes/{node}/logs", json=body)
 
     # -- telemetry ------------------------------------------------------------------------
 

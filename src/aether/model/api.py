@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -10,6 +10,7 @@ from aether.model.app import AppSpec
 from aether.model.cluster import NodeCapabilities
 from aether.model.names import CLUSTER_NAME_PATTERN
 from aether.model.time import Timestamp
+from aether.model.versioned import Versioned
 
 __all__ = [
     "NODE_ID_PATTERN",
@@ -18,6 +19,7 @@ __all__ = [
     "DeploymentOut",
     "EventOut",
     "HeartbeatIn",
+    "HeartbeatOut",
     "InstanceOut",
     "JoinIn",
     "JoinOut",
@@ -28,6 +30,7 @@ __all__ = [
     "RegisterIn",
     "RegisterOut",
     "ReportIn",
+    "ReportOut",
     "RetentionOut",
     "RollbackIn",
     "ScaleIn",
@@ -194,14 +197,18 @@ class JoinOut(BaseModel):
     renew_at: float
 
 
-class RegisterIn(BaseModel):
+class RegisterIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "register"
+
     id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
     capabilities: NodeCapabilities
     router_url: str
     version: str | None = None  # the node's aether version (None: 0.1.0 and older)
 
 
-class RegisterOut(BaseModel):
+class RegisterOut(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "register_reply"
+
     node_id: str
     lease_id: int
     lease_ttl: float
@@ -213,8 +220,22 @@ class RegisterOut(BaseModel):
     server_version: str | None = None  # the server's aether version (None: 0.1.0 and older)
 
 
-class HeartbeatIn(BaseModel):
+class HeartbeatIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "heartbeat"
+
     lease_id: int
+
+
+class HeartbeatOut(Versioned):
+    """The lease renewed: its ``ttl``, the fingerprints of the CAs trusted now (a node
+    that sees a new one renews its certificate from it) and, when a diagnostics bundle
+    asks for the node's part, ``diag`` (its request's ``id`` and ``since``)."""
+
+    SCHEMA_NAME: ClassVar[str] = "heartbeat_reply"
+
+    ttl: float
+    authorities: list[str] = Field(default_factory=list)
+    diag: dict[str, Any] | None = None
 
 
 class LogEntry(BaseModel):
@@ -225,33 +246,41 @@ class LogEntry(BaseModel):
     text: str
 
 
-class LogsIn(BaseModel):
+class LogsIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "logs"
+
     entries: list[LogEntry]
 
 
-class RoutesIn(BaseModel):
+class RoutesIn(Versioned):
     """A node's router, after it applied the assignment stream up to ``revision``.
 
     ``in_flight``: requests it has open to instances no longer in its table
     (URL → count); instances stopping wait for these to finish.
     """
 
+    SCHEMA_NAME: ClassVar[str] = "routes"
+
     revision: Annotated[int, Field(ge=0)]
     in_flight: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=4096)
 
 
-class WithdrawalOut(BaseModel):
+class WithdrawalOut(Versioned):
     """Whether every live router stopped using an endpoint withdrawn at ``revision``.
 
     ``waiting_for``: node → what it has not confirmed yet (empty when confirmed).
     """
+
+    SCHEMA_NAME: ClassVar[str] = "withdrawal_reply"
 
     confirmed: bool
     revision: int
     waiting_for: dict[str, str] = Field(default_factory=dict)
 
 
-class ReportIn(BaseModel):
+class ReportIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "report"
+
     state: str
     message: str = ""
     url: str | None = None
@@ -259,3 +288,15 @@ class ReportIn(BaseModel):
     snapshot: str | None = None  # with LOADED after a checkpoint: the stored snapshot's digest
     # with ACTIVE from a slice instance: its entry points (``$describe``'s ``entries``)
     entries: dict[str, dict[str, Any]] | None = None
+
+
+class ReportOut(Versioned):
+    """The answer to an instance's report: ``withdrawn_revision`` (set when the report
+    withdrew an endpoint) is the revision routers must reach before the instance stops."""
+
+    SCHEMA_NAME: ClassVar[str] = "report_reply"
+
+    key: str
+    state: str
+    revision: int
+    withdrawn_revision: int | None = None

@@ -30,6 +30,7 @@ from aether.core.withdrawal import RouterState, waiting_for
 from aether.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
 from aether.model.api import (
     HeartbeatIn,
+    HeartbeatOut,
     JoinIn,
     JoinOut,
     LogsIn,
@@ -37,6 +38,7 @@ from aether.model.api import (
     RegisterIn,
     RegisterOut,
     ReportIn,
+    ReportOut,
     RoutesIn,
     WithdrawalOut,
 )
@@ -166,7 +168,7 @@ async def register(body: RegisterIn, request: Request, caller: NodeCaller, ctx: 
 @router.post("/nodes/{node}/heartbeat")
 async def heartbeat(
     node: str, body: HeartbeatIn, request: Request, caller: NodeCaller, ctx: Ctx
-) -> dict[str, Any]:
+) -> HeartbeatOut:
     own_node(request, caller, node)
     _, lease = await _node_record(ctx, node)
     if lease != body.lease_id:
@@ -177,12 +179,9 @@ async def heartbeat(
         ttl = await ctx.store.lease_keepalive(body.lease_id)
     except LeaseNotFoundError:
         raise NotFoundError("lease expired; register again", code="lease_not_found") from None
-    # the CAs trusted now: a node that sees a new one renews its certificate from it
-    answer: dict[str, Any] = {"ttl": ttl, "authorities": ctx.trust.fingerprints()}
-    diag = ctx.diag.wanted(node)  # a diagnostics bundle asks for the node's part
-    if diag is not None:
-        answer["diag"] = diag
-    return answer
+    # the CAs trusted now: a node that sees a new one renews its certificate from it;
+    # a diagnostics bundle asks for the node's part
+    return HeartbeatOut(ttl=ttl, authorities=ctx.trust.fingerprints(), diag=ctx.diag.wanted(node))
 
 
 def _relevant(key: str, node: str) -> bool:
@@ -279,7 +278,7 @@ async def report(
     request: Request,
     caller: NodeCaller,
     ctx: Ctx,
-) -> dict[str, Any]:
+) -> ReportOut:
     """The node reports an instance's state; ACTIVE publishes its endpoint on the node's lease
     (a slice instance's report names its entry points: one endpoint each), any other state
     withdraws every endpoint the instance has."""
@@ -348,12 +347,12 @@ async def report(
         result = await ctx.store.txn([Compare(key, "mod_revision", "==", kv.mod_revision)], ops)
         if result.succeeded:
             # withdrawn_revision: the revision routers must reach before the instance stops
-            return {
-                "key": key,
-                "state": state.value,
-                "revision": result.revision,
-                "withdrawn_revision": result.revision if withdrawn else None,
-            }
+            return ReportOut(
+                key=key,
+                state=state.value,
+                revision=result.revision,
+                withdrawn_revision=result.revision if withdrawn else None,
+            )
     raise ConflictError(f"instance {key} kept changing; report again")
 
 

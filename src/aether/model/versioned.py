@@ -1,0 +1,113 @@
+"""A payload that carries its schema version (pure; the registry is ``model.schemas``).
+
+:class:`Versioned` is the base of every node↔server message and stored record: it
+writes ``"schema": <version>`` with the payload, reads a payload without one as
+version 1 (what 0.1.0 wrote), brings an older payload up to date with :func:`upcast`
+and refuses a newer one (:class:`SchemaTooNewError`: written by a newer node or
+server). A payload at the current version costs one dict look-up to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "UPCASTERS",
+    "VERSION_FIELD",
+    "SchemaTooNewError",
+    "Upcaster",
+    "Versioned",
+    "upcast_to",
+    "version_of",
+]
+
+VERSION_FIELD = "schema"
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+# (schema name, version it reads) → the payload one version later; empty while every
+# schema is at version 1
+UPCASTERS: Mapping[tuple[str, int], Upcaster] = {}
+
+
+class SchemaTooNewError(ValueError):
+    """A payload newer than this code knows: written by a newer node or server."""
+
+
+def version_of(payload: Mapping[str, Any], field: str = VERSION_FIELD) -> int:
+    """A payload's version: its ``schema`` field, 1 without one (0.1.0 wrote none)."""
+    value = payload.get(field, 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def upcast_to(
+    name: str,
+    payload: Mapping[str, Any],
+    target: int,
+    *,
+    field: str = VERSION_FIELD,
+    upcasters: Mapping[tuple[str, int], Upcaster] = UPCASTERS,
+) -> dict[str, Any]:
+    """``payload`` of schema ``name`` brought up to version ``target`` by the upcasters
+    in turn, stamped with it; a payload newer than ``target`` is a
+    :class:`SchemaTooNewError`."""
+    version = version_of(payload, field)
+    if version > target:
+        raise SchemaTooNewError(
+            f"{name} schema {version} is newer than this version's {target}: "
+            "upgrade the servers first (docs/operations.md, Upgrades)"
+        )
+    out = dict(payload)
+    while version < target:
+        step = upcasters.get((name, version))
+        if step is None:
+            raise LookupError(f"no upcaster for {name} from schema {version}")
+        out = step(out)
+        version += 1
+    out[field] = target
+    return out
+
+
+class Versioned(BaseModel):
+    """A message or record of schema ``SCHEMA_NAME`` at version ``SCHEMA_VERSION``.
+
+    Written with its version under ``SCHEMA_KEY`` (``schema``; the endpoint record,
+    whose ``schema`` has been a slice entry's description since 0.1.0, uses
+    ``schema_version``). Built in Python it is the current version; read from a
+    payload it is the payload's version (1 without one), upcast on the way in.
+    A schema that goes past version 1 overrides ``SCHEMA_VERSION`` and the field's
+    default together, and registers its upcaster in :data:`UPCASTERS`.
+    """
+
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    SCHEMA_NAME: ClassVar[str] = ""
+    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_KEY: ClassVar[str] = VERSION_FIELD
+
+    schema_version: int = Field(default=1, alias="schema", ge=1)  # VERSION_FIELD
+
+    def __init__(self, /, **data: Any) -> None:
+        # built in Python: the current version (a payload without one is version 1)
+        if self.SCHEMA_KEY not in data and "schema_version" not in data:
+            data[self.SCHEMA_KEY] = self.SCHEMA_VERSION
+        super().__init__(**data)
+
+    # pydantic calls a model's own __init__ on every validation unless it is marked as
+    # the base one (as RootModel's is): reading a payload does not go through it
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upcast(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        version = data.get(cls.SCHEMA_KEY, data.get("schema_version", 1))
+        if version == cls.SCHEMA_VERSION and type(version) is int:
+            return data
+        return upcast_to(cls.SCHEMA_NAME, data, cls.SCHEMA_VERSION, field=cls.SCHEMA_KEY)
