@@ -30,7 +30,7 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 # (schema name, version it reads) → the payload one version later; empty while every
 # schema is at version 1
-UPCASTERS: Mapping[tuple[str, int], Upcaster] = {}
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 
 class SchemaTooNewError(ValueError):
