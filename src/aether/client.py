@@ -47,13 +47,16 @@ from aether.model.api import (
     AppOut,
     DeploymentOut,
     HeartbeatIn,
+    HeartbeatOut,
     InstanceOut,
+    JoinIn,
     JoinOut,
     LogsIn,
     NodeOut,
     RegisterIn,
     RegisterOut,
     ReportIn,
+    ReportOut,
     RoutesIn,
     StatusOut,
     WithdrawalOut,
@@ -74,7 +77,7 @@ from aether.model.telemetry import (
     PushAnswer,
     Rollup,
 )
-from aether.model.trust import CaOut, CertificateOut, ClusterTrustOut
+from aether.model.trust import CaOut, CertificateIn, CertificateOut, ClusterTrustOut
 from aether.model.versioned import VERSION_FIELD
 
 __all__ = ["MAX_RETRY_AFTER", "RATE_RETRIES", "ApiClient", "NetworkError", "split_urls"]
@@ -552,11 +555,14 @@ class ApiClient:
         """With a join token: a credential and a certificate of this node's own (use them
         for everything else)."""
         return JoinOut.model_validate(
-            await self.json("POST", "/api/v1/nodes/join", json={"id": node, "csr": csr})
+            await self.json(
+                "POST", "/api/v1/nodes/join", json=JoinIn(id=node, csr=csr).model_dump(mode="json")
+            )
         )
 
     async def renew_certificate(self, node: str, csr: str) -> CertificateOut:
-        data = await self.json("POST", f"/api/v1/nodes/{node}/certificate", json={"csr": csr})
+        body = CertificateIn(csr=csr).model_dump(mode="json")
+        data = await self.json("POST", f"/api/v1/nodes/{node}/certificate", json=body)
         return CertificateOut.model_validate(data)
 
     async def cluster_trust(self) -> ClusterTrustOut:
@@ -765,14 +771,14 @@ class ApiClient:
         data = await self.json("POST", "/api/v1/nodes/register", json=body.model_dump(mode="json"))
         return RegisterOut.model_validate(data)
 
-    async def heartbeat(self, node: str, lease_id: int) -> dict[str, Any]:
+    async def heartbeat(self, node: str, lease_id: int) -> HeartbeatOut:
         """The lease renewed: its ttl, and the fingerprints of the CAs trusted now."""
-        result: dict[str, Any] = await self.json(
+        data = await self.json(
             "POST",
             f"/api/v1/nodes/{node}/heartbeat",
             json=HeartbeatIn(lease_id=lease_id).model_dump(mode="json"),
         )
-        return result
+        return HeartbeatOut.model_validate(data)
 
     async def assignments(self, node: str, from_revision: int) -> AsyncIterator[dict[str, Any]]:
         """The node's assignment stream, one decoded line at a time."""
@@ -803,7 +809,7 @@ class ApiClient:
         request_id: str = "",
         snapshot: str | None = None,
         entries: dict[str, dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ReportOut:
         """The server's answer: ``withdrawn_revision`` when the report withdrew an endpoint.
 
         ``entries``: with ACTIVE from a slice instance, its entry points (one endpoint each).
@@ -819,7 +825,7 @@ class ApiClient:
         answer = await self.request(
             "PUT", f"/api/v1/nodes/{node}/instances/{app_version}/{n}", json=body
         )
-        return dict(answer.json())
+        return ReportOut.model_validate(answer.json())
 
     async def put_routes(self, node: str, revision: int, in_flight: dict[str, int]) -> None:
         """What this node's router applied (``RoutesIn``)."""

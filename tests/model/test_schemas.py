@@ -11,17 +11,22 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from aether.model.api import (
+    AssignmentLine,
     HeartbeatIn,
     HeartbeatOut,
+    JoinIn,
+    JoinOut,
     LogsIn,
     RegisterIn,
     RegisterOut,
     ReportIn,
     ReportOut,
     RoutesIn,
+    ServerOut,
     WithdrawalOut,
 )
 from aether.model.app import AppSpec
+from aether.model.blueprints import BlueprintRecord
 from aether.model.cluster import (
     Blueprint,
     Endpoint,
@@ -31,6 +36,7 @@ from aether.model.cluster import (
 )
 from aether.model.events import ClusterEvent
 from aether.model.lifecycle import Command
+from aether.model.placements import AgentPlacement
 from aether.model.schemas import (
     SCHEMAS,
     UPCASTERS,
@@ -41,7 +47,9 @@ from aether.model.schemas import (
     upcast,
     version_of,
 )
+from aether.model.tasks import SandboxRecord, SandboxStatus
 from aether.model.telemetry import NodeMetrics, PushAnswer
+from aether.model.trust import CertificateIn, CertificateOut, TrustRecord
 from aether.model.versioned import Versioned
 
 _CAPS = NodeCapabilities(cpus=2, memory_mb=1024, drivers=["process"])
@@ -104,6 +112,28 @@ SAMPLES: dict[str, BaseModel] = {
     "endpoint": Endpoint(
         app="web", entry="add", node="n1", n=0, version=1, url="http://i", schema={"batch": 0}
     ),
+    "join": JoinIn(id="n1", csr="PEM"),
+    "join_reply": JoinOut(
+        node_id="n1",
+        credential="c",
+        certificate="PEM",
+        authorities=["PEM"],
+        node_urls=["https://s"],
+        not_after=2.0,
+        renew_at=1.0,
+    ),
+    "certificate": CertificateIn(csr="PEM"),
+    "certificate_reply": CertificateOut(
+        certificate="PEM", authorities=["PEM"], not_after=2.0, renew_at=1.0
+    ),
+    "assignment": AssignmentLine(type="PUT", key="instances/n1/web@1/0", revision=3, value={}),
+    "agent_placement": AgentPlacement(agent_id="a1", tenant="t", name="bot", version=1, replicas=1),
+    "blueprint_file": BlueprintRecord(
+        name="shop", tenant="t1", apps={}, applied_at=1.0, applied_by="user:ann"
+    ),
+    "server": ServerOut(url="http://s", version="0.2.0", started_at=1.0),
+    "trust": TrustRecord(cluster="c", authorities=[]),
+    "sandbox": SandboxRecord(id="s1", status=SandboxStatus.RUNNING),
 }
 
 
@@ -116,8 +146,10 @@ def _versioned() -> Iterator[tuple[str, type[Versioned]]]:
 def test_every_node_server_message_record_and_event_is_listed() -> None:
     names = {schema.name for schema in SCHEMAS}
     assert {"register", "heartbeat", "report", "routes", "telemetry", "logs"} <= names
-    assert {"heartbeat_reply", "report_reply", "withdrawal_reply"} <= names
+    assert {"heartbeat_reply", "report_reply", "withdrawal_reply", "assignment"} <= names
+    assert {"join", "join_reply", "certificate", "certificate_reply"} <= names
     assert {"instance", "blueprint", "node", "endpoint", "event"} <= names
+    assert {"agent_placement", "blueprint_file", "server", "trust", "sandbox"} <= names
     assert len(names) == len(SCHEMAS)
     assert names == set(SAMPLES) | {"event"}  # every schema has its sample here
     for entry in catalogue():

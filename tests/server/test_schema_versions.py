@@ -99,6 +99,21 @@ async def test_a_nodes_messages_and_the_servers_answers_carry_their_versions(
     stored = server.run(server.ctx.store.get(routes_key(node)))
     assert stored is not None and json.loads(stored.value)["schema"] == 1
 
+    stream = ApiClient(server.base_url, server.node_token(node))
+    try:
+        async for line in stream.assignments(node, 0):
+            assert line["type"] == "snapshot" and line["schema"] == 1
+            break
+    finally:
+        await stream.close()
+
+
+async def test_the_servers_own_records_carry_their_versions(server: RunningServer) -> None:
+    trust = server.run(server.ctx.store.get("trust/authorities"))
+    assert trust is not None and json.loads(trust.value)["schema"] == 1
+    servers, _ = server.run(server.ctx.store.range("servers/"))
+    assert servers and all(json.loads(kv.value)["schema"] == 1 for kv in servers)
+
 
 async def test_reports_their_answers_and_the_records_they_write_carry_their_versions(
     server: RunningServer, http: httpx.AsyncClient, nodes: FakeNodes

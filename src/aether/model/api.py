@@ -15,6 +15,7 @@ from aether.model.versioned import Versioned
 __all__ = [
     "NODE_ID_PATTERN",
     "AppOut",
+    "AssignmentLine",
     "DeploymentIn",
     "DeploymentOut",
     "EventOut",
@@ -143,8 +144,10 @@ class NodeOut(BaseModel):
     version: str | None = None  # the aether version it registered with (None: 0.1.0, down)
 
 
-class ServerOut(BaseModel):
+class ServerOut(Versioned):
     """A running server, as it announces itself in the state store (``servers/``)."""
+
+    SCHEMA_NAME: ClassVar[str] = "server"
 
     url: str
     version: str
@@ -178,14 +181,18 @@ class RetentionOut(BaseModel):
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
-class JoinIn(BaseModel):
+class JoinIn(Versioned):
     """A join token's one call: a credential and a certificate of its own for node ``id``."""
+
+    SCHEMA_NAME: ClassVar[str] = "join"
 
     id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
     csr: str = Field(max_length=16384)  # PEM: the node's key; the CA names the identity
 
 
-class JoinOut(BaseModel):
+class JoinOut(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "join_reply"
+
     node_id: str
     # the node's own secret, sent with every call over mutual TLS with its certificate:
     # node routes accept it only from a connection whose certificate names the same node
@@ -300,3 +307,24 @@ class ReportOut(Versioned):
     state: str
     revision: int
     withdrawn_revision: int | None = None
+
+
+class AssignmentLine(Versioned):
+    """One line of a node's assignment stream (``GET /nodes/{node}/assignments``, NDJSON).
+
+    ``snapshot``: the node's instances, every endpoint, the apps and the agents'
+    placements at ``revision``; then ``PUT``/``DELETE`` of one ``key`` at ``revision``
+    (``value``: the stored record, its own schema version inside; None for a
+    blueprint); ``ping`` every few seconds; ``resync``: start again from 0.
+    """
+
+    SCHEMA_NAME: ClassVar[str] = "assignment"
+
+    type: Literal["snapshot", "PUT", "DELETE", "ping", "resync"]
+    revision: int | None = None
+    key: str | None = None
+    value: dict[str, Any] | None = None
+    instances: list[dict[str, Any]] | None = None
+    endpoints: list[dict[str, Any]] | None = None
+    apps: list[str] | None = None
+    agents: list[dict[str, Any]] | None = None

@@ -23,19 +23,27 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from aether.model.api import (
+    AssignmentLine,
     HeartbeatIn,
     HeartbeatOut,
+    JoinIn,
+    JoinOut,
     LogsIn,
     RegisterIn,
     RegisterOut,
     ReportIn,
     ReportOut,
     RoutesIn,
+    ServerOut,
     WithdrawalOut,
 )
+from aether.model.blueprints import BlueprintRecord
 from aether.model.cluster import Blueprint, Endpoint, InstanceRecord, NodeRecord
 from aether.model.events import ClusterEvent
+from aether.model.placements import AgentPlacement
+from aether.model.tasks import SandboxRecord
 from aether.model.telemetry import NodeMetrics, PushAnswer
+from aether.model.trust import CertificateIn, CertificateOut, TrustRecord
 from aether.model.versioned import (
     UPCASTERS,
     VERSION_FIELD,
@@ -78,15 +86,26 @@ class Schema:
 
 
 SCHEMAS: tuple[Schema, ...] = (
+    Schema("join", "message", 1, JoinIn, "node → server: POST /nodes/join, its CSR"),
+    Schema("join_reply", "message", 1, JoinOut, "server → node: credential, certificate"),
+    Schema("certificate", "message", 1, CertificateIn, "node → server: a renewal's CSR"),
+    Schema("certificate_reply", "message", 1, CertificateOut, "server → node: the renewal"),
     Schema("register", "message", 1, RegisterIn, "node → server: POST /nodes/register"),
     Schema("register_reply", "message", 1, RegisterOut, "server → node: its lease and config"),
     Schema("heartbeat", "message", 1, HeartbeatIn, "node → server: its lease is alive"),
     Schema(
         "heartbeat_reply", "message", 1, HeartbeatOut, "server → node: lease ttl, CAs, diag ask"
     ),
+    Schema("assignment", "message", 1, AssignmentLine, "server → node: a line of its assignments"),
     Schema("report", "message", 1, ReportIn, "node → server: an instance's state"),
     Schema("report_reply", "message", 1, ReportOut, "server → node: a report's revision"),
-    Schema("routes", "message", 1, RoutesIn, "node → server: what its router applied"),
+    Schema(
+        "routes",
+        "message",
+        1,
+        RoutesIn,
+        "node → server: what its router applied (kept: routes/{node})",
+    ),
     Schema(
         "withdrawal_reply", "message", 1, WithdrawalOut, "server → node: routers done with a URL"
     ),
@@ -97,6 +116,11 @@ SCHEMAS: tuple[Schema, ...] = (
     Schema("blueprint", "record", 1, Blueprint, "state store: blueprints/{app}"),
     Schema("node", "record", 1, NodeRecord, "state store: nodes/{node}"),
     Schema("endpoint", "record", 1, Endpoint, "state store: endpoints/… (schema_version)"),
+    Schema("agent_placement", "record", 1, AgentPlacement, "state store: agents/{agent_id}"),
+    Schema("blueprint_file", "record", 1, BlueprintRecord, "state store: blueprint-files/…"),
+    Schema("server", "record", 1, ServerOut, "state store: servers/{url}, a live server"),
+    Schema("trust", "record", 1, TrustRecord, "state store: trust/authorities"),
+    Schema("sandbox", "record", 1, SandboxRecord, "state store: sandboxes/{node}/{id}"),
     Schema("event", "event", 1, ClusterEvent, "GET /events: one cluster event"),
 )
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
 from aether.model.time import Timestamp
+from aether.model.versioned import Versioned
 
 __all__ = [
     "AttemptOut",
     "ExecutionOut",
     "SandboxOut",
+    "SandboxRecord",
     "SandboxStatus",
     "TaskEvent",
     "TaskHistoryOut",
@@ -74,6 +76,15 @@ class SandboxStatus(enum.StrEnum):
     STOPPED = "stopped"
     DELETED = "deleted"
     FAILED = "failed"
+
+
+class SandboxRecord(Versioned):
+    """Value of ``sandboxes/{node}/{sandbox_id}``: a sandbox running on that node."""
+
+    SCHEMA_NAME: ClassVar[str] = "sandbox"
+
+    id: str
+    status: SandboxStatus
 
 
 class TaskIn(BaseModel):

@@ -29,6 +29,7 @@ from aether.core.lifecycle import Command, State, can_report
 from aether.core.withdrawal import RouterState, waiting_for
 from aether.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
 from aether.model.api import (
+    AssignmentLine,
     HeartbeatIn,
     HeartbeatOut,
     JoinIn,
@@ -53,6 +54,7 @@ from aether.model.cluster import (
     routes_key,
 )
 from aether.model.names import split_cluster_name
+from aether.model.versioned import VERSION_FIELD
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import (
@@ -184,6 +186,13 @@ async def heartbeat(
     return HeartbeatOut(ttl=ttl, authorities=ctx.trust.fingerprints(), diag=ctx.diag.wanted(node))
 
 
+# the stream's constant lines (``AssignmentLine``)
+_PING = json.dumps({VERSION_FIELD: AssignmentLine.SCHEMA_VERSION, "type": "ping"}).encode() + b"\n"
+_RESYNC = (
+    json.dumps({VERSION_FIELD: AssignmentLine.SCHEMA_VERSION, "type": "resync"}).encode() + b"\n"
+)
+
+
 def _relevant(key: str, node: str) -> bool:
     return key.startswith((f"instances/{node}/", "endpoints/", "blueprints/", "agents/"))
 
@@ -221,6 +230,7 @@ async def assignments(
             bp_kvs, _ = await ctx.store.range("blueprints/")
             agent_kvs, _ = await ctx.store.range("agents/")  # deployed agents' placements
             snapshot = {
+                VERSION_FIELD: AssignmentLine.SCHEMA_VERSION,
                 "type": "snapshot",
                 "revision": revision,
                 "instances": [json.loads(kv.value) for kv in inst_kvs],
@@ -238,6 +248,7 @@ async def assignments(
                     if not _relevant(event.kv.key, node):
                         continue
                     line = {
+                        VERSION_FIELD: AssignmentLine.SCHEMA_VERSION,
                         "type": event.type.value,
                         "key": event.kv.key,
                         "revision": event.kv.mod_revision,
@@ -245,7 +256,7 @@ async def assignments(
                     }
                     await queue.put(json.dumps(line).encode() + b"\n")
             except CompactedError:
-                await queue.put(json.dumps({"type": "resync"}).encode() + b"\n")
+                await queue.put(_RESYNC)
             finally:
                 await queue.put(None)
 
@@ -256,7 +267,7 @@ async def assignments(
                     async with asyncio.timeout(STREAM_PING_SECONDS):
                         item = await queue.get()
                 except TimeoutError:
-                    yield b'{"type": "ping"}\n'
+                    yield _PING
                     continue
                 if item is None:
                     return
