@@ -145,3 +145,22 @@ async def test_reports_their_answers_and_the_records_they_write_carry_their_vers
     endpoint = await nodes.record(endpoint_key(app, "web", node, inst["n"]))
     # its "schema" is a slice entry's description (None here), read so by 0.1.0's nodes
     assert endpoint["schema_version"] == 1 and endpoint["schema"] is None
+
+
+async def test_a_message_from_a_newer_node_is_refused_with_the_policy(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    node = unique("n")
+    headers = {"Authorization": f"Bearer {server.node_token(node)}"}
+    caps = {"cpus": 1, "memory_mb": 512, "drivers": ["process"]}
+    body = {"id": node, "capabilities": caps, "router_url": "http://r"}
+    newer = await http.post("/api/v1/nodes/register", json={**body, "schema": 2}, headers=headers)
+    assert newer.status_code == 400, newer.text
+    assert newer.json()["code"] == "bad_request"
+    assert (
+        "register schema 2 is newer than this version's 1: upgrade the servers first"
+        in (newer.json()["message"])
+    )
+    older = await http.post("/api/v1/nodes/register", json=body, headers=headers)  # 0.1.0's
+    assert older.status_code == 200, older.text
+    assert older.json()["schema"] == 1
