@@ -47,7 +47,7 @@ from aether.model.api import AssignmentLine, RegisterIn, RegisterOut
 from aether.model.cluster import Endpoint, InstanceRecord, NodeCapabilities
 from aether.model.compat import skew_warning
 from aether.model.placements import AgentPlacement
-from aether.model.versioned import VERSION_FIELD, SchemaTooNewError, upcast_to
+from aether.model.versioned import VERSION_FIELD, upcast_to
 from aether.node import diag
 from aether.node.capabilities import fingerprint
 from aether.node.cleanup import sweep
@@ -439,6 +439,8 @@ class NodeDaemon:
             except (NotFoundError, UnauthorizedError):  # registering again says which
                 self.lease_lost.set()
                 return
+            except ValueError as exc:  # an answer this node cannot read: too new?
+                log.error("heartbeat answer: %s", exc)
             except AetherError as exc:
                 log.debug("heartbeat failed (%s); retrying", exc)
                 if exc.status == 0 or exc.status >= 500:  # no node port answered: moved?
@@ -472,7 +474,7 @@ class NodeDaemon:
                 return
             except AetherError as exc:
                 log.debug("assignment stream ended (%s); resuming from %d", exc, self.revision)
-            except SchemaTooNewError as exc:  # a server newer than the policy allows
+            except ValueError as exc:  # a line or record this node cannot read: too new?
                 log.error("assignment stream: %s", exc)
                 delay = 2
             await asyncio.sleep(delay)
