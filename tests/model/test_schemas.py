@@ -50,7 +50,7 @@ from aether.model.schemas import (
 from aether.model.tasks import SandboxRecord, SandboxStatus
 from aether.model.telemetry import NodeMetrics, PushAnswer
 from aether.model.trust import CertificateIn, CertificateOut, TrustRecord
-from aether.model.versioned import Versioned
+from aether.model.versioned import Upcasting, Versioned
 
 _CAPS = NodeCapabilities(cpus=2, memory_mb=1024, drivers=["process"])
 _SPEC = AppSpec.model_validate({"name": "web", "start": "python app.py"})
@@ -256,7 +256,7 @@ def test_a_newer_payload_is_refused_with_the_policy() -> None:
         upcast("node", {"id": "n1"}, target=2)
 
 
-class _Zoned(Versioned):
+class _Zoned(Upcasting):
     """A schema at version 2 (v1 had no ``zone``), to show what a bump does."""
 
     SCHEMA_NAME: ClassVar[str] = "test_zoned"
@@ -278,3 +278,11 @@ def test_a_model_past_version_1_upcasts_older_payloads_as_it_reads_them(
     assert _Zoned.model_validate({"id": "n1", "schema": 1}).schema_version == 2
     with pytest.raises(ValidationError, match="test_zoned schema 3 is newer"):
         _Zoned.model_validate({"id": "n1", "zone": "eu", "schema": 3})
+
+
+def test_a_model_past_version_1_must_upcast() -> None:
+    with pytest.raises(TypeError, match="must derive from Upcasting"):
+
+        class _Bumped(Versioned):
+            SCHEMA_NAME: ClassVar[str] = "test_bumped"
+            SCHEMA_VERSION: ClassVar[int] = 2

@@ -2,9 +2,9 @@
 
 :class:`Versioned` is the base of every node↔server message and stored record: it
 writes ``"schema": <version>`` with the payload, reads a payload without one as
-version 1 (what 0.1.0 wrote), brings an older payload up to date with :func:`upcast`
-and refuses a newer one (:class:`SchemaTooNewError`: written by a newer node or
-server). A payload at the current version costs one dict look-up to read.
+version 1 (what 0.1.0 wrote) and refuses a newer one (:class:`SchemaTooNewError`:
+written by a newer node or server); :class:`Upcasting`, the base of a schema past
+version 1, also brings older payloads up to date with :func:`upcast_to`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "UPCASTERS",
     "VERSION_FIELD",
     "SchemaTooNewError",
     "Upcaster",
+    "Upcasting",
     "Versioned",
     "upcast_to",
     "version_of",
@@ -35,6 +36,13 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 class SchemaTooNewError(ValueError):
     """A payload newer than this code knows: written by a newer node or server."""
+
+
+def _too_new(name: str, version: int, known: int) -> str:
+    return (
+        f"{name} schema {version} is newer than this version's {known}: "
+        "upgrade the servers first (docs/operations.md, Upgrades)"
+    )
 
 
 def version_of(payload: Mapping[str, Any], field: str = VERSION_FIELD) -> int:
@@ -56,10 +64,7 @@ def upcast_to(
     :class:`SchemaTooNewError`."""
     version = version_of(payload, field)
     if version > target:
-        raise SchemaTooNewError(
-            f"{name} schema {version} is newer than this version's {target}: "
-            "upgrade the servers first (docs/operations.md, Upgrades)"
-        )
+        raise SchemaTooNewError(_too_new(name, version, target))
     out = dict(payload)
     while version < target:
         step = upcasters.get((name, version))
@@ -77,8 +82,10 @@ class Versioned(BaseModel):
     Written with its version under ``SCHEMA_KEY`` (``schema``; the endpoint record,
     whose ``schema`` has been a slice entry's description since 0.1.0, uses
     ``schema_version``). Built in Python it is the current version; read from a
-    payload it is the payload's version (1 without one), upcast on the way in.
-    A schema that goes past version 1 overrides ``SCHEMA_VERSION`` and the field's
+    payload it is the payload's version (1 without one), and one newer than this code
+    is refused. Reading costs one integer check, in pydantic's fast path: a schema
+    still at version 1 has nothing to upcast. One that goes past it derives from
+    :class:`Upcasting` instead, overrides ``SCHEMA_VERSION`` and its version field's
     default together, and registers its upcaster in :data:`UPCASTERS`.
     """
 
@@ -101,6 +108,29 @@ class Versioned(BaseModel):
     # pydantic calls a model's own __init__ on every validation unless it is marked as
     # the base one (as RootModel's is): reading a payload does not go through it
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.SCHEMA_VERSION > 1 and not issubclass(cls, Upcasting):
+            raise TypeError(
+                f"{cls.__name__}: schema {cls.SCHEMA_NAME!r} is past version 1, so it must "
+                "derive from Upcasting (its readers upcast older payloads)"
+            )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _not_newer(cls, version: int) -> int:
+        if version > cls.SCHEMA_VERSION:
+            raise SchemaTooNewError(_too_new(cls.SCHEMA_NAME, version, cls.SCHEMA_VERSION))
+        return version
+
+
+class Upcasting(Versioned):
+    """A :class:`Versioned` schema past version 1: a payload of an older version (or
+    without one: version 1) is brought up to date by :func:`upcast_to` before it is
+    validated. That takes every payload as Python objects first (not pydantic's JSON
+    fast path), so only schemas that have upcasters pay for it."""
 
     @model_validator(mode="before")
     @classmethod
