@@ -68,7 +68,7 @@ from aether.model.keys import AppSettingsOut, PublicKeyOut
 from aether.model.migrations import MigrationOut, SnapshotOut
 from aether.model.rebalance import RebalanceOut
 from aether.model.risk import RiskAssessment, SignalIn, SignalOut
-from aether.model.tasks import ExecutionOut, SandboxOut, TaskOut
+from aether.model.tasks import ClaimIn, ExchangeIn, ExchangeOut, ExecutionOut, SandboxOut, TaskOut
 from aether.model.telemetry import (
     AppPoint,
     ClusterSample,
@@ -1055,7 +1055,13 @@ class ApiClient:
         response = await self.request(
             "POST",
             "/api/v1/tasks/claim",
-            json={"node": node, "drivers": drivers, "queues": queues, "wait": wait},
+            json={
+                VERSION_FIELD: ClaimIn.SCHEMA_VERSION,  # as ClaimIn writes it
+                "node": node,
+                "drivers": drivers,
+                "queues": queues,
+                "wait": wait,
+            },
             timeout=wait + 10,
         )
         return TaskOut.model_validate(response.json()) if response.status_code == 200 else None
@@ -1076,6 +1082,7 @@ class ApiClient:
             "POST",
             "/api/v1/tasks/exchange",
             json={
+                VERSION_FIELD: ExchangeIn.SCHEMA_VERSION,  # as ExchangeIn writes it
                 "node": node,
                 "drivers": drivers,
                 "queues": queues,
@@ -1085,7 +1092,8 @@ class ApiClient:
             },
             timeout=wait + 10,
         )
-        return list(data["reports"]), [TaskOut.model_validate(t) for t in data["tasks"]]
+        answer = ExchangeOut.model_validate(data)  # a newer version is refused here
+        return list(data["reports"]), answer.tasks
 
     async def task_heartbeat(self, task_id: str, node: str, *, attempt: int) -> bool:
         """``attempt``: the claim's ``attempts`` (a later claim of the task is another lease)."""

@@ -47,7 +47,7 @@ from aether.model.schemas import (
     upcast,
     version_of,
 )
-from aether.model.tasks import SandboxRecord, SandboxStatus
+from aether.model.tasks import ClaimIn, ExchangeIn, ExchangeOut, SandboxRecord, SandboxStatus
 from aether.model.telemetry import NodeMetrics, PushAnswer
 from aether.model.trust import CertificateIn, CertificateOut, TrustRecord
 from aether.model.versioned import Upcasting, Versioned
@@ -134,6 +134,9 @@ SAMPLES: dict[str, BaseModel] = {
     "server": ServerOut(url="http://s", version="0.2.0", started_at=1.0),
     "trust": TrustRecord(cluster="c", authorities=[]),
     "sandbox": SandboxRecord(id="s1", status=SandboxStatus.RUNNING),
+    "task_claim": ClaimIn(node="n1"),
+    "task_exchange": ExchangeIn(node="n1", want=2),
+    "task_exchange_reply": ExchangeOut(reports=[], tasks=[]),
 }
 
 
@@ -150,6 +153,7 @@ def test_every_node_server_message_record_and_event_is_listed() -> None:
     assert {"join", "join_reply", "certificate", "certificate_reply"} <= names
     assert {"instance", "blueprint", "node", "endpoint", "event"} <= names
     assert {"agent_placement", "blueprint_file", "server", "trust", "sandbox"} <= names
+    assert {"task_claim", "task_exchange", "task_exchange_reply"} <= names
     assert len(names) == len(SCHEMAS)
     assert names == set(SAMPLES) | {"event"}  # every schema has its sample here
     for entry in catalogue():

@@ -76,6 +76,7 @@ async def test_a_nodes_messages_and_the_servers_answers_carry_their_versions(
         await client.withdrawal(node, reg.revision, "http://gone", 0)
         await client.push_logs(node, [])
         await client.push_metrics(_metrics(node))
+        await client.exchange_tasks(node, ["process"], ["default"], reports=[], want=0, wait=0)
     finally:
         await client.close()
     for method, path in [
@@ -84,6 +85,7 @@ async def test_a_nodes_messages_and_the_servers_answers_carry_their_versions(
         ("PUT", "/routes"),
         ("POST", "/logs"),
         ("POST", "/metrics"),
+        ("POST", "/tasks/exchange"),
     ]:
         sent, _ = wire.call(method, path)
         assert sent["schema"] == 1, (path, sent)
@@ -91,6 +93,7 @@ async def test_a_nodes_messages_and_the_servers_answers_carry_their_versions(
         ("POST", "/nodes/register"),
         ("POST", "/heartbeat"),
         ("GET", "/withdrawals"),
+        ("POST", "/tasks/exchange"),
     ]:
         _, answered = wire.call(method, path)
         assert answered["schema"] == 1, (path, answered)

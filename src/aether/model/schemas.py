@@ -41,7 +41,7 @@ from aether.model.blueprints import BlueprintRecord
 from aether.model.cluster import Blueprint, Endpoint, InstanceRecord, NodeRecord
 from aether.model.events import ClusterEvent
 from aether.model.placements import AgentPlacement
-from aether.model.tasks import SandboxRecord
+from aether.model.tasks import ClaimIn, ExchangeIn, ExchangeOut, SandboxRecord
 from aether.model.telemetry import NodeMetrics, PushAnswer
 from aether.model.trust import CertificateIn, CertificateOut, TrustRecord
 from aether.model.versioned import (
@@ -112,6 +112,11 @@ SCHEMAS: tuple[Schema, ...] = (
     Schema("telemetry", "message", 1, NodeMetrics, "node → server: one metrics push"),
     Schema("telemetry_reply", "message", 1, PushAnswer, "server → node: a push's answer"),
     Schema("logs", "message", 1, LogsIn, "node → server: instances' output"),
+    Schema("task_claim", "message", 1, ClaimIn, "node → server: POST /tasks/claim"),
+    Schema("task_exchange", "message", 1, ExchangeIn, "node → server: results in, tasks out"),
+    Schema(
+        "task_exchange_reply", "message", 1, ExchangeOut, "server → node: reports' fates, tasks"
+    ),
     Schema("instance", "record", 1, InstanceRecord, "state store: instances/{node}/…"),
     Schema("blueprint", "record", 1, Blueprint, "state store: blueprints/{app}"),
     Schema("node", "record", 1, NodeRecord, "state store: nodes/{node}"),
