@@ -103,6 +103,7 @@ def node_template(node: str, rng: random.Random) -> bytes:
         for app in apps
     ]
     body = {
+        "schema": 1,  # its version, as the node daemon writes it
         "node": node,
         "ts": "TS",
         "seq": "SEQ",

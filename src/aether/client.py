@@ -46,11 +46,18 @@ from aether.model.api import (
     AppDeletedOut,
     AppOut,
     DeploymentOut,
+    HeartbeatIn,
+    HeartbeatOut,
     InstanceOut,
+    JoinIn,
     JoinOut,
+    LogsIn,
     NodeOut,
     RegisterIn,
     RegisterOut,
+    ReportIn,
+    ReportOut,
+    RoutesIn,
     StatusOut,
     WithdrawalOut,
 )
@@ -61,7 +68,7 @@ from aether.model.keys import AppSettingsOut, PublicKeyOut
 from aether.model.migrations import MigrationOut, SnapshotOut
 from aether.model.rebalance import RebalanceOut
 from aether.model.risk import RiskAssessment, SignalIn, SignalOut
-from aether.model.tasks import ExecutionOut, SandboxOut, TaskOut
+from aether.model.tasks import ClaimIn, ExchangeIn, ExchangeOut, ExecutionOut, SandboxOut, TaskOut
 from aether.model.telemetry import (
     AppPoint,
     ClusterSample,
@@ -70,7 +77,8 @@ from aether.model.telemetry import (
     PushAnswer,
     Rollup,
 )
-from aether.model.trust import CaOut, CertificateOut, ClusterTrustOut
+from aether.model.trust import CaOut, CertificateIn, CertificateOut, ClusterTrustOut
+from aether.model.versioned import VERSION_FIELD
 
 __all__ = ["MAX_RETRY_AFTER", "RATE_RETRIES", "ApiClient", "NetworkError", "split_urls"]
 
@@ -547,11 +555,14 @@ class ApiClient:
         """With a join token: a credential and a certificate of this node's own (use them
         for everything else)."""
         return JoinOut.model_validate(
-            await self.json("POST", "/api/v1/nodes/join", json={"id": node, "csr": csr})
+            await self.json(
+                "POST", "/api/v1/nodes/join", json=JoinIn(id=node, csr=csr).model_dump(mode="json")
+            )
         )
 
     async def renew_certificate(self, node: str, csr: str) -> CertificateOut:
-        data = await self.json("POST", f"/api/v1/nodes/{node}/certificate", json={"csr": csr})
+        body = CertificateIn(csr=csr).model_dump(mode="json")
+        data = await self.json("POST", f"/api/v1/nodes/{node}/certificate", json=body)
         return CertificateOut.model_validate(data)
 
     async def cluster_trust(self) -> ClusterTrustOut:
@@ -760,12 +771,14 @@ class ApiClient:
         data = await self.json("POST", "/api/v1/nodes/register", json=body.model_dump(mode="json"))
         return RegisterOut.model_validate(data)
 
-    async def heartbeat(self, node: str, lease_id: int) -> dict[str, Any]:
+    async def heartbeat(self, node: str, lease_id: int) -> HeartbeatOut:
         """The lease renewed: its ttl, and the fingerprints of the CAs trusted now."""
-        result: dict[str, Any] = await self.json(
-            "POST", f"/api/v1/nodes/{node}/heartbeat", json={"lease_id": lease_id}
+        data = await self.json(
+            "POST",
+            f"/api/v1/nodes/{node}/heartbeat",
+            json=HeartbeatIn(lease_id=lease_id).model_dump(mode="json"),
         )
-        return result
+        return HeartbeatOut.model_validate(data)
 
     async def assignments(self, node: str, from_revision: int) -> AsyncIterator[dict[str, Any]]:
         """The node's assignment stream, one decoded line at a time."""
@@ -796,27 +809,27 @@ class ApiClient:
         request_id: str = "",
         snapshot: str | None = None,
         entries: dict[str, dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ReportOut:
         """The server's answer: ``withdrawn_revision`` when the report withdrew an endpoint.
 
         ``entries``: with ACTIVE from a slice instance, its entry points (one endpoint each).
         """
         node, app_version, n = key.split("/")[1:4]
-        body: dict[str, Any] = {"state": state, "message": message, "url": url}
-        if request_id:
-            body["request_id"] = request_id
+        optional: dict[str, Any] = {"request_id": request_id} if request_id else {}
         if snapshot is not None:
-            body["snapshot"] = snapshot
+            optional["snapshot"] = snapshot
         if entries is not None:
-            body["entries"] = entries
+            optional["entries"] = entries
+        report = ReportIn(state=state, message=message, url=url, **optional)
+        body = report.model_dump(mode="json", exclude_unset=True)
         answer = await self.request(
             "PUT", f"/api/v1/nodes/{node}/instances/{app_version}/{n}", json=body
         )
-        return dict(answer.json())
+        return ReportOut.model_validate(answer.json())
 
     async def put_routes(self, node: str, revision: int, in_flight: dict[str, int]) -> None:
         """What this node's router applied (``RoutesIn``)."""
-        body = {"revision": revision, "in_flight": in_flight}
+        body = RoutesIn(revision=revision, in_flight=in_flight).model_dump(mode="json")
         await self.request("PUT", f"/api/v1/nodes/{node}/routes", json=body)
 
     async def withdrawal(self, node: str, revision: int, url: str, wait: float) -> WithdrawalOut:
@@ -844,7 +857,8 @@ class ApiClient:
         return {"env": dict(body["env"]), "files": dict(body["files"])}
 
     async def push_logs(self, node: str, entries: list[dict[str, str]]) -> None:
-        await self.request("POST", f"/api/v1/nodes/{node}/logs", json={"entries": entries})
+        body = {VERSION_FIELD: LogsIn.SCHEMA_VERSION, "entries": entries}  # as LogsIn writes it
+        await self.request("POST", f"/api/v1/nodes/{node}/logs", json=body)
 
     # -- telemetry ------------------------------------------------------------------------
 
@@ -1041,7 +1055,13 @@ class ApiClient:
         response = await self.request(
             "POST",
             "/api/v1/tasks/claim",
-            json={"node": node, "drivers": drivers, "queues": queues, "wait": wait},
+            json={
+                VERSION_FIELD: ClaimIn.SCHEMA_VERSION,  # as ClaimIn writes it
+                "node": node,
+                "drivers": drivers,
+                "queues": queues,
+                "wait": wait,
+            },
             timeout=wait + 10,
         )
         return TaskOut.model_validate(response.json()) if response.status_code == 200 else None
@@ -1062,6 +1082,7 @@ class ApiClient:
             "POST",
             "/api/v1/tasks/exchange",
             json={
+                VERSION_FIELD: ExchangeIn.SCHEMA_VERSION,  # as ExchangeIn writes it
                 "node": node,
                 "drivers": drivers,
                 "queues": queues,
@@ -1071,7 +1092,8 @@ class ApiClient:
             },
             timeout=wait + 10,
         )
-        return list(data["reports"]), [TaskOut.model_validate(t) for t in data["tasks"]]
+        answer = ExchangeOut.model_validate(data)  # a newer version is refused here
+        return list(data["reports"]), answer.tasks
 
     async def task_heartbeat(self, task_id: str, node: str, *, attempt: int) -> bool:
         """``attempt``: the claim's ``attempts`` (a later claim of the task is another lease)."""

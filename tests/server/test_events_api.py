@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aether.model.events import EVENT_TYPES
 from tests.support.api import assert_envelope, bearer, deploy, unique, upload_random
 from tests.support.fake_nodes import FakeNodes, deployed
 from tests.support.server import RunningServer, running_server
@@ -184,6 +185,8 @@ async def test_a_deploy_shows_its_blueprint_steps_and_instances(
     assert active["instance"] == inst["key"] and active["node"] == inst["node"]
     ids = [e["id"] for e in events.seen]
     assert len(ids) == len(set(ids))  # every event has its own id
+    typed = [e for e in events.seen if e["type"] in EVENT_TYPES]
+    assert typed and all(e["schema"] == 1 for e in typed)  # each carries its schema version
 
 
 async def test_a_node_whose_lease_ends_is_lost(server: RunningServer, nodes: FakeNodes) -> None:

@@ -111,10 +111,10 @@ async def test_an_active_slice_has_one_endpoint_per_entry_and_leaving_active_wit
     assert scaled.status_code == 200, scaled.text
     await eventually(lambda: _command_is(nodes, key, "DEACTIVATE"), "the leader to stop it")
     answer = await nodes.api.report(key, "DEACTIVATING")
-    assert answer["withdrawn_revision"] == answer["revision"]  # the drain waits for it
+    assert answer.withdrawn_revision == answer.revision  # the drain waits for it
     assert _endpoints(server, app) == {}
     loaded = await nodes.api.report(key, "LOADED")
-    assert loaded["withdrawn_revision"] is None
+    assert loaded.withdrawn_revision is None
 
 
 async def _command_is(nodes: FakeNodes, key: str, command: str) -> bool:

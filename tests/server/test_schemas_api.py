@@ -21,4 +21,9 @@ async def test_any_role_lists_the_schemas_with_versions(
     assert "version" in listed["register"]["json_schema"]["properties"]  # the node's own
     assert listed["instance"]["kind"] == "record"
     assert listed["event"]["kind"] == "event"
+    for name, entry in listed.items():  # every payload carries its version, under this key
+        expected = "schema_version" if name == "endpoint" else "schema"
+        assert entry["version_field"] == expected
+        if entry["kind"] != "event":
+            assert expected in entry["json_schema"]["properties"], name
     assert (await http.get("/api/v1/schemas")).status_code == 401

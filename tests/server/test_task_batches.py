@@ -186,7 +186,7 @@ async def test_an_exchange_with_nothing_to_report_waits_for_work(
     queue, node = unique("q"), unique("node")
     started = time.monotonic()
     empty = await _exchange(http, server, node, queue, want=1, wait=0.6)
-    assert empty.json() == {"reports": [], "tasks": []}
+    assert empty.json() == {"schema": 1, "reports": [], "tasks": []}
     assert time.monotonic() - started >= 0.5
 
 

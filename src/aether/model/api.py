@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -10,14 +10,17 @@ from aether.model.app import AppSpec
 from aether.model.cluster import NodeCapabilities
 from aether.model.names import CLUSTER_NAME_PATTERN
 from aether.model.time import Timestamp
+from aether.model.versioned import Versioned
 
 __all__ = [
     "NODE_ID_PATTERN",
     "AppOut",
+    "AssignmentLine",
     "DeploymentIn",
     "DeploymentOut",
     "EventOut",
     "HeartbeatIn",
+    "HeartbeatOut",
     "InstanceOut",
     "JoinIn",
     "JoinOut",
@@ -28,6 +31,7 @@ __all__ = [
     "RegisterIn",
     "RegisterOut",
     "ReportIn",
+    "ReportOut",
     "RetentionOut",
     "RollbackIn",
     "ScaleIn",
@@ -140,8 +144,10 @@ class NodeOut(BaseModel):
     version: str | None = None  # the aether version it registered with (None: 0.1.0, down)
 
 
-class ServerOut(BaseModel):
+class ServerOut(Versioned):
     """A running server, as it announces itself in the state store (``servers/``)."""
+
+    SCHEMA_NAME: ClassVar[str] = "server"
 
     url: str
     version: str
@@ -175,14 +181,18 @@ class RetentionOut(BaseModel):
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
-class JoinIn(BaseModel):
+class JoinIn(Versioned):
     """A join token's one call: a credential and a certificate of its own for node ``id``."""
+
+    SCHEMA_NAME: ClassVar[str] = "join"
 
     id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
     csr: str = Field(max_length=16384)  # PEM: the node's key; the CA names the identity
 
 
-class JoinOut(BaseModel):
+class JoinOut(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "join_reply"
+
     node_id: str
     # the node's own secret, sent with every call over mutual TLS with its certificate:
     # node routes accept it only from a connection whose certificate names the same node
@@ -194,14 +204,18 @@ class JoinOut(BaseModel):
     renew_at: float
 
 
-class RegisterIn(BaseModel):
+class RegisterIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "register"
+
     id: Annotated[str, Field(pattern=NODE_ID_PATTERN)]
     capabilities: NodeCapabilities
     router_url: str
     version: str | None = None  # the node's aether version (None: 0.1.0 and older)
 
 
-class RegisterOut(BaseModel):
+class RegisterOut(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "register_reply"
+
     node_id: str
     lease_id: int
     lease_ttl: float
@@ -213,8 +227,22 @@ class RegisterOut(BaseModel):
     server_version: str | None = None  # the server's aether version (None: 0.1.0 and older)
 
 
-class HeartbeatIn(BaseModel):
+class HeartbeatIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "heartbeat"
+
     lease_id: int
+
+
+class HeartbeatOut(Versioned):
+    """The lease renewed: its ``ttl``, the fingerprints of the CAs trusted now (a node
+    that sees a new one renews its certificate from it) and, when a diagnostics bundle
+    asks for the node's part, ``diag`` (its request's ``id`` and ``since``)."""
+
+    SCHEMA_NAME: ClassVar[str] = "heartbeat_reply"
+
+    ttl: float
+    authorities: list[str] = Field(default_factory=list)
+    diag: dict[str, Any] | None = None
 
 
 class LogEntry(BaseModel):
@@ -225,33 +253,41 @@ class LogEntry(BaseModel):
     text: str
 
 
-class LogsIn(BaseModel):
+class LogsIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "logs"
+
     entries: list[LogEntry]
 
 
-class RoutesIn(BaseModel):
+class RoutesIn(Versioned):
     """A node's router, after it applied the assignment stream up to ``revision``.
 
     ``in_flight``: requests it has open to instances no longer in its table
     (URL → count); instances stopping wait for these to finish.
     """
 
+    SCHEMA_NAME: ClassVar[str] = "routes"
+
     revision: Annotated[int, Field(ge=0)]
     in_flight: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=4096)
 
 
-class WithdrawalOut(BaseModel):
+class WithdrawalOut(Versioned):
     """Whether every live router stopped using an endpoint withdrawn at ``revision``.
 
     ``waiting_for``: node → what it has not confirmed yet (empty when confirmed).
     """
+
+    SCHEMA_NAME: ClassVar[str] = "withdrawal_reply"
 
     confirmed: bool
     revision: int
     waiting_for: dict[str, str] = Field(default_factory=dict)
 
 
-class ReportIn(BaseModel):
+class ReportIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "report"
+
     state: str
     message: str = ""
     url: str | None = None
@@ -259,3 +295,36 @@ class ReportIn(BaseModel):
     snapshot: str | None = None  # with LOADED after a checkpoint: the stored snapshot's digest
     # with ACTIVE from a slice instance: its entry points (``$describe``'s ``entries``)
     entries: dict[str, dict[str, Any]] | None = None
+
+
+class ReportOut(Versioned):
+    """The answer to an instance's report: ``withdrawn_revision`` (set when the report
+    withdrew an endpoint) is the revision routers must reach before the instance stops."""
+
+    SCHEMA_NAME: ClassVar[str] = "report_reply"
+
+    key: str
+    state: str
+    revision: int
+    withdrawn_revision: int | None = None
+
+
+class AssignmentLine(Versioned):
+    """One line of a node's assignment stream (``GET /nodes/{node}/assignments``, NDJSON).
+
+    ``snapshot``: the node's instances, every endpoint, the apps and the agents'
+    placements at ``revision``; then ``PUT``/``DELETE`` of one ``key`` at ``revision``
+    (``value``: the stored record, its own schema version inside; None for a
+    blueprint); ``ping`` every few seconds; ``resync``: start again from 0.
+    """
+
+    SCHEMA_NAME: ClassVar[str] = "assignment"
+
+    type: Literal["snapshot", "PUT", "DELETE", "ping", "resync"]
+    revision: int | None = None
+    key: str | None = None
+    value: dict[str, Any] | None = None
+    instances: list[dict[str, Any]] | None = None
+    endpoints: list[dict[str, Any]] | None = None
+    apps: list[str] | None = None
+    agents: list[dict[str, Any]] | None = None

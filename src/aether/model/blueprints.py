@@ -21,12 +21,13 @@ Not to be confused with ``model.cluster.Blueprint``: one app's desired state und
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aether.model.app import APP_NAME_RE
 from aether.model.time import Timestamp
+from aether.model.versioned import Versioned
 
 __all__ = [
     "BLUEPRINT_NAME_PATTERN",
@@ -68,8 +69,10 @@ class BlueprintFile(BaseModel):
     ]
 
 
-class BlueprintRecord(BaseModel):
+class BlueprintRecord(Versioned):
     """The value of ``blueprint-files/{tenant_id}/{name}``: the file as last applied."""
+
+    SCHEMA_NAME: ClassVar[str] = "blueprint_file"
 
     name: str
     tenant: str  # the tenant's id

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aether.model.app import AppSpec
 from aether.model.lifecycle import Command, State
+from aether.model.versioned import Versioned
 
 __all__ = [
     "Blueprint",
@@ -47,8 +48,10 @@ class NodeCapabilities(BaseModel):
     limits: dict[str, str] = Field(default_factory=dict)  # enforced: memory, cpu, processes
 
 
-class NodeRecord(BaseModel):
+class NodeRecord(Versioned):
     """Value of ``nodes/{node}``, bound to the node's lease."""
+
+    SCHEMA_NAME: ClassVar[str] = "node"
 
     id: str
     capabilities: NodeCapabilities
@@ -70,12 +73,14 @@ class DeploymentRef(BaseModel):
     spec: AppSpec
 
 
-class Blueprint(BaseModel):
+class Blueprint(Versioned):
     """Value of ``blueprints/{app}``: the desired state of one app.
 
     While a rollout runs, ``previous`` is the deployment being replaced (the
     last healthy one), kept so a failed rollout can revert to it.
     """
+
+    SCHEMA_NAME: ClassVar[str] = "blueprint"
 
     model_config = ConfigDict(extra="ignore")
 
@@ -101,11 +106,13 @@ class Blueprint(BaseModel):
         )
 
 
-class InstanceRecord(BaseModel):
+class InstanceRecord(Versioned):
     """Value of ``instances/{node}/{app}@{version}/{n}``.
 
     ``command`` is written by the leader, ``state`` and ``message`` by the node.
     """
+
+    SCHEMA_NAME: ClassVar[str] = "instance"
 
     app: str
     version: int
@@ -141,13 +148,20 @@ class InstanceRecord(BaseModel):
         return instance_key(self.node, self.app, self.version, self.n)
 
 
-class Endpoint(BaseModel):
+class Endpoint(Versioned):
     """Value of ``endpoints/{app}/{entry}/{node}:{n}``, bound to the node's lease.
 
     An ordinary app's one endpoint has the entry ``web`` and no ``schema``; a slice
     instance has one endpoint per entry point, whose ``schema`` is that entry's
     ``$describe`` item (params, returns, idempotent, batch: ``aether.slices.wire``).
+    That key is older than schema versions (0.1.0's nodes read it as a dict), so the
+    record's own version is its ``schema_version``.
     """
+
+    SCHEMA_NAME: ClassVar[str] = "endpoint"
+    SCHEMA_KEY: ClassVar[str] = "schema_version"  # its ``schema`` predates versions
+
+    schema_version: int = Field(default=1, ge=1)
 
     app: str
     entry: str = "web"

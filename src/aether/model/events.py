@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
+
+from aether.model.versioned import VERSION_FIELD
 
 __all__ = [
     "EVENT_TYPES",
@@ -101,8 +103,11 @@ class ClusterEvent(BaseModel):
     node: str | None = None
     fields: dict[str, Any] = Field(default_factory=dict)
 
+    SCHEMA_VERSION: ClassVar[int] = 1  # of what the stream sends (``wire``)
+
     def wire(self, event_id: str) -> dict[str, Any]:
-        """What the stream sends as ``data:`` (the scope and tenant stay on the server)."""
+        """What the stream sends as ``data:`` (the scope and tenant stay on the server),
+        with its schema version."""
         out: dict[str, Any] = {"id": event_id, "type": self.type, "target": self.target}
         out["ts"] = self.ts
         if self.app is not None:
@@ -110,4 +115,5 @@ class ClusterEvent(BaseModel):
         if self.node is not None:
             out["node"] = self.node
         out.update(self.fields)
+        out[VERSION_FIELD] = self.SCHEMA_VERSION
         return out

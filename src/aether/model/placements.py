@@ -4,7 +4,11 @@ handler and, through the assignment stream, by every node's router)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import ClassVar
+
+from pydantic import Field
+
+from aether.model.versioned import Versioned
 
 __all__ = ["AGENT_PLACEMENT_PREFIX", "AgentPlacement", "agent_queue"]
 
@@ -16,8 +20,10 @@ def agent_queue(agent_id: str) -> str:
     return f"agent.{agent_id}"
 
 
-class AgentPlacement(BaseModel):
+class AgentPlacement(Versioned):
     """A deployed agent's replicas: the nodes that claim its queue."""
+
+    SCHEMA_NAME: ClassVar[str] = "agent_placement"
 
     agent_id: str
     tenant: str  # its tenant's name (routers serve it under /t/{tenant}/agents/)

@@ -5,16 +5,24 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from aether.model.time import Timestamp
+from aether.model.versioned import Versioned
 
 __all__ = [
+    "MAX_EXCHANGE",
     "AttemptOut",
+    "ClaimIn",
+    "ExchangeIn",
+    "ExchangeOut",
     "ExecutionOut",
+    "ReportIn",
+    "ReportOut",
     "SandboxOut",
+    "SandboxRecord",
     "SandboxStatus",
     "TaskEvent",
     "TaskHistoryOut",
@@ -74,6 +82,15 @@ class SandboxStatus(enum.StrEnum):
     STOPPED = "stopped"
     DELETED = "deleted"
     FAILED = "failed"
+
+
+class SandboxRecord(Versioned):
+    """Value of ``sandboxes/{node}/{sandbox_id}``: a sandbox running on that node."""
+
+    SCHEMA_NAME: ClassVar[str] = "sandbox"
+
+    id: str
+    status: SandboxStatus
 
 
 class TaskIn(BaseModel):
@@ -160,3 +177,68 @@ class TaskHistoryOut(BaseModel):
 
     events: list[dict[str, Any]]
     attempts: list[AttemptOut]
+
+
+# -- the node's side of the task protocol (POST /tasks/claim, /tasks/exchange) --------
+
+MAX_EXCHANGE = 256  # reports, and tasks wanted, in one ``POST /tasks/exchange``
+
+
+class ClaimIn(Versioned):
+    """A node asks for tasks it can run (``POST /tasks/claim``)."""
+
+    SCHEMA_NAME: ClassVar[str] = "task_claim"
+
+    node: str
+    drivers: list[str] = Field(default_factory=list)
+    queues: list[str] = Field(default_factory=lambda: ["default"])
+    wait: Annotated[float, Field(ge=0, le=30)] = 10.0
+
+
+class ReportIn(BaseModel):
+    """One finished attempt: ``result`` for a success, else ``error`` (and ``retryable``)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    attempt: Annotated[int, Field(ge=1)]
+    result: dict[str, Any] | None = None
+    error: Annotated[str, Field(max_length=10_000)] | None = None
+    retryable: bool = True
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> ReportIn:
+        if (self.result is None) == (self.error is None):
+            raise ValueError("a report has either a result or an error")
+        return self
+
+
+class ExchangeIn(ClaimIn):
+    """What a node sends: the outcomes it has, and how many more tasks it can take.
+
+    ``wait`` applies only when the request reports nothing: a node with results to
+    hand in gets its answer at once.
+    """
+
+    SCHEMA_NAME: ClassVar[str] = "task_exchange"
+
+    reports: Annotated[list[ReportIn], Field(max_length=MAX_EXCHANGE)] = Field(default_factory=list)
+    want: Annotated[int, Field(ge=0, le=MAX_EXCHANGE)] = 0
+    wait: Annotated[float, Field(ge=0, le=30)] = 0.0
+
+
+class ReportOut(BaseModel):
+    """A report's fate: the task's state now, or the error the one-task route would
+    have answered (``code``, ``message``), the task then unchanged."""
+
+    id: str
+    state: TaskState | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class ExchangeOut(Versioned):
+    """The answer to an exchange: one per report, in order, and the tasks claimed."""
+
+    SCHEMA_NAME: ClassVar[str] = "task_exchange_reply"
+
+    reports: list[ReportOut]
+    tasks: list[TaskOut]

@@ -8,9 +8,11 @@ window; roll-ups go to the records database).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from aether.model.versioned import Versioned
 
 __all__ = [
     "AppPoint",
@@ -88,8 +90,10 @@ class EntryMetrics(BaseModel):
     by_url: dict[str, Annotated[int, Field(ge=0, le=_INT64)]] = Field(default_factory=dict)
 
 
-class NodeMetrics(BaseModel):
+class NodeMetrics(Versioned):
     """The body of one push: node gauges, per-instance and per-endpoint figures."""
+
+    SCHEMA_NAME: ClassVar[str] = "telemetry"
 
     model_config = ConfigDict(allow_inf_nan=False)  # figures are finite numbers
 
@@ -194,8 +198,10 @@ class TenantSnapshot(BaseModel):
     slices: dict[str, dict[str, EntryFigures]] = Field(default_factory=dict)
 
 
-class PushAnswer(BaseModel):
+class PushAnswer(Versioned):
     """The answer to a metrics push (``200``; ``204`` without a body when there is none)."""
+
+    SCHEMA_NAME: ClassVar[str] = "telemetry_reply"
 
     snapshots: dict[str, TenantSnapshot] = Field(default_factory=dict)
 

@@ -9,7 +9,11 @@ trusts it. Which authority does what is a function of the record and the time.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, Field
+
+from aether.model.versioned import Versioned
 
 __all__ = [
     "AuthorityOut",
@@ -33,7 +37,9 @@ class AuthorityRecord(BaseModel):
     retire_at: float | None = None  # no longer trusted from then on (after a rotation)
 
 
-class TrustRecord(BaseModel):
+class TrustRecord(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "trust"
+
     cluster: str
     authorities: list[AuthorityRecord]  # oldest first
 
@@ -83,11 +89,15 @@ class ClusterTrustOut(BaseModel):
     node_urls: list[str]  # where nodes call (mutual TLS), every live server
 
 
-class CertificateIn(BaseModel):
+class CertificateIn(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "certificate"
+
     csr: str = Field(max_length=16384)  # PEM; only its public key is used
 
 
-class CertificateOut(BaseModel):
+class CertificateOut(Versioned):
+    SCHEMA_NAME: ClassVar[str] = "certificate_reply"
+
     certificate: str  # PEM, ``spiffe://{cluster}/node/{id}``
     authorities: list[str]  # PEM, to trust from now on
     not_after: float

@@ -43,10 +43,11 @@ from typing import Any
 from aether import __version__
 from aether.client import ApiClient
 from aether.errors import AetherError, ForbiddenError, NotFoundError, UnauthorizedError
-from aether.model.api import RegisterIn, RegisterOut
+from aether.model.api import AssignmentLine, RegisterIn, RegisterOut
 from aether.model.cluster import Endpoint, InstanceRecord, NodeCapabilities
 from aether.model.compat import skew_warning
 from aether.model.placements import AgentPlacement
+from aether.model.versioned import VERSION_FIELD, upcast_to
 from aether.node import diag
 from aether.node.capabilities import fingerprint
 from aether.node.cleanup import sweep
@@ -430,14 +431,16 @@ class NodeDaemon:
                 sent, sent_wall = time.monotonic(), time.time()
                 answer = await self.client.heartbeat(self.node_id, reg.lease_id)
                 self._lease_acked(sent, sent_wall)
-                if set(answer.get("authorities") or ()) - set(self.identity.fingerprints()):
+                if set(answer.authorities) - set(self.identity.fingerprints()):
                     self.renew_now.set()  # a new CA: renew from it before the old retires
-                if answer.get("diag"):
-                    self._send_diag(answer["diag"])
+                if answer.diag:
+                    self._send_diag(answer.diag)
                 self._unfence()
             except (NotFoundError, UnauthorizedError):  # registering again says which
                 self.lease_lost.set()
                 return
+            except ValueError as exc:  # an answer this node cannot read: too new?
+                log.error("heartbeat answer: %s", exc)
             except AetherError as exc:
                 log.debug("heartbeat failed (%s); retrying", exc)
                 if exc.status == 0 or exc.status >= 500:  # no node port answered: moved?
@@ -471,10 +474,15 @@ class NodeDaemon:
                 return
             except AetherError as exc:
                 log.debug("assignment stream ended (%s); resuming from %d", exc, self.revision)
+            except ValueError as exc:  # a line or record this node cannot read: too new?
+                log.error("assignment stream: %s", exc)
+                delay = 2
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2)
 
     def _apply(self, message: dict[str, Any]) -> None:
+        if message.get(VERSION_FIELD, 1) != AssignmentLine.SCHEMA_VERSION:  # older or newer
+            message = upcast_to("assignment", message, AssignmentLine.SCHEMA_VERSION)
         kind = message["type"]
         if kind == "ping":
             return

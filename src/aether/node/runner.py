@@ -444,7 +444,7 @@ class InstanceRunner:
             self._start_periodic()
         if self.running is not None and _TARGET.get(self.running[0]) is state:
             self._carried_out(self.running[1])
-        withdrawn = answer.get("withdrawn_revision")
+        withdrawn = answer.withdrawn_revision
         return int(withdrawn) if withdrawn is not None else None
 
     # -- steps ----------------------------------------------------------------

@@ -29,7 +29,9 @@ from aether.core.lifecycle import Command, State, can_report
 from aether.core.withdrawal import RouterState, waiting_for
 from aether.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
 from aether.model.api import (
+    AssignmentLine,
     HeartbeatIn,
+    HeartbeatOut,
     JoinIn,
     JoinOut,
     LogsIn,
@@ -37,6 +39,7 @@ from aether.model.api import (
     RegisterIn,
     RegisterOut,
     ReportIn,
+    ReportOut,
     RoutesIn,
     WithdrawalOut,
 )
@@ -51,6 +54,7 @@ from aether.model.cluster import (
     routes_key,
 )
 from aether.model.names import split_cluster_name
+from aether.model.versioned import VERSION_FIELD
 from aether.server.context import ServerContext, get_context
 from aether.server.http.audit import refuse
 from aether.server.http.auth import (
@@ -166,7 +170,7 @@ async def register(body: RegisterIn, request: Request, caller: NodeCaller, ctx: 
 @router.post("/nodes/{node}/heartbeat")
 async def heartbeat(
     node: str, body: HeartbeatIn, request: Request, caller: NodeCaller, ctx: Ctx
-) -> dict[str, Any]:
+) -> HeartbeatOut:
     own_node(request, caller, node)
     _, lease = await _node_record(ctx, node)
     if lease != body.lease_id:
@@ -177,12 +181,16 @@ async def heartbeat(
         ttl = await ctx.store.lease_keepalive(body.lease_id)
     except LeaseNotFoundError:
         raise NotFoundError("lease expired; register again", code="lease_not_found") from None
-    # the CAs trusted now: a node that sees a new one renews its certificate from it
-    answer: dict[str, Any] = {"ttl": ttl, "authorities": ctx.trust.fingerprints()}
-    diag = ctx.diag.wanted(node)  # a diagnostics bundle asks for the node's part
-    if diag is not None:
-        answer["diag"] = diag
-    return answer
+    # the CAs trusted now: a node that sees a new one renews its certificate from it;
+    # a diagnostics bundle asks for the node's part
+    return HeartbeatOut(ttl=ttl, authorities=ctx.trust.fingerprints(), diag=ctx.diag.wanted(node))
+
+
+# the stream's constant lines (``AssignmentLine``)
+_PING = json.dumps({VERSION_FIELD: AssignmentLine.SCHEMA_VERSION, "type": "ping"}).encode() + b"\n"
+_RESYNC = (
+    json.dumps({VERSION_FIELD: AssignmentLine.SCHEMA_VERSION, "type": "resync"}).encode() + b"\n"
+)
 
 
 def _relevant(key: str, node: str) -> bool:
@@ -222,6 +230,7 @@ async def assignments(
             bp_kvs, _ = await ctx.store.range("blueprints/")
             agent_kvs, _ = await ctx.store.range("agents/")  # deployed agents' placements
             snapshot = {
+                VERSION_FIELD: AssignmentLine.SCHEMA_VERSION,
                 "type": "snapshot",
                 "revision": revision,
                 "instances": [json.loads(kv.value) for kv in inst_kvs],
@@ -239,6 +248,7 @@ async def assignments(
                     if not _relevant(event.kv.key, node):
                         continue
                     line = {
+                        VERSION_FIELD: AssignmentLine.SCHEMA_VERSION,
                         "type": event.type.value,
                         "key": event.kv.key,
                         "revision": event.kv.mod_revision,
@@ -246,7 +256,7 @@ async def assignments(
                     }
                     await queue.put(json.dumps(line).encode() + b"\n")
             except CompactedError:
-                await queue.put(json.dumps({"type": "resync"}).encode() + b"\n")
+                await queue.put(_RESYNC)
             finally:
                 await queue.put(None)
 
@@ -257,7 +267,7 @@ async def assignments(
                     async with asyncio.timeout(STREAM_PING_SECONDS):
                         item = await queue.get()
                 except TimeoutError:
-                    yield b'{"type": "ping"}\n'
+                    yield _PING
                     continue
                 if item is None:
                     return
@@ -279,7 +289,7 @@ async def report(
     request: Request,
     caller: NodeCaller,
     ctx: Ctx,
-) -> dict[str, Any]:
+) -> ReportOut:
     """The node reports an instance's state; ACTIVE publishes its endpoint on the node's lease
     (a slice instance's report names its entry points: one endpoint each), any other state
     withdraws every endpoint the instance has."""
@@ -348,12 +358,12 @@ async def report(
         result = await ctx.store.txn([Compare(key, "mod_revision", "==", kv.mod_revision)], ops)
         if result.succeeded:
             # withdrawn_revision: the revision routers must reach before the instance stops
-            return {
-                "key": key,
-                "state": state.value,
-                "revision": result.revision,
-                "withdrawn_revision": result.revision if withdrawn else None,
-            }
+            return ReportOut(
+                key=key,
+                state=state.value,
+                revision=result.revision,
+                withdrawn_revision=result.revision if withdrawn else None,
+            )
     raise ConflictError(f"instance {key} kept changing; report again")
 
 

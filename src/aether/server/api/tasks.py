@@ -9,13 +9,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from aether import tracing
 from aether.core.task_history import attempts
 from aether.errors import AetherError, NotFoundError
 from aether.model.tasks import (
+    ClaimIn,
+    ExchangeIn,
+    ExchangeOut,
     ExecutionOut,
+    ReportIn,
+    ReportOut,
     SandboxOut,
     TaskHistoryOut,
     TaskIn,
@@ -40,15 +45,7 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["tasks"])
 MAX_BATCH = 1000  # tasks in one ``POST /tasks:batch``
-MAX_EXCHANGE = 256  # reports, and tasks wanted, in one ``POST /tasks/exchange``
 Ctx = Annotated[ServerContext, Depends(get_context)]
-
-
-class ClaimIn(BaseModel):
-    node: str
-    drivers: list[str] = Field(default_factory=list)
-    queues: list[str] = Field(default_factory=lambda: ["default"])
-    wait: Annotated[float, Field(ge=0, le=30)] = 10.0
 
 
 class BatchIn(BaseModel):
@@ -56,49 +53,6 @@ class BatchIn(BaseModel):
 
 
 class BatchOut(BaseModel):
-    tasks: list[TaskOut]
-
-
-class ReportIn(BaseModel):
-    """One finished attempt: ``result`` for a success, else ``error`` (and ``retryable``)."""
-
-    id: Annotated[str, Field(min_length=1, max_length=64)]
-    attempt: Annotated[int, Field(ge=1)]
-    result: dict[str, Any] | None = None
-    error: Annotated[str, Field(max_length=10_000)] | None = None
-    retryable: bool = True
-
-    @model_validator(mode="after")
-    def _one_outcome(self) -> ReportIn:
-        if (self.result is None) == (self.error is None):
-            raise ValueError("a report has either a result or an error")
-        return self
-
-
-class ExchangeIn(ClaimIn):
-    """What a node sends: the outcomes it has, and how many more tasks it can take.
-
-    ``wait`` applies only when the request reports nothing: a node with results to
-    hand in gets its answer at once.
-    """
-
-    reports: Annotated[list[ReportIn], Field(max_length=MAX_EXCHANGE)] = Field(default_factory=list)
-    want: Annotated[int, Field(ge=0, le=MAX_EXCHANGE)] = 0
-    wait: Annotated[float, Field(ge=0, le=30)] = 0.0
-
-
-class ReportOut(BaseModel):
-    """A report's fate: the task's state now, or the error the one-task route would
-    have answered (``code``, ``message``), the task then unchanged."""
-
-    id: str
-    state: TaskState | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-class ExchangeOut(BaseModel):
-    reports: list[ReportOut]
     tasks: list[TaskOut]
 
 

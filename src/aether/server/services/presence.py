@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from urllib.parse import quote
@@ -29,14 +28,16 @@ log = logging.getLogger("aether.server")
 async def announce(ctx: ServerContext) -> None:
     """Keep this server's key alive until cancelled (then end it at once)."""
     key = PREFIX + quote(ctx.server_id, safe="")
-    value = json.dumps(
-        {
-            "url": ctx.server_id,
-            "version": __version__,
-            "started_at": time.time(),
-            "node_url": ctx.trust.node_urls[0] if ctx.trust.node_urls else None,
-        }
-    ).encode()
+    value = (
+        ServerOut(
+            url=ctx.server_id,
+            version=__version__,
+            started_at=time.time(),
+            node_url=ctx.trust.node_urls[0] if ctx.trust.node_urls else None,
+        )
+        .model_dump_json()
+        .encode()
+    )
     ttl = ctx.settings.lease_ttl
     lease = 0
     try:

@@ -9,7 +9,6 @@ recorded).
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, timedelta
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from aether import tracing
 from aether.errors import BadRequestError, ConflictError
-from aether.model.tasks import TaskIn, TaskOut
+from aether.model.tasks import SandboxRecord, SandboxStatus, TaskIn, TaskOut
 from aether.server.context import ServerContext
 from aether.server.services.quotas import enforce_quota
 from aether.server.signals import Signals
@@ -301,7 +300,9 @@ async def _sandbox_changed(ctx: ServerContext, node: str, parsed: BaseModel | No
         )
         await ctx.store.put(
             f"sandboxes/{node}/{parsed.sandbox_id}",
-            json.dumps({"id": parsed.sandbox_id, "status": "running"}).encode(),
+            SandboxRecord(id=parsed.sandbox_id, status=SandboxStatus.RUNNING)
+            .model_dump_json()
+            .encode(),
         )
     elif isinstance(parsed, VmDeleteResult):
         await ctx.records.update_sandbox(parsed.sandbox_id, status="deleted")

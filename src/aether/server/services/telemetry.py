@@ -65,6 +65,7 @@ from aether.model.telemetry import (
     NodeMetrics,
     NodePoint,
     NodeSample,
+    PushAnswer,
 )
 from aether.store.election import Leadership
 from aether.store.records import Records
@@ -82,6 +83,7 @@ PARSED_BUDGET = 150_000  # ... within this many node and app entries in all (GC 
 
 _NODE_FIGURES = 9  # cpu .. stale, in NodeSample's field order after the name
 _APP_FIGURES = len(APP_FIGURES)  # core.telemetry.app_figures, in AppSample's field order
+_ANSWER_HEAD = b'{"schema":%d,"snapshots":{' % PushAnswer.SCHEMA_VERSION  # a push's answer
 _nodes_json = TypeAdapter(dict[str, NodeSample]).dump_json
 _apps_json = TypeAdapter(dict[str, AppSample]).dump_json
 _slices_json = TypeAdapter(dict[str, dict[str, EntrySample]]).dump_json
@@ -288,7 +290,7 @@ class TelemetryHub:
 
     def snapshot_answer(self, tenants: Iterable[str]) -> bytes | None:
         """The answer to a push from a node running instances of ``tenants``: their cluster
-        snapshots as ``{"snapshots": {TENANT: ...}}`` (``model.telemetry.PushAnswer``), or
+        snapshots as ``{"schema": 1, "snapshots": {TENANT: ...}}`` (``PushAnswer``), or
         None when there is none (no sample yet, or none of them has slices)."""
         sample = self._latest
         if sample is None or not sample.slices:
@@ -305,7 +307,7 @@ class TelemetryHub:
         ]
         if not parts:
             return None
-        return b'{"snapshots":{' + b",".join(parts) + b"}}"
+        return _ANSWER_HEAD + b",".join(parts) + b"}}"
 
     def latest_json(self, apps: Mapping[str, str] | None = None) -> bytes | None:
         """The latest sample as JSON; ``apps`` (cluster name → the name shown): keep only
