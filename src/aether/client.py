@@ -64,11 +64,21 @@ from aether.model.api import (
 from aether.model.app import AppSpec
 from aether.model.audit import AuditPage, AuditVerdict
 from aether.model.decisions import DecisionOut
+from aether.model.diag import NodePartIn
 from aether.model.keys import AppSettingsOut, PublicKeyOut
 from aether.model.migrations import MigrationOut, SnapshotOut
 from aether.model.rebalance import RebalanceOut
 from aether.model.risk import RiskAssessment, SignalIn, SignalOut
-from aether.model.tasks import ClaimIn, ExchangeIn, ExchangeOut, ExecutionOut, SandboxOut, TaskOut
+from aether.model.tasks import (
+    ClaimIn,
+    ExchangeIn,
+    ExchangeOut,
+    ExecutionOut,
+    SandboxOut,
+    TaskHeartbeatOut,
+    TaskHolderIn,
+    TaskOut,
+)
 from aether.model.telemetry import (
     AppPoint,
     ClusterSample,
@@ -1100,9 +1110,9 @@ class ApiClient:
         data = await self.json(
             "POST",
             f"/api/v1/tasks/{task_id}/heartbeat",
-            json={"node": node, "attempt": attempt},
+            json=TaskHolderIn(node=node, attempt=attempt).model_dump(mode="json"),
         )
-        return bool(data["ok"])
+        return TaskHeartbeatOut.model_validate(data).ok  # a newer version is refused here
 
     # -- signals, risk and the fire drill ----------------------------------------------
 
@@ -1327,13 +1337,14 @@ class ApiClient:
         (the node port of the server building the bundle, https only: its certificate is
         checked before the credential is sent), else to the servers this client calls."""
         path = f"/api/v1/nodes/{node}/diag/{request_id}"
+        body = NodePartIn(files=files).model_dump(mode="json")
         if to is None:
-            await self.request("POST", path, json={"files": files})
+            await self.request("POST", path, json=body)
             return
         if not to.lower().startswith("https://"):
             raise ValueError(f"a diagnostics part goes over TLS only, not to {to}")
         try:
-            response = await self._http.post(to.rstrip("/") + path, json={"files": files})
+            response = await self._http.post(to.rstrip("/") + path, json=body)
         except httpx.TransportError as exc:
             raise NetworkError(
                 f"cannot reach the server building the bundle at {to}: {exc}"

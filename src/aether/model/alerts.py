@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-__all__ = ["AlertOut", "SilenceIn", "SilenceOut"]
+from aether.model.versioned import Versioned
+
+__all__ = ["AlertOut", "AlertRecord", "SilenceIn", "SilenceOut"]
 
 
 class AlertOut(BaseModel):
@@ -43,3 +45,24 @@ class SilenceOut(BaseModel):
     comment: str
     created_by: str
     active: bool
+
+
+class AlertRecord(Versioned):
+    """An alert's latest change of state, ``alerts/{fingerprint}`` in the state store
+    (the leader writes it; the event stream turns it into an ``alert`` event)."""
+
+    SCHEMA_NAME: ClassVar[str] = "alert"
+
+    fingerprint: str
+    rule: str
+    labels: dict[str, str]
+    tenant: str | None = None
+    state: str
+    severity: str = "warning"
+    value: float
+    started_at: float
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    previous: str | None = None
+    silenced: bool = False
+    tenant_id: str | None = None

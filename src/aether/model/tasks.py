@@ -107,7 +107,12 @@ class TaskIn(BaseModel):
     idempotency_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
 
 
-class TaskOut(BaseModel):
+class TaskOut(Versioned):
+    """A task: the user-facing task API's answer, and the node's claim (its
+    ``/complete`` and ``/fail`` answers too)."""
+
+    SCHEMA_NAME: ClassVar[str] = "task"
+
     id: str
     type: str
     payload: dict[str, Any]
@@ -193,6 +198,42 @@ class ClaimIn(Versioned):
     drivers: list[str] = Field(default_factory=list)
     queues: list[str] = Field(default_factory=lambda: ["default"])
     wait: Annotated[float, Field(ge=0, le=30)] = 10.0
+
+
+class TaskHolderIn(Versioned):
+    """Who holds a task's claim: the node, and which attempt (the claim's ``attempts``);
+    ``POST /tasks/{id}/heartbeat``."""
+
+    SCHEMA_NAME: ClassVar[str] = "task_heartbeat"
+
+    node: str
+    attempt: Annotated[int, Field(ge=1)]
+
+
+class TaskCompleteIn(TaskHolderIn):
+    """``POST /tasks/{id}/complete``: the holder's result."""
+
+    SCHEMA_NAME: ClassVar[str] = "task_complete"
+
+    result: dict[str, Any]
+
+
+class TaskFailIn(TaskHolderIn):
+    """``POST /tasks/{id}/fail``: the holder's failure."""
+
+    SCHEMA_NAME: ClassVar[str] = "task_fail"
+
+    error: Annotated[str, Field(max_length=10_000)]
+    retryable: bool = True
+
+
+class TaskHeartbeatOut(Versioned):
+    """A task heartbeat's answer: ``ok`` false means the task is no longer the
+    holder's to run (cancelled, finished, taken back)."""
+
+    SCHEMA_NAME: ClassVar[str] = "task_heartbeat_reply"
+
+    ok: bool
 
 
 class ReportIn(BaseModel):

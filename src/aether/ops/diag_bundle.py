@@ -23,12 +23,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aether import __version__
+from aether.model.diag import MAX_FILE, MAX_NODE_PART
 from aether.ops.redact import redact_bytes
 
 __all__ = ["MAX_FILE", "MAX_NODE_PART", "as_json", "host_part", "pack", "versions"]
 
-MAX_FILE = 4 * 1024 * 1024  # per file in the bundle
-MAX_NODE_PART = 8 * 1024 * 1024  # what one node may send
 _ENGINES = (
     ("bwrap", ["bwrap", "--version"]),
     ("criu", ["criu", "--version"]),

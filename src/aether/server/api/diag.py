@@ -17,9 +17,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 
 from aether.errors import BadRequestError, NotFoundError
+from aether.model.diag import NodePartIn
 from aether.ops import diag_bundle, diag_log
 from aether.server.api.artifacts import BINARY
 from aether.server.api.audit import event_out
@@ -45,10 +45,6 @@ MAX_ROWS = 1000  # events, decisions, migrations, snapshots
 MAX_METRIC_LINES = 3000
 MAX_SINCE = 7 * 24 * 3600.0
 _SECRET_WORDS = ("password", "secret", "token", "api_key", "access_key")
-
-
-class NodePartIn(BaseModel):
-    files: dict[str, Annotated[str, Field(max_length=diag_bundle.MAX_FILE)]] = Field(max_length=16)
 
 
 def _known_secrets(settings: ServerSettings) -> list[str]:

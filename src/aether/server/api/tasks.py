@@ -22,7 +22,11 @@ from aether.model.tasks import (
     ReportIn,
     ReportOut,
     SandboxOut,
+    TaskCompleteIn,
+    TaskFailIn,
+    TaskHeartbeatOut,
     TaskHistoryOut,
+    TaskHolderIn,
     TaskIn,
     TaskOut,
     TaskState,
@@ -56,24 +60,8 @@ class BatchOut(BaseModel):
     tasks: list[TaskOut]
 
 
-class NodeIn(BaseModel):
-    """Who holds the claim: the node, and which attempt (the claim's ``attempts``)."""
-
-    node: str
-    attempt: Annotated[int, Field(ge=1)]
-
-
-class CompleteIn(NodeIn):
-    result: dict[str, Any]
-
-
-class FailIn(NodeIn):
-    error: Annotated[str, Field(max_length=10_000)]
-    retryable: bool = True
-
-
 async def _holder(
-    request: Request, caller: Principal, ctx: ServerContext, task_id: str, body: NodeIn
+    request: Request, caller: Principal, ctx: ServerContext, task_id: str, body: TaskHolderIn
 ) -> TaskOut:
     """The task, if the calling node holds this attempt's claim: 403 and an audit line if not.
 
@@ -348,18 +336,18 @@ async def _record_failure(
 
 @router.post("/tasks/{task_id}/heartbeat")
 async def heartbeat(
-    task_id: str, body: NodeIn, request: Request, caller: NodeCaller, ctx: Ctx
-) -> dict[str, bool]:
+    task_id: str, body: TaskHolderIn, request: Request, caller: NodeCaller, ctx: Ctx
+) -> TaskHeartbeatOut:
     task = await _holder(request, caller, ctx, task_id, body)
     if task.state is not TaskState.ACTIVE:
-        return {"ok": False}
+        return TaskHeartbeatOut(ok=False)
     ok = await ctx.queue.heartbeat(task_id, body.node, ctx.settings.task_lease)
-    return {"ok": ok}
+    return TaskHeartbeatOut(ok=ok)
 
 
 @router.post("/tasks/{task_id}/complete")
 async def complete(
-    task_id: str, body: CompleteIn, request: Request, caller: NodeCaller, ctx: Ctx
+    task_id: str, body: TaskCompleteIn, request: Request, caller: NodeCaller, ctx: Ctx
 ) -> TaskOut:
     task = await _holder(request, caller, ctx, task_id, body)
     if task.state is TaskState.ACTIVE:
@@ -377,7 +365,7 @@ def _settled(task: TaskOut) -> None:
 
 @router.post("/tasks/{task_id}/fail")
 async def fail(
-    task_id: str, body: FailIn, request: Request, caller: NodeCaller, ctx: Ctx
+    task_id: str, body: TaskFailIn, request: Request, caller: NodeCaller, ctx: Ctx
 ) -> TaskOut:
     await _holder(request, caller, ctx, task_id, body)
     return await _record_failure(ctx, task_id, body.node, body.error, body.retryable)

@@ -53,6 +53,7 @@ from aether.core.alerts import (
     parse_rules,
     step,
 )
+from aether.model.alerts import AlertRecord
 from aether.model.names import split_cluster_name
 from aether.model.tasks import TaskIn
 from aether.model.trust import issuing
@@ -320,13 +321,13 @@ class AlertEngine:
                 old = self._states.get(fp)
                 if old is not None and old.state == alert.state:
                     continue
-                record = {
+                record = AlertRecord(
                     **alert_json(alert),
-                    "previous": old.state if old is not None else None,
-                    "silenced": alert.silenced,
-                    "tenant_id": await self._tenant_id(alert.tenant),
-                }
-                await self.ctx.store.put(ALERT_KEY + fp, json.dumps(record).encode())
+                    previous=old.state if old is not None else None,
+                    silenced=alert.silenced,
+                    tenant_id=await self._tenant_id(alert.tenant),
+                )
+                await self.ctx.store.put(ALERT_KEY + fp, record.model_dump_json().encode())
             for fp in gone:
                 await self.ctx.store.delete(ALERT_KEY + fp)
         except Exception:

@@ -4,9 +4,10 @@ A bundle request (``POST /api/v1/diag/bundle``) names nodes. The server that too
 (the *builder*) keeps the request, the parts received and the "all in" event in its
 memory (:class:`DiagRequest`), and publishes what the other servers need to know in the
 shared state store: ``diag/{id}`` = ``{"since", "nodes" (still owed), "to" (the
-builder's node port URL)}``, on a lease that outlives the bundle's wait (so a builder
-that dies leaves nothing behind). Every server keeps the ``diag/`` keys in its memory
-by watching the prefix (:func:`follow`): a heartbeat reads only memory.
+builder's node port URL), "schema"}`` (``model.diag.DiagRequestRecord``), on a
+lease that outlives the bundle's wait (so a builder that dies leaves nothing behind).
+Every server keeps the ``diag/`` keys in its memory by watching the prefix
+(:func:`follow`): a heartbeat reads only memory.
 
 Whichever server a node heartbeats, its answer asks the node for the oldest request
 that still names it (``{"diag": {"id", "since", "to"}}``). The node builds its part
@@ -26,13 +27,13 @@ the builder are asked; the manifest says why the others are missing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aether.model.diag import DiagRequestRecord
 from aether.store.base import CompactedError, Event, EventType, Kv, StateStore, StoreError
 
 __all__ = [
@@ -66,20 +67,17 @@ class Asked:
 
 
 def encode(asked: Asked) -> bytes:
-    return json.dumps({"since": asked.since, "nodes": sorted(asked.nodes), "to": asked.to}).encode()
+    record = DiagRequestRecord(since=asked.since, nodes=sorted(asked.nodes), to=asked.to)
+    return record.model_dump_json().encode()
 
 
 def decode(key: str, value: bytes) -> Asked | None:
     """The request stored under ``key``; None for a value this version cannot read."""
     try:
-        data = json.loads(value)
-        nodes = data["nodes"]
-        to = data.get("to")
-        if not isinstance(nodes, list) or not (to is None or isinstance(to, str)):
-            return None
-        return Asked(key.removeprefix(PREFIX), float(data["since"]), frozenset(map(str, nodes)), to)
-    except (ValueError, KeyError, TypeError):
+        record = DiagRequestRecord.model_validate_json(value)
+    except ValueError:  # not JSON, not a request, or a newer version's
         return None
+    return Asked(key.removeprefix(PREFIX), record.since, frozenset(record.nodes), record.to)
 
 
 @dataclass
