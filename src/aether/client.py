@@ -49,6 +49,7 @@ from aether.model.api import (
     HeartbeatIn,
     HeartbeatOut,
     InstanceOut,
+    InstanceSecretsOut,
     JoinIn,
     JoinOut,
     LogsIn,
@@ -863,8 +864,8 @@ class ApiClient:
         answer = await self.request(
             "GET", f"/api/v1/nodes/{node}/instances/{app_version}/{n}/secrets"
         )
-        body = answer.json()
-        return {"env": dict(body["env"]), "files": dict(body["files"])}
+        body = InstanceSecretsOut.model_validate(answer.json())  # a newer one is refused
+        return {"env": body.env, "files": body.files}
 
     async def push_logs(self, node: str, entries: list[dict[str, str]]) -> None:
         body = {VERSION_FIELD: LogsIn.SCHEMA_VERSION, "entries": entries}  # as LogsIn writes it

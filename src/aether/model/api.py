@@ -272,6 +272,42 @@ class RoutesIn(Versioned):
     in_flight: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=4096)
 
 
+class RoutesOut(Versioned):
+    """``PUT /nodes/{node}/routes``'s answer: the revision its ``routes/{node}`` got."""
+
+    SCHEMA_NAME: ClassVar[str] = "routes_reply"
+
+    revision: int
+
+
+class LogsOut(Versioned):
+    """``POST /nodes/{node}/logs``'s answer: how many entries were kept."""
+
+    SCHEMA_NAME: ClassVar[str] = "logs_reply"
+
+    accepted: int
+
+
+class UnloadedOut(Versioned):
+    """``DELETE /nodes/{node}/instances/…``'s answer (the node finished UNLOAD):
+    whether the instance's record (and its endpoints) went."""
+
+    SCHEMA_NAME: ClassVar[str] = "unloaded_reply"
+
+    key: str
+    deleted: bool
+
+
+class InstanceSecretsOut(Versioned):
+    """What a node writes into one instance: env values and file contents, by target
+    (``GET /nodes/{node}/instances/…/secrets``)."""
+
+    SCHEMA_NAME: ClassVar[str] = "instance_secrets"
+
+    env: dict[str, str]
+    files: dict[str, str]
+
+
 class WithdrawalOut(Versioned):
     """Whether every live router stopped using an endpoint withdrawn at ``revision``.
 

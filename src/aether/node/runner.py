@@ -394,6 +394,9 @@ class InstanceRunner:
                 log.warning("%s: server unavailable (%s); will retry", self.key, exc)
                 self.needs_report = True  # the state we hold may not have reached the server
                 await asyncio.sleep(1)
+            except ValueError as exc:  # an answer this node cannot read: too new?
+                log.error("%s: %s", self.key, exc)
+                await asyncio.sleep(1)
             finally:
                 self.on_change()
 
@@ -439,12 +442,15 @@ class InstanceRunner:
             if state in _OPENING:
                 self.local = previous
             raise
+        except ValueError as exc:  # taken, but its answer this node cannot read: too new?
+            log.error("%s: report answer: %s", self.key, exc)
+            answer = None
         self.fenced = False  # the server knows the instance on this node's lease
         if state is State.ACTIVE:
             self._start_periodic()
         if self.running is not None and _TARGET.get(self.running[0]) is state:
             self._carried_out(self.running[1])
-        withdrawn = answer.withdrawn_revision
+        withdrawn = answer.withdrawn_revision if answer is not None else None
         return int(withdrawn) if withdrawn is not None else None
 
     # -- steps ----------------------------------------------------------------

@@ -35,12 +35,15 @@ from aether.model.api import (
     JoinIn,
     JoinOut,
     LogsIn,
+    LogsOut,
     NodeOut,
     RegisterIn,
     RegisterOut,
     ReportIn,
     ReportOut,
     RoutesIn,
+    RoutesOut,
+    UnloadedOut,
     WithdrawalOut,
 )
 from aether.model.cluster import (
@@ -384,7 +387,7 @@ def _entries(body: ReportIn) -> dict[str, dict[str, Any]] | None:
 @router.put("/nodes/{node}/routes")
 async def put_routes(
     node: str, body: RoutesIn, request: Request, caller: NodeCaller, ctx: Ctx
-) -> dict[str, int]:
+) -> RoutesOut:
     """The node's router applied the assignment stream up to ``revision`` (and has
     ``in_flight`` requests open to withdrawn endpoints); kept on the node's lease."""
     own_node(request, caller, node)
@@ -393,7 +396,7 @@ async def put_routes(
         revision = await ctx.store.put(routes_key(node), dump(body), lease=lease)
     except LeaseNotFoundError:
         raise NotFoundError("lease expired; register again", code="lease_not_found") from None
-    return {"revision": revision}
+    return RoutesOut(revision=revision)
 
 
 async def _routers(ctx: ServerContext) -> tuple[set[str], dict[str, RouterState]]:
@@ -432,14 +435,14 @@ async def withdrawal(
 @router.delete("/nodes/{node}/instances/{app_version}/{n}")
 async def unloaded(
     node: str, app_version: str, n: int, request: Request, caller: NodeCaller, ctx: Ctx
-) -> dict[str, Any]:
+) -> UnloadedOut:
     """The node finished UNLOAD: the instance is gone."""
     own_node(request, caller, node)
     app, _, version = app_version.rpartition("@")
     key = instance_key(node, app, int(version) if version.isdigit() else -1, n)
     kv = await ctx.store.get(key)
     if kv is None:
-        return {"key": key, "deleted": False}
+        return UnloadedOut(key=key, deleted=False)
     record = InstanceRecord.model_validate_json(kv.value)
     if record.command is not Command.UNLOAD:
         raise ConflictError(f"instance {key} was not told to UNLOAD (command {record.command})")
@@ -447,13 +450,13 @@ async def unloaded(
         [Compare(key, "mod_revision", "==", kv.mod_revision)],
         [Delete(key), *(Delete(ep_key) for ep_key in instance_endpoint_keys(record))],
     )
-    return {"key": key, "deleted": result.succeeded}
+    return UnloadedOut(key=key, deleted=result.succeeded)
 
 
 @router.post("/nodes/{node}/logs")
 async def push_logs(
     node: str, body: LogsIn, request: Request, caller: NodeCaller, ctx: Ctx
-) -> dict[str, int]:
+) -> LogsOut:
     """Lines of this node's instances; a line for an app it runs no instance of is refused."""
     own_node(request, caller, node)
     mine = {(record.tenant, record.app) for record in await assigned(ctx, node)}
@@ -469,7 +472,7 @@ async def push_logs(
     for entry in body.entries:  # kept per tenant under the app's plain name, as it reads them
         app = split_cluster_name(entry.app)[0]
         await ctx.logs.append(entry.tenant, app, f"{entry.label}@{node}", entry.text)
-    return {"accepted": len(body.entries)}
+    return LogsOut(accepted=len(body.entries))
 
 
 async def node_list(ctx: ServerContext) -> list[NodeOut]:

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from aether.errors import ConflictError, NotFoundError
+from aether.model.api import InstanceSecretsOut
 from aether.model.cluster import Blueprint, InstanceRecord, instance_key
 from aether.model.secrets import (
     SECRET_NAME_PATTERN,
@@ -45,13 +46,6 @@ __all__ = ["router"]
 router = APIRouter(tags=["secrets"])
 Ctx = Annotated[ServerContext, Depends(get_context)]
 Name = Annotated[str, Path(pattern=SECRET_NAME_PATTERN)]
-
-
-class InstanceSecretsOut(BaseModel):
-    """What a node writes into one instance: env values and file contents, by target."""
-
-    env: dict[str, str]
-    files: dict[str, str]
 
 
 async def _users(ctx: ServerContext, tenant_id: str) -> dict[str, list[str]]:
