@@ -9,10 +9,13 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from aether.client import ApiClient
+from aether.errors import NotFoundError
 from aether.model.api import RegisterIn
 from aether.model.cluster import NodeCapabilities, endpoint_key, routes_key
+from aether.model.tasks import TaskCompleteIn, TaskFailIn
 from aether.model.telemetry import NodeMetrics
 from tests.support.api import deploy, spec_for, unique, upload_random
 from tests.support.fake_nodes import FakeNodes
@@ -77,6 +80,9 @@ async def test_a_nodes_messages_and_the_servers_answers_carry_their_versions(
         await client.push_logs(node, [])
         await client.push_metrics(_metrics(node))
         await client.exchange_tasks(node, ["process"], ["default"], reports=[], want=0, wait=0)
+        await client.unloaded(f"instances/{node}/gone@1/0")
+        with pytest.raises(NotFoundError):  # no bundle waits for it, but it was sent
+            await client.send_diag_part(node, "no-such-bundle", {"log.txt": "hi"})
     finally:
         await client.close()
     for method, path in [
@@ -86,14 +92,18 @@ async def test_a_nodes_messages_and_the_servers_answers_carry_their_versions(
         ("POST", "/logs"),
         ("POST", "/metrics"),
         ("POST", "/tasks/exchange"),
+        ("POST", "/diag/no-such-bundle"),
     ]:
         sent, _ = wire.call(method, path)
         assert sent["schema"] == 1, (path, sent)
     for method, path in [
         ("POST", "/nodes/register"),
         ("POST", "/heartbeat"),
+        ("PUT", "/routes"),
         ("GET", "/withdrawals"),
+        ("POST", "/logs"),
         ("POST", "/tasks/exchange"),
+        ("DELETE", "/gone@1/0"),
     ]:
         _, answered = wire.call(method, path)
         assert answered["schema"] == 1, (path, answered)
@@ -138,6 +148,9 @@ async def test_reports_their_answers_and_the_records_they_write_carry_their_vers
 
     sent, answered = wire.call("PUT", f"/instances/{app}@1/{inst['n']}")
     assert sent["schema"] == 1 and answered["schema"] == 1
+    assert await nodes.api.clients[node].instance_secrets(inst["key"]) == {"env": {}, "files": {}}
+    _, answered = wire.call("GET", f"/instances/{app}@1/{inst['n']}/secrets")
+    assert answered["schema"] == 1
     records = {
         "instance": await nodes.record(inst["key"]),
         "blueprint": await nodes.record(f"blueprints/{app}"),
@@ -167,3 +180,54 @@ async def test_a_message_from_a_newer_node_is_refused_with_the_policy(
     older = await http.post("/api/v1/nodes/register", json=body, headers=headers)  # 0.1.0's
     assert older.status_code == 200, older.text
     assert older.json()["schema"] == 1
+
+
+def _created(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``vm:create`` task's result."""
+    vm = {"vm_id": payload["vm_id"], "name": payload["name"], "status": "running"}
+    return {**vm, "driver": "bwrap", "isolated": True}
+
+
+async def test_a_nodes_task_calls_and_their_answers_carry_their_versions(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    node, queue = unique("n"), unique("q")
+    for name in ("a", "b"):
+        made = await http.post(
+            "/api/v1/tasks",
+            json={"type": "vm:create", "payload": {"name": name}, "queue": queue},
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["schema"] == 1  # the task API's TaskOut too (an added field)
+    wire = Recording()
+    client = ApiClient(server.base_url, server.node_token(node), transport=wire)
+    try:
+        first = await client.claim_task(node, ["bwrap", "process"], [queue], 0)
+        assert first is not None and first.schema_version == 1
+        assert await client.task_heartbeat(first.id, node, attempt=1)
+        second = await client.claim_task(node, ["bwrap", "process"], [queue], 0)
+        assert second is not None
+        failed = await client.request(  # what 0.1.0's nodes send (this one uses exchange)
+            "POST",
+            f"/api/v1/tasks/{second.id}/fail",
+            json=TaskFailIn(node=node, attempt=1, error="boom").model_dump(mode="json"),
+        )
+        assert failed.json()["schema"] == 1
+        done = await client.request(
+            "POST",
+            f"/api/v1/tasks/{first.id}/complete",
+            json=TaskCompleteIn(node=node, attempt=1, result=_created(first.payload)).model_dump(
+                mode="json"
+            ),
+        )
+        assert done.json()["schema"] == 1 and done.json()["state"] == "succeeded"
+    finally:
+        await client.close()
+    for method, path in [("POST", "/tasks/claim"), ("POST", "/heartbeat")]:
+        sent, answered = wire.call(method, path)
+        assert sent["schema"] == 1 and answered["schema"] == 1, (path, sent, answered)
+    sent, _ = wire.call("POST", "/fail")
+    assert sent["schema"] == 1
+    sent, _ = wire.call("POST", "/complete")
+    assert sent["schema"] == 1

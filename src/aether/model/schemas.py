@@ -22,26 +22,42 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from aether.model.alerts import AlertRecord
 from aether.model.api import (
     AssignmentLine,
     HeartbeatIn,
     HeartbeatOut,
+    InstanceSecretsOut,
     JoinIn,
     JoinOut,
     LogsIn,
+    LogsOut,
     RegisterIn,
     RegisterOut,
     ReportIn,
     ReportOut,
     RoutesIn,
+    RoutesOut,
     ServerOut,
+    UnloadedOut,
     WithdrawalOut,
 )
 from aether.model.blueprints import BlueprintRecord
 from aether.model.cluster import Blueprint, Endpoint, InstanceRecord, NodeRecord
+from aether.model.diag import DiagRequestRecord, NodePartIn
 from aether.model.events import ClusterEvent
 from aether.model.placements import AgentPlacement
-from aether.model.tasks import ClaimIn, ExchangeIn, ExchangeOut, SandboxRecord
+from aether.model.tasks import (
+    ClaimIn,
+    ExchangeIn,
+    ExchangeOut,
+    SandboxRecord,
+    TaskCompleteIn,
+    TaskFailIn,
+    TaskHeartbeatOut,
+    TaskHolderIn,
+    TaskOut,
+)
 from aether.model.telemetry import NodeMetrics, PushAnswer
 from aether.model.trust import CertificateIn, CertificateOut, TrustRecord
 from aether.model.versioned import (
@@ -112,11 +128,37 @@ SCHEMAS: tuple[Schema, ...] = (
     Schema("telemetry", "message", 1, NodeMetrics, "node → server: one metrics push"),
     Schema("telemetry_reply", "message", 1, PushAnswer, "server → node: a push's answer"),
     Schema("logs", "message", 1, LogsIn, "node → server: instances' output"),
+    Schema("logs_reply", "message", 1, LogsOut, "server → node: how many lines were kept"),
+    Schema("routes_reply", "message", 1, RoutesOut, "server → node: routes/{node}'s revision"),
+    Schema(
+        "unloaded_reply",
+        "message",
+        1,
+        UnloadedOut,
+        "server → node: DELETE /nodes/{node}/instances/…, the record gone",
+    ),
+    Schema(
+        "instance_secrets",
+        "message",
+        1,
+        InstanceSecretsOut,
+        "server → node: an instance's secret env values and files",
+    ),
+    Schema("diag_part", "message", 1, NodePartIn, "node → server: its part of a diag bundle"),
     Schema("task_claim", "message", 1, ClaimIn, "node → server: POST /tasks/claim"),
     Schema("task_exchange", "message", 1, ExchangeIn, "node → server: results in, tasks out"),
     Schema(
         "task_exchange_reply", "message", 1, ExchangeOut, "server → node: reports' fates, tasks"
     ),
+    Schema("task", "message", 1, TaskOut, "server → node: a claimed task (and the task API's)"),
+    Schema(
+        "task_heartbeat", "message", 1, TaskHolderIn, "node → server: POST /tasks/{id}/heartbeat"
+    ),
+    Schema(
+        "task_heartbeat_reply", "message", 1, TaskHeartbeatOut, "server → node: still its to run"
+    ),
+    Schema("task_complete", "message", 1, TaskCompleteIn, "node → server: a task's result"),
+    Schema("task_fail", "message", 1, TaskFailIn, "node → server: a task's failure"),
     Schema("instance", "record", 1, InstanceRecord, "state store: instances/{node}/…"),
     Schema("blueprint", "record", 1, Blueprint, "state store: blueprints/{app}"),
     Schema("node", "record", 1, NodeRecord, "state store: nodes/{node}"),
@@ -126,6 +168,10 @@ SCHEMAS: tuple[Schema, ...] = (
     Schema("server", "record", 1, ServerOut, "state store: servers/{url}, a live server"),
     Schema("trust", "record", 1, TrustRecord, "state store: trust/authorities"),
     Schema("sandbox", "record", 1, SandboxRecord, "state store: sandboxes/{node}/{id}"),
+    Schema("alert", "record", 1, AlertRecord, "state store: alerts/{fingerprint}, a change"),
+    Schema(
+        "diag_request", "record", 1, DiagRequestRecord, "state store: diag/{id}, an open bundle"
+    ),
     Schema("event", "event", 1, ClusterEvent, "GET /events: one cluster event"),
 )
 
