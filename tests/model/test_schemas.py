@@ -5,24 +5,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
+from aether.model.alerts import AlertRecord
 from aether.model.api import (
     AssignmentLine,
     HeartbeatIn,
     HeartbeatOut,
+    InstanceSecretsOut,
     JoinIn,
     JoinOut,
     LogsIn,
+    LogsOut,
     RegisterIn,
     RegisterOut,
     ReportIn,
     ReportOut,
     RoutesIn,
+    RoutesOut,
     ServerOut,
+    UnloadedOut,
     WithdrawalOut,
 )
 from aether.model.app import AppSpec
@@ -34,6 +40,7 @@ from aether.model.cluster import (
     NodeCapabilities,
     NodeRecord,
 )
+from aether.model.diag import DiagRequestRecord, NodePartIn
 from aether.model.events import ClusterEvent
 from aether.model.lifecycle import Command
 from aether.model.placements import AgentPlacement
@@ -47,13 +54,26 @@ from aether.model.schemas import (
     upcast,
     version_of,
 )
-from aether.model.tasks import ClaimIn, ExchangeIn, ExchangeOut, SandboxRecord, SandboxStatus
+from aether.model.tasks import (
+    ClaimIn,
+    ExchangeIn,
+    ExchangeOut,
+    SandboxRecord,
+    SandboxStatus,
+    TaskCompleteIn,
+    TaskFailIn,
+    TaskHeartbeatOut,
+    TaskHolderIn,
+    TaskOut,
+    TaskState,
+)
 from aether.model.telemetry import NodeMetrics, PushAnswer
 from aether.model.trust import CertificateIn, CertificateOut, TrustRecord
 from aether.model.versioned import Upcasting, Versioned
 
 _CAPS = NodeCapabilities(cpus=2, memory_mb=1024, drivers=["process"])
 _SPEC = AppSpec.model_validate({"name": "web", "start": "python app.py"})
+_AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 #: one payload of each schema, as its writer builds it
 SAMPLES: dict[str, BaseModel] = {
@@ -137,6 +157,49 @@ SAMPLES: dict[str, BaseModel] = {
     "task_claim": ClaimIn(node="n1"),
     "task_exchange": ExchangeIn(node="n1", want=2),
     "task_exchange_reply": ExchangeOut(reports=[], tasks=[]),
+    "task": TaskOut(
+        id="t1",
+        type="vm:create",
+        payload={},
+        queue="default",
+        priority=0,
+        max_retry=3,
+        timeout=300,
+        run_at=_AT,
+        idempotency_key=None,
+        state=TaskState.ACTIVE,
+        attempts=1,
+        result=None,
+        error=None,
+        node="n1",
+        claimed_by="n1",
+        created_at=_AT,
+        updated_at=_AT,
+        started_at=_AT,
+        finished_at=None,
+    ),
+    "task_heartbeat": TaskHolderIn(node="n1", attempt=1),
+    "task_heartbeat_reply": TaskHeartbeatOut(ok=True),
+    "task_complete": TaskCompleteIn(node="n1", attempt=1, result={"ok": 1}),
+    "task_fail": TaskFailIn(node="n1", attempt=1, error="boom", retryable=False),
+    "routes_reply": RoutesOut(revision=9),
+    "logs_reply": LogsOut(accepted=2),
+    "unloaded_reply": UnloadedOut(key="instances/n1/web@1/0", deleted=True),
+    "instance_secrets": InstanceSecretsOut(env={"A": "x"}, files={"/run/f": "y"}),
+    "diag_part": NodePartIn(files={"log.txt": "hi"}),
+    "diag_request": DiagRequestRecord(since=600, nodes=["n1"], to="https://s:7001"),
+    "alert": AlertRecord(
+        fingerprint="f1",
+        rule="CrashLoop",
+        labels={"app": "web"},
+        tenant="t1",
+        state="firing",
+        value=3.0,
+        started_at=1.0,
+        fired_at=2.0,
+        previous="pending",
+        tenant_id="t-1",
+    ),
 }
 
 
@@ -154,6 +217,9 @@ def test_every_node_server_message_record_and_event_is_listed() -> None:
     assert {"instance", "blueprint", "node", "endpoint", "event"} <= names
     assert {"agent_placement", "blueprint_file", "server", "trust", "sandbox"} <= names
     assert {"task_claim", "task_exchange", "task_exchange_reply"} <= names
+    assert {"task", "task_heartbeat", "task_heartbeat_reply", "task_complete", "task_fail"} <= names
+    assert {"routes_reply", "logs_reply", "unloaded_reply", "instance_secrets"} <= names
+    assert {"diag_part", "diag_request", "alert"} <= names
     assert len(names) == len(SCHEMAS)
     assert names == set(SAMPLES) | {"event"}  # every schema has its sample here
     for entry in catalogue():
