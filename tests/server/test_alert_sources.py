@@ -342,6 +342,8 @@ async def test_alert_changes_are_on_the_event_stream_of_their_tenant_only(
         firing = await mine.wait_for("firing", about("firing"))
         assert firing["previous"] == "pending" and firing["labels"]["tenant"] == tenant
         assert firing["fingerprint"] == pending["fingerprint"]
+        stored = server.run(server.ctx.store.get(f"alerts/{firing['fingerprint']}"))
+        assert stored is not None and json.loads(stored.value)["schema"] == 1
         await ops.wait_for("the cluster operators' copy", about("firing"))
         # a cluster alert (a node's disk) reaches the cluster's operators, not the tenant
         node = unique("full")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from aether.client import ApiClient
 from aether.server.services.diag import (
     PREFIX,
     DiagRequests,
+    decode,
     follow,
     publish,
     published_without,
@@ -63,6 +65,10 @@ def test_every_server_sharing_the_store_asks_its_nodes_until_they_have_answered(
             ask = builder.ask({"n1", "n2"}, 600, "https://builder:7001")
             await publish(store, ask, 30)
             assert ask.lease and ask.unshared is None
+            stored = await store.get(PREFIX + ask.id)
+            assert stored is not None and json.loads(stored.value)["schema"] == 1
+            newer = {**json.loads(stored.value), "schema": 2}  # a newer server's: skipped
+            assert decode(PREFIX + "x", json.dumps(newer).encode()) is None
             wanted = {"id": ask.id, "since": 600, "to": "https://builder:7001"}
             await _until(lambda: other.wanted("n2") == wanted, "the other server asks n2")
             assert other.wanted("n1") == wanted and other.wanted("n3") is None
