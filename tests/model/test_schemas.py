@@ -43,6 +43,7 @@ from aether.model.cluster import (
 from aether.model.diag import DiagRequestRecord, NodePartIn
 from aether.model.events import ClusterEvent
 from aether.model.lifecycle import Command
+from aether.model.migrations import SnapshotOut
 from aether.model.placements import AgentPlacement
 from aether.model.schemas import (
     SCHEMAS,
@@ -157,6 +158,17 @@ SAMPLES: dict[str, BaseModel] = {
     "task_claim": ClaimIn(node="n1"),
     "task_exchange": ExchangeIn(node="n1", want=2),
     "task_exchange_reply": ExchangeOut(reports=[], tasks=[]),
+    "snapshot": SnapshotOut(
+        id="s1",
+        app="web",
+        instance="web@1/0",
+        node="n1",
+        digest="sha256:" + "0" * 64,
+        size_bytes=10,
+        kind="periodic",
+        tier="hot",
+        created_at=_AT,
+    ),
     "task": TaskOut(
         id="t1",
         type="vm:create",

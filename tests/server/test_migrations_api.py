@@ -247,6 +247,7 @@ async def test_snapshot_upload_is_verified_and_scoped(
     stored = await upload_snapshot(http, join, inst["key"], data)
     assert stored.status_code == 201, stored.text
     digest = stored.json()["digest"]
+    assert stored.json()["schema"] == 1  # the node reads this answer: it carries its version
 
     listed = await http.get("/api/v1/snapshots", params={"app": app}, headers=bearer(admin))
     assert [s["digest"] for s in listed.json()] == [digest]

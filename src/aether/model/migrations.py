@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
 from aether.model.time import Timestamp
+from aether.model.versioned import Versioned
 
 __all__ = [
     "MIGRATION_FINAL",
@@ -53,7 +54,11 @@ class MigrationOut(BaseModel):
     finished_at: Timestamp | None
 
 
-class SnapshotOut(BaseModel):
+class SnapshotOut(Versioned):
+    """A stored snapshot: the answer to a node's snapshot upload (and the snapshot API's)."""
+
+    SCHEMA_NAME: ClassVar[str] = "snapshot"
+
     id: str
     app: str
     instance: str

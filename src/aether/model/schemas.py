@@ -46,6 +46,7 @@ from aether.model.blueprints import BlueprintRecord
 from aether.model.cluster import Blueprint, Endpoint, InstanceRecord, NodeRecord
 from aether.model.diag import DiagRequestRecord, NodePartIn
 from aether.model.events import ClusterEvent
+from aether.model.migrations import SnapshotOut
 from aether.model.placements import AgentPlacement
 from aether.model.tasks import (
     ClaimIn,
@@ -151,6 +152,9 @@ SCHEMAS: tuple[Schema, ...] = (
         "task_exchange_reply", "message", 1, ExchangeOut, "server → node: reports' fates, tasks"
     ),
     Schema("task", "message", 1, TaskOut, "server → node: a claimed task (and the task API's)"),
+    Schema(
+        "snapshot", "message", 1, SnapshotOut, "server → node: a stored snapshot (and the API's)"
+    ),
     Schema(
         "task_heartbeat", "message", 1, TaskHolderIn, "node → server: POST /tasks/{id}/heartbeat"
     ),
