@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,8 +20,16 @@ from aether.model.tasks import TaskCompleteIn, TaskFailIn
 from aether.model.telemetry import NodeMetrics
 from tests.support.api import deploy, spec_for, unique, upload_random
 from tests.support.fake_nodes import FakeNodes
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, running_server
 from tests.support.waiting import eventually
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Its own server: the nodes registered here would take other tests' instances (and
+    be waited for by other tests' withdrawals). Long leases: they do not heartbeat."""
+    with running_server(tmp_path_factory.mktemp("schema-versions"), lease_ttl=120.0) as running:
+        yield running
 
 
 class Recording(httpx.AsyncBaseTransport):

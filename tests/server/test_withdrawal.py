@@ -143,7 +143,7 @@ def test_deactivating_withdraws_the_endpoint_and_waits_for_every_router(
     _call(
         server, "PUT", routes.format(theirs), theirs, json={"revision": revision, "in_flight": {}}
     )
-    assert ask() == {"confirmed": True, "revision": revision, "waiting_for": {}}
+    assert ask() == {"schema": 1, "confirmed": True, "revision": revision, "waiting_for": {}}
 
 
 def test_a_report_that_withdraws_nothing_says_so(server: RunningServer) -> None:
