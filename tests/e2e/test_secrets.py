@@ -126,6 +126,7 @@ def test_secrets_reach_their_instances_and_nothing_else(cluster: Cluster, tmp_pa
         mine = get("n1", "n1")
         assert mine.status_code == 200, mine.text
         assert mine.json() == {
+            "schema": 1,
             "env": {"DB_PASSWORD": DB_PASSWORD},
             "files": {"config/creds.json": CREDS},
         }

@@ -572,7 +572,7 @@ async def test_logs_pushed_by_a_node_are_read_by_the_owning_tenant(
         json={"entries": [{"tenant": tenant_id, "app": app, "label": "web", "text": "a\nb"}]},
         headers=bearer(server.node_token(node)),
     )
-    assert pushed.json() == {"accepted": 1}
+    assert pushed.json() == {"schema": 1, "accepted": 1}
     logs = await http.get(
         f"/api/v1/apps/{app}/logs", params={"tail": 1}, headers=bearer(server.token("viewer"))
     )

@@ -89,7 +89,7 @@ async def test_two_tenants_deploy_the_same_name_and_each_sees_only_its_own(
         },
         headers=bearer(server.node_token(node)),
     )
-    assert pushed.json() == {"accepted": 2}, pushed.text
+    assert pushed.json() == {"schema": 1, "accepted": 2}, pushed.text
 
     for tenant, other in ((a, b), (b, a)):
 

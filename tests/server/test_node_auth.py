@@ -502,7 +502,7 @@ async def test_a_node_ships_logs_and_metrics_of_its_own_instances_only(
     ok = await http.post(
         f"/api/v1/nodes/{setup.mine}/logs", json={"entries": [entry]}, headers=mine
     )
-    assert ok.json() == {"accepted": 1}
+    assert ok.json() == {"schema": 1, "accepted": 1}
     foreign = {**entry, "app": unique("not-here")}
     refused = await http.post(
         f"/api/v1/nodes/{setup.mine}/logs", json={"entries": [entry, foreign]}, headers=mine
