@@ -248,7 +248,7 @@ class AlertEngine:
     async def _queues(self, now: float) -> list[QueueLag]:
         lags = await self.ctx.queue.ready_lag(now)
         if any(lag.tenant_id not in self._tenant_names for lag in lags):
-            self._tenant_names = {t.id: t.name for t in await self.ctx.records.list_tenants()}
+            await self._read_tenants()
         return [
             QueueLag(
                 tenant=self._tenant_names.get(lag.tenant_id, lag.tenant_id),
@@ -336,11 +336,13 @@ class AlertEngine:
     async def _tenant_id(self, name: str | None) -> str | None:
         if name is None:
             return None
-        ids = {v: k for k, v in self._tenant_names.items()}
-        if name not in ids:
-            self._tenant_names = {t.id: t.name for t in await self.ctx.records.list_tenants()}
-            ids = {v: k for k, v in self._tenant_names.items()}
-        return ids.get(name)
+        if name not in self._tenant_names.values():
+            await self._read_tenants()
+        return next((i for i, known in self._tenant_names.items() if known == name), None)
+
+    async def _read_tenants(self) -> None:
+        """The tenants' names again (one the engine has not seen yet appeared)."""
+        self._tenant_names = {t.id: t.name for t in await self.ctx.records.list_tenants()}
 
     # -- notifications ----------------------------------------------------------------
 
